@@ -1,0 +1,58 @@
+# Model Gallery: `make demo` and `make test` are the two commands a new user runs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+MOTO_VENV := .venv-moto
+BIN := $(VENV)/bin
+export GALLERY_HOME ?= $(CURDIR)/.gallery
+
+PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
+PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+
+.PHONY: help install demo test up down status bench lint clean
+
+help:
+	@echo "make demo    install, start the embedded stack and run the lifecycle"
+	@echo "make test    install what the tests need and run them all"
+	@echo "make up      start the stack in the background (make down stops it)"
+	@echo "make bench   run the benchmarks in bench/ and print their figures"
+	@echo "make lint    ruff and mypy"
+
+$(BIN)/.installed: $(PACKAGE_FILES) requirements/dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(foreach p,$(PACKAGES),-e $(p)) -r requirements/dev.txt
+	@touch $@
+
+$(MOTO_VENV)/.installed: requirements/moto.txt
+	@test -x $(MOTO_VENV)/bin/python || $(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/pip install --quiet -r requirements/moto.txt
+	@touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	@$(BIN)/python scripts/demo.py
+
+test: $(BIN)/.installed $(MOTO_VENV)/.installed
+	$(BIN)/pytest -q -p no:cacheprovider
+
+up: install
+	$(BIN)/gallery up --detach
+
+down:
+	@test -x $(BIN)/gallery && $(BIN)/gallery down || true
+
+status: install
+	$(BIN)/gallery status
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy libs/common/src libs/cli/src
+
+clean: down
+	rm -rf $(VENV) $(MOTO_VENV) .gallery

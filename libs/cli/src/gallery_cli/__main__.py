@@ -1,0 +1,3 @@
+from gallery_cli.main import app
+
+app(prog_name="gallery")

@@ -1,0 +1,32 @@
+"""The consoles and settings every command shares."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from gallery_common.settings import GallerySettings, SettingsError, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one plain message on stderr (no markup: it may hold paths or brackets) and exit."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def cli_settings() -> GallerySettings:
+    """GallerySettings from `GALLERY_*`; exit 2 with the one-line reason when they are invalid."""
+    try:
+        return load_settings(GallerySettings)
+    except SettingsError as exc:
+        fail(str(exc.code), 2)
+
+
+def say(message: str, *, err: bool = False, style: str | None = None) -> None:
+    """Print one plain line (no markup, no wrapping: it may hold paths and is often grepped)."""
+    (err_console if err else console).print(message, style=style, markup=False, highlight=False, soft_wrap=True)

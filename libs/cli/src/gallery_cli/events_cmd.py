@@ -1,0 +1,223 @@
+"""`gallery events ...`: the lifecycle event schemas and, through the bus, the events themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing, asynccontextmanager
+from typing import Annotated, Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+import typer
+from nats import errors as nats_errors
+from nats.js import errors as js_errors
+from pydantic import ValidationError
+from rich.table import Table
+
+from gallery_common.bus import DeadLetter, EventBus
+from gallery_common.errors import GalleryError
+from gallery_common.events import (
+    PAYLOADS,
+    SUBJECT_PREFIX,
+    TYPE_PREFIX,
+    ArtifactRef,
+    CloudEvent,
+    Lineage,
+    ModelTrained,
+    json_schemas,
+    type_for,
+)
+from gallery_common.settings import GallerySettings
+from gallery_common.telemetry import configure_logging, configure_tracing, tracer
+
+from .console import cli_settings, console, fail, say
+from .event_lines import event_line
+from .records import LOCAL_HOST
+
+app = typer.Typer(help="Lifecycle events: schemas, live tail, dead letters.", no_args_is_help=True)
+
+CLI_SERVICE = "gallery-cli"
+CONNECT_DEADLINE = 5.0
+T = TypeVar("T")
+
+
+def _event_type(name: str) -> str:
+    """Accept `trained`, `model.trained` or the full CloudEvent type."""
+    short = name.removeprefix(TYPE_PREFIX + ".").removeprefix(SUBJECT_PREFIX + ".").removesuffix(".v1")
+    if short not in PAYLOADS:
+        fail(f"unknown event {name!r}; known: {', '.join(PAYLOADS)}")
+    return type_for(short)
+
+
+@app.command()
+def schema(
+    event: Annotated[str | None, typer.Argument(help="One event (e.g. trained); all when omitted.")] = None,
+) -> None:
+    """Print the JSON Schema of every lifecycle event (CloudEvent envelope included), or of one."""
+    schemas = json_schemas()
+    doc = schemas[_event_type(event)] if event else schemas
+    typer.echo(json.dumps(doc, indent=2))
+
+
+def _reachable(nats_url: str) -> bool:
+    """Whether any server in the URL list accepts TCP at all (the bus itself would retry for seconds)."""
+    for url in nats_url.split(","):
+        parts = urlsplit(url.strip())
+        try:
+            with socket.create_connection((parts.hostname or LOCAL_HOST, parts.port or 4222), timeout=1.0):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@asynccontextmanager
+async def _connected(settings: GallerySettings) -> AsyncIterator[EventBus]:
+    # The services' long publish deadline suits a server restart, not a person waiting at a prompt.
+    bus = EventBus(settings.nats_url, CLI_SERVICE, source="/modelgallery/cli", publish_deadline=CONNECT_DEADLINE)
+    await bus.connect()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+def _run(coro: Coroutine[Any, Any, T], settings: GallerySettings) -> T:
+    """Run one bus conversation; connection trouble becomes one line, Ctrl-C a quiet exit."""
+    if not _reachable(settings.nats_url):
+        coro.close()
+        fail(f"nothing answers at {settings.nats_url}; is the stack running? (`gallery up`)")
+    # Bus warnings (an invalid event skipped, a reconnect) go to stderr as JSON, apart from the output.
+    configure_logging(CLI_SERVICE, "WARNING")
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except GalleryError as exc:
+        fail(f"{exc.message}; is the stack running? (`gallery up`)")
+    except (nats_errors.Error, OSError) as exc:
+        fail(f"NATS at {settings.nats_url}: {exc}")
+
+
+async def _tail(settings: GallerySettings, subject: str, deliver: Literal["new", "all"], count: int | None) -> int:
+    seen = 0
+    async with _connected(settings) as bus:
+        # tail() is an async generator (annotated as an iterator); closing it unsubscribes at once.
+        events = cast(AsyncGenerator[CloudEvent[Any], None], bus.tail(subject, deliver))
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    say(event_line(event))
+                    seen += 1
+                    if count is not None and seen >= count:
+                        break
+        except js_errors.NotFoundError:
+            fail(f"no stream holds {subject!r}: lifecycle events are on {SUBJECT_PREFIX}.>, dead letters on dlq.>")
+    return seen
+
+
+@app.command()
+def tail(
+    subject: Annotated[str, typer.Option("--subject", "-s", help="NATS subject filter.")] = f"{SUBJECT_PREFIX}.>",
+    from_start: Annotated[bool, typer.Option("--all", help="Replay the stream from its first event.")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.")] = None,
+) -> None:
+    """Print lifecycle events as they are stored: time, subject, model/version, id, trace id, data summary."""
+    settings = cli_settings()
+    _run(_tail(settings, subject, "all" if from_start else "new", count), settings)
+
+
+async def _dead_letters(settings: GallerySettings, limit: int) -> list[DeadLetter]:
+    async with _connected(settings) as bus:
+        return await bus.dead_letters(limit)
+
+
+@app.command()
+def dlq(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many of the latest to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with each message's bytes) instead.")] = False,
+) -> None:
+    """Show the latest dead letters: events a consumer gave up on, and why."""
+    settings = cli_settings()
+    letters = _run(_dead_letters(settings, limit), settings)
+    if as_json:
+        rows = [
+            {
+                "seq": d.seq,
+                "time": d.time.isoformat() if d.time else None,
+                "original_subject": d.original_subject,
+                "event_id": d.event_id,
+                "consumer": d.consumer,
+                "deliveries": d.deliveries,
+                "reason": d.reason,
+                "data": d.data.decode(errors="replace"),
+            }
+            for d in letters
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not letters:
+        say("no dead letters")
+        return
+    table = Table(title=f"Dead letters (latest {limit})", title_justify="left")
+    for column in ("time", "subject"):
+        table.add_column(column, no_wrap=True)
+    for column in ("event id", "consumer"):
+        table.add_column(column, overflow="fold", max_width=14)
+    table.add_column("deliveries", justify="right")
+    # the reason is what a reader came for: it keeps its width and wraps
+    table.add_column("reason", overflow="fold", min_width=40)
+    for d in letters:
+        when = d.time.strftime("%Y-%m-%d %H:%M:%S") if d.time else "-"
+        deliveries = str(d.deliveries) if d.deliveries is not None else "-"
+        table.add_row(when, d.original_subject, (d.event_id or "-")[:8], d.consumer or "-", deliveries, d.reason)
+    console.print(table)
+
+
+def sample_trained(model: str) -> ModelTrained:
+    """A well-formed `model.trained` payload whose artifact is a placeholder nobody can load."""
+    run_id = f"sample-{uuid.uuid4().hex[:8]}"
+    placeholder = f"sample {model} {run_id}".encode()
+    return ModelTrained(
+        model=model,
+        run_id=run_id,
+        artifacts={
+            "onnx": ArtifactRef(
+                uri=f"file:///samples/{model}/{run_id}/model.onnx",
+                sha256=hashlib.sha256(placeholder).hexdigest(),
+                size=len(placeholder),
+                format="onnx",
+            )
+        },
+        metrics={"val_accuracy": 0.97, "val_loss": 0.11},
+        lineage=Lineage(training_job_id=run_id, config_hash=hashlib.sha256(b"sample").hexdigest()[:12]),
+    )
+
+
+async def _publish(settings: GallerySettings, payload: ModelTrained) -> CloudEvent[ModelTrained]:
+    async with _connected(settings) as bus:
+        # A span of its own, so the event carries a trace id that every later step continues.
+        with tracer(CLI_SERVICE).start_as_current_span("gallery events publish-sample"):
+            return await bus.publish(payload)
+
+
+@app.command("publish-sample")
+def publish_sample(
+    model: Annotated[str, typer.Option(help="Model name to put in the event.")] = "demo",
+) -> None:
+    """Publish a sample model.trained event, to watch it travel with `gallery events tail`.
+
+    Its artifact is a placeholder (file:///samples/...), so the registry's validation gate rejects it.
+    """
+    settings = cli_settings()
+    try:
+        payload = sample_trained(model)
+    except ValidationError:
+        fail(f"invalid model name {model!r}: letters, digits, '.', '_' or '-', starting with a letter or digit")
+    configure_tracing(CLI_SERVICE, settings.otlp_endpoint)
+    event = _run(_publish(settings, payload), settings)
+    say(event_line(event))

@@ -1,0 +1,48 @@
+"""The `gallery` command line: wiring only; each command group lives in its own module."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
+import typer
+
+from . import events_cmd, stack_cmd
+
+app = typer.Typer(
+    name="gallery",
+    help=(
+        "Model Gallery: run the local stack and inspect the lifecycle events.\n\n"
+        "Settings come from GALLERY_* environment variables (GALLERY_HOME, GALLERY_NATS_URL, ...)."
+    ),
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+)
+app.command()(stack_cmd.up)
+app.command()(stack_cmd.down)
+app.command()(stack_cmd.status)
+app.add_typer(events_cmd.app, name="events")
+
+
+def _version() -> str:
+    try:
+        return version("modelgallery-cli")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gallery {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version_flag: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Global options; the commands are registered above."""

@@ -1,0 +1,219 @@
+"""The FastAPI app factory every service uses.
+
+`create_app(settings, ...)` gives an app whose lifespan opens the bus, the artifact store and the
+database and closes them on shutdown, with `/healthz`, `/readyz`, `/metrics`, bearer-token auth,
+and domain errors mapped once to HTTP answers of the form `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .artifacts import ArtifactStore, open_store
+from .auth import authorize
+from .bus import EventBus
+from .db import make_engine, ping
+from .errors import GalleryError
+from .settings import GallerySettings
+from .telemetry import configure_logging, configure_tracing, counter, get_logger, histogram
+
+log = get_logger(__name__)
+
+HTTP_REQUESTS = counter("http_requests_total", "HTTP requests answered", ("service", "method", "route", "status"))
+HTTP_DURATION = histogram("http_request_duration_seconds", "HTTP request duration", ("service", "method", "route"))
+
+
+@dataclass
+class ServiceResources:
+    """What the lifespan opened; routes reach it through `deps.py`."""
+
+    settings: GallerySettings
+    bus: EventBus | None = None
+    store: ArtifactStore | None = None
+    engine: Engine | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Startup = Callable[[FastAPI, ServiceResources], AbstractAsyncContextManager[None]]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error once: domain errors to their status, validation to 422, the rest to 500."""
+
+    @app.exception_handler(GalleryError)
+    async def _gallery_error(_: Request, exc: GalleryError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return _error(exc.status_code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", path=request.url.path, exc_info=exc)
+        return _error(500, "internal error; the service log has the details")
+
+
+class MetricsMiddleware:
+    """Counts and times every request by route template (not raw path, to bound cardinality)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
+            HTTP_DURATION.labels(self.service, method, route).observe(time.perf_counter() - start)
+
+
+async def readiness(resources: ServiceResources) -> dict[str, str]:
+    """Each dependency's state: 'ok' or the reason it is not."""
+    checks: dict[str, str] = {}
+    if resources.bus is not None:
+        checks["nats"] = "ok" if resources.bus.is_connected else "disconnected"
+    if resources.store is not None:
+        try:
+            await anyio.to_thread.run_sync(resources.store.exists, ".readyz")
+            checks["artifacts"] = "ok"
+        except Exception as exc:
+            checks["artifacts"] = f"unreachable: {exc}"
+    if resources.engine is not None:
+        try:
+            await anyio.to_thread.run_sync(ping, resources.engine)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {exc}"
+    return checks
+
+
+def _ops_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz(request: Request) -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok", "service": request.app.state.settings.service_name}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        """Readiness: every dependency this service opened answers."""
+        resources: ServiceResources = request.app.state.resources
+        checks = await readiness(resources)
+        ready = getattr(request.app.state, "started", False) and all(v == "ok" for v in checks.values())
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_app(
+    settings: GallerySettings,
+    *,
+    title: str,
+    routers: Sequence[APIRouter] = (),
+    use_bus: bool = True,
+    use_store: bool = False,
+    use_database: bool = False,
+    startup: Startup | None = None,
+    description: str | None = None,
+) -> FastAPI:
+    """Build a service app; nothing connects until the lifespan runs."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.service_name, settings.log_level)
+        configure_tracing(settings.service_name, settings.otlp_endpoint)
+        resources: ServiceResources = app.state.resources
+        if use_database:
+            resources.engine = make_engine(settings.resolved_database_url)
+        if use_store:
+            resources.store = await anyio.to_thread.run_sync(open_store, settings.resolved_artifact_root, settings)
+        if use_bus:
+            resources.bus = EventBus(settings.nats_url, source=f"/modelgallery/{settings.service_name}")
+            await resources.bus.connect()
+        try:
+            if startup is not None:
+                async with startup(app, resources):
+                    app.state.started = True
+                    log.info("service started", host=settings.bind_host, port=settings.port)
+                    yield
+            else:
+                app.state.started = True
+                log.info("service started", host=settings.bind_host, port=settings.port)
+                yield
+        finally:
+            app.state.started = False
+            if resources.bus is not None:
+                await resources.bus.close()
+            if resources.engine is not None:
+                resources.engine.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title=title,
+        version=__version__,
+        description=description,
+        lifespan=lifespan,
+        dependencies=[Depends(authorize)],
+    )
+    app.state.settings = settings
+    app.state.resources = ServiceResources(settings=settings)
+    app.state.started = False
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, service=settings.service_name)
+    app.include_router(_ops_router())
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,26 @@
+"""Artifact stores: bytes under keys, addressed by URI and checked by sha256.
+
+`open_store(settings.resolved_artifact_root, settings)` gives the store a service uses; the URI
+scheme picks the implementation (`file://` on a local disk, `s3://` on MinIO or any S3 API).
+"""
+
+from .base import ArtifactInfo, ArtifactStore, Source, validate_key
+from .file_store import FileArtifactStore
+from .registry import StoreFactory, open_store, register_store, registered_schemes
+from .retry import RetryPolicy, is_transient_s3_error
+from .s3_store import S3ArtifactStore
+
+__all__ = [
+    "ArtifactInfo",
+    "ArtifactStore",
+    "FileArtifactStore",
+    "RetryPolicy",
+    "S3ArtifactStore",
+    "Source",
+    "StoreFactory",
+    "is_transient_s3_error",
+    "open_store",
+    "register_store",
+    "registered_schemes",
+    "validate_key",
+]

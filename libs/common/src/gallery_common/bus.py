@@ -1,0 +1,380 @@
+"""The JetStream event bus: lifecycle events out, durable pull consumers in.
+
+Events are CloudEvents on `model.<event>` in the MODEL_EVENTS stream, published with
+`Nats-Msg-Id` = event id so that a retried or repeated publish is stored once. Messages a
+consumer can never handle are copied to `dlq.<subject>` in DEAD_LETTERS (see `consumer.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import nats
+from nats import errors as nats_errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js import errors as js_errors
+
+from . import telemetry
+from .consumer import (
+    CONSUMER_HEADER,
+    DELIVERIES_HEADER,
+    DLQ_PREFIX,
+    ERROR_HEADER,
+    EVENT_ID_HEADER,
+    MSG_ID_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+    Consumer,
+    Handler,
+    PermanentError,
+    TransientError,
+)
+from .errors import Unavailable
+from .events import SUBJECT_PREFIX, CloudEvent, InvalidEvent, P, Payload, make_event, parse_event
+from .settings import GallerySettings
+
+__all__ = [
+    "DLQ_STREAM",
+    "EVENTS_STREAM",
+    "Consumer",
+    "DeadLetter",
+    "EventBus",
+    "PermanentError",
+    "TransientError",
+    "install_signal_handlers",
+]
+
+EVENTS_STREAM = "MODEL_EVENTS"
+DLQ_STREAM = "DEAD_LETTERS"
+DUPLICATE_WINDOW_SECONDS = 120.0
+_STREAM_NAME_IN_USE = 10058
+_ATTEMPT_TIMEOUT = 2.0
+
+# Failures a reconnect or a restarted server heals; anything else is a bug or a refusal.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    nats_errors.TimeoutError,
+    nats_errors.NoRespondersError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.OutboundBufferLimitError,
+    nats_errors.StaleConnectionError,
+    js_errors.NoStreamResponseError,
+    js_errors.ServiceUnavailableError,
+)
+
+_PUBLISHED = telemetry.counter("bus_events_published_total", "Events stored in the lifecycle stream.", ("event",))
+log = telemetry.get_logger(__name__)
+T = TypeVar("T")
+
+
+def stream_configs() -> list[api.StreamConfig]:
+    """MODEL_EVENTS and DEAD_LETTERS as this code expects them: file storage, de-duplicating."""
+    return [
+        api.StreamConfig(
+            name=name,
+            subjects=[subjects],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        )
+        for name, subjects in ((EVENTS_STREAM, f"{SUBJECT_PREFIX}.>"), (DLQ_STREAM, f"{DLQ_PREFIX}>"))
+    ]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message a consumer gave up on, with why."""
+
+    seq: int
+    subject: str
+    reason: str
+    original_subject: str
+    event_id: str | None
+    deliveries: int | None
+    consumer: str | None
+    time: datetime | None
+    data: bytes
+
+    @classmethod
+    def from_raw(cls, raw: api.RawStreamMsg) -> DeadLetter:
+        headers = raw.headers or {}
+        subject = raw.subject or ""
+        deliveries = headers.get(DELIVERIES_HEADER, "")
+        return cls(
+            seq=raw.seq or 0,
+            subject=subject,
+            reason=headers.get(ERROR_HEADER, ""),
+            original_subject=headers.get(ORIGINAL_SUBJECT_HEADER, subject.removeprefix(DLQ_PREFIX)),
+            event_id=headers.get(EVENT_ID_HEADER) or None,
+            deliveries=int(deliveries) if deliveries.isdigit() else None,
+            consumer=headers.get(CONSUMER_HEADER),
+            time=raw.time,
+            data=raw.data or b"",
+        )
+
+
+class EventBus:
+    """One service's NATS connection: publishes lifecycle events and runs its consumers.
+
+    ::
+
+        async with EventBus(settings.nats_url, settings.service_name) as bus:
+            bus.consumer("registry", on_trained, events=[ModelTrained]).start()
+            await bus.publish(ModelValidated(model="iris", version=3))
+    """
+
+    def __init__(
+        self,
+        url: str,
+        service: str | None = None,
+        *,
+        source: str | None = None,
+        publish_deadline: float = 30.0,
+        reconnect_wait: float = 0.5,
+    ) -> None:
+        """`service` names the connection; events carry `source` (default `/modelgallery/<service>`).
+
+        Given only a source, the service is its last path segment.
+        """
+        self.url = url
+        self.service = service or (source.rstrip("/").rsplit("/", 1)[-1] if source else "gallery")
+        self.source = source or f"/modelgallery/{self.service}"
+        self.publish_deadline = publish_deadline
+        self.reconnect_wait = reconnect_wait
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._consumers: list[Consumer] = []
+        self._closing = False
+
+    @classmethod
+    def from_settings(cls, settings: GallerySettings) -> EventBus:
+        return cls(settings.nats_url, settings.service_name)
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("EventBus is not connected: call connect() first")
+        return self._nc
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("EventBus is not connected: call connect() first")
+        return self._js
+
+    async def connect(self, *, ensure_streams: bool = True) -> EventBus:
+        """Connect (waiting up to `publish_deadline` for the server) and ensure the streams.
+
+        The connection reconnects forever, so a server restart is an outage, not an error.
+        """
+        try:
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.url.split(","),
+                    name=self.service,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                ),
+                self.publish_deadline,
+            )
+        except TimeoutError:
+            raise Unavailable(f"cannot reach NATS at {self.url} within {self.publish_deadline:g}s") from None
+        self._closing = False
+        self._js = self._nc.jetstream(timeout=_ATTEMPT_TIMEOUT)
+        if ensure_streams:
+            await self.ensure_streams()
+        return self
+
+    async def close(self) -> None:
+        """Stop this bus's consumers (each finishes its event in hand), then drain the connection."""
+        await asyncio.gather(*(consumer.stop() for consumer in self._consumers))
+        self._closing = True
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is None or nc.is_closed:
+            return
+        if nc.is_connected:
+            await nc.drain()
+        else:
+            await nc.close()
+
+    async def __aenter__(self) -> EventBus:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats error", error=repr(exc))
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            log.warning("nats disconnected", url=self.url)
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats reconnected", url=self.url)
+        for consumer in self._consumers:
+            consumer.notify_reconnected()
+
+    async def with_retry(self, op: Callable[[], Awaitable[T]], *, what: str, deadline: float | None = None) -> T:
+        """Run `op`, retrying failures a reconnect heals with backoff; raise Unavailable after `deadline` s."""
+        limit = self.publish_deadline if deadline is None else deadline
+        give_up = time.monotonic() + limit
+        delay = 0.05
+        while True:
+            try:
+                return await op()
+            except TRANSIENT_ERRORS as exc:
+                if time.monotonic() + delay > give_up:
+                    raise Unavailable(f"{what}: NATS unavailable for {limit:g}s ({type(exc).__name__})") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def ensure_streams(self) -> None:
+        """Create MODEL_EVENTS and DEAD_LETTERS, or bring existing ones to this configuration."""
+        for config in stream_configs():
+
+            async def ensure(config: api.StreamConfig = config) -> None:
+                try:
+                    await self.js.add_stream(config)
+                except js_errors.BadRequestError as exc:
+                    if exc.err_code != _STREAM_NAME_IN_USE:
+                        raise
+                    await self.js.update_stream(config)
+
+            await self.with_retry(ensure, what=f"ensure stream {config.name}")
+
+    async def publish(self, payload: P, *, event_id: str | None = None) -> CloudEvent[P]:
+        """Publish `payload` as a new event from this service and return the event as sent.
+
+        The current trace rides along in `traceparent`. Reconnects and server restarts are
+        retried for up to `publish_deadline` seconds (then Unavailable); since the event id is
+        the JetStream message id, a retry or a repeat with the same `event_id` is stored once.
+        """
+        event = make_event(payload, self.source, event_id=event_id)
+        await self.publish_event(event)
+        return event
+
+    async def publish_event(self, event: CloudEvent[Any]) -> None:
+        """Publish an already built event; like `publish`, it adds the current trace if it has none."""
+        if event.traceparent is None:
+            carrier = telemetry.inject_trace_context()
+            event.traceparent = carrier.get("traceparent")
+            event.tracestate = carrier.get("tracestate")
+        await self.publish_raw(event.nats_subject, event.to_json(), {MSG_ID_HEADER: event.id})
+        _PUBLISHED.labels(event.event).inc()
+
+    async def publish_raw(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> api.PubAck:
+        """Store arbitrary bytes on a stream subject, with `publish`'s retries; no validation at all."""
+
+        async def attempt() -> api.PubAck:
+            return await self.js.publish(subject, data, timeout=_ATTEMPT_TIMEOUT, headers=headers)
+
+        return await self.with_retry(attempt, what=f"publish to {subject}", deadline=deadline)
+
+    def consumer(
+        self,
+        durable: str,
+        handler: Handler,
+        events: Sequence[type[Payload]] | None = None,
+        *,
+        ack_wait: float = 30.0,
+        max_deliver: int = 5,
+        backoff: Sequence[float] = (1.0, 5.0, 30.0),
+        heartbeat_every: float | None = None,
+        batch: int = 10,
+    ) -> Consumer:
+        """A durable pull consumer named `durable` that feeds `handler` the given event types (all if None).
+
+        A handler that raises `TransientError` (or anything unexpected) is retried after
+        `backoff[n]` seconds, up to `max_deliver` deliveries in all; `PermanentError`, an event that
+        fails validation, or the last failed delivery is dead-lettered. While a handler runs, the
+        message is kept alive with `in_progress()` every `heartbeat_every` s (default ack_wait / 3).
+        `batch` is how many messages are fetched ahead; keep it small when handlers are slow.
+        Call `run()` or `start()`; `close()` stops it.
+        """
+        consumer = Consumer(
+            self,
+            EVENTS_STREAM,
+            durable,
+            handler,
+            events=events,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            backoff=backoff,
+            heartbeat_every=heartbeat_every,
+            batch=batch,
+        )
+        self._consumers.append(consumer)
+        return consumer
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent `limit` dead letters, oldest first."""
+        state = (await self.js.stream_info(DLQ_STREAM)).state
+        seq = max(state.first_seq, state.last_seq - limit + 1, 1)
+        out: list[DeadLetter] = []
+        while seq <= state.last_seq and len(out) < limit:
+            try:
+                raw = await self.js.get_msg(DLQ_STREAM, seq=seq, subject=f"{DLQ_PREFIX}>", next=True)
+            except js_errors.NotFoundError:
+                break
+            out.append(DeadLetter.from_raw(raw))
+            seq = (raw.seq or seq) + 1
+        return out
+
+    async def tail(
+        self, subjects: str = f"{SUBJECT_PREFIX}.>", deliver: Literal["new", "all"] = "new"
+    ) -> AsyncIterator[CloudEvent[Any]]:
+        """Yield events on `subjects` as they are stored (from the start of the stream with "all").
+
+        Uses an ordered ephemeral consumer, so nothing is acked and no durable state is left
+        behind. Messages that are not valid events are skipped (they are in the dead-letter stream).
+        """
+        policy = api.DeliverPolicy.NEW if deliver == "new" else api.DeliverPolicy.ALL
+        sub = await self.js.subscribe(subjects, ordered_consumer=True, deliver_policy=policy)
+        try:
+            async for msg in sub.messages:
+                try:
+                    yield parse_event(msg.data)
+                except InvalidEvent as exc:
+                    log.warning("skipping invalid event", subject=msg.subject, reason=str(exc))
+        finally:
+            await sub.unsubscribe()
+
+
+def install_signal_handlers(
+    stop: Callable[[], Awaitable[object]],
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """On the first SIGTERM/SIGINT, run `stop()` (e.g. `Consumer.stop`); a second one kills as usual."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Future[object]] = set()
+
+    def on_signal() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        task = asyncio.ensure_future(stop())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal)

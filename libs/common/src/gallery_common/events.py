@@ -1,0 +1,244 @@
+"""Lifecycle events: a CloudEvents 1.0 envelope around one typed payload per event.
+
+Subjects are `model.<event>`, `type` is `io.modelgallery.model.<event>.v1` and the CloudEvent
+`subject` is `<model>/<version>`. Large things travel as an `ArtifactRef` (URI + sha256).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SUBJECT_PREFIX = "model"
+TYPE_PREFIX = "io.modelgallery.model"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class ArtifactRef(BaseModel):
+    """A pointer to bytes in an artifact store, with the digest that proves them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str = Field(pattern=r"^(file|s3)://")
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    size: int | None = Field(default=None, ge=0)
+    format: str | None = None
+
+
+class TensorSpec(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class Signature(BaseModel):
+    """Input and output tensors of a model; -1 marks a variable dimension."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class Payload(BaseModel):
+    """Base of every event payload; `event` names the lifecycle step."""
+
+    model_config = ConfigDict(extra="forbid")
+    event: ClassVar[str]
+
+    model: str = Field(pattern=NAME_PATTERN)
+
+    def version_label(self) -> str:
+        """The `<version>` half of the CloudEvent subject."""
+        return str(getattr(self, "version", ""))
+
+
+class VersionedPayload(Payload):
+    version: int = Field(ge=1)
+
+
+class Lineage(BaseModel):
+    training_job_id: str | None = None
+    dataset_fingerprint: str | None = None
+    config_hash: str | None = None
+    parent_version: int | None = None
+
+
+class ModelTrained(Payload):
+    """A training run produced a candidate; the registry assigns its version."""
+
+    event: ClassVar[str] = "trained"
+    run_id: str = Field(min_length=1)
+    artifacts: dict[str, ArtifactRef] = Field(description="role -> artifact: weights, onnx, spec, test_split, ...")
+    signature: Signature | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: Lineage = Field(default_factory=Lineage)
+    semver: str | None = None
+
+    def version_label(self) -> str:
+        return self.run_id
+
+
+class ModelValidated(VersionedPayload):
+    event: ClassVar[str] = "validated"
+    run_id: str | None = None
+    semver: str | None = None
+    artifacts: dict[str, ArtifactRef] = Field(default_factory=dict)
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelRejected(VersionedPayload):
+    event: ClassVar[str] = "rejected"
+    run_id: str | None = None
+    reasons: list[str] = Field(min_length=1)
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
+class VariantResult(BaseModel):
+    name: str
+    artifact: ArtifactRef | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class ModelOptimized(VersionedPayload):
+    event: ClassVar[str] = "optimized"
+    recommended: str
+    recommended_artifact: ArtifactRef
+    variants: list[VariantResult] = Field(default_factory=list)
+    report: ArtifactRef | None = None
+
+
+class ModelDeployed(VersionedPayload):
+    event: ClassVar[str] = "deployed"
+    deployment_id: str
+    variant: str = "fp32"
+    artifact: ArtifactRef | None = None
+    stage: Literal["canary", "production", "shadow"] = "production"
+    traffic_percent: float = Field(default=100.0, ge=0, le=100)
+    runtime: str = "local"
+    endpoint: str | None = None
+    fallback: str | None = Field(default=None, description="why a fallback placement was used, if one was")
+
+
+class ModelDeploymentFailed(VersionedPayload):
+    event: ClassVar[str] = "deployment_failed"
+    deployment_id: str | None = None
+    reason: str = Field(min_length=1)
+
+
+class ModelRolledBack(VersionedPayload):
+    """`version` is the one taken out of service; `to_version` the one that serves now."""
+
+    event: ClassVar[str] = "rolled_back"
+    to_version: int | None = Field(default=None, ge=1)
+    reason: str = Field(min_length=1)
+
+
+class ModelDegraded(VersionedPayload):
+    event: ClassVar[str] = "degraded"
+    kind: Literal["slo", "drift"]
+    reason: str = Field(min_length=1)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    window_seconds: float | None = None
+
+
+PAYLOADS: dict[str, type[Payload]] = {
+    cls.event: cls
+    for cls in (
+        ModelTrained,
+        ModelValidated,
+        ModelRejected,
+        ModelOptimized,
+        ModelDeployed,
+        ModelDeploymentFailed,
+        ModelRolledBack,
+        ModelDegraded,
+    )
+}
+
+
+def subject_for(event: str) -> str:
+    return f"{SUBJECT_PREFIX}.{event}"
+
+
+def type_for(event: str) -> str:
+    return f"{TYPE_PREFIX}.{event}.v1"
+
+
+P = TypeVar("P", bound=Payload)
+
+
+class CloudEvent(BaseModel, Generic[P]):
+    """A CloudEvents 1.0 event in structured JSON mode, with the W3C trace context as extensions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    source: str = Field(min_length=1)
+    type: str
+    subject: str
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    datacontenttype: Literal["application/json"] = "application/json"
+    traceparent: str | None = None
+    tracestate: str | None = None
+    data: P
+
+    @property
+    def event(self) -> str:
+        return self.type.removeprefix(TYPE_PREFIX + ".").removesuffix(".v1")
+
+    @property
+    def nats_subject(self) -> str:
+        return subject_for(self.event)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+class InvalidEvent(ValueError):
+    """Bytes that are not a valid lifecycle event; the message says why."""
+
+
+def make_event(payload: P, source: str, *, event_id: str | None = None) -> CloudEvent[P]:
+    """Wrap a payload in its envelope; the id defaults to a new UUID."""
+    fields: dict[str, Any] = {
+        "source": source,
+        "type": type_for(payload.event),
+        "subject": f"{payload.model}/{payload.version_label()}",
+        "data": payload,
+    }
+    if event_id:
+        fields["id"] = event_id
+    return CloudEvent[type(payload)](**fields)  # type: ignore[index]
+
+
+def parse_event(raw: bytes | str) -> CloudEvent[Any]:
+    """Parse and validate an event; raise InvalidEvent with a one-line reason."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidEvent("event must be a JSON object")
+    etype = doc.get("type")
+    name = etype.removeprefix(TYPE_PREFIX + ".").removesuffix(".v1") if isinstance(etype, str) else None
+    payload_cls = PAYLOADS.get(name or "")
+    if payload_cls is None or etype != type_for(name or ""):
+        raise InvalidEvent(f"unknown event type {etype!r}")
+    try:
+        return CloudEvent[payload_cls](**doc)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise InvalidEvent(f"invalid {name} event: {problems}") from None
+
+
+def json_schemas() -> dict[str, Any]:
+    """The JSON Schema of every event, envelope included, keyed by CloudEvent type."""
+    return {type_for(name): CloudEvent[cls].model_json_schema() for name, cls in PAYLOADS.items()}  # type: ignore[valid-type]

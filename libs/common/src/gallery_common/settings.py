@@ -1,0 +1,139 @@
+"""Settings shared by every service, read from `GALLERY_*` environment variables."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "GALLERY_"
+
+
+class Role(StrEnum):
+    """What a bearer token may do; each role includes the ones before it."""
+
+    reader = "reader"
+    writer = "writer"
+    admin = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+
+class GallerySettings(BaseSettings):
+    """The settings every service and the CLI understand.
+
+    A service subclasses this with its own fields and its default port.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    service_name: str = "gallery"
+    home: Path = Field(default=Path(".gallery"), description="Where embedded state lives.")
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///$GALLERY_HOME/<service>.db"
+    )
+    artifact_root: str | None = Field(
+        default=None, description="file:///path or s3://bucket[/prefix]; default file://$GALLERY_HOME/artifacts"
+    )
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: SecretStr = SecretStr("")
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    otlp_endpoint: str | None = None
+    api_tokens: Annotated[dict[str, Role], NoDecode] = Field(
+        default_factory=dict, description="token:role pairs, comma separated"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        tokens: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            token, sep, role = pair.rpartition(":")
+            if not sep or not token:
+                raise ValueError(f"expected token:role, got {pair!r}")
+            tokens[token] = role
+        return tokens
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url(cls, value: str) -> str:
+        for url in value.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"not a NATS URL: {url!r}")
+        return value
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _check_artifact_root(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file://", "s3://")):
+            raise ValueError("must start with file:// or s3://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.resolve() / (self.service_name + '.db')}"
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        return self.artifact_root or (self.home.resolve() / "artifacts").as_uri()
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens)
+
+    @property
+    def bind_host(self) -> str:
+        """Without tokens a service is open to anyone who reaches it, so it stays on loopback."""
+        return self.host if self.auth_enabled else "127.0.0.1"
+
+
+S = TypeVar("S", bound=GallerySettings)
+
+
+class SettingsError(SystemExit):
+    """Invalid settings: start-up stops with one line naming the variable."""
+
+
+def load_settings(cls: type[S] = GallerySettings, **overrides: object) -> S:  # type: ignore[assignment]
+    """Read and validate settings; on error raise SettingsError with one clear line."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        name = ENV_PREFIX + field.upper()
+        message = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {name}: {message}") from None
+
+
+@lru_cache
+def get_settings() -> GallerySettings:
+    return load_settings(GallerySettings)
+
+
+def exit_on_settings_error(exc: SettingsError) -> None:
+    print(exc.code, file=sys.stderr)
+    raise SystemExit(2)

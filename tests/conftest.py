@@ -1,0 +1,66 @@
+"""Real servers for the tests, started on free loopback ports and stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gallery_common.nats_server import EmbeddedNats
+from gallery_common.netutil import free_port, wait_for_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A fresh nats-server with JetStream (sync_interval: always) in a temp store dir."""
+    server = EmbeddedNats(tmp_path / "nats", log_file=tmp_path / "nats.log").start()
+    yield server
+    server.stop()
+
+
+def _moto_server_binary() -> Path:
+    configured = os.environ.get("GALLERY_TEST_MOTO_SERVER")
+    path = Path(configured) if configured else REPO / ".venv-moto" / "bin" / "moto_server"
+    if not path.exists():
+        pytest.fail(f"moto_server not found at {path}: run `make test`, which installs it")
+    return path
+
+
+class S3Server:
+    """moto's S3 API server: the MinIO SDK talks to it as to MinIO."""
+
+    access_key = "gallery-test"
+    secret_key = "gallery-test-secret"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def new_bucket_uri(self, prefix: str = "") -> str:
+        """An s3:// root in a bucket name no other test uses (the store creates the bucket)."""
+        bucket = f"t-{uuid.uuid4().hex[:12]}"
+        return f"s3://{bucket}/{prefix}".rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(_moto_server_binary()), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        if not wait_for_port("127.0.0.1", port, timeout=30):
+            pytest.fail(f"moto_server did not start; see {log}")
+        yield S3Server(f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,278 @@
+"""The JetStream event bus against a real nats-server: delivery, retries, dead letters, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+from opentelemetry import trace
+
+from gallery_common import telemetry
+from gallery_common.bus import EVENTS_STREAM, EventBus, PermanentError, TransientError
+from gallery_common.events import ArtifactRef, CloudEvent, ModelTrained, ModelValidated, make_event
+from gallery_common.nats_server import EmbeddedNats
+
+WORKER = Path(__file__).with_name("bus_consumer_proc.py")
+
+
+@pytest.fixture(autouse=True)
+def _telemetry() -> None:
+    # Spans must reach a real SDK provider for the trace-continuation assertions.
+    telemetry.configure_logging("test-bus")
+    telemetry.configure_tracing("test-bus")
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedNats) -> AsyncIterator[EventBus]:
+    async with EventBus(nats_server.url, "test-bus") as connected:
+        yield connected
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
+
+async def nothing_pending(bus: EventBus, durable: str) -> bool:
+    info = await bus.js.consumer_info(EVENTS_STREAM, durable)
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+def trained(run_id: str = "run-1") -> ModelTrained:
+    weights = ArtifactRef(uri="file:///tmp/weights.safetensors", sha256="ab" * 32)
+    return ModelTrained(model="iris", run_id=run_id, artifacts={"weights": weights})
+
+
+async def test_connect_brings_an_existing_stream_up_to_date(nats_server: EmbeddedNats) -> None:
+    nc = await nats.connect(nats_server.url)
+    await nc.jetstream().add_stream(name=EVENTS_STREAM, subjects=["model.trained"], duplicate_window=5)
+    await nc.close()
+
+    async with EventBus(nats_server.url, "test-bus") as bus:
+        config = (await bus.js.stream_info(EVENTS_STREAM)).config
+        await bus.publish(ModelValidated(model="iris", version=1))
+    assert (config.subjects, config.duplicate_window) == (["model.>"], 120)
+
+
+async def test_round_trip_continues_the_publishers_trace(bus: EventBus) -> None:
+    received: list[tuple[CloudEvent[Any], str]] = []
+
+    async def handle(event: CloudEvent[Any]) -> None:
+        received.append((event, format(trace.get_current_span().get_span_context().trace_id, "032x")))
+
+    bus.consumer("roundtrip", handle, events=[ModelValidated]).start()
+    with telemetry.tracer().start_as_current_span("train") as span:
+        sent = await bus.publish(ModelValidated(model="iris", version=3, semver="1.2.0"))
+    trace_id = format(span.get_span_context().trace_id, "032x")
+
+    await eventually(lambda: bool(received), what="the handler")
+    event, handler_trace_id = received[0]
+    assert event.id == sent.id
+    assert isinstance(event.data, ModelValidated)
+    assert event.data == sent.data
+    assert event.subject == "iris/3"
+    assert telemetry.trace_id_of(event.traceparent) == trace_id
+    assert handler_trace_id == trace_id
+    await eventually(lambda: nothing_pending(bus, "roundtrip"), what="the ack")
+
+
+async def test_event_of_a_killed_consumer_is_redelivered_and_applied_once(
+    bus: EventBus, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    db, hung = tmp_path / "effects.db", tmp_path / "hung"
+
+    def worker(*flags: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, str(WORKER), nats_server.url, str(db), str(hung), *flags])
+
+    first = worker("--hang-first")
+    try:
+        event = await bus.publish(ModelValidated(model="iris", version=1))
+        await eventually(hung.exists, timeout=30, what="the first worker to take the event")
+    finally:
+        first.kill()
+        first.wait()
+    assert hung.read_text() == event.id
+
+    second = worker()
+    try:
+        await eventually(lambda: nothing_pending(bus, "worker"), timeout=30, what="the redelivery to be acked")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=15) == 0
+    finally:
+        second.kill()
+    with sqlite3.connect(db) as conn:
+        effects = conn.execute("SELECT event_id FROM effects").fetchall()
+        deliveries = dict(conn.execute("SELECT event_id, n FROM deliveries").fetchall())
+    assert effects == [(event.id,)]
+    assert deliveries[event.id] >= 2
+
+
+async def test_same_event_published_twice_is_delivered_once(bus: EventBus) -> None:
+    handled: list[str] = []
+
+    async def handle(event: CloudEvent[Any]) -> None:
+        handled.append(event.id)
+
+    bus.consumer("dedupe", handle).start()
+    payload = ModelValidated(model="iris", version=1)
+    await bus.publish(payload, event_id="validated-iris-1")
+    await bus.publish(payload, event_id="validated-iris-1")
+    marker = await bus.publish(ModelValidated(model="iris", version=2))
+
+    await eventually(lambda: marker.id in handled, what="the marker event")
+    assert handled == ["validated-iris-1", marker.id]
+    assert (await bus.js.stream_info(EVENTS_STREAM)).state.messages == 2
+
+
+async def test_malformed_payloads_are_dead_lettered_and_the_consumer_goes_on(bus: EventBus) -> None:
+    handled: list[str] = []
+
+    async def handle(event: CloudEvent[Any]) -> None:
+        handled.append(event.id)
+
+    consumer = bus.consumer("strict", handle, events=[ModelTrained])
+    consumer.start()
+    await bus.publish_raw("model.trained", b"{not json", {"Nats-Msg-Id": "garbled-1"})
+    invalid = orjson.loads(make_event(trained(), "test").to_json())
+    invalid["data"]["run_id"] = ""
+    await bus.publish_raw("model.trained", orjson.dumps(invalid), {"Nats-Msg-Id": invalid["id"]})
+    good = await bus.publish(trained("run-2"))
+
+    await eventually(lambda: good.id in handled, what="the good event")
+    await eventually(lambda: nothing_pending(bus, "strict"), what="every delivery to be settled")
+    letters = await bus.dead_letters()
+    assert handled == [good.id]
+    assert [letter.subject for letter in letters] == ["dlq.model.trained", "dlq.model.trained"]
+    garbled, schema = letters
+    assert garbled.reason.startswith("not JSON")
+    assert (garbled.event_id, garbled.data, garbled.original_subject) == ("garbled-1", b"{not json", "model.trained")
+    assert schema.reason.startswith("invalid trained event: data.run_id")
+    assert schema.event_id == invalid["id"]
+    assert orjson.loads(schema.data) == invalid
+    raw = await bus.js.get_msg("DEAD_LETTERS", seq=garbled.seq)
+    assert raw.headers is not None and raw.headers["Gallery-Error"] == garbled.reason
+    assert (await bus.js.consumer_info(EVENTS_STREAM, "strict")).num_redelivered == 0
+
+
+async def test_failing_handlers_are_retried_then_dead_lettered(bus: EventBus) -> None:
+    attempts: Counter[str] = Counter()
+    succeeded: list[str] = []
+
+    async def handle(event: CloudEvent[Any]) -> None:
+        model = event.data.model
+        attempts[model] += 1
+        if model == "flaky" and attempts[model] < 3:
+            raise TransientError("registry database is locked")
+        if model == "broken":
+            raise RuntimeError("disk on fire")
+        if model == "hopeless":
+            raise PermanentError("opset 99 is not supported")
+        succeeded.append(model)
+
+    bus.consumer("picky", handle, max_deliver=3, backoff=[0.05, 0.1]).start()
+    for model in ("flaky", "broken", "hopeless"):
+        await bus.publish(ModelValidated(model=model, version=1))
+
+    await eventually(lambda: nothing_pending(bus, "picky"), what="every event to be settled")
+    letters = {letter.event_id: letter for letter in await bus.dead_letters()}
+    by_model = {orjson.loads(letter.data)["data"]["model"]: letter for letter in letters.values()}
+    assert succeeded == ["flaky"]
+    assert attempts == {"flaky": 3, "broken": 3, "hopeless": 1}
+    assert set(by_model) == {"broken", "hopeless"}
+    assert by_model["broken"].reason == "failed 3 times; last error RuntimeError: disk on fire"
+    assert by_model["broken"].deliveries == 3
+    assert by_model["hopeless"].reason == "PermanentError: opset 99 is not supported"
+    assert by_model["hopeless"].deliveries == 1
+    assert by_model["hopeless"].consumer == "picky"
+
+
+async def test_event_whose_handler_never_finished_is_dead_lettered_not_dropped(bus: EventBus) -> None:
+    entered = asyncio.Event()
+    later_calls: list[str] = []
+
+    async def hang(event: CloudEvent[Any]) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async def handle(event: CloudEvent[Any]) -> None:
+        later_calls.append(event.id)
+
+    crashing = bus.consumer("fragile", hang, max_deliver=1).start()
+    event = await bus.publish(ModelValidated(model="iris", version=1))
+    await asyncio.wait_for(entered.wait(), 10)
+    crashing.cancel()
+    await asyncio.wait([crashing])
+
+    bus.consumer("fragile", handle, max_deliver=1).start()
+    await eventually(lambda: nothing_pending(bus, "fragile"), what="the second delivery to be settled")
+    [letter] = await bus.dead_letters()
+    assert letter.event_id == event.id
+    assert letter.reason.startswith("no outcome after 1 deliveries")
+    assert later_calls == []
+
+
+async def test_tail_follows_the_stream(bus: EventBus) -> None:
+    first = await bus.publish(ModelValidated(model="iris", version=1))
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for event in bus.tail(deliver="all"):
+            seen.append(event.id)
+            if len(seen) == 2:
+                return
+
+    follower = asyncio.create_task(follow())
+    await eventually(lambda: seen == [first.id], what="the stored event")
+    second = await bus.publish(trained())
+    await asyncio.wait_for(follower, 10)
+    assert seen == [first.id, second.id]
+
+
+@pytest.mark.slow
+async def test_no_event_is_lost_when_the_server_restarts_mid_stream(bus: EventBus, nats_server: EmbeddedNats) -> None:
+    total, publishers = 1000, 4
+    received: set[str] = set()
+    published: list[str] = []
+    halfway = asyncio.Event()
+
+    async def handle(event: CloudEvent[Any]) -> None:
+        received.add(event.id)
+
+    async def publish(offset: int) -> None:
+        for version in range(offset + 1, total + 1, publishers):
+            published.append((await bus.publish(ModelValidated(model="iris", version=version))).id)
+            if len(published) >= total // 3:
+                halfway.set()
+            await asyncio.sleep(0.004)
+
+    bus.consumer("survivor", handle, ack_wait=2.0, batch=50).start()
+    publishing = asyncio.gather(*(publish(offset) for offset in range(publishers)))
+    await halfway.wait()
+    handled_before = len(received)
+    await asyncio.to_thread(nats_server.restart)
+    published_by_restart = len(published)
+    await asyncio.wait_for(publishing, 60)
+
+    await eventually(lambda: len(received) >= total, timeout=30, what="all events after the restart")
+    assert handled_before < total and published_by_restart < total
+    assert len(published) == total
+    assert received == set(published)
+    await eventually(lambda: nothing_pending(bus, "survivor"), what="every delivery to be settled")

@@ -1,0 +1,85 @@
+"""`gallery events ...` against a real nats-server with JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gallery_common.bus import EventBus
+from gallery_common.consumer import DLQ_PREFIX, ERROR_HEADER, EVENT_ID_HEADER, ORIGINAL_SUBJECT_HEADER
+from gallery_common.nats_server import EmbeddedNats
+from gallery_common.netutil import free_port
+
+GALLERY = Path(sys.executable).parent / "gallery"
+
+
+def gallery(nats_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GALLERY_")}
+    env.update(GALLERY_NATS_URL=nats_url, COLUMNS="200")
+    return subprocess.run([str(GALLERY), *args], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_published_sample_shows_up_in_tail_with_its_trace(nats_server: EmbeddedNats) -> None:
+    published = gallery(nats_server.url, "events", "publish-sample", "--model", "iris")
+    assert published.returncode == 0, published.stderr
+    tailed = gallery(nats_server.url, "events", "tail", "--all", "--count", "1")
+    assert tailed.returncode == 0, tailed.stderr
+    line = tailed.stdout.strip()
+    assert line == published.stdout.strip()
+    fields = line.split()
+    assert fields[1] == "model.trained" and fields[2].startswith("iris/sample-")
+    assert len(fields[4].removeprefix("trace=")) == 32, "the sample carries a trace id"
+    assert "artifacts=[onnx]" in line
+
+
+def test_tail_filters_by_subject(nats_server: EmbeddedNats) -> None:
+    assert gallery(nats_server.url, "events", "publish-sample").returncode == 0
+    tailed = gallery(nats_server.url, "events", "tail", "--all", "-s", "model.trained", "-n", "1")
+    assert " model.trained " in tailed.stdout
+
+
+def test_dlq_lists_dead_letters_with_their_reason(nats_server: EmbeddedNats) -> None:
+    async def dead_letter() -> None:
+        async with EventBus(nats_server.url, "test") as bus:
+            headers = {
+                ERROR_HEADER: "invalid trained event: data.run_id: Field required",
+                ORIGINAL_SUBJECT_HEADER: "model.trained",
+                EVENT_ID_HEADER: "0badc0de-1111-4000-8000-000000000000",
+            }
+            await bus.publish_raw(DLQ_PREFIX + "model.trained", b'{"broken": true}', headers)
+
+    assert gallery(nats_server.url, "events", "dlq").stdout.strip() == "no dead letters"
+    asyncio.run(dead_letter())
+    table = gallery(nats_server.url, "events", "dlq")
+    assert table.returncode == 0, table.stderr
+    assert "model.trained" in table.stdout and "0badc0de" in table.stdout and "Field required" in table.stdout
+    [row] = json.loads(gallery(nats_server.url, "events", "dlq", "--json").stdout)
+    assert row["reason"] == "invalid trained event: data.run_id: Field required"
+    assert row["data"] == '{"broken": true}'
+
+
+def test_without_a_server_the_bus_commands_say_so_at_once() -> None:
+    result = gallery(f"nats://127.0.0.1:{free_port()}", "events", "tail")
+    assert result.returncode == 1
+    assert "is the stack running? (`gallery up`)" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["trained", "model.trained", "io.modelgallery.model.trained.v1"])
+def test_schema_of_one_event(name: str) -> None:
+    result = gallery("nats://127.0.0.1:1", "events", "schema", name)
+    schema = json.loads(result.stdout)
+    assert schema["properties"]["data"] == {"$ref": "#/$defs/ModelTrained"}
+    assert "run_id" in schema["$defs"]["ModelTrained"]["required"]
+
+
+def test_schema_of_every_event_and_an_unknown_one() -> None:
+    every = json.loads(gallery("nats://127.0.0.1:1", "events", "schema").stdout)
+    assert "io.modelgallery.model.degraded.v1" in every
+    unknown = gallery("nats://127.0.0.1:1", "events", "schema", "exploded")
+    assert unknown.returncode == 1 and "unknown event 'exploded'" in unknown.stderr
