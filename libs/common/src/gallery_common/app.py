@@ -204,7 +204,7 @@ def create_app(
     app = FastAPI(
         title=title,
         version=__version__,
-        description=description,
+        description=description or "",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],
     )

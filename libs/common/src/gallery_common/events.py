@@ -214,7 +214,8 @@ def make_event(payload: P, source: str, *, event_id: str | None = None) -> Cloud
     }
     if event_id:
         fields["id"] = event_id
-    return CloudEvent[type(payload)](**fields)  # type: ignore[index]
+    envelope: Any = CloudEvent[type(payload)]  # type: ignore[misc]
+    return envelope(**fields)  # type: ignore[no-any-return]
 
 
 def parse_event(raw: bytes | str) -> CloudEvent[Any]:

@@ -6,7 +6,7 @@ import sys
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -117,7 +117,7 @@ class SettingsError(SystemExit):
     """Invalid settings: start-up stops with one line naming the variable."""
 
 
-def load_settings(cls: type[S] = GallerySettings, **overrides: object) -> S:  # type: ignore[assignment]
+def load_settings(cls: type[S] = GallerySettings, **overrides: Any) -> S:  # type: ignore[assignment]
     """Read and validate settings; on error raise SettingsError with one clear line."""
     try:
         return cls(**overrides)
