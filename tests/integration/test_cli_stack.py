@@ -51,6 +51,9 @@ class Sandbox:
     env: dict[str, str]
 
     def gallery(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        if args[:1] == ("up",):
+            # the services installed in the venv are not this test's business
+            args = (*args, "--only", "echo")
         return subprocess.run(
             [str(GALLERY), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
@@ -156,7 +159,11 @@ def test_status_reports_a_dead_process(sandbox: Sandbox) -> None:
 def start_foreground(sandbox: Sandbox) -> subprocess.Popen[str]:
     """`gallery up` without --detach, returned once `gallery status` calls the stack healthy."""
     proc = subprocess.Popen(
-        [str(GALLERY), "up"], env=sandbox.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [str(GALLERY), "up", "--only", "echo"],
+        env=sandbox.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while sandbox.gallery("status").returncode != 0:
@@ -202,3 +209,12 @@ def test_up_fails_clearly_when_a_service_cannot_start(tmp_path: Path) -> None:
     assert "echo cannot start: no weights" in up.stderr, "the tail of the service's log is shown"
     assert not (box.home / "run" / "stack.json").exists()
     assert box.gallery("status").returncode == 1
+
+
+def test_up_refuses_a_service_that_is_not_installed(sandbox: Sandbox) -> None:
+    refused = subprocess.run(
+        [str(GALLERY), "up", "--detach", "--only", "nonesuch"], env=sandbox.env, capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert "not installed: nonesuch" in refused.stderr
+    assert not (sandbox.home / "run" / "stack.json").exists()

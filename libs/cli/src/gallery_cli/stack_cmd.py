@@ -138,11 +138,21 @@ def up(
         bool, typer.Option("--detach", "-d", help="Return once ready, leaving the stack running.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the services to become ready.")] = 60.0,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Start just these services (repeat the option); default: every installed one."),
+    ] = None,
 ) -> None:
     """Start nats-server and every installed service, each as its own process."""
     launcher = StackLauncher(cli_settings())
     try:
         services = discover_services()
+        if only:
+            unknown = sorted(set(only) - {s.name for s in services})
+            if unknown:
+                installed = ", ".join(s.name for s in services) or "none"
+                raise StackError(f"not installed: {', '.join(unknown)} (installed: {installed})")
+            services = [s for s in services if s.name in only]
         launcher.check_can_start(services)
     except (ServiceSpecError, StackError) as exc:
         fail(str(exc))
