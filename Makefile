@@ -9,7 +9,7 @@ export GALLERY_HOME ?= $(CURDIR)/.gallery
 PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
-.PHONY: help install demo test up down status bench lint clean
+.PHONY: help install postgres demo test up down status bench lint clean
 
 help:
 	@echo "make demo    install, start the embedded stack and run the lifecycle"
@@ -29,12 +29,18 @@ $(MOTO_VENV)/.installed: requirements/moto.txt
 	$(MOTO_VENV)/bin/pip install --quiet -r requirements/moto.txt
 	@touch $@
 
+# PostgreSQL for the registry's store contract tests; root on a Debian-like machine installs it
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing PostgreSQL (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 install: $(BIN)/.installed
 
 demo: install
 	@$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed $(MOTO_VENV)/.installed
+test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres
 	$(BIN)/pytest -q -p no:cacheprovider
 
 up: install

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,3 +66,89 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _postgres_bin() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    if not candidates:
+        pytest.fail("PostgreSQL is not installed: run `make test`, which installs it")
+    return candidates[0].parent
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster; `new_database()` gives each test its own database."""
+
+    def __init__(self, port: int, bindir: Path, run_as: list[str]) -> None:
+        self.port = port
+        self.bindir = bindir
+        self.run_as = run_as
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        subprocess.run(
+            [
+                *self.run_as,
+                str(self.bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = _postgres_bin()
+    # PostgreSQL refuses to run as root; as root we run it as the `postgres` system user, in a
+    # folder of its own (pytest's temp folders are private to root)
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    top = Path(tempfile.mkdtemp(prefix="gallery-pg-"))
+    data = top / "data"
+    data.mkdir()
+    if run_as:
+        shutil.chown(top, "postgres")
+        shutil.chown(data, "postgres")
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    log = data.parent / "postgres.log"
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield PostgresServer(port, bindir, run_as)
+    finally:
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(top, ignore_errors=True)

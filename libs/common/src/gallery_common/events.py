@@ -68,11 +68,19 @@ class Lineage(BaseModel):
 
 
 class ModelTrained(Payload):
-    """A training run produced a candidate; the registry assigns its version."""
+    """A training run produced a candidate; the registry assigns its version.
+
+    Artifact roles: `onnx` (FP32, one self-contained file, preprocessing baked in: raw features
+    in as `features` FP32 [-1, F], `logits` FP32 [-1, C] out), `weights` (safetensors), `spec`
+    (JSON: job spec, architecture, preprocessing), and the splits `train_split`,
+    `validation_split`, `test_split` (NPZ with `x` FP32 [N, F] raw features and `y` labels).
+    """
 
     event: ClassVar[str] = "trained"
     run_id: str = Field(min_length=1)
     artifacts: dict[str, ArtifactRef] = Field(description="role -> artifact: weights, onnx, spec, test_split, ...")
+    task: Literal["classification", "regression"] = "classification"
+    class_names: list[str] | None = None
     signature: Signature | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: Lineage = Field(default_factory=Lineage)
