@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from gallery_common.serve import is_loopback
-from gallery_common.service import ServiceSpec, ServiceSpecError, discover_services
+from gallery_common.service import ServiceSpec, ServiceSpecError, discover_services, find_service, service_names
 
 from .console import cli_settings, console, fail, say
 from .records import (
@@ -133,6 +133,15 @@ def _start(launcher: StackLauncher, services: Sequence[ServiceSpec], timeout: fl
     return [nats, *records]
 
 
+def _chosen_services(names: list[str]) -> list[ServiceSpec]:
+    """The named services, importing only their own spec modules (a broken other one is no obstacle)."""
+    found = {name: find_service(name) for name in dict.fromkeys(names)}
+    unknown = [name for name, spec in found.items() if spec is None]
+    if unknown:
+        raise StackError(f"not installed: {', '.join(unknown)} (installed: {', '.join(service_names()) or 'none'})")
+    return sorted((spec for spec in found.values() if spec is not None), key=lambda spec: spec.port)
+
+
 def up(
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Return once ready, leaving the stack running.")
@@ -146,13 +155,7 @@ def up(
     """Start nats-server and every installed service, each as its own process."""
     launcher = StackLauncher(cli_settings())
     try:
-        services = discover_services()
-        if only:
-            unknown = sorted(set(only) - {s.name for s in services})
-            if unknown:
-                installed = ", ".join(s.name for s in services) or "none"
-                raise StackError(f"not installed: {', '.join(unknown)} (installed: {installed})")
-            services = [s for s in services if s.name in only]
+        services = _chosen_services(only) if only else discover_services()
         launcher.check_can_start(services)
     except (ServiceSpecError, StackError) as exc:
         fail(str(exc))
