@@ -51,8 +51,11 @@ def required_role(method: str) -> Role:
     return Role.reader if method.upper() in SAFE_METHODS else Role.writer
 
 
-def authorize(request: Request) -> Caller:
-    """App-wide dependency: identify the caller and check the role the HTTP method needs."""
+async def authorize(request: Request) -> Caller:
+    """App-wide dependency: identify the caller and check the role the HTTP method needs.
+
+    Async although it does no I/O, so FastAPI runs it inline instead of in its thread pool.
+    """
     settings: GallerySettings = request.app.state.settings
     if request.url.path in OPEN_PATHS:
         return ANONYMOUS_ADMIN
@@ -64,9 +67,9 @@ def authorize(request: Request) -> Caller:
     return caller
 
 
-def require_admin(request: Request) -> Caller:
+async def require_admin(request: Request) -> Caller:
     """Route dependency for admin-only operations (protected aliases, deletions of record)."""
-    caller = authorize(request)
+    caller = await authorize(request)
     if not caller.can(Role.admin):
         raise Forbidden(f"this request needs the admin role; your token has {caller.role.value}")
     return caller

@@ -1,0 +1,185 @@
+"""`gallery models ...`: registered models, their versions and aliases, from the registry's REST API."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import httpx
+import typer
+from rich.table import Table
+
+from .console import console, fail, say
+
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:8001"
+_REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>\d+))?$")
+
+app = typer.Typer(help="Registered models: list, show, move aliases.", no_args_is_help=True)
+
+
+class RegistryClient:
+    """The registry's REST API as the CLI uses it; every failure exits with one readable line.
+
+    URL from GALLERY_REGISTRY_URL (default http://127.0.0.1:8001), token from GALLERY_TOKEN.
+    """
+
+    def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = (base_url or os.environ.get("GALLERY_REGISTRY_URL") or DEFAULT_REGISTRY_URL).rstrip("/")
+        token = token if token is not None else os.environ.get("GALLERY_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(
+                f"cannot reach the registry at {self.base_url}: {exc or type(exc).__name__}"
+                " (is it running? `gallery up`, or set GALLERY_REGISTRY_URL)"
+            )
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error") or response.text
+            except ValueError:
+                message = response.text
+            fail(f"the registry refused {method} {path} ({response.status_code}): {message}")
+        return response.json()
+
+
+def _path(name: str) -> str:
+    return f"/api/v1/models/{quote(name, safe='')}"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None or value == "" else str(value)
+
+
+@app.command("list")
+def list_models(
+    name: Annotated[str | None, typer.Option(help="Only names containing this (any case).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="KEY or KEY=VALUE; repeat for several.")] = None,
+    owner: Annotated[str | None, typer.Option(help="Only models of this owner.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """Registered models with their latest version and aliases."""
+    params: dict[str, Any] = {"limit": limit, "tag": tag or []}
+    if name:
+        params["name"] = name
+    if owner:
+        params["owner"] = owner
+    with RegistryClient() as client:
+        page = client.json("GET", "/api/v1/models", params=params)
+    if not page["models"]:
+        say("no models registered")
+        return
+    table = Table(show_header=True)
+    for column in ("model", "latest", "aliases", "owner", "updated"):
+        table.add_column(column)
+    for model in page["models"]:
+        aliases = ", ".join(f"{a}→{v}" for a, v in model["aliases"].items())
+        table.add_row(
+            model["name"],
+            _fmt(model["latest_version"]),
+            aliases or "-",
+            _fmt(model["owner"]),
+            model["updated_at"][:19].replace("T", " "),
+        )
+    console.print(table)
+    if page["next_page_token"]:
+        say(f"more than {limit} models: narrow with --name / --tag / --owner or raise --limit", err=True)
+
+
+def _show_model(client: RegistryClient, name: str) -> None:
+    model = client.json("GET", _path(name))
+    versions = client.json("GET", f"{_path(name)}/versions", params={"limit": 20})["versions"]
+    say(f"model {model['name']}  owner {_fmt(model['owner'])}  latest version {_fmt(model['latest_version'])}")
+    if model["description"]:
+        say(model["description"])
+    if model["tags"]:
+        say("tags: " + ", ".join(f"{k}={v}" for k, v in model["tags"].items()))
+    table = Table(show_header=True, title="versions (newest 20)")
+    for column in ("version", "semver", "status", "aliases", "accuracy", "created"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(
+            str(v["version"]),
+            v["semver"],
+            v["status"],
+            ", ".join(v["aliases"]) or "-",
+            _fmt(v["metrics"].get("accuracy")),
+            v["created_at"][:19].replace("T", " "),
+        )
+    console.print(table)
+
+
+def _show_version(version: dict[str, Any]) -> None:
+    say(
+        f"{version['name']} version {version['version']} ({version['semver']})  status {version['status']}"
+        f"  aliases {', '.join(version['aliases']) or '-'}"
+    )
+    lineage = version["lineage"]
+    say(
+        f"run {_fmt(version['run_id'])}  training job {_fmt(lineage['training_job_id'])}"
+        f"  data {_fmt(lineage['dataset_fingerprint'])}  parent {_fmt(lineage['parent_version'])}"
+    )
+    if version["rejection_reasons"]:
+        for reason in version["rejection_reasons"]:
+            say(f"rejected: {reason}")
+    metrics = Table(show_header=True, title="metrics")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for key, value in sorted(version["metrics"].items()):
+        metrics.add_row(key, _fmt(value))
+    console.print(metrics)
+    artifacts = Table(show_header=True, title="artifacts")
+    for column in ("role", "uri", "sha256", "size"):
+        artifacts.add_column(column, overflow="fold")
+    for role, art in version["artifacts"].items():
+        artifacts.add_row(role, art["uri"], art["sha256"][:12], _fmt(art["size"]))
+    console.print(artifacts)
+
+
+@app.command()
+def show(ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME:VERSION.")]) -> None:
+    """A model and its versions, or one version (by alias or number) with metrics and artifacts."""
+    match = _REF.match(ref)
+    if match is None:
+        fail(f"cannot read {ref!r}: use NAME, NAME@ALIAS or NAME:VERSION", 2)
+    name, alias, number = match["name"], match["alias"], match["version"]
+    with RegistryClient() as client:
+        if alias:
+            _show_version(client.json("GET", f"{_path(name)}/aliases/{quote(alias, safe='')}"))
+        elif number:
+            _show_version(client.json("GET", f"{_path(name)}/versions/{number}"))
+        else:
+            _show_model(client, name)
+
+
+@app.command()
+def alias(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias, e.g. production.")],
+    version: Annotated[int, typer.Argument(min=1, help="Version number the alias should point at.")],
+    reason: Annotated[str | None, typer.Option(help="Why, kept in the alias history.")] = None,
+) -> None:
+    """Point ALIAS at VERSION (protected aliases such as production need an admin GALLERY_TOKEN)."""
+    with RegistryClient() as client:
+        current = {a["alias"]: a["version"] for a in client.json("GET", f"{_path(name)}/aliases")}
+        path = f"{_path(name)}/aliases/{quote(alias_name, safe='')}"
+        moved = client.json("PUT", path, json={"version": version, "reason": reason})
+    previous = current.get(alias_name)
+    if previous == moved["version"]:
+        say(f"{name}@{moved['alias']} already points at version {previous}")
+        return
+    origin = f"{previous} → " if previous is not None else ""
+    say(f"{name}@{moved['alias']}: {origin}{moved['version']}")

@@ -1,0 +1,256 @@
+"""The registry's native REST API under `/api/v1`: a thin adapter over `RegistryStore`.
+
+Routes are plain `def` functions: FastAPI runs them in its thread pool, so SQL never blocks the
+event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel
+
+from gallery_common.deps import CallerDep
+from gallery_common.errors import BadRequest, NotFound
+from gallery_common.events import ArtifactRef
+
+from .deps import RegistrySettingsDep, RegistryStoreDep, check_alias_permission
+from .paging import decode_page_token
+from .schemas import (
+    AliasChange,
+    AliasPublic,
+    AliasSet,
+    ArtifactPublic,
+    ArtifactRole,
+    LineagePublic,
+    ModelCreate,
+    ModelOrder,
+    ModelPage,
+    ModelPublic,
+    ModelQuery,
+    ModelUpdate,
+    ValidationPolicy,
+    ValidationPolicyUpdate,
+    VersionCreate,
+    VersionOrder,
+    VersionPage,
+    VersionPublic,
+    VersionQuery,
+    VersionStatus,
+    VersionUpdate,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["registry"])
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+PageToken = Annotated[str | None, Query(description="next_page_token of the previous page")]
+Offset = Annotated[int | None, Query(ge=0, description="rows to skip (instead of page_token)")]
+Direction = Annotated[Literal["asc", "desc"], Query(description="sort direction")]
+Reason = Annotated[str | None, Query(max_length=2000, description="why, for the alias history")]
+
+
+def _json(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
+    """Serialise once with pydantic's Rust encoder; FastAPI would validate and encode the model again.
+
+    Used on the hot routes (register, get, resolve); the decorator still declares the response model.
+    """
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def _offset(page_token: str | None, offset: int | None) -> int:
+    if page_token is not None and offset is not None:
+        raise BadRequest("give page_token or offset, not both")
+    if page_token is not None:
+        return decode_page_token(page_token)
+    return offset or 0
+
+
+def _parse_tags(tags: list[str]) -> dict[str, str | None]:
+    parsed: dict[str, str | None] = {}
+    for item in tags:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise BadRequest(f"invalid tag filter {item!r}: use KEY or KEY=VALUE")
+        parsed[key] = value if sep else None
+    return parsed
+
+
+@router.post("/models", status_code=status.HTTP_201_CREATED, summary="Create a model")
+def create_model(data: ModelCreate, store: RegistryStoreDep) -> ModelPublic:
+    """Create a registered model; 409 if the name is taken."""
+    return store.create_model(data)
+
+
+@router.get("/models", summary="Search models")
+def search_models(
+    store: RegistryStoreDep,
+    name: Annotated[str | None, Query(description="substring of the name, any case")] = None,
+    owner: str | None = None,
+    tag: Annotated[list[str], Query(description="KEY or KEY=VALUE; repeat for several")] = [],  # noqa: B006
+    order_by: ModelOrder = ModelOrder.name,
+    order: Direction = "asc",
+    limit: Limit = 100,
+    page_token: PageToken = None,
+    offset: Offset = None,
+) -> ModelPage:
+    """Models matching every filter, one page at a time; pass `next_page_token` back for the next."""
+    query = ModelQuery(
+        name_contains=name,
+        owner=owner,
+        tags=_parse_tags(tag),
+        order_by=order_by,
+        descending=order == "desc",
+        limit=limit,
+        offset=_offset(page_token, offset),
+    )
+    return store.search_models(query)
+
+
+@router.get("/models/{name}", summary="Get a model")
+def get_model(name: str, store: RegistryStoreDep) -> ModelPublic:
+    return store.get_model(name)
+
+
+@router.patch("/models/{name}", summary="Update a model")
+def update_model(name: str, data: ModelUpdate, store: RegistryStoreDep) -> ModelPublic:
+    """Change description, owner or tags (tags, when given, replace all tags)."""
+    return store.update_model(name, data)
+
+
+@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a model")
+def delete_model(name: str, store: RegistryStoreDep) -> Response:
+    """Delete a model with every version, artifact record, alias and its policy."""
+    store.delete_model(name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/models/{name}/validation-policy", summary="Get a model's validation policy")
+def get_validation_policy(name: str, store: RegistryStoreDep) -> ValidationPolicy:
+    """The gate's criteria for this model; the defaults (updated_at null) if none was set."""
+    return store.get_validation_policy(name)
+
+
+@router.put("/models/{name}/validation-policy", summary="Set a model's validation policy")
+def set_validation_policy(name: str, data: ValidationPolicyUpdate, store: RegistryStoreDep) -> ValidationPolicy:
+    return store.set_validation_policy(name, data)
+
+
+@router.post(
+    "/models/{name}/versions",
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a version",
+    response_model=VersionPublic,
+    responses={200: {"description": "the event was registered before; its version, unchanged"}},
+)
+def register_version(name: str, data: VersionCreate, store: RegistryStoreDep) -> Response:
+    """Register the next version with its artifacts. The SemVer is the next minor (same signature)
+    or major (new signature) unless given; an explicit one must be greater than the latest."""
+    if data.source_event_id is not None:
+        existing = store.find_version_by_event(data.source_event_id)
+        if existing is not None and existing.name == name:
+            return _json(existing)
+    return _json(store.register_version(name, data), status.HTTP_201_CREATED)
+
+
+@router.get("/models/{name}/versions", summary="List a model's versions")
+def list_versions(
+    name: str,
+    store: RegistryStoreDep,
+    status_: Annotated[VersionStatus | None, Query(alias="status")] = None,
+    order_by: VersionOrder = VersionOrder.version,
+    order: Direction = "desc",
+    limit: Limit = 100,
+    page_token: PageToken = None,
+    offset: Offset = None,
+) -> VersionPage:
+    store.get_model(name)  # 404 for an unknown model rather than an empty page
+    query = VersionQuery(
+        name=name,
+        status=status_,
+        order_by=order_by,
+        descending=order == "desc",
+        limit=limit,
+        offset=_offset(page_token, offset),
+    )
+    return store.search_versions(query)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Get a version", response_model=VersionPublic)
+def get_version(name: str, version: int, store: RegistryStoreDep) -> Response:
+    return _json(store.get_version(name, version))
+
+
+@router.patch("/models/{name}/versions/{version}", summary="Update a version")
+def update_version(name: str, version: int, data: VersionUpdate, store: RegistryStoreDep) -> VersionPublic:
+    """Change status (pending → validating → validated | rejected → archived), description or tags."""
+    return store.update_version(name, version, data)
+
+
+@router.delete("/models/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a version")
+def delete_version(name: str, version: int, store: RegistryStoreDep, caller: CallerDep) -> Response:
+    """Delete a version; aliases pointing at it are removed (and the removal recorded)."""
+    store.delete_version(name, version, actor=caller.name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/models/{name}/versions/{version}/artifacts/{role}", summary="Attach an artifact")
+def attach_artifact(
+    name: str, version: int, role: ArtifactRole, ref: ArtifactRef, store: RegistryStoreDep
+) -> ArtifactPublic:
+    """Record an artifact; the same sha256 again is a no-op, another sha256 for the role is 409."""
+    return store.attach_artifact(name, version, role, ref)
+
+
+@router.get("/models/{name}/versions/{version}/lineage", summary="A version's lineage")
+def get_lineage(name: str, version: int, store: RegistryStoreDep) -> LineagePublic:
+    """The version and its parents, newest first, with training job, data set and config of each."""
+    return store.lineage(name, version)
+
+
+@router.get("/models/{name}/aliases", summary="List a model's aliases")
+def list_aliases(name: str, store: RegistryStoreDep) -> list[AliasPublic]:
+    return store.list_aliases(name)
+
+
+@router.get("/models/{name}/aliases/{alias}", summary="Resolve name@alias", response_model=VersionPublic)
+def resolve_alias(name: str, alias: str, store: RegistryStoreDep) -> Response:
+    """The version `alias` points at, with its artifacts."""
+    return _json(store.get_version_by_alias(name, alias))
+
+
+@router.put("/models/{name}/aliases/{alias}", summary="Point an alias at a version")
+def set_alias(
+    name: str,
+    alias: str,
+    data: AliasSet,
+    store: RegistryStoreDep,
+    settings: RegistrySettingsDep,
+    caller: CallerDep,
+) -> AliasPublic:
+    """Move (or create) an alias; protected aliases need the admin role. Recorded in the history."""
+    check_alias_permission(settings, caller, alias)
+    return store.set_alias(name, alias, data.version, actor=caller.name, reason=data.reason)
+
+
+@router.delete("/models/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an alias")
+def delete_alias(
+    name: str,
+    alias: str,
+    store: RegistryStoreDep,
+    settings: RegistrySettingsDep,
+    caller: CallerDep,
+    reason: Reason = None,
+) -> Response:
+    check_alias_permission(settings, caller, alias)
+    store.delete_alias(name, alias, actor=caller.name, reason=reason)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/models/{name}/aliases/{alias}/history", summary="An alias's history")
+def alias_history(name: str, alias: str, store: RegistryStoreDep) -> list[AliasChange]:
+    """Every move of the alias, newest first: who, from which version to which, when, why."""
+    history = store.alias_history(name, alias)
+    if not history:
+        raise NotFound(f"model {name!r} has no alias {alias!r} and never had one")
+    return history

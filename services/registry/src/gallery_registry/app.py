@@ -1,0 +1,55 @@
+"""The registry's FastAPI app: native REST API, MLflow-compatible subset and the validation gate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.settings import load_settings
+
+from . import api, mlflow_api
+from .deps import STORE_KEY
+from .gate import routes as gate_routes
+from .gate.consumer import gate_consumer
+from .migrations import upgrade
+from .settings import RegistrySettings
+from .store import RegistryStore
+
+DESCRIPTION = (
+    "The system of record for models: versions (integer and SemVer), artifacts with their sha256, "
+    "aliases with an audit history, lineage and validation policies. `/api/v1` is the native API; "
+    "`/api/2.0/mlflow` is a subset of the MLflow Model Registry REST API for MLflow clients."
+)
+
+
+def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> FastAPI:
+    """The registry app for `settings`; `with_bus=False` gives an app without NATS (tests)."""
+
+    @asynccontextmanager
+    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+        assert resources.engine is not None
+        await anyio.to_thread.run_sync(upgrade, resources.engine)
+        resources.extras[STORE_KEY] = RegistryStore(resources.engine)
+        # the gate consumes model.trained when there is a bus; its REST route works either way
+        async with gate_consumer(app, resources):
+            yield
+
+    return create_app(
+        settings,
+        title="Model Gallery registry",
+        description=DESCRIPTION,
+        routers=[api.router, gate_routes.router, mlflow_api.router],
+        use_bus=with_bus,
+        use_store=True,
+        use_database=True,
+        startup=startup,
+    )
+
+
+def create() -> FastAPI:
+    """Entry point for `gallery up`: settings from the environment."""
+    return create_app_for(load_settings(RegistrySettings))

@@ -1,0 +1,38 @@
+"""Typed dependencies of the registry's routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gallery_common.auth import Caller
+from gallery_common.errors import Forbidden, Unavailable
+from gallery_common.settings import Role
+
+from .settings import RegistrySettings
+from .store import RegistryStore
+
+STORE_KEY = "registry_store"
+
+
+async def get_registry_store(request: Request) -> RegistryStore:
+    # async: a plain attribute read, so FastAPI need not hop to its thread pool for it
+    store = request.app.state.resources.extras.get(STORE_KEY)
+    if store is None:
+        raise Unavailable("the registry store is not open yet")
+    return store  # type: ignore[no-any-return]
+
+
+async def get_registry_settings(request: Request) -> RegistrySettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def check_alias_permission(settings: RegistrySettings, caller: Caller, alias: str) -> None:
+    """Protected aliases (GALLERY_PROTECTED_ALIASES) move only with an admin token."""
+    if alias in settings.protected_aliases and not caller.can(Role.admin):
+        raise Forbidden(f"alias {alias!r} is protected: moving or deleting it needs the admin role")
+
+
+RegistryStoreDep = Annotated[RegistryStore, Depends(get_registry_store)]
+RegistrySettingsDep = Annotated[RegistrySettings, Depends(get_registry_settings)]

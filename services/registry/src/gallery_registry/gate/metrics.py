@@ -1,0 +1,114 @@
+"""Evaluation metrics in plain numpy: the registry image carries no torch and no scikit-learn.
+
+Definitions follow scikit-learn's defaults (macro-F1 over the labels seen in truth or prediction,
+zero where undefined; R² averaged uniformly over outputs), so figures agree with a trainer that
+computes them with scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+ECE_BINS = 15
+
+FloatArray = npt.NDArray[np.floating]
+IntArray = npt.NDArray[np.integer]
+
+
+def softmax(logits: FloatArray) -> FloatArray:
+    """Row-wise softmax, stable for large logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def cross_entropy(logits: FloatArray, labels: IntArray) -> float:
+    """Mean negative log-likelihood of the true labels under the softmax of `logits`."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def accuracy(labels: IntArray, predicted: IntArray) -> float:
+    return float((labels == predicted).mean())
+
+
+def per_class_recall(labels: IntArray, predicted: IntArray, n_classes: int) -> dict[int, float]:
+    """Recall of every class that occurs in `labels` (a class with no examples has no recall)."""
+    out: dict[int, float] = {}
+    for cls in range(n_classes):
+        support = labels == cls
+        if support.any():
+            out[cls] = float((predicted[support] == cls).mean())
+    return out
+
+
+def macro_f1(labels: IntArray, predicted: IntArray) -> float:
+    """Unweighted mean F1 over every label in truth or prediction; F1 is 0 where undefined."""
+    scores = []
+    for cls in np.union1d(labels, predicted):
+        true_positive = float(np.sum((predicted == cls) & (labels == cls)))
+        denominator = float(np.sum(predicted == cls) + np.sum(labels == cls))
+        scores.append(2 * true_positive / denominator if denominator else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def expected_calibration_error(probabilities: FloatArray, labels: IntArray, bins: int = ECE_BINS) -> float:
+    """ECE: |accuracy - confidence| per equal-width confidence bin, weighted by the bin's share.
+
+    Bins are (k/bins, (k+1)/bins], the first one closed at 0 (Guo et al., 2017).
+    """
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # right=True puts a confidence equal to an upper edge into that edge's bin
+    bin_of = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = bin_of == b
+        if members.any():
+            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)
+
+
+def classification_metrics(
+    logits: FloatArray, labels: IntArray, class_names: Sequence[str] | None = None
+) -> dict[str, object]:
+    """accuracy, macro_f1, loss, ece, per_class_recall (keyed by class name) and n_test."""
+    probabilities = softmax(logits.astype(np.float64))
+    predicted = probabilities.argmax(axis=1)
+    n_classes = logits.shape[1]
+    names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
+    return {
+        "accuracy": accuracy(labels, predicted),
+        "macro_f1": macro_f1(labels, predicted),
+        "loss": cross_entropy(logits, labels),
+        "ece": expected_calibration_error(probabilities, labels),
+        "per_class_recall": {names[c]: r for c, r in per_class_recall(labels, predicted, n_classes).items()},
+        "n_test": len(labels),
+    }
+
+
+def regression_metrics(predictions: FloatArray, targets: FloatArray) -> dict[str, object]:
+    """rmse, mae, r2 (uniform average over outputs) and n_test; both arrays shaped [N, K]."""
+    predictions = predictions.astype(np.float64)
+    targets = targets.astype(np.float64)
+    errors = predictions - targets
+    residual = (errors**2).sum(axis=0)
+    spread = ((targets - targets.mean(axis=0)) ** 2).sum(axis=0)
+    # scikit-learn's convention for a constant target: 1 if predicted exactly, else 0
+    r2_per_output = np.where(spread > 0, 1 - residual / np.where(spread > 0, spread, 1), (residual == 0) * 1.0)
+    return {
+        "rmse": float(np.sqrt((errors**2).mean(axis=0)).mean()),
+        "mae": float(np.abs(errors).mean()),
+        "r2": float(r2_per_output.mean()),
+        "n_test": len(targets),
+    }
+
+
+def percentile_ms(durations_s: Sequence[float], q: float) -> float:
+    """The q-th percentile of durations given in seconds, in milliseconds."""
+    return float(np.percentile(np.asarray(durations_s) * 1000.0, q))

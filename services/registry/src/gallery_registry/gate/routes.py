@@ -1,0 +1,63 @@
+"""REST adapter of the gate: re-validate a registered version on demand."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, Field
+
+from gallery_common.errors import Unavailable
+from gallery_common.events import NAME_PATTERN
+
+from ..schemas import VersionStatus
+from .consumer import GATE_STATE
+from .validator import ValidationGate
+
+router = APIRouter(prefix="/api/v1", tags=["validation gate"])
+
+
+class ValidationResult(BaseModel):
+    """The gate's verdict on one version."""
+
+    name: str
+    version: int
+    semver: str
+    status: VersionStatus = Field(description="validated or rejected")
+    passed: bool
+    reasons: list[str] = Field(description="every failed criterion; empty when the version passed")
+    report: dict[str, Any] = Field(description="the evaluation report: metrics, latency, champion comparison, policy")
+
+
+def get_gate(request: Request) -> ValidationGate:
+    gate = getattr(request.app.state, GATE_STATE, None)
+    if gate is None:
+        raise Unavailable("the validation gate is not running")
+    return gate  # type: ignore[no-any-return]
+
+
+GateDep = Annotated[ValidationGate, Depends(get_gate)]
+
+
+@router.post("/models/{name}/versions/{version}/validate", response_model=ValidationResult)
+async def validate_version(
+    gate: GateDep,
+    name: Annotated[str, Path(pattern=NAME_PATTERN)],
+    version: Annotated[int, Path(ge=1)],
+) -> ValidationResult:
+    """Run the validation gate again on a registered version and return its verdict.
+
+    The version's status, report and reasons follow the new verdict, which is also published as
+    `model.validated` or `model.rejected`. 404 for an unknown version, 409 for an archived one,
+    503 while the same version is being validated.
+    """
+    outcome = await gate.revalidate(name, version)
+    return ValidationResult(
+        name=outcome.version.name,
+        version=outcome.version.version,
+        semver=outcome.version.semver,
+        status=outcome.version.status,
+        passed=outcome.passed,
+        reasons=outcome.reasons,
+        report=outcome.report,
+    )

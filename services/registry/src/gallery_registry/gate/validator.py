@@ -1,0 +1,237 @@
+"""The validation gate: a `model.trained` event in, a `model.validated` or `model.rejected` event out.
+
+Transport-agnostic: the JetStream consumer (`consumer.py`) and the REST route (`routes.py`) are
+thin adapters over `ValidationGate`. Blocking work (SQL, store I/O, ONNX Runtime) runs in worker
+threads. Problems a retry can heal raise `Unavailable`; anything wrong with the model or its
+artifacts becomes a rejection reason, so a bad model never loops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from gallery_common.artifacts import ArtifactStore
+from gallery_common.bus import EventBus
+from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from gallery_common.events import ArtifactRef, CloudEvent, ModelRejected, ModelTrained, ModelValidated
+from gallery_common.telemetry import counter, get_logger, histogram
+
+from ..schemas import ArtifactRole, ValidationPolicy, VersionCreate, VersionPublic, VersionStatus
+from ..store import RegistryStore
+
+if TYPE_CHECKING:
+    from .evaluation import LatencyConfig
+    from .judge import Verdict
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+FINAL = frozenset({VersionStatus.validated, VersionStatus.rejected})
+_KNOWN_ROLES = frozenset(role.value for role in ArtifactRole)
+
+_OUTCOMES = counter("gate_validations_total", "Versions the validation gate decided, by outcome.", ("outcome",))
+_SECONDS = histogram(
+    "gate_validation_duration_seconds",
+    "Time to fetch, evaluate and judge one version.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """What the gate decided for a version, and the version as it now stands."""
+
+    version: VersionPublic
+    report: dict[str, Any]
+    reasons: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    def event_payload(self) -> ModelValidated | ModelRejected:
+        return outcome_payload(self.version)
+
+
+def outcome_payload(version: VersionPublic) -> ModelValidated | ModelRejected:
+    """The `model.validated` / `model.rejected` payload for a version the gate has decided."""
+    report = version.evaluation_report or {}
+    if version.status == VersionStatus.validated:
+        artifacts = {
+            str(role): ArtifactRef(uri=a.uri, sha256=a.sha256, size=a.size, format=a.format)
+            for role, a in version.artifacts.items()
+        }
+        return ModelValidated(
+            model=version.name,
+            version=version.version,
+            run_id=version.run_id,
+            semver=version.semver,
+            artifacts=artifacts,
+            report=report,
+        )
+    if version.status == VersionStatus.rejected:
+        reasons = version.rejection_reasons or ["rejected by the validation gate"]
+        return ModelRejected(
+            model=version.name, version=version.version, run_id=version.run_id, reasons=reasons, report=report
+        )
+    raise InvalidRequest(f"version {version.version} of model {version.name!r} is {version.status}, not decided")
+
+
+async def _blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn` in a worker thread; a database that cannot be reached is Unavailable (retried)."""
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise Unavailable(f"registry database unavailable: {type(exc).__name__}: {first_line}") from exc
+
+
+def _judge(
+    store: ArtifactStore,
+    version: VersionPublic,
+    policy: ValidationPolicy,
+    champion: VersionPublic | None,
+    latency: LatencyConfig | None,
+) -> Verdict:
+    # onnx and ONNX Runtime cost ~40 MB of RSS: an idle registry never loads them
+    from .evaluation import LatencyConfig
+    from .judge import judge_version
+
+    return judge_version(store, version, policy, champion, latency or LatencyConfig())
+
+
+class ValidationGate:
+    """Registers trained models, evaluates them itself and records and announces the verdict."""
+
+    def __init__(
+        self,
+        registry: RegistryStore,
+        artifacts: ArtifactStore,
+        bus: EventBus | None = None,
+        *,
+        latency: LatencyConfig | None = None,
+    ) -> None:
+        """`bus` None: verdicts are recorded but not published (an app run without NATS)."""
+        self.registry = registry
+        self.artifacts = artifacts
+        self.bus = bus
+        self.latency = latency
+        self._in_flight: set[tuple[str, int]] = set()
+
+    async def on_trained(self, event: CloudEvent[ModelTrained]) -> GateOutcome | None:
+        """Handle one `model.trained` event; safe to run again on the same event.
+
+        The version is registered once per event id. A version already decided is not evaluated
+        again: its outcome is published once more under the same event id (`<event id>:outcome`),
+        which JetStream de-duplicates, so a crash between deciding and publishing loses nothing.
+        Returns None when the version was already decided (or archived).
+        """
+        trained = event.data
+        register = partial(self.registry.register_version, create_model=True)
+        version = await _blocking(register, trained.model, registration_for(event))
+        outcome_id = f"{event.id}:outcome"
+        if version.status in FINAL:
+            log.info("event already handled, outcome re-published", model=version.name, version=version.version)
+            await self._publish(outcome_payload(version), outcome_id)
+            return None
+        if version.status == VersionStatus.archived:
+            log.info("version archived before validation; nothing to do", model=version.name, version=version.version)
+            return None
+        outcome = await self.validate(version, extra_reasons=_unknown_roles(trained))
+        await self._publish(outcome.event_payload(), outcome_id)
+        return outcome
+
+    async def revalidate(self, name: str, version: int) -> GateOutcome:
+        """Run the gate again on a registered version (after `model.degraded`, or a changed policy).
+
+        The version's status follows the new verdict, which is published as a new event.
+        """
+        current = await _blocking(self.registry.get_version, name, version)
+        if current.status == VersionStatus.archived:
+            raise Conflict(f"version {version} of model {name!r} is archived; archived versions are not validated")
+        outcome = await self.validate(current)
+        await self._publish(outcome.event_payload(), None)
+        return outcome
+
+    async def validate(self, version: VersionPublic, *, extra_reasons: list[str] | None = None) -> GateOutcome:
+        """Evaluate `version` and record the verdict (status validated or rejected, report, reasons)."""
+        key = (version.name, version.version)
+        if key in self._in_flight:
+            raise Unavailable(f"version {version.version} of model {version.name!r} is being validated right now")
+        self._in_flight.add(key)
+        started = time.perf_counter()
+        try:
+            await _blocking(self.registry.set_version_status, version.name, version.version, VersionStatus.validating)
+            policy = await _blocking(self.registry.get_validation_policy, version.name)
+            champion = await _blocking(self._champion, version.name, policy)
+            verdict: Verdict = await _blocking(_judge, self.artifacts, version, policy, champion, self.latency)
+            verdict.reasons[:0] = extra_reasons or []
+            status = VersionStatus.validated if verdict.passed else VersionStatus.rejected
+            decided = await _blocking(self._record, version, status, verdict)
+        finally:
+            self._in_flight.discard(key)
+        _OUTCOMES.labels(status.value).inc()
+        _SECONDS.observe(time.perf_counter() - started)
+        log.info(
+            "version validated" if verdict.passed else "version rejected",
+            model=version.name,
+            version=version.version,
+            reasons=verdict.reasons,
+        )
+        return GateOutcome(version=decided, report=verdict.report, reasons=verdict.reasons)
+
+    def _champion(self, name: str, policy: ValidationPolicy) -> VersionPublic | None:
+        try:
+            return self.registry.get_version_by_alias(name, policy.champion_alias)
+        except NotFound:
+            return None
+
+    def _record(self, version: VersionPublic, status: VersionStatus, verdict: Verdict) -> VersionPublic:
+        return self.registry.set_version_status(
+            version.name,
+            version.version,
+            status,
+            evaluation_report=verdict.report,
+            rejection_reasons=verdict.reasons,
+        )
+
+    async def _publish(self, payload: ModelValidated | ModelRejected, event_id: str | None) -> None:
+        if self.bus is None:
+            return
+        await self.bus.publish(payload, event_id=event_id)
+
+
+def registration_for(event: CloudEvent[ModelTrained]) -> VersionCreate:
+    """The registration a `model.trained` event asks for; InvalidRequest if the registry cannot take it."""
+    trained = event.data
+    try:
+        return VersionCreate(
+            semver=trained.semver,
+            signature=trained.signature,
+            metrics=trained.metrics,
+            lineage=trained.lineage,
+            run_id=trained.run_id,
+            source_event_id=event.id,
+            source=event.source,
+            task=trained.task,
+            class_names=trained.class_names,
+            artifacts={ArtifactRole(r): a for r, a in trained.artifacts.items() if r in _KNOWN_ROLES},
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidRequest(f"model.trained event {event.id} cannot be registered: {problems}") from None
+
+
+def _unknown_roles(trained: ModelTrained) -> list[str]:
+    unknown = sorted(set(trained.artifacts) - _KNOWN_ROLES)
+    if not unknown:
+        return []
+    return [f"artifact role {r!r} is not one the registry knows ({', '.join(sorted(_KNOWN_ROLES))})" for r in unknown]

@@ -1,0 +1,265 @@
+"""What the registry takes in and gives out: `XCreate` / `XUpdate` / `XPublic` pydantic models.
+
+Table rows never leave the store; every store call answers with one of these.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from gallery_common.errors import InvalidRequest
+from gallery_common.events import NAME_PATTERN, ArtifactRef, Lineage, Signature
+
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"
+TAG_VALUE_MAX = 5000
+
+
+class VersionStatus(StrEnum):
+    """Where a version stands in validation: pending → validating → validated | rejected → archived."""
+
+    pending = "pending"
+    validating = "validating"
+    validated = "validated"
+    rejected = "rejected"
+    archived = "archived"
+
+
+class ArtifactRole(StrEnum):
+    """What an artifact is to its version; one artifact per role."""
+
+    weights = "weights"
+    onnx = "onnx"
+    int8 = "int8"
+    fp16 = "fp16"
+    pruned = "pruned"
+    distilled = "distilled"
+    edge_bundle = "edge_bundle"
+    report = "report"
+    spec = "spec"
+    train_split = "train_split"
+    validation_split = "validation_split"
+    test_split = "test_split"
+
+
+TagKey = Annotated[str, StringConstraints(pattern=TAG_KEY_PATTERN)]
+TagValue = Annotated[str, StringConstraints(max_length=TAG_VALUE_MAX)]
+Tags = dict[TagKey, TagValue]
+
+
+def check_tag(key: str, value: str) -> None:
+    """Raise InvalidRequest unless `key` and `value` make a valid tag (what `Tags` enforces)."""
+    if not re.fullmatch(TAG_KEY_PATTERN, key):
+        raise InvalidRequest(f"tag key {key!r} is invalid: 1 to 128 of letters, digits, '_', '.', ':', '/', '-'")
+    if len(value) > TAG_VALUE_MAX:
+        raise InvalidRequest(f"tag {key!r}: a value holds at most {TAG_VALUE_MAX} characters")
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCreate(_Input):
+    name: str = Field(pattern=NAME_PATTERN, description="unique; letters, digits, '_', '.', '-'")
+    description: str | None = Field(default=None, max_length=10_000)
+    owner: str | None = Field(default=None, max_length=256)
+    tags: Tags = Field(default_factory=dict)
+
+
+class ModelUpdate(_Input):
+    """Fields left out stay as they are; `tags` replaces every tag when given."""
+
+    description: str | None = Field(default=None, max_length=10_000)
+    owner: str | None = Field(default=None, max_length=256)
+    tags: Tags | None = None
+
+
+class ModelPublic(BaseModel):
+    name: str
+    description: str | None
+    owner: str | None
+    tags: Tags
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int | None = Field(description="highest version number, if any")
+    aliases: dict[str, int] = Field(description="alias -> version")
+
+
+class ModelOrder(StrEnum):
+    name = "name"
+    created = "created"
+    updated = "updated"
+
+
+class ModelQuery(BaseModel):
+    """A model search: every given filter must match."""
+
+    name_contains: str | None = None
+    name_like: str | None = Field(default=None, description="SQL LIKE pattern ('%' and '_'), case-sensitive")
+    name_ilike: str | None = None
+    name_equals: str | None = None
+    owner: str | None = None
+    tags: dict[str, str | None] = Field(default_factory=dict, description="key -> value, or None for 'has key'")
+    tags_not: dict[str, str] = Field(default_factory=dict, description="key -> value the tag must not have")
+    order_by: ModelOrder = ModelOrder.name
+    descending: bool = False
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class ModelPage(BaseModel):
+    models: list[ModelPublic]
+    next_page_token: str | None = Field(description="pass as page_token for the next page; null on the last")
+
+
+class ArtifactPublic(BaseModel):
+    role: ArtifactRole
+    uri: str
+    sha256: str
+    size: int | None
+    format: str | None
+    created_at: datetime
+
+
+class VersionCreate(_Input):
+    """A new version of a model; the registry numbers it and, unless `semver` is given, versions it."""
+
+    semver: str | None = Field(default=None, description="explicit SemVer; must be greater than the latest")
+    description: str | None = Field(default=None, max_length=10_000)
+    signature: Signature | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
+    lineage: Lineage = Field(default_factory=Lineage)
+    run_id: str | None = Field(default=None, max_length=256)
+    source_event_id: str | None = Field(
+        default=None, max_length=256, description="id of the model.trained event; registering it twice is a no-op"
+    )
+    source: str | None = Field(default=None, max_length=2048, description="where the model came from (a URI)")
+    task: Literal["classification", "regression"] | None = None
+    class_names: list[str] | None = None
+    artifacts: dict[ArtifactRole, ArtifactRef] = Field(default_factory=dict)
+
+
+class VersionUpdate(_Input):
+    """Fields left out stay as they are; `tags` replaces every tag when given."""
+
+    status: VersionStatus | None = None
+    description: str | None = Field(default=None, max_length=10_000)
+    tags: Tags | None = None
+
+
+class VersionPublic(BaseModel):
+    name: str = Field(description="the model's name")
+    version: int
+    semver: str
+    status: VersionStatus
+    description: str | None
+    signature: Signature | None
+    metrics: dict[str, float]
+    tags: Tags
+    lineage: Lineage
+    run_id: str | None
+    source_event_id: str | None
+    source: str | None
+    task: str | None
+    class_names: list[str] | None
+    evaluation_report: dict[str, Any] | None
+    rejection_reasons: list[str] | None
+    artifacts: dict[ArtifactRole, ArtifactPublic]
+    aliases: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class VersionOrder(StrEnum):
+    version = "version"
+    created = "created"
+    updated = "updated"
+
+
+class VersionQuery(BaseModel):
+    """A version search: every given filter must match."""
+
+    name: str | None = None
+    name_like: str | None = None
+    version: int | None = None
+    run_id: str | None = None
+    source: str | None = None
+    status: VersionStatus | None = None
+    tags: dict[str, str | None] = Field(default_factory=dict, description="key -> value, or None for 'has key'")
+    tags_not: dict[str, str] = Field(default_factory=dict, description="key -> value the tag must not have")
+    order_by: VersionOrder = VersionOrder.version
+    descending: bool = True
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class VersionPage(BaseModel):
+    versions: list[VersionPublic]
+    next_page_token: str | None
+
+
+class AliasSet(_Input):
+    version: int = Field(ge=1)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class AliasPublic(BaseModel):
+    name: str
+    alias: str
+    version: int
+    updated_at: datetime
+    updated_by: str | None
+
+
+class AliasChange(BaseModel):
+    """One move of an alias; `to_version` is null when the alias was deleted."""
+
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str | None
+    at: datetime
+
+
+class LineageStep(BaseModel):
+    version: int
+    semver: str
+    run_id: str | None
+    training_job_id: str | None
+    dataset_fingerprint: str | None
+    config_hash: str | None
+    parent_version: int | None
+
+
+class LineagePublic(BaseModel):
+    """A version and its ancestors, newest first; stops at a parent that no longer exists."""
+
+    name: str
+    version: int
+    chain: list[LineageStep]
+    missing_parent: int | None = Field(default=None, description="a parent that was deleted, ending the chain")
+
+
+class ValidationPolicyUpdate(_Input):
+    """The validation gate's criteria for one model."""
+
+    min_metrics: dict[str, float] = Field(default_factory=lambda: {"accuracy": 0.7})
+    max_metrics: dict[str, float] = Field(default_factory=lambda: {"latency_p99_ms": 50.0})
+    champion_alias: str = Field(default="production", pattern=ALIAS_PATTERN)
+    champion_metric: str = "accuracy"
+    champion_tolerance: float = Field(default=0.01, ge=0, description="how much worse the challenger may be")
+
+
+class ValidationPolicy(ValidationPolicyUpdate):
+    """The policy in force; `updated_at` is null while the defaults apply."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    updated_at: datetime | None = None
