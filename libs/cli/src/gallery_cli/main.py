@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import events_cmd, models_cmd, stack_cmd
+from . import events_cmd, models_cmd, runs_cmd, stack_cmd, train_cmd
 
 app = typer.Typer(
     name="gallery",
@@ -23,6 +23,8 @@ app.command()(stack_cmd.up)
 app.command()(stack_cmd.down)
 app.command()(stack_cmd.status)
 app.add_typer(events_cmd.app, name="events")
+app.command()(train_cmd.train)
+app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(models_cmd.app, name="models")
 
 

@@ -45,6 +45,7 @@ class ArtifactRole(StrEnum):
     train_split = "train_split"
     validation_split = "validation_split"
     test_split = "test_split"
+    curves = "curves"  # the training curves PNG the trainer attaches to every run
 
 
 TagKey = Annotated[str, StringConstraints(pattern=TAG_KEY_PATTERN)]

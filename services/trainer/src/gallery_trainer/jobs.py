@@ -1,0 +1,149 @@
+"""Training jobs as the API sees them: submit a spec, list, inspect, cancel, read the log."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFound
+from gallery_common.telemetry import get_logger
+
+from .models import FINAL_JOB_STATES, Job, JobPublic, Run, utcnow
+from .runner import STOPPED_REASON, JobRunner
+from .search import SearchCoordinator
+
+log = get_logger(__name__)
+
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+JSON_TYPES = frozenset({"application/json", ""})
+
+
+class UnsupportedMediaType(GalleryError):
+    status_code = 415
+
+
+def read_spec_body(body: bytes, content_type: str) -> Any:
+    """The spec a request carries: a JSON object, or YAML text; raise a 4xx error saying what is wrong."""
+    from .spec import SpecError, parse_spec
+
+    media = content_type.split(";", 1)[0].strip().lower()
+    if not body.strip():
+        raise InvalidRequest("the request has no job spec: send it as JSON or as YAML (Content-Type application/yaml)")
+    try:
+        if media in YAML_TYPES:
+            return parse_spec(body)
+        if media not in JSON_TYPES:
+            raise UnsupportedMediaType(
+                f"cannot read a job spec of type {media!r}: send application/json or application/yaml"
+            )
+        try:
+            doc = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+        return parse_spec(doc)
+    except SpecError as exc:
+        raise InvalidRequest("invalid job spec: " + "; ".join(exc.problems)) from None
+
+
+class JobService:
+    """The trainer's jobs, over the database, the worker and the search coordinator."""
+
+    def __init__(self, engine: Engine, runner: JobRunner, searches: SearchCoordinator) -> None:
+        self.engine = engine
+        self.runner = runner
+        self.searches = searches
+
+    def submit(self, body: bytes, content_type: str) -> JobPublic:
+        """Validate a spec and queue it; a spec with a search block starts a search at its first trial."""
+        spec = read_spec_body(body, content_type)
+        if spec.search is not None:
+            job = self.searches.start(spec)
+        else:
+            job = Job(model=spec.name, spec=spec.model_dump(mode="json"), epochs=spec.training.epochs)
+            with Session(self.engine) as session:
+                session.add(job)
+                session.commit()
+                session.refresh(job)
+        self.runner.enqueue(job.id)
+        log.info("job queued", job_id=job.id, model=job.model, search_id=job.search_id)
+        return JobPublic.of(job)
+
+    def list_jobs(self, *, status: str | None = None, model: str | None = None, limit: int = 100) -> list[JobPublic]:
+        query = select(Job).order_by(col(Job.created_at).desc()).limit(limit)
+        if status:
+            query = query.where(Job.status == status)
+        if model:
+            query = query.where(Job.model == model)
+        with Session(self.engine) as session:
+            return [JobPublic.of(job) for job in session.exec(query).all()]
+
+    def get(self, job_id: str) -> JobPublic:
+        with Session(self.engine) as session:
+            return JobPublic.of(self._job(session, job_id))
+
+    def cancel(self, job_id: str) -> JobPublic:
+        """Cancel a queued job at once, or ask a running one to stop (it ends `cancelled` shortly)."""
+        with Session(self.engine) as session:
+            job = self._job(session, job_id)
+            if job.status in FINAL_JOB_STATES:
+                raise Conflict(f"job {job_id} has already {job.status}; only a queued or running job can be cancelled")
+            dequeued = session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.status) == "queued")
+                .values(status="cancelled", error="cancelled on request", finished_at=utcnow(), cancel_requested=True)
+            )
+            if dequeued.rowcount != 1:  # type: ignore[attr-defined]
+                session.execute(update(Job).where(col(Job.id) == job_id).values(cancel_requested=True))
+            session.commit()
+        if dequeued.rowcount == 1:  # type: ignore[attr-defined]
+            self.searches.on_trial_ended(job_id)
+        else:
+            self.runner.cancel(job_id)
+        return self.get(job_id)
+
+    def logs(self, job_id: str, tail: int) -> str:
+        """The last `tail` lines of the job's training log ('' before it starts)."""
+        with Session(self.engine) as session:
+            self._job(session, job_id)
+        path = self.runner.workdir(job_id) / "train.log"
+        try:
+            with open(path, encoding="utf-8", errors="replace") as file:
+                return "".join(deque(file, maxlen=tail))
+        except FileNotFoundError:
+            return ""
+
+    def recover(self) -> list[str]:
+        """At start-up: jobs a previous process left running are failed; returns the queued ones, oldest first."""
+        now = utcnow()
+        with Session(self.engine) as session:
+            stale = session.exec(select(Job).where(Job.status == "running")).all()
+            for job in stale:
+                job.status, job.error, job.finished_at = "failed", STOPPED_REASON, now
+                session.add(job)
+                if job.run_id:
+                    session.execute(
+                        update(Run)
+                        .where(col(Run.id) == job.run_id)
+                        .values(status="failed", error=STOPPED_REASON, finished_at=now)
+                    )
+            session.commit()
+            stale_ids = [job.id for job in stale]
+            queued = session.exec(select(Job.id).where(Job.status == "queued").order_by(col(Job.created_at))).all()
+        for job_id in stale_ids:
+            log.warning("job failed: the trainer stopped while it ran", job_id=job_id)
+            next_job = self.searches.on_trial_ended(job_id)
+            if next_job is not None:
+                queued = [*queued, next_job]
+        return list(queued)
+
+    @staticmethod
+    def _job(session: Session, job_id: str) -> Job:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job

@@ -1,0 +1,88 @@
+"""REST adapters over `JobService` and `SearchCoordinator`: /api/v1/jobs and /api/v1/searches."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+
+from gallery_common.errors import Unavailable
+
+from .jobs import JobService
+from .models import JobPublic, JobStatus, SearchPublic
+from .search import SearchCoordinator
+
+
+def get_jobs(request: Request) -> JobService:
+    jobs = request.app.state.resources.extras.get("jobs")
+    if jobs is None:
+        raise Unavailable("the trainer is starting")
+    return jobs  # type: ignore[no-any-return]
+
+
+def get_searches(request: Request) -> SearchCoordinator:
+    return get_jobs(request).searches
+
+
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+SearchesDep = Annotated[SearchCoordinator, Depends(get_searches)]
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def submit_job(request: Request, jobs: JobsDep) -> JobPublic:
+    """Queue a training job from a spec: a JSON object, or YAML text with Content-Type application/yaml."""
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    return await anyio.to_thread.run_sync(jobs.submit, body, content_type)
+
+
+@router.get("/jobs", response_model=list[JobPublic])
+def list_jobs(
+    jobs: JobsDep,
+    status: JobStatus | None = None,
+    model: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[JobPublic]:
+    """Jobs, newest first."""
+    return jobs.list_jobs(status=status, model=model, limit=limit)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, jobs: JobsDep) -> JobPublic:
+    """A job's status, phase, progress (0..1), epoch, current loss, run id and error reason."""
+    return jobs.get(job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, jobs: JobsDep) -> JobPublic:
+    """Cancel a queued or running job; 409 when it has already ended."""
+    return jobs.cancel(job_id)
+
+
+@router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
+def job_logs(job_id: str, jobs: JobsDep, tail: Annotated[int, Query(ge=1, le=100_000)] = 200) -> str:
+    """The last `tail` lines of the job's training log."""
+    return jobs.logs(job_id, tail)
+
+
+@router.get("/searches/{search_id}", response_model=SearchPublic)
+def get_search(search_id: str, searches: SearchesDep) -> SearchPublic:
+    """A hyperparameter search and its trials."""
+    return searches.get(search_id)

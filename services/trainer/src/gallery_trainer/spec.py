@@ -1,0 +1,390 @@
+"""The training job spec: what to train on, how to prepare it, which model, how to train, on which engine.
+
+A spec is YAML or JSON text (or a mapping). `parse_spec` validates all of it at once and raises
+`SpecError` listing every bad field as `dotted.path: reason`, so a user fixes a spec in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gallery_common.events import NAME_PATTERN
+
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu")
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; `problems` has one `field: reason` line per bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid job spec: " + "; ".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Section):
+    """Where the examples come from.
+
+    `builtin` names a scikit-learn data set shipped inside the package; `csv` and `npz` read an
+    artifact (`uri` + `sha256`) through the artifact store; `images` reads a folder with one
+    subfolder per class (`path` on local disk, or `uri`: a folder prefix in the artifact store).
+    """
+
+    source: Literal["builtin", "csv", "npz", "images"]
+    name: Literal["digits", "iris", "wine", "breast_cancer"] | None = None
+    uri: str | None = Field(default=None, pattern=r"^(file|s3)://")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    path: str | None = None
+    target: str | None = Field(
+        default=None, description="CSV: the target column (default: the last); NPZ: the label array (default: y)"
+    )
+    features: str = Field(default="x", description="NPZ: the feature array")
+    task: Literal["classification", "regression"] = "classification"
+    image_shape: tuple[int, int, int] | None = Field(
+        default=None, description="[channels, height, width] of flat features that are images (digits: 1, 8, 8)"
+    )
+    image_size: tuple[int, int] = Field(default=(32, 32), description="images: every picture is resized to [h, w]")
+    grayscale: bool = Field(default=False, description="images: one channel instead of RGB")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DataSpec:
+        problems: list[str] = []
+        if self.source == "builtin":
+            if self.name is None:
+                problems.append(f"name: required for a builtin data set (one of {', '.join(BUILTIN_DATASETS)})")
+            if self.task == "regression":
+                problems.append("task: the builtin data sets are classification data sets")
+        elif self.source in ("csv", "npz"):
+            if self.uri is None:
+                problems.append(f"uri: required for a {self.source} data set (an artifact store URI)")
+            if self.sha256 is None:
+                problems.append(f"sha256: required for a {self.source} data set")
+        elif self.source == "images" and (self.uri is None) == (self.path is None):
+            problems.append("path: give exactly one of path (a local folder) or uri (an artifact store folder)")
+        if self.image_shape is not None and min(self.image_shape) < 1:
+            problems.append("image_shape: every dimension must be at least 1")
+        if min(self.image_size) < 1:
+            problems.append("image_size: height and width must be at least 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class SplitSpec(_Section):
+    """Fractions of the examples for each split (they add up to 1), drawn with `seed`."""
+
+    train: float = Field(default=0.7, gt=0, lt=1)
+    validation: float = Field(default=0.15, gt=0, lt=1)
+    test: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 0
+    stratify: bool = Field(default=True, description="keep class proportions in every split (classification)")
+
+    @model_validator(mode="after")
+    def _adds_up(self) -> SplitSpec:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1, not {total:g}")
+        return self
+
+
+class PCASpec(_Section):
+    """Project onto `components` principal axes, or onto as many as keep `variance` of the variance."""
+
+    components: int | None = Field(default=None, ge=1)
+    variance: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PCASpec:
+        if (self.components is None) == (self.variance is None):
+            raise ValueError("give exactly one of components or variance")
+        return self
+
+
+class ImageAugmentation(_Section):
+    """Random resized crop, horizontal flip and colour jitter, applied to training batches only."""
+
+    crop_scale: tuple[float, float] | None = Field(default=None, description="area fraction range, e.g. [0.8, 1]")
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = Field(default=0.0, ge=0, le=1, description="probability of a horizontal flip")
+    brightness: float = Field(default=0.0, ge=0, lt=1)
+    contrast: float = Field(default=0.0, ge=0, lt=1)
+    saturation: float = Field(default=0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ImageAugmentation:
+        problems = []
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            problems.append("crop_scale: needs 0 < low <= high <= 1")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            problems.append("crop_ratio: needs 0 < low <= high")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class TabularAugmentation(_Section):
+    """Gaussian noise (in units of each feature's training standard deviation) and mixup."""
+
+    noise: float = Field(default=0.0, ge=0, description="noise standard deviation, in feature standard deviations")
+    mixup: float = Field(default=0.0, ge=0, description="mixup Beta(alpha, alpha); 0 turns it off")
+
+
+class AugmentationSpec(_Section):
+    image: ImageAugmentation | None = None
+    tabular: TabularAugmentation | None = None
+
+
+class PreparationSpec(_Section):
+    """Split, leakage check and feature engineering; every fitted step sees the training split only.
+
+    Feature steps run in this order: standardisation, univariate selection, PCA.
+    """
+
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    leakage: Literal["drop", "fail", "report"] = Field(
+        default="drop", description="rows found in two splits: drop them from the later split, fail, or only report"
+    )
+    standardize: bool = True
+    select_k_best: int | None = Field(default=None, ge=1, description="keep the k features with the best F score")
+    pca: PCASpec | None = None
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+
+
+class ModelSpec(_Section):
+    """An architecture described as data: an MLP, or a small CNN over image-shaped features."""
+
+    architecture: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128], description="dense layer sizes")
+    activation: Literal["relu", "gelu", "tanh", "silu", "leaky_relu"] = "relu"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [16, 32], description="cnn: output channels of each conv block"
+    )
+    kernel_size: int = Field(default=3, ge=1, le=11)
+
+    @property
+    def weighted_layers(self) -> int:
+        """How many layers carry weights: the most pipeline stages the model can be cut into."""
+        return len(self.hidden) + 1 + (len(self.channels) if self.architecture == "cnn" else 0)
+
+    @model_validator(mode="after")
+    def _kernel(self) -> ModelSpec:
+        if self.architecture == "cnn" and self.kernel_size % 2 == 0:
+            raise ValueError("kernel_size: must be odd so a convolution keeps the image size")
+        if self.architecture == "cnn" and not self.channels:
+            raise ValueError("channels: a cnn needs at least one conv block")
+        return self
+
+
+class ScheduleSpec(_Section):
+    """Learning-rate schedule per optimizer step; `warmup_steps` ramps linearly up first (any kind)."""
+
+    kind: Literal["constant", "step", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    step_epochs: int = Field(default=10, ge=1, description="step: multiply by gamma every this many epochs")
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1, description="cosine: the floor, as a fraction of the rate")
+
+
+class EarlyStoppingSpec(_Section):
+    """Stop when the validation loss has not improved by `min_delta` for `patience` epochs; keep the best."""
+
+    patience: int = Field(default=5, ge=1)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
+class TrainingSpec(_Section):
+    """The optimisation. `batch_size` is the micro-batch of one data-parallel rank; an optimizer step sees
+    `batch_size * gradient_accumulation * data-parallel ranks` examples."""
+
+    epochs: int = Field(default=10, gt=0, le=100_000)
+    batch_size: int = Field(default=32, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd only")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    gradient_accumulation: int = Field(default=1, ge=1)
+    gradient_clipping: float | None = Field(default=None, gt=0, description="max global gradient norm")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    early_stopping: EarlyStoppingSpec | None = None
+    seed: int = 0
+
+
+class EngineSpec(_Section):
+    """Where and how the ranks run: `ranks` = data-parallel ranks x `pipeline_stages`."""
+
+    kind: Literal["deepspeed", "ddp"] = "deepspeed"
+    ranks: int = Field(default=1, ge=1, le=1024)
+    pipeline_stages: int = Field(default=1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    hostfile: str | None = Field(default=None, description="deepspeed: a hostfile for several machines")
+    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl with CUDA, else gloo")
+    checkpoint_epochs: int = Field(default=1, ge=0, description="save a resumable checkpoint every N epochs; 0: never")
+
+    @model_validator(mode="after")
+    def _layout(self) -> EngineSpec:
+        problems = []
+        if self.ranks % self.pipeline_stages:
+            problems.append(f"ranks: {self.ranks} ranks cannot be split into {self.pipeline_stages} pipeline stages")
+        if self.kind == "ddp":
+            if self.pipeline_stages > 1:
+                problems.append("pipeline_stages: pipeline parallelism needs kind deepspeed")
+            if self.zero_stage:
+                problems.append("zero_stage: ZeRO needs kind deepspeed")
+            if self.hostfile:
+                problems.append("hostfile: several machines need kind deepspeed")
+        elif self.pipeline_stages > 1 and self.zero_stage > 1:
+            problems.append("zero_stage: DeepSpeed pipeline parallelism works with ZeRO stage 0 or 1 only")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def data_parallel(self) -> int:
+        return self.ranks // self.pipeline_stages
+
+
+class SearchDimension(_Section):
+    """One hyperparameter to search: a float or int range (`log` for a log scale) or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchDimension:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("choices: a categorical dimension needs at least one choice")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"low, high: a {self.type} dimension needs both bounds")
+        if self.low > self.high:
+            raise ValueError("low: must not exceed high")
+        if self.log and self.low <= 0:
+            raise ValueError("low: a log scale needs a positive lower bound")
+        return self
+
+
+class SearchSpec(_Section):
+    """A hyperparameter search: `budget` trials, each the base spec with `space`'s paths set to sampled values."""
+
+    budget: int = Field(ge=1, le=10_000)
+    metric: str = "val_accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    space: dict[str, SearchDimension] = Field(min_length=1)
+
+    def apply(self, spec: JobSpec, params: Mapping[str, Any]) -> JobSpec:
+        """`spec` with each dotted path in `params` (e.g. `training.learning_rate`) set; SpecError if invalid."""
+        doc = spec.model_dump(mode="json")
+        for path, value in params.items():
+            node = doc
+            *parents, leaf = path.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise SpecError([f"search.space.{path}: no such field in the job spec"])
+                node = node[part]
+            node[leaf] = value
+        doc.pop("search", None)
+        return parse_spec(doc)
+
+
+class JobSpec(_Section):
+    """A whole training job; `name` becomes the model's name in the registry."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    data: DataSpec
+    preparation: PreparationSpec = Field(default_factory=PreparationSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    search: SearchSpec | None = None
+
+
+def _cross_field_problems(spec: JobSpec) -> list[str]:
+    """Rules that span sections (each section has checked itself already)."""
+    problems = []
+    prep, data = spec.preparation, spec.data
+    image_shaped = data.source == "images" or data.image_shape is not None or data.name == "digits"
+    if spec.model.architecture == "cnn":
+        if not image_shaped:
+            problems.append("model.architecture: a cnn needs image-shaped features; set data.image_shape")
+        if prep.pca is not None or prep.select_k_best is not None:
+            problems.append(
+                "model.architecture: a cnn needs the image pixels; remove preparation.pca and select_k_best"
+            )
+    if prep.augmentation.image is not None and not image_shaped:
+        problems.append("preparation.augmentation.image: needs image-shaped features; set data.image_shape")
+    if data.task == "regression" and spec.search is not None and spec.search.metric == "val_accuracy":
+        problems.append("search.metric: a regression job has no val_accuracy; use val_rmse or val_loss")
+    if spec.engine.pipeline_stages > spec.model.weighted_layers:
+        problems.append(
+            f"engine.pipeline_stages: the model has {spec.model.weighted_layers} layers with weights, "
+            f"so it cannot be cut into {spec.engine.pipeline_stages} stages"
+        )
+    if spec.search is not None:
+        for path in spec.search.space:
+            if not _path_exists(spec, path):
+                problems.append(f"search.space.{path}: no such field in the job spec")
+    return problems
+
+
+def _path_exists(spec: JobSpec, path: str) -> bool:
+    node: Any = spec.model_dump(mode="json")
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-after"))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    # A model validator reports "field: reason; field: reason" for its own section: qualify each field.
+    if error["type"] == "value_error" and ": " in message:
+        return "; ".join(f"{location + '.' if location else ''}{part}" for part in message.split("; "))
+    return f"{location or 'spec'}: {message}"
+
+
+def parse_spec(source: str | bytes | Mapping[str, Any]) -> JobSpec:
+    """Parse and validate a job spec from YAML or JSON text or a mapping; SpecError lists every bad field."""
+    if isinstance(source, bytes | str):
+        try:
+            doc = yaml.safe_load(source)
+        except yaml.YAMLError as exc:
+            raise SpecError([f"spec: not valid YAML or JSON: {exc}".replace("\n", " ")]) from None
+    else:
+        doc = source
+    if not isinstance(doc, Mapping):
+        raise SpecError(["spec: must be a mapping of sections (name, data, preparation, model, training, engine)"])
+    try:
+        spec = JobSpec.model_validate(dict(doc))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            problems.extend(_describe(error).split("; ") if error["type"] == "value_error" else [_describe(error)])
+        raise SpecError(problems) from None
+    problems = _cross_field_problems(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def config_hash(spec: JobSpec) -> str:
+    """The sha256 of the spec's canonical JSON (sorted keys, no whitespace); equal specs hash equal."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,124 @@
+"""Real training runs through the real launchers: DeepSpeed with 1 rank, 2 data-parallel ranks and 2
+pipeline stages, the DDP fallback, a failing spec, and cancel-then-resume. Tiny digits MLPs."""
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gallery_trainer import launcher
+from gallery_trainer.pipeline import JobCancelled, JobOutputs, ProgressUpdate, TrainingFailed, run_job
+from gallery_trainer.spec import parse_spec
+
+TRAIN_EXAMPLES = 1257  # digits, 70 % of 1797 after the stratified split
+CHANCE = 0.1
+
+
+def digits_spec(engine: dict[str, Any], **training: Any) -> Any:
+    return parse_spec(
+        {
+            "name": "digits-mlp",
+            "data": {"source": "builtin", "name": "digits"},
+            "model": {"hidden": [32]},
+            "training": {"epochs": 2, "batch_size": 32, "learning_rate": 0.005, **training},
+            "engine": engine,
+        }
+    )
+
+
+def metric_lines(workdir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_trained(outputs: JobOutputs, workdir: Path, *, epochs: int, steps_per_epoch: int) -> None:
+    assert outputs.metrics["test_accuracy"] > 5 * CHANCE
+    assert outputs.metrics["val_accuracy"] > 5 * CHANCE
+    assert outputs.metrics["onnx_parity_max_abs_diff"] < 1e-4
+    assert outputs.metrics["epochs_run"] == epochs
+    lines = metric_lines(workdir)
+    steps = [line["step"] for line in lines if line["kind"] == "step"]
+    # one writer: every optimizer step appears exactly once, in order
+    assert steps == list(range(1, epochs * steps_per_epoch + 1))
+    epoch_lines = [line for line in lines if line["kind"] == "epoch"]
+    assert [line["epoch"] for line in epoch_lines] == list(range(1, epochs + 1))
+    assert all(
+        {"train_loss", "lr", "samples_per_sec", "val_loss", "val_accuracy"} <= line.keys() for line in epoch_lines
+    )
+    for role in ("weights", "spec", "onnx", "train_split", "validation_split", "test_split"):
+        assert outputs.files[role].is_file(), role
+
+
+def test_one_deepspeed_rank(tmp_path: Path) -> None:
+    updates: list[ProgressUpdate] = []
+    outputs = run_job(digits_spec({"ranks": 1}), tmp_path, on_progress=updates.append)
+    assert_trained(outputs, tmp_path, epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 32)
+    assert outputs.engine == "deepspeed" and outputs.engine_note is None
+    phases = [u.phase for u in updates]
+    assert phases[0] == "preparing" and phases[-2:] == ["exporting", "done"]
+    assert any(u.phase == "training" and u.step > 0 and "train_loss" in u.metrics for u in updates)
+    stored = json.loads(outputs.files["spec"].read_text())
+    assert stored["job"]["name"] == "digits-mlp" and stored["config_hash"] == outputs.config_hash
+    assert stored["architecture"]["layers"][1] == {"index": 1, "type": "Linear", "in_features": 64, "out_features": 32}
+    assert len(stored["preprocessing"]["mean"]) == 64
+    assert outputs.signature.inputs[0].shape == [-1, 64] and outputs.signature.outputs[0].shape == [-1, 10]
+    assert outputs.class_names == [str(d) for d in range(10)] and outputs.task == "classification"
+
+
+@pytest.mark.slow
+def test_two_data_parallel_ranks_with_zero(tmp_path: Path) -> None:
+    outputs = run_job(digits_spec({"ranks": 2, "zero_stage": 1}), tmp_path)
+    # each optimizer step takes one micro-batch from each rank
+    assert_trained(outputs, tmp_path, epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 64)
+    engine = json.loads(outputs.files["spec"].read_text())["engine"]
+    assert engine == {"engine": "deepspeed", "world_size": 2, "data_parallel": 2, "pipeline_stages": 1, "zero_stage": 1}
+
+
+@pytest.mark.slow
+def test_two_pipeline_stages(tmp_path: Path) -> None:
+    outputs = run_job(digits_spec({"ranks": 2, "pipeline_stages": 2}, gradient_accumulation=2, batch_size=16), tmp_path)
+    assert_trained(outputs, tmp_path, epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 32)
+    engine = json.loads(outputs.files["spec"].read_text())["engine"]
+    assert engine["pipeline_stages"] == 2 and engine["data_parallel"] == 1
+
+
+@pytest.mark.slow
+def test_ddp_fallback_when_deepspeed_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "deepspeed_import_error", lambda: "the deepspeed package is not installed")
+    outputs = run_job(digits_spec({"ranks": 2}), tmp_path)
+    assert_trained(outputs, tmp_path, epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 64)
+    assert outputs.engine == "ddp"
+    assert outputs.engine_note is not None and "DeepSpeed is unavailable" in outputs.engine_note
+    assert "torch.distributed.run" in (tmp_path / "train.log").read_text()
+
+
+def test_a_batch_larger_than_the_data_fails_with_the_field(tmp_path: Path) -> None:
+    with pytest.raises(TrainingFailed) as caught:
+        run_job(digits_spec({"kind": "ddp"}, batch_size=2000), tmp_path)
+    assert str(caught.value).startswith("training.batch_size: one optimizer step needs 2000 training examples")
+
+
+def test_cancel_stops_the_ranks_and_resume_finishes_the_job(tmp_path: Path) -> None:
+    spec = digits_spec({"kind": "ddp"}, epochs=8, batch_size=8)
+    cancel = threading.Event()
+
+    def cancel_after_first_epoch(update: ProgressUpdate) -> None:
+        if update.phase == "training" and update.epoch >= 2:
+            cancel.set()
+
+    with pytest.raises(JobCancelled):
+        run_job(spec, tmp_path, on_progress=cancel_after_first_epoch, cancel=cancel)
+    interrupted = max(line["epoch"] for line in metric_lines(tmp_path) if line["kind"] == "epoch")
+    assert interrupted < 8
+    assert not (tmp_path / "weights.safetensors").exists()
+
+    outputs = run_job(spec, tmp_path, resume=True)
+    assert outputs.engine_note is not None and "resumed after epoch" in outputs.engine_note
+    resumed_from = int(outputs.engine_note.rsplit(" ", 1)[-1])
+    assert 1 <= resumed_from <= interrupted
+    epochs = [line["epoch"] for line in metric_lines(tmp_path) if line["kind"] == "epoch"]
+    assert epochs == list(range(1, 9))
+    steps = [line["step"] for line in metric_lines(tmp_path) if line["kind"] == "step"]
+    assert steps == list(range(1, 8 * (TRAIN_EXAMPLES // 8) + 1))
+    assert outputs.metrics["epochs_run"] == 8 and outputs.metrics["test_accuracy"] > 5 * CHANCE

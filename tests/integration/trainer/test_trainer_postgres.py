@@ -1,0 +1,59 @@
+"""The trainer's records on PostgreSQL: jobs, recovery and the search loop (no training runs here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from gallery_common.artifacts import open_store
+from gallery_common.db import make_engine
+from gallery_common.settings import GallerySettings
+from gallery_trainer.app import create_tables
+from gallery_trainer.jobs import JobService
+from gallery_trainer.models import Job, Run
+from gallery_trainer.runner import STOPPED_REASON, JobRunner
+from gallery_trainer.search import SearchCoordinator
+
+SPEC = {
+    "name": "iris-pg",
+    "data": {"source": "builtin", "name": "iris"},
+    "search": {"budget": 2, "space": {"model.hidden": {"type": "categorical", "choices": [[8], [4, 4]]}}},
+}
+
+
+def test_jobs_and_searches_on_postgres(tmp_path: Path, postgres_server) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(postgres_server.new_database())
+    create_tables(engine)
+    store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
+    searches = SearchCoordinator(engine)
+    # The runner is never started: these jobs stay queued unless the test moves them.
+    runner = JobRunner(engine=engine, store=store, publish=lambda *_: None, jobs_dir=tmp_path / "jobs")
+    jobs = JobService(engine, runner, searches)
+
+    first = jobs.submit(json.dumps(SPEC).encode(), "application/json")
+    with Session(engine) as session:
+        session.execute(update(Job).where(col(Job.id) == first.id).values(status="succeeded", run_id="run0"))
+        session.add(Run(id="run0", job_id=first.id, model="iris-pg", metrics={"val_accuracy": 0.5}))
+        session.commit()
+    second = searches.on_rejected("run0", ["too weak"])
+    assert second is not None and searches.on_rejected("run0", ["too weak"]) is None
+
+    with Session(engine) as session:
+        session.execute(update(Job).where(col(Job.id) == second).values(status="running", run_id="run1"))
+        session.add(Run(id="run1", job_id=second, model="iris-pg"))
+        session.commit()
+    assert jobs.recover() == []
+    stopped = jobs.get(second)
+    assert stopped.status == "failed" and stopped.error == STOPPED_REASON
+    search = searches.get(first.search_id)  # type: ignore[arg-type]
+    assert search.status == "exhausted"
+    assert [(t.state, t.value) for t in search.trials] == [("rejected", 0.5), ("failed", None)]
+    assert search.trials[1].params["model.hidden"] in ([8], [4, 4])
+
+    plain = jobs.submit(json.dumps({k: v for k, v in SPEC.items() if k != "search"}).encode(), "application/json")
+    assert jobs.cancel(plain.id).status == "cancelled"
+    assert [j.id for j in jobs.list_jobs(status="cancelled")] == [plain.id]
+    engine.dispose()

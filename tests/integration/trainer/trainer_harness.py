@@ -1,0 +1,96 @@
+"""The real trainer app served by uvicorn on a free port, against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from gallery_common.bus import EventBus
+from gallery_common.events import CloudEvent, Payload
+from gallery_common.netutil import free_port
+from gallery_trainer.app import create
+from gallery_trainer.settings import TrainerSettings
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def iris_spec(name: str = "iris-mlp", epochs: int = 2, **training: Any) -> dict[str, Any]:
+    """The smallest real job: iris, a tiny MLP, one rank."""
+    return {
+        "name": name,
+        "data": {"source": "builtin", "name": "iris"},
+        "model": {"hidden": [16]},
+        "training": {"epochs": epochs, "batch_size": 16, "learning_rate": 0.05, **training},
+        "engine": {"ranks": 1},
+    }
+
+
+def trainer_settings(home: Path, nats_url: str) -> TrainerSettings:
+    return TrainerSettings(home=home, nats_url=nats_url, port=free_port(), progress_interval=0.2)
+
+
+@contextmanager
+def serve_trainer(settings: TrainerSettings) -> Iterator[httpx.Client]:
+    """The trainer app running in uvicorn; yields an HTTP client on its base URL."""
+    server = uvicorn.Server(uvicorn.Config(create(settings), host="127.0.0.1", port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="trainer-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the trainer did not start")
+        time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def wait_job(client: httpx.Client, job_id: str, until: tuple[str, ...] = FINAL, timeout: float = 120) -> dict[str, Any]:
+    """Poll a job until its status (or phase) is one of `until`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["status"] in until or job.get("phase") in until:
+            return job
+        if job["status"] in FINAL or time.monotonic() > deadline:
+            raise AssertionError(f"job ended up {job['status']} (wanted {until}): {job}")
+        time.sleep(0.2)
+
+
+def publish(nats_url: str, payload: Payload) -> None:
+    async def go() -> None:
+        async with EventBus(nats_url, "test") as bus:
+            await bus.publish(payload)
+
+    asyncio.run(go())
+
+
+def stored_events(nats_url: str, subject: str, count: int, timeout: float = 10) -> list[CloudEvent[Any]]:
+    """The first `count` events on `subject` in the stream (fewer if the timeout passes first)."""
+
+    async def go() -> list[CloudEvent[Any]]:
+        events: list[CloudEvent[Any]] = []
+        async with EventBus(nats_url, "test") as bus:
+
+            async def collect() -> None:
+                async for event in bus.tail(subject, deliver="all"):
+                    events.append(event)
+                    if len(events) >= count:
+                        return
+
+            with suppress(TimeoutError):
+                await asyncio.wait_for(collect(), timeout)
+        return events
+
+    return asyncio.run(go())

@@ -1,0 +1,88 @@
+"""Launch commands, following metrics.jsonl, the DDP fallback and the reasons a user reads on failure."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gallery_trainer import launcher
+from gallery_trainer.launcher import MetricsTail, failure_reason, launch_command
+from gallery_trainer.pipeline import TrainingFailed, choose_engine
+from gallery_trainer.spec import parse_spec
+
+
+def spec_with(engine: dict) -> object:
+    return parse_spec({"name": "digits", "data": {"source": "builtin", "name": "digits"}, "engine": engine})
+
+
+def test_deepspeed_command_uses_the_launcher_with_ranks_and_port(tmp_path: Path) -> None:
+    command = launch_command(spec_with({"ranks": 2}), tmp_path, 29555)
+    assert Path(command[0]).name in ("deepspeed", Path(sys.executable).name)
+    joined = " ".join(command)
+    assert "--num_gpus 2" in joined and "--master_port 29555" in joined
+    assert command[-4:] == ["--module", "gallery_trainer.worker", "--workdir", str(tmp_path)]
+    assert "--resume" in launch_command(spec_with({"ranks": 2}), tmp_path, 29555, resume=True)
+
+
+def test_a_hostfile_replaces_the_local_rank_count(tmp_path: Path) -> None:
+    command = launch_command(spec_with({"ranks": 8, "hostfile": "/etc/gallery/hosts"}), tmp_path, 29600)
+    joined = " ".join(command)
+    assert "--hostfile /etc/gallery/hosts" in joined and "--num_gpus" not in joined
+
+
+def test_ddp_command_runs_torch_distributed_run(tmp_path: Path) -> None:
+    command = launch_command(spec_with({"kind": "ddp", "ranks": 3}), tmp_path, 29700)
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    joined = " ".join(command)
+    assert "--nproc_per_node 3" in joined and "--master_port 29700" in joined
+    assert "-m gallery_trainer.worker --workdir " + str(tmp_path) in joined
+
+
+def test_metrics_tail_returns_only_complete_new_lines(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.read_new() == []
+    with open(path, "w") as out:
+        out.write(json.dumps({"kind": "step", "step": 1}) + "\n" + '{"kind": "st')
+    assert tail.read_new() == [{"kind": "step", "step": 1}]
+    with open(path, "a") as out:
+        out.write('ep", "step": 2}\n')
+    assert tail.read_new() == [{"kind": "step", "step": 2}]
+    assert tail.read_new() == []
+
+
+def test_failure_reason_prefers_the_users_mistake_then_the_first_crash(tmp_path: Path) -> None:
+    (tmp_path / "error-rank1.json").write_text(
+        json.dumps({"rank": 1, "message": "ValueError: boom", "user_error": False})
+    )
+    time.sleep(0.01)
+    (tmp_path / "error-rank0.json").write_text(
+        json.dumps({"rank": 0, "message": "RuntimeError: Connection closed by peer", "user_error": False})
+    )
+    assert failure_reason(tmp_path, 1) == "training failed on rank 1: ValueError: boom"
+    (tmp_path / "error-rank2.json").write_text(
+        json.dumps({"rank": 2, "message": "training.batch_size: too big", "user_error": True})
+    )
+    assert failure_reason(tmp_path, 2) == "training.batch_size: too big"
+
+
+def test_failure_reason_without_reports_quotes_the_log(tmp_path: Path) -> None:
+    (tmp_path / "train.log").write_text("starting\nImportError: no module named foo\n")
+    reason = failure_reason(tmp_path, 1)
+    assert reason.startswith("the training ranks exited with code 1") and "no module named foo" in reason
+
+
+def test_ddp_is_the_fallback_when_deepspeed_cannot_be_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launcher, "deepspeed_import_error", lambda: "the deepspeed package is not installed")
+    spec, note = choose_engine(spec_with({"ranks": 2, "zero_stage": 2}))
+    assert spec.engine.kind == "ddp" and spec.engine.zero_stage == 0 and spec.engine.ranks == 2
+    assert note is not None and "DeepSpeed is unavailable" in note and "ZeRO stage 2" in note
+    with pytest.raises(TrainingFailed, match="pipeline stages need DeepSpeed"):
+        choose_engine(spec_with({"ranks": 2, "pipeline_stages": 2}))
+
+
+def test_deepspeed_is_kept_when_it_imports() -> None:
+    spec = spec_with({"ranks": 2})
+    assert choose_engine(spec) == (spec, None)
