@@ -14,100 +14,109 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from gallery_common.bus import EventBus
-from gallery_common.events import CloudEvent, ModelTrained
+from gallery_common.service import service_names
 from gallery_common.settings import GallerySettings, load_settings
-from gallery_common.telemetry import configure_tracing, trace_id_of
 
 GALLERY = str(Path(sys.executable).with_name("gallery"))
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "digits-mlp"
+REGISTRY = os.environ.get("GALLERY_REGISTRY_URL", "http://127.0.0.1:8001")
 
 
 def banner(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def gallery(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def gallery(*args: str, check: bool = True, live: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a `gallery` command, showing it; `live` lets its progress bar draw on the terminal."""
     print(f"$ gallery {' '.join(args)}", flush=True)
-    result = subprocess.run([GALLERY, *args], text=True, capture_output=True)
-    print(result.stdout, end="", flush=True)
-    if result.returncode != 0:
-        print(result.stderr, end="", file=sys.stderr, flush=True)
-        if check:
-            raise SystemExit(f"`gallery {' '.join(args)}` failed with exit code {result.returncode}")
+    if live:
+        result = subprocess.run([GALLERY, *args], text=True)
+    else:
+        result = subprocess.run([GALLERY, *args], text=True, capture_output=True)
+        print(result.stdout, end="", flush=True)
+        if result.returncode != 0:
+            print(result.stderr, end="", file=sys.stderr, flush=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"`gallery {' '.join(args)}` failed with exit code {result.returncode}")
     return result
 
 
-async def watch_the_bus(settings: GallerySettings) -> None:
-    """Publish a sample event and a malformed one; show one handled and one dead-lettered."""
-    handled: list[CloudEvent[ModelTrained]] = []
+def newest_version() -> dict | None:
+    response = httpx.get(f"{REGISTRY}/api/v1/models/{MODEL}/versions", params={"limit": 1, "order": "desc"})
+    versions = response.json().get("versions") if response.status_code == 200 else None
+    return dict(versions[0]) if versions else None
 
-    async def on_trained(event: CloudEvent[ModelTrained]) -> None:
-        handled.append(event)
 
+def wait_for_judgement(after: int, timeout: float = 120) -> dict:
+    """The first version newer than `after` once the gate has judged it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        newest = newest_version()
+        if newest and newest["version"] > after and newest["status"] in {"validated", "rejected"}:
+            return newest
+        time.sleep(0.5)
+    raise SystemExit(f"the registry did not judge a new version of {MODEL} within {timeout:.0f} s")
+
+
+async def show_dead_letter_handling(settings: GallerySettings) -> None:
+    """A malformed event is refused by the gate with a reason, and the gate goes on."""
     async with EventBus(settings.nats_url, source="/modelgallery/demo") as bus:
-        consumer = bus.consumer("demo-watcher", on_trained, events=[ModelTrained], ack_wait=10)
-        consumer.start()
-        tail = subprocess.Popen(
-            [GALLERY, "events", "tail", "--count", "1"], text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
-        time.sleep(1.0)  # let the tail subscribe before the events go out
-
-        banner("Publish a sample model.trained event")
-        gallery("events", "publish-sample", "--model", "digits")
-
-        banner("Publish a malformed event (a model.trained without its artifacts)")
-        print("a consumer must refuse it with a reason and go on, never crash-loop", flush=True)
         await bus.publish_raw(
             "model.trained",
             b'{"specversion": "1.0", "id": "demo-malformed", "source": "/demo", '
             b'"type": "io.modelgallery.model.trained.v1", "subject": "digits/x", "data": {"model": "digits"}}',
         )
-
         deadline = time.monotonic() + 15
-        while not handled and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        dead = []
-        while not dead and time.monotonic() < deadline:
-            dead = await bus.dead_letters()
-            await asyncio.sleep(0.1)
-        await consumer.stop()
-
-    banner("`gallery events tail` printed the valid event as it arrived")
-    try:
-        out, _ = tail.communicate(timeout=10)
-        print(out, end="")
-    except subprocess.TimeoutExpired:
-        tail.kill()
-        print("(tail saw fewer events than expected)")
-
-    banner("A durable consumer handled the good one, in the publisher's trace")
-    for event in handled:
-        print(f"handled {event.type} subject={event.subject} trace_id={trace_id_of(event.traceparent)}")
-    if not handled:
-        raise SystemExit("the sample event was not handled within 15 s")
-
-    banner("and dead-lettered the malformed one with its reason")
-    gallery("events", "dlq")
+        while time.monotonic() < deadline and not any(d.event_id == "demo-malformed" for d in await bus.dead_letters()):
+            await asyncio.sleep(0.2)
 
 
 def main() -> None:
     settings = load_settings(GallerySettings, service_name="demo")
-    configure_tracing("demo")
     home = settings.home.resolve()
+    installed = service_names()
     banner(f"Start the embedded stack (GALLERY_HOME={home})")
     gallery("up", "--detach")
+    tail = subprocess.Popen([GALLERY, "events", "tail"], text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        asyncio.run(watch_the_bus(settings))
+        if {"registry", "trainer"} <= set(installed):
+            before = (newest_version() or {"version": 0})["version"]
+            banner("Train a digits classifier (scikit-learn's 8x8 digits, an MLP, one DeepSpeed rank)")
+            gallery("train", str(REPO / "examples" / "digits.yaml"), live=True)
+
+            banner("The registry's validation gate evaluates it itself, on the held-out test split")
+            judged = wait_for_judgement(after=before)
+            gallery("models", "show", f"{MODEL}:{judged['version']}")
+            if judged["status"] != "validated":
+                print(f"rejected: {judged.get('rejection_reasons')}")
+
+        banner("A malformed event is dead-lettered with its reason; nothing crash-loops")
+        asyncio.run(show_dead_letter_handling(settings))
+        gallery("events", "dlq", "--limit", "3")
+
+        banner("Every lifecycle event the bus carried (`gallery events tail`)")
+        time.sleep(1.0)
+        tail.terminate()
+        out, _ = tail.communicate(timeout=10)
+        print(out, end="")
+
         banner("Health of everything that runs")
         gallery("status", check=False)
     finally:
+        if tail.poll() is None:
+            tail.kill()
         banner("Stop what the demo started")
         gallery("down", check=False)
     banner("Where to look")
-    print(f"logs:          {home / 'logs'}")
-    print(f"event store:   {home / 'nats'} (JetStream, sync_interval: always)")
-    print("event schemas: gallery events schema")
-    print("keep it up:    make up   (then: gallery events tail, gallery status, make down)")
+    print(f"logs:            {home / 'logs'}")
+    print(f"artifacts:       {home / 'artifacts'}  (runs/<run id>/curves.png: the training curves)")
+    print(f"event store:     {home / 'nats'}  (JetStream, sync_interval: always)")
+    print("keep it running: make up   then  gallery events tail | gallery models list | gallery runs list")
+    print("                 http://127.0.0.1:8001/docs (registry API)  http://127.0.0.1:8002/docs (trainer API)")
 
 
 if __name__ == "__main__":

@@ -116,10 +116,28 @@ def _show_model(client: RegistryClient, name: str) -> None:
             v["semver"],
             v["status"],
             ", ".join(v["aliases"]) or "-",
-            _fmt(v["metrics"].get("accuracy")),
+            # the gate's own measurement once there is one, the registered claim before
+            _fmt((v.get("evaluation_report") or {}).get("accuracy", v["metrics"].get("accuracy"))),
             v["created_at"][:19].replace("T", " "),
         )
     console.print(table)
+
+
+def _metrics_table(version: dict[str, Any]) -> Table:
+    """The gate's own evaluation beside what the trainer claimed, metric by metric."""
+    evaluated = {
+        key: value
+        for key, value in (version.get("evaluation_report") or {}).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    claimed = version["metrics"]
+    table = Table(show_header=True, title="metrics")
+    table.add_column("metric")
+    table.add_column("gate's evaluation", justify="right")
+    table.add_column("trainer's claim", justify="right")
+    for key in sorted(evaluated.keys() | claimed.keys()):
+        table.add_row(key, _fmt(evaluated.get(key)), _fmt(claimed.get(key)))
+    return table
 
 
 def _show_version(version: dict[str, Any]) -> None:
@@ -135,12 +153,7 @@ def _show_version(version: dict[str, Any]) -> None:
     if version["rejection_reasons"]:
         for reason in version["rejection_reasons"]:
             say(f"rejected: {reason}")
-    metrics = Table(show_header=True, title="metrics")
-    metrics.add_column("metric")
-    metrics.add_column("value", justify="right")
-    for key, value in sorted(version["metrics"].items()):
-        metrics.add_row(key, _fmt(value))
-    console.print(metrics)
+    console.print(_metrics_table(version))
     artifacts = Table(show_header=True, title="artifacts")
     for column in ("role", "uri", "sha256", "size"):
         artifacts.add_column(column, overflow="fold")

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.bus import EventBus
-from gallery_common.events import ArtifactRef, Lineage, ModelTrained
+from gallery_common.events import ArtifactRef, Lineage, ModelTrained, make_event
+from gallery_common.telemetry import inject_trace_context
 
 if TYPE_CHECKING:
     from .pipeline import JobOutputs
@@ -82,7 +83,11 @@ class BusBridge:
         self.loop = loop
 
     def publish(self, payload: ModelTrained, event_id: str) -> None:
-        future = asyncio.run_coroutine_threadsafe(self.bus.publish(payload, event_id=event_id), self.loop)
+        event = make_event(payload, self.bus.source, event_id=event_id)
+        # the trace lives in this worker thread's context, which the event loop does not share
+        carrier = inject_trace_context()
+        event.traceparent, event.tracestate = carrier.get("traceparent"), carrier.get("tracestate")
+        future = asyncio.run_coroutine_threadsafe(self.bus.publish_event(event), self.loop)
         # publish() gives up by itself after publish_deadline; the margin covers scheduling only.
         future.result(timeout=self.bus.publish_deadline + 10)
 

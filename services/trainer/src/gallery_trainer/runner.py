@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from gallery_common.artifacts import ArtifactStore
-from gallery_common.telemetry import counter, get_logger
+from gallery_common.telemetry import counter, get_logger, tracer
 
 from .curves import render_curves
 from .models import Job, Run, new_id, utcnow
@@ -236,7 +236,13 @@ class JobRunner:
             active.cancel.set()
         log.info("job started", job_id=job_id, run_id=run.id, model=job.model)
         try:
-            status, error = self._train_and_publish(job, run, active)
+            # one trace per job: train here, then validate, optimize and deploy downstream
+            with tracer().start_as_current_span("training job", attributes={"job.id": job_id, "model": job.model}):
+                status, error = self._train_and_publish(job, run, active)
+        except Exception as exc:
+            # whatever went wrong, the job must end with a reason rather than stay "running"
+            log.error("job crashed", job_id=job_id, exc_info=True)
+            status, error = "failed", f"the trainer failed internally: {type(exc).__name__}: {exc}"
         finally:
             with self._lock:
                 self._active.pop(job_id, None)
