@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gallery_trainer.architectures import build_network
+from gallery_common.nn import build_network
 from gallery_trainer.engine.batches import ShardedBatches
 from gallery_trainer.engine.job import METRICS_FILE, SPLIT_FILES, load_split
 from gallery_trainer.engine.optim import make_optimizer, make_scheduler

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gallery_trainer.architectures import ExportedModel, build_network
+from gallery_common.nn import ExportedModel, build_network
 from gallery_trainer.data import load_dataset
 from gallery_trainer.engine.job import RankJob
 from gallery_trainer.export import (

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import events_cmd, models_cmd, runs_cmd, stack_cmd, train_cmd
+from . import events_cmd, models_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
 
 app = typer.Typer(
     name="gallery",
@@ -26,6 +26,7 @@ app.add_typer(events_cmd.app, name="events")
 app.command()(train_cmd.train)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(models_cmd.app, name="models")
+app.command()(optimize_cmd.optimize)
 
 
 def _version() -> str:

@@ -3,8 +3,6 @@ the graph, all weights inside the one file; checked against PyTorch before anyon
 
 from __future__ import annotations
 
-import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from gallery_common.events import Signature, TensorSpec
-from gallery_trainer.architectures import ExportedModel, build_network
+from gallery_common.nn import INPUT_NAME, OUTPUT_NAME, ExportedModel, build_network
+from gallery_common.nn import export_onnx as write_onnx
 from gallery_trainer.engine.job import RankJob
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "logits"
-OPSET = 17
 PARITY_TOLERANCE = 1e-4
-# the TorchScript exporter traces through process-wide state; jobs finishing together take turns
-_EXPORT_LOCK = threading.Lock()
 
 
 class ExportError(Exception):
@@ -39,22 +33,7 @@ def load_trained_model(job: RankJob, weights: Path) -> ExportedModel:
 
 def export_onnx(model: ExportedModel, n_features: int, path: Path) -> None:
     """Write `model` as one self-contained ONNX file with a dynamic batch axis."""
-    example = torch.zeros(2, n_features, dtype=torch.float32)
-    with _EXPORT_LOCK, warnings.catch_warnings():
-        # the TorchScript exporter warns that it is the older path; it exports these models exactly
-        # and in a fraction of the dynamo exporter's time
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-            external_data=False,
-            dynamo=False,
-        )
+    write_onnx(model, n_features, path)
     check_self_contained(path)
 
 

@@ -216,7 +216,7 @@ def run_job(
 
 def _export(spec: JobSpec, prepared: PreparedJob, result: dict[str, Any], engine_note: str | None) -> JobOutputs:
     """Export to ONNX, check it against PyTorch on the test split and write the stored spec."""
-    from gallery_trainer.architectures import describe
+    from gallery_common.nn import describe
     from gallery_trainer.export import (
         PARITY_TOLERANCE,
         ExportError,

@@ -1,19 +1,57 @@
-"""Models described as data: the spec's MLP or small CNN as a flat list of layers.
+"""Models described as data: an MLP or small CNN as a flat list of layers.
 
 The first layer is always the fitted feature preprocessing (buffers only), so the network takes raw
 features, trains and exports as one module, and a pipeline engine can cut the list into stages.
+The trainer builds these networks to train them; the optimizer rebuilds them from a stored spec.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from gallery_trainer.prepare import FeatureTransform, TargetScaling
-from gallery_trainer.spec import ModelSpec
+
+class LayerSpec(Protocol):
+    """What an architecture needs to know (the trainer's `ModelSpec` satisfies it)."""
+
+    @property
+    def architecture(self) -> Literal["mlp", "cnn"]: ...
+    @property
+    def hidden(self) -> list[int]: ...
+    @property
+    def activation(self) -> str: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def channels(self) -> list[int]: ...
+    @property
+    def kernel_size(self) -> int: ...
+
+
+class FittedTransform(Protocol):
+    """Fitted preprocessing parameters (the trainer's `FeatureTransform` satisfies it)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    selected: np.ndarray | None
+    pca_mean: np.ndarray | None
+    pca_components: np.ndarray | None
+
+    @property
+    def n_outputs(self) -> int: ...
+
+
+class TargetScaling(Protocol):
+    """Regression outputs are learned standardised and mapped back with `y * scale + mean`."""
+
+    @property
+    def mean(self) -> float: ...
+    @property
+    def scale(self) -> float: ...
+
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -33,7 +71,7 @@ class FeaturePreprocessor(nn.Module):
     pca_mean: torch.Tensor
     pca_components: torch.Tensor
 
-    def __init__(self, transform: FeatureTransform) -> None:
+    def __init__(self, transform: FittedTransform) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(transform.mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(transform.scale, dtype=torch.float32))
@@ -96,7 +134,7 @@ class ExportedModel(nn.Module):
 
 
 def build_layers(
-    spec: ModelSpec, n_inputs: int, n_outputs: int, image_shape: tuple[int, int, int] | None
+    spec: LayerSpec, n_inputs: int, n_outputs: int, image_shape: tuple[int, int, int] | None
 ) -> list[nn.Module]:
     """The network after the preprocessing, as a flat list: `n_inputs` model inputs to `n_outputs` outputs."""
     activation = ACTIVATIONS[spec.activation]
@@ -127,8 +165,8 @@ def build_layers(
 
 
 def build_network(
-    spec: ModelSpec,
-    transform: FeatureTransform,
+    spec: LayerSpec,
+    transform: FittedTransform,
     n_outputs: int,
     image_shape: tuple[int, int, int] | None,
 ) -> nn.Sequential:

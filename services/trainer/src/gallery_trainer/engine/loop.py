@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from gallery_trainer.architectures import build_network
+from gallery_common.nn import build_network
 from gallery_trainer.augment import Augmenter
 from gallery_trainer.engine.base import TrainingBackend
 from gallery_trainer.engine.batches import EvalChunk, ShardedBatches, eval_chunks

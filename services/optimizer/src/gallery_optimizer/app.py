@@ -1,0 +1,92 @@
+"""The optimizer service app: policies and jobs over REST, a job worker, the `model.validated` consumer.
+
+Its tables are created at start-up (`create_all`; no migrations yet). torch and onnxruntime are
+imported by the worker when a job runs, so the service starts and answers `/readyz` quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.bus import EventBus
+from gallery_common.events import ModelOptimized
+from gallery_common.settings import load_settings
+
+from . import routes
+from .consumer import start_consumer
+from .jobs import JobStore, create_tables
+from .registry_client import RegistryClient
+from .settings import OptimizerSettings
+from .worker import BundleFn, JobRunner, OptimizeFn, default_pipeline
+
+
+class BusBridge:
+    """Lets the worker thread publish on the event loop that owns the bus connection."""
+
+    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
+        self.bus = bus
+        self.loop = loop
+
+    def publish(self, payload: ModelOptimized, event_id: str) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.bus.publish(payload, event_id=event_id), self.loop)
+        # publish() gives up by itself after publish_deadline; the margin covers scheduling only.
+        future.result(timeout=self.bus.publish_deadline + 10)
+
+
+def create(
+    settings: OptimizerSettings | None = None,
+    *,
+    pipeline: Callable[[], tuple[OptimizeFn, BundleFn, Callable[..., Any]]] = default_pipeline,
+) -> FastAPI:
+    """Build the optimizer app; `pipeline` replaces the real optimization library (tests use a small fake)."""
+    settings = settings or load_settings(OptimizerSettings)
+
+    @asynccontextmanager
+    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+        assert resources.engine is not None and resources.store is not None and resources.bus is not None
+        await anyio.to_thread.run_sync(create_tables, resources.engine)
+        jobs = JobStore(resources.engine)
+        token = settings.registry_token.get_secret_value() if settings.registry_token else None
+        registry = RegistryClient(settings.registry_url, token, timeout=settings.registry_timeout)
+        runner = JobRunner(
+            jobs=jobs,
+            store=resources.store,
+            registry=registry,
+            publish=BusBridge(resources.bus, asyncio.get_running_loop()).publish,
+            work_dir=settings.resolved_work_dir,
+            progress_interval=settings.progress_interval,
+            keep_workdirs=settings.keep_workdirs,
+            pipeline=pipeline,
+        )
+        queued = await anyio.to_thread.run_sync(jobs.recover)
+        runner.start()
+        for job_id in queued:
+            runner.enqueue(job_id)
+        consumer = start_consumer(resources.bus, jobs, runner)
+        resources.extras.update(jobs=jobs, runner=runner)
+        try:
+            yield
+        finally:
+            resources.extras.pop("jobs", None)
+            resources.extras.pop("runner", None)
+            await consumer.stop()
+            await anyio.to_thread.run_sync(runner.stop)
+            registry.close()
+
+    return create_app(
+        settings,
+        title="Model Gallery optimizer",
+        description="INT8, FP16, pruned and distilled variants of validated models, measured; the edge bundle.",
+        routers=[routes.router],
+        use_bus=True,
+        use_store=True,
+        use_database=True,
+        startup=startup,
+    )

@@ -1,0 +1,56 @@
+"""`model.validated` → an optimization job for the version, once.
+
+The handler only records the job (the work runs in the job worker), so the event is acked at
+once. A redelivered or replayed event finds the version's job: queued or running, nothing more
+happens; succeeded, its `model.optimized` is published again under the same event id (JetStream
+stores it once); failed, the job runs again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from gallery_common.bus import EventBus
+from gallery_common.consumer import Consumer, PermanentError
+from gallery_common.events import CloudEvent, ModelOptimized, ModelValidated
+from gallery_common.telemetry import get_logger
+
+from .delivery import optimized_event_id
+from .jobs import JobStore
+from .worker import JobRunner
+
+DURABLE = "optimizer"
+ACK_WAIT_SECONDS = 120.0
+log = get_logger(__name__)
+
+
+def validated_handler(jobs: JobStore, runner: JobRunner, bus: EventBus) -> Any:
+    async def on_validated(event: CloudEvent[Any]) -> None:
+        """Queue the validated version's optimization, or re-announce the one already done."""
+        data: ModelValidated = event.data
+        if "onnx" not in data.artifacts:
+            raise PermanentError(f"model.validated for {data.model}:{data.version} carries no onnx artifact")
+        policy = await anyio.to_thread.run_sync(jobs.get_policy, data.model)
+        submission = await anyio.to_thread.run_sync(
+            lambda: jobs.submit(data.model, data.version, data.artifacts, policy, source_event_id=event.id)
+        )
+        log.info(
+            "model.validated", model=data.model, version=data.version, job=submission.job.id, outcome=submission.outcome
+        )
+        if submission.needs_run:
+            runner.enqueue(submission.job.id)
+        elif submission.outcome == "succeeded" and submission.result is not None:
+            payload = ModelOptimized.model_validate(submission.result)
+            await bus.publish(payload, event_id=optimized_event_id(data.model, data.version))
+
+    return on_validated
+
+
+def start_consumer(bus: EventBus, jobs: JobStore, runner: JobRunner) -> Consumer:
+    consumer = bus.consumer(
+        DURABLE, validated_handler(jobs, runner, bus), events=[ModelValidated], ack_wait=ACK_WAIT_SECONDS, batch=1
+    )
+    consumer.start()
+    return consumer

@@ -1,0 +1,124 @@
+"""The optimizer's records: optimization jobs and each model's optimization policy.
+
+Table rows stay in the store layer (`jobs.py`); the API answers with the `*Public` models below.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import Field, SQLModel
+
+from gallery_common.events import NAME_PATTERN
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+ACTIVE_STATES: frozenset[str] = frozenset({"queued", "running"})
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored here is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _when(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+
+
+class OptimizationJob(SQLModel, table=True):
+    """One optimization of one model version: its inputs, progress, report and the event it published."""
+
+    __tablename__ = "optimizer_job"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    model: str = Field(index=True)
+    version: int = Field(index=True)
+    status: str = Field(default="queued", index=True)
+    progress: float = 0.0
+    step: str | None = None
+    error: str | None = None
+    policy: dict[str, Any] | None = _json()
+    artifacts: dict[str, Any] | None = _json()
+    report: dict[str, Any] | None = _json()
+    result: dict[str, Any] | None = _json()
+    source_event_id: str | None = Field(default=None, unique=True, nullable=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+    started_at: datetime | None = _when()
+    finished_at: datetime | None = _when()
+
+
+class OptimizationPolicyRecord(SQLModel, table=True):
+    """A model's optimization policy as set over REST (the fields of `OptimizationPolicy`)."""
+
+    __tablename__ = "optimizer_policy"
+
+    model: str = Field(primary_key=True)
+    policy: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class OptimizeRequest(BaseModel):
+    """`POST /api/v1/optimize`: optimize one registered version, optionally overriding the model's policy."""
+
+    model: str = PydanticField(pattern=NAME_PATTERN)
+    version: int = PydanticField(ge=1)
+    policy: dict[str, Any] | None = PydanticField(
+        default=None, description="fields of the policy to override for this run only"
+    )
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    model: str
+    version: int
+    status: JobStatus
+    progress: float
+    step: str | None
+    error: str | None
+    policy: dict[str, Any] | None
+    recommended: str | None
+    report: dict[str, Any] | None
+    source_event_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: OptimizationJob) -> JobPublic:
+        result = job.result or {}
+        return cls(
+            id=job.id,
+            model=job.model,
+            version=job.version,
+            status=job.status,  # type: ignore[arg-type]
+            progress=job.progress,
+            step=job.step,
+            error=job.error,
+            policy=job.policy,
+            recommended=result.get("recommended"),
+            report=job.report,
+            source_event_id=job.source_event_id,
+            created_at=as_utc(job.created_at) or job.created_at,
+            started_at=as_utc(job.started_at),
+            finished_at=as_utc(job.finished_at),
+        )

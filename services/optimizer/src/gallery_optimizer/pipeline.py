@@ -1,0 +1,245 @@
+"""One optimization from files to report: build every variant the policy names, check and measure each
+against FP32 the same way, and recommend one.
+
+`optimize` blocks (torch, ONNX Runtime, child processes); call it from a worker thread. The caller hands
+it files it already fetched and checked against their sha256; every ONNX file is verified as one
+self-contained model before it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gallery_common.onnx_safety import verify_self_contained_onnx
+from gallery_common.telemetry import get_logger
+from gallery_optimizer.edge_bundle import build_edge_bundle
+from gallery_optimizer.measure import (
+    Split,
+    latencies_ms,
+    load_split,
+    macro_f1,
+    peak_memory_bytes,
+    predict,
+    session_from_file,
+)
+from gallery_optimizer.policy import BASELINE, OptimizationPolicy
+from gallery_optimizer.report import OptimizationReport, VariantReport, recommend
+
+__all__ = [
+    "OptimizationError",
+    "OptimizationReport",
+    "OptimizeInputs",
+    "VariantReport",
+    "build_edge_bundle",
+    "optimize",
+]
+
+log = get_logger(__name__)
+Progress = Callable[[str, float], None]
+
+
+class OptimizationError(Exception):
+    """The FP32 model or its data cannot be optimized at all (the message says why); FP32 stays deployable."""
+
+
+@dataclass
+class OptimizeInputs:
+    """A validated version's files, fetched and sha256-checked: the FP32 ONNX (raw `features` in, `logits`
+    out), the trainer's safetensors `weights` and stored `spec` JSON (needed by pruning and distillation),
+    and the NPZ splits (`x` raw FP32 features, `y` labels)."""
+
+    onnx: Path
+    weights: Path | None
+    spec: dict[str, Any] | None
+    train_split: Path
+    validation_split: Path
+    test_split: Path
+    class_names: list[str] | None = None
+
+
+@dataclass
+class _Data:
+    train: Split
+    validation: Split
+    test: Split
+    fp32_predictions: np.ndarray
+    n_features: int
+
+
+def _load(inputs: OptimizeInputs) -> _Data:
+    if inputs.spec is not None and inputs.spec.get("task", "classification") != "classification":
+        raise OptimizationError(f"only classifiers are optimized; this model's task is {inputs.spec.get('task')!r}")
+    try:
+        verify_self_contained_onnx(inputs.onnx.read_bytes())
+        splits = [load_split(p) for p in (inputs.train_split, inputs.validation_split, inputs.test_split)]
+        session = session_from_file(inputs.onnx)
+    except (OSError, ValueError) as exc:
+        raise OptimizationError(str(exc)) from None
+    except Exception as exc:  # an ONNX Runtime failure on a model that passed the checker
+        raise OptimizationError(f"ONNX Runtime cannot load the FP32 model: {exc}") from None
+    train, validation, test = splits
+    features = {s.x.shape[1] for s in splits}
+    expected = session.get_inputs()[0].shape[1]
+    if len(features) != 1 or (isinstance(expected, int) and features != {expected}):
+        raise OptimizationError(f"the splits have {sorted(features)} features; the model takes {expected}")
+    logits = predict(session, test.x)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise OptimizationError(f"the model outputs {logits.shape[1:]} per row; a classifier gives one logit per class")
+    return _Data(train, validation, test, logits.argmax(axis=1), test.x.shape[1])
+
+
+def _measure(name: str, path: Path, data: _Data, fp32_accuracy: float | None) -> VariantReport:
+    session = session_from_file(path)
+    predicted = predict(session, data.test.x).argmax(axis=1)
+    accuracy = float((predicted == data.test.y).mean())
+    b1 = latencies_ms(session, data.test.x, 1)
+    b32 = latencies_ms(session, data.test.x, 32)
+    return VariantReport(
+        name=name,
+        path=path,
+        size_bytes=float(path.stat().st_size),
+        peak_memory_bytes=peak_memory_bytes(path, data.n_features),
+        latency_b1_p50_ms=b1[0],
+        latency_b1_p99_ms=b1[1],
+        latency_b32_p50_ms=b32[0],
+        latency_b32_p99_ms=b32[1],
+        throughput_per_s=32_000.0 / b32[0] if b32[0] > 0 else None,
+        accuracy=accuracy,
+        macro_f1=macro_f1(data.test.y, predicted),
+        agreement=float((predicted == data.fp32_predictions).mean()),
+        accuracy_delta=accuracy - (accuracy if fp32_accuracy is None else fp32_accuracy),
+    )
+
+
+def _build(
+    name: str, inputs: OptimizeInputs, policy: OptimizationPolicy, data: _Data, workdir: Path
+) -> tuple[Path, list[str]]:
+    """Write variant `name` to `workdir/<name>.onnx`; the notes say what a reader should know about it."""
+    out = workdir / f"{name}.onnx"
+    if name == "int8_dynamic":
+        from gallery_optimizer.quantize import int8_dynamic
+
+        return int8_dynamic(inputs.onnx, out), []
+    if name == "int8_static":
+        from gallery_optimizer.quantize import int8_static
+
+        return int8_static(inputs.onnx, out, data.validation.x, policy.seed), [
+            f"calibrated on {min(len(data.validation.x), 512)} validation rows"
+        ]
+    if name == "fp16":
+        from gallery_optimizer.quantize import fp16
+
+        return fp16(inputs.onnx, out), ["meant for GPU serving; on a CPU FP16 arithmetic is emulated and rarely pays"]
+    return _build_torch(name, inputs, policy, data, out)
+
+
+def _build_torch(
+    name: str, inputs: OptimizeInputs, policy: OptimizationPolicy, data: _Data, out: Path
+) -> tuple[Path, list[str]]:
+    if inputs.spec is None:
+        raise OptimizationError(f"{name} needs the trainer's stored spec, and this version has none")
+    from gallery_common.nn import export_onnx
+    from gallery_optimizer.prune import parameter_count, weight_sparsity
+
+    notes: list[str]
+    train = (data.train.x, data.train.y)
+    validation = (data.validation.x, data.validation.y)
+    if name == "distilled":
+        from gallery_optimizer.distill import distill
+
+        teacher = session_from_file(inputs.onnx)
+        model = distill(
+            inputs.spec,
+            lambda rows: predict(teacher, rows),
+            train,
+            validation,
+            hidden=policy.student_hidden,
+            epochs=policy.distill_epochs,
+            temperature=policy.temperature,
+            seed=policy.seed,
+        )
+        notes = [
+            f"student MLP {policy.student_hidden}, {parameter_count(model):,} parameters, T={policy.temperature:g}"
+        ]
+    else:
+        if inputs.weights is None:
+            raise OptimizationError(f"{name} needs the trainer's weights, and this version has none")
+        from gallery_common.nn import load_stored_model
+        from gallery_optimizer.prune import magnitude_prune, structured_prune
+
+        teacher_model = load_stored_model(inputs.spec, inputs.weights)
+        prune = magnitude_prune if name == "pruned_magnitude" else structured_prune
+        model = prune(
+            teacher_model, policy.target_sparsity, train, validation, epochs=policy.finetune_epochs, seed=policy.seed
+        )
+        if name == "pruned_magnitude":
+            notes = [
+                f"{weight_sparsity(model):.0%} of weights are zero; the ONNX graph stays dense, so it is no smaller "
+                "or faster unless compressed or served by a sparse kernel"
+            ]
+        else:
+            before, after = parameter_count(teacher_model), parameter_count(model)
+            notes = [f"{policy.target_sparsity:.0%} of hidden units removed: {before:,} → {after:,} parameters"]
+        notes.append(f"fine-tuned {policy.finetune_epochs} epoch(s)")
+    export_onnx(model, data.n_features, out)
+    return out, notes
+
+
+def optimize(
+    inputs: OptimizeInputs,
+    policy: OptimizationPolicy,
+    workdir: Path,
+    *,
+    model: str,
+    version: int,
+    on_progress: Progress | None = None,
+) -> OptimizationReport:
+    """Build, check and measure every variant of `policy` next to FP32 and recommend one.
+
+    A variant that fails is recorded with its reason and the others go on. Raises OptimizationError only
+    when the FP32 model or the splits themselves are unusable.
+    """
+
+    def progress(step: str, fraction: float) -> None:
+        if on_progress is not None:
+            on_progress(step, min(max(fraction, 0.0), 1.0))
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    progress("loading the FP32 model and the splits", 0.0)
+    data = _load(inputs)
+    names = [BASELINE, *policy.variants]
+    rows: list[VariantReport] = []
+    fp32_accuracy: float | None = None
+    for index, name in enumerate(names):
+        progress(f"building and measuring {name}", index / (len(names) + 1))
+        try:
+            if name == BASELINE:
+                path, notes = workdir / "fp32.onnx", list[str]()
+                path.write_bytes(inputs.onnx.read_bytes())
+            else:
+                path, notes = _build(name, inputs, policy, data, workdir)
+            row = _measure(name, path, data, fp32_accuracy)
+            row.notes = notes
+        except Exception as exc:
+            if name == BASELINE:
+                raise OptimizationError(f"the FP32 model cannot be measured: {exc}") from None
+            log.warning("variant failed", variant=name, error=str(exc), trace=traceback.format_exc(limit=3))
+            row = VariantReport(name=name, error=str(exc) or type(exc).__name__)
+        if name == BASELINE:
+            fp32_accuracy = row.accuracy
+        rows.append(row)
+    recommended, reason = recommend(rows, policy.accuracy_budget)
+    report = OptimizationReport(model, version, rows, recommended, reason, policy.accuracy_budget)
+    progress("writing the report", len(names) / (len(names) + 1))
+    (workdir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    (workdir / "report.md").write_text(report.to_markdown())
+    report.write_chart(workdir / "report.png")
+    progress("done", 1.0)
+    return report

@@ -1,0 +1,100 @@
+"""Precision variants of the FP32 ONNX model: INT8 dynamic, INT8 static (QDQ, calibrated) and FP16."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from gallery_common.nn import INPUT_NAME
+from gallery_common.onnx_safety import verify_self_contained_onnx
+
+CALIBRATION_ROWS = 512
+CALIBRATION_BATCH = 32
+
+
+def _quiet_quantizer() -> None:
+    # onnxruntime.quantization logs a "consider pre-processing" warning per call on the root logger
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+
+
+def int8_dynamic(fp32: Path, out: Path) -> Path:
+    """INT8 weights, activations quantized at run time (`quantize_dynamic`, signed INT8 weights)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = verify_self_contained_onnx(fp32.read_bytes())
+    _quiet_quantizer()
+    quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=False)
+    return out
+
+
+class _Calibration:
+    """The validation rows in batches, as `quantize_static`'s CalibrationDataReader wants them."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self._batches: Iterator[np.ndarray] = iter(
+            [np.ascontiguousarray(x[i : i + CALIBRATION_BATCH]) for i in range(0, len(x), CALIBRATION_BATCH)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0) -> Path:
+    """INT8 weights and activations in QDQ format, ranges calibrated (min/max) on `calibration_x`.
+
+    Only the weighted operators are quantized: the baked-in preprocessing sees raw features whose
+    columns can differ in scale by orders of magnitude, and one INT8 range for them would lose them.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = verify_self_contained_onnx(fp32.read_bytes())
+    rows = np.random.default_rng(seed).permutation(len(calibration_x))[:CALIBRATION_ROWS]
+    _quiet_quantizer()
+    quantize_static(
+        model,
+        out,
+        _Calibration(calibration_x[rows].astype(np.float32)),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=["Gemm", "MatMul", "Conv"],
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+    return out
+
+
+def fp16(fp32: Path, out: Path) -> Path:
+    """FP16 weights and arithmetic with FP32 inputs and outputs kept (`keep_io_types`), for GPU serving."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = verify_self_contained_onnx(fp32.read_bytes())
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    topologically_sort(converted.graph)
+    onnx.save_model(converted, str(out))
+    return out
+
+
+def topologically_sort(graph: onnx.GraphProto) -> None:
+    """Reorder `graph.node` so every node follows the producers of its inputs (the FP16 converter appends
+    its input casts at the end, which `onnx.checker` refuses)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            missing = sorted({name for n in pending for name in n.input if name not in available})
+            raise ValueError(f"the graph has a cycle or undefined inputs: {missing[:5]}")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -1,0 +1,232 @@
+"""What an optimization found: one measured row per variant, the recommendation, and its renderings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gallery_optimizer.policy import BASELINE
+
+METRICS = (
+    "size_bytes",
+    "peak_memory_bytes",
+    "latency_b1_p50_ms",
+    "latency_b1_p99_ms",
+    "latency_b32_p50_ms",
+    "latency_b32_p99_ms",
+    "throughput_per_s",
+    "accuracy",
+    "macro_f1",
+    "agreement",
+    "accuracy_delta",
+)
+# the registry keeps one artifact per role: the better variant of a family goes under the family's role
+REGISTRY_ROLES: dict[str, str] = {
+    "int8_dynamic": "int8",
+    "int8_static": "int8",
+    "fp16": "fp16",
+    "pruned_magnitude": "pruned",
+    "pruned_structured": "pruned",
+    "distilled": "distilled",
+}
+
+
+@dataclass
+class VariantReport:
+    """One variant as built and measured; every figure is None when the variant failed (`error` says why).
+
+    Latencies are milliseconds per call; `throughput_per_s` is rows per second at batch 32; `accuracy`,
+    `macro_f1` and `agreement` (share of test rows predicted as FP32 predicts them) are fractions;
+    `accuracy_delta` is accuracy minus FP32's (negative = worse).
+    """
+
+    name: str
+    path: Path | None = None
+    error: str | None = None
+    size_bytes: float | None = None
+    peak_memory_bytes: float | None = None
+    latency_b1_p50_ms: float | None = None
+    latency_b1_p99_ms: float | None = None
+    latency_b32_p50_ms: float | None = None
+    latency_b32_p99_ms: float | None = None
+    throughput_per_s: float | None = None
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    agreement: float | None = None
+    accuracy_delta: float | None = None
+    within_budget: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.path is not None
+
+    def metrics(self) -> dict[str, float]:
+        """The measured figures that exist, by name (what `model.optimized` carries per variant)."""
+        return {k: float(v) for k in METRICS if (v := getattr(self, k)) is not None and math.isfinite(v)}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = self.path.name if self.path is not None else None
+        return data
+
+
+@dataclass
+class OptimizationReport:
+    """Every variant of one model version (FP32 first) and the one recommended for serving."""
+
+    model: str
+    version: int
+    variants: list[VariantReport]
+    recommended: str
+    recommendation_reason: str
+    accuracy_budget: float = 0.01
+
+    def variant(self, name: str) -> VariantReport:
+        """The row named `name`; KeyError if the report has none."""
+        for row in self.variants:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    @property
+    def recommended_variant(self) -> VariantReport:
+        return self.variant(self.recommended)
+
+    def registry_artifacts(self) -> dict[str, VariantReport]:
+        """Built variants by registry role (int8, fp16, pruned, distilled): in a family, the fastest at
+        batch 32 among those within budget, else the most accurate."""
+        chosen: dict[str, VariantReport] = {}
+        for row in self.variants:
+            role = REGISTRY_ROLES.get(row.name)
+            if role is None or not row.ok:
+                continue
+            if role not in chosen or _better(row, chosen[role]):
+                chosen[role] = row
+        return chosen
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "recommended": self.recommended,
+            "recommendation_reason": self.recommendation_reason,
+            "accuracy_budget": self.accuracy_budget,
+            "ranking_metric": "latency_b32_p50_ms",
+            "variants": [row.to_json() for row in self.variants],
+        }
+
+    def to_markdown(self) -> str:
+        """A Markdown table of every variant, the recommendation and the failures with their reasons."""
+        lines = [
+            f"# Optimization of {self.model} version {self.version}",
+            "",
+            f"Recommended: **{self.recommended}** — {self.recommendation_reason}",
+            "",
+            "| variant | size | peak mem | b1 p50 ms | b1 p99 ms | b32 p50 ms | b32 p99 ms | rows/s | accuracy "
+            "| macro-F1 | agreement | Δ accuracy | within budget |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        ]
+        for row in self.variants:
+            if not row.ok:
+                lines.append(f"| {row.name} | failed | | | | | | | | | | | |")
+                continue
+            mark = " ★" if row.name == self.recommended else ""
+            lines.append(
+                f"| {row.name}{mark} | {_size(row.size_bytes)} | {_size(row.peak_memory_bytes)} "
+                f"| {_num(row.latency_b1_p50_ms)} | {_num(row.latency_b1_p99_ms)} | {_num(row.latency_b32_p50_ms)} "
+                f"| {_num(row.latency_b32_p99_ms)} | {_num(row.throughput_per_s, 0)} | {_pct(row.accuracy)} "
+                f"| {_pct(row.macro_f1)} | {_pct(row.agreement)} | {_points(row.accuracy_delta)} "
+                f"| {'yes' if row.within_budget else 'no'} |"
+            )
+        failed = [row for row in self.variants if not row.ok]
+        notes = [(row.name, note) for row in self.variants for note in row.notes]
+        if failed:
+            lines += ["", "Failed variants:", ""] + [f"- {row.name}: {row.error}" for row in failed]
+        if notes:
+            lines += ["", "Notes:", ""] + [f"- {name}: {note}" for name, note in notes]
+        return "\n".join(lines) + "\n"
+
+    def write_chart(self, path: Path) -> None:
+        """A PNG of batch-32 p50 latency against test accuracy, one labelled point per built variant."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(7, 4.5), dpi=100)
+        axes = figure.add_subplot()
+        for row in self.variants:
+            if not row.ok or row.latency_b32_p50_ms is None or row.accuracy is None:
+                continue
+            recommended = row.name == self.recommended
+            axes.scatter(
+                row.latency_b32_p50_ms,
+                row.accuracy * 100,
+                s=80 if recommended else 40,
+                marker="*" if recommended else "o",
+                color="tab:red" if recommended else "tab:blue",
+            )
+            axes.annotate(
+                row.name, (row.latency_b32_p50_ms, row.accuracy * 100), textcoords="offset points", xytext=(5, 5)
+            )
+        axes.set_xlabel("latency, batch 32, p50 (ms)")
+        axes.set_ylabel("test accuracy (%)")
+        axes.set_title(f"{self.model} v{self.version}: variants (★ recommended)")
+        axes.grid(True, alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(str(path), format="png")
+
+
+def _better(candidate: VariantReport, current: VariantReport) -> bool:
+    if candidate.within_budget != current.within_budget:
+        return candidate.within_budget
+    if candidate.within_budget:
+        return (candidate.latency_b32_p50_ms or math.inf) < (current.latency_b32_p50_ms or math.inf)
+    return (candidate.accuracy or 0.0) > (current.accuracy or 0.0)
+
+
+def recommend(variants: list[VariantReport], budget: float) -> tuple[str, str]:
+    """The fastest built variant at batch 32 (p50) whose accuracy drop is within `budget`, and why; FP32
+    when none qualifies. Marks each row's `within_budget` on the way."""
+    for row in variants:
+        row.within_budget = row.ok and row.accuracy_delta is not None and row.accuracy_delta >= -budget - 1e-12
+    qualified = [row for row in variants if row.within_budget and row.latency_b32_p50_ms is not None]
+    baseline = next((row for row in variants if row.name == BASELINE), None)
+    if not qualified:
+        return BASELINE, f"no variant kept its accuracy within {budget * 100:g} point(s) of FP32"
+    best = min(qualified, key=lambda row: row.latency_b32_p50_ms or math.inf)
+    if best.name == BASELINE or baseline is None or not baseline.latency_b32_p50_ms:
+        return best.name, (
+            f"fastest at batch 32 (p50 {_num(best.latency_b32_p50_ms)} ms) among variants within "
+            f"{budget * 100:g} point(s) of FP32 accuracy; no variant beat FP32"
+        )
+    speedup = baseline.latency_b32_p50_ms / (best.latency_b32_p50_ms or math.inf)
+    return best.name, (
+        f"fastest at batch 32 (p50 {_num(best.latency_b32_p50_ms)} ms, {speedup:.2f}x FP32) among variants within "
+        f"{budget * 100:g} point(s) of FP32 accuracy (Δ {_points(best.accuracy_delta)})"
+    )
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.2f}%"
+
+
+def _points(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:+.2f} pt"
+
+
+def _size(value: float | None) -> str:
+    if value is None:
+        return ""
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024 or unit == "MiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

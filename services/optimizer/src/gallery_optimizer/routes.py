@@ -1,0 +1,93 @@
+"""REST API: per-model optimization policies, and optimization jobs started by hand.
+
+Plain `def` routes: they block on SQL and the registry, so FastAPI runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Request, status
+from fastapi.responses import PlainTextResponse
+
+from gallery_common.errors import InvalidRequest, NotFound, Unavailable
+from gallery_common.events import NAME_PATTERN, ArtifactRef
+
+from .jobs import JobStore, resolve_policy
+from .models import JobPublic, OptimizeRequest
+from .policy import OptimizationPolicy
+from .worker import REQUIRED_ROLES, JobRunner
+
+router = APIRouter(prefix="/api/v1", tags=["optimizer"])
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the registered model's name")]
+
+
+def _extra(request: Request, key: str) -> Any:
+    value = request.app.state.resources.extras.get(key)
+    if value is None:
+        raise Unavailable("the optimizer is starting or stopping")
+    return value
+
+
+def get_jobs(request: Request) -> JobStore:
+    return _extra(request, "jobs")  # type: ignore[no-any-return]
+
+
+def get_runner(request: Request) -> JobRunner:
+    return _extra(request, "runner")  # type: ignore[no-any-return]
+
+
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+
+
+@router.get("/policies/{model}", summary="A model's optimization policy (defaults when none was set)")
+def get_policy(model: ModelName, jobs: JobsDep) -> OptimizationPolicy:
+    return jobs.get_policy(model)
+
+
+@router.put("/policies/{model}", summary="Set a model's optimization policy")
+def put_policy(model: ModelName, jobs: JobsDep, values: Annotated[dict[str, Any], Body()]) -> OptimizationPolicy:
+    """Replace the policy; fields left out take their defaults. An unknown field or a bad value is 422."""
+    return jobs.put_policy(model, values)
+
+
+@router.post("/optimize", status_code=status.HTTP_202_ACCEPTED, summary="Optimize a registered version")
+def optimize(data: OptimizeRequest, jobs: JobsDep, runner: RunnerDep) -> JobPublic:
+    """Queue a job for the version: its artifacts come from the registry, its policy is the model's
+    with `policy` overrides. 422 when the version lacks the FP32 ONNX or a split, 409 when it is
+    already optimized or being optimized."""
+    policy = resolve_policy(jobs.get_policy(data.model).model_dump(mode="json"), data.policy)
+    version = runner.registry.get_version(data.model, data.version)
+    artifacts = {
+        role: ArtifactRef(uri=a["uri"], sha256=a["sha256"], size=a.get("size"), format=a.get("format"))
+        for role, a in (version.get("artifacts") or {}).items()
+    }
+    missing = [role for role in REQUIRED_ROLES if role not in artifacts]
+    if missing:
+        raise InvalidRequest(
+            f"{data.model}:{data.version} cannot be optimized: it has no {', no '.join(missing)} artifact"
+        )
+    submission = jobs.submit(data.model, data.version, artifacts, policy)
+    jobs.require_new(submission)
+    runner.enqueue(submission.job.id)
+    return submission.job
+
+
+@router.get("/optimize", summary="Recent optimization jobs")
+def list_jobs(jobs: JobsDep, model: str | None = None) -> list[JobPublic]:
+    return jobs.recent(model)
+
+
+@router.get("/optimize/{job_id}", summary="A job's status, progress and report")
+def get_job(job_id: str, jobs: JobsDep) -> JobPublic:
+    return jobs.get(job_id)
+
+
+@router.get("/optimize/{job_id}/report.md", summary="A finished job's report as a Markdown table")
+def get_report_markdown(job_id: str, jobs: JobsDep) -> PlainTextResponse:
+    job = jobs.get(job_id)
+    markdown = (job.report or {}).get("markdown")
+    if not markdown:
+        raise NotFound(f"optimization job {job_id} has no report yet (status {job.status})")
+    return PlainTextResponse(markdown, media_type="text/markdown; charset=utf-8")

@@ -1,0 +1,70 @@
+"""Real apps on uvicorn in background threads, and event helpers over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import httpx
+import uvicorn
+
+from gallery_common.bus import EventBus
+from gallery_common.events import CloudEvent, Payload
+
+
+@contextmanager
+def serve(app: Any, port: int) -> Iterator[str]:
+    """Serve `app` on a loopback port until the block ends; yields the base URL once /readyz answers 200."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the app on port {port} did not become ready")
+        with suppress(httpx.HTTPError):
+            if server.started and httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def publish(nats_url: str, payload: Payload, event_id: str) -> None:
+    async def go() -> None:
+        async with EventBus(nats_url, "test") as bus:
+            await bus.publish(payload, event_id=event_id)
+
+    asyncio.run(go())
+
+
+def stored_events(nats_url: str, subject: str, *, at_least: int = 1, timeout: float = 120) -> list[CloudEvent[Any]]:
+    """Every event stored on `subject`, waiting up to `timeout` s for `at_least` of them (then a short quiet spell)."""
+
+    async def go() -> list[CloudEvent[Any]]:
+        seen: list[CloudEvent[Any]] = []
+        async with EventBus(nats_url, "test") as bus:
+
+            async def collect() -> None:
+                async for event in bus.tail(subject, deliver="all"):
+                    seen.append(event)
+
+            task = asyncio.create_task(collect())
+            deadline = time.monotonic() + timeout
+            while len(seen) < at_least and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        return seen
+
+    return asyncio.run(go())

@@ -1,0 +1,45 @@
+"""The optimizer's records on PostgreSQL: one job per version, the unique event id, policies, recovery."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from gallery_common.db import make_engine
+from gallery_common.events import ArtifactRef
+from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.models import OptimizationJob
+from gallery_optimizer.policy import OptimizationPolicy
+
+ONNX = {"onnx": ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)}
+
+
+def test_jobs_and_policies_on_postgres(postgres_server) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(postgres_server.new_database())
+    create_tables(engine)
+    jobs = JobStore(engine)
+
+    jobs.put_policy("iris", {"variants": ["int8_dynamic"], "student_hidden": [16, 8]})
+    policy = jobs.get_policy("iris")
+    assert policy.variants == ["int8_dynamic"] and policy.student_hidden == [16, 8]
+
+    first = jobs.submit("iris", 1, ONNX, policy, source_event_id="validated:iris:1")
+    assert jobs.submit("iris", 1, ONNX, policy, source_event_id="validated:iris:1").outcome == "active"
+    other = jobs.submit("iris", 2, ONNX, OptimizationPolicy())
+    assert jobs.claim(first.job.id)
+    jobs.progress(first.job.id, "building int8_dynamic", 0.4)
+    assert jobs.recover() == [first.job.id, other.job.id]
+
+    assert jobs.claim(first.job.id)
+    jobs.succeed(first.job.id, {"markdown": "| fp32 |"}, {"model": "iris", "version": 1, "recommended": "fp32"})
+    done = jobs.submit("iris", 1, ONNX, policy)
+    assert done.outcome == "succeeded" and done.result == {"model": "iris", "version": 1, "recommended": "fp32"}
+    assert jobs.get(first.job.id).report == {"markdown": "| fp32 |"}
+    assert jobs.inputs(first.job.id)[0] == ONNX
+    assert [job.id for job in jobs.recent("iris")] == [other.job.id, first.job.id]
+
+    # the database itself refuses a second job for one event, whatever code path tries it
+    with Session(engine) as session, pytest.raises(IntegrityError):
+        session.add(OptimizationJob(model="iris", version=3, source_event_id="validated:iris:1"))
+        session.commit()

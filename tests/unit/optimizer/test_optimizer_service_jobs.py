@@ -1,0 +1,105 @@
+"""One job per model version, policies with defaults, and recovery after a stop (SQLite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gallery_common.db import make_engine
+from gallery_common.errors import Conflict, InvalidRequest
+from gallery_common.events import ArtifactRef
+from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.policy import OptimizationPolicy
+
+ONNX = {"onnx": ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)}
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> JobStore:
+    engine = make_engine(f"sqlite:///{tmp_path / 'optimizer.db'}")
+    create_tables(engine)
+    return JobStore(engine)
+
+
+def test_a_version_gets_one_job_while_it_is_queued_or_running(jobs: JobStore) -> None:
+    first = jobs.submit("iris", 1, ONNX, OptimizationPolicy(), source_event_id="ev-1")
+    again = jobs.submit("iris", 1, ONNX, OptimizationPolicy(), source_event_id="ev-1")
+    assert first.outcome == "created" and first.needs_run
+    assert again.outcome == "active" and not again.needs_run and again.job.id == first.job.id
+    assert jobs.claim(first.job.id)
+    assert not jobs.claim(first.job.id), "a running job cannot be claimed twice"
+    assert jobs.submit("iris", 1, ONNX, OptimizationPolicy()).outcome == "active"
+    with pytest.raises(Conflict, match=f"already being optimized by job {first.job.id}"):
+        jobs.require_new(again)
+    assert jobs.submit("iris", 2, ONNX, OptimizationPolicy()).outcome == "created"
+
+
+def test_a_succeeded_job_is_returned_with_its_result(jobs: JobStore) -> None:
+    job = jobs.submit("iris", 1, ONNX, OptimizationPolicy()).job
+    jobs.claim(job.id)
+    jobs.succeed(job.id, {"recommended": "int8_dynamic"}, {"model": "iris", "recommended": "int8_dynamic"})
+    again = jobs.submit("iris", 1, ONNX, OptimizationPolicy())
+    assert again.outcome == "succeeded" and again.job.id == job.id
+    assert again.result == {"model": "iris", "recommended": "int8_dynamic"}
+    assert again.job.recommended == "int8_dynamic"
+    with pytest.raises(Conflict, match="already optimized"):
+        jobs.require_new(again)
+
+
+def test_a_failed_job_runs_again_in_place_with_the_new_policy(jobs: JobStore) -> None:
+    job = jobs.submit("iris", 1, ONNX, OptimizationPolicy()).job
+    jobs.claim(job.id)
+    jobs.fail(job.id, "registry unreachable")
+    retry = jobs.submit("iris", 1, ONNX, OptimizationPolicy(variants=["fp16"]))
+    assert retry.outcome == "retried" and retry.job.id == job.id
+    assert retry.job.status == "queued" and retry.job.error is None
+    assert jobs.inputs(job.id)[1].variants == ["fp16"]
+
+
+def test_jobs_left_running_are_queued_again_at_start(jobs: JobStore) -> None:
+    running = jobs.submit("iris", 1, ONNX, OptimizationPolicy()).job
+    queued = jobs.submit("iris", 2, ONNX, OptimizationPolicy()).job
+    done = jobs.submit("iris", 3, ONNX, OptimizationPolicy()).job
+    jobs.claim(running.id)
+    jobs.claim(done.id)
+    jobs.succeed(done.id, {}, {})
+    assert jobs.recover() == [running.id, queued.id]
+    assert jobs.get(running.id).status == "queued"
+    assert jobs.get(done.id).status == "succeeded"
+
+
+def test_progress_is_kept_between_zero_and_one(jobs: JobStore) -> None:
+    job = jobs.submit("iris", 1, ONNX, OptimizationPolicy()).job
+    jobs.claim(job.id)
+    jobs.progress(job.id, "building fp16", 1.7)
+    seen = jobs.get(job.id)
+    assert (seen.step, seen.progress, seen.status) == ("building fp16", 1.0, "running")
+
+
+def test_a_model_without_a_policy_gets_the_defaults(jobs: JobStore) -> None:
+    assert jobs.get_policy("iris") == OptimizationPolicy()
+    assert jobs.get_policy("iris").accuracy_budget == 0.01
+
+
+def test_a_policy_is_replaced_whole_and_kept_per_model(jobs: JobStore) -> None:
+    jobs.put_policy("iris", {"accuracy_budget": 0.02, "variants": ["int8_dynamic"]})
+    jobs.put_policy("iris", {"target_sparsity": 0.3})
+    policy = jobs.get_policy("iris")
+    assert policy.target_sparsity == 0.3
+    assert policy.accuracy_budget == 0.01, "fields left out take their defaults"
+    assert jobs.get_policy("digits") == OptimizationPolicy()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"accuracy_budget": 2}, "accuracy_budget: Input should be less than or equal to 1"),
+        ({"variants": ["int4"]}, "variants.0: Input should be"),
+        ({"budget": 0.1}, "budget: Extra inputs are not permitted"),
+    ],
+)
+def test_an_invalid_policy_is_refused_naming_the_field(jobs: JobStore, values: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        jobs.put_policy("iris", values)
+    assert jobs.get_policy("iris") == OptimizationPolicy()
