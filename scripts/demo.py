@@ -93,6 +93,9 @@ def main() -> None:
             gallery("models", "show", f"{MODEL}:{judged['version']}")
             if judged["status"] != "validated":
                 print(f"rejected: {judged.get('rejection_reasons')}")
+            elif "optimizer" in installed:
+                banner("model.validated started the optimizer: INT8, FP16, pruned and distilled variants, measured")
+                gallery("optimize", f"{MODEL}:{judged['version']}", live=True)
 
         banner("A malformed event is dead-lettered with its reason; nothing crash-loops")
         asyncio.run(show_dead_letter_handling(settings))
@@ -116,7 +119,11 @@ def main() -> None:
     print(f"artifacts:       {home / 'artifacts'}  (runs/<run id>/curves.png: the training curves)")
     print(f"event store:     {home / 'nats'}  (JetStream, sync_interval: always)")
     print("keep it running: make up   then  gallery events tail | gallery models list | gallery runs list")
-    print("                 http://127.0.0.1:8001/docs (registry API)  http://127.0.0.1:8002/docs (trainer API)")
+    print(
+        "                 http://127.0.0.1:8001/docs (registry API)  http://127.0.0.1:8002/docs (trainer API)"
+        "  http://127.0.0.1:8003/docs (optimizer API)"
+    )
+    print(f"edge bundle:     {home / 'artifacts' / 'optimized' / MODEL}/<version>/  (tarball with a standalone runner)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The lifecycle as far as it is built, on the embedded stack: train → model.trained → the gate
-evaluates → model.validated, with one trace across the services."""
+evaluates → model.validated → the optimizer builds and measures variants → model.optimized, with
+one trace across the services."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def stack(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[LifecycleStack]
     try:
         running.start("registry")
         running.start("trainer")
+        running.start("optimizer")
         yield running
     finally:
         running.stop()
@@ -48,6 +50,16 @@ async def stored_events(nats_url: str) -> list[CloudEvent]:
         return events
 
 
+def wait_for_optimized(stack: LifecycleStack, timeout: float = 240) -> list[CloudEvent]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = asyncio.run(stored_events(stack.nats_url))
+        if any(e.event == "optimized" for e in events):
+            return events
+        time.sleep(1.0)
+    pytest.fail(f"no model.optimized within {timeout}s")
+
+
 def wait_for_status(registry: str, model: str, version: int, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,7 +71,7 @@ def wait_for_status(registry: str, model: str, version: int, timeout: float = 12
 
 
 @pytest.mark.slow
-def test_a_trained_digits_model_is_validated_by_the_gate(stack: LifecycleStack) -> None:
+def test_a_trained_digits_model_is_validated_and_optimized(stack: LifecycleStack) -> None:
     env = stack.env()
     train = subprocess.run(
         [str(GALLERY), "train", str(REPO / "examples" / "digits.yaml")],
@@ -78,13 +90,21 @@ def test_a_trained_digits_model_is_validated_by_the_gate(stack: LifecycleStack) 
     assert report["accuracy"] >= 0.9
     assert set(version["artifacts"]) >= {"onnx", "weights", "spec", "test_split", "curves"}
 
-    events = asyncio.run(stored_events(stack.nats_url))
+    events = wait_for_optimized(stack)
     kinds = [e.event for e in events]
-    assert kinds.count("trained") == 1 and kinds.count("validated") == 1
-    trained = next(e for e in events if e.event == "trained")
-    validated = next(e for e in events if e.event == "validated")
-    assert validated.data.version == 1
-    assert trace_id_of(validated.traceparent) == trace_id_of(trained.traceparent) is not None
+    assert kinds.count("trained") == 1 and kinds.count("validated") == 1 and kinds.count("optimized") == 1
+    by_kind = {e.event: e for e in events}
+    trained, validated, optimized = by_kind["trained"], by_kind["validated"], by_kind["optimized"]
+    assert validated.data.version == optimized.data.version == 1
+    trace = trace_id_of(trained.traceparent)
+    assert trace is not None
+    assert trace_id_of(validated.traceparent) == trace_id_of(optimized.traceparent) == trace
+
+    # the optimizer attached what it built to the version, and the recommended file is what it says
+    attached = httpx.get(f"{registry}/api/v1/models/digits-mlp/versions/1").json()["artifacts"]
+    assert {"int8", "fp16", "distilled", "edge_bundle", "report"} <= set(attached)
+    recommended = optimized.data.recommended_artifact
+    assert recommended.sha256 in {a["sha256"] for a in attached.values()}
 
     show = subprocess.run([str(GALLERY), "models", "show", "digits-mlp:1"], env=env, capture_output=True, text=True)
     assert show.returncode == 0, show.stderr

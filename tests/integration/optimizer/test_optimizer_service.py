@@ -185,6 +185,10 @@ def test_without_weights_by_hand_pruning_and_distillation_fail_with_a_reason(
     assert {"int8", "edge_bundle", "report"} <= set(attached)
     assert not {"pruned", "distilled"} & set(attached)
 
+    # asking again shows the finished job's report instead of building a second set
     again = CliRunner().invoke(cli, ["optimize", "iris-bare:1"])
-    assert again.exit_code == 1
-    assert "(409): iris-bare:1 was already optimized by job" in again.output
+    assert again.exit_code == 0, again.output
+    assert "following job" in again.output and "recommended:" in again.output
+    overridden = CliRunner().invoke(cli, ["optimize", "iris-bare:1", "--variant", "fp16"])
+    assert overridden.exit_code == 1
+    assert "(409): iris-bare:1 was already optimized by job" in overridden.output

@@ -156,8 +156,18 @@ def optimize(
         overrides["accuracy_budget"] = accuracy_budget
     body: dict[str, Any] = {"model": name, "version": version, "policy": overrides or None}
     with OptimizerClient() as client:
-        job = client.json("POST", "/api/v1/optimize", json=body)
-        say(f"job {job['id']} queued: {name}:{version}")
+        # `model.validated` starts a job by itself: follow that one rather than be refused a second
+        existing = [
+            j
+            for j in client.json("GET", "/api/v1/optimize", params={"model": name})
+            if j["version"] == version and j["status"] != "failed"
+        ]
+        if existing and not overrides:
+            job = existing[0]
+            say(f"following job {job['id']} for {name}:{version} ({job['status']})")
+        else:
+            job = client.json("POST", "/api/v1/optimize", json=body)
+            say(f"job {job['id']} queued: {name}:{version}")
         if not wait:
             return
         job = follow_job(client, job, poll)

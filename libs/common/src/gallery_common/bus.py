@@ -378,3 +378,23 @@ def install_signal_handlers(
 
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
+
+
+class BusBridge:
+    """Lets a worker thread publish on the event loop that owns the bus connection.
+
+    The event carries the worker thread's trace: the loop's context does not share it.
+    """
+
+    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
+        self.bus = bus
+        self.loop = loop
+
+    def publish(self, payload: Payload, event_id: str | None = None) -> CloudEvent[Any]:
+        event = make_event(payload, self.bus.source, event_id=event_id)
+        carrier = telemetry.inject_trace_context()
+        event.traceparent, event.tracestate = carrier.get("traceparent"), carrier.get("tracestate")
+        future = asyncio.run_coroutine_threadsafe(self.bus.publish_event(event), self.loop)
+        # publish_event() gives up by itself after publish_deadline; the margin covers scheduling only
+        future.result(timeout=self.bus.publish_deadline + 10)
+        return event

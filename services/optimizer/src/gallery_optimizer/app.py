@@ -15,8 +15,7 @@ import anyio
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
-from gallery_common.bus import EventBus
-from gallery_common.events import ModelOptimized
+from gallery_common.bus import BusBridge
 from gallery_common.settings import load_settings
 
 from . import routes
@@ -25,19 +24,6 @@ from .jobs import JobStore, create_tables
 from .registry_client import RegistryClient
 from .settings import OptimizerSettings
 from .worker import BundleFn, JobRunner, OptimizeFn, default_pipeline
-
-
-class BusBridge:
-    """Lets the worker thread publish on the event loop that owns the bus connection."""
-
-    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
-        self.bus = bus
-        self.loop = loop
-
-    def publish(self, payload: ModelOptimized, event_id: str) -> None:
-        future = asyncio.run_coroutine_threadsafe(self.bus.publish(payload, event_id=event_id), self.loop)
-        # publish() gives up by itself after publish_deadline; the margin covers scheduling only.
-        future.result(timeout=self.bus.publish_deadline + 10)
 
 
 def create(

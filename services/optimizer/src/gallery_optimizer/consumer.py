@@ -34,7 +34,14 @@ def validated_handler(jobs: JobStore, runner: JobRunner, bus: EventBus) -> Any:
             raise PermanentError(f"model.validated for {data.model}:{data.version} carries no onnx artifact")
         policy = await anyio.to_thread.run_sync(jobs.get_policy, data.model)
         submission = await anyio.to_thread.run_sync(
-            lambda: jobs.submit(data.model, data.version, data.artifacts, policy, source_event_id=event.id)
+            lambda: jobs.submit(
+                data.model,
+                data.version,
+                data.artifacts,
+                policy,
+                source_event_id=event.id,
+                traceparent=event.traceparent,
+            )
         )
         log.info(
             "model.validated", model=data.model, version=data.version, job=submission.job.id, outcome=submission.outcome

@@ -78,6 +78,10 @@ class JobStore:
                 query = query.where(OptimizationJob.model == model)
             return [JobPublic.of(row) for row in session.exec(query)]
 
+    def traceparent(self, job_id: str) -> str | None:
+        """The trace the job continues (that of the event that asked for it), if any."""
+        return self._row(job_id).traceparent
+
     def inputs(self, job_id: str) -> tuple[dict[str, ArtifactRef], OptimizationPolicy]:
         """The artifacts (role -> ref) and the policy a job runs with."""
         row = self._row(job_id)
@@ -92,6 +96,7 @@ class JobStore:
         policy: OptimizationPolicy,
         *,
         source_event_id: str | None = None,
+        traceparent: str | None = None,
     ) -> Submission:
         """The version's job: a new one, the failed one queued again, or the active / succeeded one as it is."""
         with self._submit_lock, Session(self.engine) as session:
@@ -109,6 +114,7 @@ class JobStore:
             if existing is not None:
                 existing.status, existing.error, existing.step, existing.progress = "queued", None, None, 0.0
                 existing.artifacts, existing.policy = refs, policy_doc
+                existing.traceparent = traceparent
                 existing.report = existing.result = None
                 existing.started_at = existing.finished_at = None
                 session.add(existing)
@@ -116,7 +122,12 @@ class JobStore:
                 session.refresh(existing)
                 return Submission(JobPublic.of(existing), "retried")
             job = OptimizationJob(
-                model=model, version=version, artifacts=refs, policy=policy_doc, source_event_id=source_event_id
+                model=model,
+                version=version,
+                artifacts=refs,
+                policy=policy_doc,
+                source_event_id=source_event_id,
+                traceparent=traceparent,
             )
             session.add(job)
             session.commit()

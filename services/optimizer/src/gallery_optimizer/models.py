@@ -60,6 +60,7 @@ class OptimizationJob(SQLModel, table=True):
     report: dict[str, Any] | None = _json()
     result: dict[str, Any] | None = _json()
     source_event_id: str | None = Field(default=None, unique=True, nullable=True)
+    traceparent: str | None = None  # the trace of the model.validated that asked for this job
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     started_at: datetime | None = _when()
     finished_at: datetime | None = _when()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.errors import GalleryError
 from gallery_common.events import ArtifactRef
-from gallery_common.telemetry import counter, get_logger
+from gallery_common.telemetry import continued_span, counter, get_logger
 
 from .delivery import PublishFn, attach_to_registry, optimized_event_id, optimized_payload, store_outputs
 from .jobs import STOPPED_REASON, JobStore
@@ -161,7 +161,9 @@ class JobRunner:
         workdir.mkdir(parents=True)
         log.info("optimization started", job=job_id, model=job.model, version=job.version)
         try:
-            self._run(job_id, job.model, job.version, workdir)
+            # the job continues the trace of train → validate, so model.optimized joins it
+            with continued_span("optimization job", self.jobs.traceparent(job_id), job=job_id, model=job.model):
+                self._run(job_id, job.model, job.version, workdir)
         except Exception as exc:
             message = exc.message if isinstance(exc, GalleryError) else f"{type(exc).__name__}: {exc}"
             if self._stopping.is_set() and not isinstance(exc, GalleryError):

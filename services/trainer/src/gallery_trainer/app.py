@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.bus import BusBridge
 from gallery_common.events import CloudEvent, ModelRejected, ModelValidated
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
@@ -24,7 +25,6 @@ from gallery_common.telemetry import get_logger
 from . import routes_jobs, routes_runs
 from .jobs import JobService
 from .models import Job, Run, RunMetric, Search, SearchTrial
-from .publish import BusBridge
 from .runner import JobRunner, TrainFn
 from .search import SearchCoordinator
 from .settings import TrainerSettings

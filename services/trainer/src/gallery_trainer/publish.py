@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gallery_common.artifacts import ArtifactStore
-from gallery_common.bus import EventBus
-from gallery_common.events import ArtifactRef, Lineage, ModelTrained, make_event
-from gallery_common.telemetry import inject_trace_context
+from gallery_common.events import ArtifactRef, Lineage, ModelTrained
 
 if TYPE_CHECKING:
     from .pipeline import JobOutputs
@@ -73,23 +70,6 @@ def trained_payload(
             config_hash=outputs.config_hash,
         ),
     )
-
-
-class BusBridge:
-    """Lets a worker thread publish on the event loop that owns the bus connection."""
-
-    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
-        self.bus = bus
-        self.loop = loop
-
-    def publish(self, payload: ModelTrained, event_id: str) -> None:
-        event = make_event(payload, self.bus.source, event_id=event_id)
-        # the trace lives in this worker thread's context, which the event loop does not share
-        carrier = inject_trace_context()
-        event.traceparent, event.tracestate = carrier.get("traceparent"), carrier.get("tracestate")
-        future = asyncio.run_coroutine_threadsafe(self.bus.publish_event(event), self.loop)
-        # publish() gives up by itself after publish_deadline; the margin covers scheduling only.
-        future.result(timeout=self.bus.publish_deadline + 10)
 
 
 def artifacts_json(refs: Mapping[str, ArtifactRef]) -> dict[str, Any]:
