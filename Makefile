@@ -9,7 +9,7 @@ export GALLERY_HOME ?= $(CURDIR)/.gallery
 PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
-.PHONY: help install postgres demo test up down status bench lint clean
+.PHONY: help install postgres redis demo test up down status bench lint clean
 
 help:
 	@echo "make demo    install, start the embedded stack and run the lifecycle"
@@ -35,12 +35,18 @@ postgres:
 		echo "installing PostgreSQL (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+# redis-server for the gateway's shared response cache tests
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
 install: $(BIN)/.installed
 
 demo: install
 	@$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres
+test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres redis
 	$(BIN)/pytest -q -p no:cacheprovider
 
 up: install

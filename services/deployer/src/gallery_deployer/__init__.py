@@ -1,0 +1,1 @@
+"""Model Gallery serving: the Open Inference Protocol model server and the gateway."""

@@ -1,0 +1,108 @@
+"""REST adapters: the OIP v2 API every deployed model shares, and the routing-table admin API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request, Response
+
+from gallery_common import __version__
+from gallery_common.errors import NotFound
+
+from .proxy import Gateway
+from .routes import ModelRoute, RouteBook, check_model_name
+
+GATEWAY_KEY = "gateway"
+
+oip = APIRouter(tags=["inference (OIP v2)"])
+admin = APIRouter(prefix="/admin", tags=["routing"])
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.resources.extras[GATEWAY_KEY]
+
+
+def _book(request: Request) -> RouteBook:
+    return _gateway(request).book
+
+
+@oip.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    """The gateway process answers."""
+    return {"live": True}
+
+
+@oip.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    """Ready once started; a model's own readiness is /v2/models/{model}/ready."""
+    started = bool(getattr(request.app.state, "started", False))
+    return Response(
+        b'{"ready":true}' if started else b'{"ready":false}', 200 if started else 503, media_type="application/json"
+    )
+
+
+@oip.get("/v2")
+async def server_metadata() -> dict[str, object]:
+    return {"name": "modelgallery-gateway", "version": __version__, "extensions": []}
+
+
+@oip.get("/v2/models/{model}")
+async def model_metadata(model: str, request: Request) -> Response:
+    return await _gateway(request).forward_get(model, None, request.url.path)
+
+
+@oip.get("/v2/models/{model}/versions/{version}")
+async def model_version_metadata(model: str, version: str, request: Request) -> Response:
+    return await _gateway(request).forward_get(model, version, request.url.path)
+
+
+@oip.get("/v2/models/{model}/ready")
+async def model_ready(model: str, request: Request) -> Response:
+    return await _gateway(request).forward_get(model, None, request.url.path)
+
+
+@oip.get("/v2/models/{model}/versions/{version}/ready")
+async def model_version_ready(model: str, version: str, request: Request) -> Response:
+    return await _gateway(request).forward_get(model, version, request.url.path)
+
+
+@oip.post("/v2/models/{model}/infer")
+async def infer(model: str, request: Request) -> Response:
+    """Forwarded as bytes to the backend the traffic policy picks."""
+    body = await request.body()
+    return await _gateway(request).infer(model, None, request.url.path, body, request.headers, request.cookies)
+
+
+@oip.post("/v2/models/{model}/versions/{version}/infer")
+async def infer_version(model: str, version: str, request: Request) -> Response:
+    body = await request.body()
+    return await _gateway(request).infer(model, version, request.url.path, body, request.headers, request.cookies)
+
+
+@admin.get("/routes")
+def list_routes(request: Request) -> dict[str, ModelRoute]:
+    """Every model's backends and policy."""
+    return _book(request).all()
+
+
+@admin.get("/routes/{model}")
+def get_route(model: str, request: Request) -> ModelRoute:
+    route = _book(request).get(model)
+    if route is None:
+        raise NotFound(f"model {model!r} has no route")
+    return route
+
+
+@admin.put("/routes/{model}")
+def put_route(model: str, route: Annotated[ModelRoute, Body()], request: Request) -> ModelRoute:
+    """Replace a model's routing entry; it is persisted before this answers."""
+    check_model_name(model)
+    _book(request).put(model, route)
+    return route
+
+
+@admin.delete("/routes/{model}", status_code=204)
+def delete_route(model: str, request: Request) -> Response:
+    if not _book(request).delete(model):
+        raise NotFound(f"model {model!r} has no route")
+    return Response(status_code=204)

@@ -1,0 +1,61 @@
+"""The gateway app: the shared HTTP client, the routing table and the OIP v2 + admin routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+from fastapi import FastAPI
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.settings import load_settings
+
+from . import api
+from .proxy import Gateway, Publish
+from .routes import RouteBook
+from .settings import GatewaySettings
+
+DESCRIPTION = (
+    "One Open Inference Protocol v2 REST API for every deployed model: weighted and sticky "
+    "traffic splits, shadow traffic, circuit breakers with fallback chains, a response cache and "
+    "request sampling for the monitor. `/admin/routes` holds the routing table."
+)
+
+
+def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastAPI:
+    """The gateway for `settings`; `with_bus=False` gives one that publishes no samples (tests)."""
+
+    @asynccontextmanager
+    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+        book = await anyio.to_thread.run_sync(RouteBook(settings.resolved_routes_file).load)
+        limits = httpx.Limits(
+            max_connections=settings.max_connections, max_keepalive_connections=settings.max_keepalive_connections
+        )
+        # retries=1 retries only failed connects: a request that never reached a backend is safe to resend
+        transport = httpx.AsyncHTTPTransport(retries=1, limits=limits)
+        publish: Publish | None = None
+        if resources.bus is not None:
+            publish = resources.bus.nc.publish
+        async with httpx.AsyncClient(transport=transport, timeout=settings.request_timeout_s) as client:
+            gateway = Gateway(settings, book, client, publish)
+            resources.extras[api.GATEWAY_KEY] = gateway
+            try:
+                yield
+            finally:
+                await gateway.close()
+
+    return create_app(
+        settings,
+        title="Model Gallery gateway",
+        description=DESCRIPTION,
+        routers=[api.oip, api.admin],
+        use_bus=with_bus,
+        startup=startup,
+    )
+
+
+def create() -> FastAPI:
+    """Entry point for `gallery up`: settings from the environment."""
+    return create_app_for(load_settings(GatewaySettings))

@@ -1,0 +1,31 @@
+"""The gateway's Prometheus metrics (names get the modelgallery_ prefix)."""
+
+from __future__ import annotations
+
+from gallery_common.telemetry import counter, gauge, histogram
+
+REQUESTS = counter(
+    "gateway_requests_total",
+    "Attempts at a backend by outcome (ok, client_error, server_error, timeout, unreachable, open)",
+    ("model", "backend", "outcome"),
+)
+LATENCY = histogram(
+    "gateway_request_duration_seconds",
+    "Time from receiving an inference request to answering it",
+    ("model",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BREAKER_STATE = gauge(
+    "gateway_breaker_state_count", "Breaker state: 0 closed, 1 half-open, 2 open", ("model", "backend")
+)
+FALLBACKS = counter("gateway_fallbacks_total", "Requests answered by a link after the first", ("model",))
+FAILURES = counter("gateway_failures_total", "Requests where every link failed", ("model", "status"))
+CACHE_HITS = counter("gateway_cache_hits_total", "Inference answers served from the cache", ("model",))
+CACHE_MISSES = counter("gateway_cache_misses_total", "Cacheable requests not found in the cache", ("model",))
+SHADOW_LATENCY = histogram("gateway_shadow_duration_seconds", "Shadow backend answer time", ("model", "backend"))
+SHADOW_AGREEMENT = counter(
+    "gateway_shadow_agreement_total",
+    "Shadow answers compared with the served one (argmax of the first output): agree true/false/error",
+    ("model", "backend", "agree"),
+)
+SAMPLES = counter("gateway_samples_total", "Request/answer samples for the monitor by outcome", ("model", "outcome"))

@@ -1,0 +1,271 @@
+"""The gateway's core: pick a backend, forward the bytes, fall back, mirror, cache and sample.
+
+Transport-agnostic apart from returning Starlette responses: the REST routes in `api.py` only
+hand over the model, version, path, body and headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+from starlette.responses import Response
+
+from gallery_common.errors import NotFound
+
+from . import metrics
+from .balance import plan_chain
+from .breaker import CircuitBreaker
+from .cache import CachedAnswer, make_response_cache
+from .routes import Backend, ModelRoute, RouteBook
+from .settings import GatewaySettings
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+# headers that carry meaning for OIP v2 bodies (the binary-data extension) and must pass through
+_PASSED_HEADERS = ("content-type", "inference-header-content-length")
+
+
+@dataclass
+class Attempt:
+    """How one link of the chain ended; `response` is set when the backend answered."""
+
+    backend: Backend
+    outcome: str
+    reason: str = ""
+    response: httpx.Response | None = None
+
+
+def _passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name in _PASSED_HEADERS if (value := headers.get(name)) is not None}
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def first_output_argmax(body: bytes) -> np.ndarray:
+    """Per-row argmax of the first output of an OIP v2 JSON answer."""
+    output = orjson.loads(body)["outputs"][0]
+    data = np.asarray(output["data"], dtype=np.float64)
+    shape = output.get("shape") or [data.size]
+    return data.reshape(shape).argmax(axis=-1)
+
+
+class Gateway:
+    """Forwards OIP v2 requests for the models in `book` through one shared HTTP client."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        book: RouteBook,
+        client: httpx.AsyncClient,
+        publish: Publish | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.book = book
+        self.client = client
+        self.publish = publish
+        self.rng = rng or random.Random()
+        self.cache = make_response_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def breaker(self, model: str, backend_id: str) -> CircuitBreaker:
+        key = (model, backend_id)
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            s = self.settings
+            breaker = self._breakers[key] = CircuitBreaker(
+                consecutive_failures=s.breaker_consecutive_failures,
+                error_rate=s.breaker_error_rate,
+                window=s.breaker_window,
+                min_calls=s.breaker_min_calls,
+                cooldown_s=s.breaker_cooldown_s,
+            )
+        return breaker
+
+    def _route(self, model: str, version: str | None) -> tuple[ModelRoute, list[Backend]]:
+        route = self.book.get(model)
+        if route is None:
+            raise NotFound(f"model {model!r} has no route in the gateway; deploy it first")
+        serving = route.serving
+        if version is not None:
+            serving = [b for b in serving if b.version == version]
+            if not serving:
+                raise NotFound(f"model {model!r} has no backend serving version {version!r}")
+        return route, serving
+
+    def _sticky_key(self, route: ModelRoute, headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
+        policy = route.policy
+        if policy.sticky_header and (key := headers.get(policy.sticky_header)):
+            return key
+        if policy.sticky_cookie:
+            return cookies.get(policy.sticky_cookie)
+        return None
+
+    async def forward_get(self, model: str, version: str | None, path: str) -> Response:
+        """Metadata and readiness: sent to the first healthy backend, with the same fallbacks."""
+        _, serving = self._route(model, version)
+        chain = plan_chain(serving, None, self.rng)
+        attempt, failures = await self._walk(model, chain, "GET", path, b"", {})
+        return self._answer(model, attempt, failures)
+
+    async def infer(
+        self,
+        model: str,
+        version: str | None,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+    ) -> Response:
+        """Forward an inference request; the body goes through as bytes."""
+        start = time.perf_counter()
+        route, serving = self._route(model, version)
+        cache_key = None
+        if route.policy.cache_enabled:
+            cache_key = f"{model}\0{version or ''}\0{hashlib.sha256(body).hexdigest()}"
+            cached = await self.cache.get(cache_key)
+            if cached is not None:
+                metrics.CACHE_HITS.labels(model).inc()
+                return Response(cached.body, status_code=cached.status, media_type=cached.content_type)
+            metrics.CACHE_MISSES.labels(model).inc()
+        chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
+        sent = _passed_headers(headers)
+        attempt, failures = await self._walk(model, chain, "POST", path, body, sent)
+        answer = self._answer(model, attempt, failures)
+        latency = time.perf_counter() - start
+        metrics.LATENCY.labels(model).observe(latency)
+        if attempt is None or attempt.response is None or attempt.response.status_code != 200:
+            return answer
+        served = attempt.response
+        is_json = "inference-header-content-length" not in served.headers
+        if cache_key is not None and len(served.content) <= self.settings.cache_max_body_bytes:
+            content_type = served.headers.get("content-type", "application/json")
+            await self.cache.put(cache_key, CachedAnswer(200, content_type, served.content))
+        shadow = route.shadow
+        if shadow is not None and is_json and self.rng.random() * 100 < route.policy.shadow_percent:
+            self._spawn(self._mirror(model, shadow, path, body, sent, served.content))
+        if self.publish is not None and is_json and self.rng.random() < self.settings.sample_rate:
+            self._spawn(self._sample(model, attempt.backend, body, served.content, latency))
+        return answer
+
+    async def _walk(
+        self, model: str, chain: list[Backend], method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[Attempt | None, list[Attempt]]:
+        """Try the links in order until one answers below 500; returns it and the failures before it."""
+        deadline = time.monotonic() + self.settings.latency_budget_s
+        failures: list[Attempt] = []
+        for backend in chain:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                failures.append(Attempt(backend, "budget", "latency budget spent"))
+                break
+            breaker = self.breaker(model, backend.id)
+            if not breaker.allow():
+                failures.append(Attempt(backend, "open", "circuit open"))
+                metrics.REQUESTS.labels(model, backend.id, "open").inc()
+                continue
+            attempt = await self._attempt(
+                backend, method, path, body, headers, min(remaining, self.settings.request_timeout_s)
+            )
+            if attempt.outcome in ("ok", "client_error"):
+                breaker.record_success()
+            else:
+                breaker.record_failure()
+            metrics.REQUESTS.labels(model, backend.id, attempt.outcome).inc()
+            metrics.BREAKER_STATE.labels(model, backend.id).set(int(breaker.state))
+            if attempt.outcome in ("ok", "client_error"):
+                if failures:
+                    metrics.FALLBACKS.labels(model).inc()
+                return attempt, failures
+            failures.append(attempt)
+        return None, failures
+
+    async def _attempt(
+        self, backend: Backend, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> Attempt:
+        try:
+            response = await self.client.request(
+                method, backend.url + path, content=body or None, headers=headers, timeout=timeout
+            )
+        except httpx.TimeoutException:
+            return Attempt(backend, "timeout", f"no answer within {timeout:.2f} s")
+        except httpx.TransportError as exc:
+            return Attempt(backend, "unreachable", f"unreachable ({type(exc).__name__})")
+        if response.status_code >= 500:
+            return Attempt(backend, "server_error", f"answered {response.status_code}", response)
+        outcome = "client_error" if response.status_code >= 400 else "ok"
+        return Attempt(backend, outcome, response=response)
+
+    def _answer(self, model: str, attempt: Attempt | None, failures: list[Attempt]) -> Response:
+        if attempt is not None and attempt.response is not None:
+            response = attempt.response
+            return Response(
+                response.content, status_code=response.status_code, headers=_passed_headers(response.headers)
+            )
+        reasons = "; ".join(f"{f.backend.id}: {f.reason}" for f in failures)
+        status = 502 if any(f.outcome == "server_error" for f in failures) else 503
+        metrics.FAILURES.labels(model, str(status)).inc()
+        return _error(status, f"no backend of model {model!r} could answer: {reasons}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _mirror(
+        self, model: str, shadow: Backend, path: str, body: bytes, headers: dict[str, str], served: bytes
+    ) -> None:
+        """Send the request to the shadow backend; only its latency and agreement are kept."""
+        start = time.perf_counter()
+        attempt = await self._attempt(shadow, "POST", path, body, headers, self.settings.request_timeout_s)
+        metrics.SHADOW_LATENCY.labels(model, shadow.id).observe(time.perf_counter() - start)
+        metrics.REQUESTS.labels(model, shadow.id, attempt.outcome).inc()
+        agree = "error"
+        if attempt.outcome == "ok" and attempt.response is not None:
+            try:
+                same = np.array_equal(first_output_argmax(served), first_output_argmax(attempt.response.content))
+                agree = "true" if same else "false"
+            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+                agree = "error"
+        metrics.SHADOW_AGREEMENT.labels(model, shadow.id, agree).inc()
+
+    async def _sample(self, model: str, backend: Backend, body: bytes, served: bytes, latency_s: float) -> None:
+        """Publish the request's inputs and the served outputs for the monitor's drift checks."""
+        assert self.publish is not None
+        try:
+            inputs = orjson.loads(body).get("inputs")
+            outputs = orjson.loads(served).get("outputs")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        sample = {
+            "model": model,
+            "version": backend.version,
+            "variant": backend.variant,
+            "inputs": inputs,
+            "outputs": outputs,
+            "latency_ms": round(latency_s * 1000, 3),
+            "time": time.time(),
+        }
+        try:
+            await self.publish(f"inference.sample.{model}", orjson.dumps(sample))
+        except Exception:  # a sample is best effort: a bus hiccup must not surface anywhere
+            metrics.SAMPLES.labels(model, "failed").inc()
+            return
+        metrics.SAMPLES.labels(model, "published").inc()
+
+    async def close(self) -> None:
+        """Let mirrored requests and samples still in flight finish (bounded by the request timeout)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self.settings.request_timeout_s)
+        await self.cache.close()

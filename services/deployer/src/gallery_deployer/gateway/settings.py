@@ -1,0 +1,35 @@
+"""The gateway's settings, read from `GALLERY_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from gallery_common.settings import GallerySettings
+
+
+class GatewaySettings(GallerySettings):
+    """Routing file, time limits, circuit-breaker thresholds, response cache and sampling."""
+
+    service_name: str = "gateway"
+    port: int = Field(default=8080, ge=1, le=65535)
+    routes_file: Path | None = Field(default=None, description="default $GALLERY_HOME/gateway/routes.json")
+    request_timeout_s: float = Field(default=2.0, gt=0, description="limit for one attempt at one backend")
+    latency_budget_s: float = Field(default=5.0, gt=0, description="limit for all attempts of one request")
+    max_connections: int = Field(default=200, ge=1)
+    max_keepalive_connections: int = Field(default=50, ge=1)
+    breaker_consecutive_failures: int = Field(default=5, ge=1)
+    breaker_error_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_window: int = Field(default=20, ge=2, description="outcomes the error rate is computed over")
+    breaker_min_calls: int = Field(default=10, ge=1, description="outcomes needed before the rate can open it")
+    breaker_cooldown_s: float = Field(default=5.0, gt=0, description="open time before a half-open probe")
+    cache_size: int = Field(default=1024, ge=1, description="responses the in-memory cache keeps")
+    cache_ttl_s: float = Field(default=60.0, gt=0)
+    cache_max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger answers are not cached")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db: share the cache between replicas")
+    sample_rate: float = Field(default=0.01, ge=0, le=1, description="share of requests sent to the monitor")
+
+    @property
+    def resolved_routes_file(self) -> Path:
+        return self.routes_file or self.home.resolve() / "gateway" / "routes.json"

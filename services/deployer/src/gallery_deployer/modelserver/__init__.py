@@ -1,0 +1,10 @@
+"""One process serving one model version and variant over the Open Inference Protocol (v2 REST).
+
+`python -m gallery_deployer.modelserver --model NAME --version V --artifact URI --sha256 HEX` loads
+the ONNX artifact from the artifact store (sha256-checked, verified self-contained), warms it up,
+and only then opens its port.
+"""
+
+from .settings import ModelServerSettings
+
+__all__ = ["ModelServerSettings"]

@@ -1,0 +1,97 @@
+"""`python -m gallery_deployer.modelserver`: load, verify and warm one model, then serve it over OIP v2."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import Any
+
+from gallery_common.errors import GalleryError
+from gallery_common.settings import SettingsError, load_settings
+from gallery_common.telemetry import configure_logging, get_logger
+
+from .settings import ModelServerSettings
+
+# Flag name → settings field; a flag left out falls back to the GALLERY_* variable.
+FLAGS = {
+    "model": "model_name",
+    "version": "model_version",
+    "variant": "variant",
+    "artifact": "artifact_uri",
+    "sha256": "artifact_sha256",
+    "port": "port",
+    "max_batch_size": "max_batch_size",
+    "max_queue_delay_ms": "max_queue_delay_ms",
+    "max_queue": "max_queue",
+    "intra_op_threads": "intra_op_threads",
+}
+
+
+def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    """The flags given on the command line, as settings overrides."""
+    parser = argparse.ArgumentParser(prog="python -m gallery_deployer.modelserver", description=__doc__)
+    parser.add_argument("--model", help="model name")
+    parser.add_argument("--version", help="model version")
+    parser.add_argument("--variant", help="variant served (default fp32)")
+    parser.add_argument("--artifact", help="URI of the ONNX file in the artifact store")
+    parser.add_argument("--sha256", help="expected sha256 of the ONNX file")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--max-queue-delay-ms", type=float)
+    parser.add_argument("--max-queue", type=int)
+    parser.add_argument("--intra-op-threads", type=int)
+    args = vars(parser.parse_args(argv))
+    return {field: args[flag] for flag, field in FLAGS.items() if args[flag] is not None}
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; 0 on a clean stop, 1 when the model cannot load, 2 on bad settings."""
+    overrides = parse_args(argv)
+    try:
+        settings = load_settings(ModelServerSettings, **overrides)
+    except SettingsError as exc:
+        print(exc.code, file=sys.stderr)
+        return 2
+    configure_logging(settings.service_name, settings.log_level)
+    log = get_logger(__name__).bind(model=settings.model_name, version=settings.model_version, variant=settings.variant)
+
+    from .app import create_app
+    from .model import load_model
+
+    started = time.perf_counter()
+    try:
+        model = load_model(settings)
+    except GalleryError as exc:
+        log.error("model_load_failed", reason=exc.message, artifact=settings.artifact_uri)
+        return 1
+    except Exception as exc:  # ONNX Runtime's own errors: the reason still belongs in the log
+        log.error("model_load_failed", reason=f"{type(exc).__name__}: {exc}", artifact=settings.artifact_uri)
+        return 1
+    log.info("model_ready", seconds=round(time.perf_counter() - started, 3), port=settings.port)
+
+    import uvicorn
+
+    # uvicorn re-raises the stop signal once it has drained; a requested stop is a clean exit, not a crash.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_cleanly)
+    uvicorn.run(
+        create_app(settings, model),
+        host=settings.bind_host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

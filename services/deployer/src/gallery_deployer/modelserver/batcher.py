@@ -1,0 +1,186 @@
+"""Dynamic batching: requests wait in a bounded queue and run together on ONNX Runtime.
+
+A batch closes when it holds `max_batch_size` rows or its first request has waited
+`max_queue_delay` seconds. Requests whose non-batch dimensions differ run in separate groups of the
+same batch. The session runs in a worker thread so the event loop keeps accepting requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+import numpy as np
+
+from gallery_common.errors import GalleryError, Unavailable
+
+from .model import ServedModel
+
+Results = dict[str, np.ndarray]
+
+
+class BatchObserver(Protocol):
+    """Receives the queue wait of each request and the compute time and size of each batch."""
+
+    def queued(self, seconds: float) -> None: ...
+
+    def computed(self, seconds: float, rows: int) -> None: ...
+
+
+class Overloaded(Unavailable):
+    """Too many requests are waiting; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InferenceFailed(GalleryError):
+    """ONNX Runtime refused a batch; every request in it gets this error."""
+
+
+@dataclass
+class _Pending:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    enqueued: float
+    future: asyncio.Future[Results] = field(repr=False)
+
+    def shape_key(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(array.shape[1:] for array in self.inputs.values())
+
+
+_STOP = object()
+
+
+class DynamicBatcher:
+    """Groups concurrent requests into batches for one model; `submit` awaits one request's outputs."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        max_batch_size: int,
+        max_queue_delay: float,
+        max_queue: int,
+        observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._model = model
+        self._max_batch = max_batch_size if model.batchable else 1
+        self._delay = max_queue_delay
+        self._max_queue = max_queue
+        self._observer = observer
+        self._clock = clock
+        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        self._waiting = 0
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.retry_after = max(1, round(max_queue_delay + 0.5))
+
+    @property
+    def waiting(self) -> int:
+        """Requests admitted whose batch has not started yet."""
+        return self._waiting
+
+    def start(self) -> None:
+        """Start the batching task on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="dynamic-batcher")
+
+    async def close(self) -> None:
+        """Refuse new requests, finish every queued one, then stop."""
+        self._closing = True
+        self._queue.put_nowait(_STOP)
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, inputs: Mapping[str, np.ndarray], rows: int) -> Results:
+        """Queue one request and wait for its outputs (its rows of the batch it ran in)."""
+        if self._closing:
+            raise Unavailable("the model server is shutting down")
+        if self._waiting >= self._max_queue:
+            raise Overloaded(f"{self._waiting} requests are already waiting; retry later", self.retry_after)
+        future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+        self._waiting += 1
+        self._queue.put_nowait(_Pending(inputs, rows, self._clock(), future))
+        return await future
+
+    async def _loop(self) -> None:
+        carried: _Pending | None = None
+        while True:
+            first = carried if carried is not None else await self._queue.get()
+            carried = None
+            if first is _STOP:
+                return
+            assert isinstance(first, _Pending)
+            batch, carried, stop = await self._collect(first)
+            await self._execute(batch)
+            if stop:
+                # Everything queued before the stop marker has been collected and run.
+                if carried is not None:
+                    await self._execute([carried])
+                return
+
+    async def _collect(self, first: _Pending) -> tuple[list[_Pending], _Pending | None, bool]:
+        batch, rows = [first], first.rows
+        deadline = first.enqueued + self._delay
+        while rows < self._max_batch:
+            remaining = deadline - self._clock()
+            try:
+                if remaining <= 0:
+                    item = self._queue.get_nowait()
+                else:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+            if item is _STOP:
+                return batch, None, True
+            assert isinstance(item, _Pending)
+            if rows + item.rows > self._max_batch:
+                return batch, item, False
+            batch.append(item)
+            rows += item.rows
+        return batch, None, False
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        self._waiting -= len(batch)
+        started = self._clock()
+        if self._observer is not None:
+            for item in batch:
+                self._observer.queued(started - item.enqueued)
+        groups: dict[tuple[tuple[int, ...], ...], list[_Pending]] = defaultdict(list)
+        for item in batch:
+            groups[item.shape_key()].append(item)
+        for group in groups.values():
+            await self._run_group(group)
+
+    async def _run_group(self, group: list[_Pending]) -> None:
+        names = list(group[0].inputs)
+        if len(group) == 1:
+            feeds = dict(group[0].inputs)
+        else:
+            feeds = {name: np.concatenate([item.inputs[name] for item in group]) for name in names}
+        started = self._clock()
+        try:
+            results = await anyio.to_thread.run_sync(self._model.run, feeds)
+        except Exception as exc:  # ONNX Runtime raises its own types; every waiter must hear about it
+            error = InferenceFailed(f"inference failed: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        if self._observer is not None:
+            self._observer.computed(self._clock() - started, sum(item.rows for item in group))
+        offset = 0
+        for item in group:
+            if len(group) == 1:
+                part = results
+            else:
+                part = {name: value[offset : offset + item.rows] for name, value in results.items()}
+            offset += item.rows
+            if not item.future.done():  # the client may have gone away
+                item.future.set_result(part)

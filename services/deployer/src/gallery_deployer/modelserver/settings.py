@@ -1,0 +1,40 @@
+"""Settings of one model server process (`GALLERY_*` variables, overridden by command-line flags)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from gallery_common.artifacts.base import normalize_sha256
+from gallery_common.errors import ArtifactError
+from gallery_common.settings import GallerySettings
+
+
+class ModelServerSettings(GallerySettings):
+    """What one model server serves and how it batches."""
+
+    service_name: str = "modelserver"
+    port: int = Field(default=8500, ge=1, le=65535)
+    model_name: str = Field(default="", description="The model's registered name.")
+    model_version: str = Field(default="", description="The model version served.")
+    variant: str = Field(default="fp32", description="Which optimized variant of the version (fp32, int8, ...).")
+    artifact_uri: str = Field(default="", description="URI of the ONNX file inside the artifact store.")
+    artifact_sha256: str = Field(default="", description="Expected sha256 of the ONNX file.")
+    max_batch_size: int = Field(default=32, ge=1, le=65536)
+    max_queue_delay_ms: float = Field(default=2.0, ge=0, le=60_000)
+    max_queue: int = Field(default=256, ge=1, description="Requests waiting for a batch before 503.")
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
+
+    @field_validator("model_name", "model_version", "artifact_uri")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("artifact_sha256")
+    @classmethod
+    def _check_sha256(cls, value: str) -> str:
+        try:
+            return normalize_sha256(value)
+        except ArtifactError as exc:
+            raise ValueError(exc.message) from None
