@@ -26,6 +26,7 @@ FLAGS = {
     "max_queue_delay_ms": "max_queue_delay_ms",
     "max_queue": "max_queue",
     "intra_op_threads": "intra_op_threads",
+    "nats": "serve_nats",
 }
 
 
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--max-queue-delay-ms", type=float)
     parser.add_argument("--max-queue", type=int)
     parser.add_argument("--intra-op-threads", type=int)
+    parser.add_argument(
+        "--nats", action=argparse.BooleanOptionalAction, help="serve infer.<model> and batch jobs over NATS"
+    )
     args = vars(parser.parse_args(argv))
     return {field: args[flag] for flag, field in FLAGS.items() if args[flag] is not None}
 

@@ -17,9 +17,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gallery_common.artifacts import open_store
 from gallery_common.auth import identify
 from gallery_common.errors import GalleryError, NotFound
 
+from .async_serving import AsyncServing
 from .batcher import DynamicBatcher, Overloaded
 from .metrics import Outcome, ServingMetrics
 from .model import ServedModel
@@ -73,6 +75,15 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
         model, settings.max_batch_size, settings.max_queue_delay_ms / 1000, settings.max_queue, observer=metrics
     )
     state = {"ready": False}
+
+    def observe(exc: GalleryError | None, seconds: float) -> None:
+        metrics.request(Outcome.ok if exc is None else _outcome(exc), seconds)
+
+    nats_side = (
+        AsyncServing(settings, model, batcher, open_store(settings.resolved_artifact_root, settings), observe)
+        if settings.serve_nats
+        else None
+    )
     metadata = orjson.dumps(
         {
             "name": model.name,
@@ -88,11 +99,15 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        if nats_side is not None:
+            nats_side.start()
         state["ready"] = True
         try:
             yield
         finally:
             state["ready"] = False
+            if nats_side is not None:
+                await nats_side.close()
             await batcher.close()
 
     app = FastAPI(title=f"model server {model.name}:{model.version}", lifespan=lifespan, docs_url=None, redoc_url=None)

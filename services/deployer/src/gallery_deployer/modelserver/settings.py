@@ -23,6 +23,10 @@ class ModelServerSettings(GallerySettings):
     max_queue_delay_ms: float = Field(default=2.0, ge=0, le=60_000)
     max_queue: int = Field(default=256, ge=1, description="Requests waiting for a batch before 503.")
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
+    serve_nats: bool = Field(default=True, description="Also serve infer.<model> requests and infer.jobs.<model>.")
+    nats_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    job_ack_wait_s: float = Field(default=30.0, gt=0, le=3600, description="A batch job's heartbeat window.")
+    job_max_deliver: int = Field(default=5, ge=1, description="Deliveries of a job before it is marked failed.")
 
     @field_validator("model_name", "model_version", "artifact_uri")
     @classmethod

@@ -1,0 +1,75 @@
+"""The model server's NATS side: request/reply inference and batch jobs, over one bus connection.
+
+It connects in the background, so HTTP serving starts at once and does not depend on NATS; while
+NATS is unreachable it keeps trying, and once connected the client reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gallery_common.artifacts import ArtifactStore
+from gallery_common.bus import EventBus
+from gallery_common.telemetry import get_logger
+
+from .batch_jobs import JobRunner
+from .batcher import DynamicBatcher
+from .model import ServedModel
+from .nats_rpc import InferResponder, Observer
+from .settings import ModelServerSettings
+
+CONNECT_RETRY_S = 2.0
+
+log = get_logger(__name__)
+
+
+class AsyncServing:
+    """Serves `infer.<model>` requests and `infer.jobs.<model>` jobs while started."""
+
+    def __init__(
+        self,
+        settings: ModelServerSettings,
+        model: ServedModel,
+        batcher: DynamicBatcher,
+        store: ArtifactStore,
+        observe: Observer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._bus = EventBus(
+            settings.nats_url,
+            settings.service_name,
+            publish_deadline=settings.nats_connect_timeout_s,
+            reconnect_wait=CONNECT_RETRY_S,
+        )
+        self.responder = InferResponder(model, batcher, observe)
+        self.jobs = JobRunner(model, store, settings.max_batch_size, settings.job_ack_wait_s, settings.job_max_deliver)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Connect and subscribe in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._connect(), name="nats-connect")
+
+    async def _connect(self) -> None:
+        warned = False
+        while True:
+            try:
+                await self._bus.connect(ensure_streams=False)
+                break
+            except Exception as exc:  # unreachable or refused: HTTP keeps serving while this retries
+                if not warned:
+                    log.warning("nats_unreachable", url=self._settings.nats_url, reason=f"{type(exc).__name__}: {exc}")
+                    warned = True
+                await self._bus.close()
+                await asyncio.sleep(CONNECT_RETRY_S)
+        await self.responder.start(self._bus.nc)
+        await self.jobs.start(self._bus.nc, self._bus.js)
+        log.info("nats_serving", url=self._settings.nats_url)
+
+    async def close(self) -> None:
+        """Stop taking work, answer the requests already taken, and drain the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.jobs.close()
+        await self.responder.close()
+        await self._bus.close()
