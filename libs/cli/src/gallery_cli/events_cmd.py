@@ -179,17 +179,17 @@ def dlq(
 
 
 def sample_trained(model: str) -> ModelTrained:
-    """A well-formed `model.trained` payload whose artifact is a placeholder nobody can load."""
+    """A well-formed `model.trained` payload whose artifact points at sample bytes nobody can load as a model."""
     run_id = f"sample-{uuid.uuid4().hex[:8]}"
-    placeholder = f"sample {model} {run_id}".encode()
+    sample_bytes = f"sample {model} {run_id}".encode()
     return ModelTrained(
         model=model,
         run_id=run_id,
         artifacts={
             "onnx": ArtifactRef(
                 uri=f"file:///samples/{model}/{run_id}/model.onnx",
-                sha256=hashlib.sha256(placeholder).hexdigest(),
-                size=len(placeholder),
+                sha256=hashlib.sha256(sample_bytes).hexdigest(),
+                size=len(sample_bytes),
                 format="onnx",
             )
         },
@@ -211,7 +211,7 @@ def publish_sample(
 ) -> None:
     """Publish a sample model.trained event, to watch it travel with `gallery events tail`.
 
-    Its artifact is a placeholder (file:///samples/...), so the registry's validation gate rejects it.
+    Its artifact is not a model (file:///samples/...), so the registry's validation gate rejects it.
     """
     settings = cli_settings()
     try:

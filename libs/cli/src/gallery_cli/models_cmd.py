@@ -2,56 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import httpx
 import typer
 from rich.table import Table
 
 from .console import console, fail, say
+from .service_client import RegistryClient
 
-DEFAULT_REGISTRY_URL = "http://127.0.0.1:8001"
 _REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>\d+))?$")
 
 app = typer.Typer(help="Registered models: list, show, move aliases.", no_args_is_help=True)
-
-
-class RegistryClient:
-    """The registry's REST API as the CLI uses it; every failure exits with one readable line.
-
-    URL from GALLERY_REGISTRY_URL (default http://127.0.0.1:8001), token from GALLERY_TOKEN.
-    """
-
-    def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
-        self.base_url = (base_url or os.environ.get("GALLERY_REGISTRY_URL") or DEFAULT_REGISTRY_URL).rstrip("/")
-        token = token if token is not None else os.environ.get("GALLERY_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.close()
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            fail(
-                f"cannot reach the registry at {self.base_url}: {exc or type(exc).__name__}"
-                " (is it running? `gallery up`, or set GALLERY_REGISTRY_URL)"
-            )
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("error") or response.text
-            except ValueError:
-                message = response.text
-            fail(f"the registry refused {method} {path} ({response.status_code}): {message}")
-        return response.json()
 
 
 def _path(name: str) -> str:

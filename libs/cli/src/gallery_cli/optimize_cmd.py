@@ -2,51 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .console import console, fail, say
+from .service_client import OptimizerClient
 
-DEFAULT_OPTIMIZER_URL = "http://127.0.0.1:8003"
 FINAL_STATES = frozenset({"succeeded", "failed"})
-
-
-class OptimizerClient:
-    """The optimizer's REST API as the CLI uses it; every failure exits with one readable line."""
-
-    def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 60.0) -> None:
-        self.base_url = (base_url or os.environ.get("GALLERY_OPTIMIZER_URL") or DEFAULT_OPTIMIZER_URL).rstrip("/")
-        token = token if token is not None else os.environ.get("GALLERY_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-
-    def __enter__(self) -> OptimizerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.close()
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            fail(
-                f"cannot reach the optimizer at {self.base_url}: {exc or type(exc).__name__}"
-                " (is it running? `gallery up`, or set GALLERY_OPTIMIZER_URL)"
-            )
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("error") or response.text
-            except ValueError:
-                message = response.text
-            fail(f"the optimizer refused {method} {path} ({response.status_code}): {message}")
-        return response.json()
 
 
 def parse_ref(ref: str) -> tuple[str, int]:

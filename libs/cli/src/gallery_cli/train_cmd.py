@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .console import console, fail, say
+from .service_client import TrainerClient
 
-DEFAULT_TRAINER_URL = "http://127.0.0.1:8002"
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-
-
-class TrainerClient:
-    """The trainer's REST API as the CLI uses it; every failure exits with one readable line."""
-
-    def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
-        self.base_url = (base_url or os.environ.get("GALLERY_TRAINER_URL") or DEFAULT_TRAINER_URL).rstrip("/")
-        token = token if token is not None else os.environ.get("GALLERY_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-
-    def __enter__(self) -> TrainerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.close()
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            fail(
-                f"cannot reach the trainer at {self.base_url}: {exc or type(exc).__name__}"
-                " (is it running? `gallery up`, or set GALLERY_TRAINER_URL)"
-            )
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("error") or response.text
-            except ValueError:
-                message = response.text
-            fail(f"the trainer refused {method} {path} ({response.status_code}): {message}")
-        return response
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
 
 
 def _content_type(path: Path) -> str:

@@ -1,0 +1,67 @@
+"""One REST client for every service the CLI talks to; every failure exits with one readable line."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Self
+
+import httpx
+
+from .console import fail
+
+
+class ServiceClient:
+    """A service's REST API: URL from its `GALLERY_<SERVICE>_URL`, bearer token from GALLERY_TOKEN."""
+
+    service: ClassVar[str]
+    url_variable: ClassVar[str]
+    default_url: ClassVar[str]
+
+    def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = (base_url or os.environ.get(self.url_variable) or self.default_url).rstrip("/")
+        token = token if token is not None else os.environ.get("GALLERY_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(
+                f"cannot reach the {self.service} at {self.base_url}: {exc or type(exc).__name__}"
+                f" (is it running? `gallery up`, or set {self.url_variable})"
+            )
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error") or response.text
+            except ValueError:
+                message = response.text
+            fail(f"the {self.service} refused {method} {path} ({response.status_code}): {message}")
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+
+class RegistryClient(ServiceClient):
+    service = "registry"
+    url_variable = "GALLERY_REGISTRY_URL"
+    default_url = "http://127.0.0.1:8001"
+
+
+class TrainerClient(ServiceClient):
+    service = "trainer"
+    url_variable = "GALLERY_TRAINER_URL"
+    default_url = "http://127.0.0.1:8002"
+
+
+class OptimizerClient(ServiceClient):
+    service = "optimizer"
+    url_variable = "GALLERY_OPTIMIZER_URL"
+    default_url = "http://127.0.0.1:8003"
