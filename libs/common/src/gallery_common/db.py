@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Column, DateTime, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, create_engine
+from sqlmodel import Field, Session, create_engine
 
 
 def make_engine(url: str) -> Engine:
@@ -37,3 +40,24 @@ def ping(engine: Engine) -> None:
 def session_scope(engine: Engine) -> Iterator[Session]:
     with Session(engine) as session:
         yield session
+
+
+def new_id() -> str:
+    """A short random id for rows a service creates (jobs, runs)."""
+    return uuid.uuid4().hex[:16]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything the services store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def timestamp_field(nullable: bool = True) -> Any:
+    """A SQLModel field for a timezone-aware timestamp, empty until set."""
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))

@@ -5,8 +5,7 @@ Table rows stay in the store layer (`jobs.py`); the API answers with the `*Publi
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -14,29 +13,11 @@ from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel
 
+from gallery_common.db import as_utc, new_id, timestamp_field, utcnow
 from gallery_common.events import NAME_PATTERN
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 ACTIVE_STATES: frozenset[str] = frozenset({"queued", "running"})
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored here is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _when(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
 
 
 def _json(nullable: bool = True) -> Any:
@@ -62,8 +43,8 @@ class OptimizationJob(SQLModel, table=True):
     source_event_id: str | None = Field(default=None, unique=True, nullable=True)
     traceparent: str | None = None  # the trace of the model.validated that asked for this job
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
-    started_at: datetime | None = _when()
-    finished_at: datetime | None = _when()
+    started_at: datetime | None = timestamp_field()
+    finished_at: datetime | None = timestamp_field()
 
 
 class OptimizationPolicyRecord(SQLModel, table=True):

@@ -5,36 +5,18 @@ Table rows stay in the store layer; the API answers with the `*Public` models be
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from gallery_common.db import as_utc, new_id, timestamp_field, utcnow
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_JOB_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 SearchStatus = Literal["running", "succeeded", "exhausted", "cancelled"]
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored here is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _when(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
 
 
 def _json(default: Any = dict) -> Any:
@@ -62,8 +44,8 @@ class Job(SQLModel, table=True):
     search_id: str | None = Field(default=None, index=True)
     trial: int | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
-    started_at: datetime | None = _when()
-    finished_at: datetime | None = _when()
+    started_at: datetime | None = timestamp_field()
+    finished_at: datetime | None = timestamp_field()
 
 
 class Run(SQLModel, table=True):
@@ -86,7 +68,7 @@ class Run(SQLModel, table=True):
     dataset_fingerprint: str | None = None
     event_id: str | None = None
     started_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
-    finished_at: datetime | None = _when()
+    finished_at: datetime | None = timestamp_field()
 
 
 class RunMetric(SQLModel, table=True):
@@ -120,7 +102,7 @@ class Search(SQLModel, table=True):
     base_spec: dict[str, Any] = _json()
     winner_run_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
-    finished_at: datetime | None = _when()
+    finished_at: datetime | None = timestamp_field()
 
 
 class SearchTrial(SQLModel, table=True):
