@@ -254,8 +254,9 @@ class JobRunner:
             prefix = validate_prefix(job.output_prefix.strip("/"))
         except GalleryError as exc:
             raise JobFailed(f"output_prefix: {exc.message}") from None
+        # download, decompress and encode in worker threads: the same event loop answers HTTP requests
         data = await anyio.to_thread.run_sync(self._store.get, job.input.uri, job.input.sha256)
-        feeds, total = read_inputs(data, self._model.inputs)
+        feeds, total = await anyio.to_thread.run_sync(read_inputs, data, self._model.inputs)
         await self._status(job.job_id, state="running", done=0, total=total)
         parts: dict[str, list[np.ndarray]] = {spec.name: [] for spec in self._model.outputs}
         chunks = max(1, -(-total // self._chunk))
@@ -269,7 +270,8 @@ class JobRunner:
                 await self._status(job.job_id, state="running", done=min(total, start + self._chunk), total=total)
         outputs = {name: np.concatenate(values) if values else np.empty((0,)) for name, values in parts.items()}
         key = f"{prefix.rstrip('/')}/{job.job_id}.npz" if prefix else f"{job.job_id}.npz"
-        ref = await anyio.to_thread.run_sync(self._store.put, key, write_npz(outputs))
+        encoded = await anyio.to_thread.run_sync(write_npz, outputs)
+        ref = await anyio.to_thread.run_sync(self._store.put, key, encoded)
         await self._status(
             job.job_id, state="succeeded", done=total, total=total, output={"uri": ref.uri, "sha256": ref.sha256}
         )
