@@ -309,6 +309,35 @@ def test_tritonclient_runs_through_the_gateway(gw: str, backends: dict[str, Fake
     client.close()
 
 
+def test_inference_needs_a_writer_token_and_a_body_within_the_limit(
+    tmp_path: Path, backends: dict[str, FakeModelServer]
+) -> None:
+    route = {"backends": [{"id": "a", "url": backends["a"].url}]}
+    writer = {"Authorization": "Bearer wtok"}
+    with gateway(tmp_path, api_tokens="rtok:reader,wtok:writer", max_body_bytes=2_000) as url:
+        assert httpx.put(f"{url}/admin/routes/guarded", json=route, headers=writer).status_code == 200
+        infer = f"{url}/v2/models/guarded/infer"
+        answered = {"route": "/v2/models/{model}/infer", "method": "POST", "service": "gateway"}
+        before = {
+            code: metric(url, "modelgallery_http_requests_total", status=code, **answered)
+            for code in ["200", "401", "413"]
+        }
+
+        missing = httpx.post(infer, content=body([1.0]))
+        assert missing.status_code == 401 and "bearer token" in missing.json()["error"]
+        assert missing.headers["www-authenticate"] == "Bearer"
+        reader = httpx.post(infer, content=body([1.0]), headers={"Authorization": "Bearer rtok"})
+        assert reader.status_code == 403 and "writer role" in reader.json()["error"]
+        too_big = httpx.post(infer, content=body([1.0] * 1_000), headers=writer)
+        assert too_big.status_code == 413 and "2000 bytes" in too_big.json()["error"]
+        assert served_by(httpx.post(infer, content=body([1.0]), headers=writer)) == "a"
+        versioned = httpx.post(f"{url}/v2/models/guarded/versions/9/infer", content=body([1.0]), headers=writer)
+        assert versioned.status_code == 404 and "version '9'" in versioned.json()["error"]
+
+        after = {code: metric(url, "modelgallery_http_requests_total", status=code, **answered) for code in before}
+        assert {code: after[code] - before[code] for code in before} == {"200": 1, "401": 1, "413": 1}
+
+
 def test_admin_routes_need_writer_and_persist(tmp_path: Path, backends: dict[str, FakeModelServer]) -> None:
     route = {"backends": [{"id": "a", "url": backends["a"].url}]}
     with gateway(tmp_path, api_tokens="rtok:reader,wtok:writer") as url:
@@ -380,3 +409,35 @@ async def test_the_redis_cache_is_shared_between_gateway_replicas(
         # the second replica answered from Redis: the backend saw one request only
         assert backends["a"].infers == calls_before + 1
         assert metric(second, "modelgallery_gateway_cache_hits_total", model="shared") == 1
+
+
+async def test_a_model_scaled_to_zero_is_woken_once_and_held_requests_are_answered(
+    gw: str, backends: dict[str, FakeModelServer]
+) -> None:
+    wakes: list[float] = []
+
+    async def wake(_: Request) -> Response:
+        # what the deployer does: start a replica (here: take a moment), route to it, then answer
+        wakes.append(time.monotonic())
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient() as client:
+            awake = {"backends": [{"id": "a", "url": backends["a"].url}], "policy": {}}
+            assert (await client.put(f"{gw}/admin/routes/sleepy", json=awake)).status_code == 200
+        return Response(status_code=204)
+
+    port = free_port()
+    with serve(Starlette(routes=[Route("/wake", wake, methods=["POST"])]), port):
+        put_route(gw, "sleepy", [], asleep=True, wake_url=f"http://127.0.0.1:{port}/wake")
+        started = time.monotonic()
+        responses = await infer_many(f"{gw}/v2/models/sleepy/infer", [body([float(i)]) for i in range(10)])
+
+    assert [r.status_code for r in responses] == [200] * 10
+    assert {served_by(r) for r in responses} == {"a"}
+    assert len(wakes) == 1, "concurrent requests must share one wake-up"
+    assert time.monotonic() - started >= 0.5
+    assert metric(gw, "modelgallery_gateway_cold_start_duration_seconds_count", model="sleepy") == 10
+
+
+def test_an_asleep_route_needs_a_wake_url(gw: str) -> None:
+    response = httpx.put(f"{gw}/admin/routes/nowake", json={"backends": [], "policy": {"asleep": True}})
+    assert response.status_code == 422 and "wake_url" in response.json()["error"]

@@ -109,7 +109,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
 
 @pytest.fixture(scope="module")
 def server(artifact: Artifact) -> Iterator[Server]:
-    running = start_server(artifact, "--max-queue-delay-ms", "20")
+    running = start_server(artifact, "--max-queue-delay-ms", "20", "--no-eager-batching")
     try:
         wait_ready(running)
         yield running
@@ -241,7 +241,9 @@ def test_concurrent_requests_are_batched_and_metrics_show_it(server: Server) -> 
 
 
 def test_overload_gives_503_with_retry_after_and_the_server_recovers(artifact: Artifact) -> None:
-    server = start_server(artifact, "--max-queue", "2", "--max-queue-delay-ms", "300", "--max-batch-size", "64")
+    server = start_server(
+        artifact, "--max-queue", "2", "--max-queue-delay-ms", "300", "--max-batch-size", "64", "--no-eager-batching"
+    )
     try:
         wait_ready(server)
         responses = asyncio.run(post_many(server.url, 20))
@@ -260,7 +262,7 @@ def test_overload_gives_503_with_retry_after_and_the_server_recovers(artifact: A
 
 
 def test_sigterm_drains_a_request_waiting_for_its_batch(artifact: Artifact) -> None:
-    server = start_server(artifact, "--max-queue-delay-ms", "1500")
+    server = start_server(artifact, "--max-queue-delay-ms", "1500", "--no-eager-batching")
     try:
         wait_ready(server)
 

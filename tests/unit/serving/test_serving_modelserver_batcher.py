@@ -135,3 +135,19 @@ async def test_a_failing_batch_fails_each_of_its_requests_and_the_batcher_goes_o
 
     assert all(isinstance(o, InferenceFailed) and "bad input tensor" in o.message for o in outcomes)
     assert after["y"][0, 0] == 6
+
+
+async def test_an_eager_batcher_runs_a_lone_request_without_waiting_the_queue_delay() -> None:
+    model = DoublingModel()
+    eager = DynamicBatcher(model, max_batch_size=8, max_queue_delay=30, max_queue=8)  # type: ignore[arg-type]
+    eager.start()
+    # a 30 s delay: only an eager batcher can answer within the second allowed
+    assert (await asyncio.wait_for(eager.submit(request(2), 1), 1))["y"][0, 0] == 4
+    await eager.close()
+
+    patient = DynamicBatcher(model, max_batch_size=8, max_queue_delay=0.3, max_queue=8, eager=False)  # type: ignore[arg-type]
+    patient.start()
+    started = asyncio.get_running_loop().time()
+    await patient.submit(request(2), 1)
+    assert asyncio.get_running_loop().time() - started >= 0.25
+    await patient.close()

@@ -8,7 +8,7 @@ and domain errors mapped once to HTTP answers of the form `{"error": "..."}`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +55,12 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def gallery_error_response(exc: GalleryError) -> JSONResponse:
+    """The answer for a domain error: its status, `{"error": message}`, and a Bearer challenge on 401."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return _error(exc.status_code, exc.message, headers)
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
@@ -68,8 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(GalleryError)
     async def _gallery_error(_: Request, exc: GalleryError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return _error(exc.status_code, exc.message, headers)
+        return gallery_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -168,8 +173,12 @@ def create_app(
     use_database: bool = False,
     startup: Startup | None = None,
     description: str | None = None,
+    untraced: Callable[[MutableMapping[str, Any]], bool] | None = None,
 ) -> FastAPI:
-    """Build a service app; nothing connects until the lifespan runs."""
+    """Build a service app; nothing connects until the lifespan runs.
+
+    `untraced(scope)` names requests FastAPI's own OpenTelemetry spans and metrics skip (hot paths).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -207,6 +216,7 @@ def create_app(
         description=description or "",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],
+        telemetry={"exclude": untraced},
     )
     app.state.settings = settings
     app.state.resources = ServiceResources(settings=settings)

@@ -150,6 +150,7 @@ class EventBus:
         self._js: JetStreamContext | None = None
         self._consumers: list[Consumer] = []
         self._closing = False
+        self._last_error: str | None = None
 
     @classmethod
     def from_settings(cls, settings: GallerySettings) -> EventBus:
@@ -193,6 +194,7 @@ class EventBus:
         except TimeoutError:
             raise Unavailable(f"cannot reach NATS at {self.url} within {self.publish_deadline:g}s") from None
         self._closing = False
+        self._last_error = None
         self._js = self._nc.jetstream(timeout=_ATTEMPT_TIMEOUT)
         if ensure_streams:
             await self.ensure_streams()
@@ -217,13 +219,20 @@ class EventBus:
         await self.close()
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("nats error", error=repr(exc))
+        # nats.py reports every failed reconnect attempt; one warning per distinct error until it heals
+        error = repr(exc)
+        if error == self._last_error:
+            log.debug("nats error", error=error)
+            return
+        self._last_error = error
+        log.warning("nats error", error=error)
 
     async def _on_disconnected(self) -> None:
         if not self._closing:
             log.warning("nats disconnected", url=self.url)
 
     async def _on_reconnected(self) -> None:
+        self._last_error = None
         log.info("nats reconnected", url=self.url)
         for consumer in self._consumers:
             consumer.notify_reconnected()

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 import anyio
-import httpx
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.settings import load_settings
 
 from . import api
+from .fastpath import InferFastPath, is_inference
 from .proxy import Gateway, Publish
 from .routes import RouteBook
 from .settings import GatewaySettings
@@ -30,15 +31,13 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
     @asynccontextmanager
     async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
         book = await anyio.to_thread.run_sync(RouteBook(settings.resolved_routes_file).load)
-        limits = httpx.Limits(
-            max_connections=settings.max_connections, max_keepalive_connections=settings.max_keepalive_connections
-        )
-        # retries=1 retries only failed connects: a request that never reached a backend is safe to resend
-        transport = httpx.AsyncHTTPTransport(retries=1, limits=limits)
+        # aiohttp rather than httpx: httpx's connection pool serialises badly at 64 concurrent requests
+        connector = aiohttp.TCPConnector(limit=settings.max_connections, limit_per_host=0, ttl_dns_cache=300)
         publish: Publish | None = None
         if resources.bus is not None:
             publish = resources.bus.nc.publish
-        async with httpx.AsyncClient(transport=transport, timeout=settings.request_timeout_s) as client:
+        timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             gateway = Gateway(settings, book, client, publish)
             resources.extras[api.GATEWAY_KEY] = gateway
             try:
@@ -46,14 +45,18 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
             finally:
                 await gateway.close()
 
-    return create_app(
+    app = create_app(
         settings,
         title="Model Gallery gateway",
         description=DESCRIPTION,
         routers=[api.oip, api.admin],
         use_bus=with_bus,
         startup=startup,
+        untraced=is_inference,
     )
+    # added last, so it runs first: inference skips FastAPI's routing (the routes in api.py document it)
+    app.add_middleware(InferFastPath, settings=settings, gateway_key=api.GATEWAY_KEY)
+    return app
 
 
 def create() -> FastAPI:

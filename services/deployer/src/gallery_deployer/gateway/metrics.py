@@ -29,3 +29,9 @@ SHADOW_AGREEMENT = counter(
     ("model", "backend", "agree"),
 )
 SAMPLES = counter("gateway_samples_total", "Request/answer samples for the monitor by outcome", ("model", "outcome"))
+COLD_STARTS = histogram(
+    "gateway_cold_start_duration_seconds",
+    "Time requests waited for a scaled-to-zero model to wake",
+    ("model",),
+    (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)

@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 import orjson
 from starlette.responses import Response
 
-from gallery_common.errors import NotFound
+from gallery_common.errors import NotFound, Unavailable
 
 from . import metrics
 from .balance import plan_chain
@@ -33,6 +33,15 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 _PASSED_HEADERS = ("content-type", "inference-header-content-length")
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A backend's complete HTTP answer, read into memory."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
 @dataclass
 class Attempt:
     """How one link of the chain ended; `response` is set when the backend answered."""
@@ -40,7 +49,7 @@ class Attempt:
     backend: Backend
     outcome: str
     reason: str = ""
-    response: httpx.Response | None = None
+    response: Answer | None = None
 
 
 def _passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -66,7 +75,7 @@ class Gateway:
         self,
         settings: GatewaySettings,
         book: RouteBook,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         publish: Publish | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -75,9 +84,12 @@ class Gateway:
         self.client = client
         self.publish = publish
         self.rng = rng or random.Random()
+        token = settings.deployer_token.get_secret_value() if settings.deployer_token else None
+        self._wake_headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.cache = make_response_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._wakes: dict[str, asyncio.Task[None]] = {}
 
     def breaker(self, model: str, backend_id: str) -> CircuitBreaker:
         key = (model, backend_id)
@@ -93,16 +105,43 @@ class Gateway:
             )
         return breaker
 
-    def _route(self, model: str, version: str | None) -> tuple[ModelRoute, list[Backend]]:
+    async def _route(self, model: str, version: str | None) -> tuple[ModelRoute, list[Backend]]:
         route = self.book.get(model)
         if route is None:
             raise NotFound(f"model {model!r} has no route in the gateway; deploy it first")
+        if route.policy.asleep:
+            route = await self._wake(model, route)
         serving = route.serving
         if version is not None:
             serving = [b for b in serving if b.version == version]
             if not serving:
                 raise NotFound(f"model {model!r} has no backend serving version {version!r}")
         return route, serving
+
+    async def _wake(self, model: str, route: ModelRoute) -> ModelRoute:
+        """Hold the request while the deployer starts a replica (a cold start); one wake call per model."""
+        task = self._wakes.get(model)
+        if task is None:
+            task = self._wakes[model] = asyncio.create_task(self._call_wake(model, route))
+            task.add_done_callback(lambda _: self._wakes.pop(model, None))
+        started = time.perf_counter()
+        await asyncio.shield(task)
+        metrics.COLD_STARTS.labels(model).observe(time.perf_counter() - started)
+        woken = self.book.get(model)
+        if woken is None or woken.policy.asleep:
+            raise Unavailable(f"model {model!r} is scaled to zero and did not wake up")
+        return woken
+
+    async def _call_wake(self, model: str, route: ModelRoute) -> None:
+        assert route.policy.wake_url is not None
+        timeout = aiohttp.ClientTimeout(total=self.settings.cold_start_timeout_s)
+        try:
+            async with self.client.post(route.policy.wake_url, timeout=timeout, headers=self._wake_headers) as reply:
+                if reply.status >= 400:
+                    text = (await reply.text())[:300]
+                    raise Unavailable(f"model {model!r} is scaled to zero and waking it failed: {reply.status} {text}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"model {model!r} is scaled to zero and its deployer did not answer: {exc!r}") from exc
 
     def _sticky_key(self, route: ModelRoute, headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
         policy = route.policy
@@ -114,7 +153,7 @@ class Gateway:
 
     async def forward_get(self, model: str, version: str | None, path: str) -> Response:
         """Metadata and readiness: sent to the first healthy backend, with the same fallbacks."""
-        _, serving = self._route(model, version)
+        _, serving = await self._route(model, version)
         chain = plan_chain(serving, None, self.rng)
         attempt, failures = await self._walk(model, chain, "GET", path, b"", {})
         return self._answer(model, attempt, failures)
@@ -130,7 +169,7 @@ class Gateway:
     ) -> Response:
         """Forward an inference request; the body goes through as bytes."""
         start = time.perf_counter()
-        route, serving = self._route(model, version)
+        route, serving = await self._route(model, version)
         cache_key = None
         if route.policy.cache_enabled:
             cache_key = f"{model}\0{version or ''}\0{hashlib.sha256(body).hexdigest()}"
@@ -191,16 +230,26 @@ class Gateway:
             failures.append(attempt)
         return None, failures
 
+    async def _send(
+        self, method: str, url: str, body: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+    ) -> Answer:
+        async with self.client.request(method, url, data=body or None, headers=headers, timeout=timeout) as reply:
+            return Answer(reply.status, reply.headers, await reply.read())
+
     async def _attempt(
         self, backend: Backend, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> Attempt:
+        limit = aiohttp.ClientTimeout(total=timeout)
+        url = backend.url + path
         try:
-            response = await self.client.request(
-                method, backend.url + path, content=body or None, headers=headers, timeout=timeout
-            )
-        except httpx.TimeoutException:
+            try:
+                response = await self._send(method, url, body, headers, limit)
+            except aiohttp.ClientConnectorError:
+                # the request never reached the backend, so sending it once more is safe
+                response = await self._send(method, url, body, headers, limit)
+        except TimeoutError:
             return Attempt(backend, "timeout", f"no answer within {timeout:.2f} s")
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             return Attempt(backend, "unreachable", f"unreachable ({type(exc).__name__})")
         if response.status_code >= 500:
             return Attempt(backend, "server_error", f"answered {response.status_code}", response)

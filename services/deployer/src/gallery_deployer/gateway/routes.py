@@ -53,12 +53,14 @@ class RoutePolicy(BaseModel):
     sticky_cookie: str | None = None
     shadow_percent: float = Field(default=0.0, ge=0, le=100)
     cache_enabled: bool = False
+    asleep: bool = Field(default=False, description="scaled to zero: wake_url starts a replica on the next request")
+    wake_url: str | None = Field(default=None, description="POSTed (once for all waiting requests) to wake the model")
 
 
 class ModelRoute(BaseModel):
     """A model's backends and policy, as PUT on /admin/routes/{model}."""
 
-    backends: list[Backend] = Field(min_length=1)
+    backends: list[Backend] = Field(default_factory=list)
     policy: RoutePolicy = Field(default_factory=RoutePolicy)
 
     @model_validator(mode="after")
@@ -66,8 +68,12 @@ class ModelRoute(BaseModel):
         ids = [b.id for b in self.backends]
         if len(set(ids)) != len(ids):
             raise ValueError(f"backend ids must be unique, got {ids}")
+        if self.policy.asleep:
+            if not self.policy.wake_url:
+                raise ValueError("a route that is asleep needs a wake_url")
+            return self
         if not any(b.weight > 0 for b in self.serving):
-            raise ValueError("at least one primary or canary backend needs a weight above 0")
+            raise ValueError("backends: at least one primary or canary backend needs a weight above 0")
         if len(self.backends) - len(self.serving) > 1:
             raise ValueError("at most one shadow backend per model")
         return self

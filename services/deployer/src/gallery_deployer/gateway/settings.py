@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from gallery_common.settings import GallerySettings
 
@@ -17,8 +17,8 @@ class GatewaySettings(GallerySettings):
     routes_file: Path | None = Field(default=None, description="default $GALLERY_HOME/gateway/routes.json")
     request_timeout_s: float = Field(default=2.0, gt=0, description="limit for one attempt at one backend")
     latency_budget_s: float = Field(default=5.0, gt=0, description="limit for all attempts of one request")
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="larger requests get 413")
     max_connections: int = Field(default=200, ge=1)
-    max_keepalive_connections: int = Field(default=50, ge=1)
     breaker_consecutive_failures: int = Field(default=5, ge=1)
     breaker_error_rate: float = Field(default=0.5, gt=0, le=1)
     breaker_window: int = Field(default=20, ge=2, description="outcomes the error rate is computed over")
@@ -28,6 +28,8 @@ class GatewaySettings(GallerySettings):
     cache_ttl_s: float = Field(default=60.0, gt=0)
     cache_max_body_bytes: int = Field(default=1_000_000, ge=1, description="larger answers are not cached")
     redis_url: str | None = Field(default=None, description="redis://host:port/db: share the cache between replicas")
+    cold_start_timeout_s: float = Field(default=60.0, gt=0, description="how long a request waits for a wake-up")
+    deployer_token: SecretStr | None = Field(default=None, description="bearer token for the deployer's wake call")
     sample_rate: float = Field(default=0.01, ge=0, le=1, description="share of requests sent to the monitor")
 
     @property

@@ -25,6 +25,7 @@ FLAGS = {
     "max_batch_size": "max_batch_size",
     "max_queue_delay_ms": "max_queue_delay_ms",
     "max_queue": "max_queue",
+    "eager_batching": "eager_batching",
     "intra_op_threads": "intra_op_threads",
     "nats": "serve_nats",
 }
@@ -42,6 +43,11 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--max-batch-size", type=int)
     parser.add_argument("--max-queue-delay-ms", type=float)
     parser.add_argument("--max-queue", type=int)
+    parser.add_argument(
+        "--eager-batching",
+        action=argparse.BooleanOptionalAction,
+        help="run a request at once when nothing else is queued (default on)",
+    )
     parser.add_argument("--intra-op-threads", type=int)
     parser.add_argument(
         "--nats", action=argparse.BooleanOptionalAction, help="serve infer.<model> and batch jobs over NATS"

@@ -72,7 +72,12 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
     """The model server app; the batcher starts with the app and drains its queue on shutdown."""
     metrics = ServingMetrics(model.name, model.version, model.variant, registry)
     batcher = DynamicBatcher(
-        model, settings.max_batch_size, settings.max_queue_delay_ms / 1000, settings.max_queue, observer=metrics
+        model,
+        settings.max_batch_size,
+        settings.max_queue_delay_ms / 1000,
+        settings.max_queue,
+        observer=metrics,
+        eager=settings.eager_batching,
     )
     state = {"ready": False}
 

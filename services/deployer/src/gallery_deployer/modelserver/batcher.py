@@ -1,7 +1,9 @@
 """Dynamic batching: requests wait in a bounded queue and run together on ONNX Runtime.
 
 A batch closes when it holds `max_batch_size` rows or its first request has waited
-`max_queue_delay` seconds. Requests whose non-batch dimensions differ run in separate groups of the
+`max_queue_delay` seconds. With `eager` (the default) a request that finds nothing else queued runs
+at once: a lone caller pays no delay, and under load batches still form from the requests that queue
+while the previous batch runs. Requests whose non-batch dimensions differ run in separate groups of the
 same batch. The session runs in a worker thread so the event loop keeps accepting requests.
 """
 
@@ -68,11 +70,13 @@ class DynamicBatcher:
         max_queue_delay: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        eager: bool = True,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._model = model
         self._max_batch = max_batch_size if model.batchable else 1
         self._delay = max_queue_delay
+        self._eager = eager
         self._max_queue = max_queue
         self._observer = observer
         self._clock = clock
@@ -127,6 +131,8 @@ class DynamicBatcher:
 
     async def _collect(self, first: _Pending) -> tuple[list[_Pending], _Pending | None, bool]:
         batch, rows = [first], first.rows
+        if self._eager and self._queue.empty():
+            return batch, None, False
         deadline = first.enqueued + self._delay
         while rows < self._max_batch:
             remaining = deadline - self._clock()

@@ -21,6 +21,10 @@ class ModelServerSettings(GallerySettings):
     artifact_sha256: str = Field(default="", description="Expected sha256 of the ONNX file.")
     max_batch_size: int = Field(default=32, ge=1, le=65536)
     max_queue_delay_ms: float = Field(default=2.0, ge=0, le=60_000)
+    eager_batching: bool = Field(
+        default=True,
+        description="Run a request at once when nothing else is queued instead of waiting max_queue_delay_ms.",
+    )
     max_queue: int = Field(default=256, ge=1, description="Requests waiting for a batch before 503.")
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
     serve_nats: bool = Field(default=True, description="Also serve infer.<model> requests and infer.jobs.<model>.")
