@@ -24,6 +24,8 @@ GALLERY = str(Path(sys.executable).with_name("gallery"))
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "digits-mlp"
 REGISTRY = os.environ.get("GALLERY_REGISTRY_URL", "http://127.0.0.1:8001")
+DEPLOYER = os.environ.get("GALLERY_DEPLOYER_URL", "http://127.0.0.1:8004")
+GATEWAY = os.environ.get("GALLERY_GATEWAY_URL", "http://127.0.0.1:8080")
 
 
 def banner(text: str) -> None:
@@ -62,6 +64,50 @@ def wait_for_judgement(after: int, timeout: float = 120) -> dict:
     raise SystemExit(f"the registry did not judge a new version of {MODEL} within {timeout:.0f} s")
 
 
+def wait_for_deployment(version: int, timeout: float = 180) -> dict:
+    """The deployment of `version` once it serves production traffic with the optimizer's variant rolled in."""
+    deadline = time.monotonic() + timeout
+    row: dict = {}
+    while time.monotonic() < deadline:
+        rows = httpx.get(f"{DEPLOYER}/api/v1/deployments").json()
+        row = next((r for r in rows if r["model"] == MODEL and r["version"] == version), {})
+        if row.get("stage") == "production" and row.get("state") == "ready" and row.get("variant") != "fp32":
+            return row
+        time.sleep(0.5)
+    if row.get("stage") == "production":
+        return row  # serving, still the FP32 model: the optimizer recommended nothing else in time
+    raise SystemExit(f"the deployer did not put {MODEL}:{version} in production within {timeout:.0f} s")
+
+
+def infer_through_gateway(version: dict) -> None:
+    """Send the version's held-out test split through the gateway, as clients would, and score the answers."""
+    import io
+
+    import numpy as np
+
+    split = version["artifacts"]["test_split"]["uri"]
+    with np.load(io.BytesIO(Path(split.removeprefix("file://")).read_bytes())) as data:
+        x, y = data["x"], data["y"]
+    correct, latencies = 0, []
+    with httpx.Client(base_url=GATEWAY, timeout=30) as client:
+        for start in range(0, len(x), 16):
+            rows = x[start : start + 16]
+            body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape),
+                                "data": rows.ravel().tolist()}]}  # fmt: skip
+            began = time.perf_counter()
+            answer = client.post(f"/v2/models/{MODEL}/infer", json=body)
+            latencies.append((time.perf_counter() - began) * 1000)
+            answer.raise_for_status()
+            output = answer.json()["outputs"][0]
+            logits = np.asarray(output["data"]).reshape(output["shape"])
+            correct += int((logits.argmax(axis=1) == y[start : start + 16]).sum())
+    print(
+        f"{len(latencies)} requests ({len(x)} test rows) through {GATEWAY}/v2/models/{MODEL}/infer: "
+        f"accuracy {correct / len(x):.3f}, latency p50 {np.percentile(latencies, 50):.1f} ms, "
+        f"p99 {np.percentile(latencies, 99):.1f} ms"
+    )
+
+
 async def show_dead_letter_handling(settings: GallerySettings) -> None:
     """A malformed event is refused by the gate with a reason, and the gate goes on."""
     async with EventBus(settings.nats_url, source="/modelgallery/demo") as bus:
@@ -96,6 +142,13 @@ def main() -> None:
             elif "optimizer" in installed:
                 banner("model.validated started the optimizer: INT8, FP16, pruned and distilled variants, measured")
                 gallery("optimize", f"{MODEL}:{judged['version']}", live=True)
+            if judged["status"] == "validated" and "deployer" in installed:
+                banner("model.validated deployed it and model.optimized rolled the recommended variant in")
+                wait_for_deployment(judged["version"])
+                gallery("deployments")
+                banner("Real requests through the gateway (the Open Inference Protocol, as any v2 client sends)")
+                version = httpx.get(f"{REGISTRY}/api/v1/models/{MODEL}/versions/{judged['version']}").json()
+                infer_through_gateway(version)
 
         banner("A malformed event is dead-lettered with its reason; nothing crash-loops")
         asyncio.run(show_dead_letter_handling(settings))
@@ -122,6 +175,10 @@ def main() -> None:
     print(
         "                 http://127.0.0.1:8001/docs (registry API)  http://127.0.0.1:8002/docs (trainer API)"
         "  http://127.0.0.1:8003/docs (optimizer API)"
+    )
+    print(
+        "                 http://127.0.0.1:8004/docs (deployer API)  http://127.0.0.1:8080/v2/models/digits-mlp"
+        " (the gateway)"
     )
     print(f"edge bundle:     {home / 'artifacts' / 'optimized' / MODEL}/<version>/  (tarball with a standalone runner)")
 

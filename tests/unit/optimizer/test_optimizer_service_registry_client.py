@@ -9,7 +9,7 @@ import pytest
 
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ArtifactRef
-from gallery_optimizer.registry_client import RegistryClient
+from gallery_common.registry_client import RegistryClient
 
 REF = ArtifactRef(uri="file:///a/int8.onnx", sha256="b" * 64, size=10, format="onnx")
 

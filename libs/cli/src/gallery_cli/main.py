@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import events_cmd, models_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
+from . import deploy_cmd, events_cmd, models_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
 
 app = typer.Typer(
     name="gallery",
@@ -27,6 +27,10 @@ app.command()(train_cmd.train)
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(models_cmd.app, name="models")
 app.command()(optimize_cmd.optimize)
+app.command()(deploy_cmd.deploy)
+app.command()(deploy_cmd.promote)
+app.command()(deploy_cmd.rollback)
+app.command()(deploy_cmd.deployments)
 
 
 def _version() -> str:

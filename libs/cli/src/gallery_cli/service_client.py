@@ -65,3 +65,9 @@ class OptimizerClient(ServiceClient):
     service = "optimizer"
     url_variable = "GALLERY_OPTIMIZER_URL"
     default_url = "http://127.0.0.1:8003"
+
+
+class DeployerClient(ServiceClient):
+    service = "deployer"
+    url_variable = "GALLERY_DEPLOYER_URL"
+    default_url = "http://127.0.0.1:8004"

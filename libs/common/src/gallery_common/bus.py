@@ -54,6 +54,7 @@ EVENTS_STREAM = "MODEL_EVENTS"
 DLQ_STREAM = "DEAD_LETTERS"
 DUPLICATE_WINDOW_SECONDS = 120.0
 _STREAM_NAME_IN_USE = 10058
+_DRAIN_TIMEOUT_S = 5  # a stopping service flushes what it has; it must not hang on a stuck subscription
 _ATTEMPT_TIMEOUT = 2.0
 
 # Failures a reconnect or a restarted server heals; anything else is a bug or a refusal.
@@ -185,6 +186,7 @@ class EventBus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
                     connect_timeout=2,
+                    drain_timeout=_DRAIN_TIMEOUT_S,
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,

@@ -16,12 +16,12 @@ from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.bus import BusBridge
+from gallery_common.registry_client import RegistryClient
 from gallery_common.settings import load_settings
 
 from . import routes
 from .consumer import start_consumer
 from .jobs import JobStore, create_tables
-from .registry_client import RegistryClient
 from .settings import OptimizerSettings
 from .worker import BundleFn, JobRunner, OptimizeFn, default_pipeline
 

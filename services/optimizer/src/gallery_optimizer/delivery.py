@@ -11,9 +11,9 @@ from typing import Any
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.events import ArtifactRef, ModelOptimized, VariantResult
+from gallery_common.registry_client import RegistryClient
 
 from .policy import BASELINE
-from .registry_client import RegistryClient
 from .report import OptimizationReport
 
 PublishFn = Callable[[ModelOptimized, str], None]

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.errors import GalleryError
 from gallery_common.events import ArtifactRef
+from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import continued_span, counter, get_logger
 
 from .delivery import PublishFn, attach_to_registry, optimized_event_id, optimized_payload, store_outputs
 from .jobs import STOPPED_REASON, JobStore
 from .policy import OptimizationPolicy
-from .registry_client import RegistryClient
 from .report import OptimizationReport
 
 if TYPE_CHECKING:

@@ -37,7 +37,9 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         if resources.bus is not None:
             publish = resources.bus.nc.publish
         timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+        token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as client:
             gateway = Gateway(settings, book, client, publish)
             resources.extras[api.GATEWAY_KEY] = gateway
             try:

@@ -30,6 +30,9 @@ class GatewaySettings(GallerySettings):
     redis_url: str | None = Field(default=None, description="redis://host:port/db: share the cache between replicas")
     cold_start_timeout_s: float = Field(default=60.0, gt=0, description="how long a request waits for a wake-up")
     deployer_token: SecretStr | None = Field(default=None, description="bearer token for the deployer's wake call")
+    model_server_token: SecretStr | None = Field(
+        default=None, description="bearer token sent to model servers that have tokens configured (Kubernetes)"
+    )
     sample_rate: float = Field(default=0.01, ge=0, le=1, description="share of requests sent to the monitor")
 
     @property

@@ -11,6 +11,7 @@ that looks late can still read a job's last state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 import zipfile
@@ -176,6 +177,7 @@ class JobRunner:
         self._ack_wait = ack_wait
         self._max_deliver = max_deliver
         self._nc: Client | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, nc: Client, js: JetStreamContext) -> None:
@@ -187,6 +189,7 @@ class JobRunner:
         )
         subject = jobs_subject(self._model.name)
         sub = await js.pull_subscribe(subject, durable=durable_name(self._model.name), config=config)
+        self._sub = sub
         self._task = asyncio.get_running_loop().create_task(self._loop(sub), name="infer-jobs")
         log.info("infer_jobs_consuming", subject=subject, durable=durable_name(self._model.name))
 
@@ -196,6 +199,11 @@ class JobRunner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._sub is not None:
+            # a fetch cut short leaves its pull request open; without this the connection's drain waits for it
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
         while True:

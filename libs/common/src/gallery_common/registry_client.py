@@ -1,8 +1,9 @@
-"""A small blocking client of the registry's REST API: read a version, attach artifacts to it.
+"""A small blocking client of the registry's REST API for services: versions, artifacts, aliases.
 
 Blocking (httpx): call it from a worker thread or a plain `def` route. An unreachable registry or
 a 5xx answer is retried with backoff (both calls are idempotent: attaching the same sha256 again
-is a no-op), so a registry restart does not fail an hour of optimization.
+is a no-op, and moving an alias to where it points is too), so a registry restart does not fail an
+hour of optimization or a rollout.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ class RegistryClient:
             json=ref.model_dump(mode="json", exclude_none=True),
         )
 
+    def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, Any]:
+        """Point `model@alias` at `version`, recorded in the alias history with `reason`."""
+        return self._call(
+            "PUT",
+            f"/api/v1/models/{model}/aliases/{alias}",
+            what=f"alias {model}@{alias}",
+            json={"version": version, "reason": reason},
+        )
+
+    def get_alias(self, model: str, alias: str) -> dict[str, Any] | None:
+        """The version `model@alias` points at, or None when the alias is not set."""
+        try:
+            return self._call("GET", f"/api/v1/models/{model}/aliases/{alias}", what=f"alias {model}@{alias}")
+        except NotFound:
+            return None
+
     def _call(self, method: str, path: str, *, what: str, json: Any = None) -> dict[str, Any]:
         for delay in (*self.retry_delays, None):
             try:
@@ -87,7 +104,7 @@ class RegistryClient:
             raise InvalidRequest(f"registry refused {what}: {message}")
         if status in (401, 403):
             raise RegistryUnavailable(
-                f"registry refused the optimizer's token ({status}: {message}); set GALLERY_REGISTRY_TOKEN"
+                f"registry refused this service's token ({status}: {message}); set GALLERY_REGISTRY_TOKEN"
             )
         if status >= 500:
             raise RegistryUnavailable(f"registry failed on {what} ({status}: {message})", retryable=True)

@@ -1,0 +1,80 @@
+"""`gallery deploy`, `promote`, `rollback` and `deployments`: the deployer from the terminal."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .console import console, say
+from .optimize_cmd import parse_ref
+from .service_client import DeployerClient
+
+
+def deployments_table(rows: list[dict[str, Any]]) -> Table:
+    """Deployments with stage, traffic, replicas and health."""
+    table = Table(title="deployments", show_header=True)
+    for column in ("model", "version", "variant", "stage", "traffic", "replicas", "state", "note"):
+        table.add_column(column, justify="right" if column in ("version", "traffic") else "left")
+    for row in rows:
+        note = row.get("fallback") or (row.get("reason") if row["stage"] in ("failed", "rolled_back") else "") or ""
+        table.add_row(
+            row["model"],
+            str(row["version"]),
+            row["variant"],
+            row["stage"],
+            f"{row['traffic_percent']:.0f}%",
+            f"{row['ready_replicas']}/{row['desired_replicas']}",
+            row["state"],
+            note,
+        )
+    return table
+
+
+def deploy(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION of a registered version")],
+    canary: Annotated[float | None, typer.Option(help="share of traffic for the new version, in percent")] = None,
+) -> None:
+    """Deploy a registered version: a canary beside production, or production if it is the model's first."""
+    model, version = parse_ref(ref)
+    body: dict[str, Any] = {"model": model, "version": version}
+    if canary is not None:
+        body["canary_percent"] = canary
+    with DeployerClient(timeout=300) as client:
+        row = client.json("POST", "/api/v1/deployments", json=body)
+    say(f"{model}:{version} is {row['stage']} with {row['traffic_percent']:.0f}% of traffic ({row['state']})")
+
+
+def promote(
+    model: Annotated[str, typer.Argument(help="model name")],
+    reason: Annotated[str, typer.Option(help="recorded with the production alias move")] = "promoted by hand",
+) -> None:
+    """Give the model's canary all traffic and the production alias."""
+    with DeployerClient(timeout=120) as client:
+        row = client.json("POST", f"/api/v1/deployments/{model}/promote", json={"reason": reason})
+    say(f"{model}:{row['version']} is production with 100% of traffic")
+
+
+def rollback(
+    model: Annotated[str, typer.Argument(help="model name")],
+    reason: Annotated[
+        str, typer.Option(help="why; recorded in the event and the alias history")
+    ] = "rolled back by hand",
+) -> None:
+    """Take the canary (or, without one, the production version) out of service for the last good version."""
+    with DeployerClient(timeout=300) as client:
+        row = client.json("POST", f"/api/v1/deployments/{model}/rollback", json={"reason": reason})
+    say(f"{model}:{row['version']} serves all traffic again")
+
+
+def deployments(
+    all_: Annotated[bool, typer.Option("--all", help="also retired, rolled-back and failed deployments")] = False,
+) -> None:
+    """List deployments with their traffic, replicas and health."""
+    with DeployerClient() as client:
+        rows = client.json("GET", "/api/v1/deployments", params={"all": str(all_).lower()})
+    if not rows:
+        say("no deployments yet: `gallery deploy NAME:VERSION`, or train a model and let the lifecycle deploy it")
+        return
+    console.print(deployments_table(rows))

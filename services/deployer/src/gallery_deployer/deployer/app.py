@@ -1,0 +1,120 @@
+"""The deployer app: the rollout controller, its event consumer, the runtime and the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.events import Payload
+from gallery_common.registry_client import RegistryClient
+from gallery_common.settings import load_settings
+from gallery_common.telemetry import get_logger
+
+from ..runtime.base import DeploymentStatus, Runtime
+from . import api
+from .consumer import start_consumer
+from .controller import Controller
+from .records import DeploymentStore, create_tables
+from .routing import GatewayClient
+from .settings import DeployerSettings
+
+TICK_S = 1.0
+log = get_logger(__name__)
+
+
+def make_runtime(settings: DeployerSettings, on_change: Any) -> Runtime:
+    """The runtime the settings name; the local one gets the deployer's own settings as its children's env."""
+    if settings.runtime == "kubernetes":
+        from ..runtime.kubernetes import KubernetesRuntime
+
+        return KubernetesRuntime(settings.kubernetes)
+    from ..runtime.local import LocalOptions, LocalRuntime
+
+    options = LocalOptions(log_dir=settings.resolved_log_dir, idle_scale_to_zero_s=settings.idle_scale_to_zero_s)
+    env = {
+        "GALLERY_HOME": str(settings.home.resolve()),
+        "GALLERY_ARTIFACT_ROOT": settings.resolved_artifact_root,
+        "GALLERY_NATS_URL": settings.nats_url,
+        "GALLERY_LOG_LEVEL": settings.log_level,
+    }
+    return LocalRuntime(options, env, on_change=on_change)
+
+
+async def _ticker(controller: Controller) -> None:
+    """Judge canaries whose window ended and retire drained versions, once a second."""
+    while True:
+        await asyncio.sleep(TICK_S)
+        try:
+            await controller.judge_due_canaries()
+            await controller.retire_drained()
+        except Exception as exc:  # one bad tick (gateway down) must not stop the next
+            log.warning("deployer_tick_failed", reason=f"{type(exc).__name__}: {exc}")
+
+
+def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """Build the deployer app; `runtime` replaces the one the settings name (tests)."""
+    settings = settings or load_settings(DeployerSettings)
+
+    @asynccontextmanager
+    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+        assert resources.engine is not None and resources.store is not None and resources.bus is not None
+        await anyio.to_thread.run_sync(create_tables, resources.engine)
+        bus = resources.bus
+        controller_box: list[Controller] = []
+
+        async def on_change(status: DeploymentStatus) -> None:
+            # replicas came, went or restarted: route to what is ready now, before a leaving one stops
+            if controller_box:
+                await controller_box[0].sync_routes_of(status.deployment_id)
+
+        async def publish(payload: Payload, event_id: str) -> None:
+            await bus.publish(payload, event_id=event_id)
+
+        used_runtime = runtime or make_runtime(settings, on_change)
+        registry_token = settings.registry_token.get_secret_value() if settings.registry_token else None
+        gateway_token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
+        controller = Controller(
+            settings,
+            DeploymentStore(resources.engine),
+            used_runtime,
+            GatewayClient(settings.gateway_url, gateway_token),
+            RegistryClient(settings.registry_url, registry_token),
+            resources.store,
+            publish,
+        )
+        controller_box.append(controller)
+        resources.extras[api.CONTROLLER_KEY] = controller
+        await controller.restore()
+        ticker = asyncio.get_running_loop().create_task(_ticker(controller), name="deployer-ticker")
+        consumer = start_consumer(bus, controller)
+        try:
+            yield
+        finally:
+            resources.extras.pop(api.CONTROLLER_KEY, None)
+            await consumer.stop()
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            await used_runtime.close()
+            await controller.gateway.close()
+            await controller.close()
+            if controller.registry is not None:
+                controller.registry.close()
+
+    return create_app(
+        settings,
+        title="Model Gallery deployer",
+        description="Rollouts on model.validated: canary analysis, promotion, rollback; local and Kubernetes runtimes.",
+        routers=[api.router],
+        use_bus=True,
+        use_store=True,
+        use_database=True,
+        startup=startup,
+    )

@@ -1,0 +1,471 @@
+"""The rollout state machine: deploy, canary analysis, promotion, rollback, retirement, wake-up.
+
+Every change to a model runs under that model's lock, is recorded before it is announced, and
+ends by pushing the model's route to the gateway. Outcome events carry deterministic ids, so a
+redelivered trigger that runs again publishes nothing new (JetStream keeps one copy per id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import httpx
+
+from gallery_common.artifacts import ArtifactStore
+from gallery_common.db import utcnow
+from gallery_common.errors import Conflict, GalleryError, NotFound
+from gallery_common.events import (
+    ArtifactRef,
+    ModelDeployed,
+    ModelDeploymentFailed,
+    ModelRolledBack,
+    Payload,
+)
+from gallery_common.registry_client import RegistryClient
+from gallery_common.telemetry import get_logger
+
+from ..gateway.routes import ModelRoute, RoutePolicy
+from ..runtime.base import DeploymentStatus, Runtime, RuntimeState, ServerSpec, deployment_id
+from . import canary
+from .policy import DeploymentPolicy, PolicyStore
+from .records import SERVING, DeploymentRecord, DeploymentStore, Stage, due
+from .routing import GatewayClient, build_route
+from .settings import DeployerSettings
+
+Publish = Callable[[Payload, str], Awaitable[None]]
+log = get_logger(__name__)
+
+
+class Controller:
+    """Moves each model between its deployments; the REST API and the event handlers both call it."""
+
+    def __init__(
+        self,
+        settings: DeployerSettings,
+        store: DeploymentStore,
+        runtime: Runtime,
+        gateway: GatewayClient,
+        registry: RegistryClient | None,
+        artifacts: ArtifactStore,
+        publish: Publish,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.gateway = gateway
+        self.registry = registry
+        self.artifacts = artifacts
+        self.publish = publish
+        self.limits = canary.Thresholds(
+            settings.canary_max_error_rate,
+            settings.canary_max_p99_ratio,
+            settings.canary_p99_slack_ms,
+            settings.canary_min_agreement,
+            settings.canary_min_requests,
+            settings.canary_min_latency_requests,
+        )
+        self.policies = PolicyStore(store.engine)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._baselines: dict[str, tuple[canary.Snapshot, canary.Snapshot]] = {}
+        self._verdicts: dict[str, canary.Verdict] = {}
+        token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
+        self._http = httpx.AsyncClient(timeout=30.0, headers={"Authorization": f"Bearer {token}"} if token else None)
+
+    def lock(self, model: str) -> asyncio.Lock:
+        return self._locks.setdefault(model, asyncio.Lock())
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    # -- deploy -----------------------------------------------------------------------------------
+
+    async def deploy(
+        self,
+        model: str,
+        version: int,
+        artifact: ArtifactRef,
+        *,
+        validation_split: ArtifactRef | None = None,
+        canary_percent: float | None = None,
+        variant: str = "fp32",
+        reason: str = "model.validated",
+    ) -> DeploymentRecord:
+        """Run `model:version`: straight to production for a model's first version, else as a canary."""
+        async with self.lock(model):
+            ident = deployment_id(model, version, "")
+            existing = await self._db(self.store.get, ident)
+            if existing is not None and existing.stage in SERVING:
+                return existing  # a redelivered trigger: already running
+            serving = await self._db(self.store.for_model, model, SERVING)
+            production = next((r for r in serving if r.stage == Stage.production), None)
+            if any(r.stage == Stage.canary for r in serving):
+                raise Conflict(f"model {model!r} already has a canary; promote or roll it back first")
+            policy = (await self._db(self.policies.get, model)).resolved(self.settings)
+            record = DeploymentRecord(
+                id=ident,
+                model=model,
+                version=version,
+                variant=variant,
+                artifact_uri=artifact.uri,
+                artifact_sha256=artifact.sha256,
+                validation_split=validation_split.model_dump(mode="json") if validation_split else None,
+                stage=Stage.canary if production else Stage.production,
+                replicas=policy.replicas or 1,
+                policy=policy.model_dump(mode="json"),
+                reason=reason,
+            )
+            status = await self._start(record)
+            if status.state is not RuntimeState.ready:
+                return await self._failed(
+                    record, status.detail or f"not ready within {self.settings.ready_timeout_s:g} s"
+                )
+            record.state, record.fallback = status.state.value, status.fallback
+            if production is None:
+                record.traffic_percent = 100.0
+                await self._db(self.store.save, record)
+                await self._move_alias(model, version, f"first version deployed ({reason})")
+            else:
+                share = canary_percent if canary_percent is not None else (policy.canary_percent or 10.0)
+                record.traffic_percent = share
+                record.analysis_due_at = utcnow() + timedelta(seconds=self.settings.canary_window_s)
+                production.traffic_percent = 100.0 - share
+                await self._db(self.store.save, production)
+                await self._db(self.store.save, record)
+                self._baselines[record.id] = await self._snapshots(record, production)
+            await self.sync_routes(model)
+            await self._announce_deployed(record, status)
+            return record
+
+    def _policy(self, record: DeploymentRecord) -> DeploymentPolicy:
+        return DeploymentPolicy.model_validate(record.policy or {}).resolved(self.settings)
+
+    async def _start(self, record: DeploymentRecord) -> DeploymentStatus:
+        spec = self._spec(record)
+        timeout = self.settings.ready_timeout_s
+        if spec.gpu and self.runtime.name == "kubernetes":
+            timeout += self.settings.kubernetes.gpu_fallback_timeout_s  # room for the GPU → CPU fallback
+        try:
+            await self.runtime.apply(spec)
+            return await self.runtime.wait_ready(record.id, timeout)
+        except GalleryError as exc:
+            return DeploymentStatus(record.id, RuntimeState.failed, record.replicas, 0, detail=exc.message)
+
+    def _spec(self, record: DeploymentRecord) -> ServerSpec:
+        policy = self._policy(record)
+        return ServerSpec(
+            deployment_id=record.id,
+            model=record.model,
+            version=record.version,
+            variant=record.variant,
+            artifact_uri=record.artifact_uri,
+            artifact_sha256=record.artifact_sha256,
+            replicas=record.replicas,
+            gpu=policy.gpu,
+            gpu_memory_mb=policy.gpu_memory_mb,
+            cpu=policy.cpu,
+            memory=policy.memory,
+            max_batch_size=policy.max_batch_size or self.settings.max_batch_size,
+            max_queue_delay_ms=(
+                self.settings.max_queue_delay_ms if policy.max_queue_delay_ms is None else policy.max_queue_delay_ms
+            ),
+            intra_op_threads=policy.intra_op_threads,
+        )
+
+    async def _failed(self, record: DeploymentRecord, reason: str) -> DeploymentRecord:
+        record.stage, record.state, record.reason, record.traffic_percent = Stage.failed, "failed", reason, 0.0
+        await self._db(self.store.save, record)
+        await self.runtime.delete(record.id)
+        log.warning("deployment_failed", deployment=record.id, reason=reason)
+        payload = ModelDeploymentFailed(
+            model=record.model, version=record.version, deployment_id=record.id, reason=reason
+        )
+        await self.publish(payload, f"deployment_failed:{record.model}:{record.version}:{record.variant}")
+        return record
+
+    async def _announce_deployed(self, record: DeploymentRecord, status: DeploymentStatus | None = None) -> None:
+        payload = ModelDeployed(
+            model=record.model,
+            version=record.version,
+            deployment_id=record.id,
+            variant=record.variant,
+            artifact=ArtifactRef(uri=record.artifact_uri, sha256=record.artifact_sha256),
+            stage=Stage(record.stage).value if record.stage in (Stage.canary, Stage.production) else "production",
+            traffic_percent=record.traffic_percent,
+            runtime=self.runtime.name,
+            endpoint=f"{self.settings.gateway_url.rstrip('/')}/v2/models/{record.model}",
+            fallback=(status.fallback if status else None) or record.fallback,
+        )
+        key = f"deployed:{record.model}:{record.version}:{record.variant}:{record.stage}"
+        await self.publish(payload, key)
+
+    # -- optimized variant -------------------------------------------------------------------------
+
+    async def roll_variant(
+        self, model: str, version: int, variant: str, artifact: ArtifactRef
+    ) -> DeploymentRecord | None:
+        """Serve `variant` instead of the version's current artifact, by a rolling update."""
+        async with self.lock(model):
+            record = await self._db(self.store.get, deployment_id(model, version, ""))
+            if record is None or record.stage not in SERVING:
+                log.info("optimized_version_not_serving", model=model, version=version)
+                return None
+            if record.artifact_sha256 == artifact.sha256:
+                return record
+            previous = (record.variant, record.artifact_uri, record.artifact_sha256)
+            record.variant, record.artifact_uri, record.artifact_sha256 = variant, artifact.uri, artifact.sha256
+            status = await self._start(record)
+            if status.state is not RuntimeState.ready:
+                # the old replicas kept serving during the roll; put the old artifact back in the spec
+                record.variant, record.artifact_uri, record.artifact_sha256 = previous
+                await self._start(record)
+                reason = f"variant {variant} did not become ready: {status.detail}"
+                payload = ModelDeploymentFailed(model=model, version=version, deployment_id=record.id, reason=reason)
+                await self.publish(payload, f"deployment_failed:{model}:{version}:{variant}")
+                return None
+            record.state = status.state.value
+            if record.stage == Stage.canary:
+                # a new artifact is a new candidate: its window starts now
+                record.analysis_due_at = utcnow() + timedelta(seconds=self.settings.canary_window_s)
+                production = await self._production(model)
+                if production is not None:
+                    self._baselines[record.id] = await self._snapshots(record, production)
+            record = await self._db(self.store.save, record)
+            await self.sync_routes(model)
+            await self._announce_deployed(record, status)
+            return record
+
+    async def _production(self, model: str) -> DeploymentRecord | None:
+        serving = await self._db(self.store.for_model, model, [Stage.production])
+        return serving[0] if serving else None
+
+    # -- canary analysis, promotion, rollback -------------------------------------------------------
+
+    async def _snapshots(
+        self, canary_record: DeploymentRecord, baseline: DeploymentRecord
+    ) -> tuple[canary.Snapshot, canary.Snapshot]:
+        return (
+            await canary.snapshot(self._http, await self._endpoints(canary_record.id)),
+            await canary.snapshot(self._http, await self._endpoints(baseline.id)),
+        )
+
+    async def _endpoints(self, ident: str) -> tuple[str, ...]:
+        try:
+            return (await self.runtime.status(ident)).endpoints
+        except NotFound:
+            return ()
+
+    async def analyse(self, model: str) -> canary.Verdict:
+        """Compare the canary with production over the window so far (also what the API shows)."""
+        serving = await self._db(self.store.for_model, model, SERVING)
+        candidate = next((r for r in serving if r.stage == Stage.canary), None)
+        production = next((r for r in serving if r.stage == Stage.production), None)
+        if candidate is None or production is None:
+            raise NotFound(f"model {model!r} has no canary to analyse")
+        start = self._baselines.get(candidate.id, (canary.Snapshot(), canary.Snapshot()))
+        now = await self._snapshots(candidate, production)
+        agreement = None
+        rows = await canary.load_replay_rows(
+            self.artifacts, candidate.validation_split, self.settings.canary_replay_rows
+        )
+        canary_urls, baseline_urls = await self._endpoints(candidate.id), await self._endpoints(production.id)
+        if rows is not None and canary_urls and baseline_urls:
+            agreement = await canary.replay_agreement(self._http, model, canary_urls[0], baseline_urls[0], rows)
+        verdict = canary.judge(now[0].minus(start[0]), now[1].minus(start[1]), agreement, self.limits)
+        self._verdicts[model] = verdict
+        return verdict
+
+    def last_verdict(self, model: str) -> canary.Verdict | None:
+        return self._verdicts.get(model)
+
+    async def judge_due_canaries(self) -> None:
+        """Judge every canary whose window has ended: promote it or roll it back."""
+        for record in await self._db(self.store.all, [Stage.canary]):
+            if not due(record.analysis_due_at):
+                continue
+            verdict = await self.analyse(record.model)
+            log.info("canary_judged", model=record.model, version=record.version, **verdict.as_dict())
+            if verdict.passed and self._policy(record).auto_promote:
+                await self.promote(record.model, "canary analysis passed")
+            elif not verdict.passed:
+                await self.rollback(record.model, "canary analysis failed: " + "; ".join(verdict.reasons))
+            else:
+                record.analysis_due_at = None
+                await self._db(self.store.save, record)
+
+    async def promote(self, model: str, reason: str) -> DeploymentRecord:
+        """The canary takes all traffic and the `production` alias; the old version drains as a fallback."""
+        async with self.lock(model):
+            serving = await self._db(self.store.for_model, model, SERVING)
+            candidate = next((r for r in serving if r.stage == Stage.canary), None)
+            if candidate is None:
+                raise NotFound(f"model {model!r} has no canary to promote")
+            for record in serving:
+                if record.stage == Stage.production:
+                    record.stage, record.traffic_percent = Stage.previous, 0.0
+                    record.retire_at = utcnow() + timedelta(seconds=self.settings.drain_s)
+                    await self._db(self.store.save, record)
+            candidate.stage, candidate.traffic_percent, candidate.analysis_due_at = Stage.production, 100.0, None
+            candidate.reason = reason
+            candidate = await self._db(self.store.save, candidate)
+            self._baselines.pop(candidate.id, None)
+            await self.sync_routes(model)
+            await self._move_alias(model, candidate.version, f"promoted: {reason}")
+            await self._announce_deployed(candidate)
+            log.info("promoted", model=model, version=candidate.version, reason=reason)
+            return candidate
+
+    async def rollback(self, model: str, reason: str, version: int | None = None) -> DeploymentRecord:
+        """Take the canary (or, without one, the production version) out of service for the last good one."""
+        async with self.lock(model):
+            serving = await self._db(self.store.for_model, model, SERVING)
+            candidate = next((r for r in serving if r.stage == Stage.canary), None)
+            production = next((r for r in serving if r.stage == Stage.production), None)
+            if candidate is not None and (version is None or version == candidate.version):
+                bad, good = candidate, production
+            elif production is not None and (version is None or version == production.version):
+                bad, good = production, await self._last_good(model, production.version)
+            else:
+                raise NotFound(f"model {model!r} does not serve version {version} as canary or production")
+            if good is None:
+                raise Conflict(f"model {model!r} has no earlier good version to roll back to from {bad.version}")
+            if good.stage != Stage.production:
+                good = await self._bring_back(good)
+            good.stage, good.traffic_percent, good.retire_at = Stage.production, 100.0, None
+            good = await self._db(self.store.save, good)
+            bad.stage, bad.traffic_percent, bad.reason, bad.analysis_due_at = Stage.rolled_back, 0.0, reason, None
+            await self._db(self.store.save, bad)
+            await self.sync_routes(model)
+            await self.runtime.delete(bad.id)
+            if bad is not candidate:
+                await self._move_alias(model, good.version, f"rolled back from {bad.version}: {reason}")
+            payload = ModelRolledBack(model=model, version=bad.version, to_version=good.version, reason=reason)
+            await self.publish(payload, f"rolled_back:{model}:{bad.version}")
+            log.warning("rolled_back", model=model, version=bad.version, to_version=good.version, reason=reason)
+            return good
+
+    async def _last_good(self, model: str, below: int) -> DeploymentRecord | None:
+        """The newest earlier version that served production and was not rolled back."""
+        for record in await self._db(self.store.for_model, model, [Stage.previous, Stage.retired]):
+            if record.version < below:
+                return record
+        return None
+
+    async def _bring_back(self, record: DeploymentRecord) -> DeploymentRecord:
+        """A retired version runs again (a `previous` one still runs) before it takes traffic."""
+        if record.stage == Stage.previous:
+            return record
+        status = await self._start(record)
+        if status.state is not RuntimeState.ready:
+            raise GalleryError(f"version {record.version} could not be started again: {status.detail}")
+        record.state = status.state.value
+        return record
+
+    async def retire_drained(self) -> None:
+        """Stop previous versions whose drain period has ended."""
+        for record in await self._db(self.store.all, [Stage.previous]):
+            if not due(record.retire_at):
+                continue
+            async with self.lock(record.model):
+                record.stage, record.retire_at = Stage.retired, None
+                await self._db(self.store.save, record)
+                await self.sync_routes(record.model)
+                await self.runtime.delete(record.id)
+                log.info("retired", model=record.model, version=record.version)
+
+    async def set_canary_weight(self, model: str, percent: float) -> None:
+        """Move the split between production and the canary by hand."""
+        async with self.lock(model):
+            serving = await self._db(self.store.for_model, model, SERVING)
+            candidate = next((r for r in serving if r.stage == Stage.canary), None)
+            production = next((r for r in serving if r.stage == Stage.production), None)
+            if candidate is None or production is None:
+                raise NotFound(f"model {model!r} has no canary whose weight could be set")
+            candidate.traffic_percent, production.traffic_percent = percent, 100.0 - percent
+            await self._db(self.store.save, candidate)
+            await self._db(self.store.save, production)
+            await self.sync_routes(model)
+
+    async def scale(self, model: str, version: int, replicas: int) -> DeploymentStatus:
+        async with self.lock(model):
+            record = await self._db(self.store.get, deployment_id(model, version, ""))
+            if record is None or record.stage not in SERVING:
+                raise NotFound(f"model {model!r} does not serve version {version}")
+            record.replicas = replicas
+            await self._db(self.store.save, record)
+            status = await self.runtime.scale(record.id, replicas)
+            if replicas > 0:
+                status = await self.runtime.wait_ready(record.id, self.settings.ready_timeout_s)
+            await self.sync_routes(model)
+            return status
+
+    async def wake(self, model: str) -> None:
+        """Start the replicas of a model scaled to zero and route to them (the gateway waits on this)."""
+        async with self.lock(model):
+            for record in await self._db(self.store.for_model, model, SERVING):
+                status = await self.runtime.status(record.id)
+                if status.state is RuntimeState.scaled_to_zero:
+                    await self.runtime.scale(record.id, max(1, record.replicas))
+                    await self.runtime.wait_ready(record.id, self.settings.ready_timeout_s)
+            await self.sync_routes(model)
+
+    # -- gateway and registry ------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """After a restart: make every serving deployment run again (a no-op where it still runs) and route it."""
+        models = set()
+        for record in await self._db(self.store.all, list(SERVING)):
+            models.add(record.model)
+            try:
+                status = await self.runtime.status(record.id)
+            except NotFound:
+                status = await self._start(record)
+            log.info("restored", deployment=record.id, stage=record.stage, state=status.state.value)
+        for model in sorted(models):
+            try:
+                await self.sync_routes(model)
+            except GalleryError as exc:  # the gateway may start after the deployer; the next change routes
+                log.warning("restore_route_failed", model=model, reason=exc.message)
+
+    async def sync_routes_of(self, ident: str) -> None:
+        """Re-route the model a deployment belongs to (its replicas changed)."""
+        record = await self._db(self.store.get, ident)
+        if record is not None:
+            try:
+                await self.sync_routes(record.model)
+            except GalleryError as exc:
+                log.warning("route_update_failed", model=record.model, reason=exc.message)
+
+    async def sync_routes(self, model: str) -> ModelRoute | None:
+        """Push the model's route (or its removal) to the gateway from the records and live endpoints."""
+        serving = await self._db(self.store.for_model, model, SERVING)
+        endpoints: dict[str, tuple[str, ...]] = {}
+        asleep = bool(serving)
+        for record in serving:
+            try:
+                status = await self.runtime.status(record.id)
+            except NotFound:
+                asleep = False
+                continue
+            endpoints[record.id] = status.endpoints
+            asleep = asleep and status.state is RuntimeState.scaled_to_zero
+        wake_url = f"{self.settings.resolved_public_url}/api/v1/deployments/{model}/wake"
+        policy = RoutePolicy(asleep=asleep, wake_url=wake_url)
+        route = ModelRoute(backends=[], policy=policy) if asleep else build_route(serving, endpoints, policy)
+        if route is None:
+            await self.gateway.delete(model)
+        else:
+            await self.gateway.put(model, route)
+        return route
+
+    async def _move_alias(self, model: str, version: int, reason: str) -> None:
+        if self.registry is None:
+            return
+        registry = self.registry
+        await anyio.to_thread.run_sync(lambda: registry.set_alias(model, "production", version, reason))
+
+    async def close(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,121 @@
+"""The deployer's records: one row per deployed model version, and the events already handled.
+
+Blocking SQL: call these from worker threads. Tables are created at start-up (`create_all`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, select
+
+from gallery_common.db import as_utc, timestamp_field, utcnow
+
+
+class Stage(StrEnum):
+    production = "production"  # takes the traffic the canary does not
+    canary = "canary"  # a new version on a share of traffic, being judged
+    previous = "previous"  # the version production replaced: a fallback until its drain ends
+    retired = "retired"  # stopped after a promotion moved past it; can be brought back by a rollback
+    rolled_back = "rolled_back"  # taken out of service by a failed canary or a degradation
+    failed = "failed"  # never became ready
+
+
+SERVING = (Stage.production, Stage.canary, Stage.previous)
+
+
+class DeploymentRecord(SQLModel, table=True):
+    """One model version (with its current variant) as the deployer runs it."""
+
+    __tablename__ = "deployer_deployment"
+
+    id: str = Field(primary_key=True)
+    model: str = Field(index=True)
+    version: int
+    variant: str = "fp32"
+    artifact_uri: str
+    artifact_sha256: str
+    validation_split: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    stage: str = Field(index=True)
+    traffic_percent: float = 0.0
+    replicas: int = 1
+    state: str = "starting"
+    reason: str | None = None
+    fallback: str | None = None
+    analysis_due_at: datetime | None = timestamp_field()
+    retire_at: datetime | None = timestamp_field()
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class HandledEvent(SQLModel, table=True):
+    """An event id whose work is done, so a redelivery changes nothing."""
+
+    __tablename__ = "deployer_handled_event"
+
+    event_id: str = Field(primary_key=True)
+    handled_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+def create_tables(engine: Engine) -> None:
+    from .policy import PolicyRecord
+
+    tables = [DeploymentRecord.__table__, HandledEvent.__table__, PolicyRecord.__table__]  # type: ignore[attr-defined]
+    SQLModel.metadata.create_all(engine, tables=tables)
+
+
+class DeploymentStore:
+    """Reads and writes deployment rows."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, deployment_id: str) -> DeploymentRecord | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(DeploymentRecord, deployment_id)
+
+    def save(self, record: DeploymentRecord) -> DeploymentRecord:
+        record.updated_at = utcnow()
+        with Session(self.engine, expire_on_commit=False) as session:
+            merged = session.merge(record)
+            session.commit()
+            session.refresh(merged)
+            return merged
+
+    def for_model(self, model: str, stages: Sequence[Stage] | None = None) -> list[DeploymentRecord]:
+        """The model's deployments, newest version first, optionally only in `stages`."""
+        query = select(DeploymentRecord).where(DeploymentRecord.model == model)
+        if stages is not None:
+            query = query.where(DeploymentRecord.stage.in_([s.value for s in stages]))  # type: ignore[attr-defined]
+        with Session(self.engine, expire_on_commit=False) as session:
+            rows = list(session.exec(query))
+        return sorted(rows, key=lambda r: r.version, reverse=True)
+
+    def all(self, stages: Sequence[Stage] | None = None) -> list[DeploymentRecord]:
+        query = select(DeploymentRecord)
+        if stages is not None:
+            query = query.where(DeploymentRecord.stage.in_([s.value for s in stages]))  # type: ignore[attr-defined]
+        with Session(self.engine, expire_on_commit=False) as session:
+            return sorted(session.exec(query), key=lambda r: (r.model, -r.version))
+
+    def was_handled(self, event_id: str) -> bool:
+        with Session(self.engine) as session:
+            return session.get(HandledEvent, event_id) is not None
+
+    def mark_handled(self, event_id: str) -> None:
+        with Session(self.engine) as session:
+            if session.get(HandledEvent, event_id) is None:
+                session.add(HandledEvent(event_id=event_id))
+                session.commit()
+
+
+def due(moment: datetime | None, now: datetime | None = None) -> bool:
+    """True when a stored deadline has passed."""
+    stored = as_utc(moment)
+    return stored is not None and stored <= (now or utcnow())

@@ -1,0 +1,121 @@
+"""Artifacts and a running registry + gateway + deployer for the deployer's end-to-end tests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+from onnx import TensorProto, helper, numpy_helper
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+from lifecycle_stack import LifecycleStack  # noqa: E402
+
+FEATURES, CLASSES = 4, 3
+
+
+def classifier(weights: np.ndarray) -> bytes:
+    """features FP32 [-1, 4] → logits = features @ W, probabilities = softmax(logits)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["features", "W"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [-1, FEATURES])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, CLASSES]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [-1, CLASSES]),
+        ],
+        [numpy_helper.from_array(weights.astype(np.float32), "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def put(home: Path, key: str, data: bytes) -> dict[str, str]:
+    """Write `data` into the stack's file:// artifact store; returns its ArtifactRef as JSON."""
+    path = home / "artifacts" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"uri": path.as_uri(), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def validation_split(home: Path, rows: np.ndarray) -> dict[str, str]:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=rows, y=np.zeros(len(rows), np.int64))
+    return put(home, "iris/validation_split.npz", buffer.getvalue())
+
+
+@dataclass
+class Load:
+    """Requests sent one after another through the gateway in a thread; every status is kept."""
+
+    url: str
+    body: bytes
+    statuses: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Load:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post(self.url, content=self.body)
+                    self.statuses.append(response.status_code)
+                    if response.status_code != 200:
+                        self.failures.append(f"{response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as exc:
+                    self.statuses.append(0)
+                    self.failures.append(repr(exc))
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def infer_body(rows: np.ndarray) -> bytes:
+    return orjson.dumps(
+        {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
+    )
+
+
+def start_stack(home: Path, nats_url: str, **deployer_settings: str) -> LifecycleStack:
+    stack = LifecycleStack(home=home, nats_url=nats_url)
+    try:
+        stack.start("registry")
+        stack.start("gateway", GALLERY_SAMPLE_RATE="0")
+        stack.start("deployer", **deployer_settings)
+    except Exception:
+        stack.stop()
+        raise
+    return stack

@@ -1,0 +1,264 @@
+"""The deployer as `gallery up` runs it, with the local runtime, the gateway and the registry.
+
+validated → production; validated → canary; optimized → rolling update of the canary; the
+canary analysis passes → promoted (alias moved, old version drained) — with requests running
+through the gateway the whole time and none failing. Then a canary that disagrees with
+production is rolled back, a killed model server is restarted, and a model scaled to zero
+wakes on the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import numpy as np
+import orjson
+import pytest
+from deployer_stack import (
+    Load,
+    classifier,
+    infer_body,
+    put,
+    start_stack,
+    validation_split,
+    wait_for,
+)
+
+from gallery_common.bus import EventBus
+from gallery_common.events import ArtifactRef, ModelOptimized, ModelValidated
+from gallery_common.nats_server import EmbeddedNats
+
+RNG = np.random.default_rng(11)
+W1 = RNG.normal(size=(4, 3))
+W2 = W1 + RNG.normal(scale=1e-3, size=(4, 3))  # a retrained model that agrees with v1
+W3 = -W1  # a model that disagrees with production on nearly every row
+ROWS = RNG.normal(size=(200, 4)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def nats_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    base = tmp_path_factory.mktemp("nats")
+    server = EmbeddedNats(base / "store", log_file=base / "nats.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, nats_module: EmbeddedNats) -> Iterator[Any]:
+    home = tmp_path_factory.mktemp("home")
+    running = start_stack(
+        home,
+        nats_module.url,
+        GALLERY_CANARY_WINDOW_S="4",
+        GALLERY_CANARY_MIN_REQUESTS="5",
+        GALLERY_DRAIN_S="2",
+        GALLERY_READY_TIMEOUT_S="60",
+    )
+    yield running
+    running.stop()
+
+
+class Events:
+    """Every lifecycle event seen on the bus, as (subject, data)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def of(self, subject: str, **match: object) -> list[dict[str, Any]]:
+        return [d for s, d in self.seen if s == subject and all(d.get(k) == v for k, v in match.items())]
+
+
+@pytest.fixture
+async def events(nats_module: EmbeddedNats) -> AsyncIterator[Events]:
+    collected = Events()
+    nc = await nats.connect(nats_module.url)
+
+    async def on_message(msg: Any) -> None:
+        collected.seen.append((msg.subject, orjson.loads(msg.data)["data"]))
+
+    await nc.subscribe("model.>", cb=on_message)
+    yield collected
+    await nc.close()
+
+
+async def publish(nats_url: str, payload: Any, event_id: str) -> None:
+    bus = EventBus(nats_url, source="/tests/deployer")
+    await bus.connect()
+    try:
+        await bus.publish(payload, event_id=event_id)
+    finally:
+        await bus.close()
+
+
+async def eventually(what: str, check: Any, timeout: float = 60.0) -> Any:
+    return await asyncio.to_thread(wait_for, what, check, timeout)
+
+
+def register(registry: str, home: Path, version: int, weights: np.ndarray) -> dict[str, dict[str, str]]:
+    """A registered version with its ONNX file and the validation split, as the gate would announce it."""
+    artifacts = {"onnx": put(home, f"iris/{version}/model.onnx", classifier(weights))}
+    artifacts["validation_split"] = validation_split(home, ROWS)
+    if version == 1:
+        assert httpx.post(f"{registry}/api/v1/models", json={"name": "iris"}).status_code == 201
+    created = httpx.post(f"{registry}/api/v1/models/iris/versions", json={"artifacts": artifacts})
+    assert created.status_code == 201, created.text
+    assert created.json()["version"] == version
+    return artifacts
+
+
+def validated(version: int, artifacts: dict[str, dict[str, str]]) -> ModelValidated:
+    return ModelValidated(model="iris", version=version, artifacts={k: ArtifactRef(**v) for k, v in artifacts.items()})
+
+
+def deployments(deployer: str) -> list[dict[str, Any]]:
+    return httpx.get(f"{deployer}/api/v1/deployments").json()  # type: ignore[no-any-return]
+
+
+def production_alias(registry: str) -> int:
+    return int(httpx.get(f"{registry}/api/v1/models/iris/aliases/production").json()["version"])
+
+
+def served_version(gateway: str) -> str:
+    return str(httpx.post(f"{gateway}/v2/models/iris/infer", content=infer_body(ROWS[:1])).json()["model_version"])
+
+
+async def test_validated_canary_optimized_promoted_with_no_failed_request(
+    stack: Any, events: Events, nats_module: EmbeddedNats
+) -> None:
+    registry, gateway, deployer = (stack.services[n].url for n in ("registry", "gateway", "deployer"))
+    home = stack.home
+
+    v1 = register(registry, home, 1, W1)
+    await publish(nats_module.url, validated(1, v1), "validated-iris-1")
+    await eventually("v1 in production", lambda: events.of("model.deployed", version=1, stage="production"))
+    assert production_alias(registry) == 1
+    load = Load(f"{gateway}/v2/models/iris/infer", infer_body(ROWS[:2])).start()
+    try:
+        v2 = register(registry, home, 2, W2)
+        await publish(nats_module.url, validated(2, v2), "validated-iris-2")
+        canary = await eventually("v2 canary", lambda: events.of("model.deployed", version=2, stage="canary"))
+        assert canary[0]["traffic_percent"] == 10.0
+        weights = {d["version"]: d["traffic_percent"] for d in deployments(deployer)}
+        assert weights == {1: 90.0, 2: 10.0}
+
+        int8 = put(home, "iris/2/int8.onnx", classifier(W2 * 1.0001))
+        optimized = ModelOptimized(
+            model="iris", version=2, recommended="int8_dynamic", recommended_artifact=ArtifactRef(**int8)
+        )
+        await publish(nats_module.url, optimized, "optimized:iris:2")
+        await eventually(
+            "the canary rolled to int8", lambda: events.of("model.deployed", version=2, variant="int8_dynamic")
+        )
+        promoted = await eventually(
+            "v2 promoted", lambda: events.of("model.deployed", version=2, stage="production"), timeout=90
+        )
+        assert promoted[0]["variant"] == "int8_dynamic" and promoted[0]["traffic_percent"] == 100.0
+        await eventually("v1 retired", lambda: [d["version"] for d in deployments(deployer)] == [2], timeout=30)
+    finally:
+        load.stop()
+
+    assert len(load.statuses) > 100, "the load must have run through the whole rollout"
+    assert load.failures == [], load.failures[:5]
+    assert production_alias(registry) == 2
+    history = httpx.get(f"{registry}/api/v1/models/iris/aliases/production/history").json()
+    assert history[0]["reason"] == "promoted: canary analysis passed"
+    assert served_version(gateway) == "2"
+
+
+async def test_a_canary_that_disagrees_with_production_is_rolled_back(
+    stack: Any, events: Events, nats_module: EmbeddedNats
+) -> None:
+    registry, gateway, deployer = (stack.services[n].url for n in ("registry", "gateway", "deployer"))
+    v3 = register(registry, stack.home, 3, W3)
+    await publish(nats_module.url, validated(3, v3), "validated-iris-3")
+
+    rolled = await eventually("v3 rolled back", lambda: events.of("model.rolled_back", version=3), timeout=90)
+
+    assert rolled[0]["to_version"] == 2
+    assert "agrees with the baseline" in rolled[0]["reason"]
+    assert [d["version"] for d in deployments(deployer)] == [2]
+    assert production_alias(registry) == 2
+    assert served_version(gateway) == "2"
+    # a redelivery of the same event changes nothing
+    await publish(nats_module.url, validated(3, v3), "validated-iris-3-again")
+    await asyncio.sleep(1.0)
+    assert len(events.of("model.deployed", version=3)) == 1
+
+
+async def test_a_killed_model_server_is_restarted_and_serves_again(stack: Any) -> None:
+    gateway, deployer = stack.services["gateway"].url, stack.services["deployer"].url
+    before = deployments(deployer)[0]
+    port = int(before["endpoints"][0].rsplit(":", 1)[1])
+    pid = _pid_listening_on(port)
+
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        row = deployments(deployer)[0]
+        return row if row["state"] == "ready" and row["replicas"][0]["restarts"] >= 1 else None
+
+    await eventually("the replica restarted", restarted, timeout=60)
+    assert served_version(gateway) == "2"
+
+
+async def test_scaled_to_zero_the_next_request_wakes_the_model(stack: Any) -> None:
+    gateway, deployer = stack.services["gateway"].url, stack.services["deployer"].url
+    scaled = httpx.post(f"{deployer}/api/v1/deployments/iris/versions/2/scale", json={"replicas": 0}, timeout=60)
+    assert scaled.status_code == 200, scaled.text
+    assert scaled.json()["state"] == "scaled_to_zero"
+    assert httpx.get(f"{gateway}/admin/routes/iris").json()["policy"]["asleep"] is True
+
+    answer = httpx.post(f"{gateway}/v2/models/iris/infer", content=infer_body(ROWS[:1]), timeout=60)
+
+    assert answer.status_code == 200, answer.text
+    assert deployments(deployer)[0]["ready_replicas"] == 1
+
+
+def _pid_listening_on(port: int) -> int:
+    """The pid of the process with a listening socket on `port` (from /proc, no extra tools)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            parts = line.split()
+            if int(parts[1].rsplit(":", 1)[1], 16) == port and parts[3] == "0A":
+                inode = parts[9]
+    assert inode is not None, f"nothing listens on port {port}"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no process owns the socket on port {port}")
+
+
+def test_the_cli_lists_deployments_and_explains_what_it_cannot_do(stack: Any) -> None:
+    import subprocess
+    import sys
+
+    gallery = str(Path(sys.executable).with_name("gallery"))
+    env = {**os.environ, "GALLERY_DEPLOYER_URL": stack.services["deployer"].url, "COLUMNS": "160"}
+
+    listed = subprocess.run([gallery, "deployments"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "iris" in line)
+    assert "production" in row and "100%" in row and "1/1" in row and "ready" in row
+
+    promote = subprocess.run([gallery, "promote", "iris"], env=env, capture_output=True, text=True, timeout=60)
+    assert promote.returncode == 1 and "has no canary to promote" in promote.stderr
+
+    missing = subprocess.run([gallery, "deploy", "iris:9"], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "iris:9 not found" in missing.stderr
+
+    bad = subprocess.run([gallery, "deploy", "iris"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected NAME:VERSION" in bad.stderr

@@ -1,0 +1,249 @@
+"""The rollout state machine against a fake runtime and gateway: stages, weights, aliases and events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gallery_common.artifacts import open_store
+from gallery_common.db import make_engine
+from gallery_common.errors import Conflict, NotFound
+from gallery_common.events import ArtifactRef, Payload
+from gallery_deployer.deployer.controller import Controller
+from gallery_deployer.deployer.records import DeploymentStore, Stage, create_tables
+from gallery_deployer.deployer.settings import DeployerSettings
+from gallery_deployer.gateway.routes import ModelRoute
+from gallery_deployer.runtime.base import DeploymentStatus, RuntimeState, ServerSpec
+
+
+class FakeRuntime:
+    """Replicas that are ready at once, unless the artifact's sha256 starts with 'bad'."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.specs: dict[str, ServerSpec] = {}
+        self.deleted: list[str] = []
+
+    def _status(self, spec: ServerSpec) -> DeploymentStatus:
+        if spec.artifact_sha256.startswith("bad"):
+            return DeploymentStatus(spec.deployment_id, RuntimeState.failed, spec.replicas, 0, detail="exit code 1")
+        if spec.replicas == 0:
+            return DeploymentStatus(spec.deployment_id, RuntimeState.scaled_to_zero, 0, 0)
+        urls = tuple(f"http://{spec.deployment_id}-{i}:8500" for i in range(spec.replicas))
+        return DeploymentStatus(spec.deployment_id, RuntimeState.ready, spec.replicas, spec.replicas, urls)
+
+    async def apply(self, spec: ServerSpec) -> DeploymentStatus:
+        self.specs[spec.deployment_id] = spec
+        return self._status(spec)
+
+    async def wait_ready(self, deployment_id: str, timeout_s: float) -> DeploymentStatus:
+        return await self.status(deployment_id)
+
+    async def status(self, deployment_id: str) -> DeploymentStatus:
+        if deployment_id not in self.specs:
+            raise NotFound(deployment_id)
+        return self._status(self.specs[deployment_id])
+
+    async def scale(self, deployment_id: str, replicas: int) -> DeploymentStatus:
+        spec = self.specs[deployment_id]
+        self.specs[deployment_id] = ServerSpec(**{**vars(spec), "replicas": replicas})
+        return await self.status(deployment_id)
+
+    async def delete(self, deployment_id: str) -> None:
+        self.specs.pop(deployment_id, None)
+        self.deleted.append(deployment_id)
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.routes: dict[str, ModelRoute] = {}
+
+    async def put(self, model: str, route: ModelRoute) -> None:
+        self.routes[model] = route
+
+    async def delete(self, model: str) -> None:
+        self.routes.pop(model, None)
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.moves: list[tuple[str, str, int, str | None]] = []
+
+    def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, object]:
+        self.moves.append((model, alias, version, reason))
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
+    settings = DeployerSettings(home=tmp_path, canary_percent=10, drain_s=0, canary_window_s=3600)
+    engine = make_engine(f"sqlite:///{tmp_path / 'deployer.db'}")
+    create_tables(engine)
+    events: list[tuple[Payload, str]] = []
+
+    async def publish(payload: Payload, event_id: str) -> None:
+        events.append((payload, event_id))
+
+    built = Controller(
+        settings,
+        DeploymentStore(engine),
+        FakeRuntime(),  # type: ignore[arg-type]
+        FakeGateway(),  # type: ignore[arg-type]
+        FakeRegistry(),  # type: ignore[arg-type]
+        open_store((tmp_path / "artifacts").as_uri(), settings),
+        publish,
+    )
+    built.events = events  # type: ignore[attr-defined]
+    yield built
+    await built.close()
+
+
+def artifact(version: int, prefix: str = "") -> ArtifactRef:
+    return ArtifactRef(uri=f"file:///models/m/{version}/model.onnx", sha256=(prefix + f"{version:064d}")[:64])
+
+
+def weights(controller: Controller, model: str = "m") -> dict[str, float]:
+    route = controller.gateway.routes[model]  # type: ignore[attr-defined]
+    return {b.id: b.weight for b in route.backends}
+
+
+def announced(controller: Controller) -> list[str]:
+    return [event_id for _, event_id in controller.events]  # type: ignore[attr-defined]
+
+
+async def test_the_first_version_takes_all_traffic_and_the_production_alias(controller: Controller) -> None:
+    record = await controller.deploy("m", 1, artifact(1))
+
+    assert (record.stage, record.traffic_percent) == (Stage.production, 100.0)
+    assert weights(controller) == {"m-v1-0": 100.0}
+    assert controller.registry.moves == [("m", "production", 1, "first version deployed (model.validated)")]  # type: ignore[union-attr]
+    assert announced(controller) == ["deployed:m:1:fp32:production"]
+
+
+async def test_a_new_version_is_a_canary_then_promotion_moves_traffic_alias_and_drains_the_old(
+    controller: Controller,
+) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    await controller.deploy("m", 2, artifact(2))
+    assert weights(controller) == {"m-v1-0": 90.0, "m-v2-0": 10.0}
+    assert controller.gateway.routes["m"].backends[1].role == "canary"  # type: ignore[attr-defined]
+
+    await controller.promote("m", "canary analysis passed")
+
+    assert weights(controller) == {"m-v2-0": 100.0, "m-v1-0": 0.0}  # the old version: a fallback link
+    assert controller.registry.moves[-1] == ("m", "production", 2, "promoted: canary analysis passed")  # type: ignore[union-attr]
+    await controller.retire_drained()  # drain_s=0
+    assert weights(controller) == {"m-v2-0": 100.0}
+    assert controller.runtime.deleted == ["m-v1"]  # type: ignore[attr-defined]
+    assert announced(controller)[-1] == "deployed:m:2:fp32:production"
+
+
+async def test_rolling_back_a_canary_restores_production_and_announces_it(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    await controller.deploy("m", 2, artifact(2))
+
+    good = await controller.rollback("m", "canary analysis failed: error rate")
+
+    assert good.version == 1 and weights(controller) == {"m-v1-0": 100.0}
+    assert controller.runtime.deleted == ["m-v2"]  # type: ignore[attr-defined]
+    payload, event_id = controller.events[-1]  # type: ignore[attr-defined]
+    assert event_id == "rolled_back:m:2"
+    assert (payload.version, payload.to_version, payload.reason) == (2, 1, "canary analysis failed: error rate")
+    assert [m[2] for m in controller.registry.moves] == [1]  # type: ignore[union-attr]  # the alias never left v1
+
+
+async def test_a_degraded_production_version_rolls_back_to_the_retired_one(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    await controller.deploy("m", 2, artifact(2))
+    await controller.promote("m", "passed")
+    await controller.retire_drained()
+
+    good = await controller.rollback("m", "drift: psi 0.4", version=2)
+
+    assert (good.version, good.stage) == (1, Stage.production)
+    assert weights(controller) == {"m-v1-0": 100.0}  # started again before it took traffic
+    assert controller.registry.moves[-1] == ("m", "production", 1, "rolled back from 2: drift: psi 0.4")  # type: ignore[union-attr]
+    with pytest.raises(NotFound):
+        await controller.rollback("m", "again", version=2)  # a redelivered degradation changes nothing
+
+
+async def test_rollback_without_an_earlier_version_is_refused(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    with pytest.raises(Conflict, match="no earlier good version"):
+        await controller.rollback("m", "slo: p99")
+
+
+async def test_a_version_that_never_becomes_ready_fails_and_traffic_stays(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+
+    record = await controller.deploy("m", 2, artifact(2, prefix="bad"))
+
+    assert (record.stage, record.reason) == (Stage.failed, "exit code 1")
+    assert weights(controller) == {"m-v1-0": 100.0}
+    payload, event_id = controller.events[-1]  # type: ignore[attr-defined]
+    assert event_id == "deployment_failed:m:2:fp32" and payload.reason == "exit code 1"
+
+
+async def test_deploying_the_same_version_again_changes_nothing(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    before = announced(controller)
+    await controller.deploy("m", 1, artifact(1))
+    assert announced(controller) == before
+
+
+async def test_an_optimized_variant_replaces_the_artifact_in_place(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    int8 = ArtifactRef(uri="file:///models/m/1/int8.onnx", sha256="f" * 64)
+
+    record = await controller.roll_variant("m", 1, "int8_dynamic", int8)
+
+    assert record is not None and record.variant == "int8_dynamic"
+    assert controller.runtime.specs["m-v1"].artifact_sha256 == "f" * 64  # type: ignore[attr-defined]
+    assert controller.gateway.routes["m"].backends[0].variant == "int8_dynamic"  # type: ignore[attr-defined]
+    assert announced(controller)[-1] == "deployed:m:1:int8_dynamic:production"
+    assert await controller.roll_variant("m", 9, "int8_dynamic", int8) is None  # a version not serving
+
+
+async def test_canary_weights_move_by_hand(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    await controller.deploy("m", 2, artifact(2), canary_percent=25)
+    assert weights(controller) == {"m-v1-0": 75.0, "m-v2-0": 25.0}
+
+    await controller.set_canary_weight("m", 50)
+
+    assert weights(controller) == {"m-v1-0": 50.0, "m-v2-0": 50.0}
+
+
+async def test_scaling_to_zero_puts_the_route_to_sleep_and_wake_routes_again(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+
+    await controller.scale("m", 1, 0)
+    route = controller.gateway.routes["m"]  # type: ignore[attr-defined]
+    assert route.policy.asleep and route.policy.wake_url.endswith("/api/v1/deployments/m/wake")
+
+    await controller.wake("m")
+    assert weights(controller) == {"m-v1-0": 100.0}
+
+
+async def test_a_models_policy_sets_the_canary_share_replicas_and_gpu(controller: Controller) -> None:
+    from gallery_deployer.deployer.policy import DeploymentPolicy
+
+    controller.policies.put("m", DeploymentPolicy(canary_percent=30, replicas=2, gpu=True, gpu_memory_mb=2000))
+    await controller.deploy("m", 1, artifact(1))
+    await controller.deploy("m", 2, artifact(2))
+
+    assert weights(controller) == {"m-v1-0": 35.0, "m-v1-1": 35.0, "m-v2-0": 15.0, "m-v2-1": 15.0}
+    spec = controller.runtime.specs["m-v2"]  # type: ignore[attr-defined]
+    assert (spec.replicas, spec.gpu, spec.gpu_memory_mb) == (2, True, 2000)
