@@ -34,7 +34,7 @@ from gallery_common.app import ServiceResources
 from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.bus import EVENTS_STREAM, EventBus
 from gallery_common.errors import Unavailable
-from gallery_common.events import ArtifactRef, CloudEvent, ModelTrained, Signature, make_event
+from gallery_common.events import ArtifactRef, CloudEvent, ModelDegraded, ModelTrained, Signature, make_event
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 from gallery_common.settings import GallerySettings
@@ -432,6 +432,18 @@ async def test_the_registry_app_runs_the_gate_and_revalidates_on_request(
         assert validated.nats_subject == "model.validated"
         assert (await api.get("/api/v1/models/digits/versions/1")).json()["status"] == "validated"
 
+        degraded = ModelDegraded(model="digits", version=1, kind="drift", reason="feature 3 PSI 0.41 above 0.2")
+        await trainer.publish(degraded, event_id="degraded:digits:1:drift:1")
+
+        async def marked() -> bool:
+            return (await api.get("/api/v1/models/digits/versions/1")).json()["tags"].get(
+                "needs_revalidation"
+            ) == "true"
+
+        await eventually(marked, what="the degraded version to be marked for revalidation")
+        tags = (await api.get("/api/v1/models/digits/versions/1")).json()["tags"]
+        assert (tags["degraded_kind"], tags["degraded_reason"]) == ("drift", "feature 3 PSI 0.41 above 0.2")
+
         policy = await api.put("/api/v1/models/digits/validation-policy", json={"min_metrics": {"accuracy": 0.99}})
         assert policy.status_code == 200, policy.text
         answer = await api.post("/api/v1/models/digits/versions/1/validate")
@@ -446,7 +458,9 @@ async def test_the_registry_app_runs_the_gate_and_revalidates_on_request(
             1,
             body["reasons"],
         )
-        assert (await api.get("/api/v1/models/digits/versions/1")).json()["rejection_reasons"] == body["reasons"]
+        revalidated = (await api.get("/api/v1/models/digits/versions/1")).json()
+        assert revalidated["rejection_reasons"] == body["reasons"]
+        assert "needs_revalidation" not in revalidated["tags"]  # the gate ran again: the mark is cleared
 
         missing = await api.post("/api/v1/models/digits/versions/7/validate")
         assert missing.status_code == 404 and "no version 7" in missing.json()["error"]

@@ -15,6 +15,7 @@ from . import api, mlflow_api
 from .deps import STORE_KEY
 from .gate import routes as gate_routes
 from .gate.consumer import gate_consumer
+from .gate.degraded import degraded_consumer
 from .migrations import upgrade
 from .settings import RegistrySettings
 from .store import RegistryStore
@@ -35,7 +36,7 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
         await anyio.to_thread.run_sync(upgrade, resources.engine)
         resources.extras[STORE_KEY] = RegistryStore(resources.engine)
         # the gate consumes model.trained when there is a bus; its REST route works either way
-        async with gate_consumer(app, resources):
+        async with gate_consumer(app, resources), degraded_consumer(resources.bus, resources.extras[STORE_KEY]):
             yield
 
     return create_app(

@@ -93,6 +93,24 @@ class VersionOps(StoreBase):
             session.flush()
             return views.version_public(session, row)
 
+    def merge_version_tags(self, name: str, version: int, changes: dict[str, str | None]) -> VersionPublic:
+        """Set (or, with None, remove) some tags of a version and keep the others."""
+        with self._write() as session:
+            row = views.version_row(session, views.model_row(session, name), version)
+            keys = list(changes)
+            session.exec(
+                sa.delete(VersionTagRow).where(  # type: ignore[call-overload]
+                    col(VersionTagRow.version_id) == row.id, col(VersionTagRow.key).in_(keys)
+                )
+            )
+            session.add_all(
+                VersionTagRow(version_id=views.pk(row.id), key=k, value=v) for k, v in changes.items() if v is not None
+            )
+            row.updated_at = utcnow()
+            session.add(row)
+            session.flush()
+            return views.version_public(session, row)
+
     def set_version_status(
         self,
         name: str,

@@ -26,6 +26,7 @@ from gallery_common.telemetry import counter, get_logger, histogram
 
 from ..schemas import ArtifactRole, ValidationPolicy, VersionCreate, VersionPublic, VersionStatus
 from ..store import RegistryStore
+from .degraded import CLEARED, MARK
 
 if TYPE_CHECKING:
     from .evaluation import LatencyConfig
@@ -158,6 +159,8 @@ class ValidationGate:
         if current.status == VersionStatus.archived:
             raise Conflict(f"version {version} of model {name!r} is archived; archived versions are not validated")
         outcome = await self.validate(current)
+        if MARK in current.tags:
+            await _blocking(self.registry.merge_version_tags, name, version, CLEARED)
         await self._publish(outcome.event_payload(), None)
         return outcome
 
