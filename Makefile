@@ -9,7 +9,7 @@ export GALLERY_HOME ?= $(CURDIR)/.gallery
 PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
-.PHONY: help install postgres redis demo test up down status bench lint clean
+.PHONY: help install postgres redis chromium demo test up down status bench lint clean images k8s
 
 help:
 	@echo "make demo    install, start the embedded stack and run the lifecycle"
@@ -17,6 +17,7 @@ help:
 	@echo "make up      start the stack in the background (make down stops it)"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
 	@echo "make lint    ruff and mypy"
+	@echo "make images  build the container images (needs docker); make k8s renders deploy/k8s"
 
 $(BIN)/.installed: $(PACKAGE_FILES) requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,12 +42,18 @@ redis:
 		echo "installing redis-server (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# chromium + chromedriver for the monitor dashboard's browser test
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 install: $(BIN)/.installed
 
 demo: install
 	@$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres redis
+test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres redis chromium
 	$(BIN)/pytest -q -p no:cacheprovider
 
 up: install
@@ -59,7 +66,7 @@ status: install
 	$(BIN)/gallery status
 
 # serve_load.py and serve_competitors.py are parts of serve.py, not benchmarks of their own
-BENCHES = bus registry train trainer_service optimize serve deploy
+BENCHES = bus registry train trainer_service optimize serve deploy monitor
 
 bench: install
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
@@ -68,6 +75,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy libs/common/src libs/cli/src
+
+VERSION ?= 0.1.0
+IMAGES := registry trainer optimizer deployer gateway monitor modelserver modelserver-gpu
+
+# BuildKit is needed: each Dockerfile mounts its builder's wheels. TORCH_INDEX_URL=... overrides the CPU torch index.
+images:
+	@for i in $(IMAGES); do echo "== modelgallery/$$i:$(VERSION)"; \
+		DOCKER_BUILDKIT=1 docker build $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) \
+		-f deploy/images/$$i.Dockerfile -t modelgallery/$$i:$(VERSION) . || exit 1; done
+
+# re-render deploy/k8s/rendered/*.yaml after changing the Kustomize files (the tests compare them)
+k8s: install
+	$(BIN)/python scripts/render_k8s.py
 
 clean: down
 	rm -rf $(VENV) $(MOTO_VENV) .gallery

@@ -26,6 +26,7 @@ MODEL = "digits-mlp"
 REGISTRY = os.environ.get("GALLERY_REGISTRY_URL", "http://127.0.0.1:8001")
 DEPLOYER = os.environ.get("GALLERY_DEPLOYER_URL", "http://127.0.0.1:8004")
 GATEWAY = os.environ.get("GALLERY_GATEWAY_URL", "http://127.0.0.1:8080")
+MONITOR = os.environ.get("GALLERY_MONITOR_URL", "http://127.0.0.1:8005")
 
 
 def banner(text: str) -> None:
@@ -108,6 +109,17 @@ def infer_through_gateway(version: dict) -> None:
     )
 
 
+def show_what_the_monitor_saw(timeout: float = 30) -> None:
+    """Wait for the monitor's next scrape to include the demo's requests, then print its view."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        figures = httpx.get(f"{MONITOR}/api/v1/models/{MODEL}/figures", params={"window_s": 120})
+        if figures.status_code == 200 and any(v.get("rps", 0) > 0 for v in figures.json()["versions"]):
+            break
+        time.sleep(1.0)
+    gallery("monitor", MODEL, "--once", "--window", "120", check=False)
+
+
 async def show_dead_letter_handling(settings: GallerySettings) -> None:
     """A malformed event is refused by the gate with a reason, and the gate goes on."""
     async with EventBus(settings.nats_url, source="/modelgallery/demo") as bus:
@@ -149,6 +161,9 @@ def main() -> None:
                 banner("Real requests through the gateway (the Open Inference Protocol, as any v2 client sends)")
                 version = httpx.get(f"{REGISTRY}/api/v1/models/{MODEL}/versions/{judged['version']}").json()
                 infer_through_gateway(version)
+                if "monitor" in installed:
+                    banner("What the monitor saw: figures per version, drift against the training data, alerts")
+                    show_what_the_monitor_saw()
 
         banner("A malformed event is dead-lettered with its reason; nothing crash-loops")
         asyncio.run(show_dead_letter_handling(settings))
@@ -180,11 +195,14 @@ def main() -> None:
         "                 http://127.0.0.1:8004/docs (deployer API)  http://127.0.0.1:8080/v2/models/digits-mlp"
         " (the gateway)"
     )
+    print("dashboard:       http://127.0.0.1:8005/  (the monitor: timeline, live figures, drift; `make up` keeps it)")
     print(f"edge bundle:     {home / 'artifacts' / 'optimized' / MODEL}/<version>/  (tarball with a standalone runner)")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("GALLERY_HOME", str(Path(".gallery").resolve()))
+    # the gateway samples every request for the monitor in the demo (1 % by default), so drift has data
+    os.environ.setdefault("GALLERY_SAMPLE_RATE", "1.0")
     # the commands' tables are captured, so tell them the width of the terminal the demo runs in
     os.environ.setdefault("COLUMNS", str(max(120, shutil.get_terminal_size().columns)))
     main()

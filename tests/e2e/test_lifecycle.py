@@ -1,17 +1,27 @@
-"""The lifecycle as far as it is built, on the embedded stack: train → model.trained → the gate
-evaluates → model.validated → the optimizer builds and measures variants → model.optimized, with
-one trace across the services."""
+"""The whole lifecycle on the embedded stack, each service its own process as `gallery up` runs it.
+
+train digits → model.trained → the gate → model.validated → the deployer puts v1 in production →
+model.optimized → the recommended variant rolls in; train again → v2 validated → canary beside v1 →
+its analysis passes → promoted (the `production` alias moves) → the test split through the gateway
+gives the gate's accuracy → drifted inputs → the monitor publishes one model.degraded → the deployer
+rolls back to v1 and the registry marks v2 for revalidation. One trace runs through each version's
+events.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
+import orjson
 import pytest
 from lifecycle_stack import LifecycleStack
 
@@ -22,6 +32,7 @@ from gallery_common.telemetry import trace_id_of
 
 REPO = Path(__file__).resolve().parents[2]
 GALLERY = Path(sys.executable).with_name("gallery")
+MODEL = "digits-mlp"
 
 
 @pytest.fixture
@@ -31,6 +42,15 @@ def stack(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[LifecycleStack]
         running.start("registry")
         running.start("trainer")
         running.start("optimizer")
+        running.start("gateway", GALLERY_SAMPLE_RATE="1")
+        running.start("deployer", GALLERY_CANARY_WINDOW_S="5", GALLERY_CANARY_MIN_REQUESTS="5", GALLERY_DRAIN_S="2")
+        running.start(
+            "monitor",
+            GALLERY_SCRAPE_INTERVAL_S="1",
+            GALLERY_EVALUATE_INTERVAL_S="1",
+            GALLERY_SLO_WINDOW_S="20",
+            GALLERY_SLO_DRIFT_MIN_SAMPLES="100",
+        )
         yield running
     finally:
         running.stop()
@@ -50,62 +70,127 @@ async def stored_events(nats_url: str) -> list[CloudEvent]:
         return events
 
 
-def wait_for_optimized(stack: LifecycleStack, timeout: float = 240) -> list[CloudEvent]:
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        events = asyncio.run(stored_events(stack.nats_url))
-        if any(e.event == "optimized" for e in events):
-            return events
+        value = check()
+        if value:
+            return value
         time.sleep(1.0)
-    pytest.fail(f"no model.optimized within {timeout}s")
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def wait_for_status(registry: str, model: str, version: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = httpx.get(f"{registry}/api/v1/models/{model}/versions/{version}")
-        if response.status_code == 200 and response.json()["status"] in {"validated", "rejected"}:
-            return response.json()
-        time.sleep(0.5)
-    pytest.fail(f"{model}:{version} was not judged within {timeout}s")
+def events_of(stack: LifecycleStack, kind: str, **match: object) -> list[CloudEvent]:
+    found = [e for e in asyncio.run(stored_events(stack.nats_url)) if e.event == kind]
+    return [e for e in found if all(getattr(e.data, k, None) == v for k, v in match.items())]
 
 
-@pytest.mark.slow
-def test_a_trained_digits_model_is_validated_and_optimized(stack: LifecycleStack) -> None:
-    env = stack.env()
-    train = subprocess.run(
+def train(stack: LifecycleStack) -> None:
+    result = subprocess.run(
         [str(GALLERY), "train", str(REPO / "examples" / "digits.yaml")],
-        env=env,
+        env=stack.env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert train.returncode == 0, train.stdout + train.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
 
+
+def version_of(stack: LifecycleStack, version: int) -> dict[str, Any]:
+    return httpx.get(f"{stack.services['registry'].url}/api/v1/models/{MODEL}/versions/{version}").json()  # type: ignore[no-any-return]
+
+
+def production_alias(stack: LifecycleStack) -> int:
     registry = stack.services["registry"].url
-    version = wait_for_status(registry, "digits-mlp", 1)
-    assert version["status"] == "validated", version.get("rejection_reasons")
-    report = version["evaluation_report"]
-    # the gate's own measurement on the held-out split, not the trainer's claim
-    assert report["accuracy"] >= 0.9
-    assert set(version["artifacts"]) >= {"onnx", "weights", "spec", "test_split", "curves"}
+    return int(httpx.get(f"{registry}/api/v1/models/{MODEL}/aliases/production").json()["version"])
 
-    events = wait_for_optimized(stack)
-    kinds = [e.event for e in events]
-    assert kinds.count("trained") == 1 and kinds.count("validated") == 1 and kinds.count("optimized") == 1
-    by_kind = {e.event: e for e in events}
-    trained, validated, optimized = by_kind["trained"], by_kind["validated"], by_kind["optimized"]
-    assert validated.data.version == optimized.data.version == 1
-    trace = trace_id_of(trained.traceparent)
-    assert trace is not None
-    assert trace_id_of(validated.traceparent) == trace_id_of(optimized.traceparent) == trace
 
-    # the optimizer attached what it built to the version, and the recommended file is what it says
-    attached = httpx.get(f"{registry}/api/v1/models/digits-mlp/versions/1").json()["artifacts"]
-    assert {"int8", "fp16", "distilled", "edge_bundle", "report"} <= set(attached)
-    recommended = optimized.data.recommended_artifact
-    assert recommended.sha256 in {a["sha256"] for a in attached.values()}
+def held_out_split(stack: LifecycleStack, version: int) -> tuple[np.ndarray, np.ndarray]:
+    uri = version_of(stack, version)["artifacts"]["test_split"]["uri"]
+    with np.load(io.BytesIO(Path(uri.removeprefix("file://")).read_bytes())) as data:
+        return data["x"], data["y"]
 
-    show = subprocess.run([str(GALLERY), "models", "show", "digits-mlp:1"], env=env, capture_output=True, text=True)
-    assert show.returncode == 0, show.stderr
-    assert "validated" in show.stdout
+
+def infer(stack: LifecycleStack, rows: np.ndarray) -> dict[str, Any]:
+    body = {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]
+    }
+    answer = httpx.post(
+        f"{stack.services['gateway'].url}/v2/models/{MODEL}/infer", content=orjson.dumps(body), timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def accuracy_through_gateway(stack: LifecycleStack, x: np.ndarray, y: np.ndarray) -> tuple[float, set[str]]:
+    correct, versions = 0, set()
+    for start in range(0, len(x), 30):
+        answer = infer(stack, x[start : start + 30])
+        versions.add(answer["model_version"])
+        output = answer["outputs"][0]
+        logits = np.asarray(output["data"]).reshape(output["shape"])
+        correct += int((logits.argmax(axis=1) == y[start : start + 30]).sum())
+    return correct / len(x), versions
+
+
+def deployed(stack: LifecycleStack, version: int, stage: str) -> list[CloudEvent]:
+    return events_of(stack, "deployed", version=version, stage=stage)
+
+
+@pytest.mark.slow
+def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: LifecycleStack) -> None:
+    # v1: trained, validated by the gate's own evaluation, deployed to production, optimized variant rolled in
+    train(stack)
+    wait_for("v1 judged", lambda: version_of(stack, 1).get("status") in {"validated", "rejected"}, 120)
+    v1 = version_of(stack, 1)
+    assert v1["status"] == "validated", v1.get("rejection_reasons")
+    assert v1["evaluation_report"]["accuracy"] >= 0.9
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production"), 120)
+    optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", version=1), 300)[0]
+    wait_for(
+        "v1's recommended variant rolled in",
+        lambda: [e for e in deployed(stack, 1, "production") if e.data.variant == optimized.data.recommended],
+        120,
+    )
+    assert production_alias(stack) == 1
+
+    # v2: validated, a canary beside v1, its analysis passes, promoted
+    train(stack)
+    wait_for("v2 judged", lambda: version_of(stack, 2).get("status") in {"validated", "rejected"}, 120)
+    assert version_of(stack, 2)["status"] == "validated"
+    canary = wait_for("v2 canary", lambda: deployed(stack, 2, "canary"), 120)[0]
+    assert canary.data.traffic_percent == 10.0
+    wait_for("v2 promoted", lambda: deployed(stack, 2, "production"), 300)
+    assert production_alias(stack) == 2
+
+    # clients through the gateway get the gate's accuracy from v2
+    x, y = held_out_split(stack, 2)
+    accuracy, served = accuracy_through_gateway(stack, x, y)
+    assert served == {"2"}
+    assert accuracy == pytest.approx(version_of(stack, 2)["evaluation_report"]["accuracy"], abs=0.01)
+
+    # drifted inputs: one model.degraded, a rollback to v1, v2 marked for revalidation
+    drifted = (x * 0.0 + 4.0 + np.random.default_rng(3).normal(size=x.shape)).astype(np.float32)
+    deadline = time.monotonic() + 120
+    while not events_of(stack, "degraded", version=2) and time.monotonic() < deadline:
+        for start in range(0, len(drifted), 30):
+            infer(stack, drifted[start : start + 30])
+        time.sleep(1.0)
+    (degraded,) = wait_for("v2 degraded", lambda: events_of(stack, "degraded", version=2), 30)
+    assert degraded.data.kind == "drift"
+    rolled = wait_for("the rollback", lambda: events_of(stack, "rolled_back", version=2), 120)[0]
+    assert rolled.data.to_version == 1
+    assert production_alias(stack) == 1
+    assert wait_for("v2 marked", lambda: version_of(stack, 2)["tags"].get("needs_revalidation") == "true", 30)
+    assert infer(stack, x[:5])["model_version"] == "1"
+    time.sleep(3.0)  # the episode stays open: no second alert for the same drift
+    assert len(events_of(stack, "degraded", version=2)) == 1
+
+    # one trace per version from the trainer through the gate and the optimizer to its first deployment
+    events = asyncio.run(stored_events(stack.nats_url))
+    for version, first_stage in ((1, "production"), (2, "canary")):
+        steps = [e for e in events if getattr(e.data, "version", None) == version]
+        first_deploy = next(e for e in steps if e.event == "deployed" and e.data.stage == first_stage)
+        traced = [e for e in steps if e.event in {"validated", "optimized"}] + [first_deploy]
+        traces = {trace_id_of(e.traceparent) for e in traced}
+        assert len(traces) == 1 and None not in traces, (version, traces)

@@ -115,6 +115,13 @@ def start_stack(home: Path, nats_url: str, **deployer_settings: str) -> Lifecycl
         stack.start("registry")
         stack.start("gateway", GALLERY_SAMPLE_RATE="0")
         stack.start("deployer", **deployer_settings)
+        stack.start(
+            "monitor",
+            GALLERY_SCRAPE_INTERVAL_S="1",
+            GALLERY_EVALUATE_INTERVAL_S="1",
+            GALLERY_SLO_WINDOW_S="5",
+            GALLERY_SLO_MIN_REQUESTS="5",
+        )
     except Exception:
         stack.stop()
         raise

@@ -262,3 +262,27 @@ def test_the_cli_lists_deployments_and_explains_what_it_cannot_do(stack: Any) ->
 
     bad = subprocess.run([gallery, "deploy", "iris"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "expected NAME:VERSION" in bad.stderr
+
+
+async def test_a_breached_latency_slo_publishes_one_degraded_and_the_deployer_rolls_back(
+    stack: Any, events: Events
+) -> None:
+    registry, gateway, monitor = (stack.services[n].url for n in ("registry", "gateway", "monitor"))
+    assert production_alias(registry) == 2
+    slo = httpx.put(f"{monitor}/api/v1/slos/iris", json={"p99_ms": 0.001, "window_s": 5})
+    assert slo.status_code == 200, slo.text
+    load = Load(f"{gateway}/v2/models/iris/infer", infer_body(ROWS[:2])).start()
+    try:
+        degraded = await eventually("model.degraded", lambda: events.of("model.degraded", version=2), timeout=60)
+        rolled = await eventually("the rollback", lambda: events.of("model.rolled_back", version=2), timeout=60)
+        await asyncio.sleep(3.0)  # more breaching traffic in the same episode
+    finally:
+        load.stop()
+        httpx.put(f"{monitor}/api/v1/slos/iris", json={"p99_ms": 100})
+
+    assert len(events.of("model.degraded", version=2)) == 1, "one alert per episode, not a storm"
+    assert degraded[0]["kind"] == "slo" and "p99" in degraded[0]["reason"]
+    assert rolled[0]["to_version"] == 1
+    assert production_alias(registry) == 1
+    assert served_version(gateway) == "1"
+    assert httpx.get(f"{registry}/api/v1/models/iris/versions/2").json()["tags"]["needs_revalidation"] == "true"

@@ -175,8 +175,9 @@ async def test_a_degraded_production_version_rolls_back_to_the_retired_one(contr
     assert (good.version, good.stage) == (1, Stage.production)
     assert weights(controller) == {"m-v1-0": 100.0}  # started again before it took traffic
     assert controller.registry.moves[-1] == ("m", "production", 1, "rolled back from 2: drift: psi 0.4")  # type: ignore[union-attr]
-    with pytest.raises(NotFound):
-        await controller.rollback("m", "again", version=2)  # a redelivered degradation changes nothing
+    again = await controller.rollback("m", "again", version=2)  # a redelivered degradation changes nothing
+    assert again.version == 1 and weights(controller) == {"m-v1-0": 100.0}
+    assert {event_id for event_id in announced(controller) if event_id.startswith("rolled_back")} == {"rolled_back:m:2"}
 
 
 async def test_rollback_without_an_earlier_version_is_refused(controller: Controller) -> None:
@@ -247,3 +248,30 @@ async def test_a_models_policy_sets_the_canary_share_replicas_and_gpu(controller
     assert weights(controller) == {"m-v1-0": 35.0, "m-v1-1": 35.0, "m-v2-0": 15.0, "m-v2-1": 15.0}
     spec = controller.runtime.specs["m-v2"]  # type: ignore[attr-defined]
     assert (spec.replicas, spec.gpu, spec.gpu_memory_mb) == (2, True, 2000)
+
+
+async def test_a_rollback_cut_short_after_traffic_moved_is_finished_by_the_redelivery(controller: Controller) -> None:
+    from gallery_common.errors import Unavailable
+
+    await controller.deploy("m", 1, artifact(1))
+    await controller.deploy("m", 2, artifact(2))
+    await controller.promote("m", "passed")
+    registry = controller.registry
+    calls = registry.moves  # type: ignore[union-attr]
+
+    def unreachable(*_: object) -> dict[str, object]:
+        raise Unavailable("registry unreachable")
+
+    registry.set_alias = unreachable  # type: ignore[union-attr,method-assign]
+    with pytest.raises(Unavailable):
+        await controller.rollback("m", "drift: " + "feature PSI 0.9; " * 200, version=2)
+    assert weights(controller) == {"m-v1-0": 100.0}  # traffic already moved
+    assert "rolled_back:m:2" not in announced(controller)
+
+    del registry.set_alias  # type: ignore[union-attr]
+    good = await controller.rollback("m", "drift: again", version=2)  # the redelivered model.degraded
+
+    assert good.version == 1
+    assert calls[-1][:3] == ("m", "production", 1)
+    assert len(calls[-1][3]) <= 400 and calls[-1][3].endswith("…")  # the long reason was cut for the registry
+    assert announced(controller)[-1] == "rolled_back:m:2"

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import deploy_cmd, events_cmd, models_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
+from . import deploy_cmd, events_cmd, models_cmd, monitor_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
 
 app = typer.Typer(
     name="gallery",
@@ -31,6 +31,7 @@ app.command()(deploy_cmd.deploy)
 app.command()(deploy_cmd.promote)
 app.command()(deploy_cmd.rollback)
 app.command()(deploy_cmd.deployments)
+app.command()(monitor_cmd.monitor)
 
 
 def _version() -> str:

@@ -71,3 +71,9 @@ class DeployerClient(ServiceClient):
     service = "deployer"
     url_variable = "GALLERY_DEPLOYER_URL"
     default_url = "http://127.0.0.1:8004"
+
+
+class MonitorClient(ServiceClient):
+    service = "monitor"
+    url_variable = "GALLERY_MONITOR_URL"
+    default_url = "http://127.0.0.1:8005"

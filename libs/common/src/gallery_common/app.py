@@ -190,7 +190,11 @@ def create_app(
         if use_store:
             resources.store = await anyio.to_thread.run_sync(open_store, settings.resolved_artifact_root, settings)
         if use_bus:
-            resources.bus = EventBus(settings.nats_url, source=f"/modelgallery/{settings.service_name}")
+            resources.bus = EventBus(
+                settings.nats_url,
+                source=f"/modelgallery/{settings.service_name}",
+                stream_replicas=settings.stream_replicas,
+            )
             await resources.bus.connect()
         try:
             if startup is not None:

@@ -11,7 +11,7 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -73,7 +73,7 @@ log = telemetry.get_logger(__name__)
 T = TypeVar("T")
 
 
-def stream_configs() -> list[api.StreamConfig]:
+def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
     """MODEL_EVENTS and DEAD_LETTERS as this code expects them: file storage, de-duplicating."""
     return [
         api.StreamConfig(
@@ -82,6 +82,7 @@ def stream_configs() -> list[api.StreamConfig]:
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            num_replicas=replicas,
         )
         for name, subjects in ((EVENTS_STREAM, f"{SUBJECT_PREFIX}.>"), (DLQ_STREAM, f"{DLQ_PREFIX}>"))
     ]
@@ -137,6 +138,7 @@ class EventBus:
         source: str | None = None,
         publish_deadline: float = 30.0,
         reconnect_wait: float = 0.5,
+        stream_replicas: int | None = None,
     ) -> None:
         """`service` names the connection; events carry `source` (default `/modelgallery/<service>`).
 
@@ -147,6 +149,7 @@ class EventBus:
         self.source = source or f"/modelgallery/{self.service}"
         self.publish_deadline = publish_deadline
         self.reconnect_wait = reconnect_wait
+        self.stream_replicas = stream_replicas
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._consumers: list[Consumer] = []
@@ -155,7 +158,7 @@ class EventBus:
 
     @classmethod
     def from_settings(cls, settings: GallerySettings) -> EventBus:
-        return cls(settings.nats_url, settings.service_name)
+        return cls(settings.nats_url, settings.service_name, stream_replicas=settings.stream_replicas)
 
     @property
     def nc(self) -> Client:
@@ -254,8 +257,13 @@ class EventBus:
                 delay = min(delay * 2, 1.0)
 
     async def ensure_streams(self) -> None:
-        """Create MODEL_EVENTS and DEAD_LETTERS, or bring existing ones to this configuration."""
-        for config in stream_configs():
+        """Create MODEL_EVENTS and DEAD_LETTERS, or bring existing ones to this configuration.
+
+        Replicas: `stream_replicas` when this bus was given one (the services pass
+        GALLERY_STREAM_REPLICAS); otherwise a new stream gets 1 and an existing one keeps its count,
+        so a CLI run never shrinks a clustered stream.
+        """
+        for config in stream_configs(self.stream_replicas or 1):
 
             async def ensure(config: api.StreamConfig = config) -> None:
                 try:
@@ -263,6 +271,9 @@ class EventBus:
                 except js_errors.BadRequestError as exc:
                     if exc.err_code != _STREAM_NAME_IN_USE:
                         raise
+                    if self.stream_replicas is None:
+                        current = await self.js.stream_info(str(config.name))
+                        config = replace(config, num_replicas=current.config.num_replicas)
                     await self.js.update_stream(config)
 
             await self.with_retry(ensure, what=f"ensure stream {config.name}")

@@ -37,6 +37,9 @@ class GallerySettings(BaseSettings):
     service_name: str = "gallery"
     home: Path = Field(default=Path(".gallery"), description="Where embedded state lives.")
     nats_url: str = "nats://127.0.0.1:4222"
+    stream_replicas: int | None = Field(
+        default=None, ge=1, le=5, description="JetStream replicas of the event streams (3 on a 3-server cluster)"
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///$GALLERY_HOME/<service>.db"
     )

@@ -1,8 +1,9 @@
 """Starting the ranks as child processes, following their metrics, and stopping them.
 
 DeepSpeed jobs go through the DeepSpeed launcher (`deepspeed --num_gpus N --master_port P --module
-gallery_trainer.worker ...`, or `--hostfile` for several machines); DDP jobs through
-`python -m torch.distributed.run`. Their output goes to `train.log` in the workdir.
+gallery_trainer.worker ...`, or `--hostfile` for several machines; a spec with `engine.nodes` follows
+its launch plan, see `gallery_trainer.multinode`); DDP jobs through `python -m torch.distributed.run`.
+Their output goes to `train.log` in the workdir.
 """
 
 from __future__ import annotations
@@ -53,9 +54,23 @@ def deepspeed_launcher() -> list[str]:
 
 
 def launch_command(spec: JobSpec, workdir: Path, port: int, *, resume: bool = False) -> list[str]:
-    """The command that starts every rank of `spec`'s engine for the job prepared in `workdir`."""
+    """The command that starts every rank of `spec`'s engine for the job prepared in `workdir`.
+
+    For a spec with `engine.nodes` it also writes the launch plan's hostfile into `workdir`, and raises
+    TrainingFailed for a per_node plan over several machines (each node starts its own launcher).
+    """
     worker_args = ["--workdir", str(workdir)] + (["--resume"] if resume else [])
     engine = spec.engine
+    if engine.kind == "deepspeed" and engine.nodes:
+        from gallery_trainer.multinode import PlanError, launch_plan  # it builds on this module
+
+        try:
+            plan = launch_plan(spec, workdir, port, resume=resume)
+            command = plan.launcher_command()
+        except PlanError as exc:
+            raise TrainingFailed(str(exc)) from None
+        plan.write()
+        return command
     if engine.kind == "deepspeed":
         command = [*deepspeed_launcher(), "--master_port", str(port)]
         if engine.hostfile:

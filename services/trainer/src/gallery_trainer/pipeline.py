@@ -142,8 +142,8 @@ def choose_engine(spec: JobSpec) -> tuple[JobSpec, str | None]:
     reason = deepspeed_import_error()
     if reason is None:
         return spec, None
-    if spec.engine.pipeline_stages > 1 or spec.engine.hostfile:
-        needs = "pipeline stages" if spec.engine.pipeline_stages > 1 else "a hostfile"
+    if spec.engine.pipeline_stages > 1 or spec.engine.multi_node:
+        needs = "pipeline stages" if spec.engine.pipeline_stages > 1 else "several machines"
         raise TrainingFailed(f"engine.kind: {needs} need DeepSpeed, and {reason}")
     note = f"DeepSpeed is unavailable ({reason}); trained with the PyTorch DDP engine"
     if spec.engine.zero_stage:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gallery_common.events import NAME_PATTERN
 
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu")
+# a host name or IPv4 address: no spaces (hostfile lines), commas (pdsh host lists) or user@ prefixes
+HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$"
 
 
 class SpecError(ValueError):
@@ -221,14 +224,40 @@ class TrainingSpec(_Section):
     seed: int = 0
 
 
+class NodeSpec(_Section):
+    """One machine of a multi-node job: its host name (or address) and how many ranks it runs."""
+
+    host: str = Field(description="a host name or IPv4 address every node can reach")
+    slots: int = Field(ge=1, le=1024, description="ranks on this machine (its GPUs, or CPU ranks)")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        if not re.fullmatch(HOST_PATTERN, host):
+            raise ValueError(f"{host!r} is not a host name or IPv4 address (letters, digits, '.', '-', '_')")
+        return host
+
+
 class EngineSpec(_Section):
-    """Where and how the ranks run: `ranks` = data-parallel ranks x `pipeline_stages`."""
+    """Where and how the ranks run: `ranks` = data-parallel ranks x `pipeline_stages`.
+
+    Several machines are named either by `nodes` (the plan writes the hostfile) or by `hostfile` (a
+    DeepSpeed hostfile on the launching machine). `launcher` says how the nodes start: `ssh` (the
+    DeepSpeed runner reaches every node over passwordless SSH) or `per_node` (each node starts its
+    own launcher, by hand or as a Kubernetes Indexed Job).
+    """
 
     kind: Literal["deepspeed", "ddp"] = "deepspeed"
     ranks: int = Field(default=1, ge=1, le=1024)
     pipeline_stages: int = Field(default=1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
     hostfile: str | None = Field(default=None, description="deepspeed: a hostfile for several machines")
+    nodes: list[NodeSpec] | None = Field(
+        default=None, min_length=1, description="deepspeed: the machines, in node-rank order (instead of hostfile)"
+    )
+    launcher: Literal["ssh", "per_node"] = Field(
+        default="ssh", description="several machines: the runner reaches them over ssh, or each starts its own"
+    )
     backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl with CUDA, else gloo")
     checkpoint_epochs: int = Field(default=1, ge=0, description="save a resumable checkpoint every N epochs; 0: never")
 
@@ -244,11 +273,36 @@ class EngineSpec(_Section):
                 problems.append("zero_stage: ZeRO needs kind deepspeed")
             if self.hostfile:
                 problems.append("hostfile: several machines need kind deepspeed")
+            if self.nodes:
+                problems.append("nodes: several machines need kind deepspeed")
         elif self.pipeline_stages > 1 and self.zero_stage > 1:
             problems.append("zero_stage: DeepSpeed pipeline parallelism works with ZeRO stage 0 or 1 only")
+        problems += self._node_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _node_problems(self) -> list[str]:
+        if self.nodes is None:
+            if self.launcher == "per_node":
+                return ["launcher: per_node needs engine.nodes, so each node's rank and command are known"]
+            return []
+        problems = []
+        if self.hostfile:
+            problems.append("nodes: give either nodes or hostfile, not both")
+        hosts = [node.host for node in self.nodes]
+        repeated = sorted({host for host in hosts if hosts.count(host) > 1})
+        if repeated:
+            problems.append(f"nodes: each host may appear once, and {', '.join(repeated)} appears more than once")
+        slots = sum(node.slots for node in self.nodes)
+        if slots != self.ranks:
+            problems.append(f"ranks: must equal the nodes' slots in all ({slots}), not {self.ranks}")
+        return problems
+
+    @property
+    def multi_node(self) -> bool:
+        """Whether the ranks run through a hostfile (several machines), not on the launching machine."""
+        return bool(self.hostfile or self.nodes)
 
     @property
     def data_parallel(self) -> int:

@@ -37,6 +37,14 @@ from .routing import GatewayClient, build_route
 from .settings import DeployerSettings
 
 Publish = Callable[[Payload, str], Awaitable[None]]
+REASON_CHARS = 400  # reasons go into events and the registry's alias history; evidence stays in the monitor
+
+
+def shorten(reason: str, limit: int = REASON_CHARS) -> str:
+    """`reason` cut to `limit` characters, marked when cut."""
+    return reason if len(reason) <= limit else reason[: limit - 1].rstrip() + "…"
+
+
 log = get_logger(__name__)
 
 
@@ -313,13 +321,14 @@ class Controller:
             candidate = await self._db(self.store.save, candidate)
             self._baselines.pop(candidate.id, None)
             await self.sync_routes(model)
-            await self._move_alias(model, candidate.version, f"promoted: {reason}")
+            await self._move_alias(model, candidate.version, shorten(f"promoted: {reason}"))
             await self._announce_deployed(candidate)
             log.info("promoted", model=model, version=candidate.version, reason=reason)
             return candidate
 
     async def rollback(self, model: str, reason: str, version: int | None = None) -> DeploymentRecord:
         """Take the canary (or, without one, the production version) out of service for the last good one."""
+        reason = shorten(reason)
         async with self.lock(model):
             serving = await self._db(self.store.for_model, model, SERVING)
             candidate = next((r for r in serving if r.stage == Stage.canary), None)
@@ -329,6 +338,9 @@ class Controller:
             elif production is not None and (version is None or version == production.version):
                 bad, good = production, await self._last_good(model, production.version)
             else:
+                finished = await self._finish_interrupted_rollback(model, version, production)
+                if finished is not None:
+                    return finished
                 raise NotFound(f"model {model!r} does not serve version {version} as canary or production")
             if good is None:
                 raise Conflict(f"model {model!r} has no earlier good version to roll back to from {bad.version}")
@@ -340,12 +352,28 @@ class Controller:
             await self._db(self.store.save, bad)
             await self.sync_routes(model)
             await self.runtime.delete(bad.id)
-            if bad is not candidate:
-                await self._move_alias(model, good.version, f"rolled back from {bad.version}: {reason}")
-            payload = ModelRolledBack(model=model, version=bad.version, to_version=good.version, reason=reason)
-            await self.publish(payload, f"rolled_back:{model}:{bad.version}")
-            log.warning("rolled_back", model=model, version=bad.version, to_version=good.version, reason=reason)
+            await self._announce_rollback(bad, good, moved_alias=bad is not candidate)
             return good
+
+    async def _finish_interrupted_rollback(
+        self, model: str, version: int | None, production: DeploymentRecord | None
+    ) -> DeploymentRecord | None:
+        """A redelivered rollback whose traffic already moved: redo the alias move and the event (both idempotent)."""
+        if version is None or production is None:
+            return None
+        bad = await self._db(self.store.get, deployment_id(model, version, ""))
+        if bad is None or bad.stage != Stage.rolled_back:
+            return None
+        await self._announce_rollback(bad, production, moved_alias=bad.version > production.version)
+        return production
+
+    async def _announce_rollback(self, bad: DeploymentRecord, good: DeploymentRecord, *, moved_alias: bool) -> None:
+        reason = bad.reason or "rolled back"
+        if moved_alias:
+            await self._move_alias(bad.model, good.version, shorten(f"rolled back from {bad.version}: {reason}"))
+        payload = ModelRolledBack(model=bad.model, version=bad.version, to_version=good.version, reason=reason)
+        await self.publish(payload, f"rolled_back:{bad.model}:{bad.version}")
+        log.warning("rolled_back", model=bad.model, version=bad.version, to_version=good.version, reason=reason)
 
     async def _last_good(self, model: str, below: int) -> DeploymentRecord | None:
         """The newest earlier version that served production and was not rolled back."""

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1.7
+# Model Gallery monitor (port 8005): timeline, scraped serving figures, drift, SLOs, model.degraded,
+# and its dashboard's static files (package data). No torch. Build from the repository root:
+#   docker build -f deploy/images/monitor.Dockerfile -t modelgallery/monitor:0.1.0 .
+
+FROM python:3.11-slim AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY libs/common libs/common
+COPY services/monitor services/monitor
+# psycopg: the driver behind GALLERY_DATABASE_URL=postgresql+psycopg://... (the monitor does not declare it).
+RUN pip wheel --wheel-dir /wheels ./libs/common ./services/monitor "psycopg[binary]>=3.2"
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GALLERY_HOME=/var/lib/modelgallery \
+    GALLERY_HOST=0.0.0.0
+# The wheels built above are the only index: the versions are the ones the builder resolved.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels modelgallery-monitor "psycopg[binary]" \
+    && groupadd --system --gid 10001 gallery \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/modelgallery --no-create-home \
+        --shell /usr/sbin/nologin gallery \
+    && install --directory --owner=10001 --group=10001 /var/lib/modelgallery
+WORKDIR /var/lib/modelgallery
+USER 10001:10001
+EXPOSE 8005
+ENTRYPOINT ["python", "-m", "gallery_common.serve", "monitor"]

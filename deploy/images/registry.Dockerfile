@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1.7
+# Model Gallery registry (port 8001): the system of record and the validation gate.
+# ONNX Runtime only, no torch. Build from the repository root:
+#   docker build -f deploy/images/registry.Dockerfile -t modelgallery/registry:0.1.0 .
+# No HEALTHCHECK in any Model Gallery image: Kubernetes probes /readyz and /healthz (deploy/k8s),
+# and Docker users can do the same from outside.
+
+FROM python:3.11-slim AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY libs/common libs/common
+COPY services/registry services/registry
+RUN pip wheel --wheel-dir /wheels ./libs/common ./services/registry
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GALLERY_HOME=/var/lib/modelgallery \
+    GALLERY_HOST=0.0.0.0
+# The wheels built above are the only index: the versions are the ones the builder resolved.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels modelgallery-registry \
+    && groupadd --system --gid 10001 gallery \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/modelgallery --no-create-home \
+        --shell /usr/sbin/nologin gallery \
+    && install --directory --owner=10001 --group=10001 /var/lib/modelgallery
+WORKDIR /var/lib/modelgallery
+USER 10001:10001
+EXPOSE 8001
+ENTRYPOINT ["python", "-m", "gallery_common.serve", "registry"]

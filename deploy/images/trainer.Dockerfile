@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1.7
+# Model Gallery trainer (port 8002): data preparation, DeepSpeed / DDP training, model.trained.
+# PyTorch is the CPU build, taken from the index TORCH_INDEX_URL names. Build from the repository root:
+#   docker build -f deploy/images/trainer.Dockerfile -t modelgallery/trainer:0.1.0 .
+
+FROM python:3.11-slim AS builder
+# The CPU wheels of PyTorch; the default index serves a build that pulls several GB of CUDA libraries.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Must satisfy services/trainer/pyproject.toml's torch pin.
+ARG TORCH_VERSION=2.13.0+cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY libs/common libs/common
+COPY services/trainer services/trainer
+# torch comes only from its own index; everything else resolves against the wheels already there.
+# psycopg: the driver behind GALLERY_DATABASE_URL=postgresql+psycopg://... (the trainer does not declare it).
+RUN pip download --no-deps --dest /wheels --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && pip wheel --wheel-dir /wheels --find-links /wheels "torch==${TORCH_VERSION}" \
+        ./libs/common ./services/trainer "psycopg[binary]>=3.2"
+
+FROM python:3.11-slim
+ARG TORCH_VERSION=2.13.0+cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GALLERY_HOME=/var/lib/modelgallery \
+    GALLERY_HOST=0.0.0.0 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/cache
+# The wheels built above are the only index: the versions are the ones the builder resolved.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels \
+        "torch==${TORCH_VERSION}" modelgallery-trainer "psycopg[binary]" \
+    && groupadd --system --gid 10001 gallery \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/modelgallery --no-create-home \
+        --shell /usr/sbin/nologin gallery \
+    && install --directory --owner=10001 --group=10001 /var/lib/modelgallery
+WORKDIR /var/lib/modelgallery
+USER 10001:10001
+EXPOSE 8002
+ENTRYPOINT ["python", "-m", "gallery_common.serve", "trainer"]

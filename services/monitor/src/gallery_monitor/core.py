@@ -1,0 +1,151 @@
+"""The monitor's core, independent of HTTP and NATS: what it knows and the views the API shows.
+
+Lifecycle events, SLOs and alerts live in the database (blocking: worker threads); serving series
+and sample windows live in memory and are touched on the event loop only, apart from sample
+windows, which copy themselves out under a lock for drift computations in worker threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from gallery_common.errors import NotFound
+
+from .alerts import AlertBook
+from .drift import DriftReport, DriftRule, evaluate_drift
+from .models import ModelOverview, Slo
+from .references import ReferenceCache, ReferenceUnavailable
+from .samples import SampleBook
+from .series import Figures, SeriesBook
+from .slos import SloStore
+from .timeline import TimelineStore
+
+
+def registry_version(label: str | None) -> int | None:
+    """The registry's version number behind a metric or sample label ("3"), None when it is not one."""
+    if label and label.isdigit() and int(label) >= 1:
+        return int(label)
+    return None
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def figures_json(figures: Figures) -> dict[str, Any]:
+    return asdict(figures)
+
+
+class Monitor:
+    """Timeline, SLOs, alerts, serving series and sample windows of every model, and the views over them."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        default_slo: Slo,
+        series: SeriesBook,
+        samples: SampleBook,
+        references: ReferenceCache,
+        ks_alpha: float,
+        min_requests: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.timeline = TimelineStore(engine)
+        self.slos = SloStore(engine, default_slo, max_window_s=series.retention_s)
+        self.alerts = AlertBook(engine)
+        self.series = series
+        self.samples = samples
+        self.references = references
+        self.ks_alpha = ks_alpha
+        self.min_requests = min_requests
+        self.clock = clock
+
+    def knows(self, model: str) -> bool:
+        """Whether the monitor saw the model at all: an event, a scraped figure or a sample (blocking)."""
+        return self.series.knows(model) or self.samples.knows(model) or self.timeline.knows(model)
+
+    def require(self, model: str) -> None:
+        if not self.knows(model):
+            raise NotFound(f"the monitor has seen nothing of model {model!r}: no lifecycle event, figure or sample")
+
+    def rule(self, slo: Slo) -> DriftRule:
+        return DriftRule(psi_threshold=slo.drift_psi, ks_alpha=self.ks_alpha, min_samples=slo.drift_min_samples)
+
+    def figures(self, model: str, window_s: float) -> dict[str, Any]:
+        """Serving figures per version and variant over the window, the cache hit rate and the series."""
+        now = self.clock()
+        series = [
+            {"t": iso(t), "version": f.version, "rps": f.rps, "error_rate": f.error_rate, "p99_ms": f.p99_ms}
+            for t, f in self.series.points(model, window_s, now)
+        ]
+        return {
+            "model": model,
+            "window_s": window_s,
+            "versions": [figures_json(f) for f in self.series.figures(model, window_s, now)],
+            "cache_hit_rate": self.series.cache_hit_rate(model, window_s, now),
+            "series": series,
+        }
+
+    def canary(self, model: str, window_s: float, overview: ModelOverview) -> dict[str, Any]:
+        """The canary's figures beside the baseline's (production) over the window."""
+        now = self.clock()
+        stages = {v.version: v for v in overview.versions}
+        canaries = [v for v in overview.versions if v.stage == "canary"]
+        baseline = overview.aliases.get("production")
+
+        def of(version: int | None) -> dict[str, Any] | None:
+            if version is None:
+                return None
+            variant = stages[version].variant if version in stages else None
+            return figures_json(self.series.version_figures(model, str(version), window_s, now, variant or ""))
+
+        return {
+            "model": model,
+            "window_s": window_s,
+            "canary": of(canaries[-1].version if canaries else None),
+            "baseline": of(baseline),
+        }
+
+    def drift_report(self, model: str, version: str, window_s: float, rule: DriftRule) -> DriftReport:
+        """Drift of the version's samples over the last window (blocking: may load the reference)."""
+        window = self.samples.window(model, version)
+        if window is None:
+            return DriftReport(samples=0, reasons=[f"no samples of {model} version {version or '?'} yet"])
+        rows, predictions = window.window(self.clock() - window_s)
+        number = registry_version(version)
+        if number is None:
+            reason = f"samples are labelled version {version!r}, not a registry version: no training reference"
+            return DriftReport(samples=len(rows), reasons=[reason])
+        try:
+            reference = self.references.get(model, number)
+        except ReferenceUnavailable as exc:
+            return DriftReport(samples=len(rows), reasons=[f"no training reference: {exc}"])
+        return evaluate_drift(reference, rows, predictions, rule)
+
+    def drift(self, model: str, version: int | None, window_s: float | None) -> dict[str, Any]:
+        """The drift view of one version (default: the one sampled last) over its SLO window (blocking)."""
+        self.require(model)
+        slo = self.slos.get(model)
+        window = window_s or slo.window_s
+        label = str(version) if version is not None else self.samples.latest_version(model)
+        if label is None:
+            report = DriftReport(samples=0, reasons=[f"no samples of {model} yet"])
+        else:
+            report = self.drift_report(model, label, window, self.rule(slo))
+        return {
+            "model": model,
+            "version": registry_version(label),
+            "window_s": window,
+            "samples": report.samples,
+            "features": [asdict(f) for f in report.features],
+            "prediction_psi": report.prediction_psi,
+            "drifted": report.drifted,
+            "reasons": report.reasons,
+        }

@@ -1,0 +1,147 @@
+"""The monitor's tables (lifecycle events, SLOs, alerts) and what its API gives out.
+
+Table rows never leave the store modules; they answer with the `...Public` models below.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy.engine import Engine
+from sqlmodel import Field as SQLField
+from sqlmodel import SQLModel
+
+from gallery_common.db import as_utc, utcnow
+
+
+class LifecycleEvent(SQLModel, table=True):
+    """One lifecycle event as the monitor saw it; `event_id` is unique, so a redelivery adds nothing."""
+
+    __tablename__ = "monitor_event"
+
+    seq: int | None = SQLField(default=None, primary_key=True)
+    event_id: str = SQLField(unique=True, max_length=256)
+    model: str = SQLField(index=True, max_length=128)
+    version: int | None = None
+    event: str = SQLField(max_length=64)
+    time: datetime = SQLField(sa_column=Column(DateTime(timezone=True), nullable=False))
+    trace_id: str | None = SQLField(default=None, max_length=32)
+    summary: str = ""
+    data: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class SloRecord(SQLModel, table=True):
+    """A model's SLOs as set over REST; a model without a row uses the settings' defaults."""
+
+    __tablename__ = "monitor_slo"
+
+    model: str = SQLField(primary_key=True, max_length=128)
+    p99_ms: float
+    error_rate: float
+    drift_psi: float
+    drift_min_samples: int
+    window_s: float
+    updated_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class AlertRecord(SQLModel, table=True):
+    """One episode of a breached SLO or of drift, open until the figure was fine for a whole window."""
+
+    __tablename__ = "monitor_alert"
+
+    id: str = SQLField(primary_key=True, max_length=32)
+    model: str = SQLField(index=True, max_length=128)
+    version: int
+    kind: str = SQLField(max_length=16)
+    episode: int
+    reason: str
+    evidence: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    window_s: float
+    event_id: str = SQLField(unique=True, max_length=256)
+    published: bool = False
+    opened_at: datetime = SQLField(sa_column=Column(DateTime(timezone=True), nullable=False))
+    closed_at: datetime | None = SQLField(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+
+def create_tables(engine: Engine) -> None:
+    tables = [model.__table__ for model in (LifecycleEvent, SloRecord, AlertRecord)]  # type: ignore[attr-defined,union-attr]
+    SQLModel.metadata.create_all(engine, tables=tables)
+
+
+class Slo(BaseModel):
+    """A model's service-level objectives and drift thresholds."""
+
+    p99_ms: float = Field(gt=0, description="p99 latency a version may have over the window, in ms")
+    error_rate: float = Field(ge=0, le=1, description="share of requests that may fail (server errors, overload)")
+    drift_psi: float = Field(gt=0, description="largest per-feature PSI before a feature may count as drifted")
+    drift_min_samples: int = Field(ge=10, description="samples a window needs before drift is judged")
+    window_s: float = Field(gt=0, description="the window SLOs and drift are evaluated over, in seconds")
+
+
+class SloUpdate(BaseModel):
+    """A PUT body: fields left out keep their current value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    p99_ms: float | None = Field(default=None, gt=0)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+    drift_psi: float | None = Field(default=None, gt=0)
+    drift_min_samples: int | None = Field(default=None, ge=10)
+    window_s: float | None = Field(default=None, gt=0)
+
+
+class SloPublic(Slo):
+    model: str
+
+
+class TimelineItem(BaseModel):
+    version: int | None
+    event: str
+    time: datetime
+    event_id: str
+    trace_id: str | None
+    summary: str
+
+
+class VersionOverview(BaseModel):
+    version: int
+    last_event: str
+    last_event_at: datetime
+    stage: str | None = None
+    variant: str | None = None
+    traffic_percent: float | None = None
+
+
+class ModelOverview(BaseModel):
+    model: str
+    versions: list[VersionOverview]
+    aliases: dict[str, int | None]
+
+
+class AlertPublic(BaseModel):
+    id: str
+    model: str
+    version: int | None
+    kind: Literal["slo", "drift"]
+    reason: str
+    evidence: dict[str, Any]
+    opened_at: datetime
+    closed_at: datetime | None
+    event_id: str
+
+    @classmethod
+    def of(cls, row: AlertRecord) -> AlertPublic:
+        return cls(
+            id=row.id,
+            model=row.model,
+            version=row.version,
+            kind=row.kind,  # type: ignore[arg-type]
+            reason=row.reason,
+            evidence=row.evidence,
+            opened_at=as_utc(row.opened_at),  # type: ignore[arg-type]
+            closed_at=as_utc(row.closed_at),
+            event_id=row.event_id,
+        )

@@ -1,0 +1,101 @@
+"""Training references for drift: a version's `train_split` from the registry, loaded once per version.
+
+Blocking (registry over HTTP, artifact store): call from worker threads. A version whose split
+cannot be had is asked for again only after `retry_s`, so evaluations do not hammer the registry.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gallery_common.artifacts import ArtifactStore
+from gallery_common.errors import GalleryError
+from gallery_common.registry_client import RegistryClient
+from gallery_common.telemetry import get_logger
+
+from .drift import Reference
+
+TRAIN_SPLIT = "train_split"
+log = get_logger(__name__)
+
+SplitLoader = Callable[[str, int], tuple[np.ndarray, np.ndarray | None]]
+
+
+class ReferenceUnavailable(Exception):
+    """No training reference for a version; the message says why."""
+
+
+def registry_split_loader(registry: RegistryClient, store: ArtifactStore) -> SplitLoader:
+    """Load `x` and `y` of a version's train_split: its URI and sha256 from the registry, the bytes from the store."""
+
+    def load(model: str, version: int) -> tuple[np.ndarray, np.ndarray | None]:
+        try:
+            found = registry.get_version(model, version)
+        except GalleryError as exc:
+            raise ReferenceUnavailable(f"registry: {exc.message}") from exc
+        artifact = (found.get("artifacts") or {}).get(TRAIN_SPLIT)
+        if not artifact:
+            raise ReferenceUnavailable(f"{model}:{version} has no {TRAIN_SPLIT} artifact in the registry")
+        try:
+            data = store.get(artifact["uri"], artifact.get("sha256"))
+        except GalleryError as exc:
+            raise ReferenceUnavailable(f"{TRAIN_SPLIT} of {model}:{version}: {exc.message}") from exc
+        return read_split(data, f"{TRAIN_SPLIT} of {model}:{version}")
+
+    return load
+
+
+def read_split(data: bytes, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """`x` (and `y` when present) of an NPZ split; nothing is unpickled."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            if "x" not in npz.files:
+                raise ReferenceUnavailable(f"{what} holds no `x` array (it has {', '.join(npz.files) or 'nothing'})")
+            return npz["x"], (npz["y"] if "y" in npz.files else None)
+    except (ValueError, OSError) as exc:
+        raise ReferenceUnavailable(f"{what} is not a readable NPZ file: {exc}") from exc
+
+
+@dataclass
+class _Miss:
+    reason: str
+    retry_at: float
+
+
+class ReferenceCache:
+    """Prepared references by (model, version), and why the missing ones are missing."""
+
+    def __init__(self, loader: SplitLoader, *, max_rows: int, retry_s: float) -> None:
+        self.loader = loader
+        self.max_rows = max_rows
+        self.retry_s = retry_s
+        self._ready: dict[tuple[str, int], Reference] = {}
+        self._missing: dict[tuple[str, int], _Miss] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str, version: int) -> Reference:
+        """The version's reference, loaded on first use; ReferenceUnavailable says why there is none."""
+        key = (model, version)
+        with self._lock:  # one load per version, even when the API and the evaluator ask at once
+            if key in self._ready:
+                return self._ready[key]
+            miss = self._missing.get(key)
+            if miss is not None and time.monotonic() < miss.retry_at:
+                raise ReferenceUnavailable(miss.reason)
+            try:
+                x, y = self.loader(model, version)
+                reference = Reference.from_split(x, y, max_rows=self.max_rows)
+            except (ReferenceUnavailable, ValueError) as exc:
+                self._missing[key] = _Miss(str(exc), time.monotonic() + self.retry_s)
+                log.warning("drift_reference_unavailable", model=model, version=version, reason=str(exc))
+                raise ReferenceUnavailable(str(exc)) from exc
+            self._missing.pop(key, None)
+            self._ready[key] = reference
+            log.info("drift_reference_loaded", model=model, version=version, rows=reference.rows)
+            return reference

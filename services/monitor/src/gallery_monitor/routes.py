@@ -1,0 +1,98 @@
+"""REST API (`/api/v1`): models and their timeline, serving figures, drift, alerts, SLOs, canary.
+
+Routes that touch the database are plain `def` (FastAPI runs them in its thread pool); those that
+read only the in-memory series are `async def`, on the event loop that writes the series.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from gallery_common.errors import InvalidRequest, Unavailable
+from gallery_common.events import NAME_PATTERN
+
+from .core import Monitor
+from .models import AlertPublic, ModelOverview, SloPublic, SloUpdate, TimelineItem
+
+MONITOR_KEY = "monitor"
+router = APIRouter(prefix="/api/v1", tags=["monitor"])
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the model's name")]
+
+
+def get_monitor(request: Request) -> Monitor:
+    monitor = request.app.state.resources.extras.get(MONITOR_KEY)
+    if monitor is None:
+        raise Unavailable("the monitor is starting or stopping")
+    return monitor  # type: ignore[no-any-return]
+
+
+MonitorDep = Annotated[Monitor, Depends(get_monitor)]
+WindowQuery = Annotated[float, Query(gt=0, description="seconds back from now")]
+
+
+def _check_window(monitor: Monitor, window_s: float) -> float:
+    if window_s > monitor.series.retention_s:
+        raise InvalidRequest(
+            f"window_s {window_s:g} is longer than the {monitor.series.retention_s:g} s of series the monitor keeps"
+        )
+    return window_s
+
+
+@router.get("/models", summary="Models with their versions' stages and the production alias, from lifecycle events")
+def list_models(monitor: MonitorDep) -> list[ModelOverview]:
+    return monitor.timeline.overviews()
+
+
+@router.get("/models/{model}/timeline", summary="A model's lifecycle events, oldest first")
+def timeline(model: ModelName, monitor: MonitorDep) -> list[TimelineItem]:
+    return monitor.timeline.timeline(model)
+
+
+@router.get("/models/{model}/figures", summary="Throughput, errors, latency and batch size per version over a window")
+async def figures(model: ModelName, monitor: MonitorDep, window_s: WindowQuery = 60.0) -> dict[str, Any]:
+    _check_window(monitor, window_s)
+    if not monitor.series.knows(model):
+        await anyio.to_thread.run_sync(monitor.require, model)
+    return monitor.figures(model, window_s)
+
+
+@router.get("/models/{model}/drift", summary="Per-feature and prediction drift of the latest sampled version")
+def drift(
+    model: ModelName,
+    monitor: MonitorDep,
+    version: Annotated[int | None, Query(ge=1, description="default: the version sampled last")] = None,
+    window_s: Annotated[float | None, Query(gt=0, description="default: the model's SLO window")] = None,
+) -> dict[str, Any]:
+    return monitor.drift(model, version, window_s)
+
+
+@router.get("/alerts", summary="Alert episodes, newest first")
+def alerts(
+    monitor: MonitorDep,
+    model: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    open: Annotated[bool | None, Query(description="true: open ones only; false: closed ones only")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AlertPublic]:
+    return monitor.alerts.recent(model, open, limit)
+
+
+@router.get("/slos/{model}", summary="A model's SLOs (the defaults until set)")
+def get_slo(model: ModelName, monitor: MonitorDep) -> SloPublic:
+    return monitor.slos.get(model)
+
+
+@router.put("/slos/{model}", summary="Set some or all of a model's SLOs")
+def put_slo(model: ModelName, update: SloUpdate, monitor: MonitorDep) -> SloPublic:
+    """Fields left out keep their value; an unknown field or a bad value is 422."""
+    return monitor.slos.update(model, update)
+
+
+@router.get("/canary/{model}", summary="The canary's figures beside production's over a window")
+def canary(model: ModelName, monitor: MonitorDep, window_s: WindowQuery = 60.0) -> dict[str, Any]:
+    _check_window(monitor, window_s)
+    monitor.require(model)
+    overview = monitor.timeline.overview(model)
+    return anyio.from_thread.run_sync(monitor.canary, model, window_s, overview)

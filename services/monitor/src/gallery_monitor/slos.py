@@ -1,0 +1,55 @@
+"""Per-model SLOs in the database, with the settings' defaults for models nobody configured.
+
+Blocking SQL: call from worker threads.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from gallery_common.db import utcnow
+from gallery_common.errors import InvalidRequest
+
+from .models import Slo, SloPublic, SloRecord, SloUpdate
+
+
+class SloStore:
+    """Reads and writes SLOs; `window_s` may not reach past what the series keep."""
+
+    def __init__(self, engine: Engine, defaults: Slo, max_window_s: float) -> None:
+        self.engine = engine
+        self.defaults = defaults
+        self.max_window_s = max_window_s
+
+    def get(self, model: str) -> SloPublic:
+        with Session(self.engine) as session:
+            row = session.get(SloRecord, model)
+        fields = (
+            self.defaults.model_dump() if row is None else Slo.model_validate(row, from_attributes=True).model_dump()
+        )
+        return SloPublic(model=model, **fields)
+
+    def all(self) -> dict[str, Slo]:
+        """Every model with stored SLOs (others use `defaults`)."""
+        with Session(self.engine) as session:
+            rows = list(session.exec(select(SloRecord)))
+        return {row.model: Slo.model_validate(row, from_attributes=True) for row in rows}
+
+    def update(self, model: str, update: SloUpdate) -> SloPublic:
+        """Change the given fields, keep the others (defaults until first set)."""
+        current = self.get(model)
+        merged = Slo.model_validate({**current.model_dump(exclude={"model"}), **update.model_dump(exclude_none=True)})
+        if merged.window_s > self.max_window_s:
+            raise InvalidRequest(
+                f"window_s {merged.window_s:g} is longer than the {self.max_window_s:g} s of series the monitor keeps "
+                "(GALLERY_SERIES_RETENTION_S)"
+            )
+        with Session(self.engine) as session:
+            row = session.get(SloRecord, model) or SloRecord(model=model, **merged.model_dump())
+            for name, value in merged.model_dump().items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            session.add(row)
+            session.commit()
+        return SloPublic(model=model, **merged.model_dump())

@@ -1,0 +1,266 @@
+"""The monitor dashboard in headless Chromium (Debian's chromium + chromedriver, driven by Selenium).
+
+Most tests run the page against a stand-in of the monitor's REST contract with canned data
+(monitor_contract_standin.py) that they change while the page is open; the last one runs it against
+the real monitor fed by lifecycle events on a real nats-server and scraping a real model server.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from monitor_contract_standin import MODEL, MonitorScene, demo_scene, serve, standin_app
+from monitor_real_stack import TRACE_ID, publish_canary, publish_first_deployment, real_monitor, send_traffic
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from gallery_common.nats_server import EmbeddedNats
+from gallery_common.netutil import free_port
+
+READER = "dash-reader"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.fail("chromium and chromedriver are not installed: run `make test`, which installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@contextmanager
+def serve_scene(scene: MonitorScene, home: Path, tokens: str = "") -> Iterator[str]:
+    with serve(standin_app(scene, home, tokens), free_port()) as url:
+        yield url
+
+
+@pytest.fixture
+def scene() -> MonitorScene:
+    return demo_scene()
+
+
+@pytest.fixture
+def monitor(scene: MonitorScene, tmp_path: Path) -> Iterator[str]:
+    with serve_scene(scene, tmp_path) as url:
+        yield url
+
+
+def severe_logs(driver: WebDriver) -> list[dict[str, Any]]:
+    """Errors the page logged since the last call: uncaught exceptions, failed loads, console.error."""
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def wait_for(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message=f"page never showed {what}")
+
+
+def css(driver: WebDriver, selector: str) -> list[WebElement]:
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def text(driver: WebDriver, selector: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, selector).text
+
+
+def open_page(driver: WebDriver, url: str) -> None:
+    severe_logs(driver)  # drop what earlier tests left in the log
+    driver.get(url + "/")
+    wait_for(driver, "the model", lambda d: text(d, "#model-title") == MODEL)
+
+
+def test_dashboard_shows_the_demo_model_and_follows_changes(
+    browser: WebDriver, monitor: str, scene: MonitorScene
+) -> None:
+    open_page(browser, monitor)
+    assert [b.get_attribute("data-model") for b in css(browser, "#model-list button")] == [MODEL, "iris-mlp"]
+    assert "production v2" in text(browser, f'button[data-model="{MODEL}"]')
+    assert text(browser, '#aliases [data-alias="production"]') == "@production → v2"
+    rows = css(browser, "#versions tbody tr")
+    assert [r.get_attribute("data-version") for r in rows] == ["2", "1"]
+    assert "production" in rows[0].text and "int8-dynamic" in rows[0].text and "100 %" in rows[0].text
+    assert "retired" in rows[1].text and "fp32" in rows[1].text
+
+    figures = css(browser, "#figures tbody tr")
+    assert len(figures) == 1 and figures[0].text.split()[:4] == ["v2", "int8-dynamic", "41.5", "0.10"]
+    assert "18.4 %" in text(browser, "#cache")
+    for chart in ("rps", "p99", "errors"):
+        points = css(browser, f'#chart-{chart} g.series[data-version="2"] circle.pt')
+        assert len(points) == 31, f"{chart}: one point per 2 s scrape over the 60 s window"
+    assert css(browser, '#chart-rps path.line[stroke="#16a34a"]'), "v2 is drawn as a line in its colour"
+
+    assert text(browser, "#drift-flag") == "no drift"
+    assert "4,812 samples" in text(browser, "#drift-summary")
+    assert len(css(browser, "#drift-features tbody tr")) == 12
+    browser.find_element(By.ID, "drift-more").click()
+    assert len(css(browser, "#drift-features tbody tr")) == 64
+
+    alerts = css(browser, "#alert-list li")
+    assert len(alerts) == 1 and "closed" in alerts[0].text and "p99 latency 61.0 ms" in alerts[0].text
+
+    steps = css(browser, "#timeline-list li")
+    assert [s.get_attribute("data-event") for s in steps][:4] == ["trained", "validated", "optimized", "deployed"]
+    assert "4bf92f3577b34da6a3ce929d0e0e0001" in steps[0].text, "each step shows its trace id"
+    assert "no trace" in steps[-1].text
+    assert severe_logs(browser) == []
+
+    scene.deploy_canary(3, "fp32", 10)
+    scene.shift_inputs()
+    wait_for(
+        browser,
+        "the canary",
+        lambda d: [r.get_attribute("data-version") for r in css(d, "#versions tbody tr")] == ["3", "2", "1"],
+    )
+    wait_for(browser, "the drift flag", lambda d: text(d, "#drift-flag") == "drifted")
+    wait_for(browser, "the new steps", lambda d: len(css(d, "#timeline-list li")) == 12)
+    wait_for(browser, "the drift alert", lambda d: len(css(d, "#alert-list li.open")) == 1)
+    assert "canary" in text(browser, '#versions tr[data-version="3"]') and "10 %" in text(
+        browser, '#versions tr[data-version="3"]'
+    )
+    assert "90 %" in text(browser, '#versions tr[data-version="2"]')
+    assert len(css(browser, '#chart-rps g.series[data-version="3"] circle.pt')) == 31
+    assert "4 features over PSI 0.2" in text(browser, "#drift-reasons")
+    assert "alarm" in browser.find_element(By.ID, "drift-reasons").get_attribute("class")
+    assert len(css(browser, "#drift-features tbody tr")) == 64, "the page keeps 'show all' across refreshes"
+    assert css(browser, '#drift-features tr.drifted[data-feature="20"]')
+    assert "input drift" in text(browser, "#alert-list li.open")
+    assert "1 open alert" in text(browser, f'button[data-model="{MODEL}"]')
+    assert text(browser, "#status").startswith("live · updated")
+    assert severe_logs(browser) == []
+
+
+def test_picking_another_model_shows_its_story(browser: WebDriver, monitor: str) -> None:
+    open_page(browser, monitor)
+    browser.find_element(By.CSS_SELECTOR, 'button[data-model="iris-mlp"]').click()
+    wait_for(browser, "iris-mlp", lambda d: text(d, "#model-title") == "iris-mlp")
+    assert browser.current_url.endswith("#model=iris-mlp")
+    wait_for(
+        browser,
+        "its timeline",
+        lambda d: [s.get_attribute("data-event") for s in css(d, "#timeline-list li")] == ["trained", "rejected"],
+    )
+    assert text(browser, '#aliases [data-alias="production"]') == "@production → none"
+    assert "No traffic in the last 60 s" in text(browser, "#figures-empty")
+    assert "no traffic" in text(browser, "#chart-rps")
+    assert text(browser, "#drift-flag") == "no samples"
+    assert "No alerts for iris-mlp" in text(browser, "#alerts-empty")
+    browser.refresh()
+    wait_for(browser, "the model from the address", lambda d: text(d, "#model-title") == "iris-mlp")
+    assert severe_logs(browser) == []
+
+
+def test_the_window_can_change_and_a_refused_one_says_why(browser: WebDriver, monitor: str) -> None:
+    open_page(browser, monitor)
+    window = Select(browser.find_element(By.ID, "window"))
+    window.select_by_visible_text("5 min")
+    rps_points = '#chart-rps g.series[data-version="2"] circle.pt'
+    wait_for(browser, "five minutes of points", lambda d: len(css(d, rps_points)) == 151)
+    assert text(browser, "#window-label") == "last 5 min"
+    window.select_by_visible_text("15 min")
+    wait_for(browser, "the refusal", lambda d: "window_s 900 is longer" in text(d, "#figures-empty"))
+    assert not browser.find_element(By.ID, "charts").is_displayed()
+    assert not browser.find_element(By.ID, "figures").is_displayed()
+    assert text(browser, "#drift-flag") == "no drift", "the other sections still show"
+    window.select_by_visible_text("1 min")
+    wait_for(browser, "the charts again", lambda d: d.find_element(By.ID, "charts").is_displayed())
+    assert len(css(browser, rps_points)) == 31
+    refused = severe_logs(browser)
+    assert refused and all("422" in entry["message"] for entry in refused), refused
+
+
+def test_an_empty_monitor_says_how_models_arrive(browser: WebDriver, tmp_path: Path) -> None:
+    scene = MonitorScene()
+    with serve_scene(scene, tmp_path) as url:
+        severe_logs(browser)
+        browser.get(url + "/")
+        wait_for(browser, "the empty list", lambda d: d.find_element(By.ID, "models-empty").is_displayed())
+        assert "gallery train" in text(browser, "#models-empty")
+        assert not browser.find_element(By.ID, "model-view").is_displayed()
+        assert severe_logs(browser) == []
+
+
+def test_the_page_keeps_its_last_figures_and_says_when_the_monitor_is_gone(
+    browser: WebDriver, scene: MonitorScene, tmp_path: Path
+) -> None:
+    with serve_scene(scene, tmp_path) as url:
+        open_page(browser, url)
+    wait_for(browser, "the outage", lambda d: "the monitor is unreachable" in text(d, "#status"))
+    assert "showing what it said at" in text(browser, "#status")
+    assert text(browser, "#model-title") == MODEL and len(css(browser, "#timeline-list li")) == 9
+    refused = severe_logs(browser)
+    assert refused and all("ERR_CONNECTION_REFUSED" in entry["message"] for entry in refused), refused
+
+
+def test_a_token_protected_monitor_asks_for_a_reader_token(
+    browser: WebDriver, scene: MonitorScene, tmp_path: Path
+) -> None:
+    with serve_scene(scene, tmp_path, tokens=f"{READER}:reader") as url:
+        severe_logs(browser)
+        browser.get(url + "/")
+        browser.execute_script("sessionStorage.clear()")
+        browser.refresh()
+        wait_for(browser, "the token form", lambda d: d.find_element(By.ID, "auth").is_displayed())
+        assert "missing bearer token" in text(browser, "#auth-reason")
+        field = browser.find_element(By.ID, "auth-token")
+        field.send_keys("wrong")
+        field.submit()
+        wait_for(browser, "the refusal", lambda d: "unknown bearer token" in text(d, "#auth-reason"))
+        field.clear()
+        field.send_keys(READER)
+        field.submit()
+        wait_for(browser, "the model", lambda d: text(d, "#model-title") == MODEL)
+        assert not browser.find_element(By.ID, "auth").is_displayed()
+        refused = severe_logs(browser)
+        assert refused and all("401" in entry["message"] for entry in refused), refused
+
+
+def test_dashboard_files_are_served_openly_and_nothing_else(scene: MonitorScene, tmp_path: Path) -> None:
+    with serve_scene(scene, tmp_path, tokens=f"{READER}:reader") as url, httpx.Client(base_url=url) as http:
+        page = http.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert http.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+        assert http.get("/api/v1/models").status_code == 401, "the data still needs a token"
+        missing = http.get("/static/nope.js")
+        assert missing.status_code == 404 and missing.json() == {"error": "the dashboard has no file 'nope.js'"}
+        assert http.get("/static/..%2Fdashboard.py").status_code == 404
+
+
+def test_the_real_monitor_fed_by_events_and_a_model_server(
+    browser: WebDriver, tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    with real_monitor(tmp_path, nats_server.url) as (url, server_url):
+        publish_first_deployment(nats_server.url)
+        assert send_traffic(server_url, 2.5) > 20
+        open_page(browser, url)
+        wait_for(browser, "the production version", lambda d: "production" in text(d, '#versions tr[data-version="1"]'))
+        assert text(browser, '#aliases [data-alias="production"]') == "@production → v1"
+        steps = wait_for(browser, "the timeline", lambda d: len(s := css(d, "#timeline-list li")) == 3 and s)
+        assert [s.get_attribute("data-event") for s in steps] == ["trained", "validated", "deployed"]
+        assert all(TRACE_ID in s.text for s in steps), "one trace spans the lifecycle"
+        wait_for(browser, "live figures", lambda d: len(css(d, '#chart-rps g.series[data-version="1"] circle.pt')) >= 2)
+        assert float(css(browser, '#figures tr[data-version="1"] td')[2].text) > 0
+        assert text(browser, "#drift-flag") == "no samples"
+
+        publish_canary(nats_server.url)
+        wait_for(browser, "the canary", lambda d: "canary" in text(d, '#versions tr[data-version="2"]'))
+        assert len(css(browser, "#timeline-list li")) == 4
+    assert severe_logs(browser) == []

@@ -1,0 +1,113 @@
+"""Reading the rendered manifests in deploy/k8s/rendered: objects, pod templates, generated ConfigMaps."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[3]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("dev", "production")
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+Obj = dict[str, Any]
+
+
+@cache
+def render_k8s() -> ModuleType:
+    """scripts/render_k8s.py as a module (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location("render_k8s", ROOT / "scripts" / "render_k8s.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def _manifests(overlay: str) -> tuple[Obj, ...]:
+    module = render_k8s()
+    return tuple(module.objects(module.rendered_path(overlay).read_text(encoding="utf-8")))
+
+
+def manifests(overlay: str) -> list[Obj]:
+    """The checked-in rendering of `overlay`, one dict per object."""
+    return list(_manifests(overlay))
+
+
+def find(objs: list[Obj], kind: str, name: str) -> Obj:
+    matches = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def of_kind(objs: list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def pod_spec(workload: Obj) -> Obj:
+    spec: Obj = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def workloads(objs: list[Obj]) -> Iterator[Obj]:
+    return (o for o in objs if o["kind"] in WORKLOADS)
+
+
+def container(workload: Obj, name: str | None = None) -> Obj:
+    containers = pod_spec(workload)["containers"]
+    name = name or workload["metadata"]["name"]
+    (found,) = [c for c in containers if c["name"] == name]
+    return found
+
+
+def env_value(container: Obj, name: str) -> str:
+    (value,) = [e["value"] for e in container.get("env", []) if e["name"] == name]
+    return str(value)
+
+
+def config_map_mounted(objs: list[Obj], workload: Obj, mount_path: str) -> Obj:
+    """The ConfigMap (generated names carry a hash suffix) a workload mounts at `mount_path`."""
+    mounts = {m["name"]: m["mountPath"] for c in pod_spec(workload)["containers"] for m in c.get("volumeMounts", [])}
+    for volume in pod_spec(workload).get("volumes", []):
+        if mounts.get(volume["name"]) == mount_path and "configMap" in volume:
+            return find(objs, "ConfigMap", volume["configMap"]["name"])
+    raise AssertionError(f"{workload['metadata']['name']} mounts no ConfigMap at {mount_path}")
+
+
+def port_number(workload: Obj, port: int | str) -> int:
+    """A container port of the workload's pods by number or name."""
+    for c in pod_spec(workload)["containers"]:
+        for p in c.get("ports", []):
+            if port in (p["containerPort"], p.get("name")):
+                return int(p["containerPort"])
+    raise AssertionError(f"{workload['metadata']['name']} has no port {port!r}")
+
+
+def selected_by(objs: list[Obj], selector: dict[str, str]) -> list[Obj]:
+    """The workloads whose pods carry every label of `selector`."""
+    return [w for w in workloads(objs) if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a Kustomize env file (comments and blank lines skipped)."""
+    pairs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def production_secret_keys() -> dict[str, set[str]]:
+    """The Secrets production expects to exist, with their keys (overlays/production/<name>.example.env)."""
+    examples = (K8S / "overlays" / "production").glob("*.example.env")
+    return {p.name.removesuffix(".example.env"): set(env_file(p)) for p in examples}
+
+
+def references(text: str) -> list[str]:
+    """The $(VAR) references Kubernetes expands in an env value or command."""
+    return re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", text)
