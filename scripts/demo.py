@@ -109,15 +109,28 @@ def infer_through_gateway(version: dict) -> None:
     )
 
 
-def show_what_the_monitor_saw(timeout: float = 30) -> None:
-    """Wait for the monitor's next scrape to include the demo's requests, then print its view."""
+def show_what_the_monitor_saw(version: dict, timeout: float = 30) -> None:
+    """Keep real traffic flowing until the monitor's scrapes have seen it (a rate needs two), then print its view."""
+    import io
+
+    import numpy as np
+
+    split = version["artifacts"]["test_split"]["uri"]
+    with np.load(io.BytesIO(Path(split.removeprefix("file://")).read_bytes())) as data:
+        x = data["x"]
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        figures = httpx.get(f"{MONITOR}/api/v1/models/{MODEL}/figures", params={"window_s": 120})
-        if figures.status_code == 200 and any(v.get("rps", 0) > 0 for v in figures.json()["versions"]):
-            break
-        time.sleep(1.0)
-    gallery("monitor", MODEL, "--once", "--window", "120", check=False)
+    with httpx.Client(base_url=GATEWAY, timeout=30) as client:
+        while time.monotonic() < deadline:
+            for start in range(0, len(x), 16):
+                rows = x[start : start + 16]
+                body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape),
+                                    "data": rows.ravel().tolist()}]}  # fmt: skip
+                client.post(f"/v2/models/{MODEL}/infer", json=body)
+                time.sleep(0.05)
+            figures = httpx.get(f"{MONITOR}/api/v1/models/{MODEL}/figures", params={"window_s": 60})
+            if figures.status_code == 200 and any((v.get("rps") or 0) > 0 for v in figures.json()["versions"]):
+                break
+    gallery("monitor", MODEL, "--once", check=False)
 
 
 async def show_dead_letter_handling(settings: GallerySettings) -> None:
@@ -163,7 +176,7 @@ def main() -> None:
                 infer_through_gateway(version)
                 if "monitor" in installed:
                     banner("What the monitor saw: figures per version, drift against the training data, alerts")
-                    show_what_the_monitor_saw()
+                    show_what_the_monitor_saw(version)
 
         banner("A malformed event is dead-lettered with its reason; nothing crash-loops")
         asyncio.run(show_dead_letter_handling(settings))

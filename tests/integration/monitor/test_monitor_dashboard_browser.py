@@ -18,6 +18,7 @@ import pytest
 from monitor_contract_standin import MODEL, MonitorScene, demo_scene, serve, standin_app
 from monitor_real_stack import TRACE_ID, publish_canary, publish_first_deployment, real_monitor, send_traffic
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -70,7 +71,20 @@ def severe_logs(driver: WebDriver) -> list[dict[str, Any]]:
 
 
 def wait_for(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message=f"page never showed {what}")
+    # the page re-renders every few seconds: an element read mid-refresh is stale, so look again
+    waiting = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(condition, message=f"page never showed {what}")
+
+
+def settled(check: Callable[[], None], attempts: int = 5) -> None:
+    """Run a block of reads and assertions again when a refresh replaced an element it was reading."""
+    for attempt in range(attempts):
+        try:
+            check()
+            return
+        except StaleElementReferenceException:
+            if attempt == attempts - 1:
+                raise
 
 
 def css(driver: WebDriver, selector: str) -> list[WebElement]:
@@ -91,6 +105,26 @@ def test_dashboard_shows_the_demo_model_and_follows_changes(
     browser: WebDriver, monitor: str, scene: MonitorScene
 ) -> None:
     open_page(browser, monitor)
+    settled(lambda: first_view(browser))
+    settled(lambda: browser.find_element(By.ID, "drift-more").click())
+    wait_for(browser, "every feature", lambda d: len(css(d, "#drift-features tbody tr")) == 64)
+    settled(lambda: first_view_rest(browser))
+
+    scene.deploy_canary(3, "fp32", 10)
+    scene.shift_inputs()
+    wait_for(
+        browser,
+        "the canary",
+        lambda d: [r.get_attribute("data-version") for r in css(d, "#versions tbody tr")] == ["3", "2", "1"],
+    )
+    wait_for(browser, "the drift flag", lambda d: text(d, "#drift-flag") == "drifted")
+    wait_for(browser, "the new steps", lambda d: len(css(d, "#timeline-list li")) == 12)
+    wait_for(browser, "the drift alert", lambda d: len(css(d, "#alert-list li.open")) == 1)
+    settled(lambda: view_after_the_canary(browser))
+    assert severe_logs(browser) == []
+
+
+def first_view(browser: WebDriver) -> None:
     assert [b.get_attribute("data-model") for b in css(browser, "#model-list button")] == [MODEL, "iris-mlp"]
     assert "production v2" in text(browser, f'button[data-model="{MODEL}"]')
     assert text(browser, '#aliases [data-alias="production"]') == "@production → v2"
@@ -110,9 +144,9 @@ def test_dashboard_shows_the_demo_model_and_follows_changes(
     assert text(browser, "#drift-flag") == "no drift"
     assert "4,812 samples" in text(browser, "#drift-summary")
     assert len(css(browser, "#drift-features tbody tr")) == 12
-    browser.find_element(By.ID, "drift-more").click()
-    assert len(css(browser, "#drift-features tbody tr")) == 64
 
+
+def first_view_rest(browser: WebDriver) -> None:
     alerts = css(browser, "#alert-list li")
     assert len(alerts) == 1 and "closed" in alerts[0].text and "p99 latency 61.0 ms" in alerts[0].text
 
@@ -122,16 +156,8 @@ def test_dashboard_shows_the_demo_model_and_follows_changes(
     assert "no trace" in steps[-1].text
     assert severe_logs(browser) == []
 
-    scene.deploy_canary(3, "fp32", 10)
-    scene.shift_inputs()
-    wait_for(
-        browser,
-        "the canary",
-        lambda d: [r.get_attribute("data-version") for r in css(d, "#versions tbody tr")] == ["3", "2", "1"],
-    )
-    wait_for(browser, "the drift flag", lambda d: text(d, "#drift-flag") == "drifted")
-    wait_for(browser, "the new steps", lambda d: len(css(d, "#timeline-list li")) == 12)
-    wait_for(browser, "the drift alert", lambda d: len(css(d, "#alert-list li.open")) == 1)
+
+def view_after_the_canary(browser: WebDriver) -> None:
     assert "canary" in text(browser, '#versions tr[data-version="3"]') and "10 %" in text(
         browser, '#versions tr[data-version="3"]'
     )
@@ -144,7 +170,6 @@ def test_dashboard_shows_the_demo_model_and_follows_changes(
     assert "input drift" in text(browser, "#alert-list li.open")
     assert "1 open alert" in text(browser, f'button[data-model="{MODEL}"]')
     assert text(browser, "#status").startswith("live · updated")
-    assert severe_logs(browser) == []
 
 
 def test_picking_another_model_shows_its_story(browser: WebDriver, monitor: str) -> None:
