@@ -86,3 +86,15 @@ def test_ddp_is_the_fallback_when_deepspeed_cannot_be_imported(monkeypatch: pyte
 def test_deepspeed_is_kept_when_it_imports() -> None:
     spec = spec_with({"ranks": 2})
     assert choose_engine(spec) == (spec, None)
+
+
+def test_the_shared_memory_deepspeed_leaves_for_a_job_is_removed(tmp_path: Path) -> None:
+    for name in ("deepspeed_allreduce_buffer_0_127.0.0.1_29611_0", "deepspeed_allreduce_buffer_0_127.0.0.1_29611_1"):
+        (tmp_path / name).write_bytes(b"\0" * 16)
+    other_job = tmp_path / "deepspeed_allreduce_buffer_0_127.0.0.1_29612_0"
+    other_job.write_bytes(b"\0")
+
+    removed = launcher.remove_shared_buffers(29611, shm=tmp_path)
+
+    assert len(removed) == 2
+    assert [p.name for p in tmp_path.iterdir()] == [other_job.name]  # another running job keeps its buffer

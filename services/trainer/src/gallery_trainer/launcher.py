@@ -31,6 +31,7 @@ from gallery_trainer.worker import ERROR_FILE_PATTERN
 WORKER_MODULE = "gallery_trainer.worker"
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
+SHM_DIR = Path("/dev/shm")
 
 
 @functools.cache
@@ -231,8 +232,24 @@ def run_ranks(
     except BaseException:
         _stop(process)
         raise
+    finally:
+        remove_shared_buffers(port)
     if process.returncode != 0:
         raise TrainingFailed(failure_reason(workdir, process.returncode))
+
+
+def remove_shared_buffers(port: int, shm: Path = SHM_DIR) -> list[Path]:
+    """Delete the shared-memory buffers DeepSpeed's CPU all-reduce left for the job on `port`.
+
+    Every rank of a DeepSpeed job on the CPU creates `/dev/shm/deepspeed_allreduce_buffer_*_<port>_<rank>`
+    (about 70 MB) and never removes it; /dev/shm is RAM, so without this a trainer that runs a few
+    hundred jobs fills the machine's memory.
+    """
+    removed = []
+    for path in shm.glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def _deliver(tail: MetricsTail, on_metrics: Callable[[dict[str, Any]], None] | None) -> None:
