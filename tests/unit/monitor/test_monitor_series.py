@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from gallery_common.promtext import histogram_quantile
 from gallery_deployer.modelserver.metrics import ServingMetrics
-from gallery_monitor.promtext import SeriesKey, histogram_quantile, parse_metrics
+from gallery_monitor.promtext import SeriesKey, parse_metrics
 from gallery_monitor.series import SeriesBook
 
 KEY = SeriesKey("iris", "3", "fp32")

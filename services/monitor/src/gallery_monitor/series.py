@@ -13,7 +13,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .promtext import CacheCounts, ScrapedPage, SeriesKey, ServingCounts, histogram_quantile, summed
+from gallery_common.promtext import histogram_quantile
+
+from .promtext import CacheCounts, ScrapedPage, SeriesKey, ServingCounts, summed
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ validation rows sent to both versions to measure how often they give the same to
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +18,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_common.promtext import histogram_quantile
 
 REQUESTS = "modelgallery_inference_requests"
 DURATION = "modelgallery_inference_request_duration_seconds"
@@ -48,20 +48,7 @@ class Snapshot:
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile in seconds, interpolated inside its histogram bucket; None without requests."""
-        bounds = sorted(self.buckets)
-        if not bounds or self.buckets[bounds[-1]] <= 0:
-            return None
-        target = q * self.buckets[bounds[-1]]
-        lower_bound, lower_count = 0.0, 0.0
-        for bound in bounds:
-            count = self.buckets[bound]
-            if count >= target:
-                if math.isinf(bound):
-                    return lower_bound
-                share = (target - lower_count) / (count - lower_count) if count > lower_count else 1.0
-                return lower_bound + (bound - lower_bound) * share
-            lower_bound, lower_count = bound, count
-        return lower_bound
+        return histogram_quantile(q, self.buckets)
 
 
 def parse_snapshot(text: str, into: Snapshot | None = None) -> Snapshot:
