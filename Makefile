@@ -9,7 +9,7 @@ export GALLERY_HOME ?= $(CURDIR)/.gallery
 PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
-.PHONY: help install postgres redis chromium demo test up down status bench lint clean images k8s
+.PHONY: help install postgres redis chromium valgrind promtool demo test up down status bench lint clean images k8s
 
 help:
 	@echo "make demo    install, start the embedded stack and run the lifecycle"
@@ -48,12 +48,31 @@ chromium:
 		echo "installing chromium and chromium-driver (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# valgrind runs ONNX Runtime on an emulated CPU without AVX-512/VNNI, for the INT8 tests
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 || { \
+		echo "installing valgrind (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+
+# promtool lints every /metrics in the tests: taken out of Debian's prometheus package into the venv,
+# so no Prometheus server gets installed or started
+promtool: $(BIN)/promtool
+
+$(BIN)/promtool: $(BIN)/.installed
+	@echo "installing promtool into $(BIN) (from Debian's prometheus package)"
+	@rm -rf $(VENV)/.promtool && mkdir -p $(VENV)/.promtool
+	@cd $(VENV)/.promtool && { apt-get download prometheus >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get download prometheus >/dev/null; }; }
+	@dpkg-deb -x $(VENV)/.promtool/prometheus_*.deb $(VENV)/.promtool/root
+	@install -m 0755 $(VENV)/.promtool/root/usr/bin/promtool $@
+	@rm -rf $(VENV)/.promtool
+
 install: $(BIN)/.installed
 
 demo: install
 	@$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres redis chromium
+test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres redis chromium valgrind promtool
 	$(BIN)/pytest -q -p no:cacheprovider
 
 up: install

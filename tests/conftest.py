@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -173,3 +174,24 @@ def redis_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class Promtool:
+    """`promtool check metrics` (installed into the venv by `make test`): what it finds wrong with a /metrics page."""
+
+    def __init__(self, binary: Path) -> None:
+        self.binary = binary
+
+    def problems(self, exposition: str | bytes) -> str:
+        """'' when the page is clean, else promtool's complaints, one per line."""
+        data = exposition.encode() if isinstance(exposition, str) else exposition
+        done = subprocess.run([str(self.binary), "check", "metrics"], input=data, capture_output=True, timeout=60)
+        return "" if done.returncode == 0 else (done.stdout + done.stderr).decode().strip() or f"exit {done.returncode}"
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Promtool:
+    binary = Path(sys.executable).parent / "promtool"
+    if not binary.exists():
+        pytest.fail(f"promtool not found at {binary}: run `make test`, which installs it")
+    return Promtool(binary)

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from conftest import Promtool
 from lifecycle_stack import LifecycleStack
 
 from gallery_common.bus import EventBus
@@ -138,7 +139,7 @@ def deployed(stack: LifecycleStack, version: int, stage: str) -> list[CloudEvent
 
 
 @pytest.mark.slow
-def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: LifecycleStack) -> None:
+def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: LifecycleStack, promtool: Promtool) -> None:
     # v1: trained, validated by the gate's own evaluation, deployed to production, optimized variant rolled in
     train(stack)
     wait_for("v1 judged", lambda: version_of(stack, 1).get("status") in {"validated", "rejected"}, 120)
@@ -194,3 +195,17 @@ def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: Lifecyc
         traced = [e for e in steps if e.event in {"validated", "optimized"}] + [first_deploy]
         traces = {trace_id_of(e.traceparent) for e in traced}
         assert len(traces) == 1 and None not in traces, (version, traces)
+
+    # every process's /metrics, after all that traffic, is clean under promtool
+    assert_metrics_pass_promtool(stack, promtool)
+
+
+def assert_metrics_pass_promtool(stack: LifecycleStack, promtool: Promtool) -> None:
+    deployments = httpx.get(f"{stack.services['deployer'].url}/api/v1/deployments", timeout=10).json()
+    model_servers = {
+        f"model server {d['model']}:{d['version']} ({url})": url for d in deployments for url in d["endpoints"]
+    }
+    pages = {name: service.url for name, service in stack.services.items()} | model_servers
+    assert model_servers, "no model server to check"
+    problems = {name: promtool.problems(httpx.get(f"{url}/metrics", timeout=10).content) for name, url in pages.items()}
+    assert not {name: found for name, found in problems.items() if found}

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from gallery_common.hardware import host_cpu
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_optimizer.pipeline import OptimizationReport, OptimizeInputs, build_edge_bundle, optimize
 from gallery_optimizer.policy import ALL_VARIANTS, OptimizationPolicy
@@ -119,6 +120,13 @@ def test_the_report_files_and_progress(optimized: Optimized) -> None:
     assert len(written["variants"]) == 1 + len(ALL_VARIANTS)
     markdown = (optimized.workdir / "report.md").read_text()
     assert all(f"| {name}" in markdown for name in ALL_VARIANTS)
+    # a variant's speed and INT8 accuracy belong to the CPU they were measured on: the report says which
+    cpu = host_cpu()
+    assert written["measured_on"]["hardware_class"] == cpu.hardware_class
+    assert f"Measured on: {cpu.model} ({cpu.hardware_class}" in markdown
+    int8 = {row["name"]: row["cpu_target"] for row in written["variants"] if row["name"].startswith("int8_")}
+    assert set(int8) == {"int8_dynamic", "int8_static"} and all(int8.values())
+    assert all(row["cpu_target"] is None for row in written["variants"] if not row["name"].startswith("int8_"))
     assert (optimized.workdir / "report.png").read_bytes().startswith(b"\x89PNG")
     fractions = [f for _, f in optimized.steps]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -248,7 +248,7 @@ async def test_breaker_opens_then_half_opens(gw: str, backends: dict[str, FakeMo
             for _ in range(3):
                 response = await client.post(url, content=body([1.0]))
                 assert response.status_code == 200 and served_by(response) == "a"
-            assert metric(gw, "modelgallery_gateway_breaker_state_count", model="guarded", backend="flaky") == 2
+            assert metric(gw, "modelgallery_gateway_breaker_state", model="guarded", backend="flaky") == 2
             calls = flaky.infers
             await client.post(url, content=body([1.0]))
             assert flaky.infers == calls, "an open breaker must not send traffic"
@@ -256,7 +256,7 @@ async def test_breaker_opens_then_half_opens(gw: str, backends: dict[str, FakeMo
             await asyncio.sleep(1.1)
             response = await client.post(url, content=body([1.0]))
             assert served_by(response) == "flaky"
-            assert metric(gw, "modelgallery_gateway_breaker_state_count", model="guarded", backend="flaky") == 0
+            assert metric(gw, "modelgallery_gateway_breaker_state", model="guarded", backend="flaky") == 0
 
 
 def test_all_backends_down_gives_503_with_reason(gw: str) -> None:

@@ -75,7 +75,7 @@ def expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 def test_the_source_scan_finds_the_serving_metrics() -> None:
     series = exported_series()
-    assert {"modelgallery_inference_requests_total", "modelgallery_gateway_breaker_state_count"} <= series
+    assert {"modelgallery_inference_requests_total", "modelgallery_gateway_breaker_state"} <= series
     assert "modelgallery_inference_batch_size_count_sum" in series, "a histogram's _sum series"
     assert "modelgallery_inference_requests_total_total" not in series
 
@@ -99,7 +99,7 @@ def test_the_dashboard_shows_the_figures_the_monitor_shows(expressions: list[tup
         "modelgallery_gateway_fallbacks_total",
         "modelgallery_gateway_cache_hits_total",
         "modelgallery_gateway_cache_misses_total",
-        "modelgallery_gateway_breaker_state_count",
+        "modelgallery_gateway_breaker_state",
         "modelgallery_bus_events_published_total",
         "modelgallery_bus_events_handled_total",
     ):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import NoReturn, TypeVar, overload
 
 import typer
 from rich.console import Console
@@ -19,10 +19,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def cli_settings() -> GallerySettings:
-    """GallerySettings from `GALLERY_*`; exit 2 with the one-line reason when they are invalid."""
+S = TypeVar("S", bound=GallerySettings)
+
+
+@overload
+def cli_settings() -> GallerySettings: ...
+@overload
+def cli_settings(cls: type[S]) -> S: ...
+def cli_settings(cls: type[GallerySettings] = GallerySettings) -> GallerySettings:
+    """Settings of `cls` from `GALLERY_*`; exit 2 with the one-line reason when they are invalid."""
     try:
-        return load_settings(GallerySettings)
+        return load_settings(cls)
     except SettingsError as exc:
         fail(str(exc.code), 2)
 

@@ -20,7 +20,8 @@ import psutil
 
 STACK_FILE_VERSION = 1
 LOCAL_HOST = "127.0.0.1"
-Kind = Literal["nats", "service"]
+Kind = Literal["nats", "service", "supervisor"]
+State = Literal["running", "restarting", "failed"]
 
 
 class StackError(RuntimeError):
@@ -40,12 +41,18 @@ class ProcessRecord:
     create_time: float
     log: str = ""
     monitor_port: int | None = None
+    # kept up to date by the supervisor: restarts since `gallery up`, why it last exited, and its state
+    restarts: int = 0
+    last_exit: str | None = None
+    state: State = "running"
 
     @property
-    def health_url(self) -> str:
-        """`/readyz` for a service; JetStream's health check on the monitor port for nats."""
+    def health_url(self) -> str | None:
+        """`/readyz` for a service; JetStream's health check on the monitor port for nats; None for the supervisor."""
         if self.kind == "nats":
             return f"http://{LOCAL_HOST}:{self.monitor_port}/healthz?js-enabled-only=true"
+        if self.kind == "supervisor":
+            return None
         return f"{self.url}/readyz"
 
 
@@ -64,6 +71,12 @@ def stack_path(home: Path) -> Path:
 
 def log_path(home: Path, name: str) -> Path:
     return home / "logs" / f"{name}.log"
+
+
+def stop_marker(home: Path) -> Path:
+    """Present while `gallery down` stops the stack: the supervisor then restarts nothing and leaves the
+    stopping to `gallery down`."""
+    return home / "run" / "stopping"
 
 
 def read_stack(path: Path) -> Stack | None:
@@ -108,7 +121,9 @@ def is_alive(record: ProcessRecord) -> bool:
 
 
 def is_healthy(record: ProcessRecord, timeout: float = 2.0) -> bool:
-    """True when the record's health endpoint answers 200."""
+    """True when the record's health endpoint answers 200 (the supervisor: when it runs)."""
+    if record.health_url is None:
+        return is_alive(record)
     try:
         return httpx.get(record.health_url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
@@ -160,14 +175,18 @@ def _stop_group(records: Sequence[ProcessRecord], timeout: float) -> list[StopRe
     ]
 
 
-def stop_processes(stack: Stack, timeout: float = 15.0) -> list[StopResult]:
-    """SIGTERM the services together, then nats-server; SIGKILL whatever outlives `timeout` seconds.
+def stop_processes(
+    stack: Stack, timeout: float = 15.0, kinds: Sequence[Kind] = ("service", "nats", "supervisor")
+) -> list[StopResult]:
+    """SIGTERM the processes of `kinds`, a kind at a time in that order; SIGKILL whatever outlives `timeout` s.
 
-    Services go first so they can drain their NATS connections while the server is still up.
+    Services go before nats-server so they can drain their NATS connections; the supervisor, which
+    restarts nothing while `stop_marker` is present, goes last, having reaped the others.
     """
-    services = [p for p in stack.processes if p.kind != "nats"]
-    nats = [p for p in stack.processes if p.kind == "nats"]
-    return _stop_group(services, timeout) + _stop_group(nats, timeout)
+    results: list[StopResult] = []
+    for kind in kinds:
+        results += _stop_group([p for p in stack.processes if p.kind == kind], timeout)
+    return results
 
 
 def describe_uptime(record: ProcessRecord) -> str:

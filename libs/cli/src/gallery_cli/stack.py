@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -97,6 +97,8 @@ class StackLauncher:
         self.path = stack_path(self.home)
         self.stack = Stack(home=str(self.home))
         self.launches: list[Launch] = []
+        self.specs: dict[str, ServiceSpec] = {}
+        self.nats: EmbeddedNats | None = None
 
     def check_can_start(self, services: Sequence[ServiceSpec]) -> None:
         """Refuse when a recorded stack still runs or a port we need is taken."""
@@ -111,19 +113,50 @@ class StackLauncher:
 
     def _record(self, launch: Launch) -> None:
         self.launches.append(launch)
-        self.stack.processes.append(launch.record)
-        # Written after every start, so `gallery down` can clean up even if this launcher dies midway.
+        self.update(launch.record)
+
+    def update(self, record: ProcessRecord) -> None:
+        """Put `record` in the stack in place of the one with its name (or last, when new) and write it."""
+        names = [p.name for p in self.stack.processes]
+        if record.name in names:
+            self.stack.processes[names.index(record.name)] = record
+        else:
+            self.stack.processes.append(record)
+        # Written after every change, so `gallery down` can clean up even if this launcher dies midway.
         write_stack(self.path, self.stack)
 
+    def record_supervisor(self, pid: int, log: Path | None = None) -> ProcessRecord:
+        """Record the process that keeps the stack running (`gallery up` itself, or its detached supervisor)."""
+        record = ProcessRecord(
+            name="supervisor",
+            kind="supervisor",
+            pid=pid,
+            port=0,
+            url="-",
+            started=_now(),
+            create_time=psutil.Process(pid).create_time(),
+            log=str(log or ""),
+        )
+        self.stack.processes.insert(0, record)
+        write_stack(self.path, self.stack)
+        return record
+
     def start_nats(self, timeout: float = 15.0) -> ProcessRecord:
-        """Start nats-server with JetStream on loopback; returns once JetStream reports healthy."""
+        """Start nats-server with JetStream on loopback; returns once JetStream reports healthy.
+
+        Started again (after a crash), it keeps its ports and its store, so streams and consumers survive.
+        """
         port = nats_port(self.settings)
-        # 8222 goes with the default 4222; a stack on another port (a second stack, a test) gets a free one.
-        default_pair = port == DEFAULT_NATS_PORT and not port_in_use(DEFAULT_MONITOR_PORT)
-        monitor = DEFAULT_MONITOR_PORT if default_pair else free_port()
-        log = log_path(self.home, "nats")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        server = EmbeddedNats(self.home / "nats", host=LOCAL_HOST, port=port, monitor_port=monitor, log_file=log)
+        if self.nats is None:
+            # 8222 goes with the default 4222; a stack on another port (a second stack, a test) gets a free one.
+            default_pair = port == DEFAULT_NATS_PORT and not port_in_use(DEFAULT_MONITOR_PORT)
+            monitor = DEFAULT_MONITOR_PORT if default_pair else free_port()
+            log = log_path(self.home, "nats")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            self.nats = EmbeddedNats(self.home / "nats", host=LOCAL_HOST, port=port, monitor_port=monitor, log_file=log)
+        server = self.nats
+        log = server.log_file or log_path(self.home, "nats")
+        monitor = server.monitor_port
         try:
             server.start(timeout)
         except (RuntimeError, OSError) as exc:
@@ -143,6 +176,21 @@ class StackLauncher:
         self._record(Launch(record, server.process))
         return record
 
+    def restart(self, record: ProcessRecord) -> ProcessRecord:
+        """Start the process of `record` again, on the same ports; the new record keeps its restart history."""
+        if record.kind == "nats":
+            fresh = self.start_nats()
+        else:
+            fresh = self.start_service(self.specs[record.name], self.nats_url)
+        kept = replace(fresh, restarts=record.restarts, last_exit=record.last_exit, state=record.state)
+        self.launches[-1].record = kept
+        self.update(kept)
+        return kept
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{LOCAL_HOST}:{nats_port(self.settings)}"
+
     def service_env(self, spec: ServiceSpec, nats_url: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -157,6 +205,7 @@ class StackLauncher:
 
     def start_service(self, spec: ServiceSpec, nats_url: str) -> ProcessRecord:
         """Start `python -m gallery_common.serve NAME` in its own session, logging to logs/NAME.log."""
+        self.specs[spec.name] = spec
         log = log_path(self.home, spec.name)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -198,7 +247,7 @@ class StackLauncher:
         Returns the failures: name -> reason (exited with a code, or timed out).
         """
         popens = {launch.record.name: launch.popen for launch in self.launches}
-        pending = {r.name: r for r in records}
+        pending = {r.name: r for r in records if r.health_url is not None}
         failures: dict[str, str] = {}
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=1.0) as client:
@@ -211,7 +260,7 @@ class StackLauncher:
                         del pending[name]
                         continue
                     try:
-                        ready = client.get(record.health_url).status_code == 200
+                        ready = client.get(str(record.health_url)).status_code == 200
                     except httpx.HTTPError:
                         ready = False
                     if ready:
@@ -222,6 +271,30 @@ class StackLauncher:
                     time.sleep(0.1)
         failures.update({name: f"not ready after {timeout:g}s" for name in pending})
         return failures
+
+    def start_all(
+        self,
+        services: Sequence[ServiceSpec],
+        timeout: float,
+        on_ready: Callable[[ProcessRecord], None] | None = None,
+    ) -> list[ProcessRecord]:
+        """Start nats-server, then every service, and wait until all are ready.
+
+        StackError names each service that did not become ready, why, and the end of its log.
+        """
+        nats = self.start_nats()
+        if not services:
+            return [nats]
+        records = [self.start_service(spec, nats.url) for spec in services]
+        failures = self.wait_ready(records, timeout, on_ready=on_ready)
+        if failures:
+            lines = []
+            for name, reason in failures.items():
+                record = next(r for r in records if r.name == name)
+                lines += [f"{name} failed: {reason} (log: {record.log})", tail(record.log)]
+            lines.append(f"{len(failures)} of {len(records)} service(s) did not become ready")
+            raise StackError("\n".join(lines))
+        return [nats, *records]
 
     def exited(self) -> list[tuple[ProcessRecord, int]]:
         """Processes started here that have exited since the last call, with their exit codes."""

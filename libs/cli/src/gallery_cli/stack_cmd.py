@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
 
 from gallery_common.serve import is_loopback
-from gallery_common.service import ServiceSpec, ServiceSpecError, discover_services, find_service, service_names
+from gallery_common.service import ServiceSpec, ServiceSpecError
 
 from .console import cli_settings, console, fail, say
 from .records import (
@@ -27,34 +27,24 @@ from .records import (
     StackError,
     StopResult,
     describe_uptime,
+    log_path,
     read_stack,
     remove_stack,
     stack_path,
     stack_status,
+    stop_marker,
     stop_processes,
 )
 from .stack import StackLauncher, tail
-
-
-class _Stopped(Exception):
-    """SIGTERM or SIGHUP arrived: stop the stack as for Ctrl-C."""
-
-
-def _raise_stopped(signum: int, _: FrameType | None) -> None:
-    raise _Stopped(signal.Signals(signum).name)
-
-
-_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-
-@contextmanager
-def _signals(handler: _Handler, *signums: signal.Signals) -> Iterator[None]:
-    previous = {sig: signal.signal(sig, handler) for sig in signums}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+from .supervise import (
+    Stopped,
+    chosen_services,
+    signals_handled,
+    stop_signals_raise,
+    stop_stack,
+    stopped_by_down,
+)
+from .supervisor import StackSettings, Supervisor
 
 
 def _records_table(records: Sequence[ProcessRecord], state: str) -> Table:
@@ -76,70 +66,96 @@ def _stops_table(results: Sequence[StopResult]) -> Table:
     return table
 
 
-def _is_ours(path: Path, stack: Stack) -> bool:
-    recorded = read_stack(path)
-    ours = {(p.pid, p.create_time) for p in stack.processes}
-    return recorded is not None and {(p.pid, p.create_time) for p in recorded.processes} <= ours
-
-
 def _shut_down(launcher: StackLauncher) -> None:
     # A second Ctrl-C must not leave half the stack running.
-    with _signals(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        with console.status("Stopping the stack…"):
-            results = stop_processes(launcher.stack)
-        launcher.exited()  # reap our children, reporting nothing: they were stopped on purpose
-        # `gallery down` from elsewhere followed by a new `gallery up` must not lose the new record.
-        if _is_ours(launcher.path, launcher.stack):
-            remove_stack(launcher.path)
+    with signals_handled(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM, signal.SIGHUP), console.status("Stopping…"):
+        results = stop_stack(launcher)
     if results:
         console.print(_stops_table(results))
 
 
-def _supervise(launcher: StackLauncher) -> bool:
-    """Stay in the foreground, reporting processes that exit, until none is left.
-
-    Returns True when they were stopped by `gallery down` (which removes the record), False when they died.
-    """
-    while launcher.launches:
-        for record, code in launcher.exited():
-            say(f"{record.name} (pid {record.pid}) exited with code {code}; log: {record.log}", err=True, style="red")
-        time.sleep(0.5)
-    stopped_by_down = not _is_ours(launcher.path, launcher.stack)
-    console.print("the stack was stopped by `gallery down`" if stopped_by_down else "every process of the stack exited")
-    return stopped_by_down
-
-
-def _start(launcher: StackLauncher, services: Sequence[ServiceSpec], timeout: float) -> list[ProcessRecord]:
-    with console.status("Starting nats-server…"):
-        nats = launcher.start_nats()
-    if not services:
-        console.print("no services installed: started nats-server only")
-        return [nats]
-    records = [launcher.start_service(spec, nats.url) for spec in services]
-    with console.status(f"Waiting for {len(records)} service(s) to become ready…") as spinner:
-        waiting = {r.name for r in records}
+def _start_in_foreground(launcher: StackLauncher, services: Sequence[ServiceSpec], timeout: float) -> None:
+    launcher.record_supervisor(os.getpid())
+    with console.status("Starting nats-server and the services…") as spinner:
+        waiting = {spec.name for spec in services}
 
         def ready(record: ProcessRecord) -> None:
             waiting.discard(record.name)
             spinner.update(f"Waiting for {', '.join(sorted(waiting))}…")
 
-        failures = launcher.wait_ready(records, timeout, on_ready=ready)
-    for name, reason in failures.items():
-        record = next(r for r in records if r.name == name)
-        say(f"{name} failed: {reason} (log: {record.log})", err=True, style="red")
-        say(tail(record.log), err=True)
-    if failures:
-        raise StackError(f"{len(failures)} of {len(records)} service(s) did not become ready")
-    return [nats, *records]
+        records = launcher.start_all(services, timeout, on_ready=ready)
+    if not services:
+        console.print("no services installed: started nats-server only")
+    console.print(_records_table(records, "ready"))
+    say(f"logs in {launcher.home / 'logs'}, record in {launcher.path}")
 
 
-def _chosen_services(names: list[str]) -> list[ServiceSpec]:
-    """The named services, importing only their own spec modules (a broken other one is no obstacle)."""
-    found = {name: find_service(name) for name in dict.fromkeys(names)}
-    unknown = [name for name, spec in found.items() if spec is None]
-    if unknown:
-        raise StackError(f"not installed: {', '.join(unknown)} (installed: {', '.join(service_names()) or 'none'})")
-    return sorted((spec for spec in found.values() if spec is not None), key=lambda spec: spec.port)
+def _up_foreground(launcher: StackLauncher, services: Sequence[ServiceSpec], timeout: float) -> None:
+    failed = False
+    policy = cli_settings(StackSettings).restart_policy
+    supervisor = Supervisor(launcher, policy, report=lambda line: say(line, err=True, style="yellow"))
+    with stop_signals_raise(signal.SIGTERM, signal.SIGHUP):
+        try:
+            _start_in_foreground(launcher, services, timeout)
+            console.print("press Ctrl-C to stop; a process that exits is restarted")
+            supervisor.watch(lambda: False)
+            failed = supervisor.all_failed
+        except StackError as exc:
+            say(str(exc), err=True)
+            failed = True
+        except (KeyboardInterrupt, Stopped):
+            pass
+    if stopped_by_down(launcher):
+        console.print("the stack was stopped by `gallery down`")
+        return  # `gallery down` stops the processes and removes the record
+    console.print("every process of the stack failed; stopping" if failed else "stopping…")
+    _shut_down(launcher)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _up_detached(launcher: StackLauncher, only: list[str] | None, timeout: float) -> None:
+    """Start the supervisor in its own session and report what it reports until the stack is up."""
+    log = log_path(launcher.home, "supervisor")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "gallery_cli.supervise", "--timeout", str(timeout), "--report-fd", str(write_end)]
+    for name in only or []:
+        command += ["--only", name]
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_end,),
+            start_new_session=True,  # outlives this terminal; `gallery down` stops it
+            cwd=launcher.home,
+        )
+    os.close(write_end)
+    outcome: dict[str, object] = {}
+    try:
+        with os.fdopen(read_end) as reports, console.status("Starting the stack…") as spinner:
+            for line in reports:
+                message = json.loads(line)
+                if "ready" in message:
+                    spinner.update(f"{message['ready']} is ready…")
+                else:
+                    outcome = message
+                    break
+    except KeyboardInterrupt:
+        child.terminate()  # it stops what it started
+        child.wait(60)
+        fail("interrupted: the stack was stopped")
+    if "up" in outcome:
+        records = [ProcessRecord(**r) for r in outcome["up"]]  # type: ignore[attr-defined]
+        console.print(_records_table([r for r in records if r.kind != "supervisor"], "ready"))
+        say(f"the supervisor (pid {child.pid}) restarts what exits; logs in {launcher.home / 'logs'}")
+        say(f"record in {launcher.path}")
+        console.print("stop it with `gallery down`")
+        return
+    child.wait(60)
+    fail(str(outcome.get("failed") or f"the supervisor exited with code {child.returncode}:\n{tail(log)}"))
 
 
 def up(
@@ -152,35 +168,20 @@ def up(
         typer.Option("--only", help="Start just these services (repeat the option); default: every installed one."),
     ] = None,
 ) -> None:
-    """Start nats-server and every installed service, each as its own process."""
-    launcher = StackLauncher(cli_settings())
+    """Start nats-server and every installed service, each as its own process, and restart what exits."""
+    launcher = StackLauncher(cli_settings(StackSettings))
     try:
-        services = _chosen_services(only) if only else discover_services()
+        services = chosen_services(only)
         launcher.check_can_start(services)
     except (ServiceSpecError, StackError) as exc:
         fail(str(exc))
     configured = urlsplit(launcher.settings.nats_url.split(",")[0].strip()).hostname
     if configured and not is_loopback(configured):
         say(f"note: GALLERY_NATS_URL names {configured}, but `gallery up` runs its own nats-server on {LOCAL_HOST}")
-    failed = False
-    with _signals(_raise_stopped, signal.SIGTERM, signal.SIGHUP):
-        try:
-            records = _start(launcher, services, timeout)
-            console.print(_records_table(records, "ready"))
-            say(f"logs in {launcher.home / 'logs'}, record in {launcher.path}")
-            if detach:
-                console.print("stop it with `gallery down`")
-                return  # leaving everything running, as asked
-            console.print("press Ctrl-C to stop")
-            failed = not _supervise(launcher)
-        except StackError as exc:
-            say(str(exc), err=True)
-            failed = True
-        except (KeyboardInterrupt, _Stopped):
-            console.print("stopping…")
-    _shut_down(launcher)
-    if failed:
-        raise typer.Exit(1)
+    if detach:
+        _up_detached(launcher, only, timeout)
+    else:
+        _up_foreground(launcher, services, timeout)
 
 
 def down(
@@ -196,10 +197,35 @@ def down(
     if stack is None:
         say(f"no stack recorded in {home}; nothing to stop")
         return
-    with console.status("Stopping the stack…"):
-        results = stop_processes(stack, timeout)
-    remove_stack(path)
+    marker = stop_marker(home)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()  # the supervisor restarts nothing from now on
+    try:
+        with console.status("Stopping the stack…"):
+            results = stop_processes(stack, timeout, kinds=("service", "nats"))
+            # read again: the supervisor may have restarted something as this began
+            latest = _read_quietly(path) or stack
+            stopped = {(r.record.pid, r.record.create_time) for r in results}
+            late = Stack(stack.home, [p for p in latest.processes if (p.pid, p.create_time) not in stopped])
+            results += stop_processes(late, timeout, kinds=("service", "nats"))
+            results += stop_processes(stack, timeout, kinds=("supervisor",))
+    finally:
+        remove_stack(path)
+        marker.unlink(missing_ok=True)
     console.print(_stops_table(results))
+
+
+def _read_quietly(path: Path) -> Stack | None:
+    try:
+        return read_stack(path)
+    except StackError:
+        return None
+
+
+def _process_state(alive: bool, state: str) -> str:
+    if alive:
+        return "[green]running[/]"
+    return {"restarting": "[yellow]restarting[/]", "failed": "[red]failed[/]"}.get(state, "[red]exited[/]")
 
 
 def status(
@@ -222,17 +248,19 @@ def status(
         typer.echo(json.dumps([asdict(s.record) | {"alive": s.alive, "healthy": s.healthy} for s in statuses]))
     else:
         table = Table(title=f"Model Gallery stack in {home}", title_justify="left")
-        for column in ("name", "kind", "PID", "URL", "process", "health", "uptime"):
-            table.add_column(column, no_wrap=True)
+        for column in ("name", "kind", "PID", "URL", "process", "health", "uptime", "restarts", "last exit"):
+            table.add_column(column, no_wrap=column != "last exit")
         for s in statuses:
             table.add_row(
                 s.record.name,
                 s.record.kind,
                 str(s.record.pid),
                 s.record.url,
-                "[green]running[/]" if s.alive else "[red]exited[/]",
+                _process_state(s.alive, s.record.state),
                 "[green]healthy[/]" if s.healthy else ("[red]unhealthy[/]" if s.alive else "[dim]-[/]"),
                 describe_uptime(s.record) if s.alive else "-",
+                str(s.record.restarts) if s.record.kind != "supervisor" else "-",
+                s.record.last_exit or "-",
             )
         console.print(table)
     if not all(s.healthy for s in statuses):

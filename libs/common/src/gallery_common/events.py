@@ -110,6 +110,7 @@ class VariantResult(BaseModel):
     artifact: ArtifactRef | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     error: str | None = None
+    cpu_target: str | None = Field(default=None, description="the CPUs the variant is built for, when not any")
 
 
 class ModelOptimized(VersionedPayload):
@@ -118,6 +119,7 @@ class ModelOptimized(VersionedPayload):
     recommended_artifact: ArtifactRef
     variants: list[VariantResult] = Field(default_factory=list)
     report: ArtifactRef | None = None
+    hardware_class: str | None = Field(default=None, description="the class of CPU the variants were measured on")
 
 
 class ModelDeployed(VersionedPayload):

@@ -25,7 +25,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 METRIC_PREFIX = "modelgallery_"
-UNIT_SUFFIXES = ("_seconds", "_bytes", "_total", "_ratio", "_count", "_info", "_events", "_requests", "_percent")
+# "_state": a gauge whose value is one of a few states (0 closed, 1 half-open, ...), unitless like Prometheus' `up`
+UNIT_SUFFIXES = (
+    "_seconds", "_bytes", "_total", "_ratio", "_count", "_info", "_events", "_requests", "_percent", "_state"
+)  # fmt: skip
+# the series a histogram or summary adds to its name: `promtool check metrics` refuses them on other types
+_SERIES_SUFFIXES = ("_count", "_sum", "_bucket")
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -138,17 +143,24 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return parts[1] if len(parts) == 4 else None
 
 
-def metric_name(name: str) -> str:
-    """Prefix a metric name and insist the unit is part of it."""
+def metric_name(name: str, kind: str = "histogram") -> str:
+    """Prefix a metric name and insist the unit is part of it, in a form `promtool check metrics` accepts.
+
+    Only histograms may end like their own series (`_count`, `_sum`); only counters end in `_total`.
+    """
     full = name if name.startswith(METRIC_PREFIX) else METRIC_PREFIX + name
     if not full.endswith(UNIT_SUFFIXES):
         raise ValueError(f"metric {full!r} must end with its unit, one of {UNIT_SUFFIXES}")
+    if kind != "histogram" and full.endswith(_SERIES_SUFFIXES):
+        raise ValueError(f"a {kind} named {full!r} would look like a histogram's series; name its unit instead")
+    if (kind == "counter") != full.endswith("_total"):
+        raise ValueError(f"{full!r}: counters, and only counters, end in _total")
     return full
 
 
 def counter(name: str, doc: str, labels: tuple[str, ...] = (), registry: CollectorRegistry = REGISTRY) -> Counter:
     # prometheus_client appends _total itself; strip it so the exposed name is not doubled
-    return Counter(metric_name(name).removesuffix("_total"), doc, labels, registry=registry)
+    return Counter(metric_name(name, "counter").removesuffix("_total"), doc, labels, registry=registry)
 
 
 def histogram(
@@ -162,4 +174,4 @@ def histogram(
 
 
 def gauge(name: str, doc: str, labels: tuple[str, ...] = (), registry: CollectorRegistry = REGISTRY) -> Gauge:
-    return Gauge(metric_name(name), doc, labels, registry=registry)
+    return Gauge(metric_name(name, "gauge"), doc, labels, registry=registry)

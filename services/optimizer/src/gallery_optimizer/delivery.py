@@ -135,8 +135,15 @@ def optimized_payload(report: OptimizationReport, stored: StoredOutputs) -> Mode
         recommended=recommended_name,
         recommended_artifact=recommended,
         variants=[
-            VariantResult(name=row.name, artifact=stored.variants.get(row.name), metrics=row.metrics(), error=row.error)
+            VariantResult(
+                name=row.name,
+                artifact=stored.variants.get(row.name),
+                metrics=row.metrics(),
+                error=row.error,
+                cpu_target=row.cpu_target,
+            )
             for row in report.variants
         ],
         report=stored.report,
+        hardware_class=report.measured_on.get("hardware_class"),
     )

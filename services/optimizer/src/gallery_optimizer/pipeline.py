@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gallery_common.hardware import host_cpu
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_common.telemetry import get_logger
 from gallery_optimizer.edge_bundle import build_edge_bundle
@@ -123,21 +124,32 @@ def _build(
 ) -> tuple[Path, list[str]]:
     """Write variant `name` to `workdir/<name>.onnx`; the notes say what a reader should know about it."""
     out = workdir / f"{name}.onnx"
-    if name == "int8_dynamic":
-        from gallery_optimizer.quantize import int8_dynamic
+    if name in ("int8_dynamic", "int8_static"):
+        from gallery_optimizer.quantize import int8_build, int8_dynamic, int8_static
 
-        return int8_dynamic(inputs.onnx, out), []
-    if name == "int8_static":
-        from gallery_optimizer.quantize import int8_static
-
-        return int8_static(inputs.onnx, out, data.validation.x, policy.seed), [
-            f"calibrated on {min(len(data.validation.x), 512)} validation rows"
+        build = int8_build(policy.int8_target, host_cpu())
+        notes = [f"for {build.cpu_target}: {build.note}"]
+        if name == "int8_dynamic":
+            return int8_dynamic(inputs.onnx, out, reduce_range=build.reduce_range), notes
+        calibrated = f"calibrated on {min(len(data.validation.x), 512)} validation rows"
+        return int8_static(inputs.onnx, out, data.validation.x, policy.seed, reduce_range=build.reduce_range), [
+            calibrated,
+            *notes,
         ]
     if name == "fp16":
         from gallery_optimizer.quantize import fp16
 
         return fp16(inputs.onnx, out), ["meant for GPU serving; on a CPU FP16 arithmetic is emulated and rarely pays"]
     return _build_torch(name, inputs, policy, data, out)
+
+
+def _cpu_target(name: str, policy: OptimizationPolicy) -> str | None:
+    """The CPUs a variant is built for, where that differs by variant (INT8); None: any."""
+    if not name.startswith("int8_"):
+        return None
+    from gallery_optimizer.quantize import int8_build
+
+    return int8_build(policy.int8_target, host_cpu()).cpu_target
 
 
 def _build_torch(
@@ -227,6 +239,7 @@ def optimize(
                 path, notes = _build(name, inputs, policy, data, workdir)
             row = _measure(name, path, data, fp32_accuracy)
             row.notes = notes
+            row.cpu_target = _cpu_target(name, policy)
         except Exception as exc:
             if name == BASELINE:
                 raise OptimizationError(f"the FP32 model cannot be measured: {exc}") from None
@@ -236,7 +249,9 @@ def optimize(
             fp32_accuracy = row.accuracy
         rows.append(row)
     recommended, reason = recommend(rows, policy.accuracy_budget)
-    report = OptimizationReport(model, version, rows, recommended, reason, policy.accuracy_budget)
+    report = OptimizationReport(
+        model, version, rows, recommended, reason, policy.accuracy_budget, measured_on=host_cpu().describe()
+    )
     progress("writing the report", len(names) / (len(names) + 1))
     (workdir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     (workdir / "report.md").write_text(report.to_markdown())

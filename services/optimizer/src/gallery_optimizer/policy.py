@@ -35,6 +35,14 @@ class OptimizationPolicy(BaseModel):
     distill_epochs: int = Field(default=30, ge=1, le=1000, description="epochs of training the student")
     temperature: float = Field(default=4.0, gt=0.0, le=100.0, description="softmax temperature of the soft targets")
     seed: int = Field(default=0, ge=0, description="seed of fine-tuning, distillation and calibration sampling")
+    int8_target: Literal["auto", "portable", "int8_dot"] = Field(
+        default="auto",
+        description=(
+            "CPUs the INT8 variants are built for: 'portable' (7-bit weights, accurate on any CPU), 'int8_dot' "
+            "(full 8-bit weights for CPUs with VNNI, AMX or Arm dotprod), 'auto' (whichever the optimizer's own "
+            "CPU is, so a variant keeps the accuracy it is measured with)"
+        ),
+    )
 
     @field_validator("variants")
     @classmethod

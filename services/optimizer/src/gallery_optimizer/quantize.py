@@ -4,16 +4,60 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
 
+from gallery_common.hardware import CpuInfo
 from gallery_common.nn import INPUT_NAME
 from gallery_common.onnx_safety import verify_self_contained_onnx
 
 CALIBRATION_ROWS = 512
 CALIBRATION_BATCH = 32
+
+Int8Target = Literal["auto", "portable", "int8_dot"]
+"""Which CPUs an INT8 variant is built for: `portable` (any CPU), `int8_dot` (VNNI, AMX or Arm dotprod),
+`auto` (the one this optimizer runs on, so the variant keeps its accuracy where it is measured)."""
+
+
+@dataclass(frozen=True)
+class Int8Build:
+    """How INT8 variants are quantized for a target, and what to tell a reader about it."""
+
+    target: Literal["portable", "int8_dot"]
+    reduce_range: bool
+
+    @property
+    def cpu_target(self) -> str:
+        if self.reduce_range:
+            return "any CPU (7-bit weights)"
+        return "CPUs with an INT8 dot product (AVX-512 VNNI, AVX-VNNI, AMX or Arm dotprod)"
+
+    @property
+    def note(self) -> str:
+        if self.reduce_range:
+            return (
+                "7-bit weights (reduce_range): no u8 x s8 saturation on CPUs without VNNI, so it keeps its "
+                "accuracy on any x86 CPU"
+            )
+        return (
+            "full 8-bit weights: exact on CPUs with VNNI/AMX; on AVX2-only CPUs their u8 x s8 sums can saturate "
+            "and lose accuracy"
+        )
+
+
+def int8_build(target: Int8Target, cpu: CpuInfo) -> Int8Build:
+    """The quantization settings for `target`; `auto` asks `cpu` whether it has an INT8 dot product.
+
+    ONNX Runtime's x86 kernels without VNNI multiply with `vpmaddubsw`, whose 16-bit pair sums saturate
+    for full-range 8-bit weights (ONNX Runtime's quantization docs); 7-bit weights cannot saturate.
+    """
+    if target == "auto":
+        target = "int8_dot" if cpu.int8_dot_product is not None else "portable"
+    return Int8Build(target=target, reduce_range=target == "portable")
 
 
 def _quiet_quantizer() -> None:
@@ -21,13 +65,16 @@ def _quiet_quantizer() -> None:
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
 
-def int8_dynamic(fp32: Path, out: Path) -> Path:
-    """INT8 weights, activations quantized at run time (`quantize_dynamic`, signed INT8 weights)."""
+def int8_dynamic(fp32: Path, out: Path, *, reduce_range: bool = True) -> Path:
+    """INT8 weights, activations quantized at run time (`quantize_dynamic`, signed INT8 weights).
+
+    `reduce_range` keeps weights to 7 bits, which no CPU's integer kernels saturate on (see `int8_build`).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = verify_self_contained_onnx(fp32.read_bytes())
     _quiet_quantizer()
-    quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=False)
+    quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=False, reduce_range=reduce_range)
     return out
 
 
@@ -44,11 +91,12 @@ class _Calibration:
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0) -> Path:
+def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0, *, reduce_range: bool = True) -> Path:
     """INT8 weights and activations in QDQ format, ranges calibrated (min/max) on `calibration_x`.
 
     Only the weighted operators are quantized: the baked-in preprocessing sees raw features whose
     columns can differ in scale by orders of magnitude, and one INT8 range for them would lose them.
+    `reduce_range` keeps weights to 7 bits, which no CPU's integer kernels saturate on (see `int8_build`).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -63,6 +111,7 @@ def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0)
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=reduce_range,
         calibrate_method=CalibrationMethod.MinMax,
         op_types_to_quantize=["Gemm", "MatMul", "Conv"],
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

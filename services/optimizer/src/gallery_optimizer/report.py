@@ -58,6 +58,7 @@ class VariantReport:
     accuracy_delta: float | None = None
     within_budget: bool = False
     notes: list[str] = field(default_factory=list)
+    cpu_target: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -83,6 +84,7 @@ class OptimizationReport:
     recommended: str
     recommendation_reason: str
     accuracy_budget: float = 0.01
+    measured_on: dict[str, Any] = field(default_factory=dict)
 
     def variant(self, name: str) -> VariantReport:
         """The row named `name`; KeyError if the report has none."""
@@ -115,6 +117,7 @@ class OptimizationReport:
             "recommendation_reason": self.recommendation_reason,
             "accuracy_budget": self.accuracy_budget,
             "ranking_metric": "latency_b32_p50_ms",
+            "measured_on": self.measured_on,
             "variants": [row.to_json() for row in self.variants],
         }
 
@@ -125,6 +128,7 @@ class OptimizationReport:
             "",
             f"Recommended: **{self.recommended}** — {self.recommendation_reason}",
             "",
+            *self._measured_on_lines(),
             "| variant | size | peak mem | b1 p50 ms | b1 p99 ms | b32 p50 ms | b32 p99 ms | rows/s | accuracy "
             "| macro-F1 | agreement | Δ accuracy | within budget |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
@@ -148,6 +152,12 @@ class OptimizationReport:
         if notes:
             lines += ["", "Notes:", ""] + [f"- {name}: {note}" for name, note in notes]
         return "\n".join(lines) + "\n"
+
+    def _measured_on_lines(self) -> list[str]:
+        if not self.measured_on:
+            return []
+        cpu = self.measured_on
+        return [f"Measured on: {cpu.get('model')} ({cpu.get('hardware_class')}, {cpu.get('cores')} cores)", ""]
 
     def write_chart(self, path: Path) -> None:
         """A PNG of batch-32 p50 latency against test accuracy, one labelled point per built variant."""
