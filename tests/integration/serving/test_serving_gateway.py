@@ -431,7 +431,7 @@ async def test_a_model_scaled_to_zero_is_woken_once_and_held_requests_are_answer
         started = time.monotonic()
         responses = await infer_many(f"{gw}/v2/models/sleepy/infer", [body([float(i)]) for i in range(10)])
 
-    assert [r.status_code for r in responses] == [200] * 10
+    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses if r.status_code != 200]
     assert {served_by(r) for r in responses} == {"a"}
     assert len(wakes) == 1, "concurrent requests must share one wake-up"
     assert time.monotonic() - started >= 0.5

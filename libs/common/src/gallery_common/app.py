@@ -46,6 +46,8 @@ class ServiceResources:
     store: ArtifactStore | None = None
     engine: Engine | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # dependencies reported by /readyz that do not decide readiness (the data plane's bus)
+    optional: set[str] = field(default_factory=set)
 
 
 Startup = Callable[[FastAPI, ServiceResources], AbstractAsyncContextManager[None]]
@@ -152,7 +154,8 @@ def _ops_router() -> APIRouter:
         """Readiness: every dependency this service opened answers."""
         resources: ServiceResources = request.app.state.resources
         checks = await readiness(resources)
-        ready = getattr(request.app.state, "started", False) and all(v == "ok" for v in checks.values())
+        required = [state for name, state in checks.items() if name not in resources.optional]
+        ready = getattr(request.app.state, "started", False) and all(state == "ok" for state in required)
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -169,6 +172,7 @@ def create_app(
     title: str,
     routers: Sequence[APIRouter] = (),
     use_bus: bool = True,
+    bus_required: bool = True,
     use_store: bool = False,
     use_database: bool = False,
     startup: Startup | None = None,
@@ -177,6 +181,8 @@ def create_app(
 ) -> FastAPI:
     """Build a service app; nothing connects until the lifespan runs.
 
+    With `bus_required=False` the app starts and reports ready without NATS: the bus connects in the
+    background (no streams are ensured) and /readyz shows its state without being held back by it.
     `untraced(scope)` names requests FastAPI's own OpenTelemetry spans and metrics skip (hot paths).
     """
 
@@ -195,7 +201,11 @@ def create_app(
                 source=f"/modelgallery/{settings.service_name}",
                 stream_replicas=settings.stream_replicas,
             )
-            await resources.bus.connect()
+            if bus_required:
+                await resources.bus.connect()
+            else:
+                resources.optional.add("nats")
+                resources.bus.connect_in_background(ensure_streams=False)
         try:
             if startup is not None:
                 async with startup(app, resources):

@@ -155,6 +155,7 @@ class EventBus:
         self._consumers: list[Consumer] = []
         self._closing = False
         self._last_error: str | None = None
+        self._connecting: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: GallerySettings) -> EventBus:
@@ -176,37 +177,64 @@ class EventBus:
             raise RuntimeError("EventBus is not connected: call connect() first")
         return self._js
 
+    def _dial(self) -> Awaitable[Client]:
+        # nats.py keeps trying the servers (max_reconnect_attempts=-1) until it is connected or cancelled
+        return nats.connect(
+            self.url.split(","),
+            name=self.service,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
+            connect_timeout=2,
+            drain_timeout=_DRAIN_TIMEOUT_S,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+
+    def _opened(self, nc: Client) -> None:
+        self._nc = nc
+        self._closing = False
+        self._last_error = None
+        self._js = nc.jetstream(timeout=_ATTEMPT_TIMEOUT)
+
     async def connect(self, *, ensure_streams: bool = True) -> EventBus:
         """Connect (waiting up to `publish_deadline` for the server) and ensure the streams.
 
         The connection reconnects forever, so a server restart is an outage, not an error.
         """
         try:
-            self._nc = await asyncio.wait_for(
-                nats.connect(
-                    self.url.split(","),
-                    name=self.service,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
-                    connect_timeout=2,
-                    drain_timeout=_DRAIN_TIMEOUT_S,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                ),
-                self.publish_deadline,
-            )
+            self._opened(await asyncio.wait_for(self._dial(), self.publish_deadline))
         except TimeoutError:
             raise Unavailable(f"cannot reach NATS at {self.url} within {self.publish_deadline:g}s") from None
-        self._closing = False
-        self._last_error = None
-        self._js = self._nc.jetstream(timeout=_ATTEMPT_TIMEOUT)
         if ensure_streams:
             await self.ensure_streams()
         return self
 
+    def connect_in_background(self, *, ensure_streams: bool = True) -> asyncio.Task[None]:
+        """Connect in a task that keeps trying for as long as NATS is unreachable, then ensure the streams.
+
+        For the data plane (gateway, model servers), which must start and serve without the bus:
+        until the task is done `is_connected` is False and publishing is the caller's to defer.
+        """
+
+        async def connect() -> None:
+            self._opened(await self._dial())
+            log.info("nats connected", url=self.url)
+            while ensure_streams:
+                try:
+                    await self.ensure_streams()
+                    break
+                except Unavailable:
+                    continue  # the server went away again; its own retries already waited
+
+        self._connecting = asyncio.create_task(connect(), name=f"nats-connect:{self.service}")
+        return self._connecting
+
     async def close(self) -> None:
         """Stop this bus's consumers (each finishes its event in hand), then drain the connection."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
         await asyncio.gather(*(consumer.stop() for consumer in self._consumers))
         self._closing = True
         nc, self._nc, self._js = self._nc, None, None

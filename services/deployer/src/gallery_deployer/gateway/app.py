@@ -14,8 +14,9 @@ from gallery_common.settings import load_settings
 
 from . import api
 from .fastpath import InferFastPath, is_inference
-from .proxy import Gateway, Publish
+from .proxy import Gateway
 from .routes import RouteBook
+from .samples import SampleOutbox
 from .settings import GatewaySettings
 
 DESCRIPTION = (
@@ -26,26 +27,33 @@ DESCRIPTION = (
 
 
 def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastAPI:
-    """The gateway for `settings`; `with_bus=False` gives one that publishes no samples (tests)."""
+    """The gateway for `settings`; `with_bus=False` gives one that publishes no samples (tests).
+
+    The bus is not needed to serve: the gateway starts, reports ready and routes while NATS is
+    unreachable; samples wait in a bounded buffer and go out once it connects.
+    """
 
     @asynccontextmanager
     async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
         book = await anyio.to_thread.run_sync(RouteBook(settings.resolved_routes_file).load)
         # aiohttp rather than httpx: httpx's connection pool serialises badly at 64 concurrent requests
         connector = aiohttp.TCPConnector(limit=settings.max_connections, limit_per_host=0, ttl_dns_cache=300)
-        publish: Publish | None = None
+        samples: SampleOutbox | None = None
         if resources.bus is not None:
-            publish = resources.bus.nc.publish
+            samples = SampleOutbox(resources.bus, settings.sample_buffer)
+            samples.start()
         timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
         token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as client:
-            gateway = Gateway(settings, book, client, publish)
+            gateway = Gateway(settings, book, client, samples)
             resources.extras[api.GATEWAY_KEY] = gateway
             try:
                 yield
             finally:
                 await gateway.close()
+                if samples is not None:
+                    await samples.close(timeout=settings.request_timeout_s)
 
     app = create_app(
         settings,
@@ -53,6 +61,7 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         description=DESCRIPTION,
         routers=[api.oip, api.admin],
         use_bus=with_bus,
+        bus_required=False,
         startup=startup,
         untraced=is_inference,
     )

@@ -10,9 +10,9 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import numpy as np
@@ -28,7 +28,13 @@ from .cache import CachedAnswer, make_response_cache
 from .routes import Backend, ModelRoute, RouteBook
 from .settings import GatewaySettings
 
-Publish = Callable[[str, bytes], Awaitable[None]]
+
+class SampleSink(Protocol):
+    """Where traffic samples go (`samples.SampleOutbox`): `offer` must neither block nor raise."""
+
+    def offer(self, model: str, sample: bytes) -> None: ...
+
+
 # headers that carry meaning for OIP v2 bodies (the binary-data extension) and must pass through
 _PASSED_HEADERS = ("content-type", "inference-header-content-length")
 
@@ -76,13 +82,13 @@ class Gateway:
         settings: GatewaySettings,
         book: RouteBook,
         client: aiohttp.ClientSession,
-        publish: Publish | None = None,
+        samples: SampleSink | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.book = book
         self.client = client
-        self.publish = publish
+        self.samples = samples
         self.rng = rng or random.Random()
         token = settings.deployer_token.get_secret_value() if settings.deployer_token else None
         self._wake_headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -194,7 +200,7 @@ class Gateway:
         shadow = route.shadow
         if shadow is not None and is_json and self.rng.random() * 100 < route.policy.shadow_percent:
             self._spawn(self._mirror(model, shadow, path, body, sent, served.content))
-        if self.publish is not None and is_json and self.rng.random() < self.settings.sample_rate:
+        if self.samples is not None and is_json and self.rng.random() < self.settings.sample_rate:
             self._spawn(self._sample(model, attempt.backend, body, served.content, latency))
         return answer
 
@@ -290,8 +296,8 @@ class Gateway:
         metrics.SHADOW_AGREEMENT.labels(model, shadow.id, agree).inc()
 
     async def _sample(self, model: str, backend: Backend, body: bytes, served: bytes, latency_s: float) -> None:
-        """Publish the request's inputs and the served outputs for the monitor's drift checks."""
-        assert self.publish is not None
+        """Offer the request's inputs and the served outputs to the monitor's drift checks."""
+        assert self.samples is not None
         try:
             inputs = orjson.loads(body).get("inputs")
             outputs = orjson.loads(served).get("outputs")
@@ -306,12 +312,7 @@ class Gateway:
             "latency_ms": round(latency_s * 1000, 3),
             "time": time.time(),
         }
-        try:
-            await self.publish(f"inference.sample.{model}", orjson.dumps(sample))
-        except Exception:  # a sample is best effort: a bus hiccup must not surface anywhere
-            metrics.SAMPLES.labels(model, "failed").inc()
-            return
-        metrics.SAMPLES.labels(model, "published").inc()
+        self.samples.offer(model, orjson.dumps(sample))
 
     async def close(self) -> None:
         """Let mirrored requests and samples still in flight finish (bounded by the request timeout)."""

@@ -47,20 +47,11 @@ class AsyncServing:
 
     def start(self) -> None:
         """Connect and subscribe in the background."""
-        self._task = asyncio.get_running_loop().create_task(self._connect(), name="nats-connect")
+        self._task = asyncio.get_running_loop().create_task(self._connect(), name="nats-serve")
 
     async def _connect(self) -> None:
-        warned = False
-        while True:
-            try:
-                await self._bus.connect(ensure_streams=False)
-                break
-            except Exception as exc:  # unreachable or refused: HTTP keeps serving while this retries
-                if not warned:
-                    log.warning("nats_unreachable", url=self._settings.nats_url, reason=f"{type(exc).__name__}: {exc}")
-                    warned = True
-                await self._bus.close()
-                await asyncio.sleep(CONNECT_RETRY_S)
+        # HTTP serves meanwhile; the bus logs once that NATS is unreachable and keeps trying
+        await self._bus.connect_in_background(ensure_streams=False)
         await self.responder.start(self._bus.nc)
         await self.jobs.start(self._bus.nc, self._bus.js)
         log.info("nats_serving", url=self._settings.nats_url)
