@@ -135,14 +135,18 @@ def show_what_the_monitor_saw(version: dict, timeout: float = 30) -> None:
 
 async def show_dead_letter_handling(settings: GallerySettings) -> None:
     """A malformed event is refused by the gate with a reason, and the gate goes on."""
-    async with EventBus(settings.nats_url, source="/modelgallery/demo") as bus:
-        await bus.publish_raw(
+    # only the trainer may publish model.trained, so the malformed event goes out with its credentials
+    trainer = EventBus.from_settings(settings, user="trainer", source="/modelgallery/demo")
+    async with trainer as producer, EventBus.from_settings(settings, user="cli") as reader:
+        await producer.publish_raw(
             "model.trained",
             b'{"specversion": "1.0", "id": "demo-malformed", "source": "/demo", '
             b'"type": "io.modelgallery.model.trained.v1", "subject": "digits/x", "data": {"model": "digits"}}',
         )
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any(d.event_id == "demo-malformed" for d in await bus.dead_letters()):
+        while time.monotonic() < deadline and not any(
+            d.event_id == "demo-malformed" for d in await reader.dead_letters()
+        ):
             await asyncio.sleep(0.2)
 
 

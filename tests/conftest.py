@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from promtool_check import Promtool
 
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port, wait_for_port
@@ -174,19 +175,6 @@ def redis_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-class Promtool:
-    """`promtool check metrics` (installed into the venv by `make test`): what it finds wrong with a /metrics page."""
-
-    def __init__(self, binary: Path) -> None:
-        self.binary = binary
-
-    def problems(self, exposition: str | bytes) -> str:
-        """'' when the page is clean, else promtool's complaints, one per line."""
-        data = exposition.encode() if isinstance(exposition, str) else exposition
-        done = subprocess.run([str(self.binary), "check", "metrics"], input=data, capture_output=True, timeout=60)
-        return "" if done.returncode == 0 else (done.stdout + done.stderr).decode().strip() or f"exit {done.returncode}"
 
 
 @pytest.fixture(scope="session")

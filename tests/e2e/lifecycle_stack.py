@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from gallery_common.bus import EventBus
+from gallery_common.nats_auth import NatsCredentials, password_path
 from gallery_common.netutil import free_port
 
 
@@ -35,6 +37,12 @@ class LifecycleStack:
         for name, service in self.services.items():
             env[f"GALLERY_{name.upper()}_URL"] = service.url
         return env
+
+    def bus(self, user: str = "cli") -> EventBus:
+        """A bus connection as NATS user `user` when the stack's server has users (see `gallery_common.nats_auth`)."""
+        path = password_path(self.home, user)
+        credentials = NatsCredentials(user, path.read_text().strip()) if path.exists() else None
+        return EventBus(self.nats_url, f"test-{user}", credentials=credentials)
 
     def start(self, name: str, timeout: float = 60.0, **settings: str) -> ServiceProcess:
         port = free_port()

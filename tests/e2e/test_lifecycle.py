@@ -23,10 +23,10 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from conftest import Promtool
 from lifecycle_stack import LifecycleStack
+from promtool_check import Promtool
 
-from gallery_common.bus import EventBus
+from gallery_cli.stack import stack_authorization
 from gallery_common.events import CloudEvent
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.telemetry import trace_id_of
@@ -37,28 +37,32 @@ MODEL = "digits-mlp"
 
 
 @pytest.fixture
-def stack(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[LifecycleStack]:
-    running = LifecycleStack(home=tmp_path / "home", nats_url=nats_server.url)
-    try:
-        running.start("registry")
-        running.start("trainer")
-        running.start("optimizer")
-        running.start("gateway", GALLERY_SAMPLE_RATE="1")
-        running.start("deployer", GALLERY_CANARY_WINDOW_S="5", GALLERY_CANARY_MIN_REQUESTS="5", GALLERY_DRAIN_S="2")
-        running.start(
-            "monitor",
-            GALLERY_SCRAPE_INTERVAL_S="1",
-            GALLERY_EVALUATE_INTERVAL_S="1",
-            GALLERY_SLO_WINDOW_S="20",
-            GALLERY_SLO_DRIFT_MIN_SAMPLES="100",
-        )
-        yield running
-    finally:
-        running.stop()
+def stack(tmp_path: Path) -> Iterator[LifecycleStack]:
+    home = tmp_path / "home"
+    # a NATS user per service, as `gallery up` runs it: every service logs in as itself
+    authorization = stack_authorization(home, [])
+    with EmbeddedNats(home / "nats", log_file=tmp_path / "nats.log", authorization=authorization) as nats_server:
+        running = LifecycleStack(home=home, nats_url=nats_server.url)
+        try:
+            running.start("registry")
+            running.start("trainer")
+            running.start("optimizer")
+            running.start("gateway", GALLERY_SAMPLE_RATE="1")
+            running.start("deployer", GALLERY_CANARY_WINDOW_S="5", GALLERY_CANARY_MIN_REQUESTS="5", GALLERY_DRAIN_S="2")
+            running.start(
+                "monitor",
+                GALLERY_SCRAPE_INTERVAL_S="1",
+                GALLERY_EVALUATE_INTERVAL_S="1",
+                GALLERY_SLO_WINDOW_S="20",
+                GALLERY_SLO_DRIFT_MIN_SAMPLES="100",
+            )
+            yield running
+        finally:
+            running.stop()
 
 
-async def stored_events(nats_url: str) -> list[CloudEvent]:
-    async with EventBus(nats_url, "e2e-test") as bus:
+async def stored_events(stack: LifecycleStack) -> list[CloudEvent]:
+    async with stack.bus() as bus:
         events: list[CloudEvent] = []
 
         async def collect() -> None:
@@ -82,7 +86,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
 
 
 def events_of(stack: LifecycleStack, kind: str, **match: object) -> list[CloudEvent]:
-    found = [e for e in asyncio.run(stored_events(stack.nats_url)) if e.event == kind]
+    found = [e for e in asyncio.run(stored_events(stack)) if e.event == kind]
     return [e for e in found if all(getattr(e.data, k, None) == v for k, v in match.items())]
 
 
@@ -188,7 +192,7 @@ def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: Lifecyc
     assert len(events_of(stack, "degraded", version=2)) == 1
 
     # one trace per version from the trainer through the gate and the optimizer to its first deployment
-    events = asyncio.run(stored_events(stack.nats_url))
+    events = asyncio.run(stored_events(stack))
     for version, first_stage in ((1, "production"), (2, "canary")):
         steps = [e for e in events if getattr(e.data, "version", None) == version]
         first_deploy = next(e for e in steps if e.event == "deployed" and e.data.stage == first_stage)

@@ -106,7 +106,8 @@ def pids_gone(pids: list[int], timeout: float = 5.0) -> bool:
 
 
 def start_foreground(sandbox: Sandbox) -> subprocess.Popen[str]:
-    """`gallery up` without --detach, returned once `gallery status` calls the stack healthy."""
+    """`gallery up` without --detach, returned once `gallery status` calls the whole stack healthy (nats-server
+    alone is healthy, and recorded, before the service has even started)."""
     proc = subprocess.Popen(
         [str(GALLERY), "up", "--only", "echo"],
         env=sandbox.env,
@@ -115,7 +116,12 @@ def start_foreground(sandbox: Sandbox) -> subprocess.Popen[str]:
         text=True,
     )
     deadline = time.monotonic() + 30
-    while sandbox.gallery("status").returncode != 0:
+
+    def healthy() -> bool:
+        status = sandbox.gallery("status", "--json")
+        return status.returncode == 0 and "echo" in {row["name"] for row in json.loads(status.stdout)}
+
+    while not healthy():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"foreground up never became healthy: {proc.communicate()[0]}")

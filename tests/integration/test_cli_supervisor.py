@@ -18,6 +18,7 @@ from cli_sandbox import Sandbox, make_sandbox, pids_gone, start_foreground, wait
 
 from gallery_common.bus import EventBus
 from gallery_common.events import ModelDeploymentFailed
+from gallery_common.nats_auth import NatsCredentials, password_path
 
 HEAL_S = 5.0
 
@@ -90,18 +91,25 @@ def kill_and_time_the_heal(box: Sandbox, name: str) -> tuple[float, dict[str, An
     return time.monotonic() - killed, row
 
 
-async def publish_events(nats_url: str, versions: range) -> None:
-    async with EventBus(nats_url, "test") as bus:
+def bus_as(box: Sandbox, user: str) -> EventBus:
+    """A connection as one of the stack's NATS users (`gallery up` made their passwords under its home)."""
+    password = password_path(box.home, user).read_text().strip()
+    return EventBus(f"nats://127.0.0.1:{box.nats_port}", f"test-{user}", credentials=NatsCredentials(user, password))
+
+
+async def publish_events(box: Sandbox, versions: range) -> None:
+    # model.deployment_failed: only the deployer may publish it
+    async with bus_as(box, "deployer") as bus:
         for version in versions:
             await bus.publish(ModelDeploymentFailed(model="healing", version=version, reason="a test event"))
 
 
-async def stored_versions(nats_url: str) -> list[int]:
-    async with EventBus(nats_url, "test") as bus:
+async def stored_versions(box: Sandbox) -> list[int]:
+    async with bus_as(box, "cli") as bus:
         info = await bus.js.stream_info("MODEL_EVENTS")
         return [
             json.loads((await bus.js.get_msg("MODEL_EVENTS", seq)).data)["data"]["version"]
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)
+            for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1)
         ]
 
 
@@ -127,8 +135,7 @@ def consuming(tmp_path: Path) -> Any:
 def test_a_killed_service_and_nats_server_are_back_within_5_s_and_no_event_is_lost(consuming: Sandbox) -> None:
     up = consuming.gallery("up", "--detach")
     assert up.returncode == 0, up.stdout + up.stderr
-    nats_url = f"nats://127.0.0.1:{consuming.nats_port}"
-    asyncio.run(publish_events(nats_url, range(1, 11)))
+    asyncio.run(publish_events(consuming, range(1, 11)))
 
     for name in ("echo", "nats"):
         seconds, row = kill_and_time_the_heal(consuming, name)
@@ -136,8 +143,8 @@ def test_a_killed_service_and_nats_server_are_back_within_5_s_and_no_event_is_lo
         assert row["restarts"] == 1 and row["last_exit"] == "killed by SIGKILL"
 
     # the same store: what was acknowledged before the kill is there, and the bus takes more
-    asyncio.run(publish_events(nats_url, range(11, 21)))
-    assert asyncio.run(stored_versions(nats_url)) == list(range(1, 21))
+    asyncio.run(publish_events(consuming, range(11, 21)))
+    assert asyncio.run(stored_versions(consuming)) == list(range(1, 21))
     # the restarted service, reconnected to the restarted server, handled every event once
     assert wait_until("every event handled", lambda: effects(consuming)[0] == 20, timeout=30)
 
@@ -151,7 +158,7 @@ def test_a_handler_killed_mid_work_gets_its_event_again_and_does_it_once(consumi
     (consuming.home).mkdir(parents=True, exist_ok=True)
     (consuming.home / "hang").touch()
     assert consuming.gallery("up", "--detach").returncode == 0
-    asyncio.run(publish_events(f"nats://127.0.0.1:{consuming.nats_port}", range(1, 2)))
+    asyncio.run(publish_events(consuming, range(1, 2)))
     wait_until("the first delivery", lambda: effects(consuming)[1], timeout=20)
 
     _, row = kill_and_time_the_heal(consuming, "echo")

@@ -101,7 +101,9 @@ async def eventually(what: str, check: Any, timeout: float = 60.0) -> Any:
     return await asyncio.to_thread(wait_for, what, check, timeout)
 
 
-def register(registry: str, home: Path, version: int, weights: np.ndarray) -> dict[str, dict[str, str]]:
+def register(
+    registry: str, home: Path, version: int, weights: np.ndarray, *, validated: bool = True
+) -> dict[str, dict[str, str]]:
     """A registered version with its ONNX file and the validation split, as the gate would announce it."""
     artifacts = {"onnx": put(home, f"iris/{version}/model.onnx", classifier(weights))}
     artifacts["validation_split"] = validation_split(home, ROWS)
@@ -110,6 +112,12 @@ def register(registry: str, home: Path, version: int, weights: np.ndarray) -> di
     created = httpx.post(f"{registry}/api/v1/models/iris/versions", json={"artifacts": artifacts})
     assert created.status_code == 201, created.text
     assert created.json()["version"] == version
+    if not validated:
+        return artifacts
+    # what the gate would do: the deployer deploys only what the registry holds as validated
+    for status in ("validating", "validated"):
+        marked = httpx.patch(f"{registry}/api/v1/models/iris/versions/{version}", json={"status": status})
+        assert marked.status_code == 200, marked.text
     return artifacts
 
 
@@ -123,6 +131,15 @@ def deployments(deployer: str) -> list[dict[str, Any]]:
 
 def production_alias(registry: str) -> int:
     return int(httpx.get(f"{registry}/api/v1/models/iris/aliases/production").json()["version"])
+
+
+def handled_by_deployer(deployer: str) -> float:
+    """Deliveries the deployer's consumer has settled, from its /metrics."""
+    total = 0.0
+    for line in httpx.get(f"{deployer}/metrics").text.splitlines():
+        if line.startswith("modelgallery_bus_events_handled_total{") and 'durable="deployer"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def served_version(gateway: str) -> str:
@@ -149,6 +166,8 @@ async def test_validated_canary_optimized_promoted_with_no_failed_request(
         assert weights == {1: 90.0, 2: 10.0}
 
         int8 = put(home, "iris/2/int8.onnx", classifier(W2 * 1.0001))
+        # as the optimizer does before it announces a variant
+        assert httpx.put(f"{registry}/api/v1/models/iris/versions/2/artifacts/int8", json=int8).status_code == 200
         optimized = ModelOptimized(
             model="iris", version=2, recommended="int8_dynamic", recommended_artifact=ArtifactRef(**int8)
         )
@@ -186,10 +205,52 @@ async def test_a_canary_that_disagrees_with_production_is_rolled_back(
     assert [d["version"] for d in deployments(deployer)] == [2]
     assert production_alias(registry) == 2
     assert served_version(gateway) == "2"
-    # a redelivery of the same event changes nothing
+    # announcing the rolled-back version again changes nothing: only a person deploys it again
+    handled = handled_by_deployer(deployer)
     await publish(nats_module.url, validated(3, v3), "validated-iris-3-again")
-    await asyncio.sleep(1.0)
+    await eventually("the deployer handled it", lambda: handled_by_deployer(deployer) > handled)
     assert len(events.of("model.deployed", version=3)) == 1
+    assert [d["version"] for d in deployments(deployer)] == [2]
+
+
+async def dead_letter_reasons(nats_url: str) -> dict[str, str]:
+    async with EventBus(nats_url, "test") as bus:
+        return {d.event_id or "": d.reason for d in await bus.dead_letters()}
+
+
+async def test_forged_events_that_slip_past_nats_are_refused_by_the_registry_check(
+    stack: Any, events: Events, nats_module: EmbeddedNats
+) -> None:
+    registry, gateway, deployer = (stack.services[n].url for n in ("registry", "gateway", "deployer"))
+
+    def serving() -> list[tuple[int, str, str, float]]:
+        return [(d["version"], d["variant"], d["stage"], d["traffic_percent"]) for d in deployments(deployer)]
+
+    before = serving()
+    # a version registered by hand and never judged by the gate, announced as validated
+    v4 = register(registry, stack.home, 4, W1, validated=False)
+    await publish(nats_module.url, validated(4, v4), "forged-validated-iris-4")
+    # a validated version announced with another ONNX file than the one the gate judged
+    swapped = dict(v4, onnx=put(stack.home, "iris/evil.onnx", classifier(W3)))
+    await publish(nats_module.url, validated(2, swapped), "forged-validated-iris-2")
+    # an "optimized variant" the optimizer never attached
+    evil = ArtifactRef(**put(stack.home, "iris/2/evil-int8.onnx", classifier(W3)))
+    optimized = ModelOptimized(model="iris", version=2, recommended="int8_dynamic", recommended_artifact=evil)
+    await publish(nats_module.url, optimized, "forged-optimized-iris-2")
+
+    reasons = await eventually(
+        "three refusals",
+        lambda: (
+            (found := asyncio.run(dead_letter_reasons(nats_module.url)))
+            and {"forged-validated-iris-4", "forged-validated-iris-2", "forged-optimized-iris-2"} <= set(found)
+            and found
+        ),
+    )
+    assert "the registry holds iris:4 as 'pending', not validated" in reasons["forged-validated-iris-4"]
+    assert "is not the one the registry recorded for iris:2" in reasons["forged-validated-iris-2"]
+    assert "is not an artifact the registry holds for iris:2" in reasons["forged-optimized-iris-2"]
+    assert serving() == before and not events.of("model.deployed", version=4)
+    assert served_version(gateway) == "2"
 
 
 async def test_a_killed_model_server_is_restarted_and_serves_again(stack: Any) -> None:

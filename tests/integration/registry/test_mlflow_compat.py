@@ -82,7 +82,7 @@ def test_models_versions_and_aliases(client: mlflow.MlflowClient, name: str, tmp
     assert error_code(lambda: client.get_model_version_by_alias(name, "champion")) == "RESOURCE_DOES_NOT_EXIST"
 
 
-def test_search_update_tags_and_delete(client: mlflow.MlflowClient, name: str) -> None:
+def test_search_update_tags_and_delete(client: mlflow.MlflowClient, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     client.create_registered_model(name)
     client.create_registered_model(f"{name}-b")
     for run in ("r1", "r2", "r3"):
@@ -112,6 +112,11 @@ def test_search_update_tags_and_delete(client: mlflow.MlflowClient, name: str) -
     assert client.get_registered_model(name).tags == {}
     assert client.get_model_version(name, "1").tags == {}
 
+    # deletions are admin operations, refused in MLflow's shape to a writer
+    assert error_code(lambda: client.delete_model_version(name, "1")) == "PERMISSION_DENIED"
+    assert error_code(lambda: client.delete_registered_model(name)) == "PERMISSION_DENIED"
+    assert client.get_model_version(name, "1").version == "1"
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", ADMIN)
     client.delete_model_version(name, "1")
     assert error_code(lambda: client.get_model_version(name, "1")) == "RESOURCE_DOES_NOT_EXIST"
     client.delete_registered_model(name)

@@ -139,7 +139,7 @@ async def test_batch_job_writes_the_models_outputs_and_reports_progress(artifact
     progress = [s["done"] for s in statuses[:-1]]
     assert len(progress) >= 3 and progress == sorted(progress) and 0 < progress[-1] < 1000
     output = final["output"]
-    assert isinstance(output, dict) and output["uri"].endswith("/jobs/out/job-1.npz")
+    assert isinstance(output, dict) and output["uri"].endswith("/batch-outputs/tiny/jobs/out/job-1.npz")
     data = Path(output["uri"].removeprefix("file://")).read_bytes()
     assert hashlib.sha256(data).hexdigest() == output["sha256"]
     with np.load(io.BytesIO(data)) as result:
@@ -166,6 +166,23 @@ async def test_malformed_job_gets_a_failed_status_with_the_reason(
     assert reason in str(statuses[0]["error"])
     consumer = await nc.jetstream().consumer_info("INFER_JOBS", "modelserver-tiny")
     assert consumer.num_ack_pending == 0 and consumer.num_redelivered == 0  # terminated, not retried
+
+
+async def test_a_job_cannot_write_outside_the_model_servers_own_outputs(artifact: Artifact, nc: Client) -> None:
+    # aimed at the served model file itself: models/tiny/1.0.0/model.onnx
+    uri, sha256 = _put_npz(artifact.home, "jobs/in/job-3.npz", x=np.zeros((2, 4), np.float32))
+    model_file = artifact.home / "artifacts" / "models" / "tiny" / "1.0.0" / "model.onnx"
+    before = model_file.read_bytes()
+    job = {"job_id": "model", "input": {"uri": uri, "sha256": sha256}, "output_prefix": "models/tiny/1.0.0"}
+
+    statuses = await _statuses(nc, "model", job)
+
+    output = statuses[-1]["output"]
+    assert isinstance(output, dict) and output["uri"].endswith("/batch-outputs/tiny/models/tiny/1.0.0/model.npz")
+    assert model_file.read_bytes() == before
+    escape = {"job_id": "escape", "input": {"uri": uri, "sha256": sha256}, "output_prefix": "../models/tiny"}
+    refused = await _statuses(nc, "escape", escape)
+    assert refused[-1]["state"] == "failed" and "output_prefix" in str(refused[-1]["error"])
 
 
 @pytest.mark.parametrize(

@@ -309,13 +309,15 @@ def test_tritonclient_runs_through_the_gateway(gw: str, backends: dict[str, Fake
     client.close()
 
 
-def test_inference_needs_a_writer_token_and_a_body_within_the_limit(
+def test_inference_needs_an_inference_token_and_a_body_within_the_limit(
     tmp_path: Path, backends: dict[str, FakeModelServer]
 ) -> None:
     route = {"backends": [{"id": "a", "url": backends["a"].url}]}
-    writer = {"Authorization": "Bearer wtok"}
-    with gateway(tmp_path, api_tokens="rtok:reader,wtok:writer", max_body_bytes=2_000) as url:
-        assert httpx.put(f"{url}/admin/routes/guarded", json=route, headers=writer).status_code == 200
+    admin = {"Authorization": "Bearer atok"}
+    inference = {"Authorization": "Bearer itok"}
+    tokens = "itok:inference,rtok:reader,atok:admin"
+    with gateway(tmp_path, api_tokens=tokens, max_body_bytes=2_000) as url:
+        assert httpx.put(f"{url}/admin/routes/guarded", json=route, headers=admin).status_code == 200
         infer = f"{url}/v2/models/guarded/infer"
         answered = {"route": "/v2/models/{model}/infer", "method": "POST", "service": "gateway"}
         before = {
@@ -326,28 +328,34 @@ def test_inference_needs_a_writer_token_and_a_body_within_the_limit(
         missing = httpx.post(infer, content=body([1.0]))
         assert missing.status_code == 401 and "bearer token" in missing.json()["error"]
         assert missing.headers["www-authenticate"] == "Bearer"
-        reader = httpx.post(infer, content=body([1.0]), headers={"Authorization": "Bearer rtok"})
-        assert reader.status_code == 403 and "writer role" in reader.json()["error"]
-        too_big = httpx.post(infer, content=body([1.0] * 1_000), headers=writer)
+        too_big = httpx.post(infer, content=body([1.0] * 1_000), headers=inference)
         assert too_big.status_code == 413 and "2000 bytes" in too_big.json()["error"]
-        assert served_by(httpx.post(infer, content=body([1.0]), headers=writer)) == "a"
-        versioned = httpx.post(f"{url}/v2/models/guarded/versions/9/infer", content=body([1.0]), headers=writer)
+        assert served_by(httpx.post(infer, content=body([1.0]), headers=inference)) == "a"
+        versioned = httpx.post(f"{url}/v2/models/guarded/versions/9/infer", content=body([1.0]), headers=inference)
         assert versioned.status_code == 404 and "version '9'" in versioned.json()["error"]
+        # the ladder: a reader may do what an inference token may
+        reader = httpx.post(infer, content=body([1.0]), headers={"Authorization": "Bearer rtok"})
+        assert served_by(reader) == "a"
 
         after = {code: metric(url, "modelgallery_http_requests_total", status=code, **answered) for code in before}
-        assert {code: after[code] - before[code] for code in before} == {"200": 1, "401": 1, "413": 1}
+        assert {code: after[code] - before[code] for code in before} == {"200": 2, "401": 1, "413": 1}
 
 
-def test_admin_routes_need_writer_and_persist(tmp_path: Path, backends: dict[str, FakeModelServer]) -> None:
+def test_admin_routes_need_admin_and_persist(tmp_path: Path, backends: dict[str, FakeModelServer]) -> None:
     route = {"backends": [{"id": "a", "url": backends["a"].url}]}
-    with gateway(tmp_path, api_tokens="rtok:reader,wtok:writer") as url:
+    with gateway(tmp_path, api_tokens="rtok:reader,wtok:writer,atok:admin") as url:
         target = f"{url}/admin/routes/secured"
         assert httpx.put(target, json=route).status_code == 401
         assert httpx.put(target, json=route, headers={"Authorization": "Bearer rtok"}).status_code == 403
-        assert httpx.put(target, json=route, headers={"Authorization": "Bearer wtok"}).status_code == 200
-        bad = httpx.put(target, json={"backends": []}, headers={"Authorization": "Bearer wtok"})
+        # a writer may not point a model's traffic (and the model-server token) at a host of its choosing
+        by_writer = httpx.put(target, json=route, headers={"Authorization": "Bearer wtok"})
+        assert by_writer.status_code == 403 and "admin role" in by_writer.json()["error"]
+        assert httpx.put(target, json=route, headers={"Authorization": "Bearer atok"}).status_code == 200
+        bad = httpx.put(target, json={"backends": []}, headers={"Authorization": "Bearer atok"})
         assert bad.status_code == 422 and "backends" in bad.json()["error"]
-        got = httpx.get(target, headers={"Authorization": "Bearer rtok"})
+        # the table names every internal backend: reading it is admin too
+        assert httpx.get(target, headers={"Authorization": "Bearer wtok"}).status_code == 403
+        got = httpx.get(target, headers={"Authorization": "Bearer atok"})
         assert got.json()["backends"][0]["id"] == "a"
     saved = orjson.loads((tmp_path / "gateway" / "routes.json").read_bytes())
     assert saved["secured"]["backends"][0]["url"] == backends["a"].url

@@ -141,7 +141,7 @@ async def captured_sample_times(nats_url: str) -> list[float]:
         info = await bus.js.stream_info("SAMPLES")
         return [
             float(orjson.loads((await bus.js.get_msg("SAMPLES", seq)).data)["time"])
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)
+            for seq in range(max(info.state.first_seq, 1), info.state.last_seq + 1)
         ]
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from gallery_deployer.runtime.base import ServerSpec
+from gallery_deployer.runtime.manifests import KubernetesOptions, deployment_manifest
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
@@ -111,3 +115,40 @@ def production_secret_keys() -> dict[str, set[str]]:
 def references(text: str) -> list[str]:
     """The $(VAR) references Kubernetes expands in an env value or command."""
     return re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", text)
+
+
+def nats_config_files(objs: list[Obj]) -> dict[str, str]:
+    """The files nats-server finds in its configuration folder (/etc/nats): nats.conf and what it includes."""
+    files: dict[str, str] = config_map_mounted(objs, find(objs, "StatefulSet", "nats"), "/etc/nats")["data"]
+    return files
+
+
+def nats_users(authorization: str) -> list[Obj]:
+    """The users of the generated authorization.conf, each {"user", "password", "permissions"}; an unquoted
+    `$NAME` password (an environment variable for nats-server) comes back as the string "$NAME"."""
+    body = "\n".join(line for line in authorization.splitlines() if not line.lstrip().startswith("#"))
+    match = re.fullmatch(r"authorization \{\s*users: (\[.*\])\s*\}\s*", body, re.S)
+    assert match, "authorization.conf is not the block scripts/render_k8s.py generates"
+    users: list[Obj] = json.loads(re.sub(r'(?<=": )(\$[A-Za-z_][A-Za-z0-9_]*)', r'"\1"', match[1]))
+    return users
+
+
+def kubernetes_options(objs: list[Obj]) -> KubernetesOptions:
+    """The deployer's GALLERY_KUBERNETES as its pod will see it (after Kubernetes expands $(POD_NAMESPACE))."""
+    deployer = find(objs, "Deployment", "deployer")
+    raw = env_value(container(deployer), "GALLERY_KUBERNETES")
+    return KubernetesOptions.model_validate_json(raw.replace("$(POD_NAMESPACE)", deployer["metadata"]["namespace"]))
+
+
+def model_server(options: KubernetesOptions, gpu: bool) -> Obj:
+    """The Deployment the deployer creates for a model server with these options."""
+    spec = ServerSpec(
+        deployment_id="digits-v3-int8",
+        model="digits",
+        version=3,
+        variant="int8",
+        artifact_uri="s3://modelgallery/runs/r1/model.onnx",
+        artifact_sha256="0" * 64,
+        gpu=gpu,
+    )
+    return deployment_manifest(spec, options)

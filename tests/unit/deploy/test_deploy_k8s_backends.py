@@ -15,7 +15,9 @@ from deploy_k8s_objects import (
     container,
     env_value,
     find,
+    kubernetes_options,
     manifests,
+    model_server,
     of_kind,
     pod_spec,
     port_number,
@@ -23,8 +25,7 @@ from deploy_k8s_objects import (
     workloads,
 )
 
-from gallery_deployer.runtime.base import ServerSpec
-from gallery_deployer.runtime.manifests import KubernetesOptions, deployment_manifest
+from gallery_deployer.runtime.manifests import KubernetesOptions
 
 
 def settings(objs: list[Obj]) -> dict[str, str]:
@@ -109,26 +110,6 @@ def test_production_budgets_every_replicated_workload_and_no_singleton() -> None
         assert 1 <= budget["spec"]["minAvailable"] < replicas
         covered.add(workload["metadata"]["name"])
     assert covered == replicated
-
-
-def kubernetes_options(objs: list[Obj]) -> KubernetesOptions:
-    """The deployer's GALLERY_KUBERNETES as its pod will see it (after Kubernetes expands $(POD_NAMESPACE))."""
-    deployer = find(objs, "Deployment", "deployer")
-    raw = env_value(container(deployer), "GALLERY_KUBERNETES")
-    return KubernetesOptions.model_validate_json(raw.replace("$(POD_NAMESPACE)", deployer["metadata"]["namespace"]))
-
-
-def model_server(options: KubernetesOptions, gpu: bool) -> Obj:
-    spec = ServerSpec(
-        deployment_id="digits-v3-int8",
-        model="digits",
-        version=3,
-        variant="int8",
-        artifact_uri="s3://modelgallery/runs/r1/model.onnx",
-        artifact_sha256="0" * 64,
-        gpu=gpu,
-    )
-    return deployment_manifest(spec, options)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

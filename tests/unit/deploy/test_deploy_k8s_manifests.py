@@ -244,7 +244,7 @@ def token_role(secrets: Path, key: str) -> str:
     ("service", "variable", "role"),
     [
         ("deployer", "GALLERY_REGISTRY_TOKEN", "admin"),  # moves the protected `production` alias
-        ("deployer", "GALLERY_GATEWAY_TOKEN", "writer"),  # sets routes
+        ("deployer", "GALLERY_GATEWAY_TOKEN", "admin"),  # sets routes: the gateway's /admin API is admin-only
         ("deployer", "GALLERY_MODEL_SERVER_TOKEN", "writer"),  # replays validation rows to canaries
         ("optimizer", "GALLERY_REGISTRY_TOKEN", "writer"),  # attaches variants
         ("monitor", "GALLERY_REGISTRY_TOKEN", "reader"),

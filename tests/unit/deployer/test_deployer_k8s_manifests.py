@@ -67,6 +67,7 @@ def gpu_hints(spec: ServerSpec) -> dict[str, Any]:
 
 OPTIONS = KubernetesOptions(config_map="gallery-env", secret="gallery-credentials", service_account="modelserver")
 RPS_OPTIONS = OPTIONS.model_copy(update={"autoscale_metric": "requests_per_second", "target_requests_per_second": 2.5})
+TLS_OPTIONS = OPTIONS.model_copy(update={"nats_secret": "gallery-nats-users", "nats_tls_ca_secret": "gallery-nats-tls"})
 
 CASES = {
     "cpu": lambda: manifests_for(cpu_spec(), OPTIONS),
@@ -76,6 +77,7 @@ CASES = {
         autoscaler_manifest(gpu_spec(), OPTIONS, fallback_name("digits-v3-int8")),
     ],
     "custom-metric": lambda: manifests_for(cpu_spec(), RPS_OPTIONS),
+    "nats-tls": lambda: manifests_for(gpu_spec(), TLS_OPTIONS, gpu_hints(gpu_spec())),
 }
 
 
@@ -136,12 +138,71 @@ def test_settings_reach_the_pod_from_the_config_map_the_secret_and_the_spec() ->
         {"configMapRef": {"name": "gallery-env"}},
         {"secretRef": {"name": "gallery-credentials"}},
     ]
-    env = {e["name"]: e["value"] for e in server["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in server["env"]}
     assert env["GALLERY_LOG_LEVEL"] == "DEBUG"
     assert env["GALLERY_HOST"] == "::"  # the spec's own value wins, and no name appears twice
     assert len(server["env"]) == len(env)
     assert env["GALLERY_HOME"].startswith("/tmp/")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "modelserver"
+
+
+def secret_references(deployment: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """Every (Secret, key) the pod reads; key None for a whole Secret (envFrom or a volume of all its keys)."""
+    pod = deployment["spec"]["template"]["spec"]
+    found: list[tuple[str, str | None]] = []
+    for c in pod["containers"]:
+        found += [(s["secretRef"]["name"], None) for s in c.get("envFrom", []) if "secretRef" in s]
+        for e in c.get("env", []):
+            if ref := e.get("valueFrom", {}).get("secretKeyRef"):
+                found.append((ref["name"], ref["key"]))
+    for volume in pod["volumes"]:
+        if secret := volume.get("secret"):
+            keys = [item["key"] for item in secret.get("items", [])] or [None]
+            found += [(secret["secretName"], key) for key in keys]
+    return found
+
+
+def test_a_model_server_connects_to_nats_as_modelserver_with_only_that_password() -> None:
+    # A deploy request's settings cannot make a model server another NATS user.
+    spec = cpu_spec(env={"GALLERY_NATS_USER": "deployer", "GALLERY_NATS_PASSWORD": "guess"})
+    for deployment in (deployment_manifest(spec, OPTIONS), cpu_fallback_manifest(gpu_spec(), OPTIONS, "no GPU")):
+        env = container(deployment)["env"]
+        assert [e for e in env if e["name"].startswith("GALLERY_NATS_")] == [
+            {"name": "GALLERY_NATS_USER", "value": "modelserver"},
+            {
+                "name": "GALLERY_NATS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "modelgallery-nats-users", "key": "modelserver"}},
+            },
+        ]
+        assert ("modelgallery-nats-users", None) not in secret_references(deployment)
+
+
+def test_without_a_nats_secret_a_model_server_gets_no_nats_credentials() -> None:
+    server = container(deployment_manifest(cpu_spec(), OPTIONS.model_copy(update={"nats_secret": None})))
+    assert not [e for e in server["env"] if e["name"].startswith("GALLERY_NATS_")]
+
+
+def test_with_a_nats_ca_the_pod_mounts_only_the_ca_certificate_and_names_it() -> None:
+    deployment = deployment_manifest(gpu_spec(), TLS_OPTIONS, gpu_hints(gpu_spec()))
+    pod, server = deployment["spec"]["template"]["spec"], container(deployment)
+    env = {e["name"]: e for e in server["env"]}
+    assert env["GALLERY_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "gallery-nats-users",
+        "key": "modelserver",
+    }
+    ca_file = env["GALLERY_NATS_TLS_CA"]["value"]
+    (mount,) = [m for m in server["volumeMounts"] if ca_file.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    # the TLS Secret also holds the server's private key: only ca.crt reaches the model server
+    assert volume["secret"] == {
+        "secretName": "gallery-nats-tls",
+        "items": [{"key": "ca.crt", "path": ca_file.removeprefix(mount["mountPath"] + "/")}],
+    }
+    assert sorted(secret_references(deployment), key=str) == sorted(
+        [("gallery-credentials", None), ("gallery-nats-users", "modelserver"), ("gallery-nats-tls", "ca.crt")],
+        key=str,
+    )
 
 
 def test_pods_run_as_non_root_on_a_read_only_root_with_a_writable_tmp() -> None:

@@ -28,7 +28,7 @@ def registry() -> FakeRegistry:
 
 @pytest.fixture
 def client(tmp_path: Path, registry: FakeRegistry) -> Iterator[TestClient]:
-    settings = OptimizerSettings(home=tmp_path, api_tokens={"w": "writer", "r": "reader"})  # type: ignore[arg-type]
+    settings = OptimizerSettings(home=tmp_path, api_tokens="a:admin,w:writer,r:reader")  # type: ignore[arg-type]
 
     @asynccontextmanager
     async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
@@ -77,33 +77,42 @@ def _wait(client: TestClient, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish")
 
 
+ADMIN = {"Authorization": "Bearer a"}
+
+
 def test_a_policy_has_defaults_and_can_be_set(client: TestClient) -> None:
     default = client.get("/api/v1/policies/iris")
     assert default.status_code == 200
     assert default.json()["accuracy_budget"] == 0.01 and "int8_dynamic" in default.json()["variants"]
-    put = client.put("/api/v1/policies/iris", json={"accuracy_budget": 0.03, "variants": ["fp16"]})
+    put = client.put("/api/v1/policies/iris", json={"accuracy_budget": 0.03, "variants": ["fp16"]}, headers=ADMIN)
     assert put.status_code == 200
     assert client.get("/api/v1/policies/iris").json()["variants"] == ["fp16"]
 
 
 def test_a_bad_policy_is_422_naming_the_field(client: TestClient) -> None:
-    response = client.put("/api/v1/policies/iris", json={"target_sparsity": 1.5})
+    response = client.put("/api/v1/policies/iris", json={"target_sparsity": 1.5}, headers=ADMIN)
     assert response.status_code == 422
     assert response.json()["error"].startswith("invalid optimization policy: target_sparsity:")
-    assert client.put("/api/v1/policies/bad%20name", json={}).status_code == 422
+    assert client.put("/api/v1/policies/bad%20name", json={}, headers=ADMIN).status_code == 422
 
 
-def test_a_reader_cannot_set_a_policy(client: TestClient) -> None:
+def test_only_an_admin_sets_a_policy(client: TestClient) -> None:
     response = client.put("/api/v1/policies/iris", json={}, headers={"Authorization": "Bearer r"})
     assert response.status_code == 403
+    # the policy decides which variant is recommended (and deployed): a writer may not set it
+    by_writer = client.put("/api/v1/policies/iris", json={"accuracy_budget": 1.0})
+    assert by_writer.status_code == 403 and "admin role" in by_writer.json()["error"]
+    assert client.get("/api/v1/policies/iris").json()["accuracy_budget"] == 0.01
 
 
 def test_optimize_by_hand_runs_a_job_and_serves_its_report(client: TestClient, registry: FakeRegistry) -> None:
     _register(client, registry)
-    client.put("/api/v1/policies/iris", json={"variants": ["int8_dynamic", "fp16"]})
-    response = client.post(
-        "/api/v1/optimize", json={"model": "iris", "version": 1, "policy": {"accuracy_budget": 0.02}}
-    )
+    client.put("/api/v1/policies/iris", json={"variants": ["int8_dynamic", "fp16"]}, headers=ADMIN)
+    job_request = {"model": "iris", "version": 1, "policy": {"accuracy_budget": 0.02}}
+    # overriding the policy for one job is setting a policy: admin; a writer submits under the model's
+    by_writer = client.post("/api/v1/optimize", json=job_request)
+    assert by_writer.status_code == 403 and "overriding the optimization policy" in by_writer.json()["error"]
+    response = client.post("/api/v1/optimize", json=job_request, headers=ADMIN)
     assert response.status_code == 202
     queued = response.json()
     assert queued["status"] in ("queued", "running")
@@ -144,7 +153,7 @@ def test_a_bad_optimize_request_is_422(
     client: TestClient, registry: FakeRegistry, body: dict[str, Any], message: str
 ) -> None:
     _register(client, registry)
-    response = client.post("/api/v1/optimize", json=body)
+    response = client.post("/api/v1/optimize", json=body, headers=ADMIN)
     assert response.status_code == 422
     assert message in response.json()["error"]
 

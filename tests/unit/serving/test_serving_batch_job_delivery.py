@@ -108,7 +108,7 @@ async def test_a_transient_failure_is_retried_and_the_redelivery_finishes_the_jo
     assert second.calls == ["ack"]
     assert log.statuses[-1]["state"] == "succeeded"
     assert [s["state"] for s in log.statuses].count("failed") == 0
-    with np.load(io.BytesIO(store.stored["out/j1.npz"])) as result:
+    with np.load(io.BytesIO(store.stored["batch-outputs/m/out/j1.npz"])) as result:
         np.testing.assert_array_equal(result["y"], np.full((6, 2), 2, np.float32))
 
 

@@ -41,6 +41,7 @@ from .records import LOCAL_HOST
 app = typer.Typer(help="Lifecycle events: schemas, live tail, dead letters.", no_args_is_help=True)
 
 CLI_SERVICE = "gallery-cli"
+CLI_USER = "cli"
 CONNECT_DEADLINE = 5.0
 T = TypeVar("T")
 
@@ -76,9 +77,11 @@ def _reachable(nats_url: str) -> bool:
 
 
 @asynccontextmanager
-async def _connected(settings: GallerySettings) -> AsyncIterator[EventBus]:
+async def _connected(settings: GallerySettings, user: str = CLI_USER) -> AsyncIterator[EventBus]:
+    """The bus as NATS user `user` (the CLI's own, unless an event only another may publish is sent)."""
     # The services' long publish deadline suits a server restart, not a person waiting at a prompt.
-    bus = EventBus(settings.nats_url, CLI_SERVICE, source="/modelgallery/cli", publish_deadline=CONNECT_DEADLINE)
+    bus = EventBus.from_settings(settings, user=user, source="/modelgallery/cli", publish_deadline=CONNECT_DEADLINE)
+    bus.service = CLI_SERVICE
     await bus.connect()
     try:
         yield bus
@@ -199,7 +202,8 @@ def sample_trained(model: str) -> ModelTrained:
 
 
 async def _publish(settings: GallerySettings, payload: ModelTrained) -> CloudEvent[ModelTrained]:
-    async with _connected(settings) as bus:
+    # only the trainer may publish model.trained: on a stack with NATS users this speaks as the trainer
+    async with _connected(settings, user="trainer") as bus:
         # A span of its own, so the event carries a trace id that every later step continues.
         with tracer(CLI_SERVICE).start_as_current_span("gallery events publish-sample"):
             return await bus.publish(payload)
@@ -212,6 +216,7 @@ def publish_sample(
     """Publish a sample model.trained event, to watch it travel with `gallery events tail`.
 
     Its artifact is not a model (file:///samples/...), so the registry's validation gate rejects it.
+    Only the trainer may publish model.trained, so this uses the trainer's NATS credentials.
     """
     settings = cli_settings()
     try:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from gallery_common.nats_auth import authorization_block, ensure_passwords, principals
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 from gallery_common.service import ServiceSpec
@@ -78,6 +79,17 @@ def tail(path: Path | str, lines: int = 20) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def stack_authorization(home: Path, services: Sequence[str]) -> str:
+    """nats-server's users for this stack: passwords made once under `home`, bcrypt hashes in the config."""
+    import bcrypt
+
+    table = principals(services)
+    passwords = ensure_passwords(home, table)
+    # cost 10 keeps a login near 50 ms; the passwords are 256-bit random, not guessable by brute force
+    hashes = {user: bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=10)).decode() for user, pw in passwords.items()}
+    return authorization_block(table, hashes)
 
 
 @dataclass
@@ -141,10 +153,12 @@ class StackLauncher:
         write_stack(self.path, self.stack)
         return record
 
-    def start_nats(self, timeout: float = 15.0) -> ProcessRecord:
+    def start_nats(self, services: Sequence[str] = (), timeout: float = 15.0) -> ProcessRecord:
         """Start nats-server with JetStream on loopback; returns once JetStream reports healthy.
 
-        Started again (after a crash), it keeps its ports and its store, so streams and consumers survive.
+        Every client must log in as its own NATS user (see `gallery_common.nats_auth`); `services` names
+        the installed services, each of which gets a user. Started again (after a crash), it keeps its
+        ports, its users and its store, so streams and consumers survive.
         """
         port = nats_port(self.settings)
         if self.nats is None:
@@ -153,7 +167,14 @@ class StackLauncher:
             monitor = DEFAULT_MONITOR_PORT if default_pair else free_port()
             log = log_path(self.home, "nats")
             log.parent.mkdir(parents=True, exist_ok=True)
-            self.nats = EmbeddedNats(self.home / "nats", host=LOCAL_HOST, port=port, monitor_port=monitor, log_file=log)
+            self.nats = EmbeddedNats(
+                self.home / "nats",
+                host=LOCAL_HOST,
+                port=port,
+                monitor_port=monitor,
+                log_file=log,
+                authorization=stack_authorization(self.home, services),
+            )
         server = self.nats
         log = server.log_file or log_path(self.home, "nats")
         monitor = server.monitor_port
@@ -282,7 +303,7 @@ class StackLauncher:
 
         StackError names each service that did not become ready, why, and the end of its log.
         """
-        nats = self.start_nats()
+        nats = self.start_nats([spec.name for spec in services])
         if not services:
             return [nats]
         records = [self.start_service(spec, nats.url) for spec in services]

@@ -1,8 +1,9 @@
 """The FastAPI app factory every service uses.
 
 `create_app(settings, ...)` gives an app whose lifespan opens the bus, the artifact store and the
-database and closes them on shutdown, with `/healthz`, `/readyz`, `/metrics`, bearer-token auth,
-and domain errors mapped once to HTTP answers of the form `{"error": "..."}`.
+database and closes them on shutdown, with `/healthz`, `/readyz`, `/metrics`, bearer-token auth and
+a body-size limit checked before a body is read (`access.AccessMiddleware`), and domain errors
+mapped once to HTTP answers of the form `{"error": "..."}`.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .access import ROUTE_SCOPE_KEY, AccessMiddleware, gallery_error_response
 from .artifacts import ArtifactStore, open_store
-from .auth import authorize
+from .auth import requires
 from .bus import EventBus
 from .db import make_engine, ping
 from .errors import GalleryError
@@ -55,12 +58,6 @@ Startup = Callable[[FastAPI, ServiceResources], AbstractAsyncContextManager[None
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def gallery_error_response(exc: GalleryError) -> JSONResponse:
-    """The answer for a domain error: its status, `{"error": message}`, and a Bearer challenge on 401."""
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return _error(exc.status_code, exc.message, headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -115,14 +112,20 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            # requests answered before routing (refused, or the gateway's fast path) carry the
+            # template AccessMiddleware matched
+            route = getattr(scope.get("route"), "path", None) or scope.get(ROUTE_SCOPE_KEY, "unmatched")
             method = scope["method"]
             HTTP_REQUESTS.labels(self.service, method, route, str(status)).inc()
             HTTP_DURATION.labels(self.service, method, route).observe(time.perf_counter() - start)
 
 
 async def readiness(resources: ServiceResources) -> dict[str, str]:
-    """Each dependency's state: 'ok' or the reason it is not."""
+    """Each dependency's state: 'ok' or a short reason it is not.
+
+    /readyz answers without a token, so the reason never carries the exception's text (it can hold
+    hosts, paths, credentials in a URL); the log has it.
+    """
     checks: dict[str, str] = {}
     if resources.bus is not None:
         checks["nats"] = "ok" if resources.bus.is_connected else "disconnected"
@@ -131,18 +134,21 @@ async def readiness(resources: ServiceResources) -> dict[str, str]:
             await anyio.to_thread.run_sync(resources.store.exists, ".readyz")
             checks["artifacts"] = "ok"
         except Exception as exc:
-            checks["artifacts"] = f"unreachable: {exc}"
+            log.warning("readiness check failed", dependency="artifacts", reason=f"{type(exc).__name__}: {exc}")
+            checks["artifacts"] = "unreachable"
     if resources.engine is not None:
         try:
             await anyio.to_thread.run_sync(ping, resources.engine)
             checks["database"] = "ok"
         except Exception as exc:
-            checks["database"] = f"unreachable: {exc}"
+            log.warning("readiness check failed", dependency="database", reason=f"{type(exc).__name__}: {exc}")
+            checks["database"] = "unreachable"
     return checks
 
 
 def _ops_router() -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    # probes and scrapers carry no token
+    router = APIRouter(tags=["operations"], dependencies=[requires(None)])
 
     @router.get("/healthz")
     async def healthz(request: Request) -> dict[str, str]:
@@ -178,12 +184,15 @@ def create_app(
     startup: Startup | None = None,
     description: str | None = None,
     untraced: Callable[[MutableMapping[str, Any]], bool] | None = None,
+    inner_middleware: Sequence[Middleware] = (),
 ) -> FastAPI:
     """Build a service app; nothing connects until the lifespan runs.
 
     With `bus_required=False` the app starts and reports ready without NATS: the bus connects in the
     background (no streams are ensured) and /readyz shows its state without being held back by it.
     `untraced(scope)` names requests FastAPI's own OpenTelemetry spans and metrics skip (hot paths).
+    Each request passes the metrics, then the access checks (auth, role, body size), then
+    `inner_middleware` in order (the gateway's inference fast path), then FastAPI's routing.
     """
 
     @asynccontextmanager
@@ -196,11 +205,7 @@ def create_app(
         if use_store:
             resources.store = await anyio.to_thread.run_sync(open_store, settings.resolved_artifact_root, settings)
         if use_bus:
-            resources.bus = EventBus(
-                settings.nats_url,
-                source=f"/modelgallery/{settings.service_name}",
-                stream_replicas=settings.stream_replicas,
-            )
+            resources.bus = EventBus.from_settings(settings, source=f"/modelgallery/{settings.service_name}")
             if bus_required:
                 await resources.bus.connect()
             else:
@@ -229,15 +234,19 @@ def create_app(
         version=__version__,
         description=description or "",
         lifespan=lifespan,
-        dependencies=[Depends(authorize)],
         telemetry={"exclude": untraced},
     )
     app.state.settings = settings
     app.state.resources = ServiceResources(settings=settings)
     app.state.started = False
     install_error_handlers(app)
+    ops = _ops_router()
+    # add_middleware puts each one in front of those added before it: innermost first
+    for middleware in reversed(inner_middleware):
+        app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
+    app.add_middleware(AccessMiddleware, settings=settings, sources=[ops, *routers])
     app.add_middleware(MetricsMiddleware, service=settings.service_name)
-    app.include_router(_ops_router())
+    app.include_router(ops)
     for router in routers:
         app.include_router(router)
     return app

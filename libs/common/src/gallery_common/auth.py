@@ -1,22 +1,34 @@
-"""Bearer-token auth with reader / writer / admin roles.
+"""Bearer-token auth: who a caller is, and what role each route needs.
 
-Reads need `reader`, writes need `writer`, and routes that say so need `admin`. With no tokens
-configured every caller is admin, which is why such a service binds to loopback only.
+The roles form a ladder, each including the ones below it: `inference` (infer, and read what a
+model server serves), `reader` (every read), `writer` (register, upload, submit jobs, set tags) and
+`admin` (what decides what serves: deploy, promote, roll back, scale, policies, status changes,
+deletions, routes). A route declares the role it needs with `requires(role)` (or `AdminDep`);
+without a declaration reads need `reader` and writes `writer`. `gallery_common.access` checks the
+declaration before the request body is read; the dependencies here check it again when the route
+runs. With no tokens configured every caller is admin, which is why such a service binds to
+loopback only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request, params
 
 from .errors import Forbidden, Unauthorized
 from .settings import GallerySettings, Role
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# where AccessMiddleware leaves the caller it identified, for the route's dependencies
+CALLER_SCOPE_KEY = "gallery.caller"
+# attribute a plain (Starlette) endpoint carries to declare its role; None: no token needed
+ROLE_ATTRIBUTE = "__gallery_role__"
 
 
 @dataclass(frozen=True)
@@ -48,28 +60,67 @@ def identify(settings: GallerySettings, authorization: str | None) -> Caller:
 
 
 def required_role(method: str) -> Role:
+    """The role a route that declares none needs: reads `reader`, writes `writer`."""
     return Role.reader if method.upper() in SAFE_METHODS else Role.writer
 
 
+def check_role(caller: Caller, needed: Role) -> None:
+    """Forbidden unless `caller` holds `needed` (or a role above it)."""
+    if not caller.can(needed):
+        raise Forbidden(f"this request needs the {needed.value} role; your token has {caller.role.value}")
+
+
+class RoleRequirement:
+    """A route dependency: the request needs `role` (None: no token at all).
+
+    `AccessMiddleware` finds it among a route's dependencies and checks it before the body is read;
+    when the route runs it checks again, so a route the middleware does not know is still guarded.
+    """
+
+    def __init__(self, role: Role | None) -> None:
+        self.role = role
+
+    async def __call__(self, request: Request) -> Caller | None:
+        if self.role is None:
+            return None  # open to anyone: there is no caller to speak of
+        caller = await authorize(request)
+        check_role(caller, self.role)
+        return caller
+
+    def __repr__(self) -> str:
+        return f"RoleRequirement({self.role.value if self.role else 'public'})"
+
+
+def requires(role: Role | None) -> params.Depends:
+    """`dependencies=[requires(Role.admin)]` on a route or router: the role its requests need."""
+    return Depends(RoleRequirement(role))
+
+
+E = TypeVar("E", bound=Callable[..., Any])
+
+
+def public(endpoint: E) -> E:
+    """Mark a plain Starlette endpoint as answering without a token (a page a browser loads)."""
+    setattr(endpoint, ROLE_ATTRIBUTE, None)
+    return endpoint
+
+
 async def authorize(request: Request) -> Caller:
-    """App-wide dependency: identify the caller and check the role the HTTP method needs.
+    """The caller `AccessMiddleware` identified; in an app without it, identify and check here.
 
     Async although it does no I/O, so FastAPI runs it inline instead of in its thread pool.
     """
+    caller: Caller | None = request.scope.get(CALLER_SCOPE_KEY)
+    if caller is not None:
+        return caller
     settings: GallerySettings = request.app.state.settings
     if request.url.path in OPEN_PATHS:
         return ANONYMOUS_ADMIN
     caller = identify(settings, request.headers.get("authorization"))
-    needed = required_role(request.method)
-    if not caller.can(needed):
-        raise Forbidden(f"this request needs the {needed.value} role; your token has {caller.role.value}")
-    request.state.caller = caller
+    check_role(caller, required_role(request.method))
+    request.scope[CALLER_SCOPE_KEY] = caller
     return caller
 
 
-async def require_admin(request: Request) -> Caller:
-    """Route dependency for admin-only operations (protected aliases, deletions of record)."""
-    caller = await authorize(request)
-    if not caller.can(Role.admin):
-        raise Forbidden(f"this request needs the admin role; your token has {caller.role.value}")
-    return caller
+# Route dependency for admin-only operations (protected aliases, deletions of record).
+require_admin = RoleRequirement(Role.admin)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import nats
@@ -37,6 +39,7 @@ from .consumer import (
 )
 from .errors import Unavailable
 from .events import SUBJECT_PREFIX, CloudEvent, InvalidEvent, P, Payload, make_event, parse_event
+from .nats_auth import NatsCredentials, credentials_for
 from .settings import GallerySettings
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "DeadLetter",
     "EventBus",
     "PermanentError",
+    "StreamLimits",
     "TransientError",
     "install_signal_handlers",
 ]
@@ -54,6 +58,8 @@ EVENTS_STREAM = "MODEL_EVENTS"
 DLQ_STREAM = "DEAD_LETTERS"
 DUPLICATE_WINDOW_SECONDS = 120.0
 _STREAM_NAME_IN_USE = 10058
+_INSUFFICIENT_STORAGE = 10047
+_MIN_STREAM_BYTES = 1024 * 1024
 _DRAIN_TIMEOUT_S = 5  # a stopping service flushes what it has; it must not hang on a stuck subscription
 _ATTEMPT_TIMEOUT = 2.0
 
@@ -73,19 +79,92 @@ log = telemetry.get_logger(__name__)
 T = TypeVar("T")
 
 
-def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
-    """MODEL_EVENTS and DEAD_LETTERS as this code expects them: file storage, de-duplicating."""
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How much each stream keeps before it drops its oldest messages; 0 means no limit.
+
+    Without limits a flood of bad events fills the server's disk, twice over: every consumer copies
+    each one it cannot handle to the dead-letter stream, which is why that one keeps less.
+    """
+
+    events_max_age: float = 90 * _DAY  # seconds
+    events_max_bytes: int = 1024**3
+    dead_letters_max_age: float = 30 * _DAY
+    dead_letters_max_bytes: int = 256 * 1024**2
+
+    @classmethod
+    def from_settings(cls, settings: GallerySettings) -> StreamLimits:
+        return cls(
+            events_max_age=settings.events_max_age_days * _DAY,
+            events_max_bytes=settings.events_max_bytes,
+            dead_letters_max_age=settings.dead_letters_max_age_days * _DAY,
+            dead_letters_max_bytes=settings.dead_letters_max_bytes,
+        )
+
+
+def stream_configs(replicas: int = 1, limits: StreamLimits | None = None) -> list[api.StreamConfig]:
+    """MODEL_EVENTS and DEAD_LETTERS as this code creates them: file storage, de-duplicating, limited."""
+    limits = limits or StreamLimits()
+    streams = (
+        (EVENTS_STREAM, f"{SUBJECT_PREFIX}.>", limits.events_max_age, limits.events_max_bytes),
+        (DLQ_STREAM, f"{DLQ_PREFIX}>", limits.dead_letters_max_age, limits.dead_letters_max_bytes),
+    )
     return [
         api.StreamConfig(
             name=name,
             subjects=[subjects],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            max_age=max_age,  # nats.py: seconds, 0 for none
+            max_bytes=max_bytes or -1,  # JetStream: -1 for none
             num_replicas=replicas,
         )
-        for name, subjects in ((EVENTS_STREAM, f"{SUBJECT_PREFIX}.>"), (DLQ_STREAM, f"{DLQ_PREFIX}>"))
+        for name, subjects, max_age, max_bytes in streams
     ]
+
+
+def reconciled(current: api.StreamConfig, wanted: api.StreamConfig, *, keep_replicas: bool) -> api.StreamConfig:
+    """`current` with what this code depends on set as in `wanted`, and everything else kept.
+
+    An operator may have tuned limits, placement or compression since: those stay. A limit the stream
+    has never had (an older version created it without) gets `wanted`'s.
+    """
+    unlimited_age = not current.max_age
+    unlimited_bytes = current.max_bytes is None or current.max_bytes < 0
+    return replace(
+        current,
+        subjects=wanted.subjects,
+        duplicate_window=wanted.duplicate_window,
+        no_ack=False,  # publishers wait for the stream's acknowledgement
+        max_age=wanted.max_age if unlimited_age else current.max_age,
+        max_bytes=wanted.max_bytes if unlimited_bytes else current.max_bytes,
+        num_replicas=current.num_replicas if keep_replicas else wanted.num_replicas,
+    )
+
+
+async def _within_storage(apply: Callable[[api.StreamConfig], Awaitable[Any]], config: api.StreamConfig) -> None:
+    """`apply(config)`; when the server cannot reserve the stream's max_bytes (its JetStream storage is
+    smaller), halve them until it can, rather than leave the service unable to start."""
+    while True:
+        try:
+            await apply(config)
+            return
+        except js_errors.APIError as exc:
+            max_bytes = config.max_bytes or -1
+            if exc.err_code != _INSUFFICIENT_STORAGE or max_bytes // 2 < _MIN_STREAM_BYTES:
+                raise
+            log.warning(
+                "the server cannot reserve the stream's max_bytes; asking for half",
+                stream=config.name,
+                max_bytes=max_bytes,
+                now=max_bytes // 2,
+            )
+            config = replace(config, max_bytes=max_bytes // 2)
 
 
 @dataclass(frozen=True)
@@ -130,6 +209,11 @@ class EventBus:
             await bus.publish(ModelValidated(model="iris", version=3))
     """
 
+    # what new streams keep (`from_settings` sets the process's own); an immutable default
+    stream_limits: StreamLimits = StreamLimits()
+    _restoring: asyncio.Task[None] | None = None
+    _keeps_streams = False  # this bus ensures the streams (a data-plane bus may not have the right to)
+
     def __init__(
         self,
         url: str,
@@ -139,6 +223,8 @@ class EventBus:
         publish_deadline: float = 30.0,
         reconnect_wait: float = 0.5,
         stream_replicas: int | None = None,
+        credentials: NatsCredentials | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
         """`service` names the connection; events carry `source` (default `/modelgallery/<service>`).
 
@@ -150,6 +236,8 @@ class EventBus:
         self.publish_deadline = publish_deadline
         self.reconnect_wait = reconnect_wait
         self.stream_replicas = stream_replicas
+        self.credentials = credentials
+        self.tls_ca = tls_ca
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._consumers: list[Consumer] = []
@@ -158,8 +246,21 @@ class EventBus:
         self._connecting: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: GallerySettings) -> EventBus:
-        return cls(settings.nats_url, settings.service_name, stream_replicas=settings.stream_replicas)
+    def from_settings(
+        cls, settings: GallerySettings, *, user: str | None = None, service: str | None = None, **options: Any
+    ) -> EventBus:
+        """The bus of a process configured by `settings`, connecting as NATS user `user` (default: the
+        service itself); `service` names the connection (default: the service's name)."""
+        bus = cls(
+            settings.nats_url,
+            service or settings.service_name,
+            stream_replicas=settings.stream_replicas,
+            credentials=credentials_for(settings, user),
+            tls_ca=settings.nats_tls_ca,
+            **options,
+        )
+        bus.stream_limits = StreamLimits.from_settings(settings)
+        return bus
 
     @property
     def nc(self) -> Client:
@@ -179,9 +280,19 @@ class EventBus:
 
     def _dial(self) -> Awaitable[Client]:
         # nats.py keeps trying the servers (max_reconnect_attempts=-1) until it is connected or cancelled
+        auth: dict[str, Any] = {}
+        if self.credentials is not None:
+            auth.update(
+                user=self.credentials.user,
+                password=self.credentials.password,
+                inbox_prefix=self.credentials.inbox_prefix,
+            )
+        if self.tls_ca is not None:
+            auth["tls"] = ssl.create_default_context(cafile=str(self.tls_ca))
         return nats.connect(
             self.url.split(","),
             name=self.service,
+            **auth,
             max_reconnect_attempts=-1,
             reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]
             connect_timeout=2,
@@ -267,8 +378,19 @@ class EventBus:
     async def _on_reconnected(self) -> None:
         self._last_error = None
         log.info("nats reconnected", url=self.url)
+        # the server may be a new one with an empty store: put the streams back before anyone publishes
+        restoring = self._restoring is not None and not self._restoring.done()
+        if self._keeps_streams and self._js is not None and not restoring:
+            self._restoring = asyncio.create_task(self._restore_streams(), name=f"nats-streams:{self.service}")
         for consumer in self._consumers:
             consumer.notify_reconnected()
+
+    async def _restore_streams(self) -> None:
+        try:
+            await self.ensure_streams()
+        except Exception as exc:  # a background task: its failure is logged, the next reconnect tries again
+            if not self._closing:
+                log.warning("could not restore the streams after a reconnect", error=repr(exc))
 
     async def with_retry(self, op: Callable[[], Awaitable[T]], *, what: str, deadline: float | None = None) -> T:
         """Run `op`, retrying failures a reconnect heals with backoff; raise Unavailable after `deadline` s."""
@@ -285,24 +407,37 @@ class EventBus:
                 delay = min(delay * 2, 1.0)
 
     async def ensure_streams(self) -> None:
-        """Create MODEL_EVENTS and DEAD_LETTERS, or bring existing ones to this configuration.
+        """Create MODEL_EVENTS and DEAD_LETTERS with `stream_limits`, or fix what this code needs on
+        existing ones (subjects, duplicate window, acknowledgements) and keep the rest as it is.
 
         Replicas: `stream_replicas` when this bus was given one (the services pass
         GALLERY_STREAM_REPLICAS); otherwise a new stream gets 1 and an existing one keeps its count,
-        so a CLI run never shrinks a clustered stream.
+        so a CLI run never shrinks a clustered stream. Storage and retention cannot change in place:
+        a stream with others is used as it is, with an error in the log.
         """
-        for config in stream_configs(self.stream_replicas or 1):
+        self._keeps_streams = True
+        for config in stream_configs(self.stream_replicas or 1, self.stream_limits):
 
             async def ensure(config: api.StreamConfig = config) -> None:
                 try:
-                    await self.js.add_stream(config)
+                    await _within_storage(self.js.add_stream, config)
+                    return
                 except js_errors.BadRequestError as exc:
                     if exc.err_code != _STREAM_NAME_IN_USE:
                         raise
-                    if self.stream_replicas is None:
-                        current = await self.js.stream_info(str(config.name))
-                        config = replace(config, num_replicas=current.config.num_replicas)
-                    await self.js.update_stream(config)
+                current = (await self.js.stream_info(str(config.name))).config
+                wanted = reconciled(current, config, keep_replicas=self.stream_replicas is None)
+                for setting in ("storage", "retention"):
+                    if getattr(current, setting) != getattr(config, setting):
+                        log.error(
+                            "stream differs in a setting that cannot change in place; recreate it to fix",
+                            stream=config.name,
+                            setting=setting,
+                            found=str(getattr(current, setting)),
+                            expected=str(getattr(config, setting)),
+                        )
+                if wanted != current:
+                    await _within_storage(self.js.update_stream, wanted)
 
             await self.with_retry(ensure, what=f"ensure stream {config.name}")
 

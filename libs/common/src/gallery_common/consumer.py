@@ -19,9 +19,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
+from nats.js import errors as js_errors
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import telemetry
+from .errors import Unavailable
 from .events import SUBJECT_PREFIX, CloudEvent, InvalidEvent, Payload, parse_event, subject_for
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ _PULL_HEARTBEAT = 5.0
 _IDLE_LIMIT = 2 * _PULL_HEARTBEAT + 1.0
 _RECOVER_PAUSE = 0.25
 _DLQ_DEADLINE = 5.0
+_STREAM_NOT_FOUND = 10059
 _STOP = object()
 _RESET = object()
 _OUTCOMES = ("ack", "retry", "dead_letter", "invalid")
@@ -68,7 +71,8 @@ class PermanentError(Exception):
 
 
 def _header_value(text: str, limit: int = 1024) -> str:
-    return " ".join(text.split())[:limit]
+    # NATS headers are ASCII: a non-ASCII character (an ellipsis in a reason) garbles the whole header block
+    return " ".join(text.split()).encode("ascii", "backslashreplace").decode()[:limit]
 
 
 class Consumer:
@@ -132,8 +136,19 @@ class Consumer:
         )
 
     async def ensure(self) -> None:
-        """Create the durable consumer, or update it to this configuration."""
-        await self._bus.js.add_consumer(self._stream, config=self.consumer_config())
+        """Create the durable consumer, or update it to this configuration.
+
+        When the stream is gone (a new server with an empty store answered a reconnect), the bus's
+        streams are created again first, so the consumer carries on instead of waiting for a restart.
+        """
+        try:
+            await self._bus.js.add_consumer(self._stream, config=self.consumer_config())
+        except js_errors.NotFoundError as exc:
+            if exc.err_code != _STREAM_NOT_FOUND:
+                raise
+            log.warning("stream gone from the server; creating it again", durable=self.durable, stream=self._stream)
+            await self._bus.ensure_streams()
+            await self._bus.js.add_consumer(self._stream, config=self.consumer_config())
 
     def start(self) -> asyncio.Task[None]:
         """Run in a background task (created once) and return it."""
@@ -252,7 +267,7 @@ class Consumer:
             try:
                 await self.ensure()
                 break
-            except nats_errors.Error as exc:
+            except (nats_errors.Error, Unavailable) as exc:
                 log.warning("consumer not ready yet", durable=self.durable, error=repr(exc))
                 await asyncio.sleep(_RECOVER_PAUSE)
         self._last_activity = time.monotonic()

@@ -6,6 +6,7 @@ JetStream runs with `sync_interval: always` so an acknowledged publish survives 
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,8 @@ def nats_server_binary() -> str:
     return found
 
 
-def render_config(store_dir: Path, host: str, port: int, monitor_port: int) -> str:
+def render_config(store_dir: Path, host: str, port: int, monitor_port: int, authorization: str | None = None) -> str:
+    """nats-server's configuration; `authorization` is an `authorization { ... }` block (see `nats_auth`)."""
     return (
         f'listen: "{host}:{port}"\n'
         f'http: "{host}:{monitor_port}"\n'
@@ -37,7 +39,7 @@ def render_config(store_dir: Path, host: str, port: int, monitor_port: int) -> s
         f'  store_dir: "{store_dir}"\n'
         "  sync_interval: always\n"
         "}\n"
-    )
+    ) + (authorization or "")
 
 
 class EmbeddedNats:
@@ -50,7 +52,10 @@ class EmbeddedNats:
         port: int | None = None,
         monitor_port: int | None = None,
         log_file: Path | None = None,
+        authorization: str | None = None,
     ) -> None:
+        """`authorization` (an `authorization { users: ... }` block) makes every client authenticate."""
+        self.authorization = authorization
         self.store_dir = Path(store_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
@@ -68,7 +73,11 @@ class EmbeddedNats:
 
     def start(self, timeout: float = 15.0) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render_config(self.store_dir, self.host, self.port, self.monitor_port))
+        config = render_config(self.store_dir, self.host, self.port, self.monitor_port, self.authorization)
+        # the configuration names every user (with password hashes): for this OS user only
+        descriptor = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as conf:
+            conf.write(config)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(self.config_path)],

@@ -15,8 +15,16 @@ ENV_PREFIX = "GALLERY_"
 
 
 class Role(StrEnum):
-    """What a bearer token may do; each role includes the ones before it."""
+    """What a bearer token may do; each role includes the ones before it.
 
+    `inference`: infer and read what a model server serves (model metadata, readiness), nothing
+    else. `reader`: every read. `writer`: register models and versions, attach artifacts, submit
+    training and optimization jobs, set tags and unprotected aliases. `admin`: what decides what
+    serves and what the gate lets through: deploy, promote, roll back, scale, weights, routes,
+    policies, SLOs, version status, deletions, protected aliases.
+    """
+
+    inference = "inference"
     reader = "reader"
     writer = "writer"
     admin = "admin"
@@ -37,8 +45,27 @@ class GallerySettings(BaseSettings):
     service_name: str = "gallery"
     home: Path = Field(default=Path(".gallery"), description="Where embedded state lives.")
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = Field(
+        default=None, description="NATS user; default: the password file of this service under $GALLERY_HOME"
+    )
+    nats_password: SecretStr | None = Field(default=None, description="password of GALLERY_NATS_USER")
+    nats_tls_ca: Path | None = Field(
+        default=None, description="CA bundle that signed the NATS server's certificate (tls:// URLs)"
+    )
     stream_replicas: int | None = Field(
         default=None, ge=1, le=5, description="JetStream replicas of the event streams (3 on a 3-server cluster)"
+    )
+    events_max_age_days: float = Field(
+        default=90.0, ge=0, description="Lifecycle events older than this are dropped from the stream; 0: never"
+    )
+    events_max_bytes: int = Field(
+        default=1024**3, ge=0, description="The lifecycle stream drops its oldest events past this size; 0: no limit"
+    )
+    dead_letters_max_age_days: float = Field(
+        default=30.0, ge=0, description="Dead letters older than this are dropped; 0: never"
+    )
+    dead_letters_max_bytes: int = Field(
+        default=256 * 1024**2, ge=0, description="The dead-letter stream drops its oldest past this size; 0: no limit"
     )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///$GALLERY_HOME/<service>.db"
@@ -54,6 +81,32 @@ class GallerySettings(BaseSettings):
     otlp_endpoint: str | None = None
     api_tokens: Annotated[dict[str, Role], NoDecode] = Field(
         default_factory=dict, description="token:role pairs, comma separated"
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1, description="larger request bodies get 413 before a byte of them is read"
+    )
+    max_artifact_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="an artifact larger than this is refused before it is fetched from the store, and a fetch "
+        "that grows past it is stopped",
+    )
+    max_split_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        description="the most an NPZ file (a split, a data set, a batch job's input) may inflate to; checked "
+        "against its declared sizes before anything is inflated",
+    )
+    evaluation_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="wall-time limit of one run of an untrusted model (the gate's evaluation, one optimizer "
+        "measurement or calibration), in its own process",
+    )
+    evaluation_memory_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=256 * 1024**2,
+        description="address-space limit (RLIMIT_AS) of that process",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -3,9 +3,9 @@
 The page is plain HTML, CSS and JavaScript (no build step, nothing from a CDN); it reads the
 monitor's own `/api/v1` and redraws every few seconds.
 
-Both routes are plain Starlette routes, so the app-wide bearer-token dependency does not apply to
-them: a browser cannot send a token with a page load, and the page holds no data. Every API call
-the page makes still needs a reader token when tokens are configured; the page asks for one.
+Both routes are marked `public`, so they answer without a token: a browser cannot send one with a
+page load, and the page holds no data. Every API call the page makes still needs a reader token
+when tokens are configured; the page asks for one.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import FileResponse
 
+from gallery_common.auth import public
 from gallery_common.errors import NotFound
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -48,11 +49,13 @@ def _file_response(path: Path) -> FileResponse:
     return FileResponse(path, media_type=_MEDIA_TYPES[path.suffix], headers=headers)
 
 
+@public
 def index(request: Request) -> FileResponse:
     """The dashboard page."""
     return _file_response(static_files()["index.html"])
 
 
+@public
 def static_file(request: Request) -> FileResponse:
     """One of the dashboard's own files (script, style sheet, icon)."""
     name = request.path_params["name"]

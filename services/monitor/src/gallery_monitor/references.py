@@ -1,12 +1,13 @@
 """Training references for drift: a version's `train_split` from the registry, loaded once per version.
 
 Blocking (registry over HTTP, artifact store): call from worker threads. A version whose split
-cannot be had is asked for again only after `retry_s`, so evaluations do not hammer the registry.
+cannot be had is asked for again only after `retry_s`, so evaluations do not hammer the registry. A
+hostile split (over GALLERY_MAX_ARTIFACT_BYTES or GALLERY_MAX_SPLIT_BYTES, object arrays, not an NPZ)
+is one that cannot be had: the monitor logs why and runs without that reference.
 """
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_common.contracts import NpzMissingArrays, NpzRefused, NpzUnreadable, read_features
 from gallery_common.errors import GalleryError
 from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import get_logger
@@ -51,15 +53,17 @@ def registry_split_loader(registry: RegistryClient, store: ArtifactStore) -> Spl
     return load
 
 
-def read_split(data: bytes, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """`x` (and `y` when present) of an NPZ split; nothing is unpickled."""
+def read_split(data: bytes, what: str, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`x` (and `y` when present) of an NPZ split, read by `gallery_common.contracts` (capped at
+    GALLERY_MAX_SPLIT_BYTES, nothing unpickled); ReferenceUnavailable says why not."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                raise ReferenceUnavailable(f"{what} holds no `x` array (it has {', '.join(npz.files) or 'nothing'})")
-            return npz["x"], (npz["y"] if "y" in npz.files else None)
-    except (ValueError, OSError) as exc:
-        raise ReferenceUnavailable(f"{what} is not a readable NPZ file: {exc}") from exc
+        return read_features(data, name=what, max_bytes=max_bytes)
+    except NpzMissingArrays as exc:
+        raise ReferenceUnavailable(f"{what} holds no `x` array (it has {', '.join(exc.found) or 'nothing'})") from exc
+    except NpzUnreadable as exc:
+        raise ReferenceUnavailable(f"{what} is not a readable NPZ file: {exc.detail}") from exc
+    except NpzRefused as exc:
+        raise ReferenceUnavailable(str(exc)) from exc
 
 
 @dataclass

@@ -11,8 +11,10 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from gallery_common.auth import requires
 from gallery_common.errors import InvalidRequest, Unavailable
 from gallery_common.events import NAME_PATTERN
+from gallery_common.settings import Role
 
 from .core import Monitor
 from .models import AlertPublic, ModelOverview, SloPublic, SloUpdate, TimelineItem
@@ -84,7 +86,9 @@ def get_slo(model: ModelName, monitor: MonitorDep) -> SloPublic:
     return monitor.slos.get(model)
 
 
-@router.put("/slos/{model}", summary="Set some or all of a model's SLOs")
+# Admin: a breached SLO publishes model.degraded, which rolls the model back (an impossible SLO
+# takes a healthy model out of service).
+@router.put("/slos/{model}", summary="Set some or all of a model's SLOs", dependencies=[requires(Role.admin)])
 def put_slo(model: ModelName, update: SloUpdate, monitor: MonitorDep) -> SloPublic:
     """Fields left out keep their value; an unknown field or a bad value is 422."""
     return monitor.slos.update(model, update)

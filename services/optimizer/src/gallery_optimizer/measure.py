@@ -1,49 +1,139 @@
 """Running and measuring ONNX variants the same way: predictions, quality, latency, size and peak memory.
 
-Every model is verified as one self-contained ONNX file first and sessions are created from the verified
-bytes, never from a path. Latency is measured in this process on one intra-op thread (the machines this
-runs on are shared; one thread makes variants comparable run to run). Peak memory is measured in a fresh
-child process: the model's bytes plus resident-set growth from just before session creation to the peak
-after a batch-32 run (Linux VmHWM, reset first). ONNX Runtime allocates outside Python's heap, so
-tracemalloc would miss nearly all of it.
+Every model is untrusted: it is verified as one self-contained ONNX file first, sessions are created from
+the verified bytes, never from a path, and whatever runs the graph runs in a child process under a time
+and memory limit (GALLERY_EVALUATION_TIMEOUT_S, GALLERY_EVALUATION_MEMORY_BYTES; `gallery_common.sandbox`),
+so an ONNX `Loop` that never ends fails its measurement with that reason instead of freezing the job.
+Latency is measured in that child on one intra-op thread (the machines this runs on are shared; one thread
+makes variants comparable run to run). Peak memory is measured in a fresh interpreter: the model's bytes
+plus resident-set growth from just before session creation to the peak after a batch-32 run (Linux VmHWM,
+reset first). ONNX Runtime allocates outside Python's heap, so tracemalloc would miss nearly all of it.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from gallery_common.contracts import Split, read_split
 from gallery_common.nn import INPUT_NAME, OUTPUT_NAME
 from gallery_common.onnx_safety import verify_self_contained_onnx
+from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, is_allocation_failure, run_limited
+
+__all__ = [
+    "MeasurementFailed",
+    "ModelRun",
+    "Split",
+    "int8_static_limited",
+    "latencies_ms",
+    "load_split",
+    "macro_f1",
+    "peak_memory_bytes",
+    "predict",
+    "run_model",
+    "session_from_file",
+]
 
 LATENCY_BUDGET_S = 0.6
 MAX_RUNS = 400
 MIN_RUNS = 20
 
 
+class MeasurementFailed(Exception):
+    """A model could not be run or measured (a limit, a runtime error); the message is the reason."""
+
+
+def load_split(path: Path, max_bytes: int | None = None) -> Split:
+    """An NPZ split (`x` FP32 raw features, `y` labels), read by `gallery_common.contracts`: capped at
+    GALLERY_MAX_SPLIT_BYTES, nothing unpickled. ValueError (NpzRefused) names the file and the reason."""
+    return read_split(path, max_bytes=max_bytes)
+
+
 @dataclass
-class Split:
-    """A data split: raw FP32 features and labels."""
+class ModelRun:
+    """What running a model on rows gave: its outputs, its input width, and latencies when asked for."""
 
-    x: np.ndarray
-    y: np.ndarray
+    outputs: np.ndarray
+    input_width: int | None
+    latency_b1: tuple[float, float] | None = None
+    latency_b32: tuple[float, float] | None = None
 
 
-def load_split(path: Path) -> Split:
-    """An NPZ split (`x` FP32 raw features, `y` labels); ValueError naming what is missing."""
-    with np.load(path, allow_pickle=False) as data:
-        if "x" not in data or "y" not in data:
-            raise ValueError(f"{path.name}: a split needs arrays 'x' and 'y', found {sorted(data.files)}")
-        x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"])
-    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"{path.name}: x {x.shape} and y {y.shape} are not one non-empty table of rows")
-    return Split(x, y)
+def run_model(path: Path, x: np.ndarray, *, what: str, latency: bool = False, limits: Limits | None = None) -> ModelRun:
+    """The model at `path` on every row of `x` (and its p50/p99 latency at batch 1 and 32 when `latency`),
+    in a child process under `limits` (default: from the settings).
+
+    MeasurementFailed says why it could not: "<what> exceeded its 300 s time limit", a runtime error.
+    """
+    limits = limits or Limits.from_settings()
+    with tempfile.TemporaryDirectory(prefix="gallery-measure-") as tmp:
+        rows = Path(tmp) / "x.npy"
+        # a file, not a pickled argument: the child maps the rows instead of holding a second copy
+        np.save(rows, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
+        answer = _limited(_run_in_child, (str(path), str(rows), latency), limits, what)
+    (header_length,) = struct.unpack("!I", answer[:4])
+    header = json.loads(answer[4 : 4 + header_length])
+    outputs = np.load(io.BytesIO(answer[4 + header_length :]), allow_pickle=False)
+    return ModelRun(
+        outputs=outputs,
+        input_width=header["input_width"],
+        latency_b1=tuple(header["b1"]) if header["b1"] else None,  # type: ignore[arg-type]
+        latency_b32=tuple(header["b32"]) if header["b32"] else None,  # type: ignore[arg-type]
+    )
+
+
+def int8_static_limited(
+    fp32: Path, out: Path, calibration_x: np.ndarray, seed: int, *, reduce_range: bool, limits: Limits | None = None
+) -> Path:
+    """`quantize.int8_static` in a child process under `limits`: calibrating runs the untrusted graph."""
+    limits = limits or Limits.from_settings()
+    with tempfile.TemporaryDirectory(prefix="gallery-calibrate-") as tmp:
+        rows = Path(tmp) / "x.npy"
+        np.save(rows, np.ascontiguousarray(calibration_x, dtype=np.float32), allow_pickle=False)
+        _limited(_int8_static_in_child, (str(fp32), str(out), str(rows), seed, reduce_range), limits, "calibration")
+    verify_self_contained_onnx(out.read_bytes())
+    return out
+
+
+def _limited(target: Callable[..., bytes], args: tuple[object, ...], limits: Limits, what: str) -> bytes:
+    try:
+        return run_limited(target, args, limits=limits, what=what, preload=(__name__,))
+    except LimitExceeded as exc:
+        raise MeasurementFailed(str(exc)) from None
+    except SandboxFailed as exc:
+        raise MeasurementFailed(f"{what} failed: {exc}") from None
+
+
+def _run_in_child(model_path: str, rows_path: str, latency: bool) -> bytes:
+    """Runs in the sandbox: a 4-byte header length, a JSON header (input width, latencies), the outputs as .npy."""
+    x = np.load(rows_path, mmap_mode="r", allow_pickle=False)
+    session = session_from_file(Path(model_path))
+    width = session.get_inputs()[0].shape[1]
+    outputs = predict(session, x)
+    b1 = latencies_ms(session, x, 1) if latency else None
+    b32 = latencies_ms(session, x, 32) if latency else None
+    header = json.dumps({"input_width": width if isinstance(width, int) else None, "b1": b1, "b32": b32}).encode()
+    buffer = io.BytesIO()
+    np.save(buffer, outputs, allow_pickle=False)
+    return struct.pack("!I", len(header)) + header + buffer.getvalue()
+
+
+def _int8_static_in_child(fp32: str, out: str, rows_path: str, seed: int, reduce_range: bool) -> bytes:
+    from gallery_optimizer.quantize import int8_static
+
+    x = np.load(rows_path, allow_pickle=False)
+    int8_static(Path(fp32), Path(out), x, seed, reduce_range=reduce_range)
+    return b""
 
 
 def session_from_file(path: Path, threads: int = 1):  # type: ignore[no-untyped-def]
@@ -97,7 +187,12 @@ def latencies_ms(session, x: np.ndarray, batch: int) -> tuple[float, float]:  # 
 # VmHWM is the peak resident set of this process image; writing 5 to clear_refs resets it to the current
 # RSS, so import-time peaks do not count (getrusage's ru_maxrss would also carry the parent's peak over exec)
 _PEAK_PROBE = r"""
+import resource
 import sys
+
+memory = int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 import numpy as np
 import onnxruntime as ort
 
@@ -122,18 +217,27 @@ print(max(status_kib("VmHWM") - before, 0) * 1024 + len(data))
 """
 
 
-def peak_memory_bytes(path: Path, n_features: int) -> float:
+def peak_memory_bytes(path: Path, n_features: int, limits: Limits | None = None) -> float:
     """Bytes a fresh process holds for this model: the file's bytes plus resident growth from session
-    creation and one batch-32 run (the child imports numpy and onnxruntime before measuring)."""
+    creation and one batch-32 run (the child imports numpy and onnxruntime before measuring).
+
+    The probe runs under `limits` (default: from the settings); MeasurementFailed says which it passed.
+    """
+    limits = limits or Limits.from_settings()
     verify_self_contained_onnx(path.read_bytes())
-    completed = subprocess.run(
-        [sys.executable, "-c", _PEAK_PROBE, str(path), str(n_features)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-c", _PEAK_PROBE, str(path), str(n_features), str(limits.memory_bytes)],
+            capture_output=True,
+            text=True,
+            timeout=limits.timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise MeasurementFailed(f"the memory probe exceeded its {limits.describe_time()} time limit") from None
     if completed.returncode != 0:
         tail = completed.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"the memory probe failed: {tail[0]}")
+        if tail[0].startswith("MemoryError") or is_allocation_failure(tail[0]):
+            raise MeasurementFailed(f"the memory probe exceeded its {limits.describe_memory()} memory limit")
+        raise MeasurementFailed(f"the memory probe failed: {tail[0]}")
     return float(json.loads(completed.stdout.strip().splitlines()[-1]))

@@ -3,7 +3,9 @@ against FP32 the same way, and recommend one.
 
 `optimize` blocks (torch, ONNX Runtime, child processes); call it from a worker thread. The caller hands
 it files it already fetched and checked against their sha256; every ONNX file is verified as one
-self-contained model before it is loaded.
+self-contained model before it is loaded, and every run of a graph (predictions, latency, peak memory,
+INT8 calibration, the distillation teacher) happens in a child process under the time and memory limits
+of `Limits` (GALLERY_EVALUATION_TIMEOUT_S, GALLERY_EVALUATION_MEMORY_BYTES).
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ import numpy as np
 
 from gallery_common.hardware import host_cpu
 from gallery_common.onnx_safety import verify_self_contained_onnx
+from gallery_common.sandbox import Limits
 from gallery_common.telemetry import get_logger
 from gallery_optimizer.edge_bundle import build_edge_bundle
 from gallery_optimizer.measure import (
+    MeasurementFailed,
     Split,
-    latencies_ms,
+    int8_static_limited,
     load_split,
     macro_f1,
     peak_memory_bytes,
-    predict,
-    session_from_file,
+    run_model,
 )
 from gallery_optimizer.policy import BASELINE, OptimizationPolicy
 from gallery_optimizer.report import OptimizationReport, VariantReport, recommend
@@ -72,41 +75,46 @@ class _Data:
     test: Split
     fp32_predictions: np.ndarray
     n_features: int
+    limits: Limits
 
 
-def _load(inputs: OptimizeInputs) -> _Data:
+def _load(inputs: OptimizeInputs, limits: Limits) -> _Data:
     if inputs.spec is not None and inputs.spec.get("task", "classification") != "classification":
         raise OptimizationError(f"only classifiers are optimized; this model's task is {inputs.spec.get('task')!r}")
     try:
         verify_self_contained_onnx(inputs.onnx.read_bytes())
         splits = [load_split(p) for p in (inputs.train_split, inputs.validation_split, inputs.test_split)]
-        session = session_from_file(inputs.onnx)
     except (OSError, ValueError) as exc:
         raise OptimizationError(str(exc)) from None
-    except Exception as exc:  # an ONNX Runtime failure on a model that passed the checker
-        raise OptimizationError(f"ONNX Runtime cannot load the FP32 model: {exc}") from None
     train, validation, test = splits
     features = {s.x.shape[1] for s in splits}
-    expected = session.get_inputs()[0].shape[1]
-    if len(features) != 1 or (isinstance(expected, int) and features != {expected}):
+    if len(features) != 1:
+        raise OptimizationError(f"the splits have {sorted(features)} features; they must agree")
+    try:
+        fp32 = run_model(inputs.onnx, test.x, what="running the FP32 model on the test split", limits=limits)
+    except MeasurementFailed as exc:
+        raise OptimizationError(str(exc)) from None
+    expected = fp32.input_width
+    if expected is not None and features != {expected}:
         raise OptimizationError(f"the splits have {sorted(features)} features; the model takes {expected}")
-    logits = predict(session, test.x)
+    logits = fp32.outputs
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise OptimizationError(f"the model outputs {logits.shape[1:]} per row; a classifier gives one logit per class")
-    return _Data(train, validation, test, logits.argmax(axis=1), test.x.shape[1])
+    return _Data(train, validation, test, logits.argmax(axis=1), test.x.shape[1], limits)
 
 
 def _measure(name: str, path: Path, data: _Data, fp32_accuracy: float | None) -> VariantReport:
-    session = session_from_file(path)
-    predicted = predict(session, data.test.x).argmax(axis=1)
+    run = run_model(path, data.test.x, what=f"measuring {name}", latency=True, limits=data.limits)
+    predicted = run.outputs.argmax(axis=1)
     accuracy = float((predicted == data.test.y).mean())
-    b1 = latencies_ms(session, data.test.x, 1)
-    b32 = latencies_ms(session, data.test.x, 32)
+    b1, b32 = run.latency_b1, run.latency_b32
+    if b1 is None or b32 is None:  # asked for above; a child that left them out did not measure
+        raise MeasurementFailed(f"measuring {name} gave no latencies")
     return VariantReport(
         name=name,
         path=path,
         size_bytes=float(path.stat().st_size),
-        peak_memory_bytes=peak_memory_bytes(path, data.n_features),
+        peak_memory_bytes=peak_memory_bytes(path, data.n_features, data.limits),
         latency_b1_p50_ms=b1[0],
         latency_b1_p99_ms=b1[1],
         latency_b32_p50_ms=b32[0],
@@ -125,14 +133,18 @@ def _build(
     """Write variant `name` to `workdir/<name>.onnx`; the notes say what a reader should know about it."""
     out = workdir / f"{name}.onnx"
     if name in ("int8_dynamic", "int8_static"):
-        from gallery_optimizer.quantize import int8_build, int8_dynamic, int8_static
+        from gallery_optimizer.quantize import int8_build, int8_dynamic
 
         build = int8_build(policy.int8_target, host_cpu())
         notes = [f"for {build.cpu_target}: {build.note}"]
         if name == "int8_dynamic":
             return int8_dynamic(inputs.onnx, out, reduce_range=build.reduce_range), notes
         calibrated = f"calibrated on {min(len(data.validation.x), 512)} validation rows"
-        return int8_static(inputs.onnx, out, data.validation.x, policy.seed, reduce_range=build.reduce_range), [
+        # calibrating runs the untrusted graph on data: in a child, under the same limits as a measurement
+        built = int8_static_limited(
+            inputs.onnx, out, data.validation.x, policy.seed, reduce_range=build.reduce_range, limits=data.limits
+        )
+        return built, [
             calibrated,
             *notes,
         ]
@@ -166,10 +178,9 @@ def _build_torch(
     if name == "distilled":
         from gallery_optimizer.distill import distill
 
-        teacher = session_from_file(inputs.onnx)
         model = distill(
             inputs.spec,
-            lambda rows: predict(teacher, rows),
+            lambda rows: run_model(inputs.onnx, rows, what="the teacher's predictions", limits=data.limits).outputs,
             train,
             validation,
             hidden=policy.student_hidden,
@@ -212,11 +223,13 @@ def optimize(
     model: str,
     version: int,
     on_progress: Progress | None = None,
+    limits: Limits | None = None,
 ) -> OptimizationReport:
     """Build, check and measure every variant of `policy` next to FP32 and recommend one.
 
-    A variant that fails is recorded with its reason and the others go on. Raises OptimizationError only
-    when the FP32 model or the splits themselves are unusable.
+    A variant that fails (one that passes `limits` included: default from the settings) is recorded with
+    its reason and the others go on. Raises OptimizationError only when the FP32 model or the splits
+    themselves are unusable.
     """
 
     def progress(step: str, fraction: float) -> None:
@@ -225,7 +238,7 @@ def optimize(
 
     workdir.mkdir(parents=True, exist_ok=True)
     progress("loading the FP32 model and the splits", 0.0)
-    data = _load(inputs)
+    data = _load(inputs, limits or Limits.from_settings())
     names = [BASELINE, *policy.variants]
     rows: list[VariantReport] = []
     fp32_accuracy: float | None = None

@@ -1,6 +1,8 @@
 """REST API: per-model optimization policies, and optimization jobs started by hand.
 
 Plain `def` routes: they block on SQL and the registry, so FastAPI runs them in its thread pool.
+A policy decides which variant is recommended, and so deployed: setting one, or overriding it for one
+job, needs the admin role; a writer submits jobs under the model's policy.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Request, status
 from fastapi.responses import PlainTextResponse
 
-from gallery_common.errors import InvalidRequest, NotFound, Unavailable
+from gallery_common.auth import requires
+from gallery_common.deps import CallerDep
+from gallery_common.errors import Forbidden, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import NAME_PATTERN, ArtifactRef
+from gallery_common.settings import Role
 
 from .jobs import JobStore, resolve_policy
 from .models import JobPublic, OptimizeRequest
@@ -46,17 +51,22 @@ def get_policy(model: ModelName, jobs: JobsDep) -> OptimizationPolicy:
     return jobs.get_policy(model)
 
 
-@router.put("/policies/{model}", summary="Set a model's optimization policy")
+@router.put("/policies/{model}", summary="Set a model's optimization policy", dependencies=[requires(Role.admin)])
 def put_policy(model: ModelName, jobs: JobsDep, values: Annotated[dict[str, Any], Body()]) -> OptimizationPolicy:
     """Replace the policy; fields left out take their defaults. An unknown field or a bad value is 422."""
     return jobs.put_policy(model, values)
 
 
 @router.post("/optimize", status_code=status.HTTP_202_ACCEPTED, summary="Optimize a registered version")
-def optimize(data: OptimizeRequest, jobs: JobsDep, runner: RunnerDep) -> JobPublic:
+def optimize(data: OptimizeRequest, jobs: JobsDep, runner: RunnerDep, caller: CallerDep) -> JobPublic:
     """Queue a job for the version: its artifacts come from the registry, its policy is the model's
-    with `policy` overrides. 422 when the version lacks the FP32 ONNX or a split, 409 when it is
-    already optimized or being optimized."""
+    with `policy` overrides (admin only). 422 when the version lacks the FP32 ONNX or a split, 409
+    when it is already optimized or being optimized."""
+    if data.policy and not caller.can(Role.admin):
+        raise Forbidden(
+            "overriding the optimization policy needs the admin role; your token has "
+            f"{caller.role.value} (leave `policy` out to use the model's policy)"
+        )
     policy = resolve_policy(jobs.get_policy(data.model).model_dump(mode="json"), data.policy)
     version = runner.registry.get_version(data.model, data.version)
     artifacts = {

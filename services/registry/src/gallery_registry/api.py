@@ -1,7 +1,8 @@
 """The registry's native REST API under `/api/v1`: a thin adapter over `RegistryStore`.
 
 Routes are plain `def` functions: FastAPI runs them in its thread pool, so SQL never blocks the
-event loop.
+event loop. What decides what the gate lets through or removes a record (deletions, status changes,
+validation policies) needs the admin role; a writer registers, tags and attaches artifacts.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel
 
+from gallery_common.auth import requires
 from gallery_common.deps import CallerDep
-from gallery_common.errors import BadRequest, NotFound
+from gallery_common.errors import BadRequest, Forbidden, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
+from gallery_common.settings import Role
 
 from .deps import RegistrySettingsDep, RegistryStoreDep, check_alias_permission
 from .paging import decode_page_token
@@ -42,6 +45,7 @@ from .schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
+ADMIN = [requires(Role.admin)]
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
 PageToken = Annotated[str | None, Query(description="next_page_token of the previous page")]
@@ -118,7 +122,7 @@ def update_model(name: str, data: ModelUpdate, store: RegistryStoreDep) -> Model
     return store.update_model(name, data)
 
 
-@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a model")
+@router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a model", dependencies=ADMIN)
 def delete_model(name: str, store: RegistryStoreDep) -> Response:
     """Delete a model with every version, artifact record, alias and its policy."""
     store.delete_model(name)
@@ -131,8 +135,9 @@ def get_validation_policy(name: str, store: RegistryStoreDep) -> ValidationPolic
     return store.get_validation_policy(name)
 
 
-@router.put("/models/{name}/validation-policy", summary="Set a model's validation policy")
+@router.put("/models/{name}/validation-policy", summary="Set a model's validation policy", dependencies=ADMIN)
 def set_validation_policy(name: str, data: ValidationPolicyUpdate, store: RegistryStoreDep) -> ValidationPolicy:
+    """Admin only: the policy is the bar the gate holds every new version to."""
     return store.set_validation_policy(name, data)
 
 
@@ -145,11 +150,17 @@ def set_validation_policy(name: str, data: ValidationPolicyUpdate, store: Regist
 )
 def register_version(name: str, data: VersionCreate, store: RegistryStoreDep) -> Response:
     """Register the next version with its artifacts. The SemVer is the next minor (same signature)
-    or major (new signature) unless given; an explicit one must be greater than the latest."""
+    or major (new signature) unless given; an explicit one must be greater than the latest.
+
+    `source_event_id` is refused: only the validation gate sets it, from the `model.trained` event
+    it registers. Event ids are predictable (`trained:<run id>`), and the gate takes a version
+    already registered under its event id as its own, so a version registered here under that id
+    would be validated, and deployed, with artifacts the caller chose.
+    """
     if data.source_event_id is not None:
-        existing = store.find_version_by_event(data.source_event_id)
-        if existing is not None and existing.name == name:
-            return _json(existing)
+        raise InvalidRequest(
+            "source_event_id: set only by the validation gate from a model.trained event; leave it out"
+        )
     return _json(store.register_version(name, data), status.HTTP_201_CREATED)
 
 
@@ -182,12 +193,25 @@ def get_version(name: str, version: int, store: RegistryStoreDep) -> Response:
 
 
 @router.patch("/models/{name}/versions/{version}", summary="Update a version")
-def update_version(name: str, version: int, data: VersionUpdate, store: RegistryStoreDep) -> VersionPublic:
-    """Change status (pending → validating → validated | rejected → archived), description or tags."""
+def update_version(
+    name: str, version: int, data: VersionUpdate, store: RegistryStoreDep, caller: CallerDep
+) -> VersionPublic:
+    """Change status (pending → validating → validated | rejected → archived), description or tags.
+
+    A status change needs the admin role: the validation gate sets status, and a writer moving a
+    version to `validated` would pass it by the gate. Description and tags need a writer.
+    """
+    if data.status is not None and not caller.can(Role.admin):
+        raise Forbidden(f"changing a version's status needs the admin role; your token has {caller.role.value}")
     return store.update_version(name, version, data)
 
 
-@router.delete("/models/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a version")
+@router.delete(
+    "/models/{name}/versions/{version}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a version",
+    dependencies=ADMIN,
+)
 def delete_version(name: str, version: int, store: RegistryStoreDep, caller: CallerDep) -> Response:
     """Delete a version; aliases pointing at it are removed (and the removal recorded)."""
     store.delete_version(name, version, actor=caller.name)

@@ -16,8 +16,10 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gallery_common.auth import requires
 from gallery_common.deps import CallerDep
 from gallery_common.errors import Conflict, GalleryError, InvalidRequest
+from gallery_common.settings import Role
 
 from . import mlflow_filter
 from .deps import RegistrySettingsDep, RegistryStoreDep, check_alias_permission
@@ -34,6 +36,7 @@ _CODES: dict[int, tuple[str, int]] = {
     403: ("PERMISSION_DENIED", 403),
     404: ("RESOURCE_DOES_NOT_EXIST", 404),
     409: ("RESOURCE_CONFLICT", 409),
+    413: ("INVALID_PARAMETER_VALUE", 413),
     422: ("INVALID_PARAMETER_VALUE", 400),
     503: ("TEMPORARILY_UNAVAILABLE", 503),
 }
@@ -44,11 +47,15 @@ def mlflow_error(exc: GalleryError) -> JSONResponse:
         code, status = "RESOURCE_ALREADY_EXISTS", 400
     else:
         code, status = _CODES.get(exc.status_code, ("INTERNAL_ERROR", 500))
-    return JSONResponse({"error_code": code, "message": exc.message}, status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error_code": code, "message": exc.message}, status_code=status, headers=headers)
 
 
 class MlflowRoute(APIRoute):
-    """Answers errors in MLflow's shape (auth and validation included, which run inside the route)."""
+    """Answers errors in MLflow's shape: those of the route, and (through `error_response`, which
+    `AccessMiddleware` uses) the auth, role and body-size refusals made before it runs."""
+
+    error_response = staticmethod(mlflow_error)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -73,6 +80,7 @@ def _describe(errors: Any) -> str:
 
 
 router = APIRouter(prefix="/api/2.0/mlflow", tags=["mlflow"], route_class=MlflowRoute)
+ADMIN = [requires(Role.admin)]
 
 
 class _Body(BaseModel):
@@ -232,7 +240,7 @@ def update_registered_model(body: UpdateRegisteredModel, store: RegistryStoreDep
     return {"registered_model": model_json(model)}
 
 
-@router.delete("/registered-models/delete", summary="MLflow: delete a registered model")
+@router.delete("/registered-models/delete", summary="MLflow: delete a registered model", dependencies=ADMIN)
 def delete_registered_model(body: NameBody, store: RegistryStoreDep) -> dict[str, Any]:
     store.delete_model(body.name)
     return {}
@@ -336,7 +344,7 @@ def update_model_version(body: UpdateModelVersion, store: RegistryStoreDep) -> d
     return {"model_version": version_json(version)}
 
 
-@router.delete("/model-versions/delete", summary="MLflow: delete a model version")
+@router.delete("/model-versions/delete", summary="MLflow: delete a model version", dependencies=ADMIN)
 def delete_model_version(body: VersionBody, store: RegistryStoreDep, caller: CallerDep) -> dict[str, Any]:
     store.delete_version(body.name, body.version, actor=caller.name)
     return {}

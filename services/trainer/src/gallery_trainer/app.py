@@ -81,7 +81,7 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
             train=train,
             on_finished=after_job,
         )
-        jobs = JobService(engine, runner, searches)
+        jobs = JobService(engine, runner, searches, policy=settings.spec_policy())
         queued = await anyio.to_thread.run_sync(jobs.recover)
         runner.start()
         for job_id in queued:

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_common.contracts import NpzRefused, read_npz
 from gallery_trainer.spec import DataSpec
 
 # digits ships as 8x8 grey images with values 0..16
@@ -55,7 +56,11 @@ def fingerprint(chunks: Iterable[bytes], target: str) -> str:
 
 
 def load_dataset(spec: DataSpec, store: ArtifactStore | None = None) -> Dataset:
-    """Load the examples a data spec names; DataError says what is wrong with them."""
+    """Load the examples a data spec names; DataError says what is wrong with them.
+
+    A local path (`data.path`, a `file://` URI read without a store) must resolve inside the trainer's
+    data roots (GALLERY_DATA_ROOTS), or any folder's files would leave through the splits.
+    """
     if spec.source == "builtin":
         dataset = _load_builtin(spec)
     elif spec.source == "csv":
@@ -65,6 +70,9 @@ def load_dataset(spec: DataSpec, store: ArtifactStore | None = None) -> Dataset:
     else:
         from gallery_trainer.images import load_image_folder
 
+        if spec.path is not None:
+            # the loader reads the folder as resolved and checked here, not the path as the spec wrote it
+            spec = spec.model_copy(update={"path": str(_local_path(spec.path, "data.path"))})
         dataset = load_image_folder(spec, store)
     if spec.image_shape is not None:
         if int(np.prod(spec.image_shape)) != dataset.x.shape[1]:
@@ -89,6 +97,26 @@ def _check(dataset: Dataset) -> None:
         raise DataError(f"data: classification needs at least 2 classes, found {dataset.n_classes}")
 
 
+def _local_path(path: str, field: str) -> Path:
+    """`path` resolved (symlinks, `..`) when it lies inside a data root; DataError naming `field` if not.
+
+    The roots come from this process's settings: data is read only by the trainer (or a node preparing a
+    job), never by a rank elsewhere.
+    """
+    from gallery_common.settings import load_settings
+    from gallery_trainer.admission import resolve_inside
+    from gallery_trainer.settings import TrainerSettings
+
+    data_roots = load_settings(TrainerSettings).resolved_data_roots
+    resolved = resolve_inside(path, data_roots)
+    if resolved is None:
+        roots = ", ".join(str(root) for root in data_roots) or "none configured"
+        raise DataError(
+            f"{field}: {path} is not an absolute path inside the data roots this trainer may read ({roots})"
+        )
+    return resolved
+
+
 def _read_artifact(spec: DataSpec, store: ArtifactStore | None) -> bytes:
     """The artifact's bytes, verified against the spec's sha256."""
     assert spec.uri is not None and spec.sha256 is not None
@@ -100,8 +128,9 @@ def _read_artifact(spec: DataSpec, store: ArtifactStore | None) -> bytes:
     parsed = urlparse(spec.uri)
     if parsed.scheme != "file":
         raise DataError(f"data.uri: {spec.uri} needs an artifact store, and none was given")
+    path = _local_path(unquote(parsed.path), "data.uri")
     try:
-        content = Path(unquote(parsed.path)).read_bytes()
+        content = path.read_bytes()
     except OSError as exc:
         raise DataError(f"data.uri: cannot read {spec.uri}: {exc.strerror}") from exc
     if hashlib.sha256(content).hexdigest() != spec.sha256:
@@ -197,19 +226,19 @@ def _targets(spec: DataSpec, values: list[str] | np.ndarray, field: str) -> tupl
 
 
 def _load_npz(spec: DataSpec, content: bytes) -> Dataset:
-    try:
-        archive = np.load(io.BytesIO(content), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"data: not a readable NPZ file (object arrays are refused): {exc}") from None
+    # the shared reader: sizes checked against GALLERY_MAX_SPLIT_BYTES before anything is inflated, object
+    # arrays refused, arrays the spec does not name never inflated
     target = spec.target or "y"
-    for key, field in ((spec.features, "data.features"), (target, "data.target")):
-        if key not in archive.files:
-            raise DataError(f"{field}: no array {key!r} in the NPZ file (it has {', '.join(archive.files)})")
     try:
-        raw_x, raw_y = archive[spec.features], archive[target]
-        declared = archive["class_names"].tolist() if "class_names" in archive.files else None
-    except ValueError as exc:
-        raise DataError(f"data: not a readable NPZ file (object arrays are refused): {exc}") from None
+        contents = read_npz(content, wanted=[spec.features, target, "class_names"], name="data")
+    except NpzRefused as exc:
+        raise DataError(str(exc)) from None
+    for key, field in ((spec.features, "data.features"), (target, "data.target")):
+        if key not in contents.arrays:
+            raise DataError(f"{field}: no array {key!r} in the NPZ file (it has {', '.join(contents.names)})")
+    raw_x, raw_y = contents.arrays[spec.features], contents.arrays[target]
+    names = contents.arrays.get("class_names")
+    declared = names.tolist() if names is not None else None
     if raw_x.ndim < 2 or not np.issubdtype(raw_x.dtype, np.number):
         raise DataError(f"data.features: {spec.features!r} must be a numeric array of one row per example")
     if len(raw_y) != len(raw_x) or raw_y.ndim != 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -17,6 +17,9 @@ from .models import FINAL_JOB_STATES, Job, JobPublic, Run, utcnow
 from .runner import STOPPED_REASON, JobRunner
 from .search import SearchCoordinator
 
+if TYPE_CHECKING:
+    from .admission import SpecPolicy
+
 log = get_logger(__name__)
 
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
@@ -27,8 +30,11 @@ class UnsupportedMediaType(GalleryError):
     status_code = 415
 
 
-def read_spec_body(body: bytes, content_type: str) -> Any:
-    """The spec a request carries: a JSON object, or YAML text; raise a 4xx error saying what is wrong."""
+def read_spec_body(body: bytes, content_type: str, policy: SpecPolicy | None = None) -> Any:
+    """The spec a request carries: a JSON object, or YAML text; raise a 4xx error saying what is wrong.
+
+    With `policy` the trainer's admission limits apply (data roots, node hosts, sizes).
+    """
     from .spec import SpecError, parse_spec
 
     media = content_type.split(";", 1)[0].strip().lower()
@@ -36,16 +42,18 @@ def read_spec_body(body: bytes, content_type: str) -> Any:
         raise InvalidRequest("the request has no job spec: send it as JSON or as YAML (Content-Type application/yaml)")
     try:
         if media in YAML_TYPES:
-            return parse_spec(body)
+            return parse_spec(body, policy=policy)
         if media not in JSON_TYPES:
             raise UnsupportedMediaType(
                 f"cannot read a job spec of type {media!r}: send application/json or application/yaml"
             )
+        if policy is not None and len(body) > policy.max_spec_bytes:
+            raise SpecError([f"spec: {len(body)} bytes is more than the limit of {policy.max_spec_bytes} bytes"])
         try:
             doc = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-        return parse_spec(doc)
+        return parse_spec(doc, policy=policy)
     except SpecError as exc:
         raise InvalidRequest("invalid job spec: " + "; ".join(exc.problems)) from None
 
@@ -53,14 +61,17 @@ def read_spec_body(body: bytes, content_type: str) -> Any:
 class JobService:
     """The trainer's jobs, over the database, the worker and the search coordinator."""
 
-    def __init__(self, engine: Engine, runner: JobRunner, searches: SearchCoordinator) -> None:
+    def __init__(
+        self, engine: Engine, runner: JobRunner, searches: SearchCoordinator, policy: SpecPolicy | None = None
+    ) -> None:
         self.engine = engine
         self.runner = runner
         self.searches = searches
+        self.policy = policy
 
     def submit(self, body: bytes, content_type: str) -> JobPublic:
         """Validate a spec and queue it; a spec with a search block starts a search at its first trial."""
-        spec = read_spec_body(body, content_type)
+        spec = read_spec_body(body, content_type, self.policy)
         if spec.search is not None:
             job = self.searches.start(spec)
         else:

@@ -2,6 +2,8 @@
 
 A spec is YAML or JSON text (or a mapping). `parse_spec` validates all of it at once and raises
 `SpecError` listing every bad field as `dotted.path: reason`, so a user fixes a spec in one pass.
+The schema's size ceilings are fixed and generous; a trainer admits specs under its operator's
+`SpecPolicy` as well (`gallery_trainer.admission`): data roots, node hosts and lower limits.
 """
 
 from __future__ import annotations
@@ -10,17 +12,35 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gallery_common.events import NAME_PATTERN
+from gallery_trainer.admission import (
+    CEILING_BATCH_SIZE,
+    CEILING_LAYER_WIDTH,
+    CEILING_RANKS,
+    CEILING_SEARCH_BUDGET,
+    CEILING_SPEC_BYTES,
+    SpecPolicy,
+    policy_problems,
+    spec_size,
+)
+from gallery_trainer.spec_text import SpecTextError, load_spec_text
 
 BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu")
 # a host name or IPv4 address: no spaces (hostfile lines), commas (pdsh host lists) or user@ prefixes
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$"
+# Fixed ceilings beside those in `admission`: beyond them a job exhausts any machine it runs on.
+MAX_LAYERS = 64
+MAX_CONV_BLOCKS = 16
+MAX_IMAGE_SIDE = 1024  # every picture becomes channels x height x width FP32 values in memory
+MAX_NODES = CEILING_RANKS
+MAX_SEARCH_DIMENSIONS = 32
+MAX_CHOICES = 256
 
 
 class SpecError(ValueError):
@@ -56,7 +76,9 @@ class DataSpec(_Section):
     image_shape: tuple[int, int, int] | None = Field(
         default=None, description="[channels, height, width] of flat features that are images (digits: 1, 8, 8)"
     )
-    image_size: tuple[int, int] = Field(default=(32, 32), description="images: every picture is resized to [h, w]")
+    image_size: tuple[Annotated[int, Field(le=MAX_IMAGE_SIDE)], Annotated[int, Field(le=MAX_IMAGE_SIDE)]] = Field(
+        default=(32, 32), description="images: every picture is resized to [h, w]"
+    )
     grayscale: bool = Field(default=False, description="images: one channel instead of RGB")
 
     @model_validator(mode="after")
@@ -167,11 +189,15 @@ class ModelSpec(_Section):
     """An architecture described as data: an MLP, or a small CNN over image-shaped features."""
 
     architecture: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128], description="dense layer sizes")
+    hidden: list[Annotated[int, Field(ge=1, le=CEILING_LAYER_WIDTH)]] = Field(
+        default_factory=lambda: [128], max_length=MAX_LAYERS, description="dense layer sizes"
+    )
     activation: Literal["relu", "gelu", "tanh", "silu", "leaky_relu"] = "relu"
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    channels: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [16, 32], description="cnn: output channels of each conv block"
+    channels: list[Annotated[int, Field(ge=1, le=CEILING_LAYER_WIDTH)]] = Field(
+        default_factory=lambda: [16, 32],
+        max_length=MAX_CONV_BLOCKS,
+        description="cnn: output channels of each conv block",
     )
     kernel_size: int = Field(default=3, ge=1, le=11)
 
@@ -211,13 +237,13 @@ class TrainingSpec(_Section):
     `batch_size * gradient_accumulation * data-parallel ranks` examples."""
 
     epochs: int = Field(default=10, gt=0, le=100_000)
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=32, gt=0, le=CEILING_BATCH_SIZE)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = Field(default=1e-3, gt=0, le=10)
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd only")
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    gradient_accumulation: int = Field(default=1, ge=1)
+    gradient_accumulation: int = Field(default=1, ge=1, le=65_536)
     gradient_clipping: float | None = Field(default=None, gt=0, description="max global gradient norm")
     precision: Literal["fp32", "bf16"] = "fp32"
     early_stopping: EarlyStoppingSpec | None = None
@@ -248,12 +274,19 @@ class EngineSpec(_Section):
     """
 
     kind: Literal["deepspeed", "ddp"] = "deepspeed"
-    ranks: int = Field(default=1, ge=1, le=1024)
-    pipeline_stages: int = Field(default=1, ge=1)
+    ranks: int = Field(default=1, ge=1, le=CEILING_RANKS)
+    pipeline_stages: int = Field(default=1, ge=1, le=CEILING_RANKS)
     zero_stage: Literal[0, 1, 2, 3] = 0
-    hostfile: str | None = Field(default=None, description="deepspeed: a hostfile for several machines")
+    hostfile: str | None = Field(
+        default=None,
+        description="deepspeed: a hostfile for several machines: relative, in the job's work folder; or absolute, "
+        "inside a data root",
+    )
     nodes: list[NodeSpec] | None = Field(
-        default=None, min_length=1, description="deepspeed: the machines, in node-rank order (instead of hostfile)"
+        default=None,
+        min_length=1,
+        max_length=MAX_NODES,
+        description="deepspeed: the machines, in node-rank order (instead of hostfile)",
     )
     launcher: Literal["ssh", "per_node"] = Field(
         default="ssh", description="several machines: the runner reaches them over ssh, or each starts its own"
@@ -277,6 +310,8 @@ class EngineSpec(_Section):
                 problems.append("nodes: several machines need kind deepspeed")
         elif self.pipeline_stages > 1 and self.zero_stage > 1:
             problems.append("zero_stage: DeepSpeed pipeline parallelism works with ZeRO stage 0 or 1 only")
+        if self.hostfile is not None:
+            problems += _hostfile_problems(self.hostfile)
         problems += self._node_problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -309,6 +344,17 @@ class EngineSpec(_Section):
         return self.ranks // self.pipeline_stages
 
 
+def _hostfile_problems(hostfile: str) -> list[str]:
+    """Rules every machine can check: the launcher reads a relative hostfile from the job's work folder."""
+    if not hostfile:
+        return ["hostfile: must not be empty (leave it out for one machine)"]
+    if any(ord(char) < 32 for char in hostfile):
+        return ["hostfile: must be a path without control characters"]
+    if not PurePosixPath(hostfile).is_absolute() and ".." in PurePosixPath(hostfile).parts:
+        return [f"hostfile: {hostfile!r} leaves the job's work folder ('..'); a relative hostfile is read from there"]
+    return []
+
+
 class SearchDimension(_Section):
     """One hyperparameter to search: a float or int range (`log` for a log scale) or a list of choices."""
 
@@ -316,7 +362,7 @@ class SearchDimension(_Section):
     low: float | None = None
     high: float | None = None
     log: bool = False
-    choices: list[Any] | None = None
+    choices: list[Any] | None = Field(default=None, max_length=MAX_CHOICES)
 
     @model_validator(mode="after")
     def _bounds(self) -> SearchDimension:
@@ -336,10 +382,10 @@ class SearchDimension(_Section):
 class SearchSpec(_Section):
     """A hyperparameter search: `budget` trials, each the base spec with `space`'s paths set to sampled values."""
 
-    budget: int = Field(ge=1, le=10_000)
+    budget: int = Field(ge=1, le=CEILING_SEARCH_BUDGET)
     metric: str = "val_accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
-    space: dict[str, SearchDimension] = Field(min_length=1)
+    space: dict[str, SearchDimension] = Field(min_length=1, max_length=MAX_SEARCH_DIMENSIONS)
 
     def apply(self, spec: JobSpec, params: Mapping[str, Any]) -> JobSpec:
         """`spec` with each dotted path in `params` (e.g. `training.learning_rate`) set; SpecError if invalid."""
@@ -414,13 +460,19 @@ def _describe(error: Any) -> str:
     return f"{location or 'spec'}: {message}"
 
 
-def parse_spec(source: str | bytes | Mapping[str, Any]) -> JobSpec:
-    """Parse and validate a job spec from YAML or JSON text or a mapping; SpecError lists every bad field."""
+def parse_spec(source: str | bytes | Mapping[str, Any], *, policy: SpecPolicy | None = None) -> JobSpec:
+    """Parse and validate a job spec from YAML or JSON text or a mapping; SpecError lists every bad field.
+
+    With `policy` (a trainer admitting a spec) the operator's limits apply too. Without it only the
+    schema does: a rank or a node re-reading an admitted spec has none of the trainer's settings.
+    """
+    if policy is not None and spec_size(source) > policy.max_spec_bytes:
+        raise SpecError([f"spec: {spec_size(source)} bytes is more than the limit of {policy.max_spec_bytes} bytes"])
     if isinstance(source, bytes | str):
         try:
-            doc = yaml.safe_load(source)
-        except yaml.YAMLError as exc:
-            raise SpecError([f"spec: not valid YAML or JSON: {exc}".replace("\n", " ")]) from None
+            doc = load_spec_text(source, CEILING_SPEC_BYTES)
+        except SpecTextError as exc:
+            raise SpecError([str(exc)]) from None
     else:
         doc = source
     if not isinstance(doc, Mapping):
@@ -435,6 +487,10 @@ def parse_spec(source: str | bytes | Mapping[str, Any]) -> JobSpec:
     problems = _cross_field_problems(spec)
     if problems:
         raise SpecError(problems)
+    if policy is not None:
+        problems = policy_problems(spec, policy)
+        if problems:
+            raise SpecError(problems)
     return spec
 
 

@@ -1,10 +1,11 @@
 """Artifact stores: bytes under keys, addressed by URI and checked by sha256.
 
 `open_store(settings.resolved_artifact_root, settings)` gives the store a service uses; the URI
-scheme picks the implementation (`file://` on a local disk, `s3://` on MinIO or any S3 API).
+scheme picks the implementation (`file://` on a local disk, `s3://` on MinIO or any S3 API). Reads
+refuse an artifact over GALLERY_MAX_ARTIFACT_BYTES with `ArtifactTooLarge`.
 """
 
-from .base import ArtifactInfo, ArtifactStore, Source, validate_key
+from .base import ArtifactInfo, ArtifactStore, ArtifactTooLarge, Source, validate_key
 from .file_store import FileArtifactStore
 from .registry import StoreFactory, open_store, register_store, registered_schemes
 from .retry import RetryPolicy, is_transient_s3_error
@@ -13,6 +14,7 @@ from .s3_store import S3ArtifactStore
 __all__ = [
     "ArtifactInfo",
     "ArtifactStore",
+    "ArtifactTooLarge",
     "FileArtifactStore",
     "RetryPolicy",
     "S3ArtifactStore",

@@ -13,12 +13,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeAlias, runtime_checkable
 
 from gallery_common.errors import ArtifactError, IntegrityError, InvalidKey
 from gallery_common.events import ArtifactRef
 
+if TYPE_CHECKING:
+    from gallery_common.settings import GallerySettings
+
 CHUNK_SIZE = 1024 * 1024
+SIZE_SETTING = "GALLERY_MAX_ARTIFACT_BYTES"
 MAX_KEY_BYTES = 1024  # S3's limit; file:// keeps to it so a key is portable between stores
 TEMP_PREFIX = ".gallery-tmp-"
 
@@ -28,6 +32,12 @@ Source: TypeAlias = bytes | bytearray | memoryview | Path | BinaryIO
 _URI_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ArtifactTooLarge(ArtifactError):
+    """An artifact over the size a service fetches (GALLERY_MAX_ARTIFACT_BYTES); it is not read, or no further."""
+
+    status_code = 413
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,11 @@ class ArtifactStore(Protocol):
         ...
 
     def get(self, key_or_uri: str, sha256: str | None = None) -> bytes:
-        """The whole artifact in memory, checked against `sha256` when given."""
+        """The whole artifact in memory, checked against `sha256` when given.
+
+        Every read (`get`, `download`, `verify`, `open`) refuses with ArtifactTooLarge an artifact stored
+        over the store's size limit before fetching it, and stops one that grows past it while read.
+        """
         ...
 
     def download(self, key_or_uri: str, dest: Path, sha256: str | None = None) -> Path:
@@ -198,6 +212,50 @@ def digest_chunks(chunks: Iterable[bytes]) -> tuple[str, int]:
         hasher.update(chunk)
         size += len(chunk)
     return hasher.hexdigest(), size
+
+
+def size_limit(settings: GallerySettings | None, max_bytes: int | None) -> int:
+    """The most bytes a store fetches: `max_bytes` if given, else the settings' (the environment's by default)."""
+    if max_bytes is not None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        return max_bytes
+    if settings is None:
+        from gallery_common.settings import get_settings
+
+        settings = get_settings()
+    return settings.max_artifact_bytes
+
+
+def describe_size(n: int) -> str:
+    """`n` bytes for a reader: "3.0 GiB (3221225472 bytes)"."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def check_size(artifact: str, size: int | None, limit: int) -> None:
+    """Refuse, before a byte is fetched, an artifact whose stored size is over `limit` (None: size unknown)."""
+    if size is not None and size > limit:
+        raise ArtifactTooLarge(
+            f"artifact {artifact} is {describe_size(size)}, over the {describe_size(limit)} a service fetches "
+            f"({SIZE_SETTING}); it was not fetched"
+        )
+
+
+def capped(chunks: Iterable[bytes], artifact: str, limit: int) -> Iterator[bytes]:
+    """The chunks, stopped with ArtifactTooLarge the moment together they pass `limit` (an artifact that grows
+    while it is read, or a size the store did not report)."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise ArtifactTooLarge(
+                f"artifact {artifact} grew past the {describe_size(limit)} a service fetches ({SIZE_SETTING}) "
+                f"while it was fetched; stopped after {describe_size(total)}"
+            )
+        yield chunk
 
 
 def read_verified(chunks: Iterable[bytes], artifact: str, sha256: str | None) -> bytes:

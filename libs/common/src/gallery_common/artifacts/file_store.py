@@ -17,7 +17,9 @@ from .base import (
     TEMP_PREFIX,
     ArtifactInfo,
     Source,
+    capped,
     check_digest,
+    check_size,
     digest_chunks,
     iter_chunks,
     looks_like_uri,
@@ -25,6 +27,7 @@ from .base import (
     open_source,
     read_verified,
     relative_key,
+    size_limit,
     validate_key,
     validate_prefix,
     write_atomically,
@@ -35,10 +38,11 @@ class FileArtifactStore:
     """Artifacts as files under one root directory, written atomically (temp file, fsync, rename).
 
     A key never reaches outside the root: `..`, absolute paths and symlinks that resolve outside
-    the root are refused with InvalidKey.
+    the root are refused with InvalidKey. Reads refuse an artifact over `max_bytes` (default: the
+    settings' GALLERY_MAX_ARTIFACT_BYTES) with ArtifactTooLarge.
     """
 
-    def __init__(self, root_uri: str, settings: GallerySettings | None = None) -> None:
+    def __init__(self, root_uri: str, settings: GallerySettings | None = None, *, max_bytes: int | None = None) -> None:
         parts = urlsplit(root_uri)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise ArtifactError(f"not a local file:// root: {root_uri!r}")
@@ -49,6 +53,7 @@ class FileArtifactStore:
         self._given_root = given
         # Containment is checked against the real path, so a root reached through a symlink still works.
         self._root = given.resolve()
+        self.max_bytes = size_limit(settings, max_bytes)
 
     def __repr__(self) -> str:
         return f"FileArtifactStore({self.root_uri!r})"
@@ -111,27 +116,32 @@ class FileArtifactStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ArtifactNotFound(f"artifact not found: {uri}") from None
         with file:
+            # the size of the file opened, not of the path looked at: it cannot be swapped in between
+            check_size(uri, os.fstat(file.fileno()).st_size, self.max_bytes)
             yield file
+
+    def _chunks(self, stream: BinaryIO, uri: str) -> Iterator[bytes]:
+        return capped(iter_chunks(stream), uri, self.max_bytes)
 
     def get(self, key_or_uri: str, sha256: str | None = None) -> bytes:
         expected = normalize_sha256(sha256) if sha256 is not None else None
         path, uri = self._path(key_or_uri)
         with self._open(path, uri) as stream:
-            return read_verified(iter_chunks(stream), uri, expected)
+            return read_verified(self._chunks(stream, uri), uri, expected)
 
     def download(self, key_or_uri: str, dest: Path, sha256: str | None = None) -> Path:
         expected = normalize_sha256(sha256) if sha256 is not None else None
         dest = Path(dest)
         path, uri = self._path(key_or_uri)
         with self._open(path, uri) as stream:
-            write_atomically(dest, iter_chunks(stream), artifact=uri, sha256=expected)
+            write_atomically(dest, self._chunks(stream, uri), artifact=uri, sha256=expected)
         return dest
 
     def verify(self, key_or_uri: str, sha256: str) -> None:
         expected = normalize_sha256(sha256)
         path, uri = self._path(key_or_uri)
         with self._open(path, uri) as stream:
-            actual, _ = digest_chunks(iter_chunks(stream))
+            actual, _ = digest_chunks(self._chunks(stream, uri))
         check_digest(uri, expected, actual)
 
     def exists(self, key_or_uri: str) -> bool:

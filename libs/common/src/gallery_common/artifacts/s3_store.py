@@ -22,16 +22,22 @@ from gallery_common.settings import GallerySettings, get_settings
 
 from .base import (
     CHUNK_SIZE,
+    SIZE_SETTING,
     ArtifactInfo,
+    ArtifactTooLarge,
     HashingReader,
     Source,
+    capped,
     check_digest,
+    check_size,
+    describe_size,
     digest_chunks,
     looks_like_uri,
     normalize_sha256,
     open_source,
     read_verified,
     relative_key,
+    size_limit,
     validate_key,
     validate_prefix,
     write_atomically,
@@ -131,21 +137,40 @@ def translate_error(exc: BaseException, action: str, uri: str) -> GalleryError:
     return ArtifactError(f"could not {action} {uri}: {_describe(exc)}")
 
 
-class _ObjectStream(io.RawIOBase):
-    """An object's body as a raw stream whose read failures are domain errors."""
+def _content_length(response: Any) -> int | None:
+    """The object's size as the server declared it, if it did."""
+    headers = getattr(response, "headers", None)
+    value = headers.get("Content-Length") if headers is not None else None
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
-    def __init__(self, response: Any, uri: str) -> None:
+
+class _ObjectStream(io.RawIOBase):
+    """An object's body as a raw stream whose read failures are domain errors, stopped past `limit` bytes."""
+
+    def __init__(self, response: Any, uri: str, limit: int) -> None:
         self._response = response
         self._uri = uri
+        self._limit = limit
+        self._read = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         try:
-            return int(self._response.readinto(buffer))
+            count = int(self._response.readinto(buffer))
         except _S3_FAILURES as exc:
             raise translate_error(exc, "read", self._uri) from exc
+        self._read += count
+        if self._read > self._limit:
+            raise ArtifactTooLarge(
+                f"artifact {self._uri} grew past the {describe_size(self._limit)} a service fetches "
+                f"({SIZE_SETTING}) while it was read; stopped after {describe_size(self._read)}"
+            )
+        return count
 
 
 class S3ArtifactStore:
@@ -153,7 +178,9 @@ class S3ArtifactStore:
 
     Uploads stream in parts of `part_size` bytes, `parallel_uploads` at a time, so memory stays
     bounded by a few parts whatever the size; reads stream in 1 MiB chunks. Transient failures
-    are retried per `retry`.
+    are retried per `retry`. Reads refuse an object over `max_bytes` (default: the settings'
+    GALLERY_MAX_ARTIFACT_BYTES) with ArtifactTooLarge, from the size the server declares before
+    the body is read, and stop a body that runs past it.
     """
 
     def __init__(
@@ -165,6 +192,7 @@ class S3ArtifactStore:
         retry: RetryPolicy | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         parallel_uploads: int = 2,
+        max_bytes: int | None = None,
     ) -> None:
         bucket, _, prefix = root_uri.removeprefix("s3://").partition("/")
         prefix = prefix.strip("/")
@@ -180,6 +208,7 @@ class S3ArtifactStore:
         if client is None:
             settings = settings or get_settings()
             client = minio_client(settings)
+        self.max_bytes = size_limit(settings, max_bytes)
         self.bucket = bucket
         self._prefix = f"{prefix}/" if prefix else ""
         self._client = client
@@ -254,6 +283,14 @@ class S3ArtifactStore:
             response.close()
             response.release_conn()
 
+    @contextlib.contextmanager
+    def _body(self, name: str, uri: str) -> Iterator[Iterator[bytes]]:
+        """The object's body in chunks: refused before it is read when its declared size is over the limit,
+        stopped when it runs past it."""
+        with self._response(name) as response:
+            check_size(uri, _content_length(response), self.max_bytes)
+            yield capped(response.stream(CHUNK_SIZE), uri, self.max_bytes)
+
     def put(self, key: str, source: Source, content_type: str | None = None) -> ArtifactRef:
         name, uri = self._locate(key)
         self._ensure_bucket()
@@ -283,8 +320,8 @@ class S3ArtifactStore:
         name, uri = self._locate(key_or_uri)
 
         def read() -> bytes:
-            with self._response(name) as response:
-                return read_verified(response.stream(CHUNK_SIZE), uri, expected)
+            with self._body(name, uri) as chunks:
+                return read_verified(chunks, uri, expected)
 
         return self._run("get", uri, read)
 
@@ -294,8 +331,8 @@ class S3ArtifactStore:
         dest = Path(dest)
 
         def fetch() -> None:
-            with self._response(name) as response:
-                write_atomically(dest, response.stream(CHUNK_SIZE), artifact=uri, sha256=expected)
+            with self._body(name, uri) as chunks:
+                write_atomically(dest, chunks, artifact=uri, sha256=expected)
 
         self._run("download", uri, fetch)
         return dest
@@ -305,8 +342,8 @@ class S3ArtifactStore:
         name, uri = self._locate(key_or_uri)
 
         def digest() -> str:
-            with self._response(name) as response:
-                return digest_chunks(response.stream(CHUNK_SIZE))[0]
+            with self._body(name, uri) as chunks:
+                return digest_chunks(chunks)[0]
 
         check_digest(uri, expected, self._run("verify", uri, digest))
 
@@ -316,7 +353,8 @@ class S3ArtifactStore:
         name, uri = self._locate(key_or_uri)
         response = self._run("open", uri, lambda: self._client.get_object(self.bucket, name))
         try:
-            with io.BufferedReader(_ObjectStream(response, uri)) as stream:
+            check_size(uri, _content_length(response), self.max_bytes)
+            with io.BufferedReader(_ObjectStream(response, uri, self.max_bytes)) as stream:
                 yield stream  # type: ignore[misc]
         finally:
             response.close()

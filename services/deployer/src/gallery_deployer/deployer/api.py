@@ -1,4 +1,9 @@
-"""The deployer's REST API: deployments with replicas, weights and health; deploy, promote, roll back, scale."""
+"""The deployer's REST API: deployments with replicas, weights and health; deploy, promote, roll back, scale.
+
+Everything that changes what serves (deploy, promote, roll back, weights, scale, policies) needs the
+admin role; waking a model scaled to zero is part of serving a request, so the gateway's inference
+token may do it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ import anyio
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field
 
-from gallery_common.errors import InvalidRequest, NotFound, Unavailable
+from gallery_common.auth import requires
+from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ArtifactRef
+from gallery_common.settings import Role
 
 from ..gateway.routes import check_model_name
 from ..runtime.base import DeploymentStatus
@@ -20,6 +27,7 @@ from .records import SERVING, DeploymentRecord, Stage
 
 CONTROLLER_KEY = "controller"
 router = APIRouter(prefix="/api/v1", tags=["deployments"])
+ADMIN = [requires(Role.admin)]
 
 
 def _controller(request: Request) -> Controller:
@@ -116,13 +124,25 @@ class DeployRequest(BaseModel):
     canary_percent: float | None = Field(default=None, gt=0, lt=100)
 
 
-@router.post("/deployments", status_code=201, summary="Deploy a registered version (a canary beside production)")
+@router.post(
+    "/deployments",
+    status_code=201,
+    summary="Deploy a registered version (a canary beside production)",
+    dependencies=ADMIN,
+)
 async def deploy(data: DeployRequest, request: Request) -> DeploymentView:
+    """Only a version the validation gate passed (status `validated`) is deployed; anything else is 409."""
     controller = _controller(request)
     if controller.registry is None:
         raise Unavailable("the deployer has no registry configured (GALLERY_REGISTRY_URL)")
     registry = controller.registry
     version = await anyio.to_thread.run_sync(registry.get_version, data.model, data.version)
+    status = version.get("status")
+    if status != "validated":
+        raise Conflict(
+            f"{data.model}:{data.version} is {status}, not validated: only versions the validation gate "
+            "passed can be deployed"
+        )
     artifacts: dict[str, Any] = version.get("artifacts") or {}
     if "onnx" not in artifacts:
         raise InvalidRequest(f"{data.model}:{data.version} has no onnx artifact in the registry")
@@ -143,14 +163,20 @@ class Reason(BaseModel):
     version: int | None = Field(default=None, ge=1, description="rollback only: the version to take out")
 
 
-@router.post("/deployments/{model}/promote", summary="Give the canary all traffic and the production alias")
+@router.post(
+    "/deployments/{model}/promote", summary="Give the canary all traffic and the production alias", dependencies=ADMIN
+)
 async def promote(model: str, request: Request, data: Annotated[Reason | None, Body()] = None) -> DeploymentView:
     controller = _controller(request)
     record = await controller.promote(model, (data or Reason()).reason)
     return (await _views(controller, [record]))[0]
 
 
-@router.post("/deployments/{model}/rollback", summary="Take the canary, or else production, out of service")
+@router.post(
+    "/deployments/{model}/rollback",
+    summary="Take the canary, or else production, out of service",
+    dependencies=ADMIN,
+)
 async def rollback(model: str, request: Request, data: Annotated[Reason | None, Body()] = None) -> DeploymentView:
     controller = _controller(request)
     data = data or Reason()
@@ -162,7 +188,7 @@ class Weights(BaseModel):
     canary_percent: float = Field(gt=0, lt=100)
 
 
-@router.put("/deployments/{model}/weights", summary="Set the canary's share of traffic")
+@router.put("/deployments/{model}/weights", summary="Set the canary's share of traffic", dependencies=ADMIN)
 async def set_weights(model: str, data: Weights, request: Request) -> list[DeploymentView]:
     controller = _controller(request)
     await controller.set_canary_weight(model, data.canary_percent)
@@ -174,7 +200,11 @@ class Scale(BaseModel):
     replicas: int = Field(ge=0, le=64)
 
 
-@router.post("/deployments/{model}/versions/{version}/scale", summary="Set a version's replica count (0 allowed)")
+@router.post(
+    "/deployments/{model}/versions/{version}/scale",
+    summary="Set a version's replica count (0 allowed)",
+    dependencies=ADMIN,
+)
 async def scale(model: str, version: int, data: Scale, request: Request) -> DeploymentView:
     controller = _controller(request)
     await controller.scale(model, version, data.replicas)
@@ -186,7 +216,10 @@ async def scale(model: str, version: int, data: Scale, request: Request) -> Depl
 
 
 @router.post(
-    "/deployments/{model}/wake", status_code=204, summary="Start a model scaled to zero (the gateway calls it)"
+    "/deployments/{model}/wake",
+    status_code=204,
+    summary="Start a model scaled to zero (the gateway calls it)",
+    dependencies=[requires(Role.inference)],
 )
 async def wake(model: str, request: Request) -> None:
     await _controller(request).wake(model)
@@ -208,7 +241,7 @@ async def get_policy(model: str, request: Request) -> DeploymentPolicy:
     return policy.resolved(controller.settings)
 
 
-@router.put("/policies/{model}", summary="Set how a model's next versions are deployed")
+@router.put("/policies/{model}", summary="Set how a model's next versions are deployed", dependencies=ADMIN)
 async def put_policy(model: str, policy: DeploymentPolicy, request: Request) -> DeploymentPolicy:
     """Applies to versions deployed from now on: canary share, replicas, resources, GPU, batching."""
     check_model_name(model)

@@ -2,12 +2,13 @@
 
 Figures come from the model servers themselves: their Prometheus counters and latency histogram,
 read at the start and at the end of the window (the difference is the window), and a replay of
-validation rows sent to both versions to measure how often they give the same top class.
+validation rows sent to both versions to measure how often they give the same top class. A validation
+split that is refused (over a size cap, not a split, corrupt) makes the replay, and so the analysis,
+fail with the reason.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -18,6 +19,8 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_common.contracts import NpzRefused, read_features
+from gallery_common.errors import ArtifactError
 from gallery_common.promtext import histogram_quantile
 
 REQUESTS = "modelgallery_inference_requests"
@@ -101,10 +104,24 @@ async def _top_classes(client: httpx.AsyncClient, url: str, model: str, rows: np
     return values.argmax(axis=-1) if values.ndim > 1 else values
 
 
+@dataclass(frozen=True)
+class ReplayRefused:
+    """The validation rows could not be replayed; the canary analysis fails with `reason`."""
+
+    reason: str
+
+
 async def replay_agreement(
-    client: httpx.AsyncClient, model: str, canary_url: str, baseline_url: str, rows: np.ndarray, chunk: int = 64
-) -> float:
-    """Share of `rows` on which both servers give the same top class."""
+    client: httpx.AsyncClient,
+    model: str,
+    canary_url: str,
+    baseline_url: str,
+    rows: np.ndarray | ReplayRefused,
+    chunk: int = 64,
+) -> float | ReplayRefused:
+    """Share of `rows` on which both servers give the same top class (a refused replay stays refused)."""
+    if isinstance(rows, ReplayRefused):
+        return rows
     same = 0
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
@@ -114,15 +131,28 @@ async def replay_agreement(
     return same / len(rows) if len(rows) else 1.0
 
 
-async def load_replay_rows(store: ArtifactStore, split: dict[str, str] | None, limit: int) -> np.ndarray | None:
-    """The first `limit` feature rows of a version's validation split NPZ (`x`), or None without one."""
+async def load_replay_rows(
+    store: ArtifactStore, split: dict[str, str] | None, limit: int
+) -> np.ndarray | ReplayRefused | None:
+    """The first `limit` feature rows of a version's validation split NPZ (`x`), or None without one.
+
+    A split that cannot be had (missing, corrupt, over GALLERY_MAX_ARTIFACT_BYTES) or is refused as a
+    split (over GALLERY_MAX_SPLIT_BYTES, object arrays, not an NPZ) is a ReplayRefused with the reason;
+    an unreachable store still raises Unavailable, as that passes.
+    """
     if not split or limit <= 0:
         return None
 
-    def read() -> np.ndarray:
-        data = store.get(split["uri"], split.get("sha256"))
-        with np.load(io.BytesIO(data)) as arrays:
-            return np.ascontiguousarray(arrays["x"][:limit], dtype=np.float32)
+    def read() -> np.ndarray | ReplayRefused:
+        uri = split["uri"]
+        try:
+            data = store.get(uri, split.get("sha256"))
+            x, _ = read_features(data, name=f"validation split {uri}")
+        except ArtifactError as exc:
+            return ReplayRefused(f"validation split {uri}: {exc.message}")
+        except NpzRefused as exc:
+            return ReplayRefused(str(exc))
+        return np.ascontiguousarray(x[:limit], dtype=np.float32)
 
     return await anyio.to_thread.run_sync(read)
 
@@ -162,9 +192,13 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def judge(canary: Snapshot, baseline: Snapshot, agreement: float | None, limits: Thresholds) -> Verdict:
-    """Pass unless a figure breaks a threshold; too little canary traffic fails (nothing to judge)."""
+def judge(canary: Snapshot, baseline: Snapshot, agreement: float | ReplayRefused | None, limits: Thresholds) -> Verdict:
+    """Pass unless a figure breaks a threshold; too little canary traffic fails (nothing to judge), and so
+    does a replay whose validation rows were refused."""
     reasons: list[str] = []
+    if isinstance(agreement, ReplayRefused):
+        reasons.append(f"the replay of validation rows failed: {agreement.reason}")
+        agreement = None
     canary_rate, baseline_rate = _rate(canary), _rate(baseline)
     canary_p99, baseline_p99 = _ms(canary.quantile(0.99)), _ms(baseline.quantile(0.99))
     if canary.total < limits.min_requests and agreement is None:

@@ -1,8 +1,9 @@
 """Lifecycle events → rollouts: `model.validated`, `model.optimized` and `model.degraded`.
 
-Each handler is idempotent: an event id already handled is skipped, and the controller's own
-checks (a version already serving, an artifact already rolled, a version already rolled back)
-make a replay after a crash mid-work finish the work once.
+Nothing moves on an event's word alone: the registry confirms the version is validated and the
+artifact is the one it recorded (`provenance.py`). Each handler is idempotent: an event id already
+handled is skipped, and the controller's own checks (a version already serving, an artifact already
+rolled, a version already rolled back) make a replay after a crash mid-work finish the work once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from gallery_common.errors import Conflict, NotFound
 from gallery_common.events import CloudEvent, ModelDegraded, ModelOptimized, ModelValidated
 from gallery_common.telemetry import get_logger
 
+from ..runtime.base import deployment_id
 from .controller import Controller
+from .provenance import Provenance
 from .records import SERVING, Stage
 
 DURABLE = "deployer"
@@ -29,6 +32,12 @@ async def on_validated(controller: Controller, data: ModelValidated) -> None:
     onnx = data.artifacts.get("onnx")
     if onnx is None:
         raise PermanentError(f"model.validated for {data.model}:{data.version} carries no onnx artifact")
+    await Provenance(controller.registry).confirm_validated(data.model, data.version, onnx)
+    earlier = await anyio.to_thread.run_sync(controller.store.get, deployment_id(data.model, data.version, ""))
+    if earlier is not None and earlier.stage == Stage.rolled_back:
+        # taken out of service once (a failed canary, a degradation): only a person brings it back
+        log.info("validated_version_was_rolled_back", model=data.model, version=data.version, reason=earlier.reason)
+        return
     serving = await anyio.to_thread.run_sync(controller.store.for_model, data.model, SERVING)
     if any(r.version >= data.version for r in serving):
         log.info("validated_version_not_newer", model=data.model, version=data.version)
@@ -46,6 +55,7 @@ async def on_validated(controller: Controller, data: ModelValidated) -> None:
 
 
 async def on_optimized(controller: Controller, data: ModelOptimized) -> None:
+    await Provenance(controller.registry).confirm_variant(data.model, data.version, data.recommended_artifact)
     await controller.roll_variant(data.model, data.version, data.recommended, data.recommended_artifact)
 
 

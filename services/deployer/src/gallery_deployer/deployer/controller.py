@@ -281,7 +281,11 @@ class Controller:
         )
         canary_urls, baseline_urls = await self._endpoints(candidate.id), await self._endpoints(production.id)
         if rows is not None and canary_urls and baseline_urls:
-            agreement = await canary.replay_agreement(self._http, model, canary_urls[0], baseline_urls[0], rows)
+            # Each server refuses a request larger than its max_batch_size: replay in chunks both accept.
+            chunk = min(self._spec(candidate).max_batch_size, self._spec(production).max_batch_size)
+            agreement = await canary.replay_agreement(
+                self._http, model, canary_urls[0], baseline_urls[0], rows, chunk=chunk
+            )
         verdict = canary.judge(now[0].minus(start[0]), now[1].minus(start[1]), agreement, self.limits)
         self._verdicts[model] = verdict
         return verdict

@@ -7,15 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request, Response
 
 from gallery_common import __version__
+from gallery_common.auth import requires
 from gallery_common.errors import NotFound
+from gallery_common.settings import Role
 
 from .proxy import Gateway
 from .routes import ModelRoute, RouteBook, check_model_name
 
 GATEWAY_KEY = "gateway"
 
-oip = APIRouter(tags=["inference (OIP v2)"])
-admin = APIRouter(prefix="/admin", tags=["routing"])
+# An inference token may use the whole OIP API: health, metadata, readiness, infer.
+oip = APIRouter(tags=["inference (OIP v2)"], dependencies=[requires(Role.inference)])
+# The routing table decides where a model's traffic, and the model-server token with it, go, and
+# `wake_url` is a URL the gateway POSTs to with the deployer's token: admin only, reads included
+# (the table names every internal backend).
+admin = APIRouter(prefix="/admin", tags=["routing"], dependencies=[requires(Role.admin)])
 
 
 def _gateway(request: Request) -> Gateway:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import anyio
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.settings import load_settings
@@ -64,9 +65,10 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         bus_required=False,
         startup=startup,
         untraced=is_inference,
+        # behind the access checks, in front of FastAPI: inference skips FastAPI's routing (the
+        # routes in api.py document it and declare the role it needs)
+        inner_middleware=[Middleware(InferFastPath, gateway_key=api.GATEWAY_KEY)],
     )
-    # added last, so it runs first: inference skips FastAPI's routing (the routes in api.py document it)
-    app.add_middleware(InferFastPath, settings=settings, gateway_key=api.GATEWAY_KEY)
     return app
 
 

@@ -15,9 +15,16 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class CachedAnswer:
+    """A backend's answer as the client must get it again, byte for byte.
+
+    `header_length` is the answer's `Inference-Header-Content-Length` (Triton's binary tensors: how many
+    leading bytes are JSON); without it a client cannot split a binary answer.
+    """
+
     status: int
     content_type: str
     body: bytes
+    header_length: int | None = None
 
 
 class LruCache:
@@ -80,7 +87,8 @@ class RedisResponseCache:
     A Redis that cannot be reached counts as a miss: the cache must never fail a request.
     """
 
-    prefix = "modelgallery:gateway:"
+    # v2: the framing holds the binary-data header length; entries of the first framing are never read
+    prefix = "modelgallery:gateway:v2:"
 
     def __init__(self, url: str, ttl_s: float) -> None:
         import redis.asyncio as redis
@@ -94,13 +102,17 @@ class RedisResponseCache:
         except Exception as exc:
             log.warning("redis cache unavailable", error=str(exc))
             return None
-        if raw is None:
+        if not isinstance(raw, bytes):  # None: a miss (the client is not set to decode replies)
             return None
-        status, content_type, body = raw.split(b"\n", 2)
-        return CachedAnswer(int(status), content_type.decode(), body)
+        try:
+            status, content_type, header_length, body = raw.split(b"\n", 3)
+            return CachedAnswer(int(status), content_type.decode(), body, int(header_length) if header_length else None)
+        except ValueError:  # not an entry this code wrote: a miss, never a broken answer
+            return None
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
-        framed = b"%d\n%s\n" % (answer.status, answer.content_type.encode()) + answer.body
+        length = b"" if answer.header_length is None else str(answer.header_length).encode()
+        framed = b"%d\n%s\n%s\n" % (answer.status, answer.content_type.encode(), length) + answer.body
         try:
             await self._redis.set(self.prefix + key, framed, px=self._ttl_ms)
         except Exception as exc:

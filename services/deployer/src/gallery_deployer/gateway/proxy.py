@@ -37,6 +37,7 @@ class SampleSink(Protocol):
 
 # headers that carry meaning for OIP v2 bodies (the binary-data extension) and must pass through
 _PASSED_HEADERS = ("content-type", "inference-header-content-length")
+_BINARY_HEADER = "inference-header-content-length"
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,28 @@ class Attempt:
 
 def _passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name in _PASSED_HEADERS if (value := headers.get(name)) is not None}
+
+
+def _cache_key(model: str, version: str | None, body: bytes, headers: Mapping[str, str]) -> str:
+    """The request as the model server reads it: the same bytes with another (or no) binary-data header
+    split differently into JSON and tensors, so they are another request."""
+    header_length = headers.get(_BINARY_HEADER, "").strip()
+    return f"{model}\0{version or ''}\0{header_length}\0{hashlib.sha256(body).hexdigest()}"
+
+
+def _to_cache(served: Answer) -> CachedAnswer | None:
+    """What to keep of a 200 answer; None when its binary-data header is not a number (passed on, not kept)."""
+    length = served.headers.get(_BINARY_HEADER)
+    try:
+        header_length = int(length) if length is not None else None
+    except ValueError:
+        return None
+    return CachedAnswer(200, served.headers.get("content-type", "application/json"), served.content, header_length)
+
+
+def _cached_response(cached: CachedAnswer) -> Response:
+    headers = {} if cached.header_length is None else {"Inference-Header-Content-Length": str(cached.header_length)}
+    return Response(cached.body, status_code=cached.status, media_type=cached.content_type, headers=headers)
 
 
 def _error(status: int, message: str) -> Response:
@@ -178,11 +201,11 @@ class Gateway:
         route, serving = await self._route(model, version)
         cache_key = None
         if route.policy.cache_enabled:
-            cache_key = f"{model}\0{version or ''}\0{hashlib.sha256(body).hexdigest()}"
+            cache_key = _cache_key(model, version, body, headers)
             cached = await self.cache.get(cache_key)
             if cached is not None:
                 metrics.CACHE_HITS.labels(model).inc()
-                return Response(cached.body, status_code=cached.status, media_type=cached.content_type)
+                return _cached_response(cached)
             metrics.CACHE_MISSES.labels(model).inc()
         chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
         sent = _passed_headers(headers)
@@ -194,9 +217,12 @@ class Gateway:
             return answer
         served = attempt.response
         is_json = "inference-header-content-length" not in served.headers
-        if cache_key is not None and len(served.content) <= self.settings.cache_max_body_bytes:
-            content_type = served.headers.get("content-type", "application/json")
-            await self.cache.put(cache_key, CachedAnswer(200, content_type, served.content))
+        if (
+            cache_key is not None
+            and len(served.content) <= self.settings.cache_max_body_bytes
+            and (keep := _to_cache(served)) is not None
+        ):
+            await self.cache.put(cache_key, keep)
         shadow = route.shadow
         if shadow is not None and is_json and self.rng.random() * 100 < route.policy.shadow_percent:
             self._spawn(self._mirror(model, shadow, path, body, sent, served.content))

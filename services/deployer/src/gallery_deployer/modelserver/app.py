@@ -1,7 +1,10 @@
 """The OIP v2 REST app over one ServedModel.
 
 Built on FastAPI without `gallery_common.app.create_app`'s middleware: the infer path reads the raw
-body, parses it with orjson and answers with pre-encoded bytes, with no per-request logging.
+body, parses it with orjson and answers with pre-encoded bytes, with no per-request logging. The one
+middleware it shares is `AccessMiddleware`: the token (the `inference` role for a model's routes)
+and the body's size (`GALLERY_MAX_BODY_BYTES`) are checked before a byte of a body is read; probes,
+`/v2` and `/metrics` answer without a token.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gallery_common.access import AccessMiddleware
 from gallery_common.artifacts import open_store
-from gallery_common.auth import identify
+from gallery_common.auth import requires
 from gallery_common.errors import GalleryError, NotFound
+from gallery_common.settings import Role
 
 from .async_serving import AsyncServing
 from .batcher import DynamicBatcher, Overloaded
@@ -29,6 +34,8 @@ from .protocol import InferRequestError, encode_infer_response, parse_infer_requ
 from .settings import ModelServerSettings
 
 SERVER_NAME = "modelgallery-modelserver"
+OPEN = [requires(None)]
+INFERENCE = [requires(Role.inference)]
 JSON = "application/json"
 BINARY = "application/octet-stream"
 INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -116,10 +123,9 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
             await batcher.close()
 
     app = FastAPI(title=f"model server {model.name}:{model.version}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(AccessMiddleware, settings=settings, sources=[app.router])
 
-    def check_model(request: Request, name: str, model_version: str | None) -> None:
-        if settings.auth_enabled:
-            identify(settings, request.headers.get("authorization"))
+    def check_model(name: str, model_version: str | None) -> None:
         if name != model.name:
             raise NotFound(f"model {name!r} is not served here (this server serves {model.name!r})")
         if model_version is not None and model_version != model.version:
@@ -133,42 +139,42 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json(exc.status_code, {"error": str(exc.detail)}, dict(exc.headers or {}))
 
-    @app.get("/v2/health/live")
+    @app.get("/v2/health/live", dependencies=OPEN)
     async def live() -> Response:
         return _json(200, {"live": True})
 
-    @app.get("/v2/health/ready")
+    @app.get("/v2/health/ready", dependencies=OPEN)
     async def ready() -> Response:
         return _json(200 if state["ready"] else 503, {"ready": state["ready"]})
 
-    @app.get("/healthz")
+    @app.get("/healthz", dependencies=OPEN)
     async def healthz() -> Response:
         return _json(200, {"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", dependencies=OPEN)
     async def readyz() -> Response:
         return _json(200 if state["ready"] else 503, {"status": "ok" if state["ready"] else "starting"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=OPEN)
     def prometheus() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v2")
+    @app.get("/v2", dependencies=OPEN)
     async def server() -> Response:
         return Response(server_metadata, media_type=JSON)
 
-    async def model_metadata(request: Request, name: str, model_version: str | None = None) -> Response:
-        check_model(request, name, model_version)
+    async def model_metadata(name: str, model_version: str | None = None) -> Response:
+        check_model(name, model_version)
         return Response(metadata, media_type=JSON)
 
-    async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
-        check_model(request, name, model_version)
+    async def model_ready(name: str, model_version: str | None = None) -> Response:
+        check_model(name, model_version)
         return _json(200 if state["ready"] else 503, {"name": model.name, "ready": state["ready"]})
 
     async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
         started = time.perf_counter()
         try:
-            check_model(request, name, model_version)
+            check_model(name, model_version)
             body = await request.body()
             parsed = parse_infer_request(body, model.inputs, model.outputs, _header_length(request))
             results = await batcher.submit(parsed.inputs, parsed.rows)
@@ -182,7 +188,7 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
         return Response(payload, media_type=BINARY, headers={INFERENCE_HEADER_LENGTH: str(header_length)})
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{model_version}"):
-        app.add_api_route(prefix, model_metadata, methods=["GET"])
-        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+        app.add_api_route(prefix, model_metadata, methods=["GET"], dependencies=INFERENCE)
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], dependencies=INFERENCE)
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"], dependencies=INFERENCE)
     return app

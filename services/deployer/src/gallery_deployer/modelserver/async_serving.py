@@ -35,9 +35,10 @@ class AsyncServing:
         observe: Observer | None = None,
     ) -> None:
         self._settings = settings
-        self._bus = EventBus(
-            settings.nats_url,
-            settings.service_name,
+        # every model server connects as the one NATS user `modelserver`, whatever it serves
+        self._bus = EventBus.from_settings(
+            settings,
+            user="modelserver",
             publish_deadline=settings.nats_connect_timeout_s,
             reconnect_wait=CONNECT_RETRY_S,
         )

@@ -2,10 +2,11 @@
 
 A job message is `{"job_id", "input": {"uri", "sha256"}, "output_prefix"}`. The input NPZ holds one
 array per model input, named after it (a single-input model also takes an array named `x`). The
-outputs are written to `<output_prefix>/<job_id>.npz` in the artifact store, so a redelivered job
-writes the same key again. Progress and the final state go to `infer.jobs.status.<job_id>` as JSON
-`{job_id, state, done, total, output | error}`; they land in the INFER_JOBS stream too, so a client
-that looks late can still read a job's last state.
+outputs are written to `batch-outputs/<model>/<output_prefix>/<job_id>.npz` in the artifact store
+(the model server writes nowhere else), so a redelivered job writes the same key again. Progress and
+the final state go to `infer.jobs.status.<job_id>` as JSON `{job_id, state, done, total, output |
+error}`; they land in the INFER_JOBS stream too, so a client that looks late can still read a job's
+last state.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import io
 import re
-import zipfile
 from collections.abc import Mapping
 
 import anyio
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.artifacts.base import validate_prefix
+from gallery_common.contracts import NpzRefused, NpzUnreadable, read_npz
 from gallery_common.errors import GalleryError, Unavailable
 from gallery_common.telemetry import get_logger
 
@@ -37,6 +38,7 @@ from .tensors import TensorSpec
 STREAM = "INFER_JOBS"
 JOBS_PREFIX = "infer.jobs."
 STATUS_PREFIX = "infer.jobs.status."
+OUTPUTS_ROOT = "batch-outputs"
 _STREAM_NAME_IN_USE = 10058
 _RETRY_DELAY_S = 2.0
 _PROGRESS_UPDATES = 20  # at most this many progress messages per job, however many chunks it has
@@ -78,6 +80,16 @@ def jobs_subject(model: str) -> str:
 def status_subject(job_id: str) -> str:
     """The subject a job's progress and result are published on."""
     return f"{STATUS_PREFIX}{job_id}"
+
+
+def output_key(model: str, prefix: str, job_id: str) -> str:
+    """Where a job's outputs go: always under `OUTPUTS_ROOT/<model>/`, the model server's own part of the store.
+
+    A job names only a folder below that, so no job can overwrite another key (a version's test split,
+    a model file) whatever `output_prefix` it sends.
+    """
+    folder = "/".join(part for part in (OUTPUTS_ROOT, model, prefix.strip("/")) if part)
+    return f"{folder}/{job_id}.npz"
 
 
 def durable_name(model: str) -> str:
@@ -125,19 +137,32 @@ def job_id_of(data: bytes) -> str | None:
     return job_id if isinstance(job_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", job_id) else None
 
 
-def read_inputs(data: bytes, specs: tuple[TensorSpec, ...]) -> tuple[dict[str, np.ndarray], int]:
-    """The model's inputs from NPZ bytes, checked against its signature, and their row count."""
+def read_inputs(
+    data: bytes, specs: tuple[TensorSpec, ...], max_bytes: int | None = None
+) -> tuple[dict[str, np.ndarray], int]:
+    """The model's inputs from NPZ bytes, checked against its signature, and their row count.
+
+    Read by `gallery_common.contracts`: declared sizes checked against `max_bytes` (default
+    GALLERY_MAX_SPLIT_BYTES) before anything is inflated, object arrays refused, arrays the model does not
+    take never inflated. JobFailed says why the input is refused.
+    """
+    wanted = [spec.name for spec in specs]
+    if len(specs) == 1 and specs[0].name != "x":
+        wanted.append("x")  # a single-input model also takes an array named `x`
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise JobFailed(f"the input is not a readable NPZ file: {exc}") from None
+        contents = read_npz(data, wanted=wanted, name="the input NPZ", max_bytes=max_bytes)
+    except NpzUnreadable as exc:
+        raise JobFailed(f"the input is not a readable NPZ file: {exc.detail}") from None
+    except NpzRefused as exc:
+        raise JobFailed(str(exc)) from None
+    arrays = contents.arrays
     if len(specs) == 1 and specs[0].name not in arrays and "x" in arrays:
         arrays[specs[0].name] = arrays["x"]
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name not in arrays:
-            raise JobFailed(f"the input NPZ has no array {spec.name!r} (it has: {', '.join(arrays) or 'none'})")
+            found = ", ".join(contents.names) or "none"
+            raise JobFailed(f"the input NPZ has no array {spec.name!r} (it has: {found})")
         feeds[spec.name] = _check_array(arrays[spec.name], spec)
     rows = {array.shape[0] for array in feeds.values()}
     if len(rows) != 1:
@@ -277,7 +302,7 @@ class JobRunner:
             if index % every == 0 and index < chunks:
                 await self._status(job.job_id, state="running", done=min(total, start + self._chunk), total=total)
         outputs = {name: np.concatenate(values) if values else np.empty((0,)) for name, values in parts.items()}
-        key = f"{prefix.rstrip('/')}/{job.job_id}.npz" if prefix else f"{job.job_id}.npz"
+        key = output_key(self._model.name, prefix, job.job_id)
         encoded = await anyio.to_thread.run_sync(write_npz, outputs)
         ref = await anyio.to_thread.run_sync(self._store.put, key, encoded)
         await self._status(

@@ -5,6 +5,9 @@ A batch closes when it holds `max_batch_size` rows or its first request has wait
 at once: a lone caller pays no delay, and under load batches still form from the requests that queue
 while the previous batch runs. Requests whose non-batch dimensions differ run in separate groups of the
 same batch. The session runs in a worker thread so the event loop keeps accepting requests.
+
+One request never holds more rows than a batch: it is refused, as Triton refuses it. A batch that
+ONNX Runtime refuses is run again one request at a time, so only the request at fault fails.
 """
 
 from __future__ import annotations
@@ -43,7 +46,13 @@ class Overloaded(Unavailable):
 
 
 class InferenceFailed(GalleryError):
-    """ONNX Runtime refused a batch; every request in it gets this error."""
+    """ONNX Runtime refused a request's rows (run on their own, so the reason is that request's)."""
+
+
+class TooManyRows(GalleryError):
+    """A request with more rows than `max_batch_size`."""
+
+    status_code = 400
 
 
 @dataclass
@@ -106,6 +115,14 @@ class DynamicBatcher:
         """Queue one request and wait for its outputs (its rows of the batch it ran in)."""
         if self._closing:
             raise Unavailable("the model server is shutting down")
+        # Refused rather than split, as Triton does (KServe has no such limit to follow): an OIP client
+        # expects one model run per request, and splitting would change the answer of a model whose rows
+        # meet (batch statistics, attention across the batch) and hold a request past its queue slot.
+        if self._model.batchable and rows > self._max_batch:
+            raise TooManyRows(
+                f"the request has {rows} rows and this model server runs at most {self._max_batch} at once "
+                "(its max_batch_size): send them in smaller requests"
+            )
         if self._waiting >= self._max_queue:
             raise Overloaded(f"{self._waiting} requests are already waiting; retry later", self.retry_after)
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
@@ -174,10 +191,16 @@ class DynamicBatcher:
         try:
             results = await anyio.to_thread.run_sync(self._model.run, feeds)
         except Exception as exc:  # ONNX Runtime raises its own types; every waiter must hear about it
+            if len(group) > 1:
+                # One request's rows (an index out of range, say) fail the whole batch: run each request
+                # on its own, so the others get their answers and the one at fault gets its own reason.
+                for item in group:
+                    if not item.future.done():  # a client that went away costs no second run
+                        await self._run_group([item])
+                return
             error = InferenceFailed(f"inference failed: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            if not group[0].future.done():
+                group[0].future.set_exception(error)
             return
         if self._observer is not None:
             self._observer.computed(self._clock() - started, sum(item.rows for item in group))

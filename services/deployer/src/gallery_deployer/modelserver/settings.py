@@ -26,6 +26,11 @@ class ModelServerSettings(GallerySettings):
         description="Run a request at once when nothing else is queued instead of waiting max_queue_delay_ms.",
     )
     max_queue: int = Field(default=256, ge=1, description="Requests waiting for a batch before 503.")
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Larger request bodies get 413 before a byte is read; at least the gateway's limit.",
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
     serve_nats: bool = Field(default=True, description="Also serve infer.<model> requests and infer.jobs.<model>.")
     nats_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)

@@ -40,6 +40,10 @@ class KubernetesOptions(BaseModel):
     model server's `GALLERY_*` settings (artifact root, S3 endpoint and credentials, NATS URL).
     The Secret must set `GALLERY_API_TOKENS`: without tokens the model server binds to loopback
     only, where the kubelet's probes and the Service cannot reach it.
+
+    NATS credentials are not in that Secret: the pod gets user `modelserver` and only that user's
+    password, the key `modelserver` of `nats_secret`; with `nats_tls_ca_secret` it also mounts that
+    Secret's `ca.crt` and names it in `GALLERY_NATS_TLS_CA` (for `tls://` NATS URLs).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -51,6 +55,13 @@ class KubernetesOptions(BaseModel):
     service_account: str | None = None
     config_map: str | None = "modelgallery-config"
     secret: str | None = "modelgallery-secrets"
+    nats_secret: str | None = Field(
+        default="modelgallery-nats-users",
+        description="Secret with a NATS password per user (key: the user); None: connect without credentials.",
+    )
+    nats_tls_ca_secret: str | None = Field(
+        default=None, description="Secret whose ca.crt signed the NATS server's certificate (tls:// URLs)."
+    )
     gpu_node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     gpu_tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]

@@ -6,6 +6,9 @@ PodDisruptionBudget. When GPU pods cannot be scheduled the runtime adds a CPU De
 `fallback_name(id)`; the Service and the PodDisruptionBudget select pods by
 `modelgallery.io/deployment`, so they cover whichever Deployment serves.
 
+Every model server connects to NATS as user `modelserver` with that user's password only, taken by
+key from the options' `nats_secret`; the settings a spec carries cannot change that identity.
+
 The PodDisruptionBudget uses `maxUnavailable: 1` whatever the replica count: a node drain can
 always make progress one pod at a time, it stays correct when the HPA or a manual scale changes the
 count (a fixed `minAvailable` equal to the replicas would block every drain), and it allows
@@ -32,6 +35,9 @@ DEPLOYMENT_LABEL = "modelgallery.io/deployment"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 ACCELERATOR_LABEL = "modelgallery.io/accelerator"
 RPS_METRIC = "modelgallery_inference_requests_per_second"
+NATS_USER = "modelserver"
+NATS_TLS_VOLUME = "nats-tls-ca"
+NATS_TLS_DIR = "/etc/modelgallery/nats-tls"
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -106,7 +112,23 @@ def _args(spec: ServerSpec, options: KubernetesOptions) -> list[str]:
     ]  # fmt: skip
 
 
-def _env(spec: ServerSpec) -> list[dict[str, str]]:
+def _nats_env(options: KubernetesOptions) -> list[dict[str, Any]]:
+    """The model server's NATS identity: user `modelserver`, its password by key, and the CA bundle."""
+    env: list[dict[str, Any]] = []
+    if options.nats_secret:
+        env.append({"name": "GALLERY_NATS_USER", "value": NATS_USER})
+        env.append(
+            {
+                "name": "GALLERY_NATS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": options.nats_secret, "key": NATS_USER}},
+            }
+        )
+    if options.nats_tls_ca_secret:
+        env.append({"name": "GALLERY_NATS_TLS_CA", "value": f"{NATS_TLS_DIR}/ca.crt"})
+    return env
+
+
+def _env(spec: ServerSpec, options: KubernetesOptions) -> list[dict[str, Any]]:
     values = {
         # The root filesystem is read-only; everything the server writes goes to the /tmp emptyDir.
         "GALLERY_HOME": "/tmp/gallery",
@@ -114,7 +136,10 @@ def _env(spec: ServerSpec) -> list[dict[str, str]]:
         "GALLERY_SERVICE_NAME": "modelserver",
         **spec.env,
     }
-    return [{"name": k, "value": v} for k, v in sorted(values.items())]
+    nats = _nats_env(options)
+    # the runtime's NATS settings win over a spec's: a deploy request cannot pick another NATS user
+    owned = {e["name"] for e in nats}
+    return [{"name": k, "value": v} for k, v in sorted(values.items()) if k not in owned] + nats
 
 
 def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
@@ -145,7 +170,7 @@ def _container(spec: ServerSpec, options: KubernetesOptions, gpu: bool) -> dict[
         "command": ["python", "-m", "gallery_deployer.modelserver"],
         "args": _args(spec, options),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": _env(spec),
+        "env": _env(spec, options),
         "resources": resources,
         # The server listens only once its model is loaded and warm; until then only this probe runs.
         "startupProbe": _probe("/v2/health/live", 5, math.ceil(options.startup_timeout_s / 5)),
@@ -161,6 +186,8 @@ def _container(spec: ServerSpec, options: KubernetesOptions, gpu: bool) -> dict[
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    if options.nats_tls_ca_secret:
+        container["volumeMounts"].append({"name": NATS_TLS_VOLUME, "mountPath": NATS_TLS_DIR, "readOnly": True})
     if env_from:
         container["envFrom"] = env_from
     return container
@@ -199,6 +226,14 @@ def _deployment(
         "containers": [_container(spec, options, gpu)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": options.tmp_size_limit}}],
     }
+    if options.nats_tls_ca_secret:
+        # only the CA certificate: a Secret made by cert-manager also holds the server's private key
+        pod["volumes"].append(
+            {
+                "name": NATS_TLS_VOLUME,
+                "secret": {"secretName": options.nats_tls_ca_secret, "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+            }
+        )
     if options.service_account:
         pod["serviceAccountName"] = options.service_account
     annotations = {SPEC_ANNOTATION: spec_annotation(spec), **extra_annotations}

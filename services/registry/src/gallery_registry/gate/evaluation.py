@@ -1,10 +1,18 @@
 """Evaluate an untrusted ONNX model on a held-out split with ONNX Runtime, never the trainer's numbers.
 
-Everything here blocks (ONNX Runtime, numpy, file reads): call it from a worker thread.
+The model runs in a child process (`gallery_common.sandbox`) under a wall-time and a memory limit
+(GALLERY_EVALUATION_TIMEOUT_S, GALLERY_EVALUATION_MEMORY_BYTES): an ONNX `Loop` with a trip count of
+2**40 or a node that allocates gigabytes is rejected with that reason instead of freezing the gate.
+Parsing and checking the model and reading the split happen here; everything that runs the graph happens
+in the child.
+
+Everything here blocks (child processes, numpy, file reads): call it from a worker thread.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,10 +21,11 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from gallery_common.contracts import NpzMissingArrays, NpzRefused, read_split
 from gallery_common.events import Signature
 from gallery_common.onnx_safety import UnsafeOnnxModel, verify_self_contained_onnx
+from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, is_allocation_failure, run_limited
 
 from .metrics import classification_metrics, percentile_ms, regression_metrics
 from .signature import graph_tensors
@@ -47,32 +56,26 @@ class HeldOutSplit:
     y: np.ndarray
 
     @classmethod
-    def load(cls, path: Path) -> HeldOutSplit:
-        """Read an NPZ with `x` and `y`; nothing is unpickled."""
+    def load(cls, path: Path, max_bytes: int | None = None) -> HeldOutSplit:
+        """Read the NPZ split at `path` (`gallery_common.contracts`: capped, nothing unpickled)."""
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                missing = [k for k in ("x", "y") if k not in npz.files]
-                if missing:
-                    raise EvaluationFailed(f"test split lacks array(s) {', '.join(missing)} (has: {npz.files})")
-                x, y = npz["x"], npz["y"]
-        except EvaluationFailed:
-            raise
-        except Exception as exc:
-            raise EvaluationFailed(f"test split is not a readable NPZ file: {exc}") from None
-        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-            raise EvaluationFailed(f"test split x must be numeric [N, F], got {x.dtype} {list(x.shape)}")
-        if len(x) == 0:
-            raise EvaluationFailed("test split is empty")
-        if len(y) != len(x):
-            raise EvaluationFailed(f"test split has {len(x)} rows in x but {len(y)} in y")
-        return cls(x.astype(np.float32, copy=False), y)
+            split = read_split(path, name="test split", max_bytes=max_bytes)
+        except NpzMissingArrays as exc:
+            missing = ", ".join(exc.missing)
+            raise EvaluationFailed(f"test split lacks array(s) {missing} (has: {exc.found})") from None
+        except NpzRefused as exc:
+            raise EvaluationFailed(str(exc)) from None
+        return cls(split.x, split.y)
 
 
 class OnnxModel:
-    """A verified, self-contained ONNX model in an ONNX Runtime session pinned to one CPU thread."""
+    """A verified, self-contained ONNX model with its one FP32 [-1, F] input and the output to evaluate.
+
+    Nothing here runs the graph: `evaluate` does, in a child process under limits.
+    """
 
     def __init__(self, data: bytes, signature: Signature | None = None) -> None:
-        """Verify `data` (see `verify_self_contained_onnx`) and load those same bytes; EvaluationFailed if bad."""
+        """Verify `data` (see `verify_self_contained_onnx`) and pick its input and output; EvaluationFailed if bad."""
         try:
             self.proto: onnx.ModelProto = verify_self_contained_onnx(data)
         except UnsafeOnnxModel as exc:
@@ -88,6 +91,15 @@ class OnnxModel:
                 f"{list(self.input.shape)}"
             )
         self.output_name = _pick_output([t.name for t in outputs], signature)
+        self.data = data
+
+
+class _Session:
+    """The model in an ONNX Runtime session pinned to one CPU thread; only ever built in the child."""
+
+    def __init__(self, data: bytes, input_name: str, width: int, output_name: str) -> None:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -96,19 +108,24 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
+            _raise_if_out_of_memory(exc)
             raise EvaluationFailed(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+        self.input_name = input_name
+        self.width = width
+        self.output_name = output_name
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The chosen output for every row of `x`, run in batches."""
-        width = self.input.shape[1]
-        if width >= 0 and x.shape[1] != width:
-            raise EvaluationFailed(f"the model takes {width} features but the test split has {x.shape[1]}")
+        if self.width >= 0 and x.shape[1] != self.width:
+            raise EvaluationFailed(f"the model takes {self.width} features but the test split has {x.shape[1]}")
         parts = []
         try:
             for start in range(0, len(x), _BATCH_ROWS):
-                (out,) = self.session.run([self.output_name], {self.input.name: x[start : start + _BATCH_ROWS]})
+                feed = {self.input_name: np.ascontiguousarray(x[start : start + _BATCH_ROWS])}
+                (out,) = self.session.run([self.output_name], feed)
                 parts.append(np.asarray(out))
         except Exception as exc:
+            _raise_if_out_of_memory(exc)
             raise EvaluationFailed(f"the model failed on the test split: {_first_line(exc)}") from None
         result = np.concatenate(parts)
         if len(result) != len(x):
@@ -117,8 +134,8 @@ class OnnxModel:
 
     def latency_ms(self, x: np.ndarray, config: LatencyConfig) -> tuple[float, float]:
         """p50 and p99 latency of one-row calls, cycling through the rows of `x`."""
-        rows = [x[i : i + 1] for i in range(min(len(x), config.samples))]
-        feed = self.input.name
+        rows = [np.ascontiguousarray(x[i : i + 1]) for i in range(min(len(x), config.samples))]
+        feed = self.input_name
         run = self.session.run
         outputs = [self.output_name]
         for i in range(config.warmup):
@@ -130,6 +147,12 @@ class OnnxModel:
             run(outputs, {feed: row})
             durations.append(time.perf_counter() - started)
         return percentile_ms(durations, 50), percentile_ms(durations, 99)
+
+
+def _raise_if_out_of_memory(exc: Exception) -> None:
+    """An allocation that failed under the child's memory limit is the limit's reason, not the model's."""
+    if is_allocation_failure(str(exc)):
+        raise MemoryError(str(exc)) from None
 
 
 def _pick_output(names: list[str], signature: Signature | None) -> str:
@@ -155,19 +178,77 @@ def evaluate(
     task: Task,
     class_names: Sequence[str] | None = None,
     latency: LatencyConfig | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
-    """The evaluation report: task metrics on `split`, n_test, latency_p50_ms and latency_p99_ms."""
-    outputs = model.predict(split.x)
+    """The evaluation report: task metrics on `split`, n_test, latency_p50_ms and latency_p99_ms.
+
+    The model runs in a child process under `limits` (default: from the settings); one that passes them
+    raises EvaluationFailed with that reason ("evaluation exceeded its 300 s time limit").
+    """
+    limits = limits or Limits.from_settings()
+    with tempfile.TemporaryDirectory(prefix="gallery-evaluation-") as tmp:
+        folder = Path(tmp)
+        # files, not pickled arguments: the child maps the split instead of holding a second copy
+        (folder / "model.onnx").write_bytes(model.data)
+        np.save(folder / "x.npy", np.ascontiguousarray(split.x, dtype=np.float32), allow_pickle=False)
+        np.save(folder / "y.npy", split.y, allow_pickle=False)
+        width = model.input.shape[1]
+        job = (str(folder), model.input.name, width, model.output_name, task, list(class_names or []), latency)
+        try:
+            answer = run_limited(_evaluate_in_child, job, limits=limits, what="evaluation", preload=(__name__,))
+        except LimitExceeded as exc:
+            raise EvaluationFailed(str(exc)) from None
+        except SandboxFailed as exc:
+            raise EvaluationFailed(f"the model could not be evaluated: {exc}") from None
+    result = json.loads(answer)
+    if "error" in result:
+        raise EvaluationFailed(result["error"])
+    return dict(result["report"])
+
+
+def _evaluate_in_child(
+    folder: str,
+    input_name: str,
+    width: int,
+    output_name: str,
+    task: Task,
+    class_names: list[str],
+    latency: LatencyConfig | None,
+) -> bytes:
+    """Runs in the sandbox: the report as JSON (`{"report": ...}`), or `{"error": reason}`."""
+    here = Path(folder)
+    x = np.load(here / "x.npy", mmap_mode="r", allow_pickle=False)
+    y = np.load(here / "y.npy", allow_pickle=False)
+    try:
+        session = _Session((here / "model.onnx").read_bytes(), input_name, width, output_name)
+        report = _report(session, x, y, task, class_names or None, latency or LatencyConfig())
+    except EvaluationFailed as exc:
+        return json.dumps({"error": str(exc)}).encode()
+    return json.dumps({"report": report}, default=_plain).encode()
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _report(
+    session: _Session,
+    x: np.ndarray,
+    y: np.ndarray,
+    task: Task,
+    class_names: Sequence[str] | None,
+    latency: LatencyConfig,
+) -> dict[str, Any]:
+    outputs = session.predict(x)
     if not np.issubdtype(outputs.dtype, np.floating):
-        raise EvaluationFailed(f"the model output {model.output_name!r} is {outputs.dtype}, not floating point")
+        raise EvaluationFailed(f"the model output {session.output_name!r} is {outputs.dtype}, not floating point")
     bad_rows = int((~np.isfinite(outputs.reshape(len(outputs), -1))).any(axis=1).sum())
     if bad_rows:
         raise EvaluationFailed(f"the model produced NaN or infinite outputs for {bad_rows} of {len(outputs)} rows")
-    if task == "classification":
-        report = _classification(outputs, split.y, class_names)
-    else:
-        report = _regression(outputs, split.y)
-    p50, p99 = model.latency_ms(split.x, latency or LatencyConfig())
+    report = _classification(outputs, y, class_names) if task == "classification" else _regression(outputs, y)
+    p50, p99 = session.latency_ms(x, latency)
     report["latency_p50_ms"] = p50
     report["latency_p99_ms"] = p99
     return report

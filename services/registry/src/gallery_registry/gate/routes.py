@@ -7,8 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
+from gallery_common.auth import requires
 from gallery_common.errors import Unavailable
 from gallery_common.events import NAME_PATTERN
+from gallery_common.settings import Role
 
 from ..schemas import VersionStatus
 from .consumer import GATE_STATE
@@ -39,7 +41,11 @@ def get_gate(request: Request) -> ValidationGate:
 GateDep = Annotated[ValidationGate, Depends(get_gate)]
 
 
-@router.post("/models/{name}/versions/{version}/validate", response_model=ValidationResult)
+# Admin: a new verdict is published, and `model.validated` sends the version to a canary (a
+# version rolled back as degraded included).
+@router.post(
+    "/models/{name}/versions/{version}/validate", response_model=ValidationResult, dependencies=[requires(Role.admin)]
+)
 async def validate_version(
     gate: GateDep,
     name: Annotated[str, Path(pattern=NAME_PATTERN)],

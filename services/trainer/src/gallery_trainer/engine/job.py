@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from gallery_common.contracts import NpzRefused, read_split, write_split
 from gallery_trainer.prepare import FeatureTransform, Split, TargetScaling
 from gallery_trainer.spec import JobSpec, parse_spec
 
@@ -77,11 +77,15 @@ class RankJob:
 
 
 def save_split(path: Path, split: Split) -> None:
-    """An NPZ with `x` (raw FP32 features) and `y` (int64 classes or FP32 targets)."""
-    with open(path, "wb") as out:
-        np.savez(out, x=np.ascontiguousarray(split.x, dtype=np.float32), y=split.y)
+    """An NPZ with `x` (raw FP32 features) and `y` (int64 classes or FP32 targets), in the shared split format."""
+    write_split(path, split.x, split.y)
 
 
 def load_split(path: Path) -> Split:
-    with np.load(path, allow_pickle=False) as archive:
-        return Split(archive["x"], archive["y"])
+    """A split the job wrote, read back by `gallery_common.contracts` (capped at GALLERY_MAX_SPLIT_BYTES, nothing
+    unpickled); RankError says why it cannot be, so the job fails with that reason."""
+    try:
+        split = read_split(path)
+    except NpzRefused as exc:
+        raise RankError(str(exc)) from None
+    return Split(split.x, split.y)

@@ -1,0 +1,201 @@
+"""Who may say what on the bus: one NATS user per service (and the CLI, and model servers), each
+allowed to publish only the subjects it owns and to use only its own JetStream consumers.
+
+Only the trainer publishes `model.trained`, only the registry `model.validated` / `model.rejected`,
+only the optimizer `model.optimized`, only the deployer `model.deployed` / `model.rolled_back` /
+`model.deployment_failed`, only the monitor `model.degraded`; only the gateway publishes traffic
+samples and only model servers answer `infer.<model>`. Each user's request replies come on an inbox
+prefix of its own (`_INBOX.<user>.`), so no one can read another's replies.
+
+`gallery up` makes a password per user in `$GALLERY_HOME/nats/users/<user>.password` (0600) and
+gives nats-server their bcrypt hashes; on Kubernetes they come from Secrets. A process finds its
+credentials with `credentials_for`: `GALLERY_NATS_USER` / `GALLERY_NATS_PASSWORD` when set, else its
+file under `$GALLERY_HOME`, else none (a server without authorization).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .consumer import DLQ_PREFIX
+from .events import subject_for
+from .settings import GallerySettings
+
+EVENTS_STREAM = "MODEL_EVENTS"
+DLQ_STREAM = "DEAD_LETTERS"
+JOBS_STREAM = "INFER_JOBS"
+SAMPLES = "inference.sample.>"
+PASSWORD_SUFFIX = ".password"
+
+
+@dataclass(frozen=True)
+class NatsCredentials:
+    """A NATS user and password, and the inbox prefix that user's permissions allow."""
+
+    user: str
+    password: str = field(repr=False)
+
+    @property
+    def inbox_prefix(self) -> str:
+        return inbox_prefix(self.user)
+
+
+def inbox_prefix(user: str) -> str:
+    return f"_INBOX.{user}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """One NATS user's permissions: subjects it may publish and subscribe to."""
+
+    name: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    # answer requests (publish to the reply subject of a message it received), as a responder must
+    allow_responses: bool = False
+
+    def permissions(self) -> dict[str, object]:
+        """The `permissions` block of this user in nats-server's configuration."""
+        block: dict[str, object] = {
+            "publish": {"allow": list(self.publish)},
+            "subscribe": {"allow": list(self.subscribe)},
+        }
+        if self.allow_responses:
+            block["allow_responses"] = True
+        return block
+
+
+def _stream_upkeep(*streams: str) -> tuple[str, ...]:
+    """Create a stream or bring it to the configuration the code expects, and read its state."""
+    api = ["$JS.API.INFO"]
+    for stream in streams:
+        api += [f"$JS.API.STREAM.{verb}.{stream}" for verb in ("INFO", "CREATE", "UPDATE")]
+    return tuple(api)
+
+
+def _durable(stream: str, durable: str) -> tuple[str, ...]:
+    """Create, read and pull from one durable consumer, and settle (ack, nak, term) its messages."""
+    return (
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    )
+
+
+def _service(name: str, events: Iterable[str] = (), durables: Iterable[str] = ()) -> Principal:
+    """A service on the lifecycle bus: it keeps the streams, publishes its own events, runs its consumers
+    and dead-letters what they cannot handle."""
+    publish = [*_stream_upkeep(EVENTS_STREAM, DLQ_STREAM), f"{DLQ_PREFIX}>"]
+    publish += [subject_for(event) for event in events]
+    for durable in durables:
+        publish += _durable(EVENTS_STREAM, durable)
+    return Principal(name, tuple(publish), (f"{inbox_prefix(name)}.>",))
+
+
+def _read_events(name: str) -> tuple[str, ...]:
+    """Read the lifecycle and dead-letter streams: ordered ephemeral consumers and direct gets."""
+    return (
+        *_stream_upkeep(EVENTS_STREAM, DLQ_STREAM),
+        "$JS.API.STREAM.NAMES",
+        f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.>",
+        f"$JS.API.CONSUMER.DELETE.{EVENTS_STREAM}.>",
+        f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.>",
+        f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{DLQ_STREAM}",
+        f"$JS.FC.{EVENTS_STREAM}.>",
+    )
+
+
+def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
+    """Every NATS user of a Model Gallery installation; `services` adds a user for other installed
+    services (their durable consumer is named after them; they publish no lifecycle event)."""
+    table = [
+        _service("trainer", ["trained"], ["trainer-search"]),
+        _service("registry", ["validated", "rejected"], ["registry-gate", "registry-degraded"]),
+        _service("optimizer", ["optimized"], ["optimizer"]),
+        _service("deployer", ["deployed", "rolled_back", "deployment_failed"], ["deployer"]),
+        _service("monitor", ["degraded"], ["monitor"]),
+    ]
+    found = {p.name: p for p in table}
+    monitor = found["monitor"]
+    found["monitor"] = Principal("monitor", monitor.publish, (*monitor.subscribe, SAMPLES))
+    found["gateway"] = Principal("gateway", (SAMPLES,), (f"{inbox_prefix('gateway')}.>",))
+    found["modelserver"] = Principal(
+        "modelserver",
+        (
+            *_stream_upkeep(JOBS_STREAM),
+            "$JS.API.STREAM.NAMES",  # nats.py's pull_subscribe finds the stream by subject
+            f"$JS.API.CONSUMER.CREATE.{JOBS_STREAM}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{JOBS_STREAM}.>",
+            f"$JS.API.CONSUMER.INFO.{JOBS_STREAM}.>",
+            f"$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.>",
+            f"$JS.ACK.{JOBS_STREAM}.>",
+            "infer.jobs.status.>",
+        ),
+        ("infer.*", f"{inbox_prefix('modelserver')}.>"),
+        allow_responses=True,
+    )
+    # the operator's tool: reads every event and dead letter, calls models and submits batch jobs
+    found["cli"] = Principal(
+        "cli",
+        (*_read_events("cli"), "infer.*", "infer.jobs.*", f"$JS.API.STREAM.INFO.{JOBS_STREAM}"),
+        (f"{inbox_prefix('cli')}.>", "infer.jobs.status.>"),
+    )
+    for name in services:
+        if name not in found:
+            found[name] = _service(name, durables=[name])
+    return found
+
+
+def password_path(home: Path, user: str) -> Path:
+    return home / "nats" / "users" / f"{user}{PASSWORD_SUFFIX}"
+
+
+def ensure_passwords(home: Path, users: Iterable[str]) -> dict[str, str]:
+    """A password for each user, made once and kept in its own 0600 file (kept across restarts)."""
+    folder = password_path(home, "x").parent
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    passwords: dict[str, str] = {}
+    for user in users:
+        path = password_path(home, user)
+        if not path.exists():
+            # created 0600 before anything is written to it
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+        passwords[user] = path.read_text().strip()
+    return passwords
+
+
+def credentials_for(settings: GallerySettings, user: str | None = None) -> NatsCredentials | None:
+    """This process's NATS credentials: the `GALLERY_NATS_*` settings, else the password file of `user`
+    (default: the service's name) under `$GALLERY_HOME`, else None."""
+    if settings.nats_user and settings.nats_password is not None:
+        return NatsCredentials(settings.nats_user, settings.nats_password.get_secret_value())
+    name = user or settings.nats_user or settings.service_name
+    path = password_path(settings.home.resolve(), name)
+    if path.exists():
+        return NatsCredentials(name, path.read_text().strip())
+    return None
+
+
+def authorization_block(principal_table: Mapping[str, Principal], password_hashes: Mapping[str, str]) -> str:
+    """nats-server's `authorization` block: each user with its password hash and permissions."""
+    import json
+
+    users = [
+        {"user": name, "password": password_hashes[name], "permissions": principal.permissions()}
+        for name, principal in principal_table.items()
+        if name in password_hashes
+    ]
+    # nats-server's configuration format accepts JSON values
+    return f"authorization {{\n  users: {json.dumps(users, indent=2)}\n}}\n"

@@ -1,0 +1,154 @@
+"""The bus is not open: a real nats-server configured as `gallery up` configures it refuses anonymous
+clients and lets each NATS user publish only the subjects it owns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.errors import NoServersError
+
+from gallery_cli.stack import stack_authorization
+from gallery_common.bus import EVENTS_STREAM, EventBus
+from gallery_common.nats_auth import NatsCredentials, ensure_passwords, principals
+from gallery_common.nats_server import EmbeddedNats
+
+OWNERS = {
+    "model.trained": "trainer",
+    "model.validated": "registry",
+    "model.rejected": "registry",
+    "model.optimized": "optimizer",
+    "model.deployed": "deployer",
+    "model.rolled_back": "deployer",
+    "model.deployment_failed": "deployer",
+    "model.degraded": "monitor",
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[EmbeddedNats]:
+    with EmbeddedNats(home / "nats", authorization=stack_authorization(home, [])) as running:
+        yield running
+
+
+def credentials(home: Path, user: str) -> NatsCredentials:
+    return NatsCredentials(user, ensure_passwords(home, [user])[user])
+
+
+class Violations:
+    """The permission errors the server sent a connection."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    async def record(self, exc: Exception) -> None:
+        self.errors.append(str(exc))
+
+
+@pytest.fixture
+async def connect(server: EmbeddedNats, home: Path) -> AsyncIterator[object]:
+    opened: list[Client] = []
+
+    async def as_user(user: str, violations: Violations | None = None) -> Client:
+        creds = credentials(home, user)
+        nc = await nats.connect(
+            server.url,
+            user=creds.user,
+            password=creds.password,
+            inbox_prefix=creds.inbox_prefix,
+            error_cb=(violations or Violations()).record,
+            allow_reconnect=False,
+        )
+        opened.append(nc)
+        return nc
+
+    yield as_user
+    for nc in opened:
+        await nc.close()
+
+
+async def test_an_anonymous_client_or_a_wrong_password_cannot_connect(server: EmbeddedNats) -> None:
+    for options in ({}, {"user": "registry", "password": "guessed"}, {"user": "nobody", "password": "x"}):
+        with pytest.raises((NoServersError, nats.errors.Error)):
+            await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0, **options)
+
+
+async def test_only_the_owner_of_a_lifecycle_subject_can_publish_on_it(
+    server: EmbeddedNats, home: Path, connect
+) -> None:  # type: ignore[no-untyped-def]
+    users = ["trainer", "registry", "optimizer", "deployer", "monitor", "gateway", "modelserver", "cli"]
+    async with EventBus(server.url, "test", credentials=credentials(home, "cli")) as reader:
+        before = (await reader.js.stream_info(EVENTS_STREAM)).state.messages
+        for user in users:
+            nc = await connect(user)
+            for subject in OWNERS:
+                await nc.publish(subject, b"{}", headers={"Nats-Msg-Id": f"{user}-{subject}"})
+            await nc.flush()
+        await asyncio.sleep(0.3)
+        stored = []
+        info = await reader.js.stream_info(EVENTS_STREAM)
+        for seq in range(before + 1, info.state.last_seq + 1):
+            msg = await reader.js.get_msg(EVENTS_STREAM, seq)
+            stored.append((msg.headers or {}).get("Nats-Msg-Id"))
+    assert sorted(stored) == sorted(f"{owner}-{subject}" for subject, owner in OWNERS.items())
+
+
+async def test_only_model_servers_can_answer_inference_and_only_the_gateway_sends_samples(connect) -> None:  # type: ignore[no-untyped-def]
+    impostor_errors = Violations()
+    impostor = await connect("gateway", impostor_errors)
+    await impostor.subscribe("infer.digits", queue="modelserver.digits")
+    await impostor.flush()
+    await asyncio.sleep(0.2)
+    assert any("permissions violation" in e.lower() and "infer.digits" in e for e in impostor_errors.errors)
+
+    server = await connect("modelserver")
+
+    async def answer(msg: nats.aio.msg.Msg) -> None:
+        await msg.respond(b"answer")
+
+    await server.subscribe("infer.digits", queue="modelserver.digits", cb=answer)
+    await server.flush()
+    client = await connect("cli")
+    assert (await client.request("infer.digits", b"{}", timeout=2)).data == b"answer"
+
+    monitor = await connect("monitor")
+    samples = await monitor.subscribe("inference.sample.>")
+    forged = await connect("cli")
+    await forged.publish("inference.sample.digits", b"forged")
+    gateway = await connect("gateway")
+    await gateway.publish("inference.sample.digits", b"real")
+    await forged.flush()
+    await gateway.flush()
+    assert (await samples.next_msg(timeout=2)).data == b"real"
+    with pytest.raises(nats.errors.TimeoutError):
+        await samples.next_msg(timeout=0.3)
+
+
+async def test_a_model_server_cannot_submit_batch_jobs_or_publish_lifecycle_events(connect) -> None:  # type: ignore[no-untyped-def]
+    errors = Violations()
+    nc = await connect("modelserver", errors)
+    for subject in ("infer.jobs.digits", "model.deployed", "dlq.model.trained"):
+        await nc.publish(subject, b"{}")
+    await nc.flush()
+    await asyncio.sleep(0.2)
+    refused = " ".join(errors.errors)
+    assert all(subject in refused for subject in ("infer.jobs.digits", "model.deployed", "dlq.model.trained"))
+
+
+def test_every_service_connects_with_a_user_of_its_own() -> None:
+    table = principals(["echo"])
+    assert {"trainer", "registry", "optimizer", "deployer", "monitor", "gateway", "modelserver", "cli", "echo"} <= set(
+        table
+    )
+    # the generic user of another installed service owns no lifecycle subject
+    assert not [s for s in table["echo"].publish if s.startswith("model.")]
+    assert all(s.startswith("_INBOX.echo.") for s in table["echo"].subscribe)

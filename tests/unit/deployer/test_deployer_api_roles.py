@@ -1,0 +1,188 @@
+"""The deployer's REST API and its roles: what changes what serves needs admin; only validated versions deploy.
+
+The real routes and the real app factory, in front of a recording stand-in for the controller (the
+rollout itself is covered by tests/integration/deployer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.errors import NotFound
+from gallery_deployer.deployer import api
+from gallery_deployer.deployer.records import DeploymentRecord, Stage
+from gallery_deployer.deployer.settings import DeployerSettings
+
+SHA = "c" * 64
+ADMIN, WRITER, INFERENCE = "admin-tok", "writer-tok", "inference-tok"
+
+
+@dataclass
+class Registry:
+    """The registry as the deployer reads it: versions with a status and artifacts."""
+
+    statuses: dict[int, str]
+
+    def get_version(self, model: str, version: int) -> dict[str, Any]:
+        if version not in self.statuses:
+            raise NotFound(f"registry: {model}:{version} not found")
+        onnx = {"uri": f"file:///a/{model}-{version}.onnx", "sha256": SHA}
+        return {"name": model, "version": version, "status": self.statuses[version], "artifacts": {"onnx": onnx}}
+
+
+class Runtime:
+    async def status(self, deployment_id: str) -> None:
+        raise NotFound(deployment_id)
+
+
+@dataclass
+class Policies:
+    saved: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, model: str, policy: Any) -> None:
+        self.saved[model] = policy
+
+    def get(self, model: str) -> Any:
+        return self.saved[model]
+
+
+@dataclass
+class Records:
+    controller: Controller
+
+    def for_model(self, model: str, stages: Any) -> list[DeploymentRecord]:
+        return [self.controller.record(model, 1)]
+
+    def all(self, stages: Any) -> list[DeploymentRecord]:
+        return [self.controller.record("m", 1)]
+
+
+@dataclass
+class Controller:
+    """Records every operation the API asks of it."""
+
+    settings: DeployerSettings
+    registry: Registry
+    calls: list[str] = field(default_factory=list)
+    runtime: Runtime = field(default_factory=Runtime)
+    policies: Policies = field(default_factory=Policies)
+
+    def __post_init__(self) -> None:
+        self.store = Records(self)
+
+    def record(self, model: str, version: int) -> DeploymentRecord:
+        return DeploymentRecord(
+            id=f"{model}-{version}",
+            model=model,
+            version=version,
+            artifact_uri=f"file:///a/{model}-{version}.onnx",
+            artifact_sha256=SHA,
+            stage=Stage.canary,
+        )
+
+    async def deploy(self, model: str, version: int, artifact: Any, **_: Any) -> DeploymentRecord:
+        self.calls.append(f"deploy {model}:{version}")
+        return self.record(model, version)
+
+    async def promote(self, model: str, reason: str) -> DeploymentRecord:
+        self.calls.append(f"promote {model}")
+        return self.record(model, 1)
+
+    async def rollback(self, model: str, reason: str, version: int | None = None) -> DeploymentRecord:
+        self.calls.append(f"rollback {model}")
+        return self.record(model, 1)
+
+    async def set_canary_weight(self, model: str, percent: float) -> None:
+        self.calls.append(f"weights {model} {percent:g}")
+
+    async def scale(self, model: str, version: int, replicas: int) -> None:
+        self.calls.append(f"scale {model}:{version} {replicas}")
+
+    async def wake(self, model: str) -> None:
+        self.calls.append(f"wake {model}")
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Controller:
+    settings = DeployerSettings(
+        home=tmp_path,
+        api_tokens=f"{ADMIN}:admin,{WRITER}:writer,{INFERENCE}:inference",  # type: ignore[arg-type]
+    )
+    return Controller(settings, Registry({1: "validated", 2: "rejected", 3: "pending"}))
+
+
+@pytest.fixture
+def client(controller: Controller) -> Iterator[TestClient]:
+    @asynccontextmanager
+    async def startup(_: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+        resources.extras[api.CONTROLLER_KEY] = controller
+        yield
+
+    app = create_app(controller.settings, title="deployer", routers=[api.router], use_bus=False, startup=startup)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+ADMIN_OPERATIONS = [
+    ("POST", "/api/v1/deployments", {"model": "m", "version": 1}, "deploy m:1"),
+    ("POST", "/api/v1/deployments/m/promote", None, "promote m"),
+    ("POST", "/api/v1/deployments/m/rollback", None, "rollback m"),
+    ("PUT", "/api/v1/deployments/m/weights", {"canary_percent": 50}, "weights m 50"),
+    ("POST", "/api/v1/deployments/m/versions/1/scale", {"replicas": 0}, "scale m:1 0"),
+    ("PUT", "/api/v1/policies/m", {"replicas": 3}, None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "call"), ADMIN_OPERATIONS)
+def test_what_changes_what_serves_needs_an_admin_token(
+    client: TestClient, controller: Controller, method: str, path: str, body: Any, call: str | None
+) -> None:
+    refused = client.request(method, path, json=body, headers=bearer(WRITER))
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "this request needs the admin role; your token has writer"}
+    assert controller.calls == [] and controller.policies.saved == {}
+
+    done = client.request(method, path, json=body, headers=bearer(ADMIN))
+    assert done.is_success, done.text
+    assert controller.calls == ([call] if call else [])
+    if call is None:
+        assert controller.policies.saved["m"].replicas == 3
+
+
+@pytest.mark.parametrize(("version", "status"), [(2, "rejected"), (3, "pending")])
+def test_a_version_the_gate_did_not_pass_is_not_deployed(
+    client: TestClient, controller: Controller, version: int, status: str
+) -> None:
+    refused = client.post("/api/v1/deployments", json={"model": "m", "version": version}, headers=bearer(ADMIN))
+    assert refused.status_code == 409
+    assert refused.json() == {
+        "error": f"m:{version} is {status}, not validated: only versions the validation gate passed can be deployed"
+    }
+    assert controller.calls == []
+    deployed = client.post("/api/v1/deployments", json={"model": "m", "version": 1}, headers=bearer(ADMIN))
+    assert deployed.status_code == 201 and deployed.json()["version"] == 1
+    assert controller.calls == ["deploy m:1"]
+
+
+def test_the_gateway_wakes_a_model_with_an_inference_token_and_reads_need_a_reader(
+    client: TestClient, controller: Controller
+) -> None:
+    assert client.post("/api/v1/deployments/m/wake", headers=bearer(INFERENCE)).status_code == 204
+    assert controller.calls == ["wake m"]
+    assert client.post("/api/v1/deployments/m/wake").status_code == 401
+    assert client.get("/api/v1/deployments", headers=bearer(INFERENCE)).status_code == 403
+    listed = client.get("/api/v1/deployments", headers=bearer(WRITER))
+    assert [(d["model"], d["version"]) for d in listed.json()] == [("m", 1)]

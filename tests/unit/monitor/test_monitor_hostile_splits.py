@@ -1,0 +1,101 @@
+"""A hostile training split (a decompression bomb, an artifact over the size cap) costs the monitor that one
+reference: it says why, keeps evaluating every other version, and says the same after a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import orjson
+import pytest
+from hostile_artifacts import npz_bomb
+from test_monitor_evaluator import SLO, Clock, Published
+
+from gallery_common.artifacts import ArtifactStore, FileArtifactStore
+from gallery_common.contracts import write_split
+from gallery_common.db import make_engine
+from gallery_monitor.core import Monitor
+from gallery_monitor.evaluator import evaluate
+from gallery_monitor.models import create_tables
+from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, registry_split_loader
+from gallery_monitor.samples import SampleBook
+from gallery_monitor.series import SeriesBook
+
+BOMB_REASON = (
+    "train_split of iris:1: arrays 'x' and 'y' declare 3.7 GiB uncompressed, over the 1.0 GiB an NPZ file may "
+    "inflate to (GALLERY_MAX_SPLIT_BYTES)"
+)
+
+
+class Registry:
+    """The registry's version read, answering with the train_split each version was given."""
+
+    def __init__(self, splits: dict[int, Any]) -> None:
+        self.splits = splits
+
+    def get_version(self, model: str, version: int) -> dict[str, Any]:
+        ref = self.splits[version]
+        return {"artifacts": {"train_split": {"uri": ref.uri, "sha256": ref.sha256}}}
+
+
+def monitor_over(store: ArtifactStore, registry: Registry, tmp_path: Path, name: str) -> Monitor:
+    engine = make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
+    create_tables(engine)
+    loader = registry_split_loader(registry, store)  # type: ignore[arg-type]
+    return Monitor(
+        engine,
+        default_slo=SLO,
+        series=SeriesBook(900, 5),
+        samples=SampleBook(5000),
+        references=ReferenceCache(loader, max_rows=10_000, retry_s=30),
+        ks_alpha=0.001,
+        min_requests=20,
+        clock=Clock(),
+    )
+
+
+def ingest(monitor: Monitor, version: str, rows: np.ndarray) -> None:
+    for row in rows:
+        message = {"model": "iris", "version": version, "inputs": [{"shape": [1, 3], "data": row.tolist()}]}
+        assert monitor.samples.ingest(orjson.dumps(message), monitor.clock())
+
+
+async def test_a_bomb_of_a_training_split_costs_only_its_own_reference(tmp_path: Path) -> None:
+    store = FileArtifactStore((tmp_path / "artifacts").as_uri())
+    honest = tmp_path / "honest.npz"
+    rng = np.random.default_rng(0)
+    write_split(honest, rng.normal(size=(500, 3)), np.zeros(500, np.int64))
+    registry = Registry(
+        {
+            1: store.put("models/iris/1/train_split.npz", npz_bomb()),  # 3.9 MB that inflates to 4 GB
+            2: store.put("models/iris/2/train_split.npz", honest),
+        }
+    )
+    for restart in ("first", "restarted"):
+        monitor = monitor_over(store, registry, tmp_path, restart)
+        ingest(monitor, "1", rng.normal(size=(300, 3)))
+        ingest(monitor, "2", rng.normal(size=(300, 3)))
+        published = Published()
+        await evaluate(monitor, published)  # no exception: the evaluator goes on
+        assert published == []
+        refused = await anyio.to_thread.run_sync(monitor.drift, "iris", 1, None)
+        assert refused["samples"] == 300 and not refused["drifted"]
+        assert refused["reasons"] == [f"no training reference: {BOMB_REASON}"]
+        fine = await anyio.to_thread.run_sync(monitor.drift, "iris", 2, None)
+        assert fine["samples"] == 300 and fine["features"] and not fine["drifted"]
+
+
+def test_a_training_split_over_the_artifact_cap_is_refused_unfetched(tmp_path: Path) -> None:
+    root = (tmp_path / "artifacts").as_uri()
+    honest = tmp_path / "honest.npz"
+    write_split(honest, np.ones((5000, 3)), np.zeros(5000, np.int64))  # ~100 KB
+    ref = FileArtifactStore(root).put("models/iris/1/train_split.npz", honest)
+    capped = FileArtifactStore(root, max_bytes=10_000)
+    cache = ReferenceCache(registry_split_loader(Registry({1: ref}), capped), max_rows=100, retry_s=30)  # type: ignore[arg-type]
+    with pytest.raises(ReferenceUnavailable) as refused:
+        cache.get("iris", 1)
+    reason = str(refused.value)
+    assert reason.startswith(f"train_split of iris:1: artifact {ref.uri} is ")
+    assert "over the 9.8 KiB (10000 bytes) a service fetches (GALLERY_MAX_ARTIFACT_BYTES); it was not fetched" in reason

@@ -1,0 +1,66 @@
+"""Setting a model's SLOs needs the admin role: a breached SLO rolls the model back.
+
+A writer setting an impossible SLO (p99 under a microsecond) would take a healthy model out of
+service at the next evaluation; the real routes refuse it and keep the SLO as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.db import make_engine
+from gallery_common.settings import GallerySettings
+from gallery_monitor import routes
+from gallery_monitor.models import Slo, create_tables
+from gallery_monitor.slos import SloStore
+
+DEFAULTS = Slo(p99_ms=100, error_rate=0.01, drift_psi=0.2, drift_min_samples=200, window_s=60)
+
+
+@dataclass
+class MonitorWithSlos:
+    """The part of the monitor the SLO routes use."""
+
+    slos: SloStore
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
+    create_tables(engine)
+    monitor = MonitorWithSlos(SloStore(engine, DEFAULTS, max_window_s=900))
+    settings = GallerySettings(
+        home=tmp_path,
+        service_name="monitor",
+        api_tokens="w:writer,a:admin,r:reader",  # type: ignore[arg-type]
+    )
+
+    @asynccontextmanager
+    async def startup(_: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+        resources.extras[routes.MONITOR_KEY] = monitor
+        yield
+
+    app = create_app(settings, title="monitor", routers=[routes.router], use_bus=False, startup=startup)
+    with TestClient(app) as test_client:
+        yield test_client
+    engine.dispose()
+
+
+def test_a_writer_cannot_set_an_slo_that_would_roll_the_model_back(client: TestClient) -> None:
+    impossible = {"p99_ms": 0.001, "window_s": 5}
+    refused = client.put("/api/v1/slos/iris", json=impossible, headers={"Authorization": "Bearer w"})
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "this request needs the admin role; your token has writer"}
+    kept = client.get("/api/v1/slos/iris", headers={"Authorization": "Bearer r"}).json()
+    assert (kept["p99_ms"], kept["window_s"]) == (100, 60)
+
+    set_by_admin = client.put("/api/v1/slos/iris", json={"p99_ms": 250}, headers={"Authorization": "Bearer a"})
+    assert set_by_admin.status_code == 200 and set_by_admin.json()["p99_ms"] == 250
