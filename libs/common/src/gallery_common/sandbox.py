@@ -1,9 +1,10 @@
 """Running untrusted work (an ONNX model someone uploaded) in a child process with a time and memory limit.
 
 An ONNX `Loop` with a trip count of 2**40, or a node that allocates 16 GiB, would freeze or exhaust the
-service that runs it in-process. `run_limited` runs a function in a fresh child with RLIMIT_AS (memory),
-RLIMIT_CPU (a backstop that stops the child even if this service dies first) and no core files, waits at
-most `timeout_s` wall time, and kills it past that. The reason a run was stopped is a `LimitExceeded`
+service that runs it in-process. `run_limited` runs a function in a fresh child with RLIMIT_AS (memory:
+the address space the work may add to what the child maps at its start), RLIMIT_CPU (a backstop that
+stops the child even if this service dies first) and no core files, waits at most `timeout_s` wall
+time, and kills it past that. The reason a run was stopped is a `LimitExceeded`
 whose message a user can read ("evaluation exceeded its 60 s time limit").
 
 Children fork from a forkserver that has already imported numpy and ONNX Runtime, so one run costs a few
@@ -185,7 +186,10 @@ def _death(exitcode: int | None, limits: Limits, what: str) -> Exception:
 def _child_main(sender: Connection, target: Callable[..., bytes], args: tuple[Any, ...], memory: int, cpu: int) -> None:
     _lower(resource.RLIMIT_CORE, 0, 0)
     _lower(resource.RLIMIT_CPU, cpu, cpu + _CPU_SLACK_S)
-    _lower(resource.RLIMIT_AS, memory, memory)
+    # The limit is what the work may add to what the child already maps: the forkserver's imports differ
+    # with what the service preloaded (torch alone maps gigabytes), and the limit must not depend on them.
+    allowed = _mapped_bytes() + memory
+    _lower(resource.RLIMIT_AS, allowed, allowed)
     try:
         result = target(*args)
     except MemoryError:
@@ -203,6 +207,15 @@ def _child_main(sender: Connection, target: Callable[..., bytes], args: tuple[An
     else:
         _send(sender, _OK, result)
     sender.close()
+
+
+def _mapped_bytes() -> int:
+    """The address space this process maps now (Linux's /proc/self/statm; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _lower(kind: int, soft: int, hard: int) -> None:

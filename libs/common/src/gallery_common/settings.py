@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -106,7 +105,7 @@ class GallerySettings(BaseSettings):
     evaluation_memory_bytes: int = Field(
         default=4 * 1024**3,
         ge=256 * 1024**2,
-        description="address-space limit (RLIMIT_AS) of that process",
+        description="address space that process may map beyond what it maps at its start (RLIMIT_AS)",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -188,8 +187,3 @@ def load_settings(cls: type[S] = GallerySettings, **overrides: Any) -> S:  # typ
 @lru_cache
 def get_settings() -> GallerySettings:
     return load_settings(GallerySettings)
-
-
-def exit_on_settings_error(exc: SettingsError) -> None:
-    print(exc.code, file=sys.stderr)
-    raise SystemExit(2)
