@@ -93,7 +93,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs/common/src libs/cli/src
+	$(BIN)/mypy libs/common/src libs/cli/src $(wildcard services/*/src)
 
 VERSION ?= 0.1.0
 IMAGES := registry trainer optimizer deployer gateway monitor modelserver modelserver-gpu

@@ -177,6 +177,23 @@ def redis_url() -> Iterator[str]:
         proc.wait(10)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """A module marked `story` is one scenario told in steps that share a stack (v1 in production before
+    v2's canary): its tests run in the order written, wherever a plugin that shuffles (pytest-randomly,
+    `-p randomly`) puts them. Every other test may run in any order."""
+    outcome = yield
+    slots: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        if item.get_closest_marker("story") is not None:
+            slots.setdefault(item.nodeid.split("::", 1)[0], []).append(index)
+    for indexes in slots.values():
+        steps = sorted((items[i] for i in indexes), key=lambda item: item.reportinfo()[1] or 0)
+        for index, step in zip(indexes, steps, strict=True):
+            items[index] = step
+    return outcome
+
+
 @pytest.fixture(scope="session")
 def promtool() -> Promtool:
     binary = Path(sys.executable).parent / "promtool"

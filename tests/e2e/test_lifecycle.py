@@ -63,16 +63,7 @@ def stack(tmp_path: Path) -> Iterator[LifecycleStack]:
 
 async def stored_events(stack: LifecycleStack) -> list[CloudEvent]:
     async with stack.bus() as bus:
-        events: list[CloudEvent] = []
-
-        async def collect() -> None:
-            async for event in bus.tail(deliver="all"):
-                events.append(event)
-
-        task = asyncio.create_task(collect())
-        await asyncio.sleep(1.0)
-        task.cancel()
-        return events
+        return await bus.stored_events()
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -90,9 +81,9 @@ def events_of(stack: LifecycleStack, kind: str, **match: object) -> list[CloudEv
     return [e for e in found if all(getattr(e.data, k, None) == v for k, v in match.items())]
 
 
-def train(stack: LifecycleStack) -> None:
+def train(stack: LifecycleStack, spec: Path = REPO / "examples" / "digits.yaml") -> None:
     result = subprocess.run(
-        [str(GALLERY), "train", str(REPO / "examples" / "digits.yaml")],
+        [str(GALLERY), "train", str(spec)],
         env=stack.env(),
         capture_output=True,
         text=True,
@@ -101,8 +92,8 @@ def train(stack: LifecycleStack) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def version_of(stack: LifecycleStack, version: int) -> dict[str, Any]:
-    return httpx.get(f"{stack.services['registry'].url}/api/v1/models/{MODEL}/versions/{version}").json()  # type: ignore[no-any-return]
+def version_of(stack: LifecycleStack, version: int, model: str = MODEL) -> dict[str, Any]:
+    return httpx.get(f"{stack.services['registry'].url}/api/v1/models/{model}/versions/{version}").json()  # type: ignore[no-any-return]
 
 
 def production_alias(stack: LifecycleStack) -> int:
@@ -116,12 +107,15 @@ def held_out_split(stack: LifecycleStack, version: int) -> tuple[np.ndarray, np.
         return data["x"], data["y"]
 
 
-def infer(stack: LifecycleStack, rows: np.ndarray) -> dict[str, Any]:
-    body = {
-        "inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]
-    }
+def infer_body(rows: np.ndarray) -> bytes:
+    return orjson.dumps(
+        {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
+    )
+
+
+def infer(stack: LifecycleStack, rows: np.ndarray, model: str = MODEL) -> dict[str, Any]:
     answer = httpx.post(
-        f"{stack.services['gateway'].url}/v2/models/{MODEL}/infer", content=orjson.dumps(body), timeout=30
+        f"{stack.services['gateway'].url}/v2/models/{model}/infer", content=infer_body(rows), timeout=30
     )
     assert answer.status_code == 200, answer.text
     return answer.json()  # type: ignore[no-any-return]
@@ -138,8 +132,8 @@ def accuracy_through_gateway(stack: LifecycleStack, x: np.ndarray, y: np.ndarray
     return correct / len(x), versions
 
 
-def deployed(stack: LifecycleStack, version: int, stage: str) -> list[CloudEvent]:
-    return events_of(stack, "deployed", version=version, stage=stage)
+def deployed(stack: LifecycleStack, version: int, stage: str, model: str = MODEL) -> list[CloudEvent]:
+    return events_of(stack, "deployed", model=model, version=version, stage=stage)
 
 
 @pytest.mark.slow
@@ -213,3 +207,52 @@ def assert_metrics_pass_promtool(stack: LifecycleStack, promtool: Promtool) -> N
     assert model_servers, "no model server to check"
     problems = {name: promtool.problems(httpx.get(f"{url}/metrics", timeout=10).content) for name, url in pages.items()}
     assert not {name: found for name, found in problems.items() if found}
+
+
+@pytest.mark.slow
+def test_a_model_whose_name_has_a_dot_goes_through_the_whole_lifecycle(stack: LifecycleStack, tmp_path: Path) -> None:
+    """`iris.v2` is a valid name everywhere: the gateway routes it, NATS carries it (`infer.iris~v2`),
+    the monitor receives its samples."""
+    spec = tmp_path / "iris.v2.yaml"
+    spec.write_text((REPO / "examples" / "iris.yaml").read_text().replace("name: iris-mlp", "name: iris.v2", 1))
+    train(stack, spec)
+    wait_for("v1 judged", lambda: version_of(stack, 1, "iris.v2").get("status") in {"validated", "rejected"}, 120)
+    assert version_of(stack, 1, "iris.v2")["status"] == "validated"
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production", "iris.v2"), 120)
+    optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model="iris.v2", version=1), 300)[0]
+    wait_for(
+        "the recommended variant rolled in",
+        lambda: [
+            e for e in deployed(stack, 1, "production", "iris.v2") if e.data.variant == optimized.data.recommended
+        ],
+        120,
+    )
+
+    rows = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    through_gateway = infer(stack, rows, "iris.v2")
+    assert (through_gateway["model_name"], through_gateway["model_version"]) == ("iris.v2", "1")
+
+    async def over_nats() -> dict[str, Any]:
+        async with stack.bus("cli") as bus:
+            reply = await bus.nc.request("infer.iris~v2", infer_body(rows), timeout=10)
+            return orjson.loads(reply.data)  # type: ignore[no-any-return]
+
+    assert asyncio.run(over_nats())["outputs"][0]["data"] == through_gateway["outputs"][0]["data"]
+
+    monitor = stack.services["monitor"].url
+    wait_for(
+        "the monitor to show iris.v2 v1 in production",
+        lambda: [
+            m
+            for m in httpx.get(f"{monitor}/api/v1/models", timeout=10).json()
+            if m["model"] == "iris.v2" and m["aliases"].get("production") == 1
+        ],
+        30,
+    )
+
+    def sampled() -> bool:
+        infer(stack, rows, "iris.v2")  # the gateway samples every request in this stack
+        drift = httpx.get(f"{monitor}/api/v1/models/iris.v2/drift", timeout=10)
+        return drift.status_code == 200 and drift.json().get("samples", 0) > 0
+
+    wait_for("the monitor to receive iris.v2's samples", sampled, 30)

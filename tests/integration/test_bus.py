@@ -276,3 +276,12 @@ async def test_no_event_is_lost_when_the_server_restarts_mid_stream(bus: EventBu
     assert len(published) == total
     assert received == set(published)
     await eventually(lambda: nothing_pending(bus, "survivor"), what="every delivery to be settled")
+
+
+async def test_stored_events_are_every_event_up_to_now_in_order_and_the_read_ends(bus: EventBus) -> None:
+    published = [await bus.publish(trained(f"run-{i}")) for i in range(3)]
+    # a message on an event subject that is no event is skipped, as tail() skips it
+    await bus.js.publish("model.trained", b"not an event")
+    assert [event.id for event in await bus.stored_events()] == [event.id for event in published]
+    later = await bus.publish(trained("run-3"))
+    assert [event.id for event in await bus.stored_events()][-1] == later.id

@@ -25,9 +25,10 @@ HEAL_S = 5.0
 # A service with a real consumer: each delivery is counted, the effect applied once; the first delivery
 # of an event hangs (the handler heartbeats, as long work does) until the process is killed.
 CONSUMER_APP = """import asyncio, os, sqlite3
-    from contextlib import asynccontextmanager
     from pathlib import Path
     from gallery_common.app import create_app
+    from gallery_common.events import Payload
+    from gallery_common.router import EventRouter
     from gallery_common.settings import load_settings
 
     home = Path(os.environ["GALLERY_HOME"])
@@ -38,7 +39,10 @@ CONSUMER_APP = """import asyncio, os, sqlite3
         conn.execute("CREATE TABLE IF NOT EXISTS effects (event_id TEXT PRIMARY KEY)")
         return conn
 
-    async def handle(event):
+    events = EventRouter("echo", ack_wait=2.0, backoff=(0.5,))
+
+    @events.on(Payload)
+    async def handle(data, event):
         with db() as conn:
             conn.execute("INSERT INTO deliveries VALUES (?, ?)", (event.id, os.getpid()))
             first = conn.execute("SELECT count(*) FROM deliveries WHERE event_id = ?", (event.id,)).fetchone()[0] == 1
@@ -47,10 +51,8 @@ CONSUMER_APP = """import asyncio, os, sqlite3
         with db() as conn:
             conn.execute("INSERT OR IGNORE INTO effects VALUES (?)", (event.id,))
 
-    @asynccontextmanager
-    async def startup(app, resources):
-        resources.bus.consumer("echo", handle, ack_wait=2.0, backoff=(0.5,)).start()
-        yield
+    async def startup(resources, stack):
+        await stack.enter_async_context(events.consumer(resources.bus))
 
     return create_app(load_settings(), title="echo", startup=startup)"""
 

@@ -1,13 +1,14 @@
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from gallery_common.app import create_app
-from gallery_common.deps import AdminDep, CallerDep
-from gallery_common.errors import Conflict
+from gallery_common.app import ServiceResources, Startup, create_app
+from gallery_common.deps import AdminDep, CallerDep, get_resources
+from gallery_common.errors import Conflict, Unavailable
 from gallery_common.settings import GallerySettings, load_settings
 
 
@@ -104,3 +105,80 @@ def test_roles_gate_reads_writes_and_admin_routes(tmp_path: Path, monkeypatch: p
 
         assert client.delete("/api/v1/widgets/w", headers=bearer("write-tok")).status_code == 403
         assert client.delete("/api/v1/widgets/w", headers=bearer("admin-tok")).json()["by"].startswith("admin-")
+
+
+class Shelf:
+    """A service core: what a startup builds and routes read."""
+
+    def __init__(self, widgets: list[str]) -> None:
+        self.widgets = widgets
+
+
+def shelf_router() -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+
+    @router.get("/shelf")
+    def shelf(request: Request) -> list[str]:
+        return get_resources(request).core_as(Shelf).widgets
+
+    return router
+
+
+def make_shelf_app(tmp_path: Path, startup: Startup) -> FastAPI:
+    settings = GallerySettings(home=tmp_path, service_name="shelf")
+    return create_app(
+        settings, title="shelf", routers=[shelf_router()], use_bus=False, use_database=True, startup=startup
+    )
+
+
+def test_routes_read_the_core_the_startup_returned_and_shutdown_stops_it_in_reverse_order(tmp_path: Path) -> None:
+    stopped: list[str] = []
+    seen_while_stopping: list[tuple[object, bool]] = []
+
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Shelf:
+        assert resources.engine is not None  # opened before the service's own parts
+        stack.callback(stopped.append, "worker")
+
+        async def stop_consumer() -> None:
+            seen_while_stopping.append((resources.core, app.state.started))
+            stopped.append("consumer")
+
+        stack.push_async_callback(stop_consumer)
+        return Shelf(["bolt", "nut"])
+
+    app = make_shelf_app(tmp_path, startup)
+    with TestClient(app) as client:
+        assert client.get("/api/v1/shelf").json() == ["bolt", "nut"]
+        assert client.get("/readyz").status_code == 200
+        assert stopped == []
+    resources: ServiceResources = app.state.resources
+    assert stopped == ["consumer", "worker"]
+    # routes answer 503 and /readyz "not ready" before the first part stops
+    assert seen_while_stopping == [(None, False)]
+    with pytest.raises(Unavailable, match="the shelf is starting or stopping"):
+        resources.core_as(Shelf)
+
+
+def test_a_startup_that_fails_half_way_stops_what_it_had_started(tmp_path: Path) -> None:
+    stopped: list[str] = []
+
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Shelf:
+        stack.callback(stopped.append, "worker")
+        stack.callback(stopped.append, "consumer")
+        raise RuntimeError("the schema moved on")
+
+    app = make_shelf_app(tmp_path, startup)
+    with pytest.raises(RuntimeError, match="the schema moved on"), TestClient(app):
+        pass
+    assert stopped == ["consumer", "worker"]
+    assert app.state.started is False
+
+
+def test_a_core_of_another_kind_is_refused(tmp_path: Path) -> None:
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> object:
+        return ["not", "a", "shelf"]
+
+    with TestClient(make_shelf_app(tmp_path, startup), raise_server_exceptions=False) as client:
+        refused = client.get("/api/v1/shelf")
+    assert refused.status_code == 503
+    assert refused.json() == {"error": "the shelf is starting or stopping"}

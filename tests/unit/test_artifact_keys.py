@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gallery_common.artifacts import FileArtifactStore, open_store, register_store, registered_schemes, registry
+from gallery_common.artifacts import FileArtifactStore, open_store, register_store, registered_schemes, schemes
 from gallery_common.artifacts.base import (
     TEMP_PREFIX,
     HashingReader,
@@ -156,7 +156,7 @@ def test_file_store_cannot_hold_a_file_and_a_folder_of_one_name(tmp_path: Path) 
 
 
 def test_the_registry_maps_schemes_to_factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_factories", dict(registry._factories))
+    monkeypatch.setattr(schemes, "_factories", dict(schemes._factories))
     assert registered_schemes() == ["file", "s3"]
     opened: list[str] = []
 

@@ -42,6 +42,10 @@ W3 = -W1  # a model that disagrees with production on nearly every row
 ROWS = RNG.normal(size=(200, 4)).astype(np.float32)
 
 
+# the tests are steps of the story above, each starting from where the one before left the stack
+pytestmark = pytest.mark.story
+
+
 @pytest.fixture(scope="module")
 def nats_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     base = tmp_path_factory.mktemp("nats")

@@ -207,6 +207,11 @@ def test_a_model_server_over_its_p99_slo_gives_exactly_one_degraded(stack: Stack
     assert canary["canary"]["version"] == "2" and canary["canary"]["requests"] == 0
     assert canary["baseline"]["version"] == "1" and canary["baseline"]["variant"] == "fp32"
     assert canary["baseline"]["requests"] > 0
+    # the figures the deployer's canary analysis judges, from the same windows
+    comparison = canary["comparison"]
+    assert (comparison["canary_requests"], comparison["canary_error_rate"]) == (0, None)
+    assert comparison["baseline_requests"] == canary["baseline"]["requests"]
+    assert comparison["baseline_p99_ms"] == canary["baseline"]["p99_ms"]
     degraded = [e for e in stored_events(stack.nats_url, "model.degraded") if e.data.kind == "slo"]
     assert len(degraded) == 1, [e.id for e in degraded]
     event = degraded[0]

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from onnx_builders import (
     Digits,
     TrainedModel,
@@ -30,7 +29,6 @@ from onnx_builders import (
     with_external_initializer,
 )
 
-from gallery_common.app import ServiceResources
 from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.bus import EVENTS_STREAM, EventBus
 from gallery_common.errors import Unavailable
@@ -39,8 +37,7 @@ from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 from gallery_common.settings import GallerySettings
 from gallery_registry.app import create_app_for
-from gallery_registry.deps import STORE_KEY
-from gallery_registry.gate import GATE_DURABLE, ValidationGate, gate_consumer
+from gallery_registry.gate import GATE_DURABLE, ValidationGate, gate_events
 from gallery_registry.gate.validator import registration_for
 from gallery_registry.schemas import ValidationPolicyUpdate, VersionQuery, VersionStatus
 from gallery_registry.settings import RegistrySettings
@@ -173,12 +170,9 @@ async def running_gate(
     gallery_settings = GallerySettings(service_name="registry", artifact_root=artifact_root, home=workdir, **settings)
     artifacts = open_store(artifact_root, gallery_settings)
     gate_store = FlakyStore(artifacts, outages) if outages else artifacts
-    resources = ServiceResources(settings=gallery_settings, store=gate_store, extras={STORE_KEY: registry})
-    app = FastAPI()
     async with EventBus(nats_url, "registry") as registry_bus, EventBus(nats_url, "trainer") as trainer_bus:
-        resources.bus = registry_bus
-        async with gate_consumer(app, resources) as gate:
-            assert app.state.validation_gate is gate
+        gate = ValidationGate(registry, gate_store, registry_bus)
+        async with gate_events(gate).consumer(registry_bus):
             yield Gate(trainer_bus, artifacts, models, workdir, registry, gate)
     registry.engine.dispose()
 

@@ -19,7 +19,7 @@ from onnx_builders import Digits, classifier_signature, logistic_regression, sto
 from gallery_common.artifacts import open_store
 from gallery_common.events import ModelTrained, make_event
 from gallery_registry.app import create_app_for
-from gallery_registry.deps import STORE_KEY
+from gallery_registry.deps import RegistryCore
 from gallery_registry.gate import ValidationGate
 from gallery_registry.schemas import VersionStatus
 from gallery_registry.settings import RegistrySettings
@@ -49,7 +49,7 @@ def client(settings: RegistrySettings) -> Iterator[TestClient]:
 
 
 def store_of(client: TestClient) -> RegistryStore:
-    return client.app.state.resources.extras[STORE_KEY]  # type: ignore[attr-defined,no-any-return]
+    return client.app.state.resources.core_as(RegistryCore).store  # type: ignore[attr-defined,no-any-return]
 
 
 def register(client: TestClient, name: str = "m") -> dict[str, Any]:

@@ -176,3 +176,35 @@ def test_an_inference_token_infers_and_reads_the_model_and_probes_need_none(mode
     assert httpx.post(f"{base}/v2/models/tiny/infer", content=infer_body([[1, 2, 3, 4]])).status_code == 401
     for probe in ("/v2/health/live", "/v2/health/ready", "/healthz", "/readyz", "/metrics", "/v2"):
         assert httpx.get(base + probe).status_code == 200, probe
+
+
+def test_the_gateway_cuts_off_a_streamed_inference_body_over_the_limit_before_forwarding_it(tmp_path: Path) -> None:
+    forwarded: list[bytes] = []
+
+    async def infer(request: Request) -> Response:
+        forwarded.append(await request.body())
+        return Response(b'{"outputs": []}', media_type="application/json")
+
+    backend = Starlette(routes=[Route("/v2/models/m/infer", infer, methods=["POST"])])
+    settings = GatewaySettings(
+        home=tmp_path,
+        api_tokens="itok:inference,atok:admin",  # type: ignore[arg-type]
+        max_body_bytes=10_000,
+        sample_rate=0.0,
+    )
+    with served(backend) as backend_port, served(create_app_for(settings, with_bus=False)) as port:
+        route = {"backends": [{"id": "a", "url": f"http://127.0.0.1:{backend_port}"}]}
+        gateway = f"http://127.0.0.1:{port}"
+        assert httpx.put(f"{gateway}/admin/routes/m", json=route, headers=bearer("atok")).status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            started = time.monotonic()
+            head = request_head("POST", "/v2/models/m/infer", token="itok")
+            sock.sendall(head.encode() + b"\r\n" + chunked(b" " * 6_000, b" " * 6_000))
+            streamed = read_answer(sock, started)
+        small = httpx.post(f"{gateway}/v2/models/m/infer", content=infer_body([[1, 2, 3, 4]]), headers=bearer("itok"))
+    assert streamed.status == 413
+    assert streamed.body == {
+        "error": "the request body is over this service's limit of 10000 bytes (GALLERY_MAX_BODY_BYTES)"
+    }
+    assert small.status_code == 200
+    assert forwarded == [infer_body([[1, 2, 3, 4]])]  # the cut-off body never reached the backend

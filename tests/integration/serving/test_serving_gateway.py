@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gallery_common.contracts.serving_metrics import CACHE_HITS
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 from gallery_deployer.gateway.app import create_app_for
@@ -285,13 +286,13 @@ def test_identical_request_is_answered_from_cache(gw: str, backends: dict[str, F
     b = backends["b"]
     put_route(gw, "cached", [{"id": "b", "url": b.url}], cache_enabled=True)
     payload = body([4.0, 5.0])
-    before, hits = b.infers, metric(gw, "modelgallery_gateway_cache_hits_total", model="cached")
+    before, hits = b.infers, metric(gw, CACHE_HITS, model="cached")
     first = httpx.post(f"{gw}/v2/models/cached/infer", content=payload)
     second = httpx.post(f"{gw}/v2/models/cached/infer", content=payload)
     assert first.status_code == second.status_code == 200
     assert second.json() == first.json() and first.json()["outputs"][0]["data"] == [8.0, 10.0]
     assert b.infers == before + 1
-    assert metric(gw, "modelgallery_gateway_cache_hits_total", model="cached") == hits + 1
+    assert metric(gw, CACHE_HITS, model="cached") == hits + 1
     httpx.post(f"{gw}/v2/models/cached/infer", content=body([6.0]))
     assert b.infers == before + 2
 
@@ -416,7 +417,7 @@ async def test_the_redis_cache_is_shared_between_gateway_replicas(
         assert again.content == answer.content
         # the second replica answered from Redis: the backend saw one request only
         assert backends["a"].infers == calls_before + 1
-        assert metric(second, "modelgallery_gateway_cache_hits_total", model="shared") == 1
+        assert metric(second, CACHE_HITS, model="shared") == 1
 
 
 async def test_a_model_scaled_to_zero_is_woken_once_and_held_requests_are_answered(

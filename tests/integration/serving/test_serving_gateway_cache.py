@@ -17,6 +17,7 @@ import tritonclient.http as triton
 from test_serving_gateway import gateway, metric, put_route
 from test_serving_modelserver import Server, expected_logits, put_artifact, start_server, tiny_model, wait_ready
 
+from gallery_common.contracts.serving_metrics import CACHE_HITS
 from gallery_deployer.gateway.cache import CachedAnswer, RedisResponseCache
 
 
@@ -57,7 +58,7 @@ def test_a_cached_binary_answer_is_readable_by_tritonclient(
     model = "tiny"  # the gateway passes the path on: the model server's own name
     with gateway(tmp_path, request_timeout_s=10.0, **options) as gw:
         put_route(gw, model, [{"id": "m", "url": model_server.url}], cache_enabled=True)
-        hits = metric(gw, "modelgallery_gateway_cache_hits_total", model=model)  # one registry per process
+        hits = metric(gw, CACHE_HITS, model=model)  # one registry per process
         client = triton.InferenceServerClient(gw.removeprefix("http://"))
         x = np.random.default_rng(7).normal(size=(5, 4)).astype(np.float32)
         results = []
@@ -66,7 +67,7 @@ def test_a_cached_binary_answer_is_readable_by_tritonclient(
             features.set_data_from_numpy(x)  # binary tensors in and out: tritonclient's default
             results.append(client.infer(model, [features]))
         client.close()
-        assert metric(gw, "modelgallery_gateway_cache_hits_total", model=model) == hits + 1
+        assert metric(gw, CACHE_HITS, model=model) == hits + 1
     for result in results:
         np.testing.assert_allclose(result.as_numpy("logits"), expected_logits(x), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(result.as_numpy("probabilities").sum(axis=1), np.ones(5), rtol=1e-5)
@@ -80,11 +81,11 @@ def test_the_same_bytes_without_the_binary_header_are_not_answered_from_the_cach
     with gateway(tmp_path, request_timeout_s=10.0) as gw:
         put_route(gw, "tiny", [{"id": "m", "url": model_server.url}], cache_enabled=True)
         url = f"{gw}/v2/models/tiny/infer"
-        hits = metric(gw, "modelgallery_gateway_cache_hits_total", model="tiny")  # one registry per process
+        hits = metric(gw, CACHE_HITS, model="tiny")  # one registry per process
         binary = httpx.post(url, content=payload, headers={"Inference-Header-Content-Length": str(header_length)})
         cached = httpx.post(url, content=payload, headers={"Inference-Header-Content-Length": str(header_length)})
         plain = httpx.post(url, content=payload, headers={"content-type": "application/json"})
-        assert metric(gw, "modelgallery_gateway_cache_hits_total", model="tiny") == hits + 1
+        assert metric(gw, CACHE_HITS, model="tiny") == hits + 1
     assert binary.status_code == cached.status_code == 200
     assert cached.content == binary.content
     assert cached.headers["inference-header-content-length"] == binary.headers["inference-header-content-length"]

@@ -19,6 +19,7 @@ import pytest
 import tritonclient.http as triton
 from onnx import TensorProto, helper, numpy_helper
 
+from gallery_common.contracts.serving_metrics import BATCH_SIZE, REQUESTS
 from gallery_common.netutil import free_port
 
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
@@ -227,14 +228,12 @@ def test_concurrent_requests_are_batched_and_metrics_show_it(server: Server) -> 
     assert all(r.status_code == 200 for r in responses)
     after = httpx.get(server.url + "/metrics").text
     labels = 'model="tiny",variant="fp32",version="1.0.0"'
-    batches = metric_total(after, "modelgallery_inference_batch_size_count_count") - metric_total(
-        before, "modelgallery_inference_batch_size_count_count"
-    )
-    single = metric_total(after, f'modelgallery_inference_batch_size_count_bucket{{le="1.0",{labels}}}') - (
-        metric_total(before, f'modelgallery_inference_batch_size_count_bucket{{le="1.0",{labels}}}')
+    batches = metric_total(after, f"{BATCH_SIZE}_count") - metric_total(before, f"{BATCH_SIZE}_count")
+    single = metric_total(after, f'{BATCH_SIZE}_bucket{{le="1.0",{labels}}}') - (
+        metric_total(before, f'{BATCH_SIZE}_bucket{{le="1.0",{labels}}}')
     )
     assert batches > single, "no batch held more than one request"
-    ok = 'modelgallery_inference_requests_total{model="tiny",outcome="ok",variant="fp32",version="1.0.0"}'
+    ok = f'{REQUESTS}{{model="tiny",outcome="ok",variant="fp32",version="1.0.0"}}'
     assert metric_total(after, ok) - metric_total(before, ok) == 24
     assert "modelgallery_inference_queue_duration_seconds_bucket" in after
     assert "modelgallery_inference_compute_duration_seconds_bucket" in after
@@ -255,7 +254,7 @@ def test_overload_gives_503_with_retry_after_and_the_server_recovers(artifact: A
 
         assert httpx.post(server.url + "/v2/models/tiny/infer", json={"inputs": [GOOD]}).status_code == 200
         metrics = httpx.get(server.url + "/metrics").text
-        overloaded = 'modelgallery_inference_requests_total{model="tiny",outcome="overloaded"'
+        overloaded = f'{REQUESTS}{{model="tiny",outcome="overloaded"'
         assert metric_total(metrics, overloaded) == statuses.count(503)
     finally:
         assert server.stop() == 0

@@ -6,18 +6,19 @@ rollout itself is covered by tests/integration/deployer).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from registry_fakes import InMemoryRegistry
 
-from gallery_common.app import ServiceResources, create_app
+from gallery_common.app import create_app
+from gallery_common.contracts.registry import VersionStatus
 from gallery_common.errors import NotFound
+from gallery_common.events import ArtifactRef
 from gallery_deployer.deployer import api
 from gallery_deployer.deployer.records import DeploymentRecord, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
@@ -26,17 +27,13 @@ SHA = "c" * 64
 ADMIN, WRITER, INFERENCE = "admin-tok", "writer-tok", "inference-tok"
 
 
-@dataclass
-class Registry:
-    """The registry as the deployer reads it: versions with a status and artifacts."""
-
-    statuses: dict[int, str]
-
-    def get_version(self, model: str, version: int) -> dict[str, Any]:
-        if version not in self.statuses:
-            raise NotFound(f"registry: {model}:{version} not found")
-        onnx = {"uri": f"file:///a/{model}-{version}.onnx", "sha256": SHA}
-        return {"name": model, "version": version, "status": self.statuses[version], "artifacts": {"onnx": onnx}}
+def registry() -> InMemoryRegistry:
+    """The registry as the deployer reads it: m:1 validated, m:2 rejected, m:3 pending, each with its ONNX."""
+    fake = InMemoryRegistry()
+    for version, status in ((1, VersionStatus.validated), (2, VersionStatus.rejected), (3, VersionStatus.pending)):
+        onnx = ArtifactRef(uri=f"file:///a/m-{version}.onnx", sha256=SHA)
+        fake.add_version("m", version, {"onnx": onnx}, status=status)
+    return fake
 
 
 class Runtime:
@@ -71,7 +68,7 @@ class Controller:
     """Records every operation the API asks of it."""
 
     settings: DeployerSettings
-    registry: Registry
+    registry: InMemoryRegistry
     calls: list[str] = field(default_factory=list)
     runtime: Runtime = field(default_factory=Runtime)
     policies: Policies = field(default_factory=Policies)
@@ -117,17 +114,13 @@ def controller(tmp_path: Path) -> Controller:
         home=tmp_path,
         api_tokens=f"{ADMIN}:admin,{WRITER}:writer,{INFERENCE}:inference",  # type: ignore[arg-type]
     )
-    return Controller(settings, Registry({1: "validated", 2: "rejected", 3: "pending"}))
+    return Controller(settings, registry())
 
 
 @pytest.fixture
 def client(controller: Controller) -> Iterator[TestClient]:
-    @asynccontextmanager
-    async def startup(_: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
-        resources.extras[api.CONTROLLER_KEY] = controller
-        yield
-
-    app = create_app(controller.settings, title="deployer", routers=[api.router], use_bus=False, startup=startup)
+    app = create_app(controller.settings, title="deployer", routers=[api.router], use_bus=False)
+    app.dependency_overrides[api.get_controller] = lambda: controller
     with TestClient(app) as test_client:
         yield test_client
 

@@ -1,10 +1,13 @@
-"""Canary figures from model-server metrics text, and the pass/fail judgement on them."""
+"""The pass/fail judgement on a canary's window of model-server metrics beside the baseline's (reading the
+pages and taking windows: tests/unit/test_contracts_serving_metrics.py)."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
-from gallery_deployer.deployer.canary import Snapshot, Thresholds, judge, parse_snapshot
+from gallery_common.contracts.serving_metrics import REQUEST_DURATION, REQUESTS, ServingCounts, parse_page
+from gallery_deployer.deployer.canary import Thresholds, judge, snapshot
 
 LIMITS = Thresholds(
     max_error_rate=0.01,
@@ -17,41 +20,25 @@ LIMITS = Thresholds(
 
 
 def metrics_text(ok: int, errors: int, buckets: dict[str, int]) -> str:
+    labels = 'model="m",variant="fp32",version="1"'
     lines = [
-        "# TYPE modelgallery_inference_requests_total counter",
-        f'modelgallery_inference_requests_total{{model="m",outcome="ok",variant="fp32",version="1"}} {ok}',
-        f'modelgallery_inference_requests_total{{model="m",outcome="error",variant="fp32",version="1"}} {errors}',
-        "# TYPE modelgallery_inference_request_duration_seconds histogram",
+        f"# TYPE {REQUESTS} counter",
+        f'{REQUESTS}{{{labels},outcome="ok"}} {ok}',
+        f'{REQUESTS}{{{labels},outcome="error"}} {errors}',
+        f"# TYPE {REQUEST_DURATION} histogram",
     ]
     for bound, count in buckets.items():
-        lines.append(f'modelgallery_inference_request_duration_seconds_bucket{{le="{bound}",model="m"}} {count}')
-    lines.append(f'modelgallery_inference_request_duration_seconds_count{{model="m"}} {ok + errors}')
+        lines.append(f'{REQUEST_DURATION}_bucket{{{labels},le="{bound}"}} {count}')
+    lines.append(f"{REQUEST_DURATION}_count{{{labels}}} {ok + errors}")
     return "\n".join(lines) + "\n"
 
 
-def test_replicas_add_up_and_a_window_is_the_difference_of_two_snapshots() -> None:
-    start = parse_snapshot(metrics_text(10, 0, {"0.001": 10, "0.01": 10, "+Inf": 10}))
-    now = parse_snapshot(metrics_text(60, 1, {"0.001": 50, "0.01": 61, "+Inf": 61}))
-    parse_snapshot(metrics_text(40, 0, {"0.001": 40, "0.01": 40, "+Inf": 40}), into=now)  # a second replica
-
-    window = now.minus(start)
-
-    assert (window.total, window.errors) == (91.0, 1.0)
-    assert window.quantile(0.5) == pytest.approx(0.001 * 45.5 / 80)  # inside the first bucket
-    p99 = window.quantile(0.99)
-    assert p99 is not None and 0.001 < p99 <= 0.01
-
-
-def test_an_empty_window_has_no_quantile() -> None:
-    assert Snapshot().quantile(0.99) is None
-
-
-def window(ok: int, errors: int, p99_bucket: str) -> Snapshot:
+def window(ok: int, errors: int, p99_bucket: str) -> ServingCounts:
     buckets = {"0.001": 0, "0.005": 0, "0.05": 0, "+Inf": ok + errors}
     for bound in buckets:
         if bound != "+Inf" and float(bound) >= float(p99_bucket):
             buckets[bound] = ok + errors
-    return parse_snapshot(metrics_text(ok, errors, buckets))
+    return parse_page(metrics_text(ok, errors, buckets)).overall()
 
 
 def test_a_healthy_canary_passes() -> None:
@@ -70,7 +57,7 @@ def test_a_healthy_canary_passes() -> None:
     ],
 )
 def test_each_broken_threshold_fails_the_canary_with_its_reason(
-    canary: Snapshot, agreement: float | None, reason: str
+    canary: ServingCounts, agreement: float | None, reason: str
 ) -> None:
     verdict = judge(canary, window(900, 0, "0.005"), agreement, LIMITS)
     assert not verdict.passed
@@ -80,3 +67,23 @@ def test_each_broken_threshold_fails_the_canary_with_its_reason(
 def test_a_slow_p99_over_too_few_requests_is_not_judged() -> None:
     verdict = judge(window(30, 0, "0.05"), window(900, 0, "0.005"), 0.99, LIMITS)
     assert verdict.passed and verdict.canary_p99_ms is not None
+
+
+async def test_the_canary_window_is_taken_replica_by_replica() -> None:
+    # replica a restarted during the window, b went on counting, c answered neither time
+    start = {"http://a": metrics_text(500, 9, {"0.005": 509, "+Inf": 509}), "http://b": metrics_text(100, 0, {})}
+    end = {"http://a": metrics_text(30, 0, {"0.005": 30, "+Inf": 30}), "http://b": metrics_text(150, 1, {})}
+
+    def replicas(pages: dict[str, str]) -> httpx.AsyncClient:
+        def answer(request: httpx.Request) -> httpx.Response:
+            page = pages.get(f"{request.url.scheme}://{request.url.host}")
+            return httpx.Response(200, text=page) if page else httpx.Response(503)
+
+        return httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+    endpoints = ["http://a", "http://b", "http://c"]
+    async with replicas(start) as before, replicas(end) as after:
+        window = (await snapshot(after, endpoints)).since(await snapshot(before, endpoints)).overall()
+
+    assert (window.total, window.errors) == (81.0, 1.0)  # all 30 of the restarted replica, 51 more of b
+    assert judge(window, window, None, LIMITS).canary_requests == 81.0

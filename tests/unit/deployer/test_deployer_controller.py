@@ -275,3 +275,40 @@ async def test_a_rollback_cut_short_after_traffic_moved_is_finished_by_the_redel
     assert calls[-1][:3] == ("m", "production", 1)
     assert len(calls[-1][3]) <= 400 and calls[-1][3].endswith("…")  # the long reason was cut for the registry
     assert announced(controller)[-1] == "rolled_back:m:2"
+
+
+async def test_a_validated_version_goes_to_production_first_then_each_newer_one_replaces_the_canary(
+    controller: Controller,
+) -> None:
+    first = await controller.deploy_validated("m", 1, artifact(1))
+    assert first is not None and (first.stage, first.reason) == (Stage.production, "model.validated")
+
+    await controller.deploy_validated("m", 2, artifact(2))
+    third = await controller.deploy_validated("m", 3, artifact(3))
+
+    assert third is not None and third.stage == Stage.canary
+    assert weights(controller) == {"m-v1-0": 90.0, "m-v3-0": 10.0}
+    payload, event_id = next((p, e) for p, e in controller.events if e.startswith("rolled_back"))  # type: ignore[attr-defined]
+    assert (event_id, payload.reason) == ("rolled_back:m:2", "superseded by version 3")
+
+
+async def test_a_validated_version_that_is_not_newer_or_was_rolled_back_changes_nothing(controller: Controller) -> None:
+    await controller.deploy_validated("m", 1, artifact(1))
+    await controller.deploy_validated("m", 3, artifact(3))
+    await controller.rollback("m", "canary analysis failed: error rate")
+    before = announced(controller)
+
+    assert await controller.deploy_validated("m", 3, artifact(3)) is None  # only a person brings it back
+    assert await controller.deploy_validated("m", 1, artifact(1)) is None  # already serving
+    assert announced(controller) == before and weights(controller) == {"m-v1-0": 100.0}
+
+
+async def test_a_degraded_version_that_no_longer_serves_is_left_alone(controller: Controller) -> None:
+    await controller.deploy_validated("m", 1, artifact(1))
+    await controller.deploy_validated("m", 2, artifact(2))
+
+    good = await controller.roll_back_degraded("m", 2, "slo: p99 250 ms")
+    assert good is not None and good.version == 1
+    assert await controller.roll_back_degraded("m", 7, "drift: psi 0.4") is None  # never served
+    assert await controller.roll_back_degraded("m", 1, "slo: p99 250 ms") is None  # nothing to fall back to
+    assert weights(controller) == {"m-v1-0": 100.0}

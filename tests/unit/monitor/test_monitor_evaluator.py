@@ -10,13 +10,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from gallery_common.contracts.serving_metrics import parse_page
 from gallery_common.db import make_engine
 from gallery_common.events import ModelDegraded
 from gallery_deployer.modelserver.metrics import ServingMetrics
 from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate, judge_slo
 from gallery_monitor.models import Slo, SloUpdate, create_tables
-from gallery_monitor.promtext import parse_metrics
 from gallery_monitor.references import ReferenceCache, ReferenceUnavailable
 from gallery_monitor.samples import SampleBook
 from gallery_monitor.series import Figures, SeriesBook
@@ -79,7 +79,7 @@ async def test_a_slow_version_is_degraded_once_and_others_are_left_alone(monitor
     published = Published()
 
     def scrape() -> None:
-        pages = {label: parse_metrics(generate_latest(r).decode()) for label, r in registries.items()}
+        pages = {label: parse_page(generate_latest(r).decode()) for label, r in registries.items()}
         monitor.series.record(clock.now, pages)
 
     scrape()
@@ -121,8 +121,8 @@ async def test_drift_of_sampled_rows_is_degraded_once_and_a_missing_reference_is
     await evaluate(monitor, published)
     assert published == []
     view = await anyio.to_thread.run_sync(monitor.drift, "iris", 2, None)
-    assert view["samples"] == 300 and not view["drifted"]
-    assert view["reasons"] == ["no training reference: iris:2 has no train_split artifact in the registry"]
+    assert view.samples == 300 and not view.drifted
+    assert view.reasons == ["no training reference: iris:2 has no train_split artifact in the registry"]
 
     for _ in range(5):
         clock.now += 10
@@ -133,4 +133,4 @@ async def test_drift_of_sampled_rows_is_degraded_once_and_a_missing_reference_is
     assert [event_id for _, event_id in published] == ["degraded:iris:1:drift:1"]
     assert published[0][0].evidence["features"][0]["feature"] == 1
     view = await anyio.to_thread.run_sync(monitor.drift, "iris", None, None)  # the version sampled last
-    assert view["version"] == 1 and view["drifted"] and view["reasons"][0].startswith("feature 1: PSI")
+    assert view.version == 1 and view.drifted and view.reasons[0].startswith("feature 1: PSI")

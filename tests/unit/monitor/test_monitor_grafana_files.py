@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gallery_common.contracts import serving_metrics
 from gallery_deployer.runtime.base import ServerSpec
 from gallery_deployer.runtime.kubernetes_options import KubernetesOptions
 from gallery_deployer.runtime.manifests import PORT as MODELSERVER_PORT
@@ -28,7 +29,10 @@ PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 SERVICES = {"registry": 8001, "trainer": 8002, "optimizer": 8003, "deployer": 8004, "monitor": 8005, "gateway": 8080}
 
-_DEFINITION = re.compile(r"\b(counter|histogram|gauge)\(\s*\"([A-Za-z0-9_]+)\"")
+# a name written out, or a serving metric name the contract owns (`REQUESTS`, `serving_metrics.CACHE_HITS`)
+_DEFINITION = re.compile(
+    r"\b(counter|histogram|gauge)\(\s*(?:\"([A-Za-z0-9_]+)\"|(?:serving_metrics\.)?([A-Z][A-Z_]*)\b)"
+)
 _METRIC = re.compile(r"\bmodelgallery_[A-Za-z0-9_]+")
 
 
@@ -36,7 +40,9 @@ def exported_series() -> set[str]:
     """Every series name the sources export through gallery_common.telemetry, as Prometheus stores it."""
     names: set[str] = set()
     for source in [*(REPO / "libs").rglob("*.py"), *(REPO / "services").rglob("*.py")]:
-        for kind, name in _DEFINITION.findall(source.read_text(encoding="utf-8")):
+        for kind, written, constant in _DEFINITION.findall(source.read_text(encoding="utf-8")):
+            name = written or getattr(serving_metrics, constant, None)
+            assert name, f"{source}: the metric name {constant} is not one of gallery_common's serving metrics"
             full = name if name.startswith("modelgallery_") else f"modelgallery_{name}"
             if kind == "counter":
                 base = full.removesuffix("_total")

@@ -4,18 +4,19 @@ reference: it says why, keeps evaluating every other version, and says the same 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import anyio
 import numpy as np
 import orjson
 import pytest
 from hostile_artifacts import npz_bomb
+from registry_fakes import InMemoryRegistry
 from test_monitor_evaluator import SLO, Clock, Published
 
 from gallery_common.artifacts import ArtifactStore, FileArtifactStore
 from gallery_common.contracts import write_split
 from gallery_common.db import make_engine
+from gallery_common.events import ArtifactRef
 from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate
 from gallery_monitor.models import create_tables
@@ -29,21 +30,18 @@ BOMB_REASON = (
 )
 
 
-class Registry:
-    """The registry's version read, answering with the train_split each version was given."""
-
-    def __init__(self, splits: dict[int, Any]) -> None:
-        self.splits = splits
-
-    def get_version(self, model: str, version: int) -> dict[str, Any]:
-        ref = self.splits[version]
-        return {"artifacts": {"train_split": {"uri": ref.uri, "sha256": ref.sha256}}}
+def registry_of(splits: dict[int, ArtifactRef]) -> InMemoryRegistry:
+    """The registry holding versions of iris, each with the train_split it was given."""
+    registry = InMemoryRegistry()
+    for version, split in splits.items():
+        registry.add_version("iris", version, {"train_split": split})
+    return registry
 
 
-def monitor_over(store: ArtifactStore, registry: Registry, tmp_path: Path, name: str) -> Monitor:
+def monitor_over(store: ArtifactStore, registry: InMemoryRegistry, tmp_path: Path, name: str) -> Monitor:
     engine = make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
     create_tables(engine)
-    loader = registry_split_loader(registry, store)  # type: ignore[arg-type]
+    loader = registry_split_loader(registry, store)
     return Monitor(
         engine,
         default_slo=SLO,
@@ -67,7 +65,7 @@ async def test_a_bomb_of_a_training_split_costs_only_its_own_reference(tmp_path:
     honest = tmp_path / "honest.npz"
     rng = np.random.default_rng(0)
     write_split(honest, rng.normal(size=(500, 3)), np.zeros(500, np.int64))
-    registry = Registry(
+    registry = registry_of(
         {
             1: store.put("models/iris/1/train_split.npz", npz_bomb()),  # 3.9 MB that inflates to 4 GB
             2: store.put("models/iris/2/train_split.npz", honest),
@@ -81,10 +79,10 @@ async def test_a_bomb_of_a_training_split_costs_only_its_own_reference(tmp_path:
         await evaluate(monitor, published)  # no exception: the evaluator goes on
         assert published == []
         refused = await anyio.to_thread.run_sync(monitor.drift, "iris", 1, None)
-        assert refused["samples"] == 300 and not refused["drifted"]
-        assert refused["reasons"] == [f"no training reference: {BOMB_REASON}"]
+        assert refused.samples == 300 and not refused.drifted
+        assert refused.reasons == [f"no training reference: {BOMB_REASON}"]
         fine = await anyio.to_thread.run_sync(monitor.drift, "iris", 2, None)
-        assert fine["samples"] == 300 and fine["features"] and not fine["drifted"]
+        assert fine.samples == 300 and fine.features and not fine.drifted
 
 
 def test_a_training_split_over_the_artifact_cap_is_refused_unfetched(tmp_path: Path) -> None:
@@ -93,7 +91,7 @@ def test_a_training_split_over_the_artifact_cap_is_refused_unfetched(tmp_path: P
     write_split(honest, np.ones((5000, 3)), np.zeros(5000, np.int64))  # ~100 KB
     ref = FileArtifactStore(root).put("models/iris/1/train_split.npz", honest)
     capped = FileArtifactStore(root, max_bytes=10_000)
-    cache = ReferenceCache(registry_split_loader(Registry({1: ref}), capped), max_rows=100, retry_s=30)  # type: ignore[arg-type]
+    cache = ReferenceCache(registry_split_loader(registry_of({1: ref}), capped), max_rows=100, retry_s=30)
     with pytest.raises(ReferenceUnavailable) as refused:
         cache.get("iris", 1)
     reason = str(refused.value)

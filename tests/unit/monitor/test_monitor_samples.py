@@ -52,7 +52,7 @@ def test_a_sample_without_class_scores_has_rows_but_no_predictions() -> None:
         (orjson.dumps({"model": "iris", "inputs": []}), "not a sample with a numeric first input"),
         (
             orjson.dumps({"model": "iris", "inputs": [{"shape": [2, 2], "data": [1, 2, 3]}]}),
-            "the first input holds 3 values, its shape [2, 2] says 4",
+            "tensor has 3 values; shape [2, 2] needs 4",
         ),
         (
             orjson.dumps({"model": "iris", "inputs": [{"shape": [1, 2], "data": ["a", "b"]}]}),

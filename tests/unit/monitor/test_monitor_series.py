@@ -1,16 +1,16 @@
-"""Histogram quantiles, parsing the model server's and the gateway's /metrics, and window figures."""
+"""Histogram quantiles and window figures over scrapes of real model servers' and the gateway's /metrics
+(the parser itself: tests/unit/test_contracts_serving_metrics.py)."""
 
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from gallery_common.contracts.serving_metrics import CACHE_HITS, CACHE_MISSES, parse_page
 from gallery_common.promtext import histogram_quantile
+from gallery_common.telemetry import counter
 from gallery_deployer.modelserver.metrics import ServingMetrics
-from gallery_monitor.promtext import SeriesKey, parse_metrics
 from gallery_monitor.series import SeriesBook
-
-KEY = SeriesKey("iris", "3", "fp32")
 
 
 def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
@@ -31,42 +31,9 @@ def serving_page(registry: CollectorRegistry) -> str:
     return generate_latest(registry).decode()
 
 
-def test_parses_what_a_real_model_server_exports() -> None:
-    registry = CollectorRegistry()
-    metrics = ServingMetrics("iris", "3", "fp32", registry)
-    for seconds in (0.002, 0.004, 0.02, 0.2):
-        metrics.request("ok", seconds)
-    metrics.request("error", 0.3)
-    metrics.request("bad_request", 0.001)
-    metrics.computed(0.001, rows=4)
-    metrics.computed(0.001, rows=8)
-    page = parse_metrics(serving_page(registry))
-    counts = page.serving[KEY]
-    assert counts.requests == {"ok": 4, "bad_request": 1, "not_found": 0, "overloaded": 0, "error": 1}
-    assert counts.total == 6 and counts.errors == 1  # a client's bad request is not the server's error
-    assert counts.buckets[float("inf")] == 6 and counts.buckets[0.0025] == 2
-    assert counts.batch_sum == 12 and counts.batch_count == 2
-
-
-def test_parses_the_gateways_cache_counters() -> None:
-    registry = CollectorRegistry()
-    hits = Counter("modelgallery_gateway_cache_hits", "", ("model",), registry=registry)
-    misses = Counter("modelgallery_gateway_cache_misses", "", ("model",), registry=registry)
-    hits.labels("iris").inc(3)
-    misses.labels("iris").inc(1)
-    page = parse_metrics(serving_page(registry))
-    assert page.cache["iris"].hits == 3 and page.cache["iris"].misses == 1
-    assert page.serving == {}
-
-
-def test_a_page_that_is_not_prometheus_text_is_refused() -> None:
-    with pytest.raises(ValueError):
-        parse_metrics("<html>not metrics</html>\n")
-
-
 def scrape_round(book: SeriesBook, now: float, *, registries: list[CollectorRegistry]) -> None:
     """One scrape round of the model servers whose metrics live in `registries`."""
-    pages = {f"http://replica-{i}": parse_metrics(serving_page(r)) for i, r in enumerate(registries)}
+    pages = {f"http://replica-{i}": parse_page(serving_page(r)) for i, r in enumerate(registries)}
     book.record(now, pages)
 
 
@@ -122,8 +89,8 @@ def test_versions_and_cache_hit_rate_of_a_model() -> None:
     registries = [CollectorRegistry(), CollectorRegistry(), CollectorRegistry()]  # two model servers, the gateway
     v3 = ServingMetrics("iris", "3", "fp32", registries[0])
     v4 = ServingMetrics("iris", "4", "int8_dynamic", registries[1])
-    hits = Counter("modelgallery_gateway_cache_hits", "", ("model",), registry=registries[2])
-    misses = Counter("modelgallery_gateway_cache_misses", "", ("model",), registry=registries[2])
+    hits = counter(CACHE_HITS, "hits", ("model",), registries[2])
+    misses = counter(CACHE_MISSES, "misses", ("model",), registries[2])
     scrape_round(book, 0.0, registries=registries)
     for _ in range(9):
         v3.request("ok", 0.003)

@@ -6,16 +6,14 @@ service at the next evaluation; the real routes refuse it and keep the SLO as it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from gallery_common.app import ServiceResources, create_app
+from gallery_common.app import create_app
 from gallery_common.db import make_engine
 from gallery_common.settings import GallerySettings
 from gallery_monitor import routes
@@ -43,12 +41,8 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         api_tokens="w:writer,a:admin,r:reader",  # type: ignore[arg-type]
     )
 
-    @asynccontextmanager
-    async def startup(_: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
-        resources.extras[routes.MONITOR_KEY] = monitor
-        yield
-
-    app = create_app(settings, title="monitor", routers=[routes.router], use_bus=False, startup=startup)
+    app = create_app(settings, title="monitor", routers=[routes.router], use_bus=False)
+    app.dependency_overrides[routes.get_monitor] = lambda: monitor
     with TestClient(app) as test_client:
         yield test_client
     engine.dispose()

@@ -1,4 +1,5 @@
-"""Small fakes of the optimizer's collaborators: the optimization library, the registry, the bus."""
+"""Small fakes of the optimizer's collaborators: the optimization library and the bus (the registry's is
+`registry_fakes.InMemoryRegistry`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from gallery_common.artifacts import ArtifactStore
-from gallery_common.errors import Conflict, NotFound
 from gallery_common.events import ArtifactRef, ModelOptimized
 from gallery_optimizer.policy import OptimizationPolicy
 from gallery_optimizer.report import OptimizationReport, VariantReport, recommend
@@ -96,38 +96,6 @@ class FakePipeline:
 
     def factory(self) -> Callable[[], tuple[Any, Any, Any]]:
         return lambda: (self.optimize, self.build_edge_bundle, FakeInputs)
-
-
-class FakeRegistry:
-    """The registry's version reads and artifact attachments, with its one-artifact-per-role rule."""
-
-    def __init__(self) -> None:
-        self.versions: dict[tuple[str, int], dict[str, Any]] = {}
-        self.attached: list[tuple[str, int, str, ArtifactRef]] = []
-
-    def add_version(self, model: str, version: int, artifacts: dict[str, ArtifactRef]) -> None:
-        self.versions[(model, version)] = {
-            "name": model,
-            "version": version,
-            "class_names": ["a", "b", "c"],
-            "artifacts": {role: ref.model_dump(mode="json") for role, ref in artifacts.items()},
-        }
-
-    def get_version(self, model: str, version: int) -> dict[str, Any]:
-        if (model, version) not in self.versions:
-            raise NotFound(f"registry: {model}:{version} not found (version {version} of {model} not found)")
-        return self.versions[(model, version)]
-
-    def attach_artifact(self, model: str, version: int, role: str, ref: ArtifactRef) -> dict[str, Any]:
-        current = self.get_version(model, version)["artifacts"].get(role)
-        if current is not None and current["sha256"] != ref.sha256:
-            raise Conflict(f"registry refused {role} artifact of {model}:{version}: another sha256 is attached")
-        self.get_version(model, version)["artifacts"][role] = ref.model_dump(mode="json")
-        self.attached.append((model, version, role, ref))
-        return {"role": role, **ref.model_dump(mode="json")}
-
-    def close(self) -> None:
-        pass
 
 
 class RecordingPublisher:

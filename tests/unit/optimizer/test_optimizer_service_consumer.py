@@ -10,7 +10,7 @@ import pytest
 from gallery_common.consumer import PermanentError
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef, ModelOptimized, ModelValidated, make_event
-from gallery_optimizer.consumer import validated_handler
+from gallery_optimizer.consumer import validated_events
 from gallery_optimizer.jobs import JobStore, create_tables
 
 ONNX = ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)
@@ -46,7 +46,7 @@ def validated(event_id: str, **artifacts: ArtifactRef) -> Any:
 
 async def test_a_redelivered_event_queues_no_second_job(jobs: JobStore) -> None:
     bus, runner = FakeBus(), FakeRunner()
-    handle = validated_handler(jobs, runner, bus)  # type: ignore[arg-type]
+    handle = validated_events(jobs, runner, bus).dispatch  # type: ignore[arg-type]
     await handle(validated("validated:iris:2"))
     await handle(validated("validated:iris:2"))
     (job,) = jobs.recent("iris")
@@ -56,7 +56,7 @@ async def test_a_redelivered_event_queues_no_second_job(jobs: JobStore) -> None:
 
 async def test_a_version_already_optimized_is_announced_again_under_the_same_id(jobs: JobStore) -> None:
     bus, runner = FakeBus(), FakeRunner()
-    handle = validated_handler(jobs, runner, bus)  # type: ignore[arg-type]
+    handle = validated_events(jobs, runner, bus).dispatch  # type: ignore[arg-type]
     await handle(validated("validated:iris:2"))
     result = ModelOptimized(model="iris", version=2, recommended="fp32", recommended_artifact=ONNX)
     jobs.claim(runner.queued[0])
@@ -68,7 +68,7 @@ async def test_a_version_already_optimized_is_announced_again_under_the_same_id(
 
 
 async def test_an_event_without_an_onnx_artifact_is_refused_for_good(jobs: JobStore) -> None:
-    handle = validated_handler(jobs, FakeRunner(), FakeBus())  # type: ignore[arg-type]
+    handle = validated_events(jobs, FakeRunner(), FakeBus()).dispatch  # type: ignore[arg-type]
     with pytest.raises(PermanentError, match=r"model\.validated for iris:2 carries no onnx artifact"):
         await handle(validated("validated:iris:2", weights=ONNX))
     assert jobs.recent() == []

@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from optimizer_service_fakes import FakePipeline, FakeRegistry, RecordingPublisher, put_version_artifacts
+from optimizer_service_fakes import FakePipeline, RecordingPublisher, put_version_artifacts
+from registry_fakes import InMemoryRegistry
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_optimizer import routes
 from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.routes import OptimizerCore
 from gallery_optimizer.settings import OptimizerSettings
 from gallery_optimizer.worker import JobRunner
 
 
 @pytest.fixture
-def registry() -> FakeRegistry:
-    return FakeRegistry()
+def registry() -> InMemoryRegistry:
+    return InMemoryRegistry()
 
 
 @pytest.fixture
-def client(tmp_path: Path, registry: FakeRegistry) -> Iterator[TestClient]:
+def client(tmp_path: Path, registry: InMemoryRegistry) -> Iterator[TestClient]:
     settings = OptimizerSettings(home=tmp_path, api_tokens="a:admin,w:writer,r:reader")  # type: ignore[arg-type]
 
-    @asynccontextmanager
-    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> OptimizerCore:
         assert resources.engine is not None and resources.store is not None
         await anyio.to_thread.run_sync(create_tables, resources.engine)
         jobs = JobStore(resources.engine)
@@ -45,9 +46,8 @@ def client(tmp_path: Path, registry: FakeRegistry) -> Iterator[TestClient]:
             pipeline=FakePipeline().factory(),
         )
         runner.start()
-        resources.extras.update(jobs=jobs, runner=runner, store=resources.store)
-        yield
-        await anyio.to_thread.run_sync(runner.stop)
+        stack.push_async_callback(partial(anyio.to_thread.run_sync, runner.stop))
+        return OptimizerCore(jobs, runner)
 
     app = create_app(
         settings,
@@ -62,7 +62,7 @@ def client(tmp_path: Path, registry: FakeRegistry) -> Iterator[TestClient]:
         yield test_client
 
 
-def _register(client: TestClient, registry: FakeRegistry, model: str = "iris", version: int = 1) -> None:
+def _register(client: TestClient, registry: InMemoryRegistry, model: str = "iris", version: int = 1) -> None:
     store = client.app.state.resources.store  # type: ignore[attr-defined]
     registry.add_version(model, version, put_version_artifacts(store, model, version))
 
@@ -105,7 +105,7 @@ def test_only_an_admin_sets_a_policy(client: TestClient) -> None:
     assert client.get("/api/v1/policies/iris").json()["accuracy_budget"] == 0.01
 
 
-def test_optimize_by_hand_runs_a_job_and_serves_its_report(client: TestClient, registry: FakeRegistry) -> None:
+def test_optimize_by_hand_runs_a_job_and_serves_its_report(client: TestClient, registry: InMemoryRegistry) -> None:
     _register(client, registry)
     client.put("/api/v1/policies/iris", json={"variants": ["int8_dynamic", "fp16"]}, headers=ADMIN)
     job_request = {"model": "iris", "version": 1, "policy": {"accuracy_budget": 0.02}}
@@ -150,7 +150,7 @@ def test_optimizing_an_unknown_version_is_404(client: TestClient) -> None:
     ],
 )
 def test_a_bad_optimize_request_is_422(
-    client: TestClient, registry: FakeRegistry, body: dict[str, Any], message: str
+    client: TestClient, registry: InMemoryRegistry, body: dict[str, Any], message: str
 ) -> None:
     _register(client, registry)
     response = client.post("/api/v1/optimize", json=body, headers=ADMIN)
@@ -165,10 +165,10 @@ def test_an_unknown_job_is_404_and_an_unfinished_report_too(client: TestClient) 
 
 
 def test_a_version_without_its_splits_is_refused_before_a_job_exists(
-    client: TestClient, registry: FakeRegistry
+    client: TestClient, registry: InMemoryRegistry
 ) -> None:
     _register(client, registry)
-    del registry.versions[("iris", 1)]["artifacts"]["validation_split"]
+    registry.detach("iris", 1, "validation_split")
     response = client.post("/api/v1/optimize", json={"model": "iris", "version": 1})
     assert response.status_code == 422
     assert response.json()["error"] == "iris:1 cannot be optimized: it has no validation_split artifact"

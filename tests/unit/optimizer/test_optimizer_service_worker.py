@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from optimizer_service_fakes import FakePipeline, FakeRegistry, RecordingPublisher, put_version_artifacts
+from optimizer_service_fakes import FakePipeline, RecordingPublisher, put_version_artifacts
+from registry_fakes import InMemoryRegistry
 
 from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.db import make_engine
+from gallery_common.events import ArtifactRef
 from gallery_common.settings import GallerySettings
 from gallery_optimizer.jobs import JobStore, create_tables
 from gallery_optimizer.policy import OptimizationPolicy
@@ -23,7 +25,7 @@ from gallery_optimizer.worker import JobRunner
 class World:
     jobs: JobStore
     store: ArtifactStore
-    registry: FakeRegistry
+    registry: InMemoryRegistry
     pipeline: FakePipeline
     published: RecordingPublisher
     runner: JobRunner
@@ -31,7 +33,7 @@ class World:
 
     def submit(self, model: str = "iris", version: int = 1, **policy: object) -> str:
         refs = put_version_artifacts(self.store, model, version)
-        self.registry.add_version(model, version, refs)
+        self.registry.add_version(model, version, refs, class_names=["a", "b", "c"])
         submission = self.jobs.submit(model, version, refs, OptimizationPolicy(**policy))  # type: ignore[arg-type]
         return submission.job.id
 
@@ -42,7 +44,7 @@ def world(tmp_path: Path) -> World:
     create_tables(engine)
     jobs = JobStore(engine)
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
-    registry, pipeline, published = FakeRegistry(), FakePipeline(), RecordingPublisher()
+    registry, pipeline, published = InMemoryRegistry(), FakePipeline(), RecordingPublisher()
     runner = JobRunner(
         jobs=jobs,
         store=store,
@@ -162,7 +164,7 @@ def test_a_failed_edge_bundle_is_reported_and_the_variants_still_attach(world: W
 
 def test_a_registry_conflict_fails_the_job_with_the_registry_reason(world: World) -> None:
     job_id = world.submit()
-    world.registry.versions[("iris", 1)]["artifacts"]["fp16"] = {"uri": "file:///x", "sha256": "0" * 64}
+    world.registry.attach_artifact("iris", 1, "fp16", ArtifactRef(uri="file:///x", sha256="0" * 64))
     world.runner.run(job_id)
     job = world.jobs.get(job_id)
     assert job.status == "failed"

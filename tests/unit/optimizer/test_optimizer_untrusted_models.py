@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hostile_artifacts import allocating_model, data_triggered_loop_model, loop_model
-from optimizer_service_fakes import FakeRegistry, RecordingPublisher
+from optimizer_service_fakes import RecordingPublisher
+from registry_fakes import InMemoryRegistry
 
 from gallery_common.artifacts import open_store
 from gallery_common.contracts import write_split
@@ -109,7 +110,7 @@ def test_the_worker_fails_the_job_with_the_reason_within_the_limit(
         jobs, store, registry = (
             JobStore(engine),
             open_store((tmp_path / "artifacts").as_uri(), GallerySettings()),
-            FakeRegistry(),
+            InMemoryRegistry(),
         )
         runner = JobRunner(
             jobs=jobs,
@@ -123,7 +124,7 @@ def test_the_worker_fails_the_job_with_the_reason_within_the_limit(
         folder.mkdir()
         refs = {role: store.put(f"models/m/1/{role}", path) for role, path in splits(folder).items()}
         refs["onnx"] = store.put("models/m/1/onnx", loop_model(FEATURES, CLASSES))
-        registry.add_version("m", 1, refs)
+        registry.add_version("m", 1, refs, class_names=["a", "b", "c"])
         job_id = jobs.submit("m", 1, refs, OptimizationPolicy(variants=["int8_dynamic"])).job.id
         started = time.perf_counter()
         runner.run(job_id)

@@ -12,9 +12,9 @@ import numpy as np
 import orjson
 
 from gallery_common.artifacts.base import ArtifactRef
+from gallery_common.contracts.oip import TensorSpec
 from gallery_deployer.modelserver.batch_jobs import JobRunner
 from gallery_deployer.modelserver.model import ServedModel
-from gallery_deployer.modelserver.tensors import TensorSpec
 
 
 class DoublingSession:

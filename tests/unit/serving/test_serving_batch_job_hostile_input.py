@@ -13,9 +13,9 @@ from hostile_artifacts import npz_bomb
 from test_serving_batch_job_delivery import DoublingSession, Message, StatusLog
 
 from gallery_common.artifacts import FileArtifactStore
+from gallery_common.contracts.oip import TensorSpec
 from gallery_deployer.modelserver.batch_jobs import JobFailed, JobRunner, read_inputs
 from gallery_deployer.modelserver.model import ServedModel
-from gallery_deployer.modelserver.tensors import TensorSpec
 
 SPECS = (TensorSpec("x", "FP32", (-1, 1000)),)
 

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
+from gallery_common.contracts.registry import AliasPublic, ModelPublic, VersionPublic
+
 from .console import console, fail, say
-from .service_client import RegistryClient
+from .service_client import RegistryServiceClient, model_path
 
 _REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>\d+))?$")
 
 app = typer.Typer(help="Registered models: list, show, move aliases.", no_args_is_help=True)
 
 
-def _path(name: str) -> str:
-    return f"/api/v1/models/{quote(name, safe='')}"
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None or value == "" else str(value)
+
+
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S")
 
 
 @app.command("list")
@@ -40,60 +43,56 @@ def list_models(
         params["name"] = name
     if owner:
         params["owner"] = owner
-    with RegistryClient() as client:
+    with RegistryServiceClient() as client:
         page = client.json("GET", "/api/v1/models", params=params)
-    if not page["models"]:
+        models = [client.parse(ModelPublic, m, "a model") for m in page["models"]]
+    if not models:
         say("no models registered")
         return
     table = Table(show_header=True)
     for column in ("model", "latest", "aliases", "owner", "updated"):
         table.add_column(column)
-    for model in page["models"]:
-        aliases = ", ".join(f"{a}→{v}" for a, v in model["aliases"].items())
-        table.add_row(
-            model["name"],
-            _fmt(model["latest_version"]),
-            aliases or "-",
-            _fmt(model["owner"]),
-            model["updated_at"][:19].replace("T", " "),
-        )
+    for model in models:
+        aliases = ", ".join(f"{a}→{v}" for a, v in model.aliases.items())
+        updated = _when(model.updated_at)
+        table.add_row(model.name, _fmt(model.latest_version), aliases or "-", _fmt(model.owner), updated)
     console.print(table)
     if page["next_page_token"]:
         say(f"more than {limit} models: narrow with --name / --tag / --owner or raise --limit", err=True)
 
 
-def _show_model(client: RegistryClient, name: str) -> None:
-    model = client.json("GET", _path(name))
-    versions = client.json("GET", f"{_path(name)}/versions", params={"limit": 20})["versions"]
-    say(f"model {model['name']}  owner {_fmt(model['owner'])}  latest version {_fmt(model['latest_version'])}")
-    if model["description"]:
-        say(model["description"])
-    if model["tags"]:
-        say("tags: " + ", ".join(f"{k}={v}" for k, v in model["tags"].items()))
+def _show_model(client: RegistryServiceClient, name: str) -> None:
+    model = client.get_model(name)
+    versions = client.latest_versions(name, 20)
+    say(f"model {model.name}  owner {_fmt(model.owner)}  latest version {_fmt(model.latest_version)}")
+    if model.description:
+        say(model.description)
+    if model.tags:
+        say("tags: " + ", ".join(f"{k}={v}" for k, v in model.tags.items()))
     table = Table(show_header=True, title="versions (newest 20)")
     for column in ("version", "semver", "status", "aliases", "accuracy", "created"):
         table.add_column(column)
     for v in versions:
         table.add_row(
-            str(v["version"]),
-            v["semver"],
-            v["status"],
-            ", ".join(v["aliases"]) or "-",
+            str(v.version),
+            v.semver,
+            v.status.value,
+            ", ".join(v.aliases) or "-",
             # the gate's own measurement once there is one, the registered claim before
-            _fmt((v.get("evaluation_report") or {}).get("accuracy", v["metrics"].get("accuracy"))),
-            v["created_at"][:19].replace("T", " "),
+            _fmt((v.evaluation_report or {}).get("accuracy", v.metrics.get("accuracy"))),
+            _when(v.created_at),
         )
     console.print(table)
 
 
-def _metrics_table(version: dict[str, Any]) -> Table:
+def _metrics_table(version: VersionPublic) -> Table:
     """The gate's own evaluation beside what the trainer claimed, metric by metric."""
     evaluated = {
         key: value
-        for key, value in (version.get("evaluation_report") or {}).items()
+        for key, value in (version.evaluation_report or {}).items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
-    claimed = version["metrics"]
+    claimed = version.metrics
     table = Table(show_header=True, title="metrics")
     table.add_column("metric")
     table.add_column("gate's evaluation", justify="right")
@@ -103,25 +102,24 @@ def _metrics_table(version: dict[str, Any]) -> Table:
     return table
 
 
-def _show_version(version: dict[str, Any]) -> None:
+def _show_version(version: VersionPublic) -> None:
     say(
-        f"{version['name']} version {version['version']} ({version['semver']})  status {version['status']}"
-        f"  aliases {', '.join(version['aliases']) or '-'}"
+        f"{version.name} version {version.version} ({version.semver})  status {version.status.value}"
+        f"  aliases {', '.join(version.aliases) or '-'}"
     )
-    lineage = version["lineage"]
+    lineage = version.lineage
     say(
-        f"run {_fmt(version['run_id'])}  training job {_fmt(lineage['training_job_id'])}"
-        f"  data {_fmt(lineage['dataset_fingerprint'])}  parent {_fmt(lineage['parent_version'])}"
+        f"run {_fmt(version.run_id)}  training job {_fmt(lineage.training_job_id)}"
+        f"  data {_fmt(lineage.dataset_fingerprint)}  parent {_fmt(lineage.parent_version)}"
     )
-    if version["rejection_reasons"]:
-        for reason in version["rejection_reasons"]:
-            say(f"rejected: {reason}")
+    for reason in version.rejection_reasons or []:
+        say(f"rejected: {reason}")
     console.print(_metrics_table(version))
     artifacts = Table(show_header=True, title="artifacts")
     for column in ("role", "uri", "sha256", "size"):
         artifacts.add_column(column, overflow="fold")
-    for role, art in version["artifacts"].items():
-        artifacts.add_row(role, art["uri"], art["sha256"][:12], _fmt(art["size"]))
+    for role, art in version.artifacts.items():
+        artifacts.add_row(role.value, art.uri, art.sha256[:12], _fmt(art.size))
     console.print(artifacts)
 
 
@@ -132,11 +130,11 @@ def show(ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME:VERSI
     if match is None:
         fail(f"cannot read {ref!r}: use NAME, NAME@ALIAS or NAME:VERSION", 2)
     name, alias, number = match["name"], match["alias"], match["version"]
-    with RegistryClient() as client:
+    with RegistryServiceClient() as client:
         if alias:
-            _show_version(client.json("GET", f"{_path(name)}/aliases/{quote(alias, safe='')}"))
+            _show_version(client.get_version_by_alias(name, alias))
         elif number:
-            _show_version(client.json("GET", f"{_path(name)}/versions/{number}"))
+            _show_version(client.get_version(name, int(number)))
         else:
             _show_model(client, name)
 
@@ -149,13 +147,14 @@ def alias(
     reason: Annotated[str | None, typer.Option(help="Why, kept in the alias history.")] = None,
 ) -> None:
     """Point ALIAS at VERSION (protected aliases such as production need an admin GALLERY_TOKEN)."""
-    with RegistryClient() as client:
-        current = {a["alias"]: a["version"] for a in client.json("GET", f"{_path(name)}/aliases")}
-        path = f"{_path(name)}/aliases/{quote(alias_name, safe='')}"
-        moved = client.json("PUT", path, json={"version": version, "reason": reason})
+    with RegistryServiceClient() as client:
+        listed = client.json("GET", f"{model_path(name)}/aliases")
+        current = {a.alias: a.version for a in (client.parse(AliasPublic, a, "an alias") for a in listed)}
+        path = f"{model_path(name)}/aliases/{quote(alias_name, safe='')}"
+        moved = client.parsed(AliasPublic, "PUT", path, json={"version": version, "reason": reason})
     previous = current.get(alias_name)
-    if previous == moved["version"]:
-        say(f"{name}@{moved['alias']} already points at version {previous}")
+    if previous == moved.version:
+        say(f"{name}@{moved.alias} already points at version {previous}")
         return
     origin = f"{previous} → " if previous is not None else ""
-    say(f"{name}@{moved['alias']}: {origin}{moved['version']}")
+    say(f"{name}@{moved.alias}: {origin}{moved.version}")

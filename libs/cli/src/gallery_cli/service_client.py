@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
+from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
+from gallery_common.contracts.registry import ModelPublic, VersionPublic
 
 from .console import fail
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ServiceClient:
@@ -48,11 +54,44 @@ class ServiceClient:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
+    def parsed(self, answer: type[M], method: str, path: str, **kwargs: Any) -> M:
+        """The answer as `answer`; one that is not one exits with what did not fit."""
+        return self.parse(answer, self.json(method, path, **kwargs), f"{method} {path}")
 
-class RegistryClient(ServiceClient):
+    def parse(self, answer: type[M], data: Any, what: str) -> M:
+        try:
+            return answer.model_validate(data)
+        except ValidationError as exc:
+            fail(f"the {self.service} answered {what} with something that is not a {answer.__name__}: {exc}")
+
+
+class RegistryServiceClient(ServiceClient):
+    """The registry's REST API, its reads answered with the registry's own models
+    (`gallery_common.contracts.registry`). Not `gallery_common.registry_client.RegistryClient`, the
+    services' client: that one retries an outage for seconds, this one says at once what is wrong."""
+
     service = "registry"
     url_variable = "GALLERY_REGISTRY_URL"
     default_url = "http://127.0.0.1:8001"
+
+    def get_model(self, name: str) -> ModelPublic:
+        return self.parsed(ModelPublic, "GET", model_path(name))
+
+    def get_version(self, name: str, version: int) -> VersionPublic:
+        return self.parsed(VersionPublic, "GET", f"{model_path(name)}/versions/{version}")
+
+    def get_version_by_alias(self, name: str, alias: str) -> VersionPublic:
+        return self.parsed(VersionPublic, "GET", f"{model_path(name)}/aliases/{quote(alias, safe='')}")
+
+    def latest_versions(self, name: str, limit: int) -> list[VersionPublic]:
+        """The model's newest `limit` versions, newest first."""
+        page = self.json("GET", f"{model_path(name)}/versions", params={"limit": limit})
+        return [self.parse(VersionPublic, v, f"a version of {name}") for v in page["versions"]]
+
+
+def model_path(name: str) -> str:
+    """The registry's path of model `name` (quoted: a CLI argument may hold anything)."""
+    return f"/api/v1/models/{quote(name, safe='')}"
 
 
 class TrainerClient(ServiceClient):

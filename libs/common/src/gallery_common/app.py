@@ -4,15 +4,19 @@
 database and closes them on shutdown, with `/healthz`, `/readyz`, `/metrics`, bearer-token auth and
 a body-size limit checked before a body is read (`access.AccessMiddleware`), and domain errors
 mapped once to HTTP answers of the form `{"error": "..."}`.
+
+A service's `startup(resources, stack)` builds its core on what the lifespan opened, registers what
+it starts on `stack` and returns the core; at shutdown everything stops in the reverse order it
+started (the service's parts, then the bus, then the database), whatever failed on the way up.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request
@@ -30,7 +34,7 @@ from .artifacts import ArtifactStore, open_store
 from .auth import requires
 from .bus import EventBus
 from .db import make_engine, ping
-from .errors import GalleryError
+from .errors import GalleryError, Unavailable
 from .settings import GallerySettings
 from .telemetry import configure_logging, configure_tracing, counter, get_logger, histogram
 
@@ -40,20 +44,33 @@ HTTP_REQUESTS = counter("http_requests_total", "HTTP requests answered", ("servi
 HTTP_DURATION = histogram("http_request_duration_seconds", "HTTP request duration", ("service", "method", "route"))
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class ServiceResources:
-    """What the lifespan opened; routes reach it through `deps.py`."""
+    """What the lifespan opened, and the core the service's startup built; routes reach it through `deps.py`."""
 
     settings: GallerySettings
     bus: EventBus | None = None
     store: ArtifactStore | None = None
     engine: Engine | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    # what `startup` returned (the service's own typed object); None while the service starts or stops
+    core: object | None = None
     # dependencies reported by /readyz that do not decide readiness (the data plane's bus)
     optional: set[str] = field(default_factory=set)
 
+    def core_as(self, kind: type[T]) -> T:
+        """The service's core, which must be a `kind`; Unavailable while the service starts or stops."""
+        core = self.core
+        if not isinstance(core, kind):
+            raise Unavailable(f"the {self.settings.service_name} is starting or stopping")
+        return core
 
-Startup = Callable[[FastAPI, ServiceResources], AbstractAsyncContextManager[None]]
+
+# Builds the service's core on what the lifespan opened, registers what it starts on the stack
+# (each cleanup runs at shutdown, last registered first) and returns the core.
+Startup = Callable[[ServiceResources, AsyncExitStack], Awaitable[object]]
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -172,6 +189,11 @@ def _ops_router() -> APIRouter:
     return router
 
 
+def _stopping(app: FastAPI, resources: ServiceResources) -> None:
+    app.state.started = False
+    resources.core = None
+
+
 def create_app(
     settings: GallerySettings,
     *,
@@ -188,6 +210,10 @@ def create_app(
 ) -> FastAPI:
     """Build a service app; nothing connects until the lifespan runs.
 
+    `startup(resources, stack)` runs once the database, store and bus are open: what it returns is
+    the service's core (`resources.core_as(Kind)`), what it registers on `stack` stops at shutdown
+    before them, last registered first.
+
     With `bus_required=False` the app starts and reports ready without NATS: the bus connects in the
     background (no streams are ensured) and /readyz shows its state without being held back by it.
     `untraced(scope)` names requests FastAPI's own OpenTelemetry spans and metrics skip (hot paths).
@@ -200,34 +226,28 @@ def create_app(
         configure_logging(settings.service_name, settings.log_level)
         configure_tracing(settings.service_name, settings.otlp_endpoint)
         resources: ServiceResources = app.state.resources
-        if use_database:
-            resources.engine = make_engine(settings.resolved_database_url)
-        if use_store:
-            resources.store = await anyio.to_thread.run_sync(open_store, settings.resolved_artifact_root, settings)
-        if use_bus:
-            resources.bus = EventBus.from_settings(settings, source=f"/modelgallery/{settings.service_name}")
-            if bus_required:
-                await resources.bus.connect()
-            else:
-                resources.optional.add("nats")
-                resources.bus.connect_in_background(ensure_streams=False)
-        try:
+        async with AsyncExitStack() as stack:
+            stack.callback(log.info, "service stopped")
+            if use_database:
+                resources.engine = make_engine(settings.resolved_database_url)
+                stack.callback(resources.engine.dispose)
+            if use_store:
+                resources.store = await anyio.to_thread.run_sync(open_store, settings.resolved_artifact_root, settings)
+            if use_bus:
+                bus = resources.bus = EventBus.from_settings(settings, source=f"/modelgallery/{settings.service_name}")
+                stack.push_async_callback(bus.close)
+                if bus_required:
+                    await bus.connect()
+                else:
+                    resources.optional.add("nats")
+                    bus.connect_in_background(ensure_streams=False)
             if startup is not None:
-                async with startup(app, resources):
-                    app.state.started = True
-                    log.info("service started", host=settings.bind_host, port=settings.port)
-                    yield
-            else:
-                app.state.started = True
-                log.info("service started", host=settings.bind_host, port=settings.port)
-                yield
-        finally:
-            app.state.started = False
-            if resources.bus is not None:
-                await resources.bus.close()
-            if resources.engine is not None:
-                resources.engine.dispose()
-            log.info("service stopped")
+                resources.core = await startup(resources, stack)
+            # the first thing shutdown does: routes answer 503 and /readyz "not ready" from here on
+            stack.callback(_stopping, app, resources)
+            app.state.started = True
+            log.info("service started", host=settings.bind_host, port=settings.port)
+            yield
 
     app = FastAPI(
         title=title,

@@ -514,15 +514,33 @@ class EventBus:
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent `limit` dead letters, oldest first."""
-        state = (await self.js.stream_info(DLQ_STREAM)).state
-        seq = max(state.first_seq, state.last_seq - limit + 1, 1)
-        out: list[DeadLetter] = []
-        while seq <= state.last_seq and len(out) < limit:
+        return [DeadLetter.from_raw(raw) for raw in await self._stored(DLQ_STREAM, f"{DLQ_PREFIX}>", limit)]
+
+    async def stored_events(self) -> list[CloudEvent[Any]]:
+        """Every lifecycle event the stream holds at the time of the call, oldest first.
+
+        Unlike `tail`, it ends: it reads up to the stream's last sequence as the call finds it.
+        Messages that are not valid events are skipped (they are in the dead-letter stream).
+        """
+        events: list[CloudEvent[Any]] = []
+        for raw in await self._stored(EVENTS_STREAM, f"{SUBJECT_PREFIX}.>"):
             try:
-                raw = await self.js.get_msg(DLQ_STREAM, seq=seq, subject=f"{DLQ_PREFIX}>", next=True)
+                events.append(parse_event(raw.data or b""))
+            except InvalidEvent:
+                continue
+        return events
+
+    async def _stored(self, stream: str, subject: str, limit: int | None = None) -> list[api.RawStreamMsg]:
+        """The messages of `stream` on `subject` up to its last sequence now (the last `limit` of them)."""
+        state = (await self.js.stream_info(stream)).state
+        seq = max(state.first_seq, 1 if limit is None else state.last_seq - limit + 1, 1)
+        out: list[api.RawStreamMsg] = []
+        while seq <= state.last_seq and (limit is None or len(out) < limit):
+            try:
+                raw = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
             except js_errors.NotFoundError:
                 break
-            out.append(DeadLetter.from_raw(raw))
+            out.append(raw)
             seq = (raw.seq or seq) + 1
         return out
 

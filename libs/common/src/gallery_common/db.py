@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Column, DateTime, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Field, Session, create_engine
+from sqlmodel import Field, create_engine
 
 
 def make_engine(url: str) -> Engine:
@@ -37,11 +36,6 @@ def ping(engine: Engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def session_scope(engine: Engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        yield session
-
-
 def new_id() -> str:
     """A short random id for rows a service creates (jobs, runs)."""
     return uuid.uuid4().hex[:16]
@@ -49,6 +43,14 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(value: None) -> None: ...
 
 
 def as_utc(value: datetime | None) -> datetime | None:

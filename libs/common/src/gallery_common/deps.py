@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel import Session
 
+from .app import ServiceResources
 from .artifacts import ArtifactStore
 from .auth import Caller, authorize, require_admin
 from .bus import EventBus
@@ -19,22 +20,27 @@ def get_app_settings(request: Request) -> GallerySettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+def get_resources(request: Request) -> ServiceResources:
+    """What the app's lifespan opened, and the service's core (`core_as`)."""
+    return request.app.state.resources  # type: ignore[no-any-return]
+
+
 def get_bus(request: Request) -> EventBus:
-    bus = request.app.state.resources.bus
+    bus = get_resources(request).bus
     if bus is None:
         raise Unavailable("this service has no event bus")
-    return bus  # type: ignore[no-any-return]
+    return bus
 
 
 def get_store(request: Request) -> ArtifactStore:
-    store = request.app.state.resources.store
+    store = get_resources(request).store
     if store is None:
         raise Unavailable("this service has no artifact store")
-    return store  # type: ignore[no-any-return]
+    return store
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    engine = request.app.state.resources.engine
+    engine = get_resources(request).engine
     if engine is None:
         raise Unavailable("this service has no database")
     with Session(engine) as session:

@@ -13,34 +13,13 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .contracts.names import MODEL_NAME_PATTERN
+from .contracts.refs import ArtifactRef, Lineage, Signature
+from .contracts.refs import TensorSpec as TensorSpec
+
 SUBJECT_PREFIX = "model"
 TYPE_PREFIX = "io.modelgallery.model"
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-
-
-class ArtifactRef(BaseModel):
-    """A pointer to bytes in an artifact store, with the digest that proves them."""
-
-    model_config = ConfigDict(frozen=True)
-
-    uri: str = Field(pattern=r"^(file|s3)://")
-    sha256: str = Field(pattern=SHA256_PATTERN)
-    size: int | None = Field(default=None, ge=0)
-    format: str | None = None
-
-
-class TensorSpec(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-
-
-class Signature(BaseModel):
-    """Input and output tensors of a model; -1 marks a variable dimension."""
-
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+NAME_PATTERN = MODEL_NAME_PATTERN
 
 
 class Payload(BaseModel):
@@ -58,13 +37,6 @@ class Payload(BaseModel):
 
 class VersionedPayload(Payload):
     version: int = Field(ge=1)
-
-
-class Lineage(BaseModel):
-    training_job_id: str | None = None
-    dataset_fingerprint: str | None = None
-    config_hash: str | None = None
-    parent_version: int | None = None
 
 
 class ModelTrained(Payload):

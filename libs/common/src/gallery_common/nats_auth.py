@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .consumer import DLQ_PREFIX
+from .contracts.names import INFER_PREFIX, JOB_STATUS_PREFIX, JOBS_PREFIX, SAMPLE_PREFIX
 from .events import subject_for
 from .settings import GallerySettings
 
 EVENTS_STREAM = "MODEL_EVENTS"
 DLQ_STREAM = "DEAD_LETTERS"
 JOBS_STREAM = "INFER_JOBS"
-SAMPLES = "inference.sample.>"
+SAMPLES = f"{SAMPLE_PREFIX}>"
 PASSWORD_SUFFIX = ".password"
 
 
@@ -138,16 +139,16 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
             f"$JS.API.CONSUMER.INFO.{JOBS_STREAM}.>",
             f"$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.>",
             f"$JS.ACK.{JOBS_STREAM}.>",
-            "infer.jobs.status.>",
+            f"{JOB_STATUS_PREFIX}>",
         ),
-        ("infer.*", f"{inbox_prefix('modelserver')}.>"),
+        (f"{INFER_PREFIX}*", f"{inbox_prefix('modelserver')}.>"),
         allow_responses=True,
     )
     # the operator's tool: reads every event and dead letter, calls models and submits batch jobs
     found["cli"] = Principal(
         "cli",
-        (*_read_events("cli"), "infer.*", "infer.jobs.*", f"$JS.API.STREAM.INFO.{JOBS_STREAM}"),
-        (f"{inbox_prefix('cli')}.>", "infer.jobs.status.>"),
+        (*_read_events("cli"), f"{INFER_PREFIX}*", f"{JOBS_PREFIX}*", f"$JS.API.STREAM.INFO.{JOBS_STREAM}"),
+        (f"{inbox_prefix('cli')}.>", f"{JOB_STATUS_PREFIX}>"),
     )
     for name in services:
         if name not in found:

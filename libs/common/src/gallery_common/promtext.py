@@ -1,6 +1,7 @@
 """Reading Prometheus figures the services export: a latency quantile from histogram buckets.
 
-Shared by the deployer's canary analysis and the monitor, so both compute p99 the same way.
+Read through `gallery_common.contracts.serving_metrics`, so the deployer's canary analysis and the
+monitor compute p99 the same way.
 """
 
 from __future__ import annotations

@@ -1,21 +1,26 @@
 """A small blocking client of the registry's REST API for services: versions, artifacts, aliases.
 
 Blocking (httpx): call it from a worker thread or a plain `def` route. An unreachable registry or
-a 5xx answer is retried with backoff (both calls are idempotent: attaching the same sha256 again
+a 5xx answer is retried with backoff (every call is idempotent: attaching the same sha256 again
 is a no-op, and moving an alias to where it points is too), so a registry restart does not fail an
-hour of optimization or a rollout.
+hour of optimization or a rollout. Answers are the registry's own models
+(`gallery_common.contracts.registry`), read with the `RegistryReader` reads its store offers too.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from gallery_common.contracts.registry import AliasPublic, ArtifactPublic, ModelPublic, RegistryReader, VersionPublic
 from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ArtifactRef
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class RegistryUnavailable(Unavailable):
@@ -26,7 +31,7 @@ class RegistryUnavailable(Unavailable):
         self.retryable = retryable
 
 
-class RegistryClient:
+class RegistryClient(RegistryReader):
     """The registry at `base_url`, called with `token` as bearer when given."""
 
     def __init__(
@@ -46,36 +51,48 @@ class RegistryClient:
     def close(self) -> None:
         self._http.close()
 
-    def get_version(self, model: str, version: int) -> dict[str, Any]:
-        """The version as the registry shows it (artifacts by role, class names, signature, ...)."""
-        return self._call("GET", f"/api/v1/models/{model}/versions/{version}", what=f"{model}:{version}")
+    def get_model(self, model: str, /) -> ModelPublic:
+        return self._read(ModelPublic, "GET", f"/api/v1/models/{model}", what=f"model {model}")
 
-    def attach_artifact(self, model: str, version: int, role: str, ref: ArtifactRef) -> dict[str, Any]:
+    def get_version(self, model: str, version: int, /) -> VersionPublic:
+        return self._read(VersionPublic, "GET", f"/api/v1/models/{model}/versions/{version}", what=f"{model}:{version}")
+
+    def get_version_by_alias(self, model: str, alias: str, /) -> VersionPublic:
+        return self._read(
+            VersionPublic, "GET", f"/api/v1/models/{model}/aliases/{alias}", what=f"alias {model}@{alias}"
+        )
+
+    def attach_artifact(self, model: str, version: int, role: str, ref: ArtifactRef) -> ArtifactPublic:
         """Record `ref` as the version's `role` artifact; the same sha256 again is a no-op, another is Conflict."""
-        return self._call(
+        return self._read(
+            ArtifactPublic,
             "PUT",
             f"/api/v1/models/{model}/versions/{version}/artifacts/{role}",
             what=f"{role} artifact of {model}:{version}",
             json=ref.model_dump(mode="json", exclude_none=True),
         )
 
-    def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, Any]:
+    def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> AliasPublic:
         """Point `model@alias` at `version`, recorded in the alias history with `reason`."""
-        return self._call(
+        return self._read(
+            AliasPublic,
             "PUT",
             f"/api/v1/models/{model}/aliases/{alias}",
             what=f"alias {model}@{alias}",
             json={"version": version, "reason": reason},
         )
 
-    def get_alias(self, model: str, alias: str) -> dict[str, Any] | None:
-        """The version `model@alias` points at, or None when the alias is not set."""
+    def _read(self, answer: type[M], method: str, path: str, *, what: str, json: Any = None) -> M:
+        """The call's answer as `answer`; an answer that is not one is the registry failing, not retried."""
+        body = self._call(method, path, what=what, json=json)
         try:
-            return self._call("GET", f"/api/v1/models/{model}/aliases/{alias}", what=f"alias {model}@{alias}")
-        except NotFound:
-            return None
+            return answer.model_validate(body)
+        except ValidationError as exc:
+            raise RegistryUnavailable(
+                f"registry answered {what} with something that is not a {answer.__name__}: {exc}"
+            ) from None
 
-    def _call(self, method: str, path: str, *, what: str, json: Any = None) -> dict[str, Any]:
+    def _call(self, method: str, path: str, *, what: str, json: Any = None) -> Any:
         for delay in (*self.retry_delays, None):
             try:
                 return self._call_once(method, path, what=what, json=json)
@@ -85,7 +102,7 @@ class RegistryClient:
                 time.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _call_once(self, method: str, path: str, *, what: str, json: Any = None) -> dict[str, Any]:
+    def _call_once(self, method: str, path: str, *, what: str, json: Any = None) -> Any:
         try:
             response = self._http.request(method, path, json=json)
         except httpx.HTTPError as exc:
@@ -93,7 +110,7 @@ class RegistryClient:
                 f"registry at {self.base_url} unreachable ({type(exc).__name__}: {exc})", retryable=True
             ) from exc
         if response.is_success:
-            return response.json()  # type: ignore[no-any-return]
+            return response.json()
         message = _error_message(response)
         status = response.status_code
         if status == 404:

@@ -8,20 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 import httpx
 from fastapi import FastAPI
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from gallery_common.app import ServiceResources, create_app
-from gallery_common.bus import EventBus
-from gallery_common.consumer import Consumer
-from gallery_common.events import CloudEvent, ModelDegraded
+from gallery_common.events import CloudEvent, ModelDegraded, Payload
 from gallery_common.registry_client import RegistryClient
+from gallery_common.router import EventRouter
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
@@ -50,15 +49,15 @@ def default_slo(settings: MonitorSettings) -> Slo:
     )
 
 
-def start_timeline_consumer(bus: EventBus, monitor: Monitor) -> Consumer:
+def timeline_events(monitor: Monitor) -> EventRouter:
     """The durable consumer `monitor` of every lifecycle event; a redelivered event is stored once."""
+    events = EventRouter(DURABLE, ack_wait=30.0, batch=50)
 
-    async def handle(event: CloudEvent[Any]) -> None:
+    @events.on(Payload)
+    async def record(_: Payload, event: CloudEvent[Any]) -> None:
         await anyio.to_thread.run_sync(monitor.timeline.record, event)
 
-    consumer = bus.consumer(DURABLE, handle, events=None, ack_wait=30.0, batch=50)
-    consumer.start()
-    return consumer
+    return events
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -67,18 +66,23 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+async def _unsubscribe(subscription: Subscription) -> None:
+    with contextlib.suppress(Exception):
+        await subscription.unsubscribe()
+
+
 def create(settings: MonitorSettings | None = None) -> FastAPI:
     """Build the monitor app (settings from the environment when not given)."""
     settings = settings or load_settings(MonitorSettings)
 
-    @asynccontextmanager
-    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Monitor:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         bus = resources.bus
         await anyio.to_thread.run_sync(create_tables, resources.engine)
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         # few retries: a reference that cannot be had now is asked for again after reference_retry_s
         registry = RegistryClient(settings.registry_url, token, timeout=10.0, retry_delays=(0.5, 1.0))
+        stack.callback(registry.close)
         references = ReferenceCache(
             registry_split_loader(registry, resources.store),
             max_rows=settings.reference_max_rows,
@@ -104,9 +108,10 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
         async def publish(payload: ModelDegraded, event_id: str) -> None:
             await bus.publish(payload, event_id=event_id)
 
+        client = await stack.enter_async_context(httpx.AsyncClient(headers=settings.scrape_headers))
+        await stack.enter_async_context(timeline_events(monitor).consumer(bus))
         subscription = await bus.nc.subscribe(settings.sample_subject, cb=on_sample)
-        consumer = start_timeline_consumer(bus, monitor)
-        client = httpx.AsyncClient(headers=settings.scrape_headers)
+        stack.push_async_callback(_unsubscribe, subscription)
         scraper = Scraper(
             series,
             client,
@@ -117,22 +122,10 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
             extra_targets=tuple(settings.scrape_targets),
         )
         loop = asyncio.get_running_loop()
-        tasks = [
-            loop.create_task(scraper.run(), name="monitor-scraper"),
-            loop.create_task(run_evaluator(monitor, publish, settings.evaluate_interval_s), name="monitor-evaluator"),
-        ]
-        resources.extras[routes.MONITOR_KEY] = monitor
-        try:
-            yield
-        finally:
-            resources.extras.pop(routes.MONITOR_KEY, None)
-            for task in tasks:
-                await _cancel(task)
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
-            await consumer.stop()
-            await client.aclose()
-            registry.close()
+        evaluator = run_evaluator(monitor, publish, settings.evaluate_interval_s)
+        stack.push_async_callback(_cancel, loop.create_task(scraper.run(), name="monitor-scraper"))
+        stack.push_async_callback(_cancel, loop.create_task(evaluator, name="monitor-evaluator"))
+        return monitor
 
     return create_app(
         settings,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from gallery_common.contracts.serving_metrics import compare
 from gallery_common.errors import NotFound
 
 from .alerts import AlertBook
@@ -25,6 +24,7 @@ from .samples import SampleBook
 from .series import Figures, SeriesBook
 from .slos import SloStore
 from .timeline import TimelineStore
+from .views import CanaryView, DriftView, FiguresView, SeriesPoint
 
 
 def registry_version(label: str | None) -> int | None:
@@ -36,10 +36,6 @@ def registry_version(label: str | None) -> int | None:
 
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
-
-
-def figures_json(figures: Figures) -> dict[str, Any]:
-    return asdict(figures)
 
 
 class Monitor:
@@ -78,40 +74,46 @@ class Monitor:
     def rule(self, slo: Slo) -> DriftRule:
         return DriftRule(psi_threshold=slo.drift_psi, ks_alpha=self.ks_alpha, min_samples=slo.drift_min_samples)
 
-    def figures(self, model: str, window_s: float) -> dict[str, Any]:
+    def figures(self, model: str, window_s: float) -> FiguresView:
         """Serving figures per version and variant over the window, the cache hit rate and the series."""
         now = self.clock()
         series = [
-            {"t": iso(t), "version": f.version, "rps": f.rps, "error_rate": f.error_rate, "p99_ms": f.p99_ms}
+            SeriesPoint(t=iso(t), version=f.version, rps=f.rps, error_rate=f.error_rate, p99_ms=f.p99_ms)
             for t, f in self.series.points(model, window_s, now)
         ]
-        return {
-            "model": model,
-            "window_s": window_s,
-            "versions": [figures_json(f) for f in self.series.figures(model, window_s, now)],
-            "cache_hit_rate": self.series.cache_hit_rate(model, window_s, now),
-            "series": series,
-        }
+        return FiguresView(
+            model=model,
+            window_s=window_s,
+            versions=self.series.figures(model, window_s, now),
+            cache_hit_rate=self.series.cache_hit_rate(model, window_s, now),
+            series=series,
+        )
 
-    def canary(self, model: str, window_s: float, overview: ModelOverview) -> dict[str, Any]:
-        """The canary's figures beside the baseline's (production) over the window."""
+    def canary(self, model: str, window_s: float, overview: ModelOverview) -> CanaryView:
+        """The canary's figures beside the baseline's (production) over the window, and the comparison the
+        deployer's canary analysis judges (`gallery_common.contracts.serving_metrics.compare`)."""
         now = self.clock()
         stages = {v.version: v for v in overview.versions}
         canaries = [v for v in overview.versions if v.stage == "canary"]
+        canary = canaries[-1].version if canaries else None
         baseline = overview.aliases.get("production")
+        counts = {
+            version: self.series.version_counts(model, str(version), window_s, now)
+            for version in (canary, baseline)
+            if version is not None
+        }
 
-        def of(version: int | None) -> dict[str, Any] | None:
+        def of(version: int | None) -> Figures | None:
             if version is None:
                 return None
             variant = stages[version].variant if version in stages else None
-            return figures_json(self.series.version_figures(model, str(version), window_s, now, variant or ""))
+            served, seconds = counts[version]
+            return Figures.of(str(version), variant or "", served, seconds)
 
-        return {
-            "model": model,
-            "window_s": window_s,
-            "canary": of(canaries[-1].version if canaries else None),
-            "baseline": of(baseline),
-        }
+        compared = None
+        if canary is not None and baseline is not None:
+            compared = compare(counts[canary][0], counts[baseline][0])
+        return CanaryView(model=model, window_s=window_s, canary=of(canary), baseline=of(baseline), comparison=compared)
 
     def drift_report(self, model: str, version: str, window_s: float, rule: DriftRule) -> DriftReport:
         """Drift of the version's samples over the last window (blocking: may load the reference)."""
@@ -129,7 +131,7 @@ class Monitor:
             return DriftReport(samples=len(rows), reasons=[f"no training reference: {exc}"])
         return evaluate_drift(reference, rows, predictions, rule)
 
-    def drift(self, model: str, version: int | None, window_s: float | None) -> dict[str, Any]:
+    def drift(self, model: str, version: int | None, window_s: float | None) -> DriftView:
         """The drift view of one version (default: the one sampled last) over its SLO window (blocking)."""
         self.require(model)
         slo = self.slos.get(model)
@@ -139,13 +141,13 @@ class Monitor:
             report = DriftReport(samples=0, reasons=[f"no samples of {model} yet"])
         else:
             report = self.drift_report(model, label, window, self.rule(slo))
-        return {
-            "model": model,
-            "version": registry_version(label),
-            "window_s": window,
-            "samples": report.samples,
-            "features": [asdict(f) for f in report.features],
-            "prediction_psi": report.prediction_psi,
-            "drifted": report.drifted,
-            "reasons": report.reasons,
-        }
+        return DriftView(
+            model=model,
+            version=registry_version(label),
+            window_s=window,
+            samples=report.samples,
+            features=report.features,
+            prediction_psi=report.prediction_psi,
+            drifted=report.drifted,
+            reasons=report.reasons,
+        )

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
-from gallery_common.contracts import NpzMissingArrays, NpzRefused, NpzUnreadable, read_features
+from gallery_common.contracts import NpzMissingArrays, NpzRefused, NpzUnreadable, RegistryReader, read_features
 from gallery_common.errors import GalleryError
-from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import get_logger
 
 from .drift import Reference
@@ -33,7 +32,7 @@ class ReferenceUnavailable(Exception):
     """No training reference for a version; the message says why."""
 
 
-def registry_split_loader(registry: RegistryClient, store: ArtifactStore) -> SplitLoader:
+def registry_split_loader(registry: RegistryReader, store: ArtifactStore) -> SplitLoader:
     """Load `x` and `y` of a version's train_split: its URI and sha256 from the registry, the bytes from the store."""
 
     def load(model: str, version: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -41,11 +40,11 @@ def registry_split_loader(registry: RegistryClient, store: ArtifactStore) -> Spl
             found = registry.get_version(model, version)
         except GalleryError as exc:
             raise ReferenceUnavailable(f"registry: {exc.message}") from exc
-        artifact = (found.get("artifacts") or {}).get(TRAIN_SPLIT)
-        if not artifact:
+        artifact = found.artifact(TRAIN_SPLIT)
+        if artifact is None:
             raise ReferenceUnavailable(f"{model}:{version} has no {TRAIN_SPLIT} artifact in the registry")
         try:
-            data = store.get(artifact["uri"], artifact.get("sha256"))
+            data = store.get(artifact.uri, artifact.sha256)
         except GalleryError as exc:
             raise ReferenceUnavailable(f"{TRAIN_SPLIT} of {model}:{version}: {exc.message}") from exc
         return read_split(data, f"{TRAIN_SPLIT} of {model}:{version}")

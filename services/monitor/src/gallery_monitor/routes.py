@@ -6,29 +6,27 @@ read only the in-memory series are `async def`, on the event loop that writes th
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from gallery_common.auth import requires
-from gallery_common.errors import InvalidRequest, Unavailable
+from gallery_common.deps import get_resources
+from gallery_common.errors import InvalidRequest
 from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
 
 from .core import Monitor
 from .models import AlertPublic, ModelOverview, SloPublic, SloUpdate, TimelineItem
+from .views import CanaryView, DriftView, FiguresView
 
-MONITOR_KEY = "monitor"
 router = APIRouter(prefix="/api/v1", tags=["monitor"])
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the model's name")]
 
 
 def get_monitor(request: Request) -> Monitor:
-    monitor = request.app.state.resources.extras.get(MONITOR_KEY)
-    if monitor is None:
-        raise Unavailable("the monitor is starting or stopping")
-    return monitor  # type: ignore[no-any-return]
+    return get_resources(request).core_as(Monitor)
 
 
 MonitorDep = Annotated[Monitor, Depends(get_monitor)]
@@ -54,7 +52,7 @@ def timeline(model: ModelName, monitor: MonitorDep) -> list[TimelineItem]:
 
 
 @router.get("/models/{model}/figures", summary="Throughput, errors, latency and batch size per version over a window")
-async def figures(model: ModelName, monitor: MonitorDep, window_s: WindowQuery = 60.0) -> dict[str, Any]:
+async def figures(model: ModelName, monitor: MonitorDep, window_s: WindowQuery = 60.0) -> FiguresView:
     _check_window(monitor, window_s)
     if not monitor.series.knows(model):
         await anyio.to_thread.run_sync(monitor.require, model)
@@ -67,7 +65,7 @@ def drift(
     monitor: MonitorDep,
     version: Annotated[int | None, Query(ge=1, description="default: the version sampled last")] = None,
     window_s: Annotated[float | None, Query(gt=0, description="default: the model's SLO window")] = None,
-) -> dict[str, Any]:
+) -> DriftView:
     return monitor.drift(model, version, window_s)
 
 
@@ -95,7 +93,7 @@ def put_slo(model: ModelName, update: SloUpdate, monitor: MonitorDep) -> SloPubl
 
 
 @router.get("/canary/{model}", summary="The canary's figures beside production's over a window")
-def canary(model: ModelName, monitor: MonitorDep, window_s: WindowQuery = 60.0) -> dict[str, Any]:
+def canary(model: ModelName, monitor: MonitorDep, window_s: WindowQuery = 60.0) -> CanaryView:
     _check_window(monitor, window_s)
     monitor.require(model)
     overview = monitor.timeline.overview(model)

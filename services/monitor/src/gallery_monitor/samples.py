@@ -1,8 +1,9 @@
 """Sampled requests from the gateway, kept per model version in numpy ring buffers.
 
-Ingest is the hot path (thousands of samples a second): parse the JSON once, copy the first input
-tensor's rows and the argmax of the first output into preallocated arrays, nothing else. Windows
-are cut out (copied) only when drift is evaluated.
+Ingest is the hot path (thousands of samples a second): parse the JSON once, decode the first input
+tensor and the first output with the OIP codec (`gallery_common.contracts.oip`), copy the rows and
+the top classes into preallocated arrays, nothing else. Windows are cut out (copied) only when drift
+is evaluated.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from gallery_common.contracts.oip import decode_tensor, top_classes
 from gallery_common.telemetry import counter
 
 NO_PREDICTION = -1
+_FEATURES = np.dtype(np.float32)  # every sampled tensor is read as FP32, whatever its datatype
 
 _SAMPLES = counter("monitor_samples_total", "Sampled requests received from the gateway, by outcome.", ("outcome",))
 _ACCEPTED = _SAMPLES.labels("accepted")
@@ -42,32 +45,29 @@ def parse_sample(raw: bytes) -> Sample:
     try:
         doc = orjson.loads(raw)
         model = doc["model"]
-        tensor = doc["inputs"][0]
-        shape = tensor["shape"]
-        rows = np.asarray(tensor["data"], dtype=np.float32)
+        rows = decode_tensor(doc["inputs"][0], _FEATURES)
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise InvalidSample(f"not a sample with a numeric first input: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, str) or not model:
         raise InvalidSample("the sample names no model")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+    shape = list(rows.shape)
+    if not shape or not all(shape):
         raise InvalidSample(f"the first input's shape {shape!r} is not a list of positive sizes")
     count = shape[0] if len(shape) > 1 else 1
-    if rows.size != int(np.prod(shape)):
-        raise InvalidSample(f"the first input holds {rows.size} values, its shape {shape} says {int(np.prod(shape))}")
     rows = rows.reshape(count, -1)
     return Sample(model, str(doc.get("version") or ""), str(doc.get("variant") or ""), rows, _predictions(doc, count))
 
 
 def _predictions(doc: dict[str, object], count: int) -> np.ndarray:
-    """Argmax of the first output per row; -1 for every row when there is no usable class output."""
+    """The top class of the first output per row; -1 for every row when there is no usable class output."""
     outputs = doc.get("outputs")
     try:
-        scores = np.asarray(outputs[0]["data"], dtype=np.float32)  # type: ignore[index]
+        scores = decode_tensor(outputs[0], _FEATURES)  # type: ignore[index]
     except (KeyError, IndexError, TypeError, ValueError):
         return np.full(count, NO_PREDICTION, dtype=np.int32)
-    if scores.size < 2 * count or scores.size % count:
+    if scores.size < 2 * count or scores.size % count:  # one value per row is a regression, not a class
         return np.full(count, NO_PREDICTION, dtype=np.int32)
-    return scores.reshape(count, -1).argmax(axis=1).astype(np.int32)
+    return top_classes(scores.reshape(count, -1)).astype(np.int32)
 
 
 class SampleWindow:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import anyio
 import httpx
 
+from gallery_common.contracts.serving_metrics import ServingPage, parse_page
 from gallery_common.telemetry import counter, gauge, get_logger, histogram
 
-from .promtext import ScrapedPage, parse_metrics
 from .series import SeriesBook
 
 log = get_logger(__name__)
@@ -106,13 +106,13 @@ class Scraper:
         self._ok(url)
         return sorted(set(endpoints))
 
-    async def scrape(self, target: Target) -> ScrapedPage | None:
+    async def scrape(self, target: Target) -> ServingPage | None:
         """Fetch and parse one target's `/metrics`; None (logged once per outage) when that fails."""
         started = time.perf_counter()
         try:
             response = await self.client.get(f"{target.url}/metrics", timeout=self.timeout_s)
             response.raise_for_status()
-            page = await anyio.to_thread.run_sync(parse_metrics, response.text)
+            page = await anyio.to_thread.run_sync(parse_page, response.text)
         except (httpx.HTTPError, ValueError) as exc:
             SCRAPE_FAILURES.labels(target.kind).inc()
             self._warn(target.url, f"{type(exc).__name__}: {exc}", "scrape_failed")
@@ -124,7 +124,7 @@ class Scraper:
         self._ok(target.url)
         return page
 
-    async def scrape_round(self) -> dict[str, ScrapedPage | None]:
+    async def scrape_round(self) -> dict[str, ServingPage | None]:
         """Scrape every target at once and add the round to the series."""
         targets = await self.targets()
         pages = await asyncio.gather(*(self.scrape(t) for t in targets))

@@ -13,9 +13,14 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gallery_common.promtext import histogram_quantile
-
-from .promtext import CacheCounts, ScrapedPage, SeriesKey, ServingCounts, summed
+from gallery_common.contracts.serving_metrics import (
+    CacheCounts,
+    Scrape,
+    SeriesKey,
+    ServingCounts,
+    ServingPage,
+    summed,
+)
 
 
 @dataclass(frozen=True)
@@ -49,22 +54,17 @@ class Figures:
 
     @classmethod
     def of(cls, version: str, variant: str, counts: ServingCounts, seconds: float) -> Figures:
-        total = counts.total
-
-        def ms(q: float) -> float | None:
-            value = histogram_quantile(q, counts.buckets)
-            return None if value is None else round(value * 1000, 3)
-
+        total, error_rate, batch_size = counts.total, counts.error_rate, counts.batch_size_mean
         return cls(
             version=version,
             variant=variant,
             requests=int(total),
             rps=round(total / seconds, 3) if seconds > 0 else 0.0,
-            error_rate=round(counts.errors / total, 6) if total else None,
-            p50_ms=ms(0.50),
-            p95_ms=ms(0.95),
-            p99_ms=ms(0.99),
-            batch_size_mean=round(counts.batch_sum / counts.batch_count, 3) if counts.batch_count else None,
+            error_rate=None if error_rate is None else round(error_rate, 6),
+            p50_ms=counts.quantile_ms(0.50),
+            p95_ms=counts.quantile_ms(0.95),
+            p99_ms=counts.quantile_ms(0.99),
+            batch_size_mean=None if batch_size is None else round(batch_size, 3),
         )
 
 
@@ -76,10 +76,10 @@ class SeriesBook:
         self._maxlen = math.ceil(retention_s / interval_s) + 2
         self._points: dict[SeriesKey, deque[Point]] = {}
         self._cache: dict[str, deque[CachePoint]] = {}
-        self._last: dict[str, ScrapedPage] = {}  # target → its previous page
+        self._last: dict[str, ServingPage] = {}  # target → its previous page
         self._last_round: float | None = None
 
-    def record(self, now: float, pages: Mapping[str, ScrapedPage | None]) -> None:
+    def record(self, now: float, pages: Mapping[str, ServingPage | None]) -> None:
         """Add one scrape round: `pages` maps every current target to its page, or None when it failed.
 
         A failed target keeps its previous counters, so its next page covers the gap; a target no
@@ -87,29 +87,17 @@ class SeriesBook:
         """
         dt = now - self._last_round if self._last_round is not None else None
         self._last_round = now
-        serving: dict[SeriesKey, list[ServingCounts]] = {}
-        cache: dict[str, CacheCounts] = {}
-        for target, page in pages.items():
-            if page is None:
-                continue
-            earlier = self._last.get(target)
-            self._last[target] = page
-            if earlier is None or dt is None:
-                continue  # the first page of a target is only the baseline
-            for key, served in page.serving.items():
-                serving.setdefault(key, []).append(served.minus(earlier.serving.get(key, ServingCounts())))
-            for model, cached in page.cache.items():
-                delta = cached.minus(earlier.cache.get(model, CacheCounts()))
-                total = cache.setdefault(model, CacheCounts())
-                total.hits += delta.hits
-                total.misses += delta.misses
+        scraped = {target: page for target, page in pages.items() if page is not None}
+        # the first page of a target is only the baseline
+        window = Scrape({t: page for t, page in scraped.items() if t in self._last}).since(Scrape(self._last))
+        self._last.update(scraped)
         for target in set(self._last) - set(pages):
             del self._last[target]
         if dt is None:
             return
-        for key, deltas in serving.items():
-            self._points.setdefault(key, deque(maxlen=self._maxlen)).append(Point(now, dt, summed(deltas)))
-        for model, totals in cache.items():
+        for key, counts in window.serving.items():
+            self._points.setdefault(key, deque(maxlen=self._maxlen)).append(Point(now, dt, counts))
+        for model, totals in window.cache.items():
             self._cache.setdefault(model, deque(maxlen=self._maxlen)).append(CachePoint(now, totals))
         self._forget_before(now - self.retention_s)
 
@@ -142,13 +130,18 @@ class SeriesBook:
                 out.append(Figures.of(key.version, key.variant, summed(p.counts for p in points), seconds))
         return out
 
-    def version_figures(self, model: str, version: str, window_s: float, now: float, variant: str = "") -> Figures:
-        """One version's figures over the window, all its variants together (zeros when it saw nothing)."""
+    def version_counts(self, model: str, version: str, window_s: float, now: float) -> tuple[ServingCounts, float]:
+        """One version's counts over the window, all its variants together, and the seconds they cover."""
         since = now - window_s
         windows = [self._window(key, since) for key in self.keys_of(model) if key.version == version]
         points = [p for w in windows for p in w]
         seconds = min(window_s, max((sum(p.dt for p in w) for w in windows), default=0.0))
-        return Figures.of(version, variant, summed(p.counts for p in points), seconds)
+        return summed(p.counts for p in points), seconds
+
+    def version_figures(self, model: str, version: str, window_s: float, now: float, variant: str = "") -> Figures:
+        """One version's figures over the window, all its variants together (zeros when it saw nothing)."""
+        counts, seconds = self.version_counts(model, version, window_s, now)
+        return Figures.of(version, variant, counts, seconds)
 
     def versions(self, model: str) -> set[str]:
         return {key.version for key in self.keys_of(model)}

@@ -7,8 +7,9 @@ imported by the worker when a job runs, so the service starts and answers `/read
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,8 +21,9 @@ from gallery_common.registry_client import RegistryClient
 from gallery_common.settings import load_settings
 
 from . import routes
-from .consumer import start_consumer
+from .consumer import validated_events
 from .jobs import JobStore, create_tables
+from .routes import OptimizerCore
 from .settings import OptimizerSettings
 from .worker import BundleFn, JobRunner, OptimizeFn, default_pipeline
 
@@ -34,13 +36,13 @@ def create(
     """Build the optimizer app; `pipeline` replaces the real optimization library (tests use a small fake)."""
     settings = settings or load_settings(OptimizerSettings)
 
-    @asynccontextmanager
-    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> OptimizerCore:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         await anyio.to_thread.run_sync(create_tables, resources.engine)
         jobs = JobStore(resources.engine)
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         registry = RegistryClient(settings.registry_url, token, timeout=settings.registry_timeout)
+        stack.callback(registry.close)
         runner = JobRunner(
             jobs=jobs,
             store=resources.store,
@@ -53,18 +55,11 @@ def create(
         )
         queued = await anyio.to_thread.run_sync(jobs.recover)
         runner.start()
+        stack.push_async_callback(partial(anyio.to_thread.run_sync, runner.stop))
         for job_id in queued:
             runner.enqueue(job_id)
-        consumer = start_consumer(resources.bus, jobs, runner)
-        resources.extras.update(jobs=jobs, runner=runner)
-        try:
-            yield
-        finally:
-            resources.extras.pop("jobs", None)
-            resources.extras.pop("runner", None)
-            await consumer.stop()
-            await anyio.to_thread.run_sync(runner.stop)
-            registry.close()
+        await stack.enter_async_context(validated_events(jobs, runner, resources.bus).consumer(resources.bus))
+        return OptimizerCore(jobs, runner)
 
     return create_app(
         settings,

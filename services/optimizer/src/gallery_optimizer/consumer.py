@@ -8,13 +8,12 @@ stores it once); failed, the job runs again.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 
 from gallery_common.bus import EventBus
-from gallery_common.consumer import Consumer, PermanentError
+from gallery_common.errors import InvalidRequest
 from gallery_common.events import CloudEvent, ModelOptimized, ModelValidated
+from gallery_common.router import EventRouter
 from gallery_common.telemetry import get_logger
 
 from .delivery import optimized_event_id
@@ -26,12 +25,16 @@ ACK_WAIT_SECONDS = 120.0
 log = get_logger(__name__)
 
 
-def validated_handler(jobs: JobStore, runner: JobRunner, bus: EventBus) -> Any:
-    async def on_validated(event: CloudEvent[Any]) -> None:
+def validated_events(jobs: JobStore, runner: JobRunner, bus: EventBus) -> EventRouter:
+    """The durable consumer `optimizer`: one optimization job per validated version (an event without
+    an ONNX artifact is dead-lettered)."""
+    events = EventRouter(DURABLE, ack_wait=ACK_WAIT_SECONDS, batch=1)
+
+    @events.on(ModelValidated)
+    async def validated(data: ModelValidated, event: CloudEvent[ModelValidated]) -> None:
         """Queue the validated version's optimization, or re-announce the one already done."""
-        data: ModelValidated = event.data
         if "onnx" not in data.artifacts:
-            raise PermanentError(f"model.validated for {data.model}:{data.version} carries no onnx artifact")
+            raise InvalidRequest(f"model.validated for {data.model}:{data.version} carries no onnx artifact")
         policy = await anyio.to_thread.run_sync(jobs.get_policy, data.model)
         submission = await anyio.to_thread.run_sync(
             lambda: jobs.submit(
@@ -52,12 +55,4 @@ def validated_handler(jobs: JobStore, runner: JobRunner, bus: EventBus) -> Any:
             payload = ModelOptimized.model_validate(submission.result)
             await bus.publish(payload, event_id=optimized_event_id(data.model, data.version))
 
-    return on_validated
-
-
-def start_consumer(bus: EventBus, jobs: JobStore, runner: JobRunner) -> Consumer:
-    consumer = bus.consumer(
-        DURABLE, validated_handler(jobs, runner, bus), events=[ModelValidated], ack_wait=ACK_WAIT_SECONDS, batch=1
-    )
-    consumer.start()
-    return consumer
+    return events

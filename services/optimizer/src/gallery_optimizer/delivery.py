@@ -16,7 +16,7 @@ from gallery_common.registry_client import RegistryClient
 from .policy import BASELINE
 from .report import OptimizationReport
 
-PublishFn = Callable[[ModelOptimized, str], None]
+PublishFn = Callable[[ModelOptimized, str], object]
 """Publishes a payload under an event id, blocking until JetStream stored it."""
 
 REPORT_ROLE = "report"

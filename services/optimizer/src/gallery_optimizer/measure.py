@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from gallery_common.contracts import Split, read_split
+from gallery_common.contracts.scoring import macro_f1
 from gallery_common.nn import INPUT_NAME, OUTPUT_NAME
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, is_allocation_failure, run_limited
@@ -156,17 +157,6 @@ def predict(session, x: np.ndarray, batch: int = 512) -> np.ndarray:  # type: ig
         for i in range(0, len(x), batch)
     ]
     return np.concatenate(outputs).astype(np.float32)
-
-
-def macro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
-    """Unweighted mean of per-class F1 over the classes present in `y` or `predicted`."""
-    scores = []
-    for label in np.union1d(y, predicted):
-        tp = float(np.sum((predicted == label) & (y == label)))
-        fp = float(np.sum((predicted == label) & (y != label)))
-        fn = float(np.sum((predicted != label) & (y == label)))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
 
 
 def latencies_ms(session, x: np.ndarray, batch: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]

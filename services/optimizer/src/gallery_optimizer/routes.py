@@ -7,15 +7,16 @@ job, needs the admin role; a writer submits jobs under the model's policy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request, status
 from fastapi.responses import PlainTextResponse
 
 from gallery_common.auth import requires
-from gallery_common.deps import CallerDep
-from gallery_common.errors import Forbidden, InvalidRequest, NotFound, Unavailable
-from gallery_common.events import NAME_PATTERN, ArtifactRef
+from gallery_common.deps import CallerDep, get_resources
+from gallery_common.errors import Forbidden, InvalidRequest, NotFound
+from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
 
 from .jobs import JobStore, resolve_policy
@@ -27,19 +28,20 @@ router = APIRouter(prefix="/api/v1", tags=["optimizer"])
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the registered model's name")]
 
 
-def _extra(request: Request, key: str) -> Any:
-    value = request.app.state.resources.extras.get(key)
-    if value is None:
-        raise Unavailable("the optimizer is starting or stopping")
-    return value
+@dataclass(frozen=True)
+class OptimizerCore:
+    """What the optimizer app's startup builds: the job store and the worker that runs the jobs."""
+
+    jobs: JobStore
+    runner: JobRunner
 
 
 def get_jobs(request: Request) -> JobStore:
-    return _extra(request, "jobs")  # type: ignore[no-any-return]
+    return get_resources(request).core_as(OptimizerCore).jobs
 
 
 def get_runner(request: Request) -> JobRunner:
-    return _extra(request, "runner")  # type: ignore[no-any-return]
+    return get_resources(request).core_as(OptimizerCore).runner
 
 
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
@@ -69,10 +71,7 @@ def optimize(data: OptimizeRequest, jobs: JobsDep, runner: RunnerDep, caller: Ca
         )
     policy = resolve_policy(jobs.get_policy(data.model).model_dump(mode="json"), data.policy)
     version = runner.registry.get_version(data.model, data.version)
-    artifacts = {
-        role: ArtifactRef(uri=a["uri"], sha256=a["sha256"], size=a.get("size"), format=a.get("format"))
-        for role, a in (version.get("artifacts") or {}).items()
-    }
+    artifacts = {str(role): a.ref for role, a in version.artifacts.items()}
     missing = [role for role in REQUIRED_ROLES if role not in artifacts]
     if missing:
         raise InvalidRequest(

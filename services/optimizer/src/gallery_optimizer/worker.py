@@ -194,7 +194,7 @@ class JobRunner:
             train_split=paths["train_split"],
             validation_split=paths["validation_split"],
             test_split=paths["test_split"],
-            class_names=registered.get("class_names"),
+            class_names=registered.class_names,
         )
         report = optimize(
             inputs, policy, workdir / "variants", model=model, version=version, on_progress=progress.optimizing

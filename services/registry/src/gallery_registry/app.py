@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 
 import anyio
 from fastapi import FastAPI
@@ -12,10 +11,11 @@ from gallery_common.app import ServiceResources, create_app
 from gallery_common.settings import load_settings
 
 from . import api, mlflow_api
-from .deps import STORE_KEY
+from .deps import RegistryCore
 from .gate import routes as gate_routes
-from .gate.consumer import gate_consumer
-from .gate.degraded import degraded_consumer
+from .gate.consumer import gate_events
+from .gate.degraded import degraded_events
+from .gate.validator import ValidationGate
 from .migrations import upgrade
 from .settings import RegistrySettings
 from .store import RegistryStore
@@ -30,14 +30,16 @@ DESCRIPTION = (
 def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> FastAPI:
     """The registry app for `settings`; `with_bus=False` gives an app without NATS (tests)."""
 
-    @asynccontextmanager
-    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
-        assert resources.engine is not None
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> RegistryCore:
+        assert resources.engine is not None and resources.store is not None
         await anyio.to_thread.run_sync(upgrade, resources.engine)
-        resources.extras[STORE_KEY] = RegistryStore(resources.engine)
+        store = RegistryStore(resources.engine)
+        gate = ValidationGate(store, resources.store, resources.bus)
         # the gate consumes model.trained when there is a bus; its REST route works either way
-        async with gate_consumer(app, resources), degraded_consumer(resources.bus, resources.extras[STORE_KEY]):
-            yield
+        if resources.bus is not None:
+            for events in (gate_events(gate), degraded_events(store)):
+                await stack.enter_async_context(events.consumer(resources.bus))
+        return RegistryCore(store, gate)
 
     return create_app(
         settings,

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from gallery_common.auth import Caller
-from gallery_common.errors import Forbidden, Unavailable
+from gallery_common.deps import get_resources
+from gallery_common.errors import Forbidden
 from gallery_common.settings import Role
 
 from .settings import RegistrySettings
 from .store import RegistryStore
 
-STORE_KEY = "registry_store"
+if TYPE_CHECKING:
+    from .gate.validator import ValidationGate
+
+
+@dataclass(frozen=True)
+class RegistryCore:
+    """What the registry app's startup builds: the store of models and versions, and the validation gate."""
+
+    store: RegistryStore
+    gate: ValidationGate
 
 
 async def get_registry_store(request: Request) -> RegistryStore:
     # async: a plain attribute read, so FastAPI need not hop to its thread pool for it
-    store = request.app.state.resources.extras.get(STORE_KEY)
-    if store is None:
-        raise Unavailable("the registry store is not open yet")
-    return store  # type: ignore[no-any-return]
+    return get_resources(request).core_as(RegistryCore).store
 
 
 async def get_registry_settings(request: Request) -> RegistrySettings:

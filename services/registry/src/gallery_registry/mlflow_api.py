@@ -358,8 +358,9 @@ def get_model_version_download_uri(
     found = store.get_version(name, version)
     uri = found.source
     for role in ("onnx", "weights"):
-        if uri is None and role in found.artifacts:
-            uri = found.artifacts[role].uri  # type: ignore[index]
+        artifact = found.artifact(role)
+        if uri is None and artifact is not None:
+            uri = artifact.uri
     if uri is None:
         raise InvalidRequest(f"version {version} of model {name!r} has no source and no onnx or weights artifact")
     return {"artifact_uri": uri}

@@ -1,6 +1,8 @@
 """What the registry takes in and gives out: `XCreate` / `XUpdate` / `XPublic` pydantic models.
 
-Table rows never leave the store; every store call answers with one of these.
+Table rows never leave the store; every store call answers with one of these. What its readers get back
+(`ModelPublic`, `VersionPublic` with its `ArtifactPublic`s, `AliasPublic`) is defined once in
+`gallery_common.contracts.registry`, shared with the REST client, and re-exported here.
 """
 
 from __future__ import annotations
@@ -8,49 +10,53 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
+from gallery_common.contracts.registry import (
+    TAG_KEY_PATTERN,
+    TAG_VALUE_MAX,
+    AliasPublic,
+    ArtifactPublic,
+    ArtifactRole,
+    ModelPublic,
+    Tags,
+    VersionPublic,
+    VersionStatus,
+)
 from gallery_common.errors import InvalidRequest
 from gallery_common.events import NAME_PATTERN, ArtifactRef, Lineage, Signature
 
+__all__ = [
+    "ALIAS_PATTERN",
+    "AliasChange",
+    "AliasPublic",
+    "AliasSet",
+    "ArtifactPublic",
+    "ArtifactRole",
+    "LineagePublic",
+    "LineageStep",
+    "ModelCreate",
+    "ModelOrder",
+    "ModelPage",
+    "ModelPublic",
+    "ModelQuery",
+    "ModelUpdate",
+    "Tags",
+    "ValidationPolicy",
+    "ValidationPolicyUpdate",
+    "VersionCreate",
+    "VersionOrder",
+    "VersionPage",
+    "VersionPublic",
+    "VersionQuery",
+    "VersionStatus",
+    "VersionUpdate",
+    "check_tag",
+]
+
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
-TAG_KEY_PATTERN = r"^[A-Za-z0-9_.:/-]{1,128}$"
-TAG_VALUE_MAX = 5000
-
-
-class VersionStatus(StrEnum):
-    """Where a version stands in validation: pending → validating → validated | rejected → archived."""
-
-    pending = "pending"
-    validating = "validating"
-    validated = "validated"
-    rejected = "rejected"
-    archived = "archived"
-
-
-class ArtifactRole(StrEnum):
-    """What an artifact is to its version; one artifact per role."""
-
-    weights = "weights"
-    onnx = "onnx"
-    int8 = "int8"
-    fp16 = "fp16"
-    pruned = "pruned"
-    distilled = "distilled"
-    edge_bundle = "edge_bundle"
-    report = "report"
-    spec = "spec"
-    train_split = "train_split"
-    validation_split = "validation_split"
-    test_split = "test_split"
-    curves = "curves"  # the training curves PNG the trainer attaches to every run
-
-
-TagKey = Annotated[str, StringConstraints(pattern=TAG_KEY_PATTERN)]
-TagValue = Annotated[str, StringConstraints(max_length=TAG_VALUE_MAX)]
-Tags = dict[TagKey, TagValue]
 
 
 def check_tag(key: str, value: str) -> None:
@@ -80,17 +86,6 @@ class ModelUpdate(_Input):
     tags: Tags | None = None
 
 
-class ModelPublic(BaseModel):
-    name: str
-    description: str | None
-    owner: str | None
-    tags: Tags
-    created_at: datetime
-    updated_at: datetime
-    latest_version: int | None = Field(description="highest version number, if any")
-    aliases: dict[str, int] = Field(description="alias -> version")
-
-
 class ModelOrder(StrEnum):
     name = "name"
     created = "created"
@@ -118,15 +113,6 @@ class ModelPage(BaseModel):
     next_page_token: str | None = Field(description="pass as page_token for the next page; null on the last")
 
 
-class ArtifactPublic(BaseModel):
-    role: ArtifactRole
-    uri: str
-    sha256: str
-    size: int | None
-    format: str | None
-    created_at: datetime
-
-
 class VersionCreate(_Input):
     """A new version of a model; the registry numbers it and, unless `semver` is given, versions it."""
 
@@ -152,29 +138,6 @@ class VersionUpdate(_Input):
     status: VersionStatus | None = None
     description: str | None = Field(default=None, max_length=10_000)
     tags: Tags | None = None
-
-
-class VersionPublic(BaseModel):
-    name: str = Field(description="the model's name")
-    version: int
-    semver: str
-    status: VersionStatus
-    description: str | None
-    signature: Signature | None
-    metrics: dict[str, float]
-    tags: Tags
-    lineage: Lineage
-    run_id: str | None
-    source_event_id: str | None
-    source: str | None
-    task: str | None
-    class_names: list[str] | None
-    evaluation_report: dict[str, Any] | None
-    rejection_reasons: list[str] | None
-    artifacts: dict[ArtifactRole, ArtifactPublic]
-    aliases: list[str]
-    created_at: datetime
-    updated_at: datetime
 
 
 class VersionOrder(StrEnum):
@@ -208,14 +171,6 @@ class VersionPage(BaseModel):
 class AliasSet(_Input):
     version: int = Field(ge=1)
     reason: str | None = Field(default=None, max_length=2000)
-
-
-class AliasPublic(BaseModel):
-    name: str
-    alias: str
-    version: int
-    updated_at: datetime
-    updated_by: str | None
 
 
 class AliasChange(BaseModel):

@@ -3,7 +3,8 @@
 `RegistryStore` is the one way in. Every method is one transaction, takes and returns the
 pydantic models of `schemas`, and raises `gallery_common.errors` (NotFound, Conflict,
 InvalidRequest) that the REST layers map to HTTP answers. The methods block (SQL): call them from
-plain `def` routes or worker threads, never directly inside `async def`.
+plain `def` routes or worker threads, never directly inside `async def`. Its reads are the
+`RegistryReader` every other way into the registry (the REST client, test fakes) offers too.
 
     store = open_registry("sqlite:///registry.db")   # migrates the schema to head
     version = store.register_version("iris", VersionCreate(...), create_model=True)
@@ -12,6 +13,7 @@ plain `def` routes or worker threads, never directly inside `async def`.
 
 from __future__ import annotations
 
+from gallery_common.contracts.registry import RegistryReader
 from gallery_common.db import make_engine
 
 from .store_aliases import AliasOps, check_alias_name
@@ -22,7 +24,7 @@ from .store_versions import TRANSITIONS, VersionOps
 __all__ = ["TRANSITIONS", "RegistryStore", "check_alias_name", "open_registry"]
 
 
-class RegistryStore(ModelOps, RegistrationOps, VersionOps, AliasOps):
+class RegistryStore(ModelOps, RegistrationOps, VersionOps, AliasOps, RegistryReader):
     """Models, versions, artifacts, aliases and policies over one SQLAlchemy engine."""
 
 

@@ -6,6 +6,7 @@ import re
 
 from sqlmodel import Session, col, select
 
+from gallery_common.db import as_utc
 from gallery_common.errors import InvalidRequest, NotFound
 
 from . import views
@@ -114,7 +115,7 @@ class AliasOps(StoreBase):
                     to_version=r.to_version,
                     actor=r.actor,
                     reason=r.reason,
-                    at=views.utc(r.at),
+                    at=as_utc(r.at),
                 )
                 for r in rows
             ]
@@ -133,5 +134,5 @@ def _alias_row(session: Session, model: RegisteredModelRow, alias: str) -> tuple
 
 def _alias_public(name: str, row: AliasRow, version: int) -> AliasPublic:
     return AliasPublic(
-        name=name, alias=row.alias, version=version, updated_at=views.utc(row.updated_at), updated_by=row.updated_by
+        name=name, alias=row.alias, version=version, updated_at=as_utc(row.updated_at), updated_by=row.updated_by
     )

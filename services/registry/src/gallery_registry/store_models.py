@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from gallery_common.db import as_utc
 from gallery_common.errors import Conflict, NotFound
 
 from . import paging, views
@@ -93,7 +94,7 @@ class ModelOps(StoreBase):
             row = session.get(ValidationPolicyRow, model.id)
             if row is None:
                 return ValidationPolicy()
-            return ValidationPolicy.model_validate({**row.model_dump(), "updated_at": views.utc(row.updated_at)})
+            return ValidationPolicy.model_validate({**row.model_dump(), "updated_at": as_utc(row.updated_at)})
 
     def set_validation_policy(self, name: str, data: ValidationPolicyUpdate) -> ValidationPolicy:
         """Replace the model's policy (fields left out take their defaults)."""
@@ -102,7 +103,7 @@ class ModelOps(StoreBase):
             row = ValidationPolicyRow(model_id=model.id, updated_at=utcnow(), **data.model_dump())  # type: ignore[arg-type]
             row = session.merge(row)
             session.flush()
-            return ValidationPolicy.model_validate({**row.model_dump(), "updated_at": views.utc(row.updated_at)})
+            return ValidationPolicy.model_validate({**row.model_dump(), "updated_at": as_utc(row.updated_at)})
 
     def search_models(self, query: ModelQuery) -> ModelPage:
         """Models matching every filter of `query`, in its order, one page at a time."""

@@ -6,12 +6,14 @@ Timestamps are stored in UTC (SQLite drops the zone; the store puts it back).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
+
+from gallery_common.db import utcnow
 
 
 class RegistryTable(SQLModel, registry=registry()):
@@ -19,10 +21,6 @@ class RegistryTable(SQLModel, registry=registry()):
 
 
 metadata = RegistryTable.metadata
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _fk(target: str, **kwargs: Any) -> Any:

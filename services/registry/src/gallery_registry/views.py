@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from gallery_common.db import as_utc
 from gallery_common.errors import NotFound
 from gallery_common.events import Lineage, Signature
 
@@ -66,11 +66,6 @@ def pk(value: int | None) -> int:
     return value
 
 
-def utc(value: datetime) -> datetime:
-    """SQLite hands timestamps back without their zone; they were stored in UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def model_row(session: Session, name: str) -> RegisteredModelRow:
     row = session.exec(select(RegisteredModelRow).where(RegisteredModelRow.name == name)).first()
     if row is None:
@@ -115,8 +110,8 @@ def models_public(session: Session, rows: Sequence[RegisteredModelRow]) -> list[
             description=row.description,
             owner=row.owner,
             tags=dict(sorted(tags[row.id].items())),  # type: ignore[index]
-            created_at=utc(row.created_at),
-            updated_at=utc(row.updated_at),
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
             latest_version=latest.get(pk(row.id)),
             aliases=dict(sorted(aliases[row.id].items())),  # type: ignore[index]
         )
@@ -143,7 +138,12 @@ def versions_public(
     for art in conn.execute(_ARTIFACTS_OF, params):
         role = ArtifactRole(art.role)
         artifacts[art.version_id][role] = ArtifactPublic(
-            role=role, uri=art.uri, sha256=art.sha256, size=art.size, format=art.format, created_at=utc(art.created_at)
+            role=role,
+            uri=art.uri,
+            sha256=art.sha256,
+            size=art.size,
+            format=art.format,
+            created_at=as_utc(art.created_at),
         )
     tags: dict[int, dict[str, str]] = defaultdict(dict)
     for t in conn.execute(_TAGS_OF, params):
@@ -176,8 +176,8 @@ def versions_public(
             rejection_reasons=row.rejection_reasons,
             artifacts=dict(sorted(artifacts[row.id].items())),  # type: ignore[index]
             aliases=aliases[row.id],  # type: ignore[index]
-            created_at=utc(row.created_at),
-            updated_at=utc(row.updated_at),
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
         )
         for row in rows
     ]
@@ -194,7 +194,7 @@ def artifact_public(row: ArtifactRow) -> ArtifactPublic:
         sha256=row.sha256,
         size=row.size,
         format=row.format,
-        created_at=utc(row.created_at),
+        created_at=as_utc(row.created_at),
     )
 
 

@@ -7,9 +7,8 @@ imported by the worker when a job runs, so the service starts and answers `/read
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack
+from functools import partial
 
 import anyio
 from fastapi import FastAPI
@@ -18,7 +17,8 @@ from sqlmodel import SQLModel
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.bus import BusBridge
-from gallery_common.events import CloudEvent, ModelRejected, ModelValidated
+from gallery_common.events import ModelRejected, ModelValidated
+from gallery_common.router import EventRouter
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
@@ -38,28 +38,33 @@ def create_tables(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine, tables=_TABLES)
 
 
-def _verdict_handler(searches: SearchCoordinator, runner: JobRunner) -> Any:
-    async def on_verdict(event: CloudEvent[Any]) -> None:
-        """`model.rejected` of a trial starts the next one; `model.validated` of a trial ends its search."""
-        data = event.data
+def verdict_events(searches: SearchCoordinator, runner: JobRunner) -> EventRouter:
+    """The durable consumer `trainer-search`: the gate's verdicts on the trials of hyperparameter searches."""
+    events = EventRouter(SEARCH_DURABLE)
+
+    @events.on(ModelRejected)
+    async def rejected(data: ModelRejected) -> None:
+        """A rejected trial starts the search's next one."""
         if data.run_id is None:
             return
-        if isinstance(data, ModelRejected):
-            next_job = await anyio.to_thread.run_sync(searches.on_rejected, data.run_id, list(data.reasons))
-            if next_job is not None:
-                runner.enqueue(next_job)
-        elif isinstance(data, ModelValidated):
+        next_job = await anyio.to_thread.run_sync(searches.on_rejected, data.run_id, list(data.reasons))
+        if next_job is not None:
+            runner.enqueue(next_job)
+
+    @events.on(ModelValidated)
+    async def validated(data: ModelValidated) -> None:
+        """A validated trial ends its search."""
+        if data.run_id is not None:
             await anyio.to_thread.run_sync(searches.on_validated, data.run_id)
 
-    return on_verdict
+    return events
 
 
 def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = None) -> FastAPI:
     """Build the trainer app; `train` replaces `pipeline.run_job` (tests use a small fake)."""
     settings = settings or load_settings(TrainerSettings)
 
-    @asynccontextmanager
-    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> JobService:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         engine = resources.engine
         await anyio.to_thread.run_sync(create_tables, engine)
@@ -84,19 +89,11 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
         jobs = JobService(engine, runner, searches, policy=settings.spec_policy())
         queued = await anyio.to_thread.run_sync(jobs.recover)
         runner.start()
+        stack.push_async_callback(partial(anyio.to_thread.run_sync, runner.stop))
         for job_id in queued:
             runner.enqueue(job_id)
-        consumer = resources.bus.consumer(
-            SEARCH_DURABLE, _verdict_handler(searches, runner), events=[ModelRejected, ModelValidated]
-        )
-        consumer.start()
-        resources.extras["jobs"] = jobs
-        try:
-            yield
-        finally:
-            resources.extras.pop("jobs", None)
-            await consumer.stop()
-            await anyio.to_thread.run_sync(runner.stop)
+        await stack.enter_async_context(verdict_events(searches, runner).consumer(resources.bus))
+        return jobs
 
     return create_app(
         settings,

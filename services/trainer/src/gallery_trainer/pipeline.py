@@ -19,8 +19,8 @@ import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.events import Signature
+from gallery_common.netutil import free_port
 from gallery_trainer.data import DataError, load_dataset
-from gallery_trainer.engine.distributed import free_port
 from gallery_trainer.engine.job import (
     CHECKPOINT_DIR,
     LOG_FILE,

@@ -12,7 +12,7 @@ from gallery_common.events import ArtifactRef, Lineage, ModelTrained
 if TYPE_CHECKING:
     from .pipeline import JobOutputs
 
-PublishFn = Callable[[ModelTrained, str], None]
+PublishFn = Callable[[ModelTrained, str], object]
 """Publishes a payload under an event id, blocking until JetStream stored it."""
 
 CURVES_ROLE = "curves"

@@ -8,7 +8,7 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 
-from gallery_common.errors import Unavailable
+from gallery_common.deps import get_resources
 
 from .jobs import JobService
 from .models import JobPublic, JobStatus, SearchPublic
@@ -16,10 +16,7 @@ from .search import SearchCoordinator
 
 
 def get_jobs(request: Request) -> JobService:
-    jobs = request.app.state.resources.extras.get("jobs")
-    if jobs is None:
-        raise Unavailable("the trainer is starting")
-    return jobs  # type: ignore[no-any-return]
+    return get_resources(request).core_as(JobService)
 
 
 def get_searches(request: Request) -> SearchCoordinator:

@@ -7,9 +7,9 @@ refuse an artifact over GALLERY_MAX_ARTIFACT_BYTES with `ArtifactTooLarge`.
 
 from .base import ArtifactInfo, ArtifactStore, ArtifactTooLarge, Source, validate_key
 from .file_store import FileArtifactStore
-from .registry import StoreFactory, open_store, register_store, registered_schemes
 from .retry import RetryPolicy, is_transient_s3_error
 from .s3_store import S3ArtifactStore
+from .schemes import StoreFactory, open_store, register_store, registered_schemes
 
 __all__ = [
     "ArtifactInfo",

@@ -8,13 +8,15 @@ token may do it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, Field
 
 from gallery_common.auth import requires
+from gallery_common.contracts.registry import VersionStatus
+from gallery_common.deps import get_resources
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import Role
@@ -25,16 +27,15 @@ from .controller import Controller
 from .policy import DeploymentPolicy
 from .records import SERVING, DeploymentRecord, Stage
 
-CONTROLLER_KEY = "controller"
 router = APIRouter(prefix="/api/v1", tags=["deployments"])
 ADMIN = [requires(Role.admin)]
 
 
-def _controller(request: Request) -> Controller:
-    controller = request.app.state.resources.extras.get(CONTROLLER_KEY)
-    if controller is None:
-        raise Unavailable("the deployer is still starting")
-    return controller  # type: ignore[no-any-return]
+async def get_controller(request: Request) -> Controller:
+    return get_resources(request).core_as(Controller)
+
+
+ControllerDep = Annotated[Controller, Depends(get_controller)]
 
 
 class ReplicaView(BaseModel):
@@ -103,15 +104,13 @@ async def _views(controller: Controller, records: list[DeploymentRecord]) -> lis
 
 
 @router.get("/deployments", summary="Every deployment that serves (all=true: with retired and failed ones)")
-async def list_deployments(request: Request, all: bool = False) -> list[DeploymentView]:
-    controller = _controller(request)
+async def list_deployments(controller: ControllerDep, all: bool = False) -> list[DeploymentView]:
     records = await anyio.to_thread.run_sync(controller.store.all, None if all else SERVING)
     return await _views(controller, records)
 
 
 @router.get("/deployments/{model}", summary="A model's deployments, newest version first")
-async def model_deployments(model: str, request: Request) -> list[DeploymentView]:
-    controller = _controller(request)
+async def model_deployments(model: str, controller: ControllerDep) -> list[DeploymentView]:
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, None)
     if not records:
         raise NotFound(f"model {model!r} has never been deployed")
@@ -130,28 +129,25 @@ class DeployRequest(BaseModel):
     summary="Deploy a registered version (a canary beside production)",
     dependencies=ADMIN,
 )
-async def deploy(data: DeployRequest, request: Request) -> DeploymentView:
+async def deploy(data: DeployRequest, controller: ControllerDep) -> DeploymentView:
     """Only a version the validation gate passed (status `validated`) is deployed; anything else is 409."""
-    controller = _controller(request)
     if controller.registry is None:
         raise Unavailable("the deployer has no registry configured (GALLERY_REGISTRY_URL)")
     registry = controller.registry
     version = await anyio.to_thread.run_sync(registry.get_version, data.model, data.version)
-    status = version.get("status")
-    if status != "validated":
+    if version.status != VersionStatus.validated:
         raise Conflict(
-            f"{data.model}:{data.version} is {status}, not validated: only versions the validation gate "
-            "passed can be deployed"
+            f"{data.model}:{data.version} is {version.status.value}, not validated: only versions the validation "
+            "gate passed can be deployed"
         )
-    artifacts: dict[str, Any] = version.get("artifacts") or {}
-    if "onnx" not in artifacts:
+    onnx = version.artifact("onnx")
+    if onnx is None:
         raise InvalidRequest(f"{data.model}:{data.version} has no onnx artifact in the registry")
-    split = artifacts.get("validation_split")
     record = await controller.deploy(
         data.model,
         data.version,
-        ArtifactRef(uri=artifacts["onnx"]["uri"], sha256=artifacts["onnx"]["sha256"]),
-        validation_split=ArtifactRef(uri=split["uri"], sha256=split["sha256"]) if split else None,
+        onnx,
+        validation_split=version.artifact("validation_split"),
         canary_percent=data.canary_percent,
         reason="deployed by hand",
     )
@@ -166,8 +162,9 @@ class Reason(BaseModel):
 @router.post(
     "/deployments/{model}/promote", summary="Give the canary all traffic and the production alias", dependencies=ADMIN
 )
-async def promote(model: str, request: Request, data: Annotated[Reason | None, Body()] = None) -> DeploymentView:
-    controller = _controller(request)
+async def promote(
+    model: str, controller: ControllerDep, data: Annotated[Reason | None, Body()] = None
+) -> DeploymentView:
     record = await controller.promote(model, (data or Reason()).reason)
     return (await _views(controller, [record]))[0]
 
@@ -177,8 +174,9 @@ async def promote(model: str, request: Request, data: Annotated[Reason | None, B
     summary="Take the canary, or else production, out of service",
     dependencies=ADMIN,
 )
-async def rollback(model: str, request: Request, data: Annotated[Reason | None, Body()] = None) -> DeploymentView:
-    controller = _controller(request)
+async def rollback(
+    model: str, controller: ControllerDep, data: Annotated[Reason | None, Body()] = None
+) -> DeploymentView:
     data = data or Reason()
     record = await controller.rollback(model, data.reason, version=data.version)
     return (await _views(controller, [record]))[0]
@@ -189,8 +187,7 @@ class Weights(BaseModel):
 
 
 @router.put("/deployments/{model}/weights", summary="Set the canary's share of traffic", dependencies=ADMIN)
-async def set_weights(model: str, data: Weights, request: Request) -> list[DeploymentView]:
-    controller = _controller(request)
+async def set_weights(model: str, data: Weights, controller: ControllerDep) -> list[DeploymentView]:
     await controller.set_canary_weight(model, data.canary_percent)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
     return await _views(controller, records)
@@ -205,8 +202,7 @@ class Scale(BaseModel):
     summary="Set a version's replica count (0 allowed)",
     dependencies=ADMIN,
 )
-async def scale(model: str, version: int, data: Scale, request: Request) -> DeploymentView:
-    controller = _controller(request)
+async def scale(model: str, version: int, data: Scale, controller: ControllerDep) -> DeploymentView:
     await controller.scale(model, version, data.replicas)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
     record = next((r for r in records if r.version == version), None)
@@ -221,13 +217,12 @@ async def scale(model: str, version: int, data: Scale, request: Request) -> Depl
     summary="Start a model scaled to zero (the gateway calls it)",
     dependencies=[requires(Role.inference)],
 )
-async def wake(model: str, request: Request) -> None:
-    await _controller(request).wake(model)
+async def wake(model: str, controller: ControllerDep) -> None:
+    await controller.wake(model)
 
 
 @router.get("/deployments/{model}/canary", summary="The canary against production over the window so far")
-async def canary_analysis(model: str, request: Request) -> dict[str, object]:
-    controller = _controller(request)
+async def canary_analysis(model: str, controller: ControllerDep) -> dict[str, object]:
     verdict = await controller.analyse(model)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, [Stage.canary])
     due = records[0].analysis_due_at if records else None
@@ -235,16 +230,14 @@ async def canary_analysis(model: str, request: Request) -> dict[str, object]:
 
 
 @router.get("/policies/{model}", summary="A model's deployment policy, defaults filled in")
-async def get_policy(model: str, request: Request) -> DeploymentPolicy:
-    controller = _controller(request)
+async def get_policy(model: str, controller: ControllerDep) -> DeploymentPolicy:
     policy = await anyio.to_thread.run_sync(controller.policies.get, model)
     return policy.resolved(controller.settings)
 
 
 @router.put("/policies/{model}", summary="Set how a model's next versions are deployed", dependencies=ADMIN)
-async def put_policy(model: str, policy: DeploymentPolicy, request: Request) -> DeploymentPolicy:
+async def put_policy(model: str, policy: DeploymentPolicy, controller: ControllerDep) -> DeploymentPolicy:
     """Applies to versions deployed from now on: canary share, replicas, resources, GPU, batching."""
     check_model_name(model)
-    controller = _controller(request)
     await anyio.to_thread.run_sync(controller.policies.put, model, policy)
     return policy.resolved(controller.settings)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack
 
 import anyio
 from fastapi import FastAPI
@@ -17,9 +15,9 @@ from gallery_common.registry_client import RegistryClient
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
-from ..runtime.base import DeploymentStatus, Runtime
+from ..runtime.base import Runtime
 from . import api
-from .consumer import start_consumer
+from .consumer import rollout_events
 from .controller import Controller
 from .records import DeploymentStore, create_tables
 from .routing import GatewayClient
@@ -29,7 +27,7 @@ TICK_S = 1.0
 log = get_logger(__name__)
 
 
-def make_runtime(settings: DeployerSettings, on_change: Any) -> Runtime:
+def make_runtime(settings: DeployerSettings) -> Runtime:
     """The runtime the settings name; the local one gets the deployer's own settings as its children's env."""
     if settings.runtime == "kubernetes":
         from ..runtime.kubernetes import KubernetesRuntime
@@ -44,7 +42,13 @@ def make_runtime(settings: DeployerSettings, on_change: Any) -> Runtime:
         "GALLERY_NATS_URL": settings.nats_url,
         "GALLERY_LOG_LEVEL": settings.log_level,
     }
-    return LocalRuntime(options, env, on_change=on_change)
+    return LocalRuntime(options, env)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _ticker(controller: Controller) -> None:
@@ -62,51 +66,31 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
     """Build the deployer app; `runtime` replaces the one the settings name (tests)."""
     settings = settings or load_settings(DeployerSettings)
 
-    @asynccontextmanager
-    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Controller:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         await anyio.to_thread.run_sync(create_tables, resources.engine)
         bus = resources.bus
-        controller_box: list[Controller] = []
-
-        async def on_change(status: DeploymentStatus) -> None:
-            # replicas came, went or restarted: route to what is ready now, before a leaving one stops
-            if controller_box:
-                await controller_box[0].sync_routes_of(status.deployment_id)
 
         async def publish(payload: Payload, event_id: str) -> None:
             await bus.publish(payload, event_id=event_id)
 
-        used_runtime = runtime or make_runtime(settings, on_change)
         registry_token = settings.registry_token.get_secret_value() if settings.registry_token else None
         gateway_token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
+        registry = RegistryClient(settings.registry_url, registry_token)
+        stack.callback(registry.close)
+        gateway = GatewayClient(settings.gateway_url, gateway_token)
+        stack.push_async_callback(gateway.close)
+        used_runtime = runtime or make_runtime(settings)
+        stack.push_async_callback(used_runtime.close)
         controller = Controller(
-            settings,
-            DeploymentStore(resources.engine),
-            used_runtime,
-            GatewayClient(settings.gateway_url, gateway_token),
-            RegistryClient(settings.registry_url, registry_token),
-            resources.store,
-            publish,
+            settings, DeploymentStore(resources.engine), used_runtime, gateway, registry, resources.store, publish
         )
-        controller_box.append(controller)
-        resources.extras[api.CONTROLLER_KEY] = controller
+        stack.push_async_callback(controller.close)
         await controller.restore()
         ticker = asyncio.get_running_loop().create_task(_ticker(controller), name="deployer-ticker")
-        consumer = start_consumer(bus, controller)
-        try:
-            yield
-        finally:
-            resources.extras.pop(api.CONTROLLER_KEY, None)
-            await consumer.stop()
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-            await used_runtime.close()
-            await controller.gateway.close()
-            await controller.close()
-            if controller.registry is not None:
-                controller.registry.close()
+        stack.push_async_callback(_cancel, ticker)
+        await stack.enter_async_context(rollout_events(controller).consumer(bus))
+        return controller
 
     return create_app(
         settings,

@@ -1,7 +1,8 @@
 """Automatic canary analysis: the canary's error rate, p99 latency and agreement against the baseline.
 
 Figures come from the model servers themselves: their Prometheus counters and latency histogram,
-read at the start and at the end of the window (the difference is the window), and a replay of
+read from every replica at the start and at the end of the window (the difference, replica by replica,
+is the window; `gallery_common.contracts.serving_metrics` reads and compares them), and a replay of
 validation rows sent to both versions to measure how often they give the same top class. A validation
 split that is refused (over a size cap, not a split, corrupt) makes the replay, and so the analysis,
 fail with the reason.
@@ -10,98 +11,40 @@ fail with the reason.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import anyio
 import httpx
 import numpy as np
-import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts import NpzRefused, read_features
+from gallery_common.contracts.oip import DATATYPES, INFERENCE_HEADER_LENGTH, encode_infer_request, response_top_classes
+from gallery_common.contracts.serving_metrics import Scrape, ServingCounts, compare, parse_page
 from gallery_common.errors import ArtifactError
-from gallery_common.promtext import histogram_quantile
-
-REQUESTS = "modelgallery_inference_requests"
-DURATION = "modelgallery_inference_request_duration_seconds"
 
 
-@dataclass
-class Snapshot:
-    """Cumulative counts of one deployment's replicas at one moment."""
-
-    requests: dict[str, float] = field(default_factory=dict)  # by outcome
-    buckets: dict[float, float] = field(default_factory=dict)  # cumulative count by upper bound
-
-    def minus(self, earlier: Snapshot) -> Snapshot:
-        """The window between `earlier` and this one (a restarted replica's reset counts start from zero)."""
-        return Snapshot(
-            {k: max(0.0, v - earlier.requests.get(k, 0.0)) for k, v in self.requests.items()},
-            {k: max(0.0, v - earlier.buckets.get(k, 0.0)) for k, v in self.buckets.items()},
-        )
-
-    @property
-    def total(self) -> float:
-        return sum(self.requests.values())
-
-    @property
-    def errors(self) -> float:
-        return self.requests.get("error", 0.0) + self.requests.get("overloaded", 0.0)
-
-    def quantile(self, q: float) -> float | None:
-        """The q-quantile in seconds, interpolated inside its histogram bucket; None without requests."""
-        return histogram_quantile(q, self.buckets)
-
-
-def parse_snapshot(text: str, into: Snapshot | None = None) -> Snapshot:
-    """Add one model server's /metrics text to a snapshot."""
-    snapshot = into or Snapshot()
-    for family in text_string_to_metric_families(text):
-        if family.name == REQUESTS:
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    outcome = sample.labels.get("outcome", "ok")
-                    snapshot.requests[outcome] = snapshot.requests.get(outcome, 0.0) + sample.value
-        elif family.name == DURATION:
-            for sample in family.samples:
-                if sample.name.endswith("_bucket"):
-                    bound = float(sample.labels["le"])
-                    snapshot.buckets[bound] = snapshot.buckets.get(bound, 0.0) + sample.value
-    return snapshot
-
-
-async def snapshot(client: httpx.AsyncClient, endpoints: Sequence[str]) -> Snapshot:
-    """The summed counters of every replica that answers."""
-    total = Snapshot()
+async def snapshot(client: httpx.AsyncClient, endpoints: Sequence[str]) -> Scrape:
+    """The /metrics pages of every replica that answers, by URL."""
+    scrape = Scrape()
     for url in endpoints:
         try:
             response = await client.get(f"{url}/metrics")
         except httpx.HTTPError:
             continue  # a replica that is restarting has no figures to add
         if response.status_code == 200:
-            parse_snapshot(response.text, total)
-    return total
+            scrape.pages[url] = parse_page(response.text)
+    return scrape
 
 
 async def _top_classes(client: httpx.AsyncClient, url: str, model: str, rows: np.ndarray) -> np.ndarray:
     metadata = (await client.get(f"{url}/v2/models/{model}")).json()
     spec = metadata["inputs"][0]
-    body = {
-        "inputs": [
-            {
-                "name": spec["name"],
-                "datatype": spec["datatype"],
-                "shape": list(rows.shape),
-                "data": rows.ravel().tolist(),
-            }
-        ]
-    }
-    response = await client.post(f"{url}/v2/models/{model}/infer", content=orjson.dumps(body))
+    # the rows as the model's first input takes them (an FP16 variant gets FP16)
+    body, _ = encode_infer_request({spec["name"]: rows.astype(DATATYPES[spec["datatype"]], copy=False)})
+    response = await client.post(f"{url}/v2/models/{model}/infer", content=body)
     response.raise_for_status()
-    output = response.json()["outputs"][0]
-    values = np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])
-    return values.argmax(axis=-1) if values.ndim > 1 else values
+    return response_top_classes(response.content, response.headers.get(INFERENCE_HEADER_LENGTH))
 
 
 @dataclass(frozen=True)
@@ -184,28 +127,23 @@ class Verdict:
         return asdict(self)
 
 
-def _rate(window: Snapshot) -> float | None:
-    return window.errors / window.total if window.total else None
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
-def judge(canary: Snapshot, baseline: Snapshot, agreement: float | ReplayRefused | None, limits: Thresholds) -> Verdict:
-    """Pass unless a figure breaks a threshold; too little canary traffic fails (nothing to judge), and so
-    does a replay whose validation rows were refused."""
+def judge(
+    canary: ServingCounts, baseline: ServingCounts, agreement: float | ReplayRefused | None, limits: Thresholds
+) -> Verdict:
+    """Judge the canary's window against the baseline's: pass unless a figure breaks a threshold; too little
+    canary traffic fails (nothing to judge), and so does a replay whose validation rows were refused."""
     reasons: list[str] = []
     if isinstance(agreement, ReplayRefused):
         reasons.append(f"the replay of validation rows failed: {agreement.reason}")
         agreement = None
-    canary_rate, baseline_rate = _rate(canary), _rate(baseline)
-    canary_p99, baseline_p99 = _ms(canary.quantile(0.99)), _ms(baseline.quantile(0.99))
-    if canary.total < limits.min_requests and agreement is None:
-        reasons.append(f"the canary served {canary.total:.0f} requests, fewer than the {limits.min_requests} needed")
+    figures = compare(canary, baseline)
+    canary_rate, canary_p99, baseline_p99 = figures.canary_error_rate, figures.canary_p99_ms, figures.baseline_p99_ms
+    served = figures.canary_requests
+    if served < limits.min_requests and agreement is None:
+        reasons.append(f"the canary served {served:.0f} requests, fewer than the {limits.min_requests} needed")
     if canary_rate is not None and canary_rate > limits.max_error_rate:
         reasons.append(f"canary error rate {canary_rate:.3f} is above {limits.max_error_rate:.3f}")
-    if canary_p99 is not None and baseline_p99 is not None and canary.total >= limits.min_latency_requests:
+    if canary_p99 is not None and baseline_p99 is not None and served >= limits.min_latency_requests:
         allowed = baseline_p99 * limits.max_p99_ratio + limits.p99_slack_ms
         if canary_p99 > allowed:
             reasons.append(f"canary p99 {canary_p99:.1f} ms is above {allowed:.1f} ms (baseline {baseline_p99:.1f} ms)")
@@ -216,9 +154,9 @@ def judge(canary: Snapshot, baseline: Snapshot, agreement: float | ReplayRefused
     return Verdict(
         passed=not reasons,
         reasons=reasons,
-        canary_requests=canary.total,
+        canary_requests=served,
         canary_error_rate=canary_rate,
-        baseline_error_rate=baseline_rate,
+        baseline_error_rate=figures.baseline_error_rate,
         canary_p99_ms=canary_p99,
         baseline_p99_ms=baseline_p99,
         agreement=agreement,

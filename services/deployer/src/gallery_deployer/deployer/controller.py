@@ -16,6 +16,7 @@ import anyio
 import httpx
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_common.contracts.serving_metrics import Scrape
 from gallery_common.db import utcnow
 from gallery_common.errors import Conflict, GalleryError, NotFound
 from gallery_common.events import (
@@ -29,7 +30,7 @@ from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import get_logger
 
 from ..gateway.routes import ModelRoute, RoutePolicy
-from ..runtime.base import DeploymentStatus, Runtime, RuntimeState, ServerSpec, deployment_id
+from ..runtime.base import DeploymentStatus, ReportsChanges, Runtime, RuntimeState, ServerSpec, deployment_id
 from . import canary
 from .policy import DeploymentPolicy, PolicyStore
 from .records import SERVING, DeploymentRecord, DeploymentStore, Stage, due
@@ -78,10 +79,11 @@ class Controller:
         )
         self.policies = PolicyStore(store.engine)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._baselines: dict[str, tuple[canary.Snapshot, canary.Snapshot]] = {}
-        self._verdicts: dict[str, canary.Verdict] = {}
+        self._baselines: dict[str, tuple[Scrape, Scrape]] = {}  # canary id → (canary's, production's) at start
         token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
         self._http = httpx.AsyncClient(timeout=30.0, headers={"Authorization": f"Bearer {token}"} if token else None)
+        if isinstance(runtime, ReportsChanges):
+            runtime.watch(self._replicas_changed)
 
     def lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
@@ -201,7 +203,7 @@ class Controller:
             deployment_id=record.id,
             variant=record.variant,
             artifact=ArtifactRef(uri=record.artifact_uri, sha256=record.artifact_sha256),
-            stage=Stage(record.stage).value if record.stage in (Stage.canary, Stage.production) else "production",
+            stage="canary" if record.stage == Stage.canary else "production",
             traffic_percent=record.traffic_percent,
             runtime=self.runtime.name,
             endpoint=f"{self.settings.gateway_url.rstrip('/')}/v2/models/{record.model}",
@@ -209,6 +211,36 @@ class Controller:
         )
         key = f"deployed:{record.model}:{record.version}:{record.variant}:{record.stage}"
         await self.publish(payload, key)
+
+    # -- lifecycle events --------------------------------------------------------------------------
+
+    async def deploy_validated(
+        self, model: str, version: int, artifact: ArtifactRef, *, validation_split: ArtifactRef | None = None
+    ) -> DeploymentRecord | None:
+        """Roll out a version the validation gate passed: its model's first goes straight to production, a
+        newer one becomes the canary (superseding the canary there is). Returns None, changing nothing, for
+        a version taken out of service before (only a person brings it back) or not newer than what serves."""
+        earlier = await self._db(self.store.get, deployment_id(model, version, ""))
+        if earlier is not None and earlier.stage == Stage.rolled_back:
+            log.info("validated_version_was_rolled_back", model=model, version=version, reason=earlier.reason)
+            return None
+        serving = await self._db(self.store.for_model, model, SERVING)
+        if any(r.version >= version for r in serving):
+            log.info("validated_version_not_newer", model=model, version=version)
+            return None
+        current = next((r for r in serving if r.stage == Stage.canary), None)
+        if current is not None:
+            await self.rollback(model, f"superseded by version {version}", version=current.version)
+        return await self.deploy(model, version, artifact, validation_split=validation_split, reason="model.validated")
+
+    async def roll_back_degraded(self, model: str, version: int, reason: str) -> DeploymentRecord | None:
+        """Take a version that broke an SLO or drifted out of service; None when it no longer serves (rolled
+        back already) or has nothing to fall back to."""
+        try:
+            return await self.rollback(model, reason, version=version)
+        except (NotFound, Conflict) as exc:
+            log.warning("degraded_not_rolled_back", model=model, version=version, reason=exc.message)
+            return None
 
     # -- optimized variant -------------------------------------------------------------------------
 
@@ -252,9 +284,7 @@ class Controller:
 
     # -- canary analysis, promotion, rollback -------------------------------------------------------
 
-    async def _snapshots(
-        self, canary_record: DeploymentRecord, baseline: DeploymentRecord
-    ) -> tuple[canary.Snapshot, canary.Snapshot]:
+    async def _snapshots(self, canary_record: DeploymentRecord, baseline: DeploymentRecord) -> tuple[Scrape, Scrape]:
         return (
             await canary.snapshot(self._http, await self._endpoints(canary_record.id)),
             await canary.snapshot(self._http, await self._endpoints(baseline.id)),
@@ -273,7 +303,7 @@ class Controller:
         production = next((r for r in serving if r.stage == Stage.production), None)
         if candidate is None or production is None:
             raise NotFound(f"model {model!r} has no canary to analyse")
-        start = self._baselines.get(candidate.id, (canary.Snapshot(), canary.Snapshot()))
+        start = self._baselines.get(candidate.id, (Scrape(), Scrape()))
         now = await self._snapshots(candidate, production)
         agreement = None
         rows = await canary.load_replay_rows(
@@ -286,12 +316,9 @@ class Controller:
             agreement = await canary.replay_agreement(
                 self._http, model, canary_urls[0], baseline_urls[0], rows, chunk=chunk
             )
-        verdict = canary.judge(now[0].minus(start[0]), now[1].minus(start[1]), agreement, self.limits)
-        self._verdicts[model] = verdict
+        windows = now[0].since(start[0]).overall(), now[1].since(start[1]).overall()
+        verdict = canary.judge(*windows, agreement, self.limits)
         return verdict
-
-    def last_verdict(self, model: str) -> canary.Verdict | None:
-        return self._verdicts.get(model)
 
     async def judge_due_canaries(self) -> None:
         """Judge every canary whose window has ended: promote it or roll it back."""
@@ -461,6 +488,10 @@ class Controller:
                 await self.sync_routes(model)
             except GalleryError as exc:  # the gateway may start after the deployer; the next change routes
                 log.warning("restore_route_failed", model=model, reason=exc.message)
+
+    async def _replicas_changed(self, status: DeploymentStatus) -> None:
+        # replicas came, went or restarted: route to what is ready now, before a leaving one stops
+        await self.sync_routes_of(status.deployment_id)
 
     async def sync_routes_of(self, ident: str) -> None:
         """Re-route the model a deployment belongs to (its replicas changed)."""

@@ -9,14 +9,12 @@ dead-lettered with the reason; a registry that cannot be reached makes the event
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 
 from gallery_common.consumer import PermanentError, TransientError
+from gallery_common.contracts.registry import RegistryReader, VersionPublic, VersionStatus
 from gallery_common.errors import NotFound, Unavailable
 from gallery_common.events import ArtifactRef
-from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -29,10 +27,10 @@ class Refused(PermanentError):
 class Provenance:
     """Checks events against the registry at `registry`."""
 
-    def __init__(self, registry: RegistryClient | None) -> None:
+    def __init__(self, registry: RegistryReader | None) -> None:
         self.registry = registry
 
-    async def _version(self, model: str, version: int) -> dict[str, Any]:
+    async def _version(self, model: str, version: int) -> VersionPublic:
         registry = self.registry
         if registry is None:
             raise Refused(f"no registry to confirm {model}:{version} with; set GALLERY_REGISTRY_URL")
@@ -42,9 +40,8 @@ class Provenance:
             raise self._refuse(f"the registry has no version {model}:{version}") from None
         except Unavailable as exc:
             raise TransientError(f"cannot confirm {model}:{version} with the registry: {exc.message}") from exc
-        status = found.get("status")
-        if status != "validated":
-            raise self._refuse(f"the registry holds {model}:{version} as {status!r}, not validated")
+        if found.status != VersionStatus.validated:
+            raise self._refuse(f"the registry holds {model}:{version} as {found.status.value!r}, not validated")
         return found
 
     def _refuse(self, reason: str) -> Refused:
@@ -54,8 +51,8 @@ class Provenance:
     async def confirm_validated(self, model: str, version: int, onnx: ArtifactRef) -> None:
         """The version is validated and `onnx` is the ONNX file the registry recorded for it."""
         found = await self._version(model, version)
-        recorded = (found.get("artifacts") or {}).get("onnx") or {}
-        if recorded.get("sha256") != onnx.sha256 or recorded.get("uri") != onnx.uri:
+        recorded = found.artifact("onnx")
+        if recorded is None or (recorded.uri, recorded.sha256) != (onnx.uri, onnx.sha256):
             raise self._refuse(
                 f"the event's onnx artifact ({onnx.uri}, sha256 {onnx.sha256[:12]}...) is not the one the registry "
                 f"recorded for {model}:{version}"
@@ -64,8 +61,7 @@ class Provenance:
     async def confirm_variant(self, model: str, version: int, artifact: ArtifactRef) -> None:
         """The version is validated and `artifact` is one of the files the registry holds for it."""
         found = await self._version(model, version)
-        attached = (found.get("artifacts") or {}).values()
-        if not any(a.get("sha256") == artifact.sha256 and a.get("uri") == artifact.uri for a in attached):
+        if not found.holds(artifact):
             raise self._refuse(
                 f"{artifact.uri} (sha256 {artifact.sha256[:12]}...) is not an artifact the registry holds for "
                 f"{model}:{version}"

@@ -1,4 +1,7 @@
-"""REST adapters: the OIP v2 API every deployed model shares, and the routing-table admin API."""
+"""REST adapters: the OIP v2 API every deployed model shares, and the routing-table admin API.
+
+Inference itself is `fastpath.InferEndpoint`, a plain ASGI route in the OIP router, not a FastAPI route.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,16 @@ from fastapi import APIRouter, Body, Request, Response
 
 from gallery_common import __version__
 from gallery_common.auth import requires
+from gallery_common.deps import get_resources
 from gallery_common.errors import NotFound
 from gallery_common.settings import Role
 
+from .fastpath import INFER_ROUTES, OIP_TAG
 from .proxy import Gateway
 from .routes import ModelRoute, RouteBook, check_model_name
 
-GATEWAY_KEY = "gateway"
-
 # An inference token may use the whole OIP API: health, metadata, readiness, infer.
-oip = APIRouter(tags=["inference (OIP v2)"], dependencies=[requires(Role.inference)])
+oip = APIRouter(tags=[OIP_TAG], dependencies=[requires(Role.inference)])
 # The routing table decides where a model's traffic, and the model-server token with it, go, and
 # `wake_url` is a URL the gateway POSTs to with the deployer's token: admin only, reads included
 # (the table names every internal backend).
@@ -25,7 +28,7 @@ admin = APIRouter(prefix="/admin", tags=["routing"], dependencies=[requires(Role
 
 
 def _gateway(request: Request) -> Gateway:
-    return request.app.state.resources.extras[GATEWAY_KEY]
+    return get_resources(request).core_as(Gateway)
 
 
 def _book(request: Request) -> RouteBook:
@@ -72,17 +75,7 @@ async def model_version_ready(model: str, version: str, request: Request) -> Res
     return await _gateway(request).forward_get(model, version, request.url.path)
 
 
-@oip.post("/v2/models/{model}/infer")
-async def infer(model: str, request: Request) -> Response:
-    """Forwarded as bytes to the backend the traffic policy picks."""
-    body = await request.body()
-    return await _gateway(request).infer(model, None, request.url.path, body, request.headers, request.cookies)
-
-
-@oip.post("/v2/models/{model}/versions/{version}/infer")
-async def infer_version(model: str, version: str, request: Request) -> Response:
-    body = await request.body()
-    return await _gateway(request).infer(model, version, request.url.path, body, request.headers, request.cookies)
+oip.routes.extend(INFER_ROUTES)
 
 
 @admin.get("/routes")

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 
 import aiohttp
 import anyio
@@ -14,7 +13,7 @@ from gallery_common.app import ServiceResources, create_app
 from gallery_common.settings import load_settings
 
 from . import api
-from .fastpath import InferFastPath, is_inference
+from .fastpath import InferFastPath, document_inference, is_inference
 from .proxy import Gateway
 from .routes import RouteBook
 from .samples import SampleOutbox
@@ -34,27 +33,23 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
     unreachable; samples wait in a bounded buffer and go out once it connects.
     """
 
-    @asynccontextmanager
-    async def startup(app: FastAPI, resources: ServiceResources) -> AsyncIterator[None]:
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Gateway:
         book = await anyio.to_thread.run_sync(RouteBook(settings.resolved_routes_file).load)
         # aiohttp rather than httpx: httpx's connection pool serialises badly at 64 concurrent requests
         connector = aiohttp.TCPConnector(limit=settings.max_connections, limit_per_host=0, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
+        token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+        client = await stack.enter_async_context(session)
         samples: SampleOutbox | None = None
         if resources.bus is not None:
             samples = SampleOutbox(resources.bus, settings.sample_buffer)
             samples.start()
-        timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
-        token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as client:
-            gateway = Gateway(settings, book, client, samples)
-            resources.extras[api.GATEWAY_KEY] = gateway
-            try:
-                yield
-            finally:
-                await gateway.close()
-                if samples is not None:
-                    await samples.close(timeout=settings.request_timeout_s)
+            stack.push_async_callback(samples.close, timeout=settings.request_timeout_s)
+        gateway = Gateway(settings, book, client, samples)
+        stack.push_async_callback(gateway.close)
+        return gateway
 
     app = create_app(
         settings,
@@ -65,10 +60,11 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         bus_required=False,
         startup=startup,
         untraced=is_inference,
-        # behind the access checks, in front of FastAPI: inference skips FastAPI's routing (the
-        # routes in api.py document it and declare the role it needs)
-        inner_middleware=[Middleware(InferFastPath, gateway_key=api.GATEWAY_KEY)],
+        # behind the access checks, in front of FastAPI: inference skips FastAPI's routing (its routes
+        # in the OIP router declare the role it needs)
+        inner_middleware=[Middleware(InferFastPath)],
     )
+    document_inference(app)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gallery_common.contracts import serving_metrics
 from gallery_common.telemetry import counter, gauge, histogram
 
 REQUESTS = counter(
@@ -18,8 +19,8 @@ LATENCY = histogram(
 BREAKER_STATE = gauge("gateway_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ("model", "backend"))
 FALLBACKS = counter("gateway_fallbacks_total", "Requests answered by a link after the first", ("model",))
 FAILURES = counter("gateway_failures_total", "Requests where every link failed", ("model", "status"))
-CACHE_HITS = counter("gateway_cache_hits_total", "Inference answers served from the cache", ("model",))
-CACHE_MISSES = counter("gateway_cache_misses_total", "Cacheable requests not found in the cache", ("model",))
+CACHE_HITS = counter(serving_metrics.CACHE_HITS, "Inference answers served from the cache", ("model",))
+CACHE_MISSES = counter(serving_metrics.CACHE_MISSES, "Cacheable requests not found in the cache", ("model",))
 SHADOW_LATENCY = histogram("gateway_shadow_duration_seconds", "Shadow backend answer time", ("model", "backend"))
 SHADOW_AGREEMENT = counter(
     "gateway_shadow_agreement_total",

@@ -19,6 +19,12 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
+from gallery_common.contracts.oip import (
+    INFERENCE_HEADER_LENGTH,
+    ProtocolError,
+    parse_header_length,
+    response_top_classes,
+)
 from gallery_common.errors import NotFound, Unavailable
 
 from . import metrics
@@ -36,8 +42,8 @@ class SampleSink(Protocol):
 
 
 # headers that carry meaning for OIP v2 bodies (the binary-data extension) and must pass through
-_PASSED_HEADERS = ("content-type", "inference-header-content-length")
-_BINARY_HEADER = "inference-header-content-length"
+_BINARY_HEADER = INFERENCE_HEADER_LENGTH.lower()
+_PASSED_HEADERS = ("content-type", _BINARY_HEADER)
 
 
 @dataclass(frozen=True)
@@ -72,29 +78,20 @@ def _cache_key(model: str, version: str | None, body: bytes, headers: Mapping[st
 
 def _to_cache(served: Answer) -> CachedAnswer | None:
     """What to keep of a 200 answer; None when its binary-data header is not a number (passed on, not kept)."""
-    length = served.headers.get(_BINARY_HEADER)
     try:
-        header_length = int(length) if length is not None else None
-    except ValueError:
+        header_length = parse_header_length(served.headers.get(_BINARY_HEADER), len(served.content))
+    except ProtocolError:
         return None
     return CachedAnswer(200, served.headers.get("content-type", "application/json"), served.content, header_length)
 
 
 def _cached_response(cached: CachedAnswer) -> Response:
-    headers = {} if cached.header_length is None else {"Inference-Header-Content-Length": str(cached.header_length)}
+    headers = {} if cached.header_length is None else {INFERENCE_HEADER_LENGTH: str(cached.header_length)}
     return Response(cached.body, status_code=cached.status, media_type=cached.content_type, headers=headers)
 
 
 def _error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
-
-
-def first_output_argmax(body: bytes) -> np.ndarray:
-    """Per-row argmax of the first output of an OIP v2 JSON answer."""
-    output = orjson.loads(body)["outputs"][0]
-    data = np.asarray(output["data"], dtype=np.float64)
-    shape = output.get("shape") or [data.size]
-    return data.reshape(shape).argmax(axis=-1)
 
 
 class Gateway:
@@ -216,7 +213,7 @@ class Gateway:
         if attempt is None or attempt.response is None or attempt.response.status_code != 200:
             return answer
         served = attempt.response
-        is_json = "inference-header-content-length" not in served.headers
+        is_json = _BINARY_HEADER not in served.headers
         if (
             cache_key is not None
             and len(served.content) <= self.settings.cache_max_body_bytes
@@ -313,11 +310,11 @@ class Gateway:
         metrics.SHADOW_LATENCY.labels(model, shadow.id).observe(time.perf_counter() - start)
         metrics.REQUESTS.labels(model, shadow.id, attempt.outcome).inc()
         agree = "error"
-        if attempt.outcome == "ok" and attempt.response is not None:
+        if attempt.outcome == "ok" and (mirrored := attempt.response) is not None:
             try:
-                same = np.array_equal(first_output_argmax(served), first_output_argmax(attempt.response.content))
-                agree = "true" if same else "false"
-            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+                shadow_classes = response_top_classes(mirrored.content, mirrored.headers.get(_BINARY_HEADER))
+                agree = "true" if np.array_equal(response_top_classes(served), shadow_classes) else "false"
+            except ValueError:  # a ProtocolError, or outputs with no classes to choose from
                 agree = "error"
         metrics.SHADOW_AGREEMENT.labels(model, shadow.id, agree).inc()
 

@@ -7,7 +7,6 @@ request path and persisted to a JSON file (written atomically) so that a restart
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import threading
 from enum import StrEnum
@@ -16,9 +15,8 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from gallery_common.contracts.names import MODEL_NAME_RULE, is_model_name
 from gallery_common.errors import InvalidRequest
-
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 
 
 class BackendRole(StrEnum):
@@ -89,8 +87,8 @@ class ModelRoute(BaseModel):
 
 
 def check_model_name(model: str) -> None:
-    if not re.fullmatch(MODEL_NAME_PATTERN, model):
-        raise InvalidRequest(f"model name {model!r} must be letters, digits, '-' or '_' (at most 128)")
+    if not is_model_name(model):
+        raise InvalidRequest(f"model name {model!r} must be {MODEL_NAME_RULE}")
 
 
 class RouteBook:

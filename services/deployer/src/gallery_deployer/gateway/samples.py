@@ -11,11 +11,11 @@ import asyncio
 from collections import deque
 
 from gallery_common.bus import EventBus
+from gallery_common.contracts.names import sample_subject
 from gallery_common.telemetry import get_logger
 
 from . import metrics
 
-SAMPLE_SUBJECT = "inference.sample.{model}"
 _RECONNECT_POLL_S = 0.25
 
 log = get_logger(__name__)
@@ -56,7 +56,7 @@ class SampleOutbox:
                 continue
             model, sample = self._buffer[0]
             try:
-                await self._bus.nc.publish(SAMPLE_SUBJECT.format(model=model), sample)
+                await self._bus.nc.publish(sample_subject(model), sample)
             except Exception as exc:  # the connection dropped between the check and the send: wait, retry
                 log.debug("sample not sent yet", model=model, reason=repr(exc))
                 await asyncio.sleep(_RECONNECT_POLL_S)

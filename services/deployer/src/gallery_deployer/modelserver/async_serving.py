@@ -13,9 +13,8 @@ from gallery_common.bus import EventBus
 from gallery_common.telemetry import get_logger
 
 from .batch_jobs import JobRunner
-from .batcher import DynamicBatcher
-from .model import ServedModel
-from .nats_rpc import InferResponder, Observer
+from .dataplane import DataPlane
+from .nats_rpc import InferResponder
 from .settings import ModelServerSettings
 
 CONNECT_RETRY_S = 2.0
@@ -26,14 +25,7 @@ log = get_logger(__name__)
 class AsyncServing:
     """Serves `infer.<model>` requests and `infer.jobs.<model>` jobs while started."""
 
-    def __init__(
-        self,
-        settings: ModelServerSettings,
-        model: ServedModel,
-        batcher: DynamicBatcher,
-        store: ArtifactStore,
-        observe: Observer | None = None,
-    ) -> None:
+    def __init__(self, settings: ModelServerSettings, plane: DataPlane, store: ArtifactStore) -> None:
         self._settings = settings
         # every model server connects as the one NATS user `modelserver`, whatever it serves
         self._bus = EventBus.from_settings(
@@ -42,8 +34,11 @@ class AsyncServing:
             publish_deadline=settings.nats_connect_timeout_s,
             reconnect_wait=CONNECT_RETRY_S,
         )
-        self.responder = InferResponder(model, batcher, observe)
-        self.jobs = JobRunner(model, store, settings.max_batch_size, settings.job_ack_wait_s, settings.job_max_deliver)
+        self.responder = InferResponder(plane)
+        # jobs read NPZ files, not OIP bodies: they run the model in chunks of their own, off the batcher
+        self.jobs = JobRunner(
+            plane.model, store, settings.max_batch_size, settings.job_ack_wait_s, settings.job_max_deliver
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -29,15 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.artifacts.base import validate_prefix
 from gallery_common.contracts import NpzRefused, NpzUnreadable, read_npz
+from gallery_common.contracts.names import JOB_STATUS_PREFIX, JOBS_PREFIX, jobs_subject, subject_token
+from gallery_common.contracts.oip import TensorSpec
 from gallery_common.errors import GalleryError, Unavailable
 from gallery_common.telemetry import get_logger
 
 from .model import ServedModel
-from .tensors import TensorSpec
 
 STREAM = "INFER_JOBS"
-JOBS_PREFIX = "infer.jobs."
-STATUS_PREFIX = "infer.jobs.status."
 OUTPUTS_ROOT = "batch-outputs"
 _STREAM_NAME_IN_USE = 10058
 _RETRY_DELAY_S = 2.0
@@ -72,14 +71,9 @@ class JobFailed(GalleryError):
     status_code = 400
 
 
-def jobs_subject(model: str) -> str:
-    """The subject a model's jobs are published on."""
-    return f"{JOBS_PREFIX}{model}"
-
-
 def status_subject(job_id: str) -> str:
     """The subject a job's progress and result are published on."""
-    return f"{STATUS_PREFIX}{job_id}"
+    return f"{JOB_STATUS_PREFIX}{job_id}"
 
 
 def output_key(model: str, prefix: str, job_id: str) -> str:
@@ -93,8 +87,8 @@ def output_key(model: str, prefix: str, job_id: str) -> str:
 
 
 def durable_name(model: str) -> str:
-    """The pull consumer a model's replicas share (durable names allow no dots or wildcards)."""
-    return "modelserver-" + re.sub(r"[^A-Za-z0-9_-]", "_", model)
+    """The pull consumer a model's replicas share (durable names allow no dots: see `subject_token`)."""
+    return "modelserver-" + subject_token(model)
 
 
 def stream_config() -> api.StreamConfig:

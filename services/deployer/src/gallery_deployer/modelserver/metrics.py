@@ -4,23 +4,19 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from gallery_common.contracts.serving_metrics import (
+    BATCH_SIZE,
+    REQUEST_DURATION,
+    REQUESTS,
+    SERIES_LABELS,
+    Outcome,
+)
 from gallery_common.telemetry import counter, histogram
 
-LABELS = ("model", "version", "variant")
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "Outcome", "ServingMetrics"]
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-class Outcome:
-    """Values of the `outcome` label on the requests counter."""
-
-    ok = "ok"
-    bad_request = "bad_request"
-    not_found = "not_found"
-    overloaded = "overloaded"
-    error = "error"
-
-    all = (ok, bad_request, not_found, overloaded, error)
 
 
 class ServingMetrics:
@@ -28,19 +24,23 @@ class ServingMetrics:
 
     def __init__(self, model: str, version: str, variant: str, registry: CollectorRegistry = REGISTRY) -> None:
         labels = (model, version, variant)
-        requests = counter("inference_requests_total", "Inference requests by outcome.", (*LABELS, "outcome"), registry)
+        requests = counter(REQUESTS, "Inference requests by outcome.", (*SERIES_LABELS, "outcome"), registry)
         self._requests = {outcome: requests.labels(*labels, outcome) for outcome in Outcome.all}
         self._request_seconds = histogram(
-            "inference_request_duration_seconds", "Whole infer request time.", LABELS, LATENCY_BUCKETS, registry
+            REQUEST_DURATION, "Whole infer request time.", SERIES_LABELS, LATENCY_BUCKETS, registry
         ).labels(*labels)
         self._queue_seconds = histogram(
-            "inference_queue_duration_seconds", "Wait for a batch.", LABELS, LATENCY_BUCKETS, registry
+            "inference_queue_duration_seconds", "Wait for a batch.", SERIES_LABELS, LATENCY_BUCKETS, registry
         ).labels(*labels)
         self._compute_seconds = histogram(
-            "inference_compute_duration_seconds", "ONNX Runtime time per batch.", LABELS, LATENCY_BUCKETS, registry
+            "inference_compute_duration_seconds",
+            "ONNX Runtime time per batch.",
+            SERIES_LABELS,
+            LATENCY_BUCKETS,
+            registry,
         ).labels(*labels)
         self._batch_size = histogram(
-            "inference_batch_size_count", "Rows per batch run by ONNX Runtime.", LABELS, BATCH_BUCKETS, registry
+            BATCH_SIZE, "Rows per batch run by ONNX Runtime.", SERIES_LABELS, BATCH_BUCKETS, registry
         ).labels(*labels)
 
     def request(self, outcome: str, seconds: float) -> None:

@@ -10,10 +10,11 @@ import numpy as np
 import onnxruntime as ort
 
 from gallery_common.artifacts import open_store
+from gallery_common.contracts.oip import TensorSpec
 from gallery_common.onnx_safety import verify_self_contained_onnx
 
 from .settings import ModelServerSettings
-from .tensors import TensorSpec, spec_from_ort
+from .tensors import spec_from_ort
 
 WARMUP_RUNS = 3
 

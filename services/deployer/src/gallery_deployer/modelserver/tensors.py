@@ -1,10 +1,8 @@
-"""Tensor descriptions: Open Inference Protocol datatypes, their numpy dtypes and ONNX Runtime's names."""
+"""ONNX Runtime's tensor types as Open Inference Protocol tensor descriptions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
+from gallery_common.contracts.oip import TensorSpec
 
 # ONNX Runtime reports input types as "tensor(float)" and so on.
 ORT_TO_OIP: dict[str, str] = {
@@ -22,45 +20,6 @@ ORT_TO_OIP: dict[str, str] = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
-
-OIP_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-
-NUMPY_TO_OIP: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_TO_NUMPY.items()}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: its name, OIP datatype and shape (-1 for a dimension of any size)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return OIP_TO_NUMPY[self.datatype]
-
-    @property
-    def batched(self) -> bool:
-        """True when the first dimension is free, so requests can be stacked along it."""
-        return len(self.shape) > 0 and self.shape[0] == -1
-
-    def metadata(self) -> dict[str, object]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 def spec_from_ort(name: str, ort_type: str, shape: list[object]) -> TensorSpec:

@@ -8,9 +8,10 @@ traffic is split between them; a runtime only makes the replicas exist and says 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 _ID = re.compile(r"[^a-z0-9-]+")
 
@@ -103,4 +104,18 @@ class Runtime(Protocol):
 
     async def close(self) -> None:
         """Release the runtime's own resources (the local runtime stops its processes)."""
+        ...
+
+
+ChangeCallback = Callable[[DeploymentStatus], Awaitable[None] | None]
+
+
+@runtime_checkable
+class ReportsChanges(Protocol):
+    """A runtime that says when a deployment's set of ready endpoints changes (the local one; a
+    Kubernetes Service follows its pods by itself)."""
+
+    def watch(self, on_change: ChangeCallback) -> None:
+        """Call `on_change(status)`, sync or async, on every change from now on, in order and before a
+        leaving replica stops."""
         ...

@@ -12,18 +12,18 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import anyio
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
+from gallery_common.contracts.serving_metrics import parse_page
 from gallery_common.errors import InvalidRequest, NotFound, Unavailable
 from gallery_common.telemetry import get_logger
 
 from . import placement
-from .base import DeploymentStatus, RuntimeState, ServerSpec
-from .local_deployment import ChangeCallback, LocalDeployment
+from .base import ChangeCallback, DeploymentStatus, RuntimeState, ServerSpec
+from .local_deployment import LocalDeployment
 from .supervisor import LocalOptions, PortBook, Replica
 
 __all__ = ["NO_GPU_FALLBACK", "LocalOptions", "LocalRuntime"]
@@ -31,7 +31,6 @@ __all__ = ["NO_GPU_FALLBACK", "LocalOptions", "LocalRuntime"]
 log = get_logger(__name__)
 
 NO_GPU_FALLBACK = "no GPU on this machine; serving on CPU"
-REQUESTS_SAMPLE = "modelgallery_inference_requests_total"
 _DEPLOYMENT_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SETTLED = frozenset({RuntimeState.ready, RuntimeState.failed, RuntimeState.scaled_to_zero})
 # Set per replica by the runtime itself, so the deployer's own values must not leak into its children.
@@ -42,9 +41,9 @@ class LocalRuntime:
     """`base.Runtime` with model servers as child processes of this one (they die with it).
 
     `env` goes to every model server (the deployer passes its GALLERY_* settings), then each spec's
-    own `env` on top. `on_change(status)`, sync or async, is called whenever a deployment's set of
-    ready endpoints changes, in order and before a leaving replica is sent SIGTERM; it must not wait
-    on `apply`, `scale` or `wake` of the same runtime.
+    own `env` on top. `on_change(status)` (given here or later to `watch`), sync or async, is called
+    whenever a deployment's set of ready endpoints changes, in order and before a leaving replica is
+    sent SIGTERM; it must not wait on `apply`, `scale` or `wake` of the same runtime.
     """
 
     name = "local"
@@ -63,6 +62,13 @@ class LocalRuntime:
         self._idle_task: asyncio.Task[None] | None = None
         self._closed = False
 
+    def watch(self, on_change: ChangeCallback) -> None:
+        """Report every change of a deployment's ready endpoints to `on_change` from now on."""
+        self._on_change = on_change
+
+    def _changed(self, status: DeploymentStatus) -> Awaitable[None] | None:
+        return None if self._on_change is None else self._on_change(status)
+
     async def apply(self, spec: ServerSpec) -> DeploymentStatus:
         """Create the deployment, or roll it to `spec` one replica at a time; returns once its first
         replicas are started, without waiting for them to be ready (see wait_ready)."""
@@ -77,7 +83,7 @@ class LocalRuntime:
             log.info("gpus_detected", gpus=[f"{g.node}/{g.index} {g.memory_mb} MB" for g in self._gpus])
         deployment = self._deployments.get(spec.deployment_id)
         if deployment is None:
-            self._deployments[spec.deployment_id] = deployment = LocalDeployment(spec, self, self._on_change)
+            self._deployments[spec.deployment_id] = deployment = LocalDeployment(spec, self, self._changed)
         await deployment.apply(spec)
         self._watch_idle()
         return deployment.status()
@@ -242,9 +248,4 @@ class LocalRuntime:
             response.raise_for_status()
         except httpx.HTTPError:
             return None
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-            if sample.name == REQUESTS_SAMPLE
-        )
+        return parse_page(response.text).overall().total

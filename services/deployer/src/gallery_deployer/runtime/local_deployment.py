@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from gallery_common.telemetry import get_logger
 
-from .base import DeploymentStatus, RuntimeState, ServerSpec
+from .base import ChangeCallback, DeploymentStatus, RuntimeState, ServerSpec
 from .supervisor import Replica, spec_key
 
 log = get_logger(__name__)
-
-ChangeCallback = Callable[[DeploymentStatus], Awaitable[None] | None]
 
 
 class ReplicaFactory(Protocol):

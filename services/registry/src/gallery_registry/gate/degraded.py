@@ -9,16 +9,10 @@ would put the rolled-back version straight back into a canary.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import anyio
 
-from gallery_common.bus import EventBus
-from gallery_common.consumer import PermanentError
-from gallery_common.errors import NotFound
 from gallery_common.events import CloudEvent, ModelDegraded
+from gallery_common.router import EventRouter
 from gallery_common.telemetry import get_logger
 
 from ..store import RegistryStore
@@ -35,29 +29,15 @@ def degraded_tags(data: ModelDegraded, at: str) -> dict[str, str | None]:
 CLEARED: dict[str, str | None] = {MARK: None, "degraded_kind": None, "degraded_reason": None, "degraded_at": None}
 
 
-def degraded_handler(store: RegistryStore) -> Any:
-    async def handle(event: CloudEvent[Any]) -> None:
-        data: ModelDegraded = event.data
-        try:
-            await anyio.to_thread.run_sync(
-                store.merge_version_tags, data.model, data.version, degraded_tags(data, event.time.isoformat())
-            )
-        except NotFound as exc:
-            raise PermanentError(exc.message) from exc
+def degraded_events(store: RegistryStore) -> EventRouter:
+    """The durable consumer `registry-degraded`: each `model.degraded` marks its version (a version
+    the registry does not hold is dead-lettered)."""
+    events = EventRouter(DURABLE, batch=5)
+
+    @events.on(ModelDegraded)
+    async def degraded(data: ModelDegraded, event: CloudEvent[ModelDegraded]) -> None:
+        tags = degraded_tags(data, event.time.isoformat())
+        await anyio.to_thread.run_sync(store.merge_version_tags, data.model, data.version, tags)
         log.warning("version_degraded", model=data.model, version=data.version, kind=data.kind, reason=data.reason)
 
-    return handle
-
-
-@asynccontextmanager
-async def degraded_consumer(bus: EventBus | None, store: RegistryStore) -> AsyncIterator[None]:
-    """Consume `model.degraded` while the app runs (when it has a bus)."""
-    consumer = None
-    if bus is not None:
-        consumer = bus.consumer(DURABLE, degraded_handler(store), events=[ModelDegraded], batch=5)
-        consumer.start()
-    try:
-        yield
-    finally:
-        if consumer is not None:
-            await consumer.stop()
+    return events

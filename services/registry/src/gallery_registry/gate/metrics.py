@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from gallery_common.contracts.scoring import macro_f1
+
 ECE_BINS = 15
 
 FloatArray = npt.NDArray[np.floating]
@@ -44,16 +46,6 @@ def per_class_recall(labels: IntArray, predicted: IntArray, n_classes: int) -> d
         if support.any():
             out[cls] = float((predicted[support] == cls).mean())
     return out
-
-
-def macro_f1(labels: IntArray, predicted: IntArray) -> float:
-    """Unweighted mean F1 over every label in truth or prediction; F1 is 0 where undefined."""
-    scores = []
-    for cls in np.union1d(labels, predicted):
-        true_positive = float(np.sum((predicted == cls) & (labels == cls)))
-        denominator = float(np.sum(predicted == cls) + np.sum(labels == cls))
-        scores.append(2 * true_positive / denominator if denominator else 0.0)
-    return float(np.mean(scores)) if scores else 0.0
 
 
 def expected_calibration_error(probabilities: FloatArray, labels: IntArray, bins: int = ECE_BINS) -> float:

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from gallery_common.auth import requires
-from gallery_common.errors import Unavailable
+from gallery_common.deps import get_resources
 from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
 
+from ..deps import RegistryCore
 from ..schemas import VersionStatus
-from .consumer import GATE_STATE
 from .validator import ValidationGate
 
 router = APIRouter(prefix="/api/v1", tags=["validation gate"])
@@ -31,11 +31,8 @@ class ValidationResult(BaseModel):
     report: dict[str, Any] = Field(description="the evaluation report: metrics, latency, champion comparison, policy")
 
 
-def get_gate(request: Request) -> ValidationGate:
-    gate = getattr(request.app.state, GATE_STATE, None)
-    if gate is None:
-        raise Unavailable("the validation gate is not running")
-    return gate  # type: ignore[no-any-return]
+async def get_gate(request: Request) -> ValidationGate:
+    return get_resources(request).core_as(RegistryCore).gate
 
 
 GateDep = Annotated[ValidationGate, Depends(get_gate)]

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.bus import EventBus
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
-from gallery_common.events import ArtifactRef, CloudEvent, ModelRejected, ModelTrained, ModelValidated
+from gallery_common.events import CloudEvent, ModelRejected, ModelTrained, ModelValidated
 from gallery_common.telemetry import counter, get_logger, histogram
 
 from ..schemas import ArtifactRole, ValidationPolicy, VersionCreate, VersionPublic, VersionStatus
@@ -66,10 +66,7 @@ def outcome_payload(version: VersionPublic) -> ModelValidated | ModelRejected:
     """The `model.validated` / `model.rejected` payload for a version the gate has decided."""
     report = version.evaluation_report or {}
     if version.status == VersionStatus.validated:
-        artifacts = {
-            str(role): ArtifactRef(uri=a.uri, sha256=a.sha256, size=a.size, format=a.format)
-            for role, a in version.artifacts.items()
-        }
+        artifacts = {str(role): a.ref for role, a in version.artifacts.items()}
         return ModelValidated(
             model=version.name,
             version=version.version,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from gallery_common.netutil import free_port
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,6 @@ def choose_backend(requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_rank_environment() -> None:

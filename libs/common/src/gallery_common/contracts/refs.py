@@ -1,0 +1,43 @@
+"""The shapes lifecycle events and the registry's records share: an artifact by URI and digest, a model's
+tensor signature and its lineage.
+
+They live here, not in `gallery_common.events` (which re-exports them), so that the registry's contract
+(`contracts.registry`) can build on them without importing the events module that imports this package.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class ArtifactRef(BaseModel):
+    """A pointer to bytes in an artifact store, with the digest that proves them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str = Field(pattern=r"^(file|s3)://")
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    size: int | None = Field(default=None, ge=0)
+    format: str | None = None
+
+
+class TensorSpec(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class Signature(BaseModel):
+    """Input and output tensors of a model; -1 marks a variable dimension."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class Lineage(BaseModel):
+    training_job_id: str | None = None
+    dataset_fingerprint: str | None = None
+    config_hash: str | None = None
+    parent_version: int | None = None
