@@ -15,7 +15,8 @@ import io
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,15 @@ import orjson
 import pytest
 from lifecycle_stack import LifecycleStack
 from promtool_check import Promtool
+from waiting import wait_for as _wait_for
 
 from gallery_cli.stack import stack_authorization
 from gallery_common.events import CloudEvent
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.telemetry import trace_id_of
 
+# each check reads the whole event stream: look once a second
+wait_for = partial(_wait_for, interval=1.0)
 REPO = Path(__file__).resolve().parents[2]
 GALLERY = Path(sys.executable).with_name("gallery")
 MODEL = "digits-mlp"
@@ -64,16 +68,6 @@ def stack(tmp_path: Path) -> Iterator[LifecycleStack]:
 async def stored_events(stack: LifecycleStack) -> list[CloudEvent]:
     async with stack.bus() as bus:
         return await bus.stored_events()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def events_of(stack: LifecycleStack, kind: str, **match: object) -> list[CloudEvent]:

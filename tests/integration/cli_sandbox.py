@@ -85,17 +85,6 @@ def make_sandbox(tmp_path: Path, body: str) -> Sandbox:
     return Sandbox(tmp_path / "home", nats_port, service_port, env)
 
 
-def wait_until(what: str, check, timeout: float, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    """Poll `check()` until it returns something truthy and return that; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def pids_gone(pids: list[int], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

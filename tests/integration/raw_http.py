@@ -1,4 +1,4 @@
-"""Uvicorn on a free loopback port, and a bare-socket HTTP client that can stop mid-body.
+"""A bare-socket HTTP client that can stop mid-body.
 
 An HTTP library always finishes the body it was given; these helpers send a request's head and a
 first chunk and then only listen, to show what a server answers before the rest arrives.
@@ -8,34 +8,9 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-
-import uvicorn
-
-from gallery_common.netutil import free_port
-
-
-@contextmanager
-def served(app: Any) -> Iterator[int]:
-    """Serve `app` with uvicorn in a thread; yields its port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 @dataclass

@@ -17,9 +17,10 @@ import pytest
 from fastapi import APIRouter, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
-from raw_http import chunked, read_answer, request_head, send_first_chunk, served
+from raw_http import chunked, read_answer, request_head, send_first_chunk
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn_thread import served
 
 from gallery_common.access import AccessPolicy
 from gallery_common.app import create_app

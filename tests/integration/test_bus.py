@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import nats
 import orjson
 import pytest
 from opentelemetry import trace
+from waiting import eventually
 
 from gallery_common import telemetry
 from gallery_common.bus import EVENTS_STREAM, EventBus, PermanentError, TransientError
@@ -38,17 +37,6 @@ def _telemetry() -> None:
 async def bus(nats_server: EmbeddedNats) -> AsyncIterator[EventBus]:
     async with EventBus(nats_server.url, "test-bus") as connected:
         yield connected
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or check}")
-        await asyncio.sleep(0.02)
 
 
 async def nothing_pending(bus: EventBus, durable: str) -> bool:

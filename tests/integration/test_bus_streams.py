@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from waiting import eventually
 
 from gallery_common.bus import DLQ_STREAM, EVENTS_STREAM, EventBus, StreamLimits, stream_configs
 from gallery_common.events import CloudEvent, ModelValidated
@@ -20,17 +19,6 @@ from gallery_common.netutil import free_port, wait_for_port
 from gallery_common.settings import GallerySettings
 
 DAY = 86_400.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if await result if isinstance(result, Awaitable) else result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_new_streams_get_the_default_limits(nats_server: EmbeddedNats) -> None:

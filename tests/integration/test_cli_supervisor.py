@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_sandbox import Sandbox, make_sandbox, pids_gone, start_foreground, wait_until
+from cli_sandbox import Sandbox, make_sandbox, pids_gone, start_foreground
+from waiting import wait_for
 
 from gallery_common.bus import EventBus
 from gallery_common.events import ModelDeploymentFailed
@@ -89,7 +90,7 @@ def kill_and_time_the_heal(box: Sandbox, name: str) -> tuple[float, dict[str, An
         code, rows = status_json(box)
         return rows[name] if code == 0 and rows[name]["pid"] != old["pid"] else None
 
-    row = wait_until(f"{name} healthy again", healed, timeout=30)
+    row = wait_for(f"{name} healthy again", healed, timeout=30)
     return time.monotonic() - killed, row
 
 
@@ -148,7 +149,7 @@ def test_a_killed_service_and_nats_server_are_back_within_5_s_and_no_event_is_lo
     asyncio.run(publish_events(consuming, range(11, 21)))
     assert asyncio.run(stored_versions(consuming)) == list(range(1, 21))
     # the restarted service, reconnected to the restarted server, handled every event once
-    assert wait_until("every event handled", lambda: effects(consuming)[0] == 20, timeout=30)
+    assert wait_for("every event handled", lambda: effects(consuming)[0] == 20, timeout=30)
 
     table = consuming.gallery("status")
     assert table.returncode == 0 and table.stdout.count("killed by SIGKILL") == 2, table.stdout
@@ -161,10 +162,10 @@ def test_a_handler_killed_mid_work_gets_its_event_again_and_does_it_once(consumi
     (consuming.home / "hang").touch()
     assert consuming.gallery("up", "--detach").returncode == 0
     asyncio.run(publish_events(consuming, range(1, 2)))
-    wait_until("the first delivery", lambda: effects(consuming)[1], timeout=20)
+    wait_for("the first delivery", lambda: effects(consuming)[1], timeout=20)
 
     _, row = kill_and_time_the_heal(consuming, "echo")
-    applied, deliveries = wait_until(
+    applied, deliveries = wait_for(
         "the redelivery", lambda: effects(consuming) if effects(consuming)[0] else None, timeout=30
     )
     assert applied == 1 and list(deliveries.values()) == [2]
@@ -179,7 +180,7 @@ def test_a_crash_loop_stops_and_says_why(tmp_path: Path) -> None:
     try:
         assert box.gallery("up", "--detach").returncode == 0
         os.kill(processes(box)["echo"]["pid"], signal.SIGKILL)
-        failed = wait_until("the crash loop", lambda: processes(box)["echo"]["state"] == "failed", timeout=60)
+        failed = wait_for("the crash loop", lambda: processes(box)["echo"]["state"] == "failed", timeout=60)
         assert failed
         code, rows = status_json(box)
         echo = rows["echo"]

@@ -28,8 +28,8 @@ from deployer_stack import (
     put,
     start_stack,
     validation_split,
-    wait_for,
 )
+from waiting import wait_for
 
 from gallery_common.bus import EventBus
 from gallery_common.events import ArtifactRef, ModelOptimized, ModelValidated

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import APIRouter, FastAPI, Query
+from uvicorn_thread import served
 
 from gallery_common.app import create_app
 from gallery_common.errors import InvalidRequest, NotFound
@@ -304,17 +303,6 @@ def standin_app(scene: MonitorScene, home: Path, tokens: str = "") -> FastAPI:
 
 @contextmanager
 def serve(app: FastAPI, port: int) -> Iterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1:`port` in a background thread; yields the base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the stand-in monitor did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    """Serve `app` on 127.0.0.1:`port` until the block ends; yields the base URL."""
+    with served(app, port) as bound:
+        yield f"http://127.0.0.1:{bound}"

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -19,8 +18,8 @@ from typing import Any
 import httpx
 import nats
 import numpy as np
-import uvicorn
 from onnx import TensorProto, helper, numpy_helper
+from uvicorn_thread import served
 
 from gallery_common.bus import EventBus
 from gallery_common.events import CloudEvent
@@ -98,24 +97,8 @@ def model_server(home: Path, *, model: str = "iris", version: str = "1") -> Iter
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Serve `app` on a free loopback port until the block ends; yields its URL once /readyz answers 200."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the app on port {port} did not become ready")
-        with suppress(httpx.HTTPError):
-            if server.started and httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with served(app, ready_path="/readyz") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def publish_events(nats_url: str, events: list[CloudEvent[Any]]) -> None:
@@ -161,15 +144,3 @@ def stored_events(nats_url: str, subject: str) -> list[CloudEvent[Any]]:
         return seen
 
     return asyncio.run(go())
-
-
-def wait_for(check: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
-    """Call `check` until it returns something truthy; fail with its last answer after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s; last answer {answer!r}")
-        time.sleep(interval)

@@ -27,8 +27,8 @@ from monitor_service_harness import (
     put_file,
     serve,
     stored_events,
-    wait_for,
 )
+from waiting import wait_for
 
 from gallery_common.events import ModelDeployed, ModelTrained, ModelValidated, make_event
 from gallery_common.nats_server import EmbeddedNats
@@ -109,7 +109,9 @@ def test_lifecycle_events_become_the_timeline_and_the_models_stages(stack: Stack
     publish_events(stack.nats_url, events)
     publish_events(stack.nats_url, [events[1]])  # a repeat is stored once
 
-    timeline = wait_for(lambda: len(r := stack.get("/api/v1/models/iris/timeline").json()) == 3 and r)
+    timeline = wait_for(
+        "three timeline items", lambda: len(r := stack.get("/api/v1/models/iris/timeline").json()) == 3 and r, 30
+    )
     assert [(i["version"], i["event"], i["event_id"]) for i in timeline] == [
         (None, "trained", "e-trained"), (1, "validated", "e-validated"), (1, "deployed", "e-dep"),
     ]  # fmt: skip
@@ -127,7 +129,7 @@ def test_lifecycle_events_become_the_timeline_and_the_models_stages(stack: Stack
     assert stack.get("/api/v1/canary/wine").status_code == 404
     # a model known from its events alone has no figures, and no samples to judge drift on
     publish_events(stack.nats_url, [make_event(ModelValidated(model="digits", version=1), "/t", event_id="e-d")])
-    wait_for(lambda: stack.get("/api/v1/models/digits/timeline").status_code == 200)
+    wait_for("digits' timeline", lambda: stack.get("/api/v1/models/digits/timeline").status_code == 200, 30)
     figures = stack.get("/api/v1/models/digits/figures").json()
     assert figures == {"model": "digits", "window_s": 60.0, "versions": [], "cache_hit_rate": None, "series": []}
     drift = stack.get("/api/v1/models/digits/drift").json()
@@ -155,7 +157,9 @@ def sample_messages(rows: np.ndarray, per_message: int = 1) -> list[bytes]:
 def test_a_shifted_input_distribution_drifts_and_publishes_one_degraded(stack: Stack) -> None:
     rng = np.random.default_rng(1)
     publish_samples(stack.nats_url, "inference.sample.iris", sample_messages(training_rows(rng, 300), per_message=3))
-    drift = wait_for(lambda: (d := stack.get("/api/v1/models/iris/drift").json())["samples"] == 300 and d)
+    drift = wait_for(
+        "300 samples", lambda: (d := stack.get("/api/v1/models/iris/drift").json())["samples"] == 300 and d, 30
+    )
     assert drift["version"] == 1 and drift["window_s"] == WINDOW_S
     assert [f["feature"] for f in drift["features"]] == [0, 1, 2, 3]
     assert not drift["drifted"] and drift["reasons"] == []
@@ -178,7 +182,11 @@ def test_a_shifted_input_distribution_drifts_and_publishes_one_degraded(stack: S
     [alert] = stack.get("/api/v1/alerts", model="iris", open="true").json()
     assert alert["kind"] == "drift" and alert["event_id"] == event.id and alert["closed_at"] is None
     # the event itself comes back through the lifecycle stream into the timeline
-    wait_for(lambda: any(i["event"] == "degraded" for i in stack.get("/api/v1/models/iris/timeline").json()))
+    wait_for(
+        "a degraded event",
+        lambda: any(i["event"] == "degraded" for i in stack.get("/api/v1/models/iris/timeline").json()),
+        30,
+    )
 
 
 def test_a_model_server_over_its_p99_slo_gives_exactly_one_degraded(stack: Stack) -> None:

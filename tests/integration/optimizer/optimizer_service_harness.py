@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-import httpx
-import uvicorn
+from uvicorn_thread import served
 
 from gallery_common.bus import EventBus
 from gallery_common.events import CloudEvent, Payload
@@ -19,23 +17,8 @@ from gallery_common.events import CloudEvent, Payload
 @contextmanager
 def serve(app: Any, port: int) -> Iterator[str]:
     """Serve `app` on a loopback port until the block ends; yields the base URL once /readyz answers 200."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the app on port {port} did not become ready")
-        with suppress(httpx.HTTPError):
-            if server.started and httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with served(app, port, ready_path="/readyz") as bound:
+        yield f"http://127.0.0.1:{bound}"
 
 
 def publish(nats_url: str, payload: Payload, event_id: str) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from onnx_builders import (
     store_model_artifacts,
     with_external_initializer,
 )
+from waiting import eventually
 
 from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.bus import EVENTS_STREAM, EventBus
@@ -124,14 +125,6 @@ class Gate(Trainer):
         """Every delivery acked, nothing waiting, nothing dead-lettered."""
         await eventually(lambda: nothing_pending(self.bus), what="the gate consumer to settle")
         assert await self.bus.dead_letters() == []
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def nothing_pending(bus: EventBus) -> bool:

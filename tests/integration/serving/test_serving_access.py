@@ -20,11 +20,12 @@ import orjson
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry
-from raw_http import chunked, read_answer, request_head, send_first_chunk, served
+from raw_http import chunked, read_answer, request_head, send_first_chunk
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn_thread import served
 
 from gallery_deployer.gateway.app import create_app_for
 from gallery_deployer.gateway.settings import GatewaySettings

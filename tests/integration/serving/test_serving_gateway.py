@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn_thread import running
 
 from gallery_common.contracts.serving_metrics import CACHE_HITS
 from gallery_common.nats_server import EmbeddedNats
@@ -83,19 +83,8 @@ class FakeModelServer:
 
 @contextmanager
 def serve(app: object, port: int) -> Iterator[uvicorn.Server]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    try:
+    with running(app, port) as server:
         yield server
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from nats.js import api
 from test_serving_modelserver import Artifact, Server, put_artifact, start_server, tiny_model, wait_ready
+from waiting import wait_for
 
 from gallery_common.bus import EventBus
 from gallery_common.nats_server import EmbeddedNats
@@ -58,19 +59,6 @@ def start_gateway(home: Path, nats_url: str) -> Gateway:
             [sys.executable, "-m", "gallery_common.serve", "gateway"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     return Gateway(process, f"http://127.0.0.1:{port}", log)
-
-
-def wait_for(what: str, check, timeout: float):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @dataclass
@@ -120,7 +108,12 @@ def data_plane(served: tuple[Artifact, int], tmp_path: Path) -> Iterator[tuple[S
     gateway = start_gateway(tmp_path / "gateway", nats.url)
     try:
         wait_ready(server)
-        wait_for("the gateway ready without NATS", lambda: gateway.ready().status_code == 200, 30)
+        wait_for(
+            "the gateway ready without NATS",
+            lambda: gateway.ready().status_code == 200,
+            30,
+            ignore=(httpx.TransportError,),
+        )
         route = {"backends": [{"id": "v1", "url": server.url, "version": "1.0.0", "weight": 1}]}
         assert httpx.put(f"{gateway.url}/admin/routes/tiny", json=route, timeout=5).status_code == 200
         yield server, gateway, nats
@@ -156,7 +149,12 @@ def test_gateway_and_model_server_start_and_serve_with_no_nats_then_samples_flow
     assert httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200
 
     nats.start()
-    wait_for("the gateway on the bus", lambda: gateway.ready().json()["checks"]["nats"] == "ok", 30)
+    wait_for(
+        "the gateway on the bus",
+        lambda: gateway.ready().json()["checks"]["nats"] == "ok",
+        30,
+        ignore=(httpx.TransportError,),
+    )
     httpx.post(f"{gateway.url}/v2/models/tiny/infer", content=orjson.dumps(ROWS), timeout=5)
 
     # the five answered before NATS existed waited in the buffer; the sixth follows them
@@ -164,7 +162,7 @@ def test_gateway_and_model_server_start_and_serve_with_no_nats_then_samples_flow
         times = asyncio.run(captured_sample_times(nats.url))
         return times if len(times) >= 6 else None
 
-    assert len(wait_for("six samples", six_samples, 30)) == 6
+    assert len(wait_for("six samples", six_samples, 30, ignore=(httpx.TransportError,))) == 6
 
 
 @pytest.mark.slow
@@ -173,7 +171,12 @@ def test_nats_down_for_a_minute_under_steady_load_fails_no_request_and_samples_r
 ) -> None:
     _, gateway, nats = data_plane
     nats.start()
-    wait_for("the gateway on the bus", lambda: gateway.ready().json()["checks"]["nats"] == "ok", 30)
+    wait_for(
+        "the gateway on the bus",
+        lambda: gateway.ready().json()["checks"]["nats"] == "ok",
+        30,
+        ignore=(httpx.TransportError,),
+    )
     load = SteadyLoad(f"{gateway.url}/v2/models/tiny/infer")
     worker = threading.Thread(target=load.run, daemon=True)
     worker.start()
@@ -186,7 +189,12 @@ def test_nats_down_for_a_minute_under_steady_load_fails_no_request_and_samples_r
             time.sleep(5)
         nats.start()
         up_at = time.time()
-        wait_for("the gateway back on the bus", lambda: gateway.ready().json()["checks"]["nats"] == "ok", 30)
+        wait_for(
+            "the gateway back on the bus",
+            lambda: gateway.ready().json()["checks"]["nats"] == "ok",
+            30,
+            ignore=(httpx.TransportError,),
+        )
         time.sleep(3)
     finally:
         load._stop.set()

@@ -14,7 +14,7 @@ from gallery_common.settings import GallerySettings
 from gallery_trainer.app import create_tables
 from gallery_trainer.jobs import JobService
 from gallery_trainer.models import Job, Run
-from gallery_trainer.runner import STOPPED_REASON, JobRunner
+from gallery_trainer.runner import STOPPED_REASON, TrainingRunner
 from gallery_trainer.search import SearchCoordinator
 
 SPEC = {
@@ -30,7 +30,7 @@ def test_jobs_and_searches_on_postgres(tmp_path: Path, postgres_server) -> None:
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
     searches = SearchCoordinator(engine)
     # The runner is never started: these jobs stay queued unless the test moves them.
-    runner = JobRunner(engine=engine, store=store, publish=lambda *_: None, jobs_dir=tmp_path / "jobs")
+    runner = TrainingRunner(engine=engine, store=store, publish=lambda *_: None, jobs_dir=tmp_path / "jobs")
     jobs = JobService(engine, runner, searches)
 
     first = jobs.submit(json.dumps(SPEC).encode(), "application/json")

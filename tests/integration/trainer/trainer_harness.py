@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
+from uvicorn_thread import served
 
 from gallery_common.bus import EventBus
 from gallery_common.events import CloudEvent, Payload
@@ -40,20 +39,11 @@ def trainer_settings(home: Path, nats_url: str) -> TrainerSettings:
 @contextmanager
 def serve_trainer(settings: TrainerSettings) -> Iterator[httpx.Client]:
     """The trainer app running in uvicorn; yields an HTTP client on its base URL."""
-    server = uvicorn.Server(uvicorn.Config(create(settings), host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="trainer-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the trainer did not start")
-        time.sleep(0.05)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{settings.port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    with (
+        served(create(settings), settings.port, join_s=60) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        yield client
 
 
 def wait_job(client: httpx.Client, job_id: str, until: tuple[str, ...] = FINAL, timeout: float = 120) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from gallery_optimizer import routes
 from gallery_optimizer.jobs import JobStore, create_tables
 from gallery_optimizer.routes import OptimizerCore
 from gallery_optimizer.settings import OptimizerSettings
-from gallery_optimizer.worker import JobRunner
+from gallery_optimizer.worker import OptimizationRunner
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def client(tmp_path: Path, registry: InMemoryRegistry) -> Iterator[TestClient]:
         assert resources.engine is not None and resources.store is not None
         await anyio.to_thread.run_sync(create_tables, resources.engine)
         jobs = JobStore(resources.engine)
-        runner = JobRunner(
+        runner = OptimizationRunner(
             jobs=jobs,
             store=resources.store,
             registry=registry,  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from gallery_common.events import ArtifactRef
 from gallery_common.settings import GallerySettings
 from gallery_optimizer.jobs import JobStore, create_tables
 from gallery_optimizer.policy import OptimizationPolicy
-from gallery_optimizer.worker import JobRunner
+from gallery_optimizer.worker import OptimizationRunner
 
 
 @dataclass
@@ -28,7 +28,7 @@ class World:
     registry: InMemoryRegistry
     pipeline: FakePipeline
     published: RecordingPublisher
-    runner: JobRunner
+    runner: OptimizationRunner
     work_dir: Path
 
     def submit(self, model: str = "iris", version: int = 1, **policy: object) -> str:
@@ -45,7 +45,7 @@ def world(tmp_path: Path) -> World:
     jobs = JobStore(engine)
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
     registry, pipeline, published = InMemoryRegistry(), FakePipeline(), RecordingPublisher()
-    runner = JobRunner(
+    runner = OptimizationRunner(
         jobs=jobs,
         store=store,
         registry=registry,  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from gallery_optimizer.jobs import JobStore, create_tables
 from gallery_optimizer.measure import MeasurementFailed, peak_memory_bytes, run_model
 from gallery_optimizer.pipeline import OptimizationError, OptimizeInputs, optimize
 from gallery_optimizer.policy import OptimizationPolicy
-from gallery_optimizer.worker import JobRunner
+from gallery_optimizer.worker import OptimizationRunner
 
 GiB = 1024**3
 FEATURES, CLASSES = 4, 3
@@ -112,7 +112,7 @@ def test_the_worker_fails_the_job_with_the_reason_within_the_limit(
             open_store((tmp_path / "artifacts").as_uri(), GallerySettings()),
             InMemoryRegistry(),
         )
-        runner = JobRunner(
+        runner = OptimizationRunner(
             jobs=jobs,
             store=store,
             registry=registry,

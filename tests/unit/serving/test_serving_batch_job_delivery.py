@@ -13,7 +13,7 @@ import orjson
 
 from gallery_common.artifacts.base import ArtifactRef
 from gallery_common.contracts.oip import TensorSpec
-from gallery_deployer.modelserver.batch_jobs import JobRunner
+from gallery_deployer.modelserver.batch_jobs import BatchJobRunner
 from gallery_deployer.modelserver.model import ServedModel
 
 
@@ -86,10 +86,10 @@ class StatusLog:
 JOB = orjson.dumps({"job_id": "j1", "input": {"uri": "file:///in.npz", "sha256": "0" * 64}, "output_prefix": "out"})
 
 
-def runner(store: FlakyStore, seconds: float = 0.0, ack_wait: float = 30.0) -> tuple[JobRunner, StatusLog]:
+def runner(store: FlakyStore, seconds: float = 0.0, ack_wait: float = 30.0) -> tuple[BatchJobRunner, StatusLog]:
     spec_in, spec_out = TensorSpec("x", "FP32", (-1, 2)), TensorSpec("y", "FP32", (-1, 2))
     model = ServedModel("m", "1", "fp32", DoublingSession(seconds), (spec_in,), (spec_out,))  # type: ignore[arg-type]
-    job_runner = JobRunner(model, store, chunk_rows=4, ack_wait=ack_wait, max_deliver=3)  # type: ignore[arg-type]
+    job_runner = BatchJobRunner(model, store, chunk_rows=4, ack_wait=ack_wait, max_deliver=3)  # type: ignore[arg-type]
     log = StatusLog()
     job_runner._nc = log  # type: ignore[assignment]
     return job_runner, log

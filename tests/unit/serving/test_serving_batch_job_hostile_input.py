@@ -14,7 +14,7 @@ from test_serving_batch_job_delivery import DoublingSession, Message, StatusLog
 
 from gallery_common.artifacts import FileArtifactStore
 from gallery_common.contracts.oip import TensorSpec
-from gallery_deployer.modelserver.batch_jobs import JobFailed, JobRunner, read_inputs
+from gallery_deployer.modelserver.batch_jobs import BatchJobRunner, JobFailed, read_inputs
 from gallery_deployer.modelserver.model import ServedModel
 
 SPECS = (TensorSpec("x", "FP32", (-1, 1000)),)
@@ -29,7 +29,7 @@ def npz(**arrays: np.ndarray) -> bytes:
 async def run_job(store: FileArtifactStore, key: str, data: bytes) -> tuple[Message, StatusLog]:
     ref = store.put(key, data)
     model = ServedModel("m", "1", "fp32", DoublingSession(), SPECS, (TensorSpec("y", "FP32", (-1, 1000)),))  # type: ignore[arg-type]
-    job_runner = JobRunner(model, store, chunk_rows=4, max_deliver=3)
+    job_runner = BatchJobRunner(model, store, chunk_rows=4, max_deliver=3)
     log = StatusLog()
     job_runner._nc = log  # type: ignore[assignment]
     job = {"job_id": "j1", "input": {"uri": ref.uri, "sha256": ref.sha256}, "output_prefix": "out"}

@@ -25,7 +25,7 @@ from gallery_trainer.app import create_tables
 from gallery_trainer.jobs import JobService, UnsupportedMediaType
 from gallery_trainer.models import Job, JobPublic, Run
 from gallery_trainer.pipeline import JobOutputs, ProgressUpdate, TrainingFailed
-from gallery_trainer.runner import STOPPED_REASON, JobRunner, ProgressWriter
+from gallery_trainer.runner import STOPPED_REASON, TrainingProgress, TrainingRunner
 from gallery_trainer.search import SearchCoordinator
 from gallery_trainer.tracking import MetricsTail, run_metrics
 
@@ -129,7 +129,7 @@ class FakeTraining:
 class Harness:
     engine: Engine
     store: ArtifactStore
-    runner: JobRunner
+    runner: TrainingRunner
     jobs: JobService
     searches: SearchCoordinator
     training: FakeTraining
@@ -165,7 +165,7 @@ def make_harness(tmp_path: Path, training: FakeTraining, publish_error: Exceptio
         if next_job:
             runner.enqueue(next_job)
 
-    runner = JobRunner(
+    runner = TrainingRunner(
         engine=engine,
         store=store,
         publish=publish,
@@ -320,7 +320,7 @@ def test_stopping_the_service_fails_a_running_job_with_the_reason(tmp_path: Path
 def test_progress_is_throttled_but_phase_changes_and_the_last_update_are_written(tmp_path: Path) -> None:
     h = make_harness(tmp_path, FakeTraining())
     job = h.submit(IRIS)
-    writer = ProgressWriter(h.engine, job.id, "run", MetricsTail(tmp_path / "none.jsonl"), interval=3600)
+    writer = TrainingProgress(h.engine, job.id, "run", MetricsTail(tmp_path / "none.jsonl"), interval=3600)
 
     def seen() -> JobPublic:
         return h.jobs.get(job.id)

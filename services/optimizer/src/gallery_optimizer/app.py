@@ -25,7 +25,7 @@ from .consumer import validated_events
 from .jobs import JobStore, create_tables
 from .routes import OptimizerCore
 from .settings import OptimizerSettings
-from .worker import BundleFn, JobRunner, OptimizeFn, default_pipeline
+from .worker import BundleFn, OptimizationRunner, OptimizeFn, default_pipeline
 
 
 def create(
@@ -43,7 +43,7 @@ def create(
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         registry = RegistryClient(settings.registry_url, token, timeout=settings.registry_timeout)
         stack.callback(registry.close)
-        runner = JobRunner(
+        runner = OptimizationRunner(
             jobs=jobs,
             store=resources.store,
             registry=registry,

@@ -18,14 +18,14 @@ from gallery_common.telemetry import get_logger
 
 from .delivery import optimized_event_id
 from .jobs import JobStore
-from .worker import JobRunner
+from .worker import OptimizationRunner
 
 DURABLE = "optimizer"
 ACK_WAIT_SECONDS = 120.0
 log = get_logger(__name__)
 
 
-def validated_events(jobs: JobStore, runner: JobRunner, bus: EventBus) -> EventRouter:
+def validated_events(jobs: JobStore, runner: OptimizationRunner, bus: EventBus) -> EventRouter:
     """The durable consumer `optimizer`: one optimization job per validated version (an event without
     an ONNX artifact is dead-lettered)."""
     events = EventRouter(DURABLE, ack_wait=ACK_WAIT_SECONDS, batch=1)

@@ -22,7 +22,7 @@ from gallery_common.settings import Role
 from .jobs import JobStore, resolve_policy
 from .models import JobPublic, OptimizeRequest
 from .policy import OptimizationPolicy
-from .worker import REQUIRED_ROLES, JobRunner
+from .worker import REQUIRED_ROLES, OptimizationRunner
 
 router = APIRouter(prefix="/api/v1", tags=["optimizer"])
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the registered model's name")]
@@ -33,19 +33,19 @@ class OptimizerCore:
     """What the optimizer app's startup builds: the job store and the worker that runs the jobs."""
 
     jobs: JobStore
-    runner: JobRunner
+    runner: OptimizationRunner
 
 
 def get_jobs(request: Request) -> JobStore:
     return get_resources(request).core_as(OptimizerCore).jobs
 
 
-def get_runner(request: Request) -> JobRunner:
+def get_runner(request: Request) -> OptimizationRunner:
     return get_resources(request).core_as(OptimizerCore).runner
 
 
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
-RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+RunnerDep = Annotated[OptimizationRunner, Depends(get_runner)]
 
 
 @router.get("/policies/{model}", summary="A model's optimization policy (defaults when none was set)")

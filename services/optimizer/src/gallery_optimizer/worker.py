@@ -75,7 +75,7 @@ def default_pipeline() -> tuple[OptimizeFn, BundleFn, Callable[..., OptimizeInpu
     return optimize, build_edge_bundle, OptimizeInputs
 
 
-class ProgressWriter:
+class OptimizationProgress:
     """Turns the pipeline's (step, fraction) callbacks into job rows, at most once per interval."""
 
     def __init__(self, jobs: JobStore, job_id: str, interval: float) -> None:
@@ -99,7 +99,7 @@ class ProgressWriter:
         self.stage("optimizing", fraction, step)
 
 
-class JobRunner:
+class OptimizationRunner:
     """Runs jobs from a queue in one worker thread (one optimization at a time: it is CPU-bound)."""
 
     def __init__(
@@ -178,7 +178,7 @@ class JobRunner:
                 shutil.rmtree(workdir, ignore_errors=True)
 
     def _run(self, job_id: str, model: str, version: int, workdir: Path) -> None:
-        progress = ProgressWriter(self.jobs, job_id, self.progress_interval)
+        progress = OptimizationProgress(self.jobs, job_id, self.progress_interval)
         refs, policy = self.jobs.inputs(job_id)
         missing = [role for role in REQUIRED_ROLES if role not in refs]
         if missing:

@@ -25,7 +25,7 @@ from gallery_common.telemetry import get_logger
 from . import routes_jobs, routes_runs
 from .jobs import JobService
 from .models import Job, Run, RunMetric, Search, SearchTrial
-from .runner import JobRunner, TrainFn
+from .runner import TrainFn, TrainingRunner
 from .search import SearchCoordinator
 from .settings import TrainerSettings
 
@@ -38,7 +38,7 @@ def create_tables(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine, tables=_TABLES)
 
 
-def verdict_events(searches: SearchCoordinator, runner: JobRunner) -> EventRouter:
+def verdict_events(searches: SearchCoordinator, runner: TrainingRunner) -> EventRouter:
     """The durable consumer `trainer-search`: the gate's verdicts on the trials of hyperparameter searches."""
     events = EventRouter(SEARCH_DURABLE)
 
@@ -76,7 +76,7 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
             if next_job is not None:
                 runner.enqueue(next_job)
 
-        runner = JobRunner(
+        runner = TrainingRunner(
             engine=engine,
             store=resources.store,
             publish=bridge.publish,

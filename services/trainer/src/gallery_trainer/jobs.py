@@ -14,7 +14,7 @@ from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFou
 from gallery_common.telemetry import get_logger
 
 from .models import FINAL_JOB_STATES, Job, JobPublic, Run, utcnow
-from .runner import STOPPED_REASON, JobRunner
+from .runner import STOPPED_REASON, TrainingRunner
 from .search import SearchCoordinator
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class JobService:
     """The trainer's jobs, over the database, the worker and the search coordinator."""
 
     def __init__(
-        self, engine: Engine, runner: JobRunner, searches: SearchCoordinator, policy: SpecPolicy | None = None
+        self, engine: Engine, runner: TrainingRunner, searches: SearchCoordinator, policy: SpecPolicy | None = None
     ) -> None:
         self.engine = engine
         self.runner = runner

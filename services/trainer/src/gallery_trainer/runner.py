@@ -73,7 +73,7 @@ class ActiveJob:
     stopping: bool = False  # cancelled because the service is stopping, not by a user
 
 
-class ProgressWriter:
+class TrainingProgress:
     """Turns training's progress callbacks into job rows and metric rows, at most once per interval.
 
     A change of phase is always written at once; so is the last update (`flush`).
@@ -133,7 +133,7 @@ def progress_of(phase: str, epoch: int, epochs: int) -> float:
     return _PHASE_PROGRESS.get(phase, 0.0)
 
 
-class JobRunner:
+class TrainingRunner:
     """Worker threads over a queue of job ids; the database is the truth, the queue only a wake-up."""
 
     def __init__(
@@ -260,7 +260,7 @@ class JobRunner:
         workdir = self.workdir(job.id)
         workdir.mkdir(parents=True, exist_ok=True)
         tail = MetricsTail(workdir / "metrics.jsonl")
-        writer = ProgressWriter(self.engine, job.id, run.id, tail, self.progress_interval)
+        writer = TrainingProgress(self.engine, job.id, run.id, tail, self.progress_interval)
         clock, rss = RunClock(), PeakRssMonitor()
         try:
             spec = parse_spec(job.spec)

@@ -12,7 +12,7 @@ from gallery_common.artifacts import ArtifactStore
 from gallery_common.bus import EventBus
 from gallery_common.telemetry import get_logger
 
-from .batch_jobs import JobRunner
+from .batch_jobs import BatchJobRunner
 from .dataplane import DataPlane
 from .nats_rpc import InferResponder
 from .settings import ModelServerSettings
@@ -36,7 +36,7 @@ class AsyncServing:
         )
         self.responder = InferResponder(plane)
         # jobs read NPZ files, not OIP bodies: they run the model in chunks of their own, off the batcher
-        self.jobs = JobRunner(
+        self.jobs = BatchJobRunner(
             plane.model, store, settings.max_batch_size, settings.job_ack_wait_s, settings.job_max_deliver
         )
         self._task: asyncio.Task[None] | None = None

@@ -184,7 +184,7 @@ def write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-class JobRunner:
+class BatchJobRunner:
     """Takes one job at a time from the model's durable pull consumer and runs it to its end."""
 
     def __init__(
