@@ -8,7 +8,8 @@ from sqlmodel import Session
 
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
-from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.models import OptimizationJob
 from gallery_optimizer.policy import OptimizationPolicy
 
@@ -17,7 +18,7 @@ ONNX = {"onnx": ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)}
 
 def test_jobs_and_policies_on_postgres(postgres_server) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(postgres_server.new_database())
-    create_tables(engine)
+    upgrade(engine)
     jobs = JobStore(engine)
 
     jobs.put_policy("iris", {"variants": ["int8_dynamic"], "student_hidden": [16, 8]})

@@ -11,8 +11,8 @@ from sqlmodel import Session, col
 from gallery_common.artifacts import open_store
 from gallery_common.db import make_engine
 from gallery_common.settings import GallerySettings
-from gallery_trainer.app import create_tables
 from gallery_trainer.jobs import JobService
+from gallery_trainer.migrations import upgrade
 from gallery_trainer.models import Job, Run
 from gallery_trainer.runner import STOPPED_REASON, TrainingRunner
 from gallery_trainer.search import SearchCoordinator
@@ -26,7 +26,7 @@ SPEC = {
 
 def test_jobs_and_searches_on_postgres(tmp_path: Path, postgres_server) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(postgres_server.new_database())
-    create_tables(engine)
+    upgrade(engine)
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
     searches = SearchCoordinator(engine)
     # The runner is never started: these jobs stay queued unless the test moves them.

@@ -20,7 +20,7 @@ from gallery_common.artifacts import open_store
 from gallery_common.db import make_engine
 from gallery_common.events import ModelTrained
 from gallery_common.nats_server import EmbeddedNats
-from gallery_trainer.app import create_tables
+from gallery_trainer.migrations import upgrade
 from gallery_trainer.models import Job
 from gallery_trainer.runner import STOPPED_REASON
 
@@ -146,7 +146,7 @@ def test_a_running_job_can_be_cancelled(tmp_path: Path, nats_server: EmbeddedNat
 def test_a_job_left_running_by_a_dead_trainer_is_failed_at_start(tmp_path: Path, nats_server: EmbeddedNats) -> None:
     settings = trainer_settings(tmp_path, nats_server.url)
     engine = make_engine(settings.resolved_database_url)
-    create_tables(engine)
+    upgrade(engine)
     with Session(engine) as session:
         session.add(Job(id="orphan", model="iris-mlp", status="running", phase="training", spec=iris_spec()))
         session.commit()

@@ -21,7 +21,8 @@ from gallery_common.db import make_engine
 from gallery_common.events import Payload
 from gallery_deployer.deployer import canary
 from gallery_deployer.deployer.controller import Controller
-from gallery_deployer.deployer.records import DeploymentStore, Stage, create_tables
+from gallery_deployer.deployer.migrations import upgrade
+from gallery_deployer.deployer.records import DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
 
 BOMB_REASON = (
@@ -41,7 +42,7 @@ def model_servers(request: httpx.Request) -> httpx.Response:
 async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
     settings = DeployerSettings(home=tmp_path, canary_percent=10, drain_s=0, canary_window_s=0.01)
     engine = make_engine(f"sqlite:///{tmp_path / 'deployer.db'}")
-    create_tables(engine)
+    upgrade(engine)
 
     async def publish(payload: Payload, event_id: str) -> None:
         pass

@@ -12,7 +12,8 @@ from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, NotFound
 from gallery_common.events import ArtifactRef, Payload
 from gallery_deployer.deployer.controller import Controller
-from gallery_deployer.deployer.records import DeploymentStore, Stage, create_tables
+from gallery_deployer.deployer.migrations import upgrade
+from gallery_deployer.deployer.records import DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
 from gallery_deployer.gateway.routes import ModelRoute
 from gallery_deployer.runtime.base import DeploymentStatus, RuntimeState, ServerSpec
@@ -90,7 +91,7 @@ class FakeRegistry:
 async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
     settings = DeployerSettings(home=tmp_path, canary_percent=10, drain_s=0, canary_window_s=3600)
     engine = make_engine(f"sqlite:///{tmp_path / 'deployer.db'}")
-    create_tables(engine)
+    upgrade(engine)
     events: list[tuple[Payload, str]] = []
 
     async def publish(payload: Payload, event_id: str) -> None:

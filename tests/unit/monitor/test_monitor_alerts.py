@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from gallery_common.db import make_engine
 from gallery_common.events import ModelDegraded
 from gallery_monitor.alerts import AlertBook, publish_pending
-from gallery_monitor.models import create_tables
+from gallery_monitor.migrations import upgrade
 
 WINDOW = 60.0
 
@@ -18,7 +18,7 @@ WINDOW = 60.0
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
-    create_tables(engine)
+    upgrade(engine)
     return engine
 
 

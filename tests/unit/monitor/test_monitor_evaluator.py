@@ -16,7 +16,8 @@ from gallery_common.events import ModelDegraded
 from gallery_deployer.modelserver.metrics import ServingMetrics
 from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate, judge_slo
-from gallery_monitor.models import Slo, SloUpdate, create_tables
+from gallery_monitor.migrations import upgrade
+from gallery_monitor.models import Slo, SloUpdate
 from gallery_monitor.references import ReferenceCache, ReferenceUnavailable
 from gallery_monitor.samples import SampleBook
 from gallery_monitor.series import Figures, SeriesBook
@@ -42,7 +43,7 @@ def load_split(model: str, version: int) -> tuple[np.ndarray, np.ndarray | None]
 @pytest.fixture
 def monitor(tmp_path: Path) -> Monitor:
     engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
-    create_tables(engine)
+    upgrade(engine)
     return Monitor(
         engine,
         default_slo=SLO,

@@ -19,7 +19,7 @@ from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
 from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate
-from gallery_monitor.models import create_tables
+from gallery_monitor.migrations import upgrade
 from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, registry_split_loader
 from gallery_monitor.samples import SampleBook
 from gallery_monitor.series import SeriesBook
@@ -40,7 +40,7 @@ def registry_of(splits: dict[int, ArtifactRef]) -> InMemoryRegistry:
 
 def monitor_over(store: ArtifactStore, registry: InMemoryRegistry, tmp_path: Path, name: str) -> Monitor:
     engine = make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
-    create_tables(engine)
+    upgrade(engine)
     loader = registry_split_loader(registry, store)
     return Monitor(
         engine,

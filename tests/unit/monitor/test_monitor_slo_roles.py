@@ -17,7 +17,8 @@ from gallery_common.app import create_app
 from gallery_common.db import make_engine
 from gallery_common.settings import GallerySettings
 from gallery_monitor import routes
-from gallery_monitor.models import Slo, create_tables
+from gallery_monitor.migrations import upgrade
+from gallery_monitor.models import Slo
 from gallery_monitor.slos import SloStore
 
 DEFAULTS = Slo(p99_ms=100, error_rate=0.01, drift_psi=0.2, drift_min_samples=200, window_s=60)
@@ -33,7 +34,7 @@ class MonitorWithSlos:
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
-    create_tables(engine)
+    upgrade(engine)
     monitor = MonitorWithSlos(SloStore(engine, DEFAULTS, max_window_s=900))
     settings = GallerySettings(
         home=tmp_path,

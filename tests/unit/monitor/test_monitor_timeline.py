@@ -22,7 +22,8 @@ from gallery_common.events import (
     Payload,
     make_event,
 )
-from gallery_monitor.models import Slo, SloUpdate, create_tables
+from gallery_monitor.migrations import upgrade
+from gallery_monitor.models import Slo, SloUpdate
 from gallery_monitor.slos import SloStore
 from gallery_monitor.timeline import TimelineStore
 
@@ -34,7 +35,7 @@ REF = ArtifactRef(uri="file:///tmp/model.onnx", sha256="0" * 64)
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
     engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
-    create_tables(engine)
+    upgrade(engine)
     return engine
 
 

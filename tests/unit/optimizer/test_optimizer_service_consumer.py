@@ -11,7 +11,8 @@ from gallery_common.consumer import PermanentError
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef, ModelOptimized, ModelValidated, make_event
 from gallery_optimizer.consumer import validated_events
-from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.migrations import upgrade
 
 ONNX = ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)
 
@@ -35,7 +36,7 @@ class FakeRunner:
 @pytest.fixture
 def jobs(tmp_path: Path) -> JobStore:
     engine = make_engine(f"sqlite:///{tmp_path / 'optimizer.db'}")
-    create_tables(engine)
+    upgrade(engine)
     return JobStore(engine)
 
 

@@ -9,7 +9,8 @@ import pytest
 from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, InvalidRequest
 from gallery_common.events import ArtifactRef
-from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.policy import OptimizationPolicy
 
 ONNX = {"onnx": ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)}
@@ -18,7 +19,7 @@ ONNX = {"onnx": ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)}
 @pytest.fixture
 def jobs(tmp_path: Path) -> JobStore:
     engine = make_engine(f"sqlite:///{tmp_path / 'optimizer.db'}")
-    create_tables(engine)
+    upgrade(engine)
     return JobStore(engine)
 
 

@@ -17,7 +17,8 @@ from registry_fakes import InMemoryRegistry
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_optimizer import routes
-from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.routes import OptimizerCore
 from gallery_optimizer.settings import OptimizerSettings
 from gallery_optimizer.worker import OptimizationRunner
@@ -34,7 +35,7 @@ def client(tmp_path: Path, registry: InMemoryRegistry) -> Iterator[TestClient]:
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> OptimizerCore:
         assert resources.engine is not None and resources.store is not None
-        await anyio.to_thread.run_sync(create_tables, resources.engine)
+        await anyio.to_thread.run_sync(upgrade, resources.engine)
         jobs = JobStore(resources.engine)
         runner = OptimizationRunner(
             jobs=jobs,

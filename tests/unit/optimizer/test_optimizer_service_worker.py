@@ -16,7 +16,8 @@ from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import GallerySettings
-from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.policy import OptimizationPolicy
 from gallery_optimizer.worker import OptimizationRunner
 
@@ -41,7 +42,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     engine = make_engine(f"sqlite:///{tmp_path / 'optimizer.db'}")
-    create_tables(engine)
+    upgrade(engine)
     jobs = JobStore(engine)
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
     registry, pipeline, published = InMemoryRegistry(), FakePipeline(), RecordingPublisher()

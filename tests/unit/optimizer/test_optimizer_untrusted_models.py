@@ -17,8 +17,9 @@ from gallery_common.contracts import write_split
 from gallery_common.db import make_engine
 from gallery_common.sandbox import Limits
 from gallery_common.settings import GallerySettings, get_settings
-from gallery_optimizer.jobs import JobStore, create_tables
+from gallery_optimizer.jobs import JobStore
 from gallery_optimizer.measure import MeasurementFailed, peak_memory_bytes, run_model
+from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.pipeline import OptimizationError, OptimizeInputs, optimize
 from gallery_optimizer.policy import OptimizationPolicy
 from gallery_optimizer.worker import OptimizationRunner
@@ -106,7 +107,7 @@ def test_the_worker_fails_the_job_with_the_reason_within_the_limit(
     get_settings.cache_clear()
     try:
         engine = make_engine(f"sqlite:///{tmp_path / 'optimizer.db'}")
-        create_tables(engine)
+        upgrade(engine)
         jobs, store, registry = (
             JobStore(engine),
             open_store((tmp_path / "artifacts").as_uri(), GallerySettings()),

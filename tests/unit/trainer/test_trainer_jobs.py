@@ -21,8 +21,8 @@ from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ModelTrained, Signature, TensorSpec
 from gallery_common.settings import GallerySettings
-from gallery_trainer.app import create_tables
 from gallery_trainer.jobs import JobService, UnsupportedMediaType
+from gallery_trainer.migrations import upgrade
 from gallery_trainer.models import Job, JobPublic, Run
 from gallery_trainer.pipeline import JobOutputs, ProgressUpdate, TrainingFailed
 from gallery_trainer.runner import STOPPED_REASON, TrainingProgress, TrainingRunner
@@ -150,7 +150,7 @@ class Harness:
 
 def make_harness(tmp_path: Path, training: FakeTraining, publish_error: Exception | None = None) -> Harness:
     engine = make_engine(f"sqlite:///{tmp_path / 'trainer.db'}")
-    create_tables(engine)
+    upgrade(engine)
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
     published: list[tuple[ModelTrained, str]] = []
     searches = SearchCoordinator(engine)

@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from gallery_common.db import make_engine
 from gallery_common.errors import NotFound
-from gallery_trainer.app import create_tables
+from gallery_trainer.migrations import upgrade
 from gallery_trainer.models import Job, Run
 from gallery_trainer.search import SearchCoordinator
 from gallery_trainer.spec import parse_spec
@@ -47,7 +47,7 @@ def trained(engine, job_id: str, accuracy: float) -> str:  # type: ignore[no-unt
 @pytest.fixture
 def searches(tmp_path: Path) -> SearchCoordinator:
     engine = make_engine(f"sqlite:///{tmp_path / 'trainer.db'}")
-    create_tables(engine)
+    upgrade(engine)
     return SearchCoordinator(engine)
 
 

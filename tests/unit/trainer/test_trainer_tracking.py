@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlmodel import Session
 
 from gallery_common.db import make_engine
-from gallery_trainer.app import create_tables
+from gallery_trainer.migrations import upgrade
 from gallery_trainer.models import Run
 from gallery_trainer.tracking import MetricsTail, compare_runs, flatten_params, record_metrics, run_metrics
 from gallery_trainer.tracking_system import PeakRssMonitor
@@ -53,7 +53,7 @@ def test_metrics_tail_reads_only_complete_new_lines(tmp_path: Path) -> None:
 
 def test_recorded_metrics_come_back_as_the_records_training_wrote(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 't.db'}")
-    create_tables(engine)
+    upgrade(engine)
     records = [
         {"kind": "step", "step": 1, "epoch": 1, "time": 0.5, "train_loss": 1.2, "lr": 0.01, "samples_per_sec": 900.0},
         {

@@ -1,6 +1,6 @@
 """The monitor app: the lifecycle consumer, the sample subscription, the scraper, the evaluator, REST and the dashboard.
 
-Its tables are created at start-up (`create_all`; no migrations yet).
+Its tables are migrated to the newest revision at start-up (Alembic).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from . import routes
 from .core import Monitor
 from .dashboard import router as dashboard_router
 from .evaluator import run_evaluator
-from .models import Slo, create_tables
+from .migrations import upgrade
+from .models import Slo
 from .references import ReferenceCache, registry_split_loader
 from .samples import SampleBook
 from .scraper import Scraper
@@ -78,7 +79,7 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Monitor:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         bus = resources.bus
-        await anyio.to_thread.run_sync(create_tables, resources.engine)
+        await anyio.to_thread.run_sync(upgrade, resources.engine)
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         # few retries: a reference that cannot be had now is asked for again after reference_retry_s
         registry = RegistryClient(settings.registry_url, token, timeout=10.0, retry_delays=(0.5, 1.0))

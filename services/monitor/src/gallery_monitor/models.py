@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, Column, DateTime
-from sqlalchemy.engine import Engine
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
@@ -64,11 +63,6 @@ class AlertRecord(SQLModel, table=True):
     published: bool = False
     opened_at: datetime = SQLField(sa_column=Column(DateTime(timezone=True), nullable=False))
     closed_at: datetime | None = SQLField(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
-
-
-def create_tables(engine: Engine) -> None:
-    tables = [model.__table__ for model in (LifecycleEvent, SloRecord, AlertRecord)]  # type: ignore[attr-defined,union-attr]
-    SQLModel.metadata.create_all(engine, tables=tables)
 
 
 class Slo(BaseModel):

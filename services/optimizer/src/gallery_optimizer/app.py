@@ -1,6 +1,6 @@
 """The optimizer service app: policies and jobs over REST, a job worker, the `model.validated` consumer.
 
-Its tables are created at start-up (`create_all`; no migrations yet). torch and onnxruntime are
+Its tables are migrated to the newest revision at start-up (Alembic). torch and onnxruntime are
 imported by the worker when a job runs, so the service starts and answers `/readyz` quickly.
 """
 
@@ -22,7 +22,8 @@ from gallery_common.settings import load_settings
 
 from . import routes
 from .consumer import validated_events
-from .jobs import JobStore, create_tables
+from .jobs import JobStore
+from .migrations import upgrade
 from .routes import OptimizerCore
 from .settings import OptimizerSettings
 from .worker import BundleFn, OptimizationRunner, OptimizeFn, default_pipeline
@@ -38,7 +39,7 @@ def create(
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> OptimizerCore:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
-        await anyio.to_thread.run_sync(create_tables, resources.engine)
+        await anyio.to_thread.run_sync(upgrade, resources.engine)
         jobs = JobStore(resources.engine)
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         registry = RegistryClient(settings.registry_url, token, timeout=settings.registry_timeout)

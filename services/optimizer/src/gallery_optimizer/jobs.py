@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
@@ -24,7 +24,6 @@ from .models import ACTIVE_STATES, JobPublic, OptimizationJob, OptimizationPolic
 from .policy import OptimizationPolicy
 
 STOPPED_REASON = "the optimizer stopped while this job ran"
-_TABLES = [model.__table__ for model in (OptimizationJob, OptimizationPolicyRecord)]  # type: ignore[union-attr]
 
 Outcome = Literal["created", "retried", "active", "succeeded"]
 
@@ -40,10 +39,6 @@ class Submission:
     @property
     def needs_run(self) -> bool:
         return self.outcome in ("created", "retried")
-
-
-def create_tables(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine, tables=_TABLES)
 
 
 def resolve_policy(stored: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> OptimizationPolicy:

@@ -1,6 +1,6 @@
 """The trainer service app: REST API for jobs and runs, a job worker, the search consumer.
 
-Its tables are created at start-up (`create_all`; no migrations yet). torch and DeepSpeed are
+Its tables are migrated to the newest revision at start-up (Alembic). torch and DeepSpeed are
 imported by the worker when a job runs, so the service starts and answers `/readyz` quickly.
 """
 
@@ -12,8 +12,6 @@ from functools import partial
 
 import anyio
 from fastapi import FastAPI
-from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.bus import BusBridge
@@ -24,18 +22,13 @@ from gallery_common.telemetry import get_logger
 
 from . import routes_jobs, routes_runs
 from .jobs import JobService
-from .models import Job, Run, RunMetric, Search, SearchTrial
+from .migrations import upgrade
 from .runner import TrainFn, TrainingRunner
 from .search import SearchCoordinator
 from .settings import TrainerSettings
 
 log = get_logger(__name__)
 SEARCH_DURABLE = "trainer-search"
-_TABLES = [model.__table__ for model in (Job, Run, RunMetric, Search, SearchTrial)]  # type: ignore[union-attr]
-
-
-def create_tables(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine, tables=_TABLES)
 
 
 def verdict_events(searches: SearchCoordinator, runner: TrainingRunner) -> EventRouter:
@@ -67,7 +60,7 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> JobService:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         engine = resources.engine
-        await anyio.to_thread.run_sync(create_tables, engine)
+        await anyio.to_thread.run_sync(upgrade, engine)
         searches = SearchCoordinator(engine)
         bridge = BusBridge(resources.bus, asyncio.get_running_loop())
 

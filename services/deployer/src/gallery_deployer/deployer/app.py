@@ -19,7 +19,8 @@ from ..runtime.base import Runtime
 from . import api
 from .consumer import rollout_events
 from .controller import Controller
-from .records import DeploymentStore, create_tables
+from .migrations import upgrade
+from .records import DeploymentStore
 from .routing import GatewayClient
 from .settings import DeployerSettings
 
@@ -68,7 +69,7 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Controller:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
-        await anyio.to_thread.run_sync(create_tables, resources.engine)
+        await anyio.to_thread.run_sync(upgrade, resources.engine)
         bus = resources.bus
 
         async def publish(payload: Payload, event_id: str) -> None:

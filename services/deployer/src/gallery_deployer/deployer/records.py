@@ -1,6 +1,6 @@
 """The deployer's records: one row per deployed model version, and the events already handled.
 
-Blocking SQL: call these from worker threads. Tables are created at start-up (`create_all`).
+Blocking SQL: call these from worker threads. Tables are migrated at start-up (Alembic, `migrations/`).
 """
 
 from __future__ import annotations
@@ -61,13 +61,6 @@ class HandledEvent(SQLModel, table=True):
 
     event_id: str = Field(primary_key=True)
     handled_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
-
-
-def create_tables(engine: Engine) -> None:
-    from .policy import PolicyRecord
-
-    tables = [DeploymentRecord.__table__, HandledEvent.__table__, PolicyRecord.__table__]  # type: ignore[attr-defined]
-    SQLModel.metadata.create_all(engine, tables=tables)
 
 
 class DeploymentStore:

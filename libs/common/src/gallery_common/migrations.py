@@ -1,0 +1,184 @@
+"""Alembic migrations run from code (no alembic.ini), one way for every service that keeps tables.
+
+A service keeps its revisions in a `migrations` package of its own (`env.py`, `script.py.mako`,
+`versions/`) and describes it with a `SchemaMigrations`: where the scripts are, the tables they
+manage and the service's own version table, so services sharing one database never see each
+other's revisions. At start-up the service calls `upgrade(engine)`.
+
+A database built by `create_all` before the service had migrations holds the tables but no version
+table. `upgrade` adopts it: if its tables and columns are those the baseline revision creates, it
+is stamped at that revision (rows kept) and migrated on from there; if not, it raises
+`SchemaMismatch` naming the differences rather than guess.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import MetaData, Table, create_engine, inspect, pool
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+from .telemetry import get_logger
+
+log = get_logger(__name__)
+
+
+def tables_of(*models: type[SQLModel]) -> tuple[Table, ...]:
+    """The tables behind SQLModel table classes, for `SchemaMigrations.tables`."""
+    return tuple(model.__table__ for model in models)  # type: ignore[attr-defined]
+
+
+class SchemaMismatch(RuntimeError):
+    """An unversioned database whose tables are not those the baseline revision creates."""
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """What adopting an unversioned database checks: a table's column and index names."""
+
+    columns: frozenset[str]
+    indexes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class SchemaMigrations:
+    """One service's Alembic scripts, the tables they manage and the table recording their revision."""
+
+    scripts: Path
+    version_table: str
+    tables: tuple[Table, ...]
+    # The revision that creates the tables `create_all` made before the service had migrations.
+    baseline: str = "0001"
+
+    def metadata(self) -> MetaData:
+        """The managed tables on a MetaData of their own (services may share SQLModel's)."""
+        target = MetaData()
+        for table in self.tables:
+            table.to_metadata(target)
+        return target
+
+    def config(self, engine: Engine | None = None) -> Config:
+        """An Alembic config for these scripts; with `engine`, migrations run on it."""
+        config = Config()
+        config.set_main_option("script_location", str(self.scripts))
+        if engine is not None:
+            config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+            config.attributes["engine"] = engine
+        return config
+
+    def current_revision(self, engine: Engine) -> str | None:
+        """The revision the database is at, or None if it was never migrated."""
+        with engine.connect() as conn:
+            return self._context(conn).get_current_revision()
+
+    def upgrade(self, engine: Engine, revision: str = "head") -> None:
+        """Bring the database behind `engine` to `revision` (default: the newest), adopting a create_all one."""
+        # Alembic's own INFO lines are plain text; one structured line below says the same.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        before = self.current_revision(engine)
+        if before is None and self._adopt(engine):
+            before = self.baseline
+        command.upgrade(self.config(engine), revision)
+        after = self.current_revision(engine)
+        if after != before:
+            log.info(
+                "database schema migrated", version_table=self.version_table, from_revision=before, to_revision=after
+            )
+
+    def run_env(self) -> None:
+        """The body of the package's `env.py`: migrate the engine in `config.attributes`, or the configured URL."""
+        from alembic import context
+
+        config = context.config
+        target = self.metadata()
+        if context.is_offline_mode():
+            context.configure(
+                url=config.get_main_option("sqlalchemy.url"),
+                target_metadata=target,
+                literal_binds=True,
+                version_table=self.version_table,
+                render_as_batch=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+            return
+        engine = config.attributes.get("engine") or create_engine(
+            config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool
+        )
+        with engine.connect() as connection:
+            context.configure(
+                connection=connection,
+                target_metadata=target,
+                version_table=self.version_table,
+                # SQLite cannot ALTER most things; batch mode rebuilds the table instead
+                render_as_batch=connection.dialect.name == "sqlite",
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+
+    def _context(self, conn: Connection) -> MigrationContext:
+        return MigrationContext.configure(conn, opts={"version_table": self.version_table})
+
+    def _adopt(self, engine: Engine) -> bool:
+        """Stamp an unversioned database that holds the baseline's tables; False if it holds none of them."""
+        with engine.connect() as conn:
+            if not inspect(conn).get_table_names():
+                return False  # a new database: nothing to adopt, and no need to build the baseline
+        expected = self._baseline_layout()
+        found = _layout(engine, set(expected))
+        if not found:
+            return False
+        problems = _differences(expected, found)
+        if problems:
+            raise SchemaMismatch(
+                f"the database at {engine.url.render_as_string(hide_password=True)} has tables of this service "
+                f"but no {self.version_table} table, and they differ from revision {self.baseline}: "
+                + "; ".join(problems)
+            )
+        command.stamp(self.config(engine), self.baseline)
+        log.info("existing database schema adopted", version_table=self.version_table, revision=self.baseline)
+        return True
+
+    def _baseline_layout(self) -> dict[str, TableLayout]:
+        """The tables, columns and indexes the baseline revision creates, built in a scratch SQLite database."""
+        scratch = create_engine("sqlite://", poolclass=pool.StaticPool)
+        try:
+            command.upgrade(self.config(scratch), self.baseline)
+            with scratch.connect() as conn:
+                names = set(inspect(conn).get_table_names()) - {self.version_table}
+            return _layout(scratch, names)
+        finally:
+            scratch.dispose()
+
+
+def _layout(engine: Engine, tables: set[str]) -> dict[str, TableLayout]:
+    """The layout of those of `tables` the database holds."""
+    with engine.connect() as conn:
+        inspector = inspect(conn)
+        return {
+            name: TableLayout(
+                columns=frozenset(c["name"] for c in inspector.get_columns(name)),
+                indexes=frozenset(i["name"] for i in inspector.get_indexes(name) if i["name"]),
+            )
+            for name in sorted(tables & set(inspector.get_table_names()))
+        }
+
+
+def _differences(expected: dict[str, TableLayout], found: dict[str, TableLayout]) -> list[str]:
+    problems = [f"table {name} is missing" for name in sorted(expected.keys() - found.keys())]
+    for name in sorted(expected.keys() & found.keys()):
+        want, have = expected[name], found[name]
+        if missing := sorted(want.columns - have.columns):
+            problems.append(f"{name} lacks columns {', '.join(missing)}")
+        if extra := sorted(have.columns - want.columns):
+            problems.append(f"{name} has unknown columns {', '.join(extra)}")
+        # other indexes may be there (PostgreSQL lists those behind unique constraints)
+        if lacking := sorted(want.indexes - have.indexes):
+            problems.append(f"{name} lacks indexes {', '.join(lacking)}")
+    return problems

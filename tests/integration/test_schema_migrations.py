@@ -1,0 +1,152 @@
+"""Every service's Alembic migrations: the schema they build, and databases made by the old create_all.
+
+Run against SQLite and a real PostgreSQL. A database built by `create_all` before the service had
+migrations (tables, no version table) must be adopted with its rows, so an existing $GALLERY_HOME
+keeps working.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel
+
+from gallery_common.db import make_engine
+from gallery_common.migrations import SchemaMigrations, SchemaMismatch
+from gallery_deployer.deployer.migrations import MIGRATIONS as DEPLOYER
+from gallery_deployer.deployer.records import HandledEvent
+from gallery_monitor.migrations import MIGRATIONS as MONITOR
+from gallery_monitor.models import SloRecord
+from gallery_optimizer.migrations import MIGRATIONS as OPTIMIZER
+from gallery_optimizer.models import OptimizationJob
+from gallery_registry.migrations import MIGRATIONS as REGISTRY
+from gallery_registry.tables import RegisteredModelRow
+from gallery_trainer.migrations import MIGRATIONS as TRAINER
+from gallery_trainer.models import Job
+
+# Each service's migrations, with a row a user would have stored in one of its tables.
+SERVICES: dict[str, tuple[SchemaMigrations, Callable[[], SQLModel]]] = {
+    "registry": (REGISTRY, lambda: RegisteredModelRow(name="iris")),
+    "trainer": (TRAINER, lambda: Job(model="iris")),
+    "optimizer": (OPTIMIZER, lambda: OptimizationJob(model="iris", version=1)),
+    "deployer": (DEPLOYER, lambda: HandledEvent(event_id="validated:iris:1")),
+    "monitor": (
+        MONITOR,
+        lambda: SloRecord(model="iris", p99_ms=50, error_rate=0.01, drift_psi=0.2, drift_min_samples=100, window_s=300),
+    ),
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'service.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def create_all_as_before(migrations: SchemaMigrations, engine: Engine) -> None:
+    """What the service did at start-up before it had migrations."""
+    migrations.tables[0].metadata.create_all(engine, tables=list(migrations.tables))
+
+
+def schema_differences(migrations: SchemaMigrations, engine: Engine) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": migrations.version_table})
+        return list(compare_metadata(context, migrations.metadata()))
+
+
+def store(engine: Engine, row: SQLModel) -> type[SQLModel]:
+    with Session(engine) as session:
+        session.add(row)
+        session.commit()
+    return type(row)
+
+
+def count(engine: Engine, model: type[SQLModel]) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(model))  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_upgrade_builds_the_tables_the_service_declares(service: str, engine: Engine) -> None:
+    migrations, _ = SERVICES[service]
+    migrations.upgrade(engine)
+
+    assert migrations.current_revision(engine) == "0001"
+    assert schema_differences(migrations, engine) == []
+    assert migrations.version_table in inspect(engine).get_table_names()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_database_made_by_create_all_is_adopted_with_its_rows(service: str, engine: Engine) -> None:
+    migrations, row = SERVICES[service]
+    create_all_as_before(migrations, engine)
+    model = store(engine, row())
+    assert migrations.current_revision(engine) is None
+
+    migrations.upgrade(engine)
+
+    assert migrations.current_revision(engine) == "0001"
+    assert count(engine, model) == 1
+    assert schema_differences(migrations, engine) == []
+    migrations.upgrade(engine)  # a second start changes nothing
+    assert (migrations.current_revision(engine), count(engine, model)) == ("0001", 1)
+
+
+def test_a_database_unlike_the_first_revision_is_refused_and_left_alone(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
+    create_all_as_before(MONITOR, engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE monitor_slo DROP COLUMN window_s"))
+        conn.execute(text("DROP TABLE monitor_alert"))
+
+    with pytest.raises(SchemaMismatch, match="monitor_alert is missing; monitor_slo lacks columns window_s"):
+        MONITOR.upgrade(engine)
+    assert MONITOR.current_revision(engine) is None
+    assert "monitor_alembic_version" not in inspect(engine).get_table_names()
+
+
+def test_services_sharing_one_database_keep_their_own_revisions(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+    create_all_as_before(TRAINER, engine)  # one service from before migrations, among migrated ones
+    for migrations, _ in SERVICES.values():
+        migrations.upgrade(engine)
+
+    tables = set(inspect(engine).get_table_names())
+    for name, (migrations, _) in SERVICES.items():
+        assert migrations.current_revision(engine) == "0001", name
+        assert {t.name for t in migrations.tables} | {migrations.version_table} <= tables
+
+
+def test_an_adopted_database_goes_on_to_later_revisions(tmp_path: Path) -> None:
+    """Adoption compares with the first revision, not the newest, so it still works once the schema moves on."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(MONITOR.scripts, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "0002_slo_note.py").write_text(
+        '"""A note on each SLO"""\n\n'
+        "import sqlalchemy as sa\nfrom alembic import op\n\n"
+        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        "def upgrade() -> None:\n"
+        '    op.add_column("monitor_slo", sa.Column("note", sa.String(), nullable=True))\n'
+    )
+    later = SchemaMigrations(scripts=scripts, version_table=MONITOR.version_table, tables=MONITOR.tables)
+    engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
+    create_all_as_before(MONITOR, engine)
+    store(engine, SERVICES["monitor"][1]())
+
+    later.upgrade(engine)
+
+    assert later.current_revision(engine) == "0002"
+    assert "note" in {c["name"] for c in inspect(engine).get_columns("monitor_slo")}
+    assert count(engine, SloRecord) == 1
