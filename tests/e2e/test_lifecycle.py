@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 import pytest
 from lifecycle_stack import LifecycleStack
+from prometheus_client.parser import text_string_to_metric_families
 from promtool_check import Promtool
 from waiting import wait_for as _wait_for
 
@@ -176,7 +177,9 @@ def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: Lifecyc
     assert production_alias(stack) == 1
     assert wait_for("v2 marked", lambda: version_of(stack, 2)["tags"].get("needs_revalidation") == "true", 30)
     assert infer(stack, x[:5])["model_version"] == "1"
-    time.sleep(3.0)  # the episode stays open: no second alert for the same drift
+    # the monitor judges the same drift twice more: the episode stays open, no second alert
+    rounds = evaluation_rounds(stack)
+    wait_for("two more evaluation rounds", lambda: evaluation_rounds(stack) >= rounds + 2, 60)
     assert len(events_of(stack, "degraded", version=2)) == 1
 
     # one trace per version from the trainer through the gate and the optimizer to its first deployment
@@ -190,6 +193,18 @@ def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: Lifecyc
 
     # every process's /metrics, after all that traffic, is clean under promtool
     assert_metrics_pass_promtool(stack, promtool)
+
+
+def evaluation_rounds(stack: LifecycleStack) -> float:
+    """How many evaluation rounds the monitor has finished, from its /metrics."""
+    page = httpx.get(f"{stack.services['monitor'].url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(page)
+        if family.name == "modelgallery_monitor_evaluations"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("outcome") == "ok"
+    )
 
 
 def assert_metrics_pass_promtool(stack: LifecycleStack, promtool: Promtool) -> None:

@@ -23,13 +23,13 @@ from gallery_common.migrations import SchemaMigrations, SchemaMismatch
 from gallery_deployer.deployer.migrations import MIGRATIONS as DEPLOYER
 from gallery_deployer.deployer.records import HandledEvent
 from gallery_monitor.migrations import MIGRATIONS as MONITOR
-from gallery_monitor.models import SloRecord
+from gallery_monitor.records import SloRecord
 from gallery_optimizer.migrations import MIGRATIONS as OPTIMIZER
-from gallery_optimizer.models import OptimizationJob
+from gallery_optimizer.records import OptimizationJob
 from gallery_registry.migrations import MIGRATIONS as REGISTRY
 from gallery_registry.tables import RegisteredModelRow
 from gallery_trainer.migrations import MIGRATIONS as TRAINER
-from gallery_trainer.models import Job
+from gallery_trainer.records import Job
 
 # Each service's migrations, with a row a user would have stored in one of its tables.
 SERVICES: dict[str, tuple[SchemaMigrations, Callable[[], SQLModel]]] = {

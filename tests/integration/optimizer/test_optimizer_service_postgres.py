@@ -8,10 +8,10 @@ from sqlmodel import Session
 
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
-from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.migrations import upgrade
-from gallery_optimizer.models import OptimizationJob
 from gallery_optimizer.policy import OptimizationPolicy
+from gallery_optimizer.records import OptimizationJob
 
 ONNX = {"onnx": ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)}
 

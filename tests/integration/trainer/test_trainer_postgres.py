@@ -11,9 +11,9 @@ from sqlmodel import Session, col
 from gallery_common.artifacts import open_store
 from gallery_common.db import make_engine
 from gallery_common.settings import GallerySettings
-from gallery_trainer.jobs import JobService
+from gallery_trainer.job_service import JobService
 from gallery_trainer.migrations import upgrade
-from gallery_trainer.models import Job, Run
+from gallery_trainer.records import Job, Run
 from gallery_trainer.runner import STOPPED_REASON, TrainingRunner
 from gallery_trainer.search import SearchCoordinator
 

@@ -21,7 +21,7 @@ from gallery_common.db import make_engine
 from gallery_common.events import ModelTrained
 from gallery_common.nats_server import EmbeddedNats
 from gallery_trainer.migrations import upgrade
-from gallery_trainer.models import Job
+from gallery_trainer.records import Job
 from gallery_trainer.runner import STOPPED_REASON
 
 

@@ -17,7 +17,7 @@ from gallery_deployer.modelserver.metrics import ServingMetrics
 from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate, judge_slo
 from gallery_monitor.migrations import upgrade
-from gallery_monitor.models import Slo, SloUpdate
+from gallery_monitor.records import Slo, SloUpdate
 from gallery_monitor.references import ReferenceCache, ReferenceUnavailable
 from gallery_monitor.samples import SampleBook
 from gallery_monitor.series import Figures, SeriesBook

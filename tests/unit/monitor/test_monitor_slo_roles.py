@@ -18,7 +18,7 @@ from gallery_common.db import make_engine
 from gallery_common.settings import GallerySettings
 from gallery_monitor import routes
 from gallery_monitor.migrations import upgrade
-from gallery_monitor.models import Slo
+from gallery_monitor.records import Slo
 from gallery_monitor.slos import SloStore
 
 DEFAULTS = Slo(p99_ms=100, error_rate=0.01, drift_psi=0.2, drift_min_samples=200, window_s=60)

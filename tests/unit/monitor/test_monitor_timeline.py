@@ -23,7 +23,7 @@ from gallery_common.events import (
     make_event,
 )
 from gallery_monitor.migrations import upgrade
-from gallery_monitor.models import Slo, SloUpdate
+from gallery_monitor.records import Slo, SloUpdate
 from gallery_monitor.slos import SloStore
 from gallery_monitor.timeline import TimelineStore
 

@@ -11,7 +11,7 @@ from gallery_common.consumer import PermanentError
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef, ModelOptimized, ModelValidated, make_event
 from gallery_optimizer.consumer import validated_events
-from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.migrations import upgrade
 
 ONNX = ArtifactRef(uri="file:///a/model.onnx", sha256="a" * 64)

@@ -9,7 +9,7 @@ import pytest
 from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, InvalidRequest
 from gallery_common.events import ArtifactRef
-from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.policy import OptimizationPolicy
 

@@ -17,11 +17,11 @@ from registry_fakes import InMemoryRegistry
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_optimizer import routes
-from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.routes import OptimizerCore
+from gallery_optimizer.runner import OptimizationRunner
 from gallery_optimizer.settings import OptimizerSettings
-from gallery_optimizer.worker import OptimizationRunner
 
 
 @pytest.fixture

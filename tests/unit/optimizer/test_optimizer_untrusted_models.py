@@ -17,12 +17,12 @@ from gallery_common.contracts import write_split
 from gallery_common.db import make_engine
 from gallery_common.sandbox import Limits
 from gallery_common.settings import GallerySettings, get_settings
-from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.measure import MeasurementFailed, peak_memory_bytes, run_model
 from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.pipeline import OptimizationError, OptimizeInputs, optimize
 from gallery_optimizer.policy import OptimizationPolicy
-from gallery_optimizer.worker import OptimizationRunner
+from gallery_optimizer.runner import OptimizationRunner
 
 GiB = 1024**3
 FEATURES, CLASSES = 4, 3

@@ -21,10 +21,10 @@ from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ModelTrained, Signature, TensorSpec
 from gallery_common.settings import GallerySettings
-from gallery_trainer.jobs import JobService, UnsupportedMediaType
+from gallery_trainer.job_service import JobService, UnsupportedMediaType
 from gallery_trainer.migrations import upgrade
-from gallery_trainer.models import Job, JobPublic, Run
 from gallery_trainer.pipeline import JobOutputs, ProgressUpdate, TrainingFailed
+from gallery_trainer.records import Job, JobPublic, Run
 from gallery_trainer.runner import STOPPED_REASON, TrainingProgress, TrainingRunner
 from gallery_trainer.search import SearchCoordinator
 from gallery_trainer.tracking import MetricsTail, run_metrics

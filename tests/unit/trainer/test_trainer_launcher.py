@@ -22,7 +22,7 @@ def test_deepspeed_command_uses_the_launcher_with_ranks_and_port(tmp_path: Path)
     assert Path(command[0]).name in ("deepspeed", Path(sys.executable).name)
     joined = " ".join(command)
     assert "--num_gpus 2" in joined and "--master_port 29555" in joined
-    assert command[-4:] == ["--module", "gallery_trainer.worker", "--workdir", str(tmp_path)]
+    assert command[-4:] == ["--module", "gallery_trainer.rank", "--workdir", str(tmp_path)]
     assert "--resume" in launch_command(spec_with({"ranks": 2}), tmp_path, 29555, resume=True)
 
 
@@ -37,7 +37,7 @@ def test_ddp_command_runs_torch_distributed_run(tmp_path: Path) -> None:
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     joined = " ".join(command)
     assert "--nproc_per_node 3" in joined and "--master_port 29700" in joined
-    assert "-m gallery_trainer.worker --workdir " + str(tmp_path) in joined
+    assert "-m gallery_trainer.rank --workdir " + str(tmp_path) in joined
 
 
 def test_metrics_tail_returns_only_complete_new_lines(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_the_ssh_plan_is_one_runner_command_that_reaches_every_node() -> None:
         "--force_multi",
         "--master_addr", "gpu-a",
         "--master_port", "29501",
-        "--module", "gallery_trainer.worker",
+        "--module", "gallery_trainer.rank",
         "--workdir", "/shared/jobs/j1",
     ]  # fmt: skip
     assert all(node.command is None for node in plan.nodes)
@@ -101,7 +101,7 @@ def test_the_per_node_plan_gives_each_node_its_own_launcher_command() -> None:
         "--num_nodes", "2",
         "--master_addr", "gpu-a",
         "--master_port", "29502",
-        "--module", "gallery_trainer.worker",
+        "--module", "gallery_trainer.rank",
         "--workdir", "/shared/jobs/j1",
         "--resume",
     ]  # fmt: skip

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from gallery_common.db import make_engine
 from gallery_common.errors import NotFound
 from gallery_trainer.migrations import upgrade
-from gallery_trainer.models import Job, Run
+from gallery_trainer.records import Job, Run
 from gallery_trainer.search import SearchCoordinator
 from gallery_trainer.spec import parse_spec
 

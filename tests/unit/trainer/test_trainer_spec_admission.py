@@ -21,7 +21,7 @@ from gallery_common.errors import InvalidRequest
 from gallery_common.settings import SettingsError, load_settings
 from gallery_trainer.admission import SpecPolicy
 from gallery_trainer.data import DataError, load_dataset
-from gallery_trainer.jobs import read_spec_body
+from gallery_trainer.job_service import read_spec_body
 from gallery_trainer.settings import TrainerSettings
 from gallery_trainer.spec import SpecError, parse_spec
 

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from gallery_common.db import make_engine
 from gallery_trainer.migrations import upgrade
-from gallery_trainer.models import Run
+from gallery_trainer.records import Run
 from gallery_trainer.tracking import MetricsTail, compare_runs, flatten_params, record_metrics, run_metrics
 from gallery_trainer.tracking_system import PeakRssMonitor
 

@@ -26,7 +26,7 @@ from gallery_common.db import new_id
 from gallery_common.events import ModelDegraded
 from gallery_common.telemetry import counter, get_logger
 
-from .models import AlertPublic, AlertRecord
+from .records import AlertPublic, AlertRecord
 
 Kind = Literal["slo", "drift"]
 Publish = Callable[[ModelDegraded, str], Awaitable[object]]

@@ -29,7 +29,7 @@ from .core import Monitor
 from .dashboard import router as dashboard_router
 from .evaluator import run_evaluator
 from .migrations import upgrade
-from .models import Slo
+from .records import Slo
 from .references import ReferenceCache, registry_split_loader
 from .samples import SampleBook
 from .scraper import Scraper

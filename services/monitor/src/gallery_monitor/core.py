@@ -18,7 +18,7 @@ from gallery_common.errors import NotFound
 
 from .alerts import AlertBook
 from .drift import DriftReport, DriftRule, evaluate_drift
-from .models import ModelOverview, Slo
+from .records import ModelOverview, Slo
 from .references import ReferenceCache, ReferenceUnavailable
 from .samples import SampleBook
 from .series import Figures, SeriesBook

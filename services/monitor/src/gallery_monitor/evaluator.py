@@ -13,14 +13,17 @@ from typing import Any
 
 import anyio
 
-from gallery_common.telemetry import get_logger
+from gallery_common.telemetry import counter, get_logger
 
 from .alerts import Publish, publish_pending
 from .core import Monitor, registry_version
-from .models import AlertPublic, Slo
+from .records import AlertPublic, Slo
 from .series import Figures
 
 log = get_logger(__name__)
+ROUNDS = counter(
+    "monitor_evaluations_total", "Evaluation rounds of SLOs and drift, by outcome (ok, failed).", ("outcome",)
+)
 
 
 def judge_slo(figures: Figures, slo: Slo, min_requests: int) -> tuple[bool, str, dict[str, Any]]:
@@ -107,4 +110,7 @@ async def run_evaluator(monitor: Monitor, publish: Publish | None, interval_s: f
         try:
             await evaluate(monitor, publish)
         except Exception as exc:
+            ROUNDS.labels("failed").inc()
             log.warning("evaluation_failed", reason=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        else:
+            ROUNDS.labels("ok").inc()

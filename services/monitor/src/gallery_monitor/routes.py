@@ -18,7 +18,7 @@ from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
 
 from .core import Monitor
-from .models import AlertPublic, ModelOverview, SloPublic, SloUpdate, TimelineItem
+from .records import AlertPublic, ModelOverview, SloPublic, SloUpdate, TimelineItem
 from .views import CanaryView, DriftView, FiguresView
 
 router = APIRouter(prefix="/api/v1", tags=["monitor"])

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from gallery_common.db import utcnow
 from gallery_common.errors import InvalidRequest
 
-from .models import Slo, SloPublic, SloRecord, SloUpdate
+from .records import Slo, SloPublic, SloRecord, SloUpdate
 
 
 class SloStore:

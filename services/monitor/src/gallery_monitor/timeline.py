@@ -18,7 +18,7 @@ from gallery_common.errors import NotFound
 from gallery_common.events import CloudEvent
 from gallery_common.telemetry import trace_id_of
 
-from .models import LifecycleEvent, ModelOverview, TimelineItem, VersionOverview
+from .records import LifecycleEvent, ModelOverview, TimelineItem, VersionOverview
 
 SUMMARY_LIMIT = 300
 PRODUCTION = "production"

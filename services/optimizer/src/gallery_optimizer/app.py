@@ -22,11 +22,11 @@ from gallery_common.settings import load_settings
 
 from . import routes
 from .consumer import validated_events
-from .jobs import JobStore
+from .job_store import JobStore
 from .migrations import upgrade
 from .routes import OptimizerCore
+from .runner import BundleFn, OptimizationRunner, OptimizeFn, default_pipeline
 from .settings import OptimizerSettings
-from .worker import BundleFn, OptimizationRunner, OptimizeFn, default_pipeline
 
 
 def create(

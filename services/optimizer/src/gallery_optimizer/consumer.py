@@ -17,8 +17,8 @@ from gallery_common.router import EventRouter
 from gallery_common.telemetry import get_logger
 
 from .delivery import optimized_event_id
-from .jobs import JobStore
-from .worker import OptimizationRunner
+from .job_store import JobStore
+from .runner import OptimizationRunner
 
 DURABLE = "optimizer"
 ACK_WAIT_SECONDS = 120.0

@@ -19,10 +19,10 @@ from gallery_common.errors import Forbidden, InvalidRequest, NotFound
 from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
 
-from .jobs import JobStore, resolve_policy
-from .models import JobPublic, OptimizeRequest
+from .job_store import JobStore, resolve_policy
 from .policy import OptimizationPolicy
-from .worker import REQUIRED_ROLES, OptimizationRunner
+from .records import JobPublic, OptimizeRequest
+from .runner import REQUIRED_ROLES, OptimizationRunner
 
 router = APIRouter(prefix="/api/v1", tags=["optimizer"])
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the registered model's name")]

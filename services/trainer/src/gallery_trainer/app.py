@@ -21,7 +21,7 @@ from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
 from . import routes_jobs, routes_runs
-from .jobs import JobService
+from .job_service import JobService
 from .migrations import upgrade
 from .runner import TrainFn, TrainingRunner
 from .search import SearchCoordinator

@@ -1,7 +1,7 @@
 """Starting the ranks as child processes, following their metrics, and stopping them.
 
 DeepSpeed jobs go through the DeepSpeed launcher (`deepspeed --num_gpus N --master_port P --module
-gallery_trainer.worker ...`, or `--hostfile` for several machines; a spec with `engine.nodes` follows
+gallery_trainer.rank ...`, or `--hostfile` for several machines; a spec with `engine.nodes` follows
 its launch plan, see `gallery_trainer.multinode`); DDP jobs through `python -m torch.distributed.run`.
 Their output goes to `train.log` in the workdir.
 """
@@ -25,10 +25,10 @@ import psutil
 
 from gallery_trainer.engine.job import LOG_FILE, METRICS_FILE
 from gallery_trainer.failures import JobCancelled, TrainingFailed
+from gallery_trainer.rank import ERROR_FILE_PATTERN
 from gallery_trainer.spec import JobSpec
-from gallery_trainer.worker import ERROR_FILE_PATTERN
 
-WORKER_MODULE = "gallery_trainer.worker"
+WORKER_MODULE = "gallery_trainer.rank"
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
 SHM_DIR = Path("/dev/shm")

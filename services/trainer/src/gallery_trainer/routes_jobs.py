@@ -10,8 +10,8 @@ from fastapi.responses import PlainTextResponse
 
 from gallery_common.deps import get_resources
 
-from .jobs import JobService
-from .models import JobPublic, JobStatus, SearchPublic
+from .job_service import JobService
+from .records import JobPublic, JobStatus, SearchPublic
 from .search import SearchCoordinator
 
 

@@ -11,7 +11,7 @@ from gallery_common.deps import SessionDep
 from gallery_common.errors import NotFound
 
 from .curves import render_curves
-from .models import Run, RunComparison, RunMetrics, RunPublic
+from .records import Run, RunComparison, RunMetrics, RunPublic
 from .tracking import compare_runs, load_records, run_metrics
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])

@@ -1,4 +1,4 @@
-"""The job worker: runs queued jobs in background threads, at most `max_concurrent_jobs` at once.
+"""The job runner: runs queued jobs in background threads, at most `max_concurrent_jobs` at once.
 
 A job goes queued -> running -> succeeded | failed | cancelled. Running, it trains (torch and
 DeepSpeed are imported here, in the worker, never at service start), records its metrics as they
@@ -23,8 +23,8 @@ from gallery_common.artifacts import ArtifactStore
 from gallery_common.telemetry import counter, get_logger, tracer
 
 from .curves import render_curves
-from .models import Job, Run, new_id, utcnow
 from .publish import CURVES_ROLE, PublishFn, artifacts_json, event_id_for, trained_payload, upload_outputs
+from .records import Job, Run, new_id, utcnow
 from .tracking import MetricsTail, flatten_params, load_records, record_metrics
 from .tracking_system import PeakRssMonitor, RunClock, host_figures
 

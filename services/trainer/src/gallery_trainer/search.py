@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from gallery_common.errors import NotFound
 from gallery_common.telemetry import get_logger
 
-from .models import Job, Run, Search, SearchPublic, SearchTrial, utcnow
+from .records import Job, Run, Search, SearchPublic, SearchTrial, utcnow
 
 if TYPE_CHECKING:
     import optuna

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from .models import MetricPair, Run, RunComparison, RunMetric, RunMetrics, RunPublic, ValuePair
+from .records import MetricPair, Run, RunComparison, RunMetric, RunMetrics, RunPublic, ValuePair
 
 MetricsRecord = dict[str, Any]
 _RECORD_FIELDS = ("kind", "step", "epoch", "time")

@@ -317,6 +317,8 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, what: str, lab
                 raise NpzUnreadable(label, f"array {what!r} holds more bytes than its header declares")
     except NpzRefused:
         raise
+    # zipfile raises NotImplementedError for a compression method it lacks and RuntimeError for an
+    # encrypted entry; both are a file we cannot read, not a bug of ours
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise NpzUnreadable(label, f"array {what!r} cannot be read ({exc})") from None
     if fortran_order:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gallery_common.migrations import SchemaMigrations, tables_of
-from gallery_monitor.models import AlertRecord, LifecycleEvent, SloRecord
+from gallery_monitor.records import AlertRecord, LifecycleEvent, SloRecord
 
 MIGRATIONS = SchemaMigrations(
     scripts=Path(__file__).resolve().parent,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gallery_common.migrations import SchemaMigrations, tables_of
-from gallery_optimizer.models import OptimizationJob, OptimizationPolicyRecord
+from gallery_optimizer.records import OptimizationJob, OptimizationPolicyRecord
 
 MIGRATIONS = SchemaMigrations(
     scripts=Path(__file__).resolve().parent,

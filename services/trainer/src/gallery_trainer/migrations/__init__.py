@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gallery_common.migrations import SchemaMigrations, tables_of
-from gallery_trainer.models import Job, Run, RunMetric, Search, SearchTrial
+from gallery_trainer.records import Job, Run, RunMetric, Search, SearchTrial
 
 MIGRATIONS = SchemaMigrations(
     scripts=Path(__file__).resolve().parent,

@@ -1,4 +1,4 @@
-"""The job worker: runs queued optimization jobs one at a time in a background thread.
+"""The job runner: runs queued optimization jobs one at a time in a background thread.
 
 A job goes queued -> running -> succeeded | failed. Running, it downloads the version's
 artifacts (each checked against its sha256), builds and measures the variants, builds the edge
@@ -25,7 +25,7 @@ from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import continued_span, counter, get_logger
 
 from .delivery import PublishFn, attach_to_registry, optimized_event_id, optimized_payload, store_outputs
-from .jobs import STOPPED_REASON, JobStore
+from .job_store import STOPPED_REASON, JobStore
 from .policy import OptimizationPolicy
 from .report import OptimizationReport
 

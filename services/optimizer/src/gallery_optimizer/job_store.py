@@ -20,8 +20,8 @@ from sqlmodel import Session, col, select
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
 
-from .models import ACTIVE_STATES, JobPublic, OptimizationJob, OptimizationPolicyRecord, utcnow
 from .policy import OptimizationPolicy
+from .records import ACTIVE_STATES, JobPublic, OptimizationJob, OptimizationPolicyRecord, utcnow
 
 STOPPED_REASON = "the optimizer stopped while this job ran"
 

@@ -1,4 +1,4 @@
-"""The job worker end to end over fakes of the library, registry and bus, with a real file store and SQLite."""
+"""The job runner end to end over fakes of the library, registry and bus, with a real file store and SQLite."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import GallerySettings
-from gallery_optimizer.jobs import JobStore
+from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.policy import OptimizationPolicy
-from gallery_optimizer.worker import OptimizationRunner
+from gallery_optimizer.runner import OptimizationRunner
 
 
 @dataclass

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFound
 from gallery_common.telemetry import get_logger
 
-from .models import FINAL_JOB_STATES, Job, JobPublic, Run, utcnow
+from .records import FINAL_JOB_STATES, Job, JobPublic, Run, utcnow
 from .runner import STOPPED_REASON, TrainingRunner
 from .search import SearchCoordinator
 

@@ -1,6 +1,6 @@
 """The optimizer's records: optimization jobs and each model's optimization policy.
 
-Table rows stay in the store layer (`jobs.py`); the API answers with the `*Public` models below.
+Table rows stay in the store layer (`job_store.py`); the API answers with the `*Public` models below.
 """
 
 from __future__ import annotations

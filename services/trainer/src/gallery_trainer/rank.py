@@ -1,4 +1,4 @@
-"""The process every rank runs: `python -m gallery_trainer.worker --workdir DIR [--resume]`.
+"""The process every rank runs: `python -m gallery_trainer.rank --workdir DIR [--resume]`.
 
 Launchers (the DeepSpeed launcher, `python -m torch.distributed.run`) start one per rank with RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. A rank that fails writes
@@ -28,7 +28,7 @@ def report_error(workdir: Path, rank: int, message: str, *, user_error: bool) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gallery_trainer.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gallery_trainer.rank", description=__doc__)
     parser.add_argument("--workdir", type=Path, required=True, help="the prepared job folder")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     # the DeepSpeed launcher passes --local_rank; the rank is also in the environment
