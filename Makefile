@@ -42,7 +42,7 @@ redis:
 		echo "installing redis-server (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
-# chromium + chromedriver for the monitor dashboard's browser test
+# chromium + chromedriver for the Gallery's browser tests (its pages and its Monitoring view)
 chromium:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
 		echo "installing chromium and chromium-driver (apt-get)"; \
@@ -85,7 +85,7 @@ status: install
 	$(BIN)/gallery status
 
 # serve_load.py and serve_competitors.py are parts of serve.py, not benchmarks of their own
-BENCHES = bus registry train trainer_service optimize serve deploy monitor
+BENCHES = bus registry catalogue train trainer_service optimize serve deploy monitor
 
 bench: install
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
@@ -96,7 +96,7 @@ lint: install
 	$(BIN)/mypy libs/common/src libs/cli/src $(wildcard services/*/src)
 
 VERSION ?= 0.1.0
-IMAGES := registry trainer optimizer deployer gateway monitor modelserver modelserver-gpu
+IMAGES := gallery registry trainer optimizer deployer gateway monitor modelserver modelserver-gpu
 
 # BuildKit is needed: each Dockerfile mounts its builder's wheels. TORCH_INDEX_URL=... overrides the CPU torch index.
 images:

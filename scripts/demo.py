@@ -212,8 +212,8 @@ def main() -> None:
         "                 http://127.0.0.1:8004/docs (deployer API)  http://127.0.0.1:8080/v2/models/digits-mlp"
         " (the gateway)"
     )
-    print("dashboard:       http://127.0.0.1:8005/  (the monitor: timeline, live figures, drift; `make up` keeps it)")
     print(f"edge bundle:     {home / 'artifacts' / 'optimized' / MODEL}/<version>/  (tarball with a standalone runner)")
+    print("gallery: http://127.0.0.1:8000/ (catalogue, model cards, experiments, try it, monitoring)")
 
 
 if __name__ == "__main__":

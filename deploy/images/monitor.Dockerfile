@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# Model Gallery monitor (port 8005): timeline, scraped serving figures, drift, SLOs, model.degraded,
-# and its dashboard's static files (package data). No torch. Build from the repository root:
+# Model Gallery monitor (port 8005): timeline, scraped serving figures, drift, SLOs, model.degraded.
+# No torch. Build from the repository root:
 #   docker build -f deploy/images/monitor.Dockerfile -t modelgallery/monitor:0.1.0 .
 
 FROM python:3.11-slim AS builder

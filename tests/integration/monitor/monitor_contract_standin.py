@@ -2,11 +2,11 @@
 
 It answers the `/api/v1` contract of services/monitor (models, timeline, figures, drift, alerts,
 SLOs, canary) from a mutable `MonitorScene`, so a test can change what the monitor "saw" and check
-that the dashboard or `gallery monitor` shows the change. Everything the scene holds and every route
+that the Monitoring view or `gallery monitor` shows the change. Everything the scene holds and every route
 answers is one of the monitor's own view types (`gallery_monitor.records` and `.views`), so a change
 to the contract breaks the stand-in instead of leaving it answering an older shape. The app comes
-from gallery_common's factory (auth, `{"error": ...}` answers) and mounts the real dashboard router.
-It tests the clients of the monitor, not the monitor.
+from gallery_common's factory (auth, `{"error": ...}` answers); the Gallery's Monitoring view reaches
+it through the gallery's proxy (GALLERY_MONITOR_URL). It tests the clients of the monitor, not the monitor.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from gallery_common.app import create_app
 from gallery_common.contracts.serving_metrics import CanaryComparison
 from gallery_common.errors import InvalidRequest, NotFound
 from gallery_common.settings import GallerySettings
-from gallery_monitor.dashboard import router as dashboard_router
 from gallery_monitor.drift import FeatureDrift
 from gallery_monitor.records import AlertPublic, ModelOverview, SloPublic, TimelineItem, VersionOverview
 from gallery_monitor.series import Figures
@@ -301,11 +300,9 @@ def contract_router(scene: MonitorScene) -> APIRouter:
 
 
 def standin_app(scene: MonitorScene, home: Path, tokens: str = "") -> FastAPI:
-    """The stand-in monitor: contract routes plus the real dashboard, no bus."""
+    """The stand-in monitor: the contract routes, no bus."""
     settings = GallerySettings(home=home, service_name="monitor", api_tokens=tokens)  # type: ignore[arg-type]
-    return create_app(
-        settings, title="monitor (stand-in)", routers=[contract_router(scene), dashboard_router], use_bus=False
-    )
+    return create_app(settings, title="monitor (stand-in)", routers=[contract_router(scene)], use_bus=False)
 
 
 @contextmanager

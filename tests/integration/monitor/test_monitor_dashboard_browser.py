@@ -1,8 +1,11 @@
-"""The monitor dashboard in headless Chromium (Debian's chromium + chromedriver, driven by Selenium).
+"""The Gallery's Monitoring view (once the monitor's dashboard) in headless Chromium (Debian's chromium +
+chromedriver, driven by Selenium).
 
-Most tests run the page against a stand-in of the monitor's REST contract with canned data
-(monitor_contract_standin.py) that they change while the page is open; the last one runs it against
-the real monitor fed by lifecycle events on a real nats-server and scraping a real model server.
+The page is served by the real gallery app, which reaches the monitor through its proxy
+(GALLERY_MONITOR_URL). Most tests put a stand-in of the monitor's REST contract with canned data
+(monitor_contract_standin.py) behind it and change that data while the page is open; the last one
+puts the real monitor behind it, fed by lifecycle events on a real nats-server and scraping a real
+model server.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
+from gallery_web.app import create as create_gallery
+from gallery_web.settings import GalleryWebSettings
 
 READER = "dash-reader"
 
@@ -49,8 +54,25 @@ def browser() -> Iterator[WebDriver]:
 
 
 @contextmanager
+def gallery_for(monitor_url: str, home: Path, tokens: str = "") -> Iterator[str]:
+    """The gallery app with `monitor_url` behind its proxy; yields the gallery's base URL."""
+    settings = GalleryWebSettings(
+        home=home,
+        artifact_root=(home / "artifacts").as_uri(),
+        api_tokens=tokens,  # type: ignore[arg-type]
+        monitor_url=monitor_url,
+    )
+    with serve(create_gallery(settings), free_port()) as url:
+        yield url
+
+
+@contextmanager
 def serve_scene(scene: MonitorScene, home: Path, tokens: str = "") -> Iterator[str]:
-    with serve(standin_app(scene, home, tokens), free_port()) as url:
+    """The stand-in monitor answering from `scene` and the gallery in front of it; yields the gallery's URL."""
+    with (
+        serve(standin_app(scene, home, tokens), free_port()) as monitor_url,
+        gallery_for(monitor_url, home, tokens) as url,
+    ):
         yield url
 
 
@@ -97,7 +119,7 @@ def text(driver: WebDriver, selector: str) -> str:
 
 def open_page(driver: WebDriver, url: str) -> None:
     severe_logs(driver)  # drop what earlier tests left in the log
-    driver.get(url + "/")
+    driver.get(url + "/monitoring")
     wait_for(driver, "the model", lambda d: text(d, "#model-title") == MODEL)
 
 
@@ -176,7 +198,7 @@ def test_picking_another_model_shows_its_story(browser: WebDriver, monitor: str)
     open_page(browser, monitor)
     browser.find_element(By.CSS_SELECTOR, 'button[data-model="iris-mlp"]').click()
     wait_for(browser, "iris-mlp", lambda d: text(d, "#model-title") == "iris-mlp")
-    assert browser.current_url.endswith("#model=iris-mlp")
+    assert browser.current_url.endswith("/monitoring/iris-mlp")
     wait_for(
         browser,
         "its timeline",
@@ -189,6 +211,11 @@ def test_picking_another_model_shows_its_story(browser: WebDriver, monitor: str)
     assert "No alerts for iris-mlp" in text(browser, "#alerts-empty")
     browser.refresh()
     wait_for(browser, "the model from the address", lambda d: text(d, "#model-title") == "iris-mlp")
+    browser.back()
+    wait_for(browser, "the model shown before", lambda d: text(d, "#model-title") == MODEL)
+    assert browser.current_url.endswith(f"/monitoring/{MODEL}")
+    browser.get(f"{monitor}/monitoring/iris-mlp")
+    wait_for(browser, "the model of a shared link", lambda d: text(d, "#model-title") == "iris-mlp")
     assert severe_logs(browser) == []
 
 
@@ -215,7 +242,7 @@ def test_an_empty_monitor_says_how_models_arrive(browser: WebDriver, tmp_path: P
     scene = MonitorScene()
     with serve_scene(scene, tmp_path) as url:
         severe_logs(browser)
-        browser.get(url + "/")
+        browser.get(url + "/monitoring")
         wait_for(browser, "the empty list", lambda d: d.find_element(By.ID, "models-empty").is_displayed())
         assert "gallery train" in text(browser, "#models-empty")
         assert not browser.find_element(By.ID, "model-view").is_displayed()
@@ -225,13 +252,20 @@ def test_an_empty_monitor_says_how_models_arrive(browser: WebDriver, tmp_path: P
 def test_the_page_keeps_its_last_figures_and_says_when_the_monitor_is_gone(
     browser: WebDriver, scene: MonitorScene, tmp_path: Path
 ) -> None:
-    with serve_scene(scene, tmp_path) as url:
-        open_page(browser, url)
-    wait_for(browser, "the outage", lambda d: "the monitor is unreachable" in text(d, "#status"))
-    assert "showing what it said at" in text(browser, "#status")
-    assert text(browser, "#model-title") == MODEL and len(css(browser, "#timeline-list li")) == 9
+    port = free_port()
+    with gallery_for(f"http://127.0.0.1:{port}", tmp_path) as url:
+        with serve(standin_app(scene, tmp_path), port):
+            open_page(browser, url)
+        wait_for(browser, "the outage", lambda d: "the monitor is unreachable" in text(d, "#status"))
+        assert f"the monitor at http://127.0.0.1:{port} does not answer" in text(browser, "#status")
+        assert "showing what it said at" in text(browser, "#status")
+        assert text(browser, "#model-title") == MODEL and len(css(browser, "#timeline-list li")) == 9
+        refused = severe_logs(browser)
+        assert refused and all("502" in entry["message"] for entry in refused), refused
+    wait_for(browser, "the gallery gone too", lambda d: "the gallery is unreachable" in text(d, "#status"))
+    assert text(browser, "#model-title") == MODEL
     refused = severe_logs(browser)
-    assert refused and all("ERR_CONNECTION_REFUSED" in entry["message"] for entry in refused), refused
+    assert all("502" in e["message"] or "ERR_CONNECTION_REFUSED" in e["message"] for e in refused), refused
 
 
 def test_a_token_protected_monitor_asks_for_a_reader_token(
@@ -239,7 +273,7 @@ def test_a_token_protected_monitor_asks_for_a_reader_token(
 ) -> None:
     with serve_scene(scene, tmp_path, tokens=f"{READER}:reader") as url:
         severe_logs(browser)
-        browser.get(url + "/")
+        browser.get(url + "/monitoring")
         browser.execute_script("sessionStorage.clear()")
         browser.refresh()
         wait_for(browser, "the token form", lambda d: d.find_element(By.ID, "auth").is_displayed())
@@ -253,26 +287,36 @@ def test_a_token_protected_monitor_asks_for_a_reader_token(
         field.submit()
         wait_for(browser, "the model", lambda d: text(d, "#model-title") == MODEL)
         assert not browser.find_element(By.ID, "auth").is_displayed()
+        assert browser.execute_script('return sessionStorage.getItem("gallery.token")') == READER
         refused = severe_logs(browser)
         assert refused and all("401" in entry["message"] for entry in refused), refused
 
 
-def test_dashboard_files_are_served_openly_and_nothing_else(scene: MonitorScene, tmp_path: Path) -> None:
+def test_monitoring_files_are_served_openly_and_nothing_else(scene: MonitorScene, tmp_path: Path) -> None:
     with serve_scene(scene, tmp_path, tokens=f"{READER}:reader") as url, httpx.Client(base_url=url) as http:
-        page = http.get("/")
-        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-        assert "script-src 'self'" in page.headers["content-security-policy"]
-        assert http.get("/static/app.js").headers["content-type"].startswith("text/javascript")
-        assert http.get("/api/v1/models").status_code == 401, "the data still needs a token"
-        missing = http.get("/static/nope.js")
-        assert missing.status_code == 404 and missing.json() == {"error": "the dashboard has no file 'nope.js'"}
-        assert http.get("/static/..%2Fdashboard.py").status_code == 404
+        for address in ("/monitoring", f"/monitoring/{MODEL}"):
+            page = http.get(address)
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+            assert 'href="/runs"' in page.text and 'href="/"' in page.text, "the Gallery's top navigation"
+        assert http.get("/static/monitoring/app.js").headers["content-type"].startswith("text/javascript")
+        assert http.get("/api/monitor/api/v1/models").status_code == 401, "the data still needs a token"
+        headers = {"Authorization": f"Bearer {READER}"}
+        assert http.get("/api/monitor/api/v1/models", headers=headers).json()[0]["model"] == MODEL
+        missing = http.get("/static/monitoring/nope.js")
+        assert missing.status_code == 404
+        assert missing.json() == {"error": "the gallery has no file 'monitoring/nope.js'"}
+        assert http.get("/static/monitoring/..%2F..%2Fpages.py").status_code == 404
+        assert http.get("/static/..%2Fpages.py").status_code == 404
 
 
 def test_the_real_monitor_fed_by_events_and_a_model_server(
     browser: WebDriver, tmp_path: Path, nats_server: EmbeddedNats
 ) -> None:
-    with real_monitor(tmp_path, nats_server.url) as (url, server_url):
+    with (
+        real_monitor(tmp_path, nats_server.url) as (monitor_url, server_url),
+        gallery_for(monitor_url, tmp_path) as url,
+    ):
         publish_first_deployment(nats_server.url)
         assert send_traffic(server_url, 2.5) > 20
         open_page(browser, url)

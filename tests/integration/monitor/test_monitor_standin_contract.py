@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from monitor_contract_standin import demo_scene, standin_app
 
+from gallery_monitor.app import create
 from gallery_monitor.routes import router
+from gallery_monitor.settings import MonitorSettings
 
 
 def read_contract(app: FastAPI) -> dict[str, Any]:
@@ -40,3 +43,11 @@ def test_the_standin_answers_every_read_route_of_the_monitor_with_its_schema(tmp
     assert sorted(standin) == sorted(monitor)
     for path, (schema, components) in monitor.items():
         assert resolved(standin[path][0], standin[path][1]) == resolved(schema, components), path
+
+
+def test_the_monitor_serves_no_page_of_its_own(tmp_path: Path) -> None:
+    """Its page is the Gallery's Monitoring view now (services/gallery): the monitor answers its API only."""
+    app = create(MonitorSettings(home=tmp_path))
+    client = TestClient(app)  # no lifespan: routing only
+    for address in ("/", "/static/app.js", "/static/index.html"):
+        assert client.get(address).status_code == 404, address

@@ -40,7 +40,7 @@ from gallery_common.settings import GallerySettings
 from gallery_registry.app import create_app_for
 from gallery_registry.gate import GATE_DURABLE, ValidationGate, gate_events
 from gallery_registry.gate.validator import registration_for
-from gallery_registry.schemas import ValidationPolicyUpdate, VersionQuery, VersionStatus
+from gallery_registry.schemas import ArtifactRole, ValidationPolicyUpdate, VersionQuery, VersionStatus
 from gallery_registry.settings import RegistrySettings
 from gallery_registry.store import RegistryStore, open_registry
 
@@ -193,11 +193,28 @@ async def test_a_good_model_is_validated_on_the_gates_own_evaluation(gate: Gate,
     assert outcome.data.version == 1 and outcome.data.semver == "1.0.0"
     assert set(outcome.data.artifacts) == {"onnx", "test_split", "spec"}
 
+    counts = report["class_counts"]
+    assert sum(counts.values()) == report["n_test"] and sorted(counts) == models.data.class_names
+    matrix = report["confusion_matrix"]
+    assert matrix["labels"] == models.data.class_names and sum(map(sum, matrix["matrix"])) == report["n_test"]
+    correct = sum(matrix["matrix"][i][i] for i in range(10))
+    assert correct / report["n_test"] == pytest.approx(report["accuracy"])
+    assert sum(b["count"] for b in report["reliability"]) == report["n_test"]
+    # the event names what it announced; the card, replaced when the card text changes, is not in it
+    assert "model-card" not in outcome.data.artifacts
+
     version = gate.registry.get_version("digits", 1)
     assert version.status == VersionStatus.validated
     assert version.evaluation_report == report
     assert version.rejection_reasons == []
     assert version.source_event_id == event.id
+    # validated: the generated model card is attached, with the gate's figures in its model-index
+    card = version.artifacts[ArtifactRole.model_card]
+    text = gate.artifacts.get(card.uri, card.sha256).decode()
+    assert text.startswith("---\n") and "model-index:" in text
+    assert f"      value: {round(report['accuracy'], 6)!r}" in text
+    assert "### Confusion matrix" in text and "### Per-class recall" in text
+    assert text == gate.validator.cards.render("digits", 1)
     await gate.settled()
 
 
@@ -211,6 +228,7 @@ async def test_a_model_under_the_policy_minimum_is_rejected_with_the_criterion(g
     version = gate.registry.get_version("digits", 1)
     assert version.status == VersionStatus.rejected
     assert version.rejection_reasons == outcome.data.reasons
+    assert ArtifactRole.model_card not in version.artifacts  # a card is made when the gate passes a version
     await gate.settled()
 
 
@@ -417,7 +435,9 @@ async def test_the_registry_app_runs_the_gate_and_revalidates_on_request(
         await trainer.publish_event(side.trained_event(side.artifacts_for("runs/app", models.good)))
         (validated,) = await side.outcomes(1)
         assert validated.nats_subject == "model.validated"
-        assert (await api.get("/api/v1/models/digits/versions/1")).json()["status"] == "validated"
+        first = (await api.get("/api/v1/models/digits/versions/1")).json()
+        assert first["status"] == "validated"
+        first_card = first["artifacts"]["model-card"]["sha256"]
 
         degraded = ModelDegraded(model="digits", version=1, kind="drift", reason="feature 3 PSI 0.41 above 0.2")
         await trainer.publish(degraded, event_id="degraded:digits:1:drift:1")
@@ -447,6 +467,10 @@ async def test_the_registry_app_runs_the_gate_and_revalidates_on_request(
         )
         revalidated = (await api.get("/api/v1/models/digits/versions/1")).json()
         assert revalidated["rejection_reasons"] == body["reasons"]
+        # the evaluation changed, so did the card: it now says why the gate rejected the version
+        assert revalidated["artifacts"]["model-card"]["sha256"] != first_card
+        card = (await api.get("/api/v1/models/digits/versions/1/card")).text
+        assert "Rejected by the gate:" in card and body["reasons"][0] in card
         assert "needs_revalidation" not in revalidated["tags"]  # the gate ran again: the mark is cleared
 
         missing = await api.post("/api/v1/models/digits/versions/7/validate")

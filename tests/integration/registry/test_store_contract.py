@@ -50,10 +50,10 @@ def ref(byte: str = "a", uri: str = "file:///artifacts/m.onnx") -> ArtifactRef:
 
 
 def test_schema_is_at_head_and_upgrading_again_changes_nothing(store: RegistryStore) -> None:
-    assert current_revision(store.engine) == "0001"
+    assert current_revision(store.engine) == "0002"
     store.create_model(ModelCreate(name="kept"))
     upgrade(store.engine)
-    assert current_revision(store.engine) == "0001"
+    assert current_revision(store.engine) == "0002"
     assert store.get_model("kept").name == "kept"
 
 

@@ -285,7 +285,7 @@ def dockerignore_excludes(path: str) -> bool:
         ("libs/common/pyproject.toml", False),
         ("libs/common/src/gallery_common/serve.py", False),
         ("services/registry/src/gallery_registry/migrations/env.py", False),
-        ("services/monitor/src/gallery_monitor/static/app.js", False),
+        ("services/gallery/src/gallery_web/static/monitoring/app.js", False),
         (".venv/bin/python", True),
         (".git/HEAD", True),
         (".gallery/registry.db", True),

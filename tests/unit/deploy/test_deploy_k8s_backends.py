@@ -84,7 +84,7 @@ def test_production_clusters_three_nats_servers_one_per_node_and_keeps_a_quorum_
 
 
 EVERY_WORKLOAD = (
-    *("registry", "trainer", "optimizer", "deployer", "gateway", "monitor"),
+    *("gallery", "registry", "trainer", "optimizer", "deployer", "gateway", "monitor"),
     *("nats", "minio", "postgres", "prometheus", "grafana"),
 )
 
@@ -206,7 +206,7 @@ def test_prometheus_finds_every_target_its_configuration_names(overlay: str) -> 
             (workload,) = selected_by(objs, svc["spec"]["selector"])
             assert int(port) in [port_number(workload, p["targetPort"]) for p in svc["spec"]["ports"]]
             jobs[name] = int(port)
-    assert set(jobs) == {"registry", "trainer", "optimizer", "deployer", "monitor", "gateway"}
+    assert set(jobs) == {"gallery", "registry", "trainer", "optimizer", "deployer", "monitor", "gateway"}
     (rule,) = find(objs, "Role", "prometheus")["rules"]
     assert set(rule["resources"]) == {"pods", "services", "endpoints"} and set(rule["verbs"]) == {
         "get",

@@ -35,11 +35,21 @@ from gallery_registry.settings import RegistrySettings
 from gallery_trainer.multinode import indexed_job
 from gallery_trainer.settings import TrainerSettings
 from gallery_trainer.spec import parse_spec
+from gallery_web.settings import GalleryWebSettings
 
 NAMESPACE = "modelgallery"
 NAME = "app.kubernetes.io/name"
-PORTS = {"registry": 8001, "trainer": 8002, "optimizer": 8003, "deployer": 8004, "monitor": 8005, "gateway": 8080}
-SERVICES = tuple(PORTS)
+PORTS = {
+    "gallery": 8000,
+    "registry": 8001,
+    "trainer": 8002,
+    "optimizer": 8003,
+    "deployer": 8004,
+    "monitor": 8005,
+    "gateway": 8080,
+}
+# the services on the bus (the gallery, the web UI, is not one of them)
+SERVICES = tuple(name for name in PORTS if name != "gallery")
 SETTINGS: dict[str, type[BaseSettings]] = {
     "registry": RegistrySettings,
     "trainer": TrainerSettings,
@@ -48,6 +58,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "monitor": MonitorSettings,
     "gateway": GatewaySettings,
     "modelserver": ModelServerSettings,
+    "gallery": GalleryWebSettings,
 }
 WITH_DATABASE = ("registry", "trainer", "optimizer", "deployer", "monitor")
 NCCL_PORT = 43_117  # any port: NCCL and gloo pick their own after the rendezvous
@@ -65,6 +76,9 @@ NEEDED = {
     *((caller, "deployer", 8004) for caller in ("gateway", "monitor")),
     # inference through the gateway, canary replay by the deployer, the monitor's scrapes
     *((caller, "modelserver", 8500) for caller in ("gateway", "deployer", "monitor")),
+    # the gallery reads (and, with the caller's token, writes) every service's API; it reads test splits
+    *(("gallery", service, port) for service, port in PORTS.items() if service != "gallery"),
+    ("gallery", "minio", 9000),
     # Prometheus scrapes every /metrics
     *(("prometheus", service, port) for service, port in PORTS.items()),
     ("prometheus", "modelserver", 8500),
@@ -75,8 +89,9 @@ NEEDED = {
     ("gallery-trainer", "gallery-trainer", 29500),
     ("gallery-trainer", "gallery-trainer", NCCL_PORT),
 }
-# Reachable from anywhere, like a public address: the clients' gateway and Grafana (it asks for a password).
-OPEN = {("gateway", 8080), ("grafana", 3000)}
+# Reachable from anywhere, like a public address: the clients' gateway, the Gallery people open, and
+# Grafana (it asks for a password).
+OPEN = {("gateway", 8080), ("gallery", 8000), ("grafana", 3000)}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -17,7 +18,7 @@ from .service_client import RegistryServiceClient, model_path
 
 _REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>\d+))?$")
 
-app = typer.Typer(help="Registered models: list, show, move aliases.", no_args_is_help=True)
+app = typer.Typer(help="Registered models: list, show, move aliases, model cards.", no_args_is_help=True)
 
 
 def _fmt(value: Any) -> str:
@@ -158,3 +159,76 @@ def alias(
         return
     origin = f"{previous} → " if previous is not None else ""
     say(f"{name}@{moved.alias}: {origin}{moved.version}")
+
+
+def _read_text(path: Path) -> str:
+    if str(path) == "-":
+        return typer.get_text_stream("stdin").read()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}", 2)
+
+
+def _card_version(client: RegistryServiceClient, name: str, alias: str | None) -> int:
+    """The version `alias` points at; without one, production's, else the latest."""
+    model = client.get_model(name)
+    found = model.aliases.get(alias or "production")
+    if found is None and alias:
+        fail(f"model {name!r} has no alias {alias!r}")
+    version = found if found is not None else model.latest_version
+    if version is None:
+        fail(f"model {name!r} has no versions yet, so no model card")
+    return version
+
+
+@app.command()
+def card(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS (default: production, else latest).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the card to this file instead of printing it.")
+    ] = None,
+    description: Annotated[
+        Path | None,
+        typer.Option(
+            "--description", "--edit-description", help="Set the description from this Markdown file ('-': stdin)."
+        ),
+    ] = None,
+    intended_use: Annotated[
+        Path | None, typer.Option("--intended-use", help="Set the intended use from this Markdown file.")
+    ] = None,
+    limitations: Annotated[
+        Path | None, typer.Option("--limitations", help="Set the limitations and caveats from this Markdown file.")
+    ] = None,
+) -> None:
+    """Print a version's model card (Markdown, Hugging Face layout), or edit the model's card text.
+
+    With --edit-description / --intended-use / --limitations the model's card text gets a new
+    revision (needs a writer GALLERY_TOKEN); the generated cards follow.
+    """
+    match = _REF.match(ref)
+    if match is None:
+        fail(f"cannot read {ref!r}: use NAME, NAME:VERSION or NAME@ALIAS", 2)
+    name, alias, number = match["name"], match["alias"], match["version"]
+    edits = {
+        field: _read_text(path)
+        for field, path in (("description", description), ("intended_use", intended_use), ("limitations", limitations))
+        if path is not None
+    }
+    with RegistryServiceClient() as client:
+        if edits:
+            if alias or number:
+                fail("the card text belongs to the model: give NAME alone when editing it", 2)
+            saved = client.json("PUT", f"{model_path(name)}/card", json=edits)
+            say(f"{name}: card text revision {saved['revision']} ({', '.join(sorted(edits))} updated)")
+            return
+        version = int(number) if number else _card_version(client, name, alias)
+        text = client.request("GET", f"{model_path(name)}/versions/{version}/card").text
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    say(f"model card of {name} version {version} written to {output}")

@@ -1,4 +1,7 @@
-"""The monitor app: the lifecycle consumer, the sample subscription, the scraper, the evaluator, REST and the dashboard.
+"""The monitor app: the lifecycle consumer, the sample subscription, the scraper, the evaluator and REST.
+
+Its page is the Gallery's Monitoring view (services/gallery), which reads this REST API through the
+gallery's proxy.
 
 Its tables are migrated to the newest revision at start-up (Alembic).
 """
@@ -26,7 +29,6 @@ from gallery_common.telemetry import get_logger
 
 from . import routes
 from .core import Monitor
-from .dashboard import router as dashboard_router
 from .evaluator import run_evaluator
 from .migrations import upgrade
 from .records import Slo
@@ -133,9 +135,10 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
         title="Model Gallery monitor",
         description=(
             "Lifecycle timeline, serving figures scraped from the model servers and the gateway, drift of "
-            "sampled requests against the training data, SLOs, alerts and model.degraded; the dashboard at /."
+            "sampled requests against the training data, SLOs, alerts and model.degraded; the Gallery's "
+            "Monitoring view shows them."
         ),
-        routers=[routes.router, dashboard_router],
+        routers=[routes.router],
         use_bus=True,
         use_store=True,
         use_database=True,

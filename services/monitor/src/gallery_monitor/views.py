@@ -1,4 +1,4 @@
-"""What the monitor's serving-figure, canary and drift routes answer (the dashboard reads these fields).
+"""What the monitor's serving-figure, canary and drift routes answer (the Gallery's Monitoring view reads these fields).
 
 The figures (`series.Figures`), the drift of a feature (`drift.FeatureDrift`) and the canary comparison
 (`contracts.serving_metrics.CanaryComparison`) are the dataclasses the core computes, shown field for field.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 from pydantic import BaseModel
 
 from gallery_common.auth import requires
@@ -18,7 +18,8 @@ from gallery_common.errors import BadRequest, Forbidden, InvalidRequest, NotFoun
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import Role
 
-from .deps import RegistrySettingsDep, RegistryStoreDep, check_alias_permission
+from .deps import ModelCardsDep, RegistrySettingsDep, RegistryStoreDep, check_alias_permission
+from .model_card import optimizer_changed
 from .paging import decode_page_token
 from .schemas import (
     AliasChange,
@@ -42,6 +43,7 @@ from .schemas import (
     VersionQuery,
     VersionStatus,
     VersionUpdate,
+    check_tag,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["registry"])
@@ -218,12 +220,35 @@ def delete_version(name: str, version: int, store: RegistryStoreDep, caller: Cal
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.patch("/models/{name}/versions/{version}/tags", summary="Set or remove some tags of a version")
+def merge_version_tags(
+    name: str,
+    version: int,
+    store: RegistryStoreDep,
+    cards: ModelCardsDep,
+    changes: Annotated[dict[str, str | None], Body(description="key -> value to set, or null to remove")],
+) -> VersionPublic:
+    """Set the tags given (null removes one) and keep the others. A change of an `optimizer.*` tag
+    (the recommendation the catalogue shows) regenerates the version's model card."""
+    for key, value in changes.items():
+        check_tag(key, value or "")
+    updated = store.merge_version_tags(name, version, changes)
+    if optimizer_changed(changes) and cards.refresh(name, updated) is not None:
+        updated = store.get_version(name, version)
+    return updated
+
+
 @router.put("/models/{name}/versions/{version}/artifacts/{role}", summary="Attach an artifact")
 def attach_artifact(
-    name: str, version: int, role: ArtifactRole, ref: ArtifactRef, store: RegistryStoreDep
+    name: str, version: int, role: ArtifactRole, ref: ArtifactRef, store: RegistryStoreDep, cards: ModelCardsDep
 ) -> ArtifactPublic:
-    """Record an artifact; the same sha256 again is a no-op, another sha256 for the role is 409."""
-    return store.attach_artifact(name, version, role, ref)
+    """Record an artifact; the same sha256 again is a no-op, another sha256 for the role is 409.
+    The optimizer's report sets the version's `optimizer.*` tags (its recommended variant, size and
+    latency) and regenerates the version's model card."""
+    attached = store.attach_artifact(name, version, role, ref)
+    if role == ArtifactRole.report:
+        cards.take_optimizer_report(name, version, ref)
+    return attached
 
 
 @router.get("/models/{name}/versions/{version}/lineage", summary="A version's lineage")

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.settings import load_settings
 
-from . import api, mlflow_api
+from . import api, catalogue_api, mlflow_api
 from .deps import RegistryCore
 from .gate import routes as gate_routes
 from .gate.consumer import gate_events
@@ -45,7 +45,7 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
         settings,
         title="Model Gallery registry",
         description=DESCRIPTION,
-        routers=[api.router, gate_routes.router, mlflow_api.router],
+        routers=[api.router, catalogue_api.router, gate_routes.router, mlflow_api.router],
         use_bus=with_bus,
         use_store=True,
         use_database=True,

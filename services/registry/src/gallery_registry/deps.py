@@ -12,6 +12,7 @@ from gallery_common.deps import get_resources
 from gallery_common.errors import Forbidden
 from gallery_common.settings import Role
 
+from .model_card import ModelCards
 from .settings import RegistrySettings
 from .store import RegistryStore
 
@@ -26,10 +27,19 @@ class RegistryCore:
     store: RegistryStore
     gate: ValidationGate
 
+    @property
+    def cards(self) -> ModelCards:
+        """Generated model cards: rendered from the store, attached through the gate's artifact store."""
+        return self.gate.cards
+
 
 async def get_registry_store(request: Request) -> RegistryStore:
     # async: a plain attribute read, so FastAPI need not hop to its thread pool for it
     return get_resources(request).core_as(RegistryCore).store
+
+
+async def get_model_cards(request: Request) -> ModelCards:
+    return get_resources(request).core_as(RegistryCore).cards
 
 
 async def get_registry_settings(request: Request) -> RegistrySettings:
@@ -44,3 +54,4 @@ def check_alias_permission(settings: RegistrySettings, caller: Caller, alias: st
 
 RegistryStoreDep = Annotated[RegistryStore, Depends(get_registry_store)]
 RegistrySettingsDep = Annotated[RegistrySettings, Depends(get_registry_settings)]
+ModelCardsDep = Annotated[ModelCards, Depends(get_model_cards)]

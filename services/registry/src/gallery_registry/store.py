@@ -16,7 +16,9 @@ from __future__ import annotations
 from gallery_common.contracts.registry import RegistryReader
 from gallery_common.db import make_engine
 
+from .catalogue import CatalogueOps
 from .store_aliases import AliasOps, check_alias_name
+from .store_cards import CardOps
 from .store_models import ModelOps
 from .store_registration import RegistrationOps
 from .store_versions import TRANSITIONS, VersionOps
@@ -24,8 +26,8 @@ from .store_versions import TRANSITIONS, VersionOps
 __all__ = ["TRANSITIONS", "RegistryStore", "check_alias_name", "open_registry"]
 
 
-class RegistryStore(ModelOps, RegistrationOps, VersionOps, AliasOps, RegistryReader):
-    """Models, versions, artifacts, aliases and policies over one SQLAlchemy engine."""
+class RegistryStore(ModelOps, RegistrationOps, VersionOps, AliasOps, CardOps, CatalogueOps, RegistryReader):
+    """Models, versions, artifacts, aliases, policies, card text and the catalogue over one SQLAlchemy engine."""
 
 
 def open_registry(url: str, *, migrate: bool = True) -> RegistryStore:

@@ -21,6 +21,7 @@ from .schemas import (
     check_tag,
 )
 from .store_base import StoreBase
+from .store_cards import record_card_revision
 from .tables import ModelTagRow, RegisteredModelRow, ValidationPolicyRow, utcnow
 
 
@@ -51,8 +52,9 @@ class ModelOps(StoreBase):
         with self._write() as session:
             row = views.model_row(session, name)
             fields = data.model_fields_set
-            if "description" in fields:
-                row.description = data.description
+            if "description" in fields and data.description != row.description:
+                # the card's description is the model's: a change here is a revision of the card too
+                record_card_revision(session, row, {"description": data.description}, None)
             if "owner" in fields:
                 row.owner = data.owner
             if data.tags is not None:

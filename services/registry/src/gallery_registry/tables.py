@@ -57,7 +57,11 @@ class ModelTagRow(RegistryTable, table=True):
 
 class ModelVersionRow(RegistryTable, table=True):
     __tablename__ = "model_version"
-    __table_args__ = (sa.UniqueConstraint("model_id", "version", name="uq_model_version_number"),)
+    __table_args__ = (
+        sa.UniqueConstraint("model_id", "version", name="uq_model_version_number"),
+        # a model's latest version in a status (the catalogue's featured version, its stage filter)
+        sa.Index("ix_model_version_model_status_version", "model_id", "status", "version"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = _fk("registered_model.id")
@@ -144,4 +148,20 @@ class ValidationPolicyRow(RegistryTable, table=True):
     champion_alias: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
     champion_metric: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
     champion_tolerance: float = Field(sa_column=sa.Column(sa.Float, nullable=False))
+    updated_at: datetime = _stamp()
+
+
+class ModelCardRevisionRow(RegistryTable, table=True):
+    """Append-only: one row per edit of a model's card text (the newest row is the card in force)."""
+
+    __tablename__ = "model_card_revision"
+    __table_args__ = (sa.UniqueConstraint("model_id", "revision", name="uq_model_card_revision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = _fk("registered_model.id", index=True)
+    revision: int = Field(sa_column=sa.Column(sa.Integer, nullable=False))
+    description: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    intended_use: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    limitations: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    updated_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(256)))
     updated_at: datetime = _stamp()

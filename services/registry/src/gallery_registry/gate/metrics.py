@@ -66,10 +66,41 @@ def expected_calibration_error(probabilities: FloatArray, labels: IntArray, bins
     return float(total)
 
 
+def confusion_matrix(labels: IntArray, predicted: IntArray, n_classes: int) -> list[list[int]]:
+    """Counts by true class (rows) and predicted class (columns)."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return [[int(n) for n in row] for row in matrix]
+
+
+def reliability_bins(probabilities: FloatArray, labels: IntArray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """The reliability diagram behind the ECE: per non-empty confidence bin, its bounds, row count,
+    mean confidence and accuracy (the same bins as `expected_calibration_error`)."""
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    bin_of = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    out: list[dict[str, float]] = []
+    for b in range(bins):
+        members = bin_of == b
+        if members.any():
+            out.append(
+                {
+                    "lower": float(edges[b]),
+                    "upper": float(edges[b + 1]),
+                    "count": int(members.sum()),
+                    "confidence": float(confidence[members].mean()),
+                    "accuracy": float(correct[members].mean()),
+                }
+            )
+    return out
+
+
 def classification_metrics(
     logits: FloatArray, labels: IntArray, class_names: Sequence[str] | None = None
 ) -> dict[str, object]:
-    """accuracy, macro_f1, loss, ece, per_class_recall (keyed by class name) and n_test."""
+    """accuracy, macro_f1, loss, ece, per_class_recall and class_counts (keyed by class name), the
+    confusion matrix (rows: true class, columns: predicted, in `labels` order), reliability bins and n_test."""
     probabilities = softmax(logits.astype(np.float64))
     predicted = probabilities.argmax(axis=1)
     n_classes = logits.shape[1]
@@ -80,6 +111,9 @@ def classification_metrics(
         "loss": cross_entropy(logits, labels),
         "ece": expected_calibration_error(probabilities, labels),
         "per_class_recall": {names[c]: r for c, r in per_class_recall(labels, predicted, n_classes).items()},
+        "class_counts": {names[c]: int(n) for c, n in enumerate(np.bincount(labels, minlength=n_classes))},
+        "confusion_matrix": {"labels": names, "matrix": confusion_matrix(labels, predicted, n_classes)},
+        "reliability": reliability_bins(probabilities, labels),
         "n_test": len(labels),
     }
 

@@ -24,6 +24,7 @@ from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailabl
 from gallery_common.events import CloudEvent, ModelRejected, ModelTrained, ModelValidated
 from gallery_common.telemetry import counter, get_logger, histogram
 
+from ..model_card import ModelCards
 from ..schemas import ArtifactRole, ValidationPolicy, VersionCreate, VersionPublic, VersionStatus
 from ..store import RegistryStore
 from .degraded import CLEARED, MARK
@@ -66,7 +67,9 @@ def outcome_payload(version: VersionPublic) -> ModelValidated | ModelRejected:
     """The `model.validated` / `model.rejected` payload for a version the gate has decided."""
     report = version.evaluation_report or {}
     if version.status == VersionStatus.validated:
-        artifacts = {str(role): a.ref for role, a in version.artifacts.items()}
+        # the generated card is left out: it is replaced whenever the card text changes, and an event
+        # should name only what stays as it was announced
+        artifacts = {str(role): a.ref for role, a in version.artifacts.items() if role != ArtifactRole.model_card}
         return ModelValidated(
             model=version.name,
             version=version.version,
@@ -122,6 +125,7 @@ class ValidationGate:
         self.artifacts = artifacts
         self.bus = bus
         self.latency = latency
+        self.cards = ModelCards(registry, artifacts)
         self._in_flight: set[tuple[str, int]] = set()
 
     async def on_trained(self, event: CloudEvent[ModelTrained]) -> GateOutcome | None:
@@ -176,6 +180,9 @@ class ValidationGate:
             verdict.reasons[:0] = extra_reasons or []
             status = VersionStatus.validated if verdict.passed else VersionStatus.rejected
             decided = await _blocking(self._record, version, status, verdict)
+            # a passed version gets its card; one re-judged gets a fresh card with the new evaluation
+            if await _blocking(self.cards.refresh, version.name, decided) is not None:
+                decided = await _blocking(self.registry.get_version, version.name, version.version)
         finally:
             self._in_flight.discard(key)
         _OUTCOMES.labels(status.value).inc()

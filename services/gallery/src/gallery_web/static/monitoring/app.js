@@ -1,4 +1,6 @@
-// The monitor dashboard: polls the monitor's /api/v1 every few seconds and redraws the page.
+// The Gallery's Monitoring view: polls the monitor's /api/v1 through the gallery's proxy
+// (/api/monitor/api/v1/...) every few seconds and redraws the page. The address names the model:
+// /monitoring/<model> (an old #model=<name> link still works).
 
 import { clock, toggle, traceHue } from "./dom.js";
 import {
@@ -7,7 +9,9 @@ import {
 
 const REFRESH_MS = 3000;
 const REQUEST_TIMEOUT_MS = 8000;
-const TOKEN_KEY = "modelgallery-monitor-token";
+const TOKEN_KEY = "gallery.token"; // the same key as every page of the Gallery
+const API = "/api/monitor/api/v1";
+const PAGE = "/monitoring";
 const PALETTE = ["#2563eb", "#16a34a", "#ea580c", "#9333ea", "#0891b2", "#db2777", "#ca8a04", "#4b5563"];
 const $ = (id) => document.getElementById(id);
 
@@ -39,7 +43,7 @@ async function api(path) {
     response = await fetch(path, { headers, signal: controller.signal, cache: "no-store" });
   } catch (err) {
     const reason = err.name === "AbortError" ? `no answer in ${REQUEST_TIMEOUT_MS / 1000} s` : "unreachable";
-    throw new ApiError(0, `the monitor is ${reason}`);
+    throw new ApiError(0, `the gallery is ${reason}`);
   } finally {
     clearTimeout(timeout);
   }
@@ -48,6 +52,10 @@ async function api(path) {
     body = await response.json();
   } catch {
     body = null;
+  }
+  if (response.status === 502 || response.status === 504) {
+    // the gallery answers, the monitor behind it does not
+    throw new ApiError(response.status, `the monitor is unreachable (${body?.error || `HTTP ${response.status}`})`);
   }
   if (!response.ok) throw new ApiError(response.status, body?.error || `HTTP ${response.status}`);
   return body;
@@ -66,30 +74,46 @@ function setStatus(ok, text) {
   el.className = `status ${ok ? "ok" : "bad"}`;
 }
 
-function hashModel() {
+/** The model the address names: /monitoring/<model>, or an old dashboard link's #model=<model>. */
+function addressModel() {
+  const path = window.location.pathname.slice(PAGE.length).replace(/^\/+|\/+$/g, "");
+  if (path) {
+    try {
+      return decodeURIComponent(path);
+    } catch {
+      return null;
+    }
+  }
   const match = /(?:^#|&)model=([^&]*)/.exec(window.location.hash);
   return match ? decodeURIComponent(match[1]) : null;
+}
+
+function showAddress(model, replace) {
+  const address = `${PAGE}/${encodeURIComponent(model)}`;
+  if (window.location.pathname === address && !window.location.hash) return;
+  if (replace) history.replaceState({ model }, "", address);
+  else history.pushState({ model }, "", address);
 }
 
 function select(model) {
   if (model === state.selected) return;
   state.selected = model;
   state.showAllFeatures = false;
-  const hash = `#model=${encodeURIComponent(model)}`;
-  if (window.location.hash !== hash) history.replaceState(null, "", hash);
+  showAddress(model, false);
   refresh();
 }
 
 function chooseModel(models) {
   const names = models.map((m) => m.model);
-  const wanted = [state.selected, hashModel()].find((n) => n && names.includes(n));
+  const wanted = [state.selected, addressModel()].find((n) => n && names.includes(n));
   state.selected = wanted || names[0] || null;
+  if (state.selected) showAddress(state.selected, true);
 }
 
 function askForToken(message) {
   state.waitingForToken = true;
   toggle($("auth"), true);
-  $("auth-reason").textContent = `This monitor needs a reader token (${message}).`;
+  $("auth-reason").textContent = `The Gallery needs a reader token (${message}).`;
   setStatus(false, "waiting for a token");
   $("auth-token").focus();
 }
@@ -98,11 +122,11 @@ function askForToken(message) {
 async function refreshModel(model, generation) {
   const name = encodeURIComponent(model.model);
   const [timeline, figures, drift, alerts, slo] = await Promise.allSettled([
-    api(`/api/v1/models/${name}/timeline`),
-    api(`/api/v1/models/${name}/figures?window_s=${state.windowS}`),
-    api(`/api/v1/models/${name}/drift`),
-    api(`/api/v1/alerts?model=${name}`),
-    api(`/api/v1/slos/${name}`),
+    api(`${API}/models/${name}/timeline`),
+    api(`${API}/models/${name}/figures?window_s=${state.windowS}`),
+    api(`${API}/models/${name}/drift`),
+    api(`${API}/alerts?model=${name}`),
+    api(`${API}/slos/${name}`),
   ]);
   if (generation !== state.generation) return;
   const denied = [timeline, figures, drift, alerts, slo].find((r) => r.status === "rejected" && [401, 403].includes(r.reason.status));
@@ -141,7 +165,7 @@ async function refresh() {
   if (state.waitingForToken || document.visibilityState === "hidden") return;
   const generation = ++state.generation;
   try {
-    const [models, openAlerts] = await Promise.all([api("/api/v1/models"), api("/api/v1/alerts?open=true")]);
+    const [models, openAlerts] = await Promise.all([api(`${API}/models`), api(`${API}/alerts?open=true`)]);
     if (generation !== state.generation) return;
     chooseModel(models);
     renderModels(models, openAlerts, state.selected, select);
@@ -180,10 +204,16 @@ $("window").addEventListener("change", () => {
   state.windowS = Number($("window").value);
   refresh();
 });
-window.addEventListener("hashchange", () => {
-  const wanted = hashModel();
-  if (wanted && wanted !== state.selected) select(wanted);
-});
+function followAddress() {
+  const wanted = addressModel();
+  if (wanted && wanted !== state.selected) {
+    state.selected = wanted;
+    state.showAllFeatures = false;
+    refresh();
+  }
+}
+window.addEventListener("popstate", followAddress); // the back button goes back to the model shown before
+window.addEventListener("hashchange", followAddress);
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") refresh();
   else clearTimeout(state.timer);

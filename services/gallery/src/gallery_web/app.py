@@ -1,0 +1,45 @@
+"""The Gallery web app: the pages, the proxy to every service, and the aggregations.
+
+It keeps no tables and needs no NATS: what it shows comes from the services over their REST APIs,
+and held-out examples from the artifact store the services share.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from fastapi import FastAPI
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.settings import load_settings
+
+from . import pages, routes
+from .examples import ExampleReader
+from .settings import GalleryWebSettings
+from .upstream import Upstreams
+
+
+def create(settings: GalleryWebSettings | None = None) -> FastAPI:
+    """Build the gallery app (settings from the environment when not given)."""
+    settings = settings or load_settings(GalleryWebSettings)
+
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> routes.Gallery:
+        assert resources.store is not None
+        client = await stack.enter_async_context(Upstreams.open_client(settings))
+        reader = ExampleReader(resources.store, max_split_bytes=settings.max_split_bytes)
+        return routes.Gallery(settings=settings, upstreams=Upstreams(settings, client), examples=reader)
+
+    return create_app(
+        settings,
+        title="Model Gallery",
+        description=(
+            "The one web UI of Model Gallery: the catalogue, model cards, lineage, experiments, try it and "
+            "monitoring at /; /api/<service>/... reaches each service with the caller's token, "
+            "/api/gallery/... joins what several say."
+        ),
+        # the aggregations before the proxy: `/api/gallery/...` is the gallery's own
+        routers=[routes.aggregations, routes.proxy, pages.router],
+        use_bus=False,
+        use_store=True,
+        startup=startup,
+    )

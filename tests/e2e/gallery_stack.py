@@ -1,0 +1,136 @@
+"""The embedded stack with the Gallery web app in front, and a model trained twice, for the browser tests
+and `scripts/screenshots.py`.
+
+Two runs of the digits spec that differ in their learning rate and epochs, so the Experiments page has
+something to compare: v1 goes to production, v2 is judged against it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from lifecycle_stack import LifecycleStack, ServiceProcess
+
+from gallery_cli.stack import stack_authorization
+from gallery_common.nats_server import EmbeddedNats
+
+REPO = Path(__file__).resolve().parents[2]
+GALLERY_CLI = Path(sys.executable).with_name("gallery")
+MODEL = "digits-mlp"
+T = TypeVar("T")
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    runs: list[str]  # run ids, oldest first
+    versions: list[dict[str, Any]]  # as the registry answers them, oldest first
+
+
+def wait_until(what: str, check: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except httpx.HTTPError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+@contextmanager
+def gallery_stack(home: Path) -> Iterator[LifecycleStack]:
+    """nats-server and every service, each its own process on free ports; the Gallery last, as it reads
+    the others' URLs."""
+    authorization = stack_authorization(home, [])
+    with EmbeddedNats(home / "nats", log_file=home / "nats.log", authorization=authorization) as nats_server:
+        stack = LifecycleStack(home=home, nats_url=nats_server.url)
+        try:
+            stack.start("registry")
+            stack.start("trainer")
+            stack.start("optimizer")
+            stack.start("gateway")
+            stack.start("deployer", GALLERY_CANARY_WINDOW_S="5", GALLERY_CANARY_MIN_REQUESTS="5", GALLERY_DRAIN_S="2")
+            stack.start("monitor", GALLERY_SCRAPE_INTERVAL_S="1", GALLERY_EVALUATE_INTERVAL_S="1")
+            stack.start("gallery")
+            yield stack
+        finally:
+            stack.stop()
+
+
+def start_second_gallery(stack: LifecycleStack, tokens: str) -> ServiceProcess:
+    """Another Gallery process in front of the same services, this one with GALLERY_API_TOKENS set.
+
+    It is kept in `stack.services` under "gallery-tokens", so `stack.stop()` stops it too."""
+    first = stack.services.pop("gallery")
+    try:
+        second = stack.start("gallery", GALLERY_API_TOKENS=tokens)
+    finally:
+        stack.services["gallery-tokens"] = stack.services.pop("gallery", first)
+        stack.services["gallery"] = first
+    return second
+
+
+def train(stack: LifecycleStack, spec: Path) -> None:
+    result = subprocess.run(
+        [str(GALLERY_CLI), "train", str(spec)], env=stack.env(), capture_output=True, text=True, timeout=300
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"gallery train {spec} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
+def _version(stack: LifecycleStack, number: int) -> dict[str, Any] | None:
+    answer = httpx.get(f"{stack.services['registry'].url}/api/v1/models/{MODEL}/versions/{number}", timeout=10)
+    return answer.json() if answer.status_code == 200 else None  # type: ignore[no-any-return]
+
+
+def _judged(stack: LifecycleStack, number: int) -> dict[str, Any] | None:
+    version = _version(stack, number)
+    return version if version and version["status"] in {"validated", "rejected"} else None
+
+
+def _serving(stack: LifecycleStack, number: int) -> dict[str, Any] | None:
+    rows = httpx.get(f"{stack.services['deployer'].url}/api/v1/deployments", timeout=10).json()
+    return next(
+        (r for r in rows if r["model"] == MODEL and r["version"] == number and r["state"] == "ready"),
+        None,
+    )
+
+
+def train_digits_twice(stack: LifecycleStack, workdir: Path) -> TrainedModel:
+    """v1 from examples/digits.yaml, deployed to production; v2 with another learning rate, judged."""
+    train(stack, REPO / "examples" / "digits.yaml")
+    wait_until("v1 judged by the gate", lambda: _judged(stack, 1), 120)
+    second = workdir / "digits-faster.yaml"
+    spec = (REPO / "examples" / "digits.yaml").read_text()
+    second.write_text(spec.replace("learning_rate: 0.002", "learning_rate: 0.004").replace("epochs: 8", "epochs: 6"))
+    train(stack, second)
+    wait_until("v1 serving", lambda: _serving(stack, 1), 120)
+    v2 = wait_until("v2 judged by the gate", lambda: _judged(stack, 2), 120)
+    v1 = _version(stack, 1)
+    assert v1 is not None
+    runs = [v1["run_id"], v2["run_id"]]
+    return TrainedModel(MODEL, runs, [v1, v2])
+
+
+def wait_for_optimizer(stack: LifecycleStack, version: int, timeout: float = 300) -> None:
+    """Until the optimizer's job for `version` has finished (its report feeds the model page)."""
+
+    def finished() -> bool:
+        optimizer = stack.services["optimizer"].url
+        jobs = httpx.get(f"{optimizer}/api/v1/optimize", params={"model": MODEL}, timeout=10).json()
+        return any(j["version"] == version and j["status"] in {"succeeded", "failed"} for j in jobs)
+
+    wait_until(f"the optimizer's job for v{version}", finished, timeout)

@@ -1,0 +1,257 @@
+"""The Gallery web app in headless Chromium (Debian's chromium + chromedriver, driven by Selenium) against
+the real stack: every service its own process, digits trained twice, the Gallery in front.
+
+One stack for the module; the tests are steps of one story (the card edited in one is read back in the
+next) and run in the order written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from gallery_stack import MODEL, TrainedModel, gallery_stack, start_second_gallery, train_digits_twice
+from lifecycle_stack import LifecycleStack
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = [pytest.mark.slow, pytest.mark.story]
+
+READER, WRITER = "gallery-reader-token", "gallery-writer-token"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleStack]:
+    with gallery_stack(tmp_path_factory.mktemp("gallery") / "home") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def trained(stack: LifecycleStack, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    return train_digits_twice(stack, tmp_path_factory.mktemp("specs"))
+
+
+@pytest.fixture(scope="module")
+def gallery(stack: LifecycleStack, trained: TrainedModel) -> str:
+    return stack.services["gallery"].url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.fail("chromium and chromedriver are not installed: run `make test`, which installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_errors(driver: WebDriver) -> list[dict[str, Any]]:
+    """Errors the page's code logged since the last call; refused requests the page handles are not errors."""
+    return [
+        entry
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+
+
+def wait_for(driver: WebDriver, what: str, condition: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
+    waiting = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(condition, message=f"page never showed {what}")
+
+
+def css(driver: WebDriver | WebElement, selector: str) -> list[WebElement]:
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def text(driver: WebDriver, selector: str) -> str:
+    found = css(driver, selector)
+    return found[0].text if found else ""
+
+
+def ready(driver: WebDriver, page: str) -> bool:
+    """Whether the router finished drawing `page` (app.js sets data-ready on <main> when a page is done)."""
+    return driver.find_element(By.ID, "view").get_attribute("data-ready") == page and bool(
+        css(driver, f'.page[data-page="{page}"]')
+    )
+
+
+def open_page(driver: WebDriver, url: str, page: str) -> None:
+    driver.get(url)
+    wait_for(driver, f"the {page} page", lambda d: ready(d, page))
+
+
+def shown_accuracy(version: dict[str, Any]) -> str:
+    """The gate's accuracy as the pages print it: a percentage with two decimals."""
+    return f"{version['evaluation_report']['accuracy'] * 100:.2f} %"
+
+
+def test_the_catalogue_lists_the_trained_model(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
+    page_errors(browser)
+    open_page(browser, gallery + "/", "catalogue")
+    card = wait_for(browser, "the model's card", lambda d: css(d, f'.model-card[data-model="{MODEL}"]'))[0]
+    v1 = trained.versions[0]
+    assert "classification" in card.text
+    assert f"v{v1['version']} · {v1['semver']}" in card.text or "production" in card.text
+    assert shown_accuracy(v1) in card.text or shown_accuracy(trained.versions[1]) in card.text
+    assert "serving" in card.text or "canary" in card.text
+
+    # a search with no match empties the list and lands in the URL, so the view can be shared
+    field = browser.find_element(By.CSS_SELECTOR, '#catalogue-filters input[name="q"]')
+    field.send_keys("no-such-model")
+    wait_for(browser, "no match", lambda d: "No model matches" in text(d, "#catalogue"))
+    assert parse_qs(urlparse(browser.current_url).query) == {"q": ["no-such-model"]}
+    browser.get(browser.current_url)  # the shared link opens the same view
+    wait_for(browser, "no match again", lambda d: "No model matches" in text(d, "#catalogue"))
+    assert browser.find_element(By.CSS_SELECTOR, '#catalogue-filters input[name="q"]').get_attribute("value") == (
+        "no-such-model"
+    )
+    assert page_errors(browser) == []
+
+
+def test_the_model_card_shows_the_gates_accuracy(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
+    open_page(browser, gallery + "/", "catalogue")
+    browser.execute_script("window.__samePage = true")
+    link = wait_for(browser, "the model's link", lambda d: css(d, f'.model-card[data-model="{MODEL}"] a.model-name'))
+    link[0].click()
+    wait_for(browser, "the model page", lambda d: ready(d, "model"))
+    assert browser.execute_script("return window.__samePage") is True, "an in-app link must not reload the page"
+    assert urlparse(browser.current_url).path == f"/models/{MODEL}"
+    assert text(browser, "#model-title") == MODEL
+
+    production = httpx.get(f"{gallery}/api/registry/api/v1/models/{MODEL}/aliases/production", timeout=10).json()
+    accuracy = wait_for(browser, "the gate's accuracy", lambda d: css(d, '#evaluation [data-metric="accuracy"]'))[0]
+    assert shown_accuracy(production) in accuracy.text
+    assert len(css(browser, "#per-class-recall li")) == len(production["class_names"])
+    if "confusion_matrix" in production["evaluation_report"]:
+        assert len(css(browser, "#confusion-matrix tbody tr")) == len(production["class_names"])
+    assert f"v{production['version']}" in text(browser, "#versions")
+    assert css(browser, '#deployments tr[data-stage="production"]')
+    assert css(browser, "#downloads #download-card")
+    assert css(browser, '#downloads button[data-download="onnx"]')
+    onnx = httpx.get(
+        f"{gallery}/api/gallery/models/{MODEL}/versions/{production['version']}/artifacts/onnx", timeout=30
+    )
+    assert (
+        onnx.status_code == 200
+        and hashlib.sha256(onnx.content).hexdigest() == production["artifacts"]["onnx"]["sha256"]
+    )
+    assert page_errors(browser) == []
+
+
+def test_editing_the_description_persists(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
+    open_page(browser, f"{gallery}/models/{MODEL}", "model")
+    browser.find_element(By.ID, "card-edit").click()
+    description = (
+        "Reads **handwritten** digits.\n\n- 8x8 pixels\n- <script>window.__injected = 1</script>\n\n"
+        "[the data](https://archive.ics.uci.edu/dataset/80) and [a trap](javascript:window.__injected=2)"
+    )
+    area = browser.find_element(By.CSS_SELECTOR, '#card-form textarea[name="description"]')
+    area.clear()
+    area.send_keys(description)
+    browser.find_element(By.ID, "card-save").click()
+    wait_for(browser, "the saved card", lambda d: "Saved as revision" in text(d, "#card-message"))
+    rendered = browser.find_element(By.CSS_SELECTOR, '[data-field="description"] .markdown')
+    assert rendered.find_element(By.TAG_NAME, "strong").text == "handwritten"
+    assert "<script>window.__injected = 1</script>" in rendered.text, "HTML in a card is shown as text"
+    assert browser.execute_script("return window.__injected") is None
+    links = [a.get_attribute("href") for a in rendered.find_elements(By.TAG_NAME, "a")]
+    assert links == ["https://archive.ics.uci.edu/dataset/80"], "only http(s) links become links"
+
+    browser.refresh()
+    wait_for(browser, "the model page after a reload", lambda d: ready(d, "model"))
+    assert "Reads handwritten digits." in text(browser, '[data-field="description"]')
+    card = httpx.get(f"{gallery}/api/registry/api/v1/models/{MODEL}/card", timeout=10).json()
+    assert card["description"] == description
+    assert page_errors(browser) == []
+
+
+def test_try_it_returns_a_class(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
+    open_page(browser, f"{gallery}/models/{MODEL}/try", "try")
+    examples = wait_for(browser, "held-out examples", lambda d: css(d, "button.example"))
+    examples[1].click()
+    browser.find_element(By.ID, "try-send").click()
+    result = wait_for(browser, "the answer", lambda d: css(d, "#try-result"))[0]
+    class_names = trained.versions[0]["class_names"]
+    assert result.get_attribute("data-predicted") in class_names
+    assert len(css(browser, "#try-result .bars li")) == len(class_names)
+    assert "served by digits-mlp" in result.text
+    assert page_errors(browser) == []
+
+
+def test_compare_shows_two_runs_curves(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
+    open_page(browser, f"{gallery}/runs?model={MODEL}", "runs")
+    for run in trained.runs:
+        browser.find_element(By.CSS_SELECTOR, f'input.pick[data-run="{run}"]').click()
+    browser.find_element(By.ID, "compare-selected").click()
+    wait_for(browser, "the compare page", lambda d: ready(d, "compare"))
+    assert set(parse_qs(urlparse(browser.current_url).query)["runs"][0].split(",")) == set(trained.runs)
+    curves = css(browser, 'figure[data-chart="val_accuracy"] g.series path.line')
+    assert len(curves) == 2, "one val_accuracy curve per run"
+    assert {c.find_element(By.XPATH, "..").get_attribute("data-key") for c in curves} == set(trained.runs)
+    differing = {row.get_attribute("data-param") for row in css(browser, "#compare-params tr.differs")}
+    assert {"training.learning_rate", "training.epochs"} <= differing
+    assert css(browser, '#final-metrics tr[data-metric="val_accuracy"]')
+    assert page_errors(browser) == []
+
+
+def test_deep_links_open_their_page_and_back_returns(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
+    open_page(browser, f"{gallery}/models/{MODEL}/versions/1", "model")
+    picker = browser.find_element(By.ID, "version-picker")
+    assert picker.get_attribute("value") == "1"
+    assert text(browser, "#model-title") == MODEL
+
+    runs = ",".join(trained.runs)
+    open_page(browser, f"{gallery}/compare?runs={runs}", "compare")
+    assert len(css(browser, "#curves figure")) >= 2
+    browser.find_element(By.CSS_SELECTOR, f'.run-keys li[data-run="{trained.runs[0]}"] a').click()
+    wait_for(browser, "the run page", lambda d: ready(d, "run"))
+    assert text(browser, "#run-title") == f"Run {trained.runs[0]}"
+
+    browser.back()
+    wait_for(browser, "the compare page again", lambda d: ready(d, "compare"))
+    assert urlparse(browser.current_url).path == "/compare"
+    browser.back()
+    wait_for(browser, "the version page again", lambda d: ready(d, "model"))
+    assert urlparse(browser.current_url).path == f"/models/{MODEL}/versions/1"
+
+    open_page(browser, f"{gallery}/models/{MODEL}/lineage", "lineage")
+    kinds = {node.get_attribute("data-kind") for node in css(browser, ".lineage-svg g.node")}
+    assert {"dataset", "run", "version"} <= kinds
+    assert page_errors(browser) == []
+
+
+def test_with_tokens_nothing_shows_without_one(browser: WebDriver, stack: LifecycleStack, gallery: str) -> None:
+    guarded = start_second_gallery(stack, f"{READER}:reader,{WRITER}:writer").url
+    assert httpx.get(f"{guarded}/api/gallery/catalogue", timeout=10).status_code == 401
+    assert httpx.get(f"{guarded}/api/registry/api/v1/models/{MODEL}", timeout=10).status_code == 401
+
+    browser.get(guarded + "/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(guarded + "/")
+    wait_for(browser, "the token form", lambda d: d.find_element(By.ID, "auth").is_displayed())
+    assert css(browser, ".model-card") == []
+    field = browser.find_element(By.ID, "auth-token")
+    field.send_keys(READER)
+    browser.find_element(By.CSS_SELECTOR, "#auth button[type=submit]").click()
+    wait_for(browser, "the catalogue with the token", lambda d: css(d, f'.model-card[data-model="{MODEL}"]'))
+    assert browser.execute_script("return sessionStorage.getItem('gallery.token')") == READER
+    assert browser.execute_script("return localStorage.length") == 0, "the token is kept for the session only"
+    assert page_errors(browser) == []

@@ -1,0 +1,132 @@
+"""The gallery in front of the real registry (no NATS): its catalogue with the deployer's traffic merged
+in, a lineage and held-out examples from what the registry really answers, and a card edited through
+the proxy with the caller's own token."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gallery_fakes import READER, TOKENS, WRITER, Scene, Stack, deployment, gallery_stack
+from uvicorn_thread import running
+
+from gallery_common.artifacts import open_store
+from gallery_common.contracts import write_split
+from gallery_registry.app import create_app_for
+from gallery_registry.deps import RegistryCore
+from gallery_registry.schemas import VersionStatus
+from gallery_registry.settings import RegistrySettings
+
+ADMIN = "g-admin"
+MODEL = "digits-mlp"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def scene() -> Scene:
+    scene = Scene(deployments=[deployment(MODEL, 1, "production", 100.0)])
+    scene.runs = [
+        {"id": "run-1", "job_id": "job-1", "model": MODEL, "status": "finished", "metrics": {"val_accuracy": 0.96},
+         "dataset_fingerprint": "sha256:digits"},
+    ]  # fmt: skip
+    scene.jobs = [{"id": "job-1", "model": MODEL, "run_id": "run-1", "search_id": None, "trial": None}]
+    return scene
+
+
+@pytest.fixture
+def stack(scene: Scene, tmp_path: Path) -> Iterator[Stack]:
+    """The real registry with digits-mlp v1 validated and in production, stand-ins for the rest."""
+    tokens = f"{TOKENS},{ADMIN}:admin"
+    root = (tmp_path / "artifacts").as_uri()
+    settings = RegistrySettings(home=tmp_path, api_tokens=tokens, artifact_root=root)  # type: ignore[arg-type]
+    app = create_app_for(settings, with_bus=False)
+    with running(app, ready_path="/readyz") as server:
+        registry = f"http://127.0.0.1:{server.config.port}"
+        register_digits(app, registry, root)
+        with gallery_stack(scene, tmp_path, tokens=tokens, registry_url=registry) as gallery:
+            yield gallery
+
+
+def register_digits(app: object, registry: str, root: str) -> None:
+    store = open_store(root)
+    buffer = io.BytesIO()
+    x = np.arange(30 * 64, dtype=np.float32).reshape(30, 64) % 17
+    write_split(buffer, x, np.arange(30) % 10)
+    split = store.put(f"models/{MODEL}/1/test.npz", buffer.getvalue())
+    spec = store.put(
+        f"models/{MODEL}/1/spec.json", json.dumps({"job": {"data": {"source": "builtin", "name": "digits"}}}).encode()
+    )
+    with httpx.Client(base_url=registry, headers=bearer(WRITER)) as http:
+        created = http.post(
+            "/api/v1/models", json={"name": MODEL, "description": "# Digits\n8x8 digits.", "owner": "ann"}
+        )
+        assert created.status_code == 201, created.text
+        version = {
+            "task": "classification",
+            "class_names": [str(i) for i in range(10)],
+            "metrics": {"accuracy": 0.95},
+            "lineage": {"dataset_fingerprint": "sha256:digits", "training_job_id": "job-1"},
+            "run_id": "run-1",
+            "signature": {
+                "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 64]}],
+                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+            },
+            "artifacts": {
+                "onnx": {"uri": "file:///a/m.onnx", "sha256": "a" * 64},
+                "test_split": split.model_dump(),
+                "spec": spec.model_dump(),
+            },
+        }
+        registered = http.post(f"/api/v1/models/{MODEL}/versions", json=version)
+        assert registered.status_code == 201, registered.text
+        core = app.state.resources.core_as(RegistryCore)  # type: ignore[attr-defined]
+        core.store.set_version_status(MODEL, 1, VersionStatus.validating)
+        core.store.set_version_status(MODEL, 1, VersionStatus.validated, evaluation_report=None, rejection_reasons=[])
+        moved = http.put(f"/api/v1/models/{MODEL}/aliases/production", json={"version": 1}, headers=bearer(ADMIN))
+        assert moved.status_code == 200, moved.text
+
+
+def test_the_catalogue_of_the_real_registry_with_its_traffic(stack: Stack) -> None:
+    page = httpx.get(f"{stack.gallery}/api/gallery/catalogue?q=digit", headers=bearer(READER)).json()
+    (entry,) = page["models"]
+    assert (entry["name"], entry["summary"], entry["owner"]) == (MODEL, "Digits", "ann")
+    assert entry["production"]["version"] == 1 and entry["production"]["semver"] == "1.0.0"
+    assert entry["deployment"] == {
+        "state": "serving",
+        "traffic": [{"version": 1, "stage": "production", "percent": 100.0}],
+    }
+    assert (
+        httpx.get(f"{stack.gallery}/api/gallery/catalogue?q=nothing-like-it", headers=bearer(READER)).json()["models"]
+        == []
+    )
+
+
+def test_lineage_and_examples_from_the_real_registry(stack: Stack) -> None:
+    graph = httpx.get(f"{stack.gallery}/api/gallery/models/{MODEL}/lineage", headers=bearer(READER)).json()
+    edges = {(e["source"], e["target"]) for e in graph["edges"]}
+    assert {("dataset:sha256:digits", "run:run-1"), ("run:run-1", "version:1")} <= edges
+    assert ("version:1", f"deployment:{MODEL}-v1-fp32") in edges
+    examples = httpx.get(f"{stack.gallery}/api/gallery/models/{MODEL}/versions/1/examples?n=4", headers=bearer(READER))
+    assert examples.status_code == 200, examples.text
+    body = examples.json()
+    assert body["shape"] == [64] and body["image"] is True and body["image_shape"] == [1, 8, 8]
+    assert [row["label"] for row in body["examples"]] == [0, 1, 2, 3]
+
+
+def test_a_card_edited_through_the_proxy_needs_a_writer_at_the_registry(stack: Stack) -> None:
+    card = f"{stack.gallery}/api/registry/api/v1/models/{MODEL}/card"
+    text = {"intended_use": "Reading handwritten digits in forms."}
+    refused = httpx.put(card, json=text, headers=bearer(READER))
+    assert refused.status_code == 403 and "writer" in refused.json()["error"]
+    edited = httpx.put(card, json=text, headers=bearer(WRITER))
+    assert edited.status_code == 200, edited.text
+    assert httpx.get(card, headers=bearer(READER)).json()["intended_use"] == text["intended_use"]
+    assert httpx.get(card).status_code == 401

@@ -1,0 +1,145 @@
+"""The pieces of the generated model card and of the catalogue's entries, without a database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from gallery_common.contracts.registry import ArtifactPublic, ArtifactRole, ModelPublic, VersionPublic, VersionStatus
+from gallery_common.events import Lineage
+from gallery_registry.catalogue import headline, recommended_variant, version_metrics
+from gallery_registry.gate.metrics import classification_metrics, confusion_matrix, expected_calibration_error
+from gallery_registry.model_card import card_key, recommendation_tags, render_card
+from gallery_registry.schemas import ValidationPolicy
+from gallery_registry.store_cards import ModelCardText
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def model() -> ModelPublic:
+    return ModelPublic(
+        name="iris",
+        description="Three species.",
+        owner="ann",
+        tags={"team": "bio"},
+        created_at=AT,
+        updated_at=AT,
+        latest_version=1,
+        aliases={"production": 1},
+    )
+
+
+def version(report: dict[str, object] | None = None, tags: dict[str, str] | None = None) -> VersionPublic:
+    return VersionPublic(
+        name="iris",
+        version=1,
+        semver="1.0.0",
+        status=VersionStatus.validated,
+        description=None,
+        signature=None,
+        metrics={"accuracy": 0.5},
+        tags=tags or {},
+        lineage=Lineage(dataset_fingerprint="sha256:abc"),
+        run_id="run-1",
+        source_event_id=None,
+        source=None,
+        task="classification",
+        class_names=["a", "b"],
+        evaluation_report=report,
+        rejection_reasons=[],
+        artifacts={
+            ArtifactRole.int8: ArtifactPublic(
+                role=ArtifactRole.int8, uri="file:///x/int8.onnx", sha256="c" * 64, size=2048, created_at=AT
+            )
+        },
+        aliases=["production"],
+        created_at=AT,
+        updated_at=AT,
+    )
+
+
+def text(revision: int = 0, **fields: str) -> ModelCardText:
+    return ModelCardText(
+        name="iris",
+        revision=revision,
+        description=fields.get("description", "Three species."),
+        intended_use=fields.get("intended_use"),
+        limitations=fields.get("limitations"),
+        updated_at=AT,
+        updated_by=None,
+    )
+
+
+def test_the_card_is_deterministic_and_quotes_what_could_break_its_yaml() -> None:
+    report = {"accuracy": 0.9, "n_test": 30, "per_class_recall": {"a": 1.0, "b|c": 0.8}}
+    tricky = model().model_copy(update={"tags": {"note": 'say "hi"\nthere: yes'}})
+    card = render_card(tricky, text(2, intended_use="Teaching."), version(report), ValidationPolicy())
+    assert card == render_card(tricky, text(2, intended_use="Teaching."), version(report), ValidationPolicy())
+    meta = card.split("\n---\n", 1)[0]
+    assert '- "note:say \\"hi\\"\\nthere: yes"' in meta  # one quoted scalar, not a new key
+    assert "      value: 0.9" in meta and '"n_test"' not in meta and "per_class_recall" not in meta
+    assert "| b\\|c | 0.8 |" in card  # a '|' in a class name does not split the table
+    assert "Status: **validated** · aliases: production · accuracy 0.9 · owner: ann" in card
+    assert "_Card text revision 2;" in card
+    assert "| int8 | 2.0 KiB | cccccccccccc |" in card  # a variant kept with the version
+
+
+def test_a_card_without_evaluation_says_so_and_has_no_model_index() -> None:
+    card = render_card(model(), text(), version(None), None)
+    assert "model-index" not in card and "_Not evaluated by the validation gate yet._" in card
+    assert "_Not stated yet._" in card and 'datasets:\n- "sha256:abc"' in card
+
+
+def test_recommendation_tags_from_an_optimizer_report() -> None:
+    doc = {
+        "recommended": "fp16",
+        "recommendation_reason": "smallest within budget",
+        "variants": [
+            {"name": "fp32", "size_bytes": 4000.0, "latency_b1_p50_ms": 0.2, "accuracy": 0.9},
+            {"name": "fp16", "size_bytes": 2000.0, "latency_b1_p50_ms": float("nan"), "accuracy": None},
+        ],
+    }
+    assert recommendation_tags(doc) == {
+        "optimizer.recommended": "fp16",
+        "optimizer.recommendation_reason": "smallest within budget",
+        "optimizer.recommended_size_bytes": "2000",
+        "optimizer.fp32_size_bytes": "4000",
+        "optimizer.fp32_p50_ms": "0.2",
+        "optimizer.fp32_accuracy": "0.9",
+    }
+    assert recommendation_tags({"variants": []}) == {}
+    found = recommended_variant({"optimizer.recommended": "fp16", "optimizer.recommended_size_bytes": "2000"})
+    assert found is not None and (found.name, found.size_bytes, found.p50_ms) == ("fp16", 2000.0, None)
+    assert recommended_variant({}) is None
+
+
+def test_headline_prefers_the_policys_metric_then_accuracy_then_the_first() -> None:
+    metrics = version_metrics({"accuracy": 0.5, "val_loss": 1.0}, {"accuracy": 0.8, "macro_f1": 0.7, "n_test": 9})
+    assert metrics == {"accuracy": 0.8, "val_loss": 1.0, "macro_f1": 0.7}
+    assert headline(metrics, "macro_f1") is not None and headline(metrics, "macro_f1").name == "macro_f1"  # type: ignore[union-attr]
+    assert headline(metrics, "r2").name == "accuracy"  # type: ignore[union-attr]
+    assert headline({"latency_p50_ms": 1.0, "rmse": 0.3}, None).name == "rmse"  # type: ignore[union-attr]
+    assert headline({}, None) is None
+
+
+def test_card_keys_are_content_addressed() -> None:
+    assert card_key("iris", 3, "ab" * 32) == "cards/iris/3/model-card-abababababababab.md"
+
+
+def test_the_gate_reports_a_confusion_matrix_class_counts_and_reliability_bins() -> None:
+    labels = np.array([0, 0, 1, 1, 2])
+    logits = np.array([[3.0, 0, 0], [0, 3.0, 0], [0, 3.0, 0], [0, 3.0, 0], [0, 0, 0.1]])
+    assert confusion_matrix(labels, logits.argmax(axis=1), 3) == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    report = classification_metrics(logits, labels, ["x", "y", "z"])
+    assert report["class_counts"] == {"x": 2, "y": 2, "z": 1}
+    assert report["confusion_matrix"] == {"labels": ["x", "y", "z"], "matrix": [[1, 1, 0], [0, 2, 0], [0, 0, 1]]}
+    bins = report["reliability"]
+    assert isinstance(bins, list) and sum(b["count"] for b in bins) == 5
+    ece = sum(b["count"] / 5 * abs(b["accuracy"] - b["confidence"]) for b in bins)
+    assert (
+        ece
+        == pytest.approx(report["ece"])
+        == pytest.approx(expected_calibration_error(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), labels))
+    )
