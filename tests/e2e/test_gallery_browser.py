@@ -8,7 +8,6 @@ next) and run in the order written.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -16,10 +15,9 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 from gallery_stack import MODEL, TrainedModel, gallery_stack, start_second_gallery, train_digits_twice
+from headless_chromium import headless_chromium
 from lifecycle_stack import LifecycleStack
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -48,19 +46,8 @@ def gallery(stack: LifecycleStack, trained: TrainedModel) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or chromedriver is None:
-        pytest.fail("chromium and chromedriver are not installed: run `make test`, which installs them")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def page_errors(driver: WebDriver) -> list[dict[str, Any]]:

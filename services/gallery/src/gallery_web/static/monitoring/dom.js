@@ -1,50 +1,15 @@
-// DOM building and number/time formatting shared by the dashboard's modules.
+// Time and number formatting of the Monitoring view; elements come from the Gallery's own helpers.
 // Text from the API always goes in as text nodes, never as HTML: names and summaries are untrusted.
 
-const SVG_NS = "http://www.w3.org/2000/svg";
+// Elements are built by the Gallery's own helpers, so both views treat API text the same way.
+import { h, parseTime, put, svg } from "../dom.js";
 
-function fill(el, props, children) {
-  for (const [key, value] of Object.entries(props || {})) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === "class") el.setAttribute("class", value);
-    else if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else el.setAttribute(key, value === true ? "" : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    el.append(child instanceof Node ? child : String(child));
-  }
-  return el;
-}
-
-/** An HTML element: h("td", {class: "num"}, "12"). */
-export function h(tag, props, ...children) {
-  return fill(document.createElement(tag), props, children);
-}
-
-/** An SVG element: svg("circle", {cx: 1, cy: 2, r: 3}). */
-export function svg(tag, props, ...children) {
-  return fill(document.createElementNS(SVG_NS, tag), props, children);
-}
-
-/** Replace an element's children. */
-export function put(el, ...children) {
-  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
-}
+export { h, parseTime, put, svg };
 
 /** Show or hide an element (the `hidden` attribute) and set its text when given. */
 export function toggle(el, shown, text) {
   el.hidden = !shown;
   if (shown && text !== undefined) el.textContent = text;
-}
-
-/** Milliseconds since the epoch from the API's ISO-8601 UTC strings (microseconds and a missing zone allowed). */
-export function parseTime(iso) {
-  if (!iso) return NaN;
-  let text = String(iso).replace(/(\.\d{3})\d+/, "$1");
-  if (!/(Z|[+-]\d\d:?\d\d)$/.test(text)) text += "Z";
-  return Date.parse(text);
 }
 
 const pad = (n) => String(n).padStart(2, "0");
