@@ -60,6 +60,8 @@ class EmbeddedNats:
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port or free_port(host)
+        # ports we picked may be taken by someone else between picking and binding: pick again then
+        self.ports_chosen_here = port is None and monitor_port is None
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -71,7 +73,20 @@ class EmbeddedNats:
     def config_path(self) -> Path:
         return self.store_dir / "nats-server.conf"
 
-    def start(self, timeout: float = 15.0) -> EmbeddedNats:
+    def start(self, timeout: float = 15.0, attempts: int = 3) -> EmbeddedNats:
+        """Start and wait for JetStream; a server that exits at once on ports we picked gets fresh ones."""
+        for attempt in range(1, attempts + 1):
+            self._launch()
+            if self.wait_ready(timeout):
+                return self
+            exited = self.process is not None and self.process.poll() is not None
+            self.stop()
+            if not (exited and self.ports_chosen_here) or attempt == attempts:
+                break
+            self.port, self.monitor_port = free_port(self.host), free_port(self.host)
+        raise RuntimeError(f"nats-server did not become ready on {self.url} within {timeout}s (log: {self.log_file})")
+
+    def _launch(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         config = render_config(self.store_dir, self.host, self.port, self.monitor_port, self.authorization)
         # the configuration names every user (with password hashes): for this OS user only
@@ -85,21 +100,16 @@ class EmbeddedNats:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        if not self.wait_ready(timeout):
-            self.stop()
-            raise RuntimeError(f"nats-server did not become ready on {self.url} within {timeout}s")
-        return self
 
     def wait_ready(self, timeout: float) -> bool:
+        """True once JetStream reports healthy; False at once if the process exits, or after `timeout`."""
         deadline = time.monotonic() + timeout
-        if not wait_for_port(self.host, self.port, timeout):
-            return False
         url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 return False
             try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
+                if httpx.get(url, timeout=1.0).status_code == 200 and wait_for_port(self.host, self.port, 1.0):
                     return True
             except httpx.HTTPError:
                 pass
@@ -118,8 +128,9 @@ class EmbeddedNats:
             self.process.wait()
 
     def restart(self, timeout: float = 15.0) -> None:
+        """Stop and start on the same ports (clients hold the URL)."""
         self.stop()
-        self.start(timeout)
+        self.start(timeout, attempts=1)
 
     def __enter__(self) -> EmbeddedNats:
         return self.start()
