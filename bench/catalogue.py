@@ -4,11 +4,13 @@ Seeds a fresh registry database (SQLite by default, or the PostgreSQL at --datab
 10,000 models the way a busy registry holds them: each with a Markdown description, two tags and
 three versions (rejected, validated with the gate's evaluation report, pending); 70% have a
 `production` alias on the validated version, which carries the optimizer's recommendation tags.
-Then starts the registry exactly as `gallery up` does (`python -m gallery_common.serve registry`,
-nats-server beside it) and times `GET /api/v1/catalogue` over HTTP keep-alive, one request at a
-time: the round trip on loopback, an upper bound of the server's time.
+Then starts the registry, the deployer and the Gallery web app exactly as `gallery up` does (each
+`python -m gallery_common.serve NAME`, nats-server beside them) and times `GET /api/v1/catalogue`
+over HTTP keep-alive, one request at a time: the round trip on loopback, an upper bound of the
+server's time. Last, headless Chromium opens the Gallery's catalogue page: the time from navigation
+to the first 24 cards drawn, once with an empty cache and then reloaded.
 
-    .venv/bin/python bench/catalogue.py [--requests 200] [--database-url URL] [--strict]
+    .venv/bin/python bench/catalogue.py [--requests 200] [--renders 10] [--database-url URL] [--strict]
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,9 +26,9 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from selenium.webdriver.support.ui import WebDriverWait
 
 from gallery_common.nats_server import EmbeddedNats
-from gallery_common.netutil import free_port
 from gallery_registry.store import open_registry
 from gallery_registry.tables import (
     AliasRow,
@@ -37,6 +38,12 @@ from gallery_registry.tables import (
     VersionTagRow,
     utcnow,
 )
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "e2e")]
+
+from headless_chromium import headless_chromium  # noqa: E402
+from lifecycle_stack import LifecycleStack  # noqa: E402
 
 MODELS = 10_000
 FIRST_PAGE_TARGET_MS = 200.0
@@ -180,22 +187,36 @@ def timed(client: httpx.Client, params: dict[str, Any], n: int) -> tuple[list[fl
     return latencies, body, size
 
 
-def wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the registry did not start:\n{log.read_text()}")
-        time.sleep(0.1)
+def first_render(gallery_url: str, renders: int) -> list[dict[str, float]]:
+    """Open the catalogue page `renders` times in one headless Chromium (the first with an empty cache):
+    per load, ms from navigation start to the page drawn (`gallery:ready:catalogue`), the catalogue
+    request's time to its first byte, and the cards drawn."""
+    timings = []
+    with headless_chromium(1400, 1000) as browser:
+        for _ in range(renders):
+            browser.get(gallery_url + "/")
+            WebDriverWait(browser, 60, poll_frequency=0.05).until(
+                lambda b: b.execute_script("return performance.getEntriesByName('gallery:ready:catalogue').length"),
+                message="the catalogue page was never drawn",
+            )
+            timings.append(
+                browser.execute_script(
+                    """
+                    const ready = performance.getEntriesByName('gallery:ready:catalogue')[0].startTime;
+                    const api = performance.getEntriesByType('resource')
+                      .find((e) => e.name.includes('/api/gallery/catalogue'));
+                    return {ready, api_ttfb: api.responseStart - api.requestStart,
+                            cards: document.querySelectorAll('.model-card').length};
+                    """
+                )
+            )
+    return timings
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200, help="timed requests per query")
+    parser.add_argument("--renders", type=int, default=10, help="page loads in the browser (the first uncached)")
     parser.add_argument("--database-url", help="an empty PostgreSQL database to seed instead of SQLite")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args()
@@ -207,26 +228,13 @@ def main() -> int:
         seed(db_url)
         seed_s = time.perf_counter() - t0
         with EmbeddedNats(home / "nats") as nats:
-            port = free_port()
-            env = {
-                **os.environ,
-                "GALLERY_HOME": str(home),
-                "GALLERY_PORT": str(port),
-                "GALLERY_NATS_URL": nats.url,
-                "GALLERY_LOG_LEVEL": "WARNING",
-                "GALLERY_DATABASE_URL": db_url,
-            }
-            env.pop("GALLERY_API_TOKENS", None)
-            log = home / "registry.log"
-            server = subprocess.Popen(
-                [sys.executable, "-m", "gallery_common.serve", "registry"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=open(log, "wb"),  # noqa: SIM115
-            )
+            stack = LifecycleStack(home=home, nats_url=nats.url)
             try:
-                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                    wait_ready(client, server, log)
+                settings = {"GALLERY_LOG_LEVEL": "WARNING", "GALLERY_DATABASE_URL": db_url}
+                registry = stack.start("registry", **settings)
+                stack.start("deployer", GALLERY_LOG_LEVEL="WARNING")
+                gallery = stack.start("gallery", GALLERY_LOG_LEVEL="WARNING")
+                with httpx.Client(base_url=registry.url, timeout=30) as client:
                     first_page: dict[str, Any] = {}
                     deep = client.get("/api/v1/catalogue", params={"limit": 24}).json()
                     queries: list[tuple[str, dict[str, Any]]] = [
@@ -252,13 +260,16 @@ def main() -> int:
                         timed(client, params, WARMUP)
                         latencies, body, size = timed(client, params, args.requests)
                         results.append((label, params, latencies, body, size))
+                renders = first_render(gallery.url, args.renders)
             finally:
-                server.terminate()
-                server.wait(30)
+                stack.stop()
 
     backend = "PostgreSQL" if args.database_url else f"SQLite under {tempfile.gettempdir()}"
     print(f"{backend}; {MODELS:,} models ({deep['total']:,} listed), 30,000 versions seeded in {seed_s:.1f} s")
-    print(f"server: python -m gallery_common.serve registry (uvicorn); {os.cpu_count()} CPUs; one client, keep-alive")
+    print(
+        f"servers: registry, deployer, gallery (python -m gallery_common.serve NAME); {os.cpu_count()} CPUs; "
+        "API timed against the registry, one client, keep-alive"
+    )
     print()
     print(f"{'':12}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'total':>8}{'shown':>7}{'bytes':>9}  query")
     for label, params, latencies, body, size in results:
@@ -278,6 +289,7 @@ def main() -> int:
         f"(target <= {FIRST_PAGE_TARGET_MS:.0f} ms server time)"
     )
     print(page_weight(results[0][4]))
+    print(render_line(renders))
     return 1 if args.strict and not ok else 0
 
 
@@ -296,6 +308,17 @@ def page_weight(first_page_bytes: int) -> str:
         f"page weight: {len(shipped)} files, {raw / 1024:.1f} KiB ({packed / 1024:.1f} KiB gzipped), "
         f"plus the first page's JSON {first_page_bytes / 1024:.1f} KiB; nothing from another origin"
     )
+
+
+def render_line(renders: list[dict[str, float]]) -> str:
+    cold, warm = renders[0], [r["ready"] for r in renders[1:]]
+    line = (
+        f"first render in headless Chromium: {cold['ready']:.0f} ms from navigation to {cold['cards']} cards drawn "
+        f"(empty cache; the catalogue's answer began after {cold['api_ttfb']:.1f} ms)"
+    )
+    if warm:
+        line += f"; reloaded {len(warm)}x: p50 {percentile(warm, 0.5):.0f} ms, worst {max(warm):.0f} ms"
+    return line
 
 
 def _token(offset: int) -> str:

@@ -12,7 +12,6 @@ installs them).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -21,17 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "e2e")]
 
 from gallery_stack import MODEL, gallery_stack, train, train_digits_twice, wait_for_optimizer  # noqa: E402
+from headless_chromium import headless_chromium  # noqa: E402
 
 WIDTH = 1400
 MAX_HEIGHT = 3200
@@ -49,17 +47,6 @@ DETAILS = {
     MODEL: {"owner": "vision-team", "tags": {"domain": "vision", "dataset": "sklearn-digits"}},
     "iris-mlp": {"owner": "tabular-team", "tags": {"domain": "tabular", "dataset": "iris"}},
 }
-
-
-def driver() -> WebDriver:
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or chromedriver is None:
-        raise SystemExit("chromium and chromedriver are needed: `make test` installs them")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={WIDTH},1000"):
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
 
 
 def wait(browser: WebDriver, what: str, condition: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
@@ -84,8 +71,7 @@ def shoot(browser: WebDriver, out: Path) -> None:
 
 def take(url: str, token: str | None, out_dir: Path, runs: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    browser = driver()
-    try:
+    with headless_chromium(WIDTH, 1000) as browser:
         browser.get(url + "/")
         if token:
             browser.execute_script("sessionStorage.setItem('gallery.token', arguments[0])", token)
@@ -114,8 +100,6 @@ def take(url: str, token: str | None, out_dir: Path, runs: list[str]) -> None:
         browser.get(f"{url}/monitoring/{MODEL}")
         time.sleep(6)  # the dashboard polls every few seconds: let it draw its charts
         shoot(browser, out_dir / "monitoring.png")
-    finally:
-        browser.quit()
 
 
 def runs_of(url: str, token: str | None) -> list[str]:

@@ -6,21 +6,21 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 
 @contextmanager
-def headless_chromium() -> Iterator[WebDriver]:
-    """A browser for the block; quits when it ends. `make test` installs chromium and chromedriver."""
+def headless_chromium(width: int = 1400, height: int = 1800) -> Iterator[WebDriver]:
+    """A browser for the block; quits when it ends. `make test` (and `make bench`) install chromium and
+    chromedriver; also used by `scripts/screenshots.py` and `bench/catalogue.py`."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
-        pytest.fail("chromium and chromedriver are not installed: run `make test`, which installs them")
+        raise RuntimeError("chromium and chromedriver are not installed: run `make test`, which installs them")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)

@@ -18,11 +18,10 @@ from pydantic import BaseModel
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts import ArtifactRole, NpzRefused, VersionPublic, read_split
 from gallery_common.errors import GalleryError, InvalidRequest, NotFound
+from gallery_common.explain.layout import InputLayout
 
 TEST_SPLIT = "test_split"
 MAX_SPEC_BYTES = 1024 * 1024
-# the built-in data sets whose flat features are pictures ([channels, height, width]), as the trainer reads them
-BUILTIN_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8)}
 
 
 class Example(BaseModel):
@@ -56,39 +55,6 @@ def pick_rows(y: np.ndarray | None, rows: int, n: int) -> list[int]:
                 keyed.append((rank, label, index))
         return [index for _, _, index in sorted(keyed)[:n]]
     return sorted({int(i) for i in np.linspace(0, rows - 1, num=n)}) if n else []
-
-
-def row_shape(version: VersionPublic, features: int) -> list[int]:
-    """One row's input shape from the version's signature when it holds `features` values, else [features]."""
-    if version.signature and version.signature.inputs:
-        dims = version.signature.inputs[0].shape[1:]
-        if dims and all(d > 0 for d in dims) and int(np.prod(dims)) == features:
-            return list(dims)
-    return [features]
-
-
-def image_shape(shape: list[int], spec: dict[str, Any] | None, features: int) -> list[int] | None:
-    """[channels, height, width] when a row is a picture: an image-shaped signature, else what the trainer
-    recorded in the version's spec (`architecture.image_shape`, or the job's `data.image_shape`, or a
-    built-in picture data set)."""
-    if len(shape) == 3 and shape[0] in (1, 3, 4):
-        return shape
-    stored = spec or {}
-    data = (stored.get("job") or {}).get("data") or stored.get("data") or {}
-    declared = (stored.get("architecture") or {}).get("image_shape") or data.get("image_shape")
-    if not declared and data.get("source") == "builtin":
-        declared = BUILTIN_IMAGE_SHAPES.get(str(data.get("name")))
-    if declared and len(declared) == 3 and int(np.prod(declared)) == features:
-        return [int(d) for d in declared]
-    return None
-
-
-def feature_names(spec: dict[str, Any] | None, features: int) -> list[str] | None:
-    """The training data's column names, as the trainer recorded them, when there is one per feature."""
-    names = (spec or {}).get("feature_names")
-    if isinstance(names, list) and len(names) == features and all(isinstance(n, str) for n in names):
-        return names
-    return None
 
 
 class ExampleReader:
@@ -128,9 +94,9 @@ class ExampleReader:
             raise InvalidRequest(str(exc)) from exc
         x, y = read.x, read.y
         features = int(x.shape[1])
-        shape = row_shape(version, features)
-        spec = self._spec(version)
-        picture = image_shape(shape, spec, features)
+        signature = version.signature.inputs[0].shape if version.signature and version.signature.inputs else None
+        layout = InputLayout.of(features, signature, self._spec(version))
+        shape = list(layout.shape)
         examples = []
         for index in pick_rows(y, len(x), n):
             label = y[index].item() if y.ndim == 1 else None
@@ -139,10 +105,10 @@ class ExampleReader:
             model=version.name,
             version=version.version,
             shape=shape,
-            image=picture is not None,
-            image_shape=picture,
+            image=layout.image_shape is not None,
+            image_shape=None if layout.image_shape is None else list(layout.image_shape),
             class_names=version.class_names,
-            feature_names=feature_names(spec, features),
+            feature_names=None if layout.feature_names is None else list(layout.feature_names),
             rows=len(x),
             examples=examples,
         )

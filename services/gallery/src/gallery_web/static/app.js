@@ -158,6 +158,7 @@ async function render(scrollTop = false) {
     await module.render(container, context);
     if (current !== generation) return;
     view.dataset.ready = route.page;
+    performance.mark(`gallery:ready:${route.page}`); // bench/catalogue.py times the first render by it
     const anchor = window.location.hash && document.getElementById(decodeURIComponent(window.location.hash.slice(1)));
     if (anchor) anchor.scrollIntoView();
   } catch (err) {
