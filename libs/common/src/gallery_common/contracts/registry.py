@@ -51,6 +51,8 @@ class ArtifactRole(StrEnum):
     validation_split = "validation_split"
     test_split = "test_split"
     curves = "curves"  # the training curves PNG the trainer attaches to every run
+    # what explaining the version's answers needs (gallery_common.explain.profile): the gate attaches it
+    explainer = "explainer"
     # the generated model card (Markdown): derived from the version and the model's card text, so the
     # registry replaces it when either changes (the one role that is not immutable)
     model_card = "model-card"
