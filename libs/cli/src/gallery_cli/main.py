@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import deploy_cmd, events_cmd, models_cmd, monitor_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
+from . import deploy_cmd, events_cmd, explain_cmd, models_cmd, monitor_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
 
 app = typer.Typer(
     name="gallery",
@@ -32,6 +32,7 @@ app.command()(deploy_cmd.promote)
 app.command()(deploy_cmd.rollback)
 app.command()(deploy_cmd.deployments)
 app.command()(monitor_cmd.monitor)
+app.command()(explain_cmd.explain)
 
 
 def _version() -> str:

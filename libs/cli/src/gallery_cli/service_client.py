@@ -116,3 +116,15 @@ class MonitorClient(ServiceClient):
     service = "monitor"
     url_variable = "GALLERY_MONITOR_URL"
     default_url = "http://127.0.0.1:8005"
+
+
+class GatewayClient(ServiceClient):
+    service = "gateway"
+    url_variable = "GALLERY_GATEWAY_URL"
+    default_url = "http://127.0.0.1:8080"
+
+
+class GalleryClient(ServiceClient):
+    service = "gallery"
+    url_variable = "GALLERY_GALLERY_URL"
+    default_url = "http://127.0.0.1:8000"

@@ -6,6 +6,7 @@ import { ApiError, api, deployer, maybe, optimizer, registry, trainer } from "./
 import { askForToken, errorCard, navigate } from "./app.js";
 import { ago, badge, h, metric, put, seg, statusBadge } from "./dom.js";
 import { markdownBlock } from "./markdown.js";
+import { importanceSection } from "./explain-views.js";
 import {
   aliasHistorySection,
   dataSection,
@@ -215,6 +216,7 @@ export async function render(view, route) {
   put(
     placeholder,
     guarded(() => evaluationSection(version)),
+    guarded(() => importanceSection(version)),
     h("div", { class: "two-col" }, guarded(() => dataSection(version, value(run, null))), guarded(() => verdictsSection(versions))),
     failed(jobs) || guarded(() => optimizerSection(job)),
     failed(deployments) || guarded(() => deploymentsSection(value(deployments, []))),

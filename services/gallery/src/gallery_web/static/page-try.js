@@ -6,6 +6,7 @@ import { ApiError, api, gallery, gateway, maybe, registry } from "./api.js";
 import { errorCard } from "./app.js";
 import { barList } from "./chart.js";
 import { empty, h, num, put, seg } from "./dom.js";
+import { explanationView } from "./explain-views.js";
 
 const CANVAS_PX = 224; // the drawing canvas's side, whatever the input's size
 
@@ -151,7 +152,15 @@ export async function render(view, route) {
   const flat = (row) => [row.input].flat(Infinity).map(Number);
   const result = h("div", { class: "result" }, empty("Pick an example or enter values, then Predict."));
   const send = h("button", { type: "button", id: "try-send" }, "Predict");
+  const method = h(
+    "select",
+    { id: "try-method", "aria-label": "explanation method", title: "How the answer is explained" },
+    h("option", { value: "shap" }, "explain with SHAP"),
+    h("option", { value: "lime" }, "explain with LIME"),
+    h("option", { value: "" }, "no explanation"),
+  );
   let current = { values: new Array(size).fill(0), label: null };
+  let pictureRange = null;
 
   // a picture's [channels, height, width] when the Gallery knows it, else guessed from the row's shape
   const pictured = examples?.image_shape;
@@ -164,6 +173,7 @@ export async function render(view, route) {
   if (geometry) {
     const all = rows.flatMap(flat);
     const range = all.length ? [Math.min(0, ...all), Math.max(...all)] : [0, 1];
+    pictureRange = range;
     const grid = new PixelGrid(geometry, range, Math.max(4, Math.round(CANVAS_PX / Math.max(geometry.width, geometry.height))));
     grid.draw();
     grid.paintable(() => {
@@ -190,7 +200,7 @@ export async function render(view, route) {
       "div",
       { class: "try-image" },
       h("div", {}, h("h3", {}, "Held-out test examples"), picks.length ? h("div", { class: "examples" }, picks) : empty("No examples available.")),
-      h("div", {}, h("h3", {}, "Input (draw with the mouse)"), grid.canvas, h("div", { class: "actions" }, clear, send)),
+      h("div", {}, h("h3", {}, "Input (draw with the mouse)"), grid.canvas, h("div", { class: "actions" }, clear, send, method)),
     );
     if (picks.length) picks[0].click();
   } else {
@@ -218,7 +228,7 @@ export async function render(view, route) {
       { class: "try-table" },
       rows.length ? h("label", { class: "field inline" }, "Pre-fill from ", picker) : null,
       h("div", { class: "feature-grid" }, fields.map((f, i) => h("label", { class: "field" }, examples?.feature_names?.[i] ?? `feature ${i}`, f))),
-      h("div", { class: "actions" }, send),
+      h("div", { class: "actions" }, send, method),
     );
     fill();
   }
@@ -227,15 +237,33 @@ export async function render(view, route) {
     send.disabled = true;
     put(result, empty("Asking the gateway…"));
     const body = { inputs: [{ name: input.name, datatype: input.datatype || "FP32", shape: [1, ...rowShape], data: current.values }] };
+    const sent = current.values;
     try {
       const answer = await api(gateway(`/v2/models/${seg(name)}/infer`), { method: "POST", body });
       put(result, resultView(answer, version, current.label));
+      if (method.value) await explainAnswer(answer, body, sent);
     } catch (err) {
       put(result, errorCard(err));
     } finally {
       send.disabled = false;
     }
   });
+
+  // Why that answer: the same input explained by the version that answered, for the class it picked
+  async function explainAnswer(answer, body, sent) {
+    const why = h("div", { class: "explanation" }, empty(`Explaining with ${method.value.toUpperCase()}…`));
+    result.append(why);
+    const predicted = result.querySelector("#try-result")?.dataset.predicted;
+    const names = version.class_names || [];
+    const target = names.indexOf(predicted);
+    const parameters = { method: method.value, ...(target >= 0 ? { target } : {}) };
+    try {
+      const explained = await api(gateway(`/v2/models/${seg(name)}/versions/${seg(answer.model_version)}/explain`), { method: "POST", body: { ...body, parameters } });
+      put(why, explanationView(explained, { geometry, pixels: sent, range: pictureRange }));
+    } catch (err) {
+      put(why, errorCard(err));
+    }
+  }
 
   view.append(
     h(
