@@ -18,7 +18,7 @@ from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate, judge_slo
 from gallery_monitor.migrations import upgrade
 from gallery_monitor.records import Slo, SloUpdate
-from gallery_monitor.references import ReferenceCache, ReferenceUnavailable
+from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, TrainingData
 from gallery_monitor.samples import SampleBook
 from gallery_monitor.series import Figures, SeriesBook
 
@@ -34,10 +34,10 @@ class Clock:
         return self.now
 
 
-def load_split(model: str, version: int) -> tuple[np.ndarray, np.ndarray | None]:
+def load_split(model: str, version: int) -> TrainingData:
     if version != 1:
         raise ReferenceUnavailable(f"{model}:{version} has no train_split artifact in the registry")
-    return REFERENCE_X, None
+    return TrainingData(REFERENCE_X)
 
 
 @pytest.fixture

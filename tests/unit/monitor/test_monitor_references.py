@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, read_split
+from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, TrainingData, read_split
 
 
 def npz(**arrays: np.ndarray) -> bytes:
@@ -39,11 +39,11 @@ def test_a_bad_split_is_refused_and_nothing_is_unpickled(data: bytes, reason: st
 def test_references_are_loaded_once_and_a_missing_one_is_retried_only_later() -> None:
     calls: list[tuple[str, int]] = []
 
-    def loader(model: str, version: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def loader(model: str, version: int) -> TrainingData:
         calls.append((model, version))
         if version == 2:
             raise ReferenceUnavailable("iris:2 has no train_split artifact in the registry")
-        return np.random.default_rng(0).normal(size=(300, 4)), np.zeros(300, np.int64)
+        return TrainingData(np.random.default_rng(0).normal(size=(300, 4)), np.zeros(300, np.int64))
 
     cache = ReferenceCache(loader, max_rows=100, retry_s=3600)
     first = cache.get("iris", 1)

@@ -150,4 +150,5 @@ class Monitor:
             prediction_psi=report.prediction_psi,
             drifted=report.drifted,
             reasons=report.reasons,
+            ranked_by=report.ranked_by,
         )

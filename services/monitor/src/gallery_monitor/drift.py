@@ -8,15 +8,20 @@ The rule needs two things at once for a feature to count as drifted: a PSI above
 it is not chance among many features). PSI alone over a few hundred rows has a positive bias and
 a long tail; the test alone flags tiny shifts once windows are large. Together, samples from the
 training distribution raise an alarm in at most `ks_alpha` of windows.
+
+Features are ranked by importance · PSI when the gate measured the version's feature importance
+(`importance.FeatureImportance`): a small shift of a feature the model leans on outranks a large shift
+of one it ignores. Without importance they are ranked by PSI, and the report says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .drift_stats import DEFAULT_BINS, bin_shares, chi2_goodness_of_fit, ks_two_sample, psi, quantile_edges
+from .importance import RANKED_BY_IMPORTANCE, RANKED_BY_PSI, FeatureImportance
 
 TOP_FEATURES_IN_EVIDENCE = 5
 
@@ -39,6 +44,7 @@ class Reference:
     shares: tuple[np.ndarray, ...]
     classes: np.ndarray | None  # class labels seen in training, sorted
     class_shares: np.ndarray | None
+    importance: FeatureImportance | None = None  # the gate's, when it covers these features
 
     @property
     def features(self) -> int:
@@ -50,9 +56,16 @@ class Reference:
 
     @classmethod
     def from_split(
-        cls, x: np.ndarray, y: np.ndarray | None = None, *, bins: int = DEFAULT_BINS, max_rows: int | None = None
+        cls,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        *,
+        bins: int = DEFAULT_BINS,
+        max_rows: int | None = None,
+        importance: FeatureImportance | None = None,
     ) -> Reference:
-        """Build from the raw features `x` [N, F] and labels `y` [N] (an even subsample past `max_rows`)."""
+        """Build from the raw features `x` [N, F] and labels `y` [N] (an even subsample past `max_rows`);
+        `importance` is kept when it has one value per feature."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 1:
             x = x.reshape(-1, 1)
@@ -70,7 +83,9 @@ class Reference:
         if labels is not None and len(labels) == x.shape[0] and np.issubdtype(labels.dtype, np.integer):
             classes, counts = np.unique(labels, return_counts=True)
             class_shares = counts / counts.sum()
-        return cls(columns, edges, shares, classes, class_shares)
+        if importance is not None and importance.features != x.shape[1]:
+            importance = None
+        return cls(columns, edges, shares, classes, class_shares, importance)
 
 
 @dataclass(frozen=True)
@@ -79,11 +94,20 @@ class FeatureDrift:
     psi: float
     ks: float
     p_value: float
+    importance: float | None = None  # the gate's mean |SHAP| of the feature
+    score: float | None = None  # importance · PSI: what the feature's drift ranks by
+    name: str | None = None  # the training data's name of the feature, when known
+
+    def describe(self) -> str:
+        return f"feature {self.feature} ({self.name})" if self.name else f"feature {self.feature}"
 
 
 @dataclass
 class DriftReport:
-    """One window's drift figures and verdict; `reasons` say why it drifted or why it was not judged."""
+    """One window's drift figures and verdict; `reasons` say why it drifted or why it was not judged.
+
+    `features` are ranked as `ranked_by` says, the most concerning first (None: nothing was measured).
+    """
 
     samples: int
     features: list[FeatureDrift] = field(default_factory=list)
@@ -91,23 +115,52 @@ class DriftReport:
     prediction_p_value: float | None = None
     drifted: bool = False
     reasons: list[str] = field(default_factory=list)
+    ranked_by: str | None = None
 
     def evidence(self, rule: DriftRule) -> dict[str, object]:
-        """What a `model.degraded` event carries: the rule, the worst features and the prediction shift."""
-        worst = sorted(self.features, key=lambda f: f.psi, reverse=True)[:TOP_FEATURES_IN_EVIDENCE]
+        """What a `model.degraded` event carries: the rule, the top-ranked features and the prediction shift."""
         return {
             "samples": self.samples,
             "psi_threshold": rule.psi_threshold,
             "ks_alpha": rule.ks_alpha,
             "max_psi": max((f.psi for f in self.features), default=None),
-            "features": [
-                {"feature": f.feature, "psi": round(f.psi, 4), "ks": round(f.ks, 4), "p_value": f.p_value}
-                for f in worst
-            ],
+            "ranked_by": self.ranked_by,
+            "features": [_evidence(f) for f in self.features[:TOP_FEATURES_IN_EVIDENCE]],
             "prediction_psi": self.prediction_psi,
             "prediction_p_value": self.prediction_p_value,
             "reasons": self.reasons,
         }
+
+
+def _evidence(f: FeatureDrift) -> dict[str, object]:
+    found: dict[str, object] = {
+        "feature": f.feature,
+        "psi": round(f.psi, 4),
+        "ks": round(f.ks, 4),
+        "p_value": f.p_value,
+    }
+    if f.importance is not None and f.score is not None:
+        found.update(importance=round(f.importance, 6), score=round(f.score, 6))
+    if f.name:
+        found["name"] = f.name
+    return found
+
+
+def ranked(features: list[FeatureDrift], importance: FeatureImportance | None) -> list[FeatureDrift]:
+    """The features with the gate's importance attached, the most concerning first: by importance · PSI
+    when there is importance (PSI breaks ties), else by PSI."""
+    if importance is None:
+        return sorted(features, key=lambda f: -f.psi)
+    weighted = [
+        replace(
+            f,
+            importance=float(importance.values[f.feature]),
+            score=float(importance.values[f.feature] * f.psi),
+            name=importance.name(f.feature),
+        )
+        for f in features
+    ]
+    return sorted(weighted, key=lambda f: (-(f.score or 0.0), -f.psi))
 
 
 def prediction_shift(reference: Reference, predictions: np.ndarray) -> tuple[float, float] | None:
@@ -136,10 +189,13 @@ def evaluate_drift(
         )
         return report
     columns = np.sort(rows.T, axis=1)
+    measured = []
     for j, column in enumerate(columns):
         d, p = ks_two_sample(column, reference.sorted_columns[j])
         shift = psi(reference.shares[j], bin_shares(column, reference.edges[j]))
-        report.features.append(FeatureDrift(j, shift, d, p))
+        measured.append(FeatureDrift(j, shift, d, p))
+    report.features = ranked(measured, reference.importance)
+    report.ranked_by = RANKED_BY_PSI if reference.importance is None else RANKED_BY_IMPORTANCE
     if predictions is not None and len(predictions):
         shift_and_p = prediction_shift(reference, predictions)
         if shift_and_p is not None:
@@ -148,11 +204,12 @@ def evaluate_drift(
         report.reasons.append(f"{n} samples in the window, {rule.min_samples} needed to judge drift")
         return report
     alpha = rule.ks_alpha / reference.features
-    for f in sorted(report.features, key=lambda f: -f.psi):  # worst first: the alert's reason names the top ones
+    for f in report.features:  # in rank order: the alert's reason names the top ones
         if f.psi > rule.psi_threshold and f.p_value < alpha:
-            report.reasons.append(
-                f"feature {f.feature}: PSI {f.psi:.3f} > {rule.psi_threshold:g} and KS {f.ks:.3f} (p {f.p_value:.2g})"
-            )
+            found = f"{f.describe()}: PSI {f.psi:.3f} > {rule.psi_threshold:g} and KS {f.ks:.3f} (p {f.p_value:.2g})"
+            if f.importance is not None:
+                found += f"; importance {f.importance:.3g}, importance · PSI {f.score:.3g}"
+            report.reasons.append(found)
     if (
         report.prediction_psi is not None
         and report.prediction_p_value is not None

@@ -84,11 +84,13 @@ async def evaluate(monitor: Monitor, publish: Publish | None) -> list[AlertPubli
         slo = slo_of(model)
         rule = monitor.rule(slo)
         report = await anyio.to_thread.run_sync(monitor.drift_report, model, label, slo.window_s, rule)
-        # the three worst findings name the drift; the evidence carries every feature
+        # the three top-ranked findings name the drift; the evidence carries the top features
         shown = "; ".join(report.reasons[:3]) + (
             f"; and {len(report.reasons) - 3} more" if len(report.reasons) > 3 else ""
         )
         reason = f"drift over {slo.window_s:g} s ({report.samples} samples): {shown}"
+        if report.ranked_by:
+            reason += f" (features ranked by {report.ranked_by})"
         observe = partial(
             monitor.alerts.observe, model, version, "drift",
             breached=report.drifted, now=now, window_s=slo.window_s, reason=reason, evidence=report.evidence(rule),

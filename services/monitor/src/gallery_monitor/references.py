@@ -1,4 +1,5 @@
-"""Training references for drift: a version's `train_split` from the registry, loaded once per version.
+"""Training references for drift: a version's `train_split` from the registry, loaded once per version,
+with the feature importance the validation gate recorded in the version's evaluation report.
 
 Blocking (registry over HTTP, artifact store): call from worker threads. A version whose split
 cannot be had is asked for again only after `retry_s`, so evaluations do not hammer the registry. A
@@ -21,11 +22,23 @@ from gallery_common.errors import GalleryError
 from gallery_common.telemetry import get_logger
 
 from .drift import Reference
+from .importance import FeatureImportance
 
 TRAIN_SPLIT = "train_split"
 log = get_logger(__name__)
 
-SplitLoader = Callable[[str, int], tuple[np.ndarray, np.ndarray | None]]
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A version's training features `x` [N, F], labels `y` when the split has them, and the gate's feature
+    importance when it measured one."""
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+    importance: FeatureImportance | None = None
+
+
+SplitLoader = Callable[[str, int], TrainingData]
 
 
 class ReferenceUnavailable(Exception):
@@ -33,9 +46,10 @@ class ReferenceUnavailable(Exception):
 
 
 def registry_split_loader(registry: RegistryReader, store: ArtifactStore) -> SplitLoader:
-    """Load `x` and `y` of a version's train_split: its URI and sha256 from the registry, the bytes from the store."""
+    """Load `x` and `y` of a version's train_split (its URI and sha256 from the registry, the bytes from the
+    store) and the feature importance in the version's evaluation report."""
 
-    def load(model: str, version: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def load(model: str, version: int) -> TrainingData:
         try:
             found = registry.get_version(model, version)
         except GalleryError as exc:
@@ -47,7 +61,8 @@ def registry_split_loader(registry: RegistryReader, store: ArtifactStore) -> Spl
             data = store.get(artifact.uri, artifact.sha256)
         except GalleryError as exc:
             raise ReferenceUnavailable(f"{TRAIN_SPLIT} of {model}:{version}: {exc.message}") from exc
-        return read_split(data, f"{TRAIN_SPLIT} of {model}:{version}")
+        x, y = read_split(data, f"{TRAIN_SPLIT} of {model}:{version}")
+        return TrainingData(x, y, FeatureImportance.from_report(found.evaluation_report))
 
     return load
 
@@ -92,13 +107,19 @@ class ReferenceCache:
             if miss is not None and time.monotonic() < miss.retry_at:
                 raise ReferenceUnavailable(miss.reason)
             try:
-                x, y = self.loader(model, version)
-                reference = Reference.from_split(x, y, max_rows=self.max_rows)
+                data = self.loader(model, version)
+                reference = Reference.from_split(data.x, data.y, max_rows=self.max_rows, importance=data.importance)
             except (ReferenceUnavailable, ValueError) as exc:
                 self._missing[key] = _Miss(str(exc), time.monotonic() + self.retry_s)
                 log.warning("drift_reference_unavailable", model=model, version=version, reason=str(exc))
                 raise ReferenceUnavailable(str(exc)) from exc
             self._missing.pop(key, None)
             self._ready[key] = reference
-            log.info("drift_reference_loaded", model=model, version=version, rows=reference.rows)
+            log.info(
+                "drift_reference_loaded",
+                model=model,
+                version=version,
+                rows=reference.rows,
+                importance=reference.importance is not None,
+            )
             return reference

@@ -45,7 +45,12 @@ class DriftView(BaseModel):
     version: int | None = Field(description="the registry version the samples are of; null when not one")
     window_s: float
     samples: int
-    features: list[FeatureDrift]
+    features: list[FeatureDrift] = Field(description="every feature, the most concerning first (see ranked_by)")
     prediction_psi: float | None
     drifted: bool
     reasons: list[str] = Field(description="why the window drifted, or why it was not judged")
+    ranked_by: str | None = Field(
+        default=None,
+        description="how features are ranked: importance · PSI (the gate's mean |SHAP| times the drift), or PSI "
+        "alone with the reason; null when nothing was measured",
+    )
