@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from gallery_common import telemetry
-from gallery_deployer.modelserver.metrics import Outcome, ServingMetrics
+from gallery_deployer.modelserver.metrics import ExplainMetrics, Outcome, ServingMetrics
 
 # the modules that define the services' metrics, imported through each service's app factory (a model
 # server makes its metrics per served model: the test below covers them)
@@ -63,6 +63,7 @@ def test_a_model_servers_metrics_pass_promtool(promtool) -> None:  # type: ignor
         metrics.request(outcome, 0.002)
     metrics.queued(0.0001)
     metrics.computed(0.001, 8)
+    ExplainMetrics("digits", "1", "int8_dynamic", registry).explained("shap", "timeout", 30.0)
     assert promtool.problems(generate_latest(registry)) == ""
 
 

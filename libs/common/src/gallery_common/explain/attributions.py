@@ -192,7 +192,7 @@ class Explainer:
             weights[index] = weight
         intercept = found.intercept.get(key, 0.0)
         details = {
-            "score": float(found.score if np.isscalar(found.score) else found.score[key]),
+            "score": _first(found.score if np.isscalar(found.score) else found.score[key]),
             "local_prediction": _first(found.local_pred),
         }
         return weights, float(intercept), details

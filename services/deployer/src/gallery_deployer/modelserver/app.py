@@ -1,4 +1,5 @@
-"""The OIP v2 REST app over one ServedModel: a thin adapter over the serving core (`dataplane.py`).
+"""The OIP v2 REST app over one ServedModel: a thin adapter over the serving core (`dataplane.py`) and the
+explain path (`explaining.py`, `POST .../explain`).
 
 Built on FastAPI without `gallery_common.app.create_app`'s middleware: the infer path reads the raw
 body, parses it with orjson and answers with pre-encoded bytes, with no per-request logging. The one
@@ -30,7 +31,8 @@ from gallery_common.settings import Role
 from .async_serving import AsyncServing
 from .batcher import DynamicBatcher, Overloaded
 from .dataplane import DataPlane
-from .metrics import ServingMetrics
+from .explaining import Explanations
+from .metrics import ExplainMetrics, ServingMetrics
 from .model import ServedModel
 from .settings import ModelServerSettings
 
@@ -69,11 +71,11 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
         eager=settings.eager_batching,
     )
     plane = DataPlane(model, batcher, metrics)
-    nats_side = (
-        AsyncServing(settings, plane, open_store(settings.resolved_artifact_root, settings))
-        if settings.serve_nats
-        else None
+    store = open_store(settings.resolved_artifact_root, settings)
+    explanations = Explanations(
+        plane, settings, store, ExplainMetrics(model.name, model.version, model.variant, registry)
     )
+    nats_side = AsyncServing(settings, plane, store) if settings.serve_nats else None
     server_metadata = orjson.dumps({"name": SERVER_NAME, "version": _server_version(), "extensions": []})
 
     @asynccontextmanager
@@ -87,6 +89,7 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
             plane.ready = False  # probes fail first, so traffic moves away while the rest drains
             if nats_side is not None:
                 await nats_side.close()
+            await explanations.close()
             await plane.close()
 
     app = FastAPI(title=f"model server {model.name}:{model.version}", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -144,8 +147,18 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
             return Response(answer.body, media_type=JSON)
         return Response(answer.body, media_type=BINARY, headers={INFERENCE_HEADER_LENGTH: str(answer.header_length)})
 
+    async def explain(request: Request, name: str, model_version: str | None = None) -> Response:
+        # not a hot path: a GalleryError goes to the app's handler
+        started = time.perf_counter()
+        body = await request.body()
+        answer = await explanations.explain(
+            body, request.headers.get(INFERENCE_HEADER_LENGTH), name=name, version=model_version, started=started
+        )
+        return Response(answer, media_type=JSON)
+
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{model_version}"):
         app.add_api_route(prefix, model_metadata, methods=["GET"], dependencies=INFERENCE)
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], dependencies=INFERENCE)
         app.add_api_route(prefix + "/infer", infer, methods=["POST"], dependencies=INFERENCE)
+        app.add_api_route(prefix + "/explain", explain, methods=["POST"], dependencies=INFERENCE)
     return app

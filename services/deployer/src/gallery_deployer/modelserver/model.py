@@ -66,13 +66,14 @@ def providers() -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
-def session_from_bytes(data: bytes, intra_op_threads: int = 0) -> ort.InferenceSession:
-    """An ONNX Runtime session over verified bytes (never a path: no folder to resolve external data in)."""
+def session_from_bytes(data: bytes, intra_op_threads: int = 0, *, gpu: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime session over verified bytes (never a path: no folder to resolve external data in);
+    `gpu=False` keeps it on the CPU even where CUDA is available."""
     verify_self_contained_onnx(data)
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
-    return ort.InferenceSession(data, sess_options=options, providers=providers())
+    return ort.InferenceSession(data, sess_options=options, providers=providers() if gpu else ["CPUExecutionProvider"])
 
 
 def served_model(session: ort.InferenceSession, name: str, version: str, variant: str) -> ServedModel:

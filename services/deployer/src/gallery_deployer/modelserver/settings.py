@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gallery_common.artifacts.base import normalize_sha256
 from gallery_common.errors import ArtifactError
@@ -10,7 +10,7 @@ from gallery_common.settings import GallerySettings
 
 
 class ModelServerSettings(GallerySettings):
-    """What one model server serves and how it batches."""
+    """What one model server serves, how it batches, and how much explaining it may do."""
 
     service_name: str = "modelserver"
     port: int = Field(default=8500, ge=1, le=65535)
@@ -36,6 +36,21 @@ class ModelServerSettings(GallerySettings):
     nats_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
     job_ack_wait_s: float = Field(default=30.0, gt=0, le=3600, description="A batch job's heartbeat window.")
     job_max_deliver: int = Field(default=5, ge=1, description="Deliveries of a job before it is marked failed.")
+    explainer_uri: str = Field(
+        default="", description="URI of the version's explainer artifact (NPZ); empty: this server explains nothing."
+    )
+    explainer_sha256: str = Field(default="", description="Expected sha256 of the explainer artifact.")
+    explain_workers: int = Field(
+        default=1, ge=1, le=64, description="Processes that compute explanations, started by the first explain request."
+    )
+    explain_max_queue: int = Field(default=8, ge=1, description="Explain requests waiting for a worker before 503.")
+    explain_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="An explanation running longer is stopped (its worker replaced): 503."
+    )
+    explain_max_nsamples: int = Field(
+        default=5000, ge=1, description="The most coalitions (SHAP) or perturbed samples (LIME) a request may ask for."
+    )
+    explain_max_rows: int = Field(default=16, ge=1, description="The most rows one explain request may hold.")
 
     @field_validator("model_name", "model_version", "artifact_uri")
     @classmethod
@@ -47,7 +62,23 @@ class ModelServerSettings(GallerySettings):
     @field_validator("artifact_sha256")
     @classmethod
     def _check_sha256(cls, value: str) -> str:
-        try:
-            return normalize_sha256(value)
-        except ArtifactError as exc:
-            raise ValueError(exc.message) from None
+        return _sha256(value)
+
+    @field_validator("explainer_sha256")
+    @classmethod
+    def _check_explainer_sha256(cls, value: str) -> str:
+        return _sha256(value) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _explainer_whole(self) -> ModelServerSettings:
+        self.explainer_uri = self.explainer_uri.strip()
+        if bool(self.explainer_uri) != bool(self.explainer_sha256):
+            raise ValueError("explainer_uri and explainer_sha256 go together: set both, or neither")
+        return self
+
+
+def _sha256(value: str) -> str:
+    try:
+        return normalize_sha256(value)
+    except ArtifactError as exc:
+        raise ValueError(exc.message) from None

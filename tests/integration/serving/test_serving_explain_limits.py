@@ -1,0 +1,106 @@
+"""Explanations have a bounded cost: a model server explains in worker processes of its own, a full explain
+queue and an explanation that runs past its time limit answer 503 with Retry-After, the worker that ran
+over is killed and replaced, and inference keeps answering while an explanation runs.
+
+The model is slow on purpose (two hidden layers of 2048): an explanation of 5000 samples keeps a core busy
+far longer than the 3 s limit, one of 10 samples takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from explain_models import explain_body, slow_classifier, store, table_explainer
+from prometheus_client import CollectorRegistry
+from uvicorn_thread import served
+
+from gallery_deployer.modelserver.app import create_app
+from gallery_deployer.modelserver.model import load_model
+from gallery_deployer.modelserver.settings import ModelServerSettings
+
+FEATURES = 16  # 65534 coalitions: SHAP samples as many as it is asked for
+TIMEOUT_S = 3.0
+X = np.random.default_rng(5).normal(size=(200, FEATURES)).astype(np.float32)
+RUNAWAY = explain_body("features", X[:1], nsamples=5000)  # ~200 G multiply-adds: tens of seconds
+QUICK = explain_body("features", X[:1], nsamples=10)
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("slow")
+    model = store(home, "slow/1/model.onnx", slow_classifier(FEATURES))
+    explainer = store(home, "slow/1/explainer.npz", table_explainer(X, None))
+    settings = ModelServerSettings(
+        home=home,
+        model_name="slow",
+        model_version="1",
+        artifact_uri=model.uri,
+        artifact_sha256=model.sha256,
+        explainer_uri=explainer.uri,
+        explainer_sha256=explainer.sha256,
+        explain_workers=1,
+        explain_max_queue=1,
+        explain_timeout_s=TIMEOUT_S,
+        api_tokens="",  # type: ignore[arg-type]
+        serve_nats=False,
+        intra_op_threads=1,
+    )
+    with served(create_app(settings, load_model(settings), CollectorRegistry())) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def explain(url: str, body: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/v2/models/slow/explain", content=body, timeout=120)
+
+
+def workers() -> set[int]:
+    """The explain workers: processes this test process spawned."""
+    children = psutil.Process().children(recursive=True)
+    return {p.pid for p in children if any("spawn_main" in part for part in p.cmdline())}
+
+
+def test_a_full_queue_and_a_runaway_explanation_answer_503_and_the_worker_is_replaced(slow: str) -> None:
+    assert explain(slow, QUICK).status_code == 200  # the worker is up
+    before = workers()
+    with ThreadPoolExecutor(2) as pool:
+        runaway = pool.submit(explain, slow, RUNAWAY)
+        time.sleep(0.5)  # taken by the one worker
+        waiting = pool.submit(explain, slow, QUICK)
+        time.sleep(0.5)  # in the queue, which holds one
+
+        full = explain(slow, QUICK)
+        assert full.status_code == 503 and full.headers["Retry-After"] == "3"
+        assert full.json() == {"error": "1 explain requests are already waiting for a worker; retry later"}
+
+        stopped = runaway.result(60)
+        assert stopped.status_code == 503 and stopped.headers["Retry-After"] == "3"
+        assert "ran past this server's 3 s limit (GALLERY_EXPLAIN_TIMEOUT_S)" in stopped.json()["error"]
+        assert waiting.result(60).status_code == 200  # by the worker that replaced it
+
+    after = workers()
+    assert len(before) == len(after) == 1 and not before & after
+
+
+def test_inference_keeps_answering_while_an_explanation_runs(slow: str) -> None:
+    assert explain(slow, QUICK).status_code == 200  # the worker is up
+    infer = explain_body("features", X[:4])
+    latencies = []
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(explain, slow, RUNAWAY)
+        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        with httpx.Client(timeout=10) as client:
+            while not running.done() and time.monotonic() < deadline:
+                started = time.perf_counter()
+                answer = client.post(f"{slow}/v2/models/slow/infer", content=infer)
+                latencies.append(time.perf_counter() - started)
+                assert answer.status_code == 200, answer.text
+        assert running.result(60).status_code == 503  # it ran until its limit, all along the infers
+    assert len(latencies) >= 20
+    assert max(latencies) < 1.0, latencies
