@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gate_reports import feature_importance
 from registry_fakes import InMemoryRegistry
 from test_monitor_evaluator import Published
 from test_monitor_hostile_splits import ingest, monitor_over
@@ -25,23 +26,8 @@ IMPORTANCE = [0.01, 0.4, 0.05]
 
 
 def gate_report(values: list[float] = IMPORTANCE, image_shape: list[int] | None = None) -> dict[str, Any]:
-    """An evaluation report with the gate's `feature_importance`, as gate/importance.py writes it."""
-    order = np.argsort(-np.asarray(values), kind="stable")
-    return {
-        "accuracy": 0.9,
-        "feature_importance": {
-            "method": "kernel-shap",
-            "target": "predicted class",
-            "rows": 32,
-            "nsamples": 400,
-            "background_rows": 10,
-            "shape": [len(values)],
-            "image_shape": image_shape,
-            "groups": [{"name": NAMES[i], "index": int(i), "importance": values[i]} for i in order],
-            "values": values,
-            "seed": 0,
-        },
-    }
+    """An evaluation report with the gate's `feature_importance`."""
+    return {"accuracy": 0.9, "feature_importance": feature_importance(values, NAMES, image_shape)}
 
 
 def training(n: int = 2000, seed: int = 0) -> np.ndarray:

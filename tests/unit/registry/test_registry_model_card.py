@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from gate_reports import feature_importance
 
 from gallery_common.contracts.registry import ArtifactPublic, ArtifactRole, ModelPublic, VersionPublic, VersionStatus
 from gallery_common.events import Lineage
@@ -143,3 +144,55 @@ def test_the_gate_reports_a_confusion_matrix_class_counts_and_reliability_bins()
         == pytest.approx(report["ece"])
         == pytest.approx(expected_calibration_error(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), labels))
     )
+
+
+def test_the_card_ranks_the_features_that_matter_and_says_how_they_were_measured() -> None:
+    names = ["sepal length", "sepal width", "petal length", "petal width"]
+    report = {"accuracy": 0.9, "feature_importance": feature_importance([0.03, 0.01, 0.45, 0.1], names)}
+    card = render_card(model(), text(), version(report), ValidationPolicy())
+    assert card.index("## Evaluation") < card.index("## Feature importance") < card.index("## Optimization")
+    assert (
+        "Mean |SHAP| of each feature over 32 rows of the test split, for the probability of the predicted class "
+        "(kernel-shap, 400 coalitions per row against a 10-row k-means summary of the training split; seed 0), "
+        "computed by the validation gate." in card
+    )
+    rows = [line for line in card.splitlines() if line.startswith("| ") and "SHAP" not in line]
+    importance_rows = rows[rows.index("| petal length | 0.45 | ████████████████████ |") :][:4]
+    assert importance_rows == [
+        "| petal length | 0.45 | ████████████████████ |",
+        "| petal width | 0.1 | ████ |",
+        "| sepal length | 0.03 | █ |",
+        "| sepal width | 0.01 | █ |",
+    ]
+
+
+def test_a_picture_shows_its_top_patches_and_a_heat_map_of_every_patch() -> None:
+    # 1x8x8 in 2x2-pixel patches: 4 rows of 4; patch 9 (rows 4:6, columns 2:4) matters most
+    values = [0.0] * 16
+    values[9], values[10], values[5] = 0.2, 0.1, 0.05
+    names = [f"patch ({r * 2}:{r * 2 + 2}, {c * 2}:{c * 2 + 2})" for r in range(4) for c in range(4)]
+    report = {"accuracy": 0.9, "feature_importance": feature_importance(values, names, [1, 8, 8])}
+    card = render_card(model(), text(), version(report), ValidationPolicy())
+    assert "The input is a 1x8x8 picture, explained in 2x2-pixel patches." in card
+    assert "| patch (rows, columns) | mean \\|SHAP\\| | relative |" in card
+    assert "| (4:6, 2:4) | 0.2 | ████████████████████ |" in card
+    assert "6 more patches, each less important than these." in card
+    heat = card.split("Every patch, darker is more important:\n\n```\n", 1)[1].split("\n```", 1)[0]
+    assert heat.splitlines() == ["        ", "  ░░    ", "  ██▒▒  ", "        "]
+
+
+@pytest.mark.parametrize(
+    ("report", "said"),
+    [
+        ({"accuracy": 0.9}, "_Not computed by the validation gate._"),
+        (
+            {"accuracy": 0.9, "feature_importance": {"error": "feature importance exceeded its 300 s time limit"}},
+            "_Not computed: feature importance exceeded its 300 s time limit_",
+        ),
+    ],
+    ids=["importance-off", "importance-failed"],
+)
+def test_a_card_says_why_it_has_no_feature_importance(report: dict[str, object], said: str) -> None:
+    card = render_card(model(), text(), version(report), ValidationPolicy())
+    assert f"## Feature importance\n\n{said}\n" in card
+    assert "## Feature importance" not in render_card(model(), text(), version(None), None)  # not evaluated yet

@@ -15,6 +15,7 @@ from .deps import RegistryCore
 from .gate import routes as gate_routes
 from .gate.consumer import gate_events
 from .gate.degraded import degraded_events
+from .gate.explainer import ImportanceConfig
 from .gate.validator import ValidationGate
 from .migrations import upgrade
 from .settings import RegistrySettings
@@ -34,7 +35,12 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
         assert resources.engine is not None and resources.store is not None
         await anyio.to_thread.run_sync(upgrade, resources.engine)
         store = RegistryStore(resources.engine)
-        gate = ValidationGate(store, resources.store, resources.bus)
+        importance = ImportanceConfig(
+            enabled=settings.gate_importance,
+            rows=settings.gate_importance_rows,
+            nsamples=settings.gate_importance_nsamples,
+        )
+        gate = ValidationGate(store, resources.store, resources.bus, importance=importance)
         # the gate consumes model.trained when there is a bus; its REST route works either way
         if resources.bus is not None:
             for events in (gate_events(gate), degraded_events(store)):

@@ -3,8 +3,9 @@
 The front-matter holds `model-index` with the gate's metrics on the test split, the data set
 fingerprint and the tags; the body the model's card text (description, intended use, limitations),
 the training data, the gate's evaluation (per-class recall, confusion matrix, calibration, latency),
-the optimizer's summary and the artifacts. Rendering is deterministic (no clock), so the same
-inputs give the same bytes and re-attaching an unchanged card is a no-op.
+the features that matter most (`card_importance`), the optimizer's summary and the artifacts.
+Rendering is deterministic (no clock), so the same inputs give the same bytes and re-attaching an
+unchanged card is a no-op.
 
 `ModelCards` renders a card from the store and attaches it to its version as the `model-card`
 artifact: when the gate passes the version, when the model's card text changes and when the
@@ -17,7 +18,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from gallery_common.artifacts import ArtifactStore
@@ -26,7 +27,9 @@ from gallery_common.errors import GalleryError
 from gallery_common.events import ArtifactRef
 from gallery_common.telemetry import get_logger
 
+from .card_importance import importance_section
 from .catalogue import OPTIMIZER_TAG_PREFIX, headline, version_metrics
+from .markdown import fmt, table
 from .schemas import ArtifactPublic, ArtifactRole, ModelPublic, ValidationPolicy, VersionPublic, VersionStatus
 from .store import RegistryStore
 from .store_cards import ModelCardText
@@ -58,12 +61,6 @@ def _q(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "—" if value is None or value == "" else str(value)
-
-
 def _size(value: float | None) -> str:
     if value is None:
         return "—"
@@ -72,17 +69,6 @@ def _size(value: float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return "—"
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
-    head = list(header)
-    lines = ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
 
 
 def _gate_metrics(version: VersionPublic) -> dict[str, float]:
@@ -149,19 +135,19 @@ def _training_data(version: VersionPublic) -> list[str]:
         ("config hash", f"`{lineage.config_hash}`" if lineage.config_hash else None),
         ("parent version", lineage.parent_version),
     ]
-    lines += [f"- {label}: {_fmt(value)}" for label, value in facts if value is not None]
+    lines += [f"- {label}: {fmt(value)}" for label, value in facts if value is not None]
     sizes = [
         (split, int(n)) for split in ("train", "validation") if (n := version.metrics.get(f"n_{split}")) is not None
     ]
     if isinstance(report.get("n_test"), int):
         sizes.append(("test", report["n_test"]))
     if sizes:
-        lines += ["", "Split sizes (rows):", "", *_table(["split", "rows"], sizes)]
+        lines += ["", "Split sizes (rows):", "", *table(["split", "rows"], sizes)]
     counts = report.get("class_counts")
     if isinstance(counts, dict) and counts:
         total = sum(v for v in counts.values() if isinstance(v, int)) or 1
         lines += ["", "Class balance of the test split:", ""]
-        lines += _table(["class", "rows", "share"], [(k, v, f"{v / total:.1%}") for k, v in counts.items()])
+        lines += table(["class", "rows", "share"], [(k, v, f"{v / total:.1%}") for k, v in counts.items()])
     if len(lines) == 2:
         lines.append("_Nothing recorded about the data yet._")
     return lines
@@ -175,7 +161,7 @@ def _evaluation(version: VersionPublic, policy: ValidationPolicy | None) -> list
         return [*lines, "_Not evaluated by the validation gate yet._"]
     n_test = report.get("n_test")
     lines.append(
-        f"Measured by the validation gate ({_fmt(report.get('evaluator'))}) on the held-out test split"
+        f"Measured by the validation gate ({fmt(report.get('evaluator'))}) on the held-out test split"
         + (f" ({n_test} rows)." if n_test is not None else ".")
     )
     lines.append("")
@@ -189,7 +175,7 @@ def _evaluation(version: VersionPublic, policy: ValidationPolicy | None) -> list
             return f"≤ {policy.max_metrics[name]:g}"
         return ""
 
-    lines += _table(["metric", "value", "policy"], [(k, _fmt(v), criterion(k)) for k, v in metrics.items()])
+    lines += table(["metric", "value", "policy"], [(k, fmt(v), criterion(k)) for k, v in metrics.items()])
     if version.rejection_reasons:
         lines += ["", "Rejected by the gate:", ""] + [f"- {r}" for r in version.rejection_reasons]
     champion = report.get("champion")
@@ -197,7 +183,7 @@ def _evaluation(version: VersionPublic, policy: ValidationPolicy | None) -> list
         compared = (
             champion.get("note")
             or champion.get("error")
-            or (f"{champion.get('metric')} {_fmt(champion.get('value'))} on the same split")
+            or (f"{champion.get('metric')} {fmt(champion.get('value'))} on the same split")
         )
         lines += ["", f"Champion ({champion.get('alias')}, version {champion.get('version')}): {compared}"]
     recall = report.get("per_class_recall")
@@ -206,7 +192,7 @@ def _evaluation(version: VersionPublic, policy: ValidationPolicy | None) -> list
             "",
             "### Per-class recall",
             "",
-            *_table(["class", "recall"], [(k, _fmt(v)) for k, v in recall.items()]),
+            *table(["class", "recall"], [(k, fmt(v)) for k, v in recall.items()]),
         ]
     matrix = report.get("confusion_matrix")
     if isinstance(matrix, dict) and isinstance(matrix.get("matrix"), list):
@@ -214,14 +200,14 @@ def _evaluation(version: VersionPublic, policy: ValidationPolicy | None) -> list
         rows = matrix["matrix"]
         labels = labels if len(labels) == len(rows) else [str(i) for i in range(len(rows))]
         lines += ["", "### Confusion matrix", "", "Rows: true class; columns: predicted class.", ""]
-        lines += _table(["true \\ predicted", *labels], [[labels[i], *row] for i, row in enumerate(rows)])
+        lines += table(["true \\ predicted", *labels], [[labels[i], *row] for i, row in enumerate(rows)])
     if "ece" in metrics:
-        lines += ["", f"Calibration: expected calibration error {_fmt(metrics['ece'])} (15 bins)."]
+        lines += ["", f"Calibration: expected calibration error {fmt(metrics['ece'])} (15 bins)."]
     if "latency_p50_ms" in metrics:
         lines += [
             "",
-            f"Latency (batch 1, one CPU thread): p50 {_fmt(metrics['latency_p50_ms'])} ms, "
-            f"p99 {_fmt(metrics.get('latency_p99_ms'))} ms.",
+            f"Latency (batch 1, one CPU thread): p50 {fmt(metrics['latency_p50_ms'])} ms, "
+            f"p99 {fmt(metrics.get('latency_p99_ms'))} ms.",
         ]
     return lines
 
@@ -247,7 +233,7 @@ def _optimization(version: VersionPublic) -> list[str]:
     lines += [f"- {k.removeprefix(OPTIMIZER_TAG_PREFIX)}: {tags[k]}" for k in extra]
     if variants:
         lines += ["", "Variants kept with the version:", ""]
-        lines += _table(
+        lines += table(
             ["role", "size", "sha256"],
             [
                 (r, _size(version.artifacts[ArtifactRole(r)].size), version.artifacts[ArtifactRole(r)].sha256[:12])
@@ -268,9 +254,9 @@ def _artifacts(version: VersionPublic) -> list[str]:
         "",
         "## Artifacts",
         "",
-        *_table(
+        *table(
             ["role", "format", "size", "sha256", "uri"],
-            [(r.value, _fmt(a.format), _size(a.size), a.sha256[:12], a.uri) for r, a in shown.items()],
+            [(r.value, fmt(a.format), _size(a.size), a.sha256[:12], a.uri) for r, a in shown.items()],
         ),
     ]
 
@@ -286,7 +272,7 @@ def render_card(
     if version.aliases:
         status += f" · aliases: {', '.join(version.aliases)}"
     if best is not None:
-        status += f" · {best.name} {_fmt(best.value)}"
+        status += f" · {best.name} {fmt(best.value)}"
     if model.owner:
         status += f" · owner: {model.owner}"
     lines += [status, "", "## Description", "", (text.description or "_No description yet._").strip(), ""]
@@ -294,6 +280,8 @@ def render_card(
     lines += ["## Limitations", "", (text.limitations or "_Not stated yet._").strip(), ""]
     lines += [*_training_data(version), ""]
     lines += [*_evaluation(version, policy), ""]
+    if _gate_metrics(version):
+        lines += [*importance_section(version.evaluation_report), ""]
     lines += _optimization(version)
     lines += _artifacts(version)
     lines += ["", f"_Card text revision {text.revision}; generated by the Model Gallery registry._"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,10 +94,15 @@ class OnnxModel:
         self.data = data
 
 
-class _Session:
-    """The model in an ONNX Runtime session pinned to one CPU thread; only ever built in the child."""
+class ModelSession:
+    """The model in an ONNX Runtime session pinned to one CPU thread; only ever built in a sandboxed child.
 
-    def __init__(self, data: bytes, input_name: str, width: int, output_name: str) -> None:
+    `rows` names what it runs on in its reasons ("the model failed on the test split: ...").
+    """
+
+    def __init__(
+        self, data: bytes, input_name: str, width: int, output_name: str, rows: str = "the test split"
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -113,11 +118,12 @@ class _Session:
         self.input_name = input_name
         self.width = width
         self.output_name = output_name
+        self.rows = rows
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The chosen output for every row of `x`, run in batches."""
         if self.width >= 0 and x.shape[1] != self.width:
-            raise EvaluationFailed(f"the model takes {self.width} features but the test split has {x.shape[1]}")
+            raise EvaluationFailed(f"the model takes {self.width} features but {self.rows} has {x.shape[1]}")
         parts = []
         try:
             for start in range(0, len(x), _BATCH_ROWS):
@@ -126,7 +132,7 @@ class _Session:
                 parts.append(np.asarray(out))
         except Exception as exc:
             _raise_if_out_of_memory(exc)
-            raise EvaluationFailed(f"the model failed on the test split: {_first_line(exc)}") from None
+            raise EvaluationFailed(f"the model failed on {self.rows}: {_first_line(exc)}") from None
         result = np.concatenate(parts)
         if len(result) != len(x):
             raise EvaluationFailed(f"the model returned {len(result)} rows for {len(x)} inputs")
@@ -179,11 +185,13 @@ def evaluate(
     class_names: Sequence[str] | None = None,
     latency: LatencyConfig | None = None,
     limits: Limits | None = None,
+    preload: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The evaluation report: task metrics on `split`, n_test, latency_p50_ms and latency_p99_ms.
 
     The model runs in a child process under `limits` (default: from the settings); one that passes them
-    raises EvaluationFailed with that reason ("evaluation exceeded its 300 s time limit").
+    raises EvaluationFailed with that reason ("evaluation exceeded its 300 s time limit"). `preload` names
+    more modules for the sandbox's forkserver, for the gate's later runs (it starts with the first run).
     """
     limits = limits or Limits.from_settings()
     with tempfile.TemporaryDirectory(prefix="gallery-evaluation-") as tmp:
@@ -194,16 +202,41 @@ def evaluate(
         np.save(folder / "y.npy", split.y, allow_pickle=False)
         width = model.input.shape[1]
         job = (str(folder), model.input.name, width, model.output_name, task, list(class_names or []), latency)
-        try:
-            answer = run_limited(_evaluate_in_child, job, limits=limits, what="evaluation", preload=(__name__,))
-        except LimitExceeded as exc:
-            raise EvaluationFailed(str(exc)) from None
-        except SandboxFailed as exc:
-            raise EvaluationFailed(f"the model could not be evaluated: {exc}") from None
+        answer = run_in_sandbox(
+            _evaluate_in_child,
+            job,
+            limits,
+            what="evaluation",
+            preload=(__name__, *preload),
+            failure=EvaluationFailed,
+            crashed="the model could not be evaluated",
+        )
+    return dict(answer["report"])
+
+
+def run_in_sandbox(
+    target: Callable[..., bytes],
+    job: Sequence[Any],
+    limits: Limits,
+    *,
+    what: str,
+    preload: Sequence[str],
+    failure: type[Exception],
+    crashed: str,
+) -> dict[str, Any]:
+    """`target(*job)` in a sandboxed child that answers a JSON object: the object, or `failure` with the
+    reason (a limit the child passed; `crashed` and what happened when it raised or died; the `error` it
+    answered)."""
+    try:
+        answer = run_limited(target, job, limits=limits, what=what, preload=preload)
+    except LimitExceeded as exc:
+        raise failure(str(exc)) from None
+    except SandboxFailed as exc:
+        raise failure(f"{crashed}: {exc}") from None
     result = json.loads(answer)
     if "error" in result:
-        raise EvaluationFailed(result["error"])
-    return dict(result["report"])
+        raise failure(result["error"])
+    return dict(result)
 
 
 def _evaluate_in_child(
@@ -220,7 +253,7 @@ def _evaluate_in_child(
     x = np.load(here / "x.npy", mmap_mode="r", allow_pickle=False)
     y = np.load(here / "y.npy", allow_pickle=False)
     try:
-        session = _Session((here / "model.onnx").read_bytes(), input_name, width, output_name)
+        session = ModelSession((here / "model.onnx").read_bytes(), input_name, width, output_name)
         report = _report(session, x, y, task, class_names or None, latency or LatencyConfig())
     except EvaluationFailed as exc:
         return json.dumps({"error": str(exc)}).encode()
@@ -234,7 +267,7 @@ def _plain(value: object) -> object:
 
 
 def _report(
-    session: _Session,
+    session: ModelSession,
     x: np.ndarray,
     y: np.ndarray,
     task: Task,

@@ -17,6 +17,9 @@ from ..schemas import ArtifactPublic, ArtifactRole
 
 # What the gate itself loads; every other artifact is only verified.
 EVALUATED_ROLES = ("onnx", "test_split")
+# What explaining the version needs (gate/explainer.py), loaded when the version has them: the training
+# split and the trainer's spec to build the explainer profile from, or the profile attached earlier.
+EXPLAINED_ROLES = ("train_split", "spec", "explainer")
 
 
 @dataclass
@@ -33,8 +36,10 @@ def fetch_artifacts(
     dest: Path,
     *,
     download: Collection[str] = EVALUATED_ROLES,
+    optional: Collection[str] = (),
 ) -> FetchedArtifacts:
-    """Download the `download` roles into `dest` and verify every other artifact in place.
+    """Download the `download` roles (each one required) and the `optional` roles the version has into
+    `dest`, and verify every other artifact in place.
 
     Raises Unavailable (from the store) when the store cannot be reached.
     """
@@ -42,7 +47,7 @@ def fetch_artifacts(
     for key, artifact in sorted(artifacts.items()):
         role = str(key)
         try:
-            if role in download:
+            if role in download or role in optional:
                 fetched.files[role] = store.download(artifact.uri, dest / role, artifact.sha256)
             else:
                 store.verify(artifact.uri, artifact.sha256)

@@ -1,4 +1,5 @@
-"""The gate's verdict on one version: fetch, evaluate, compare with the champion, apply the policy.
+"""The gate's verdict on one version: fetch, evaluate, compare with the champion, apply the policy, and
+explain the model (global feature importance; never a reason to reject).
 
 Blocking throughout (store I/O, ONNX Runtime): run it in a worker thread.
 """
@@ -17,7 +18,9 @@ from gallery_common.telemetry import get_logger
 
 from ..schemas import ValidationPolicy, VersionPublic
 from .evaluation import EvaluationFailed, HeldOutSplit, LatencyConfig, OnnxModel, Task, evaluate
-from .fetch import fetch_artifacts
+from .explainer import ImportanceConfig
+from .fetch import EXPLAINED_ROLES, fetch_artifacts
+from .importance import SANDBOX_PRELOAD, explain_version
 from .policy import ChampionResult, champion_failure, metric_value, threshold_failures
 from .signature import signature_mismatches
 
@@ -26,10 +29,12 @@ log = get_logger(__name__)
 
 @dataclass
 class Verdict:
-    """The evaluation report and every failed criterion (none means the version passes)."""
+    """The evaluation report, every failed criterion (none means the version passes) and the explainer
+    profile the gate built for the version (None: it has one already, or none could be built)."""
 
     report: dict[str, Any]
     reasons: list[str] = field(default_factory=list)
+    explainer: bytes | None = None
 
     @property
     def passed(self) -> bool:
@@ -42,16 +47,22 @@ def judge_version(
     policy: ValidationPolicy,
     champion: VersionPublic | None,
     latency: LatencyConfig,
+    importance: ImportanceConfig | None = None,
 ) -> Verdict:
-    """Evaluate `version` on its own test split and hold it to `policy` and to `champion`.
+    """Evaluate `version` on its own test split, hold it to `policy` and to `champion`, and (with
+    `importance` enabled, the default) add its `feature_importance` to the report.
 
     Raises Unavailable only when the artifact store cannot be reached; everything wrong with the
-    model or its artifacts ends up in `Verdict.reasons`.
+    model or its artifacts ends up in `Verdict.reasons`, and whatever stops the importance in its
+    `error`.
     """
+    importance = importance or ImportanceConfig()
+    preload = SANDBOX_PRELOAD if importance.enabled else ()
     verdict = Verdict(report={"policy": policy.model_dump(mode="json", exclude={"updated_at"})})
     verdict.report["evaluator"] = f"onnxruntime {ort.__version__}"
     with tempfile.TemporaryDirectory(prefix="gallery-gate-") as tmp:
-        fetched = fetch_artifacts(store, version.artifacts, Path(tmp))
+        optional = EXPLAINED_ROLES if importance.enabled else ()
+        fetched = fetch_artifacts(store, version.artifacts, Path(tmp), optional=optional)
         if fetched.problems:
             verdict.reasons.extend(fetched.problems)
             return verdict
@@ -63,7 +74,8 @@ def judge_version(
             if version.signature is not None:
                 verdict.reasons.extend(signature_mismatches(version.signature, model.proto))
             split = HeldOutSplit.load(fetched.files["test_split"])
-            verdict.report.update(evaluate(model, split, _task(version), version.class_names, latency))
+            task = _task(version)
+            verdict.report.update(evaluate(model, split, task, version.class_names, latency, preload=preload))
         except EvaluationFailed as exc:
             verdict.reasons.append(str(exc))
             return verdict
@@ -76,6 +88,10 @@ def judge_version(
         verdict.reasons.extend(threshold_failures(policy, verdict.report))
         if champion is not None:
             _compare_with_champion(store, verdict, version, policy, champion, split, latency, Path(tmp))
+        if importance.enabled:
+            explained = explain_version(version, model, split, fetched.files, importance)
+            verdict.report["feature_importance"] = explained.report
+            verdict.explainer = explained.explainer
     return verdict
 
 

@@ -28,6 +28,7 @@ from ..model_card import ModelCards
 from ..schemas import ArtifactRole, ValidationPolicy, VersionCreate, VersionPublic, VersionStatus
 from ..store import RegistryStore
 from .degraded import CLEARED, MARK
+from .explainer import ImportanceConfig, attach_explainer
 
 if TYPE_CHECKING:
     from .evaluation import LatencyConfig
@@ -101,12 +102,13 @@ def _judge(
     policy: ValidationPolicy,
     champion: VersionPublic | None,
     latency: LatencyConfig | None,
+    importance: ImportanceConfig,
 ) -> Verdict:
     # onnx and ONNX Runtime cost ~40 MB of RSS: an idle registry never loads them
     from .evaluation import LatencyConfig
     from .judge import judge_version
 
-    return judge_version(store, version, policy, champion, latency or LatencyConfig())
+    return judge_version(store, version, policy, champion, latency or LatencyConfig(), importance)
 
 
 class ValidationGate:
@@ -119,12 +121,15 @@ class ValidationGate:
         bus: EventBus | None = None,
         *,
         latency: LatencyConfig | None = None,
+        importance: ImportanceConfig | None = None,
     ) -> None:
-        """`bus` None: verdicts are recorded but not published (an app run without NATS)."""
+        """`bus` None: verdicts are recorded but not published (an app run without NATS). `importance`:
+        how versions are explained (default: on, with `ImportanceConfig`'s sample sizes)."""
         self.registry = registry
         self.artifacts = artifacts
         self.bus = bus
         self.latency = latency
+        self.importance = importance or ImportanceConfig()
         self.cards = ModelCards(registry, artifacts)
         self._in_flight: set[tuple[str, int]] = set()
 
@@ -166,7 +171,11 @@ class ValidationGate:
         return outcome
 
     async def validate(self, version: VersionPublic, *, extra_reasons: list[str] | None = None) -> GateOutcome:
-        """Evaluate `version` and record the verdict (status validated or rejected, report, reasons)."""
+        """Evaluate `version` and record the verdict (status validated or rejected, report, reasons).
+
+        A passing version gets the explainer profile the gate built before it is marked validated, so
+        `model.validated` names it; Unavailable (retried) if the store or the database cannot take it.
+        """
         key = (version.name, version.version)
         if key in self._in_flight:
             raise Unavailable(f"version {version.version} of model {version.name!r} is being validated right now")
@@ -176,9 +185,13 @@ class ValidationGate:
             await _blocking(self.registry.set_version_status, version.name, version.version, VersionStatus.validating)
             policy = await _blocking(self.registry.get_validation_policy, version.name)
             champion = await _blocking(self._champion, version.name, policy)
-            verdict: Verdict = await _blocking(_judge, self.artifacts, version, policy, champion, self.latency)
+            verdict: Verdict = await _blocking(
+                _judge, self.artifacts, version, policy, champion, self.latency, self.importance
+            )
             verdict.reasons[:0] = extra_reasons or []
             status = VersionStatus.validated if verdict.passed else VersionStatus.rejected
+            if verdict.passed and verdict.explainer is not None:
+                await _blocking(attach_explainer, self.registry, self.artifacts, version, verdict.explainer)
             decided = await _blocking(self._record, version, status, verdict)
             # a passed version gets its card; one re-judged gets a fresh card with the new evaluation
             if await _blocking(self.cards.refresh, version.name, decided) is not None:
