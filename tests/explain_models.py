@@ -6,16 +6,25 @@ seconds."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from uvicorn_thread import served
 
 from gallery_common.explain.layout import InputLayout
 from gallery_common.explain.profile import build_profile, encode_profile
+from gallery_deployer.modelserver.app import create_app
+from gallery_deployer.modelserver.model import load_model
+from gallery_deployer.modelserver.settings import ModelServerSettings
 
 FEATURES = 6
 KEY = 3  # the feature the table classifier's class 1 rises with
@@ -134,6 +143,30 @@ def store(home: Path, key: str, data: bytes) -> Stored:
     return Stored(path.as_uri(), hashlib.sha256(data).hexdigest())
 
 
+@contextmanager
+def model_server(
+    home: Path, name: str, version: str, model: bytes, explainer: bytes | None, **settings: Any
+) -> Iterator[str]:
+    """A model server for `model`, explaining with `explainer` (None: it has no explainer data), served by
+    uvicorn in this process (its workers are processes of their own); yields its base URL."""
+    onnx = store(home, f"{name}/{version}/model.onnx", model)
+    profile = store(home, f"{name}/{version}/explainer.npz", explainer) if explainer is not None else None
+    configured = ModelServerSettings(
+        home=home,
+        model_name=name,
+        model_version=version,
+        artifact_uri=onnx.uri,
+        artifact_sha256=onnx.sha256,
+        explainer_uri=profile.uri if profile else "",
+        explainer_sha256=profile.sha256 if profile else "",
+        serve_nats=False,
+        intra_op_threads=1,
+        **{"api_tokens": "", **settings},
+    )
+    with served(create_app(configured, load_model(configured), CollectorRegistry())) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
 def explain_body(name: str, rows: np.ndarray, request_id: str | None = None, **parameters: Any) -> bytes:
     """An OIP infer request for `rows` of input `name`, with explain `parameters`."""
     tensor = {"name": name, "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}
@@ -146,3 +179,14 @@ def explain_body(name: str, rows: np.ndarray, request_id: str | None = None, **p
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def scraped(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` with `labels` on the /metrics page at `url`."""
+    page = httpx.get(f"{url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

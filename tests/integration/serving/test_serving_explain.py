@@ -21,53 +21,34 @@ from explain_models import (
     PICTURES,
     TABLE,
     explain_body,
+    model_server,
     picture_classifier,
     picture_explainer,
+    scraped,
     softmax,
-    store,
     table_classifier,
     table_explainer,
     table_weights,
 )
-from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
-from uvicorn_thread import served
 
 from gallery_common.explain.answer import ExplainAnswer
-from gallery_deployer.modelserver.app import create_app
-from gallery_deployer.modelserver.model import load_model
-from gallery_deployer.modelserver.settings import ModelServerSettings
 
+TOKENS = "itok:inference"
 TOKEN = {"Authorization": "Bearer itok"}
-
-
-def serve(home: Path, name: str, model: bytes, explainer: bytes | None) -> Iterator[str]:
-    onnx = store(home, f"{name}/1/model.onnx", model)
-    profile = store(home, f"{name}/1/explainer.npz", explainer) if explainer is not None else None
-    settings = ModelServerSettings(
-        home=home,
-        model_name=name,
-        model_version="1",
-        artifact_uri=onnx.uri,
-        artifact_sha256=onnx.sha256,
-        explainer_uri=profile.uri if profile else "",
-        explainer_sha256=profile.sha256 if profile else "",
-        api_tokens="itok:inference",  # type: ignore[arg-type]
-        serve_nats=False,
-        intra_op_threads=1,
-    )
-    with served(create_app(settings, load_model(settings), CollectorRegistry())) as port:
-        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from serve(tmp_path_factory.mktemp("table"), "table", table_classifier(), table_explainer())
+    home = tmp_path_factory.mktemp("table")
+    with model_server(home, "table", "1", table_classifier(), table_explainer(), api_tokens=TOKENS) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from serve(tmp_path_factory.mktemp("picture"), "picture", picture_classifier(), picture_explainer())
+    home = tmp_path_factory.mktemp("picture")
+    with model_server(home, "picture", "1", picture_classifier(), picture_explainer(), api_tokens=TOKENS) as url:
+        yield url
 
 
 def explain(url: str, model: str, body: bytes, path: str = "/explain") -> httpx.Response:
@@ -78,16 +59,6 @@ def explained(url: str, model: str, body: bytes, path: str = "/explain") -> Expl
     response = explain(url, model, body, path)
     assert response.status_code == 200, response.text
     return ExplainAnswer.model_validate_json(response.content)
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    page = httpx.get(f"{url}/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(page)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def test_shap_attributions_come_back_in_the_rows_shape_and_add_up_to_the_output(table: str) -> None:
@@ -184,18 +155,18 @@ def test_explaining_needs_the_inference_role_and_is_counted_apart_from_inference
     body = explain_body("features", TABLE[:1])
     refused = httpx.post(f"{table}/v2/models/table/explain", content=body)
     assert refused.status_code == 401
-    inferred = metric(table, "modelgallery_inference_requests_total")
-    ok = metric(table, "modelgallery_explain_requests_total", method="shap", outcome="ok")
+    inferred = scraped(table, "modelgallery_inference_requests_total")
+    ok = scraped(table, "modelgallery_explain_requests_total", method="shap", outcome="ok")
 
     assert explain(table, "table", body).status_code == 200
 
-    assert metric(table, "modelgallery_explain_requests_total", method="shap", outcome="ok") == ok + 1
-    assert metric(table, "modelgallery_inference_requests_total") == inferred  # the canary analysis reads these
+    assert scraped(table, "modelgallery_explain_requests_total", method="shap", outcome="ok") == ok + 1
+    assert scraped(table, "modelgallery_inference_requests_total") == inferred  # the canary analysis reads these
     assert explain(table, "other", body).status_code == 404
 
 
 def test_a_version_without_explainer_data_answers_404_saying_why(tmp_path: Path) -> None:
-    for url in serve(tmp_path, "table", table_classifier(), None):
+    with model_server(tmp_path, "table", "1", table_classifier(), None, api_tokens=TOKENS) as url:
         response = explain(url, "table", explain_body("features", TABLE[:1]))
         assert response.status_code == 404
         assert response.json() == {

@@ -16,13 +16,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from explain_models import explain_body, slow_classifier, store, table_explainer
-from prometheus_client import CollectorRegistry
-from uvicorn_thread import served
-
-from gallery_deployer.modelserver.app import create_app
-from gallery_deployer.modelserver.model import load_model
-from gallery_deployer.modelserver.settings import ModelServerSettings
+from explain_models import explain_body, model_server, slow_classifier, table_explainer
 
 FEATURES = 16  # 65534 coalitions: SHAP samples as many as it is asked for
 TIMEOUT_S = 3.0
@@ -34,25 +28,9 @@ QUICK = explain_body("features", X[:1], nsamples=10)
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("slow")
-    model = store(home, "slow/1/model.onnx", slow_classifier(FEATURES))
-    explainer = store(home, "slow/1/explainer.npz", table_explainer(X, None))
-    settings = ModelServerSettings(
-        home=home,
-        model_name="slow",
-        model_version="1",
-        artifact_uri=model.uri,
-        artifact_sha256=model.sha256,
-        explainer_uri=explainer.uri,
-        explainer_sha256=explainer.sha256,
-        explain_workers=1,
-        explain_max_queue=1,
-        explain_timeout_s=TIMEOUT_S,
-        api_tokens="",  # type: ignore[arg-type]
-        serve_nats=False,
-        intra_op_threads=1,
-    )
-    with served(create_app(settings, load_model(settings), CollectorRegistry())) as port:
-        yield f"http://127.0.0.1:{port}"
+    limits = {"explain_workers": 1, "explain_max_queue": 1, "explain_timeout_s": TIMEOUT_S}
+    with model_server(home, "slow", "1", slow_classifier(FEATURES), table_explainer(X, None), **limits) as url:
+        yield url
 
 
 def explain(url: str, body: bytes) -> httpx.Response:

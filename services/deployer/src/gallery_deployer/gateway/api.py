@@ -1,6 +1,7 @@
 """REST adapters: the OIP v2 API every deployed model shares, and the routing-table admin API.
 
 Inference itself is `fastpath.InferEndpoint`, a plain ASGI route in the OIP router, not a FastAPI route.
+Explanations are not a hot path: plain routes over `Gateway.explain`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,26 @@ async def model_ready(model: str, request: Request) -> Response:
 @oip.get("/v2/models/{model}/versions/{version}/ready")
 async def model_version_ready(model: str, version: str, request: Request) -> Response:
     return await _gateway(request).forward_get(model, version, request.url.path)
+
+
+async def _explain(model: str, version: str | None, request: Request) -> Response:
+    body = await request.body()  # within GALLERY_MAX_BODY_BYTES: AccessMiddleware counts it as it is read
+    return await _gateway(request).explain(model, version, request.url.path, body, request.headers, request.cookies)
+
+
+@oip.post("/v2/models/{model}/explain", summary="Explain")
+async def explain(model: str, request: Request) -> Response:
+    """An OIP v2 infer request plus `parameters` (`method`, `target`, `nsamples`, `seed`, `patch`),
+    forwarded as bytes to the backend the traffic policy picks, with the same fallbacks as inference;
+    the answer is the model server's (`gallery_common.explain.answer.ExplainAnswer`), never cached.
+    A backend that asks to be retried later passes on its 503 and Retry-After."""
+    return await _explain(model, None, request)
+
+
+@oip.post("/v2/models/{model}/versions/{version}/explain", summary="Explain Version")
+async def explain_version(model: str, version: str, request: Request) -> Response:
+    """As `/v2/models/{model}/explain`, sent only to backends serving `version`."""
+    return await _explain(model, version, request)
 
 
 oip.routes.extend(INFER_ROUTES)

@@ -34,3 +34,15 @@ COLD_STARTS = histogram(
     ("model",),
     (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
+EXPLAIN_REQUESTS = counter(
+    "gateway_explain_requests_total",
+    "Explain attempts at a backend by outcome, apart from inference (ok, client_error, server_error, timeout, "
+    "unreachable, open)",
+    ("model", "backend", "outcome"),
+)
+EXPLAIN_LATENCY = histogram(
+    "gateway_explain_duration_seconds",
+    "Time from receiving an explain request to answering it",
+    ("model",),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)

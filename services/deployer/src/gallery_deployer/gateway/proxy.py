@@ -1,7 +1,8 @@
 """The gateway's core: pick a backend, forward the bytes, fall back, mirror, cache and sample.
 
 Transport-agnostic apart from returning Starlette responses: the REST routes in `api.py` only
-hand over the model, version, path, body and headers.
+hand over the model, version, path, body and headers. Explanations take the same routes as inference
+(`Traffic` says how each kind walks them) and are never cached, mirrored or sampled.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import aiohttp
 import numpy as np
 import orjson
+from prometheus_client import Counter
 from starlette.responses import Response
 
 from gallery_common.contracts.oip import (
@@ -29,7 +31,7 @@ from gallery_common.errors import NotFound, Unavailable
 
 from . import metrics
 from .balance import plan_chain
-from .breaker import CircuitBreaker
+from .breaker import BreakerState, CircuitBreaker
 from .cache import CachedAnswer, make_response_cache
 from .routes import Backend, ModelRoute, RouteBook
 from .settings import GatewaySettings
@@ -53,6 +55,25 @@ class Answer:
     status_code: int
     headers: Mapping[str, str]
     content: bytes
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """How one kind of request walks a model's chain of backends: its time limits (one attempt, all of
+    them), where it is counted, and whether its outcomes feed the backends' circuit breakers.
+
+    Inference feeds the breakers and the inference series. Explanations take seconds, and a busy explain
+    pool answers 503: they must neither open a breaker (that would cut a healthy backend off its inference
+    traffic) nor count as inference, so they have a time limit and a counter of their own, and only pass
+    over backends whose breaker is open (without taking a half-open breaker's probe).
+    """
+
+    attempt_s: float
+    budget_s: float
+    attempts: Counter  # by model, backend and outcome
+    feeds_breakers: bool
+    fallbacks: Counter | None = None  # by model: requests answered by a link after the first
+    failures: Counter | None = None  # by model and status: requests no link could answer
 
 
 @dataclass
@@ -94,6 +115,16 @@ def _error(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
 
 
+def _retry_later(failures: list[Attempt]) -> Response | None:
+    """The last backend answer in `failures` that asked to be retried later (503 with Retry-After), as is."""
+    for failure in reversed(failures):
+        answer = failure.response
+        if answer is not None and answer.status_code == 503 and (wait := answer.headers.get("retry-after")):
+            headers = {**_passed_headers(answer.headers), "Retry-After": wait}
+            return Response(answer.content, status_code=503, headers=headers)
+    return None
+
+
 class Gateway:
     """Forwards OIP v2 requests for the models in `book` through one shared HTTP client."""
 
@@ -116,6 +147,17 @@ class Gateway:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._wakes: dict[str, asyncio.Task[None]] = {}
+        self._inference = Traffic(
+            settings.request_timeout_s,
+            settings.latency_budget_s,
+            metrics.REQUESTS,
+            feeds_breakers=True,
+            fallbacks=metrics.FALLBACKS,
+            failures=metrics.FAILURES,
+        )
+        self._explanations = Traffic(
+            settings.explain_timeout_s, settings.explain_timeout_s, metrics.EXPLAIN_REQUESTS, feeds_breakers=False
+        )
 
     def breaker(self, model: str, backend_id: str) -> CircuitBreaker:
         key = (model, backend_id)
@@ -181,8 +223,8 @@ class Gateway:
         """Metadata and readiness: sent to the first healthy backend, with the same fallbacks."""
         _, serving = await self._route(model, version)
         chain = plan_chain(serving, None, self.rng)
-        attempt, failures = await self._walk(model, chain, "GET", path, b"", {})
-        return self._answer(model, attempt, failures)
+        attempt, failures = await self._walk(model, chain, "GET", path, b"", {}, self._inference)
+        return self._answer(model, attempt, failures, self._inference)
 
     async def infer(
         self,
@@ -206,8 +248,8 @@ class Gateway:
             metrics.CACHE_MISSES.labels(model).inc()
         chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
         sent = _passed_headers(headers)
-        attempt, failures = await self._walk(model, chain, "POST", path, body, sent)
-        answer = self._answer(model, attempt, failures)
+        attempt, failures = await self._walk(model, chain, "POST", path, body, sent, self._inference)
+        answer = self._answer(model, attempt, failures, self._inference)
         latency = time.perf_counter() - start
         metrics.LATENCY.labels(model).observe(latency)
         if attempt is None or attempt.response is None or attempt.response.status_code != 200:
@@ -227,11 +269,40 @@ class Gateway:
             self._spawn(self._sample(model, attempt.backend, body, served.content, latency))
         return answer
 
+    async def explain(
+        self,
+        model: str,
+        version: str | None,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+    ) -> Response:
+        """Forward an explain request as an infer request goes (routes, canary split, stickiness, fallback)
+        under the explain time limit. When no backend could answer and one asked to be retried later (its
+        explain queue full, an explanation stopped at its limit), the client gets that 503 and Retry-After."""
+        start = time.perf_counter()
+        route, serving = await self._route(model, version)
+        chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
+        traffic = self._explanations
+        attempt, failures = await self._walk(model, chain, "POST", path, body, _passed_headers(headers), traffic)
+        metrics.EXPLAIN_LATENCY.labels(model).observe(time.perf_counter() - start)
+        if attempt is None and (busy := _retry_later(failures)) is not None:
+            return busy
+        return self._answer(model, attempt, failures, traffic)
+
     async def _walk(
-        self, model: str, chain: list[Backend], method: str, path: str, body: bytes, headers: dict[str, str]
+        self,
+        model: str,
+        chain: list[Backend],
+        method: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        traffic: Traffic,
     ) -> tuple[Attempt | None, list[Attempt]]:
         """Try the links in order until one answers below 500; returns it and the failures before it."""
-        deadline = time.monotonic() + self.settings.latency_budget_s
+        deadline = time.monotonic() + traffic.budget_s
         failures: list[Attempt] = []
         for backend in chain:
             remaining = deadline - time.monotonic()
@@ -239,22 +310,22 @@ class Gateway:
                 failures.append(Attempt(backend, "budget", "latency budget spent"))
                 break
             breaker = self.breaker(model, backend.id)
-            if not breaker.allow():
+            if not (breaker.allow() if traffic.feeds_breakers else breaker.state is not BreakerState.open):
                 failures.append(Attempt(backend, "open", "circuit open"))
-                metrics.REQUESTS.labels(model, backend.id, "open").inc()
+                traffic.attempts.labels(model, backend.id, "open").inc()
                 continue
-            attempt = await self._attempt(
-                backend, method, path, body, headers, min(remaining, self.settings.request_timeout_s)
-            )
-            if attempt.outcome in ("ok", "client_error"):
-                breaker.record_success()
-            else:
-                breaker.record_failure()
-            metrics.REQUESTS.labels(model, backend.id, attempt.outcome).inc()
-            metrics.BREAKER_STATE.labels(model, backend.id).set(int(breaker.state))
-            if attempt.outcome in ("ok", "client_error"):
-                if failures:
-                    metrics.FALLBACKS.labels(model).inc()
+            attempt = await self._attempt(backend, method, path, body, headers, min(remaining, traffic.attempt_s))
+            answered = attempt.outcome in ("ok", "client_error")
+            if traffic.feeds_breakers:
+                if answered:
+                    breaker.record_success()
+                else:
+                    breaker.record_failure()
+                metrics.BREAKER_STATE.labels(model, backend.id).set(int(breaker.state))
+            traffic.attempts.labels(model, backend.id, attempt.outcome).inc()
+            if answered:
+                if failures and traffic.fallbacks is not None:
+                    traffic.fallbacks.labels(model).inc()
                 return attempt, failures
             failures.append(attempt)
         return None, failures
@@ -285,7 +356,7 @@ class Gateway:
         outcome = "client_error" if response.status_code >= 400 else "ok"
         return Attempt(backend, outcome, response=response)
 
-    def _answer(self, model: str, attempt: Attempt | None, failures: list[Attempt]) -> Response:
+    def _answer(self, model: str, attempt: Attempt | None, failures: list[Attempt], traffic: Traffic) -> Response:
         if attempt is not None and attempt.response is not None:
             response = attempt.response
             return Response(
@@ -293,7 +364,8 @@ class Gateway:
             )
         reasons = "; ".join(f"{f.backend.id}: {f.reason}" for f in failures)
         status = 502 if any(f.outcome == "server_error" for f in failures) else 503
-        metrics.FAILURES.labels(model, str(status)).inc()
+        if traffic.failures is not None:
+            traffic.failures.labels(model, str(status)).inc()
         return _error(status, f"no backend of model {model!r} could answer: {reasons}")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
