@@ -156,7 +156,7 @@ class Gateway:
             failures=metrics.FAILURES,
         )
         self._explanations = Traffic(
-            settings.explain_timeout_s, settings.explain_timeout_s, metrics.EXPLAIN_REQUESTS, feeds_breakers=False
+            settings.explain_budget_s, settings.explain_budget_s, metrics.EXPLAIN_REQUESTS, feeds_breakers=False
         )
 
     def breaker(self, model: str, backend_id: str) -> CircuitBreaker:

@@ -17,10 +17,11 @@ class GatewaySettings(GallerySettings):
     routes_file: Path | None = Field(default=None, description="default $GALLERY_HOME/gateway/routes.json")
     request_timeout_s: float = Field(default=2.0, gt=0, description="limit for one attempt at one backend")
     latency_budget_s: float = Field(default=5.0, gt=0, description="limit for all attempts of one request")
-    explain_timeout_s: float = Field(
+    explain_budget_s: float = Field(
         default=60.0,
         gt=0,
-        description="limit for all attempts of one explain request; above the model servers' GALLERY_EXPLAIN_TIMEOUT_S",
+        description="limit for all attempts of one explain request; keep it above the model servers' "
+        "GALLERY_EXPLAIN_TIMEOUT_S (30 s), so that their own 503 and Retry-After reach the client",
     )
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1, description="larger requests get 413")
     max_connections: int = Field(default=200, ge=1)
