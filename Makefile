@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 MOTO_VENV := .venv-moto
+FLOWER_VENV := .venv-flower
 BIN := $(VENV)/bin
 export GALLERY_HOME ?= $(CURDIR)/.gallery
 
@@ -23,6 +24,15 @@ $(BIN)/.installed: $(PACKAGE_FILES) requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(foreach p,$(PACKAGES),-e $(p)) -r requirements/dev.txt
+	@touch $@
+
+# Flower for federated training in its own venv: flwr pins fastapi, protobuf, typer and pathspec below what the
+# services and mypy need. Its processes only relay between Flower and the trainer's own, so the trainer and
+# common packages go in without their dependencies (the relay modules import flwr, numpy and the stdlib).
+$(FLOWER_VENV)/.installed: requirements/flower.txt services/trainer/pyproject.toml libs/common/pyproject.toml
+	@test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install --quiet -r requirements/flower.txt
+	$(FLOWER_VENV)/bin/pip install --quiet --no-deps -e libs/common -e services/trainer
 	@touch $@
 
 $(MOTO_VENV)/.installed: requirements/moto.txt
@@ -67,12 +77,12 @@ $(BIN)/promtool: $(BIN)/.installed
 	@install -m 0755 $(VENV)/.promtool/root/usr/bin/promtool $@
 	@rm -rf $(VENV)/.promtool
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed $(FLOWER_VENV)/.installed
 
 demo: install
 	@$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed $(MOTO_VENV)/.installed postgres redis chromium valgrind promtool
+test: $(BIN)/.installed $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed postgres redis chromium valgrind promtool
 	$(BIN)/pytest -q -p no:cacheprovider
 
 up: install
@@ -109,4 +119,4 @@ k8s: install
 	$(BIN)/python scripts/render_k8s.py
 
 clean: down
-	rm -rf $(VENV) $(MOTO_VENV) .gallery
+	rm -rf $(VENV) $(MOTO_VENV) $(FLOWER_VENV) .gallery

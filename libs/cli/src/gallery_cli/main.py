@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from . import deploy_cmd, events_cmd, explain_cmd, models_cmd, monitor_cmd, optimize_cmd, runs_cmd, stack_cmd, train_cmd
+from . import (
+    deploy_cmd,
+    events_cmd,
+    explain_cmd,
+    models_cmd,
+    monitor_cmd,
+    optimize_cmd,
+    runs_cmd,
+    site_cmd,
+    stack_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="gallery",
@@ -33,6 +44,7 @@ app.command()(deploy_cmd.rollback)
 app.command()(deploy_cmd.deployments)
 app.command()(monitor_cmd.monitor)
 app.command()(explain_cmd.explain)
+app.add_typer(site_cmd.app, name="site")
 
 
 def _version() -> str:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_common.contracts.refs import FederatedLineage
 from gallery_common.events import Signature
 from gallery_common.netutil import free_port
 from gallery_trainer.data import DataError, load_dataset
@@ -74,6 +75,7 @@ class JobOutputs:
     class_names: list[str] | None
     engine: str
     engine_note: str | None = None
+    federation: FederatedLineage | None = None
 
 
 @dataclass
@@ -177,6 +179,10 @@ def run_job(
     JobCancelled when `cancel` is set. With `resume`, a workdir that holds this spec's preparation
     is reused and training continues from its last epoch checkpoint (from the start if there is none).
     """
+    if spec.engine.kind == "federated":
+        from gallery_trainer.federated.coordinator import run_federated_job
+
+        return run_federated_job(spec, workdir.resolve(), store=store, on_progress=on_progress, cancel=cancel)
     from gallery_trainer.launcher import run_ranks
 
     def emit(update: ProgressUpdate) -> None:
@@ -209,13 +215,25 @@ def run_job(
     result = json.loads((workdir / RESULT_FILE).read_text())
     _check_cancel(cancel)
     emit(ProgressUpdate("exporting", result["epochs_run"], epochs, 0, dict(latest)))
-    outputs = _export(spec, prepared, result, engine_note)
+    outputs = export_outputs(spec, prepared, result, engine_note)
     emit(ProgressUpdate("done", result["epochs_run"], epochs, 0, outputs.metrics))
     return outputs
 
 
-def _export(spec: JobSpec, prepared: PreparedJob, result: dict[str, Any], engine_note: str | None) -> JobOutputs:
-    """Export to ONNX, check it against PyTorch on the test split and write the stored spec."""
+def export_outputs(
+    spec: JobSpec,
+    prepared: PreparedJob,
+    result: dict[str, Any],
+    engine_note: str | None,
+    *,
+    extra_metrics: dict[str, float] | None = None,
+    federation: FederatedLineage | None = None,
+) -> JobOutputs:
+    """Export to ONNX, check it against PyTorch on the test split and write the stored spec.
+
+    `result` is what training reported (the ranks' result.json, or the federation's equivalent);
+    `extra_metrics` are the engine's own figures, and `federation` a federated model's lineage.
+    """
     from gallery_common.nn import describe
     from gallery_trainer.export import (
         PARITY_TOLERANCE,
@@ -256,6 +274,7 @@ def _export(spec: JobSpec, prepared: PreparedJob, result: dict[str, Any], engine
     }
     if result["stopped_early"]:
         metrics["early_stopping_epoch"] = float(result["epochs_run"])
+    metrics |= extra_metrics or {}
     notes = [n for n in [engine_note, *result["notes"]] if n]
     stored = {
         "job": spec.model_dump(mode="json"),
@@ -279,6 +298,8 @@ def _export(spec: JobSpec, prepared: PreparedJob, result: dict[str, Any], engine
         "precision": result["precision"],
         "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)},
     }
+    if federation is not None:
+        stored["federation"] = federation.model_dump(mode="json")
     (workdir / SPEC_FILE).write_text(json.dumps(stored, indent=2))
     files = {
         "weights": workdir / WEIGHTS_FILE,
@@ -297,4 +318,5 @@ def _export(spec: JobSpec, prepared: PreparedJob, result: dict[str, Any], engine
         class_names=job.class_names,
         engine=result["engine"],
         engine_note="; ".join(notes) or None,
+        federation=federation,
     )

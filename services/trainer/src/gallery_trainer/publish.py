@@ -68,6 +68,7 @@ def trained_payload(
             training_job_id=job_id,
             dataset_fingerprint=outputs.dataset_fingerprint,
             config_hash=outputs.config_hash,
+            federation=outputs.federation,
         ),
     )
 

@@ -15,7 +15,16 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from gallery_common.events import NAME_PATTERN
 from gallery_trainer.admission import (
@@ -41,6 +50,29 @@ MAX_IMAGE_SIDE = 1024  # every picture becomes channels x height x width FP32 va
 MAX_NODES = CEILING_RANKS
 MAX_SEARCH_DIMENSIONS = 32
 MAX_CHOICES = 256
+MAX_ROUNDS = 10_000
+MAX_SITES = 1_000
+ADDRESS_PATTERN = r"^[A-Za-z0-9.:\[\]_-]+:[0-9]{1,5}$"
+FEDERATED_FIELDS = (
+    "rounds",
+    "strategy",
+    "min_sites",
+    "fraction_fit",
+    "local_epochs",
+    "proximal_mu",
+    "round_timeout_s",
+    "address",
+)
+RANK_FIELDS = (
+    "ranks",
+    "pipeline_stages",
+    "zero_stage",
+    "hostfile",
+    "nodes",
+    "launcher",
+    "backend",
+    "checkpoint_epochs",
+)
 
 
 class SpecError(ValueError):
@@ -271,9 +303,15 @@ class EngineSpec(_Section):
     DeepSpeed hostfile on the launching machine). `launcher` says how the nodes start: `ssh` (the
     DeepSpeed runner reaches every node over passwordless SSH) or `per_node` (each node starts its
     own launcher, by hand or as a Kubernetes Indexed Job).
+
+    `kind: federated` trains on sites that hold their own data (`gallery site run`): the trainer
+    coordinates `rounds` rounds over Flower at `address`; each round `fraction_fit` of the connected
+    sites (at least `min_sites`) train `local_epochs` epochs from the global weights and the strategy
+    (`fedavg`, or `fedprox` with `proximal_mu`) aggregates them. A round that cannot gather `min_sites`
+    within `round_timeout_s` ends the job.
     """
 
-    kind: Literal["deepspeed", "ddp"] = "deepspeed"
+    kind: Literal["deepspeed", "ddp", "federated"] = "deepspeed"
     ranks: int = Field(default=1, ge=1, le=CEILING_RANKS)
     pipeline_stages: int = Field(default=1, ge=1, le=CEILING_RANKS)
     zero_stage: Literal[0, 1, 2, 3] = 0
@@ -293,10 +331,22 @@ class EngineSpec(_Section):
     )
     backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl with CUDA, else gloo")
     checkpoint_epochs: int = Field(default=1, ge=0, description="save a resumable checkpoint every N epochs; 0: never")
+    rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS, description="federated: rounds of local training")
+    strategy: Literal["fedavg", "fedprox"] = Field(default="fedavg", description="federated: how updates combine")
+    min_sites: int = Field(default=2, ge=1, le=MAX_SITES, description="federated: fewer sites in a round end the job")
+    fraction_fit: float = Field(default=1.0, gt=0, le=1, description="federated: share of the sites each round trains")
+    local_epochs: int = Field(default=1, ge=1, le=1_000, description="federated: epochs a site trains per round")
+    proximal_mu: float = Field(default=0.0, ge=0, description="fedprox: weight of the proximal term")
+    round_timeout_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="federated: seconds to gather min_sites and for a site's answer"
+    )
+    address: str = Field(
+        default="0.0.0.0:9092", pattern=ADDRESS_PATTERN, description="federated: host:port the coordinator listens on"
+    )
 
     @model_validator(mode="after")
     def _layout(self) -> EngineSpec:
-        problems = []
+        problems = self._federated_problems()
         if self.ranks % self.pipeline_stages:
             problems.append(f"ranks: {self.ranks} ranks cannot be split into {self.pipeline_stages} pipeline stages")
         if self.kind == "ddp":
@@ -316,6 +366,27 @@ class EngineSpec(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @model_serializer(mode="wrap")
+    def _own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A federated engine without the rank fields, any other without the federated ones: a spec's
+        config hash and parameters stay what they were before federated training existed."""
+        dumped: dict[str, Any] = handler(self)
+        left_out = RANK_FIELDS if self.kind == "federated" else FEDERATED_FIELDS
+        return {k: v for k, v in dumped.items() if k not in left_out}
+
+    def _federated_problems(self) -> list[str]:
+        given = self.model_fields_set
+        if self.kind != "federated":
+            return [f"{name}: only for kind federated" for name in FEDERATED_FIELDS if name in given]
+        problems = [
+            f"{name}: a federated job runs on its sites, not on {name}" for name in RANK_FIELDS if name in given
+        ]
+        if self.strategy == "fedprox" and not self.proximal_mu:
+            problems.append("proximal_mu: fedprox needs a proximal_mu above 0")
+        if self.strategy == "fedavg" and self.proximal_mu:
+            problems.append("proximal_mu: only for strategy fedprox")
+        return problems
 
     def _node_problems(self) -> list[str]:
         if self.nodes is None:
@@ -435,10 +506,30 @@ def _cross_field_problems(spec: JobSpec) -> list[str]:
             f"engine.pipeline_stages: the model has {spec.model.weighted_layers} layers with weights, "
             f"so it cannot be cut into {spec.engine.pipeline_stages} stages"
         )
+    if spec.engine.kind == "federated":
+        problems += _federated_job_problems(spec)
     if spec.search is not None:
         for path in spec.search.space:
             if not _path_exists(spec, path):
                 problems.append(f"search.space.{path}: no such field in the job spec")
+    return problems
+
+
+def _federated_job_problems(spec: JobSpec) -> list[str]:
+    """What a federated job cannot do yet: each is a step fitted on all rows, or a loop over one process."""
+    problems = []
+    if spec.data.task != "classification":
+        problems.append("data.task: federated training trains classifiers")
+    if spec.preparation.select_k_best is not None or spec.preparation.pca is not None:
+        problems.append("preparation: a federated job standardises only (select_k_best and pca need every row)")
+    if spec.training.early_stopping is not None:
+        problems.append("training.early_stopping: a federated job runs its rounds; leave early_stopping out")
+    if spec.training.schedule.kind != "constant" or spec.training.schedule.warmup_steps:
+        problems.append("training.schedule: a federated site trains at the constant learning rate")
+    if spec.training.precision != "fp32":
+        problems.append("training.precision: a federated site trains in fp32")
+    if spec.search is not None:
+        problems.append("search: a federated job cannot run a hyperparameter search")
     return problems
 
 

@@ -7,6 +7,8 @@ They live here, not in `gallery_common.events` (which re-exports them), so that 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -36,8 +38,28 @@ class Signature(BaseModel):
     outputs: list[TensorSpec]
 
 
+class FederatedSite(BaseModel):
+    """A site that trained part of a federated model: its name and a fingerprint of its data, never data."""
+
+    name: str
+    data_fingerprint: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    examples: int | None = Field(default=None, ge=0, description="its training rows, as it reported them")
+    rounds: int | None = Field(default=None, ge=0, description="the rounds it returned weights in")
+
+
+class FederatedLineage(BaseModel):
+    """How a federated model was trained: the sites, the rounds and the aggregation strategy."""
+
+    kind: Literal["federated"] = "federated"
+    strategy: str
+    rounds: int = Field(ge=0)
+    min_sites: int = Field(ge=1)
+    sites: list[FederatedSite]
+
+
 class Lineage(BaseModel):
     training_job_id: str | None = None
     dataset_fingerprint: str | None = None
     config_hash: str | None = None
     parent_version: int | None = None
+    federation: FederatedLineage | None = None

@@ -1,0 +1,83 @@
+"""A site's Flower side: joins the federation and hands every request to the site's trainer process.
+
+Started by `gallery_trainer.federated.site` with Flower's interpreter (`relay.flower_python()`), with two
+inherited pipe descriptors. It holds no data and imports no torch: each `fit` and `evaluate` Flower
+delivers goes down the pipe as a relay message (config and global weights) and the site's answer
+(weights, example count, metrics) comes back up. It ends when the coordinator says the federation is
+over, when it cannot reach the coordinator within `--max-wait` seconds, or as soon as the site's
+process is gone (a killed site leaves no Flower connection behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from typing import Any
+
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported: it reads this once
+
+import numpy as np
+from flwr.client import NumPyClient, start_client
+
+from gallery_trainer.federated.relay import FederationError, read_message, write_message
+
+Config = dict[str, Any]
+
+
+class RelayClient(NumPyClient):
+    """A Flower NumPy client whose training and evaluation happen in the site's trainer process."""
+
+    def __init__(self, to_site: Any, from_site: Any) -> None:
+        self.to_site = to_site
+        self.from_site = from_site
+        self.lock = threading.Lock()
+
+    def _ask(self, op: str, parameters: list[np.ndarray], config: Config) -> tuple[dict[str, Any], list[np.ndarray]]:
+        with self.lock:
+            write_message(self.to_site, {"op": op, "config": dict(config)}, parameters)
+            header, arrays = read_message(self.from_site)
+        if header.get("error"):
+            raise FederationError(str(header["error"]))
+        return header, arrays
+
+    def get_parameters(self, config: Config) -> list[np.ndarray]:
+        return []  # the coordinator always starts the weights itself
+
+    def fit(self, parameters: list[np.ndarray], config: Config) -> tuple[list[np.ndarray], int, Config]:
+        header, arrays = self._ask("fit", parameters, config)
+        return arrays, int(header["examples"]), dict(header["metrics"])
+
+    def evaluate(self, parameters: list[np.ndarray], config: Config) -> tuple[float, int, Config]:
+        header, _ = self._ask("evaluate", parameters, config)
+        return float(header["loss"]), int(header["examples"]), dict(header["metrics"])
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--federation", required=True, help="the coordinator's host:port")
+    parser.add_argument("--fd-in", type=int, required=True, help="pipe the site's answers arrive on")
+    parser.add_argument("--fd-out", type=int, required=True, help="pipe the requests go out on")
+    parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
+    args = parser.parse_args(argv)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    with os.fdopen(args.fd_out, "wb") as to_site, os.fdopen(args.fd_in, "rb") as from_site:
+        client = RelayClient(to_site, from_site)
+        start_client(
+            server_address=args.federation,
+            client=client.to_client(),
+            insecure=True,
+            max_wait_time=args.max_wait,
+        )
+        write_message(to_site, {"op": "done"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""The coordinator's Flower side: the rounds of a federated job, run in Flower's interpreter.
+
+`python -m gallery_trainer.federated.flower_server WORKDIR`, started by the trainer with the plan it wrote
+(`plan.json`, `initial_weights.relay`). Flower's legacy gRPC Fleet API (`start_grpc_server`, the
+`grpc-bidi` transport that `flwr.client.start_client` speaks) carries the rounds; FedAvg or FedProx
+aggregates. Flower's current deployment (SuperLink, SuperNodes, `flwr run`) is not used: a run there is a
+FAB that SuperLink's executor installs and starts in processes of its own, away from the trainer's job
+(its progress, cancel, tracking), and a ClientApp started by a SuperNode cannot reach the site's trainer
+process holding the data. The legacy API keeps the round loop here, under the job.
+
+Round 0 gathers each site's feature sums, sums of squares and row count and turns them into the
+standardisation (rows never leave a site). Each round then samples `fraction_fit` of the connected
+sites (at least `min_sites`), sends the global weights, aggregates what comes back, and evaluates the
+new weights on every site's validation rows. A site that fails or drops mid-round is left out of that
+round; the job goes on while `min_sites` answered. When `min_sites` sites are not there within
+`round_timeout_s`, or fewer answered, the job ends with that reason (`error.json`). Every round appends
+one record to `metrics.jsonl`; the end writes `federation_result.json` and `final_weights.relay`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported: it reads this once
+
+import numpy as np
+from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import Server
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.server import evaluate_clients, fit_clients
+from flwr.server.strategy import FedAvg, FedProx
+from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
+
+from gallery_trainer.federated.plan import (
+    ERROR_FILE,
+    FINAL_WEIGHTS_FILE,
+    INITIAL_WEIGHTS_FILE,
+    METRICS_FILE,
+    RESULT_FILE,
+    FederationPlan,
+)
+from gallery_trainer.federated.relay import FederationError, read_message, write_message
+
+
+class SiteManager(SimpleClientManager):
+    """Flower's client manager, but waiting for sites at most `join_timeout_s` (Flower's waits a day)."""
+
+    def __init__(self, join_timeout_s: float) -> None:
+        super().__init__()
+        self.join_timeout_s = join_timeout_s
+
+    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
+        if not super().wait_for(num_clients, timeout=math.ceil(self.join_timeout_s)):
+            raise FederationError(
+                f"{self.num_available()} of the {num_clients} sites needed (min_sites) were connected "
+                f"within {self.join_timeout_s:g} s (round_timeout_s)"
+            )
+        return True
+
+
+def _size(parameters: Parameters) -> int:
+    return int(sum(len(tensor) for tensor in parameters.tensors))
+
+
+def _config_size(config: dict[str, Any]) -> int:
+    return len(json.dumps(config))
+
+
+class Federation:
+    """The rounds of one job over the sites connected to `manager`."""
+
+    def __init__(self, plan: FederationPlan, workdir: Path, manager: SiteManager) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self.manager = manager
+        self.transform: dict[str, list[float]] = {}
+        self.sites: dict[str, dict[str, Any]] = {}  # name -> fingerprint, examples, rounds
+        self.strategy = self._strategy()
+
+    def _strategy(self) -> FedAvg:
+        plan = self.plan
+        common: dict[str, Any] = {
+            "fraction_fit": plan.fraction_fit,
+            "fraction_evaluate": 1.0,
+            "min_fit_clients": plan.min_sites,
+            "min_evaluate_clients": plan.min_sites,
+            "min_available_clients": plan.min_sites,
+            "on_fit_config_fn": self._fit_config,
+            "on_evaluate_config_fn": self._evaluate_config,
+            "accept_failures": True,
+        }
+        if plan.strategy == "fedprox":
+            return FedProx(proximal_mu=plan.proximal_mu, **common)
+        return FedAvg(**common)
+
+    def _job_config(self, server_round: int) -> dict[str, Any]:
+        return {"round": server_round, "job": self.plan.job, "transform": json.dumps(self.transform)}
+
+    def _fit_config(self, server_round: int) -> dict[str, Any]:
+        return {**self._job_config(server_round), "phase": "train", "local_epochs": self.plan.local_epochs}
+
+    def _evaluate_config(self, server_round: int) -> dict[str, Any]:
+        return self._job_config(server_round)
+
+    def statistics(self) -> None:
+        """Round 0: the standardisation from every connected site's sums, sums of squares and counts."""
+        self.manager.wait_for(self.plan.min_sites)
+        instructions = [
+            (proxy, FitIns(Parameters(tensors=[], tensor_type="numpy.ndarray"), {"phase": "stats"}))
+            for proxy in self.manager.all().values()
+        ]
+        results, _ = fit_clients(instructions, None, self.plan.round_timeout_s, 0)
+        if len(results) < self.plan.min_sites:
+            raise FederationError(
+                f"round 0 (statistics): {len(results)} sites answered and min_sites is {self.plan.min_sites}"
+            )
+        n_features = self.plan.n_features
+        sums, squares, count = np.zeros(n_features), np.zeros(n_features), 0
+        for _, fit_res in results:
+            site_sum, site_squares = parameters_to_ndarrays(fit_res.parameters)
+            if site_sum.shape != (n_features,) or site_squares.shape != (n_features,):
+                raise FederationError(
+                    f"site {fit_res.metrics.get('site')}: its data does not have {n_features} features"
+                )
+            sums, squares, count = sums + site_sum, squares + site_squares, count + fit_res.num_examples
+            self._note_site(fit_res.metrics, fit_res.num_examples, server_round=None)
+        mean = sums / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        if not self.plan.standardize:
+            mean, std = np.zeros(n_features), np.ones(n_features)
+        # a constant feature would divide by zero; centred it is 0 everywhere, which is what it says
+        scale = np.where(std > 1e-12, std, 1.0)
+        self.transform = {"mean": mean.astype(np.float32).tolist(), "scale": scale.astype(np.float32).tolist()}
+
+    def _note_site(self, metrics: dict[str, Any], examples: int, server_round: int | None) -> str:
+        name = str(metrics.get("site", "?"))
+        site = self.sites.setdefault(
+            name, {"fingerprint": metrics.get("fingerprint"), "examples": examples, "rounds": 0}
+        )
+        if site["fingerprint"] != metrics.get("fingerprint", site["fingerprint"]):
+            raise FederationError(f"two sites call themselves {name}, with different data")
+        site["examples"] = examples
+        if server_round is not None:
+            site["rounds"] += 1
+        return name
+
+    def run_round(self, server_round: int, weights: Parameters) -> tuple[Parameters, dict[str, float]]:
+        """One round: local training on the sampled sites, aggregation, evaluation on every site."""
+        started = time.perf_counter()
+        plan = self.plan
+        instructions = self.strategy.configure_fit(server_round, weights, self.manager)
+        results, failures = fit_clients(instructions, None, plan.round_timeout_s, server_round)
+        if len(results) < plan.min_sites:
+            raise FederationError(
+                f"round {server_round}: {len(results)} of {len(instructions)} sites returned weights "
+                f"({len(failures)} failed, dropped or ran past round_timeout_s) and min_sites is {plan.min_sites}"
+            )
+        aggregated, _ = self.strategy.aggregate_fit(server_round, results, failures)
+        record: dict[str, float] = {}
+        per_site: dict[str, int] = {}
+        down = up = 0
+        train_loss = train_examples = 0.0
+        for _, fit_res in results:
+            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round)
+            sent = _size(weights) + _config_size(self._fit_config(server_round))
+            received = _size(fit_res.parameters)
+            per_site[name] = per_site.get(name, 0) + sent + received
+            down, up = down + sent, up + received
+            loss = float(fit_res.metrics.get("train_loss", math.nan))
+            record[f"site.{name}.train_loss"] = loss
+            if math.isfinite(loss):
+                train_loss += loss * fit_res.num_examples
+                train_examples += fit_res.num_examples
+        evaluations = self.strategy.configure_evaluate(server_round, aggregated, self.manager)
+        evaluated, eval_failures = evaluate_clients(evaluations, None, plan.round_timeout_s, server_round)
+        val_loss = val_correct = val_examples = 0.0
+        worst = math.inf
+        for _, eval_res in evaluated:
+            name = str(eval_res.metrics.get("site", "?"))
+            sent = _size(aggregated) + _config_size(self._evaluate_config(server_round))
+            per_site[name] = per_site.get(name, 0) + sent
+            down += sent
+            accuracy = float(eval_res.metrics.get("accuracy", math.nan))
+            record[f"site.{name}.val_loss"] = float(eval_res.loss)
+            record[f"site.{name}.val_accuracy"] = accuracy
+            val_loss += float(eval_res.loss) * eval_res.num_examples
+            val_correct += accuracy * eval_res.num_examples
+            val_examples += eval_res.num_examples
+            worst = min(worst, accuracy)
+        for name, size in per_site.items():
+            record[f"site.{name}.bytes"] = float(size)
+        record |= {
+            "round": float(server_round),
+            "sites": float(len(results)),
+            "sites_failed": float(len(failures) + len(eval_failures)),
+            "train_loss": train_loss / train_examples if train_examples else math.nan,
+            "val_loss": val_loss / val_examples if val_examples else math.nan,
+            "val_accuracy": val_correct / val_examples if val_examples else math.nan,
+            "worst_site_val_accuracy": worst if val_examples else math.nan,
+            "bytes_down": float(down),
+            "bytes_up": float(up),
+            "bytes_per_site": float(np.mean(list(per_site.values()))) if per_site else 0.0,
+            "round_seconds": time.perf_counter() - started,
+        }
+        return aggregated, record
+
+
+def _write_metrics(workdir: Path, server_round: int, record: dict[str, float]) -> None:
+    line = {"kind": "epoch", "step": server_round, "epoch": server_round, "time": time.time(), **record}
+    clean = {k: v for k, v in line.items() if not isinstance(v, float) or math.isfinite(v)}
+    with open(workdir / METRICS_FILE, "a", encoding="utf-8") as out:
+        out.write(json.dumps(clean) + "\n")
+
+
+def run_federation(workdir: Path) -> None:
+    """Run the plan in `workdir` to the end; FederationError says why it could not."""
+    plan = FederationPlan.load(workdir)
+    random.seed(plan.seed)  # Flower samples sites with the module's random
+    with open(workdir / INITIAL_WEIGHTS_FILE, "rb") as initial:
+        _, arrays = read_message(initial)
+    weights = ndarrays_to_parameters(arrays)
+    manager = SiteManager(plan.round_timeout_s)
+    grpc_server = start_grpc_server(client_manager=manager, server_address=plan.address)
+    server = Server(client_manager=manager)
+    federation = Federation(plan, workdir, manager)
+    records = []
+    try:
+        federation.statistics()
+        for server_round in range(1, plan.rounds + 1):
+            weights, record = federation.run_round(server_round, weights)
+            _write_metrics(workdir, server_round, record)
+            records.append(record)
+    finally:
+        server.disconnect_all_clients(timeout=5)
+        grpc_server.stop(grace=1)
+    with open(workdir / FINAL_WEIGHTS_FILE, "wb") as final:
+        write_message(final, {}, parameters_to_ndarrays(weights))
+    result = {
+        "sites": [{"name": name, **site} for name, site in sorted(federation.sites.items())],
+        "rounds_run": len(records),
+        "transform": federation.transform,
+        "final": {k: v for k, v in records[-1].items() if math.isfinite(v)},
+        "round_seconds": float(np.mean([r["round_seconds"] for r in records])),
+        "bytes_per_site_per_round": float(np.mean([r["bytes_per_site"] for r in records])),
+    }
+    (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2, allow_nan=False, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    workdir = Path((argv or sys.argv[1:])[0])
+    # the trainer stops a cancelled job with SIGTERM: leave through `finally`, so the sites are told
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run_federation(workdir)
+    except FederationError as exc:
+        (workdir / ERROR_FILE).write_text(json.dumps({"error": str(exc)}))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

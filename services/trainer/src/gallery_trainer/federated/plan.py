@@ -1,0 +1,43 @@
+"""What the trainer hands the coordinator's Flower process, and the files they exchange in the job's workdir.
+
+Both interpreters read this module (Flower's has no torch and no pydantic of ours): a plain dataclass
+saved as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PLAN_FILE = "federation_plan.json"
+INITIAL_WEIGHTS_FILE = "initial_weights.relay"
+FINAL_WEIGHTS_FILE = "final_weights.relay"
+RESULT_FILE = "federation_result.json"
+ERROR_FILE = "federation_error.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    """The engine section of the spec, plus what every site is told about the job (`job`, JSON text)."""
+
+    address: str
+    rounds: int
+    strategy: str
+    min_sites: int
+    fraction_fit: float
+    local_epochs: int
+    proximal_mu: float
+    round_timeout_s: float
+    standardize: bool
+    seed: int
+    n_features: int
+    job: str
+
+    def save(self, workdir: Path) -> None:
+        (workdir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, workdir: Path) -> FederationPlan:
+        return cls(**json.loads((workdir / PLAN_FILE).read_text()))

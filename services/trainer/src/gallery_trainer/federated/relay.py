@@ -1,0 +1,111 @@
+"""Messages between a Flower process and the trainer's own process: a JSON header and raw arrays over a pipe.
+
+Flower runs in its own interpreter (`.venv-flower`, see `requirements/flower.txt`): every flwr release pins
+packages below what the services need. So the Flower side of a site or of the coordinator is a relay that
+imports only flwr, numpy and this module, and the training side (torch, the model code) stays in the
+trainer's interpreter. A message is an 8-byte big-endian length, that many bytes of JSON, then the raw
+bytes of each array the JSON lists (dtype, shape): nothing is pickled, and a reader refuses dtypes and
+sizes it does not expect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from gallery_common.errors import GalleryError
+
+FLOWER_PYTHON_ENV = "GALLERY_FLOWER_PYTHON"
+ALLOWED_DTYPES = ("float32", "float64", "int64")
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_ARRAY_BYTES = 2 * 1024**3
+SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""A site's name: it becomes part of metric keys (`site.<name>.val_accuracy`), so no dots or spaces."""
+
+Message = tuple[dict[str, Any], list[np.ndarray]]
+
+
+class FederationError(GalleryError):
+    """Federated training cannot go on; the message is the reason a user reads."""
+
+
+class RelayClosed(FederationError):
+    """The other end of a relay pipe is gone (its process ended)."""
+
+
+def flower_python() -> Path:
+    """The interpreter that has flwr: `$GALLERY_FLOWER_PYTHON`, else `.venv-flower` beside this venv."""
+    configured = os.environ.get(FLOWER_PYTHON_ENV)
+    path = Path(configured) if configured else Path(sys.prefix).parent / ".venv-flower" / "bin" / "python"
+    if not path.exists():
+        raise FederationError(
+            f"Flower's interpreter {path} does not exist: run `make install` (it builds .venv-flower) "
+            f"or set {FLOWER_PYTHON_ENV} to a Python that has flwr (requirements/flower.txt)"
+        )
+    return path
+
+
+def flower_environment() -> dict[str, str]:
+    """The environment of a Flower process: Flower's usage telemetry off (it would call out of a site)."""
+    return {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def write_message(stream: BinaryIO, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> int:
+    """Write one message and flush; returns the bytes written (what crossed the pipe)."""
+    contiguous = [np.ascontiguousarray(array) for array in arrays]
+    for array in contiguous:
+        if array.dtype.name not in ALLOWED_DTYPES:
+            raise FederationError(f"relay: arrays of {array.dtype} cannot be sent (only {', '.join(ALLOWED_DTYPES)})")
+    described = {**header, "arrays": [{"dtype": a.dtype.name, "shape": list(a.shape)} for a in contiguous]}
+    encoded = json.dumps(described).encode("utf-8")
+    try:
+        stream.write(struct.pack(">Q", len(encoded)) + encoded)
+        for array in contiguous:
+            stream.write(array.tobytes())
+        stream.flush()
+    except (BrokenPipeError, ValueError, OSError) as exc:
+        raise RelayClosed(f"relay: the other process is gone ({exc})") from None
+    return 8 + len(encoded) + sum(a.nbytes for a in contiguous)
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise RelayClosed("relay: the other process closed the pipe")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_message(stream: BinaryIO) -> Message:
+    """Read one message; RelayClosed when the writer is gone, FederationError when the message is malformed."""
+    (length,) = struct.unpack(">Q", _read_exactly(stream, 8))
+    if length > MAX_HEADER_BYTES:
+        raise FederationError(f"relay: a header of {length} bytes is more than {MAX_HEADER_BYTES}")
+    header = json.loads(_read_exactly(stream, length))
+    if not isinstance(header, dict):
+        raise FederationError("relay: a message header must be a JSON object")
+    arrays = []
+    for spec in header.pop("arrays", []):
+        dtype, shape = str(spec["dtype"]), tuple(int(n) for n in spec["shape"])
+        if dtype not in ALLOWED_DTYPES or any(n < 0 for n in shape):
+            raise FederationError(f"relay: refused an array of {dtype} {list(shape)}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if nbytes > MAX_ARRAY_BYTES:
+            raise FederationError(f"relay: refused an array of {nbytes} bytes")
+        arrays.append(np.frombuffer(_read_exactly(stream, nbytes), dtype=dtype).reshape(shape).copy())
+    return header, arrays
+
+
+def arrays_nbytes(arrays: Sequence[np.ndarray]) -> int:
+    """The bytes of a list of arrays' values (what a model update weighs on the wire, without framing)."""
+    return int(sum(np.asarray(a).nbytes for a in arrays))

@@ -1,0 +1,63 @@
+"""Site folders and site processes for the federated training tests: each site a process of its own."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gallery_trainer.federated.partition import write_site_folders
+from gallery_trainer.spec import JobSpec, parse_spec
+
+GALLERY = str(Path(sys.executable).with_name("gallery"))
+
+
+def federated_spec(port: int, **engine: Any) -> JobSpec:
+    """The digits job the tests federate: a small MLP, rounds of two local epochs."""
+    return parse_spec(
+        {
+            "name": "digits-federated",
+            "data": {"source": "builtin", "name": "digits"},
+            "model": {"hidden": [64]},
+            "training": {"batch_size": 32, "learning_rate": 0.01, "seed": 0},
+            "engine": {
+                "kind": "federated",
+                "address": f"127.0.0.1:{port}",
+                "local_epochs": 2,
+                "round_timeout_s": 60,
+                **engine,
+            },
+        }
+    )
+
+
+def site_folders(spec: JobSpec, root: Path, n_sites: int = 3) -> dict[str, Path]:
+    """Non-IID (Dirichlet 0.5) folders of the spec's training rows, one per site."""
+    return write_site_folders(spec, root, n_sites=n_sites, alpha=0.5, seed=0)
+
+
+@contextmanager
+def sites_running(
+    port: int, folders: dict[str, Path], logs: Path, *, through_cli: tuple[str, ...] = ()
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Start one process per site (those named in `through_cli` by `gallery site run`); kill them after."""
+    processes = {}
+    for name, folder in folders.items():
+        args = ["--federation", f"127.0.0.1:{port}", "--site", name, "--data", str(folder), "--max-wait", "30"]
+        if name in through_cli:
+            command = [GALLERY, "site", "run", *args]
+        else:
+            command = [sys.executable, "-m", "gallery_trainer.federated.site", *args]
+        with open(logs / f"{name}.log", "wb") as log:
+            processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield processes
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+            process.wait(10)
