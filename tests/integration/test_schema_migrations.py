@@ -57,8 +57,12 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 def create_all_as_before(migrations: SchemaMigrations, engine: Engine) -> None:
-    """What the service did at start-up before it had migrations."""
-    migrations.tables[0].metadata.create_all(engine, tables=list(migrations.tables))
+    """What the service did at start-up before it had migrations: `create_all` of its tables as they were
+    then, which are the tables its first revision makes (later revisions add columns the old code never
+    created), and no version table."""
+    migrations.upgrade(engine, migrations.baseline)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {migrations.version_table}"))
 
 
 def head(migrations: SchemaMigrations) -> str | None:

@@ -61,6 +61,7 @@ class DeploymentView(BaseModel):
     replicas: list[ReplicaView]
     endpoints: list[str]
     artifact: ArtifactRef
+    explainer: ArtifactRef | None = Field(description="what its model servers explain predictions with")
     reason: str | None
     fallback: str | None
     analysis_due_at: datetime | None
@@ -82,6 +83,7 @@ def _view(record: DeploymentRecord, status: DeploymentStatus | None) -> Deployme
         replicas=[ReplicaView(**vars(r)) for r in status.replicas] if status else [],
         endpoints=list(status.endpoints) if status else [],
         artifact=ArtifactRef(uri=record.artifact_uri, sha256=record.artifact_sha256),
+        explainer=ArtifactRef.model_validate(record.explainer) if record.explainer else None,
         reason=record.reason,
         fallback=(status.fallback if status else None) or record.fallback,
         analysis_due_at=record.analysis_due_at,
@@ -148,6 +150,7 @@ async def deploy(data: DeployRequest, controller: ControllerDep) -> DeploymentVi
         data.version,
         onnx,
         validation_split=version.artifact("validation_split"),
+        explainer=version.artifact("explainer"),
         canary_percent=data.canary_percent,
         reason="deployed by hand",
     )

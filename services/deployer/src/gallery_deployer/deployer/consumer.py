@@ -47,8 +47,13 @@ def rollout_events(controller: Controller) -> EventRouter:
         if onnx is None:
             raise InvalidRequest(f"model.validated for {data.model}:{data.version} carries no onnx artifact")
         await provenance.confirm_validated(data.model, data.version, onnx)
-        split = data.artifacts.get("validation_split")
-        await controller.deploy_validated(data.model, data.version, onnx, validation_split=split)
+        await controller.deploy_validated(
+            data.model,
+            data.version,
+            onnx,
+            validation_split=data.artifacts.get("validation_split"),
+            explainer=data.artifacts.get("explainer"),
+        )
 
     @events.on(ModelOptimized)
     @once

@@ -49,6 +49,15 @@ def shorten(reason: str, limit: int = REASON_CHARS) -> str:
 log = get_logger(__name__)
 
 
+def explainer_env(explainer: dict[str, Any] | None) -> dict[str, str]:
+    """The model server's settings for a version's explainer artifact; none without one (it then answers
+    explain requests with 404)."""
+    if not explainer:
+        return {}
+    ref = ArtifactRef.model_validate(explainer)
+    return {"GALLERY_EXPLAINER_URI": ref.uri, "GALLERY_EXPLAINER_SHA256": ref.sha256}
+
+
 class Controller:
     """Moves each model between its deployments; the REST API and the event handlers both call it."""
 
@@ -100,11 +109,15 @@ class Controller:
         artifact: ArtifactRef,
         *,
         validation_split: ArtifactRef | None = None,
+        explainer: ArtifactRef | None = None,
         canary_percent: float | None = None,
         variant: str = "fp32",
         reason: str = "model.validated",
     ) -> DeploymentRecord:
-        """Run `model:version`: straight to production for a model's first version, else as a canary."""
+        """Run `model:version`: straight to production for a model's first version, else as a canary.
+
+        `validation_split` is replayed in the canary analysis; `explainer` goes to the version's model
+        servers, which answer explain requests with it."""
         async with self.lock(model):
             ident = deployment_id(model, version, "")
             existing = await self._db(self.store.get, ident)
@@ -123,6 +136,7 @@ class Controller:
                 artifact_uri=artifact.uri,
                 artifact_sha256=artifact.sha256,
                 validation_split=validation_split.model_dump(mode="json") if validation_split else None,
+                explainer=explainer.model_dump(mode="json") if explainer else None,
                 stage=Stage.canary if production else Stage.production,
                 replicas=policy.replicas or 1,
                 policy=policy.model_dump(mode="json"),
@@ -183,6 +197,7 @@ class Controller:
                 self.settings.max_queue_delay_ms if policy.max_queue_delay_ms is None else policy.max_queue_delay_ms
             ),
             intra_op_threads=policy.intra_op_threads,
+            env=explainer_env(record.explainer),
         )
 
     async def _failed(self, record: DeploymentRecord, reason: str) -> DeploymentRecord:
@@ -215,7 +230,13 @@ class Controller:
     # -- lifecycle events --------------------------------------------------------------------------
 
     async def deploy_validated(
-        self, model: str, version: int, artifact: ArtifactRef, *, validation_split: ArtifactRef | None = None
+        self,
+        model: str,
+        version: int,
+        artifact: ArtifactRef,
+        *,
+        validation_split: ArtifactRef | None = None,
+        explainer: ArtifactRef | None = None,
     ) -> DeploymentRecord | None:
         """Roll out a version the validation gate passed: its model's first goes straight to production, a
         newer one becomes the canary (superseding the canary there is). Returns None, changing nothing, for
@@ -231,7 +252,9 @@ class Controller:
         current = next((r for r in serving if r.stage == Stage.canary), None)
         if current is not None:
             await self.rollback(model, f"superseded by version {version}", version=current.version)
-        return await self.deploy(model, version, artifact, validation_split=validation_split, reason="model.validated")
+        return await self.deploy(
+            model, version, artifact, validation_split=validation_split, explainer=explainer, reason="model.validated"
+        )
 
     async def roll_back_degraded(self, model: str, version: int, reason: str) -> DeploymentRecord | None:
         """Take a version that broke an SLO or drifted out of service; None when it no longer serves (rolled

@@ -41,6 +41,8 @@ class DeploymentRecord(SQLModel, table=True):
     artifact_uri: str
     artifact_sha256: str
     validation_split: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # the version's explainer artifact (an ArtifactRef), handed to its model servers; None: no explanations
+    explainer: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     stage: str = Field(index=True)
     traffic_percent: float = 0.0
