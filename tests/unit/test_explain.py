@@ -138,3 +138,21 @@ def test_an_explainer_artifact_that_does_not_hold_together_is_refused() -> None:
         decode_profile(broken.getvalue())
     with pytest.raises(ProfileRefused, match="not a readable NPZ"):
         decode_profile(b"not a zip")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"architecture": "test"},
+        {"data": ["digits"]},
+        {"job": {"data": "digits"}},
+        {"architecture": {"image_shape": "1x8x8"}},
+        {"architecture": {"image_shape": [1, 8, "8"]}},
+        {"architecture": {"image_shape": [1, -8, -8]}},
+        {"feature_names": "a,b"},
+        ["not", "a", "mapping"],
+    ],
+)
+def test_a_spec_of_any_shape_gives_a_layout_not_an_exception(spec: object) -> None:
+    layout = InputLayout.of(64, [-1, 64], spec)  # type: ignore[arg-type]
+    assert layout.image_shape is None and layout.feature_names is None and layout.shape == (64,)

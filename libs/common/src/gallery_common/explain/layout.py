@@ -36,19 +36,29 @@ def image_shape(shape: Sequence[int], spec: Mapping[str, Any] | None, features: 
     built-in picture data set)."""
     if len(shape) == 3 and shape[0] in (1, 3, 4):
         return list(shape)
-    stored = spec or {}
-    data = (stored.get("job") or {}).get("data") or stored.get("data") or {}
-    declared = (stored.get("architecture") or {}).get("image_shape") or data.get("image_shape")
+    stored = _mapping(spec)
+    data = _mapping(_mapping(stored.get("job")).get("data")) or _mapping(stored.get("data"))
+    declared = _mapping(stored.get("architecture")).get("image_shape") or data.get("image_shape")
     if not declared and data.get("source") == "builtin":
         declared = BUILTIN_IMAGE_SHAPES.get(str(data.get("name")))
-    if declared and len(declared) == 3 and int(np.prod(declared)) == features:
+    if (
+        isinstance(declared, list | tuple)
+        and len(declared) == 3
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in declared)
+        and int(np.prod(declared)) == features
+    ):
         return [int(d) for d in declared]
     return None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """`value` when it is a mapping, else an empty one: a spec is read as found, whatever its shape."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def feature_names(spec: Mapping[str, Any] | None, features: int) -> list[str] | None:
     """The training data's column names, as the trainer recorded them, when there is one per feature."""
-    names = (spec or {}).get("feature_names")
+    names = _mapping(spec).get("feature_names")
     if isinstance(names, list) and len(names) == features and all(isinstance(n, str) for n in names):
         return names
     return None
