@@ -175,3 +175,10 @@ def test_a_version_without_explainer_data_answers_404_saying_why(tmp_path: Path)
         }
         infer = httpx.post(f"{url}/v2/models/table/infer", content=explain_body("features", TABLE[:1]), headers=TOKEN)
         assert infer.status_code == 200  # it still serves
+
+
+def test_an_explainer_artifact_that_cannot_be_used_answers_500_saying_why(tmp_path: Path) -> None:
+    with model_server(tmp_path, "table", "1", table_classifier(), b"not an npz", api_tokens=TOKENS) as url:
+        response = explain(url, "table", explain_body("features", TABLE[:1]))
+    assert response.status_code == 500
+    assert response.json()["error"].startswith("the explainer artifact of table:1: not a readable NPZ file")

@@ -2,7 +2,8 @@
 
 `python -m gallery_deployer.modelserver --model NAME --version V --artifact URI --sha256 HEX` loads
 the ONNX artifact from the artifact store (sha256-checked, verified self-contained), warms it up,
-and only then opens its port.
+and only then opens its port. With the version's explainer artifact (GALLERY_EXPLAINER_URI and _SHA256)
+it also explains predictions (`POST .../explain`), in worker processes started by the first request.
 """
 
 from .settings import ModelServerSettings

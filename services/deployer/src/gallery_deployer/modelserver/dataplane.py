@@ -3,7 +3,8 @@
 Transport-agnostic, as KServe's `DataPlane` under its REST and gRPC servers: the REST app (`app.py`)
 and the NATS responder (`nats_rpc.py`) hand over a body and its `Inference-Header-Content-Length` as
 received, and turn the `InferAnswer`, or the GalleryError raised instead, into their own replies (an
-HTTP status, a `Gallery-Status` header). Another transport, or `explain`, is one more adapter.
+HTTP status, a `Gallery-Status` header). Another transport is one more adapter; explanations are a path of
+their own beside this one (`explaining.py`), run by separate worker processes.
 """
 
 from __future__ import annotations

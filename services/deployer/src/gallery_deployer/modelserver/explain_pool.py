@@ -113,7 +113,7 @@ class ExplainPool:
         self.retry_after = max(1, math.ceil(min(timeout_s, 60.0)))
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(max_queue)
         self._context = multiprocessing.get_context("spawn")
-        self._limiter = anyio.CapacityLimiter(workers)  # one waiting thread per worker, none from the infer path
+        self._limiter = anyio.CapacityLimiter(workers)  # one thread per slot waits on its worker
         self._running: set[_Worker] = set()
         self._slots: list[asyncio.Task[None]] = []
         self._closed = False
@@ -159,7 +159,7 @@ class ExplainPool:
         """Stop every worker and answer what still waits with 503."""
         self._closed = True
         # stopped first, so the threads waiting on their pipes return at once
-        await asyncio.gather(*(self._thread(worker.stop) for worker in list(self._running)))
+        await asyncio.gather(*(anyio.to_thread.run_sync(worker.stop) for worker in list(self._running)))
         for slot in self._slots:
             slot.cancel()
         await asyncio.gather(*self._slots, return_exceptions=True)
@@ -173,29 +173,29 @@ class ExplainPool:
             job = await self._queue.get()
             if job.future.done():
                 continue  # its caller went away while it waited
+            outcome: list[ExplainedRow] | GalleryError
             try:
                 if worker is None:
                     worker = await self._start()
                 answer = await self._thread(worker.ask, job.payload, self._timeout_s, job.max_answer_bytes)
-                if answer is not None:
-                    _settle(job.future, _parse(answer))
-                    continue
-            except (WorkerFailed, BadRequest) as exc:
-                if isinstance(exc, WorkerFailed):
-                    await self._retire(worker)
-                    worker = None
-                _settle(job.future, exc)
-                continue
-            await self._retire(worker)
-            _settle(
-                job.future,
-                ExplainTimedOut(
-                    f"the explanation ran past this server's {self._timeout_s:g} s limit (GALLERY_EXPLAIN_TIMEOUT_S) "
-                    "and was stopped; retry later or ask for fewer nsamples",
-                    self.retry_after,
-                ),
-            )
-            worker = await self._replace()
+                outcome = self._timed_out() if answer is None else _parse(answer)
+            except BadRequest as exc:  # refused by the explainer; the worker is fine
+                outcome = exc
+            except Exception as exc:  # whatever went wrong, no request is left waiting
+                outcome = exc if isinstance(exc, WorkerFailed) else WorkerFailed(f"{type(exc).__name__}: {exc}")
+            if isinstance(outcome, WorkerFailed | ExplainTimedOut):
+                await self._retire(worker)
+                worker = None
+            _settle(job.future, outcome)
+            if isinstance(outcome, ExplainTimedOut):
+                worker = await self._replace()
+
+    def _timed_out(self) -> ExplainTimedOut:
+        return ExplainTimedOut(
+            f"the explanation ran past this server's {self._timeout_s:g} s limit (GALLERY_EXPLAIN_TIMEOUT_S) and was "
+            "stopped; retry later or ask for fewer nsamples",
+            self.retry_after,
+        )
 
     async def _start(self) -> _Worker:
         try:
@@ -221,9 +221,10 @@ class ExplainPool:
     async def _retire(self, worker: _Worker | None) -> None:
         if worker is not None:
             self._running.discard(worker)
-            await self._thread(worker.kill)
+            await anyio.to_thread.run_sync(worker.kill)
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn` in a thread of the pool's own: waits on workers take none from the infer path's threads."""
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=True)
 
 

@@ -248,8 +248,8 @@ class Explanations:
             onnx = store.get(store.key_for(s.artifact_uri), sha256=s.artifact_sha256)
         except ArtifactError as exc:
             raise ExplainerUnusable(f"{label} cannot be read: {exc.message}") from None
-        except ProfileRefused as exc:
-            raise ExplainerUnusable(f"{label} cannot be used: {exc}") from None
+        except ProfileRefused as exc:  # its message names the artifact (`label`) and the reason
+            raise ExplainerUnusable(str(exc)) from None
         spec = _explained_input(model.inputs)
         setup = WorkerSetup(
             model=onnx,
