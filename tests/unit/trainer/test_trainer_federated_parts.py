@@ -1,5 +1,5 @@
 """The parts of federated training that need no federation: the engine section of the spec, the relay's
-message format, the non-IID site split, a site's statistics and the round curves."""
+message format, the non-IID site split, a site's statistics, the round curves and the privacy budget."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from gallery_common.contracts import write_split
 from gallery_trainer.curves import curve_panels
 from gallery_trainer.federated.partition import dirichlet_partition
+from gallery_trainer.federated.privacy import gaussian_epsilon
 from gallery_trainer.federated.relay import FederationError, RelayClosed, read_message, write_message
 from gallery_trainer.federated.site import Site, load_site_data
 from gallery_trainer.spec import SpecError, config_hash, parse_spec
@@ -110,4 +111,17 @@ def test_round_records_draw_rounds_not_epochs() -> None:
         "epoch",
         "epoch",
         "step",
+    ]
+
+
+def test_the_privacy_budget_is_the_rdp_bound_of_the_gaussian_rounds() -> None:
+    # the closed form is the minimum over Renyi orders of rounds * a / (2 z^2) + log(1 / delta) / (a - 1)
+    orders = np.linspace(1.001, 400, 400_000)
+    for z, rounds, delta in ((1.0, 4, 1e-5), (2.5, 50, 1e-6), (0.8, 1, 1e-3)):
+        brute = float(np.min(rounds * orders / (2 * z**2) + np.log(1 / delta) / (orders - 1)))
+        assert gaussian_epsilon(z, rounds, delta) == pytest.approx(brute, rel=1e-4)
+    assert gaussian_epsilon(1.0, 0, 1e-5) == 0.0
+    assert gaussian_epsilon(2.0, 10, 1e-5) < gaussian_epsilon(1.0, 10, 1e-5) < gaussian_epsilon(1.0, 20, 1e-5)
+    assert problems({"kind": "ddp", "differential_privacy": {"noise_multiplier": 1.0}}) == [
+        "engine.differential_privacy: only for kind federated"
     ]

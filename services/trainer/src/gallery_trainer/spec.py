@@ -62,6 +62,7 @@ FEDERATED_FIELDS = (
     "proximal_mu",
     "round_timeout_s",
     "address",
+    "differential_privacy",
 )
 RANK_FIELDS = (
     "ranks",
@@ -296,6 +297,16 @@ class NodeSpec(_Section):
         return host
 
 
+class DifferentialPrivacySpec(_Section):
+    """Site-level differential privacy for a federated job (Flower's server-side fixed clipping): each
+    site's update clipped to `clipping_norm`, Gaussian noise of `noise_multiplier * clipping_norm /
+    min_sites` on their average; the run reports the budget epsilon at `delta`."""
+
+    noise_multiplier: float = Field(gt=0, le=1_000)
+    clipping_norm: float = Field(default=1.0, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
 class EngineSpec(_Section):
     """Where and how the ranks run: `ranks` = data-parallel ranks x `pipeline_stages`.
 
@@ -342,6 +353,9 @@ class EngineSpec(_Section):
     )
     address: str = Field(
         default="0.0.0.0:9092", pattern=ADDRESS_PATTERN, description="federated: host:port the coordinator listens on"
+    )
+    differential_privacy: DifferentialPrivacySpec | None = Field(
+        default=None, description="federated: clip each site's update and add Gaussian noise; report epsilon"
     )
 
     @model_validator(mode="after")

@@ -47,14 +47,26 @@ class FederatedSite(BaseModel):
     rounds: int | None = Field(default=None, ge=0, description="the rounds it returned weights in")
 
 
+class PrivacyBudget(BaseModel):
+    """A differentially private training's mechanism and the (epsilon, delta) it spent."""
+
+    mechanism: str
+    noise_multiplier: float = Field(gt=0)
+    clipping_norm: float = Field(gt=0)
+    epsilon: float = Field(ge=0)
+    delta: float = Field(gt=0, lt=1)
+
+
 class FederatedLineage(BaseModel):
-    """How a federated model was trained: the sites, the rounds and the aggregation strategy."""
+    """How a federated model was trained: the sites, the rounds, the aggregation strategy and, with
+    differential privacy, the privacy budget."""
 
     kind: Literal["federated"] = "federated"
     strategy: str
     rounds: int = Field(ge=0)
     min_sites: int = Field(ge=1)
     sites: list[FederatedSite]
+    privacy: PrivacyBudget | None = None
 
 
 class Lineage(BaseModel):

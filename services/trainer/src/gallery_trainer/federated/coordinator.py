@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from gallery_common.artifacts import ArtifactStore
-from gallery_common.contracts.refs import FederatedLineage, FederatedSite
+from gallery_common.contracts.refs import FederatedLineage, FederatedSite, PrivacyBudget
 from gallery_common.nn import ExportedModel, build_network
 from gallery_trainer.engine.job import LOG_FILE, WEIGHTS_FILE
 from gallery_trainer.failures import JobCancelled, TrainingFailed
@@ -87,6 +88,11 @@ def plan_federation(spec: JobSpec, workdir: Path, store: ArtifactStore | None) -
         n_features=job.n_features,
         job=json.dumps(site_job),
     )
+    if engine.differential_privacy is not None:
+        dp = engine.differential_privacy
+        plan = replace(
+            plan, dp_noise_multiplier=dp.noise_multiplier, dp_clipping_norm=dp.clipping_norm, dp_delta=dp.delta
+        )
     for stale in (METRICS_FILE, RESULT_FILE, ERROR_FILE, FINAL_WEIGHTS_FILE, WEIGHTS_FILE):
         (workdir / stale).unlink(missing_ok=True)
     plan.save(workdir)
@@ -201,6 +207,9 @@ def run_federated_job(
         "bytes_per_site_per_round": float(result["bytes_per_site_per_round"]),
         **{k: float(v) for k, v in final.items() if k.startswith("site.") or k == "worst_site_val_accuracy"},
     }
+    privacy = PrivacyBudget(**result["privacy"]) if result.get("privacy") else None
+    if privacy is not None:
+        figures |= {"dp_epsilon": privacy.epsilon, "dp_delta": privacy.delta}
     lineage = FederatedLineage(
         strategy=spec.engine.strategy,
         rounds=result["rounds_run"],
@@ -209,6 +218,7 @@ def run_federated_job(
             FederatedSite(name=s["name"], data_fingerprint=s["fingerprint"], examples=s["examples"], rounds=s["rounds"])
             for s in sites
         ],
+        privacy=privacy,
     )
     emit(ProgressUpdate("exporting", result["rounds_run"], rounds, 0, figures))
     outputs = export_outputs(spec, prepared, training, None, extra_metrics=figures, federation=lineage)

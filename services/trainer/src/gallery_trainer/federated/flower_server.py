@@ -36,7 +36,7 @@ from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_t
 from flwr.server import Server
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.server import evaluate_clients, fit_clients
-from flwr.server.strategy import FedAvg, FedProx
+from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, FedProx, Strategy
 from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 
 from gallery_trainer.federated.plan import (
@@ -47,6 +47,7 @@ from gallery_trainer.federated.plan import (
     RESULT_FILE,
     FederationPlan,
 )
+from gallery_trainer.federated.privacy import gaussian_epsilon
 from gallery_trainer.federated.relay import FederationError, read_message, write_message
 
 
@@ -83,9 +84,10 @@ class Federation:
         self.manager = manager
         self.transform: dict[str, list[float]] = {}
         self.sites: dict[str, dict[str, Any]] = {}  # name -> fingerprint, examples, rounds
+        self.private_rounds = 0  # rounds whose noisy aggregate was released (with differential privacy)
         self.strategy = self._strategy()
 
-    def _strategy(self) -> FedAvg:
+    def _strategy(self) -> Strategy:
         plan = self.plan
         common: dict[str, Any] = {
             "fraction_fit": plan.fraction_fit,
@@ -97,9 +99,14 @@ class Federation:
             "on_evaluate_config_fn": self._evaluate_config,
             "accept_failures": True,
         }
-        if plan.strategy == "fedprox":
-            return FedProx(proximal_mu=plan.proximal_mu, **common)
-        return FedAvg(**common)
+        inner = FedProx(proximal_mu=plan.proximal_mu, **common) if plan.strategy == "fedprox" else FedAvg(**common)
+        if not plan.dp_noise_multiplier:
+            return inner
+        # more answers than min_sites only lower each site's weight in the average, so calibrating the
+        # noise to min_sites keeps every round at least as private as the accountant assumes
+        return DifferentialPrivacyServerSideFixedClipping(
+            inner, plan.dp_noise_multiplier, plan.dp_clipping_norm, num_sampled_clients=plan.min_sites
+        )
 
     def _job_config(self, server_round: int) -> dict[str, Any]:
         return {"round": server_round, "job": self.plan.job, "transform": json.dumps(self.transform)}
@@ -163,54 +170,89 @@ class Federation:
                 f"round {server_round}: {len(results)} of {len(instructions)} sites returned weights "
                 f"({len(failures)} failed, dropped or ran past round_timeout_s) and min_sites is {plan.min_sites}"
             )
-        aggregated, _ = self.strategy.aggregate_fit(server_round, results, failures)
         record: dict[str, float] = {}
-        per_site: dict[str, int] = {}
-        down = up = 0
+        traffic: dict[str, list[int]] = {}  # site -> [bytes down, bytes up]
         train_loss = train_examples = 0.0
+        sent = _size(weights) + _config_size(self._fit_config(server_round))
         for _, fit_res in results:
             name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round)
-            sent = _size(weights) + _config_size(self._fit_config(server_round))
-            received = _size(fit_res.parameters)
-            per_site[name] = per_site.get(name, 0) + sent + received
-            down, up = down + sent, up + received
+            traffic[name] = [sent, _size(fit_res.parameters)]
             loss = float(fit_res.metrics.get("train_loss", math.nan))
             record[f"site.{name}.train_loss"] = loss
             if math.isfinite(loss):
                 train_loss += loss * fit_res.num_examples
                 train_examples += fit_res.num_examples
-        evaluations = self.strategy.configure_evaluate(server_round, aggregated, self.manager)
-        evaluated, eval_failures = evaluate_clients(evaluations, None, plan.round_timeout_s, server_round)
-        val_loss = val_correct = val_examples = 0.0
-        worst = math.inf
-        for _, eval_res in evaluated:
-            name = str(eval_res.metrics.get("site", "?"))
-            sent = _size(aggregated) + _config_size(self._evaluate_config(server_round))
-            per_site[name] = per_site.get(name, 0) + sent
-            down += sent
-            accuracy = float(eval_res.metrics.get("accuracy", math.nan))
-            record[f"site.{name}.val_loss"] = float(eval_res.loss)
-            record[f"site.{name}.val_accuracy"] = accuracy
-            val_loss += float(eval_res.loss) * eval_res.num_examples
-            val_correct += accuracy * eval_res.num_examples
-            val_examples += eval_res.num_examples
-            worst = min(worst, accuracy)
-        for name, size in per_site.items():
-            record[f"site.{name}.bytes"] = float(size)
+            if plan.dp_noise_multiplier:
+                fit_res.num_examples = 1  # equal weights: the noise is calibrated to one site's clipped update
+        aggregated, _ = self.strategy.aggregate_fit(server_round, results, failures)
+        if aggregated is None:  # the DP wrapper releases nothing from a round in which a site failed
+            aggregated = weights
+        elif plan.dp_noise_multiplier:
+            self.private_rounds += 1
+        evaluation, evaluations_failed = self._evaluate(server_round, aggregated, traffic)
+        record |= evaluation
+        for name, (down, up) in traffic.items():
+            record[f"site.{name}.bytes"] = float(down + up)
         record |= {
             "round": float(server_round),
             "sites": float(len(results)),
-            "sites_failed": float(len(failures) + len(eval_failures)),
+            "sites_failed": float(len(failures) + evaluations_failed),
             "train_loss": train_loss / train_examples if train_examples else math.nan,
-            "val_loss": val_loss / val_examples if val_examples else math.nan,
-            "val_accuracy": val_correct / val_examples if val_examples else math.nan,
-            "worst_site_val_accuracy": worst if val_examples else math.nan,
-            "bytes_down": float(down),
-            "bytes_up": float(up),
-            "bytes_per_site": float(np.mean(list(per_site.values()))) if per_site else 0.0,
+            "bytes_down": float(sum(down for down, _ in traffic.values())),
+            "bytes_up": float(sum(up for _, up in traffic.values())),
+            "bytes_per_site": float(np.mean([down + up for down, up in traffic.values()])),
             "round_seconds": time.perf_counter() - started,
         }
+        if plan.dp_noise_multiplier:
+            record["dp_epsilon"] = self.epsilon()
         return aggregated, record
+
+    def _evaluate(
+        self, server_round: int, weights: Parameters, traffic: dict[str, list[int]]
+    ) -> tuple[dict[str, float], int]:
+        """Every site's loss and accuracy of `weights` on its validation rows, their weighted means and the
+        worst site; and how many sites failed to answer."""
+        evaluations = self.strategy.configure_evaluate(server_round, weights, self.manager)
+        evaluated, failures = evaluate_clients(evaluations, None, self.plan.round_timeout_s, server_round)
+        sent = _size(weights) + _config_size(self._evaluate_config(server_round))
+        record: dict[str, float] = {}
+        loss = correct = examples = 0.0
+        worst = math.inf
+        for _, eval_res in evaluated:
+            name = str(eval_res.metrics.get("site", "?"))
+            traffic.setdefault(name, [0, 0])[0] += sent
+            accuracy = float(eval_res.metrics.get("accuracy", math.nan))
+            record[f"site.{name}.val_loss"] = float(eval_res.loss)
+            record[f"site.{name}.val_accuracy"] = accuracy
+            loss += float(eval_res.loss) * eval_res.num_examples
+            correct += accuracy * eval_res.num_examples
+            examples += eval_res.num_examples
+            worst = min(worst, accuracy)
+        if examples:
+            record |= {
+                "val_loss": loss / examples,
+                "val_accuracy": correct / examples,
+                "worst_site_val_accuracy": worst,
+            }
+        return record, len(failures)
+
+    def epsilon(self) -> float:
+        """The privacy budget spent so far (see `privacy`)."""
+        assert self.plan.dp_noise_multiplier is not None
+        return gaussian_epsilon(self.plan.dp_noise_multiplier, self.private_rounds, self.plan.dp_delta)
+
+    def privacy(self) -> dict[str, Any] | None:
+        """The mechanism and the (epsilon, delta) of the whole run, for the model's lineage."""
+        plan = self.plan
+        if not plan.dp_noise_multiplier:
+            return None
+        return {
+            "mechanism": "Gaussian, site-level, server-side fixed clipping (Flower), RDP accounting",
+            "noise_multiplier": plan.dp_noise_multiplier,
+            "clipping_norm": plan.dp_clipping_norm,
+            "epsilon": self.epsilon(),
+            "delta": plan.dp_delta,
+        }
 
 
 def _write_metrics(workdir: Path, server_round: int, record: dict[str, float]) -> None:
@@ -250,6 +292,7 @@ def run_federation(workdir: Path) -> None:
         "final": {k: v for k, v in records[-1].items() if math.isfinite(v)},
         "round_seconds": float(np.mean([r["round_seconds"] for r in records])),
         "bytes_per_site_per_round": float(np.mean([r["bytes_per_site"] for r in records])),
+        "privacy": federation.privacy(),
     }
     (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2, allow_nan=False, default=str))
 

@@ -34,6 +34,9 @@ class FederationPlan:
     seed: int
     n_features: int
     job: str
+    dp_noise_multiplier: float | None = None
+    dp_clipping_norm: float = 1.0
+    dp_delta: float = 1e-5
 
     def save(self, workdir: Path) -> None:
         (workdir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2))
