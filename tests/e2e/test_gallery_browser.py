@@ -8,20 +8,28 @@ next) and run in the order written.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from gallery_stack import MODEL, TrainedModel, gallery_stack, start_second_gallery, train_digits_twice
+from gallery_stack import (
+    GALLERY_CLI,
+    MODEL,
+    TrainedModel,
+    gallery_stack,
+    start_second_gallery,
+    train_digits_twice,
+)
 from headless_chromium import headless_chromium
 from lifecycle_stack import LifecycleStack
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 pytestmark = [pytest.mark.slow, pytest.mark.story]
 
@@ -131,6 +139,11 @@ def test_the_model_card_shows_the_gates_accuracy(browser: WebDriver, gallery: st
         assert len(css(browser, "#confusion-matrix tbody tr")) == len(production["class_names"])
     assert f"v{production['version']}" in text(browser, "#versions")
     assert css(browser, '#deployments tr[data-stage="production"]')
+    importance = production["evaluation_report"]["feature_importance"]
+    section = wait_for(browser, "the feature importance", lambda d: css(d, "#feature-importance canvas.heat-map"))
+    assert section, "digits are pictures: the importance is drawn over the 8x8 grid"
+    assert css(browser, "#feature-importance")[0].get_attribute("data-top") == importance["groups"][0]["name"]
+    assert len(css(browser, "#feature-importance .bars li")) == min(12, len(importance["groups"]))
     assert css(browser, "#downloads #download-card")
     assert css(browser, '#downloads button[data-download="onnx"]')
     onnx = httpx.get(
@@ -170,17 +183,59 @@ def test_editing_the_description_persists(browser: WebDriver, gallery: str, trai
     assert page_errors(browser) == []
 
 
-def test_try_it_returns_a_class(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
+def test_try_it_returns_a_class_and_why(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
     open_page(browser, f"{gallery}/models/{MODEL}/try", "try")
     examples = wait_for(browser, "held-out examples", lambda d: css(d, "button.example"))
     examples[1].click()
     browser.find_element(By.ID, "try-send").click()
     result = wait_for(browser, "the answer", lambda d: css(d, "#try-result"))[0]
     class_names = trained.versions[0]["class_names"]
-    assert result.get_attribute("data-predicted") in class_names
+    predicted = result.get_attribute("data-predicted")
+    assert predicted in class_names
     assert len(css(browser, "#try-result .bars li")) == len(class_names)
     assert "served by digits-mlp" in result.text
+
+    why = wait_for(browser, "the explanation", lambda d: css(d, "#try-explanation"), timeout=60)[0]
+    assert why.get_attribute("data-method") == "shap"
+    assert why.get_attribute("data-target") == str(class_names.index(predicted)), "the predicted class is explained"
+    assert css(browser, "#try-explanation canvas.heat-map"), "a picture's attribution is a heat map over it"
+    assert why.get_attribute("data-top").startswith("patch (")
+    assert len(css(browser, "#try-explanation .bars.signed li")) == 6
+
+    Select(browser.find_element(By.ID, "try-method")).select_by_value("lime")
+    browser.find_element(By.ID, "try-send").click()
+    lime = wait_for(
+        browser,
+        "the LIME explanation",
+        lambda d: [e for e in css(d, "#try-explanation") if e.get_attribute("data-method") == "lime"],
+        timeout=60,
+    )
+    assert "LIME" in lime[0].text
     assert page_errors(browser) == []
+
+
+def test_the_cli_explains_a_held_out_row(stack: LifecycleStack, trained: TrainedModel) -> None:
+    result = subprocess.run(
+        [str(GALLERY_CLI), "explain", MODEL, "--from-test", "3", "--top", "5"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "row 3 of the test split of digits-mlp" in result.stdout
+    assert "predicts class" in result.stdout and "SHAP (shap.KernelExplainer" in result.stdout
+    assert result.stdout.count("patch (") == 5, "the five patches that mattered most"
+    assert "attribution over the picture" in result.stdout
+
+    refused = subprocess.run(
+        [str(GALLERY_CLI), "explain", MODEL, "--row", "[1, 2, 3]"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "(400)" in refused.stderr and "64" in refused.stderr
 
 
 def test_compare_shows_two_runs_curves(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
