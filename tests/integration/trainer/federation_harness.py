@@ -40,20 +40,26 @@ def site_folders(spec: JobSpec, root: Path, n_sites: int = 3) -> dict[str, Path]
     return write_site_folders(spec, root, n_sites=n_sites, alpha=0.5, seed=0)
 
 
+def start_site(port: int, name: str, folder: Path, logs: Path, *, through_cli: bool = False) -> subprocess.Popen[bytes]:
+    """One site process (`gallery site run` with `through_cli`), its output appended to `logs/<name>.log`."""
+    args = ["--federation", f"127.0.0.1:{port}", "--site", name, "--data", str(folder), "--max-wait", "30"]
+    if through_cli:
+        command = [GALLERY, "site", "run", *args]
+    else:
+        command = [sys.executable, "-m", "gallery_trainer.federated.site", *args]
+    with open(logs / f"{name}.log", "ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
 @contextmanager
 def sites_running(
     port: int, folders: dict[str, Path], logs: Path, *, through_cli: tuple[str, ...] = ()
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """Start one process per site (those named in `through_cli` by `gallery site run`); kill them after."""
-    processes = {}
-    for name, folder in folders.items():
-        args = ["--federation", f"127.0.0.1:{port}", "--site", name, "--data", str(folder), "--max-wait", "30"]
-        if name in through_cli:
-            command = [GALLERY, "site", "run", *args]
-        else:
-            command = [sys.executable, "-m", "gallery_trainer.federated.site", *args]
-        with open(logs / f"{name}.log", "wb") as log:
-            processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    """Start one process per site (those named in `through_cli` by `gallery site run`); kill them after,
+    and any the test adds to the dict."""
+    processes = {
+        name: start_site(port, name, folder, logs, through_cli=name in through_cli) for name, folder in folders.items()
+    }
     try:
         yield processes
     finally:

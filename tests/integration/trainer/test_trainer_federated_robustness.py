@@ -1,5 +1,5 @@
-"""A federated job outlives a site killed mid-round while `min_sites` remain, and ends with the reason when
-the sites it needs do not come."""
+"""A federated job outlives a site killed mid-round while `min_sites` remain, and takes the site back when
+it returns."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-from federation_harness import federated_spec, site_folders, sites_running
+from federation_harness import federated_spec, site_folders, sites_running, start_site
 from waiting import wait_for
 
 from gallery_common.contracts import read_split, write_split
@@ -19,8 +18,9 @@ from gallery_common.netutil import free_port
 from gallery_trainer.pipeline import JobOutputs, TrainingFailed, run_job
 from gallery_trainer.spec import JobSpec
 
-HEAVY_REPEAT = 20  # the victim holds its rows 20 times over, so its training fills most of each round
+HEAVY_REPEAT = 10  # the victim holds its rows 10 times over, so its training fills most of each round
 TRAINED = "site.site-3.train_loss"
+ROUNDS = 10
 
 
 def _records(workdir: Path) -> list[dict[str, Any]]:
@@ -42,9 +42,9 @@ def _run_in_thread(spec: JobSpec, workdir: Path) -> tuple[threading.Thread, dict
     return thread, outcome
 
 
-def test_a_site_killed_mid_round_leaves_the_job_to_the_others(tmp_path: Path) -> None:
+def test_a_site_killed_mid_round_leaves_the_job_to_the_others_until_it_comes_back(tmp_path: Path) -> None:
     port = free_port()
-    spec = federated_spec(port, rounds=5, min_sites=2)
+    spec = federated_spec(port, rounds=ROUNDS, min_sites=2)
     folders = site_folders(spec, tmp_path / "sites")
     victim = folders["site-3"] / "train.npz"
     rows = read_split(victim)
@@ -54,30 +54,22 @@ def test_a_site_killed_mid_round_leaves_the_job_to_the_others(tmp_path: Path) ->
         thread, outcome = _run_in_thread(spec, workdir)
         wait_for("site-3 to train in a round", lambda: any(TRAINED in r for r in _records(workdir)), timeout=120)
         sites["site-3"].send_signal(signal.SIGKILL)
+        sites["site-3"].wait(10)
+        # back at once: starting (torch, its rows) takes it several rounds of the other two
+        sites["site-3 again"] = start_site(port, "site-3", folders["site-3"], tmp_path)
         thread.join(180)
     assert not thread.is_alive()
     assert "failed" not in outcome, outcome
     outputs: JobOutputs = outcome["outputs"]
     records = _records(workdir)
-    assert [r["round"] for r in records] == list(range(1, 6))
-    trained_in = [r["round"] for r in records if TRAINED in r]
-    after = [r for r in records if r["round"] > trained_in[-1]]
-    # rounds went on without site-3, and the round it died in counted it as failed
-    assert after and all(r["sites"] == 2 and not any(k.startswith("site.site-3.") for k in r) for r in after)
-    assert sum(r["sites_failed"] for r in after) >= 1
+    assert [r["round"] for r in records] == list(range(1, ROUNDS + 1))
+    trained = [TRAINED in r for r in records]
+    first_gap = trained.index(False, trained.index(True))
+    back = trained.index(True, first_gap)
+    gap = records[first_gap:back]
+    # rounds went on without site-3, the round it died in counted it as failed, and it trained again once back
+    assert gap and all(r["sites"] == 2 for r in gap[1:])
+    assert sum(r["sites_failed"] for r in gap) >= 1
     assert outputs.federation is not None
-    assert {s.name: s.rounds for s in outputs.federation.sites}["site-3"] == len(trained_in)
+    assert {s.name: s.rounds for s in outputs.federation.sites}["site-3"] == sum(trained)
     assert outputs.metrics["test_accuracy"] > 0.5
-
-
-def test_too_few_sites_end_the_job_with_the_reason(tmp_path: Path) -> None:
-    port = free_port()
-    spec = federated_spec(port, rounds=3, min_sites=3, round_timeout_s=8)
-    folders = site_folders(spec, tmp_path / "sites", n_sites=2)
-    with sites_running(port, folders, tmp_path) as sites:
-        with pytest.raises(TrainingFailed) as failed:
-            run_job(spec, tmp_path / "job")
-        # no site is left waiting on a federation that gave up
-        ended = [process.wait(40) for process in sites.values()]
-    assert "of the 3 sites needed (min_sites) were connected within 8 s (round_timeout_s)" in str(failed.value)
-    assert len(ended) == 2

@@ -270,7 +270,10 @@ def run_federation(workdir: Path) -> None:
         _, arrays = read_message(initial)
     weights = ndarrays_to_parameters(arrays)
     manager = SiteManager(plan.round_timeout_s)
-    grpc_server = start_grpc_server(client_manager=manager, server_address=plan.address)
+    try:
+        grpc_server = start_grpc_server(client_manager=manager, server_address=plan.address)
+    except SystemExit as exc:  # Flower exits when it cannot bind
+        raise FederationError(f"engine.address: the coordinator cannot listen on {plan.address}: {exc}") from None
     server = Server(client_manager=manager)
     federation = Federation(plan, workdir, manager)
     records = []
