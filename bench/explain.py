@@ -10,16 +10,18 @@ deployer does: `python -m gallery_deployer.modelserver`, artifacts in a local fo
    of each method also starts the explain worker process; it is left out of the figures);
 2. the p99 of a closed-loop infer load (8 connections, batch 1) alone, and again while a client keeps
    explanations (SHAP, nsamples 500) running back to back. Target: infer p99 with explanations within
-   20 % of its value without (the explanations run in their own worker process at a lower priority).
+   20 % of its value without (the explanations run in their own worker process, on idle CPU only).
+   Both clients run in processes of their own; the explaining one on idle CPU too
+   (bench/explain_client.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -78,7 +80,7 @@ def body(row: np.ndarray, parameters: dict | None = None) -> bytes:
 
 
 def explain_latency(client: httpx.Client, rows: np.ndarray, method: str, nsamples: int, n: int) -> list[float]:
-    """Seconds per explain request, one at a time, over `n` different rows."""
+    """Seconds per explain request, one at a time with pauses between, over `n` different rows."""
     seconds = []
     for i in range(n):
         started = time.perf_counter()
@@ -89,20 +91,20 @@ def explain_latency(client: httpx.Client, rows: np.ndarray, method: str, nsample
         seconds.append(time.perf_counter() - started)
         if answer.status_code != 200:
             raise RuntimeError(f"explain answered {answer.status_code}: {answer.text[:300]}")
+        time.sleep(seconds[-1] * 4)  # past the worker's rest (GALLERY_EXPLAIN_CPU_SHARE): an idle server's latency
     return sorted(seconds)
 
 
-def keep_explaining(url: str, rows: np.ndarray, stop: threading.Event, done: list[int]) -> None:
-    with httpx.Client(base_url=url, timeout=120) as client:
-        i = 0
-        while not stop.is_set():
-            answer = client.post(
-                f"/v2/models/{MODEL}/explain", content=body(rows[i % len(rows)], {"nsamples": 500, "seed": i})
-            )
-            if answer.status_code != 200:
-                raise RuntimeError(f"explain answered {answer.status_code}: {answer.text[:300]}")
-            done[0] += 1
-            i += 1
+def explaining_beside(url: str, rows: np.ndarray, seconds: float, work: Path) -> subprocess.Popen[str]:
+    """bench/explain_client.py explaining back to back (SHAP, nsamples 500) for `seconds`, once it is ready."""
+    np.save(work / "rows.npy", rows)
+    client = Path(__file__).with_name("explain_client.py")
+    argv = [sys.executable, str(client), url, MODEL, str(work / "rows.npy"), str(seconds), "500"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        raise RuntimeError("the explaining client did not start")
+    return process
 
 
 def main() -> int:
@@ -155,13 +157,13 @@ def main() -> int:
             infer_url = f"{url}/v2/models/{MODEL}/infer"
             measure(infer_url, infer_body, CONCURRENCY, 1.0)  # warm-up, discarded
             alone = measure(infer_url, infer_body, CONCURRENCY, args.seconds)
-            stop, done = threading.Event(), [0]
-            explaining = threading.Thread(target=keep_explaining, args=(url, x_test, stop, done), daemon=True)
-            explaining.start()
-            time.sleep(1.0)  # the first explanation is under way
+            explaining = explaining_beside(url, x_test[:50], args.seconds + 2.0, work)
+            time.sleep(1.0)  # explanations are under way
             beside = measure(infer_url, infer_body, CONCURRENCY, args.seconds)
-            stop.set()
-            explaining.join(120)
+            out, _ = explaining.communicate(timeout=120)
+            if explaining.returncode != 0:
+                raise RuntimeError("the explaining client failed")
+            done = [int(out.split()[-1])]
 
     print()
     print(f"{'explain':<8}{'nsamples':>9}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}")

@@ -1,6 +1,7 @@
 """Explanations have a bounded cost: a model server explains in worker processes of its own, a full explain
 queue and an explanation that runs past its time limit answer 503 with Retry-After, the worker that ran
-over is killed and replaced, and inference keeps answering while an explanation runs.
+over is killed and replaced, inference keeps answering while an explanation runs, and back-to-back
+explanations get no more than their share of the CPU (GALLERY_EXPLAIN_CPU_SHARE).
 
 The model is slow on purpose (two hidden layers of 2048): an explanation of 5000 samples keeps a core busy
 far longer than the 3 s limit, one of 10 samples takes milliseconds.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,7 +30,8 @@ QUICK = explain_body("features", X[:1], nsamples=10)
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("slow")
-    limits = {"explain_workers": 1, "explain_max_queue": 1, "explain_timeout_s": TIMEOUT_S}
+    # cpu_share 1: no rest after the runaway's 3 s, so the request queued behind it is answered at once
+    limits = {"explain_workers": 1, "explain_max_queue": 1, "explain_timeout_s": TIMEOUT_S, "explain_cpu_share": 1.0}
     with model_server(home, "slow", "1", slow_classifier(FEATURES), table_explainer(X, None), **limits) as url:
         yield url
 
@@ -82,3 +85,21 @@ def test_inference_keeps_answering_while_an_explanation_runs(slow: str) -> None:
         assert running.result(60).status_code == 503  # it ran until its limit, all along the infers
     assert len(latencies) >= 20
     assert max(latencies) < 1.0, latencies
+
+
+def test_back_to_back_explanations_rest_so_they_take_only_their_share_of_the_cpu(tmp_path: Path) -> None:
+    body = explain_body("features", X[:1], nsamples=60)
+    share = 0.25  # after a job of t seconds, the worker rests 3t
+    with model_server(
+        tmp_path, "slow", "1", slow_classifier(FEATURES), table_explainer(X, None), explain_cpu_share=share
+    ) as url:
+        assert explain(url, body).status_code == 200  # the worker is up
+        time.sleep(2.0)  # past its rest
+        started = time.perf_counter()
+        assert explain(url, body).status_code == 200
+        alone = time.perf_counter() - started
+        started = time.perf_counter()
+        assert explain(url, body).status_code == 200
+        right_after = time.perf_counter() - started
+    # the second waited out the first one's rest (3x its time) before its own turn
+    assert right_after > 2.5 * alone, (alone, right_after)

@@ -5,8 +5,9 @@ CPU. Inside the serving process they would hold the GIL and the cores the infer 
 in worker processes of their own, started with multiprocessing's spawn context (a fresh interpreter that
 inherits none of the serving process's threads, event loop or ONNX Runtime session). Each worker loads
 its own ONNX Runtime session from the served model's bytes, on the CPU with one intra-op thread, decodes
-the explainer profile, imports shap and lime once, and lowers its priority (`os.nice`), so that when
-they compete the infer path wins the CPU.
+the explainer profile, imports shap and lime once, and steps aside for the infer path: it runs under
+Linux's SCHED_IDLE policy (only on CPU time nothing else wants; nice 19 where that is refused), so
+infer latency does not grow while explanations run, and explanations slow down when infer is busy.
 
 The pool exists from the first explain request on, so a model server that is never asked to explain
 starts as fast as one without explanations. A bounded queue holds the requests waiting for a worker; one
@@ -41,7 +42,7 @@ from gallery_common.explain.attributions import ExplainSettings
 
 from .batcher import Overloaded
 
-WORKER_NICE = 10  # added to a worker's niceness: the serving process (0) gets the CPU first
+WORKER_NICE = 19  # where SCHED_IDLE is refused: the lowest priority a process can take for itself
 START_TIMEOUT_S = 120.0  # a fresh interpreter importing ONNX Runtime, shap and lime, then loading the model
 _KILL_GRACE_S = 5.0
 _STOP_GRACE_S = 1.0
@@ -104,9 +105,11 @@ class ExplainPool:
         workers: int,
         max_queue: int,
         timeout_s: float,
+        cpu_share: float = 1.0,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         self._setup = setup
+        self._rest_per_busy = 1.0 / cpu_share - 1.0
         self._workers = workers
         self._timeout_s = timeout_s
         self._start_timeout_s = start_timeout_s
@@ -167,8 +170,11 @@ class ExplainPool:
             _settle(self._queue.get_nowait().future, Unavailable("the model server is stopping"))
 
     async def _serve(self) -> None:
-        """One worker's slot: take a job, run it on the worker, replace the worker when it fails or runs over."""
+        """One worker's slot: take a job, run it on the worker, replace the worker when it fails or runs over.
+        After a job of t seconds the slot rests t * (1/cpu_share - 1) before the next one."""
         worker: _Worker | None = None
+        loop = asyncio.get_running_loop()
+        rest_until = 0.0
         while True:
             job = await self._queue.get()
             if job.future.done():
@@ -177,7 +183,10 @@ class ExplainPool:
             try:
                 if worker is None:
                     worker = await self._start()
+                await asyncio.sleep(max(0.0, rest_until - loop.time()))  # the CPU share: see ModelServerSettings
+                started = loop.time()
                 answer = await self._thread(worker.ask, job.payload, self._timeout_s, job.max_answer_bytes)
+                rest_until = loop.time() + (loop.time() - started) * self._rest_per_busy
                 outcome = self._timed_out() if answer is None else _parse(answer)
             except BadRequest as exc:  # refused by the explainer; the worker is fine
                 outcome = exc
@@ -320,11 +329,25 @@ def _reason(note: bytes) -> str:
 # -- in the worker process ---------------------------------------------------------------------------
 
 
+def _step_aside() -> None:
+    """Run only on CPU time nothing else wants: one BLAS/OpenMP thread (numpy's pools would otherwise
+    spin on every core at normal priority), and every thread of the worker under Linux's SCHED_IDLE
+    policy (a waking infer thread preempts it at once), else at the highest niceness."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    try:
+        for thread in os.listdir("/proc/self/task"):  # the policy is per thread; set it on each one there is
+            os.sched_setscheduler(int(thread), os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(WORKER_NICE)
+
+
 def _worker_main(conn: Connection, setup: WorkerSetup) -> None:
     """A worker's life: load, say it is ready, explain one job at a time until the pool closes the pipe."""
     try:
-        os.nice(WORKER_NICE)
         model = _load(setup)
+        _step_aside()  # once every thread the imports start exists
     except Exception as exc:  # the reason goes back to the request that started the worker
         traceback.print_exc()
         conn.send_bytes(orjson.dumps({"failed": f"{type(exc).__name__}: {exc}"}))

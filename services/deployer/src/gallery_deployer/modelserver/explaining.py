@@ -232,7 +232,11 @@ class Explanations:
                 profile, setup = await anyio.to_thread.run_sync(self._fetch)
                 s = self._settings
                 pool = ExplainPool(
-                    setup, workers=s.explain_workers, max_queue=s.explain_max_queue, timeout_s=s.explain_timeout_s
+                    setup,
+                    workers=s.explain_workers,
+                    max_queue=s.explain_max_queue,
+                    timeout_s=s.explain_timeout_s,
+                    cpu_share=s.explain_cpu_share,
                 )
                 self._loaded = _Loaded(profile, pool)
             return self._loaded

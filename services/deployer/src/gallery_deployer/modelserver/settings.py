@@ -51,6 +51,13 @@ class ModelServerSettings(GallerySettings):
         default=5000, ge=1, description="The most coalitions (SHAP) or perturbed samples (LIME) a request may ask for."
     )
     explain_max_rows: int = Field(default=16, ge=1, description="The most rows one explain request may hold.")
+    explain_cpu_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="The share of its time a worker may spend explaining: after a job of t seconds it rests "
+        "t * (1/share - 1) before the next, so back-to-back explanations cannot crowd out inference.",
+    )
 
     @field_validator("model_name", "model_version", "artifact_uri")
     @classmethod
