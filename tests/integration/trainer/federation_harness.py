@@ -16,12 +16,14 @@ from gallery_trainer.spec import JobSpec, parse_spec
 GALLERY = str(Path(sys.executable).with_name("gallery"))
 
 
-def federated_spec(port: int, **engine: Any) -> JobSpec:
-    """The digits job the tests federate: a small MLP, rounds of two local epochs."""
+def federated_spec(port: int, *, test_share: float = 0.15, **engine: Any) -> JobSpec:
+    """The digits job the tests federate: a small MLP, rounds of two local epochs; `test_share` of the rows
+    held out for the coordinator's test split."""
     return parse_spec(
         {
             "name": "digits-federated",
             "data": {"source": "builtin", "name": "digits"},
+            "preparation": {"split": {"train": 0.85 - test_share, "validation": 0.15, "test": test_share}},
             "model": {"hidden": [64]},
             "training": {"batch_size": 32, "learning_rate": 0.01, "seed": 0},
             "engine": {

@@ -125,3 +125,7 @@ def test_the_privacy_budget_is_the_rdp_bound_of_the_gaussian_rounds() -> None:
     assert problems({"kind": "ddp", "differential_privacy": {"noise_multiplier": 1.0}}) == [
         "engine.differential_privacy: only for kind federated"
     ]
+    both = {"kind": "federated", "differential_privacy": {"noise_multiplier": 1.0}, "secure_aggregation": {}}
+    assert problems(both) == [
+        "engine.secure_aggregation: not with differential_privacy (its server-side clipping needs each site's update)"
+    ]

@@ -63,6 +63,7 @@ FEDERATED_FIELDS = (
     "round_timeout_s",
     "address",
     "differential_privacy",
+    "secure_aggregation",
 )
 RANK_FIELDS = (
     "ranks",
@@ -307,6 +308,16 @@ class DifferentialPrivacySpec(_Section):
     delta: float = Field(default=1e-5, gt=0, lt=1)
 
 
+class SecureAggregationSpec(_Section):
+    """Flower's SecAgg+ for a federated job: each site masks its weights so that the coordinator learns only
+    their weighted sum. As in Flower, `num_shares` is the share of the sampled sites each site splits its
+    secrets among and `reconstruction_threshold` the share of those needed to unmask a site that dropped."""
+
+    num_shares: float = Field(default=1.0, gt=0, le=1)
+    reconstruction_threshold: float = Field(default=0.67, gt=0, le=1)
+    clipping_range: float = Field(default=8.0, gt=0, description="weights are clipped to +-this before masking")
+
+
 class EngineSpec(_Section):
     """Where and how the ranks run: `ranks` = data-parallel ranks x `pipeline_stages`.
 
@@ -357,6 +368,9 @@ class EngineSpec(_Section):
     differential_privacy: DifferentialPrivacySpec | None = Field(
         default=None, description="federated: clip each site's update and add Gaussian noise; report epsilon"
     )
+    secure_aggregation: SecureAggregationSpec | None = Field(
+        default=None, description="federated: sites mask their weights (SecAgg+); the coordinator sees only the sum"
+    )
 
     @model_validator(mode="after")
     def _layout(self) -> EngineSpec:
@@ -398,6 +412,10 @@ class EngineSpec(_Section):
         ]
         if self.strategy == "fedprox" and not self.proximal_mu:
             problems.append("proximal_mu: fedprox needs a proximal_mu above 0")
+        if self.secure_aggregation is not None and self.differential_privacy is not None:
+            problems.append(
+                "secure_aggregation: not with differential_privacy (its server-side clipping needs each site's update)"
+            )
         if self.strategy == "fedavg" and self.proximal_mu:
             problems.append("proximal_mu: only for strategy fedprox")
         return problems

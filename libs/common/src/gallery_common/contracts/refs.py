@@ -58,8 +58,8 @@ class PrivacyBudget(BaseModel):
 
 
 class FederatedLineage(BaseModel):
-    """How a federated model was trained: the sites, the rounds, the aggregation strategy and, with
-    differential privacy, the privacy budget."""
+    """How a federated model was trained: the sites, the rounds, the aggregation strategy, whether the
+    updates were securely aggregated and, with differential privacy, the privacy budget."""
 
     kind: Literal["federated"] = "federated"
     strategy: str
@@ -67,6 +67,7 @@ class FederatedLineage(BaseModel):
     min_sites: int = Field(ge=1)
     sites: list[FederatedSite]
     privacy: PrivacyBudget | None = None
+    secure_aggregation: bool = Field(default=False, description="the sites' weights were masked (SecAgg+)")
 
 
 class Lineage(BaseModel):

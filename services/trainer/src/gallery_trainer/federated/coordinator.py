@@ -88,6 +88,14 @@ def plan_federation(spec: JobSpec, workdir: Path, store: ArtifactStore | None) -
         n_features=job.n_features,
         job=json.dumps(site_job),
     )
+    if engine.secure_aggregation is not None:
+        secagg = engine.secure_aggregation
+        plan = replace(
+            plan,
+            secagg_num_shares=secagg.num_shares,
+            secagg_reconstruction_threshold=secagg.reconstruction_threshold,
+            secagg_clipping_range=secagg.clipping_range,
+        )
     if engine.differential_privacy is not None:
         dp = engine.differential_privacy
         plan = replace(
@@ -219,6 +227,7 @@ def run_federated_job(
             for s in sites
         ],
         privacy=privacy,
+        secure_aggregation=spec.engine.secure_aggregation is not None,
     )
     emit(ProgressUpdate("exporting", result["rounds_run"], rounds, 0, figures))
     outputs = export_outputs(spec, prepared, training, None, extra_metrics=figures, federation=lineage)

@@ -18,10 +18,15 @@ from typing import Any
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported: it reads this once
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
+from flwr.app import Context, Message, RecordDict
 from flwr.client import NumPyClient, start_client
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from gallery_trainer.federated.relay import FederationError, read_message, write_message
+from gallery_trainer.federated.secure import MESSAGE_PHASE, decode, encode, set_identity
 
 Config = dict[str, Any]
 
@@ -33,6 +38,8 @@ class RelayClient(NumPyClient):
         self.to_site = to_site
         self.from_site = from_site
         self.lock = threading.Lock()
+        # secure aggregation keeps its keys and shares here from one stage to the next
+        self.context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
 
     def _ask(self, op: str, parameters: list[np.ndarray], config: Config) -> tuple[dict[str, Any], list[np.ndarray]]:
         with self.lock:
@@ -46,8 +53,18 @@ class RelayClient(NumPyClient):
         return []  # the coordinator always starts the weights itself
 
     def fit(self, parameters: list[np.ndarray], config: Config) -> tuple[list[np.ndarray], int, Config]:
+        if config.get("phase") == MESSAGE_PHASE:  # a stage of secure aggregation, as a Flower Message
+            reply = secaggplus_mod(decode(bytes(config["message"])), self.context, self._train_message)
+            return [], 0, {"message": encode(reply)}
         header, arrays = self._ask("fit", parameters, config)
         return arrays, int(header["examples"]), dict(header["metrics"])
+
+    def _train_message(self, message: Message, context: Context) -> Message:
+        """What `secaggplus_mod` calls to train: the site's `fit`, as a Message reply it then masks."""
+        ins = compat.recorddict_to_fitins(message.content, keep_input=True)
+        arrays, examples, metrics = self.fit(parameters_to_ndarrays(ins.parameters), dict(ins.config))
+        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), examples, metrics)
+        return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=message)
 
     def evaluate(self, parameters: list[np.ndarray], config: Config) -> tuple[float, int, Config]:
         header, _ = self._ask("evaluate", parameters, config)
@@ -68,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
     args = parser.parse_args(argv)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    set_identity(node_id=0)
     with os.fdopen(args.fd_out, "wb") as to_site, os.fdopen(args.fd_in, "rb") as from_site:
         client = RelayClient(to_site, from_site)
         start_client(

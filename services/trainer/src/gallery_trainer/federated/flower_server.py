@@ -35,9 +35,11 @@ import numpy as np
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Server
 from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.server import evaluate_clients, fit_clients
 from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, FedProx, Strategy
 from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import SecAggPlusWorkflow
 
 from gallery_trainer.federated.plan import (
     ERROR_FILE,
@@ -49,6 +51,7 @@ from gallery_trainer.federated.plan import (
 )
 from gallery_trainer.federated.privacy import gaussian_epsilon
 from gallery_trainer.federated.relay import FederationError, read_message, write_message
+from gallery_trainer.federated.secure import node_id_of, secure_fit, set_identity
 
 
 class SiteManager(SimpleClientManager):
@@ -57,6 +60,10 @@ class SiteManager(SimpleClientManager):
     def __init__(self, join_timeout_s: float) -> None:
         super().__init__()
         self.join_timeout_s = join_timeout_s
+
+    def register(self, client: ClientProxy) -> bool:
+        client.node_id = node_id_of(client)  # SecAgg+ addresses sites by node id, legacy proxies have none
+        return bool(super().register(client))
 
     def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
         if not super().wait_for(num_clients, timeout=math.ceil(self.join_timeout_s)):
@@ -86,6 +93,16 @@ class Federation:
         self.sites: dict[str, dict[str, Any]] = {}  # name -> fingerprint, examples, rounds
         self.private_rounds = 0  # rounds whose noisy aggregate was released (with differential privacy)
         self.strategy = self._strategy()
+        self.secagg = (
+            SecAggPlusWorkflow(
+                plan.secagg_num_shares,
+                plan.secagg_reconstruction_threshold,
+                clipping_range=plan.secagg_clipping_range,
+                timeout=plan.round_timeout_s,
+            )
+            if plan.secagg_num_shares is not None
+            else None
+        )
 
     def _strategy(self) -> Strategy:
         plan = self.plan
@@ -163,40 +180,29 @@ class Federation:
         """One round: local training on the sampled sites, aggregation, evaluation on every site."""
         started = time.perf_counter()
         plan = self.plan
-        instructions = self.strategy.configure_fit(server_round, weights, self.manager)
-        results, failures = fit_clients(instructions, None, plan.round_timeout_s, server_round)
-        if len(results) < plan.min_sites:
+        traffic: dict[str, list[int]] = {}  # site -> [bytes down, bytes up]
+        fit = self._secure_fit if self.secagg is not None else self._plain_fit
+        aggregated, trained, failed = fit(server_round, weights, traffic)
+        if len(trained) < plan.min_sites:
             raise FederationError(
-                f"round {server_round}: {len(results)} of {len(instructions)} sites returned weights "
-                f"({len(failures)} failed, dropped or ran past round_timeout_s) and min_sites is {plan.min_sites}"
+                f"round {server_round}: {len(trained)} sites returned weights ({failed} failed, dropped or ran "
+                f"past round_timeout_s) and min_sites is {plan.min_sites}"
             )
         record: dict[str, float] = {}
-        traffic: dict[str, list[int]] = {}  # site -> [bytes down, bytes up]
         train_loss = train_examples = 0.0
-        sent = _size(weights) + _config_size(self._fit_config(server_round))
-        for _, fit_res in results:
-            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round)
-            traffic[name] = [sent, _size(fit_res.parameters)]
-            loss = float(fit_res.metrics.get("train_loss", math.nan))
+        for name, examples, loss in trained:
             record[f"site.{name}.train_loss"] = loss
             if math.isfinite(loss):
-                train_loss += loss * fit_res.num_examples
-                train_examples += fit_res.num_examples
-            if plan.dp_noise_multiplier:
-                fit_res.num_examples = 1  # equal weights: the noise is calibrated to one site's clipped update
-        aggregated, _ = self.strategy.aggregate_fit(server_round, results, failures)
-        if aggregated is None:  # the DP wrapper releases nothing from a round in which a site failed
-            aggregated = weights
-        elif plan.dp_noise_multiplier:
-            self.private_rounds += 1
+                train_loss += loss * examples
+                train_examples += examples
         evaluation, evaluations_failed = self._evaluate(server_round, aggregated, traffic)
         record |= evaluation
         for name, (down, up) in traffic.items():
             record[f"site.{name}.bytes"] = float(down + up)
         record |= {
             "round": float(server_round),
-            "sites": float(len(results)),
-            "sites_failed": float(len(failures) + evaluations_failed),
+            "sites": float(len(trained)),
+            "sites_failed": float(failed + evaluations_failed),
             "train_loss": train_loss / train_examples if train_examples else math.nan,
             "bytes_down": float(sum(down for down, _ in traffic.values())),
             "bytes_up": float(sum(up for _, up in traffic.values())),
@@ -206,6 +212,49 @@ class Federation:
         if plan.dp_noise_multiplier:
             record["dp_epsilon"] = self.epsilon()
         return aggregated, record
+
+    def _plain_fit(
+        self, server_round: int, weights: Parameters, traffic: dict[str, list[int]]
+    ) -> tuple[Parameters, list[tuple[str, int, float]], int]:
+        """Train on the sampled sites and aggregate their weights: the new weights, (site, examples, train
+        loss) of each site that answered, and how many did not."""
+        plan = self.plan
+        instructions = self.strategy.configure_fit(server_round, weights, self.manager)
+        results, failures = fit_clients(instructions, None, plan.round_timeout_s, server_round)
+        sent = _size(weights) + _config_size(self._fit_config(server_round))
+        trained = []
+        for _, fit_res in results:
+            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round)
+            traffic[name] = [sent, _size(fit_res.parameters)]
+            trained.append((name, fit_res.num_examples, float(fit_res.metrics.get("train_loss", math.nan))))
+            if plan.dp_noise_multiplier:
+                fit_res.num_examples = 1  # equal weights: the noise is calibrated to one site's clipped update
+        if len(results) < plan.min_sites:
+            return weights, trained, len(failures)
+        aggregated, _ = self.strategy.aggregate_fit(server_round, results, failures)
+        if aggregated is None:  # the DP wrapper releases nothing from a round in which a site failed
+            return weights, trained, len(failures)
+        if plan.dp_noise_multiplier:
+            self.private_rounds += 1
+        return aggregated, trained, len(failures)
+
+    def _secure_fit(
+        self, server_round: int, weights: Parameters, traffic: dict[str, list[int]]
+    ) -> tuple[Parameters, list[tuple[str, int, float]], int]:
+        """`_plain_fit` through SecAgg+: the coordinator sees masked weights and only their sum unmasked."""
+        assert self.secagg is not None
+        self.secagg.max_weight = float(sum(site["examples"] for site in self.sites.values())) + 1.0
+        aggregated, grid = secure_fit(
+            self.secagg, self.strategy, self.manager, weights, server_round, self.plan.round_timeout_s
+        )
+        if aggregated.tensors == weights.tensors:  # the protocol halted: too few sites took part to unmask
+            return weights, [], len(grid.asked)
+        trained = []
+        for node_id, fit_res in grid.fit_results.items():
+            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round)
+            traffic[name] = grid.traffic[node_id]
+            trained.append((name, fit_res.num_examples, float(fit_res.metrics.get("train_loss", math.nan))))
+        return aggregated, trained, len(grid.asked) - len(trained)
 
     def _evaluate(
         self, server_round: int, weights: Parameters, traffic: dict[str, list[int]]
@@ -265,6 +314,7 @@ def _write_metrics(workdir: Path, server_round: int, record: dict[str, float]) -
 def run_federation(workdir: Path) -> None:
     """Run the plan in `workdir` to the end; FederationError says why it could not."""
     plan = FederationPlan.load(workdir)
+    set_identity(node_id=0)
     random.seed(plan.seed)  # Flower samples sites with the module's random
     with open(workdir / INITIAL_WEIGHTS_FILE, "rb") as initial:
         _, arrays = read_message(initial)

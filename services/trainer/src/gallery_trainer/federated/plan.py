@@ -37,6 +37,9 @@ class FederationPlan:
     dp_noise_multiplier: float | None = None
     dp_clipping_norm: float = 1.0
     dp_delta: float = 1e-5
+    secagg_num_shares: float | None = None
+    secagg_reconstruction_threshold: float = 1.0
+    secagg_clipping_range: float = 8.0
 
     def save(self, workdir: Path) -> None:
         (workdir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2))
