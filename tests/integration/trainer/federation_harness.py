@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from gallery_common.contracts import read_split, write_split
 from gallery_trainer.federated.partition import write_site_folders
+from gallery_trainer.pipeline import TrainingFailed, run_job
 from gallery_trainer.spec import JobSpec, parse_spec
 
 GALLERY = str(Path(sys.executable).with_name("gallery"))
@@ -69,3 +75,31 @@ def sites_running(
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
             process.wait(10)
+
+
+def round_records(workdir: Path) -> list[dict[str, Any]]:
+    """The job's per-round records so far (metrics.jsonl)."""
+    path = workdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def job_in_thread(spec: JobSpec, workdir: Path) -> tuple[threading.Thread, dict[str, Any]]:
+    """`run_job` in a thread; the dict gets `outputs`, or `failed` with the reason."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["outputs"] = run_job(spec, workdir)
+        except TrainingFailed as exc:
+            outcome["failed"] = str(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def make_heavy(folder: Path, repeat: int) -> None:
+    """Hold the site's training rows `repeat` times over, so that its training fills most of each round
+    (a site killed while rounds run back to back is then killed mid-round)."""
+    rows = read_split(folder / "train.npz")
+    write_split(folder / "train.npz", np.tile(rows.x, (repeat, 1)), np.tile(rows.y, repeat))

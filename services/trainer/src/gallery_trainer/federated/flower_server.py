@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     except FederationError as exc:
         (workdir / ERROR_FILE).write_text(json.dumps({"error": str(exc)}))
         sys.exit(1)
+    except Exception as exc:  # the job still ends with a reason; the traceback goes to train.log
+        (workdir / ERROR_FILE).write_text(json.dumps({"error": f"the coordinator failed: {type(exc).__name__}: {exc}"}))
+        raise
 
 
 if __name__ == "__main__":
