@@ -27,7 +27,8 @@ BODY = explain_body("features", TABLE[:1], nsamples=40)
 
 
 def busy_backend() -> Starlette:
-    """A model server whose explain queue is always full; its inference answers."""
+    """A model server whose explain queue is always full while its inference answers (model `busy`), and
+    one whose batching queue is always full (model `full`)."""
 
     async def explain(_: Request) -> Response:
         return JSONResponse({"error": "8 explain requests are already waiting"}, 503, headers={"Retry-After": "7"})
@@ -35,10 +36,14 @@ def busy_backend() -> Starlette:
     async def infer(_: Request) -> Response:
         return JSONResponse({"model_name": "busy", "outputs": []})
 
+    async def full(_: Request) -> Response:
+        return JSONResponse({"error": "256 requests are already queued"}, 503, headers={"Retry-After": "2"})
+
     return Starlette(
         routes=[
             Route("/v2/models/busy/explain", explain, methods=["POST"]),
             Route("/v2/models/busy/infer", infer, methods=["POST"]),
+            Route("/v2/models/full/infer", full, methods=["POST"]),
         ]
     )
 
@@ -69,6 +74,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 "policy": {"cache_enabled": True},
             },
             "busy": {"backends": [{"id": "busy-a", "url": urls["busy"]}]},
+            "full": {"backends": [{"id": "full-a", "url": urls["busy"]}]},
         }
         for model, route in routes.items():
             assert httpx.put(f"{gateway}/admin/routes/{model}", json=route, headers=ADMIN).status_code == 200
@@ -138,3 +144,9 @@ def test_a_busy_model_server_passes_its_retry_after_and_keeps_its_inference(stac
         assert busy.json() == {"error": "8 explain requests are already waiting"}
     inferred = httpx.post(f"{gateway}/v2/models/busy/infer", content=BODY, headers=INFERENCE)
     assert inferred.status_code == 200, inferred.text  # the breaker is still closed
+
+
+def test_an_overloaded_model_servers_retry_after_reaches_an_inference_client(stack: dict[str, str]) -> None:
+    inferred = httpx.post(f"{stack['gateway']}/v2/models/full/infer", content=BODY, headers=INFERENCE)
+    assert inferred.status_code == 503 and inferred.headers["Retry-After"] == "2"
+    assert inferred.json() == {"error": "256 requests are already queued"}

@@ -235,7 +235,8 @@ class Gateway:
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
     ) -> Response:
-        """Forward an inference request; the body goes through as bytes."""
+        """Forward an inference request; the body goes through as bytes. When no backend could answer and
+        one asked to be retried later (a full batching queue), the client gets that 503 and Retry-After."""
         start = time.perf_counter()
         route, serving = await self._route(model, version)
         cache_key = None
@@ -249,9 +250,11 @@ class Gateway:
         chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
         sent = _passed_headers(headers)
         attempt, failures = await self._walk(model, chain, "POST", path, body, sent, self._inference)
-        answer = self._answer(model, attempt, failures, self._inference)
         latency = time.perf_counter() - start
         metrics.LATENCY.labels(model).observe(latency)
+        if attempt is None and (busy := _retry_later(failures)) is not None:
+            return busy  # every backend was overloaded: the client learns when to come back
+        answer = self._answer(model, attempt, failures, self._inference)
         if attempt is None or attempt.response is None or attempt.response.status_code != 200:
             return answer
         served = attempt.response
