@@ -95,6 +95,7 @@ def take(url: str, token: str | None, out_dir: Path, runs: list[str]) -> None:
             examples[min(2, len(examples) - 1)].click()
         browser.find_element(By.ID, "try-send").click()
         wait(browser, "the answer", lambda b: b.find_elements(By.ID, "try-result"))
+        wait(browser, "the explanation", lambda b: b.find_elements(By.ID, "try-explanation"), timeout=60)
         shoot(browser, out_dir / "try.png")
 
         browser.get(f"{url}/monitoring/{MODEL}")
