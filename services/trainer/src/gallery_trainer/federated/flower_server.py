@@ -185,8 +185,8 @@ class Federation:
         aggregated, trained, failed = fit(server_round, weights, traffic)
         if len(trained) < plan.min_sites:
             raise FederationError(
-                f"round {server_round}: {len(trained)} sites returned weights ({failed} failed, dropped or ran "
-                f"past round_timeout_s) and min_sites is {plan.min_sites}"
+                f"round {server_round}: {len(trained)} of {len(trained) + failed} sites returned weights ({failed} "
+                f"failed, dropped or ran past round_timeout_s) and min_sites is {plan.min_sites}"
             )
         record: dict[str, float] = {}
         train_loss = train_examples = 0.0
@@ -328,11 +328,15 @@ def run_federation(workdir: Path) -> None:
     federation = Federation(plan, workdir, manager)
     records = []
     try:
+        server_round = 0
         federation.statistics()
         for server_round in range(1, plan.rounds + 1):
             weights, record = federation.run_round(server_round, weights)
             _write_metrics(workdir, server_round, record)
             records.append(record)
+    except FederationError as exc:
+        reason = str(exc)
+        raise FederationError(reason if reason.startswith("round ") else f"round {server_round}: {reason}") from None
     finally:
         server.disconnect_all_clients(timeout=5)
         grpc_server.stop(grace=1)
