@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,6 +156,69 @@ def _run_coordinator(
         raise TrainingFailed(f"the federation's coordinator exited with status {process.returncode} (see train.log)")
 
 
+def _save_model(spec: JobSpec, prepared: PreparedJob, result: dict[str, Any], weights: list[np.ndarray]) -> None:
+    """The aggregated weights in the network with the federated standardisation, saved as any engine's."""
+    job = prepared.job
+    transform = result["transform"]
+    job.transform = FeatureTransform(
+        np.asarray(transform["mean"], np.float32), np.asarray(transform["scale"], np.float32)
+    )
+    job.save()
+    network = build_network(spec.model, job.transform, job.n_outputs, job.image_shape)
+    with torch.no_grad():
+        for param, value in zip(network.parameters(), weights, strict=True):
+            param.copy_(torch.from_numpy(value))
+    model = ExportedModel(network, job.target)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(job.workdir / WEIGHTS_FILE))
+
+
+def _training_summary(spec: JobSpec, result: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """What `export_outputs` reads of a training (the ranks' result.json), for the federation."""
+    sites, rounds = result["sites"], result["rounds_run"]
+    examples = sum(int(site["examples"]) for site in sites)
+    return {
+        "engine": "federated",
+        "world_size": len(sites),
+        "data_parallel": len(sites),
+        "pipeline_stages": 1,
+        "zero_stage": None,
+        "precision": "fp32",
+        "notes": [],
+        "epochs_run": rounds,
+        "best_epoch": rounds,
+        "stopped_early": False,
+        "samples_per_sec": examples * spec.engine.local_epochs * rounds / max(seconds, 1e-9),
+        "kept": {k: result["final"][k] for k in ("train_loss", "val_loss", "val_accuracy") if k in result["final"]},
+    }
+
+
+def _lineage_and_figures(spec: JobSpec, result: dict[str, Any]) -> tuple[FederatedLineage, dict[str, float]]:
+    """The model's federated lineage, and the run's federated figures (the last round's per site)."""
+    final = result["final"]
+    figures = {
+        "rounds_run": float(result["rounds_run"]),
+        "sites": float(len(result["sites"])),
+        "round_seconds": float(result["round_seconds"]),
+        "bytes_per_site_per_round": float(result["bytes_per_site_per_round"]),
+        **{k: float(v) for k, v in final.items() if k.startswith("site.") or k == "worst_site_val_accuracy"},
+    }
+    privacy = PrivacyBudget(**result["privacy"]) if result.get("privacy") else None
+    if privacy is not None:
+        figures |= {"dp_epsilon": privacy.epsilon, "dp_delta": privacy.delta}
+    lineage = FederatedLineage(
+        strategy=spec.engine.strategy,
+        rounds=result["rounds_run"],
+        min_sites=spec.engine.min_sites,
+        sites=[
+            FederatedSite(name=s["name"], data_fingerprint=s["fingerprint"], examples=s["examples"], rounds=s["rounds"])
+            for s in result["sites"]
+        ],
+        privacy=privacy,
+        secure_aggregation=spec.engine.secure_aggregation is not None,
+    )
+    return lineage, figures
+
+
 def run_federated_job(
     spec: JobSpec,
     workdir: Path,
@@ -180,56 +244,10 @@ def run_federated_job(
     result = json.loads((workdir / RESULT_FILE).read_text())
     with open(workdir / FINAL_WEIGHTS_FILE, "rb") as final:
         _, weights = read_message(final)
-    job = prepared.job
-    job.transform = FeatureTransform(
-        np.asarray(result["transform"]["mean"], np.float32), np.asarray(result["transform"]["scale"], np.float32)
-    )
-    job.save()
-    network = build_network(spec.model, job.transform, job.n_outputs, job.image_shape)
-    with torch.no_grad():
-        for param, value in zip(network.parameters(), weights, strict=True):
-            param.copy_(torch.from_numpy(value))
-    model = ExportedModel(network, job.target)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(workdir / WEIGHTS_FILE))
-    final = result["final"]
-    sites = result["sites"]
-    examples = sum(int(site["examples"]) for site in sites)
-    training = {
-        "engine": "federated",
-        "world_size": len(sites),
-        "data_parallel": len(sites),
-        "pipeline_stages": 1,
-        "zero_stage": None,
-        "precision": "fp32",
-        "notes": [],
-        "epochs_run": result["rounds_run"],
-        "best_epoch": result["rounds_run"],
-        "stopped_early": False,
-        "samples_per_sec": examples * spec.engine.local_epochs * result["rounds_run"] / max(seconds, 1e-9),
-        "kept": {k: final[k] for k in ("train_loss", "val_loss", "val_accuracy") if k in final},
-    }
-    figures = {
-        "rounds_run": float(result["rounds_run"]),
-        "sites": float(len(sites)),
-        "round_seconds": float(result["round_seconds"]),
-        "bytes_per_site_per_round": float(result["bytes_per_site_per_round"]),
-        **{k: float(v) for k, v in final.items() if k.startswith("site.") or k == "worst_site_val_accuracy"},
-    }
-    privacy = PrivacyBudget(**result["privacy"]) if result.get("privacy") else None
-    if privacy is not None:
-        figures |= {"dp_epsilon": privacy.epsilon, "dp_delta": privacy.delta}
-    lineage = FederatedLineage(
-        strategy=spec.engine.strategy,
-        rounds=result["rounds_run"],
-        min_sites=spec.engine.min_sites,
-        sites=[
-            FederatedSite(name=s["name"], data_fingerprint=s["fingerprint"], examples=s["examples"], rounds=s["rounds"])
-            for s in sites
-        ],
-        privacy=privacy,
-        secure_aggregation=spec.engine.secure_aggregation is not None,
-    )
+    _save_model(spec, prepared, result, weights)
+    lineage, figures = _lineage_and_figures(spec, result)
     emit(ProgressUpdate("exporting", result["rounds_run"], rounds, 0, figures))
+    training = _training_summary(spec, result, seconds)
     outputs = export_outputs(spec, prepared, training, None, extra_metrics=figures, federation=lineage)
     emit(ProgressUpdate("done", result["rounds_run"], rounds, 0, outputs.metrics))
     return outputs

@@ -1,7 +1,7 @@
 """The coordinator's Flower side: the rounds of a federated job, run in Flower's interpreter.
 
 `python -m gallery_trainer.federated.flower_server WORKDIR`, started by the trainer with the plan it wrote
-(`plan.json`, `initial_weights.relay`). Flower's legacy gRPC Fleet API (`start_grpc_server`, the
+(`federation_plan.json`, `initial_weights.relay`). Flower's legacy gRPC Fleet API (`start_grpc_server`, the
 `grpc-bidi` transport that `flwr.client.start_client` speaks) carries the rounds; FedAvg or FedProx
 aggregates. Flower's current deployment (SuperLink, SuperNodes, `flwr run`) is not used: a run there is a
 FAB that SuperLink's executor installs and starts in processes of its own, away from the trainer's job
@@ -13,8 +13,10 @@ standardisation (rows never leave a site). Each round then samples `fraction_fit
 sites (at least `min_sites`), sends the global weights, aggregates what comes back, and evaluates the
 new weights on every site's validation rows. A site that fails or drops mid-round is left out of that
 round; the job goes on while `min_sites` answered. When `min_sites` sites are not there within
-`round_timeout_s`, or fewer answered, the job ends with that reason (`error.json`). Every round appends
-one record to `metrics.jsonl`; the end writes `federation_result.json` and `final_weights.relay`.
+`round_timeout_s`, or fewer answered, the job ends with that reason (`federation_error.json`). Every round
+appends one record to `metrics.jsonl`; the end writes `federation_result.json` and `final_weights.relay`.
+With `secure_aggregation` each round's training goes through Flower's SecAgg+ (`secure`); with
+`differential_privacy` the strategy is wrapped in Flower's server-side fixed-clipping DP (`privacy`).
 """
 
 from __future__ import annotations
@@ -85,9 +87,8 @@ def _config_size(config: dict[str, Any]) -> int:
 class Federation:
     """The rounds of one job over the sites connected to `manager`."""
 
-    def __init__(self, plan: FederationPlan, workdir: Path, manager: SiteManager) -> None:
+    def __init__(self, plan: FederationPlan, manager: SiteManager) -> None:
         self.plan = plan
-        self.workdir = workdir
         self.manager = manager
         self.transform: dict[str, list[float]] = {}
         self.sites: dict[str, dict[str, Any]] = {}  # name -> fingerprint, examples, rounds
@@ -325,7 +326,7 @@ def run_federation(workdir: Path) -> None:
     except SystemExit as exc:  # Flower exits when it cannot bind
         raise FederationError(f"engine.address: the coordinator cannot listen on {plan.address}: {exc}") from None
     server = Server(client_manager=manager)
-    federation = Federation(plan, workdir, manager)
+    federation = Federation(plan, manager)
     records = []
     try:
         server_round = 0
