@@ -48,9 +48,11 @@ def site_folders(spec: JobSpec, root: Path, n_sites: int = 3) -> dict[str, Path]
     return write_site_folders(spec, root, n_sites=n_sites, alpha=0.5, seed=0)
 
 
-def start_site(port: int, name: str, folder: Path, logs: Path, *, through_cli: bool = False) -> subprocess.Popen[bytes]:
+def start_site(
+    port: int, name: str, folder: Path, logs: Path, *, through_cli: bool = False, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     """One site process (`gallery site run` with `through_cli`), its output appended to `logs/<name>.log`."""
-    args = ["--federation", f"127.0.0.1:{port}", "--site", name, "--data", str(folder), "--max-wait", "30"]
+    args = ["--federation", f"127.0.0.1:{port}", "--site", name, "--data", str(folder), "--max-wait", "30", *extra]
     if through_cli:
         command = [GALLERY, "site", "run", *args]
     else:
@@ -61,12 +63,18 @@ def start_site(port: int, name: str, folder: Path, logs: Path, *, through_cli: b
 
 @contextmanager
 def sites_running(
-    port: int, folders: dict[str, Path], logs: Path, *, through_cli: tuple[str, ...] = ()
+    port: int,
+    folders: dict[str, Path],
+    logs: Path,
+    *,
+    through_cli: tuple[str, ...] = (),
+    extra: dict[str, tuple[str, ...]] | None = None,
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """Start one process per site (those named in `through_cli` by `gallery site run`); kill them after,
-    and any the test adds to the dict."""
+    """Start one process per site (those named in `through_cli` by `gallery site run`, each with its `extra`
+    arguments); kill them after, and any the test adds to the dict."""
     processes = {
-        name: start_site(port, name, folder, logs, through_cli=name in through_cli) for name, folder in folders.items()
+        name: start_site(port, name, folder, logs, through_cli=name in through_cli, extra=(extra or {}).get(name, ()))
+        for name, folder in folders.items()
     }
     try:
         yield processes

@@ -31,6 +31,10 @@ def run(
         typer.Option(exists=True, file_okay=False, help="Folder with this site's train.npz and validation.npz."),
     ],
     max_wait: Annotated[float, typer.Option(min=1, help="Seconds to keep trying to reach the coordinator.")] = 300.0,
+    root_certificate: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="PEM the coordinator's TLS certificate chains to (TLS on)."),
+    ] = None,
 ) -> None:
     """Train on this site's data for the federation until the job ends; only model updates leave it."""
     try:
@@ -40,4 +44,5 @@ def run(
     if not found:
         fail("a site needs the trainer package (modelgallery-trainer) installed beside the CLI", 2)
     command = [sys.executable, "-m", SITE_MODULE, "--federation", federation, "--site", site, "--data", str(data)]
-    os.execv(sys.executable, [*command, "--max-wait", str(max_wait)])
+    tls = ["--root-certificate", str(root_certificate)] if root_certificate is not None else []
+    os.execv(sys.executable, [*command, "--max-wait", str(max_wait), *tls])

@@ -38,6 +38,7 @@ from gallery_trainer.federated.plan import (
 )
 from gallery_trainer.federated.relay import (
     FederationError,
+    coordinator_tls,
     flower_environment,
     flower_python,
     read_message,
@@ -89,6 +90,10 @@ def plan_federation(spec: JobSpec, workdir: Path, store: ArtifactStore | None) -
         n_features=job.n_features,
         job=json.dumps(site_job),
     )
+    try:
+        plan = replace(plan, tls=coordinator_tls())
+    except FederationError as exc:
+        raise TrainingFailed(str(exc)) from None
     if engine.secure_aggregation is not None:
         secagg = engine.secure_aggregation
         plan = replace(

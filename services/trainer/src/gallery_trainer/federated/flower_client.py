@@ -14,6 +14,7 @@ import argparse
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported: it reads this once
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd-in", type=int, required=True, help="pipe the site's answers arrive on")
     parser.add_argument("--fd-out", type=int, required=True, help="pipe the requests go out on")
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
+    parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
     args = parser.parse_args(argv)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     set_identity(node_id=0)
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         start_client(
             server_address=args.federation,
             client=client.to_client(),
-            insecure=True,
+            root_certificates=args.root_certificate.read_bytes() if args.root_certificate else None,
+            insecure=args.root_certificate is None,
             max_wait_time=args.max_wait,
         )
         write_message(to_site, {"op": "done"})

@@ -312,6 +312,13 @@ def _write_metrics(workdir: Path, server_round: int, record: dict[str, float]) -
         out.write(json.dumps(clean) + "\n")
 
 
+def _certificates(plan: FederationPlan) -> tuple[bytes, bytes, bytes] | None:
+    """Flower's (root certificate, certificate, private key) when the plan asks for TLS."""
+    if plan.tls is None:
+        return None
+    return tuple(Path(plan.tls[role]).read_bytes() for role in ("root_certificate", "certificate", "private_key"))  # type: ignore[return-value]
+
+
 def run_federation(workdir: Path) -> None:
     """Run the plan in `workdir` to the end; FederationError says why it could not."""
     plan = FederationPlan.load(workdir)
@@ -322,7 +329,9 @@ def run_federation(workdir: Path) -> None:
     weights = ndarrays_to_parameters(arrays)
     manager = SiteManager(plan.round_timeout_s)
     try:
-        grpc_server = start_grpc_server(client_manager=manager, server_address=plan.address)
+        grpc_server = start_grpc_server(
+            client_manager=manager, server_address=plan.address, certificates=_certificates(plan)
+        )
     except SystemExit as exc:  # Flower exits when it cannot bind
         raise FederationError(f"engine.address: the coordinator cannot listen on {plan.address}: {exc}") from None
     server = Server(client_manager=manager)

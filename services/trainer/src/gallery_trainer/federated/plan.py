@@ -40,6 +40,8 @@ class FederationPlan:
     secagg_num_shares: float | None = None
     secagg_reconstruction_threshold: float = 1.0
     secagg_clipping_range: float = 8.0
+    tls: dict[str, str] | None = None
+    """PEM files by role (`root_certificate`, `certificate`, `private_key`): the coordinator speaks TLS."""
 
     def save(self, workdir: Path) -> None:
         (workdir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -23,6 +23,11 @@ import numpy as np
 from gallery_common.errors import GalleryError
 
 FLOWER_PYTHON_ENV = "GALLERY_FLOWER_PYTHON"
+TLS_ENV = {
+    "root_certificate": "GALLERY_FEDERATION_ROOT_CERTIFICATE",
+    "certificate": "GALLERY_FEDERATION_CERTIFICATE",
+    "private_key": "GALLERY_FEDERATION_PRIVATE_KEY",
+}
 ALLOWED_DTYPES = ("float32", "float64", "int64")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_BYTES = 2 * 1024**3
@@ -50,6 +55,21 @@ def flower_python() -> Path:
             f"or set {FLOWER_PYTHON_ENV} to a Python that has flwr (requirements/flower.txt)"
         )
     return path
+
+
+def coordinator_tls() -> dict[str, str] | None:
+    """The coordinator's TLS files (PEM paths by role) from `GALLERY_FEDERATION_*`, or None for plain gRPC;
+    FederationError when only some are set or one cannot be read."""
+    given = {role: os.environ.get(name, "") for role, name in TLS_ENV.items()}
+    if not any(given.values()):
+        return None
+    missing = [TLS_ENV[role] for role, path in given.items() if not path]
+    if missing:
+        raise FederationError(f"federation TLS needs all three files; {', '.join(missing)} not set")
+    for role, path in given.items():
+        if not Path(path).is_file():
+            raise FederationError(f"federation TLS: {TLS_ENV[role]}={path} is not a readable file")
+    return given
 
 
 def flower_environment() -> dict[str, str]:

@@ -211,9 +211,15 @@ class Site:
         return {"loss": loss, "examples": len(validation), "metrics": metrics}, []
 
 
-def run_site(federation: str, name: str, folder: Path, *, max_wait: float = 300.0) -> int:
-    """Take part in the federation at `federation` (host:port) until it ends; the relay's exit status."""
+def run_site(
+    federation: str, name: str, folder: Path, *, max_wait: float = 300.0, root_certificate: Path | None = None
+) -> int:
+    """Take part in the federation at `federation` (host:port) until it ends; the relay's exit status.
+    With `root_certificate` the connection is TLS, the coordinator's certificate checked against it."""
     site = Site(load_site_data(name, folder))
+    if root_certificate is not None and not root_certificate.is_file():
+        raise FederationError(f"site {name}: {root_certificate} is not a readable certificate file")
+    tls = ["--root-certificate", str(root_certificate)] if root_certificate is not None else []
     to_relay_r, to_relay_w = os.pipe()
     from_relay_r, from_relay_w = os.pipe()
     relay = subprocess.Popen(
@@ -223,6 +229,7 @@ def run_site(federation: str, name: str, folder: Path, *, max_wait: float = 300.
             "gallery_trainer.federated.flower_client",
             *("--federation", federation.removeprefix("grpc://")),
             *("--fd-in", str(to_relay_r), "--fd-out", str(from_relay_w), "--max-wait", str(max_wait)),
+            *tls,
         ],
         pass_fds=(to_relay_r, from_relay_w),
         env=flower_environment(),
@@ -255,9 +262,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--site", required=True, help="this site's name (letters, digits, '_', '-')")
     parser.add_argument("--data", required=True, type=Path, help="folder with train.npz and validation.npz")
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
+    parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
     args = parser.parse_args(argv)
     try:
-        sys.exit(run_site(args.federation, args.site, args.data, max_wait=args.max_wait))
+        code = run_site(
+            args.federation, args.site, args.data, max_wait=args.max_wait, root_certificate=args.root_certificate
+        )
+        sys.exit(code)
     except FederationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
