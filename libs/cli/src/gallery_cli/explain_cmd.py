@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from gallery_common.contracts.splits import NpzRefused, read_split
+from gallery_common.explain.answer import ExplainAnswer
 
 from .console import console, fail, say
 from .service_client import GalleryClient, GatewayClient, RegistryServiceClient
@@ -53,10 +54,10 @@ def explain(
     }
     path = f"/v2/models/{quote(name, safe='')}" + (f"/versions/{number}" if number else "") + "/explain"
     with GatewayClient(timeout=120) as client:
-        answer = client.json("POST", path, json=body)
-    if as_json:
-        typer.echo(json.dumps(answer, indent=2))
-        return
+        if as_json:
+            typer.echo(json.dumps(client.json("POST", path, json=body), indent=2))
+            return
+        answer = client.parsed(ExplainAnswer, "POST", path, json=body)
     _print(answer, top, label)
 
 
@@ -94,17 +95,17 @@ def _test_row(name: str, number: int | None, index: int) -> tuple[list[float], A
     return [float(v) for v in split.x[index]], label
 
 
-def _print(answer: dict[str, Any], top: int, label: Any) -> None:
-    for explained in answer["explanations"]:
-        kind = "probability" if answer["output"] == "probability" else "output"
-        guess = "" if explained.get("predicted") is None else f"predicts class {explained['predicted']}; "
+def _print(answer: ExplainAnswer, top: int, label: Any) -> None:
+    for explained in answer.explanations:
+        kind = "probability" if answer.output == "probability" else "output"
+        guess = "" if explained.predicted is None else f"predicts class {explained.predicted}; "
         say(
-            f"{answer['model_name']} v{answer['model_version']} {guess}{answer['method'].upper()} "
-            f"({answer['explainer']}, {answer['parameters']['nsamples']} samples) explains the {kind} of class "
-            f"{explained['target_name']}: base {explained['base_value']:.4f} -> {explained['output']:.4f}"
+            f"{answer.model_name} v{answer.model_version} {guess}{answer.method.upper()} "
+            f"({answer.explainer}, {answer.parameters.nsamples} samples) explains the {kind} of class "
+            f"{explained.target_name}: base {explained.base_value:.4f} -> {explained.output:.4f}"
+            + ("" if label is None else f" (the row's label: {label})")
         )
-        values = np.asarray(explained["group_attributions"], dtype=float)
-        names = answer["groups"]
+        values = np.asarray(explained.group_attributions, dtype=float)
         order = np.argsort(-np.abs(values), kind="stable")[:top]
         table = Table(show_header=True)
         for column, justify in (("rank", "right"), ("feature", "left"), ("attribution", "right"), ("", "left")):
@@ -112,11 +113,11 @@ def _print(answer: dict[str, Any], top: int, label: Any) -> None:
         widest = float(np.abs(values).max()) or 1.0
         for rank, i in enumerate(order, 1):
             bar = "█" * max(1, round(12 * abs(values[i]) / widest)) if values[i] else ""
-            table.add_row(str(rank), names[i], f"{values[i]:+.4f}", f"[{'green' if values[i] > 0 else 'red'}]{bar}")
+            colour = "green" if values[i] > 0 else "red"
+            table.add_row(str(rank), answer.groups[i], f"{values[i]:+.4f}", f"[{colour}]{bar}")
         console.print(table)
-        picture = answer.get("image_shape")
-        if picture:
-            _heat_map(np.asarray(explained["attributions"], dtype=float).reshape(picture))
+        if answer.image_shape:
+            _heat_map(np.asarray(explained.attributions, dtype=float).reshape(answer.image_shape))
 
 
 def _heat_map(values: np.ndarray) -> None:
