@@ -178,6 +178,8 @@ def main() -> None:
                 banner("Real requests through the gateway (the Open Inference Protocol, as any v2 client sends)")
                 version = httpx.get(f"{REGISTRY}/api/v1/models/{MODEL}/versions/{judged['version']}").json()
                 infer_through_gateway(version)
+                banner("Why that answer: SHAP attributions per 2x2 patch of the digit, from the model server")
+                gallery("explain", MODEL, "--from-test", "3", "--top", "5")
                 if "monitor" in installed:
                     banner("What the monitor saw: figures per version, drift against the training data, alerts")
                     show_what_the_monitor_saw(version)
