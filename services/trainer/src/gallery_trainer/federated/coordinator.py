@@ -59,8 +59,10 @@ def _initial_weights(
 ) -> list[np.ndarray]:
     """The trainable weights every site starts from (the preprocessing buffers are not exchanged)."""
     torch.manual_seed(spec.training.seed)
-    placeholder = FeatureTransform(np.zeros(n_features, np.float32), np.ones(n_features, np.float32))
-    network = build_network(spec.model, placeholder, n_outputs, image_shape)
+    # mean 0, scale 1: the shapes of the layers do not depend on the standardisation, which the sites
+    # aggregate in round 0 and every site sets in its own network's buffers
+    identity = FeatureTransform(np.zeros(n_features, np.float32), np.ones(n_features, np.float32))
+    network = build_network(spec.model, identity, n_outputs, image_shape)
     return [p.detach().numpy().copy() for p in network.parameters()]
 
 
