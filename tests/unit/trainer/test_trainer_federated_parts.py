@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from gallery_common.contracts import write_split
+from gallery_common.netutil import free_port
 from gallery_trainer.curves import curve_panels
 from gallery_trainer.federated.partition import dirichlet_partition
 from gallery_trainer.federated.privacy import gaussian_epsilon
 from gallery_trainer.federated.relay import FederationError, RelayClosed, read_message, write_message
-from gallery_trainer.federated.site import Site, load_site_data
+from gallery_trainer.federated.site import Site, load_site_data, run_site
 from gallery_trainer.spec import SpecError, config_hash, parse_spec
 
 # config_hash of the minimal digits spec as the trainer computed it before federated engines existed
@@ -100,6 +101,17 @@ def test_a_site_sends_sums_and_counts_never_rows(tmp_path: Path) -> None:
     (tmp_path / "validation.npz").unlink()
     with pytest.raises(FederationError, match=r"validation\.npz is missing"):
         load_site_data("clinic-a", tmp_path)
+
+
+def test_a_site_waits_for_its_coordinator_then_says_none_answered(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for filename in ("train.npz", "validation.npz"):
+        write_split(tmp_path / filename, rng.normal(size=(8, 3)).astype(np.float32), rng.integers(0, 2, 8))
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(FederationError, match=rf"no coordinator answered at {address} within 0.3 s \(--max-wait\)"):
+        run_site(address, "clinic-a", tmp_path, max_wait=0.3)
+    with pytest.raises(FederationError, match="is not host:port"):
+        run_site("clinic-b.example", "clinic-a", tmp_path, max_wait=0.3)
 
 
 def test_round_records_draw_rounds_not_epochs() -> None:

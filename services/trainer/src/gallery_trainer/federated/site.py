@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from gallery_common.contracts import NpzRefused, read_split
+from gallery_common.netutil import wait_for_port
 from gallery_common.nn import build_network
 from gallery_common.telemetry import get_logger
 from gallery_trainer.augment import Augmenter
@@ -211,6 +212,17 @@ class Site:
         return {"loss": loss, "examples": len(validation), "metrics": metrics}, []
 
 
+def _wait_for_coordinator(name: str, address: str, max_wait: float) -> None:
+    """Until the coordinator at `address` (host:port) accepts connections: a site may well start before
+    its job's coordinator, and Flower's legacy transport gives up at the first refused connection."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise FederationError(f"site {name}: --federation {address!r} is not host:port")
+    log.info("waiting for the coordinator", site=name, federation=address, max_wait_s=max_wait)
+    if not wait_for_port(host.strip("[]"), int(port), timeout=max_wait):
+        raise FederationError(f"site {name}: no coordinator answered at {address} within {max_wait:g} s (--max-wait)")
+
+
 def run_site(
     federation: str, name: str, folder: Path, *, max_wait: float = 300.0, root_certificate: Path | None = None
 ) -> int:
@@ -220,6 +232,8 @@ def run_site(
     if root_certificate is not None and not root_certificate.is_file():
         raise FederationError(f"site {name}: {root_certificate} is not a readable certificate file")
     tls = ["--root-certificate", str(root_certificate)] if root_certificate is not None else []
+    address = federation.removeprefix("grpc://")
+    _wait_for_coordinator(name, address, max_wait)
     to_relay_r, to_relay_w = os.pipe()
     from_relay_r, from_relay_w = os.pipe()
     relay = subprocess.Popen(
@@ -227,7 +241,7 @@ def run_site(
             str(flower_python()),
             "-m",
             "gallery_trainer.federated.flower_client",
-            *("--federation", federation.removeprefix("grpc://")),
+            *("--federation", address),
             *("--fd-in", str(to_relay_r), "--fd-out", str(from_relay_w), "--max-wait", str(max_wait)),
             *tls,
         ],
