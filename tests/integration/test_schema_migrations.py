@@ -12,14 +12,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from federated_lineage import federation
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
 from gallery_common.db import make_engine
+from gallery_common.events import Lineage
 from gallery_common.migrations import SchemaMigrations, SchemaMismatch
 from gallery_deployer.deployer.migrations import MIGRATIONS as DEPLOYER
 from gallery_deployer.deployer.records import HandledEvent
@@ -28,7 +31,9 @@ from gallery_monitor.records import SloRecord
 from gallery_optimizer.migrations import MIGRATIONS as OPTIMIZER
 from gallery_optimizer.records import OptimizationJob
 from gallery_registry.migrations import MIGRATIONS as REGISTRY
-from gallery_registry.tables import RegisteredModelRow
+from gallery_registry.schemas import VersionCreate
+from gallery_registry.store import RegistryStore
+from gallery_registry.tables import RegisteredModelRow, metadata
 from gallery_trainer.migrations import MIGRATIONS as TRAINER
 from gallery_trainer.records import Job
 
@@ -160,3 +165,45 @@ def test_an_adopted_database_goes_on_to_later_revisions(tmp_path: Path) -> None:
     assert later.current_revision(engine) == "0002"
     assert "note" in {c["name"] for c in inspect(engine).get_columns("monitor_slo")}
     assert count(engine, SloRecord) == 1
+
+
+def test_registry_versions_from_before_federated_lineage_are_kept_as_trained_in_one_place(engine: Engine) -> None:
+    REGISTRY.upgrade(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO registered_model (name, last_version, created_at, updated_at) "
+                "VALUES ('iris', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_version (model_id, version, semver, status, metrics, training_job_id, "
+                "created_at, updated_at) SELECT id, 1, '1.0.0', 'validated', '{\"accuracy\": 0.9}', 'job-1', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP FROM registered_model"
+            )
+        )
+
+    REGISTRY.upgrade(engine)
+
+    assert REGISTRY.current_revision(engine) == "0003"
+    registry = RegistryStore(engine)
+    old = registry.get_version("iris", 1)
+    assert (old.metrics, old.lineage.training_job_id, old.lineage.federation) == ({"accuracy": 0.9}, "job-1", None)
+    registry.register_version("iris", VersionCreate(lineage=Lineage(federation=federation())))
+    assert registry.get_version("iris", 2).lineage.federation == federation()
+
+    command.downgrade(REGISTRY.config(engine), "0002")
+    assert "federation" not in {c["name"] for c in inspect(engine).get_columns("model_version")}
+    assert count(engine, RegisteredModelRow) == 1
+
+
+def test_registry_federation_column_already_there_is_left_as_it_is(engine: Engine) -> None:
+    """A database built from the current tables but stamped at 0002 (the column there already) still upgrades."""
+    metadata.create_all(engine)
+    command.stamp(REGISTRY.config(engine), "0002")
+
+    REGISTRY.upgrade(engine)
+
+    assert REGISTRY.current_revision(engine) == "0003"
+    assert schema_differences(REGISTRY, engine) == []

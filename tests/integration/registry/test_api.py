@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from federated_lineage import federation
 
 from gallery_common.service import find_service
 from gallery_registry.app import create_app_for
@@ -217,6 +218,29 @@ def test_aliases_resolve_lineage_and_history(client: TestClient) -> None:
     assert lineage["chain"][1]["dataset_fingerprint"] == "d"
     parentless = client.post("/api/v1/models/m/versions", json={"lineage": {"parent_version": 7}})
     assert "parent_version 7" in error(parentless, 422)
+
+
+def test_a_federated_versions_lineage_comes_back_and_bad_shapes_are_refused(client: TestClient) -> None:
+    client.post("/api/v1/models", json={"name": "fed"})
+
+    def register(federated: dict[str, Any]) -> Any:
+        return client.post("/api/v1/models/fed/versions", json={"lineage": {"federation": federated}})
+
+    sent = federation().model_dump(mode="json")
+    created = register(sent)
+    assert created.status_code == 201, created.text
+    assert created.json()["lineage"]["federation"] == sent
+    assert client.get("/api/v1/models/fed/versions/1").json()["lineage"]["federation"] == sent
+    listed = client.get("/api/v1/models/fed/versions").json()["versions"]
+    assert [v["lineage"]["federation"]["sites"][0]["name"] for v in listed] == ["clinic-north"]
+    assert client.get("/api/v1/models/fed/versions/1/lineage").json()["chain"][0]["federation"] == sent
+
+    for field, bad in (("rounds", -1), ("min_sites", 0), ("sites", "three"), ("strategy", None)):
+        assert f"lineage.federation.{field}" in error(register({**sent, field: bad}), 422)
+    site = {**sent["sites"][0], "data_fingerprint": "not-a-sha256"}
+    assert "data_fingerprint" in error(register({**sent, "sites": [site]}), 422)
+    assert "privacy.delta" in error(register({**sent, "privacy": {**sent["privacy"], "delta": 2}}), 422)
+    assert [v["version"] for v in client.get("/api/v1/models/fed/versions").json()["versions"]] == [1]
 
 
 def test_validation_policy_round_trip(client: TestClient) -> None:

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from federated_lineage import federation, site_metrics
 
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
-from gallery_common.events import ArtifactRef, Lineage, Signature, TensorSpec
+from gallery_common.events import ArtifactRef, Lineage, ModelTrained, Signature, TensorSpec, make_event
+from gallery_registry.gate.validator import registration_for
 from gallery_registry.migrations import current_revision, upgrade
 from gallery_registry.paging import decode_page_token
 from gallery_registry.schemas import (
@@ -50,10 +52,10 @@ def ref(byte: str = "a", uri: str = "file:///artifacts/m.onnx") -> ArtifactRef:
 
 
 def test_schema_is_at_head_and_upgrading_again_changes_nothing(store: RegistryStore) -> None:
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     store.create_model(ModelCreate(name="kept"))
     upgrade(store.engine)
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     assert store.get_model("kept").name == "kept"
 
 
@@ -380,6 +382,28 @@ def test_lineage_walks_parents_newest_first(store: RegistryStore) -> None:
     assert [s.version for s in broken.chain] == [3] and broken.missing_parent == 2
     with pytest.raises(NotFound, match="no version 2"):
         store.lineage("m", 2)
+
+
+def test_a_federated_version_keeps_its_sites_rounds_and_privacy_budget(store: RegistryStore) -> None:
+    # registered the way the gate registers a model.trained event
+    trained = ModelTrained(
+        model="fed",
+        run_id="run-fed",
+        artifacts={},
+        metrics=site_metrics(),
+        lineage=Lineage(training_job_id="job-fed", federation=federation(secure=True)),
+    )
+    registered = store.register_version("fed", registration_for(make_event(trained, "/trainer")), create_model=True)
+    store.register_version("fed", VersionCreate(lineage=Lineage(parent_version=1)))
+
+    fetched = store.get_version("fed", 1)
+    assert fetched == registered
+    assert fetched.lineage.federation == federation(secure=True)
+    assert fetched.lineage.training_job_id == "job-fed"
+    assert fetched.metrics["site.lab-east.val_accuracy"] == 0.887
+    assert store.search_versions(VersionQuery(name="fed", version=1)).versions[0].lineage.federation is not None
+    assert store.get_version("fed", 2).lineage.federation is None, "trained in one place"
+    assert [s.federation for s in store.lineage("fed", 2).chain] == [None, federation(secure=True)]
 
 
 def test_validation_policy_defaults_and_updates(store: RegistryStore) -> None:

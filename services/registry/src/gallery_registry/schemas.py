@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gallery_common.contracts.refs import FederatedLineage
 from gallery_common.contracts.registry import (
     TAG_KEY_PATTERN,
     TAG_VALUE_MAX,
@@ -192,6 +193,7 @@ class LineageStep(BaseModel):
     dataset_fingerprint: str | None
     config_hash: str | None
     parent_version: int | None
+    federation: FederatedLineage | None = Field(default=None, description="a federated version's sites and rounds")
 
 
 class LineagePublic(BaseModel):

@@ -102,6 +102,8 @@ class RegistrationOps(StoreBase):
             ):
                 raise InvalidRequest(f"lineage.parent_version {parent} is not a version of model {name!r}")
             signature = data.signature.model_dump(mode="json") if data.signature else None
+            federated = data.lineage.federation
+            federation = federated.model_dump(mode="json") if federated else None
             version_id = _inserted_id(
                 conn.execute(
                     _INSERT_VERSION,
@@ -117,6 +119,7 @@ class RegistrationOps(StoreBase):
                         dataset_fingerprint=data.lineage.dataset_fingerprint,
                         config_hash=data.lineage.config_hash,
                         parent_version=parent,
+                        federation=federation,
                         run_id=data.run_id,
                         source_event_id=data.source_event_id,
                         source=data.source,

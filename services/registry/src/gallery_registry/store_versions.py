@@ -249,6 +249,7 @@ class VersionOps(StoreBase):
                         dataset_fingerprint=row.dataset_fingerprint,
                         config_hash=row.config_hash,
                         parent_version=row.parent_version,
+                        federation=views.federation_of(row),
                     )
                 )
                 # parents are always older, so the walk ends

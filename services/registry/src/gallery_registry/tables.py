@@ -75,6 +75,8 @@ class ModelVersionRow(RegistryTable, table=True):
     dataset_fingerprint: str | None = Field(default=None, sa_column=sa.Column(sa.String(256)))
     config_hash: str | None = Field(default=None, sa_column=sa.Column(sa.String(256)))
     parent_version: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    # a federated model's sites, rounds and privacy budget (gallery_common.contracts.refs.FederatedLineage)
+    federation: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON(none_as_null=True)))
     run_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(256), index=True))
     source_event_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(256), unique=True))
     source: str | None = Field(default=None, sa_column=sa.Column(sa.String(2048)))

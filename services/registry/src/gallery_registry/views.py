@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from gallery_common.contracts.refs import FederatedLineage
 from gallery_common.db import as_utc
 from gallery_common.errors import NotFound
 from gallery_common.events import Lineage, Signature
@@ -119,6 +120,11 @@ def models_public(session: Session, rows: Sequence[RegisteredModelRow]) -> list[
     ]
 
 
+def federation_of(row: VersionRow) -> FederatedLineage | None:
+    """A federated version's stored lineage.federation; None for a version trained in one place."""
+    return FederatedLineage.model_validate(row.federation) if row.federation else None
+
+
 def versions_public(
     session: Session, rows: Sequence[VersionRow], names: Mapping[int, str] | None = None
 ) -> list[VersionPublic]:
@@ -166,6 +172,7 @@ def versions_public(
                 dataset_fingerprint=row.dataset_fingerprint,
                 config_hash=row.config_hash,
                 parent_version=row.parent_version,
+                federation=federation_of(row),
             ),
             run_id=row.run_id,
             source_event_id=row.source_event_id,
