@@ -234,6 +234,7 @@ def test_a_federated_versions_lineage_comes_back_and_bad_shapes_are_refused(clie
     listed = client.get("/api/v1/models/fed/versions").json()["versions"]
     assert [v["lineage"]["federation"]["sites"][0]["name"] for v in listed] == ["clinic-north"]
     assert client.get("/api/v1/models/fed/versions/1/lineage").json()["chain"][0]["federation"] == sent
+    assert "| clinic-north | `111111111111` | 420 | 12 |" in client.get("/api/v1/models/fed/versions/1/card").text
 
     for field, bad in (("rounds", -1), ("min_sites", 0), ("sites", "three"), ("strategy", None)):
         assert f"lineage.federation.{field}" in error(register({**sent, field: bad}), 422)

@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from federated_lineage import WORST_SITE, federation, site_metrics
 from gate_reports import feature_importance
 
+from gallery_common.contracts.refs import FederatedLineage
 from gallery_common.contracts.registry import ArtifactPublic, ArtifactRole, ModelPublic, VersionPublic, VersionStatus
 from gallery_common.events import Lineage
 from gallery_registry.catalogue import headline, recommended_variant, version_metrics
@@ -196,3 +198,44 @@ def test_a_card_says_why_it_has_no_feature_importance(report: dict[str, object],
     card = render_card(model(), text(), version(report), ValidationPolicy())
     assert f"## Feature importance\n\n{said}\n" in card
     assert "## Feature importance" not in render_card(model(), text(), version(None), None)  # not evaluated yet
+
+
+def federated(federation: FederatedLineage, metrics: dict[str, float]) -> VersionPublic:
+    trained = version({"accuracy": 0.93})
+    lineage = trained.lineage.model_copy(update={"federation": federation})
+    return trained.model_copy(update={"lineage": lineage, "metrics": {**trained.metrics, **metrics}})
+
+
+def test_a_federated_card_names_its_sites_their_accuracy_the_worst_and_the_privacy_budget() -> None:
+    card = render_card(model(), text(), federated(federation(), site_metrics()), ValidationPolicy())
+    assert card.index("## Training data") < card.index("## Federated training") < card.index("## Evaluation")
+    section = card.split("## Federated training\n", 1)[1].split("\n## ", 1)[0]
+    assert "Trained across 3 sites without their data leaving them" in section
+    for fact in (
+        "- strategy: fedavg",
+        "- rounds: 12",
+        "- minimum sites per round: 2",
+        "- secure aggregation: no",
+        "- privacy budget: ε 3.2, δ 1e-05 (dp-sgd, noise multiplier 1.1, clipping norm 1)",
+    ):
+        assert fact in section.splitlines()
+    assert "| site | data fingerprint | examples | rounds | validation accuracy |" in section
+    assert "| clinic-north | `111111111111` | 420 | 12 | 0.962 |" in section
+    assert "| lab-east | `333333333333` | 160 | 11 | 0.887 |" in section
+    assert "1" * 13 not in section, "a short fingerprint only"
+    worst = f"Worst site: {WORST_SITE} (validation accuracy 0.887); spread between the best and the worst site: "
+    assert worst + "0.075 (7.5 points)." in section
+
+
+def test_a_federated_card_without_privacy_says_none_and_a_site_without_figures_is_not_the_worst() -> None:
+    figures = {k: v for k, v in site_metrics(private=False).items() if not k.startswith(f"site.{WORST_SITE}.")}
+    card = render_card(model(), text(), federated(federation(private=False, secure=True), figures), None)
+    assert "- secure aggregation: yes (SecAgg+)" in card
+    assert "- privacy budget: none (no differential privacy)" in card
+    assert "| lab-east | `333333333333` | 160 | 11 | — |" in card
+    assert "Worst site: clinic-south (validation accuracy 0.941)" in card and "(2.1 points)" in card
+
+
+def test_a_card_trained_in_one_place_has_no_federated_section() -> None:
+    card = render_card(model(), text(), version({"accuracy": 0.9}), ValidationPolicy())
+    assert "Federated" not in card and "site" not in card.lower()

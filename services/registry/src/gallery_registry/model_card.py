@@ -2,8 +2,9 @@
 
 The front-matter holds `model-index` with the gate's metrics on the test split, the data set
 fingerprint and the tags; the body the model's card text (description, intended use, limitations),
-the training data, the gate's evaluation (per-class recall, confusion matrix, calibration, latency),
-the features that matter most (`card_importance`), the optimizer's summary and the artifacts.
+the training data, a federated model's sites and privacy budget (`card_federation`), the gate's
+evaluation (per-class recall, confusion matrix, calibration, latency), the features that matter most
+(`card_importance`), the optimizer's summary and the artifacts.
 Rendering is deterministic (no clock), so the same inputs give the same bytes and re-attaching an
 unchanged card is a no-op.
 
@@ -27,6 +28,7 @@ from gallery_common.errors import GalleryError
 from gallery_common.events import ArtifactRef
 from gallery_common.telemetry import get_logger
 
+from .card_federation import federation_section
 from .card_importance import importance_section
 from .catalogue import OPTIMIZER_TAG_PREFIX, headline, version_metrics
 from .markdown import fmt, table
@@ -279,6 +281,8 @@ def render_card(
     lines += ["## Intended use", "", (text.intended_use or "_Not stated yet._").strip(), ""]
     lines += ["## Limitations", "", (text.limitations or "_Not stated yet._").strip(), ""]
     lines += [*_training_data(version), ""]
+    if version.lineage.federation is not None:
+        lines += [*federation_section(version.lineage.federation, version.metrics), ""]
     lines += [*_evaluation(version, policy), ""]
     if _gate_metrics(version):
         lines += [*importance_section(version.evaluation_report), ""]
