@@ -31,7 +31,13 @@ IMAGES = ROOT / "deploy" / "images"
 SERVICES = {ep.name: ep for ep in entry_points(group="modelgallery.services")}
 MODEL_SERVERS = ("modelserver", "modelserver-gpu")
 # Options of pip's install / wheel / download commands that take a value.
-PIP_VALUED = {"--wheel-dir", "-w", "--find-links", "-f", "--index-url", "-i", "--dest", "-d", "--constraint", "-c"}
+PIP_VALUED = {
+    *("--wheel-dir", "-w", "--find-links", "-f", "--index-url", "-i", "--dest", "-d", "--constraint", "-c"),
+    *("--requirement", "-r"),
+}
+# Images with Flower's interpreter beside their own (a federated job's coordinator, a site): its venv and pin.
+FLOWER_IMAGES = {"trainer": "/opt/flower"}
+FLOWER_REQUIREMENTS = "requirements/flower.txt"
 
 
 @dataclass
@@ -199,8 +205,9 @@ def test_installs_only_its_own_package_built_from_its_own_sources(image: str) ->
     builder, runtime = stages(image)
     package = package_of(image)
     sources = {"libs/common", source_dir_of(package)}
-    assert {value.split()[0] for value in builder.values("COPY")} == sources
-    (wheel,) = builder.pip("wheel")
+    copied = {value.split()[0] for value in builder.values("COPY")}
+    assert copied == sources | ({FLOWER_REQUIREMENTS} if image in FLOWER_IMAGES else set())
+    (wheel,) = [args for args in builder.pip("wheel") if "./libs/common" in args]
     built = requirements_of(wheel)
     assert {p.removeprefix("./") for p in built if p.startswith("./")} == sources
     third_party = {canonicalize_name(Requirement(r).name) for r in built if not r.startswith("./")}
@@ -220,6 +227,42 @@ def test_installs_only_its_own_package_built_from_its_own_sources(image: str) ->
     assert third_party <= names, "the builder makes wheels only for what the image installs"
     for args in runtime.pip("install"):
         assert "--no-index" in args, "the runtime stage installs only the wheels the builder made"
+
+
+def venv_pip(stage: Stage, venv: str) -> list[list[str]]:
+    """The arguments of every `<venv>/bin/pip install` in the stage's RUN lines."""
+    found = []
+    for run in stage.values("RUN"):
+        for command in run.split("&&"):
+            words = [w for w in shlex.split(command) if not w.startswith("--mount=")]
+            if words[:2] == [f"{venv}/bin/pip", "install"]:
+                found.append(words[2:])
+    return found
+
+
+@pytest.mark.parametrize(("image", "venv"), sorted(FLOWER_IMAGES.items()))
+def test_flowers_interpreter_is_a_venv_of_its_own_with_the_pinned_flwr(image: str, venv: str) -> None:
+    builder, runtime = stages(image)
+    # the pin make install uses for .venv-flower
+    assert f"{FLOWER_REQUIREMENTS} {FLOWER_REQUIREMENTS}" in builder.values("COPY")
+    pins = [Requirement(line) for line in (ROOT / FLOWER_REQUIREMENTS).read_text().splitlines() if line[:1].isalpha()]
+    assert [(r.name, str(r.specifier)[:2]) for r in pins] == [("flwr", "==")], "flwr alone, at one version"
+    (flower_wheel,) = [args for args in builder.pip("wheel") if FLOWER_REQUIREMENTS in args]
+    flower_wheels = flower_wheel[flower_wheel.index("--wheel-dir") + 1]
+    (package_wheel,) = [args for args in builder.pip("wheel") if "./libs/common" in args]
+    assert package_wheel[package_wheel.index("--wheel-dir") + 1] != flower_wheels, "flwr's pins stay apart"
+
+    # the interpreter relay.flower_python() starts
+    envs = dockerfile_parse.DockerfileParser(str(IMAGES / f"{image}.Dockerfile")).envs
+    assert envs["GALLERY_FLOWER_PYTHON"] == f"{venv}/bin/python"
+    assert any(f"python -m venv {venv}" in run for run in runtime.values("RUN"))
+    installs = venv_pip(runtime, venv)
+    assert all("--no-index" in args for args in installs), "only the wheels the builder made"
+    flwr, packages = installs
+    assert requirements_of(flwr) == ["flwr"]
+    assert f"--find-links={flower_wheels}" in flwr
+    assert "--no-deps" in packages
+    assert set(requirements_of(packages)) == {"modelgallery-common", package_of(image)}
 
 
 @pytest.mark.parametrize("image", [i for i in dockerfiles() if i not in ("trainer", "optimizer")])
@@ -279,6 +322,16 @@ def dockerignore_excludes(path: str) -> bool:
     return excluded
 
 
+@pytest.mark.parametrize("image", dockerfiles())
+def test_every_path_an_image_copies_is_in_the_build_context(image: str) -> None:
+    for stage in stages(image):
+        for value in stage.values("COPY"):
+            *sources, _ = [word for word in value.split() if not word.startswith("--")]
+            for source in sources:
+                assert (ROOT / source).exists(), f"{image}: COPY {source}: no such path"
+                assert not dockerignore_excludes(source), f"{image}: COPY {source}: .dockerignore leaves it out"
+
+
 @pytest.mark.parametrize(
     ("path", "excluded"),
     [
@@ -291,6 +344,8 @@ def dockerignore_excludes(path: str) -> bool:
         (".gallery/registry.db", True),
         ("tests/conftest.py", True),
         ("deploy/k8s/rendered/dev.yaml", True),
+        ("requirements/flower.txt", False),
+        ("requirements/dev.txt", True),
         ("libs/common/src/gallery_common/__pycache__/serve.cpython-311.pyc", True),
         ("libs/common/src/gallery_common/serve.pyc", True),
         ("services/monitor/src/modelgallery_monitor.egg-info/PKG-INFO", True),
