@@ -89,9 +89,10 @@ NEEDED = {
     ("gallery-trainer", "gallery-trainer", 29500),
     ("gallery-trainer", "gallery-trainer", NCCL_PORT),
 }
-# Reachable from anywhere, like a public address: the clients' gateway, the Gallery people open, and
-# Grafana (it asks for a password).
-OPEN = {("gateway", 8080), ("gallery", 8000), ("grafana", 3000)}
+# Reachable from anywhere, like a public address: the clients' gateway, the Gallery people open,
+# Grafana (it asks for a password), and a federated job's coordinator in the trainer, which the sites
+# dial from their own institutions.
+OPEN = {("gateway", 8080), ("gallery", 8000), ("grafana", 3000), ("trainer", 9092)}
 
 
 @dataclass(frozen=True)
