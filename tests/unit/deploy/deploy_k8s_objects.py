@@ -17,6 +17,7 @@ from gallery_deployer.runtime.manifests import KubernetesOptions, deployment_man
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "production")
+K8S_VERSION = "1.37.0"  # the Kubernetes every rendered object must be valid for
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 Obj = dict[str, Any]
 
@@ -152,3 +153,27 @@ def model_server(options: KubernetesOptions, gpu: bool) -> Obj:
         gpu=gpu,
     )
     return deployment_manifest(spec, options)
+
+
+def restricted_violations(name: str, pod: Obj) -> list[str]:
+    """What keeps a pod out of a namespace enforcing the "restricted" Pod Security Standard, or root."""
+    found = []
+    pod_ctx = pod.get("securityContext", {})
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        found.append(f"{name}: shares a host namespace")
+    if any("hostPath" in v for v in pod.get("volumes", [])):
+        found.append(f"{name}: mounts a host path")
+    for c in pod["containers"] + pod.get("initContainers", []):
+        ctx = {**pod_ctx, **c.get("securityContext", {})}
+        where = f"{name}/{c['name']}"
+        if ctx.get("runAsNonRoot") is not True or not ctx.get("runAsUser"):
+            found.append(f"{where}: may run as root")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: privilege escalation allowed")
+        if c.get("securityContext", {}).get("capabilities", {}).get("drop") != ["ALL"]:
+            found.append(f"{where}: keeps capabilities")
+        if ctx.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            found.append(f"{where}: no RuntimeDefault seccomp profile")
+        if c.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
+            found.append(f"{where}: writable root filesystem")
+    return found

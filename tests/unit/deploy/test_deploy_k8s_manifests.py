@@ -12,9 +12,9 @@ import kubernetes_validate
 import pytest
 from deploy_k8s_objects import (
     K8S,
+    K8S_VERSION,
     OVERLAYS,
     ROOT,
-    Obj,
     container,
     env_file,
     find,
@@ -25,6 +25,7 @@ from deploy_k8s_objects import (
     production_secret_keys,
     references,
     render_k8s,
+    restricted_violations,
     selected_by,
     workloads,
 )
@@ -32,7 +33,6 @@ from deploy_k8s_objects import (
 from gallery_deployer.runtime.base import ServerSpec
 from gallery_deployer.runtime.manifests import KubernetesOptions, deployment_manifest
 
-K8S_VERSION = "1.37.0"
 SERVICES = {ep.name: ep.load() for ep in entry_points(group="modelgallery.services")}
 
 
@@ -93,30 +93,6 @@ def test_every_workload_has_requests_limits_and_a_readiness_probe(overlay: str) 
             assert {"cpu", "memory"} <= c["resources"]["limits"].keys(), name
             if workload["kind"] != "Job":
                 assert "readinessProbe" in c and "livenessProbe" in c, name
-
-
-def restricted_violations(name: str, pod: Obj) -> list[str]:
-    """What keeps a pod out of a namespace enforcing the "restricted" Pod Security Standard, or root."""
-    found = []
-    pod_ctx = pod.get("securityContext", {})
-    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
-        found.append(f"{name}: shares a host namespace")
-    if any("hostPath" in v for v in pod.get("volumes", [])):
-        found.append(f"{name}: mounts a host path")
-    for c in pod["containers"] + pod.get("initContainers", []):
-        ctx = {**pod_ctx, **c.get("securityContext", {})}
-        where = f"{name}/{c['name']}"
-        if ctx.get("runAsNonRoot") is not True or not ctx.get("runAsUser"):
-            found.append(f"{where}: may run as root")
-        if ctx.get("allowPrivilegeEscalation") is not False:
-            found.append(f"{where}: privilege escalation allowed")
-        if c.get("securityContext", {}).get("capabilities", {}).get("drop") != ["ALL"]:
-            found.append(f"{where}: keeps capabilities")
-        if ctx.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-            found.append(f"{where}: no RuntimeDefault seccomp profile")
-        if c.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
-            found.append(f"{where}: writable root filesystem")
-    return found
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -100,7 +100,7 @@ def test_render_check_fails_naming_a_stale_authorization_conf(
     stale.write_text(module.nats_authorization().replace('"model.trained"', '"model.>"'), encoding="utf-8")
     monkeypatch.setattr(module, "ROOT", tmp_path)
     monkeypatch.setattr(module, "NATS_AUTHORIZATION", stale)
-    monkeypatch.setattr(module, "OVERLAYS", ())
+    monkeypatch.setattr(module, "RENDERINGS", {})
     monkeypatch.setattr(module, "find_kustomize", lambda: ["kustomize", "build"])
     assert module.main(["--check"]) == 1
     assert "authorization.conf is stale" in capsys.readouterr().err
