@@ -5,7 +5,8 @@ model.optimized → the recommended variant rolls in; train again → v2 validat
 its analysis passes → promoted (the `production` alias moves) → the test split through the gateway
 gives the gate's accuracy → drifted inputs → the monitor publishes one model.degraded → the deployer
 rolls back to v1 and the registry marks v2 for revalidation. One trace runs through each version's
-events.
+events. Beside it, on the same stack: a model named with a dot, and a model trained by three federated
+sites, go through the same lifecycle.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import yaml
 from lifecycle_stack import LifecycleStack
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_check import Promtool
@@ -32,7 +34,10 @@ from waiting import wait_for as _wait_for
 from gallery_cli.stack import stack_authorization
 from gallery_common.events import CloudEvent
 from gallery_common.nats_server import EmbeddedNats
+from gallery_common.netutil import free_port
 from gallery_common.telemetry import trace_id_of
+from gallery_trainer.federated.partition import write_site_folders
+from gallery_trainer.spec import parse_spec
 
 # each check reads the whole event stream: look once a second
 wait_for = partial(_wait_for, interval=1.0)
@@ -41,8 +46,10 @@ GALLERY = Path(sys.executable).with_name("gallery")
 MODEL = "digits-mlp"
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LifecycleStack]:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleStack]:
+    """One stack for the module: each test takes its own model through it."""
+    tmp_path = tmp_path_factory.mktemp("lifecycle")
     home = tmp_path / "home"
     # a NATS user per service, as `gallery up` runs it: every service logs in as itself
     authorization = stack_authorization(home, [])
@@ -96,8 +103,8 @@ def production_alias(stack: LifecycleStack) -> int:
     return int(httpx.get(f"{registry}/api/v1/models/{MODEL}/aliases/production").json()["version"])
 
 
-def held_out_split(stack: LifecycleStack, version: int) -> tuple[np.ndarray, np.ndarray]:
-    uri = version_of(stack, version)["artifacts"]["test_split"]["uri"]
+def held_out_split(stack: LifecycleStack, version: int, model: str = MODEL) -> tuple[np.ndarray, np.ndarray]:
+    uri = version_of(stack, version, model)["artifacts"]["test_split"]["uri"]
     with np.load(io.BytesIO(Path(uri.removeprefix("file://")).read_bytes())) as data:
         return data["x"], data["y"]
 
@@ -116,10 +123,12 @@ def infer(stack: LifecycleStack, rows: np.ndarray, model: str = MODEL) -> dict[s
     return answer.json()  # type: ignore[no-any-return]
 
 
-def accuracy_through_gateway(stack: LifecycleStack, x: np.ndarray, y: np.ndarray) -> tuple[float, set[str]]:
+def accuracy_through_gateway(
+    stack: LifecycleStack, x: np.ndarray, y: np.ndarray, model: str = MODEL
+) -> tuple[float, set[str]]:
     correct, versions = 0, set()
     for start in range(0, len(x), 30):
-        answer = infer(stack, x[start : start + 30])
+        answer = infer(stack, x[start : start + 30], model)
         versions.add(answer["model_version"])
         output = answer["outputs"][0]
         logits = np.asarray(output["data"]).reshape(output["shape"])
@@ -140,7 +149,7 @@ def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: Lifecyc
     assert v1["status"] == "validated", v1.get("rejection_reasons")
     assert v1["evaluation_report"]["accuracy"] >= 0.9
     wait_for("v1 in production", lambda: deployed(stack, 1, "production"), 120)
-    optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", version=1), 300)[0]
+    optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model=MODEL, version=1), 300)[0]
     wait_for(
         "v1's recommended variant rolled in",
         lambda: [e for e in deployed(stack, 1, "production") if e.data.variant == optimized.data.recommended],
@@ -166,13 +175,13 @@ def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: Lifecyc
     # drifted inputs: one model.degraded, a rollback to v1, v2 marked for revalidation
     drifted = (x * 0.0 + 4.0 + np.random.default_rng(3).normal(size=x.shape)).astype(np.float32)
     deadline = time.monotonic() + 120
-    while not events_of(stack, "degraded", version=2) and time.monotonic() < deadline:
+    while not events_of(stack, "degraded", model=MODEL, version=2) and time.monotonic() < deadline:
         for start in range(0, len(drifted), 30):
             infer(stack, drifted[start : start + 30])
         time.sleep(1.0)
-    (degraded,) = wait_for("v2 degraded", lambda: events_of(stack, "degraded", version=2), 30)
+    (degraded,) = wait_for("v2 degraded", lambda: events_of(stack, "degraded", model=MODEL, version=2), 30)
     assert degraded.data.kind == "drift"
-    rolled = wait_for("the rollback", lambda: events_of(stack, "rolled_back", version=2), 120)[0]
+    rolled = wait_for("the rollback", lambda: events_of(stack, "rolled_back", model=MODEL, version=2), 120)[0]
     assert rolled.data.to_version == 1
     assert production_alias(stack) == 1
     assert wait_for("v2 marked", lambda: version_of(stack, 2)["tags"].get("needs_revalidation") == "true", 30)
@@ -180,12 +189,14 @@ def test_the_whole_lifecycle_from_training_to_a_rollback_on_drift(stack: Lifecyc
     # the monitor judges the same drift twice more: the episode stays open, no second alert
     rounds = evaluation_rounds(stack)
     wait_for("two more evaluation rounds", lambda: evaluation_rounds(stack) >= rounds + 2, 60)
-    assert len(events_of(stack, "degraded", version=2)) == 1
+    assert len(events_of(stack, "degraded", model=MODEL, version=2)) == 1
 
     # one trace per version from the trainer through the gate and the optimizer to its first deployment
     events = asyncio.run(stored_events(stack))
     for version, first_stage in ((1, "production"), (2, "canary")):
-        steps = [e for e in events if getattr(e.data, "version", None) == version]
+        steps = [
+            e for e in events if (getattr(e.data, "model", None), getattr(e.data, "version", None)) == (MODEL, version)
+        ]
         first_deploy = next(e for e in steps if e.event == "deployed" and e.data.stage == first_stage)
         traced = [e for e in steps if e.event in {"validated", "optimized"}] + [first_deploy]
         traces = {trace_id_of(e.traceparent) for e in traced}
@@ -265,3 +276,49 @@ def test_a_model_whose_name_has_a_dot_goes_through_the_whole_lifecycle(stack: Li
         return drift.status_code == 200 and drift.json().get("samples", 0) > 0
 
     wait_for("the monitor to receive iris.v2's samples", sampled, 30)
+
+
+@pytest.mark.slow
+def test_a_federated_model_passes_the_gate_and_serves_like_any_other(stack: LifecycleStack, tmp_path: Path) -> None:
+    """Three site processes (`gallery site run`, each holding only its non-IID share of digits) train one
+    model through the trainer service; the gate judges it on the coordinator's held-out split, the
+    deployer puts it in production, and clients through the gateway get the gate's accuracy. The
+    registry keeps its federation: the sites by name and fingerprint, the rounds, the worst site."""
+    model, rounds = "digits-federated", 6
+    port = free_port()
+    doc = yaml.safe_load((REPO / "examples" / "federated-digits.yaml").read_text())
+    doc["engine"] |= {"address": f"127.0.0.1:{port}", "rounds": rounds, "min_sites": 3, "round_timeout_s": 60}
+    spec = tmp_path / "federated.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    folders = write_site_folders(parse_spec(doc), tmp_path / "sites", n_sites=3, alpha=0.5, seed=0)
+    sites = []
+    for name, folder in folders.items():
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            command = ["site", "run", "--federation", f"127.0.0.1:{port}", "--site", name, "--data", str(folder)]
+            sites.append(subprocess.Popen([str(GALLERY), *command, "--max-wait", "120"], stdout=log, stderr=log))
+    try:
+        train(stack, spec)
+        assert [site.wait(60) for site in sites] == [0, 0, 0]
+    finally:
+        for site in sites:
+            if site.poll() is None:
+                site.kill()
+                site.wait()
+
+    wait_for("v1 judged", lambda: version_of(stack, 1, model).get("status") in {"validated", "rejected"}, 120)
+    v1 = version_of(stack, 1, model)
+    assert v1["status"] == "validated", v1.get("rejection_reasons")
+    federation = v1["lineage"]["federation"]
+    assert federation["rounds"] == rounds and federation["strategy"] == "fedavg"
+    assert sorted(site["name"] for site in federation["sites"]) == sorted(folders)
+    assert all(len(site["data_fingerprint"]) == 64 for site in federation["sites"])
+    worst = min(v1["metrics"][f"site.{name}.val_accuracy"] for name in folders)
+    assert v1["metrics"]["worst_site_val_accuracy"] == pytest.approx(worst)
+    card = httpx.get(f"{stack.services['registry'].url}/api/v1/models/{model}/versions/1/card", timeout=10)
+    assert card.status_code == 200 and "Federated training" in card.text
+
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production", model), 120)
+    x, y = held_out_split(stack, 1, model)
+    accuracy, served = accuracy_through_gateway(stack, x, y, model)
+    assert served == {"1"}
+    assert accuracy == pytest.approx(v1["evaluation_report"]["accuracy"], abs=0.01)
