@@ -2,7 +2,8 @@
 and `scripts/screenshots.py`.
 
 Two runs of the digits spec that differ in their learning rate and epochs, so the Experiments page has
-something to compare: v1 goes to production, v2 is judged against it.
+something to compare: v1 goes to production, v2 is judged against it. A federated version of another model
+is registered through the registry's API, for the model page's federated panel.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from federated_lineage import federation, site_metrics
 from lifecycle_stack import LifecycleStack, ServiceProcess
 
 from gallery_cli.stack import stack_authorization
@@ -25,6 +27,7 @@ from gallery_common.nats_server import EmbeddedNats
 REPO = Path(__file__).resolve().parents[2]
 GALLERY_CLI = Path(sys.executable).with_name("gallery")
 MODEL = "digits-mlp"
+FEDERATED_MODEL = "clinics-federated"
 T = TypeVar("T")
 
 
@@ -134,3 +137,24 @@ def wait_for_optimizer(stack: LifecycleStack, version: int, timeout: float = 300
         return any(j["version"] == version and j["status"] in {"succeeded", "failed"} for j in jobs)
 
     wait_until(f"the optimizer's job for v{version}", finished, timeout)
+
+
+def register_federated_version(stack: LifecycleStack) -> dict[str, Any]:
+    """Version 1 of FEDERATED_MODEL, registered through the registry's API with the lineage.federation and the
+    per-site figures a federated run's model.trained carries (no artifacts: the gate never judges it)."""
+    registry = f"{stack.services['registry'].url}/api/v1"
+    httpx.post(f"{registry}/models", json={"name": FEDERATED_MODEL}, timeout=10).raise_for_status()
+    answer = httpx.post(
+        f"{registry}/models/{FEDERATED_MODEL}/versions",
+        json={
+            "task": "classification",
+            "metrics": site_metrics(),
+            "lineage": {
+                "training_job_id": "federated-job",
+                "federation": federation(secure=True).model_dump(mode="json"),
+            },
+        },
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return answer.json()  # type: ignore[no-any-return]

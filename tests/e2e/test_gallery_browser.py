@@ -15,11 +15,14 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
+from federated_lineage import SITES, WORST_SITE
 from gallery_stack import (
+    FEDERATED_MODEL,
     GALLERY_CLI,
     MODEL,
     TrainedModel,
     gallery_stack,
+    register_federated_version,
     start_second_gallery,
     train_digits_twice,
 )
@@ -144,6 +147,7 @@ def test_the_model_card_shows_the_gates_accuracy(browser: WebDriver, gallery: st
     assert section, "digits are pictures: the importance is drawn over the 8x8 grid"
     assert css(browser, "#feature-importance")[0].get_attribute("data-top") == importance["groups"][0]["name"]
     assert len(css(browser, "#feature-importance .bars li")) == min(12, len(importance["groups"]))
+    assert css(browser, "#federation") == [], "trained in one place: no federated panel"
     assert css(browser, "#downloads #download-card")
     assert css(browser, '#downloads button[data-download="onnx"]')
     onnx = httpx.get(
@@ -277,6 +281,30 @@ def test_deep_links_open_their_page_and_back_returns(browser: WebDriver, gallery
     open_page(browser, f"{gallery}/models/{MODEL}/lineage", "lineage")
     kinds = {node.get_attribute("data-kind") for node in css(browser, ".lineage-svg g.node")}
     assert {"dataset", "run", "version"} <= kinds
+    assert page_errors(browser) == []
+
+
+def test_a_federated_version_shows_its_sites_and_the_worst_one(browser: WebDriver, stack: LifecycleStack) -> None:
+    # the stack's Gallery without `trained`, so this test alone needs no training run
+    gallery = stack.services["gallery"].url
+    registered = register_federated_version(stack)
+    open_page(browser, f"{gallery}/models/{FEDERATED_MODEL}", "model")
+    panel = wait_for(browser, "the federated panel", lambda d: css(d, "#federation"))[0]
+    assert registered["lineage"]["federation"]["sites"][0]["name"] in panel.text
+
+    rows = css(browser, "#federation-sites tbody tr")
+    assert [row.get_attribute("data-site") for row in rows] == list(SITES)
+    for row in rows:
+        accuracy = SITES[row.get_attribute("data-site")][3]
+        assert f"{accuracy * 100:.2f} %" in row.text
+    worst = css(browser, "#federation-sites tr.worst")
+    assert [row.get_attribute("data-site") for row in worst] == [WORST_SITE] and "worst" in worst[0].text
+    assert panel.get_attribute("data-worst") == WORST_SITE
+    assert text(browser, "#federation-spread") == (
+        f"Worst site: {WORST_SITE} (88.70 %); spread between the best and the worst site: 7.5 points."
+    )
+    assert "ε 3.2" in text(browser, '#federation [data-fact="privacy"]')
+    assert text(browser, '#federation [data-fact="secure_aggregation"]').startswith("yes")
     assert page_errors(browser) == []
 
 

@@ -1,12 +1,14 @@
 // The model page, its model card: the text people write (editable here, stored in the registry with its
-// history) above what the system knows: the gate's evaluation, data, verdicts, optimization, deployments,
-// alias history, versions and downloads. /models/{name} shows the production version (else the latest).
+// history) above what the system knows: the gate's evaluation, a federated version's sites, data, verdicts,
+// optimization, deployments, alias history, versions and downloads. /models/{name} shows the production
+// version (else the latest).
 
 import { ApiError, api, deployer, maybe, optimizer, registry, trainer } from "./api.js";
 import { askForToken, errorCard, navigate } from "./app.js";
 import { ago, badge, h, metric, put, seg, statusBadge } from "./dom.js";
 import { markdownBlock } from "./markdown.js";
 import { importanceSection } from "./explain-views.js";
+import { federationSection } from "./federation-view.js";
 import {
   aliasHistorySection,
   dataSection,
@@ -217,6 +219,7 @@ export async function render(view, route) {
     placeholder,
     guarded(() => evaluationSection(version)),
     guarded(() => importanceSection(version)),
+    guarded(() => federationSection(version)),
     h("div", { class: "two-col" }, guarded(() => dataSection(version, value(run, null))), guarded(() => verdictsSection(versions))),
     failed(jobs) || guarded(() => optimizerSection(job)),
     failed(deployments) || guarded(() => deploymentsSection(value(deployments, []))),
