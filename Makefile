@@ -10,13 +10,14 @@ export GALLERY_HOME ?= $(CURDIR)/.gallery
 PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
-.PHONY: help install postgres redis chromium valgrind promtool demo test up down status bench lint clean images k8s
+.PHONY: help install postgres redis chromium valgrind promtool demo test chaos up down status bench lint clean images k8s
 
 help:
 	@echo "make demo    install, start the embedded stack and run the lifecycle"
 	@echo "make test    install what the tests need and run them all"
 	@echo "make up      start the stack in the background (make down stops it)"
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
+	@echo "make chaos   kill and starve the servers under the services (tests/chaos) and print the figures"
 	@echo "make lint    ruff and mypy"
 	@echo "make images  build the container images (needs docker); make k8s renders deploy/k8s"
 
@@ -84,6 +85,12 @@ demo: install
 
 test: $(BIN)/.installed $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed postgres redis chromium valgrind promtool
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# tests/chaos: servers killed, stopped or starved under the services; not part of `make test` (minutes long).
+# Each scenario writes its figures to .gallery/chaos/, which scripts/chaos_table.py turns into the README's table.
+chaos: $(BIN)/.installed $(MOTO_VENV)/.installed postgres
+	GALLERY_CHAOS=1 $(BIN)/pytest -q -p no:cacheprovider tests/chaos
+	$(BIN)/python scripts/chaos_table.py
 
 up: install
 	$(BIN)/gallery up --detach

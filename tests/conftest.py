@@ -20,6 +20,9 @@ from gallery_common.netutil import free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The chaos suite kills servers for minutes on end: only `make chaos` (GALLERY_CHAOS=1) collects it.
+collect_ignore = [] if os.environ.get("GALLERY_CHAOS") == "1" else ["chaos"]
+
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
