@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -84,10 +85,11 @@ def _postgres_bin() -> Path:
 class PostgresServer:
     """A throwaway PostgreSQL cluster; `new_database()` gives each test its own database."""
 
-    def __init__(self, port: int, bindir: Path, run_as: list[str]) -> None:
+    def __init__(self, port: int, bindir: Path, run_as: list[str], data: Path) -> None:
         self.port = port
         self.bindir = bindir
         self.run_as = run_as
+        self.data = data
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -111,6 +113,28 @@ class PostgresServer:
         )
         return self.url(name)
 
+    def start(self) -> None:
+        """Start the cluster and wait until it accepts connections."""
+        self._pg_ctl(
+            "-l",
+            str(self.data.parent / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.data} -c fsync=off",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster; `fast` disconnects clients and rolls back their transactions, `immediate` crashes."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def _pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), *args], check=True, capture_output=True
+        )
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
@@ -129,34 +153,13 @@ def postgres_server() -> Iterator[PostgresServer]:
         check=True,
         capture_output=True,
     )
-    port = free_port()
-    log = data.parent / "postgres.log"
-    subprocess.run(
-        [
-            *run_as,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(log),
-            "-w",
-            "-t",
-            "60",
-            "start",
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    server = PostgresServer(free_port(), bindir, run_as, data)
+    server.start()
     try:
-        yield PostgresServer(port, bindir, run_as)
+        yield server
     finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-            check=False,
-            capture_output=True,
-        )
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -8,6 +8,7 @@ README's table.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 from chaos_figures import Figures
 
 REPO = Path(__file__).resolve().parents[2]
+# the scenarios start services as processes the way the end-to-end tests do (tests/e2e/lifecycle_stack.py)
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
 FIGURES_DIR = REPO / ".gallery" / "chaos"
 
 _recorded: list[tuple[str, dict[str, Any]]] = []

@@ -2,6 +2,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -37,6 +38,11 @@ def widget_router() -> APIRouter:
     @router.get("/boom")
     def boom() -> None:
         raise RuntimeError("secret internals")
+
+    @router.get("/database-down")
+    def database_down() -> None:
+        refused = ConnectionRefusedError("connection to 10.0.0.5:5432 refused")
+        raise sa.exc.OperationalError("SELECT secret FROM widgets", {}, refused)
 
     return router
 
@@ -79,6 +85,11 @@ def test_errors_are_json_with_the_right_status(tmp_path: Path, monkeypatch: pyte
         assert crash.status_code == 500
         assert "secret internals" not in crash.text
         assert client.get("/nowhere").json() == {"error": "Not Found"}
+
+        # a database restart is an outage the client waits out: 503 and when to try again, no internals
+        down = client.get("/api/v1/database-down")
+        assert (down.status_code, down.headers["Retry-After"]) == (503, "1")
+        assert down.json() == {"error": "the database is unavailable; try again shortly"}
 
 
 def test_roles_gate_reads_writes_and_admin_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

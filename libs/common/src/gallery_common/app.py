@@ -33,7 +33,7 @@ from .access import ROUTE_SCOPE_KEY, AccessMiddleware, gallery_error_response
 from .artifacts import ArtifactStore, open_store
 from .auth import requires
 from .bus import EventBus
-from .db import make_engine, ping
+from .db import DATABASE_RETRY_AFTER_S, DATABASE_UNAVAILABLE, make_engine, ping
 from .errors import GalleryError, Unavailable
 from .settings import GallerySettings
 from .telemetry import configure_logging, configure_tracing, counter, get_logger, histogram
@@ -99,6 +99,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # a database restart is an outage to wait out, not a server error: 503 and when to try again
+        log.warning("database unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        message = "the database is unavailable; try again shortly"
+        return _error(503, message, {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,9 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
 
-from sqlalchemy import Column, DateTime, event, text
+from sqlalchemy import Column, DateTime, event, exc, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Field, create_engine
+
+# The database cannot be reached right now (down, restarting, out of connections): worth retrying shortly.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
+DATABASE_RETRY_AFTER_S = 1
 
 
 def make_engine(url: str) -> Engine:

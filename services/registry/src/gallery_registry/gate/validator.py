@@ -15,11 +15,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import sqlalchemy as sa
 from pydantic import ValidationError
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.bus import EventBus
+from gallery_common.db import DATABASE_UNAVAILABLE
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import CloudEvent, ModelRejected, ModelTrained, ModelValidated
 from gallery_common.telemetry import counter, get_logger, histogram
@@ -91,7 +91,7 @@ async def _blocking(fn: Callable[..., T], *args: Any) -> T:
     """Run `fn` in a worker thread; a database that cannot be reached is Unavailable (retried)."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
+    except DATABASE_UNAVAILABLE as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise Unavailable(f"registry database unavailable: {type(exc).__name__}: {first_line}") from exc
 
