@@ -4,7 +4,7 @@ clients and lets each NATS user publish only the subjects it owns."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import nats
@@ -16,6 +16,8 @@ from gallery_cli.stack import stack_authorization
 from gallery_common.bus import EVENTS_STREAM, EventBus
 from gallery_common.nats_auth import NatsCredentials, ensure_passwords, principals
 from gallery_common.nats_server import EmbeddedNats
+from gallery_common.routes_kv import BUCKET, RouteChange, RoutesBucket, RoutesFollower
+from gallery_common.routes_kv import STREAM as ROUTES_STREAM
 
 OWNERS = {
     "model.trained": "trainer",
@@ -152,3 +154,50 @@ def test_every_service_connects_with_a_user_of_its_own() -> None:
     # the generic user of another installed service owns no lifecycle subject
     assert not [s for s in table["echo"].publish if s.startswith("model.")]
     assert all(s.startswith("_INBOX.echo.") for s in table["echo"].subscribe)
+
+
+async def test_only_the_deployer_writes_routes_and_a_gateway_only_follows_them(
+    server: EmbeddedNats, home: Path, connect
+) -> None:  # type: ignore[no-untyped-def]
+    deployer = await EventBus(server.url, "test-deployer", credentials=credentials(home, "deployer")).connect(
+        ensure_streams=False
+    )
+    gateway = await EventBus(server.url, "test-gateway", credentials=credentials(home, "gateway")).connect(
+        ensure_streams=False
+    )
+    try:
+        bucket = await RoutesBucket.open(deployer)
+        written = await bucket.put("iris.v2", b'{"backends": []}')
+        forgers: list[Violations] = []
+        for user in ("gateway", "cli", "monitor"):
+            forgers.append(Violations())
+            nc = await connect(user, forgers[-1])
+            for subject in (f"$KV.{BUCKET}.iris=v2", f"$KV.{BUCKET}.forged"):
+                await nc.publish(subject, b'{"backends": [{"id": "evil"}]}')
+            await nc.flush()
+        deadline = asyncio.get_running_loop().time() + 10
+        while any(len(violations.errors) < 2 for violations in forgers):
+            assert asyncio.get_running_loop().time() < deadline, [v.errors for v in forgers]
+            await asyncio.sleep(0.05)
+        changes: list[RouteChange] = []
+
+        async def apply(batch: Sequence[RouteChange], synced: bool) -> None:
+            changes.extend(batch)
+
+        follower = RoutesFollower(gateway, apply).start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not follower.synced:
+                assert asyncio.get_running_loop().time() < deadline, "the gateway never read the bucket"
+                await asyncio.sleep(0.05)
+        finally:
+            await follower.close()
+        stored = (await deployer.js.stream_info(ROUTES_STREAM)).state.messages
+    finally:
+        await gateway.close()
+        await deployer.close()
+    assert changes == [RouteChange("iris.v2", b'{"backends": []}', written)]  # read, and nothing forged
+    assert stored == 1
+    for violations in forgers:  # the server says so to each of them
+        refused = " ".join(violations.errors).lower()
+        assert refused.count("permissions violation") == 2 and f"$kv.{BUCKET}.forged" in refused

@@ -116,7 +116,7 @@ def artifact(version: int, prefix: str = "") -> ArtifactRef:
 
 
 def weights(controller: Controller, model: str = "m") -> dict[str, float]:
-    route = controller.gateway.routes[model]  # type: ignore[attr-defined]
+    route = controller.routes.routes[model]  # type: ignore[attr-defined]
     return {b.id: b.weight for b in route.backends}
 
 
@@ -139,7 +139,7 @@ async def test_a_new_version_is_a_canary_then_promotion_moves_traffic_alias_and_
     await controller.deploy("m", 1, artifact(1))
     await controller.deploy("m", 2, artifact(2))
     assert weights(controller) == {"m-v1-0": 90.0, "m-v2-0": 10.0}
-    assert controller.gateway.routes["m"].backends[1].role == "canary"  # type: ignore[attr-defined]
+    assert controller.routes.routes["m"].backends[1].role == "canary"  # type: ignore[attr-defined]
 
     await controller.promote("m", "canary analysis passed")
 
@@ -213,7 +213,7 @@ async def test_an_optimized_variant_replaces_the_artifact_in_place(controller: C
 
     assert record is not None and record.variant == "int8_dynamic"
     assert controller.runtime.specs["m-v1"].artifact_sha256 == "f" * 64  # type: ignore[attr-defined]
-    assert controller.gateway.routes["m"].backends[0].variant == "int8_dynamic"  # type: ignore[attr-defined]
+    assert controller.routes.routes["m"].backends[0].variant == "int8_dynamic"  # type: ignore[attr-defined]
     assert announced(controller)[-1] == "deployed:m:1:int8_dynamic:production"
     assert await controller.roll_variant("m", 9, "int8_dynamic", int8) is None  # a version not serving
 
@@ -232,7 +232,7 @@ async def test_scaling_to_zero_puts_the_route_to_sleep_and_wake_routes_again(con
     await controller.deploy("m", 1, artifact(1))
 
     await controller.scale("m", 1, 0)
-    route = controller.gateway.routes["m"]  # type: ignore[attr-defined]
+    route = controller.routes.routes["m"]  # type: ignore[attr-defined]
     assert route.policy.asleep and route.policy.wake_url.endswith("/api/v1/deployments/m/wake")
 
     await controller.wake("m")

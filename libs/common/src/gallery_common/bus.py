@@ -244,6 +244,7 @@ class EventBus:
         self._closing = False
         self._last_error: str | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._reconnect_listeners: list[Callable[[], None]] = []
 
     @classmethod
     def from_settings(
@@ -384,6 +385,12 @@ class EventBus:
             self._restoring = asyncio.create_task(self._restore_streams(), name=f"nats-streams:{self.service}")
         for consumer in self._consumers:
             consumer.notify_reconnected()
+        for listener in self._reconnect_listeners:
+            listener()
+
+    def on_reconnected(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the event loop, without waiting) after each reconnect."""
+        self._reconnect_listeners.append(listener)
 
     async def _restore_streams(self) -> None:
         try:

@@ -3,8 +3,9 @@ allowed to publish only the subjects it owns and to use only its own JetStream c
 
 Only the trainer publishes `model.trained`, only the registry `model.validated` / `model.rejected`,
 only the optimizer `model.optimized`, only the deployer `model.deployed` / `model.rolled_back` /
-`model.deployment_failed`, only the monitor `model.degraded`; only the gateway publishes traffic
-samples and only model servers answer `infer.<model>`. Each user's request replies come on an inbox
+`model.deployment_failed`, only the monitor `model.degraded`; only the deployer writes the gateways'
+routes (the `routes` KV bucket), which gateways may only read and watch; only the gateway publishes
+traffic samples and only model servers answer `infer.<model>`. Each user's request replies come on an inbox
 prefix of its own (`_INBOX.<user>.`), so no one can read another's replies.
 
 `gallery up` makes a password per user in `$GALLERY_HOME/nats/users/<user>.password` (0600) and
@@ -24,6 +25,8 @@ from pathlib import Path
 from .consumer import DLQ_PREFIX
 from .contracts.names import INFER_PREFIX, JOB_STATUS_PREFIX, JOBS_PREFIX, SAMPLE_PREFIX
 from .events import subject_for
+from .routes_kv import STREAM as ROUTES_STREAM
+from .routes_kv import SUBJECTS as ROUTES
 from .settings import GallerySettings
 
 EVENTS_STREAM = "MODEL_EVENTS"
@@ -115,6 +118,29 @@ def _read_events(name: str) -> tuple[str, ...]:
     )
 
 
+def _write_routes() -> tuple[str, ...]:
+    """Keep the gateways' routes bucket, read its keys and write them (the deployer only)."""
+    return (
+        *_stream_upkeep(ROUTES_STREAM),
+        f"$JS.API.STREAM.MSG.GET.{ROUTES_STREAM}",
+        f"$JS.API.DIRECT.GET.{ROUTES_STREAM}.>",
+        ROUTES,
+    )
+
+
+def _follow_routes() -> tuple[str, ...]:
+    """Bind to the routes bucket and watch it with ordered consumers (a gateway): reading, no writing."""
+    return (
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{ROUTES_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{ROUTES_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{ROUTES_STREAM}.>",
+        f"$JS.API.CONSUMER.INFO.{ROUTES_STREAM}.>",
+        f"$JS.API.CONSUMER.DELETE.{ROUTES_STREAM}.>",
+        f"$JS.FC.{ROUTES_STREAM}.>",
+    )
+
+
 def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     """Every NATS user of a Model Gallery installation; `services` adds a user for other installed
     services (their durable consumer is named after them; they publish no lifecycle event)."""
@@ -128,7 +154,9 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     found = {p.name: p for p in table}
     monitor = found["monitor"]
     found["monitor"] = Principal("monitor", monitor.publish, (*monitor.subscribe, SAMPLES))
-    found["gateway"] = Principal("gateway", (SAMPLES,), (f"{inbox_prefix('gateway')}.>",))
+    deployer = found["deployer"]
+    found["deployer"] = Principal("deployer", (*deployer.publish, *_write_routes()), deployer.subscribe)
+    found["gateway"] = Principal("gateway", (SAMPLES, *_follow_routes()), (f"{inbox_prefix('gateway')}.>",))
     found["modelserver"] = Principal(
         "modelserver",
         (

@@ -25,9 +25,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 METRIC_PREFIX = "modelgallery_"
-# "_state": a gauge whose value is one of a few states (0 closed, 1 half-open, ...), unitless like Prometheus' `up`
+# "_state": a gauge whose value is one of a few states (0 closed, 1 half-open, ...), unitless like Prometheus' `up`;
+# "_revision": a gauge holding a JetStream sequence (the routes bucket's revision a gateway has applied)
 UNIT_SUFFIXES = (
-    "_seconds", "_bytes", "_total", "_ratio", "_count", "_info", "_events", "_requests", "_percent", "_state"
+    "_seconds", "_bytes", "_total", "_ratio", "_count", "_info", "_events", "_requests", "_percent", "_state",
+    "_revision",
 )  # fmt: skip
 # the series a histogram or summary adds to its name: `promtool check metrics` refuses them on other types
 _SERIES_SUFFIXES = ("_count", "_sum", "_bucket")

@@ -12,16 +12,17 @@ from fastapi import FastAPI
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.events import Payload
 from gallery_common.registry_client import RegistryClient
+from gallery_common.routes_kv import RoutesBucket
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
 from ..runtime.base import Runtime
-from . import api
+from . import api, routes_api
 from .consumer import rollout_events
 from .controller import Controller
 from .migrations import upgrade
 from .records import DeploymentStore
-from .routing import GatewayClient
+from .routing import GatewayRoutes
 from .settings import DeployerSettings
 
 TICK_S = 1.0
@@ -59,7 +60,7 @@ async def _ticker(controller: Controller) -> None:
         try:
             await controller.judge_due_canaries()
             await controller.retire_drained()
-        except Exception as exc:  # one bad tick (gateway down) must not stop the next
+        except Exception as exc:  # one bad tick (NATS down) must not stop the next
             log.warning("deployer_tick_failed", reason=f"{type(exc).__name__}: {exc}")
 
 
@@ -76,15 +77,13 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
             await bus.publish(payload, event_id=event_id)
 
         registry_token = settings.registry_token.get_secret_value() if settings.registry_token else None
-        gateway_token = settings.gateway_token.get_secret_value() if settings.gateway_token else None
         registry = RegistryClient(settings.registry_url, registry_token)
         stack.callback(registry.close)
-        gateway = GatewayClient(settings.gateway_url, gateway_token)
-        stack.push_async_callback(gateway.close)
+        routes = GatewayRoutes(await RoutesBucket.open(bus))
         used_runtime = runtime or make_runtime(settings)
         stack.push_async_callback(used_runtime.close)
         controller = Controller(
-            settings, DeploymentStore(resources.engine), used_runtime, gateway, registry, resources.store, publish
+            settings, DeploymentStore(resources.engine), used_runtime, routes, registry, resources.store, publish
         )
         stack.push_async_callback(controller.close)
         await controller.restore()
@@ -97,7 +96,7 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         settings,
         title="Model Gallery deployer",
         description="Rollouts on model.validated: canary analysis, promotion, rollback; local and Kubernetes runtimes.",
-        routers=[api.router],
+        routers=[api.router, routes_api.router],
         use_bus=True,
         use_store=True,
         use_database=True,

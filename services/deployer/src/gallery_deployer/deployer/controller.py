@@ -1,8 +1,9 @@
 """The rollout state machine: deploy, canary analysis, promotion, rollback, retirement, wake-up.
 
 Every change to a model runs under that model's lock, is recorded before it is announced, and
-ends by pushing the model's route to the gateway. Outcome events carry deterministic ids, so a
-redelivered trigger that runs again publishes nothing new (JetStream keeps one copy per id).
+ends by writing the model's route to the routes bucket the gateways follow. Outcome events carry
+deterministic ids, so a redelivered trigger that runs again publishes nothing new (JetStream keeps
+one copy per id).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..runtime.base import DeploymentStatus, ReportsChanges, Runtime, RuntimeSta
 from . import canary
 from .policy import DeploymentPolicy, PolicyStore
 from .records import SERVING, DeploymentRecord, DeploymentStore, Stage, due
-from .routing import GatewayClient, build_route
+from .routing import GatewayRoutes, build_route
 from .settings import DeployerSettings
 
 Publish = Callable[[Payload, str], Awaitable[None]]
@@ -66,7 +67,7 @@ class Controller:
         settings: DeployerSettings,
         store: DeploymentStore,
         runtime: Runtime,
-        gateway: GatewayClient,
+        routes: GatewayRoutes,
         registry: RegistryClient | None,
         artifacts: ArtifactStore,
         publish: Publish,
@@ -74,7 +75,7 @@ class Controller:
         self.settings = settings
         self.store = store
         self.runtime = runtime
-        self.gateway = gateway
+        self.routes = routes
         self.registry = registry
         self.artifacts = artifacts
         self.publish = publish
@@ -509,7 +510,7 @@ class Controller:
         for model in sorted(models):
             try:
                 await self.sync_routes(model)
-            except GalleryError as exc:  # the gateway may start after the deployer; the next change routes
+            except GalleryError as exc:  # NATS down for longer than the publish deadline; the next change routes
                 log.warning("restore_route_failed", model=model, reason=exc.message)
 
     async def _replicas_changed(self, status: DeploymentStatus) -> None:
@@ -526,7 +527,7 @@ class Controller:
                 log.warning("route_update_failed", model=record.model, reason=exc.message)
 
     async def sync_routes(self, model: str) -> ModelRoute | None:
-        """Push the model's route (or its removal) to the gateway from the records and live endpoints."""
+        """Write the model's route (or its removal) to the routes bucket from the records and live endpoints."""
         serving = await self._db(self.store.for_model, model, SERVING)
         endpoints: dict[str, tuple[str, ...]] = {}
         asleep = bool(serving)
@@ -542,9 +543,9 @@ class Controller:
         policy = RoutePolicy(asleep=asleep, wake_url=wake_url)
         route = ModelRoute(backends=[], policy=policy) if asleep else build_route(serving, endpoints, policy)
         if route is None:
-            await self.gateway.delete(model)
+            await self.routes.delete(model)
         else:
-            await self.gateway.put(model, route)
+            await self.routes.put(model, route)
         return route
 
     async def _move_alias(self, model: str, version: int, reason: str) -> None:

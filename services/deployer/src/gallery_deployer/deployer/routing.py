@@ -1,4 +1,4 @@
-"""What the gateway should route for a model, built from the deployer's records, and the client that sets it.
+"""What the gateways should route for a model, built from the deployer's records, and where it is set.
 
 Production takes `100 - canary%`, the canary its share; the previous production version stays as a
 weight-0 fallback link until its drain ends. Every ready replica is its own backend, so the
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import httpx
-
-from gallery_common.errors import GalleryError, Unavailable
+from gallery_common.routes_kv import RoutesBucket
 from gallery_common.telemetry import get_logger
 
 from ..gateway.routes import Backend, BackendRole, ModelRoute, RoutePolicy
@@ -50,41 +48,32 @@ def build_route(
     return ModelRoute(backends=backends, policy=policy)
 
 
-class GatewayClient:
-    """Sets and removes routes through the gateway's admin API."""
+class GatewayRoutes:
+    """Sets and removes models' routes in the routes bucket, which every gateway replica follows."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+    def __init__(self, bucket: RoutesBucket) -> None:
+        self.bucket = bucket
 
-    async def get(self, model: str) -> ModelRoute | None:
-        response = await self._call("GET", f"/admin/routes/{model}")
-        if response.status_code == 404:
+    async def get(self, model: str) -> tuple[ModelRoute, int] | None:
+        """A model's route and the bucket revision that holds it; None when it has none."""
+        entry = await self.bucket.get(model)
+        if entry is None:
             return None
-        return ModelRoute.model_validate(response.json())
+        return ModelRoute.model_validate_json(entry.value), entry.revision
 
-    async def put(self, model: str, route: ModelRoute) -> None:
-        response = await self._call("PUT", f"/admin/routes/{model}", json=route.model_dump(mode="json"))
-        if response.status_code != 200:
-            raise GalleryError(f"gateway refused the route of {model!r}: {response.status_code} {response.text[:300]}")
+    async def put(self, model: str, route: ModelRoute) -> int:
+        revision = await self.bucket.put(model, route.model_dump_json().encode())
         log.info(
             "route_set",
             model=model,
+            revision=revision,
             backends=[(b.id, round(b.weight, 2)) for b in route.backends],
             asleep=route.policy.asleep,
         )
+        return revision
 
-    async def delete(self, model: str) -> None:
-        response = await self._call("DELETE", f"/admin/routes/{model}")
-        if response.status_code not in (204, 404):
-            raise GalleryError(f"gateway refused to delete the route of {model!r}: {response.status_code}")
-
-    async def _call(self, method: str, path: str, json: object = None) -> httpx.Response:
-        try:
-            return await self._http.request(method, path, json=json)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"gateway at {self.base_url} unreachable ({type(exc).__name__}: {exc})") from exc
-
-    async def close(self) -> None:
-        await self._http.aclose()
+    async def delete(self, model: str) -> bool:
+        deleted = await self.bucket.delete(model)
+        if deleted:
+            log.info("route_deleted", model=model)
+        return deleted

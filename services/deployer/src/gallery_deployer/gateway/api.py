@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
+from pydantic import BaseModel, Field
 
 from gallery_common import __version__
 from gallery_common.auth import requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import NotFound
+from gallery_common.routes_kv import BUCKET
 from gallery_common.settings import Role
 
 from .fastpath import INFER_ROUTES, OIP_TAG
@@ -105,6 +107,30 @@ def list_routes(request: Request) -> dict[str, ModelRoute]:
     return _book(request).all()
 
 
+class RoutingState(BaseModel):
+    """Where this replica's routing table stands against the routes bucket."""
+
+    bucket: str = BUCKET
+    revision: int = Field(description="highest bucket revision the table has taken in (0: none yet)")
+    following: bool = Field(description="watching the bucket now (false: the bus is down or this gateway has none)")
+    synced: bool = Field(description="the current watch has delivered the bucket's state")
+    models: int
+
+
+@admin.get("/routing")
+def routing_state(request: Request) -> RoutingState:
+    """The bucket revision this replica serves; `modelgallery_gateway_routes_revision` has it too."""
+    gateway = _gateway(request)
+    follower = gateway.follower
+    following = follower is not None and follower.bus.is_connected and follower.synced
+    return RoutingState(
+        revision=gateway.book.revision,
+        following=following,
+        synced=follower is not None and follower.synced,
+        models=len(gateway.book.all()),
+    )
+
+
 @admin.get("/routes/{model}")
 def get_route(model: str, request: Request) -> ModelRoute:
     route = _book(request).get(model)
@@ -115,7 +141,10 @@ def get_route(model: str, request: Request) -> ModelRoute:
 
 @admin.put("/routes/{model}")
 def put_route(model: str, route: Annotated[ModelRoute, Body()], request: Request) -> ModelRoute:
-    """Replace a model's routing entry; it is persisted before this answers."""
+    """Replace a model's routing entry on this replica alone; it is in the snapshot before this answers.
+
+    For manual operations (the bus down, one replica to fix): the next change of the model in the
+    routes bucket replaces it. The deployer's `PUT /api/v1/routes/{model}` changes every replica."""
     check_model_name(model)
     _book(request).put(model, route)
     return route
@@ -123,6 +152,7 @@ def put_route(model: str, route: Annotated[ModelRoute, Body()], request: Request
 
 @admin.delete("/routes/{model}", status_code=204)
 def delete_route(model: str, request: Request) -> Response:
+    """Remove a model's routing entry from this replica alone (see PUT)."""
     if not _book(request).delete(model):
         raise NotFound(f"model {model!r} has no route")
     return Response(status_code=204)

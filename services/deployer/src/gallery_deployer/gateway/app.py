@@ -10,10 +10,12 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.routes_kv import RoutesFollower
 from gallery_common.settings import load_settings
 
 from . import api
 from .fastpath import InferFastPath, document_inference, is_inference
+from .follow import follow_routes
 from .proxy import Gateway
 from .routes import RouteBook
 from .samples import SampleOutbox
@@ -22,7 +24,8 @@ from .settings import GatewaySettings
 DESCRIPTION = (
     "One Open Inference Protocol v2 REST API for every deployed model: weighted and sticky "
     "traffic splits, shadow traffic, circuit breakers with fallback chains, a response cache and "
-    "request sampling for the monitor. `/admin/routes` holds the routing table."
+    "request sampling for the monitor. `/admin/routes` shows the routing table, which follows the deployer's "
+    "routes bucket on every replica."
 )
 
 
@@ -30,7 +33,8 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
     """The gateway for `settings`; `with_bus=False` gives one that publishes no samples (tests).
 
     The bus is not needed to serve: the gateway starts, reports ready and routes while NATS is
-    unreachable; samples wait in a bounded buffer and go out once it connects.
+    unreachable (from its routes snapshot); samples wait in a bounded buffer and go out once it
+    connects, and from then on the routing table follows the routes bucket.
     """
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Gateway:
@@ -43,11 +47,14 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
         client = await stack.enter_async_context(session)
         samples: SampleOutbox | None = None
+        follower: RoutesFollower | None = None
         if resources.bus is not None:
             samples = SampleOutbox(resources.bus, settings.sample_buffer)
             samples.start()
             stack.push_async_callback(samples.close, timeout=settings.request_timeout_s)
-        gateway = Gateway(settings, book, client, samples)
+            follower = follow_routes(resources.bus, book)
+            stack.push_async_callback(follower.close)
+        gateway = Gateway(settings, book, client, samples, follower=follower)
         stack.push_async_callback(gateway.close)
         return gateway
 

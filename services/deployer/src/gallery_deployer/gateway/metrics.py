@@ -16,6 +16,9 @@ LATENCY = histogram(
     ("model",),
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+ROUTES_REVISION = gauge(
+    "gateway_routes_revision", "Highest revision of the routes bucket this replica's routing table has taken in"
+)
 BREAKER_STATE = gauge("gateway_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ("model", "backend"))
 FALLBACKS = counter("gateway_fallbacks_total", "Requests answered by a link after the first", ("model",))
 FAILURES = counter("gateway_failures_total", "Requests where every link failed", ("model", "status"))

@@ -28,6 +28,7 @@ from gallery_common.contracts.oip import (
     response_top_classes,
 )
 from gallery_common.errors import NotFound, Unavailable
+from gallery_common.routes_kv import RoutesFollower
 
 from . import metrics
 from .balance import plan_chain
@@ -135,9 +136,12 @@ class Gateway:
         client: aiohttp.ClientSession,
         samples: SampleSink | None = None,
         rng: random.Random | None = None,
+        *,
+        follower: RoutesFollower | None = None,
     ) -> None:
         self.settings = settings
         self.book = book
+        self.follower = follower  # what keeps `book` in step with the routes bucket; None without a bus
         self.client = client
         self.samples = samples
         self.rng = rng or random.Random()

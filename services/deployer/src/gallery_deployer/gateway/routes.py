@@ -1,7 +1,8 @@
 """The routing table: which backends serve a model, with what weights and policy.
 
-The deployer replaces a model's entry over the admin API; the table is kept in memory for the
-request path and persisted to a JSON file (written atomically) so that a restart keeps it.
+The deployer writes a model's entry into the routes bucket (`gallery_common.routes_kv`), which every
+gateway replica follows; the table is kept in memory for the request path and snapshotted to a JSON
+file (written atomically), so that a restart, or a start with the bus down, serves the last known routes.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 
@@ -92,24 +94,39 @@ def check_model_name(model: str) -> None:
 
 
 class RouteBook:
-    """The routing table in memory, persisted to `path` on every change."""
+    """The routing table in memory, with a snapshot of it in `path` (JSON, written atomically).
+
+    The table follows the routes bucket (`apply`, then `persist`); `put` and `delete` are an operator's
+    changes to this replica alone. `revision` is the highest bucket revision the table has taken in.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._routes: dict[str, ModelRoute] = {}
-        self._lock = threading.Lock()
+        self._revision = 0
+        self._lock = threading.Lock()  # held for in-memory swaps only: the event loop takes it too
+        self._file_lock = threading.Lock()
 
     def load(self) -> RouteBook:
-        """Read the file if there is one; a damaged file stops start-up with its path and reason."""
+        """Read the snapshot if there is one; a damaged file stops start-up with its path and reason.
+
+        A snapshot is `{"revision": N, "routes": {model: route}}`; a file written before the bucket
+        existed is the bare `{model: route}` map, read as revision 0.
+        """
         if not self.path.exists():
             return self
         try:
             raw = orjson.loads(self.path.read_bytes())
-            routes = {name: ModelRoute.model_validate(entry) for name, entry in raw.items()}
-        except (orjson.JSONDecodeError, ValidationError, AttributeError) as exc:
+            revision, entries = _snapshot_parts(raw)
+            routes = {name: ModelRoute.model_validate(entry) for name, entry in entries.items()}
+        except (orjson.JSONDecodeError, ValidationError, AttributeError, TypeError) as exc:
             raise ValueError(f"routing file {self.path} is not valid: {exc}") from None
-        self._routes = routes
+        self._routes, self._revision = routes, revision
         return self
+
+    @property
+    def revision(self) -> int:
+        return self._revision
 
     def get(self, model: str) -> ModelRoute | None:
         return self._routes.get(model)
@@ -118,24 +135,41 @@ class RouteBook:
         return dict(self._routes)
 
     def put(self, model: str, route: ModelRoute) -> None:
+        """Set a model's route on this replica; the snapshot holds it before this returns."""
         check_model_name(model)
-        with self._lock:
-            routes = {**self._routes, model: route}
-            self._save(routes)
-            self._routes = routes
+        self.apply({model: route})
+        self.persist()
 
     def delete(self, model: str) -> bool:
-        with self._lock:
-            if model not in self._routes:
-                return False
-            routes = {k: v for k, v in self._routes.items() if k != model}
-            self._save(routes)
-            self._routes = routes
-            return True
+        if model not in self._routes:
+            return False
+        self.apply({model: None})
+        self.persist()
+        return True
 
-    def _save(self, routes: dict[str, ModelRoute]) -> None:
+    def apply(self, changes: Mapping[str, ModelRoute | None], revision: int = 0) -> None:
+        """Take `changes` into the table at once (None removes a model); `persist` writes the snapshot."""
+        with self._lock:
+            routes = dict(self._routes)
+            for model, route in changes.items():
+                if route is None:
+                    routes.pop(model, None)
+                else:
+                    routes[model] = route
+            self._routes = routes
+            self._revision = max(self._revision, revision)
+
+    def persist(self) -> None:
+        """Write the table as it is now; of two writers, the later one writes the later table."""
+        with self._file_lock:
+            with self._lock:
+                routes, revision = self._routes, self._revision
+            self._save(routes, revision)
+
+    def _save(self, routes: dict[str, ModelRoute], revision: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = orjson.dumps({k: v.model_dump(mode="json") for k, v in routes.items()}, option=orjson.OPT_INDENT_2)
+        snapshot = {"revision": revision, "routes": {k: v.model_dump(mode="json") for k, v in routes.items()}}
+        data = orjson.dumps(snapshot, option=orjson.OPT_INDENT_2)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".routes-", suffix=".json")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -146,3 +180,12 @@ class RouteBook:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _snapshot_parts(raw: object) -> tuple[int, dict[str, object]]:
+    """(revision, routes) of a snapshot, either shape."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+    if set(raw) == {"revision", "routes"} and isinstance(raw["revision"], int) and isinstance(raw["routes"], dict):
+        return raw["revision"], raw["routes"]
+    return 0, raw
