@@ -61,3 +61,9 @@ class InvalidKey(ArtifactError):
     """An artifact key that would escape its store's root."""
 
     status_code = 400
+
+
+class StorageFull(ArtifactError, Unavailable):
+    """No space left where an artifact is written (a full disk or quota); it may succeed once space is freed."""
+
+    status_code = 507

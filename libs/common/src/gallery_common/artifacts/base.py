@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeAlias, runtime_checkable
 
-from gallery_common.errors import ArtifactError, IntegrityError, InvalidKey
+from gallery_common.errors import ArtifactError, IntegrityError, InvalidKey, StorageFull
 from gallery_common.events import ArtifactRef
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ Source: TypeAlias = bytes | bytearray | memoryview | Path | BinaryIO
 _URI_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class ArtifactTooLarge(ArtifactError):
@@ -331,14 +333,19 @@ def write_atomically(
     """Write chunks to a temp file beside `dest`, fsync it, check `sha256`, then rename it over `dest`.
 
     Returns the digest and size written. On any failure (a digest mismatch included) the temp file is
-    removed and `dest` keeps whatever it held before.
+    removed and `dest` keeps whatever it held before; a full disk or quota is StorageFull.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = dest.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
     hasher = hashlib.sha256()
     size = 0
-    # O_EXCL and O_NOFOLLOW: never write through a link someone planted under the temp name.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        # O_EXCL and O_NOFOLLOW: never write through a link someone planted under the temp name.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise _storage_full(exc, artifact or str(dest), dest.parent, size) from exc
+        raise
     try:
         with open(fd, "wb", closefd=True) as out:
             for chunk in chunks:
@@ -351,8 +358,17 @@ def write_atomically(
         if sha256 is not None:
             check_digest(artifact or str(dest), sha256, digest)
         os.replace(temp, dest)
-    except BaseException:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            raise _storage_full(exc, artifact or str(dest), dest.parent, size) from exc
         raise
     fsync_dir(dest.parent)
     return digest, size
+
+
+def _storage_full(exc: OSError, artifact: str, folder: Path, written: int) -> StorageFull:
+    return StorageFull(
+        f"cannot write {artifact}: {exc.strerror} in {folder} after {describe_size(written)}; "
+        "the partial copy was removed and nothing was stored under its name"
+    )

@@ -97,7 +97,7 @@ class FileArtifactStore:
         path, uri = self._path(key)
         with open_source(source) as opened:
             try:
-                digest, size = write_atomically(path, iter_chunks(opened.stream))
+                digest, size = write_atomically(path, iter_chunks(opened.stream), artifact=uri)
             except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
                 # S3 can hold both `a` and `a/b`; a directory tree cannot.
                 raise ArtifactError(f"cannot store {key!r}: a file and a folder would share a name ({exc})") from None
