@@ -35,7 +35,8 @@ class LifecycleStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GALLERY_")}
         env.update(GALLERY_HOME=str(self.home), GALLERY_NATS_URL=self.nats_url, **extra)
         for name, service in self.services.items():
-            env[f"GALLERY_{name.upper()}_URL"] = service.url
+            if name == service.name:  # the first process of each service
+                env[f"GALLERY_{name.upper()}_URL"] = service.url
         return env
 
     def bus(self, user: str = "cli") -> EventBus:
@@ -44,9 +45,10 @@ class LifecycleStack:
         credentials = NatsCredentials(user, path.read_text().strip()) if path.exists() else None
         return EventBus(self.nats_url, f"test-{user}", credentials=credentials)
 
-    def start(self, name: str, timeout: float = 60.0, **settings: str) -> ServiceProcess:
+    def start(self, name: str, timeout: float = 60.0, *, replica: str = "", **settings: str) -> ServiceProcess:
+        """Start service `name`; a `replica` suffix starts one more process of it, kept as `<name><replica>`."""
         port = free_port()
-        log = self.home / "logs" / f"{name}.log"
+        log = self.home / "logs" / f"{name}{replica}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = self.env(GALLERY_SERVICE_NAME=name, GALLERY_PORT=str(port), **settings)
         with open(log, "ab") as out:
@@ -54,7 +56,7 @@ class LifecycleStack:
                 [sys.executable, "-m", "gallery_common.serve", name], env=env, stdout=out, stderr=subprocess.STDOUT
             )
         service = ServiceProcess(name, f"http://127.0.0.1:{port}", process, log)
-        self.services[name] = service
+        self.services[name + replica] = service
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:

@@ -38,6 +38,8 @@ from pydantic import Field
 from .auth import requires
 from .bus import EventBus
 from .errors import Unavailable
+from .events import Payload, make_event
+from .nats_auth import LEADERS_BUCKET
 from .settings import GallerySettings
 from .telemetry import gauge, get_logger
 
@@ -52,10 +54,11 @@ __all__ = [
     "LockLost",
     "NotLeader",
     "leader_router",
+    "publish_as_leader",
     "require_leader",
 ]
 
-LEADERS_BUCKET = "leaders"
+TERM_EXTENSION = "leaderterm"  # the CloudEvents extension attribute a leader's events carry its term in
 STEP_DOWN_GRACE_S = 5.0  # how long a cancelled term may take to hand back what it holds
 log = get_logger(__name__)
 _GAUGES: dict[str, Gauge] = {}
@@ -386,6 +389,13 @@ def _decode(value: bytes, revision: int) -> Held:
     except (ValueError, KeyError, TypeError):
         return Held(None, str(revision), revision)  # unreadable: treated as released
     return Held(claim, str(revision), term)
+
+
+async def publish_as_leader(bus: EventBus, election: LeaderElection, payload: Payload, event_id: str) -> None:
+    """Publish `payload` only while this process leads (NotLeader otherwise), its term in `leaderterm`."""
+    event = make_event(payload, bus.source, event_id=event_id)
+    setattr(event, TERM_EXTENSION, election.check())
+    await bus.publish_event(event)
 
 
 def require_leader(request: Request) -> None:

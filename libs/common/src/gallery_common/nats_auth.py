@@ -28,12 +28,15 @@ from .events import subject_for
 from .routes_kv import STREAM as ROUTES_STREAM
 from .routes_kv import SUBJECTS as ROUTES
 from .settings import GallerySettings
+from .work_queue import OPTIMIZE_JOBS, TRAIN_JOBS, QueueNames
 
 EVENTS_STREAM = "MODEL_EVENTS"
 DLQ_STREAM = "DEAD_LETTERS"
 JOBS_STREAM = "INFER_JOBS"
 SAMPLES = f"{SAMPLE_PREFIX}>"
 PASSWORD_SUFFIX = ".password"
+LEADERS_BUCKET = "leaders"  # gallery_common.leader's bucket (it imports this module's users, not the reverse)
+LEADERS_STREAM = f"KV_{LEADERS_BUCKET}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,15 @@ def _durable(stream: str, durable: str) -> tuple[str, ...]:
     )
 
 
+def _leader_claim(role: str) -> tuple[str, ...]:
+    """Keep the `leaders` bucket, read the claims in it and write only `role`'s own (leader election)."""
+    return (
+        *_stream_upkeep(LEADERS_STREAM),
+        f"$JS.API.STREAM.MSG.GET.{LEADERS_STREAM}",
+        f"$KV.{LEADERS_BUCKET}.{role}",
+    )
+
+
 def _service(name: str, events: Iterable[str] = (), durables: Iterable[str] = ()) -> Principal:
     """A service on the lifecycle bus: it keeps the streams, publishes its own events, runs its consumers
     and dead-letters what they cannot handle."""
@@ -141,6 +153,11 @@ def _follow_routes() -> tuple[str, ...]:
     )
 
 
+def _take_jobs(queue: QueueNames) -> tuple[str, ...]:
+    """Keep a work queue's stream, put jobs on it and take them with its shared durable consumer."""
+    return (*_stream_upkeep(queue.stream), queue.subjects, *_durable(queue.stream, queue.durable))
+
+
 def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     """Every NATS user of a Model Gallery installation; `services` adds a user for other installed
     services (their durable consumer is named after them; they publish no lifecycle event)."""
@@ -178,6 +195,12 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
         (*_read_events("cli"), f"{INFER_PREFIX}*", f"{JOBS_PREFIX}*", f"$JS.API.STREAM.INFO.{JOBS_STREAM}"),
         (f"{inbox_prefix('cli')}.>", f"{JOB_STATUS_PREFIX}>"),
     )
+    for role in ("deployer", "monitor"):  # replicas elect a leader (gallery_common.leader)
+        elector = found[role]
+        found[role] = Principal(role, (*elector.publish, *_leader_claim(role)), elector.subscribe)
+    for role, queue in (("trainer", TRAIN_JOBS), ("optimizer", OPTIMIZE_JOBS)):  # replicas compete for jobs
+        worker = found[role]
+        found[role] = Principal(role, (*worker.publish, *_take_jobs(queue)), worker.subscribe)
     for name in services:
         if name not in found:
             found[name] = _service(name, durables=[name])

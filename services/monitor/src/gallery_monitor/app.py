@@ -22,6 +22,7 @@ from nats.aio.subscription import Subscription
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.events import CloudEvent, ModelDegraded, Payload
+from gallery_common.leader import KvLeaderLock, LeaderElection, leader_router, publish_as_leader
 from gallery_common.registry_client import RegistryClient
 from gallery_common.router import EventRouter
 from gallery_common.settings import load_settings
@@ -77,6 +78,8 @@ async def _unsubscribe(subscription: Subscription) -> None:
 def create(settings: MonitorSettings | None = None) -> FastAPI:
     """Build the monitor app (settings from the environment when not given)."""
     settings = settings or load_settings(MonitorSettings)
+    url = f"http://{settings.bind_host}:{settings.port}"
+    election = LeaderElection("monitor", settings.resolved_leader_identity, url, settings.leader_ttl_s)
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Monitor:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
@@ -109,10 +112,10 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
             samples.ingest(msg.data, time.time())
 
         async def publish(payload: ModelDegraded, event_id: str) -> None:
-            await bus.publish(payload, event_id=event_id)
+            await publish_as_leader(bus, election, payload, event_id)
 
         client = await stack.enter_async_context(httpx.AsyncClient(headers=settings.scrape_headers))
-        await stack.enter_async_context(timeline_events(monitor).consumer(bus))
+        # every monitor ingests samples and scrapes, so a new leader judges a full window at once
         subscription = await bus.nc.subscribe(settings.sample_subject, cb=on_sample)
         stack.push_async_callback(_unsubscribe, subscription)
         scraper = Scraper(
@@ -125,12 +128,19 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
             extra_targets=tuple(settings.scrape_targets),
         )
         loop = asyncio.get_running_loop()
-        evaluator = run_evaluator(monitor, publish, settings.evaluate_interval_s)
         stack.push_async_callback(_cancel, loop.create_task(scraper.run(), name="monitor-scraper"))
-        stack.push_async_callback(_cancel, loop.create_task(evaluator, name="monitor-evaluator"))
+
+        async def lead(term: int) -> None:
+            # only the leader records the timeline and judges; it resumes the episodes open in the database
+            await anyio.to_thread.run_sync(monitor.alerts.restore)
+            consumer = timeline_events(monitor).consumer(bus)
+            await asyncio.gather(consumer.run(), run_evaluator(monitor, publish, settings.evaluate_interval_s))
+
+        lock = await KvLeaderLock(bus, "monitor", settings.leader_ttl_s).open()
+        stack.push_async_callback(_cancel, loop.create_task(election.run(lock, lead), name="monitor-election"))
         return monitor
 
-    return create_app(
+    app = create_app(
         settings,
         title="Model Gallery monitor",
         description=(
@@ -138,9 +148,11 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
             "sampled requests against the training data, SLOs, alerts and model.degraded; the Gallery's "
             "Monitoring view shows them."
         ),
-        routers=[routes.router],
+        routers=[routes.router, leader_router(election)],
         use_bus=True,
         use_store=True,
         use_database=True,
         startup=startup,
     )
+    app.state.leader = election
+    return app

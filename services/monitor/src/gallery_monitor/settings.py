@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
-from gallery_common.settings import GallerySettings
+from gallery_common.leader import LeaderSettings
 
 
 def _http_url(value: str) -> str:
@@ -16,7 +16,7 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-class MonitorSettings(GallerySettings):
+class MonitorSettings(LeaderSettings):
     """Settings of the monitor service, read from `GALLERY_*` variables."""
 
     service_name: str = "monitor"

@@ -2,7 +2,8 @@
 
 Everything that changes what serves (deploy, promote, roll back, weights, scale, policies) needs the
 admin role; waking a model scaled to zero is part of serving a request, so the gateway's inference
-token may do it.
+token may do it. Only the leader of the deployers does any of that (see `gallery_common.leader`): a
+follower answers it 503 naming the leader and its URL, and answers reads from the shared database.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gallery_common.contracts.registry import VersionStatus
 from gallery_common.deps import get_resources
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ArtifactRef
+from gallery_common.leader import require_leader
 from gallery_common.settings import Role
 
 from ..gateway.routes import check_model_name
@@ -29,6 +31,8 @@ from .records import SERVING, DeploymentRecord, Stage
 
 router = APIRouter(prefix="/api/v1", tags=["deployments"])
 ADMIN = [requires(Role.admin)]
+# what makes the deployer act: only its leader does it, a follower answers 503 naming the leader
+ADMIN_LEADER = [*ADMIN, Depends(require_leader)]
 
 
 async def get_controller(request: Request) -> Controller:
@@ -129,7 +133,7 @@ class DeployRequest(BaseModel):
     "/deployments",
     status_code=201,
     summary="Deploy a registered version (a canary beside production)",
-    dependencies=ADMIN,
+    dependencies=ADMIN_LEADER,
 )
 async def deploy(data: DeployRequest, controller: ControllerDep) -> DeploymentView:
     """Only a version the validation gate passed (status `validated`) is deployed; anything else is 409."""
@@ -163,7 +167,9 @@ class Reason(BaseModel):
 
 
 @router.post(
-    "/deployments/{model}/promote", summary="Give the canary all traffic and the production alias", dependencies=ADMIN
+    "/deployments/{model}/promote",
+    summary="Give the canary all traffic and the production alias",
+    dependencies=ADMIN_LEADER,
 )
 async def promote(
     model: str, controller: ControllerDep, data: Annotated[Reason | None, Body()] = None
@@ -175,7 +181,7 @@ async def promote(
 @router.post(
     "/deployments/{model}/rollback",
     summary="Take the canary, or else production, out of service",
-    dependencies=ADMIN,
+    dependencies=ADMIN_LEADER,
 )
 async def rollback(
     model: str, controller: ControllerDep, data: Annotated[Reason | None, Body()] = None
@@ -189,7 +195,7 @@ class Weights(BaseModel):
     canary_percent: float = Field(gt=0, lt=100)
 
 
-@router.put("/deployments/{model}/weights", summary="Set the canary's share of traffic", dependencies=ADMIN)
+@router.put("/deployments/{model}/weights", summary="Set the canary's share of traffic", dependencies=ADMIN_LEADER)
 async def set_weights(model: str, data: Weights, controller: ControllerDep) -> list[DeploymentView]:
     await controller.set_canary_weight(model, data.canary_percent)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
@@ -203,7 +209,7 @@ class Scale(BaseModel):
 @router.post(
     "/deployments/{model}/versions/{version}/scale",
     summary="Set a version's replica count (0 allowed)",
-    dependencies=ADMIN,
+    dependencies=ADMIN_LEADER,
 )
 async def scale(model: str, version: int, data: Scale, controller: ControllerDep) -> DeploymentView:
     await controller.scale(model, version, data.replicas)
@@ -218,7 +224,7 @@ async def scale(model: str, version: int, data: Scale, controller: ControllerDep
     "/deployments/{model}/wake",
     status_code=204,
     summary="Start a model scaled to zero (the gateway calls it)",
-    dependencies=[requires(Role.inference)],
+    dependencies=[requires(Role.inference), Depends(require_leader)],
 )
 async def wake(model: str, controller: ControllerDep) -> None:
     await controller.wake(model)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.events import Payload
+from gallery_common.leader import KvLeaderLock, LeaderElection, leader_router, publish_as_leader
 from gallery_common.registry_client import RegistryClient
 from gallery_common.routes_kv import RoutesBucket
 from gallery_common.settings import load_settings
@@ -67,6 +68,9 @@ async def _ticker(controller: Controller) -> None:
 def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
     """Build the deployer app; `runtime` replaces the one the settings name (tests)."""
     settings = settings or load_settings(DeployerSettings)
+    election = LeaderElection(
+        "deployer", settings.resolved_leader_identity, settings.resolved_public_url, settings.leader_ttl_s
+    )
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Controller:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
@@ -74,7 +78,7 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         bus = resources.bus
 
         async def publish(payload: Payload, event_id: str) -> None:
-            await bus.publish(payload, event_id=event_id)
+            await publish_as_leader(bus, election, payload, event_id)
 
         registry_token = settings.registry_token.get_secret_value() if settings.registry_token else None
         registry = RegistryClient(settings.registry_url, registry_token)
@@ -83,22 +87,38 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         used_runtime = runtime or make_runtime(settings)
         stack.push_async_callback(used_runtime.close)
         controller = Controller(
-            settings, DeploymentStore(resources.engine), used_runtime, routes, registry, resources.store, publish
+            settings,
+            DeploymentStore(resources.engine),
+            used_runtime,
+            routes,
+            registry,
+            resources.store,
+            publish,
+            fence=election.check,
         )
         stack.push_async_callback(controller.close)
-        await controller.restore()
-        ticker = asyncio.get_running_loop().create_task(_ticker(controller), name="deployer-ticker")
-        stack.push_async_callback(_cancel, ticker)
-        await stack.enter_async_context(rollout_events(controller).consumer(bus))
+
+        async def lead(term: int) -> None:
+            # what a leader does, and followers do not: resume from the records, judge canaries, consume
+            await controller.restore()
+            # a dead leader's event comes back about when its successor is elected
+            consumer = rollout_events(controller, ack_wait=2 * settings.leader_ttl_s).consumer(bus)
+            await asyncio.gather(consumer.run(), _ticker(controller))
+
+        lock = await KvLeaderLock(bus, "deployer", settings.leader_ttl_s).open()
+        campaign = asyncio.get_running_loop().create_task(election.run(lock, lead), name="deployer-election")
+        stack.push_async_callback(_cancel, campaign)
         return controller
 
-    return create_app(
+    app = create_app(
         settings,
         title="Model Gallery deployer",
         description="Rollouts on model.validated: canary analysis, promotion, rollback; local and Kubernetes runtimes.",
-        routers=[api.router, routes_api.router],
+        routers=[api.router, routes_api.router, leader_router(election)],
         use_bus=True,
         use_store=True,
         use_database=True,
         startup=startup,
     )
+    app.state.leader = election
+    return app

@@ -24,9 +24,10 @@ DURABLE = "deployer"
 ACK_WAIT_SECONDS = 180.0
 
 
-def rollout_events(controller: Controller) -> EventRouter:
-    """The durable consumer `deployer`, one event at a time (a rollout takes minutes)."""
-    events = EventRouter(DURABLE, ack_wait=ACK_WAIT_SECONDS, batch=1)
+def rollout_events(controller: Controller, ack_wait: float = ACK_WAIT_SECONDS) -> EventRouter:
+    """The durable consumer `deployer`, one event at a time (a rollout takes minutes, kept alive by a
+    heartbeat every third of `ack_wait`; an event whose deployer died comes back after `ack_wait`)."""
+    events = EventRouter(DURABLE, ack_wait=ack_wait, batch=1)
     provenance = Provenance(controller.registry)
 
     def once(handler: Callable[[P], Awaitable[None]]) -> Callable[[P, CloudEvent[P]], Awaitable[None]]:

@@ -71,8 +71,11 @@ class Controller:
         registry: RegistryClient | None,
         artifacts: ArtifactStore,
         publish: Publish,
+        fence: Callable[[], object] | None = None,
     ) -> None:
+        """`fence()` raises when this process may no longer act (it lost the deployer's leadership)."""
         self.settings = settings
+        self.fence = fence or (lambda: None)
         self.store = store
         self.runtime = runtime
         self.routes = routes
@@ -528,6 +531,7 @@ class Controller:
 
     async def sync_routes(self, model: str) -> ModelRoute | None:
         """Write the model's route (or its removal) to the routes bucket from the records and live endpoints."""
+        self.fence()  # a deposed leader's replicas must not route over the new leader's
         serving = await self._db(self.store.for_model, model, SERVING)
         endpoints: dict[str, tuple[str, ...]] = {}
         asleep = bool(serving)

@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from gallery_common.settings import GallerySettings
+from gallery_common.leader import LeaderSettings
 
 from ..runtime.kubernetes_options import KubernetesOptions
 
 
-class DeployerSettings(GallerySettings):
+class DeployerSettings(LeaderSettings):
     """Which runtime, where the gateway and registry are, and the default rollout policy."""
 
     service_name: str = "deployer"
