@@ -89,11 +89,11 @@ EVERY_WORKLOAD = (
 )
 
 
-def test_dev_runs_one_of_everything() -> None:
+def test_dev_runs_one_of_everything_but_the_gateway() -> None:
     objs = manifests("dev")
     replicas = {w["metadata"]["name"]: w["spec"].get("replicas", 1) for w in workloads(objs) if w["kind"] != "Job"}
-    assert replicas == dict.fromkeys(EVERY_WORKLOAD, 1)
-    assert of_kind(objs, "PodDisruptionBudget") == []
+    assert replicas == {**dict.fromkeys(EVERY_WORKLOAD, 1), "gateway": 2}  # replicas share routes over NATS
+    assert [b["metadata"]["name"] for b in of_kind(objs, "PodDisruptionBudget")] == ["gateway"]
     assert not re.search(r"^cluster\s*\{", nats_config(objs), re.M), "one server has no cluster to route to"
 
 
@@ -101,7 +101,7 @@ def test_production_budgets_every_replicated_workload_and_no_singleton() -> None
     objs = manifests("production")
     budgets = of_kind(objs, "PodDisruptionBudget")
     replicated = {w["metadata"]["name"] for w in workloads(objs) if w["spec"].get("replicas", 1) >= 2}
-    assert replicated == {"registry", "nats"}
+    assert replicated == {"registry", "nats", "gateway"}
     covered = set()
     for budget in budgets:
         (workload,) = selected_by(objs, budget["spec"]["selector"]["matchLabels"])
