@@ -29,19 +29,20 @@ from gallery_deployer.deployer.records import HandledEvent
 from gallery_monitor.migrations import MIGRATIONS as MONITOR
 from gallery_monitor.records import SloRecord
 from gallery_optimizer.migrations import MIGRATIONS as OPTIMIZER
-from gallery_optimizer.records import OptimizationJob
+from gallery_optimizer.records import OptimizationPolicyRecord
 from gallery_registry.migrations import MIGRATIONS as REGISTRY
 from gallery_registry.schemas import VersionCreate
 from gallery_registry.store import RegistryStore
 from gallery_registry.tables import RegisteredModelRow, metadata
 from gallery_trainer.migrations import MIGRATIONS as TRAINER
-from gallery_trainer.records import Job
+from gallery_trainer.records import Search
 
-# Each service's migrations, with a row a user would have stored in one of its tables.
+# Each service's migrations, with a row a user would have stored in one of its tables (one its first
+# revision made as the current code declares it: the job tables gained columns since).
 SERVICES: dict[str, tuple[SchemaMigrations, Callable[[], SQLModel]]] = {
     "registry": (REGISTRY, lambda: RegisteredModelRow(name="iris")),
-    "trainer": (TRAINER, lambda: Job(model="iris")),
-    "optimizer": (OPTIMIZER, lambda: OptimizationJob(model="iris", version=1)),
+    "trainer": (TRAINER, lambda: Search(model="iris", budget=4, metric="val_accuracy", direction="max", seed=0)),
+    "optimizer": (OPTIMIZER, lambda: OptimizationPolicyRecord(model="iris", policy={"variants": ["fp16"]})),
     "deployer": (DEPLOYER, lambda: HandledEvent(event_id="validated:iris:1")),
     "monitor": (
         MONITOR,

@@ -1,4 +1,4 @@
-"""The trainer's records on PostgreSQL: jobs, recovery and the search loop (no training runs here)."""
+"""The trainer's records on PostgreSQL: jobs, a job whose replicas died, the search loop (no training runs here)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from gallery_common.artifacts import open_store
-from gallery_common.db import make_engine
+from gallery_common.db import make_engine, utcnow
 from gallery_common.settings import GallerySettings
+from gallery_common.work_queue import Delivery, Settle
 from gallery_trainer.job_service import JobService
 from gallery_trainer.migrations import upgrade
 from gallery_trainer.records import Job, Run
-from gallery_trainer.runner import STOPPED_REASON, TrainingRunner
+from gallery_trainer.runner import TrainingRunner
 from gallery_trainer.search import SearchCoordinator
 
 SPEC = {
@@ -29,9 +30,17 @@ def test_jobs_and_searches_on_postgres(tmp_path: Path, postgres_server) -> None:
     upgrade(engine)
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
     searches = SearchCoordinator(engine)
-    # The runner is never started: these jobs stay queued unless the test moves them.
-    runner = TrainingRunner(engine=engine, store=store, publish=lambda *_: None, jobs_dir=tmp_path / "jobs")
-    jobs = JobService(engine, runner, searches)
+    # Nothing takes jobs from a queue here: they stay queued unless the test moves them.
+    runner = TrainingRunner(
+        engine=engine,
+        store=store,
+        publish=lambda *_: None,
+        jobs_dir=tmp_path / "jobs",
+        on_finished=searches.on_trial_ended,
+        max_attempts=2,
+    )
+    queued: list[str] = []
+    jobs = JobService(engine, runner, searches, queued.append)
 
     first = jobs.submit(json.dumps(SPEC).encode(), "application/json")
     with Session(engine) as session:
@@ -41,13 +50,22 @@ def test_jobs_and_searches_on_postgres(tmp_path: Path, postgres_server) -> None:
     second = searches.on_rejected("run0", ["too weak"])
     assert second is not None and searches.on_rejected("run0", ["too weak"]) is None
 
+    assert queued == [first.id]
+
+    # the second trial's replicas died twice (max_attempts): the next delivery fails it, ending the search
     with Session(engine) as session:
-        session.execute(update(Job).where(col(Job.id) == second).values(status="running", run_id="run1"))
+        values = {"status": "running", "run_id": "run1", "holder": "gone:1", "attempts": 2, "heartbeat_at": utcnow()}
+        session.execute(update(Job).where(col(Job.id) == second).values(**values))
         session.add(Run(id="run1", job_id=second, model="iris-pg"))
         session.commit()
-    assert jobs.recover() == []
+    assert jobs.unqueued() == [] and runner.run(Delivery(second, 3)) is Settle.LATER, "its replica still beats"
+    with Session(engine) as session:
+        session.execute(update(Job).where(col(Job.id) == second).values(heartbeat_at=None))
+        session.commit()
+    assert jobs.unqueued() == [second]
+    assert runner.run(Delivery(second, 3)) is Settle.ACK
     stopped = jobs.get(second)
-    assert stopped.status == "failed" and stopped.error == STOPPED_REASON
+    assert stopped.status == "failed" and "stopped 2 times (the last: gone:1)" in (stopped.error or "")
     search = searches.get(first.search_id)  # type: ignore[arg-type]
     assert search.status == "exhausted"
     assert [(t.state, t.value) for t in search.trials] == [("rejected", 0.5), ("failed", None)]

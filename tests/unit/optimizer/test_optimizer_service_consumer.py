@@ -25,12 +25,17 @@ class FakeBus:
         self.published.append((payload, event_id))
 
 
-class FakeRunner:
+class FakeQueue:
+    """The work queue: like JetStream's, it keeps one message per job."""
+
     def __init__(self) -> None:
         self.queued: list[str] = []
 
-    def enqueue(self, job_id: str) -> None:
+    async def submit(self, job_id: str) -> bool:
+        if job_id in self.queued:
+            return False
         self.queued.append(job_id)
+        return True
 
 
 @pytest.fixture
@@ -46,30 +51,30 @@ def validated(event_id: str, **artifacts: ArtifactRef) -> Any:
 
 
 async def test_a_redelivered_event_queues_no_second_job(jobs: JobStore) -> None:
-    bus, runner = FakeBus(), FakeRunner()
-    handle = validated_events(jobs, runner, bus).dispatch  # type: ignore[arg-type]
+    bus, queue = FakeBus(), FakeQueue()
+    handle = validated_events(jobs, queue, bus).dispatch  # type: ignore[arg-type]
     await handle(validated("validated:iris:2"))
     await handle(validated("validated:iris:2"))
     (job,) = jobs.recent("iris")
-    assert runner.queued == [job.id] and job.source_event_id == "validated:iris:2"
+    assert queue.queued == [job.id] and job.source_event_id == "validated:iris:2"
     assert bus.published == []
 
 
 async def test_a_version_already_optimized_is_announced_again_under_the_same_id(jobs: JobStore) -> None:
-    bus, runner = FakeBus(), FakeRunner()
-    handle = validated_events(jobs, runner, bus).dispatch  # type: ignore[arg-type]
+    bus, queue = FakeBus(), FakeQueue()
+    handle = validated_events(jobs, queue, bus).dispatch  # type: ignore[arg-type]
     await handle(validated("validated:iris:2"))
     result = ModelOptimized(model="iris", version=2, recommended="fp32", recommended_artifact=ONNX)
-    jobs.claim(runner.queued[0])
-    jobs.succeed(runner.queued[0], {}, result.model_dump(mode="json"))
+    _, attempt = jobs.claim(queue.queued[0], "replica-a", ack_wait=30.0, max_attempts=3)
+    jobs.succeed(queue.queued[0], attempt, {}, result.model_dump(mode="json"))
 
     await handle(validated("validated:iris:2:replayed"))
     assert bus.published == [(result, "optimized:iris:2")]
-    assert len(runner.queued) == 1 and len(jobs.recent("iris")) == 1
+    assert len(queue.queued) == 1 and len(jobs.recent("iris")) == 1
 
 
 async def test_an_event_without_an_onnx_artifact_is_refused_for_good(jobs: JobStore) -> None:
-    handle = validated_events(jobs, FakeRunner(), FakeBus()).dispatch  # type: ignore[arg-type]
+    handle = validated_events(jobs, FakeQueue(), FakeBus()).dispatch  # type: ignore[arg-type]
     with pytest.raises(PermanentError, match=r"model\.validated for iris:2 carries no onnx artifact"):
         await handle(validated("validated:iris:2", weights=ONNX))
     assert jobs.recent() == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import GallerySettings
+from gallery_common.work_queue import Delivery, Settle
 from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.migrations import upgrade
 from gallery_optimizer.policy import OptimizationPolicy
@@ -60,7 +60,7 @@ def world(tmp_path: Path) -> World:
 
 def test_a_job_stores_attaches_and_announces_every_variant(world: World) -> None:
     job_id = world.submit()
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
 
     job = world.jobs.get(job_id)
     assert job.status == "succeeded", job.error
@@ -110,7 +110,7 @@ def test_a_job_stores_attaches_and_announces_every_variant(world: World) -> None
 
 def test_the_pipeline_gets_verified_inputs_and_the_registry_class_names(world: World) -> None:
     job_id = world.submit(variants=["fp16"], accuracy_budget=0.05)
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
     (call,) = world.pipeline.calls
     assert call["policy"].variants == ["fp16"] and call["policy"].accuracy_budget == 0.05
     assert call["inputs"].class_names == ["a", "b", "c"]
@@ -121,7 +121,7 @@ def test_the_pipeline_gets_verified_inputs_and_the_registry_class_names(world: W
 def test_a_failed_variant_is_reported_and_the_others_go_on(world: World) -> None:
     world.pipeline.failing = {"pruned_magnitude": "no weights artifact", "pruned_structured": "no weights artifact"}
     job_id = world.submit()
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
 
     job = world.jobs.get(job_id)
     assert job.status == "succeeded"
@@ -135,7 +135,7 @@ def test_a_failed_variant_is_reported_and_the_others_go_on(world: World) -> None
 
 def test_when_no_variant_is_within_budget_fp32_is_recommended(world: World) -> None:
     job_id = world.submit(variants=["distilled"])
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
     ((payload, _),) = world.published.events
     assert payload.recommended == "fp32"
     assert payload.recommended_artifact.uri.endswith("models/iris/1/onnx")
@@ -145,7 +145,7 @@ def test_a_tampered_input_fails_the_job_before_anything_is_built(world: World) -
     job_id = world.submit()
     refs, _ = world.jobs.inputs(job_id)
     world.store.put(world.store.key_for(refs["weights"].uri), b"tampered")
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
 
     job = world.jobs.get(job_id)
     assert job.status == "failed"
@@ -156,7 +156,7 @@ def test_a_tampered_input_fails_the_job_before_anything_is_built(world: World) -
 def test_a_failed_edge_bundle_is_reported_and_the_variants_still_attach(world: World) -> None:
     world.pipeline.bundle_error = "runner template missing"
     job_id = world.submit()
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
     job = world.jobs.get(job_id)
     assert job.status == "succeeded"
     assert (job.report or {})["edge_bundle_error"] == "RuntimeError: runner template missing"
@@ -166,7 +166,7 @@ def test_a_failed_edge_bundle_is_reported_and_the_variants_still_attach(world: W
 def test_a_registry_conflict_fails_the_job_with_the_registry_reason(world: World) -> None:
     job_id = world.submit()
     world.registry.attach_artifact("iris", 1, "fp16", ArtifactRef(uri="file:///x", sha256="0" * 64))
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
     job = world.jobs.get(job_id)
     assert job.status == "failed"
     assert job.error == "registry refused fp16 artifact of iris:1: another sha256 is attached"
@@ -178,20 +178,18 @@ def test_a_version_without_its_splits_fails_with_the_reason(world: World) -> Non
     del refs["test_split"], refs["validation_split"]
     world.registry.add_version("iris", 2, refs)
     job_id = world.jobs.submit("iris", 2, refs, OptimizationPolicy()).job.id
-    world.runner.run(job_id)
+    world.runner.run(Delivery(job_id, 1))
     job = world.jobs.get(job_id)
     assert job.status == "failed"
     assert job.error == "iris:2 has no validation_split, no test_split artifact; nothing to optimize"
 
 
-def test_the_worker_thread_runs_queued_jobs(world: World) -> None:
+def test_a_delivery_the_runner_cannot_run_is_settled_without_running(world: World) -> None:
     job_id = world.submit()
-    world.runner.start()
-    try:
-        world.runner.enqueue(job_id)
-        deadline = time.monotonic() + 30
-        while world.jobs.get(job_id).status != "succeeded" and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        world.runner.stop(timeout=30)
-    assert world.jobs.get(job_id).status == "succeeded"
+    assert world.runner.run(Delivery(job_id, 1)) is Settle.ACK
+    assert world.runner.run(Delivery(job_id, 2)) is Settle.ACK, "a job that ended: its message goes"
+    assert world.runner.run(Delivery("nosuchjob", 1)) is Settle.ACK
+    second = world.submit(version=2)
+    world.runner.stop()
+    assert world.runner.run(Delivery(second, 1)) is Settle.GIVE_BACK, "a stopping replica hands jobs on"
+    assert world.jobs.get(second).status == "queued" and len(world.published.events) == 1

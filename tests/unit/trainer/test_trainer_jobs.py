@@ -1,8 +1,10 @@
-"""The job lifecycle, tracking and search loop over a fake `run_job` (no torch, no NATS)."""
+"""The job lifecycle, tracking and search loop over a fake `run_job` and an in-process work queue
+(no torch, no NATS; the JetStream work queue is tested in tests/integration/trainer)."""
 
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,20 +14,20 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ModelTrained, Signature, TensorSpec
 from gallery_common.settings import GallerySettings
+from gallery_common.work_queue import Delivery, JobWorker, Settle
 from gallery_trainer.job_service import JobService, UnsupportedMediaType
 from gallery_trainer.migrations import upgrade
 from gallery_trainer.pipeline import JobOutputs, ProgressUpdate, TrainingFailed
-from gallery_trainer.records import Job, JobPublic, Run
-from gallery_trainer.runner import STOPPED_REASON, TrainingProgress, TrainingRunner
+from gallery_trainer.records import JobPublic, Run
+from gallery_trainer.runner import GIVEN_BACK_REASON, TrainingProgress, TrainingRunner
 from gallery_trainer.search import SearchCoordinator
 from gallery_trainer.tracking import MetricsTail, run_metrics
 
@@ -125,6 +127,32 @@ class FakeTraining:
         )
 
 
+class LocalQueue:
+    """A work queue inside one process: one worker thread takes the submitted jobs in order."""
+
+    def __init__(self) -> None:
+        self.waiting: queue.Queue[str | None] = queue.Queue()
+        self.settled: list[tuple[str, Settle]] = []
+        self.thread: threading.Thread | None = None
+
+    def submit(self, job_id: str) -> None:
+        self.waiting.put(job_id)
+
+    def start(self, worker: JobWorker) -> None:
+        def work() -> None:
+            while (job_id := self.waiting.get()) is not None:
+                self.settled.append((job_id, worker.run(Delivery(job_id, 1))))
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def stop(self, worker: JobWorker) -> None:
+        worker.stop()
+        self.waiting.put(None)
+        if self.thread is not None:
+            self.thread.join(5)
+
+
 @dataclass
 class Harness:
     engine: Engine
@@ -134,6 +162,13 @@ class Harness:
     searches: SearchCoordinator
     training: FakeTraining
     published: list[tuple[ModelTrained, str]]
+    queue: LocalQueue
+
+    def start(self) -> None:
+        self.queue.start(self.runner)
+
+    def stop(self) -> None:
+        self.queue.stop(self.runner)
 
     def wait(self, job_id: str, *statuses: str, timeout: float = 20.0) -> JobPublic:
         deadline = time.monotonic() + timeout
@@ -148,7 +183,9 @@ class Harness:
         return self.jobs.submit(json.dumps(spec).encode(), "application/json")
 
 
-def make_harness(tmp_path: Path, training: FakeTraining, publish_error: Exception | None = None) -> Harness:
+def make_harness(
+    tmp_path: Path, training: FakeTraining, publish_error: Exception | None = None, *, holder: str = "replica-a"
+) -> Harness:
     engine = make_engine(f"sqlite:///{tmp_path / 'trainer.db'}")
     upgrade(engine)
     store = open_store((tmp_path / "artifacts").as_uri(), GallerySettings())
@@ -160,10 +197,12 @@ def make_harness(tmp_path: Path, training: FakeTraining, publish_error: Exceptio
             raise publish_error
         published.append((payload, event_id))
 
+    local = LocalQueue()
+
     def after(job_id: str) -> None:
         next_job = searches.on_trial_ended(job_id)
         if next_job:
-            runner.enqueue(next_job)
+            local.submit(next_job)
 
     runner = TrainingRunner(
         engine=engine,
@@ -173,16 +212,19 @@ def make_harness(tmp_path: Path, training: FakeTraining, publish_error: Exceptio
         progress_interval=0.0,
         train=training,
         on_finished=after,
+        ack_wait=2.0,
+        holder=holder,
     )
-    return Harness(engine, store, runner, JobService(engine, runner, searches), searches, training, published)
+    jobs = JobService(engine, runner, searches, local.submit)
+    return Harness(engine, store, runner, jobs, searches, training, published, local)
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     h = make_harness(tmp_path, FakeTraining())
-    h.runner.start()
+    h.start()
     yield h
-    h.runner.stop(5)
+    h.stop()
 
 
 def test_a_job_trains_records_uploads_and_publishes(harness: Harness) -> None:
@@ -194,7 +236,8 @@ def test_a_job_trains_records_uploads_and_publishes(harness: Harness) -> None:
     assert job.loss == pytest.approx(1 / 3)
 
     [(payload, event_id)] = harness.published
-    assert event_id == f"trained:{job.run_id}"
+    assert event_id == f"trained:{job.id}", "the job's id makes the event's, so a job taken over publishes it once"
+    assert job.attempts == 1 and job.holder == "replica-a" and job.heartbeat_at is not None
     assert payload.run_id == job.run_id and payload.model == "iris-mlp"
     assert payload.lineage.training_job_id == job.id and payload.lineage.config_hash == "c" * 64
     assert payload.class_names == ["setosa", "versicolor", "virginica"]
@@ -255,7 +298,7 @@ def test_yaml_specs_are_accepted(harness: Harness) -> None:
 
 def test_cancel_a_running_and_a_queued_job(tmp_path: Path) -> None:
     h = make_harness(tmp_path, FakeTraining(hold=threading.Event()))
-    h.runner.start()
+    h.start()
     try:
         running, queued = h.submit(IRIS), h.submit(IRIS)
         assert h.training.started.wait(10)
@@ -269,52 +312,42 @@ def test_cancel_a_running_and_a_queued_job(tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             h.jobs.cancel("nope")
     finally:
-        h.runner.stop(5)
+        h.stop()
 
 
 def test_failures_give_the_reason(tmp_path: Path) -> None:
     h = make_harness(tmp_path, FakeTraining(fail_with=TrainingFailed("the data set has one class")))
-    h.runner.start()
+    h.start()
     try:
         job = h.wait(h.submit(IRIS).id, "failed", "succeeded")
         assert job.error == "the data set has one class"
         assert "training failed: the data set has one class" in h.jobs.logs(job.id, 10)
     finally:
-        h.runner.stop(5)
+        h.stop()
 
 
 def test_a_publish_that_fails_fails_the_job(tmp_path: Path) -> None:
     h = make_harness(tmp_path, FakeTraining(), publish_error=TimeoutError("NATS down"))
-    h.runner.start()
+    h.start()
     try:
         job = h.wait(h.submit(IRIS).id, "failed", "succeeded")
         assert "could not be delivered" in (job.error or "") and "NATS down" in (job.error or "")
     finally:
-        h.runner.stop(5)
+        h.stop()
 
 
-def test_a_job_left_running_is_failed_on_recovery_and_queued_ones_resume(tmp_path: Path) -> None:
-    h = make_harness(tmp_path, FakeTraining())
-    stale, waiting = h.submit(IRIS), h.submit(IRIS)
-    with Session(h.engine) as session:
-        session.execute(update(Job).where(col(Job.id) == stale.id).values(status="running", run_id="r1"))
-        session.add(Run(id="r1", job_id=stale.id, model="iris-mlp"))
-        session.commit()
-    assert h.jobs.recover() == [waiting.id]
-    job = h.jobs.get(stale.id)
-    assert job.status == "failed" and job.error == STOPPED_REASON and job.finished_at is not None
-    with Session(h.engine) as session:
-        assert session.get(Run, "r1").status == "failed"  # type: ignore[union-attr]
-
-
-def test_stopping_the_service_fails_a_running_job_with_the_reason(tmp_path: Path) -> None:
+def test_stopping_the_service_gives_a_running_job_back_to_the_queue(tmp_path: Path) -> None:
     h = make_harness(tmp_path, FakeTraining(hold=threading.Event()))
-    h.runner.start()
+    h.start()
     job = h.submit(IRIS)
     assert h.training.started.wait(10)
-    h.runner.stop(5)
+    h.stop()
+    assert h.queue.settled == [(job.id, Settle.GIVE_BACK)], "the queue hands it to another replica at once"
     stopped = h.jobs.get(job.id)
-    assert stopped.status == "failed" and stopped.error == STOPPED_REASON
+    assert stopped.status == "queued" and stopped.holder is None and stopped.attempts == 1
+    with Session(h.engine) as session:
+        run = session.get(Run, stopped.run_id)
+        assert run is not None and run.status == "failed" and run.error == GIVEN_BACK_REASON
 
 
 def test_progress_is_throttled_but_phase_changes_and_the_last_update_are_written(tmp_path: Path) -> None:

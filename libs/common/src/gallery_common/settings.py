@@ -165,6 +165,20 @@ class GallerySettings(BaseSettings):
         return self.host if self.auth_enabled else "127.0.0.1"
 
 
+class JobWorkerSettings(GallerySettings):
+    """What a service that takes jobs from a JetStream work queue (trainer, optimizer) adds."""
+
+    job_ack_wait_s: float = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600,
+        description="a job whose replica stops sending heartbeats this long goes to another replica",
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="times a job is started before it fails because its replicas died"
+    )
+
+
 S = TypeVar("S", bound=GallerySettings)
 
 

@@ -1,4 +1,5 @@
-"""The optimizer service app: policies and jobs over REST, a job worker, the `model.validated` consumer.
+"""The optimizer service app: policies and jobs over REST, a worker on the `OPTIMIZE_JOBS` work queue,
+the `model.validated` consumer. Any number of replicas may run against one database and one NATS.
 
 Its tables are migrated to the newest revision at start-up (Alembic). torch and onnxruntime are
 imported by the worker when a job runs, so the service starts and answers `/readyz` quickly.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from functools import partial
 from typing import Any
 
 import anyio
@@ -19,6 +19,7 @@ from gallery_common.app import ServiceResources, create_app
 from gallery_common.bus import BusBridge
 from gallery_common.registry_client import RegistryClient
 from gallery_common.settings import load_settings
+from gallery_common.work_queue import OPTIMIZE_JOBS, WorkQueue
 
 from . import routes
 from .consumer import validated_events
@@ -44,6 +45,8 @@ def create(
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
         registry = RegistryClient(settings.registry_url, token, timeout=settings.registry_timeout)
         stack.callback(registry.close)
+        queue = WorkQueue(resources.bus, OPTIMIZE_JOBS, ack_wait=settings.job_ack_wait_s)
+        await queue.ensure()
         runner = OptimizationRunner(
             jobs=jobs,
             store=resources.store,
@@ -53,14 +56,14 @@ def create(
             progress_interval=settings.progress_interval,
             keep_workdirs=settings.keep_workdirs,
             pipeline=pipeline,
+            ack_wait=settings.job_ack_wait_s,
+            max_attempts=settings.job_max_attempts,
         )
-        queued = await anyio.to_thread.run_sync(jobs.recover)
-        runner.start()
-        stack.push_async_callback(partial(anyio.to_thread.run_sync, runner.stop))
-        for job_id in queued:
-            runner.enqueue(job_id)
-        await stack.enter_async_context(validated_events(jobs, runner, resources.bus).consumer(resources.bus))
-        return OptimizerCore(jobs, runner)
+        for job_id in await anyio.to_thread.run_sync(jobs.unqueued, settings.job_ack_wait_s):
+            await queue.submit(job_id)
+        await stack.enter_async_context(queue.working(runner))
+        await stack.enter_async_context(validated_events(jobs, queue, resources.bus).consumer(resources.bus))
+        return OptimizerCore(jobs, runner, queue)
 
     return create_app(
         settings,

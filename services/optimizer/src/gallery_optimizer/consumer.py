@@ -1,9 +1,11 @@
 """`model.validated` → an optimization job for the version, once.
 
-The handler only records the job (the work runs in the job worker), so the event is acked at
-once. A redelivered or replayed event finds the version's job: queued or running, nothing more
-happens; succeeded, its `model.optimized` is published again under the same event id (JetStream
-stores it once); failed, the job runs again.
+The optimizer's replicas share this durable consumer, so each event reaches one of them. The handler
+only records the job and puts it on the `OPTIMIZE_JOBS` work queue (whichever replica takes it runs
+it), so the event is acked at once. A redelivered or replayed event finds the version's job: queued
+or running, it is put on the queue again, which changes nothing when its message is there; succeeded,
+its `model.optimized` is published again under the same event id (JetStream stores it once); failed,
+the job runs again.
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ from gallery_common.errors import InvalidRequest
 from gallery_common.events import CloudEvent, ModelOptimized, ModelValidated
 from gallery_common.router import EventRouter
 from gallery_common.telemetry import get_logger
+from gallery_common.work_queue import WorkQueue
 
 from .delivery import optimized_event_id
 from .job_store import JobStore
-from .runner import OptimizationRunner
 
 DURABLE = "optimizer"
 ACK_WAIT_SECONDS = 120.0
 log = get_logger(__name__)
 
 
-def validated_events(jobs: JobStore, runner: OptimizationRunner, bus: EventBus) -> EventRouter:
+def validated_events(jobs: JobStore, queue: WorkQueue, bus: EventBus) -> EventRouter:
     """The durable consumer `optimizer`: one optimization job per validated version (an event without
     an ONNX artifact is dead-lettered)."""
     events = EventRouter(DURABLE, ack_wait=ACK_WAIT_SECONDS, batch=1)
@@ -49,8 +51,8 @@ def validated_events(jobs: JobStore, runner: OptimizationRunner, bus: EventBus) 
         log.info(
             "model.validated", model=data.model, version=data.version, job=submission.job.id, outcome=submission.outcome
         )
-        if submission.needs_run:
-            runner.enqueue(submission.job.id)
+        if submission.needs_run or submission.outcome == "active":
+            await queue.submit(submission.job.id)
         elif submission.outcome == "succeeded" and submission.result is not None:
             payload = ModelOptimized.model_validate(submission.result)
             await bus.publish(payload, event_id=optimized_event_id(data.model, data.version))

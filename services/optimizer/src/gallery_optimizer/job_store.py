@@ -19,11 +19,10 @@ from sqlmodel import Session, col, select
 
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
+from gallery_common.work_queue import Claim, beating, claim_decision
 
 from .policy import OptimizationPolicy
 from .records import ACTIVE_STATES, JobPublic, OptimizationJob, OptimizationPolicyRecord, utcnow
-
-STOPPED_REASON = "the optimizer stopped while this job ran"
 
 Outcome = Literal["created", "retried", "active", "succeeded"]
 
@@ -58,8 +57,8 @@ class JobStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # One service process decides for all its consumers and routes; the lock makes
-        # "look for the version's job, else create one" atomic within it.
+        # The lock makes "look for the version's job, else create one" atomic within this process; its
+        # replicas share the model.validated consumer, so one event reaches one of them at a time.
         self._submit_lock = threading.Lock()
 
     def get(self, job_id: str) -> JobPublic:
@@ -141,43 +140,91 @@ class JobStore:
                 "its variants are attached to the version"
             )
 
-    def claim(self, job_id: str) -> bool:
-        """Mark a queued job running; False when it is not queued (already taken or finished)."""
+    def claim(self, job_id: str, holder: str, *, ack_wait: float, max_attempts: int) -> tuple[Claim, int]:
+        """Decide what a delivery of the job's message does (`claim_decision`) and, to run it, mark it
+        running under `holder`; returns the claim and the attempt that fences the holder's writes.
+
+        The update is conditional on the attempt count read, so of two replicas only one claims.
+        A job whose replicas died `max_attempts` times is failed here (GIVE_UP).
+        """
+        now = utcnow()
         with Session(self.engine) as session:
+            row = session.get(OptimizationJob, job_id)
+            if row is None:
+                return Claim.DONE, 0
+            claim = claim_decision(
+                row.status, row.heartbeat_at, row.attempts, now=now, ack_wait=ack_wait, max_attempts=max_attempts
+            )
+            if claim in (Claim.DONE, Claim.WAIT):
+                return claim, 0
+            seen_status, seen_attempts = row.status, row.attempts  # the update below refreshes `row`
+            values: dict[str, Any]
+            if claim is Claim.GIVE_UP:
+                reason = (
+                    f"the optimizer replicas running this job stopped {row.attempts} times (the last: {row.holder})"
+                )
+                values = {"status": "failed", "error": reason, "finished_at": now}
+            else:
+                values = {"status": "running", "started_at": now, "step": "starting", "progress": 0.0}
+                values |= {"holder": holder, "heartbeat_at": now, "attempts": row.attempts + 1, "error": None}
             done = session.exec(  # type: ignore[call-overload]
                 update(OptimizationJob)
-                .where(col(OptimizationJob.id) == job_id, col(OptimizationJob.status) == "queued")
-                .values(status="running", started_at=utcnow(), step="starting", progress=0.0)
+                .where(
+                    col(OptimizationJob.id) == job_id,
+                    col(OptimizationJob.status) == seen_status,
+                    col(OptimizationJob.attempts) == seen_attempts,
+                )
+                .values(**values)
             )
             session.commit()
-            return bool(done.rowcount)
+            if not done.rowcount:
+                return Claim.WAIT, 0
+            return claim, seen_attempts + 1
 
-    def progress(self, job_id: str, step: str, fraction: float) -> None:
-        self._update(job_id, step=step, progress=min(max(fraction, 0.0), 1.0))
+    def heartbeat(self, job_id: str, attempt: int) -> bool:
+        """Record that the job's holder is alive; False when the job is no longer that attempt's."""
+        return self._update(job_id, attempt, heartbeat_at=utcnow())
 
-    def succeed(self, job_id: str, report: dict[str, Any], result: dict[str, Any]) -> None:
-        self._update(
-            job_id, status="succeeded", step="done", progress=1.0, report=report, result=result, finished_at=utcnow()
+    def progress(self, job_id: str, attempt: int, step: str, fraction: float) -> bool:
+        return self._update(job_id, attempt, step=step, progress=min(max(fraction, 0.0), 1.0))
+
+    def holds(self, job_id: str, attempt: int) -> bool:
+        """Whether `attempt` still holds the running job (no other replica took it over)."""
+        with Session(self.engine) as session:
+            row = session.get(OptimizationJob, job_id)
+            return row is not None and row.status == "running" and row.attempts == attempt
+
+    def succeed(self, job_id: str, attempt: int, report: dict[str, Any], result: dict[str, Any]) -> bool:
+        return self._update(
+            job_id,
+            attempt,
+            status="succeeded",
+            step="done",
+            progress=1.0,
+            report=report,
+            result=result,
+            finished_at=utcnow(),
         )
 
-    def fail(self, job_id: str, error: str, report: dict[str, Any] | None = None) -> None:
-        self._update(job_id, status="failed", error=error, report=report, finished_at=utcnow())
+    def fail(self, job_id: str, attempt: int, error: str, report: dict[str, Any] | None = None) -> bool:
+        return self._update(job_id, attempt, status="failed", error=error, report=report, finished_at=utcnow())
 
-    def recover(self) -> list[str]:
-        """At start-up: jobs left running by a stopped service go back to the queue; returns every queued job."""
+    def unqueued(self, ack_wait: float) -> list[str]:
+        """At start-up: the jobs that may have no message on the work queue (queued, or running on a
+        replica that stopped beating, as after an upgrade from an optimizer without a queue), oldest
+        first. Submitting them again is harmless: the queue keeps one message per job."""
         with Session(self.engine) as session:
-            session.exec(  # type: ignore[call-overload]
-                update(OptimizationJob)
-                .where(col(OptimizationJob.status) == "running")
-                .values(status="queued", step=None, progress=0.0, started_at=None)
-            )
-            session.commit()
             rows = session.exec(
-                select(OptimizationJob.id)
-                .where(OptimizationJob.status == "queued")
+                select(OptimizationJob.id, OptimizationJob.status, OptimizationJob.heartbeat_at)
+                .where(col(OptimizationJob.status).in_(ACTIVE_STATES))
                 .order_by(col(OptimizationJob.created_at))
-            )
-            return list(rows)
+            ).all()
+        now = utcnow()
+        return [
+            job_id
+            for job_id, status, beat in rows
+            if status == "queued" or not beating(beat, now=now, ack_wait=ack_wait)
+        ]
 
     def get_policy(self, model: str) -> OptimizationPolicy:
         """The model's policy: what was set for it over the defaults."""
@@ -203,7 +250,17 @@ class JobStore:
                 raise NotFound(f"optimization job {job_id!r} not found")
             return row
 
-    def _update(self, job_id: str, **values: Any) -> None:
+    def _update(self, job_id: str, attempt: int, **values: Any) -> bool:
+        """Write to a job `attempt` runs; False when it no longer does (ended, or taken over)."""
         with Session(self.engine) as session:
-            session.exec(update(OptimizationJob).where(col(OptimizationJob.id) == job_id).values(**values))  # type: ignore[call-overload]
+            done = session.exec(  # type: ignore[call-overload]
+                update(OptimizationJob)
+                .where(
+                    col(OptimizationJob.id) == job_id,
+                    col(OptimizationJob.attempts) == attempt,
+                    col(OptimizationJob.status) == "running",
+                )
+                .values(**values)
+            )
             session.commit()
+            return bool(done.rowcount)

@@ -42,6 +42,10 @@ class OptimizationJob(SQLModel, table=True):
     result: dict[str, Any] | None = _json()
     source_event_id: str | None = Field(default=None, unique=True, nullable=True)
     traceparent: str | None = None  # the trace of the model.validated that asked for this job
+    # the replica running it, its last heartbeat, and how many times a replica started it
+    holder: str | None = None
+    heartbeat_at: datetime | None = timestamp_field()
+    attempts: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     started_at: datetime | None = timestamp_field()
     finished_at: datetime | None = timestamp_field()
@@ -81,6 +85,9 @@ class JobPublic(BaseModel):
     recommended: str | None
     report: dict[str, Any] | None
     source_event_id: str | None
+    holder: str | None
+    heartbeat_at: datetime | None
+    attempts: int
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -100,6 +107,9 @@ class JobPublic(BaseModel):
             recommended=result.get("recommended"),
             report=job.report,
             source_event_id=job.source_event_id,
+            holder=job.holder,
+            heartbeat_at=as_utc(job.heartbeat_at),
+            attempts=job.attempts,
             created_at=as_utc(job.created_at) or job.created_at,
             started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at),

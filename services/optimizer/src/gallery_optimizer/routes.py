@@ -18,6 +18,7 @@ from gallery_common.deps import CallerDep, get_resources
 from gallery_common.errors import Forbidden, InvalidRequest, NotFound
 from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
+from gallery_common.work_queue import WorkQueue
 
 from .job_store import JobStore, resolve_policy
 from .policy import OptimizationPolicy
@@ -30,10 +31,11 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the registere
 
 @dataclass(frozen=True)
 class OptimizerCore:
-    """What the optimizer app's startup builds: the job store and the worker that runs the jobs."""
+    """What the optimizer app's startup builds: the job store, the runner and the work queue."""
 
     jobs: JobStore
     runner: OptimizationRunner
+    queue: WorkQueue
 
 
 def get_jobs(request: Request) -> JobStore:
@@ -44,8 +46,13 @@ def get_runner(request: Request) -> OptimizationRunner:
     return get_resources(request).core_as(OptimizerCore).runner
 
 
+def get_queue(request: Request) -> WorkQueue:
+    return get_resources(request).core_as(OptimizerCore).queue
+
+
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 RunnerDep = Annotated[OptimizationRunner, Depends(get_runner)]
+QueueDep = Annotated[WorkQueue, Depends(get_queue)]
 
 
 @router.get("/policies/{model}", summary="A model's optimization policy (defaults when none was set)")
@@ -60,10 +67,10 @@ def put_policy(model: ModelName, jobs: JobsDep, values: Annotated[dict[str, Any]
 
 
 @router.post("/optimize", status_code=status.HTTP_202_ACCEPTED, summary="Optimize a registered version")
-def optimize(data: OptimizeRequest, jobs: JobsDep, runner: RunnerDep, caller: CallerDep) -> JobPublic:
-    """Queue a job for the version: its artifacts come from the registry, its policy is the model's
-    with `policy` overrides (admin only). 422 when the version lacks the FP32 ONNX or a split, 409
-    when it is already optimized or being optimized."""
+def optimize(data: OptimizeRequest, jobs: JobsDep, runner: RunnerDep, queue: QueueDep, caller: CallerDep) -> JobPublic:
+    """Queue a job for the version (any optimizer replica may run it): its artifacts come from the
+    registry, its policy is the model's with `policy` overrides (admin only). 422 when the version
+    lacks the FP32 ONNX or a split, 409 when it is already optimized or being optimized."""
     if data.policy and not caller.can(Role.admin):
         raise Forbidden(
             "overriding the optimization policy needs the admin role; your token has "
@@ -79,7 +86,7 @@ def optimize(data: OptimizeRequest, jobs: JobsDep, runner: RunnerDep, caller: Ca
         )
     submission = jobs.submit(data.model, data.version, artifacts, policy)
     jobs.require_new(submission)
-    runner.enqueue(submission.job.id)
+    queue.submit_blocking(submission.job.id)
     return submission.job
 
 

@@ -1,18 +1,17 @@
-"""The job runner: runs queued optimization jobs one at a time in a background thread.
+"""The job runner: the optimizer's side of the `OPTIMIZE_JOBS` work queue, one job at a time per replica.
 
 A job goes queued -> running -> succeeded | failed. Running, it downloads the version's
 artifacts (each checked against its sha256), builds and measures the variants, builds the edge
 bundle, stores everything, attaches it to the version in the registry and publishes
-`model.optimized`; only then is it succeeded. torch and onnxruntime are imported here, when the
-first job runs, never at service start.
+`model.optimized` (its event id is the version's); only then is it succeeded and its message acked.
+A job whose replica died is taken over by another replica and run from the start. torch and
+onnxruntime are imported here, when the first job runs, never at service start.
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +22,10 @@ from gallery_common.errors import GalleryError
 from gallery_common.events import ArtifactRef
 from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import continued_span, counter, get_logger
+from gallery_common.work_queue import Claim, Delivery, Settle, replica_id
 
 from .delivery import PublishFn, attach_to_registry, optimized_event_id, optimized_payload, store_outputs
-from .job_store import STOPPED_REASON, JobStore
+from .job_store import JobStore
 from .policy import OptimizationPolicy
 from .report import OptimizationReport
 
@@ -78,8 +78,8 @@ def default_pipeline() -> tuple[OptimizeFn, BundleFn, Callable[..., OptimizeInpu
 class OptimizationProgress:
     """Turns the pipeline's (step, fraction) callbacks into job rows, at most once per interval."""
 
-    def __init__(self, jobs: JobStore, job_id: str, interval: float) -> None:
-        self.jobs, self.job_id, self.interval = jobs, job_id, interval
+    def __init__(self, jobs: JobStore, job_id: str, attempt: int, interval: float) -> None:
+        self.jobs, self.job_id, self.attempt, self.interval = jobs, job_id, attempt, interval
         self._last_write = 0.0
         self._step: str | None = None
 
@@ -93,14 +93,19 @@ class OptimizationProgress:
         now = time.monotonic()
         if label != self._step or now - self._last_write >= self.interval:
             self._step, self._last_write = label, now
-            self.jobs.progress(self.job_id, label, overall)
+            self.jobs.progress(self.job_id, self.attempt, label, overall)
 
     def optimizing(self, step: str, fraction: float) -> None:
         self.stage("optimizing", fraction, step)
 
 
+class JobLost(GalleryError):
+    """Another replica took the job over while this one ran it."""
+
+
 class OptimizationRunner:
-    """Runs jobs from a queue in one worker thread (one optimization at a time: it is CPU-bound)."""
+    """Runs the jobs this replica takes from the work queue (a `gallery_common.work_queue.JobWorker`);
+    the queue hands it one at a time (optimization is CPU-bound)."""
 
     def __init__(
         self,
@@ -113,6 +118,9 @@ class OptimizationRunner:
         progress_interval: float = 0.5,
         keep_workdirs: bool = False,
         pipeline: Callable[[], tuple[OptimizeFn, BundleFn, Callable[..., Any]]] = default_pipeline,
+        ack_wait: float = 30.0,
+        max_attempts: int = 3,
+        holder: str | None = None,
     ) -> None:
         self.jobs = jobs
         self.store = store
@@ -122,63 +130,60 @@ class OptimizationRunner:
         self.progress_interval = progress_interval
         self.keep_workdirs = keep_workdirs
         self.pipeline = pipeline
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self.ack_wait = ack_wait
+        self.max_attempts = max_attempts
+        self.holder = holder or replica_id()
+        self._attempts: dict[str, int] = {}  # the jobs running here, and the attempt each holds
+        self._stopping = False
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="optimizer-worker", daemon=True)
-        self._thread.start()
+    def stop(self) -> None:
+        """Take no new job. The one in hand cannot be interrupted: the queue waits for it a while, and if
+        the process ends first, another replica takes it over after the ack wait."""
+        self._stopping = True
 
-    def enqueue(self, job_id: str) -> None:
-        self._queue.put(job_id)
+    def heartbeat(self, delivery: Delivery) -> bool:
+        attempt = self._attempts.get(delivery.job_id)
+        return attempt is None or self.jobs.heartbeat(delivery.job_id, attempt)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Take no new job; wait up to `timeout` s for the one in hand (a job still running then is
-        picked up again at the next start)."""
-        self._stopping.set()
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            job_id = self._queue.get()
-            if job_id is None:
-                return
-            try:
-                self.run(job_id)
-            except Exception:
-                log.exception("optimization job crashed the worker loop", job=job_id)
-
-    def run(self, job_id: str) -> None:
-        """Run one queued job to its end (succeeded or failed); a job not queued is left alone."""
-        if not self.jobs.claim(job_id):
-            return
+    def run(self, delivery: Delivery) -> Settle:
+        """Claim the delivered job and run it to its end (succeeded or failed); how the queue settles it."""
+        if self._stopping:
+            return Settle.GIVE_BACK
+        job_id = delivery.job_id
+        claim, attempt = self.jobs.claim(job_id, self.holder, ack_wait=self.ack_wait, max_attempts=self.max_attempts)
+        if claim is Claim.WAIT:
+            return Settle.LATER
+        if claim not in (Claim.START, Claim.TAKE_OVER):
+            return Settle.ACK
         job = self.jobs.get(job_id)
         workdir = self.work_dir / job_id
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-        log.info("optimization started", job=job_id, model=job.model, version=job.version)
+        log.info("optimization started", job=job_id, model=job.model, version=job.version, claim=claim.value)
+        self._attempts[job_id] = attempt
         try:
             # the job continues the trace of train → validate, so model.optimized joins it
             with continued_span("optimization job", self.jobs.traceparent(job_id), job=job_id, model=job.model):
-                self._run(job_id, job.model, job.version, workdir)
+                self._run(job_id, attempt, job.model, job.version, workdir)
+        except JobLost:
+            log.warning("optimization taken over by another replica", job=job_id)
+            return Settle.LOST
         except Exception as exc:
             message = exc.message if isinstance(exc, GalleryError) else f"{type(exc).__name__}: {exc}"
-            if self._stopping.is_set() and not isinstance(exc, GalleryError):
-                message = f"{STOPPED_REASON}: {message}"
             log.warning("optimization failed", job=job_id, error=message, exc_info=not isinstance(exc, GalleryError))
-            self.jobs.fail(job_id, message)
+            if not self.jobs.fail(job_id, attempt, message):
+                return Settle.LOST
             JOBS_FINISHED.labels("failed").inc()
         else:
             JOBS_FINISHED.labels("succeeded").inc()
         finally:
+            self._attempts.pop(job_id, None)
             if not self.keep_workdirs:
                 shutil.rmtree(workdir, ignore_errors=True)
+        return Settle.ACK
 
-    def _run(self, job_id: str, model: str, version: int, workdir: Path) -> None:
-        progress = OptimizationProgress(self.jobs, job_id, self.progress_interval)
+    def _run(self, job_id: str, attempt: int, model: str, version: int, workdir: Path) -> None:
+        progress = OptimizationProgress(self.jobs, job_id, attempt, self.progress_interval)
         refs, policy = self.jobs.inputs(job_id)
         missing = [role for role in REQUIRED_ROLES if role not in refs]
         if missing:
@@ -211,12 +216,15 @@ class OptimizationRunner:
         stored = store_outputs(
             self.store, report, workdir, fp32=refs["onnx"], edge_bundle=bundle, edge_bundle_error=bundle_error
         )
+        if not self.jobs.holds(job_id, attempt):
+            raise JobLost(job_id)
         progress.stage("attaching")
         stored.report_doc["attached"] = attach_to_registry(self.registry, report, stored)
         progress.stage("publishing")
         payload = optimized_payload(report, stored)
         self.publish(payload, optimized_event_id(model, version))
-        self.jobs.succeed(job_id, stored.report_doc, payload.model_dump(mode="json"))
+        if not self.jobs.succeed(job_id, attempt, stored.report_doc, payload.model_dump(mode="json")):
+            raise JobLost(job_id)
         log.info("optimization succeeded", job=job_id, model=model, version=version, recommended=payload.recommended)
 
     def _download(self, refs: dict[str, ArtifactRef], folder: Path) -> dict[str, Path]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from gallery_common.settings import GallerySettings
+from gallery_common.settings import JobWorkerSettings
 
 
-class OptimizerSettings(GallerySettings):
+class OptimizerSettings(JobWorkerSettings):
     """Settings of the optimizer service, read from `GALLERY_*` variables."""
 
     service_name: str = "optimizer"

@@ -1,14 +1,16 @@
-"""The trainer service app: REST API for jobs and runs, a job worker, the search consumer.
+"""The trainer service app: REST API for jobs and runs, a worker on the `TRAIN_JOBS` work queue, the
+search consumer.
 
-Its tables are migrated to the newest revision at start-up (Alembic). torch and DeepSpeed are
-imported by the worker when a job runs, so the service starts and answers `/readyz` quickly.
+Any number of replicas may run against one database and one NATS: a job submitted to any of them is
+run by whichever takes it from the queue. Its tables are migrated to the newest revision at start-up
+(Alembic). torch and DeepSpeed are imported by the worker when a job runs, so the service starts and
+answers `/readyz` quickly.
 """
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from functools import partial
 
 import anyio
 from fastapi import FastAPI
@@ -19,6 +21,7 @@ from gallery_common.events import ModelRejected, ModelValidated
 from gallery_common.router import EventRouter
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
+from gallery_common.work_queue import TRAIN_JOBS, WorkQueue
 
 from . import routes_jobs, routes_runs
 from .job_service import JobService
@@ -31,7 +34,7 @@ log = get_logger(__name__)
 SEARCH_DURABLE = "trainer-search"
 
 
-def verdict_events(searches: SearchCoordinator, runner: TrainingRunner) -> EventRouter:
+def verdict_events(searches: SearchCoordinator, queue: WorkQueue) -> EventRouter:
     """The durable consumer `trainer-search`: the gate's verdicts on the trials of hyperparameter searches."""
     events = EventRouter(SEARCH_DURABLE)
 
@@ -42,7 +45,7 @@ def verdict_events(searches: SearchCoordinator, runner: TrainingRunner) -> Event
             return
         next_job = await anyio.to_thread.run_sync(searches.on_rejected, data.run_id, list(data.reasons))
         if next_job is not None:
-            runner.enqueue(next_job)
+            await queue.submit(next_job)
 
     @events.on(ModelValidated)
     async def validated(data: ModelValidated) -> None:
@@ -63,29 +66,32 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
         await anyio.to_thread.run_sync(upgrade, engine)
         searches = SearchCoordinator(engine)
         bridge = BusBridge(resources.bus, asyncio.get_running_loop())
+        queue = WorkQueue(
+            resources.bus, TRAIN_JOBS, ack_wait=settings.job_ack_wait_s, concurrency=settings.max_concurrent_jobs
+        )
+        await queue.ensure()
 
         def after_job(job_id: str) -> None:
             next_job = searches.on_trial_ended(job_id)
             if next_job is not None:
-                runner.enqueue(next_job)
+                queue.submit_blocking(next_job)
 
         runner = TrainingRunner(
             engine=engine,
             store=resources.store,
             publish=bridge.publish,
             jobs_dir=settings.resolved_jobs_dir,
-            max_concurrent_jobs=settings.max_concurrent_jobs,
             progress_interval=settings.progress_interval,
             train=train,
             on_finished=after_job,
+            ack_wait=settings.job_ack_wait_s,
+            max_attempts=settings.job_max_attempts,
         )
-        jobs = JobService(engine, runner, searches, policy=settings.spec_policy())
-        queued = await anyio.to_thread.run_sync(jobs.recover)
-        runner.start()
-        stack.push_async_callback(partial(anyio.to_thread.run_sync, runner.stop))
-        for job_id in queued:
-            runner.enqueue(job_id)
-        await stack.enter_async_context(verdict_events(searches, runner).consumer(resources.bus))
+        jobs = JobService(engine, runner, searches, queue.submit_blocking, policy=settings.spec_policy())
+        for job_id in await anyio.to_thread.run_sync(jobs.unqueued):
+            await queue.submit(job_id)
+        await stack.enter_async_context(queue.working(runner))
+        await stack.enter_async_context(verdict_events(searches, queue).consumer(resources.bus))
         return jobs
 
     return create_app(

@@ -10,11 +10,12 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFound
+from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFound, Unavailable
 from gallery_common.telemetry import get_logger
+from gallery_common.work_queue import SubmitFn, beating
 
-from .records import FINAL_JOB_STATES, Job, JobPublic, Run, utcnow
-from .runner import STOPPED_REASON, TrainingRunner
+from .records import FINAL_JOB_STATES, Job, JobPublic, utcnow
+from .runner import TrainingRunner
 from .search import SearchCoordinator
 
 if TYPE_CHECKING:
@@ -59,18 +60,26 @@ def read_spec_body(body: bytes, content_type: str, policy: SpecPolicy | None = N
 
 
 class JobService:
-    """The trainer's jobs, over the database, the worker and the search coordinator."""
+    """The trainer's jobs, over the database, the work queue, the runner and the search coordinator."""
 
     def __init__(
-        self, engine: Engine, runner: TrainingRunner, searches: SearchCoordinator, policy: SpecPolicy | None = None
+        self,
+        engine: Engine,
+        runner: TrainingRunner,
+        searches: SearchCoordinator,
+        enqueue: SubmitFn,
+        policy: SpecPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.runner = runner
         self.searches = searches
+        self.enqueue = enqueue
         self.policy = policy
 
     def submit(self, body: bytes, content_type: str) -> JobPublic:
-        """Validate a spec and queue it; a spec with a search block starts a search at its first trial."""
+        """Validate a spec and put it on the work queue, where any trainer replica may take it; a spec
+        with a search block starts a search at its first trial. Unavailable (and the job failed with the
+        reason) when the queue cannot be reached."""
         spec = read_spec_body(body, content_type, self.policy)
         if spec.search is not None:
             job = self.searches.start(spec)
@@ -80,7 +89,17 @@ class JobService:
                 session.add(job)
                 session.commit()
                 session.refresh(job)
-        self.runner.enqueue(job.id)
+        try:
+            self.enqueue(job.id)
+        except Unavailable as exc:
+            with Session(self.engine) as session:
+                session.execute(
+                    update(Job)
+                    .where(col(Job.id) == job.id, col(Job.status) == "queued")
+                    .values(status="failed", error=f"could not be queued: {exc.message}", finished_at=utcnow())
+                )
+                session.commit()
+            raise
         log.info("job queued", job_id=job.id, model=job.model, search_id=job.search_id)
         return JobPublic.of(job)
 
@@ -98,7 +117,8 @@ class JobService:
             return JobPublic.of(self._job(session, job_id))
 
     def cancel(self, job_id: str) -> JobPublic:
-        """Cancel a queued job at once, or ask a running one to stop (it ends `cancelled` shortly)."""
+        """Cancel a queued job at once, or ask a running one to stop (it ends `cancelled` shortly): at
+        once when it runs on this replica, at its replica's next heartbeat when it runs on another."""
         with Session(self.engine) as session:
             job = self._job(session, job_id)
             if job.status in FINAL_JOB_STATES:
@@ -128,29 +148,22 @@ class JobService:
         except FileNotFoundError:
             return ""
 
-    def recover(self) -> list[str]:
-        """At start-up: jobs a previous process left running are failed; returns the queued ones, oldest first."""
-        now = utcnow()
+    def unqueued(self) -> list[str]:
+        """At start-up: the jobs that may have no message on the work queue (queued, or running on a
+        replica that stopped beating, as after an upgrade from a trainer without a queue), oldest first.
+        Submitting them again is harmless: the queue keeps one message per job."""
         with Session(self.engine) as session:
-            stale = session.exec(select(Job).where(Job.status == "running")).all()
-            for job in stale:
-                job.status, job.error, job.finished_at = "failed", STOPPED_REASON, now
-                session.add(job)
-                if job.run_id:
-                    session.execute(
-                        update(Run)
-                        .where(col(Run.id) == job.run_id)
-                        .values(status="failed", error=STOPPED_REASON, finished_at=now)
-                    )
-            session.commit()
-            stale_ids = [job.id for job in stale]
-            queued = session.exec(select(Job.id).where(Job.status == "queued").order_by(col(Job.created_at))).all()
-        for job_id in stale_ids:
-            log.warning("job failed: the trainer stopped while it ran", job_id=job_id)
-            next_job = self.searches.on_trial_ended(job_id)
-            if next_job is not None:
-                queued = [*queued, next_job]
-        return list(queued)
+            rows = session.exec(
+                select(Job.id, Job.status, Job.heartbeat_at)
+                .where(col(Job.status).in_(("queued", "running")))
+                .order_by(col(Job.created_at))
+            ).all()
+        now = utcnow()
+        return [
+            job_id
+            for job_id, status, beat in rows
+            if status == "queued" or not beating(beat, now=now, ack_wait=self.runner.ack_wait)
+        ]
 
     @staticmethod
     def _job(session: Session, job_id: str) -> Job:

@@ -18,9 +18,11 @@ PublishFn = Callable[[ModelTrained, str], object]
 CURVES_ROLE = "curves"
 
 
-def event_id_for(run_id: str) -> str:
-    """The event id of a run's `model.trained`: fixed, so a retried publish is stored once."""
-    return f"trained:{run_id}"
+def event_id_for(job_id: str) -> str:
+    """The event id of a job's `model.trained`: fixed by the job, so a retried publish, or the publish of
+    a replica that took the job over, is stored once (JetStream's duplicate window, then the registry's
+    source_event_id)."""
+    return f"trained:{job_id}"
 
 
 def run_key(run_id: str, name: str) -> str:

@@ -40,6 +40,10 @@ class Job(SQLModel, table=True):
     run_id: str | None = Field(default=None, index=True)
     error: str | None = None
     cancel_requested: bool = False
+    # the replica running it, its last heartbeat, and how many times a replica started it
+    holder: str | None = None
+    heartbeat_at: datetime | None = timestamp_field()
+    attempts: int = 0
     spec: dict[str, Any] = _json()
     search_id: str | None = Field(default=None, index=True)
     trial: int | None = None
@@ -136,6 +140,9 @@ class JobPublic(BaseModel):
     run_id: str | None
     error: str | None
     cancel_requested: bool
+    holder: str | None
+    heartbeat_at: datetime | None
+    attempts: int
     search_id: str | None
     trial: int | None
     created_at: datetime
@@ -157,6 +164,9 @@ class JobPublic(BaseModel):
             run_id=job.run_id,
             error=job.error,
             cancel_requested=job.cancel_requested,
+            holder=job.holder,
+            heartbeat_at=as_utc(job.heartbeat_at),
+            attempts=job.attempts,
             search_id=job.search_id,
             trial=job.trial,
             created_at=as_utc(job.created_at),  # type: ignore[arg-type]

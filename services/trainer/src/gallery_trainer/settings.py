@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from gallery_common.settings import GallerySettings
+from gallery_common.settings import JobWorkerSettings
 from gallery_trainer.admission import (
     CEILING_BATCH_SIZE,
     CEILING_LAYER_WIDTH,
@@ -28,7 +28,7 @@ from gallery_trainer.admission import (
 )
 
 
-class TrainerSettings(GallerySettings):
+class TrainerSettings(JobWorkerSettings):
     """Settings of the trainer service, read from `GALLERY_*` variables."""
 
     service_name: str = "trainer"
