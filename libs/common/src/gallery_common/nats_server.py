@@ -30,10 +30,13 @@ def nats_server_binary() -> str:
     return found
 
 
-def render_config(store_dir: Path, host: str, port: int, monitor_port: int, authorization: str | None = None) -> str:
-    """nats-server's configuration; `authorization` is an `authorization { ... }` block (see `nats_auth`)."""
+def render_config(
+    store_dir: Path, host: str, port: int, monitor_port: int, authorization: str | None = None, extra: str = ""
+) -> str:
+    """nats-server's configuration; `authorization` is an `authorization { ... }` block (see `nats_auth`),
+    `extra` more settings (`server_name` and a `cluster { ... }` block for a clustered node)."""
     return (
-        f'listen: "{host}:{port}"\n'
+        extra + f'listen: "{host}:{port}"\n'
         f'http: "{host}:{monitor_port}"\n'
         "jetstream {\n"
         f'  store_dir: "{store_dir}"\n'
@@ -53,9 +56,12 @@ class EmbeddedNats:
         monitor_port: int | None = None,
         log_file: Path | None = None,
         authorization: str | None = None,
+        extra_config: str = "",
     ) -> None:
-        """`authorization` (an `authorization { users: ... }` block) makes every client authenticate."""
+        """`authorization` (an `authorization { users: ... }` block) makes every client authenticate;
+        `extra_config` is put at the top of the configuration as it is."""
         self.authorization = authorization
+        self.extra_config = extra_config
         self.store_dir = Path(store_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
@@ -88,7 +94,9 @@ class EmbeddedNats:
 
     def _launch(self) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        config = render_config(self.store_dir, self.host, self.port, self.monitor_port, self.authorization)
+        config = render_config(
+            self.store_dir, self.host, self.port, self.monitor_port, self.authorization, self.extra_config
+        )
         # the configuration names every user (with password hashes): for this OS user only
         descriptor = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as conf:
