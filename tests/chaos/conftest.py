@@ -19,7 +19,8 @@ from chaos_figures import Figures
 
 REPO = Path(__file__).resolve().parents[2]
 # the scenarios start services as processes the way the end-to-end tests do (tests/e2e/lifecycle_stack.py)
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+# and build models the way the gate's tests do (tests/integration/registry/onnx_builders.py)
+sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests" / "integration" / "registry")]
 FIGURES_DIR = REPO / ".gallery" / "chaos"
 
 _recorded: list[tuple[str, dict[str, Any]]] = []
