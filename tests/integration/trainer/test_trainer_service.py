@@ -22,7 +22,6 @@ from gallery_common.events import ModelTrained
 from gallery_common.nats_server import EmbeddedNats
 from gallery_trainer.migrations import upgrade
 from gallery_trainer.records import Job
-from gallery_trainer.runner import STOPPED_REASON
 
 
 def onnx_accuracy(model: bytes, split: bytes) -> float:
@@ -83,12 +82,12 @@ def test_train_track_store_and_publish_an_iris_model(
         assert shown.exit_code == 0 and "data.source" in shown.output and "test_accuracy" in shown.output
 
         log_tail = client.get(f"/api/v1/jobs/{job['id']}/logs", params={"tail": 1}).text
-        assert log_tail.startswith(f"[trainer] published model.trained trained:{run_id} with ")
+        assert log_tail.startswith(f"[trainer] published model.trained trained:{job['id']} with ")
         assert len(client.get(f"/api/v1/jobs/{job['id']}/logs").text.splitlines()) > 1, "the ranks' output is there"
 
     [event] = stored_events(nats_server.url, "model.trained", 1)
     trained: ModelTrained = event.data
-    assert event.id == f"trained:{run_id}" and trained.run_id == run_id and trained.model == "iris-mlp"
+    assert event.id == f"trained:{job['id']}" and trained.run_id == run_id and trained.model == "iris-mlp"
     assert trained.lineage.training_job_id == job["id"] and trained.lineage.config_hash
     assert trained.class_names == ["setosa", "versicolor", "virginica"]
     assert {"weights", "onnx", "spec", "train_split", "validation_split", "test_split", "curves"} <= set(
@@ -143,14 +142,18 @@ def test_a_running_job_can_be_cancelled(tmp_path: Path, nats_server: EmbeddedNat
     assert stored_events(nats_server.url, "model.trained", 1, timeout=1) == []
 
 
-def test_a_job_left_running_by_a_dead_trainer_is_failed_at_start(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+def test_a_job_left_running_by_a_trainer_without_a_queue_is_run_again_at_start(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
     settings = trainer_settings(tmp_path, nats_server.url)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
-    with Session(engine) as session:
-        session.add(Job(id="orphan", model="iris-mlp", status="running", phase="training", spec=iris_spec()))
+    with Session(engine) as session:  # no heartbeat, no message: what a trainer before work queues left
+        spec = iris_spec() | {"training": {"epochs": 0}}  # one that ends at once, without training
+        session.add(Job(id="orphan", model="iris-mlp", status="running", phase="training", spec=spec))
         session.commit()
     engine.dispose()
     with serve_trainer(settings) as client:
-        job = client.get("/api/v1/jobs/orphan").json()
-        assert job["status"] == "failed" and job["error"] == STOPPED_REASON
+        job = wait_job(client, "orphan", timeout=30)
+        assert job["attempts"] == 1 and job["holder"], "put back on the queue at start and taken over"
+        assert job["status"] == "failed" and "training.epochs" in job["error"]
