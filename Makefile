@@ -84,7 +84,7 @@ demo: install
 	@$(BIN)/python scripts/demo.py
 
 test: $(BIN)/.installed $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed postgres redis chromium valgrind promtool
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30
 
 # tests/chaos: servers killed, stopped or starved under the services; not part of `make test` (minutes long).
 # Each scenario writes its figures to .gallery/chaos/, which scripts/chaos_table.py turns into the README's table.
