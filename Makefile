@@ -90,6 +90,8 @@ test: $(BIN)/.installed $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed postgr
 # Each scenario writes its figures to .gallery/chaos/, which scripts/chaos_table.py turns into the README's table.
 chaos: $(BIN)/.installed $(MOTO_VENV)/.installed postgres
 	GALLERY_CHAOS=1 $(BIN)/pytest -q -p no:cacheprovider tests/chaos
+	GALLERY_TEST_BUS_OUTAGE_S=60 $(BIN)/pytest -q -p no:cacheprovider \
+		"tests/integration/serving/test_serving_without_bus.py::test_nats_down_under_steady_load_fails_no_request_and_samples_resume"
 	$(BIN)/python scripts/chaos_table.py
 
 up: install

@@ -24,7 +24,8 @@ from gallery_common.bus import EventBus
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 
-OUTAGE_S = 60.0
+# 15 s in `make test`; `make chaos` holds the bus down the whole minute (reconnect back-off, buffers filling)
+OUTAGE_S = float(os.environ.get("GALLERY_TEST_BUS_OUTAGE_S", "15"))
 ROWS = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 4], "data": [1, 2, 3, 4, 0, -1, 0.5, 2]}]}
 
 
@@ -166,7 +167,7 @@ def test_gateway_and_model_server_start_and_serve_with_no_nats_then_samples_flow
 
 
 @pytest.mark.slow
-def test_nats_down_for_a_minute_under_steady_load_fails_no_request_and_samples_resume(
+def test_nats_down_under_steady_load_fails_no_request_and_samples_resume(
     data_plane: tuple[Server, Gateway, EmbeddedNats],
 ) -> None:
     _, gateway, nats = data_plane
