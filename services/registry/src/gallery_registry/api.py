@@ -155,7 +155,7 @@ def register_version(name: str, data: VersionCreate, store: RegistryStoreDep) ->
     or major (new signature) unless given; an explicit one must be greater than the latest.
 
     `source_event_id` is refused: only the validation gate sets it, from the `model.trained` event
-    it registers. Event ids are predictable (`trained:<run id>`), and the gate takes a version
+    it registers. Event ids are predictable (`trained:<job id>`), and the gate takes a version
     already registered under its event id as its own, so a version registered here under that id
     would be validated, and deployed, with artifacts the caller chose.
     """
