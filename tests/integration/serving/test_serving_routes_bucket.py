@@ -50,11 +50,10 @@ async def deployer_routes(url: str, home: Path) -> tuple[EventBus, GatewayRoutes
     return bus, GatewayRoutes(await RoutesBucket.open(bus))
 
 
-def start_gateway(home: Path, nats_url: str, name: str) -> tuple[LifecycleStack, str]:
-    """A gateway process with its own snapshot file (each replica its own stack: same home, own process)."""
-    stack = LifecycleStack(home=home, nats_url=nats_url)
-    service = stack.start("gateway", GALLERY_SAMPLE_RATE="0", GALLERY_ROUTES_FILE=str(home / f"{name}.json"))
-    return stack, service.url
+def start_gateway(stack: LifecycleStack, name: str) -> str:
+    """One more gateway process of `stack`, with its own snapshot file."""
+    routes_file = str(stack.home / f"{name}.json")
+    return stack.start("gateway", replica=f"-{name}", GALLERY_SAMPLE_RATE="0", GALLERY_ROUTES_FILE=routes_file).url
 
 
 async def eventually(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
@@ -90,30 +89,28 @@ async def seen_after(client: httpx.AsyncClient, gateway: str, tag: str, start: f
     return time.perf_counter() - start
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "home"
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(home: Path) -> Iterator[EmbeddedNats]:
     with EmbeddedNats(home / "nats", authorization=stack_authorization(home, [])) as running_server:
         yield running_server
 
 
-@pytest.fixture
-def two_gateways(home: Path, server: EmbeddedNats) -> Iterator[tuple[str, str]]:
-    stacks: list[LifecycleStack] = []
-    try:
-        urls = []
-        for name in ("one", "two"):
-            stack, url = start_gateway(home, server.url, name)
-            stacks.append(stack)
-            urls.append(url)
-        yield urls[0], urls[1]
-    finally:
-        for stack in stacks:
-            stack.stop()
+@pytest.fixture(scope="module")
+def stack(home: Path, server: EmbeddedNats) -> Iterator[LifecycleStack]:
+    """Two gateway processes on one nats-server (each test writes its own model)."""
+    running_stack = LifecycleStack(home=home, nats_url=server.url)
+    yield running_stack
+    running_stack.stop()
+
+
+@pytest.fixture(scope="module")
+def two_gateways(stack: LifecycleStack) -> tuple[str, str]:
+    return start_gateway(stack, "one"), start_gateway(stack, "two")
 
 
 @pytest.fixture
@@ -180,11 +177,13 @@ def backend() -> Iterator[str]:
 
 
 async def test_a_gateway_started_with_the_bus_down_serves_its_snapshot_and_catches_up_when_it_returns(
-    home: Path, backend: str, client: httpx.AsyncClient
+    tmp_path: Path, backend: str, client: httpx.AsyncClient
 ) -> None:
+    home = tmp_path
     RouteBook(home / "alone.json").put("snap", route("from-snapshot", backend))
     nats = EmbeddedNats(home / "nats", port=free_port(), authorization=stack_authorization(home, []))
-    stack, gateway = start_gateway(home, nats.url, "alone")  # nothing listens on its NATS port yet
+    stack = LifecycleStack(home=home, nats_url=nats.url)
+    gateway = start_gateway(stack, "alone")  # nothing listens on its NATS port yet
     try:
         assert (await client.get(f"{gateway}/v2/models/snap/ready")).status_code == 200
         assert await routed_backend(client, gateway, "snap") == "from-snapshot"
@@ -217,3 +216,35 @@ async def test_a_gateway_started_with_the_bus_down_serves_its_snapshot_and_catch
     finally:
         stack.stop()
         nats.stop()
+
+
+async def test_an_operator_sets_a_route_on_every_replica_through_the_deployer(
+    stack: LifecycleStack, two_gateways: tuple[str, str], client: httpx.AsyncClient
+) -> None:
+    model = "by-hand.v1"
+    deployer = stack.start("deployer").url
+    target = f"{deployer}/api/v1/routes/{model}"
+    body = route("by-hand").model_dump(mode="json")
+    put = await client.put(target, json=body)
+    assert put.status_code == 200, put.text
+    revision = put.json()["revision"]
+    assert (await client.get(target)).json() == {**put.json(), "model": model}
+    for gateway in two_gateways:
+        await eventually(f"{gateway} takes the operator's route", at_revision(client, gateway, revision))
+        assert await routed_backend(client, gateway, model) == "by-hand"
+
+    # a gateway's own PUT changes that replica alone
+    local = route("this-replica-only").model_dump(mode="json")
+    assert (await client.put(f"{two_gateways[0]}/admin/routes/{model}", json=local)).status_code == 200
+    assert await routed_backend(client, two_gateways[1], model) == "by-hand"
+
+    assert (await client.delete(target)).status_code == 204
+    for gateway in two_gateways:
+
+        async def forgotten(gateway: str = gateway) -> bool:
+            return (await client.get(f"{gateway}/admin/routes/{model}")).status_code == 404
+
+        await eventually(f"{gateway} drops the route the operator deleted", forgotten, 10)
+    assert (await client.delete(target)).status_code == 404
+    refused = await client.put(f"{deployer}/api/v1/routes/{model}", json={"backends": []})
+    assert refused.status_code == 422 and "at least one" in refused.json()["error"]
