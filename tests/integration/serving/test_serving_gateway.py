@@ -347,7 +347,7 @@ def test_admin_routes_need_admin_and_persist(tmp_path: Path, backends: dict[str,
         assert httpx.get(target, headers={"Authorization": "Bearer wtok"}).status_code == 403
         got = httpx.get(target, headers={"Authorization": "Bearer atok"})
         assert got.json()["backends"][0]["id"] == "a"
-    saved = orjson.loads((tmp_path / "gateway" / "routes.json").read_bytes())
+    saved = orjson.loads((tmp_path / "gateway" / "routes.json").read_bytes())["routes"]  # the snapshot
     assert saved["secured"]["backends"][0]["url"] == backends["a"].url
     with gateway(tmp_path) as url:  # a restart keeps the table
         response = httpx.post(f"{url}/v2/models/secured/infer", content=body([1.0]))
