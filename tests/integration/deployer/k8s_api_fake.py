@@ -5,8 +5,11 @@ generation, creationTimestamp, managedFields). Supported: server-side apply (PAT
 `application/apply-patch+yaml`, fieldManager required, conflicts with another manager's fields
 unless force), JSON merge patch, GET, LIST with label and field selectors, watch streams
 (newline-delimited events from a resourceVersion), DELETE, and `Status` error bodies shaped like the
-real ones. Nothing runs controllers: a test moves a Deployment along with the hooks
-(`complete_rollout`, `unschedulable`, `crash_loop`, `progress_deadline_exceeded`).
+real ones. Leases (coordination.k8s.io/v1) as leader election uses them: POST creates (409
+AlreadyExists when the name is taken), PUT replaces (409 Conflict when the body's
+metadata.resourceVersion is not the stored one). Nothing runs controllers: a test moves a
+Deployment along with the hooks (`complete_rollout`, `unschedulable`, `crash_loop`,
+`progress_deadline_exceeded`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from k8s_fake_objects import (
     INSTANCE_LABEL,
     ApiError,
     RecordedRequest,
+    check_lease,
     deadline_exceeded_status,
     decode_body,
     matches_fields,
@@ -45,6 +49,7 @@ RESOURCES = {
     "pods": ("Pod", "v1", ""),
     "horizontalpodautoscalers": ("HorizontalPodAutoscaler", "autoscaling/v2", "autoscaling"),
     "poddisruptionbudgets": ("PodDisruptionBudget", "policy/v1", "policy"),
+    "leases": ("Lease", "coordination.k8s.io/v1", "coordination.k8s.io"),
 }
 # What a new object's status holds before any controller has looked at it.
 INITIAL_STATUS: dict[str, dict[str, Any]] = {
@@ -54,8 +59,9 @@ INITIAL_STATUS: dict[str, dict[str, Any]] = {
     "horizontalpodautoscalers": {"currentReplicas": 0, "desiredReplicas": 0},
     "poddisruptionbudgets": {"currentHealthy": 0, "desiredHealthy": 0, "disruptionsAllowed": 0, "expectedPods": 0},
 }
+NO_STATUS = {"leases"}  # kinds without a status
 _PATH = re.compile(
-    r"^/(?:api/v1|apis/(?P<group>[a-z.]+)/(?P<version>v[0-9a-z]+))/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?$"
+    r"^/(?:api/v1|apis/(?P<group>[a-z0-9.-]+)/(?P<version>v[0-9a-z]+))/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?$"
 )
 
 
@@ -207,6 +213,8 @@ class FakeKubernetesApi:
                     item.pop("apiVersion", None)
                 meta = {"resourceVersion": str(self._rv)}
                 return 200, {"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta, "items": items}
+            if name is None and method == "POST":
+                return self._post(plural, kind, api_version, resource, group, ns, query, content_type, raw)
             if name is None:
                 raise ApiError(405, "MethodNotAllowed", f"{method} on a collection is not supported here")
             current = self._objects.get((plural, ns, name))
@@ -237,7 +245,110 @@ class FakeKubernetesApi:
                 return self._patch(
                     plural, kind, api_version, resource, ns, name, query, content_type, raw, current, not_found
                 )
+            if method == "PUT":
+                return self._put(plural, kind, api_version, resource, ns, name, query, content_type, raw, current)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    @staticmethod
+    def _body(kind: str, api_version: str, content_type: str, raw: bytes) -> dict[str, Any]:
+        """A create or replace body: JSON of the URL's kind. The client sends no Content-Type for it, and
+        the API server reads a body without one as its first supported type, JSON."""
+        if content_type not in ("", "application/json"):
+            raise ApiError(
+                415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}"
+            )
+        body = json.loads(raw)
+        if body.get("kind") != kind or body.get("apiVersion") != api_version:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the body is a {body.get('apiVersion')} {body.get('kind')}, the URL names {api_version} {kind}",
+            )
+        if kind == "Lease":
+            check_lease(body)
+        return body  # type: ignore[no-any-return]
+
+    def _post(
+        self,
+        plural: str,
+        kind: str,
+        api_version: str,
+        resource: str,
+        group: str,
+        ns: str,
+        query: dict[str, str],
+        content_type: str,
+        raw: bytes,
+    ) -> tuple[int, dict[str, Any]]:
+        body = self._body(kind, api_version, content_type, raw)
+        meta = body.setdefault("metadata", {})
+        name = meta.get("name")
+        if not name:
+            raise ApiError(422, "Invalid", f'{kind} "" is invalid: metadata.name: Required value: name is required')
+        if meta.get("namespace", ns) != ns:
+            raise ApiError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
+        if meta.get("resourceVersion"):
+            raise ApiError(
+                422, "Invalid", f'{kind} "{name}" is invalid: metadata.resourceVersion: Invalid value: must be empty'
+            )
+        if (plural, ns, name) in self._objects:
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{resource} "{name}" already exists',
+                {"name": name, "group": group, "kind": plural},
+            )
+        meta["namespace"] = ns
+        meta["managedFields"] = [self._managed(query.get("fieldManager", "unknown"), "Update", api_version)]
+        if plural not in NO_STATUS:
+            body["status"] = copy.deepcopy(INITIAL_STATUS[plural])
+        return 201, copy.deepcopy(self._create(plural, body))
+
+    def _put(
+        self,
+        plural: str,
+        kind: str,
+        api_version: str,
+        resource: str,
+        ns: str,
+        name: str,
+        query: dict[str, str],
+        content_type: str,
+        raw: bytes,
+        current: dict[str, Any] | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Replace; a body with metadata.resourceVersion is written only over that version (optimistic lock)."""
+        body = self._body(kind, api_version, content_type, raw)
+        meta = body.setdefault("metadata", {})
+        if meta.get("name") != name:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})",
+            )
+        if current is None:
+            raise ApiError(404, "NotFound", f'{resource} "{name}" not found', {"name": name, "kind": plural})
+        stored = current["metadata"]
+        if meta.get("resourceVersion") and meta["resourceVersion"] != stored["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                {"name": name, "kind": plural},
+            )
+        meta.update({k: stored[k] for k in ("uid", "creationTimestamp", "namespace", "generation")})
+        manager = query.get("fieldManager", "unknown")
+        fields = [f for f in stored["managedFields"] if (f["manager"], f["operation"]) != (manager, "Update")]
+        meta["managedFields"] = [*fields, self._managed(manager, "Update", api_version)]
+        if plural not in NO_STATUS:
+            body["status"] = current.get("status", {})
+        self._store("MODIFIED", plural, body)
+        return 200, copy.deepcopy(body)
 
     def _patch(
         self,
@@ -422,5 +533,11 @@ def _handler_for(api: FakeKubernetesApi) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:
             self._serve("DELETE")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_PUT(self) -> None:
+            self._serve("PUT")
 
     return Handler

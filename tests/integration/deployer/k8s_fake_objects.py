@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -186,3 +187,25 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     if not raw:
         return None
     return yaml.safe_load(raw) if content_type.endswith("yaml") else json.loads(raw)
+
+
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+
+def check_lease(lease: dict[str, Any]) -> None:
+    """What the API server refuses in a Lease: a MicroTime it cannot parse (400), a spec out of range (422)."""
+    spec = lease.get("spec") or {}
+    name = lease.get("metadata", {}).get("name", "")
+    for field in ("acquireTime", "renewTime"):
+        value = spec.get(field)
+        if value is not None and not (isinstance(value, str) and _MICRO_TIME.match(value)):
+            raise ApiError(400, "BadRequest", f'parsing time "{value}" as RFC3339 failed (spec.{field})')
+    problems = []
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        problems.append(f"spec.leaseDurationSeconds: Invalid value: {duration}: must be greater than 0")
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        problems.append(f"spec.leaseTransitions: Invalid value: {transitions}: must be greater than or equal to 0")
+    if problems:
+        raise ApiError(422, "Invalid", f'Lease.coordination.k8s.io "{name}" is invalid: ' + ", ".join(problems))

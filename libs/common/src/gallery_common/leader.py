@@ -2,11 +2,11 @@
 others stand by and take over when it stops renewing its claim.
 
 The claim lives in a `LeaderLock`: a key of the JetStream key-value bucket `leaders` (`KvLeaderLock`;
-the bucket's TTL makes a dead leader's key expire) or a Kubernetes Lease (the deployer's
-`runtime/kubernetes_lease.py`). The leader renews it every third of the TTL with the version it last
-wrote, so a write expecting another version means someone else holds it. A follower reads it as
-often: gone, released, or unchanged for a whole TTL (by its own clock), it takes it; of two takers
-the store lets one win.
+the bucket's TTL makes a dead leader's key expire) or a Kubernetes Lease (`LeaseLeaderLock` in
+`gallery_common.leader_lease`, which also chooses between the two). The leader renews it every third
+of the TTL with the version it last wrote, so a write expecting another version means someone else
+holds it. A follower reads it as often: gone, released, or unchanged for a whole TTL (by its own
+clock), it takes it; of two takers the store lets one win.
 
 `LeaderElection.run(lock, lead)` runs `lead(term)` in a task of its own while this process leads
 and cancels it the moment leadership is lost: another process took the claim, or no renewal
@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
 from nats.js import api
@@ -77,6 +77,16 @@ class LeaderSettings(GallerySettings):
     leader_identity: str | None = Field(
         default=None,
         description="this process's name in the claim; default <hostname>-<pid> (the pod name on Kubernetes)",
+    )
+    leader_lock: Literal["auto", "kv", "lease"] = Field(
+        default="auto",
+        description="where the claim is held: kv (the JetStream bucket 'leaders'), lease (a Kubernetes Lease "
+        "<role>-leader), auto (the Lease for a deployer with the Kubernetes runtime and a monitor in a pod, "
+        "else the bucket)",
+    )
+    leader_lease_namespace: str | None = Field(
+        default=None,
+        description="the Lease's namespace; default the deployer's Kubernetes namespace, else the pod's own",
     )
 
     @property

@@ -10,7 +10,6 @@ GPU again; once a GPU rollout completes, `wait_ready` removes the CPU Deployment
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,10 +17,11 @@ from typing import Any
 
 import anyio
 import urllib3
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from gallery_common.errors import BadRequest, Conflict, GalleryError, InvalidRequest, NotFound, Unavailable
+from gallery_common.errors import Conflict, InvalidRequest, NotFound
+from gallery_common.kube_api import api_error, call, default_api_client
 from gallery_common.telemetry import get_logger
 
 from .base import DeploymentStatus, RuntimeState, ServerSpec
@@ -56,46 +56,6 @@ APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-def _default_api_client() -> client.ApiClient:
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(client_configuration=configuration)
-        except (config.ConfigException, OSError) as exc:
-            raise Unavailable(
-                f"no Kubernetes configuration: not running in a cluster and no kubeconfig ({exc})"
-            ) from None
-    return client.ApiClient(configuration)
-
-
-def _api_message(exc: ApiException) -> str:
-    try:
-        body = json.loads(exc.body or "")
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return f"{exc.status} {exc.reason}".strip()
-
-
-def _api_error(what: str, exc: ApiException) -> GalleryError:
-    message = _api_message(exc)
-    status = exc.status or 0
-    if status == 404:
-        return NotFound(f"{what}: {message}")
-    if status == 409:
-        return Conflict(f"{what}: {message}")
-    if status == 422:
-        return InvalidRequest(f"Kubernetes refused {what}: {message}")
-    if status == 400:
-        return BadRequest(f"Kubernetes refused {what}: {message}")
-    if status in (401, 403):
-        return Unavailable(f"Kubernetes API refused the deployer's credentials for {what}: {message}")
-    return Unavailable(f"Kubernetes API failed {what}: {message}")
-
-
 class KubernetesRuntime:
     """`base.Runtime` on a Kubernetes cluster; see the module docstring for the fallback.
 
@@ -108,7 +68,7 @@ class KubernetesRuntime:
     def __init__(self, options: KubernetesOptions | None = None, api_client: client.ApiClient | None = None) -> None:
         self.options = options or KubernetesOptions()
         self._owns_client = api_client is None
-        self._client = api_client or _default_api_client()
+        self._client = api_client or default_api_client()
         self._apps = client.AppsV1Api(self._client)
         self._core = client.CoreV1Api(self._client)
         self._autoscaling = client.AutoscalingV2Api(self._client)
@@ -204,24 +164,7 @@ class KubernetesRuntime:
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
         """Call the client in a worker thread; the answer as the API's own JSON, errors as GalleryErrors."""
-        kwargs.update(_request_timeout=self.options.request_timeout_s, _preload_content=False)
-        return await anyio.to_thread.run_sync(functools.partial(self._call_sync, what, fn, *args, **kwargs))
-
-    @staticmethod
-    def _call_sync(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
-        try:
-            response = fn(*args, **kwargs)
-            try:
-                body = json.loads(response.data or b"{}")
-            finally:
-                response.release_conn()
-        except ApiException as exc:
-            raise _api_error(what, exc) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Unavailable(f"Kubernetes API unreachable while {what}: {exc}") from None
-        except ValueError as exc:
-            raise Unavailable(f"unexpected answer from the Kubernetes API while {what}: {exc}") from None
-        return body if isinstance(body, dict) else {}
+        return await call(what, fn, *args, timeout_s=self.options.request_timeout_s, **kwargs)
 
     async def _apply(self, manifest: dict[str, Any]) -> None:
         patchers: dict[str, Callable[..., Any]] = {
@@ -353,7 +296,7 @@ class KubernetesRuntime:
         except ApiException as exc:
             if exc.status == 410:  # our resourceVersion is too old: the caller lists again
                 return
-            raise _api_error(f"watching Deployments of {deployment_id}", exc) from None
+            raise api_error(f"watching Deployments of {deployment_id}", exc) from None
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             # A quiet, broken or unreadable watch: the caller lists again, and that call reports what is wrong.
             return
