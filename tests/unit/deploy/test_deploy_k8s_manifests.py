@@ -120,10 +120,10 @@ def test_the_model_servers_the_deployer_starts_are_admitted_by_the_restricted_na
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_only_the_deployer_and_prometheus_hold_a_kubernetes_api_token(overlay: str) -> None:
+def test_only_the_deployer_the_monitor_and_prometheus_hold_a_kubernetes_api_token(overlay: str) -> None:
     objs = manifests(overlay)
     holders = {w["metadata"]["name"] for w in workloads(objs) if pod_spec(w).get("automountServiceAccountToken")}
-    assert holders == {"deployer", "prometheus"}
+    assert holders == {"deployer", "monitor", "prometheus"}  # the monitor's for its leader election Lease only
     for sa in of_kind(objs, "ServiceAccount"):
         assert sa.get("automountServiceAccountToken") is False
     assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")], "nothing cluster-wide"

@@ -42,7 +42,8 @@ def default_api_client() -> client.ApiClient:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         try:
-            config.load_kube_config(client_configuration=configuration)
+            # KUBECONFIG as it is now: the client reads its default when it is imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
         except (config.ConfigException, OSError) as exc:
             raise Unavailable(
                 f"no Kubernetes configuration: not running in a cluster and no kubeconfig ({exc})"
