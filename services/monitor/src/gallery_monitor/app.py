@@ -22,7 +22,8 @@ from nats.aio.subscription import Subscription
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.events import CloudEvent, ModelDegraded, Payload
-from gallery_common.leader import KvLeaderLock, LeaderElection, leader_router, publish_as_leader
+from gallery_common.leader import LeaderElection, leader_router, publish_as_leader
+from gallery_common.leader_lease import in_cluster, open_leader_lock
 from gallery_common.registry_client import RegistryClient
 from gallery_common.router import EventRouter
 from gallery_common.settings import load_settings
@@ -136,7 +137,8 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
             consumer = timeline_events(monitor).consumer(bus)
             await asyncio.gather(consumer.run(), run_evaluator(monitor, publish, settings.evaluate_interval_s))
 
-        lock = await KvLeaderLock(bus, "monitor", settings.leader_ttl_s).open()
+        # in a pod, a Lease in its namespace
+        lock = await open_leader_lock(settings, bus, "monitor", stack, on_kubernetes=in_cluster())
         stack.push_async_callback(_cancel, loop.create_task(election.run(lock, lead), name="monitor-election"))
         return monitor
 

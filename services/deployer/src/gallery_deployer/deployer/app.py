@@ -11,7 +11,8 @@ from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.events import Payload
-from gallery_common.leader import KvLeaderLock, LeaderElection, leader_router, publish_as_leader
+from gallery_common.leader import LeaderElection, leader_router, publish_as_leader
+from gallery_common.leader_lease import open_leader_lock
 from gallery_common.registry_client import RegistryClient
 from gallery_common.routes_kv import RoutesBucket
 from gallery_common.settings import load_settings
@@ -105,7 +106,10 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
             consumer = rollout_events(controller, ack_wait=2 * settings.leader_ttl_s).consumer(bus)
             await asyncio.gather(consumer.run(), _ticker(controller))
 
-        lock = await KvLeaderLock(bus, "deployer", settings.leader_ttl_s).open()
+        # with the Kubernetes runtime, a Lease in the namespace of its model servers
+        kubernetes = settings.runtime == "kubernetes"
+        where = settings.kubernetes.namespace
+        lock = await open_leader_lock(settings, bus, "deployer", stack, on_kubernetes=kubernetes, namespace=where)
         campaign = asyncio.get_running_loop().create_task(election.run(lock, lead), name="deployer-election")
         stack.push_async_callback(_cancel, campaign)
         return controller
