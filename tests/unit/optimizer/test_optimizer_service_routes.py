@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 from fastapi.testclient import TestClient
+from local_work_queue import LocalQueue
 from optimizer_service_fakes import FakePipeline, RecordingPublisher, put_version_artifacts
 from registry_fakes import InMemoryRegistry
 
@@ -46,9 +47,10 @@ def client(tmp_path: Path, registry: InMemoryRegistry) -> Iterator[TestClient]:
             progress_interval=0.0,
             pipeline=FakePipeline().factory(),
         )
-        runner.start()
-        stack.push_async_callback(partial(anyio.to_thread.run_sync, runner.stop))
-        return OptimizerCore(jobs, runner)
+        queue = LocalQueue()
+        queue.start(runner)
+        stack.push_async_callback(partial(anyio.to_thread.run_sync, queue.stop, runner))
+        return OptimizerCore(jobs, runner, queue)  # type: ignore[arg-type]
 
     app = create_app(
         settings,

@@ -17,6 +17,7 @@ from gallery_common.contracts import write_split
 from gallery_common.db import make_engine
 from gallery_common.sandbox import Limits
 from gallery_common.settings import GallerySettings, get_settings
+from gallery_common.work_queue import Delivery, Settle
 from gallery_optimizer.job_store import JobStore
 from gallery_optimizer.measure import MeasurementFailed, peak_memory_bytes, run_model
 from gallery_optimizer.migrations import upgrade
@@ -128,7 +129,7 @@ def test_the_worker_fails_the_job_with_the_reason_within_the_limit(
         registry.add_version("m", 1, refs, class_names=["a", "b", "c"])
         job_id = jobs.submit("m", 1, refs, OptimizationPolicy(variants=["int8_dynamic"])).job.id
         started = time.perf_counter()
-        runner.run(job_id)
+        assert runner.run(Delivery(job_id, 1)) is Settle.ACK
         assert time.perf_counter() - started < 10
         job = jobs.get(job_id)
         assert job.status == "failed" and job.finished_at is not None

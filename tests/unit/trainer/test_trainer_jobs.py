@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from local_work_queue import LocalQueue
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -22,7 +22,7 @@ from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ModelTrained, Signature, TensorSpec
 from gallery_common.settings import GallerySettings
-from gallery_common.work_queue import Delivery, JobWorker, Settle
+from gallery_common.work_queue import Settle
 from gallery_trainer.job_service import JobService, UnsupportedMediaType
 from gallery_trainer.migrations import upgrade
 from gallery_trainer.pipeline import JobOutputs, ProgressUpdate, TrainingFailed
@@ -125,32 +125,6 @@ class FakeTraining:
             class_names=["setosa", "versicolor", "virginica"],
             engine="deepspeed",
         )
-
-
-class LocalQueue:
-    """A work queue inside one process: one worker thread takes the submitted jobs in order."""
-
-    def __init__(self) -> None:
-        self.waiting: queue.Queue[str | None] = queue.Queue()
-        self.settled: list[tuple[str, Settle]] = []
-        self.thread: threading.Thread | None = None
-
-    def submit(self, job_id: str) -> None:
-        self.waiting.put(job_id)
-
-    def start(self, worker: JobWorker) -> None:
-        def work() -> None:
-            while (job_id := self.waiting.get()) is not None:
-                self.settled.append((job_id, worker.run(Delivery(job_id, 1))))
-
-        self.thread = threading.Thread(target=work, daemon=True)
-        self.thread.start()
-
-    def stop(self, worker: JobWorker) -> None:
-        worker.stop()
-        self.waiting.put(None)
-        if self.thread is not None:
-            self.thread.join(5)
 
 
 @dataclass
