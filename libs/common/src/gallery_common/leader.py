@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
-from nats.js import api
 from nats.js import errors as js_errors
 from nats.js.kv import KeyValue
 from prometheus_client import Gauge
@@ -40,6 +39,7 @@ from .bus import EventBus
 from .errors import Unavailable
 from .events import Payload, make_event
 from .nats_auth import LEADERS_BUCKET
+from .routes_kv import ensure_bucket
 from .settings import GallerySettings
 from .telemetry import gauge, get_logger
 
@@ -328,21 +328,16 @@ class KvLeaderLock:
         """Find or create the bucket (with retries while NATS is away); returns self."""
 
         async def attempt() -> KeyValue:
-            try:
-                return await self.bus.js.key_value(self.bucket)
-            except js_errors.BucketNotFoundError:
-                pass
-            config = api.KeyValueConfig(
-                bucket=self.bucket,
+            # replicas as the event streams': on a cluster a bucket on one node would lose every
+            # leader's claim with that node
+            return await ensure_bucket(
+                self.bus.js,
+                self.bucket,
                 history=1,
+                replicas=self.bus.stream_replicas,
+                description="Model Gallery leader election: one key per role",
                 ttl=self.ttl_s,
-                storage=api.StorageType.FILE,
-                replicas=self.bus.stream_replicas or 1,
             )
-            try:
-                return await self.bus.js.create_key_value(config)
-            except js_errors.BadRequestError:  # created by another process in between
-                return await self.bus.js.key_value(self.bucket)
 
         self._kv = await self.bus.with_retry(attempt, what=f"open the {self.bucket} bucket")
         found = (await self._kv.status()).ttl

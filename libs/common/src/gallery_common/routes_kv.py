@@ -52,17 +52,25 @@ def model_of_key(key: str) -> str | None:
 
 
 async def ensure_bucket(
-    js: JetStreamContext, bucket: str, *, history: int, replicas: int | None, description: str
+    js: JetStreamContext,
+    bucket: str,
+    *,
+    history: int,
+    replicas: int | None,
+    description: str,
+    ttl: float | None = None,
 ) -> KeyValue:
     """Create the KV bucket `bucket`, or bind to it as it is (a file-stored stream either way).
 
     `replicas` as in `EventBus.ensure_streams`: given, an existing bucket is brought to it (and to
-    `history`); None, a new bucket gets 1 and an existing one keeps its count.
+    `history`); None, a new bucket gets 1 and an existing one keeps its count. `ttl` is a new
+    bucket's; an existing one keeps its own.
     """
     config = api.KeyValueConfig(
         bucket=bucket,
         description=description,
         history=history,
+        ttl=ttl,
         replicas=replicas or 1,
         storage=api.StorageType.FILE,
     )

@@ -20,7 +20,7 @@ import os
 import socket
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -232,12 +232,26 @@ class WorkQueue:
         js = self.bus.js
 
         async def ensure() -> None:
+            config = self.stream_config()
             try:
-                await js.add_stream(self.stream_config())
+                await js.add_stream(config)
             except js_errors.BadRequestError as exc:
                 if exc.err_code != _STREAM_NAME_IN_USE:
                     raise
-                await js.update_stream(self.stream_config())
+                current = (await js.stream_info(self.names.stream)).config
+                # as EventBus.ensure_streams: a bus without stream_replicas never shrinks a clustered
+                # queue, and an update (a proposal to the cluster) is sent only when something differs
+                wanted = replace(
+                    current,
+                    subjects=config.subjects,
+                    discard=config.discard,
+                    discard_new_per_subject=config.discard_new_per_subject,
+                    max_msgs_per_subject=config.max_msgs_per_subject,
+                    max_age=config.max_age,
+                    num_replicas=current.num_replicas if self.bus.stream_replicas is None else config.num_replicas,
+                )
+                if wanted != current:
+                    await js.update_stream(wanted)
             await js.add_consumer(self.names.stream, config=self.consumer_config())
 
         await self.bus.with_retry(ensure, what=f"ensure work queue {self.names.stream}")
