@@ -88,13 +88,18 @@ def test_inference_keeps_answering_while_an_explanation_runs(slow: str) -> None:
 
 
 def test_back_to_back_explanations_rest_so_they_take_only_their_share_of_the_cpu(tmp_path: Path) -> None:
-    body = explain_body("features", X[:1], nsamples=60)
+    # a job long enough that the HTTP round trip around it (longer on a loaded machine) stays small beside it
+    body = explain_body("features", X[:1], nsamples=240)
     share = 0.25  # after a job of t seconds, the worker rests 3t
     with model_server(
         tmp_path, "slow", "1", slow_classifier(FEATURES), table_explainer(X, None), explain_cpu_share=share
     ) as url:
         assert explain(url, body).status_code == 200  # the worker is up
-        time.sleep(2.0)  # past its rest
+        started = time.perf_counter()
+        assert explain(url, body).status_code == 200
+        # its job took at most this long, so its rest is at most 3x: wait that out (a fixed pause was too
+        # short where a loaded machine made the jobs slow)
+        time.sleep(3 * (time.perf_counter() - started) + 0.5)
         started = time.perf_counter()
         assert explain(url, body).status_code == 200
         alone = time.perf_counter() - started
