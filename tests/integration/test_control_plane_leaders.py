@@ -48,13 +48,6 @@ from gallery_common.nats_server import EmbeddedNats  # noqa: E402
 TAKEOVER_BOUND_S = 10.0
 TTL = "2"  # renewed every 0.67 s; a leader gone is replaced in about 2.7 s
 WINDOW_S = 3.0
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{{name: fake, cluster: {{server: "{url}"}}}}]
-users: [{{name: fake, user: {{token: fake}}}}]
-contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: modelgallery}}}}]
-current-context: fake
-"""
 DEPLOYER = {"GALLERY_LEADER_TTL_S": TTL, "GALLERY_READY_TIMEOUT_S": "60", "GALLERY_LEADER_LOCK": "lease"}
 MONITOR = {
     "GALLERY_LEADER_TTL_S": TTL,
@@ -103,9 +96,7 @@ class Published:
 @pytest.fixture
 def kubernetes(tmp_path: Path) -> Iterator[tuple[FakeKubernetesApi, Path]]:
     with FakeKubernetesApi() as api:
-        config = tmp_path / "kubeconfig"
-        config.write_text(KUBECONFIG.format(url=api.url))
-        yield api, config
+        yield api, api.kubeconfig(tmp_path / "kubeconfig")
 
 
 @pytest.fixture

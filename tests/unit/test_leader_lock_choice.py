@@ -4,6 +4,9 @@ else modelgallery; the API client comes from the kubeconfig outside a cluster.""
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -13,13 +16,11 @@ import pytest
 from gallery_common.leader import LeaderSettings
 from gallery_common.leader_lease import LeaseLeaderLock, open_leader_lock
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: test, cluster: {server: "http://127.0.0.1:9"}}]
-users: [{name: test, user: {token: t}}]
-contexts: [{name: test, context: {cluster: test, user: test}}]
-current-context: test
-"""
+# the fake Kubernetes API lives beside the deployer's integration tests
+_FAKE_DIR = str(Path(__file__).resolve().parents[1] / "integration" / "deployer")
+if _FAKE_DIR not in sys.path:
+    sys.path.insert(0, _FAKE_DIR)
+k8s_api_fake: Any = importlib.import_module("k8s_api_fake")
 
 
 class NoBus:
@@ -30,11 +31,11 @@ class NoBus:
 
 
 @pytest.fixture(autouse=True)
-def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG)
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with k8s_api_fake.FakeKubernetesApi() as api:
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield
 
 
 async def choose(settings: LeaderSettings, *, on_kubernetes: bool, namespace: str | None = None) -> LeaseLeaderLock:

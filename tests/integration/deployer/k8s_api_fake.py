@@ -23,6 +23,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -75,6 +76,7 @@ class FakeKubernetesApi:
         self._changed = threading.Condition()
         self._closing = False
         self._failures: list[tuple[str, int, str, str]] = []
+        self._delays: list[tuple[str, float]] = []
         self.requests: list[RecordedRequest] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -114,6 +116,21 @@ class FakeKubernetesApi:
         """Answer the next `method` request with this error Status."""
         with self._changed:
             self._failures.append((method, code, reason, message))
+
+    def kubeconfig(self, path: Path) -> Path:
+        """Write a kubeconfig that points a client (and a service started with KUBECONFIG) at this server."""
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+            f'clusters: [{{name: fake, cluster: {{server: "{self.url}"}}}}]\n'
+            "users: [{name: fake, user: {token: fake}}]\n"
+            "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
+        )
+        return path
+
+    def delay_next(self, method: str, seconds: float) -> None:
+        """Answer the next `method` request `seconds` late (an API server that hangs)."""
+        with self._changed:
+            self._delays.append((method, seconds))
 
     def complete_rollout(self, name: str, namespace: str = "modelgallery") -> None:
         """The controller finished: every desired replica updated and ready; old pods gone."""
@@ -193,6 +210,12 @@ class FakeKubernetesApi:
         plural, ns, name = match["plural"], match["ns"], match["name"]
         kind, api_version, group = RESOURCES[plural]
         resource = f"{plural}.{group}" if group else plural
+        with self._changed:
+            delay = next((d for d in self._delays if d[0] == method), None)
+            if delay:
+                self._delays.remove(delay)
+        if delay:
+            time.sleep(delay[1])
         with self._changed:
             self.requests.append(RecordedRequest(method, path, query, content_type, decode_body(raw, content_type)))
             failure = next((f for f in self._failures if f[0] == method), None)
@@ -505,11 +528,14 @@ def _handler_for(api: FakeKubernetesApi) -> type[BaseHTTPRequestHandler]:
             except ApiError as exc:
                 code, body = exc.body["code"], exc.body
             payload = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):  # a client that gave up waiting (delay_next)
+                self.close_connection = True
 
         def _stream(self, lines: Any) -> None:
             self.send_response(200)

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +169,26 @@ async def test_an_api_that_refuses_is_a_failed_renewal_not_a_lost_claim(fake: Fa
             await lock.renew(mine, Claim("a", None, TTL_S))
         renewed = await lock.renew(mine, Claim("a", None, TTL_S))  # still its own
         assert renewed.term == mine.term and renewed.version != mine.version
+
+
+async def test_a_hanging_api_fails_a_renewal_in_time_for_the_leader_to_step_down(
+    fake: FakeKubernetesApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the lock's own client, as a service makes it (from the kubeconfig here)
+    monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+    lock = LeaseLeaderLock("deployer", 3.0, NS)
+    try:
+        mine = await lock.take(None, Claim("a", None, 3.0))
+        fake.delay_next("PUT", 5.0)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="Kubernetes API unreachable while replacing Lease"):
+            await lock.renew(mine, Claim("a", None, 3.0))  # one try, a third of the Lease: 1 s
+        assert time.monotonic() - started < 2.0, "the leader would step down after its Lease expired"
+
+        fake.delay_next("PUT", 5.0)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):  # the election's limit abandons the request
+            await asyncio.wait_for(lock.renew(mine, Claim("a", None, 3.0)), 0.2)
+        assert time.monotonic() - started < 0.7
+    finally:
+        await lock.close()

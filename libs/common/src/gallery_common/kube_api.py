@@ -35,8 +35,9 @@ def pod_namespace() -> str | None:
         return None
 
 
-def default_api_client() -> client.ApiClient:
-    """A client for the in-cluster service account, else the local kubeconfig; Unavailable with neither."""
+def default_api_client(*, retries: bool = True) -> client.ApiClient:
+    """A client for the in-cluster service account, else the local kubeconfig; Unavailable with neither.
+    `retries=False` turns off urllib3's retries (by default three, each as long as the request timeout)."""
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
@@ -48,6 +49,8 @@ def default_api_client() -> client.ApiClient:
             raise Unavailable(
                 f"no Kubernetes configuration: not running in a cluster and no kubeconfig ({exc})"
             ) from None
+    if not retries:
+        configuration.retries = False
     return client.ApiClient(configuration)
 
 
@@ -97,6 +100,10 @@ def call_sync(what: str, fn: Callable[..., Any], *args: Any, timeout_s: float, *
     return body if isinstance(body, dict) else {}
 
 
-async def call(what: str, fn: Callable[..., Any], *args: Any, timeout_s: float, **kwargs: Any) -> Obj:
-    """`call_sync` in a worker thread (the client blocks)."""
-    return await anyio.to_thread.run_sync(functools.partial(call_sync, what, fn, *args, timeout_s=timeout_s, **kwargs))
+async def call(
+    what: str, fn: Callable[..., Any], *args: Any, timeout_s: float, abandon_on_cancel: bool = False, **kwargs: Any
+) -> Obj:
+    """`call_sync` in a worker thread (the client blocks). Cancelled, it waits for the thread, unless
+    `abandon_on_cancel`: then it returns at once and the request runs on, its answer unread."""
+    request = functools.partial(call_sync, what, fn, *args, timeout_s=timeout_s, **kwargs)
+    return await anyio.to_thread.run_sync(request, abandon_on_cancel=abandon_on_cancel)

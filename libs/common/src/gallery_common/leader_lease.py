@@ -33,7 +33,7 @@ from .leader import Claim, Held, KvLeaderLock, LeaderLock, LeaderSettings, LockL
 
 URL_ANNOTATION = "modelgallery.io/leader-url"
 LEASE_SUFFIX = "-leader"
-REQUEST_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 5.0  # at most; a third of the duration when that is less
 DEFAULT_NAMESPACE = "modelgallery"  # the manifests' namespace, as in the Kubernetes runtime's options
 
 
@@ -57,7 +57,9 @@ def _parse_time(value: Any) -> datetime | None:
 class LeaseLeaderLock:
     """`LeaderLock` over the Lease `<role>-leader` in `namespace`; see the module docstring.
 
-    `api_client` defaults to the in-cluster service account, else the local kubeconfig.
+    `api_client` defaults to the in-cluster service account, else the local kubeconfig, without
+    retries. Each request ends after a third of the duration at most, and the election's own time
+    limits abandon one that hangs: a leader that cannot renew must step down before its Lease expires.
     """
 
     def __init__(
@@ -66,16 +68,16 @@ class LeaseLeaderLock:
         ttl_s: float,
         namespace: str,
         api_client: client.ApiClient | None = None,
-        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        request_timeout_s: float | None = None,
     ) -> None:
         self.role = role
         self.name = lease_name(role)
         self.namespace = namespace
         self.duration_s = max(1, math.ceil(ttl_s))  # leaseDurationSeconds is a whole number
         self.ttl_s = float(self.duration_s)
-        self.request_timeout_s = request_timeout_s
+        self.request_timeout_s = request_timeout_s or min(REQUEST_TIMEOUT_S, max(0.5, self.duration_s / 3))
         self._owns_client = api_client is None
-        self._client = api_client or default_api_client()
+        self._client = api_client or default_api_client(retries=False)
         self._leases = client.CoordinationV1Api(self._client)
         self._acquired = ""  # acquireTime of the term this process holds
 
@@ -147,7 +149,7 @@ class LeaseLeaderLock:
 
     async def _call(self, verb: str, fn: Any, *args: Any) -> Obj:
         what = f"{verb} Lease {self.namespace}/{self.name}"
-        return await call(what, fn, *args, timeout_s=self.request_timeout_s)
+        return await call(what, fn, *args, timeout_s=self.request_timeout_s, abandon_on_cancel=True)
 
     def _written(self, lease: Obj, claim: Claim) -> Held:
         spec = lease.get("spec") or {}
