@@ -110,11 +110,11 @@ def test_trainer_replica_killed_mid_training(stack: LifecycleStack, figures: Fig
     )
     running_again = time.monotonic() - killed
     assert replica_key(stack, "trainer", taken["holder"]) == survivor
-    # what the killed replica started for the job (its launcher and ranks) outlives it: counted, then ended
-    time.sleep(1.0)
+    # what the killed replica started for the job dies with it: its launcher gets SIGTERM from the kernel
+    # (die_with_parent) and stops its ranks
+    wait_for("the killed replica's launcher and ranks gone", lambda: not orphans_of(victim_jobs), timeout=30)
     left = orphans_of(victim_jobs)
-    for process in left:
-        process.kill()
+    orphans_gone = time.monotonic() - killed
     done = wait_for(
         "the job ended", lambda: (j := job(stack, survivor, job_id))["status"] in FINAL and j, timeout=120, interval=0.2
     )
@@ -138,6 +138,7 @@ def test_trainer_replica_killed_mid_training(stack: LifecycleStack, figures: Fig
         model_trained_events=len(trained),
         registry_versions=len(registered),
         orphaned_rank_processes=len(left),
+        launcher_and_ranks_gone_after_kill_s=round(orphans_gone, 1),
     )
     assert [e.id for e in trained] == [f"trained:{job_id}"]
     assert len(registered) == 1 and judged[0]["status"] == "validated"

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from gallery_common.processes import die_with_parent
 from gallery_trainer.engine.job import LOG_FILE, METRICS_FILE
 from gallery_trainer.failures import JobCancelled, TrainingFailed
 from gallery_trainer.rank import ERROR_FILE_PATTERN
@@ -218,6 +219,9 @@ def run_ranks(
             stdin=subprocess.DEVNULL,
             env=_rank_environment(spec),
             start_new_session=True,
+            # a trainer SIGKILLed mid-job takes its launcher with it (which stops its ranks); this thread
+            # waits for the launcher, so it lives as long as the launcher does
+            preexec_fn=die_with_parent(),
         )
     tail = MetricsTail(workdir / METRICS_FILE)
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -16,20 +15,19 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
 
 import httpx
 from pydantic import BaseModel, Field
 
 from gallery_common.netutil import free_port
+from gallery_common.processes import die_with_parent
 from gallery_common.telemetry import get_logger
 
 from .base import ReplicaStatus, ServerSpec
 
 log = get_logger(__name__)
 
-PR_SET_PDEATHSIG = 1
 EXIT_CANNOT_LOAD = 1  # the model server's exit codes for problems a restart cannot fix
 EXIT_BAD_SETTINGS = 2
 _REASON_TAIL_BYTES = 64 * 1024
@@ -87,28 +85,6 @@ class _Exit:
     reason: str
     fatal: bool  # a restart cannot help (the model cannot load, the settings are bad)
     uptime_s: float
-
-
-@cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn making the child get SIGTERM when this process dies (Linux), so no server outlives us.
-
-    The signal follows the *thread* that forked the child: spawn from the event loop's own thread.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc, parent = _libc(), os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died between fork and prctl
-            os._exit(1)
-
-    return preexec
 
 
 def failure_reason(log_path: Path, offset: int, returncode: int) -> str:
