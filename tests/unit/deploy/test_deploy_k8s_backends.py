@@ -101,7 +101,13 @@ def test_production_budgets_every_replicated_workload_and_no_singleton() -> None
     objs = manifests("production")
     budgets = of_kind(objs, "PodDisruptionBudget")
     replicated = {w["metadata"]["name"] for w in workloads(objs) if w["spec"].get("replicas", 1) >= 2}
-    assert replicated == {"registry", "nats", "gateway"}
+    assert replicated == {"registry", "nats", "gateway", "optimizer", "deployer", "monitor"}
+    for name in ("optimizer", "deployer", "monitor"):  # leaders and workers hand over: a new pod up first
+        (deployment,) = [w for w in workloads(objs) if w["metadata"]["name"] == name]
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        }, name
     covered = set()
     for budget in budgets:
         (workload,) = selected_by(objs, budget["spec"]["selector"]["matchLabels"])
