@@ -7,9 +7,11 @@ keeps working.
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -208,3 +210,31 @@ def test_registry_federation_column_already_there_is_left_as_it_is(engine: Engin
 
     assert REGISTRY.current_revision(engine) == "0003"
     assert schema_differences(REGISTRY, engine) == []
+
+
+def _upgrade_after(barrier: Any, url: str, service: str) -> None:
+    """In a process of its own: wait for the others, then migrate `url` as a starting replica would."""
+    engine = make_engine(url)
+    barrier.wait(60)
+    try:
+        SERVICES[service][0].upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def test_replicas_starting_together_on_a_new_database_all_start(engine: Engine) -> None:
+    """Replicas migrating one new database at the same moment take turns: all end at head (before
+    the lock, the second saw half-built tables without a version table and stopped with SchemaMismatch)."""
+    service = "registry"  # every service migrates through SchemaMigrations.upgrade
+    migrations = SERVICES[service][0]
+    url = engine.url.render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    replicas = [context.Process(target=_upgrade_after, args=(barrier, url, service)) for _ in range(3)]
+    for replica in replicas:
+        replica.start()
+    for replica in replicas:
+        replica.join(120)
+    assert [replica.exitcode for replica in replicas] == [0, 0, 0]
+    assert migrations.current_revision(engine) == head(migrations)
+    assert schema_differences(migrations, engine) == []

@@ -9,18 +9,26 @@ A database built by `create_all` before the service had migrations holds the tab
 table. `upgrade` adopts it: if its tables and columns are those the baseline revision creates, it
 is stamped at that revision (rows kept) and migrated on from there; if not, it raises
 `SchemaMismatch` naming the differences rather than guess.
+
+Replicas of a service that start together on a new database take turns: `upgrade` holds a lock for the
+service's version table while it migrates (a PostgreSQL advisory lock; beside a SQLite file, a file
+lock), so the second finds the schema at head instead of half built.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, Table, create_engine, inspect, pool
+from sqlalchemy import MetaData, Table, create_engine, inspect, pool, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
@@ -81,11 +89,12 @@ class SchemaMigrations:
         """Bring the database behind `engine` to `revision` (default: the newest), adopting a create_all one."""
         # Alembic's own INFO lines are plain text; one structured line below says the same.
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        before = self.current_revision(engine)
-        if before is None and self._adopt(engine):
-            before = self.baseline
-        command.upgrade(self.config(engine), revision)
-        after = self.current_revision(engine)
+        with migration_lock(engine, self.version_table):
+            before = self.current_revision(engine)
+            if before is None and self._adopt(engine):
+                before = self.baseline
+            command.upgrade(self.config(engine), revision)
+            after = self.current_revision(engine)
         if after != before:
             log.info(
                 "database schema migrated", version_table=self.version_table, from_revision=before, to_revision=after
@@ -155,6 +164,32 @@ class SchemaMigrations:
             return _layout(scratch, names)
         finally:
             scratch.dispose()
+
+
+@contextmanager
+def migration_lock(engine: Engine, name: str) -> Iterator[None]:
+    """Hold, across processes, the lock named `name` on the database behind `engine` while the block runs."""
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as conn:  # a session-level lock on a connection of its own
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
+        return
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield  # nothing another process could open
+        return
+    lock_path = Path(f"{database}.{name}.lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _layout(engine: Engine, tables: set[str]) -> dict[str, TableLayout]:
