@@ -76,10 +76,13 @@ class Server:
         return self.process.wait(15)
 
 
-def start_server(artifact: Artifact, *extra: str, sha256: str | None = None) -> Server:
+def start_server(
+    artifact: Artifact, *extra: str, sha256: str | None = None, settings: dict[str, str] | None = None
+) -> Server:
+    """The model server on a free port; `settings` are GALLERY_* variables on top of the test's (no tokens)."""
     port = free_port()
     log = artifact.home / f"server-{port}.log"
-    env = {**os.environ, "GALLERY_HOME": str(artifact.home), "GALLERY_API_TOKENS": ""}
+    env = {**os.environ, "GALLERY_HOME": str(artifact.home), "GALLERY_API_TOKENS": "", **(settings or {})}
     command = [
         sys.executable, "-m", "gallery_deployer.modelserver", "--model", "tiny", "--version", "1.0.0",
         "--artifact", artifact.uri, "--sha256", sha256 or artifact.sha256, "--port", str(port),

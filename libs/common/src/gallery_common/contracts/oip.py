@@ -294,10 +294,37 @@ def parse_infer_request(
         raise InferRequestError(str(exc)) from None
 
 
+def parse_infer_document(
+    document: dict[str, Any],
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    binary: bytes | None = None,
+) -> InferRequest:
+    """`parse_infer_request` for a request already in hand as its JSON object (the gRPC adapter builds one
+    from a protobuf message); `binary` holds the raw tensor bytes its inputs' `binary_data_size` claim, in order.
+    """
+    try:
+        return _parse_document(document, None if binary is None else _BinaryPart(memoryview(binary)), inputs, outputs)
+    except ProtocolError as exc:
+        raise InferRequestError(str(exc)) from None
+
+
+def raw_tensor_bytes(array: np.ndarray) -> bytes:
+    """A tensor's values as the binary tensor extension and gRPC's raw contents carry them: flat, row-major,
+    little-endian; BYTES elements length-prefixed."""
+    return _binary_bytes(array.reshape(-1))
+
+
 def _parse_request(
     body: bytes, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], header_length: str | int | None
 ) -> InferRequest:
     document, binary = _read_document(body, header_length, "request")
+    return _parse_document(document, binary, inputs, outputs)
+
+
+def _parse_document(
+    document: dict[str, Any], binary: _BinaryPart | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> InferRequest:
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")

@@ -21,6 +21,7 @@ from .routes import RouteBook
 from .samples import SampleOutbox
 from .settings import GatewaySettings
 
+GRPC_GRACE_S = 10.0
 DESCRIPTION = (
     "One Open Inference Protocol v2 REST API for every deployed model: weighted and sticky "
     "traffic splits, shadow traffic, circuit breakers with fallback chains, a response cache and "
@@ -56,6 +57,14 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
             stack.push_async_callback(follower.close)
         gateway = Gateway(settings, book, client, samples, follower=follower)
         stack.push_async_callback(gateway.close)
+        if settings.grpc_port:
+            from .grpc_front import serve_grpc  # grpcio is imported only where gRPC is served
+
+            grpc_server, servicer = await serve_grpc(
+                settings, gateway, lambda: bool(getattr(app.state, "started", False))
+            )
+            stack.push_async_callback(servicer.channels.close)
+            stack.push_async_callback(grpc_server.stop, GRPC_GRACE_S)  # calls in flight finish first
         return gateway
 
     app = create_app(

@@ -32,6 +32,12 @@ class Backend(BaseModel):
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     url: str = Field(description="base URL of an OIP v2 server, e.g. http://10.0.0.5:8500")
+    grpc: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$",
+        description="host:port of its OIP gRPC server, e.g. 10.0.0.5:8501; without one, the gateway's gRPC "
+        "requests reach this backend over REST",
+    )
     version: str = ""
     variant: str = ""
     weight: float = Field(default=1.0, ge=0, description="share of traffic; 0 = fallback only")

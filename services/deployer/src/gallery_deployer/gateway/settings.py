@@ -14,6 +14,9 @@ class GatewaySettings(GallerySettings):
 
     service_name: str = "gateway"
     port: int = Field(default=8080, ge=1, le=65535)
+    grpc_port: int = Field(
+        default=0, ge=0, le=65535, description="also serve OIP v2 over gRPC on this port; 0: no gRPC"
+    )
     routes_file: Path | None = Field(default=None, description="default $GALLERY_HOME/gateway/routes.json")
     request_timeout_s: float = Field(default=2.0, gt=0, description="limit for one attempt at one backend")
     latency_budget_s: float = Field(default=5.0, gt=0, description="limit for all attempts of one request")

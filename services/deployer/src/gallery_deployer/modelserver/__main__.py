@@ -22,6 +22,7 @@ FLAGS = {
     "artifact": "artifact_uri",
     "sha256": "artifact_sha256",
     "port": "port",
+    "grpc_port": "grpc_port",
     "max_batch_size": "max_batch_size",
     "max_queue_delay_ms": "max_queue_delay_ms",
     "max_queue": "max_queue",
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--artifact", help="URI of the ONNX file in the artifact store")
     parser.add_argument("--sha256", help="expected sha256 of the ONNX file")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--grpc-port", type=int, help="also serve OIP v2 over gRPC on this port (0: off)")
     parser.add_argument("--max-batch-size", type=int)
     parser.add_argument("--max-queue-delay-ms", type=float)
     parser.add_argument("--max-queue", type=int)

@@ -41,6 +41,7 @@ OPEN = [requires(None)]
 INFERENCE = [requires(Role.inference)]
 JSON = "application/json"
 BINARY = "application/octet-stream"
+GRPC_GRACE_S = 10.0
 
 
 def _server_version() -> str:
@@ -83,10 +84,17 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
         plane.start()
         if nats_side is not None:
             nats_side.start()
+        grpc_server = None
+        if settings.grpc_port:
+            from .grpc_front import serve_grpc  # grpcio is imported only where gRPC is served
+
+            grpc_server = await serve_grpc(settings, plane, server_metadata)
         try:
             yield
         finally:
             plane.ready = False  # probes fail first, so traffic moves away while the rest drains
+            if grpc_server is not None:
+                await grpc_server.stop(GRPC_GRACE_S)  # calls in flight finish; the batcher still runs
             if nats_side is not None:
                 await nats_side.close()
             await explanations.close()

@@ -10,15 +10,16 @@ their own beside this one (`explaining.py`), run by separate worker processes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
 
-from gallery_common.contracts.oip import encode_infer_response, parse_infer_request
+from gallery_common.contracts.oip import InferRequest, encode_infer_response, parse_infer_request
 from gallery_common.errors import GalleryError, NotFound
 
-from .batcher import DynamicBatcher, Overloaded
+from .batcher import DynamicBatcher, Overloaded, Results
 from .metrics import Outcome
 from .model import ServedModel
 
@@ -118,6 +119,22 @@ class DataPlane:
             raise
         self._observe(Outcome.ok, started)
         return InferAnswer(payload, json_length)
+
+    async def infer_tensors(
+        self, read: Callable[[ServedModel], InferRequest], *, name: str, version: str | None, started: float
+    ) -> tuple[InferRequest, Results]:
+        """`infer` for a transport that decodes and encodes messages itself (gRPC): `read` turns the request
+        into an InferRequest against the model's signature; returns it with the outputs of its rows by name.
+        Observed as `infer` is; raises the GalleryError the request ended with."""
+        try:
+            self.check_model(name, version)
+            request = read(self.model)
+            results = await self._batcher.submit(request.inputs, request.rows)
+        except GalleryError as exc:
+            self._observe(outcome_of(exc), started)
+            raise
+        self._observe(Outcome.ok, started)
+        return request, results
 
     def _observe(self, outcome: str, started: float) -> None:
         if self._observer is not None:

@@ -14,6 +14,9 @@ class ModelServerSettings(GallerySettings):
 
     service_name: str = "modelserver"
     port: int = Field(default=8500, ge=1, le=65535)
+    grpc_port: int = Field(
+        default=0, ge=0, le=65535, description="Also serve OIP v2 over gRPC on this port; 0: no gRPC."
+    )
     model_name: str = Field(default="", description="The model's registered name.")
     model_version: str = Field(default="", description="The model version served.")
     variant: str = Field(default="fp32", description="Which optimized variant of the version (fp32, int8, ...).")

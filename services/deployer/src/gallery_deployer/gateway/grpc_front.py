@@ -1,0 +1,297 @@
+"""The gateway's OIP v2 gRPC front (`inference.GRPCInferenceService`, GALLERY_GRPC_PORT).
+
+ModelInfer takes the REST route's policy: the model's route (a sleeping model is woken), the version
+filter, the weighted and sticky choice (the sticky header is read from the call's metadata), the
+fallback chain, the circuit breakers and the inference metrics. The request is parsed once, for the
+model's name, and forwarded as the bytes that came in to a backend's gRPC server (`Backend.grpc`),
+whose answer goes back as it came; a backend without a gRPC address is sent the same tensors over REST
+(binary tensors), and its answer is turned into a `ModelInferResponse`. Metadata and readiness go over
+REST (`Gateway.forward_get`). gRPC traffic is not cached, mirrored to a shadow or sampled for the monitor.
+Every call needs the `inference` role, as on the REST side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+import orjson
+from grpc import aio
+
+from gallery_common import __version__
+from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH, ProtocolError
+from gallery_common.errors import BadRequest, GalleryError
+from gallery_common.oip_grpc import codec
+from gallery_common.oip_grpc import grpc_predict_v2_pb2 as pb
+from gallery_common.oip_grpc.server import abort, authorize, start_server, status_of
+
+from . import metrics
+from .balance import plan_chain
+from .proxy import Attempt, Gateway
+from .routes import Backend
+from .settings import GatewaySettings
+
+SERVICE = "inference.GRPCInferenceService"
+BINARY_HEADER = INFERENCE_HEADER_LENGTH.lower()
+SERVER_NAME = "modelgallery-gateway"
+# a backend's answer with one of these codes is the client's to hear (as a REST 4xx): no fallback, no breaker
+CLIENT_ERRORS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+class GrpcAnswer:
+    """A backend's gRPC error answer, passed on to the client with its code and details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+class BackendChannels:
+    """One gRPC channel per backend address, opened on first use and closed with the gateway."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", -1)]
+        self._infer: dict[str, Callable[..., Awaitable[bytes]]] = {}
+        self._channels: list[aio.Channel] = []
+
+    def infer(self, target: str) -> Callable[..., Awaitable[bytes]]:
+        """ModelInfer on `target`, bytes in and bytes out."""
+        call = self._infer.get(target)
+        if call is None:
+            channel = aio.insecure_channel(target, options=self._options)
+            self._channels.append(channel)
+            call = self._infer[target] = channel.unary_unary(
+                f"/{SERVICE}/ModelInfer", request_serializer=_raw, response_deserializer=_raw
+            )
+        return call
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        self._channels.clear()
+        self._infer.clear()
+
+
+class GatewayServicer:
+    """The gateway's `GRPCInferenceService`, its ModelInfer taking and giving bytes."""
+
+    def __init__(self, settings: GatewaySettings, gateway: Gateway, started: Callable[[], bool]) -> None:
+        self._settings = settings
+        self._gateway = gateway
+        self._started = started
+        self.channels = BackendChannels(settings.max_body_bytes)
+        token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
+        self._backend_metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """Every method of the service, ModelInfer with raw bytes in and out."""
+
+        def typed(behaviour: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                behaviour, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ServerLive": typed(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+                "ServerReady": typed(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+                "ServerMetadata": typed(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+                "ModelReady": typed(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+                "ModelMetadata": typed(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+                "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                    self.model_infer, request_deserializer=_raw, response_serializer=_raw
+                ),
+            },
+        )
+
+    async def _authorize(self, context: aio.ServicerContext) -> None:
+        try:
+            authorize(self._settings, context)
+        except GalleryError as exc:
+            await abort(context, exc)
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: aio.ServicerContext) -> pb.ServerLiveResponse:
+        await self._authorize(context)
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(
+        self, request: pb.ServerReadyRequest, context: aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        await self._authorize(context)
+        return pb.ServerReadyResponse(ready=self._started())
+
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        await self._authorize(context)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__)
+
+    async def _forward_get(self, context: aio.ServicerContext, model: str, version: str, what: str) -> Any:
+        """The backend's REST answer to GET /v2/models/{model}[/versions/{version}]{what} as JSON."""
+        await self._authorize(context)
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + what
+        try:
+            response = await self._gateway.forward_get(model, version or None, path)
+        except GalleryError as exc:
+            await abort(context, exc)
+        document = orjson.loads(bytes(response.body))
+        if response.status_code >= 400 and not (
+            what == "/ready" and response.status_code == 503 and "ready" in document
+        ):
+            await context.abort(status_of(response.status_code), str(document.get("error", document)))
+        return document
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: aio.ServicerContext) -> pb.ModelReadyResponse:
+        document = await self._forward_get(context, request.name, request.version, "/ready")
+        return pb.ModelReadyResponse(ready=document.get("ready") is True)
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        return codec.metadata_response(await self._forward_get(context, request.name, request.version, ""))
+
+    async def model_infer(self, data: bytes, context: aio.ServicerContext) -> bytes:
+        start = time.perf_counter()
+        await self._authorize(context)
+        gateway = self._gateway
+        try:
+            request = pb.ModelInferRequest.FromString(data)
+        except Exception as exc:  # protobuf's DecodeError: not a ModelInferRequest at all
+            await abort(context, BadRequest(f"the message is not a ModelInferRequest: {exc}"))
+        model = request.model_name
+        try:
+            route, serving = await gateway._route(model, request.model_version or None)
+        except GalleryError as exc:
+            await abort(context, exc)
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        chain = plan_chain(serving, gateway._sticky_key(route, metadata, {}), gateway.rng)
+        answer, failures = await self._walk(model, chain, data, request)
+        metrics.LATENCY.labels(model).observe(time.perf_counter() - start)
+        if isinstance(answer, bytes):
+            return answer
+        if isinstance(answer, GrpcAnswer):
+            await context.abort(answer.code, answer.details)
+        reasons = "; ".join(f"{f.backend.id}: {f.reason}" for f in failures)
+        status = 502 if any(f.outcome == "server_error" for f in failures) else 503
+        metrics.FAILURES.labels(model, str(status)).inc()
+        await context.abort(status_of(status), f"no backend of model {model!r} could answer: {reasons}")
+        raise AssertionError("context.abort returned")
+
+    async def _walk(
+        self, model: str, chain: list[Backend], data: bytes, request: pb.ModelInferRequest
+    ) -> tuple[bytes | GrpcAnswer | None, list[Attempt]]:
+        """Try the links in order until one answers (or refuses the request itself), as `Gateway._walk` does."""
+        gateway = self._gateway
+        settings = self._settings
+        deadline = time.monotonic() + settings.latency_budget_s
+        failures: list[Attempt] = []
+        for backend in chain:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                failures.append(Attempt(backend, "budget", "latency budget spent"))
+                break
+            breaker = gateway.breaker(model, backend.id)
+            if not breaker.allow():
+                failures.append(Attempt(backend, "open", "circuit open"))
+                metrics.REQUESTS.labels(model, backend.id, "open").inc()
+                continue
+            timeout = min(remaining, settings.request_timeout_s)
+            if backend.grpc is not None:
+                outcome, reason, answer = await self._grpc_attempt(backend.grpc, data, timeout)
+            else:
+                outcome, reason, answer = await self._rest_attempt(backend, request, timeout)
+            answered = outcome in ("ok", "client_error")
+            if answered:
+                breaker.record_success()
+            else:
+                breaker.record_failure()
+            metrics.BREAKER_STATE.labels(model, backend.id).set(int(breaker.state))
+            metrics.REQUESTS.labels(model, backend.id, outcome).inc()
+            if answered:
+                if failures:
+                    metrics.FALLBACKS.labels(model).inc()
+                return answer, failures
+            failures.append(Attempt(backend, outcome, reason))
+        return None, failures
+
+    async def _grpc_attempt(self, target: str, data: bytes, timeout: float) -> tuple[str, str, bytes | GrpcAnswer]:
+        call = self.channels.infer(target)
+        try:
+            return "ok", "", await call(data, timeout=timeout, metadata=self._backend_metadata)
+        except aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code in CLIENT_ERRORS:
+                return "client_error", "", GrpcAnswer(code, details)
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "timeout", f"no answer within {timeout:.2f} s", GrpcAnswer(code, details)
+            if code is grpc.StatusCode.UNAVAILABLE:
+                return "unreachable", f"unavailable ({details})", GrpcAnswer(code, details)
+            return "server_error", f"answered {code.name} ({details})", GrpcAnswer(code, details)
+
+    async def _rest_attempt(
+        self, backend: Backend, request: pb.ModelInferRequest, timeout: float
+    ) -> tuple[str, str, bytes | GrpcAnswer]:
+        """The same tensors to the backend's REST endpoint, binary both ways, through the REST side's client."""
+        try:
+            document, binary = codec.request_document(request)
+        except ProtocolError as exc:
+            return "client_error", "", GrpcAnswer(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        document["parameters"] = {**document.get("parameters", {}), "binary_data_output": True}
+        header = orjson.dumps(document)
+        version = f"/versions/{request.model_version}" if request.model_version else ""
+        attempt = await self._gateway._attempt(
+            backend,
+            "POST",
+            f"/v2/models/{request.model_name}{version}/infer",
+            header + (binary or b""),
+            {BINARY_HEADER: str(len(header)), "content-type": "application/octet-stream"},
+            timeout,
+        )
+        reply = attempt.response
+        if reply is None:
+            return attempt.outcome, attempt.reason, GrpcAnswer(grpc.StatusCode.UNAVAILABLE, attempt.reason)
+        if reply.status_code != 200:
+            return attempt.outcome, attempt.reason, GrpcAnswer(status_of(reply.status_code), _error_text(reply.content))
+        try:
+            answer = codec.response_from_rest(reply.content, reply.headers.get(BINARY_HEADER))
+        except ProtocolError as exc:
+            return "server_error", f"answered a body that is not OIP ({exc})", GrpcAnswer(grpc.StatusCode.INTERNAL, "")
+        return "ok", "", answer.SerializeToString()
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace")
+    return str(document.get("error", document)) if isinstance(document, Mapping) else str(document)
+
+
+async def serve_grpc(
+    settings: GatewaySettings, gateway: Gateway, started: Callable[[], bool]
+) -> tuple[aio.Server, GatewayServicer]:
+    """Start the gateway's gRPC front on GALLERY_GRPC_PORT (on the running event loop)."""
+    servicer = GatewayServicer(settings, gateway, started)
+    server, _ = await start_server(
+        lambda server: server.add_generic_rpc_handlers((servicer.handler(),)),
+        settings.bind_host,
+        settings.grpc_port,
+        settings.max_body_bytes,
+    )
+    return server, servicer
