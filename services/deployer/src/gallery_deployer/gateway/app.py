@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-import aiohttp
 import anyio
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -20,6 +19,7 @@ from .proxy import Gateway
 from .routes import RouteBook
 from .samples import SampleOutbox
 from .settings import GatewaySettings
+from .upstream import UpstreamPool
 
 GRPC_GRACE_S = 10.0
 DESCRIPTION = (
@@ -40,13 +40,12 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Gateway:
         book = await anyio.to_thread.run_sync(RouteBook(settings.resolved_routes_file).load)
-        # aiohttp rather than httpx: httpx's connection pool serialises badly at 64 concurrent requests
-        connector = aiohttp.TCPConnector(limit=settings.max_connections, limit_per_host=0, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
         token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
-        client = await stack.enter_async_context(session)
+        client = UpstreamPool(
+            max_connections=settings.max_connections,
+            default_headers={"authorization": f"Bearer {token}"} if token else None,
+        )
+        stack.push_async_callback(client.close)
         samples: SampleOutbox | None = None
         follower: RoutesFollower | None = None
         if resources.bus is not None:

@@ -15,7 +15,6 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import numpy as np
 import orjson
 from prometheus_client import Counter
@@ -36,6 +35,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .cache import CachedAnswer, make_response_cache
 from .routes import Backend, ModelRoute, RouteBook
 from .settings import GatewaySettings
+from .upstream import Answer, ConnectFailed, UpstreamError, UpstreamPool
 
 
 class SampleSink(Protocol):
@@ -47,15 +47,6 @@ class SampleSink(Protocol):
 # headers that carry meaning for OIP v2 bodies (the binary-data extension) and must pass through
 _BINARY_HEADER = INFERENCE_HEADER_LENGTH.lower()
 _PASSED_HEADERS = ("content-type", _BINARY_HEADER)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A backend's complete HTTP answer, read into memory."""
-
-    status_code: int
-    headers: Mapping[str, str]
-    content: bytes
 
 
 @dataclass(frozen=True)
@@ -133,7 +124,7 @@ class Gateway:
         self,
         settings: GatewaySettings,
         book: RouteBook,
-        client: aiohttp.ClientSession,
+        client: UpstreamPool,
         samples: SampleSink | None = None,
         rng: random.Random | None = None,
         *,
@@ -146,7 +137,7 @@ class Gateway:
         self.samples = samples
         self.rng = rng or random.Random()
         token = settings.deployer_token.get_secret_value() if settings.deployer_token else None
-        self._wake_headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._wake_headers = {"authorization": f"Bearer {token}"} if token else {}
         self.cache = make_response_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -206,14 +197,15 @@ class Gateway:
 
     async def _call_wake(self, model: str, route: ModelRoute) -> None:
         assert route.policy.wake_url is not None
-        timeout = aiohttp.ClientTimeout(total=self.settings.cold_start_timeout_s)
         try:
-            async with self.client.post(route.policy.wake_url, timeout=timeout, headers=self._wake_headers) as reply:
-                if reply.status >= 400:
-                    text = (await reply.text())[:300]
-                    raise Unavailable(f"model {model!r} is scaled to zero and waking it failed: {reply.status} {text}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            reply = await self.client.request(
+                "POST", route.policy.wake_url, b"", self._wake_headers, self.settings.cold_start_timeout_s
+            )
+        except (UpstreamError, TimeoutError) as exc:
             raise Unavailable(f"model {model!r} is scaled to zero and its deployer did not answer: {exc!r}") from exc
+        if reply.status_code >= 400:
+            text = reply.content[:300].decode(errors="replace")
+            raise Unavailable(f"model {model!r} is scaled to zero and waking it failed: {reply.status_code} {text}")
 
     def _sticky_key(self, route: ModelRoute, headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
         policy = route.policy
@@ -337,26 +329,19 @@ class Gateway:
             failures.append(attempt)
         return None, failures
 
-    async def _send(
-        self, method: str, url: str, body: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout
-    ) -> Answer:
-        async with self.client.request(method, url, data=body or None, headers=headers, timeout=timeout) as reply:
-            return Answer(reply.status, reply.headers, await reply.read())
-
     async def _attempt(
         self, backend: Backend, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> Attempt:
-        limit = aiohttp.ClientTimeout(total=timeout)
         url = backend.url + path
         try:
             try:
-                response = await self._send(method, url, body, headers, limit)
-            except aiohttp.ClientConnectorError:
+                response = await self.client.request(method, url, body, headers, timeout)
+            except ConnectFailed:
                 # the request never reached the backend, so sending it once more is safe
-                response = await self._send(method, url, body, headers, limit)
+                response = await self.client.request(method, url, body, headers, timeout)
         except TimeoutError:
             return Attempt(backend, "timeout", f"no answer within {timeout:.2f} s")
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             return Attempt(backend, "unreachable", f"unreachable ({type(exc).__name__})")
         if response.status_code >= 500:
             return Attempt(backend, "server_error", f"answered {response.status_code}", response)
