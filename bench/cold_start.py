@@ -21,6 +21,7 @@ min / median / max over the runs, with the ratio of medians to the peer. Targets
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -32,13 +33,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import orjson
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve import LAYERS, build_mlp, write_body
@@ -75,8 +77,35 @@ class Server:
     body: bytes | None = None
 
 
-def cold_start(server: Server, log: Path, cwd: Path) -> float:
-    """Seconds from launch to the first correct answer; the process is stopped before returning."""
+@dataclass
+class Runs:
+    """One server's timed launches: wall seconds to the first correct answer, and the CPU seconds its
+    processes spent by then (less disturbed by the load of the machine than the wall time)."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+Results = dict[str, Runs | str]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def cold_start(server: Server, log: Path, cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds from launch to the first correct answer; the process is stopped before returning."""
     headers = {"Content-Type": "application/json"} if server.body is not None else None
     with httpx.Client(timeout=10) as client:
         started = time.perf_counter()
@@ -94,7 +123,7 @@ def cold_start(server: Server, log: Path, cwd: Path) -> float:
                     continue
                 wrong = server.check(answer) or ""
                 if not wrong:
-                    return time.perf_counter() - started
+                    return time.perf_counter() - started, cpu_seconds(proc.pid)
                 time.sleep(POLL_S)
             raise RuntimeError(f"{server.name}: no correct answer after {DEADLINE_S:.0f} s (last: {wrong})")
         finally:
@@ -150,51 +179,55 @@ def lists_model(key: str, name: str) -> Check:
 
 
 def summary(samples: list[float]) -> str:
-    return f"{min(samples):6.2f} {statistics.median(samples):7.2f} {max(samples):6.2f}"
+    return f"{min(samples):5.2f} {statistics.median(samples):6.2f} {max(samples):5.2f}"
 
 
-def measure(servers: list[Server], runs: int, work: Path) -> dict[str, list[float] | str]:
+def measure(servers: list[Server], runs: int, work: Path) -> Results:
     """Each server launched once untimed, then `runs` timed launches, the servers taking turns."""
-    results: dict[str, list[float] | str] = {}
+    results: Results = {}
     live = []
     for server in servers:
         try:
             cold_start(server, work / f"{server.name}-warmup.log", work)
             live.append(server)
-            results[server.name] = []
+            results[server.name] = Runs()
         except RuntimeError as exc:
             results[server.name] = str(exc)
     for i in range(runs):
         for server in list(live):
             try:
-                seconds = cold_start(server, work / f"{server.name}-{i}.log", work)
+                wall, cpu = cold_start(server, work / f"{server.name}-{i}.log", work)
             except RuntimeError as exc:
                 results[server.name] = str(exc)
                 live.remove(server)
                 continue
             samples = results[server.name]
-            assert isinstance(samples, list)
-            samples.append(seconds)
+            assert isinstance(samples, Runs)
+            samples.wall.append(wall)
+            samples.cpu.append(cpu)
     return results
 
 
-def print_rows(title: str, results: dict[str, list[float] | str], peer: str | None) -> None:
+def print_rows(title: str, results: Results, peer: str | None) -> None:
+    """min / median / max of wall and CPU seconds, and the ratio of medians to the peer's."""
     print(f"\n{title}")
-    print(f"  {'server':<32} {'min s':>6} {'median':>7} {'max s':>6}  vs {peer or '-'}")
+    print(f"  {'':<32} {'wall s: min  median  max':>24} {'CPU s: min  median  max':>24}")
     base = results.get(peer) if peer else None
-    for name, samples in results.items():
-        if isinstance(samples, str):
-            print(f"  {name:<32} not measured: {samples}")
+    for name, runs in results.items():
+        if isinstance(runs, str):
+            print(f"  {name:<32} not measured: {runs}")
             continue
         ratio = ""
-        if isinstance(base, list) and name != peer:
-            ratio = f"  {statistics.median(samples) / statistics.median(base):.2f}x"
-        print(f"  {name:<32} {summary(samples)}{ratio}")
+        if isinstance(base, Runs) and name != peer:
+            wall = statistics.median(runs.wall) / statistics.median(base.wall)
+            cpu = statistics.median(runs.cpu) / statistics.median(base.cpu)
+            ratio = f"   {wall:.2f}x wall, {cpu:.2f}x CPU of {peer}"
+        print(f"  {name:<32} {summary(runs.wall):>24} {summary(runs.cpu):>24}{ratio}")
 
 
-def median_of(results: dict[str, list[float] | str], name: str) -> float | None:
-    samples = results.get(name)
-    return statistics.median(samples) if isinstance(samples, list) and samples else None
+def median_of(results: Results, name: str) -> float | None:
+    runs = results.get(name)
+    return statistics.median(runs.wall) if isinstance(runs, Runs) and runs.wall else None
 
 
 def model_servers(work: Path, onnx_path: Path, body: bytes, expected: np.ndarray, competitors: bool) -> list[Server]:
@@ -291,7 +324,7 @@ def running(server: Server, log: Path, cwd: Path, ready_url: str) -> AbstractCon
     return serve_running(server.name, server.argv, server.env, ready_url, log, cwd)
 
 
-def under(results: dict[str, list[float] | str], name: str, target_s: float) -> str:
+def under(results: Results, name: str, target_s: float) -> str:
     """The PASS/MISS line of a target in seconds on the median."""
     median = median_of(results, name)
     if median is None:

@@ -13,16 +13,16 @@ import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 METRIC_PREFIX = "modelgallery_"
 # "_state": a gauge whose value is one of a few states (0 closed, 1 half-open, ...), unitless like Prometheus' `up`;
@@ -91,8 +91,13 @@ def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
 def configure_tracing(service: str, otlp_endpoint: str | None = None) -> TracerProvider:
     """Install a tracer provider for this process; spans go to OTLP when an endpoint is given.
 
-    OpenTelemetry allows one global provider per process, so a second call returns the first.
+    OpenTelemetry allows one global provider per process, so a second call returns the first. The
+    SDK is imported here, not with this module: a process that never traces (a model server) skips it.
     """
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         return current

@@ -30,13 +30,13 @@ from nats import errors as nats_errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js import errors as js_errors
-from sqlalchemy import Column, DateTime, Integer, String
 
-from .db import as_utc
 from .errors import InvalidRequest
 from .telemetry import counter, get_logger
 
 if TYPE_CHECKING:
+    from sqlalchemy import Column
+
     from .bus import EventBus
 
 log = get_logger(__name__)
@@ -129,6 +129,9 @@ def claim_decision(
 
 def beating(heartbeat_at: datetime | None, *, now: datetime, ack_wait: float) -> bool:
     """Whether a running job's holder beat recently enough to be alive (see `claim_decision`)."""
+    # SQLAlchemy loads with the job tables that call this, not with every client of the bus (nats_auth)
+    from .db import as_utc
+
     last = as_utc(heartbeat_at)
     return last is not None and now - last < timedelta(seconds=ack_wait / 2)
 
@@ -380,6 +383,8 @@ SubmitFn = Callable[[str], object]
 
 def lease_columns() -> list[Column[Any]]:
     """The columns a job table needs for `claim_decision`: holder, heartbeat_at, attempts."""
+    from sqlalchemy import Column, DateTime, Integer, String
+
     return [
         Column("holder", String(), nullable=True),
         Column("heartbeat_at", DateTime(timezone=True), nullable=True),

@@ -10,7 +10,6 @@ from gallery_common.settings import GallerySettings
 
 from .base import ArtifactStore
 from .file_store import FileArtifactStore
-from .s3_store import S3ArtifactStore
 
 StoreFactory = Callable[[str, GallerySettings | None], ArtifactStore]
 """Builds a store from its root URI and the settings (endpoints, credentials) it may need."""
@@ -41,5 +40,12 @@ def open_store(root_uri: str, settings: GallerySettings | None = None) -> Artifa
     return factory(root_uri, settings)
 
 
+def _s3_store(root_uri: str, settings: GallerySettings | None) -> ArtifactStore:
+    # the MinIO SDK is imported by the first s3:// store, not by every process that reads files
+    from .s3_store import S3ArtifactStore
+
+    return S3ArtifactStore(root_uri, settings)
+
+
 register_store("file", FileArtifactStore)
-register_store("s3", S3ArtifactStore)
+register_store("s3", _s3_store)
