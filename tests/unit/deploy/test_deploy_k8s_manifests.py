@@ -81,7 +81,12 @@ def test_every_service_answers_on_its_port_and_is_probed_on_readyz_and_healthz(o
 
     svc = find(objs, "Service", service)
     assert selected_by(objs, svc["spec"]["selector"]) == [deployment]
-    assert [(p["port"], port_number(deployment, p["targetPort"])) for p in svc["spec"]["ports"]] == [(port, port)]
+    expected = [(port, port)]
+    if service == "gateway":  # and OIP over gRPC, on the port its GALLERY_GRPC_PORT names
+        grpc_port = int(next(e["value"] for e in main["env"] if e["name"] == "GALLERY_GRPC_PORT"))
+        assert port_number(deployment, "grpc") == grpc_port
+        expected.append((grpc_port, grpc_port))
+    assert [(p["port"], port_number(deployment, p["targetPort"])) for p in svc["spec"]["ports"]] == expected
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

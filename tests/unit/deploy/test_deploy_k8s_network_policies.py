@@ -76,6 +76,7 @@ NEEDED = {
     *((caller, "deployer", 8004) for caller in ("gateway", "monitor")),
     # inference through the gateway, canary replay by the deployer, the monitor's scrapes
     *((caller, "modelserver", 8500) for caller in ("gateway", "deployer", "monitor")),
+    ("gateway", "modelserver", 8501),  # OIP over gRPC, from the gateway's gRPC front
     # the gallery reads (and, with the caller's token, writes) every service's API; it reads test splits
     *(("gallery", service, port) for service, port in PORTS.items() if service != "gallery"),
     ("gallery", "minio", 9000),
@@ -92,7 +93,7 @@ NEEDED = {
 # Reachable from anywhere, like a public address: the clients' gateway, the Gallery people open,
 # Grafana (it asks for a password), and a federated job's coordinator in the trainer, which the sites
 # dial from their own institutions.
-OPEN = {("gateway", 8080), ("gallery", 8000), ("grafana", 3000), ("trainer", 9092)}
+OPEN = {("gateway", 8080), ("gateway", 8081), ("gallery", 8000), ("grafana", 3000), ("trainer", 9092)}
 
 
 @dataclass(frozen=True)

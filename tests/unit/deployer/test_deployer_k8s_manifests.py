@@ -114,11 +114,14 @@ def test_the_container_runs_the_model_server_with_the_artifact_and_its_sha256() 
     assert settings.artifact_uri == "s3://gallery/runs/r1/model.onnx"
     assert settings.artifact_sha256 == SHA
     assert (settings.model_name, settings.model_version, settings.variant) == ("digits", "3", "fp32")
-    assert settings.port == 8500
+    assert (settings.port, settings.grpc_port) == (8500, 8501)
     assert settings.max_batch_size == 32
     # With intra_op_threads 0 the thread count follows the CPU share (2.5 CPUs → 3), not the node's cores.
     assert settings.intra_op_threads == 3
-    assert server["ports"] == [{"name": "http", "containerPort": 8500, "protocol": "TCP"}]
+    assert server["ports"] == [
+        {"name": "http", "containerPort": 8500, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8501, "protocol": "TCP"},
+    ]
 
 
 def test_probes_hit_the_v2_health_endpoints_and_startup_allows_a_slow_load() -> None:
@@ -327,11 +330,14 @@ def test_the_disruption_budget_lets_one_pod_go_at_a_time() -> None:
     assert "minAvailable" not in budget
 
 
-def test_the_service_is_cluster_ip_on_8500() -> None:
+def test_the_service_is_cluster_ip_on_8500_and_grpc_on_8501() -> None:
     service = service_manifest(cpu_spec(), OPTIONS)
     assert service["metadata"]["name"] == "digits-v3-fp32"
     assert service["spec"]["type"] == "ClusterIP"
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8500, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8500, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8501, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+    ]
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from .base import ServerSpec
 from .kubernetes_options import GPU_RESOURCE, KubernetesOptions, check_spec, cpu_millis
 
 PORT = 8500
+GRPC_PORT = 8501  # OIP v2 over gRPC, beside REST
 CONTAINER = "modelserver"
 APP_NAME = "modelserver"
 SPEC_ANNOTATION = "modelgallery.io/server-spec"
@@ -105,6 +106,7 @@ def _args(spec: ServerSpec, options: KubernetesOptions) -> list[str]:
         "--artifact", spec.artifact_uri,
         "--sha256", spec.artifact_sha256,
         "--port", str(PORT),
+        "--grpc-port", str(GRPC_PORT),
         "--max-batch-size", str(spec.max_batch_size),
         "--max-queue-delay-ms", f"{spec.max_queue_delay_ms:g}",
         "--intra-op-threads", str(threads),
@@ -169,7 +171,10 @@ def _container(spec: ServerSpec, options: KubernetesOptions, gpu: bool) -> dict[
         "imagePullPolicy": options.image_pull_policy,
         "command": ["python", "-m", "gallery_deployer.modelserver"],
         "args": _args(spec, options),
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+        ],
         "env": _env(spec, options),
         "resources": resources,
         # The server listens only once its model is loaded and warm; until then only this probe runs.
@@ -296,7 +301,8 @@ def cpu_fallback_manifest(
 
 
 def service_manifest(spec: ServerSpec, options: KubernetesOptions) -> dict[str, Any]:
-    """A ClusterIP Service on port 8500 selecting every pod of the deployment (GPU or CPU fallback)."""
+    """A ClusterIP Service on ports 8500 (REST) and 8501 (gRPC) selecting every pod of the deployment (GPU or
+    CPU fallback)."""
     check_spec(spec)
     return {
         "apiVersion": "v1",
@@ -305,7 +311,16 @@ def service_manifest(spec: ServerSpec, options: KubernetesOptions) -> dict[str, 
         "spec": {
             "type": "ClusterIP",
             "selector": selector(spec.deployment_id),
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "grpc",
+                    "port": GRPC_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+            ],
         },
     }
 
