@@ -78,17 +78,23 @@ $(BIN)/promtool: $(BIN)/.installed
 	@install -m 0755 $(VENV)/.promtool/root/usr/bin/promtool $@
 	@rm -rf $(VENV)/.promtool
 
-install: $(BIN)/.installed $(FLOWER_VENV)/.installed
+# DeepSpeed's CPU communication op, compiled once into this installation's own folder (.venv/var/gallery-trainer/
+# torch_extensions), which the trainer's ranks use: no other checkout on the machine rebuilds it or waits on its lock
+$(VENV)/.ops-built: $(BIN)/.installed
+	$(BIN)/python -m gallery_trainer.engine.build_ops
+	@touch $@
+
+install: $(BIN)/.installed $(VENV)/.ops-built $(FLOWER_VENV)/.installed
 
 demo: install
 	@$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed postgres redis chromium valgrind promtool
+test: $(BIN)/.installed $(VENV)/.ops-built $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed postgres redis chromium valgrind promtool
 	$(BIN)/pytest -q -p no:cacheprovider --durations=30
 
 # tests/chaos: servers killed, stopped or starved under the services; not part of `make test` (minutes long).
 # Each scenario writes its figures to .gallery/chaos/, which scripts/chaos_table.py turns into the README's table.
-chaos: $(BIN)/.installed $(MOTO_VENV)/.installed postgres
+chaos: $(BIN)/.installed $(VENV)/.ops-built $(MOTO_VENV)/.installed postgres
 	GALLERY_CHAOS=1 $(BIN)/pytest -q -p no:cacheprovider tests/chaos
 	GALLERY_TEST_BUS_OUTAGE_S=60 $(BIN)/pytest -q -p no:cacheprovider \
 		"tests/integration/serving/test_serving_without_bus.py::test_nats_down_under_steady_load_fails_no_request_and_samples_resume"

@@ -2,6 +2,7 @@
 pipeline stages, the DDP fallback, a failing spec, and cancel-then-resume. Tiny digits MLPs."""
 
 import json
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,14 @@ def assert_trained(outputs: JobOutputs, workdir: Path, *, epochs: int, steps_per
         assert outputs.files[role].is_file(), role
 
 
-def test_one_deepspeed_rank(tmp_path: Path) -> None:
+def test_one_deepspeed_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    extensions = tmp_path / "torch_extensions"  # nothing built here: as on a fresh installation
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
     updates: list[ProgressUpdate] = []
     outputs = run_job(digits_spec({"ranks": 1}), tmp_path, on_progress=updates.append)
+    # the rank ran as the only process, and one rank has nothing to all-reduce: no op was compiled for it
+    assert "$ " + sys.executable + " -m gallery_trainer.rank" in (tmp_path / "train.log").read_text()
+    assert not (extensions / "deepspeed_shm_comm").exists()
     assert_trained(outputs, tmp_path, epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 32)
     assert outputs.engine == "deepspeed" and outputs.engine_note is None
     phases = [u.phase for u in updates]

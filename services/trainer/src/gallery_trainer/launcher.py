@@ -1,9 +1,11 @@
 """Starting the ranks as child processes, following their metrics, and stopping them.
 
-DeepSpeed jobs go through the DeepSpeed launcher (`deepspeed --num_gpus N --master_port P --module
-gallery_trainer.rank ...`, or `--hostfile` for several machines; a spec with `engine.nodes` follows
-its launch plan, see `gallery_trainer.multinode`); DDP jobs through `python -m torch.distributed.run`.
-Their output goes to `train.log` in the workdir.
+A job of one rank on this machine runs that rank as the only process (`python -m gallery_trainer.rank`,
+with the environment a launcher would give it). Larger DeepSpeed jobs go through the DeepSpeed launcher
+(`deepspeed --num_gpus N --master_port P --module gallery_trainer.rank ...`, or `--hostfile` for several
+machines; a spec with `engine.nodes` follows its launch plan, see `gallery_trainer.multinode`); DDP jobs
+through `python -m torch.distributed.run`. Their output goes to `train.log` in the workdir; the ranks
+keep compiled ops in this installation's folder (`gallery_trainer.engine.build_ops`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import psutil
 
 from gallery_common.processes import die_with_parent
+from gallery_trainer.engine.build_ops import extensions_dir
 from gallery_trainer.engine.job import LOG_FILE, METRICS_FILE
 from gallery_trainer.failures import JobCancelled, TrainingFailed
 from gallery_trainer.rank import ERROR_FILE_PATTERN
@@ -55,6 +58,13 @@ def deepspeed_launcher() -> list[str]:
     return [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
+def runs_directly(spec: JobSpec) -> bool:
+    """Whether the job is one rank on this machine, started without a launcher process above it
+    (each launcher is a Python process that imports torch, and DeepSpeed's are two)."""
+    engine = spec.engine
+    return engine.ranks == 1 and not engine.hostfile and not engine.nodes
+
+
 def launch_command(spec: JobSpec, workdir: Path, port: int, *, resume: bool = False) -> list[str]:
     """The command that starts every rank of `spec`'s engine for the job prepared in `workdir`.
 
@@ -63,6 +73,8 @@ def launch_command(spec: JobSpec, workdir: Path, port: int, *, resume: bool = Fa
     """
     worker_args = ["--workdir", str(workdir)] + (["--resume"] if resume else [])
     engine = spec.engine
+    if runs_directly(spec):
+        return [sys.executable, "-m", WORKER_MODULE, *worker_args]
     if engine.kind == "deepspeed" and engine.nodes:
         from gallery_trainer.multinode import PlanError, launch_plan  # it builds on this module
 
@@ -125,12 +137,17 @@ class MetricsTail:
         return parsed
 
 
-def _rank_environment(spec: JobSpec) -> dict[str, str]:
+def rank_environment(spec: JobSpec, port: int) -> dict[str, str]:
+    """The environment the job's processes start with."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     # each rank would otherwise start a thread per core and the ranks would fight over the cores
     per_rank = max(1, (os.cpu_count() or 1) // spec.engine.ranks)
     env.setdefault("OMP_NUM_THREADS", str(per_rank))
+    env["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
+    if runs_directly(spec):
+        # what the DeepSpeed launcher and torch.distributed.run tell a rank of a world of one
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     return env
 
 
@@ -217,7 +234,7 @@ def run_ranks(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_rank_environment(spec),
+            env=rank_environment(spec, port),
             start_new_session=True,
             # a trainer SIGKILLed mid-job takes its launcher with it (which stops its ranks); this thread
             # waits for the launcher, so it lives as long as the launcher does

@@ -45,8 +45,17 @@ def init_process_group(requested_backend: str, *, use_deepspeed: bool) -> RankIn
     if use_deepspeed:
         import deepspeed
 
-        # joins the group itself, or wraps the one this process already has
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        from gallery_trainer.engine.build_ops import load_comm_op, needs_comm_op, without_comm_op
+
+        device_type = "cuda" if backend == "nccl" else "cpu"
+        if needs_comm_op(int(os.environ["WORLD_SIZE"]), device_type):
+            load_comm_op()  # built under this installation's lock, so DeepSpeed finds it loaded
+            joining: AbstractContextManager[Any] = nullcontext()
+        else:
+            joining = without_comm_op()
+        with joining:
+            # joins the group itself, or wraps the one this process already has
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     elif not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
