@@ -10,7 +10,7 @@ export GALLERY_HOME ?= $(CURDIR)/.gallery
 PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
-.PHONY: help install postgres redis chromium valgrind promtool demo test chaos up down status bench lint clean images k8s
+.PHONY: help install postgres redis chromium valgrind promtool demo test chaos up down status bench lint clean images k8s proto
 
 help:
 	@echo "make demo    install, start the embedded stack and run the lifecycle"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench   run the benchmarks in bench/ and print their figures"
 	@echo "make chaos   kill and starve the servers under the services (tests/chaos) and print the figures"
 	@echo "make lint    ruff and mypy"
+	@echo "make proto   regenerate the OIP gRPC modules from libs/common's grpc_predict_v2.proto"
 	@echo "make images  build the container images (needs docker); make k8s renders deploy/k8s"
 
 $(BIN)/.installed: $(PACKAGE_FILES) requirements/dev.txt
@@ -109,11 +110,15 @@ down:
 status: install
 	$(BIN)/gallery status
 
-# serve_load.py and serve_competitors.py are parts of serve.py, not benchmarks of their own
+# serve_load.py, serve_grpc_load.py and serve_competitors.py are parts of serve.py, not benchmarks of their own
 BENCHES = bus registry routes catalogue train trainer_service federated optimize serve cold_start explain deploy monitor
 
 bench: install chromium
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+
+# the OIP gRPC modules in libs/common, generated from the .proto committed beside them (grpcio-tools from dev.txt)
+proto: $(BIN)/.installed
+	$(BIN)/python scripts/gen_oip_grpc.py
 
 lint: install
 	$(BIN)/ruff check .

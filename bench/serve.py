@@ -46,6 +46,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_competitors import COMPETITORS, Competitor
+from serve_grpc_load import check_answer as check_grpc_answer
+from serve_grpc_load import measure as measure_grpc
 from serve_load import measure, percentile
 
 LAYERS = (64, 256, 256, 10)
@@ -54,6 +56,7 @@ INFER_PATH = "/v2/models/mlp/infer"
 Cell = dict[str, float]
 Rows = dict[str, "dict[tuple[int, int], Cell] | str"]
 FLOOR, MODEL_SERVER, GATEWAY = "floor (FastAPI + orjson)", "model server", "gateway → model server"
+MODEL_SERVER_GRPC, GATEWAY_GRPC = "model server (gRPC)", "gateway → model server (gRPC)"
 HERE = Path(__file__).resolve().parent
 
 
@@ -184,6 +187,7 @@ class Target:
     cpu_pids: list[int]
     parts: dict[str, list[int]] | None = None
     load: Callable[[str, Path, int, float], Cell] = measure
+    check: Callable[[str, Path, int], None] | None = None  # one answer checked first; None: `check_answer`
 
 
 def check_answer(url: str, body: Path, batch: int) -> None:
@@ -226,7 +230,7 @@ def side_by_side(
     """
     for target in targets:
         for batch in sorted({b for _, b in grid}):
-            check_answer(target.url, bodies[batch], batch)
+            (target.check or check_answer)(target.url, bodies[batch], batch)
     rows: dict[str, dict[tuple[int, int], Cell]] = {t.name: {} for t in targets}
     for concurrency, batch in grid:
         print(f"  conc {concurrency} batch {batch}", flush=True)
@@ -256,9 +260,11 @@ def our_servers(
     shutil.copy(onnx_path, root / "mlp" / "model.onnx")
     env = {"GALLERY_HOME": str(work / "home"), "GALLERY_ARTIFACT_ROOT": root.as_uri(), "GALLERY_API_TOKENS": ""}
     floor_port, ms_port, gw_port = free_port(), free_port(), free_port()
+    ms_grpc, gw_grpc = free_port(), free_port()
     floor_argv = [python, str(HERE / "serve_floor.py"), str(onnx_path), str(floor_port)]
     ms_argv = [python, "-m", "gallery_deployer.modelserver", "--model", "mlp", "--version", "1"]
     ms_argv += ["--artifact", (root / "mlp" / "model.onnx").as_uri(), "--sha256", digest, "--port", str(ms_port)]
+    ms_argv += ["--grpc-port", str(ms_grpc)]
     # The gateway without a bus: nats-server is not needed here and sampling (1 %) is off.
     gw_code = (
         "import uvicorn; from gallery_common.settings import load_settings;"
@@ -268,7 +274,7 @@ def our_servers(
         "uvicorn.run(create_app_for(s, with_bus=False), host='127.0.0.1', port=s.port, loop='uvloop',"
         " http='httptools', log_config=None, access_log=False)"
     )
-    gw_env = {**env, "GALLERY_PORT": str(gw_port), "GALLERY_SAMPLE_RATE": "0"}
+    gw_env = {**env, "GALLERY_PORT": str(gw_port), "GALLERY_GRPC_PORT": str(gw_grpc), "GALLERY_SAMPLE_RATE": "0"}
     floor_ready, ms_ready = (
         f"http://127.0.0.1:{floor_port}/v2/health/ready",
         f"http://127.0.0.1:{ms_port}/v2/health/ready",
@@ -279,7 +285,8 @@ def our_servers(
         running("model server", ms_argv, env, ms_ready, work / "ms.log", work) as ms,
         running("gateway", [python, "-c", gw_code], gw_env, gw_ready, work / "gw.log", work) as gw,
     ):
-        route = {"backends": [{"id": "ms1", "url": f"http://127.0.0.1:{ms_port}", "version": "1", "weight": 1}]}
+        backend = {"id": "ms1", "url": f"http://127.0.0.1:{ms_port}", "grpc": f"127.0.0.1:{ms_grpc}", "version": "1"}
+        route = {"backends": [{**backend, "weight": 1}]}
         put = httpx.put(f"http://127.0.0.1:{gw_port}/admin/routes/mlp", json={**route, "policy": {}}, timeout=10)
         if put.status_code != 200:
             raise RuntimeError(f"gateway refused the route: {put.status_code} {put.text[:200]}")
@@ -287,9 +294,23 @@ def our_servers(
             Target(FLOOR, f"http://127.0.0.1:{floor_port}{INFER_PATH}", [floor.pid]),
             Target(MODEL_SERVER, f"http://127.0.0.1:{ms_port}{INFER_PATH}", [ms.pid]),
             Target(GATEWAY, f"http://127.0.0.1:{gw_port}{INFER_PATH}", [gw.pid, ms.pid], {"gateway": [gw.pid]}),
+            # OIP over gRPC (bench/serve_grpc_load.py): the same servers, the gateway forwarding to the gRPC port
+            Target(MODEL_SERVER_GRPC, f"grpc://127.0.0.1:{ms_grpc}/mlp", [ms.pid], None, measure_grpc, grpc_check),
+            Target(
+                GATEWAY_GRPC,
+                f"grpc://127.0.0.1:{gw_grpc}/mlp",
+                [gw.pid, ms.pid],
+                {"gateway": [gw.pid]},
+                measure_grpc,
+                grpc_check,
+            ),
         ]
         print(f"  {', '.join(t.name for t in targets)}: side by side, {rounds} round(s) per cell", flush=True)
         return side_by_side(targets, bodies, grid, seconds, rounds)
+
+
+def grpc_check(url: str, body: Path, batch: int) -> None:
+    check_grpc_answer(url, body, batch, LAYERS[-1])
 
 
 def competitor(comp: Competitor, work: Path, onnx_path: Path, bodies, grid, seconds) -> dict:
