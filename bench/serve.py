@@ -249,6 +249,15 @@ def side_by_side(
     return rows
 
 
+def floor_session_flags() -> list[str]:
+    """The floor's session built with our model server's default thread settings."""
+    from gallery_deployer.modelserver.settings import ModelServerSettings
+
+    fields = ModelServerSettings.model_fields
+    flags = ["--intra-op-threads", str(fields["intra_op_threads"].default)]
+    return [*flags, "--spinning"] if fields["intra_op_spinning"].default else flags
+
+
 def our_servers(
     work: Path, onnx_path: Path, bodies: dict[int, Path], grid: list[tuple[int, int]], seconds: float, rounds: int
 ) -> dict[str, dict[tuple[int, int], Cell]]:
@@ -261,7 +270,7 @@ def our_servers(
     env = {"GALLERY_HOME": str(work / "home"), "GALLERY_ARTIFACT_ROOT": root.as_uri(), "GALLERY_API_TOKENS": ""}
     floor_port, ms_port, gw_port = free_port(), free_port(), free_port()
     ms_grpc, gw_grpc = free_port(), free_port()
-    floor_argv = [python, str(HERE / "serve_floor.py"), str(onnx_path), str(floor_port)]
+    floor_argv = [python, str(HERE / "serve_floor.py"), str(onnx_path), str(floor_port), *floor_session_flags()]
     ms_argv = [python, "-m", "gallery_deployer.modelserver", "--model", "mlp", "--version", "1"]
     ms_argv += ["--artifact", (root / "mlp" / "model.onnx").as_uri(), "--sha256", digest, "--port", str(ms_port)]
     ms_argv += ["--grpc-port", str(ms_grpc)]

@@ -213,6 +213,21 @@ def test_unknown_model_metadata_and_unknown_paths_are_404(server: Server) -> Non
     assert httpx.get(server.url + "/v2/nothing").json() == {"error": "Not Found"}
 
 
+def test_the_infer_path_answers_by_version_and_only_to_post(server: Server) -> None:
+    versioned = httpx.post(server.url + "/v2/models/tiny/versions/1.0.0/infer", json={"inputs": [GOOD], "id": "r-7"})
+    assert versioned.status_code == 200
+    assert versioned.json()["id"] == "r-7" and versioned.json()["model_version"] == "1.0.0"
+
+    wrong_version = httpx.post(server.url + "/v2/models/tiny/versions/2/infer", json={"inputs": [GOOD]})
+    assert wrong_version.status_code == 404 and "no version '2'" in wrong_version.json()["error"]
+    other_model = httpx.post(server.url + "/v2/models/other/infer", json={"inputs": [GOOD]})
+    assert other_model.status_code == 404 and "not served here" in other_model.json()["error"]
+
+    fetched = httpx.get(server.url + "/v2/models/tiny/infer")
+    assert fetched.status_code == 405 and fetched.headers["allow"] == "POST"
+    assert fetched.json() == {"error": "Method Not Allowed"}
+
+
 def metric_total(text: str, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 

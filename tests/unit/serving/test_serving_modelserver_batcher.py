@@ -151,3 +151,23 @@ async def test_an_eager_batcher_runs_a_lone_request_without_waiting_the_queue_de
     await patient.submit(request(2), 1)
     assert asyncio.get_running_loop().time() - started >= 0.25
     await patient.close()
+
+
+async def test_requests_arriving_while_a_lone_one_runs_form_the_next_batch() -> None:
+    model, observer = DoublingModel(), Observer()
+    model.release.clear()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_queue_delay=0.05, max_queue=16, observer=observer)  # type: ignore[arg-type]
+    batcher.start()
+    lone = asyncio.ensure_future(batcher.submit(request(1), 1))
+    await asyncio.sleep(0.05)  # it runs on its own, held by the model
+    later = [asyncio.ensure_future(batcher.submit(request(i), 1)) for i in (2, 3, 4)]
+    await asyncio.sleep(0)
+    assert batcher.waiting == 3
+
+    model.release.set()
+    results = await asyncio.wait_for(asyncio.gather(lone, *later), 2)
+    await batcher.close()
+
+    assert model.batches == [1, 3]
+    assert observer.rows == [1, 3] and len(observer.waits) == 4
+    assert [r["y"][0, 0] for r in results] == [2, 4, 6, 8]

@@ -181,6 +181,21 @@ class _LimitedBody:
         return message
 
 
+def admit(settings: GallerySettings, scope: Scope, receive: Receive, needed: Role | None, limit: int) -> _LimitedBody:
+    """From the headers alone: identify the caller and check `needed` (None: no token needed), refuse a
+    declared Content-Length over `limit`. Returns the body's `receive`, which raises PayloadTooLarge once
+    more than `limit` bytes arrive; raises the GalleryError (401, 403, 400, 413) of a refusal."""
+    authorization, length = _headers_of(scope)
+    if needed is not None:
+        caller: Caller = identify(settings, authorization)
+        check_role(caller, needed)
+        scope[CALLER_SCOPE_KEY] = caller
+    body = _LimitedBody(receive, limit)
+    if length is not None and _declared_length(length) > limit:
+        raise body.error()
+    return body
+
+
 class AccessMiddleware:
     """Identify the caller, check the route's role and the body's size before the app reads the body.
 
@@ -209,15 +224,8 @@ class AccessMiddleware:
         if rule is not None:
             scope[ROUTE_SCOPE_KEY] = rule.template
         try:
-            authorization, length = _headers_of(scope)
             needed = rule.needed(method) if rule is not None else required_role(method)
-            if needed is not None:
-                caller: Caller = identify(self.settings, authorization)
-                check_role(caller, needed)
-                scope[CALLER_SCOPE_KEY] = caller
-            body = _LimitedBody(receive, self.limit)
-            if length is not None and _declared_length(length) > self.limit:
-                raise body.error()
+            body = admit(self.settings, scope, receive, needed, self.limit)
         except GalleryError as exc:
             await self._refuse(scope, receive, send, rule, exc)
             return

@@ -1,11 +1,13 @@
 """The OIP v2 REST app over one ServedModel: a thin adapter over the serving core (`dataplane.py`) and the
 explain path (`explaining.py`, `POST .../explain`).
 
-Built on FastAPI without `gallery_common.app.create_app`'s middleware: the infer path reads the raw
-body, parses it with orjson and answers with pre-encoded bytes, with no per-request logging. The one
-middleware it shares is `AccessMiddleware`: the token (the `inference` role for a model's routes)
-and the body's size (`GALLERY_MAX_BODY_BYTES`) are checked before a byte of a body is read; probes,
-`/v2` and `/metrics` answer without a token.
+Built on FastAPI without `gallery_common.app.create_app`'s middleware. The infer path is a raw ASGI
+handler in front of the app (`infer_route.py`): it reads the raw body, parses it with orjson and
+answers with pre-encoded bytes, with no per-request logging, routing or Request/Response objects. The
+one middleware the rest shares is `AccessMiddleware`: the token (the `inference` role for a model's
+routes) and the body's size (`GALLERY_MAX_BODY_BYTES`) are checked before a byte of a body is read,
+as the infer handler checks them with the same `admit`; probes, `/v2` and `/metrics` answer without
+a token.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from gallery_common.errors import GalleryError
 from gallery_common.settings import Role
 
 from .async_serving import AsyncServing
-from .batcher import DynamicBatcher, Overloaded
+from .batcher import DynamicBatcher
 from .dataplane import DataPlane
 from .explaining import Explanations
+from .infer_route import InferRoute, error_headers
 from .metrics import ExplainMetrics, ServingMetrics
 from .model import ServedModel
 from .settings import ModelServerSettings
@@ -40,7 +43,6 @@ SERVER_NAME = "modelgallery-modelserver"
 OPEN = [requires(None)]
 INFERENCE = [requires(Role.inference)]
 JSON = "application/json"
-BINARY = "application/octet-stream"
 GRPC_GRACE_S = 10.0
 
 
@@ -56,8 +58,7 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> R
 
 
 def _error(exc: GalleryError) -> Response:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-    return _json(exc.status_code, {"error": exc.message}, headers)
+    return _json(exc.status_code, {"error": exc.message}, error_headers(exc))
 
 
 def create_app(settings: ModelServerSettings, model: ServedModel, registry: CollectorRegistry = REGISTRY) -> FastAPI:
@@ -102,6 +103,8 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
 
     app = FastAPI(title=f"model server {model.name}:{model.version}", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(AccessMiddleware, settings=settings, sources=[app.router])
+    # outermost: infer requests skip the app's middleware and routing (the hot path, infer_route.py)
+    app.add_middleware(InferRoute, plane=plane, settings=settings)
 
     @app.exception_handler(GalleryError)
     async def gallery_error(_: Request, exc: GalleryError) -> Response:
@@ -142,19 +145,6 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
         plane.check_model(name, model_version)
         return _json(200 if plane.ready else 503, {"name": model.name, "ready": plane.ready})
 
-    async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
-        started = time.perf_counter()
-        try:
-            body = await request.body()
-            answer = await plane.infer(
-                body, request.headers.get(INFERENCE_HEADER_LENGTH), name=name, version=model_version, started=started
-            )
-        except GalleryError as exc:
-            return _error(exc)
-        if answer.header_length is None:
-            return Response(answer.body, media_type=JSON)
-        return Response(answer.body, media_type=BINARY, headers={INFERENCE_HEADER_LENGTH: str(answer.header_length)})
-
     async def explain(request: Request, name: str, model_version: str | None = None) -> Response:
         # not a hot path: a GalleryError goes to the app's handler
         started = time.perf_counter()
@@ -167,6 +157,5 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{model_version}"):
         app.add_api_route(prefix, model_metadata, methods=["GET"], dependencies=INFERENCE)
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], dependencies=INFERENCE)
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], dependencies=INFERENCE)
         app.add_api_route(prefix + "/explain", explain, methods=["POST"], dependencies=INFERENCE)
     return app

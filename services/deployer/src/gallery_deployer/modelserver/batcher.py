@@ -1,9 +1,10 @@
 """Dynamic batching: requests wait in a bounded queue and run together on ONNX Runtime.
 
 A batch closes when it holds `max_batch_size` rows or its first request has waited
-`max_queue_delay` seconds. With `eager` (the default) a request that finds nothing else queued runs
-at once: a lone caller pays no delay, and under load batches still form from the requests that queue
-while the previous batch runs. Requests whose non-batch dimensions differ run in separate groups of the
+`max_queue_delay` seconds. With `eager` (the default) a request that finds nothing else queued and
+nothing running goes straight to the session, without a trip through the queue: a lone caller pays no
+delay and no batching bookkeeping, and under load batches still form from the requests that queue while
+the previous batch runs. Requests whose non-batch dimensions differ run in separate groups of the
 same batch. The session runs in a worker thread so the event loop keeps accepting requests.
 
 One request never holds more rows than a batch: it is refused, as Triton refuses it. A batch that
@@ -91,6 +92,10 @@ class DynamicBatcher:
         self._clock = clock
         self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
         self._waiting = 0
+        # the session runs one batch at a time: a lone request run straight or a batch of the loop
+        self._busy = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.retry_after = max(1, round(max_queue_delay + 0.5))
@@ -125,10 +130,41 @@ class DynamicBatcher:
             )
         if self._waiting >= self._max_queue:
             raise Overloaded(f"{self._waiting} requests are already waiting; retry later", self.retry_after)
+        if self._eager and not self._busy and not self._waiting:
+            self._hold()
+            enqueued = self._clock()
+            try:
+                await asyncio.sleep(0)  # requests that arrived together with this one queue up behind it
+                if not self._waiting:
+                    return await self._run_alone(inputs, rows, enqueued)
+            finally:
+                self._release()
+            # others came in the same moment: run with them as a batch
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
         self._waiting += 1
         self._queue.put_nowait(_Pending(inputs, rows, self._clock(), future))
         return await future
+
+    def _hold(self) -> None:
+        self._busy = True
+        self._idle.clear()
+
+    def _release(self) -> None:
+        self._busy = False
+        self._idle.set()
+
+    async def _run_alone(self, inputs: Mapping[str, np.ndarray], rows: int, enqueued: float) -> Results:
+        """One request straight on the session (nothing queued, nothing running): no future, no queue."""
+        started = self._clock()
+        if self._observer is not None:
+            self._observer.queued(started - enqueued)
+        try:
+            results = await anyio.to_thread.run_sync(self._model.run, inputs)
+        except Exception as exc:  # ONNX Runtime raises its own types
+            raise _failure(exc) from None
+        if self._observer is not None:
+            self._observer.computed(self._clock() - started, rows)
+        return results
 
     async def _loop(self) -> None:
         carried: _Pending | None = None
@@ -138,12 +174,17 @@ class DynamicBatcher:
             if first is _STOP:
                 return
             assert isinstance(first, _Pending)
-            batch, carried, stop = await self._collect(first)
-            await self._execute(batch)
+            await self._idle.wait()  # a lone request running straight finishes first
+            self._hold()
+            try:
+                batch, carried, stop = await self._collect(first)
+                await self._execute(batch)
+                if stop and carried is not None:
+                    await self._execute([carried])
+            finally:
+                self._release()
             if stop:
                 # Everything queued before the stop marker has been collected and run.
-                if carried is not None:
-                    await self._execute([carried])
                 return
 
     async def _collect(self, first: _Pending) -> tuple[list[_Pending], _Pending | None, bool]:
@@ -198,9 +239,8 @@ class DynamicBatcher:
                     if not item.future.done():  # a client that went away costs no second run
                         await self._run_group([item])
                 return
-            error = InferenceFailed(f"inference failed: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")
             if not group[0].future.done():
-                group[0].future.set_exception(error)
+                group[0].future.set_exception(_failure(exc))
             return
         if self._observer is not None:
             self._observer.computed(self._clock() - started, sum(item.rows for item in group))
@@ -213,3 +253,8 @@ class DynamicBatcher:
             offset += item.rows
             if not item.future.done():  # the client may have gone away
                 item.future.set_result(part)
+
+
+def _failure(exc: Exception) -> InferenceFailed:
+    """The error a request gets when ONNX Runtime refused its rows run on their own: the first line of the reason."""
+    return InferenceFailed(f"inference failed: {str(exc).strip().splitlines()[0] if str(exc) else exc!r}")

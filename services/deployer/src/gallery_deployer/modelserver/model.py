@@ -17,6 +17,7 @@ from .settings import ModelServerSettings
 from .tensors import spec_from_ort
 
 WARMUP_RUNS = 3
+SPINNING_CONFIG = "session.intra_op.allow_spinning"
 
 
 @dataclass
@@ -66,13 +67,17 @@ def providers() -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
-def session_from_bytes(data: bytes, intra_op_threads: int = 0, *, gpu: bool = True) -> ort.InferenceSession:
+def session_from_bytes(
+    data: bytes, intra_op_threads: int = 0, *, gpu: bool = True, spinning: bool = False
+) -> ort.InferenceSession:
     """An ONNX Runtime session over verified bytes (never a path: no folder to resolve external data in);
-    `gpu=False` keeps it on the CPU even where CUDA is available."""
+    `gpu=False` keeps it on the CPU even where CUDA is available. Its intra-op threads spin between runs
+    only with `spinning` (ONNX Runtime's default is to spin, which costs a core's time while idle)."""
     verify_self_contained_onnx(data)
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry(SPINNING_CONFIG, "1" if spinning else "0")
     return ort.InferenceSession(data, sess_options=options, providers=providers() if gpu else ["CPUExecutionProvider"])
 
 
@@ -87,7 +92,7 @@ def load_model(settings: ModelServerSettings) -> ServedModel:
     """Fetch the artifact (sha256-checked), verify it, load and warm it up; raises with the reason on failure."""
     store = open_store(settings.resolved_artifact_root, settings)
     data = store.get(store.key_for(settings.artifact_uri), sha256=settings.artifact_sha256)
-    session = session_from_bytes(data, settings.intra_op_threads)
+    session = session_from_bytes(data, settings.intra_op_threads, spinning=settings.intra_op_spinning)
     model = served_model(session, settings.model_name, settings.model_version, settings.variant)
     model.warm_up(settings.max_batch_size)
     return model

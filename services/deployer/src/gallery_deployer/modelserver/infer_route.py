@@ -1,0 +1,88 @@
+"""`POST /v2/models/{name}[/versions/{v}]/infer` as a raw ASGI handler in front of the FastAPI app.
+
+The infer path is the model server's whole hot path, and FastAPI's route (access middleware, exception
+middleware, routing, dependency solving, a Request and a Response object per request) cost about as
+much CPU as the rest of the request. Here it is one function: the same access check as every other
+route (`access.admit`: the `inference` role, the body-size limit before a byte is read), the body
+handed to the data plane, its answer or its GalleryError sent with pre-encoded headers. Every other
+path and method goes on to the app.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gallery_common.access import admit, read_body, route_path
+from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
+from gallery_common.errors import GalleryError
+from gallery_common.settings import GallerySettings, Role
+
+from .batcher import Overloaded
+from .dataplane import DataPlane
+
+INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+_HEADER_LENGTH = INFERENCE_HEADER_LENGTH.lower().encode("latin-1")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_BINARY_HEADERS = [(b"content-type", b"application/octet-stream")]
+
+
+def error_headers(exc: GalleryError) -> dict[str, str]:
+    """What a client needs beside the message: when to retry (503 Overloaded), how to authenticate (401)."""
+    if isinstance(exc, Overloaded):
+        return {"Retry-After": str(exc.retry_after)}
+    if exc.status_code == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+class InferRoute:
+    """ASGI middleware answering infer requests straight from the data plane; everything else goes to `app`."""
+
+    def __init__(self, app: ASGIApp, plane: DataPlane, settings: GallerySettings) -> None:
+        self.app = app
+        self.plane = plane
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            match = INFER_PATH.match(route_path(scope))
+            if match is not None:
+                await self._infer(scope, receive, send, match["name"], match["version"])
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None) -> None:
+        started = time.perf_counter()
+        if scope["method"] != "POST":
+            await _send(send, 405, orjson.dumps({"error": "Method Not Allowed"}), [*_JSON_HEADERS, (b"allow", b"POST")])
+            return
+        try:
+            body = admit(self.settings, scope, receive, Role.inference, self.settings.max_body_bytes)
+            data = await read_body(body.receive)
+            answer = await self.plane.infer(data, _header_length(scope), name=name, version=version, started=started)
+        except GalleryError as exc:
+            headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error_headers(exc).items()]
+            await _send(send, exc.status_code, orjson.dumps({"error": exc.message}), _JSON_HEADERS + headers)
+            return
+        if answer.header_length is None:
+            await _send(send, 200, answer.body, _JSON_HEADERS)
+        else:
+            headers = [*_BINARY_HEADERS, (_HEADER_LENGTH, str(answer.header_length).encode("latin-1"))]
+            await _send(send, 200, answer.body, headers)
+
+
+def _header_length(scope: Scope) -> str | None:
+    for key, value in scope["headers"]:
+        if key == _HEADER_LENGTH:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode("latin-1"))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
