@@ -16,14 +16,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,10 +32,12 @@ from .access import ROUTE_SCOPE_KEY, AccessMiddleware, gallery_error_response
 from .artifacts import ArtifactStore, open_store
 from .auth import requires
 from .bus import EventBus
-from .db import DATABASE_RETRY_AFTER_S, DATABASE_UNAVAILABLE, make_engine, ping
 from .errors import GalleryError, Unavailable
 from .settings import GallerySettings
 from .telemetry import configure_logging, configure_tracing, counter, get_logger, histogram
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 log = get_logger(__name__)
 
@@ -85,8 +86,9 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every error once: domain errors to their status, validation to 422, the rest to 500."""
+def install_error_handlers(app: FastAPI, *, database: bool = False) -> None:
+    """Map every error once: domain errors to their status, validation to 422, the rest to 500; with
+    `database`, an unreachable database to 503 (SQLAlchemy loads only in services that keep one)."""
 
     @app.exception_handler(GalleryError)
     async def _gallery_error(_: Request, exc: GalleryError) -> JSONResponse:
@@ -100,6 +102,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
+    if database:
+        _install_database_handlers(app)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", path=request.url.path, exc_info=exc)
+        return _error(500, "internal error; the service log has the details")
+
+
+def _install_database_handlers(app: FastAPI) -> None:
+    from .db import DATABASE_RETRY_AFTER_S, DATABASE_UNAVAILABLE
+
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # a database restart is an outage to wait out, not a server error: 503 and when to try again
         log.warning("database unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
@@ -108,11 +122,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, _database_unavailable)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error", path=request.url.path, exc_info=exc)
-        return _error(500, "internal error; the service log has the details")
 
 
 class MetricsMiddleware:
@@ -163,6 +172,8 @@ async def readiness(resources: ServiceResources) -> dict[str, str]:
             log.warning("readiness check failed", dependency="artifacts", reason=f"{type(exc).__name__}: {exc}")
             checks["artifacts"] = "unreachable"
     if resources.engine is not None:
+        from .db import ping
+
         try:
             await anyio.to_thread.run_sync(ping, resources.engine)
             checks["database"] = "ok"
@@ -238,6 +249,8 @@ def create_app(
         async with AsyncExitStack() as stack:
             stack.callback(log.info, "service stopped")
             if use_database:
+                from .db import make_engine
+
                 resources.engine = make_engine(settings.resolved_database_url)
                 stack.callback(resources.engine.dispose)
             if use_store:
@@ -268,7 +281,7 @@ def create_app(
     app.state.settings = settings
     app.state.resources = ServiceResources(settings=settings)
     app.state.started = False
-    install_error_handlers(app)
+    install_error_handlers(app, database=use_database)
     ops = _ops_router()
     # add_middleware puts each one in front of those added before it: innermost first
     for middleware in reversed(inner_middleware):

@@ -21,14 +21,16 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .consumer import DLQ_PREFIX
 from .contracts.names import INFER_PREFIX, JOB_STATUS_PREFIX, JOBS_PREFIX, SAMPLE_PREFIX
 from .events import subject_for
-from .routes_kv import STREAM as ROUTES_STREAM
-from .routes_kv import SUBJECTS as ROUTES
 from .settings import GallerySettings
-from .work_queue import OPTIMIZE_JOBS, TRAIN_JOBS, QueueNames
+
+# The permission table names subjects of modules built on the NATS client; they are imported where the
+# table is built, so that reading credentials (`credentials_for`, at a model server's start) loads no client.
+if TYPE_CHECKING:
+    from .work_queue import QueueNames
 
 EVENTS_STREAM = "MODEL_EVENTS"
 DLQ_STREAM = "DEAD_LETTERS"
@@ -108,6 +110,8 @@ def _leader_claim(role: str) -> tuple[str, ...]:
 def _service(name: str, events: Iterable[str] = (), durables: Iterable[str] = ()) -> Principal:
     """A service on the lifecycle bus: it keeps the streams, publishes its own events, runs its consumers
     and dead-letters what they cannot handle."""
+    from .consumer import DLQ_PREFIX
+
     publish = [*_stream_upkeep(EVENTS_STREAM, DLQ_STREAM), f"{DLQ_PREFIX}>"]
     publish += [subject_for(event) for event in events]
     for durable in durables:
@@ -132,6 +136,9 @@ def _read_events(name: str) -> tuple[str, ...]:
 
 def _write_routes() -> tuple[str, ...]:
     """Keep the gateways' routes bucket, read its keys and write them (the deployer only)."""
+    from .routes_kv import STREAM as ROUTES_STREAM
+    from .routes_kv import SUBJECTS as ROUTES
+
     return (
         *_stream_upkeep(ROUTES_STREAM),
         f"$JS.API.STREAM.MSG.GET.{ROUTES_STREAM}",
@@ -142,6 +149,8 @@ def _write_routes() -> tuple[str, ...]:
 
 def _follow_routes() -> tuple[str, ...]:
     """Bind to the routes bucket and watch it with ordered consumers (a gateway): reading, no writing."""
+    from .routes_kv import STREAM as ROUTES_STREAM
+
     return (
         "$JS.API.INFO",
         f"$JS.API.STREAM.INFO.{ROUTES_STREAM}",
@@ -161,6 +170,8 @@ def _take_jobs(queue: QueueNames) -> tuple[str, ...]:
 def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     """Every NATS user of a Model Gallery installation; `services` adds a user for other installed
     services (their durable consumer is named after them; they publish no lifecycle event)."""
+    from .work_queue import OPTIMIZE_JOBS, TRAIN_JOBS
+
     table = [
         _service("trainer", ["trained"], ["trainer-search"]),
         _service("registry", ["validated", "rejected"], ["registry-gate", "registry-degraded"]),
