@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-EXPLAIN_AND_TRAINING = ("shap", "lime", "sklearn", "torch", "deepspeed", "pandas", "scipy")
+# the explain and training stacks, and rich (structlog's console renderer, which JSON logs never use)
+NEVER_AT_START = ("shap", "lime", "sklearn", "torch", "deepspeed", "pandas", "scipy", "rich")
 
 CASES = {
     # the model server's start path up to uvicorn.run; it never traces, reads file:// artifacts and
@@ -19,17 +20,17 @@ CASES = {
     "model server": (
         "import gallery_deployer.modelserver.__main__, gallery_deployer.modelserver.app,"
         " gallery_deployer.modelserver.model, uvicorn",
-        (*EXPLAIN_AND_TRAINING, "opentelemetry.sdk", "sqlalchemy", "alembic", "minio", "nats", "aiohttp"),
+        (*NEVER_AT_START, "opentelemetry.sdk", "sqlalchemy", "alembic", "minio", "nats", "aiohttp"),
     ),
     # the gateway keeps no database and no artifacts; tracing's SDK loads in its lifespan
     "gateway": (
         "import gallery_deployer.gateway.app, uvicorn",
-        (*EXPLAIN_AND_TRAINING, "opentelemetry.sdk", "sqlalchemy", "sqlmodel", "minio", "onnxruntime", "onnx"),
+        (*NEVER_AT_START, "opentelemetry.sdk", "sqlalchemy", "sqlmodel", "minio", "onnxruntime", "onnx"),
     ),
     # the registry checks its schema with one query when it is at head; Alembic loads only to migrate
     "registry": (
         "import gallery_registry.app, uvicorn",
-        (*EXPLAIN_AND_TRAINING, "alembic", "minio", "onnxruntime", "onnx"),
+        (*NEVER_AT_START, "alembic", "minio", "onnxruntime", "onnx"),
     ),
 }
 

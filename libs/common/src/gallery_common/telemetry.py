@@ -15,11 +15,22 @@ from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+# structlog's console renderer loads rich when it is installed (a twentieth of a second of every start);
+# these logs are JSON lines and never use it, so structlog is imported with rich hidden (None in
+# sys.modules makes `import rich` fail), and rich imports normally afterwards for whoever wants it.
+_HIDE_RICH = "structlog" not in sys.modules and "rich" not in sys.modules
+if _HIDE_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+try:
+    import structlog
+finally:
+    if _HIDE_RICH:
+        del sys.modules["rich"]
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
