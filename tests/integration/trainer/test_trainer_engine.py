@@ -1,4 +1,4 @@
-"""Real training runs through the real launchers: DeepSpeed with 1 rank, 2 data-parallel ranks and 2
+"""Real training runs, their ranks started by the trainer: DeepSpeed with 1 rank, 2 data-parallel ranks and 2
 pipeline stages, the DDP fallback, a failing spec, and cancel-then-resume. Tiny digits MLPs."""
 
 import json
@@ -57,7 +57,7 @@ def test_one_deepspeed_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     updates: list[ProgressUpdate] = []
     outputs = run_job(digits_spec({"ranks": 1}), tmp_path, on_progress=updates.append)
     # the rank ran as the only process, and one rank has nothing to all-reduce: no op was compiled for it
-    assert "$ " + sys.executable + " -m gallery_trainer.rank" in (tmp_path / "train.log").read_text()
+    assert "$ RANK=0 " + sys.executable + " -m gallery_trainer.rank" in (tmp_path / "train.log").read_text()
     assert not (extensions / "deepspeed_shm_comm").exists()
     assert_trained(outputs, tmp_path, epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 32)
     assert outputs.engine == "deepspeed" and outputs.engine_note is None
@@ -96,7 +96,8 @@ def test_ddp_fallback_when_deepspeed_is_unavailable(tmp_path: Path, monkeypatch:
     assert_trained(outputs, tmp_path, epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 64)
     assert outputs.engine == "ddp"
     assert outputs.engine_note is not None and "DeepSpeed is unavailable" in outputs.engine_note
-    assert "torch.distributed.run" in (tmp_path / "train.log").read_text()
+    log = (tmp_path / "train.log").read_text()
+    assert "$ RANK=1 " + sys.executable + " -m gallery_trainer.rank" in log and "deepspeed.launcher" not in log
 
 
 def test_a_batch_larger_than_the_data_fails_with_the_field(tmp_path: Path) -> None:

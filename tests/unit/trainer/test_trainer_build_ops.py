@@ -11,7 +11,7 @@ from torch.utils.file_baton import FileBaton
 from waiting import wait_for
 
 from gallery_trainer.engine import build_ops
-from gallery_trainer.launcher import launch_command, rank_environment
+from gallery_trainer.launcher import rank_environment
 from gallery_trainer.spec import parse_spec
 
 HOLD_TORCH_LOCK = """
@@ -98,32 +98,11 @@ def _enter(op_dir: Path, entered: list[float]) -> None:
 def test_the_ranks_get_this_installations_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     spec = parse_spec({"name": "d", "data": {"source": "builtin", "name": "digits"}, "engine": {"ranks": 2}})
-    env = rank_environment(spec, 29500)
-    assert env["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "var" / "gallery-trainer" / "torch_extensions")
-    assert "MASTER_PORT" not in env  # the DeepSpeed launcher gives each rank its own
+    ours = str(Path(sys.prefix) / "var" / "gallery-trainer" / "torch_extensions")
+    assert rank_environment(spec, 29500, 1)["TORCH_EXTENSIONS_DIR"] == ours
+    assert rank_environment(spec, 29500)["TORCH_EXTENSIONS_DIR"] == ours  # a launcher's, for its ranks
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    assert rank_environment(spec, 29500)["TORCH_EXTENSIONS_DIR"] == str(tmp_path)
-
-
-def test_a_single_rank_runs_without_a_launcher(tmp_path: Path) -> None:
-    for engine in ({"ranks": 1}, {"kind": "ddp", "ranks": 1}):
-        spec = parse_spec({"name": "d", "data": {"source": "builtin", "name": "digits"}, "engine": engine})
-        assert launch_command(spec, tmp_path, 29501, resume=True) == [
-            sys.executable,
-            "-m",
-            "gallery_trainer.rank",
-            "--workdir",
-            str(tmp_path),
-            "--resume",
-        ]
-        env = rank_environment(spec, 29501)
-        assert {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} == {
-            "RANK": "0",
-            "LOCAL_RANK": "0",
-            "WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": "29501",
-        }
+    assert rank_environment(spec, 29500, 0)["TORCH_EXTENSIONS_DIR"] == str(tmp_path)
 
 
 def test_only_several_ranks_on_the_cpu_need_the_op() -> None:

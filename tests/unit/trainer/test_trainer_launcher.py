@@ -17,27 +17,43 @@ def spec_with(engine: dict) -> object:
     return parse_spec({"name": "digits", "data": {"source": "builtin", "name": "digits"}, "engine": engine})
 
 
-def test_deepspeed_command_uses_the_launcher_with_ranks_and_port(tmp_path: Path) -> None:
-    command = launch_command(spec_with({"ranks": 2}), tmp_path, 29555)
+def test_a_hostfile_job_goes_through_the_deepspeed_launcher(tmp_path: Path) -> None:
+    command = launch_command(spec_with({"ranks": 8, "hostfile": "/etc/gallery/hosts"}), tmp_path, 29600)
     assert Path(command[0]).name in ("deepspeed", Path(sys.executable).name)
     joined = " ".join(command)
-    assert "--num_gpus 2" in joined and "--master_port 29555" in joined
+    assert "--hostfile /etc/gallery/hosts" in joined and "--master_port 29600" in joined
+    assert "--num_gpus" not in joined
     assert command[-4:] == ["--module", "gallery_trainer.rank", "--workdir", str(tmp_path)]
-    assert "--resume" in launch_command(spec_with({"ranks": 2}), tmp_path, 29555, resume=True)
 
 
-def test_a_hostfile_replaces_the_local_rank_count(tmp_path: Path) -> None:
-    command = launch_command(spec_with({"ranks": 8, "hostfile": "/etc/gallery/hosts"}), tmp_path, 29600)
-    joined = " ".join(command)
-    assert "--hostfile /etc/gallery/hosts" in joined and "--num_gpus" not in joined
+def test_ranks_on_this_machine_start_without_a_launcher(tmp_path: Path) -> None:
+    for engine in ({"ranks": 1}, {"ranks": 2}, {"kind": "ddp", "ranks": 3}):
+        assert launcher.runs_locally(spec_with(engine))
+    assert not launcher.runs_locally(spec_with({"ranks": 2, "hostfile": "hosts"}))
+    assert launcher.rank_command(tmp_path, resume=True) == [
+        sys.executable,
+        "-m",
+        "gallery_trainer.rank",
+        "--workdir",
+        str(tmp_path),
+        "--resume",
+    ]
+    with pytest.raises(TrainingFailed, match="needs no launcher"):
+        launch_command(spec_with({"kind": "ddp", "ranks": 3}), tmp_path, 29700)
 
 
-def test_ddp_command_runs_torch_distributed_run(tmp_path: Path) -> None:
-    command = launch_command(spec_with({"kind": "ddp", "ranks": 3}), tmp_path, 29700)
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
-    joined = " ".join(command)
-    assert "--nproc_per_node 3" in joined and "--master_port 29700" in joined
-    assert "-m gallery_trainer.rank --workdir " + str(tmp_path) in joined
+def test_each_rank_started_here_is_told_its_place_as_a_launcher_would(tmp_path: Path) -> None:
+    spec = spec_with({"ranks": 2})
+    env = launcher.rank_environment(spec, 29501, 1)
+    told = {k: env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    assert told == {
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29501",
+    }
+    assert "MASTER_PORT" not in launcher.rank_environment(spec, 29501)  # a launcher's own environment
 
 
 def test_metrics_tail_returns_only_complete_new_lines(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 """Starting the ranks as child processes, following their metrics, and stopping them.
 
-A job of one rank on this machine runs that rank as the only process (`python -m gallery_trainer.rank`,
-with the environment a launcher would give it). Larger DeepSpeed jobs go through the DeepSpeed launcher
-(`deepspeed --num_gpus N --master_port P --module gallery_trainer.rank ...`, or `--hostfile` for several
-machines; a spec with `engine.nodes` follows its launch plan, see `gallery_trainer.multinode`); DDP jobs
-through `python -m torch.distributed.run`. Their output goes to `train.log` in the workdir; the ranks
-keep compiled ops in this installation's folder (`gallery_trainer.engine.build_ops`).
+The ranks of a job on this machine are started here, one `python -m gallery_trainer.rank` each, with the
+environment a launcher would give them (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): a
+launcher in between is one more Python process importing torch (DeepSpeed's are two) before any rank
+starts. Jobs over several machines go through the DeepSpeed launcher (`--hostfile`; a spec with
+`engine.nodes` follows its launch plan, see `gallery_trainer.multinode`). Their output goes to
+`train.log` in the workdir; the ranks keep compiled ops in this installation's folder
+(`gallery_trainer.engine.build_ops`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
@@ -58,23 +59,24 @@ def deepspeed_launcher() -> list[str]:
     return [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
-def runs_directly(spec: JobSpec) -> bool:
-    """Whether the job is one rank on this machine, started without a launcher process above it
-    (each launcher is a Python process that imports torch, and DeepSpeed's are two)."""
-    engine = spec.engine
-    return engine.ranks == 1 and not engine.hostfile and not engine.nodes
+def runs_locally(spec: JobSpec) -> bool:
+    """Whether every rank of the job runs on this machine, started here without a launcher."""
+    return not spec.engine.hostfile and not spec.engine.nodes
+
+
+def rank_command(workdir: Path, *, resume: bool = False) -> list[str]:
+    """The command of one rank of a job started here."""
+    return [sys.executable, "-m", WORKER_MODULE, "--workdir", str(workdir), *(["--resume"] if resume else [])]
 
 
 def launch_command(spec: JobSpec, workdir: Path, port: int, *, resume: bool = False) -> list[str]:
-    """The command that starts every rank of `spec`'s engine for the job prepared in `workdir`.
+    """The launcher command that starts every rank of a job over several machines (see `runs_locally`).
 
     For a spec with `engine.nodes` it also writes the launch plan's hostfile into `workdir`, and raises
     TrainingFailed for a per_node plan over several machines (each node starts its own launcher).
     """
     worker_args = ["--workdir", str(workdir)] + (["--resume"] if resume else [])
     engine = spec.engine
-    if runs_directly(spec):
-        return [sys.executable, "-m", WORKER_MODULE, *worker_args]
     if engine.kind == "deepspeed" and engine.nodes:
         from gallery_trainer.multinode import PlanError, launch_plan  # it builds on this module
 
@@ -85,29 +87,10 @@ def launch_command(spec: JobSpec, workdir: Path, port: int, *, resume: bool = Fa
             raise TrainingFailed(str(exc)) from None
         plan.write()
         return command
-    if engine.kind == "deepspeed":
-        command = [*deepspeed_launcher(), "--master_port", str(port)]
-        if engine.hostfile:
-            command += ["--hostfile", engine.hostfile]
-        else:
-            command += ["--num_gpus", str(engine.ranks)]
-        return [*command, "--module", WORKER_MODULE, *worker_args]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        str(engine.ranks),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        "-m",
-        WORKER_MODULE,
-        *worker_args,
-    ]
+    if engine.kind != "deepspeed" or not engine.hostfile:
+        raise TrainingFailed(f"engine: a {engine.kind} job on this machine needs no launcher")
+    command = [*deepspeed_launcher(), "--master_port", str(port), "--hostfile", engine.hostfile]
+    return [*command, "--module", WORKER_MODULE, *worker_args]
 
 
 class MetricsTail:
@@ -137,43 +120,66 @@ class MetricsTail:
         return parsed
 
 
-def rank_environment(spec: JobSpec, port: int) -> dict[str, str]:
-    """The environment the job's processes start with."""
+def rank_environment(spec: JobSpec, port: int, rank: int | None = None) -> dict[str, str]:
+    """The environment of the job's launcher, or with `rank` of that rank of a job started here."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     # each rank would otherwise start a thread per core and the ranks would fight over the cores
     per_rank = max(1, (os.cpu_count() or 1) // spec.engine.ranks)
     env.setdefault("OMP_NUM_THREADS", str(per_rank))
     env["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
-    if runs_directly(spec):
-        # what the DeepSpeed launcher and torch.distributed.run tell a rank of a world of one
-        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if rank is not None:
+        # what the DeepSpeed launcher and torch.distributed.run tell a rank on a single machine
+        world = str(spec.engine.ranks)
+        env.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=world,
+            LOCAL_SIZE=world,
+            CROSS_RANK="0",
+            CROSS_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
     return env
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop the launcher and every rank it started (they share its new session's process group).
+class RankProcesses:
+    """The processes a job started (its ranks, or its launcher), all in one new process group."""
 
-    Returns once no process of the group is left: the launcher may exit before its ranks do.
-    """
-    for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, STOP_GRACE_SECONDS)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        if _group_gone(process, grace):
-            break
-    process.poll()
+    def __init__(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.processes = processes
+        self.pgid = processes[0].pid
 
+    def poll(self) -> int | None:
+        """None while they run; else 0 when every one succeeded, or the first failure's exit code (a
+        rank that failed leaves its peers waiting in a collective: the caller stops the rest)."""
+        codes = [process.poll() for process in self.processes]
+        failed = [code for code in codes if code not in (None, 0)]
+        if failed:
+            return failed[0]
+        return None if None in codes else 0
 
-def _group_gone(process: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        process.poll()  # reap the launcher so it does not linger as a zombie
-        if not _live_members(process.pid):
-            return True
-        time.sleep(0.05)
-    return False
+    def stop(self) -> None:
+        """Stop every process of the group; returns once none is left (a launcher may exit before its
+        ranks do)."""
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, STOP_GRACE_SECONDS)):
+            try:
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                break
+            if self._gone(grace):
+                break
+        self.poll()
+
+    def _gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()  # reap ours so they do not linger as zombies
+            if not _live_members(self.pgid):
+                return True
+            time.sleep(0.05)
+        return False
 
 
 def _live_members(pgid: int) -> list[int]:
@@ -224,39 +230,63 @@ def run_ranks(
     """
     for stale in workdir.glob(ERROR_FILE_PATTERN.format(rank="*")):
         stale.unlink()
-    command = launch_command(spec, workdir, port, resume=resume)
     with open(workdir / LOG_FILE, "ab") as log:
-        log.write(("$ " + " ".join(command) + "\n").encode())
-        log.flush()
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=rank_environment(spec, port),
-            start_new_session=True,
-            # a trainer SIGKILLed mid-job takes its launcher with it (which stops its ranks); this thread
-            # waits for the launcher, so it lives as long as the launcher does
-            preexec_fn=die_with_parent(),
-        )
+        ranks = _start(spec, workdir, port, resume, log)
     tail = MetricsTail(workdir / METRICS_FILE)
     try:
-        while process.poll() is None:
+        while (returncode := ranks.poll()) is None:
             if cancel is not None and cancel.wait(POLL_SECONDS):
-                _stop(process)
+                ranks.stop()
                 raise JobCancelled("the job was cancelled")
             if cancel is None:
                 threading.Event().wait(POLL_SECONDS)
             _deliver(tail, on_metrics)
         _deliver(tail, on_metrics)
+        if returncode != 0:
+            ranks.stop()  # the failed rank's peers
     except BaseException:
-        _stop(process)
+        ranks.stop()
         raise
     finally:
         remove_shared_buffers(port)
-    if process.returncode != 0:
-        raise TrainingFailed(failure_reason(workdir, process.returncode))
+    if returncode != 0:
+        raise TrainingFailed(failure_reason(workdir, returncode))
+
+
+def _start(spec: JobSpec, workdir: Path, port: int, resume: bool, log: BinaryIO) -> RankProcesses:
+    """Start the job's ranks here, or its launcher, in a new process group led by the first process (a new
+    group in the trainer's session: a process may join only a group of its own session)."""
+    local = runs_locally(spec)
+    commands = (
+        [rank_command(workdir, resume=resume)] * spec.engine.ranks
+        if local
+        else [launch_command(spec, workdir, port, resume=resume)]
+    )
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for index, command in enumerate(commands):
+            log.write(("$ " + ("" if not local else f"RANK={index} ") + " ".join(command) + "\n").encode())
+            log.flush()
+            group = processes[0].pid if processes else 0
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    cwd=workdir,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=rank_environment(spec, port, index if local else None),
+                    # a trainer SIGKILLed mid-job takes its ranks (or its launcher, which stops its ranks)
+                    # with it; this thread waits for them, so it lives as long as they do
+                    preexec_fn=die_with_parent(),
+                    process_group=group,
+                )
+            )
+    except BaseException:
+        if processes:
+            RankProcesses(processes).stop()
+        raise
+    return RankProcesses(processes)
 
 
 def remove_shared_buffers(port: int, shm: Path = SHM_DIR) -> list[Path]:
