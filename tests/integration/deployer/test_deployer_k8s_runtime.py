@@ -92,6 +92,8 @@ async def test_apply_creates_the_four_objects_server_side_with_the_field_manager
     assert status.state is RuntimeState.starting
     assert status.desired == 2
     assert status.endpoints == ("http://digits-v3-fp32.modelgallery.svc.cluster.local:8500",)
+    # the gateway's gRPC front reaches the same Service on its grpc port
+    assert status.grpc_endpoints == {status.endpoints[0]: "digits-v3-fp32.modelgallery.svc.cluster.local:8501"}
     for plural in ("deployments", "services", "horizontalpodautoscalers", "poddisruptionbudgets"):
         assert fake.names(plural) == ["digits-v3-fp32"], plural
     applies = [r for r in fake.requests if r.method == "PATCH"]

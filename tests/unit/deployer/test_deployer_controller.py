@@ -34,7 +34,11 @@ class FakeRuntime:
         if spec.replicas == 0:
             return DeploymentStatus(spec.deployment_id, RuntimeState.scaled_to_zero, 0, 0)
         urls = tuple(f"http://{spec.deployment_id}-{i}:8500" for i in range(spec.replicas))
-        return DeploymentStatus(spec.deployment_id, RuntimeState.ready, spec.replicas, spec.replicas, urls)
+        # the first replica serves OIP over gRPC too, the others REST alone
+        grpc = {urls[0]: f"{spec.deployment_id}-0:8501"}
+        return DeploymentStatus(
+            spec.deployment_id, RuntimeState.ready, spec.replicas, spec.replicas, urls, grpc_endpoints=grpc
+        )
 
     async def apply(self, spec: ServerSpec) -> DeploymentStatus:
         self.specs[spec.deployment_id] = spec
@@ -131,6 +135,14 @@ async def test_the_first_version_takes_all_traffic_and_the_production_alias(cont
     assert weights(controller) == {"m-v1-0": 100.0}
     assert controller.registry.moves == [("m", "production", 1, "first version deployed (model.validated)")]  # type: ignore[union-attr]
     assert announced(controller) == ["deployed:m:1:fp32:production"]
+
+
+async def test_a_route_gives_each_backend_its_grpc_address_where_it_has_one(controller: Controller) -> None:
+    await controller.deploy("m", 1, artifact(1))
+    await controller.scale("m", 1, 2)
+
+    route = controller.routes.routes["m"]  # type: ignore[attr-defined]
+    assert {b.url: b.grpc for b in route.backends} == {"http://m-v1-0:8500": "m-v1-0:8501", "http://m-v1-1:8500": None}
 
 
 async def test_a_new_version_is_a_canary_then_promotion_moves_traffic_alias_and_drains_the_old(

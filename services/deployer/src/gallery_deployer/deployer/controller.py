@@ -534,6 +534,7 @@ class Controller:
         self.fence()  # a deposed leader's replicas must not route over the new leader's
         serving = await self._db(self.store.for_model, model, SERVING)
         endpoints: dict[str, tuple[str, ...]] = {}
+        grpc_endpoints: dict[str, str] = {}
         asleep = bool(serving)
         for record in serving:
             try:
@@ -542,10 +543,15 @@ class Controller:
                 asleep = False
                 continue
             endpoints[record.id] = status.endpoints
+            grpc_endpoints.update(status.grpc_endpoints)
             asleep = asleep and status.state is RuntimeState.scaled_to_zero
         wake_url = f"{self.settings.resolved_public_url}/api/v1/deployments/{model}/wake"
         policy = RoutePolicy(asleep=asleep, wake_url=wake_url)
-        route = ModelRoute(backends=[], policy=policy) if asleep else build_route(serving, endpoints, policy)
+        route = (
+            ModelRoute(backends=[], policy=policy)
+            if asleep
+            else build_route(serving, endpoints, policy, grpc_endpoints)
+        )
         if route is None:
             await self.routes.delete(model)
         else:

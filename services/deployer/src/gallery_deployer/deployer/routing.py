@@ -21,9 +21,14 @@ _ORDER = {Stage.production: 0, Stage.canary: 1, Stage.previous: 2}
 
 
 def build_route(
-    records: Sequence[DeploymentRecord], endpoints: Mapping[str, Sequence[str]], policy: RoutePolicy
+    records: Sequence[DeploymentRecord],
+    endpoints: Mapping[str, Sequence[str]],
+    policy: RoutePolicy,
+    grpc_endpoints: Mapping[str, str] | None = None,
 ) -> ModelRoute | None:
-    """The route for one model's serving records; None when nothing has a ready endpoint."""
+    """The route for one model's serving records; None when nothing has a ready endpoint. A backend gets
+    the gRPC address `grpc_endpoints` gives its URL (the gateway's gRPC front forwards there)."""
+    grpc_endpoints = grpc_endpoints or {}
     backends: list[Backend] = []
     for record in sorted(records, key=lambda r: _ORDER.get(Stage(r.stage), 9)):
         stage = Stage(record.stage)
@@ -36,6 +41,7 @@ def build_route(
                 Backend(
                     id=f"{record.id}-{index}"[:64],
                     url=url,
+                    grpc=grpc_endpoints.get(url),
                     version=str(record.version),
                     variant=record.variant,
                     weight=share if stage is not Stage.previous else 0.0,

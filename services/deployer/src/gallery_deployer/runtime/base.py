@@ -8,7 +8,7 @@ traffic is split between them; a runtime only makes the replicas exist and says 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -75,6 +75,9 @@ class DeploymentStatus:
     replicas: tuple[ReplicaStatus, ...] = ()
     detail: str = ""
     fallback: str | None = None  # why a fallback placement (e.g. CPU instead of GPU) was used
+    # the OIP gRPC address (host:port) of each endpoint that serves gRPC too; the gateway's gRPC front
+    # reaches an endpoint without one over REST
+    grpc_endpoints: Mapping[str, str] = field(default_factory=dict)
 
 
 class Runtime(Protocol):

@@ -7,7 +7,15 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .base import DeploymentStatus, ReplicaStatus, RuntimeState
-from .manifests import ACCELERATOR_LABEL, FALLBACK_ANNOTATION, INSTANCE_LABEL, PORT, KubernetesOptions, service_url
+from .manifests import (
+    ACCELERATOR_LABEL,
+    FALLBACK_ANNOTATION,
+    INSTANCE_LABEL,
+    PORT,
+    KubernetesOptions,
+    grpc_address,
+    service_url,
+)
 
 Progress = Literal["complete", "progressing", "failed"]
 Obj = dict[str, Any]
@@ -217,6 +225,7 @@ def deployment_status(snap: Snapshot, options: KubernetesOptions, now: datetime)
         desired=desired,
         ready=ready,
         endpoints=(service_url(name_of(snap.primary), options),),
+        grpc_endpoints={service_url(name_of(snap.primary), options): grpc_address(name_of(snap.primary), options)},
         replicas=tuple(replica_status(p) for p in sorted(snap.pods, key=name_of)),
         detail=detail,
         fallback=fallback,

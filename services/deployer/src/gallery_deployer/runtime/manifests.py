@@ -52,6 +52,11 @@ def service_url(deployment_id: str, options: KubernetesOptions) -> str:
     return f"http://{deployment_id}.{options.namespace}.svc.{options.cluster_domain}:{PORT}"
 
 
+def grpc_address(deployment_id: str, options: KubernetesOptions) -> str:
+    """The in-cluster host:port of a deployment's Service's gRPC port."""
+    return f"{deployment_id}.{options.namespace}.svc.{options.cluster_domain}:{GRPC_PORT}"
+
+
 def label_value(value: object) -> str:
     """Any value as a valid label value: allowed characters only, at most 63, alphanumeric at both ends."""
     cleaned = _LABEL_BAD.sub("-", str(value))[:63]
