@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from gallery_common.contracts.oip import DATATYPES, raw_tensor_bytes
 from gallery_common.oip_grpc import grpc_predict_v2_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import percentile
+from serve_load import in_child, percentile
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -105,15 +104,7 @@ async def _run(address: str, request: bytes, concurrency: int, seconds: float) -
 
 def measure(url: str, body_file: Path, concurrency: int, seconds: float) -> dict[str, float]:
     """One cell, measured by this module in a child process (bench/serve.py's `Target.load`)."""
-    out = subprocess.run(
-        [sys.executable, __file__, url, str(body_file), str(concurrency), str(seconds)],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"gRPC load generator failed: {out.stderr.strip()[-300:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_child(__file__, url, body_file, concurrency, seconds)
 
 
 def main(argv: list[str]) -> int:

@@ -137,14 +137,19 @@ def measure(url: str, body_file: Path, concurrency: int, seconds: float) -> dict
     """One cell: wrk when installed, else this module's asyncio generator in a child process."""
     if shutil.which("wrk"):
         return run_wrk(url, body_file, concurrency, seconds)
+    return in_child(__file__, url, body_file, concurrency, seconds)
+
+
+def in_child(script: str, url: str, body_file: Path, concurrency: int, seconds: float) -> dict[str, float]:
+    """One cell measured by a load generator `script` (taking URL BODY_FILE CONCURRENCY SECONDS) in a child process."""
     out = subprocess.run(
-        [sys.executable, __file__, url, str(body_file), str(concurrency), str(seconds)],
+        [sys.executable, script, url, str(body_file), str(concurrency), str(seconds)],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr.strip()[-300:]}")
+        raise RuntimeError(f"load generator {Path(script).name} failed: {out.stderr.strip()[-300:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
