@@ -20,7 +20,16 @@ CASES = {
     "model server": (
         "import gallery_deployer.modelserver.__main__, gallery_deployer.modelserver.app,"
         " gallery_deployer.modelserver.model, uvicorn",
-        (*NEVER_AT_START, "opentelemetry.sdk", "sqlalchemy", "alembic", "minio", "nats", "aiohttp"),
+        (
+            *NEVER_AT_START,
+            "opentelemetry.sdk",
+            "sqlalchemy",
+            "alembic",
+            "minio",
+            "nats",
+            "aiohttp",
+            "gallery_common.events",
+        ),
     ),
     # the gateway keeps no database and no artifacts; tracing's SDK loads in its lifespan
     "gateway": (

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .contracts.names import INFER_PREFIX, JOB_STATUS_PREFIX, JOBS_PREFIX, SAMPLE_PREFIX
-from .events import subject_for
 from .settings import GallerySettings
 
-# The permission table names subjects of modules built on the NATS client; they are imported where the
-# table is built, so that reading credentials (`credentials_for`, at a model server's start) loads no client.
+# The permission table names subjects of the event schemas and of modules built on the NATS client;
+# they are imported where the table is built, so that reading credentials (`credentials_for`, at a
+# model server's start) loads neither.
 if TYPE_CHECKING:
     from .work_queue import QueueNames
 
@@ -111,6 +111,7 @@ def _service(name: str, events: Iterable[str] = (), durables: Iterable[str] = ()
     """A service on the lifecycle bus: it keeps the streams, publishes its own events, runs its consumers
     and dead-letters what they cannot handle."""
     from .consumer import DLQ_PREFIX
+    from .events import subject_for
 
     publish = [*_stream_upkeep(EVENTS_STREAM, DLQ_STREAM), f"{DLQ_PREFIX}>"]
     publish += [subject_for(event) for event in events]

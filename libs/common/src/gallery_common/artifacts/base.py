@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeAlias, runtime_checkable
 
+from gallery_common.contracts.refs import ArtifactRef
 from gallery_common.errors import ArtifactError, IntegrityError, InvalidKey, StorageFull
-from gallery_common.events import ArtifactRef
 
 if TYPE_CHECKING:
     from gallery_common.settings import GallerySettings

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from gallery_common.contracts.refs import ArtifactRef
 from gallery_common.errors import ArtifactError, ArtifactNotFound, InvalidKey
-from gallery_common.events import ArtifactRef
 from gallery_common.settings import GallerySettings
 
 from .base import (

@@ -16,8 +16,8 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
+from gallery_common.contracts.refs import ArtifactRef
 from gallery_common.errors import ArtifactError, ArtifactNotFound, GalleryError, InvalidKey, Unavailable
-from gallery_common.events import ArtifactRef
 from gallery_common.settings import GallerySettings, get_settings
 
 from .base import (
