@@ -5,7 +5,9 @@ A batch closes when it holds `max_batch_size` rows or its first request has wait
 nothing running goes straight to the session, without a trip through the queue: a lone caller pays no
 delay and no batching bookkeeping, and under load batches still form from the requests that queue while
 the previous batch runs. Requests whose non-batch dimensions differ run in separate groups of the
-same batch. The session runs in a worker thread so the event loop keeps accepting requests.
+same batch. The session runs in a thread of its own (one: batches run one at a time) so the event
+loop keeps accepting requests; a dedicated executor costs less per run than a shared thread pool with
+its limiter and cancel scopes.
 
 One request never holds more rows than a batch: it is refused, as Triton refuses it. A batch that
 ONNX Runtime refuses is run again one request at a time, so only the request at fault fails.
@@ -17,10 +19,10 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import anyio
 import numpy as np
 
 from gallery_common.errors import GalleryError, Unavailable
@@ -98,6 +100,7 @@ class DynamicBatcher:
         self._idle.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._session_thread = ThreadPoolExecutor(1, thread_name_prefix="onnx-session")
         self.retry_after = max(1, round(max_queue_delay + 0.5))
 
     @property
@@ -115,6 +118,7 @@ class DynamicBatcher:
         self._queue.put_nowait(_STOP)
         if self._task is not None:
             await self._task
+        self._session_thread.shutdown(wait=False)  # a lone request still running finishes first
 
     async def submit(self, inputs: Mapping[str, np.ndarray], rows: int) -> Results:
         """Queue one request and wait for its outputs (its rows of the batch it ran in)."""
@@ -153,13 +157,16 @@ class DynamicBatcher:
         self._busy = False
         self._idle.set()
 
+    async def _run(self, feeds: Mapping[str, np.ndarray]) -> Results:
+        return await asyncio.get_running_loop().run_in_executor(self._session_thread, self._model.run, feeds)
+
     async def _run_alone(self, inputs: Mapping[str, np.ndarray], rows: int, enqueued: float) -> Results:
         """One request straight on the session (nothing queued, nothing running): no future, no queue."""
         started = self._clock()
         if self._observer is not None:
             self._observer.queued(started - enqueued)
         try:
-            results = await anyio.to_thread.run_sync(self._model.run, inputs)
+            results = await self._run(inputs)
         except Exception as exc:  # ONNX Runtime raises its own types
             raise _failure(exc) from None
         if self._observer is not None:
@@ -230,7 +237,7 @@ class DynamicBatcher:
             feeds = {name: np.concatenate([item.inputs[name] for item in group]) for name in names}
         started = self._clock()
         try:
-            results = await anyio.to_thread.run_sync(self._model.run, feeds)
+            results = await self._run(feeds)
         except Exception as exc:  # ONNX Runtime raises its own types; every waiter must hear about it
             if len(group) > 1:
                 # One request's rows (an index out of range, say) fail the whole batch: run each request
