@@ -101,7 +101,15 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
             await explanations.close()
             await plane.close()
 
-    app = FastAPI(title=f"model server {model.name}:{model.version}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No FastAPI-native OpenTelemetry: the model server exports no traces, and checking for a tracer
+    # provider on every request cost about as much CPU as the request's own metrics (py-spy, b32 c1).
+    app = FastAPI(
+        title=f"model server {model.name}:{model.version}",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.add_middleware(AccessMiddleware, settings=settings, sources=[app.router])
     # outermost: infer requests skip the app's middleware and routing (the hot path, infer_route.py)
     app.add_middleware(InferRoute, plane=plane, settings=settings)
