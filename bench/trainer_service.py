@@ -10,6 +10,8 @@ installation that skipped `make install`'s build of DeepSpeed's CPU op), then me
   2 data-parallel ranks and 2 pipeline stages, fresh (the first multi-rank job compiles the op) and
   warm. The peer beside each is the job's own training (first step to last epoch, from its
   metrics.jsonl): the ratio is what the job costs per second of training;
+- CPU seconds per job: the trainer's and its ranks' (reaped children's) CPU time over the job, the
+  figure a loaded machine changes least;
 - each job's phases, from the job's phase as the API reports it (polled every 20 ms) and its metrics;
 - API latency: GET /api/v1/jobs/{id} while nothing trains (p50 / p99 of 200 calls).
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
@@ -121,6 +124,12 @@ def describe(timing: JobTiming, workdir: Path, submitted_wall: float) -> tuple[f
     return training, " · ".join(f"{name} {seconds:.1f}" for name, seconds in steps)
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of `process` and of the children it has reaped (a job's ranks, once it ends)."""
+    times = process.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def get_latency_ms(client: httpx.Client, job_id: str, calls: int = 200) -> tuple[float, float]:
     timings = []
     for _ in range(calls):
@@ -141,10 +150,13 @@ def measure(client: httpx.Client, proc: subprocess.Popen[bytes], started: float,
     misses = int(not ok)
 
     print("submit -> model.trained; peer: the job's own training (first step to last epoch); phases in s")
+    trainer = psutil.Process(proc.pid)
     last_id = ""
     for label, spec, target in JOBS:
         submitted_wall = time.time()
+        cpu_before = cpu_seconds(trainer)
         timing = run_job(client, spec)
+        cpu = cpu_seconds(trainer) - cpu_before
         job = timing.job
         if job["status"] != "succeeded":
             print(f"{label}: {job['status']}: {job['error']}")
@@ -153,7 +165,7 @@ def measure(client: httpx.Client, proc: subprocess.Popen[bytes], started: float,
         ok = timing.seconds <= target
         print(
             f"  {label}: {timing.seconds:.1f} s (target <= {target:g} s) {verdict(ok)}; "
-            f"training {training:.1f} s, ratio {timing.seconds / training:.1f}x"
+            f"training {training:.1f} s, ratio {timing.seconds / training:.1f}x; CPU {cpu:.1f} s"
         )
         print(f"      {phases}")
         misses += int(not ok)
