@@ -311,7 +311,9 @@ def mlflow_registry(work: Path) -> Server:
     argv = [str(MLFLOW.venv / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}", "--workers", "1"]
     argv += ["--default-artifact-root", (work / "mlflow-artifacts").as_uri()]
-    server = Server("MLflow server", argv, {}, "GET", base + MLFLOW.path, lists_model("registered_models", "mlp"))
+    # its job runner (a second process, for GenAI jobs) stays off, as in facts.md's measurement
+    no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = Server("MLflow server", argv, no_jobs, "GET", base + MLFLOW.path, lists_model("registered_models", "mlp"))
     with running(server, work / "mlflow-seed.log", work, f"{base}/health"):
         created = httpx.post(f"{base}/api/2.0/mlflow/registered-models/create", json={"name": "mlp"}, timeout=30)
         if created.status_code != 200:
