@@ -277,11 +277,12 @@ def our_servers(
     # The gateway without a bus: nats-server is not needed here and sampling (1 %) is off.
     gw_code = (
         "import uvicorn; from gallery_common.settings import load_settings;"
+        "from gallery_common.http_server import OneWriteHttpToolsProtocol;"
         "from gallery_deployer.gateway.app import create_app_for;"
         "from gallery_deployer.gateway.settings import GatewaySettings;"
         "s = load_settings(GatewaySettings);"
         "uvicorn.run(create_app_for(s, with_bus=False), host='127.0.0.1', port=s.port, loop='uvloop',"
-        " http='httptools', log_config=None, access_log=False)"
+        " http=OneWriteHttpToolsProtocol, log_config=None, access_log=False)"
     )
     gw_env = {**env, "GALLERY_PORT": str(gw_port), "GALLERY_GRPC_PORT": str(gw_grpc), "GALLERY_SAMPLE_RATE": "0"}
     floor_ready, ms_ready = (

@@ -227,6 +227,7 @@ def create_app(
     description: str | None = None,
     untraced: Callable[[MutableMapping[str, Any]], bool] | None = None,
     inner_middleware: Sequence[Middleware] = (),
+    app_class: type[FastAPI] = FastAPI,
 ) -> FastAPI:
     """Build a service app; nothing connects until the lifespan runs.
 
@@ -238,7 +239,8 @@ def create_app(
     background (no streams are ensured) and /readyz shows its state without being held back by it.
     `untraced(scope)` names requests FastAPI's own OpenTelemetry spans and metrics skip (hot paths).
     Each request passes the metrics, then the access checks (auth, role, body size), then
-    `inner_middleware` in order (the gateway's inference fast path), then FastAPI's routing.
+    `inner_middleware` in order, then FastAPI's routing. `app_class` is a FastAPI subclass to build
+    instead (the gateway's, which answers inference before all of this).
     """
 
     @asynccontextmanager
@@ -271,7 +273,7 @@ def create_app(
             log.info("service started", host=settings.bind_host, port=settings.port)
             yield
 
-    app = FastAPI(
+    app = app_class(
         title=title,
         version=__version__,
         description=description or "",

@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from .http_server import OneWriteHttpToolsProtocol
+
     # Until the app's lifespan configures logging, uvicorn's own lines (bind errors) still reach the log.
     configure_logging(spec.name, settings.log_level)
     uvicorn.run(
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,  # httptools, each response in one write
         log_config=None,
         access_log=False,
         # Bounded, so lifespan shutdown (draining the bus) still runs when a client holds a connection.

@@ -6,14 +6,13 @@ from contextlib import AsyncExitStack
 
 import anyio
 from fastapi import FastAPI
-from starlette.middleware import Middleware
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.routes_kv import RoutesFollower
 from gallery_common.settings import load_settings
 
 from . import api
-from .fastpath import InferFastPath, document_inference, is_inference
+from .fastpath import GatewayApp, document_inference, is_inference
 from .follow import follow_routes
 from .proxy import Gateway
 from .routes import RouteBook
@@ -75,9 +74,9 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         bus_required=False,
         startup=startup,
         untraced=is_inference,
-        # behind the access checks, in front of FastAPI: inference skips FastAPI's routing (its routes
-        # in the OIP router declare the role it needs)
-        inner_middleware=[Middleware(InferFastPath)],
+        # inference is answered before FastAPI's machinery (fastpath.py); its routes in the OIP router
+        # declare the role it needs
+        app_class=GatewayApp,
     )
     document_inference(app)
     return app

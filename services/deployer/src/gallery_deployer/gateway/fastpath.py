@@ -1,90 +1,133 @@
-"""The gateway's inference route, served without FastAPI's routing and dependency machinery.
+"""The gateway's inference route, answered before FastAPI and its middleware see the request.
 
-At 64 concurrent clients FastAPI's per-request work (route matching, dependency solving, request
-objects) cost the gateway about three quarters of its CPU. `POST /v2/models/{model}[/versions/{v}]/infer`
-is the one hot path, so it has one implementation, `InferEndpoint`, a plain ASGI app over `Gateway.infer`.
-Its routes (`INFER_ROUTES`) sit in the OIP router: the app's `AccessMiddleware` reads from them the
-`inference` role they need and the template the HTTP metrics report, checks the token and limits the
-body the endpoint reads (GALLERY_MAX_BODY_BYTES). `InferFastPath`, behind the access checks, hands
-those requests to the endpoint before FastAPI's routing sees them; every other request goes on to
-the FastAPI app. FastAPI documents only its own routes, so `document_inference` adds these to the
-OpenAPI document.
+`POST /v2/models/{model}[/versions/{v}]/infer` is the one hot path, and a proxy should cost less than the
+server it fronts: FastAPI's per-request work (its telemetry hooks, the error, metrics and access
+middlewares, routing, request and response objects) cost the gateway about as much CPU as forwarding the
+request. `GatewayApp` hands these requests to `InferEndpoint`, which does what that stack would: the same
+access check as every route (`access.admit`: the `inference` role, GALLERY_MAX_BODY_BYTES before a byte
+is read and while the body streams in), the body as bytes to `Gateway.infer`, domain errors as
+`{"error": ...}` with their status, an unexpected error logged and answered 500, and the HTTP request
+metrics under the route's template. Inference opens no trace span (sampling it would cost every request).
+The infer routes (`INFER_ROUTES`) sit in the OIP router with the same endpoint, so the access policy and
+the route table still name them; FastAPI documents only its own routes, so `document_inference` adds them
+to the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.datastructures import Headers
+from fastapi.responses import JSONResponse
 from starlette.requests import cookie_parser
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from gallery_common.access import read_body
-from gallery_common.app import ServiceResources, gallery_error_response
+from gallery_common.access import admit, gallery_error_response, read_body, route_path
+from gallery_common.app import HTTP_DURATION, HTTP_REQUESTS, ServiceResources
 from gallery_common.auth import ROLE_ATTRIBUTE
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
 from gallery_common.errors import GalleryError
 from gallery_common.settings import Role
+from gallery_common.telemetry import get_logger
 
+from .metrics import bound
 from .proxy import Gateway
+
+log = get_logger(__name__)
 
 OIP_TAG = "inference (OIP v2)"
 INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+INFER_PATH = "/v2/models/{model}/infer"
+INFER_VERSION_PATH = "/v2/models/{model}/versions/{version}/infer"
+
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
 
 
 def is_inference(scope: MutableMapping[str, Any]) -> bool:
     """True for the requests this fast path answers."""
-    return scope["type"] == "http" and scope.get("method") == "POST" and INFER.match(scope["path"]) is not None
+    return scope["type"] == "http" and scope.get("method") == "POST" and INFER.match(route_path(scope)) is not None
+
+
+def _request_headers(scope: Scope) -> dict[str, str]:
+    # ASGI servers give header names in lower case
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _rendered(response: JSONResponse) -> Reply:
+    return response.status_code, response.raw_headers, bytes(response.body)
 
 
 class InferEndpoint:
-    """Forwards an infer request, as bytes, to the backend the model's traffic policy picks."""
+    """Forwards an infer request, as bytes, to the backend the model's traffic policy picks, and answers it."""
 
     def __init__(self) -> None:
-        # read by AccessMiddleware, which checks it before a byte of the body is read
+        # the role the access policy reads off the infer routes
         setattr(self, ROLE_ATTRIBUTE, Role.inference)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = INFER.match(scope["path"])
-        assert match is not None, "routed here by INFER_ROUTES or InferFastPath"
-        headers = Headers(scope=scope)
+        match = INFER.match(route_path(scope))
+        assert match is not None, "routed here by INFER_ROUTES or GatewayApp"
+        await self.serve(scope, receive, send, match)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
+        started = time.perf_counter()
+        resources: ServiceResources = scope["app"].state.resources
         try:
-            body = await read_body(receive)
-            resources: ServiceResources = scope["app"].state.resources
+            status, headers, body = await self._reply(scope, receive, match, resources)
+        except Exception as exc:  # what the app's error middleware does for every other route
+            log.error("unhandled error", path=scope["path"], exc_info=exc)
+            status, headers, body = _rendered(
+                JSONResponse({"error": "internal error; the service log has the details"}, 500)
+            )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        template = INFER_PATH if match["version"] is None else INFER_VERSION_PATH
+        service = resources.settings.service_name
+        bound(HTTP_REQUESTS, service, "POST", template, str(status)).inc()
+        bound(HTTP_DURATION, service, "POST", template).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _reply(scope: Scope, receive: Receive, match: re.Match[str], resources: ServiceResources) -> Reply:
+        settings = resources.settings
+        try:
+            body = admit(settings, scope, receive, Role.inference, settings.max_body_bytes)
+            data = await read_body(body.receive)
             gateway = resources.core_as(Gateway)
-            cookies = cookie_parser(headers.get("cookie", ""))
-            response = await gateway.infer(match["model"], match["version"], scope["path"], body, headers, cookies)
+            headers = _request_headers(scope)
+            cookie = headers.get("cookie")
+            cookies = cookie_parser(cookie) if cookie else {}
+            answer = await gateway.infer(match["model"], match["version"], scope["path"], data, headers, cookies)
         except GalleryError as exc:
-            response = gallery_error_response(exc)
-        await response(scope, receive, send)
+            return _rendered(gallery_error_response(exc))
+        content = answer.content
+        raw = [(b"content-length", b"%d" % len(content))]
+        raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+        return answer.status_code, raw, content
 
 
 infer = InferEndpoint()
 
 INFER_ROUTES = [
     Route(path, infer, methods=["POST"], name=name, include_in_schema=False)
-    for path, name in (
-        ("/v2/models/{model}/infer", "infer"),
-        ("/v2/models/{model}/versions/{version}/infer", "infer_version"),
-    )
+    for path, name in ((INFER_PATH, "infer"), (INFER_VERSION_PATH, "infer_version"))
 ]
 
 
-class InferFastPath:
-    """Serves inference requests with `infer` itself and hands everything else to `app`."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class GatewayApp(FastAPI):
+    """The gateway's FastAPI app, answering inference with `infer` before any of FastAPI's machinery."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and INFER.match(scope["path"]) is not None:
-            await infer(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER.match(route_path(scope))
+            if match is not None:
+                scope["app"] = self
+                await infer.serve(scope, receive, send, match)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _error_answer(description: str) -> dict[str, Any]:

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from prometheus_client.metrics import MetricWrapperBase
+
 from gallery_common.contracts import serving_metrics
 from gallery_common.telemetry import counter, gauge, histogram
+
+M = TypeVar("M", bound=MetricWrapperBase)
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+
+def bound(metric: M, *labels: str) -> M:
+    """`metric.labels(*labels)`, looked up once: `labels()` takes a lock and checks its arguments on every
+    call, which the request path pays several times per request. The gateway never removes a child."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child  # type: ignore[no-any-return]
+
 
 REQUESTS = counter(
     "gateway_requests_total",

@@ -33,6 +33,7 @@ from . import metrics
 from .balance import plan_chain
 from .breaker import BreakerState, CircuitBreaker
 from .cache import CachedAnswer, make_response_cache
+from .metrics import bound
 from .routes import Backend, ModelRoute, RouteBook
 from .settings import GatewaySettings
 from .upstream import Answer, ConnectFailed, UpstreamError, UpstreamPool
@@ -98,23 +99,29 @@ def _to_cache(served: Answer) -> CachedAnswer | None:
     return CachedAnswer(200, served.headers.get("content-type", "application/json"), served.content, header_length)
 
 
-def _cached_response(cached: CachedAnswer) -> Response:
-    headers = {} if cached.header_length is None else {INFERENCE_HEADER_LENGTH: str(cached.header_length)}
-    return Response(cached.body, status_code=cached.status, media_type=cached.content_type, headers=headers)
+def _cached_answer(cached: CachedAnswer) -> Answer:
+    headers = {"content-type": cached.content_type}
+    if cached.header_length is not None:
+        headers[_BINARY_HEADER] = str(cached.header_length)
+    return Answer(cached.status, headers, cached.body)
 
 
-def _error(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+def _error(status: int, message: str) -> Answer:
+    return Answer(status, {"content-type": "application/json"}, orjson.dumps({"error": message}))
 
 
-def _retry_later(failures: list[Attempt]) -> Response | None:
+def _retry_later(failures: list[Attempt]) -> Answer | None:
     """The last backend answer in `failures` that asked to be retried later (503 with Retry-After), as is."""
     for failure in reversed(failures):
         answer = failure.response
         if answer is not None and answer.status_code == 503 and (wait := answer.headers.get("retry-after")):
-            headers = {**_passed_headers(answer.headers), "Retry-After": wait}
-            return Response(answer.content, status_code=503, headers=headers)
+            return Answer(503, {**_passed_headers(answer.headers), "retry-after": wait}, answer.content)
     return None
+
+
+def as_response(answer: Answer) -> Response:
+    """The client's answer as a Starlette response (the FastAPI routes); the infer path sends it as it is."""
+    return Response(answer.content, status_code=answer.status_code, headers=dict(answer.headers))
 
 
 class Gateway:
@@ -209,7 +216,8 @@ class Gateway:
 
     def _sticky_key(self, route: ModelRoute, headers: Mapping[str, str], cookies: Mapping[str, str]) -> str | None:
         policy = route.policy
-        if policy.sticky_header and (key := headers.get(policy.sticky_header)):
+        # header names arrive in lower case (ASGI, gRPC metadata); a route may name one in any case
+        if policy.sticky_header and (key := headers.get(policy.sticky_header.lower())):
             return key
         if policy.sticky_cookie:
             return cookies.get(policy.sticky_cookie)
@@ -220,7 +228,7 @@ class Gateway:
         _, serving = await self._route(model, version)
         chain = plan_chain(serving, None, self.rng)
         attempt, failures = await self._walk(model, chain, "GET", path, b"", {}, self._inference)
-        return self._answer(model, attempt, failures, self._inference)
+        return as_response(self._answer(model, attempt, failures, self._inference))
 
     async def infer(
         self,
@@ -230,9 +238,10 @@ class Gateway:
         body: bytes,
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
-    ) -> Response:
+    ) -> Answer:
         """Forward an inference request; the body goes through as bytes. When no backend could answer and
-        one asked to be retried later (a full batching queue), the client gets that 503 and Retry-After."""
+        one asked to be retried later (a full batching queue), the client gets that 503 and Retry-After.
+        The answer carries only the headers a client needs (content type, binary-data length, Retry-After)."""
         start = time.perf_counter()
         route, serving = await self._route(model, version)
         cache_key = None
@@ -240,14 +249,14 @@ class Gateway:
             cache_key = _cache_key(model, version, body, headers)
             cached = await self.cache.get(cache_key)
             if cached is not None:
-                metrics.CACHE_HITS.labels(model).inc()
-                return _cached_response(cached)
-            metrics.CACHE_MISSES.labels(model).inc()
+                bound(metrics.CACHE_HITS, model).inc()
+                return _cached_answer(cached)
+            bound(metrics.CACHE_MISSES, model).inc()
         chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
         sent = _passed_headers(headers)
         attempt, failures = await self._walk(model, chain, "POST", path, body, sent, self._inference)
         latency = time.perf_counter() - start
-        metrics.LATENCY.labels(model).observe(latency)
+        bound(metrics.LATENCY, model).observe(latency)
         if attempt is None and (busy := _retry_later(failures)) is not None:
             return busy  # every backend was overloaded: the client learns when to come back
         answer = self._answer(model, attempt, failures, self._inference)
@@ -287,8 +296,8 @@ class Gateway:
         attempt, failures = await self._walk(model, chain, "POST", path, body, _passed_headers(headers), traffic)
         metrics.EXPLAIN_LATENCY.labels(model).observe(time.perf_counter() - start)
         if attempt is None and (busy := _retry_later(failures)) is not None:
-            return busy
-        return self._answer(model, attempt, failures, traffic)
+            return as_response(busy)
+        return as_response(self._answer(model, attempt, failures, traffic))
 
     async def _walk(
         self,
@@ -311,7 +320,7 @@ class Gateway:
             breaker = self.breaker(model, backend.id)
             if not (breaker.allow() if traffic.feeds_breakers else breaker.state is not BreakerState.open):
                 failures.append(Attempt(backend, "open", "circuit open"))
-                traffic.attempts.labels(model, backend.id, "open").inc()
+                bound(traffic.attempts, model, backend.id, "open").inc()
                 continue
             attempt = await self._attempt(backend, method, path, body, headers, min(remaining, traffic.attempt_s))
             answered = attempt.outcome in ("ok", "client_error")
@@ -320,11 +329,11 @@ class Gateway:
                     breaker.record_success()
                 else:
                     breaker.record_failure()
-                metrics.BREAKER_STATE.labels(model, backend.id).set(int(breaker.state))
-            traffic.attempts.labels(model, backend.id, attempt.outcome).inc()
+                bound(metrics.BREAKER_STATE, model, backend.id).set(int(breaker.state))
+            bound(traffic.attempts, model, backend.id, attempt.outcome).inc()
             if answered:
                 if failures and traffic.fallbacks is not None:
-                    traffic.fallbacks.labels(model).inc()
+                    bound(traffic.fallbacks, model).inc()
                 return attempt, failures
             failures.append(attempt)
         return None, failures
@@ -348,16 +357,14 @@ class Gateway:
         outcome = "client_error" if response.status_code >= 400 else "ok"
         return Attempt(backend, outcome, response=response)
 
-    def _answer(self, model: str, attempt: Attempt | None, failures: list[Attempt], traffic: Traffic) -> Response:
+    def _answer(self, model: str, attempt: Attempt | None, failures: list[Attempt], traffic: Traffic) -> Answer:
         if attempt is not None and attempt.response is not None:
             response = attempt.response
-            return Response(
-                response.content, status_code=response.status_code, headers=_passed_headers(response.headers)
-            )
+            return Answer(response.status_code, _passed_headers(response.headers), response.content)
         reasons = "; ".join(f"{f.backend.id}: {f.reason}" for f in failures)
         status = 502 if any(f.outcome == "server_error" for f in failures) else 503
         if traffic.failures is not None:
-            traffic.failures.labels(model, str(status)).inc()
+            bound(traffic.failures, model, str(status)).inc()
         return _error(status, f"no backend of model {model!r} could answer: {reasons}")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
