@@ -13,7 +13,8 @@ A cold start ends at the first *correct* answer, not at an open port:
   SQLite backend, one worker) on `GET /api/2.0/mlflow/registered-models/search` listing the same.
 
 Servers of one comparison take turns launch by launch, so the load of the machine falls on all of
-them alike; each is launched once before the timed runs (bytecode and page cache warm). Figures are
+them alike; each is launched once before the timed runs (bytecode written and page cache warm:
+PYTHONDONTWRITEBYTECODE is unset for them). Figures are
 min / median / max over the runs, with the ratio of medians to the peer. Targets: our model server
 <= 0.6x KServe's, the gateway <= 1.2 s, the registry <= 1.5 s.
 """
@@ -342,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     competitors = not args.skip_competitors
+    # An installed server runs from compiled bytecode; with this set (as in some shells and CI) every
+    # launch would compile again each module edited since its .pyc, ours far more than the peers'.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     print(f"cold starts: launch to the first correct answer, {args.runs} runs each; {os.cpu_count()} CPUs")
 
     lines: list[str] = []

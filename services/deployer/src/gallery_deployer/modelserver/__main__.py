@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import signal
 import sys
 import time
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from .settings import ModelServerSettings
 
 # Flag name → settings field; a flag left out falls back to the GALLERY_* variable.
 FLAGS = {
@@ -59,17 +64,34 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 1 when the model cannot load, 2 on bad settings."""
+    from gallery_common.serve import built_without_collection
+
     overrides = parse_args(argv)
-    # What the start allocates (modules, classes, the session) lives until exit: collecting it again and
-    # again while it is built costs the start CPU for nothing. Collection resumes once it is built, frozen.
-    gc.disable()
-    try:
-        return _serve(overrides)
-    finally:
-        gc.enable()
+    built = built_without_collection(partial(_build, overrides))
+    if isinstance(built, int):
+        return built
+    settings, app = built
+
+    import uvicorn
+
+    # uvicorn re-raises the stop signal once it has drained; a requested stop is a clean exit, not a crash.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_cleanly)
+    uvicorn.run(
+        app,
+        host=settings.bind_host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
 
 
-def _serve(overrides: dict[str, Any]) -> int:
+def _build(overrides: dict[str, Any]) -> tuple[ModelServerSettings, FastAPI] | int:
+    """The settings and the app over the loaded, warmed model, or the exit code that says why not."""
     from gallery_common.errors import GalleryError
     from gallery_common.settings import SettingsError, load_settings
     from gallery_common.telemetry import configure_logging, get_logger
@@ -97,26 +119,7 @@ def _serve(overrides: dict[str, Any]) -> int:
         log.error("model_load_failed", reason=f"{type(exc).__name__}: {exc}", artifact=settings.artifact_uri)
         return 1
     log.info("model_ready", seconds=round(time.perf_counter() - started, 3), port=settings.port)
-
-    import uvicorn
-
-    # uvicorn re-raises the stop signal once it has drained; a requested stop is a clean exit, not a crash.
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop_signal, _exit_cleanly)
-    app = create_app(settings, model)
-    gc.freeze()  # what the start built is never collected, nor scanned again
-    gc.enable()
-    uvicorn.run(
-        app,
-        host=settings.bind_host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
-    return 0
+    return settings, create_app(settings, model)
 
 
 if __name__ == "__main__":
