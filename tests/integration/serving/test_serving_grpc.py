@@ -5,6 +5,7 @@ backend without a gRPC address)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -83,19 +84,27 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Grpc
         assert kinds.server.stop() == 0
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, GrpcServer]) -> Iterator[tuple[str, str]]:
-    """The gateway (REST base URL, gRPC address) with every token the test uses."""
+@contextmanager
+def gateway_process(home: Path, **overrides: object) -> Iterator[tuple[str, str]]:
+    """A gateway (REST base URL, gRPC address) with every token the test uses."""
     settings = GatewaySettings(
-        home=tmp_path_factory.mktemp("gateway"),
+        home=home,
         port=free_port(),
         grpc_port=free_port(),
         api_tokens=f"{TOKEN}:inference,{ADMIN}:admin",  # type: ignore[arg-type]
         model_server_token=TOKEN,  # type: ignore[arg-type]
         sample_rate=0.0,
+        **overrides,  # type: ignore[arg-type]
     )
     with running(create_app_for(settings, with_bus=False), settings.port):
         yield f"http://127.0.0.1:{settings.port}", f"127.0.0.1:{settings.grpc_port}"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, GrpcServer]) -> Iterator[tuple[str, str]]:
+    """The gateway forwarding gRPC natively to a backend's gRPC address where the route gives one."""
+    with gateway_process(tmp_path_factory.mktemp("gateway"), grpc_forward="grpc") as addresses:
+        yield addresses
 
 
 def put_route(base: str, model: str, server: GrpcServer, *, grpc_address: str | None) -> None:
@@ -311,3 +320,19 @@ def test_the_gateway_falls_back_and_says_why_no_backend_answered(
         down.status() == "StatusCode.UNAVAILABLE" and "no backend of model 'tiny' could answer: dead:" in down.message()
     )
     client.close()
+
+
+def test_by_default_the_gateway_reaches_backends_over_rest(servers: dict[str, GrpcServer], tmp_path: Path) -> None:
+    """GALLERY_GRPC_FORWARD=rest (the default) leaves a route's gRPC address unused: here a dead one."""
+    dead = f"127.0.0.1:{free_port()}"
+    with gateway_process(tmp_path) as (base, address):
+        backend = {"id": "only", "url": servers["tiny"].server.url, "grpc": dead}
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        response = httpx.put(f"{base}/admin/routes/tiny", json={"backends": [backend]}, headers=headers)
+        assert response.status_code == 200, response.text
+        client = triton_grpc.InferenceServerClient(address)
+        x = np.ones((1, 4), np.float32)
+        result = client.infer("tiny", [features(x)], request_id="d-1", headers=AUTH)
+        np.testing.assert_allclose(result.as_numpy("logits"), expected_logits(x), rtol=1e-5)
+        assert result.get_response().id == "d-1"
+        client.close()

@@ -3,10 +3,13 @@
 ModelInfer takes the REST route's policy: the model's route (a sleeping model is woken), the version
 filter, the weighted and sticky choice (the sticky header is read from the call's metadata), the
 fallback chain, the circuit breakers and the inference metrics. The request is parsed once, for the
-model's name, and forwarded as the bytes that came in to a backend's gRPC server (`Backend.grpc`),
-whose answer goes back as it came; a backend without a gRPC address is sent the same tensors over REST
-(binary tensors), and its answer is turned into a `ModelInferResponse`. Metadata and readiness go over
-REST (`Gateway.forward_get`). gRPC traffic is not cached, mirrored to a shadow or sampled for the monitor.
+model's name. By default (GALLERY_GRPC_FORWARD=rest) its tensors go to the backend's REST API as binary
+tensors, through the REST side's client, and the answer is turned into a `ModelInferResponse`: with
+grpcio's Python server and client on both ends a gRPC hop measured dearer than a REST one, for the
+gateway and even more for the model server. With `grpc` the bytes that came in go to a backend's gRPC
+address (`Backend.grpc`; REST where the route gives none) and its answer goes back as it came.
+Metadata and readiness go over REST (`Gateway.forward_get`). gRPC traffic is not cached, mirrored to a
+shadow or sampled for the monitor.
 Every call needs the `inference` role, as on the REST side.
 """
 
@@ -94,6 +97,7 @@ class GatewayServicer:
         self._settings = settings
         self._gateway = gateway
         self._started = started
+        self._native = settings.grpc_forward == "grpc"
         self.channels = BackendChannels(settings.max_body_bytes)
         token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
         self._backend_metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -212,7 +216,7 @@ class GatewayServicer:
                 metrics.REQUESTS.labels(model, backend.id, "open").inc()
                 continue
             timeout = min(remaining, settings.request_timeout_s)
-            if backend.grpc is not None:
+            if backend.grpc is not None and self._native:
                 outcome, reason, answer = await self._grpc_attempt(backend.grpc, data, timeout)
             else:
                 outcome, reason, answer = await self._rest_attempt(backend, request, timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
@@ -16,6 +17,11 @@ class GatewaySettings(GallerySettings):
     port: int = Field(default=8080, ge=1, le=65535)
     grpc_port: int = Field(
         default=0, ge=0, le=65535, description="also serve OIP v2 over gRPC on this port; 0: no gRPC"
+    )
+    grpc_forward: Literal["rest", "grpc"] = Field(
+        default="rest",
+        description="how gRPC requests reach a backend: its REST API (measured cheaper for gateway and model "
+        "server alike), or its gRPC address where the route gives one",
     )
     routes_file: Path | None = Field(default=None, description="default $GALLERY_HOME/gateway/routes.json")
     request_timeout_s: float = Field(default=2.0, gt=0, description="limit for one attempt at one backend")
