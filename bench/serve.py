@@ -304,7 +304,8 @@ def our_servers(
             Target(FLOOR, f"http://127.0.0.1:{floor_port}{INFER_PATH}", [floor.pid]),
             Target(MODEL_SERVER, f"http://127.0.0.1:{ms_port}{INFER_PATH}", [ms.pid]),
             Target(GATEWAY, f"http://127.0.0.1:{gw_port}{INFER_PATH}", [gw.pid, ms.pid], {"gateway": [gw.pid]}),
-            # OIP over gRPC (bench/serve_grpc_load.py): the same servers, the gateway forwarding to the gRPC port
+            # OIP over gRPC (bench/serve_grpc_load.py): the same servers; the gateway reaches the model server
+            # as its GALLERY_GRPC_FORWARD default says (over REST)
             Target(MODEL_SERVER_GRPC, f"grpc://127.0.0.1:{ms_grpc}/mlp", [ms.pid], None, measure_grpc, grpc_check),
             Target(
                 GATEWAY_GRPC,
