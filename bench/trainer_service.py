@@ -13,7 +13,11 @@ installation that skipped `make install`'s build of DeepSpeed's CPU op), then me
 - CPU seconds per job: the trainer's and its ranks' (reaped children's) CPU time over the job, the
   figure a loaded machine changes least;
 - each job's phases, from the job's phase as the API reports it (polled every 20 ms) and its metrics;
-- API latency: GET /api/v1/jobs/{id} while nothing trains (p50 / p99 of 200 calls).
+- API latency: GET /api/v1/jobs/{id} while nothing trains (p50 / p99 of 200 calls);
+- the ranks' start side by side with their peer, the launcher chain the trainer used before (`deepspeed
+  --num_gpus N --module gallery_trainer.rank`: the launcher, its per-node launch, then the ranks) against
+  the trainer's own start (`gallery_trainer.launcher.run_ranks`), alternating on one prepared digits
+  workdir: wall seconds and CPU seconds of every process (median of --repeats), and the ratio.
 
     .venv/bin/python bench/trainer_service.py [--strict]
 """
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +43,9 @@ import psutil
 
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
+from gallery_trainer.launcher import deepspeed_launcher, rank_environment, remove_shared_buffers, run_ranks
+from gallery_trainer.pipeline import prepare_job
+from gallery_trainer.spec import parse_spec
 
 READY_TARGET_S = 5.0
 WARM_TARGET_S = 8.0
@@ -180,10 +189,59 @@ def measure(client: httpx.Client, proc: subprocess.Popen[bytes], started: float,
     return misses + int(not ok)
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def start_side_by_side(root: Path, repeats: int) -> None:
+    """The ranks of a prepared job started through DeepSpeed's launcher chain and by the trainer, alternating."""
+    print("rank start, launcher chain (peer) vs the trainer's own (ours): median wall s / CPU s of all processes")
+    for label, spec_doc in (
+        ("1 rank", digits("side-1")),
+        ("2-rank data parallel", digits("side-dp", ranks=2)),
+        ("2-stage pipeline", digits("side-pp", ranks=2, pipeline_stages=2)),
+    ):
+        spec = parse_spec(spec_doc)
+        prepared = root / f"prepared-{spec.name}"
+        prepare_job(spec, prepared)
+        figures: dict[str, list[tuple[float, float]]] = {"peer": [], "ours": []}
+        for i in range(repeats):
+            for who in ("peer", "ours"):
+                workdir = root / f"{spec.name}-{who}-{i}"
+                shutil.copytree(prepared, workdir)
+                port = free_port()
+                wall, cpu = time.perf_counter(), children_cpu()
+                if who == "ours":
+                    run_ranks(spec, workdir, port)
+                else:
+                    command = [*deepspeed_launcher(), "--master_port", str(port), "--num_gpus", str(spec.engine.ranks)]
+                    command += ["--module", "gallery_trainer.rank", "--workdir", str(workdir)]
+                    with open(workdir / "train.log", "ab") as log:
+                        subprocess.run(
+                            command, cwd=workdir, env=rank_environment(spec, port), stdout=log, stderr=log, check=True
+                        )
+                    remove_shared_buffers(port)
+                figures[who].append((time.perf_counter() - wall, children_cpu() - cpu))
+        peer_wall, peer_cpu = (statistics.median(f[k] for f in figures["peer"]) for k in (0, 1))
+        our_wall, our_cpu = (statistics.median(f[k] for f in figures["ours"]) for k in (0, 1))
+        spread = max(f[0] for f in figures["ours"]) - min(f[0] for f in figures["ours"])
+        print(
+            f"  {label}: peer {peer_wall:.1f} s / {peer_cpu:.1f} s CPU, ours {our_wall:.1f} s / {our_cpu:.1f} s CPU "
+            f"(ours {our_wall / peer_wall:.2f}x wall, {our_cpu / peer_cpu:.2f}x CPU; our wall spread {spread:.1f} s)"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strict", action="store_true", help="exit 1 on any MISS")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side in the side-by-side start")
+    parser.add_argument("--only-start", action="store_true", help="measure only the side-by-side start")
     args = parser.parse_args()
+    if args.only_start:
+        with tempfile.TemporaryDirectory(prefix="bench-ranks-") as tmp:
+            start_side_by_side(Path(tmp), args.repeats)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp, EmbeddedNats(Path(tmp) / "nats") as nats:
         port = free_port()
         env = {
@@ -208,6 +266,7 @@ def main() -> int:
         if misses < 0:
             print(log_path.read_text()[-3000:])
             return 1
+        start_side_by_side(Path(tmp), args.repeats)
     return 1 if misses and args.strict else 0
 
 
