@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # Model Gallery trainer (port 8002): data preparation, DeepSpeed / DDP training, model.trained.
+# DeepSpeed compiles its CPU all-reduce op for jobs of several ranks on the CPU; the root filesystem is
+# read-only, so the ranks keep it under GALLERY_HOME (TORCH_EXTENSIONS_DIR). The slim image has no C++
+# compiler: such jobs need one (single-rank jobs and GPU jobs do not use the op).
 # PyTorch is the CPU build, taken from the index TORCH_INDEX_URL names. Flower has its own venv,
 # /opt/flower (GALLERY_FLOWER_PYTHON): a federated job's coordinator runs here, and so does a site
 # (`python -m gallery_trainer.federated.site ...`, what `gallery site run` starts; deploy/k8s/federated-site).
@@ -33,7 +36,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GALLERY_HOST=0.0.0.0 \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/cache \
-    GALLERY_FLOWER_PYTHON=/opt/flower/bin/python
+    GALLERY_FLOWER_PYTHON=/opt/flower/bin/python \
+    TORCH_EXTENSIONS_DIR=/var/lib/modelgallery/torch_extensions
 # The wheels built above are the only index: the versions are the ones the builder resolved.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
