@@ -153,3 +153,12 @@ async def test_requests_over_the_limit_wait_for_a_free_connection() -> None:
         answers = await asyncio.gather(*(pool.request("POST", f"{url}/x", b"1", {}, 5) for _ in range(6)))
     assert [a.content for a in answers] == [b"ok"] * 6
     assert most == 2
+
+
+async def test_a_header_that_would_smuggle_another_is_refused_before_anything_is_sent() -> None:
+    pool = UpstreamPool(max_connections=1)
+    async with backend(echo_keep_alive) as (url, connections):
+        with pytest.raises(ValueError, match="line break"):
+            await pool.request("POST", f"{url}/x", b"1", {"x-session": "a\r\nauthorization: Bearer stolen"}, 5)
+        assert (await pool.request("POST", f"{url}/x", b"1", {"x-session": "a"}, 5)).content == b"echo:1:/x"
+    assert len(connections) == 1  # the refused request never opened one

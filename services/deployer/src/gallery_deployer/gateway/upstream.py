@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+# headers this client writes itself, whatever a caller passes
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
 # uvicorn closes a keep-alive connection after 5 s idle; one idle longer than this is not reused, so
 # the gateway never races the backend's close
 IDLE_REUSE_S = 4.0
@@ -158,12 +160,11 @@ class _Origin:
 
 
 def _header_lines(headers: Mapping[str, str]) -> bytes:
-    lines = []
-    for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise ValueError(f"header {name!r} holds a line break")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-    return b"".join(lines)
+    """`name: value` lines; a line break inside a name or value (header injection) is refused."""
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+        raise ValueError("a header name or value holds a line break")
+    return text.encode("latin-1")
 
 
 class UpstreamPool:
@@ -190,15 +191,15 @@ class UpstreamPool:
         return origin, target.encode("latin-1")
 
     def _encode(self, method: str, origin: _Origin, target: bytes, body: bytes, headers: Mapping[str, str]) -> bytes:
-        merged = {**self._defaults, **{name.lower(): value for name, value in headers.items()}}
-        merged.pop("host", None)
-        merged.pop("content-length", None)
+        if self._defaults or any(name.lower() in _FRAMING for name in headers):
+            headers = {**self._defaults, **{name.lower(): value for name, value in headers.items()}}
+            headers = {name: value for name, value in headers.items() if name not in _FRAMING}
         head = b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n%s\r\n" % (
             method.encode("ascii"),
             target,
             origin.host_header,
             len(body),
-            _header_lines(merged),
+            _header_lines(headers),
         )
         return head + body
 
