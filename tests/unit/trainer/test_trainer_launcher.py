@@ -114,3 +114,27 @@ def test_the_shared_memory_deepspeed_leaves_for_a_job_is_removed(tmp_path: Path)
 
     assert len(removed) == 2
     assert [p.name for p in tmp_path.iterdir()] == [other_job.name]  # another running job keeps its buffer
+
+
+PEER_WAITING_ON_A_FAILED_RANK = """
+import os, sys, time
+if os.environ["RANK"] == "1":
+    print("rank 1 gives up", flush=True)
+    sys.exit(3)
+time.sleep(600)  # rank 0 blocked in a collective its failed peer never joins
+"""
+
+
+def test_a_failed_rank_stops_its_peers_and_the_job_fails_with_its_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "rank.py"
+    script.write_text(PEER_WAITING_ON_A_FAILED_RANK)
+    monkeypatch.setattr(launcher, "rank_command", lambda workdir, resume=False: [sys.executable, str(script)])
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    with pytest.raises(TrainingFailed, match=r"exited with code 3.*rank 1 gives up"):
+        launcher.run_ranks(spec_with({"kind": "ddp", "ranks": 2}), workdir, 29650)
+    # the waiting peer was stopped and reaped, not left to sleep on
+    left = [p.pid for p in launcher.psutil.process_iter(["cmdline"]) if str(script) in (p.info["cmdline"] or [])]
+    assert left == []
