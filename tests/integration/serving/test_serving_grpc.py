@@ -5,8 +5,10 @@ backend without a gRPC address)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from threading import Barrier
 
 import grpc
 import httpx
@@ -74,7 +76,9 @@ def start_grpc_server(artifact: Artifact, *extra: str) -> GrpcServer:
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, GrpcServer]]:
     home = tmp_path_factory.mktemp("gallery")
     tiny = start_grpc_server(put_artifact(home, "tiny/1.0.0/model.onnx", tiny_model()))
-    kinds = start_grpc_server(put_artifact(home, "kinds/1/model.onnx", kinds_model()), "--model", "kinds")
+    # one request waits 300 ms for company and a second one finds the queue full: the overload test's server
+    overload = ("--max-queue", "1", "--max-queue-delay-ms", "300", "--no-eager-batching")
+    kinds = start_grpc_server(put_artifact(home, "kinds/1/model.onnx", kinds_model()), "--model", "kinds", *overload)
     try:
         wait_ready(tiny.server)
         wait_ready(kinds.server)
@@ -336,3 +340,30 @@ def test_by_default_the_gateway_reaches_backends_over_rest(servers: dict[str, Gr
         np.testing.assert_allclose(result.as_numpy("logits"), expected_logits(x), rtol=1e-5)
         assert result.get_response().id == "d-1"
         client.close()
+
+
+def test_a_full_queue_answers_unavailable_with_the_reason(servers: dict[str, GrpcServer]) -> None:
+    """The kinds server queues one request at most; the others of a burst are refused, not held."""
+    burst = 6
+    clients = [triton_grpc.InferenceServerClient(servers["kinds"].grpc) for _ in range(burst)]
+    ids = triton_grpc.InferInput("ids", [1, 2], "INT64")
+    ids.set_data_from_numpy(np.array([[1, 2]], np.int64))
+    words = triton_grpc.InferInput("words", [1, 1], "BYTES")
+    words.set_data_from_numpy(np.array([["w"]], dtype=object))
+    start = Barrier(burst)
+
+    def one(client: triton_grpc.InferenceServerClient) -> str:
+        start.wait()  # all at once, within the first request's 300 ms wait
+        try:
+            client.infer("kinds", [ids, words], headers=AUTH)
+            return "ok"
+        except InferenceServerException as exc:
+            return f"{exc.status()}: {exc.message()}"
+
+    with ThreadPoolExecutor(burst) as pool:
+        outcomes = list(pool.map(one, clients))
+    for client in clients:
+        client.close()
+    refused = [o for o in outcomes if o != "ok"]
+    assert "ok" in outcomes and refused, outcomes
+    assert all(o.startswith("StatusCode.UNAVAILABLE") and "already waiting; retry later" in o for o in refused)
