@@ -53,7 +53,9 @@ def test_a_lock_left_by_a_killed_build_is_cleared_with_a_log_line(
 
 def test_the_lock_of_a_build_still_compiling_is_kept(tmp_path: Path) -> None:
     op_dir = tmp_path / build_ops.COMM_OP
-    lock = killed_build(op_dir)
+    op_dir.mkdir()
+    lock = op_dir / build_ops.TORCH_LOCK
+    lock.touch()  # as torch's FileBaton makes it
     # torch runs ninja and the compiler in the op's folder: a live one there means the build goes on
     compiler = subprocess.Popen(["sleep", "60"], cwd=op_dir)
     try:
