@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+    # DeepSpeed's autotuner imports MLflow whenever it is installed (a dev environment has its client):
+    # seconds of every rank's start for a module a rank never uses; None makes that import fail fast
+    sys.modules.setdefault("mlflow", None)  # type: ignore[arg-type]
     try:
         train_rank(args.workdir, resume=args.resume)
     except RankError as exc:
