@@ -89,7 +89,7 @@ def test_inference_keeps_answering_while_an_explanation_runs(slow: str) -> None:
 
 def test_back_to_back_explanations_rest_so_they_take_only_their_share_of_the_cpu(tmp_path: Path) -> None:
     # a job long enough that the HTTP round trip around it (longer on a loaded machine) stays small beside it
-    body = explain_body("features", X[:1], nsamples=240)
+    body = explain_body("features", X[:1], nsamples=480)
     share = 0.25  # after a job of t seconds, the worker rests 3t
     with model_server(
         tmp_path, "slow", "1", slow_classifier(FEATURES), table_explainer(X, None), explain_cpu_share=share

@@ -173,7 +173,10 @@ def test_model_servers_are_found_by_the_labels_the_deployer_puts_on_them() -> No
             (source,) = rule["source_labels"]
             value = {**pod_labels, "__meta_kubernetes_pod_container_port_number": ports[0]}.get(source)
             assert value is not None and re.fullmatch(rule["regex"], value), f"{source} would drop the deployer's pods"
-    assert ports == [str(MODELSERVER_PORT)]
+    assert ports[0] == str(MODELSERVER_PORT)
+    (by_port,) = [r for r in rules if r.get("source_labels") == ["__meta_kubernetes_pod_container_port_number"]]
+    scraped = [port for port in ports if re.fullmatch(by_port["regex"], port)]
+    assert scraped == [str(MODELSERVER_PORT)], "a model server is scraped once, on its HTTP port (not on gRPC's)"
     targets = {r["target_label"]: r["source_labels"][0] for r in rules if r.get("action", "replace") == "replace"}
     for label, value in (("model", "digits-mlp"), ("version", "2"), ("variant", "int8-dynamic")):
         assert pod_labels.get(targets[label]) == value, f"the {label} target label comes from a pod label"
