@@ -100,13 +100,15 @@ class SchemaMigrations:
 
     def upgrade(self, engine: Engine, revision: str = "head") -> None:
         """Bring the database behind `engine` to `revision` (default: the newest), adopting a create_all one."""
-        if revision == "head" and self._at_head(engine):
-            return
-        from alembic import command
-
-        # Alembic's own INFO lines are plain text; one structured line below says the same.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # The check at head runs under the lock too: a first connection to a SQLite file switches it to WAL,
+        # which fails with "database is locked" while another replica is migrating it.
         with migration_lock(engine, self.version_table):
+            if revision == "head" and self._at_head(engine):
+                return
+            from alembic import command
+
+            # Alembic's own INFO lines are plain text; one structured line below says the same.
+            logging.getLogger("alembic").setLevel(logging.WARNING)
             before = self.current_revision(engine)
             if before is None and self._adopt(engine):
                 before = self.baseline
@@ -162,8 +164,8 @@ class SchemaMigrations:
         return heads.pop() if len(heads) == 1 else None
 
     def _at_head(self, engine: Engine) -> bool:
-        """Whether the database records exactly the scripts' head revision (one query, no lock needed:
-        no replica migrates past the head)."""
+        """Whether the database records exactly the scripts' head revision (one query; the caller holds the
+        migration lock)."""
         head = self.head_revision()
         if head is None:
             return False
