@@ -94,8 +94,8 @@ class DynamicBatcher:
         self._clock = clock
         self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
         self._waiting = 0
-        # the session runs one batch at a time: a lone request run straight or a batch of the loop
-        self._busy = False
+        # set while the session is free: it runs one batch at a time, a lone request run straight or a batch
+        # of the loop
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -134,7 +134,7 @@ class DynamicBatcher:
             )
         if self._waiting >= self._max_queue:
             raise Overloaded(f"{self._waiting} requests are already waiting; retry later", self.retry_after)
-        if self._eager and not self._busy and not self._waiting:
+        if self._eager and self._idle.is_set() and not self._waiting:
             self._hold()
             enqueued = self._clock()
             try:
@@ -150,11 +150,9 @@ class DynamicBatcher:
         return await future
 
     def _hold(self) -> None:
-        self._busy = True
         self._idle.clear()
 
     def _release(self) -> None:
-        self._busy = False
         self._idle.set()
 
     async def _run(self, feeds: Mapping[str, np.ndarray]) -> Results:
