@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -58,6 +59,13 @@ class GrpcAnswer:
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         self.code = code
         self.details = details
+
+
+@dataclass
+class GrpcAttempt(Attempt):
+    """A link tried for a gRPC request: its answer as the client gets it (bytes, or an error to pass on)."""
+
+    answer: bytes | GrpcAnswer | None = None
 
 
 def _raw(data: bytes) -> bytes:
@@ -200,39 +208,19 @@ class GatewayServicer:
     async def _walk(
         self, model: str, chain: list[Backend], data: bytes, request: pb.ModelInferRequest
     ) -> tuple[bytes | GrpcAnswer | None, list[Attempt]]:
-        """Try the links in order until one answers (or refuses the request itself), as `Gateway._walk` does."""
-        gateway = self._gateway
-        settings = self._settings
-        deadline = time.monotonic() + settings.latency_budget_s
-        failures: list[Attempt] = []
-        for backend in chain:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                failures.append(Attempt(backend, "budget", "latency budget spent"))
-                break
-            breaker = gateway.breaker(model, backend.id)
-            if not breaker.allow():
-                failures.append(Attempt(backend, "open", "circuit open"))
-                metrics.REQUESTS.labels(model, backend.id, "open").inc()
-                continue
-            timeout = min(remaining, settings.request_timeout_s)
+        """Try the links as REST inference does (`Gateway.walk`: the same budgets, breakers and counters), each
+        over gRPC where the backend has an address for it and forwarding is native, else over its REST API."""
+
+        async def try_link(backend: Backend, timeout: float) -> Attempt:
             if backend.grpc is not None and self._native:
                 outcome, reason, answer = await self._grpc_attempt(backend.grpc, data, timeout)
             else:
                 outcome, reason, answer = await self._rest_attempt(backend, request, timeout)
-            answered = outcome in ("ok", "client_error")
-            if answered:
-                breaker.record_success()
-            else:
-                breaker.record_failure()
-            metrics.BREAKER_STATE.labels(model, backend.id).set(int(breaker.state))
-            metrics.REQUESTS.labels(model, backend.id, outcome).inc()
-            if answered:
-                if failures:
-                    metrics.FALLBACKS.labels(model).inc()
-                return answer, failures
-            failures.append(Attempt(backend, outcome, reason))
-        return None, failures
+            return GrpcAttempt(backend, outcome, reason, answer=answer)
+
+        gateway = self._gateway
+        attempt, failures = await gateway.walk(model, chain, gateway._inference, try_link)
+        return (attempt.answer if isinstance(attempt, GrpcAttempt) else None), failures
 
     async def _grpc_attempt(self, target: str, data: bytes, timeout: float) -> tuple[str, str, bytes | GrpcAnswer]:
         call = self.channels.infer(target)

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -309,7 +309,23 @@ class Gateway:
         headers: dict[str, str],
         traffic: Traffic,
     ) -> tuple[Attempt | None, list[Attempt]]:
-        """Try the links in order until one answers below 500; returns it and the failures before it."""
+        """Send the request over HTTP down the chain (see `walk`)."""
+
+        async def over_http(backend: Backend, timeout: float) -> Attempt:
+            return await self._attempt(backend, method, path, body, headers, timeout)
+
+        return await self.walk(model, chain, traffic, over_http)
+
+    async def walk(
+        self,
+        model: str,
+        chain: list[Backend],
+        traffic: Traffic,
+        try_link: Callable[[Backend, float], Awaitable[Attempt]],
+    ) -> tuple[Attempt | None, list[Attempt]]:
+        """Try the links in order with `try_link(backend, time limit)` until one answers (ok, or the request's
+        own fault); returns it and the failures before it. Spent budgets and open breakers are failures
+        too; outcomes feed the breakers and the counters as `traffic` says."""
         deadline = time.monotonic() + traffic.budget_s
         failures: list[Attempt] = []
         for backend in chain:
@@ -322,7 +338,7 @@ class Gateway:
                 failures.append(Attempt(backend, "open", "circuit open"))
                 bound(traffic.attempts, model, backend.id, "open").inc()
                 continue
-            attempt = await self._attempt(backend, method, path, body, headers, min(remaining, traffic.attempt_s))
+            attempt = await try_link(backend, min(remaining, traffic.attempt_s))
             answered = attempt.outcome in ("ok", "client_error")
             if traffic.feeds_breakers:
                 if answered:
