@@ -95,7 +95,8 @@ async def test_a_leader_that_cannot_renew_for_two_thirds_of_the_ttl_steps_down()
         await eventually(lambda: not a.election.is_leader, 5.0, "a steps down")
         assert a.lock.calls.count("renew") >= 2, "no renewal failed"
         assert time.monotonic() - a.lock.renewed_at >= TTL_S * 2 / 3 - 0.01, "stepped down at the first failure"
-        assert a.cancelled == [1], "the term's duties were not cancelled"
+        # check() fails from the step-down on; the duties' task ends a moment later
+        await eventually(lambda: a.cancelled == [1], 5.0, "the term's duties cancelled")
         with pytest.raises(NotLeader):
             a.election.check()
         # it could not release: its claim stays until it expires, and no one else acted meanwhile
@@ -124,7 +125,7 @@ async def test_a_leader_whose_claim_another_took_steps_down_at_its_next_renewal(
         usurper = await FakeLock(store).take(store.held, Claim("usurper", None, TTL_S))
         await eventually(lambda: not a.election.is_leader, 5.0, "a steps down")
         assert a.lock.calls.count("renew") == renewals + 1, "the renewal that met the other claim did not depose a"
-        assert a.cancelled == [1]
+        await eventually(lambda: a.cancelled == [1], 5.0, "the term's duties cancelled")
         assert store.held == usurper, "a wrote over the claim it lost"
         assert a.election.leader == Claim("usurper", None, TTL_S)
 
@@ -134,7 +135,8 @@ async def test_a_claim_no_one_renews_is_taken_after_a_ttl_in_a_new_term() -> Non
     dead = await FakeLock(store).take(None, Claim("dead", None, TTL_S))  # a leader that dies right after
     started = time.monotonic()
     async with candidate(FakeLock(store), "heir") as heir:
-        await eventually(lambda: heir.election.is_leader, 5.0, "the heir leads")
+        await eventually(lambda: heir.terms, 5.0, "the heir leads")
+        assert heir.election.is_leader
         assert time.monotonic() - started >= TTL_S, "took a claim younger than its TTL"
         assert heir.terms == [dead.term + 1]
         assert store.held is not None and store.held.claim is not None and store.held.claim.holder == "heir"
@@ -161,7 +163,7 @@ async def test_a_stopping_leader_releases_and_the_follower_takes_over_at_once() 
         await asyncio.gather(leader.task, return_exceptions=True)
         looks = follower.lock.calls.count("read")
         assert leader.cancelled == [1] and "release" in leader.lock.calls
-        await eventually(lambda: follower.election.is_leader, 5.0, "the follower leads")
+        await eventually(lambda: follower.terms, 5.0, "the follower leads")
         # a released claim is taken at the follower's next look, not after watching it for a TTL
         assert follower.lock.calls.count("read") == looks + 1
         assert follower.terms == [2]

@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from nats.js import errors as js_errors
@@ -58,6 +58,7 @@ __all__ = [
     "require_leader",
 ]
 
+T = TypeVar("T")
 TERM_EXTENSION = "leaderterm"  # the CloudEvents extension attribute a leader's events carry its term in
 STEP_DOWN_GRACE_S = 5.0  # how long a cancelled term may take to hand back what it holds
 log = get_logger(__name__)
@@ -92,6 +93,14 @@ class LeaderSettings(GallerySettings):
     @property
     def resolved_leader_identity(self) -> str:
         return self.leader_identity or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """`awaitable` with a time limit (TimeoutError past it). Not `asyncio.wait_for`: on Python 3.11 a cancel
+    that arrives as the awaited call finishes is lost there, and a campaign loop cancelled at that moment
+    ran on forever (a stopping service never stopped; found as a hang of the election's unit tests)."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 class NotLeader(Unavailable):
@@ -229,7 +238,7 @@ class LeaderElection:
             await self._step_down("the process is stopping")
             if held is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(lock.release(held), 2.0)
+                    await _within(2.0, lock.release(held))
 
     def _deadline(self) -> float:
         """When a leader that could not renew must have stepped down: the claim lives a third longer."""
@@ -237,7 +246,7 @@ class LeaderElection:
 
     async def _campaign(self, lock: LeaderLock, lead: Callable[[int], Awaitable[None]]) -> None:
         try:
-            current = await asyncio.wait_for(lock.read(), self.ttl_s / 3)
+            current = await _within(self.ttl_s / 3, lock.read())
         except Exception as exc:
             log.debug("leader_read_failed", role=self.role, reason=f"{type(exc).__name__}: {exc}")
             return
@@ -251,7 +260,7 @@ class LeaderElection:
             log.warning("leader_claim_stale", role=self.role, holder=current.claim.holder, ttl_s=current.claim.ttl_s)
         sent = time.monotonic()
         try:
-            held = await asyncio.wait_for(lock.take(current, self._claim()), self.ttl_s / 3)
+            held = await _within(self.ttl_s / 3, lock.take(current, self._claim()))
         except LockLost:
             return  # another follower was faster
         except Exception as exc:
@@ -275,14 +284,14 @@ class LeaderElection:
             self._held = None
             self._gauge.set(0)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(lock.release(current), self.ttl_s / 3)
+                await _within(self.ttl_s / 3, lock.release(current))
 
     async def _renew(self, lock: LeaderLock) -> None:
         held = self._held
         assert held is not None
         sent = time.monotonic()
         try:
-            renewed = await asyncio.wait_for(lock.renew(held, self._claim()), max(0.05, self._deadline() - sent))
+            renewed = await _within(max(0.05, self._deadline() - sent), lock.renew(held, self._claim()))
         except LockLost:
             await self._step_down("another process holds the claim")
             return
@@ -304,9 +313,18 @@ class LeaderElection:
         if was is not None:
             log.warning("leader_stepped_down", role=self.role, term=was.term, reason=reason)
         if task is not None and not task.done():
+            me = asyncio.current_task()
+            cancels = me.cancelling() if me is not None else 0  # >0 when stepping down because run() was cancelled
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), STEP_DOWN_GRACE_S)
+            try:
+                await _within(STEP_DOWN_GRACE_S, asyncio.shield(task))
+            except TimeoutError:
+                log.warning("leader_duties_still_running", role=self.role, grace_s=STEP_DOWN_GRACE_S)
+            except asyncio.CancelledError:
+                # the term's task ending cancelled is expected; a cancel of this task during the wait goes on up
+                # (it may arrive as the term's task ends, so the count tells, not whether the term's task is done)
+                if not task.done() or (me is not None and me.cancelling() > cancels):
+                    raise
 
 
 class KvLeaderLock:
