@@ -315,7 +315,9 @@ class EventBus:
         The connection reconnects forever, so a server restart is an outage, not an error.
         """
         try:
-            self._opened(await asyncio.wait_for(self._dial(), self.publish_deadline))
+            async with asyncio.timeout(self.publish_deadline):
+                nc = await self._dial()
+            self._opened(nc)
         except TimeoutError:
             raise Unavailable(f"cannot reach NATS at {self.url} within {self.publish_deadline:g}s") from None
         if ensure_streams:

@@ -217,7 +217,8 @@ class Consumer:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 try:
-                    item = await asyncio.wait_for(queue.get(), _IDLE_LIMIT)
+                    async with asyncio.timeout(_IDLE_LIMIT):
+                        item = await queue.get()
                 except TimeoutError:
                     if time.monotonic() - self._last_activity >= _IDLE_LIMIT:
                         await self._recover(inbox, "no word from the server")
@@ -292,7 +293,8 @@ class Consumer:
         """Unsubscribe; when connected, drain first so what the server already sent is given back too."""
         with suppress(nats_errors.Error, TimeoutError):
             if nc.is_connected:
-                await asyncio.wait_for(sub.drain(), _DLQ_DEADLINE)
+                async with asyncio.timeout(_DLQ_DEADLINE):
+                    await sub.drain()
             else:
                 await sub.unsubscribe()
 

@@ -203,7 +203,8 @@ class DynamicBatcher:
                 if remaining <= 0:
                     item = self._queue.get_nowait()
                 else:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    async with asyncio.timeout(remaining):
+                        item = await self._queue.get()
             except (asyncio.QueueEmpty, TimeoutError):
                 break
             if item is _STOP:

@@ -171,7 +171,8 @@ class LocalDeployment:
             if remaining is not None and remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(pulse.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await pulse.wait()
             except TimeoutError:
                 return done()
 

@@ -207,7 +207,8 @@ class Replica:
             log.warning("replica_crashed", replica=self.name, reason=ended.reason, restart_in_s=backoff)
             await self._on_event(self)
             try:
-                await asyncio.wait_for(self._stop.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._stop.wait()
                 return
             except TimeoutError:
                 backoff = min(backoff * 2, options.restart_backoff_max_s)
