@@ -81,5 +81,6 @@ def test_every_event_has_a_schema() -> None:
         "deployment_failed",
         "rolled_back",
         "degraded",
+        "outcome",
     } == set(PAYLOADS)
     assert "data" in schemas["io.modelgallery.model.rolled_back.v1"]["properties"]

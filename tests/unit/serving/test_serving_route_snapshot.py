@@ -41,3 +41,13 @@ def test_a_damaged_snapshot_stops_start_up_with_its_path(tmp_path: Path, content
     path.write_bytes(content)
     with pytest.raises(ValueError, match=r"routes\.json is not valid"):
         RouteBook(path).load()
+
+
+def test_a_route_stored_before_record_outcomes_existed_loads_and_records_nothing(tmp_path: Path) -> None:
+    stored = ROUTE.model_dump(mode="json")
+    del stored["policy"]["record_outcomes"]
+    path = tmp_path / "routes.json"
+    path.write_bytes(orjson.dumps({"revision": 4, "routes": {"iris": stored}}))
+    route = RouteBook(path).load().get("iris")
+    assert route is not None and route.policy.record_outcomes is False
+    assert ModelRoute.model_validate_json(orjson.dumps(stored)).policy.record_outcomes is False

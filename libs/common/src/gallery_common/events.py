@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .contracts.names import MODEL_NAME_PATTERN
 from .contracts.refs import ArtifactRef, Lineage, Signature
 from .contracts.refs import TensorSpec as TensorSpec
+from .contracts.request_ids import REQUEST_ID_PATTERN
 
 SUBJECT_PREFIX = "model"
 TYPE_PREFIX = "io.modelgallery.model"
@@ -128,6 +129,42 @@ class ModelDegraded(VersionedPayload):
     window_seconds: float | None = None
 
 
+class ModelOutcome(Payload):
+    """Feedback on one inference answer, joined by the gateway to the version that gave that answer.
+
+    `version` and `variant` are the answering backend's as the route names them (the deployer writes the
+    registry's version number, as text). `caller` is who was answered, `given_by` who gave the feedback,
+    `rows` the rows of the answer. A `label` outcome has `label` (one class per row), `correct` (per row:
+    the label is the answer's top class) and `correct_rows` (how many are); a `reward` outcome has `reward`
+    alone. One request gets one outcome: the event id is `outcome.<request_id>`.
+    """
+
+    event: ClassVar[str] = "outcome"
+    version: str
+    variant: str = ""
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN)
+    caller: str = Field(min_length=1)
+    given_by: str = Field(min_length=1)
+    answered_at: datetime
+    rows: int = Field(ge=1)
+    kind: Literal["label", "reward"]
+    label: list[int] | None = None
+    correct: list[bool] | None = None
+    correct_rows: int | None = Field(default=None, ge=0)
+    reward: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ModelOutcome:
+        if self.kind == "label":
+            if self.label is None or self.correct is None or self.correct_rows is None or self.reward is not None:
+                raise ValueError("a label outcome has label, correct and correct_rows, and no reward")
+            if not len(self.label) == len(self.correct) == self.rows or self.correct_rows != sum(self.correct):
+                raise ValueError("label and correct need one entry per row, and correct_rows their count of true")
+        elif self.reward is None or self.label is not None or self.correct is not None or self.correct_rows is not None:
+            raise ValueError("a reward outcome has a reward and no label")
+        return self
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     cls.event: cls
     for cls in (
@@ -139,6 +176,7 @@ PAYLOADS: dict[str, type[Payload]] = {
         ModelDeploymentFailed,
         ModelRolledBack,
         ModelDegraded,
+        ModelOutcome,
     )
 }
 

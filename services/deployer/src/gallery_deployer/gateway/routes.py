@@ -61,6 +61,11 @@ class RoutePolicy(BaseModel):
     cache_enabled: bool = False
     asleep: bool = Field(default=False, description="scaled to zero: wake_url starts a replica on the next request")
     wake_url: str | None = Field(default=None, description="POSTed (once for all waiting requests) to wake the model")
+    record_outcomes: bool = Field(
+        default=False,
+        description="keep each answer (request id, version, top class per row) for POST /v2/models/{model}/feedback "
+        "to join; such a route's answers never come from the response cache",
+    )
 
 
 class ModelRoute(BaseModel):

@@ -1,0 +1,36 @@
+"""Request ids: every inference answer names its request, so feedback can be joined to it later.
+
+A client may send its own id in `x-gallery-request-id` (REST header or gRPC metadata); the gateway and
+the model servers take it when it follows `REQUEST_ID_RULE` and refuse the request (400) when it does
+not; without one they make one. An id is also a key of the gateway's outcome bucket, whose keys allow
+no more than this alphabet.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from gallery_common.errors import BadRequest
+
+REQUEST_ID_HEADER = "x-gallery-request-id"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+REQUEST_ID_RULE = "1 to 128 letters, digits, '_' or '-', starting with a letter or a digit"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def new_request_id() -> str:
+    """A fresh id: 128 random bits as 32 hex digits (the shape of a uuid4's hex), unguessable by other callers."""
+    return os.urandom(16).hex()
+
+
+def is_request_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+def checked_request_id(value: str) -> str:
+    """`value` when it is a usable request id; BadRequest saying what one looks like otherwise."""
+    if _ID.fullmatch(value) is None:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise BadRequest(f"{REQUEST_ID_HEADER} {shown!r} is not a request id: it must be {REQUEST_ID_RULE}")
+    return value
