@@ -1,17 +1,26 @@
 """Real training runs, their ranks started by the trainer: DeepSpeed with 1 rank, 2 data-parallel ranks and 2
-pipeline stages, the DDP fallback, a failing spec, and cancel-then-resume. Tiny digits MLPs."""
+pipeline stages, the DDP fallback, a failing spec, cancel-then-resume, and ranks taken from the standby pool.
+Tiny digits MLPs."""
 
 import json
+import os
+import re
+import signal
+import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from waiting import wait_for
 
 from gallery_trainer import launcher
 from gallery_trainer.pipeline import JobCancelled, JobOutputs, ProgressUpdate, TrainingFailed, run_job
 from gallery_trainer.spec import parse_spec
+from gallery_trainer.standby import StandbyRanks, standby
 
 TRAIN_EXAMPLES = 1257  # digits, 70 % of 1797 after the stratified split
 CHANCE = 0.1
@@ -129,3 +138,71 @@ def test_cancel_stops_the_ranks_and_resume_finishes_the_job(tmp_path: Path) -> N
     steps = [line["step"] for line in metric_lines(tmp_path) if line["kind"] == "step"]
     assert steps == list(range(1, 8 * (TRAIN_EXAMPLES // 8) + 1))
     assert outputs.metrics["epochs_run"] == 8 and outputs.metrics["test_accuracy"] > 5 * CHANCE
+
+
+@pytest.fixture
+def pool() -> Iterator[StandbyRanks]:
+    """The launcher's standby pool, kept for the test and let go after it."""
+    standby.keep(2)
+    try:
+        yield standby
+    finally:
+        standby.close()
+        standby.most = 0
+
+
+def standby_pids(parent: int | None = None) -> list[int]:
+    """The standby ranks that run (not zombies), started by `parent` (default: this process)."""
+    parent = parent or os.getpid()
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline", "ppid", "status"])
+        if (p.info["cmdline"] or [])[-2:] == ["gallery_trainer.rank", "--standby"]
+        and p.info["ppid"] == parent
+        and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+
+
+def test_standby_ranks_run_jobs_and_the_pool_follows_the_job_size(tmp_path: Path, pool: StandbyRanks) -> None:
+    wait_for("a standby rank", lambda: pool.ready == 1, timeout=120)
+    outputs = run_job(digits_spec({"kind": "ddp", "ranks": 2}), tmp_path / "two")
+    log = (tmp_path / "two" / "train.log").read_text()
+    # rank 0 was the standby (its output follows into the job's log); rank 1 was started for the job
+    assert re.search(r"\$ RANK=0 .* \(a standby rank, pid \d+\)", log)
+    assert re.search(r"\$ RANK=1 \S+ -m gallery_trainer\.rank --workdir \S+\n", log)
+    assert_trained(outputs, tmp_path / "two", epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 64)
+    # after a 2-rank job two are kept ready
+    wait_for("two standby ranks", lambda: pool.ready == 2, timeout=120)
+    first, second = sorted(standby_pids())
+    os.kill(first, signal.SIGKILL)  # a standby that dies while it waits is passed over
+    wait_for("the standby's death", lambda: first not in standby_pids(), timeout=30)
+    outputs = run_job(digits_spec({"kind": "ddp"}), tmp_path / "one")
+    assert f"(a standby rank, pid {second})" in (tmp_path / "one" / "train.log").read_text()
+    assert_trained(outputs, tmp_path / "one", epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 32)
+    wait_for("a standby rank after the 1-rank job", lambda: pool.ready == 1, timeout=120)
+    pool.close()
+    assert standby_pids() == [], "a standby let go still runs"
+
+
+KEEPER = """
+import sys, time
+from gallery_trainer.standby import standby
+standby.keep(1)
+while not standby.ready:
+    time.sleep(0.05)
+print(standby._ready[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_standby_ranks_die_with_a_trainer_that_is_killed(tmp_path: Path) -> None:
+    keeper = subprocess.Popen([sys.executable, "-c", KEEPER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert keeper.stdout is not None
+        waiting = int(keeper.stdout.readline())
+        assert standby_pids(keeper.pid) == [waiting]
+    finally:
+        keeper.kill()
+        keeper.wait()
+    # orphaned, it would be re-parented and wait on its stdin forever
+    wait_for("the standby to go with its trainer", lambda: not psutil.pid_exists(waiting), timeout=30)

@@ -36,8 +36,20 @@ def test_a_site_killed_mid_round_leaves_the_job_to_the_others_until_it_comes_bac
         wait_for("site-3 to train in a round", lambda: any(TRAINED in r for r in round_records(workdir)), timeout=120)
         sites["site-3"].send_signal(signal.SIGKILL)
         sites["site-3"].wait(10)
+        rounds_before = len(round_records(workdir))
         # back at once: starting (torch, its rows) takes it several rounds of the other two
         sites["site-3 again"] = start_site(port, "site-3", folders["site-3"], tmp_path)
+        wait_for("two rounds without site-3", lambda: len(round_records(workdir)) >= rounds_before + 2, timeout=120)
+        # on a loaded machine its start may outlast the job's rounds: the other two wait (stopped) until it runs
+        healthy = [sites["site-1"], sites["site-2"]]
+        for process in healthy:
+            process.send_signal(signal.SIGSTOP)
+        try:
+            log = tmp_path / "site-3.log"
+            wait_for("site-3 to start again", lambda: log.read_text().count("site started") >= 2, timeout=120)
+        finally:
+            for process in healthy:
+                process.send_signal(signal.SIGCONT)
         thread.join(180)
     assert not thread.is_alive()
     assert "failed" not in outcome, outcome

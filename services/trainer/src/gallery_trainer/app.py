@@ -90,6 +90,11 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
         jobs = JobService(engine, runner, searches, queue.submit_blocking, policy=settings.spec_policy())
         for job_id in await anyio.to_thread.run_sync(jobs.unqueued):
             await queue.submit(job_id)
+        if train is None and settings.standby_ranks:
+            from .standby import standby
+
+            standby.keep(settings.standby_ranks)
+            stack.callback(standby.close)
         await stack.enter_async_context(queue.working(runner))
         await stack.enter_async_context(verdict_events(searches, queue).consumer(resources.bus))
         return jobs

@@ -3,6 +3,11 @@
 Launchers (the DeepSpeed launcher, `python -m torch.distributed.run`) start one per rank with RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. A rank that fails writes
 `error-rank<N>.json` with the reason, so the job can tell its owner why.
+
+`python -m gallery_trainer.rank --standby` is a rank started before its job: it imports what training
+needs (torch, DeepSpeed: most of a rank's start), then waits for one job on stdin — a JSON line with the
+rank's arguments, environment, folder and log file (`StandbyAssignment`) — and runs it as a rank started
+with them would. The trainer keeps one or two of these ready (`gallery_trainer.launcher.StandbyRanks`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from gallery_trainer.engine import RankError, train_rank
+from gallery_trainer.standby import StandbyAssignment
 
 ERROR_FILE_PATTERN = "error-rank{rank}.json"
 
@@ -54,5 +61,44 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _preload() -> None:
+    """Import what any job's training imports, before a job is known."""
+    sys.modules.setdefault("mlflow", None)  # type: ignore[arg-type]  # see main()
+    import gallery_trainer.engine.ddp_engine
+
+    try:
+        import deepspeed.pipe  # noqa: F401
+
+        import gallery_trainer.engine.deepspeed_engine  # noqa: F401
+    except Exception:
+        pass
+
+
+def standby() -> int:
+    """Preload, wait for a job on stdin, then run it (0 without running anything when stdin closes)."""
+    _preload()
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return 0  # the trainer let this standby go
+    job = StandbyAssignment.parse(line)
+    os.environ.update(job.env)
+    os.chdir(job.workdir)
+    log = os.open(job.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    if threads := os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(threads))  # OpenMP read the variable when torch loaded, before the job
+    return main(job.argv)
+
+
+def _exit(code: int) -> None:
+    """Exit without tearing the interpreter down: every file the job needs is written and closed by now,
+    and unloading torch and DeepSpeed took a rank 0.5-1 s after its work was done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(standby() if sys.argv[1:] == ["--standby"] else main())

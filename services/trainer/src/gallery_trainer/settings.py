@@ -34,6 +34,13 @@ class TrainerSettings(JobWorkerSettings):
     service_name: str = "trainer"
     port: int = Field(default=8002, ge=1, le=65535)
     max_concurrent_jobs: int = Field(default=1, ge=1, le=64, description="Training jobs run at once.")
+    standby_ranks: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description="Most rank processes kept started ahead of their job, torch and DeepSpeed imported "
+        "(about 250 MB each; as many as the last job's local ranks, at least one; 0: none)",
+    )
     jobs_dir: Path | None = Field(default=None, description="Job work folders; default $GALLERY_HOME/trainer/jobs")
     progress_interval: float = Field(
         default=1.0, ge=0.0, description="Seconds between progress writes to the database (throttle)."
