@@ -27,6 +27,7 @@ OWNERS = {
     "model.deployed": "deployer",
     "model.rolled_back": "deployer",
     "model.deployment_failed": "deployer",
+    "model.experiment_concluded": "deployer",
     "model.degraded": "monitor",
 }
 

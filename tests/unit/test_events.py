@@ -6,6 +6,7 @@ from gallery_common.events import (
     ArtifactRef,
     InvalidEvent,
     ModelDegraded,
+    ModelExperimentConcluded,
     ModelTrained,
     json_schemas,
     make_event,
@@ -82,5 +83,28 @@ def test_every_event_has_a_schema() -> None:
         "rolled_back",
         "degraded",
         "outcome",
+        "experiment_concluded",
     } == set(PAYLOADS)
     assert "data" in schemas["io.modelgallery.model.rolled_back.v1"]["properties"]
+
+
+def test_an_experiment_concluded_event_names_the_winner_as_its_subject() -> None:
+    payload = ModelExperimentConcluded(
+        model="iris",
+        experiment_id="e1",
+        outcome="winner",
+        winner=4,
+        control=3,
+        versions=[3, 4],
+        metric="accuracy",
+        effect=0.031,
+        interval=(0.004, 0.058),
+        p_value=0.03,
+        samples={"3": 4100, "4": 4100},
+        traffic_moved=True,
+        reason="version 4 wins",
+    )
+    event = parse_event(make_event(payload, "/deployer").to_json())
+    assert event.subject == "iris/4" and event.data == payload
+    with pytest.raises(InvalidEvent, match="versions"):
+        parse_event(make_event(payload, "/deployer").to_json().replace(b"[3,4]", b"[3]"))

@@ -15,6 +15,9 @@ import numpy as np
 import orjson
 from onnx import TensorProto, helper, numpy_helper
 
+from gallery_common.bus import EventBus
+from gallery_common.events import ArtifactRef, ModelValidated, Payload
+
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from lifecycle_stack import LifecycleStack  # noqa: E402
@@ -95,6 +98,39 @@ def infer_body(rows: np.ndarray) -> bytes:
     return orjson.dumps(
         {"inputs": [{"name": "features", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
     )
+
+
+async def publish(nats_url: str, payload: Payload, event_id: str) -> None:
+    bus = EventBus(nats_url, source="/tests/deployer")
+    await bus.connect()
+    try:
+        await bus.publish(payload, event_id=event_id)
+    finally:
+        await bus.close()
+
+
+def register(
+    registry: str, home: Path, version: int, weights: np.ndarray, *, rows: np.ndarray, validated: bool = True
+) -> dict[str, dict[str, str]]:
+    """A registered version with its ONNX file and the validation split, as the gate would announce it."""
+    artifacts = {"onnx": put(home, f"iris/{version}/model.onnx", classifier(weights))}
+    artifacts["validation_split"] = validation_split(home, rows)
+    if version == 1:
+        assert httpx.post(f"{registry}/api/v1/models", json={"name": "iris"}).status_code == 201
+    created = httpx.post(f"{registry}/api/v1/models/iris/versions", json={"artifacts": artifacts})
+    assert created.status_code == 201, created.text
+    assert created.json()["version"] == version
+    if not validated:
+        return artifacts
+    # what the gate would do: the deployer deploys only what the registry holds as validated
+    for status in ("validating", "validated"):
+        marked = httpx.patch(f"{registry}/api/v1/models/iris/versions/{version}", json={"status": status})
+        assert marked.status_code == 200, marked.text
+    return artifacts
+
+
+def validated(version: int, artifacts: dict[str, dict[str, str]]) -> ModelValidated:
+    return ModelValidated(model="iris", version=version, artifacts={k: ArtifactRef(**v) for k, v in artifacts.items()})
 
 
 def start_stack(home: Path, nats_url: str, **deployer_settings: str) -> LifecycleStack:

@@ -10,6 +10,7 @@ wakes on the next request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -25,14 +26,16 @@ from deployer_stack import (
     Load,
     classifier,
     infer_body,
+    publish,
     put,
     start_stack,
-    validation_split,
+    validated,
 )
+from deployer_stack import register as register_version
 from waiting import wait_for
 
 from gallery_common.bus import EventBus
-from gallery_common.events import ArtifactRef, ModelOptimized, ModelValidated
+from gallery_common.events import ArtifactRef, ModelOptimized
 from gallery_common.nats_server import EmbeddedNats
 
 RNG = np.random.default_rng(11)
@@ -44,14 +47,6 @@ ROWS = RNG.normal(size=(200, 4)).astype(np.float32)
 
 # the tests are steps of the story above, each starting from where the one before left the stack
 pytestmark = pytest.mark.story
-
-
-@pytest.fixture(scope="module")
-def nats_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    base = tmp_path_factory.mktemp("nats")
-    server = EmbeddedNats(base / "store", log_file=base / "nats.log").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -92,41 +87,12 @@ async def events(nats_module: EmbeddedNats) -> AsyncIterator[Events]:
     await nc.close()
 
 
-async def publish(nats_url: str, payload: Any, event_id: str) -> None:
-    bus = EventBus(nats_url, source="/tests/deployer")
-    await bus.connect()
-    try:
-        await bus.publish(payload, event_id=event_id)
-    finally:
-        await bus.close()
-
-
 async def eventually(what: str, check: Any, timeout: float = 60.0) -> Any:
     return await asyncio.to_thread(wait_for, what, check, timeout)
 
 
-def register(
-    registry: str, home: Path, version: int, weights: np.ndarray, *, validated: bool = True
-) -> dict[str, dict[str, str]]:
-    """A registered version with its ONNX file and the validation split, as the gate would announce it."""
-    artifacts = {"onnx": put(home, f"iris/{version}/model.onnx", classifier(weights))}
-    artifacts["validation_split"] = validation_split(home, ROWS)
-    if version == 1:
-        assert httpx.post(f"{registry}/api/v1/models", json={"name": "iris"}).status_code == 201
-    created = httpx.post(f"{registry}/api/v1/models/iris/versions", json={"artifacts": artifacts})
-    assert created.status_code == 201, created.text
-    assert created.json()["version"] == version
-    if not validated:
-        return artifacts
-    # what the gate would do: the deployer deploys only what the registry holds as validated
-    for status in ("validating", "validated"):
-        marked = httpx.patch(f"{registry}/api/v1/models/iris/versions/{version}", json={"status": status})
-        assert marked.status_code == 200, marked.text
-    return artifacts
-
-
-def validated(version: int, artifacts: dict[str, dict[str, str]]) -> ModelValidated:
-    return ModelValidated(model="iris", version=version, artifacts={k: ArtifactRef(**v) for k, v in artifacts.items()})
+# the versions of these tests are validated on the rows their canaries replay
+register = functools.partial(register_version, rows=ROWS)
 
 
 def deployments(deployer: str) -> list[dict[str, Any]]:

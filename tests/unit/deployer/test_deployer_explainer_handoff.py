@@ -108,7 +108,7 @@ def test_a_database_at_0001_gains_the_explainer_column_and_keeps_its_deployments
         )
     assert "explainer" not in {c["name"] for c in inspect(engine).get_columns("deployer_deployment")}
 
-    upgrade(engine)
+    MIGRATIONS.upgrade(engine, "0002")
 
     assert current_revision(engine) == "0002"
     store = DeploymentStore(engine)

@@ -165,6 +165,32 @@ class ModelOutcome(Payload):
         return self
 
 
+class ModelExperimentConcluded(Payload):
+    """An online experiment's decision and its evidence. With `outcome` "winner", `winner` took all the
+    traffic and the `production` alias and the other arms drain; with "no_difference" nothing moved.
+
+    `effect` and `interval` are the best challenger's difference to the control on `metric` (challenger
+    minus control); `p_value` is always-valid (sequential), `samples` the outcomes per version.
+    """
+
+    event: ClassVar[str] = "experiment_concluded"
+    experiment_id: str = Field(min_length=1)
+    outcome: Literal["winner", "no_difference"]
+    winner: int | None = Field(default=None, ge=1)
+    control: int = Field(ge=1)
+    versions: list[int] = Field(min_length=2)
+    metric: Literal["accuracy", "reward", "p99", "error_rate"]
+    effect: float
+    interval: tuple[float, float]
+    p_value: float = Field(ge=0, le=1)
+    samples: dict[str, int]
+    traffic_moved: bool
+    reason: str = Field(min_length=1)
+
+    def version_label(self) -> str:
+        return str(self.winner or self.control)
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     cls.event: cls
     for cls in (
@@ -177,6 +203,7 @@ PAYLOADS: dict[str, type[Payload]] = {
         ModelRolledBack,
         ModelDegraded,
         ModelOutcome,
+        ModelExperimentConcluded,
     )
 }
 

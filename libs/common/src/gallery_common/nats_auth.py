@@ -3,10 +3,10 @@ allowed to publish only the subjects it owns and to use only its own JetStream c
 
 Only the trainer publishes `model.trained`, only the registry `model.validated` / `model.rejected`,
 only the optimizer `model.optimized`, only the deployer `model.deployed` / `model.rolled_back` /
-`model.deployment_failed`, only the monitor `model.degraded`; only the deployer writes the gateways'
-routes (the `routes` KV bucket), which gateways may only read and watch; only the gateway publishes
-traffic samples and only model servers answer `infer.<model>`. Each user's request replies come on an inbox
-prefix of its own (`_INBOX.<user>.`), so no one can read another's replies.
+`model.deployment_failed` / `model.experiment_concluded`, only the monitor `model.degraded`; only the
+deployer writes the gateways' routes (the `routes` KV bucket), which gateways may only read and watch; only
+the gateway publishes traffic samples and only model servers answer `infer.<model>`. Each user's request
+replies come on an inbox prefix of its own (`_INBOX.<user>.`), so no one can read another's replies.
 
 `gallery up` makes a password per user in `$GALLERY_HOME/nats/users/<user>.password` (0600) and
 gives nats-server their bcrypt hashes; on Kubernetes they come from Secrets. A process finds its
@@ -177,7 +177,11 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
         _service("trainer", ["trained"], ["trainer-search"]),
         _service("registry", ["validated", "rejected"], ["registry-gate", "registry-degraded"]),
         _service("optimizer", ["optimized"], ["optimizer"]),
-        _service("deployer", ["deployed", "rolled_back", "deployment_failed"], ["deployer"]),
+        _service(
+            "deployer",
+            ["deployed", "rolled_back", "deployment_failed", "experiment_concluded"],
+            ["deployer", "deployer-experiments"],
+        ),
         _service("monitor", ["degraded"], ["monitor"]),
     ]
     found = {p.name: p for p in table}

@@ -92,6 +92,8 @@ class Controller:
         )
         self.policies = PolicyStore(store.engine)
         self._locks: dict[str, asyncio.Lock] = {}
+        # what changes a model's route beyond its records (a running experiment's split), applied last
+        self.route_overlay: Callable[[str, ModelRoute], ModelRoute] | None = None
         self._baselines: dict[str, tuple[Scrape, Scrape]] = {}  # canary id → (canary's, production's) at start
         token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
         self._http = httpx.AsyncClient(timeout=30.0, headers={"Authorization": f"Bearer {token}"} if token else None)
@@ -323,6 +325,10 @@ class Controller:
         except NotFound:
             return ()
 
+    async def read_metrics(self, model: str, version: int) -> Scrape:
+        """The /metrics pages of the replicas of `model:version` that answer now."""
+        return await canary.snapshot(self._http, await self._endpoints(deployment_id(model, version, "")))
+
     async def analyse(self, model: str) -> canary.Verdict:
         """Compare the canary with production over the window so far (also what the API shows)."""
         serving = await self._db(self.store.for_model, model, SERVING)
@@ -369,20 +375,38 @@ class Controller:
             candidate = next((r for r in serving if r.stage == Stage.canary), None)
             if candidate is None:
                 raise NotFound(f"model {model!r} has no canary to promote")
-            for record in serving:
-                if record.stage == Stage.production:
-                    record.stage, record.traffic_percent = Stage.previous, 0.0
-                    record.retire_at = utcnow() + timedelta(seconds=self.settings.drain_s)
-                    await self._db(self.store.save, record)
-            candidate.stage, candidate.traffic_percent, candidate.analysis_due_at = Stage.production, 100.0, None
-            candidate.reason = reason
-            candidate = await self._db(self.store.save, candidate)
-            self._baselines.pop(candidate.id, None)
-            await self.sync_routes(model)
-            await self._move_alias(model, candidate.version, shorten(f"promoted: {reason}"))
-            await self._announce_deployed(candidate)
+            candidate = await self._settle(serving, candidate, reason, shorten(f"promoted: {reason}"))
             log.info("promoted", model=model, version=candidate.version, reason=reason)
             return candidate
+
+    async def settle(self, model: str, version: int, reason: str) -> DeploymentRecord:
+        """`version` takes all traffic and the `production` alias (with `reason`); every other version
+        that serves drains as a fallback, as a promotion's old production version does."""
+        async with self.lock(model):
+            serving = await self._db(self.store.for_model, model, SERVING)
+            winner = next((r for r in serving if r.version == version and r.stage != Stage.previous), None)
+            if winner is None:
+                raise NotFound(f"model {model!r} does not serve version {version}")
+            return await self._settle(serving, winner, reason, shorten(reason))
+
+    async def _settle(
+        self, serving: list[DeploymentRecord], winner: DeploymentRecord, reason: str, alias_reason: str
+    ) -> DeploymentRecord:
+        for record in serving:
+            if record is not winner and record.stage in (Stage.production, Stage.canary):
+                record.stage, record.traffic_percent, record.analysis_due_at = Stage.previous, 0.0, None
+                record.retire_at = utcnow() + timedelta(seconds=self.settings.drain_s)
+                await self._db(self.store.save, record)
+        moved = winner.stage != Stage.production
+        winner.stage, winner.traffic_percent, winner.analysis_due_at = Stage.production, 100.0, None
+        winner.reason = reason
+        winner = await self._db(self.store.save, winner)
+        self._baselines.pop(winner.id, None)
+        await self.sync_routes(winner.model)
+        await self._move_alias(winner.model, winner.version, alias_reason)
+        if moved:
+            await self._announce_deployed(winner)
+        return winner
 
     async def rollback(self, model: str, reason: str, version: int | None = None) -> DeploymentRecord:
         """Take the canary (or, without one, the production version) out of service for the last good one."""
@@ -552,6 +576,8 @@ class Controller:
             if asleep
             else build_route(serving, endpoints, policy, grpc_endpoints)
         )
+        if route is not None and self.route_overlay is not None:
+            route = self.route_overlay(model, route)
         if route is None:
             await self.routes.delete(model)
         else:
