@@ -207,9 +207,10 @@ def test_thompson_moves_traffic_to_the_better_arm_and_keeps_the_floor() -> None:
             if seen >= settled_by and shares["B"] <= 0.8:
                 above_from_n = False
         settled += above_from_n
-    # B's share is above 80 % at every recomputation from 8,000 outcomes on (to 12,000) in 90 % of runs
-    # (bench/experiments.py: 100 of 100 runs had settled by 8,000, 96 by 6,000)
-    assert settled >= 0.9 * runs, f"{settled} of {runs} runs"
+    # B's share is above 80 % at every recomputation from 8,000 outcomes on (to 12,000) in at least 80 % of the
+    # runs: bench/experiments.py measured 95 % of 300 runs settled by 8,000 (a run that starves B early, with
+    # only its 5 % floor, takes longer), so 5 or more of 20 runs failing would be a 1-in-400 event
+    assert settled >= 0.8 * runs, f"{settled} of {runs} runs"
 
 
 def test_thompson_shares_of_means_and_their_edges() -> None:
