@@ -10,6 +10,7 @@ import typer
 from . import (
     deploy_cmd,
     events_cmd,
+    experiment_cmd,
     explain_cmd,
     models_cmd,
     monitor_cmd,
@@ -42,6 +43,7 @@ app.command()(deploy_cmd.deploy)
 app.command()(deploy_cmd.promote)
 app.command()(deploy_cmd.rollback)
 app.command()(deploy_cmd.deployments)
+app.add_typer(experiment_cmd.app, name="experiment")
 app.command()(monitor_cmd.monitor)
 app.command()(explain_cmd.explain)
 app.add_typer(site_cmd.app, name="site")

@@ -18,6 +18,10 @@ from gallery_common.routes_kv import RoutesBucket
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
+from ..experiments.api import router as experiments_router
+from ..experiments.consumer import outcome_events
+from ..experiments.controller import Experiments
+from ..experiments.records import ExperimentStore
 from ..runtime.base import Runtime
 from . import api, routes_api
 from .consumer import rollout_events
@@ -55,13 +59,14 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def _ticker(controller: Controller) -> None:
-    """Judge canaries whose window ended and retire drained versions, once a second."""
+async def _ticker(controller: Controller, experiments: Experiments) -> None:
+    """Judge canaries whose window ended, retire drained versions and move experiments on, once a second."""
     while True:
         await asyncio.sleep(TICK_S)
         try:
             await controller.judge_due_canaries()
             await controller.retire_drained()
+            await experiments.tick()
         except Exception as exc:  # one bad tick (NATS down) must not stop the next
             log.warning("deployer_tick_failed", reason=f"{type(exc).__name__}: {exc}")
 
@@ -98,13 +103,17 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
             fence=election.check,
         )
         stack.push_async_callback(controller.close)
+        experiments = Experiments(controller, ExperimentStore(resources.engine), publish)
+        app.state.experiments = experiments
 
         async def lead(term: int) -> None:
             # what a leader does, and followers do not: resume from the records, judge canaries, consume
             await controller.restore()
+            await experiments.restore()
             # a dead leader's event comes back about when its successor is elected
             consumer = rollout_events(controller, ack_wait=2 * settings.leader_ttl_s).consumer(bus)
-            await asyncio.gather(consumer.run(), _ticker(controller))
+            outcomes = outcome_events(experiments, ack_wait=2 * settings.leader_ttl_s).consumer(bus)
+            await asyncio.gather(consumer.run(), outcomes.run(), _ticker(controller, experiments))
 
         # with the Kubernetes runtime, a Lease in the namespace of its model servers
         kubernetes = settings.runtime == "kubernetes"
@@ -118,7 +127,7 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         settings,
         title="Model Gallery deployer",
         description="Rollouts on model.validated: canary analysis, promotion, rollback; local and Kubernetes runtimes.",
-        routers=[api.router, routes_api.router, leader_router(election)],
+        routers=[api.router, routes_api.router, experiments_router, leader_router(election)],
         use_bus=True,
         use_store=True,
         use_database=True,
