@@ -186,6 +186,11 @@ def test_no_difference_by_interval_or_cap_and_running_before_evidence() -> None:
     assert early.status == "running" and f"{MIN_SAMPLES_PER_ARM} outcomes" in early.reason
     enough = sequential_verdict(rewards("A", MIN_SAMPLES_PER_ARM, 0.0), [rewards("B", 500, 3.0)], flat)
     assert (enough.status, enough.winner) == ("winner", "B")
+    # so no plan promises a decision sooner, however large the effect
+    assert planned_samples_per_arm(TestDesign("mean", mde=10.0), variance=1.0) == MIN_SAMPLES_PER_ARM
+    # counts straight from numpy are taken, and reported as plain integers
+    counted = sequential_verdict(ArmOutcomes("A", np.int64(40), 20.0, 20.0), [ArmOutcomes("B", 40, 30, 30)], design)  # type: ignore[arg-type]
+    assert counted.samples == {"A": 40, "B": 40} and type(counted.samples["A"]) is int
 
 
 def test_thompson_moves_traffic_to_the_better_arm_and_keeps_the_floor() -> None:

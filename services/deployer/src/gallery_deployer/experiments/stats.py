@@ -37,6 +37,7 @@ tests check the promise by simulation.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -73,8 +74,9 @@ class ArmOutcomes:
     def __post_init__(self) -> None:
         if not self.arm:
             raise ValueError("an arm needs a name")
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
+        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 0:
             raise ValueError(f"arm {self.arm!r}: n must be a whole number >= 0, got {self.n!r}")
+        object.__setattr__(self, "n", int(self.n))  # a numpy integer becomes a plain one (samples go to JSON)
         if not (math.isfinite(self.total) and math.isfinite(self.total_sq)):
             raise ValueError(f"arm {self.arm!r}: total and total_sq must be finite numbers")
         if self.total_sq < 0:
@@ -216,7 +218,8 @@ def planned_samples_per_arm(
         if variance is None or not (math.isfinite(variance) and variance > 0):
             raise ValueError(f"planning a test of means needs the positive variance of one outcome, got {variance}")
         outcome_variances = 2 * variance
-    return math.ceil(outcome_variances / _deciding_variance(design.mde, design.alpha / challengers, design.power))
+    planned = math.ceil(outcome_variances / _deciding_variance(design.mde, design.alpha / challengers, design.power))
+    return max(planned, MIN_SAMPLES_PER_ARM)  # nothing is decided before every arm has MIN_SAMPLES_PER_ARM
 
 
 @cache
