@@ -137,9 +137,9 @@ def tail_figures(windows: dict[int, ServingCounts], control: int) -> dict[int, A
         if not edges or not counts.buckets:
             figures[version] = ArmFigures()
             continue
-        within = counts.buckets.get(edges[0], 0.0)
-        slow = max(0.0, counts.total - within)
-        figures[version] = ArmFigures(n=int(counts.total), total=slow, total_sq=slow)
+        timed = max(counts.buckets.values())  # the +Inf bucket: every request the histogram timed
+        slow = max(0.0, timed - counts.buckets.get(edges[0], 0.0))
+        figures[version] = ArmFigures(n=int(timed), total=slow, total_sq=slow)
     return figures
 
 
