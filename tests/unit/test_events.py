@@ -84,6 +84,7 @@ def test_every_event_has_a_schema() -> None:
         "degraded",
         "outcome",
         "experiment_concluded",
+        "usage",
     } == set(PAYLOADS)
     assert "data" in schemas["io.modelgallery.model.rolled_back.v1"]["properties"]
 

@@ -17,6 +17,7 @@ SERVICES = {
     "optimizer": "gallery_optimizer.migrations",
     "monitor": "gallery_monitor.migrations",
     "deployer": "gallery_deployer.deployer.migrations",
+    "deployer usage": "gallery_deployer.usage.migrations",
 }
 
 

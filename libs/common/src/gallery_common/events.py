@@ -191,6 +191,33 @@ class ModelExperimentConcluded(Payload):
         return str(self.winner or self.control)
 
 
+class UsageTally(BaseModel):
+    """What one caller's requests to one version cost within a usage report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    caller: str = Field(min_length=1)
+    requests: int = Field(ge=0)
+    rows: int = Field(ge=0)
+    compute_seconds: float = Field(ge=0)
+
+
+class ModelUsage(Payload):
+    """A gateway replica's usage of one model since its previous report (deltas, not totals).
+
+    `replica` is the gateway process (a new id each start) and `sequence` its report number, so the event
+    id `usage.<replica>.<sequence>.<model>` is the same when a report is sent again and is stored once.
+    `minute` is the UTC minute the report was made in (the period it is filed under).
+    """
+
+    event: ClassVar[str] = "usage"
+    replica: str = Field(min_length=1, max_length=64)
+    sequence: int = Field(ge=0)
+    minute: datetime
+    tallies: list[UsageTally] = Field(min_length=1)
+
+
 PAYLOADS: dict[str, type[Payload]] = {
     cls.event: cls
     for cls in (
@@ -204,6 +231,7 @@ PAYLOADS: dict[str, type[Payload]] = {
         ModelDegraded,
         ModelOutcome,
         ModelExperimentConcluded,
+        ModelUsage,
     )
 }
 

@@ -171,6 +171,7 @@ def _take_jobs(queue: QueueNames) -> tuple[str, ...]:
 def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     """Every NATS user of a Model Gallery installation; `services` adds a user for other installed
     services (their durable consumer is named after them; they publish no lifecycle event)."""
+    from .events import subject_for
     from .work_queue import OPTIMIZE_JOBS, TRAIN_JOBS
 
     table = [
@@ -188,8 +189,12 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     monitor = found["monitor"]
     found["monitor"] = Principal("monitor", monitor.publish, (*monitor.subscribe, SAMPLES))
     deployer = found["deployer"]
-    found["deployer"] = Principal("deployer", (*deployer.publish, *_write_routes()), deployer.subscribe)
-    found["gateway"] = Principal("gateway", (SAMPLES, *_follow_routes()), (f"{inbox_prefix('gateway')}.>",))
+    # every deployer replica adds the gateways' usage reports to the usage store
+    usage = _durable(EVENTS_STREAM, "deployer-usage")
+    found["deployer"] = Principal("deployer", (*deployer.publish, *_write_routes(), *usage), deployer.subscribe)
+    # the gateway publishes traffic samples and its usage reports (model.usage)
+    gateway_publish = (SAMPLES, subject_for("usage"), *_follow_routes())
+    found["gateway"] = Principal("gateway", gateway_publish, (f"{inbox_prefix('gateway')}.>",))
     found["modelserver"] = Principal(
         "modelserver",
         (

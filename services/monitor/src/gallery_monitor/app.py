@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gallery_common.app import ServiceResources, create_app
-from gallery_common.events import CloudEvent, ModelDegraded, Payload
+from gallery_common.events import CloudEvent, ModelDegraded, ModelUsage, Payload
 from gallery_common.leader import LeaderElection, leader_router, publish_as_leader
 from gallery_common.leader_lease import in_cluster, open_leader_lock
 from gallery_common.registry_client import RegistryClient
@@ -61,6 +61,10 @@ def timeline_events(monitor: Monitor) -> EventRouter:
     @events.on(Payload)
     async def record(_: Payload, event: CloudEvent[Any]) -> None:
         await anyio.to_thread.run_sync(monitor.timeline.record, event)
+
+    @events.on(ModelUsage)
+    async def usage(_: ModelUsage) -> None:
+        """Usage reports (every few seconds from each gateway) are the deployer's to keep, not the timeline's."""
 
     return events
 

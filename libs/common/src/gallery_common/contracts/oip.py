@@ -23,6 +23,10 @@ import orjson
 from gallery_common.errors import BadRequest
 
 INFERENCE_HEADER_LENGTH = "Inference-Header-Content-Length"
+# A model server's infer answer says what the request cost, for the gateway's usage metering: the rows of
+# the request (the first input's batch dimension) and its seconds in the server (arrival to answer)
+USAGE_ROWS_HEADER = "x-gallery-rows"
+USAGE_SECONDS_HEADER = "x-gallery-compute-seconds"
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),

@@ -9,7 +9,7 @@ from typing import NoReturn
 import grpc
 from grpc import aio
 
-from gallery_common.auth import check_role, identify
+from gallery_common.auth import Caller, check_role, identify
 from gallery_common.errors import GalleryError
 from gallery_common.settings import GallerySettings, Role
 
@@ -41,14 +41,17 @@ async def abort(context: aio.ServicerContext, exc: GalleryError) -> NoReturn:
     raise AssertionError("context.abort returned")  # it raises; this line tells type checkers so
 
 
-def authorize(settings: GallerySettings, context: aio.ServicerContext, role: Role = Role.inference) -> None:
-    """Unauthorized or Forbidden unless the call's `authorization` metadata holds a bearer token with `role`."""
+def authorize(settings: GallerySettings, context: aio.ServicerContext, role: Role = Role.inference) -> Caller:
+    """The caller; Unauthorized or Forbidden unless the call's `authorization` metadata holds a bearer token
+    with `role`."""
     authorization = None
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             authorization = value if isinstance(value, str) else value.decode("latin-1")
             break
-    check_role(identify(settings, authorization), role)
+    caller = identify(settings, authorization)
+    check_role(caller, role)
+    return caller
 
 
 def servicer_registration(servicer: pb_grpc.GRPCInferenceServiceServicer) -> Callable[[aio.Server], None]:

@@ -23,6 +23,10 @@ from ..experiments.consumer import outcome_events
 from ..experiments.controller import Experiments
 from ..experiments.records import ExperimentStore
 from ..runtime.base import Runtime
+from ..usage import api as usage_api
+from ..usage.consumer import usage_events
+from ..usage.migrations import upgrade as upgrade_usage
+from ..usage.records import UsageStore
 from . import api, routes_api
 from .consumer import rollout_events
 from .controller import Controller
@@ -81,7 +85,12 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Controller:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         await anyio.to_thread.run_sync(upgrade, resources.engine)
+        await anyio.to_thread.run_sync(upgrade_usage, resources.engine)
         bus = resources.bus
+        # every replica adds the gateways' usage reports to the store (each report once)
+        usage_consumer = usage_events(UsageStore(resources.engine)).consumer(bus)
+        usage_consumer.start()
+        stack.push_async_callback(usage_consumer.stop)
 
         async def publish(payload: Payload, event_id: str) -> None:
             await publish_as_leader(bus, election, payload, event_id)
@@ -127,7 +136,7 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         settings,
         title="Model Gallery deployer",
         description="Rollouts on model.validated: canary analysis, promotion, rollback; local and Kubernetes runtimes.",
-        routers=[api.router, routes_api.router, experiments_router, leader_router(election)],
+        routers=[api.router, routes_api.router, experiments_router, usage_api.router, leader_router(election)],
         use_bus=True,
         use_store=True,
         use_database=True,

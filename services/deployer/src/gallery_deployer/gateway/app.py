@@ -19,6 +19,7 @@ from .routes import RouteBook
 from .samples import SampleOutbox
 from .settings import GatewaySettings
 from .upstream import UpstreamPool
+from .usage import UsageReporter
 
 GRPC_GRACE_S = 10.0
 DESCRIPTION = (
@@ -55,6 +56,11 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
             stack.push_async_callback(follower.close)
         gateway = Gateway(settings, book, client, samples, follower=follower)
         stack.push_async_callback(gateway.close)
+        if resources.bus is not None:
+            usage = UsageReporter(resources.bus, gateway.usage, settings.usage_report_s)
+            usage.start()
+            # closed after the gRPC front and before the gateway: the last requests are in the last report
+            stack.push_async_callback(usage.close, timeout=settings.request_timeout_s)
         if settings.grpc_port:
             from .grpc_front import serve_grpc  # grpcio is imported only where gRPC is served
 

@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from gallery_common.access import admit, gallery_error_response, read_body, route_path
 from gallery_common.app import HTTP_DURATION, HTTP_REQUESTS, ServiceResources
-from gallery_common.auth import ROLE_ATTRIBUTE
+from gallery_common.auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
 from gallery_common.errors import GalleryError
 from gallery_common.settings import Role
@@ -100,7 +100,10 @@ class InferEndpoint:
             headers = _request_headers(scope)
             cookie = headers.get("cookie")
             cookies = cookie_parser(cookie) if cookie else {}
-            answer = await gateway.infer(match["model"], match["version"], scope["path"], data, headers, cookies)
+            caller = scope[CALLER_SCOPE_KEY].name
+            answer = await gateway.infer(
+                match["model"], match["version"], scope["path"], data, headers, cookies, caller
+            )
         except GalleryError as exc:
             return _rendered(gallery_error_response(exc))
         content = answer.content

@@ -25,6 +25,7 @@ import orjson
 from grpc import aio
 
 from gallery_common import __version__
+from gallery_common.auth import Caller
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH, ProtocolError
 from gallery_common.errors import BadRequest, GalleryError
 from gallery_common.oip_grpc import codec
@@ -36,6 +37,8 @@ from .balance import plan_chain
 from .proxy import Attempt, Gateway
 from .routes import Backend
 from .settings import GatewaySettings
+from .upstream import Answer
+from .usage import rows_and_seconds
 
 SERVICE = "inference.GRPCInferenceService"
 BINARY_HEADER = INFERENCE_HEADER_LENGTH.lower()
@@ -132,9 +135,9 @@ class GatewayServicer:
             },
         )
 
-    async def _authorize(self, context: aio.ServicerContext) -> None:
+    async def _authorize(self, context: aio.ServicerContext) -> Caller:
         try:
-            authorize(self._settings, context)
+            return authorize(self._settings, context)
         except GalleryError as exc:
             await abort(context, exc)
 
@@ -180,7 +183,7 @@ class GatewayServicer:
 
     async def model_infer(self, data: bytes, context: aio.ServicerContext) -> bytes:
         start = time.perf_counter()
-        await self._authorize(context)
+        caller = await self._authorize(context)
         gateway = self._gateway
         try:
             request = pb.ModelInferRequest.FromString(data)
@@ -193,9 +196,15 @@ class GatewayServicer:
             await abort(context, exc)
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         chain = plan_chain(serving, gateway._sticky_key(route, metadata, {}), gateway.rng)
-        answer, failures = await self._walk(model, chain, data, request)
+        attempt, failures = await self._walk(model, chain, data, request)
         metrics.LATENCY.labels(model).observe(time.perf_counter() - start)
+        answer = attempt.answer if attempt is not None else None
         if isinstance(answer, bytes):
+            assert attempt is not None
+            rows, seconds = rows_and_seconds(attempt.response.headers) if attempt.response is not None else (0, 0.0)
+            if attempt.response is None and request.inputs and request.inputs[0].shape:
+                rows = request.inputs[0].shape[0]  # forwarded over gRPC: the backend reports no cost
+            gateway.usage.record(model, attempt.backend.version, caller.name, rows, seconds)
             return answer
         if isinstance(answer, GrpcAnswer):
             await context.abort(answer.code, answer.details)
@@ -207,20 +216,20 @@ class GatewayServicer:
 
     async def _walk(
         self, model: str, chain: list[Backend], data: bytes, request: pb.ModelInferRequest
-    ) -> tuple[bytes | GrpcAnswer | None, list[Attempt]]:
+    ) -> tuple[GrpcAttempt | None, list[Attempt]]:
         """Try the links as REST inference does (`Gateway.walk`: the same budgets, breakers and counters), each
         over gRPC where the backend has an address for it and forwarding is native, else over its REST API."""
 
         async def try_link(backend: Backend, timeout: float) -> Attempt:
             if backend.grpc is not None and self._native:
                 outcome, reason, answer = await self._grpc_attempt(backend.grpc, data, timeout)
-            else:
-                outcome, reason, answer = await self._rest_attempt(backend, request, timeout)
-            return GrpcAttempt(backend, outcome, reason, answer=answer)
+                return GrpcAttempt(backend, outcome, reason, answer=answer)
+            outcome, reason, answer, reply = await self._rest_attempt(backend, request, timeout)
+            return GrpcAttempt(backend, outcome, reason, reply, answer=answer)
 
         gateway = self._gateway
         attempt, failures = await gateway.walk(model, chain, gateway._inference, try_link)
-        return (attempt.answer if isinstance(attempt, GrpcAttempt) else None), failures
+        return (attempt if isinstance(attempt, GrpcAttempt) else None), failures
 
     async def _grpc_attempt(self, target: str, data: bytes, timeout: float) -> tuple[str, str, bytes | GrpcAnswer]:
         call = self.channels.infer(target)
@@ -238,12 +247,13 @@ class GatewayServicer:
 
     async def _rest_attempt(
         self, backend: Backend, request: pb.ModelInferRequest, timeout: float
-    ) -> tuple[str, str, bytes | GrpcAnswer]:
-        """The same tensors to the backend's REST endpoint, binary both ways, through the REST side's client."""
+    ) -> tuple[str, str, bytes | GrpcAnswer, Answer | None]:
+        """The same tensors to the backend's REST endpoint, binary both ways, through the REST side's client;
+        the last item is the backend's answer when it gave one."""
         try:
             document, binary = codec.request_document(request)
         except ProtocolError as exc:
-            return "client_error", "", GrpcAnswer(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return "client_error", "", GrpcAnswer(grpc.StatusCode.INVALID_ARGUMENT, str(exc)), None
         document["parameters"] = {**document.get("parameters", {}), "binary_data_output": True}
         header = orjson.dumps(document)
         version = f"/versions/{request.model_version}" if request.model_version else ""
@@ -257,14 +267,16 @@ class GatewayServicer:
         )
         reply = attempt.response
         if reply is None:
-            return attempt.outcome, attempt.reason, GrpcAnswer(grpc.StatusCode.UNAVAILABLE, attempt.reason)
+            return attempt.outcome, attempt.reason, GrpcAnswer(grpc.StatusCode.UNAVAILABLE, attempt.reason), None
         if reply.status_code != 200:
-            return attempt.outcome, attempt.reason, GrpcAnswer(status_of(reply.status_code), _error_text(reply.content))
+            error = GrpcAnswer(status_of(reply.status_code), _error_text(reply.content))
+            return attempt.outcome, attempt.reason, error, reply
         try:
             answer = codec.response_from_rest(reply.content, reply.headers.get(BINARY_HEADER))
         except ProtocolError as exc:
-            return "server_error", f"answered a body that is not OIP ({exc})", GrpcAnswer(grpc.StatusCode.INTERNAL, "")
-        return "ok", "", answer.SerializeToString()
+            reason = f"answered a body that is not OIP ({exc})"
+            return "server_error", reason, GrpcAnswer(grpc.StatusCode.INTERNAL, ""), reply
+        return "ok", "", answer.SerializeToString(), reply
 
 
 def _error_text(body: bytes) -> str:

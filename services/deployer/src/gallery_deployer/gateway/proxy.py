@@ -37,6 +37,7 @@ from .metrics import bound
 from .routes import Backend, ModelRoute, RouteBook
 from .settings import GatewaySettings
 from .upstream import Answer, ConnectFailed, UpstreamError, UpstreamPool
+from .usage import UsageMeter, rows_and_seconds
 
 
 class SampleSink(Protocol):
@@ -146,6 +147,7 @@ class Gateway:
         token = settings.deployer_token.get_secret_value() if settings.deployer_token else None
         self._wake_headers = {"authorization": f"Bearer {token}"} if token else {}
         self.cache = make_response_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
+        self.usage = UsageMeter()
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._wakes: dict[str, asyncio.Task[None]] = {}
@@ -238,6 +240,7 @@ class Gateway:
         body: bytes,
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
+        caller: str = "local",
     ) -> Answer:
         """Forward an inference request; the body goes through as bytes. When no backend could answer and
         one asked to be retried later (a full batching queue), the client gets that 503 and Retry-After.
@@ -263,6 +266,7 @@ class Gateway:
         if attempt is None or attempt.response is None or attempt.response.status_code != 200:
             return answer
         served = attempt.response
+        self.usage.record(model, attempt.backend.version, caller, *rows_and_seconds(served.headers))
         is_json = _BINARY_HEADER not in served.headers
         if (
             cache_key is not None

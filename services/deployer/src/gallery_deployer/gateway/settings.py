@@ -49,6 +49,9 @@ class GatewaySettings(GallerySettings):
         default=None, description="bearer token sent to model servers that have tokens configured (Kubernetes)"
     )
     sample_rate: float = Field(default=0.01, ge=0, le=1, description="share of requests sent to the monitor")
+    usage_report_s: float = Field(
+        default=10.0, gt=0, description="how often each replica sends its usage deltas (model.usage events)"
+    )
     sample_buffer: int = Field(
         default=10_000, ge=1, description="samples kept while NATS is unreachable (the oldest give way)"
     )

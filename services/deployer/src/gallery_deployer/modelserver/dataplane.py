@@ -38,6 +38,7 @@ class InferAnswer:
 
     body: bytes
     header_length: int | None
+    rows: int = 0  # the request's rows (its first input's batch dimension)
 
 
 def outcome_of(exc: GalleryError) -> str:
@@ -118,7 +119,7 @@ class DataPlane:
             self._observe(outcome_of(exc), started)
             raise
         self._observe(Outcome.ok, started)
-        return InferAnswer(payload, json_length)
+        return InferAnswer(payload, json_length, request.rows)
 
     async def infer_tensors(
         self, read: Callable[[ServedModel], InferRequest], *, name: str, version: str | None, started: float

@@ -17,7 +17,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gallery_common.access import admit, read_body, route_path
-from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
+from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH, USAGE_ROWS_HEADER, USAGE_SECONDS_HEADER
 from gallery_common.errors import GalleryError
 from gallery_common.settings import GallerySettings, Role
 
@@ -28,6 +28,8 @@ INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^
 _HEADER_LENGTH = INFERENCE_HEADER_LENGTH.lower().encode("latin-1")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _BINARY_HEADERS = [(b"content-type", b"application/octet-stream")]
+_ROWS = USAGE_ROWS_HEADER.encode("latin-1")
+_SECONDS = USAGE_SECONDS_HEADER.encode("latin-1")
 
 
 def error_headers(exc: GalleryError) -> dict[str, str]:
@@ -68,10 +70,12 @@ class InferRoute:
             headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error_headers(exc).items()]
             await _send(send, exc.status_code, orjson.dumps({"error": exc.message}), _JSON_HEADERS + headers)
             return
+        # what the request cost, for the gateway's usage metering
+        usage = [(_ROWS, b"%d" % answer.rows), (_SECONDS, b"%.6f" % (time.perf_counter() - started))]
         if answer.header_length is None:
-            await _send(send, 200, answer.body, _JSON_HEADERS)
+            await _send(send, 200, answer.body, _JSON_HEADERS + usage)
         else:
-            headers = [*_BINARY_HEADERS, (_HEADER_LENGTH, str(answer.header_length).encode("latin-1"))]
+            headers = [*_BINARY_HEADERS, (_HEADER_LENGTH, str(answer.header_length).encode("latin-1")), *usage]
             await _send(send, 200, answer.body, headers)
 
 
