@@ -20,7 +20,11 @@ import numpy as np
 import orjson
 import pytest
 from deployer_stack import publish, register, validated
+from headless_chromium import headless_chromium
 from lifecycle_stack import LifecycleStack
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 from typer.testing import CliRunner
 from waiting import wait_for
 
@@ -39,7 +43,8 @@ ROWS_PER_OUTCOME = 100  # a batch answer of 100 rows: one outcome event with a c
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, nats_module: EmbeddedNats) -> Iterator[LifecycleStack]:
-    """Registry, gateway and deployer; versions 1 (production) and 2 (a canary the analysis leaves alone)."""
+    """Registry, gateway, deployer and the Gallery; versions 1 (production) and 2 (a canary the analysis leaves
+    alone)."""
     running = LifecycleStack(home=tmp_path_factory.mktemp("home"), nats_url=nats_module.url)
     try:
         running.start_together(
@@ -47,7 +52,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, nats_module: EmbeddedNats) -
             ("gateway", "", {"GALLERY_SAMPLE_RATE": "0"}),
             timeout=60,
         )
-        running.start("deployer", GALLERY_CANARY_WINDOW_S="3600", GALLERY_DRAIN_S="1", GALLERY_READY_TIMEOUT_S="60")
+        deployer = {"GALLERY_CANARY_WINDOW_S": "3600", "GALLERY_DRAIN_S": "1", "GALLERY_READY_TIMEOUT_S": "60"}
+        # the Gallery is launched last: it reads the others' URLs
+        running.start_together(("deployer", "", deployer), ("gallery", "", {}), timeout=60)
         registry = running.services["registry"].url
         for version in (1, 2):
             artifacts = register(registry, running.home, version, W, rows=ROWS)
@@ -282,3 +289,42 @@ async def test_the_bandit_moves_traffic_to_the_better_arm(stack: LifecycleStack,
     assert route_shares(stack) == ({"2": 0.9, "3": pytest.approx(0.1)}, False)
     again = httpx.post(f"{stack.services['deployer'].url}/api/v1/experiments/{ident}/stop", json={"reason": "x"})
     assert again.status_code == 409
+
+
+def drawn(browser: WebDriver, page: str) -> None:
+    """Wait until the Gallery's router has drawn `page` (it marks <main id=view> with data-ready)."""
+    WebDriverWait(browser, 30, poll_frequency=0.1).until(
+        lambda d: d.find_element(By.ID, "view").get_attribute("data-ready") == page, message=f"no {page} page"
+    )
+
+
+def test_the_gallery_shows_the_experiment_with_its_curves_and_decision(stack: LifecycleStack) -> None:
+    gallery = stack.services["gallery"].url
+    won = next(e for e in httpx.get(f"{gallery}/api/deployer/api/v1/experiments").json() if e["winner"] == 2)
+    with headless_chromium() as browser:
+        browser.get(f"{gallery}/models/iris")
+        drawn(browser, "model")
+        rows = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#experiments tbody tr"))
+        assert len(rows) == 3 and "v2 won" in browser.find_element(By.ID, "experiments").text
+        browser.find_element(By.CSS_SELECTOR, f'#experiments tr[data-experiment="{won["id"]}"] a').click()
+        drawn(browser, "experiment")
+
+        assert browser.current_url == f"{gallery}/models/iris/experiments/{won['id']}"
+        decision = browser.find_element(By.ID, "decision")
+        assert decision.get_attribute("data-winner") == "2" and "v2 won" in decision.text
+        assert f"experiment {won['id']}: version 2 wins" in decision.text
+        assert "p-value (always valid)" in browser.find_element(By.ID, "evidence").text
+        arms = {
+            r.get_attribute("data-version"): r.text for r in browser.find_elements(By.CSS_SELECTOR, "#arms tbody tr")
+        }
+        assert set(arms) == {"1", "2"} and "control" in arms["1"] and "100.0 %" in arms["2"]
+        for chart in ("means", "shares", "p-value"):
+            lines = browser.find_elements(By.CSS_SELECTOR, f'figure[data-chart="{chart}"] path.line')
+            assert lines, f"the {chart} chart has no curve"
+        # the optimizer is not in this stack: its section's refused request is the only one allowed
+        severe = [
+            e
+            for e in browser.get_log("browser")
+            if e["level"] == "SEVERE" and not ("/api/optimizer/" in e["message"] and "502" in e["message"])
+        ]
+        assert severe == [], severe

@@ -30,6 +30,7 @@ APP_PAGES = (
     "/models/{name}/versions/{version}",
     "/models/{name}/lineage",
     "/models/{name}/try",
+    "/models/{name}/experiments/{experiment_id}",
     "/runs",
     "/runs/{run_id}",
     "/compare",

@@ -13,6 +13,7 @@ const ROUTES = [
   { re: /^\/models\/([^/]+)\/versions\/([^/]+)\/?$/, page: "model", nav: "catalogue", keys: ["name", "version"] },
   { re: /^\/models\/([^/]+)\/lineage\/?$/, page: "lineage", nav: "catalogue", keys: ["name"] },
   { re: /^\/models\/([^/]+)\/try\/?$/, page: "try", nav: "catalogue", keys: ["name"] },
+  { re: /^\/models\/([^/]+)\/experiments\/([^/]+)\/?$/, page: "experiment", nav: "catalogue", keys: ["name", "id"] },
   { re: /^\/runs\/?$/, page: "runs", nav: "experiments", keys: [] },
   { re: /^\/runs\/([^/]+)\/?$/, page: "run", nav: "experiments", keys: ["id"] },
   { re: /^\/compare\/?$/, page: "compare", nav: "experiments", keys: [] },

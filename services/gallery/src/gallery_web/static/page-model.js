@@ -9,6 +9,7 @@ import { ago, badge, h, metric, put, seg, statusBadge } from "./dom.js";
 import { markdownBlock } from "./markdown.js";
 import { importanceSection } from "./explain-views.js";
 import { federationSection } from "./federation-view.js";
+import { experimentsSection } from "./page-experiment.js";
 import {
   aliasHistorySection,
   dataSection,
@@ -206,11 +207,12 @@ export async function render(view, route) {
   const placeholder = h("div", { class: "sections" }, h("p", { class: "empty" }, "Loading the evaluation, deployments and history…"));
   view.append(placeholder);
 
-  const [run, jobs, deployments, history] = await Promise.allSettled([
+  const [run, jobs, deployments, history, experiments] = await Promise.allSettled([
     version.run_id ? maybe(trainer(`/runs/${seg(version.run_id)}`)) : Promise.resolve(null),
     api(optimizer(`/optimize?model=${encodeURIComponent(name)}`)),
     maybe(deployer(`/deployments/${seg(name)}`)),
     maybe(registry(`/models/${seg(name)}/aliases/production/history`)),
+    api(deployer(`/experiments?model=${encodeURIComponent(name)}`)),
   ]);
   if (!route.isCurrent()) return;
   const job = value(jobs, []).find((j) => j.version === version.version && j.report) || value(jobs, []).find((j) => j.version === version.version) || null;
@@ -223,6 +225,7 @@ export async function render(view, route) {
     h("div", { class: "two-col" }, guarded(() => dataSection(version, value(run, null))), guarded(() => verdictsSection(versions))),
     failed(jobs) || guarded(() => optimizerSection(job)),
     failed(deployments) || guarded(() => deploymentsSection(value(deployments, []))),
+    failed(experiments) || guarded(() => experimentsSection(value(experiments, []))),
     h("div", { class: "two-col" }, guarded(() => versionsSection(model, versions, version.version)), failed(history) || guarded(() => aliasHistorySection(value(history, [])))),
     guarded(() => downloadsSection(version)),
   );
