@@ -19,6 +19,7 @@ from . import (
     site_cmd,
     stack_cmd,
     train_cmd,
+    usage_cmd,
 )
 
 app = typer.Typer(
@@ -46,6 +47,7 @@ app.command()(deploy_cmd.deployments)
 app.add_typer(experiment_cmd.app, name="experiment")
 app.command()(monitor_cmd.monitor)
 app.command()(explain_cmd.explain)
+app.command()(usage_cmd.usage)
 app.add_typer(site_cmd.app, name="site")
 
 
