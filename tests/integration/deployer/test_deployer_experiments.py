@@ -26,11 +26,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 from typer.testing import CliRunner
-from waiting import wait_for
+from waiting import eventually, wait_for
 
 from gallery_cli.main import app as cli
-from gallery_common.bus import EventBus
-from gallery_common.events import ModelOutcome
+from gallery_common.bus import DeadLetter, EventBus
+from gallery_common.events import ModelOutcome, make_event
 from gallery_common.nats_server import EmbeddedNats
 
 pytestmark = pytest.mark.story
@@ -111,22 +111,25 @@ class Population:
             for _ in range(answers_per_version):
                 for version, rate in self.accuracy.items():
                     correct = [bool(c) for c in self.rng.random(ROWS_PER_OUTCOME) < rate]
-                    request_id = f"r{self.rng.integers(1 << 62):x}-{self.sent}"
-                    self.sent += 1
-                    outcome = ModelOutcome(
-                        model="iris",
-                        version=str(version),
-                        request_id=request_id,
-                        caller="shop",
-                        given_by="shop",
-                        answered_at=datetime.now(UTC),
-                        rows=ROWS_PER_OUTCOME,
-                        kind="label",
-                        label=[0] * ROWS_PER_OUTCOME,
-                        correct=correct,
-                        correct_rows=sum(correct),
-                    )
-                    await bus.publish(outcome, event_id=f"outcome.{request_id}")
+                    outcome = self.outcome(version, correct)
+                    await bus.publish(outcome, event_id=f"outcome.{outcome.request_id}")
+
+    def outcome(self, version: int, correct: list[bool]) -> ModelOutcome:
+        """One answer's feedback: a label per row, `correct` saying which rows the version got right."""
+        self.sent += 1
+        return ModelOutcome(
+            model="iris",
+            version=str(version),
+            request_id=f"r{self.rng.integers(1 << 62):x}-{self.sent}",
+            caller="shop",
+            given_by="shop",
+            answered_at=datetime.now(UTC),
+            rows=len(correct),
+            kind="label",
+            label=[0] * len(correct),
+            correct=correct,
+            correct_rows=sum(correct),
+        )
 
 
 @pytest.fixture
@@ -289,6 +292,21 @@ async def test_the_bandit_moves_traffic_to_the_better_arm(stack: LifecycleStack,
     assert route_shares(stack) == ({"2": 0.9, "3": pytest.approx(0.1)}, False)
     again = httpx.post(f"{stack.services['deployer'].url}/api/v1/experiments/{ident}/stop", json={"reason": "x"})
     assert again.status_code == 409
+
+
+async def test_a_malformed_outcome_is_dead_lettered_with_the_reason(nats_module: EmbeddedNats) -> None:
+    async with EventBus(nats_module.url, "/tests/population") as bus:
+        good = make_event(Population(nats_module.url, {}, 0).outcome(3, [True]), "/tests/population", event_id="bad-1")
+        broken = good.to_json().replace(b'"rows":1', b'"rows":0')
+        await bus.publish_raw("model.outcome", broken, {"Nats-Msg-Id": "bad-1"})
+
+        async def refused() -> list[DeadLetter]:
+            return [
+                d for d in await bus.dead_letters() if d.consumer == "deployer-experiments" and d.event_id == "bad-1"
+            ]
+
+        letters = await eventually(refused, 30, "the outcome dead-lettered")
+    assert "invalid outcome event" in letters[0].reason and "rows" in letters[0].reason
 
 
 def drawn(browser: WebDriver, page: str) -> None:
