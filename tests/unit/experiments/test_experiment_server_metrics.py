@@ -9,6 +9,7 @@ from typing import Any
 
 from gallery_common.contracts.serving_metrics import Scrape, SeriesKey, ServingCounts, ServingPage
 from gallery_common.db import make_engine
+from gallery_common.errors import Unavailable
 from gallery_common.events import ModelExperimentConcluded, Payload
 from gallery_deployer.deployer.migrations import upgrade
 from gallery_deployer.deployer.records import DeploymentRecord, DeploymentStore, Stage
@@ -40,6 +41,7 @@ class Deployer(Servers):
         self.route_overlay: Any = None
         self.routes_written = 0
         self.settled: list[tuple[int, str]] = []
+        self.refusals = 1  # the first settle fails: the experiment must stay running and conclude on a later look
         self._lock = asyncio.Lock()
 
     def lock(self, model: str) -> asyncio.Lock:
@@ -50,6 +52,9 @@ class Deployer(Servers):
         return None
 
     async def settle(self, model: str, version: int, reason: str) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise Unavailable("the registry is down")
         self.settled.append((version, reason))
 
 
@@ -90,6 +95,7 @@ def test_an_error_rate_experiment_decides_from_the_servers_counts(tmp_path: Path
 
     asyncio.run(run())
 
+    assert deployer.refusals == 0
     record = ExperimentStore(engine).all()[0]
     assert record.status == ExperimentStatus.concluded and record.winner == 4
     assert record.figures(3).n == record.figures(4).n <= 40 * 200  # the 5,000 before the start are not counted

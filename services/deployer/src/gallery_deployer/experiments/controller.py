@@ -345,11 +345,18 @@ class Experiments:
         record.verdict = {**asdict(verdict), "interval": [low, high]}
         if winner is not None:
             record.shares = {str(v): 1.0 if v == winner else 0.0 for v in record.versions}
-        record = await self._end(record)
-        if winner is not None:
-            await self.controller.settle(record.model, winner, reason)
-        else:
-            await self._route(record.model)
+        # Traffic and alias first, the event next, the record last: a failure or a crash on the way leaves
+        # the experiment running, and the next outcome (or a redelivery of this one) concludes it again;
+        # each step is idempotent (the event's id is the experiment's).
+        self._running.pop(record.model, None)  # the route the settle writes is the deployments' own
+        try:
+            if winner is not None:
+                await self.controller.settle(record.model, winner, reason)
+            else:
+                await self._route(record.model)
+        except Exception:
+            self._running[record.model] = await self._db(self.store.get, record.id)
+            raise
         payload = ModelExperimentConcluded(
             model=record.model,
             experiment_id=record.id,
@@ -366,6 +373,7 @@ class Experiments:
             reason=record.reason or reason,
         )
         await self.publish(payload, f"experiment_concluded:{record.id}")
+        await self._end(record)
         log.info("experiment_concluded", experiment=record.id, model=record.model, winner=winner, reason=reason)
 
     # -- the tick: servers' figures and the bandit ---------------------------------------------------
