@@ -29,6 +29,7 @@ OWNERS = {
     "model.deployment_failed": "deployer",
     "model.experiment_concluded": "deployer",
     "model.degraded": "monitor",
+    "model.outcome": "gateway",
     "model.usage": "gateway",
 }
 

@@ -12,6 +12,7 @@ from . import (
     events_cmd,
     experiment_cmd,
     explain_cmd,
+    feedback_cmd,
     models_cmd,
     monitor_cmd,
     optimize_cmd,
@@ -47,6 +48,7 @@ app.command()(deploy_cmd.deployments)
 app.add_typer(experiment_cmd.app, name="experiment")
 app.command()(monitor_cmd.monitor)
 app.command()(explain_cmd.explain)
+app.command()(feedback_cmd.feedback)
 app.command()(usage_cmd.usage)
 app.add_typer(site_cmd.app, name="site")
 

@@ -135,17 +135,24 @@ def _read_events(name: str) -> tuple[str, ...]:
     )
 
 
+def _write_bucket(stream: str, subjects: str) -> tuple[str, ...]:
+    """Keep a KV bucket (its stream), read its keys and write them."""
+    return (*_stream_upkeep(stream), f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>", subjects)
+
+
 def _write_routes() -> tuple[str, ...]:
     """Keep the gateways' routes bucket, read its keys and write them (the deployer only)."""
-    from .routes_kv import STREAM as ROUTES_STREAM
-    from .routes_kv import SUBJECTS as ROUTES
+    from .routes_kv import STREAM, SUBJECTS
 
-    return (
-        *_stream_upkeep(ROUTES_STREAM),
-        f"$JS.API.STREAM.MSG.GET.{ROUTES_STREAM}",
-        f"$JS.API.DIRECT.GET.{ROUTES_STREAM}.>",
-        ROUTES,
-    )
+    return _write_bucket(STREAM, SUBJECTS)
+
+
+def _keep_outcomes() -> tuple[str, ...]:
+    """Keep the outcome bucket and publish the feedback joined to its answers, `model.outcome` (the gateway)."""
+    from .events import subject_for
+    from .outcomes_kv import STREAM, SUBJECTS
+
+    return (*_write_bucket(STREAM, SUBJECTS), subject_for("outcome"))
 
 
 def _follow_routes() -> tuple[str, ...]:
@@ -216,6 +223,8 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
         (*_read_events("cli"), f"{INFER_PREFIX}*", f"{JOBS_PREFIX}*", f"$JS.API.STREAM.INFO.{JOBS_STREAM}"),
         (f"{inbox_prefix('cli')}.>", f"{JOB_STATUS_PREFIX}>"),
     )
+    gateway = found["gateway"]
+    found["gateway"] = Principal("gateway", (*gateway.publish, *_keep_outcomes()), gateway.subscribe)
     for role in ("deployer", "monitor"):  # replicas elect a leader (gallery_common.leader)
         elector = found[role]
         found[role] = Principal(role, (*elector.publish, *_leader_claim(role)), elector.subscribe)

@@ -425,8 +425,11 @@ def encode_infer_response(
     request: InferRequest,
     results: Mapping[str, np.ndarray],
     outputs: Sequence[TensorSpec],
+    *,
+    request_id: str | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when some outputs are binary, the length of its JSON header.
+    """The response body and, when some outputs are binary, the length of its JSON header. Its `id` is the
+    request's, else `request_id` (the server's name for the request).
 
     The requested outputs (all when none were named) carry flat row-major data, or, when asked for
     in binary, a `binary_data_size` and their raw bytes after the JSON header.
@@ -434,8 +437,9 @@ def encode_infer_response(
     wanted = request.outputs if request.outputs is not None else tuple(spec.name for spec in outputs)
     by_name = {spec.name: spec for spec in outputs}
     document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request.id is not None:
-        document["id"] = request.id
+    answer_id = request.id if request.id is not None else request_id
+    if answer_id is not None:
+        document["id"] = answer_id
     if request.parameters:
         document["parameters"] = request.parameters
     tensors = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 
 from gallery_common.errors import BadRequest
 
@@ -34,3 +35,12 @@ def checked_request_id(value: str) -> str:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise BadRequest(f"{REQUEST_ID_HEADER} {shown!r} is not a request id: it must be {REQUEST_ID_RULE}")
     return value
+
+
+def call_request_id(metadata: Iterable[tuple[str, str | bytes]], message_id: str) -> str:
+    """The request id of a gRPC call: its `x-gallery-request-id` metadata (checked), else the message's own
+    `id` when that is a usable one, else a new one."""
+    for key, value in metadata:
+        if key == REQUEST_ID_HEADER:
+            return checked_request_id(value if isinstance(value, str) else value.decode("latin-1"))
+    return message_id if message_id and _ID.fullmatch(message_id) is not None else new_request_id()

@@ -12,13 +12,14 @@ from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, Field
 
 from gallery_common import __version__
-from gallery_common.auth import requires
+from gallery_common.auth import authorize, requires
 from gallery_common.deps import get_resources
-from gallery_common.errors import NotFound
+from gallery_common.errors import NotFound, Unavailable
 from gallery_common.routes_kv import BUCKET
 from gallery_common.settings import Role
 
 from .fastpath import INFER_ROUTES, OIP_TAG
+from .feedback import Feedback, FeedbackAnswer, FeedbackBatch, FeedbackDesk, parse_feedback
 from .proxy import Gateway
 from .routes import ModelRoute, RouteBook, check_model_name
 
@@ -96,6 +97,38 @@ async def explain(model: str, request: Request) -> Response:
 async def explain_version(model: str, version: str, request: Request) -> Response:
     """As `/v2/models/{model}/explain`, sent only to backends serving `version`."""
     return await _explain(model, version, request)
+
+
+_FEEDBACK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"oneOf": [Feedback.model_json_schema(), FeedbackBatch.model_json_schema()]}}
+        },
+    }
+}
+
+
+@oip.post(
+    "/v2/models/{model}/feedback",
+    status_code=202,
+    summary="Feedback",
+    openapi_extra=_FEEDBACK_BODY,
+    responses={404: {"description": "Unknown or expired request id, or another model's"}, 409: {}, 422: {}},
+)
+async def feedback(model: str, request: Request) -> FeedbackAnswer:
+    """The true label (one class per row of the answer) or a reward for an answer, named by its
+    `x-gallery-request-id`: `{"request_id", "label" | "reward"}`, or `{"outcomes": [...]}` for up to
+    1000 at once. Joined to the version that answered (for models whose route records outcomes)
+    and published as `model.outcome`. 404: an id unknown, expired or of another model; 422: malformed
+    (both or neither of label and reward, a label count other than the answer's rows); 409: the answer
+    has its feedback already. Nothing of a batch is recorded when a piece fails."""
+    pieces = parse_feedback(await request.body())
+    caller = await authorize(request)
+    recorder = _gateway(request).outcomes
+    if recorder is None:
+        raise Unavailable("this gateway runs without NATS and keeps no answers to join feedback to")
+    return FeedbackAnswer(recorded=await FeedbackDesk(recorder).give(model, pieces, caller.name))
 
 
 oip.routes.extend(INFER_ROUTES)

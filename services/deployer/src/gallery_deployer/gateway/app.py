@@ -14,6 +14,7 @@ from gallery_common.settings import load_settings
 from . import api
 from .fastpath import GatewayApp, document_inference, is_inference
 from .follow import follow_routes
+from .outcomes import OutcomeRecorder, OutcomeStore
 from .proxy import Gateway
 from .routes import RouteBook
 from .samples import SampleOutbox
@@ -48,13 +49,19 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         stack.push_async_callback(client.close)
         samples: SampleOutbox | None = None
         follower: RoutesFollower | None = None
+        outcomes: OutcomeRecorder | None = None
         if resources.bus is not None:
             samples = SampleOutbox(resources.bus, settings.sample_buffer)
             samples.start()
             stack.push_async_callback(samples.close, timeout=settings.request_timeout_s)
             follower = follow_routes(resources.bus, book)
             stack.push_async_callback(follower.close)
-        gateway = Gateway(settings, book, client, samples, follower=follower)
+            store = OutcomeStore(resources.bus, settings.outcome_ttl_s, settings.outcome_max_bytes)
+            outcomes = OutcomeRecorder(store, settings.outcome_queue)
+            outcomes.start()
+            # closed after the gRPC front and the gateway: the last answers are recorded
+            stack.push_async_callback(outcomes.close, timeout=settings.request_timeout_s)
+        gateway = Gateway(settings, book, client, samples, follower=follower, outcomes=outcomes)
         stack.push_async_callback(gateway.close)
         if resources.bus is not None:
             usage = UsageReporter(resources.bus, gateway.usage, settings.usage_report_s)

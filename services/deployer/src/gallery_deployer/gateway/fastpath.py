@@ -30,6 +30,7 @@ from gallery_common.access import admit, gallery_error_response, read_body, rout
 from gallery_common.app import HTTP_DURATION, HTTP_REQUESTS, ServiceResources
 from gallery_common.auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
+from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, checked_request_id, new_request_id
 from gallery_common.errors import GalleryError
 from gallery_common.settings import Role
 from gallery_common.telemetry import get_logger
@@ -45,6 +46,7 @@ INFER_PATH = "/v2/models/{model}/infer"
 INFER_VERSION_PATH = "/v2/models/{model}/versions/{version}/infer"
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
+_REQUEST_ID = REQUEST_ID_HEADER.encode("latin-1")
 
 
 def is_inference(scope: MutableMapping[str, Any]) -> bool:
@@ -93,21 +95,25 @@ class InferEndpoint:
     @staticmethod
     async def _reply(scope: Scope, receive: Receive, match: re.Match[str], resources: ServiceResources) -> Reply:
         settings = resources.settings
+        request_id = None
         try:
             body = admit(settings, scope, receive, Role.inference, settings.max_body_bytes)
             data = await read_body(body.receive)
             gateway = resources.core_as(Gateway)
             headers = _request_headers(scope)
+            given = headers.get(REQUEST_ID_HEADER)
+            request_id = new_request_id() if given is None else checked_request_id(given)
             cookie = headers.get("cookie")
             cookies = cookie_parser(cookie) if cookie else {}
             caller = scope[CALLER_SCOPE_KEY].name
             answer = await gateway.infer(
-                match["model"], match["version"], scope["path"], data, headers, cookies, caller
+                match["model"], match["version"], scope["path"], data, headers, cookies, caller, request_id
             )
         except GalleryError as exc:
-            return _rendered(gallery_error_response(exc))
+            status, raw, content = _rendered(gallery_error_response(exc))
+            return status, raw if request_id is None else [*raw, (_REQUEST_ID, request_id.encode("latin-1"))], content
         content = answer.content
-        raw = [(b"content-length", b"%d" % len(content))]
+        raw = [(b"content-length", b"%d" % len(content)), (_REQUEST_ID, request_id.encode("latin-1"))]
         raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
         return answer.status_code, raw, content
 

@@ -27,6 +27,7 @@ from grpc import aio
 from gallery_common import __version__
 from gallery_common.auth import Caller
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH, ProtocolError
+from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, call_request_id
 from gallery_common.errors import BadRequest, GalleryError
 from gallery_common.oip_grpc import codec
 from gallery_common.oip_grpc import grpc_predict_v2_pb2 as pb
@@ -73,6 +74,15 @@ class GrpcAttempt(Attempt):
 
 def _raw(data: bytes) -> bytes:
     return data
+
+
+def _id_field(request_id: str) -> bytes:
+    """`id` (field 3, a string) as protobuf bytes: appended to a serialized ModelInferRequest without one, it
+    sets the request's id (the backend's answer echoes it) without parsing and serializing the message again."""
+    raw = request_id.encode("ascii")
+    size = len(raw)
+    varint = bytes([size]) if size < 0x80 else bytes([(size & 0x7F) | 0x80, size >> 7])
+    return b"\x1a" + varint + raw
 
 
 class BackendChannels:
@@ -195,8 +205,18 @@ class GatewayServicer:
         except GalleryError as exc:
             await abort(context, exc)
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        try:
+            request_id = call_request_id(metadata.items(), request.id)
+        except GalleryError as exc:
+            await abort(context, exc)
+        if not request.id:  # the answer's `id` names the request, whichever way it is forwarded
+            request.id = request_id
+            data += _id_field(request_id)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         chain = plan_chain(serving, gateway._sticky_key(route, metadata, {}), gateway.rng)
-        attempt, failures = await self._walk(model, chain, data, request)
+        # an answer to keep for feedback is read from its REST body
+        native = self._native and not route.policy.record_outcomes
+        attempt, failures = await self._walk(model, chain, data, request, native)
         metrics.LATENCY.labels(model).observe(time.perf_counter() - start)
         answer = attempt.answer if attempt is not None else None
         if isinstance(answer, bytes):
@@ -205,6 +225,8 @@ class GatewayServicer:
             if attempt.response is None and request.inputs and request.inputs[0].shape:
                 rows = request.inputs[0].shape[0]  # forwarded over gRPC: the backend reports no cost
             gateway.usage.record(model, attempt.backend.version, caller.name, rows, seconds)
+            if route.policy.record_outcomes and attempt.response is not None:
+                gateway.record_answer(request_id, model, attempt.backend, caller.name, attempt.response)
             return answer
         if isinstance(answer, GrpcAnswer):
             await context.abort(answer.code, answer.details)
@@ -215,13 +237,13 @@ class GatewayServicer:
         raise AssertionError("context.abort returned")
 
     async def _walk(
-        self, model: str, chain: list[Backend], data: bytes, request: pb.ModelInferRequest
+        self, model: str, chain: list[Backend], data: bytes, request: pb.ModelInferRequest, native: bool
     ) -> tuple[GrpcAttempt | None, list[Attempt]]:
         """Try the links as REST inference does (`Gateway.walk`: the same budgets, breakers and counters), each
-        over gRPC where the backend has an address for it and forwarding is native, else over its REST API."""
+        over gRPC where the backend has an address for it and forwarding is `native`, else over its REST API."""
 
         async def try_link(backend: Backend, timeout: float) -> Attempt:
-            if backend.grpc is not None and self._native:
+            if backend.grpc is not None and native:
                 outcome, reason, answer = await self._grpc_attempt(backend.grpc, data, timeout)
                 return GrpcAttempt(backend, outcome, reason, answer=answer)
             outcome, reason, answer, reply = await self._rest_attempt(backend, request, timeout)

@@ -67,3 +67,24 @@ EXPLAIN_LATENCY = histogram(
     ("model",),
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
+OUTCOME_RECORDS = counter(
+    "gateway_outcome_records_total",
+    "Answers of routes that record outcomes, by what became of them (recorded, dropped: the queue was full, "
+    "duplicate: the request id had a record, unreadable, failed)",
+    ("model", "outcome"),
+)
+# Online accuracy of a version: outcome_correct_rows / outcome_rows; its mean reward:
+# (outcome_reward_gained - outcome_reward_lost) / outcomes{kind="reward"}.
+OUTCOMES = counter(
+    "outcomes_total",
+    "Feedback joined to an answer, by the version that answered and kind (label, reward)",
+    ("model", "version", "kind"),
+)
+OUTCOME_ROWS = counter("outcome_rows_total", "Rows of answers that got a label", ("model", "version"))
+OUTCOME_CORRECT_ROWS = counter(
+    "outcome_correct_rows_total", "Rows whose label is the answer's top class", ("model", "version")
+)
+OUTCOME_REWARD_GAINED = counter("outcome_reward_gained_total", "Sum of the positive rewards", ("model", "version"))
+OUTCOME_REWARD_LOST = counter(
+    "outcome_reward_lost_total", "Sum of the negative rewards, as a positive number", ("model", "version")
+)

@@ -26,6 +26,7 @@ from gallery_common.contracts.oip import (
     parse_header_length,
     response_top_classes,
 )
+from gallery_common.contracts.request_ids import REQUEST_ID_HEADER
 from gallery_common.errors import NotFound, Unavailable
 from gallery_common.routes_kv import RoutesFollower
 
@@ -34,6 +35,7 @@ from .balance import plan_chain
 from .breaker import BreakerState, CircuitBreaker
 from .cache import CachedAnswer, make_response_cache
 from .metrics import bound
+from .outcomes import Answered, OutcomeRecorder
 from .routes import Backend, ModelRoute, RouteBook
 from .settings import GatewaySettings
 from .upstream import Answer, ConnectFailed, UpstreamError, UpstreamPool
@@ -137,10 +139,12 @@ class Gateway:
         rng: random.Random | None = None,
         *,
         follower: RoutesFollower | None = None,
+        outcomes: OutcomeRecorder | None = None,
     ) -> None:
         self.settings = settings
         self.book = book
         self.follower = follower  # what keeps `book` in step with the routes bucket; None without a bus
+        self.outcomes = outcomes  # where answers of routes that record outcomes go; None without a bus
         self.client = client
         self.samples = samples
         self.rng = rng or random.Random()
@@ -241,14 +245,20 @@ class Gateway:
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
         caller: str = "local",
+        request_id: str | None = None,
     ) -> Answer:
         """Forward an inference request; the body goes through as bytes. When no backend could answer and
         one asked to be retried later (a full batching queue), the client gets that 503 and Retry-After.
-        The answer carries only the headers a client needs (content type, binary-data length, Retry-After)."""
+        The answer carries only the headers a client needs (content type, binary-data length, Retry-After).
+        `request_id` goes to the backend, which names it in the answer's JSON `id` when the request has
+        none (an answer from the cache names the request that filled it there); a route that records
+        outcomes keeps the answer under it, and never answers from the cache (a cached answer names no
+        version that gave it)."""
         start = time.perf_counter()
         route, serving = await self._route(model, version)
+        policy = route.policy
         cache_key = None
-        if route.policy.cache_enabled:
+        if policy.cache_enabled and not policy.record_outcomes:
             cache_key = _cache_key(model, version, body, headers)
             cached = await self.cache.get(cache_key)
             if cached is not None:
@@ -257,6 +267,8 @@ class Gateway:
             bound(metrics.CACHE_MISSES, model).inc()
         chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
         sent = _passed_headers(headers)
+        if request_id is not None:
+            sent[REQUEST_ID_HEADER] = request_id
         attempt, failures = await self._walk(model, chain, "POST", path, body, sent, self._inference)
         latency = time.perf_counter() - start
         bound(metrics.LATENCY, model).observe(latency)
@@ -267,6 +279,8 @@ class Gateway:
             return answer
         served = attempt.response
         self.usage.record(model, attempt.backend.version, caller, *rows_and_seconds(served.headers))
+        if policy.record_outcomes and request_id is not None:
+            self.record_answer(request_id, model, attempt.backend, caller, served)
         is_json = _BINARY_HEADER not in served.headers
         if (
             cache_key is not None
@@ -280,6 +294,25 @@ class Gateway:
         if self.samples is not None and is_json and self.rng.random() < self.settings.sample_rate:
             self._spawn(self._sample(model, attempt.backend, body, served.content, latency))
         return answer
+
+    def record_answer(self, request_id: str, model: str, backend: Backend, caller: str, served: Answer) -> None:
+        """Keep a 200 answer of a route that records outcomes for feedback: handed to a bounded queue, never
+        waited for (dropped, and counted, when the queue is full or this gateway has no bus)."""
+        if self.outcomes is None:
+            bound(metrics.OUTCOME_RECORDS, model, "dropped").inc()
+            return
+        self.outcomes.offer(
+            Answered(
+                request_id,
+                model,
+                backend.version,
+                backend.variant,
+                caller,
+                time.time(),
+                served.content,
+                served.headers.get(_BINARY_HEADER),
+            )
+        )
 
     async def explain(
         self,

@@ -55,6 +55,15 @@ class GatewaySettings(GallerySettings):
     sample_buffer: int = Field(
         default=10_000, ge=1, description="samples kept while NATS is unreachable (the oldest give way)"
     )
+    outcome_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="how long answers of routes that record outcomes wait for feedback"
+    )
+    outcome_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024, description="size of the outcome bucket (the oldest give way)"
+    )
+    outcome_queue: int = Field(
+        default=10_000, ge=1, description="answers waiting to be recorded; more are dropped (and counted)"
+    )
 
     @property
     def resolved_routes_file(self) -> Path:

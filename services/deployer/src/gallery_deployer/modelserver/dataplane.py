@@ -100,12 +100,14 @@ class DataPlane:
         name: str | None = None,
         version: str | None = None,
         started: float | None = None,
+        request_id: str | None = None,
     ) -> InferAnswer:
         """Run one infer request body and encode its answer; raises the GalleryError it ended with.
 
         `name` and `version` are checked when the transport carries them (a REST path; a NATS subject
         names the model already). `started` (a `time.perf_counter()` reading) is when the request
-        arrived, for the request-duration metric; now, when not given.
+        arrived, for the request-duration metric; now, when not given. `request_id` is the answer's `id` when
+        the request names none.
         """
         started = time.perf_counter() if started is None else started
         model = self.model
@@ -114,7 +116,9 @@ class DataPlane:
                 self.check_model(name, version)
             request = parse_infer_request(body, model.inputs, model.outputs, header_length)
             results = await self._batcher.submit(request.inputs, request.rows)
-            payload, json_length = encode_infer_response(model.name, model.version, request, results, model.outputs)
+            payload, json_length = encode_infer_response(
+                model.name, model.version, request, results, model.outputs, request_id=request_id
+            )
         except GalleryError as exc:
             self._observe(outcome_of(exc), started)
             raise

@@ -17,6 +17,7 @@ import orjson
 from grpc import aio
 
 from gallery_common.contracts.oip import InferRequest, InferRequestError, ProtocolError, parse_infer_document
+from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, call_request_id
 from gallery_common.errors import GalleryError
 from gallery_common.oip_grpc import codec
 from gallery_common.oip_grpc import grpc_predict_v2_pb2 as pb
@@ -82,12 +83,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         plane = self._plane
         try:
             authorize(self._settings, context)
+            request_id = call_request_id(context.invocation_metadata() or (), request.id)
+            if not request.id:  # the answer's `id` names the request
+                request.id = request_id
             parsed, results = await plane.infer_tensors(
                 read, name=request.model_name, version=request.model_version or None, started=started
             )
         except GalleryError as exc:
             await abort(context, exc)
         model = plane.model
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         return codec.served_response(model.name, model.version, parsed, results, model.outputs)
 
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gallery_common.access import admit, read_body, route_path
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH, USAGE_ROWS_HEADER, USAGE_SECONDS_HEADER
+from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, checked_request_id, new_request_id
 from gallery_common.errors import GalleryError
 from gallery_common.settings import GallerySettings, Role
 
@@ -28,6 +29,7 @@ INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^
 _HEADER_LENGTH = INFERENCE_HEADER_LENGTH.lower().encode("latin-1")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _BINARY_HEADERS = [(b"content-type", b"application/octet-stream")]
+_REQUEST_ID = REQUEST_ID_HEADER.encode("latin-1")
 _ROWS = USAGE_ROWS_HEADER.encode("latin-1")
 _SECONDS = USAGE_SECONDS_HEADER.encode("latin-1")
 
@@ -62,16 +64,24 @@ class InferRoute:
         if scope["method"] != "POST":
             await _send(send, 405, orjson.dumps({"error": "Method Not Allowed"}), [*_JSON_HEADERS, (b"allow", b"POST")])
             return
+        request_id = None
         try:
             body = admit(self.settings, scope, receive, Role.inference, self.settings.max_body_bytes)
+            header_length, given = _read_headers(scope)
+            request_id = new_request_id() if given is None else checked_request_id(given)
             data = await read_body(body.receive)
-            answer = await self.plane.infer(data, _header_length(scope), name=name, version=version, started=started)
+            answer = await self.plane.infer(
+                data, header_length, name=name, version=version, started=started, request_id=request_id
+            )
         except GalleryError as exc:
             headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error_headers(exc).items()]
+            if request_id is not None:
+                headers.append((_REQUEST_ID, request_id.encode("latin-1")))
             await _send(send, exc.status_code, orjson.dumps({"error": exc.message}), _JSON_HEADERS + headers)
             return
-        # what the request cost, for the gateway's usage metering
-        usage = [(_ROWS, b"%d" % answer.rows), (_SECONDS, b"%.6f" % (time.perf_counter() - started))]
+        # what the request cost (for the gateway's usage metering) and which request it was
+        named = (_REQUEST_ID, request_id.encode("latin-1"))
+        usage = [(_ROWS, b"%d" % answer.rows), (_SECONDS, b"%.6f" % (time.perf_counter() - started)), named]
         if answer.header_length is None:
             await _send(send, 200, answer.body, _JSON_HEADERS + usage)
         else:
@@ -79,11 +89,15 @@ class InferRoute:
             await _send(send, 200, answer.body, headers)
 
 
-def _header_length(scope: Scope) -> str | None:
+def _read_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """The binary-data header's value and the request id header's, in one pass."""
+    header_length = request_id = None
     for key, value in scope["headers"]:
         if key == _HEADER_LENGTH:
-            return str(value.decode("latin-1"))
-    return None
+            header_length = value.decode("latin-1")
+        elif key == _REQUEST_ID:
+            request_id = value.decode("latin-1")
+    return header_length, request_id
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
