@@ -5,8 +5,9 @@ Only the trainer publishes `model.trained`, only the registry `model.validated` 
 only the optimizer `model.optimized`, only the deployer `model.deployed` / `model.rolled_back` /
 `model.deployment_failed` / `model.experiment_concluded`, only the monitor `model.degraded`; only the
 deployer writes the gateways' routes (the `routes` KV bucket), which gateways may only read and watch; only
-the gateway publishes traffic samples and only model servers answer `infer.<model>`. Each user's request
-replies come on an inbox prefix of its own (`_INBOX.<user>.`), so no one can read another's replies.
+the gateway publishes traffic samples, `model.usage` and `model.outcome` and keeps the `outcomes` KV bucket,
+and only model servers answer `infer.<model>`. Each user's request replies come on an inbox prefix of its
+own (`_INBOX.<user>.`), so no one can read another's replies.
 
 `gallery up` makes a password per user in `$GALLERY_HOME/nats/users/<user>.password` (0600) and
 gives nats-server their bcrypt hashes; on Kubernetes they come from Secrets. A process finds its
