@@ -4,6 +4,7 @@ backend without a gRPC address)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ from uvicorn_thread import running
 
 from gallery_common.contracts.serving_metrics import REQUESTS
 from gallery_common.netutil import free_port
+from gallery_common.oip_grpc import grpc_predict_v2_pb2 as pb
+from gallery_common.oip_grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from gallery_deployer.gateway.app import create_app_for
 from gallery_deployer.gateway.settings import GatewaySettings
 
@@ -288,6 +291,17 @@ def test_the_gateway_routes_grpc_to_the_model_server(
     word_input.set_data_from_numpy(np.array([["grpc"]], dtype=object))
     kinds = client.infer("kinds", [id_input, word_input], headers=AUTH)
     assert kinds.as_numpy("doubled").tolist() == [[14, 16]] and kinds.as_numpy("echo").tolist() == [[b"grpc"]]
+    # a request without an id is given one by the gateway (natively: appended to the forwarded bytes), which
+    # the answer names and the trailing metadata carries
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="features", datatype="FP32", shape=[1, 4], contents=pb.InferTensorContents(fp32_contents=[1.0] * 4)
+    )
+    with grpc.insecure_channel(address) as channel:
+        named, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(
+            pb.ModelInferRequest(model_name="tiny", inputs=[tensor]), metadata=tuple(AUTH.items()), timeout=10
+        )
+    assert re.fullmatch(r"[0-9a-f]{32}", named.id)
+    assert dict(call.trailing_metadata() or ())["x-gallery-request-id"] == named.id
 
     x = np.ones((1, 4), np.float32)
     missing = grpc_error(client.infer, "tiny", [features(x)])
