@@ -64,7 +64,7 @@ def gallery_stack(home: Path) -> Iterator[LifecycleStack]:
             stack.start("registry")
             stack.start("trainer")
             stack.start("optimizer")
-            stack.start("gateway")
+            stack.start("gateway", GALLERY_USAGE_REPORT_S="1")  # the usage page's figures within a second
             stack.start("deployer", GALLERY_CANARY_WINDOW_S="5", GALLERY_CANARY_MIN_REQUESTS="5", GALLERY_DRAIN_S="2")
             stack.start("monitor", GALLERY_SCRAPE_INTERVAL_S="1", GALLERY_EVALUATE_INTERVAL_S="1")
             stack.start("gallery")

@@ -25,6 +25,7 @@ from gallery_stack import (
     register_federated_version,
     start_second_gallery,
     train_digits_twice,
+    wait_until,
 )
 from headless_chromium import headless_chromium
 from lifecycle_stack import LifecycleStack
@@ -282,6 +283,64 @@ def test_deep_links_open_their_page_and_back_returns(browser: WebDriver, gallery
     kinds = {node.get_attribute("data-kind") for node in css(browser, ".lineage-svg g.node")}
     assert {"dataset", "run", "version"} <= kinds
     assert page_errors(browser) == []
+
+
+def metered(gallery: str, since: str = "1h") -> dict[str, Any]:
+    """The deployer's usage report of MODEL, read through the Gallery as the page reads it."""
+    query = {"since": since, "model": MODEL}
+    return dict(httpx.get(f"{gallery}/api/deployer/api/v1/usage", params=query, timeout=10).json())
+
+
+def test_the_usage_page_shows_what_the_gateway_metered(
+    browser: WebDriver, stack: LifecycleStack, gallery: str, trained: TrainedModel
+) -> None:
+    before = metered(gallery)["totals"]
+    rows = [[0.5] * 64] * 3
+    body = {"inputs": [{"name": "features", "shape": [3, 64], "datatype": "FP32", "data": rows}]}
+    for _ in range(4):
+        answer = httpx.post(f"{stack.services['gateway'].url}/v2/models/{MODEL}/infer", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+    # other traffic (the canary's analysis) may reach the gateway too: at least these four requests and rows
+    seen: list[dict[str, Any]] = []
+
+    def reported() -> dict[str, Any] | None:
+        totals = metered(gallery)["totals"]
+        seen.append(totals)
+        grown = totals["requests"] - before["requests"] >= 4 and totals["rows"] - before["rows"] >= 12
+        return totals if grown else None
+
+    try:
+        totals = wait_until("the four requests in the usage report", reported, timeout=30)
+    except TimeoutError as exc:
+        raise AssertionError(f"before {before}, last read {seen[-1:]}") from exc
+    report = metered(gallery)
+    assert {row["caller"] for row in report["rows"]} == {"local"}, "no tokens in this stack: the caller is 'local'"
+
+    open_page(browser, f"{gallery}/usage?since=1h&model={MODEL}", "usage")
+    after = metered(gallery)["totals"]
+    shown = int(css(browser, "#usage-report")[0].get_attribute("data-requests") or 0)
+    assert totals["requests"] <= shown <= after["requests"], "the page shows the deployer's report"
+    total = css(browser, "#usage-table tr[data-total]")[0].text
+    assert total.split()[:2] == ["total", str(shown)]
+    assert css(browser, f'#usage-table tr[data-model="{MODEL}"][data-caller="local"]')
+    assert css(browser, f'[data-chart="usage-requests"] g.series[data-key="{MODEL}"] path.line')
+
+    Select(browser.find_element(By.CSS_SELECTOR, '#usage-filters select[name="period"]')).select_by_value("day")
+    browser.find_element(By.CSS_SELECTOR, '#usage-filters button[type="submit"]').click()
+    wait_for(browser, "the daily report", lambda d: "Usage per day" in text(d, "#usage-report"))
+    assert parse_qs(urlparse(browser.current_url).query)["period"] == ["day"]
+    assert page_errors(browser) == []
+
+    table = subprocess.run(
+        [str(GALLERY_CLI), "usage", "--since", "1h", "--model", MODEL, "--format", "csv"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0] == "period_start,model,version,caller,requests,rows,compute_seconds"
+    assert sum(int(line.split(",")[4]) for line in table.stdout.splitlines()[1:]) >= totals["requests"]
 
 
 def test_a_federated_version_shows_its_sites_and_the_worst_one(browser: WebDriver, stack: LifecycleStack) -> None:

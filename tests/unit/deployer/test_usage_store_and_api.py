@@ -83,6 +83,13 @@ def test_a_report_is_applied_once_and_summed_per_hour_and_day(client: tuple[Test
     ]
 
 
+def test_the_minute_under_way_is_in_the_report(client: tuple[TestClient, UsageStore]) -> None:
+    http, store = client
+    assert store.apply("usage.c.0.iris", report("c", 0, datetime.now(UTC), ("3", "carol", 2, 64, 0.5)))
+    answer = get(http, since="5m").json()  # until: now, in the minute the report was filed under
+    assert [(r["caller"], r["requests"], r["rows"]) for r in answer["rows"]] == [("carol", 2, 64)]
+
+
 @pytest.mark.parametrize(
     ("query", "reason"),
     [

@@ -34,6 +34,7 @@ APP_PAGES = (
     "/runs",
     "/runs/{run_id}",
     "/compare",
+    "/usage",
 )
 MONITORING_PAGES = ("/monitoring", "/monitoring/{model}")
 

@@ -63,9 +63,13 @@ def period_start(moment: datetime, period: Period) -> datetime:
     return moment.replace(hour=0) if period == "day" else moment
 
 
+def _stored(moment: datetime) -> datetime:
+    # SQLite keeps no zone: every time is stored as UTC wall time, on every backend alike
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 def _stored_minute(moment: datetime) -> datetime:
-    # SQLite keeps no zone: every minute is stored as UTC wall time, on every backend alike
-    return moment.astimezone(UTC).replace(second=0, microsecond=0, tzinfo=None)
+    return _stored(moment).replace(second=0, microsecond=0)
 
 
 class UsageStore:
@@ -121,10 +125,11 @@ class UsageStore:
         model: str | None = None,
         caller: str | None = None,
     ) -> list[UsageLine]:
-        """Usage from `since` up to `until`, summed per period, model, version and caller; oldest first."""
+        """Usage of the minutes from the one holding `since` to the one holding `until`, summed per period,
+        model, version and caller; oldest first."""
         query = select(UsageMinute).where(
             UsageMinute.minute >= _stored_minute(since),  # type: ignore[operator]
-            UsageMinute.minute < _stored_minute(until),  # type: ignore[operator]
+            UsageMinute.minute < _stored(until),  # type: ignore[operator]
         )
         if model is not None:
             query = query.where(UsageMinute.model == model)

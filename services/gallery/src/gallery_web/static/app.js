@@ -17,6 +17,7 @@ const ROUTES = [
   { re: /^\/runs\/?$/, page: "runs", nav: "experiments", keys: [] },
   { re: /^\/runs\/([^/]+)\/?$/, page: "run", nav: "experiments", keys: ["id"] },
   { re: /^\/compare\/?$/, page: "compare", nav: "experiments", keys: [] },
+  { re: /^\/usage\/?$/, page: "usage", nav: "usage", keys: [] },
 ];
 
 // Paths the browser loads itself: the Monitoring view is its own page, the API and files are not pages.

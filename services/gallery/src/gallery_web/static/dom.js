@@ -158,6 +158,16 @@ export function empty(text) {
   return h("p", { class: "empty" }, text);
 }
 
+/** A labelled <select> named `name`; options are [value, text] pairs, `value` the one selected. */
+export function select(name, label, options, value) {
+  return h(
+    "label",
+    { class: "field" },
+    label,
+    h("select", { name }, options.map(([v, text]) => h("option", { value: v, selected: v === value }, text))),
+  );
+}
+
 /** A table from headers and rows; a header starting with "#" is a right-aligned number column. */
 export function table(headers, rows, props = {}) {
   const numeric = headers.map((header) => typeof header === "string" && header.startsWith("#"));

@@ -3,7 +3,7 @@
 
 import { api, gallery } from "./api.js";
 import { errorCard, setQuery } from "./app.js";
-import { ago, badge, bytes, empty, h, metric, ms, put, seg, statusBadge } from "./dom.js";
+import { ago, badge, bytes, empty, h, metric, ms, put, seg, select, statusBadge } from "./dom.js";
 
 const PAGE_SIZE = 24;
 const STAGES = ["production", "validated", "rejected", "validating", "pending", "archived"];
@@ -51,15 +51,6 @@ function search(params, pageToken) {
   query.set("limit", String(PAGE_SIZE));
   if (pageToken) query.set("page_token", pageToken);
   return api(gallery(`/catalogue?${query}`));
-}
-
-function select(name, label, options, value) {
-  return h(
-    "label",
-    { class: "field" },
-    label,
-    h("select", { name }, options.map(([v, text]) => h("option", { value: v, selected: v === value }, text))),
-  );
 }
 
 function controls(filters) {
