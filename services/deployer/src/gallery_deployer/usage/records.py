@@ -14,12 +14,14 @@ from typing import Literal
 from pydantic import BaseModel
 from sqlalchemy import BigInteger, Column, DateTime, Float, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
 from gallery_common.db import as_utc, utcnow
 from gallery_common.events import ModelUsage
 
 Period = Literal["hour", "day"]
+APPLY_ATTEMPTS = 3
 
 
 class UsageMinute(SQLModel, table=True):
@@ -64,8 +66,9 @@ def period_start(moment: datetime, period: Period) -> datetime:
 
 
 def _stored(moment: datetime) -> datetime:
-    # SQLite keeps no zone: every time is stored as UTC wall time, on every backend alike
-    return moment.astimezone(UTC).replace(tzinfo=None)
+    # in UTC and zone-aware: PostgreSQL keeps the instant whatever its session's time zone, and SQLite, which
+    # keeps no zone, keeps the UTC wall time
+    return moment.astimezone(UTC)
 
 
 def _stored_minute(moment: datetime) -> datetime:
@@ -80,6 +83,14 @@ class UsageStore:
 
     def apply(self, event_id: str, report: ModelUsage) -> bool:
         """Add `report` to the totals unless it was added before; True when it was added now."""
+        for _ in range(APPLY_ATTEMPTS - 1):
+            try:
+                return self._apply_once(event_id, report)
+            except IntegrityError:
+                continue  # another replica added the same minute's row (or this report) first: add to it now
+        return self._apply_once(event_id, report)
+
+    def _apply_once(self, event_id: str, report: ModelUsage) -> bool:
         minute = _stored_minute(report.minute)
         with Session(self.engine) as session:
             if session.get(AppliedUsageReport, event_id) is not None:
