@@ -6,7 +6,8 @@ installation that skipped `make install`'s build of DeepSpeed's CPU op), then me
 
 - start-up: process launch to the first `/readyz` 200 (torch must not be imported to get there);
 - digits jobs (MLP 64-256-256-10, 5 epochs), submit to succeeded (set once `model.trained` is
-  published and acknowledged): 1 rank fresh (the trainer's first job) and warm (its second), and
+  published and acknowledged): 1 rank fresh (the trainer's first job) and warm (its second, submitted
+  once the trainer's standby ranks are ready, as between two jobs of a person), and
   2 data-parallel ranks and 2 pipeline stages, fresh (the first multi-rank job compiles the op) and
   warm. The peer beside each is the job's own training (first step to last epoch, from its
   metrics.jsonl): the ratio is what the job costs per second of training;
@@ -162,6 +163,9 @@ def measure(client: httpx.Client, proc: subprocess.Popen[bytes], started: float,
     trainer = psutil.Process(proc.pid)
     last_id = ""
     for label, spec, target in JOBS:
+        if "warm" in label:
+            waited = wait_standby(client, spec["engine"].get("ranks", 1))
+            print(f"  (waited {waited:.1f} s for the trainer's standby ranks to be ready)")
         submitted_wall = time.time()
         cpu_before = cpu_seconds(trainer)
         timing = run_job(client, spec)
@@ -187,6 +191,19 @@ def measure(client: httpx.Client, proc: subprocess.Popen[bytes], started: float,
         f"(target p99 < {GET_P99_TARGET_MS:g} ms) {verdict(ok)}"
     )
     return misses + int(not ok)
+
+
+def wait_standby(client: httpx.Client, ranks: int, timeout: float = 60.0) -> float:
+    """Seconds until the trainer holds `ranks` standby ranks (a warm trainer between two jobs): jobs
+    submitted back to back find the pool still importing torch, and pay what is left of that."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        for line in client.get("/metrics").text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.endswith("trainer_standby_rank_processes") and float(value) >= ranks:
+                return time.perf_counter() - started
+        time.sleep(0.1)
+    return time.perf_counter() - started
 
 
 def children_cpu() -> float:

@@ -190,7 +190,7 @@ from gallery_trainer.standby import standby
 standby.keep(1)
 while not standby.ready:
     time.sleep(0.05)
-print(standby._ready[0].pid, flush=True)
+print(standby._held[0].pid, flush=True)
 time.sleep(600)
 """
 

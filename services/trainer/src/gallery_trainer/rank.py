@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from gallery_trainer.engine import RankError, train_rank
-from gallery_trainer.standby import StandbyAssignment
+from gallery_trainer.standby import LOADED_LINE, StandbyAssignment
 
 ERROR_FILE_PATTERN = "error-rank{rank}.json"
 
@@ -77,6 +77,7 @@ def _preload() -> None:
 def standby() -> int:
     """Preload, wait for a job on stdin, then run it (0 without running anything when stdin closes)."""
     _preload()
+    os.write(1, LOADED_LINE)  # the pool counts it ready (stdout is the pool's pipe until the job's log)
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return 0  # the trainer let this standby go
