@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from .service import ServiceSpecError, find_service, service_names
 from .settings import GallerySettings, SettingsError, load_settings
 from .telemetry import configure_logging
 
@@ -59,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc.code, file=sys.stderr)
         return 2
+    # services are found through entry points (importlib.metadata): loaded here, not by a model server
+    # that imports this module for its server and pays for it in its cold start
+    from .service import ServiceSpecError, find_service, service_names
+
     try:
         spec = find_service(args.name)
     except ServiceSpecError as exc:
