@@ -170,7 +170,8 @@ class ModelExperimentConcluded(Payload):
     traffic and the `production` alias and the other arms drain; with "no_difference" nothing moved.
 
     `effect` and `interval` are the best challenger's difference to the control on `metric` (challenger
-    minus control); `p_value` is always-valid (sequential), `samples` the outcomes per version.
+    minus control); `p_value` is always-valid (sequential), `samples` the outcomes per version. A bound of
+    the interval is None where it is unbounded (no spread in the outcomes yet to bound it with).
     """
 
     event: ClassVar[str] = "experiment_concluded"
@@ -181,7 +182,7 @@ class ModelExperimentConcluded(Payload):
     versions: list[int] = Field(min_length=2)
     metric: Literal["accuracy", "reward", "p99", "error_rate"]
     effect: float
-    interval: tuple[float, float]
+    interval: tuple[float | None, float | None]
     p_value: float = Field(ge=0, le=1)
     samples: dict[str, int]
     traffic_moved: bool

@@ -16,6 +16,7 @@ replicas the arm's share and asks the gateways to record outcomes.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -342,7 +343,8 @@ class Experiments:
             winner,
             shorten(f"{reason}. {verdict.reason}"),
         )
-        record.verdict = {**asdict(verdict), "interval": [low, high]}
+        bounds = [bound if math.isfinite(bound) else None for bound in (low, high)]  # JSON has no infinity
+        record.verdict = _finite({**asdict(verdict), "interval": bounds})
         if winner is not None:
             record.shares = {str(v): 1.0 if v == winner else 0.0 for v in record.versions}
         # Traffic and alias first, the event next, the record last: a failure or a crash on the way leaves
@@ -366,7 +368,7 @@ class Experiments:
             versions=record.versions,
             metric=cast(Metric, record.metric),
             effect=verdict.effect,
-            interval=(low, high),
+            interval=(bounds[0], bounds[1]),
             p_value=min(1.0, max(0.0, verdict.p_value)),
             samples={str(k): int(n) for k, n in verdict.samples.items()},
             traffic_moved=winner is not None,
@@ -449,3 +451,14 @@ def _samples(record: ExperimentRecord) -> int:
 
 def _point(record: ExperimentRecord, p_value: float | None) -> ExperimentPoint:
     return ExperimentPoint(experiment_id=record.id, arms=dict(record.arms), shares=dict(record.shares), p_value=p_value)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every infinite or NaN float made None, as JSON (and PostgreSQL's json) can hold it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
