@@ -7,7 +7,7 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. A rank that fails write
 `python -m gallery_trainer.rank --standby` is a rank started before its job: it imports what training
 needs (torch, DeepSpeed: most of a rank's start), then waits for one job on stdin — a JSON line with the
 rank's arguments, environment, folder and log file (`StandbyAssignment`) — and runs it as a rank started
-with them would. The trainer keeps one or two of these ready (`gallery_trainer.launcher.StandbyRanks`).
+with them would. The trainer keeps one or two of these ready (`gallery_trainer.standby.StandbyRanks`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _preload() -> None:
         import deepspeed.pipe  # noqa: F401
 
         import gallery_trainer.engine.deepspeed_engine  # noqa: F401
-    except Exception:
+    except Exception:  # a broken DeepSpeed is met, and reported, by the job that needs it
         pass
 
 
