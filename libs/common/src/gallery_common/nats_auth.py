@@ -189,7 +189,8 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
         _service(
             "deployer",
             ["deployed", "rolled_back", "deployment_failed", "experiment_concluded"],
-            ["deployer", "deployer-experiments"],
+            # every deployer replica also adds the gateways' usage reports to the usage store
+            ["deployer", "deployer-experiments", "deployer-usage"],
         ),
         _service("monitor", ["degraded"], ["monitor"]),
     ]
@@ -197,11 +198,9 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     monitor = found["monitor"]
     found["monitor"] = Principal("monitor", monitor.publish, (*monitor.subscribe, SAMPLES))
     deployer = found["deployer"]
-    # every deployer replica adds the gateways' usage reports to the usage store
-    usage = _durable(EVENTS_STREAM, "deployer-usage")
-    found["deployer"] = Principal("deployer", (*deployer.publish, *_write_routes(), *usage), deployer.subscribe)
-    # the gateway publishes traffic samples and its usage reports (model.usage)
-    gateway_publish = (SAMPLES, subject_for("usage"), *_follow_routes())
+    found["deployer"] = Principal("deployer", (*deployer.publish, *_write_routes()), deployer.subscribe)
+    # the gateway publishes traffic samples, its usage reports (model.usage) and the outcomes it joins
+    gateway_publish = (SAMPLES, subject_for("usage"), *_follow_routes(), *_keep_outcomes())
     found["gateway"] = Principal("gateway", gateway_publish, (f"{inbox_prefix('gateway')}.>",))
     found["modelserver"] = Principal(
         "modelserver",
@@ -224,8 +223,6 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
         (*_read_events("cli"), f"{INFER_PREFIX}*", f"{JOBS_PREFIX}*", f"$JS.API.STREAM.INFO.{JOBS_STREAM}"),
         (f"{inbox_prefix('cli')}.>", f"{JOB_STATUS_PREFIX}>"),
     )
-    gateway = found["gateway"]
-    found["gateway"] = Principal("gateway", (*gateway.publish, *_keep_outcomes()), gateway.subscribe)
     for role in ("deployer", "monitor"):  # replicas elect a leader (gallery_common.leader)
         elector = found[role]
         found[role] = Principal(role, (*elector.publish, *_leader_claim(role)), elector.subscribe)
