@@ -17,7 +17,7 @@ from gallery_common.errors import BadRequest
 REQUEST_ID_HEADER = "x-gallery-request-id"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 REQUEST_ID_RULE = "1 to 128 letters, digits, '_' or '-', starting with a letter or a digit"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 def new_request_id() -> str:
@@ -31,7 +31,7 @@ def is_request_id(value: str) -> bool:
 
 def checked_request_id(value: str) -> str:
     """`value` when it is a usable request id; BadRequest saying what one looks like otherwise."""
-    if _ID.fullmatch(value) is None:
+    if not is_request_id(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise BadRequest(f"{REQUEST_ID_HEADER} {shown!r} is not a request id: it must be {REQUEST_ID_RULE}")
     return value
@@ -43,4 +43,4 @@ def call_request_id(metadata: Iterable[tuple[str, str | bytes]], message_id: str
     for key, value in metadata:
         if key == REQUEST_ID_HEADER:
             return checked_request_id(value if isinstance(value, str) else value.decode("latin-1"))
-    return message_id if message_id and _ID.fullmatch(message_id) is not None else new_request_id()
+    return message_id if is_request_id(message_id) else new_request_id()
