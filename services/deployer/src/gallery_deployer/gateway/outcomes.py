@@ -181,9 +181,6 @@ class OutcomeRecorder:
         self._written = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
     def offer(self, answered: Answered) -> None:
         """Queue one answer; never blocks and never raises (a full queue drops it and counts the drop)."""
         if len(self._queue) >= self._capacity:
