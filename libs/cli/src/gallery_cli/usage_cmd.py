@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
+import json
 from typing import Annotated, Any
 
-import orjson
 import typer
 from rich.table import Table
 
@@ -51,11 +50,11 @@ def usage(
     with DeployerClient() as client:
         answer = client.request("GET", "/api/v1/usage", params=params)
     if format_ == "csv":
-        sys.stdout.write(answer.text)
+        typer.echo(answer.text, nl=False)
         return
     report = answer.json()
     if format_ == "json":
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        typer.echo(json.dumps(report, indent=2))
         return
     if not report["rows"]:
         say(f"no usage metered from {report['since']} to {report['until']}")
