@@ -59,7 +59,7 @@ function armsSection(experiment) {
   const label = METRIC_LABEL[experiment.metric] || experiment.metric;
   const rows = experiment.arms.map((arm) => ({
     props: { dataset: { version: String(arm.version) } },
-    cells: [`v${arm.version}`, arm.role, String(arm.samples), arm.mean === null ? "–" : num(arm.mean, 4), percent(arm.share)],
+    cells: [`v${arm.version}`, arm.role, String(arm.samples), num(arm.mean, 4), percent(arm.share)],
   }));
   return h("section", { class: "card", id: "arms" }, h("h2", {}, "Arms"), table(["version", "role", "#samples", `#${label}`, "#traffic"], rows));
 }
