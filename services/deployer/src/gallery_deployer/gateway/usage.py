@@ -157,15 +157,19 @@ class UsageReporter:
         """Send what was counted since the last report (and what an earlier try could not send); returns
         the number of events JetStream acknowledged. Raises when the bus refuses; nothing is lost then."""
         async with self._lock:
-            if not self._pending:
-                self._build()
-            sent = 0
-            while self._pending:
-                event_id, report = self._pending[0]
-                await self._bus.publish(report, event_id=event_id)
-                self._pending.pop(0)
-                sent += 1
-            return sent
+            sent = await self._send_pending()
+            # built only once the earlier reports are out: an outage leaves one report per model waiting
+            self._build()
+            return sent + await self._send_pending()
+
+    async def _send_pending(self) -> int:
+        sent = 0
+        while self._pending:
+            event_id, report = self._pending[0]
+            await self._bus.publish(report, event_id=event_id)
+            self._pending.pop(0)
+            sent += 1
+        return sent
 
     async def close(self, timeout: float) -> None:
         """Stop reporting and send the last deltas if the bus takes them within `timeout` s."""
