@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
@@ -161,8 +160,7 @@ async def start_experiment(data: ExperimentCreate, experiments: ExperimentsDep) 
 
 @router.get("/experiments", summary="Every experiment, newest first (model=: one model's)")
 async def list_experiments(experiments: ExperimentsDep, model: str | None = None) -> list[ExperimentView]:
-    records = await anyio.to_thread.run_sync(experiments.store.all, None)
-    return [_view(r) for r in records if model is None or r.model == model]
+    return [_view(r) for r in await experiments.all(model)]
 
 
 @router.get("/experiments/{experiment_id}", summary="One experiment: its arms, decision and curves")

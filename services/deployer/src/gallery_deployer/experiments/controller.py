@@ -285,6 +285,11 @@ class Experiments:
             raise NotFound(f"no experiment {experiment_id!r}")
         return cast(ExperimentRecord, record)
 
+    async def all(self, model: str | None = None) -> list[ExperimentRecord]:
+        """Every experiment, newest first; only `model`'s when given."""
+        records: list[ExperimentRecord] = await self._db(self.store.all, None)
+        return [r for r in records if model is None or r.model == model]
+
     async def get(self, experiment_id: str) -> tuple[ExperimentRecord, list[ExperimentPoint]]:
         record = await self._get(experiment_id)
         return record, await self._db(self.store.points, experiment_id)
