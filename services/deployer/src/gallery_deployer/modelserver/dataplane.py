@@ -38,7 +38,7 @@ class InferAnswer:
 
     body: bytes
     header_length: int | None
-    rows: int = 0  # the request's rows (its first input's batch dimension)
+    rows: int  # the request's rows (its first input's batch dimension)
 
 
 def outcome_of(exc: GalleryError) -> str:
