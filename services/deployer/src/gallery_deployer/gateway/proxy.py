@@ -244,8 +244,8 @@ class Gateway:
         body: bytes,
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
-        caller: str = "local",
-        request_id: str | None = None,
+        caller: str,
+        request_id: str,
     ) -> Answer:
         """Forward an inference request; the body goes through as bytes. When no backend could answer and
         one asked to be retried later (a full batching queue), the client gets that 503 and Retry-After.
@@ -267,8 +267,7 @@ class Gateway:
             bound(metrics.CACHE_MISSES, model).inc()
         chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
         sent = _passed_headers(headers)
-        if request_id is not None:
-            sent[REQUEST_ID_HEADER] = request_id
+        sent[REQUEST_ID_HEADER] = request_id
         attempt, failures = await self._walk(model, chain, "POST", path, body, sent, self._inference)
         latency = time.perf_counter() - start
         bound(metrics.LATENCY, model).observe(latency)
@@ -279,7 +278,7 @@ class Gateway:
             return answer
         served = attempt.response
         self.usage.record(model, attempt.backend.version, caller, *rows_and_seconds(served.headers))
-        if policy.record_outcomes and request_id is not None:
+        if policy.record_outcomes:
             self.record_answer(request_id, model, attempt.backend, caller, served)
         is_json = _BINARY_HEADER not in served.headers
         if (
