@@ -16,7 +16,7 @@ from gallery_common.errors import Unavailable
 from ..deployer.api import ADMIN_LEADER
 from ..gateway.routes import check_model_name
 from .controller import ExperimentPlan, Experiments
-from .records import ExperimentPoint, ExperimentRecord, Metric, Policy
+from .records import ArmFigures, ExperimentPoint, ExperimentRecord, Metric, Policy
 
 router = APIRouter(prefix="/api/v1", tags=["experiments"])
 
@@ -103,7 +103,7 @@ def _view(record: ExperimentRecord, points: list[ExperimentPoint] | None = None)
     if points is not None:
         history = []
         for point in points:
-            figures = {v: record.figures(int(v)).model_validate(f) for v, f in point.arms.items()}
+            figures = {v: ArmFigures.model_validate(f) for v, f in point.arms.items()}
             history.append(
                 CurvePoint(
                     at=point.at,
