@@ -391,15 +391,20 @@ def _cap(control: ArmOutcomes, rivals: list[ArmOutcomes], design: TestDesign) ->
         low, high = (0.0, 1 - design.mde) if design.higher_is_better else (design.mde, 1.0)
         planned = planned_samples_per_arm(design, baseline=min(max(rate, low), high), challengers=len(rivals))
     else:
-        _, variances = arm_moments("mean", [a.n for a in arms], [a.total for a in arms], [a.total_sq for a in arms])
-        weights = np.array([max(a.n - 1, 0) for a in arms], dtype=np.float64)
-        if weights.sum() == 0:
-            return None
-        pooled = float(np.nansum(variances * weights) / weights.sum())
-        if pooled <= 0:
+        pooled = _pooled_variance(arms)
+        if pooled is None or pooled <= 0:
             return None
         planned = planned_samples_per_arm(design, variance=pooled, challengers=len(rivals))
     return math.ceil(planned * MAX_SAMPLES_FACTOR)
+
+
+def _pooled_variance(arms: Sequence[ArmOutcomes]) -> float | None:
+    """The variance of one outcome of a mean, pooled over the arms (None while no arm has two outcomes)."""
+    _, variances = arm_moments("mean", [a.n for a in arms], [a.total for a in arms], [a.total_sq for a in arms])
+    weights = np.array([max(a.n - 1, 0) for a in arms], dtype=np.float64)
+    if weights.sum() == 0:
+        return None
+    return float(np.nansum(variances * weights) / weights.sum())
 
 
 def _decide(
@@ -468,11 +473,10 @@ def _probability_best(
     else:
         if (n == 0).any():
             return np.full(k, 1 / k)
-        means, variances = arm_moments("mean", n, totals, [a.total_sq for a in arms])
-        weights = np.maximum(n - 1, 0)
-        if weights.sum() == 0:
+        means, _ = arm_moments("mean", n, totals, [a.total_sq for a in arms])
+        pooled = _pooled_variance(arms)
+        if pooled is None:
             return np.full(k, 1 / k)
-        pooled = float(np.nansum(variances * weights) / weights.sum())
         if pooled <= 0:  # no noise: the best observed mean is the best (ties share)
             top = sign * means == (sign * means).max()
             return top / top.sum()
