@@ -4,7 +4,7 @@
 import { api, deployer, download } from "./api.js";
 import { navigate } from "./app.js";
 import { lineChart } from "./chart.js";
-import { PALETTE, empty, h, num, put, select, table, when } from "./dom.js";
+import { PALETTE, empty, h, num, parseTime, put, select, table, when } from "./dom.js";
 
 const SPANS = [["1h", "last hour"], ["24h", "last 24 hours"], ["7d", "last 7 days"], ["30d", "last 30 days"]];
 const PERIODS = [["hour", "per hour"], ["day", "per day"]];
@@ -55,13 +55,13 @@ function controls(filters, onChange) {
 /** Requests per period and model, one line per model, from `since` to `until` (empty periods count 0). */
 function requestsChart(report) {
   const step = PERIOD_MS[report.period];
-  const start = Date.parse(report.since);
+  const start = parseTime(report.since);
   const first = Math.floor(start / step) * step;
-  const periods = Math.max(1, Math.ceil((Date.parse(report.until) - first) / step));
+  const periods = Math.max(1, Math.ceil((parseTime(report.until) - first) / step));
   const perModel = new Map();
   for (const row of report.rows) {
     const counts = perModel.get(row.model) || new Array(periods).fill(0);
-    const index = Math.floor((Date.parse(row.period_start) - first) / step);
+    const index = Math.floor((parseTime(row.period_start) - first) / step);
     if (index >= 0 && index < periods) counts[index] += row.requests;
     perModel.set(row.model, counts);
   }
