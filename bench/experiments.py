@@ -100,8 +100,9 @@ def print_table(name: str, design: TestDesign, planned: int, rows: list[tuple[fl
 def sequential_figures(runs: int, rng: np.random.Generator) -> None:
     base = TestDesign("proportion", mde=0.03)
     planned = planned_samples_per_arm(base, baseline=0.80)
-    design = TestDesign("proportion", mde=0.03, max_samples_per_arm=math.ceil(planned * MAX_SAMPLES_FACTOR))
-    looks = math.ceil(design.max_samples_per_arm / BATCH)  # type: ignore[operator]
+    cap = math.ceil(planned * MAX_SAMPLES_FACTOR)
+    design = TestDesign("proportion", mde=0.03, max_samples_per_arm=cap)
+    looks = math.ceil(cap / BATCH)
     rows = []
     for effect in (0.0, 0.015, 0.03, 0.045, 0.06):
         fixed = fixed_horizon(0.8 * 0.2 + (0.8 + effect) * (0.2 - effect), effect, design) if effect else 0
@@ -111,8 +112,9 @@ def sequential_figures(runs: int, rng: np.random.Generator) -> None:
     print_table("accuracy 0.80 + effect", design, planned, rows)
 
     planned = planned_samples_per_arm(TestDesign("mean", mde=0.2), variance=1.0)
-    design = TestDesign("mean", mde=0.2, max_samples_per_arm=math.ceil(planned * MAX_SAMPLES_FACTOR))
-    looks = math.ceil(design.max_samples_per_arm / BATCH)  # type: ignore[operator]
+    cap = math.ceil(planned * MAX_SAMPLES_FACTOR)
+    design = TestDesign("mean", mde=0.2, max_samples_per_arm=cap)
+    looks = math.ceil(cap / BATCH)
     rows = []
     for effect in (0.0, 0.1, 0.2, 0.3, 0.4):
         fixed = fixed_horizon(2.0, effect, design) if effect else 0
