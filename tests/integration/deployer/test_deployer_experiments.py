@@ -10,6 +10,7 @@ winner and move nothing. With the bandit policy the better arm's share of the ro
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -268,8 +269,10 @@ async def test_the_bandit_moves_traffic_to_the_better_arm(stack: LifecycleStack,
         "--floor",
         "0.1",
     )
-    ident = said.split()[1]
-    assert f"experiment {ident} started on iris" in said
+    # found by its words: the CLI's output may hold log lines before it (httpx's, after tests that set logging up)
+    started = re.search(r"^experiment (\w+) started on iris", said, re.MULTILINE)
+    assert started is not None, said
+    ident = started[1]
     listed = gallery(stack, "experiment", "list")
     assert ident in listed and "running" in listed and "bandit" in listed
     population = Population(nats_module.url, {2: 0.75, 3: 0.85}, seed=9)
