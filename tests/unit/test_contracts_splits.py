@@ -53,6 +53,23 @@ def test_a_written_split_reads_back_as_fp32_rows_and_labels(tmp_path: Path) -> N
     assert path.exists() and not (tmp_path / "train_split.npz.npz").exists()
 
 
+def test_a_text_split_reads_back_as_one_string_per_row(tmp_path: Path) -> None:
+    path = tmp_path / "texts.npz"
+    texts = np.array(["a small dog", "", "ein Hund, sehr groß"], dtype=object)
+    write_split(path, texts, np.array([0, 1, 0]))
+    split = read_split(path)
+    assert split.is_text and split.x.dtype.kind == "U"
+    assert split.x.tolist() == ["a small dog", "", "ein Hund, sehr groß"]
+    assert read_split(npz(x=np.ones((2, 2)), y=np.zeros(2))).is_text is False
+    assert read_features(path)[0].tolist() == split.x.tolist()
+
+
+def test_a_text_split_with_rows_that_are_not_strings_is_not_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"only str rows \(found int\)"):
+        write_split(tmp_path / "bad.npz", np.array(["a", 3], dtype=object), np.array([0, 1]))
+    assert not (tmp_path / "bad.npz").exists()
+
+
 def test_compressed_and_fortran_ordered_arrays_are_read_like_numpy_reads_them() -> None:
     x = np.asfortranarray(np.random.default_rng(1).normal(size=(50, 7)))
     buffer = io.BytesIO()
@@ -138,8 +155,11 @@ def test_object_arrays_are_refused_and_never_unpickled(tmp_path: Path) -> None:
             "split: a split holds only 'x' and 'y'; unexpected array(s) ['extra']",
         ),
         (b"PK\x03\x04 not really", "split: not a readable NPZ file: not a zip archive (File is not a zip file)"),
-        (npz(x=np.ones(3), y=np.zeros(3)), "split: x must be numeric [N, F], got float64 [3]"),
-        (npz(x=np.array([["a"]]), y=np.zeros(1)), "split: x must be numeric [N, F], got <U1 [1, 1]"),
+        (npz(x=np.ones(3), y=np.zeros(3)), "split: x must be numeric [N, F] or texts (unicode [N]), got float64 [3]"),
+        (
+            npz(x=np.array([["a"]]), y=np.zeros(1)),
+            "split: x must be numeric [N, F] or texts (unicode [N]), got <U1 [1, 1]",
+        ),
         (npz(x=np.ones((3, 2)), y=np.zeros(4)), "split: x has 3 rows but y has 4"),
         (npz(x=np.ones((0, 2)), y=np.zeros(0)), "split: the split holds no rows"),
     ],

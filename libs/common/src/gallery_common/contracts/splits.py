@@ -1,5 +1,6 @@
-"""NPZ files, read and written in one place: the split format (`x` FP32 [N, F] raw features, `y` labels or
-targets) and the other NPZ inputs services take (a data set, a batch job's input).
+"""NPZ files, read and written in one place: the split format (`x` FP32 [N, F] raw features, or for a text
+model `x` unicode strings [N], one text per row; `y` labels or targets) and the other NPZ inputs services
+take (a data set, a batch job's input).
 
 Every NPZ a service reads may come from an attacker. An NPZ is a zip of `.npy` members, and a member of a
 few megabytes can inflate to gigabytes, so nothing is inflated before the sizes it declares (the zip
@@ -72,10 +73,16 @@ class NpzContents:
 
 @dataclass(frozen=True)
 class Split:
-    """One split: raw features `x` FP32 [N, F] and labels or targets `y` [N] or [N, K]."""
+    """One split: raw features `x` FP32 [N, F] (or, for a text model, unicode strings [N]) and labels or
+    targets `y` [N] or [N, K]."""
 
     x: np.ndarray
     y: np.ndarray
+
+    @property
+    def is_text(self) -> bool:
+        """The rows are texts (a numpy unicode array [N]), not numeric features."""
+        return is_text_array(self.x)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -125,12 +132,18 @@ def read_npz(
     )
 
 
+def is_text_array(x: np.ndarray) -> bool:
+    """`x` holds one text per row: a one-dimensional numpy unicode array."""
+    return x.ndim == 1 and x.dtype.kind == "U"
+
+
 def write_split(dest: Path | BinaryIO, x: np.ndarray, y: np.ndarray) -> None:
-    """Write a split `read_split` reads back: `x` as contiguous FP32 and `y`, uncompressed, nothing pickled."""
+    """Write a split `read_split` reads back: `x` as contiguous FP32 (texts: a unicode array [N], from
+    `str` rows or a unicode array) and `y`, uncompressed, nothing pickled."""
     labels = np.asarray(y)
     if labels.dtype.hasobject:
         raise ValueError(f"a split's y must not hold Python objects (got {labels.dtype})")
-    features = np.ascontiguousarray(x, dtype=np.float32)
+    features = _texts(x) if _holds_text(x) else np.ascontiguousarray(x, dtype=np.float32)
     if isinstance(dest, Path):
         with open(dest, "wb") as out:  # a file object: np.savez would add `.npz` to a name without it
             np.savez(out, x=features, y=labels)
@@ -144,9 +157,29 @@ def _label(source: Source, name: str | None) -> str:
     return source.name if isinstance(source, Path) else "the NPZ file"
 
 
+def _holds_text(x: np.ndarray) -> bool:
+    values = np.asarray(x)
+    return values.ndim == 1 and (values.dtype.kind == "U" or (values.dtype.hasobject and len(values) > 0))
+
+
+def _texts(x: np.ndarray) -> np.ndarray:
+    """Texts as a unicode array [N]; anything but `str` rows is a ValueError (it would be pickled or garbled)."""
+    values = np.asarray(x)
+    if values.dtype.hasobject:
+        kinds = sorted({type(v).__name__ for v in values if not isinstance(v, str)})
+        if kinds:
+            raise ValueError(f"a text split's x must hold only str rows (found {', '.join(kinds)})")
+        return np.array(values.tolist(), dtype=str)
+    return np.ascontiguousarray(values)
+
+
 def _features(x: np.ndarray, label: str) -> np.ndarray:
+    if is_text_array(x):
+        if len(x) == 0:
+            raise NpzRefused(label, "the split holds no rows")
+        return x
     if x.ndim != 2 or x.dtype.kind not in _FEATURE_KINDS:
-        raise NpzRefused(label, f"x must be numeric [N, F], got {x.dtype} {list(x.shape)}")
+        raise NpzRefused(label, f"x must be numeric [N, F] or texts (unicode [N]), got {x.dtype} {list(x.shape)}")
     if len(x) == 0:
         raise NpzRefused(label, "the split holds no rows")
     return x.astype(np.float32, copy=False)
