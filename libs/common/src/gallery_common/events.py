@@ -93,6 +93,13 @@ class ModelOptimized(VersionedPayload):
     variants: list[VariantResult] = Field(default_factory=list)
     report: ArtifactRef | None = None
     hardware_class: str | None = Field(default=None, description="the class of CPU the variants were measured on")
+    recommendations: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "the variant recommended per target, `<hardware class>/<provider>` (e.g. `cpu-x86-avx2/openvino`) -> "
+            "variant name; `recommended` is the generic choice for a target with none"
+        ),
+    )
 
 
 class ModelDeployed(VersionedPayload):
