@@ -164,7 +164,7 @@ def test_portable_int8_variants_answer_the_same_on_a_cpu_without_vnni(
 def test_int8_target_follows_the_cpu_unless_told() -> None:
     avx2 = parse_cpuinfo("model name\t: Some CPU\nflags\t\t: fpu sse avx2 fma\n", "x86_64", 2)
     vnni = parse_cpuinfo("model name\t: Other CPU\nflags\t\t: avx2 avx512f avx512bw avx512_vnni\n", "x86_64", 8)
-    assert (avx2.hardware_class, vnni.hardware_class) == ("x86_64-avx2", "x86_64-avx512_vnni")
+    assert (avx2.hardware_class, vnni.hardware_class) == ("cpu-x86-avx2", "cpu-x86-avx512-vnni")
     assert int8_build("auto", avx2).reduce_range is True
     assert int8_build("auto", vnni).reduce_range is False
     assert int8_build("portable", vnni).reduce_range is True
