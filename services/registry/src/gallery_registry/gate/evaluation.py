@@ -6,6 +6,10 @@ The model runs in a child process (`gallery_common.sandbox`) under a wall-time a
 Parsing and checking the model and reading the split happen here; everything that runs the graph happens
 in the child.
 
+A text model (one BYTES input `text` [-1], its vectorizer inside the graph) is evaluated on a text split
+(`x` a unicode array [N], `gallery_common.contracts.splits`) exactly as a tabular one on numeric rows; a
+model and a split of different kinds are rejected with that reason.
+
 Everything here blocks (child processes, numpy, file reads): call it from a worker thread.
 """
 
@@ -22,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from gallery_common.contracts import NpzMissingArrays, NpzRefused, read_split
+from gallery_common.contracts import NpzMissingArrays, NpzRefused, is_text_array, read_split
 from gallery_common.events import Signature
 from gallery_common.onnx_safety import UnsafeOnnxModel, verify_self_contained_onnx
 from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, is_allocation_failure, run_limited
@@ -50,7 +54,7 @@ class LatencyConfig:
 
 @dataclass(frozen=True)
 class HeldOutSplit:
-    """Raw features `x` [N, F] (FP32) and labels or targets `y` [N] or [N, K]."""
+    """Raw features `x` [N, F] (FP32), or texts (unicode [N]), and labels or targets `y` [N] or [N, K]."""
 
     x: np.ndarray
     y: np.ndarray
@@ -67,9 +71,19 @@ class HeldOutSplit:
             raise EvaluationFailed(str(exc)) from None
         return cls(split.x, split.y)
 
+    @property
+    def is_text(self) -> bool:
+        """The rows are texts, one per row."""
+        return is_text_array(self.x)
+
+    def describe(self) -> str:
+        """What the rows are, for reasons: "texts [150]" or "numeric features [150, 4]"."""
+        return f"texts [{len(self.x)}]" if self.is_text else f"numeric features {list(self.x.shape)}"
+
 
 class OnnxModel:
-    """A verified, self-contained ONNX model with its one FP32 [-1, F] input and the output to evaluate.
+    """A verified, self-contained ONNX model with its one input, FP32 [-1, F] (features) or BYTES [-1] (texts,
+    `is_text`), and the output to evaluate.
 
     Nothing here runs the graph: `evaluate` does, in a child process under limits.
     """
@@ -85,13 +99,31 @@ class OnnxModel:
             names = ", ".join(repr(t.name) for t in inputs) or "none"
             raise EvaluationFailed(f"the ONNX model must take one input ({DEFAULT_INPUT!r}); it takes {names}")
         self.input = inputs[0]
-        if self.input.datatype != "FP32" or len(self.input.shape) != 2:
+        self.is_text = self.input.datatype == "BYTES" and len(self.input.shape) == 1
+        if not self.is_text and (self.input.datatype != "FP32" or len(self.input.shape) != 2):
             raise EvaluationFailed(
-                f"the ONNX input {self.input.name!r} must be FP32 [-1, F]; it is {self.input.datatype} "
-                f"{list(self.input.shape)}"
+                f"the ONNX input {self.input.name!r} must be FP32 [-1, F] (features) or BYTES [-1] (texts); it is "
+                f"{self.input.datatype} {list(self.input.shape)}"
             )
         self.output_name = _pick_output([t.name for t in outputs], signature)
         self.data = data
+
+    @property
+    def width(self) -> int:
+        """Features per row (-1: not fixed, or a text model, whose rows are one text each)."""
+        return -1 if self.is_text else self.input.shape[1]
+
+    def check_split(self, split: HeldOutSplit, what: str = "the test split") -> None:
+        """EvaluationFailed unless `split` holds what the model takes: texts for a text model, numeric rows
+        for the others."""
+        if self.is_text == split.is_text:
+            return
+        takes = (
+            f"texts (input {self.input.name!r} BYTES [-1])"
+            if self.is_text
+            else f"numeric features (input {self.input.name!r} {self.input.datatype} {list(self.input.shape)})"
+        )
+        raise EvaluationFailed(f"the model takes {takes} but {what} holds {split.describe()}")
 
 
 class ModelSession:
@@ -122,7 +154,7 @@ class ModelSession:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The chosen output for every row of `x`, run in batches."""
-        if self.width >= 0 and x.shape[1] != self.width:
+        if self.width >= 0 and x.ndim == 2 and x.shape[1] != self.width:
             raise EvaluationFailed(f"the model takes {self.width} features but {self.rows} has {x.shape[1]}")
         parts = []
         try:
@@ -193,15 +225,15 @@ def evaluate(
     raises EvaluationFailed with that reason ("evaluation exceeded its 300 s time limit"). `preload` names
     more modules for the sandbox's forkserver, for the gate's later runs (it starts with the first run).
     """
+    model.check_split(split)
     limits = limits or Limits.from_settings()
     with tempfile.TemporaryDirectory(prefix="gallery-evaluation-") as tmp:
         folder = Path(tmp)
         # files, not pickled arguments: the child maps the split instead of holding a second copy
         (folder / "model.onnx").write_bytes(model.data)
-        np.save(folder / "x.npy", np.ascontiguousarray(split.x, dtype=np.float32), allow_pickle=False)
+        np.save(folder / "x.npy", model_rows(split.x), allow_pickle=False)
         np.save(folder / "y.npy", split.y, allow_pickle=False)
-        width = model.input.shape[1]
-        job = (str(folder), model.input.name, width, model.output_name, task, list(class_names or []), latency)
+        job = (str(folder), model.input.name, model.width, model.output_name, task, list(class_names or []), latency)
         answer = run_in_sandbox(
             _evaluate_in_child,
             job,
@@ -212,6 +244,14 @@ def evaluate(
             crashed="the model could not be evaluated",
         )
     return dict(answer["report"])
+
+
+def model_rows(x: np.ndarray) -> np.ndarray:
+    """Rows as a model takes them and `np.save` writes them without pickling: texts as a contiguous unicode
+    array, features as contiguous FP32."""
+    if is_text_array(x):
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def run_in_sandbox(

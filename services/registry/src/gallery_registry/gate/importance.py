@@ -42,6 +42,7 @@ SANDBOX_PRELOAD = (__name__, "shap")
 MAX_GROUPS = 256
 # per-feature values past this many features would swell the report and the model.validated event
 MAX_FEATURE_VALUES = 4096
+TEXT_MODELS = "feature importance is not available for text models (their one input is the raw text)"
 
 
 class ImportanceFailed(Exception):
@@ -66,6 +67,9 @@ def explain_version(
 ) -> VersionImportance:
     """Feature importance of `model` on a sample of `split`, with the version's explainer profile (built
     from the fetched `files` unless the version has one). Never raises for the model's or the data's sake."""
+    if model.is_text:
+        # Kernel SHAP over k-means background rows has no meaning for one string per row
+        return VersionImportance({"error": TEXT_MODELS})
     try:
         found = version_profile(version, files, split.x.shape[1], config.seed)
     except ExplainerUnavailable as exc:
@@ -104,8 +108,7 @@ def importance_in_sandbox(
         (folder / "model.onnx").write_bytes(model.data)
         (folder / "explainer.npz").write_bytes(encode_profile(profile))
         np.save(folder / "rows.npy", rows, allow_pickle=False)
-        width = model.input.shape[1]
-        job = (str(folder), model.input.name, width, model.output_name, config.nsamples, config.seed)
+        job = (str(folder), model.input.name, model.width, model.output_name, config.nsamples, config.seed)
         answer = run_in_sandbox(
             _importance_in_child,
             job,
