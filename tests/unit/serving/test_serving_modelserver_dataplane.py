@@ -27,6 +27,8 @@ class DoublingModel:
     inputs: tuple[TensorSpec, ...] = (TensorSpec("x", "FP32", (-1, 2)),)
     outputs: tuple[TensorSpec, ...] = (TensorSpec("y", "FP32", (-1, 2)),)
     batchable: bool = True
+    execution_provider: str = "CPUExecutionProvider"
+    provider_fallback: str | None = None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"y": feeds["x"] * 2}
@@ -101,4 +103,5 @@ def test_the_metadata_describes_the_signature() -> None:
     serving = DataPlane(model, DynamicBatcher(model, 4, 0.001, 8))  # type: ignore[arg-type]
     document = orjson.loads(serving.metadata("doubler", "3"))
     assert document["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
-    assert document["parameters"] == {"variant": "fp32"}
+    # the CPU provider served the model at the policy's first choice: no fallback reason
+    assert document["parameters"] == {"variant": "fp32", "execution_provider": "CPUExecutionProvider"}

@@ -161,4 +161,5 @@ def metadata_response(document: Mapping[str, Any]) -> pb.ModelMetadataResponse:
     for kind in ("inputs", "outputs"):
         for tensor in document.get(kind, []):
             getattr(response, kind).add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+    _set_parameters(response.parameters, document.get("parameters") or {})
     return response

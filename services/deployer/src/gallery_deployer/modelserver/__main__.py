@@ -29,6 +29,7 @@ FLAGS = {
     "eager_batching": "eager_batching",
     "intra_op_threads": "intra_op_threads",
     "nats": "serve_nats",
+    "execution_providers": "execution_providers",
 }
 
 
@@ -51,6 +52,11 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
         help="run a request at once when nothing else is queued (default on)",
     )
     parser.add_argument("--intra-op-threads", type=int)
+    parser.add_argument(
+        "--execution-providers",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help="execution providers to try in order, comma-separated (tensorrt,cuda,openvino,cpu)",
+    )
     parser.add_argument(
         "--nats", action=argparse.BooleanOptionalAction, help="serve infer.<model> and batch jobs over NATS"
     )
@@ -118,7 +124,13 @@ def _build(overrides: dict[str, Any]) -> tuple[ModelServerSettings, FastAPI] | i
     except Exception as exc:  # ONNX Runtime's own errors: the reason still belongs in the log
         log.error("model_load_failed", reason=f"{type(exc).__name__}: {exc}", artifact=settings.artifact_uri)
         return 1
-    log.info("model_ready", seconds=round(time.perf_counter() - started, 3), port=settings.port)
+    log.info(
+        "model_ready",
+        seconds=round(time.perf_counter() - started, 3),
+        port=settings.port,
+        execution_provider=model.execution_provider,
+        provider_fallback=model.provider_fallback,
+    )
     return settings, create_app(settings, model)
 
 

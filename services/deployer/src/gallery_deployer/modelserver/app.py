@@ -133,7 +133,12 @@ def create_app(settings: ModelServerSettings, model: ServedModel, registry: Coll
 
     @app.get("/v2/health/ready", dependencies=OPEN)
     async def ready() -> Response:
-        return _json(200 if plane.ready else 503, {"ready": plane.ready})
+        # beyond OIP's `ready`: the execution provider serving and why not the preferred one, for the
+        # local runtime, which reads them from its readiness probe and reports them in model.deployed
+        body = {"ready": plane.ready, "execution_provider": model.execution_provider}
+        if model.provider_fallback:
+            body["provider_fallback"] = model.provider_fallback
+        return _json(200 if plane.ready else 503, body)
 
     @app.get("/healthz", dependencies=OPEN)
     async def healthz() -> Response:

@@ -41,6 +41,15 @@ class InferAnswer:
     rows: int  # the request's rows (its first input's batch dimension)
 
 
+def served_parameters(model: ServedModel) -> dict[str, str]:
+    """The metadata's `parameters`: the variant, the execution provider that runs it and, when the policy's
+    first choice could not, why (`provider_fallback`)."""
+    parameters = {"variant": model.variant, "execution_provider": model.execution_provider}
+    if model.provider_fallback:
+        parameters["provider_fallback"] = model.provider_fallback
+    return parameters
+
+
 def outcome_of(exc: GalleryError) -> str:
     """The serving-metrics outcome of a request that ended with `exc`."""
     if isinstance(exc, Overloaded):
@@ -65,7 +74,7 @@ class DataPlane:
                 "platform": PLATFORM,
                 "inputs": [spec.metadata() for spec in model.inputs],
                 "outputs": [spec.metadata() for spec in model.outputs],
-                "parameters": {"variant": model.variant},
+                "parameters": served_parameters(model),
             }
         )
 

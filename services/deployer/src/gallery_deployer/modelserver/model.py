@@ -13,6 +13,7 @@ from gallery_common.artifacts import open_store
 from gallery_common.contracts.oip import TensorSpec
 from gallery_common.onnx_safety import verify_self_contained_onnx
 
+from .providers import CPU, ProviderChoice, ProviderOptions, choose_provider
 from .settings import ModelServerSettings
 from .tensors import spec_from_ort
 
@@ -30,6 +31,8 @@ class ServedModel:
     session: ort.InferenceSession
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    execution_provider: str = CPU  # ONNX Runtime's name of the provider that runs the session
+    provider_fallback: str | None = None  # why the policy's earlier providers were passed over
 
     @property
     def batchable(self) -> bool:
@@ -64,21 +67,38 @@ def providers() -> list[str]:
     """CUDA first when this ONNX Runtime build has it, the CPU always as the fallback."""
     available = ort.get_available_providers()
     chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
-    return [*chosen, "CPUExecutionProvider"]
+    return [*chosen, CPU]
 
 
 def session_from_bytes(
-    data: bytes, intra_op_threads: int = 0, *, gpu: bool = True, spinning: bool = False
+    data: bytes,
+    intra_op_threads: int = 0,
+    *,
+    gpu: bool = True,
+    spinning: bool = False,
+    provider: str | None = None,
+    provider_options: ProviderOptions | None = None,
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session over verified bytes (never a path: no folder to resolve external data in);
-    `gpu=False` keeps it on the CPU even where CUDA is available. Its intra-op threads spin between runs
+    """An ONNX Runtime session over verified bytes (never a path: no folder to resolve external data in).
+
+    `provider` (ONNX Runtime's name) runs it, with the CPU under it for the operators it lacks; without
+    one, CUDA where available, and `gpu=False` keeps it on the CPU. Its intra-op threads spin between runs
     only with `spinning` (ONNX Runtime's default is to spin, which costs a core's time while idle)."""
     verify_self_contained_onnx(data)
     options = ort.SessionOptions()
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     options.add_session_config_entry(SPINNING_CONFIG, "1" if spinning else "0")
-    return ort.InferenceSession(data, sess_options=options, providers=providers() if gpu else ["CPUExecutionProvider"])
+    if provider is None:
+        return ort.InferenceSession(data, sess_options=options, providers=providers() if gpu else [CPU])
+    chosen = [provider] if provider == CPU else [provider, CPU]
+    per_provider = provider_options or ProviderOptions()
+    return ort.InferenceSession(
+        data,
+        sess_options=options,
+        providers=chosen,
+        provider_options=[per_provider.for_provider(p) for p in chosen],
+    )
 
 
 def served_model(session: ort.InferenceSession, name: str, version: str, variant: str) -> ServedModel:
@@ -89,10 +109,25 @@ def served_model(session: ort.InferenceSession, name: str, version: str, variant
 
 
 def load_model(settings: ModelServerSettings) -> ServedModel:
-    """Fetch the artifact (sha256-checked), verify it, load and warm it up; raises with the reason on failure."""
+    """Fetch the artifact (sha256-checked), verify it, then load and warm it up on the first execution
+    provider of the settings' preference that loads it; raises with the reason on failure."""
     store = open_store(settings.resolved_artifact_root, settings)
     data = store.get(store.key_for(settings.artifact_uri), sha256=settings.artifact_sha256)
-    session = session_from_bytes(data, settings.intra_op_threads, spinning=settings.intra_op_spinning)
-    model = served_model(session, settings.model_name, settings.model_version, settings.variant)
-    model.warm_up(settings.max_batch_size)
-    return model
+    verify_self_contained_onnx(data)  # once, before any provider sees the bytes
+    options = settings.provider_options()
+
+    def load(provider: str) -> tuple[ServedModel, list[str]]:
+        session = session_from_bytes(
+            data, settings.intra_op_threads, spinning=settings.intra_op_spinning, provider=provider,
+            provider_options=options,
+        )  # fmt: skip
+        model = served_model(session, settings.model_name, settings.model_version, settings.variant)
+        model.warm_up(settings.max_batch_size)
+        return model, session.get_providers()
+
+    choice: ProviderChoice[ServedModel] = choose_provider(
+        settings.execution_providers, ort.get_available_providers(), load
+    )
+    choice.loaded.execution_provider = choice.provider
+    choice.loaded.provider_fallback = choice.fallback
+    return choice.loaded

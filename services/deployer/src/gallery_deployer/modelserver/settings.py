@@ -8,6 +8,8 @@ from gallery_common.artifacts.base import normalize_sha256
 from gallery_common.errors import ArtifactError
 from gallery_common.settings import GallerySettings
 
+from .providers import DEFAULT_PREFERENCE, OpenVinoDevice, ProviderName, ProviderOptions
+
 
 class ModelServerSettings(GallerySettings):
     """What one model server serves, how it batches, and how much explaining it may do."""
@@ -40,6 +42,18 @@ class ModelServerSettings(GallerySettings):
         description="ONNX Runtime's intra-op threads spin while they wait for work: a little less latency, but "
         "they burn a core between requests (measured here: ~250 µs of CPU per small request).",
     )
+    execution_providers: list[ProviderName] = Field(
+        default=list(DEFAULT_PREFERENCE),
+        min_length=1,
+        description="ONNX Runtime execution providers to try in order (tensorrt, cuda, openvino, cpu; JSON list): "
+        "the first this host's ONNX Runtime has and that loads the model serves; the CPU is always the last resort.",
+    )
+    cuda_device_id: int = Field(default=0, ge=0, description="The GPU the CUDA and TensorRT providers use.")
+    openvino_device_type: OpenVinoDevice = Field(default="CPU", description="Where OpenVINO runs: CPU, GPU or NPU.")
+    tensorrt_fp16: bool = Field(default=True, description="TensorRT may build FP16 kernels.")
+    tensorrt_engine_cache: str = Field(
+        default="", description="Folder for TensorRT's built engines, so a restart skips the build; empty: no cache."
+    )
     serve_nats: bool = Field(default=True, description="Also serve infer.<model> requests and infer.jobs.<model>.")
     nats_connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
     job_ack_wait_s: float = Field(default=30.0, gt=0, le=3600, description="A batch job's heartbeat window.")
@@ -66,6 +80,15 @@ class ModelServerSettings(GallerySettings):
         description="The share of its time a worker may spend explaining: after a job of t seconds it rests "
         "t * (1/share - 1) before the next, so back-to-back explanations cannot crowd out inference.",
     )
+
+    def provider_options(self) -> ProviderOptions:
+        """The per-provider options these settings give."""
+        return ProviderOptions(
+            cuda_device_id=self.cuda_device_id,
+            openvino_device_type=self.openvino_device_type,
+            tensorrt_fp16=self.tensorrt_fp16,
+            tensorrt_engine_cache=self.tensorrt_engine_cache,
+        )
 
     @field_validator("model_name", "model_version", "artifact_uri")
     @classmethod
