@@ -177,7 +177,7 @@ def _tensor_array(
     if array.size != expected:
         raise ProtocolError(f"{label} has {array.size} values; shape {shape} needs {expected}")
     if dtype.kind == "O" and array.size:
-        array = np.vectorize(_as_text, otypes=[object])(array)
+        _check_texts(array, label, datatype)
     return array.reshape(shape)
 
 
@@ -229,10 +229,14 @@ def _check_element_type(data: list[Any], label: str, datatype: str, dtype: np.dt
         raise ProtocolError(f"{label}: {type(leaf).__name__} values in a {datatype} tensor")
 
 
-def _as_text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError("BYTES tensors carry strings")
-    return value
+def _check_texts(array: np.ndarray, label: str, datatype: str) -> None:
+    """A BYTES tensor from JSON holds strings only: a number or a list among them (which the first-element
+    check does not see) is refused, naming the input and where it is, before it reaches the model."""
+    for position, value in enumerate(array.reshape(-1)):
+        if not isinstance(value, str):
+            raise ProtocolError(
+                f"{label}: value {position} is {type(value).__name__}; a {datatype} tensor carries strings (texts)"
+            )
 
 
 def _binary_bytes(flat: np.ndarray) -> bytes:
