@@ -146,4 +146,9 @@ def optimized_payload(report: OptimizationReport, stored: StoredOutputs) -> Mode
         ],
         report=stored.report,
         hardware_class=report.measured_on.get("hardware_class"),
+        recommendations={
+            key: rec.variant
+            for key, rec in report.recommendations.items()
+            if rec.variant is not None and rec.variant in stored.variants
+        },
     )

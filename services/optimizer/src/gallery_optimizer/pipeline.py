@@ -22,6 +22,7 @@ import numpy as np
 from gallery_common.hardware import host_cpu
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_common.sandbox import Limits
+from gallery_common.targets import Target, Targets, host_targets
 from gallery_common.telemetry import get_logger
 from gallery_optimizer.edge_bundle import build_edge_bundle
 from gallery_optimizer.measure import (
@@ -35,6 +36,8 @@ from gallery_optimizer.measure import (
 )
 from gallery_optimizer.policy import BASELINE, OptimizationPolicy
 from gallery_optimizer.report import OptimizationReport, VariantReport, recommend
+from gallery_optimizer.target_measure import TargetMeasurement, measure_on_target
+from gallery_optimizer.target_recommend import recommend_per_target
 
 __all__ = [
     "OptimizationError",
@@ -215,6 +218,52 @@ def _build_torch(
     return out, notes
 
 
+def _cpu_measurement(target: Target, row: VariantReport) -> TargetMeasurement:
+    """The CPU target's record of a row: the figures the sandboxed CPU measurement already took."""
+    return TargetMeasurement(
+        target.key,
+        target.hardware_class,
+        target.provider,
+        target.execution_provider,
+        latency_b1_p50_ms=row.latency_b1_p50_ms,
+        latency_b1_p99_ms=row.latency_b1_p99_ms,
+        latency_b32_p50_ms=row.latency_b32_p50_ms,
+        latency_b32_p99_ms=row.latency_b32_p99_ms,
+        accuracy=row.accuracy,
+        error=row.error,
+    )
+
+
+def _measure_targets(rows: list[VariantReport], targets: Targets, data: _Data, workdir: Path) -> None:
+    """Give every row one measurement per present target (a failed row's say it was not built)."""
+    for row in rows:
+        for target in targets.present:
+            if target.provider == "cpu":
+                row.measurements.append(_cpu_measurement(target, row))
+            elif not row.ok or row.path is None:
+                row.measurements.append(
+                    TargetMeasurement(
+                        target.key,
+                        target.hardware_class,
+                        target.provider,
+                        target.execution_provider,
+                        error=f"not built: {row.error}",
+                    )
+                )
+            else:
+                row.measurements.append(
+                    measure_on_target(
+                        target,
+                        row.name,
+                        row.path,
+                        data.test.x,
+                        data.test.y,
+                        limits=data.limits,
+                        cache_dir=workdir / "engine-cache",
+                    )
+                )
+
+
 def optimize(
     inputs: OptimizeInputs,
     policy: OptimizationPolicy,
@@ -224,8 +273,10 @@ def optimize(
     version: int,
     on_progress: Progress | None = None,
     limits: Limits | None = None,
+    targets: Targets | None = None,
 ) -> OptimizationReport:
-    """Build, check and measure every variant of `policy` next to FP32 and recommend one.
+    """Build, check and measure every variant of `policy` next to FP32 and recommend one; then measure
+    each on every target of `targets` (default: what this host offers) and recommend one per target.
 
     A variant that fails (one that passes `limits` included: default from the settings) is recorded with
     its reason and the others go on. Raises OptimizationError only when the FP32 model or the splits
@@ -262,10 +313,21 @@ def optimize(
             fp32_accuracy = row.accuracy
         rows.append(row)
     recommended, reason = recommend(rows, policy.accuracy_budget)
+    targets = targets or host_targets()
+    progress(f"measuring on {', '.join(t.key for t in targets.present)}", len(names) / (len(names) + 1))
+    _measure_targets(rows, targets, data, workdir)
     report = OptimizationReport(
-        model, version, rows, recommended, reason, policy.accuracy_budget, measured_on=host_cpu().describe()
+        model,
+        version,
+        rows,
+        recommended,
+        reason,
+        policy.accuracy_budget,
+        measured_on=host_cpu().describe(),
+        recommendations=recommend_per_target(rows, policy.accuracy_budget),
+        targets=targets.describe(),
     )
-    progress("writing the report", len(names) / (len(names) + 1))
+    progress("writing the report", (len(names) + 0.5) / (len(names) + 1))
     (workdir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     (workdir / "report.md").write_text(report.to_markdown())
     report.write_chart(workdir / "report.png")

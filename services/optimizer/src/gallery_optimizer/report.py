@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gallery_optimizer.policy import BASELINE
+from gallery_optimizer.target_measure import TargetMeasurement, TargetRecommendation
 
 METRICS = (
     "size_bytes",
@@ -59,6 +60,7 @@ class VariantReport:
     within_budget: bool = False
     notes: list[str] = field(default_factory=list)
     cpu_target: str | None = None
+    measurements: list[TargetMeasurement] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,8 @@ class OptimizationReport:
     recommendation_reason: str
     accuracy_budget: float = 0.01
     measured_on: dict[str, Any] = field(default_factory=dict)
+    recommendations: dict[str, TargetRecommendation] = field(default_factory=dict)
+    targets: dict[str, Any] = field(default_factory=dict)
 
     def variant(self, name: str) -> VariantReport:
         """The row named `name`; KeyError if the report has none."""
@@ -118,6 +122,8 @@ class OptimizationReport:
             "accuracy_budget": self.accuracy_budget,
             "ranking_metric": "latency_b32_p50_ms",
             "measured_on": self.measured_on,
+            "targets": self.targets,
+            "recommendations": {key: rec.to_json() for key, rec in self.recommendations.items()},
             "variants": [row.to_json() for row in self.variants],
         }
 
@@ -151,7 +157,32 @@ class OptimizationReport:
             lines += ["", "Failed variants:", ""] + [f"- {row.name}: {row.error}" for row in failed]
         if notes:
             lines += ["", "Notes:", ""] + [f"- {name}: {note}" for name, note in notes]
+        lines += self._per_target_lines()
         return "\n".join(lines) + "\n"
+
+    def _per_target_lines(self) -> list[str]:
+        """The recommendation per target and every variant's figures on each, with the hardware they came from."""
+        if not self.recommendations:
+            return []
+        lines = ["", "## Per hardware class and execution provider", ""]
+        lines += ["| target | recommended | why |", "|---|---|---|"]
+        lines += [f"| {key} | {rec.variant or 'none'} | {rec.reason} |" for key, rec in self.recommendations.items()]
+        absent = self.targets.get("absent") or {}
+        if absent:
+            lines += ["", "Not measured: " + "; ".join(f"{p} ({why})" for p, why in absent.items())]
+        lines += [
+            "",
+            "| variant | hardware class | provider | b1 p50 ms | b32 p50 ms | b32 p99 ms | accuracy | note |",
+            "|---|---|---|---:|---:|---:|---:|---|",
+        ]
+        for row in self.variants:
+            for m in row.measurements:
+                lines.append(
+                    f"| {row.name} | {m.hardware_class} | {m.provider} | {_num(m.latency_b1_p50_ms)} "
+                    f"| {_num(m.latency_b32_p50_ms)} | {_num(m.latency_b32_p99_ms)} | {_pct(m.accuracy)} "
+                    f"| {(m.error or '').replace('|', '/')} |"
+                )
+        return lines
 
     def _measured_on_lines(self) -> list[str]:
         if not self.measured_on:
