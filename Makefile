@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 MOTO_VENV := .venv-moto
 FLOWER_VENV := .venv-flower
+OPENVINO_VENV := .venv-openvino
 BIN := $(VENV)/bin
 export GALLERY_HOME ?= $(CURDIR)/.gallery
 
@@ -35,6 +36,18 @@ $(FLOWER_VENV)/.installed: requirements/flower.txt services/trainer/pyproject.to
 	@test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
 	$(FLOWER_VENV)/bin/pip install --quiet -r requirements/flower.txt
 	$(FLOWER_VENV)/bin/pip install --quiet --no-deps -e libs/common -e services/trainer
+	@touch $@
+
+# The model server with ONNX Runtime's OpenVINO execution provider in its own venv: onnxruntime-openvino installs
+# the same `onnxruntime` module as onnxruntime. The deployer's local runtime runs the model servers whose policy
+# prefers OpenVINO with its python. Our packages go in without their dependencies (the deployer's would pull the
+# plain onnxruntime over the OpenVINO one); requirements/openvino.txt lists the rest.
+$(OPENVINO_VENV)/.installed: requirements/openvino.txt services/deployer/pyproject.toml libs/common/pyproject.toml
+	@test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)
+	$(OPENVINO_VENV)/bin/pip install --quiet -r requirements/openvino.txt
+	$(OPENVINO_VENV)/bin/pip install --quiet --no-deps -e libs/common -e services/deployer
+	$(OPENVINO_VENV)/bin/python -c "import onnxruntime, gallery_deployer.modelserver.app; \
+		assert 'OpenVINOExecutionProvider' in onnxruntime.get_available_providers()"
 	@touch $@
 
 $(MOTO_VENV)/.installed: requirements/moto.txt
@@ -85,12 +98,12 @@ $(VENV)/.ops-built: $(BIN)/.installed
 	$(BIN)/python -m gallery_trainer.engine.build_ops
 	@touch $@
 
-install: $(BIN)/.installed $(VENV)/.ops-built $(FLOWER_VENV)/.installed
+install: $(BIN)/.installed $(VENV)/.ops-built $(FLOWER_VENV)/.installed $(OPENVINO_VENV)/.installed
 
 demo: install
 	@$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed $(VENV)/.ops-built $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed postgres redis chromium valgrind promtool
+test: $(BIN)/.installed $(VENV)/.ops-built $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed $(OPENVINO_VENV)/.installed postgres redis chromium valgrind promtool
 	$(BIN)/pytest -q -p no:cacheprovider --durations=30
 
 # tests/chaos: servers killed, stopped or starved under the services; not part of `make test` (minutes long).
@@ -126,7 +139,7 @@ lint: install
 	$(BIN)/mypy libs/common/src libs/cli/src $(wildcard services/*/src)
 
 VERSION ?= 0.1.0
-IMAGES := gallery registry trainer optimizer deployer gateway monitor modelserver modelserver-gpu
+IMAGES := gallery registry trainer optimizer deployer gateway monitor modelserver modelserver-gpu modelserver-openvino
 
 # BuildKit is needed: each Dockerfile mounts its builder's wheels. TORCH_INDEX_URL=... overrides the CPU torch index.
 images:
@@ -139,4 +152,4 @@ k8s: install
 	$(BIN)/python scripts/render_k8s.py
 
 clean: down
-	rm -rf $(VENV) $(MOTO_VENV) $(FLOWER_VENV) .gallery
+	rm -rf $(VENV) $(MOTO_VENV) $(FLOWER_VENV) $(OPENVINO_VENV) .gallery

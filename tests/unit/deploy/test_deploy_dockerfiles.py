@@ -29,7 +29,9 @@ dockerfile_parse = pytest.importorskip("dockerfile_parse", reason="needs dockerf
 ROOT = Path(__file__).resolve().parents[3]
 IMAGES = ROOT / "deploy" / "images"
 SERVICES = {ep.name: ep for ep in entry_points(group="modelgallery.services")}
-MODEL_SERVERS = ("modelserver", "modelserver-gpu")
+MODEL_SERVERS = ("modelserver", "modelserver-gpu", "modelserver-openvino")
+# a model server image's ONNX Runtime build, which replaces the plain onnxruntime the package requires
+RUNTIME_BUILDS = {"modelserver-gpu": "onnxruntime-gpu", "modelserver-openvino": "onnxruntime-openvino"}
 # Options of pip's install / wheel / download commands that take a value.
 PIP_VALUED = {
     *("--wheel-dir", "-w", "--find-links", "-f", "--index-url", "-i", "--dest", "-d", "--constraint", "-c"),
@@ -148,7 +150,7 @@ def database_services() -> set[str]:
     return names
 
 
-def test_every_service_and_both_model_servers_have_an_image() -> None:
+def test_every_service_and_every_model_server_have_an_image() -> None:
     assert set(dockerfiles()) == {*SERVICES, *MODEL_SERVERS}
 
 
@@ -220,9 +222,11 @@ def test_installs_only_its_own_package_built_from_its_own_sources(image: str) ->
         expected.add("torch")
     if image in database_services() and "psycopg" not in declared:
         expected.add("psycopg")  # the driver behind postgresql+psycopg://, which the service does not declare
-    if image == "modelserver-gpu":
-        expected.add("onnxruntime-gpu")
+    if image in RUNTIME_BUILDS:
+        expected.add(RUNTIME_BUILDS[image])
         assert [requirements_of(args) for args in runtime.pip("uninstall")] == [["onnxruntime"]]
+    if image == "modelserver-gpu":
+        expected.add("tensorrt-cu13-libs")  # the TensorRT provider's libraries
     assert names == expected
     assert third_party <= names, "the builder makes wheels only for what the image installs"
     for args in runtime.pip("install"):
