@@ -48,15 +48,15 @@ def test_a_sample_without_class_scores_has_rows_but_no_predictions() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b"not json", "not a sample with a numeric first input"),
-        (orjson.dumps({"model": "iris", "inputs": []}), "not a sample with a numeric first input"),
+        (b"not json", "not a sample with a numeric or text first input"),
+        (orjson.dumps({"model": "iris", "inputs": []}), "not a sample with a numeric or text first input"),
         (
             orjson.dumps({"model": "iris", "inputs": [{"shape": [2, 2], "data": [1, 2, 3]}]}),
             "tensor has 3 values; shape [2, 2] needs 4",
         ),
         (
             orjson.dumps({"model": "iris", "inputs": [{"shape": [1, 2], "data": ["a", "b"]}]}),
-            "not a sample with a numeric first input",
+            "not a sample with a numeric or text first input",
         ),
         (orjson.dumps({"model": "", "inputs": [{"shape": [1], "data": [1]}]}), "the sample names no model"),
     ],

@@ -39,6 +39,7 @@ from .samples import SampleBook
 from .scraper import Scraper
 from .series import SeriesBook
 from .settings import MonitorSettings
+from .text_profile import TextLimits
 
 DURABLE = "monitor"
 log = get_logger(__name__)
@@ -94,13 +95,15 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
         # few retries: a reference that cannot be had now is asked for again after reference_retry_s
         registry = RegistryClient(settings.registry_url, token, timeout=10.0, retry_delays=(0.5, 1.0))
         stack.callback(registry.close)
+        text_limits = TextLimits(max_tokens=settings.text_max_tokens, top_tokens=settings.text_top_tokens)
         references = ReferenceCache(
             registry_split_loader(registry, resources.store),
             max_rows=settings.reference_max_rows,
             retry_s=settings.reference_retry_s,
+            text_limits=text_limits,
         )
         series = SeriesBook(settings.series_retention_s, settings.scrape_interval_s)
-        samples = SampleBook(settings.sample_buffer_rows)
+        samples = SampleBook(settings.sample_buffer_rows, text_limits)
         monitor = await anyio.to_thread.run_sync(
             lambda: Monitor(
                 resources.engine,  # type: ignore[arg-type]
@@ -110,6 +113,8 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
                 references=references,
                 ks_alpha=settings.drift_ks_alpha,
                 min_requests=settings.slo_min_requests,
+                text_psi_threshold=settings.text_drift_psi,
+                text_warn_psi=settings.text_warn_psi,
             )
         )
 

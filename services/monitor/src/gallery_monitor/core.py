@@ -11,18 +11,20 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import numpy as np
 from sqlalchemy.engine import Engine
 
 from gallery_common.contracts.serving_metrics import compare
 from gallery_common.errors import NotFound
 
 from .alerts import AlertBook
-from .drift import DriftReport, DriftRule, evaluate_drift
+from .drift import DriftReport, DriftRule, Reference, evaluate_drift
 from .records import ModelOverview, Slo
 from .references import ReferenceCache, ReferenceUnavailable
 from .samples import SampleBook
 from .series import Figures, SeriesBook
 from .slos import SloStore
+from .text_drift import TextReference, TextSamples, evaluate_text_drift
 from .timeline import TimelineStore
 from .views import CanaryView, DriftView, FiguresView, SeriesPoint
 
@@ -51,6 +53,8 @@ class Monitor:
         references: ReferenceCache,
         ks_alpha: float,
         min_requests: int,
+        text_psi_threshold: float = 0.25,
+        text_warn_psi: float = 0.1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.timeline = TimelineStore(engine)
@@ -60,6 +64,8 @@ class Monitor:
         self.samples = samples
         self.references = references
         self.ks_alpha = ks_alpha
+        self.text_psi_threshold = text_psi_threshold
+        self.text_warn_psi = text_warn_psi
         self.min_requests = min_requests
         self.clock = clock
 
@@ -72,7 +78,13 @@ class Monitor:
             raise NotFound(f"the monitor has seen nothing of model {model!r}: no lifecycle event, figure or sample")
 
     def rule(self, slo: Slo) -> DriftRule:
-        return DriftRule(psi_threshold=slo.drift_psi, ks_alpha=self.ks_alpha, min_samples=slo.drift_min_samples)
+        return DriftRule(
+            psi_threshold=slo.drift_psi,
+            ks_alpha=self.ks_alpha,
+            min_samples=slo.drift_min_samples,
+            text_psi_threshold=self.text_psi_threshold,
+            text_warn_psi=self.text_warn_psi,
+        )
 
     def figures(self, model: str, window_s: float) -> FiguresView:
         """Serving figures per version and variant over the window, the cache hit rate and the series."""
@@ -116,20 +128,27 @@ class Monitor:
         return CanaryView(model=model, window_s=window_s, canary=of(canary), baseline=of(baseline), comparison=compared)
 
     def drift_report(self, model: str, version: str, window_s: float, rule: DriftRule) -> DriftReport:
-        """Drift of the version's samples over the last window (blocking: may load the reference)."""
+        """Drift of the version's samples (rows, or a text model's texts) over the last window (blocking:
+        may load the reference)."""
         window = self.samples.window(model, version)
         if window is None:
             return DriftReport(samples=0, reasons=[f"no samples of {model} version {version or '?'} yet"])
-        rows, predictions = window.window(self.clock() - window_s)
+        seen, predictions = window.window(self.clock() - window_s)
         number = registry_version(version)
         if number is None:
             reason = f"samples are labelled version {version!r}, not a registry version: no training reference"
-            return DriftReport(samples=len(rows), reasons=[reason])
+            return DriftReport(samples=len(seen), reasons=[reason])
         try:
             reference = self.references.get(model, number)
         except ReferenceUnavailable as exc:
-            return DriftReport(samples=len(rows), reasons=[f"no training reference: {exc}"])
-        return evaluate_drift(reference, rows, predictions, rule)
+            return DriftReport(samples=len(seen), reasons=[f"no training reference: {exc}"])
+        if isinstance(seen, TextSamples) and isinstance(reference, TextReference):
+            return evaluate_text_drift(reference, seen, predictions, rule)
+        if isinstance(seen, np.ndarray) and isinstance(reference, Reference):
+            return evaluate_drift(reference, seen, predictions, rule)
+        kinds = ("texts", "numeric features") if isinstance(seen, TextSamples) else ("numeric features", "texts")
+        reason = f"samples hold {kinds[0]}, the training reference {kinds[1]}: not compared"
+        return DriftReport(samples=len(seen), reasons=[reason])
 
     def drift(self, model: str, version: int | None, window_s: float | None) -> DriftView:
         """The drift view of one version (default: the one sampled last) over its SLO window (blocking)."""
@@ -151,4 +170,5 @@ class Monitor:
             drifted=report.drifted,
             reasons=report.reasons,
             ranked_by=report.ranked_by,
+            text=report.text,
         )

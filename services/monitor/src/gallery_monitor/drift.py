@@ -17,11 +17,15 @@ of one it ignores. Without importance they are ranked by PSI, and the report say
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .drift_stats import DEFAULT_BINS, bin_shares, chi2_goodness_of_fit, ks_two_sample, psi, quantile_edges
 from .importance import RANKED_BY_IMPORTANCE, RANKED_BY_PSI, FeatureImportance
+
+if TYPE_CHECKING:
+    from .text_drift import TextFindings
 
 TOP_FEATURES_IN_EVIDENCE = 5
 
@@ -33,6 +37,18 @@ class DriftRule:
     psi_threshold: float = 0.2
     ks_alpha: float = 0.001
     min_samples: int = 200
+    text_psi_threshold: float = 0.25  # a text input's length and token PSI: drift past it (the usual 0.25)
+    text_warn_psi: float = 0.1  # and a warning past this (the usual 0.1)
+
+
+class ClassShares(Protocol):
+    """What the prediction shift compares with: the training labels' classes and their shares."""
+
+    @property
+    def classes(self) -> np.ndarray | None: ...
+
+    @property
+    def class_shares(self) -> np.ndarray | None: ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,7 @@ class FeatureDrift:
     importance: float | None = None  # the gate's mean |SHAP| of the feature
     score: float | None = None  # importance · PSI: what the feature's drift ranks by
     name: str | None = None  # the training data's name of the feature, when known
+    threshold: float | None = None  # the PSI this row is judged against when not the SLO's (a text input's)
 
     def describe(self) -> str:
         return f"feature {self.feature} ({self.name})" if self.name else f"feature {self.feature}"
@@ -116,10 +133,12 @@ class DriftReport:
     drifted: bool = False
     reasons: list[str] = field(default_factory=list)
     ranked_by: str | None = None
+    text: TextFindings | None = None  # a text input's figures beyond the rows (unseen tokens, odd texts)
 
     def evidence(self, rule: DriftRule) -> dict[str, object]:
-        """What a `model.degraded` event carries: the rule, the top-ranked features and the prediction shift."""
-        return {
+        """What a `model.degraded` event carries: the rule, the top-ranked features and the prediction shift
+        (and for a text input its thresholds, unseen-token share and odd texts)."""
+        found: dict[str, object] = {
             "samples": self.samples,
             "psi_threshold": rule.psi_threshold,
             "ks_alpha": rule.ks_alpha,
@@ -130,6 +149,9 @@ class DriftReport:
             "prediction_p_value": self.prediction_p_value,
             "reasons": self.reasons,
         }
+        if self.text is not None:
+            found["text"] = self.text.evidence()
+        return found
 
 
 def _evidence(f: FeatureDrift) -> dict[str, object]:
@@ -143,6 +165,8 @@ def _evidence(f: FeatureDrift) -> dict[str, object]:
         found.update(importance=round(f.importance, 6), score=round(f.score, 6))
     if f.name:
         found["name"] = f.name
+    if f.threshold is not None:
+        found["psi_threshold"] = f.threshold
     return found
 
 
@@ -163,7 +187,7 @@ def ranked(features: list[FeatureDrift], importance: FeatureImportance | None) -
     return sorted(weighted, key=lambda f: (-(f.score or 0.0), -f.psi))
 
 
-def prediction_shift(reference: Reference, predictions: np.ndarray) -> tuple[float, float] | None:
+def prediction_shift(reference: ClassShares, predictions: np.ndarray) -> tuple[float, float] | None:
     """(PSI, chi-square p-value) of the predicted classes against the training labels' class shares."""
     if reference.classes is None or reference.class_shares is None or len(predictions) == 0:
         return None
@@ -196,10 +220,7 @@ def evaluate_drift(
         measured.append(FeatureDrift(j, shift, d, p))
     report.features = ranked(measured, reference.importance)
     report.ranked_by = RANKED_BY_PSI if reference.importance is None else RANKED_BY_IMPORTANCE
-    if predictions is not None and len(predictions):
-        shift_and_p = prediction_shift(reference, predictions)
-        if shift_and_p is not None:
-            report.prediction_psi, report.prediction_p_value = shift_and_p
+    measure_predictions(report, reference, predictions)
     if n < rule.min_samples:
         report.reasons.append(f"{n} samples in the window, {rule.min_samples} needed to judge drift")
         return report
@@ -210,6 +231,21 @@ def evaluate_drift(
             if f.importance is not None:
                 found += f"; importance {f.importance:.3g}, importance · PSI {f.score:.3g}"
             report.reasons.append(found)
+    judge_predictions(report, rule)
+    report.drifted = bool(report.reasons)
+    return report
+
+
+def measure_predictions(report: DriftReport, reference: ClassShares, predictions: np.ndarray | None) -> None:
+    """Put the shift of the predicted classes (PSI, chi-square p) into the report, when there are any."""
+    if predictions is not None and len(predictions):
+        shift_and_p = prediction_shift(reference, predictions)
+        if shift_and_p is not None:
+            report.prediction_psi, report.prediction_p_value = shift_and_p
+
+
+def judge_predictions(report: DriftReport, rule: DriftRule) -> None:
+    """Add a reason when the predicted classes moved past the rule's PSI with a significant chi-square."""
     if (
         report.prediction_psi is not None
         and report.prediction_p_value is not None
@@ -220,5 +256,3 @@ def evaluate_drift(
             f"predicted classes: PSI {report.prediction_psi:.3f} > {rule.psi_threshold:g} "
             f"(chi-square p {report.prediction_p_value:.2g})"
         )
-    report.drifted = bool(report.reasons)
-    return report

@@ -5,6 +5,9 @@ Blocking (registry over HTTP, artifact store): call from worker threads. A versi
 cannot be had is asked for again only after `retry_s`, so evaluations do not hammer the registry. A
 hostile split (over GALLERY_MAX_ARTIFACT_BYTES or GALLERY_MAX_SPLIT_BYTES, object arrays, not an NPZ)
 is one that cannot be had: the monitor logs why and runs without that reference.
+
+A text model's split holds one text per row (a unicode array [N], `gallery_common.contracts.splits`): its
+reference is a `text_drift.TextReference` of the texts' lengths and tokens instead of feature columns.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts import NpzMissingArrays, NpzRefused, NpzUnreadable, RegistryReader, read_features
+from gallery_common.contracts.splits import is_text_array
 from gallery_common.errors import GalleryError
 from gallery_common.telemetry import get_logger
 
 from .drift import Reference
 from .importance import FeatureImportance
+from .text_drift import TextReference
+from .text_profile import TextLimits
 
 TRAIN_SPLIT = "train_split"
 log = get_logger(__name__)
@@ -30,8 +36,8 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class TrainingData:
-    """A version's training features `x` [N, F], labels `y` when the split has them, and the gate's feature
-    importance when it measured one."""
+    """A version's training features `x` [N, F] (or texts [N]), labels `y` when the split has them, and the
+    gate's feature importance when it measured one."""
 
     x: np.ndarray
     y: np.ndarray | None = None
@@ -89,16 +95,20 @@ class _Miss:
 class ReferenceCache:
     """Prepared references by (model, version), and why the missing ones are missing."""
 
-    def __init__(self, loader: SplitLoader, *, max_rows: int, retry_s: float) -> None:
+    def __init__(
+        self, loader: SplitLoader, *, max_rows: int, retry_s: float, text_limits: TextLimits | None = None
+    ) -> None:
         self.loader = loader
         self.max_rows = max_rows
         self.retry_s = retry_s
-        self._ready: dict[tuple[str, int], Reference] = {}
+        self.text_limits = text_limits or TextLimits()
+        self._ready: dict[tuple[str, int], Reference | TextReference] = {}
         self._missing: dict[tuple[str, int], _Miss] = {}
         self._lock = threading.Lock()
 
-    def get(self, model: str, version: int) -> Reference:
-        """The version's reference, loaded on first use; ReferenceUnavailable says why there is none."""
+    def get(self, model: str, version: int) -> Reference | TextReference:
+        """The version's reference (a text model's: a TextReference), loaded on first use;
+        ReferenceUnavailable says why there is none."""
         key = (model, version)
         with self._lock:  # one load per version, even when the API and the evaluator ask at once
             if key in self._ready:
@@ -108,7 +118,7 @@ class ReferenceCache:
                 raise ReferenceUnavailable(miss.reason)
             try:
                 data = self.loader(model, version)
-                reference = Reference.from_split(data.x, data.y, max_rows=self.max_rows, importance=data.importance)
+                reference = self._prepare(data)
             except (ReferenceUnavailable, ValueError) as exc:
                 self._missing[key] = _Miss(str(exc), time.monotonic() + self.retry_s)
                 log.warning("drift_reference_unavailable", model=model, version=version, reason=str(exc))
@@ -120,6 +130,12 @@ class ReferenceCache:
                 model=model,
                 version=version,
                 rows=reference.rows,
-                importance=reference.importance is not None,
+                texts=isinstance(reference, TextReference),
+                importance=getattr(reference, "importance", None) is not None,
             )
             return reference
+
+    def _prepare(self, data: TrainingData) -> Reference | TextReference:
+        if is_text_array(data.x):
+            return TextReference.from_texts(data.x, data.y, limits=self.text_limits, max_rows=self.max_rows)
+        return Reference.from_split(data.x, data.y, max_rows=self.max_rows, importance=data.importance)

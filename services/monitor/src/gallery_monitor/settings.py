@@ -52,6 +52,18 @@ class MonitorSettings(LeaderSettings):
         default=0.001, gt=0, lt=1, description="KS significance, divided by the number of features (Bonferroni)."
     )
     evaluate_interval_s: float = Field(default=5.0, gt=0, description="How often SLOs and drift are evaluated.")
+    text_warn_psi: float = Field(
+        default=0.1, gt=0, description="A text input's length or token PSI past which it is a warning (the usual 0.1)."
+    )
+    text_drift_psi: float = Field(
+        default=0.25, gt=0, description="A text input's length or token PSI past which it drifts (the usual 0.25)."
+    )
+    text_top_tokens: int = Field(
+        default=200, ge=1, le=100_000, description="Commonest training tokens the token distribution follows."
+    )
+    text_max_tokens: int = Field(
+        default=256, ge=1, le=100_000, description="Tokens read per sampled or training text; the rest is cut off."
+    )
 
     sample_subject: str = Field(default="inference.sample.>", description="Where the gateway publishes samples.")
     sample_buffer_rows: int = Field(default=20_000, ge=100, description="Sampled rows kept per model version.")
@@ -59,6 +71,14 @@ class MonitorSettings(LeaderSettings):
         default=50_000, ge=100, description="Training rows kept as the drift reference (an even subsample)."
     )
     reference_retry_s: float = Field(default=30.0, gt=0, description="Wait before asking again for a missing one.")
+
+    @field_validator("text_drift_psi")
+    @classmethod
+    def _drift_above_warning(cls, value: float, info: ValidationInfo) -> float:
+        warn = info.data.get("text_warn_psi")
+        if warn is not None and value <= warn:
+            raise ValueError(f"must be above GALLERY_TEXT_WARN_PSI ({warn:g}): past it a text input drifts")
+        return value
 
     @field_validator("registry_url")
     @classmethod

@@ -12,6 +12,7 @@ from gallery_common.contracts.serving_metrics import CanaryComparison
 
 from .drift import FeatureDrift
 from .series import Figures
+from .text_drift import TextFindings
 
 
 class SeriesPoint(BaseModel):
@@ -53,4 +54,9 @@ class DriftView(BaseModel):
         default=None,
         description="how features are ranked: importance · PSI (the gate's mean |SHAP| times the drift), or PSI "
         "alone with the reason; null when nothing was measured",
+    )
+    text: TextFindings | None = Field(
+        default=None,
+        description="a text model's figures beside its rows (text length, characters, tokens): the share of tokens "
+        "unseen in training, the moved tokens, empty, non-UTF-8 and cut-short texts, warnings; null for numeric inputs",
     )
