@@ -51,7 +51,9 @@ RESOURCES = {
     "horizontalpodautoscalers": ("HorizontalPodAutoscaler", "autoscaling/v2", "autoscaling"),
     "poddisruptionbudgets": ("PodDisruptionBudget", "policy/v1", "policy"),
     "leases": ("Lease", "coordination.k8s.io/v1", "coordination.k8s.io"),
+    "nodes": ("Node", "v1", ""),
 }
+CLUSTER_SCOPED = {"nodes"}  # stored under namespace ""; their paths have no /namespaces/<ns>
 # What a new object's status holds before any controller has looked at it.
 INITIAL_STATUS: dict[str, dict[str, Any]] = {
     "deployments": {},
@@ -62,7 +64,7 @@ INITIAL_STATUS: dict[str, dict[str, Any]] = {
 }
 NO_STATUS = {"leases"}  # kinds without a status
 _PATH = re.compile(
-    r"^/(?:api/v1|apis/(?P<group>[a-z0-9.-]+)/(?P<version>v[0-9a-z]+))/namespaces/(?P<ns>[^/]+)/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?$"
+    r"^/(?:api/v1|apis/(?P<group>[a-z0-9.-]+)/(?P<version>v[0-9a-z]+))(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)(?:/(?P<name>[^/]+))?$"
 )
 
 
@@ -132,6 +134,18 @@ class FakeKubernetesApi:
         with self._changed:
             self._delays.append((method, seconds))
 
+    def add_node(self, name: str, labels: dict[str, str], *, unschedulable: bool = False) -> None:
+        """A cluster node with these labels (`unschedulable`: cordoned)."""
+        with self._changed:
+            node = {
+                "kind": "Node",
+                "apiVersion": "v1",
+                "metadata": {"name": name, "labels": dict(labels)},
+                "spec": {"unschedulable": True} if unschedulable else {},
+                "status": {},
+            }
+            self._create("nodes", node)
+
     def complete_rollout(self, name: str, namespace: str = "modelgallery") -> None:
         """The controller finished: every desired replica updated and ready; old pods gone."""
         self._move(name, namespace, ready=True)
@@ -186,7 +200,7 @@ class FakeKubernetesApi:
     def _store(self, event: str, plural: str, obj: dict[str, Any]) -> None:
         if event != "DELETED":
             obj["metadata"]["resourceVersion"] = self._next_rv()
-            self._objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+            self._objects[(plural, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])] = obj
         else:
             obj = copy.deepcopy(obj)
             obj["metadata"]["resourceVersion"] = self._next_rv()
@@ -205,9 +219,13 @@ class FakeKubernetesApi:
     ) -> tuple[int, dict[str, Any]]:
         """The status code and JSON answer to a non-watch request; raises ApiError for error answers."""
         match = _PATH.match(path)
-        if not match or match["plural"] not in RESOURCES:
+        if (
+            not match
+            or match["plural"] not in RESOURCES
+            or (match["ns"] is None) != (match["plural"] in CLUSTER_SCOPED)
+        ):
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
-        plural, ns, name = match["plural"], match["ns"], match["name"]
+        plural, ns, name = match["plural"], match["ns"] or "", match["name"]
         kind, api_version, group = RESOURCES[plural]
         resource = f"{plural}.{group}" if group else plural
         with self._changed:

@@ -101,7 +101,8 @@ def _this_interpreters_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def _nvidia_smi_names() -> str:
+def nvidia_smi_names() -> str:
+    """`nvidia-smi --query-gpu=name`'s output, one GPU a line (blocking; OSError without nvidia-smi)."""
     return subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
         capture_output=True,
@@ -117,7 +118,7 @@ def detect_targets(
     openvino_python: Path | None = None,
     openvino_providers: Callable[[Path], list[str]] = interpreter_providers,
     local_providers: Callable[[], list[str]] = _this_interpreters_providers,
-    gpu_names: Callable[[], str] = _nvidia_smi_names,
+    gpu_names: Callable[[], str] = nvidia_smi_names,
 ) -> Targets:
     """The targets this host offers (blocking: it asks the OpenVINO interpreter and `nvidia-smi`).
 

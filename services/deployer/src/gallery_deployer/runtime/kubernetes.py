@@ -49,6 +49,7 @@ from .manifests import (
     service_manifest,
     spec_from_annotation,
 )
+from .node_hardware import NodeHardware, nodes_hardware
 from .placement import Placement, scheduling_hints
 
 log = get_logger(__name__)
@@ -156,6 +157,14 @@ class KubernetesRuntime:
             except NotFound:
                 continue
         log.info("k8s_deleted", deployment=deployment_id)
+
+    async def node_hardware(self, spec: ServerSpec) -> list[NodeHardware]:
+        """The schedulable nodes `spec`'s pods may land on (a GPU spec: those matching the GPU node selector)
+        with their hardware classes from their labels (`node_hardware.py`)."""
+        selector = self.options.gpu_node_selector if spec.gpu else {}
+        query = {"label_selector": ",".join(f"{k}={v}" for k, v in selector.items())} if selector else {}
+        listed = await self._call("listing nodes", self._core.list_node, **query)
+        return nodes_hardware(listed.get("items") or [], gpu=spec.gpu, gpu_node_selector=selector)
 
     async def close(self) -> None:
         """Close the API client when this runtime created it."""
