@@ -22,6 +22,7 @@ from gallery_deployer.modelserver.providers import (
     NoProviderLoads,
     ProviderOptions,
     choose_provider,
+    default_preference,
     prefers_openvino,
     resolve_preference,
 )
@@ -115,6 +116,18 @@ def test_when_not_even_the_cpu_loads_the_model_every_reason_is_in_the_error() ->
     )
 
 
+def test_without_a_preference_cuda_serves_where_the_build_has_it_and_a_cpu_build_reports_no_fallback() -> None:
+    assert default_preference(["CUDAExecutionProvider", CPU]) == ["cuda", "cpu"]
+    on_cpu = choose_provider(
+        default_preference(["AzureExecutionProvider", CPU]), ["AzureExecutionProvider", CPU], Loader()
+    )
+    assert (on_cpu.provider, on_cpu.fallback) == (CPU, None)
+    # a CUDA build whose CUDA cannot start is a fallback, and says so
+    broken = Loader(refuse={"CUDAExecutionProvider": "libcudnn.so.9: cannot open shared object file"})
+    on_cpu = choose_provider(default_preference(ALL), ALL, broken)
+    assert on_cpu.fallback == "CUDAExecutionProvider: RuntimeError: libcudnn.so.9: cannot open shared object file"
+
+
 def test_an_unknown_provider_name_is_refused_with_the_names_there_are() -> None:
     with pytest.raises(ValueError, match="unknown execution provider 'rocm': expected one of tensorrt, cuda"):
         resolve_preference(["rocm"])
@@ -159,7 +172,7 @@ MODEL = {"model_name": "m", "model_version": "1", "artifact_uri": "file:///m.onn
 def test_the_server_reads_its_preference_from_the_environment_and_refuses_unknown_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert load_settings(ModelServerSettings, **MODEL).execution_providers == ["cuda", "cpu"]
+    assert load_settings(ModelServerSettings, **MODEL).execution_providers == []  # CUDA where the build has it
     monkeypatch.setenv("GALLERY_EXECUTION_PROVIDERS", '["openvino", "cpu"]')
     monkeypatch.setenv("GALLERY_OPENVINO_DEVICE_TYPE", "GPU")
     settings = load_settings(ModelServerSettings, **MODEL)

@@ -13,7 +13,7 @@ from gallery_common.artifacts import open_store
 from gallery_common.contracts.oip import TensorSpec
 from gallery_common.onnx_safety import verify_self_contained_onnx
 
-from .providers import CPU, ProviderChoice, ProviderOptions, choose_provider
+from .providers import CPU, ProviderChoice, ProviderOptions, choose_provider, default_preference
 from .settings import ModelServerSettings
 from .tensors import spec_from_ort
 
@@ -125,9 +125,9 @@ def load_model(settings: ModelServerSettings) -> ServedModel:
         model.warm_up(settings.max_batch_size)
         return model, session.get_providers()
 
-    choice: ProviderChoice[ServedModel] = choose_provider(
-        settings.execution_providers, ort.get_available_providers(), load
-    )
+    available = ort.get_available_providers()
+    preference = settings.execution_providers or default_preference(available)
+    choice: ProviderChoice[ServedModel] = choose_provider(preference, available, load)
     choice.loaded.execution_provider = choice.provider
     choice.loaded.provider_fallback = choice.fallback
     return choice.loaded

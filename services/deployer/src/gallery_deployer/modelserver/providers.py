@@ -32,7 +32,7 @@ ORT_PROVIDERS: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
 }
 CPU = "CPUExecutionProvider"
-# what the model server did before a policy could say: CUDA where the build has it, else the CPU
+# what the model server does when no preference is named: CUDA where the build has it, else the CPU
 DEFAULT_PREFERENCE: tuple[ProviderName, ...] = ("cuda", "cpu")
 _REASON_CHARS = 400
 # ONNX Runtime puts the C++ source line and signature before its message: "/onnxruntime/.../model.cc:181
@@ -86,6 +86,12 @@ def resolve_preference(preference: Sequence[str]) -> list[str]:
         raise ValueError(f"unknown execution provider {unknown[0]!r}: expected one of {', '.join(ORT_PROVIDERS)}")
     resolved = list(dict.fromkeys(ORT_PROVIDERS[name] for name in preference))
     return resolved if CPU in resolved else [*resolved, CPU]
+
+
+def default_preference(available: Sequence[str]) -> list[str]:
+    """The preference when none is named: CUDA where this build has it, then the CPU. A CPU-only build
+    serving on the CPU is then no fallback; a CUDA build whose CUDA cannot start still says why."""
+    return [name for name in DEFAULT_PREFERENCE if ORT_PROVIDERS[name] in available]
 
 
 def prefers_openvino(preference: Sequence[str]) -> bool:

@@ -8,7 +8,7 @@ from gallery_common.artifacts.base import normalize_sha256
 from gallery_common.errors import ArtifactError
 from gallery_common.settings import GallerySettings
 
-from .providers import DEFAULT_PREFERENCE, OpenVinoDevice, ProviderName, ProviderOptions
+from .providers import OpenVinoDevice, ProviderName, ProviderOptions
 
 
 class ModelServerSettings(GallerySettings):
@@ -43,10 +43,10 @@ class ModelServerSettings(GallerySettings):
         "they burn a core between requests (measured here: ~250 µs of CPU per small request).",
     )
     execution_providers: list[ProviderName] = Field(
-        default=list(DEFAULT_PREFERENCE),
-        min_length=1,
+        default_factory=list,
         description="ONNX Runtime execution providers to try in order (tensorrt, cuda, openvino, cpu; JSON list): "
-        "the first this host's ONNX Runtime has and that loads the model serves; the CPU is always the last resort.",
+        "the first this host's ONNX Runtime has and that loads the model serves; the CPU is always the last resort. "
+        "Empty: CUDA where this ONNX Runtime has it, else the CPU, with no fallback reported for a CPU-only build.",
     )
     cuda_device_id: int = Field(default=0, ge=0, description="The GPU the CUDA and TensorRT providers use.")
     openvino_device_type: OpenVinoDevice = Field(default="CPU", description="Where OpenVINO runs: CPU, GPU or NPU.")
