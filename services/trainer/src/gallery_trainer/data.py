@@ -1,6 +1,7 @@
-"""Loading a job's examples: built-in scikit-learn sets, CSV and NPZ artifacts, image folders.
+"""Loading a job's examples: built-in scikit-learn sets, CSV and NPZ artifacts, image folders, and texts
+(`gallery_trainer.text_data`).
 
-Every loader returns a `Dataset`: raw FP32 features, labels, and the fingerprint (sha256 of the raw
+Every loader returns a `Dataset`: raw FP32 features (or texts), labels, and the fingerprint (sha256 of the raw
 bytes and the target) that ties a model to exactly these examples.
 """
 
@@ -31,7 +32,8 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """Examples as arrays: `x` FP32 [N, F]; `y` int64 class indices or FP32 targets."""
+    """Examples as arrays: `x` FP32 [N, F] (or a unicode array [N] of texts); `y` int64 class indices or FP32
+    targets."""
 
     x: np.ndarray
     y: np.ndarray
@@ -61,6 +63,10 @@ def load_dataset(spec: DataSpec, store: ArtifactStore | None = None) -> Dataset:
     A local path (`data.path`, a `file://` URI read without a store) must resolve inside the trainer's
     data roots (GALLERY_DATA_ROOTS), or any folder's files would leave through the splits.
     """
+    if spec.is_text:
+        from gallery_trainer.text_data import load_text_dataset
+
+        return load_text_dataset(spec, store)
     if spec.source == "builtin":
         dataset = _load_builtin(spec)
     elif spec.source == "csv":

@@ -21,20 +21,22 @@ from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts.refs import FederatedLineage
 from gallery_common.events import Signature
 from gallery_common.netutil import free_port
-from gallery_trainer.data import DataError, load_dataset
+from gallery_trainer.data import DataError, Dataset, load_dataset
 from gallery_trainer.engine.job import (
     CHECKPOINT_DIR,
+    FEATURE_FILES,
     LOG_FILE,
     METRICS_FILE,
     RESULT_FILE,
     SPLIT_FILES,
+    VECTORIZER_FILE,
     WEIGHTS_FILE,
     RankJob,
     load_split,
     save_split,
 )
 from gallery_trainer.failures import JobCancelled, TrainingFailed
-from gallery_trainer.prepare import prepare
+from gallery_trainer.prepare import PreparedData, prepare
 from gallery_trainer.spec import JobSpec, config_hash
 
 __all__ = ["JobCancelled", "JobOutputs", "ProgressUpdate", "TrainingFailed", "prepare_job", "run_job"]
@@ -62,7 +64,8 @@ class JobOutputs:
 
     `files` maps a role to a file in the workdir: `weights` (safetensors), `spec` (JSON: job spec,
     architecture, preprocessing), `onnx` (FP32, preprocessing baked in, one self-contained file),
-    `train_split`, `validation_split`, `test_split` (NPZ: `x` raw FP32 features, `y` labels).
+    `train_split`, `validation_split`, `test_split` (NPZ: `x` raw FP32 features, or for a text job the
+    raw texts as a unicode array [N]; `y` labels). A text job's `onnx` takes raw texts (`text`, strings).
     """
 
     files: dict[str, Path]
@@ -91,18 +94,22 @@ class PreparedJob:
 def prepare_job(spec: JobSpec, workdir: Path, store: ArtifactStore | None = None) -> PreparedJob:
     """Load and prepare the data and write the splits, the fitted preprocessing and job.json."""
     workdir.mkdir(parents=True, exist_ok=True)
+    for stale in (*FEATURE_FILES.values(), VECTORIZER_FILE):
+        (workdir / stale).unlink(missing_ok=True)
     try:
         dataset = load_dataset(spec.data, store)
-        prepared = prepare(dataset, spec.preparation)
+        text = spec.data.is_text
+        prepared = _prepare_text(dataset, spec, workdir) if text else prepare(dataset, spec.preparation)
     except DataError as exc:
         raise TrainingFailed(str(exc)) from None
     for name, filename in SPLIT_FILES.items():
         save_split(workdir / filename, prepared.split(name))
+    n_features = prepared.transform.n_inputs if spec.data.is_text else dataset.x.shape[1]
     job = RankJob(
         spec=spec,
         workdir=workdir,
         task=dataset.task,
-        n_features=dataset.x.shape[1],
+        n_features=n_features,
         n_outputs=dataset.n_classes if dataset.task == "classification" else 1,
         class_names=dataset.class_names,
         image_shape=dataset.image_shape,
@@ -120,6 +127,19 @@ def prepare_job(spec: JobSpec, workdir: Path, store: ArtifactStore | None = None
     return PreparedJob(job, dataset.fingerprint, prepared.leakage, dataset.feature_names)
 
 
+def _prepare_text(dataset: Dataset, spec: JobSpec, workdir: Path) -> PreparedData:
+    """A text job's preparation; writes the vectorizer graph and the ranks' feature splits into `workdir`."""
+    import onnx
+
+    from gallery_trainer.text_prepare import prepare_text
+
+    text = prepare_text(dataset, spec.preparation, spec.training.seed)
+    onnx.save(text.vectorizer.to_onnx(), str(workdir / VECTORIZER_FILE))
+    save_split(workdir / FEATURE_FILES["train"], text.train_features)
+    save_split(workdir / FEATURE_FILES["validation"], text.validation_features)
+    return text.data
+
+
 def _reuse_prepared(spec: JobSpec, workdir: Path) -> PreparedJob | None:
     """The workdir's earlier preparation of this same spec, if complete."""
     try:
@@ -129,7 +149,10 @@ def _reuse_prepared(spec: JobSpec, workdir: Path) -> PreparedJob | None:
         job = RankJob.load(workdir)
     except (OSError, ValueError, KeyError):
         return None
-    if not all((workdir / name).exists() for name in SPLIT_FILES.values()):
+    needed = list(SPLIT_FILES.values())
+    if spec.data.is_text:
+        needed += [*FEATURE_FILES.values(), VECTORIZER_FILE]
+    if not all((workdir / name).exists() for name in needed):
         return None
     return PreparedJob(job, summary["fingerprint"], summary["leakage"], summary["feature_names"])
 
@@ -241,15 +264,18 @@ def export_outputs(
         export_onnx,
         load_trained_model,
         parity_max_abs_diff,
-        signature,
     )
 
     job, workdir = prepared.job, prepared.job.workdir
     model = load_trained_model(job, workdir / WEIGHTS_FILE)
     test = load_split(workdir / SPLIT_FILES["test"])
+    text = spec.data.is_text
     try:
-        export_onnx(model, job.n_features, workdir / ONNX_FILE)
-        diff, outputs = parity_max_abs_diff(model, workdir / ONNX_FILE, test.x)
+        if text:
+            diff, outputs = _export_text(model, job, test.x)
+        else:
+            export_onnx(model, job.n_features, workdir / ONNX_FILE)
+            diff, outputs = parity_max_abs_diff(model, workdir / ONNX_FILE, test.x)
     except ExportError as exc:
         raise TrainingFailed(f"ONNX export failed: {exc}") from None
     # regression outputs are in target units; float32 rounding grows with their scale
@@ -289,10 +315,7 @@ def export_outputs(
             "image_shape": list(job.image_shape) if job.image_shape else None,
             "layers": describe(model.network),
         },
-        "preprocessing": {
-            "order": ["standardize", "select_k_best", "pca"],
-            **{name: array.tolist() for name, array in job.transform.arrays().items()},
-        },
+        "preprocessing": _preprocessing(job, text),
         "target": {"mean": job.target.mean, "scale": job.target.scale},
         "engine": {k: result[k] for k in ("engine", "world_size", "data_parallel", "pipeline_stages", "zero_stage")},
         "precision": result["precision"],
@@ -309,7 +332,7 @@ def export_outputs(
     }
     return JobOutputs(
         files=files,
-        signature=signature(job.n_features, job.n_outputs),
+        signature=_signature(job, text),
         metrics=metrics,
         dataset_fingerprint=prepared.fingerprint,
         config_hash=config_hash(spec),
@@ -320,3 +343,43 @@ def export_outputs(
         engine_note="; ".join(notes) or None,
         federation=federation,
     )
+
+
+def _export_text(model: Any, job: RankJob, texts: np.ndarray) -> tuple[float, np.ndarray]:
+    """Export a text model (vectorizer + network) and compare it with PyTorch on the test texts."""
+    import onnx
+
+    from gallery_trainer.text_export import export_text_onnx, text_parity_max_abs_diff
+
+    vectorizer = onnx.load(str(job.workdir / VECTORIZER_FILE))
+    export_text_onnx(model, vectorizer, job.n_features, job.workdir / ONNX_FILE)
+    return text_parity_max_abs_diff(model, vectorizer, job.workdir / ONNX_FILE, texts)
+
+
+def _preprocessing(job: RankJob, text: bool) -> dict[str, Any]:
+    """What the stored spec records of the preprocessing inside the model."""
+    if not text:
+        return {
+            "order": ["standardize", "select_k_best", "pca"],
+            **{name: array.tolist() for name, array in job.transform.arrays().items()},
+        }
+    from gallery_trainer.text_vectorizer import LOCALE
+
+    settings = job.spec.preparation.text
+    return {
+        "order": ["lower_case", "split_on_whitespace", "term_counts", *(["idf"] if settings.idf else []), "l2"],
+        "vocabulary_size": job.n_features,
+        "idf": settings.idf,
+        "locale": LOCALE,
+        "vectorizer_file": VECTORIZER_FILE,
+    }
+
+
+def _signature(job: RankJob, text: bool) -> Signature:
+    from gallery_trainer.export import signature
+
+    if text:
+        from gallery_trainer.text_export import text_signature
+
+        return text_signature(job.n_outputs)
+    return signature(job.n_features, job.n_outputs)

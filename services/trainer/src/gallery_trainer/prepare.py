@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from gallery_common.contracts import is_text_array
 from gallery_trainer.data import DataError, Dataset
 from gallery_trainer.spec import PreparationSpec, SplitSpec
 
@@ -124,16 +125,20 @@ def split_indices(y: np.ndarray, spec: SplitSpec, task: str) -> dict[str, np.nda
 
 
 def find_leakage(splits: dict[str, Split]) -> dict[str, np.ndarray]:
-    """For each pair (earlier, later) of splits, a mask over `later` of rows whose features appear in `earlier`."""
-    keys = {
-        name: [row.tobytes() for row in np.ascontiguousarray(split.x, dtype=np.float32)]
-        for name, split in splits.items()
-    }
+    """For each pair (earlier, later) of splits, a mask over `later` of rows whose features appear in `earlier`;
+    texts are compared as strings."""
+    keys = {name: _row_keys(split.x) for name, split in splits.items()}
     masks = {}
     for earlier, later in LEAKAGE_PAIRS:
         seen = set(keys[earlier])
         masks[f"{earlier}_{later}"] = np.array([key in seen for key in keys[later]], dtype=bool)
     return masks
+
+
+def _row_keys(x: np.ndarray) -> list[bytes | str]:
+    if is_text_array(x):
+        return [str(text) for text in x.tolist()]
+    return [row.tobytes() for row in np.ascontiguousarray(x, dtype=np.float32)]
 
 
 def check_leakage(splits: dict[str, Split], policy: str) -> tuple[dict[str, Split], dict[str, Any]]:

@@ -39,7 +39,12 @@ from gallery_trainer.admission import (
 )
 from gallery_trainer.spec_text import SpecTextError, load_spec_text
 
-BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer")
+BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "wordnet_topics")
+# built-in data sets of texts (the others are tables of numbers)
+BUILTIN_TEXT_DATASETS = ("wordnet_topics",)
+TEXT_SOURCES = ("text_csv", "text_folder")
+MAX_VOCABULARY = 100_000  # every word is a column of the model's first layer
+MAX_TEXT_COPIES = 16
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu")
 # a host name or IPv4 address: no spaces (hostfile lines), commas (pdsh host lists) or user@ prefixes
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252})$"
@@ -92,19 +97,25 @@ class _Section(BaseModel):
 class DataSpec(_Section):
     """Where the examples come from.
 
-    `builtin` names a scikit-learn data set shipped inside the package; `csv` and `npz` read an
-    artifact (`uri` + `sha256`) through the artifact store; `images` reads a folder with one
-    subfolder per class (`path` on local disk, or `uri`: a folder prefix in the artifact store).
+    `builtin` names a scikit-learn data set shipped inside the package (or `wordnet_topics`, texts built
+    from the WordNet files a dependency ships); `csv` and `npz` read an artifact (`uri` + `sha256`)
+    through the artifact store; `images` reads a folder with one subfolder per class (`path` on local
+    disk, or `uri`: a folder prefix in the artifact store). Texts: `text_csv` reads a CSV artifact of
+    (`text_column`, `target`) rows; `text_folder` a folder (`path` or `uri`) with one subfolder per
+    class holding UTF-8 `.txt` files, one text per file.
     """
 
-    source: Literal["builtin", "csv", "npz", "images"]
-    name: Literal["digits", "iris", "wine", "breast_cancer"] | None = None
+    source: Literal["builtin", "csv", "npz", "images", "text_csv", "text_folder"]
+    name: Literal["digits", "iris", "wine", "breast_cancer", "wordnet_topics"] | None = None
     uri: str | None = Field(default=None, pattern=r"^(file|s3)://")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     path: str | None = None
     target: str | None = Field(
-        default=None, description="CSV: the target column (default: the last); NPZ: the label array (default: y)"
+        default=None,
+        description="CSV: the target column (default: the last); text_csv: the label column (default: label); "
+        "NPZ: the label array (default: y)",
     )
+    text_column: str = Field(default="text", min_length=1, description="text_csv: the column holding the texts")
     features: str = Field(default="x", description="NPZ: the feature array")
     task: Literal["classification", "regression"] = "classification"
     image_shape: tuple[int, int, int] | None = Field(
@@ -128,8 +139,17 @@ class DataSpec(_Section):
                 problems.append(f"uri: required for a {self.source} data set (an artifact store URI)")
             if self.sha256 is None:
                 problems.append(f"sha256: required for a {self.source} data set")
-        elif self.source == "images" and (self.uri is None) == (self.path is None):
+        elif self.source == "text_csv":
+            if self.uri is None:
+                problems.append("uri: required for a text_csv data set (an artifact store URI)")
+            if self.sha256 is None:
+                problems.append("sha256: required for a text_csv data set")
+        elif self.source in ("images", "text_folder") and (self.uri is None) == (self.path is None):
             problems.append("path: give exactly one of path (a local folder) or uri (an artifact store folder)")
+        if self.source in TEXT_SOURCES and self.task == "regression":
+            problems.append("task: text data sets are classification data sets")
+        if self.is_text and self.image_shape is not None:
+            problems.append("image_shape: texts have no image shape")
         if self.image_shape is not None and min(self.image_shape) < 1:
             problems.append("image_shape: every dimension must be at least 1")
         if min(self.image_size) < 1:
@@ -137,6 +157,11 @@ class DataSpec(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the examples are raw texts (one per row), not rows of numbers or pictures."""
+        return self.source in TEXT_SOURCES or self.name in BUILTIN_TEXT_DATASETS
 
 
 class SplitSpec(_Section):
@@ -198,15 +223,49 @@ class TabularAugmentation(_Section):
     mixup: float = Field(default=0.0, ge=0, description="mixup Beta(alpha, alpha); 0 turns it off")
 
 
+class TextAugmentation(_Section):
+    """Easy data augmentation for texts (Wei & Zou, 2019), applied to the training split only: each training
+    text gains `copies` altered copies, each made by one of the operations asked for, in turn.
+
+    `synonyms` replaces that share of a text's words with a WordNet synonym; `insert` inserts synonyms of
+    random words at random places; `swap` swaps that share of word pairs; `delete` drops each word with
+    that probability. An operation that would empty a text leaves it as it was; copies equal to their
+    original are not added.
+    """
+
+    copies: int = Field(default=1, ge=1, le=MAX_TEXT_COPIES, description="altered copies per training text")
+    synonyms: float = Field(default=0.0, ge=0, le=1, description="share of words replaced by a WordNet synonym")
+    insert: float = Field(default=0.0, ge=0, le=1, description="share of the length inserted as synonyms")
+    swap: float = Field(default=0.0, ge=0, le=1, description="share of the length swapped in random pairs")
+    delete: float = Field(default=0.0, ge=0, lt=1, description="probability of dropping each word")
+
+    @model_validator(mode="after")
+    def _some_operation(self) -> TextAugmentation:
+        if not (self.synonyms or self.insert or self.swap or self.delete):
+            raise ValueError("synonyms: give at least one of synonyms, insert, swap or delete above 0")
+        return self
+
+
 class AugmentationSpec(_Section):
     image: ImageAugmentation | None = None
     tabular: TabularAugmentation | None = None
+    text: TextAugmentation | None = None
+
+
+class TextPreparation(_Section):
+    """The bag-of-words vectorizer fitted on the training texts: the `max_words` words found in the most
+    training texts (each in at least `min_documents`), weighted by idf when `idf`, each row L2-normalised."""
+
+    max_words: int = Field(default=5000, ge=1, le=MAX_VOCABULARY)
+    min_documents: int = Field(default=2, ge=1)
+    idf: bool = True
 
 
 class PreparationSpec(_Section):
     """Split, leakage check and feature engineering; every fitted step sees the training split only.
 
-    Feature steps run in this order: standardisation, univariate selection, PCA.
+    Feature steps run in this order: standardisation, univariate selection, PCA. Texts are vectorized by
+    `text` instead (L2-normalised word weights, which standardisation would only blur).
     """
 
     split: SplitSpec = Field(default_factory=SplitSpec)
@@ -216,6 +275,7 @@ class PreparationSpec(_Section):
     standardize: bool = True
     select_k_best: int | None = Field(default=None, ge=1, description="keep the k features with the best F score")
     pca: PCASpec | None = None
+    text: TextPreparation = Field(default_factory=TextPreparation)
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
 
 
@@ -522,13 +582,14 @@ def _cross_field_problems(spec: JobSpec) -> list[str]:
     problems = []
     prep, data = spec.preparation, spec.data
     image_shaped = data.source == "images" or data.image_shape is not None or data.name == "digits"
-    if spec.model.architecture == "cnn":
+    if spec.model.architecture == "cnn" and not data.is_text:
         if not image_shaped:
             problems.append("model.architecture: a cnn needs image-shaped features; set data.image_shape")
         if prep.pca is not None or prep.select_k_best is not None:
             problems.append(
                 "model.architecture: a cnn needs the image pixels; remove preparation.pca and select_k_best"
             )
+    problems += _text_problems(spec)
     if prep.augmentation.image is not None and not image_shaped:
         problems.append("preparation.augmentation.image: needs image-shaped features; set data.image_shape")
     if data.task == "regression" and spec.search is not None and spec.search.metric == "val_accuracy":
@@ -544,6 +605,25 @@ def _cross_field_problems(spec: JobSpec) -> list[str]:
         for path in spec.search.space:
             if not _path_exists(spec, path):
                 problems.append(f"search.space.{path}: no such field in the job spec")
+    return problems
+
+
+def _text_problems(spec: JobSpec) -> list[str]:
+    """What a text job cannot combine with: steps written for rows of numbers or for pictures."""
+    prep = spec.preparation
+    if not spec.data.is_text:
+        if prep.augmentation.text is not None:
+            return ["preparation.augmentation.text: needs a text data set (text_csv, text_folder, wordnet_topics)"]
+        return []
+    problems = []
+    if spec.model.architecture == "cnn":
+        problems.append("model.architecture: a text model is an mlp over word features")
+    if prep.pca is not None or prep.select_k_best is not None:
+        problems.append("preparation: texts are vectorized by preparation.text; remove pca and select_k_best")
+    if prep.augmentation.image is not None or prep.augmentation.tabular is not None:
+        problems.append("preparation.augmentation: a text job augments with augmentation.text only")
+    if spec.engine.kind == "federated":
+        problems.append("engine.kind: federated training takes rows of numbers, not texts")
     return problems
 
 

@@ -22,6 +22,10 @@ RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 CHECKPOINT_DIR = "checkpoints"
 SPLIT_FILES = {"train": "train_split.npz", "validation": "validation_split.npz", "test": "test_split.npz"}
+# a text job: the ranks train on these FP32 features of the (augmented) texts, computed by the vectorizer
+# graph in VECTORIZER_FILE; the published splits keep the texts
+FEATURE_FILES = {"train": "train_features.npz", "validation": "validation_features.npz"}
+VECTORIZER_FILE = "vectorizer.onnx"
 
 
 class RankError(Exception):
@@ -89,3 +93,10 @@ def load_split(path: Path) -> Split:
     except NpzRefused as exc:
         raise RankError(str(exc)) from None
     return Split(split.x, split.y)
+
+
+def load_training_split(workdir: Path, name: str) -> Split:
+    """What the ranks train (`train`) or evaluate (`validation`) on: a text job's feature split where one
+    was written, else the split itself."""
+    features = workdir / FEATURE_FILES[name]
+    return load_split(features if features.exists() else workdir / SPLIT_FILES[name])

@@ -33,11 +33,10 @@ from gallery_trainer.engine.job import (
     CHECKPOINT_DIR,
     METRICS_FILE,
     RESULT_FILE,
-    SPLIT_FILES,
     WEIGHTS_FILE,
     RankError,
     RankJob,
-    load_split,
+    load_training_split,
 )
 from gallery_trainer.engine.metrics import MetricsWriter
 from gallery_trainer.engine.optim import make_loss
@@ -169,7 +168,7 @@ def train_rank(workdir: Path, *, resume: bool = False) -> None:
             precision = precision_context("bf16", info.device)
         else:
             notes.append(f"bf16 autocast is not supported on {info.device.type}; trained in fp32")
-    train, validation = load_split(workdir / SPLIT_FILES["train"]), load_split(workdir / SPLIT_FILES["validation"])
+    train, validation = load_training_split(workdir, "train"), load_training_split(workdir, "validation")
     dp_size = info.world_size // spec.engine.pipeline_stages
     step_examples = training.batch_size * training.gradient_accumulation * dp_size
     if len(train) < step_examples:
