@@ -124,7 +124,24 @@ export function renderCharts(figures, slo, colorOf, versionInfo) {
   }));
 }
 
-/** The drift verdict, its reasons and per-feature PSI bars with KS statistics. */
+/** A text model's figures beside its rows: unseen tokens against what is normal, and the odd texts counted. */
+function textFigures(text) {
+  if (!text) return [];
+  const odd = [
+    [text.empty_texts, "empty"],
+    [text.undecodable_texts, "not UTF-8"],
+    [text.truncated_texts, `cut at ${text.max_tokens_read} tokens`],
+  ].filter(([count]) => count > 0).map(([count, what]) => `${count.toLocaleString("en-US")} ${what}`);
+  return [
+    text.unseen_token_share === null ? null
+      : `${percent(text.unseen_token_share)} of tokens unseen in training (${percent(text.reference_unseen_share)} normally)`,
+    `text PSI limit ${num(text.psi_threshold, 2)}`,
+    odd.length ? `texts: ${odd.join(", ")}` : null,
+  ];
+}
+
+/** The drift verdict, its reasons and per-feature PSI bars with KS statistics (a text input: its length and
+ * token rows, by name). */
 export function renderDrift(drift, slo, showAll, onToggle) {
   const limit = slo?.drift_psi ?? DEFAULT_PSI_LIMIT;
   const [flagText, flagKind] = drift.drifted ? ["drifted", "bad"] : drift.samples ? ["no drift", "ok"] : ["no samples", "muted"];
@@ -137,22 +154,30 @@ export function renderDrift(drift, slo, showAll, onToggle) {
     `${drift.samples.toLocaleString("en-US")} samples over the last ${duration(drift.window_s)}`,
     drift.prediction_psi === null || drift.prediction_psi === undefined ? null : `prediction PSI ${num(drift.prediction_psi, 3)}`,
     `PSI limit ${num(limit, 2)}`,
+    ...textFigures(drift.text),
   ];
   $("drift-summary").textContent = parts.filter(Boolean).join(" · ");
-  put($("drift-reasons"), (drift.reasons || []).map((r) => h("li", {}, r)));
+  const warnings = drift.text?.warnings || [];
+  put($("drift-reasons"), [
+    ...(drift.reasons || []).map((r) => h("li", {}, r)),
+    ...warnings.map((w) => h("li", { class: "warning" }, w)),
+  ]);
   $("drift-reasons").classList.toggle("alarm", Boolean(drift.drifted));
 
   const features = [...drift.features].sort((a, b) => b.psi - a.psi);
   const shown = showAll ? features : features.slice(0, FEATURES_SHOWN);
-  const scale = Math.max(limit * 2, ...features.map((f) => f.psi));
+  const scale = Math.max(limit * 2, ...features.map((f) => Math.max(f.psi, (f.threshold ?? 0) * 2)));
   put($("drift-features").tBodies[0], shown.map((f) => {
-    const level = f.psi >= limit ? "bad" : f.psi >= limit / 2 ? "warn" : "ok";
+    // a text input's rows carry their own limit (the monitor's text PSI), the others the SLO's
+    const own = f.threshold ?? limit;
+    const warn = f.threshold !== null && f.threshold !== undefined ? drift.text?.warn_psi ?? own / 2 : own / 2;
+    const level = f.psi >= own ? "bad" : f.psi >= warn ? "warn" : "ok";
     const fillEl = h("span", { class: `fill ${level}` });
     fillEl.style.width = `${Math.min(100, (f.psi / scale) * 100).toFixed(1)}%`;
-    const mark = h("span", { class: "limit-mark", title: `limit ${limit}` });
-    mark.style.left = `${Math.min(100, (limit / scale) * 100).toFixed(1)}%`;
+    const mark = h("span", { class: "limit-mark", title: `limit ${own}` });
+    mark.style.left = `${Math.min(100, (own / scale) * 100).toFixed(1)}%`;
     return h("tr", { dataset: { feature: f.feature }, class: level === "bad" ? "drifted" : null },
-      h("td", { class: "num" }, f.feature),
+      h("td", { class: f.name ? "name" : "num" }, f.name || f.feature),
       h("td", { class: "psi" }, h("span", { class: "bar" }, fillEl, mark), h("span", { class: "psi-value" }, num(f.psi, 3))),
       h("td", { class: "num" }, num(f.ks, 3)),
       h("td", { class: `num ${f.p_value < 0.01 ? "low" : ""}`.trim() }, pValue(f.p_value)));
