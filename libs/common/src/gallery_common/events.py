@@ -111,7 +111,13 @@ class ModelDeployed(VersionedPayload):
     traffic_percent: float = Field(default=100.0, ge=0, le=100)
     runtime: str = "local"
     endpoint: str | None = None
-    fallback: str | None = Field(default=None, description="why a fallback placement was used, if one was")
+    fallback: str | None = Field(
+        default=None, description="why a fallback placement or execution provider was used, if one was"
+    )
+    execution_provider: str | None = Field(
+        default=None,
+        description="the ONNX Runtime execution provider serving (e.g. OpenVINOExecutionProvider); None: not known",
+    )
 
 
 class ModelDeploymentFailed(VersionedPayload):

@@ -47,7 +47,11 @@ def make_runtime(settings: DeployerSettings) -> Runtime:
         return KubernetesRuntime(settings.kubernetes)
     from ..runtime.local import LocalOptions, LocalRuntime
 
-    options = LocalOptions(log_dir=settings.resolved_log_dir, idle_scale_to_zero_s=settings.idle_scale_to_zero_s)
+    options = LocalOptions(
+        log_dir=settings.resolved_log_dir,
+        idle_scale_to_zero_s=settings.idle_scale_to_zero_s,
+        openvino_python=settings.resolved_openvino_python,
+    )
     env = {
         "GALLERY_HOME": str(settings.home.resolve()),
         "GALLERY_ARTIFACT_ROOT": settings.resolved_artifact_root,

@@ -203,7 +203,8 @@ class Controller:
                 self.settings.max_queue_delay_ms if policy.max_queue_delay_ms is None else policy.max_queue_delay_ms
             ),
             intra_op_threads=policy.intra_op_threads,
-            env=explainer_env(record.explainer),
+            execution_providers=tuple(policy.execution_providers),
+            env=explainer_env(record.explainer) | policy.provider_env(),
         )
 
     async def _failed(self, record: DeploymentRecord, reason: str) -> DeploymentRecord:
@@ -218,6 +219,11 @@ class Controller:
         return record
 
     async def _announce_deployed(self, record: DeploymentRecord, status: DeploymentStatus | None = None) -> None:
+        if status is None:  # a promotion: the runtime still says which provider serves and why
+            try:
+                status = await self.runtime.status(record.id)
+            except GalleryError:
+                status = None
         payload = ModelDeployed(
             model=record.model,
             version=record.version,
@@ -229,6 +235,7 @@ class Controller:
             runtime=self.runtime.name,
             endpoint=f"{self.settings.gateway_url.rstrip('/')}/v2/models/{record.model}",
             fallback=(status.fallback if status else None) or record.fallback,
+            execution_provider=status.execution_provider if status else None,
         )
         key = f"deployed:{record.model}:{record.version}:{record.variant}:{record.stage}"
         await self.publish(payload, key)

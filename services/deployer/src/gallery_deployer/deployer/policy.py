@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field as SQLField
 from sqlmodel import Session, SQLModel
 
+from ..modelserver.providers import OpenVinoDevice, ProviderName
 from .settings import DeployerSettings
 
 
@@ -31,6 +32,22 @@ class DeploymentPolicy(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=1, le=65536)
     max_queue_delay_ms: float | None = Field(default=None, ge=0, le=60_000)
     intra_op_threads: int = Field(default=0, ge=0)
+    execution_providers: list[ProviderName] = Field(
+        default_factory=list,
+        description="ONNX Runtime execution providers the model server tries in order (tensorrt, cuda, openvino, "
+        "cpu), the CPU always last; empty: CUDA where the server's ONNX Runtime has it, else the CPU",
+    )
+    openvino_device_type: OpenVinoDevice = Field(default="CPU", description="where OpenVINO runs: CPU, GPU or NPU")
+    tensorrt_fp16: bool = Field(default=True, description="TensorRT may build FP16 kernels")
+
+    def provider_env(self) -> dict[str, str]:
+        """The model server's GALLERY_* settings for the providers' options that differ from its defaults."""
+        env: dict[str, str] = {}
+        if self.openvino_device_type != "CPU":
+            env["GALLERY_OPENVINO_DEVICE_TYPE"] = self.openvino_device_type
+        if not self.tensorrt_fp16:
+            env["GALLERY_TENSORRT_FP16"] = "false"
+        return env
 
     def resolved(self, settings: DeployerSettings) -> DeploymentPolicy:
         """This policy with the settings' defaults filled in."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -50,10 +51,23 @@ class DeployerSettings(LeaderSettings):
         default_factory=KubernetesOptions, description='runtime=kubernetes: JSON, e.g. {"namespace": "ml"}'
     )
     log_dir: Path | None = Field(default=None, description="model-server logs; default $GALLERY_HOME/deployer/logs")
+    openvino_python: Path | None = Field(
+        default=None,
+        description="runtime=local: the interpreter of a venv with onnxruntime-openvino, which runs the model "
+        "servers whose policy prefers OpenVINO; default .venv-openvino/bin/python beside this venv, when it exists",
+    )
 
     @property
     def resolved_log_dir(self) -> Path:
         return self.log_dir or self.home.resolve() / "deployer" / "logs"
+
+    @property
+    def resolved_openvino_python(self) -> Path | None:
+        """The OpenVINO interpreter: the one set, else `.venv-openvino` beside this venv when it is there."""
+        if self.openvino_python is not None:
+            return self.openvino_python
+        beside = Path(sys.prefix).parent / ".venv-openvino" / "bin" / "python"
+        return beside if beside.exists() else None
 
     @property
     def resolved_public_url(self) -> str:

@@ -7,6 +7,7 @@ traffic is split between them; a runtime only makes the replicas exist and says 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,19 @@ class ServerSpec:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 2.0
     intra_op_threads: int = 0
+    # ONNX Runtime execution providers the model server tries in order; empty: its default (CUDA, CPU)
+    execution_providers: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)  # extra GALLERY_* settings for the model server
+
+    def __post_init__(self) -> None:
+        # a spec read back from JSON (the Kubernetes annotation) has a list here; keys compare equal only as tuples
+        object.__setattr__(self, "execution_providers", tuple(self.execution_providers))
+
+    def provider_env(self) -> dict[str, str]:
+        """GALLERY_EXECUTION_PROVIDERS for the model server when the spec names a preference."""
+        if not self.execution_providers:
+            return {}
+        return {"GALLERY_EXECUTION_PROVIDERS": json.dumps(list(self.execution_providers))}
 
 
 class RuntimeState(StrEnum):
@@ -74,7 +87,8 @@ class DeploymentStatus:
     endpoints: tuple[str, ...] = ()
     replicas: tuple[ReplicaStatus, ...] = ()
     detail: str = ""
-    fallback: str | None = None  # why a fallback placement (e.g. CPU instead of GPU) was used
+    fallback: str | None = None  # why a fallback placement (e.g. CPU instead of GPU) or provider was used
+    execution_provider: str | None = None  # the ONNX Runtime provider its replicas serve on, where known
     # the OIP gRPC address (host:port) of each endpoint that serves gRPC too; the gateway's gRPC front
     # reaches an endpoint without one over REST
     grpc_endpoints: Mapping[str, str] = field(default_factory=dict)

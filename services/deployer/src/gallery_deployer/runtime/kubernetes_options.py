@@ -51,6 +51,10 @@ class KubernetesOptions(BaseModel):
     namespace: str = "modelgallery"
     image: str = "modelgallery/modelserver:0.1.0"
     gpu_image: str = "modelgallery/modelserver-gpu:0.1.0"
+    openvino_image: str = Field(
+        default="modelgallery/modelserver-openvino:0.1.0",
+        description="the model server with onnxruntime-openvino, for CPU pods whose policy prefers OpenVINO",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     service_account: str | None = None
     config_map: str | None = "modelgallery-config"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 import time
 from collections.abc import Awaitable, Mapping
 
@@ -21,6 +22,7 @@ from gallery_common.contracts.serving_metrics import parse_page
 from gallery_common.errors import InvalidRequest, NotFound, Unavailable
 from gallery_common.telemetry import get_logger
 
+from ..modelserver.providers import prefers_openvino
 from . import placement
 from .base import ChangeCallback, DeploymentStatus, RuntimeState, ServerSpec
 from .local_deployment import LocalDeployment
@@ -167,6 +169,7 @@ class LocalRuntime:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GALLERY_")}
         env.update(self._env)
         env.update(spec.env)
+        env.update(spec.provider_env())
         env.update(GALLERY_HOST=self.options.host, PYTHONUNBUFFERED="1")
         if spec.gpu:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu[1]) if gpu else ""
@@ -181,7 +184,16 @@ class LocalRuntime:
             on_event=deployment.replica_changed,
             fallback=fallback,
             gpu=gpu,
+            pythons=self._pythons(spec, gpu),
         )
+
+    def _pythons(self, spec: ServerSpec, gpu: tuple[str, int] | None) -> list[str]:
+        """The interpreters a replica tries in order: OpenVINO's first for a CPU replica whose policy
+        prefers it (when that venv exists), then this one, whose ONNX Runtime has CUDA where it is installed."""
+        openvino = self.options.openvino_python
+        if gpu is None and openvino is not None and prefers_openvino(spec.execution_providers):
+            return [str(openvino), sys.executable]
+        return [sys.executable]
 
     def release(self, replica: Replica) -> None:
         """Give back what a retired replica held (its GPU memory in the placement ledger)."""

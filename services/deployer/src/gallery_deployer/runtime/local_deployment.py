@@ -146,7 +146,12 @@ class LocalDeployment:
             state, detail = RuntimeState.starting, f"{current_ready}/{self.desired} replicas ready"
             if stale:
                 detail = f"rolling update: {detail} on the new spec, {len(stale)} old still serving"
-        fallback = next((r.fallback for r in live if r.key == key and r.fallback), None)
+        serving = [r for r in live if r.key == key]
+        # the provider is reported as the first ready replica of the current spec found it
+        first = next((r for r in serving if r.ready), serving[0] if serving else None)
+        placed = next((r.fallback for r in serving if r.fallback), None)
+        reasons = (placed, first.provider_fallback if first is not None else None)
+        fallback = "; ".join(reason for reason in reasons if reason) or None
         return DeploymentStatus(
             deployment_id=self.id,
             state=state,
@@ -156,6 +161,7 @@ class LocalDeployment:
             replicas=tuple(r.status() for r in self.replicas),
             detail=detail,
             fallback=fallback,
+            execution_provider=first.execution_provider if first is not None else None,
         )
 
     async def wait_until(self, done: Callable[[], bool], timeout_s: float | None = None) -> bool:

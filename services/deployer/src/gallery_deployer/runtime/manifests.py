@@ -23,6 +23,7 @@ import math
 import re
 from typing import Any
 
+from ..modelserver.providers import prefers_openvino
 from .base import ServerSpec
 from .kubernetes_options import GPU_RESOURCE, KubernetesOptions, check_spec, cpu_millis
 
@@ -142,6 +143,7 @@ def _env(spec: ServerSpec, options: KubernetesOptions) -> list[dict[str, Any]]:
         "GALLERY_HOST": "0.0.0.0",
         "GALLERY_SERVICE_NAME": "modelserver",
         **spec.env,
+        **spec.provider_env(),
     }
     nats = _nats_env(options)
     # the runtime's NATS settings win over a spec's: a deploy request cannot pick another NATS user
@@ -158,6 +160,14 @@ def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
     }
 
 
+def _image(spec: ServerSpec, options: KubernetesOptions, gpu: bool) -> str:
+    """GPU pods run the CUDA/TensorRT image; CPU pods (a GPU deployment's fallback too) whose policy prefers
+    OpenVINO run the OpenVINO image, the rest the plain one."""
+    if gpu:
+        return options.gpu_image
+    return options.openvino_image if prefers_openvino(spec.execution_providers) else options.image
+
+
 def _container(spec: ServerSpec, options: KubernetesOptions, gpu: bool) -> dict[str, Any]:
     resources: dict[str, Any] = {
         "requests": {"cpu": spec.cpu, "memory": spec.memory},
@@ -172,7 +182,7 @@ def _container(spec: ServerSpec, options: KubernetesOptions, gpu: bool) -> dict[
         env_from.append({"secretRef": {"name": options.secret}})
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": options.gpu_image if gpu else options.image,
+        "image": _image(spec, options, gpu),
         "imagePullPolicy": options.image_pull_policy,
         "command": ["python", "-m", "gallery_deployer.modelserver"],
         "args": _args(spec, options),

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,6 +56,11 @@ class LocalOptions(BaseModel):
     )
     idle_scale_to_zero_s: float = Field(default=0.0, ge=0, description="Scale to zero after this long idle; 0 = never.")
     idle_check_s: float = Field(default=30.0, gt=0, description="Seconds between idle checks of /metrics.")
+    openvino_python: Path | None = Field(
+        default=None,
+        description="The interpreter of a venv with onnxruntime-openvino: runs the model servers whose policy "
+        "prefers OpenVINO; None: they run on this interpreter's ONNX Runtime (the CPU provider).",
+    )
 
 
 def spec_key(spec: ServerSpec) -> ServerSpec:
@@ -133,12 +138,17 @@ class Replica:
         on_event: Callable[[Replica], Awaitable[None]],
         fallback: str | None = None,
         gpu: tuple[str, int] | None = None,
+        pythons: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.spec = spec
         self.key = spec_key(spec)
         self.fallback = fallback
         self.gpu = gpu
+        # interpreters to run the model server with, in order: one that cannot load the model hands over to the next
+        self.pythons = list(pythons) or [sys.executable]
+        self.execution_provider: str | None = None  # as the server's readiness answer says
+        self.provider_fallback: str | None = None
         self.ready = False
         self.restarts = 0
         self.gave_up: str | None = None  # why the replica stopped being restarted
@@ -193,6 +203,9 @@ class Replica:
             ended = await self._run_once()
             if ended is None:
                 return
+            if ended.fatal and len(self.pythons) > 1:
+                self._next_python(ended.reason)
+                continue
             if ended.fatal:
                 await self._give_up(ended.reason)
                 return
@@ -213,6 +226,15 @@ class Replica:
             except TimeoutError:
                 backoff = min(backoff * 2, options.restart_backoff_max_s)
 
+    def _next_python(self, reason: str) -> None:
+        """The model cannot load on this interpreter's ONNX Runtime (OpenVINO's 1.24 refuses ONNX IR 14):
+        start again at once on the next one, and say why in the replica's fallback."""
+        failed = self.pythons.pop(0)
+        why = f"{failed} could not load the model ({reason}); serving with {self.pythons[0]}"
+        self.fallback = "; ".join(part for part in (self.fallback, why) if part)
+        self._starts = 0  # the next interpreter's first start decides again whether a failure is fatal
+        log.warning("model_server_interpreter_fallback", replica=self.name, reason=why)
+
     async def _give_up(self, reason: str) -> None:
         self.gave_up = self.detail = reason
         log.error("replica_given_up", replica=self.name, reason=reason)
@@ -221,7 +243,7 @@ class Replica:
     def _command(self, port: int) -> list[str]:
         spec = self.spec
         return [
-            sys.executable, "-m", "gallery_deployer.modelserver",
+            self.pythons[0], "-m", "gallery_deployer.modelserver",
             "--model", spec.model, "--version", str(spec.version), "--variant", spec.variant,
             "--artifact", spec.artifact_uri, "--sha256", spec.artifact_sha256, "--port", str(port),
             "--max-batch-size", str(spec.max_batch_size), "--max-queue-delay-ms", str(spec.max_queue_delay_ms),
@@ -274,9 +296,10 @@ class Replica:
                     fatal = code in (EXIT_CANNOT_LOAD, EXIT_BAD_SETTINGS) and self._starts == 1 and not ever_ready
                     return await self._ended(failure_reason(self._log_path, offset, code), fatal, started)
                 now = time.monotonic()
-                if await self._probe():
+                if answer := await self._probe():
                     failing_since = None
                     if not self.ready:
+                        self._read_provider(answer)
                         self.ready = ever_ready = True
                         self.detail = ""
                         log.info("replica_ready", replica=self.name, url=self.url, seconds=round(now - started, 3))
@@ -308,12 +331,23 @@ class Replica:
             await self._on_event(self)
         return _Exit(reason, fatal, time.monotonic() - started)
 
-    async def _probe(self) -> bool:
+    async def _probe(self) -> httpx.Response | None:
+        """The readiness answer when it is 200, else None."""
         try:
             response = await self._client.get(f"{self.url}/v2/health/ready")
         except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            return None
+        return response if response.status_code == 200 else None
+
+    def _read_provider(self, answer: httpx.Response) -> None:
+        """The execution provider (and why not the preferred one) from the server's readiness answer."""
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            self.execution_provider = body.get("execution_provider") or None
+            self.provider_fallback = body.get("provider_fallback") or None
 
     async def _drain(self, process: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
         was_ready, self.ready = self.ready, False
