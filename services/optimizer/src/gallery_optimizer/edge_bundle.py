@@ -1,4 +1,7 @@
-"""The edge bundle: the recommended ONNX model with everything needed to run it away from Model Gallery."""
+"""The edge bundle: the recommended ONNX model with everything needed to run it away from Model Gallery.
+
+A text model's bundle (one string input, the vectorizer inside the graph) runs raw texts: one per line of
+a UTF-8 .txt file, or a 1-D .npy array of strings; its signature names the input BYTES [-1]."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import json
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import onnx
 
 from gallery_common.nn import INPUT_NAME, OUTPUT_NAME
 from gallery_common.onnx_safety import verify_self_contained_onnx
@@ -27,6 +32,18 @@ _README = """Model Gallery edge bundle: {model} version {version}, variant {vari
 Input: raw features, {n_features} per row (CSV without header, or a 2-D .npy array).
 The preprocessing (see preprocessing.json) is inside model.onnx; do not apply it again.
 model.onnx: input {input_name!r} FP32 [batch, {n_features}], output {output_name!r} FP32 [batch, {n_classes}].
+Test accuracy {accuracy}, batch-32 p50 latency {latency} ms when it was measured.
+"""
+
+_TEXT_README = """Model Gallery edge bundle: {model} version {version}, variant {variant}
+
+  pip install numpy onnxruntime
+  python run.py texts.txt                        # one text per line (UTF-8); one predicted class per line
+  python run.py texts.npy --output preds.json    # a 1-D array of strings; also class indices, logits as JSON
+
+Input: raw texts. The tokenizer and vectorizer are inside model.onnx (standard ONNX operators); do not
+tokenize the texts yourself.
+model.onnx: input {input_name!r} string [batch], output {output_name!r} FP32 [batch, {n_classes}].
 Test accuracy {accuracy}, batch-32 p50 latency {latency} ms when it was measured.
 """
 
@@ -54,11 +71,18 @@ def build_edge_bundle(report: OptimizationReport, inputs: OptimizeInputs, workdi
     source = chosen.path if chosen.ok and chosen.path is not None else inputs.onnx
     model_bytes = source.read_bytes()
     graph = verify_self_contained_onnx(model_bytes).graph
-    n_features = graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    text = graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
+    input_name = graph.input[0].name if text else INPUT_NAME
+    n_features = 0 if text else graph.input[0].type.tensor_type.shape.dim[1].dim_value
     n_classes = graph.output[0].type.tensor_type.shape.dim[1].dim_value
     spec = inputs.spec or {}
+    tensor_in = (
+        {"name": input_name, "datatype": "BYTES", "shape": [-1]}
+        if text
+        else {"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, n_features]}
+    )
     signature: dict[str, Any] = {
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, n_features]}],
+        "inputs": [tensor_in],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, n_classes]}],
         "sha256": hashlib.sha256(model_bytes).hexdigest(),
         "model": report.model,
@@ -70,13 +94,13 @@ def build_edge_bundle(report: OptimizationReport, inputs: OptimizeInputs, workdi
         "feature_names": spec.get("feature_names"),
         **(spec.get("preprocessing") or {}),
     }
-    readme = _README.format(
+    readme = (_TEXT_README if text else _README).format(
         model=report.model,
         version=report.version,
         variant=signature["variant"],
         n_features=n_features,
         n_classes=n_classes,
-        input_name=INPUT_NAME,
+        input_name=input_name,
         output_name=OUTPUT_NAME,
         accuracy="n/a" if chosen.accuracy is None else f"{chosen.accuracy:.2%}",
         latency="n/a" if chosen.latency_b32_p50_ms is None else f"{chosen.latency_b32_p50_ms:.3f}",

@@ -4,7 +4,8 @@ Part of a Model Gallery edge bundle; needs only Python 3.9+, numpy and onnxrunti
 signature.json and classes.json from its own folder, checks the model's sha256, runs the raw feature rows
 (one row per line of a CSV, or a 2-D .npy array) and prints one predicted class per line; with --output
 it also writes the predictions, class indices and logits as JSON. The preprocessing is inside the model:
-feed raw features.
+feed raw features. A text model (its signature's input is BYTES) reads raw texts instead: one per line of a
+UTF-8 .txt file, or a 1-D .npy array of strings; its tokenizer is inside the model too.
 """
 
 import argparse
@@ -35,9 +36,26 @@ def load_rows(path: Path, n_features: int) -> np.ndarray:
     return rows
 
 
+def load_texts(path: Path) -> np.ndarray:
+    """The input texts as a 1-D string array; SystemExit with a message when they do not fit."""
+    if path.suffix == ".npy":
+        texts = np.load(path, allow_pickle=False)
+        if texts.ndim != 1 or texts.dtype.kind not in "US":
+            raise SystemExit(f"error: {path.name}: expected a 1-D array of strings, got {texts.dtype} {texts.shape}")
+        return texts.astype(str)
+    if path.suffix == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            raise SystemExit(f"error: {path.name}: no texts (one per line)")
+        return np.array(lines, dtype=str)
+    raise SystemExit(f"error: {path.name}: give a .txt file (one text per line) or a .npy array of strings")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Predict with the bundled ONNX model.")
-    parser.add_argument("input", type=Path, help="raw feature rows: .npy (2-D) or .csv (no header)")
+    parser.add_argument(
+        "input", type=Path, help="raw feature rows: .npy (2-D) or .csv (no header); texts: .txt or .npy"
+    )
     parser.add_argument("--output", type=Path, help="also write predictions as JSON here")
     args = parser.parse_args(argv)
 
@@ -47,7 +65,10 @@ def main(argv=None):
     if hashlib.sha256(model).hexdigest() != signature["sha256"]:
         raise SystemExit("error: model.onnx does not match the sha256 in signature.json")
     (tensor_in,), (tensor_out,) = signature["inputs"], signature["outputs"]
-    rows = load_rows(args.input, int(tensor_in["shape"][1]))
+    if tensor_in["datatype"] == "BYTES":
+        rows = load_texts(args.input)
+    else:
+        rows = load_rows(args.input, int(tensor_in["shape"][1]))
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

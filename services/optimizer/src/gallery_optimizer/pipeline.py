@@ -79,6 +79,7 @@ class _Data:
     fp32_predictions: np.ndarray
     n_features: int
     limits: Limits
+    texts: bool = False  # a text model on text splits: one string per row, the vectorizer in the graph
 
 
 def _load(inputs: OptimizeInputs, limits: Limits) -> _Data:
@@ -90,7 +91,8 @@ def _load(inputs: OptimizeInputs, limits: Limits) -> _Data:
     except (OSError, ValueError) as exc:
         raise OptimizationError(str(exc)) from None
     train, validation, test = splits
-    features = {s.x.shape[1] for s in splits}
+    texts = _text_splits(splits, inputs.onnx)
+    features = {0 if texts else s.x.shape[1] for s in splits}
     if len(features) != 1:
         raise OptimizationError(f"the splits have {sorted(features)} features; they must agree")
     try:
@@ -103,7 +105,28 @@ def _load(inputs: OptimizeInputs, limits: Limits) -> _Data:
     logits = fp32.outputs
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise OptimizationError(f"the model outputs {logits.shape[1:]} per row; a classifier gives one logit per class")
-    return _Data(train, validation, test, logits.argmax(axis=1), test.x.shape[1], limits)
+    return _Data(train, validation, test, logits.argmax(axis=1), features.pop(), limits, texts)
+
+
+def _text_splits(splits: list[Split], model: Path) -> bool:
+    """Whether the model and its splits are a text model's (strings) or a table model's (numbers); a mix
+    is an OptimizationError naming what each holds."""
+    from gallery_optimizer.text_variants import is_text_model
+
+    kinds = {s.is_text for s in splits}
+    if len(kinds) != 1:
+        held = ", ".join(
+            f"{name}: {'texts' if s.is_text else 'numbers'}" for name, s in zip(_SPLITS, splits, strict=True)
+        )
+        raise OptimizationError(f"the splits must all hold texts or all numbers ({held})")
+    texts = kinds.pop()
+    if is_text_model(verify_self_contained_onnx(model.read_bytes())) != texts:
+        takes = "texts" if not texts else "numbers"
+        raise OptimizationError(f"the model takes {takes} but its splits hold {'texts' if texts else 'numbers'}")
+    return texts
+
+
+_SPLITS = ("train", "validation", "test")
 
 
 def _measure(name: str, path: Path, data: _Data, fp32_accuracy: float | None) -> VariantReport:
@@ -117,7 +140,7 @@ def _measure(name: str, path: Path, data: _Data, fp32_accuracy: float | None) ->
         name=name,
         path=path,
         size_bytes=float(path.stat().st_size),
-        peak_memory_bytes=peak_memory_bytes(path, data.n_features, data.limits),
+        peak_memory_bytes=peak_memory_bytes(path, data.n_features, data.limits, data.test.x if data.texts else None),
         latency_b1_p50_ms=b1[0],
         latency_b1_p99_ms=b1[1],
         latency_b32_p50_ms=b32[0],
@@ -170,6 +193,8 @@ def _cpu_target(name: str, policy: OptimizationPolicy) -> str | None:
 def _build_torch(
     name: str, inputs: OptimizeInputs, policy: OptimizationPolicy, data: _Data, out: Path
 ) -> tuple[Path, list[str]]:
+    if data.texts:
+        return _build_text(name, inputs, policy, data, out)
     if inputs.spec is None:
         raise OptimizationError(f"{name} needs the trainer's stored spec, and this version has none")
     from gallery_common.nn import export_onnx
@@ -262,6 +287,28 @@ def _measure_targets(rows: list[VariantReport], targets: Targets, data: _Data, w
                         cache_dir=workdir / "engine-cache",
                     )
                 )
+
+
+def _build_text(
+    name: str, inputs: OptimizeInputs, policy: OptimizationPolicy, data: _Data, out: Path
+) -> tuple[Path, list[str]]:
+    """Distillation behind the text model's own vectorizer; pruning is not built (`text_variants`)."""
+    from gallery_optimizer.text_variants import PRUNING_SKIPPED, VariantSkipped, distill_text
+
+    if name != "distilled":
+        raise VariantSkipped(PRUNING_SKIPPED)
+    student = distill_text(
+        inputs.onnx,
+        (data.train.x, data.train.y),
+        (data.validation.x, data.validation.y),
+        out,
+        lambda path, rows, what: run_model(path, rows, what=what, limits=data.limits).outputs,
+        hidden=policy.student_hidden,
+        epochs=policy.distill_epochs,
+        temperature=policy.temperature,
+        seed=policy.seed,
+    )
+    return student.path, student.notes
 
 
 def optimize(

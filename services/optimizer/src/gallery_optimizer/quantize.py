@@ -15,6 +15,8 @@ from gallery_common.hardware import CpuInfo
 from gallery_common.nn import INPUT_NAME
 from gallery_common.onnx_safety import verify_self_contained_onnx
 
+# a text model's vectorizer: ONNX Runtime has these only with FP32 outputs, so FP16 conversion leaves them be
+TEXT_OPS = ("StringNormalizer", "StringSplit", "TfIdfVectorizer", "RegexFullMatch", "StringConcat")
 CALIBRATION_ROWS = 512
 CALIBRATION_BATCH = 32
 
@@ -79,23 +81,26 @@ def int8_dynamic(fp32: Path, out: Path, *, reduce_range: bool = True) -> Path:
 
 
 class _Calibration:
-    """The validation rows in batches, as `quantize_static`'s CalibrationDataReader wants them."""
+    """The validation rows (features or texts) in batches for input `name`, as `quantize_static`'s
+    CalibrationDataReader wants them."""
 
-    def __init__(self, x: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, name: str = INPUT_NAME) -> None:
+        self._name = name
         self._batches: Iterator[np.ndarray] = iter(
             [np.ascontiguousarray(x[i : i + CALIBRATION_BATCH]) for i in range(0, len(x), CALIBRATION_BATCH)]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
+        return None if batch is None else {self._name: batch}
 
 
 def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0, *, reduce_range: bool = True) -> Path:
     """INT8 weights and activations in QDQ format, ranges calibrated (min/max) on `calibration_x`.
 
     Only the weighted operators are quantized: the baked-in preprocessing sees raw features whose
-    columns can differ in scale by orders of magnitude, and one INT8 range for them would lose them.
+    columns can differ in scale by orders of magnitude, and one INT8 range for them would lose them. A
+    text model calibrates on texts (`calibration_x` unicode [N]); its vectorizer stays as it is.
     `reduce_range` keeps weights to 7 bits, which no CPU's integer kernels saturate on (see `int8_build`).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -106,7 +111,7 @@ def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0,
     quantize_static(
         model,
         out,
-        _Calibration(calibration_x[rows].astype(np.float32)),
+        _Calibration(_calibration_rows(calibration_x[rows]), _input_name(model)),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
@@ -119,12 +124,24 @@ def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0,
     return out
 
 
+def _calibration_rows(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype.kind == "U" else x.astype(np.float32)
+
+
+def _input_name(model: onnx.ModelProto) -> str:
+    """The graph's one real input (initializers listed as inputs excluded)."""
+    initializers = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in initializers]
+    return names[0] if names else INPUT_NAME
+
+
 def fp16(fp32: Path, out: Path) -> Path:
     """FP16 weights and arithmetic with FP32 inputs and outputs kept (`keep_io_types`), for GPU serving."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = verify_self_contained_onnx(fp32.read_bytes())
-    converted = convert_float_to_float16(model, keep_io_types=True)
+    blocked = [*DEFAULT_OP_BLOCK_LIST, *TEXT_OPS]
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
     topologically_sort(converted.graph)
     onnx.save_model(converted, str(out))
     return out

@@ -22,6 +22,7 @@ import numpy as np
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_common.sandbox import Limits, is_allocation_failure
 from gallery_common.targets import Target
+from gallery_optimizer.measure import model_rows
 
 PROBE = Path(__file__).with_name("target_probe.py")
 
@@ -99,7 +100,7 @@ def measure_on_target(
     with tempfile.TemporaryDirectory(prefix="gallery-target-") as tmp:
         folder = Path(tmp)
         (folder / "model.onnx").write_bytes(data)  # the bytes verified above, not the path again
-        np.save(folder / "x.npy", np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
+        np.save(folder / "x.npy", model_rows(x), allow_pickle=False)  # a text model's rows stay strings
         command = [
             target.python,
             str(PROBE),
