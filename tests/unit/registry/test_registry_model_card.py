@@ -95,6 +95,20 @@ def test_a_card_without_evaluation_says_so_and_has_no_model_index() -> None:
     assert "_Not stated yet._" in card and 'datasets:\n- "sha256:abc"' in card
 
 
+def test_the_recommendation_per_hardware_class_and_provider_becomes_one_tag() -> None:
+    doc = {
+        "recommended": "int8_dynamic",
+        "variants": [],
+        "recommendations": {
+            "cpu-x86-avx2/cpu": {"target": "cpu-x86-avx2/cpu", "variant": "int8_dynamic", "reason": "fastest"},
+            "cpu-x86-avx2/openvino": {"target": "cpu-x86-avx2/openvino", "variant": None, "reason": "IR 14"},
+        },
+    }
+    assert recommendation_tags(doc)["optimizer.recommended_per_target"] == (
+        "cpu-x86-avx2/cpu: int8_dynamic; cpu-x86-avx2/openvino: none"
+    )
+
+
 def test_recommendation_tags_from_an_optimizer_report() -> None:
     doc = {
         "recommended": "fp16",

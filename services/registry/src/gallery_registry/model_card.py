@@ -52,6 +52,7 @@ OPTIMIZER_FIELDS = (
     ("optimizer.fp32_size_bytes", "FP32 size"),
     ("optimizer.fp32_p50_ms", "FP32 batch-1 p50 latency (ms)"),
     ("optimizer.fp32_accuracy", "FP32 accuracy"),
+    ("optimizer.recommended_per_target", "recommended per hardware class / execution provider"),
 )
 _SIZE_KEYS = frozenset({"optimizer.recommended_size_bytes", "optimizer.fp32_size_bytes"})
 
@@ -378,6 +379,16 @@ def recommendation_tags(doc: Mapping[str, Any]) -> dict[str, str]:
             value = _number_of(row, field)
             if value is not None:
                 tags[f"{prefix}_{suffix}"] = f"{value:.6g}"
+    # reports since the optimizer measures per target: `<hardware class>/<provider>` -> {"variant": ...}
+    per_target = doc.get("recommendations")
+    if isinstance(per_target, dict):
+        pairs = [
+            f"{target}: {rec.get('variant') or 'none'}"
+            for target, rec in per_target.items()
+            if isinstance(target, str) and isinstance(rec, dict)
+        ]
+        if pairs:
+            tags["optimizer.recommended_per_target"] = "; ".join(pairs)[:TAG_VALUE_MAX]
     return tags
 
 

@@ -219,6 +219,33 @@ export function optimizerSection(job) {
     h("p", {}, "Recommended: ", h("strong", {}, report.recommended || "none"), report.recommendation_reason ? ` — ${report.recommendation_reason}` : ""),
     h("p", { class: "note" }, measured),
     h("div", { class: "split" }, table(["variant", "#size", "#b1 p50", "#b32 p50", "#accuracy", "#Δ accuracy", "in budget"], rows, { id: "variants" }), scatter),
+    perTargetBlock(report),
+  );
+}
+
+/** The recommendation per hardware class and execution provider, and every variant's figures on each
+ * (reports from before the optimizer measured per target have none: nothing is shown). */
+function perTargetBlock(report) {
+  const recommendations = Object.entries(report.recommendations || {});
+  if (!recommendations.length) return null;
+  const recommended = recommendations.map(([target, rec]) => ({
+    props: { dataset: { target } },
+    cells: [target, rec.variant ? h("strong", {}, rec.variant) : "none", rec.reason || ""],
+  }));
+  const figures = (report.variants || []).flatMap((v) =>
+    (v.measurements || []).map((m) => ({
+      props: { dataset: { variant: v.name, target: m.target } },
+      cells: [v.name, m.hardware_class, m.provider, ms(m.latency_b1_p50_ms), ms(m.latency_b32_p50_ms), metric("accuracy", m.accuracy), m.error ? h("span", { class: "bad" }, m.error) : ""],
+    })),
+  );
+  const absent = Object.entries(report.targets?.absent || {}).map(([provider, why]) => `${provider} (${why})`);
+  return h(
+    "div",
+    { id: "per-target" },
+    h("h3", {}, "Per hardware class and execution provider"),
+    table(["target", "recommended", "why"], recommended, { id: "target-recommendations" }),
+    absent.length ? h("p", { class: "note" }, `Not measured: ${absent.join("; ")}.`) : null,
+    table(["variant", "hardware class", "provider", "#b1 p50", "#b32 p50", "#accuracy", "note"], figures, { id: "target-measurements" }),
   );
 }
 
