@@ -25,6 +25,11 @@ def test_targets_are_a_comma_separated_list_and_an_empty_url_switches_discovery_
         ("GALLERY_SCRAPE_TARGETS", "10.0.0.5:9001", "invalid setting GALLERY_SCRAPE_TARGETS: not an http(s) URL"),
         ("GALLERY_SLO_ERROR_RATE", "2", "invalid setting GALLERY_SLO_ERROR_RATE"),
         ("GALLERY_SLO_WINDOW_S", "3600", "invalid setting GALLERY_SLO_WINDOW_S: must not exceed"),
+        (
+            "GALLERY_TEXT_DRIFT_PSI",
+            "0.05",
+            "invalid setting GALLERY_TEXT_DRIFT_PSI: must be above GALLERY_TEXT_WARN_PSI (0.1)",
+        ),
     ],
 )
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
