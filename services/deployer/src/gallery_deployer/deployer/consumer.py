@@ -59,8 +59,9 @@ def rollout_events(controller: Controller, ack_wait: float = ACK_WAIT_SECONDS) -
     @events.on(ModelOptimized)
     @once
     async def optimized(data: ModelOptimized) -> None:
-        await provenance.confirm_variant(data.model, data.version, data.recommended_artifact)
-        await controller.roll_variant(data.model, data.version, data.recommended, data.recommended_artifact)
+        choice = await controller.variant_for(data)
+        await provenance.confirm_variant(data.model, data.version, choice.artifact)
+        await controller.roll_variant(data.model, data.version, choice.variant, choice.artifact, choice.reason)
 
     @events.on(ModelDegraded)
     @once

@@ -24,6 +24,7 @@ from gallery_common.events import (
     ArtifactRef,
     ModelDeployed,
     ModelDeploymentFailed,
+    ModelOptimized,
     ModelRolledBack,
     Payload,
 )
@@ -32,11 +33,13 @@ from gallery_common.telemetry import get_logger
 
 from ..gateway.routes import ModelRoute, RoutePolicy
 from ..runtime.base import DeploymentStatus, ReportsChanges, Runtime, RuntimeState, ServerSpec, deployment_id
+from ..runtime.node_hardware import KnowsNodeHardware, NodeHardware, local_node_hardware
 from . import canary
 from .policy import DeploymentPolicy, PolicyStore
 from .records import SERVING, DeploymentRecord, DeploymentStore, Stage, due
 from .routing import GatewayRoutes, build_route
 from .settings import DeployerSettings
+from .variant_choice import VariantChoice, choose_variant
 
 Publish = Callable[[Payload, str], Awaitable[None]]
 REASON_CHARS = 400  # reasons go into events and the registry's alias history; evidence stays in the monitor
@@ -280,10 +283,38 @@ class Controller:
 
     # -- optimized variant -------------------------------------------------------------------------
 
+    async def variant_for(self, optimized: ModelOptimized) -> VariantChoice:
+        """The variant of `optimized` recommended for the hardware the version's replicas run on
+        (`variant_choice.py`); the generic recommendation, saying why, where there is none."""
+        record = await self._db(self.store.get, deployment_id(optimized.model, optimized.version, ""))
+        spec = self._spec(record) if record is not None else None
+        nodes: list[NodeHardware] = []
+        unknown = "the version does not serve, so no node runs it"
+        if spec is not None and isinstance(self.runtime, KnowsNodeHardware):
+            unknown = "the runtime named no node the replicas may run on"
+            try:
+                nodes = await self.runtime.node_hardware(spec)
+            except GalleryError as exc:
+                unknown = f"the nodes the replicas may run on are unknown ({exc.message})"
+        elif spec is not None:
+            nodes = await anyio.to_thread.run_sync(local_node_hardware)
+        providers = self._policy(record).execution_providers if record is not None else []
+        choice = choose_variant(optimized, nodes, providers, no_nodes=unknown)
+        log.info(
+            "variant_chosen",
+            model=optimized.model,
+            version=optimized.version,
+            variant=choice.variant,
+            target=choice.target,
+            reason=choice.reason,
+        )
+        return choice
+
     async def roll_variant(
-        self, model: str, version: int, variant: str, artifact: ArtifactRef
+        self, model: str, version: int, variant: str, artifact: ArtifactRef, reason: str | None = None
     ) -> DeploymentRecord | None:
-        """Serve `variant` instead of the version's current artifact, by a rolling update."""
+        """Serve `variant` instead of the version's current artifact, by a rolling update; `reason` (why this
+        variant) goes on the deployment's record."""
         async with self.lock(model):
             record = await self._db(self.store.get, deployment_id(model, version, ""))
             if record is None or record.stage not in SERVING:
@@ -303,6 +334,8 @@ class Controller:
                 await self.publish(payload, f"deployment_failed:{model}:{version}:{variant}")
                 return None
             record.state = status.state.value
+            if reason is not None:
+                record.reason = reason
             if record.stage == Stage.canary:
                 # a new artifact is a new candidate: its window starts now
                 record.analysis_due_at = utcnow() + timedelta(seconds=self.settings.canary_window_s)
