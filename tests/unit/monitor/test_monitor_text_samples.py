@@ -10,7 +10,9 @@ import numpy as np
 import orjson
 import pytest
 from monitor_texts import texts
+from rich.console import Console
 
+from gallery_cli.monitor_cmd import drift_view
 from gallery_common.contracts.splits import write_split
 from gallery_common.db import make_engine
 from gallery_monitor.core import Monitor
@@ -139,3 +141,23 @@ def test_texts_against_a_numeric_reference_are_not_compared(tmp_path: Path) -> N
     view = monitor.drift("news", 1, None)
     assert not view.drifted and view.features == []
     assert view.reasons == ["samples hold texts, the training reference numeric features: not compared"]
+
+
+def test_gallery_monitor_in_the_terminal_names_the_text_rows(tmp_path: Path) -> None:
+    monitor = monitor_of(tmp_path, np.array(texts(np.random.default_rng(0), 2000)), now=100.0)
+    for start in range(0, 300, 10):
+        monitor.samples.ingest(text_sample(texts(np.random.default_rng(start), 10, topic="cooking")), now=99.0)
+    shown = orjson.loads(monitor.drift("news", None, None).model_dump_json())
+    console = Console(width=120, record=True, color_system="truecolor")
+    console.print(drift_view(shown, psi_limit=0.2))
+    lines = console.export_text(clear=False).splitlines()
+    # each row: the name, then PSI, KS and p-value
+    named = [line.strip().rsplit(None, 3)[0] for line in lines if line.strip().startswith(("tokens", "text length"))]
+    assert named[0] == "tokens" and set(named) == {"tokens", "text length (tokens)", "text length (characters)"}
+    styled = console.export_text(styles=True)
+    token_psi = f"{shown['features'][0]['psi']:.3f}"
+    assert shown["features"][0]["name"] == "tokens" and f"\x1b[1;31m{token_psi}" in styled  # over: in red
+    # a text row is judged against its own limit: 0.25 is under the text limit 0.3, though over the SLO's 0.2
+    shown["features"] = [shown["features"][1] | {"psi": 0.25}]
+    console.print(drift_view(shown, psi_limit=0.2))
+    assert "0.250" in console.export_text(clear=False) and "\x1b[1;31m0.250" not in console.export_text(styles=True)

@@ -130,8 +130,13 @@ def drift_view(drift: dict[str, Any], psi_limit: float | None) -> RenderableType
             table.add_column(column, justify="right")
         for f in features:
             p_value = f"{f['p_value']:.1e}" if f["p_value"] < 0.001 else f"{f['p_value']:.3f}"
+            # a text model's rows have names ("tokens", "text length (tokens)") and their own PSI limit
+            limit = f.get("threshold") or psi_limit
             table.add_row(
-                str(f["feature"]), _limited(f"{f['psi']:.3f}", f["psi"], psi_limit), f"{f['ks']:.3f}", p_value
+                str(f.get("name") or f["feature"]),
+                _limited(f"{f['psi']:.3f}", f["psi"], limit),
+                f"{f['ks']:.3f}",
+                p_value,
             )
         parts.append(table)
     style = "red" if drift["drifted"] else "dim"
