@@ -322,3 +322,48 @@ def test_a_federated_model_passes_the_gate_and_serves_like_any_other(stack: Life
     accuracy, served = accuracy_through_gateway(stack, x, y, model)
     assert served == {"1"}
     assert accuracy == pytest.approx(v1["evaluation_report"]["accuracy"], abs=0.01)
+
+
+def text_accuracy_through_gateway(stack: LifecycleStack, texts: np.ndarray, y: np.ndarray, model: str) -> float:
+    """The share of `texts` the gateway's answers (BYTES [N] in, logits out) classify as `y`, 30 at a time."""
+    correct = 0
+    for start in range(0, len(texts), 30):
+        rows = [str(t) for t in texts[start : start + 30]]
+        body = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(rows)], "data": rows}]})
+        answer = httpx.post(f"{stack.services['gateway'].url}/v2/models/{model}/infer", content=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        output = answer.json()["outputs"][0]
+        logits = np.asarray(output["data"]).reshape(output["shape"])
+        correct += int((logits.argmax(axis=1) == y[start : start + 30]).sum())
+    return correct / len(texts)
+
+
+@pytest.mark.slow
+def test_a_text_model_goes_through_the_whole_lifecycle(stack: LifecycleStack) -> None:
+    """WordNet definitions by topic (examples/text-topics.yaml): the trainer fits the vectorizer into the ONNX
+    graph, the gate judges the model on raw texts, the optimizer measures its variants on texts, the deployer
+    serves it, clients send strings through the gateway and get the gate's accuracy, and the monitor's drift
+    view of the sampled texts has the text rows."""
+    model = "wordnet-topics"
+    train(stack, REPO / "examples" / "text-topics.yaml")
+    wait_for("v1 judged", lambda: version_of(stack, 1, model).get("status") in {"validated", "rejected"}, 120)
+    v1 = version_of(stack, 1, model)
+    assert v1["status"] == "validated", v1.get("rejection_reasons")
+    assert v1["evaluation_report"]["accuracy"] >= 0.75
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production", model), 120)
+    optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model=model, version=1), 300)[0]
+    assert optimized.data.recommended
+
+    texts, y = held_out_split(stack, 1, model)
+    assert texts.dtype.kind == "U" and texts.ndim == 1
+    accuracy = text_accuracy_through_gateway(stack, texts, y, model)
+    assert accuracy == pytest.approx(v1["evaluation_report"]["accuracy"], abs=0.01)
+
+    def text_rows() -> list[str]:
+        view = httpx.get(f"{stack.services['monitor'].url}/api/v1/models/{model}/drift", timeout=10)
+        if view.status_code != 200:
+            return []
+        return [row.get("name") or "" for row in view.json().get("features") or []]
+
+    rows = wait_for("the monitor's text drift rows", lambda: "tokens" in text_rows() and text_rows(), 60)
+    assert {"tokens", "text length (tokens)", "text length (characters)"} <= set(rows)
