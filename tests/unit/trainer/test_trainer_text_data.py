@@ -164,3 +164,17 @@ def test_text_specs_check_their_fields() -> None:
     tabular = {"name": "iris", "data": {"source": "builtin", "name": "iris"}}
     with pytest.raises(SpecError, match=r"preparation\.augmentation\.text: needs a text data set"):
         parse_spec({**tabular, "preparation": {"augmentation": {"text": {"swap": 0.1}}}})
+
+
+def test_the_example_csv_loads_and_splits(store: FileArtifactStore) -> None:
+    from gallery_trainer.spec import PreparationSpec
+    from gallery_trainer.text_prepare import prepare_text
+
+    content = (Path(__file__).resolve().parents[3] / "examples" / "text-topics.csv").read_bytes()
+    dataset = load_dataset(csv_spec(store, content), store)
+    assert dataset.class_names == ["animal", "food"] and np.bincount(dataset.y).tolist() == [12, 12]
+    # a quoted text keeps its commas
+    assert dataset.x[0] == "A small domesticated cat that hunts mice, sleeps all day and purrs when stroked."
+    prepared = prepare_text(dataset, PreparationSpec.model_validate({"text": {"min_documents": 1}}), seed=0)
+    assert [len(prepared.data.split(name)) for name in ("train", "validation", "test")] == [16, 4, 4]
+    assert prepared.train_features.x.shape == (16, prepared.vectorizer.n_features)
