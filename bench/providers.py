@@ -6,9 +6,11 @@ the optimizer builds them). Every variant is measured by the optimizer's own per
 (`gallery_optimizer.target_measure`): a child process of the target's interpreter (this venv for the CPU
 provider, .venv-openvino for OpenVINO), one intra-op thread, p50 of many calls after warm-up.
 
-Printed per model and variant: µs per run at batch 1 and 32 on each provider, the ratio OpenVINO / CPU
-(below 1: OpenVINO is faster), the accuracy on each, and the hardware class the figures belong to.
-Without .venv-openvino (make install builds it) only the CPU column is printed, with the reason.
+Printed per model, variant and target (`<hardware class>/<provider>`): µs per run at batch 1 and 32, each
+as a ratio to the CPU provider's (below 1: faster than the CPU provider), and the accuracy there. Without
+.venv-openvino (make install builds it) only the CPU provider is measured, and the reason is printed; on a
+machine with a GPU and onnxruntime-gpu the CUDA and TensorRT targets are measured too (TensorRT with FP16,
+INT8 for the QDQ variant and an engine cache), so scripts/gpu_check.sh can run this bench there.
 
 Run: .venv/bin/python bench/providers.py [--epochs N]
 """
@@ -25,7 +27,7 @@ from optimize import MODELS, train  # bench/optimize.py, beside this file
 
 from gallery_common.hardware import host_cpu
 from gallery_common.sandbox import Limits
-from gallery_common.targets import Targets, host_targets
+from gallery_common.targets import host_targets
 from gallery_optimizer.measure import load_split
 from gallery_optimizer.quantize import int8_build, int8_dynamic, int8_static
 from gallery_optimizer.target_measure import TargetMeasurement, measure_on_target
@@ -47,30 +49,25 @@ def us(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:,.0f}"
 
 
-def ratio(openvino: float | None, cpu: float | None) -> str:
-    return "-" if openvino is None or not cpu else f"{openvino / cpu:.2f}"
+def ratio(value: float | None, cpu: float | None) -> str:
+    return "-" if value is None or not cpu else f"{value / cpu:.2f}"
 
 
-def print_model(name: str, rows: dict[str, dict[str, TargetMeasurement]], targets: Targets) -> None:
-    cpu_key = targets.present[0].key
-    ov_key = next((t.key for t in targets.present if t.provider == "openvino"), None)
+def print_model(name: str, rows: dict[str, dict[str, TargetMeasurement]], cpu_key: str) -> None:
+    """One line per variant and target: µs per run at batch 1 and 32, each as a ratio to the CPU provider's."""
     print(f"\n{name}")
-    print(
-        f"{'variant':<14} {'CPU b1 µs':>10} {'OV b1 µs':>9} {'OV/CPU':>7} {'CPU b32 µs':>11} {'OV b32 µs':>10} "
-        f"{'OV/CPU':>7} {'CPU acc':>8} {'OV acc':>7}"
-    )
+    print(f"{'variant':<14} {'target':<36} {'b1 µs':>7} {'/CPU':>6} {'b32 µs':>8} {'/CPU':>6} {'accuracy':>9}")
     for variant, by_target in rows.items():
         cpu = by_target[cpu_key]
-        ov = by_target.get(ov_key) if ov_key else None
-        print(
-            f"{variant:<14} {us(cpu.latency_b1_p50_ms):>10} {us(ov and ov.latency_b1_p50_ms):>9} "
-            f"{ratio(ov and ov.latency_b1_p50_ms, cpu.latency_b1_p50_ms):>7} {us(cpu.latency_b32_p50_ms):>11} "
-            f"{us(ov and ov.latency_b32_p50_ms):>10} {ratio(ov and ov.latency_b32_p50_ms, cpu.latency_b32_p50_ms):>7} "
-            f"{(cpu.accuracy or 0):>8.2%} {((ov and ov.accuracy) or 0):>7.2%}"
-        )
-        for measured in by_target.values():
-            if measured.error:
-                print(f"  {variant} on {measured.target}: {measured.error}")
+        for key, m in by_target.items():
+            if m.error:
+                print(f"{variant:<14} {key:<36} {m.error}")
+                continue
+            print(
+                f"{variant:<14} {key:<36} {us(m.latency_b1_p50_ms):>7} "
+                f"{ratio(m.latency_b1_p50_ms, cpu.latency_b1_p50_ms):>6} {us(m.latency_b32_p50_ms):>8} "
+                f"{ratio(m.latency_b32_p50_ms, cpu.latency_b32_p50_ms):>6} {(m.accuracy or 0):>9.2%}"
+            )
 
 
 def main() -> int:
@@ -79,11 +76,11 @@ def main() -> int:
     args = parser.parse_args()
     targets = host_targets()
     cpu = host_cpu()
-    wanted = [t for t in targets.present if t.provider in ("cpu", "openvino")]
+    wanted = list(targets.present)  # CPU first; OpenVINO here; CUDA and TensorRT on a GPU machine
     print(f"hardware class {cpu.hardware_class} ({cpu.model}, {cpu.cores} cores)")
     print(f"targets: {', '.join(t.key for t in wanted)}")
-    if "openvino" in targets.absent:
-        print(f"OpenVINO not measured: {targets.absent['openvino']}")
+    for provider, why in targets.absent.items():
+        print(f"{provider} not measured: {why}")
     with tempfile.TemporaryDirectory(prefix="bench-providers-") as tmp:
         for name, model in MODELS.items():
             inputs = train(name, model, args.epochs, Path(tmp) / name / "train")
@@ -105,7 +102,7 @@ def main() -> int:
                     )
                     for t in wanted
                 }
-            print_model(name, rows, targets)
+            print_model(name, rows, wanted[0].key)
     return 0
 
 
