@@ -12,6 +12,7 @@ from gallery_trainer.data import DataError, load_dataset
 from gallery_trainer.spec import DataSpec, SpecError, parse_spec
 from gallery_trainer.text_data import PER_CLASS, WORDNET_TOPICS
 
+EXAMPLE_SPEC = Path(__file__).resolve().parents[3] / "examples" / "text-topics.yaml"
 CSV = "id,text,label\n1,A dog barks at night,animal\n2,Fresh bread and butter,food\n3,The cat sleeps,animal\n"
 
 
@@ -125,7 +126,7 @@ def test_wordnet_topics_are_wordnet_definitions_built_the_same_way_every_time() 
 def test_text_specs_check_their_fields() -> None:
     text_job = {"name": "topics", "data": {"source": "builtin", "name": "wordnet_topics"}}
     spec = parse_spec(text_job)
-    assert spec.data.is_text and spec.preparation.text.max_words == 5000 and spec.preparation.text.idf
+    assert spec.data.is_text and spec.preparation.vectorizer.max_words == 5000 and spec.preparation.vectorizer.idf
 
     def problems(**sections: object) -> list[str]:
         with pytest.raises(SpecError) as caught:
@@ -162,8 +163,23 @@ def test_text_specs_check_their_fields() -> None:
         "preparation.augmentation.text.delete: Input should be less than 1",
     ]
     tabular = {"name": "iris", "data": {"source": "builtin", "name": "iris"}}
-    with pytest.raises(SpecError, match=r"preparation\.augmentation\.text: needs a text data set"):
-        parse_spec({**tabular, "preparation": {"augmentation": {"text": {"swap": 0.1}}}})
+    with pytest.raises(SpecError) as caught:
+        parse_spec({**tabular, "preparation": {"text": {"idf": False}, "augmentation": {"text": {"swap": 0.1}}}})
+    assert caught.value.problems == [
+        "preparation.text: needs a text data set (text_csv, text_folder, wordnet_topics)",
+        "preparation.augmentation.text: needs a text data set (text_csv, text_folder, wordnet_topics)",
+    ]
+
+
+def test_text_fields_stay_out_of_other_specs_and_round_trip_in_text_specs() -> None:
+    tabular = parse_spec({"name": "iris", "data": {"source": "builtin", "name": "iris"}}).model_dump(mode="json")
+    assert "text_column" not in tabular["data"] and "text" not in tabular["preparation"]
+    assert "text" not in tabular["preparation"]["augmentation"]
+    text = parse_spec(EXAMPLE_SPEC.read_text())
+    dumped = text.model_dump(mode="json")
+    assert dumped["data"]["text_column"] == "text" and dumped["preparation"]["text"]["max_words"] == 3000
+    assert dumped["preparation"]["augmentation"]["text"]["synonyms"] == 0.1
+    assert parse_spec(dumped) == text
 
 
 def test_the_example_csv_loads_and_splits(store: FileArtifactStore) -> None:

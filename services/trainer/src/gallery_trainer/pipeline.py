@@ -365,7 +365,7 @@ def _preprocessing(job: RankJob, text: bool) -> dict[str, Any]:
         }
     from gallery_trainer.text_vectorizer import LOCALE
 
-    settings = job.spec.preparation.text
+    settings = job.spec.preparation.vectorizer
     return {
         "order": ["lower_case", "split_on_whitespace", "term_counts", *(["idf"] if settings.idf else []), "l2"],
         "vocabulary_size": job.n_features,

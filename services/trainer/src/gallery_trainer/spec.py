@@ -82,6 +82,10 @@ RANK_FIELDS = (
 )
 
 
+def _without(dumped: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {key: value for key, value in dumped.items() if key not in names}
+
+
 class SpecError(ValueError):
     """A job spec that cannot run; `problems` has one `field: reason` line per bad field."""
 
@@ -162,6 +166,13 @@ class DataSpec(_Section):
     def is_text(self) -> bool:
         """Whether the examples are raw texts (one per row), not rows of numbers or pictures."""
         return self.source in TEXT_SOURCES or self.name in BUILTIN_TEXT_DATASETS
+
+    @model_serializer(mode="wrap")
+    def _own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without `text_column` unless the data are texts: other specs' config hashes stay what they were
+        before text jobs existed."""
+        dumped: dict[str, Any] = handler(self)
+        return dumped if self.is_text else _without(dumped, "text_column")
 
 
 class SplitSpec(_Section):
@@ -251,6 +262,12 @@ class AugmentationSpec(_Section):
     tabular: TabularAugmentation | None = None
     text: TextAugmentation | None = None
 
+    @model_serializer(mode="wrap")
+    def _own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without `text` when it is not given, so config hashes from before text jobs stay valid."""
+        dumped: dict[str, Any] = handler(self)
+        return dumped if self.text is not None else _without(dumped, "text")
+
 
 class TextPreparation(_Section):
     """The bag-of-words vectorizer fitted on the training texts: the `max_words` words found in the most
@@ -275,8 +292,19 @@ class PreparationSpec(_Section):
     standardize: bool = True
     select_k_best: int | None = Field(default=None, ge=1, description="keep the k features with the best F score")
     pca: PCASpec | None = None
-    text: TextPreparation = Field(default_factory=TextPreparation)
+    text: TextPreparation | None = Field(default=None, description="texts: the vectorizer (default: its defaults)")
     augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
+
+    @model_serializer(mode="wrap")
+    def _own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without `text` when it is not given, so config hashes from before text jobs stay valid."""
+        dumped: dict[str, Any] = handler(self)
+        return dumped if self.text is not None else _without(dumped, "text")
+
+    @property
+    def vectorizer(self) -> TextPreparation:
+        """The text vectorizer's settings: `text`, or the defaults."""
+        return self.text or TextPreparation()
 
 
 class ModelSpec(_Section):
@@ -612,9 +640,11 @@ def _text_problems(spec: JobSpec) -> list[str]:
     """What a text job cannot combine with: steps written for rows of numbers or for pictures."""
     prep = spec.preparation
     if not spec.data.is_text:
+        wanted = "a text data set (text_csv, text_folder, wordnet_topics)"
+        problems = [f"preparation.text: needs {wanted}"] if prep.text is not None else []
         if prep.augmentation.text is not None:
-            return ["preparation.augmentation.text: needs a text data set (text_csv, text_folder, wordnet_topics)"]
-        return []
+            problems.append(f"preparation.augmentation.text: needs {wanted}")
+        return problems
     problems = []
     if spec.model.architecture == "cnn":
         problems.append("model.architecture: a text model is an mlp over word features")

@@ -37,7 +37,7 @@ def prepare_text(dataset: Dataset, spec: PreparationSpec, seed: int) -> Prepared
     splits, leakage = check_leakage(splits, spec.leakage)
     train, validation = splits["train"], splits["validation"]
     settings = VectorizerSettings(
-        max_words=spec.text.max_words, min_documents=spec.text.min_documents, idf=spec.text.idf
+        max_words=spec.vectorizer.max_words, min_documents=spec.vectorizer.min_documents, idf=spec.vectorizer.idf
     )
     try:
         vectorizer = fit_vectorizer(train.x, settings)
