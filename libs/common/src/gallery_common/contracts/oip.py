@@ -496,19 +496,7 @@ class InferResponse:
 def decode_infer_response(body: bytes, header_length: str | int | None = None) -> InferResponse:
     """Decode a response body (JSON or binary outputs); ProtocolError says what does not follow the protocol."""
     document, binary = _read_document(body, header_length, "response")
-    raw_outputs = document.get("outputs")
-    if not isinstance(raw_outputs, list):
-        raise ProtocolError("'outputs' must be a list of tensors")
-    arrays: dict[str, np.ndarray] = {}
-    for position, raw in enumerate(raw_outputs):
-        if not isinstance(raw, dict):
-            raise ProtocolError(f"outputs[{position}] must be an object")
-        name = raw.get("name")
-        if not isinstance(name, str):
-            raise ProtocolError(f"outputs[{position}] needs a string 'name'")
-        arrays[name] = _decode_tensor(raw, None, binary)
-    if binary is not None:
-        binary.check_used_up("output")
+    arrays = _decoded_tensors(document, binary, "output")
     parameters = document.get("parameters")
     return InferResponse(
         model_name=_text(document.get("model_name")),
@@ -517,6 +505,36 @@ def decode_infer_response(body: bytes, header_length: str | int | None = None) -
         parameters=parameters if isinstance(parameters, dict) else None,
         outputs=arrays,
     )
+
+
+def decode_infer_inputs(body: bytes, header_length: str | int | None = None) -> dict[str, np.ndarray]:
+    """A request body's inputs (JSON or binary) by name, each read by its own datatype and shape: there is no
+    model signature to check them against (the gateway reads requests this way to sample them for the
+    monitor). ProtocolError says what does not follow the protocol."""
+    document, binary = _read_document(body, header_length, "request")
+    return _decoded_tensors(document, binary, "input")
+
+
+def json_tensors(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Tensors as the JSON objects of a body (`name`, `datatype`, `shape`, flat `data`), none binary."""
+    return [_tensor_document(name, datatype_of(array.dtype), array, binary=False)[0] for name, array in arrays.items()]
+
+
+def _decoded_tensors(document: Mapping[str, Any], binary: _BinaryPart | None, kind: str) -> dict[str, np.ndarray]:
+    raw_tensors = document.get(f"{kind}s")
+    if not isinstance(raw_tensors, list):
+        raise ProtocolError(f"'{kind}s' must be a list of tensors")
+    arrays: dict[str, np.ndarray] = {}
+    for position, raw in enumerate(raw_tensors):
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"{kind}s[{position}] must be an object")
+        name = raw.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(f"{kind}s[{position}] needs a string 'name'")
+        arrays[name] = _decode_tensor(raw, None, binary)
+    if binary is not None:
+        binary.check_used_up(kind)
+    return arrays
 
 
 def decode_tensor(raw: Mapping[str, Any], dtype: np.dtype | None = None) -> np.ndarray:

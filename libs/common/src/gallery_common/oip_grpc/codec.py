@@ -62,11 +62,13 @@ def _set_parameters(target: Any, parameters: Mapping[str, Any]) -> None:
             parameter.string_param = value if isinstance(value, str) else str(value)
 
 
-def _contents_data(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
+def _contents_data(
+    tensor: pb.ModelInferRequest.InferInputTensor | pb.ModelInferResponse.InferOutputTensor, kind: str = "input"
+) -> list[Any]:
     datatype = tensor.datatype
     if datatype == "FP16":
         raise ProtocolError(
-            f"input {tensor.name!r}: FP16 tensors travel in raw_input_contents (they have no contents field)"
+            f"{kind} {tensor.name!r}: FP16 tensors travel in raw_{kind}_contents (they have no contents field)"
         )
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -104,6 +106,23 @@ def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], byt
     if request.outputs:
         document["outputs"] = [{"name": output.name} for output in request.outputs]
     return document, b"".join(raw) if raw else None
+
+
+def response_document(response: pb.ModelInferResponse) -> tuple[dict[str, Any], bytes | None]:
+    """The REST form of a gRPC infer answer: its JSON document (outputs only), and the raw tensor bytes when it
+    has any. ProtocolError as for `request_document`."""
+    raw = response.raw_output_contents
+    if raw and len(raw) != len(response.outputs):
+        raise ProtocolError(f"raw_output_contents holds {len(raw)} tensors for {len(response.outputs)} outputs")
+    outputs: list[dict[str, Any]] = []
+    for position, tensor in enumerate(response.outputs):
+        item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if raw:
+            item["parameters"] = {"binary_data_size": len(raw[position])}
+        else:
+            item["data"] = _contents_data(tensor, "output")
+        outputs.append(item)
+    return {"outputs": outputs}, b"".join(raw) if raw else None
 
 
 def infer_response(

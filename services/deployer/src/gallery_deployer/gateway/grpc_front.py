@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -26,7 +27,13 @@ from grpc import aio
 
 from gallery_common import __version__
 from gallery_common.auth import Caller
-from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH, ProtocolError
+from gallery_common.contracts.oip import (
+    INFERENCE_HEADER_LENGTH,
+    ProtocolError,
+    decode_infer_inputs,
+    decode_infer_response,
+    json_tensors,
+)
 from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, call_request_id
 from gallery_common.errors import BadRequest, GalleryError
 from gallery_common.oip_grpc import codec
@@ -227,6 +234,7 @@ class GatewayServicer:
             gateway.usage.record(model, attempt.backend.version, caller.name, rows, seconds)
             if route.policy.record_outcomes and attempt.response is not None:
                 gateway.record_answer(request_id, model, attempt.backend, caller.name, attempt.response)
+            gateway.sample(model, attempt.backend, time.perf_counter() - start, partial(grpc_tensors, request, answer))
             return answer
         if isinstance(answer, GrpcAnswer):
             await context.abort(answer.code, answer.details)
@@ -321,3 +329,21 @@ async def serve_grpc(
         settings.max_body_bytes,
     )
     return server, servicer
+
+
+def grpc_tensors(request: pb.ModelInferRequest, answer: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The inputs of a gRPC infer request and the outputs of its (serialized) answer as JSON tensors, for the
+    monitor's samples; ProtocolError when either is not OIP."""
+    document, raw = codec.request_document(request)
+    header = orjson.dumps(document)
+    inputs = decode_infer_inputs(header + (raw or b""), len(header) if raw is not None else None)
+    try:
+        response = pb.ModelInferResponse.FromString(answer)
+    except Exception as exc:  # protobuf's DecodeError
+        raise ProtocolError(f"the answer is not a ModelInferResponse: {exc}") from None
+    served, raw_out = codec.response_document(response)
+    served_header = orjson.dumps(served)
+    outputs = decode_infer_response(
+        served_header + (raw_out or b""), len(served_header) if raw_out is not None else None
+    )
+    return json_tensors(inputs), json_tensors(outputs.outputs)

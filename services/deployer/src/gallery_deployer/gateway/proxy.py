@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +24,9 @@ from starlette.responses import Response
 from gallery_common.contracts.oip import (
     INFERENCE_HEADER_LENGTH,
     ProtocolError,
+    decode_infer_inputs,
+    decode_infer_response,
+    json_tensors,
     parse_header_length,
     response_top_classes,
 )
@@ -40,6 +44,22 @@ from .routes import Backend, ModelRoute, RouteBook
 from .settings import GatewaySettings
 from .upstream import Answer, ConnectFailed, UpstreamError, UpstreamPool
 from .usage import UsageMeter, rows_and_seconds
+
+
+def rest_tensors(
+    body: bytes, header_length: str | None, answer: bytes, answer_header_length: str | None
+) -> tuple[Any, Any]:
+    """The inputs of a REST infer request and the outputs of its answer as JSON tensors, whether either came
+    in the binary tensor extension or not (a JSON body's tensors are passed on as they are)."""
+    if header_length is None:
+        inputs = orjson.loads(body).get("inputs")
+    else:
+        inputs = json_tensors(decode_infer_inputs(body, header_length))
+    if answer_header_length is None:
+        outputs = orjson.loads(answer).get("outputs")
+    else:
+        outputs = json_tensors(decode_infer_response(answer, answer_header_length).outputs)
+    return inputs, outputs
 
 
 class SampleSink(Protocol):
@@ -290,8 +310,14 @@ class Gateway:
         shadow = route.shadow
         if shadow is not None and is_json and self.rng.random() * 100 < route.policy.shadow_percent:
             self._spawn(self._mirror(model, shadow, path, body, sent, served.content))
-        if self.samples is not None and is_json and self.rng.random() < self.settings.sample_rate:
-            self._spawn(self._sample(model, attempt.backend, body, served.content, latency))
+        self.sample(
+            model,
+            attempt.backend,
+            latency,
+            partial(
+                rest_tensors, body, headers.get(_BINARY_HEADER), served.content, served.headers.get(_BINARY_HEADER)
+            ),
+        )
         return answer
 
     def record_answer(self, request_id: str, model: str, backend: Backend, caller: str, served: Answer) -> None:
@@ -441,13 +467,20 @@ class Gateway:
                 agree = "error"
         metrics.SHADOW_AGREEMENT.labels(model, shadow.id, agree).inc()
 
-    async def _sample(self, model: str, backend: Backend, body: bytes, served: bytes, latency_s: float) -> None:
-        """Offer the request's inputs and the served outputs to the monitor's drift checks."""
+    def sample(self, model: str, backend: Backend, latency_s: float, tensors: Callable[[], tuple[Any, Any]]) -> None:
+        """With the sample rate's chance, offer a served request to the monitor's drift checks: its inputs and
+        outputs as JSON tensors, read by `tensors` off the request path (nothing is sent when its bodies
+        are not OIP)."""
+        if self.samples is not None and self.rng.random() < self.settings.sample_rate:
+            self._spawn(self._sample(model, backend, latency_s, tensors))
+
+    async def _sample(
+        self, model: str, backend: Backend, latency_s: float, tensors: Callable[[], tuple[Any, Any]]
+    ) -> None:
         assert self.samples is not None
         try:
-            inputs = orjson.loads(body).get("inputs")
-            outputs = orjson.loads(served).get("outputs")
-        except (orjson.JSONDecodeError, AttributeError):
+            inputs, outputs = tensors()
+        except (orjson.JSONDecodeError, AttributeError, ProtocolError):
             return
         sample = {
             "model": model,
@@ -458,7 +491,7 @@ class Gateway:
             "latency_ms": round(latency_s * 1000, 3),
             "time": time.time(),
         }
-        self.samples.offer(model, orjson.dumps(sample))
+        self.samples.offer(model, orjson.dumps(sample, option=orjson.OPT_SERIALIZE_NUMPY))
 
     async def close(self) -> None:
         """Let mirrored requests and samples still in flight finish (bounded by the request timeout)."""
