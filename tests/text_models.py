@@ -149,6 +149,68 @@ def write_text_splits(folder: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class StoredTextModel:
+    """A text model as the trainer stores one: the ONNX file, its stored spec and its safetensors weights."""
+
+    onnx: Path
+    spec: dict[str, object]
+    weights: Path
+
+
+def stored_text_model(folder: Path, seed: int = 0, hidden: int = 32) -> StoredTextModel:
+    """A text model built the way the trainer builds one: the vectorizer (its output named `text_features`),
+    then a PyTorch MLP (standardisation, `hidden` units) trained on the vectorizer's outputs for the corpus,
+    exported, raised to the vectorizer's opset and joined behind it with `onnx.compose.merge_models`; with the
+    stored spec (a text model's `preprocessing` names the vocabulary, not the arrays) and the weights."""
+    import torch
+    from onnx import compose, version_converter
+    from safetensors.torch import save_file
+
+    from gallery_common.nn import ExportedModel, build_network, export_onnx
+    from gallery_common.nn.stored import stored_parts
+
+    texts, labels = corpus(300, seed)
+    features = _features(texts)
+    width = features.shape[1]
+    spec: dict[str, object] = {
+        "job": {"model": {"architecture": "mlp", "hidden": [hidden], "activation": "relu", "dropout": 0.0}},
+        "task": "classification",
+        "class_names": CLASS_NAMES,
+        "architecture": {"n_features": width, "n_outputs": len(CLASS_NAMES), "image_shape": None},
+        "preprocessing": {
+            "order": ["lower_case", "split_on_whitespace", "term_counts", "l2"],
+            "vocabulary_size": width,
+        },
+        "target": {"mean": 0.0, "scale": 1.0},
+    }
+    layers, transform, target, n_outputs, _ = stored_parts(spec)
+    transform.mean, transform.scale = features.mean(axis=0), features.std(axis=0) + 1e-3
+    torch.manual_seed(seed)
+    network = ExportedModel(build_network(layers, transform, n_outputs, None), target)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    for _ in range(150):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(network(x), y).backward()
+        optimizer.step()
+    network.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
+    export_onnx(network, width, folder / "network.onnx")
+    numeric = version_converter.convert_version(onnx.load(str(folder / "network.onnx")), OPSET)
+    numeric.ir_version = 10
+    nodes, constants = _vectorizer_nodes()
+    nodes.append(helper.make_node("Identity", ["normalised"], ["text_features"]))
+    vectorizer = onnx.load_from_string(_model(nodes, constants, "text_features", width))
+    merged = compose.merge_models(vectorizer, numeric, io_map=[("text_features", "features")])
+    merged.ir_version = 10
+    path = folder / "model.onnx"
+    onnx.save(merged, str(path))
+    return StoredTextModel(path, spec, weights)
+
+
 def accuracy(model: bytes, texts: np.ndarray, labels: np.ndarray) -> float:
     """The model's accuracy on `texts`, run by ONNX Runtime's CPU provider."""
     import onnxruntime as ort

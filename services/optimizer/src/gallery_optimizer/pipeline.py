@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from gallery_optimizer.policy import BASELINE, OptimizationPolicy
 from gallery_optimizer.report import OptimizationReport, VariantReport, recommend
 from gallery_optimizer.target_measure import TargetMeasurement, measure_on_target
 from gallery_optimizer.target_recommend import recommend_per_target
+
+if TYPE_CHECKING:
+    from gallery_optimizer.text_variants import TextFeatures
 
 __all__ = [
     "OptimizationError",
@@ -193,8 +196,8 @@ def _cpu_target(name: str, policy: OptimizationPolicy) -> str | None:
 def _build_torch(
     name: str, inputs: OptimizeInputs, policy: OptimizationPolicy, data: _Data, out: Path
 ) -> tuple[Path, list[str]]:
-    if data.texts:
-        return _build_text(name, inputs, policy, data, out)
+    if data.texts and name == "distilled":
+        return _distill_text(_text_features(inputs, data), policy, data, out)
     if inputs.spec is None:
         raise OptimizationError(f"{name} needs the trainer's stored spec, and this version has none")
     from gallery_common.nn import export_onnx
@@ -203,6 +206,11 @@ def _build_torch(
     notes: list[str]
     train = (data.train.x, data.train.y)
     validation = (data.validation.x, data.validation.y)
+    n_features = data.n_features
+    # a text model's network is pruned on its vectorizer's outputs, then put back behind that vectorizer
+    text = _text_features(inputs, data) if data.texts and inputs.weights is not None else None
+    if text is not None:
+        train, validation, n_features = text.train, text.validation, text.width
     if name == "distilled":
         from gallery_optimizer.distill import distill
 
@@ -239,7 +247,9 @@ def _build_torch(
             before, after = parameter_count(teacher_model), parameter_count(model)
             notes = [f"{policy.target_sparsity:.0%} of hidden units removed: {before:,} → {after:,} parameters"]
         notes.append(f"fine-tuned {policy.finetune_epochs} epoch(s)")
-    export_onnx(model, data.n_features, out)
+    export_onnx(model, n_features, out)
+    if text is not None:
+        text.attach(out)
     return out, notes
 
 
@@ -289,20 +299,27 @@ def _measure_targets(rows: list[VariantReport], targets: Targets, data: _Data, w
                 )
 
 
-def _build_text(
-    name: str, inputs: OptimizeInputs, policy: OptimizationPolicy, data: _Data, out: Path
-) -> tuple[Path, list[str]]:
-    """Distillation behind the text model's own vectorizer; pruning is not built (`text_variants`)."""
-    from gallery_optimizer.text_variants import PRUNING_SKIPPED, VariantSkipped, distill_text
+def _text_features(inputs: OptimizeInputs, data: _Data) -> TextFeatures:
+    """The text model cut at its vectorizer, with the training and validation texts vectorized by it."""
+    from gallery_optimizer.text_variants import text_features
 
-    if name != "distilled":
-        raise VariantSkipped(PRUNING_SKIPPED)
+    return text_features(
+        inputs.onnx, (data.train.x, data.train.y), (data.validation.x, data.validation.y), _runner(data)
+    )
+
+
+def _runner(data: _Data) -> Callable[[Path, np.ndarray, str], np.ndarray]:
+    return lambda path, rows, what: run_model(path, rows, what=what, limits=data.limits).outputs
+
+
+def _distill_text(features: TextFeatures, policy: OptimizationPolicy, data: _Data, out: Path) -> tuple[Path, list[str]]:
+    """The distilled student behind the text model's own vectorizer (`text_variants`)."""
+    from gallery_optimizer.text_variants import distill_text
+
     student = distill_text(
-        inputs.onnx,
-        (data.train.x, data.train.y),
-        (data.validation.x, data.validation.y),
+        features,
         out,
-        lambda path, rows, what: run_model(path, rows, what=what, limits=data.limits).outputs,
+        _runner(data),
         hidden=policy.student_hidden,
         epochs=policy.distill_epochs,
         temperature=policy.temperature,

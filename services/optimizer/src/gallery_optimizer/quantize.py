@@ -74,7 +74,7 @@ def int8_dynamic(fp32: Path, out: Path, *, reduce_range: bool = True) -> Path:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = verify_self_contained_onnx(fp32.read_bytes())
+    model = single_opsets(verify_self_contained_onnx(fp32.read_bytes()))
     _quiet_quantizer()
     quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=False, reduce_range=reduce_range)
     return out
@@ -105,7 +105,7 @@ def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0,
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = verify_self_contained_onnx(fp32.read_bytes())
+    model = single_opsets(verify_self_contained_onnx(fp32.read_bytes()))
     rows = np.random.default_rng(seed).permutation(len(calibration_x))[:CALIBRATION_ROWS]
     _quiet_quantizer()
     quantize_static(
@@ -122,6 +122,19 @@ def int8_static(fp32: Path, out: Path, calibration_x: np.ndarray, seed: int = 0,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
     return out
+
+
+def single_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with one opset import per domain: `onnx.compose.merge_models` (how a text model's vectorizer
+    and network are joined) lists a domain once per model, and ONNX Runtime's quantizer then finds no
+    ai.onnx opset ("Failed to find proper ai.onnx domain")."""
+    seen: dict[str, int] = {}
+    for opset in model.opset_import:
+        seen[opset.domain] = max(opset.version, seen.get(opset.domain, 0))
+    if len(seen) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in seen.items())
+    return model
 
 
 def _calibration_rows(x: np.ndarray) -> np.ndarray:

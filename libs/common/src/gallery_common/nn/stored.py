@@ -52,6 +52,16 @@ def _array(section: dict[str, Any], key: str, dtype: type) -> np.ndarray | None:
     return None if value is None else np.asarray(value, dtype=dtype)
 
 
+def _text_transform(preprocessing: dict[str, Any]) -> StoredTransform | None:
+    """A text model's spec records its vectorizer, not the standardisation of the vectorizer's outputs:
+    those arrays are only in the weights (`network.0.mean`, `network.0.scale`). Placeholders of the
+    vocabulary's width give the network its shape; loading the weights replaces them."""
+    if "mean" in preprocessing or "vocabulary_size" not in preprocessing:
+        return None
+    width = int(preprocessing["vocabulary_size"])
+    return StoredTransform(mean=np.zeros(width, dtype=np.float32), scale=np.ones(width, dtype=np.float32))
+
+
 def stored_parts(
     spec: dict[str, Any],
 ) -> tuple[StoredArchitecture, StoredTransform, StoredTarget, int, tuple[int, int, int] | None]:
@@ -71,7 +81,7 @@ def stored_parts(
             channels=[int(c) for c in model.get("channels", [16, 32])],
             kernel_size=int(model.get("kernel_size", 3)),
         )
-        transform = StoredTransform(
+        transform = _text_transform(preprocessing) or StoredTransform(
             mean=np.asarray(preprocessing["mean"], dtype=np.float32),
             scale=np.asarray(preprocessing["scale"], dtype=np.float32),
             selected=_array(preprocessing, "selected", np.int64),
