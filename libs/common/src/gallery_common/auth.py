@@ -8,14 +8,20 @@ without a declaration reads need `reader` and writes `writer`. `gallery_common.a
 declaration before the request body is read; the dependencies here check it again when the route
 runs. With no tokens configured every caller is admin, which is why such a service binds to
 loopback only.
+
+Besides the static tokens (`GALLERY_API_TOKENS`), a service with `GALLERY_OIDC_ISSUER` accepts that
+issuer's signed JWTs (`gallery_common.oidc`): the caller is `oidc:<sub>` with the global role its
+groups map to; the per-project roles the groups map to ride along in `Caller.projects` for projects
+to enforce.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from fastapi import Depends, Request, params
@@ -33,10 +39,15 @@ ROLE_ATTRIBUTE = "__gallery_role__"
 
 @dataclass(frozen=True)
 class Caller:
-    """Who made a request: a stable name for audit trails and the role their token grants."""
+    """Who made a request: a stable name for audit trails and the role their token grants.
+
+    `projects`: the roles an OIDC token's groups grant in single projects (`project:role` in
+    GALLERY_OIDC_GROUP_ROLES), kept for project-scoped checks; `role` is the global one enforced today.
+    """
 
     name: str
     role: Role
+    projects: Mapping[str, Role] = field(default_factory=lambda: MappingProxyType({}))
 
     def can(self, role: Role) -> bool:
         return self.role.rank >= role.rank
@@ -56,6 +67,10 @@ def identify(settings: GallerySettings, authorization: str | None) -> Caller:
         # constant-time comparison so a token cannot be guessed byte by byte from timings
         if hmac.compare_digest(known.encode(), token.encode()):
             return Caller(name=f"{role.value}-{hashlib.sha256(token.encode()).hexdigest()[:8]}", role=role)
+    verifier = settings.token_verifier()
+    if verifier is not None and verifier.looks_like_jwt(token):
+        verified = verifier.verify(token)
+        return Caller(name=verified.name, role=verifier.global_role(verified), projects=verified.projects)
     raise Unauthorized("unknown bearer token")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .oidc import TokenVerifier
 
 ENV_PREFIX = "GALLERY_"
 
@@ -84,6 +87,30 @@ class GallerySettings(BaseSettings):
     api_tokens: Annotated[dict[str, Role], NoDecode] = Field(
         default_factory=dict, description="token:role pairs, comma separated"
     )
+    oidc_issuer: str | None = Field(
+        default=None, description="OIDC issuer URL whose signed JWTs are accepted as bearer tokens (besides api_tokens)"
+    )
+    oidc_audience: str | None = Field(default=None, description="the aud a token must carry (required with an issuer)")
+    oidc_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256", "ES256"], description="signature algorithms accepted, comma separated"
+    )
+    oidc_clock_skew_s: float = Field(default=60.0, ge=0, le=600, description="leeway on exp, nbf and iat")
+    oidc_groups_claim: str = Field(default="groups", description="the claim that lists the caller's groups")
+    oidc_name_claim: str = Field(
+        default="sub", description="the claim that names a caller (oidc:<value>); preferred_username reads better"
+    )
+    oidc_group_roles: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description="group=role pairs, comma separated; a role is global (reader) or per project (team-a:writer)",
+    )
+    oidc_jwks_ttl_s: float = Field(default=300.0, gt=0, description="how long the issuer's keys are kept")
+    oidc_jwks_refresh_interval_s: float = Field(
+        default=30.0, ge=0, description="the fewest seconds between two fetches of the keys for an unknown kid"
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="this service's client at the issuer (client credentials; the Gallery's sign-in)"
+    )
+    oidc_client_secret: SecretStr | None = Field(default=None, description="secret of GALLERY_OIDC_CLIENT_ID")
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="larger request bodies get 413 before a byte of them is read"
     )
@@ -114,6 +141,8 @@ class GallerySettings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "INFO"
 
+    _token_verifier: TokenVerifier | None = PrivateAttr(default=None)
+
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _parse_tokens(cls, value: object) -> object:
@@ -126,6 +155,55 @@ class GallerySettings(BaseSettings):
                 raise ValueError(f"expected token:role, got {pair!r}")
             tokens[token] = role
         return tokens
+
+    @field_validator("oidc_algorithms", mode="before")
+    @classmethod
+    def _parse_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [a.strip() for a in value.split(",") if a.strip()]
+        if isinstance(value, list):
+            from .oidc import ASYMMETRIC_ALGORITHMS
+
+            refused = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
+            if refused:
+                raise ValueError(
+                    f"{', '.join(map(str, refused))} cannot be verified with an issuer's public keys; "
+                    f"use {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+                )
+            if not value:
+                raise ValueError("name at least one algorithm (RS256, ES256)")
+        return value
+
+    @field_validator("oidc_group_roles", mode="before")
+    @classmethod
+    def _parse_group_roles(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        grants: dict[str, list[str]] = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            group, sep, role = pair.rpartition("=")
+            if not sep or not group or not role:
+                raise ValueError(f"expected group=role or group=project:role, got {pair!r}")
+            grants.setdefault(group, []).append(role)
+        return grants
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> GallerySettings:
+        if self.oidc_group_roles:
+            from .oidc import RoleGrant  # imported only when configured: PyJWT is not in every venv
+
+            for group, roles in self.oidc_group_roles.items():
+                for role in roles:
+                    try:
+                        RoleGrant.parse(role)
+                    except ValueError as exc:
+                        raise ValueError(f"GALLERY_OIDC_GROUP_ROLES, group {group!r}: {exc}") from None
+        if self.oidc_issuer is not None:
+            if not self.oidc_issuer.startswith(("https://", "http://")):
+                raise ValueError(f"GALLERY_OIDC_ISSUER must be an http(s) URL, got {self.oidc_issuer!r}")
+            if not self.oidc_audience:
+                raise ValueError("GALLERY_OIDC_AUDIENCE is required with GALLERY_OIDC_ISSUER")
+        return self
 
     @field_validator("nats_url")
     @classmethod
@@ -160,7 +238,31 @@ class GallerySettings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.api_tokens)
+        return bool(self.api_tokens) or self.oidc_issuer is not None
+
+    def token_verifier(self) -> TokenVerifier | None:
+        """The verifier of this issuer's tokens (one per settings object, holding its key and token caches)."""
+        if self.oidc_issuer is None:
+            return None
+        if self._token_verifier is None:
+            from .oidc import GroupRoles, OidcConfig, RoleGrant, TokenVerifier
+
+            assert self.oidc_audience is not None
+            config = OidcConfig(
+                issuer=self.oidc_issuer,
+                audience=self.oidc_audience,
+                algorithms=tuple(self.oidc_algorithms),
+                clock_skew_s=self.oidc_clock_skew_s,
+                groups_claim=self.oidc_groups_claim,
+                name_claim=self.oidc_name_claim,
+                group_roles=GroupRoles(
+                    {group: tuple(RoleGrant.parse(r) for r in roles) for group, roles in self.oidc_group_roles.items()}
+                ),
+                jwks_ttl_s=self.oidc_jwks_ttl_s,
+                refresh_interval_s=self.oidc_jwks_refresh_interval_s,
+            )
+            self._token_verifier = TokenVerifier(config)
+        return self._token_verifier
 
     @property
     def bind_host(self) -> str:
@@ -195,9 +297,10 @@ def load_settings(cls: type[S] = GallerySettings, **overrides: Any) -> S:  # typ
         return cls(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
-        name = ENV_PREFIX + field.upper()
         message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a check across fields: its message names the variables
+            raise SettingsError(f"invalid settings: {message}") from None
+        name = ENV_PREFIX + str(first["loc"][0]).upper()
         raise SettingsError(f"invalid setting {name}: {message}") from None
 
 
