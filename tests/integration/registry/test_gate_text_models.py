@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 from onnx_builders import classifier_signature
-from text_models import CLASS_NAMES, accuracy, corpus, text_classifier, write_text_splits
+from text_models import CLASS_NAMES, FILLER, TOPICS, accuracy, corpus, text_classifier, write_text_splits
 
 from gallery_common.artifacts import ArtifactStore, open_store
 from gallery_common.contracts import read_split, write_split
@@ -21,8 +21,8 @@ from gallery_common.events import ArtifactRef, Signature, TensorSpec, make_event
 from gallery_common.events import ModelTrained as Trained
 from gallery_common.settings import GallerySettings
 from gallery_registry.gate import ValidationGate
-from gallery_registry.gate.importance import TEXT_MODELS
 from gallery_registry.gate.validator import GateOutcome
+from gallery_registry.gate.word_importance import occlusions
 from gallery_registry.schemas import VersionStatus
 from gallery_registry.store import open_registry
 
@@ -91,10 +91,34 @@ async def test_a_good_text_model_is_validated_on_the_text_test_split(gate: Valid
     assert report["accuracy"] > 0.85 and report["n_test"] == len(test)
     assert sorted(report["per_class_recall"]) == sorted(CLASS_NAMES)
     assert 0 < report["latency_p50_ms"] <= report["latency_p99_ms"]
-    # importance is not computed for text, and says so without rejecting the version
-    assert report["feature_importance"] == {"error": TEXT_MODELS}
     version = gate.registry.get_version("topics", outcome.version.version)
     assert version.status == VersionStatus.validated
+
+    # word importance by occlusion: the words the classifier leans on are its topics' words, not the filler
+    importance = report["feature_importance"]
+    assert (importance["method"], importance["target"], importance["rows"]) == ("word-occlusion", "predicted class", 32)
+    groups = importance["groups"]
+    figures = [g["importance"] for g in groups]
+    assert figures == sorted(figures, reverse=True) and figures[-1] > 0 and importance["values"] is None
+    topic_words = {w for words in TOPICS.values() for w in words}
+    assert {g["name"] for g in groups[:10]} <= topic_words
+    filler = [g["importance"] for g in groups if g["name"] in FILLER]
+    assert all(f < figures[9] for f in filler)  # "the", "in", "today" matter less than any of the top ten
+    # the model card ranks those words and says how they were measured
+    card = gate.artifacts.get(version.artifacts["model-card"].uri, version.artifacts["model-card"].sha256).decode()
+    assert "Mean drop of the predicted class's probability when a word is removed from a text" in card
+    assert f"| {groups[0]['name']} | " in card and "| word | mean probability drop | relative |" in card
+
+
+def test_a_word_is_occluded_whatever_its_case_and_punctuation() -> None:
+    words, texts = occlusions('Rain, rain (RAIN) and "storm"! Today: rain.')
+    assert words == ["rain", "and", "storm", "today"]
+    assert texts == [
+        'and "storm"! Today:',
+        'Rain, rain (RAIN) "storm"! Today: rain.',
+        "Rain, rain (RAIN) and Today: rain.",
+        'Rain, rain (RAIN) and "storm"! rain.',
+    ]
 
 
 async def test_a_text_model_no_better_than_chance_is_rejected_with_its_accuracy(

@@ -33,15 +33,17 @@ def importance_section(report: Mapping[str, Any] | None) -> list[str]:
     if not groups:
         return [*lines, "_The validation gate recorded no feature groups._"]
     picture = _picture(found)
-    lines += [_how(found, picture), ""]
+    words = found.get("method") == "word-occlusion"
+    lines += [_how_words(found) if words else _how(found, picture), ""]
     top = max(float(g["importance"]) for g in groups) or 1.0
     shown = groups[:TOP]
+    unit = "word" if words else "patch (rows, columns)" if picture else "feature"
     lines += table(
-        ["patch (rows, columns)" if picture else "feature", "mean |SHAP|", "relative"],
+        [unit, "mean probability drop" if words else "mean |SHAP|", "relative"],
         [(_name(g, picture), fmt(float(g["importance"])), _bar(float(g["importance"]) / top)) for g in shown],
     )
     if len(groups) > len(shown):
-        kind = "patches" if picture else "features"
+        kind = "words" if words else "patches" if picture else "features"
         lines += ["", f"{len(groups) - len(shown)} more {kind}, each less important than these."]
     if picture is not None:
         heat = _heat_map(picture, groups, top)
@@ -64,6 +66,14 @@ def _how(found: Mapping[str, Any], picture: InputLayout | None) -> str:
         f"({fmt(found.get('method'))}, {fmt(found.get('nsamples'))} coalitions per row against a "
         f"{fmt(found.get('background_rows'))}-row k-means summary of the training split; seed "
         f"{fmt(found.get('seed'))}), computed by the validation gate.{where}"
+    )
+
+
+def _how_words(found: Mapping[str, Any]) -> str:
+    return (
+        f"Mean drop of the predicted class's probability when a word is removed from a text, over "
+        f"{fmt(found.get('rows'))} texts of the test split (word occlusion; a text without the word counts as no "
+        f"drop; seed {fmt(found.get('seed'))}), computed by the validation gate."
     )
 
 

@@ -42,7 +42,6 @@ SANDBOX_PRELOAD = (__name__, "shap")
 MAX_GROUPS = 256
 # per-feature values past this many features would swell the report and the model.validated event
 MAX_FEATURE_VALUES = 4096
-TEXT_MODELS = "feature importance is not available for text models (their one input is the raw text)"
 
 
 class ImportanceFailed(Exception):
@@ -68,8 +67,10 @@ def explain_version(
     """Feature importance of `model` on a sample of `split`, with the version's explainer profile (built
     from the fetched `files` unless the version has one). Never raises for the model's or the data's sake."""
     if model.is_text:
-        # Kernel SHAP over k-means background rows has no meaning for one string per row
-        return VersionImportance({"error": TEXT_MODELS})
+        # Kernel SHAP over k-means background rows has no meaning for one string per row: words are occluded
+        from .word_importance import word_importance
+
+        return VersionImportance(word_importance(model, split.x, config, limits))
     try:
         found = version_profile(version, files, split.x.shape[1], config.seed)
     except ExplainerUnavailable as exc:
