@@ -97,7 +97,7 @@ export function explanationView(answer, { geometry = null, pixels = null, range 
   );
 }
 
-/** The model page's section: the gate's global importance (mean |SHAP| on held-out rows). */
+/** The model page's section: the gate's global importance (mean |SHAP| on held-out rows; a text model's by word occlusion). */
 export function importanceSection(version) {
   const found = version.evaluation_report?.feature_importance;
   const body = [];
@@ -121,10 +121,11 @@ export function importanceSection(version) {
           h("div", {}, h("h3", {}, "Patches that matter most"), bars),
         )
       : bars;
-    body.push(
-      chart,
-      h("p", { class: "note" }, `Mean |SHAP| per ${shape ? "patch" : "feature"} for the predicted class over ${found.rows} held-out rows (${found.method}, ${found.nsamples} samples each, background of ${found.background_rows} training centroids).`),
-    );
+    // a text model's importance is per word, by occlusion (the gate's word_importance.py), not Kernel SHAP
+    const note = found.method === "word-occlusion"
+      ? `Mean drop of the predicted class's probability when a word is removed from a text, over ${found.rows} held-out texts (word occlusion).`
+      : `Mean |SHAP| per ${shape ? "patch" : "feature"} for the predicted class over ${found.rows} held-out rows (${found.method}, ${found.nsamples} samples each, background of ${found.background_rows} training centroids).`;
+    body.push(chart, h("p", { class: "note" }, note));
   }
   return h("section", { class: "card", id: "feature-importance", dataset: { top: found?.groups?.[0]?.name ?? "" } }, h("h2", {}, "Feature importance"), body);
 }
