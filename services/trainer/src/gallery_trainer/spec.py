@@ -43,7 +43,7 @@ BUILTIN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "wordnet_topics")
 # built-in data sets of texts (the others are tables of numbers)
 BUILTIN_TEXT_DATASETS = ("wordnet_topics",)
 TEXT_SOURCES = ("text_csv", "text_folder")
-MAX_VOCABULARY = 100_000  # every word is a column of the model's first layer
+MAX_VOCABULARY = 50_000  # every word is a column of the first layer, and ~80 pool strings of the vectorizer
 MAX_TEXT_COPIES = 16
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "leaky_relu")
 # a host name or IPv4 address: no spaces (hostfile lines), commas (pdsh host lists) or user@ prefixes
