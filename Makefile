@@ -40,12 +40,13 @@ $(FLOWER_VENV)/.installed: requirements/flower.txt services/trainer/pyproject.to
 
 # The model server with ONNX Runtime's OpenVINO execution provider in its own venv: onnxruntime-openvino installs
 # the same `onnxruntime` module as onnxruntime. The deployer's local runtime runs the model servers whose policy
-# prefers OpenVINO with its python. Our packages go in without their dependencies (the deployer's would pull the
-# plain onnxruntime over the OpenVINO one); requirements/openvino.txt lists the rest.
+# prefers OpenVINO with its python. Our packages go in with their dependencies (so a new one arrives here too),
+# then the plain onnxruntime they pulled is swapped for the OpenVINO build (its files overwrite the same module).
 $(OPENVINO_VENV)/.installed: requirements/openvino.txt services/deployer/pyproject.toml libs/common/pyproject.toml
 	@test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)
-	$(OPENVINO_VENV)/bin/pip install --quiet -r requirements/openvino.txt
-	$(OPENVINO_VENV)/bin/pip install --quiet --no-deps -e libs/common -e services/deployer
+	$(OPENVINO_VENV)/bin/pip install --quiet -e libs/common -e services/deployer
+	$(OPENVINO_VENV)/bin/pip uninstall --quiet --yes onnxruntime
+	$(OPENVINO_VENV)/bin/pip install --quiet --force-reinstall --no-deps -r requirements/openvino.txt
 	$(OPENVINO_VENV)/bin/python -c "import onnxruntime, gallery_deployer.modelserver.app; \
 		assert 'OpenVINOExecutionProvider' in onnxruntime.get_available_providers()"
 	@touch $@

@@ -233,6 +233,20 @@ def test_installs_only_its_own_package_built_from_its_own_sources(image: str) ->
         assert "--no-index" in args, "the runtime stage installs only the wheels the builder made"
 
 
+def test_the_openvino_image_runs_the_onnxruntime_openvino_that_the_venv_pins() -> None:
+    # the tests run the OpenVINO model server out of .venv-openvino (requirements/openvino.txt): the image
+    # must ship the same build, or a model the tests saw load could be refused in a pod
+    (pin,) = [
+        Requirement(line)
+        for line in (ROOT / "requirements" / "openvino.txt").read_text().splitlines()
+        if line[:1].isalpha()
+    ]
+    builder, runtime = stages("modelserver-openvino")
+    version = builder.args["ONNXRUNTIME_OPENVINO_VERSION"]
+    assert (pin.name, str(pin.specifier)) == ("onnxruntime-openvino", f"=={version}")
+    assert runtime.args["ONNXRUNTIME_OPENVINO_VERSION"] == version
+
+
 def venv_pip(stage: Stage, venv: str) -> list[list[str]]:
     """The arguments of every `<venv>/bin/pip install` in the stage's RUN lines."""
     found = []
