@@ -125,3 +125,23 @@ def test_split_features_file_round_trips_as_a_text_split(tmp_path: Path) -> None
     save_split(tmp_path / "s.npz", Split(np.array(["one text", "another"]), np.array([0, 1])))
     split = read_split(tmp_path / "s.npz")
     assert split.is_text and split.x.tolist() == ["one text", "another"] and split.y.dtype == np.int64
+
+
+def test_a_text_job_workdir_holds_text_splits_and_the_ranks_features(tmp_path: Path) -> None:
+    from gallery_common.contracts import read_split
+    from gallery_trainer.engine.job import FEATURE_FILES, VECTORIZER_FILE, load_training_split
+    from gallery_trainer.pipeline import prepare_job
+    from gallery_trainer.spec import parse_spec
+
+    text_job = {"name": "t", "data": {"source": "builtin", "name": "wordnet_topics"}}
+    prepared = prepare_job(parse_spec(text_job | {"preparation": {"text": {"max_words": 500}}}), tmp_path)
+    assert prepared.job.n_features == 500 and prepared.feature_names == ["text"]
+    published = read_split(tmp_path / "train_split.npz")
+    ranks = load_training_split(tmp_path, "train")
+    assert published.is_text and ranks.x.shape == (len(published), 500) and ranks.x.dtype == np.float32
+    vectorizer = onnx.load(str(tmp_path / VECTORIZER_FILE))
+    assert np.array_equal(ranks.x, graph_features(vectorizer, published.x))
+    # a tabular job in the same workdir must not train on the text job's features
+    prepare_job(parse_spec({"name": "iris", "data": {"source": "builtin", "name": "iris"}}), tmp_path)
+    assert not any((tmp_path / name).exists() for name in (*FEATURE_FILES.values(), VECTORIZER_FILE))
+    assert load_training_split(tmp_path, "train").x.shape[1] == 4
