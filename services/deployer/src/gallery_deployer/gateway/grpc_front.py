@@ -8,15 +8,16 @@ tensors, through the REST side's client, and the answer is turned into a `ModelI
 grpcio's Python server and client on both ends a gRPC hop measured dearer than a REST one, for the
 gateway and even more for the model server. With `grpc` the bytes that came in go to a backend's gRPC
 address (`Backend.grpc`; REST where the route gives none) and its answer goes back as it came.
-Metadata and readiness go over REST (`Gateway.forward_get`). gRPC traffic is not cached, mirrored to a
-shadow or sampled for the monitor.
+Metadata and readiness go over REST (`Gateway.forward_get`). gRPC traffic is sampled for the monitor like
+REST's, but not cached or mirrored to a shadow. ModelStreamInfer (Triton's extension) forwards each request
+of a stream the same way, up to GALLERY_STREAM_IN_FLIGHT at once, and streams each answer back when ready.
 Every call needs the `inference` role, as on the REST side.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,11 +35,18 @@ from gallery_common.contracts.oip import (
     decode_infer_response,
     json_tensors,
 )
-from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, call_request_id
+from gallery_common.contracts.request_ids import (
+    REQUEST_ID_HEADER,
+    call_request_id,
+    checked_request_id,
+    new_request_id,
+)
 from gallery_common.errors import BadRequest, GalleryError
 from gallery_common.oip_grpc import codec
 from gallery_common.oip_grpc import grpc_predict_v2_pb2 as pb
 from gallery_common.oip_grpc.server import abort, authorize, start_server, status_of
+from gallery_common.oip_grpc.streams import stream_answers
+from gallery_common.telemetry import get_logger
 
 from . import metrics
 from .balance import plan_chain
@@ -47,6 +55,8 @@ from .routes import Backend
 from .settings import GatewaySettings
 from .upstream import Answer
 from .usage import rows_and_seconds
+
+log = get_logger(__name__)
 
 SERVICE = "inference.GRPCInferenceService"
 BINARY_HEADER = INFERENCE_HEADER_LENGTH.lower()
@@ -83,13 +93,36 @@ def _raw(data: bytes) -> bytes:
     return data
 
 
+def _field(number: int, value: bytes) -> bytes:
+    """A length-delimited protobuf field (a string, bytes or an embedded message) as bytes: messages are
+    put together from serialized parts without parsing them again."""
+    size = len(value)
+    varint = bytearray()
+    while size >= 0x80:
+        varint.append((size & 0x7F) | 0x80)
+        size >>= 7
+    varint.append(size)
+    return bytes([number << 3 | 2]) + bytes(varint) + value
+
+
 def _id_field(request_id: str) -> bytes:
     """`id` (field 3, a string) as protobuf bytes: appended to a serialized ModelInferRequest without one, it
     sets the request's id (the backend's answer echoes it) without parsing and serializing the message again."""
-    raw = request_id.encode("ascii")
-    size = len(raw)
-    varint = bytes([size]) if size < 0x80 else bytes([(size & 0x7F) | 0x80, size >> 7])
-    return b"\x1a" + varint + raw
+    return _field(3, request_id.encode("ascii"))
+
+
+def stream_error(reason: str) -> bytes:
+    """A serialized ModelStreamInferResponse that says why its request failed (`error_message`, field 1)."""
+    return _field(1, reason.encode("utf-8"))
+
+
+def _internal_stream_error(exc: Exception) -> bytes:
+    log.error("stream request failed", error=repr(exc))
+    return stream_error("internal error")
+
+
+def _error(exc: GalleryError) -> GrpcAnswer:
+    return GrpcAnswer(status_of(exc.status_code), exc.message)
 
 
 class BackendChannels:
@@ -149,6 +182,9 @@ class GatewayServicer:
                 "ModelInfer": grpc.unary_unary_rpc_method_handler(
                     self.model_infer, request_deserializer=_raw, response_serializer=_raw
                 ),
+                "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                    self.model_stream_infer, request_deserializer=_raw, response_serializer=_raw
+                ),
             },
         )
 
@@ -199,27 +235,65 @@ class GatewayServicer:
         return codec.metadata_response(await self._forward_get(context, request.name, request.version, ""))
 
     async def model_infer(self, data: bytes, context: aio.ServicerContext) -> bytes:
-        start = time.perf_counter()
         caller = await self._authorize(context)
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+        try:
+            given = checked_request_id(metadata[REQUEST_ID_HEADER]) if REQUEST_ID_HEADER in metadata else None
+        except GalleryError as exc:
+            await abort(context, exc)
+        answer, request_id = await self._infer(data, metadata, caller, given)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        if isinstance(answer, GrpcAnswer):
+            await context.abort(answer.code, answer.details)
+            raise AssertionError("context.abort returned")
+        return answer
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[bytes], context: aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """ModelStreamInfer: each request of the stream walks its model's route as a ModelInfer call does, up to
+        GALLERY_STREAM_IN_FLIGHT at once; each answer (or the reason a request failed) goes back as a
+        ModelStreamInferResponse when it is ready."""
+        caller = await self._authorize(context)
+        # the stream's metadata (a sticky header) holds for each request; a request id in it names none of them
+        metadata = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str) and key != REQUEST_ID_HEADER
+        }
+
+        async def one(data: bytes) -> bytes:
+            answer, _ = await self._infer(data, metadata, caller, None)
+            if isinstance(answer, GrpcAnswer):
+                return stream_error(answer.details)
+            return _field(2, answer)
+
+        async for answer in stream_answers(
+            requests, one, in_flight=self._settings.stream_in_flight, on_error=_internal_stream_error
+        ):
+            yield answer
+
+    async def _infer(
+        self, data: bytes, metadata: dict[str, str], caller: Caller, request_id: str | None
+    ) -> tuple[bytes | GrpcAnswer, str]:
+        """One ModelInfer request (serialized) forwarded: the backend's answer as bytes, or the error to give
+        the client; and the request's id (`request_id`, else the message's own, else a new one)."""
+        start = time.perf_counter()
         gateway = self._gateway
         try:
             request = pb.ModelInferRequest.FromString(data)
         except Exception as exc:  # protobuf's DecodeError: not a ModelInferRequest at all
-            await abort(context, BadRequest(f"the message is not a ModelInferRequest: {exc}"))
+            return _error(BadRequest(f"the message is not a ModelInferRequest: {exc}")), request_id or new_request_id()
+        if request_id is None:
+            request_id = call_request_id((), request.id)
         model = request.model_name
         try:
             route, serving = await gateway._route(model, request.model_version or None)
         except GalleryError as exc:
-            await abort(context, exc)
-        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-        try:
-            request_id = call_request_id(metadata.items(), request.id)
-        except GalleryError as exc:
-            await abort(context, exc)
+            return _error(exc), request_id
         if not request.id:  # the answer's `id` names the request, whichever way it is forwarded
             request.id = request_id
             data += _id_field(request_id)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         chain = plan_chain(serving, gateway._sticky_key(route, metadata, {}), gateway.rng)
         # an answer to keep for feedback is read from its REST body
         native = self._native and not route.policy.record_outcomes
@@ -235,14 +309,13 @@ class GatewayServicer:
             if route.policy.record_outcomes and attempt.response is not None:
                 gateway.record_answer(request_id, model, attempt.backend, caller.name, attempt.response)
             gateway.sample(model, attempt.backend, time.perf_counter() - start, partial(grpc_tensors, request, answer))
-            return answer
+            return answer, request_id
         if isinstance(answer, GrpcAnswer):
-            await context.abort(answer.code, answer.details)
+            return answer, request_id
         reasons = "; ".join(f"{f.backend.id}: {f.reason}" for f in failures)
         status = 502 if any(f.outcome == "server_error" for f in failures) else 503
         metrics.FAILURES.labels(model, str(status)).inc()
-        await context.abort(status_of(status), f"no backend of model {model!r} could answer: {reasons}")
-        raise AssertionError("context.abort returned")
+        return GrpcAnswer(status_of(status), f"no backend of model {model!r} could answer: {reasons}"), request_id
 
     async def _walk(
         self, model: str, chain: list[Backend], data: bytes, request: pb.ModelInferRequest, native: bool

@@ -23,6 +23,9 @@ class GatewaySettings(GallerySettings):
         description="how gRPC requests reach a backend: its REST API (measured cheaper for gateway and model "
         "server alike), or its gRPC address where the route gives one",
     )
+    stream_in_flight: int = Field(
+        default=64, ge=1, le=4096, description="ModelStreamInfer: requests of one stream forwarded at once"
+    )
     routes_file: Path | None = Field(default=None, description="default $GALLERY_HOME/gateway/routes.json")
     request_timeout_s: float = Field(default=2.0, gt=0, description="limit for one attempt at one backend")
     latency_budget_s: float = Field(default=5.0, gt=0, description="limit for all attempts of one request")

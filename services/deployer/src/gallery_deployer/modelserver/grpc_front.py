@@ -6,12 +6,15 @@ same rules as REST: probes and server metadata answer without a token, the model
 `inference` role (the `authorization` metadata: `Bearer <token>`), a message over
 GALLERY_MAX_BODY_BYTES is refused (RESOURCE_EXHAUSTED), and errors carry their reason with the gRPC
 code of their HTTP status (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE when overloaded, ...).
-ModelStreamInfer (a Triton extension) is not served.
+ModelStreamInfer (Triton's extension) takes many requests on one stream, up to GALLERY_STREAM_IN_FLIGHT at
+once (they batch together like concurrent calls), and answers each as it finishes: a request that fails
+gets its reason in `error_message` and the stream goes on.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import orjson
 from grpc import aio
@@ -23,10 +26,14 @@ from gallery_common.oip_grpc import codec
 from gallery_common.oip_grpc import grpc_predict_v2_pb2 as pb
 from gallery_common.oip_grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from gallery_common.oip_grpc.server import abort, authorize, servicer_registration, start_server
+from gallery_common.oip_grpc.streams import stream_answers
+from gallery_common.telemetry import get_logger
 
 from .dataplane import DataPlane
 from .model import ServedModel
 from .settings import ModelServerSettings
+
+log = get_logger(__name__)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -71,6 +78,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self._model_metadata
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
+        try:
+            authorize(self._settings, context)
+            request_id = call_request_id(context.invocation_metadata() or (), request.id)
+            response = await self._infer(request, request_id)
+        except GalleryError as exc:
+            await abort(context, exc)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        return response
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        try:
+            authorize(self._settings, context)
+        except GalleryError as exc:
+            await abort(context, exc)
+
+        async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            try:
+                # the stream's metadata names no single request: each has its own id, or is given one
+                response = await self._infer(request, call_request_id((), request.id))
+            except GalleryError as exc:
+                return pb.ModelStreamInferResponse(
+                    error_message=exc.message, infer_response=pb.ModelInferResponse(id=request.id)
+                )
+            return pb.ModelStreamInferResponse(infer_response=response)
+
+        async for answer in stream_answers(
+            request_iterator, one, in_flight=self._settings.stream_in_flight, on_error=_stream_error
+        ):
+            yield answer
+
+    async def _infer(self, request: pb.ModelInferRequest, request_id: str) -> pb.ModelInferResponse:
+        """One request's answer; GalleryError says why it has none."""
         started = time.perf_counter()
 
         def read(model: ServedModel) -> InferRequest:
@@ -81,19 +122,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return parse_infer_document(document, model.inputs, model.outputs, binary)
 
         plane = self._plane
-        try:
-            authorize(self._settings, context)
-            request_id = call_request_id(context.invocation_metadata() or (), request.id)
-            if not request.id:  # the answer's `id` names the request
-                request.id = request_id
-            parsed, results = await plane.infer_tensors(
-                read, name=request.model_name, version=request.model_version or None, started=started
-            )
-        except GalleryError as exc:
-            await abort(context, exc)
+        if not request.id:  # the answer's `id` names the request
+            request.id = request_id
+        parsed, results = await plane.infer_tensors(
+            read, name=request.model_name, version=request.model_version or None, started=started
+        )
         model = plane.model
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         return codec.served_response(model.name, model.version, parsed, results, model.outputs)
+
+
+def _stream_error(exc: Exception) -> pb.ModelStreamInferResponse:
+    log.error("stream request failed", error=repr(exc))
+    return pb.ModelStreamInferResponse(error_message="internal error")
 
 
 async def serve_grpc(settings: ModelServerSettings, plane: DataPlane, server_metadata: bytes) -> aio.Server:

@@ -19,6 +19,9 @@ class ModelServerSettings(GallerySettings):
     grpc_port: int = Field(
         default=0, ge=0, le=65535, description="Also serve OIP v2 over gRPC on this port; 0: no gRPC."
     )
+    stream_in_flight: int = Field(
+        default=64, ge=1, le=4096, description="ModelStreamInfer: requests of one stream answered at once."
+    )
     model_name: str = Field(default="", description="The model's registered name.")
     model_version: str = Field(default="", description="The model version served.")
     variant: str = Field(default="fp32", description="Which optimized variant of the version (fp32, int8, ...).")
