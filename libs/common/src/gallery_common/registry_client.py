@@ -32,7 +32,8 @@ class RegistryUnavailable(Unavailable):
 
 
 class RegistryClient(RegistryReader):
-    """The registry at `base_url`, called with `token` as bearer when given."""
+    """The registry at `base_url`, called with `token` as bearer when given, or with `auth` (a service's
+    own identity: `gallery_common.service_identity.service_auth`)."""
 
     def __init__(
         self,
@@ -42,11 +43,14 @@ class RegistryClient(RegistryReader):
         timeout: float = 30.0,
         retry_delays: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
         transport: httpx.BaseTransport | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.retry_delays = tuple(retry_delays)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {token}"} if token and auth is None else {}
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport, auth=auth
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -121,7 +125,8 @@ class RegistryClient(RegistryReader):
             raise InvalidRequest(f"registry refused {what}: {message}")
         if status in (401, 403):
             raise RegistryUnavailable(
-                f"registry refused this service's token ({status}: {message}); set GALLERY_REGISTRY_TOKEN"
+                f"registry refused this service's token ({status}: {message}); set GALLERY_REGISTRY_TOKEN "
+                "or the service's GALLERY_OIDC_CLIENT_ID and GALLERY_OIDC_CLIENT_SECRET"
             )
         if status >= 500:
             raise RegistryUnavailable(f"registry failed on {what} ({status}: {message})", retryable=True)

@@ -111,6 +111,9 @@ class GallerySettings(BaseSettings):
         default=None, description="this service's client at the issuer (client credentials; the Gallery's sign-in)"
     )
     oidc_client_secret: SecretStr | None = Field(default=None, description="secret of GALLERY_OIDC_CLIENT_ID")
+    oidc_client_scope: str | None = Field(
+        default=None, description="scope asked with client credentials (Entra ID: api://<app>/.default)"
+    )
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="larger request bodies get 413 before a byte of them is read"
     )

@@ -26,6 +26,7 @@ from gallery_common.leader import LeaderElection, leader_router, publish_as_lead
 from gallery_common.leader_lease import in_cluster, open_leader_lock
 from gallery_common.registry_client import RegistryClient
 from gallery_common.router import EventRouter
+from gallery_common.service_identity import service_auth
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
@@ -91,9 +92,13 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         bus = resources.bus
         await anyio.to_thread.run_sync(upgrade, resources.engine)
-        token = settings.registry_token.get_secret_value() if settings.registry_token else None
         # few retries: a reference that cannot be had now is asked for again after reference_retry_s
-        registry = RegistryClient(settings.registry_url, token, timeout=10.0, retry_delays=(0.5, 1.0))
+        registry = RegistryClient(
+            settings.registry_url,
+            auth=service_auth(settings, settings.registry_token),
+            timeout=10.0,
+            retry_delays=(0.5, 1.0),
+        )
         stack.callback(registry.close)
         text_limits = TextLimits(max_tokens=settings.text_max_tokens, top_tokens=settings.text_top_tokens)
         references = ReferenceCache(

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.bus import BusBridge
 from gallery_common.registry_client import RegistryClient
+from gallery_common.service_identity import service_auth
 from gallery_common.settings import load_settings
 from gallery_common.work_queue import OPTIMIZE_JOBS, WorkQueue
 
@@ -42,8 +43,11 @@ def create(
         assert resources.engine is not None and resources.store is not None and resources.bus is not None
         await anyio.to_thread.run_sync(upgrade, resources.engine)
         jobs = JobStore(resources.engine)
-        token = settings.registry_token.get_secret_value() if settings.registry_token else None
-        registry = RegistryClient(settings.registry_url, token, timeout=settings.registry_timeout)
+        registry = RegistryClient(
+            settings.registry_url,
+            auth=service_auth(settings, settings.registry_token),
+            timeout=settings.registry_timeout,
+        )
         stack.callback(registry.close)
         queue = WorkQueue(resources.bus, OPTIMIZE_JOBS, ack_wait=settings.job_ack_wait_s)
         await queue.ensure()

@@ -15,6 +15,7 @@ from gallery_common.leader import LeaderElection, leader_router, publish_as_lead
 from gallery_common.leader_lease import open_leader_lock
 from gallery_common.registry_client import RegistryClient
 from gallery_common.routes_kv import RoutesBucket
+from gallery_common.service_identity import service_auth
 from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 
@@ -99,8 +100,7 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         async def publish(payload: Payload, event_id: str) -> None:
             await publish_as_leader(bus, election, payload, event_id)
 
-        registry_token = settings.registry_token.get_secret_value() if settings.registry_token else None
-        registry = RegistryClient(settings.registry_url, registry_token)
+        registry = RegistryClient(settings.registry_url, auth=service_auth(settings, settings.registry_token))
         stack.callback(registry.close)
         routes = GatewayRoutes(await RoutesBucket.open(bus))
         used_runtime = runtime or make_runtime(settings)
