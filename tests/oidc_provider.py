@@ -56,6 +56,7 @@ class Client:
     redirect_uris: list[str] = field(default_factory=list)
     grant_types: list[str] = field(default_factory=lambda: ["authorization_code"])
     groups: list[str] = field(default_factory=list)  # what a client-credentials token of it carries
+    audience: str | None = None  # the aud of its access tokens when not the provider's default
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -160,7 +161,7 @@ def create_provider(config: dict[str, Any], issuer: str) -> Any:
             return {"keys": [signing_key()]}
 
         def get_audiences(self, client: Client, user: User | None, scope: str) -> str:
-            return audience
+            return client.audience or audience
 
         def get_extra_claims(self, client: Client, grant_type: str, user: User | None, scope: str) -> dict[str, Any]:
             return user_claims(user, client)

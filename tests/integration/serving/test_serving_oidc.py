@@ -1,0 +1,121 @@
+"""OIDC bearer tokens on the inference path: an application's client-credentials token through the
+gateway to a model server that knows only the gateway's own token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from oidc_provider import RunningProvider, running_provider
+from onnx import TensorProto, helper, numpy_helper
+from prometheus_client import CollectorRegistry
+from uvicorn_thread import served
+
+from gallery_deployer.gateway.app import create_app_for
+from gallery_deployer.gateway.settings import GatewaySettings
+from gallery_deployer.modelserver.app import create_app as create_model_server
+from gallery_deployer.modelserver.model import load_model
+from gallery_deployer.modelserver.settings import ModelServerSettings
+
+W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+SERVICE = {"grant_types": ["client_credentials"], "groups": ["ml-apps"]}
+CLIENTS = [
+    {"client_id": "shop-app", "client_secret": "shop-secret", **SERVICE},
+    {"client_id": "crm-app", "client_secret": "crm-secret", "audience": "crm-api", **SERVICE},
+]
+
+
+def tiny_model() -> bytes:
+    """logits = features @ W (FP32 [-1, 4] → [-1, 3])."""
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "W"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(W, "W")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def infer_body(rows: list[list[float]]) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [len(rows), 4], "data": rows}]})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[RunningProvider]:
+    with running_provider(tmp_path, users=[], clients=CLIENTS) as running:
+        yield running
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, provider: RunningProvider) -> Iterator[str]:
+    data = tiny_model()
+    path = tmp_path / "artifacts" / "tiny.onnx"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    server_settings = ModelServerSettings(
+        home=tmp_path,
+        model_name="tiny",
+        model_version="1",
+        artifact_uri=path.as_uri(),
+        artifact_sha256=hashlib.sha256(data).hexdigest(),
+        api_tokens="gateway-identity:inference",  # type: ignore[arg-type]
+        serve_nats=False,
+        intra_op_threads=1,
+    )
+    gateway_settings = GatewaySettings(
+        home=tmp_path,
+        api_tokens="atok:admin",  # type: ignore[arg-type]
+        model_server_token="gateway-identity",  # type: ignore[arg-type]
+        oidc_issuer=provider.issuer,
+        oidc_audience=provider.audience,
+        oidc_group_roles="ml-apps=inference",  # type: ignore[arg-type]
+        sample_rate=0.0,
+    )
+    model_server = create_model_server(server_settings, load_model(server_settings), CollectorRegistry())
+    with served(model_server) as server_port, served(create_app_for(gateway_settings, with_bus=False)) as port:
+        base = f"http://127.0.0.1:{port}"
+        route = {"backends": [{"id": "a", "url": f"http://127.0.0.1:{server_port}"}]}
+        assert httpx.put(f"{base}/admin/routes/tiny", json=route, headers=bearer("atok")).status_code == 200
+        yield base
+
+
+def test_an_application_infers_through_the_gateway_with_its_client_credentials_token(
+    gateway: str, provider: RunningProvider
+) -> None:
+    token = provider.client_credentials_token("shop-app", "shop-secret")
+    for _ in range(3):  # the first verifies the signature, the others come from the verified-token cache
+        answer = httpx.post(
+            f"{gateway}/v2/models/tiny/infer", content=infer_body([[1, 2, 3, 4]]), headers=bearer(token)
+        )
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(
+            answer.json()["outputs"][0]["data"], (np.array([[1, 2, 3, 4]]) @ W).ravel(), rtol=1e-6
+        )
+    routes = httpx.put(f"{gateway}/admin/routes/tiny", json={"backends": []}, headers=bearer(token))
+    assert routes.status_code == 403
+    assert routes.json() == {"error": "this request needs the admin role; your token has inference"}
+
+
+def test_the_gateway_refuses_a_token_for_another_audience_or_a_forged_one(
+    gateway: str, provider: RunningProvider
+) -> None:
+    foreign = provider.client_credentials_token("crm-app", "crm-secret")  # same issuer, meant for another API
+    answer = httpx.post(f"{gateway}/v2/models/tiny/infer", content=infer_body([[1, 2, 3, 4]]), headers=bearer(foreign))
+    assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+    assert answer.json()["error"].startswith("invalid OIDC token: wrong audience")
+    assert foreign not in answer.text
+    header, payload, _ = provider.client_credentials_token("shop-app", "shop-secret").split(".")
+    unsigned = f"{header}.{payload}.{'A' * 342}"
+    answer = httpx.post(f"{gateway}/v2/models/tiny/infer", content=infer_body([[1, 2, 3, 4]]), headers=bearer(unsigned))
+    assert answer.status_code == 401 and answer.json()["error"].startswith("invalid OIDC token: bad signature")
