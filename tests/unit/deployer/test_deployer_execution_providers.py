@@ -153,8 +153,11 @@ def test_a_spec_read_back_from_its_annotation_is_the_same_spec() -> None:
 
 def test_the_local_runtime_starts_openvino_replicas_with_the_openvino_interpreter(tmp_path: Path) -> None:
     openvino = tmp_path / "venv-openvino" / "bin" / "python"
+    openvino.parent.mkdir(parents=True)
+    openvino.touch()
     runtime = LocalRuntime(LocalOptions(log_dir=tmp_path, openvino_python=openvino))
     without = LocalRuntime(LocalOptions(log_dir=tmp_path))
+    gone = LocalRuntime(LocalOptions(log_dir=tmp_path, openvino_python=tmp_path / "removed" / "python"))
     prefers = replace(SPEC, execution_providers=("openvino", "cpu"))
     # OpenVINO's interpreter first; the deployer's own takes over when that one cannot load the model
     assert runtime._pythons(prefers, None) == [str(openvino), sys.executable]
@@ -162,6 +165,7 @@ def test_the_local_runtime_starts_openvino_replicas_with_the_openvino_interprete
     assert runtime._pythons(SPEC, None) == [sys.executable]
     assert runtime._pythons(prefers, ("local", 0)) == [sys.executable]  # a replica with a GPU: CUDA's build
     assert without._pythons(prefers, None) == [sys.executable]
+    assert gone._pythons(prefers, None) == [sys.executable]  # a venv removed since: no spawn of a missing file
 
 
 def test_the_deployer_finds_the_openvino_venv_beside_its_own(tmp_path: Path) -> None:

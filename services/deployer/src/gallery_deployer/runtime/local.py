@@ -191,8 +191,11 @@ class LocalRuntime:
         """The interpreters a replica tries in order: OpenVINO's first for a CPU replica whose policy
         prefers it (when that venv exists), then this one, whose ONNX Runtime has CUDA where it is installed."""
         openvino = self.options.openvino_python
-        if gpu is None and openvino is not None and prefers_openvino(spec.execution_providers):
-            return [str(openvino), sys.executable]
+        if gpu is None and prefers_openvino(spec.execution_providers):
+            if openvino is not None and openvino.exists():
+                return [str(openvino), sys.executable]
+            # this interpreter's server then reports OpenVINO as "not in this ONNX Runtime build"
+            log.warning("no_openvino_interpreter", deployment=spec.deployment_id, openvino_python=str(openvino))
         return [sys.executable]
 
     def release(self, replica: Replica) -> None:
