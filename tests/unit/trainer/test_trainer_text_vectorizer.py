@@ -48,17 +48,23 @@ def test_vocabulary_is_ranked_by_document_frequency_then_alphabetically() -> Non
 def test_the_graph_counts_a_word_whatever_its_case_and_punctuation() -> None:
     vectorizer = fit_vectorizer(TRAIN, VectorizerSettings(min_documents=1, idf=False))
     dog = vectorizer.vocabulary.index("dog")
-    counts = graph_features(vectorizer.to_onnx(), ['Dog, (dog) DOG. "dog" dogs', "", "zebra unicorn"])
+    texts = ['Dog, (dog) DOG. "dog" dogs', "", "zebra unicorn", "dog\ncat\r\nbird\tfood\xa0seed  and"]
+    counts = graph_features(vectorizer.to_onnx(), texts)
     # four counts of dog and nothing else in the first row (dogs is another word); no words, no features
     assert counts[0, dog] == pytest.approx(1.0) and np.count_nonzero(counts[0]) == 1
     assert not counts[1].any() and not counts[2].any()
-    assert counts.dtype == np.float32 and counts.shape == (3, vectorizer.n_features)
+    # line breaks, tabs and no-break spaces separate words too (ONNX's StringSplit alone splits on spaces)
+    assert {vectorizer.vocabulary[i] for i in np.nonzero(counts[3])[0]} == {"dog", "cat", "bird", "food", "seed", "and"}
+    assert counts.dtype == np.float32 and counts.shape == (4, vectorizer.n_features)
+    assert graph_features(vectorizer.to_onnx(), []).shape == (0, vectorizer.n_features)
 
 
 @pytest.mark.parametrize("idf", [False, True])
 def test_onnx_features_equal_the_python_count(idf: bool) -> None:
     dataset = wordnet_topics()
-    train, other = dataset.x[::3], dataset.x[1::7]
+    train = dataset.x[::3]
+    # held-out definitions, some with their words joined by line breaks and tabs as text files have them
+    other = np.array([text.replace(" ", "\n", 2).replace(" ", "\t", 1) for text in dataset.x[1::7].tolist()])
     vectorizer = fit_vectorizer(train, VectorizerSettings(max_words=800, min_documents=2, idf=idf))
     expected = python_features(vectorizer.vocabulary, vectorizer.idf, other.tolist())
     actual = vectorizer.features(other)

@@ -2,7 +2,7 @@
 
 The graph takes `text` (tensor(string) [N], one raw text per row) and gives `text_features` FP32 [N, V]:
 
-    StringNormalizer (lower case) -> StringSplit (on whitespace) -> TfIdfVectorizer (term counts)
+    StringNormalizer (lower case) -> StringSplit (on spaces, then line breaks, tabs...) -> TfIdfVectorizer (term counts)
     -> times the idf weights (optional) -> divided by the row's L2 norm
 
 ONNX Runtime's CPU provider runs every one of these, so a served text model needs no custom operators.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ LOCALE = "C.UTF-8"
 PREFIXES = ("(", '"', "'", "[")
 SUFFIXES = ("),", ").", ");", '",', '".', ",", ".", ";", ":", ")", "!", "?", '"', "'", "]")
 NORM_FLOOR = 1e-12
+# what separates words: the space first (StringSplit's default), then line breaks, tabs and the no-break space
+SEPARATORS = (" ", "\n", "\r", "\t", "\xa0")
+_SEPARATOR_PATTERN = "[" + "".join(SEPARATORS) + "]"
 
 
 def token_core(token: str) -> str:
@@ -56,8 +60,24 @@ def token_core(token: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """A text's words as the graph sees them: lower case, split on whitespace, decorations removed."""
-    return [token_core(token) for token in text.lower().split()]
+    """A text's words as the graph sees them: lower case, split on `SEPARATORS`, decorations removed."""
+    return [token_core(token) for token in re.split(_SEPARATOR_PATTERN, text.lower()) if token]
+
+
+def _split_nodes(text: str, tokens: str) -> list[onnx.NodeProto]:
+    """Nodes that split [N] texts into [N, T] tokens on every separator, padded with "" (which counts for
+    nothing): StringSplit without a delimiter splits on spaces only (runs of them as one), so each other
+    separator splits the tokens again, and the extra axis is folded back into the tokens' axis."""
+    nodes = [helper.make_node("StringSplit", [text], ["split_0", "split_0_counts"])]
+    current = "split_0"
+    for i, separator in enumerate(SEPARATORS[1:], start=1):
+        nodes += [
+            helper.make_node("StringSplit", [current], [f"split_{i}_3d", f"split_{i}_counts"], delimiter=separator),
+            helper.make_node("Reshape", [f"split_{i}_3d", "token_shape"], [f"split_{i}"]),
+        ]
+        current = f"split_{i}"
+    nodes.append(helper.make_node("Identity", [current], [tokens]))
+    return nodes
 
 
 def decorated_forms(word: str) -> list[str]:
@@ -101,7 +121,7 @@ class TextVectorizer:
         counts = "term_counts"
         nodes = [
             helper.make_node("StringNormalizer", [TEXT_INPUT], ["lowered"], case_change_action="LOWER", locale=LOCALE),
-            helper.make_node("StringSplit", ["lowered"], ["tokens", "token_counts"]),
+            *_split_nodes("lowered", "tokens"),
             helper.make_node(
                 "TfIdfVectorizer",
                 ["tokens"],
@@ -116,6 +136,7 @@ class TextVectorizer:
             ),
         ]
         initializers = [
+            numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "token_shape"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "norm_axes"),
             numpy_helper.from_array(np.array(NORM_FLOOR, dtype=np.float32), "norm_floor"),
         ]
@@ -165,7 +186,7 @@ def graph_features(vectorizer: onnx.ModelProto, texts: Sequence[str] | np.ndarra
     session = ort.InferenceSession(vectorizer.SerializeToString(), options, providers=["CPUExecutionProvider"])
     width = session.get_outputs()[0].shape[1]
     rows = np.asarray(texts, dtype=str).reshape(-1)
-    out = np.zeros((len(rows), width), dtype=np.float32)
+    out = np.zeros((len(rows), width), dtype=np.float32)  # no rows: nothing to run (StringNormalizer refuses them)
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         out[start : start + len(chunk)] = session.run([FEATURES_OUTPUT], {TEXT_INPUT: chunk})[0]
