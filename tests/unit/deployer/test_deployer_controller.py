@@ -15,6 +15,8 @@ from gallery_deployer.deployer.controller import Controller
 from gallery_deployer.deployer.migrations import upgrade
 from gallery_deployer.deployer.records import DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
+from gallery_deployer.experiments.controller import ExperimentPlan, Experiments
+from gallery_deployer.experiments.records import ExperimentStore
 from gallery_deployer.gateway.routes import ModelRoute
 from gallery_deployer.runtime.base import DeploymentStatus, RuntimeState, ServerSpec
 
@@ -325,3 +327,31 @@ async def test_a_degraded_version_that_no_longer_serves_is_left_alone(controller
     assert await controller.roll_back_degraded("m", 7, "drift: psi 0.4") is None  # never served
     assert await controller.roll_back_degraded("m", 1, "slo: p99 250 ms") is None  # nothing to fall back to
     assert weights(controller) == {"m-v1-0": 100.0}
+
+
+async def test_a_version_validated_during_an_experiment_is_held_until_it_ends(controller: Controller) -> None:
+    """A new canary would replace one of the experiment's arms: the version waits (the newest one, with the
+    variant the optimizer chose for it meanwhile) and is rolled out when the experiment ends."""
+    await controller.deploy_validated("m", 1, artifact(1))
+    await controller.deploy_validated("m", 2, artifact(2))
+    experiments = Experiments(controller, ExperimentStore(controller.store.engine), controller.publish)
+    started = await experiments.start(ExperimentPlan("m", [1, 2], [50.0, 50.0], "accuracy", mde=0.05))
+    arms = weights(controller)
+
+    held = await controller.deploy_validated("m", 3, artifact(3))
+    assert held is not None and held.stage == Stage.held
+    assert weights(controller) == arms and "m-v3" not in controller.runtime.specs  # type: ignore[attr-defined]
+    int8 = ArtifactRef(uri="file:///models/m/3/model-int8.onnx", sha256="b" * 64)
+    await controller.roll_variant("m", 3, "int8_dynamic", int8, "recommended")
+    newer = await controller.deploy_validated("m", 4, artifact(4))
+    assert newer is not None and newer.stage == Stage.held
+    assert controller.store.get("m-v3").stage == Stage.rolled_back  # type: ignore[union-attr]
+    await controller.roll_variant("m", 4, "int8_dynamic", int8, "recommended")
+
+    await experiments.stop(started.id, "enough")
+
+    released = controller.store.get("m-v4")
+    assert released is not None and (released.stage, released.variant) == (Stage.canary, "int8_dynamic")
+    assert controller.runtime.specs["m-v4"].artifact_sha256 == "b" * 64  # type: ignore[attr-defined]
+    assert weights(controller) == {"m-v1-0": 90.0, "m-v4-0": 10.0}  # v2, the old canary, superseded
+    assert controller.store.get("m-v2").stage == Stage.rolled_back  # type: ignore[union-attr]

@@ -97,6 +97,8 @@ class Controller:
         self._locks: dict[str, asyncio.Lock] = {}
         # what changes a model's route beyond its records (a running experiment's split), applied last
         self.route_overlay: Callable[[str, ModelRoute], ModelRoute] | None = None
+        # models whose newly validated versions wait (a running experiment's arms must not change under it)
+        self.holds_validated: Callable[[str], bool] = lambda model: False
         self._baselines: dict[str, tuple[Scrape, Scrape]] = {}  # canary id → (canary's, production's) at start
         token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
         self._http = httpx.AsyncClient(timeout=30.0, headers={"Authorization": f"Bearer {token}"} if token else None)
@@ -256,7 +258,9 @@ class Controller:
     ) -> DeploymentRecord | None:
         """Roll out a version the validation gate passed: its model's first goes straight to production, a
         newer one becomes the canary (superseding the canary there is). Returns None, changing nothing, for
-        a version taken out of service before (only a person brings it back) or not newer than what serves."""
+        a version taken out of service before (only a person brings it back) or not newer than what serves.
+        While the model runs an experiment the version is held (stage `held`, nothing started) and rolled out
+        when the experiment ends (`release_held`): a new canary would replace one of the experiment's arms."""
         earlier = await self._db(self.store.get, deployment_id(model, version, ""))
         if earlier is not None and earlier.stage == Stage.rolled_back:
             log.info("validated_version_was_rolled_back", model=model, version=version, reason=earlier.reason)
@@ -265,12 +269,90 @@ class Controller:
         if any(r.version >= version for r in serving):
             log.info("validated_version_not_newer", model=model, version=version)
             return None
+        if self.holds_validated(model):
+            return await self._hold(model, version, artifact, validation_split, explainer)
+        return await self._roll_out(model, version, artifact, validation_split, explainer, "fp32", "model.validated")
+
+    async def _roll_out(
+        self,
+        model: str,
+        version: int,
+        artifact: ArtifactRef,
+        validation_split: ArtifactRef | None,
+        explainer: ArtifactRef | None,
+        variant: str,
+        reason: str,
+    ) -> DeploymentRecord:
+        serving = await self._db(self.store.for_model, model, SERVING)
         current = next((r for r in serving if r.stage == Stage.canary), None)
         if current is not None:
             await self.rollback(model, f"superseded by version {version}", version=current.version)
         return await self.deploy(
-            model, version, artifact, validation_split=validation_split, explainer=explainer, reason="model.validated"
+            model,
+            version,
+            artifact,
+            validation_split=validation_split,
+            explainer=explainer,
+            variant=variant,
+            reason=reason,
         )
+
+    async def _hold(
+        self,
+        model: str,
+        version: int,
+        artifact: ArtifactRef,
+        validation_split: ArtifactRef | None,
+        explainer: ArtifactRef | None,
+    ) -> DeploymentRecord:
+        """Keep a validated version for later: the newest held version of a model is the one rolled out."""
+        async with self.lock(model):
+            for older in await self._db(self.store.for_model, model, [Stage.held]):
+                if older.version < version:
+                    older.stage, older.reason = Stage.rolled_back, f"superseded by version {version} while held"
+                    await self._db(self.store.save, older)
+            record = DeploymentRecord(
+                id=deployment_id(model, version, ""),
+                model=model,
+                version=version,
+                artifact_uri=artifact.uri,
+                artifact_sha256=artifact.sha256,
+                validation_split=validation_split.model_dump(mode="json") if validation_split else None,
+                explainer=explainer.model_dump(mode="json") if explainer else None,
+                stage=Stage.held,
+                state=Stage.held.value,
+                reason=f"validated while an experiment on {model} runs: rolled out when it ends",
+            )
+            record = await self._db(self.store.save, record)
+        log.info("validated_version_held", model=model, version=version)
+        return record
+
+    async def release_held(self, model: str) -> DeploymentRecord | None:
+        """Roll out the newest version held while the model's experiment ran (with the variant the optimizer
+        chose for it meanwhile), as its model.validated would have; None when none is held."""
+        held = await self._db(self.store.for_model, model, [Stage.held])
+        if not held:
+            return None
+        newest = held[0]
+        serving = await self._db(self.store.for_model, model, SERVING)
+        if any(r.version >= newest.version for r in serving):
+            newest.stage, newest.reason = Stage.retired, "a version as new or newer serves already"
+            await self._db(self.store.save, newest)
+            return None
+        log.info("held_version_released", model=model, version=newest.version)
+        return await self._roll_out(
+            model,
+            newest.version,
+            ArtifactRef(uri=newest.artifact_uri, sha256=newest.artifact_sha256),
+            ArtifactRef.model_validate(newest.validation_split) if newest.validation_split else None,
+            ArtifactRef.model_validate(newest.explainer) if newest.explainer else None,
+            newest.variant,
+            f"model.validated, held until the experiment on {model} ended",
+        )
+
+    async def held_models(self) -> list[str]:
+        """Models with a version held for an experiment's end."""
+        return sorted({r.model for r in await self._db(self.store.all, [Stage.held])})
 
     async def roll_back_degraded(self, model: str, version: int, reason: str) -> DeploymentRecord | None:
         """Take a version that broke an SLO or drifted out of service; None when it no longer serves (rolled
@@ -317,6 +399,10 @@ class Controller:
         variant) goes on the deployment's record."""
         async with self.lock(model):
             record = await self._db(self.store.get, deployment_id(model, version, ""))
+            if record is not None and record.stage == Stage.held:
+                # rolled out with this variant when the experiment that holds it ends
+                record.variant, record.artifact_uri, record.artifact_sha256 = variant, artifact.uri, artifact.sha256
+                return await self._db(self.store.save, record)  # type: ignore[no-any-return]
             if record is None or record.stage not in SERVING:
                 log.info("optimized_version_not_serving", model=model, version=version)
                 return None

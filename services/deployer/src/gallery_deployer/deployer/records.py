@@ -24,6 +24,7 @@ class Stage(StrEnum):
     retired = "retired"  # stopped after a promotion moved past it; can be brought back by a rollback
     rolled_back = "rolled_back"  # taken out of service by a failed canary or a degradation
     failed = "failed"  # never became ready
+    held = "held"  # validated while the model's experiment ran: rolled out when the experiment ends
 
 
 SERVING = (Stage.production, Stage.canary, Stage.previous)

@@ -165,6 +165,19 @@ class Experiments:
         self._scrapes: dict[str, dict[int, Scrape]] = {}  # experiment id → version → its servers' last read
         self._windows: dict[str, dict[int, ServingCounts]] = {}  # p99: each arm's requests since the start
         controller.route_overlay = self.route_of
+        controller.holds_validated = self.is_running
+
+    def is_running(self, model: str) -> bool:
+        """The model runs an experiment: a newly validated version of it waits until the experiment ends."""
+        return model in self._running
+
+    async def _release(self, model: str) -> None:
+        """Roll out the version validated while the experiment ran; a failure is logged (the version stays
+        held, and the next leader's restore tries again)."""
+        try:
+            await self.controller.release_held(model)
+        except Exception as exc:
+            log.error("held_version_not_released", model=model, reason=repr(exc))
 
     def lock(self, experiment_id: str) -> asyncio.Lock:
         return self._locks.setdefault(experiment_id, asyncio.Lock())
@@ -206,6 +219,10 @@ class Experiments:
             if record.metric in FROM_SERVERS:
                 self._scrapes[record.id] = await self._read_servers(record)
                 self._windows[record.id] = {v: ServingCounts() for v in record.versions}
+        # a leader that ended an experiment and died before rolling out what it held
+        for model in await self.controller.held_models():
+            if model not in self._running:
+                await self._release(model)
 
     async def start(self, plan: ExperimentPlan) -> ExperimentRecord:
         """Run `plan` on the versions' deployments: 404 for a version that does not serve, 409 when the model
@@ -268,6 +285,7 @@ class Experiments:
             record = await self._end(record)
         await self._route(record.model)
         log.info("experiment_stopped", experiment=record.id, model=record.model, reason=reason)
+        await self._release(record.model)
         return record
 
     async def _end(self, record: ExperimentRecord) -> ExperimentRecord:
@@ -382,6 +400,7 @@ class Experiments:
         await self.publish(payload, f"experiment_concluded:{record.id}")
         await self._end(record)
         log.info("experiment_concluded", experiment=record.id, model=record.model, winner=winner, reason=reason)
+        await self._release(record.model)
 
     # -- the tick: servers' figures and the bandit ---------------------------------------------------
 
