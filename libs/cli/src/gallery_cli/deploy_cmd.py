@@ -18,7 +18,8 @@ def deployments_table(rows: list[dict[str, Any]]) -> Table:
     for column in ("model", "version", "variant", "stage", "traffic", "replicas", "state", "note"):
         table.add_column(column, justify="right" if column in ("version", "traffic") else "left")
     for row in rows:
-        note = row.get("fallback") or (row.get("reason") if row["stage"] in ("failed", "rolled_back", "held") else "") or ""
+        explained = row["stage"] in ("failed", "rolled_back", "held")
+        note = row.get("fallback") or (row.get("reason") if explained else "") or ""
         table.add_row(
             row["model"],
             str(row["version"]),
