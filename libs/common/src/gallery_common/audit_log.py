@@ -116,8 +116,11 @@ class AuditLog:
         settings: AuditSettings | None = None,
         *,
         protect: bool = True,
+        deadline: float = 5.0,
     ) -> None:
+        """`deadline`: seconds an append waits for an unreachable NATS before it fails (Unavailable)."""
         self.bus = bus
+        self.deadline = deadline
         self.settings = settings or AuditSettings()
         self.protect = protect
         self._last_anchor: dict[str, float] = {}
@@ -149,7 +152,7 @@ class AuditLog:
                 if wanted != current:
                     await self.bus.js.update_stream(wanted)
 
-            await self.bus.with_retry(ensure, what=f"ensure stream {config.name}")
+            await self.bus.with_retry(ensure, what=f"ensure stream {config.name}", deadline=self.deadline)
         self._ready = True
 
     async def _last(self, project: str) -> StoredRecord | None:
@@ -169,7 +172,9 @@ class AuditLog:
             await self.ensure_streams()
         subject = audit_subject(change.project)
         for attempt in range(_MAX_ATTEMPTS):
-            last = await self.bus.with_retry(lambda: self._last(change.project), what="read the audit chain")
+            last = await self.bus.with_retry(
+                lambda: self._last(change.project), what="read the audit chain", deadline=self.deadline
+            )
             if last is not None and last.document.get("dedupe_key") == change.dedupe_key:
                 log.info("audit change already recorded", dedupe_key=change.dedupe_key)
                 return None
@@ -182,7 +187,7 @@ class AuditLog:
             }
             data = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
             try:
-                ack = await self.bus.publish_raw(subject, data, headers)
+                ack = await self.bus.publish_raw(subject, data, headers, deadline=self.deadline)
             except js_errors.APIError as exc:
                 if exc.err_code != _WRONG_LAST_SEQUENCE:
                     raise
@@ -215,7 +220,7 @@ class AuditLog:
         anchor = Anchor(project, index, hash_, datetime.now(UTC).isoformat())
         data = json.dumps(anchor.document(), separators=(",", ":")).encode()
         ack = await self.bus.publish_raw(
-            anchor_subject(project), data, {MSG_ID_HEADER: f"anchor:{project}:{index}:{hash_}"}
+            anchor_subject(project), data, {MSG_ID_HEADER: f"anchor:{project}:{index}:{hash_}"}, deadline=self.deadline
         )
         return replace(anchor, seq=ack.seq)
 

@@ -171,6 +171,22 @@ def _follow_routes() -> tuple[str, ...]:
     )
 
 
+def _audit(*, write: bool) -> tuple[str, ...]:
+    """Keep the audit streams and read them (direct gets); with `write`, append records and anchors.
+
+    Nobody gets `$JS.API.STREAM.MSG.DELETE`, `.PURGE` or `.DELETE` on them: with the streams'
+    deny_delete and deny_purge, a record once written stays for the retention period.
+    """
+    from .audit_log import ANCHOR_PREFIX, ANCHOR_STREAM, AUDIT_PREFIX, AUDIT_STREAM
+
+    read = (
+        *_stream_upkeep(AUDIT_STREAM, ANCHOR_STREAM),
+        f"$JS.API.STREAM.MSG.GET.{AUDIT_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{ANCHOR_STREAM}",
+    )
+    return (*read, f"{AUDIT_PREFIX}>", f"{ANCHOR_PREFIX}>") if write else read
+
+
 def _take_jobs(queue: QueueNames) -> tuple[str, ...]:
     """Keep a work queue's stream, put jobs on it and take them with its shared durable consumer."""
     return (*_stream_upkeep(queue.stream), queue.subjects, *_durable(queue.stream, queue.durable))
@@ -232,6 +248,12 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
     for name in services:
         if name not in found:
             found[name] = _service(name, durables=[name])
+    # every control-plane service records its changes in the audit trail; the CLI reads and verifies it
+    for role in ("trainer", "registry", "optimizer", "deployer", "monitor"):
+        recorder = found[role]
+        found[role] = Principal(role, (*recorder.publish, *_audit(write=True)), recorder.subscribe)
+    cli = found["cli"]
+    found["cli"] = Principal("cli", (*cli.publish, *_audit(write=False)), cli.subscribe)
     return found
 
 
