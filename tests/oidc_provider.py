@@ -250,13 +250,11 @@ def create_provider(config: dict[str, Any], issuer: str) -> Any:
         return jsonify(kid=signing_key()["kid"])
 
     def login_form(error: str = "") -> str:
-        hidden = "".join(
-            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in request.args.items()
-        )
+        # the authorization request stays in the query string; the form adds only the credentials
         return (
             "<!doctype html><title>Sign in</title><h1>Test identity provider</h1>"
             f'<p id="error">{escape(error)}</p>'
-            f'<form method="post" action="/authorize?{escape(request.query_string.decode())}">{hidden}'
+            f'<form method="post" action="/authorize?{escape(request.query_string.decode())}">'
             '<label>User <input id="username" name="username"></label>'
             '<label>Password <input id="password" name="password" type="password"></label>'
             '<button id="sign-in" type="submit">Sign in</button></form>'

@@ -206,10 +206,12 @@ def gallery_stack(
     tokens: str = TOKENS,
     down: tuple[str, ...] = (),
     artifact_root: str | None = None,
+    gallery_port: int | None = None,
     **settings: Any,
 ) -> Iterator[Stack]:
     """Stand-ins for the registry, trainer, deployer and monitor (each also answering `/echo`), an
-    address where nothing listens for each name in `down`, and the gallery in front of them."""
+    address where nothing listens for each name in `down`, and the gallery in front of them (on
+    `gallery_port` when given: an identity provider must know its callback beforehand)."""
     routers = {
         "registry": [registry_router(scene)],
         "trainer": [trainer_router(scene)],
@@ -234,7 +236,7 @@ def gallery_stack(
             **{f"{name}_url": url for name, url in urls.items()},
             **settings,
         )
-        port = stack.enter_context(served(create_gallery(config), ready_path="/readyz"))
+        port = stack.enter_context(served(create_gallery(config), gallery_port, ready_path="/readyz"))
         yield Stack(gallery=f"http://127.0.0.1:{port}", services=urls)
 
 

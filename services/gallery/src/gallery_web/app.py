@@ -16,6 +16,7 @@ from gallery_common.settings import load_settings
 from . import pages, routes
 from .examples import ExampleReader
 from .settings import GalleryWebSettings
+from .sign_in import SessionBearer, SessionStore, sign_in_router
 from .upstream import Upstreams
 
 
@@ -29,7 +30,8 @@ def create(settings: GalleryWebSettings | None = None) -> FastAPI:
         reader = ExampleReader(resources.store, max_split_bytes=settings.max_split_bytes)
         return routes.Gallery(settings=settings, upstreams=Upstreams(settings, client), examples=reader)
 
-    return create_app(
+    sessions = SessionStore()
+    app = create_app(
         settings,
         title="Model Gallery",
         description=(
@@ -38,8 +40,12 @@ def create(settings: GalleryWebSettings | None = None) -> FastAPI:
             "/api/gallery/... joins what several say."
         ),
         # the aggregations before the proxy: `/api/gallery/...` is the gallery's own
-        routers=[routes.aggregations, routes.proxy, pages.router],
+        routers=[routes.aggregations, routes.proxy, sign_in_router(settings, sessions), pages.router],
         use_bus=False,
         use_store=True,
         startup=startup,
     )
+    if settings.sign_in_enabled:
+        # outermost: the session's token is in the headers before the access checks read them
+        app.add_middleware(SessionBearer, sessions=sessions)
+    return app

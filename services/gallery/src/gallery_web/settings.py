@@ -36,11 +36,25 @@ class GalleryWebSettings(GallerySettings):
         default=512 * 1024**2, ge=1, description="A service's answer larger than this is cut off (downloads included)."
     )
     max_examples: int = Field(default=64, ge=1, le=1000, description="Most held-out examples one request may ask for.")
+    public_url: str | None = Field(
+        default=None,
+        description="The Gallery's address as browsers see it (behind a proxy), for the sign-in's redirect URI.",
+    )
 
     @field_validator("registry_url", "trainer_url", "optimizer_url", "deployer_url", "monitor_url", "gateway_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @property
+    def sign_in_enabled(self) -> bool:
+        """Single sign-on: GALLERY_OIDC_ISSUER and this Gallery's GALLERY_OIDC_CLIENT_ID are set."""
+        return self.oidc_issuer is not None and self.oidc_client_id is not None
 
     @property
     def service_urls(self) -> dict[str, str]:

@@ -5,6 +5,7 @@
 // back button goes back; /monitoring, /api and /static are ordinary page loads.
 
 import { ApiError, setToken, token } from "./api.js";
+import { loadSession, session, signIn, signOut } from "./sign-in.js";
 import { empty, h, put } from "./dom.js";
 
 const ROUTES = [
@@ -73,6 +74,16 @@ function setNav(nav) {
 
 function showTokenState() {
   const has = Boolean(token());
+  const { sso, signed_in: signedIn, name } = session();
+  $("sign-in").hidden = !sso || signedIn || has;
+  $("sign-out").hidden = !sso || !signedIn;
+  if (sso && signedIn && !has) {
+    $("token-state").textContent = `signed in as ${name}`;
+    $("token-state").className = "status ok";
+    $("token-forget").hidden = true;
+    $("token-set").textContent = "use a token";
+    return;
+  }
   $("token-state").textContent = has ? "token in use" : "no token";
   $("token-state").className = `status ${has ? "ok" : ""}`.trim();
   $("token-forget").hidden = !has;
@@ -187,7 +198,13 @@ document.addEventListener("click", onClick);
 window.addEventListener("popstate", () => render(false));
 window.addEventListener("gallery:unauthorized", (event) => {
   const message = event.detail?.message || "a token is needed";
-  askForToken(`The Gallery needs a token with the reader role (${message}).`, () => render(false));
+  const ask = () => askForToken(`The Gallery needs a token with the reader role (${message}).`, () => render(false));
+  if (!session().sso || token()) {
+    ask();
+    return;
+  }
+  // signed out, or the session ended with its token: the identity provider's login, back to this page after it
+  loadSession().then((current) => (current.signed_in ? ask() : signIn()));
 });
 $("auth").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -211,5 +228,10 @@ $("token-forget").addEventListener("click", () => {
   render(false);
 });
 
-showTokenState();
-render(false);
+$("sign-in").addEventListener("click", signIn);
+$("sign-out").addEventListener("click", signOut);
+
+loadSession().then(() => {
+  showTokenState();
+  render(false);
+});
