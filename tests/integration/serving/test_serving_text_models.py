@@ -103,6 +103,16 @@ def test_a_number_where_a_text_belongs_is_a_clear_400(server: GrpcServer) -> Non
     assert answer.status_code == 400 and "BYTES" in answer.json()["error"]
 
 
+def test_an_explain_request_for_a_text_model_says_what_is_available_instead(server: GrpcServer) -> None:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["rain and storm"]}]}
+    answer = httpx.post(f"{server.server.url}/v2/models/{MODEL}/explain", json=body, headers=AUTH)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == (
+        f"model {MODEL!r} takes texts: per-request explanations are not available for text models; the validation "
+        "gate's word importance is in the version's evaluation report"
+    )
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["backend-over-grpc", "backend-over-rest"])
 def test_the_gateway_serves_texts_over_rest_and_grpc(
     server: GrpcServer, texts: Texts, tmp_path_factory: pytest.TempPathFactory, native: bool

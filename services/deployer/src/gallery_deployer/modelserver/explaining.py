@@ -133,6 +133,12 @@ class Explanations:
         try:
             self._plane.check_model(name, version)
             model = self._plane.model
+            if model.inputs and model.inputs[0].datatype == "BYTES":
+                # attributions per feature have no meaning for one raw text per row; the gate ranks words instead
+                raise NoExplainer(
+                    f"model {model.name!r} takes texts: per-request explanations are not available for text "
+                    "models; the validation gate's word importance is in the version's evaluation report"
+                )
             if not self._settings.explainer_uri:
                 raise NoExplainer(
                     f"model {model.name!r} version {model.version!r} has no explainer data (it was validated "
