@@ -121,6 +121,23 @@ def test_a_word_is_occluded_whatever_its_case_and_punctuation() -> None:
     ]
 
 
+async def test_a_text_challenger_worse_than_the_text_champion_is_rejected(gate: ValidationGate, tmp_path: Path) -> None:
+    splits = write_text_splits(tmp_path)
+    champion = await judged(gate, put_version(gate.artifacts, text_classifier().onnx, splits["test"]), TEXT_SIGNATURE)
+    gate.registry.set_alias("topics", "production", champion.version.version, actor="test")
+    weaker = text_classifier(rows=20).onnx  # fitted on 20 texts: passes the policy's 0.7, loses to the champion
+    outcome = await judged(gate, put_version(gate.artifacts, weaker, splits["test"]), TEXT_SIGNATURE)
+
+    entry = outcome.report["champion"]
+    assert entry["version"] == champion.version.version
+    assert entry["value"] == pytest.approx(champion.report["accuracy"])  # the champion run on the same texts
+    assert 0.7 < outcome.report["accuracy"] < entry["value"] - 0.1
+    assert outcome.reasons == [
+        f"accuracy {outcome.report['accuracy']:.4g} is worse than the champion (production, version 1) at "
+        f"{entry['value']:.4g} on the same test split, beyond the tolerance 0.01"
+    ]
+
+
 async def test_a_text_model_no_better_than_chance_is_rejected_with_its_accuracy(
     gate: ValidationGate, tmp_path: Path
 ) -> None:
