@@ -12,12 +12,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query, Response, status
 from pydantic import BaseModel
 
+from gallery_common.audit import AuditAction
 from gallery_common.auth import requires
 from gallery_common.deps import CallerDep
 from gallery_common.errors import BadRequest, Forbidden, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import Role
 
+from .audit_api import AuditRecorderDep
 from .deps import ModelCardsDep, RegistrySettingsDep, RegistryStoreDep, check_alias_permission
 from .model_card import optimizer_changed
 from .paging import decode_page_token
@@ -125,9 +127,17 @@ def update_model(name: str, data: ModelUpdate, store: RegistryStoreDep) -> Model
 
 
 @router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a model", dependencies=ADMIN)
-def delete_model(name: str, store: RegistryStoreDep) -> Response:
+def delete_model(name: str, store: RegistryStoreDep, audit: AuditRecorderDep, reason: Reason = None) -> Response:
     """Delete a model with every version, artifact record, alias and its policy."""
+    before = store.get_model(name)
     store.delete_model(name)
+    audit.record(
+        AuditAction.deletion,
+        name,
+        model=name,
+        before={"latest_version": before.latest_version, "aliases": before.aliases},
+        reason=reason,
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -138,9 +148,22 @@ def get_validation_policy(name: str, store: RegistryStoreDep) -> ValidationPolic
 
 
 @router.put("/models/{name}/validation-policy", summary="Set a model's validation policy", dependencies=ADMIN)
-def set_validation_policy(name: str, data: ValidationPolicyUpdate, store: RegistryStoreDep) -> ValidationPolicy:
+def set_validation_policy(
+    name: str, data: ValidationPolicyUpdate, store: RegistryStoreDep, audit: AuditRecorderDep, reason: Reason = None
+) -> ValidationPolicy:
     """Admin only: the policy is the bar the gate holds every new version to."""
-    return store.set_validation_policy(name, data)
+    before = store.get_validation_policy(name)
+    policy = store.set_validation_policy(name, data)
+    keep = set(ValidationPolicyUpdate.model_fields)
+    audit.record(
+        AuditAction.policy_change,
+        f"{name}/validation-policy",
+        model=name,
+        before=before.model_dump(mode="json", include=keep) if before.updated_at is not None else None,
+        after=policy.model_dump(mode="json", include=keep),
+        reason=reason,
+    )
+    return policy
 
 
 @router.post(
@@ -150,7 +173,7 @@ def set_validation_policy(name: str, data: ValidationPolicyUpdate, store: Regist
     response_model=VersionPublic,
     responses={200: {"description": "the event was registered before; its version, unchanged"}},
 )
-def register_version(name: str, data: VersionCreate, store: RegistryStoreDep) -> Response:
+def register_version(name: str, data: VersionCreate, store: RegistryStoreDep, audit: AuditRecorderDep) -> Response:
     """Register the next version with its artifacts. The SemVer is the next minor (same signature)
     or major (new signature) unless given; an explicit one must be greater than the latest.
 
@@ -163,7 +186,16 @@ def register_version(name: str, data: VersionCreate, store: RegistryStoreDep) ->
         raise InvalidRequest(
             "source_event_id: set only by the validation gate from a model.trained event; leave it out"
         )
-    return _json(store.register_version(name, data), status.HTTP_201_CREATED)
+    registered = store.register_version(name, data)
+    audit.record(
+        AuditAction.registration,
+        f"{name}/{registered.version}",
+        model=name,
+        version=registered.version,
+        after={"version": registered.version, "semver": registered.semver, "status": registered.status},
+        reason=data.description,
+    )
+    return _json(registered, status.HTTP_201_CREATED)
 
 
 @router.get("/models/{name}/versions", summary="List a model's versions")
@@ -196,7 +228,13 @@ def get_version(name: str, version: int, store: RegistryStoreDep) -> Response:
 
 @router.patch("/models/{name}/versions/{version}", summary="Update a version")
 def update_version(
-    name: str, version: int, data: VersionUpdate, store: RegistryStoreDep, caller: CallerDep
+    name: str,
+    version: int,
+    data: VersionUpdate,
+    store: RegistryStoreDep,
+    caller: CallerDep,
+    audit: AuditRecorderDep,
+    reason: Reason = None,
 ) -> VersionPublic:
     """Change status (pending → validating → validated | rejected → archived), description or tags.
 
@@ -205,7 +243,19 @@ def update_version(
     """
     if data.status is not None and not caller.can(Role.admin):
         raise Forbidden(f"changing a version's status needs the admin role; your token has {caller.role.value}")
-    return store.update_version(name, version, data)
+    before = store.get_version(name, version).status if data.status is not None else None
+    updated = store.update_version(name, version, data)
+    if data.status is not None and before != updated.status:
+        audit.record(
+            AuditAction.status_change,
+            f"{name}/{version}",
+            model=name,
+            version=version,
+            before={"status": before},
+            after={"status": updated.status},
+            reason=reason,
+        )
+    return updated
 
 
 @router.delete(
@@ -214,9 +264,20 @@ def update_version(
     summary="Delete a version",
     dependencies=ADMIN,
 )
-def delete_version(name: str, version: int, store: RegistryStoreDep, caller: CallerDep) -> Response:
+def delete_version(
+    name: str, version: int, store: RegistryStoreDep, caller: CallerDep, audit: AuditRecorderDep, reason: Reason = None
+) -> Response:
     """Delete a version; aliases pointing at it are removed (and the removal recorded)."""
+    before = store.get_version(name, version)
     store.delete_version(name, version, actor=caller.name)
+    audit.record(
+        AuditAction.deletion,
+        f"{name}/{version}",
+        model=name,
+        version=version,
+        before={"status": before.status, "semver": before.semver, "aliases": before.aliases},
+        reason=reason,
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -276,10 +337,25 @@ def set_alias(
     store: RegistryStoreDep,
     settings: RegistrySettingsDep,
     caller: CallerDep,
+    audit: AuditRecorderDep,
 ) -> AliasPublic:
-    """Move (or create) an alias; protected aliases need the admin role. Recorded in the history."""
+    """Move (or create) an alias; protected aliases need the admin role. Recorded in the history and
+    the audit trail."""
     check_alias_permission(settings, caller, alias)
-    return store.set_alias(name, alias, data.version, actor=caller.name, reason=data.reason)
+    before = store.get_model(name).aliases.get(alias)
+    moved = store.set_alias(name, alias, data.version, actor=caller.name, reason=data.reason)
+    if before != moved.version:
+        audit.record(
+            AuditAction.alias_move,
+            f"{name}@{alias}",
+            model=name,
+            version=moved.version,
+            alias=alias,
+            before={"version": before},
+            after={"version": moved.version},
+            reason=data.reason,
+        )
+    return moved
 
 
 @router.delete("/models/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete an alias")
@@ -289,10 +365,22 @@ def delete_alias(
     store: RegistryStoreDep,
     settings: RegistrySettingsDep,
     caller: CallerDep,
+    audit: AuditRecorderDep,
     reason: Reason = None,
 ) -> Response:
     check_alias_permission(settings, caller, alias)
+    before = store.get_alias(name, alias).version
     store.delete_alias(name, alias, actor=caller.name, reason=reason)
+    audit.record(
+        AuditAction.alias_move,
+        f"{name}@{alias}",
+        model=name,
+        version=before,
+        alias=alias,
+        before={"version": before},
+        after={"version": None},
+        reason=reason,
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 
 import anyio
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.audit_log import AuditLog, AuditSettings
+from gallery_common.audit_trail import AuditTrail, outbox_path
 from gallery_common.settings import load_settings
 
-from . import api, catalogue_api, mlflow_api
+from . import api, audit_api, catalogue_api, mlflow_api
 from .deps import RegistryCore
 from .gate import routes as gate_routes
 from .gate.consumer import gate_events
@@ -42,16 +45,25 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
         )
         gate = ValidationGate(store, resources.store, resources.bus, importance=importance)
         # the gate consumes model.trained when there is a bus; its REST route works either way
+        audit: AuditTrail | None = None
         if resources.bus is not None:
             for events in (gate_events(gate), degraded_events(store)):
                 await stack.enter_async_context(events.consumer(resources.bus))
-        return RegistryCore(store, gate)
+            audit = AuditTrail(
+                AuditLog(resources.bus, AuditSettings()),
+                outbox_path(settings.home.resolve(), settings.service_name),
+                service=settings.service_name,
+                loop=asyncio.get_running_loop(),
+            )
+            audit.start()  # appends what an earlier run left in the outbox, then whatever waits there
+            stack.push_async_callback(audit.stop)
+        return RegistryCore(store, gate, audit)
 
     return create_app(
         settings,
         title="Model Gallery registry",
         description=DESCRIPTION,
-        routers=[api.router, catalogue_api.router, gate_routes.router, mlflow_api.router],
+        routers=[api.router, audit_api.router, catalogue_api.router, gate_routes.router, mlflow_api.router],
         use_bus=with_bus,
         use_store=True,
         use_database=True,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from gallery_common.audit_trail import AuditTrail
 from gallery_common.auth import Caller
 from gallery_common.deps import get_resources
 from gallery_common.errors import Forbidden
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RegistryCore:
-    """What the registry app's startup builds: the store of models and versions, and the validation gate."""
+    """What the registry app's startup builds: the store of models and versions, the validation gate,
+    and the audit trail it records its changes in (None without a bus)."""
 
     store: RegistryStore
     gate: ValidationGate
+    audit: AuditTrail | None = None
 
     @property
     def cards(self) -> ModelCards:
