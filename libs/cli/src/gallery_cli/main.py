@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import (
+    audit_cmd,
     deploy_cmd,
     events_cmd,
     experiment_cmd,
@@ -51,6 +52,7 @@ app.command()(explain_cmd.explain)
 app.command()(feedback_cmd.feedback)
 app.command()(usage_cmd.usage)
 app.add_typer(site_cmd.app, name="site")
+app.add_typer(audit_cmd.app, name="audit")
 
 
 def _version() -> str:
