@@ -251,3 +251,13 @@ def test_settings_refuse_unsafe_algorithms_and_a_missing_audience() -> None:
         load_settings(GallerySettings, oidc_issuer=ISSUER)
     with pytest.raises(SettingsError, match=r"group 'ops'.*unknown role 'boss'"):
         load_settings(GallerySettings, oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_group_roles="ops=boss")
+
+
+def test_prefetch_fetches_the_keys_before_the_first_token(issuer: FakeIssuer) -> None:
+    check = verifier(issuer)
+    check.prefetch()
+    assert check.keys._background is not None
+    check.keys._background.join(timeout=10)
+    assert len(issuer.fetches) == 2
+    assert check.verify(issuer.token()).role is Role.reader
+    assert len(issuer.fetches) == 2  # the first token found the keys there

@@ -247,6 +247,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.service_name, settings.log_level)
         configure_tracing(settings.service_name, settings.otlp_endpoint)
+        verifier = settings.token_verifier()
+        if verifier is not None:
+            verifier.prefetch()  # the issuer's keys before the first token, without holding up the start
         resources: ServiceResources = app.state.resources
         async with AsyncExitStack() as stack:
             stack.callback(log.info, "service stopped")

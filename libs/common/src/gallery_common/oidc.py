@@ -167,13 +167,16 @@ class IssuerKeys:
                 if self._last_forced is not None and now - self._last_forced < self.config.refresh_interval_s:
                     return
                 self._last_forced = now
+            elif self._fetched_at is not None and now - self._fetched_at <= self.config.jwks_ttl_s:
+                return  # fetched while this caller waited for the lock (the start-up prefetch)
             try:
                 self._load()
             except (httpx.HTTPError, ValueError) as exc:
                 if not self._keys:
                     raise Unauthorized(f"cannot fetch the issuer's signing keys: {exc}") from None
 
-    def _refresh_in_background(self) -> None:
+    def refresh_in_background(self) -> None:
+        """Fetch the keys in a thread (a no-op while one is under way); the current keys keep answering."""
         if self._background is not None and self._background.is_alive():
             return
         self._background = threading.Thread(target=self._quiet_refresh, name="oidc-jwks-refresh", daemon=True)
@@ -189,7 +192,7 @@ class IssuerKeys:
         if self._fetched_at is None:
             self._refresh(forced=False)
         elif self._clock() - self._fetched_at > self.config.jwks_ttl_s:
-            self._refresh_in_background()
+            self.refresh_in_background()
         found = self._keys.get(kid)
         if found is None:
             self._refresh(forced=True)
@@ -233,6 +236,10 @@ class TokenVerifier:
         self.keys = IssuerKeys(config, fetch_json or http_fetch_json(config.http_timeout_s))
         self._clock = clock
         self._verified: dict[bytes, VerifiedToken] = {}
+
+    def prefetch(self) -> None:
+        """Fetch the issuer's keys in the background, so the first token does not wait for them."""
+        self.keys.refresh_in_background()
 
     @staticmethod
     def looks_like_jwt(token: str) -> bool:
