@@ -15,9 +15,10 @@ import anyio
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, Field
 
+from gallery_common.audit import AuditAction
 from gallery_common.auth import requires
 from gallery_common.contracts.registry import VersionStatus
-from gallery_common.deps import get_resources
+from gallery_common.deps import CallerDep, get_resources
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ArtifactRef
 from gallery_common.leader import require_leader
@@ -25,6 +26,7 @@ from gallery_common.settings import Role
 
 from ..gateway.routes import check_model_name
 from ..runtime.base import DeploymentStatus
+from .audit import DeployerAudit, acting_as
 from .controller import Controller
 from .policy import DeploymentPolicy
 from .records import SERVING, DeploymentRecord, Stage
@@ -40,6 +42,15 @@ async def get_controller(request: Request) -> Controller:
 
 
 ControllerDep = Annotated[Controller, Depends(get_controller)]
+
+
+async def get_audit(request: Request) -> DeployerAudit | None:
+    """The deployer's audit recorder; None in an app built without one (route tests), which records nothing."""
+    found = getattr(request.app.state, "audit", None)
+    return found if isinstance(found, DeployerAudit) else None
+
+
+AuditDep = Annotated[DeployerAudit | None, Depends(get_audit)]
 
 
 class ReplicaView(BaseModel):
@@ -135,7 +146,7 @@ class DeployRequest(BaseModel):
     summary="Deploy a registered version (a canary beside production)",
     dependencies=ADMIN_LEADER,
 )
-async def deploy(data: DeployRequest, controller: ControllerDep) -> DeploymentView:
+async def deploy(data: DeployRequest, controller: ControllerDep, caller: CallerDep) -> DeploymentView:
     """Only a version the validation gate passed (status `validated`) is deployed; anything else is 409."""
     if controller.registry is None:
         raise Unavailable("the deployer has no registry configured (GALLERY_REGISTRY_URL)")
@@ -149,15 +160,16 @@ async def deploy(data: DeployRequest, controller: ControllerDep) -> DeploymentVi
     onnx = version.artifact("onnx")
     if onnx is None:
         raise InvalidRequest(f"{data.model}:{data.version} has no onnx artifact in the registry")
-    record = await controller.deploy(
-        data.model,
-        data.version,
-        onnx,
-        validation_split=version.artifact("validation_split"),
-        explainer=version.artifact("explainer"),
-        canary_percent=data.canary_percent,
-        reason="deployed by hand",
-    )
+    with acting_as(caller.name, "deployed by hand", AuditAction.deployment):
+        record = await controller.deploy(
+            data.model,
+            data.version,
+            onnx,
+            validation_split=version.artifact("validation_split"),
+            explainer=version.artifact("explainer"),
+            canary_percent=data.canary_percent,
+            reason="deployed by hand",
+        )
     return (await _views(controller, [record]))[0]
 
 
@@ -172,9 +184,11 @@ class Reason(BaseModel):
     dependencies=ADMIN_LEADER,
 )
 async def promote(
-    model: str, controller: ControllerDep, data: Annotated[Reason | None, Body()] = None
+    model: str, controller: ControllerDep, caller: CallerDep, data: Annotated[Reason | None, Body()] = None
 ) -> DeploymentView:
-    record = await controller.promote(model, (data or Reason()).reason)
+    reason = (data or Reason()).reason
+    with acting_as(caller.name, reason, AuditAction.promotion):
+        record = await controller.promote(model, reason)
     return (await _views(controller, [record]))[0]
 
 
@@ -184,10 +198,11 @@ async def promote(
     dependencies=ADMIN_LEADER,
 )
 async def rollback(
-    model: str, controller: ControllerDep, data: Annotated[Reason | None, Body()] = None
+    model: str, controller: ControllerDep, caller: CallerDep, data: Annotated[Reason | None, Body()] = None
 ) -> DeploymentView:
     data = data or Reason()
-    record = await controller.rollback(model, data.reason, version=data.version)
+    with acting_as(caller.name, data.reason, AuditAction.rollback):
+        record = await controller.rollback(model, data.reason, version=data.version)
     return (await _views(controller, [record]))[0]
 
 
@@ -196,9 +211,22 @@ class Weights(BaseModel):
 
 
 @router.put("/deployments/{model}/weights", summary="Set the canary's share of traffic", dependencies=ADMIN_LEADER)
-async def set_weights(model: str, data: Weights, controller: ControllerDep) -> list[DeploymentView]:
+async def set_weights(
+    model: str, data: Weights, controller: ControllerDep, caller: CallerDep, audit: AuditDep
+) -> list[DeploymentView]:
+    before = await anyio.to_thread.run_sync(controller.store.for_model, model, [Stage.canary])
     await controller.set_canary_weight(model, data.canary_percent)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
+    if audit is None:
+        return await _views(controller, records)
+    with acting_as(caller.name):
+        await audit.record(
+            AuditAction.route_change,
+            f"{model}/route",
+            model=model,
+            before={"canary_percent": before[0].traffic_percent if before else None},
+            after={"canary_percent": data.canary_percent},
+        )
     return await _views(controller, records)
 
 
@@ -245,8 +273,21 @@ async def get_policy(model: str, controller: ControllerDep) -> DeploymentPolicy:
 
 
 @router.put("/policies/{model}", summary="Set how a model's next versions are deployed", dependencies=ADMIN)
-async def put_policy(model: str, policy: DeploymentPolicy, controller: ControllerDep) -> DeploymentPolicy:
+async def put_policy(
+    model: str, policy: DeploymentPolicy, controller: ControllerDep, caller: CallerDep, audit: AuditDep
+) -> DeploymentPolicy:
     """Applies to versions deployed from now on: canary share, replicas, resources, GPU, batching."""
     check_model_name(model)
+    before = await anyio.to_thread.run_sync(controller.policies.get, model) if audit is not None else None
     await anyio.to_thread.run_sync(controller.policies.put, model, policy)
+    if audit is None or before is None:
+        return policy.resolved(controller.settings)
+    with acting_as(caller.name):
+        await audit.record(
+            AuditAction.policy_change,
+            f"{model}/deployment-policy",
+            model=model,
+            before=before.model_dump(mode="json", exclude_none=True),
+            after=policy.model_dump(mode="json", exclude_none=True),
+        )
     return policy.resolved(controller.settings)

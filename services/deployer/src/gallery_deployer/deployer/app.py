@@ -10,6 +10,8 @@ import anyio
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.audit_log import AuditLog, AuditSettings
+from gallery_common.audit_trail import AuditTrail, outbox_path
 from gallery_common.events import Payload
 from gallery_common.leader import LeaderElection, leader_router, publish_as_leader
 from gallery_common.leader_lease import open_leader_lock
@@ -29,6 +31,7 @@ from ..usage.consumer import usage_events
 from ..usage.migrations import upgrade as upgrade_usage
 from ..usage.records import UsageStore
 from . import api, routes_api
+from .audit import DeployerAudit
 from .consumer import rollout_events
 from .controller import Controller
 from .migrations import upgrade
@@ -97,8 +100,21 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         usage_consumer.start()
         stack.push_async_callback(usage_consumer.stop)
 
+        trail = AuditTrail(
+            AuditLog(bus, AuditSettings()),
+            outbox_path(settings.home.resolve(), settings.service_name),
+            service=settings.service_name,
+            loop=asyncio.get_running_loop(),
+        )
+        trail.start()  # appends what an earlier run left in the outbox
+        stack.push_async_callback(trail.stop)
+        audit = DeployerAudit(trail, DeploymentStore(resources.engine))
+        app.state.audit = audit
+
         async def publish(payload: Payload, event_id: str) -> None:
             await publish_as_leader(bus, election, payload, event_id)
+            # every change of what serves is announced by an event: recorded once, under its id
+            await audit.published(payload, event_id)
 
         registry = RegistryClient(settings.registry_url, auth=service_auth(settings, settings.registry_token))
         stack.callback(registry.close)

@@ -1,0 +1,152 @@
+"""The deployer's changes in the audit trail on a real nats-server: promotions by a person through the
+REST API (who, why), the deployer's own deployments, rollbacks and experiment decisions
+(`service:deployer`, the reason on record), each recorded once however often its event is published."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import SQLModel, create_engine
+
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.audit import AuditRecord
+from gallery_common.audit_log import AuditLog
+from gallery_common.audit_trail import AuditTrail
+from gallery_common.bus import EventBus
+from gallery_common.events import ModelDeployed, ModelExperimentConcluded, ModelRolledBack, Payload
+from gallery_common.nats_server import EmbeddedNats
+from gallery_deployer.deployer import api
+from gallery_deployer.deployer.audit import DeployerAudit
+from gallery_deployer.deployer.policy import DeploymentPolicy, PolicyStore
+from gallery_deployer.deployer.records import DeploymentRecord, DeploymentStore, Stage
+from gallery_deployer.deployer.settings import DeployerSettings
+
+ADMIN = "admin-tok"
+
+
+def _record(version: int, stage: Stage, reason: str | None = None, traffic: float = 0.0) -> DeploymentRecord:
+    return DeploymentRecord(
+        id=f"iris-{version}", model="iris", version=version, artifact_uri=f"file:///iris-{version}.onnx",
+        artifact_sha256="c" * 64, stage=stage, reason=reason, traffic_percent=traffic,
+    )  # fmt: skip
+
+
+def _deployed(version: int, stage: str = "production") -> ModelDeployed:
+    traffic = 100.0 if stage == "production" else 10.0
+    return ModelDeployed(
+        model="iris", version=version, deployment_id=f"iris-{version}", stage=stage, traffic_percent=traffic
+    )  # type: ignore[arg-type]
+
+
+def _store(tmp_path: Path) -> DeploymentStore:
+    engine = create_engine(f"sqlite:///{tmp_path / 'deployer.db'}")
+    SQLModel.metadata.create_all(engine)
+    return DeploymentStore(engine)
+
+
+async def _records(url: str) -> list[AuditRecord]:
+    async with EventBus(url, "auditor") as bus:
+        audit = AuditLog(bus)
+        assert (await audit.verify("default")).ok
+        return await audit.records("default")
+
+
+async def test_the_deployers_own_changes_are_recorded_once(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.save(_record(1, Stage.previous))
+    store.save(_record(2, Stage.production, reason="canary passed: error rate 0.1 % vs 0.2 %", traffic=100))
+    async with EventBus(nats_server.url, "deployer") as bus:
+        audit = DeployerAudit(AuditTrail(AuditLog(bus), tmp_path / "outbox.jsonl", service="deployer"), store)
+        await audit.published(_deployed(2), "deployed:iris:2:fp32:production")
+        await audit.published(_deployed(2), "deployed:iris:2:fp32:production")  # the trigger redelivered
+        rolled = ModelRolledBack(model="iris", version=2, to_version=1, reason="p99 420 ms above the SLO of 250 ms")
+        await audit.published(rolled, "rolled_back:iris:2")
+        decided = ModelExperimentConcluded(
+            model="iris", experiment_id="exp-1", outcome="winner", winner=3, control=1, versions=[1, 3],
+            metric="accuracy", effect=0.04, interval=(0.01, 0.07), p_value=0.003, samples={"1": 900, "3": 910},
+            traffic_moved=True, reason="v3 more accurate by 4 points (p=0.003)",
+        )  # fmt: skip
+        await audit.published(decided, "experiment_concluded:exp-1")
+        await audit.published(decided, "experiment_concluded:exp-1")
+    promoted, rollback, decision = await _records(nats_server.url)
+    assert (promoted.action, promoted.actor, promoted.target) == ("promotion", "service:deployer", "iris/2")
+    assert promoted.before == {"production": 1} and promoted.after["traffic_percent"] == 100.0
+    assert promoted.reason == "canary passed: error rate 0.1 % vs 0.2 %"
+    assert (rollback.action, rollback.before, rollback.after) == ("rollback", {"production": 2}, {"production": 1})
+    assert rollback.reason == "p99 420 ms above the SLO of 250 ms"
+    assert (decision.action, decision.version, decision.after["winner"]) == ("experiment_decision", 3, 3)
+
+
+class Controller:
+    """The REST API's view of the controller: a promotion publishes model.deployed, as the real one does."""
+
+    def __init__(self, settings: DeployerSettings, store: DeploymentStore, policies: PolicyStore) -> None:
+        self.settings, self.store, self.policies = settings, store, policies
+        self.publish: Any = None
+        self.runtime = self
+
+    async def status(self, deployment_id: str) -> None:
+        return None
+
+    async def promote(self, model: str, reason: str) -> DeploymentRecord:
+        self.store.save(_record(1, Stage.previous))
+        record = self.store.save(_record(2, Stage.production, reason=reason, traffic=100))
+        await self.publish(_deployed(2), "deployed:iris:2:fp32:production")
+        return record
+
+    async def set_canary_weight(self, model: str, percent: float) -> None:
+        canary = self.store.get("iris-3") or _record(3, Stage.canary)
+        canary.traffic_percent = percent
+        self.store.save(canary)
+
+
+@pytest.fixture
+def deployer(nats_server: EmbeddedNats, tmp_path: Path) -> Iterator[tuple[TestClient, Controller]]:
+    settings = DeployerSettings(home=tmp_path, nats_url=nats_server.url, api_tokens=f"{ADMIN}:admin")  # type: ignore[arg-type]
+    store = _store(tmp_path)
+    store.save(_record(3, Stage.canary, traffic=10))
+    controller = Controller(settings, store, PolicyStore(store.engine))
+
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Controller:
+        assert resources.bus is not None
+        trail = AuditTrail(AuditLog(resources.bus), tmp_path / "outbox.jsonl", service="deployer")
+        audit = DeployerAudit(trail, store)
+
+        async def publish(payload: Payload, event_id: str) -> None:
+            await resources.bus.publish(payload, event_id=event_id)  # type: ignore[union-attr]
+            await audit.published(payload, event_id)
+
+        controller.publish = publish
+        app.state.audit = audit
+        return controller
+
+    app = create_app(settings, title="deployer", routers=[api.router], startup=startup)
+    app.dependency_overrides[api.get_controller] = lambda: controller
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        yield client, controller
+
+
+def test_a_promotion_by_a_person_is_theirs_with_their_reason(
+    deployer: tuple[TestClient, Controller], nats_server: EmbeddedNats
+) -> None:
+    client, _ = deployer
+    why = {"reason": "v2 won the A/B test on conversion"}
+    assert client.post("/api/v1/deployments/iris/promote", json=why).status_code == 200
+    assert client.put("/api/v1/deployments/iris/weights", json={"canary_percent": 25}).status_code == 200
+    assert client.put("/api/v1/policies/iris", json={"replicas": 3}).status_code == 200
+    promoted, weights, policy = asyncio.run(_records(nats_server.url))
+    assert promoted.action == "promotion" and promoted.actor.startswith("admin-")
+    assert promoted.reason == "v2 won the A/B test on conversion" and promoted.before == {"production": 1}
+    assert (weights.action, weights.before, weights.after) == (
+        "route_change",
+        {"canary_percent": 10.0},
+        {"canary_percent": 25.0},
+    )
+    assert policy.action == "policy_change" and policy.after["replicas"] == 3 and policy.actor == promoted.actor
+    assert DeploymentPolicy.model_validate(policy.after).replicas == 3
