@@ -47,5 +47,5 @@ def create(settings: GalleryWebSettings | None = None) -> FastAPI:
     )
     if settings.sign_in_enabled:
         # outermost: the session's token is in the headers before the access checks read them
-        app.add_middleware(SessionBearer, sessions=sessions)
+        app.add_middleware(SessionBearer, sessions=sessions, public_url=settings.public_url)
     return app

@@ -118,26 +118,29 @@ def _cookie(scope: Scope, name: str) -> str | None:
     return None
 
 
-def _same_origin(scope: Scope) -> bool:
+def _same_origin(scope: Scope, public_host: str | None) -> bool:
+    """Whether the request's Origin is this Gallery: the Host it was sent to, or GALLERY_PUBLIC_URL's."""
     headers = dict(scope["headers"])
     origin, host = headers.get(b"origin"), headers.get(b"host")
-    if origin is None or host is None:
+    if origin is None:
         return False
-    return urlsplit(origin.decode("latin-1")).netloc == host.decode("latin-1")
+    sender = urlsplit(origin.decode("latin-1")).netloc
+    return sender == public_host or (host is not None and sender == host.decode("latin-1"))
 
 
 class SessionBearer:
     """Give a request from a signed-in browser the session's bearer token (see the module's docstring)."""
 
-    def __init__(self, app: ASGIApp, sessions: SessionStore) -> None:
+    def __init__(self, app: ASGIApp, sessions: SessionStore, public_url: str | None = None) -> None:
         self.app = app
         self.sessions = sessions
+        self.public_host = urlsplit(public_url).netloc if public_url else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not any(k == b"authorization" for k, _ in scope["headers"]):
             session_id = _cookie(scope, SESSION_COOKIE)
             session = self.sessions.get(session_id) if session_id else None
-            if session is not None and (scope["method"] in SAFE_METHODS or _same_origin(scope)):
+            if session is not None and (scope["method"] in SAFE_METHODS or _same_origin(scope, self.public_host)):
                 scope = dict(scope)
                 scope["headers"] = [*scope["headers"], (b"authorization", f"Bearer {session.access_token}".encode())]
         await self.app(scope, receive, send)
