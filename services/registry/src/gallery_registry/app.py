@@ -47,8 +47,6 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
         # the gate consumes model.trained when there is a bus; its REST route works either way
         audit: AuditTrail | None = None
         if resources.bus is not None:
-            for events in (gate_events(gate), degraded_events(store)):
-                await stack.enter_async_context(events.consumer(resources.bus))
             audit = AuditTrail(
                 AuditLog(resources.bus, AuditSettings()),
                 outbox_path(settings.home.resolve(), settings.service_name),
@@ -57,6 +55,9 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
             )
             audit.start()  # appends what an earlier run left in the outbox, then whatever waits there
             stack.push_async_callback(audit.stop)
+            gate.audit = audit
+            for events in (gate_events(gate), degraded_events(store)):
+                await stack.enter_async_context(events.consumer(resources.bus))
         return RegistryCore(store, gate, audit)
 
     return create_app(

@@ -18,6 +18,8 @@ import anyio
 from pydantic import ValidationError
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_common.audit import AuditAction, AuditChange
+from gallery_common.audit_trail import AuditTrail
 from gallery_common.bus import EventBus
 from gallery_common.db import DATABASE_UNAVAILABLE
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
@@ -132,6 +134,8 @@ class ValidationGate:
         self.importance = importance or ImportanceConfig()
         self.cards = ModelCards(registry, artifacts)
         self._in_flight: set[tuple[str, int]] = set()
+        # where the gate records the versions it registers and decides (None: nowhere, an app without NATS)
+        self.audit: AuditTrail | None = None
 
     async def on_trained(self, event: CloudEvent[ModelTrained]) -> GateOutcome | None:
         """Handle one `model.trained` event; safe to run again on the same event.
@@ -144,6 +148,11 @@ class ValidationGate:
         trained = event.data
         register = partial(self.registry.register_version, create_model=True)
         version = await _blocking(register, trained.model, registration_for(event))
+        if version.status == VersionStatus.pending:  # registered now (or by an attempt that stopped before judging)
+            after = {"version": version.version, "semver": version.semver, "status": version.status.value}
+            await self._audit(
+                AuditAction.registration, version, None, after, f"trained: {event.id}", f"{event.id}:registered"
+            )
         outcome_id = f"{event.id}:outcome"
         if version.status in FINAL:
             log.info("event already handled, outcome re-published", model=version.name, version=version.version)
@@ -153,6 +162,7 @@ class ValidationGate:
             log.info("version archived before validation; nothing to do", model=version.name, version=version.version)
             return None
         outcome = await self.validate(version, extra_reasons=_unknown_roles(trained))
+        await self._audit_verdict(version, outcome, outcome_id)
         await self._publish(outcome.event_payload(), outcome_id)
         return outcome
 
@@ -165,6 +175,7 @@ class ValidationGate:
         if current.status == VersionStatus.archived:
             raise Conflict(f"version {version} of model {name!r} is archived; archived versions are not validated")
         outcome = await self.validate(current)
+        await self._audit_verdict(current, outcome, None)
         if MARK in current.tags:
             await _blocking(self.registry.merge_version_tags, name, version, CLEARED)
         await self._publish(outcome.event_payload(), None)
@@ -221,6 +232,36 @@ class ValidationGate:
             status,
             evaluation_report=verdict.report,
             rejection_reasons=verdict.reasons,
+        )
+
+    async def _audit(
+        self, action: AuditAction, version: VersionPublic, before: Any, after: Any, reason: str, key: str | None
+    ) -> None:
+        if self.audit is None:
+            return
+        change = AuditChange(
+            actor=self.audit.service_actor,
+            action=action,
+            target=f"{version.name}/{version.version}",
+            model=version.name,
+            version=version.version,
+            before=before,
+            after=after,
+            reason=reason,
+            **({"dedupe_key": key} if key else {}),
+        )
+        await self.audit.record(change)
+
+    async def _audit_verdict(self, before: VersionPublic, outcome: GateOutcome, key: str | None) -> None:
+        """Record the status the gate's verdict gave the version, with the gate's reasons as the why."""
+        reason = "; ".join(outcome.reasons) or f"passed the validation gate ({before.status.value} before)"
+        await self._audit(
+            AuditAction.status_change,
+            outcome.version,
+            {"status": before.status.value},
+            {"status": outcome.version.status.value},
+            reason[:4000],
+            key,
         )
 
     async def _publish(self, payload: ModelValidated | ModelRejected, event_id: str | None) -> None:
