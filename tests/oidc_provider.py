@@ -69,7 +69,13 @@ class Client:
         return " ".join(s for s in (scope or "").split() if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in self.redirect_uris
+        if redirect_uri in self.redirect_uris:
+            return True
+        # RFC 8252 7.3: a native app's loopback redirect may come on any port
+        url = urlsplit(redirect_uri)
+        if url.scheme == "http" and url.hostname == "127.0.0.1":
+            return url._replace(netloc="127.0.0.1").geturl() in self.redirect_uris
+        return False
 
     def check_client_secret(self, client_secret: str) -> bool:
         return self.client_secret is not None and secrets.compare_digest(self.client_secret, client_secret)

@@ -4,6 +4,9 @@ through the REST API, a service's own client-credentials identity, and the CLI.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,8 @@ from gallery_deployer.deployer.settings import DeployerSettings
 from gallery_registry.settings import RegistrySettings
 
 SEEDER = "static-admin"
-CLI_REDIRECT = "http://127.0.0.1:8976/callback"
+CLI_REDIRECT = "http://127.0.0.1/callback"  # a loopback redirect: any port (RFC 8252)
+GALLERY_CLI = Path(sys.executable).with_name("gallery")
 SHA = "d" * 64
 USERS = [
     {"username": "rita", "password": "rita-pw", "groups": ["gallery-readers"]},
@@ -157,3 +161,56 @@ def test_the_cli_uses_an_oidc_token_from_gallery_token(stack: Stack, monkeypatch
     assert listed.exit_code == 0 and "digits" in listed.output
     moved = CliRunner().invoke(cli, ["models", "alias", "digits", "staging", "1"])
     assert moved.exit_code == 1 and "writer role" in moved.output
+
+
+def test_gallery_login_signs_in_through_a_loopback_redirect_and_the_cli_uses_the_token(
+    stack: Stack, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "GALLERY_OIDC_ISSUER": stack.provider.issuer,
+        "GALLERY_OIDC_CLIENT_ID": "gallery-cli",
+        "GALLERY_REGISTRY_URL": stack.registry,
+    }
+    env.pop("GALLERY_TOKEN", None)
+    login = subprocess.Popen(
+        [str(GALLERY_CLI), "login", "--no-browser", "--timeout", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert login.stderr is not None
+        prompt = login.stderr.readline()
+        assert prompt.startswith("Sign in at: "), prompt
+        # the person's browser: the provider's login, then the redirect to the CLI's loopback listener
+        at_provider = httpx.post(
+            prompt.removeprefix("Sign in at: ").strip(), data={"username": "ada", "password": "ada-pw"}
+        )
+        assert at_provider.status_code == 302
+        assert at_provider.headers["location"].startswith("http://127.0.0.1:")
+        assert "Signed in" in httpx.get(at_provider.headers["location"]).text
+        out, err = login.communicate(timeout=30)
+    finally:
+        login.kill()
+    assert login.returncode == 0, err
+    kept = tmp_path / "config" / "model-gallery" / "token"
+    assert f"kept in {kept}" in out
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+
+    moved = subprocess.run(
+        [str(GALLERY_CLI), "models", "alias", "digits", "production", "1", "--reason", "from the CLI"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    history = httpx.get(f"{stack.registry}/api/v1/models/digits/aliases/production/history", headers=bearer(SEEDER))
+    assert [(h["actor"], h["reason"]) for h in history.json()] == [("oidc:ada", "from the CLI")]
+
+    assert subprocess.run([str(GALLERY_CLI), "logout"], env=env, capture_output=True, timeout=60).returncode == 0
+    refused = subprocess.run([str(GALLERY_CLI), "models", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "401" in refused.stdout + refused.stderr

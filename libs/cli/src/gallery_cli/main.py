@@ -14,6 +14,7 @@ from . import (
     experiment_cmd,
     explain_cmd,
     feedback_cmd,
+    login_cmd,
     models_cmd,
     monitor_cmd,
     optimize_cmd,
@@ -53,6 +54,8 @@ app.command()(feedback_cmd.feedback)
 app.command()(usage_cmd.usage)
 app.add_typer(site_cmd.app, name="site")
 app.add_typer(audit_cmd.app, name="audit")
+app.command()(login_cmd.login)
+app.command()(login_cmd.logout)
 
 
 def _version() -> str:

@@ -12,12 +12,14 @@ from pydantic import BaseModel, ValidationError
 from gallery_common.contracts.registry import ModelPublic, VersionPublic
 
 from .console import fail
+from .login_cmd import stored_token
 
 M = TypeVar("M", bound=BaseModel)
 
 
 class ServiceClient:
-    """A service's REST API: URL from its `GALLERY_<SERVICE>_URL`, bearer token from GALLERY_TOKEN."""
+    """A service's REST API: URL from its `GALLERY_<SERVICE>_URL`, bearer token from GALLERY_TOKEN (else
+    the one `gallery login` kept)."""
 
     service: ClassVar[str]
     url_variable: ClassVar[str]
@@ -25,7 +27,7 @@ class ServiceClient:
 
     def __init__(self, base_url: str | None = None, token: str | None = None, timeout: float = 30.0) -> None:
         self.base_url = (base_url or os.environ.get(self.url_variable) or self.default_url).rstrip("/")
-        token = token if token is not None else os.environ.get("GALLERY_TOKEN")
+        token = token if token is not None else os.environ.get("GALLERY_TOKEN") or stored_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
