@@ -161,6 +161,32 @@ def test_the_model_card_shows_the_gates_accuracy(browser: WebDriver, gallery: st
     assert page_errors(browser) == []
 
 
+def test_the_model_page_says_who_put_the_version_in_production_and_why(
+    browser: WebDriver, gallery: str, trained: TrainedModel
+) -> None:
+    production = httpx.get(f"{gallery}/api/registry/api/v1/models/{MODEL}/aliases/production", timeout=10).json()
+    version = production["version"]
+    trail = httpx.get(f"{gallery}/api/registry/api/v1/audit", params={"model": MODEL, "limit": 200}, timeout=10)
+    records = trail.json()
+    # the stack recorded it: the registry's alias move, the deployer's deployment or promotion
+    made = next(
+        r
+        for r in records
+        if (r["action"] == "alias_move" and r["alias"] == "production" and r["after"] == {"version": version})
+        or (
+            r["action"] in ("deployment", "promotion")
+            and r["version"] == version
+            and r["after"]["stage"] == "production"
+        )
+    )
+    open_page(browser, f"{gallery}/models/{MODEL}", "model")
+    line = wait_for(browser, "who put it in production", lambda d: text(d, "#audit-production"))
+    assert f"v{version} was put in production by {made['actor']}" in line
+    assert (made["reason"] or "no reason given") in line
+    assert len(css(browser, "#audit tbody tr")) == min(20, len(records))
+    assert page_errors(browser) == []
+
+
 def test_editing_the_description_persists(browser: WebDriver, gallery: str, trained: TrainedModel) -> None:
     open_page(browser, f"{gallery}/models/{MODEL}", "model")
     browser.find_element(By.ID, "card-edit").click()

@@ -8,6 +8,7 @@ import { askForToken, errorCard, navigate } from "./app.js";
 import { ago, badge, h, metric, put, seg, statusBadge } from "./dom.js";
 import { markdownBlock } from "./markdown.js";
 import { importanceSection } from "./explain-views.js";
+import { auditSection } from "./audit-view.js";
 import { federationSection } from "./federation-view.js";
 import { experimentsSection } from "./page-experiment.js";
 import {
@@ -207,12 +208,13 @@ export async function render(view, route) {
   const placeholder = h("div", { class: "sections" }, h("p", { class: "empty" }, "Loading the evaluation, deployments and history…"));
   view.append(placeholder);
 
-  const [run, jobs, deployments, history, experiments] = await Promise.allSettled([
+  const [run, jobs, deployments, history, experiments, audit] = await Promise.allSettled([
     version.run_id ? maybe(trainer(`/runs/${seg(version.run_id)}`)) : Promise.resolve(null),
     api(optimizer(`/optimize?model=${encodeURIComponent(name)}`)),
     maybe(deployer(`/deployments/${seg(name)}`)),
     maybe(registry(`/models/${seg(name)}/aliases/production/history`)),
     api(deployer(`/experiments?model=${encodeURIComponent(name)}`)),
+    api(registry(`/audit?model=${encodeURIComponent(name)}&limit=200`)),
   ]);
   if (!route.isCurrent()) return;
   const job = value(jobs, []).find((j) => j.version === version.version && j.report) || value(jobs, []).find((j) => j.version === version.version) || null;
@@ -227,6 +229,7 @@ export async function render(view, route) {
     failed(deployments) || guarded(() => deploymentsSection(value(deployments, []))),
     failed(experiments) || guarded(() => experimentsSection(value(experiments, []))),
     h("div", { class: "two-col" }, guarded(() => versionsSection(model, versions, version.version)), failed(history) || guarded(() => aliasHistorySection(value(history, [])))),
+    guarded(() => auditSection(value(audit, null), version.version)),
     guarded(() => downloadsSection(version)),
   );
 }
