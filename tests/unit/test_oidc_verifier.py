@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -261,3 +262,16 @@ def test_prefetch_fetches_the_keys_before_the_first_token(issuer: FakeIssuer) ->
     assert len(issuer.fetches) == 2
     assert check.verify(issuer.token()).role is Role.reader
     assert len(issuer.fetches) == 2  # the first token found the keys there
+
+
+def test_an_unreachable_issuer_is_asked_at_most_once_per_interval(issuer: FakeIssuer) -> None:
+    calls: list[str] = []
+
+    def down(url: str) -> Mapping[str, Any]:
+        calls.append(url)
+        raise httpx.ConnectError("connection refused")
+
+    check = TokenVerifier(OidcConfig(issuer=ISSUER, audience=AUDIENCE, refresh_interval_s=3600), down)
+    for _ in range(10):
+        assert "cannot fetch the issuer's signing keys: connection refused" in refusal(check, issuer.token())
+    assert len(calls) == 1

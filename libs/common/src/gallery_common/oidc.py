@@ -133,6 +133,7 @@ class IssuerKeys:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._last_forced: float | None = None
+        self._last_failure: tuple[float, str] | None = None
         self._lock = threading.Lock()
         self._background: threading.Thread | None = None
         self.fetches = 0
@@ -169,11 +170,18 @@ class IssuerKeys:
                 self._last_forced = now
             elif self._fetched_at is not None and now - self._fetched_at <= self.config.jwks_ttl_s:
                 return  # fetched while this caller waited for the lock (the start-up prefetch)
+            failure = self._last_failure
+            if not self._keys and failure is not None and now - failure[0] < self.config.refresh_interval_s:
+                # an issuer that is down is asked again only after the interval, not by every request
+                raise Unauthorized(f"cannot fetch the issuer's signing keys: {failure[1]}")
             try:
                 self._load()
             except (httpx.HTTPError, ValueError) as exc:
+                self._last_failure = (now, str(exc) or type(exc).__name__)
                 if not self._keys:
                     raise Unauthorized(f"cannot fetch the issuer's signing keys: {exc}") from None
+            else:
+                self._last_failure = None
 
     def refresh_in_background(self) -> None:
         """Fetch the keys in a thread (a no-op while one is under way); the current keys keep answering."""
