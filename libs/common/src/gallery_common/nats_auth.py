@@ -179,8 +179,10 @@ def _audit(*, write: bool) -> tuple[str, ...]:
     """
     from .audit_log import ANCHOR_PREFIX, ANCHOR_STREAM, AUDIT_PREFIX, AUDIT_STREAM
 
+    # `$JS.API.INFO` is every such user's already (its stream upkeep)
+    upkeep = tuple(subject for subject in _stream_upkeep(AUDIT_STREAM, ANCHOR_STREAM) if subject != "$JS.API.INFO")
     read = (
-        *_stream_upkeep(AUDIT_STREAM, ANCHOR_STREAM),
+        *upkeep,
         f"$JS.API.STREAM.MSG.GET.{AUDIT_STREAM}",
         f"$JS.API.STREAM.MSG.GET.{ANCHOR_STREAM}",
     )
