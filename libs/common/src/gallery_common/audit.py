@@ -46,6 +46,11 @@ class AuditAction(StrEnum):
     status_change = "status_change"
 
 
+def new_dedupe_key() -> str:
+    """A dedupe key for a change that has no event or request id of its own: it is recorded as often as made."""
+    return f"change:{uuid.uuid4().hex}"
+
+
 class AuditChange(BaseModel):
     """A change to record, before it has its place in a chain.
 
@@ -64,7 +69,7 @@ class AuditChange(BaseModel):
     after: Any = None
     reason: str | None = Field(default=None, max_length=4000)
     trace_id: str | None = None
-    dedupe_key: str = Field(default_factory=lambda: f"change:{uuid.uuid4().hex}", min_length=1, max_length=256)
+    dedupe_key: str = Field(default_factory=lambda: new_dedupe_key(), min_length=1, max_length=256)
     time: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from gallery_common.audit import DEFAULT_PROJECT, AuditAction, AuditChange
+from gallery_common.audit import DEFAULT_PROJECT, AuditAction, AuditChange, new_dedupe_key
 from gallery_common.audit_trail import AuditTrail
 from gallery_common.events import ModelDeployed, ModelExperimentConcluded, ModelRolledBack, Payload
 
@@ -82,7 +82,7 @@ class DeployerAudit:
             before=before,
             after=after,
             reason=reason or acting.reason,
-            **({"dedupe_key": dedupe_key} if dedupe_key else {}),
+            dedupe_key=dedupe_key or new_dedupe_key(),
         )
         await self.trail.record(change)
 

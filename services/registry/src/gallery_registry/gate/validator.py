@@ -18,7 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from gallery_common.artifacts import ArtifactStore
-from gallery_common.audit import AuditAction, AuditChange
+from gallery_common.audit import AuditAction, AuditChange, new_dedupe_key
 from gallery_common.audit_trail import AuditTrail
 from gallery_common.bus import EventBus
 from gallery_common.db import DATABASE_UNAVAILABLE
@@ -248,7 +248,7 @@ class ValidationGate:
             before=before,
             after=after,
             reason=reason,
-            **({"dedupe_key": key} if key else {}),
+            dedupe_key=key or new_dedupe_key(),
         )
         await self.audit.record(change)
 
