@@ -116,3 +116,28 @@ def test_deletions_status_and_policy_changes_are_recorded(registry: TestClient) 
     assert records[1]["reason"] == "leaked data"
     bad = registry.get("/api/v1/audit", params={"project": "Not A Project"})
     assert bad.status_code == 422
+
+
+def test_mlflow_clients_changes_are_recorded_and_time_filters_apply(registry: TestClient) -> None:
+    _register(registry, "iris", 1)
+    mlflow = "/api/2.0/mlflow"
+    created = registry.post(f"{mlflow}/model-versions/create", json={"name": "iris", "source": "s3://b/m"})
+    assert created.status_code == 200, created.text
+    alias = {"name": "iris", "alias": "champion", "version": "2"}
+    assert registry.post(f"{mlflow}/registered-models/alias", json=alias).status_code == 200
+    assert (
+        registry.request(
+            "DELETE", f"{mlflow}/registered-models/alias", json={"name": "iris", "alias": "champion"}
+        ).status_code
+        == 200
+    )
+    records = registry.get("/api/v1/audit", params={"model": "iris"}).json()
+    assert [(r["action"], r["target"], r["after"]) for r in records[:3]] == [
+        ("alias_move", "iris@champion", {"version": None}),
+        ("alias_move", "iris@champion", {"version": 2}),
+        ("registration", "iris/2", {"version": 2, "semver": records[2]["after"]["semver"], "status": "pending"}),
+    ]
+    assert {r["reason"] for r in records[:2]} == {"set through the MLflow API", "deleted through the MLflow API"}
+    newest = records[0]["time"]
+    assert [r["index"] for r in registry.get("/api/v1/audit", params={"since": newest}).json()] == [records[0]["index"]]
+    assert len(registry.get("/api/v1/audit", params={"until": newest}).json()) == len(records) - 1

@@ -16,12 +16,14 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gallery_common.audit import AuditAction
 from gallery_common.auth import requires
 from gallery_common.deps import CallerDep
 from gallery_common.errors import Conflict, GalleryError, InvalidRequest
 from gallery_common.settings import Role
 
 from . import mlflow_filter
+from .audit_api import AuditRecorderDep
 from .deps import RegistrySettingsDep, RegistryStoreDep, check_alias_permission
 from .paging import decode_page_token
 from .schemas import ModelCreate, ModelPublic, ModelUpdate, VersionCreate, VersionPublic, VersionUpdate
@@ -241,8 +243,16 @@ def update_registered_model(body: UpdateRegisteredModel, store: RegistryStoreDep
 
 
 @router.delete("/registered-models/delete", summary="MLflow: delete a registered model", dependencies=ADMIN)
-def delete_registered_model(body: NameBody, store: RegistryStoreDep) -> dict[str, Any]:
+def delete_registered_model(body: NameBody, store: RegistryStoreDep, audit: AuditRecorderDep) -> dict[str, Any]:
+    before = store.get_model(body.name)
     store.delete_model(body.name)
+    audit.record(
+        AuditAction.deletion,
+        body.name,
+        model=body.name,
+        before={"latest_version": before.latest_version, "aliases": before.aliases},
+        reason="deleted through the MLflow API",
+    )
     return {}
 
 
@@ -260,19 +270,48 @@ def delete_registered_model_tag(body: DeleteTag, store: RegistryStoreDep) -> dic
 
 @router.post("/registered-models/alias", summary="MLflow: set a registered model alias")
 def set_registered_model_alias(
-    body: SetAlias, store: RegistryStoreDep, settings: RegistrySettingsDep, caller: CallerDep
+    body: SetAlias, store: RegistryStoreDep, settings: RegistrySettingsDep, caller: CallerDep, audit: AuditRecorderDep
 ) -> dict[str, Any]:
     check_alias_permission(settings, caller, body.alias)
-    store.set_alias(body.name, body.alias, body.version, actor=caller.name, reason="set through the MLflow API")
+    before = store.get_model(body.name).aliases.get(body.alias)
+    reason = "set through the MLflow API"
+    store.set_alias(body.name, body.alias, body.version, actor=caller.name, reason=reason)
+    if before != body.version:
+        audit.record(
+            AuditAction.alias_move,
+            f"{body.name}@{body.alias}",
+            model=body.name,
+            version=body.version,
+            alias=body.alias,
+            before={"version": before},
+            after={"version": body.version},
+            reason=reason,
+        )
     return {}
 
 
 @router.delete("/registered-models/alias", summary="MLflow: delete a registered model alias")
 def delete_registered_model_alias(
-    body: DeleteAlias, store: RegistryStoreDep, settings: RegistrySettingsDep, caller: CallerDep
+    body: DeleteAlias,
+    store: RegistryStoreDep,
+    settings: RegistrySettingsDep,
+    caller: CallerDep,
+    audit: AuditRecorderDep,
 ) -> dict[str, Any]:
     check_alias_permission(settings, caller, body.alias)
-    store.delete_alias(body.name, body.alias, actor=caller.name, reason="deleted through the MLflow API")
+    before = store.get_alias(body.name, body.alias).version
+    reason = "deleted through the MLflow API"
+    store.delete_alias(body.name, body.alias, actor=caller.name, reason=reason)
+    audit.record(
+        AuditAction.alias_move,
+        f"{body.name}@{body.alias}",
+        model=body.name,
+        version=before,
+        alias=body.alias,
+        before={"version": before},
+        after={"version": None},
+        reason=reason,
+    )
     return {}
 
 
@@ -304,7 +343,7 @@ def _latest_versions(store: RegistryStore, name: str, stages: list[str]) -> dict
 
 
 @router.post("/model-versions/create", summary="MLflow: create a model version")
-def create_model_version(body: CreateModelVersion, store: RegistryStoreDep) -> dict[str, Any]:
+def create_model_version(body: CreateModelVersion, store: RegistryStoreDep, audit: AuditRecorderDep) -> dict[str, Any]:
     version = store.register_version(
         body.name,
         VersionCreate(
@@ -313,6 +352,14 @@ def create_model_version(body: CreateModelVersion, store: RegistryStoreDep) -> d
             description=body.description,
             tags={t.key: t.value for t in body.tags},
         ),
+    )
+    audit.record(
+        AuditAction.registration,
+        f"{body.name}/{version.version}",
+        model=body.name,
+        version=version.version,
+        after={"version": version.version, "semver": version.semver, "status": version.status},
+        reason="registered through the MLflow API",
     )
     return {"model_version": version_json(version)}
 
@@ -345,8 +392,19 @@ def update_model_version(body: UpdateModelVersion, store: RegistryStoreDep) -> d
 
 
 @router.delete("/model-versions/delete", summary="MLflow: delete a model version", dependencies=ADMIN)
-def delete_model_version(body: VersionBody, store: RegistryStoreDep, caller: CallerDep) -> dict[str, Any]:
+def delete_model_version(
+    body: VersionBody, store: RegistryStoreDep, caller: CallerDep, audit: AuditRecorderDep
+) -> dict[str, Any]:
+    before = store.get_version(body.name, body.version)
     store.delete_version(body.name, body.version, actor=caller.name)
+    audit.record(
+        AuditAction.deletion,
+        f"{body.name}/{body.version}",
+        model=body.name,
+        version=body.version,
+        before={"status": before.status, "semver": before.semver, "aliases": before.aliases},
+        reason="deleted through the MLflow API",
+    )
     return {}
 
 
