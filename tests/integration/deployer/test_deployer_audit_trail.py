@@ -15,17 +15,23 @@ from fastapi.testclient import TestClient
 from sqlmodel import SQLModel, create_engine
 
 from gallery_common.app import ServiceResources, create_app
-from gallery_common.audit import AuditRecord
+from gallery_common.artifacts import open_store
+from gallery_common.audit import AuditAction, AuditRecord
 from gallery_common.audit_log import AuditLog
 from gallery_common.audit_trail import AuditTrail
 from gallery_common.bus import EventBus
-from gallery_common.events import ModelDeployed, ModelExperimentConcluded, ModelRolledBack, Payload
+from gallery_common.db import make_engine
+from gallery_common.errors import NotFound
+from gallery_common.events import ArtifactRef, ModelDeployed, ModelExperimentConcluded, ModelRolledBack, Payload
 from gallery_common.nats_server import EmbeddedNats
 from gallery_deployer.deployer import api
-from gallery_deployer.deployer.audit import DeployerAudit
+from gallery_deployer.deployer.audit import DeployerAudit, acting_as
+from gallery_deployer.deployer.controller import Controller as RolloutController
+from gallery_deployer.deployer.migrations import upgrade
 from gallery_deployer.deployer.policy import DeploymentPolicy, PolicyStore
 from gallery_deployer.deployer.records import DeploymentRecord, DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
+from gallery_deployer.runtime.base import DeploymentStatus, RuntimeState, ServerSpec
 
 ADMIN = "admin-tok"
 
@@ -150,3 +156,90 @@ def test_a_promotion_by_a_person_is_theirs_with_their_reason(
     )
     assert policy.action == "policy_change" and policy.after["replicas"] == 3 and policy.actor == promoted.actor
     assert DeploymentPolicy.model_validate(policy.after).replicas == 3
+
+
+class ReadyRuntime:
+    """Replicas that are ready as soon as they are asked for."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.specs: dict[str, ServerSpec] = {}
+
+    async def apply(self, spec: ServerSpec) -> DeploymentStatus:
+        self.specs[spec.deployment_id] = spec
+        return await self.status(spec.deployment_id)
+
+    async def wait_ready(self, deployment_id: str, timeout_s: float) -> DeploymentStatus:
+        return await self.status(deployment_id)
+
+    async def status(self, deployment_id: str) -> DeploymentStatus:
+        if deployment_id not in self.specs:
+            raise NotFound(deployment_id)
+        urls = (f"http://{deployment_id}:8500",)
+        return DeploymentStatus(deployment_id, RuntimeState.ready, 1, 1, urls)
+
+    async def delete(self, deployment_id: str) -> None:
+        self.specs.pop(deployment_id, None)
+
+    async def close(self) -> None:
+        pass
+
+
+class Routes:
+    async def put(self, model: str, route: object) -> None:
+        pass
+
+    async def delete(self, model: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class Aliases:
+    def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_real_rollout_records_deployments_a_persons_promotion_and_a_rollback(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    settings = DeployerSettings(home=tmp_path, canary_percent=10, drain_s=3600, canary_window_s=3600)
+    engine = make_engine(f"sqlite:///{tmp_path / 'rollout.db'}")
+    upgrade(engine)
+    store = DeploymentStore(engine)
+    async with EventBus(nats_server.url, "deployer") as bus:
+        audit = DeployerAudit(AuditTrail(AuditLog(bus), tmp_path / "outbox.jsonl", service="deployer"), store)
+
+        async def publish(payload: Payload, event_id: str) -> None:
+            await bus.publish(payload, event_id=event_id)
+            await audit.published(payload, event_id)
+
+        rollout = RolloutController(
+            settings, store, ReadyRuntime(), Routes(), Aliases(),  # type: ignore[arg-type]
+            open_store((tmp_path / "artifacts").as_uri(), settings), publish,
+        )  # fmt: skip
+        onnx = [ArtifactRef(uri=f"file:///m/{v}.onnx", sha256=f"{v:064d}") for v in (1, 2)]
+        await rollout.deploy("iris", 1, onnx[0])  # the first version: straight to production
+        await rollout.deploy("iris", 2, onnx[1])  # a canary beside it
+        with acting_as("admin-5e5e5e5e", "v2 wins on recall", AuditAction.promotion):
+            await rollout.promote("iris", "v2 wins on recall")
+        await rollout.rollback("iris", "error rate 4 % above the SLO of 1 %")
+        await rollout.close()
+    records = await _records(nats_server.url)
+    assert [(r.action, r.target, r.actor) for r in records] == [
+        ("deployment", "iris/1", "service:deployer"),
+        ("deployment", "iris/2", "service:deployer"),
+        ("promotion", "iris/2", "admin-5e5e5e5e"),
+        ("rollback", "iris/2", "service:deployer"),
+    ]
+    first, canary, promoted, rolled_back = records
+    assert first.after["stage"] == "production" and canary.after == {
+        "stage": "canary", "traffic_percent": 10.0, "variant": "fp32", "deployment_id": canary.after["deployment_id"],
+    }  # fmt: skip
+    assert (promoted.before, promoted.reason) == ({"production": 1}, "v2 wins on recall")
+    assert (rolled_back.after, rolled_back.reason) == ({"production": 1}, "error rate 4 % above the SLO of 1 %")
