@@ -20,10 +20,12 @@ from gallery_stack import (
     FEDERATED_MODEL,
     GALLERY_CLI,
     MODEL,
+    REPO,
     TrainedModel,
     gallery_stack,
     register_federated_version,
     start_second_gallery,
+    train,
     train_digits_twice,
     wait_until,
 )
@@ -409,4 +411,32 @@ def test_with_tokens_nothing_shows_without_one(browser: WebDriver, stack: Lifecy
     wait_for(browser, "the catalogue with the token", lambda d: css(d, f'.model-card[data-model="{MODEL}"]'))
     assert browser.execute_script("return sessionStorage.getItem('gallery.token')") == READER
     assert browser.execute_script("return localStorage.length") == 0, "the token is kept for the session only"
+    assert page_errors(browser) == []
+
+
+def test_try_it_classifies_a_typed_text(
+    browser: WebDriver, stack: LifecycleStack, gallery: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A text model (examples/text-topics.yaml, trained through the same stack): Try it shows a text box
+    pre-filled from a held-out text, and a typed definition gets its topic from the gateway."""
+    model = "wordnet-topics"
+    spec = tmp_path_factory.mktemp("text") / "text-topics.yaml"
+    spec.write_text((REPO / "examples" / "text-topics.yaml").read_text().replace("epochs: 6", "epochs: 4"))
+    train(stack, spec)
+
+    def serving() -> bool:
+        rows = httpx.get(f"{stack.services['deployer'].url}/api/v1/deployments", timeout=10).json()
+        return any(r["model"] == model and r["state"] == "ready" for r in rows)
+
+    wait_until("the text model serving", serving, 240)
+    open_page(browser, f"{gallery}/models/{model}/try", "try")
+    area = wait_for(browser, "the text box", lambda d: css(d, "#try-text"))[0]
+    assert area.get_attribute("value"), "pre-filled from a held-out text"
+    assert css(browser, "#try-method") == [], "a text model is explained on its model page, not here"
+    area.clear()
+    area.send_keys("large feline of forests in most of Asia having a tawny coat with black stripes")
+    browser.find_element(By.ID, "try-send").click()
+    result = wait_for(browser, "the answer", lambda d: css(d, "#try-result"))[0]
+    assert result.get_attribute("data-predicted") == "animal"
+    assert "served by wordnet-topics v1" in result.text
     assert page_errors(browser) == []

@@ -26,14 +26,15 @@ MAX_SPEC_BYTES = 1024 * 1024
 
 class Example(BaseModel):
     index: int
-    input: Any  # nested list, in `shape`
+    input: Any  # nested list, in `shape`; a text model's: the text
     label: int | float | str | None
 
 
 class ExamplesView(BaseModel):
     model: str
     version: int
-    shape: list[int]  # one row's input shape, as the model takes it (its signature, or [features])
+    shape: list[int]  # one row's input shape, as the model takes it (its signature, or [features]; [] for a text)
+    text: bool = False  # the model takes raw texts (a text split): each example's input is one string
     image: bool
     image_shape: list[int] | None  # [channels, height, width] of a picture, to draw a row
     class_names: list[str] | None
@@ -93,6 +94,23 @@ class ExampleReader:
         except NpzRefused as exc:
             raise InvalidRequest(str(exc)) from exc
         x, y = read.x, read.y
+        if read.is_text:
+            view = ExamplesView(
+                model=version.name,
+                version=version.version,
+                shape=[],
+                text=True,
+                image=False,
+                image_shape=None,
+                class_names=version.class_names,
+                feature_names=None,
+                rows=len(x),
+                examples=[
+                    Example(index=i, input=str(x[i]), label=y[i].item() if y.ndim == 1 else None)
+                    for i in pick_rows(y, len(x), n)
+                ],
+            )
+            return self._keep(key, view)
         features = int(x.shape[1])
         signature = version.signature.inputs[0].shape if version.signature and version.signature.inputs else None
         layout = InputLayout.of(features, signature, self._spec(version))
@@ -112,6 +130,9 @@ class ExampleReader:
             rows=len(x),
             examples=examples,
         )
+        return self._keep(key, view)
+
+    def _keep(self, key: tuple[str, str, int], view: ExamplesView) -> ExamplesView:
         with self._lock:
             self._cache[key] = view
             while len(self._cache) > self.keep:

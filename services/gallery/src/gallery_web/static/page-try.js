@@ -1,6 +1,7 @@
 // Try it: a real inference through the gateway (OIP v2 JSON) and the answer as class probabilities.
-// Image-shaped inputs: pick a held-out test example (drawn on a canvas) or draw one; tables: edit the
-// feature values, pre-filled from a test row.
+// Image-shaped inputs: pick a held-out test example (drawn on a canvas) or draw one; texts (a model whose
+// input is BYTES): type one, or pre-fill it from a test row; tables: edit the feature values, pre-filled
+// from a test row.
 
 import { ApiError, api, gallery, gateway, maybe, registry } from "./api.js";
 import { errorCard } from "./app.js";
@@ -159,7 +160,8 @@ export async function render(view, route) {
     h("option", { value: "lime" }, "explain with LIME"),
     h("option", { value: "" }, "no explanation"),
   );
-  let current = { values: new Array(size).fill(0), label: null };
+  const isText = Boolean(examples?.text) || input.datatype === "BYTES";
+  let current = { values: isText ? [""] : new Array(size).fill(0), label: null };
   let pictureRange = null;
 
   // a picture's [channels, height, width] when the Gallery knows it, else guessed from the row's shape
@@ -203,6 +205,33 @@ export async function render(view, route) {
       h("div", {}, h("h3", {}, "Input (draw with the mouse)"), grid.canvas, h("div", { class: "actions" }, clear, send, method)),
     );
     if (picks.length) picks[0].click();
+  } else if (isText) {
+    method.value = ""; // a text model is explained by the gate's word importance, on its model page
+    const area = h("textarea", { id: "try-text", rows: "5", "aria-label": "text to classify", placeholder: "Type a text, or pick a held-out example" });
+    area.addEventListener("input", () => {
+      current = { values: [area.value], label: null };
+    });
+    const picker = h(
+      "select",
+      { id: "try-row", "aria-label": "test row" },
+      rows.map((row, i) => h("option", { value: String(i) }, `test row ${row.index} (label ${examples.class_names?.[row.label] ?? row.label})`)),
+    );
+    const fill = () => {
+      const row = rows[Number(picker.value)];
+      if (!row) return;
+      area.value = String(row.input);
+      current = { values: [String(row.input)], label: row.label };
+    };
+    picker.addEventListener("change", fill);
+    editor = h(
+      "div",
+      { class: "try-text" },
+      rows.length ? h("label", { class: "field inline" }, "Pre-fill from ", picker) : null,
+      area,
+      h("div", { class: "actions" }, send),
+      h("p", { class: "note" }, "Which words sway the model: the feature importance on its model page (the gate's word occlusion)."),
+    );
+    fill();
   } else {
     const fields = Array.from({ length: size }, (_, i) => h("input", { type: "number", step: "any", name: `f${i}`, value: "0", class: "short" }));
     const sync = () => {
