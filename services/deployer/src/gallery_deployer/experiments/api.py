@@ -11,9 +11,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from gallery_common.audit import AuditAction
+from gallery_common.deps import CallerDep
 from gallery_common.errors import Unavailable
 
-from ..deployer.api import ADMIN_LEADER
+from ..deployer.api import ADMIN_LEADER, AuditDep
+from ..deployer.audit import acting_as
 from ..gateway.routes import check_model_name
 from .controller import ExperimentPlan, Experiments
 from .records import ArmFigures, ExperimentPoint, ExperimentRecord, Metric, Policy
@@ -140,7 +143,9 @@ def _view(record: ExperimentRecord, points: list[ExperimentPoint] | None = None)
 @router.post(
     "/experiments", status_code=201, summary="Start an A/B test between serving versions", dependencies=ADMIN_LEADER
 )
-async def start_experiment(data: ExperimentCreate, experiments: ExperimentsDep) -> ExperimentView:
+async def start_experiment(
+    data: ExperimentCreate, experiments: ExperimentsDep, caller: CallerDep, audit: AuditDep
+) -> ExperimentView:
     """404 for a model or version that does not serve, 409 when the model has a running experiment."""
     check_model_name(data.model)
     split = data.split or [100.0 / len(data.versions)] * len(data.versions)
@@ -155,7 +160,17 @@ async def start_experiment(data: ExperimentCreate, experiments: ExperimentsDep) 
         policy=data.policy,
         floor=data.floor,
     )
-    return _view(await experiments.start(plan))
+    record = await experiments.start(plan)
+    if audit is not None:
+        with acting_as(caller.name):
+            await audit.record(
+                AuditAction.route_change,
+                f"{record.model}/experiments/{record.id}",
+                model=record.model,
+                after={"experiment": record.id, "versions": record.versions, "split": record.split},
+                reason=f"experiment started on {record.metric}",
+            )
+    return _view(record)
 
 
 @router.get("/experiments", summary="Every experiment, newest first (model=: one model's)")
@@ -170,5 +185,18 @@ async def get_experiment(experiment_id: str, experiments: ExperimentsDep) -> Exp
 
 
 @router.post("/experiments/{experiment_id}/stop", summary="End a running experiment by hand", dependencies=ADMIN_LEADER)
-async def stop_experiment(experiment_id: str, data: StopRequest, experiments: ExperimentsDep) -> ExperimentView:
-    return _view(await experiments.stop(experiment_id, data.reason))
+async def stop_experiment(
+    experiment_id: str, data: StopRequest, experiments: ExperimentsDep, caller: CallerDep, audit: AuditDep
+) -> ExperimentView:
+    record = await experiments.stop(experiment_id, data.reason)
+    if audit is not None:
+        with acting_as(caller.name):
+            await audit.record(
+                AuditAction.experiment_decision,
+                f"{record.model}/experiments/{record.id}",
+                model=record.model,
+                before={"status": "running"},
+                after={"status": record.status, "traffic_moved": False},
+                reason=data.reason,
+            )
+    return _view(record)
