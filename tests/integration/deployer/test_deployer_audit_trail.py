@@ -31,6 +31,9 @@ from gallery_deployer.deployer.migrations import upgrade
 from gallery_deployer.deployer.policy import DeploymentPolicy, PolicyStore
 from gallery_deployer.deployer.records import DeploymentRecord, DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
+from gallery_deployer.experiments.api import router as experiments_router
+from gallery_deployer.experiments.controller import Experiments
+from gallery_deployer.experiments.records import ExperimentStore
 from gallery_deployer.runtime.base import DeploymentStatus, RuntimeState, ServerSpec
 
 ADMIN = "admin-tok"
@@ -243,3 +246,57 @@ async def test_the_real_rollout_records_deployments_a_persons_promotion_and_a_ro
     }  # fmt: skip
     assert (promoted.before, promoted.reason) == ({"production": 1}, "v2 wins on recall")
     assert (rolled_back.after, rolled_back.reason) == ({"production": 1}, "error rate 4 % above the SLO of 1 %")
+
+
+def test_an_experiment_a_person_starts_and_stops_is_theirs(nats_server: EmbeddedNats, tmp_path: Path) -> None:
+    settings = DeployerSettings(
+        home=tmp_path, nats_url=nats_server.url, api_tokens=f"{ADMIN}:admin",  # type: ignore[arg-type]
+        canary_percent=10, drain_s=3600, canary_window_s=3600,
+    )  # fmt: skip
+    engine = make_engine(f"sqlite:///{tmp_path / 'experiments.db'}")
+    upgrade(engine)
+    store = DeploymentStore(engine)
+
+    async def startup(resources: ServiceResources, stack: AsyncExitStack) -> object:
+        bus = resources.bus
+        assert bus is not None
+        audit = DeployerAudit(AuditTrail(AuditLog(bus), tmp_path / "outbox.jsonl", service="deployer"), store)
+
+        async def publish(payload: Payload, event_id: str) -> None:
+            await bus.publish(payload, event_id=event_id)
+            await audit.published(payload, event_id)
+
+        rollout = RolloutController(
+            settings, store, ReadyRuntime(), Routes(), Aliases(),  # type: ignore[arg-type]
+            open_store((tmp_path / "artifacts").as_uri(), settings), publish,
+        )  # fmt: skip
+        stack.push_async_callback(rollout.close)
+        for version in (1, 2):
+            await rollout.deploy(
+                "iris", version, ArtifactRef(uri=f"file:///m/{version}.onnx", sha256=f"{version:064d}")
+            )
+        app.state.experiments = Experiments(rollout, ExperimentStore(engine), publish)
+        app.state.audit = audit
+        return rollout
+
+    app = create_app(settings, title="deployer", routers=[experiments_router], startup=startup)
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
+        plan = {"model": "iris", "versions": [1, 2], "metric": "accuracy", "mde": 0.05}
+        started = client.post("/api/v1/experiments", json=plan)
+        assert started.status_code == 201, started.text
+        ident = started.json()["id"]
+        stopped = client.post(f"/api/v1/experiments/{ident}/stop", json={"reason": "the data set changed"})
+        assert stopped.status_code == 200, stopped.text
+    records = asyncio.run(_records(nats_server.url))
+    start, stop = records[-2:]
+    assert (start.action, start.target, start.after["split"]) == (
+        "route_change",
+        f"iris/experiments/{ident}",
+        [50.0, 50.0],
+    )
+    assert (stop.action, stop.reason, stop.after["status"]) == (
+        "experiment_decision",
+        "the data set changed",
+        "stopped",
+    )
+    assert start.actor == stop.actor and start.actor.startswith("admin-")
