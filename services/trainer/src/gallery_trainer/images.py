@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_trainer.class_folders import local_class_files, stored_class_files
 from gallery_trainer.data import DataError, Dataset, fingerprint
 from gallery_trainer.spec import DataSpec
 
@@ -20,7 +21,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def load_image_folder(spec: DataSpec, store: ArtifactStore | None) -> Dataset:
     """Decode every picture below the folder; the class is the name of its subfolder."""
-    files = _local_files(Path(spec.path)) if spec.path is not None else _stored_files(spec, store)
+    files = (
+        local_class_files(Path(spec.path), _is_picture)
+        if spec.path is not None
+        else stored_class_files(spec, store, _is_picture)
+    )
     if not files:
         raise DataError(f"data: no PNG or JPEG pictures in class subfolders of {spec.path or spec.uri}")
     class_names = sorted({cls for cls, _, _ in files})
@@ -59,30 +64,3 @@ def _decode(content: bytes, spec: DataSpec, name: str) -> np.ndarray:
 
 def _is_picture(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _local_files(root: Path) -> list[tuple[str, str, bytes]]:
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} is not a folder")
-    files = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for picture in sorted(folder.iterdir()):
-            if picture.is_file() and _is_picture(picture.name):
-                files.append((folder.name, picture.name, picture.read_bytes()))
-    return files
-
-
-def _stored_files(spec: DataSpec, store: ArtifactStore | None) -> list[tuple[str, str, bytes]]:
-    if store is None:
-        raise DataError(f"data.uri: {spec.uri} needs an artifact store, and none was given")
-    assert spec.uri is not None
-    try:
-        prefix = store.key_for(spec.uri.rstrip("/")) + "/"
-    except Exception as exc:
-        raise DataError(f"data.uri: {exc}") from None
-    files = []
-    for info in store.list(prefix):
-        parts = info.key[len(prefix) :].split("/")
-        if len(parts) == 2 and _is_picture(parts[1]) and not parts[0].startswith("."):
-            files.append((parts[0], parts[1], store.get(info.key)))
-    return sorted(files, key=lambda item: (item[0], item[1]))

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
+from gallery_trainer.class_folders import local_class_files, stored_class_files
 from gallery_trainer.data import DataError, Dataset, _local_path, _read_artifact, encode_labels, fingerprint
 from gallery_trainer.spec import DataSpec
 
@@ -38,9 +38,9 @@ def load_text_dataset(spec: DataSpec, store: ArtifactStore | None) -> Dataset:
     elif spec.source == "text_csv":
         dataset = _load_text_csv(spec, _read_artifact(spec, store))
     elif spec.path is not None:
-        dataset = _load_folder(_local_files(_local_path(spec.path, "data.path")), "class-folder")
+        dataset = _load_folder(local_class_files(_local_path(spec.path, "data.path"), _is_text_file), "class-folder")
     else:
-        dataset = _load_folder(_stored_files(spec, store), "class-folder")
+        dataset = _load_folder(stored_class_files(spec, store, _is_text_file), "class-folder")
     if dataset.n_classes < 2:
         raise DataError(f"data: classification needs at least 2 classes, found {dataset.n_classes}")
     return dataset
@@ -143,30 +143,3 @@ def _load_folder(files: list[tuple[str, str, bytes]], where: str) -> Dataset:
 
 def _is_text_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(TEXT_SUFFIX)
-
-
-def _local_files(root: Path) -> list[tuple[str, str, bytes]]:
-    if not root.is_dir():
-        raise DataError(f"data.path: {root} is not a folder")
-    files = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for item in sorted(folder.iterdir()):
-            if item.is_file() and _is_text_file(item.name):
-                files.append((folder.name, item.name, item.read_bytes()))
-    return files
-
-
-def _stored_files(spec: DataSpec, store: ArtifactStore | None) -> list[tuple[str, str, bytes]]:
-    if store is None:
-        raise DataError(f"data.uri: {spec.uri} needs an artifact store, and none was given")
-    assert spec.uri is not None
-    try:
-        prefix = store.key_for(spec.uri.rstrip("/")) + "/"
-    except Exception as exc:
-        raise DataError(f"data.uri: {exc}") from None
-    files = []
-    for info in store.list(prefix):
-        parts = info.key[len(prefix) :].split("/")
-        if len(parts) == 2 and _is_text_file(parts[1]) and not parts[0].startswith("."):
-            files.append((parts[0], parts[1], store.get(info.key)))
-    return sorted(files, key=lambda item: (item[0], item[1]))
