@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from gallery_common.contracts import Split, is_text_array, read_split
+from gallery_common.contracts.names import INPUT_NAME, OUTPUT_NAME
 from gallery_common.contracts.scoring import macro_f1
-from gallery_common.nn import INPUT_NAME, OUTPUT_NAME
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, is_allocation_failure, run_limited
 

@@ -14,6 +14,10 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 MODEL_NAME_RULE = "1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
+# the tensors of a model the trainer exports (a text model's input is `text`): torch-free, for readers of models
+INPUT_NAME = "features"
+OUTPUT_NAME = "logits"
+
 INFER_PREFIX = "infer."
 JOBS_PREFIX = "infer.jobs."
 JOB_STATUS_PREFIX = "infer.jobs.status."

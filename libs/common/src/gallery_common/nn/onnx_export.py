@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "logits"
+from gallery_common.contracts.names import INPUT_NAME, OUTPUT_NAME
+
 OPSET = 17
 # the TorchScript exporter traces through process-wide state; exports finishing together take turns
 _EXPORT_LOCK = threading.Lock()
