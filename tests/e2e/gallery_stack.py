@@ -54,16 +54,18 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float, interva
 
 
 @contextmanager
-def gallery_stack(home: Path) -> Iterator[LifecycleStack]:
+def gallery_stack(home: Path, *, cpu_target_only: bool = False) -> Iterator[LifecycleStack]:
     """nats-server and every service, each its own process on free ports; the Gallery last, as it reads
-    the others' URLs."""
+    the others' URLs. `cpu_target_only`: the optimizer measures the CPU provider alone, as on a host
+    without OpenVINO (whose measurements have tests of their own and only cost a test stack time)."""
     authorization = stack_authorization(home, [])
     with EmbeddedNats(home / "nats", log_file=home / "nats.log", authorization=authorization) as nats_server:
         stack = LifecycleStack(home=home, nats_url=nats_server.url)
         try:
             stack.start("registry")
             stack.start("trainer")
-            stack.start("optimizer")
+            no_openvino = {"GALLERY_OPENVINO_PYTHON": str(home / "no-openvino" / "python")} if cpu_target_only else {}
+            stack.start("optimizer", **no_openvino)
             stack.start("gateway", GALLERY_USAGE_REPORT_S="1")  # the usage page's figures within a second
             stack.start("deployer", GALLERY_CANARY_WINDOW_S="5", GALLERY_CANARY_MIN_REQUESTS="5", GALLERY_DRAIN_S="2")
             stack.start("monitor", GALLERY_SCRAPE_INTERVAL_S="1", GALLERY_EVALUATE_INTERVAL_S="1")

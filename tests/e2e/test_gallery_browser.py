@@ -44,7 +44,7 @@ READER, WRITER = "gallery-reader-token", "gallery-writer-token"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleStack]:
-    with gallery_stack(tmp_path_factory.mktemp("gallery") / "home") as running:
+    with gallery_stack(tmp_path_factory.mktemp("gallery") / "home", cpu_target_only=True) as running:
         yield running
 
 
