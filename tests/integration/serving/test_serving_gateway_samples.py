@@ -41,8 +41,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
         assert running_server.server.stop() == 0
 
 
-def samples_of(nats_url: str, send: object) -> list[dict[str, object]]:
-    """The samples the gateway publishes while `send()` runs (and up to 10 s after), decoded."""
+def samples_of(nats_url: str, send: object, expected: int) -> list[dict[str, object]]:
+    """The samples the gateway publishes while `send()` runs and after, decoded: `expected` of them, then one
+    more second for any extra; fewer when none came for 10 s."""
 
     async def collect() -> list[dict[str, object]]:
         connection = await nats.connect(nats_url)
@@ -51,7 +52,7 @@ def samples_of(nats_url: str, send: object) -> list[dict[str, object]]:
         received: list[dict[str, object]] = []
         try:
             while True:
-                message = await subscription.next_msg(timeout=10.0)
+                message = await subscription.next_msg(timeout=1.0 if len(received) >= expected else 10.0)
                 received.append(orjson.loads(message.data))
         except nats.errors.TimeoutError:
             pass
@@ -101,7 +102,7 @@ def test_binary_json_and_grpc_requests_are_all_sampled_with_their_texts(
                 remote.infer(MODEL, [tensor], headers=AUTH)
                 remote.close()
 
-            samples = samples_of(nats_server.url, send)
+            samples = samples_of(nats_server.url, send, 3)
             assert len(samples) == 3, (name, samples)
             for sample in samples:
                 (sent,) = sample["inputs"]  # type: ignore[misc]
