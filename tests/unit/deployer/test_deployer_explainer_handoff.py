@@ -15,8 +15,10 @@ from sqlalchemy import inspect, text
 from test_deployer_controller import FakeGateway, FakeRuntime
 
 from gallery_common.artifacts import open_store
+from gallery_common.auth import Caller
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef, ModelValidated, Payload, make_event
+from gallery_common.settings import Role
 from gallery_deployer.deployer import api
 from gallery_deployer.deployer.consumer import rollout_events
 from gallery_deployer.deployer.controller import Controller, explainer_env
@@ -29,6 +31,9 @@ from gallery_deployer.runtime.manifests import KubernetesOptions, deployment_man
 ONNX = {v: ArtifactRef(uri=f"file:///models/m/{v}/model.onnx", sha256=f"{v}" * 64) for v in (1, 2)}
 EXPLAINER = ArtifactRef(uri="file:///models/m/1/explainer.npz", sha256="e" * 64)
 EXPLAINER_ENV = {"GALLERY_EXPLAINER_URI": EXPLAINER.uri, "GALLERY_EXPLAINER_SHA256": EXPLAINER.sha256}
+
+
+ADMIN = Caller(name="admin-test", role=Role.admin)  # who deploys by hand, for the audit trail
 
 
 @pytest.fixture
@@ -65,14 +70,14 @@ async def test_model_validated_hands_its_explainer_to_the_model_servers(controll
 
 
 async def test_a_deploy_by_hand_takes_the_explainer_the_registry_holds(controller: Controller) -> None:
-    view = await api.deploy(api.DeployRequest(model="m", version=1), controller)
+    view = await api.deploy(api.DeployRequest(model="m", version=1), controller, ADMIN)
 
     assert view.explainer == EXPLAINER
     assert spec_of(controller, view.id).env == EXPLAINER_ENV
 
 
 async def test_a_version_without_an_explainer_starts_servers_without_one(controller: Controller) -> None:
-    view = await api.deploy(api.DeployRequest(model="m", version=2), controller)
+    view = await api.deploy(api.DeployRequest(model="m", version=2), controller, ADMIN)
 
     assert view.explainer is None
     assert spec_of(controller, view.id).env == {}  # its servers answer explain requests with 404
