@@ -211,11 +211,16 @@ def test_a_verified_token_is_served_from_the_cache_until_it_expires(issuer: Fake
     assert "unknown signing key" in refusal(check, token)  # past its exp the cache lets go
 
 
-def test_groups_without_a_global_role_are_forbidden_naming_the_groups(issuer: FakeIssuer) -> None:
-    check = verifier(issuer)
-    verified = check.verify(issuer.token(groups=["team-a", "lunch-club"]))
+def test_groups_granting_no_role_anywhere_are_forbidden_naming_the_groups(issuer: FakeIssuer) -> None:
+    settings = GallerySettings(
+        oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_group_roles="team-a=alpha:writer", api_tokens="s3rv1ce:writer"
+    )
+    settings._token_verifier = TokenVerifier(settings.token_verifier().config, issuer.fetch)  # type: ignore[union-attr]
     with pytest.raises(Forbidden, match="lunch-club"):
-        check.global_role(verified)
+        identify(settings, "Bearer " + issuer.token(groups=["lunch-club"]))
+    member = identify(settings, "Bearer " + issuer.token(groups=["team-a", "lunch-club"]))
+    assert member.role is None and dict(member.projects) == {"alpha": Role.writer}
+    assert member.groups == ("team-a", "lunch-club")
 
 
 def test_discovery_naming_another_issuer_is_refused(issuer: FakeIssuer) -> None:

@@ -15,10 +15,24 @@ def test_defaults_put_state_under_gallery_home(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_tokens_parse_into_roles(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GALLERY_API_TOKENS", "s3cr3t:admin, r34d:reader")
+    monkeypatch.setenv("GALLERY_API_TOKENS", "s3cr3t:admin, r34d:reader, t34m:alpha:writer, t34m:beta:reader")
     settings = load_settings(GallerySettings)
-    assert settings.api_tokens == {"s3cr3t": Role.admin, "r34d": Role.reader}
+    assert settings.token_grants() == {
+        "s3cr3t": (Role.admin, {}),
+        "r34d": (Role.reader, {}),
+        "t34m": (None, {"alpha": Role.writer, "beta": Role.reader}),
+    }
     assert settings.auth_enabled
+
+
+@pytest.mark.parametrize(
+    ("tokens", "says"),
+    [("s3cr3t", "expected token:role"), ("s3cr3t:boss", "unknown role 'boss'"), ("t:Team A:reader", "project name")],
+)
+def test_a_token_with_a_bad_grant_names_what_is_wrong(tokens: str, says: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GALLERY_API_TOKENS", tokens)
+    with pytest.raises(SettingsError, match=says):
+        load_settings(GallerySettings)
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,10 @@ def create_app(
                 else:
                     resources.optional.add("nats")
                     bus.connect_in_background(ensure_streams=False)
+                from .projects_kv import follow_projects
+
+                # who is a member of which project, for every request's access check
+                stack.push_async_callback(follow_projects(bus, settings.project_directory()).close)
             if startup is not None:
                 resources.core = await startup(resources, stack)
             # the first thing shutdown does: routes answer 503 and /readyz "not ready" from here on

@@ -9,10 +9,11 @@ declaration before the request body is read; the dependencies here check it agai
 runs. With no tokens configured every caller is admin, which is why such a service binds to
 loopback only.
 
-Besides the static tokens (`GALLERY_API_TOKENS`), a service with `GALLERY_OIDC_ISSUER` accepts that
-issuer's signed JWTs (`gallery_common.oidc`): the caller is `oidc:<sub>` with the global role its
-groups map to; the per-project roles the groups map to ride along in `Caller.projects` for projects
-to enforce.
+Besides the static tokens (`GALLERY_API_TOKENS`, `token:role` installation-wide or
+`token:project:role`), a service with `GALLERY_OIDC_ISSUER` accepts that issuer's signed JWTs
+(`gallery_common.oidc`): the caller is `oidc:<sub>` with the roles its groups map to. The route-level
+check here asks whether the caller holds the route's role anywhere; which project a request touches,
+and the caller's role there, is checked by the route with `gallery_common.projects.authorize_in`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from fastapi import Depends, Request, params
 
 from .errors import Forbidden, Unauthorized
+from .projects import highest
 from .settings import GallerySettings, Role
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -39,39 +41,89 @@ ROLE_ATTRIBUTE = "__gallery_role__"
 
 @dataclass(frozen=True)
 class Caller:
-    """Who made a request: a stable name for audit trails and the role their token grants.
+    """Who made a request: a stable name for audit trails, and the roles the request carries.
 
-    `projects`: the roles an OIDC token's groups grant in single projects (`project:role` in
-    GALLERY_OIDC_GROUP_ROLES), kept for project-scoped checks; `role` is the global one enforced today.
+    `role`: the installation-wide role (every project); None for a caller that holds roles only in
+    single projects. `projects`: the roles held in single projects, from the credential
+    (`token:project:role`, a group mapped to `project:role`) and from the projects' member lists,
+    folded in when the caller is identified. `groups`: the OIDC groups (members may be groups).
     """
 
     name: str
-    role: Role
+    role: Role | None
     projects: Mapping[str, Role] = field(default_factory=lambda: MappingProxyType({}))
+    groups: tuple[str, ...] = ()
 
     def can(self, role: Role) -> bool:
-        return self.role.rank >= role.rank
+        """Whether the installation-wide role covers `role` (in every project)."""
+        return self.role is not None and self.role.rank >= role.rank
+
+    @property
+    def best(self) -> Role | None:
+        """The highest role held anywhere: what the route-level check compares with."""
+        return highest(self.role, *self.projects.values())
+
+    def role_in(self, project: str) -> Role | None:
+        """The role held in `project` (whether the project exists is the directory's to say)."""
+        return highest(self.role, self.projects.get(project))
+
+    def describe(self) -> str:
+        """The caller's roles in words, for refusals."""
+        if self.role is not None and not self.projects:
+            return self.role.value
+        held = [f"{self.role.value} in every project"] if self.role is not None else []
+        held += [f"{role.value} in {project}" for project, role in sorted(self.projects.items())]
+        return ", ".join(held) or "no role"
 
 
 ANONYMOUS_ADMIN = Caller(name="local", role=Role.admin)
 
 
 def identify(settings: GallerySettings, authorization: str | None) -> Caller:
-    """The caller behind an `Authorization: Bearer <token>` header; raise Unauthorized if unknown."""
+    """The caller behind an `Authorization: Bearer <token>` header; raise Unauthorized if unknown.
+
+    The roles the projects' member lists give the caller (by name and by group) are folded into
+    `Caller.projects` here, so every later check is a lookup.
+    """
     if not settings.auth_enabled:
         return ANONYMOUS_ADMIN
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
-    for known, role in settings.api_tokens.items():
+    caller = _static_caller(settings, token)
+    if caller is None:
+        verifier = settings.token_verifier()
+        if verifier is None or not verifier.looks_like_jwt(token):
+            raise Unauthorized("unknown bearer token")
+        verified = verifier.verify(token)
+        caller = Caller(name=verified.name, role=verified.role, projects=verified.projects, groups=verified.groups)
+    directory = settings.project_directory()
+    members = directory.memberships(caller.name, caller.groups)
+    if members:
+        projects = dict(caller.projects)
+        for project, role in members.items():
+            projects[project] = highest(projects.get(project), role) or role
+        caller = replace(caller, projects=MappingProxyType(projects))
+    if caller.best is None:
+        groups = ""
+        if caller.groups:
+            groups = f"; its groups {list(caller.groups)} match no grant in GALLERY_OIDC_GROUP_ROLES"
+        raise Forbidden(f"{caller.name} has no Gallery role in any project{groups}")
+    return caller
+
+
+def _static_caller(settings: GallerySettings, token: str) -> Caller | None:
+    """The caller of a static token (`GALLERY_API_TOKENS`), None when `token` is none of them."""
+    for known, (role, projects) in settings.token_grants().items():
         # constant-time comparison so a token cannot be guessed byte by byte from timings
         if hmac.compare_digest(known.encode(), token.encode()):
-            return Caller(name=f"{role.value}-{hashlib.sha256(token.encode()).hexdigest()[:8]}", role=role)
-    verifier = settings.token_verifier()
-    if verifier is not None and verifier.looks_like_jwt(token):
-        verified = verifier.verify(token)
-        return Caller(name=verified.name, role=verifier.global_role(verified), projects=verified.projects)
-    raise Unauthorized("unknown bearer token")
+            label = role.value if role is not None and not projects else "token"
+            return Caller(
+                name=f"{label}-{hashlib.sha256(token.encode()).hexdigest()[:8]}",
+                role=role,
+                projects=MappingProxyType(dict(projects)),
+            )
+    return None
 
 
 def required_role(method: str) -> Role:
@@ -80,9 +132,11 @@ def required_role(method: str) -> Role:
 
 
 def check_role(caller: Caller, needed: Role) -> None:
-    """Forbidden unless `caller` holds `needed` (or a role above it)."""
-    if not caller.can(needed):
-        raise Forbidden(f"this request needs the {needed.value} role; your token has {caller.role.value}")
+    """Forbidden unless `caller` holds `needed` (or a role above it) somewhere: installation-wide or in
+    a project. Which project a request touches is the route's to check (`projects.authorize_in`)."""
+    best = caller.best
+    if best is None or best.rank < needed.rank:
+        raise Forbidden(f"this request needs the {needed.value} role; your token has {caller.describe()}")
 
 
 class RoleRequirement:

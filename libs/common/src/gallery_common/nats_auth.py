@@ -156,19 +156,38 @@ def _keep_outcomes() -> tuple[str, ...]:
     return (*_write_bucket(STREAM, SUBJECTS), subject_for("outcome"))
 
 
-def _follow_routes() -> tuple[str, ...]:
-    """Bind to the routes bucket and watch it with ordered consumers (a gateway): reading, no writing."""
-    from .routes_kv import STREAM as ROUTES_STREAM
-
+def _follow_bucket(stream: str) -> tuple[str, ...]:
+    """Bind to a KV bucket and watch it with ordered consumers: reading, no writing."""
     return (
         "$JS.API.INFO",
-        f"$JS.API.STREAM.INFO.{ROUTES_STREAM}",
-        f"$JS.API.CONSUMER.CREATE.{ROUTES_STREAM}",
-        f"$JS.API.CONSUMER.CREATE.{ROUTES_STREAM}.>",
-        f"$JS.API.CONSUMER.INFO.{ROUTES_STREAM}.>",
-        f"$JS.API.CONSUMER.DELETE.{ROUTES_STREAM}.>",
-        f"$JS.FC.{ROUTES_STREAM}.>",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
     )
+
+
+def _follow_routes() -> tuple[str, ...]:
+    """Watch the routes bucket (a gateway)."""
+    from .routes_kv import STREAM as ROUTES_STREAM
+
+    return _follow_bucket(ROUTES_STREAM)
+
+
+def _follow_projects() -> tuple[str, ...]:
+    """Watch the projects bucket (every service: who is a member of which project)."""
+    from .projects_kv import STREAM as PROJECTS_STREAM
+
+    return _follow_bucket(PROJECTS_STREAM)
+
+
+def _write_projects() -> tuple[str, ...]:
+    """Keep the projects bucket, read and write its keys (the registry only)."""
+    from .projects_kv import STREAM, SUBJECTS
+
+    return (*_write_bucket(STREAM, SUBJECTS), "$JS.API.STREAM.NAMES", f"$JS.API.CONSUMER.CREATE.{STREAM}.>")
 
 
 def _audit(*, write: bool) -> tuple[str, ...]:
@@ -256,6 +275,12 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
         found[role] = Principal(role, (*recorder.publish, *_audit(write=True)), recorder.subscribe)
     cli = found["cli"]
     found["cli"] = Principal("cli", (*cli.publish, *_audit(write=False)), cli.subscribe)
+    # every service follows the projects and their members; only the registry changes them
+    for role in ("trainer", "registry", "optimizer", "deployer", "monitor", "gateway"):
+        follower = found[role]
+        found[role] = Principal(role, (*follower.publish, *_follow_projects()), follower.subscribe)
+    registry = found["registry"]
+    found["registry"] = Principal("registry", (*registry.publish, *_write_projects()), registry.subscribe)
     return found
 
 

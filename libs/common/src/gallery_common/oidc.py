@@ -30,7 +30,9 @@ from typing import Any
 import httpx
 import jwt
 
-from .errors import Forbidden, Unauthorized
+from .errors import Unauthorized
+from .projects import RoleGrant as RoleGrant
+from .projects import fold_grants
 from .settings import Role
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -43,27 +45,6 @@ FetchJson = Callable[[str], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
-class RoleGrant:
-    """One role a group grants: global (`project` None) or in one project."""
-
-    role: Role
-    project: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> RoleGrant:
-        """`reader` (global) or `team-a:writer` (in project `team-a`)."""
-        project, sep, role = text.strip().rpartition(":")
-        try:
-            parsed = Role(role)
-        except ValueError:
-            choices = ", ".join(r.value for r in Role)
-            raise ValueError(f"unknown role {role!r} in {text!r}: expected one of {choices}") from None
-        if sep and not project:
-            raise ValueError(f"empty project name in {text!r}: expected project:role")
-        return cls(role=parsed, project=project or None)
-
-
-@dataclass(frozen=True)
 class GroupRoles:
     """What each group of the token's groups claim grants, globally and per project."""
 
@@ -71,15 +52,7 @@ class GroupRoles:
 
     def roles_of(self, groups: list[str]) -> tuple[Role | None, dict[str, Role]]:
         """The highest global role and the highest role per project the groups grant."""
-        best: Role | None = None
-        projects: dict[str, Role] = {}
-        for group in groups:
-            for grant in self.grants.get(group, ()):
-                if grant.project is None:
-                    best = grant.role if best is None or grant.role.rank > best.rank else best
-                elif grant.project not in projects or grant.role.rank > projects[grant.project].rank:
-                    projects[grant.project] = grant.role
-        return best, projects
+        return fold_grants(grant for group in groups for grant in self.grants.get(group, ()))
 
 
 @dataclass(frozen=True)
@@ -107,6 +80,7 @@ class VerifiedToken:
     projects: Mapping[str, Role]
     expires_at: float
     claims: Mapping[str, Any]
+    groups: tuple[str, ...] = ()
 
 
 def http_fetch_json(timeout_s: float) -> FetchJson:
@@ -301,7 +275,8 @@ class TokenVerifier:
         groups = claims.get(config.groups_claim) or []
         if isinstance(groups, str):
             groups = [groups]
-        role, projects = config.group_roles.roles_of([g for g in groups if isinstance(g, str)])
+        groups = [g for g in groups if isinstance(g, str)]
+        role, projects = config.group_roles.roles_of(groups)
         subject = claims.get(config.name_claim) or claims["sub"]
         return VerifiedToken(
             name=f"oidc:{subject}",
@@ -309,14 +284,5 @@ class TokenVerifier:
             projects=projects,
             expires_at=float(claims["exp"]) + config.clock_skew_s,
             claims=claims,
+            groups=tuple(groups),
         )
-
-    def global_role(self, verified: VerifiedToken) -> Role:
-        """The token's global role; Forbidden when its groups grant none (project roles are not enforced yet)."""
-        if verified.role is None:
-            groups = verified.claims.get(self.config.groups_claim) or []
-            raise Forbidden(
-                f"{verified.name} has no Gallery role: its {self.config.groups_claim!r} claim {groups} "
-                "matches no global role in GALLERY_OIDC_GROUP_ROLES"
-            )
-        return verified.role

@@ -36,6 +36,7 @@ _STREAM_NAME_IN_USE = 10058
 _CONFLICT_RETRIES = 5
 log = get_logger(__name__)
 T = TypeVar("T")
+B = TypeVar("B", bound="RoutesBucket")
 
 
 def route_key(model: str) -> str:
@@ -91,16 +92,6 @@ async def ensure_bucket(
     return kv
 
 
-async def _ensure_routes(bus: EventBus) -> KeyValue:
-    return await ensure_bucket(
-        bus.js,
-        BUCKET,
-        history=HISTORY,
-        replicas=bus.stream_replicas,
-        description="Model Gallery gateway routes: one key per model",
-    )
-
-
 @dataclass(frozen=True)
 class RouteEntry:
     """A model's route as the bucket holds it, with the revision that wrote it."""
@@ -118,27 +109,43 @@ class RoutesBucket:
     makes no new revision). NATS outages are retried like publishes (`EventBus.with_retry`).
     """
 
+    bucket = BUCKET
+    history = HISTORY
+    description = "Model Gallery gateway routes: one key per model"
+    thing = "route"
+
+    @staticmethod
+    def key_of(name: str) -> str:
+        return route_key(name)
+
     def __init__(self, bus: EventBus, kv: KeyValue) -> None:
         self.bus = bus
         self.kv = kv
         self._ensuring: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, bus: EventBus) -> RoutesBucket:
-        """The routes bucket on `bus`, created when missing (replicas: the bus's stream replicas) and
+    async def _ensure(cls, bus: EventBus) -> KeyValue:
+        return await ensure_bucket(
+            bus.js, cls.bucket, history=cls.history, replicas=bus.stream_replicas, description=cls.description
+        )
+
+    @classmethod
+    async def open(cls: type[B], bus: EventBus) -> B:
+        """The bucket on `bus`, created when missing (replicas: the bus's stream replicas) and
         again after a reconnect (the server may be a new one with an empty store)."""
-        bucket = cls(bus, await bus.with_retry(lambda: _ensure_routes(bus), what=f"ensure KV bucket {BUCKET}"))
+        bucket = cls(bus, await bus.with_retry(lambda: cls._ensure(bus), what=f"ensure KV bucket {cls.bucket}"))
         bus.on_reconnected(bucket._ensure_again)
         return bucket
 
     def _ensure_again(self) -> None:
         async def ensure() -> None:
             try:
-                self.kv = await self.bus.with_retry(lambda: _ensure_routes(self.bus), what=f"ensure KV bucket {BUCKET}")
+                what = f"ensure KV bucket {self.bucket}"
+                self.kv = await self.bus.with_retry(lambda: self._ensure(self.bus), what=what)
             except Exception as exc:  # a background task: the next reconnect or write tries again
-                log.warning("could not restore the routes bucket after a reconnect", error=repr(exc))
+                log.warning("could not restore a bucket after a reconnect", bucket=self.bucket, error=repr(exc))
 
-        task = asyncio.create_task(ensure(), name=f"routes-bucket:{self.bus.service}")
+        task = asyncio.create_task(ensure(), name=f"{self.bucket}-bucket:{self.bus.service}")
         self._ensuring.add(task)
         task.add_done_callback(self._ensuring.discard)
 
@@ -153,15 +160,15 @@ class RoutesBucket:
         return entry, entry.revision or 0
 
     async def get(self, model: str) -> RouteEntry | None:
-        key = route_key(model)
-        entry, _ = await self.bus.with_retry(lambda: self._current(key), what=f"read the route of {model}")
+        key = self.key_of(model)
+        entry, _ = await self.bus.with_retry(lambda: self._current(key), what=f"read the {self.thing} of {model}")
         if entry is None:
             return None
         return RouteEntry(model, entry.value or b"", entry.revision or 0)
 
     async def put(self, model: str, value: bytes) -> int:
         """Store `value` as `model`'s route; returns the revision that holds it."""
-        key = route_key(model)
+        key = self.key_of(model)
 
         async def attempt() -> int:
             entry, expected = await self._current(key)
@@ -169,11 +176,11 @@ class RoutesBucket:
                 return expected
             return await self.kv.update(key, value, last=expected)
 
-        return await self._settle(attempt, f"set the route of {model}")
+        return await self._settle(attempt, f"set the {self.thing} of {model}")
 
     async def delete(self, model: str) -> bool:
         """Remove `model`'s route (a delete marker every follower sees); False when it had none."""
-        key = route_key(model)
+        key = self.key_of(model)
 
         async def attempt() -> bool:
             entry, expected = await self._current(key)
@@ -182,7 +189,7 @@ class RoutesBucket:
             await self.kv.delete(key, last=expected)
             return True
 
-        return await self._settle(attempt, f"delete the route of {model}")
+        return await self._settle(attempt, f"delete the {self.thing} of {model}")
 
     async def _settle(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         for _ in range(_CONFLICT_RETRIES):
@@ -190,7 +197,7 @@ class RoutesBucket:
                 return await self.bus.with_retry(attempt, what=what)
             except js_errors.KeyWrongLastSequenceError:
                 continue  # another writer came between the read and the write: read again
-        raise Conflict(f"{what}: the route kept changing under {_CONFLICT_RETRIES} attempts")
+        raise Conflict(f"{what}: the {self.thing} kept changing under {_CONFLICT_RETRIES} attempts")
 
 
 @dataclass(frozen=True)
@@ -215,8 +222,19 @@ class RoutesFollower:
     as part of that batch. With the bus down nothing is applied and the table stays as it was.
     """
 
-    def __init__(self, bus: EventBus, apply: ApplyChanges, *, revision: int = 0, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        apply: ApplyChanges,
+        *,
+        revision: int = 0,
+        retry_s: float = 1.0,
+        bucket: str = BUCKET,
+        name_of: Callable[[str], str | None] = model_of_key,
+    ) -> None:
         self.bus = bus
+        self.bucket = bucket
+        self.name_of = name_of
         self.apply = apply
         self.revision = revision  # the highest bucket revision applied so far
         self.retry_s = retry_s
@@ -227,7 +245,7 @@ class RoutesFollower:
 
     def start(self) -> RoutesFollower:
         self.bus.on_reconnected(self._on_reconnected)
-        self._task = asyncio.create_task(self._run(), name=f"routes-follower:{self.bus.service}")
+        self._task = asyncio.create_task(self._run(), name=f"{self.bucket}-follower:{self.bus.service}")
         return self
 
     async def close(self) -> None:
@@ -257,12 +275,12 @@ class RoutesFollower:
                 await self._follow()
             except js_errors.BucketNotFoundError:
                 if not waiting_for_bucket:
-                    log.info("routes bucket not there yet; the deployer creates it", bucket=BUCKET)
+                    log.info("bucket not there yet; its writer creates it", bucket=self.bucket)
                 waiting_for_bucket = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a broken watch is started again; the table keeps serving meanwhile
-                log.warning("routes watch failed; starting it again", error=repr(exc))
+                log.warning("bucket watch failed; starting it again", bucket=self.bucket, error=repr(exc))
             else:
                 waiting_for_bucket = False
                 continue  # the watch was stopped by a reconnect: start the next one at once
@@ -270,7 +288,7 @@ class RoutesFollower:
             await asyncio.sleep(self.retry_s)
 
     async def _follow(self) -> None:
-        kv = await self.bus.js.key_value(BUCKET)
+        kv = await self.bus.js.key_value(self.bucket)
         watcher = self._watcher = await kv.watchall()
         self.synced = False
         initial: list[RouteChange] = []
@@ -292,11 +310,10 @@ class RoutesFollower:
         self.revision = max([self.revision, *(c.revision for c in changes)])
         self.synced = synced
 
-    @staticmethod
-    def _change_of(entry: KeyValue.Entry) -> RouteChange | None:
-        model = model_of_key(entry.key)
+    def _change_of(self, entry: KeyValue.Entry) -> RouteChange | None:
+        model = self.name_of(entry.key)
         if model is None:
-            log.warning("ignoring a routes key no model name gives", key=entry.key)
+            log.warning("ignoring a key that names nothing", bucket=self.bucket, key=entry.key)
             return None
         deleted = entry.operation in (KV_DEL, KV_PURGE)
         return RouteChange(model, None if deleted else entry.value or b"", entry.revision or 0)

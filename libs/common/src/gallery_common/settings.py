@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from .oidc import TokenVerifier
+    from .projects import ProjectDirectory
 
 ENV_PREFIX = "GALLERY_"
 
@@ -84,8 +85,9 @@ class GallerySettings(BaseSettings):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     otlp_endpoint: str | None = None
-    api_tokens: Annotated[dict[str, Role], NoDecode] = Field(
-        default_factory=dict, description="token:role pairs, comma separated"
+    api_tokens: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description="token:role (every project) or token:project:role pairs, comma separated; a token may repeat",
     )
     oidc_issuer: str | None = Field(
         default=None, description="OIDC issuer URL whose signed JWTs are accepted as bearer tokens (besides api_tokens)"
@@ -145,19 +147,28 @@ class GallerySettings(BaseSettings):
     log_level: str = "INFO"
 
     _token_verifier: TokenVerifier | None = PrivateAttr(default=None)
+    _token_grants: dict[str, tuple[Role | None, dict[str, Role]]] | None = PrivateAttr(default=None)
+    _project_directory: ProjectDirectory | None = PrivateAttr(default=None)
 
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _parse_tokens(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        tokens: dict[str, str] = {}
-        for pair in filter(None, (p.strip() for p in value.split(","))):
-            token, sep, role = pair.rpartition(":")
-            if not sep or not token:
-                raise ValueError(f"expected token:role, got {pair!r}")
-            tokens[token] = role
-        return tokens
+        from .projects import RoleGrant
+
+        if isinstance(value, str):
+            pairs: dict[str, list[str]] = {}
+            for pair in filter(None, (p.strip() for p in value.split(","))):
+                token, sep, grant = pair.partition(":")
+                if not sep or not token or not grant:
+                    raise ValueError(f"expected token:role or token:project:role, got {pair!r}")
+                pairs.setdefault(token, []).append(grant)
+            value = pairs
+        if isinstance(value, dict):
+            value = {token: [grants] if isinstance(grants, str) else list(grants) for token, grants in value.items()}
+            for grants in value.values():
+                for grant in grants:
+                    RoleGrant.parse(str(grant))
+        return value
 
     @field_validator("oidc_algorithms", mode="before")
     @classmethod
@@ -193,7 +204,7 @@ class GallerySettings(BaseSettings):
     @model_validator(mode="after")
     def _check_oidc(self) -> GallerySettings:
         if self.oidc_group_roles:
-            from .oidc import RoleGrant  # imported only when configured: PyJWT is not in every venv
+            from .projects import RoleGrant
 
             for group, roles in self.oidc_group_roles.items():
                 for role in roles:
@@ -243,12 +254,32 @@ class GallerySettings(BaseSettings):
     def auth_enabled(self) -> bool:
         return bool(self.api_tokens) or self.oidc_issuer is not None
 
+    def token_grants(self) -> dict[str, tuple[Role | None, dict[str, Role]]]:
+        """Each static token's installation-wide role and its roles per project."""
+        if self._token_grants is None:
+            from .projects import RoleGrant, fold_grants
+
+            self._token_grants = {
+                token: fold_grants(RoleGrant.parse(str(g)) for g in grants) for token, grants in self.api_tokens.items()
+            }
+        return self._token_grants
+
+    def project_directory(self) -> ProjectDirectory:
+        """This process's view of the projects and their members (one per settings object; a service
+        with a bus follows the `projects` bucket into it)."""
+        if self._project_directory is None:
+            from .projects import ProjectDirectory
+
+            self._project_directory = ProjectDirectory()
+        return self._project_directory
+
     def token_verifier(self) -> TokenVerifier | None:
         """The verifier of this issuer's tokens (one per settings object, holding its key and token caches)."""
         if self.oidc_issuer is None:
             return None
         if self._token_verifier is None:
-            from .oidc import GroupRoles, OidcConfig, RoleGrant, TokenVerifier
+            from .oidc import GroupRoles, OidcConfig, TokenVerifier
+            from .projects import RoleGrant
 
             assert self.oidc_audience is not None
             config = OidcConfig(
