@@ -17,6 +17,7 @@ from .contracts.names import MODEL_NAME_PATTERN
 from .contracts.refs import ArtifactRef, Lineage, Signature
 from .contracts.refs import TensorSpec as TensorSpec
 from .contracts.request_ids import REQUEST_ID_PATTERN
+from .projects import DEFAULT_PROJECT, PROJECT_PATTERN
 
 SUBJECT_PREFIX = "model"
 TYPE_PREFIX = "io.modelgallery.model"
@@ -30,6 +31,9 @@ class Payload(BaseModel):
     event: ClassVar[str]
 
     model: str = Field(pattern=NAME_PATTERN)
+    project: str = Field(
+        default=DEFAULT_PROJECT, pattern=PROJECT_PATTERN, description="the project the model belongs to"
+    )
 
     def version_label(self) -> str:
         """The `<version>` half of the CloudEvent subject."""

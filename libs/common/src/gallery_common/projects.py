@@ -41,6 +41,8 @@ DEFAULT_PROJECT = "default"
 PROJECT_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 PROJECT_RULE = "lowercase letters, digits and '-', starting with a letter, at most 63 characters"
 GROUP_PREFIX = "group:"
+# the project a request creates things in, when its body does not say (the CLI's --project)
+PROJECT_HEADER = "x-gallery-project"
 _PROJECT_RE = re.compile(PROJECT_PATTERN)
 
 
@@ -242,3 +244,15 @@ def visible_projects(caller: Caller, directory: ProjectDirectory, needed: Role =
         for name in directory.names()
         if (held := role_in(caller, name, directory)) is not None and held.rank >= needed.rank
     ]
+
+
+def home_project(caller: Caller, requested: str | None) -> str:
+    """The project a request that names none acts in: `requested` (a body field or the
+    `X-Gallery-Project` header) when given; else the caller's one project when it holds roles in
+    exactly one and none installation-wide; else `default`. Whether the caller may act there is
+    `authorize_in`'s to say."""
+    if requested:
+        return requested
+    if caller.role is None and len(caller.projects) == 1:
+        return next(iter(caller.projects))
+    return DEFAULT_PROJECT
