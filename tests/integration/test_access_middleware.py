@@ -212,7 +212,7 @@ def test_the_role_ladder(tmp_path: Path) -> None:
 
 def test_a_token_can_have_the_inference_role() -> None:
     settings = load_settings(GallerySettings, api_tokens="t1:inference,t2:admin")
-    assert settings.api_tokens == {"t1": Role.inference, "t2": Role.admin}
+    assert settings.token_grants() == {"t1": (Role.inference, {}), "t2": (Role.admin, {})}
 
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
