@@ -85,9 +85,12 @@ def schema_differences(migrations: SchemaMigrations, engine: Engine) -> list[obj
 
 
 def store(engine: Engine, row: SQLModel) -> type[SQLModel]:
-    with Session(engine) as session:
-        session.add(row)
-        session.commit()
+    """Insert `row` into a table as an older revision made it: the columns later revisions added are left out."""
+    table = type(row).__table__  # type: ignore[attr-defined]
+    present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+    values = {key: value for key, value in row.model_dump().items() if key in present and value is not None}
+    with engine.begin() as conn:
+        conn.execute(table.insert().values(**values))
     return type(row)
 
 
@@ -189,7 +192,7 @@ def test_registry_versions_from_before_federated_lineage_are_kept_as_trained_in_
 
     REGISTRY.upgrade(engine)
 
-    assert REGISTRY.current_revision(engine) == "0003"
+    assert REGISTRY.current_revision(engine) == head(REGISTRY)
     registry = RegistryStore(engine)
     old = registry.get_version("iris", 1)
     assert (old.metrics, old.lineage.training_job_id, old.lineage.federation) == ({"accuracy": 0.9}, "job-1", None)
@@ -208,7 +211,7 @@ def test_registry_federation_column_already_there_is_left_as_it_is(engine: Engin
 
     REGISTRY.upgrade(engine)
 
-    assert REGISTRY.current_revision(engine) == "0003"
+    assert REGISTRY.current_revision(engine) == head(REGISTRY)
     assert schema_differences(REGISTRY, engine) == []
 
 

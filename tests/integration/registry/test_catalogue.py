@@ -243,7 +243,7 @@ def test_a_database_at_the_first_revision_is_migrated_with_its_rows(url: str) ->
                 )
             )
         upgrade(engine)
-        assert current_revision(engine) == "0003"
+        assert current_revision(engine) == "0004"
         migrated = RegistryStore(engine)
         assert migrated.get_card("old").description == "kept"
         assert migrated.set_card("old", CardUpdate(intended_use="x")).revision == 1

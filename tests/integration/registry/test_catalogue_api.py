@@ -96,7 +96,8 @@ def test_catalogue_answers_the_contracts_entries(client: TestClient) -> None:
     assert (body["total"], body["next_page_token"]) == (2, None)
     empty, pets = body["models"]
     assert set(pets) == {
-        "name", "summary", "owner", "tags", "task", "updated_at", "latest_version", "version_count", "production"
+        "name", "summary", "owner", "tags", "task", "project", "updated_at", "latest_version", "version_count",
+        "production",
     }  # fmt: skip
     assert (pets["name"], pets["summary"], pets["owner"], pets["tags"], pets["task"]) == (
         "pets",
@@ -119,6 +120,7 @@ def test_catalogue_answers_the_contracts_entries(client: TestClient) -> None:
         "owner": None,
         "tags": {},
         "task": None,
+        "project": "default",
         "updated_at": empty["updated_at"],
         "latest_version": None,
         "version_count": 0,

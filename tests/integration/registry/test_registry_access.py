@@ -64,7 +64,9 @@ def test_a_writer_cannot_pass_a_version_by_the_gate(client: TestClient) -> None:
     store_of(client).set_version_status("m", 1, VersionStatus.validating)  # the gate picked it up
     flipped = client.patch("/api/v1/models/m/versions/1", json={"status": "validated"})
     assert flipped.status_code == 403
-    assert flipped.json() == {"error": "changing a version's status needs the admin role; your token has writer"}
+    assert flipped.json() == {
+        "error": "changing a version's status needs the admin role in project 'default'; your token has writer there"
+    }
     assert client.get("/api/v1/models/m/versions/1").json()["status"] == "validating"
     # the MLflow API has no way to set a status at all: its update changes the description only
     mlflow = client.patch(

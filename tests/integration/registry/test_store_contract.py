@@ -52,10 +52,10 @@ def ref(byte: str = "a", uri: str = "file:///artifacts/m.onnx") -> ArtifactRef:
 
 
 def test_schema_is_at_head_and_upgrading_again_changes_nothing(store: RegistryStore) -> None:
-    assert current_revision(store.engine) == "0003"
+    assert current_revision(store.engine) == "0004"
     store.create_model(ModelCreate(name="kept"))
     upgrade(store.engine)
-    assert current_revision(store.engine) == "0003"
+    assert current_revision(store.engine) == "0004"
     assert store.get_model("kept").name == "kept"
 
 

@@ -2,7 +2,9 @@
 
 Routes are plain `def` functions: FastAPI runs them in its thread pool, so SQL never blocks the
 event loop. What decides what the gate lets through or removes a record (deletions, status changes,
-validation policies) needs the admin role; a writer registers, tags and attaches artifacts.
+validation policies, protected aliases) needs the admin role; a writer registers, tags and attaches
+artifacts. Each role is checked in the project of the model a request touches (`project_access`):
+a model in a project the caller holds no role in answers as one that does not exist.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import BaseModel
 from gallery_common.audit import AuditAction
 from gallery_common.auth import requires
 from gallery_common.deps import CallerDep
-from gallery_common.errors import BadRequest, Forbidden, InvalidRequest, NotFound
+from gallery_common.errors import BadRequest, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import Role
 
@@ -23,6 +25,7 @@ from .audit_api import AuditRecorderDep
 from .deps import ModelCardsDep, RegistrySettingsDep, RegistryStoreDep, check_alias_permission
 from .model_card import optimizer_changed
 from .paging import decode_page_token
+from .project_access import ProjectAccessDep
 from .schemas import (
     AliasChange,
     AliasPublic,
@@ -56,6 +59,9 @@ PageToken = Annotated[str | None, Query(description="next_page_token of the prev
 Offset = Annotated[int | None, Query(ge=0, description="rows to skip (instead of page_token)")]
 Direction = Annotated[Literal["asc", "desc"], Query(description="sort direction")]
 Reason = Annotated[str | None, Query(max_length=2000, description="why, for the alias history")]
+ProjectFilter = Annotated[
+    str | None, Query(max_length=63, description="only this project's models (404 unless you hold a role there)")
+]
 
 
 def _json(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
@@ -85,14 +91,18 @@ def _parse_tags(tags: list[str]) -> dict[str, str | None]:
 
 
 @router.post("/models", status_code=status.HTTP_201_CREATED, summary="Create a model")
-def create_model(data: ModelCreate, store: RegistryStoreDep) -> ModelPublic:
-    """Create a registered model; 409 if the name is taken."""
-    return store.create_model(data)
+def create_model(data: ModelCreate, store: RegistryStoreDep, access: ProjectAccessDep) -> ModelPublic:
+    """Create a registered model in `project` (left out: the X-Gallery-Project header, else the caller's
+    one project, else `default`); needs the writer role there. 409 if the name is taken, in any project."""
+    project = access.home(data.project)
+    return store.create_model(data.model_copy(update={"project": project}))
 
 
 @router.get("/models", summary="Search models")
 def search_models(
     store: RegistryStoreDep,
+    access: ProjectAccessDep,
+    project: ProjectFilter = None,
     name: Annotated[str | None, Query(description="substring of the name, any case")] = None,
     owner: str | None = None,
     tag: Annotated[list[str], Query(description="KEY or KEY=VALUE; repeat for several")] = [],  # noqa: B006
@@ -102,10 +112,12 @@ def search_models(
     page_token: PageToken = None,
     offset: Offset = None,
 ) -> ModelPage:
-    """Models matching every filter, one page at a time; pass `next_page_token` back for the next."""
+    """Models matching every filter, one page at a time; pass `next_page_token` back for the next.
+    Only models of the projects the caller holds a role in (or of `project`)."""
     query = ModelQuery(
         name_contains=name,
         owner=owner,
+        projects=access.listed(project),
         tags=_parse_tags(tag),
         order_by=order_by,
         descending=order == "desc",
@@ -116,19 +128,24 @@ def search_models(
 
 
 @router.get("/models/{name}", summary="Get a model")
-def get_model(name: str, store: RegistryStoreDep) -> ModelPublic:
+def get_model(name: str, store: RegistryStoreDep, access: ProjectAccessDep) -> ModelPublic:
+    access.model(name, Role.reader)
     return store.get_model(name)
 
 
 @router.patch("/models/{name}", summary="Update a model")
-def update_model(name: str, data: ModelUpdate, store: RegistryStoreDep) -> ModelPublic:
+def update_model(name: str, data: ModelUpdate, store: RegistryStoreDep, access: ProjectAccessDep) -> ModelPublic:
     """Change description, owner or tags (tags, when given, replace all tags)."""
+    access.model(name, Role.writer)
     return store.update_model(name, data)
 
 
 @router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a model", dependencies=ADMIN)
-def delete_model(name: str, store: RegistryStoreDep, audit: AuditRecorderDep, reason: Reason = None) -> Response:
+def delete_model(
+    name: str, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep, reason: Reason = None
+) -> Response:
     """Delete a model with every version, artifact record, alias and its policy."""
+    project = access.model(name, Role.admin)
     before = store.get_model(name)
     store.delete_model(name)
     audit.record(
@@ -137,21 +154,29 @@ def delete_model(name: str, store: RegistryStoreDep, audit: AuditRecorderDep, re
         model=name,
         before={"latest_version": before.latest_version, "aliases": before.aliases},
         reason=reason,
+        project=project,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/models/{name}/validation-policy", summary="Get a model's validation policy")
-def get_validation_policy(name: str, store: RegistryStoreDep) -> ValidationPolicy:
+def get_validation_policy(name: str, store: RegistryStoreDep, access: ProjectAccessDep) -> ValidationPolicy:
     """The gate's criteria for this model; the defaults (updated_at null) if none was set."""
+    access.model(name, Role.reader)
     return store.get_validation_policy(name)
 
 
 @router.put("/models/{name}/validation-policy", summary="Set a model's validation policy", dependencies=ADMIN)
 def set_validation_policy(
-    name: str, data: ValidationPolicyUpdate, store: RegistryStoreDep, audit: AuditRecorderDep, reason: Reason = None
+    name: str,
+    data: ValidationPolicyUpdate,
+    store: RegistryStoreDep,
+    access: ProjectAccessDep,
+    audit: AuditRecorderDep,
+    reason: Reason = None,
 ) -> ValidationPolicy:
-    """Admin only: the policy is the bar the gate holds every new version to."""
+    """Admin of the model's project only: the policy is the bar the gate holds every new version to."""
+    project = access.model(name, Role.admin)
     before = store.get_validation_policy(name)
     policy = store.set_validation_policy(name, data)
     keep = set(ValidationPolicyUpdate.model_fields)
@@ -162,6 +187,7 @@ def set_validation_policy(
         before=before.model_dump(mode="json", include=keep) if before.updated_at is not None else None,
         after=policy.model_dump(mode="json", include=keep),
         reason=reason,
+        project=project,
     )
     return policy
 
@@ -173,7 +199,9 @@ def set_validation_policy(
     response_model=VersionPublic,
     responses={200: {"description": "the event was registered before; its version, unchanged"}},
 )
-def register_version(name: str, data: VersionCreate, store: RegistryStoreDep, audit: AuditRecorderDep) -> Response:
+def register_version(
+    name: str, data: VersionCreate, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
+) -> Response:
     """Register the next version with its artifacts. The SemVer is the next minor (same signature)
     or major (new signature) unless given; an explicit one must be greater than the latest.
 
@@ -186,6 +214,7 @@ def register_version(name: str, data: VersionCreate, store: RegistryStoreDep, au
         raise InvalidRequest(
             "source_event_id: set only by the validation gate from a model.trained event; leave it out"
         )
+    project = access.model(name, Role.writer)
     registered = store.register_version(name, data)
     audit.record(
         AuditAction.registration,
@@ -194,6 +223,7 @@ def register_version(name: str, data: VersionCreate, store: RegistryStoreDep, au
         version=registered.version,
         after={"version": registered.version, "semver": registered.semver, "status": registered.status},
         reason=data.description,
+        project=project,
     )
     return _json(registered, status.HTTP_201_CREATED)
 
@@ -202,6 +232,7 @@ def register_version(name: str, data: VersionCreate, store: RegistryStoreDep, au
 def list_versions(
     name: str,
     store: RegistryStoreDep,
+    access: ProjectAccessDep,
     status_: Annotated[VersionStatus | None, Query(alias="status")] = None,
     order_by: VersionOrder = VersionOrder.version,
     order: Direction = "desc",
@@ -209,7 +240,7 @@ def list_versions(
     page_token: PageToken = None,
     offset: Offset = None,
 ) -> VersionPage:
-    store.get_model(name)  # 404 for an unknown model rather than an empty page
+    access.model(name, Role.reader)  # 404 for an unknown (or hidden) model rather than an empty page
     query = VersionQuery(
         name=name,
         status=status_,
@@ -222,7 +253,8 @@ def list_versions(
 
 
 @router.get("/models/{name}/versions/{version}", summary="Get a version", response_model=VersionPublic)
-def get_version(name: str, version: int, store: RegistryStoreDep) -> Response:
+def get_version(name: str, version: int, store: RegistryStoreDep, access: ProjectAccessDep) -> Response:
+    access.model(name, Role.reader)
     return _json(store.get_version(name, version))
 
 
@@ -232,17 +264,18 @@ def update_version(
     version: int,
     data: VersionUpdate,
     store: RegistryStoreDep,
-    caller: CallerDep,
+    access: ProjectAccessDep,
     audit: AuditRecorderDep,
     reason: Reason = None,
 ) -> VersionPublic:
     """Change status (pending → validating → validated | rejected → archived), description or tags.
 
-    A status change needs the admin role: the validation gate sets status, and a writer moving a
-    version to `validated` would pass it by the gate. Description and tags need a writer.
+    A status change needs the admin role in the model's project: the validation gate sets status, and
+    a writer moving a version to `validated` would pass it by the gate. Description and tags need a writer.
     """
-    if data.status is not None and not caller.can(Role.admin):
-        raise Forbidden(f"changing a version's status needs the admin role; your token has {caller.role.value}")
+    project = access.model(name, Role.writer)
+    if data.status is not None:
+        access.model(name, Role.admin, "changing a version's status")
     before = store.get_version(name, version).status if data.status is not None else None
     updated = store.update_version(name, version, data)
     if data.status is not None and before != updated.status:
@@ -254,6 +287,7 @@ def update_version(
             before={"status": before},
             after={"status": updated.status},
             reason=reason,
+            project=project,
         )
     return updated
 
@@ -265,9 +299,16 @@ def update_version(
     dependencies=ADMIN,
 )
 def delete_version(
-    name: str, version: int, store: RegistryStoreDep, caller: CallerDep, audit: AuditRecorderDep, reason: Reason = None
+    name: str,
+    version: int,
+    store: RegistryStoreDep,
+    caller: CallerDep,
+    access: ProjectAccessDep,
+    audit: AuditRecorderDep,
+    reason: Reason = None,
 ) -> Response:
     """Delete a version; aliases pointing at it are removed (and the removal recorded)."""
+    project = access.model(name, Role.admin)
     before = store.get_version(name, version)
     store.delete_version(name, version, actor=caller.name)
     audit.record(
@@ -277,6 +318,7 @@ def delete_version(
         version=version,
         before={"status": before.status, "semver": before.semver, "aliases": before.aliases},
         reason=reason,
+        project=project,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -286,11 +328,13 @@ def merge_version_tags(
     name: str,
     version: int,
     store: RegistryStoreDep,
+    access: ProjectAccessDep,
     cards: ModelCardsDep,
     changes: Annotated[dict[str, str | None], Body(description="key -> value to set, or null to remove")],
 ) -> VersionPublic:
     """Set the tags given (null removes one) and keep the others. A change of an `optimizer.*` tag
     (the recommendation the catalogue shows) regenerates the version's model card."""
+    access.model(name, Role.writer)
     for key, value in changes.items():
         check_tag(key, value or "")
     updated = store.merge_version_tags(name, version, changes)
@@ -301,11 +345,18 @@ def merge_version_tags(
 
 @router.put("/models/{name}/versions/{version}/artifacts/{role}", summary="Attach an artifact")
 def attach_artifact(
-    name: str, version: int, role: ArtifactRole, ref: ArtifactRef, store: RegistryStoreDep, cards: ModelCardsDep
+    name: str,
+    version: int,
+    role: ArtifactRole,
+    ref: ArtifactRef,
+    store: RegistryStoreDep,
+    access: ProjectAccessDep,
+    cards: ModelCardsDep,
 ) -> ArtifactPublic:
     """Record an artifact; the same sha256 again is a no-op, another sha256 for the role is 409.
     The optimizer's report sets the version's `optimizer.*` tags (its recommended variant, size and
     latency) and regenerates the version's model card."""
+    access.model(name, Role.writer)
     attached = store.attach_artifact(name, version, role, ref)
     if role == ArtifactRole.report:
         cards.take_optimizer_report(name, version, ref)
@@ -313,19 +364,22 @@ def attach_artifact(
 
 
 @router.get("/models/{name}/versions/{version}/lineage", summary="A version's lineage")
-def get_lineage(name: str, version: int, store: RegistryStoreDep) -> LineagePublic:
+def get_lineage(name: str, version: int, store: RegistryStoreDep, access: ProjectAccessDep) -> LineagePublic:
     """The version and its parents, newest first, with training job, data set and config of each."""
+    access.model(name, Role.reader)
     return store.lineage(name, version)
 
 
 @router.get("/models/{name}/aliases", summary="List a model's aliases")
-def list_aliases(name: str, store: RegistryStoreDep) -> list[AliasPublic]:
+def list_aliases(name: str, store: RegistryStoreDep, access: ProjectAccessDep) -> list[AliasPublic]:
+    access.model(name, Role.reader)
     return store.list_aliases(name)
 
 
 @router.get("/models/{name}/aliases/{alias}", summary="Resolve name@alias", response_model=VersionPublic)
-def resolve_alias(name: str, alias: str, store: RegistryStoreDep) -> Response:
+def resolve_alias(name: str, alias: str, store: RegistryStoreDep, access: ProjectAccessDep) -> Response:
     """The version `alias` points at, with its artifacts."""
+    access.model(name, Role.reader)
     return _json(store.get_version_by_alias(name, alias))
 
 
@@ -337,11 +391,13 @@ def set_alias(
     store: RegistryStoreDep,
     settings: RegistrySettingsDep,
     caller: CallerDep,
+    access: ProjectAccessDep,
     audit: AuditRecorderDep,
 ) -> AliasPublic:
-    """Move (or create) an alias; protected aliases need the admin role. Recorded in the history and
-    the audit trail."""
-    check_alias_permission(settings, caller, alias)
+    """Move (or create) an alias; protected aliases need the admin role in the model's project.
+    Recorded in the history and the audit trail."""
+    project = access.model(name, Role.writer)
+    check_alias_permission(settings, caller, alias, project)
     before = store.get_model(name).aliases.get(alias)
     moved = store.set_alias(name, alias, data.version, actor=caller.name, reason=data.reason)
     if before != moved.version:
@@ -354,6 +410,7 @@ def set_alias(
             before={"version": before},
             after={"version": moved.version},
             reason=data.reason,
+            project=project,
         )
     return moved
 
@@ -365,10 +422,12 @@ def delete_alias(
     store: RegistryStoreDep,
     settings: RegistrySettingsDep,
     caller: CallerDep,
+    access: ProjectAccessDep,
     audit: AuditRecorderDep,
     reason: Reason = None,
 ) -> Response:
-    check_alias_permission(settings, caller, alias)
+    project = access.model(name, Role.writer)
+    check_alias_permission(settings, caller, alias, project)
     before = store.get_alias(name, alias).version
     store.delete_alias(name, alias, actor=caller.name, reason=reason)
     audit.record(
@@ -380,13 +439,15 @@ def delete_alias(
         before={"version": before},
         after={"version": None},
         reason=reason,
+        project=project,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/models/{name}/aliases/{alias}/history", summary="An alias's history")
-def alias_history(name: str, alias: str, store: RegistryStoreDep) -> list[AliasChange]:
+def alias_history(name: str, alias: str, store: RegistryStoreDep, access: ProjectAccessDep) -> list[AliasChange]:
     """Every move of the alias, newest first: who, from which version to which, when, why."""
+    access.model(name, Role.reader)
     history = store.alias_history(name, alias)
     if not history:
         raise NotFound(f"model {name!r} has no alias {alias!r} and never had one")

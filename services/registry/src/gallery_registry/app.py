@@ -11,9 +11,10 @@ from fastapi import FastAPI
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.audit_log import AuditLog, AuditSettings
 from gallery_common.audit_trail import AuditTrail, outbox_path
+from gallery_common.projects_kv import ProjectsBucket
 from gallery_common.settings import load_settings
 
-from . import api, audit_api, catalogue_api, mlflow_api
+from . import api, audit_api, catalogue_api, mlflow_api, projects_api
 from .deps import RegistryCore
 from .gate import routes as gate_routes
 from .gate.consumer import gate_events
@@ -46,7 +47,9 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
         gate = ValidationGate(store, resources.store, resources.bus, importance=importance)
         # the gate consumes model.trained when there is a bus; its REST route works either way
         audit: AuditTrail | None = None
+        projects: ProjectsBucket | None = None
         if resources.bus is not None:
+            projects = await ProjectsBucket.open(resources.bus)
             audit = AuditTrail(
                 AuditLog(resources.bus, AuditSettings()),
                 outbox_path(settings.home.resolve(), settings.service_name),
@@ -58,13 +61,20 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
             gate.audit = audit
             for events in (gate_events(gate), degraded_events(store)):
                 await stack.enter_async_context(events.consumer(resources.bus))
-        return RegistryCore(store, gate, audit)
+        return RegistryCore(store, gate, audit, projects)
 
     return create_app(
         settings,
         title="Model Gallery registry",
         description=DESCRIPTION,
-        routers=[api.router, audit_api.router, catalogue_api.router, gate_routes.router, mlflow_api.router],
+        routers=[
+            api.router,
+            audit_api.router,
+            catalogue_api.router,
+            gate_routes.router,
+            mlflow_api.router,
+            projects_api.router,
+        ],
         use_bus=with_bus,
         use_store=True,
         use_database=True,

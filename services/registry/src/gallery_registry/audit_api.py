@@ -5,8 +5,9 @@ Every change the registry's REST API makes that decides what serves or what the 
 caller's name, the reason given and the request's trace id (`AuditRecorder`). The trail itself lives
 in its own JetStream streams (`gallery_common.audit_log`); these routes read it for anyone with the
 reader role: `GET /api/v1/audit` (filtered, newest first), `/api/v1/audit/export` (JSON Lines, oldest
-first, for a SIEM) and `/api/v1/audit/verify` (the chain check). An app without a bus records
-nothing and answers the reads with 503.
+first, for a SIEM) and `/api/v1/audit/verify` (the chain check). Each project has its own chain;
+reading one needs a role in that project (`project 'x' not found` otherwise, as for a project that
+does not exist). An app without a bus records nothing and answers the reads with 503.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from gallery_common.audit_trail import AuditTrail
 from gallery_common.auth import Caller
 from gallery_common.deps import CallerDep, get_resources
 from gallery_common.errors import Unavailable
+from gallery_common.projects import authorize_in
+from gallery_common.settings import Role
 
 from .deps import RegistryCore
 
@@ -53,12 +56,14 @@ class AuditRecorder:
         before: Any = None,
         after: Any = None,
         reason: str | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> None:
-        """Record one change made by this request; without a bus (a test app) nothing is recorded."""
+        """Record one change made by this request in `project`'s chain (the changed model's project),
+        from a worker thread; without a bus (a test app) nothing is recorded."""
         if self.trail is None:
             return
         change = AuditChange(
-            project=DEFAULT_PROJECT,
+            project=project,
             actor=self.caller.name,
             action=action,
             target=target,
@@ -70,6 +75,23 @@ class AuditRecorder:
             reason=reason,
         )
         self.trail.record_threadsafe(change)
+
+    async def record_here(
+        self, action: AuditAction, target: str, *, project: str, before: Any, after: Any, reason: str
+    ) -> None:
+        """`record` from an `async def` route, on the event loop itself."""
+        if self.trail is None:
+            return
+        change = AuditChange(
+            project=project,
+            actor=self.caller.name,
+            action=action,
+            target=target,
+            before=before,
+            after=after,
+            reason=reason,
+        )
+        await self.trail.record(change)
 
 
 def _trail(request: Request) -> AuditTrail | None:
@@ -87,8 +109,15 @@ async def get_audit_log(request: Request) -> AuditLog:
     return trail.log
 
 
+async def visible_project(request: Request, caller: CallerDep, project: Project = DEFAULT_PROJECT) -> str:
+    """The `?project=` whose chain a read wants, once the caller is known to hold a role there."""
+    authorize_in(caller, project, Role.reader, request.app.state.settings.project_directory())
+    return project
+
+
 AuditRecorderDep = Annotated[AuditRecorder, Depends(get_recorder)]
 AuditLogDep = Annotated[AuditLog, Depends(get_audit_log)]
+VisibleProject = Annotated[str, Depends(visible_project)]
 
 
 @dataclass(frozen=True)
@@ -125,7 +154,7 @@ FilterDep = Annotated[AuditFilter, Depends(_filter)]
 async def list_audit(
     audit: AuditLogDep,
     where: FilterDep,
-    project: Project = DEFAULT_PROJECT,
+    project: VisibleProject,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[AuditRecord]:
     """The project's records that match, newest first: who changed what, from what to what, why, when."""
@@ -143,7 +172,7 @@ class NdjsonResponse(StreamingResponse):
     response_class=NdjsonResponse,
     responses={200: {"description": "one stored record a line", "content": {"application/x-ndjson": {}}}},
 )
-async def export_audit(audit: AuditLogDep, where: FilterDep, project: Project = DEFAULT_PROJECT) -> StreamingResponse:
+async def export_audit(audit: AuditLogDep, where: FilterDep, project: VisibleProject) -> StreamingResponse:
     """Every matching record of the project, oldest first, one JSON object a line, exactly as stored
     (so a SIEM can check the hashes itself)."""
     stored = await audit.stored(project)
@@ -181,7 +210,7 @@ class AuditVerification(BaseModel):
 
 
 @router.get("/audit/verify", summary="Check a project's audit chain")
-async def verify_audit(audit: AuditLogDep, project: Project = DEFAULT_PROJECT) -> AuditVerification:
+async def verify_audit(audit: AuditLogDep, project: VisibleProject) -> AuditVerification:
     """Whether every record is unedited, none is missing and they are in order, and if not, the first
     place where it breaks. `gallery audit verify` does the same check reading the stream itself."""
     return AuditVerification.model_validate((await audit.verify(project)).as_dict())

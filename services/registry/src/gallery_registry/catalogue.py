@@ -57,6 +57,7 @@ class CatalogueQuery(BaseModel):
     tags: dict[str, str | None] = Field(default_factory=dict)
     metric: str | None = None
     min_metric: float | None = None
+    projects: list[str] | None = Field(default=None, description="only models of these projects (None: any)")
     sort: CatalogueSort = CatalogueSort.name
     descending: bool = False
     limit: int = Field(default=24, ge=1, le=100)
@@ -92,6 +93,7 @@ class CatalogueEntry(BaseModel):
     owner: str | None
     tags: dict[str, str]
     task: str | None
+    project: str
     updated_at: datetime
     latest_version: int | None
     version_count: int
@@ -218,7 +220,9 @@ class CatalogueOps(StoreBase):
             ids = list(conn.execute(stmt).scalars())
             shown = ids[: query.limit]
             found = conn.execute(
-                sa.select(model.c.id, model.c.name, model.c.description, model.c.owner, model.c.updated_at)
+                sa.select(
+                    model.c.id, model.c.name, model.c.description, model.c.owner, model.c.project, model.c.updated_at
+                )
                 .add_columns(featured.label("featured_id"))
                 .where(model.c.id.in_(shown))
             )
@@ -237,6 +241,8 @@ class CatalogueOps(StoreBase):
     def _filters(self, query: CatalogueQuery, featured: sa.ColumnElement[Any], dialect: str) -> list[Any]:
         model, version, alias = views.MODEL, views.VERSION, views.ALIAS
         where: list[Any] = []
+        if query.projects is not None:
+            where.append(model.c.project.in_(query.projects))
         if query.q:
             # IN, not a correlated EXISTS: one pass over the tags instead of a probe per model
             tag_hit = model.c.id.in_(
@@ -360,6 +366,7 @@ def _entries(conn: sa.Connection, rows: Sequence[Any]) -> list[CatalogueEntry]:
                 owner=row.owner,
                 tags=dict(sorted(tags[row.id].items())),
                 task=(shown.task if shown is not None and shown.task else latest_task),
+                project=row.project,
                 updated_at=as_utc(row.updated_at),
                 latest_version=latest,
                 version_count=count,

@@ -3,6 +3,11 @@
 Paths, methods and field names follow mlflow's `model_registry.proto`: GET requests carry their
 fields as query parameters, the others as a JSON body. Errors answer in MLflow's shape,
 `{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": ...}`, with the status the client expects.
+
+Projects are checked as in the native API (`project_access`): searches show the models of the
+projects the caller holds a role in, a model in any other project answers RESOURCE_DOES_NOT_EXIST
+exactly like a missing one, and a create acts in the `X-Gallery-Project` header's project (else the
+caller's one project, else `default`), since MLflow's messages have no field for it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from . import mlflow_filter
 from .audit_api import AuditRecorderDep
 from .deps import RegistrySettingsDep, RegistryStoreDep, check_alias_permission
 from .paging import decode_page_token
+from .project_access import ProjectAccessDep
 from .schemas import ModelCreate, ModelPublic, ModelUpdate, VersionCreate, VersionPublic, VersionUpdate
 from .store import RegistryStore
 
@@ -206,15 +212,21 @@ def _offset(page_token: str | None) -> int:
 
 
 @router.post("/registered-models/create", summary="MLflow: create a registered model")
-def create_registered_model(body: CreateRegisteredModel, store: RegistryStoreDep) -> dict[str, Any]:
+def create_registered_model(
+    body: CreateRegisteredModel, store: RegistryStoreDep, access: ProjectAccessDep
+) -> dict[str, Any]:
+    project = access.home(None)
     model = store.create_model(
-        ModelCreate(name=body.name, description=body.description, tags={t.key: t.value for t in body.tags})
+        ModelCreate(
+            name=body.name, description=body.description, tags={t.key: t.value for t in body.tags}, project=project
+        )
     )
     return {"registered_model": model_json(model)}
 
 
 @router.get("/registered-models/get", summary="MLflow: get a registered model")
-def get_registered_model(name: str, store: RegistryStoreDep) -> dict[str, Any]:
+def get_registered_model(name: str, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
+    access.model(name, Role.reader)
     model = store.get_model(name)
     latest = store.latest_version(name) if model.latest_version is not None else None
     return {"registered_model": model_json(model, latest)}
@@ -223,12 +235,14 @@ def get_registered_model(name: str, store: RegistryStoreDep) -> dict[str, Any]:
 @router.get("/registered-models/search", summary="MLflow: search registered models")
 def search_registered_models(
     store: RegistryStoreDep,
+    access: ProjectAccessDep,
     filter: str | None = None,
     max_results: Annotated[int, Query(ge=1)] = 100,
     order_by: Annotated[list[str], Query()] = [],  # noqa: B006
     page_token: str | None = None,
 ) -> dict[str, Any]:
     query = mlflow_filter.model_query(filter, order_by, min(max_results, _MAX_PAGE), _offset(page_token))
+    query.projects = access.listed(None)
     page = store.search_models(query)
     doc: dict[str, Any] = {"registered_models": [model_json(m) for m in page.models]}
     if page.next_page_token:
@@ -237,13 +251,19 @@ def search_registered_models(
 
 
 @router.patch("/registered-models/update", summary="MLflow: update a registered model")
-def update_registered_model(body: UpdateRegisteredModel, store: RegistryStoreDep) -> dict[str, Any]:
+def update_registered_model(
+    body: UpdateRegisteredModel, store: RegistryStoreDep, access: ProjectAccessDep
+) -> dict[str, Any]:
+    access.model(body.name, Role.writer)
     model = store.update_model(body.name, ModelUpdate(description=body.description))
     return {"registered_model": model_json(model)}
 
 
 @router.delete("/registered-models/delete", summary="MLflow: delete a registered model", dependencies=ADMIN)
-def delete_registered_model(body: NameBody, store: RegistryStoreDep, audit: AuditRecorderDep) -> dict[str, Any]:
+def delete_registered_model(
+    body: NameBody, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
+) -> dict[str, Any]:
+    project = access.model(body.name, Role.admin)
     before = store.get_model(body.name)
     store.delete_model(body.name)
     audit.record(
@@ -252,27 +272,36 @@ def delete_registered_model(body: NameBody, store: RegistryStoreDep, audit: Audi
         model=body.name,
         before={"latest_version": before.latest_version, "aliases": before.aliases},
         reason="deleted through the MLflow API",
+        project=project,
     )
     return {}
 
 
 @router.post("/registered-models/set-tag", summary="MLflow: set a registered model tag")
-def set_registered_model_tag(body: SetTag, store: RegistryStoreDep) -> dict[str, Any]:
+def set_registered_model_tag(body: SetTag, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
+    access.model(body.name, Role.writer)
     store.set_model_tag(body.name, body.key, body.value)
     return {}
 
 
 @router.delete("/registered-models/delete-tag", summary="MLflow: delete a registered model tag")
-def delete_registered_model_tag(body: DeleteTag, store: RegistryStoreDep) -> dict[str, Any]:
+def delete_registered_model_tag(body: DeleteTag, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
+    access.model(body.name, Role.writer)
     store.delete_model_tag(body.name, body.key)
     return {}
 
 
 @router.post("/registered-models/alias", summary="MLflow: set a registered model alias")
 def set_registered_model_alias(
-    body: SetAlias, store: RegistryStoreDep, settings: RegistrySettingsDep, caller: CallerDep, audit: AuditRecorderDep
+    body: SetAlias,
+    store: RegistryStoreDep,
+    settings: RegistrySettingsDep,
+    caller: CallerDep,
+    access: ProjectAccessDep,
+    audit: AuditRecorderDep,
 ) -> dict[str, Any]:
-    check_alias_permission(settings, caller, body.alias)
+    project = access.model(body.name, Role.writer)
+    check_alias_permission(settings, caller, body.alias, project)
     before = store.get_model(body.name).aliases.get(body.alias)
     reason = "set through the MLflow API"
     store.set_alias(body.name, body.alias, body.version, actor=caller.name, reason=reason)
@@ -286,6 +315,7 @@ def set_registered_model_alias(
             before={"version": before},
             after={"version": body.version},
             reason=reason,
+            project=project,
         )
     return {}
 
@@ -296,9 +326,11 @@ def delete_registered_model_alias(
     store: RegistryStoreDep,
     settings: RegistrySettingsDep,
     caller: CallerDep,
+    access: ProjectAccessDep,
     audit: AuditRecorderDep,
 ) -> dict[str, Any]:
-    check_alias_permission(settings, caller, body.alias)
+    project = access.model(body.name, Role.writer)
+    check_alias_permission(settings, caller, body.alias, project)
     before = store.get_alias(body.name, body.alias).version
     reason = "deleted through the MLflow API"
     store.delete_alias(body.name, body.alias, actor=caller.name, reason=reason)
@@ -311,12 +343,16 @@ def delete_registered_model_alias(
         before={"version": before},
         after={"version": None},
         reason=reason,
+        project=project,
     )
     return {}
 
 
 @router.get("/registered-models/alias", summary="MLflow: get a model version by alias")
-def get_model_version_by_alias(name: str, alias: str, store: RegistryStoreDep) -> dict[str, Any]:
+def get_model_version_by_alias(
+    name: str, alias: str, store: RegistryStoreDep, access: ProjectAccessDep
+) -> dict[str, Any]:
+    access.model(name, Role.reader)
     return {"model_version": version_json(store.get_version_by_alias(name, alias))}
 
 
@@ -324,14 +360,17 @@ def get_model_version_by_alias(name: str, alias: str, store: RegistryStoreDep) -
 def get_latest_versions(
     name: str,
     store: RegistryStoreDep,
+    access: ProjectAccessDep,
     stages: Annotated[list[str], Query()] = [],  # noqa: B006
 ) -> dict[str, Any]:
     """The newest version; the registry has no MLflow stages, so every version is in stage 'None'."""
+    access.model(name, Role.reader)
     return _latest_versions(store, name, stages)
 
 
 @router.post("/registered-models/get-latest-versions", summary="MLflow: the latest version of a model")
-def post_latest_versions(body: LatestVersions, store: RegistryStoreDep) -> dict[str, Any]:
+def post_latest_versions(body: LatestVersions, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
+    access.model(body.name, Role.reader)
     return _latest_versions(store, body.name, body.stages)
 
 
@@ -343,7 +382,10 @@ def _latest_versions(store: RegistryStore, name: str, stages: list[str]) -> dict
 
 
 @router.post("/model-versions/create", summary="MLflow: create a model version")
-def create_model_version(body: CreateModelVersion, store: RegistryStoreDep, audit: AuditRecorderDep) -> dict[str, Any]:
+def create_model_version(
+    body: CreateModelVersion, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
+) -> dict[str, Any]:
+    project = access.model(body.name, Role.writer)
     version = store.register_version(
         body.name,
         VersionCreate(
@@ -360,24 +402,30 @@ def create_model_version(body: CreateModelVersion, store: RegistryStoreDep, audi
         version=version.version,
         after={"version": version.version, "semver": version.semver, "status": version.status},
         reason="registered through the MLflow API",
+        project=project,
     )
     return {"model_version": version_json(version)}
 
 
 @router.get("/model-versions/get", summary="MLflow: get a model version")
-def get_model_version(name: str, version: Annotated[int, Query(ge=1)], store: RegistryStoreDep) -> dict[str, Any]:
+def get_model_version(
+    name: str, version: Annotated[int, Query(ge=1)], store: RegistryStoreDep, access: ProjectAccessDep
+) -> dict[str, Any]:
+    access.model(name, Role.reader)
     return {"model_version": version_json(store.get_version(name, version))}
 
 
 @router.get("/model-versions/search", summary="MLflow: search model versions")
 def search_model_versions(
     store: RegistryStoreDep,
+    access: ProjectAccessDep,
     filter: str | None = None,
     max_results: Annotated[int, Query(ge=1)] = 10_000,
     order_by: Annotated[list[str], Query()] = [],  # noqa: B006
     page_token: str | None = None,
 ) -> dict[str, Any]:
     query = mlflow_filter.version_query(filter, order_by, min(max_results, _MAX_PAGE), _offset(page_token))
+    query.projects = access.listed(None)
     page = store.search_versions(query)
     doc: dict[str, Any] = {"model_versions": [version_json(v) for v in page.versions]}
     if page.next_page_token:
@@ -386,15 +434,17 @@ def search_model_versions(
 
 
 @router.patch("/model-versions/update", summary="MLflow: update a model version")
-def update_model_version(body: UpdateModelVersion, store: RegistryStoreDep) -> dict[str, Any]:
+def update_model_version(body: UpdateModelVersion, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
+    access.model(body.name, Role.writer)
     version = store.update_version(body.name, body.version, VersionUpdate(description=body.description))
     return {"model_version": version_json(version)}
 
 
 @router.delete("/model-versions/delete", summary="MLflow: delete a model version", dependencies=ADMIN)
 def delete_model_version(
-    body: VersionBody, store: RegistryStoreDep, caller: CallerDep, audit: AuditRecorderDep
+    body: VersionBody, store: RegistryStoreDep, caller: CallerDep, access: ProjectAccessDep, audit: AuditRecorderDep
 ) -> dict[str, Any]:
+    project = access.model(body.name, Role.admin)
     before = store.get_version(body.name, body.version)
     store.delete_version(body.name, body.version, actor=caller.name)
     audit.record(
@@ -404,15 +454,17 @@ def delete_model_version(
         version=body.version,
         before={"status": before.status, "semver": before.semver, "aliases": before.aliases},
         reason="deleted through the MLflow API",
+        project=project,
     )
     return {}
 
 
 @router.get("/model-versions/get-download-uri", summary="MLflow: where a model version's files are")
 def get_model_version_download_uri(
-    name: str, version: Annotated[int, Query(ge=1)], store: RegistryStoreDep
+    name: str, version: Annotated[int, Query(ge=1)], store: RegistryStoreDep, access: ProjectAccessDep
 ) -> dict[str, Any]:
     """The version's source, or else its ONNX (then weights) artifact URI."""
+    access.model(name, Role.reader)
     found = store.get_version(name, version)
     uri = found.source
     for role in ("onnx", "weights"):
@@ -425,12 +477,16 @@ def get_model_version_download_uri(
 
 
 @router.post("/model-versions/set-tag", summary="MLflow: set a model version tag")
-def set_model_version_tag(body: SetVersionTag, store: RegistryStoreDep) -> dict[str, Any]:
+def set_model_version_tag(body: SetVersionTag, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
+    access.model(body.name, Role.writer)
     store.set_version_tag(body.name, body.version, body.key, body.value)
     return {}
 
 
 @router.delete("/model-versions/delete-tag", summary="MLflow: delete a model version tag")
-def delete_model_version_tag(body: DeleteVersionTag, store: RegistryStoreDep) -> dict[str, Any]:
+def delete_model_version_tag(
+    body: DeleteVersionTag, store: RegistryStoreDep, access: ProjectAccessDep
+) -> dict[str, Any]:
+    access.model(body.name, Role.writer)
     store.delete_version_tag(body.name, body.version, body.key)
     return {}

@@ -28,6 +28,7 @@ from gallery_common.contracts.registry import (
 )
 from gallery_common.errors import InvalidRequest
 from gallery_common.events import NAME_PATTERN, ArtifactRef, Lineage, Signature
+from gallery_common.projects import PROJECT_PATTERN
 
 __all__ = [
     "ALIAS_PATTERN",
@@ -77,6 +78,12 @@ class ModelCreate(_Input):
     description: str | None = Field(default=None, max_length=10_000)
     owner: str | None = Field(default=None, max_length=256)
     tags: Tags = Field(default_factory=dict)
+    project: str | None = Field(
+        default=None,
+        pattern=PROJECT_PATTERN,
+        description="the project the model belongs to, fixed from now on; left out: the X-Gallery-Project "
+        "header, else the caller's one project, else `default`",
+    )
 
 
 class ModelUpdate(_Input):
@@ -103,6 +110,7 @@ class ModelQuery(BaseModel):
     owner: str | None = None
     tags: dict[str, str | None] = Field(default_factory=dict, description="key -> value, or None for 'has key'")
     tags_not: dict[str, str] = Field(default_factory=dict, description="key -> value the tag must not have")
+    projects: list[str] | None = Field(default=None, description="only models of these projects (None: any)")
     order_by: ModelOrder = ModelOrder.name
     descending: bool = False
     limit: int = Field(default=100, ge=1, le=1000)
@@ -158,6 +166,7 @@ class VersionQuery(BaseModel):
     status: VersionStatus | None = None
     tags: dict[str, str | None] = Field(default_factory=dict, description="key -> value, or None for 'has key'")
     tags_not: dict[str, str] = Field(default_factory=dict, description="key -> value the tag must not have")
+    projects: list[str] | None = Field(default=None, description="only versions of these projects' models (None: any)")
     order_by: VersionOrder = VersionOrder.version
     descending: bool = True
     limit: int = Field(default=100, ge=1, le=1000)

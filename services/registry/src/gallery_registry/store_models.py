@@ -7,6 +7,7 @@ from sqlmodel import col, select
 
 from gallery_common.db import as_utc
 from gallery_common.errors import Conflict, NotFound
+from gallery_common.projects import DEFAULT_PROJECT
 
 from . import paging, views
 from .schemas import (
@@ -24,6 +25,8 @@ from .store_base import StoreBase
 from .store_cards import record_card_revision
 from .tables import ModelTagRow, RegisteredModelRow, ValidationPolicyRow, utcnow
 
+_PROJECT_OF = sa.select(views.MODEL.c.project).where(views.MODEL.c.name == sa.bindparam("name"))
+
 
 class ModelOps(StoreBase):
     """The model half of `RegistryStore`."""
@@ -34,7 +37,12 @@ class ModelOps(StoreBase):
             with self._write() as session:
                 if session.exec(select(RegisteredModelRow.id).where(RegisteredModelRow.name == data.name)).first():
                     raise Conflict(f"model {data.name!r} already exists")
-                row = RegisteredModelRow(name=data.name, description=data.description, owner=data.owner)
+                row = RegisteredModelRow(
+                    name=data.name,
+                    description=data.description,
+                    owner=data.owner,
+                    project=data.project or DEFAULT_PROJECT,
+                )
                 session.add(row)
                 session.flush()
                 session.add_all(ModelTagRow(model_id=views.pk(row.id), key=k, value=v) for k, v in data.tags.items())
@@ -42,6 +50,14 @@ class ModelOps(StoreBase):
                 return views.models_public(session, [row])[0]
         except sa.exc.IntegrityError:
             raise Conflict(f"model {data.name!r} already exists") from None
+
+    def model_project(self, name: str) -> str:
+        """The project model `name` belongs to; NotFound if there is no such model."""
+        with self._read() as session:
+            project = session.connection().execute(_PROJECT_OF, {"name": name}).scalar()
+        if project is None:
+            raise NotFound(f"model {name!r} not found")
+        return str(project)
 
     def get_model(self, name: str) -> ModelPublic:
         with self._read() as session:
@@ -123,6 +139,8 @@ class ModelOps(StoreBase):
                 stmt = stmt.where(name == query.name_equals)
             if query.owner is not None:
                 stmt = stmt.where(RegisteredModelRow.owner == query.owner)
+            if query.projects is not None:
+                stmt = stmt.where(col(RegisteredModelRow.project).in_(query.projects))
             for key, value in query.tags.items():
                 tag = select(ModelTagRow.model_id).where(
                     ModelTagRow.model_id == RegisteredModelRow.id, ModelTagRow.key == key

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import Signature
+from gallery_common.projects import DEFAULT_PROJECT
 
 from . import views
 from .schemas import ArtifactPublic, ArtifactRole, VersionCreate, VersionPublic, VersionStatus
@@ -19,7 +20,7 @@ _REGISTER_ATTEMPTS = 5
 
 _VERSION_BY_EVENT = sa.select(views.VERSION).where(views.VERSION.c.source_event_id == sa.bindparam("event"))
 _MODEL_FOR_UPDATE = (
-    sa.select(views.MODEL.c.id, views.MODEL.c.last_version, views.MODEL.c.last_semver)
+    sa.select(views.MODEL.c.id, views.MODEL.c.last_version, views.MODEL.c.last_semver, views.MODEL.c.project)
     .where(views.MODEL.c.name == sa.bindparam("name"))
     .with_for_update()
 )
@@ -45,24 +46,28 @@ _VERSION_ID = sa.select(views.VERSION.c.id).where(
 class RegistrationOps(StoreBase):
     """Version registration, the write path of `RegistryStore`."""
 
-    def register_version(self, name: str, data: VersionCreate, *, create_model: bool = False) -> VersionPublic:
+    def register_version(
+        self, name: str, data: VersionCreate, *, create_model: bool = False, project: str | None = None
+    ) -> VersionPublic:
         """Add the next version of `name` with its artifacts.
 
         The version number is the model's highest so far plus one; the SemVer follows
         `semver_rules`. With `source_event_id` set, registering the same event again returns the
         version it made the first time and changes nothing. `create_model` creates an unknown
-        model (the gate does, for a model's first training run); otherwise NotFound.
+        model (the gate does, for a model's first training run) in `project` (None: `default`);
+        otherwise NotFound. With `project` given, a model that belongs to another project is refused
+        (InvalidRequest: a model.trained of one project cannot add versions to another's model).
         """
         for attempt in range(_REGISTER_ATTEMPTS):
             try:
-                return self._register_once(name, data, create_model)
+                return self._register_once(name, data, create_model, project)
             except sa.exc.IntegrityError:
                 # a concurrent registration won a race (same event, same new model): look again
                 if attempt == _REGISTER_ATTEMPTS - 1:
                     raise Conflict(f"could not register a version of {name!r}: concurrent changes") from None
         raise AssertionError("unreachable")
 
-    def _register_once(self, name: str, data: VersionCreate, create_model: bool) -> VersionPublic:
+    def _register_once(self, name: str, data: VersionCreate, create_model: bool, project: str | None) -> VersionPublic:
         # Core statements rather than ORM units of work: registration is the registry's hot write
         with self._write() as session:
             conn = session.connection()
@@ -81,14 +86,22 @@ class RegistrationOps(StoreBase):
             if model is None:
                 if not create_model:
                     raise NotFound(f"model {name!r} not found")
+                model_project = project or DEFAULT_PROJECT
                 model_id = _inserted_id(
                     conn.execute(
-                        sa.insert(views.MODEL).values(name=name, last_version=0, created_at=now, updated_at=now)
+                        sa.insert(views.MODEL).values(
+                            name=name, project=model_project, last_version=0, created_at=now, updated_at=now
+                        )
                     )
                 )
                 last_version, last_semver = 0, None
             else:
-                model_id, last_version, last_semver = model
+                model_id, last_version, last_semver, model_project = model
+                if project is not None and model_project != project:
+                    raise InvalidRequest(
+                        f"model {name!r} belongs to another project: project {project!r} cannot register "
+                        "versions of it (model names are unique across the installation)"
+                    )
             # versions registered without a signature do not change the API, so compare with the
             # newest one that has a signature
             latest_signed = conn.execute(_LATEST_SIGNATURE, {"model_id": model_id}).scalar()
@@ -155,6 +168,7 @@ class RegistrationOps(StoreBase):
             # what was just written, without reading it back
             return VersionPublic(
                 name=name,
+                project=model_project,
                 version=number,
                 semver=semver,
                 status=VersionStatus.pending,

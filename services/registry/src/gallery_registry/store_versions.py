@@ -189,6 +189,8 @@ class VersionOps(StoreBase):
                 stmt = stmt.where(name == query.name)
             if query.name_like is not None:
                 stmt = stmt.where(paging.like(name, query.name_like, dialect))
+            if query.projects is not None:
+                stmt = stmt.where(views.MODEL.c.project.in_(query.projects))
             if query.version is not None:
                 stmt = stmt.where(ModelVersionRow.version == query.version)
             if query.run_id is not None:

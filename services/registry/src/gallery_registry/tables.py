@@ -38,6 +38,10 @@ class RegisteredModelRow(RegistryTable, table=True):
     name: str = Field(sa_column=sa.Column(sa.String(128), nullable=False, unique=True))
     description: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     owner: str | None = Field(default=None, sa_column=sa.Column(sa.String(256), index=True))
+    # the project whose members may see and change the model: fixed when the model is created
+    project: str = Field(
+        default="default", sa_column=sa.Column(sa.String(63), nullable=False, server_default="default", index=True)
+    )
     # Highest version number and SemVer ever given: deleting a version never frees them for reuse.
     last_version: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
     last_semver: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))

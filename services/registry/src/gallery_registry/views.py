@@ -48,12 +48,12 @@ _TAGS_OF = sa.select(VERSION_TAG.c.version_id, VERSION_TAG.c.key, VERSION_TAG.c.
 )
 _ALIASES_OF = sa.select(ALIAS.c.version_id, ALIAS.c.alias).where(ALIAS.c.version_id.in_(_IDS)).order_by(ALIAS.c.alias)
 _VERSION_BY_NUMBER = (
-    sa.select(VERSION)
+    sa.select(VERSION, MODEL.c.project.label("model_project"))
     .join(MODEL, MODEL.c.id == VERSION.c.model_id)
     .where(MODEL.c.name == sa.bindparam("name"), VERSION.c.version == sa.bindparam("version"))
 )
 _VERSION_BY_ALIAS = (
-    sa.select(VERSION)
+    sa.select(VERSION, MODEL.c.project.label("model_project"))
     .join(ALIAS, ALIAS.c.version_id == VERSION.c.id)
     .join(MODEL, MODEL.c.id == ALIAS.c.model_id)
     .where(MODEL.c.name == sa.bindparam("name"), ALIAS.c.alias == sa.bindparam("alias"))
@@ -115,6 +115,7 @@ def models_public(session: Session, rows: Sequence[RegisteredModelRow]) -> list[
             updated_at=as_utc(row.updated_at),
             latest_version=latest.get(pk(row.id)),
             aliases=dict(sorted(aliases[row.id].items())),  # type: ignore[index]
+            project=row.project,
         )
         for row in rows
     ]
@@ -126,17 +127,19 @@ def federation_of(row: VersionRow) -> FederatedLineage | None:
 
 
 def versions_public(
-    session: Session, rows: Sequence[VersionRow], names: Mapping[int, str] | None = None
+    session: Session, rows: Sequence[VersionRow], models: Mapping[int, tuple[str, str]] | None = None
 ) -> list[VersionPublic]:
-    """Public versions of `rows` (ORM or Core rows of model_version); `names` (model id -> name)
-    saves a query when the caller knows them."""
+    """Public versions of `rows` (ORM or Core rows of model_version); `models` (model id -> its name
+    and project) saves a query when the caller knows them."""
     ids = [row.id for row in rows]
     if not ids:
         return []
-    if names is None:
+    if models is None:
         model_ids = list({row.model_id for row in rows})
-        found = session.connection().execute(sa.select(MODEL.c.id, MODEL.c.name).where(MODEL.c.id.in_(model_ids)))
-        names = {model_id: name for model_id, name in found}
+        found = session.connection().execute(
+            sa.select(MODEL.c.id, MODEL.c.name, MODEL.c.project).where(MODEL.c.id.in_(model_ids))
+        )
+        models = {model_id: (name, project) for model_id, name, project in found}
     # Prebuilt Core statements, not ORM queries: these run on every read of a version
     conn = session.connection()
     params = {"ids": ids}
@@ -159,7 +162,8 @@ def versions_public(
         aliases[pointer.version_id].append(pointer.alias)
     return [
         VersionPublic(
-            name=names[row.model_id],
+            name=models[row.model_id][0],
+            project=models[row.model_id][1],
             version=row.version,
             semver=row.semver,
             status=VersionStatus(row.status),
@@ -190,8 +194,9 @@ def versions_public(
     ]
 
 
-def version_public(session: Session, row: VersionRow, name: str | None = None) -> VersionPublic:
-    return versions_public(session, [row], None if name is None else {row.model_id: name})[0]
+def version_public(session: Session, row: VersionRow, model: tuple[str, str] | None = None) -> VersionPublic:
+    """`model`: the version's model's name and project, when the caller knows them."""
+    return versions_public(session, [row], None if model is None else {row.model_id: model})[0]
 
 
 def artifact_public(row: ArtifactRow) -> ArtifactPublic:
@@ -210,7 +215,7 @@ def find_version(session: Session, name: str, version: int) -> VersionPublic:
     row = session.connection().execute(_VERSION_BY_NUMBER, {"name": name, "version": version}).first()
     if row is None:
         version_row(session, model_row(session, name), version)  # raises the right NotFound
-    return version_public(session, row, name)  # type: ignore[arg-type]
+    return version_public(session, row, (name, row.model_project))  # type: ignore[arg-type,union-attr]
 
 
 def find_version_by_alias(session: Session, name: str, alias: str) -> VersionPublic:
@@ -219,4 +224,4 @@ def find_version_by_alias(session: Session, name: str, alias: str) -> VersionPub
     if row is None:
         model_row(session, name)  # NotFound for the model first
         raise NotFound(f"model {name!r} has no alias {alias!r}")
-    return version_public(session, row, name)
+    return version_public(session, row, (name, row.model_project))

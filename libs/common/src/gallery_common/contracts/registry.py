@@ -67,6 +67,7 @@ class ModelPublic(BaseModel):
     updated_at: datetime
     latest_version: int | None = Field(description="highest version number, if any")
     aliases: dict[str, int] = Field(description="alias -> version")
+    project: str = Field(default="default", description="the project the model belongs to (fixed when created)")
 
 
 class ArtifactPublic(ArtifactRef):
@@ -102,6 +103,7 @@ class VersionPublic(BaseModel):
     aliases: list[str]
     created_at: datetime
     updated_at: datetime
+    project: str = Field(default="default", description="the project of the version's model")
 
     def artifact(self, role: str) -> ArtifactRef | None:
         """The artifact attached as `role` (the FP32 `onnx`, a variant such as `int8`, a split, ...), or None."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
@@ -13,6 +14,7 @@ from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
 
 from ..deps import RegistryCore
+from ..project_access import ProjectAccessDep
 from ..schemas import VersionStatus
 from .validator import ValidationGate
 
@@ -45,6 +47,7 @@ GateDep = Annotated[ValidationGate, Depends(get_gate)]
 )
 async def validate_version(
     gate: GateDep,
+    access: ProjectAccessDep,
     name: Annotated[str, Path(pattern=NAME_PATTERN)],
     version: Annotated[int, Path(ge=1)],
 ) -> ValidationResult:
@@ -52,8 +55,9 @@ async def validate_version(
 
     The version's status, report and reasons follow the new verdict, which is also published as
     `model.validated` or `model.rejected`. 404 for an unknown version, 409 for an archived one,
-    503 while the same version is being validated.
+    503 while the same version is being validated. Needs the admin role in the model's project.
     """
+    await anyio.to_thread.run_sync(access.model, name, Role.admin)
     outcome = await gate.revalidate(name, version)
     return ValidationResult(
         name=outcome.version.name,

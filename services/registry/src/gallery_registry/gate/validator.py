@@ -146,7 +146,9 @@ class ValidationGate:
         Returns None when the version was already decided (or archived).
         """
         trained = event.data
-        register = partial(self.registry.register_version, create_model=True)
+        # the model joins the event's project when it is new; a model of another project is refused
+        # (InvalidRequest: the consumer dead-letters the event with the reason)
+        register = partial(self.registry.register_version, create_model=True, project=trained.project)
         version = await _blocking(register, trained.model, registration_for(event))
         if version.status == VersionStatus.pending:  # registered now (or by an attempt that stopped before judging)
             after = {"version": version.version, "semver": version.semver, "status": version.status.value}
@@ -240,6 +242,7 @@ class ValidationGate:
         if self.audit is None:
             return
         change = AuditChange(
+            project=version.project,
             actor=self.audit.service_actor,
             action=action,
             target=f"{version.name}/{version.version}",
