@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gallery_common.audit import AuditAction
 from gallery_common.auth import Caller, requires
 from gallery_common.deps import CallerDep, get_resources
-from gallery_common.errors import Forbidden, InvalidRequest, NotFound, Unavailable
+from gallery_common.errors import BadRequest, Forbidden, NotFound, Unavailable
 from gallery_common.projects import (
     PROJECT_PATTERN,
     ProjectDirectory,
@@ -52,9 +52,9 @@ ProjectName = Annotated[str, Path(pattern=PROJECT_PATTERN)]
 
 
 def check_principal(principal: str) -> str:
-    """`principal`, when it has the shape of a member; InvalidRequest (400) naming the shapes otherwise."""
+    """`principal`, when it has the shape of a member; BadRequest (400) naming the shapes otherwise."""
     if not _PRINCIPAL.match(principal):
-        raise InvalidRequest(f"member {principal!r} must be {PRINCIPAL_RULE}")
+        raise BadRequest(f"member {principal!r} must be {PRINCIPAL_RULE}")
     return principal
 
 
