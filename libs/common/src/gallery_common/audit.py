@@ -44,6 +44,10 @@ class AuditAction(StrEnum):
     deletion = "deletion"
     permission_change = "permission_change"
     status_change = "status_change"
+    # projects and their members (the registry's /api/v1/projects), in the project's own chain
+    project_created = "project.created"
+    member_granted = "project.member_granted"
+    member_revoked = "project.member_revoked"
 
 
 def new_dedupe_key() -> str:

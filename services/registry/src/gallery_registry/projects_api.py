@@ -15,7 +15,8 @@ the watch to deliver it.
 
 A member is a caller's name as the services know it: `oidc:<sub>` (an OIDC user), `group:<name>`
 (everyone in an OIDC group) or `token-<hash8>` (a static token with project grants). Every change
-is recorded in the project's audit chain as a `permission_change`, with the role before and after.
+is recorded in the project's audit chain (`project.created`, `project.member_granted`,
+`project.member_revoked`), with the role before and after.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ async def create_project(
     record = await bucket.create(ProjectRecord.new(data.name, data.description, caller.name, members))
     directory.put(record)  # this registry's next request sees it without waiting for the watch
     await audit.record_here(
-        AuditAction.permission_change,
+        AuditAction.project_created,
         f"project:{record.name}",
         before=None,
         after={"project": record.name, "members": {m: r.value for m, r in sorted(record.members.items())}},
@@ -171,11 +172,11 @@ async def _set_member(
     directory.put(record)  # the member's next request to this registry holds the new role
     if before != role:
         await audit.record_here(
-            AuditAction.permission_change,
+            AuditAction.member_granted if role is not None else AuditAction.member_revoked,
             f"project:{name}/member:{principal}",
             before={"member": principal, "role": before.value if before else None},
             after={"member": principal, "role": role.value if role else None},
-            reason=("member granted" if role is not None else "member revoked") + f" by {caller.name}",
+            reason=f"{principal} made {role.value}" if role is not None else f"{principal} removed",
             project=name,
         )
     return record
