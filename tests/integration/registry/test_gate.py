@@ -44,7 +44,7 @@ from gallery_registry.schemas import ArtifactRole, ValidationPolicyUpdate, Versi
 from gallery_registry.settings import RegistrySettings
 from gallery_registry.store import RegistryStore, open_registry
 
-OUTCOMES = ("model.validated", "model.rejected")
+OUTCOMES = ("validated", "rejected")
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ class Trainer:
         deadline = time.monotonic() + timeout
 
         async def collect() -> None:
-            async for event in self.bus.tail("model.*", deliver="all"):
-                if event.nats_subject in OUTCOMES:
+            async for event in self.bus.tail("model.>", deliver="all"):
+                if event.event in OUTCOMES:
                     seen.append(event)
 
         task = asyncio.create_task(collect())
@@ -110,7 +110,7 @@ class Trainer:
             await asyncio.sleep(quiet)
         finally:
             task.cancel()
-        assert len(seen) == count, f"expected exactly {count} outcome events, got {[e.nats_subject for e in seen]}"
+        assert len(seen) == count, f"expected exactly {count} outcome events, got {[e.event for e in seen]}"
         return seen
 
 
@@ -181,7 +181,7 @@ async def test_a_good_model_is_validated_on_the_gates_own_evaluation(gate: Gate,
     await gate.bus.publish_event(event)
 
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.validated"
+    assert outcome.event == "validated"
     assert outcome.id == f"{event.id}:outcome"
     report = outcome.data.report
     # the trainer claimed 0.999; the gate reports what the model does on the test split
@@ -222,7 +222,7 @@ async def test_a_model_under_the_policy_minimum_is_rejected_with_the_criterion(g
     await gate.bus.publish_event(gate.trained_event(gate.artifacts_for("runs/poor", models.poor)))
 
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.rejected"
+    assert outcome.event == "rejected"
     assert outcome.data.reasons == [f"accuracy {outcome.data.report['accuracy']:.4g} is below the policy minimum 0.7"]
     assert outcome.data.report["accuracy"] == pytest.approx(models.poor.sklearn_accuracy, abs=0.003)
     version = gate.registry.get_version("digits", 1)
@@ -279,7 +279,7 @@ async def test_a_bad_artifact_is_rejected_once_with_its_reason(gate: Gate, model
     await gate.bus.publish_event(gate.trained_event(artifacts, signature=signature))
 
     (outcome,) = await gate.outcomes(1, quiet=1.5)  # a crash loop would retry after 1 s: wait past that
-    assert outcome.nats_subject == "model.rejected"
+    assert outcome.event == "rejected"
     assert any(r.startswith(reason) for r in outcome.data.reasons), outcome.data.reasons
     assert gate.registry.get_version("digits", 1).status == VersionStatus.rejected
     await gate.settled()
@@ -293,7 +293,7 @@ async def test_a_challenger_worse_than_production_beyond_tolerance_is_rejected(g
 
     await gate.bus.publish_event(gate.trained_event(gate.artifacts_for("runs/fair", models.fair)))
     _, outcome = await gate.outcomes(2)
-    assert outcome.nats_subject == "model.rejected" and outcome.data.version == 2
+    assert outcome.event == "rejected" and outcome.data.version == 2
     champion = outcome.data.report["champion"]
     assert champion["version"] == 1 and champion["value"] == pytest.approx(models.good.sklearn_accuracy, abs=0.003)
     assert outcome.data.reasons == [
@@ -304,7 +304,7 @@ async def test_a_challenger_worse_than_production_beyond_tolerance_is_rejected(g
 
     await gate.bus.publish_event(gate.trained_event(gate.artifacts_for("runs/equal", models.good)))
     *_, outcome = await gate.outcomes(3)
-    assert outcome.nats_subject == "model.validated" and outcome.data.version == 3
+    assert outcome.event == "validated" and outcome.data.version == 3
     assert outcome.data.report["champion"]["value"] == pytest.approx(outcome.data.report["accuracy"])
     await gate.settled()
 
@@ -317,7 +317,7 @@ async def test_redelivery_registers_one_version_and_publishes_one_outcome(gate: 
 
     assert await gate.validator.on_trained(event) is None  # the handler run again on the same event
     # the same event stored a second time, as after JetStream's duplicate window: the consumer gets it again
-    await gate.bus.publish_raw("model.trained", event.to_json(), {"Nats-Msg-Id": f"{event.id}:copy"})
+    await gate.bus.publish_raw(event.nats_subject, event.to_json(), {"Nats-Msg-Id": f"{event.id}:copy"})
     await eventually(lambda: has_deliveries(gate.bus, 2), what="the second copy to be handled")
     await gate.settled()
 
@@ -338,7 +338,7 @@ async def test_an_unreachable_artifact_store_is_retried_not_a_rejection(
     async with running_gate(nats_server.url, root, tmp_path, models, outages=1) as gate:
         await gate.bus.publish_event(gate.trained_event(gate.artifacts_for("runs/outage", models.good)))
         (outcome,) = await gate.outcomes(1)
-        assert outcome.nats_subject == "model.validated"
+        assert outcome.event == "validated"
         await gate.settled()
         assert await deliveries(gate.bus) == 2  # delivered again after the backoff, then validated
 
@@ -369,7 +369,7 @@ async def test_a_version_left_validating_by_a_crash_is_finished_on_redelivery(ga
 
     await gate.bus.publish_event(event)
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.rejected" and outcome.data.version == registered.version
+    assert outcome.event == "rejected" and outcome.data.version == registered.version
     assert gate.registry.get_version("digits", registered.version).status == VersionStatus.rejected
 
 
@@ -396,7 +396,7 @@ async def test_the_gate_reads_artifacts_from_s3(
         assert artifacts["onnx"].uri.startswith("s3://")
         await gate.bus.publish_event(gate.trained_event(artifacts))
         (outcome,) = await gate.outcomes(1)
-        assert outcome.nats_subject == "model.validated"
+        assert outcome.event == "validated"
         assert outcome.data.report["accuracy"] == pytest.approx(models.good.sklearn_accuracy, abs=0.003)
         await gate.settled()
 
@@ -434,7 +434,7 @@ async def test_the_registry_app_runs_the_gate_and_revalidates_on_request(
         side = Trainer(trainer, open_store(settings.resolved_artifact_root), models, tmp_path)
         await trainer.publish_event(side.trained_event(side.artifacts_for("runs/app", models.good)))
         (validated,) = await side.outcomes(1)
-        assert validated.nats_subject == "model.validated"
+        assert validated.event == "validated"
         first = (await api.get("/api/v1/models/digits/versions/1")).json()
         assert first["status"] == "validated"
         first_card = first["artifacts"]["model-card"]["sha256"]
@@ -460,8 +460,8 @@ async def test_the_registry_app_runs_the_gate_and_revalidates_on_request(
         assert body["reasons"] == [f"accuracy {body['report']['accuracy']:.4g} is below the policy minimum 0.99"]
         assert body["report"]["accuracy"] == pytest.approx(models.good.sklearn_accuracy, abs=0.003)
         _, rejected = await side.outcomes(2)
-        assert (rejected.nats_subject, rejected.data.version, rejected.data.reasons) == (
-            "model.rejected",
+        assert (rejected.event, rejected.data.version, rejected.data.reasons) == (
+            "rejected",
             1,
             body["reasons"],
         )

@@ -52,7 +52,7 @@ async def test_a_validated_version_carries_its_explainer_and_its_feature_importa
     await gate.bus.publish_event(gate.trained_event(artifacts))
 
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.validated"
+    assert outcome.event == "validated"
     # the event names the explainer, so the deployer hands it to the model servers with the model
     ref = outcome.data.artifacts["explainer"]
     version = gate.registry.get_version("digits", 1)
@@ -114,7 +114,7 @@ async def test_the_only_feature_a_model_looks_at_ranks_first(gate: Gate, models:
     await gate.bus.publish_event(make_event(trained.model_copy(update={"class_names": ["no", "yes"]}), "/trainer"))
 
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.validated" and outcome.data.report["accuracy"] == 1.0
+    assert outcome.event == "validated" and outcome.data.report["accuracy"] == 1.0
     importance = outcome.data.report["feature_importance"]
     assert importance["image_shape"] is None and importance["shape"] == [features]
     first, *others = importance["groups"]
@@ -155,7 +155,7 @@ async def test_a_model_that_breaks_importance_is_still_validated_with_the_reason
     await gate.bus.publish_event(gate.trained_event(with_training_data(gate, "runs/fragile", fragile)))
 
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.validated"
+    assert outcome.event == "validated"
     assert outcome.data.report["accuracy"] == pytest.approx(models.good.sklearn_accuracy, abs=0.003)
     error = outcome.data.report["feature_importance"]["error"]
     assert error == "the model's outputs on the rows Kernel SHAP composes are not finite"
@@ -170,7 +170,7 @@ async def test_a_model_that_breaks_importance_is_still_validated_with_the_reason
 async def test_a_version_without_a_training_split_is_validated_without_importance(gate: Gate, models: Models) -> None:
     await gate.bus.publish_event(gate.trained_event(gate.artifacts_for("runs/no-train", models.good)))
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.validated" and "explainer" not in outcome.data.artifacts
+    assert outcome.event == "validated" and "explainer" not in outcome.data.artifacts
     assert outcome.data.report["feature_importance"] == {
         "error": "no explainer profile: the version has no train_split artifact to summarise as the explainer's "
         "background"
@@ -182,7 +182,7 @@ async def test_hostile_training_data_costs_the_importance_not_the_verdict(gate: 
     artifacts["train_split"] = gate.artifacts.put("runs/bomb/train.npz", npz_bomb())  # 3.9 MB, inflates to 4 GB
     await gate.bus.publish_event(gate.trained_event(artifacts))
     (outcome,) = await gate.outcomes(1)
-    assert outcome.nats_subject == "model.validated" and "explainer" not in outcome.data.artifacts
+    assert outcome.event == "validated" and "explainer" not in outcome.data.artifacts
     assert outcome.data.report["feature_importance"]["error"] == (
         "no explainer profile: train split: arrays 'x' and 'y' declare 3.7 GiB uncompressed, over the 1.0 GiB "
         "an NPZ file may inflate to (GALLERY_MAX_SPLIT_BYTES)"
@@ -196,11 +196,11 @@ async def test_hostile_training_data_costs_the_importance_not_the_verdict(gate: 
     odd_spec = {"architecture": "not an object", "data": 7, "feature_names": "pixels"}
     await gate.bus.publish_event(gate.trained_event(with_training_data(gate, "runs/spec", models.good, odd_spec)))
     _, odd, unread = await gate.outcomes(3)
-    assert odd.nats_subject == "model.validated" and odd.data.artifacts["explainer"] == artifacts["explainer"]
+    assert odd.event == "validated" and odd.data.artifacts["explainer"] == artifacts["explainer"]
     assert odd.data.report["feature_importance"]["error"].startswith(
         "no explainer profile: the version's explainer artifact: not a readable NPZ file"
     )
-    assert unread.nats_subject == "model.validated" and "error" not in unread.data.report["feature_importance"]
+    assert unread.event == "validated" and "error" not in unread.data.report["feature_importance"]
     assert unread.data.report["feature_importance"]["image_shape"] is None  # 64 features, each its own group
     assert len(unread.data.report["feature_importance"]["groups"]) == 64
     await gate.settled()
