@@ -138,20 +138,24 @@ async def test_malformed_payloads_are_dead_lettered_and_the_consumer_goes_on(bus
 
     consumer = bus.consumer("strict", handle, events=[ModelTrained])
     consumer.start()
-    await bus.publish_raw("model.trained", b"{not json", {"Nats-Msg-Id": "garbled-1"})
+    await bus.publish_raw("model.trained.default", b"{not json", {"Nats-Msg-Id": "garbled-1"})
     invalid = orjson.loads(make_event(trained(), "test").to_json())
     invalid["data"]["run_id"] = ""
-    await bus.publish_raw("model.trained", orjson.dumps(invalid), {"Nats-Msg-Id": invalid["id"]})
+    await bus.publish_raw("model.trained.default", orjson.dumps(invalid), {"Nats-Msg-Id": invalid["id"]})
     good = await bus.publish(trained("run-2"))
 
     await eventually(lambda: good.id in handled, what="the good event")
     await eventually(lambda: nothing_pending(bus, "strict"), what="every delivery to be settled")
     letters = await bus.dead_letters()
     assert handled == [good.id]
-    assert [letter.subject for letter in letters] == ["dlq.model.trained", "dlq.model.trained"]
+    assert [letter.subject for letter in letters] == ["dlq.model.trained.default", "dlq.model.trained.default"]
     garbled, schema = letters
     assert garbled.reason.startswith("not JSON")
-    assert (garbled.event_id, garbled.data, garbled.original_subject) == ("garbled-1", b"{not json", "model.trained")
+    assert (garbled.event_id, garbled.data, garbled.original_subject) == (
+        "garbled-1",
+        b"{not json",
+        "model.trained.default",
+    )
     assert schema.reason.startswith("invalid trained event: data.run_id")
     assert schema.event_id == invalid["id"]
     assert orjson.loads(schema.data) == invalid
@@ -269,7 +273,7 @@ async def test_no_event_is_lost_when_the_server_restarts_mid_stream(bus: EventBu
 async def test_stored_events_are_every_event_up_to_now_in_order_and_the_read_ends(bus: EventBus) -> None:
     published = [await bus.publish(trained(f"run-{i}")) for i in range(3)]
     # a message on an event subject that is no event is skipped, as tail() skips it
-    await bus.js.publish("model.trained", b"not an event")
+    await bus.js.publish("model.trained.default", b"not an event")
     assert [event.id for event in await bus.stored_events()] == [event.id for event in published]
     later = await bus.publish(trained("run-3"))
     assert [event.id for event in await bus.stored_events()][-1] == later.id

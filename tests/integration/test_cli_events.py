@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gallery_cli.events_cmd import sample_trained
 from gallery_common.bus import EventBus
 from gallery_common.consumer import DLQ_PREFIX, ERROR_HEADER, EVENT_ID_HEADER, ORIGINAL_SUBJECT_HEADER
 from gallery_common.nats_server import EmbeddedNats
@@ -33,15 +34,29 @@ def test_published_sample_shows_up_in_tail_with_its_trace(nats_server: EmbeddedN
     line = tailed.stdout.strip()
     assert line == published.stdout.strip()
     fields = line.split()
-    assert fields[1] == "model.trained" and fields[2].startswith("iris/sample-")
+    assert fields[1] == "model.trained.default" and fields[2].startswith("iris/sample-")
     assert len(fields[4].removeprefix("trace=")) == 32, "the sample carries a trace id"
     assert "artifacts=[onnx]" in line
 
 
 def test_tail_filters_by_subject(nats_server: EmbeddedNats) -> None:
     assert gallery(nats_server.url, "events", "publish-sample").returncode == 0
-    tailed = gallery(nats_server.url, "events", "tail", "--all", "-s", "model.trained", "-n", "1")
-    assert " model.trained " in tailed.stdout
+    tailed = gallery(nats_server.url, "events", "tail", "--all", "-s", "model.trained.*", "-n", "1")
+    assert " model.trained.default " in tailed.stdout
+
+
+def test_tail_filters_by_project(nats_server: EmbeddedNats) -> None:
+    async def publish() -> None:
+        async with EventBus(nats_server.url, "test") as bus:
+            for project in ("alpha", "beta"):
+                await bus.publish(sample_trained(f"iris-{project}").model_copy(update={"project": project}))
+
+    asyncio.run(publish())
+    tailed = gallery(nats_server.url, "events", "tail", "--all", "--project", "beta", "-n", "1")
+    assert " model.trained.beta " in tailed.stdout and "iris-beta/" in tailed.stdout
+    assert "iris-alpha" not in tailed.stdout
+    refused = gallery(nats_server.url, "events", "tail", "--project", "Beta!")
+    assert refused.returncode != 0 and "--project: 'Beta!' is not a project name" in refused.stderr + refused.stdout
 
 
 def test_dlq_lists_dead_letters_with_their_reason(nats_server: EmbeddedNats) -> None:
@@ -49,16 +64,16 @@ def test_dlq_lists_dead_letters_with_their_reason(nats_server: EmbeddedNats) -> 
         async with EventBus(nats_server.url, "test") as bus:
             headers = {
                 ERROR_HEADER: "invalid trained event: data.run_id: Field required",
-                ORIGINAL_SUBJECT_HEADER: "model.trained",
+                ORIGINAL_SUBJECT_HEADER: "model.trained.default",
                 EVENT_ID_HEADER: "0badc0de-1111-4000-8000-000000000000",
             }
-            await bus.publish_raw(DLQ_PREFIX + "model.trained", b'{"broken": true}', headers)
+            await bus.publish_raw(DLQ_PREFIX + "model.trained.default", b'{"broken": true}', headers)
 
     assert gallery(nats_server.url, "events", "dlq").stdout.strip() == "no dead letters"
     asyncio.run(dead_letter())
     table = gallery(nats_server.url, "events", "dlq")
     assert table.returncode == 0, table.stderr
-    assert "model.trained" in table.stdout and "0badc0de" in table.stdout and "Field required" in table.stdout
+    assert "model.trained.default" in table.stdout and "0badc0de" in table.stdout and "Field required" in table.stdout
     [row] = json.loads(gallery(nats_server.url, "events", "dlq", "--json").stdout)
     assert row["reason"] == "invalid trained event: data.run_id: Field required"
     assert row["data"] == '{"broken": true}'

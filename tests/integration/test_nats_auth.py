@@ -20,17 +20,17 @@ from gallery_common.routes_kv import BUCKET, RouteChange, RoutesBucket, RoutesFo
 from gallery_common.routes_kv import STREAM as ROUTES_STREAM
 
 OWNERS = {
-    "model.trained": "trainer",
-    "model.validated": "registry",
-    "model.rejected": "registry",
-    "model.optimized": "optimizer",
-    "model.deployed": "deployer",
-    "model.rolled_back": "deployer",
-    "model.deployment_failed": "deployer",
-    "model.experiment_concluded": "deployer",
-    "model.degraded": "monitor",
-    "model.outcome": "gateway",
-    "model.usage": "gateway",
+    "model.trained.default": "trainer",
+    "model.validated.default": "registry",
+    "model.rejected.default": "registry",
+    "model.optimized.default": "optimizer",
+    "model.deployed.default": "deployer",
+    "model.rolled_back.default": "deployer",
+    "model.deployment_failed.default": "deployer",
+    "model.experiment_concluded.default": "deployer",
+    "model.degraded.default": "monitor",
+    "model.outcome.default": "gateway",
+    "model.usage.default": "gateway",
 }
 
 
@@ -141,12 +141,14 @@ async def test_only_model_servers_can_answer_inference_and_only_the_gateway_send
 async def test_a_model_server_cannot_submit_batch_jobs_or_publish_lifecycle_events(connect) -> None:  # type: ignore[no-untyped-def]
     errors = Violations()
     nc = await connect("modelserver", errors)
-    for subject in ("infer.jobs.digits", "model.deployed", "dlq.model.trained"):
+    for subject in ("infer.jobs.digits", "model.deployed.default", "dlq.model.trained.default"):
         await nc.publish(subject, b"{}")
     await nc.flush()
     await asyncio.sleep(0.2)
     refused = " ".join(errors.errors)
-    assert all(subject in refused for subject in ("infer.jobs.digits", "model.deployed", "dlq.model.trained"))
+    assert all(
+        subject in refused for subject in ("infer.jobs.digits", "model.deployed.default", "dlq.model.trained.default")
+    )
 
 
 def test_every_service_connects_with_a_user_of_its_own() -> None:

@@ -88,7 +88,7 @@ def test_the_consumer_subscribes_to_the_registered_types_only() -> None:
 
     consumer = events.consumer(FakeBus())  # type: ignore[arg-type]
     assert consumer.durable == "test"
-    assert consumer.subjects == ["model.validated", "model.degraded"]
+    assert consumer.subjects == ["model.validated.*", "model.degraded.*"]
     assert (consumer.ack_wait, consumer.max_deliver, consumer.backoff, consumer.batch) == (90.0, 3, (0.5,), 1)
 
 
@@ -117,7 +117,9 @@ async def test_an_event_type_without_a_handler_is_dead_lettered_with_the_reason(
     @events.on(ModelValidated)
     async def on_validated(data: ModelValidated) -> None: ...
 
-    with pytest.raises(PermanentError, match=r"^consumer 'deployer' has no handler for model\.degraded events$"):
+    with pytest.raises(
+        PermanentError, match=r"^consumer 'deployer' has no handler for model\.degraded\.default events$"
+    ):
         await events.dispatch(degraded())
 
 

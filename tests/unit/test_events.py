@@ -33,7 +33,7 @@ def test_envelope_is_cloudevents_structured_json() -> None:
     assert doc["subject"] == "digits/run-7"
     assert doc["datacontenttype"] == "application/json"
     assert doc["data"]["artifacts"]["onnx"]["sha256"] == SHA
-    assert event.nats_subject == "model.trained"
+    assert event.nats_subject == "model.trained.default"
 
 
 def test_round_trip_gives_the_typed_payload_back() -> None:

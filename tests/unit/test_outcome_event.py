@@ -24,7 +24,7 @@ BASE: dict[str, Any] = {
 def test_a_label_outcome_round_trips_with_its_subject_and_id() -> None:
     outcome = ModelOutcome(**BASE, kind="label", label=[1, 0], correct=[True, False], correct_rows=1)
     event = make_event(outcome, "/modelgallery/gateway", event_id="outcome.3f2a9c")
-    assert event.nats_subject == "model.outcome" and event.subject == "iris/2"
+    assert event.nats_subject == "model.outcome.default" and event.subject == "iris/2"
     again = parse_event(event.to_json())
     assert again.data == outcome and again.id == "outcome.3f2a9c"
 

@@ -97,7 +97,7 @@ def test_render_check_fails_naming_a_stale_authorization_conf(
 ) -> None:
     module = render_k8s()
     stale = tmp_path / "authorization.conf"
-    stale.write_text(module.nats_authorization().replace('"model.trained"', '"model.>"'), encoding="utf-8")
+    stale.write_text(module.nats_authorization().replace('"model.trained.*"', '"model.>"'), encoding="utf-8")
     monkeypatch.setattr(module, "ROOT", tmp_path)
     monkeypatch.setattr(module, "NATS_AUTHORIZATION", stale)
     monkeypatch.setattr(module, "RENDERINGS", {})

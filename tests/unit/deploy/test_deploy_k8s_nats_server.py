@@ -253,11 +253,11 @@ async def test_dev_nats_admits_each_user_with_its_own_password_and_holds_it_to_i
     errors = Errors()
     trainer = await connect(url, "trainer", users["trainer"], errors)
     connections.append(trainer)
-    await trainer.publish("model.trained", b"{}")
-    await trainer.publish("model.validated", b"{}")
+    await trainer.publish("model.trained.default", b"{}")
+    await trainer.publish("model.validated.default", b"{}")
     await trainer.flush()
     await asyncio.sleep(0.1)
-    assert errors.seen == ['nats: permissions violation for publish to "model.validated"']
+    assert errors.seen == ['nats: permissions violation for publish to "model.validated.default"']
 
 
 def issue_as_cert_manager_would(authority: Authority) -> Callable[[Path], None]:

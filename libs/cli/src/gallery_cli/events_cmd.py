@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import socket
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
@@ -21,6 +22,7 @@ from rich.table import Table
 from gallery_common.bus import DeadLetter, EventBus
 from gallery_common.errors import GalleryError
 from gallery_common.events import (
+    ANY_PROJECT,
     PAYLOADS,
     SUBJECT_PREFIX,
     TYPE_PREFIX,
@@ -29,8 +31,10 @@ from gallery_common.events import (
     Lineage,
     ModelTrained,
     json_schemas,
+    subject_for,
     type_for,
 )
+from gallery_common.projects import PROJECT_PATTERN, PROJECT_RULE
 from gallery_common.settings import GallerySettings
 from gallery_common.telemetry import configure_logging, configure_tracing, tracer
 
@@ -123,15 +127,29 @@ async def _tail(settings: GallerySettings, subject: str, deliver: Literal["new",
     return seen
 
 
+def tail_subject(subject: str | None, project: str | None) -> str:
+    """The filter of `gallery events tail`: `--subject` as given, else every event of `--project` (or of all)."""
+    if project is not None and not re.fullmatch(PROJECT_PATTERN, project):
+        fail(f"--project: {project!r} is not a project name ({PROJECT_RULE})")
+    if subject is not None and project is not None:
+        fail("--subject and --project: give one (subjects are model.<event>.<project>)")
+    if subject is not None:
+        return subject
+    return subject_for(ANY_PROJECT, project) if project else f"{SUBJECT_PREFIX}.>"
+
+
 @app.command()
 def tail(
-    subject: Annotated[str, typer.Option("--subject", "-s", help="NATS subject filter.")] = f"{SUBJECT_PREFIX}.>",
+    subject: Annotated[
+        str | None, typer.Option("--subject", "-s", help="NATS subject filter (model.<event>.<project>).")
+    ] = None,
+    project: Annotated[str | None, typer.Option("--project", "-p", help="Only this project's events.")] = None,
     from_start: Annotated[bool, typer.Option("--all", help="Replay the stream from its first event.")] = False,
     count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.")] = None,
 ) -> None:
     """Print lifecycle events as they are stored: time, subject, model/version, id, trace id, data summary."""
     settings = cli_settings()
-    _run(_tail(settings, subject, "all" if from_start else "new", count), settings)
+    _run(_tail(settings, tail_subject(subject, project), "all" if from_start else "new", count), settings)
 
 
 async def _dead_letters(settings: GallerySettings, limit: int) -> list[DeadLetter]:

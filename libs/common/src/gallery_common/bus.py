@@ -1,6 +1,6 @@
 """The JetStream event bus: lifecycle events out, durable pull consumers in.
 
-Events are CloudEvents on `model.<event>` in the MODEL_EVENTS stream, published with
+Events are CloudEvents on `model.<event>.<project>` in the MODEL_EVENTS stream, published with
 `Nats-Msg-Id` = event id so that a retried or repeated publish is stored once. Messages a
 consumer can never handle are copied to `dlq.<subject>` in DEAD_LETTERS (see `consumer.py`).
 """
@@ -38,8 +38,18 @@ from .consumer import (
     TransientError,
 )
 from .errors import Unavailable
-from .events import SUBJECT_PREFIX, CloudEvent, InvalidEvent, P, Payload, make_event, parse_event
-from .nats_auth import NatsCredentials, credentials_for
+from .events import (
+    ANY_PROJECT,
+    SUBJECT_PREFIX,
+    CloudEvent,
+    InvalidEvent,
+    P,
+    Payload,
+    make_event,
+    parse_event,
+    subject_for,
+)
+from .nats_auth import PROJECT_USER_SEPARATOR, NatsCredentials, credentials_for, project_scope
 from .settings import GallerySettings
 
 __all__ = [
@@ -213,6 +223,8 @@ class EventBus:
     stream_limits: StreamLimits = StreamLimits()
     _restoring: asyncio.Task[None] | None = None
     _keeps_streams = False  # this bus ensures the streams (a data-plane bus may not have the right to)
+    # the projects this process's consumers read (GALLERY_PROJECT_SCOPE); empty: every project
+    projects: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -261,7 +273,13 @@ class EventBus:
             **options,
         )
         bus.stream_limits = StreamLimits.from_settings(settings)
+        bus.projects = project_scope(settings)
         return bus
+
+    @property
+    def project_bound(self) -> bool:
+        """Whether this bus connects as a project-bound NATS user, which may not create or change streams."""
+        return self.credentials is not None and PROJECT_USER_SEPARATOR in self.credentials.user
 
     @property
     def nc(self) -> Client:
@@ -424,6 +442,9 @@ class EventBus:
         so a CLI run never shrinks a clustered stream. Storage and retention cannot change in place:
         a stream with others is used as it is, with an error in the log.
         """
+        if self.project_bound:
+            await self._expect_streams()
+            return
         self._keeps_streams = True
         for config in stream_configs(self.stream_replicas or 1, self.stream_limits):
 
@@ -449,6 +470,21 @@ class EventBus:
                     await _within_storage(self.js.update_stream, wanted)
 
             await self.with_retry(ensure, what=f"ensure stream {config.name}")
+
+    async def _expect_streams(self) -> None:
+        """Check that the streams exist; a project-bound user may read their state only."""
+        for name in (EVENTS_STREAM, DLQ_STREAM):
+
+            async def check(name: str = name) -> None:
+                try:
+                    await self.js.stream_info(name)
+                except js_errors.NotFoundError:
+                    raise Unavailable(
+                        f"stream {name} does not exist and project-bound user {self.credentials.user!r}"  # type: ignore[union-attr]
+                        " may not create it: start an installation-wide service first"
+                    ) from None
+
+            await self.with_retry(check, what=f"find stream {name}")
 
     async def publish(self, payload: P, *, event_id: str | None = None) -> CloudEvent[P]:
         """Publish `payload` as a new event from this service and return the event as sent.
@@ -517,6 +553,7 @@ class EventBus:
             backoff=backoff,
             heartbeat_every=heartbeat_every,
             batch=batch,
+            projects=self.projects,
         )
         self._consumers.append(consumer)
         return consumer
@@ -525,14 +562,16 @@ class EventBus:
         """The most recent `limit` dead letters, oldest first."""
         return [DeadLetter.from_raw(raw) for raw in await self._stored(DLQ_STREAM, f"{DLQ_PREFIX}>", limit)]
 
-    async def stored_events(self) -> list[CloudEvent[Any]]:
-        """Every lifecycle event the stream holds at the time of the call, oldest first.
+    async def stored_events(self, project: str | None = None) -> list[CloudEvent[Any]]:
+        """Every lifecycle event the stream holds at the time of the call (of `project` only, when
+        given), oldest first.
 
         Unlike `tail`, it ends: it reads up to the stream's last sequence as the call finds it.
         Messages that are not valid events are skipped (they are in the dead-letter stream).
         """
         events: list[CloudEvent[Any]] = []
-        for raw in await self._stored(EVENTS_STREAM, f"{SUBJECT_PREFIX}.>"):
+        subject = subject_for(ANY_PROJECT, project) if project else f"{SUBJECT_PREFIX}.>"
+        for raw in await self._stored(EVENTS_STREAM, subject):
             try:
                 events.append(parse_event(raw.data or b""))
             except InvalidEvent:

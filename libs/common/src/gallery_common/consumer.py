@@ -3,6 +3,10 @@
 A consumer keeps pull requests open on the server (topped up at half its batch), so an event
 reaches the handler as soon as it is stored and a burst is handled back to back. A message that
 can never succeed is terminated and copied to `dlq.<subject>` with the reason in `Gallery-Error`.
+
+Subjects are `model.<event>.<project>`. A consumer reads every project (`model.<event>.*`) unless it is
+given `projects`: then it filters only theirs, and its durable is named for them (`<durable>_<project>`),
+so it never shares a durable, nor a filter, with an installation-wide instance.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from . import telemetry
 from .errors import Unavailable
-from .events import SUBJECT_PREFIX, CloudEvent, InvalidEvent, Payload, parse_event, subject_for
+from .events import ANY_PROJECT, SUBJECT_PREFIX, CloudEvent, InvalidEvent, Payload, parse_event, subject_for
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -62,6 +66,26 @@ _HANDLE_SECONDS = telemetry.histogram(
 log = telemetry.get_logger(__name__)
 
 
+def scoped_durable(durable: str, projects: Sequence[str]) -> str:
+    """The durable name of `durable` scoped to `projects` ('_' joins: neither a project nor a durable has one)."""
+    return "_".join((durable, *sorted(projects))) if projects else durable
+
+
+def filter_subjects(events: Sequence[type[Payload]] | None, projects: Sequence[str]) -> list[str]:
+    """The consumer filters for `events` (all if None) in `projects` (all if empty).
+
+    One project gets one filter (`model.<event>.<project>`, or `model.*.<project>` for several events):
+    a project-bound NATS user may create a consumer only with the filter in the request subject, which
+    nats-server compares to the configured one, and that form carries a single filter.
+    """
+    names = [e.event for e in events] if events else []
+    if not projects:
+        return [subject_for(name) for name in names] if names else [f"{SUBJECT_PREFIX}.>"]
+    if len(names) == 1:
+        return [subject_for(names[0], project) for project in sorted(projects)]
+    return [subject_for(ANY_PROJECT, project) for project in sorted(projects)]
+
+
 class TransientError(Exception):
     """The handler cannot finish now; the event is redelivered after the next backoff delay."""
 
@@ -96,11 +120,15 @@ class Consumer:
         backoff: Sequence[float] = (1.0, 5.0, 30.0),
         heartbeat_every: float | None = None,
         batch: int = 10,
+        projects: Sequence[str] = (),
     ) -> None:
         if max_deliver < 1 or batch < 1 or not backoff or ack_wait <= 0:
             raise ValueError("max_deliver and batch must be >= 1, ack_wait > 0, backoff non-empty")
-        self.durable = durable
-        self.subjects = [subject_for(e.event) for e in events] if events else [f"{SUBJECT_PREFIX}.>"]
+        self.durable = scoped_durable(durable, projects)
+        self.projects = tuple(sorted(projects))
+        self.subjects = filter_subjects(events, self.projects)
+        # a filter over all events of a project also brings those this consumer does not handle
+        self._wanted = frozenset(e.event for e in events) if events else None
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
         self.backoff = tuple(backoff)
@@ -109,7 +137,7 @@ class Consumer:
         self._bus = bus
         self._stream = stream
         self._handler = handler
-        self._next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{self.durable}"
         self._pull_request = {"expires": int(_PULL_EXPIRES * 1e9), "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9)}
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._held: dict[str, Msg] = {}  # delivered to us and not settled yet, keyed by ack subject
@@ -118,8 +146,8 @@ class Consumer:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
-        self._outcome = {outcome: _HANDLED.labels(durable, outcome) for outcome in _OUTCOMES}
-        self._seconds = _HANDLE_SECONDS.labels(durable)
+        self._outcome = {outcome: _HANDLED.labels(self.durable, outcome) for outcome in _OUTCOMES}
+        self._seconds = _HANDLE_SECONDS.labels(self.durable)
 
     def consumer_config(self) -> api.ConsumerConfig:
         single = len(self.subjects) == 1
@@ -310,11 +338,14 @@ class Consumer:
         delivered = msg.metadata.num_delivered or 1
         try:
             event = parse_event(msg.data)
-            if event.nats_subject != msg.subject:
-                raise InvalidEvent(f"a {event.event} event on subject {msg.subject}")
+            _check_subject(event, msg.subject)
         except InvalidEvent as exc:
             await self._dead_letter(msg, str(exc), delivered, None)
             self._outcome["invalid"].inc()
+            return
+        if self._wanted is not None and event.event not in self._wanted:
+            await msg.ack()
+            self._outcome["ack"].inc()
             return
         if delivered > self.max_deliver:
             reason = f"no outcome after {self.max_deliver} deliveries: the handler's process died or hung"
@@ -383,6 +414,21 @@ class Consumer:
             return
         await msg.term()
         log.warning("event dead-lettered", durable=self.durable, subject=msg.subject, event_id=event_id, reason=reason)
+
+
+def _check_subject(event: CloudEvent[Any], subject: str) -> None:
+    """Refuse an event stored on another subject than its own: above all one whose payload names another
+    project than its subject, which would let a publisher allowed only in one project act in another."""
+    if event.nats_subject == subject:
+        return
+    expected_prefix = subject_for(event.event, "")
+    if subject.startswith(expected_prefix):
+        subject_project = subject.removeprefix(expected_prefix)
+        raise InvalidEvent(
+            f"project mismatch: the payload's project {event.data.project!r} is not its subject's project"
+            f" {subject_project!r} ({subject}); an event may act only in the project it was published in"
+        )
+    raise InvalidEvent(f"a {event.event} event of project {event.data.project!r} on subject {subject}")
 
 
 def _claimed_id(data: bytes) -> str:

@@ -1,7 +1,8 @@
 """Lifecycle events: a CloudEvents 1.0 envelope around one typed payload per event.
 
-Subjects are `model.<event>`, `type` is `io.modelgallery.model.<event>.v1` and the CloudEvent
-`subject` is `<model>/<version>`. Large things travel as an `ArtifactRef` (URI + sha256).
+Subjects are `model.<event>.<project>` (the project of the payload), `type` is
+`io.modelgallery.model.<event>.v1` and the CloudEvent `subject` is `<model>/<version>`. Large things
+travel as an `ArtifactRef` (URI + sha256).
 """
 
 from __future__ import annotations
@@ -254,8 +255,22 @@ PAYLOADS: dict[str, type[Payload]] = {
 }
 
 
-def subject_for(event: str) -> str:
-    return f"{SUBJECT_PREFIX}.{event}"
+ANY_PROJECT = "*"
+
+
+def subject_for(event: str, project: str = ANY_PROJECT) -> str:
+    """The NATS subject of `event` in `project`; the default `*` is the filter over every project.
+
+    The project is the last token so that a permission or a filter can hold one project's events
+    (`model.*.alpha`) or one event of all of them (`model.trained.*`).
+    """
+    return f"{SUBJECT_PREFIX}.{event}.{project}"
+
+
+def project_of_subject(subject: str) -> str | None:
+    """The project token of a lifecycle subject, or None for a subject of another layout."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) == 3 and parts[0] == SUBJECT_PREFIX else None
 
 
 def type_for(event: str) -> str:
@@ -287,7 +302,7 @@ class CloudEvent(BaseModel, Generic[P]):
 
     @property
     def nats_subject(self) -> str:
-        return subject_for(self.event)
+        return subject_for(self.event, self.data.project)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", exclude_none=True))

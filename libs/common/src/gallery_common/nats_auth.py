@@ -6,18 +6,34 @@ only the optimizer `model.optimized`, only the deployer `model.deployed` / `mode
 `model.deployment_failed` / `model.experiment_concluded`, only the monitor `model.degraded`; only the
 deployer writes the gateways' routes (the `routes` KV bucket), which gateways may only read and watch; only
 the gateway publishes traffic samples, `model.usage` and `model.outcome` and keeps the `outcomes` KV bucket,
-and only model servers answer `infer.<model>`. Each user's request replies come on an inbox prefix of its
+and only model servers answer `infer.<model>`. Event subjects are `model.<event>.<project>`; these users
+publish their events in every project (`model.<event>.*`). Each user's request replies come on an inbox prefix of its
 own (`_INBOX.<user>.`), so no one can read another's replies.
 
 `gallery up` makes a password per user in `$GALLERY_HOME/nats/users/<user>.password` (0600) and
 gives nats-server their bcrypt hashes; on Kubernetes they come from Secrets. A process finds its
 credentials with `credentials_for`: `GALLERY_NATS_USER` / `GALLERY_NATS_PASSWORD` when set, else its
 file under `$GALLERY_HOME`, else none (a server without authorization).
+
+Projects: `principals(projects=[...])` adds, for each lifecycle service and project, a project-bound user
+`<service>@<project>` (e.g. `trainer@alpha`). `@` is in no service, durable or project name, so the name
+cannot collide with another user's, and its inbox `_INBOX.trainer@alpha.` is not under `_INBOX.trainer.`
+(a dot would put it there, and the installation-wide user could read its replies). It may publish only
+`model.<event>.<project>` and `dlq.model.*.<project>`, and create its consumers only through
+`$JS.API.CONSUMER.CREATE.MODEL_EVENTS.<durable>_<project>.model.*.<project>`, the form in which
+nats-server 2.10 checks the request's filter against the subject: not the filterless CREATE nor the legacy
+DURABLE.CREATE (whose filter it does not check), not direct or MSG.GET, not STREAM.UPDATE (a republish
+would copy every project's events to it). So the server itself refuses it another project's events.
+A process scoped to exactly one project (GALLERY_PROJECT_SCOPE=alpha) finds that user's password file first.
+The lifecycle bus is the scope of this binding: work queues, gateway routes and leader claims stay
+installation-wide, so a project-bound user has none of them, nor the audit trail (reading it shows every
+project's changes).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +54,19 @@ DLQ_STREAM = "DEAD_LETTERS"
 JOBS_STREAM = "INFER_JOBS"
 SAMPLES = f"{SAMPLE_PREFIX}>"
 PASSWORD_SUFFIX = ".password"
+PROJECT_USER_SEPARATOR = "@"
+# the lifecycle services that may run bound to one project, and the durable consumers each runs
+BINDABLE_SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "trainer": (("trained",), ("trainer-search",)),
+    "registry": (("validated", "rejected"), ("registry-gate", "registry-degraded")),
+    "optimizer": (("optimized",), ("optimizer",)),
+    "deployer": (
+        ("deployed", "rolled_back", "deployment_failed", "experiment_concluded"),
+        # every deployer replica also adds the gateways' usage reports to the usage store
+        ("deployer", "deployer-experiments", "deployer-usage"),
+    ),
+    "monitor": (("degraded",), ("monitor",)),
+}
 LEADERS_BUCKET = "leaders"  # gallery_common.leader's bucket (it imports this module's users, not the reverse)
 LEADERS_STREAM = f"KV_{LEADERS_BUCKET}"
 
@@ -97,6 +126,46 @@ def _durable(stream: str, durable: str) -> tuple[str, ...]:
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",
     )
+
+
+def project_user(service: str, project: str) -> str:
+    """The NATS user of `service` bound to `project`."""
+    return f"{service}{PROJECT_USER_SEPARATOR}{project}"
+
+
+def project_scope(settings: GallerySettings) -> tuple[str, ...]:
+    """The projects GALLERY_PROJECT_SCOPE names (sorted, no repeats); empty means every project."""
+    from .projects import PROJECT_PATTERN, PROJECT_RULE
+
+    names = sorted({name.strip() for name in settings.project_scope.split(",") if name.strip()})
+    for name in names:
+        if not re.fullmatch(PROJECT_PATTERN, name):
+            raise ValueError(f"GALLERY_PROJECT_SCOPE: {name!r} is not a project name ({PROJECT_RULE})")
+    return tuple(names)
+
+
+def _bound_service(service: str, project: str) -> Principal:
+    """`service` bound to `project`: its events and dead letters there, its consumers filtered to it."""
+    from .consumer import DLQ_PREFIX, scoped_durable
+    from .events import ANY_PROJECT, subject_for
+
+    events, durables = BINDABLE_SERVICES[service]
+    name = project_user(service, project)
+    publish = ["$JS.API.INFO", f"$JS.API.STREAM.INFO.{EVENTS_STREAM}", f"$JS.API.STREAM.INFO.{DLQ_STREAM}"]
+    publish += [subject_for(event, project) for event in events]
+    publish.append(DLQ_PREFIX + subject_for(ANY_PROJECT, project))
+    for durable in durables:
+        bound = scoped_durable(durable, [project])
+        publish += [
+            # `*` matches the event token only: `model.>` or `model.*.*` as a filter is refused
+            f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.{bound}.{subject_for(ANY_PROJECT, project)}",
+            f"$JS.API.CONSUMER.INFO.{EVENTS_STREAM}.{bound}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.{bound}",
+            f"$JS.ACK.{EVENTS_STREAM}.{bound}.>",
+        ]
+    # no audit trail (reading it would show every project's changes) and no KV buckets beyond the projects
+    publish += _follow_projects()
+    return Principal(name, tuple(publish), (f"{inbox_prefix(name)}.>",))
 
 
 def _leader_claim(role: str) -> tuple[str, ...]:
@@ -213,24 +282,14 @@ def _take_jobs(queue: QueueNames) -> tuple[str, ...]:
     return (*_stream_upkeep(queue.stream), queue.subjects, *_durable(queue.stream, queue.durable))
 
 
-def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
+def principals(services: Iterable[str] = (), projects: Iterable[str] = ()) -> dict[str, Principal]:
     """Every NATS user of a Model Gallery installation; `services` adds a user for other installed
-    services (their durable consumer is named after them; they publish no lifecycle event)."""
+    services (their durable consumer is named after them; they publish no lifecycle event); `projects`
+    adds a project-bound user (`<service>@<project>`) per lifecycle service and project."""
     from .events import subject_for
     from .work_queue import OPTIMIZE_JOBS, TRAIN_JOBS
 
-    table = [
-        _service("trainer", ["trained"], ["trainer-search"]),
-        _service("registry", ["validated", "rejected"], ["registry-gate", "registry-degraded"]),
-        _service("optimizer", ["optimized"], ["optimizer"]),
-        _service(
-            "deployer",
-            ["deployed", "rolled_back", "deployment_failed", "experiment_concluded"],
-            # every deployer replica also adds the gateways' usage reports to the usage store
-            ["deployer", "deployer-experiments", "deployer-usage"],
-        ),
-        _service("monitor", ["degraded"], ["monitor"]),
-    ]
+    table = [_service(name, events, durables) for name, (events, durables) in BINDABLE_SERVICES.items()]
     found = {p.name: p for p in table}
     monitor = found["monitor"]
     found["monitor"] = Principal("monitor", monitor.publish, (*monitor.subscribe, SAMPLES))
@@ -281,6 +340,10 @@ def principals(services: Iterable[str] = ()) -> dict[str, Principal]:
         found[role] = Principal(role, (*follower.publish, *_follow_projects()), follower.subscribe)
     registry = found["registry"]
     found["registry"] = Principal("registry", (*registry.publish, *_write_projects()), registry.subscribe)
+    for project in sorted(set(projects)):
+        for service in BINDABLE_SERVICES:
+            bound = _bound_service(service, project)
+            found[bound.name] = bound
     return found
 
 
@@ -311,6 +374,11 @@ def credentials_for(settings: GallerySettings, user: str | None = None) -> NatsC
     if settings.nats_user and settings.nats_password is not None:
         return NatsCredentials(settings.nats_user, settings.nats_password.get_secret_value())
     name = user or settings.nats_user or settings.service_name
+    scope = project_scope(settings)
+    if user is None and not settings.nats_user and len(scope) == 1:
+        bound = password_path(settings.home.resolve(), project_user(name, scope[0]))
+        if bound.exists():
+            return NatsCredentials(project_user(name, scope[0]), bound.read_text().strip())
     path = password_path(settings.home.resolve(), name)
     if path.exists():
         return NatsCredentials(name, path.read_text().strip())

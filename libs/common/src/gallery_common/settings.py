@@ -58,6 +58,10 @@ class GallerySettings(BaseSettings):
     nats_tls_ca: Path | None = Field(
         default=None, description="CA bundle that signed the NATS server's certificate (tls:// URLs)"
     )
+    project_scope: str = Field(
+        default="",
+        description="comma-separated projects whose events this process consumes (e.g. 'alpha,beta'); empty: all",
+    )
     stream_replicas: int | None = Field(
         default=None, ge=1, le=5, description="JetStream replicas of the event streams (3 on a 3-server cluster)"
     )
