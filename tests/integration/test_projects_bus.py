@@ -12,6 +12,7 @@ from typing import Any
 import bcrypt
 import nats
 import pytest
+from nats.aio.client import Client
 from nats.js import api
 from waiting import eventually
 
@@ -174,7 +175,7 @@ async def installation(secured: EmbeddedNats, home: Path) -> AsyncIterator[Event
         yield trainer
 
 
-async def raw_client(secured: EmbeddedNats, home: Path, user: str, violations: Violations) -> nats.aio.client.Client:
+async def raw_client(secured: EmbeddedNats, home: Path, user: str, violations: Violations) -> Client:
     account = creds(home, user)
     return await nats.connect(
         secured.url,
