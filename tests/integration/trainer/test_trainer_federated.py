@@ -80,7 +80,9 @@ def test_three_sites_train_a_model_the_trainer_never_sees_the_rows_of(tmp_path: 
         f"{metrics['bytes_per_site_per_round']:.0f} bytes per site per round"
     )
 
-    payload = trained_payload(model=spec.name, run_id="run-1", job_id="job-1", outputs=outputs, artifacts={})
+    payload = trained_payload(
+        model=spec.name, project="default", run_id="run-1", job_id="job-1", outputs=outputs, artifacts={}
+    )
     federation = payload.lineage.federation
     assert federation is not None and federation.kind == "federated"
     assert (federation.strategy, federation.rounds, federation.min_sites) == ("fedavg", 15, 3)

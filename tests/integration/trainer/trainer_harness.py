@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +67,18 @@ def publish(nats_url: str, payload: Payload) -> None:
 
 
 def stored_events(nats_url: str, subject: str, count: int, timeout: float = 10) -> list[CloudEvent[Any]]:
-    """The first `count` events on `subject` in the stream (fewer if the timeout passes first)."""
+    """The first `count` events `subject` names (`model.trained`: that event of every project) in the
+    stream, fewer if the timeout passes first. Read whatever the subject layout (`model.<event>` or
+    `model.<event>.<project>`): matched on the event's name."""
+    event_name = subject.removeprefix("model.")
 
-    async def go() -> list[CloudEvent[Any]]:
-        events: list[CloudEvent[Any]] = []
+    async def stored() -> list[CloudEvent[Any]]:
         async with EventBus(nats_url, "test") as bus:
+            return [e for e in await bus.stored_events() if e.event == event_name]
 
-            async def collect() -> None:
-                async for event in bus.tail(subject, deliver="all"):
-                    events.append(event)
-                    if len(events) >= count:
-                        return
-
-            with suppress(TimeoutError):
-                await asyncio.wait_for(collect(), timeout)
-        return events
-
-    return asyncio.run(go())
+    deadline = time.monotonic() + timeout
+    events = asyncio.run(stored())
+    while len(events) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+        events = asyncio.run(stored())
+    return events[:count]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
@@ -11,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFound, Unavailable
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import get_logger
 from gallery_common.work_queue import SubmitFn, beating
 
@@ -22,6 +24,15 @@ if TYPE_CHECKING:
     from .admission import SpecPolicy
 
 log = get_logger(__name__)
+
+PlaceFn = Callable[[str | None], str]
+"""The project a submitted spec's job belongs to, given the spec's `project`; raises when refused."""
+
+
+def default_place(requested: str | None) -> str:
+    """Without a caller to check (a caller inside the process): the spec's project, else `default`."""
+    return requested or DEFAULT_PROJECT
+
 
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 JSON_TYPES = frozenset({"application/json", ""})
@@ -76,15 +87,24 @@ class JobService:
         self.enqueue = enqueue
         self.policy = policy
 
-    def submit(self, body: bytes, content_type: str) -> JobPublic:
+    def submit(self, body: bytes, content_type: str, place: PlaceFn = default_place) -> JobPublic:
         """Validate a spec and put it on the work queue, where any trainer replica may take it; a spec
         with a search block starts a search at its first trial. Unavailable (and the job failed with the
-        reason) when the queue cannot be reached."""
+        reason) when the queue cannot be reached.
+
+        `place` turns the spec's `project` (None when it names none) into the project the job belongs
+        to, raising when the submitter may not submit there; the stored spec names that project."""
         spec = read_spec_body(body, content_type, self.policy)
+        spec = spec.model_copy(update={"project": place(spec.project)})
         if spec.search is not None:
             job = self.searches.start(spec)
         else:
-            job = Job(model=spec.name, spec=spec.model_dump(mode="json"), epochs=spec.training.epochs)
+            job = Job(
+                model=spec.name,
+                project=spec.project,
+                spec=spec.model_dump(mode="json"),
+                epochs=spec.training.epochs,
+            )
             with Session(self.engine) as session:
                 session.add(job)
                 session.commit()
@@ -103,8 +123,18 @@ class JobService:
         log.info("job queued", job_id=job.id, model=job.model, search_id=job.search_id)
         return JobPublic.of(job)
 
-    def list_jobs(self, *, status: str | None = None, model: str | None = None, limit: int = 100) -> list[JobPublic]:
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        projects: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[JobPublic]:
+        """Jobs, newest first; only those of `projects` when given."""
         query = select(Job).order_by(col(Job.created_at).desc()).limit(limit)
+        if projects is not None:
+            query = query.where(col(Job.project).in_(projects))
         if status:
             query = query.where(Job.status == status)
         if model:
@@ -166,8 +196,13 @@ class JobService:
         ]
 
     @staticmethod
-    def _job(session: Session, job_id: str) -> Job:
+    def missing(job_id: str) -> NotFound:
+        """The one answer for a job that does not exist and for one in a project the caller cannot see."""
+        return NotFound(f"no job {job_id!r}")
+
+    @classmethod
+    def _job(cls, session: Session, job_id: str) -> Job:
         job = session.get(Job, job_id)
         if job is None:
-            raise NotFound(f"no job {job_id!r}")
+            raise cls.missing(job_id)
         return job

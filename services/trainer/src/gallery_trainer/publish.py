@@ -55,11 +55,19 @@ def upload_outputs(
 
 
 def trained_payload(
-    *, model: str, run_id: str, job_id: str, outputs: JobOutputs, artifacts: Mapping[str, ArtifactRef]
+    *,
+    model: str,
+    project: str,
+    run_id: str,
+    job_id: str,
+    outputs: JobOutputs,
+    artifacts: Mapping[str, ArtifactRef],
 ) -> ModelTrained:
-    """The `model.trained` payload of a finished run."""
+    """The `model.trained` payload of a finished run, in the job's project (where the registry
+    registers the model)."""
     return ModelTrained(
         model=model,
+        project=project,
         run_id=run_id,
         artifacts=dict(artifacts),
         task=outputs.task,  # type: ignore[arg-type]

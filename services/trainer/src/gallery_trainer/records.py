@@ -13,6 +13,7 @@ from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from gallery_common.db import as_utc, new_id, timestamp_field, utcnow
+from gallery_common.projects import DEFAULT_PROJECT
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_JOB_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -30,6 +31,7 @@ class Job(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True)
     model: str = Field(index=True)
+    project: str = Field(default=DEFAULT_PROJECT, index=True)
     status: str = Field(default="queued", index=True)
     phase: str | None = None
     progress: float = 0.0
@@ -60,6 +62,7 @@ class Run(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     job_id: str = Field(index=True)
     model: str = Field(index=True)
+    project: str = Field(default=DEFAULT_PROJECT, index=True)
     status: str = "running"
     error: str | None = None
     params: dict[str, Any] = _json()
@@ -98,6 +101,7 @@ class Search(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True)
     model: str
+    project: str = Field(default=DEFAULT_PROJECT, index=True)
     status: str = "running"
     budget: int
     metric: str
@@ -130,6 +134,7 @@ class JobPublic(BaseModel):
 
     id: str
     model: str
+    project: str
     status: JobStatus
     phase: str | None
     progress: float
@@ -154,6 +159,7 @@ class JobPublic(BaseModel):
         return cls(
             id=job.id,
             model=job.model,
+            project=job.project,
             status=job.status,  # type: ignore[arg-type]
             phase=job.phase,
             progress=job.progress,
@@ -181,6 +187,7 @@ class RunPublic(BaseModel):
     id: str
     job_id: str
     model: str
+    project: str
     status: str
     error: str | None
     params: dict[str, Any]
@@ -201,6 +208,7 @@ class RunPublic(BaseModel):
             id=run.id,
             job_id=run.job_id,
             model=run.model,
+            project=run.project,
             status=run.status,
             error=run.error,
             params=dict(run.params),
@@ -258,6 +266,7 @@ class TrialPublic(BaseModel):
 class SearchPublic(BaseModel):
     id: str
     model: str
+    project: str
     status: SearchStatus
     budget: int
     metric: str
@@ -272,6 +281,7 @@ class SearchPublic(BaseModel):
         return cls(
             id=search.id,
             model=search.model,
+            project=search.project,
             status=search.status,  # type: ignore[arg-type]
             budget=search.budget,
             metric=search.metric,

@@ -9,8 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from gallery_common.deps import get_resources
+from gallery_common.errors import NotFound
+from gallery_common.settings import Role
 
 from .job_service import JobService
+from .project_scope import ProjectScope, ScopeDep
 from .records import JobPublic, JobStatus, SearchPublic
 from .search import SearchCoordinator
 
@@ -43,43 +46,59 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
         }
     },
 )
-async def submit_job(request: Request, jobs: JobsDep) -> JobPublic:
-    """Queue a training job from a spec: a JSON object, or YAML text with Content-Type application/yaml."""
+async def submit_job(request: Request, jobs: JobsDep, scope: ScopeDep) -> JobPublic:
+    """Queue a training job from a spec: a JSON object, or YAML text with Content-Type application/yaml.
+
+    The job belongs to the spec's `project` (else the X-Gallery-Project header's, else the caller's
+    home project); submitting needs the writer role there."""
     body = await request.body()
     content_type = request.headers.get("content-type", "")
-    return await anyio.to_thread.run_sync(jobs.submit, body, content_type)
+    return await anyio.to_thread.run_sync(jobs.submit, body, content_type, scope.home)
 
 
 @router.get("/jobs", response_model=list[JobPublic])
 def list_jobs(
     jobs: JobsDep,
+    scope: ScopeDep,
     status: JobStatus | None = None,
     model: str | None = None,
+    project: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[JobPublic]:
-    """Jobs, newest first."""
-    return jobs.list_jobs(status=status, model=model, limit=limit)
+    """Jobs, newest first: those of `project`, else of every project the caller can see."""
+    return jobs.list_jobs(status=status, model=model, projects=scope.listed(project), limit=limit)
+
+
+def _visible_job(jobs: JobService, scope: ProjectScope, job_id: str, needed: Role, doing: str) -> JobPublic:
+    """The job, once the caller holds `needed` in its project (a hidden job answers as a missing one)."""
+    job = jobs.get(job_id)
+    scope.check(job.project, needed, JobService.missing(job_id), doing)
+    return job
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, jobs: JobsDep) -> JobPublic:
+def get_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> JobPublic:
     """A job's status, phase, progress (0..1), epoch, current loss, run id and error reason."""
-    return jobs.get(job_id)
+    return _visible_job(jobs, scope, job_id, Role.reader, "reading a job")
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, jobs: JobsDep) -> JobPublic:
+def cancel_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> JobPublic:
     """Cancel a queued or running job; 409 when it has already ended."""
+    _visible_job(jobs, scope, job_id, Role.writer, "cancelling a job")
     return jobs.cancel(job_id)
 
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
-def job_logs(job_id: str, jobs: JobsDep, tail: Annotated[int, Query(ge=1, le=100_000)] = 200) -> str:
+def job_logs(job_id: str, jobs: JobsDep, scope: ScopeDep, tail: Annotated[int, Query(ge=1, le=100_000)] = 200) -> str:
     """The last `tail` lines of the job's training log."""
+    _visible_job(jobs, scope, job_id, Role.reader, "reading a job's log")
     return jobs.logs(job_id, tail)
 
 
 @router.get("/searches/{search_id}", response_model=SearchPublic)
-def get_search(search_id: str, searches: SearchesDep) -> SearchPublic:
+def get_search(search_id: str, searches: SearchesDep, scope: ScopeDep) -> SearchPublic:
     """A hyperparameter search and its trials."""
-    return searches.get(search_id)
+    search = searches.get(search_id)
+    scope.check(search.project, Role.reader, NotFound(f"no search {search_id!r}"), "reading a search")
+    return search

@@ -344,7 +344,7 @@ class TrainingRunner:
                 reason = f"its replica {previous_holder} stopped; taken over"
                 self._close_run(session, previous_run, "failed", reason, now)
                 log.warning("job taken over", job_id=job_id, previous_holder=previous_holder, attempt=job.attempts)
-            run = Run(id=run_id, job_id=job_id, model=job.model, system=host_figures())
+            run = Run(id=run_id, job_id=job_id, model=job.model, project=job.project, system=host_figures())
             session.add(run)
             session.commit()
             session.refresh(job)
@@ -441,7 +441,9 @@ class TrainingRunner:
         )
         self._set_job(active, phase="publishing")
         event_id = event_id_for(job.id)
-        payload = trained_payload(model=job.model, run_id=run_id, job_id=job.id, outputs=outputs, artifacts=refs)
+        payload = trained_payload(
+            model=job.model, project=job.project, run_id=run_id, job_id=job.id, outputs=outputs, artifacts=refs
+        )
         self.publish(payload, event_id)
         self._update_run(run_id, event_id=event_id)
         self._append_log(self.workdir(job.id), f"published model.trained {event_id} with {len(refs)} artifacts")

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from gallery_common.errors import NotFound
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import get_logger
 
 from .records import Job, Run, Search, SearchPublic, SearchTrial, utcnow
@@ -95,6 +96,7 @@ class SearchCoordinator:
         assert spec.search is not None
         search = Search(
             model=spec.name,
+            project=spec.project or DEFAULT_PROJECT,
             budget=spec.search.budget,
             metric=spec.search.metric,
             direction=spec.search.direction,
@@ -203,6 +205,7 @@ class SearchCoordinator:
         number = len(trials)
         job = Job(
             model=spec.name,
+            project=search.project,
             spec=spec.model_dump(mode="json"),
             epochs=spec.training.epochs,
             search_id=search.id,

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from gallery_common.events import NAME_PATTERN
+from gallery_common.projects import PROJECT_PATTERN
 from gallery_trainer.admission import (
     CEILING_BATCH_SIZE,
     CEILING_LAYER_WIDTH,
@@ -594,9 +595,14 @@ class SearchSpec(_Section):
 
 
 class JobSpec(_Section):
-    """A whole training job; `name` becomes the model's name in the registry."""
+    """A whole training job; `name` becomes the model's name in the registry.
+
+    `project`: where the job, its run and the model it registers belong; a spec that names none is
+    given the submitter's home project when it is submitted (the stored spec always names one).
+    """
 
     name: str = Field(pattern=NAME_PATTERN)
+    project: str | None = Field(default=None, pattern=PROJECT_PATTERN)
     data: DataSpec
     preparation: PreparationSpec = Field(default_factory=PreparationSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -728,6 +734,8 @@ def parse_spec(source: str | bytes | Mapping[str, Any], *, policy: SpecPolicy | 
 
 
 def config_hash(spec: JobSpec) -> str:
-    """The sha256 of the spec's canonical JSON (sorted keys, no whitespace); equal specs hash equal."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The sha256 of the spec's canonical JSON (sorted keys, no whitespace); equal specs hash equal.
+
+    The project is left out: it says who may see the job, not what is trained."""
+    canonical = json.dumps(spec.model_dump(mode="json", exclude={"project"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
