@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from uvicorn_thread import served
@@ -30,24 +30,17 @@ def publish(nats_url: str, payload: Payload, event_id: str) -> None:
 
 
 def stored_events(nats_url: str, subject: str, *, at_least: int = 1, timeout: float = 120) -> list[CloudEvent[Any]]:
-    """Every event stored on `subject`, waiting up to `timeout` s for `at_least` of them (then a short quiet spell)."""
+    """Every event `subject` names (`model.optimized`: that event of every project) stored in the
+    stream, waiting up to `timeout` s for `at_least` of them (then a short quiet spell). Matched on the
+    event's name, so it reads either subject layout (`model.<event>`, `model.<event>.<project>`)."""
+    event_name = subject.removeprefix("model.")
 
-    async def go() -> list[CloudEvent[Any]]:
-        seen: list[CloudEvent[Any]] = []
+    async def stored() -> list[CloudEvent[Any]]:
         async with EventBus(nats_url, "test") as bus:
+            return [e for e in await bus.stored_events() if e.event == event_name]
 
-            async def collect() -> None:
-                async for event in bus.tail(subject, deliver="all"):
-                    seen.append(event)
-
-            task = asyncio.create_task(collect())
-            deadline = time.monotonic() + timeout
-            while len(seen) < at_least and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-        return seen
-
-    return asyncio.run(go())
+    deadline = time.monotonic() + timeout
+    while len(asyncio.run(stored())) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    return asyncio.run(stored())

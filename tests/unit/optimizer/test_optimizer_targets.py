@@ -215,12 +215,12 @@ def test_a_report_from_before_targets_renders_as_it_did() -> None:
 def test_model_optimized_names_the_variant_per_target_that_was_stored() -> None:
     ref = ArtifactRef(uri="s3://gallery/x.onnx", sha256="0" * 64)
     stored = StoredOutputs(variants={"fp32": ref, "int8_dynamic": ref})
-    payload = optimized_payload(report(), stored)
+    payload = optimized_payload(report(), stored, "default")
     assert payload.recommended == "int8_dynamic"
     assert payload.recommendations == {AVX2_CPU: "int8_dynamic", AVX2_OV: "fp32"}
 
 
 def test_a_per_target_variant_without_an_artifact_is_left_out_of_the_event() -> None:
     ref = ArtifactRef(uri="s3://gallery/x.onnx", sha256="0" * 64)
-    payload = optimized_payload(report(), StoredOutputs(variants={"int8_dynamic": ref}))
+    payload = optimized_payload(report(), StoredOutputs(variants={"int8_dynamic": ref}), "default")
     assert payload.recommendations == {AVX2_CPU: "int8_dynamic"}

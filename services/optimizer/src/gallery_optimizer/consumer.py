@@ -44,6 +44,7 @@ def validated_events(jobs: JobStore, queue: WorkQueue, bus: EventBus) -> EventRo
                 data.version,
                 data.artifacts,
                 policy,
+                project=data.project,
                 source_event_id=event.id,
                 traceparent=event.traceparent,
             )

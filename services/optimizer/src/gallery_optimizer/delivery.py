@@ -121,8 +121,9 @@ def attach_to_registry(registry: RegistryClient, report: OptimizationReport, sto
     return attached
 
 
-def optimized_payload(report: OptimizationReport, stored: StoredOutputs) -> ModelOptimized:
-    """The `model.optimized` payload: the recommendation with its artifact and every variant's result."""
+def optimized_payload(report: OptimizationReport, stored: StoredOutputs, project: str) -> ModelOptimized:
+    """The `model.optimized` payload, in the job's project: the recommendation with its artifact and
+    every variant's result."""
     recommended = stored.variants.get(report.recommended)
     if recommended is None:
         # The recommendation is always a built variant; should it be missing, FP32 is the safe answer.
@@ -131,6 +132,7 @@ def optimized_payload(report: OptimizationReport, stored: StoredOutputs) -> Mode
         recommended_name = report.recommended
     return ModelOptimized(
         model=report.model,
+        project=project,
         version=report.version,
         recommended=recommended_name,
         recommended_artifact=recommended,

@@ -8,7 +8,7 @@ role). A failed job is run again in place when the version is asked for again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from gallery_common.errors import Conflict, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.work_queue import Claim, beating, claim_decision
 
 from .policy import OptimizationPolicy
@@ -64,10 +65,14 @@ class JobStore:
     def get(self, job_id: str) -> JobPublic:
         return JobPublic.of(self._row(job_id))
 
-    def recent(self, model: str | None = None, limit: int = 50) -> list[JobPublic]:
-        """The newest jobs first, of one model when given."""
+    def recent(
+        self, model: str | None = None, limit: int = 50, projects: Sequence[str] | None = None
+    ) -> list[JobPublic]:
+        """The newest jobs first, of one model when given, of `projects` only when given."""
         with Session(self.engine) as session:
             query = select(OptimizationJob).order_by(col(OptimizationJob.created_at).desc()).limit(limit)
+            if projects is not None:
+                query = query.where(col(OptimizationJob.project).in_(projects))
             if model is not None:
                 query = query.where(OptimizationJob.model == model)
             return [JobPublic.of(row) for row in session.exec(query)]
@@ -89,6 +94,7 @@ class JobStore:
         artifacts: Mapping[str, ArtifactRef],
         policy: OptimizationPolicy,
         *,
+        project: str = DEFAULT_PROJECT,
         source_event_id: str | None = None,
         traceparent: str | None = None,
     ) -> Submission:
@@ -108,7 +114,7 @@ class JobStore:
             if existing is not None:
                 existing.status, existing.error, existing.step, existing.progress = "queued", None, None, 0.0
                 existing.artifacts, existing.policy = refs, policy_doc
-                existing.traceparent = traceparent
+                existing.traceparent, existing.project = traceparent, project
                 existing.report = existing.result = None
                 existing.started_at = existing.finished_at = None
                 session.add(existing)
@@ -118,6 +124,7 @@ class JobStore:
             job = OptimizationJob(
                 model=model,
                 version=version,
+                project=project,
                 artifacts=refs,
                 policy=policy_doc,
                 source_event_id=source_event_id,
@@ -243,11 +250,16 @@ class JobStore:
             session.commit()
         return policy
 
+    @staticmethod
+    def missing(job_id: str) -> NotFound:
+        """The one answer for a job that does not exist and for one in a project the caller cannot see."""
+        return NotFound(f"optimization job {job_id!r} not found")
+
     def _row(self, job_id: str) -> OptimizationJob:
         with Session(self.engine) as session:
             row = session.get(OptimizationJob, job_id)
             if row is None:
-                raise NotFound(f"optimization job {job_id!r} not found")
+                raise self.missing(job_id)
             return row
 
     def _update(self, job_id: str, attempt: int, **values: Any) -> bool:

@@ -15,6 +15,7 @@ from sqlmodel import Field, SQLModel
 
 from gallery_common.db import as_utc, new_id, timestamp_field, utcnow
 from gallery_common.events import NAME_PATTERN
+from gallery_common.projects import DEFAULT_PROJECT
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 ACTIVE_STATES: frozenset[str] = frozenset({"queued", "running"})
@@ -32,6 +33,7 @@ class OptimizationJob(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     model: str = Field(index=True)
     version: int = Field(index=True)
+    project: str = Field(default=DEFAULT_PROJECT, index=True)  # the model's, when the job was asked for
     status: str = Field(default="queued", index=True)
     progress: float = 0.0
     step: str | None = None
@@ -77,6 +79,7 @@ class JobPublic(BaseModel):
     id: str
     model: str
     version: int
+    project: str
     status: JobStatus
     progress: float
     step: str | None
@@ -99,6 +102,7 @@ class JobPublic(BaseModel):
             id=job.id,
             model=job.model,
             version=job.version,
+            project=job.project,
             status=job.status,  # type: ignore[arg-type]
             progress=job.progress,
             step=job.step,

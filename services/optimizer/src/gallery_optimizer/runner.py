@@ -164,7 +164,7 @@ class OptimizationRunner:
         try:
             # the job continues the trace of train → validate, so model.optimized joins it
             with continued_span("optimization job", self.jobs.traceparent(job_id), job=job_id, model=job.model):
-                self._run(job_id, attempt, job.model, job.version, workdir)
+                self._run(job_id, attempt, job.model, job.version, workdir, job.project)
         except JobLost:
             log.warning("optimization taken over by another replica", job=job_id)
             return Settle.LOST
@@ -182,7 +182,7 @@ class OptimizationRunner:
                 shutil.rmtree(workdir, ignore_errors=True)
         return Settle.ACK
 
-    def _run(self, job_id: str, attempt: int, model: str, version: int, workdir: Path) -> None:
+    def _run(self, job_id: str, attempt: int, model: str, version: int, workdir: Path, project: str) -> None:
         progress = OptimizationProgress(self.jobs, job_id, attempt, self.progress_interval)
         refs, policy = self.jobs.inputs(job_id)
         missing = [role for role in REQUIRED_ROLES if role not in refs]
@@ -221,7 +221,7 @@ class OptimizationRunner:
         progress.stage("attaching")
         stored.report_doc["attached"] = attach_to_registry(self.registry, report, stored)
         progress.stage("publishing")
-        payload = optimized_payload(report, stored)
+        payload = optimized_payload(report, stored, project)
         self.publish(payload, optimized_event_id(model, version))
         if not self.jobs.succeed(job_id, attempt, stored.report_doc, payload.model_dump(mode="json")):
             raise JobLost(job_id)
