@@ -139,7 +139,7 @@ async def show_dead_letter_handling(settings: GallerySettings) -> None:
     trainer = EventBus.from_settings(settings, user="trainer", source="/modelgallery/demo")
     async with trainer as producer, EventBus.from_settings(settings, user="cli") as reader:
         await producer.publish_raw(
-            "model.trained",
+            "model.trained.default",
             b'{"specversion": "1.0", "id": "demo-malformed", "source": "/demo", '
             b'"type": "io.modelgallery.model.trained.v1", "subject": "digits/x", "data": {"model": "digits"}}',
         )

@@ -86,7 +86,9 @@ class Published:
         await nc.close()
 
     def of(self, subject: str, model: str) -> list[dict[str, Any]]:
-        return [e for s, e in list(self.seen) if s == subject and e.get("data", {}).get("model") == model]
+        # `subject` is `model.<event>`: the event in any project (subjects are `model.<event>.<project>`)
+        seen = list(self.seen)
+        return [e for s, e in seen if s.startswith(subject + ".") and e.get("data", {}).get("model") == model]
 
     def close(self) -> None:
         self._stop.set()
