@@ -196,7 +196,7 @@ async def test_a_project_bound_user_may_publish_only_in_its_project(
     secured: EmbeddedNats, home: Path, installation: EventBus
 ) -> None:
     violations = Violations()
-    nc = await raw_client(secured, home, "trainer@alpha", violations)
+    nc = await raw_client(secured, home, "trainer_alpha", violations)
     try:
         for project in ("alpha", "beta", "default"):
             event = make_event(trained(f"bound-{project}", project), "/modelgallery/trainer")
@@ -218,7 +218,7 @@ async def test_a_project_bound_service_consumes_its_projects_events_and_no_other
 ) -> None:
     await installation.publish(trained("for-beta", "beta"))
     await installation.publish(trained("for-alpha", "alpha"))
-    bound = EventBus(secured.url, "registry", credentials=creds(home, "registry@alpha"))
+    bound = EventBus(secured.url, "registry", credentials=creds(home, "registry_alpha"))
     bound.projects = ("alpha",)
     seen = Seen()
     async with bound, bound.consumer("registry-gate", seen.handle, [ModelTrained]):
@@ -239,7 +239,7 @@ async def test_the_server_refuses_a_project_bound_user_a_consumer_beyond_its_pro
     secured: EmbeddedNats, home: Path, installation: EventBus, filter_subject: str | None
 ) -> None:
     violations = Violations()
-    nc = await raw_client(secured, home, "registry@alpha", violations)
+    nc = await raw_client(secured, home, "registry_alpha", violations)
     try:
         js = nc.jetstream(timeout=1.0)
         config = api.ConsumerConfig(
@@ -271,7 +271,7 @@ async def test_the_server_refuses_a_project_bound_user_a_direct_read_or_a_stream
 ) -> None:
     await installation.publish(trained("secret-beta", "beta"))
     violations = Violations()
-    nc = await raw_client(secured, home, "trainer@alpha", violations)
+    nc = await raw_client(secured, home, "trainer_alpha", violations)
     try:
         js = nc.jetstream(timeout=1.0)
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
@@ -292,7 +292,7 @@ async def test_a_process_scoped_to_one_project_connects_as_its_project_bound_use
     secured: EmbeddedNats, home: Path, installation: EventBus
 ) -> None:
     settings = GallerySettings(home=home, service_name="trainer", project_scope="alpha", nats_url=secured.url)
-    assert credentials_for(settings) == creds(home, "trainer@alpha")
+    assert credentials_for(settings) == creds(home, "trainer_alpha")
     assert credentials_for(settings.model_copy(update={"project_scope": ""})) == creds(home, "trainer")
     bus = EventBus.from_settings(settings)
     assert bus.project_bound and bus.projects == ("alpha",)

@@ -7,14 +7,16 @@ import pytest
 
 from gallery_common.consumer import filter_subjects, scoped_durable
 from gallery_common.events import ModelDegraded, ModelTrained, ModelValidated, subject_for
-from gallery_common.nats_auth import BINDABLE_SERVICES, inbox_prefix, principals, project_user
+from gallery_common.nats_auth import BINDABLE_SERVICES, bound_project, inbox_prefix, principals, project_user
 
 EVENTS = "MODEL_EVENTS"
 
 
 def test_the_default_installation_has_no_project_bound_users_and_publishes_in_every_project() -> None:
     table = principals()
-    assert not [name for name in table if "@" in name], "k8s and `gallery up` without projects stay as they were"
+    assert not [name for name in table if bound_project(name)], (
+        "k8s and `gallery up` without projects stay as they were"
+    )
     assert "model.trained.*" in table["trainer"].publish and "model.trained" not in table["trainer"].publish
     assert {"model.validated.*", "model.rejected.*"} <= set(table["registry"].publish)
 
@@ -23,7 +25,7 @@ def test_the_default_installation_has_no_project_bound_users_and_publishes_in_ev
 def test_a_project_bound_user_holds_only_its_projects_part_of_the_lifecycle_bus(service: str) -> None:
     table = principals(projects=["beta", "alpha", "alpha"])
     bound = table[project_user(service, "alpha")]
-    assert bound.name == f"{service}@alpha" and f"{service}@beta" in table
+    assert bound.name == f"{service}_alpha" and f"{service}_beta" in table
     events, durables = BINDABLE_SERVICES[service]
     lifecycle = {s for s in bound.publish if s.startswith(("model.", "dlq."))}
     assert lifecycle == {*(subject_for(e, "alpha") for e in events), "dlq.model.*.alpha"}
@@ -34,6 +36,12 @@ def test_a_project_bound_user_holds_only_its_projects_part_of_the_lifecycle_bus(
     assert bound.subscribe == (f"{inbox_prefix(bound.name)}.>",)
     # its replies come on an inbox that no installation-wide user's inbox permission covers
     assert not inbox_prefix(bound.name).startswith(inbox_prefix(service) + ".")
+
+
+def test_only_a_lifecycle_service_and_a_project_name_make_a_project_bound_user() -> None:
+    assert bound_project("trainer_alpha") == "alpha" and bound_project("deployer_team-b") == "team-b"
+    for user in ("trainer", "cli", "my_plugin", "trainer_Alpha", "trainer_"):
+        assert bound_project(user) is None, user
 
 
 def test_a_scoped_consumer_has_one_filter_per_project_and_a_durable_of_its_own() -> None:

@@ -49,7 +49,7 @@ from .events import (
     parse_event,
     subject_for,
 )
-from .nats_auth import PROJECT_USER_SEPARATOR, NatsCredentials, credentials_for, project_scope
+from .nats_auth import NatsCredentials, bound_project, credentials_for, project_scope
 from .settings import GallerySettings
 
 __all__ = [
@@ -279,7 +279,7 @@ class EventBus:
     @property
     def project_bound(self) -> bool:
         """Whether this bus connects as a project-bound NATS user, which may not create or change streams."""
-        return self.credentials is not None and PROJECT_USER_SEPARATOR in self.credentials.user
+        return self.credentials is not None and bound_project(self.credentials.user) is not None
 
     @property
     def nc(self) -> Client:

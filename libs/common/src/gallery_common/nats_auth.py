@@ -16,9 +16,10 @@ credentials with `credentials_for`: `GALLERY_NATS_USER` / `GALLERY_NATS_PASSWORD
 file under `$GALLERY_HOME`, else none (a server without authorization).
 
 Projects: `principals(projects=[...])` adds, for each lifecycle service and project, a project-bound user
-`<service>@<project>` (e.g. `trainer@alpha`). `@` is in no service, durable or project name, so the name
-cannot collide with another user's, and its inbox `_INBOX.trainer@alpha.` is not under `_INBOX.trainer.`
-(a dot would put it there, and the installation-wide user could read its replies). It may publish only
+`<service>_<project>` (e.g. `trainer_alpha`). `_` is in no lifecycle service's nor project's name, so the
+name cannot collide with another user's, and it is valid where a user's name goes: a Kubernetes Secret key,
+an environment variable, a NATS subject token. Its inbox `_INBOX.trainer_alpha.` is not under
+`_INBOX.trainer.` (a dot would put it there, and the installation-wide user could read its replies). It may publish only
 `model.<event>.<project>` and `dlq.model.*.<project>`, and create its consumers only through
 `$JS.API.CONSUMER.CREATE.MODEL_EVENTS.<durable>_<project>.model.*.<project>`, the form in which
 nats-server 2.10 checks the request's filter against the subject: not the filterless CREATE nor the legacy
@@ -54,7 +55,7 @@ DLQ_STREAM = "DEAD_LETTERS"
 JOBS_STREAM = "INFER_JOBS"
 SAMPLES = f"{SAMPLE_PREFIX}>"
 PASSWORD_SUFFIX = ".password"
-PROJECT_USER_SEPARATOR = "@"
+PROJECT_USER_SEPARATOR = "_"
 # the lifecycle services that may run bound to one project, and the durable consumers each runs
 BINDABLE_SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "trainer": (("trained",), ("trainer-search",)),
@@ -131,6 +132,14 @@ def _durable(stream: str, durable: str) -> tuple[str, ...]:
 def project_user(service: str, project: str) -> str:
     """The NATS user of `service` bound to `project`."""
     return f"{service}{PROJECT_USER_SEPARATOR}{project}"
+
+
+def bound_project(user: str) -> str | None:
+    """The project a project-bound user (`<service>_<project>`) is bound to; None for any other user."""
+    from .projects import PROJECT_PATTERN
+
+    service, _, project = user.partition(PROJECT_USER_SEPARATOR)
+    return project if service in BINDABLE_SERVICES and re.fullmatch(PROJECT_PATTERN, project) else None
 
 
 def project_scope(settings: GallerySettings) -> tuple[str, ...]:
@@ -285,7 +294,7 @@ def _take_jobs(queue: QueueNames) -> tuple[str, ...]:
 def principals(services: Iterable[str] = (), projects: Iterable[str] = ()) -> dict[str, Principal]:
     """Every NATS user of a Model Gallery installation; `services` adds a user for other installed
     services (their durable consumer is named after them; they publish no lifecycle event); `projects`
-    adds a project-bound user (`<service>@<project>`) per lifecycle service and project."""
+    adds a project-bound user (`<service>_<project>`) per lifecycle service and project."""
     from .events import subject_for
     from .work_queue import OPTIMIZE_JOBS, TRAIN_JOBS
 
