@@ -142,7 +142,7 @@ async def concluded(nats_module: EmbeddedNats) -> AsyncIterator[list[dict[str, A
     async def on_message(msg: Any) -> None:
         seen.append(orjson.loads(msg.data)["data"])
 
-    await nc.subscribe("model.experiment_concluded", cb=on_message)
+    await nc.subscribe("model.experiment_concluded.*", cb=on_message)
     yield seen
     await nc.close()
 
@@ -301,7 +301,7 @@ async def test_a_malformed_outcome_is_dead_lettered_with_the_reason(nats_module:
     async with EventBus(nats_module.url, "/tests/population") as bus:
         good = make_event(Population(nats_module.url, {}, 0).outcome(3, [True]), "/tests/population", event_id="bad-1")
         broken = good.to_json().replace(b'"rows":1', b'"rows":0')
-        await bus.publish_raw("model.outcome", broken, {"Nats-Msg-Id": "bad-1"})
+        await bus.publish_raw(good.nats_subject, broken, {"Nats-Msg-Id": "bad-1"})
 
         async def refused() -> list[DeadLetter]:
             return [
