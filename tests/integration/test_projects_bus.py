@@ -230,6 +230,23 @@ async def test_a_project_bound_service_consumes_its_projects_events_and_no_other
     assert "for-beta" not in seen.runs() and "late-beta" not in seen.runs()
 
 
+async def test_a_project_bound_consumer_of_several_events_filters_all_of_its_project(
+    secured: EmbeddedNats, home: Path, installation: EventBus
+) -> None:
+    from gallery_common.events import ModelDegraded, ModelValidated
+
+    async with EventBus(secured.url, "registry", credentials=creds(home, "registry")) as registry:
+        await registry.publish(ModelValidated(model="iris", version=1, project="beta"))
+        await registry.publish(ModelValidated(model="iris", version=2, project="alpha"))
+    bound = EventBus(secured.url, "deployer", credentials=creds(home, "deployer_alpha"))
+    bound.projects = ("alpha",)
+    seen = Seen()
+    async with bound, bound.consumer("deployer", seen.handle, [ModelValidated, ModelDegraded]) as consumer:
+        await eventually(lambda: len(seen.events) == 1, timeout=10)
+        assert consumer.subjects == ["model.*.alpha"]
+    assert [(e.event, e.data.project, e.data.version) for e in seen.events] == [("validated", "alpha", 2)]
+
+
 @pytest.mark.parametrize(
     "filter_subject",
     ["model.trained.beta", "model.>", "model.*.*", "model.trained.*", None],
