@@ -84,7 +84,16 @@ def test_a_member_of_one_project_cannot_list_read_or_change_anothers_models(regi
     assert [(m["name"], m["project"]) for m in listed] == [("a-model", "team-a")]
     assert [m["name"] for m in registry.get("/api/v1/models").json()["models"]] == ["a-model", "b-model"]
 
-    for path in ("", "/versions", "/versions/1", "/aliases", "/validation-policy", "/card"):
+    for path in (
+        "",
+        "/versions",
+        "/versions/1",
+        "/versions/7",
+        "/aliases",
+        "/aliases/staging",
+        "/validation-policy",
+        "/card",
+    ):
         not_found_alike(
             registry.get(f"/api/v1/models/b-model{path}", headers=a),
             registry.get(f"/api/v1/models/no-model{path}", headers=a),

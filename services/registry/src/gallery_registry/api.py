@@ -129,8 +129,7 @@ def search_models(
 
 @router.get("/models/{name}", summary="Get a model")
 def get_model(name: str, store: RegistryStoreDep, access: ProjectAccessDep) -> ModelPublic:
-    access.model(name, Role.reader)
-    return store.get_model(name)
+    return access.read(name, lambda: store.get_model(name))
 
 
 @router.patch("/models/{name}", summary="Update a model")
@@ -254,8 +253,7 @@ def list_versions(
 
 @router.get("/models/{name}/versions/{version}", summary="Get a version", response_model=VersionPublic)
 def get_version(name: str, version: int, store: RegistryStoreDep, access: ProjectAccessDep) -> Response:
-    access.model(name, Role.reader)
-    return _json(store.get_version(name, version))
+    return _json(access.read(name, lambda: store.get_version(name, version)))
 
 
 @router.patch("/models/{name}/versions/{version}", summary="Update a version")
@@ -379,8 +377,7 @@ def list_aliases(name: str, store: RegistryStoreDep, access: ProjectAccessDep) -
 @router.get("/models/{name}/aliases/{alias}", summary="Resolve name@alias", response_model=VersionPublic)
 def resolve_alias(name: str, alias: str, store: RegistryStoreDep, access: ProjectAccessDep) -> Response:
     """The version `alias` points at, with its artifacts."""
-    access.model(name, Role.reader)
-    return _json(store.get_version_by_alias(name, alias))
+    return _json(access.read(name, lambda: store.get_version_by_alias(name, alias)))
 
 
 @router.put("/models/{name}/aliases/{alias}", summary="Point an alias at a version")

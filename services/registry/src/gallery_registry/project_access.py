@@ -14,8 +14,9 @@ project) and dictionary lookups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
@@ -35,6 +36,16 @@ from gallery_common.settings import Role
 
 from .deps import RegistryStoreDep
 from .store import RegistryStore
+
+
+class OfProject(Protocol):
+    """A model or version as the store answers it: it says its project."""
+
+    @property
+    def project(self) -> str: ...
+
+
+R = TypeVar("R", bound=OfProject)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,27 @@ class ProjectAccess:
                 f"{doing} needs the {needed.value} role in project {project!r}; your token has {held.value} there"
             )
         return project
+
+    def read(self, name: str, fetch: Callable[[], R]) -> R:
+        """What `fetch` reads of model `name` (a model or version, which says its project), when the
+        caller may read that project: the hot reads cost no query more than the read itself.
+
+        A NotFound of the read (no such version or alias) is answered as for a missing model when the
+        model itself is hidden, so a hidden model's versions cannot be probed either.
+        """
+        try:
+            found = fetch()
+        except NotFound:
+            self.model(name, Role.reader)
+            raise
+        held = role_in(self.caller, found.project, self.directory)
+        if held is None:
+            raise NotFound(f"model {name!r} not found")
+        if held.rank < Role.reader.rank:
+            raise Forbidden(
+                f"this request needs the reader role in project {found.project!r}; your token has {held.value} there"
+            )
+        return found
 
     def project(self, project: str, needed: Role) -> str:
         """`project`, once the caller is known to hold `needed` there (NotFound when it cannot see it)."""
