@@ -17,7 +17,7 @@ from gallery_common.events import CloudEvent, ModelTrained
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.projects import ProjectRecord
 
-TOKENS = "root:admin,a:alpha:writer,ar:alpha:reader,b:beta:writer"
+TOKENS = "root:admin,a:alpha:writer,ar:alpha:reader,b:beta:writer,mix:alpha:reader,mix:beta:writer"
 
 
 def as_(token: str) -> dict[str, str]:
@@ -96,6 +96,14 @@ def test_jobs_runs_and_model_trained_belong_to_the_project_they_were_submitted_i
         cancel = client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=as_("ar"))
         assert cancel.status_code == 403 and "writer role" in cancel.json()["error"]
         assert [j["id"] for j in client.get("/api/v1/jobs", headers=as_("ar")).json()] == [job["id"]]
+        # a writer elsewhere who only reads alpha: refused in alpha, naming the role and the project
+        for method, path, body in (
+            ("POST", "/api/v1/jobs", {**iris_spec(), "project": "alpha"}),
+            ("POST", f"/api/v1/jobs/{job['id']}/cancel", None),
+        ):
+            answer = client.request(method, path, json=body, headers=as_("mix"))
+            assert answer.status_code == 403, answer.text
+            assert "needs the writer role in project 'alpha'; your token has reader there" in answer.json()["error"]
 
         # an installation-wide token works as before: no project named means `default`; it sees all
         wide = client.post("/api/v1/jobs", json=iris_spec("iris-default", epochs=50), headers=as_("root")).json()

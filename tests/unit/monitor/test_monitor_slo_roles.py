@@ -20,22 +20,24 @@ from gallery_monitor import routes
 from gallery_monitor.migrations import upgrade
 from gallery_monitor.records import Slo
 from gallery_monitor.slos import SloStore
+from gallery_monitor.timeline import TimelineStore
 
 DEFAULTS = Slo(p99_ms=100, error_rate=0.01, drift_psi=0.2, drift_min_samples=200, window_s=60)
 
 
 @dataclass
 class MonitorWithSlos:
-    """The part of the monitor the SLO routes use."""
+    """The part of the monitor the SLO routes use: the SLOs, and the timeline for the model's project."""
 
     slos: SloStore
+    timeline: TimelineStore
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
     upgrade(engine)
-    monitor = MonitorWithSlos(SloStore(engine, DEFAULTS, max_window_s=900))
+    monitor = MonitorWithSlos(SloStore(engine, DEFAULTS, max_window_s=900), TimelineStore(engine))
     settings = GallerySettings(
         home=tmp_path,
         service_name="monitor",

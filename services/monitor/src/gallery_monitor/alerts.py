@@ -12,7 +12,7 @@ Blocking SQL: call `AlertBook` from worker threads.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 
 from gallery_common.db import new_id
 from gallery_common.events import ModelDegraded
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import counter, get_logger
 
 from .records import AlertPublic, AlertRecord
@@ -48,8 +49,9 @@ class _Episode:
 class AlertBook:
     """Turns evaluations into alert episodes, stored in the database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, project_of: Callable[[str], str] = lambda model: DEFAULT_PROJECT) -> None:
         self.engine = engine
+        self.project_of = project_of  # a model's project, which its alerts belong to
         self._open: dict[tuple[str, int, str], _Episode] = {}
         self._lock = threading.Lock()
         self.restore()
@@ -96,6 +98,7 @@ class AlertBook:
     def _open_alert(
         self, model: str, version: int, kind: str, reason: str, evidence: dict[str, Any], window_s: float, now: float
     ) -> AlertPublic:
+        project = self.project_of(model)
         with Session(self.engine) as session:
             earlier = session.exec(
                 select(func.count())
@@ -106,6 +109,7 @@ class AlertBook:
             row = AlertRecord(
                 id=new_id(),
                 model=model,
+                project=project,
                 version=version,
                 kind=kind,
                 episode=episode,
@@ -143,9 +147,18 @@ class AlertBook:
                 session.add(row)
                 session.commit()
 
-    def recent(self, model: str | None = None, open_only: bool | None = None, limit: int = 100) -> list[AlertPublic]:
-        """Alerts newest first, of one model when given; `open_only` True: open ones, False: closed ones."""
+    def recent(
+        self,
+        model: str | None = None,
+        open_only: bool | None = None,
+        limit: int = 100,
+        projects: Sequence[str] | None = None,
+    ) -> list[AlertPublic]:
+        """Alerts newest first, of one model when given, of `projects` only when given; `open_only`
+        True: open ones, False: closed ones."""
         query = select(AlertRecord).order_by(col(AlertRecord.opened_at).desc()).limit(limit)
+        if projects is not None:
+            query = query.where(col(AlertRecord.project).in_(projects))
         if model is not None:
             query = query.where(AlertRecord.model == model)
         if open_only is True:
@@ -166,6 +179,7 @@ async def publish_pending(book: AlertBook, publish: Publish) -> int:
     for row in await anyio.to_thread.run_sync(book.unpublished):
         payload = ModelDegraded(
             model=row.model,
+            project=row.project,
             version=row.version,
             kind=row.kind,  # type: ignore[arg-type]
             reason=row.reason,

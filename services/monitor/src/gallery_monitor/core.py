@@ -59,7 +59,7 @@ class Monitor:
     ) -> None:
         self.timeline = TimelineStore(engine)
         self.slos = SloStore(engine, default_slo, max_window_s=series.retention_s)
-        self.alerts = AlertBook(engine)
+        self.alerts = AlertBook(engine, self.timeline.project_of)
         self.series = series
         self.samples = samples
         self.references = references
@@ -73,9 +73,14 @@ class Monitor:
         """Whether the monitor saw the model at all: an event, a scraped figure or a sample (blocking)."""
         return self.series.knows(model) or self.samples.knows(model) or self.timeline.knows(model)
 
+    @staticmethod
+    def unknown(model: str) -> NotFound:
+        """The answer for a model the monitor never saw, and for one in a project the caller cannot see."""
+        return NotFound(f"the monitor has seen nothing of model {model!r}: no lifecycle event, figure or sample")
+
     def require(self, model: str) -> None:
         if not self.knows(model):
-            raise NotFound(f"the monitor has seen nothing of model {model!r}: no lifecycle event, figure or sample")
+            raise self.unknown(model)
 
     def rule(self, slo: Slo) -> DriftRule:
         return DriftRule(

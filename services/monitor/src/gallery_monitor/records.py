@@ -14,6 +14,7 @@ from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
 from gallery_common.db import as_utc, utcnow
+from gallery_common.projects import DEFAULT_PROJECT
 
 
 class LifecycleEvent(SQLModel, table=True):
@@ -24,6 +25,7 @@ class LifecycleEvent(SQLModel, table=True):
     seq: int | None = SQLField(default=None, primary_key=True)
     event_id: str = SQLField(unique=True, max_length=256)
     model: str = SQLField(index=True, max_length=128)
+    project: str = SQLField(default=DEFAULT_PROJECT, index=True, max_length=63)  # the event's (its model's)
     version: int | None = None
     event: str = SQLField(max_length=64)
     time: datetime = SQLField(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -53,6 +55,7 @@ class AlertRecord(SQLModel, table=True):
 
     id: str = SQLField(primary_key=True, max_length=32)
     model: str = SQLField(index=True, max_length=128)
+    project: str = SQLField(default=DEFAULT_PROJECT, index=True, max_length=63)  # the model's
     version: int
     kind: str = SQLField(max_length=16)
     episode: int
@@ -111,6 +114,7 @@ class VersionOverview(BaseModel):
 
 class ModelOverview(BaseModel):
     model: str
+    project: str = DEFAULT_PROJECT
     versions: list[VersionOverview]
     aliases: dict[str, int | None]
 
@@ -118,6 +122,7 @@ class ModelOverview(BaseModel):
 class AlertPublic(BaseModel):
     id: str
     model: str
+    project: str = DEFAULT_PROJECT
     version: int | None
     kind: Literal["slo", "drift"]
     reason: str
@@ -131,6 +136,7 @@ class AlertPublic(BaseModel):
         return cls(
             id=row.id,
             model=row.model,
+            project=row.project,
             version=row.version,
             kind=row.kind,  # type: ignore[arg-type]
             reason=row.reason,

@@ -5,6 +5,7 @@ Blocking SQL: call from worker threads. Recording is idempotent on the event id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from sqlmodel import Session, col, select
 from gallery_common.db import as_utc
 from gallery_common.errors import NotFound
 from gallery_common.events import CloudEvent
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import trace_id_of
 
 from .records import LifecycleEvent, ModelOverview, TimelineItem, VersionOverview
@@ -125,6 +127,7 @@ class TimelineStore:
         row = LifecycleEvent(
             event_id=event.id,
             model=event.data.model,
+            project=event.data.project,
             version=data.get("version") if isinstance(data.get("version"), int) else None,
             event=event.event,
             time=event.time,
@@ -155,11 +158,16 @@ class TimelineStore:
         with Session(self.engine) as session:
             return session.exec(select(LifecycleEvent.seq).where(LifecycleEvent.model == model)).first() is not None
 
+    @staticmethod
+    def missing(model: str) -> NotFound:
+        """The answer for a model without events, and for one in a project the caller cannot see."""
+        return NotFound(f"the monitor has seen no lifecycle event of model {model!r}")
+
     def timeline(self, model: str) -> list[TimelineItem]:
         """The model's events, oldest first; NotFound when the monitor never saw one."""
         events = self._events(model)
         if not events:
-            raise NotFound(f"the monitor has seen no lifecycle event of model {model!r}")
+            raise self.missing(model)
         return [
             TimelineItem(
                 version=row.version,
@@ -172,12 +180,29 @@ class TimelineStore:
             for row in events
         ]
 
-    def model_names(self) -> list[str]:
+    def model_names(self, projects: Sequence[str] | None = None) -> list[str]:
+        """The models the monitor saw an event of; of `projects` only when given."""
+        query = select(LifecycleEvent.model).distinct()
+        if projects is not None:
+            query = query.where(col(LifecycleEvent.project).in_(projects))
         with Session(self.engine) as session:
-            return sorted(session.exec(select(LifecycleEvent.model).distinct()))
+            return sorted(session.exec(query))
+
+    def project_of(self, model: str) -> str:
+        """The model's project, from its latest lifecycle event (a model's project never changes; the
+        gateway's figures and samples name only the model). `default` for a model never seen in an
+        event, as for models from before projects."""
+        query = (
+            select(LifecycleEvent.project)
+            .where(LifecycleEvent.model == model)
+            .order_by(col(LifecycleEvent.time).desc(), col(LifecycleEvent.seq).desc())
+            .limit(1)
+        )
+        with Session(self.engine) as session:
+            return session.exec(query).first() or DEFAULT_PROJECT
 
     def overview(self, model: str) -> ModelOverview:
-        return overview(model, self._events(model))
+        return overview(model, self._events(model)).model_copy(update={"project": self.project_of(model)})
 
-    def overviews(self) -> list[ModelOverview]:
-        return [self.overview(name) for name in self.model_names()]
+    def overviews(self, projects: Sequence[str] | None = None) -> list[ModelOverview]:
+        return [self.overview(name) for name in self.model_names(projects)]
