@@ -116,5 +116,34 @@ def test_jobs_runs_and_model_trained_belong_to_the_project_they_were_submitted_i
         }
         only_alpha = client.get("/api/v1/jobs", params={"project": "alpha"}, headers=as_("root")).json()
         assert [j["id"] for j in only_alpha] == [job["id"]]
+        # the X-Gallery-Project header names the project of a spec that names none
+        headed = client.post(
+            "/api/v1/jobs",
+            json=iris_spec("iris-headed", epochs=50),
+            headers={**as_("root"), "X-Gallery-Project": "beta"},
+        ).json()
+        assert headed["project"] == "beta"
+        assert client.post(f"/api/v1/jobs/{headed['id']}/cancel", headers=as_("b")).status_code == 200
+
+        # a search belongs to its project too: alpha's, hidden from beta as an unknown search
+        search_spec = iris_spec("iris-search", epochs=50) | {
+            "project": "alpha",
+            "search": {"budget": 1, "space": {"training.learning_rate": {"type": "float", "low": 0.01, "high": 0.1}}},
+        }
+        trial = client.post("/api/v1/jobs", json=search_spec, headers=as_("a")).json()
+        assert trial["project"] == "alpha" and trial["search_id"]
+        assert client.post(f"/api/v1/jobs/{trial['id']}/cancel", headers=as_("a")).status_code == 200
+        search = client.get(f"/api/v1/searches/{trial['search_id']}", headers=as_("ar")).json()
+        assert search["project"] == "alpha"
+        hidden_search = client.get(f"/api/v1/searches/{trial['search_id']}", headers=as_("b"))
+        unknown_search = client.get("/api/v1/searches/no-such-search", headers=as_("b"))
+        assert hidden_search.status_code == unknown_search.status_code == 404
+        assert hidden_search.json()["error"].replace(trial["search_id"], "X") == unknown_search.json()["error"].replace(
+            "no-such-search", "X"
+        )
+
         # alpha's member does not see default's job
-        assert [j["id"] for j in client.get("/api/v1/jobs", headers=as_("a")).json()] == [job["id"]]
+        assert {j["model"] for j in client.get("/api/v1/jobs", headers=as_("a")).json()} == {
+            "iris-alpha",
+            "iris-search",
+        }
