@@ -71,7 +71,9 @@ class Events:
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     def of(self, subject: str, **match: object) -> list[dict[str, Any]]:
-        return [d for s, d in self.seen if s == subject and all(d.get(k) == v for k, v in match.items())]
+        # `subject` is `model.<event>`: the event in any project (subjects are `model.<event>.<project>`)
+        matching = (d for s, d in self.seen if s.startswith(subject + "."))
+        return [d for d in matching if all(d.get(k) == v for k, v in match.items())]
 
 
 @pytest.fixture
