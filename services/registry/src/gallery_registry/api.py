@@ -213,8 +213,8 @@ def register_version(
         raise InvalidRequest(
             "source_event_id: set only by the validation gate from a model.trained event; leave it out"
         )
-    project = access.model(name, Role.writer)
-    registered = store.register_version(name, data)
+    # the role is checked in the model's project as the registration reads the model: no query more
+    registered = store.register_version(name, data, authorize=lambda project: access.check(name, project, Role.writer))
     audit.record(
         AuditAction.registration,
         f"{name}/{registered.version}",
@@ -222,7 +222,7 @@ def register_version(
         version=registered.version,
         after={"version": registered.version, "semver": registered.semver, "status": registered.status},
         reason=data.description,
-        project=project,
+        project=registered.project,
     )
     return _json(registered, status.HTTP_201_CREATED)
 

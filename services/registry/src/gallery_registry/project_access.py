@@ -64,6 +64,11 @@ class ProjectAccess:
         holds no role in; Forbidden, saying what `doing` needs, when it holds a lower role there.
         """
         project = self.store.model_project(name)
+        self.check(name, project, needed, doing)
+        return project
+
+    def check(self, name: str, project: str, needed: Role, doing: str = "this request") -> None:
+        """`model`'s check for model `name` of `project`, where the caller already knows the project."""
         held = role_in(self.caller, project, self.directory)
         if held is None:
             raise NotFound(f"model {name!r} not found")
@@ -71,7 +76,6 @@ class ProjectAccess:
             raise Forbidden(
                 f"{doing} needs the {needed.value} role in project {project!r}; your token has {held.value} there"
             )
-        return project
 
     def read(self, name: str, fetch: Callable[[], R]) -> R:
         """What `fetch` reads of model `name` (a model or version, which says its project), when the
@@ -85,13 +89,7 @@ class ProjectAccess:
         except NotFound:
             self.model(name, Role.reader)
             raise
-        held = role_in(self.caller, found.project, self.directory)
-        if held is None:
-            raise NotFound(f"model {name!r} not found")
-        if held.rank < Role.reader.rank:
-            raise Forbidden(
-                f"this request needs the reader role in project {found.project!r}; your token has {held.value} there"
-            )
+        self.check(name, found.project, Role.reader)
         return found
 
     def project(self, project: str, needed: Role) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,7 +48,13 @@ class RegistrationOps(StoreBase):
     """Version registration, the write path of `RegistryStore`."""
 
     def register_version(
-        self, name: str, data: VersionCreate, *, create_model: bool = False, project: str | None = None
+        self,
+        name: str,
+        data: VersionCreate,
+        *,
+        create_model: bool = False,
+        project: str | None = None,
+        authorize: Callable[[str], None] | None = None,
     ) -> VersionPublic:
         """Add the next version of `name` with its artifacts.
 
@@ -57,17 +64,26 @@ class RegistrationOps(StoreBase):
         model (the gate does, for a model's first training run) in `project` (None: `default`);
         otherwise NotFound. With `project` given, a model that belongs to another project is refused
         (InvalidRequest: a model.trained of one project cannot add versions to another's model).
+        `authorize` is called with the project of an existing model before anything is written (the
+        REST routes' role check, which raises to refuse), in the transaction that reads the model.
         """
         for attempt in range(_REGISTER_ATTEMPTS):
             try:
-                return self._register_once(name, data, create_model, project)
+                return self._register_once(name, data, create_model, project, authorize)
             except sa.exc.IntegrityError:
                 # a concurrent registration won a race (same event, same new model): look again
                 if attempt == _REGISTER_ATTEMPTS - 1:
                     raise Conflict(f"could not register a version of {name!r}: concurrent changes") from None
         raise AssertionError("unreachable")
 
-    def _register_once(self, name: str, data: VersionCreate, create_model: bool, project: str | None) -> VersionPublic:
+    def _register_once(
+        self,
+        name: str,
+        data: VersionCreate,
+        create_model: bool,
+        project: str | None,
+        authorize: Callable[[str], None] | None,
+    ) -> VersionPublic:
         # Core statements rather than ORM units of work: registration is the registry's hot write
         with self._write() as session:
             conn = session.connection()
@@ -97,6 +113,8 @@ class RegistrationOps(StoreBase):
                 last_version, last_semver = 0, None
             else:
                 model_id, last_version, last_semver, model_project = model
+                if authorize is not None:
+                    authorize(model_project)
                 if project is not None and model_project != project:
                     raise InvalidRequest(
                         f"model {name!r} belongs to another project: project {project!r} cannot register "
