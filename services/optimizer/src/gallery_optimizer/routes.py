@@ -18,6 +18,7 @@ from gallery_common.auth import requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import InvalidRequest, NotFound
 from gallery_common.events import NAME_PATTERN
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.settings import Role
 from gallery_common.work_queue import WorkQueue
 
@@ -58,14 +59,15 @@ QueueDep = Annotated[WorkQueue, Depends(get_queue)]
 
 
 def _model_project(runner: OptimizationRunner, scope: ProjectScope, model: str, needed: Role, doing: str) -> str:
-    """The project of `model` (from the registry), once the caller holds `needed` there; a model in a
-    project the caller cannot see answers as a missing one."""
-    missing = NotFound(f"model {model!r} not found")
+    """The project of `model` (from the registry; `default` for a model not registered), once the
+    caller holds `needed` there; a model in a project the caller cannot see answers as a missing one."""
     try:
         project = runner.registry.get_model(model).project
     except NotFound:
-        raise missing from None
-    scope.check(project, needed, missing, doing)
+        # not registered (yet): a policy may be set ahead of the model, as before projects, in the
+        # project a model of no project belongs to
+        project = DEFAULT_PROJECT
+    scope.check(project, needed, NotFound(f"model {model!r} not found"), doing)
     return project
 
 
