@@ -154,10 +154,10 @@ def test_an_adopted_database_goes_on_to_later_revisions(tmp_path: Path) -> None:
     """Adoption compares with the first revision, not the newest, so it still works once the schema moves on."""
     scripts = tmp_path / "migrations"
     shutil.copytree(MONITOR.scripts, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_slo_note.py").write_text(
+    (scripts / "versions" / "9999_slo_note.py").write_text(
         '"""A note on each SLO"""\n\n'
         "import sqlalchemy as sa\nfrom alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "9999"\ndown_revision = "{head(MONITOR)}"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade() -> None:\n"
         '    op.add_column("monitor_slo", sa.Column("note", sa.String(), nullable=True))\n'
     )
@@ -168,7 +168,7 @@ def test_an_adopted_database_goes_on_to_later_revisions(tmp_path: Path) -> None:
 
     later.upgrade(engine)
 
-    assert later.current_revision(engine) == "0002"
+    assert later.current_revision(engine) == "9999"
     assert "note" in {c["name"] for c in inspect(engine).get_columns("monitor_slo")}
     assert count(engine, SloRecord) == 1
 

@@ -10,11 +10,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import AutoString, SQLModel
 from sqlmodel import Field as SQLField
-from sqlmodel import SQLModel
 
 from gallery_common.db import as_utc, utcnow
 from gallery_common.projects import DEFAULT_PROJECT
+
+
+def _project_column() -> Column[str]:
+    """The project a row belongs to; the database's default (not SQLAlchemy's) fills rows from before."""
+    return Column(AutoString(63), nullable=False, index=True, server_default=DEFAULT_PROJECT)
 
 
 class LifecycleEvent(SQLModel, table=True):
@@ -25,7 +30,7 @@ class LifecycleEvent(SQLModel, table=True):
     seq: int | None = SQLField(default=None, primary_key=True)
     event_id: str = SQLField(unique=True, max_length=256)
     model: str = SQLField(index=True, max_length=128)
-    project: str = SQLField(default=DEFAULT_PROJECT, index=True, max_length=63)  # the event's (its model's)
+    project: str = SQLField(default=DEFAULT_PROJECT, sa_column=_project_column())  # the event's (its model's)
     version: int | None = None
     event: str = SQLField(max_length=64)
     time: datetime = SQLField(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -55,7 +60,7 @@ class AlertRecord(SQLModel, table=True):
 
     id: str = SQLField(primary_key=True, max_length=32)
     model: str = SQLField(index=True, max_length=128)
-    project: str = SQLField(default=DEFAULT_PROJECT, index=True, max_length=63)  # the model's
+    project: str = SQLField(default=DEFAULT_PROJECT, sa_column=_project_column())  # the model's
     version: int
     kind: str = SQLField(max_length=16)
     episode: int

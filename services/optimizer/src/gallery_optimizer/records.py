@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Column, DateTime
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from gallery_common.db import as_utc, new_id, timestamp_field, utcnow
 from gallery_common.events import NAME_PATTERN
@@ -33,7 +33,11 @@ class OptimizationJob(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     model: str = Field(index=True)
     version: int = Field(index=True)
-    project: str = Field(default=DEFAULT_PROJECT, index=True)  # the model's, when the job was asked for
+    # the model's, when the job was asked for; the database's default fills jobs from before projects
+    project: str = Field(
+        default=DEFAULT_PROJECT,
+        sa_column=Column(AutoString, nullable=False, index=True, server_default=DEFAULT_PROJECT),
+    )
     status: str = Field(default="queued", index=True)
     progress: float = 0.0
     step: str | None = None

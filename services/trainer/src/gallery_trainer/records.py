@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from gallery_common.db import as_utc, new_id, timestamp_field, utcnow
 from gallery_common.projects import DEFAULT_PROJECT
@@ -24,6 +24,14 @@ def _json(default: Any = dict) -> Any:
     return Field(default_factory=default, sa_column=Column(JSON, nullable=False))
 
 
+def _project() -> Any:
+    """The project a row belongs to; the database's default (not SQLAlchemy's) fills rows from before."""
+    return Field(
+        default=DEFAULT_PROJECT,
+        sa_column=Column(AutoString, nullable=False, index=True, server_default=DEFAULT_PROJECT),
+    )
+
+
 class Job(SQLModel, table=True):
     """One training job: a spec to train, its progress, and the run it produced."""
 
@@ -31,7 +39,7 @@ class Job(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True)
     model: str = Field(index=True)
-    project: str = Field(default=DEFAULT_PROJECT, index=True)
+    project: str = _project()
     status: str = Field(default="queued", index=True)
     phase: str | None = None
     progress: float = 0.0
@@ -62,7 +70,7 @@ class Run(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
     job_id: str = Field(index=True)
     model: str = Field(index=True)
-    project: str = Field(default=DEFAULT_PROJECT, index=True)
+    project: str = _project()
     status: str = "running"
     error: str | None = None
     params: dict[str, Any] = _json()
@@ -101,7 +109,7 @@ class Search(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True)
     model: str
-    project: str = Field(default=DEFAULT_PROJECT, index=True)
+    project: str = _project()
     status: str = "running"
     budget: int
     metric: str
