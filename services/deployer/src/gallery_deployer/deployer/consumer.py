@@ -54,6 +54,7 @@ def rollout_events(controller: Controller, ack_wait: float = ACK_WAIT_SECONDS) -
             onnx,
             validation_split=data.artifacts.get("validation_split"),
             explainer=data.artifacts.get("explainer"),
+            project=data.project,
         )
 
     @events.on(ModelOptimized)

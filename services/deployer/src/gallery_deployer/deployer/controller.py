@@ -28,6 +28,7 @@ from gallery_common.events import (
     ModelRolledBack,
     Payload,
 )
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.registry_client import RegistryClient
 from gallery_common.telemetry import get_logger
 
@@ -124,6 +125,7 @@ class Controller:
         canary_percent: float | None = None,
         variant: str = "fp32",
         reason: str = "model.validated",
+        project: str = DEFAULT_PROJECT,
     ) -> DeploymentRecord:
         """Run `model:version`: straight to production for a model's first version, else as a canary.
 
@@ -142,6 +144,7 @@ class Controller:
             record = DeploymentRecord(
                 id=ident,
                 model=model,
+                project=project,
                 version=version,
                 variant=variant,
                 artifact_uri=artifact.uri,
@@ -218,7 +221,7 @@ class Controller:
         await self.runtime.delete(record.id)
         log.warning("deployment_failed", deployment=record.id, reason=reason)
         payload = ModelDeploymentFailed(
-            model=record.model, version=record.version, deployment_id=record.id, reason=reason
+            project=record.project, model=record.model, version=record.version, deployment_id=record.id, reason=reason
         )
         await self.publish(payload, f"deployment_failed:{record.model}:{record.version}:{record.variant}")
         return record
@@ -230,6 +233,7 @@ class Controller:
             except GalleryError:
                 status = None
         payload = ModelDeployed(
+            project=record.project,
             model=record.model,
             version=record.version,
             deployment_id=record.id,
@@ -255,6 +259,7 @@ class Controller:
         *,
         validation_split: ArtifactRef | None = None,
         explainer: ArtifactRef | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> DeploymentRecord | None:
         """Roll out a version the validation gate passed: its model's first goes straight to production, a
         newer one becomes the canary (superseding the canary there is). Returns None, changing nothing, for
@@ -270,8 +275,10 @@ class Controller:
             log.info("validated_version_not_newer", model=model, version=version)
             return None
         if self.holds_validated(model):
-            return await self._hold(model, version, artifact, validation_split, explainer)
-        return await self._roll_out(model, version, artifact, validation_split, explainer, "fp32", "model.validated")
+            return await self._hold(model, version, artifact, validation_split, explainer, project)
+        return await self._roll_out(
+            model, version, artifact, validation_split, explainer, "fp32", "model.validated", project
+        )
 
     async def _roll_out(
         self,
@@ -282,6 +289,7 @@ class Controller:
         explainer: ArtifactRef | None,
         variant: str,
         reason: str,
+        project: str,
     ) -> DeploymentRecord:
         serving = await self._db(self.store.for_model, model, SERVING)
         current = next((r for r in serving if r.stage == Stage.canary), None)
@@ -295,6 +303,7 @@ class Controller:
             explainer=explainer,
             variant=variant,
             reason=reason,
+            project=project,
         )
 
     async def _hold(
@@ -304,6 +313,7 @@ class Controller:
         artifact: ArtifactRef,
         validation_split: ArtifactRef | None,
         explainer: ArtifactRef | None,
+        project: str,
     ) -> DeploymentRecord:
         """Keep a validated version for later: the newest held version of a model is the one rolled out."""
         async with self.lock(model):
@@ -314,6 +324,7 @@ class Controller:
             record = DeploymentRecord(
                 id=deployment_id(model, version, ""),
                 model=model,
+                project=project,
                 version=version,
                 artifact_uri=artifact.uri,
                 artifact_sha256=artifact.sha256,
@@ -348,6 +359,7 @@ class Controller:
             ArtifactRef.model_validate(newest.explainer) if newest.explainer else None,
             newest.variant,
             f"model.validated, held until the experiment on {model} ended",
+            newest.project,
         )
 
     async def held_models(self) -> list[str]:
@@ -416,7 +428,9 @@ class Controller:
                 record.variant, record.artifact_uri, record.artifact_sha256 = previous
                 await self._start(record)
                 reason = f"variant {variant} did not become ready: {status.detail}"
-                payload = ModelDeploymentFailed(model=model, version=version, deployment_id=record.id, reason=reason)
+                payload = ModelDeploymentFailed(
+                    project=record.project, model=model, version=version, deployment_id=record.id, reason=reason
+                )
                 await self.publish(payload, f"deployment_failed:{model}:{version}:{variant}")
                 return None
             record.state = status.state.value
@@ -579,7 +593,9 @@ class Controller:
         reason = bad.reason or "rolled back"
         if moved_alias:
             await self._move_alias(bad.model, good.version, shorten(f"rolled back from {bad.version}: {reason}"))
-        payload = ModelRolledBack(model=bad.model, version=bad.version, to_version=good.version, reason=reason)
+        payload = ModelRolledBack(
+            project=bad.project, model=bad.model, version=bad.version, to_version=good.version, reason=reason
+        )
         await self.publish(payload, f"rolled_back:{bad.model}:{bad.version}")
         log.warning("rolled_back", model=bad.model, version=bad.version, to_version=good.version, reason=reason)
 
@@ -697,8 +713,9 @@ class Controller:
             asleep = asleep and status.state is RuntimeState.scaled_to_zero
         wake_url = f"{self.settings.resolved_public_url}/api/v1/deployments/{model}/wake"
         policy = RoutePolicy(asleep=asleep, wake_url=wake_url)
+        project = serving[0].project if serving else DEFAULT_PROJECT
         route = (
-            ModelRoute(backends=[], policy=policy)
+            ModelRoute(project=project, backends=[], policy=policy)
             if asleep
             else build_route(serving, endpoints, policy, grpc_endpoints)
         )

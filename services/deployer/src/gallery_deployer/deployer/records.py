@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
 from gallery_common.db import as_utc, timestamp_field, utcnow
+from gallery_common.projects import DEFAULT_PROJECT
 
 
 class Stage(StrEnum):
@@ -37,6 +38,8 @@ class DeploymentRecord(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     model: str = Field(index=True)
+    # the model's project (its model.validated's, or the registry's for a deployment by hand)
+    project: str = Field(default=DEFAULT_PROJECT, index=True)
     version: int
     variant: str = "fp32"
     artifact_uri: str
@@ -93,8 +96,19 @@ class DeploymentStore:
             rows = list(session.exec(query))
         return sorted(rows, key=lambda r: r.version, reverse=True)
 
-    def all(self, stages: Sequence[Stage] | None = None) -> list[DeploymentRecord]:
+    def project_of(self, model: str) -> str | None:
+        """The project of the model's deployments; None when it has never been deployed."""
+        query = select(DeploymentRecord.project).where(DeploymentRecord.model == model).limit(1)
+        with Session(self.engine) as session:
+            return session.exec(query).first()
+
+    def all(
+        self, stages: Sequence[Stage] | None = None, projects: Sequence[str] | None = None
+    ) -> list[DeploymentRecord]:
+        """Every deployment (in `stages`, in `projects` when given), by model then newest version."""
         query = select(DeploymentRecord)
+        if projects is not None:
+            query = query.where(DeploymentRecord.project.in_(list(projects)))  # type: ignore[attr-defined]
         if stages is not None:
             query = query.where(DeploymentRecord.stage.in_([s.value for s in stages]))  # type: ignore[attr-defined]
         with Session(self.engine, expire_on_commit=False) as session:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.routes_kv import RoutesBucket
 from gallery_common.telemetry import get_logger
 
@@ -51,7 +52,8 @@ def build_route(
             )
     if not any(b.weight > 0 for b in backends):
         return None
-    return ModelRoute(backends=backends, policy=policy)
+    project = records[0].project if records else DEFAULT_PROJECT
+    return ModelRoute(project=project, backends=backends, policy=policy)
 
 
 class GatewayRoutes:

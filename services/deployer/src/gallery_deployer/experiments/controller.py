@@ -29,6 +29,7 @@ from gallery_common.contracts.serving_metrics import Scrape, ServingCounts
 from gallery_common.db import utcnow
 from gallery_common.errors import Conflict, GalleryError, InvalidRequest, NotFound
 from gallery_common.events import ModelExperimentConcluded, ModelOutcome, Payload
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import get_logger
 
 from ..deployer.controller import Controller, shorten
@@ -203,7 +204,11 @@ class Experiments:
                 continue
             weight = 100.0 * shares[backend.version] / replicas[backend.version] if backend.version in replicas else 0.0
             backends.append(backend.model_copy(update={"weight": weight}))
-        return ModelRoute(backends=backends, policy=route.policy.model_copy(update={"record_outcomes": True}))
+        return ModelRoute(
+            project=route.project,
+            backends=backends,
+            policy=route.policy.model_copy(update={"record_outcomes": True}),
+        )
 
     async def _route(self, model: str) -> None:
         async with self.controller.lock(model):
@@ -382,7 +387,9 @@ class Experiments:
         except Exception:
             self._running[record.model] = await self._db(self.store.get, record.id)
             raise
+        project = await self._db(self.controller.store.project_of, record.model)
         payload = ModelExperimentConcluded(
+            project=project or DEFAULT_PROJECT,
             model=record.model,
             experiment_id=record.id,
             outcome="winner" if winner is not None else "no_difference",

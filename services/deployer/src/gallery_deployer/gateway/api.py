@@ -12,9 +12,10 @@ from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, Field
 
 from gallery_common import __version__
-from gallery_common.auth import authorize, requires
+from gallery_common.auth import Caller, authorize, requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import NotFound, Unavailable
+from gallery_common.projects import authorize_in, role_in
 from gallery_common.routes_kv import BUCKET
 from gallery_common.settings import Role
 
@@ -61,27 +62,29 @@ async def server_metadata() -> dict[str, object]:
 
 @oip.get("/v2/models/{model}")
 async def model_metadata(model: str, request: Request) -> Response:
-    return await _gateway(request).forward_get(model, None, request.url.path)
+    return await _gateway(request).forward_get(model, None, request.url.path, await authorize(request))
 
 
 @oip.get("/v2/models/{model}/versions/{version}")
 async def model_version_metadata(model: str, version: str, request: Request) -> Response:
-    return await _gateway(request).forward_get(model, version, request.url.path)
+    return await _gateway(request).forward_get(model, version, request.url.path, await authorize(request))
 
 
 @oip.get("/v2/models/{model}/ready")
 async def model_ready(model: str, request: Request) -> Response:
-    return await _gateway(request).forward_get(model, None, request.url.path)
+    return await _gateway(request).forward_get(model, None, request.url.path, await authorize(request))
 
 
 @oip.get("/v2/models/{model}/versions/{version}/ready")
 async def model_version_ready(model: str, version: str, request: Request) -> Response:
-    return await _gateway(request).forward_get(model, version, request.url.path)
+    return await _gateway(request).forward_get(model, version, request.url.path, await authorize(request))
 
 
 async def _explain(model: str, version: str | None, request: Request) -> Response:
     body = await request.body()  # within GALLERY_MAX_BODY_BYTES: AccessMiddleware counts it as it is read
-    return await _gateway(request).explain(model, version, request.url.path, body, request.headers, request.cookies)
+    return await _gateway(request).explain(
+        model, version, request.url.path, body, request.headers, request.cookies, await authorize(request)
+    )
 
 
 @oip.post("/v2/models/{model}/explain", summary="Explain")
@@ -125,6 +128,9 @@ async def feedback(model: str, request: Request) -> FeedbackAnswer:
     has its feedback already. Nothing of a batch is recorded when a piece fails."""
     pieces = parse_feedback(await request.body())
     caller = await authorize(request)
+    gateway = _gateway(request)
+    if gateway.book.get(model) is not None:
+        gateway.visible_route(model, caller)  # another project's model answers as one without a route
     recorder = _gateway(request).outcomes
     if recorder is None:
         raise Unavailable("this gateway runs without NATS and keeps no answers to join feedback to")
@@ -134,10 +140,28 @@ async def feedback(model: str, request: Request) -> FeedbackAnswer:
 oip.routes.extend(INFER_ROUTES)
 
 
+def _admin_in(request: Request, caller: Caller, model: str, route: ModelRoute | None) -> ModelRoute | None:
+    """`route` when the caller is admin in its project; a project it holds no role in answers as a
+    model without a route (NotFound), a lower role is a 403 naming the role and the project."""
+    if route is None:
+        return None
+    directory = request.app.state.settings.project_directory()
+    if role_in(caller, route.project, directory) is None:
+        raise NotFound(f"model {model!r} has no route")
+    authorize_in(caller, route.project, Role.admin, directory)
+    return route
+
+
 @admin.get("/routes")
-def list_routes(request: Request) -> dict[str, ModelRoute]:
-    """Every model's backends and policy."""
-    return _book(request).all()
+async def list_routes(request: Request) -> dict[str, ModelRoute]:
+    """Every model's backends and policy, in the projects where the caller is admin."""
+    caller = await authorize(request)
+    directory = request.app.state.settings.project_directory()
+    return {
+        model: route
+        for model, route in _book(request).all().items()
+        if (held := role_in(caller, route.project, directory)) is not None and held.rank >= Role.admin.rank
+    }
 
 
 class RoutingState(BaseModel):
@@ -165,27 +189,31 @@ def routing_state(request: Request) -> RoutingState:
 
 
 @admin.get("/routes/{model}")
-def get_route(model: str, request: Request) -> ModelRoute:
-    route = _book(request).get(model)
+async def get_route(model: str, request: Request) -> ModelRoute:
+    route = _admin_in(request, await authorize(request), model, _book(request).get(model))
     if route is None:
         raise NotFound(f"model {model!r} has no route")
     return route
 
 
 @admin.put("/routes/{model}")
-def put_route(model: str, route: Annotated[ModelRoute, Body()], request: Request) -> ModelRoute:
+async def put_route(model: str, route: Annotated[ModelRoute, Body()], request: Request) -> ModelRoute:
     """Replace a model's routing entry on this replica alone; it is in the snapshot before this answers.
 
     For manual operations (the bus down, one replica to fix): the next change of the model in the
     routes bucket replaces it. The deployer's `PUT /api/v1/routes/{model}` changes every replica."""
     check_model_name(model)
+    caller = await authorize(request)
+    _admin_in(request, caller, model, _book(request).get(model))
+    authorize_in(caller, route.project, Role.admin, request.app.state.settings.project_directory())
     _book(request).put(model, route)
     return route
 
 
 @admin.delete("/routes/{model}", status_code=204)
-def delete_route(model: str, request: Request) -> Response:
+async def delete_route(model: str, request: Request) -> Response:
     """Remove a model's routing entry from this replica alone (see PUT)."""
+    _admin_in(request, await authorize(request), model, _book(request).get(model))
     if not _book(request).delete(model):
         raise NotFound(f"model {model!r} has no route")
     return Response(status_code=204)

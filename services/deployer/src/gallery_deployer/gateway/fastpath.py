@@ -105,7 +105,7 @@ class InferEndpoint:
             request_id = new_request_id() if given is None else checked_request_id(given)
             cookie = headers.get("cookie")
             cookies = cookie_parser(cookie) if cookie else {}
-            caller = scope[CALLER_SCOPE_KEY].name
+            caller = scope[CALLER_SCOPE_KEY]
             answer = await gateway.infer(
                 match["model"], match["version"], scope["path"], data, headers, cookies, caller, request_id
             )

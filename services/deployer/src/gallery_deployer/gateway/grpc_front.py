@@ -212,10 +212,10 @@ class GatewayServicer:
 
     async def _forward_get(self, context: aio.ServicerContext, model: str, version: str, what: str) -> Any:
         """The backend's REST answer to GET /v2/models/{model}[/versions/{version}]{what} as JSON."""
-        await self._authorize(context)
+        caller = await self._authorize(context)
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + what
         try:
-            response = await self._gateway.forward_get(model, version or None, path)
+            response = await self._gateway.forward_get(model, version or None, path, caller)
         except GalleryError as exc:
             await abort(context, exc)
         document = orjson.loads(bytes(response.body))
@@ -288,7 +288,7 @@ class GatewayServicer:
             request_id = call_request_id((), request.id)
         model = request.model_name
         try:
-            route, serving = await gateway._route(model, request.model_version or None)
+            route, serving = await gateway._route(model, request.model_version or None, caller)
         except GalleryError as exc:
             return _error(exc), request_id
         if not request.id:  # the answer's `id` names the request, whichever way it is forwarded

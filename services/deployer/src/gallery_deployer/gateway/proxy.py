@@ -21,6 +21,7 @@ import orjson
 from prometheus_client import Counter
 from starlette.responses import Response
 
+from gallery_common.auth import Caller
 from gallery_common.contracts.oip import (
     INFERENCE_HEADER_LENGTH,
     ProtocolError,
@@ -32,6 +33,7 @@ from gallery_common.contracts.oip import (
 )
 from gallery_common.contracts.request_ids import REQUEST_ID_HEADER
 from gallery_common.errors import NotFound, Unavailable
+from gallery_common.projects import role_in
 from gallery_common.routes_kv import RoutesFollower
 
 from . import metrics
@@ -163,6 +165,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.book = book
+        self.directory = settings.project_directory()  # followed from the projects bucket by the app
         self.follower = follower  # what keeps `book` in step with the routes bucket; None without a bus
         self.outcomes = outcomes  # where answers of routes that record outcomes go; None without a bus
         self.client = client
@@ -201,10 +204,17 @@ class Gateway:
             )
         return breaker
 
-    async def _route(self, model: str, version: str | None) -> tuple[ModelRoute, list[Backend]]:
+    def visible_route(self, model: str, caller: Caller) -> ModelRoute:
+        """The model's route if `caller` holds a role in its project (any role includes `inference`);
+        a caller holding none there gets the very answer of a model without a route, so the gateway
+        does not tell another project's model names. Two dict lookups: this runs on every request."""
         route = self.book.get(model)
-        if route is None:
+        if route is None or role_in(caller, route.project, self.directory) is None:
             raise NotFound(f"model {model!r} has no route in the gateway; deploy it first")
+        return route
+
+    async def _route(self, model: str, version: str | None, caller: Caller) -> tuple[ModelRoute, list[Backend]]:
+        route = self.visible_route(model, caller)
         if route.policy.asleep:
             route = await self._wake(model, route)
         serving = route.serving
@@ -249,9 +259,9 @@ class Gateway:
             return cookies.get(policy.sticky_cookie)
         return None
 
-    async def forward_get(self, model: str, version: str | None, path: str) -> Response:
+    async def forward_get(self, model: str, version: str | None, path: str, caller: Caller) -> Response:
         """Metadata and readiness: sent to the first healthy backend, with the same fallbacks."""
-        _, serving = await self._route(model, version)
+        _, serving = await self._route(model, version, caller)
         chain = plan_chain(serving, None, self.rng)
         attempt, failures = await self._walk(model, chain, "GET", path, b"", {}, self._inference)
         return as_response(self._answer(model, attempt, failures, self._inference))
@@ -264,7 +274,7 @@ class Gateway:
         body: bytes,
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
-        caller: str,
+        caller: Caller,
         request_id: str,
     ) -> Answer:
         """Forward an inference request; the body goes through as bytes. When no backend could answer and
@@ -275,7 +285,7 @@ class Gateway:
         outcomes keeps the answer under it, and never answers from the cache (a cached answer names no
         version that gave it)."""
         start = time.perf_counter()
-        route, serving = await self._route(model, version)
+        route, serving = await self._route(model, version, caller)
         policy = route.policy
         cache_key = None
         if policy.cache_enabled and not policy.record_outcomes:
@@ -297,9 +307,9 @@ class Gateway:
         if attempt is None or attempt.response is None or attempt.response.status_code != 200:
             return answer
         served = attempt.response
-        self.usage.record(model, attempt.backend.version, caller, *rows_and_seconds(served.headers))
+        self.usage.record(model, attempt.backend.version, caller.name, *rows_and_seconds(served.headers))
         if policy.record_outcomes:
-            self.record_answer(request_id, model, attempt.backend, caller, served)
+            self.record_answer(request_id, model, attempt.backend, caller.name, served)
         is_json = _BINARY_HEADER not in served.headers
         if (
             cache_key is not None
@@ -347,12 +357,13 @@ class Gateway:
         body: bytes,
         headers: Mapping[str, str],
         cookies: Mapping[str, str],
+        caller: Caller,
     ) -> Response:
         """Forward an explain request as an infer request goes (routes, canary split, stickiness, fallback)
         under the explain time limit. When no backend could answer and one asked to be retried later (its
         explain queue full, an explanation stopped at its limit), the client gets that 503 and Retry-After."""
         start = time.perf_counter()
-        route, serving = await self._route(model, version)
+        route, serving = await self._route(model, version, caller)
         chain = plan_chain(serving, self._sticky_key(route, headers, cookies), self.rng)
         traffic = self._explanations
         attempt, failures = await self._walk(model, chain, "POST", path, body, _passed_headers(headers), traffic)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from gallery_common.contracts.names import MODEL_NAME_RULE, is_model_name
 from gallery_common.errors import InvalidRequest
+from gallery_common.projects import DEFAULT_PROJECT, PROJECT_PATTERN
 
 
 class BackendRole(StrEnum):
@@ -69,8 +70,12 @@ class RoutePolicy(BaseModel):
 
 
 class ModelRoute(BaseModel):
-    """A model's backends and policy, as PUT on /admin/routes/{model}."""
+    """A model's backends and policy, as PUT on /admin/routes/{model}.
 
+    `project` is the model's project: a caller holding no role there is answered as for a model
+    without a route (routes written before projects are in `default`)."""
+
+    project: str = Field(default=DEFAULT_PROJECT, pattern=PROJECT_PATTERN)
     backends: list[Backend] = Field(default_factory=list)
     policy: RoutePolicy = Field(default_factory=RoutePolicy)
 
