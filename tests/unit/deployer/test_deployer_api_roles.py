@@ -59,8 +59,11 @@ class Records:
     def for_model(self, model: str, stages: Any) -> list[DeploymentRecord]:
         return [self.controller.record(model, 1)]
 
-    def all(self, stages: Any) -> list[DeploymentRecord]:
+    def all(self, stages: Any, projects: Any = None) -> list[DeploymentRecord]:
         return [self.controller.record("m", 1)]
+
+    def project_of(self, model: str) -> str:
+        return "default"
 
 
 @dataclass

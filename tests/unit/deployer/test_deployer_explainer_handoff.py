@@ -70,14 +70,18 @@ async def test_model_validated_hands_its_explainer_to_the_model_servers(controll
 
 
 async def test_a_deploy_by_hand_takes_the_explainer_the_registry_holds(controller: Controller) -> None:
-    view = await api.deploy(api.DeployRequest(model="m", version=1), controller, ADMIN)
+    view = await api.deploy(
+        api.DeployRequest(model="m", version=1), controller, ADMIN, controller.settings.project_directory()
+    )
 
     assert view.explainer == EXPLAINER
     assert spec_of(controller, view.id).env == EXPLAINER_ENV
 
 
 async def test_a_version_without_an_explainer_starts_servers_without_one(controller: Controller) -> None:
-    view = await api.deploy(api.DeployRequest(model="m", version=2), controller, ADMIN)
+    view = await api.deploy(
+        api.DeployRequest(model="m", version=2), controller, ADMIN, controller.settings.project_directory()
+    )
 
     assert view.explainer is None
     assert spec_of(controller, view.id).env == {}  # its servers answer explain requests with 404

@@ -16,12 +16,13 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, Field
 
 from gallery_common.audit import AuditAction
-from gallery_common.auth import requires
+from gallery_common.auth import Caller, requires
 from gallery_common.contracts.registry import VersionStatus
 from gallery_common.deps import CallerDep, get_resources
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ArtifactRef
 from gallery_common.leader import require_leader
+from gallery_common.projects import DEFAULT_PROJECT, ProjectDirectory, authorize_in, role_in, visible_projects
 from gallery_common.settings import Role
 
 from ..gateway.routes import check_model_name
@@ -53,6 +54,32 @@ async def get_audit(request: Request) -> DeployerAudit | None:
 AuditDep = Annotated[DeployerAudit | None, Depends(get_audit)]
 
 
+def get_directory(request: Request) -> ProjectDirectory:
+    """This process's projects and their members (followed from the projects bucket)."""
+    directory: ProjectDirectory = request.app.state.settings.project_directory()
+    return directory
+
+
+DirectoryDep = Annotated[ProjectDirectory, Depends(get_directory)]
+
+
+def never_deployed(model: str) -> NotFound:
+    """The answer for a model without deployments, and for one in a project the caller holds no role in."""
+    return NotFound(f"model {model!r} has never been deployed")
+
+
+async def check_deployed(
+    controller: Controller, caller: Caller, directory: ProjectDirectory, model: str, needed: Role
+) -> str:
+    """The project of a deployed model once `caller` holds `needed` there. A model never deployed and one
+    in a project where the caller holds no role are the same 404; a lower role is a 403 naming both."""
+    project = await anyio.to_thread.run_sync(controller.store.project_of, model)
+    if project is None or role_in(caller, project, directory) is None:
+        raise never_deployed(model)
+    authorize_in(caller, project, needed, directory)
+    return project
+
+
 class ReplicaView(BaseModel):
     name: str
     url: str | None
@@ -66,6 +93,7 @@ class DeploymentView(BaseModel):
 
     id: str
     model: str
+    project: str = Field(description="the model's project")
     version: int
     variant: str
     stage: str
@@ -88,6 +116,7 @@ def _view(record: DeploymentRecord, status: DeploymentStatus | None) -> Deployme
     return DeploymentView(
         id=record.id,
         model=record.model,
+        project=record.project,
         version=record.version,
         variant=record.variant,
         stage=record.stage,
@@ -121,13 +150,24 @@ async def _views(controller: Controller, records: list[DeploymentRecord]) -> lis
 
 
 @router.get("/deployments", summary="Every deployment that serves (all=true: with retired and failed ones)")
-async def list_deployments(controller: ControllerDep, all: bool = False) -> list[DeploymentView]:
-    records = await anyio.to_thread.run_sync(controller.store.all, None if all else SERVING)
+async def list_deployments(
+    controller: ControllerDep, caller: CallerDep, directory: DirectoryDep, all: bool = False, project: str | None = None
+) -> list[DeploymentView]:
+    """In the projects the caller holds a role in, or only in `project` (404 when it cannot see it)."""
+    if project is not None:
+        authorize_in(caller, project, Role.reader, directory)
+        projects = [project]
+    else:
+        projects = visible_projects(caller, directory)
+    records = await anyio.to_thread.run_sync(controller.store.all, None if all else SERVING, projects)
     return await _views(controller, records)
 
 
 @router.get("/deployments/{model}", summary="A model's deployments, newest version first")
-async def model_deployments(model: str, controller: ControllerDep) -> list[DeploymentView]:
+async def model_deployments(
+    model: str, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+) -> list[DeploymentView]:
+    await check_deployed(controller, caller, directory, model, Role.reader)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, None)
     if not records:
         raise NotFound(f"model {model!r} has never been deployed")
@@ -146,12 +186,24 @@ class DeployRequest(BaseModel):
     summary="Deploy a registered version (a canary beside production)",
     dependencies=ADMIN_LEADER,
 )
-async def deploy(data: DeployRequest, controller: ControllerDep, caller: CallerDep) -> DeploymentView:
-    """Only a version the validation gate passed (status `validated`) is deployed; anything else is 409."""
+async def deploy(
+    data: DeployRequest, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+) -> DeploymentView:
+    """Only a version the validation gate passed (status `validated`) is deployed; anything else is 409.
+    Needs admin in the model's project (the registry's); a model in a project the caller holds no role
+    in answers as an unknown one."""
     if controller.registry is None:
         raise Unavailable("the deployer has no registry configured (GALLERY_REGISTRY_URL)")
     registry = controller.registry
-    version = await anyio.to_thread.run_sync(registry.get_version, data.model, data.version)
+    # an unknown model or version and one in a project the caller holds no role in: the same answer
+    unknown = NotFound(f"version {data.model}:{data.version} not found in the registry")
+    try:
+        version = await anyio.to_thread.run_sync(registry.get_version, data.model, data.version)
+    except NotFound:
+        raise unknown from None
+    if role_in(caller, version.project, directory) is None:
+        raise unknown
+    authorize_in(caller, version.project, Role.admin, directory)
     if version.status != VersionStatus.validated:
         raise Conflict(
             f"{data.model}:{data.version} is {version.status.value}, not validated: only versions the validation "
@@ -169,6 +221,7 @@ async def deploy(data: DeployRequest, controller: ControllerDep, caller: CallerD
             explainer=version.artifact("explainer"),
             canary_percent=data.canary_percent,
             reason="deployed by hand",
+            project=version.project,
         )
     return (await _views(controller, [record]))[0]
 
@@ -184,8 +237,13 @@ class Reason(BaseModel):
     dependencies=ADMIN_LEADER,
 )
 async def promote(
-    model: str, controller: ControllerDep, caller: CallerDep, data: Annotated[Reason | None, Body()] = None
+    model: str,
+    controller: ControllerDep,
+    caller: CallerDep,
+    directory: DirectoryDep,
+    data: Annotated[Reason | None, Body()] = None,
 ) -> DeploymentView:
+    await check_deployed(controller, caller, directory, model, Role.admin)
     reason = (data or Reason()).reason
     with acting_as(caller.name, reason, AuditAction.promotion):
         record = await controller.promote(model, reason)
@@ -198,8 +256,13 @@ async def promote(
     dependencies=ADMIN_LEADER,
 )
 async def rollback(
-    model: str, controller: ControllerDep, caller: CallerDep, data: Annotated[Reason | None, Body()] = None
+    model: str,
+    controller: ControllerDep,
+    caller: CallerDep,
+    directory: DirectoryDep,
+    data: Annotated[Reason | None, Body()] = None,
 ) -> DeploymentView:
+    await check_deployed(controller, caller, directory, model, Role.admin)
     data = data or Reason()
     with acting_as(caller.name, data.reason, AuditAction.rollback):
         record = await controller.rollback(model, data.reason, version=data.version)
@@ -212,8 +275,9 @@ class Weights(BaseModel):
 
 @router.put("/deployments/{model}/weights", summary="Set the canary's share of traffic", dependencies=ADMIN_LEADER)
 async def set_weights(
-    model: str, data: Weights, controller: ControllerDep, caller: CallerDep, audit: AuditDep
+    model: str, data: Weights, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep, audit: AuditDep
 ) -> list[DeploymentView]:
+    await check_deployed(controller, caller, directory, model, Role.admin)
     before = await anyio.to_thread.run_sync(controller.store.for_model, model, [Stage.canary])
     await controller.set_canary_weight(model, data.canary_percent)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
@@ -239,7 +303,10 @@ class Scale(BaseModel):
     summary="Set a version's replica count (0 allowed)",
     dependencies=ADMIN_LEADER,
 )
-async def scale(model: str, version: int, data: Scale, controller: ControllerDep) -> DeploymentView:
+async def scale(
+    model: str, version: int, data: Scale, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+) -> DeploymentView:
+    await check_deployed(controller, caller, directory, model, Role.admin)
     await controller.scale(model, version, data.replicas)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
     record = next((r for r in records if r.version == version), None)
@@ -254,30 +321,66 @@ async def scale(model: str, version: int, data: Scale, controller: ControllerDep
     summary="Start a model scaled to zero (the gateway calls it)",
     dependencies=[requires(Role.inference), Depends(require_leader)],
 )
-async def wake(model: str, controller: ControllerDep) -> None:
+async def wake(model: str, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep) -> None:
+    await check_deployed(controller, caller, directory, model, Role.inference)
     await controller.wake(model)
 
 
 @router.get("/deployments/{model}/canary", summary="The canary against production over the window so far")
-async def canary_analysis(model: str, controller: ControllerDep) -> dict[str, object]:
+async def canary_analysis(
+    model: str, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+) -> dict[str, object]:
+    await check_deployed(controller, caller, directory, model, Role.reader)
     verdict = await controller.analyse(model)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, [Stage.canary])
     due = records[0].analysis_due_at if records else None
     return {"model": model, "judged_at": due, **verdict.as_dict()}
 
 
+async def _registered_project(controller: Controller, model: str) -> str:
+    """The registry's project of `model`; `default` for a model it does not know (a policy may be set
+    before the model's first version) or without a registry."""
+    if controller.registry is None:
+        return DEFAULT_PROJECT
+    try:
+        found = await anyio.to_thread.run_sync(controller.registry.get_model, model)
+    except NotFound:
+        return DEFAULT_PROJECT
+    return found.project
+
+
 @router.get("/policies/{model}", summary="A model's deployment policy, defaults filled in")
-async def get_policy(model: str, controller: ControllerDep) -> DeploymentPolicy:
+async def get_policy(
+    model: str, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+) -> DeploymentPolicy:
+    """A model never deployed has the defaults; one deployed in a project the caller holds no role
+    in answers the defaults too, as a model it does not know."""
+    project = await anyio.to_thread.run_sync(controller.store.project_of, model)
+    if project is not None and role_in(caller, project, directory) is None:
+        return DeploymentPolicy().resolved(controller.settings)
     policy = await anyio.to_thread.run_sync(controller.policies.get, model)
     return policy.resolved(controller.settings)
 
 
 @router.put("/policies/{model}", summary="Set how a model's next versions are deployed", dependencies=ADMIN)
 async def put_policy(
-    model: str, policy: DeploymentPolicy, controller: ControllerDep, caller: CallerDep, audit: AuditDep
+    model: str,
+    policy: DeploymentPolicy,
+    controller: ControllerDep,
+    caller: CallerDep,
+    directory: DirectoryDep,
+    audit: AuditDep,
 ) -> DeploymentPolicy:
-    """Applies to versions deployed from now on: canary share, replicas, resources, GPU, batching."""
+    """Applies to versions deployed from now on: canary share, replicas, resources, GPU, batching.
+    Needs admin in the model's project (its deployments', else the registry's; `default` for a model
+    not registered yet)."""
     check_model_name(model)
+    project = await anyio.to_thread.run_sync(controller.store.project_of, model) or await _registered_project(
+        controller, model
+    )
+    if role_in(caller, project, directory) is None:
+        raise NotFound(f"model {model!r} not found")
+    authorize_in(caller, project, Role.admin, directory)
     before = await anyio.to_thread.run_sync(controller.policies.get, model) if audit is not None else None
     await anyio.to_thread.run_sync(controller.policies.put, model, policy)
     if audit is None or before is None:
