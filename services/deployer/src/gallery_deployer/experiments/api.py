@@ -8,14 +8,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from gallery_common.audit import AuditAction
+from gallery_common.auth import Caller
 from gallery_common.deps import CallerDep
-from gallery_common.errors import Unavailable
+from gallery_common.errors import NotFound, Unavailable
+from gallery_common.projects import DEFAULT_PROJECT, ProjectDirectory, authorize_in, role_in, visible_projects
+from gallery_common.settings import Role
 
-from ..deployer.api import ADMIN_LEADER, AuditDep
+from ..deployer.api import ADMIN_LEADER, AuditDep, DirectoryDep
 from ..deployer.audit import acting_as
 from ..gateway.routes import check_model_name
 from .controller import ExperimentPlan, Experiments
@@ -71,6 +75,7 @@ class CurvePoint(BaseModel):
 class ExperimentView(BaseModel):
     id: str
     model: str
+    project: str = Field(description="the model's project")
     status: str
     metric: str
     mde: float
@@ -91,7 +96,29 @@ class ExperimentView(BaseModel):
     history: list[CurvePoint] | None = Field(default=None, description="the arms over time (GET of one experiment)")
 
 
-def _view(record: ExperimentRecord, points: list[ExperimentPoint] | None = None) -> ExperimentView:
+async def _project_of(experiments: Experiments, model: str) -> str:
+    """An experiment's project: its model's deployments' (an experiment runs between serving versions)."""
+    found = await anyio.to_thread.run_sync(experiments.controller.store.project_of, model)
+    return found or DEFAULT_PROJECT
+
+
+async def _visible(
+    experiments: Experiments, caller: Caller, directory: ProjectDirectory, experiment_id: str, needed: Role
+) -> tuple[ExperimentRecord, list[ExperimentPoint], str]:
+    """An experiment with its points and project once the caller holds `needed` there; one in a project
+    the caller holds no role in answers as an unknown experiment."""
+    try:
+        record, points = await experiments.get(experiment_id)
+    except NotFound:
+        raise NotFound(f"no experiment {experiment_id!r}") from None
+    project = await _project_of(experiments, record.model)
+    if role_in(caller, project, directory) is None:
+        raise NotFound(f"no experiment {experiment_id!r}")
+    authorize_in(caller, project, needed, directory)
+    return record, points, project
+
+
+def _view(record: ExperimentRecord, project: str, points: list[ExperimentPoint] | None = None) -> ExperimentView:
     arms = [
         ArmView(
             version=v,
@@ -119,6 +146,7 @@ def _view(record: ExperimentRecord, points: list[ExperimentPoint] | None = None)
     return ExperimentView(
         id=record.id,
         model=record.model,
+        project=project,
         status=record.status,
         metric=record.metric,
         mde=record.mde,
@@ -144,10 +172,15 @@ def _view(record: ExperimentRecord, points: list[ExperimentPoint] | None = None)
     "/experiments", status_code=201, summary="Start an A/B test between serving versions", dependencies=ADMIN_LEADER
 )
 async def start_experiment(
-    data: ExperimentCreate, experiments: ExperimentsDep, caller: CallerDep, audit: AuditDep
+    data: ExperimentCreate, experiments: ExperimentsDep, caller: CallerDep, directory: DirectoryDep, audit: AuditDep
 ) -> ExperimentView:
-    """404 for a model or version that does not serve, 409 when the model has a running experiment."""
+    """404 for a model or version that does not serve (or a model in a project the caller holds no role
+    in), 409 when the model has a running experiment; needs admin in the model's project."""
     check_model_name(data.model)
+    project = await anyio.to_thread.run_sync(experiments.controller.store.project_of, data.model) or DEFAULT_PROJECT
+    if role_in(caller, project, directory) is None:
+        raise NotFound(f"model {data.model!r} is not deployed")  # what the experiments say of an unknown model
+    authorize_in(caller, project, Role.admin, directory)
     split = data.split or [100.0 / len(data.versions)] * len(data.versions)
     plan = ExperimentPlan(
         model=data.model,
@@ -170,24 +203,49 @@ async def start_experiment(
                 after={"experiment": record.id, "versions": record.versions, "split": record.split},
                 reason=f"experiment started on {record.metric}",
             )
-    return _view(record)
+    return _view(record, project)
 
 
 @router.get("/experiments", summary="Every experiment, newest first (model=: one model's)")
-async def list_experiments(experiments: ExperimentsDep, model: str | None = None) -> list[ExperimentView]:
-    return [_view(r) for r in await experiments.all(model)]
+async def list_experiments(
+    experiments: ExperimentsDep,
+    caller: CallerDep,
+    directory: DirectoryDep,
+    model: str | None = None,
+    project: str | None = None,
+) -> list[ExperimentView]:
+    """In the projects the caller holds a role in, or only in `project` (404 when it cannot see it)."""
+    if project is not None:
+        authorize_in(caller, project, Role.reader, directory)
+    visible = {project} if project is not None else set(visible_projects(caller, directory))
+    projects: dict[str, str] = {}
+    views = []
+    for record in await experiments.all(model):
+        if record.model not in projects:
+            projects[record.model] = await _project_of(experiments, record.model)
+        if projects[record.model] in visible:
+            views.append(_view(record, projects[record.model]))
+    return views
 
 
 @router.get("/experiments/{experiment_id}", summary="One experiment: its arms, decision and curves")
-async def get_experiment(experiment_id: str, experiments: ExperimentsDep) -> ExperimentView:
-    record, points = await experiments.get(experiment_id)
-    return _view(record, points)
+async def get_experiment(
+    experiment_id: str, experiments: ExperimentsDep, caller: CallerDep, directory: DirectoryDep
+) -> ExperimentView:
+    record, points, project = await _visible(experiments, caller, directory, experiment_id, Role.reader)
+    return _view(record, project, points)
 
 
 @router.post("/experiments/{experiment_id}/stop", summary="End a running experiment by hand", dependencies=ADMIN_LEADER)
 async def stop_experiment(
-    experiment_id: str, data: StopRequest, experiments: ExperimentsDep, caller: CallerDep, audit: AuditDep
+    experiment_id: str,
+    data: StopRequest,
+    experiments: ExperimentsDep,
+    caller: CallerDep,
+    directory: DirectoryDep,
+    audit: AuditDep,
 ) -> ExperimentView:
+    _, _, project = await _visible(experiments, caller, directory, experiment_id, Role.admin)
     record = await experiments.stop(experiment_id, data.reason)
     if audit is not None:
         with acting_as(caller.name):
@@ -199,4 +257,4 @@ async def stop_experiment(
                 after={"status": record.status, "traffic_moved": False},
                 reason=data.reason,
             )
-    return _view(record)
+    return _view(record, project)
