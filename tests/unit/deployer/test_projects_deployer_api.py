@@ -8,6 +8,7 @@ the answer of a model never deployed); a reader of alpha cannot change what serv
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +23,11 @@ from gallery_common.db import make_engine
 from gallery_common.errors import NotFound
 from gallery_common.events import ArtifactRef
 from gallery_common.projects import ProjectRecord
-from gallery_deployer.deployer import api
+from gallery_deployer.deployer import api, routes_api
 from gallery_deployer.deployer.migrations import MIGRATIONS
 from gallery_deployer.deployer.records import DeploymentRecord, DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
+from gallery_deployer.gateway.routes import Backend, ModelRoute
 
 SHA = "d" * 64
 ROOT, ALPHA_ADMIN, ALPHA_READER, BETA_ADMIN = "root-tok", "alpha-admin-tok", "alpha-reader-tok", "beta-admin-tok"
@@ -35,11 +37,29 @@ TOKENS = (
     f"{MIXED}:alpha:reader,{MIXED}:beta:admin"
 )
 MODELS = {"ours": "alpha", "theirs": "beta"}
+BACKEND = Backend(id="b", url="http://10.0.0.1:8500", version="1")
 
 
 class Runtime:
     async def status(self, deployment_id: str) -> None:
         raise NotFound(deployment_id)
+
+
+@dataclass
+class Routes:
+    """The routes bucket as the deployer's routes API uses it."""
+
+    held: dict[str, ModelRoute] = field(default_factory=dict)
+
+    async def get(self, model: str) -> tuple[ModelRoute, int] | None:
+        return (self.held[model], 1) if model in self.held else None
+
+    async def put(self, model: str, route: ModelRoute) -> int:
+        self.held[model] = route
+        return 2
+
+    async def delete(self, model: str) -> bool:
+        return self.held.pop(model, None) is not None
 
 
 @dataclass
@@ -51,6 +71,10 @@ class Controller:
     registry: InMemoryRegistry
     calls: list[str] = field(default_factory=list)
     runtime: Runtime = field(default_factory=Runtime)
+    routes: Routes = field(default_factory=Routes)
+
+    def lock(self, model: str) -> asyncio.Lock:
+        return asyncio.Lock()
 
     def record(self, model: str, version: int) -> DeploymentRecord:
         found = self.store.get(f"{model}-v{version}")
@@ -104,12 +128,15 @@ def controller(tmp_path: Path) -> Controller:
             onnx = ArtifactRef(uri=f"file:///a/{model}-{version}.onnx", sha256=SHA)
             added = registry.add_version(model, version, {"onnx": onnx})
             registry.versions[(model, version)] = added.model_copy(update={"project": project})
-    return Controller(settings, store, registry)
+    controller = Controller(settings, store, registry)
+    for model, project in MODELS.items():
+        controller.routes.held[model] = ModelRoute(project=project, backends=[BACKEND])
+    return controller
 
 
 @pytest.fixture
 def client(controller: Controller) -> Iterator[TestClient]:
-    app = create_app(controller.settings, title="deployer", routers=[api.router], use_bus=False)
+    app = create_app(controller.settings, title="deployer", routers=[api.router, routes_api.router], use_bus=False)
     app.dependency_overrides[api.get_controller] = lambda: controller
     with TestClient(app) as test_client:
         yield test_client
@@ -192,3 +219,25 @@ def test_a_projects_admin_changes_what_serves_in_its_project(client: TestClient,
     assert client.post("/api/v1/deployments/theirs/promote", headers=bearer(BETA_ADMIN)).status_code == 200
     assert client.post("/api/v1/deployments/ours/promote", headers=bearer(BETA_ADMIN)).status_code == 404
     assert controller.calls[-1] == "promote theirs"
+
+
+def test_the_routes_of_another_projects_model_answer_as_a_model_without_a_route(
+    client: TestClient, controller: Controller
+) -> None:
+    route = {"project": "alpha", "backends": [BACKEND.model_dump(mode="json")]}
+    for method, body in (("GET", None), ("PUT", route), ("DELETE", None)):
+        hidden = client.request(method, "/api/v1/routes/theirs", json=body, headers=bearer(ALPHA_ADMIN))
+        missing = client.request("GET", "/api/v1/routes/nosuch", headers=bearer(ALPHA_ADMIN))
+        assert hidden.status_code == 404, (method, hidden.text)
+        assert hidden.json()["error"] == missing.json()["error"].replace("nosuch", "theirs")
+    assert controller.routes.held["theirs"].project == "beta"
+
+    # a project's admin sets its own model's route, keeps it in its project, and places none in another
+    assert client.put("/api/v1/routes/ours", json=route, headers=bearer(ALPHA_ADMIN)).status_code == 200
+    moved = client.put("/api/v1/routes/ours", json={**route, "project": "beta"}, headers=bearer(ROOT))
+    assert moved.status_code == 422 and "model 'ours' is in project 'alpha'" in moved.json()["error"]
+    placed = client.put("/api/v1/routes/fresh", json={**route, "project": "beta"}, headers=bearer(ALPHA_ADMIN))
+    assert placed.status_code == 404 and placed.json() == {"error": "project 'beta' not found"}
+    assert set(controller.routes.held) == {"ours", "theirs"}
+    refused = client.get("/api/v1/routes/ours", headers=bearer(MIXED))
+    assert refused.status_code == 403 and "admin role in project 'alpha'" in refused.json()["error"]
