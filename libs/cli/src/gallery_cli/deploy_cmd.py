@@ -9,7 +9,7 @@ from rich.table import Table
 
 from .console import console, say
 from .optimize_cmd import parse_ref
-from .service_client import DeployerClient
+from .service_client import DeployerClient, project_params
 
 
 def deployments_table(rows: list[dict[str, Any]]) -> Table:
@@ -74,7 +74,7 @@ def deployments(
 ) -> None:
     """List deployments with their traffic, replicas and health."""
     with DeployerClient() as client:
-        rows = client.json("GET", "/api/v1/deployments", params={"all": str(all_).lower()})
+        rows = client.json("GET", "/api/v1/deployments", params={"all": str(all_).lower(), **project_params()})
     if not rows:
         say("no deployments yet: `gallery deploy NAME:VERSION`, or train a model and let the lifecycle deploy it")
         return

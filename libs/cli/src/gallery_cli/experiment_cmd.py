@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from .console import console, fail, say
-from .service_client import DeployerClient
+from .service_client import DeployerClient, project_params
 
 app = typer.Typer(help="Online experiments: start, list, show, stop.", no_args_is_help=True)
 METRICS = ("accuracy", "reward", "p99", "error_rate")
@@ -85,7 +85,9 @@ def start(
 def list_experiments(model: Annotated[str | None, typer.Option(help="only this model's")] = None) -> None:
     """Experiments, newest first."""
     with DeployerClient() as client:
-        rows = client.json("GET", "/api/v1/experiments", params={"model": model} if model else None)
+        rows = client.json(
+            "GET", "/api/v1/experiments", params={**({"model": model} if model else {}), **project_params()}
+        )
     if not rows:
         say("no experiments yet: `gallery experiment start MODEL --versions 1,2 --metric accuracy --mde 0.03`")
         return

@@ -18,7 +18,9 @@ from . import (
     models_cmd,
     monitor_cmd,
     optimize_cmd,
+    projects_cmd,
     runs_cmd,
+    service_client,
     site_cmd,
     stack_cmd,
     train_cmd,
@@ -54,6 +56,7 @@ app.command()(feedback_cmd.feedback)
 app.command()(usage_cmd.usage)
 app.add_typer(site_cmd.app, name="site")
 app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(projects_cmd.app, name="projects")
 app.command()(login_cmd.login)
 app.command()(login_cmd.logout)
 
@@ -77,5 +80,14 @@ def main(
         bool,
         typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project",
+            envvar="GALLERY_PROJECT",
+            help="The project to act in: sent as X-Gallery-Project on every request and ?project= on lists.",
+        ),
+    ] = None,
 ) -> None:
     """Global options; the commands are registered above."""
+    service_client.select_project(project)

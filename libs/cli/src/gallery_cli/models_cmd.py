@@ -14,7 +14,7 @@ from rich.table import Table
 from gallery_common.contracts.registry import AliasPublic, ModelPublic, VersionPublic
 
 from .console import console, fail, say
-from .service_client import RegistryServiceClient, model_path
+from .service_client import RegistryServiceClient, model_path, project_params
 
 _REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>\d+))?$")
 
@@ -39,7 +39,7 @@ def list_models(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
 ) -> None:
     """Registered models with their latest version and aliases."""
-    params: dict[str, Any] = {"limit": limit, "tag": tag or []}
+    params: dict[str, Any] = {"limit": limit, "tag": tag or [], **project_params()}
     if name:
         params["name"] = name
     if owner:
@@ -51,12 +51,12 @@ def list_models(
         say("no models registered")
         return
     table = Table(show_header=True)
-    for column in ("model", "latest", "aliases", "owner", "updated"):
+    for column in ("model", "project", "latest", "aliases", "owner", "updated"):
         table.add_column(column)
     for model in models:
         aliases = ", ".join(f"{a}→{v}" for a, v in model.aliases.items())
         updated = _when(model.updated_at)
-        table.add_row(model.name, _fmt(model.latest_version), aliases or "-", _fmt(model.owner), updated)
+        table.add_row(model.name, model.project, _fmt(model.latest_version), aliases or "-", _fmt(model.owner), updated)
     console.print(table)
     if page["next_page_token"]:
         say(f"more than {limit} models: narrow with --name / --tag / --owner or raise --limit", err=True)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from .console import console, say
+from .service_client import project_params
 from .train_cmd import TrainerClient, fmt_value, print_run
 
 app = typer.Typer(help="Training runs: list, show, compare.", no_args_is_help=True)
@@ -20,7 +21,7 @@ def list_runs(
 ) -> None:
     """The latest runs, newest first, with their headline metrics."""
     with TrainerClient() as client:
-        params: dict[str, Any] = {"limit": limit, **({"model": model} if model else {})}
+        params: dict[str, Any] = {"limit": limit, **({"model": model} if model else {}), **project_params()}
         runs = client.json("GET", "/api/v1/runs", params=params)
     if not runs:
         say("no runs yet")

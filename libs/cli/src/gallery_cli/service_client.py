@@ -16,10 +16,30 @@ from .login_cmd import stored_token
 
 M = TypeVar("M", bound=BaseModel)
 
+PROJECT_HEADER = "X-Gallery-Project"
+
+_selected_project: str | None = None
+
+
+def select_project(project: str | None) -> None:
+    """The project this invocation acts in (`--project` / GALLERY_PROJECT); None: the caller's home project."""
+    global _selected_project
+    _selected_project = project or None
+
+
+def selected_project() -> str | None:
+    """The project chosen with `--project` or GALLERY_PROJECT, if any."""
+    return _selected_project
+
+
+def project_params() -> dict[str, str]:
+    """`?project=` for a list command when a project was chosen, so the list shows only that project."""
+    return {"project": _selected_project} if _selected_project else {}
+
 
 class ServiceClient:
     """A service's REST API: URL from its `GALLERY_<SERVICE>_URL`, bearer token from GALLERY_TOKEN (else
-    the one `gallery login` kept)."""
+    the one `gallery login` kept), and the chosen project (if any) in the X-Gallery-Project header."""
 
     service: ClassVar[str]
     url_variable: ClassVar[str]
@@ -29,6 +49,9 @@ class ServiceClient:
         self.base_url = (base_url or os.environ.get(self.url_variable) or self.default_url).rstrip("/")
         token = token if token is not None else os.environ.get("GALLERY_TOKEN") or stored_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if _selected_project:
+            # every request names the project: a create without one in its body lands there
+            headers[PROJECT_HEADER] = _selected_project
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def __enter__(self) -> Self:
@@ -37,7 +60,8 @@ class ServiceClient:
     def __exit__(self, *exc: object) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(self, method: str, path: str, not_found: str | None = None, **kwargs: Any) -> httpx.Response:
+        """The answer; a failure exits with one line (`not_found`, when given, is the line for a 404)."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -45,6 +69,8 @@ class ServiceClient:
                 f"cannot reach the {self.service} at {self.base_url}: {exc or type(exc).__name__}"
                 f" (is it running? `gallery up`, or set {self.url_variable})"
             )
+        if response.status_code == 404 and not_found:
+            fail(not_found)
         if response.status_code >= 400:
             try:
                 message = response.json().get("error") or response.text
@@ -53,8 +79,8 @@ class ServiceClient:
             fail(f"the {self.service} refused {method} {path} ({response.status_code}): {message}")
         return response
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
+    def json(self, method: str, path: str, not_found: str | None = None, **kwargs: Any) -> Any:
+        return self.request(method, path, not_found, **kwargs).json()
 
     def parsed(self, answer: type[M], method: str, path: str, **kwargs: Any) -> M:
         """The answer as `answer`; one that is not one exits with what did not fit."""

@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .console import console, fail, say
-from .service_client import TrainerClient
+from .service_client import TrainerClient, selected_project
 
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def _content_type(path: Path) -> str:
     return "application/json" if path.suffix.lower() == ".json" else "application/yaml"
+
+
+def spec_body(spec: Path) -> tuple[bytes, str]:
+    """The spec to submit and its content type. With `--project` (or GALLERY_PROJECT) a spec that names no
+    project is sent with `project:` set to it; a spec that names one is sent as written."""
+    raw = spec.read_bytes()
+    project = selected_project()
+    if project is None:
+        return raw, _content_type(spec)
+    try:
+        document = yaml.safe_load(raw)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        fail(f"spec {spec}: not YAML or JSON: {exc}")
+    if not isinstance(document, dict) or document.get("project"):
+        return raw, _content_type(spec)  # the trainer says what is wrong with a spec that is not a mapping
+    document["project"] = project
+    return json.dumps(document).encode(), "application/json"
 
 
 def fmt_value(value: Any) -> str:
@@ -88,9 +107,8 @@ def train(
 ) -> None:
     """Submit a training job to the trainer (GALLERY_TRAINER_URL) and follow it until model.trained is published."""
     with TrainerClient() as client:
-        job = client.json(
-            "POST", "/api/v1/jobs", content=spec.read_bytes(), headers={"Content-Type": _content_type(spec)}
-        )
+        body, content_type = spec_body(spec)
+        job = client.json("POST", "/api/v1/jobs", content=body, headers={"Content-Type": content_type})
         search = f", search {job['search_id']} trial {job['trial']}" if job.get("search_id") else ""
         say(f"job {job['id']} queued: model {job['model']}{search}")
         if not follow:
