@@ -35,6 +35,7 @@ APP_PAGES = (
     "/runs/{run_id}",
     "/compare",
     "/usage",
+    "/projects",
 )
 MONITORING_PAGES = ("/monitoring", "/monitoring/{model}")
 

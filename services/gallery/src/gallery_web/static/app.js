@@ -19,6 +19,7 @@ const ROUTES = [
   { re: /^\/runs\/([^/]+)\/?$/, page: "run", nav: "experiments", keys: ["id"] },
   { re: /^\/compare\/?$/, page: "compare", nav: "experiments", keys: [] },
   { re: /^\/usage\/?$/, page: "usage", nav: "usage", keys: [] },
+  { re: /^\/projects\/?$/, page: "projects", nav: "projects", keys: [] },
 ];
 
 // Paths the browser loads itself: the Monitoring view is its own page, the API and files are not pages.

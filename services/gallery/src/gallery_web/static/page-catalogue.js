@@ -1,7 +1,7 @@
 // The catalogue: every registered model as a card, searched, filtered and sorted by the server a page at a
 // time (/api/gallery/catalogue), with the filters in the URL so a view can be shared.
 
-import { api, gallery } from "./api.js";
+import { api, gallery, registry } from "./api.js";
 import { errorCard, setQuery } from "./app.js";
 import { ago, badge, bytes, empty, h, metric, ms, put, seg, select, statusBadge } from "./dom.js";
 
@@ -12,6 +12,7 @@ const STAGES = ["production", "validated", "rejected", "validating", "pending", 
 function filtersOf(query) {
   return {
     q: query.get("q") || "",
+    project: query.get("project") || "",
     task: query.get("task") || "",
     stage: query.get("stage") || "",
     tag: query.getAll("tag").join(", "),
@@ -30,6 +31,7 @@ function queryOf(filters) {
     .filter(Boolean);
   const params = {
     q: filters.q.trim(),
+    project: filters.project || "",
     task: filters.task,
     stage: filters.stage,
     tag: tags,
@@ -53,7 +55,16 @@ function search(params, pageToken) {
   return api(gallery(`/catalogue?${query}`));
 }
 
-function controls(filters) {
+/** The projects the signed-in caller holds a role in, for the picker (none when the registry has no projects API). */
+async function visibleProjects() {
+  try {
+    return (await api(registry("/projects"))).map((p) => p.name);
+  } catch {
+    return [];
+  }
+}
+
+function controls(filters, projects) {
   return h(
     "form",
     { class: "card filters", id: "catalogue-filters", role: "search" },
@@ -63,6 +74,7 @@ function controls(filters) {
       "Search",
       h("input", { type: "search", name: "q", value: filters.q, placeholder: "name, description or tag", autocomplete: "off" }),
     ),
+    select("project", "Project", [["", "any"], ...projects.map((p) => [p, p])], filters.project),
     select("task", "Task", [["", "any"], ["classification", "classification"], ["regression", "regression"]], filters.task),
     select("stage", "Stage", [["", "any"], ...STAGES.map((s) => [s, s])], filters.stage),
     h("label", { class: "field" }, "Tag", h("input", { name: "tag", value: filters.tag, placeholder: "key or key=value", size: 14 })),
@@ -116,6 +128,7 @@ export function modelCard(entry) {
       "header",
       {},
       h("a", { class: "model-name", href }, entry.name),
+      entry.project ? badge(entry.project, "project", `project ${entry.project}`) : null,
       entry.task ? badge(entry.task, "task") : null,
       entry.version_count ? h("span", { class: "note" }, `${entry.version_count} version${entry.version_count === 1 ? "" : "s"}`) : null,
     ),
@@ -138,7 +151,7 @@ export function modelCard(entry) {
 export async function render(view, route) {
   route.title("Catalogue");
   const filters = filtersOf(route.query);
-  const form = controls(filters);
+  const form = controls(filters, await visibleProjects());
   const summary = h("p", { class: "note", id: "catalogue-total" });
   const grid = h("div", { class: "catalogue", id: "catalogue" });
   const more = h("button", { type: "button", id: "catalogue-more", class: "more", hidden: true }, "Show more");

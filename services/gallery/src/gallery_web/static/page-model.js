@@ -165,7 +165,7 @@ function header(model, version, versions) {
       versions.length ? h("label", { class: "field inline" }, "Version ", picker) : null,
       version ? statusBadge(version.status) : null,
       typeof accuracy === "number" ? h("span", { class: "headline", id: "headline-accuracy" }, `accuracy ${metric("accuracy", accuracy)}`) : null,
-      h("span", { class: "note" }, model.owner ? `owner ${model.owner}` : "no owner", " · changed ", ago(model.updated_at)),
+      h("span", { class: "note" }, h("a", { id: "model-project", href: `/?project=${encodeURIComponent(model.project || "default")}`, title: "this project's models" }, `project ${model.project || "default"}`), " · ", model.owner ? `owner ${model.owner}` : "no owner", " · changed ", ago(model.updated_at)),
     ),
     tags.length ? h("div", { class: "tags" }, tags) : null,
     h(
