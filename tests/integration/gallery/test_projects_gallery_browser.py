@@ -84,6 +84,11 @@ def test_a_member_of_team_a_never_sees_team_bs_models(gallery: str, browser: Web
     wait(browser, "the project in the URL", lambda d: "project=team-a" in d.current_url)
     wait(browser, "the filtered catalogue", lambda d: catalogue_models(d) == ["a-model"])
 
+    # a shared link to team-b's catalogue: the project is not found, and nothing of it is shown
+    browser.get(gallery + "/?project=team-b")
+    wait(browser, "the refusal", lambda d: "project 'team-b' not found" in d.find_element(By.ID, "view").text)
+    assert catalogue_models(browser) == []
+
     # team-b's model by URL: the page of a model that does not exist, word for word
     browser.get(gallery + "/models/no-such-model")
     wait(

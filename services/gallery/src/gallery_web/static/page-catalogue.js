@@ -74,7 +74,8 @@ function controls(filters, projects) {
       "Search",
       h("input", { type: "search", name: "q", value: filters.q, placeholder: "name, description or tag", autocomplete: "off" }),
     ),
-    select("project", "Project", [["", "any"], ...projects.map((p) => [p, p])], filters.project),
+    // a shared link's project stays chosen even when not listed: the registry then says it is not found
+    select("project", "Project", [["", "any"], ...[...new Set([...projects, filters.project].filter(Boolean))].map((p) => [p, p])], filters.project),
     select("task", "Task", [["", "any"], ["classification", "classification"], ["regression", "regression"]], filters.task),
     select("stage", "Stage", [["", "any"], ...STAGES.map((s) => [s, s])], filters.stage),
     h("label", { class: "field" }, "Tag", h("input", { name: "tag", value: filters.tag, placeholder: "key or key=value", size: 14 })),
