@@ -108,6 +108,10 @@ def test_project_option_and_env_narrow_lists_and_place_creations(registry: str) 
     assert code == 0 and "a-model" in out and "b-model" not in out and "team-a" in out, out
     code, out = run("models", "list", env={"GALLERY_PROJECT": "team-b"})
     assert code == 0 and "b-model" in out and "a-model" not in out, out
+    code, out = run("models", "show", "a-model")
+    assert code == 0 and "model a-model  project team-a" in out, out
+    code, out = run("models", "show", "b-model", token=A_ADMIN)  # another project's model: as a missing one
+    assert code == 1 and "model 'b-model' not found" in out, out
     code, out = run("--project", "team-b", "models", "list", token=A_ADMIN)
     assert code == 1 and "project 'team-b' not found" in out, out
 

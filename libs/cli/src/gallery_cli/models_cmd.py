@@ -65,7 +65,10 @@ def list_models(
 def _show_model(client: RegistryServiceClient, name: str) -> None:
     model = client.get_model(name)
     versions = client.latest_versions(name, 20)
-    say(f"model {model.name}  owner {_fmt(model.owner)}  latest version {_fmt(model.latest_version)}")
+    say(
+        f"model {model.name}  project {model.project}  owner {_fmt(model.owner)}"
+        f"  latest version {_fmt(model.latest_version)}"
+    )
     if model.description:
         say(model.description)
     if model.tags:
