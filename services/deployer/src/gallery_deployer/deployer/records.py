@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import AutoString, Field, Session, SQLModel, select
 
 from gallery_common.db import as_utc, timestamp_field, utcnow
 from gallery_common.projects import DEFAULT_PROJECT
@@ -38,8 +38,12 @@ class DeploymentRecord(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     model: str = Field(index=True)
-    # the model's project (its model.validated's, or the registry's for a deployment by hand)
-    project: str = Field(default=DEFAULT_PROJECT, index=True)
+    # the model's project (its model.validated's, or the registry's for a deployment by hand); the
+    # database's default fills rows written by code from before projects
+    project: str = Field(
+        default=DEFAULT_PROJECT,
+        sa_column=Column(AutoString, nullable=False, index=True, server_default=DEFAULT_PROJECT),
+    )
     version: int
     variant: str = "fp32"
     artifact_uri: str
