@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, Field
 
@@ -206,7 +207,7 @@ async def put_route(model: str, route: Annotated[ModelRoute, Body()], request: R
     caller = await authorize(request)
     _admin_in(request, caller, model, _book(request).get(model))
     authorize_in(caller, route.project, Role.admin, request.app.state.settings.project_directory())
-    _book(request).put(model, route)
+    await anyio.to_thread.run_sync(_book(request).put, model, route)  # writes the snapshot file
     return route
 
 
@@ -214,6 +215,6 @@ async def put_route(model: str, route: Annotated[ModelRoute, Body()], request: R
 async def delete_route(model: str, request: Request) -> Response:
     """Remove a model's routing entry from this replica alone (see PUT)."""
     _admin_in(request, await authorize(request), model, _book(request).get(model))
-    if not _book(request).delete(model):
+    if not await anyio.to_thread.run_sync(_book(request).delete, model):
         raise NotFound(f"model {model!r} has no route")
     return Response(status_code=204)
