@@ -15,10 +15,10 @@ from gallery_common.auth import requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import InvalidRequest
 from gallery_common.events import NAME_PATTERN
+from gallery_common.project_scope import ProjectScope, ScopeDep
 from gallery_common.settings import Role
 
 from .core import Monitor
-from .project_scope import ProjectScope, ScopeDep
 from .records import AlertPublic, ModelOverview, SloPublic, SloUpdate, TimelineItem
 from .timeline import TimelineStore
 from .views import CanaryView, DriftView, FiguresView

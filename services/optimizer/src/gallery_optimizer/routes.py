@@ -18,13 +18,13 @@ from gallery_common.auth import requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import InvalidRequest, NotFound
 from gallery_common.events import NAME_PATTERN
+from gallery_common.project_scope import ProjectScope, ScopeDep
 from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.settings import Role
 from gallery_common.work_queue import WorkQueue
 
 from .job_store import JobStore, resolve_policy
 from .policy import OptimizationPolicy
-from .project_scope import ProjectScope, ScopeDep
 from .records import JobPublic, OptimizeRequest
 from .runner import REQUIRED_ROLES, OptimizationRunner
 

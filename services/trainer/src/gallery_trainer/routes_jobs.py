@@ -10,10 +10,10 @@ from fastapi.responses import PlainTextResponse
 
 from gallery_common.deps import get_resources
 from gallery_common.errors import NotFound
+from gallery_common.project_scope import ProjectScope, ScopeDep
 from gallery_common.settings import Role
 
 from .job_service import JobService
-from .project_scope import ProjectScope, ScopeDep
 from .records import JobPublic, JobStatus, SearchPublic
 from .search import SearchCoordinator
 

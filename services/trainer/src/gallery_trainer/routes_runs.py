@@ -9,10 +9,10 @@ from sqlmodel import Session, col, select
 
 from gallery_common.deps import SessionDep
 from gallery_common.errors import NotFound
+from gallery_common.project_scope import ProjectScope, ScopeDep
 from gallery_common.settings import Role
 
 from .curves import render_curves
-from .project_scope import ProjectScope, ScopeDep
 from .records import Run, RunComparison, RunMetrics, RunPublic
 from .tracking import compare_runs, load_records, run_metrics
 

@@ -1,9 +1,11 @@
-"""Which projects a trainer request may touch: jobs, runs and searches belong to their job's project.
+"""A request's project checks, for the routes of a service whose things belong to projects.
 
-A job's project is fixed at submission (the spec's `project`, else the `X-Gallery-Project` header,
-else the submitter's home project) and submitting needs `writer` there. A caller that holds no role
-in a job's project is answered exactly as for a job that does not exist (`no job 'x'`), so job ids
-cannot be probed; a lower role than a route needs is a 403 naming the role and the project.
+`ScopeDep` gives a route the caller and the process's project directory. `check` answers a caller
+that holds no role in a thing's project exactly as for a thing that does not exist (the route's own
+`hidden` NotFound), so names and ids cannot be probed, and a lower role than needed with a 403 naming
+the role and the project; `listed` is what a listing shows (`?project=`, else every visible project);
+`home` is where a submission that names no project acts (`X-Gallery-Project`, else the caller's one
+project, else `default`), once the caller is known to hold the role there.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gallery_common.auth import Caller
-from gallery_common.deps import CallerDep
-from gallery_common.errors import Forbidden, NotFound
-from gallery_common.projects import (
+from .auth import Caller
+from .deps import CallerDep
+from .errors import Forbidden, NotFound
+from .projects import (
     PROJECT_HEADER,
     ProjectDirectory,
     authorize_in,
@@ -25,7 +27,7 @@ from gallery_common.projects import (
     role_in,
     visible_projects,
 )
-from gallery_common.settings import Role
+from .settings import Role
 
 
 @dataclass(frozen=True)
