@@ -17,7 +17,10 @@ from prometheus_client import REGISTRY, generate_latest
 
 from gallery_common.app import create_app
 from gallery_common.events import ModelUsage, Payload, UsageTally
+from gallery_common.projects import ProjectRecord
 from gallery_common.settings import GallerySettings
+from gallery_deployer.deployer.migrations import upgrade as upgrade_deployments
+from gallery_deployer.deployer.records import DeploymentRecord, DeploymentStore, Stage
 from gallery_deployer.gateway.usage import UsageMeter, UsageReporter
 from gallery_deployer.usage import api as usage_api
 from gallery_deployer.usage.migrations import upgrade
@@ -47,6 +50,7 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, UsageStore]]:
     app = create_app(settings, title="usage", routers=[usage_api.router], use_bus=False, use_database=True)
     with TestClient(app) as test_client:
         engine = app.state.resources.engine
+        upgrade_deployments(engine)  # a model's project comes from its deployments, in the same database
         upgrade(engine)
         yield test_client, UsageStore(engine)
 
@@ -111,6 +115,50 @@ def test_a_bad_query_is_422_with_the_reason(
 def test_usage_needs_a_reader_token(client: tuple[TestClient, UsageStore]) -> None:
     assert get(client[0], token=None).status_code == 401
     assert get(client[0]).status_code == 200
+
+
+def test_a_project_member_sees_only_its_projects_usage(tmp_path: Path) -> None:
+    settings = GallerySettings(
+        home=tmp_path, service_name="deployer", api_tokens="root:reader,a-tok:alpha:reader,b-tok:beta:reader"
+    )
+    for name in ("alpha", "beta"):
+        settings.project_directory().put(ProjectRecord.new(name, "", "root", {}))
+    app = create_app(settings, title="usage", routers=[usage_api.router], use_bus=False, use_database=True)
+    with TestClient(app) as http:
+        engine = app.state.resources.engine
+        upgrade_deployments(engine)
+        upgrade(engine)
+        DeploymentStore(engine).save(
+            DeploymentRecord(
+                id="iris-1",
+                model="iris",
+                project="alpha",
+                version=1,
+                stage=Stage.production,
+                artifact_uri="file:///m",
+                artifact_sha256="0" * 64,
+            )
+        )
+        store = UsageStore(engine)
+        minute = datetime.now(UTC).replace(second=0, microsecond=0)
+        store.apply("e1", report("r1", 0, minute, ("1", "alice", 3, 3, 0.1)))
+        since = (minute - timedelta(hours=1)).isoformat()
+        assert get(http, token="root", since=since).json()["totals"]["requests"] == 3
+        assert get(http, token="a-tok", since=since).json()["totals"]["requests"] == 3
+        assert get(http, token="b-tok", since=since).json()["totals"]["requests"] == 0  # as if never metered
+        assert get(http, token="b-tok", since=since, project="alpha").status_code == 404
+        assert get(http, token="a-tok", since=since, project="alpha").json()["totals"]["requests"] == 3
+
+
+async def test_the_reporter_sends_each_models_usage_in_its_project() -> None:
+    meter = UsageMeter()
+    bus = FlakyBus(failures=0)
+    projects = {"iris": "alpha"}
+    reporter = UsageReporter(bus, meter, 3600, replica="r1", project_of=lambda m: projects.get(m, "default"))  # type: ignore[arg-type]
+    meter.record("iris", "1", "alice", 1, 0.1)
+    meter.record("wine", "1", "alice", 1, 0.1)
+    await reporter.report()
+    assert {payload.model: payload.project for _, payload in bus.sent} == {"iris": "alpha", "wine": "default"}
 
 
 class FlakyBus:

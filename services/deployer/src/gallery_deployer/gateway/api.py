@@ -16,7 +16,7 @@ from gallery_common import __version__
 from gallery_common.auth import Caller, authorize, requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import NotFound, Unavailable
-from gallery_common.projects import authorize_in, role_in
+from gallery_common.projects import DEFAULT_PROJECT, authorize_in, role_in
 from gallery_common.routes_kv import BUCKET
 from gallery_common.settings import Role
 
@@ -130,12 +130,14 @@ async def feedback(model: str, request: Request) -> FeedbackAnswer:
     pieces = parse_feedback(await request.body())
     caller = await authorize(request)
     gateway = _gateway(request)
-    if gateway.book.get(model) is not None:
+    route = gateway.book.get(model)
+    if route is not None:
         gateway.visible_route(model, caller)  # another project's model answers as one without a route
     recorder = _gateway(request).outcomes
     if recorder is None:
         raise Unavailable("this gateway runs without NATS and keeps no answers to join feedback to")
-    return FeedbackAnswer(recorded=await FeedbackDesk(recorder).give(model, pieces, caller.name))
+    project = route.project if route is not None else DEFAULT_PROJECT
+    return FeedbackAnswer(recorded=await FeedbackDesk(recorder).give(model, pieces, caller.name, project))
 
 
 oip.routes.extend(INFER_ROUTES)

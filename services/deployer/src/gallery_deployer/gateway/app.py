@@ -8,6 +8,7 @@ import anyio
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.routes_kv import RoutesFollower
 from gallery_common.settings import load_settings
 
@@ -64,7 +65,12 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
         gateway = Gateway(settings, book, client, samples, follower=follower, outcomes=outcomes)
         stack.push_async_callback(gateway.close)
         if resources.bus is not None:
-            usage = UsageReporter(resources.bus, gateway.usage, settings.usage_report_s)
+
+            def project_of(model: str) -> str:
+                route = book.get(model)
+                return route.project if route is not None else DEFAULT_PROJECT
+
+            usage = UsageReporter(resources.bus, gateway.usage, settings.usage_report_s, project_of=project_of)
             usage.start()
             # closed after the gRPC front and before the gateway: the last requests are in the last report
             stack.push_async_callback(usage.close, timeout=settings.request_timeout_s)

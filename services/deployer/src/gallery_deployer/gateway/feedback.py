@@ -21,6 +21,7 @@ from gallery_common.bus import EventBus
 from gallery_common.contracts.request_ids import REQUEST_ID_PATTERN
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import ModelOutcome
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import get_logger
 
 from . import metrics
@@ -98,10 +99,14 @@ def parse_feedback(body: bytes) -> list[Feedback]:
         raise InvalidRequest(_describe(exc)) from None
 
 
-def joined_outcome(model: str, piece: Feedback, record: AnswerRecord, given_by: str) -> ModelOutcome:
-    """The outcome of `piece` against the answer it is about; ValueError when they do not fit."""
+def joined_outcome(
+    model: str, piece: Feedback, record: AnswerRecord, given_by: str, project: str = DEFAULT_PROJECT
+) -> ModelOutcome:
+    """The outcome of `piece` against the answer it is about (in the model's `project`); ValueError when
+    they do not fit."""
     common: dict[str, Any] = {
         "model": model,
+        "project": project,
         "version": record.version,
         "variant": record.variant,
         "request_id": piece.request_id,
@@ -156,8 +161,11 @@ class FeedbackDesk:
             found = await self.store.read(request_id)  # answered just now here, and stored since
         return found
 
-    async def give(self, model: str, pieces: list[Feedback], given_by: str) -> list[ModelOutcome]:
-        """Join and publish every piece, or none: NotFound, InvalidRequest or Conflict name the ids at fault."""
+    async def give(
+        self, model: str, pieces: list[Feedback], given_by: str, project: str = DEFAULT_PROJECT
+    ) -> list[ModelOutcome]:
+        """Join and publish every piece, or none: NotFound, InvalidRequest or Conflict name the ids at fault.
+        The outcomes go out in the model's `project` (its subjects)."""
         found = await asyncio.gather(*(self._find(piece.request_id) for piece in pieces))
         unknown = [p.request_id for p, f in zip(pieces, found, strict=True) if f is None]
         elsewhere = [p.request_id for p, f in zip(pieces, found, strict=True) if f is not None and f[0].model != model]
@@ -179,7 +187,7 @@ class FeedbackDesk:
                 repeated.append(piece.request_id)
                 continue
             try:
-                joins.append((piece, record, revision, joined_outcome(model, piece, record, given_by)))
+                joins.append((piece, record, revision, joined_outcome(model, piece, record, given_by, project)))
             except ValueError as exc:
                 problems.append(f"{piece.request_id}: {exc}")
         if problems:

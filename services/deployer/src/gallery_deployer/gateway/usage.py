@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from gallery_common.bus import EventBus
 from gallery_common.contracts.oip import USAGE_ROWS_HEADER, USAGE_SECONDS_HEADER
 from gallery_common.events import ModelUsage, UsageTally
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -104,9 +105,17 @@ def _minute(moment: datetime) -> datetime:
 class UsageReporter:
     """Sends the meter's deltas as `model.usage` events every `interval_s` and once more at `close`."""
 
-    def __init__(self, bus: EventBus, meter: UsageMeter, interval_s: float, replica: str | None = None) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        meter: UsageMeter,
+        interval_s: float,
+        replica: str | None = None,
+        project_of: Callable[[str], str] = lambda model: DEFAULT_PROJECT,
+    ) -> None:
         self._bus = bus
         self._meter = meter
+        self._project_of = project_of  # a report goes out in its model's project (its subjects)
         self._interval_s = interval_s
         self.replica = replica or uuid.uuid4().hex[:16]
         self._sent: dict[Key, tuple[int, int, float]] = {}  # totals up to the last report handed to JetStream
@@ -149,7 +158,14 @@ class UsageReporter:
         sequence = self._sequence
         self._sequence += 1
         for model, tallies in sorted(by_model.items()):
-            report = ModelUsage(model=model, replica=self.replica, sequence=sequence, minute=minute, tallies=tallies)
+            report = ModelUsage(
+                model=model,
+                project=self._project_of(model),
+                replica=self.replica,
+                sequence=sequence,
+                minute=minute,
+                tallies=tallies,
+            )
             self._pending.append((f"usage.{self.replica}.{sequence}.{model}", report))
         self._sent = totals
 

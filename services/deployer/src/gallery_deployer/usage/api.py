@@ -19,8 +19,11 @@ from pydantic import BaseModel
 from gallery_common.auth import requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import InvalidRequest, Unavailable
+from gallery_common.project_scope import ScopeDep
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.settings import Role
 
+from ..deployer.records import DeploymentStore
 from .records import Period, UsageLine, UsageStore
 
 router = APIRouter(prefix="/api/v1", tags=["usage"], dependencies=[requires(Role.reader)])
@@ -85,17 +88,29 @@ def _csv(report: UsageReport) -> str:
     return out.getvalue()
 
 
+def _in_projects(deployments: DeploymentStore, lines: list[UsageLine], projects: set[str]) -> list[UsageLine]:
+    """The lines of models in `projects` (a model's project: its deployments'; never deployed: default)."""
+    project_of: dict[str, str] = {}
+    for model in {line.model for line in lines}:
+        project_of[model] = deployments.project_of(model) or DEFAULT_PROJECT
+    return [line for line in lines if project_of[line.model] in projects]
+
+
 @router.get("/usage", response_model=UsageReport)
 async def usage(
     store: Annotated[UsageStore, Depends(get_usage_store)],
+    scope: ScopeDep,
     since: Annotated[str, Query(description="ISO 8601 time or a span back from now (24h, 7d)")] = "24h",
     until: Annotated[str | None, Query(description="ISO 8601 time or a span back from now; default now")] = None,
     period: Annotated[str, Query(description="hour or day")] = "hour",
     model: str | None = None,
     caller: str | None = None,
+    project: Annotated[str | None, Query(description="only this project's models")] = None,
     format: Annotated[str, Query(description="json or csv")] = "json",
 ) -> UsageReport | Response:
-    """Requests, rows and compute seconds the gateways metered, per period, model, version and caller."""
+    """Requests, rows and compute seconds the gateways metered, per period, model, version and caller:
+    of the models in the projects the caller can read (or in `project`); a model of a project it holds
+    no role in is left out, as one never metered."""
     if period not in ("hour", "day"):
         raise InvalidRequest(f"period={period!r} is not one of: hour, day")
     if format not in ("json", "csv"):
@@ -106,7 +121,9 @@ async def usage(
     if start >= end:
         raise InvalidRequest(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
     chosen: Literal["hour", "day"] = "day" if period == "day" else "hour"
+    projects = set(scope.listed(project))
     lines = await anyio.to_thread.run_sync(store.usage, start, end, chosen, model, caller)
+    lines = await anyio.to_thread.run_sync(_in_projects, DeploymentStore(store.engine), lines, projects)
     report = _report(start, end, chosen, lines)
     if format == "csv":
         return Response(_csv(report), media_type="text/csv")

@@ -75,6 +75,7 @@ def outcome_payload(version: VersionPublic) -> ModelValidated | ModelRejected:
         artifacts = {str(role): a.ref for role, a in version.artifacts.items() if role != ArtifactRole.model_card}
         return ModelValidated(
             model=version.name,
+            project=version.project,
             version=version.version,
             run_id=version.run_id,
             semver=version.semver,
@@ -84,7 +85,12 @@ def outcome_payload(version: VersionPublic) -> ModelValidated | ModelRejected:
     if version.status == VersionStatus.rejected:
         reasons = version.rejection_reasons or ["rejected by the validation gate"]
         return ModelRejected(
-            model=version.name, version=version.version, run_id=version.run_id, reasons=reasons, report=report
+            model=version.name,
+            project=version.project,
+            version=version.version,
+            run_id=version.run_id,
+            reasons=reasons,
+            report=report,
         )
     raise InvalidRequest(f"version {version.version} of model {version.name!r} is {version.status}, not decided")
 
