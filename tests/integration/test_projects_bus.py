@@ -324,3 +324,18 @@ def test_a_project_scope_that_is_not_a_project_name_is_refused() -> None:
     assert project_scope(GallerySettings(project_scope=" beta, alpha,beta ")) == ("alpha", "beta")
     with pytest.raises(ValueError, match=r"GALLERY_PROJECT_SCOPE: 'Alpha\.x' is not a project name"):
         project_scope(GallerySettings(project_scope="Alpha.x"))
+
+
+def test_gallery_up_makes_the_project_bound_users_the_settings_name(tmp_path: Path) -> None:
+    from gallery_cli.stack import stack_authorization
+    from gallery_common.nats_auth import password_path
+    from gallery_common.settings import GallerySettings
+
+    settings = GallerySettings(home=tmp_path, nats_project_users="alpha, beta")
+    block = stack_authorization(tmp_path, [], settings.nats_project_user_list)
+    for user in ("trainer_alpha", "registry_beta", "trainer"):
+        assert f"user: {user}" in block or f'"{user}"' in block, user
+        assert password_path(tmp_path, user).exists()
+    assert "trainer_gamma" not in block
+    with pytest.raises(Exception, match="project name"):
+        _ = GallerySettings(home=tmp_path, nats_project_users="Team A").nats_project_user_list

@@ -81,11 +81,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def stack_authorization(home: Path, services: Sequence[str]) -> str:
-    """nats-server's users for this stack: passwords made once under `home`, bcrypt hashes in the config."""
+def stack_authorization(home: Path, services: Sequence[str], projects: Sequence[str] = ()) -> str:
+    """nats-server's users for this stack: passwords made once under `home`, bcrypt hashes in the config;
+    `projects` adds the project-bound users (`<service>_<project>`, GALLERY_NATS_PROJECT_USERS)."""
     import bcrypt
 
-    table = principals(services)
+    table = principals(services, projects)
     passwords = ensure_passwords(home, table)
     # cost 10 keeps a login near 50 ms; the passwords are 256-bit random, not guessable by brute force
     hashes = {user: bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=10)).decode() for user, pw in passwords.items()}
@@ -173,7 +174,7 @@ class StackLauncher:
                 port=port,
                 monitor_port=monitor,
                 log_file=log,
-                authorization=stack_authorization(self.home, services),
+                authorization=stack_authorization(self.home, services, self.settings.nats_project_user_list),
             )
         server = self.nats
         log = server.log_file or log_path(self.home, "nats")

@@ -62,6 +62,10 @@ class GallerySettings(BaseSettings):
         default="",
         description="comma-separated projects whose events this process consumes (e.g. 'alpha,beta'); empty: all",
     )
+    nats_project_users: str = Field(
+        default="",
+        description="projects (comma separated) `gallery up` makes NATS users <service>_<project> for",
+    )
     stream_replicas: int | None = Field(
         default=None, ge=1, le=5, description="JetStream replicas of the event streams (3 on a 3-server cluster)"
     )
@@ -257,6 +261,13 @@ class GallerySettings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_tokens) or self.oidc_issuer is not None
+
+    @property
+    def nats_project_user_list(self) -> list[str]:
+        """The projects of GALLERY_NATS_PROJECT_USERS, each checked as a project name."""
+        from .projects import check_project_name
+
+        return [check_project_name(p.strip()) for p in self.nats_project_users.split(",") if p.strip()]
 
     def token_grants(self) -> dict[str, tuple[Role | None, dict[str, Role]]]:
         """Each static token's installation-wide role and its roles per project."""
