@@ -86,7 +86,8 @@ def gallery(stack: LifecycleStack, token: str, *args: str) -> subprocess.Complet
 
 
 def infer(stack: LifecycleStack, token: str, model: str = MODEL) -> httpx.Response:
-    body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 4], "data": sum(FEATURES, [])}]}
+    rows = [x for row in FEATURES for x in row]
+    body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 4], "data": rows}]}
     return httpx.post(url(stack, "gateway", f"/v2/models/{model}/infer"), json=body, headers=bearer(token), timeout=30)
 
 
