@@ -92,6 +92,29 @@ async def test_the_deployers_own_changes_are_recorded_once(nats_server: Embedded
     assert (decision.action, decision.version, decision.after["winner"]) == ("experiment_decision", 3, 3)
 
 
+async def test_a_change_to_a_model_of_another_project_is_recorded_in_that_projects_chain(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    store = _store(tmp_path)
+    alpha = _record(1, Stage.production, traffic=100)
+    alpha.project = "alpha"
+    store.save(alpha)
+    async with EventBus(nats_server.url, "deployer") as bus:
+        log = AuditLog(bus)
+        audit = DeployerAudit(AuditTrail(log, tmp_path / "outbox.jsonl", service="deployer"), store)
+        default_before = len(await log.records("default"))
+        deployed = ModelDeployed(
+            model="iris", project="alpha", version=1, deployment_id="iris-1", stage="production", traffic_percent=100
+        )
+        await audit.published(deployed, "deployed:iris:1:fp32:production:alpha")
+        # a route's own change (no event): the project comes from the model's deployments
+        await audit.record(AuditAction.policy_change, "iris/policy", model="iris", after={"canary_percent": 5})
+        in_alpha = await log.records("alpha")
+        assert [r.action for r in in_alpha] == ["deployment", "policy_change"]
+        assert len(await log.records("default")) == default_before
+        assert (await log.verify("alpha")).ok
+
+
 class Controller:
     """The REST API's view of the controller: a promotion publishes model.deployed, as the real one does."""
 

@@ -70,10 +70,14 @@ class DeployerAudit:
         after: Any = None,
         reason: str | None = None,
         dedupe_key: str | None = None,
+        project: str | None = None,
     ) -> None:
+        """Record one change in its model's project's chain (`project`, else the model's deployments')."""
         acting = self._who()
+        if project is None:
+            project = await anyio.to_thread.run_sync(self.store.project_of, model) or DEFAULT_PROJECT
         change = AuditChange(
-            project=DEFAULT_PROJECT,
+            project=project,
             actor=acting.actor,
             action=action,
             target=target,
@@ -100,6 +104,7 @@ class DeployerAudit:
                 after={"production": payload.to_version},
                 reason=payload.reason,
                 dedupe_key=event_id,
+                project=payload.project,
             )
         elif isinstance(payload, ModelExperimentConcluded):
             await self.record(
@@ -111,6 +116,7 @@ class DeployerAudit:
                 after={"outcome": payload.outcome, "winner": payload.winner, "traffic_moved": payload.traffic_moved},
                 reason=payload.reason,
                 dedupe_key=event_id,
+                project=payload.project,
             )
 
     async def _deployed(self, payload: ModelDeployed, event_id: str) -> None:
@@ -136,4 +142,5 @@ class DeployerAudit:
             },
             reason=acting.reason or (this.reason if this is not None else None),
             dedupe_key=event_id,
+            project=payload.project,
         )
