@@ -5,6 +5,7 @@ tokens, a real nats-server, samples published as the gateway publishes them."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from monitor_service_harness import WEIGHTS, publish_events, publish_samples, pu
 from test_monitor_service import sample_messages, training_rows
 from waiting import wait_for
 
+from gallery_common.audit import AuditRecord
+from gallery_common.audit_log import AuditLog
+from gallery_common.bus import EventBus
 from gallery_common.events import ModelDeployed, ModelValidated, make_event
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.projects import ProjectRecord
@@ -48,6 +52,14 @@ class Stack:
 
     def get(self, path: str, token: str, **params: Any) -> httpx.Response:
         return self.call("GET", path, token, params=params)
+
+
+def audit_records(nats_url: str, project: str) -> list[AuditRecord]:
+    async def read() -> list[AuditRecord]:
+        async with EventBus(nats_url, "auditor") as bus:
+            return await AuditLog(bus).records(project)
+
+    return asyncio.run(read())
 
 
 @pytest.fixture
@@ -114,8 +126,12 @@ def test_a_models_views_and_alerts_belong_to_its_project(stack: Stack) -> None:
     refused = stack.call("PUT", "/api/v1/slos/iris", "bb", json={"drift_psi": 0.1})
     assert refused.status_code == 404
     # alpha's admin sets the SLO; its reader reads it
-    assert stack.call("PUT", "/api/v1/slos/iris", "aa", json={"drift_psi": 0.2}).status_code == 200
-    assert stack.get("/api/v1/slos/iris", "a").json()["drift_psi"] == 0.2
+    assert stack.call("PUT", "/api/v1/slos/iris", "aa", json={"drift_psi": 0.3}).status_code == 200
+    assert stack.get("/api/v1/slos/iris", "a").json()["drift_psi"] == 0.3
+    # the change is in alpha's audit chain, with who made it and the value before and after
+    [slo_change] = [r for r in audit_records(stack.nats_url, "alpha") if r.target == "iris/slos"]
+    assert slo_change.action == "policy_change" and slo_change.actor.startswith("token-")
+    assert slo_change.before["drift_psi"] != 0.3 and slo_change.after["drift_psi"] == 0.3
 
     # a shifted distribution opens a drift alert in alpha; model.degraded carries alpha
     rng = np.random.default_rng(1)

@@ -5,6 +5,7 @@ small trained model optimized once."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from optimizer_service_harness import publish, serve, stored_events
 from test_optimizer_service import QUICK_POLICY, trained  # noqa: F401  (the module's trained run)
 
 from gallery_common.artifacts import ArtifactStore, open_store
+from gallery_common.audit import AuditRecord
+from gallery_common.audit_log import AuditLog
+from gallery_common.bus import EventBus
 from gallery_common.events import ModelOptimized, ModelValidated
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
@@ -73,6 +77,14 @@ def stack(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[Stack]:
             yield Stack(nats_server.url, registry, optimizer, open_store(artifact_root, GallerySettings()))
 
 
+def audit_records(nats_url: str, project: str) -> list[AuditRecord]:
+    async def read() -> list[AuditRecord]:
+        async with EventBus(nats_url, "auditor") as bus:
+            return await AuditLog(bus).records(project)
+
+    return asyncio.run(read())
+
+
 def test_an_optimization_belongs_to_its_models_project_and_is_hidden_from_other_projects(
     stack: Stack,
     trained: JobOutputs,  # noqa: F811
@@ -98,6 +110,10 @@ def test_an_optimization_belongs_to_its_models_project_and_is_hidden_from_other_
     assert opt.get("/api/v1/policies/iris-alpha", headers=as_("a")).status_code == 200
     assert opt.put("/api/v1/policies/iris-alpha", json=QUICK_POLICY, headers=as_("a")).status_code == 403
     assert opt.put("/api/v1/policies/iris-alpha", json=QUICK_POLICY, headers=as_("aa")).status_code == 200
+    # the change is in alpha's audit chain, with who made it and the policy before and after
+    changes = audit_records(stack.nats_url, "alpha")
+    [change] = [r for r in changes if r.target == "iris-alpha/optimization-policy"]
+    assert change.action == "policy_change" and change.actor.startswith("token-") and change.after != change.before
 
     # by hand: beta cannot optimize alpha's version; a writer of alpha cannot override the policy
     request = {"model": "iris-alpha", "version": 1}

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import telemetry
 from .audit import AuditChange, current_trace_id
 from .audit_log import AuditLog
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+    from .settings import GallerySettings
 
 log = telemetry.get_logger(__name__)
 _QUEUED = telemetry.gauge("audit_outbox_events", "Changes waiting in this process's audit outbox.")
@@ -128,3 +134,19 @@ class AuditTrail:
 
 def outbox_path(home: Path, service: str) -> Path:
     return home / "audit" / f"outbox-{service}.jsonl"
+
+
+async def open_service_trail(settings: GallerySettings, bus: EventBus, stack: AsyncExitStack) -> AuditTrail:
+    """The audit trail of the service `settings` names, on `bus`: its outbox under GALLERY_HOME, appended
+    in the background from now (what an earlier run left first) until `stack` closes."""
+    from .audit_log import AuditSettings
+
+    trail = AuditTrail(
+        AuditLog(bus, AuditSettings()),
+        outbox_path(settings.home.resolve(), settings.service_name),
+        service=settings.service_name,
+        loop=asyncio.get_running_loop(),
+    )
+    trail.start()
+    stack.push_async_callback(trail.stop)
+    return trail

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.audit_trail import open_service_trail
 from gallery_common.events import CloudEvent, ModelDegraded, ModelUsage, Payload
 from gallery_common.leader import LeaderElection, leader_router, publish_as_leader
 from gallery_common.leader_lease import in_cluster, open_leader_lock
@@ -122,6 +123,9 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
                 text_warn_psi=settings.text_warn_psi,
             )
         )
+
+        # SLO changes are recorded in the model's project's audit chain
+        monitor.trail = await open_service_trail(settings, bus, stack)
 
         async def on_sample(msg: Msg) -> None:
             samples.ingest(msg.data, time.time())

@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from gallery_common.audit import AuditAction, AuditChange, new_dedupe_key
+from gallery_common.audit_trail import AuditTrail
 from gallery_common.contracts.serving_metrics import compare
 from gallery_common.errors import NotFound
 
 from .alerts import AlertBook
 from .drift import DriftReport, DriftRule, Reference, evaluate_drift
-from .records import ModelOverview, Slo
+from .records import ModelOverview, Slo, SloPublic, SloUpdate
 from .references import ReferenceCache, ReferenceUnavailable
 from .samples import SampleBook
 from .series import Figures, SeriesBook
@@ -68,10 +70,31 @@ class Monitor:
         self.text_warn_psi = text_warn_psi
         self.min_requests = min_requests
         self.clock = clock
+        # where SLO changes are recorded (the app sets it once the bus is open); None: not recorded
+        self.trail: AuditTrail | None = None
 
     def knows(self, model: str) -> bool:
         """Whether the monitor saw the model at all: an event, a scraped figure or a sample (blocking)."""
         return self.series.knows(model) or self.samples.knows(model) or self.timeline.knows(model)
+
+    def set_slo(self, model: str, update: SloUpdate, actor: str) -> SloPublic:
+        """Change the model's SLOs and record the change in its project's audit chain (blocking)."""
+        before = self.slos.get(model)
+        after = self.slos.update(model, update)
+        if self.trail is not None:
+            self.trail.record_threadsafe(
+                AuditChange(
+                    project=self.timeline.project_of(model),
+                    actor=actor,
+                    action=AuditAction.policy_change,
+                    model=model,
+                    target=f"{model}/slos",
+                    before=before.model_dump(mode="json"),
+                    after=after.model_dump(mode="json"),
+                    dedupe_key=new_dedupe_key(),
+                )
+            )
+        return after
 
     @staticmethod
     def unknown(model: str) -> NotFound:

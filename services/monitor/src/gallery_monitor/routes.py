@@ -107,7 +107,7 @@ def get_slo(model: ModelName, monitor: MonitorDep, scope: ScopeDep) -> SloPublic
 def put_slo(model: ModelName, update: SloUpdate, monitor: MonitorDep, scope: ScopeDep) -> SloPublic:
     """Admin in the model's project; fields left out keep their value; an unknown field or a bad value is 422."""
     _in_scope(monitor, scope, model, Role.admin, "setting a model's SLOs")
-    return monitor.slos.update(model, update)
+    return monitor.set_slo(model, update, scope.caller.name)
 
 
 @router.get("/canary/{model}", summary="The canary's figures beside production's over a window")

@@ -16,6 +16,7 @@ import anyio
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.audit_trail import open_service_trail
 from gallery_common.bus import BusBridge
 from gallery_common.registry_client import RegistryClient
 from gallery_common.service_identity import service_auth
@@ -67,7 +68,9 @@ def create(
             await queue.submit(job_id)
         await stack.enter_async_context(queue.working(runner))
         await stack.enter_async_context(validated_events(jobs, queue, resources.bus).consumer(resources.bus))
-        return OptimizerCore(jobs, runner, queue)
+        # policy changes are recorded in the model's project's audit chain
+        trail = await open_service_trail(settings, resources.bus, stack)
+        return OptimizerCore(jobs, runner, queue, trail)
 
     return create_app(
         settings,

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Request, status
 from fastapi.responses import PlainTextResponse
 
+from gallery_common.audit import AuditAction, AuditChange, new_dedupe_key
+from gallery_common.audit_trail import AuditTrail
 from gallery_common.auth import requires
 from gallery_common.deps import get_resources
 from gallery_common.errors import InvalidRequest, NotFound
@@ -39,6 +41,8 @@ class OptimizerCore:
     jobs: JobStore
     runner: OptimizationRunner
     queue: WorkQueue
+    # where policy changes are recorded; None in an app built without one (route tests)
+    trail: AuditTrail | None = None
 
 
 def get_jobs(request: Request) -> JobStore:
@@ -79,12 +83,33 @@ def get_policy(model: ModelName, jobs: JobsDep, runner: RunnerDep, scope: ScopeD
 
 @router.put("/policies/{model}", summary="Set a model's optimization policy", dependencies=[requires(Role.admin)])
 def put_policy(
-    model: ModelName, jobs: JobsDep, runner: RunnerDep, scope: ScopeDep, values: Annotated[dict[str, Any], Body()]
+    model: ModelName,
+    jobs: JobsDep,
+    runner: RunnerDep,
+    scope: ScopeDep,
+    values: Annotated[dict[str, Any], Body()],
+    request: Request,
 ) -> OptimizationPolicy:
     """Replace the policy (admin in the model's project); fields left out take their defaults. An
     unknown field or a bad value is 422."""
-    _model_project(runner, scope, model, Role.admin, "setting an optimization policy")
-    return jobs.put_policy(model, values)
+    project = _model_project(runner, scope, model, Role.admin, "setting an optimization policy")
+    before = jobs.get_policy(model)
+    after = jobs.put_policy(model, values)
+    trail = get_resources(request).core_as(OptimizerCore).trail
+    if trail is not None:
+        trail.record_threadsafe(
+            AuditChange(
+                project=project,
+                actor=scope.caller.name,
+                action=AuditAction.policy_change,
+                model=model,
+                target=f"{model}/optimization-policy",
+                before=before.model_dump(mode="json"),
+                after=after.model_dump(mode="json"),
+                dedupe_key=new_dedupe_key(),
+            )
+        )
+    return after
 
 
 @router.post("/optimize", status_code=status.HTTP_202_ACCEPTED, summary="Optimize a registered version")

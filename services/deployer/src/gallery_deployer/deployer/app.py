@@ -10,8 +10,7 @@ import anyio
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
-from gallery_common.audit_log import AuditLog, AuditSettings
-from gallery_common.audit_trail import AuditTrail, outbox_path
+from gallery_common.audit_trail import open_service_trail
 from gallery_common.events import Payload
 from gallery_common.leader import LeaderElection, leader_router, publish_as_leader
 from gallery_common.leader_lease import open_leader_lock
@@ -100,14 +99,7 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         usage_consumer.start()
         stack.push_async_callback(usage_consumer.stop)
 
-        trail = AuditTrail(
-            AuditLog(bus, AuditSettings()),
-            outbox_path(settings.home.resolve(), settings.service_name),
-            service=settings.service_name,
-            loop=asyncio.get_running_loop(),
-        )
-        trail.start()  # appends what an earlier run left in the outbox
-        stack.push_async_callback(trail.stop)
+        trail = await open_service_trail(settings, bus, stack)  # appends what an earlier run left in the outbox
         audit = DeployerAudit(trail, DeploymentStore(resources.engine))
         app.state.audit = audit
 
