@@ -19,6 +19,7 @@ from gallery_cli.main import app as cli
 from gallery_common.app import create_app
 from gallery_common.events import ModelUsage, UsageTally
 from gallery_common.settings import GallerySettings
+from gallery_deployer.deployer.migrations import upgrade as upgrade_deployments
 from gallery_deployer.usage import api as usage_api
 from gallery_deployer.usage.migrations import upgrade
 from gallery_deployer.usage.records import UsageStore
@@ -33,6 +34,7 @@ def deployer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = create_app(settings, title="usage", routers=[usage_api.router], use_bus=False, use_database=True)
     with running(app, ready_path="/healthz") as server:
         engine = app.state.resources.engine
+        upgrade_deployments(engine)  # a model's project comes from its deployments, in the same database
         upgrade(engine)
         store = UsageStore(engine)
         minute = datetime.now(UTC) - timedelta(minutes=30)

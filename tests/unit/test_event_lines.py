@@ -24,7 +24,7 @@ def test_a_trained_event_fits_on_one_line_with_its_trace() -> None:
     event.time = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
     event.traceparent = f"00-{'4b' * 16}-{'00f0' * 4}-01"
     assert event_line(event) == (
-        "2026-01-02T03:04:05.678Z  model.trained  digits/run-7  3f2a9c1e  "
+        "2026-01-02T03:04:05.678Z  model.trained.default  digits/run-7  3f2a9c1e  "
         f"trace={'4b' * 16}  artifacts=[onnx,weights] metrics={{val_accuracy:0.9712}}"
     )
 
