@@ -71,20 +71,19 @@ class ProjectsBucket(RoutesBucket):
     async def set_member(self, name: str, member: str, role: Role | None) -> tuple[ProjectRecord, Role | None]:
         """Give `member` `role` in project `name` (None: take its role away); returns the new record and
         the role the member held before."""
-        for _ in range(5):
-            entry = await self.get(name)
+        key = self.key_of(name)
+
+        async def attempt() -> tuple[ProjectRecord, Role | None]:
+            entry, expected = await self._current(key)
             if entry is None and name != DEFAULT_PROJECT:
                 raise NotFound(f"project {name!r} not found")
-            current = ProjectRecord.from_json(orjson.loads(entry.value)) if entry else ProjectRecord(name=name)
-            before = current.members.get(member)
+            current = ProjectRecord.from_json(orjson.loads(entry.value or b"{}")) if entry else ProjectRecord(name=name)
             updated = current.with_member(member, role)
-            value = orjson.dumps(updated.to_json())
-            try:
-                await self.kv.update(self.key_of(name), value, last=entry.revision if entry else 0)
-            except js_errors.KeyWrongLastSequenceError:
-                continue  # another admin changed the project between the read and the write
-            return updated, before
-        raise Conflict(f"the members of project {name!r} kept changing under 5 attempts")
+            await self.kv.update(key, orjson.dumps(updated.to_json()), last=expected)
+            return updated, current.members.get(member)
+
+        # another admin's change between the read and the write: read again (RoutesBucket._settle)
+        return await self._settle(attempt, f"change the members of project {name!r}")
 
 
 def directory_apply(directory: ProjectDirectory) -> ApplyChanges:
