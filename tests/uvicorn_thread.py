@@ -11,16 +11,25 @@ from typing import Any
 import httpx
 import uvicorn
 
+from gallery_common.http_server import OneWriteHttpToolsProtocol
 from gallery_common.netutil import free_port
 
 
 @contextmanager
 def running(
-    app: Any, port: int | None = None, *, ready_path: str | None = None, join_s: float = 30.0
+    app: Any,
+    port: int | None = None,
+    *,
+    ready_path: str | None = None,
+    join_s: float = 30.0,
+    http: Any = OneWriteHttpToolsProtocol,
 ) -> Iterator[uvicorn.Server]:
     """Serve `app` (on `port`, or a free one) and yield the server once it listens, and, with
-    `ready_path`, once that path answers 200; it stops when the block ends."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning"))
+    `ready_path`, once that path answers 200; it stops when the block ends. `http`: uvicorn's HTTP
+    protocol, by default the one `python -m gallery_common.serve` serves every service with (the
+    gateway's inference takes its direct path)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), log_level="warning", http=http)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.config.port}"

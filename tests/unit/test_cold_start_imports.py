@@ -36,6 +36,11 @@ CASES = {
         "import gallery_deployer.gateway.app, uvicorn",
         (*NEVER_AT_START, "opentelemetry.sdk", "sqlalchemy", "sqlmodel", "minio", "onnxruntime", "onnx"),
     ),
+    # every service reads its settings first; without an issuer, the OIDC client is not loaded
+    "settings": (
+        "from gallery_common.settings import GallerySettings, load_settings; load_settings(GallerySettings)",
+        ("gallery_common.oidc", "jwt", "httpx", "cryptography"),
+    ),
     # the registry checks its schema with one query when it is at head; Alembic loads only to migrate
     "registry": (
         "import gallery_registry.app, uvicorn",

@@ -165,9 +165,7 @@ class _LimitedBody:
         self.exceeded = False
 
     def error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"the request body is over this service's limit of {self.limit} bytes (GALLERY_MAX_BODY_BYTES)"
-        )
+        return too_large(self.limit)
 
     async def receive(self) -> Message:
         if self.exceeded:
@@ -186,14 +184,29 @@ def admit(settings: GallerySettings, scope: Scope, receive: Receive, needed: Rol
     declared Content-Length over `limit`. Returns the body's `receive`, which raises PayloadTooLarge once
     more than `limit` bytes arrive; raises the GalleryError (401, 403, 400, 413) of a refusal."""
     authorization, length = _headers_of(scope)
-    if needed is not None:
-        caller: Caller = identify(settings, authorization)
-        check_role(caller, needed)
+    caller = admit_headers(settings, authorization, length, needed, limit)
+    if caller is not None:
         scope[CALLER_SCOPE_KEY] = caller
-    body = _LimitedBody(receive, limit)
+    return _LimitedBody(receive, limit)
+
+
+def admit_headers(
+    settings: GallerySettings, authorization: str | None, length: str | None, needed: Role | None, limit: int
+) -> Caller | None:
+    """`admit` from the two headers it reads: the caller (None when `needed` is None: no token needed);
+    raises the GalleryError (401, 403, 400, 413) of a refusal."""
+    caller = None
+    if needed is not None:
+        caller = identify(settings, authorization)
+        check_role(caller, needed)
     if length is not None and _declared_length(length) > limit:
-        raise body.error()
-    return body
+        raise too_large(limit)
+    return caller
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    """The refusal of a body over `limit` bytes."""
+    return PayloadTooLarge(f"the request body is over this service's limit of {limit} bytes (GALLERY_MAX_BODY_BYTES)")
 
 
 class AccessMiddleware:

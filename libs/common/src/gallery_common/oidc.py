@@ -33,12 +33,12 @@ import jwt
 from .errors import Unauthorized
 from .projects import RoleGrant as RoleGrant
 from .projects import fold_grants
+from .settings import ASYMMETRIC_ALGORITHMS as ASYMMETRIC_ALGORITHMS
 from .settings import Role
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 # the algorithms a public key can verify; `none` and HS* never are (an HMAC keyed with a public key
 # would let anyone who reads the JWKS sign tokens)
-ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
 MAX_CACHED_TOKENS = 10_000
 
 FetchJson = Callable[[str], Mapping[str, Any]]

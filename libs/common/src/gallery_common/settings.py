@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from .projects import ProjectDirectory
 
 ENV_PREFIX = "GALLERY_"
+# what an issuer's public keys can verify (settings refuse others; gallery_common.oidc verifies with them),
+# here so that reading the settings does not load the OIDC client (httpx, PyJWT, cryptography)
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
 
 
 class Role(StrEnum):
@@ -184,8 +187,6 @@ class GallerySettings(BaseSettings):
         if isinstance(value, str):
             value = [a.strip() for a in value.split(",") if a.strip()]
         if isinstance(value, list):
-            from .oidc import ASYMMETRIC_ALGORITHMS
-
             refused = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
             if refused:
                 raise ValueError(

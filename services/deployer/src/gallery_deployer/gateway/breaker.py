@@ -62,25 +62,30 @@ class CircuitBreaker:
             return True
         return False
 
-    def record_success(self) -> None:
+    def record_success(self) -> bool:
+        """Count a success; True when it changed the state (closed the breaker)."""
         self._consecutive = 0
         if self._state is not BreakerState.closed:
             self._state = BreakerState.closed
             self._outcomes.clear()
             self._probe_out = False
-            return
+            return True
         self._outcomes.append(True)
+        return False
 
-    def record_failure(self) -> None:
+    def record_failure(self) -> bool:
+        """Count a failure; True when it changed the state (opened the breaker)."""
         self._consecutive += 1
         if self._state is BreakerState.half_open:
             self._trip()
-            return
+            return True
         self._outcomes.append(False)
         failures = self._outcomes.count(False)
         rate_exceeded = len(self._outcomes) >= self._min_calls and failures / len(self._outcomes) > self._error_rate
         if self._consecutive >= self._threshold or rate_exceeded:
             self._trip()
+            return True
+        return False
 
     def _trip(self) -> None:
         self._state = BreakerState.open

@@ -3,7 +3,11 @@
 `POST /v2/models/{model}[/versions/{v}]/infer` is the one hot path, and a proxy should cost less than the
 server it fronts: FastAPI's per-request work (its telemetry hooks, the error, metrics and access
 middlewares, routing, request and response objects) cost the gateway about as much CPU as forwarding the
-request. `GatewayApp` hands these requests to `InferEndpoint`, which does what that stack would: the same
+request. Under `gallery_common.http_server.OneWriteHttpToolsProtocol` (how every service is served) they do
+not even become ASGI requests: `GatewayApp.direct` claims them from the HTTP protocol, which collects the
+body and writes the answer itself (uvicorn's request cycle was about a tenth of the gateway's CPU per
+request); elsewhere (a pipelined request, a test client over ASGI) `GatewayApp` hands them to
+`InferEndpoint` before FastAPI's machinery. Either way `InferEndpoint` does what that stack would: the same
 access check as every route (`access.admit`: the `inference` role, GALLERY_MAX_BODY_BYTES before a byte
 is read and while the body streams in), the body as bytes to `Gateway.infer`, domain errors as
 `{"error": ...}` with their status, an unexpected error logged and answered 500, and the HTTP request
@@ -17,21 +21,22 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from starlette.requests import cookie_parser
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gallery_common.access import admit, gallery_error_response, read_body, route_path
+from gallery_common.access import admit, admit_headers, read_body, route_path, too_large
 from gallery_common.app import HTTP_DURATION, HTTP_REQUESTS, ServiceResources
-from gallery_common.auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE
+from gallery_common.auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE, Caller
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
 from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, checked_request_id, new_request_id
 from gallery_common.errors import GalleryError
+from gallery_common.http_server import INTERNAL_ERROR, Headers, Reply
 from gallery_common.settings import Role
 from gallery_common.telemetry import get_logger
 
@@ -45,8 +50,8 @@ INFER = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+)
 INFER_PATH = "/v2/models/{model}/infer"
 INFER_VERSION_PATH = "/v2/models/{model}/versions/{version}/infer"
 
-Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
 _REQUEST_ID = REQUEST_ID_HEADER.encode("latin-1")
+_JSON = [(b"content-type", b"application/json")]
 
 
 def is_inference(scope: MutableMapping[str, Any]) -> bool:
@@ -54,17 +59,25 @@ def is_inference(scope: MutableMapping[str, Any]) -> bool:
     return scope["type"] == "http" and scope.get("method") == "POST" and INFER.match(route_path(scope)) is not None
 
 
-def _request_headers(scope: Scope) -> dict[str, str]:
-    # ASGI servers give header names in lower case
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    # ASGI servers and httptools give header names in lower case
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
 
 
-def _rendered(response: JSONResponse) -> Reply:
-    return response.status_code, response.raw_headers, bytes(response.body)
+def _error_reply(exc: GalleryError, request_id: str | None) -> Reply:
+    """A domain error as `{"error": ...}` with its status (a Bearer challenge on 401), as every route answers."""
+    headers = list(_JSON)
+    if exc.status_code == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    if request_id is not None:
+        headers.append((_REQUEST_ID, request_id.encode("latin-1")))
+    return exc.status_code, headers, orjson.dumps({"error": exc.message})
 
 
 class InferEndpoint:
-    """Forwards an infer request, as bytes, to the backend the model's traffic policy picks, and answers it."""
+    """Forwards an infer request, as bytes, to the backend the model's traffic policy picks, and answers it:
+    through ASGI (`serve`), or straight from the HTTP protocol (`begin`, `gallery_common.http_server`).
+    Replies carry no Content-Length; whoever writes them adds it."""
 
     def __init__(self) -> None:
         # the role the access policy reads off the infer routes
@@ -79,43 +92,109 @@ class InferEndpoint:
         started = time.perf_counter()
         resources: ServiceResources = scope["app"].state.resources
         try:
-            status, headers, body = await self._reply(scope, receive, match, resources)
+            status, headers, body = await self._asgi_reply(scope, receive, match, resources)
         except Exception as exc:  # what the app's error middleware does for every other route
             log.error("unhandled error", path=scope["path"], exc_info=exc)
-            status, headers, body = _rendered(
-                JSONResponse({"error": "internal error; the service log has the details"}, 500)
-            )
+            status, headers, body = INTERNAL_ERROR
+        headers = [(b"content-length", b"%d" % len(body)), *headers]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        self.count(resources, match, status, started)
+
+    @staticmethod
+    def count(resources: ServiceResources, match: re.Match[str], status: int, started: float) -> None:
+        """The HTTP request metrics, under the route's template."""
         template = INFER_PATH if match["version"] is None else INFER_VERSION_PATH
         service = resources.settings.service_name
         bound(HTTP_REQUESTS, service, "POST", template, str(status)).inc()
         bound(HTTP_DURATION, service, "POST", template).observe(time.perf_counter() - started)
 
-    @staticmethod
-    async def _reply(scope: Scope, receive: Receive, match: re.Match[str], resources: ServiceResources) -> Reply:
+    async def _asgi_reply(
+        self, scope: Scope, receive: Receive, match: re.Match[str], resources: ServiceResources
+    ) -> Reply:
         settings = resources.settings
-        request_id = None
         try:
             body = admit(settings, scope, receive, Role.inference, settings.max_body_bytes)
             data = await read_body(body.receive)
-            gateway = resources.core_as(Gateway)
-            headers = _request_headers(scope)
+        except GalleryError as exc:
+            return _error_reply(exc, None)
+        return await self.forward(resources, match, _decoded(scope["headers"]), scope[CALLER_SCOPE_KEY], data)
+
+    def begin(self, resources: ServiceResources, match: re.Match[str], raw: Headers) -> _InferExchange | Reply:
+        """The direct path's access check, from the headers alone (as `admit` checks on the ASGI path)."""
+        started = time.perf_counter()
+        settings = resources.settings
+        headers = _decoded(raw)
+        limit = settings.max_body_bytes
+        try:
+            caller = admit_headers(
+                settings, headers.get("authorization"), headers.get("content-length"), Role.inference, limit
+            )
+        except GalleryError as exc:
+            reply = _error_reply(exc, None)
+            self.count(resources, match, reply[0], started)
+            return reply
+        assert caller is not None
+        return _InferExchange(self, resources, match, headers, caller, started, limit)
+
+    @staticmethod
+    async def forward(
+        resources: ServiceResources, match: re.Match[str], headers: dict[str, str], caller: Caller, body: bytes
+    ) -> Reply:
+        """The gateway's answer to an admitted request; domain errors answered with their status."""
+        request_id = None
+        try:
             given = headers.get(REQUEST_ID_HEADER)
             request_id = new_request_id() if given is None else checked_request_id(given)
             cookie = headers.get("cookie")
             cookies = cookie_parser(cookie) if cookie else {}
-            caller = scope[CALLER_SCOPE_KEY]
+            gateway = resources.core_as(Gateway)
             answer = await gateway.infer(
-                match["model"], match["version"], scope["path"], data, headers, cookies, caller, request_id
+                match["model"], match["version"], match.string, body, headers, cookies, caller, request_id
             )
         except GalleryError as exc:
-            status, raw, content = _rendered(gallery_error_response(exc))
-            return status, raw if request_id is None else [*raw, (_REQUEST_ID, request_id.encode("latin-1"))], content
-        content = answer.content
-        raw = [(b"content-length", b"%d" % len(content)), (_REQUEST_ID, request_id.encode("latin-1"))]
+            return _error_reply(exc, request_id)
+        raw = [(_REQUEST_ID, request_id.encode("latin-1"))]
         raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
-        return answer.status_code, raw, content
+        return answer.status_code, raw, answer.content
+
+
+class _InferExchange:
+    """An infer request admitted from its headers on the direct path, waiting for its body."""
+
+    __slots__ = ("caller", "endpoint", "headers", "limit", "match", "resources", "started")
+
+    def __init__(
+        self,
+        endpoint: InferEndpoint,
+        resources: ServiceResources,
+        match: re.Match[str],
+        headers: dict[str, str],
+        caller: Caller,
+        started: float,
+        limit: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self.resources = resources
+        self.match = match
+        self.headers = headers
+        self.caller = caller
+        self.started = started
+        self.limit = limit
+
+    async def answer(self, body: bytes) -> Reply:
+        try:
+            reply = await self.endpoint.forward(self.resources, self.match, self.headers, self.caller, body)
+        except Exception as exc:  # what the app's error middleware does for every other route
+            log.error("unhandled error", path=self.match.string, exc_info=exc)
+            reply = INTERNAL_ERROR
+        self.endpoint.count(self.resources, self.match, reply[0], self.started)
+        return reply
+
+    def refuse_body(self) -> Reply:
+        reply = _error_reply(too_large(self.limit), None)
+        self.endpoint.count(self.resources, self.match, reply[0], self.started)
+        return reply
 
 
 infer = InferEndpoint()
@@ -127,7 +206,16 @@ INFER_ROUTES = [
 
 
 class GatewayApp(FastAPI):
-    """The gateway's FastAPI app, answering inference with `infer` before any of FastAPI's machinery."""
+    """The gateway's FastAPI app, answering inference with `infer` before any of FastAPI's machinery:
+    straight from the HTTP protocol where it runs under `OneWriteHttpToolsProtocol` (`direct`), else here."""
+
+    def direct(self, method: bytes, path: str, headers: Headers) -> _InferExchange | Reply | None:
+        if method != b"POST":
+            return None
+        match = INFER.match(path)
+        if match is None:
+            return None
+        return infer.begin(self.state.resources, match, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

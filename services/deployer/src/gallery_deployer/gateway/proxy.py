@@ -202,6 +202,7 @@ class Gateway:
                 min_calls=s.breaker_min_calls,
                 cooldown_s=s.breaker_cooldown_s,
             )
+            bound(metrics.BREAKER_STATE, model, backend_id).set(int(breaker.state))  # then set on each change
         return breaker
 
     def visible_route(self, model: str, caller: Caller) -> ModelRoute:
@@ -413,11 +414,7 @@ class Gateway:
                 continue
             attempt = await try_link(backend, min(remaining, traffic.attempt_s))
             answered = attempt.outcome in ("ok", "client_error")
-            if traffic.feeds_breakers:
-                if answered:
-                    breaker.record_success()
-                else:
-                    breaker.record_failure()
+            if traffic.feeds_breakers and (breaker.record_success() if answered else breaker.record_failure()):
                 bound(metrics.BREAKER_STATE, model, backend.id).set(int(breaker.state))
             bound(traffic.attempts, model, backend.id, attempt.outcome).inc()
             if answered:

@@ -180,6 +180,7 @@ class UpstreamPool:
         self._defaults = {name.lower(): value for name, value in (default_headers or {}).items()}
         self._origins: dict[str, _Origin] = {}
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _split(self, url: str) -> tuple[_Origin, bytes]:
         start = url.find("//") + 2
@@ -207,11 +208,15 @@ class UpstreamPool:
         """Send one request and read its whole answer within `timeout` seconds."""
         if self._closed:
             raise ConnectFailed("the gateway is shutting down")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # the pool serves the loop it is first used on (asking costs a system call each time)
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         origin, target = self._split(url)
         payload = self._encode(method, origin, target, body, headers)
-        await self._take_slot(deadline)
+        if self._busy >= self._limit:
+            await self._wait_for_slot(loop, deadline)
+        self._busy += 1
         try:
             conn = origin.take_idle(loop.time())
             if conn is not None:
@@ -226,9 +231,10 @@ class UpstreamPool:
         finally:
             self._free_slot()
 
-    async def _take_slot(self, deadline: float) -> None:
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Until fewer than `max_connections` requests are in flight (the caller then takes the slot)."""
         while self._busy >= self._limit:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
@@ -236,7 +242,6 @@ class UpstreamPool:
             finally:
                 if not waiter.done():
                     waiter.cancel()
-        self._busy += 1
 
     def _free_slot(self) -> None:
         self._busy -= 1
