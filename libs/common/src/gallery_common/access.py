@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fastapi.responses import JSONResponse
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response  # FastAPI's are these
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE, Caller, RoleRequirement, check_role, identify, required_role

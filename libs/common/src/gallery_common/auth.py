@@ -23,13 +23,18 @@ import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import Depends, Request, params
+# Starlette's Request is FastAPI's; FastAPI itself loads only where a route asks for `requires` (a model
+# server, built on Starlette alone, starts without it)
+from starlette.requests import Request
 
 from .errors import Forbidden, Unauthorized
 from .projects import highest
 from .settings import GallerySettings, Role
+
+if TYPE_CHECKING:
+    from fastapi import params
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -162,6 +167,8 @@ class RoleRequirement:
 
 def requires(role: Role | None) -> params.Depends:
     """`dependencies=[requires(Role.admin)]` on a route or router: the role its requests need."""
+    from fastapi import Depends
+
     return Depends(RoleRequirement(role))
 
 
@@ -172,6 +179,17 @@ def public(endpoint: E) -> E:
     """Mark a plain Starlette endpoint as answering without a token (a page a browser loads)."""
     setattr(endpoint, ROLE_ATTRIBUTE, None)
     return endpoint
+
+
+def needing(role: Role) -> Callable[[E], E]:
+    """Mark a plain Starlette endpoint with the role its requests need, as `requires` marks a FastAPI
+    route; `AccessMiddleware` checks it before the body is read."""
+
+    def mark(endpoint: E) -> E:
+        setattr(endpoint, ROLE_ATTRIBUTE, role)
+        return endpoint
+
+    return mark
 
 
 async def authorize(request: Request) -> Caller:

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         port=port,
         loop="uvloop",
         http=OneWriteHttpToolsProtocol,  # httptools, each response in one write
+        ws="none",  # no service speaks WebSocket: uvicorn then loads no WebSocket library at start
         log_config=None,
         access_log=False,
         # Bounded, so lifespan shutdown (draining the bus) still runs when a client holds a connection.

@@ -10,7 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from starlette.applications import Starlette
 
     from .settings import ModelServerSettings
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         # httptools, each answer in one write: a client (the gateway) wakes once per answer, not twice
         http=OneWriteHttpToolsProtocol,
         server_header=False,  # one header less for every client to parse; the server's name is nobody's business
+        ws="none",  # no service speaks WebSocket: uvicorn then loads no WebSocket library at start
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build(overrides: dict[str, Any]) -> tuple[ModelServerSettings, FastAPI] | int:
+def _build(overrides: dict[str, Any]) -> tuple[ModelServerSettings, Starlette] | int:
     """The settings and the app over the loaded, warmed model, or the exit code that says why not."""
     from gallery_common.errors import GalleryError
     from gallery_common.settings import SettingsError, load_settings

@@ -1,4 +1,4 @@
-"""`POST /v2/models/{name}[/versions/{v}]/infer` as a raw ASGI handler in front of the FastAPI app.
+"""`POST /v2/models/{name}[/versions/{v}]/infer` as a raw ASGI handler in front of the Starlette app.
 
 The infer path is the model server's whole hot path, and FastAPI's route (access middleware, exception
 middleware, routing, dependency solving, a Request and a Response object per request) cost about as
