@@ -15,6 +15,7 @@ import httpx
 import pytest
 from gallery_fakes import Scene, gallery_stack
 from headless_chromium import headless_chromium
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -56,7 +57,9 @@ def browser() -> Iterator[WebDriver]:
 
 
 def wait(driver: WebDriver, what: str, check: object, timeout: float = 30) -> object:
-    return WebDriverWait(driver, timeout).until(check, message=f"waiting for {what}")  # type: ignore[arg-type]
+    # a page that re-renders while a check reads it leaves the check a stale element: look again
+    waiting = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(check, message=f"waiting for {what}")  # type: ignore[arg-type]
 
 
 def sign_in_with(driver: WebDriver, gallery: str, token: str) -> None:
