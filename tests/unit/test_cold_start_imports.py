@@ -16,7 +16,7 @@ NEVER_AT_START = ("shap", "lime", "sklearn", "torch", "deepspeed", "pandas", "sc
 
 CASES = {
     # the model server's start path up to uvicorn.run; it never traces, reads file:// artifacts and
-    # loads its NATS side in the background once it has answered
+    # loads its NATS side in the background once it serves
     "model server": (
         "import gallery_deployer.modelserver.__main__, gallery_deployer.modelserver.app,"
         " gallery_deployer.modelserver.model, uvicorn",

@@ -3,16 +3,13 @@
 It connects in the background, so HTTP serving starts at once and does not depend on NATS; while
 NATS is unreachable it keeps trying, and once connected the client reconnects by itself. The NATS
 client and the batch-job runner are imported in a worker thread once the server runs, not before its
-port opens (a seventh of a second of a cold start), and only once HTTP has answered its first request or
-FIRST_ANSWER_WAIT_S has passed without one: an import holds the interpreter, and the first request is the
-one a cold start (a scaled-to-zero model's held request) waits for. The credentials are still read at
-start, so a misconfigured server stops there.
+port opens (a seventh of a second of a cold start); the credentials are still read at start, so a
+misconfigured server stops there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from importlib import import_module
 from typing import TYPE_CHECKING
 
@@ -32,7 +29,6 @@ if TYPE_CHECKING:
     from .nats_rpc import InferResponder
 
 CONNECT_RETRY_S = 2.0
-FIRST_ANSWER_WAIT_S = 1.0
 # every model server connects as the one NATS user `modelserver`, whatever it serves
 NATS_USER = "modelserver"
 DEFERRED_MODULES = ("gallery_common.bus", f"{__package__}.batch_jobs", f"{__package__}.nats_rpc")
@@ -70,9 +66,6 @@ class AsyncServing:
             raise
 
     async def _serve(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_ANSWER_WAIT_S):
-                await self._plane.answered.wait()
         await anyio.to_thread.run_sync(_import_deferred)
         from gallery_common.bus import EventBus
 

@@ -9,7 +9,6 @@ their own beside this one (`explaining.py`), run by separate worker processes.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +67,6 @@ class DataPlane:
         self._batcher = batcher
         self._observer = observer
         self.ready = False
-        self.answered = asyncio.Event()  # set by the first infer request answered (whatever its outcome)
         self._metadata = orjson.dumps(
             {
                 "name": model.name,
@@ -153,7 +151,5 @@ class DataPlane:
         return request, results
 
     def _observe(self, outcome: str, started: float) -> None:
-        if not self.answered.is_set():
-            self.answered.set()
         if self._observer is not None:
             self._observer.request(outcome, time.perf_counter() - started)
