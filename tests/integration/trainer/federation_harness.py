@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+from waiting import wait_for
 
 from gallery_common.contracts import read_split, write_split
 from gallery_trainer.federated.partition import write_site_folders
@@ -83,6 +85,38 @@ def sites_running(
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
             process.wait(10)
+
+
+def relay_connected(site: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether the site's Flower relay (a child process) holds a connection to the coordinator at `port`."""
+    try:
+        relays = psutil.Process(site.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    for relay in relays:
+        try:
+            connections = relay.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        if any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED for c in connections):
+            return True
+    return False
+
+
+@contextmanager
+def joined_first(sites: dict[str, subprocess.Popen[bytes]], first: str, port: int) -> Iterator[None]:
+    """Hold the other sites (stopped) until `first` has connected to the coordinator at `port`, which the
+    body starts: with fewer than all sites as `min_sites` the rounds would otherwise begin without a site
+    that starts late on a loaded machine, and a short job could end before it ever joins."""
+    others = [process for name, process in sites.items() if name != first]
+    for process in others:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+        wait_for(f"{first} to connect to the coordinator", lambda: relay_connected(sites[first], port), timeout=60)
+    finally:
+        for process in others:
+            process.send_signal(signal.SIGCONT)
 
 
 def round_records(workdir: Path) -> list[dict[str, Any]]:
