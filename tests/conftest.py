@@ -187,8 +187,15 @@ def redis_url() -> Iterator[str]:
 def pytest_configure(config: pytest.Config) -> None:
     """Ctrl-C reaches the processes the tests start: a shell without job control starts a background
     `make test` with SIGINT ignored, every child would inherit that, and the tests that press Ctrl-C
-    (`gallery up`, `gallery monitor`) would wait for an exit that never comes."""
+    (`gallery up`, `gallery monitor`) would wait for an exit that never comes.
+
+    A pytest-xdist worker (`make test` runs the files on several) starts with COLUMNS=80 and LINES=24 in its
+    environment, which no terminal set; the CLI's rich console would take that width when imported and keep
+    it, and wrap the tables the tests read at 80 columns whatever width a test asks for."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        for name in ("COLUMNS", "LINES"):
+            os.environ.pop(name, None)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
