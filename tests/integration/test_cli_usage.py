@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 from uvicorn_thread import running
 
-from gallery_cli.console import console
 from gallery_cli.main import app as cli
 from gallery_common.app import create_app
 from gallery_common.events import ModelUsage, UsageTally
@@ -46,14 +45,10 @@ def deployer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.config.port}"
 
 
-@pytest.fixture(autouse=True)
-def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(console, "width", 160)  # a caller's name whole in the table, as on a wide terminal
-
-
 def gallery(deployer: str, *args: str) -> tuple[int, str]:
     """`gallery usage ARGS`: its exit code and what it printed (stdout, or the error on stderr)."""
-    env = {"GALLERY_DEPLOYER_URL": deployer, "GALLERY_TOKEN": READER}
+    # COLUMNS: a caller's name whole in the table, as on a wide terminal
+    env = {"GALLERY_DEPLOYER_URL": deployer, "GALLERY_TOKEN": READER, "COLUMNS": "160"}
     result = CliRunner().invoke(cli, ["usage", *args], env=env)
     return result.exit_code, result.stdout if result.exit_code == 0 else result.stderr
 
