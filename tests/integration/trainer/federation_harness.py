@@ -140,6 +140,22 @@ def job_in_thread(spec: JobSpec, workdir: Path) -> tuple[threading.Thread, dict[
     return thread, outcome
 
 
+def job_with_site_in_a_round(
+    spec: JobSpec, workdir: Path, sites: dict[str, subprocess.Popen[bytes]], port: int, site: str
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """`job_in_thread` once `site` has connected (`joined_first`), back when `site` has trained in a round."""
+    with joined_first(sites, site, port):
+        thread, outcome = job_in_thread(spec, workdir)
+    key = f"site.{site}.train_loss"
+
+    def trained() -> bool:
+        return any(key in record for record in round_records(workdir))
+
+    wait_for(f"{site} to train in a round (or the job to end)", lambda: trained() or not thread.is_alive(), timeout=120)
+    assert trained(), f"the job ended without {site} in a round: {outcome}"
+    return thread, outcome
+
+
 def make_heavy(folder: Path, repeat: int) -> None:
     """Hold the site's training rows `repeat` times over, so that its training fills most of each round
     (a site killed while rounds run back to back is then killed mid-round)."""

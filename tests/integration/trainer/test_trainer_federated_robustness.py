@@ -8,8 +8,7 @@ from pathlib import Path
 
 from federation_harness import (
     federated_spec,
-    job_in_thread,
-    joined_first,
+    job_with_site_in_a_round,
     make_heavy,
     round_records,
     site_folders,
@@ -26,10 +25,6 @@ TRAINED = "site.site-3.train_loss"
 ROUNDS = 16
 
 
-def site3_trained(workdir: Path) -> bool:
-    return any(TRAINED in r for r in round_records(workdir))
-
-
 def test_a_site_killed_mid_round_leaves_the_job_to_the_others_until_it_comes_back(tmp_path: Path) -> None:
     port = free_port()
     spec = federated_spec(port, rounds=ROUNDS, min_sites=2)
@@ -37,14 +32,7 @@ def test_a_site_killed_mid_round_leaves_the_job_to_the_others_until_it_comes_bac
     make_heavy(folders["site-3"], HEAVY_REPEAT)
     workdir = tmp_path / "job"
     with sites_running(port, folders, tmp_path) as sites:
-        with joined_first(sites, "site-3", port):
-            thread, outcome = job_in_thread(spec, workdir)
-        wait_for(
-            "site-3 to train in a round (or the job to end)",
-            lambda: site3_trained(workdir) or not thread.is_alive(),
-            timeout=120,
-        )
-        assert site3_trained(workdir), f"the job ended without site-3 in a round: {outcome}"
+        thread, outcome = job_with_site_in_a_round(spec, workdir, sites, port, "site-3")
         sites["site-3"].send_signal(signal.SIGKILL)
         sites["site-3"].wait(10)
         rounds_before = len(round_records(workdir))

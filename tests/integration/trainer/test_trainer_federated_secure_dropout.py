@@ -8,23 +8,17 @@ from pathlib import Path
 
 from federation_harness import (
     federated_spec,
-    job_in_thread,
-    joined_first,
+    job_with_site_in_a_round,
     make_heavy,
     round_records,
     site_folders,
     sites_running,
 )
-from waiting import wait_for
 
 from gallery_common.netutil import free_port
 
 ROUNDS = 6
 TRAINED = "site.site-3.train_loss"
-
-
-def site3_trained(workdir: Path) -> bool:
-    return any(TRAINED in r for r in round_records(workdir))
 
 
 def test_a_site_killed_during_secure_aggregation_leaves_the_others_a_round(tmp_path: Path) -> None:
@@ -34,14 +28,7 @@ def test_a_site_killed_during_secure_aggregation_leaves_the_others_a_round(tmp_p
     make_heavy(folders["site-3"], 10)
     workdir = tmp_path / "job"
     with sites_running(port, folders, tmp_path) as sites:
-        with joined_first(sites, "site-3", port):
-            thread, outcome = job_in_thread(spec, workdir)
-        wait_for(
-            "site-3 to train in a round (or the job to end)",
-            lambda: site3_trained(workdir) or not thread.is_alive(),
-            timeout=120,
-        )
-        assert site3_trained(workdir), f"the job ended without site-3 in a round: {outcome}"
+        thread, outcome = job_with_site_in_a_round(spec, workdir, sites, port, "site-3")
         sites["site-3"].send_signal(signal.SIGKILL)
         thread.join(180)
     assert not thread.is_alive()
