@@ -105,7 +105,7 @@ demo: install
 	@$(BIN)/python scripts/demo.py
 
 # Test files run on TEST_WORKERS processes (a file's tests stay together, in order, on one of them): 2 workers
-# took the suite from 1,402 s to 903 s on 2 cores. TEST_WORKERS=0 runs them in this one process.
+# took the suite from 1,402 s to about 980 s on 2 cores. TEST_WORKERS=0 runs them in this one process.
 TEST_WORKERS ?= 2
 
 test: $(BIN)/.installed $(VENV)/.ops-built $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed $(OPENVINO_VENV)/.installed postgres redis chromium valgrind promtool
