@@ -8,7 +8,10 @@ What a real single sign-on offers a relying party, with its standard endpoints:
 - the authorization-code flow with PKCE (S256 required for public clients) behind a login form
   (`/authorize`), OpenID Connect id tokens, and RFC 9068 JWT access tokens carrying `groups` and
   `preferred_username`, with the audience the relying parties expect;
-- the client-credentials grant for services (`sub` is the client id, `groups` the client's).
+- the client-credentials grant for services (`sub` is the client id, `groups` the client's);
+- refresh tokens for clients that list the `refresh_token` grant, rotated on each use (the old one is
+  refused from then on); `POST /test/revoke-refresh-tokens` with `username` revokes all of a user's, as
+  an administrator or a sign-out elsewhere would.
 
 Users, clients and the audience come from a JSON file: `python tests/oidc_provider.py CONFIG PORT`.
 `running_provider(...)` starts it as a process on a free port and stops it after the block.
@@ -129,6 +132,20 @@ class AuthorizationCode:
         return time.time() > self.expires_at
 
 
+@dataclass
+class RefreshToken:
+    client_id: str
+    user: User
+    scope: str
+    revoked: bool = False
+
+    def check_client(self, client: Client) -> bool:
+        return client.client_id == self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
 def create_provider(config: dict[str, Any], issuer: str) -> Any:
     """The Flask app of the provider (Authlib's `AuthorizationServer` over in-memory users and clients)."""
     from authlib.integrations.flask_oauth2 import AuthorizationServer
@@ -145,6 +162,7 @@ def create_provider(config: dict[str, Any], issuer: str) -> Any:
     audience: str = config["audience"]
     access_token_lifetime = int(config.get("access_token_lifetime_s", 600))
     codes: dict[str, AuthorizationCode] = {}
+    refresh_tokens: dict[str, RefreshToken] = {}
     keys: list[Any] = []
 
     def new_key() -> None:
@@ -223,11 +241,39 @@ def create_provider(config: dict[str, Any], issuer: str) -> Any:
     class ServiceGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
         TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
+    class RefreshGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
+        TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+        INCLUDE_NEW_REFRESH_TOKEN = True  # rotation: each refresh token serves once
+
+        def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
+            found = refresh_tokens.get(refresh_token)
+            return None if found is None or found.revoked else found
+
+        def authenticate_user(self, refresh_token: RefreshToken) -> User:
+            return refresh_token.user
+
+        def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
+            refresh_token.revoked = True
+
+    def save_token(token: dict[str, Any], request: Any) -> None:
+        if "refresh_token" in token and request.user is not None:
+            refresh_tokens[token["refresh_token"]] = RefreshToken(
+                request.client.client_id, request.user, token.get("scope", "")
+            )
+
     app = Flask("oidc_provider")
-    server = AuthorizationServer(app, query_client=clients.get, save_token=lambda token, request: None)
-    server.register_token_generator("default", AccessTokens(issuer, expires_generator=lambda *_: access_token_lifetime))
+    server = AuthorizationServer(app, query_client=clients.get, save_token=save_token)
+    server.register_token_generator(
+        "default",
+        AccessTokens(
+            issuer,
+            refresh_token_generator=lambda **_: secrets.token_urlsafe(32),
+            expires_generator=lambda *_: access_token_lifetime,
+        ),
+    )
     server.register_grant(CodeGrant, [CodeChallenge(required=True), IdTokens(require_nonce=False)])
     server.register_grant(ServiceGrant)
+    server.register_grant(RefreshGrant)
 
     @app.get("/.well-known/openid-configuration")
     def discovery() -> Response:
@@ -237,7 +283,7 @@ def create_provider(config: dict[str, Any], issuer: str) -> Any:
             token_endpoint=f"{issuer}/token",
             jwks_uri=f"{issuer}/jwks",
             response_types_supported=["code"],
-            grant_types_supported=["authorization_code", "client_credentials"],
+            grant_types_supported=["authorization_code", "client_credentials", "refresh_token"],
             subject_types_supported=["public"],
             id_token_signing_alg_values_supported=["RS256"],
             token_endpoint_auth_methods_supported=["client_secret_basic", "client_secret_post", "none"],
@@ -254,6 +300,14 @@ def create_provider(config: dict[str, Any], issuer: str) -> Any:
     def rotate() -> Response:
         new_key()
         return jsonify(kid=signing_key()["kid"])
+
+    @app.post("/test/revoke-refresh-tokens")
+    def revoke_refresh_tokens() -> Response:
+        username = request.form["username"]
+        revoked = [t for t in refresh_tokens.values() if t.user.username == username and not t.revoked]
+        for token in revoked:
+            token.revoked = True
+        return jsonify(revoked=len(revoked))
 
     def login_form(error: str = "") -> str:
         # the authorization request stays in the query string; the form adds only the credentials
@@ -336,10 +390,19 @@ class RunningProvider:
     def rotate_key(self) -> str:
         return str(httpx.post(f"{self.issuer}/test/rotate-key").json()["kid"])
 
+    def revoke_refresh_tokens(self, username: str) -> int:
+        return int(
+            httpx.post(f"{self.issuer}/test/revoke-refresh-tokens", data={"username": username}).json()["revoked"]
+        )
+
 
 @contextmanager
 def running_provider(
-    workdir: Path, users: list[dict[str, Any]], clients: list[dict[str, Any]], audience: str = "model-gallery"
+    workdir: Path,
+    users: list[dict[str, Any]],
+    clients: list[dict[str, Any]],
+    audience: str = "model-gallery",
+    access_token_lifetime_s: int = 600,
 ) -> Iterator[RunningProvider]:
     """The provider as a process on a free loopback port, up when the block starts, stopped after it."""
     from waiting import wait_for
@@ -348,7 +411,16 @@ def running_provider(
 
     port = free_port()
     config = workdir / "oidc-provider.json"
-    config.write_text(json.dumps({"users": users, "clients": clients, "audience": audience}))
+    config.write_text(
+        json.dumps(
+            {
+                "users": users,
+                "clients": clients,
+                "audience": audience,
+                "access_token_lifetime_s": access_token_lifetime_s,
+            }
+        )
+    )
     log = (workdir / "oidc-provider.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "oidc_provider.py"), str(config), str(port)], stdout=log, stderr=subprocess.STDOUT

@@ -4,6 +4,7 @@ clients and lets each NATS user publish only the subjects it owns."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from gallery_common.nats_auth import NatsCredentials, ensure_passwords, principa
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.routes_kv import BUCKET, RouteChange, RoutesBucket, RoutesFollower
 from gallery_common.routes_kv import STREAM as ROUTES_STREAM
+from gallery_common.sessions_kv import SESSIONS_BUCKET
+from gallery_web.sessions import Session, SessionStore
 
 OWNERS = {
     "model.trained.default": "trainer",
@@ -57,6 +60,23 @@ class Violations:
 
     async def record(self, exc: Exception) -> None:
         self.errors.append(str(exc))
+
+
+async def publish_refused(connect, users: Sequence[str], subjects: Sequence[str], payload: bytes) -> list[Violations]:  # type: ignore[no-untyped-def]
+    """Each of `users` publishes `payload` on each of `subjects`; the errors the server sent each, once it
+    has sent one per subject to every user (10 s at most)."""
+    seen: list[Violations] = []
+    for user in users:
+        seen.append(Violations())
+        nc = await connect(user, seen[-1])
+        for subject in subjects:
+            await nc.publish(subject, payload)
+        await nc.flush()
+    deadline = asyncio.get_running_loop().time() + 10
+    while any(len(violations.errors) < len(subjects) for violations in seen):
+        assert asyncio.get_running_loop().time() < deadline, [v.errors for v in seen]
+        await asyncio.sleep(0.05)
+    return seen
 
 
 @pytest.fixture
@@ -153,9 +173,8 @@ async def test_a_model_server_cannot_submit_batch_jobs_or_publish_lifecycle_even
 
 def test_every_service_connects_with_a_user_of_its_own() -> None:
     table = principals(["echo"])
-    assert {"trainer", "registry", "optimizer", "deployer", "monitor", "gateway", "modelserver", "cli", "echo"} <= set(
-        table
-    )
+    users = {"trainer", "registry", "optimizer", "deployer", "monitor", "gateway", "modelserver", "cli", "gallery"}
+    assert users | {"echo"} <= set(table)
     # the generic user of another installed service owns no lifecycle subject
     assert not [s for s in table["echo"].publish if s.startswith("model.")]
     assert all(s.startswith("_INBOX.echo.") for s in table["echo"].subscribe)
@@ -173,17 +192,10 @@ async def test_only_the_deployer_writes_routes_and_a_gateway_only_follows_them(
     try:
         bucket = await RoutesBucket.open(deployer)
         written = await bucket.put("iris.v2", b'{"backends": []}')
-        forgers: list[Violations] = []
-        for user in ("gateway", "cli", "monitor"):
-            forgers.append(Violations())
-            nc = await connect(user, forgers[-1])
-            for subject in (f"$KV.{BUCKET}.iris=v2", f"$KV.{BUCKET}.forged"):
-                await nc.publish(subject, b'{"backends": [{"id": "evil"}]}')
-            await nc.flush()
-        deadline = asyncio.get_running_loop().time() + 10
-        while any(len(violations.errors) < 2 for violations in forgers):
-            assert asyncio.get_running_loop().time() < deadline, [v.errors for v in forgers]
-            await asyncio.sleep(0.05)
+        subjects = (f"$KV.{BUCKET}.iris=v2", f"$KV.{BUCKET}.forged")
+        forgers = await publish_refused(
+            connect, ("gateway", "cli", "monitor"), subjects, b'{"backends": [{"id": "evil"}]}'
+        )
         changes: list[RouteChange] = []
 
         async def apply(batch: Sequence[RouteChange], synced: bool) -> None:
@@ -206,3 +218,26 @@ async def test_only_the_deployer_writes_routes_and_a_gateway_only_follows_them(
     for violations in forgers:  # the server says so to each of them
         refused = " ".join(violations.errors).lower()
         assert refused.count("permissions violation") == 2 and f"$kv.{BUCKET}.forged" in refused
+
+
+async def test_only_the_gallery_keeps_and_reads_the_sign_in_sessions(server: EmbeddedNats, home: Path, connect) -> None:  # type: ignore[no-untyped-def]
+    gallery = await EventBus(server.url, "test-gallery", credentials=credentials(home, "gallery")).connect(
+        ensure_streams=False
+    )
+    try:
+        store = SessionStore(gallery, max_age_s=3600, max_bytes=8 * 1024**2)
+        cookie = await store.open(Session("oidc:ann", "a.b.c", None, time.time() + 60, None, time.time() + 3600))
+        found = await store.get(cookie)
+        assert found is not None and found[0].name == "oidc:ann"
+        subjects = (
+            f"$JS.API.STREAM.MSG.GET.KV_{SESSIONS_BUCKET}",
+            f"$JS.API.DIRECT.GET.KV_{SESSIONS_BUCKET}.$KV.{SESSIONS_BUCKET}.x",
+            f"$KV.{SESSIONS_BUCKET}.forged",
+        )
+        prying = await publish_refused(connect, ("gateway", "cli", "registry"), subjects, b"{}")
+        stored = (await gallery.js.stream_info(f"KV_{SESSIONS_BUCKET}")).state.messages
+    finally:
+        await gallery.close()
+    assert stored == 1  # nothing forged
+    for violations in prying:
+        assert " ".join(violations.errors).lower().count("permissions violation") == 3

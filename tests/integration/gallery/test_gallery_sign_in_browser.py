@@ -20,6 +20,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 from uvicorn_thread import served
 
+from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 from gallery_registry.app import create_app_for
 from gallery_registry.settings import RegistrySettings
@@ -38,7 +39,7 @@ class SignInStack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[SignInStack]:
+def stack(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[SignInStack]:
     gallery_port = free_port()
     gallery_url = f"http://127.0.0.1:{gallery_port}"
     clients = [{"client_id": "gallery", "redirect_uris": [f"{gallery_url}/auth/callback"]}]
@@ -65,6 +66,7 @@ def stack(tmp_path: Path) -> Iterator[SignInStack]:
                 oidc_client_id="gallery",
                 public_url=gallery_url,
                 gallery_port=gallery_port,
+                nats_url=nats_server.url,  # where the Gallery keeps its sessions
                 **oidc,
             ) as running:
                 assert running.gallery == gallery_url

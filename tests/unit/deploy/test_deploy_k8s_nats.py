@@ -31,7 +31,7 @@ from deploy_k8s_objects import (
 
 from gallery_common.nats_auth import principals
 
-SERVICES = ("registry", "trainer", "optimizer", "deployer", "monitor", "gateway")
+SERVICES = ("registry", "trainer", "optimizer", "deployer", "monitor", "gateway", "gallery")
 USERS_SECRET = "modelgallery-nats-users"
 PRODUCTION = K8S / "overlays" / "production"
 CERT_MANAGER = PRODUCTION / "nats-tls-cert-manager.yaml"

@@ -65,8 +65,9 @@ NCCL_PORT = 43_117  # any port: NCCL and gloo pick their own after the rendezvou
 
 # Every connection Model Gallery makes inside the cluster (kubelet probes and port-forward aside).
 NEEDED = {
-    # the bus: every process with its own NATS user; routes between the servers of a cluster
-    *((caller, "nats", 4222) for caller in (*SERVICES, "modelserver")),
+    # the bus: every process with its own NATS user (the gallery: its sign-in sessions); routes between the
+    # servers of a cluster
+    *((caller, "nats", 4222) for caller in (*SERVICES, "modelserver", "gallery")),
     ("nats", "nats", 6222),
     # GALLERY_REGISTRY_URL: variants attached, aliases moved, training references read
     *((caller, "registry", 8001) for caller in ("optimizer", "deployer", "monitor")),

@@ -8,6 +8,7 @@ consumer can never handle are copied to `dlq.<subject>` in DEAD_LETTERS (see `co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
 import time
@@ -373,7 +374,12 @@ class EventBus:
         if nc is None or nc.is_closed:
             return
         if nc.is_connected:
-            await nc.drain()
+            try:
+                await nc.drain()
+            except RuntimeError as exc:  # the server went away as the drain wrote (a closed transport)
+                log.warning("nats drain failed; closing", error=str(exc))
+                with contextlib.suppress(RuntimeError):
+                    await nc.close()
         else:
             await nc.close()
 

@@ -6,7 +6,8 @@ only the optimizer `model.optimized`, only the deployer `model.deployed` / `mode
 `model.deployment_failed` / `model.experiment_concluded`, only the monitor `model.degraded`; only the
 deployer writes the gateways' routes (the `routes` KV bucket), which gateways may only read and watch; only
 the gateway publishes traffic samples, `model.usage` and `model.outcome` and keeps the `outcomes` KV bucket,
-and only model servers answer `infer.<model>`. Event subjects are `model.<event>.<project>`; these users
+only model servers answer `infer.<model>`, and only the Gallery keeps the sign-in sessions (the
+`gallery_sessions` and `gallery_logins` KV buckets). Event subjects are `model.<event>.<project>`; these users
 publish their events in every project (`model.<event>.*`). Each user's request replies come on an inbox prefix of its
 own (`_INBOX.<user>.`), so no one can read another's replies.
 
@@ -268,6 +269,13 @@ def _write_projects() -> tuple[str, ...]:
     return (*_write_bucket(STREAM, SUBJECTS), "$JS.API.STREAM.NAMES", f"$JS.API.CONSUMER.CREATE.{STREAM}.>")
 
 
+def _keep_sessions() -> tuple[str, ...]:
+    """Keep the sign-in session and login buckets, read and write their keys (the Gallery only)."""
+    from .sessions_kv import BUCKETS, stream_of, subjects_of
+
+    return tuple(subject for bucket in BUCKETS for subject in _write_bucket(stream_of(bucket), subjects_of(bucket)))
+
+
 def _audit(*, write: bool) -> tuple[str, ...]:
     """Keep the audit streams and read them (direct gets); with `write`, append records and anchors.
 
@@ -334,6 +342,8 @@ def principals(services: Iterable[str] = (), projects: Iterable[str] = ()) -> di
     for role, queue in (("trainer", TRAIN_JOBS), ("optimizer", OPTIMIZE_JOBS)):  # replicas compete for jobs
         worker = found[role]
         found[role] = Principal(role, (*worker.publish, *_take_jobs(queue)), worker.subscribe)
+    # the Gallery keeps its sign-in sessions on the bus and follows the projects like every service
+    found["gallery"] = Principal("gallery", (*_keep_sessions(), *_follow_projects()), (f"{inbox_prefix('gallery')}.>",))
     for name in services:
         if name not in found:
             found[name] = _service(name, durables=[name])

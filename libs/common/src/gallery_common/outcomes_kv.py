@@ -9,13 +9,11 @@ when it opens it, so replicas should be given the same ones.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from nats.js import api
 from nats.js.kv import KeyValue
 
-from .routes_kv import ensure_bucket
+from .routes_kv import ensure_expiring_bucket
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -27,20 +25,10 @@ SUBJECTS = f"$KV.{BUCKET}.>"
 
 async def ensure_outcome_bucket(bus: EventBus, ttl_s: float, max_bytes: int) -> KeyValue:
     """Create the outcome bucket or bind to it, with `ttl_s`, `max_bytes` and the oldest giving way when full."""
-    kv = await ensure_bucket(
-        bus.js,
+    return await ensure_expiring_bucket(
+        bus,
         BUCKET,
-        history=1,
-        replicas=bus.stream_replicas,
         description="Model Gallery gateway answers awaiting feedback: one key per request id",
-        ttl=ttl_s,
+        ttl_s=ttl_s,
+        max_bytes=max_bytes,
     )
-    current = (await bus.js.stream_info(STREAM)).config
-    # JetStream refuses a duplicate window longer than the messages live
-    window = min(current.duplicate_window or ttl_s, ttl_s)
-    wanted = replace(
-        current, max_age=ttl_s, max_bytes=max_bytes, discard=api.DiscardPolicy.OLD, duplicate_window=window
-    )
-    if wanted != current:
-        await bus.js.update_stream(wanted)
-    return kv

@@ -92,6 +92,26 @@ async def ensure_bucket(
     return kv
 
 
+async def ensure_expiring_bucket(
+    bus: EventBus, bucket: str, *, description: str, ttl_s: float, max_bytes: int
+) -> KeyValue:
+    """Create the bucket `bucket` or bind to it: one revision per key, entries gone `ttl_s` after their last
+    write, and the oldest giving way once it holds `max_bytes` (discard old). An existing bucket is brought to
+    `ttl_s` and `max_bytes`, so every process that opens it should be given the same ones."""
+    kv = await ensure_bucket(
+        bus.js, bucket, history=1, replicas=bus.stream_replicas, description=description, ttl=ttl_s
+    )
+    current = (await bus.js.stream_info(f"KV_{bucket}")).config
+    # JetStream refuses a duplicate window longer than the messages live
+    window = min(current.duplicate_window or ttl_s, ttl_s)
+    wanted = replace(
+        current, max_age=ttl_s, max_bytes=max_bytes, discard=api.DiscardPolicy.OLD, duplicate_window=window
+    )
+    if wanted != current:
+        await bus.js.update_stream(wanted)
+    return kv
+
+
 @dataclass(frozen=True)
 class RouteEntry:
     """A model's route as the bucket holds it, with the revision that wrote it."""

@@ -41,6 +41,18 @@ class GalleryWebSettings(GallerySettings):
         description="The Gallery's address as browsers see it (behind a proxy), for the sign-in's redirect URI.",
     )
 
+    session_max_age_s: float = Field(
+        default=12 * 3600.0,
+        ge=60,
+        description=(
+            "Sign-in: how long a session lasts at most (refresh tokens renew its access token until then); "
+            "also how long an unused session stays in NATS."
+        ),
+    )
+    session_max_bytes: int = Field(
+        default=256 * 1024**2, ge=1024**2, description="Sign-in: size of the sessions bucket (the oldest give way)."
+    )
+
     @field_validator("registry_url", "trainer_url", "optimizer_url", "deployer_url", "monitor_url", "gateway_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
