@@ -132,6 +132,12 @@ class Controller:
         await self.publish(_deployed(2), "deployed:iris:2:fp32:production")
         return record
 
+    async def scale(self, model: str, version: int, replicas: int) -> None:
+        record = self.store.get(f"iris-{version}")
+        assert record is not None
+        record.replicas = replicas
+        self.store.save(record)
+
     async def set_canary_weight(self, model: str, percent: float) -> None:
         canary = self.store.get("iris-3") or _record(3, Stage.canary)
         canary.traffic_percent = percent
@@ -172,7 +178,16 @@ def test_a_promotion_by_a_person_is_theirs_with_their_reason(
     assert client.post("/api/v1/deployments/iris/promote", json=why).status_code == 200
     assert client.put("/api/v1/deployments/iris/weights", json={"canary_percent": 25}).status_code == 200
     assert client.put("/api/v1/policies/iris", json={"replicas": 3}).status_code == 200
-    promoted, weights, policy = asyncio.run(_records(nats_server.url))
+    for _ in range(2):  # the second sets what is already set: nothing to record
+        assert client.post("/api/v1/deployments/iris/versions/3/scale", json={"replicas": 0}).status_code == 200
+    promoted, weights, policy, scaled = asyncio.run(_records(nats_server.url))
+    assert (scaled.action, scaled.target, scaled.before, scaled.after) == (
+        "scaling",
+        "iris/3",
+        {"replicas": 1},
+        {"replicas": 0},
+    )
+    assert scaled.actor == promoted.actor
     assert promoted.action == "promotion" and promoted.actor.startswith("admin-")
     assert promoted.reason == "v2 won the A/B test on conversion" and promoted.before == {"production": 1}
     assert (weights.action, weights.before, weights.after) == (

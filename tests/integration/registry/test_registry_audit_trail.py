@@ -141,3 +141,45 @@ def test_mlflow_clients_changes_are_recorded_and_time_filters_apply(registry: Te
     newest = records[0]["time"]
     assert [r["index"] for r in registry.get("/api/v1/audit", params={"since": newest}).json()] == [records[0]["index"]]
     assert len(registry.get("/api/v1/audit", params={"until": newest}).json()) == len(records) - 1
+
+
+def test_descriptions_tags_and_card_text_are_recorded_with_what_changed(registry: TestClient) -> None:
+    _register(registry, "iris", 1)
+    edit = {"description": "flowers", "owner": "ann", "tags": {"team": "a"}}
+    assert registry.patch("/api/v1/models/iris", json=edit, params={"reason": "handover"}).status_code == 200
+    assert registry.patch("/api/v1/models/iris", json=edit).status_code == 200  # as it was: no change to record
+    assert registry.patch("/api/v1/models/iris/versions/1/tags", json={"stage": "qa"}).status_code == 200
+    mlflow = "/api/2.0/mlflow"
+    tag = {"name": "iris", "version": "1", "key": "stage", "value": "prod"}
+    assert registry.post(f"{mlflow}/model-versions/set-tag", json=tag).status_code == 200
+    untag = registry.request("DELETE", f"{mlflow}/registered-models/delete-tag", json={"name": "iris", "key": "team"})
+    assert untag.status_code == 200
+    assert registry.put("/api/v1/models/iris/card", json={"intended_use": "teaching"}).status_code == 200
+    assert registry.put("/api/v1/models/iris/card", json={"intended_use": "teaching"}).status_code == 200
+    int8 = {"uri": "file:///a/iris.int8.onnx", "sha256": "b" * 64, "size": 1234}
+    for _ in range(2):  # attached once: the same file again is no change
+        assert registry.put("/api/v1/models/iris/versions/1/artifacts/int8", json=int8).status_code == 200
+
+    records = registry.get("/api/v1/audit", params={"model": "iris"}).json()
+    edits = [(r["action"], r["target"], r["before"], r["after"]) for r in records if r["action"] != "registration"]
+    assert edits == [
+        (
+            "artifact_attached",
+            "iris/1/int8",
+            None,
+            {"role": "int8", "uri": int8["uri"], "sha256": "b" * 64, "size": 1234},
+        ),
+        ("card_edit", "iris", {"revision": 1, "intended_use": None}, {"revision": 2, "intended_use": "teaching"}),
+        ("metadata_change", "iris", {"tag:team": "a"}, {"tag:team": None}),
+        ("metadata_change", "iris/1", {"tag:stage": "qa"}, {"tag:stage": "prod"}),
+        ("metadata_change", "iris/1", {"tag:stage": None}, {"tag:stage": "qa"}),
+        (
+            "metadata_change",
+            "iris",
+            {"description": None, "owner": None, "tag:team": None},
+            {"description": "flowers", "owner": "ann", "tag:team": "a"},
+        ),
+    ]
+    assert records[5]["reason"] == "handover" and records[2]["reason"] == "changed through the MLflow API"
+    assert all(r["actor"].startswith("admin-") for r in records)
+    assert registry.get("/api/v1/audit/verify").json()["ok"]

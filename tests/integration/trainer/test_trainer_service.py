@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import time
@@ -17,6 +18,9 @@ from typer.testing import CliRunner
 
 from gallery_cli.main import app as cli
 from gallery_common.artifacts import open_store
+from gallery_common.audit import AuditRecord
+from gallery_common.audit_log import AuditLog
+from gallery_common.bus import EventBus
 from gallery_common.db import make_engine
 from gallery_common.events import ModelTrained
 from gallery_common.nats_server import EmbeddedNats
@@ -140,6 +144,26 @@ def test_a_running_job_can_be_cancelled(tmp_path: Path, nats_server: EmbeddedNat
         assert client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409
         assert client.get(f"/api/v1/runs/{cancelled['run_id']}").json()["status"] == "cancelled"
     assert stored_events(nats_server.url, "model.trained", 1, timeout=1) == []
+    # who submitted the job and who cancelled it is in the project's audit trail (the refused cancel is not)
+    trail = [(r.action, r.target, r.model, r.before, r.after) for r in audit_records(nats_server.url)]
+    assert trail == [
+        ("job.submitted", f"job/{job['id']}", "iris-mlp", None, {"model": "iris-mlp", "epochs": 5000, "search": None}),
+        (
+            "job.cancelled",
+            f"job/{job['id']}",
+            "iris-mlp",
+            {"status": "running"},
+            {"status": "running", "cancel_requested": True},
+        ),
+    ]
+
+
+def audit_records(nats_url: str, project: str = "default") -> list[AuditRecord]:
+    async def read() -> list[AuditRecord]:
+        async with EventBus(nats_url, "auditor") as bus:
+            return await AuditLog(bus).records(project)
+
+    return asyncio.run(read())
 
 
 def test_a_job_left_running_by_a_trainer_without_a_queue_is_run_again_at_start(

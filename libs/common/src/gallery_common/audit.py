@@ -44,6 +44,13 @@ class AuditAction(StrEnum):
     deletion = "deletion"
     permission_change = "permission_change"
     status_change = "status_change"
+    metadata_change = "metadata_change"  # a model's or version's description, owner or tags
+    card_edit = "card_edit"  # a model card's text (description, intended use, limitations)
+    artifact_attached = "artifact_attached"  # a file attached to a version (the optimizer's variants, reports)
+    scaling = "scaling"  # a version's replica count set by hand
+    # the trainer's jobs, in the job's project's chain
+    job_submitted = "job.submitted"
+    job_cancelled = "job.cancelled"
     # projects and their members (the registry's /api/v1/projects), in the project's own chain
     project_created = "project.created"
     member_granted = "project.member_granted"

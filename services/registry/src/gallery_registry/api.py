@@ -21,7 +21,7 @@ from gallery_common.errors import BadRequest, InvalidRequest, NotFound
 from gallery_common.events import ArtifactRef
 from gallery_common.settings import Role
 
-from .audit_api import AuditRecorderDep
+from .audit_api import AuditRecorderDep, metadata_of
 from .deps import ModelCardsDep, RegistrySettingsDep, RegistryStoreDep, check_alias_permission
 from .model_card import optimizer_changed
 from .paging import decode_page_token
@@ -133,10 +133,22 @@ def get_model(name: str, store: RegistryStoreDep, access: ProjectAccessDep) -> M
 
 
 @router.patch("/models/{name}", summary="Update a model")
-def update_model(name: str, data: ModelUpdate, store: RegistryStoreDep, access: ProjectAccessDep) -> ModelPublic:
+def update_model(
+    name: str,
+    data: ModelUpdate,
+    store: RegistryStoreDep,
+    access: ProjectAccessDep,
+    audit: AuditRecorderDep,
+    reason: Reason = None,
+) -> ModelPublic:
     """Change description, owner or tags (tags, when given, replace all tags)."""
-    access.model(name, Role.writer)
-    return store.update_model(name, data)
+    project = access.model(name, Role.writer)
+    before = metadata_of(store.get_model(name))
+    updated = store.update_model(name, data)
+    audit.record_edit(
+        AuditAction.metadata_change, name, before, metadata_of(updated), project=project, model=name, reason=reason
+    )
+    return updated
 
 
 @router.delete("/models/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a model", dependencies=ADMIN)
@@ -274,19 +286,30 @@ def update_version(
     project = access.model(name, Role.writer)
     if data.status is not None:
         access.model(name, Role.admin, "changing a version's status")
-    before = store.get_version(name, version).status if data.status is not None else None
+    previous = store.get_version(name, version)
     updated = store.update_version(name, version, data)
-    if data.status is not None and before != updated.status:
+    target = f"{name}/{version}"
+    if previous.status != updated.status:
         audit.record(
             AuditAction.status_change,
-            f"{name}/{version}",
+            target,
             model=name,
             version=version,
-            before={"status": before},
+            before={"status": previous.status},
             after={"status": updated.status},
             reason=reason,
             project=project,
         )
+    audit.record_edit(
+        AuditAction.metadata_change,
+        target,
+        metadata_of(previous),
+        metadata_of(updated),
+        project=project,
+        model=name,
+        version=version,
+        reason=reason,
+    )
     return updated
 
 
@@ -328,14 +351,27 @@ def merge_version_tags(
     store: RegistryStoreDep,
     access: ProjectAccessDep,
     cards: ModelCardsDep,
+    audit: AuditRecorderDep,
     changes: Annotated[dict[str, str | None], Body(description="key -> value to set, or null to remove")],
+    reason: Reason = None,
 ) -> VersionPublic:
     """Set the tags given (null removes one) and keep the others. A change of an `optimizer.*` tag
     (the recommendation the catalogue shows) regenerates the version's model card."""
-    access.model(name, Role.writer)
+    project = access.model(name, Role.writer)
     for key, value in changes.items():
         check_tag(key, value or "")
+    before = metadata_of(store.get_version(name, version))
     updated = store.merge_version_tags(name, version, changes)
+    audit.record_edit(
+        AuditAction.metadata_change,
+        f"{name}/{version}",
+        before,
+        metadata_of(updated),
+        project=project,
+        model=name,
+        version=version,
+        reason=reason,
+    )
     if optimizer_changed(changes) and cards.refresh(name, updated) is not None:
         updated = store.get_version(name, version)
     return updated
@@ -350,12 +386,23 @@ def attach_artifact(
     store: RegistryStoreDep,
     access: ProjectAccessDep,
     cards: ModelCardsDep,
+    audit: AuditRecorderDep,
 ) -> ArtifactPublic:
     """Record an artifact; the same sha256 again is a no-op, another sha256 for the role is 409.
     The optimizer's report sets the version's `optimizer.*` tags (its recommended variant, size and
     latency) and regenerates the version's model card."""
-    access.model(name, Role.writer)
+    project = access.model(name, Role.writer)
+    known = store.get_version(name, version).artifact(role) is not None
     attached = store.attach_artifact(name, version, role, ref)
+    if not known:
+        audit.record(
+            AuditAction.artifact_attached,
+            f"{name}/{version}/{role}",
+            model=name,
+            version=version,
+            after={"role": str(role), "uri": attached.uri, "sha256": attached.sha256, "size": attached.size},
+            project=project,
+        )
     if role == ArtifactRole.report:
         cards.take_optimizer_report(name, version, ref)
     return attached

@@ -1,7 +1,8 @@
 """The audit trail through the registry: recording the registry's changes, and reading the trail.
 
-Every change the registry's REST API makes that decides what serves or what the record says
-(registrations, alias moves, status changes, validation policies, deletions) is recorded with the
+Every change the registry's REST and MLflow APIs make that decides what serves or what the record says
+(registrations, alias moves, status changes, validation policies, deletions, descriptions, owners and
+tags, model card text) is recorded with the
 caller's name, the reason given and the request's trace id (`AuditRecorder`). The trail itself lives
 in its own JetStream streams (`gallery_common.audit_log`); these routes read it for anyone with the
 reader role: `GET /api/v1/audit` (filtered, newest first), `/api/v1/audit/export` (JSON Lines, oldest
@@ -13,7 +14,7 @@ does not exist). An app without a bus records nothing and answers the reads with
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from gallery_common.projects import authorize_in
 from gallery_common.settings import Role
 
 from .deps import RegistryCore
+from .schemas import ModelPublic, VersionPublic
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
@@ -76,6 +78,33 @@ class AuditRecorder:
         )
         self.trail.record_threadsafe(change)
 
+    def record_edit(
+        self,
+        action: AuditAction,
+        target: str,
+        before: Mapping[str, Any],
+        after: Mapping[str, Any],
+        *,
+        project: str,
+        model: str,
+        version: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Record what an edit changed: the fields whose value differs, before and after (nothing when none
+        does: an edit that leaves everything as it was is no change)."""
+        changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+        if changed:
+            self.record(
+                action,
+                target,
+                model=model,
+                version=version,
+                before={key: before.get(key) for key in changed},
+                after={key: after.get(key) for key in changed},
+                reason=reason,
+                project=project,
+            )
+
     async def record_here(
         self, action: AuditAction, target: str, *, project: str, before: Any, after: Any, reason: str
     ) -> None:
@@ -92,6 +121,15 @@ class AuditRecorder:
             reason=reason,
         )
         await self.trail.record(change)
+
+
+def metadata_of(item: ModelPublic | VersionPublic) -> dict[str, Any]:
+    """What a metadata edit changes, flat: description, owner (a model's), and each tag as `tag:<key>`."""
+    fields: dict[str, Any] = {"description": item.description}
+    if isinstance(item, ModelPublic):
+        fields["owner"] = item.owner
+    fields.update({f"tag:{key}": value for key, value in item.tags.items()})
+    return fields
 
 
 def _trail(request: Request) -> AuditTrail | None:

@@ -8,16 +8,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
+from gallery_common.audit import AuditAction
 from gallery_common.deps import CallerDep
 from gallery_common.events import NAME_PATTERN
 from gallery_common.settings import Role
 
 from .api import _parse_tags
+from .audit_api import AuditRecorderDep
 from .catalogue import CataloguePage, CatalogueQuery, CatalogueSort
 from .deps import ModelCardsDep, RegistryStoreDep
 from .paging import decode_page_token
 from .project_access import ProjectAccessDep
 from .store_cards import CardUpdate, ModelCardText
+
+CARD_FIELDS = tuple(CardUpdate.model_fields)  # the text a card edit changes
 
 router = APIRouter(prefix="/api/v1", tags=["gallery"])
 
@@ -77,14 +81,23 @@ def put_card(
     cards: ModelCardsDep,
     caller: CallerDep,
     access: ProjectAccessDep,
+    audit: AuditRecorderDep,
 ) -> ModelCardText:
     """A new revision with the fields given (null clears one); the model's description follows.
     The generated cards of the model's versions are regenerated."""
-    access.model(name, Role.writer)
+    project = access.model(name, Role.writer)
     before = store.get_card(name)
     card = store.set_card(name, data, actor=caller.name)
     if card.revision != before.revision:
         cards.refresh_model(name)
+        audit.record_edit(
+            AuditAction.card_edit,
+            name,
+            {"revision": before.revision, **before.model_dump(include=set(CARD_FIELDS))},
+            {"revision": card.revision, **card.model_dump(include=set(CARD_FIELDS))},
+            project=project,
+            model=name,
+        )
     return card
 
 

@@ -28,7 +28,7 @@ from gallery_common.errors import Conflict, GalleryError, InvalidRequest
 from gallery_common.settings import Role
 
 from . import mlflow_filter
-from .audit_api import AuditRecorderDep
+from .audit_api import AuditRecorder, AuditRecorderDep, metadata_of
 from .deps import RegistrySettingsDep, RegistryStoreDep, check_alias_permission
 from .paging import decode_page_token
 from .project_access import ProjectAccessDep
@@ -250,12 +250,35 @@ def search_registered_models(
     return doc
 
 
+def _record_edit(
+    audit: AuditRecorder,
+    project: str,
+    model: str,
+    version: int | None,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> None:
+    target = model if version is None else f"{model}/{version}"
+    audit.record_edit(
+        AuditAction.metadata_change,
+        target,
+        before,
+        after,
+        project=project,
+        model=model,
+        version=version,
+        reason="changed through the MLflow API",
+    )
+
+
 @router.patch("/registered-models/update", summary="MLflow: update a registered model")
 def update_registered_model(
-    body: UpdateRegisteredModel, store: RegistryStoreDep, access: ProjectAccessDep
+    body: UpdateRegisteredModel, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
 ) -> dict[str, Any]:
-    access.model(body.name, Role.writer)
+    project = access.model(body.name, Role.writer)
+    before = metadata_of(store.get_model(body.name))
     model = store.update_model(body.name, ModelUpdate(description=body.description))
+    _record_edit(audit, project, body.name, None, before, metadata_of(model))
     return {"registered_model": model_json(model)}
 
 
@@ -278,16 +301,24 @@ def delete_registered_model(
 
 
 @router.post("/registered-models/set-tag", summary="MLflow: set a registered model tag")
-def set_registered_model_tag(body: SetTag, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
-    access.model(body.name, Role.writer)
+def set_registered_model_tag(
+    body: SetTag, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
+) -> dict[str, Any]:
+    project = access.model(body.name, Role.writer)
+    before = metadata_of(store.get_model(body.name))
     store.set_model_tag(body.name, body.key, body.value)
+    _record_edit(audit, project, body.name, None, before, metadata_of(store.get_model(body.name)))
     return {}
 
 
 @router.delete("/registered-models/delete-tag", summary="MLflow: delete a registered model tag")
-def delete_registered_model_tag(body: DeleteTag, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
-    access.model(body.name, Role.writer)
+def delete_registered_model_tag(
+    body: DeleteTag, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
+) -> dict[str, Any]:
+    project = access.model(body.name, Role.writer)
+    before = metadata_of(store.get_model(body.name))
     store.delete_model_tag(body.name, body.key)
+    _record_edit(audit, project, body.name, None, before, metadata_of(store.get_model(body.name)))
     return {}
 
 
@@ -434,9 +465,13 @@ def search_model_versions(
 
 
 @router.patch("/model-versions/update", summary="MLflow: update a model version")
-def update_model_version(body: UpdateModelVersion, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
-    access.model(body.name, Role.writer)
+def update_model_version(
+    body: UpdateModelVersion, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
+) -> dict[str, Any]:
+    project = access.model(body.name, Role.writer)
+    before = metadata_of(store.get_version(body.name, body.version))
     version = store.update_version(body.name, body.version, VersionUpdate(description=body.description))
+    _record_edit(audit, project, body.name, body.version, before, metadata_of(version))
     return {"model_version": version_json(version)}
 
 
@@ -477,16 +512,24 @@ def get_model_version_download_uri(
 
 
 @router.post("/model-versions/set-tag", summary="MLflow: set a model version tag")
-def set_model_version_tag(body: SetVersionTag, store: RegistryStoreDep, access: ProjectAccessDep) -> dict[str, Any]:
-    access.model(body.name, Role.writer)
+def set_model_version_tag(
+    body: SetVersionTag, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
+) -> dict[str, Any]:
+    project = access.model(body.name, Role.writer)
+    before = metadata_of(store.get_version(body.name, body.version))
     store.set_version_tag(body.name, body.version, body.key, body.value)
+    after = metadata_of(store.get_version(body.name, body.version))
+    _record_edit(audit, project, body.name, body.version, before, after)
     return {}
 
 
 @router.delete("/model-versions/delete-tag", summary="MLflow: delete a model version tag")
 def delete_model_version_tag(
-    body: DeleteVersionTag, store: RegistryStoreDep, access: ProjectAccessDep
+    body: DeleteVersionTag, store: RegistryStoreDep, access: ProjectAccessDep, audit: AuditRecorderDep
 ) -> dict[str, Any]:
-    access.model(body.name, Role.writer)
+    project = access.model(body.name, Role.writer)
+    before = metadata_of(store.get_version(body.name, body.version))
     store.delete_version_tag(body.name, body.version, body.key)
+    after = metadata_of(store.get_version(body.name, body.version))
+    _record_edit(audit, project, body.name, body.version, before, after)
     return {}

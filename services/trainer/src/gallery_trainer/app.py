@@ -16,6 +16,7 @@ import anyio
 from fastapi import FastAPI
 
 from gallery_common.app import ServiceResources, create_app
+from gallery_common.audit_trail import open_service_trail
 from gallery_common.bus import BusBridge
 from gallery_common.events import ModelRejected, ModelValidated
 from gallery_common.router import EventRouter
@@ -88,6 +89,7 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
             max_attempts=settings.job_max_attempts,
         )
         jobs = JobService(engine, runner, searches, queue.submit_blocking, policy=settings.spec_policy())
+        jobs.trail = await open_service_trail(settings, resources.bus, stack)  # submissions and cancellations
         for job_id in await anyio.to_thread.run_sync(jobs.unqueued):
             await queue.submit(job_id)
         if train is None and settings.standby_ranks:

@@ -21,6 +21,8 @@ from .runner import TrainingRunner
 from .search import SearchCoordinator
 
 if TYPE_CHECKING:
+    from gallery_common.audit_trail import AuditTrail
+
     from .admission import SpecPolicy
 
 log = get_logger(__name__)
@@ -86,6 +88,7 @@ class JobService:
         self.searches = searches
         self.enqueue = enqueue
         self.policy = policy
+        self.trail: AuditTrail | None = None  # where submissions and cancellations are recorded (the app's)
 
     def submit(self, body: bytes, content_type: str, place: PlaceFn = default_place) -> JobPublic:
         """Validate a spec and put it on the work queue, where any trainer replica may take it; a spec

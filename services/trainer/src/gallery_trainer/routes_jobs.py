@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 
-from gallery_common.deps import get_resources
+from gallery_common.audit import AuditAction, AuditChange
+from gallery_common.auth import Caller
+from gallery_common.deps import CallerDep, get_resources
 from gallery_common.errors import NotFound
 from gallery_common.project_scope import ProjectScope, ScopeDep
 from gallery_common.settings import Role
@@ -46,14 +48,18 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
         }
     },
 )
-async def submit_job(request: Request, jobs: JobsDep, scope: ScopeDep) -> JobPublic:
+async def submit_job(request: Request, jobs: JobsDep, scope: ScopeDep, caller: CallerDep) -> JobPublic:
     """Queue a training job from a spec: a JSON object, or YAML text with Content-Type application/yaml.
 
     The job belongs to the spec's `project` (else the X-Gallery-Project header's, else the caller's
-    home project); submitting needs the writer role there."""
+    home project); submitting needs the writer role there. The submission is in the project's audit trail."""
     body = await request.body()
     content_type = request.headers.get("content-type", "")
-    return await anyio.to_thread.run_sync(jobs.submit, body, content_type, scope.home)
+    job = await anyio.to_thread.run_sync(jobs.submit, body, content_type, scope.home)
+    if jobs.trail is not None:
+        after = {"model": job.model, "epochs": job.epochs, "search": job.search_id}
+        await jobs.trail.record(job_change(caller, AuditAction.job_submitted, job, None, after))
+    return job
 
 
 @router.get("/jobs", response_model=list[JobPublic])
@@ -67,6 +73,19 @@ def list_jobs(
 ) -> list[JobPublic]:
     """Jobs, newest first: those of `project`, else of every project the caller can see."""
     return jobs.list_jobs(status=status, model=model, projects=scope.listed(project), limit=limit)
+
+
+def job_change(caller: Caller, action: AuditAction, job: JobPublic, before: Any, after: Any) -> AuditChange:
+    """A change to `job` by `caller`, as its project's audit trail records it."""
+    return AuditChange(
+        project=job.project,
+        actor=caller.name,
+        action=action,
+        target=f"job/{job.id}",
+        model=job.model,
+        before=before,
+        after=after,
+    )
 
 
 def _visible_job(jobs: JobService, scope: ProjectScope, job_id: str, needed: Role, doing: str) -> JobPublic:
@@ -83,10 +102,21 @@ def get_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> JobPublic:
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, jobs: JobsDep, scope: ScopeDep) -> JobPublic:
-    """Cancel a queued or running job; 409 when it has already ended."""
-    _visible_job(jobs, scope, job_id, Role.writer, "cancelling a job")
-    return jobs.cancel(job_id)
+def cancel_job(job_id: str, jobs: JobsDep, scope: ScopeDep, caller: CallerDep) -> JobPublic:
+    """Cancel a queued or running job; 409 when it has already ended. The cancellation is in the project's
+    audit trail."""
+    before = _visible_job(jobs, scope, job_id, Role.writer, "cancelling a job")
+    job = jobs.cancel(job_id)
+    if jobs.trail is not None:
+        change = job_change(
+            caller,
+            AuditAction.job_cancelled,
+            job,
+            {"status": before.status},
+            {"status": job.status, "cancel_requested": job.cancel_requested},
+        )
+        jobs.trail.record_threadsafe(change)
+    return job
 
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)

@@ -304,14 +304,32 @@ class Scale(BaseModel):
     dependencies=ADMIN_LEADER,
 )
 async def scale(
-    model: str, version: int, data: Scale, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+    model: str,
+    version: int,
+    data: Scale,
+    controller: ControllerDep,
+    caller: CallerDep,
+    directory: DirectoryDep,
+    audit: AuditDep,
 ) -> DeploymentView:
     await check_deployed(controller, caller, directory, model, Role.admin)
+    before = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
+    replicas_before = next((r.replicas for r in before if r.version == version), None)
     await controller.scale(model, version, data.replicas)
     records = await anyio.to_thread.run_sync(controller.store.for_model, model, SERVING)
     record = next((r for r in records if r.version == version), None)
     if record is None:
         raise NotFound(f"model {model!r} does not serve version {version}")
+    if audit is not None and replicas_before != data.replicas:
+        with acting_as(caller.name):
+            await audit.record(
+                AuditAction.scaling,
+                f"{model}/{version}",
+                model=model,
+                version=version,
+                before={"replicas": replicas_before},
+                after={"replicas": data.replicas},
+            )
     return (await _views(controller, [record]))[0]
 
 
