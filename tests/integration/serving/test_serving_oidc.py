@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -28,6 +29,13 @@ SERVICE = {"grant_types": ["client_credentials"], "groups": ["ml-apps"]}
 CLIENTS = [
     {"client_id": "shop-app", "client_secret": "shop-secret", **SERVICE},
     {"client_id": "crm-app", "client_secret": "crm-secret", "audience": "crm-api", **SERVICE},
+    # the gateway's own client: its group is what model servers map to `inference`
+    {
+        "client_id": "gateway",
+        "client_secret": "gateway-secret",
+        "grant_types": ["client_credentials"],
+        "groups": ["gallery-gateways"],
+    },
 ]
 
 
@@ -57,22 +65,27 @@ def provider(tmp_path: Path) -> Iterator[RunningProvider]:
         yield running
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, provider: RunningProvider) -> Iterator[str]:
+def model_server_settings(tmp_path: Path, **identity: Any) -> ModelServerSettings:
+    """A model server of the tiny model, checking callers as `identity` (its token settings) says."""
     data = tiny_model()
     path = tmp_path / "artifacts" / "tiny.onnx"
     path.parent.mkdir(parents=True)
     path.write_bytes(data)
-    server_settings = ModelServerSettings(
+    return ModelServerSettings(
         home=tmp_path,
         model_name="tiny",
         model_version="1",
         artifact_uri=path.as_uri(),
         artifact_sha256=hashlib.sha256(data).hexdigest(),
-        api_tokens="gateway-identity:inference",  # type: ignore[arg-type]
         serve_nats=False,
         intra_op_threads=1,
+        **identity,
     )
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, provider: RunningProvider) -> Iterator[str]:
+    server_settings = model_server_settings(tmp_path, api_tokens="gateway-identity:inference")
     gateway_settings = GatewaySettings(
         home=tmp_path,
         api_tokens="atok:admin",  # type: ignore[arg-type]
@@ -119,3 +132,40 @@ def test_the_gateway_refuses_a_token_for_another_audience_or_a_forged_one(
     unsigned = f"{header}.{payload}.{'A' * 342}"
     answer = httpx.post(f"{gateway}/v2/models/tiny/infer", content=infer_body([[1, 2, 3, 4]]), headers=bearer(unsigned))
     assert answer.status_code == 401 and answer.json()["error"].startswith("invalid OIDC token: bad signature")
+
+
+def test_the_gateway_calls_model_servers_as_its_own_oidc_client_and_renews_a_refused_token(
+    tmp_path: Path, provider: RunningProvider
+) -> None:
+    oidc = {"oidc_issuer": provider.issuer, "oidc_audience": provider.audience}
+    # the model server knows no static token: only OIDC tokens, the gateway's group meaning `inference`
+    server_settings = model_server_settings(tmp_path, oidc_group_roles="gallery-gateways=inference", **oidc)
+    gateway_settings = GatewaySettings(
+        home=tmp_path,
+        api_tokens="atok:admin,app-token:inference",  # type: ignore[arg-type]
+        oidc_client_id="gateway",
+        oidc_client_secret="gateway-secret",  # type: ignore[arg-type]
+        sample_rate=0.0,
+        **oidc,
+    )
+    gateway_app = create_app_for(gateway_settings, with_bus=False)
+    model_server = create_model_server(server_settings, load_model(server_settings), CollectorRegistry())
+    with served(model_server) as server_port, served(gateway_app) as port:
+        base, backend = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{server_port}"
+        route = {"backends": [{"id": "a", "url": backend}]}
+        assert httpx.put(f"{base}/admin/routes/tiny", json=route, headers=bearer("atok")).status_code == 200
+        body = infer_body([[1, 2, 3, 4]])
+        assert httpx.post(f"{backend}/v2/models/tiny/infer", content=body).status_code == 401  # it does check
+        answer = httpx.post(f"{base}/v2/models/tiny/infer", content=body, headers=bearer("app-token"))
+        assert answer.status_code == 200, answer.text
+        # the token the gateway holds goes bad (revoked at the issuer, say): the model server refuses it,
+        # the gateway fetches another and sends the request once more
+        gateway = gateway_app.state.resources.core
+        gateway.identity.header = "Bearer revoked"
+        gateway.client.set_default("authorization", "Bearer revoked")
+        answer = httpx.post(f"{base}/v2/models/tiny/infer", content=body, headers=bearer("app-token"))
+        assert answer.status_code == 200, answer.text
+        assert gateway.identity.header not in (None, "Bearer revoked")
+        np.testing.assert_allclose(
+            answer.json()["outputs"][0]["data"], (np.array([[1, 2, 3, 4]]) @ W).ravel(), rtol=1e-6
+        )

@@ -89,6 +89,10 @@ class ClientCredentials:
             self._renew_at = time.monotonic() + max(lifetime - RENEW_BEFORE_S, lifetime / 2)
             return self._token
 
+    def seconds_until_renewal(self) -> float:
+        """How long the kept token serves before it should be renewed (0 or less: now)."""
+        return self._renew_at - time.monotonic() if self._token is not None else 0.0
+
     def forget(self) -> None:
         """Drop the kept token (the callee refused it): the next call fetches another."""
         with self._lock:

@@ -10,11 +10,13 @@ from fastapi import FastAPI
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.routes_kv import RoutesFollower
+from gallery_common.service_identity import client_credentials
 from gallery_common.settings import load_settings
 
 from . import api
 from .fastpath import GatewayApp, document_inference, is_inference
 from .follow import follow_routes
+from .identity import BackendIdentity
 from .outcomes import OutcomeRecorder, OutcomeStore
 from .proxy import Gateway
 from .routes import RouteBook
@@ -32,6 +34,19 @@ DESCRIPTION = (
 )
 
 
+def backend_identities(settings: GatewaySettings) -> tuple[BackendIdentity, BackendIdentity]:
+    """Who the gateway is to model servers and to the deployer's wake: its own client-credentials token for
+    both when its OIDC client is set, else each callee's static token (`identity.py`)."""
+    credentials = client_credentials(settings)
+    if credentials is not None:
+        shared = BackendIdentity(credentials=credentials)
+        return shared, shared
+    return (
+        BackendIdentity(settings.model_server_token.get_secret_value() if settings.model_server_token else None),
+        BackendIdentity(settings.deployer_token.get_secret_value() if settings.deployer_token else None),
+    )
+
+
 def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastAPI:
     """The gateway for `settings`; `with_bus=False` gives one that publishes no samples (tests).
 
@@ -42,12 +57,12 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
 
     async def startup(resources: ServiceResources, stack: AsyncExitStack) -> Gateway:
         book = await anyio.to_thread.run_sync(RouteBook(settings.resolved_routes_file).load)
-        token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
-        client = UpstreamPool(
-            max_connections=settings.max_connections,
-            default_headers={"authorization": f"Bearer {token}"} if token else None,
-        )
+        client = UpstreamPool(max_connections=settings.max_connections)
         stack.push_async_callback(client.close)
+        identity, wake_identity = backend_identities(settings)
+        identity.on_change(lambda header: client.set_default("authorization", header))
+        identity.start()
+        stack.push_async_callback(identity.close)
         samples: SampleOutbox | None = None
         follower: RoutesFollower | None = None
         outcomes: OutcomeRecorder | None = None
@@ -62,7 +77,16 @@ def create_app_for(settings: GatewaySettings, *, with_bus: bool = True) -> FastA
             outcomes.start()
             # closed after the gRPC front and the gateway: the last answers are recorded
             stack.push_async_callback(outcomes.close, timeout=settings.request_timeout_s)
-        gateway = Gateway(settings, book, client, samples, follower=follower, outcomes=outcomes)
+        gateway = Gateway(
+            settings,
+            book,
+            client,
+            samples,
+            follower=follower,
+            outcomes=outcomes,
+            identity=identity,
+            wake_identity=wake_identity,
+        )
         stack.push_async_callback(gateway.close)
         if resources.bus is not None:
 

@@ -160,8 +160,6 @@ class GatewayServicer:
         self._started = started
         self._native = settings.grpc_forward == "grpc"
         self.channels = BackendChannels(settings.max_body_bytes)
-        token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
-        self._backend_metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Every method of the service, ModelInfer with raw bytes in and out."""
@@ -334,10 +332,21 @@ class GatewayServicer:
         attempt, failures = await gateway.walk(model, chain, gateway._inference, try_link)
         return (attempt if isinstance(attempt, GrpcAttempt) else None), failures
 
+    def _backend_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The gateway's own identity for a backend (`identity.py`): its token as it is now."""
+        header = self._gateway.identity.header
+        return (("authorization", header),) if header else None
+
     async def _grpc_attempt(self, target: str, data: bytes, timeout: float) -> tuple[str, str, bytes | GrpcAnswer]:
         call = self.channels.infer(target)
         try:
-            return "ok", "", await call(data, timeout=timeout, metadata=self._backend_metadata)
+            try:
+                return "ok", "", await call(data, timeout=timeout, metadata=self._backend_metadata())
+            except aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAUTHENTICATED or not await self._gateway.identity.renew():
+                    raise
+                # the backend refused the gateway's own token: once more with a new one
+                return "ok", "", await call(data, timeout=timeout, metadata=self._backend_metadata())
         except aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
             if code in CLIENT_ERRORS:

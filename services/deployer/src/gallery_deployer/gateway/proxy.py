@@ -40,6 +40,7 @@ from . import metrics
 from .balance import plan_chain
 from .breaker import BreakerState, CircuitBreaker
 from .cache import CachedAnswer, make_response_cache
+from .identity import BackendIdentity
 from .metrics import bound
 from .outcomes import Answered, OutcomeRecorder
 from .routes import Backend, ModelRoute, RouteBook
@@ -162,6 +163,8 @@ class Gateway:
         *,
         follower: RoutesFollower | None = None,
         outcomes: OutcomeRecorder | None = None,
+        identity: BackendIdentity | None = None,
+        wake_identity: BackendIdentity | None = None,
     ) -> None:
         self.settings = settings
         self.book = book
@@ -171,8 +174,9 @@ class Gateway:
         self.client = client
         self.samples = samples
         self.rng = rng or random.Random()
-        token = settings.deployer_token.get_secret_value() if settings.deployer_token else None
-        self._wake_headers = {"authorization": f"Bearer {token}"} if token else {}
+        # who the gateway is to its backends (the client sends it) and to the deployer's wake
+        self.identity = identity or BackendIdentity()
+        self.wake_identity = wake_identity or BackendIdentity()
         self.cache = make_response_cache(settings.redis_url, settings.cache_size, settings.cache_ttl_s)
         self.usage = UsageMeter()
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
@@ -241,9 +245,14 @@ class Gateway:
 
     async def _call_wake(self, model: str, route: ModelRoute) -> None:
         assert route.policy.wake_url is not None
+        header = self.wake_identity.header
         try:
             reply = await self.client.request(
-                "POST", route.policy.wake_url, b"", self._wake_headers, self.settings.cold_start_timeout_s
+                "POST",
+                route.policy.wake_url,
+                b"",
+                {"authorization": header} if header else {},
+                self.settings.cold_start_timeout_s,
             )
         except (UpstreamError, TimeoutError) as exc:
             raise Unavailable(f"model {model!r} is scaled to zero and its deployer did not answer: {exc!r}") from exc
@@ -433,6 +442,9 @@ class Gateway:
                 response = await self.client.request(method, url, body, headers, timeout)
             except ConnectFailed:
                 # the request never reached the backend, so sending it once more is safe
+                response = await self.client.request(method, url, body, headers, timeout)
+            if response.status_code == 401 and await self.identity.renew():
+                # the backend refused the gateway's own token: once more with a new one
                 response = await self.client.request(method, url, body, headers, timeout)
         except TimeoutError:
             return Attempt(backend, "timeout", f"no answer within {timeout:.2f} s")

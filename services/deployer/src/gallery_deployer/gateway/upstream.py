@@ -182,6 +182,10 @@ class UpstreamPool:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def set_default(self, name: str, value: str) -> None:
+        """Send `name: value` with every request from now on (the gateway's renewed identity)."""
+        self._defaults[name.lower()] = value
+
     def _split(self, url: str) -> tuple[_Origin, bytes]:
         start = url.find("//") + 2
         slash = url.find("/", start) if start > 1 else -1
