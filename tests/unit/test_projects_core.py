@@ -66,6 +66,8 @@ def test_members_by_name_and_by_group_are_folded_into_the_caller_and_follow_chan
     assert identify(settings, "Bearer b").role_in("beta") is Role.writer
     directory.put(ALPHA.with_member("group:ml", Role.reader))
     assert directory.memberships("oidc:zoe", ["ml"]) == {"alpha": Role.reader}
+    directory.put(ALPHA.with_member("group:/ml/team-a", Role.writer))  # Keycloak's full group paths
+    assert directory.memberships("oidc:zoe", ["/ml/team-a"]) == {"alpha": Role.writer}
     directory.remove("beta")
     with pytest.raises(NotFound):
         authorize_in(identify(settings, "Bearer b"), "beta", Role.reader, directory)

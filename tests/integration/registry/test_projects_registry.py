@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -353,3 +354,18 @@ def test_the_gate_registers_into_the_events_project_and_refuses_another_projects
     with pytest.raises(InvalidRequest, match="model 'a-model' belongs to another project"):
         anyio.run(handle)
     assert registry.get("/api/v1/models/a-model").json()["latest_version"] == 1  # nothing registered
+
+
+def test_a_group_path_can_be_a_member_as_keycloak_names_groups(registry: TestClient) -> None:
+    member = "group:/ml/team-a"
+    for path in (quote(member, safe=""), member):  # as the CLI sends it (%2F), and as written
+        granted = registry.put(
+            f"/api/v1/projects/team-a/members/{path}", json={"role": "reader"}, headers=auth(A_ADMIN)
+        )
+        assert granted.status_code == 200, granted.text
+        assert granted.json()["members"][member] == "reader"
+    revoked = registry.delete(f"/api/v1/projects/team-a/members/{quote(member, safe='')}", headers=auth(A_ADMIN))
+    assert revoked.status_code == 200 and member not in revoked.json()["members"]
+    # a subject is still one name: no path
+    bad = registry.put("/api/v1/projects/team-a/members/oidc:a/b", json={"role": "reader"}, headers=auth(A_ADMIN))
+    assert bad.status_code == 400

@@ -10,8 +10,8 @@ the watch to deliver it.
 - `POST /projects`: a new project (an installation-wide admin only; 409 if the name exists);
 - `GET /projects/{name}`: one project (404 `project 'x' not found` when it is not visible, the same
   as for a project that does not exist);
-- `PUT` / `DELETE /projects/{name}/members/{principal}`: grant a member a role, or take it away
-  (an admin of that project).
+- `PUT` / `DELETE /projects/{name}/members/{principal}`: grant a member a role, or take it away (an
+  admin of that project); a group may be a path (`group:/ml/team-a`), its `/` sent as is or as `%2F`.
 
 A member is a caller's name as the services know it: `oidc:<sub>` (an OIDC user), `group:<name>`
 (everyone in an OIDC group) or `token-<hash8>` (a static token with project grants). Every change
@@ -48,7 +48,8 @@ from .deps import RegistryCore
 router = APIRouter(prefix="/api/v1", tags=["projects"])
 
 PRINCIPAL_RULE = "oidc:<subject>, group:<name> or token-<8 hex digits> (a static token's caller name)"
-_PRINCIPAL = re.compile(r"^(?:(?:oidc|group):[^\s/]{1,256}|token-[0-9a-f]{8})$")
+# a group may be a path (Keycloak's full group paths: `group:/ml/team-a`); a subject never holds '/'
+_PRINCIPAL = re.compile(r"^(?:oidc:[^\s/]{1,256}|group:[^\s]{1,256}|token-[0-9a-f]{8})$")
 ProjectName = Annotated[str, Path(pattern=PROJECT_PATTERN)]
 
 
@@ -182,7 +183,9 @@ async def _set_member(
     return record
 
 
-@router.put("/projects/{name}/members/{principal}", summary="Give a member a role", dependencies=[requires(Role.admin)])
+@router.put(
+    "/projects/{name}/members/{principal:path}", summary="Give a member a role", dependencies=[requires(Role.admin)]
+)
 async def grant_member(
     name: ProjectName,
     principal: str,
@@ -198,7 +201,7 @@ async def grant_member(
 
 
 @router.delete(
-    "/projects/{name}/members/{principal}",
+    "/projects/{name}/members/{principal:path}",
     summary="Take a member's role away",
     dependencies=[requires(Role.admin)],
 )
