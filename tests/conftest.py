@@ -12,12 +12,16 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from promtool_check import Promtool
 
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port, wait_for_port
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,6 +165,21 @@ def postgres_server() -> Iterator[PostgresServer]:
         with contextlib.suppress(subprocess.CalledProcessError):
             server.stop()
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database, once on SQLite and once on PostgreSQL (a new database on the session's server):
+    for store and migration code that must work on both."""
+    from gallery_common.db import make_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'service.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +51,6 @@ SERVICES: dict[str, tuple[SchemaMigrations, Callable[[], SQLModel]]] = {
         lambda: SloRecord(model="iris", p99_ms=50, error_rate=0.01, drift_psi=0.2, drift_min_samples=100, window_s=300),
     ),
 }
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'service.db'}"
-    else:
-        url = request.getfixturevalue("postgres_server").new_database()
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def create_all_as_before(migrations: SchemaMigrations, engine: Engine) -> None:

@@ -3,30 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
-from gallery_common.db import make_engine
 from gallery_common.errors import InvalidRequest
 from gallery_registry.migrations import MIGRATIONS
 from gallery_registry.schemas import ModelCreate, ModelQuery, VersionCreate, VersionQuery
 from gallery_registry.store import RegistryStore
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'registry.db'}"
-    else:
-        url = request.getfixturevalue("postgres_server").new_database()
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def test_models_from_before_projects_belong_to_default(engine: Engine) -> None:

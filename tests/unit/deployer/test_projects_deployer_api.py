@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from registry_fakes import InMemoryRegistry
+from sqlmodel import Session
 
 from gallery_common.app import create_app
 from gallery_common.db import make_engine
@@ -27,6 +28,8 @@ from gallery_deployer.deployer import api, routes_api
 from gallery_deployer.deployer.migrations import MIGRATIONS
 from gallery_deployer.deployer.records import DeploymentRecord, DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
+from gallery_deployer.experiments import api as experiments_api
+from gallery_deployer.experiments.records import ExperimentRecord, ExperimentStore
 from gallery_deployer.gateway.routes import Backend, ModelRoute
 
 SHA = "d" * 64
@@ -241,3 +244,43 @@ def test_the_routes_of_another_projects_model_answer_as_a_model_without_a_route(
     assert set(controller.routes.held) == {"ours", "theirs"}
     refused = client.get("/api/v1/routes/ours", headers=bearer(MIXED))
     assert refused.status_code == 403 and "admin role in project 'alpha'" in refused.json()["error"]
+
+
+@dataclass
+class StoredExperiments:
+    """The experiments API's view of the experiments: the real store, nothing running."""
+
+    store: ExperimentStore
+    controller: Controller
+
+    async def all(self, model: str | None = None) -> list[ExperimentRecord]:
+        return [r for r in self.store.all() if model is None or r.model == model]
+
+    async def get(self, experiment_id: str) -> tuple[ExperimentRecord, list[Any]]:
+        found = self.store.get(experiment_id)
+        if found is None:
+            raise NotFound(experiment_id)
+        return found, []
+
+
+def test_an_experiment_stays_in_its_project_after_its_model_stops_serving(controller: Controller) -> None:
+    store = ExperimentStore(controller.store.engine)
+    for model, project in MODELS.items():
+        store.save(
+            ExperimentRecord(
+                id=f"exp-{model}", model=model, project=project, versions=[1, 2], split=[50, 50],
+                metric="accuracy", mde=0.05, alpha=0.05, status="concluded",
+            )
+        )  # fmt: skip
+    with Session(controller.store.engine) as session:  # "ours" is retired: no deployment of it is left
+        session.delete(session.get(DeploymentRecord, "ours-v1"))
+        session.commit()
+    app = create_app(controller.settings, title="deployer", routers=[experiments_api.router], use_bus=False)
+    app.dependency_overrides[experiments_api.get_experiments] = lambda: StoredExperiments(store, controller)
+    with TestClient(app) as client:
+        listed = client.get("/api/v1/experiments", headers=bearer(ALPHA_READER)).json()
+        assert [(e["id"], e["project"]) for e in listed] == [("exp-ours", "alpha")]
+        assert client.get("/api/v1/experiments/exp-ours", headers=bearer(ALPHA_READER)).json()["project"] == "alpha"
+        hidden = client.get("/api/v1/experiments/exp-ours", headers=bearer(BETA_ADMIN))
+        assert hidden.status_code == 404 and hidden.json()["error"] == "no experiment 'exp-ours'"
+        assert [e["id"] for e in client.get("/api/v1/experiments", headers=bearer(BETA_ADMIN)).json()] == ["exp-theirs"]

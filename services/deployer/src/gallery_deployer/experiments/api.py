@@ -96,12 +96,6 @@ class ExperimentView(BaseModel):
     history: list[CurvePoint] | None = Field(default=None, description="the arms over time (GET of one experiment)")
 
 
-async def _project_of(experiments: Experiments, model: str) -> str:
-    """An experiment's project: its model's deployments' (an experiment runs between serving versions)."""
-    found = await anyio.to_thread.run_sync(experiments.controller.store.project_of, model)
-    return found or DEFAULT_PROJECT
-
-
 async def _visible(
     experiments: Experiments, caller: Caller, directory: ProjectDirectory, experiment_id: str, needed: Role
 ) -> tuple[ExperimentRecord, list[ExperimentPoint], str]:
@@ -111,11 +105,10 @@ async def _visible(
         record, points = await experiments.get(experiment_id)
     except NotFound:
         raise NotFound(f"no experiment {experiment_id!r}") from None
-    project = await _project_of(experiments, record.model)
-    if role_in(caller, project, directory) is None:
+    if role_in(caller, record.project, directory) is None:
         raise NotFound(f"no experiment {experiment_id!r}")
-    authorize_in(caller, project, needed, directory)
-    return record, points, project
+    authorize_in(caller, record.project, needed, directory)
+    return record, points, record.project
 
 
 def _view(record: ExperimentRecord, project: str, points: list[ExperimentPoint] | None = None) -> ExperimentView:
@@ -218,14 +211,7 @@ async def list_experiments(
     if project is not None:
         authorize_in(caller, project, Role.reader, directory)
     visible = {project} if project is not None else set(visible_projects(caller, directory))
-    projects: dict[str, str] = {}
-    views = []
-    for record in await experiments.all(model):
-        if record.model not in projects:
-            projects[record.model] = await _project_of(experiments, record.model)
-        if projects[record.model] in visible:
-            views.append(_view(record, projects[record.model]))
-    return views
+    return [_view(record, record.project) for record in await experiments.all(model) if record.project in visible]
 
 
 @router.get("/experiments/{experiment_id}", summary="One experiment: its arms, decision and curves")

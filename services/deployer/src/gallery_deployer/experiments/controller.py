@@ -250,6 +250,7 @@ class Experiments:
                 )
             record = ExperimentRecord(
                 model=model,
+                project=serving[0].project,
                 versions=list(plan.versions),
                 split=list(plan.split),
                 metric=plan.metric,

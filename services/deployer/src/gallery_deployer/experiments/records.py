@@ -51,6 +51,7 @@ class ExperimentRecord(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True)
     model: str = Field(index=True)
+    project: str = Field(default="default", index=True)  # its model's deployments' when it started
     versions: list[int] = Field(sa_column=Column(JSON, nullable=False))
     split: list[float] = Field(sa_column=Column(JSON, nullable=False))
     metric: str
