@@ -1,5 +1,6 @@
 """OIDC bearer tokens on the inference path: an application's client-credentials token through the
-gateway to a model server that knows only the gateway's own token.
+gateway (REST and gRPC) to a model server that knows only the gateway's own token, or only OIDC tokens
+(the gateway then calls it as its own OIDC client).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import tritonclient.grpc as triton_grpc
 from oidc_provider import RunningProvider, running_provider
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry
+from tritonclient.utils import InferenceServerException
 from uvicorn_thread import served
 
+from gallery_common.netutil import free_port
 from gallery_deployer.gateway.app import create_app_for
 from gallery_deployer.gateway.settings import GatewaySettings
 from gallery_deployer.modelserver.app import create_app as create_model_server
@@ -145,7 +149,9 @@ def test_the_gateway_calls_model_servers_as_its_own_oidc_client_and_renews_a_ref
         api_tokens="atok:admin,app-token:inference",  # type: ignore[arg-type]
         oidc_client_id="gateway",
         oidc_client_secret="gateway-secret",  # type: ignore[arg-type]
+        oidc_group_roles="ml-apps=inference",  # type: ignore[arg-type]
         sample_rate=0.0,
+        grpc_port=free_port(),
         **oidc,
     )
     gateway_app = create_app_for(gateway_settings, with_bus=False)
@@ -169,3 +175,14 @@ def test_the_gateway_calls_model_servers_as_its_own_oidc_client_and_renews_a_ref
         np.testing.assert_allclose(
             answer.json()["outputs"][0]["data"], (np.array([[1, 2, 3, 4]]) @ W).ravel(), rtol=1e-6
         )
+        # the same over the gateway's gRPC front, tritonclient.grpc carrying an application's OIDC token
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{gateway_settings.grpc_port}")
+        tensor = triton_grpc.InferInput("features", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.array([[1, 2, 3, 4]], np.float32))
+        token = provider.client_credentials_token("shop-app", "shop-secret")
+        result = client.infer("tiny", [tensor], headers={"authorization": f"Bearer {token}"})  # gRPC: lower case
+        np.testing.assert_allclose(result.as_numpy("logits"), np.array([[1, 2, 3, 4]]) @ W, rtol=1e-6)
+        foreign = provider.client_credentials_token("crm-app", "crm-secret")  # meant for another API
+        with pytest.raises(InferenceServerException, match="wrong audience") as refused:
+            client.infer("tiny", [tensor], headers={"authorization": f"Bearer {foreign}"})
+        assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
