@@ -151,6 +151,14 @@ def pool() -> Iterator[StandbyRanks]:
         standby.most = 0
 
 
+def dead(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie its parent has not reaped yet, or gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def standby_pids(parent: int | None = None) -> list[int]:
     """The standby ranks that run (not zombies), started by `parent` (default: this process)."""
     parent = parent or os.getpid()
@@ -175,7 +183,9 @@ def test_standby_ranks_run_jobs_and_the_pool_follows_the_job_size(tmp_path: Path
     wait_for("two standby ranks", lambda: pool.ready == 2, timeout=120)
     first, second = sorted(standby_pids())
     os.kill(first, signal.SIGKILL)  # a standby that dies while it waits is passed over
-    wait_for("the standby's death", lambda: first not in standby_pids(), timeout=30)
+    # dead, not dying: a process on its way out has lost its command line (so `standby_pids` no longer
+    # lists it) before it is a zombie, and a pool that polled it then would still find it running
+    wait_for("the standby's death", lambda: dead(first), timeout=30)
     outputs = run_job(digits_spec({"kind": "ddp"}), tmp_path / "one")
     assert f"(a standby rank, pid {second})" in (tmp_path / "one" / "train.log").read_text()
     assert_trained(outputs, tmp_path / "one", epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 32)
