@@ -270,7 +270,10 @@ class SignIn:
             raise Unavailable(f"the identity provider's token endpoint does not answer: {exc}") from None
         if answer.status_code != 200:
             raise Unauthorized(f"the identity provider refused {what} (HTTP {answer.status_code}): {answer.text[:200]}")
-        body = answer.json()
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
         if not isinstance(body, dict):
             raise Unauthorized("the identity provider's token answer is not a JSON object")
         return body
