@@ -1,6 +1,8 @@
 """Launch commands, following metrics.jsonl, the DDP fallback and the reasons a user reads on failure."""
 
 import json
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -138,3 +140,21 @@ def test_a_failed_rank_stops_its_peers_and_the_job_fails_with_its_code(
     # the waiting peer was stopped and reaped, not left to sleep on
     left = [p.pid for p in launcher.psutil.process_iter(["cmdline"]) if str(script) in (p.info["cmdline"] or [])]
     assert left == []
+
+
+def test_a_standby_rank_that_ended_before_its_job_is_replaced_by_a_rank_started_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the pool polled it running a moment ago; it has exited since (killed, say)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    ended.wait()
+    monkeypatch.setattr(launcher.standby, "take", lambda count: [ended])
+    with (tmp_path / "train.log").open("wb") as log:
+        ranks = launcher._start(spec_with({"ranks": 1}), tmp_path, 29555, False, log)
+    try:
+        assert len(ranks.processes) == 1 and ranks.processes[0].pid != ended.pid
+    finally:
+        ranks.stop()
+    text = (tmp_path / "train.log").read_text()
+    assert f"(the standby rank, pid {ended.pid}, ended before it took the job)" in text
+    assert re.search(r"\$ RANK=0 \S+ -m gallery_trainer\.rank --workdir \S+\n", text), text

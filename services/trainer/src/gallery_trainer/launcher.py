@@ -289,19 +289,8 @@ def _start(spec: JobSpec, workdir: Path, port: int, resume: bool, log: BinaryIO)
         ready = standby.take(spec.engine.ranks)
         for index in range(spec.engine.ranks):
             env = rank_environment(spec, port, index)
-            if index < len(ready):
-                process = ready[index]
-                shown = " ".join(rank_command(workdir, resume=resume))
-                log.write(f"$ RANK={index} {shown} (a standby rank, pid {process.pid})\n".encode())
-                log.flush()
-                processes.append(process)
-                assignment = StandbyAssignment(rank_arguments(workdir, resume=resume), env, str(workdir), log.name)
-                assert process.stdin is not None
-                try:
-                    process.stdin.write(assignment.line())
-                    process.stdin.close()
-                except OSError:  # it died while waiting (its exit code tells the job why)
-                    pass
+            if index < len(ready) and _assign(ready[index], index, workdir, resume, env, log):
+                processes.append(ready[index])
             else:
                 command = rank_command(workdir, resume=resume)
                 log.write(("$ " + f"RANK={index} " + " ".join(command) + "\n").encode())
@@ -312,6 +301,25 @@ def _start(spec: JobSpec, workdir: Path, port: int, resume: bool, log: BinaryIO)
             RankProcesses(processes).stop()
         raise
     return RankProcesses(processes)
+
+
+def _assign(
+    process: subprocess.Popen[bytes], index: int, workdir: Path, resume: bool, env: dict[str, str], log: BinaryIO
+) -> bool:
+    """Give a standby rank its place in the job; False when it died before it could take it (the pool found
+    it running a moment before), and the job starts that rank itself."""
+    shown = " ".join(rank_command(workdir, resume=resume))
+    log.write(f"$ RANK={index} {shown} (a standby rank, pid {process.pid})\n".encode())
+    log.flush()  # before the rank writes its own lines after it
+    assignment = StandbyAssignment(rank_arguments(workdir, resume=resume), env, str(workdir), log.name)
+    assert process.stdin is not None
+    try:
+        process.stdin.write(assignment.line())
+        process.stdin.close()
+    except OSError:  # its end of the pipe is closed: it has exited
+        log.write(f"(the standby rank, pid {process.pid}, ended before it took the job)\n".encode())
+        return False
+    return True
 
 
 def remove_shared_buffers(port: int, shm: Path = SHM_DIR) -> list[Path]:
