@@ -34,7 +34,7 @@ from gallery_common.nats_auth import principals
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("dev", "production")
+OVERLAYS = ("dev", "production", "production-sso")
 # Each rendering by name (deploy/k8s/rendered/<name>.yaml) and the kustomization it comes from.
 RENDERINGS = {
     **{overlay: K8S / "overlays" / overlay for overlay in OVERLAYS},

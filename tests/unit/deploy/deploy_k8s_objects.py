@@ -16,7 +16,7 @@ from gallery_deployer.runtime.manifests import KubernetesOptions, deployment_man
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("dev", "production")
+OVERLAYS = ("dev", "production", "production-sso")
 K8S_VERSION = "1.37.0"  # the Kubernetes every rendered object must be valid for
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 Obj = dict[str, Any]
@@ -69,6 +69,10 @@ def container(workload: Obj, name: str | None = None) -> Obj:
     return found
 
 
+def env_of(c: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
 def env_value(container: Obj, name: str) -> str:
     (value,) = [e["value"] for e in container.get("env", []) if e["name"] == name]
     return str(value)
@@ -107,9 +111,13 @@ def env_file(path: Path) -> dict[str, str]:
     return pairs
 
 
-def production_secret_keys() -> dict[str, set[str]]:
-    """The Secrets production expects to exist, with their keys (overlays/production/<name>.example.env)."""
-    examples = (K8S / "overlays" / "production").glob("*.example.env")
+def production_secret_keys(overlay: str = "production") -> dict[str, set[str]]:
+    """The Secrets production expects to exist, with their keys (overlays/production/<name>.example.env),
+    and those of the components `overlay` adds to it (production-sso: components/sso)."""
+    folders = [K8S / "overlays" / "production"]
+    if overlay == "production-sso":
+        folders.append(K8S / "components" / "sso")
+    examples = [example for folder in folders for example in folder.glob("*.example.env")]
     return {p.name.removesuffix(".example.env"): set(env_file(p)) for p in examples}
 
 

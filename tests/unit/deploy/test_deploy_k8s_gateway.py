@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from deploy_k8s_objects import find, manifests, of_kind, pod_spec, selected_by
 
-OVERLAYS = ("dev", "production")
+OVERLAYS = ("dev", "production", "production-sso")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -16,6 +16,7 @@ from deploy_k8s_objects import (
     Obj,
     container,
     env_file,
+    env_of,
     find,
     kubernetes_options,
     manifests,
@@ -68,10 +69,6 @@ def users_secret_keys_read(pod: Obj, container_name: str | None = None) -> list[
             if volume.get("secret", {}).get("secretName") == USERS_SECRET:
                 keys += [item["key"] for item in volume["secret"].get("items", [])] or [None]
     return keys
-
-
-def env_of(c: Obj) -> dict[str, Obj]:
-    return {e["name"]: e for e in c.get("env", [])}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
