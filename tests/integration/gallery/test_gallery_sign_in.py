@@ -270,3 +270,4 @@ def test_sign_in_says_it_is_unavailable_while_nats_is_away(stack: SignInStack, n
         answer = browser.get(f"{stack.gallery}/api/gallery/catalogue")
         assert answer.status_code == 503 and "NATS" in answer.json()["error"]
         assert httpx.get(f"{stack.gallery}/readyz").status_code == 200  # the Gallery itself still serves
+        assert browser.get(f"{stack.gallery}/").status_code == 200  # and its pages, whose API calls say why

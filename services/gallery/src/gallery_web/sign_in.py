@@ -53,6 +53,7 @@ from .settings import GalleryWebSettings
 
 SESSION_COOKIE = "gallery_session"
 LOGIN_COOKIE = "gallery_login"
+SESSION_PATHS = ("/api/", "/auth/")  # what a session's token is for (pages and their assets are public)
 REFRESH_AHEAD_S = 30.0  # an access token this close to its expiry is renewed before it is passed on
 RENEWAL_CLAIM_S = 15.0  # how long a replica's claim to renew a session holds: the token endpoint's 10 s limit and more
 log = get_logger(__name__)
@@ -80,7 +81,7 @@ def _same_origin(scope: Scope, public_host: str | None) -> bool:
 
 class SessionBearer:
     """Give a request from a signed-in browser the session's bearer token (see the module's docstring); while
-    the sessions cannot be read (NATS away), such a request gets 503 saying so."""
+    the sessions cannot be read (NATS away), such a request to the API or sign-in gets 503 saying so."""
 
     def __init__(self, app: ASGIApp, sign_in: SignIn, public_url: str | None = None) -> None:
         self.app = app
@@ -94,8 +95,10 @@ class SessionBearer:
                 try:
                     session = await self.sign_in.current(session_id)
                 except Unavailable as exc:
-                    await JSONResponse({"error": exc.message}, status_code=503)(scope, receive, send)
-                    return
+                    if scope["path"].startswith(SESSION_PATHS):
+                        await JSONResponse({"error": exc.message}, status_code=503)(scope, receive, send)
+                        return
+                    session = None  # a page or its assets: served as to anyone; its API calls say why
                 if session is not None:
                     scope = dict(scope)
                     bearer = f"Bearer {session.access_token}".encode()
