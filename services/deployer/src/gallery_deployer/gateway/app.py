@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.routes_kv import RoutesFollower
-from gallery_common.service_identity import client_credentials
 from gallery_common.settings import load_settings
 
 from . import api
@@ -37,9 +36,10 @@ DESCRIPTION = (
 def backend_identities(settings: GatewaySettings) -> tuple[BackendIdentity, BackendIdentity]:
     """Who the gateway is to model servers and to the deployer's wake: its own client-credentials token for
     both when its OIDC client is set, else each callee's static token (`identity.py`)."""
-    credentials = client_credentials(settings)
-    if credentials is not None:
-        shared = BackendIdentity(credentials=credentials)
+    if settings.oidc_issuer and settings.oidc_client_id and settings.oidc_client_secret:
+        from gallery_common.service_identity import client_credentials  # httpx: only when it is used
+
+        shared = BackendIdentity(credentials=client_credentials(settings))
         return shared, shared
     return (
         BackendIdentity(settings.model_server_token.get_secret_value() if settings.model_server_token else None),

@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gallery_common.errors import Unauthorized
-from gallery_common.service_identity import ClientCredentials
 from gallery_common.telemetry import get_logger
+
+if TYPE_CHECKING:  # httpx (and the CLI libraries it pulls in) loads only where a client is configured
+    from gallery_common.service_identity import ClientCredentials
 
 log = get_logger(__name__)
 RETRY_S = 5.0  # how soon a failed renewal is tried again
