@@ -186,3 +186,28 @@ def test_the_gateway_calls_model_servers_as_its_own_oidc_client_and_renews_a_ref
         with pytest.raises(InferenceServerException, match="wrong audience") as refused:
             client.infer("tiny", [tensor], headers={"authorization": f"Bearer {foreign}"})
         assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
+
+
+def test_a_model_server_refusing_the_gateways_own_token_is_a_502_naming_it_not_the_clients_401(
+    tmp_path: Path,
+) -> None:
+    server_settings = model_server_settings(tmp_path, api_tokens="gateway-identity:inference")
+    gateway_settings = GatewaySettings(
+        home=tmp_path,
+        api_tokens="atok:admin,app-token:inference",  # type: ignore[arg-type]
+        model_server_token="an-old-identity",  # type: ignore[arg-type]  # not the one the model server knows
+        sample_rate=0.0,
+    )
+    model_server = create_model_server(server_settings, load_model(server_settings), CollectorRegistry())
+    with served(model_server) as server_port, served(create_app_for(gateway_settings, with_bus=False)) as port:
+        base = f"http://127.0.0.1:{port}"
+        route = {"backends": [{"id": "a", "url": f"http://127.0.0.1:{server_port}"}]}
+        assert httpx.put(f"{base}/admin/routes/tiny", json=route, headers=bearer("atok")).status_code == 200
+        answer = httpx.post(
+            f"{base}/v2/models/tiny/infer", content=infer_body([[1, 2, 3, 4]]), headers=bearer("app-token")
+        )
+        assert answer.status_code == 502, answer.text
+        assert (
+            answer.json()["error"]
+            == "no backend of model 'tiny' could answer: a: refused the gateway's own credentials (401)"
+        )

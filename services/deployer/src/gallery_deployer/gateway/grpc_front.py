@@ -62,6 +62,7 @@ SERVICE = "inference.GRPCInferenceService"
 BINARY_HEADER = INFERENCE_HEADER_LENGTH.lower()
 SERVER_NAME = "modelgallery-gateway"
 # a backend's answer with one of these codes is the client's to hear (as a REST 4xx): no fallback, no breaker
+GATEWAY_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 CLIENT_ERRORS = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -349,6 +350,8 @@ class GatewayServicer:
                 return "ok", "", await call(data, timeout=timeout, metadata=self._backend_metadata())
         except aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
+            if code in GATEWAY_REFUSED:  # a backend checks only the gateway's own token
+                return "server_error", f"refused the gateway's own credentials ({code.name})", GrpcAnswer(code, details)
             if code in CLIENT_ERRORS:
                 return "client_error", "", GrpcAnswer(code, details)
             if code is grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -452,6 +452,10 @@ class Gateway:
             return Attempt(backend, "unreachable", f"unreachable ({type(exc).__name__})")
         if response.status_code >= 500:
             return Attempt(backend, "server_error", f"answered {response.status_code}", response)
+        if response.status_code in (401, 403):
+            # a backend checks only the gateway's own token: not the client's fault, and not its answer
+            reason = f"refused the gateway's own credentials ({response.status_code})"
+            return Attempt(backend, "server_error", reason, response)
         outcome = "client_error" if response.status_code >= 400 else "ok"
         return Attempt(backend, outcome, response=response)
 
