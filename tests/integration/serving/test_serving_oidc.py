@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.grpc as triton_grpc
+from fastapi import FastAPI
 from oidc_provider import RunningProvider, running_provider
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry
@@ -87,6 +89,18 @@ def model_server_settings(tmp_path: Path, **identity: Any) -> ModelServerSetting
     )
 
 
+@contextmanager
+def routed(server_settings: ModelServerSettings, gateway_app: FastAPI) -> Iterator[tuple[str, str]]:
+    """The model server and the gateway (admin token `atok`) serving, the route to the model set; yields
+    the gateway's and the model server's base URLs."""
+    model_server = create_model_server(server_settings, load_model(server_settings), CollectorRegistry())
+    with served(model_server) as server_port, served(gateway_app) as port:
+        base, backend = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{server_port}"
+        route = {"backends": [{"id": "a", "url": backend}]}
+        assert httpx.put(f"{base}/admin/routes/tiny", json=route, headers=bearer("atok")).status_code == 200
+        yield base, backend
+
+
 @pytest.fixture
 def gateway(tmp_path: Path, provider: RunningProvider) -> Iterator[str]:
     server_settings = model_server_settings(tmp_path, api_tokens="gateway-identity:inference")
@@ -99,11 +113,7 @@ def gateway(tmp_path: Path, provider: RunningProvider) -> Iterator[str]:
         oidc_group_roles="ml-apps=inference",  # type: ignore[arg-type]
         sample_rate=0.0,
     )
-    model_server = create_model_server(server_settings, load_model(server_settings), CollectorRegistry())
-    with served(model_server) as server_port, served(create_app_for(gateway_settings, with_bus=False)) as port:
-        base = f"http://127.0.0.1:{port}"
-        route = {"backends": [{"id": "a", "url": f"http://127.0.0.1:{server_port}"}]}
-        assert httpx.put(f"{base}/admin/routes/tiny", json=route, headers=bearer("atok")).status_code == 200
+    with routed(server_settings, create_app_for(gateway_settings, with_bus=False)) as (base, _):
         yield base
 
 
@@ -155,11 +165,7 @@ def test_the_gateway_calls_model_servers_as_its_own_oidc_client_and_renews_a_ref
         **oidc,
     )
     gateway_app = create_app_for(gateway_settings, with_bus=False)
-    model_server = create_model_server(server_settings, load_model(server_settings), CollectorRegistry())
-    with served(model_server) as server_port, served(gateway_app) as port:
-        base, backend = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{server_port}"
-        route = {"backends": [{"id": "a", "url": backend}]}
-        assert httpx.put(f"{base}/admin/routes/tiny", json=route, headers=bearer("atok")).status_code == 200
+    with routed(server_settings, gateway_app) as (base, backend):
         body = infer_body([[1, 2, 3, 4]])
         assert httpx.post(f"{backend}/v2/models/tiny/infer", content=body).status_code == 401  # it does check
         answer = httpx.post(f"{base}/v2/models/tiny/infer", content=body, headers=bearer("app-token"))
@@ -198,11 +204,7 @@ def test_a_model_server_refusing_the_gateways_own_token_is_a_502_naming_it_not_t
         model_server_token="an-old-identity",  # type: ignore[arg-type]  # not the one the model server knows
         sample_rate=0.0,
     )
-    model_server = create_model_server(server_settings, load_model(server_settings), CollectorRegistry())
-    with served(model_server) as server_port, served(create_app_for(gateway_settings, with_bus=False)) as port:
-        base = f"http://127.0.0.1:{port}"
-        route = {"backends": [{"id": "a", "url": f"http://127.0.0.1:{server_port}"}]}
-        assert httpx.put(f"{base}/admin/routes/tiny", json=route, headers=bearer("atok")).status_code == 200
+    with routed(server_settings, create_app_for(gateway_settings, with_bus=False)) as (base, _):
         answer = httpx.post(
             f"{base}/v2/models/tiny/infer", content=infer_body([[1, 2, 3, 4]]), headers=bearer("app-token")
         )
