@@ -136,7 +136,10 @@ def body(x: list[float]) -> bytes:
 
 async def infer_many(url: str, payloads: list[bytes], headers: dict[str, str] | None = None) -> list[httpx.Response]:
     limit = asyncio.Semaphore(32)
-    async with httpx.AsyncClient(timeout=10) as client:
+    # a connection idle as long as the server's keep-alive (uvicorn: 5 s, httpx's default expiry too) may be
+    # closed by the server as the client reuses it (a ReadError, seen once on a loaded machine): reuse
+    # only connections idle for less
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(keepalive_expiry=1.0)) as client:
 
         async def one(payload: bytes) -> httpx.Response:
             async with limit:
