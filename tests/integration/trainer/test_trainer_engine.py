@@ -184,8 +184,12 @@ def test_standby_ranks_run_jobs_and_the_pool_follows_the_job_size(tmp_path: Path
     first, second = sorted(standby_pids())
     os.kill(first, signal.SIGKILL)  # a standby that dies while it waits is passed over
     # dead, not dying: a process on its way out has lost its command line (so `standby_pids` no longer
-    # lists it) before it is a zombie, and a pool that polled it then would still find it running
+    # lists it) before it is a zombie, and a pool that polled it then would still find it running; and
+    # reaped through the pool's own handle, whose exit code `take` then reads (a dead standby was still
+    # handed to the job in 2 of 5 fresh-clone runs with only the first wait)
     wait_for("the standby's death", lambda: dead(first), timeout=30)
+    (killed,) = [process for process in pool._held if process.pid == first]
+    wait_for("the pool's handle to see it", lambda: killed.poll() is not None, timeout=30)
     outputs = run_job(digits_spec({"kind": "ddp"}), tmp_path / "one")
     assert f"(a standby rank, pid {second})" in (tmp_path / "one" / "train.log").read_text()
     assert_trained(outputs, tmp_path / "one", epochs=2, steps_per_epoch=TRAIN_EXAMPLES // 32)
