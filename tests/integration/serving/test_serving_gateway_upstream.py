@@ -4,12 +4,12 @@ keep-alive reuse, a backend that closes idle connections, and the errors the fal
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 
+from gallery_common.netutil import free_port
 from gallery_deployer.gateway.upstream import ConnectFailed, Disconnected, UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -126,11 +126,8 @@ async def test_time_limit_refused_connection_and_a_cut_off_answer_are_told_apart
     async with backend(cut_off) as (url, _):
         with pytest.raises(Disconnected):
             await pool.request("POST", f"{url}/x", b"1", {}, 5)
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
     with pytest.raises(ConnectFailed):
-        await pool.request("POST", f"http://127.0.0.1:{port}/x", b"1", {}, 5)
+        await pool.request("POST", f"http://127.0.0.1:{free_port()}/x", b"1", {}, 5)
 
 
 async def test_requests_over_the_limit_wait_for_a_free_connection() -> None:
