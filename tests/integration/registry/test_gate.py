@@ -36,6 +36,8 @@ from gallery_common.errors import Unavailable
 from gallery_common.events import ArtifactRef, CloudEvent, ModelDegraded, ModelTrained, Signature, make_event
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
+from gallery_common.projects import DEFAULT_PROJECT, ProjectRecord
+from gallery_common.projects_kv import ProjectsBucket
 from gallery_common.settings import GallerySettings
 from gallery_registry.app import create_app_for
 from gallery_registry.gate import GATE_DURABLE, ValidationGate, gate_events
@@ -79,9 +81,11 @@ class Trainer:
         *,
         signature: Signature | None = None,
         metrics: dict[str, float] | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> CloudEvent[ModelTrained]:
         payload = ModelTrained(
             model="digits",
+            project=project,
             run_id=f"run-{uuid.uuid4().hex[:8]}",
             artifacts=artifacts,
             task="classification",
@@ -165,6 +169,7 @@ async def running_gate(
     gate_store = FlakyStore(artifacts, outages) if outages else artifacts
     async with EventBus(nats_url, "registry") as registry_bus, EventBus(nats_url, "trainer") as trainer_bus:
         gate = ValidationGate(registry, gate_store, registry_bus)
+        gate.projects = await ProjectsBucket.open(registry_bus)
         async with gate_events(gate).consumer(registry_bus):
             yield Gate(trainer_bus, artifacts, models, workdir, registry, gate)
     registry.engine.dispose()
@@ -356,6 +361,26 @@ async def test_an_event_the_registry_can_never_take_is_dead_lettered_with_the_re
     assert "lineage.parent_version 5 is not a version of model 'digits'" in letter.reason
     await eventually(lambda: nothing_pending(gate.bus), what="the gate consumer to settle")
     assert gate.registry.search_versions(VersionQuery(name="digits")).versions == []
+
+
+async def test_a_model_trained_for_a_project_that_does_not_exist_is_dead_lettered_not_hidden(
+    gate: Gate, models: Models
+) -> None:
+    orphan = gate.trained_event(gate.artifacts_for("runs/nowhere", models.good), project="no-such-team")
+    await gate.bus.publish_event(orphan)
+    await eventually(lambda: has_dead_letter(gate.bus), what="a dead letter")
+    (letter,) = await gate.bus.dead_letters()
+    assert letter.event_id == orphan.id
+    assert "project 'no-such-team' does not exist" in letter.reason
+    assert gate.registry.search_versions(VersionQuery(name="digits")).versions == []
+
+    # once the project exists, the same model's event is registered into it
+    assert gate.validator.projects is not None
+    await gate.validator.projects.create(ProjectRecord.new("team-x", "", "test", {}))
+    await gate.bus.publish_event(gate.trained_event(gate.artifacts_for("runs/team-x", models.good), project="team-x"))
+    (outcome,) = await gate.outcomes(1)
+    assert outcome.event == "validated" and outcome.nats_subject == "model.validated.team-x"
+    assert gate.registry.get_model("digits").project == "team-x"
 
 
 async def has_dead_letter(bus: EventBus) -> bool:

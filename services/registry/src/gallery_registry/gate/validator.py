@@ -24,6 +24,7 @@ from gallery_common.bus import EventBus
 from gallery_common.db import DATABASE_UNAVAILABLE
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from gallery_common.events import CloudEvent, ModelRejected, ModelTrained, ModelValidated
+from gallery_common.projects import DEFAULT_PROJECT
 from gallery_common.telemetry import counter, get_logger, histogram
 
 from ..model_card import ModelCards
@@ -33,6 +34,8 @@ from .degraded import CLEARED, MARK
 from .explainer import ImportanceConfig, attach_explainer
 
 if TYPE_CHECKING:
+    from gallery_common.projects_kv import ProjectsBucket
+
     from .evaluation import LatencyConfig
     from .judge import Verdict
 
@@ -142,6 +145,19 @@ class ValidationGate:
         self._in_flight: set[tuple[str, int]] = set()
         # where the gate records the versions it registers and decides (None: nowhere, an app without NATS)
         self.audit: AuditTrail | None = None
+        # the projects a model.trained may name (None: not checked, an app without NATS)
+        self.projects: ProjectsBucket | None = None
+
+    async def _check_project(self, project: str) -> None:
+        """A `model.trained` for a project that does not exist is refused (NotFound: the consumer
+        dead-letters it with the reason), not registered into a project no one holds a role in."""
+        if self.projects is None or project == DEFAULT_PROJECT:
+            return
+        if await self.projects.record(project) is None:
+            raise NotFound(
+                f"project {project!r} does not exist: its model.trained cannot be registered "
+                f"(an admin creates it with `gallery projects create {project}`, then republishes the dead letter)"
+            )
 
     async def on_trained(self, event: CloudEvent[ModelTrained]) -> GateOutcome | None:
         """Handle one `model.trained` event; safe to run again on the same event.
@@ -152,6 +168,7 @@ class ValidationGate:
         Returns None when the version was already decided (or archived).
         """
         trained = event.data
+        await self._check_project(trained.project)
         # the model joins the event's project when it is new; a model of another project is refused
         # (InvalidRequest: the consumer dead-letters the event with the reason)
         register = partial(self.registry.register_version, create_model=True, project=trained.project)
