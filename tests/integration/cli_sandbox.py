@@ -4,6 +4,7 @@ point) on the CLI's PYTHONPATH, so no real service package is needed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -92,6 +93,18 @@ def pids_gone(pids: list[int], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+async def gallery_async(nats_url: str, *args: str, home: Path | None = None) -> tuple[int, str]:
+    """`gallery ...` (exit code, stdout and stderr together) run while the test's consumers keep running on its
+    event loop; `home` its GALLERY_HOME (where a secured stack's NATS passwords are)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GALLERY_")}
+    env.update(GALLERY_NATS_URL=nats_url, COLUMNS="200", **({"GALLERY_HOME": str(home)} if home else {}))
+    proc = await asyncio.create_subprocess_exec(
+        str(GALLERY), *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
 
 
 def start_foreground(sandbox: Sandbox) -> subprocess.Popen[str]:

@@ -8,12 +8,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cli_sandbox import gallery_async
+from waiting import eventually
 
 from gallery_cli.events_cmd import sample_trained
 from gallery_common.bus import EventBus
-from gallery_common.consumer import DLQ_PREFIX, ERROR_HEADER, EVENT_ID_HEADER, ORIGINAL_SUBJECT_HEADER
+from gallery_common.consumer import DLQ_PREFIX, ERROR_HEADER, EVENT_ID_HEADER, ORIGINAL_SUBJECT_HEADER, PermanentError
+from gallery_common.events import CloudEvent, ModelTrained
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 
@@ -98,3 +102,48 @@ def test_schema_of_every_event_and_an_unknown_one() -> None:
     assert "io.modelgallery.model.degraded.v1" in every
     unknown = gallery("nats://127.0.0.1:1", "events", "schema", "exploded")
     assert unknown.returncode == 1 and "unknown event 'exploded'" in unknown.stderr
+
+
+async def test_a_dead_letter_put_back_reaches_only_the_consumer_that_gave_up_on_it(nats_server: EmbeddedNats) -> None:
+    handled: dict[str, list[str]] = {"picky": [], "easy": []}
+    fixed = asyncio.Event()
+
+    async def picky(event: CloudEvent[Any]) -> None:
+        if not fixed.is_set():
+            raise PermanentError("project 'team-x' does not exist")
+        handled["picky"].append(event.id)
+
+    async def easy(event: CloudEvent[Any]) -> None:
+        handled["easy"].append(event.id)
+
+    async with EventBus(nats_server.url, "test") as bus:
+        bus.consumer("picky", picky, events=[ModelTrained]).start()
+        bus.consumer("easy", easy, events=[ModelTrained]).start()
+        event = await bus.publish(sample_trained("iris"))
+        await eventually(lambda: _dead_letters(bus, 1), what="the dead letter")
+        (letter,) = await bus.dead_letters()
+        assert letter.consumer == "picky" and letter.event_id == event.id
+
+        code, out = await gallery_async(nats_server.url, "events", "dlq")
+        assert code == 0, out
+        row = next(line for line in out.splitlines() if "picky" in line)
+        assert row.split("│")[1].strip() == str(letter.seq), "the table names the seq to put back"
+        fixed.set()
+        code, out = await gallery_async(nats_server.url, "events", "redeliver", str(letter.seq))
+        assert code == 0, out
+        assert f"put back dead letter {letter.seq} (model.trained.default, event {event.id[:8]}) for picky" in out
+        await eventually(lambda: handled["picky"], what="the consumer that gave up to handle it")
+        assert handled["picky"] == [event.id]
+        await asyncio.sleep(0.5)  # time enough for the other consumer to have taken it too, had it
+        assert handled["easy"] == [event.id], "the other consumer handled it the first time and passes it over"
+        assert await bus.dead_letters() == []
+        assert [e.id for e in await bus.stored_events()] == [event.id], "the event history holds it once"
+
+        again, out = await gallery_async(nats_server.url, "events", "redeliver", str(letter.seq))
+        assert again == 1 and f"no dead letter {letter.seq}" in out
+        code, out = await gallery_async(nats_server.url, "events", "redeliver")
+        assert code != 0 and "or give --all" in out
+
+
+async def _dead_letters(bus: EventBus, count: int) -> bool:
+    return len(await bus.dead_letters()) >= count

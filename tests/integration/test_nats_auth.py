@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
+from cli_sandbox import gallery_async
 from nats.aio.client import Client
 from nats.errors import NoServersError
+from waiting import eventually
 
+from gallery_cli.events_cmd import sample_trained
 from gallery_cli.stack import stack_authorization
-from gallery_common.bus import EVENTS_STREAM, EventBus
-from gallery_common.nats_auth import NatsCredentials, ensure_passwords, principals
+from gallery_common.bus import EVENTS_STREAM, DeadLetter, EventBus
+from gallery_common.consumer import PermanentError
+from gallery_common.errors import Unavailable
+from gallery_common.events import CloudEvent, ModelTrained
+from gallery_common.nats_auth import NatsCredentials, ensure_passwords, principals, publisher_of
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.routes_kv import BUCKET, RouteChange, RoutesBucket, RoutesFollower
 from gallery_common.routes_kv import STREAM as ROUTES_STREAM
@@ -125,6 +133,44 @@ async def test_only_the_owner_of_a_lifecycle_subject_can_publish_on_it(
             msg = await reader.js.get_msg(EVENTS_STREAM, seq)
             stored.append((msg.headers or {}).get("Nats-Msg-Id"))
     assert sorted(stored) == sorted(f"{owner}-{subject}" for subject, owner in OWNERS.items())
+
+
+def test_a_dead_letter_is_put_back_as_the_one_user_that_may_publish_its_subject() -> None:
+    assert {subject: publisher_of(subject.split(".")[1]) for subject in OWNERS} == OWNERS
+
+
+async def test_the_cli_puts_a_dead_letter_back_as_its_publisher_and_takes_it_out(
+    server: EmbeddedNats, home: Path
+) -> None:
+    event_id = str(uuid.uuid4())
+    seen: list[str] = []
+
+    async def gate(event: CloudEvent[Any]) -> None:
+        if event.id == event_id:  # the stream holds other tests' events too
+            seen.append(event.id)
+            if len(seen) == 1:
+                raise PermanentError("project 'team-x' does not exist")
+
+    def bus(user: str) -> EventBus:
+        return EventBus(server.url, user, credentials=credentials(home, user), publish_deadline=2)
+
+    async def ours(cli: EventBus) -> list[DeadLetter]:
+        return [letter for letter in await cli.dead_letters() if letter.event_id == event_id]
+
+    async with bus("registry") as registry, bus("trainer") as trainer, bus("cli") as cli:
+        registry.consumer("registry-gate", gate, events=[ModelTrained]).start()
+        await trainer.publish(sample_trained("iris"), event_id=event_id)
+        await eventually(lambda: ours(cli), what="the dead letter")
+        (letter,) = await ours(cli)
+        with pytest.raises(Unavailable):  # the server refuses it: only the CLI takes dead letters out
+            await registry.forget_dead_letter(letter.seq)
+        with pytest.raises(Unavailable):  # and only the trainer may put back a model.trained
+            await cli.redeliver(letter)
+
+        code, out = await gallery_async(server.url, "events", "redeliver", str(letter.seq), home=home)
+        assert code == 0, out
+        await eventually(lambda: len(seen) == 2, what="the gate to handle it again")
+        assert await ours(cli) == []
 
 
 async def test_only_model_servers_can_answer_inference_and_only_the_gateway_sends_samples(connect) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import re
 import socket
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from gallery_common.bus import DeadLetter, EventBus
-from gallery_common.errors import GalleryError
+from gallery_common.errors import GalleryError, InvalidRequest, Unavailable
 from gallery_common.events import (
     ANY_PROJECT,
     PAYLOADS,
@@ -34,6 +34,7 @@ from gallery_common.events import (
     subject_for,
     type_for,
 )
+from gallery_common.nats_auth import credentials_for, publisher_of
 from gallery_common.projects import PROJECT_PATTERN, PROJECT_RULE
 from gallery_common.settings import GallerySettings
 from gallery_common.telemetry import configure_logging, configure_tracing, tracer
@@ -47,6 +48,7 @@ app = typer.Typer(help="Lifecycle events: schemas, live tail, dead letters.", no
 CLI_SERVICE = "gallery-cli"
 CLI_USER = "cli"
 CONNECT_DEADLINE = 5.0
+REDELIVER_ALL_LIMIT = 1000
 T = TypeVar("T")
 
 
@@ -104,8 +106,10 @@ def _run(coro: Coroutine[Any, Any, T], settings: GallerySettings) -> T:
         return asyncio.run(coro)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    except GalleryError as exc:
+    except Unavailable as exc:
         fail(f"{exc.message}; is the stack running? (`gallery up`)")
+    except GalleryError as exc:
+        fail(exc.message)
     except (nats_errors.Error, OSError) as exc:
         fail(f"NATS at {settings.nats_url}: {exc}")
 
@@ -185,6 +189,7 @@ def dlq(
         say("no dead letters")
         return
     table = Table(title=f"Dead letters (latest {limit})", title_justify="left")
+    table.add_column("seq", justify="right", no_wrap=True)  # what `gallery events redeliver` takes
     for column in ("time", "subject"):
         table.add_column(column, no_wrap=True)
     for column in ("event id", "consumer"):
@@ -195,8 +200,70 @@ def dlq(
     for d in letters:
         when = d.time.strftime("%Y-%m-%d %H:%M:%S") if d.time else "-"
         deliveries = str(d.deliveries) if d.deliveries is not None else "-"
-        table.add_row(when, d.original_subject, (d.event_id or "-")[:8], d.consumer or "-", deliveries, d.reason)
+        table.add_row(
+            str(d.seq), when, d.original_subject, (d.event_id or "-")[:8], d.consumer or "-", deliveries, d.reason
+        )
     console.print(table)
+
+
+def publisher_for(letter: DeadLetter, settings: GallerySettings) -> str:
+    """The NATS user to put `letter` back as: the one that alone may publish its subject."""
+    prefix, _, rest = letter.original_subject.partition(".")
+    publisher = publisher_of(rest.partition(".")[0]) if prefix == SUBJECT_PREFIX else None
+    if publisher is None:
+        raise InvalidRequest(
+            f"dead letter {letter.seq}: {letter.original_subject} is not a lifecycle event's subject, so no one "
+            "may publish it again"
+        )
+    if credentials_for(settings, CLI_USER) is not None and credentials_for(settings, publisher) is None:
+        raise InvalidRequest(
+            f"dead letter {letter.seq}: only the {publisher} may publish {letter.original_subject}, and this "
+            f"machine has no NATS credentials of the {publisher} (GALLERY_NATS_USER/_PASSWORD, or its password "
+            "file under $GALLERY_HOME/nats/users)"
+        )
+    return publisher
+
+
+async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool) -> list[DeadLetter]:
+    async with _connected(settings) as bus, AsyncExitStack() as publishers:
+        letters = await bus.dead_letters(REDELIVER_ALL_LIMIT) if every else [await bus.dead_letter(s) for s in seqs]
+        chosen = [(letter, publisher_for(letter, settings)) for letter in letters]  # refuse before any is sent
+        as_user: dict[str, EventBus] = {}
+        for letter, publisher in chosen:
+            if publisher not in as_user:
+                as_user[publisher] = await publishers.enter_async_context(_connected(settings, user=publisher))
+            await as_user[publisher].redeliver(letter)
+            await bus.forget_dead_letter(letter.seq)
+            say(
+                f"put back dead letter {letter.seq} ({letter.original_subject}, event {(letter.event_id or '-')[:8]}) "
+                f"for {letter.consumer}"
+            )
+        return letters
+
+
+@app.command()
+def redeliver(
+    seqs: Annotated[
+        list[int] | None, typer.Argument(help="The dead letters' numbers: the seq column of `gallery events dlq`.")
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help=f"Every dead letter (the latest {REDELIVER_ALL_LIMIT:,}).")
+    ] = False,
+) -> None:
+    """Put dead letters back on their subject, once their cause is fixed (a project created, a service
+    upgraded, a store back).
+
+    Only the consumer that gave up on an event handles it again; the other consumers of its subject pass
+    it over, having handled it the first time. A letter put back leaves the dead letters; if the consumer
+    gives up again, a new dead letter says why. The event goes out as its publisher would send it
+    (model.trained as the trainer), so on a stack with NATS users this needs that user's credentials.
+    """
+    if bool(seqs) == every:
+        fail("name the dead letters to put back (their seq from `gallery events dlq`), or give --all")
+    settings = cli_settings()
+    letters = _run(_redeliver(settings, seqs or [], every), settings)
+    if not letters:
+        say("no dead letters")
 
 
 def sample_trained(model: str) -> ModelTrained:

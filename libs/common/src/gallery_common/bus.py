@@ -33,12 +33,13 @@ from .consumer import (
     EVENT_ID_HEADER,
     MSG_ID_HEADER,
     ORIGINAL_SUBJECT_HEADER,
+    REDELIVER_TO_HEADER,
     Consumer,
     Handler,
     PermanentError,
     TransientError,
 )
-from .errors import Unavailable
+from .errors import InvalidRequest, NotFound, Unavailable
 from .events import (
     ANY_PROJECT,
     SUBJECT_PREFIX,
@@ -568,16 +569,43 @@ class EventBus:
         """The most recent `limit` dead letters, oldest first."""
         return [DeadLetter.from_raw(raw) for raw in await self._stored(DLQ_STREAM, f"{DLQ_PREFIX}>", limit)]
 
+    async def dead_letter(self, seq: int) -> DeadLetter:
+        """The dead letter stored at `seq`; NotFound when there is none (never was, or put back)."""
+        try:
+            raw = await self.with_retry(lambda: self.js.get_msg(DLQ_STREAM, seq=seq), what=f"read dead letter {seq}")
+        except js_errors.NotFoundError:
+            raise NotFound(f"no dead letter {seq}") from None
+        return DeadLetter.from_raw(raw)
+
+    async def redeliver(self, letter: DeadLetter) -> api.PubAck:
+        """Put a dead letter back on its original subject for the consumer that gave up on it (the
+        other consumers of that subject pass it over: they handled it the first time);
+        `forget_dead_letter` then takes it out of the dead letters. The bytes are the publisher's own,
+        so this bus must be a user allowed to publish that subject. Putting the same letter back twice
+        stores it once (its message id)."""
+        if not letter.consumer:
+            raise InvalidRequest(f"dead letter {letter.seq} names no consumer to give it back to")
+        headers = {MSG_ID_HEADER: f"redelivery:{letter.seq}", REDELIVER_TO_HEADER: letter.consumer}
+        return await self.publish_raw(letter.original_subject, letter.data, headers)
+
+    async def forget_dead_letter(self, seq: int) -> None:
+        """Take dead letter `seq` out of the dead letters (after it was put back)."""
+        with contextlib.suppress(js_errors.NotFoundError):
+            await self.with_retry(lambda: self.js.delete_msg(DLQ_STREAM, seq), what=f"delete dead letter {seq}")
+
     async def stored_events(self, project: str | None = None) -> list[CloudEvent[Any]]:
         """Every lifecycle event the stream holds at the time of the call (of `project` only, when
         given), oldest first.
 
         Unlike `tail`, it ends: it reads up to the stream's last sequence as the call finds it.
-        Messages that are not valid events are skipped (they are in the dead-letter stream).
+        Messages that are not valid events are skipped (they are in the dead-letter stream), and so are
+        dead letters put back (`redeliver`): the event is there already, as first published.
         """
         events: list[CloudEvent[Any]] = []
         subject = subject_for(ANY_PROJECT, project) if project else f"{SUBJECT_PREFIX}.>"
         for raw in await self._stored(EVENTS_STREAM, subject):
+            if REDELIVER_TO_HEADER in (raw.headers or {}):
+                continue
             try:
                 events.append(parse_event(raw.data or b""))
             except InvalidEvent:

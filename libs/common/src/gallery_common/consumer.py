@@ -40,6 +40,8 @@ ORIGINAL_SUBJECT_HEADER = "Gallery-Original-Subject"
 EVENT_ID_HEADER = "Gallery-Event-Id"
 DELIVERIES_HEADER = "Gallery-Deliveries"
 CONSUMER_HEADER = "Gallery-Consumer"
+# on an event put back from the dead letters (`EventBus.redeliver`): the one durable consumer it is for
+REDELIVER_TO_HEADER = "Gallery-Redeliver-To"
 
 Handler = Callable[[CloudEvent[Any]], Awaitable[None]]
 
@@ -336,6 +338,12 @@ class Consumer:
     async def _handle(self, msg: Msg) -> None:
         started = time.perf_counter()
         delivered = msg.metadata.num_delivered or 1
+        redelivered_to = (msg.headers or {}).get(REDELIVER_TO_HEADER)
+        if redelivered_to is not None and redelivered_to != self.durable:
+            # put back for the consumer that gave up on it; every other one handled it the first time
+            await msg.ack()
+            self._outcome["ack"].inc()
+            return
         try:
             event = parse_event(msg.data)
             _check_subject(event, msg.subject)

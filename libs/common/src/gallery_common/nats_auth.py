@@ -7,7 +7,8 @@ only the optimizer `model.optimized`, only the deployer `model.deployed` / `mode
 deployer writes the gateways' routes (the `routes` KV bucket), which gateways may only read and watch; only
 the gateway publishes traffic samples, `model.usage` and `model.outcome` and keeps the `outcomes` KV bucket,
 only model servers answer `infer.<model>`, and only the Gallery keeps the sign-in sessions (the
-`gallery_sessions` and `gallery_logins` KV buckets). Event subjects are `model.<event>.<project>`; these users
+`gallery_sessions` and `gallery_logins` KV buckets); only the CLI takes dead letters out, once it put them
+back (as the event's publisher: `publisher_of`). Event subjects are `model.<event>.<project>`; these users
 publish their events in every project (`model.<event>.*`). Each user's request replies come on an inbox prefix of its
 own (`_INBOX.<user>.`), so no one can read another's replies.
 
@@ -69,6 +70,7 @@ BINDABLE_SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "monitor": (("degraded",), ("monitor",)),
 }
+GATEWAY_EVENTS = ("usage", "outcome")  # the gateway's lifecycle events (it runs no consumer)
 LEADERS_BUCKET = "leaders"  # gallery_common.leader's bucket (it imports this module's users, not the reverse)
 LEADERS_STREAM = f"KV_{LEADERS_BUCKET}"
 
@@ -128,6 +130,14 @@ def _durable(stream: str, durable: str) -> tuple[str, ...]:
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",
     )
+
+
+def publisher_of(event: str) -> str | None:
+    """The NATS user that alone may publish lifecycle event `event` (None: no user may)."""
+    for service, (events, _) in BINDABLE_SERVICES.items():
+        if event in events:
+            return service
+    return "gateway" if event in GATEWAY_EVENTS else None
 
 
 def project_user(service: str, project: str) -> str:
@@ -228,11 +238,10 @@ def _write_routes() -> tuple[str, ...]:
 
 
 def _keep_outcomes() -> tuple[str, ...]:
-    """Keep the outcome bucket and publish the feedback joined to its answers, `model.outcome` (the gateway)."""
-    from .events import subject_for
+    """Keep the outcome bucket the gateway joins feedback to its answers in."""
     from .outcomes_kv import STREAM, SUBJECTS
 
-    return (*_write_bucket(STREAM, SUBJECTS), subject_for("outcome"))
+    return _write_bucket(STREAM, SUBJECTS)
 
 
 def _follow_bucket(stream: str) -> tuple[str, ...]:
@@ -313,7 +322,7 @@ def principals(services: Iterable[str] = (), projects: Iterable[str] = ()) -> di
     deployer = found["deployer"]
     found["deployer"] = Principal("deployer", (*deployer.publish, *_write_routes()), deployer.subscribe)
     # the gateway publishes traffic samples, its usage reports (model.usage) and the outcomes it joins
-    gateway_publish = (SAMPLES, subject_for("usage"), *_follow_routes(), *_keep_outcomes())
+    gateway_publish = (SAMPLES, *map(subject_for, GATEWAY_EVENTS), *_follow_routes(), *_keep_outcomes())
     found["gateway"] = Principal("gateway", gateway_publish, (f"{inbox_prefix('gateway')}.>",))
     found["modelserver"] = Principal(
         "modelserver",
@@ -330,10 +339,17 @@ def principals(services: Iterable[str] = (), projects: Iterable[str] = ()) -> di
         (f"{INFER_PREFIX}*", f"{inbox_prefix('modelserver')}.>"),
         allow_responses=True,
     )
-    # the operator's tool: reads every event and dead letter, calls models and submits batch jobs
+    # the operator's tool: reads every event and dead letter, takes out the dead letters it put back, calls
+    # models and submits batch jobs
     found["cli"] = Principal(
         "cli",
-        (*_read_events("cli"), f"{INFER_PREFIX}*", f"{JOBS_PREFIX}*", f"$JS.API.STREAM.INFO.{JOBS_STREAM}"),
+        (
+            *_read_events("cli"),
+            f"$JS.API.STREAM.MSG.DELETE.{DLQ_STREAM}",
+            f"{INFER_PREFIX}*",
+            f"{JOBS_PREFIX}*",
+            f"$JS.API.STREAM.INFO.{JOBS_STREAM}",
+        ),
         (f"{inbox_prefix('cli')}.>", f"{JOB_STATUS_PREFIX}>"),
     )
     for role in ("deployer", "monitor"):  # replicas elect a leader (gallery_common.leader)

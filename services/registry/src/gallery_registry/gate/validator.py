@@ -155,8 +155,8 @@ class ValidationGate:
             return
         if await self.projects.record(project) is None:
             raise NotFound(
-                f"project {project!r} does not exist: its model.trained cannot be registered "
-                f"(an admin creates it with `gallery projects create {project}`, then republishes the dead letter)"
+                f"project {project!r} does not exist: its model.trained cannot be registered (create it with "
+                f"`gallery projects create {project}`, then put the event back: `gallery events redeliver`)"
             )
 
     async def on_trained(self, event: CloudEvent[ModelTrained]) -> GateOutcome | None:
