@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from leftovers import OWNER_FILE, RUN_TAG, tag_this_run
 from promtool_check import Promtool
 
 from gallery_common.nats_server import EmbeddedNats
@@ -147,6 +148,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     # folder of its own (pytest's temp folders are private to root)
     run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     top = Path(tempfile.mkdtemp(prefix="gallery-pg-"))
+    (top / OWNER_FILE).write_text(os.environ[RUN_TAG])  # so a next run can clean up after a killed one
     data = top / "data"
     data.mkdir()
     if run_as:
@@ -212,6 +214,7 @@ def pytest_configure(config: pytest.Config) -> None:
     environment, which no terminal set; the CLI's rich console would take that width when imported and keep
     it, and wrap the tables the tests read at 80 columns whatever width a test asks for."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    tag_this_run()  # see leftovers.py
     if "PYTEST_XDIST_WORKER" in os.environ:
         for name in ("COLUMNS", "LINES"):
             os.environ.pop(name, None)
