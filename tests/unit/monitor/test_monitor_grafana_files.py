@@ -182,10 +182,10 @@ def test_model_servers_are_found_by_the_labels_the_deployer_puts_on_them() -> No
         assert pod_labels.get(targets[label]) == value, f"the {label} target label comes from a pod label"
 
 
-def test_recording_rules_read_exported_metrics() -> None:
+def test_recording_and_alerting_rules_read_exported_metrics() -> None:
     rules = [r for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"] for r in group["rules"]]
     series = exported_series()
     for rule in rules:
-        assert set(_METRIC.findall(rule["expr"])) <= series, rule["record"]
-    assert RPS_METRIC in {r["record"] for r in rules}, "the autoscaler's requests-per-second metric is recorded"
+        assert set(_METRIC.findall(rule["expr"])) <= series, rule.get("record") or rule["alert"]
+    assert RPS_METRIC in {r.get("record") for r in rules}, "the autoscaler's requests-per-second metric is recorded"
     assert "rules.yml" in yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))["rule_files"]
