@@ -16,8 +16,10 @@ import nats
 import orjson
 import pytest
 from opentelemetry import trace
+from prometheus_client import REGISTRY
 from waiting import eventually
 
+from gallery_common import consumer as consumer_module
 from gallery_common import telemetry
 from gallery_common.bus import EVENTS_STREAM, EventBus, PermanentError, TransientError
 from gallery_common.events import ArtifactRef, CloudEvent, ModelTrained, ModelValidated, make_event
@@ -277,3 +279,28 @@ async def test_stored_events_are_every_event_up_to_now_in_order_and_the_read_end
     assert [event.id for event in await bus.stored_events()] == [event.id for event in published]
     later = await bus.publish(trained("run-3"))
     assert [event.id for event in await bus.stored_events()][-1] == later.id
+
+
+async def test_a_consumers_unfinished_events_show_on_its_metrics(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "BACKLOG_EVERY", 0.1)
+    release = asyncio.Event()
+
+    async def stuck(_: CloudEvent[Any]) -> None:
+        await release.wait()
+
+    def unfinished() -> float | None:
+        return REGISTRY.get_sample_value("modelgallery_bus_consumer_unfinished_events", {"durable": "backlog"})
+
+    for n in range(5):
+        await bus.publish(trained(f"run-{n}"))
+    consumer = bus.consumer("backlog", stuck, events=[ModelTrained])
+    consumer.start()
+    try:
+        # the one in hand and the four fetched behind it: none acknowledged
+        await eventually(lambda: unfinished() == 5, what="five unfinished events on the metrics")
+        release.set()
+        await eventually(lambda: unfinished() == 0, what="the backlog to drain on the metrics")
+    finally:
+        await consumer.stop()

@@ -56,6 +56,13 @@ _STOP = object()
 _RESET = object()
 _OUTCOMES = ("ack", "retry", "dead_letter", "invalid")
 
+BACKLOG_EVERY = 15.0  # seconds between reports of a consumer's unfinished events (a Prometheus scrape's)
+_UNFINISHED = telemetry.gauge(
+    "bus_consumer_unfinished_events",
+    "Events stored for a durable consumer and not acknowledged yet, waiting or in hand (every replica sharing"
+    " the consumer reports the same number).",
+    ("durable",),
+)
 _HANDLED = telemetry.counter(
     "bus_events_handled_total", "Deliveries settled by a consumer, by outcome.", ("durable", "outcome")
 )
@@ -150,6 +157,7 @@ class Consumer:
         self._done: asyncio.Event | None = None
         self._outcome = {outcome: _HANDLED.labels(self.durable, outcome) for outcome in _OUTCOMES}
         self._seconds = _HANDLE_SECONDS.labels(self.durable)
+        self._unfinished = _UNFINISHED.labels(self.durable)
 
     def consumer_config(self) -> api.ConsumerConfig:
         single = len(self.subjects) == 1
@@ -173,13 +181,14 @@ class Consumer:
         streams are created again first, so the consumer carries on instead of waiting for a restart.
         """
         try:
-            await self._bus.js.add_consumer(self._stream, config=self.consumer_config())
+            info = await self._bus.js.add_consumer(self._stream, config=self.consumer_config())
         except js_errors.NotFoundError as exc:
             if exc.err_code != _STREAM_NOT_FOUND:
                 raise
             log.warning("stream gone from the server; creating it again", durable=self.durable, stream=self._stream)
             await self._bus.ensure_streams()
-            await self._bus.js.add_consumer(self._stream, config=self.consumer_config())
+            info = await self._bus.js.add_consumer(self._stream, config=self.consumer_config())
+        self._report_backlog(info)
 
     def start(self) -> asyncio.Task[None]:
         """Run in a background task (created once) and return it."""
@@ -214,19 +223,22 @@ class Consumer:
             return
         self._done = asyncio.Event()
         sub: Subscription | None = None
-        heartbeat: asyncio.Task[None] | None = None
+        helpers: list[asyncio.Task[None]] = []
         try:
             await self._bus.with_retry(self.ensure, what=f"create consumer {self.durable}")
             nc = self._bus.nc
             inbox = nc.new_inbox()
             sub = await nc.subscribe(inbox, cb=self._on_message)
-            heartbeat = asyncio.create_task(self._heartbeat(), name=f"consumer-heartbeat:{self.durable}")
+            helpers = [
+                asyncio.create_task(self._heartbeat(), name=f"consumer-heartbeat:{self.durable}"),
+                asyncio.create_task(self._watch_backlog(), name=f"consumer-backlog:{self.durable}"),
+            ]
             self._last_activity = time.monotonic()
             await self._pull(inbox)
             await self._loop(inbox)
         finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
+            for helper in helpers:
+                helper.cancel()
             if sub is not None:
                 await self._close_inbox(nc, sub)
             await self._give_back_held()
@@ -318,6 +330,17 @@ class Consumer:
             for msg in list(self._held.values()):
                 with suppress(nats_errors.Error):
                     await msg.in_progress()
+
+    async def _watch_backlog(self) -> None:
+        """Report the consumer's unfinished events every BACKLOG_EVERY seconds, so a consumer that stopped
+        getting through them shows (deploy/prometheus/rules.yml alerts on it)."""
+        while True:
+            await asyncio.sleep(BACKLOG_EVERY)
+            with suppress(nats_errors.Error, TimeoutError):  # a lost connection: the next report tells
+                self._report_backlog(await self._bus.js.consumer_info(self._stream, self.durable))
+
+    def _report_backlog(self, info: api.ConsumerInfo) -> None:
+        self._unfinished.set((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def _close_inbox(self, nc: Client, sub: Subscription) -> None:
         """Unsubscribe; when connected, drain first so what the server already sent is given back too."""
