@@ -95,6 +95,16 @@ $(BIN)/promtool: $(BIN)/.installed
 
 # DeepSpeed's CPU communication op, compiled once into this installation's own folder (.venv/var/gallery-trainer/
 # torch_extensions), which the trainer's ranks use: no other checkout on the machine rebuilds it or waits on its lock
+# the serving benchmark's reference proxy (bench/serve_nginx.py): Debian's nginx binary, no service installed
+$(BIN)/nginx: $(BIN)/.installed
+	@echo "installing nginx into $(BIN) (from Debian's nginx package)"
+	@rm -rf $(VENV)/.nginx && mkdir -p $(VENV)/.nginx
+	@cd $(VENV)/.nginx && { apt-get download nginx >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get download nginx >/dev/null; }; }
+	@dpkg-deb -x $(VENV)/.nginx/nginx_*.deb $(VENV)/.nginx/root
+	@install -m 0755 $(VENV)/.nginx/root/usr/sbin/nginx $@
+	@rm -rf $(VENV)/.nginx
+
 $(VENV)/.ops-built: $(BIN)/.installed
 	$(BIN)/python -m gallery_trainer.engine.build_ops
 	@touch $@
@@ -131,7 +141,7 @@ status: install
 # serve_load.py, serve_grpc_load.py and serve_competitors.py are parts of serve.py, not benchmarks of their own
 BENCHES = bus registry routes catalogue train trainer_service federated optimize serve cold_start explain deploy experiments monitor monitor_text providers serve_providers text_models text_train identify sessions audit
 
-bench: install chromium
+bench: install chromium $(BIN)/nginx
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 # the OIP gRPC modules in libs/common, generated from the .proto committed beside them (grpcio-tools from dev.txt)

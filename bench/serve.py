@@ -3,7 +3,8 @@
     .venv/bin/python bench/serve.py [--quick] [--skip-competitors] [--rounds N]
 
 Rows: in-process ONNX Runtime (the limit), the floor (a bare FastAPI + orjson endpoint over the same
-ONNX Runtime session, bench/serve_floor.py), our model server directly, the same through the gateway,
+ONNX Runtime session, bench/serve_floor.py), our model server directly, the same through the gateway and
+through nginx (forwarding only: the reference for a compiled proxy, bench/serve_nginx.py),
 KServe's `ModelServer` and BentoML (each in its own venv under bench/.venvs/), at concurrency 1, 8 and
 64 and batch 1 and 32. The floor, the model server and the gateway run side by side: each cell is
 measured on each of them in turn, for `--rounds` rounds, so the ratios compare like with like on a
@@ -21,6 +22,7 @@ BentoML with a lower p99.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import os
@@ -49,6 +51,7 @@ from serve_competitors import COMPETITORS, Competitor
 from serve_grpc_load import check_answer as check_grpc_answer
 from serve_grpc_load import measure as measure_grpc
 from serve_load import measure, percentile
+from serve_nginx import nginx_binary, nginx_command
 
 LAYERS = (64, 256, 256, 10)
 SEED = 6
@@ -57,6 +60,7 @@ Cell = dict[str, float]
 Rows = dict[str, "dict[tuple[int, int], Cell] | str"]
 FLOOR, MODEL_SERVER, GATEWAY = "floor (FastAPI + orjson)", "model server", "gateway → model server"
 MODEL_SERVER_GRPC, GATEWAY_GRPC = "model server (gRPC)", "gateway → model server (gRPC)"
+NGINX = "nginx → model server (ref.)"
 HERE = Path(__file__).resolve().parent
 
 
@@ -260,15 +264,16 @@ def floor_session_flags() -> list[str]:
 
 def our_servers(
     work: Path, onnx_path: Path, bodies: dict[int, Path], grid: list[tuple[int, int]], seconds: float, rounds: int
-) -> dict[str, dict[tuple[int, int], Cell]]:
-    """The floor, our model server directly and through the gateway, measured side by side."""
+) -> Rows:
+    """The floor, our model server directly and through the gateway (and nginx in front of it, the
+    reference for a compiled proxy, where there is an nginx), measured side by side."""
     python = sys.executable
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     root = work / "artifacts"
     (root / "mlp").mkdir(parents=True)
     shutil.copy(onnx_path, root / "mlp" / "model.onnx")
     env = {"GALLERY_HOME": str(work / "home"), "GALLERY_ARTIFACT_ROOT": root.as_uri(), "GALLERY_API_TOKENS": ""}
-    floor_port, ms_port, gw_port = free_port(), free_port(), free_port()
+    floor_port, ms_port, gw_port, nginx_port = free_port(), free_port(), free_port(), free_port()
     ms_grpc, gw_grpc = free_port(), free_port()
     floor_argv = [python, str(HERE / "serve_floor.py"), str(onnx_path), str(floor_port), *floor_session_flags()]
     ms_argv = [python, "-m", "gallery_deployer.modelserver", "--model", "mlp", "--version", "1"]
@@ -290,10 +295,12 @@ def our_servers(
         f"http://127.0.0.1:{ms_port}/v2/health/ready",
     )
     gw_ready = f"http://127.0.0.1:{gw_port}/v2/health/live"
+    nginx = nginx_binary()
     with (
         running("floor", floor_argv, {}, floor_ready, work / "floor.log", work) as floor,
         running("model server", ms_argv, env, ms_ready, work / "ms.log", work) as ms,
         running("gateway", [python, "-c", gw_code], gw_env, gw_ready, work / "gw.log", work) as gw,
+        contextlib.ExitStack() as optional,
     ):
         backend = {"id": "ms1", "url": f"http://127.0.0.1:{ms_port}", "grpc": f"127.0.0.1:{ms_grpc}", "version": "1"}
         route = {"backends": [{**backend, "weight": 1}]}
@@ -316,8 +323,22 @@ def our_servers(
                 grpc_check,
             ),
         ]
+        missing = "nginx not found (`make bench` puts Debian's into the venv)"
+        if nginx is not None:
+            argv = nginx_command(nginx, work / "nginx", nginx_port, ms_port)
+            ready = f"http://127.0.0.1:{nginx_port}/v2/health/ready"
+            try:
+                proxy = optional.enter_context(running("nginx", argv, {}, ready, work / "nginx.log", work))
+            except RuntimeError as exc:
+                missing = str(exc)
+            else:
+                url = f"http://127.0.0.1:{nginx_port}{INFER_PATH}"
+                targets.append(Target(NGINX, url, [proxy.pid, ms.pid], {"nginx": [proxy.pid]}))
         print(f"  {', '.join(t.name for t in targets)}: side by side, {rounds} round(s) per cell", flush=True)
-        return side_by_side(targets, bodies, grid, seconds, rounds)
+        rows: Rows = dict(side_by_side(targets, bodies, grid, seconds, rounds))
+        if NGINX not in rows:
+            rows[NGINX] = missing
+        return rows
 
 
 def grpc_check(url: str, body: Path, batch: int) -> None:
@@ -413,6 +434,17 @@ def verdicts(rows: Rows, grid: list[tuple[int, int]]) -> list[str]:
                     f"{'PASS' if added <= 0.5 else 'MISS'}  gateway adds {added:+.2f} ms p50 at conc 1 batch {key[1]} "
                     "(target <= 0.5 ms)"
                 )
+    nginx = rows.get(NGINX)
+    if isinstance(ours, dict) and isinstance(nginx, dict):
+        for key in grid:
+            alone, server = nginx[key]["cpu_us_nginx"], ours[key]["cpu_us"]
+            line = (
+                f"REF   nginx (forwarding only) CPU per request at conc {key[0]} batch {key[1]}: {alone:,.0f} vs "
+                f"model server {server:,.0f} µs = {alone / server:.2f}x"
+            )
+            if isinstance(gateway, dict):
+                line += f"; the gateway spends {gateway[key]['cpu_us_gateway'] / alone:.1f}x nginx's"
+            lines.append(line)
     for name in ("kserve", "bentoml"):
         other = rows.get(name)
         if not isinstance(ours, dict) or not isinstance(other, dict):
