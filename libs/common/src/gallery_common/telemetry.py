@@ -40,7 +40,7 @@ METRIC_PREFIX = "modelgallery_"
 # "_revision": a gauge holding a JetStream sequence (the routes bucket's revision a gateway has applied)
 UNIT_SUFFIXES = (
     "_seconds", "_bytes", "_total", "_ratio", "_count", "_info", "_events", "_requests", "_percent", "_state",
-    "_revision", "_processes",
+    "_revision", "_processes", "_jobs",
 )  # fmt: skip
 # the series a histogram or summary adds to its name: `promtool check metrics` refuses them on other types
 _SERIES_SUFFIXES = ("_count", "_sum", "_bucket")

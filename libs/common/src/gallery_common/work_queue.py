@@ -32,7 +32,7 @@ from nats.js import JetStreamContext, api
 from nats.js import errors as js_errors
 
 from .errors import InvalidRequest
-from .telemetry import counter, get_logger
+from .telemetry import counter, gauge, get_logger
 
 if TYPE_CHECKING:
     from sqlalchemy import Column
@@ -49,6 +49,13 @@ _HEARTBEAT_CAP_S = 2.0
 _ATTEMPT_TIMEOUT_S = 2.0
 _STREAM_MAX_AGE_S = 30 * 86_400.0  # a job nobody took in a month is dropped from the queue
 
+REPORT_EVERY = 15.0  # seconds between reports of a queue's waiting and taken jobs
+_JOBS = gauge(
+    "work_queue_jobs",
+    "Jobs on a work queue: waiting for a replica, or taken by one and not settled (every replica of the"
+    " service reports the same numbers).",
+    ("queue", "state"),
+)
 _SETTLED = counter("work_queue_deliveries_total", "Job deliveries settled, by queue and outcome.", ("queue", "outcome"))
 
 
@@ -203,6 +210,8 @@ class WorkQueue:
         self._stopping = False
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._outcome = {s: _SETTLED.labels(names.kind, s.value) for s in Settle}
+        self._waiting, self._taken = _JOBS.labels(names.kind, "waiting"), _JOBS.labels(names.kind, "taken")
+        self._report: asyncio.Task[None] | None = None
 
     def stream_config(self) -> api.StreamConfig:
         return api.StreamConfig(
@@ -352,11 +361,22 @@ class WorkQueue:
             with suppress(nats_errors.Error, js_errors.Error):
                 await msg.in_progress()
 
+    async def _report_jobs(self) -> None:
+        """Report the jobs waiting and taken every REPORT_EVERY seconds, so jobs that no replica takes show
+        (deploy/prometheus/rules.yml alerts on them)."""
+        while True:
+            with suppress(nats_errors.Error, TimeoutError):  # a lost connection: the next report tells
+                info = await self.bus.js.consumer_info(self.names.stream, self.names.durable)
+                self._waiting.set(info.num_pending or 0)
+                self._taken.set(info.num_ack_pending or 0)
+            await asyncio.sleep(REPORT_EVERY)
+
     async def _stop(self, worker: JobWorker) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._report):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await anyio.to_thread.run_sync(worker.stop)
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=self.stop_timeout)
@@ -371,6 +391,7 @@ class _Working:
         queue = self.queue
         queue._stopping = False
         queue._task = asyncio.create_task(queue._take(self.worker), name=f"work-queue:{queue.names.stream}")
+        queue._report = asyncio.create_task(queue._report_jobs(), name=f"work-queue-report:{queue.names.stream}")
         return queue
 
     async def __aexit__(self, *exc: object) -> None:
