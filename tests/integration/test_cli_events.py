@@ -128,6 +128,10 @@ async def test_a_dead_letter_put_back_reaches_only_the_consumer_that_gave_up_on_
         assert code == 0, out
         row = next(line for line in out.splitlines() if "picky" in line)
         assert row.split("│")[1].strip() == str(letter.seq), "the table names the seq to put back"
+        code, out = await gallery_async(nats_server.url, "events", "dlq", "--consumer", "easy")
+        assert code == 0 and "no dead letters" in out, out
+        code, out = await gallery_async(nats_server.url, "events", "dlq", "--consumer", "picky", "--json")
+        assert [row["seq"] for row in json.loads(out)] == [letter.seq]
         fixed.set()
         code, out = await gallery_async(nats_server.url, "events", "redeliver", str(letter.seq))
         assert code == 0, out
@@ -142,7 +146,7 @@ async def test_a_dead_letter_put_back_reaches_only_the_consumer_that_gave_up_on_
         again, out = await gallery_async(nats_server.url, "events", "redeliver", str(letter.seq))
         assert again == 1 and f"no dead letter {letter.seq}" in out
         code, out = await gallery_async(nats_server.url, "events", "redeliver")
-        assert code != 0 and "or give --all" in out
+        assert code != 0 and "or give --consumer or --all" in out
 
 
 async def _dead_letters(bus: EventBus, count: int) -> bool:

@@ -156,19 +156,32 @@ def tail(
     _run(_tail(settings, tail_subject(subject, project), "all" if from_start else "new", count), settings)
 
 
-async def _dead_letters(settings: GallerySettings, limit: int) -> list[DeadLetter]:
+async def _dead_letters(settings: GallerySettings, limit: int, consumer: str | None = None) -> list[DeadLetter]:
     async with _connected(settings) as bus:
+        return await _latest(bus, limit, consumer)
+
+
+async def _latest(bus: EventBus, limit: int, consumer: str | None) -> list[DeadLetter]:
+    """The latest `limit` dead letters (of `consumer` only, among the latest REDELIVER_ALL_LIMIT)."""
+    if consumer is None:
         return await bus.dead_letters(limit)
+    return [letter for letter in await bus.dead_letters(REDELIVER_ALL_LIMIT) if letter.consumer == consumer][-limit:]
+
+
+ConsumerOption = Annotated[
+    str | None, typer.Option("--consumer", "-c", help="Only the dead letters of this durable consumer.")
+]
 
 
 @app.command()
 def dlq(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many of the latest to show.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with each message's bytes) instead.")] = False,
+    consumer: ConsumerOption = None,
 ) -> None:
     """Show the latest dead letters: events a consumer gave up on, and why."""
     settings = cli_settings()
-    letters = _run(_dead_letters(settings, limit), settings)
+    letters = _run(_dead_letters(settings, limit, consumer), settings)
     if as_json:
         rows = [
             {
@@ -224,9 +237,12 @@ def publisher_for(letter: DeadLetter, settings: GallerySettings) -> str:
     return publisher
 
 
-async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool) -> list[DeadLetter]:
+async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool, consumer: str | None) -> list[DeadLetter]:
     async with _connected(settings) as bus, AsyncExitStack() as publishers:
-        letters = await bus.dead_letters(REDELIVER_ALL_LIMIT) if every else [await bus.dead_letter(s) for s in seqs]
+        if seqs:
+            letters = [await bus.dead_letter(seq) for seq in seqs]
+        else:
+            letters = await _latest(bus, REDELIVER_ALL_LIMIT, None if every else consumer)
         chosen = [(letter, publisher_for(letter, settings)) for letter in letters]  # refuse before any is sent
         as_user: dict[str, EventBus] = {}
         for letter, publisher in chosen:
@@ -249,6 +265,10 @@ def redeliver(
     every: Annotated[
         bool, typer.Option("--all", help=f"Every dead letter (the latest {REDELIVER_ALL_LIMIT:,}).")
     ] = False,
+    consumer: Annotated[
+        str | None,
+        typer.Option("--consumer", "-c", help="Every dead letter of this durable consumer (once it is fixed)."),
+    ] = None,
 ) -> None:
     """Put dead letters back on their subject, once their cause is fixed (a project created, a service
     upgraded, a store back).
@@ -258,10 +278,10 @@ def redeliver(
     gives up again, a new dead letter says why. The event goes out as its publisher would send it
     (model.trained as the trainer), so on a stack with NATS users this needs that user's credentials.
     """
-    if bool(seqs) == every:
-        fail("name the dead letters to put back (their seq from `gallery events dlq`), or give --all")
+    if sum((bool(seqs), every, consumer is not None)) != 1:
+        fail("name the dead letters to put back (their seq from `gallery events dlq`), or give --consumer or --all")
     settings = cli_settings()
-    letters = _run(_redeliver(settings, seqs or [], every), settings)
+    letters = _run(_redeliver(settings, seqs or [], every, consumer), settings)
     if not letters:
         say("no dead letters")
 
