@@ -304,3 +304,4 @@ async def test_a_consumers_unfinished_events_show_on_its_metrics(
         await eventually(lambda: unfinished() == 0, what="the backlog to drain on the metrics")
     finally:
         await consumer.stop()
+    assert unfinished() is None, "a stopped consumer (a replica that lost its leadership) reports no stale backlog"

@@ -50,3 +50,4 @@ async def test_jobs_waiting_and_taken_show_on_the_metrics(
             await eventually(lambda: (jobs("waiting"), jobs("taken")) == (2, 1), what="two waiting, one taken")
             worker.release.set()
             await eventually(lambda: (jobs("waiting"), jobs("taken")) == (0, 0), what="the queue drained")
+        assert jobs("waiting") is None and jobs("taken") is None, "a replica that stopped taking jobs reports none"

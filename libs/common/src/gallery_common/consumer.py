@@ -157,7 +157,6 @@ class Consumer:
         self._done: asyncio.Event | None = None
         self._outcome = {outcome: _HANDLED.labels(self.durable, outcome) for outcome in _OUTCOMES}
         self._seconds = _HANDLE_SECONDS.labels(self.durable)
-        self._unfinished = _UNFINISHED.labels(self.durable)
 
     def consumer_config(self) -> api.ConsumerConfig:
         single = len(self.subjects) == 1
@@ -239,6 +238,10 @@ class Consumer:
         finally:
             for helper in helpers:
                 helper.cancel()
+            # a stopped consumer reports nothing: a replica that lost its leadership must not show a stale
+            # backlog (another replica's consumer now reports it)
+            with suppress(KeyError):
+                _UNFINISHED.remove(self.durable)
             if sub is not None:
                 await self._close_inbox(nc, sub)
             await self._give_back_held()
@@ -340,7 +343,8 @@ class Consumer:
                 self._report_backlog(await self._bus.js.consumer_info(self._stream, self.durable))
 
     def _report_backlog(self, info: api.ConsumerInfo) -> None:
-        self._unfinished.set((info.num_pending or 0) + (info.num_ack_pending or 0))
+        if not self._stopping:
+            _UNFINISHED.labels(self.durable).set((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def _close_inbox(self, nc: Client, sub: Subscription) -> None:
         """Unsubscribe; when connected, drain first so what the server already sent is given back too."""

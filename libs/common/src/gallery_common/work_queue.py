@@ -210,7 +210,6 @@ class WorkQueue:
         self._stopping = False
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._outcome = {s: _SETTLED.labels(names.kind, s.value) for s in Settle}
-        self._waiting, self._taken = _JOBS.labels(names.kind, "waiting"), _JOBS.labels(names.kind, "taken")
         self._report: asyncio.Task[None] | None = None
 
     def stream_config(self) -> api.StreamConfig:
@@ -367,8 +366,8 @@ class WorkQueue:
         while True:
             with suppress(nats_errors.Error, TimeoutError):  # a lost connection: the next report tells
                 info = await self.bus.js.consumer_info(self.names.stream, self.names.durable)
-                self._waiting.set(info.num_pending or 0)
-                self._taken.set(info.num_ack_pending or 0)
+                _JOBS.labels(self.names.kind, "waiting").set(info.num_pending or 0)
+                _JOBS.labels(self.names.kind, "taken").set(info.num_ack_pending or 0)
             await asyncio.sleep(REPORT_EVERY)
 
     async def _stop(self, worker: JobWorker) -> None:
@@ -377,6 +376,9 @@ class WorkQueue:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        for state in ("waiting", "taken"):  # a replica that takes no jobs reports none
+            with suppress(KeyError):
+                _JOBS.remove(self.names.kind, state)
         await anyio.to_thread.run_sync(worker.stop)
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=self.stop_timeout)
