@@ -142,7 +142,8 @@ status: install
 BENCHES = bus registry routes catalogue train trainer_service federated optimize serve cold_start explain deploy experiments monitor monitor_text providers serve_providers text_models text_train identify sessions audit
 
 bench: install chromium $(BIN)/nginx
-	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	@missed=""; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || missed="$$missed $$b"; done; \
+		if [ -n "$$missed" ]; then echo "== missed a target or failed:$$missed"; exit 1; fi
 
 # the OIP gRPC modules in libs/common, generated from the .proto committed beside them (grpcio-tools from dev.txt)
 proto: $(BIN)/.installed
