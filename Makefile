@@ -84,27 +84,27 @@ valgrind:
 # so no Prometheus server gets installed or started
 promtool: $(BIN)/promtool
 
+# $(call deb-binary,PACKAGE,PATH): the binary at PATH in Debian's PACKAGE, put at the target (nothing is
+# installed system-wide, no service is started)
+define deb-binary
+	@echo "installing $(notdir $(2)) into $(BIN) (from Debian's $(1) package)"
+	@rm -rf $(VENV)/.deb-$(1) && mkdir -p $(VENV)/.deb-$(1)
+	@cd $(VENV)/.deb-$(1) && { apt-get download $(1) >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get download $(1) >/dev/null; }; }
+	@dpkg-deb -x $(VENV)/.deb-$(1)/$(1)_*.deb $(VENV)/.deb-$(1)/root
+	@install -m 0755 $(VENV)/.deb-$(1)/root$(2) $@
+	@rm -rf $(VENV)/.deb-$(1)
+endef
+
 $(BIN)/promtool: $(BIN)/.installed
-	@echo "installing promtool into $(BIN) (from Debian's prometheus package)"
-	@rm -rf $(VENV)/.promtool && mkdir -p $(VENV)/.promtool
-	@cd $(VENV)/.promtool && { apt-get download prometheus >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get download prometheus >/dev/null; }; }
-	@dpkg-deb -x $(VENV)/.promtool/prometheus_*.deb $(VENV)/.promtool/root
-	@install -m 0755 $(VENV)/.promtool/root/usr/bin/promtool $@
-	@rm -rf $(VENV)/.promtool
+	$(call deb-binary,prometheus,/usr/bin/promtool)
+
+# the serving benchmark's reference proxy (bench/serve_nginx.py)
+$(BIN)/nginx: $(BIN)/.installed
+	$(call deb-binary,nginx,/usr/sbin/nginx)
 
 # DeepSpeed's CPU communication op, compiled once into this installation's own folder (.venv/var/gallery-trainer/
 # torch_extensions), which the trainer's ranks use: no other checkout on the machine rebuilds it or waits on its lock
-# the serving benchmark's reference proxy (bench/serve_nginx.py): Debian's nginx binary, no service installed
-$(BIN)/nginx: $(BIN)/.installed
-	@echo "installing nginx into $(BIN) (from Debian's nginx package)"
-	@rm -rf $(VENV)/.nginx && mkdir -p $(VENV)/.nginx
-	@cd $(VENV)/.nginx && { apt-get download nginx >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get download nginx >/dev/null; }; }
-	@dpkg-deb -x $(VENV)/.nginx/nginx_*.deb $(VENV)/.nginx/root
-	@install -m 0755 $(VENV)/.nginx/root/usr/sbin/nginx $@
-	@rm -rf $(VENV)/.nginx
-
 $(VENV)/.ops-built: $(BIN)/.installed
 	$(BIN)/python -m gallery_trainer.engine.build_ops
 	@touch $@
