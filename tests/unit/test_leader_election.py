@@ -157,8 +157,8 @@ async def test_a_claim_its_leader_renews_is_never_taken() -> None:
 async def test_a_stopping_leader_releases_and_the_follower_takes_over_at_once() -> None:
     store = ClaimStore()
     async with candidate(FakeLock(store), "a") as a, candidate(FakeLock(store), "b") as b:
-        await eventually(lambda: a.election.is_leader or b.election.is_leader, 5.0, "a leader")
-        leader, follower = (a, b) if a.election.is_leader else (b, a)
+        await eventually(lambda: a.terms or b.terms, 5.0, "a leader at its duties")
+        leader, follower = (a, b) if a.terms else (b, a)
         leader.task.cancel()
         await asyncio.gather(leader.task, return_exceptions=True)
         looks = follower.lock.calls.count("read")

@@ -107,7 +107,8 @@ async def test_an_expired_lease_is_taken_at_once_in_the_next_transition(fake: Fa
     started = time.monotonic()
     async with contender(fake, "heir") as running:
         heir = running.election
-        await eventually(lambda: heir.is_leader, 15.0, "the heir leads")
+        # its duties started (the election creates their task once it holds the Lease)
+        await eventually(lambda: running.terms, 15.0, "the heir leads")
         # expired by its renewTime: no need to watch it unchanged for its 15 s
         assert time.monotonic() - started < 15
         spec = spec_of(fake)
@@ -145,7 +146,7 @@ async def test_a_stopping_leader_releases_the_lease_and_the_follower_takes_it_at
     fake: FakeKubernetesApi,
 ) -> None:
     async with contender(fake, "a") as a:
-        await eventually(lambda: a.election.is_leader, 15.0, "a leads")
+        await eventually(lambda: a.terms, 15.0, "a leads")
         async with contender(fake, "b") as b_run:
             b = b_run.election
             await eventually(lambda: b.leader is not None and b.leader.holder == "a", 15.0, "b sees a")
@@ -154,7 +155,8 @@ async def test_a_stopping_leader_releases_the_lease_and_the_follower_takes_it_at
             stopped = len(fake.requests)
             [release] = [r for r in fake.requests if r.method == "PUT" and "holderIdentity" not in r.body["spec"]]
             assert release.body["spec"]["leaseTransitions"] == 0
-            await eventually(lambda: b.is_leader, 15.0, "b leads")
+            # is_leader turns true a moment before lead() starts: wait for its duties, not the flag
+            await eventually(lambda: b_run.terms, 15.0, "b leads")
             looks = [r for r in fake.requests[stopped:] if r.method == "GET"]
             assert len(looks) <= 1, "b watched a released Lease for a TTL instead of taking it"
             spec = spec_of(fake)
