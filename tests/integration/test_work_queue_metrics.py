@@ -3,6 +3,7 @@ ModelGalleryJobsNotTaken alert reads)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -41,7 +42,8 @@ async def test_jobs_waiting_and_taken_show_on_the_metrics(
 ) -> None:
     monkeypatch.setattr(work_queue, "REPORT_EVERY", 0.1)
     worker = OneAtATime()
-    async with EventBus(nats_server.url, "test") as bus:
+    # a stop that waits for ever fails here, not the whole run (a report task whose cancel was lost once did)
+    async with asyncio.timeout(60), EventBus(nats_server.url, "test") as bus:
         queue = WorkQueue(bus, QueueNames("metered"), concurrency=1)
         await queue.ensure()
         for n in range(3):

@@ -157,6 +157,7 @@ class Consumer:
         self._done: asyncio.Event | None = None
         self._outcome = {outcome: _HANDLED.labels(self.durable, outcome) for outcome in _OUTCOMES}
         self._seconds = _HANDLE_SECONDS.labels(self.durable)
+        self._reporting = False  # while running: its backlog goes on /metrics
 
     def consumer_config(self) -> api.ConsumerConfig:
         single = len(self.subjects) == 1
@@ -223,6 +224,7 @@ class Consumer:
         self._done = asyncio.Event()
         sub: Subscription | None = None
         helpers: list[asyncio.Task[None]] = []
+        self._reporting = True
         try:
             await self._bus.with_retry(self.ensure, what=f"create consumer {self.durable}")
             nc = self._bus.nc
@@ -236,6 +238,7 @@ class Consumer:
             await self._pull(inbox)
             await self._loop(inbox)
         finally:
+            self._reporting = False
             for helper in helpers:
                 helper.cancel()
             # a stopped consumer reports nothing: a replica that lost its leadership must not show a stale
@@ -337,13 +340,15 @@ class Consumer:
     async def _watch_backlog(self) -> None:
         """Report the consumer's unfinished events every BACKLOG_EVERY seconds, so a consumer that stopped
         getting through them shows (deploy/prometheus/rules.yml alerts on it)."""
-        while True:
+        # the flag, not only the cancel, ends it: asyncio.wait_for (under nats.py's requests) can swallow a
+        # cancel that arrives as the answer does (Python 3.11)
+        while self._reporting:
             await asyncio.sleep(BACKLOG_EVERY)
             with suppress(nats_errors.Error, TimeoutError):  # a lost connection: the next report tells
                 self._report_backlog(await self._bus.js.consumer_info(self._stream, self.durable))
 
     def _report_backlog(self, info: api.ConsumerInfo) -> None:
-        if not self._stopping:
+        if self._reporting:
             _UNFINISHED.labels(self.durable).set((info.num_pending or 0) + (info.num_ack_pending or 0))
 
     async def _close_inbox(self, nc: Client, sub: Subscription) -> None:

@@ -363,19 +363,23 @@ class WorkQueue:
     async def _report_jobs(self) -> None:
         """Report the jobs waiting and taken every REPORT_EVERY seconds, so jobs that no replica takes show
         (deploy/prometheus/rules.yml alerts on them)."""
-        while True:
+        # the flag, not only the cancel, ends it: asyncio.wait_for (under nats.py's requests) can swallow a
+        # cancel that arrives as the answer does (Python 3.11)
+        while not self._stopping:
             with suppress(nats_errors.Error, TimeoutError):  # a lost connection: the next report tells
                 info = await self.bus.js.consumer_info(self.names.stream, self.names.durable)
-                _JOBS.labels(self.names.kind, "waiting").set(info.num_pending or 0)
-                _JOBS.labels(self.names.kind, "taken").set(info.num_ack_pending or 0)
+                if not self._stopping:
+                    _JOBS.labels(self.names.kind, "waiting").set(info.num_pending or 0)
+                    _JOBS.labels(self.names.kind, "taken").set(info.num_ack_pending or 0)
             await asyncio.sleep(REPORT_EVERY)
 
     async def _stop(self, worker: JobWorker) -> None:
         self._stopping = True
-        for task in (self._task, self._report):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._report is not None:
+            self._report.cancel()  # not waited for: a lost cancel ends it at its next turn, reporting nothing
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         for state in ("waiting", "taken"):  # a replica that takes no jobs reports none
             with suppress(KeyError):
                 _JOBS.remove(self.names.kind, state)
