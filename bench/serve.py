@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,8 @@ from serve_grpc_load import check_answer as check_grpc_answer
 from serve_grpc_load import measure as measure_grpc
 from serve_load import measure, percentile
 from serve_nginx import nginx_binary, nginx_command
+
+from gallery_common.netutil import free_port
 
 LAYERS = (64, 256, 256, 10)
 SEED = 6
@@ -121,12 +122,6 @@ def in_process(onnx_path: Path, batch: int, seconds: float) -> Cell:
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
