@@ -212,7 +212,12 @@ async def test_a_gateway_started_with_the_bus_down_serves_its_snapshot_and_catch
             await bus.close()
         assert await routed_backend(client, gateway, "snap") == "after-restart"
         assert (await client.get(f"{gateway}/admin/routes/late.model")).status_code == 404
-        assert (await routing(client, gateway))["following"] is True
+        # the restarted watch applies the changes before it marks itself synced: wait for that too
+
+        async def following() -> bool:
+            return (await routing(client, gateway))["following"] is True
+
+        await eventually("the gateway follows the bucket again", following)
     finally:
         stack.stop()
         nats.stop()
