@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js import errors as js_errors
 
-from . import telemetry
+from . import cancel_safe, telemetry
 from .consumer import (
     CONSUMER_HEADER,
     DELIVERIES_HEADER,
@@ -301,6 +301,7 @@ class EventBus:
 
     def _dial(self) -> Awaitable[Client]:
         # nats.py keeps trying the servers (max_reconnect_attempts=-1) until it is connected or cancelled
+        cancel_safe.install()  # nats.py waits with asyncio.wait_for, which loses cancels on Python 3.11
         auth: dict[str, Any] = {}
         if self.credentials is not None:
             auth.update(
