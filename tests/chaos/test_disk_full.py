@@ -13,7 +13,7 @@ import pytest
 from chaos_figures import Figures
 
 from gallery_common.artifacts import FileArtifactStore
-from gallery_common.artifacts.base import TEMP_PREFIX
+from gallery_common.artifacts.partial_writes import TEMP_PREFIX
 from gallery_common.errors import StorageFull
 
 DISK_MIB = 4

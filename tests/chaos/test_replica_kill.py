@@ -43,7 +43,7 @@ from replicated_stack import (
 from waiting import wait_for
 
 from gallery_cli.stack import stack_authorization
-from gallery_common.artifacts.base import TEMP_PREFIX
+from gallery_common.artifacts.partial_writes import TEMP_PREFIX
 from gallery_common.events import ModelTrained
 from gallery_common.nats_server import EmbeddedNats
 
@@ -265,13 +265,20 @@ def infer(stack: LifecycleStack, model: str, rows: int = 1, shift: float = 0.0) 
     )
 
 
-def model_servers(sha256: str) -> int:
-    """Live model server processes serving the artifact `sha256`, whoever started them."""
+def model_servers(model: str, sha256: str) -> int:
+    """Live model server processes serving `model` from the artifact `sha256`, whoever started them (the
+    scenarios register one trained artifact under several names, so the artifact alone does not tell)."""
     return sum(
         1
         for process in psutil.process_iter(["cmdline"])
-        if "gallery_deployer.modelserver" in (cmdline := process.info["cmdline"] or []) and sha256 in cmdline
+        if "gallery_deployer.modelserver" in (cmdline := process.info["cmdline"] or [])
+        and sha256 in cmdline
+        and model == _argument(cmdline, "--model")
     )
+
+
+def _argument(cmdline: list[str], name: str) -> str | None:
+    return cmdline[cmdline.index(name) + 1] if name in cmdline[:-1] else None
 
 
 def test_deployer_leader_killed_mid_rollout(stack: LifecycleStack, trained: ModelTrained, figures: Figures) -> None:
@@ -305,7 +312,7 @@ def test_deployer_leader_killed_mid_rollout(stack: LifecycleStack, trained: Mode
     [record] = [
         d for d in httpx.get(f"{follower_url}/api/v1/deployments/{model}", timeout=10).json() if d["version"] == 1
     ]
-    servers = model_servers(record["artifact"]["sha256"])
+    servers = model_servers(model, record["artifact"]["sha256"])
     # the killed leader back as a follower: the stack has two deployers again
     start_deployer(stack, "" if leader == "deployer" else "-b")
     figures.update(

@@ -10,7 +10,6 @@ import pytest
 
 from gallery_common.artifacts import FileArtifactStore, open_store, register_store, registered_schemes, schemes
 from gallery_common.artifacts.base import (
-    TEMP_PREFIX,
     HashingReader,
     check_digest,
     normalize_sha256,
@@ -19,6 +18,7 @@ from gallery_common.artifacts.base import (
     validate_prefix,
     write_atomically,
 )
+from gallery_common.artifacts.partial_writes import TEMP_PREFIX
 from gallery_common.errors import ArtifactError, IntegrityError, InvalidKey
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gallery_common.artifacts.base import TEMP_PREFIX, write_atomically
+from gallery_common.artifacts.base import write_atomically
+from gallery_common.artifacts.partial_writes import TEMP_PREFIX
 from gallery_common.consumer import TransientError
 from gallery_common.errors import StorageFull
 from gallery_common.router import delivery_error

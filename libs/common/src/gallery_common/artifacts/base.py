@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -18,6 +17,9 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeAlias, runtime_checkab
 
 from gallery_common.contracts.refs import ArtifactRef
 from gallery_common.errors import ArtifactError, IntegrityError, InvalidKey, StorageFull
+from gallery_common.telemetry import get_logger
+
+from .partial_writes import sweep_dead_writers, temp_name
 
 if TYPE_CHECKING:
     from gallery_common.settings import GallerySettings
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
 CHUNK_SIZE = 1024 * 1024
 SIZE_SETTING = "GALLERY_MAX_ARTIFACT_BYTES"
 MAX_KEY_BYTES = 1024  # S3's limit; file:// keeps to it so a key is portable between stores
-TEMP_PREFIX = ".gallery-tmp-"
 
 Source: TypeAlias = bytes | bytearray | memoryview | Path | BinaryIO
 """What `put` accepts: the content itself, a local file, or a binary stream read to its end."""
@@ -33,6 +34,8 @@ Source: TypeAlias = bytes | bytearray | memoryview | Path | BinaryIO
 _URI_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+log = get_logger(__name__)
+
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
@@ -333,10 +336,13 @@ def write_atomically(
     """Write chunks to a temp file beside `dest`, fsync it, check `sha256`, then rename it over `dest`.
 
     Returns the digest and size written. On any failure (a digest mismatch included) the temp file is
-    removed and `dest` keeps whatever it held before; a full disk or quota is StorageFull.
+    removed and `dest` keeps whatever it held before; a full disk or quota is StorageFull. Temp files that
+    killed writers left in the folder are removed first (`partial_writes`).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = dest.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+    if swept := sweep_dead_writers(dest.parent):
+        log.warning("removed partial writes of writers that were killed", folder=str(dest.parent), files=swept)
+    temp = dest.parent / temp_name()
     hasher = hashlib.sha256()
     size = 0
     try:

@@ -14,7 +14,6 @@ from gallery_common.errors import ArtifactError, ArtifactNotFound, InvalidKey
 from gallery_common.settings import GallerySettings
 
 from .base import (
-    TEMP_PREFIX,
     ArtifactInfo,
     Source,
     capped,
@@ -32,6 +31,7 @@ from .base import (
     validate_prefix,
     write_atomically,
 )
+from .partial_writes import TEMP_PREFIX
 
 
 class FileArtifactStore:
