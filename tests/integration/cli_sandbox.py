@@ -95,11 +95,15 @@ def pids_gone(pids: list[int], timeout: float = 5.0) -> bool:
     return False
 
 
-async def gallery_async(nats_url: str, *args: str, home: Path | None = None) -> tuple[int, str]:
+async def gallery_async(
+    nats_url: str, *args: str, home: Path | None = None, extra_env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """`gallery ...` (exit code, stdout and stderr together) run while the test's consumers keep running on its
-    event loop; `home` its GALLERY_HOME (where a secured stack's NATS passwords are)."""
+    event loop; `home` its GALLERY_HOME (where a secured stack's NATS passwords are), `extra_env` more of its
+    environment (a service's URL, a token)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GALLERY_")}
     env.update(GALLERY_NATS_URL=nats_url, COLUMNS="200", **({"GALLERY_HOME": str(home)} if home else {}))
+    env.update(extra_env or {})
     proc = await asyncio.create_subprocess_exec(
         str(GALLERY), *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

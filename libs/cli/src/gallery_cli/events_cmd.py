@@ -30,6 +30,7 @@ from gallery_common.events import (
     CloudEvent,
     Lineage,
     ModelTrained,
+    event_of_subject,
     json_schemas,
     subject_for,
     type_for,
@@ -42,6 +43,7 @@ from gallery_common.telemetry import configure_logging, configure_tracing, trace
 from .console import cli_settings, console, fail, say
 from .event_lines import event_line
 from .records import LOCAL_HOST
+from .service_client import client_for
 
 app = typer.Typer(help="Lifecycle events: schemas, live tail, dead letters.", no_args_is_help=True)
 
@@ -219,22 +221,28 @@ def dlq(
     console.print(table)
 
 
-def publisher_for(letter: DeadLetter, settings: GallerySettings) -> str:
-    """The NATS user to put `letter` back as: the one that alone may publish its subject."""
-    prefix, _, rest = letter.original_subject.partition(".")
-    publisher = publisher_of(rest.partition(".")[0]) if prefix == SUBJECT_PREFIX else None
+def publisher_for(letter: DeadLetter) -> str:
+    """The NATS user `letter` goes back as: the one that alone may publish its subject."""
+    found = event_of_subject(letter.original_subject)
+    publisher = publisher_of(found[0]) if found else None
     if publisher is None:
         raise InvalidRequest(
             f"dead letter {letter.seq}: {letter.original_subject} is not a lifecycle event's subject, so no one "
             "may publish it again"
         )
-    if credentials_for(settings, CLI_USER) is not None and credentials_for(settings, publisher) is None:
-        raise InvalidRequest(
-            f"dead letter {letter.seq}: only the {publisher} may publish {letter.original_subject}, and this "
-            f"machine has no NATS credentials of the {publisher} (GALLERY_NATS_USER/_PASSWORD, or its password "
-            "file under $GALLERY_HOME/nats/users)"
-        )
     return publisher
+
+
+def can_publish_as(settings: GallerySettings, publisher: str) -> bool:
+    """Whether this machine can send as `publisher` itself: a bus without users, or that user's credentials
+    here. Else the publishing service puts the letter back when asked (`dead_letters_api`)."""
+    return credentials_for(settings, CLI_USER) is None or credentials_for(settings, publisher) is not None
+
+
+def _ask_publisher(publisher: str, seq: int) -> None:
+    """Have the `publisher` service put dead letter `seq` back (its admin API; GALLERY_<SERVICE>_URL, token)."""
+    with client_for(publisher)() as service:
+        service.request("POST", f"/admin/dead-letters/{seq}/redeliver")
 
 
 async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool, consumer: str | None) -> list[DeadLetter]:
@@ -243,16 +251,21 @@ async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool, co
             letters = [await bus.dead_letter(seq) for seq in seqs]
         else:
             letters = await _latest(bus, REDELIVER_ALL_LIMIT, None if every else consumer)
-        chosen = [(letter, publisher_for(letter, settings)) for letter in letters]  # refuse before any is sent
+        chosen = [(letter, publisher_for(letter)) for letter in letters]  # refuse before any is sent
         as_user: dict[str, EventBus] = {}
         for letter, publisher in chosen:
-            if publisher not in as_user:
-                as_user[publisher] = await publishers.enter_async_context(_connected(settings, user=publisher))
-            await as_user[publisher].redeliver(letter)
+            if can_publish_as(settings, publisher):
+                if publisher not in as_user:
+                    as_user[publisher] = await publishers.enter_async_context(_connected(settings, user=publisher))
+                await as_user[publisher].redeliver(letter)
+                sender = ""
+            else:
+                await asyncio.to_thread(_ask_publisher, publisher, letter.seq)
+                sender = f", sent by the {publisher} service"
             await bus.forget_dead_letter(letter.seq)
             say(
                 f"put back dead letter {letter.seq} ({letter.original_subject}, event {(letter.event_id or '-')[:8]}) "
-                f"for {letter.consumer}"
+                f"for {letter.consumer}{sender}"
             )
         return letters
 
@@ -276,7 +289,9 @@ def redeliver(
     Only the consumer that gave up on an event handles it again; the other consumers of its subject pass
     it over, having handled it the first time. A letter put back leaves the dead letters; if the consumer
     gives up again, a new dead letter says why. The event goes out as its publisher would send it
-    (model.trained as the trainer), so on a stack with NATS users this needs that user's credentials.
+    (model.trained as the trainer): on a stack with NATS users, as that user where this machine has its
+    credentials, else the publishing service sends it when asked (an admin token and its
+    GALLERY_<SERVICE>_URL, as every other command that talks to a service).
     """
     if sum((bool(seqs), every, consumer is not None)) != 1:
         fail("name the dead letters to put back (their seq from `gallery events dlq`), or give --consumer or --all")

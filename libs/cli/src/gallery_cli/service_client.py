@@ -156,3 +156,17 @@ class GalleryClient(ServiceClient):
     service = "gallery"
     url_variable = "GALLERY_GALLERY_URL"
     default_url = "http://127.0.0.1:8000"
+
+
+def client_for(service: str) -> type[ServiceClient]:
+    """The REST client of the service named `service` (trainer, registry, ...)."""
+    clients: list[type[ServiceClient]] = [
+        RegistryServiceClient,
+        TrainerClient,
+        OptimizerClient,
+        DeployerClient,
+        MonitorClient,
+        GatewayClient,
+        GalleryClient,
+    ]
+    return next(client for client in clients if client.service == service)

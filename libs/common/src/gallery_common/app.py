@@ -33,6 +33,7 @@ from .artifacts import ArtifactStore, open_store
 from .auth import requires
 from .bus import EventBus
 from .errors import GalleryError, Unavailable
+from .nats_auth import publishes_events
 from .settings import GallerySettings
 from .telemetry import configure_logging, configure_tracing, counter, get_logger, histogram
 
@@ -292,6 +293,10 @@ def create_app(
     app.state.started = False
     install_error_handlers(app, database=use_database)
     ops = _ops_router()
+    if use_bus and publishes_events(settings.service_name):
+        from .dead_letters_api import router as dead_letters
+
+        routers = [*routers, dead_letters]
     # add_middleware puts each one in front of those added before it: innermost first
     for middleware in reversed(inner_middleware):
         app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)

@@ -267,6 +267,12 @@ def subject_for(event: str, project: str = ANY_PROJECT) -> str:
     return f"{SUBJECT_PREFIX}.{event}.{project}"
 
 
+def event_of_subject(subject: str) -> tuple[str, str] | None:
+    """(event, project) of a lifecycle subject `model.<event>.<project>`; None for a subject of another layout."""
+    parts = subject.split(".")
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == SUBJECT_PREFIX and all(parts) else None
+
+
 def project_of_subject(subject: str) -> str | None:
     """The project token of a lifecycle subject, or None for a subject of another layout."""
     parts = subject.split(".")

@@ -140,6 +140,11 @@ def publisher_of(event: str) -> str | None:
     return "gateway" if event in GATEWAY_EVENTS else None
 
 
+def publishes_events(service: str) -> bool:
+    """Whether `service` publishes lifecycle events (and so may put their dead letters back)."""
+    return service in BINDABLE_SERVICES or service == "gateway"
+
+
 def project_user(service: str, project: str) -> str:
     """The NATS user of `service` bound to `project`."""
     return f"{service}{PROJECT_USER_SEPARATOR}{project}"
@@ -203,11 +208,16 @@ def _service(name: str, events: Iterable[str] = (), durables: Iterable[str] = ()
     from .consumer import DLQ_PREFIX
     from .events import subject_for
 
-    publish = [*_stream_upkeep(EVENTS_STREAM, DLQ_STREAM), f"{DLQ_PREFIX}>"]
+    publish = [*_stream_upkeep(EVENTS_STREAM, DLQ_STREAM), f"{DLQ_PREFIX}>", *_read_dead_letters()]
     publish += [subject_for(event) for event in events]
     for durable in durables:
         publish += _durable(EVENTS_STREAM, durable)
     return Principal(name, tuple(publish), (f"{inbox_prefix(name)}.>",))
+
+
+def _read_dead_letters() -> tuple[str, ...]:
+    """Read a dead letter by its number: a publisher puts its events' letters back (`dead_letters_api`)."""
+    return (f"$JS.API.STREAM.MSG.GET.{DLQ_STREAM}",)
 
 
 def _read_events(name: str) -> tuple[str, ...]:
@@ -322,7 +332,13 @@ def principals(services: Iterable[str] = (), projects: Iterable[str] = ()) -> di
     deployer = found["deployer"]
     found["deployer"] = Principal("deployer", (*deployer.publish, *_write_routes()), deployer.subscribe)
     # the gateway publishes traffic samples, its usage reports (model.usage) and the outcomes it joins
-    gateway_publish = (SAMPLES, *map(subject_for, GATEWAY_EVENTS), *_follow_routes(), *_keep_outcomes())
+    gateway_publish = (
+        SAMPLES,
+        *map(subject_for, GATEWAY_EVENTS),
+        *_follow_routes(),
+        *_keep_outcomes(),
+        *_read_dead_letters(),
+    )
     found["gateway"] = Principal("gateway", gateway_publish, (f"{inbox_prefix('gateway')}.>",))
     found["modelserver"] = Principal(
         "modelserver",

@@ -1,0 +1,143 @@
+"""On a secured stack, a machine holding only the CLI's NATS password (an operator's laptop, on Kubernetes)
+still puts dead letters back: `gallery events redeliver` asks the publishing service, an admin over its
+REST API, and that service republishes the letter as itself. It sends only the letters of its own events,
+read from the dead letters by number (no caller's bytes), and only to an admin."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cli_sandbox import gallery_async
+from uvicorn_thread import running
+from waiting import eventually
+
+from gallery_cli.events_cmd import sample_trained
+from gallery_cli.stack import stack_authorization
+from gallery_common.app import create_app
+from gallery_common.bus import DeadLetter, EventBus
+from gallery_common.consumer import PermanentError
+from gallery_common.events import CloudEvent, ModelTrained, ModelValidated
+from gallery_common.nats_auth import NatsCredentials, ensure_passwords
+from gallery_common.nats_server import EmbeddedNats
+from gallery_common.settings import GallerySettings
+
+ADMIN, WRITER = "ops-admin", "ops-writer"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[EmbeddedNats]:
+    with EmbeddedNats(home / "nats", authorization=stack_authorization(home, [])) as running_server:
+        yield running_server
+
+
+@pytest.fixture(scope="module")
+def trainer(server: EmbeddedNats, home: Path) -> Iterator[str]:
+    """The trainer's REST API (the shared app a trainer runs), connected as the `trainer` NATS user."""
+    settings = GallerySettings(
+        service_name="trainer",
+        home=home,
+        nats_url=server.url,
+        api_tokens=f"{ADMIN}:admin,{WRITER}:writer",  # type: ignore[arg-type]
+    )
+    with running(create_app(settings, title="trainer"), ready_path="/readyz") as uvicorn_server:
+        yield f"http://127.0.0.1:{uvicorn_server.config.port}"
+
+
+@pytest.fixture
+def operator(home: Path, tmp_path: Path) -> Path:
+    """A GALLERY_HOME holding the CLI's NATS password and no other."""
+    users = tmp_path / "nats" / "users"
+    users.mkdir(parents=True)
+    shutil.copy(home / "nats" / "users" / "cli.password", users / "cli.password")
+    return tmp_path
+
+
+def bus(server: EmbeddedNats, home: Path, user: str) -> EventBus:
+    credentials = NatsCredentials(user, ensure_passwords(home, [user])[user])
+    return EventBus(server.url, user, credentials=credentials, publish_deadline=2)
+
+
+class GivesUpOnce:
+    """A consumer's handler that dead-letters the event `event_id` the first time it sees it."""
+
+    def __init__(self) -> None:
+        self.event_id = str(uuid.uuid4())
+        self.seen: list[str] = []
+
+    async def __call__(self, event: CloudEvent[Any]) -> None:
+        if event.id == self.event_id:  # the stream holds the module's other events too
+            self.seen.append(event.id)
+            if len(self.seen) == 1:
+                raise PermanentError("project 'team-x' does not exist")
+
+    async def letters(self, reader: EventBus) -> list[DeadLetter]:
+        return [letter for letter in await reader.dead_letters() if letter.event_id == self.event_id]
+
+
+async def test_a_cli_without_the_publishers_password_has_the_publisher_put_the_letter_back(
+    server: EmbeddedNats, home: Path, trainer: str, operator: Path
+) -> None:
+    gate = GivesUpOnce()
+    async with bus(server, home, "registry") as registry, bus(server, home, "trainer") as publisher:
+        registry.consumer("registry-gate", gate, events=[ModelTrained]).start()
+        await publisher.publish(sample_trained("iris"), event_id=gate.event_id)
+        async with bus(server, home, "cli") as cli:
+            await eventually(lambda: gate.letters(cli), what="the dead letter")
+            (letter,) = await gate.letters(cli)
+
+            # no token: the trainer refuses, and the letter stays where it was
+            code, out = await gallery_async(
+                server.url, "events", "redeliver", str(letter.seq), home=operator,
+                extra_env={"GALLERY_TRAINER_URL": trainer},
+            )  # fmt: skip
+            assert code == 1 and "the trainer refused POST" in out and "(401)" in out, out
+            assert await gate.letters(cli) == [letter]
+
+            code, out = await gallery_async(
+                server.url, "events", "redeliver", str(letter.seq), home=operator,
+                extra_env={"GALLERY_TRAINER_URL": trainer, "GALLERY_TOKEN": ADMIN},
+            )  # fmt: skip
+            assert code == 0, out
+            assert f"put back dead letter {letter.seq} " in out and "sent by the trainer service" in out, out
+            await eventually(lambda: len(gate.seen) == 2, what="the gate to handle it again")
+            assert await gate.letters(cli) == []
+
+
+async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
+    server: EmbeddedNats, home: Path, trainer: str
+) -> None:
+    gate = GivesUpOnce()
+    async with bus(server, home, "deployer") as deployer, bus(server, home, "registry") as publisher:
+        deployer.consumer("deployer", gate, events=[ModelValidated]).start()
+        await publisher.publish(ModelValidated(model="iris", version=1), event_id=gate.event_id)
+        async with bus(server, home, "cli") as cli:
+            await eventually(lambda: gate.letters(cli), what="the dead letter")
+            (letter,) = await gate.letters(cli)
+
+    async with httpx.AsyncClient(base_url=trainer, timeout=30) as client:
+
+        async def put_back(seq: int, token: str) -> httpx.Response:
+            headers = {"authorization": f"Bearer {token}"}
+            return await client.post(f"/admin/dead-letters/{seq}/redeliver", headers=headers)
+
+        refused = await put_back(letter.seq, WRITER)
+        assert refused.status_code == 403 and "needs the admin role" in refused.json()["error"]
+        not_ours = await put_back(letter.seq, ADMIN)
+        assert not_ours.status_code == 409
+        assert not_ours.json()["error"] == (
+            f"dead letter {letter.seq} is a model.validated, which only the registry publishes: ask the registry"
+        )
+        missing = await put_back(10**9, ADMIN)
+        assert missing.status_code == 404 and missing.json()["error"] == f"no dead letter {10**9}"
+    assert gate.seen == [gate.event_id]  # nothing was sent again
