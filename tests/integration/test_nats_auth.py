@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from nats.errors import NoServersError
 from waiting import eventually
 
 from gallery_cli.events_cmd import sample_trained
-from gallery_cli.stack import stack_authorization
 from gallery_common.bus import EVENTS_STREAM, DeadLetter, EventBus
 from gallery_common.consumer import PermanentError
 from gallery_common.errors import Unavailable
@@ -43,17 +42,6 @@ OWNERS = {
     "model.outcome.default": "gateway",
     "model.usage.default": "gateway",
 }
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[EmbeddedNats]:
-    with EmbeddedNats(home / "nats", authorization=stack_authorization(home, [])) as running:
-        yield running
 
 
 def credentials(home: Path, user: str) -> NatsCredentials:
@@ -88,13 +76,13 @@ async def publish_refused(connect, users: Sequence[str], subjects: Sequence[str]
 
 
 @pytest.fixture
-async def connect(server: EmbeddedNats, home: Path) -> AsyncIterator[object]:
+async def connect(secured_nats: EmbeddedNats, secured_home: Path) -> AsyncIterator[object]:
     opened: list[Client] = []
 
     async def as_user(user: str, violations: Violations | None = None) -> Client:
-        creds = credentials(home, user)
+        creds = credentials(secured_home, user)
         nc = await nats.connect(
-            server.url,
+            secured_nats.url,
             user=creds.user,
             password=creds.password,
             inbox_prefix=creds.inbox_prefix,
@@ -109,17 +97,17 @@ async def connect(server: EmbeddedNats, home: Path) -> AsyncIterator[object]:
         await nc.close()
 
 
-async def test_an_anonymous_client_or_a_wrong_password_cannot_connect(server: EmbeddedNats) -> None:
+async def test_an_anonymous_client_or_a_wrong_password_cannot_connect(secured_nats: EmbeddedNats) -> None:
     for options in ({}, {"user": "registry", "password": "guessed"}, {"user": "nobody", "password": "x"}):
         with pytest.raises((NoServersError, nats.errors.Error)):
-            await nats.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0, **options)
+            await nats.connect(secured_nats.url, allow_reconnect=False, max_reconnect_attempts=0, **options)
 
 
 async def test_only_the_owner_of_a_lifecycle_subject_can_publish_on_it(
-    server: EmbeddedNats, home: Path, connect
+    secured_nats: EmbeddedNats, secured_home: Path, connect
 ) -> None:  # type: ignore[no-untyped-def]
     users = ["trainer", "registry", "optimizer", "deployer", "monitor", "gateway", "modelserver", "cli"]
-    async with EventBus(server.url, "test", credentials=credentials(home, "cli")) as reader:
+    async with EventBus(secured_nats.url, "test", credentials=credentials(secured_home, "cli")) as reader:
         before = (await reader.js.stream_info(EVENTS_STREAM)).state.messages
         for user in users:
             nc = await connect(user)
@@ -140,7 +128,7 @@ def test_a_dead_letter_is_put_back_as_the_one_user_that_may_publish_its_subject(
 
 
 async def test_the_cli_puts_a_dead_letter_back_as_its_publisher_and_takes_it_out(
-    server: EmbeddedNats, home: Path
+    secured_nats: EmbeddedNats, secured_home: Path
 ) -> None:
     event_id = str(uuid.uuid4())
     seen: list[str] = []
@@ -152,7 +140,7 @@ async def test_the_cli_puts_a_dead_letter_back_as_its_publisher_and_takes_it_out
                 raise PermanentError("project 'team-x' does not exist")
 
     def bus(user: str) -> EventBus:
-        return EventBus(server.url, user, credentials=credentials(home, user), publish_deadline=2)
+        return EventBus(secured_nats.url, user, credentials=credentials(secured_home, user), publish_deadline=2)
 
     async def ours(cli: EventBus) -> list[DeadLetter]:
         return [letter for letter in await cli.dead_letters() if letter.event_id == event_id]
@@ -168,7 +156,9 @@ async def test_the_cli_puts_a_dead_letter_back_as_its_publisher_and_takes_it_out
             await cli.redeliver(letter)
 
         # every dead letter of the fixed consumer (this one among them)
-        code, out = await gallery_async(server.url, "events", "redeliver", "--consumer", "registry-gate", home=home)
+        code, out = await gallery_async(
+            secured_nats.url, "events", "redeliver", "--consumer", "registry-gate", home=secured_home
+        )
         assert code == 0 and f"put back dead letter {letter.seq} " in out, out
         await eventually(lambda: len(seen) == 2, what="the gate to handle it again")
         assert await ours(cli) == []
@@ -228,14 +218,14 @@ def test_every_service_connects_with_a_user_of_its_own() -> None:
 
 
 async def test_only_the_deployer_writes_routes_and_a_gateway_only_follows_them(
-    server: EmbeddedNats, home: Path, connect
+    secured_nats: EmbeddedNats, secured_home: Path, connect
 ) -> None:  # type: ignore[no-untyped-def]
-    deployer = await EventBus(server.url, "test-deployer", credentials=credentials(home, "deployer")).connect(
-        ensure_streams=False
-    )
-    gateway = await EventBus(server.url, "test-gateway", credentials=credentials(home, "gateway")).connect(
-        ensure_streams=False
-    )
+    deployer = await EventBus(
+        secured_nats.url, "test-deployer", credentials=credentials(secured_home, "deployer")
+    ).connect(ensure_streams=False)
+    gateway = await EventBus(
+        secured_nats.url, "test-gateway", credentials=credentials(secured_home, "gateway")
+    ).connect(ensure_streams=False)
     try:
         bucket = await RoutesBucket.open(deployer)
         written = await bucket.put("iris.v2", b'{"backends": []}')
@@ -267,10 +257,12 @@ async def test_only_the_deployer_writes_routes_and_a_gateway_only_follows_them(
         assert refused.count("permissions violation") == 2 and f"$kv.{BUCKET}.forged" in refused
 
 
-async def test_only_the_gallery_keeps_and_reads_the_sign_in_sessions(server: EmbeddedNats, home: Path, connect) -> None:  # type: ignore[no-untyped-def]
-    gallery = await EventBus(server.url, "test-gallery", credentials=credentials(home, "gallery")).connect(
-        ensure_streams=False
-    )
+async def test_only_the_gallery_keeps_and_reads_the_sign_in_sessions(
+    secured_nats: EmbeddedNats, secured_home: Path, connect
+) -> None:  # type: ignore[no-untyped-def]
+    gallery = await EventBus(
+        secured_nats.url, "test-gallery", credentials=credentials(secured_home, "gallery")
+    ).connect(ensure_streams=False)
     try:
         store = SessionStore(gallery, max_age_s=3600, max_bytes=8 * 1024**2)
         cookie = await store.open(Session("oidc:ann", "a.b.c", None, time.time() + 60, None, time.time() + 3600))

@@ -18,7 +18,6 @@ from uvicorn_thread import running
 from waiting import eventually
 
 from gallery_cli.events_cmd import sample_trained
-from gallery_cli.stack import stack_authorization
 from gallery_common.app import create_app
 from gallery_common.bus import DeadLetter, EventBus
 from gallery_common.consumer import PermanentError
@@ -31,23 +30,12 @@ ADMIN, WRITER = "ops-admin", "ops-writer"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[EmbeddedNats]:
-    with EmbeddedNats(home / "nats", authorization=stack_authorization(home, [])) as running_server:
-        yield running_server
-
-
-@pytest.fixture(scope="module")
-def trainer(server: EmbeddedNats, home: Path) -> Iterator[str]:
+def trainer(secured_nats: EmbeddedNats, secured_home: Path) -> Iterator[str]:
     """The trainer's REST API (the shared app a trainer runs), connected as the `trainer` NATS user."""
     settings = GallerySettings(
         service_name="trainer",
-        home=home,
-        nats_url=server.url,
+        home=secured_home,
+        nats_url=secured_nats.url,
         api_tokens=f"{ADMIN}:admin,{WRITER}:writer",  # type: ignore[arg-type]
     )
     with running(create_app(settings, title="trainer"), ready_path="/readyz") as uvicorn_server:
@@ -55,11 +43,11 @@ def trainer(server: EmbeddedNats, home: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def operator(home: Path, tmp_path: Path) -> Path:
+def operator(secured_home: Path, tmp_path: Path) -> Path:
     """A GALLERY_HOME holding the CLI's NATS password and no other."""
     users = tmp_path / "nats" / "users"
     users.mkdir(parents=True)
-    shutil.copy(home / "nats" / "users" / "cli.password", users / "cli.password")
+    shutil.copy(secured_home / "nats" / "users" / "cli.password", users / "cli.password")
     return tmp_path
 
 
@@ -86,26 +74,29 @@ class GivesUpOnce:
 
 
 async def test_a_cli_without_the_publishers_password_has_the_publisher_put_the_letter_back(
-    server: EmbeddedNats, home: Path, trainer: str, operator: Path
+    secured_nats: EmbeddedNats, secured_home: Path, trainer: str, operator: Path
 ) -> None:
     gate = GivesUpOnce()
-    async with bus(server, home, "registry") as registry, bus(server, home, "trainer") as publisher:
+    async with (
+        bus(secured_nats, secured_home, "registry") as registry,
+        bus(secured_nats, secured_home, "trainer") as publisher,
+    ):
         registry.consumer("registry-gate", gate, events=[ModelTrained]).start()
         await publisher.publish(sample_trained("iris"), event_id=gate.event_id)
-        async with bus(server, home, "cli") as cli:
+        async with bus(secured_nats, secured_home, "cli") as cli:
             await eventually(lambda: gate.letters(cli), what="the dead letter")
             (letter,) = await gate.letters(cli)
 
             # no token: the trainer refuses, and the letter stays where it was
             code, out = await gallery_async(
-                server.url, "events", "redeliver", str(letter.seq), home=operator,
+                secured_nats.url, "events", "redeliver", str(letter.seq), home=operator,
                 extra_env={"GALLERY_TRAINER_URL": trainer},
             )  # fmt: skip
             assert code == 1 and "the trainer refused POST" in out and "(401)" in out, out
             assert await gate.letters(cli) == [letter]
 
             code, out = await gallery_async(
-                server.url, "events", "redeliver", str(letter.seq), home=operator,
+                secured_nats.url, "events", "redeliver", str(letter.seq), home=operator,
                 extra_env={"GALLERY_TRAINER_URL": trainer, "GALLERY_TOKEN": ADMIN},
             )  # fmt: skip
             assert code == 0, out
@@ -115,13 +106,16 @@ async def test_a_cli_without_the_publishers_password_has_the_publisher_put_the_l
 
 
 async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
-    server: EmbeddedNats, home: Path, trainer: str
+    secured_nats: EmbeddedNats, secured_home: Path, trainer: str
 ) -> None:
     gate = GivesUpOnce()
-    async with bus(server, home, "deployer") as deployer, bus(server, home, "registry") as publisher:
+    async with (
+        bus(secured_nats, secured_home, "deployer") as deployer,
+        bus(secured_nats, secured_home, "registry") as publisher,
+    ):
         deployer.consumer("deployer", gate, events=[ModelValidated]).start()
         await publisher.publish(ModelValidated(model="iris", version=1), event_id=gate.event_id)
-        async with bus(server, home, "cli") as cli:
+        async with bus(secured_nats, secured_home, "cli") as cli:
             await eventually(lambda: gate.letters(cli), what="the dead letter")
             (letter,) = await gate.letters(cli)
 

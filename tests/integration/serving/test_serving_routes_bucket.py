@@ -90,20 +90,9 @@ async def seen_after(client: httpx.AsyncClient, gateway: str, tag: str, start: f
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[EmbeddedNats]:
-    with EmbeddedNats(home / "nats", authorization=stack_authorization(home, [])) as running_server:
-        yield running_server
-
-
-@pytest.fixture(scope="module")
-def stack(home: Path, server: EmbeddedNats) -> Iterator[LifecycleStack]:
+def stack(secured_home: Path, secured_nats: EmbeddedNats) -> Iterator[LifecycleStack]:
     """Two gateway processes on one nats-server (each test writes its own model)."""
-    running_stack = LifecycleStack(home=home, nats_url=server.url)
+    running_stack = LifecycleStack(home=secured_home, nats_url=secured_nats.url)
     yield running_stack
     running_stack.stop()
 
@@ -120,10 +109,10 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_a_route_change_by_the_deployer_reaches_both_gateway_replicas(
-    home: Path, server: EmbeddedNats, two_gateways: tuple[str, str], client: httpx.AsyncClient
+    secured_home: Path, secured_nats: EmbeddedNats, two_gateways: tuple[str, str], client: httpx.AsyncClient
 ) -> None:
     gateways = two_gateways
-    bus, routes = await deployer_routes(server.url, home)
+    bus, routes = await deployer_routes(secured_nats.url, secured_home)
     try:
         for gateway in gateways:
 
@@ -153,7 +142,7 @@ async def test_a_route_change_by_the_deployer_reaches_both_gateway_replicas(
             metrics = (await client.get(f"{gateway}/metrics")).text
             assert f"modelgallery_gateway_routes_revision {float(revision + 1)}" in metrics
         for name in ("one", "two"):
-            snapshot = orjson.loads((home / f"{name}.json").read_bytes())
+            snapshot = orjson.loads((secured_home / f"{name}.json").read_bytes())
             assert snapshot["revision"] == revision + 1 and MODEL not in snapshot["routes"]
     finally:
         await bus.close()
