@@ -26,7 +26,7 @@ from gallery_common.nats_auth import NatsCredentials, ensure_passwords
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.settings import GallerySettings
 
-ADMIN, WRITER = "ops-admin", "ops-writer"
+ADMIN, WRITER, ALPHA_ADMIN = "ops-admin", "ops-writer", "alpha-admin"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def trainer(secured_nats: EmbeddedNats, secured_home: Path) -> Iterator[str]:
         service_name="trainer",
         home=secured_home,
         nats_url=secured_nats.url,
-        api_tokens=f"{ADMIN}:admin,{WRITER}:writer",  # type: ignore[arg-type]
+        api_tokens=f"{ADMIN}:admin,{WRITER}:writer,{ALPHA_ADMIN}:alpha:admin",  # type: ignore[arg-type]
     )
     with running(create_app(settings, title="trainer"), ready_path="/readyz") as uvicorn_server:
         yield f"http://127.0.0.1:{uvicorn_server.config.port}"
@@ -124,6 +124,18 @@ async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
         async def put_back(seq: int, token: str) -> httpx.Response:
             headers = {"authorization": f"Bearer {token}"}
             return await client.post(f"/admin/dead-letters/{seq}/redeliver", headers=headers)
+
+        async def listed(token: str) -> list[dict[str, Any]]:
+            answer = await client.get("/admin/dead-letters", headers={"authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+            return [row for row in answer.json() if row["event_id"] == gate.event_id]
+
+        (row,) = await listed(ADMIN)
+        assert (row["seq"], row["subject"], row["project"], row["consumer"], row["publisher"]) == (
+            letter.seq, "model.validated.default", "default", "deployer", "registry"
+        )  # fmt: skip
+        assert row["reason"] == letter.reason and "team-x" in row["reason"]
+        assert await listed(ALPHA_ADMIN) == []  # an admin of another project does not see it
 
         refused = await put_back(letter.seq, WRITER)
         assert refused.status_code == 403 and "needs the admin role" in refused.json()["error"]

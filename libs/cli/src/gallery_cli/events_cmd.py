@@ -258,11 +258,11 @@ async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool, co
                 if publisher not in as_user:
                     as_user[publisher] = await publishers.enter_async_context(_connected(settings, user=publisher))
                 await as_user[publisher].redeliver(letter)
+                await bus.forget_dead_letter(letter.seq)
                 sender = ""
-            else:
+            else:  # the service takes it out too
                 await asyncio.to_thread(_ask_publisher, publisher, letter.seq)
                 sender = f", sent by the {publisher} service"
-            await bus.forget_dead_letter(letter.seq)
             say(
                 f"put back dead letter {letter.seq} ({letter.original_subject}, event {(letter.event_id or '-')[:8]}) "
                 f"for {letter.consumer}{sender}"

@@ -1,32 +1,106 @@
-"""`POST /admin/dead-letters/{seq}/redeliver`: a service puts back a dead letter of an event it publishes.
+"""The dead letters over REST, on every service that publishes lifecycle events.
 
-`gallery events redeliver` sends a dead letter back as the one NATS user that may publish its subject
-(`nats_auth.publisher_of`: model.trained as the trainer). Where the CLI has no credentials of that user
-(on Kubernetes an operator holds only the `cli` user's), it asks the publishing service instead, as an
-admin over its REST API. The service reads the letter from the dead letters itself (the caller sends
-only its number, never bytes to publish) and republishes it for the consumer that gave up on it
-(`EventBus.redeliver`). Taking the letter out stays the CLI's: it alone may delete from that stream.
+`GET /admin/dead-letters`: the latest dead letters of the projects the caller is an admin of, each with
+the service that may put it back. `POST /admin/dead-letters/{seq}/redeliver`: a service puts back a dead
+letter of an event it publishes and takes it out of the dead letters.
+
+A dead letter goes back as the one NATS user that may publish its subject (`nats_auth.publisher_of`:
+model.trained as the trainer). `gallery events redeliver` sends it itself where it holds that user's
+password; where it does not (on Kubernetes an operator holds only the `cli` user's), and from the
+Gallery's Dead letters page, the publishing service is asked instead. It reads the letter by its number
+(the caller sends no bytes to publish) and republishes it for the consumer that gave up on it
+(`EventBus.redeliver`).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
 
-from .auth import requires
+from .auth import Caller, requires
 from .deps import CallerDep
-from .errors import Conflict, NotFound, Unavailable
+from .errors import Conflict, Forbidden, NotFound, Unavailable
 from .events import event_of_subject
 from .nats_auth import project_scope, publisher_of
-from .projects import authorize_in
-from .settings import Role
+from .projects import highest
+from .settings import GallerySettings, Role
 
 if TYPE_CHECKING:
     from .app import ServiceResources
+    from .bus import DeadLetter, EventBus
+
+MAX_LISTED = 1000  # as many as `gallery events redeliver --all` looks at
 
 router = APIRouter(prefix="/admin/dead-letters", tags=["events"], dependencies=[requires(Role.admin)])
+
+
+class DeadLetterPublic(BaseModel):
+    """A dead letter as an operator reads it; `publisher` is the service that may put it back (None: none may)."""
+
+    seq: int
+    time: datetime | None
+    subject: str
+    project: str | None
+    event_id: str | None
+    consumer: str | None
+    deliveries: int | None
+    reason: str
+    publisher: str | None
+
+
+def described(letter: DeadLetter) -> DeadLetterPublic:
+    found = event_of_subject(letter.original_subject)
+    return DeadLetterPublic(
+        seq=letter.seq,
+        time=letter.time,
+        subject=letter.original_subject,
+        project=found[1] if found else None,
+        event_id=letter.event_id,
+        consumer=letter.consumer,
+        deliveries=letter.deliveries,
+        reason=letter.reason,
+        publisher=publisher_of(found[0]) if found else None,
+    )
+
+
+def is_admin_of(caller: Caller, project: str | None) -> bool:
+    """Whether `caller` may see and put back the letters of `project` (None: a subject without a project):
+    an admin there or installation-wide. A project that does not exist (yet) is an installation admin's,
+    as a letter refused for naming it is."""
+    role = highest(caller.role, caller.projects.get(project)) if project else caller.role
+    return role is not None and role.rank >= Role.admin.rank
+
+
+def _bus(request: Request) -> EventBus:
+    resources: ServiceResources = request.app.state.resources
+    bus = resources.bus
+    if bus is None or not bus.is_connected:
+        raise Unavailable(f"the {resources.settings.service_name} is not connected to NATS; try again once it is")
+    return bus
+
+
+@router.get("", summary="The latest dead letters of the projects the caller is an admin of")
+async def dead_letters(
+    request: Request,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = 100,
+    consumer: Annotated[str | None, Query(description="Only this durable consumer's")] = None,
+) -> list[DeadLetterPublic]:
+    """Newest first. A letter whose subject names no project (not a lifecycle event) is shown to
+    installation admins only."""
+    shown: list[DeadLetterPublic] = []
+    for letter in reversed(await _bus(request).dead_letters(MAX_LISTED)):
+        public = described(letter)
+        if consumer is not None and public.consumer != consumer:
+            continue
+        if is_admin_of(caller, public.project):
+            shown.append(public)
+            if len(shown) == limit:
+                break
+    return shown
 
 
 class Redelivered(BaseModel):
@@ -46,14 +120,11 @@ class Redelivered(BaseModel):
 )
 async def redeliver(seq: Annotated[int, Path(ge=1)], request: Request, caller: CallerDep) -> Redelivered:
     """Republish dead letter `seq` on its original subject, as this service (its publisher); only the consumer
-    that dead-lettered it handles it again. Needs the admin role in the event's project. The letter stays in
-    the dead letters until the CLI takes it out."""
-    resources: ServiceResources = request.app.state.resources
-    settings = resources.settings
+    that dead-lettered it handles it again, then take it out of the dead letters. Needs the admin role in the
+    event's project."""
+    settings: GallerySettings = request.app.state.settings
     me = settings.service_name
-    bus = resources.bus
-    if bus is None or not bus.is_connected:
-        raise Unavailable(f"the {me} is not connected to NATS; try again once it is")
+    bus = _bus(request)
     letter = await bus.dead_letter(seq)
     found = event_of_subject(letter.original_subject)
     publisher = publisher_of(found[0]) if found else None
@@ -64,7 +135,8 @@ async def redeliver(seq: Annotated[int, Path(ge=1)], request: Request, caller: C
         raise Conflict(
             f"dead letter {seq} is a model.{event}, which only the {publisher} publishes: ask the {publisher}"
         )
-    authorize_in(caller, project, Role.admin, settings.project_directory())
+    if not is_admin_of(caller, project):
+        raise Forbidden(f"putting back project {project!r}'s dead letters needs the admin role there")
     scope = project_scope(settings)
     if scope and project not in scope:
         raise Conflict(
@@ -73,6 +145,7 @@ async def redeliver(seq: Annotated[int, Path(ge=1)], request: Request, caller: C
     if not letter.consumer:
         raise NotFound(f"dead letter {seq} names no consumer to give it back to")
     await bus.redeliver(letter)
+    await bus.forget_dead_letter(seq)
     return Redelivered(
         seq=seq, subject=letter.original_subject, event_id=letter.event_id, consumer=letter.consumer, publisher=me
     )

@@ -7,10 +7,11 @@ only the optimizer `model.optimized`, only the deployer `model.deployed` / `mode
 deployer writes the gateways' routes (the `routes` KV bucket), which gateways may only read and watch; only
 the gateway publishes traffic samples, `model.usage` and `model.outcome` and keeps the `outcomes` KV bucket,
 only model servers answer `infer.<model>`, and only the Gallery keeps the sign-in sessions (the
-`gallery_sessions` and `gallery_logins` KV buckets); only the CLI takes dead letters out, once it put them
-back (as the event's publisher: `publisher_of`). Event subjects are `model.<event>.<project>`; these users
-publish their events in every project (`model.<event>.*`). Each user's request replies come on an inbox prefix of its
-own (`_INBOX.<user>.`), so no one can read another's replies.
+`gallery_sessions` and `gallery_logins` KV buckets); only the CLI and the publishing services take dead
+letters out, once they put them back (as the event's publisher: `publisher_of`). Event subjects are
+`model.<event>.<project>`; these users publish their events in every project (`model.<event>.*`). Each
+user's request replies come on an inbox prefix of its own (`_INBOX.<user>.`), so no one can read another's
+replies.
 
 `gallery up` makes a password per user in `$GALLERY_HOME/nats/users/<user>.password` (0600) and
 gives nats-server their bcrypt hashes; on Kubernetes they come from Secrets. A process finds its
@@ -208,16 +209,20 @@ def _service(name: str, events: Iterable[str] = (), durables: Iterable[str] = ()
     from .consumer import DLQ_PREFIX
     from .events import subject_for
 
-    publish = [*_stream_upkeep(EVENTS_STREAM, DLQ_STREAM), f"{DLQ_PREFIX}>", *_read_dead_letters()]
+    publish = [*_stream_upkeep(EVENTS_STREAM, DLQ_STREAM), f"{DLQ_PREFIX}>", *_put_back_dead_letters()]
     publish += [subject_for(event) for event in events]
     for durable in durables:
         publish += _durable(EVENTS_STREAM, durable)
     return Principal(name, tuple(publish), (f"{inbox_prefix(name)}.>",))
 
 
-def _read_dead_letters() -> tuple[str, ...]:
-    """Read a dead letter by its number: a publisher puts its events' letters back (`dead_letters_api`)."""
-    return (f"$JS.API.STREAM.MSG.GET.{DLQ_STREAM}",)
+def _put_back_dead_letters() -> tuple[str, ...]:
+    """Read the dead letters and take one out once put back: a publisher does so for its own events' letters
+    (`dead_letters_api`; listing them also needs the stream's info)."""
+    return (
+        f"$JS.API.STREAM.MSG.GET.{DLQ_STREAM}",
+        f"$JS.API.STREAM.MSG.DELETE.{DLQ_STREAM}",
+    )
 
 
 def _read_events(name: str) -> tuple[str, ...]:
@@ -337,7 +342,8 @@ def principals(services: Iterable[str] = (), projects: Iterable[str] = ()) -> di
         *map(subject_for, GATEWAY_EVENTS),
         *_follow_routes(),
         *_keep_outcomes(),
-        *_read_dead_letters(),
+        f"$JS.API.STREAM.INFO.{DLQ_STREAM}",
+        *_put_back_dead_letters(),
     )
     found["gateway"] = Principal("gateway", gateway_publish, (f"{inbox_prefix('gateway')}.>",))
     found["modelserver"] = Principal(
