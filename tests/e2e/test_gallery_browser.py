@@ -7,6 +7,7 @@ next) and run in the order written.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 pytestmark = [pytest.mark.slow, pytest.mark.story]
 
 READER, WRITER = "gallery-reader-token", "gallery-writer-token"
+GHOST, GHOST_MODEL = "ghost", "ghost-digits"  # a project created only once a dead letter names it
 
 
 @pytest.fixture(scope="module")
@@ -439,4 +441,59 @@ def test_try_it_classifies_a_typed_text(
     result = wait_for(browser, "the answer", lambda d: css(d, "#try-result"))[0]
     assert result.get_attribute("data-predicted") == "animal"
     assert "served by wordnet-topics v1" in result.text
+    assert page_errors(browser) == []
+
+
+def test_a_dead_letter_is_put_back_from_its_page_once_its_cause_is_fixed(
+    browser: WebDriver, stack: LifecycleStack, gallery: str, trained: TrainedModel
+) -> None:
+    """The digits run's model.trained sent again for a project that does not exist: the gate dead-letters it,
+    the Dead letters page says why, and once the project exists "Put back" has the trainer send it again
+    (for the gate only): the model lands in the project and the letter is gone."""
+    event_id = f"ghost-{trained.runs[-1]}"
+
+    async def publish_to_a_missing_project() -> None:
+        async with stack.bus("cli") as reader:
+            first = next(e for e in await reader.stored_events() if e.event == "trained" and e.data.model == MODEL)
+        async with stack.bus("trainer") as trainer:
+            await trainer.publish(
+                first.data.model_copy(update={"model": GHOST_MODEL, "project": GHOST}), event_id=event_id
+            )
+
+    asyncio.run(publish_to_a_missing_project())
+    letters = f"{gallery}/api/registry/admin/dead-letters"
+    (letter,) = wait_until(
+        "the gate's dead letter",
+        lambda: [d for d in httpx.get(letters, timeout=30).json() if d["event_id"] == event_id] or None,
+        60,
+    )
+    assert (letter["consumer"], letter["publisher"], letter["project"]) == ("registry-gate", "trainer", GHOST)
+
+    page_errors(browser)
+    open_page(browser, gallery + "/dead-letters", "dead-letters")
+    row = wait_for(browser, "the letter's row", lambda d: css(d, f'#dead-letters tr[data-seq="{letter["seq"]}"]'))[0]
+    assert f"model.trained.{GHOST}" in row.text and "registry-gate" in row.text
+    assert f"project '{GHOST}' does not exist" in row.text
+
+    created = httpx.post(f"{stack.services['registry'].url}/api/v1/projects", json={"name": GHOST}, timeout=10)
+    assert created.status_code == 201, created.text
+    row.find_element(By.CSS_SELECTOR, "button.put-back").click()
+    wait_for(
+        browser,
+        "the letter put back",
+        lambda d: f"dead letter {letter['seq']} put back for registry-gate" in text(d, "#dead-letters-status"),
+    )
+    assert css(browser, f'#dead-letters tr[data-seq="{letter["seq"]}"]') == []
+    model = wait_until(
+        "the model in its project",
+        lambda: (
+            (a := httpx.get(f"{stack.services['registry'].url}/api/v1/models/{GHOST_MODEL}", timeout=10)).status_code
+            == 200
+            and a.json()
+        ),
+        120,
+    )
+    assert model["project"] == GHOST
+    open_page(browser, gallery + "/dead-letters", "dead-letters")  # drawn again: the letter is out for good
+    assert css(browser, f'#dead-letters tr[data-seq="{letter["seq"]}"]') == []
     assert page_errors(browser) == []

@@ -23,6 +23,9 @@ DEEP_LINKS = (
     "/runs/0f3c9a8e2b",
     "/compare?runs=a1,b2",
     "/models?q=digits&task=classification&sort=metric&metric=accuracy",
+    "/usage",
+    "/projects",
+    "/dead-letters",
 )
 
 

@@ -36,6 +36,7 @@ APP_PAGES = (
     "/compare",
     "/usage",
     "/projects",
+    "/dead-letters",
 )
 MONITORING_PAGES = ("/monitoring", "/monitoring/{model}")
 

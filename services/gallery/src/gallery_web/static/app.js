@@ -20,6 +20,7 @@ const ROUTES = [
   { re: /^\/compare\/?$/, page: "compare", nav: "experiments", keys: [] },
   { re: /^\/usage\/?$/, page: "usage", nav: "usage", keys: [] },
   { re: /^\/projects\/?$/, page: "projects", nav: "projects", keys: [] },
+  { re: /^\/dead-letters\/?$/, page: "dead-letters", nav: "dead-letters", keys: [] },
 ];
 
 // Paths the browser loads itself: the Monitoring view is its own page, the API and files are not pages.
