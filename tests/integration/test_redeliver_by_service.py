@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from uvicorn_thread import running
 from waiting import eventually
 
 from gallery_cli.events_cmd import sample_trained
-from gallery_common.app import create_app
+from gallery_common.app import ServiceResources, create_app
+from gallery_common.audit import AuditAction, AuditRecord
+from gallery_common.audit_log import AuditLog, AuditSettings
+from gallery_common.audit_trail import open_service_trail
 from gallery_common.bus import DeadLetter, EventBus
 from gallery_common.consumer import PermanentError
 from gallery_common.events import CloudEvent, ModelTrained, ModelValidated
@@ -38,7 +42,13 @@ def trainer(secured_nats: EmbeddedNats, secured_home: Path) -> Iterator[str]:
         nats_url=secured_nats.url,
         api_tokens=f"{ADMIN}:admin,{WRITER}:writer,{ALPHA_ADMIN}:alpha:admin",  # type: ignore[arg-type]
     )
-    with running(create_app(settings, title="trainer"), ready_path="/readyz") as uvicorn_server:
+
+    async def keep_a_trail(resources: ServiceResources, stack: AsyncExitStack) -> object:
+        resources.trail = await open_service_trail(settings, resources.bus, stack)  # as the trainer's startup does
+        return resources.trail
+
+    app = create_app(settings, title="trainer", startup=keep_a_trail)
+    with running(app, ready_path="/readyz") as uvicorn_server:
         yield f"http://127.0.0.1:{uvicorn_server.config.port}"
 
 
@@ -103,6 +113,14 @@ async def test_a_cli_without_the_publishers_password_has_the_publisher_put_the_l
             assert f"put back dead letter {letter.seq} " in out and "sent by the trainer service" in out, out
             await eventually(lambda: len(gate.seen) == 2, what="the gate to handle it again")
             assert await gate.letters(cli) == []
+
+            async def recorded() -> list[AuditRecord]:
+                records = await AuditLog(cli, AuditSettings()).records("default")
+                return [r for r in records if r.target == f"dead-letter/{letter.seq}"]
+
+            (record,) = await eventually(recorded, what="the put-back in the audit trail")
+            assert record.action == AuditAction.event_redelivered and record.actor.startswith("admin-")
+            assert record.model == "iris" and record.after["redelivered_to"] == "registry-gate"
 
 
 async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(

@@ -40,6 +40,8 @@ from .telemetry import configure_logging, configure_tracing, counter, get_logger
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from .audit_trail import AuditTrail
+
 log = get_logger(__name__)
 
 HTTP_REQUESTS = counter("http_requests_total", "HTTP requests answered", ("service", "method", "route", "status"))
@@ -59,6 +61,8 @@ class ServiceResources:
     engine: Engine | None = None
     # what `startup` returned (the service's own typed object); None while the service starts or stops
     core: object | None = None
+    # where the service records its changes, once its startup opened it (shared routes record there too)
+    trail: AuditTrail | None = None
     # dependencies reported by /readyz that do not decide readiness (the data plane's bus)
     optional: set[str] = field(default_factory=set)
 

@@ -55,6 +55,8 @@ class AuditAction(StrEnum):
     project_created = "project.created"
     member_granted = "project.member_granted"
     member_revoked = "project.member_revoked"
+    # a dead letter put back for its consumer by the service that publishes it (`dead_letters_api`)
+    event_redelivered = "event.redelivered"
 
 
 def new_dedupe_key() -> str:

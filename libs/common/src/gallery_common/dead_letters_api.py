@@ -9,7 +9,8 @@ model.trained as the trainer). `gallery events redeliver` sends it itself where 
 password; where it does not (on Kubernetes an operator holds only the `cli` user's), and from the
 Gallery's Dead letters page, the publishing service is asked instead. It reads the letter by its number
 (the caller sends no bytes to publish) and republishes it for the consumer that gave up on it
-(`EventBus.redeliver`).
+(`EventBus.redeliver`). A service that keeps an audit trail (all but the gateway) records who put it back
+in the event's project's chain; the CLI sending it itself records nothing (it may only read the trail).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
 
+from .audit import AuditAction, AuditChange
 from .auth import Caller, requires
 from .deps import CallerDep
 from .errors import Conflict, Forbidden, NotFound, Unavailable
@@ -103,6 +106,27 @@ async def dead_letters(
     return shown
 
 
+def redelivery(letter: DeadLetter, project: str, caller: Caller) -> AuditChange:
+    """A dead letter put back, as its project's audit chain records it (with the event's model and version
+    when its payload names them)."""
+    try:
+        data = orjson.loads(letter.data).get("data") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        data = {}
+    model, version = data.get("model"), data.get("version")
+    return AuditChange(
+        project=project,
+        actor=caller.name,
+        action=AuditAction.event_redelivered,
+        model=model if isinstance(model, str) else None,
+        version=version if isinstance(version, int) else None,
+        target=f"dead-letter/{letter.seq}",
+        before={"subject": letter.original_subject, "consumer": letter.consumer, "reason": letter.reason},
+        after={"event_id": letter.event_id, "redelivered_to": letter.consumer},
+        dedupe_key=f"redelivery:{letter.seq}",
+    )
+
+
 class Redelivered(BaseModel):
     """A dead letter put back on its subject, for its consumer only."""
 
@@ -146,6 +170,9 @@ async def redeliver(seq: Annotated[int, Path(ge=1)], request: Request, caller: C
         raise NotFound(f"dead letter {seq} names no consumer to give it back to")
     await bus.redeliver(letter)
     await bus.forget_dead_letter(seq)
+    resources: ServiceResources = request.app.state.resources
+    if resources.trail is not None:
+        await resources.trail.record(redelivery(letter, project, caller))
     return Redelivered(
         seq=seq, subject=letter.original_subject, event_id=letter.event_id, consumer=letter.consumer, publisher=me
     )

@@ -125,7 +125,7 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
         )
 
         # SLO changes are recorded in the model's project's audit chain
-        monitor.trail = await open_service_trail(settings, bus, stack)
+        monitor.trail = resources.trail = await open_service_trail(settings, bus, stack)
 
         async def on_sample(msg: Msg) -> None:
             samples.ingest(msg.data, time.time())

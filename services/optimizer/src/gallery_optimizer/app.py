@@ -69,7 +69,7 @@ def create(
         await stack.enter_async_context(queue.working(runner))
         await stack.enter_async_context(validated_events(jobs, queue, resources.bus).consumer(resources.bus))
         # policy changes are recorded in the model's project's audit chain
-        trail = await open_service_trail(settings, resources.bus, stack)
+        trail = resources.trail = await open_service_trail(settings, resources.bus, stack)
         return OptimizerCore(jobs, runner, queue, trail)
 
     return create_app(

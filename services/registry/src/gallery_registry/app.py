@@ -58,7 +58,7 @@ def create_app_for(settings: RegistrySettings, *, with_bus: bool = True) -> Fast
             )
             audit.start()  # appends what an earlier run left in the outbox, then whatever waits there
             stack.push_async_callback(audit.stop)
-            gate.audit, gate.projects = audit, projects
+            gate.audit, gate.projects, resources.trail = audit, projects, audit
             for events in (gate_events(gate), degraded_events(store)):
                 await stack.enter_async_context(events.consumer(resources.bus))
         return RegistryCore(store, gate, audit, projects)

@@ -89,7 +89,8 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
             max_attempts=settings.job_max_attempts,
         )
         jobs = JobService(engine, runner, searches, queue.submit_blocking, policy=settings.spec_policy())
-        jobs.trail = await open_service_trail(settings, resources.bus, stack)  # submissions and cancellations
+        # submissions and cancellations, and dead letters put back
+        jobs.trail = resources.trail = await open_service_trail(settings, resources.bus, stack)
         for job_id in await anyio.to_thread.run_sync(jobs.unqueued):
             await queue.submit(job_id)
         if train is None and settings.standby_ranks:

@@ -99,7 +99,8 @@ def create(settings: DeployerSettings | None = None, *, runtime: Runtime | None 
         usage_consumer.start()
         stack.push_async_callback(usage_consumer.stop)
 
-        trail = await open_service_trail(settings, bus, stack)  # appends what an earlier run left in the outbox
+        # appends what an earlier run left in the outbox
+        trail = resources.trail = await open_service_trail(settings, bus, stack)
         audit = DeployerAudit(trail, DeploymentStore(resources.engine))
         app.state.audit = audit
 
