@@ -5,8 +5,8 @@
 
 Without --url it starts every service (as the browser tests do, in a temporary GALLERY_HOME), trains the
 digits model twice with different learning rates (and iris once), waits for the optimizer, writes the
-model cards and saves one PNG per page to docs/screenshots/. Needs chromium and chromedriver (`make test`
-installs them).
+model cards, sends one model.trained for a project that does not exist (a dead letter) and saves one PNG
+per page to docs/screenshots/. Needs chromium and chromedriver (`make test` installs them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "e2e")]
 
-from gallery_stack import MODEL, gallery_stack, train, train_digits_twice, wait_for_optimizer  # noqa: E402
+from gallery_stack import (  # noqa: E402
+    MODEL,
+    dead_letter_for_a_missing_project,
+    gallery_stack,
+    train,
+    train_digits_twice,
+    wait_for_optimizer,
+)
 from headless_chromium import headless_chromium  # noqa: E402
 
 WIDTH = 1400
@@ -81,6 +88,7 @@ def take(url: str, token: str | None, out_dir: Path, runs: list[str]) -> None:
             ("lineage", f"/models/{MODEL}/lineage", "lineage"),
             ("experiments", f"/runs?model={MODEL}", "runs"),
             ("compare", f"/compare?runs={','.join(runs[:2])}", "compare"),
+            ("dead-letters", "/dead-letters", "dead-letters"),
         ]
         for name, path, page in pages:
             browser.get(url + path)
@@ -139,6 +147,7 @@ def main() -> None:
         httpx.put(f"{registry}/api/v1/models/{MODEL}/card", json=CARD, timeout=10).raise_for_status()
         httpx.put(f"{registry}/api/v1/models/iris-mlp/card", json=IRIS_CARD, timeout=10).raise_for_status()
         send_traffic(stack.services["gateway"].url)
+        dead_letter_for_a_missing_project(stack, "vision-research", f"{MODEL}-large")  # for the Dead letters page
         take(stack.services["gallery"].url, None, args.out, trained.runs)
 
 

@@ -8,6 +8,7 @@ is registered through the registry's API, for the model page's federated panel.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -160,3 +161,24 @@ def register_federated_version(stack: LifecycleStack) -> dict[str, Any]:
     )
     answer.raise_for_status()
     return answer.json()  # type: ignore[no-any-return]
+
+
+def dead_letter_for_a_missing_project(stack: LifecycleStack, project: str, model: str) -> dict[str, Any]:
+    """The digits run's model.trained sent again (as the trainer) for `model` in `project`, which does not
+    exist: the gate dead-letters it. Returns the letter as the registry lists it."""
+    event_id = f"{project}-{model}"
+
+    async def publish() -> None:
+        async with stack.bus("cli") as reader:
+            first = next(e for e in await reader.stored_events() if e.event == "trained" and e.data.model == MODEL)
+        async with stack.bus("trainer") as trainer:
+            await trainer.publish(first.data.model_copy(update={"model": model, "project": project}), event_id=event_id)
+
+    asyncio.run(publish())
+    letters = f"{stack.services['registry'].url}/admin/dead-letters"
+    found: list[dict[str, Any]] = wait_until(
+        "the gate's dead letter",
+        lambda: [d for d in httpx.get(letters, timeout=30).json() if d["event_id"] == event_id] or None,
+        60,
+    )
+    return found[0]

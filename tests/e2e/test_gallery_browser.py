@@ -7,7 +7,6 @@ next) and run in the order written.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import subprocess
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from gallery_stack import (
     MODEL,
     REPO,
     TrainedModel,
+    dead_letter_for_a_missing_project,
     gallery_stack,
     register_federated_version,
     start_second_gallery,
@@ -450,23 +450,7 @@ def test_a_dead_letter_is_put_back_from_its_page_once_its_cause_is_fixed(
     """The digits run's model.trained sent again for a project that does not exist: the gate dead-letters it,
     the Dead letters page says why, and once the project exists "Put back" has the trainer send it again
     (for the gate only): the model lands in the project and the letter is gone."""
-    event_id = f"ghost-{trained.runs[-1]}"
-
-    async def publish_to_a_missing_project() -> None:
-        async with stack.bus("cli") as reader:
-            first = next(e for e in await reader.stored_events() if e.event == "trained" and e.data.model == MODEL)
-        async with stack.bus("trainer") as trainer:
-            await trainer.publish(
-                first.data.model_copy(update={"model": GHOST_MODEL, "project": GHOST}), event_id=event_id
-            )
-
-    asyncio.run(publish_to_a_missing_project())
-    letters = f"{gallery}/api/registry/admin/dead-letters"
-    (letter,) = wait_until(
-        "the gate's dead letter",
-        lambda: [d for d in httpx.get(letters, timeout=30).json() if d["event_id"] == event_id] or None,
-        60,
-    )
+    letter = dead_letter_for_a_missing_project(stack, GHOST, GHOST_MODEL)
     assert (letter["consumer"], letter["publisher"], letter["project"]) == ("registry-gate", "trainer", GHOST)
 
     page_errors(browser)

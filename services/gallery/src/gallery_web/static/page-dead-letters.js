@@ -38,7 +38,7 @@ function letterRow(letter, status) {
     letter.time ? ago(letter.time) : "–",
     h("code", {}, letter.subject),
     letter.consumer || "–",
-    letter.deliveries === null ? "–" : String(letter.deliveries),
+    letter.deliveries === null || letter.deliveries === undefined ? "–" : String(letter.deliveries),
     h("span", { class: "reason" }, letter.reason || "–"),
     putBackButton(letter, row, status),
   ];
