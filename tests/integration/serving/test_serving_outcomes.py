@@ -39,8 +39,8 @@ from lifecycle_stack import LifecycleStack, ServiceProcess
 from waiting import eventually
 
 pytestmark = pytest.mark.story  # the restart and the expiry come last, in this order
-# the module's home, its nats-server with the stack's NATS users, and the stack of processes on it
-home, server, stack = routes_bucket.home, routes_bucket.server, routes_bucket.stack
+# the stack of processes on the module's nats-server with the stack's NATS users (`secured_nats`)
+stack = routes_bucket.stack
 
 MODEL = "tiny"
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -57,11 +57,13 @@ def version_2_model() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def servers(home: Path) -> Iterator[dict[str, Server]]:
+def servers(secured_home: Path) -> Iterator[dict[str, Server]]:
     """Versions 1 and 2 of `tiny`, each its own model-server process."""
     started = {
-        "1": start_server(put_artifact(home, "tiny/1/model.onnx", tiny_model()), "--version", "1", "--no-nats"),
-        "2": start_server(put_artifact(home, "tiny/2/model.onnx", version_2_model()), "--version", "2", "--no-nats"),
+        "1": start_server(put_artifact(secured_home, "tiny/1/model.onnx", tiny_model()), "--version", "1", "--no-nats"),
+        "2": start_server(
+            put_artifact(secured_home, "tiny/2/model.onnx", version_2_model()), "--version", "2", "--no-nats"
+        ),
     }
     try:
         for server in started.values():
