@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from gallery_common.audit_log import AuditLog, AuditSettings
 from gallery_common.audit_trail import open_service_trail
 from gallery_common.bus import DeadLetter, EventBus
 from gallery_common.consumer import PermanentError
-from gallery_common.events import CloudEvent, ModelTrained, ModelValidated
+from gallery_common.events import CloudEvent, ModelTrained, ModelValidated, Payload
 from gallery_common.nats_auth import NatsCredentials, ensure_passwords
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.settings import GallerySettings
@@ -82,62 +82,69 @@ class GivesUpOnce:
     async def letters(self, reader: EventBus) -> list[DeadLetter]:
         return [letter for letter in await reader.dead_letters() if letter.event_id == self.event_id]
 
+    @asynccontextmanager
+    async def dead_lettered(
+        self, server: EmbeddedNats, home: Path, consumer: tuple[str, str, type[Payload]], publisher: str, data: Payload
+    ) -> AsyncIterator[tuple[DeadLetter, EventBus]]:
+        """`data` published as NATS user `publisher` and dead-lettered by this handler, run by the durable
+        consumer `consumer` (its user, its name, the event it takes); yields the letter and a `cli` bus while
+        the consumer still runs."""
+        user, durable, event = consumer
+        async with (
+            bus(server, home, user) as consuming,
+            bus(server, home, publisher) as publishing,
+            bus(server, home, "cli") as cli,
+        ):
+            consuming.consumer(durable, self, events=[event]).start()
+            await publishing.publish(data, event_id=self.event_id)
+            await eventually(lambda: self.letters(cli), what="the dead letter")
+            (letter,) = await self.letters(cli)
+            yield letter, cli
+
 
 async def test_a_cli_without_the_publishers_password_has_the_publisher_put_the_letter_back(
     secured_nats: EmbeddedNats, secured_home: Path, trainer: str, operator: Path
 ) -> None:
     gate = GivesUpOnce()
-    async with (
-        bus(secured_nats, secured_home, "registry") as registry,
-        bus(secured_nats, secured_home, "trainer") as publisher,
-    ):
-        registry.consumer("registry-gate", gate, events=[ModelTrained]).start()
-        await publisher.publish(sample_trained("iris"), event_id=gate.event_id)
-        async with bus(secured_nats, secured_home, "cli") as cli:
-            await eventually(lambda: gate.letters(cli), what="the dead letter")
-            (letter,) = await gate.letters(cli)
+    gate_consumer = ("registry", "registry-gate", ModelTrained)
+    trained = sample_trained("iris")
+    async with gate.dead_lettered(secured_nats, secured_home, gate_consumer, "trainer", trained) as (letter, cli):
+        # no token: the trainer refuses, and the letter stays where it was
+        code, out = await gallery_async(
+            secured_nats.url, "events", "redeliver", str(letter.seq), home=operator,
+            extra_env={"GALLERY_TRAINER_URL": trainer},
+        )  # fmt: skip
+        assert code == 1 and "the trainer refused POST" in out and "(401)" in out, out
+        assert await gate.letters(cli) == [letter]
 
-            # no token: the trainer refuses, and the letter stays where it was
-            code, out = await gallery_async(
-                secured_nats.url, "events", "redeliver", str(letter.seq), home=operator,
-                extra_env={"GALLERY_TRAINER_URL": trainer},
-            )  # fmt: skip
-            assert code == 1 and "the trainer refused POST" in out and "(401)" in out, out
-            assert await gate.letters(cli) == [letter]
+        code, out = await gallery_async(
+            secured_nats.url, "events", "redeliver", str(letter.seq), home=operator,
+            extra_env={"GALLERY_TRAINER_URL": trainer, "GALLERY_TOKEN": ADMIN},
+        )  # fmt: skip
+        assert code == 0, out
+        assert f"put back dead letter {letter.seq} " in out and "sent by the trainer service" in out, out
+        await eventually(lambda: len(gate.seen) == 2, what="the gate to handle it again")
+        assert await gate.letters(cli) == []
 
-            code, out = await gallery_async(
-                secured_nats.url, "events", "redeliver", str(letter.seq), home=operator,
-                extra_env={"GALLERY_TRAINER_URL": trainer, "GALLERY_TOKEN": ADMIN},
-            )  # fmt: skip
-            assert code == 0, out
-            assert f"put back dead letter {letter.seq} " in out and "sent by the trainer service" in out, out
-            await eventually(lambda: len(gate.seen) == 2, what="the gate to handle it again")
-            assert await gate.letters(cli) == []
+        async def recorded() -> list[AuditRecord]:
+            records = await AuditLog(cli, AuditSettings()).records("default")
+            return [r for r in records if r.target == f"dead-letter/{letter.seq}"]
 
-            async def recorded() -> list[AuditRecord]:
-                records = await AuditLog(cli, AuditSettings()).records("default")
-                return [r for r in records if r.target == f"dead-letter/{letter.seq}"]
-
-            (record,) = await eventually(recorded, what="the put-back in the audit trail")
-            assert record.action == AuditAction.event_redelivered and record.actor.startswith("admin-")
-            assert record.model == "iris" and record.after["redelivered_to"] == "registry-gate"
+        (record,) = await eventually(recorded, what="the put-back in the audit trail")
+        assert record.action == AuditAction.event_redelivered and record.actor.startswith("admin-")
+        assert record.model == "iris" and record.after["redelivered_to"] == "registry-gate"
 
 
 async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
     secured_nats: EmbeddedNats, secured_home: Path, trainer: str
 ) -> None:
     gate = GivesUpOnce()
+    validated = ModelValidated(model="iris", version=1)
+    deployer = ("deployer", "deployer", ModelValidated)
     async with (
-        bus(secured_nats, secured_home, "deployer") as deployer,
-        bus(secured_nats, secured_home, "registry") as publisher,
+        gate.dead_lettered(secured_nats, secured_home, deployer, "registry", validated) as (letter, _),
+        httpx.AsyncClient(base_url=trainer, timeout=30) as client,
     ):
-        deployer.consumer("deployer", gate, events=[ModelValidated]).start()
-        await publisher.publish(ModelValidated(model="iris", version=1), event_id=gate.event_id)
-        async with bus(secured_nats, secured_home, "cli") as cli:
-            await eventually(lambda: gate.letters(cli), what="the dead letter")
-            (letter,) = await gate.letters(cli)
-
-    async with httpx.AsyncClient(base_url=trainer, timeout=30) as client:
 
         async def put_back(seq: int, token: str) -> httpx.Response:
             headers = {"authorization": f"Bearer {token}"}
@@ -164,4 +171,4 @@ async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
         )
         missing = await put_back(10**9, ADMIN)
         assert missing.status_code == 404 and missing.json()["error"] == f"no dead letter {10**9}"
-    assert gate.seen == [gate.event_id]  # nothing was sent again
+        assert gate.seen == [gate.event_id]  # nothing was sent again
