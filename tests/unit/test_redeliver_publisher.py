@@ -3,15 +3,18 @@ service to send it instead of timing out on a permission error."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gallery_cli.events_cmd import can_publish_as, publisher_for
+from gallery_common.auth import Caller
 from gallery_common.bus import DeadLetter
+from gallery_common.dead_letters_api import redelivery
 from gallery_common.errors import InvalidRequest
 from gallery_common.nats_auth import ensure_passwords
-from gallery_common.settings import GallerySettings
+from gallery_common.settings import GallerySettings, Role
 
 
 def letter(subject: str) -> DeadLetter:
@@ -37,3 +40,12 @@ def test_the_cli_sends_as_the_publisher_only_where_it_can(tmp_path: Path) -> Non
     settings = GallerySettings(home=tmp_path)
     assert can_publish_as(settings, "registry")
     assert not can_publish_as(settings, "trainer")  # the trainer service is asked instead
+
+
+def test_the_audit_record_of_a_put_back_names_the_model_only_when_the_payload_does() -> None:
+    caller = Caller(name="ops", role=Role.admin)
+    event = b'{"data": {"model": "iris", "version": 3}}'
+    for data, named in ((event, ("iris", 3)), (b'{"data": "text"}', (None, None)), (b"[1]", (None, None))):
+        change = redelivery(replace(letter("model.trained.default"), data=data), "default", caller)
+        assert (change.model, change.version) == named
+        assert change.target == "dead-letter/7" and change.after["redelivered_to"] == "registry-gate"

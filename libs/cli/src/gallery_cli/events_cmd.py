@@ -30,12 +30,11 @@ from gallery_common.events import (
     CloudEvent,
     Lineage,
     ModelTrained,
-    event_of_subject,
     json_schemas,
     subject_for,
     type_for,
 )
-from gallery_common.nats_auth import credentials_for, publisher_of
+from gallery_common.nats_auth import credentials_for, publisher_of_subject
 from gallery_common.projects import PROJECT_PATTERN, PROJECT_RULE
 from gallery_common.settings import GallerySettings
 from gallery_common.telemetry import configure_logging, configure_tracing, tracer
@@ -223,8 +222,7 @@ def dlq(
 
 def publisher_for(letter: DeadLetter) -> str:
     """The NATS user `letter` goes back as: the one that alone may publish its subject."""
-    found = event_of_subject(letter.original_subject)
-    publisher = publisher_of(found[0]) if found else None
+    publisher = publisher_of_subject(letter.original_subject)
     if publisher is None:
         raise InvalidRequest(
             f"dead letter {letter.seq}: {letter.original_subject} is not a lifecycle event's subject, so no one "

@@ -340,8 +340,7 @@ class Consumer:
     async def _watch_backlog(self) -> None:
         """Report the consumer's unfinished events every BACKLOG_EVERY seconds, so a consumer that stopped
         getting through them shows (deploy/prometheus/rules.yml alerts on it)."""
-        # the flag, not only the cancel, ends it: asyncio.wait_for (under nats.py's requests) can swallow a
-        # cancel that arrives as the answer does (Python 3.11)
+        # run() cancels this task without waiting for it: the flag keeps a report still in flight off /metrics
         while self._reporting:
             await asyncio.sleep(BACKLOG_EVERY)
             with suppress(nats_errors.Error, TimeoutError):  # a lost connection: the next report tells

@@ -27,7 +27,7 @@ from .auth import Caller, requires
 from .deps import CallerDep
 from .errors import Conflict, Forbidden, NotFound, Unavailable
 from .events import event_of_subject
-from .nats_auth import project_scope, publisher_of
+from .nats_auth import project_scope, publisher_of_subject
 from .projects import highest
 from .settings import GallerySettings, Role
 
@@ -65,7 +65,7 @@ def described(letter: DeadLetter) -> DeadLetterPublic:
         consumer=letter.consumer,
         deliveries=letter.deliveries,
         reason=letter.reason,
-        publisher=publisher_of(found[0]) if found else None,
+        publisher=publisher_of_subject(letter.original_subject),
     )
 
 
@@ -110,10 +110,10 @@ def redelivery(letter: DeadLetter, project: str, caller: Caller) -> AuditChange:
     """A dead letter put back, as its project's audit chain records it (with the event's model and version
     when its payload names them)."""
     try:
-        data = orjson.loads(letter.data).get("data") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        data = {}
-    model, version = data.get("model"), data.get("version")
+        data = orjson.loads(letter.data).get("data")
+    except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not an object
+        data = None
+    model, version = (data.get("model"), data.get("version")) if isinstance(data, dict) else (None, None)
     return AuditChange(
         project=project,
         actor=caller.name,
@@ -151,7 +151,7 @@ async def redeliver(seq: Annotated[int, Path(ge=1)], request: Request, caller: C
     bus = _bus(request)
     letter = await bus.dead_letter(seq)
     found = event_of_subject(letter.original_subject)
-    publisher = publisher_of(found[0]) if found else None
+    publisher = publisher_of_subject(letter.original_subject)
     if found is None or publisher is None:
         raise Conflict(f"dead letter {seq}: {letter.original_subject} is not a lifecycle event's subject")
     event, project = found

@@ -141,6 +141,14 @@ def publisher_of(event: str) -> str | None:
     return "gateway" if event in GATEWAY_EVENTS else None
 
 
+def publisher_of_subject(subject: str) -> str | None:
+    """The NATS user that alone may publish on `subject` (`model.<event>.<project>`); None for any other."""
+    from .events import event_of_subject
+
+    found = event_of_subject(subject)
+    return publisher_of(found[0]) if found else None
+
+
 def publishes_events(service: str) -> bool:
     """Whether `service` publishes lifecycle events (and so may put their dead letters back)."""
     return service in BINDABLE_SERVICES or service == "gateway"

@@ -363,8 +363,7 @@ class WorkQueue:
     async def _report_jobs(self) -> None:
         """Report the jobs waiting and taken every REPORT_EVERY seconds, so jobs that no replica takes show
         (deploy/prometheus/rules.yml alerts on them)."""
-        # the flag, not only the cancel, ends it: asyncio.wait_for (under nats.py's requests) can swallow a
-        # cancel that arrives as the answer does (Python 3.11)
+        # the flag ends it too: a stopping queue reports nothing more, whatever a report in flight brings back
         while not self._stopping:
             with suppress(nats_errors.Error, TimeoutError):  # a lost connection: the next report tells
                 info = await self.bus.js.consumer_info(self.names.stream, self.names.durable)
@@ -375,11 +374,10 @@ class WorkQueue:
 
     async def _stop(self, worker: JobWorker) -> None:
         self._stopping = True
-        if self._report is not None:
-            self._report.cancel()  # not waited for: a lost cancel ends it at its next turn, reporting nothing
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._report):  # the bus's wait_for lets these cancels through (cancel_safe)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for state in ("waiting", "taken"):  # a replica that takes no jobs reports none
             with suppress(KeyError):
                 _JOBS.remove(self.names.kind, state)
