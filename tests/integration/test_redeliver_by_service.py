@@ -23,8 +23,8 @@ from gallery_common.app import ServiceResources, create_app
 from gallery_common.audit import AuditAction, AuditRecord
 from gallery_common.audit_log import AuditLog, AuditSettings
 from gallery_common.audit_trail import open_service_trail
-from gallery_common.bus import DeadLetter, EventBus
-from gallery_common.consumer import PermanentError
+from gallery_common.bus import DLQ_STREAM, DeadLetter, EventBus
+from gallery_common.consumer import MSG_ID_HEADER, ORIGINAL_SEQ_HEADER, PermanentError
 from gallery_common.events import CloudEvent, ModelTrained, ModelValidated, Payload
 from gallery_common.nats_auth import NatsCredentials, ensure_passwords
 from gallery_common.nats_server import EmbeddedNats
@@ -172,3 +172,42 @@ async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
         missing = await put_back(10**9, ADMIN)
         assert missing.status_code == 404 and missing.json()["error"] == f"no dead letter {10**9}"
         assert gate.seen == [gate.event_id]  # nothing was sent again
+
+
+async def test_a_letter_that_is_not_a_copy_of_a_stored_event_is_not_sent(
+    secured_nats: EmbeddedNats, secured_home: Path, trainer: str
+) -> None:
+    """Any service may write a dead letter, only the trainer a model.trained: a letter another service forged
+    (its own bytes under a real event's number), or one that names no event, is refused, and the trainer
+    sends the genuine letter as the stream stored its event."""
+    gate = GivesUpOnce()
+    gate_consumer = ("registry", "registry-gate", ModelTrained)
+    trained = sample_trained("iris")
+    async with (
+        gate.dead_lettered(secured_nats, secured_home, gate_consumer, "trainer", trained) as (letter, cli),
+        bus(secured_nats, secured_home, "monitor") as monitor,
+        httpx.AsyncClient(base_url=trainer, timeout=30, headers={"authorization": f"Bearer {ADMIN}"}) as client,
+    ):
+        stored = await cli.js.get_msg(DLQ_STREAM, letter.seq)
+        headers = {k: v for k, v in (stored.headers or {}).items() if k != MSG_ID_HEADER}
+        evil = letter.data.replace(b"file:///samples/", b"file:///attacker/")
+        assert evil != letter.data
+        forged = await monitor.publish_raw(letter.subject, evil, headers)
+        unnamed = await monitor.publish_raw(
+            letter.subject, letter.data, {k: v for k, v in headers.items() if k != ORIGINAL_SEQ_HEADER}
+        )
+
+        refused = await client.post(f"/admin/dead-letters/{forged.seq}/redeliver")
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == (
+            f"dead letter {forged.seq} does not match the event it names "
+            f"(#{letter.original_seq} of MODEL_EVENTS, model.trained.default): not sent"
+        )
+        refused = await client.post(f"/admin/dead-letters/{unnamed.seq}/redeliver")
+        assert refused.status_code == 409 and "does not name the event it copies" in refused.json()["error"]
+        assert {forged.seq, unnamed.seq} <= {x.seq for x in await cli.dead_letters()}  # both kept
+        assert gate.seen == [gate.event_id]  # nothing was sent
+
+        sent = await client.post(f"/admin/dead-letters/{letter.seq}/redeliver")
+        assert sent.status_code == 200, sent.text
+        await eventually(lambda: len(gate.seen) == 2, what="the gate to handle the genuine letter again")

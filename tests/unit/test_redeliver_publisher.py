@@ -7,10 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from nats.js.api import RawStreamMsg
 
 from gallery_cli.events_cmd import can_publish_as, publisher_for
 from gallery_common.auth import Caller
 from gallery_common.bus import DeadLetter
+from gallery_common.consumer import CONSUMER_HEADER, MSG_ID_HEADER, ORIGINAL_SEQ_HEADER
 from gallery_common.dead_letters_api import redelivery
 from gallery_common.errors import InvalidRequest
 from gallery_common.nats_auth import ensure_passwords
@@ -49,3 +51,18 @@ def test_the_audit_record_of_a_put_back_names_the_model_only_when_the_payload_do
         change = redelivery(replace(letter("model.trained.default"), data=data), "default", caller)
         assert (change.model, change.version) == named
         assert change.target == "dead-letter/7" and change.after["redelivered_to"] == "registry-gate"
+
+
+@pytest.mark.parametrize(
+    ("headers", "seq"),
+    [
+        ({CONSUMER_HEADER: "registry-gate", ORIGINAL_SEQ_HEADER: "41", MSG_ID_HEADER: "registry-gate:40"}, 41),
+        ({CONSUMER_HEADER: "registry-gate", MSG_ID_HEADER: "registry-gate:40"}, 40),  # a letter from before
+        ({CONSUMER_HEADER: "registry-gate", MSG_ID_HEADER: "deployer:40"}, None),  # another consumer's id
+        ({CONSUMER_HEADER: "registry-gate", ORIGINAL_SEQ_HEADER: "forty"}, None),
+        ({ORIGINAL_SEQ_HEADER: "41"}, None),  # no consumer: nothing to give it back to anyway
+    ],
+)
+def test_a_letter_names_the_stored_event_it_copies(headers: dict[str, str], seq: int | None) -> None:
+    raw = RawStreamMsg(subject="dlq.model.trained.default", seq=3, data=b"{}", headers=headers)
+    assert DeadLetter.from_raw(raw).original_seq == seq

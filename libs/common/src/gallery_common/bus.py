@@ -32,6 +32,7 @@ from .consumer import (
     ERROR_HEADER,
     EVENT_ID_HEADER,
     MSG_ID_HEADER,
+    ORIGINAL_SEQ_HEADER,
     ORIGINAL_SUBJECT_HEADER,
     REDELIVER_TO_HEADER,
     Consumer,
@@ -39,7 +40,7 @@ from .consumer import (
     PermanentError,
     TransientError,
 )
-from .errors import InvalidRequest, NotFound, Unavailable
+from .errors import Conflict, InvalidRequest, NotFound, Unavailable
 from .events import (
     ANY_PROJECT,
     SUBJECT_PREFIX,
@@ -192,12 +193,16 @@ class DeadLetter:
     consumer: str | None
     time: datetime | None
     data: bytes
+    original_seq: int | None = None  # the copied event's sequence in MODEL_EVENTS
 
     @classmethod
     def from_raw(cls, raw: api.RawStreamMsg) -> DeadLetter:
         headers = raw.headers or {}
         subject = raw.subject or ""
         deliveries = headers.get(DELIVERIES_HEADER, "")
+        consumer = headers.get(CONSUMER_HEADER)
+        # letters from before the header: their message id is `<consumer>:<stream sequence>`
+        seq = headers.get(ORIGINAL_SEQ_HEADER) or headers.get(MSG_ID_HEADER, "").removeprefix(f"{consumer}:")
         return cls(
             seq=raw.seq or 0,
             subject=subject,
@@ -205,9 +210,10 @@ class DeadLetter:
             original_subject=headers.get(ORIGINAL_SUBJECT_HEADER, subject.removeprefix(DLQ_PREFIX)),
             event_id=headers.get(EVENT_ID_HEADER) or None,
             deliveries=int(deliveries) if deliveries.isdigit() else None,
-            consumer=headers.get(CONSUMER_HEADER),
+            consumer=consumer,
             time=raw.time,
             data=raw.data or b"",
+            original_seq=int(seq) if consumer and seq.isdigit() else None,
         )
 
 
@@ -581,13 +587,36 @@ class EventBus:
     async def redeliver(self, letter: DeadLetter) -> api.PubAck:
         """Put a dead letter back on its original subject for the consumer that gave up on it (the
         other consumers of that subject pass it over: they handled it the first time);
-        `forget_dead_letter` then takes it out of the dead letters. The bytes are the publisher's own,
-        so this bus must be a user allowed to publish that subject. Putting the same letter back twice
-        stores it once (its message id)."""
+        `forget_dead_letter` then takes it out of the dead letters. This bus must be a user allowed to
+        publish that subject. Putting the same letter back twice stores it once (its message id).
+
+        What is sent is the event as the lifecycle stream stored it (`original_event`), never the
+        letter's own bytes: any service may write a dead letter, only the publisher its events."""
         if not letter.consumer:
             raise InvalidRequest(f"dead letter {letter.seq} names no consumer to give it back to")
+        data = await self.original_event(letter)
         headers = {MSG_ID_HEADER: f"redelivery:{letter.seq}", REDELIVER_TO_HEADER: letter.consumer}
-        return await self.publish_raw(letter.original_subject, letter.data, headers)
+        return await self.publish_raw(letter.original_subject, data, headers)
+
+    async def original_event(self, letter: DeadLetter) -> bytes:
+        """The bytes of the event `letter` copies, read from MODEL_EVENTS; Conflict when the letter names
+        none, the stream no longer holds it, or it is not what the letter says it copied."""
+        seq = letter.original_seq
+        if seq is None:
+            raise Conflict(f"dead letter {letter.seq} does not name the event it copies, so it cannot be sent")
+        try:
+            raw = await self.with_retry(lambda: self.js.get_msg(EVENTS_STREAM, seq=seq), what=f"read event {seq}")
+        except js_errors.NotFoundError:
+            raise Conflict(
+                f"dead letter {letter.seq}: its event (#{seq} of {EVENTS_STREAM}) is no longer stored, and a "
+                "letter's copy alone is not sent"
+            ) from None
+        if raw.subject != letter.original_subject or (raw.data or b"") != letter.data:
+            raise Conflict(
+                f"dead letter {letter.seq} does not match the event it names (#{seq} of {EVENTS_STREAM}, "
+                f"{raw.subject}): not sent"
+            )
+        return raw.data or b""
 
     async def forget_dead_letter(self, seq: int) -> None:
         """Take dead letter `seq` out of the dead letters (after it was put back)."""

@@ -40,6 +40,8 @@ ORIGINAL_SUBJECT_HEADER = "Gallery-Original-Subject"
 EVENT_ID_HEADER = "Gallery-Event-Id"
 DELIVERIES_HEADER = "Gallery-Deliveries"
 CONSUMER_HEADER = "Gallery-Consumer"
+# on a dead letter: the sequence of the event it copies in the lifecycle stream, which a put-back sends
+ORIGINAL_SEQ_HEADER = "Gallery-Original-Seq"
 # on an event put back from the dead letters (`EventBus.redeliver`): the one durable consumer it is for
 REDELIVER_TO_HEADER = "Gallery-Redeliver-To"
 
@@ -442,6 +444,7 @@ class Consumer:
             EVENT_ID_HEADER: _header_value(event_id, 256),
             DELIVERIES_HEADER: str(delivered),
             CONSUMER_HEADER: self.durable,
+            ORIGINAL_SEQ_HEADER: str(msg.metadata.sequence.stream),
             # One copy per (consumer, stream message), however often this path runs for it.
             MSG_ID_HEADER: f"{self.durable}:{msg.metadata.sequence.stream}",
         }

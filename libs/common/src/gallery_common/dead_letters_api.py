@@ -8,9 +8,10 @@ A dead letter goes back as the one NATS user that may publish its subject (`nats
 model.trained as the trainer). `gallery events redeliver` sends it itself where it holds that user's
 password; where it does not (on Kubernetes an operator holds only the `cli` user's), and from the
 Gallery's Dead letters page, the publishing service is asked instead. It reads the letter by its number
-(the caller sends no bytes to publish) and republishes it for the consumer that gave up on it
-(`EventBus.redeliver`). A service that keeps an audit trail (all but the gateway) records who put it back
-in the event's project's chain; the CLI sending it itself records nothing (it may only read the trail).
+(the caller sends no bytes to publish) and republishes the event it copies, as the lifecycle stream stored
+it, for the consumer that gave up on it (`EventBus.redeliver`). A service that keeps an audit trail (all but
+the gateway) records who put it back in the event's project's chain; the CLI sending it itself records
+nothing (it may only read the trail).
 """
 
 from __future__ import annotations

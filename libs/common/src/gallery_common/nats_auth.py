@@ -225,10 +225,12 @@ def _service(name: str, events: Iterable[str] = (), durables: Iterable[str] = ()
 
 
 def _put_back_dead_letters() -> tuple[str, ...]:
-    """Read the dead letters and take one out once put back: a publisher does so for its own events' letters
-    (`dead_letters_api`; listing them also needs the stream's info)."""
+    """Read the dead letters and the events they copy (a letter goes back as the stream stored its event), and
+    take one out once put back: a publisher does so for its own events' letters (`dead_letters_api`; listing
+    them also needs the stream's info)."""
     return (
         f"$JS.API.STREAM.MSG.GET.{DLQ_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",
         f"$JS.API.STREAM.MSG.DELETE.{DLQ_STREAM}",
     )
 
