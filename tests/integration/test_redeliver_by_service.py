@@ -175,7 +175,7 @@ async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
 
 
 async def test_a_letter_that_is_not_a_copy_of_a_stored_event_is_not_sent(
-    secured_nats: EmbeddedNats, secured_home: Path, trainer: str
+    secured_nats: EmbeddedNats, secured_home: Path, trainer: str, operator: Path
 ) -> None:
     """Any service may write a dead letter, only the trainer a model.trained: a letter another service forged
     (its own bytes under a real event's number), or one that names no event, is refused, and the trainer
@@ -208,6 +208,17 @@ async def test_a_letter_that_is_not_a_copy_of_a_stored_event_is_not_sent(
         assert {forged.seq, unnamed.seq} <= {x.seq for x in await cli.dead_letters()}  # both kept
         assert gate.seen == [gate.event_id]  # nothing was sent
 
-        sent = await client.post(f"/admin/dead-letters/{letter.seq}/redeliver")
-        assert sent.status_code == 200, sent.text
+        # the CLI asking the trainer says why the letter stays
+        code, out = await gallery_async(
+            secured_nats.url, "events", "redeliver", str(forged.seq), home=operator,
+            extra_env={"GALLERY_TRAINER_URL": trainer, "GALLERY_TOKEN": ADMIN},
+        )  # fmt: skip
+        assert code == 1 and f"kept dead letter {forged.seq}: dead letter {forged.seq} does not match" in out, out
+        # the CLI sending as the trainer itself refuses the same; one kept letter does not stop the others
+        code, out = await gallery_async(
+            secured_nats.url, "events", "redeliver", str(unnamed.seq), str(letter.seq), home=secured_home
+        )
+        assert code == 1 and f"kept dead letter {unnamed.seq}: " in out and "does not name the event" in out, out
+        assert f"put back dead letter {letter.seq} " in out and "1 of 2 dead letter(s) kept" in out, out
         await eventually(lambda: len(gate.seen) == 2, what="the gate to handle the genuine letter again")
+        assert gate.seen == [gate.event_id] * 2

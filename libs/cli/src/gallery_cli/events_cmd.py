@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from gallery_common.bus import DeadLetter, EventBus
-from gallery_common.errors import GalleryError, InvalidRequest, Unavailable
+from gallery_common.errors import Conflict, GalleryError, InvalidRequest, Unavailable
 from gallery_common.events import (
     ANY_PROJECT,
     PAYLOADS,
@@ -238,9 +238,12 @@ def can_publish_as(settings: GallerySettings, publisher: str) -> bool:
 
 
 def _ask_publisher(publisher: str, seq: int) -> None:
-    """Have the `publisher` service put dead letter `seq` back (its admin API; GALLERY_<SERVICE>_URL, token)."""
+    """Have the `publisher` service put dead letter `seq` back (its admin API; GALLERY_<SERVICE>_URL, token);
+    Conflict with the service's reason when it keeps the letter."""
     with client_for(publisher)() as service:
-        service.request("POST", f"/admin/dead-letters/{seq}/redeliver")
+        answer = service.request("POST", f"/admin/dead-letters/{seq}/redeliver", answers=(409,))
+    if answer.status_code == 409:
+        raise Conflict(answer.json().get("error") or answer.text)
 
 
 async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool, consumer: str | None) -> list[DeadLetter]:
@@ -251,20 +254,28 @@ async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool, co
             letters = await _latest(bus, REDELIVER_ALL_LIMIT, None if every else consumer)
         chosen = [(letter, publisher_for(letter)) for letter in letters]  # refuse before any is sent
         as_user: dict[str, EventBus] = {}
+        kept: list[int] = []
         for letter, publisher in chosen:
-            if can_publish_as(settings, publisher):
-                if publisher not in as_user:
-                    as_user[publisher] = await publishers.enter_async_context(_connected(settings, user=publisher))
-                await as_user[publisher].redeliver(letter)
-                await bus.forget_dead_letter(letter.seq)
-                sender = ""
-            else:  # the service takes it out too
-                await asyncio.to_thread(_ask_publisher, publisher, letter.seq)
-                sender = f", sent by the {publisher} service"
+            try:
+                if can_publish_as(settings, publisher):
+                    if publisher not in as_user:
+                        as_user[publisher] = await publishers.enter_async_context(_connected(settings, user=publisher))
+                    await as_user[publisher].redeliver(letter)
+                    await bus.forget_dead_letter(letter.seq)
+                    sender = ""
+                else:  # the service takes it out too
+                    await asyncio.to_thread(_ask_publisher, publisher, letter.seq)
+                    sender = f", sent by the {publisher} service"
+            except Conflict as exc:  # this one cannot go back (a forged copy, its event gone): the others still do
+                say(f"kept dead letter {letter.seq}: {exc.message}")
+                kept.append(letter.seq)
+                continue
             say(
                 f"put back dead letter {letter.seq} ({letter.original_subject}, event {(letter.event_id or '-')[:8]}) "
                 f"for {letter.consumer}{sender}"
             )
+        if kept:
+            raise Conflict(f"{len(kept)} of {len(chosen)} dead letter(s) kept: {', '.join(map(str, kept))}")
         return letters
 
 
@@ -289,7 +300,9 @@ def redeliver(
     gives up again, a new dead letter says why. The event goes out as its publisher would send it
     (model.trained as the trainer): on a stack with NATS users, as that user where this machine has its
     credentials, else the publishing service sends it when asked (an admin token and its
-    GALLERY_<SERVICE>_URL, as every other command that talks to a service).
+    GALLERY_<SERVICE>_URL, as every other command that talks to a service). What goes out is the event as
+    the stream stored it; a letter that cannot go back (its event no longer stored, a copy that differs
+    from it) is kept and named, the others still go, and the command exits 1.
     """
     if sum((bool(seqs), every, consumer is not None)) != 1:
         fail("name the dead letters to put back (their seq from `gallery events dlq`), or give --consumer or --all")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Any, ClassVar, Self, TypeVar
 from urllib.parse import quote
 
@@ -60,8 +61,11 @@ class ServiceClient:
     def __exit__(self, *exc: object) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, not_found: str | None = None, **kwargs: Any) -> httpx.Response:
-        """The answer; a failure exits with one line (`not_found`, when given, is the line for a 404)."""
+    def request(
+        self, method: str, path: str, not_found: str | None = None, answers: Collection[int] = (), **kwargs: Any
+    ) -> httpx.Response:
+        """The answer; a failure exits with one line (`not_found`, when given, is the line for a 404), except
+        the statuses in `answers`, which the caller reads."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -71,7 +75,7 @@ class ServiceClient:
             )
         if response.status_code == 404 and not_found:
             fail(not_found)
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in answers:
             try:
                 message = response.json().get("error") or response.text
             except ValueError:
