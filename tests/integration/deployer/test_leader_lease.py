@@ -185,12 +185,13 @@ async def test_a_hanging_api_fails_a_renewal_in_time_for_the_leader_to_step_down
         started = time.monotonic()
         with pytest.raises(Unavailable, match="Kubernetes API unreachable while replacing Lease"):
             await lock.renew(mine, Claim("a", None, 3.0))  # one try, a third of the Lease: 1 s
-        assert time.monotonic() - started < 2.0, "the leader would step down after its Lease expired"
+        # the Lease is 3 s: the leader hears of the failure before it expires (the delay is 5 s)
+        assert time.monotonic() - started < 3.0, "the leader would step down after its Lease expired"
 
         fake.delay_next("PUT", 5.0)
         started = time.monotonic()
         with pytest.raises(TimeoutError):  # the election's limit abandons the request
             await asyncio.wait_for(lock.renew(mine, Claim("a", None, 3.0)), 0.2)
-        assert time.monotonic() - started < 0.7
+        assert time.monotonic() - started < 3.0  # abandoned, not waited out
     finally:
         await lock.close()
