@@ -407,10 +407,14 @@ def test_with_tokens_nothing_shows_without_one(browser: WebDriver, stack: Lifecy
     browser.get(guarded + "/")
     wait_for(browser, "the token form", lambda d: d.find_element(By.ID, "auth").is_displayed())
     assert css(browser, ".model-card") == []
+    dead_letters = browser.find_element(By.CSS_SELECTOR, '.mainnav a[data-nav="dead-letters"]')
+    assert not dead_letters.is_displayed(), "an admin's page: no link for a caller nobody knows"
     field = browser.find_element(By.ID, "auth-token")
     field.send_keys(READER)
     browser.find_element(By.CSS_SELECTOR, "#auth button[type=submit]").click()
     wait_for(browser, "the catalogue with the token", lambda d: css(d, f'.model-card[data-model="{MODEL}"]'))
+    # the services behind this Gallery run without tokens, so the registry calls every caller an admin
+    wait_for(browser, "the Dead letters link", lambda d: dead_letters.is_displayed())
     assert browser.execute_script("return sessionStorage.getItem('gallery.token')") == READER
     assert browser.execute_script("return localStorage.length") == 0, "the token is kept for the session only"
     assert page_errors(browser) == []
@@ -454,7 +458,11 @@ def test_a_dead_letter_is_put_back_from_its_page_once_its_cause_is_fixed(
     assert (letter["consumer"], letter["publisher"], letter["project"]) == ("registry-gate", "trainer", GHOST)
 
     page_errors(browser)
-    open_page(browser, gallery + "/dead-letters", "dead-letters")
+    open_page(browser, gallery + "/", "catalogue")  # an admin (no tokens in this stack) has the link
+    link = browser.find_element(By.CSS_SELECTOR, '.mainnav a[data-nav="dead-letters"]')
+    wait_for(browser, "the Dead letters link", lambda d: link.is_displayed())
+    link.click()
+    wait_for(browser, "the Dead letters page", lambda d: ready(d, "dead-letters"))
     row = wait_for(browser, "the letter's row", lambda d: css(d, f'#dead-letters tr[data-seq="{letter["seq"]}"]'))[0]
     assert f"model.trained.{GHOST}" in row.text and "registry-gate" in row.text
     assert f"project '{GHOST}' does not exist" in row.text

@@ -46,10 +46,11 @@ function messageOf(body, status) {
 /**
  * Call `path` on this origin. options: {method, body (JSON-encoded unless a string), as: "json"|"text"|"blob"}.
  * Resolves to the parsed answer; rejects with ApiError (status 0 when the server could not be reached).
- * A 401 also raises the "gallery:unauthorized" event on window, so the shell asks for a token.
+ * A 401 also raises the "gallery:unauthorized" event on window, so the shell asks for a token (not with
+ * `quiet: true`: a look the shell takes on its own, which must not prompt).
  */
 export async function api(path, options = {}) {
-  const { method = "GET", body, as = "json" } = options;
+  const { method = "GET", body, as = "json", quiet = false } = options;
   const headers = { Accept: as === "json" ? "application/json" : "*/*" };
   const current = token();
   if (current) headers.Authorization = `Bearer ${current}`;
@@ -78,7 +79,7 @@ export async function api(path, options = {}) {
       // not JSON: keep the text
     }
     const error = new ApiError(response.status, messageOf(parsed, response.status), path);
-    if (error.unauthorized) window.dispatchEvent(new CustomEvent("gallery:unauthorized", { detail: error }));
+    if (error.unauthorized && !quiet) window.dispatchEvent(new CustomEvent("gallery:unauthorized", { detail: error }));
     throw error;
   }
   if (as === "text") return response.text();

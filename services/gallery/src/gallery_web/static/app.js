@@ -4,7 +4,7 @@
 // changes the URL with pushState and renders the page without a reload, so deep links can be shared and the
 // back button goes back; /monitoring, /api and /static are ordinary page loads.
 
-import { ApiError, setToken, token } from "./api.js";
+import { ApiError, api, registry, setToken, token } from "./api.js";
 import { loadSession, session, signIn, signOut } from "./sign-in.js";
 import { empty, h, put } from "./dom.js";
 
@@ -90,6 +90,18 @@ function showTokenState() {
   $("token-state").className = `status ${has ? "ok" : ""}`.trim();
   $("token-forget").hidden = !has;
   $("token-set").textContent = has ? "use another token" : "use a token";
+}
+
+/** The Dead letters link shows only to an admin of some project (the registry's project list says where the
+ * caller is one). Without a token, or without a registry, it stays hidden; the page itself still says why. */
+async function showAdminLinks() {
+  let admin = false;
+  try {
+    admin = (await api(registry("/projects"), { quiet: true })).some((p) => p.your_role === "admin");
+  } catch {
+    admin = false;
+  }
+  document.querySelector('.mainnav a[data-nav="dead-letters"]').hidden = !admin;
 }
 
 /** Show the token prompt, saying why; `retry` runs once a token is given. */
@@ -215,6 +227,7 @@ $("auth").addEventListener("submit", (event) => {
   setToken(value);
   $("auth").hidden = true;
   showTokenState();
+  showAdminLinks();
   const retry = pendingRetry || (() => render(false));
   pendingRetry = null;
   retry();
@@ -227,6 +240,7 @@ $("token-set").addEventListener("click", () => askForToken("Enter a bearer token
 $("token-forget").addEventListener("click", () => {
   setToken(null);
   showTokenState();
+  showAdminLinks();
   render(false);
 });
 
@@ -235,5 +249,6 @@ $("sign-out").addEventListener("click", signOut);
 
 loadSession().then(() => {
   showTokenState();
+  showAdminLinks();
   render(false);
 });
