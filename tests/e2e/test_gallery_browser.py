@@ -7,6 +7,7 @@ next) and run in the order written.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from gallery_common.consumer import CONSUMER_HEADER, DLQ_PREFIX, ERROR_HEADER
 
 pytestmark = [pytest.mark.slow, pytest.mark.story]
 
@@ -448,6 +451,18 @@ def test_try_it_classifies_a_typed_text(
     assert page_errors(browser) == []
 
 
+def letter_naming_no_event(stack: LifecycleStack) -> int:
+    """A dead letter a service wrote by hand, without the stored event's sequence; its number."""
+
+    async def write() -> int:
+        async with stack.bus("trainer") as trainer:
+            headers = {ERROR_HEADER: "written by hand", CONSUMER_HEADER: "registry-gate"}
+            ack = await trainer.publish_raw(DLQ_PREFIX + "model.trained.default", b'{"by": "hand"}', headers)
+            return int(ack.seq)
+
+    return asyncio.run(write())
+
+
 def test_a_dead_letter_is_put_back_from_its_page_once_its_cause_is_fixed(
     browser: WebDriver, stack: LifecycleStack, gallery: str, trained: TrainedModel
 ) -> None:
@@ -456,6 +471,7 @@ def test_a_dead_letter_is_put_back_from_its_page_once_its_cause_is_fixed(
     (for the gate only): the model lands in the project and the letter is gone."""
     letter = dead_letter_for_a_missing_project(stack, GHOST, GHOST_MODEL)
     assert (letter["consumer"], letter["publisher"], letter["project"]) == ("registry-gate", "trainer", GHOST)
+    unnamed = letter_naming_no_event(stack)
 
     page_errors(browser)
     open_page(browser, gallery + "/", "catalogue")  # an admin (no tokens in this stack) has the link
@@ -466,6 +482,9 @@ def test_a_dead_letter_is_put_back_from_its_page_once_its_cause_is_fixed(
     row = wait_for(browser, "the letter's row", lambda d: css(d, f'#dead-letters tr[data-seq="{letter["seq"]}"]'))[0]
     assert f"model.trained.{GHOST}" in row.text and "registry-gate" in row.text
     assert f"project '{GHOST}' does not exist" in row.text
+    # a letter that names no stored event cannot go back: no button to press
+    other = wait_for(browser, "the other row", lambda d: css(d, f'#dead-letters tr[data-seq="{unnamed}"]'))[0]
+    assert other.find_elements(By.CSS_SELECTOR, "button.put-back") == []
 
     created = httpx.post(f"{stack.services['registry'].url}/api/v1/projects", json={"name": GHOST}, timeout=10)
     assert created.status_code == 201, created.text

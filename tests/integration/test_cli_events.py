@@ -81,6 +81,7 @@ def test_dlq_lists_dead_letters_with_their_reason(nats_server: EmbeddedNats) -> 
     [row] = json.loads(gallery(nats_server.url, "events", "dlq", "--json").stdout)
     assert row["reason"] == "invalid trained event: data.run_id: Field required"
     assert row["data"] == '{"broken": true}'
+    assert row["event_seq"] is None, "a letter written by hand names no stored event"
 
 
 def test_without_a_server_the_bus_commands_say_so_at_once() -> None:

@@ -160,6 +160,7 @@ async def test_a_service_sends_only_its_own_events_and_only_for_an_admin(
             letter.seq, "model.validated.default", "default", "deployer", "registry"
         )  # fmt: skip
         assert row["reason"] == letter.reason and "team-x" in row["reason"]
+        assert row["event_seq"] == letter.original_seq and letter.original_seq is not None
         assert await listed(ALPHA_ADMIN) == []  # an admin of another project does not see it
 
         refused = await put_back(letter.seq, WRITER)

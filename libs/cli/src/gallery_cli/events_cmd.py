@@ -189,6 +189,7 @@ def dlq(
                 "seq": d.seq,
                 "time": d.time.isoformat() if d.time else None,
                 "original_subject": d.original_subject,
+                "event_seq": d.original_seq,
                 "event_id": d.event_id,
                 "consumer": d.consumer,
                 "deliveries": d.deliveries,

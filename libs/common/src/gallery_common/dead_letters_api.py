@@ -53,6 +53,7 @@ class DeadLetterPublic(BaseModel):
     deliveries: int | None
     reason: str
     publisher: str | None
+    event_seq: int | None  # the event's sequence in MODEL_EVENTS: what a put-back sends (None: cannot go back)
 
 
 def described(letter: DeadLetter) -> DeadLetterPublic:
@@ -67,6 +68,7 @@ def described(letter: DeadLetter) -> DeadLetterPublic:
         deliveries=letter.deliveries,
         reason=letter.reason,
         publisher=publisher_of_subject(letter.original_subject),
+        event_seq=letter.original_seq,
     )
 
 

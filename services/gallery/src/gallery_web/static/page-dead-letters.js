@@ -11,6 +11,7 @@ const putBackPath = (letter) => `/api/${letter.publisher}/admin/dead-letters/${l
 
 function putBackButton(letter, row, status) {
   if (!letter.publisher) return h("span", { class: "note", title: "not a lifecycle event: no service sends it" }, "–");
+  if (letter.event_seq === null) return h("span", { class: "note", title: "the letter names no stored event, and a letter's copy alone is not sent" }, "–");
   const button = h("button", { type: "button", class: "put-back", title: `the ${letter.publisher} sends it again` }, "Put back");
   button.addEventListener("click", async () => {
     button.disabled = true;
