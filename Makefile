@@ -11,7 +11,13 @@ export GALLERY_HOME ?= $(CURDIR)/.gallery
 PACKAGES := libs/common libs/cli $(sort $(dir $(wildcard services/*/pyproject.toml)))
 PACKAGE_FILES := $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 
-.PHONY: help install postgres redis chromium valgrind promtool demo test chaos up down status bench lint clean images k8s proto
+# requirements/lock/<venv>.txt pin every package each venv gets (pip constraints: a package not listed there
+# installs unpinned), so a new machine installs the versions the tests passed with. `make lock` writes them
+# again from fresh, unconstrained venvs; LOCKED=0 installs without them.
+LOCKED ?= 1
+locked = $(if $(filter 1,$(LOCKED)),-c requirements/lock/$(1).txt)
+
+.PHONY: help lock install postgres redis chromium valgrind promtool demo test chaos up down status bench lint clean images k8s proto
 
 help:
 	@echo "make demo    install, start the embedded stack and run the lifecycle"
@@ -21,20 +27,22 @@ help:
 	@echo "make chaos   kill and starve the servers under the services (tests/chaos) and print the figures"
 	@echo "make lint    ruff and mypy"
 	@echo "make proto   regenerate the OIP gRPC modules from libs/common's grpc_predict_v2.proto"
+	@echo "make lock    resolve every venv afresh and write requirements/lock/ (the versions make install pins)"
 	@echo "make images  build the container images (needs docker); make k8s renders deploy/k8s"
 
-$(BIN)/.installed: $(PACKAGE_FILES) requirements/dev.txt
+$(BIN)/.installed: $(PACKAGE_FILES) requirements/dev.txt requirements/lock/main.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(foreach p,$(PACKAGES),-e $(p)) -r requirements/dev.txt
+	$(BIN)/pip install --quiet $(call locked,main) $(foreach p,$(PACKAGES),-e $(p)) -r requirements/dev.txt
 	@touch $@
 
 # Flower for federated training in its own venv: flwr pins fastapi, protobuf, typer and pathspec below what the
 # services and mypy need. Its processes only relay between Flower and the trainer's own, so the trainer and
 # common packages go in without their dependencies (the relay modules import flwr, numpy and the stdlib).
-$(FLOWER_VENV)/.installed: requirements/flower.txt services/trainer/pyproject.toml libs/common/pyproject.toml
+$(FLOWER_VENV)/.installed: requirements/flower.txt requirements/lock/flower.txt services/trainer/pyproject.toml \
+		libs/common/pyproject.toml
 	@test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
-	$(FLOWER_VENV)/bin/pip install --quiet -r requirements/flower.txt
+	$(FLOWER_VENV)/bin/pip install --quiet $(call locked,flower) -r requirements/flower.txt
 	$(FLOWER_VENV)/bin/pip install --quiet --no-deps -e libs/common -e services/trainer
 	@touch $@
 
@@ -42,19 +50,31 @@ $(FLOWER_VENV)/.installed: requirements/flower.txt services/trainer/pyproject.to
 # the same `onnxruntime` module as onnxruntime. The deployer's local runtime runs the model servers whose policy
 # prefers OpenVINO with its python. Our packages go in with their dependencies (so a new one arrives here too),
 # then the plain onnxruntime they pulled is swapped for the OpenVINO build (its files overwrite the same module).
-$(OPENVINO_VENV)/.installed: requirements/openvino.txt services/deployer/pyproject.toml libs/common/pyproject.toml
+$(OPENVINO_VENV)/.installed: requirements/openvino.txt requirements/lock/openvino.txt \
+		services/deployer/pyproject.toml libs/common/pyproject.toml
 	@test -x $(OPENVINO_VENV)/bin/python || $(PYTHON) -m venv $(OPENVINO_VENV)
-	$(OPENVINO_VENV)/bin/pip install --quiet -e libs/common -e services/deployer
+	$(OPENVINO_VENV)/bin/pip install --quiet $(call locked,openvino) -e libs/common -e services/deployer
 	$(OPENVINO_VENV)/bin/pip uninstall --quiet --yes onnxruntime
 	$(OPENVINO_VENV)/bin/pip install --quiet --force-reinstall --no-deps -r requirements/openvino.txt
 	$(OPENVINO_VENV)/bin/python -c "import onnxruntime, gallery_deployer.modelserver.app; \
 		assert 'OpenVINOExecutionProvider' in onnxruntime.get_available_providers()"
 	@touch $@
 
-$(MOTO_VENV)/.installed: requirements/moto.txt
+$(MOTO_VENV)/.installed: requirements/moto.txt requirements/lock/moto.txt
 	@test -x $(MOTO_VENV)/bin/python || $(PYTHON) -m venv $(MOTO_VENV)
-	$(MOTO_VENV)/bin/pip install --quiet -r requirements/moto.txt
+	$(MOTO_VENV)/bin/pip install --quiet $(call locked,moto) -r requirements/moto.txt
 	@touch $@
+
+# Every venv built again without the locks, then each lock written from what it got (minutes: four installs)
+lock:
+	rm -rf $(VENV) $(MOTO_VENV) $(FLOWER_VENV) $(OPENVINO_VENV)
+	$(MAKE) LOCKED=0 $(BIN)/.installed $(MOTO_VENV)/.installed $(FLOWER_VENV)/.installed $(OPENVINO_VENV)/.installed
+	@for pair in $(VENV):main $(MOTO_VENV):moto $(FLOWER_VENV):flower $(OPENVINO_VENV):openvino; do \
+		venv=$${pair%%:*}; name=$${pair##*:}; \
+		{ echo "# The versions \`make install\` puts into $$venv (pip constraints): what the tests last passed with."; \
+		  echo "# Written by \`make lock\` (Python 3.11, Linux x86-64); edit a requirement, then run it again."; \
+		  $$venv/bin/pip freeze --exclude-editable; } > requirements/lock/$$name.txt; \
+		echo "wrote requirements/lock/$$name.txt"; done
 
 # PostgreSQL for the registry's store contract tests; root on a Debian-like machine installs it
 postgres:
