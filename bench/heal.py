@@ -19,7 +19,6 @@ Target: back within 5 s (min / median / max over the runs).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -30,9 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import psutil
-
+from gallery_cli.records import ProcessRecord, is_alive, is_healthy, read_stack, stack_path
 from gallery_common.netutil import free_port
 
 GALLERY = Path(sys.executable).parent / "gallery"
@@ -49,39 +46,27 @@ class Heal:
     ready_s: float  # the new process answered its health check
 
 
-def record(home: Path, name: str) -> dict:
-    """The process `name` as stack.json has it now (read again while the supervisor rewrites it)."""
-    while True:
-        try:
-            stack = json.loads((home / "run" / "stack.json").read_text())
-        except (OSError, ValueError):
-            time.sleep(POLL_S)
-            continue
-        return next(p for p in stack["processes"] if p["name"] == name)
+def record(home: Path, name: str) -> ProcessRecord:
+    """The process `name` as stack.json has it now (the supervisor replaces the file atomically)."""
+    stack = read_stack(stack_path(home))
+    if stack is None:
+        raise SystemExit(f"no stack recorded in {home}: did `gallery up` stop?")
+    return next(p for p in stack.processes if p.name == name)
 
 
-def health_url(row: dict) -> str:
-    if row["kind"] == "nats":
-        return f"http://127.0.0.1:{row['monitor_port']}/healthz?js-enabled-only=true"
-    return f"{row['url']}/readyz"
-
-
-def kill_and_time(home: Path, name: str, client: httpx.Client) -> Heal:
+def kill_and_time(home: Path, name: str) -> Heal:
     old = record(home, name)
     killed = time.monotonic()
-    os.kill(old["pid"], signal.SIGKILL)
+    os.kill(old.pid, signal.SIGKILL)
     noticed = started = None
     while time.monotonic() - killed < DEADLINE_S:
         now = record(home, name)
-        if noticed is None and (now["state"] == "restarting" or now["pid"] != old["pid"]):
+        if noticed is None and (now.state == "restarting" or now.pid != old.pid):
             noticed = time.monotonic() - killed
-        if now["pid"] != old["pid"] and psutil.pid_exists(now["pid"]):
+        if now.pid != old.pid and is_alive(now):
             started = started or time.monotonic() - killed
-            try:
-                if client.get(health_url(now)).status_code == 200:
-                    return Heal(noticed or started, started, time.monotonic() - killed)
-            except httpx.TransportError:
-                pass
+            if is_healthy(now, timeout=1.0):
+                return Heal(noticed or started, started, time.monotonic() - killed)
         time.sleep(POLL_S)
     raise SystemExit(f"{name} was not back within {DEADLINE_S:g} s: see {home / 'logs'}")
 
@@ -113,14 +98,13 @@ def main() -> int:
             raise SystemExit(f"gallery up failed:\n{up.stdout}{up.stderr}")
         heals: dict[str, list[Heal]] = {args.service: [], "nats": []}
         try:
-            with httpx.Client(timeout=1.0) as client:
-                for run in range(args.runs):
-                    for name in heals:
-                        killed = time.monotonic()
-                        heals[name].append(kill_and_time(home, name, client))
-                        time.sleep(max(0.0, killed + WINDOW_S + 0.5 - time.monotonic()))
-                        print(f"run {run + 1}: {name} back in {heals[name][-1].ready_s:.2f} s", flush=True)
-            restarts = {name: record(home, name)["restarts"] for name in heals}
+            for run in range(args.runs):
+                for name in heals:
+                    killed = time.monotonic()
+                    heals[name].append(kill_and_time(home, name))
+                    print(f"run {run + 1}: {name} back in {heals[name][-1].ready_s:.2f} s", flush=True)
+                    time.sleep(max(0.0, killed + WINDOW_S + 0.5 - time.monotonic()))  # out of the restart window
+            restarts = {name: record(home, name).restarts for name in heals}
         finally:
             gallery("down")
 

@@ -42,7 +42,7 @@ from gallery_common.telemetry import configure_logging, configure_tracing, trace
 from .console import cli_settings, console, fail, say
 from .event_lines import event_line
 from .records import LOCAL_HOST
-from .service_client import client_for
+from .service_client import client_for, error_of
 
 app = typer.Typer(help="Lifecycle events: schemas, live tail, dead letters.", no_args_is_help=True)
 
@@ -244,7 +244,7 @@ def _ask_publisher(publisher: str, seq: int) -> None:
     with client_for(publisher)() as service:
         answer = service.request("POST", f"/admin/dead-letters/{seq}/redeliver", answers=(409,))
     if answer.status_code == 409:
-        raise Conflict(answer.json().get("error") or answer.text)
+        raise Conflict(error_of(answer))
 
 
 async def _redeliver(settings: GallerySettings, seqs: list[int], every: bool, consumer: str | None) -> list[DeadLetter]:

@@ -38,6 +38,14 @@ def project_params() -> dict[str, str]:
     return {"project": _selected_project} if _selected_project else {}
 
 
+def error_of(response: httpx.Response) -> str:
+    """What a refusal says: its `{"error": ...}`, else its text."""
+    try:
+        return str(response.json().get("error") or response.text)
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return response.text
+
+
 class ServiceClient:
     """A service's REST API: URL from its `GALLERY_<SERVICE>_URL`, bearer token from GALLERY_TOKEN (else
     the one `gallery login` kept), and the chosen project (if any) in the X-Gallery-Project header."""
@@ -76,11 +84,7 @@ class ServiceClient:
         if response.status_code == 404 and not_found:
             fail(not_found)
         if response.status_code >= 400 and response.status_code not in answers:
-            try:
-                message = response.json().get("error") or response.text
-            except ValueError:
-                message = response.text
-            fail(f"the {self.service} refused {method} {path} ({response.status_code}): {message}")
+            fail(f"the {self.service} refused {method} {path} ({response.status_code}): {error_of(response)}")
         return response
 
     def json(self, method: str, path: str, not_found: str | None = None, **kwargs: Any) -> Any:
