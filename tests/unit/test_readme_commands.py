@@ -1,8 +1,7 @@
 """The README's `gallery` commands and REST routes exist as it writes them.
 
-Every `gallery ...` line of a code block parses with the CLI's own parser (the subcommands, the
-options, the number of arguments); every inline `` `gallery ...` `` names subcommands and options that
-exist; every `GET /api/v1/...`-style route it names (absolute, or relative to `/api/v1` as the
+Every `gallery ...` the README writes, in a code block or inline, names subcommands and options the
+CLI's own parser takes (with the options inside `[...]` and `(... | ...)`); every `GET /api/v1/...`-style route it names (absolute, or relative to `/api/v1` as the
 deployer's list writes them) is one of some service's routes. A renamed option or route fails here
 instead of in a reader's terminal.
 """
