@@ -1,9 +1,10 @@
 """The gallery in front of the real registry (no NATS): its catalogue with the deployer's traffic merged
-in, a lineage and held-out examples from what the registry really answers, and a card edited through
-the proxy with the caller's own token."""
+in, a lineage and held-out examples from what the registry really answers, a card edited through
+the proxy with the caller's own token, and `gallery models download` through both."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -13,8 +14,10 @@ import httpx
 import numpy as np
 import pytest
 from gallery_fakes import READER, TOKENS, WRITER, Scene, Stack, deployment, gallery_stack
+from typer.testing import CliRunner, Result
 from uvicorn_thread import running
 
+from gallery_cli.main import app as cli_app
 from gallery_common.artifacts import open_store
 from gallery_common.contracts import write_split
 from gallery_registry.app import create_app_for
@@ -24,6 +27,7 @@ from gallery_registry.settings import RegistrySettings
 
 ADMIN = "g-admin"
 MODEL = "digits-mlp"
+ONNX_BYTES = bytes(range(256)) * 700  # stands in for the ONNX file: the download does not read it
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -61,6 +65,7 @@ def register_digits(app: object, registry: str, root: str) -> None:
     x = np.arange(30 * 64, dtype=np.float32).reshape(30, 64) % 17
     write_split(buffer, x, np.arange(30) % 10)
     split = store.put(f"models/{MODEL}/1/test.npz", buffer.getvalue())
+    onnx = store.put(f"models/{MODEL}/1/model.onnx", ONNX_BYTES)
     spec = store.put(
         f"models/{MODEL}/1/spec.json", json.dumps({"job": {"data": {"source": "builtin", "name": "digits"}}}).encode()
     )
@@ -80,7 +85,7 @@ def register_digits(app: object, registry: str, root: str) -> None:
                 "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
             },
             "artifacts": {
-                "onnx": {"uri": "file:///a/m.onnx", "sha256": "a" * 64},
+                "onnx": onnx.model_dump(),
                 "test_split": split.model_dump(),
                 "spec": spec.model_dump(),
             },
@@ -130,3 +135,55 @@ def test_a_card_edited_through_the_proxy_needs_a_writer_at_the_registry(stack: S
     assert edited.status_code == 200, edited.text
     assert httpx.get(card, headers=bearer(READER)).json()["intended_use"] == text["intended_use"]
     assert httpx.get(card).status_code == 401
+
+
+# ---- gallery models download ---------------------------------------------------------------------
+
+
+def download(stack: Stack, *args: str, token: str = READER) -> Result:
+    registry = stack.services["registry"]
+    env = {"GALLERY_REGISTRY_URL": registry, "GALLERY_GALLERY_URL": stack.gallery, "GALLERY_TOKEN": token}
+    return CliRunner().invoke(cli_app, ["models", "download", *args], env=env)
+
+
+def test_a_versions_onnx_is_downloaded_checked_and_named_for_the_model(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    done = download(stack, MODEL, "-o", str(folder))  # production's version, the ONNX file
+    assert done.exit_code == 0, done.output
+    saved = folder / f"{MODEL}-v1-onnx.onnx"
+    assert saved.read_bytes() == ONNX_BYTES
+    assert f"{MODEL}:1 onnx: {len(ONNX_BYTES)} bytes" in done.output and "checked" in done.output
+    assert sorted(p.name for p in folder.iterdir()) == [saved.name], "no partial file is left"
+
+    again = download(stack, f"{MODEL}:1", "-o", str(folder))
+    assert again.exit_code == 1 and "is there already (--force replaces it)" in again.output
+    saved.write_bytes(b"an older copy")
+    replaced = download(stack, f"{MODEL}@production", "-o", str(folder), "--force")
+    assert replaced.exit_code == 0, replaced.output
+    assert saved.read_bytes() == ONNX_BYTES
+
+    split = tmp_path / "held-out.npz"
+    done = download(stack, f"{MODEL}:1", "--role", "test_split", "-o", str(split))
+    assert done.exit_code == 0, done.output
+    assert hashlib.sha256(split.read_bytes()).hexdigest() == _held(stack, "test_split")["sha256"]
+
+
+def test_a_download_that_cannot_be_checked_leaves_nothing(stack: Stack, tmp_path: Path) -> None:
+    missing = download(stack, f"{MODEL}:1", "--role", "int8", "-o", str(tmp_path))
+    assert missing.exit_code == 1
+    assert f"{MODEL}:1 has no 'int8' artifact (it holds: onnx, spec, test_split)" in missing.output
+
+    # the stored bytes changed after they were registered: the gallery refuses to send them
+    Path(_held(stack, "onnx")["uri"].removeprefix("file://")).write_bytes(b"not what was registered")
+    tampered = download(stack, f"{MODEL}:1", "-o", str(tmp_path))
+    assert tampered.exit_code == 1 and "(409)" in tampered.output, tampered.output
+    assert list(tmp_path.glob("*onnx*")) == [] and list(tmp_path.glob(".*part")) == []
+
+    refused = download(stack, f"{MODEL}:1", "-o", str(tmp_path), token="no-such-token")
+    assert refused.exit_code == 1 and "(401)" in refused.output
+
+
+def _held(stack: Stack, role: str) -> dict[str, str]:
+    version = httpx.get(f"{stack.services['registry']}/api/v1/models/{MODEL}/versions/1", headers=bearer(READER))
+    return dict(version.json()["artifacts"][role])

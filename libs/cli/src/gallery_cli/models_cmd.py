@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import tempfile
 from datetime import datetime
+from email.message import Message
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import httpx
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from gallery_common.contracts.refs import ArtifactRef
 from gallery_common.contracts.registry import AliasPublic, ModelPublic, VersionPublic
 
-from .console import console, fail, say
-from .service_client import RegistryServiceClient, model_path, project_params
+from .console import console, err_console, fail, say
+from .service_client import GalleryClient, RegistryServiceClient, model_path, project_params
 
 _REF = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>\d+))?$")
 
@@ -235,3 +242,79 @@ def card(
     except OSError as exc:
         fail(f"cannot write {output}: {exc.strerror or exc}")
     say(f"model card of {name} version {version} written to {output}")
+
+
+def _attachment_name(response: httpx.Response, fallback: str) -> str:
+    """The file name the answer's Content-Disposition gives (its last path part only), else `fallback`."""
+    header = Message()
+    header["content-disposition"] = response.headers.get("content-disposition", "")
+    name = Path(header.get_filename() or "").name
+    return name if name not in ("", ".", "..") else fallback
+
+
+def _receive(response: httpx.Response, target: Path, expected: ArtifactRef, what: str) -> int:
+    """Write the body next to `target` with a progress bar, check its sha256 against `expected`, then
+    move it into place; nothing is left behind when it fails. Returns the bytes written."""
+    total = int(response.headers.get("content-length") or 0) or expected.size
+    digest = hashlib.sha256()
+    size = 0
+    fd, part = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with os.fdopen(fd, "wb") as out, Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task(what, total=total)
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                progress.update(task, completed=size)
+        if digest.hexdigest() != expected.sha256:
+            fail(f"{what}: the {size} bytes received do not match the registry's sha256 ({expected.sha256[:16]}…)")
+        os.replace(part, target)
+    finally:
+        Path(part).unlink(missing_ok=True)
+    return size
+
+
+@app.command()
+def download(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS (default: production, else latest).")],
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            "-r",
+            help="The artifact: onnx, a variant (int8, fp16, pruned, distilled), edge_bundle, model_card, ...",
+        ),
+    ] = "onnx",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The file to write, or a folder to write it in (default: here)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a file that is there already.")] = False,
+) -> None:
+    """Download one of a version's artifacts through the Gallery (GALLERY_GALLERY_URL), checked against the
+    sha256 the registry holds (`gallery models show NAME:VERSION` lists a version's artifacts)."""
+    match = _REF.match(ref)
+    if match is None:
+        fail(f"cannot read {ref!r}: use NAME, NAME:VERSION or NAME@ALIAS", 2)
+    name, alias, number = match["name"], match["alias"], match["version"]
+    with RegistryServiceClient() as registry:
+        number = int(number) if number else _card_version(registry, name, alias)
+        version = registry.get_version(name, number)
+    expected = next((ref for held, ref in version.artifacts.items() if held.value == role), None)
+    if expected is None:
+        held = ", ".join(sorted(r.value for r in version.artifacts)) or "none"
+        fail(f"{name}:{number} has no {role!r} artifact (it holds: {held})")
+    what = f"{name}:{number} {role}"
+    path = f"/api/gallery/models/{quote(name, safe='')}/versions/{number}/artifacts/{quote(role, safe='')}"
+    with GalleryClient(timeout=300.0) as gallery, gallery.stream("GET", path) as response:
+        target = output if output is not None else Path()
+        if target.is_dir():
+            target = target / _attachment_name(response, f"{name}-v{number}-{role}")
+        if target.exists() and not force:
+            fail(f"{target} is there already (--force replaces it)")
+        if not target.parent.is_dir():
+            fail(f"cannot write {target}: {target.parent} is not a folder", 2)
+        size = _receive(response, target, expected, what)
+    say(f"{what}: {size} bytes, sha256 {expected.sha256[:16]}… checked → {target}")

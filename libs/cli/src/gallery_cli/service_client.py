@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
-from typing import Any, ClassVar, Self, TypeVar
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, NoReturn, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -77,15 +78,36 @@ class ServiceClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            fail(
-                f"cannot reach the {self.service} at {self.base_url}: {exc or type(exc).__name__}"
-                f" (is it running? `gallery up`, or set {self.url_variable})"
-            )
+            self._unreachable(exc)
+        self._check(response, method, path, not_found, answers)
+        return response
+
+    @contextmanager
+    def stream(self, method: str, path: str, not_found: str | None = None, **kwargs: Any) -> Iterator[httpx.Response]:
+        """The answer with its body not yet read (`iter_bytes`), failing as `request` does; a connection
+        lost while the body is read exits with one line too."""
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                self._check(response, method, path, not_found, ())
+                yield response
+        except httpx.HTTPError as exc:
+            self._unreachable(exc)
+
+    def _unreachable(self, exc: httpx.HTTPError) -> NoReturn:
+        fail(
+            f"cannot reach the {self.service} at {self.base_url}: {exc or type(exc).__name__}"
+            f" (is it running? `gallery up`, or set {self.url_variable})"
+        )
+
+    def _check(
+        self, response: httpx.Response, method: str, path: str, not_found: str | None, answers: Collection[int]
+    ) -> None:
         if response.status_code == 404 and not_found:
             fail(not_found)
         if response.status_code >= 400 and response.status_code not in answers:
             fail(f"the {self.service} refused {method} {path} ({response.status_code}): {error_of(response)}")
-        return response
 
     def json(self, method: str, path: str, not_found: str | None = None, **kwargs: Any) -> Any:
         return self.request(method, path, not_found, **kwargs).json()
