@@ -215,6 +215,7 @@ def main() -> None:
         " (the gateway)"
     )
     print(f"edge bundle:     {home / 'artifacts' / 'optimized' / MODEL}/<version>/  (tarball with a standalone runner)")
+    print(f"                 or, with make up: gallery models download {MODEL} --role edge_bundle")
     print("gallery: http://127.0.0.1:8000/ (catalogue, model cards, experiments, try it, monitoring)")
 
 

@@ -284,7 +284,7 @@ def download(
         typer.Option(
             "--role",
             "-r",
-            help="The artifact: onnx, a variant (int8, fp16, pruned, distilled), edge_bundle, model_card, ...",
+            help="The artifact: onnx, a variant (int8, fp16, pruned, distilled), edge_bundle, model-card, ...",
         ),
     ] = "onnx",
     output: Annotated[
