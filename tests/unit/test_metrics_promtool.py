@@ -11,20 +11,14 @@ import sys
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from service_apps import LIFECYCLE_APPS
 
 from gallery_common import telemetry
 from gallery_deployer.modelserver.metrics import ExplainMetrics, Outcome, ServingMetrics
 
 # the modules that define the services' metrics, imported through each service's app factory (a model
 # server makes its metrics per served model: the test below covers them)
-APPS = (
-    "gallery_registry.app",
-    "gallery_trainer.app",
-    "gallery_optimizer.app",
-    "gallery_deployer.deployer.app",
-    "gallery_deployer.gateway.app",
-    "gallery_monitor.app",
-)
+APPS = LIFECYCLE_APPS
 
 
 # run in a fresh interpreter, so the samples it adds never reach the metrics other tests read

@@ -1,9 +1,9 @@
 """The README's `gallery` commands and REST routes exist as it writes them.
 
 Every `gallery ...` the README writes, in a code block or inline, names subcommands and options the
-CLI's own parser takes (with the options inside `[...]` and `(... | ...)`); every `GET /api/v1/...`-style route it names (absolute, or relative to `/api/v1` as the
-deployer's list writes them) is one of some service's routes. A renamed option or route fails here
-instead of in a reader's terminal.
+CLI's own parser takes (with the options inside `[...]` and `(... | ...)`); every `GET /api/v1/...`-style
+route it names (absolute, or relative to `/api/v1` as the deployer's list writes them) is one of some
+service's routes. A renamed option or route fails here instead of in a reader's terminal.
 """
 
 from __future__ import annotations
@@ -15,22 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from service_apps import GALLERY_APP, LIFECYCLE_APPS
 from typer.testing import CliRunner
 
 from gallery_cli.main import app as cli_app
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# each service's FastAPI app factory (the model server's routes are the gateway's OIP routes, which
-# the README names through the gateway)
-APP_FACTORIES = (
-    "gallery_web.app",
-    "gallery_registry.app",
-    "gallery_trainer.app",
-    "gallery_optimizer.app",
-    "gallery_deployer.deployer.app",
-    "gallery_deployer.gateway.app",
-    "gallery_monitor.app",
-)
 _COMMAND = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:\.venv/bin/)?gallery\s+(?P<args>.*)$")
 _INLINE = re.compile(r"`(?:\.venv/bin/)?gallery (?P<args>[^`]+)`")
 _ROUTE = re.compile(r"\b(?P<method>GET|POST|PUT|DELETE|PATCH)\s+(?P<path>/[^\s`),;?]*)")
@@ -101,7 +91,7 @@ def service_routes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, 
     document (the apps are built, not started)."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GALLERY_HOME", str(tmp_path_factory.mktemp("home")))
-        apps = [importlib.import_module(name).create() for name in APP_FACTORIES]
+        apps = [importlib.import_module(name).create() for name in (*LIFECYCLE_APPS, GALLERY_APP)]
         documents = [app.openapi() for app in apps]
     routes = []
     for document in documents:
