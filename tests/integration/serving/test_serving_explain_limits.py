@@ -103,17 +103,22 @@ def test_back_to_back_explanations_rest_so_they_take_only_their_share_of_the_cpu
     with model_server(
         tmp_path, "slow", "1", slow_classifier(FEATURES), table_explainer(X, None), explain_cpu_share=share
     ) as url:
-        assert explain(url, body).status_code == 200  # the worker is up
+        explained(url, body)  # the worker is up
         started = time.perf_counter()
-        assert explain(url, body).status_code == 200
+        explained(url, body)
         # its job took at most this long, so its rest is at most 3x: wait that out (a fixed pause was too
         # short where a loaded machine made the jobs slow)
         time.sleep(3 * (time.perf_counter() - started) + 0.5)
         started = time.perf_counter()
-        assert explain(url, body).status_code == 200
+        explained(url, body)
         alone = time.perf_counter() - started
         started = time.perf_counter()
-        assert explain(url, body).status_code == 200
+        explained(url, body)
         right_after = time.perf_counter() - started
     # the second waited out the first one's rest (3x its time) before its own turn
     assert right_after > 2.5 * alone, (alone, right_after)
+
+
+def explained(url: str, body: bytes) -> None:
+    answer = explain(url, body)
+    assert answer.status_code == 200, answer.text  # a 503 says why: a full queue, the time limit, a worker
