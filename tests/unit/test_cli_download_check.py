@@ -4,6 +4,8 @@ written beside the target and moved into place after its sha256 matched; otherwi
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 import httpx
@@ -29,6 +31,9 @@ def test_matching_bytes_are_moved_into_place(tmp_path: Path) -> None:
     assert _receive(answer(BODY), target, held(BODY), "m:1 onnx") == len(BODY)
     assert target.read_bytes() == BODY
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask, "made as any new file is, not private"
 
 
 def test_bytes_that_differ_from_the_registrys_are_not_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import secrets
 from datetime import datetime
 from email.message import Message
 from pathlib import Path
@@ -258,7 +258,9 @@ def _receive(response: httpx.Response, target: Path, expected: ArtifactRef, what
     total = int(response.headers.get("content-length") or 0) or expected.size
     digest = hashlib.sha256()
     size = 0
-    fd, part = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    # created as any new file is (mode 0666 less the umask), unlike mkstemp's 0600
+    part = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
         with os.fdopen(fd, "wb") as out, Progress(*columns, console=err_console, transient=True) as progress:
@@ -272,7 +274,7 @@ def _receive(response: httpx.Response, target: Path, expected: ArtifactRef, what
             fail(f"{what}: the {size} bytes received do not match the registry's sha256 ({expected.sha256[:16]}…)")
         os.replace(part, target)
     finally:
-        Path(part).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
     return size
 
 
