@@ -300,11 +300,11 @@ def download(
     match = _REF.match(ref)
     if match is None:
         fail(f"cannot read {ref!r}: use NAME, NAME:VERSION or NAME@ALIAS", 2)
-    name, alias, number = match["name"], match["alias"], match["version"]
+    name, alias, given = match["name"], match["alias"], match["version"]
     with RegistryServiceClient() as registry:
-        number = int(number) if number else _card_version(registry, name, alias)
+        number = int(given) if given else _card_version(registry, name, alias)
         version = registry.get_version(name, number)
-    expected = next((ref for held, ref in version.artifacts.items() if held.value == role), None)
+    expected = next((artifact for held, artifact in version.artifacts.items() if held.value == role), None)
     if expected is None:
         held = ", ".join(sorted(r.value for r in version.artifacts)) or "none"
         fail(f"{name}:{number} has no {role!r} artifact (it holds: {held})")
