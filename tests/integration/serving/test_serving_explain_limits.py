@@ -92,8 +92,11 @@ def test_inference_keeps_answering_while_an_explanation_runs(slow: str) -> None:
                 latencies.append(time.perf_counter() - started)
                 assert answer.status_code == 200, answer.text
         assert running.result(60).status_code == 503  # it ran until its limit, all along the infers
+    # answers kept coming all along (an infer waiting behind the explanation would have been one, late),
+    # and none waited anywhere near as long as an explanation may run: a bound in the test's own terms,
+    # not the machine's speed (4 test workers on 2 cores once stretched one answer to 1.7 s)
     assert len(latencies) >= 20
-    assert max(latencies) < 1.0, latencies
+    assert max(latencies) < TIMEOUT_S / 2, latencies
 
 
 def test_back_to_back_explanations_rest_so_they_take_only_their_share_of_the_cpu(tmp_path: Path) -> None:
