@@ -15,7 +15,16 @@ from typing import Any
 
 import uvicorn
 
-from gallery_common.http_server import DirectApp, Headers, OneWriteHttpToolsProtocol, Reply, _OneWriteTransport
+from gallery_common.access import gallery_error_response
+from gallery_common.errors import NotFound, Unauthorized, Unavailable
+from gallery_common.http_server import (
+    DirectApp,
+    Headers,
+    OneWriteHttpToolsProtocol,
+    Reply,
+    _OneWriteTransport,
+    error_reply,
+)
 from gallery_common.netutil import free_port
 
 
@@ -305,3 +314,28 @@ def test_expect_100_continue_takes_uvicorns_path() -> None:
         head, body = read_answer(sock)
         assert head.startswith(b"HTTP/1.1 200") and body == b""  # the ASGI echo, not "direct:"
     assert served.started == []
+
+
+def test_an_error_reply_carries_what_the_client_needs_to_act_on_it() -> None:
+    refused = error_reply(Unauthorized("no token"), "0123456789abcdef0123456789abcdef")
+    assert refused == (
+        401,
+        [
+            (b"content-type", b"application/json"),
+            (b"www-authenticate", b"Bearer"),
+            (b"x-gallery-request-id", b"0123456789abcdef0123456789abcdef"),
+        ],
+        b'{"error":"no token"}',
+    )
+
+    class Busy(Unavailable):
+        retry_after = 3
+
+    assert error_reply(Busy("a full queue"))[:2] == (
+        503,
+        [(b"content-type", b"application/json"), (b"retry-after", b"3")],
+    )
+    assert error_reply(NotFound("no such model"))[1] == [(b"content-type", b"application/json")]
+    # the JSON answers of every other route carry the same headers
+    assert gallery_error_response(Busy("a full queue")).headers["Retry-After"] == "3"
+    assert gallery_error_response(Unauthorized("no token")).headers["WWW-Authenticate"] == "Bearer"

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response  # FastAPI's are these
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE, Caller, RoleRequirement, check_role, identify, required_role
-from .errors import BadRequest, GalleryError, Unavailable
+from .errors import BadRequest, GalleryError, Unavailable, error_headers
 from .settings import GallerySettings, Role
 
 # the matched route's path template, for metrics of requests answered before (or without) routing
@@ -44,9 +44,8 @@ class RouteSource(Protocol):
 
 
 def gallery_error_response(exc: GalleryError) -> JSONResponse:
-    """The answer for a domain error: its status, `{"error": message}`, and a Bearer challenge on 401."""
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
+    """The answer for a domain error: its status, `{"error": message}` and its `error_headers`."""
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=error_headers(exc))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,21 @@ class GalleryError(Exception):
     """Base of every error a client may see; `status_code` is its HTTP answer."""
 
     status_code = 500
+    retry_after: int | None = None  # seconds a client should wait before asking again (sent as Retry-After)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def error_headers(exc: GalleryError) -> dict[str, str]:
+    """The headers an error's answer carries beside its `{"error": ...}`: a Bearer challenge on 401, and
+    Retry-After when the error says when to come back (a full queue)."""
+    if exc.status_code == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if exc.retry_after is not None:
+        return {"Retry-After": str(exc.retry_after)}
+    return {}
 
 
 class NotFound(GalleryError):

@@ -27,7 +27,11 @@ from collections.abc import Awaitable
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from .contracts.request_ids import REQUEST_ID_HEADER
+from .errors import GalleryError, error_headers
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,21 @@ class _DirectCycle:
 
     def set(self) -> None:
         pass
+
+
+_JSON = (b"content-type", b"application/json")
+_REQUEST_ID = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+def error_reply(exc: GalleryError, request_id: str | None = None) -> Reply:
+    """A domain error as an answer written without a framework's response objects: its status,
+    `{"error": message}`, its `error_headers` and, when the request has one, its request id. Carries no
+    Content-Length (whoever writes the reply adds it)."""
+    headers = [_JSON]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error_headers(exc).items()]
+    if request_id is not None:
+        headers.append((_REQUEST_ID, request_id.encode("latin-1")))
+    return exc.status_code, headers, orjson.dumps({"error": exc.message})
 
 
 INTERNAL_ERROR: Reply = (

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gallery_common.audit import AuditAction
 from gallery_common.auth import requires
 from gallery_common.deps import CallerDep
-from gallery_common.errors import Conflict, GalleryError, InvalidRequest
+from gallery_common.errors import Conflict, GalleryError, InvalidRequest, error_headers
 from gallery_common.settings import Role
 
 from . import mlflow_filter
@@ -55,8 +55,7 @@ def mlflow_error(exc: GalleryError) -> JSONResponse:
         code, status = "RESOURCE_ALREADY_EXISTS", 400
     else:
         code, status = _CODES.get(exc.status_code, ("INTERNAL_ERROR", 500))
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error_code": code, "message": exc.message}, status_code=status, headers=headers)
+    return JSONResponse({"error_code": code, "message": exc.message}, status_code=status, headers=error_headers(exc))
 
 
 class MlflowRoute(APIRoute):

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from starlette.requests import cookie_parser
 from starlette.routing import Route
@@ -36,7 +35,7 @@ from gallery_common.auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE, Caller
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
 from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, checked_request_id, new_request_id
 from gallery_common.errors import GalleryError
-from gallery_common.http_server import INTERNAL_ERROR, Headers, Reply
+from gallery_common.http_server import INTERNAL_ERROR, Headers, Reply, error_reply
 from gallery_common.settings import Role
 from gallery_common.telemetry import get_logger
 
@@ -51,7 +50,6 @@ INFER_PATH = "/v2/models/{model}/infer"
 INFER_VERSION_PATH = "/v2/models/{model}/versions/{version}/infer"
 
 _REQUEST_ID = REQUEST_ID_HEADER.encode("latin-1")
-_JSON = [(b"content-type", b"application/json")]
 
 
 def is_inference(scope: MutableMapping[str, Any]) -> bool:
@@ -62,16 +60,6 @@ def is_inference(scope: MutableMapping[str, Any]) -> bool:
 def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     # ASGI servers and httptools give header names in lower case
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
-
-
-def _error_reply(exc: GalleryError, request_id: str | None) -> Reply:
-    """A domain error as `{"error": ...}` with its status (a Bearer challenge on 401), as every route answers."""
-    headers = list(_JSON)
-    if exc.status_code == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    if request_id is not None:
-        headers.append((_REQUEST_ID, request_id.encode("latin-1")))
-    return exc.status_code, headers, orjson.dumps({"error": exc.message})
 
 
 class InferEndpoint:
@@ -117,7 +105,7 @@ class InferEndpoint:
             body = admit(settings, scope, receive, Role.inference, settings.max_body_bytes)
             data = await read_body(body.receive)
         except GalleryError as exc:
-            return _error_reply(exc, None)
+            return error_reply(exc)
         return await self.forward(resources, match, _decoded(scope["headers"]), scope[CALLER_SCOPE_KEY], data)
 
     def begin(self, resources: ServiceResources, match: re.Match[str], raw: Headers) -> _InferExchange | Reply:
@@ -131,7 +119,7 @@ class InferEndpoint:
                 settings, headers.get("authorization"), headers.get("content-length"), Role.inference, limit
             )
         except GalleryError as exc:
-            reply = _error_reply(exc, None)
+            reply = error_reply(exc)
             self.count(resources, match, reply[0], started)
             return reply
         assert caller is not None
@@ -153,7 +141,7 @@ class InferEndpoint:
                 match["model"], match["version"], match.string, body, headers, cookies, caller, request_id
             )
         except GalleryError as exc:
-            return _error_reply(exc, request_id)
+            return error_reply(exc, request_id)
         raw = [(_REQUEST_ID, request_id.encode("latin-1"))]
         raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
         return answer.status_code, raw, answer.content
@@ -192,7 +180,7 @@ class _InferExchange:
         return reply
 
     def refuse_body(self) -> Reply:
-        reply = _error_reply(too_large(self.limit), None)
+        reply = error_reply(too_large(self.limit), None)
         self.endpoint.count(self.resources, self.match, reply[0], self.started)
         return reply
 

@@ -31,14 +31,14 @@ from gallery_common.access import AccessMiddleware
 from gallery_common.artifacts import open_store
 from gallery_common.auth import needing, public
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH
-from gallery_common.errors import GalleryError
+from gallery_common.errors import GalleryError, error_headers
 from gallery_common.settings import Role
 
 from .async_serving import AsyncServing
 from .batcher import DynamicBatcher
 from .dataplane import DataPlane
 from .explaining import Explanations
-from .infer_route import InferRoute, error_headers
+from .infer_route import InferRoute
 from .metrics import ExplainMetrics, ServingMetrics
 from .model import ServedModel
 from .settings import ModelServerSettings

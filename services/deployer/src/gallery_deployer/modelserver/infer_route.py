@@ -20,9 +20,9 @@ from gallery_common.access import admit, read_body, route_path
 from gallery_common.contracts.oip import INFERENCE_HEADER_LENGTH, USAGE_ROWS_HEADER, USAGE_SECONDS_HEADER
 from gallery_common.contracts.request_ids import REQUEST_ID_HEADER, checked_request_id, new_request_id
 from gallery_common.errors import GalleryError
+from gallery_common.http_server import error_reply
 from gallery_common.settings import GallerySettings, Role
 
-from .batcher import Overloaded
 from .dataplane import DataPlane
 
 INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
@@ -32,15 +32,6 @@ _BINARY_HEADERS = [(b"content-type", b"application/octet-stream")]
 _REQUEST_ID = REQUEST_ID_HEADER.encode("latin-1")
 _ROWS = USAGE_ROWS_HEADER.encode("latin-1")
 _SECONDS = USAGE_SECONDS_HEADER.encode("latin-1")
-
-
-def error_headers(exc: GalleryError) -> dict[str, str]:
-    """What a client needs beside the message: when to retry (503 Overloaded), how to authenticate (401)."""
-    if isinstance(exc, Overloaded):
-        return {"Retry-After": str(exc.retry_after)}
-    if exc.status_code == 401:
-        return {"WWW-Authenticate": "Bearer"}
-    return {}
 
 
 class InferRoute:
@@ -74,10 +65,8 @@ class InferRoute:
                 data, header_length, name=name, version=version, started=started, request_id=request_id
             )
         except GalleryError as exc:
-            headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error_headers(exc).items()]
-            if request_id is not None:
-                headers.append((_REQUEST_ID, request_id.encode("latin-1")))
-            await _send(send, exc.status_code, orjson.dumps({"error": exc.message}), _JSON_HEADERS + headers)
+            status, headers, refusal = error_reply(exc, request_id)
+            await _send(send, status, refusal, headers)
             return
         # what the request cost (for the gateway's usage metering) and which request it was
         named = (_REQUEST_ID, request_id.encode("latin-1"))
