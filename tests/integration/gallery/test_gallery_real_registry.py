@@ -141,9 +141,22 @@ def test_a_card_edited_through_the_proxy_needs_a_writer_at_the_registry(stack: S
 
 
 def download(stack: Stack, *args: str, token: str = READER) -> Result:
+    return models(stack, "download", *args, token=token)
+
+
+def models(stack: Stack, *args: str, token: str = READER) -> Result:
     registry = stack.services["registry"]
     env = {"GALLERY_REGISTRY_URL": registry, "GALLERY_GALLERY_URL": stack.gallery, "GALLERY_TOKEN": token}
-    return CliRunner().invoke(cli_app, ["models", "download", *args], env=env)
+    return CliRunner().invoke(cli_app, ["models", *args], env=env)
+
+
+def test_a_shown_version_lists_its_artifacts_and_how_to_download_one(stack: Stack) -> None:
+    shown = models(stack, "show", f"{MODEL}:1")
+    assert shown.exit_code == 0, shown.output
+    assert f"{MODEL} version 1 (1.0.0)  status validated  aliases production" in shown.output
+    roles = {line.split()[1] for line in shown.output.splitlines() if line.startswith("│ ")}
+    assert {"onnx", "spec", "test_split"} <= roles
+    assert f"download one: gallery models download {MODEL}:1 --role ROLE" in shown.output
 
 
 def test_a_versions_onnx_is_downloaded_checked_and_named_for_the_model(stack: Stack, tmp_path: Path) -> None:

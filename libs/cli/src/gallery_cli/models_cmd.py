@@ -132,6 +132,8 @@ def _show_version(version: VersionPublic) -> None:
     for role, art in version.artifacts.items():
         artifacts.add_row(role.value, art.uri, art.sha256[:12], _fmt(art.size))
     console.print(artifacts)
+    if version.artifacts:
+        say(f"download one: gallery models download {version.name}:{version.version} --role ROLE")
 
 
 @app.command()
