@@ -16,9 +16,8 @@ from service_apps import LIFECYCLE_APPS
 from gallery_common import telemetry
 from gallery_deployer.modelserver.metrics import ExplainMetrics, Outcome, ServingMetrics
 
-# the modules that define the services' metrics, imported through each service's app factory (a model
-# server makes its metrics per served model: the test below covers them)
-APPS = LIFECYCLE_APPS
+# the modules that define the services' metrics are imported through each service's app factory
+# (LIFECYCLE_APPS; a model server makes its metrics per served model: the test below covers them)
 
 
 # run in a fresh interpreter, so the samples it adds never reach the metrics other tests read
@@ -40,7 +39,7 @@ sys.stdout.write(generate_latest(REGISTRY).decode())
 """
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", LIFECYCLE_APPS)
 def test_the_metrics_a_service_defines_pass_promtool(app: str, promtool) -> None:  # type: ignore[no-untyped-def]
     done = subprocess.run(
         [sys.executable, "-c", EXPOSE, app, telemetry.METRIC_PREFIX], capture_output=True, text=True, timeout=120

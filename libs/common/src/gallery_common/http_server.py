@@ -96,7 +96,7 @@ class _DirectCycle:
 
 
 _JSON = (b"content-type", b"application/json")
-_REQUEST_ID = REQUEST_ID_HEADER.lower().encode("latin-1")
+_REQUEST_ID = REQUEST_ID_HEADER.encode("latin-1")  # lower case, as headers are written here
 
 
 def error_reply(exc: GalleryError, request_id: str | None = None) -> Reply:

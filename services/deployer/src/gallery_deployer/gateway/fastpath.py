@@ -180,7 +180,7 @@ class _InferExchange:
         return reply
 
     def refuse_body(self) -> Reply:
-        reply = error_reply(too_large(self.limit), None)
+        reply = error_reply(too_large(self.limit))
         self.endpoint.count(self.resources, self.match, reply[0], self.started)
         return reply
 
