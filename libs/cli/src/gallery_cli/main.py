@@ -14,6 +14,7 @@ from . import (
     experiment_cmd,
     explain_cmd,
     feedback_cmd,
+    import_cmd,
     login_cmd,
     models_cmd,
     monitor_cmd,
@@ -43,6 +44,7 @@ app.command()(stack_cmd.status)
 app.add_typer(events_cmd.app, name="events")
 app.command()(train_cmd.train)
 app.add_typer(runs_cmd.app, name="runs")
+models_cmd.app.command("import")(import_cmd.import_model)
 app.add_typer(models_cmd.app, name="models")
 app.command()(optimize_cmd.optimize)
 app.command()(deploy_cmd.deploy)

@@ -51,6 +51,7 @@ class AuditAction(StrEnum):
     # the trainer's jobs, in the job's project's chain
     job_submitted = "job.submitted"
     job_cancelled = "job.cancelled"
+    model_imported = "model.imported"  # a model trained elsewhere, brought in by the trainer's /imports
     # projects and their members (the registry's /api/v1/projects), in the project's own chain
     project_created = "project.created"
     member_granted = "project.member_granted"

@@ -24,7 +24,8 @@ from gallery_common.settings import load_settings
 from gallery_common.telemetry import get_logger
 from gallery_common.work_queue import TRAIN_JOBS, WorkQueue
 
-from . import routes_jobs, routes_runs
+from . import routes_imports, routes_jobs, routes_runs
+from .imports import ModelImporter
 from .job_service import JobService
 from .migrations import upgrade
 from .runner import TrainFn, TrainingRunner
@@ -89,6 +90,7 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
             max_attempts=settings.job_max_attempts,
         )
         jobs = JobService(engine, runner, searches, queue.submit_blocking, policy=settings.spec_policy())
+        jobs.importer = ModelImporter(engine, resources.store, bridge.publish, settings)
         # submissions and cancellations, and dead letters put back
         jobs.trail = resources.trail = await open_service_trail(settings, resources.bus, stack)
         for job_id in await anyio.to_thread.run_sync(jobs.unqueued):
@@ -106,7 +108,7 @@ def create(settings: TrainerSettings | None = None, *, train: TrainFn | None = N
         settings,
         title="Model Gallery trainer",
         description="Training jobs (PyTorch / DeepSpeed), experiment tracking, model.trained events.",
-        routers=[routes_jobs.router, routes_runs.router],
+        routers=[routes_jobs.router, routes_runs.router, routes_imports.router],
         use_bus=True,
         use_store=True,
         use_database=True,

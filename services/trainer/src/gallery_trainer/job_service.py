@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gallery_common.audit_trail import AuditTrail
 
     from .admission import SpecPolicy
+    from .imports import ModelImporter
 
 log = get_logger(__name__)
 
@@ -88,6 +89,8 @@ class JobService:
         self.searches = searches
         self.enqueue = enqueue
         self.policy = policy
+        # models trained elsewhere (`imports`): set by the app, which has the store and the bus
+        self.importer: ModelImporter | None = None
         self.trail: AuditTrail | None = None  # where submissions and cancellations are recorded (the app's)
 
     def submit(self, body: bytes, content_type: str, place: PlaceFn = default_place) -> JobPublic:

@@ -1,0 +1,277 @@
+"""An ONNX classifier trained elsewhere, brought to the contract every Model Gallery version keeps: one
+input `features` FP32 [-1, F], one output `logits` FP32 [-1, C].
+
+What a converter wrote is adapted where the meaning is certain, and refused with the reason where it is
+not:
+
+- the one input is renamed `features` (an Identity, or a Cast when the model takes FP64); its batch
+  dimension is made variable when the file fixed it;
+- the scores become `logits`: a float output [N, C] as it is, or, when it holds probabilities (skl2onnx's
+  ZipMap, an output named like `probabilities`, or `scores="probabilities"`), their logarithm, so that a
+  softmax of the logits gives the probabilities back;
+- the outputs that are not the scores (a predicted label) and the ZipMap that turned scores into a list
+  of maps are dropped, with the nodes only they used.
+
+Refused: several inputs, an input that is not a float matrix with a fixed feature count, no float
+output of rank 2, several without a way to tell which holds the scores, and graphs that already use the
+names `features` or `logits` for another tensor. The graph is only rewritten here, never run: the caller
+runs the result in a sandbox (`gallery_trainer.imports`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from gallery_common.contracts.names import INPUT_NAME, OUTPUT_NAME
+from gallery_common.errors import InvalidRequest
+from gallery_common.onnx_safety import verify_self_contained_onnx
+
+if TYPE_CHECKING:
+    import onnx
+
+Scores = Literal["auto", "logits", "probabilities"]
+# the smallest probability the logarithm is taken of: log(0) would be -inf, which JSON cannot carry
+PROBABILITY_FLOOR = 1e-12
+# ONNX's `Max` with two inputs and `Log` of FP32, both in every opset from 8
+MIN_OPSET = 8
+_PROBABILITY_WORDS = ("prob",)
+_ZIPMAP = "ZipMap"
+
+
+class ModelRefused(InvalidRequest):
+    """The ONNX file cannot be brought to the `features` / `logits` contract; the message says why."""
+
+
+@dataclass
+class Adapted:
+    """The adapted model's bytes, its feature count, and each change made, in words a user reads."""
+
+    model: bytes
+    features: int
+    scores: Literal["logits", "probabilities"]
+    changes: list[str] = field(default_factory=list)
+
+
+def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
+    """Bring the ONNX classifier in `data` to the contract, or raise ModelRefused (or UnsafeOnnxModel for a
+    file that is not one safe ONNX model) saying why."""
+    import onnx
+
+    model = verify_self_contained_onnx(data)
+    graph = model.graph
+    _check_names_free(graph)
+    source_input = _one_input(graph)
+    width, input_type = _input_layout(source_input)
+    source_output, zipmap_output = _scores_output(graph)
+    kind = _score_kind(source_output.name, zipmap_output is not None, scores)
+    changes: list[str] = []
+    opset = _default_opset(model)
+
+    new_nodes: list[onnx.NodeProto] = []
+    if input_type == onnx.TensorProto.DOUBLE and source_input.name == INPUT_NAME:
+        _rename(graph, INPUT_NAME, "gallery_source_features")
+        source_input.name = "gallery_source_features"
+    if input_type == onnx.TensorProto.DOUBLE:
+        new_nodes.append(onnx.helper.make_node("Cast", [INPUT_NAME], [source_input.name], to=onnx.TensorProto.DOUBLE))
+        changes.append(f"input {source_input.name!r} (FP64) is now {INPUT_NAME!r} (FP32, cast to FP64 inside)")
+    elif source_input.name != INPUT_NAME:
+        new_nodes.append(onnx.helper.make_node("Identity", [INPUT_NAME], [source_input.name]))
+        changes.append(f"input {source_input.name!r} is now {INPUT_NAME!r}")
+    if not _batch_is_variable(source_input):
+        changes.append("the input's first dimension (the batch) is now variable")
+    if zipmap_output is not None:
+        changes.append(
+            f"output {zipmap_output!r} (a ZipMap: one map per row) is dropped for {source_output.name!r}, "
+            "the same probabilities as a matrix"
+        )
+
+    output_type = source_output.type.tensor_type.elem_type
+    wrapped = output_type == onnx.TensorProto.DOUBLE or kind == "probabilities"
+    if wrapped and source_output.name == OUTPUT_NAME:
+        _rename(graph, OUTPUT_NAME, "gallery_source_logits")
+    score_name = "gallery_source_logits" if wrapped and source_output.name == OUTPUT_NAME else source_output.name
+    tail: list[onnx.NodeProto] = []
+    if output_type == onnx.TensorProto.DOUBLE:
+        tail.append(onnx.helper.make_node("Cast", [score_name], ["gallery_scores_fp32"], to=onnx.TensorProto.FLOAT))
+        score_name = "gallery_scores_fp32"
+    initializers: list[onnx.TensorProto] = []
+    if kind == "probabilities":
+        if opset < MIN_OPSET:
+            raise ModelRefused(f"the model's opset is {opset}; turning probabilities into logits needs {MIN_OPSET}")
+        floor = onnx.helper.make_tensor("gallery_probability_floor", onnx.TensorProto.FLOAT, [], [PROBABILITY_FLOOR])
+        initializers.append(floor)
+        tail.append(onnx.helper.make_node("Max", [score_name, floor.name], ["gallery_probabilities"]))
+        tail.append(onnx.helper.make_node("Log", ["gallery_probabilities"], [OUTPUT_NAME]))
+        changes.append(f"output {source_output.name!r} holds probabilities: {OUTPUT_NAME!r} is their logarithm")
+    elif score_name != OUTPUT_NAME:
+        tail.append(onnx.helper.make_node("Identity", [score_name], [OUTPUT_NAME]))
+        changes.append(f"output {source_output.name!r} is now {OUTPUT_NAME!r}")
+    if output_type == onnx.TensorProto.DOUBLE:
+        changes.append(f"output {source_output.name!r} (FP64) is cast to FP32")
+    dropped = [o.name for o in graph.output if o.name not in (source_output.name, zipmap_output)]
+    if dropped:
+        changes.append("outputs dropped (not the scores): " + ", ".join(repr(n) for n in dropped))
+
+    if not changes:
+        return Adapted(model=data, features=width, scores=kind)
+
+    rebuilt = onnx.helper.make_graph(
+        nodes=[*new_nodes, *graph.node, *tail],
+        name=graph.name or "imported",
+        inputs=[
+            onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", width]),
+            # an input that is also an initializer (a default value) stays an input of the graph
+            *(i for i in graph.input if i.name != source_input.name),
+        ],
+        outputs=[onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["batch", None])],
+        initializer=[*graph.initializer, *initializers],
+        value_info=[v for v in graph.value_info if v.name not in (source_input.name, score_name)],
+    )
+    rebuilt.sparse_initializer.extend(graph.sparse_initializer)
+    _drop_unused(rebuilt)
+    model.graph.CopyFrom(rebuilt)
+    if opset == 0:
+        model.opset_import.append(onnx.helper.make_opsetid("", MIN_OPSET))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelRefused(f"the adapted model is not valid ONNX: {first_line}") from None
+    return Adapted(model=model.SerializeToString(), features=width, scores=kind, changes=changes)
+
+
+def _check_names_free(graph: onnx.GraphProto) -> None:
+    """`features` and `logits` may be the graph's own input and output, never another tensor of it."""
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    for name in (INPUT_NAME, OUTPUT_NAME):
+        used = name in {init.name for init in graph.initializer} or any(name in node.output for node in graph.node)
+        if used and name not in outputs and name not in inputs:
+            raise ModelRefused(f"the graph already has an inner tensor named {name!r}; rename it before importing")
+
+
+def _one_input(graph: onnx.GraphProto) -> onnx.ValueInfoProto:
+    constants = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in constants]
+    if len(inputs) != 1:
+        names = ", ".join(repr(i.name) for i in inputs) or "none"
+        raise ModelRefused(f"the model takes {len(inputs)} inputs ({names}); an imported model takes one matrix")
+    return inputs[0]
+
+
+def _input_layout(value: onnx.ValueInfoProto) -> tuple[int, int]:
+    """The feature count and element type of a float [N, F] input, or ModelRefused."""
+    import onnx
+
+    if not value.type.HasField("tensor_type"):
+        raise ModelRefused(f"input {value.name!r} is not a tensor; an imported model takes a float matrix [N, F]")
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        kind = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else "untyped"
+        raise ModelRefused(f"input {value.name!r} holds {kind}; an imported model takes FP32 or FP64 features")
+    dims = tensor.shape.dim if tensor.HasField("shape") else []
+    if len(dims) != 2:
+        raise ModelRefused(f"input {value.name!r} has rank {len(dims)}; an imported model takes a matrix [N, F]")
+    if not dims[1].HasField("dim_value") or dims[1].dim_value < 1:
+        raise ModelRefused(f"input {value.name!r} does not fix its feature count (its second dimension)")
+    return dims[1].dim_value, tensor.elem_type
+
+
+def _batch_is_variable(value: onnx.ValueInfoProto) -> bool:
+    first = value.type.tensor_type.shape.dim[0]
+    return not first.HasField("dim_value") or first.dim_value <= 0
+
+
+def _is_float_matrix(value: onnx.ValueInfoProto) -> bool:
+    import onnx
+
+    if not value.type.HasField("tensor_type"):
+        return False
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return False
+    return not tensor.HasField("shape") or len(tensor.shape.dim) == 2
+
+
+def _scores_output(graph: onnx.GraphProto) -> tuple[onnx.ValueInfoProto, str | None]:
+    """The tensor holding the class scores, and the output of the ZipMap it was found behind (if so)."""
+    import onnx
+
+    producers = {out: node for node in graph.node for out in node.output}
+    zipmapped = []
+    for output in graph.output:
+        node = producers.get(output.name)
+        if node is not None and node.op_type == _ZIPMAP:
+            zipmapped.append((node.input[0], output.name))
+    if len(zipmapped) == 1:
+        (scores, zipmap_output), typed = zipmapped[0], {v.name: v for v in (*graph.value_info, *graph.output)}
+        found = typed.get(scores)
+        if found is None:  # a converter does not record the type of an inner tensor: FP32 [N, C] by ZipMap's contract
+            found = onnx.helper.make_tensor_value_info(scores, onnx.TensorProto.FLOAT, [None, None])
+        return found, zipmap_output
+    candidates = [o for o in graph.output if _is_float_matrix(o)]
+    if len(candidates) == 1:
+        return candidates[0], None
+    if not candidates:
+        names = ", ".join(repr(o.name) for o in graph.output)
+        raise ModelRefused(
+            f"no output holds class scores as a float matrix [N, C] (outputs: {names}); only classifiers are imported"
+        )
+    named = [o for o in candidates if o.name in (OUTPUT_NAME, "probabilities", "output_probability")]
+    if len(named) == 1:
+        return named[0], None
+    names = ", ".join(repr(o.name) for o in candidates)
+    raise ModelRefused(f"several outputs could hold the class scores ({names}); export the model with one")
+
+
+def _score_kind(name: str, through_zipmap: bool, scores: Scores) -> Literal["logits", "probabilities"]:
+    if scores != "auto":
+        return scores
+    if through_zipmap or any(word in name.lower() for word in _PROBABILITY_WORDS):
+        return "probabilities"
+    return "logits"
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove the nodes none of whose outputs is used any more (the ZipMap, a label's ArgMax and what only
+    they needed), then the initializers nothing reads."""
+    while True:
+        used = set(_names_read(graph)) | {o.name for o in graph.output}
+        keep = [node for node in graph.node if any(out in used for out in node.output if out)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    used = set(_names_read(graph)) | {i.name for i in graph.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Call the tensor `old` `new` wherever the graph's own nodes write or read it (not in subgraphs)."""
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+
+
+def _names_read(graph: onnx.GraphProto) -> Iterator[str]:
+    """Every tensor name a node reads, in subgraphs too (they may read the outer graph's tensors)."""
+    import onnx
+
+    for node in graph.node:
+        yield from (name for name in node.input if name)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _names_read(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    yield from _names_read(sub)

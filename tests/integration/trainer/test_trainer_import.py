@@ -1,0 +1,149 @@
+"""`gallery models import` against the real trainer (uvicorn, a real nats-server, a file:// store): a
+classifier from another tool is adapted, checked, stored and announced as `model.trained` once; what
+cannot be imported is refused with the reason, and nothing is stored or sent."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from foreign_models import Fitted, fit_digits, skl2onnx_style, torch_style
+from onnx import TensorProto, helper
+from trainer_harness import serve_trainer, stored_events, trainer_settings
+from typer.testing import CliRunner
+
+from gallery_cli.main import app as cli
+from gallery_common.contracts.splits import write_split
+from gallery_common.nats_server import EmbeddedNats
+
+
+@pytest.fixture(scope="module")
+def fitted() -> Fitted:
+    return fit_digits()
+
+
+def stored_bytes(uri: str) -> bytes:
+    return Path(uri.removeprefix("file://")).read_bytes()
+
+
+def test_an_skl2onnx_classifier_is_adapted_stored_and_announced_once(
+    tmp_path: Path, nats_server: EmbeddedNats, fitted: Fitted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_file = tmp_path / "logreg.onnx"
+    model_file.write_bytes(skl2onnx_style(fitted))
+    train, test = fitted.write_splits(tmp_path)
+    names = ",".join(f"digit-{i}" for i in range(10))
+    command = ["models", "import", str(model_file), "--name", "digits-logreg", "--train", str(train)]
+    command += ["--test", str(test), "--class-names", names, "--no-wait"]
+    with serve_trainer(trainer_settings(tmp_path, nats_server.url)) as client:
+        monkeypatch.setenv("GALLERY_TRAINER_URL", str(client.base_url))
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
+        assert "64 features, 10 classes" in result.output
+        assert f"accuracy {fitted.accuracy():.4f}" in result.output
+        assert "adapted: input 'float_input' is now 'features'" in result.output
+        assert "'output_probability' (a ZipMap" in result.output and "'output_label'" in result.output
+
+        [event] = stored_events(nats_server.url, "model.trained", 1)
+        trained = event.data
+        assert trained.model == "digits-logreg" and trained.class_names == names.split(",")
+        assert set(trained.artifacts) == {"onnx", "train_split", "validation_split", "test_split"}
+        assert trained.signature.inputs[0].name == "features" and trained.signature.inputs[0].shape == [-1, 64]
+        assert trained.signature.outputs[0].name == "logits" and trained.signature.outputs[0].shape == [-1, 10]
+        # the stored model answers as the fitted one: its logits are the log of the same probabilities
+        session = ort.InferenceSession(stored_bytes(trained.artifacts["onnx"].uri))
+        (logits,) = session.run(["logits"], {"features": fitted.x_test})
+        softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(softmax, fitted.probabilities(fitted.x_test), atol=1e-5)
+        # without a validation split the test rows serve as validation too
+        assert trained.artifacts["validation_split"].sha256 == trained.artifacts["test_split"].sha256
+        run = client.get(f"/api/v1/runs/{trained.run_id}").json()
+        assert run["status"] == "succeeded" and run["event_id"] == event.id
+        assert run["params"]["source"] == "import" and run["params"]["file"] == "logreg.onnx"
+        assert stored_bytes(run["artifacts"]["source_onnx"]["uri"]) == model_file.read_bytes()
+
+        # sent again (a retry after a time-out): the same run, and still one model.trained
+        again = CliRunner().invoke(cli, command)
+        assert again.exit_code == 0, again.output
+        assert "imported before: nothing new stored" in again.output and trained.run_id in again.output
+        assert len(stored_events(nats_server.url, "model.trained", 2, timeout=2)) == 1
+
+
+def two_inputs() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["out"])],
+        "two",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 64]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 64])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def fixed_batch_reshape(fitted: Fitted) -> bytes:
+    """torch-style with a Reshape to [1, 64] inside: it can only answer one row at a time."""
+    model = onnx.load(io.BytesIO(torch_style(fitted)))
+    shape = helper.make_tensor("one_row", TensorProto.INT64, [2], [1, 64])
+    model.graph.initializer.append(shape)
+    model.graph.node[0].input[0] = "flat"
+    model.graph.node.insert(0, helper.make_node("Reshape", ["input", "one_row"], ["flat"]))
+    return model.SerializeToString()
+
+
+def npz(x: np.ndarray, y: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    write_split(buffer, x, y)
+    return buffer.getvalue()
+
+
+def test_what_cannot_be_imported_is_refused_with_the_reason_and_nothing_is_kept(
+    tmp_path: Path, nats_server: EmbeddedNats, fitted: Fitted
+) -> None:
+    good_model = torch_style(fitted)
+    train = npz(fitted.x_train, fitted.y_train)
+    test = npz(fitted.x_test, fitted.y_test)
+    cases = {
+        "not onnx": (b"not a model", train, test, "not an ONNX model"),
+        "two inputs": (two_inputs(), train, test, "takes 2 inputs ('a', 'b')"),
+        "one row at a time": (fixed_batch_reshape(fitted), train, test, "could not answer the test rows"),
+        "too few features": (good_model, train, npz(fitted.x_test[:, :10], fitted.y_test), "has 10 features per row"),
+        "unknown label": (good_model, npz(fitted.x_train, fitted.y_train + 5), test, "answers classes 0-9"),
+        "texts": (good_model, train, npz(np.array(["a b", "c"]), np.array([0, 1])), "holds texts"),
+    }
+    with serve_trainer(trainer_settings(tmp_path, nats_server.url)) as client:
+        for case, (model, train_npz, test_npz, reason) in cases.items():
+            files = {"onnx": ("m.onnx", model), "train": ("train.npz", train_npz), "test": ("test.npz", test_npz)}
+            answer = client.post("/api/v1/imports", data={"model": "refused"}, files=files)
+            assert answer.status_code == 422, (case, answer.text)
+            assert reason in answer.json()["error"], (case, answer.json())
+        wrong_names = client.post(
+            "/api/v1/imports",
+            data={"model": "refused", "class_names": ["a", "b"]},
+            files={"onnx": ("m.onnx", good_model), "train": ("t.npz", train), "test": ("t.npz", test)},
+        )
+        assert wrong_names.status_code == 422 and "2 class names given" in wrong_names.json()["error"]
+        missing = client.post("/api/v1/imports", data={"model": "refused"}, files={"onnx": ("m.onnx", good_model)})
+        assert missing.status_code == 422 and "train" in missing.text
+        assert client.get("/api/v1/runs").json() == []
+    assert stored_events(nats_server.url, "model.trained", 1, timeout=2) == []
+    assert not [p for p in tmp_path.rglob("*.onnx")], "a refused import left files behind"
+
+
+def test_an_import_needs_the_writer_role(tmp_path: Path, nats_server: EmbeddedNats, fitted: Fitted) -> None:
+    plain = trainer_settings(tmp_path, nats_server.url)
+    settings = type(plain)(home=plain.home, nats_url=plain.nats_url, port=plain.port, api_tokens="reader-token:reader")
+    with serve_trainer(settings) as client:
+        files = {"onnx": ("m.onnx", torch_style(fitted)), "train": ("t.npz", b"x"), "test": ("t.npz", b"x")}
+        anonymous = client.post("/api/v1/imports", data={"model": "x"}, files=files)
+        assert anonymous.status_code == 401
+        reader = httpx.post(
+            f"{client.base_url}/api/v1/imports",
+            data={"model": "x"},
+            files=files,
+            headers={"Authorization": "Bearer reader-token"},
+        )
+        assert reader.status_code == 403

@@ -1,0 +1,148 @@
+"""Bringing other tools' ONNX classifiers to the features/logits contract (`gallery_trainer.onnx_adapt`):
+what each layout becomes, that the answers stay the same, and what is refused with which reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from foreign_models import Fitted, contract_style, fit_digits, fp64_style, skl2onnx_style, torch_style
+from onnx import TensorProto, helper
+
+from gallery_common.onnx_safety import UnsafeOnnxModel
+from gallery_trainer.onnx_adapt import ModelRefused, adapt_classifier
+
+
+@pytest.fixture(scope="module")
+def fitted() -> Fitted:
+    return fit_digits()
+
+
+def logits_of(model: bytes, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["features"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    return session.run(["logits"], {"features": x.astype(np.float32)})[0]  # type: ignore[no-any-return]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def test_skl2onnx_probabilities_become_logits_whose_softmax_gives_them_back(fitted: Fitted) -> None:
+    adapted = adapt_classifier(skl2onnx_style(fitted))
+    assert adapted.features == 64 and adapted.scores == "probabilities"
+    logits = logits_of(adapted.model, fitted.x_test)
+    np.testing.assert_allclose(softmax(logits), fitted.probabilities(fitted.x_test), atol=1e-5)
+    assert np.isfinite(logits).all()
+    # the label's ArgMax and the ZipMap are gone, not computed for nothing
+    ops = [node.op_type for node in onnx.load(io.BytesIO(adapted.model)).graph.node]
+    assert "ZipMap" not in ops and "ArgMax" not in ops
+
+
+def test_a_torch_export_with_a_fixed_batch_answers_any_number_of_rows(fitted: Fitted) -> None:
+    adapted = adapt_classifier(torch_style(fitted))
+    assert adapted.scores == "logits"
+    assert "the input's first dimension (the batch) is now variable" in adapted.changes
+    np.testing.assert_allclose(logits_of(adapted.model, fitted.x_test), fitted.logits(fitted.x_test), atol=1e-4)
+
+
+def test_an_fp64_model_takes_fp32_features_and_answers_fp32_logits(fitted: Fitted) -> None:
+    adapted = adapt_classifier(fp64_style(fitted))
+    logits = logits_of(adapted.model, fitted.x_test)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, fitted.logits(fitted.x_test), atol=1e-4)
+
+
+def test_a_model_that_already_fits_is_kept_byte_for_byte(fitted: Fitted) -> None:
+    original = contract_style(fitted)
+    adapted = adapt_classifier(original)
+    assert adapted.model == original and adapted.changes == []
+
+
+def test_the_scores_option_overrides_what_the_name_suggests(fitted: Fitted) -> None:
+    """An output named `probabilities` is taken for probabilities, unless the user says they are logits."""
+    model = onnx.load(io.BytesIO(contract_style(fitted)))
+    model.graph.node[0].output[0] = model.graph.output[0].name = "probabilities"
+    data = model.SerializeToString()
+    assert adapt_classifier(data).scores == "probabilities"
+    as_logits = adapt_classifier(data, scores="logits")
+    np.testing.assert_allclose(logits_of(as_logits.model, fitted.x_test), fitted.logits(fitted.x_test), atol=1e-4)
+
+
+def graph_model(inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], nodes: list) -> bytes:  # type: ignore[type-arg]
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+FLOAT_IN = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        (
+            graph_model(
+                [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, 4])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+                [helper.make_node("Cast", ["ids"], ["y"], to=TensorProto.FLOAT)],
+            ),
+            "input 'ids' holds int64",
+        ),
+        (
+            graph_model(
+                [helper.make_tensor_value_info("img", TensorProto.FLOAT, [None, 3, 8, 8])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, 8, 8])],
+                [helper.make_node("Identity", ["img"], ["y"])],
+            ),
+            "has rank 4",
+        ),
+        (
+            graph_model(
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, "f"])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
+                [helper.make_node("Identity", ["x"], ["y"])],
+            ),
+            "does not fix its feature count",
+        ),
+        (
+            graph_model(
+                [FLOAT_IN],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+                [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
+            ),
+            "only classifiers are imported",
+        ),
+        (
+            graph_model(
+                [FLOAT_IN],
+                [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in ("a", "b")],
+                [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"])],
+            ),
+            "several outputs could hold the class scores ('a', 'b')",
+        ),
+        (
+            graph_model(
+                [FLOAT_IN],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+                [helper.make_node("Neg", ["x"], ["logits"]), helper.make_node("Neg", ["logits"], ["y"])],
+            ),
+            "an inner tensor named 'logits'",
+        ),
+    ],
+    ids=["int64 input", "an image", "any width", "one score per row", "two score outputs", "logits taken"],
+)
+def test_what_cannot_be_adapted_is_refused_with_the_reason(model: bytes, reason: str) -> None:
+    with pytest.raises(ModelRefused) as refused:
+        adapt_classifier(model)
+    assert reason in str(refused.value)
+    assert refused.value.status_code == 422
+
+
+def test_bytes_that_are_not_onnx_are_refused_before_anything_else() -> None:
+    with pytest.raises(UnsafeOnnxModel, match="not an ONNX model"):
+        adapt_classifier(b"\x00\x01 definitely not protobuf")
