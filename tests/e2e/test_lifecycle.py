@@ -6,7 +6,7 @@ its analysis passes → promoted (the `production` alias moves) → the test spl
 gives the gate's accuracy → drifted inputs → the monitor publishes one model.degraded → the deployer
 rolls back to v1 and the registry marks v2 for revalidation. One trace runs through each version's
 events. Beside it, on the same stack: a model named with a dot, and a model trained by three federated
-sites, go through the same lifecycle.
+sites, and a classifier fitted in scikit-learn and imported as an ONNX file, go through the same lifecycle.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
+from foreign_models import fit_digits, skl2onnx_style
 from lifecycle_stack import LifecycleStack
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_check import Promtool
@@ -370,3 +371,46 @@ def test_a_text_model_goes_through_the_whole_lifecycle(stack: LifecycleStack) ->
 
     rows = wait_for("the monitor's text drift rows", lambda: "tokens" in text_rows() and text_rows(), 60)
     assert {"tokens", "text length (tokens)", "text length (characters)"} <= set(rows)
+
+
+@pytest.mark.slow
+def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_served(
+    stack: LifecycleStack, tmp_path: Path
+) -> None:
+    """`gallery models import` with a scikit-learn logistic regression in skl2onnx's layout: the gate
+    validates it, the deployer serves it, the optimizer builds what needs no PyTorch weights and says
+    why it built nothing else, and the gateway answers as the fitted model does."""
+    fitted = fit_digits()
+    model_file = tmp_path / "logreg.onnx"
+    model_file.write_bytes(skl2onnx_style(fitted))
+    train, test = fitted.write_splits(tmp_path)
+    command = [str(GALLERY), "models", "import", str(model_file), "--name", "digits-logreg"]
+    result = subprocess.run(
+        [*command, "--train", str(train), "--test", str(test), "--timeout", "180"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "digits-logreg:1 validated" in result.stdout, result.stdout
+    version = version_of(stack, 1, "digits-logreg")
+    assert version["run_id"].startswith("import-")
+    assert version["evaluation_report"]["accuracy"] == pytest.approx(fitted.accuracy(), abs=1e-6)
+
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production", "digits-logreg"), 120)
+    optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model="digits-logreg", version=1), 300)
+    variants = {v.name: v for v in optimized[0].data.variants}
+    assert variants["int8_dynamic"].artifact is not None and variants["int8_dynamic"].error is None
+    for needs_weights in ("pruned_magnitude", "pruned_structured", "distilled"):
+        assert variants[needs_weights].artifact is None and "PyTorch weights" in (variants[needs_weights].error or "")
+    recommended = optimized[0].data.recommended
+    wait_for(
+        "the recommended variant rolled in",
+        lambda: [e for e in deployed(stack, 1, "production", "digits-logreg") if e.data.variant == recommended],
+        120,
+    )
+    accuracy, versions = accuracy_through_gateway(stack, fitted.x_test, fitted.y_test, "digits-logreg")
+    assert versions == {"1"}
+    # the recommended variant may lose up to the optimizer's accuracy budget (1 point) against FP32
+    assert accuracy >= fitted.accuracy() - 0.01

@@ -27,13 +27,18 @@ _ROUTE = re.compile(r"\b(?P<method>GET|POST|PUT|DELETE|PATCH)\s+(?P<path>/[^\s`)
 
 
 def _code_lines() -> Iterator[tuple[int, str, bool]]:
-    """(line number, text, inside a code block) for every README line outside the fences."""
-    in_block = False
+    """(line number, text, inside a code block) for every README line outside the fences; in a code block a
+    line ending in a backslash is joined with the next, as a shell reads it."""
+    in_block, pending, first = False, "", 0
     for number, line in enumerate(README.read_text().splitlines(), 1):
         if line.lstrip().startswith("```"):
             in_block = not in_block
             continue
-        yield number, line, in_block
+        if in_block and line.rstrip().endswith("\\"):
+            pending, first = pending + line.rstrip()[:-1] + " ", first or number
+            continue
+        yield (first or number), pending + line, in_block
+        pending, first = "", 0
 
 
 def _commands() -> Iterator[tuple[int, str, bool]]:

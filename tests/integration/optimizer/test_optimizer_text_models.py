@@ -119,7 +119,10 @@ def test_without_the_trainers_spec_pruning_is_not_built_and_the_report_says_why(
     markdown = optimized.report.to_markdown()
     for name in PRUNED:
         row = optimized.report.variant(name)
-        reason = f"{name} needs the trainer's stored spec, and this version has none"
+        reason = (
+            f"{name} is built from the trainer's PyTorch weights and stored spec, and this version has no spec"
+            " (an imported model has neither)"
+        )
         assert row.error == reason and row.path is None and not row.within_budget
         assert f"{name}: {reason}" in markdown
     assert optimized.report.recommended in BUILT

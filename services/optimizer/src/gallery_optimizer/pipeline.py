@@ -199,7 +199,10 @@ def _build_torch(
     if data.texts and name == "distilled":
         return _distill_text(_text_features(inputs, data), policy, data, out)
     if inputs.spec is None:
-        raise OptimizationError(f"{name} needs the trainer's stored spec, and this version has none")
+        raise OptimizationError(
+            f"{name} is built from the trainer's PyTorch weights and stored spec, and this version has no spec"
+            " (an imported model has neither)"
+        )
     from gallery_common.nn import export_onnx
     from gallery_optimizer.prune import parameter_count, weight_sparsity
 
@@ -229,7 +232,7 @@ def _build_torch(
         ]
     else:
         if inputs.weights is None:
-            raise OptimizationError(f"{name} needs the trainer's weights, and this version has none")
+            raise OptimizationError(f"{name} needs the trainer's PyTorch weights, and this version has none")
         from gallery_common.nn import load_stored_model
         from gallery_optimizer.prune import magnitude_prune, structured_prune
 
