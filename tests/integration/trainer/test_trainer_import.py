@@ -66,6 +66,8 @@ def test_an_skl2onnx_classifier_is_adapted_stored_and_announced_once(
         assert run["status"] == "succeeded" and run["event_id"] == event.id
         assert run["params"]["source"] == "import" and run["params"]["file"] == "logreg.onnx"
         assert stored_bytes(run["artifacts"]["source_onnx"]["uri"]) == model_file.read_bytes()
+        shown = CliRunner().invoke(cli, ["runs", "show", trained.run_id])
+        assert shown.exit_code == 0 and "import" in shown.output and "test_accuracy" in shown.output, shown.output
 
         # sent again (a retry after a time-out): the same run, and still one model.trained
         again = CliRunner().invoke(cli, command)
