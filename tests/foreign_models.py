@@ -1,7 +1,7 @@
 """ONNX classifiers as other tools write them, for the import tests: a logistic regression fitted with
-scikit-learn, written by hand in the graph layouts of skl2onnx (FP32 `float_input`, an int64 label and
-a ZipMap of probabilities), of `torch.onnx.export` with defaults (`input` with a fixed batch of 1,
-`output` logits) and of an FP64 pipeline. Built with `onnx.helper`, so no converter is needed.
+scikit-learn, converted by skl2onnx itself (`X`, an int64 label and a ZipMap of probabilities), and the
+same weights written by hand in the layouts of `torch.onnx.export` with defaults (`input` with a fixed
+batch of 1, `output` logits) and of an FP64 pipeline.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
@@ -23,6 +24,7 @@ from gallery_common.contracts.splits import write_split
 class Fitted:
     """A fitted linear classifier and the data it was fitted and held out on."""
 
+    classifier: LogisticRegression
     weights: np.ndarray  # [F, C]
     bias: np.ndarray  # [C]
     x_train: np.ndarray
@@ -34,9 +36,7 @@ class Fitted:
         return x @ self.weights + self.bias
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        z = self.logits(x)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return self.classifier.predict_proba(x)  # type: ignore[no-any-return]
 
     def accuracy(self) -> float:
         return float((self.logits(self.x_test).argmax(axis=1) == self.y_test).mean())
@@ -56,6 +56,7 @@ def fit_digits(seed: int = 0) -> Fitted:
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
     classifier = LogisticRegression(max_iter=500).fit(x_train, y_train)
     return Fitted(
+        classifier=classifier,
         weights=classifier.coef_.T.astype(np.float32),
         bias=classifier.intercept_.astype(np.float32),
         x_train=x_train,
@@ -65,46 +66,27 @@ def fit_digits(seed: int = 0) -> Fitted:
     )
 
 
-def _model(graph: onnx.GraphProto, ml: bool = False) -> bytes:
-    opsets = [helper.make_opsetid("", 13)] + ([helper.make_opsetid("ai.onnx.ml", 1)] if ml else [])
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="foreign-test")
+def _model(graph: onnx.GraphProto) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="foreign-test")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
 def skl2onnx_style(fitted: Fitted) -> bytes:
-    """`float_input` FP32 [None, F] -> `output_label` int64 [None] and `output_probability`, a ZipMap."""
-    features, classes = fitted.weights.shape
-    nodes = [
-        helper.make_node("MatMul", ["float_input", "coef"], ["linear"]),
-        helper.make_node("Add", ["linear", "intercept"], ["raw_scores"]),
-        helper.make_node("Softmax", ["raw_scores"], ["probabilities"], axis=1),
-        helper.make_node("ArgMax", ["probabilities"], ["output_label"], axis=1, keepdims=0),
-        helper.make_node(
-            "ZipMap",
-            ["probabilities"],
-            ["output_probability"],
-            domain="ai.onnx.ml",
-            classlabels_int64s=list(range(classes)),
-        ),
-    ]
-    probability = helper.make_tensor_type_proto(TensorProto.FLOAT, [])
-    zipmap_type = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, probability))
-    graph = helper.make_graph(
-        nodes,
-        "LogisticRegression",
-        [helper.make_tensor_value_info("float_input", TensorProto.FLOAT, [None, features])],
-        [
-            helper.make_tensor_value_info("output_label", TensorProto.INT64, [None]),
-            helper.make_value_info("output_probability", zipmap_type),
-        ],
-        initializer=[
-            numpy_helper.from_array(fitted.weights, "coef"),
-            numpy_helper.from_array(fitted.bias, "intercept"),
-        ],
-    )
-    return _model(graph, ml=True)
+    """skl2onnx's own conversion: `X` FP32 [None, F] -> `output_label` int64 and `output_probability`, a
+    ZipMap (one {class: probability} map per row)."""
+    from skl2onnx import to_onnx
+
+    return to_onnx(fitted.classifier, fitted.x_train[:1]).SerializeToString()  # type: ignore[no-any-return]
+
+
+def skl2onnx_forest(fitted: Fitted) -> tuple[bytes, RandomForestClassifier]:
+    """A random forest on the same rows through skl2onnx: tree ensembles give many probabilities of 0."""
+    from skl2onnx import to_onnx
+
+    forest = RandomForestClassifier(n_estimators=10, max_depth=6, random_state=0).fit(fitted.x_train, fitted.y_train)
+    return to_onnx(forest, fitted.x_train[:1]).SerializeToString(), forest
 
 
 def torch_style(fitted: Fitted) -> bytes:

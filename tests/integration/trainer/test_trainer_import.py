@@ -5,6 +5,8 @@ cannot be imported is refused with the reason, and nothing is stored or sent."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -46,7 +48,7 @@ def test_an_skl2onnx_classifier_is_adapted_stored_and_announced_once(
         assert result.exit_code == 0, result.output
         assert "64 features, 10 classes" in result.output
         assert f"accuracy {fitted.accuracy():.4f}" in result.output
-        assert "adapted: input 'float_input' is now 'features'" in result.output
+        assert "adapted: input 'X' is now 'features'" in result.output
         assert "'output_probability' (a ZipMap" in result.output and "'output_label'" in result.output
 
         [event] = stored_events(nats_server.url, "model.trained", 1)
@@ -74,6 +76,27 @@ def test_an_skl2onnx_classifier_is_adapted_stored_and_announced_once(
         assert again.exit_code == 0, again.output
         assert "imported before: nothing new stored" in again.output and trained.run_id in again.output
         assert len(stored_events(nats_server.url, "model.trained", 2, timeout=2)) == 1
+
+
+def test_the_readmes_scikit_learn_example_imports_as_written(
+    tmp_path: Path, nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/sklearn_to_onnx.py writes a forest through skl2onnx; its files import as the README says."""
+    out = tmp_path / "wine-import"
+    example = Path(__file__).resolve().parents[3] / "examples" / "sklearn_to_onnx.py"
+    written = subprocess.run([sys.executable, str(example), str(out)], capture_output=True, text=True, timeout=120)
+    assert written.returncode == 0, written.stderr
+    accuracy = written.stdout.split("accuracy on the test rows: ")[1].split(";")[0]
+    command = ["models", "import", str(out / "wine-forest.onnx"), "--name", "wine-forest"]
+    command += ["--train", str(out / "train.npz"), "--test", str(out / "test.npz")]
+    command += ["--class-names", "class_0,class_1,class_2", "--no-wait"]
+    with serve_trainer(trainer_settings(tmp_path, nats_server.url)) as client:
+        monkeypatch.setenv("GALLERY_TRAINER_URL", str(client.base_url))
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
+        assert f"13 features, 3 classes, accuracy {accuracy} on the test rows" in result.output
+    [event] = stored_events(nats_server.url, "model.trained", 1)
+    assert event.data.model == "wine-forest" and event.data.class_names == ["class_0", "class_1", "class_2"]
 
 
 def two_inputs() -> bytes:
@@ -149,3 +172,30 @@ def test_an_import_needs_the_writer_role(tmp_path: Path, nats_server: EmbeddedNa
             headers={"Authorization": "Bearer reader-token"},
         )
         assert reader.status_code == 403
+
+
+def test_an_import_is_held_to_its_own_body_limit_not_the_services(
+    tmp_path: Path, nats_server: EmbeddedNats, fitted: Fitted
+) -> None:
+    """A model and its splits are larger than any JSON request: GALLERY_MAX_IMPORT_BYTES, not
+    GALLERY_MAX_BODY_BYTES, limits the import's form, and is checked before the form is read."""
+    plain = trainer_settings(tmp_path, nats_server.url)
+    settings = type(plain)(
+        home=plain.home, nats_url=plain.nats_url, port=plain.port, max_body_bytes=4096, max_import_bytes=60_000
+    )
+    small = {
+        "onnx": ("m.onnx", torch_style(fitted)),
+        "train": ("train.npz", npz(fitted.x_train[:60], fitted.y_train[:60])),
+        "test": ("test.npz", npz(fitted.x_test[:60], fitted.y_test[:60])),
+    }
+    with serve_trainer(settings) as client:
+        imported = client.post("/api/v1/imports", data={"model": "small"}, files=small)
+        assert imported.status_code == 201, imported.text
+        assert imported.json()["classes"] == 10
+        large = {**small, "train": ("train.npz", npz(fitted.x_train, fitted.y_train))}
+        refused = client.post("/api/v1/imports", data={"model": "large"}, files=large)
+        assert refused.status_code == 413
+        assert "limit of 60000 bytes (GALLERY_MAX_IMPORT_BYTES)" in refused.json()["error"]
+        # the service's own limit still holds everywhere else
+        spec = client.post("/api/v1/jobs", json={"name": "x", "padding": "x" * 5000})
+        assert spec.status_code == 413 and "GALLERY_MAX_BODY_BYTES" in spec.json()["error"]

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from foreign_models import Fitted, contract_style, fit_digits, fp64_style, skl2onnx_style, torch_style
+from foreign_models import Fitted, contract_style, fit_digits, fp64_style, skl2onnx_forest, skl2onnx_style, torch_style
 from onnx import TensorProto, helper
 
 from gallery_common.onnx_safety import UnsafeOnnxModel
@@ -39,9 +39,21 @@ def test_skl2onnx_probabilities_become_logits_whose_softmax_gives_them_back(fitt
     logits = logits_of(adapted.model, fitted.x_test)
     np.testing.assert_allclose(softmax(logits), fitted.probabilities(fitted.x_test), atol=1e-5)
     assert np.isfinite(logits).all()
-    # the label's ArgMax and the ZipMap are gone, not computed for nothing
+    assert "input 'X' is now 'features'" in adapted.changes
+    # the ZipMap is gone, not computed for nothing
     ops = [node.op_type for node in onnx.load(io.BytesIO(adapted.model)).graph.node]
-    assert "ZipMap" not in ops and "ArgMax" not in ops
+    assert "ZipMap" not in ops
+
+
+def test_a_forests_zero_probabilities_become_finite_logits(fitted: Fitted) -> None:
+    """log(0) would be -inf, which JSON cannot carry: a probability of 0 becomes log(1e-12)."""
+    model, forest = skl2onnx_forest(fitted)
+    adapted = adapt_classifier(model)
+    logits = logits_of(adapted.model, fitted.x_test)
+    expected = forest.predict_proba(fitted.x_test)
+    assert (expected == 0).any() and np.isfinite(logits).all()
+    np.testing.assert_allclose(softmax(logits), expected, atol=1e-5)
+    assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
 def test_a_torch_export_with_a_fixed_batch_answers_any_number_of_rows(fitted: Fitted) -> None:

@@ -22,7 +22,16 @@ from typing import Any, Protocol
 from starlette.responses import JSONResponse, Response  # FastAPI's are these
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import CALLER_SCOPE_KEY, ROLE_ATTRIBUTE, Caller, RoleRequirement, check_role, identify, required_role
+from .auth import (
+    BODY_LIMIT_ATTRIBUTE,
+    CALLER_SCOPE_KEY,
+    ROLE_ATTRIBUTE,
+    Caller,
+    RoleRequirement,
+    check_role,
+    identify,
+    required_role,
+)
 from .errors import BadRequest, GalleryError, Unavailable, error_headers
 from .settings import GallerySettings, Role
 
@@ -57,6 +66,8 @@ class AccessRule:
     public: bool
     role: Role | None
     render: ErrorRenderer | None
+    # the settings field whose value limits this route's body, instead of max_body_bytes (`auth.body_limit`)
+    body_limit: str | None = None
 
     def needed(self, method: str) -> Role | None:
         """The role to check; None: the route answers without a token."""
@@ -95,6 +106,7 @@ def rule_for(route: Any) -> AccessRule | None:
         public=bool(declared) and not roles,
         role=max(roles, key=lambda role: role.rank) if roles else None,
         render=getattr(route, "error_response", None),
+        body_limit=getattr(getattr(route, "endpoint", None), BODY_LIMIT_ATTRIBUTE, None),
     )
 
 
@@ -154,16 +166,17 @@ def _headers_of(scope: Scope) -> tuple[str | None, str | None]:
 class _LimitedBody:
     """`receive` that counts body bytes and raises PayloadTooLarge past `limit`, reading no further."""
 
-    __slots__ = ("_receive", "exceeded", "limit", "size")
+    __slots__ = ("_receive", "exceeded", "limit", "setting", "size")
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, setting: str) -> None:
         self._receive = receive
         self.limit = limit
+        self.setting = setting
         self.size = 0
         self.exceeded = False
 
     def error(self) -> PayloadTooLarge:
-        return too_large(self.limit)
+        return too_large(self.limit, self.setting)
 
     async def receive(self) -> Message:
         if self.exceeded:
@@ -177,19 +190,32 @@ class _LimitedBody:
         return message
 
 
-def admit(settings: GallerySettings, scope: Scope, receive: Receive, needed: Role | None, limit: int) -> _LimitedBody:
+def admit(
+    settings: GallerySettings,
+    scope: Scope,
+    receive: Receive,
+    needed: Role | None,
+    limit: int,
+    setting: str = "max_body_bytes",
+) -> _LimitedBody:
     """From the headers alone: identify the caller and check `needed` (None: no token needed), refuse a
-    declared Content-Length over `limit`. Returns the body's `receive`, which raises PayloadTooLarge once
-    more than `limit` bytes arrive; raises the GalleryError (401, 403, 400, 413) of a refusal."""
+    declared Content-Length over `limit` (the settings field `setting`, named in the refusal). Returns the
+    body's `receive`, which raises PayloadTooLarge once more than `limit` bytes arrive; raises the
+    GalleryError (401, 403, 400, 413) of a refusal."""
     authorization, length = _headers_of(scope)
-    caller = admit_headers(settings, authorization, length, needed, limit)
+    caller = admit_headers(settings, authorization, length, needed, limit, setting)
     if caller is not None:
         scope[CALLER_SCOPE_KEY] = caller
-    return _LimitedBody(receive, limit)
+    return _LimitedBody(receive, limit, setting)
 
 
 def admit_headers(
-    settings: GallerySettings, authorization: str | None, length: str | None, needed: Role | None, limit: int
+    settings: GallerySettings,
+    authorization: str | None,
+    length: str | None,
+    needed: Role | None,
+    limit: int,
+    setting: str = "max_body_bytes",
 ) -> Caller | None:
     """`admit` from the two headers it reads: the caller (None when `needed` is None: no token needed);
     raises the GalleryError (401, 403, 400, 413) of a refusal."""
@@ -198,13 +224,14 @@ def admit_headers(
         caller = identify(settings, authorization)
         check_role(caller, needed)
     if length is not None and _declared_length(length) > limit:
-        raise too_large(limit)
+        raise too_large(limit, setting)
     return caller
 
 
-def too_large(limit: int) -> PayloadTooLarge:
-    """The refusal of a body over `limit` bytes."""
-    return PayloadTooLarge(f"the request body is over this service's limit of {limit} bytes (GALLERY_MAX_BODY_BYTES)")
+def too_large(limit: int, setting: str = "max_body_bytes") -> PayloadTooLarge:
+    """The refusal of a body over `limit` bytes, the value of the settings field `setting`."""
+    variable = f"GALLERY_{setting.upper()}"
+    return PayloadTooLarge(f"the request body is over this service's limit of {limit} bytes ({variable})")
 
 
 class AccessMiddleware:
@@ -236,7 +263,11 @@ class AccessMiddleware:
             scope[ROUTE_SCOPE_KEY] = rule.template
         try:
             needed = rule.needed(method) if rule is not None else required_role(method)
-            body = admit(self.settings, scope, receive, needed, self.limit)
+            if rule is not None and rule.body_limit is not None:
+                setting = rule.body_limit
+                body = admit(self.settings, scope, receive, needed, getattr(self.settings, setting), setting)
+            else:
+                body = admit(self.settings, scope, receive, needed, self.limit)
         except GalleryError as exc:
             await self._refuse(scope, receive, send, rule, exc)
             return

@@ -42,6 +42,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 CALLER_SCOPE_KEY = "gallery.caller"
 # attribute a plain (Starlette) endpoint carries to declare its role; None: no token needed
 ROLE_ATTRIBUTE = "__gallery_role__"
+BODY_LIMIT_ATTRIBUTE = "__gallery_body_limit__"
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,18 @@ def public(endpoint: E) -> E:
     """Mark a plain Starlette endpoint as answering without a token (a page a browser loads)."""
     setattr(endpoint, ROLE_ATTRIBUTE, None)
     return endpoint
+
+
+def body_limit(setting: str) -> Callable[[E], E]:
+    """Mark a route's endpoint (FastAPI or plain Starlette) as taking bodies up to the settings field
+    `setting` (an upload: `max_import_bytes`) instead of GALLERY_MAX_BODY_BYTES; `AccessMiddleware` checks
+    it before the body is read, as it checks the role."""
+
+    def mark(endpoint: E) -> E:
+        setattr(endpoint, BODY_LIMIT_ATTRIBUTE, setting)
+        return endpoint
+
+    return mark
 
 
 def needing(role: Role) -> Callable[[E], E]:

@@ -104,7 +104,7 @@ def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
         initializers.append(floor)
         tail.append(onnx.helper.make_node("Max", [score_name, floor.name], ["gallery_probabilities"]))
         tail.append(onnx.helper.make_node("Log", ["gallery_probabilities"], [OUTPUT_NAME]))
-        changes.append(f"output {source_output.name!r} holds probabilities: {OUTPUT_NAME!r} is their logarithm")
+        changes.append(f"{source_output.name!r} holds probabilities: {OUTPUT_NAME!r} is their logarithm")
     elif score_name != OUTPUT_NAME:
         tail.append(onnx.helper.make_node("Identity", [score_name], [OUTPUT_NAME]))
         changes.append(f"output {source_output.name!r} is now {OUTPUT_NAME!r}")

@@ -8,6 +8,7 @@ import anyio
 from fastapi import APIRouter, File, Form, UploadFile
 
 from gallery_common.audit import AuditAction, AuditChange
+from gallery_common.auth import body_limit
 from gallery_common.deps import CallerDep
 from gallery_common.errors import Unavailable
 from gallery_common.project_scope import ScopeDep
@@ -30,6 +31,7 @@ async def _read(upload: UploadFile, what: str, limit: int) -> bytes:
 
 
 @router.post("/imports", status_code=201, response_model=ImportPublic)
+@body_limit("max_import_bytes")
 async def import_model(
     jobs: JobsDep,
     scope: ScopeDep,

@@ -55,6 +55,12 @@ class TrainerSettings(JobWorkerSettings):
         description="Host names (shell patterns such as gpu-*) that engine.nodes may name, comma separated",
     )
     max_spec_bytes: int = Field(default=DEFAULT_SPEC_BYTES, ge=1024, le=CEILING_SPEC_BYTES)
+    max_import_bytes: int = Field(
+        default=512 * 1024**2,
+        ge=1,
+        description="the whole form of POST /api/v1/imports (the ONNX file and its splits), in place of "
+        "GALLERY_MAX_BODY_BYTES; the import holds it in memory while it adapts and checks the model",
+    )
     max_layer_width: int = Field(
         default=DEFAULT_LAYER_WIDTH, ge=1, le=CEILING_LAYER_WIDTH, description="Units of a hidden layer, channels"
     )
