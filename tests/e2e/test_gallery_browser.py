@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -374,6 +376,34 @@ def test_the_usage_page_shows_what_the_gateway_metered(
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0] == "period_start,model,version,caller,requests,rows,compute_seconds"
     assert sum(int(line.split(",")[4]) for line in table.stdout.splitlines()[1:]) >= totals["requests"]
+
+
+def test_an_imported_run_shows_its_file_and_what_was_changed_instead_of_curves(
+    browser: WebDriver, stack: LifecycleStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A model imported with `gallery models import` (here its API): the run page names the file and lists
+    each change the trainer made to it; there are no training curves to draw."""
+    gallery = stack.services["gallery"].url
+    out = tmp_path_factory.mktemp("wine-import")
+    example = Path(__file__).resolve().parents[2] / "examples" / "sklearn_to_onnx.py"
+    subprocess.run([sys.executable, str(example), str(out)], check=True, capture_output=True, timeout=120)
+    files = {
+        name: (f"{name}.bin", (out / file).read_bytes())
+        for name, file in (("onnx", "wine-forest.onnx"), ("train", "train.npz"), ("test", "test.npz"))
+    }
+    answer = httpx.post(
+        f"{stack.services['trainer'].url}/api/v1/imports", data={"model": "wine-forest"}, files=files, timeout=60
+    )
+    assert answer.status_code == 201, answer.text
+    imported = answer.json()
+    assert imported["changes"], "skl2onnx's layout is always adapted"
+
+    open_page(browser, f"{gallery}/runs/{imported['run_id']}", "run")
+    card = wait_for(browser, "the import card", lambda d: css(d, "#run-import"))[0]
+    assert "onnx.bin" in card.text
+    assert [item.text for item in css(browser, "#import-changes li")] == imported["changes"]
+    assert not css(browser, "#curves")
+    assert page_errors(browser) == []
 
 
 def test_a_federated_version_shows_its_sites_and_the_worst_one(browser: WebDriver, stack: LifecycleStack) -> None:

@@ -16,6 +16,20 @@ function grouped(params) {
   return groups;
 }
 
+/** A run that imported a model trained elsewhere: no curves, but the file and what was changed in it. */
+function imported(run) {
+  const changes = run.params.changes || [];
+  return h(
+    "section",
+    { class: "card", id: "run-import" },
+    h("h2", {}, "Imported"),
+    h("p", { class: "note" }, "Trained elsewhere and imported from ", h("code", {}, run.params.file || "an ONNX file"), `; validation rows: ${run.params.validation || "–"}.`),
+    changes.length
+      ? [h("p", {}, "Changed to fit the features / logits contract:"), h("ul", { id: "import-changes" }, changes.map((c) => h("li", {}, c)))]
+      : h("p", {}, "The file already had the features / logits contract: stored unchanged."),
+  );
+}
+
 export async function render(view, route) {
   const id = route.params.id;
   route.title(`Run ${id}`);
@@ -39,7 +53,9 @@ export async function render(view, route) {
       ),
       run.error ? h("p", { class: "message bad" }, run.error) : null,
     ),
-    h("section", { class: "card", id: "curves" }, h("h2", {}, "Training curves"), h("div", { class: "charts" }, curveCharts([run], [records], (r) => r.id))),
+    run.params?.source === "import"
+      ? imported(run)
+      : h("section", { class: "card", id: "curves" }, h("h2", {}, "Training curves"), h("div", { class: "charts" }, curveCharts([run], [records], (r) => r.id))),
     h(
       "div",
       { class: "two-col" },
