@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
-from foreign_models import fit_digits, skl2onnx_style
+from foreign_models import fit_digits, skl2onnx_style, torch_style
 from lifecycle_stack import LifecycleStack
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_check import Promtool
@@ -414,3 +415,19 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     assert versions == {"1"}
     # the recommended variant may lose up to the optimizer's accuracy budget (1 point) against FP32
     assert accuracy >= fitted.accuracy() - 0.01
+
+    # a second import whose classes are shuffled: the gate rejects it, the CLI says why and exits 1
+    shuffled = replace(fitted, weights=np.roll(fitted.weights, 1, axis=1), bias=np.roll(fitted.bias, 1))
+    bad_file = tmp_path / "shuffled.onnx"
+    bad_file.write_bytes(torch_style(shuffled))
+    result = subprocess.run(
+        [*command[:3], str(bad_file), "--name", "digits-logreg", "--train", str(train), "--test", str(test)],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "digits-logreg:2 rejected by the validation gate: accuracy" in result.stderr, result.stderr
+    assert version_of(stack, 2, "digits-logreg")["status"] == "rejected"
+    assert not deployed(stack, 2, "production", "digits-logreg") + deployed(stack, 2, "canary", "digits-logreg")
