@@ -374,6 +374,14 @@ def test_a_text_model_goes_through_the_whole_lifecycle(stack: LifecycleStack) ->
     assert {"tokens", "text length (tokens)", "text length (characters)"} <= set(rows)
 
 
+def import_model(
+    stack: LifecycleStack, model: Path, name: str, train: Path, test: Path
+) -> subprocess.CompletedProcess[str]:
+    """`gallery models import`, waiting for the gate's verdict."""
+    command = [str(GALLERY), "models", "import", str(model), "--name", name, "--train", str(train), "--test", str(test)]
+    return subprocess.run([*command, "--timeout", "180"], env=stack.env(), capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_served(
     stack: LifecycleStack, tmp_path: Path
@@ -385,14 +393,7 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     model_file = tmp_path / "logreg.onnx"
     model_file.write_bytes(skl2onnx_style(fitted))
     train, test = fitted.write_splits(tmp_path)
-    command = [str(GALLERY), "models", "import", str(model_file), "--name", "digits-logreg"]
-    result = subprocess.run(
-        [*command, "--train", str(train), "--test", str(test), "--timeout", "180"],
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = import_model(stack, model_file, "digits-logreg", train, test)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "digits-logreg:1 validated" in result.stdout, result.stdout
     version = version_of(stack, 1, "digits-logreg")
@@ -420,13 +421,7 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     shuffled = replace(fitted, weights=np.roll(fitted.weights, 1, axis=1), bias=np.roll(fitted.bias, 1))
     bad_file = tmp_path / "shuffled.onnx"
     bad_file.write_bytes(torch_style(shuffled))
-    result = subprocess.run(
-        [*command[:3], str(bad_file), "--name", "digits-logreg", "--train", str(train), "--test", str(test)],
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = import_model(stack, bad_file, "digits-logreg", train, test)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "digits-logreg:2 rejected by the validation gate: accuracy" in result.stderr, result.stderr
     assert version_of(stack, 2, "digits-logreg")["status"] == "rejected"
