@@ -135,3 +135,28 @@ def contract_style(fitted: Fitted) -> bytes:
         initializer=[numpy_helper.from_array(fitted.weights, "w"), numpy_helper.from_array(fitted.bias, "b")],
     )
     return _model(graph)
+
+
+def cnn_style(seed: int = 0) -> bytes:
+    """A small CNN on 8x8 grey pictures as `torch.onnx.export` writes it: `input.1` FP32 [1, 1, 8, 8] ->
+    Conv, Relu, Flatten, Gemm -> `8` FP32 [1, 10] (random weights: for the layout, not the accuracy)."""
+    rng = np.random.default_rng(seed)
+    conv = rng.normal(size=(4, 1, 3, 3)).astype(np.float32)
+    dense = rng.normal(size=(10, 4 * 8 * 8)).astype(np.float32) / 16
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input.1", "conv.weight"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["conv"], ["relu"]),
+            helper.make_node("Flatten", ["relu"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["8"], transB=1),
+        ],
+        "main_graph",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("8", TensorProto.FLOAT, [1, 10])],
+        initializer=[
+            numpy_helper.from_array(conv, "conv.weight"),
+            numpy_helper.from_array(dense, "fc.weight"),
+            numpy_helper.from_array(np.zeros(10, dtype=np.float32), "fc.bias"),
+        ],
+    )
+    return _model(graph)

@@ -9,7 +9,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from foreign_models import Fitted, contract_style, fit_digits, fp64_style, skl2onnx_forest, skl2onnx_style, torch_style
+from foreign_models import (
+    Fitted,
+    cnn_style,
+    contract_style,
+    fit_digits,
+    fp64_style,
+    skl2onnx_forest,
+    skl2onnx_style,
+    torch_style,
+)
 from onnx import TensorProto, helper
 
 from gallery_common.onnx_safety import UnsafeOnnxModel
@@ -86,6 +95,21 @@ def test_the_scores_option_overrides_what_the_name_suggests(fitted: Fitted) -> N
     np.testing.assert_allclose(logits_of(as_logits.model, fitted.x_test), fitted.logits(fitted.x_test), atol=1e-4)
 
 
+def test_a_picture_model_takes_each_picture_flattened(fitted: Fitted) -> None:
+    """A CNN exported with its input [1, 1, 8, 8]: `features` holds each picture's 64 values in row order,
+    reshaped to the model's own layout inside, and it answers a whole batch as it answered one picture."""
+    original = cnn_style()
+    adapted = adapt_classifier(original)
+    assert adapted.features == 64
+    assert adapted.changes[0] == (
+        "input 'input.1' [N, 1, 8, 8] now takes each row flattened: 'features' [N, 64], reshaped inside"
+    )
+    pictures = fitted.x_test[:20]
+    one_by_one = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    expected = np.concatenate([one_by_one.run(None, {"input.1": row.reshape(1, 1, 8, 8)})[0] for row in pictures])
+    np.testing.assert_allclose(logits_of(adapted.model, pictures), expected, rtol=1e-5, atol=1e-5)
+
+
 def graph_model(inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], nodes: list) -> bytes:  # type: ignore[type-arg]
     graph = helper.make_graph(nodes, "g", inputs, outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
@@ -107,11 +131,11 @@ FLOAT_IN = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
         ),
         (
             graph_model(
-                [helper.make_tensor_value_info("img", TensorProto.FLOAT, [None, 3, 8, 8])],
-                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3, 8, 8])],
-                [helper.make_node("Identity", ["img"], ["y"])],
+                [helper.make_tensor_value_info("v", TensorProto.FLOAT, [None])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+                [helper.make_node("Identity", ["v"], ["y"])],
             ),
-            "has rank 4",
+            "has rank 1",
         ),
         (
             graph_model(
@@ -119,7 +143,7 @@ FLOAT_IN = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])],
                 [helper.make_node("Identity", ["x"], ["y"])],
             ),
-            "does not fix its feature count",
+            "does not fix the shape of a row",
         ),
         (
             graph_model(
@@ -146,7 +170,7 @@ FLOAT_IN = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
             "an inner tensor named 'logits'",
         ),
     ],
-    ids=["int64 input", "an image", "any width", "one score per row", "two score outputs", "logits taken"],
+    ids=["int64 input", "a vector", "any width", "one score per row", "two score outputs", "logits taken"],
 )
 def test_what_cannot_be_adapted_is_refused_with_the_reason(model: bytes, reason: str) -> None:
     with pytest.raises(ModelRefused) as refused:

@@ -5,14 +5,15 @@ What a converter wrote is adapted where the meaning is certain, and refused with
 not:
 
 - the one input is renamed `features` (an Identity, or a Cast when the model takes FP64); its batch
-  dimension is made variable when the file fixed it;
+  dimension is made variable when the file fixed it; an input whose rows are not flat (a picture
+  [N, C, H, W]) takes each row flattened, in row-major order, and is reshaped inside;
 - the scores become `logits`: a float output [N, C] as it is, or, when it holds probabilities (skl2onnx's
   ZipMap, an output named like `probabilities`, or `scores="probabilities"`), their logarithm, so that a
   softmax of the logits gives the probabilities back;
 - the outputs that are not the scores (a predicted label) and the ZipMap that turned scores into a list
   of maps are dropped, with the nodes only they used.
 
-Refused: several inputs, an input that is not a float matrix with a fixed feature count, no float
+Refused: several inputs, an input that is not float or whose rows have no fixed shape, no float
 output of rank 2, several without a way to tell which holds the scores, and graphs that already use the
 names `features` or `logits` for another tensor. The graph is only rewritten here, never run: the caller
 runs the result in a sandbox (`gallery_trainer.imports`).
@@ -20,6 +21,7 @@ runs the result in a sandbox (`gallery_trainer.imports`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -36,6 +38,8 @@ Scores = Literal["auto", "logits", "probabilities"]
 PROBABILITY_FLOOR = 1e-12
 # ONNX's `Max` with two inputs and `Log` of FP32, both in every opset from 8
 MIN_OPSET = 8
+# `Reshape` with its shape as an input
+MIN_RESHAPE_OPSET = 5
 _PROBABILITY_WORDS = ("prob",)
 _ZIPMAP = "ZipMap"
 
@@ -63,22 +67,15 @@ def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
     graph = model.graph
     _check_names_free(graph)
     source_input = _one_input(graph)
-    width, input_type = _input_layout(source_input)
+    row, input_type = _input_layout(source_input)
+    width = math.prod(row)
     source_output, zipmap_output = _scores_output(graph)
     kind = _score_kind(source_output.name, zipmap_output is not None, scores)
     changes: list[str] = []
     opset = _default_opset(model)
 
-    new_nodes: list[onnx.NodeProto] = []
-    if input_type == onnx.TensorProto.DOUBLE and source_input.name == INPUT_NAME:
-        _rename(graph, INPUT_NAME, "gallery_source_features")
-        source_input.name = "gallery_source_features"
-    if input_type == onnx.TensorProto.DOUBLE:
-        new_nodes.append(onnx.helper.make_node("Cast", [INPUT_NAME], [source_input.name], to=onnx.TensorProto.DOUBLE))
-        changes.append(f"input {source_input.name!r} (FP64) is now {INPUT_NAME!r} (FP32, cast to FP64 inside)")
-    elif source_input.name != INPUT_NAME:
-        new_nodes.append(onnx.helper.make_node("Identity", [INPUT_NAME], [source_input.name]))
-        changes.append(f"input {source_input.name!r} is now {INPUT_NAME!r}")
+    new_nodes, initializers, input_changes = _input_steps(graph, source_input, row, input_type, opset)
+    changes += input_changes
     if not _batch_is_variable(source_input):
         changes.append("the input's first dimension (the batch) is now variable")
     if zipmap_output is not None:
@@ -96,7 +93,6 @@ def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
     if output_type == onnx.TensorProto.DOUBLE:
         tail.append(onnx.helper.make_node("Cast", [score_name], ["gallery_scores_fp32"], to=onnx.TensorProto.FLOAT))
         score_name = "gallery_scores_fp32"
-    initializers: list[onnx.TensorProto] = []
     if kind == "probabilities":
         if opset < MIN_OPSET:
             raise ModelRefused(f"the model's opset is {opset}; turning probabilities into logits needs {MIN_OPSET}")
@@ -161,8 +157,48 @@ def _one_input(graph: onnx.GraphProto) -> onnx.ValueInfoProto:
     return inputs[0]
 
 
-def _input_layout(value: onnx.ValueInfoProto) -> tuple[int, int]:
-    """The feature count and element type of a float [N, F] input, or ModelRefused."""
+def _input_steps(
+    graph: onnx.GraphProto, source: onnx.ValueInfoProto, row: list[int], input_type: int, opset: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[str]]:
+    """The nodes (and their constants) that turn `features` FP32 [N, F] into what the model takes, and the
+    changes in words: a reshape for a row that is not flat (a picture [C, H, W]), a cast for FP64."""
+    import onnx
+
+    steps: list[tuple[str, list[str], dict[str, int]]] = []
+    constants: list[onnx.TensorProto] = []
+    changes: list[str] = []
+    if len(row) > 1:
+        if opset < MIN_RESHAPE_OPSET:
+            raise ModelRefused(f"the model's opset is {opset}; flattening its input needs {MIN_RESHAPE_OPSET}")
+        shape = onnx.helper.make_tensor("gallery_row_shape", onnx.TensorProto.INT64, [len(row) + 1], [-1, *row])
+        constants.append(shape)
+        steps.append(("Reshape", [shape.name], {}))
+        shown = ", ".join(str(d) for d in row)
+        changes.append(
+            f"input {source.name!r} [N, {shown}] now takes each row flattened: {INPUT_NAME!r} [N, {math.prod(row)}], "
+            "reshaped inside"
+        )
+    if input_type == onnx.TensorProto.DOUBLE:
+        steps.append(("Cast", [], {"to": onnx.TensorProto.DOUBLE}))
+        changes.append(f"input {source.name!r} (FP64) is now {INPUT_NAME!r} (FP32, cast to FP64 inside)")
+    if not steps and source.name != INPUT_NAME:
+        steps.append(("Identity", [], {}))
+    if steps and source.name != INPUT_NAME and not any(c.startswith("input") for c in changes):
+        changes.append(f"input {source.name!r} is now {INPUT_NAME!r}")
+    if steps and source.name == INPUT_NAME:
+        _rename(graph, INPUT_NAME, "gallery_source_features")
+        source.name = "gallery_source_features"
+    nodes, current = [], INPUT_NAME
+    for i, (op, extra, attributes) in enumerate(steps):
+        out = source.name if i == len(steps) - 1 else f"gallery_input_{i}"
+        nodes.append(onnx.helper.make_node(op, [current, *extra], [out], **attributes))
+        current = out
+    return nodes, constants, changes
+
+
+def _input_layout(value: onnx.ValueInfoProto) -> tuple[list[int], int]:
+    """The dimensions of one row (all but the batch's: [F], or [C, H, W] for a picture) and the element
+    type of a float input whose rows have a fixed shape, or ModelRefused."""
     import onnx
 
     if not value.type.HasField("tensor_type"):
@@ -172,11 +208,11 @@ def _input_layout(value: onnx.ValueInfoProto) -> tuple[int, int]:
         kind = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else "untyped"
         raise ModelRefused(f"input {value.name!r} holds {kind}; an imported model takes FP32 or FP64 features")
     dims = tensor.shape.dim if tensor.HasField("shape") else []
-    if len(dims) != 2:
-        raise ModelRefused(f"input {value.name!r} has rank {len(dims)}; an imported model takes a matrix [N, F]")
-    if not dims[1].HasField("dim_value") or dims[1].dim_value < 1:
-        raise ModelRefused(f"input {value.name!r} does not fix its feature count (its second dimension)")
-    return dims[1].dim_value, tensor.elem_type
+    if len(dims) < 2:
+        raise ModelRefused(f"input {value.name!r} has rank {len(dims)}; an imported model takes rows [N, ...]")
+    if any(not d.HasField("dim_value") or d.dim_value < 1 for d in dims[1:]):
+        raise ModelRefused(f"input {value.name!r} does not fix the shape of a row (every dimension but the first)")
+    return [d.dim_value for d in dims[1:]], tensor.elem_type
 
 
 def _batch_is_variable(value: onnx.ValueInfoProto) -> bool:
