@@ -432,6 +432,21 @@ def test_validation_policy_defaults_and_updates(store: RegistryStore) -> None:
         store.set_validation_policy("nope", ValidationPolicyUpdate())
 
 
+def test_a_regressor_without_a_policy_is_held_to_r2_not_to_an_accuracy_it_cannot_have(store: RegistryStore) -> None:
+    """The defaults follow the task of the model's latest version: a regressor reports rmse, mae and r2,
+    and with the classifier's defaults every regressor was rejected for "metric accuracy not produced"."""
+    store.register_version("house-prices", VersionCreate(task="regression"), create_model=True)
+    regressor = store.get_validation_policy("house-prices")
+    assert regressor.min_metrics == {"r2": 0.5} and regressor.champion_metric == "r2"
+    assert regressor.max_metrics == {"latency_p99_ms": 50.0} and regressor.updated_at is None
+    store.register_version("house-prices", VersionCreate(task="classification"))
+    assert store.get_validation_policy("house-prices").min_metrics == {"accuracy": 0.7}
+    # a policy the owner set is theirs, whatever the task
+    store.set_validation_policy("house-prices", ValidationPolicyUpdate(min_metrics={"r2": 0.9}))
+    store.register_version("house-prices", VersionCreate(task="regression"))
+    assert store.get_validation_policy("house-prices").min_metrics == {"r2": 0.9}
+
+
 def test_deleting_a_model_deletes_everything_below_it(store: RegistryStore) -> None:
     store.register_version(
         "m", VersionCreate(source_event_id="e1", artifacts={ArtifactRole.onnx: ref()}), create_model=True

@@ -230,3 +230,11 @@ class ValidationPolicy(ValidationPolicyUpdate):
     model_config = ConfigDict(extra="ignore")
 
     updated_at: datetime | None = None
+
+    @classmethod
+    def defaults_for(cls, task: str | None) -> ValidationPolicy:
+        """The policy of a model that set none. A classifier: accuracy >= 0.7, compared with the champion on
+        accuracy. A regressor, which has no accuracy: r2 >= 0.5 (scale-free, as accuracy is), compared on r2."""
+        if task == "regression":
+            return cls(min_metrics={"r2": 0.5}, champion_metric="r2")
+        return cls()

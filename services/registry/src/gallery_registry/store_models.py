@@ -23,7 +23,7 @@ from .schemas import (
 )
 from .store_base import StoreBase
 from .store_cards import record_card_revision
-from .tables import ModelTagRow, RegisteredModelRow, ValidationPolicyRow, utcnow
+from .tables import ModelTagRow, ModelVersionRow, RegisteredModelRow, ValidationPolicyRow, utcnow
 
 _PROJECT_OF = sa.select(views.MODEL.c.project).where(views.MODEL.c.name == sa.bindparam("name"))
 
@@ -106,12 +106,18 @@ class ModelOps(StoreBase):
             session.add(row)
 
     def get_validation_policy(self, name: str) -> ValidationPolicy:
-        """The model's policy, or the defaults (with `updated_at` null) if it has none."""
+        """The model's policy, or (with `updated_at` null) the defaults for the task of its latest version."""
         with self._read() as session:
             model = views.model_row(session, name)
             row = session.get(ValidationPolicyRow, model.id)
             if row is None:
-                return ValidationPolicy()
+                latest = (
+                    select(ModelVersionRow.task)
+                    .where(col(ModelVersionRow.model_id) == model.id)
+                    .order_by(col(ModelVersionRow.version).desc())
+                    .limit(1)
+                )
+                return ValidationPolicy.defaults_for(session.exec(latest).first())
             return ValidationPolicy.model_validate({**row.model_dump(), "updated_at": as_utc(row.updated_at)})
 
     def set_validation_policy(self, name: str, data: ValidationPolicyUpdate) -> ValidationPolicy:
