@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from gallery_common.contracts.splits import write_split
@@ -157,6 +157,58 @@ def cnn_style(seed: int = 0) -> bytes:
             numpy_helper.from_array(conv, "conv.weight"),
             numpy_helper.from_array(dense, "fc.weight"),
             numpy_helper.from_array(np.zeros(10, dtype=np.float32), "fc.bias"),
+        ],
+    )
+    return _model(graph)
+
+
+@dataclass
+class FittedRegressor:
+    """A linear regression on a synthetic table (8 features, y = x·w + noise; r2 about 0.99)."""
+
+    regressor: LinearRegression
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def write_splits(self, folder: Path) -> tuple[Path, Path]:
+        """train.npz and test.npz (`x` FP32, `y` FP32 targets) in `folder`."""
+        train, test = folder / "train.npz", folder / "test.npz"
+        write_split(train, self.x_train, self.y_train)
+        write_split(test, self.x_test, self.y_test)
+        return train, test
+
+
+def fit_regressor(seed: int = 0) -> FittedRegressor:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    y = (x @ rng.normal(size=8) + 0.1 * rng.normal(size=600)).astype(np.float32)
+    regressor = LinearRegression().fit(x[:400], y[:400])
+    return FittedRegressor(regressor, x[:400], y[:400], x[400:], y[400:])
+
+
+def skl2onnx_regressor(fitted: FittedRegressor) -> bytes:
+    """skl2onnx's LinearRegression: `X` FP32 [None, 8] -> `variable` FP32 [None, 1]."""
+    from skl2onnx import to_onnx
+
+    return to_onnx(fitted.regressor, fitted.x_train[:1]).SerializeToString()  # type: ignore[no-any-return]
+
+
+def vector_regressor(fitted: FittedRegressor) -> bytes:
+    """The same regression answering one value per row: `x` FP32 [None, 8] -> `y` FP32 [None]."""
+    weights = fitted.regressor.coef_.astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
+        "vector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, len(weights)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+        initializer=[
+            numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(np.float32(fitted.regressor.intercept_).reshape(()), "b"),
         ],
     )
     return _model(graph)

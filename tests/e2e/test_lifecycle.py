@@ -27,10 +27,11 @@ import numpy as np
 import orjson
 import pytest
 import yaml
-from foreign_models import fit_digits, skl2onnx_style, torch_style
+from foreign_models import fit_digits, fit_regressor, skl2onnx_regressor, skl2onnx_style, torch_style
 from lifecycle_stack import LifecycleStack
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_check import Promtool
+from sklearn.metrics import r2_score
 from waiting import wait_for as _wait_for
 
 from gallery_cli.stack import stack_authorization
@@ -375,11 +376,13 @@ def test_a_text_model_goes_through_the_whole_lifecycle(stack: LifecycleStack) ->
 
 
 def import_model(
-    stack: LifecycleStack, model: Path, name: str, train: Path, test: Path
+    stack: LifecycleStack, model: Path, name: str, train: Path, test: Path, *options: str
 ) -> subprocess.CompletedProcess[str]:
     """`gallery models import`, waiting for the gate's verdict."""
     command = [str(GALLERY), "models", "import", str(model), "--name", name, "--train", str(train), "--test", str(test)]
-    return subprocess.run([*command, "--timeout", "180"], env=stack.env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*command, *options, "--timeout", "180"], env=stack.env(), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -426,3 +429,27 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     assert "digits-logreg:2 rejected by the validation gate: accuracy" in result.stderr, result.stderr
     assert version_of(stack, 2, "digits-logreg")["status"] == "rejected"
     assert not deployed(stack, 2, "production", "digits-logreg") + deployed(stack, 2, "canary", "digits-logreg")
+
+
+@pytest.mark.slow
+def test_a_regressor_fitted_elsewhere_is_imported_judged_on_r2_and_served(
+    stack: LifecycleStack, tmp_path: Path
+) -> None:
+    """A scikit-learn LinearRegression through skl2onnx, imported with --task regression: without a policy of
+    its own the gate holds it to r2 (a regressor has no accuracy), and the gateway answers its predictions."""
+    fitted = fit_regressor()
+    model_file = tmp_path / "linear.onnx"
+    model_file.write_bytes(skl2onnx_regressor(fitted))
+    train, test = fitted.write_splits(tmp_path)
+    result = import_model(stack, model_file, "synthetic-linear", train, test, "--task", "regression")
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected_r2 = r2_score(fitted.y_test, fitted.regressor.predict(fitted.x_test))
+    assert f"synthetic-linear:1 validated (the gate measured r2 {expected_r2:.4f})" in result.stdout, result.stdout
+    report = version_of(stack, 1, "synthetic-linear")["evaluation_report"]
+    assert report["r2"] == pytest.approx(expected_r2, abs=1e-4) and "accuracy" not in report
+
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production", "synthetic-linear"), 120)
+    answer = infer(stack, fitted.x_test[:30], "synthetic-linear")
+    output = answer["outputs"][0]
+    assert output["shape"] == [30, 1]
+    np.testing.assert_allclose(output["data"], fitted.regressor.predict(fitted.x_test[:30]), rtol=1e-4, atol=1e-4)

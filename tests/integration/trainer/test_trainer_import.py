@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from foreign_models import Fitted, fit_digits, skl2onnx_style, torch_style
+from foreign_models import Fitted, fit_digits, fit_regressor, skl2onnx_regressor, skl2onnx_style, torch_style
 from onnx import TensorProto, helper
 from trainer_harness import serve_trainer, stored_events, trainer_settings
 from typer.testing import CliRunner
@@ -191,7 +191,7 @@ def test_an_import_is_held_to_its_own_body_limit_not_the_services(
     with serve_trainer(settings) as client:
         imported = client.post("/api/v1/imports", data={"model": "small"}, files=small)
         assert imported.status_code == 201, imported.text
-        assert imported.json()["classes"] == 10
+        assert imported.json()["outputs"] == 10
         large = {**small, "train": ("train.npz", npz(fitted.x_train, fitted.y_train))}
         refused = client.post("/api/v1/imports", data={"model": "large"}, files=large)
         assert refused.status_code == 413
@@ -199,3 +199,41 @@ def test_an_import_is_held_to_its_own_body_limit_not_the_services(
         # the service's own limit still holds everywhere else
         spec = client.post("/api/v1/jobs", json={"name": "x", "padding": "x" * 5000})
         assert spec.status_code == 413 and "GALLERY_MAX_BODY_BYTES" in spec.json()["error"]
+
+
+def test_a_regressor_is_imported_with_its_targets_and_rmse(
+    tmp_path: Path, nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fitted = fit_regressor()
+    model_file = tmp_path / "linear.onnx"
+    model_file.write_bytes(skl2onnx_regressor(fitted))
+    train, test = fitted.write_splits(tmp_path)
+    rmse = float(np.sqrt(((fitted.regressor.predict(fitted.x_test) - fitted.y_test) ** 2).mean()))
+    command = ["models", "import", str(model_file), "--name", "linear", "--train", str(train), "--test", str(test)]
+    with serve_trainer(trainer_settings(tmp_path, nats_server.url)) as client:
+        monkeypatch.setenv("GALLERY_TRAINER_URL", str(client.base_url))
+        result = CliRunner().invoke(cli, [*command, "--task", "regression", "--no-wait"])
+        assert result.exit_code == 0, result.output
+        assert f"8 features, 1 target, rmse {rmse:.4g} on the test rows" in result.output
+        [event] = stored_events(nats_server.url, "model.trained", 1)
+        assert event.data.task == "regression" and event.data.class_names is None
+        assert event.data.signature.outputs[0].shape == [-1, 1]
+        assert event.data.metrics["test_rmse"] == pytest.approx(rmse, rel=1e-4)
+
+        files = {"onnx": ("m.onnx", model_file.read_bytes()), "train": ("t.npz", train.read_bytes())}
+        refusals = {
+            "class names": ({"class_names": ["a"]}, test.read_bytes(), "class names are for classifiers"),
+            "two targets": ({}, npz(fitted.x_test, np.stack([fitted.y_test] * 2, axis=1)), "has 2 targets per row"),
+            "NaN target": ({}, npz(fitted.x_test, np.full(len(fitted.y_test), np.nan)), "NaN or infinite targets"),
+        }
+        for case, (extra, test_npz, reason) in refusals.items():
+            answer = client.post(
+                "/api/v1/imports",
+                data={"model": "linear", "task": "regression", **extra},
+                files={**files, "test": ("s.npz", test_npz)},
+            )
+            assert answer.status_code == 422 and reason in answer.json()["error"], (case, answer.text)
+        # imported as a classifier by mistake, it is refused with the way out
+        as_classifier = {**files, "test": ("s.npz", test.read_bytes())}
+        mistaken = client.post("/api/v1/imports", data={"model": "linear"}, files=as_classifier)
+        assert mistaken.status_code == 422 and "import it with task regression" in mistaken.json()["error"]

@@ -14,15 +14,18 @@ from foreign_models import (
     cnn_style,
     contract_style,
     fit_digits,
+    fit_regressor,
     fp64_style,
     skl2onnx_forest,
+    skl2onnx_regressor,
     skl2onnx_style,
     torch_style,
+    vector_regressor,
 )
 from onnx import TensorProto, helper
 
 from gallery_common.onnx_safety import UnsafeOnnxModel
-from gallery_trainer.onnx_adapt import ModelRefused, adapt_classifier
+from gallery_trainer.onnx_adapt import ModelRefused, adapt_model
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def test_skl2onnx_probabilities_become_logits_whose_softmax_gives_them_back(fitted: Fitted) -> None:
-    adapted = adapt_classifier(skl2onnx_style(fitted))
+    adapted = adapt_model(skl2onnx_style(fitted))
     assert adapted.features == 64 and adapted.scores == "probabilities"
     logits = logits_of(adapted.model, fitted.x_test)
     np.testing.assert_allclose(softmax(logits), fitted.probabilities(fitted.x_test), atol=1e-5)
@@ -57,7 +60,7 @@ def test_skl2onnx_probabilities_become_logits_whose_softmax_gives_them_back(fitt
 def test_a_forests_zero_probabilities_become_finite_logits(fitted: Fitted) -> None:
     """log(0) would be -inf, which JSON cannot carry: a probability of 0 becomes log(1e-12)."""
     model, forest = skl2onnx_forest(fitted)
-    adapted = adapt_classifier(model)
+    adapted = adapt_model(model)
     logits = logits_of(adapted.model, fitted.x_test)
     expected = forest.predict_proba(fitted.x_test)
     assert (expected == 0).any() and np.isfinite(logits).all()
@@ -66,14 +69,14 @@ def test_a_forests_zero_probabilities_become_finite_logits(fitted: Fitted) -> No
 
 
 def test_a_torch_export_with_a_fixed_batch_answers_any_number_of_rows(fitted: Fitted) -> None:
-    adapted = adapt_classifier(torch_style(fitted))
+    adapted = adapt_model(torch_style(fitted))
     assert adapted.scores == "logits"
     assert "the input's first dimension (the batch) is now variable" in adapted.changes
     np.testing.assert_allclose(logits_of(adapted.model, fitted.x_test), fitted.logits(fitted.x_test), atol=1e-4)
 
 
 def test_an_fp64_model_takes_fp32_features_and_answers_fp32_logits(fitted: Fitted) -> None:
-    adapted = adapt_classifier(fp64_style(fitted))
+    adapted = adapt_model(fp64_style(fitted))
     logits = logits_of(adapted.model, fitted.x_test)
     assert logits.dtype == np.float32
     np.testing.assert_allclose(logits, fitted.logits(fitted.x_test), atol=1e-4)
@@ -81,7 +84,7 @@ def test_an_fp64_model_takes_fp32_features_and_answers_fp32_logits(fitted: Fitte
 
 def test_a_model_that_already_fits_is_kept_byte_for_byte(fitted: Fitted) -> None:
     original = contract_style(fitted)
-    adapted = adapt_classifier(original)
+    adapted = adapt_model(original)
     assert adapted.model == original and adapted.changes == []
 
 
@@ -90,8 +93,8 @@ def test_the_scores_option_overrides_what_the_name_suggests(fitted: Fitted) -> N
     model = onnx.load(io.BytesIO(contract_style(fitted)))
     model.graph.node[0].output[0] = model.graph.output[0].name = "probabilities"
     data = model.SerializeToString()
-    assert adapt_classifier(data).scores == "probabilities"
-    as_logits = adapt_classifier(data, scores="logits")
+    assert adapt_model(data).scores == "probabilities"
+    as_logits = adapt_model(data, scores="logits")
     np.testing.assert_allclose(logits_of(as_logits.model, fitted.x_test), fitted.logits(fitted.x_test), atol=1e-4)
 
 
@@ -99,7 +102,7 @@ def test_a_picture_model_takes_each_picture_flattened(fitted: Fitted) -> None:
     """A CNN exported with its input [1, 1, 8, 8]: `features` holds each picture's 64 values in row order,
     reshaped to the model's own layout inside, and it answers a whole batch as it answered one picture."""
     original = cnn_style()
-    adapted = adapt_classifier(original)
+    adapted = adapt_model(original)
     assert adapted.features == 64
     assert adapted.changes[0] == (
         "input 'input.1' [N, 1, 8, 8] now takes each row flattened: 'features' [N, 64], reshaped inside"
@@ -108,6 +111,25 @@ def test_a_picture_model_takes_each_picture_flattened(fitted: Fitted) -> None:
     one_by_one = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
     expected = np.concatenate([one_by_one.run(None, {"input.1": row.reshape(1, 1, 8, 8)})[0] for row in pictures])
     np.testing.assert_allclose(logits_of(adapted.model, pictures), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["skl2onnx [N, 1]", "one value per row [N]"])
+def test_a_regressor_answers_its_predictions_as_one_column(layout: str) -> None:
+    fitted = fit_regressor()
+    model = skl2onnx_regressor(fitted) if layout.startswith("skl2onnx") else vector_regressor(fitted)
+    adapted = adapt_model(model, task="regression")
+    assert adapted.features == 8 and adapted.scores == "values"
+    predicted = logits_of(adapted.model, fitted.x_test)
+    assert predicted.shape == (len(fitted.x_test), 1)
+    np.testing.assert_allclose(predicted[:, 0], fitted.regressor.predict(fitted.x_test), rtol=1e-4, atol=1e-4)
+    if layout.endswith("[N]"):
+        assert "output 'y' [N] is now one column [N, 1]" in adapted.changes
+
+
+def test_a_classifier_is_not_taken_for_a_regressor(fitted: Fitted) -> None:
+    """skl2onnx's classifier has a label and a ZipMap, no float output a regressor could answer with."""
+    with pytest.raises(ModelRefused, match="no output holds predictions as floats"):
+        adapt_model(skl2onnx_style(fitted), task="regression")
 
 
 def graph_model(inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], nodes: list) -> bytes:  # type: ignore[type-arg]
@@ -174,11 +196,11 @@ FLOAT_IN = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
 )
 def test_what_cannot_be_adapted_is_refused_with_the_reason(model: bytes, reason: str) -> None:
     with pytest.raises(ModelRefused) as refused:
-        adapt_classifier(model)
+        adapt_model(model)
     assert reason in str(refused.value)
     assert refused.value.status_code == 422
 
 
 def test_bytes_that_are_not_onnx_are_refused_before_anything_else() -> None:
     with pytest.raises(UnsafeOnnxModel, match="not an ONNX model"):
-        adapt_classifier(b"\x00\x01 definitely not protobuf")
+        adapt_model(b"\x00\x01 definitely not protobuf")

@@ -30,17 +30,23 @@ def import_model(
     class_names: Annotated[
         str | None, typer.Option("--class-names", help="Comma-separated, one per class in index order.")
     ] = None,
-    scores: Annotated[str, typer.Option(help="What the model outputs: auto, logits or probabilities.")] = "auto",
+    scores: Annotated[str, typer.Option(help="What a classifier outputs: auto, logits or probabilities.")] = "auto",
+    task: Annotated[str, typer.Option(help="classification, or regression (y: numbers to predict).")] = (
+        "classification"
+    ),
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait for the validation gate's verdict in the registry.")
     ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the verdict.", min=1)] = 300.0,
 ) -> None:
-    """Import a classifier trained elsewhere (skl2onnx, torch.onnx, ...) as a new version: adapted to the
-    features/logits contract, checked on the test rows, then validated, optimized and deployable as any."""
+    """Import a classifier (or a regressor, --task regression) trained elsewhere (skl2onnx, torch.onnx, ...)
+    as a new version: adapted to the features/logits contract, checked on the test rows, then validated and
+    deployed as any."""
     if scores not in ("auto", "logits", "probabilities"):
         fail(f"--scores must be auto, logits or probabilities, not {scores!r}")
-    form: dict[str, Any] = {"model": name, "scores": scores}
+    if task not in ("classification", "regression"):
+        fail(f"--task must be classification or regression, not {task!r}")
+    form: dict[str, Any] = {"model": name, "scores": scores, "task": task}
     if class_names:
         form["class_names"] = [n.strip() for n in class_names.split(",")]
     with ExitStack() as files, TrainerClient(timeout=600.0) as trainer:
@@ -58,8 +64,9 @@ def import_model(
     if version.status == VersionStatus.rejected:
         reasons = "; ".join(version.rejection_reasons or []) or "no reason given"
         fail(f"{name}:{version.version} rejected by the validation gate: {reasons}")
-    accuracy = (version.evaluation_report or {}).get("accuracy")
-    shown = f" (the gate measured accuracy {accuracy:.4f})" if isinstance(accuracy, float) else ""
+    metric = "r2" if task == "regression" else "accuracy"
+    value = (version.evaluation_report or {}).get(metric)
+    shown = f" (the gate measured {metric} {value:.4f})" if isinstance(value, float) else ""
     say(
         f"{name}:{version.version} validated{shown}; the optimizer and the deployer take it from here "
         f"(gallery models show {name}:{version.version}, gallery deployments)"
@@ -68,9 +75,14 @@ def import_model(
 
 def _print_import(imported: dict[str, Any]) -> None:
     again = " (imported before: nothing new stored)" if imported["already_imported"] else ""
+    outputs = imported["outputs"]
+    if imported["task"] == "regression":
+        shape = f"{outputs} target{'s' if outputs != 1 else ''}, rmse {imported['metrics']['test_rmse']:.4g}"
+    else:
+        shape = f"{outputs} classes, accuracy {imported['metrics']['test_accuracy']:.4f}"
     say(
         f"imported {imported['model']} as run {imported['run_id']}{again}: {imported['features']} features, "
-        f"{imported['classes']} classes, accuracy {imported['test_accuracy']:.4f} on the test rows"
+        f"{shape} on the test rows"
     )
     for change in imported["changes"]:
         say(f"  adapted: {change}")

@@ -46,7 +46,7 @@ from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, run_lim
 from gallery_common.settings import GallerySettings
 from gallery_common.telemetry import get_logger
 
-from .onnx_adapt import Adapted, ModelRefused, Scores, adapt_classifier
+from .onnx_adapt import Adapted, ModelRefused, Scores, Task, adapt_model
 from .publish import PublishFn, artifacts_json, upload_outputs
 from .records import Run, utcnow
 
@@ -67,6 +67,7 @@ class ImportRequest:
     class_names: list[str] | None = None
     scores: Scores = "auto"
     project: str | None = None
+    task: Task = "classification"
 
 
 class ImportPublic(BaseModel):
@@ -76,11 +77,12 @@ class ImportPublic(BaseModel):
     event_id: str
     model: str
     project: str
+    task: str
     features: int
-    classes: int
-    scores: str = Field(description="what the file's output held: logits, or probabilities (logits are their log)")
+    outputs: int = Field(description="a classifier's classes, a regressor's targets")
+    scores: str = Field(description="what the file's output held: logits, probabilities (logits are their log), values")
     changes: list[str] = Field(description="each change made to the file, in words; empty when it already fitted")
-    test_accuracy: float = Field(description="the adapted model's accuracy on the test split, measured at import")
+    metrics: dict[str, float] = Field(description="test_accuracy, or a regressor's test_rmse, measured at import")
     artifacts: dict[str, Any]
     already_imported: bool = Field(description="the same import was made before: nothing new was stored or sent")
 
@@ -109,7 +111,9 @@ class ModelImporter:
         if not is_model_name(request.model):
             raise InvalidRequest(f"model: {request.model!r} is not a model name ({MODEL_NAME_RULE})")
         project = place(request.project)
-        adapted = adapt_classifier(request.onnx, request.scores)
+        if request.task == "regression" and request.class_names is not None:
+            raise ModelRefused("class names are for classifiers; a regressor has none")
+        adapted = adapt_model(request.onnx, request.task, request.scores)
         splits = _read_splits(request, adapted.features)
         try:
             outputs = self._answers(adapted.model, splits.test.x)
@@ -117,14 +121,19 @@ class ModelImporter:
             if any("batch" in change for change in adapted.changes):
                 raise ModelRefused(f"{exc} (the file fixed its batch size: export it with a variable one)") from None
             raise
-        classes = _check_answers(outputs, splits, request.class_names)
-        accuracy = float((outputs.argmax(axis=1) == splits.test.y).mean())
+        _check_shape(outputs, splits)
+        if request.task == "regression":
+            width = _check_predictions(outputs, splits)
+            metrics = {"test_rmse": float(np.sqrt(((outputs - _columns(splits.test.y)) ** 2).mean()))}
+        else:
+            width = _check_scores(outputs, splits, request.class_names)
+            metrics = {"test_accuracy": float((outputs.argmax(axis=1) == splits.test.y).mean())}
         digest = _identity(project, request)
         run_id, event_id = f"import-{digest[:12]}", f"imported:{digest[:32]}"
         with Session(self.engine) as session:
             earlier = session.get(Run, run_id)
             if earlier is not None and earlier.event_id is not None:
-                return _public(earlier, adapted, classes, accuracy, already=True)
+                return _public(earlier, adapted, width, already=True)
         refs = self._store(run_id, request, adapted)
         run = Run(
             id=run_id,
@@ -133,10 +142,10 @@ class ModelImporter:
             project=project,
             status="running",
             params=_params(request, adapted),
-            metrics={"test_accuracy": accuracy},
+            metrics=metrics,
             system={"engine": "import"},
             artifacts=artifacts_json(refs),
-            task="classification",
+            task=request.task,
             class_names=request.class_names,
             config_hash=hashlib.sha256(request.onnx).hexdigest(),
             dataset_fingerprint=hashlib.sha256(request.train).hexdigest(),
@@ -149,13 +158,13 @@ class ModelImporter:
             project=project,
             run_id=run_id,
             artifacts={role: ref for role, ref in refs.items() if role != SOURCE_ROLE},
-            task="classification",
+            task=request.task,
             class_names=request.class_names,
             signature=Signature(
                 inputs=[TensorSpec(name=INPUT_NAME, datatype="FP32", shape=[-1, adapted.features])],
-                outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", shape=[-1, classes])],
+                outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", shape=[-1, width])],
             ),
-            metrics={"test_accuracy": accuracy},
+            metrics=metrics,
             lineage=Lineage(
                 training_job_id=run_id, dataset_fingerprint=run.dataset_fingerprint, config_hash=run.config_hash
             ),
@@ -169,7 +178,7 @@ class ModelImporter:
             session.commit()
             session.refresh(stored)
             log.info("model imported", model=request.model, project=project, run_id=run_id, changes=adapted.changes)
-            return _public(stored, adapted, classes, accuracy, already=False)
+            return _public(stored, adapted, width, already=False)
 
     def _answers(self, model: bytes, x: np.ndarray) -> np.ndarray:
         """The adapted model's logits for `x`, computed in the sandbox; ModelRefused when it cannot answer."""
@@ -238,8 +247,17 @@ def _read_splits(request: ImportRequest, features: int) -> _Splits:
             )
         if not np.all(np.isfinite(split.x)):
             raise ModelRefused(f"the {name} split holds NaN or infinite features")
+        if request.task == "regression":
+            if split.y.ndim not in (1, 2) or not np.issubdtype(split.y.dtype, np.number):
+                raise ModelRefused(f"the {name} split's y must be numbers: one target per row [N], or [N, K]")
+            if not np.all(np.isfinite(split.y)):
+                raise ModelRefused(f"the {name} split's y holds NaN or infinite targets")
+            return Split(split.x, split.y.astype(np.float32))
         if split.y.ndim != 1 or not _integral(split.y):
-            raise ModelRefused(f"the {name} split's y must be one class index (an integer) per row")
+            raise ModelRefused(
+                f"the {name} split's y must be one class index (an integer) per row "
+                "(a regressor's targets: import it with task regression)"
+            )
         return Split(split.x, split.y.astype(np.int64))
 
     validation = one(request.validation, "validation") if request.validation is not None else None
@@ -252,21 +270,35 @@ def _integral(y: np.ndarray) -> bool:
     return bool(np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)))
 
 
-def _check_answers(outputs: np.ndarray, splits: _Splits, class_names: list[str] | None) -> int:
-    """The number of classes the model answers with, once its answers and the labels agree."""
+def _columns(y: np.ndarray) -> np.ndarray:
+    """Targets as [N, K]: one column when a split holds one target per row."""
+    return y.reshape(len(y), -1)
+
+
+def _splits_of(splits: _Splits) -> list[tuple[str, Split]]:
+    named = [("train", splits.train), ("test", splits.test), ("validation", splits.validation)]
+    return [(name, split) for name, split in named if split is not None]
+
+
+def _check_shape(outputs: np.ndarray, splits: _Splits) -> None:
     if outputs.ndim != 2 or outputs.shape[0] != len(splits.test):
         raise ModelRefused(
             f"the model answered {len(splits.test)} test rows with shape {list(outputs.shape)}; "
-            f"a classifier answers [rows, classes]"
+            "an imported model answers [rows, outputs]"
         )
+    if not np.all(np.isfinite(outputs)):
+        raise ModelRefused("the model answered NaN or infinite values on the test rows")
+
+
+def _check_scores(outputs: np.ndarray, splits: _Splits, class_names: list[str] | None) -> int:
+    """The number of classes the model answers with, once its answers and the labels agree."""
     classes = int(outputs.shape[1])
     if classes < 2:
-        raise ModelRefused(f"the model answers {classes} score per row; a classifier answers one per class (2 or more)")
-    if not np.all(np.isfinite(outputs)):
-        raise ModelRefused("the model answered NaN or infinite scores on the test rows")
-    for name, split in (("train", splits.train), ("test", splits.test), ("validation", splits.validation)):
-        if split is None:
-            continue
+        raise ModelRefused(
+            f"the model answers {classes} score per row; a classifier answers one per class (2 or more); "
+            "import a regressor with task regression"
+        )
+    for name, split in _splits_of(splits):
         bad = split.y[(split.y < 0) | (split.y >= classes)]
         if bad.size:
             raise ModelRefused(f"the {name} split has label {int(bad[0])}; the model answers classes 0-{classes - 1}")
@@ -276,6 +308,16 @@ def _check_answers(outputs: np.ndarray, splits: _Splits, class_names: list[str] 
         if len(set(class_names)) != len(class_names) or any(not n or len(n) > MAX_CLASS_NAME for n in class_names):
             raise ModelRefused(f"class names must be distinct, 1 to {MAX_CLASS_NAME} characters each")
     return classes
+
+
+def _check_predictions(outputs: np.ndarray, splits: _Splits) -> int:
+    """The number of targets a regressor predicts, once every split has as many per row."""
+    targets = int(outputs.shape[1])
+    for name, split in _splits_of(splits):
+        given = _columns(split.y).shape[1]
+        if given != targets:
+            raise ModelRefused(f"the {name} split has {given} targets per row; the model predicts {targets}")
+    return targets
 
 
 def _identity(project: str, request: ImportRequest) -> str:
@@ -289,6 +331,7 @@ def _identity(project: str, request: ImportRequest) -> str:
         "validation": hashlib.sha256(request.validation).hexdigest() if request.validation is not None else None,
         "class_names": request.class_names,
         "scores": request.scores,
+        "task": request.task,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -300,6 +343,7 @@ def _params(request: ImportRequest, adapted: Adapted) -> dict[str, Any]:
         "scores": adapted.scores,
         "changes": adapted.changes,
         "validation": "given" if request.validation is not None else "the test split",
+        "task": request.task,
     }
 
 
@@ -310,17 +354,18 @@ def _safe_name(filename: str) -> str:
     return cleaned[:100] or "model.onnx"
 
 
-def _public(run: Run, adapted: Adapted, classes: int, accuracy: float, *, already: bool) -> ImportPublic:
+def _public(run: Run, adapted: Adapted, width: int, *, already: bool) -> ImportPublic:
     return ImportPublic(
         run_id=run.id,
         event_id=run.event_id or "",
         model=run.model,
         project=run.project,
+        task=run.task or "classification",
         features=adapted.features,
-        classes=classes,
+        outputs=width,
         scores=adapted.scores,
         changes=adapted.changes,
-        test_accuracy=accuracy,
+        metrics=dict(run.metrics),
         artifacts=dict(run.artifacts),
         already_imported=already,
     )

@@ -1,5 +1,6 @@
-"""An ONNX classifier trained elsewhere, brought to the contract every Model Gallery version keeps: one
-input `features` FP32 [-1, F], one output `logits` FP32 [-1, C].
+"""An ONNX classifier or regressor trained elsewhere, brought to the contract every Model Gallery version
+keeps: one input `features` FP32 [-1, F], one output `logits` FP32 [-1, C] (a regressor's predictions
+[-1, K] under the same name, as the trainer exports them).
 
 What a converter wrote is adapted where the meaning is certain, and refused with the reason where it is
 not:
@@ -10,6 +11,7 @@ not:
 - the scores become `logits`: a float output [N, C] as it is, or, when it holds probabilities (skl2onnx's
   ZipMap, an output named like `probabilities`, or `scores="probabilities"`), their logarithm, so that a
   softmax of the logits gives the probabilities back;
+- a regressor's one float output is its predictions: [N] becomes one column [N, 1];
 - the outputs that are not the scores (a predicted label) and the ZipMap that turned scores into a list
   of maps are dropped, with the nodes only they used.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gallery_common.contracts.names import INPUT_NAME, OUTPUT_NAME
 from gallery_common.errors import InvalidRequest
@@ -34,12 +36,16 @@ if TYPE_CHECKING:
     import onnx
 
 Scores = Literal["auto", "logits", "probabilities"]
+Task = Literal["classification", "regression"]
+# what the output held: a classifier's logits or probabilities, a regressor's predicted values
+Kind = Literal["logits", "probabilities", "values"]
 # the smallest probability the logarithm is taken of: log(0) would be -inf, which JSON cannot carry
 PROBABILITY_FLOOR = 1e-12
 # ONNX's `Max` with two inputs and `Log` of FP32, both in every opset from 8
 MIN_OPSET = 8
 # `Reshape` with its shape as an input
 MIN_RESHAPE_OPSET = 5
+UNSQUEEZE_AXES_INPUT_OPSET = 13
 _PROBABILITY_WORDS = ("prob",)
 _ZIPMAP = "ZipMap"
 
@@ -54,13 +60,13 @@ class Adapted:
 
     model: bytes
     features: int
-    scores: Literal["logits", "probabilities"]
+    scores: Kind
     changes: list[str] = field(default_factory=list)
 
 
-def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
-    """Bring the ONNX classifier in `data` to the contract, or raise ModelRefused (or UnsafeOnnxModel for a
-    file that is not one safe ONNX model) saying why."""
+def adapt_model(data: bytes, task: Task = "classification", scores: Scores = "auto") -> Adapted:
+    """Bring the ONNX classifier (or regressor) in `data` to the contract, or raise ModelRefused (or
+    UnsafeOnnxModel for a file that is not one safe ONNX model) saying why."""
     import onnx
 
     model = verify_self_contained_onnx(data)
@@ -69,8 +75,12 @@ def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
     source_input = _one_input(graph)
     row, input_type = _input_layout(source_input)
     width = math.prod(row)
-    source_output, zipmap_output = _scores_output(graph)
-    kind = _score_kind(source_output.name, zipmap_output is not None, scores)
+    if task == "regression":
+        source_output, zipmap_output = _predictions_output(graph), None
+        kind: Kind = "values"
+    else:
+        source_output, zipmap_output = _scores_output(graph)
+        kind = _score_kind(source_output.name, zipmap_output is not None, scores)
     changes: list[str] = []
     opset = _default_opset(model)
 
@@ -85,11 +95,16 @@ def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
         )
 
     output_type = source_output.type.tensor_type.elem_type
-    wrapped = output_type == onnx.TensorProto.DOUBLE or kind == "probabilities"
+    one_per_row = _rank(source_output) == 1  # a regressor's [N]: made [N, 1], one target per row
+    wrapped = output_type == onnx.TensorProto.DOUBLE or kind == "probabilities" or one_per_row
     if wrapped and source_output.name == OUTPUT_NAME:
         _rename(graph, OUTPUT_NAME, "gallery_source_logits")
     score_name = "gallery_source_logits" if wrapped and source_output.name == OUTPUT_NAME else source_output.name
     tail: list[onnx.NodeProto] = []
+    if one_per_row:
+        tail.append(_unsqueeze_rows(score_name, "gallery_predictions", opset, initializers))
+        score_name = "gallery_predictions"
+        changes.append(f"output {source_output.name!r} [N] is now one column [N, 1]")
     if output_type == onnx.TensorProto.DOUBLE:
         tail.append(onnx.helper.make_node("Cast", [score_name], ["gallery_scores_fp32"], to=onnx.TensorProto.FLOAT))
         score_name = "gallery_scores_fp32"
@@ -108,7 +123,8 @@ def adapt_classifier(data: bytes, scores: Scores = "auto") -> Adapted:
         changes.append(f"output {source_output.name!r} (FP64) is cast to FP32")
     dropped = [o.name for o in graph.output if o.name not in (source_output.name, zipmap_output)]
     if dropped:
-        changes.append("outputs dropped (not the scores): " + ", ".join(repr(n) for n in dropped))
+        what = "the predictions" if task == "regression" else "the scores"
+        changes.append(f"outputs dropped (not {what}): " + ", ".join(repr(n) for n in dropped))
 
     if not changes:
         return Adapted(model=data, features=width, scores=kind)
@@ -164,7 +180,7 @@ def _input_steps(
     changes in words: a reshape for a row that is not flat (a picture [C, H, W]), a cast for FP64."""
     import onnx
 
-    steps: list[tuple[str, list[str], dict[str, int]]] = []
+    steps: list[tuple[str, list[str], dict[str, Any]]] = []
     constants: list[onnx.TensorProto] = []
     changes: list[str] = []
     if len(row) > 1:
@@ -229,6 +245,41 @@ def _is_float_matrix(value: onnx.ValueInfoProto) -> bool:
     if tensor.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
         return False
     return not tensor.HasField("shape") or len(tensor.shape.dim) == 2
+
+
+def _rank(value: onnx.ValueInfoProto) -> int | None:
+    tensor = value.type.tensor_type
+    return len(tensor.shape.dim) if value.type.HasField("tensor_type") and tensor.HasField("shape") else None
+
+
+def _predictions_output(graph: onnx.GraphProto) -> onnx.ValueInfoProto:
+    """A regressor's output: its one float output of [N] or [N, K] predictions."""
+    import onnx
+
+    candidates = [
+        o
+        for o in graph.output
+        if o.type.HasField("tensor_type")
+        and o.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+        and _rank(o) in (1, 2, None)
+    ]
+    names = ", ".join(repr(o.name) for o in (candidates or graph.output))
+    if not candidates:
+        raise ModelRefused(f"no output holds predictions as floats [N] or [N, K] (outputs: {names})")
+    if len(candidates) > 1:
+        raise ModelRefused(f"several outputs could hold the predictions ({names}); export the model with one")
+    return candidates[0]
+
+
+def _unsqueeze_rows(name: str, out: str, opset: int, constants: list[onnx.TensorProto]) -> onnx.NodeProto:
+    """[N] -> [N, 1]: Unsqueeze takes its axes as an attribute before opset 13 and as an input from it."""
+    import onnx
+
+    if opset >= UNSQUEEZE_AXES_INPUT_OPSET:
+        axes = onnx.helper.make_tensor("gallery_column_axis", onnx.TensorProto.INT64, [1], [1])
+        constants.append(axes)
+        return onnx.helper.make_node("Unsqueeze", [name, axes.name], [out])
+    return onnx.helper.make_node("Unsqueeze", [name], [out], axes=[1])
 
 
 def _scores_output(graph: onnx.GraphProto) -> tuple[onnx.ValueInfoProto, str | None]:

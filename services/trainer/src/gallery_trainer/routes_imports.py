@@ -14,7 +14,7 @@ from gallery_common.errors import Unavailable
 from gallery_common.project_scope import ScopeDep
 
 from .imports import ImportPublic, ImportRequest
-from .onnx_adapt import ModelRefused, Scores
+from .onnx_adapt import ModelRefused, Scores, Task
 from .routes_jobs import JobsDep
 
 router = APIRouter(prefix="/api/v1", tags=["imports"])
@@ -43,11 +43,15 @@ async def import_model(
     validation: Annotated[UploadFile | None, File(description="NPZ (x, y): the canary's replay; default test")] = None,
     class_names: Annotated[list[str] | None, Form(description="one per class, in index order")] = None,
     scores: Annotated[Scores, Form(description="what the output holds; auto: probabilities after a ZipMap")] = "auto",
+    task: Annotated[Task, Form(description="a classifier's class scores, or a regressor's predictions")] = (
+        "classification"
+    ),
     project: Annotated[str | None, Form()] = None,
 ) -> ImportPublic:
-    """Import a classifier trained elsewhere (scikit-learn through skl2onnx, PyTorch, ...): adapted to the
-    `features` / `logits` contract, checked on the test rows in a sandbox, stored, and announced as
-    `model.trained`, so that the gate validates it and the rest of the lifecycle takes it as any version.
+    """Import a classifier (or, with task `regression`, a regressor) trained elsewhere (scikit-learn through
+    skl2onnx, PyTorch, ...): adapted to the `features` / `logits` contract, checked on the test rows in a
+    sandbox, stored, and announced as `model.trained`, so that the gate validates it and the rest of the
+    lifecycle takes it as any version.
 
     The answer lists every change made to the file. The same import sent again is the same run and
     event (`already_imported`). Needs the writer role in the project (the form's `project`, else the
@@ -65,6 +69,7 @@ async def import_model(
         class_names=class_names or None,
         scores=scores,
         project=project,
+        task=task,
     )
     imported = await anyio.to_thread.run_sync(jobs.importer.run, request, scope.home)
     if jobs.trail is not None and not imported.already_imported:
