@@ -216,6 +216,11 @@ def main() -> None:
     )
     print(f"edge bundle:     {home / 'artifacts' / 'optimized' / MODEL}/<version>/  (tarball with a standalone runner)")
     print(f"                 or, with make up: gallery models download {MODEL} --role edge_bundle")
+    print(
+        "your own model:  .venv/bin/python examples/sklearn_to_onnx.py wine-import   then, with make up:"
+        " gallery models import wine-import/wine-forest.onnx --name wine-forest"
+        " --train wine-import/train.npz --test wine-import/test.npz"
+    )
     print("gallery: http://127.0.0.1:8000/ (catalogue, model cards, experiments, try it, monitoring)")
 
 
