@@ -390,8 +390,8 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     stack: LifecycleStack, tmp_path: Path
 ) -> None:
     """`gallery models import` with a scikit-learn logistic regression in skl2onnx's layout: the gate
-    validates it, the deployer serves it, the optimizer builds what needs no PyTorch weights and says
-    why it built nothing else, and the gateway answers as the fitted model does."""
+    validates it, the deployer serves it, the optimizer distills a student from its answers and says why
+    it built nothing else, and the gateway answers as the fitted model does."""
     fitted = fit_digits()
     model_file = tmp_path / "logreg.onnx"
     model_file.write_bytes(skl2onnx_style(fitted))
@@ -406,9 +406,13 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     wait_for("v1 in production", lambda: deployed(stack, 1, "production", "digits-logreg"), 120)
     optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model="digits-logreg", version=1), 300)
     variants = {v.name: v for v in optimized[0].data.variants}
-    assert variants["int8_dynamic"].artifact is not None and variants["int8_dynamic"].error is None
-    for needs_weights in ("pruned_magnitude", "pruned_structured", "distilled"):
+    # skl2onnx's LinearClassifier is one ONNX-ML operator: nothing for INT8 or FP16, and the report says so
+    assert variants["int8_dynamic"].artifact is None and "quantized nothing" in (variants["int8_dynamic"].error or "")
+    assert "ONNX-ML operators (LinearClassifier, Normalizer)" in (variants["fp16"].error or "")
+    for needs_weights in ("pruned_magnitude", "pruned_structured"):
         assert variants[needs_weights].artifact is None and "PyTorch weights" in (variants[needs_weights].error or "")
+    # the student learns from the imported model's answers: no weights of the teacher needed
+    assert variants["distilled"].artifact is not None, variants["distilled"].error
     recommended = optimized[0].data.recommended
     wait_for(
         "the recommended variant rolled in",

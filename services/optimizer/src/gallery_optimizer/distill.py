@@ -1,5 +1,7 @@
 """The distilled variant: a small MLP student trained on the teacher's softened outputs, meant for edge
-devices. The student keeps the teacher's fitted preprocessing, so it takes the same raw features."""
+devices. The student keeps the teacher's fitted preprocessing, so it takes the same raw features; a
+teacher with no stored spec (an imported model: only its ONNX file is known) gets a student that
+standardises the raw features with their train-split mean and spread."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from gallery_common.nn import ExportedModel, build_network
-from gallery_common.nn.stored import StoredArchitecture, stored_parts
+from gallery_common.nn.stored import StoredArchitecture, StoredTarget, StoredTransform, stored_parts
 from gallery_optimizer.training import train
 
 HARD_LABEL_WEIGHT = 0.3
@@ -44,6 +46,18 @@ def build_student(spec: dict[str, Any], hidden: list[int], seed: int) -> Exporte
     return ExportedModel(build_network(student_layers, transform, n_outputs, None), target)
 
 
+def build_student_for(x: np.ndarray, n_outputs: int, hidden: list[int], seed: int) -> ExportedModel:
+    """A ReLU MLP with `hidden` layers for a teacher without a stored spec: the raw features standardised
+    with the mean and spread of `x` (the train rows; a constant column is centred, not scaled)."""
+    spread = x.std(axis=0)
+    transform = StoredTransform(
+        mean=x.mean(axis=0).astype(np.float32), scale=np.where(spread > 0, spread, 1.0).astype(np.float32)
+    )
+    torch.manual_seed(seed)
+    layers = StoredArchitecture(architecture="mlp", hidden=list(hidden), activation="relu")
+    return ExportedModel(build_network(layers, transform, n_outputs, None), StoredTarget())
+
+
 def transfer_set(x: np.ndarray, copies: int, seed: int) -> np.ndarray:
     """The train rows plus `copies` mixup blends of them (each row mixed with a random other row, up to
     half-way): more points where the teacher's answers are worth imitating, between the classes."""
@@ -57,7 +71,7 @@ def transfer_set(x: np.ndarray, copies: int, seed: int) -> np.ndarray:
 
 
 def distill(
-    spec: dict[str, Any],
+    spec: dict[str, Any] | None,
     teacher: Callable[[np.ndarray], np.ndarray],
     train_split: tuple[np.ndarray, np.ndarray],
     validation_split: tuple[np.ndarray, np.ndarray],
@@ -69,11 +83,15 @@ def distill(
     on_epoch: Callable[[int], None] | None = None,
 ) -> ExportedModel:
     """The student trained for `epochs` to match `teacher` (raw rows to logits) on the transfer set built
-    from the train rows; the hard labels of blended rows are the teacher's; the best validation epoch is kept."""
-    student = build_student(spec, hidden, seed)
+    from the train rows; the hard labels of blended rows are the teacher's; the best validation epoch is kept.
+    Without a `spec` the student's preprocessing is fitted on the train rows (`build_student_for`)."""
     x, y = train_split
     rows = transfer_set(x, TRANSFER_COPIES, seed)
     logits = teacher(rows)
+    if spec is None:
+        student = build_student_for(x, logits.shape[1] if logits.ndim == 2 else 0, hidden, seed)
+    else:
+        student = build_student(spec, hidden, seed)
     if logits.shape != (len(rows), student.network[-1].out_features):
         raise ValueError(
             f"teacher outputs {logits.shape[1:]} per row; the student has {student.network[-1].out_features} classes"

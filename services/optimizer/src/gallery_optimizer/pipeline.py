@@ -162,17 +162,18 @@ def _build(
     """Write variant `name` to `workdir/<name>.onnx`; the notes say what a reader should know about it."""
     out = workdir / f"{name}.onnx"
     if name in ("int8_dynamic", "int8_static"):
-        from gallery_optimizer.quantize import int8_build, int8_dynamic
+        from gallery_optimizer.quantize import int8_build, int8_dynamic, require_quantized
 
         build = int8_build(policy.int8_target, host_cpu())
         notes = [f"for {build.cpu_target}: {build.note}"]
         if name == "int8_dynamic":
-            return int8_dynamic(inputs.onnx, out, reduce_range=build.reduce_range), notes
+            return require_quantized(int8_dynamic(inputs.onnx, out, reduce_range=build.reduce_range), name), notes
         calibrated = f"calibrated on {min(len(data.validation.x), 512)} validation rows"
         # calibrating runs the untrusted graph on data: in a child, under the same limits as a measurement
         built = int8_static_limited(
             inputs.onnx, out, data.validation.x, policy.seed, reduce_range=build.reduce_range, limits=data.limits
         )
+        require_quantized(built, name)
         return built, [
             calibrated,
             *notes,
@@ -198,7 +199,7 @@ def _build_torch(
 ) -> tuple[Path, list[str]]:
     if data.texts and name == "distilled":
         return _distill_text(_text_features(inputs, data), policy, data, out)
-    if inputs.spec is None:
+    if inputs.spec is None and name != "distilled":
         raise OptimizationError(
             f"{name} is built from the trainer's PyTorch weights and stored spec, and this version has no spec"
             " (an imported model has neither)"
@@ -230,8 +231,10 @@ def _build_torch(
         notes = [
             f"student MLP {policy.student_hidden}, {parameter_count(model):,} parameters, T={policy.temperature:g}"
         ]
+        if inputs.spec is None:
+            notes.append("no stored spec: the student standardises the raw features with the train rows' statistics")
     else:
-        if inputs.weights is None:
+        if inputs.weights is None or inputs.spec is None:
             raise OptimizationError(f"{name} needs the trainer's PyTorch weights, and this version has none")
         from gallery_common.nn import load_stored_model
         from gallery_optimizer.prune import magnitude_prune, structured_prune

@@ -148,11 +148,45 @@ def _input_name(model: onnx.ModelProto) -> str:
     return names[0] if names else INPUT_NAME
 
 
+# what a quantized graph holds: QDQ pairs (static), or dynamic quantization's integer kernels
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "DynamicQuantizeMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QGemm",
+    }
+)
+
+
+def require_quantized(variant: Path, name: str) -> Path:
+    """`variant`, once it holds a quantized operator; else ValueError naming the operators it has: a graph
+    without Gemm, MatMul or Conv (a tree ensemble) comes out of the quantizer as it went in, and an
+    "INT8" variant that is FP32 would be measured, recommended and deployed as if it were not."""
+    graph = onnx.load(str(variant), load_external_data=False).graph
+    ops = {node.op_type for node in graph.node}
+    if ops & QUANTIZED_OPS:
+        return variant
+    shown = ", ".join(sorted(ops)[:8])
+    raise ValueError(f"{name} quantized nothing: the graph has no Gemm, MatMul or Conv to quantize ({shown})")
+
+
 def fp16(fp32: Path, out: Path) -> Path:
     """FP16 weights and arithmetic with FP32 inputs and outputs kept (`keep_io_types`), for GPU serving."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = verify_self_contained_onnx(fp32.read_bytes())
+    classic_ml = sorted({n.op_type for n in model.graph.node if n.domain == "ai.onnx.ml"} - set(TEXT_OPS))
+    if classic_ml:
+        # ONNX Runtime's converter mistypes the graph around them even when they are blocked (seen with
+        # skl2onnx's TreeEnsembleClassifier and LinearClassifier: the session then refuses to load), and
+        # they have no GPU kernels, where FP16 pays
+        raise ValueError(f"FP16 is not built for a graph of ONNX-ML operators ({', '.join(classic_ml)})")
     blocked = [*DEFAULT_OP_BLOCK_LIST, *TEXT_OPS]
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
     topologically_sort(converted.graph)
