@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 from foreign_models import Fitted, fit_digits, fit_regressor, skl2onnx_regressor, skl2onnx_style, torch_style
 from onnx import TensorProto, helper
+from test_trainer_service import audit_records
 from trainer_harness import serve_trainer, stored_events, trainer_settings
 from typer.testing import CliRunner
 
@@ -76,6 +77,10 @@ def test_an_skl2onnx_classifier_is_adapted_stored_and_announced_once(
         assert again.exit_code == 0, again.output
         assert "imported before: nothing new stored" in again.output and trained.run_id in again.output
         assert len(stored_events(nats_server.url, "model.trained", 2, timeout=2)) == 1
+    # who imported what, and what was changed in it, is in the project's audit trail, once
+    [record] = [r for r in audit_records(nats_server.url) if r.action == "model.imported"]
+    assert (record.target, record.model) == (f"run/{trained.run_id}", "digits-logreg")
+    assert record.after["file"] == "logreg.onnx" and record.after["changes"][0] == "input 'X' is now 'features'"
 
 
 def test_the_readmes_scikit_learn_example_imports_as_written(
