@@ -59,7 +59,9 @@ def test_an_skl2onnx_classifier_is_adapted_stored_and_announced_once(
         assert trained.signature.inputs[0].name == "features" and trained.signature.inputs[0].shape == [-1, 64]
         assert trained.signature.outputs[0].name == "logits" and trained.signature.outputs[0].shape == [-1, 10]
         # the stored model answers as the fitted one: its logits are the log of the same probabilities
-        session = ort.InferenceSession(stored_bytes(trained.artifacts["onnx"].uri))
+        stored = onnx.load_from_string(stored_bytes(trained.artifacts["onnx"].uri))
+        assert stored.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 10
+        session = ort.InferenceSession(stored.SerializeToString())
         (logits,) = session.run(["logits"], {"features": fitted.x_test})
         softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         np.testing.assert_allclose(softmax, fitted.probabilities(fitted.x_test), atol=1e-5)

@@ -25,7 +25,7 @@ from foreign_models import (
 from onnx import TensorProto, helper
 
 from gallery_common.onnx_safety import UnsafeOnnxModel
-from gallery_trainer.onnx_adapt import ModelRefused, adapt_model
+from gallery_trainer.onnx_adapt import ModelRefused, adapt_model, declare_output_width
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,18 @@ def test_a_forests_zero_probabilities_become_finite_logits(fitted: Fitted) -> No
     assert (expected == 0).any() and np.isfinite(logits).all()
     np.testing.assert_allclose(softmax(logits), expected, atol=1e-5)
     assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all()
+
+
+def test_the_output_declares_its_width_once_it_is_known(fitted: Fitted) -> None:
+    """The adapted output is [batch, ?] until the model has run; the file then says [batch, 10], which
+    readers of the file alone (the edge bundle's signature) take the class count from."""
+    adapted = adapt_model(skl2onnx_style(fitted))
+    declared = declare_output_width(adapted, 10)
+    dims = onnx.load_from_string(declared.model).graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 10]
+    assert declared.changes[-1] == "output 'logits' declares its width: [N, 10]"
+    np.testing.assert_array_equal(logits_of(declared.model, fitted.x_test), logits_of(adapted.model, fitted.x_test))
+    assert declare_output_width(declared, 10) is declared, "a declared width is left as it is"
 
 
 def test_a_torch_export_with_a_fixed_batch_answers_any_number_of_rows(fitted: Fitted) -> None:

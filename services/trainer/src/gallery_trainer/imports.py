@@ -46,7 +46,7 @@ from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, run_lim
 from gallery_common.settings import GallerySettings
 from gallery_common.telemetry import get_logger
 
-from .onnx_adapt import Adapted, ModelRefused, Scores, Task, adapt_model
+from .onnx_adapt import Adapted, ModelRefused, Scores, Task, adapt_model, declare_output_width
 from .publish import PublishFn, artifacts_json, upload_outputs
 from .records import Run, utcnow
 
@@ -128,6 +128,7 @@ class ModelImporter:
         else:
             width = _check_scores(outputs, splits, request.class_names)
             metrics = {"test_accuracy": float((outputs.argmax(axis=1) == splits.test.y).mean())}
+        adapted = declare_output_width(adapted, width)
         digest = _identity(project, request)
         run_id, event_id = f"import-{digest[:12]}", f"imported:{digest[:32]}"
         with Session(self.engine) as session:

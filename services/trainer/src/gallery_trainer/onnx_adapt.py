@@ -154,6 +154,26 @@ def adapt_model(data: bytes, task: Task = "classification", scores: Scores = "au
     return Adapted(model=model.SerializeToString(), features=width, scores=kind, changes=changes)
 
 
+def declare_output_width(adapted: Adapted, width: int) -> Adapted:
+    """`adapted` with its output declared [batch, `width`] once running it told the width: readers of the
+    file alone (the edge bundle's signature, a serving runtime) take the class count from the graph."""
+    import onnx
+
+    model = onnx.load_from_string(adapted.model)
+    tensor = model.graph.output[0].type.tensor_type
+    dims = tensor.shape.dim
+    if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value == width:
+        return adapted
+    if len(dims) != 2:
+        tensor.shape.Clear()
+        tensor.shape.dim.add().dim_param = "batch"
+        tensor.shape.dim.add()
+    tensor.shape.dim[1].Clear()
+    tensor.shape.dim[1].dim_value = width
+    change = f"output {OUTPUT_NAME!r} declares its width: [N, {width}]"
+    return Adapted(model.SerializeToString(), adapted.features, adapted.scores, [*adapted.changes, change])
+
+
 def _check_names_free(graph: onnx.GraphProto) -> None:
     """`features` and `logits` may be the graph's own input and output, never another tensor of it."""
     inputs = {i.name for i in graph.input}
