@@ -1,17 +1,18 @@
-"""A classifier trained elsewhere, brought in as if the trainer had trained it: the `model.trained` of an import.
+"""A model trained elsewhere, brought in as if the trainer had trained it: the `model.trained` of an import.
 
 The user gives the ONNX file and the data the model is judged by: the rows it was trained on (`train`:
-the monitor's drift reference, the explainer's background, INT8 calibration) and rows it never saw
-(`test`: the validation gate's evaluation), and optionally a `validation` split (the canary's replay);
-without one, the test rows serve as validation too. Each is an NPZ of `x` [N, F] and integer `y`.
+the monitor's drift reference, the explainer's background, the distilled student's lessons) and rows it
+never saw (`test`: the validation gate's evaluation), and optionally a `validation` split (INT8's
+calibration, the canary's replay); without one, the test rows serve as validation too. Each is an NPZ of
+`x` [N, F] and `y`: an integer class per row, or a regressor's targets.
 
 The ONNX file is adapted to the `features` / `logits` contract (`onnx_adapt`), then run on the test rows
 in a sandbox (time and memory limits, as the gate and the optimizer run untrusted models): an answer of
 the wrong shape, a label the model cannot give, or a failure is refused with the reason before anything
 is stored. The files go under `runs/<run id>/` beside the original, a run records what was changed, and
 `model.trained` is published: the gate validates it, and the optimizer, deployer and monitor take it as
-any version. There are no PyTorch weights, so the optimizer builds what needs none (INT8, FP16) and
-names the variants it cannot (pruned, distilled).
+any version. There are no PyTorch weights, so the optimizer builds what needs none (the distilled
+student; INT8 and FP16 where the graph allows) and names the variants it cannot (pruned).
 
 An import is identified by its content (project, name, every file's sha256, the options): sending it
 again, after a time-out or a crash half-way, stores the same keys and publishes the same event id, so
