@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from foreign_models import fit_digits, fit_regressor, skl2onnx_regressor, skl2on
 from lifecycle_stack import LifecycleStack
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_check import Promtool
+from sklearn.datasets import load_digits
 from sklearn.metrics import r2_score
 from waiting import wait_for as _wait_for
 
@@ -396,7 +398,8 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     model_file = tmp_path / "logreg.onnx"
     model_file.write_bytes(skl2onnx_style(fitted))
     train, test = fitted.write_splits(tmp_path)
-    result = import_model(stack, model_file, "digits-logreg", train, test)
+    pixels = ",".join(load_digits().feature_names)
+    result = import_model(stack, model_file, "digits-logreg", train, test, "--feature-names", pixels)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "digits-logreg:1 validated" in result.stdout, result.stdout
     version = version_of(stack, 1, "digits-logreg")
@@ -404,6 +407,16 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     assert version["evaluation_report"]["accuracy"] == pytest.approx(fitted.accuracy(), abs=1e-6)
 
     wait_for("v1 in production", lambda: deployed(stack, 1, "production", "digits-logreg"), 120)
+    # its answers are explained in the names the import gave its features
+    explained = subprocess.run(
+        [str(GALLERY), "explain", "digits-logreg", "--row", json.dumps(fitted.x_test[0].tolist()), "--top", "3"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert explained.returncode == 0, explained.stdout + explained.stderr
+    assert explained.stdout.count("pixel_") >= 3, explained.stdout
     optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model="digits-logreg", version=1), 300)
     variants = {v.name: v for v in optimized[0].data.variants}
     # skl2onnx's LinearClassifier is one ONNX-ML operator: nothing for INT8 or FP16, and the report says so

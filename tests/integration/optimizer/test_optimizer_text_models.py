@@ -120,7 +120,7 @@ def test_without_the_trainers_spec_pruning_is_not_built_and_the_report_says_why(
     for name in PRUNED:
         row = optimized.report.variant(name)
         reason = (
-            f"{name} is built from the trainer's PyTorch weights and stored spec, and this version has no spec"
+            f"{name} is built from the trainer's PyTorch weights and stored spec, and this version has no such spec"
             " (an imported model has neither)"
         )
         assert row.error == reason and row.path is None and not row.within_budget

@@ -5,6 +5,7 @@ cannot be imported is refused with the reason, and nothing is stored or sent."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import onnxruntime as ort
 import pytest
 from foreign_models import Fitted, fit_digits, fit_regressor, skl2onnx_regressor, skl2onnx_style, torch_style
 from onnx import TensorProto, helper
+from sklearn.datasets import load_wine
 from test_trainer_service import audit_records
 from trainer_harness import serve_trainer, stored_events, trainer_settings
 from typer.testing import CliRunner
@@ -96,7 +98,8 @@ def test_the_readmes_scikit_learn_example_imports_as_written(
     accuracy = written.stdout.split("accuracy on the test rows: ")[1].split(";")[0]
     command = ["models", "import", str(out / "wine-forest.onnx"), "--name", "wine-forest"]
     command += ["--train", str(out / "train.npz"), "--test", str(out / "test.npz")]
-    command += ["--class-names", "class_0,class_1,class_2", "--no-wait"]
+    names = load_wine().feature_names
+    command += ["--class-names", "class_0,class_1,class_2", "--feature-names", ",".join(names), "--no-wait"]
     with serve_trainer(trainer_settings(tmp_path, nats_server.url)) as client:
         monkeypatch.setenv("GALLERY_TRAINER_URL", str(client.base_url))
         result = CliRunner().invoke(cli, command)
@@ -104,6 +107,9 @@ def test_the_readmes_scikit_learn_example_imports_as_written(
         assert f"13 features, 3 classes, accuracy {accuracy} on the test rows" in result.output
     [event] = stored_events(nats_server.url, "model.trained", 1)
     assert event.data.model == "wine-forest" and event.data.class_names == ["class_0", "class_1", "class_2"]
+    # the feature names travel as the version's spec, where explanations and the Gallery read them
+    spec = json.loads(stored_bytes(event.data.artifacts["spec"].uri))
+    assert spec == {"source": "import", "task": "classification", "feature_names": names}
 
 
 def two_inputs() -> bytes:
@@ -152,6 +158,13 @@ def test_what_cannot_be_imported_is_refused_with_the_reason_and_nothing_is_kept(
             answer = client.post("/api/v1/imports", data={"model": "refused"}, files=files)
             assert answer.status_code == 422, (case, answer.text)
             assert reason in answer.json()["error"], (case, answer.json())
+        wrong_features = client.post(
+            "/api/v1/imports",
+            data={"model": "refused", "feature_names": ["a", "b", "c"]},
+            files={"onnx": ("m.onnx", good_model), "train": ("t.npz", train), "test": ("t.npz", test)},
+        )
+        assert wrong_features.status_code == 422
+        assert "3 feature names given for the 64 features the model takes" in wrong_features.json()["error"]
         wrong_names = client.post(
             "/api/v1/imports",
             data={"model": "refused", "class_names": ["a", "b"]},

@@ -30,6 +30,9 @@ def import_model(
     class_names: Annotated[
         str | None, typer.Option("--class-names", help="Comma-separated, one per class in index order.")
     ] = None,
+    feature_names: Annotated[
+        str | None, typer.Option("--feature-names", help="Comma-separated, one per feature in column order.")
+    ] = None,
     scores: Annotated[str, typer.Option(help="What a classifier outputs: auto, logits or probabilities.")] = "auto",
     task: Annotated[str, typer.Option(help="classification, or regression (y: numbers to predict).")] = (
         "classification"
@@ -49,6 +52,8 @@ def import_model(
     form: dict[str, Any] = {"model": name, "scores": scores, "task": task}
     if class_names:
         form["class_names"] = [n.strip() for n in class_names.split(",")]
+    if feature_names:
+        form["feature_names"] = [n.strip() for n in feature_names.split(",")]
     with ExitStack() as files, TrainerClient(timeout=600.0) as trainer:
         parts = {
             role: (path.name, files.enter_context(path.open("rb")), "application/octet-stream")

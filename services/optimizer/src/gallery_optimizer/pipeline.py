@@ -199,9 +199,10 @@ def _build_torch(
 ) -> tuple[Path, list[str]]:
     if data.texts and name == "distilled":
         return _distill_text(_text_features(inputs, data), policy, data, out)
-    if inputs.spec is None and name != "distilled":
+    stored = stored_network(inputs.spec)
+    if stored is None and name != "distilled":
         raise OptimizationError(
-            f"{name} is built from the trainer's PyTorch weights and stored spec, and this version has no spec"
+            f"{name} is built from the trainer's PyTorch weights and stored spec, and this version has no such spec"
             " (an imported model has neither)"
         )
     from gallery_common.nn import export_onnx
@@ -219,7 +220,7 @@ def _build_torch(
         from gallery_optimizer.distill import distill
 
         model = distill(
-            inputs.spec,
+            stored,
             lambda rows: run_model(inputs.onnx, rows, what="the teacher's predictions", limits=data.limits).outputs,
             train,
             validation,
@@ -231,15 +232,15 @@ def _build_torch(
         notes = [
             f"student MLP {policy.student_hidden}, {parameter_count(model):,} parameters, T={policy.temperature:g}"
         ]
-        if inputs.spec is None:
+        if stored is None:
             notes.append("no stored spec: the student standardises the raw features with the train rows' statistics")
     else:
-        if inputs.weights is None or inputs.spec is None:
+        if inputs.weights is None or stored is None:
             raise OptimizationError(f"{name} needs the trainer's PyTorch weights, and this version has none")
         from gallery_common.nn import load_stored_model
         from gallery_optimizer.prune import magnitude_prune, structured_prune
 
-        teacher_model = load_stored_model(inputs.spec, inputs.weights)
+        teacher_model = load_stored_model(stored, inputs.weights)
         prune = magnitude_prune if name == "pruned_magnitude" else structured_prune
         model = prune(
             teacher_model, policy.target_sparsity, train, validation, epochs=policy.finetune_epochs, seed=policy.seed
@@ -257,6 +258,15 @@ def _build_torch(
     if text is not None:
         text.attach(out)
     return out, notes
+
+
+def stored_network(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`spec` when it is the trainer's record of a network it trained (its job and architecture), which
+    pruning and a student with the teacher's preprocessing are built from; None for any other spec (an
+    import's names its features and nothing more)."""
+    if spec is not None and isinstance(spec.get("job"), dict) and isinstance(spec.get("architecture"), dict):
+        return spec
+    return None
 
 
 def _cpu_measurement(target: Target, row: VariantReport) -> TargetMeasurement:

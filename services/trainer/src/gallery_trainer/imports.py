@@ -52,7 +52,7 @@ from .publish import PublishFn, artifacts_json, upload_outputs
 from .records import Run, utcnow
 
 log = get_logger(__name__)
-MAX_CLASS_NAME = 200
+MAX_NAME = 200
 
 
 @dataclass
@@ -69,6 +69,7 @@ class ImportRequest:
     scores: Scores = "auto"
     project: str | None = None
     task: Task = "classification"
+    feature_names: list[str] | None = None
 
 
 class ImportPublic(BaseModel):
@@ -115,6 +116,7 @@ class ModelImporter:
         if request.task == "regression" and request.class_names is not None:
             raise ModelRefused("class names are for classifiers; a regressor has none")
         adapted = adapt_model(request.onnx, request.task, request.scores)
+        _check_names("feature names", request.feature_names, adapted.features, "features the model takes")
         splits = _read_splits(request, adapted.features)
         try:
             outputs = self._answers(adapted.model, splits.test.x)
@@ -210,6 +212,11 @@ class ModelImporter:
             "test_split": ("test.npz", request.test),
             SOURCE_ROLE: (f"source-{_safe_name(request.filename)}", request.onnx),
         }
+        if request.feature_names is not None:
+            # what readers of a version's spec take its column names from (explanations, the Gallery's
+            # try-it form, the edge bundle); it records no network, so the optimizer builds nothing from it
+            spec = {"source": "import", "task": request.task, "feature_names": request.feature_names}
+            extra["spec"] = ("spec.json", json.dumps(spec, indent=2).encode())
         return upload_outputs(self.store, run_id, {}, extra)
 
 
@@ -304,12 +311,18 @@ def _check_scores(outputs: np.ndarray, splits: _Splits, class_names: list[str] |
         bad = split.y[(split.y < 0) | (split.y >= classes)]
         if bad.size:
             raise ModelRefused(f"the {name} split has label {int(bad[0])}; the model answers classes 0-{classes - 1}")
-    if class_names is not None:
-        if len(class_names) != classes:
-            raise ModelRefused(f"{len(class_names)} class names given; the model answers {classes} classes")
-        if len(set(class_names)) != len(class_names) or any(not n or len(n) > MAX_CLASS_NAME for n in class_names):
-            raise ModelRefused(f"class names must be distinct, 1 to {MAX_CLASS_NAME} characters each")
+    _check_names("class names", class_names, classes, "classes the model answers")
     return classes
+
+
+def _check_names(what: str, names: list[str] | None, count: int, counted: str) -> None:
+    """Names (of classes, of features) one per column, distinct, 1-200 characters each."""
+    if names is None:
+        return
+    if len(names) != count:
+        raise ModelRefused(f"{len(names)} {what} given for the {count} {counted}")
+    if len(set(names)) != len(names) or any(not n or len(n) > MAX_NAME for n in names):
+        raise ModelRefused(f"{what} must be distinct, 1 to {MAX_NAME} characters each")
 
 
 def _check_predictions(outputs: np.ndarray, splits: _Splits) -> int:
@@ -334,6 +347,7 @@ def _identity(project: str, request: ImportRequest) -> str:
         "class_names": request.class_names,
         "scores": request.scores,
         "task": request.task,
+        "feature_names": request.feature_names,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

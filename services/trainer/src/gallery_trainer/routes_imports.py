@@ -42,6 +42,9 @@ async def import_model(
     test: Annotated[UploadFile, File(description="NPZ (x, y): rows it never saw, which the gate evaluates")],
     validation: Annotated[UploadFile | None, File(description="NPZ (x, y): the canary's replay; default test")] = None,
     class_names: Annotated[list[str] | None, Form(description="one per class, in index order")] = None,
+    feature_names: Annotated[
+        list[str] | None, Form(description="one per feature, in column order (explanations name them)")
+    ] = None,
     scores: Annotated[Scores, Form(description="what the output holds; auto: probabilities after a ZipMap")] = "auto",
     task: Annotated[Task, Form(description="a classifier's class scores, or a regressor's predictions")] = (
         "classification"
@@ -70,6 +73,7 @@ async def import_model(
         scores=scores,
         project=project,
         task=task,
+        feature_names=feature_names or None,
     )
     imported = await anyio.to_thread.run_sync(jobs.importer.run, request, scope.home)
     if jobs.trail is not None and not imported.already_imported:
