@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from gallery_common.app import ServiceResources, Startup, create_app
+from gallery_common.auth import body_limit
 from gallery_common.deps import AdminDep, CallerDep, get_resources
 from gallery_common.errors import Conflict, Unavailable
 from gallery_common.settings import GallerySettings, load_settings
@@ -193,3 +194,37 @@ def test_a_core_of_another_kind_is_refused(tmp_path: Path) -> None:
         refused = client.get("/api/v1/shelf")
     assert refused.status_code == 503
     assert refused.json() == {"error": "the shelf is starting or stopping"}
+
+
+def test_a_route_whose_body_limit_names_no_setting_stops_the_app_as_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt `auth.body_limit` is found at start, naming the route and the field, not as a 500 on every
+    request to the route; a correct one starts and limits that route alone."""
+    monkeypatch.setenv("GALLERY_HOME", str(tmp_path))
+    monkeypatch.setenv("GALLERY_MAX_BODY_BYTES", "10")
+
+    def upload_router(setting: str) -> APIRouter:
+        router = APIRouter()
+
+        @router.post("/uploads")
+        @body_limit(setting)
+        async def upload(request: Request) -> dict[str, int]:
+            return {"bytes": len(await request.body())}
+
+        return router
+
+    settings = load_settings(GallerySettings)
+    misspelt = create_app(settings, title="t", routers=[upload_router("max_body_byte")], use_bus=False)
+    named = "'/uploads' takes its body limit from the settings field 'max_body_byte'"
+    with pytest.raises(ValueError, match=named), TestClient(misspelt):
+        pass
+    # a field that is there but is not a byte count is refused as well
+    not_bytes = create_app(settings, title="t", routers=[upload_router("service_name")], use_bus=False)
+    with pytest.raises(ValueError, match="'service_name'"), TestClient(not_bytes):
+        pass
+    monkeypatch.setenv("GALLERY_PORT", "1234")  # GallerySettings' port: a number, used here as a 1234-byte limit
+    settings = load_settings(GallerySettings)
+    with TestClient(create_app(settings, title="t", routers=[upload_router("port")], use_bus=False)) as client:
+        assert client.post("/uploads", content=b"x" * 100).json() == {"bytes": 100}  # over the app's 10 bytes
+        assert client.post("/uploads", content=b"x" * 2000).status_code == 413

@@ -145,6 +145,22 @@ class AccessPolicy:
         return None
 
 
+def check_body_limits(settings: GallerySettings, sources: Iterable[RouteSource]) -> None:
+    """Every route's `auth.body_limit` names a byte count in `settings`; a misspelt or missing field stops the
+    app as it starts (ValueError naming the route and the field) instead of failing each request to it."""
+    for source in sources:
+        for route in source.routes:
+            setting = getattr(getattr(route, "endpoint", None), BODY_LIMIT_ATTRIBUTE, None)
+            if setting is None:
+                continue
+            value = getattr(settings, setting, None)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(
+                    f"route {getattr(route, 'path', route)!r} takes its body limit from the settings field "
+                    f"{setting!r}, which {type(settings).__name__} has not as a number of bytes"
+                )
+
+
 def route_path(scope: Scope) -> str:
     """The path routes match against: without the root path a proxy may have put in front."""
     path: str = scope["path"]
@@ -250,6 +266,8 @@ class AccessMiddleware:
     ) -> None:
         self.app = app
         self.settings = settings
+        sources = list(sources)
+        check_body_limits(settings, sources)
         self.policy = AccessPolicy(sources)
         self.limit = max_body_bytes if max_body_bytes is not None else settings.max_body_bytes
 

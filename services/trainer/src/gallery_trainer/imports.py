@@ -174,11 +174,10 @@ class ModelImporter:
             ),
         )
         self.publish(payload, event_id)
+        # the run as it was stored, now finished (merge writes it whole: the published event names it)
+        run.event_id, run.status, run.finished_at = event_id, "succeeded", utcnow()
         with Session(self.engine) as session:
-            stored = session.get(Run, run_id)
-            assert stored is not None
-            stored.event_id, stored.status, stored.finished_at = event_id, "succeeded", utcnow()
-            session.add(stored)
+            stored = session.merge(run)
             session.commit()
             session.refresh(stored)
             log.info("model imported", model=request.model, project=project, run_id=run_id, changes=adapted.changes)
