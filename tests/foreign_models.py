@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -18,6 +19,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from gallery_common.contracts.splits import write_split
+
+if TYPE_CHECKING:
+    from gallery_optimizer.pipeline import OptimizeInputs
 
 
 @dataclass
@@ -212,3 +216,32 @@ def vector_regressor(fitted: FittedRegressor) -> bytes:
         ],
     )
     return _model(graph)
+
+
+def optimizer_inputs(
+    folder: Path,
+    model: Path,
+    train: tuple[np.ndarray, np.ndarray],
+    held_out: tuple[np.ndarray, np.ndarray],
+    *,
+    spec: dict[str, Any] | None = None,
+    task: str = "classification",
+) -> OptimizeInputs:
+    """What the optimizer gets for an imported `model`: no weights, the `train` rows, and the `held_out` rows
+    halved into the validation and test splits (NPZ files written into `folder`)."""
+    from gallery_optimizer.pipeline import OptimizeInputs
+
+    x_held, y_held = held_out
+    half = len(x_held) // 2
+    splits = {"train": train, "validation": (x_held[:half], y_held[:half]), "test": (x_held[half:], y_held[half:])}
+    for name, (x, y) in splits.items():
+        write_split(folder / f"{name}.npz", x, y)
+    return OptimizeInputs(
+        onnx=model,
+        weights=None,
+        spec=spec,
+        train_split=folder / "train.npz",
+        validation_split=folder / "validation.npz",
+        test_split=folder / "test.npz",
+        task=task,
+    )

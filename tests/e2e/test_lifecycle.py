@@ -453,7 +453,9 @@ def test_a_regressor_fitted_elsewhere_is_imported_judged_on_r2_and_served(
     stack: LifecycleStack, tmp_path: Path
 ) -> None:
     """A scikit-learn LinearRegression through skl2onnx, imported with --task regression: without a policy of
-    its own the gate holds it to r2 (a regressor has no accuracy), and the gateway answers its predictions."""
+    its own the gate holds it to r2 (a regressor has no accuracy), the gateway answers its predictions, and
+    the optimizer holds its variants to its r2: a distilled student is built, and whichever variant is
+    recommended serves within the budget of r2."""
     fitted = fit_regressor()
     model_file = tmp_path / "linear.onnx"
     model_file.write_bytes(skl2onnx_regressor(fitted))
@@ -470,3 +472,25 @@ def test_a_regressor_fitted_elsewhere_is_imported_judged_on_r2_and_served(
     output = answer["outputs"][0]
     assert output["shape"] == [30, 1]
     np.testing.assert_allclose(output["data"], fitted.regressor.predict(fitted.x_test[:30]), rtol=1e-4, atol=1e-4)
+
+    optimized = wait_for(
+        "v1 optimized", lambda: events_of(stack, "optimized", model="synthetic-linear", version=1), 300
+    )
+    variants = {v.name: v for v in optimized[0].data.variants}
+    # skl2onnx's LinearRegressor is one ONNX-ML operator: nothing to quantize, and the student learns from it
+    assert "quantized nothing" in (variants["int8_dynamic"].error or "")
+    student = variants["distilled"]
+    assert student.artifact is not None, student.error
+    assert {"r2", "rmse", "r2_delta"} <= set(student.metrics) and "accuracy" not in student.metrics
+    recommended = optimized[0].data.recommended
+    assert recommended in {"fp32", "distilled"}
+    wait_for(
+        "the recommended variant serves",
+        lambda: [e for e in deployed(stack, 1, "production", "synthetic-linear") if e.data.variant == recommended],
+        120,
+    )
+    rows = [fitted.x_test[i : i + 30] for i in range(0, len(fitted.x_test), 30)]
+    served = [infer(stack, part, "synthetic-linear")["outputs"][0]["data"] for part in rows]
+    served_r2 = r2_score(fitted.y_test, np.concatenate(served))
+    # the recommended variant may lose up to the optimizer's budget (1 point of r2) against FP32
+    assert served_r2 >= expected_r2 - 0.01, (recommended, served_r2, expected_r2)

@@ -149,3 +149,21 @@ def test_a_report_from_before_per_target_measurements_shows_as_it_did(browser: W
     assert browser.find_elements(By.CSS_SELECTOR, "#per-target") == []
     assert len(browser.find_elements(By.CSS_SELECTOR, "#variants tbody tr")) == 2
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_a_regressors_variants_read_in_r2(browser: WebDriver) -> None:
+    """A regressor's report (`score: r2`) shows r2 and its change where a classifier's shows accuracy."""
+    regressor = json.loads(json.dumps(REPORT))
+    regressor["score"] = "r2"
+    for row, (r2, change) in zip(regressor["variants"], ((0.9721, 0.0), (0.9712, -0.0009)), strict=True):
+        row.update(accuracy=None, accuracy_delta=None, r2=r2, r2_delta=change)
+        for m in row["measurements"]:
+            m["r2"], m["accuracy"] = (r2 if m["latency_b32_p50_ms"] is not None else None), None
+    render(browser, regressor)
+    headers = cells(browser, "#variants thead th")
+    assert "r2" in headers and "Δ r2" in headers and "accuracy" not in headers
+    int8 = cells(browser, '#variants tr[data-variant="int8_dynamic"] td')
+    assert int8[4] == "0.971" and int8[5] == "-0.09 pt"
+    assert "r2" in cells(browser, "#target-measurements thead th")
+    assert cells(browser, f'#target-measurements tr[data-variant="fp32"][data-target="{CPU}"] td')[5] == "0.972"
+    assert browser.find_element(By.CSS_SELECTOR, "[data-chart=latency-accuracy]").text.startswith("Latency against r2")

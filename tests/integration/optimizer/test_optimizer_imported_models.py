@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from foreign_models import fit_digits, skl2onnx_forest
+from foreign_models import fit_digits, optimizer_inputs, skl2onnx_forest
 
-from gallery_common.contracts import write_split
-from gallery_optimizer.pipeline import OptimizeInputs, optimize
+from gallery_optimizer.pipeline import optimize
 from gallery_optimizer.policy import OptimizationPolicy
 from gallery_trainer.onnx_adapt import adapt_model
 
@@ -25,22 +24,10 @@ def test_an_imported_forest_is_distilled_and_quantized_but_not_pruned(tmp_path: 
     forest_file, forest = skl2onnx_forest(fitted)
     model = tmp_path / "model.onnx"
     model.write_bytes(adapt_model(forest_file).model)
-    half = len(fitted.x_test) // 2
-    splits = {
-        "train": (fitted.x_train, fitted.y_train),
-        "validation": (fitted.x_test[:half], fitted.y_test[:half]),
-        "test": (fitted.x_test[half:], fitted.y_test[half:]),
-    }
-    for name, (x, y) in splits.items():
-        write_split(tmp_path / f"{name}.npz", x, y)
-    inputs = OptimizeInputs(
-        onnx=model,
-        weights=None,
-        # an import's spec names its features and records no network: nothing is built from it
-        spec={"source": "import", "task": "classification", "feature_names": [f"pixel {i}" for i in range(64)]},
-        train_split=tmp_path / "train.npz",
-        validation_split=tmp_path / "validation.npz",
-        test_split=tmp_path / "test.npz",
+    # an import's spec names its features and records no network: nothing is built from it
+    spec = {"source": "import", "task": "classification", "feature_names": [f"pixel {i}" for i in range(64)]}
+    inputs = optimizer_inputs(
+        tmp_path, model, (fitted.x_train, fitted.y_train), (fitted.x_test, fitted.y_test), spec=spec
     )
     report = optimize(inputs, POLICY, tmp_path / "work", model="digits-forest", version=1)
 
@@ -58,7 +45,8 @@ def test_an_imported_forest_is_distilled_and_quantized_but_not_pruned(tmp_path: 
     student = report.variant("distilled")
     assert student.error is None and student.path is not None, student.error
     assert any("no stored spec" in note for note in student.notes)
-    x_test, y_test = splits["test"]
+    half = len(fitted.x_test) // 2  # the test split: the second half of the held-out rows
+    x_test, y_test = fitted.x_test[half:], fitted.y_test[half:]
     forest_accuracy = float((forest.predict(x_test) == y_test).mean())
     session = ort.InferenceSession(str(student.path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"features": x_test.astype(np.float32)})

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from edge_bundles import run_bundle
 
 from gallery_common.hardware import host_cpu
 from gallery_common.onnx_safety import verify_self_contained_onnx
@@ -131,37 +129,6 @@ def test_the_report_files_and_progress(optimized: Optimized) -> None:
     fractions = [f for _, f in optimized.steps]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("pruned_structured" in step for step, _ in optimized.steps)
-
-
-def run_bundle(bundle: Path, rows: np.ndarray, tmp_path: Path) -> dict[str, list]:
-    """Unpack `bundle` into a fresh folder and run its run.py in an interpreter that sees only numpy and
-    onnxruntime (no site-packages, so none of Model Gallery)."""
-    folder = tmp_path / "unpacked"
-    folder.mkdir()
-    with tarfile.open(bundle) as archive:
-        archive.extractall(folder, filter="data")
-    deps = tmp_path / "deps"
-    deps.mkdir()
-    for module in ("numpy", "onnxruntime"):
-        package = Path(__import__(module).__file__).parent
-        (deps / module).symlink_to(package)
-        libs = package.parent / f"{module}.libs"
-        if libs.exists():
-            (deps / libs.name).symlink_to(libs)
-    np.save(folder / "rows.npy", rows)
-    completed = subprocess.run(
-        [sys.executable, "-S", "-s", "run.py", "rows.npy", "--output", "out.json"],
-        cwd=folder,
-        env={"PYTHONPATH": str(deps), "PATH": os.environ.get("PATH", "")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    result = json.loads((folder / "out.json").read_text())
-    assert completed.stdout.split() == result["predictions"]
-    return result
 
 
 def test_the_edge_bundle_runner_predicts_like_the_fp32_model(trained: OptimizeInputs, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -84,6 +85,10 @@ class FakeGateway:
 class FakeRegistry:
     def __init__(self) -> None:
         self.moves: list[tuple[str, str, int, str | None]] = []
+        self.tasks: dict[tuple[str, int], str] = {}  # what get_version says a version is (else a classifier)
+
+    def get_version(self, model: str, version: int) -> SimpleNamespace:
+        return SimpleNamespace(task=self.tasks.get((model, version), "classification"))
 
     def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, object]:
         self.moves.append((model, alias, version, reason))

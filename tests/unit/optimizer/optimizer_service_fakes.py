@@ -27,6 +27,7 @@ class FakeInputs:
     validation_split: Path
     test_split: Path
     class_names: list[str] | None
+    task: str
 
 
 # name -> (b32 p50 ms, accuracy); FP32 has 0.90 accuracy.

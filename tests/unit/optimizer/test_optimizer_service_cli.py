@@ -51,3 +51,23 @@ def test_the_report_table_stars_the_recommended_variant_and_marks_failures() -> 
     assert "1.0 KiB" in rows["int8_dynamic ★"] and "-0.50 pt" in rows["int8_dynamic ★"]
     assert "89.50%" in rows["int8_dynamic ★"] and "yes" in rows["int8_dynamic ★"]
     assert "failed" in rows["distilled"]
+
+
+def test_a_regressors_report_table_reads_in_r2_and_rmse() -> None:
+    report = {
+        "model": "friedman",
+        "version": 1,
+        "task": "regression",
+        "recommended": "distilled",
+        "variants": [
+            {"name": "fp32", "size_bytes": 73728, "r2": 0.9721, "rmse": 0.8603, "r2_delta": 0.0, "accuracy": None},
+            {"name": "distilled", "size_bytes": 4300, "r2": 0.9773, "rmse": 0.776, "r2_delta": 0.0052},
+        ],
+    }
+    console = Console(width=200, record=True)
+    console.print(report_table(report))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if "in budget" in line)
+    assert "r2" in header and "rmse" in header and "accuracy" not in header
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 3}
+    assert "0.9773" in rows["distilled ★"] and "0.7760" in rows["distilled ★"] and "+0.52 pt" in rows["distilled ★"]

@@ -114,6 +114,7 @@ def test_the_pipeline_gets_verified_inputs_and_the_registry_class_names(world: W
     (call,) = world.pipeline.calls
     assert call["policy"].variants == ["fp16"] and call["policy"].accuracy_budget == 0.05
     assert call["inputs"].class_names == ["a", "b", "c"]
+    assert call["inputs"].task == "classification"  # as the registry records the version
     assert call["inputs"].weights.name == "weights.safetensors"
     assert call["inputs"].spec == {"task": "classification"}
 

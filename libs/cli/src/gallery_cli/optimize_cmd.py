@@ -54,9 +54,12 @@ def _size(value: Any) -> str:
 
 
 def report_table(report: dict[str, Any]) -> Table:
-    """The report's variants as a table: size, latency, accuracy, the recommended one starred."""
+    """The report's variants as a table: size, latency, the score (accuracy and macro-F1, or a regressor's
+    r2 and rmse) and its change from FP32, the recommended one starred."""
     recommended = report.get("recommended")
+    regression = report.get("task") == "regression"
     table = Table(title=f"{report.get('model')} version {report.get('version')}: variants", show_header=True)
+    scores = ("r2", "rmse", "Δ r2") if regression else ("accuracy", "macro-F1", "Δ acc")
     for column, justify in (
         ("variant", "left"),
         ("size", "right"),
@@ -64,9 +67,7 @@ def report_table(report: dict[str, Any]) -> Table:
         ("b32 p50 ms", "right"),
         ("b32 p99 ms", "right"),
         ("rows/s", "right"),
-        ("accuracy", "right"),
-        ("macro-F1", "right"),
-        ("Δ acc", "right"),
+        *((score, "right") for score in scores),
         ("in budget", "center"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -75,8 +76,12 @@ def report_table(report: dict[str, Any]) -> Table:
         if row.get("error"):
             table.add_row(name, "[red]failed[/red]", *[""] * 8)
             continue
-        delta = row.get("accuracy_delta")
+        delta = row.get("r2_delta" if regression else "accuracy_delta")
         throughput = row.get("throughput_per_s")
+        if regression:
+            figures = (_num(row.get("r2")), _num(row.get("rmse")))
+        else:
+            figures = (_pct(row.get("accuracy")), _pct(row.get("macro_f1")))
         table.add_row(
             name,
             _size(row.get("size_bytes")),
@@ -84,12 +89,15 @@ def report_table(report: dict[str, Any]) -> Table:
             _ms(row.get("latency_b32_p50_ms")),
             _ms(row.get("latency_b32_p99_ms")),
             "" if throughput is None else f"{throughput:,.0f}",
-            _pct(row.get("accuracy")),
-            _pct(row.get("macro_f1")),
+            *figures,
             "" if delta is None else f"{delta * 100:+.2f} pt",
             "yes" if row.get("within_budget") else "no",
         )
     return table
+
+
+def _num(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def print_report(report: dict[str, Any]) -> None:

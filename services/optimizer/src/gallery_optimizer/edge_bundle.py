@@ -35,6 +35,19 @@ model.onnx: input {input_name!r} FP32 [batch, {n_features}], output {output_name
 Test accuracy {accuracy}, batch-32 p50 latency {latency} ms when it was measured.
 """
 
+_REGRESSOR_README = """Model Gallery edge bundle: {model} version {version}, variant {variant} (a regressor)
+
+  pip install numpy onnxruntime
+  python run.py rows.csv                       # each row's {n_classes} prediction(s) per line, comma-separated
+  python run.py rows.npy --output preds.json   # also the predictions as JSON
+
+Input: raw features, {n_features} per row (CSV without header, or a 2-D .npy array).
+The preprocessing (see preprocessing.json) is inside model.onnx; do not apply it again.
+model.onnx: input {input_name!r} FP32 [batch, {n_features}], output {output_name!r} FP32 [batch, {n_classes}]:
+the predictions in the targets' units.
+Test r2 {accuracy}, batch-32 p50 latency {latency} ms when it was measured.
+"""
+
 _TEXT_README = """Model Gallery edge bundle: {model} version {version}, variant {variant}
 
   pip install numpy onnxruntime
@@ -62,9 +75,16 @@ def _classes(inputs: OptimizeInputs, n_classes: int) -> list[str]:
     return [str(i) for i in range(n_classes)]
 
 
+def _score_text(score: float | None, regression: bool) -> str:
+    if score is None:
+        return "n/a"
+    return f"{score:.4f}" if regression else f"{score:.2%}"
+
+
 def build_edge_bundle(report: OptimizationReport, inputs: OptimizeInputs, workdir: Path) -> Path:
-    """Write `workdir/edge_bundle.tar.gz`: the recommended variant as model.onnx, signature.json (tensors and
-    the model's sha256), preprocessing.json, classes.json, run.py (numpy + onnxruntime only) and README.txt."""
+    """Write `workdir/edge_bundle.tar.gz`: the recommended variant as model.onnx, signature.json (tensors, the
+    task and the model's sha256), preprocessing.json, classes.json (empty for a regressor), run.py (numpy +
+    onnxruntime only) and README.txt."""
     from gallery_optimizer import edge_runner
 
     chosen = report.recommended_variant
@@ -88,13 +108,15 @@ def build_edge_bundle(report: OptimizationReport, inputs: OptimizeInputs, workdi
         "model": report.model,
         "version": report.version,
         "variant": chosen.name if chosen.ok else "fp32",
+        "task": report.task,
     }
     preprocessing = {
         "applied_inside_model": True,
         "feature_names": spec.get("feature_names"),
         **(spec.get("preprocessing") or {}),
     }
-    readme = (_TEXT_README if text else _README).format(
+    regression = report.task == "regression"
+    readme = (_TEXT_README if text else _REGRESSOR_README if regression else _README).format(
         model=report.model,
         version=report.version,
         variant=signature["variant"],
@@ -102,14 +124,14 @@ def build_edge_bundle(report: OptimizationReport, inputs: OptimizeInputs, workdi
         n_classes=n_classes,
         input_name=input_name,
         output_name=OUTPUT_NAME,
-        accuracy="n/a" if chosen.accuracy is None else f"{chosen.accuracy:.2%}",
+        accuracy=_score_text(chosen.score, regression),
         latency="n/a" if chosen.latency_b32_p50_ms is None else f"{chosen.latency_b32_p50_ms:.3f}",
     )
     contents = {
         "model.onnx": model_bytes,
         "signature.json": json.dumps(signature, indent=2).encode(),
         "preprocessing.json": json.dumps(preprocessing).encode(),
-        "classes.json": json.dumps(_classes(inputs, n_classes)).encode(),
+        "classes.json": json.dumps([] if regression else _classes(inputs, n_classes)).encode(),
         "run.py": Path(edge_runner.__file__).read_bytes(),
         "README.txt": readme.encode(),
     }

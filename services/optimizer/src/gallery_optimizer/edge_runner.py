@@ -5,7 +5,8 @@ signature.json and classes.json from its own folder, checks the model's sha256, 
 (one row per line of a CSV, or a 2-D .npy array) and prints one predicted class per line; with --output
 it also writes the predictions, class indices and logits as JSON. The preprocessing is inside the model:
 feed raw features. A text model (its signature's input is BYTES) reads raw texts instead: one per line of a
-UTF-8 .txt file, or a 1-D .npy array of strings; its tokenizer is inside the model too.
+UTF-8 .txt file, or a 1-D .npy array of strings; its tokenizer is inside the model too. A regressor (its
+signature's task is "regression") prints each row's predictions, comma-separated, instead of a class.
 """
 
 import argparse
@@ -74,6 +75,12 @@ def main(argv=None):
     options.log_severity_level = 3
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     logits = session.run([tensor_out["name"]], {tensor_in["name"]: rows})[0]
+    if signature.get("task") == "regression":  # the outputs are the predictions themselves
+        for row in logits:
+            print(",".join(f"{value:.6g}" for value in row))
+        if args.output is not None:
+            args.output.write_text(json.dumps({"predictions": logits.tolist()}))
+        return 0
     indices = logits.argmax(axis=1)
     labels = [classes[i] if i < len(classes) else str(i) for i in indices]
     for label in labels:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gallery_common.contracts.scoring import prediction_agreement, regression_scores, target_columns
 from gallery_common.hardware import host_cpu
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_common.sandbox import Limits
@@ -62,8 +63,9 @@ class OptimizationError(Exception):
 @dataclass
 class OptimizeInputs:
     """A validated version's files, fetched and sha256-checked: the FP32 ONNX (raw `features` in, `logits`
-    out), the trainer's safetensors `weights` and stored `spec` JSON (needed by pruning and distillation),
-    and the NPZ splits (`x` raw FP32 features, `y` labels)."""
+    out, or a regressor's predictions), the trainer's safetensors `weights` and stored `spec` JSON (needed
+    by pruning), and the NPZ splits (`x` raw FP32 features, `y` labels or targets); `task` as the registry
+    records it."""
 
     onnx: Path
     weights: Path | None
@@ -72,6 +74,7 @@ class OptimizeInputs:
     validation_split: Path
     test_split: Path
     class_names: list[str] | None = None
+    task: str = "classification"
 
 
 @dataclass
@@ -79,15 +82,20 @@ class _Data:
     train: Split
     validation: Split
     test: Split
-    fp32_predictions: np.ndarray
+    fp32_predictions: np.ndarray  # a classifier's top class per test row; a regressor's predictions [N, K]
     n_features: int
     limits: Limits
     texts: bool = False  # a text model on text splits: one string per row, the vectorizer in the graph
+    regression: bool = False  # `y` holds targets [N, K] (made columns here), the model predicts them
+
+
+TASKS = ("classification", "regression")
 
 
 def _load(inputs: OptimizeInputs, limits: Limits) -> _Data:
-    if inputs.spec is not None and inputs.spec.get("task", "classification") != "classification":
-        raise OptimizationError(f"only classifiers are optimized; this model's task is {inputs.spec.get('task')!r}")
+    if inputs.task not in TASKS:
+        raise OptimizationError(f"classifiers and regressors are optimized; this model's task is {inputs.task!r}")
+    regression = inputs.task == "regression"
     try:
         verify_self_contained_onnx(inputs.onnx.read_bytes())
         splits = [load_split(p) for p in (inputs.train_split, inputs.validation_split, inputs.test_split)]
@@ -105,10 +113,33 @@ def _load(inputs: OptimizeInputs, limits: Limits) -> _Data:
     expected = fp32.input_width
     if expected is not None and features != {expected}:
         raise OptimizationError(f"the splits have {sorted(features)} features; the model takes {expected}")
-    logits = fp32.outputs
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise OptimizationError(f"the model outputs {logits.shape[1:]} per row; a classifier gives one logit per class")
-    return _Data(train, validation, test, logits.argmax(axis=1), features.pop(), limits, texts)
+    outputs = fp32.outputs
+    if regression:
+        if texts:
+            raise OptimizationError("a text model is optimized as a classifier; this one is a regressor")
+        return _regression_data(train, validation, test, outputs, features.pop(), limits)
+    if outputs.ndim != 2 or outputs.shape[1] < 2:
+        raise OptimizationError(
+            f"the model outputs {outputs.shape[1:]} per row; a classifier gives one logit per class"
+        )
+    return _Data(train, validation, test, outputs.argmax(axis=1), features.pop(), limits, texts)
+
+
+def _regression_data(
+    train: Split, validation: Split, test: Split, predictions: np.ndarray, n_features: int, limits: Limits
+) -> _Data:
+    """A regressor's splits with their targets as columns [N, K], checked against what the model predicts."""
+    train, validation, test = (Split(s.x, target_columns(s.y).astype(np.float32)) for s in (train, validation, test))
+    splits = [train, validation, test]
+    if predictions.ndim != 2:
+        raise OptimizationError(f"the model predicts {predictions.shape[1:]} per row; a regressor gives [K]")
+    for name, split in zip(_SPLITS, splits, strict=True):
+        if split.y.shape[1] != predictions.shape[1] or not np.all(np.isfinite(split.y)):
+            raise OptimizationError(
+                f"the {name} split holds {split.y.shape[1]} target(s) per row (all finite: "
+                f"{bool(np.all(np.isfinite(split.y)))}); the model predicts {predictions.shape[1]}"
+            )
+    return _Data(train, validation, test, predictions, n_features, limits, regression=True)
 
 
 def _text_splits(splits: list[Split], model: Path) -> bool:
@@ -132,14 +163,14 @@ def _text_splits(splits: list[Split], model: Path) -> bool:
 _SPLITS = ("train", "validation", "test")
 
 
-def _measure(name: str, path: Path, data: _Data, fp32_accuracy: float | None) -> VariantReport:
+def _measure(name: str, path: Path, data: _Data, fp32: VariantReport | None) -> VariantReport:
+    """`name` measured on the test split: latencies, size, memory and its score beside FP32's (`fp32`,
+    None while FP32 itself is measured)."""
     run = run_model(path, data.test.x, what=f"measuring {name}", latency=True, limits=data.limits)
-    predicted = run.outputs.argmax(axis=1)
-    accuracy = float((predicted == data.test.y).mean())
     b1, b32 = run.latency_b1, run.latency_b32
     if b1 is None or b32 is None:  # asked for above; a child that left them out did not measure
         raise MeasurementFailed(f"measuring {name} gave no latencies")
-    return VariantReport(
+    row = VariantReport(
         name=name,
         path=path,
         size_bytes=float(path.stat().st_size),
@@ -149,11 +180,22 @@ def _measure(name: str, path: Path, data: _Data, fp32_accuracy: float | None) ->
         latency_b32_p50_ms=b32[0],
         latency_b32_p99_ms=b32[1],
         throughput_per_s=32_000.0 / b32[0] if b32[0] > 0 else None,
-        accuracy=accuracy,
-        macro_f1=macro_f1(data.test.y, predicted),
-        agreement=float((predicted == data.fp32_predictions).mean()),
-        accuracy_delta=accuracy - (accuracy if fp32_accuracy is None else fp32_accuracy),
     )
+    if data.regression:
+        if run.outputs.shape != data.test.y.shape:
+            given, expected = run.outputs.shape[1:], data.test.y.shape[1:]
+            raise MeasurementFailed(f"{name} predicts {given} per row; the model predicts {expected}")
+        scores = regression_scores(run.outputs, data.test.y)
+        row.r2, row.rmse, row.mae = scores["r2"], scores["rmse"], scores["mae"]
+        row.r2_delta = row.r2 - (row.r2 if fp32 is None or fp32.r2 is None else fp32.r2)
+        row.agreement = prediction_agreement(run.outputs, data.fp32_predictions)
+        return row
+    predicted = run.outputs.argmax(axis=1)
+    row.accuracy = float((predicted == data.test.y).mean())
+    row.macro_f1 = macro_f1(data.test.y, predicted)
+    row.agreement = float((predicted == data.fp32_predictions).mean())
+    row.accuracy_delta = row.accuracy - (row.accuracy if fp32 is None or fp32.accuracy is None else fp32.accuracy)
+    return row
 
 
 def _build(
@@ -228,10 +270,10 @@ def _build_torch(
             epochs=policy.distill_epochs,
             temperature=policy.temperature,
             seed=policy.seed,
+            regression=data.regression,
         )
-        notes = [
-            f"student MLP {policy.student_hidden}, {parameter_count(model):,} parameters, T={policy.temperature:g}"
-        ]
+        taught = "on the teacher's predictions" if data.regression else f"T={policy.temperature:g}"
+        notes = [f"student MLP {policy.student_hidden}, {parameter_count(model):,} parameters, {taught}"]
         if stored is None:
             notes.append("no stored spec: the student standardises the raw features with the train rows' statistics")
     else:
@@ -239,11 +281,20 @@ def _build_torch(
             raise OptimizationError(f"{name} needs the trainer's PyTorch weights, and this version has none")
         from gallery_common.nn import load_stored_model
         from gallery_optimizer.prune import magnitude_prune, structured_prune
+        from gallery_optimizer.training import CLASSIFICATION
+        from gallery_optimizer.training import regression as regression_objective
 
         teacher_model = load_stored_model(stored, inputs.weights)
         prune = magnitude_prune if name == "pruned_magnitude" else structured_prune
+        objective = regression_objective(train[1]) if data.regression else CLASSIFICATION
         model = prune(
-            teacher_model, policy.target_sparsity, train, validation, epochs=policy.finetune_epochs, seed=policy.seed
+            teacher_model,
+            policy.target_sparsity,
+            train,
+            validation,
+            epochs=policy.finetune_epochs,
+            seed=policy.seed,
+            objective=objective,
         )
         if name == "pruned_magnitude":
             notes = [
@@ -281,6 +332,7 @@ def _cpu_measurement(target: Target, row: VariantReport) -> TargetMeasurement:
         latency_b32_p50_ms=row.latency_b32_p50_ms,
         latency_b32_p99_ms=row.latency_b32_p99_ms,
         accuracy=row.accuracy,
+        r2=row.r2,
         error=row.error,
     )
 
@@ -372,7 +424,7 @@ def optimize(
     data = _load(inputs, limits or Limits.from_settings())
     names = [BASELINE, *policy.variants]
     rows: list[VariantReport] = []
-    fp32_accuracy: float | None = None
+    fp32: VariantReport | None = None
     for index, name in enumerate(names):
         progress(f"building and measuring {name}", index / (len(names) + 1))
         try:
@@ -381,7 +433,7 @@ def optimize(
                 path.write_bytes(inputs.onnx.read_bytes())
             else:
                 path, notes = _build(name, inputs, policy, data, workdir)
-            row = _measure(name, path, data, fp32_accuracy)
+            row = _measure(name, path, data, fp32)
             row.notes = notes
             row.cpu_target = _cpu_target(name, policy)
         except Exception as exc:
@@ -390,7 +442,7 @@ def optimize(
             log.warning("variant failed", variant=name, error=str(exc), trace=traceback.format_exc(limit=3))
             row = VariantReport(name=name, error=str(exc) or type(exc).__name__)
         if name == BASELINE:
-            fp32_accuracy = row.accuracy
+            fp32 = row
         rows.append(row)
     recommended, reason = recommend(rows, policy.accuracy_budget)
     targets = targets or host_targets()
@@ -403,6 +455,7 @@ def optimize(
         recommended,
         reason,
         policy.accuracy_budget,
+        task=inputs.task,
         measured_on=host_cpu().describe(),
         recommendations=recommend_per_target(rows, policy.accuracy_budget),
         targets=targets.describe(),

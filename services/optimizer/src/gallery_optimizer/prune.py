@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gallery_common.nn import ExportedModel
-from gallery_optimizer.training import cross_entropy, train
+from gallery_optimizer.training import CLASSIFICATION, Objective, train
 
 WEIGHTED = (nn.Linear, nn.Conv2d)
 
@@ -37,6 +37,7 @@ def magnitude_prune(
     *,
     epochs: int,
     seed: int = 0,
+    objective: Objective = CLASSIFICATION,
     on_epoch: Callable[[int], None] | None = None,
 ) -> ExportedModel:
     """A copy of `model` with the `sparsity` smallest-magnitude weights of each layer zeroed, fine-tuned for
@@ -66,7 +67,8 @@ def magnitude_prune(
         pruned,
         *train_split,
         epochs=epochs,
-        loss_fn=cross_entropy,
+        loss_fn=objective.loss,
+        score=objective.score,
         validation=validation_split,
         seed=seed,
         after_step=hold_zeros,
@@ -122,6 +124,7 @@ def structured_prune(
     *,
     epochs: int,
     seed: int = 0,
+    objective: Objective = CLASSIFICATION,
     on_epoch: Callable[[int], None] | None = None,
 ) -> ExportedModel:
     """A copy of `model` with the `sparsity` share of every hidden layer's neurons / channels removed (lowest
@@ -150,7 +153,8 @@ def structured_prune(
         pruned,
         *train_split,
         epochs=epochs,
-        loss_fn=cross_entropy,
+        loss_fn=objective.loss,
+        score=objective.score,
         validation=validation_split,
         seed=seed,
         on_epoch=on_epoch,

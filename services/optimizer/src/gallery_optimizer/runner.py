@@ -200,6 +200,7 @@ class OptimizationRunner:
             validation_split=paths["validation_split"],
             test_split=paths["test_split"],
             class_names=registered.class_names,
+            task=registered.task or "classification",
         )
         report = optimize(
             inputs, policy, workdir / "variants", model=model, version=version, on_progress=progress.optimizing

@@ -1,12 +1,12 @@
-"""A variant measured on one execution target: latency and accuracy with the hardware class and the
-provider they came from.
+"""A variant measured on one execution target: latency and its score (accuracy, a regressor's r2) with the
+hardware class and the provider they came from.
 
 The CPU provider's figures are the ones `measure.run_model` takes in this interpreter's sandbox. Every
 other target runs `target_probe.py` in that target's interpreter as a child process (OpenVINO's build of
 ONNX Runtime lives in a venv of its own), given a copy of the verified model, under the same time and
 memory limits as any measurement. On TensorRT the probe lets TensorRT build FP16 kernels (and INT8 ones
 for a QDQ model) and keeps the built engines in a cache folder, so a model server with the same cache
-does not build them again; accuracy is scored on the target, so the budget sees what FP16 costs.
+does not build them again; the score is taken on the target, so the budget sees what FP16 costs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gallery_common.contracts.scoring import regression_scores
 from gallery_common.onnx_safety import verify_self_contained_onnx
 from gallery_common.sandbox import Limits, is_allocation_failure
 from gallery_common.targets import Target
@@ -41,11 +42,16 @@ class TargetMeasurement:
     latency_b32_p50_ms: float | None = None
     latency_b32_p99_ms: float | None = None
     accuracy: float | None = None
+    r2: float | None = None  # a regressor's score, where a classifier has accuracy
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.latency_b32_p50_ms is not None
+
+    @property
+    def score(self) -> float | None:
+        return self.accuracy if self.accuracy is not None else self.r2
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,8 @@ def measure_on_target(
     limits: Limits,
     cache_dir: Path,
 ) -> TargetMeasurement:
-    """`variant` (the ONNX file `model`) on `target`: latency at batch 1 and 32 and accuracy on (`x`, `y`).
+    """`variant` (the ONNX file `model`) on `target`: latency at batch 1 and 32 and its score on (`x`, `y`):
+    accuracy, or r2 where `y` holds a regressor's targets as columns [N, K] (float).
 
     Never raises for the model's sake: a provider that refuses the model, a limit passed or a crash is
     the measurement's `error`.
@@ -133,5 +140,10 @@ def measure_on_target(
         outputs = np.load(folder / "outputs.npy", allow_pickle=False)
     record.latency_b1_p50_ms, record.latency_b1_p99_ms = answer["b1"]
     record.latency_b32_p50_ms, record.latency_b32_p99_ms = answer["b32"]
-    record.accuracy = float((outputs.argmax(axis=1) == y).mean())
+    if y.ndim == 2:
+        record.r2 = regression_scores(outputs, y)["r2"] if outputs.shape == y.shape else None
+        if record.r2 is None:
+            record.error = f"{what} gave {outputs.shape[1:]} per row; the targets are {y.shape[1:]}"
+    else:
+        record.accuracy = float((outputs.argmax(axis=1) == y).mean())
     return record

@@ -1,8 +1,8 @@
 """The recommendation per target (`<hardware class>/<provider>`): the same rule as the generic one, applied
 to the figures each target gave.
 
-On every target, the fastest variant at batch 32 (p50) whose accuracy there is within the budget of FP32's
-accuracy there (FP32's CPU accuracy when FP32 itself could not run on that target). A target on which no
+On every target, the fastest variant at batch 32 (p50) whose score there (accuracy, a regressor's r2) is
+within the budget of FP32's there (FP32's CPU score when FP32 itself could not run on that target). A target on which no
 variant could be measured gets no recommendation, and the report says why.
 """
 
@@ -28,15 +28,16 @@ def _recommend(target: str, variants: list[VariantReport], budget: float) -> Tar
         return TargetRecommendation(target, None, "no variant could be measured on it (" + "; ".join(reasons) + ")")
     fp32 = next((m for row, m in measured if row.name == BASELINE), None)
     baseline_row = next((row for row in variants if row.name == BASELINE), None)
-    reference = fp32.accuracy if fp32 is not None else (baseline_row.accuracy if baseline_row else None)
+    reference = fp32.score if fp32 is not None else (baseline_row.score if baseline_row else None)
+    score = "r2" if baseline_row is not None and baseline_row.r2 is not None else "accuracy"
     qualified: list[tuple[VariantReport, TargetMeasurement]] = [
         (row, m)
         for row, m in measured
-        if reference is not None and m.accuracy is not None and m.accuracy - reference >= -budget - 1e-12
+        if reference is not None and m.score is not None and m.score - reference >= -budget - 1e-12
     ]
     if not qualified:
         return TargetRecommendation(
-            target, None, f"no variant measured on it kept its accuracy within {budget * 100:g} point(s) of FP32"
+            target, None, f"no variant measured on it kept its {score} within {budget * 100:g} point(s) of FP32"
         )
     row, best = min(qualified, key=lambda pair: pair[1].latency_b32_p50_ms or math.inf)
     figure = f"p50 {best.latency_b32_p50_ms:,.3f} ms at batch 32"
@@ -45,5 +46,5 @@ def _recommend(target: str, variants: list[VariantReport], budget: float) -> Tar
     return TargetRecommendation(
         target,
         row.name,
-        f"fastest on {target} ({figure}) among variants within {budget * 100:g} point(s) of FP32 accuracy there",
+        f"fastest on {target} ({figure}) among variants within {budget * 100:g} point(s) of FP32 {score} there",
     )

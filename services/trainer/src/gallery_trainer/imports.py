@@ -40,6 +40,7 @@ from sqlmodel import Session
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts.names import INPUT_NAME, MODEL_NAME_RULE, OUTPUT_NAME, is_model_name
 from gallery_common.contracts.refs import TensorSpec
+from gallery_common.contracts.scoring import target_columns
 from gallery_common.contracts.splits import NpzRefused, Split, read_split
 from gallery_common.errors import InvalidRequest
 from gallery_common.events import ArtifactRef, Lineage, ModelTrained, Signature
@@ -127,7 +128,7 @@ class ModelImporter:
         _check_shape(outputs, splits)
         if request.task == "regression":
             width = _check_predictions(outputs, splits)
-            metrics = {"test_rmse": float(np.sqrt(((outputs - _columns(splits.test.y)) ** 2).mean()))}
+            metrics = {"test_rmse": float(np.sqrt(((outputs - target_columns(splits.test.y)) ** 2).mean()))}
         else:
             width = _check_scores(outputs, splits, request.class_names)
             metrics = {"test_accuracy": float((outputs.argmax(axis=1) == splits.test.y).mean())}
@@ -278,11 +279,6 @@ def _integral(y: np.ndarray) -> bool:
     return bool(np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)))
 
 
-def _columns(y: np.ndarray) -> np.ndarray:
-    """Targets as [N, K]: one column when a split holds one target per row."""
-    return y.reshape(len(y), -1)
-
-
 def _splits_of(splits: _Splits) -> list[tuple[str, Split]]:
     named = [("train", splits.train), ("test", splits.test), ("validation", splits.validation)]
     return [(name, split) for name, split in named if split is not None]
@@ -328,7 +324,7 @@ def _check_predictions(outputs: np.ndarray, splits: _Splits) -> int:
     """The number of targets a regressor predicts, once every split has as many per row."""
     targets = int(outputs.shape[1])
     for name, split in _splits_of(splits):
-        given = _columns(split.y).shape[1]
+        given = target_columns(split.y).shape[1]
         if given != targets:
             raise ModelRefused(f"the {name} split has {given} targets per row; the model predicts {targets}")
     return targets

@@ -3,7 +3,8 @@
 Figures come from the model servers themselves: their Prometheus counters and latency histogram,
 read from every replica at the start and at the end of the window (the difference, replica by replica,
 is the window; `gallery_common.contracts.serving_metrics` reads and compares them), and a replay of
-validation rows sent to both versions to measure how often they give the same top class. A validation
+validation rows sent to both versions to measure how often they give the same top class (a regressor's:
+predictions within a tenth of the spread of production's, `scoring.prediction_agreement`). A validation
 split that is refused (over a size cap, not a split, corrupt) makes the replay, and so the analysis,
 fail with the reason.
 """
@@ -19,7 +20,15 @@ import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts import NpzRefused, read_features
-from gallery_common.contracts.oip import DATATYPES, INFERENCE_HEADER_LENGTH, encode_infer_request, response_top_classes
+from gallery_common.contracts.oip import (
+    DATATYPES,
+    INFERENCE_HEADER_LENGTH,
+    ProtocolError,
+    decode_infer_response,
+    encode_infer_request,
+    top_classes,
+)
+from gallery_common.contracts.scoring import prediction_agreement
 from gallery_common.contracts.serving_metrics import Scrape, ServingCounts, compare, parse_page
 from gallery_common.errors import ArtifactError
 
@@ -37,14 +46,18 @@ async def snapshot(client: httpx.AsyncClient, endpoints: Sequence[str]) -> Scrap
     return scrape
 
 
-async def _top_classes(client: httpx.AsyncClient, url: str, model: str, rows: np.ndarray) -> np.ndarray:
+async def _outputs(client: httpx.AsyncClient, url: str, model: str, rows: np.ndarray) -> np.ndarray:
+    """The server's first output for `rows`."""
     metadata = (await client.get(f"{url}/v2/models/{model}")).json()
     spec = metadata["inputs"][0]
     # the rows as the model's first input takes them (an FP16 variant gets FP16)
     body, _ = encode_infer_request({spec["name"]: rows.astype(DATATYPES[spec["datatype"]], copy=False)})
     response = await client.post(f"{url}/v2/models/{model}/infer", content=body)
     response.raise_for_status()
-    return response_top_classes(response.content, response.headers.get(INFERENCE_HEADER_LENGTH))
+    outputs = decode_infer_response(response.content, response.headers.get(INFERENCE_HEADER_LENGTH)).outputs
+    if not outputs:
+        raise ProtocolError("the response has no outputs")
+    return np.asarray(next(iter(outputs.values())), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -61,17 +74,23 @@ async def replay_agreement(
     baseline_url: str,
     rows: np.ndarray | ReplayRefused,
     chunk: int = 64,
+    *,
+    regression: bool = False,
 ) -> float | ReplayRefused:
-    """Share of `rows` on which both servers give the same top class (a refused replay stays refused)."""
+    """Share of `rows` on which both servers give the same top class, or for a `regression` model predictions
+    that agree (`scoring.prediction_agreement` against the baseline's); a refused replay stays refused."""
     if isinstance(rows, ReplayRefused):
         return rows
-    same = 0
+    if not len(rows):
+        return 1.0
+    canary, baseline = [], []
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
-        canary = await _top_classes(client, canary_url, model, part)
-        baseline = await _top_classes(client, baseline_url, model, part)
-        same += int(np.sum(canary == baseline))
-    return same / len(rows) if len(rows) else 1.0
+        canary.append(await _outputs(client, canary_url, model, part))
+        baseline.append(await _outputs(client, baseline_url, model, part))
+    if regression:
+        return prediction_agreement(np.concatenate(canary), np.concatenate(baseline))
+    return float(np.mean(top_classes(np.concatenate(canary)) == top_classes(np.concatenate(baseline))))
 
 
 async def load_replay_rows(

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import httpx
+import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts.serving_metrics import Scrape
@@ -487,11 +488,26 @@ class Controller:
             # Each server refuses a request larger than its max_batch_size: replay in chunks both accept.
             chunk = min(self._spec(candidate).max_batch_size, self._spec(production).max_batch_size)
             agreement = await canary.replay_agreement(
-                self._http, model, canary_urls[0], baseline_urls[0], rows, chunk=chunk
+                self._http,
+                model,
+                canary_urls[0],
+                baseline_urls[0],
+                rows,
+                chunk=chunk,
+                regression=isinstance(rows, np.ndarray) and await self._is_regressor(model, candidate.version),
             )
         windows = now[0].since(start[0]).overall(), now[1].since(start[1]).overall()
         verdict = canary.judge(*windows, agreement, self.limits)
         return verdict
+
+    async def _is_regressor(self, model: str, version: int) -> bool:
+        """Whether the registry records the version as a regressor (its canary's answers are compared as
+        predictions, not top classes); a classifier without a registry to ask."""
+        registry = self.registry
+        if registry is None:
+            return False
+        registered = await anyio.to_thread.run_sync(lambda: registry.get_version(model, version))
+        return registered.task == "regression"
 
     async def judge_due_canaries(self) -> None:
         """Judge every canary whose window has ended: promote it or roll it back."""

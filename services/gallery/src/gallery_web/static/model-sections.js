@@ -188,6 +188,9 @@ export function optimizerSection(job) {
     return h("section", { class: "card", id: "optimizer" }, title, empty(text));
   }
   const variants = report.variants || [];
+  // a classifier's variants are held to its accuracy, a regressor's to its r2 (older reports name no score)
+  const score = report.score === "r2" ? "r2" : "accuracy";
+  const delta = score === "r2" ? "r2_delta" : "accuracy_delta";
   const rows = variants.map((v) => ({
     props: { class: v.name === report.recommended ? "recommended" : null, dataset: { variant: v.name } },
     cells: [
@@ -195,8 +198,8 @@ export function optimizerSection(job) {
       v.error ? h("span", { class: "bad" }, v.error) : bytes(v.size_bytes),
       ms(v.latency_b1_p50_ms),
       ms(v.latency_b32_p50_ms),
-      metric("accuracy", v.accuracy),
-      v.accuracy_delta === null || v.accuracy_delta === undefined ? "–" : `${v.accuracy_delta >= 0 ? "+" : ""}${(v.accuracy_delta * 100).toFixed(2)} pt`,
+      metric(score, v[score]),
+      v[delta] === null || v[delta] === undefined ? "–" : `${v[delta] >= 0 ? "+" : ""}${(v[delta] * 100).toFixed(2)} pt`,
       v.within_budget ? badge("yes", "ok") : badge("no", "bad"),
     ],
   }));
@@ -205,11 +208,11 @@ export function optimizerSection(job) {
       key: v.name,
       label: v.name,
       x: v[report.ranking_metric] ?? v.latency_b32_p50_ms,
-      y: v.accuracy,
+      y: v[score],
       color: v.name === report.recommended ? "#16a34a" : v.within_budget ? "#2563eb" : "#9ca3af",
       highlight: v.name === report.recommended,
     })),
-    { id: "latency-accuracy", title: "Latency against accuracy", xLabel: `${(report.ranking_metric || "latency_b32_p50_ms").replace(/_/g, " ")}`, yLabel: "accuracy" },
+    { id: "latency-accuracy", title: `Latency against ${score}`, xLabel: `${(report.ranking_metric || "latency_b32_p50_ms").replace(/_/g, " ")}`, yLabel: score },
   );
   const measured = report.measured_on ? `Measured on ${report.measured_on.model} (${report.measured_on.hardware_class}, ${report.measured_on.cores} cores).` : "";
   return h(
@@ -218,7 +221,7 @@ export function optimizerSection(job) {
     title,
     h("p", {}, "Recommended: ", h("strong", {}, report.recommended || "none"), report.recommendation_reason ? ` — ${report.recommendation_reason}` : ""),
     h("p", { class: "note" }, measured),
-    h("div", { class: "split" }, table(["variant", "#size", "#b1 p50", "#b32 p50", "#accuracy", "#Δ accuracy", "in budget"], rows, { id: "variants" }), scatter),
+    h("div", { class: "split" }, table(["variant", "#size", "#b1 p50", "#b32 p50", `#${score}`, `#Δ ${score}`, "in budget"], rows, { id: "variants" }), scatter),
     perTargetBlock(report),
   );
 }
@@ -226,6 +229,7 @@ export function optimizerSection(job) {
 /** The recommendation per hardware class and execution provider, and every variant's figures on each
  * (reports from before the optimizer measured per target have none: nothing is shown). */
 function perTargetBlock(report) {
+  const score = report.score === "r2" ? "r2" : "accuracy";
   const recommendations = Object.entries(report.recommendations || {});
   if (!recommendations.length) return null;
   const recommended = recommendations.map(([target, rec]) => ({
@@ -235,7 +239,7 @@ function perTargetBlock(report) {
   const figures = (report.variants || []).flatMap((v) =>
     (v.measurements || []).map((m) => ({
       props: { dataset: { variant: v.name, target: m.target } },
-      cells: [v.name, m.hardware_class, m.provider, ms(m.latency_b1_p50_ms), ms(m.latency_b32_p50_ms), metric("accuracy", m.accuracy), m.error ? h("span", { class: "bad" }, m.error) : ""],
+      cells: [v.name, m.hardware_class, m.provider, ms(m.latency_b1_p50_ms), ms(m.latency_b32_p50_ms), metric(score, m[score]), m.error ? h("span", { class: "bad" }, m.error) : ""],
     })),
   );
   const absent = Object.entries(report.targets?.absent || {}).map(([provider, why]) => `${provider} (${why})`);
@@ -245,7 +249,7 @@ function perTargetBlock(report) {
     h("h3", {}, "Per hardware class and execution provider"),
     table(["target", "recommended", "why"], recommended, { id: "target-recommendations" }),
     absent.length ? h("p", { class: "note" }, `Not measured: ${absent.join("; ")}.`) : null,
-    table(["variant", "hardware class", "provider", "#b1 p50", "#b32 p50", "#accuracy", "note"], figures, { id: "target-measurements" }),
+    table(["variant", "hardware class", "provider", "#b1 p50", "#b32 p50", `#${score}`, "note"], figures, { id: "target-measurements" }),
   );
 }
 

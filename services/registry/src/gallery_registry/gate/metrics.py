@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from gallery_common.contracts.scoring import macro_f1
+from gallery_common.contracts.scoring import macro_f1, regression_scores
 
 ECE_BINS = 15
 
@@ -120,19 +120,7 @@ def classification_metrics(
 
 def regression_metrics(predictions: FloatArray, targets: FloatArray) -> dict[str, object]:
     """rmse, mae, r2 (uniform average over outputs) and n_test; both arrays shaped [N, K]."""
-    predictions = predictions.astype(np.float64)
-    targets = targets.astype(np.float64)
-    errors = predictions - targets
-    residual = (errors**2).sum(axis=0)
-    spread = ((targets - targets.mean(axis=0)) ** 2).sum(axis=0)
-    # scikit-learn's convention for a constant target: 1 if predicted exactly, else 0
-    r2_per_output = np.where(spread > 0, 1 - residual / np.where(spread > 0, spread, 1), (residual == 0) * 1.0)
-    return {
-        "rmse": float(np.sqrt((errors**2).mean(axis=0)).mean()),
-        "mae": float(np.abs(errors).mean()),
-        "r2": float(r2_per_output.mean()),
-        "n_test": len(targets),
-    }
+    return {**regression_scores(predictions, targets), "n_test": len(targets)}
 
 
 def percentile_ms(durations_s: Sequence[float], q: float) -> float:
