@@ -15,7 +15,7 @@ from torch import nn
 
 from gallery_common.nn import ExportedModel, build_network
 from gallery_common.nn.stored import StoredArchitecture, StoredTarget, StoredTransform, stored_parts
-from gallery_optimizer.training import accuracy, r2, target_spread, train
+from gallery_optimizer.training import accuracy, r2, squared_error, target_spread, train
 
 HARD_LABEL_WEIGHT = 0.3
 # mixup copies of the train rows added to the transfer set; 2 made a [128] student agree with its digits
@@ -43,9 +43,10 @@ def regression_distillation_loss(spread: float) -> Callable[[torch.Tensor, torch
     """A regressor's counterpart: squared distance to the teacher's predictions blended with squared error on
     the targets, both in units of the targets' spread."""
 
+    squared = squared_error(spread)
+
     def loss(outputs: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        soft = (((outputs - teacher) / spread) ** 2).mean()
-        hard = (((outputs - targets) / spread) ** 2).mean()
+        soft, hard = squared(outputs, teacher, teacher), squared(outputs, targets, teacher)
         return (1 - HARD_LABEL_WEIGHT) * soft + HARD_LABEL_WEIGHT * hard
 
     return loss

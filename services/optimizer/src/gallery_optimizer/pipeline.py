@@ -134,11 +134,11 @@ def _regression_data(
     if predictions.ndim != 2:
         raise OptimizationError(f"the model predicts {predictions.shape[1:]} per row; a regressor gives [K]")
     for name, split in zip(_SPLITS, splits, strict=True):
-        if split.y.shape[1] != predictions.shape[1] or not np.all(np.isfinite(split.y)):
-            raise OptimizationError(
-                f"the {name} split holds {split.y.shape[1]} target(s) per row (all finite: "
-                f"{bool(np.all(np.isfinite(split.y)))}); the model predicts {predictions.shape[1]}"
-            )
+        if split.y.shape[1] != predictions.shape[1]:
+            given, predicted = split.y.shape[1], predictions.shape[1]
+            raise OptimizationError(f"the {name} split holds {given} target(s) per row; the model predicts {predicted}")
+        if not np.all(np.isfinite(split.y)):
+            raise OptimizationError(f"the {name} split holds targets that are not finite numbers")
     return _Data(train, validation, test, predictions, n_features, limits, regression=True)
 
 

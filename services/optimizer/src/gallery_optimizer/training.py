@@ -42,7 +42,6 @@ class Objective:
 
     loss: Loss
     score: Score
-    regression: bool = False
 
 
 def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
@@ -68,7 +67,7 @@ def squared_error(spread: float) -> Loss:
 
 def regression(y: np.ndarray) -> Objective:
     """A regressor's objective for the targets `y` (the train split's)."""
-    return Objective(squared_error(target_spread(y)), r2, regression=True)
+    return Objective(squared_error(target_spread(y)), r2)
 
 
 def train(
