@@ -39,6 +39,7 @@ class InMemoryRegistry(RegistryReader):
         *,
         status: VersionStatus = VersionStatus.validated,
         class_names: list[str] | None = None,
+        task: str = "classification",
     ) -> VersionPublic:
         """Register `model:version` as the registry would show it after the gate (validated by default)."""
         registered = VersionPublic(
@@ -54,7 +55,7 @@ class InMemoryRegistry(RegistryReader):
             run_id=None,
             source_event_id=None,
             source=None,
-            task="classification",
+            task=task,
             class_names=class_names,
             evaluation_report=None,
             rejection_reasons=None,

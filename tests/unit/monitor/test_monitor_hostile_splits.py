@@ -18,6 +18,7 @@ from gallery_common.contracts import write_split
 from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
 from gallery_monitor.core import Monitor
+from gallery_monitor.drift import DriftRule, Reference, evaluate_drift
 from gallery_monitor.evaluator import evaluate
 from gallery_monitor.migrations import upgrade
 from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, registry_split_loader
@@ -97,3 +98,31 @@ def test_a_training_split_over_the_artifact_cap_is_refused_unfetched(tmp_path: P
     reason = str(refused.value)
     assert reason.startswith(f"train_split of iris:1: artifact {ref.uri} is ")
     assert "over the 9.8 KiB (10000 bytes) a service fetches (GALLERY_MAX_ARTIFACT_BYTES); it was not fetched" in reason
+
+
+def test_a_regressors_integer_targets_are_not_classes_its_predictions_are_compared_with(tmp_path: Path) -> None:
+    """A regressor of counts (integer targets): its one output's "top class" is always 0, so compared with
+    the targets as class shares every window would drift on "predicted classes". The registry says it is a
+    regressor, and the monitor compares its inputs only."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    counts = rng.integers(0, 40, size=600)
+    store = FileArtifactStore((tmp_path / "artifacts").as_uri())
+    split = tmp_path / "train.npz"
+    write_split(split, x, counts)
+    ref = store.put("counts/train.npz", split)
+    registry = InMemoryRegistry()
+    registry.add_version("counts", 1, {"train_split": ref}, task="regression")
+    registry.add_version("counts", 2, {"train_split": ref}, task="classification")
+    loader = registry_split_loader(registry, store)
+    window, outputs = x[:300], np.zeros(300, dtype=np.int32)  # rows like training; the one output's argmax
+
+    regressor = loader("counts", 1)
+    assert regressor.y is None
+    as_regressor = Reference.from_split(regressor.x, regressor.y)
+    report = evaluate_drift(as_regressor, window, outputs, DriftRule())
+    assert not report.drifted and report.prediction_psi is None, report.reasons
+
+    classifier = loader("counts", 2)
+    as_classifier = Reference.from_split(classifier.x, classifier.y)
+    assert any("predicted classes" in r for r in evaluate_drift(as_classifier, window, outputs, DriftRule()).reasons)

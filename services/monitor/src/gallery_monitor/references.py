@@ -52,8 +52,9 @@ class ReferenceUnavailable(Exception):
 
 
 def registry_split_loader(registry: RegistryReader, store: ArtifactStore) -> SplitLoader:
-    """Load `x` and `y` of a version's train_split (its URI and sha256 from the registry, the bytes from the
-    store) and the feature importance in the version's evaluation report."""
+    """Load `x` and `y` (a classifier's labels; none for a regressor) of a version's train_split (its URI and
+    sha256 from the registry, the bytes from the store) and the feature importance in the version's
+    evaluation report."""
 
     def load(model: str, version: int) -> TrainingData:
         try:
@@ -68,6 +69,8 @@ def registry_split_loader(registry: RegistryReader, store: ArtifactStore) -> Spl
         except GalleryError as exc:
             raise ReferenceUnavailable(f"{TRAIN_SPLIT} of {model}:{version}: {exc.message}") from exc
         x, y = read_split(data, f"{TRAIN_SPLIT} of {model}:{version}")
+        if found.task == "regression":
+            y = None  # a regressor's targets are no classes to compare its predictions with, integer or not
         return TrainingData(x, y, FeatureImportance.from_report(found.evaluation_report))
 
     return load
