@@ -127,6 +127,16 @@ def test_recommendation_tags_from_an_optimizer_report() -> None:
         "optimizer.fp32_accuracy": "0.9",
     }
     assert recommendation_tags({"variants": []}) == {}
+    regressor = {
+        "recommended": "distilled",
+        "variants": [
+            {"name": "fp32", "size_bytes": 72000.0, "accuracy": None, "r2": 0.9721},
+            {"name": "distilled", "size_bytes": 4300.0, "accuracy": None, "r2": 0.9773},
+        ],
+    }
+    tags = recommendation_tags(regressor)
+    assert tags["optimizer.recommended_r2"] == "0.9773" and tags["optimizer.fp32_r2"] == "0.9721"
+    assert not any(key.endswith("accuracy") for key in tags)
     found = recommended_variant({"optimizer.recommended": "fp16", "optimizer.recommended_size_bytes": "2000"})
     assert found is not None and (found.name, found.size_bytes, found.p50_ms) == ("fp16", 2000.0, None)
     assert recommended_variant({}) is None

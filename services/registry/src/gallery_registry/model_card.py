@@ -49,9 +49,11 @@ OPTIMIZER_FIELDS = (
     ("optimizer.recommended_size_bytes", "size"),
     ("optimizer.recommended_p50_ms", "batch-1 p50 latency (ms)"),
     ("optimizer.recommended_accuracy", "accuracy"),
+    ("optimizer.recommended_r2", "r2"),
     ("optimizer.fp32_size_bytes", "FP32 size"),
     ("optimizer.fp32_p50_ms", "FP32 batch-1 p50 latency (ms)"),
     ("optimizer.fp32_accuracy", "FP32 accuracy"),
+    ("optimizer.fp32_r2", "FP32 r2"),
     ("optimizer.recommended_per_target", "recommended per hardware class / execution provider"),
 )
 _SIZE_KEYS = frozenset({"optimizer.recommended_size_bytes", "optimizer.fp32_size_bytes"})
@@ -364,6 +366,11 @@ class ModelCards:
             self.refresh(name, number)
 
 
+# a variant's figures the card keeps (tag suffix, report field): a classifier's report has accuracy, a
+# regressor's r2 (the other is null, and not kept)
+_CARD_FIGURES = (("size_bytes", "size_bytes"), ("p50_ms", "latency_b1_p50_ms"), ("accuracy", "accuracy"), ("r2", "r2"))
+
+
 def recommendation_tags(doc: Mapping[str, Any]) -> dict[str, str]:
     """The `optimizer.*` tags for the recommendation of an optimizer report (its `report.json`)."""
     recommended = doc.get("recommended")
@@ -375,7 +382,7 @@ def recommendation_tags(doc: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(reason, str) and reason:
         tags["optimizer.recommendation_reason"] = reason[:TAG_VALUE_MAX]
     for prefix, row in (("optimizer.recommended", rows.get(recommended)), ("optimizer.fp32", rows.get(BASELINE))):
-        for suffix, field in (("size_bytes", "size_bytes"), ("p50_ms", "latency_b1_p50_ms"), ("accuracy", "accuracy")):
+        for suffix, field in _CARD_FIGURES:
             value = _number_of(row, field)
             if value is not None:
                 tags[f"{prefix}_{suffix}"] = f"{value:.6g}"
