@@ -211,6 +211,34 @@ def test_the_lineage_graph_joins_data_runs_searches_versions_variants_and_deploy
     assert len(versions_asked) == 2, "the gallery follows the registry's pages"
 
 
+def test_an_imported_version_comes_from_its_import_in_the_lineage(stack: Stack, scene: Scene) -> None:
+    """A version made by `gallery models import`: its run is labelled as the import of the file it names."""
+    run_id = "import-0123456789ab"
+    scene.versions[MODEL] = [version(MODEL, 1, run_id=run_id, job_id=run_id, fingerprint="fp-import")]
+    scene.runs = [
+        {
+            "id": run_id,
+            "job_id": run_id,
+            "model": MODEL,
+            "status": "succeeded",
+            "metrics": {"test_accuracy": 0.97},
+            "dataset_fingerprint": "fp-import",
+            "system": {"engine": "import"},
+            "params": {"source": "import", "file": "logreg.onnx"},
+        }
+    ]
+    graph = httpx.get(f"{stack.gallery}/api/gallery/models/{MODEL}/lineage", headers=AUTH).json()
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    imported = nodes[f"run:{run_id}"]
+    assert imported["label"] == "import 01234567"
+    assert imported["detail"].startswith("imported logreg.onnx · succeeded")
+    assert imported["href"] == f"/runs/{run_id}"
+    assert {(e["source"], e["target"]) for e in graph["edges"]} >= {
+        ("dataset:fp-import", f"run:{run_id}"),
+        (f"run:{run_id}", "version:1"),
+    }
+
+
 def test_a_lineage_without_the_trainer_keeps_what_the_registry_says(scene: Scene, tmp_path: Path) -> None:
     lineage_scene(scene)
     with gallery_stack(scene, tmp_path, down=("trainer",)) as running:

@@ -116,8 +116,13 @@ def build_lineage(
             detail = "the trainer has no record of it"
             return g.node(f"run:{run_id}", "run", f"run {run_id[:8]}", detail, f"/runs/{_q(run_id)}")
         status = str(run.get("status") or "")
-        detail = " · ".join(part for part in (status, _metrics(run.get("metrics"))) if part)
-        node = g.node(f"run:{run_id}", "run", f"run {run_id[:8]}", detail, f"/runs/{_q(run_id)}")
+        label, source = f"run {run_id[:8]}", None
+        params = run.get("params") if isinstance(run.get("params"), dict) else {}
+        if (run.get("system") or {}).get("engine") == "import":  # a model trained elsewhere, its file imported
+            label = f"import {run_id.removeprefix('import-')[:8]}"
+            source = f"imported {params['file']}" if isinstance(params.get("file"), str) else "imported"
+        detail = " · ".join(part for part in (source, status, _metrics(run.get("metrics"))) if part)
+        node = g.node(f"run:{run_id}", "run", label, detail, f"/runs/{_q(run_id)}")
         data = dataset_node(run.get("dataset_fingerprint"))
         if data:
             g.edge(data, node)
