@@ -117,10 +117,11 @@ def build_lineage(
             return g.node(f"run:{run_id}", "run", f"run {run_id[:8]}", detail, f"/runs/{_q(run_id)}")
         status = str(run.get("status") or "")
         label, source = f"run {run_id[:8]}", None
-        params = run.get("params") if isinstance(run.get("params"), dict) else {}
-        if (run.get("system") or {}).get("engine") == "import":  # a model trained elsewhere, its file imported
+        params, system = run.get("params"), run.get("system")
+        if isinstance(system, dict) and system.get("engine") == "import":  # trained elsewhere, its file imported
             label = f"import {run_id.removeprefix('import-')[:8]}"
-            source = f"imported {params['file']}" if isinstance(params.get("file"), str) else "imported"
+            file = params.get("file") if isinstance(params, dict) else None
+            source = f"imported {file}" if isinstance(file, str) else "imported"
         detail = " · ".join(part for part in (source, status, _metrics(run.get("metrics"))) if part)
         node = g.node(f"run:{run_id}", "run", label, detail, f"/runs/{_q(run_id)}")
         data = dataset_node(run.get("dataset_fingerprint"))
