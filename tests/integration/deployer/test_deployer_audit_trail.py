@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -239,6 +240,9 @@ class Routes:
 
 
 class Aliases:
+    def get_version(self, model: str, version: int) -> SimpleNamespace:
+        return SimpleNamespace(task="classification")
+
     def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, object]:
         return {}
 

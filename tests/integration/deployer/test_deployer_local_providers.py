@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -65,6 +66,9 @@ class Routes:
 
 
 class Registry:
+    def get_version(self, model: str, version: int) -> SimpleNamespace:
+        return SimpleNamespace(task="classification")
+
     def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, object]:
         return {}
 

@@ -208,6 +208,32 @@ async def test_shadow_gets_its_share_and_never_answers(gw: str, backends: dict[s
     assert metric(gw, "modelgallery_gateway_shadow_agreement_total", model="mirrored", agree="true") == mirrored
 
 
+async def test_a_regressors_shadow_is_compared_by_its_predictions(
+    gw: str, backends: dict[str, FakeModelServer]
+) -> None:
+    """Shadow "b" predicts twice what "a" serves. As top classes the one-column answers always agree (the
+    argmax of one column is 0); on a regressor's route (task "regression", as the deployer sets it) they
+    are compared by value, and a shadow predicting the same agrees."""
+
+    async def mirror(model: str, shadow: str, task: str) -> dict[str, float]:
+        mirrored = {"id": shadow, "url": backends[shadow].url, "role": "shadow"}
+        route = {
+            "backends": [{"id": "a", "url": backends["a"].url}, mirrored],
+            "policy": {"shadow_percent": 100},
+            "task": task,
+        }
+        assert httpx.put(f"{gw}/admin/routes/{model}", json=route).status_code == 200
+        responses = await infer_many(f"{gw}/v2/models/{model}/infer", [body([3.0])] * 20)
+        assert all(r.status_code == 200 for r in responses)
+        await asyncio.sleep(0.5)
+        name = "modelgallery_gateway_shadow_agreement_total"
+        return {agree: metric(gw, name, model=model, agree=agree) for agree in ("true", "false")}
+
+    assert await mirror("twice-as-class", "b", "classification") == {"true": 20, "false": 0}
+    assert await mirror("twice", "b", "regression") == {"true": 0, "false": 20}
+    assert await mirror("same", "shadow", "regression") == {"true": 20, "false": 0}
+
+
 async def test_backend_killed_mid_load_falls_back_without_client_failures(
     gw: str, backends: dict[str, FakeModelServer]
 ) -> None:

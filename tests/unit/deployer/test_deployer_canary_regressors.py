@@ -85,12 +85,13 @@ def test_prediction_agreement_is_within_a_tenth_of_the_references_spread() -> No
     assert prediction_agreement(np.full((3, 1), 111.0), np.full((3, 1), 100.0)) == 0.0
 
 
-async def test_the_controller_judges_a_regressors_canary_on_its_predictions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("task", ["regression", "classification"])
+async def test_the_controller_judges_a_regressors_canary_on_its_predictions(tmp_path: Path, task: str) -> None:
     """The registry says version 2 is a regressor: its canary, predicting the opposite of production, agrees on
-    few rows and the analysis fails; the same canary of a version the registry calls a classifier would pass
-    the replay (one column, one "class")."""
+    few rows and the analysis fails; the same canary of a version the registry calls a classifier passes the
+    replay (one column, one "class"). The route the gateways get says the task too."""
     registry = FakeRegistry()
-    registry.tasks[("m", 2)] = "regression"
+    registry.tasks[("m", 2)] = registry.tasks[("m", 1)] = task
     settings = DeployerSettings(home=tmp_path, canary_percent=10, drain_s=0, canary_window_s=0.01)
     engine = make_engine(f"sqlite:///{tmp_path / 'deployer.db'}")
     upgrade(engine)
@@ -124,10 +125,12 @@ async def test_the_controller_judges_a_regressors_canary_on_its_predictions(tmp_
         await controller.deploy("m", 2, artifact(2), validation_split=split)
 
         verdict = await controller.analyse("m")
-        assert not verdict.passed and verdict.agreement is not None and verdict.agreement < 0.2, verdict
-        assert any("agrees with the baseline on" in reason for reason in verdict.reasons)
-
-        registry.tasks[("m", 2)] = "classification"
-        assert (await controller.analyse("m")).agreement == 1.0
+        if task == "regression":
+            assert not verdict.passed and verdict.agreement is not None and verdict.agreement < 0.2, verdict
+            assert any("agrees with the baseline on" in reason for reason in verdict.reasons)
+        else:
+            assert verdict.agreement == 1.0
+        route = await controller.sync_routes("m")
+        assert route is not None and route.task == task
     finally:
         await controller.close()

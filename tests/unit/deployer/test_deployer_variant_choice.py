@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -188,6 +189,9 @@ class Quiet:
 
     async def close(self) -> None:
         pass
+
+    def get_version(self, *_: object) -> SimpleNamespace:
+        return SimpleNamespace(task="classification")
 
     def set_alias(self, *_: object, **__: object) -> dict[str, object]:
         return {}

@@ -567,12 +567,17 @@ def top_classes(scores: np.ndarray) -> np.ndarray:
     return scores.argmax(axis=-1) if scores.ndim > 1 else scores
 
 
-def response_top_classes(body: bytes, header_length: str | int | None = None) -> np.ndarray:
-    """The top class per row of a response's first output; ProtocolError when it has none."""
+def response_first_output(body: bytes, header_length: str | int | None = None) -> np.ndarray:
+    """A response's first output as an array; ProtocolError when it has none."""
     outputs = decode_infer_response(body, header_length).outputs
     if not outputs:
         raise ProtocolError("the response has no outputs")
-    return top_classes(next(iter(outputs.values())))
+    return np.asarray(next(iter(outputs.values())))
+
+
+def response_top_classes(body: bytes, header_length: str | int | None = None) -> np.ndarray:
+    """The top class per row of a response's first output; ProtocolError when it has none."""
+    return top_classes(response_first_output(body, header_length))
 
 
 def _text(value: object) -> str | None:

@@ -23,9 +23,8 @@ from gallery_common.contracts import NpzRefused, read_features
 from gallery_common.contracts.oip import (
     DATATYPES,
     INFERENCE_HEADER_LENGTH,
-    ProtocolError,
-    decode_infer_response,
     encode_infer_request,
+    response_first_output,
     top_classes,
 )
 from gallery_common.contracts.scoring import prediction_agreement
@@ -54,10 +53,7 @@ async def _outputs(client: httpx.AsyncClient, url: str, model: str, rows: np.nda
     body, _ = encode_infer_request({spec["name"]: rows.astype(DATATYPES[spec["datatype"]], copy=False)})
     response = await client.post(f"{url}/v2/models/{model}/infer", content=body)
     response.raise_for_status()
-    outputs = decode_infer_response(response.content, response.headers.get(INFERENCE_HEADER_LENGTH)).outputs
-    if not outputs:
-        raise ProtocolError("the response has no outputs")
-    return np.asarray(next(iter(outputs.values())), dtype=np.float64)
+    return response_first_output(response.content, response.headers.get(INFERENCE_HEADER_LENGTH)).astype(np.float64)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -102,6 +102,7 @@ class Controller:
         # models whose newly validated versions wait (a running experiment's arms must not change under it)
         self.holds_validated: Callable[[str], bool] = lambda model: False
         self._baselines: dict[str, tuple[Scrape, Scrape]] = {}  # canary id → (canary's, production's) at start
+        self._tasks: dict[tuple[str, int], str] = {}  # (model, version) → the task the registry records
         token = settings.model_server_token.get_secret_value() if settings.model_server_token else None
         self._http = httpx.AsyncClient(timeout=30.0, headers={"Authorization": f"Bearer {token}"} if token else None)
         if isinstance(runtime, ReportsChanges):
@@ -500,14 +501,33 @@ class Controller:
         verdict = canary.judge(*windows, agreement, self.limits)
         return verdict
 
+    async def _task_of(self, model: str, version: int) -> str:
+        """The task the registry records for the version (a version's task never changes: asked once);
+        classification without a registry to ask."""
+        key = (model, version)
+        task = self._tasks.get(key)
+        if task is None:
+            registry = self.registry
+            if registry is None:
+                return "classification"
+            registered = await anyio.to_thread.run_sync(lambda: registry.get_version(model, version))
+            task = self._tasks[key] = registered.task or "classification"
+        return task
+
     async def _is_regressor(self, model: str, version: int) -> bool:
-        """Whether the registry records the version as a regressor (its canary's answers are compared as
-        predictions, not top classes); a classifier without a registry to ask."""
-        registry = self.registry
-        if registry is None:
-            return False
-        registered = await anyio.to_thread.run_sync(lambda: registry.get_version(model, version))
-        return registered.task == "regression"
+        """Whether the version is a regressor (its canary's answers are compared as predictions, not top
+        classes); an unreachable registry fails the analysis rather than compare a regressor by class."""
+        return await self._task_of(model, version) == "regression"
+
+    async def _route_task(self, model: str, version: int) -> Literal["classification", "regression"]:
+        """The task the gateways are told for the model's route (its newest serving version's): a registry
+        that does not answer leaves the route a classifier's, logged, rather than hold the route back."""
+        try:
+            task = await self._task_of(model, version)
+        except GalleryError as exc:
+            log.warning("route_task_unknown", model=model, version=version, reason=exc.message)
+            return "classification"
+        return "regression" if task == "regression" else "classification"
 
     async def judge_due_canaries(self) -> None:
         """Judge every canary whose window has ended: promote it or roll it back."""
@@ -735,6 +755,9 @@ class Controller:
             if asleep
             else build_route(serving, endpoints, policy, grpc_endpoints)
         )
+        if route is not None and serving:
+            newest = max(record.version for record in serving)
+            route = route.model_copy(update={"task": await self._route_task(model, newest)})
         if route is not None and self.route_overlay is not None:
             route = self.route_overlay(model, route)
         if route is None:

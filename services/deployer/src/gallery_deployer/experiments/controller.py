@@ -204,10 +204,8 @@ class Experiments:
                 continue
             weight = 100.0 * shares[backend.version] / replicas[backend.version] if backend.version in replicas else 0.0
             backends.append(backend.model_copy(update={"weight": weight}))
-        return ModelRoute(
-            project=route.project,
-            backends=backends,
-            policy=route.policy.model_copy(update={"record_outcomes": True}),
+        return route.model_copy(
+            update={"backends": backends, "policy": route.policy.model_copy(update={"record_outcomes": True})}
         )
 
     async def _route(self, model: str) -> None:

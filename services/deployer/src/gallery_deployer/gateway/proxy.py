@@ -29,9 +29,11 @@ from gallery_common.contracts.oip import (
     decode_infer_response,
     json_tensors,
     parse_header_length,
-    response_top_classes,
+    response_first_output,
+    top_classes,
 )
 from gallery_common.contracts.request_ids import REQUEST_ID_HEADER
+from gallery_common.contracts.scoring import prediction_agreement
 from gallery_common.errors import NotFound, Unavailable
 from gallery_common.projects import role_in
 from gallery_common.routes_kv import RoutesFollower
@@ -329,7 +331,8 @@ class Gateway:
             await self.cache.put(cache_key, keep)
         shadow = route.shadow
         if shadow is not None and is_json and self.rng.random() * 100 < route.policy.shadow_percent:
-            self._spawn(self._mirror(model, shadow, path, body, sent, served.content))
+            regression = route.task == "regression"
+            self._spawn(self._mirror(model, shadow, path, body, sent, served.content, regression))
         self.sample(
             model,
             attempt.backend,
@@ -475,9 +478,18 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def _mirror(
-        self, model: str, shadow: Backend, path: str, body: bytes, headers: dict[str, str], served: bytes
+        self,
+        model: str,
+        shadow: Backend,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        served: bytes,
+        regression: bool = False,
     ) -> None:
-        """Send the request to the shadow backend; only its latency and agreement are kept."""
+        """Send the request to the shadow backend; only its latency and agreement are kept: the same top class
+        on every row, or for a `regression` route every row's predictions within a tenth of the spread of
+        the served ones (`scoring.prediction_agreement`; of their size for one row)."""
         start = time.perf_counter()
         attempt = await self._attempt(shadow, "POST", path, body, headers, self.settings.request_timeout_s)
         metrics.SHADOW_LATENCY.labels(model, shadow.id).observe(time.perf_counter() - start)
@@ -485,8 +497,15 @@ class Gateway:
         agree = "error"
         if attempt.outcome == "ok" and (mirrored := attempt.response) is not None:
             try:
-                shadow_classes = response_top_classes(mirrored.content, mirrored.headers.get(_BINARY_HEADER))
-                agree = "true" if np.array_equal(response_top_classes(served), shadow_classes) else "false"
+                mirrored_output = response_first_output(mirrored.content, mirrored.headers.get(_BINARY_HEADER))
+                served_output = response_first_output(served)
+                if regression:
+                    same = mirrored_output.shape == served_output.shape and (
+                        prediction_agreement(mirrored_output.astype(np.float64), served_output) == 1.0
+                    )
+                else:
+                    same = np.array_equal(top_classes(served_output), top_classes(mirrored_output))
+                agree = "true" if same else "false"
             except ValueError:  # a ProtocolError, or outputs with no classes to choose from
                 agree = "error"
         metrics.SHADOW_AGREEMENT.labels(model, shadow.id, agree).inc()

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -78,6 +79,11 @@ class ModelRoute(BaseModel):
     project: str = Field(default=DEFAULT_PROJECT, pattern=PROJECT_PATTERN)
     backends: list[Backend] = Field(default_factory=list)
     policy: RoutePolicy = Field(default_factory=RoutePolicy)
+    task: Literal["classification", "regression"] = Field(
+        default="classification",
+        description="what the model answers: scores per class, or a regressor's predictions (a shadow's answers "
+        "are compared by top class, or by prediction)",
+    )
 
     @model_validator(mode="after")
     def _check_backends(self) -> ModelRoute:
