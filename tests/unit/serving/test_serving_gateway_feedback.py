@@ -46,6 +46,20 @@ def test_an_answer_without_classes_takes_a_reward_and_refuses_a_label(output: np
         joined_outcome("m", label, record, "someone")
 
 
+def test_a_regressors_answer_of_several_outputs_holds_no_classes() -> None:
+    """Two predictions per row look like two scores: the route's task says they are a regressor's, so a label
+    is refused (its "top class" would be the larger prediction's index)."""
+    predictions = np.array([[3.5, 120.0], [2.0, 80.0]], np.float32)
+    body = answered({"y": predictions}).body
+    as_classifier = record_of(Answered("r1", "m", "3", "fp32", "local", 0.0, body, None))
+    assert as_classifier is not None and as_classifier.classes == [1, 1]
+    record = record_of(Answered("r1", "m", "3", "fp32", "local", 0.0, body, None, regression=True))
+    assert record is not None and record.classes is None and record.rows == 2
+    [label] = parse_feedback(b'{"request_id": "r1", "label": [1, 1]}')
+    with pytest.raises(ValueError, match="a regressor's predictions"):
+        joined_outcome("m", label, record, "someone")
+
+
 def test_a_label_is_compared_with_each_row() -> None:
     record = record_of(answered({"logits": np.array([[0.1, 2.0], [5.0, 0.0], [0.0, 1.0]], np.float32)}))
     assert record is not None

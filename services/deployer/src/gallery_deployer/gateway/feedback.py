@@ -123,8 +123,8 @@ def joined_outcome(
         raise ValueError(f"{len(labels)} label(s) for an answer of {record.rows} row(s)")
     if record.classes is None:
         raise ValueError(
-            "the answer holds no classes to compare a label with (its first output is neither per-row scores "
-            "nor class ids); send a reward"
+            "the answer holds no classes to compare a label with (a regressor's predictions, or a first output "
+            "that is neither per-row scores nor class ids); send a reward"
         )
     correct = [label == answered for label, answered in zip(labels, record.classes, strict=True)]
     return ModelOutcome(**common, kind="label", label=labels, correct=correct, correct_rows=sum(correct))

@@ -306,7 +306,10 @@ class GatewayServicer:
                 rows = request.inputs[0].shape[0]  # forwarded over gRPC: the backend reports no cost
             gateway.usage.record(model, attempt.backend.version, caller.name, rows, seconds)
             if route.policy.record_outcomes and attempt.response is not None:
-                gateway.record_answer(request_id, model, attempt.backend, caller.name, attempt.response)
+                regression = route.task == "regression"
+                gateway.record_answer(
+                    request_id, model, attempt.backend, caller.name, attempt.response, regression=regression
+                )
             gateway.sample(model, attempt.backend, time.perf_counter() - start, partial(grpc_tensors, request, answer))
             return answer, request_id
         if isinstance(answer, GrpcAnswer):

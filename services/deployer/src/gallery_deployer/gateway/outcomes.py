@@ -52,6 +52,7 @@ class Answered:
     answered_at: float  # time.time()
     body: bytes
     header_length: str | None  # the binary-data header of the answer, when its outputs are binary
+    regression: bool = False  # a regressor's answer (its route's task): predictions, never classes
 
 
 class FeedbackMark(BaseModel):
@@ -89,7 +90,7 @@ def record_of(answered: Answered) -> AnswerRecord | None:
     if rows == 0:
         return None
     classes: np.ndarray | None = None
-    if rows <= MAX_CLASS_ROWS:
+    if rows <= MAX_CLASS_ROWS and not answered.regression:
         if first.ndim == 2 and first.shape[1] >= 2 and first.dtype.kind == "f":  # scores: logits, probabilities
             classes = top_classes(first)
         elif first.ndim == 1 and first.dtype.kind in "iu":  # class ids

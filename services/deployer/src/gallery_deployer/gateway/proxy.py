@@ -321,7 +321,9 @@ class Gateway:
         served = attempt.response
         self.usage.record(model, attempt.backend.version, caller.name, *rows_and_seconds(served.headers))
         if policy.record_outcomes:
-            self.record_answer(request_id, model, attempt.backend, caller.name, served)
+            self.record_answer(
+                request_id, model, attempt.backend, caller.name, served, regression=route.task == "regression"
+            )
         is_json = _BINARY_HEADER not in served.headers
         if (
             cache_key is not None
@@ -343,7 +345,9 @@ class Gateway:
         )
         return answer
 
-    def record_answer(self, request_id: str, model: str, backend: Backend, caller: str, served: Answer) -> None:
+    def record_answer(
+        self, request_id: str, model: str, backend: Backend, caller: str, served: Answer, *, regression: bool = False
+    ) -> None:
         """Keep a 200 answer of a route that records outcomes for feedback: handed to a bounded queue, never
         waited for (dropped, and counted, when the queue is full or this gateway has no bus)."""
         if self.outcomes is None:
@@ -359,6 +363,7 @@ class Gateway:
                 time.time(),
                 served.content,
                 served.headers.get(_BINARY_HEADER),
+                regression,
             )
         )
 
