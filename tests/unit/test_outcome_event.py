@@ -34,8 +34,13 @@ def test_a_label_outcome_round_trips_with_its_subject_and_id() -> None:
     [
         ({"kind": "label", "label": [1], "correct": [True], "correct_rows": 1}, "one entry per row"),
         ({"kind": "label", "label": [1, 0], "correct": [True, False], "correct_rows": 2}, "count of true"),
-        ({"kind": "label", "label": [1, 0], "correct": [True, True], "correct_rows": 2, "reward": 1.0}, "no reward"),
-        ({"kind": "reward"}, "has a reward"),
+        (
+            {"kind": "label", "label": [1, 0], "correct": [True, True], "correct_rows": 2, "reward": 1.0},
+            "a label outcome has correct, correct_rows, label and nothing else",
+        ),
+        ({"kind": "reward"}, "a reward outcome has reward and nothing else"),
+        ({"kind": "value", "value": [[1.0]], "squared_error": [0.5]}, "one entry per row"),
+        ({"kind": "value", "value": [[1.0], [2.0]], "squared_error": [0.5, 0.0], "reward": 1.0}, "nothing else"),
         ({"kind": "reward", "reward": float("nan")}, "finite"),
         ({"kind": "reward", "reward": 1.0, "request_id": "has space"}, "pattern"),
     ],

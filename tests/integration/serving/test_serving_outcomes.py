@@ -309,8 +309,8 @@ async def test_feedback_a_gateway_cannot_join_is_refused_with_its_reason(
     assert request_id not in partly.json()["error"]
 
     for body, reason in [
-        ({"request_id": request_id, "label": 1, "reward": 1.0}, "either a label or a reward"),
-        ({"request_id": request_id}, "either a label or a reward"),
+        ({"request_id": request_id, "label": 1, "reward": 1.0}, "one of a label, a value or a reward"),
+        ({"request_id": request_id}, "one of a label, a value or a reward"),
         ({"request_id": request_id, "label": "cat"}, "label"),
         ({"request_id": request_id, "reward": "high"}, "reward"),
         ({"request_id": request_id, "label": [0, 1, 2]}, "3 label(s) for an answer of 2 row(s)"),
@@ -343,6 +343,42 @@ async def test_a_route_that_does_not_record_outcomes_keeps_nothing(
         assert refused.status_code == 404, refused.text
         after = metric_total((await client.get(f"{gateway.url}/metrics")).text, "modelgallery_gateway_outcome")
         assert after == before
+    finally:
+        await set_route(stack, gateway, recording)
+
+
+async def test_a_regressors_answers_take_true_values_and_give_its_online_error(
+    recording: ModelRoute,
+    stack: LifecycleStack,
+    gateway: Gateway,
+    servers: dict[str, Server],
+    client: httpx.AsyncClient,
+    events: EventBus,
+) -> None:
+    """The same servers on a route the deployer marks as a regressor's (`task`): an answer keeps its outputs as
+    predictions, a true value per row joins them (squared error per row, averaged over its three outputs), and
+    a class label is refused with the reason."""
+    await set_route(stack, gateway, tiny_route(servers, record=True).model_copy(update={"task": "regression"}))
+    try:
+        answer = await infer(client, gateway.url, 21)
+        request_id, version = answer.headers["x-gallery-request-id"], answer.json()["model_version"]
+        logits = next(o for o in answer.json()["outputs"] if o["name"] == "logits")
+        predicted = np.asarray(logits["data"], dtype=np.float64).reshape(logits["shape"])
+        truth = (predicted + np.array([[1.0, 0.0, -1.0], [2.0, 2.0, 2.0]])).tolist()
+        before = metric_total(
+            (await client.get(f"{gateway.url}/metrics")).text,
+            f'modelgallery_outcome_value_rows_total{{model="{MODEL}",version="{version}"}}',
+        )
+        labelled = await feedback(client, gateway, {"request_id": request_id, "label": [0, 1]})
+        assert labelled.status_code == 422 and "a regressor's predictions" in labelled.json()["error"]
+        joined = await feedback(client, gateway, {"request_id": request_id, "value": truth})
+        assert joined.status_code == 202, joined.text
+        outcome = (await stored_outcomes(events, {request_id}))[request_id]
+        assert outcome.kind == "value" and outcome.version == version
+        assert outcome.squared_error == pytest.approx([2 / 3, 4.0], rel=1e-5)
+        page = (await client.get(f"{gateway.url}/metrics")).text
+        series = f'{{model="{MODEL}",version="{version}"}}'
+        assert metric_total(page, f"modelgallery_outcome_value_rows_total{series}") == before + ROWS
     finally:
         await set_route(stack, gateway, recording)
 

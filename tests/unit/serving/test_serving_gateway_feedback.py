@@ -60,6 +60,31 @@ def test_a_regressors_answer_of_several_outputs_holds_no_classes() -> None:
         joined_outcome("m", label, record, "someone")
 
 
+def test_a_regressors_true_values_give_each_rows_squared_error() -> None:
+    predictions = np.array([[3.5, 120.0], [2.0, 80.0]], np.float32)
+    body = answered({"y": predictions}).body
+    record = record_of(Answered("r1", "m", "3", "fp32", "local", 0.0, body, None, regression=True))
+    assert record is not None and record.predictions == [[3.5, 120.0], [2.0, 80.0]]
+    [piece] = parse_feedback(b'{"request_id": "r1", "value": [[4.5, 118.0], [2.0, 80.0]]}')
+    outcome = joined_outcome("m", piece, record, "someone")
+    assert outcome.kind == "value" and outcome.squared_error == [(1.0 + 4.0) / 2, 0.0]
+    assert outcome.value == [[4.5, 118.0], [2.0, 80.0]]
+    # a one-output regressor takes a number per row; a one-row answer a number alone
+    one = answered({"y": np.array([[7.0]], np.float32)}).body
+    single = record_of(Answered("r2", "m", "3", "fp32", "local", 0.0, one, None, regression=True))
+    assert single is not None
+    [alone] = parse_feedback(b'{"request_id": "r2", "value": 5}')
+    assert joined_outcome("m", alone, single, "someone").squared_error == [4.0]
+    # values that do not fit the answer, and a value for a classifier's answer, are refused with the reason
+    [short] = parse_feedback(b'{"request_id": "r1", "value": [4.5, 2.0]}')
+    with pytest.raises(ValueError, match=r"2 value\(s\) for an answer of 2 row\(s\) of 2 prediction\(s\)"):
+        joined_outcome("m", short, record, "someone")
+    scores = record_of(answered({"logits": np.array([[0.1, 2.0]], np.float32)}))
+    assert scores is not None and scores.predictions is None
+    with pytest.raises(ValueError, match="a classifier's answer takes a label"):
+        joined_outcome("m", alone, scores, "someone")
+
+
 def test_a_label_is_compared_with_each_row() -> None:
     record = record_of(answered({"logits": np.array([[0.1, 2.0], [5.0, 0.0], [0.0, 1.0]], np.float32)}))
     assert record is not None

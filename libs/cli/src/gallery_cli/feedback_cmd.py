@@ -1,5 +1,6 @@
-"""`gallery feedback`: the true label of an answer, or a reward for it, sent to the gateway as any client
-would (`POST /v2/models/{model}/feedback`), joined there to the version that answered."""
+"""`gallery feedback`: the true label of an answer (a regressor's: its true value), or a reward for it, sent to
+the gateway as any client would (`POST /v2/models/{model}/feedback`), joined there to the version that
+answered."""
 
 from __future__ import annotations
 
@@ -19,15 +20,22 @@ def feedback(
     label: Annotated[
         list[int] | None, typer.Option("--label", help="the true class (repeat it for each row of the answer)", min=0)
     ] = None,
+    value: Annotated[
+        list[float] | None,
+        typer.Option("--value", help="a regressor's true value (repeat it for each row of a one-output answer)"),
+    ] = None,
     reward: Annotated[float | None, typer.Option("--reward", help="a reward for the answer")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the recorded outcome as JSON")] = False,
 ) -> None:
-    """Record the outcome of one answer: its label (was the model right?) or a reward."""
-    if (not label) == (reward is None):
-        fail("give exactly one of --label N (once per row) or --reward X", 2)
+    """Record the outcome of one answer: its label (was the model right?), a regressor's true value (how far
+    off was it?) or a reward."""
+    if sum(given for given in (bool(label), bool(value), reward is not None)) != 1:
+        fail("give exactly one of --label N (once per row), --value X (once per row) or --reward X", 2)
     body: dict[str, Any] = {"request_id": request_id}
     if label:
         body["label"] = label[0] if len(label) == 1 else label
+    elif value:
+        body["value"] = value[0] if len(value) == 1 else value
     else:
         body["reward"] = reward
     with GatewayClient() as client:
@@ -38,6 +46,9 @@ def feedback(
     for outcome in answer["recorded"]:
         if outcome["kind"] == "label":
             result = f"{outcome['correct_rows']} of {outcome['rows']} row(s) correct"
+        elif outcome["kind"] == "value":
+            errors = outcome["squared_error"]
+            result = f"root mean squared error {(sum(errors) / len(errors)) ** 0.5:.4g} over {len(errors)} row(s)"
         else:
             result = f"reward {outcome['reward']:g}"
         say(f"recorded for {outcome['model']} version {outcome['version']} (request {outcome['request_id']}): {result}")

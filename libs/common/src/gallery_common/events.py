@@ -154,7 +154,9 @@ class ModelOutcome(Payload):
     registry's version number, as text). `caller` is who was answered, `given_by` who gave the feedback,
     `rows` the rows of the answer. A `label` outcome has `label` (one class per row), `correct` (per row:
     the label is the answer's top class) and `correct_rows` (how many are); a `reward` outcome has `reward`
-    alone. One request gets one outcome: the event id is `outcome.<request_id>`.
+    alone; a `value` outcome (a regressor's answer) has `value` (the true values, one list per row) and
+    `squared_error` (per row: the squared error of the answer's predictions, averaged over its outputs). One
+    request gets one outcome: the event id is `outcome.<request_id>`.
     """
 
     event: ClassVar[str] = "outcome"
@@ -165,22 +167,45 @@ class ModelOutcome(Payload):
     given_by: str = Field(min_length=1)
     answered_at: datetime
     rows: int = Field(ge=1)
-    kind: Literal["label", "reward"]
+    kind: Literal["label", "reward", "value"]
     label: list[int] | None = None
     correct: list[bool] | None = None
     correct_rows: int | None = Field(default=None, ge=0)
     reward: float | None = Field(default=None, allow_inf_nan=False)
+    value: list[list[float]] | None = None
+    squared_error: list[float] | None = None
 
     @model_validator(mode="after")
     def _check_kind(self) -> ModelOutcome:
-        if self.kind == "label":
-            if self.label is None or self.correct is None or self.correct_rows is None or self.reward is not None:
-                raise ValueError("a label outcome has label, correct and correct_rows, and no reward")
-            if not len(self.label) == len(self.correct) == self.rows or self.correct_rows != sum(self.correct):
-                raise ValueError("label and correct need one entry per row, and correct_rows their count of true")
-        elif self.reward is None or self.label is not None or self.correct is not None or self.correct_rows is not None:
-            raise ValueError("a reward outcome has a reward and no label")
+        given = {
+            name
+            for name in ("label", "correct", "correct_rows", "reward", "value", "squared_error")
+            if getattr(self, name) is not None
+        }
+        needs = _OUTCOME_FIELDS[self.kind]
+        if given != needs:
+            raise ValueError(f"a {self.kind} outcome has {', '.join(sorted(needs))} and nothing else")
+        if (
+            self.label is not None
+            and self.correct is not None
+            and (not len(self.label) == len(self.correct) == self.rows or self.correct_rows != sum(self.correct))
+        ):
+            raise ValueError("label and correct need one entry per row, and correct_rows their count of true")
+        if (
+            self.value is not None
+            and self.squared_error is not None
+            and not len(self.value) == len(self.squared_error) == self.rows
+        ):
+            raise ValueError("value and squared_error need one entry per row")
         return self
+
+
+# the fields each kind of outcome carries (and only those)
+_OUTCOME_FIELDS = {
+    "label": {"label", "correct", "correct_rows"},
+    "reward": {"reward"},
+    "value": {"value", "squared_error"},
+}
 
 
 class ModelExperimentConcluded(Payload):

@@ -1,4 +1,5 @@
-"""Feedback on answers: `POST /v2/models/{model}/feedback` joins a label or a reward to the answer it is about.
+"""Feedback on answers: `POST /v2/models/{model}/feedback` joins a label (a classifier's answer), a true value (a
+regressor's) or a reward to the answer it is about.
 
 Each piece names a request id (the `x-gallery-request-id` of the answer). The join reads the answer's
 record from the outcome store (`outcomes.py`), checks the feedback against it, marks the record (once:
@@ -14,6 +15,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -35,22 +37,36 @@ SETTLE_S = 2.0  # how long a join waits for an answer this replica has yet to st
 Label = Annotated[int, Field(ge=0)]
 
 
+Value = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class Feedback(BaseModel):
-    """Feedback on one answer: its `label` (a class per row; an int for a one-row answer) or a `reward`."""
+    """Feedback on one answer: its `label` (a class per row; an int for a one-row answer), a regressor's true
+    `value` (one per row, or a list per row for several outputs; a number for a one-row, one-output answer)
+    or a `reward`."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="the answer's x-gallery-request-id")
     label: Label | list[Label] | None = Field(default=None, description="the true class, one per row of the answer")
+    value: Value | list[Value] | list[list[Value]] | None = Field(
+        default=None, description="a regressor's true value(s), one per row of the answer"
+    )
     reward: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _label_or_reward(self) -> Feedback:
-        if (self.label is None) == (self.reward is None):
-            raise ValueError("give either a label or a reward")
+    def _one_kind(self) -> Feedback:
+        if sum(given is not None for given in (self.label, self.value, self.reward)) != 1:
+            raise ValueError("give one of a label, a value or a reward")
         if isinstance(self.label, list) and not self.label:
             raise ValueError("label: an empty list labels no row")
+        if isinstance(self.value, list) and not self.value:
+            raise ValueError("value: an empty list gives no row a value")
         return self
+
+    @property
+    def kind(self) -> Literal["label", "value", "reward"]:
+        return "label" if self.label is not None else "value" if self.value is not None else "reward"
 
 
 class FeedbackBatch(BaseModel):
@@ -90,7 +106,9 @@ def parse_feedback(body: bytes) -> list[Feedback]:
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"invalid feedback: the body is not JSON ({exc})") from None
     if not isinstance(document, dict):
-        raise InvalidRequest('invalid feedback: send {"request_id", "label" | "reward"} or {"outcomes": [...]}')
+        raise InvalidRequest(
+            'invalid feedback: send {"request_id", "label" | "value" | "reward"} or {"outcomes": [...]}'
+        )
     try:
         if "outcomes" in document:
             return FeedbackBatch.model_validate(document).outcomes
@@ -117,7 +135,9 @@ def joined_outcome(
     }
     if piece.reward is not None:
         return ModelOutcome(**common, kind="reward", reward=piece.reward)
-    assert piece.label is not None, "a piece has a label or a reward"
+    if piece.value is not None:
+        return _valued(common, piece.value, record)
+    assert piece.label is not None, "a piece has a label, a value or a reward"
     labels = piece.label if isinstance(piece.label, list) else [piece.label]
     if len(labels) != record.rows:
         raise ValueError(f"{len(labels)} label(s) for an answer of {record.rows} row(s)")
@@ -130,6 +150,27 @@ def joined_outcome(
     return ModelOutcome(**common, kind="label", label=labels, correct=correct, correct_rows=sum(correct))
 
 
+def _valued(
+    common: dict[str, Any], value: float | list[float] | list[list[float]], record: AnswerRecord
+) -> ModelOutcome:
+    """A regressor's answer joined to its true values: the squared error of each row."""
+    if record.predictions is None:
+        raise ValueError(
+            "the answer holds no predictions to compare a value with (a classifier's answer takes a label); "
+            "send a reward"
+        )
+    predicted = np.asarray(record.predictions, dtype=np.float64)
+    given = value if isinstance(value, list) else [value]
+    rows = [row if isinstance(row, list) else [row] for row in given]
+    if len(rows) != record.rows or any(len(row) != predicted.shape[1] for row in rows):
+        raise ValueError(
+            f"{len(rows)} value(s) for an answer of {record.rows} row(s) of {predicted.shape[1]} prediction(s)"
+        )
+    truth = np.asarray(rows, dtype=np.float64)
+    squared = ((predicted - truth) ** 2).mean(axis=1)
+    return ModelOutcome(**common, kind="value", value=truth.tolist(), squared_error=squared.tolist())
+
+
 def count(outcome: ModelOutcome) -> None:
     """Add a joined outcome to the per-version counters."""
     model, version = outcome.model, outcome.version
@@ -137,6 +178,9 @@ def count(outcome: ModelOutcome) -> None:
     if outcome.kind == "label":
         bound(metrics.OUTCOME_ROWS, model, version).inc(outcome.rows)
         bound(metrics.OUTCOME_CORRECT_ROWS, model, version).inc(outcome.correct_rows or 0)
+    elif outcome.kind == "value":
+        bound(metrics.OUTCOME_VALUE_ROWS, model, version).inc(outcome.rows)
+        bound(metrics.OUTCOME_SQUARED_ERROR, model, version).inc(sum(outcome.squared_error or ()))
     elif outcome.reward is not None and outcome.reward > 0:
         bound(metrics.OUTCOME_REWARD_GAINED, model, version).inc(outcome.reward)
     elif outcome.reward is not None and outcome.reward < 0:
@@ -211,8 +255,7 @@ class FeedbackDesk:
         return [join[3] for join, _ in won]
 
     async def _mark(self, piece: Feedback, record: AnswerRecord, revision: int, given_by: str) -> int | None:
-        kind: Literal["label", "reward"] = "label" if piece.label is not None else "reward"
-        mark = FeedbackMark(kind=kind, at=datetime.now(UTC), by=given_by)
+        mark = FeedbackMark(kind=piece.kind, at=datetime.now(UTC), by=given_by)
         return await self.store.replace(piece.request_id, record.model_copy(update={"feedback": mark}), revision)
 
     async def _publish(self, won: list[tuple[tuple[Feedback, AnswerRecord, int, ModelOutcome], int]]) -> None:

@@ -84,6 +84,13 @@ OUTCOME_ROWS = counter("outcome_rows_total", "Rows of answers that got a label",
 OUTCOME_CORRECT_ROWS = counter(
     "outcome_correct_rows_total", "Rows whose label is the answer's top class", ("model", "version")
 )
+# Online error of a regressor's version: sqrt(outcome_squared_error / outcome_value_rows) is its rmse.
+OUTCOME_VALUE_ROWS = counter("outcome_value_rows_total", "Rows of answers that got a true value", ("model", "version"))
+OUTCOME_SQUARED_ERROR = counter(
+    "outcome_squared_error_total",
+    "Sum over valued rows of the squared error of the predictions (averaged over a row's outputs)",
+    ("model", "version"),
+)
 OUTCOME_REWARD_GAINED = counter("outcome_reward_gained_total", "Sum of the positive rewards", ("model", "version"))
 OUTCOME_REWARD_LOST = counter(
     "outcome_reward_lost_total", "Sum of the negative rewards, as a positive number", ("model", "version")

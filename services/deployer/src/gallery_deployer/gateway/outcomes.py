@@ -58,7 +58,7 @@ class Answered:
 class FeedbackMark(BaseModel):
     """The feedback an answer got: it is joined once."""
 
-    kind: Literal["label", "reward"]
+    kind: Literal["label", "reward", "value"]
     at: datetime
     by: str
 
@@ -77,6 +77,9 @@ class AnswerRecord(BaseModel):
     classes: list[int] | None = Field(
         default=None, description="top class per row; None when the first output is no per-row scores or class ids"
     )
+    predictions: list[list[float]] | None = Field(
+        default=None, description="a regressor's predictions per row (its first output), for a true value to join"
+    )
     feedback: FeedbackMark | None = None
 
 
@@ -90,7 +93,11 @@ def record_of(answered: Answered) -> AnswerRecord | None:
     if rows == 0:
         return None
     classes: np.ndarray | None = None
-    if rows <= MAX_CLASS_ROWS and not answered.regression:
+    predictions: list[list[float]] | None = None
+    if rows <= MAX_CLASS_ROWS and answered.regression:
+        if first.dtype.kind == "f" and first.ndim in (1, 2):
+            predictions = first.reshape(rows, -1).astype(np.float64).tolist()
+    elif rows <= MAX_CLASS_ROWS:
         if first.ndim == 2 and first.shape[1] >= 2 and first.dtype.kind == "f":  # scores: logits, probabilities
             classes = top_classes(first)
         elif first.ndim == 1 and first.dtype.kind in "iu":  # class ids
@@ -103,6 +110,7 @@ def record_of(answered: Answered) -> AnswerRecord | None:
         answered_at=datetime.fromtimestamp(answered.answered_at, UTC),
         rows=rows,
         classes=None if classes is None else [int(c) for c in classes],
+        predictions=predictions,
     )
 
 
