@@ -11,7 +11,7 @@ from .console import console, fail, say
 from .service_client import DeployerClient, project_params
 
 app = typer.Typer(help="Online experiments: start, list, show, stop.", no_args_is_help=True)
-METRICS = ("accuracy", "reward", "p99", "error_rate")
+METRICS = ("accuracy", "reward", "squared_error", "p99", "error_rate")
 
 
 def numbers(text: str, what: str, kind: type[int] | type[float]) -> list[Any]:
@@ -50,7 +50,9 @@ def decision(experiment: dict[str, Any]) -> str:
 def start(
     model: Annotated[str, typer.Argument(help="model name")],
     versions: Annotated[str, typer.Option(help="serving versions, the control first, e.g. 3,4")],
-    metric: Annotated[str, typer.Option(help="accuracy, reward, p99 or error_rate")],
+    metric: Annotated[
+        str, typer.Option(help="accuracy, reward, squared_error (a regressor's, from true values), p99 or error_rate")
+    ],
     mde: Annotated[float, typer.Option(help="the smallest difference worth finding (a proportion for accuracy)")],
     split: Annotated[str | None, typer.Option(help="percent per version, e.g. 50,50 (default: even)")] = None,
     alpha: Annotated[float, typer.Option(help="significance level")] = 0.05,

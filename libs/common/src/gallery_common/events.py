@@ -223,7 +223,7 @@ class ModelExperimentConcluded(Payload):
     winner: int | None = Field(default=None, ge=1)
     control: int = Field(ge=1)
     versions: list[int] = Field(min_length=2)
-    metric: Literal["accuracy", "reward", "p99", "error_rate"]
+    metric: Literal["accuracy", "reward", "squared_error", "p99", "error_rate"]
     effect: float
     interval: tuple[float | None, float | None]
     p_value: float = Field(ge=0, le=1)

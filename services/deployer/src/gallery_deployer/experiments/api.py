@@ -60,7 +60,9 @@ class ArmView(BaseModel):
     version: int
     role: str = Field(description="control or challenger")
     samples: int
-    mean: float | None = Field(description="accuracy, mean reward, error rate or share of slow requests")
+    mean: float | None = Field(
+        description="accuracy, mean reward, mean squared error, error rate or share of slow requests"
+    )
     share: float = Field(description="its share of traffic now, 0-1")
 
 

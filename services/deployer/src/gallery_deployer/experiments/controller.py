@@ -53,10 +53,11 @@ Publish = Callable[[Payload, str], Awaitable[None]]
 KINDS: dict[str, MetricKind] = {
     "accuracy": "proportion",
     "reward": "mean",
+    "squared_error": "mean",  # a regressor's: each valued row's squared error, lower is better
     "error_rate": "proportion",
     "p99": "proportion",
 }
-HIGHER_IS_BETTER = {"accuracy": True, "reward": True, "error_rate": False, "p99": False}
+HIGHER_IS_BETTER = {"accuracy": True, "reward": True, "squared_error": False, "error_rate": False, "p99": False}
 FROM_SERVERS = ("error_rate", "p99")
 POINT_GROWTH = 1.05  # a curve point each time the samples grew by 5 %: ~100 points from 10 to 10^6 samples
 TAIL_QUANTILE = 0.99
@@ -119,11 +120,14 @@ def design_of(metric: str, mde: float, alpha: float, max_samples: int | None) ->
 
 
 def outcome_figures(outcome: ModelOutcome, metric: str) -> ArmFigures | None:
-    """What one outcome adds to an arm of a `metric` experiment (accuracy: each row is a sample, reward: the
-    answer is); None when it says nothing about that metric."""
+    """What one outcome adds to an arm of a `metric` experiment (accuracy and a regressor's squared error: each
+    row is a sample, reward: the answer is); None when it says nothing about that metric."""
     if metric == "accuracy" and outcome.correct is not None:
         hits = float(sum(outcome.correct))
         return ArmFigures(n=len(outcome.correct), total=hits, total_sq=hits)
+    if metric == "squared_error" and outcome.squared_error is not None:
+        errors = outcome.squared_error
+        return ArmFigures(n=len(errors), total=float(sum(errors)), total_sq=float(sum(e * e for e in errors)))
     if metric == "reward" and outcome.reward is not None:
         return ArmFigures(n=1, total=outcome.reward, total_sq=outcome.reward * outcome.reward)
     return None

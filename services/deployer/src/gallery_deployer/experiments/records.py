@@ -19,7 +19,7 @@ from gallery_common.db import new_id, utcnow
 
 from ..deployer.records import HandledEvent
 
-Metric = Literal["accuracy", "reward", "p99", "error_rate"]
+Metric = Literal["accuracy", "reward", "squared_error", "p99", "error_rate"]
 Policy = Literal["fixed", "bandit"]
 
 

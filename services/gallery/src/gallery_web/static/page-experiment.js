@@ -5,7 +5,7 @@ import { api, deployer } from "./api.js";
 import { lineChart } from "./chart.js";
 import { PALETTE, badge, empty, h, num, percent, seg, statusBadge, table, when } from "./dom.js";
 
-const METRIC_LABEL = { accuracy: "online accuracy", reward: "mean reward", error_rate: "error rate", p99: "share slower than the control's p99" };
+const METRIC_LABEL = { accuracy: "online accuracy", reward: "mean reward", squared_error: "mean squared error", error_rate: "error rate", p99: "share slower than the control's p99" };
 
 function link(experiment) {
   return `/models/${seg(experiment.model)}/experiments/${seg(experiment.id)}`;
