@@ -1,7 +1,7 @@
 """A stand-in for the monitor's REST API with canned, realistic data, for testing its clients.
 
-It answers the `/api/v1` contract of services/monitor (models, timeline, figures, drift, alerts,
-SLOs, canary) from a mutable `MonitorScene`, so a test can change what the monitor "saw" and check
+It answers the `/api/v1` contract of services/monitor (models, timeline, figures, drift, online
+quality, alerts, SLOs, canary) from a mutable `MonitorScene`, so a test can change what the monitor "saw" and check
 that the Monitoring view or `gallery monitor` shows the change. Everything the scene holds and every route
 answers is one of the monitor's own view types (`gallery_monitor.records` and `.views`), so a change
 to the contract breaks the stand-in instead of leaving it answering an older shape. The app comes
@@ -31,14 +31,26 @@ from gallery_common.settings import GallerySettings
 from gallery_monitor.drift import FeatureDrift
 from gallery_monitor.records import AlertPublic, ModelOverview, SloPublic, TimelineItem, VersionOverview
 from gallery_monitor.series import Figures
-from gallery_monitor.views import CanaryView, DriftView, FiguresView, SeriesPoint
+from gallery_monitor.views import (
+    CanaryView,
+    DriftView,
+    FiguresView,
+    QualityFigures,
+    QualityPoint,
+    QualityView,
+    SeriesPoint,
+)
 
 MODEL = "digits-mlp"
 SCRAPE_S = 2.0
 RETENTION_S = 600.0  # the stand-in keeps 10 minutes of series; a longer window is refused, as the monitor does
 # The scene's story starts two hours before the tests run, so "ago" columns read naturally.
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-DEFAULT_SLO = {"p99_ms": 50.0, "error_rate": 0.01, "drift_psi": 0.2, "drift_min_samples": 500, "window_s": 300.0}
+DEFAULT_SLO = {
+    "p99_ms": 50.0, "error_rate": 0.01, "drift_psi": 0.2, "drift_min_samples": 500, "window_s": 300.0,
+    "max_accuracy_drop": 0.05, "quality_min_rows": 50, "quality_window_s": 3600.0,
+}  # fmt: skip
+QUALITY_RETENTION_S = 7 * 86400.0
 
 
 def trace(version: int) -> str:
@@ -85,6 +97,7 @@ class MonitorScene:
     load: dict[str, list[Figures]] = field(default_factory=dict)
     drift: dict[str, DriftView] = field(default_factory=dict)
     alerts: list[AlertPublic] = field(default_factory=list)
+    quality: dict[str, list[QualityFigures]] = field(default_factory=dict)  # per model, each version's
     cache_hit_rate: float | None = 0.184
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -133,6 +146,34 @@ class MonitorScene:
                     event_id="0000aaaa-0000-4000-8000-000000000002",
                 ),
             )
+
+    def sour_feedback(self) -> None:
+        """Labels on v2's answers turn out worse than its gate promised, and the monitor opens a quality alert."""
+        with self.lock:
+            figures = self.quality[MODEL]
+            figures[:] = [f if f.version != "2" else _quality("2", 1240, 0.874, 0.969) for f in figures]
+            self.alerts.insert(
+                0,
+                AlertPublic(
+                    id="alert-0003",
+                    model=MODEL,
+                    version=2,
+                    kind="quality",
+                    reason="online accuracy 87.4% is 9.5 points below the gate's 96.9% (SLO: at most 5) over 3600 s",
+                    evidence={"labelled_rows": 1240, "online_accuracy": 0.874, "gate_accuracy": 0.969},
+                    opened_at=datetime.now(UTC),
+                    closed_at=None,
+                    event_id="degraded:digits-mlp:2:quality:1",
+                ),
+            )
+
+
+def _quality(version: str, labelled: int, accuracy: float, gate: float) -> QualityFigures:
+    """A version's feedback over the last hour: one-row answers, each labelled."""
+    return QualityFigures(
+        version=version, outcomes=labelled, labelled_rows=labelled, accuracy=accuracy, gate_accuracy=gate,
+        valued_rows=0, rmse=None, gate_rmse=None, rewarded=0, mean_reward=None,
+    )  # fmt: skip
 
 
 def demo_scene() -> MonitorScene:
@@ -191,6 +232,7 @@ def demo_scene() -> MonitorScene:
         load={MODEL: [_load(2, "int8-dynamic", 41.5, 0.001, 2.1, 4.8, 7.9, 3.2)], "iris-mlp": []},
         drift={MODEL: drift},
         alerts=[alert],
+        quality={MODEL: [_quality("2", 1240, 0.962, 0.969)]},
     )
 
 
@@ -215,6 +257,25 @@ def _figures(scene: MonitorScene, model: str, window_s: float) -> FiguresView:
         cache_hit_rate=scene.cache_hit_rate,
         series=series,
     )
+
+
+def _online_quality(scene: MonitorScene, model: str, window_s: float) -> QualityView:
+    """Each version's feedback spread over the window's buckets, its accuracy wobbling around the figure."""
+    bucket_s = max(1, math.ceil(window_s / 60 / 30)) * 60.0
+    start = datetime.now(UTC).timestamp() - window_s
+    first = math.floor(start / bucket_s) * bucket_s
+    series = []
+    versions = scene.quality.get(model, [])
+    buckets = math.ceil(window_s / bucket_s)
+    for figures in versions:
+        for b in range(buckets + 1):
+            accuracy = None if figures.accuracy is None else min(1.0, figures.accuracy + 0.01 * math.sin(b / 2))
+            series.append(QualityPoint(
+                t=datetime.fromtimestamp(first + b * bucket_s, UTC).isoformat().replace("+00:00", "Z"),
+                version=figures.version, labelled_rows=figures.labelled_rows // (buckets + 1), accuracy=accuracy,
+                valued_rows=0, rmse=None, rewarded=0, mean_reward=None,
+            ))  # fmt: skip
+    return QualityView(model=model, window_s=window_s, bucket_s=bucket_s, versions=list(versions), series=series)
 
 
 def _comparison(canary: Figures | None, baseline: Figures | None) -> CanaryComparison | None:
@@ -261,6 +322,15 @@ def contract_router(scene: MonitorScene) -> APIRouter:
             empty = DriftView(model=model, version=None, window_s=300.0, samples=0, features=[],
                               prediction_psi=None, drifted=False, reasons=[])  # fmt: skip
             return scene.drift.get(model, empty)
+
+    @api.get("/models/{model}/quality")
+    def quality(model: str, window_s: float | None = None) -> QualityView:
+        window = window_s or float(DEFAULT_SLO["quality_window_s"])
+        if window > QUALITY_RETENTION_S:
+            raise InvalidRequest(f"window_s {window:g} is longer than the {QUALITY_RETENTION_S:g} s of feedback kept")
+        with scene.lock:
+            scene.model(model)
+            return _online_quality(scene, model, window)
 
     @api.get("/alerts")
     def alerts(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ import httpx
 from monitor_service_harness import model_server, publish_events
 from monitor_service_harness import serve as serve_until_ready
 
-from gallery_common.events import CloudEvent, ModelDeployed, ModelTrained, ModelValidated, Payload, make_event
+from gallery_common.events import (
+    CloudEvent,
+    ModelDeployed,
+    ModelOutcome,
+    ModelTrained,
+    ModelValidated,
+    Payload,
+    make_event,
+)
 from gallery_common.netutil import free_port
 from gallery_monitor.app import create
 from gallery_monitor.settings import MonitorSettings
@@ -53,7 +62,7 @@ def publish_first_deployment(nats_url: str) -> None:
     """MODEL trained, validated as version 1 and deployed to production, as the lifecycle does."""
     publish_events(nats_url, [
         traced(ModelTrained(model=MODEL, run_id="run-1", artifacts={"onnx": _ONNX}), "e-trained"),
-        traced(ModelValidated(model=MODEL, version=1, semver="1.0.0"), "e-validated"),
+        traced(ModelValidated(model=MODEL, version=1, semver="1.0.0", report={"accuracy": 0.95}), "e-validated"),
         traced(ModelDeployed(model=MODEL, version=1, deployment_id="d-1"), "e-deployed"),
     ])  # fmt: skip
 
@@ -62,6 +71,20 @@ def publish_canary(nats_url: str) -> None:
     """Version 2 deployed as a canary with 10 % of the traffic."""
     canary = ModelDeployed(model=MODEL, version=2, deployment_id="d-2", stage="canary", traffic_percent=10)
     publish_events(nats_url, [traced(canary, "e-canary")])
+
+
+def publish_feedback(nats_url: str, version: int, count: int, right: int) -> None:
+    """`count` one-row answers of `version` labelled by someone, the first `right` of them answered right, as
+    the gateway publishes them (`model.outcome`)."""
+    outcomes = [
+        ModelOutcome(
+            model=MODEL, version=str(version), variant="fp32", request_id=f"answer-{version}-{i}", caller="app",
+            given_by="labeller", answered_at=datetime.now(UTC), rows=1, kind="label", label=[3],
+            correct=[i < right], correct_rows=int(i < right),
+        )
+        for i in range(count)
+    ]  # fmt: skip
+    publish_events(nats_url, [make_event(o, "/tests/gateway", event_id=f"outcome.{o.request_id}") for o in outcomes])
 
 
 def send_traffic(server_url: str, seconds: float) -> int:

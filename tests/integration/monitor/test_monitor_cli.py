@@ -85,6 +85,9 @@ def test_once_prints_figures_drift_and_alerts(monitor: str, scene: MonitorScene)
     assert "gateway cache hit rate 18.40%" in out
     assert "drift: no drift  version 2, 4,812 samples over the last 5 min, prediction PSI 0.012" in out
     assert "no open alerts" in out
+    assert "online quality, answers of the last 60 min" in out
+    quality = out[out.index("online quality") :]  # the second table with a v2 row
+    assert row(quality, "v2") == ["v2", "1,240", "1,240", "96.20%", "96.90%", "-0.7"]
 
     scene.deploy_canary(3, "fp32", 10)
     scene.shift_inputs()
@@ -104,6 +107,7 @@ def test_a_model_without_traffic_says_so(monitor: str) -> None:
     assert "no production version" in shown.stdout
     assert "no traffic in this window" in shown.stdout
     assert "drift: no samples yet  all versions, 0 samples" in shown.stdout
+    assert "online quality: no feedback on answers of the last 60 min" in shown.stdout
 
 
 def test_an_unknown_model_is_one_clear_line(monitor: str) -> None:

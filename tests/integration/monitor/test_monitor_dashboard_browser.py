@@ -19,7 +19,14 @@ import httpx
 import pytest
 from headless_chromium import headless_chromium
 from monitor_contract_standin import MODEL, MonitorScene, demo_scene, serve, standin_app
-from monitor_real_stack import TRACE_ID, publish_canary, publish_first_deployment, real_monitor, send_traffic
+from monitor_real_stack import (
+    TRACE_ID,
+    publish_canary,
+    publish_feedback,
+    publish_first_deployment,
+    real_monitor,
+    send_traffic,
+)
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -182,6 +189,61 @@ def view_after_the_canary(browser: WebDriver) -> None:
     assert "input drift" in text(browser, "#alert-list li.open")
     assert "1 open alert" in text(browser, f'button[data-model="{MODEL}"]')
     assert text(browser, "#status").startswith("live · updated")
+
+
+def quality_cells(browser: WebDriver, version: str) -> dict[str, str]:
+    row = f'#quality-table tr[data-version="{version}"]'
+    return {cell.get_attribute("data-field"): cell.text for cell in css(browser, f"{row} td[data-field]")}
+
+
+def test_online_quality_shows_each_versions_accuracy_beside_the_gate_and_follows_feedback(
+    browser: WebDriver, monitor: str, scene: MonitorScene
+) -> None:
+    open_page(browser, monitor)
+    wait_for(browser, "v2's online accuracy", lambda d: quality_cells(d, "2").get("accuracy") == "96.2 %")
+
+    def first() -> None:
+        headers = [th.text for th in css(browser, "#quality-table thead th")]
+        assert headers == [
+            "version",
+            "answers with feedback",
+            "labelled rows",
+            "online accuracy",
+            "gate accuracy",
+            "Δ points",
+        ]  # fmt: skip  (no rmse or reward columns: nothing was valued or rewarded)
+        assert quality_cells(browser, "2") == {"accuracy": "96.2 %", "drop": "-0.7"}
+        assert "1,240" in text(browser, '#quality-table tr[data-version="2"]')
+        assert text(browser, "#quality-label") == "answers of the last 60 min"
+        assert "at most 5.0 pt below the gate" in text(browser, "#quality-slo")
+        points = css(browser, '#chart-accuracy g.series[data-version="2"] circle.pt')
+        assert len(points) == 31, "one point per two-minute bucket of the hour"
+        limit = css(browser, "#chart-accuracy line.limit title")
+        assert limit and limit[0].get_attribute("textContent") == "SLO 92 %", "the gate's 96.9 % less 5 points"
+        assert not browser.find_element(By.ID, "chart-rmse").is_displayed()
+
+    settled(first)
+    scene.sour_feedback()
+    wait_for(browser, "the worse accuracy", lambda d: quality_cells(d, "2").get("accuracy") == "87.4 %")
+    settled(lambda: assert_worse(browser))
+
+    Select(browser.find_element(By.ID, "quality-window")).select_by_visible_text("24 h")
+    wait_for(browser, "a day of feedback", lambda d: text(d, "#quality-label") == "answers of the last 24 h")
+    wait_for(browser, "the day's buckets",
+             lambda d: len(css(d, '#chart-accuracy g.series[data-version="2"] circle.pt')) == 31)  # fmt: skip
+
+    browser.find_element(By.CSS_SELECTOR, 'button[data-model="iris-mlp"]').click()
+    wait_for(browser, "no feedback", lambda d: d.find_element(By.ID, "quality-empty").is_displayed())
+    assert "No feedback on answers of the last 24 h" in text(browser, "#quality-empty")
+    assert not browser.find_element(By.ID, "chart-accuracy").is_displayed()
+    assert severe_logs(browser) == []
+
+
+def assert_worse(browser: WebDriver) -> None:
+    drop = browser.find_element(By.CSS_SELECTOR, '#quality-table tr[data-version="2"] td[data-field="drop"]')
+    assert drop.text == "-9.5" and "worse" in drop.get_attribute("class")
+    [alert] = css(browser, "#alert-list li.open")
+    assert "quality" in alert.text and "9.5 points below the gate's 96.9%" in alert.text
 
 
 def text_model_drift() -> DriftView:
@@ -369,4 +431,10 @@ def test_the_real_monitor_fed_by_events_and_a_model_server(
         publish_canary(nats_server.url)
         wait_for(browser, "the canary", lambda d: "canary" in text(d, '#versions tr[data-version="2"]'))
         assert len(css(browser, "#timeline-list li")) == 4
+
+        publish_feedback(nats_server.url, version=1, count=20, right=17)
+        wait_for(browser, "v1's online accuracy", lambda d: quality_cells(d, "1").get("accuracy") == "85.0 %")
+        assert quality_cells(browser, "1")["drop"] == "-10.0", "against the gate's 95 %"
+        assert len(css(browser, '#chart-accuracy g.series[data-version="1"] circle.pt')) == 1
+        assert len(css(browser, "#timeline-list li")) == 4, "feedback is not a lifecycle step"
     assert severe_logs(browser) == []

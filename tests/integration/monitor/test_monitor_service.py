@@ -2,7 +2,8 @@
 
 Lifecycle events become the timeline and the models' stages; samples published as the gateway
 publishes them become drift figures, and a shifted distribution one `model.degraded` (drift); a
-model server scraped for real breaching a tiny p99 SLO gives exactly one `model.degraded` (slo).
+model server scraped for real breaching a tiny p99 SLO gives exactly one `model.degraded` (slo);
+feedback (`model.outcome`) far below the gate's accuracy gives exactly one `model.degraded` (quality).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from monitor_service_harness import (
 )
 from waiting import wait_for
 
-from gallery_common.events import ModelDeployed, ModelTrained, ModelValidated, make_event
+from gallery_common.events import ModelDeployed, ModelOutcome, ModelTrained, ModelValidated, make_event
 from gallery_common.nats_server import EmbeddedNats
 from gallery_monitor.app import create
 from gallery_monitor.settings import MonitorSettings
@@ -197,7 +199,9 @@ def test_a_model_server_over_its_p99_slo_gives_exactly_one_degraded(stack: Stack
     assert bad.status_code == 422 and "p99_ms" in bad.json()["error"] and "colour" in bad.json()["error"]
     slo = httpx.put(f"{stack.monitor}/api/v1/slos/iris", json={"p99_ms": 0.001}).json()
     assert slo == {"model": "iris", "p99_ms": 0.001, "error_rate": 0.01, "drift_psi": 0.2,
-                   "drift_min_samples": 100, "window_s": WINDOW_S}  # fmt: skip
+                   "drift_min_samples": 100, "window_s": WINDOW_S, "min_online_accuracy": None,
+                   "max_accuracy_drop": None, "max_online_rmse": None, "quality_min_rows": 50,
+                   "quality_window_s": 3600.0}  # fmt: skip
     assert stack.get("/api/v1/slos/iris").json() == slo
 
     publish_events(stack.nats_url, [
@@ -239,3 +243,56 @@ def test_a_model_server_over_its_p99_slo_gives_exactly_one_degraded(stack: Stack
     assert figures["cache_hit_rate"] is None
     too_long = stack.get("/api/v1/models/iris/figures", window_s=10_000)
     assert too_long.status_code == 422 and "900 s" in too_long.json()["error"]
+
+
+def outcome(request: str, correct: bool) -> Any:
+    payload = ModelOutcome(
+        model="iris",
+        version="1",
+        variant="fp32",
+        request_id=request,
+        caller="app",
+        given_by="labeller",
+        answered_at=datetime.now(UTC),
+        rows=1,
+        kind="label",
+        label=[2],
+        correct=[correct],
+        correct_rows=int(correct),
+    )
+    return make_event(payload, "/gateway", event_id=f"outcome.{request}")
+
+
+def test_feedback_far_below_the_gate_degrades_the_version_once_and_stays_out_of_the_timeline(stack: Stack) -> None:
+    report = {"accuracy": 0.95, "macro_f1": 0.94}
+    validated = make_event(ModelValidated(model="iris", version=1, report=report), "/t", event_id="q-validated")
+    slo = httpx.put(f"{stack.monitor}/api/v1/slos/iris", json={"max_accuracy_drop": 0.1, "quality_min_rows": 20})
+    assert slo.status_code == 200 and slo.json()["max_accuracy_drop"] == 0.1
+    outcomes = [outcome(f"q{i}", correct=i % 2 == 0) for i in range(40)]  # half right: 45 points below the gate
+    publish_events(stack.nats_url, [validated, *outcomes, outcomes[0]])  # the repeat is counted once
+
+    quality = wait_for(
+        "40 labelled rows",
+        lambda: (
+            (q := stack.get("/api/v1/models/iris/quality").json())["versions"]
+            and q["versions"][0]["labelled_rows"] == 40
+            and q
+        ),
+        30,
+    )
+    [version] = quality["versions"]
+    assert (version["version"], version["accuracy"], version["gate_accuracy"]) == ("1", 0.5, 0.95)
+    assert quality["window_s"] == 3600.0 and sum(p["labelled_rows"] for p in quality["series"]) == 40
+    # 41 outcomes, none a timeline line (the degraded event may have come back already)
+    assert [i["event"] for i in stack.get("/api/v1/models/iris/timeline").json()][:1] == ["validated"]
+    assert "outcome" not in {i["event"] for i in stack.get("/api/v1/models/iris/timeline").json()}
+
+    wait_for("the quality alert", lambda: stack.get("/api/v1/alerts", model="iris", open="true").json(), 30)
+    degraded = [e for e in stored_events(stack.nats_url, "model.degraded") if e.data.kind == "quality"]
+    assert [e.id for e in degraded] == ["degraded:iris:1:quality:1"]
+    assert degraded[0].data.reason.startswith("online accuracy 50.0% is 45.0 points below the gate's 95.0%")
+    assert degraded[0].data.evidence["labelled_rows"] == 40
+
+    assert stack.get("/api/v1/models/wine/quality").status_code == 404
+    too_long = stack.get("/api/v1/models/iris/quality", window_s=30 * 86400)
+    assert too_long.status_code == 422 and "GALLERY_OUTCOME_RETENTION_S" in too_long.json()["error"]

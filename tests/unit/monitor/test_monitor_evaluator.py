@@ -8,21 +8,18 @@ import anyio
 import numpy as np
 import orjson
 import pytest
+from monitor_core import SLO, sqlite_monitor
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gallery_common.contracts.serving_metrics import parse_page
-from gallery_common.db import make_engine
 from gallery_common.events import ModelDegraded
 from gallery_deployer.modelserver.metrics import ServingMetrics
 from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate, judge_slo
-from gallery_monitor.migrations import upgrade
-from gallery_monitor.records import Slo, SloUpdate
-from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, TrainingData
-from gallery_monitor.samples import SampleBook
-from gallery_monitor.series import Figures, SeriesBook
+from gallery_monitor.records import SloUpdate
+from gallery_monitor.references import ReferenceUnavailable, TrainingData
+from gallery_monitor.series import Figures
 
-SLO = Slo(p99_ms=100, error_rate=0.01, drift_psi=0.2, drift_min_samples=200, window_s=60)
 REFERENCE_X = np.random.default_rng(0).normal(size=(2000, 3)).astype(np.float32)
 
 
@@ -42,18 +39,7 @@ def load_split(model: str, version: int) -> TrainingData:
 
 @pytest.fixture
 def monitor(tmp_path: Path) -> Monitor:
-    engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
-    upgrade(engine)
-    return Monitor(
-        engine,
-        default_slo=SLO,
-        series=SeriesBook(900, 5),
-        samples=SampleBook(5000),
-        references=ReferenceCache(load_split, max_rows=10_000, retry_s=30),
-        ks_alpha=0.001,
-        min_requests=20,
-        clock=Clock(),
-    )
+    return sqlite_monitor(tmp_path / "monitor.db", load_split, Clock())
 
 
 class Published(list[tuple[ModelDegraded, str]]):

@@ -10,20 +10,17 @@ import numpy as np
 import orjson
 import pytest
 from hostile_artifacts import npz_bomb
+from monitor_core import sqlite_monitor
 from registry_fakes import InMemoryRegistry
-from test_monitor_evaluator import SLO, Clock, Published
+from test_monitor_evaluator import Clock, Published
 
 from gallery_common.artifacts import ArtifactStore, FileArtifactStore
 from gallery_common.contracts import write_split
-from gallery_common.db import make_engine
 from gallery_common.events import ArtifactRef
 from gallery_monitor.core import Monitor
 from gallery_monitor.drift import DriftRule, Reference, evaluate_drift
 from gallery_monitor.evaluator import evaluate
-from gallery_monitor.migrations import upgrade
 from gallery_monitor.references import ReferenceCache, ReferenceUnavailable, registry_split_loader
-from gallery_monitor.samples import SampleBook
-from gallery_monitor.series import SeriesBook
 
 BOMB_REASON = (
     "train_split of iris:1: arrays 'x' and 'y' declare 3.7 GiB uncompressed, over the 1.0 GiB an NPZ file may "
@@ -40,19 +37,7 @@ def registry_of(splits: dict[int, ArtifactRef]) -> InMemoryRegistry:
 
 
 def monitor_over(store: ArtifactStore, registry: InMemoryRegistry, tmp_path: Path, name: str) -> Monitor:
-    engine = make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
-    upgrade(engine)
-    loader = registry_split_loader(registry, store)
-    return Monitor(
-        engine,
-        default_slo=SLO,
-        series=SeriesBook(900, 5),
-        samples=SampleBook(5000),
-        references=ReferenceCache(loader, max_rows=10_000, retry_s=30),
-        ks_alpha=0.001,
-        min_requests=20,
-        clock=Clock(),
-    )
+    return sqlite_monitor(tmp_path / f"{name}.db", registry_split_loader(registry, store), Clock())
 
 
 def ingest(monitor: Monitor, version: str, rows: np.ndarray) -> None:

@@ -40,7 +40,8 @@ class MonitorWithSlos:
 def client(tmp_path: Path) -> Iterator[TestClient]:
     engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
     upgrade(engine)
-    monitor = MonitorWithSlos(SloStore(engine, DEFAULTS, max_window_s=900), TimelineStore(engine))
+    slos = SloStore(engine, DEFAULTS, max_window_s=900, max_quality_window_s=86400)
+    monitor = MonitorWithSlos(slos, TimelineStore(engine))
     settings = GallerySettings(
         home=tmp_path,
         service_name="monitor",

@@ -9,22 +9,17 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from monitor_core import sqlite_monitor
 from monitor_texts import texts
 from rich.console import Console
 
 from gallery_cli.monitor_cmd import drift_view
 from gallery_common.contracts.splits import write_split
-from gallery_common.db import make_engine
 from gallery_monitor.core import Monitor
-from gallery_monitor.migrations import upgrade
-from gallery_monitor.records import Slo
 from gallery_monitor.references import ReferenceCache, TrainingData, read_split
 from gallery_monitor.samples import InvalidSample, SampleBook, SampleWindow, TextSample, TextWindow, parse_sample
-from gallery_monitor.series import SeriesBook
 from gallery_monitor.text_drift import TEXT_CHARS, TEXT_LENGTH, TOKENS, TextReference
 from gallery_monitor.text_profile import TextLimits
-
-SLO = Slo(p99_ms=100, error_rate=0.01, drift_psi=0.2, drift_min_samples=200, window_s=60)
 
 
 def text_sample(rows: list[str], scores: list[list[float]] | None = None, *, shape: list[int] | None = None) -> bytes:
@@ -102,19 +97,8 @@ def test_a_text_split_becomes_a_text_reference() -> None:
 
 
 def monitor_of(tmp_path: Path, x: np.ndarray, now: float) -> Monitor:
-    engine = make_engine(f"sqlite:///{tmp_path / 'monitor.db'}")
-    upgrade(engine)
-    return Monitor(
-        engine,
-        default_slo=SLO,
-        series=SeriesBook(900, 5),
-        samples=SampleBook(5000),
-        references=ReferenceCache(lambda m, v: TrainingData(x), max_rows=10_000, retry_s=30),
-        ks_alpha=0.001,
-        min_requests=20,
-        text_psi_threshold=0.3,
-        text_warn_psi=0.15,
-        clock=lambda: now,
+    return sqlite_monitor(
+        tmp_path / "monitor.db", lambda m, v: TrainingData(x), lambda: now, text_psi_threshold=0.3, text_warn_psi=0.15
     )
 
 

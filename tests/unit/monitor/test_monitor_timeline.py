@@ -113,7 +113,7 @@ def test_a_model_never_deployed_has_no_production_alias(engine: Engine) -> None:
 
 def test_slos_default_from_settings_and_change_field_by_field(engine: Engine) -> None:
     defaults = Slo(p99_ms=100, error_rate=0.01, drift_psi=0.2, drift_min_samples=200, window_s=60)
-    store = SloStore(engine, defaults, max_window_s=900)
+    store = SloStore(engine, defaults, max_window_s=900, max_quality_window_s=86400)
     assert store.get("iris").model_dump() == {"model": "iris", **defaults.model_dump()}
     updated = store.update("iris", SloUpdate(p99_ms=25))
     assert updated.p99_ms == 25 and updated.error_rate == 0.01

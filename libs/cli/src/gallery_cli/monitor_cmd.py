@@ -1,4 +1,4 @@
-"""`gallery monitor NAME`: a model's serving figures, drift and open alerts, refreshing in place."""
+"""`gallery monitor NAME`: a model's serving figures, online quality, drift and open alerts, refreshing in place."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class MonitorView:
     drift: dict[str, Any]
     alerts: list[dict[str, Any]]
     slo: dict[str, Any]
+    quality: dict[str, Any]
     fetched_at: datetime
 
 
@@ -47,6 +48,7 @@ def fetch_view(client: MonitorClient, name: str, window_s: float) -> MonitorView
         drift=client.json("GET", f"/api/v1/models/{path}/drift"),
         alerts=client.json("GET", "/api/v1/alerts", params={"model": name, "open": "true"}),
         slo=client.json("GET", f"/api/v1/slos/{path}"),
+        quality=client.json("GET", f"/api/v1/models/{path}/quality"),
         fetched_at=datetime.now().astimezone(),
     )
 
@@ -104,6 +106,39 @@ def figures_table(view: MonitorView) -> Table:
     cache = figures.get("cache_hit_rate")
     if cache is not None:
         table.caption = f"gateway cache hit rate {_pct(cache)}"
+    return table
+
+
+def _points(online: float | None, gate: float | None) -> str:
+    """Online accuracy against the gate's, in points."""
+    return NONE if online is None or gate is None else f"{(online - gate) * 100:+.1f}"
+
+
+def quality_view(quality: dict[str, Any]) -> RenderableType:
+    """Per version with feedback: its online accuracy (and a regressor's rmse) beside the gate's."""
+    window = _seconds(quality["window_s"])
+    versions = sorted(quality["versions"], key=lambda v: int(v["version"]) if str(v["version"]).isdigit() else 0)
+    if not versions:
+        return Text(f"online quality: no feedback on answers of the last {window}", style="dim")
+    valued = any(v["valued_rows"] for v in versions)
+    table = Table(title=f"online quality, answers of the last {window}", title_justify="left", show_header=True)
+    columns = ["version", "feedback", "labelled", "accuracy", "gate", "Δ pt"]
+    columns += ["rmse", "gate rmse"] if valued else []
+    for column in columns:
+        table.add_column(column, justify="right")
+    for v in reversed(versions):
+        points = _points(v["accuracy"], v["gate_accuracy"])
+        cells: list[str | Text] = [
+            f"v{v['version']}",
+            f"{v['outcomes']:,}",
+            f"{v['labelled_rows']:,}",
+            _pct(v["accuracy"]),
+            _pct(v["gate_accuracy"]),
+            Text(points, style="bold red" if points.startswith("-") else ""),
+        ]
+        if valued:
+            cells += [_num(v["rmse"], 3), _num(v["gate_rmse"], 3)]
+        table.add_row(*cells)
     return table
 
 
@@ -166,7 +201,13 @@ def render(view: MonitorView) -> Group:
         (f"  updated {view.fetched_at:%H:%M:%S}", "dim"),
     )
     psi_limit = view.slo.get("drift_psi")
-    return Group(header, figures_table(view), drift_view(view.drift, psi_limit), alerts_table(view.alerts))
+    return Group(
+        header,
+        figures_table(view),
+        quality_view(view.quality),
+        drift_view(view.drift, psi_limit),
+        alerts_table(view.alerts),
+    )
 
 
 def monitor(
@@ -175,7 +216,8 @@ def monitor(
     interval: Annotated[float, typer.Option(min=0.2, help="seconds between refreshes")] = 2.0,
     window: Annotated[float, typer.Option(min=1.0, help="seconds of traffic the figures cover")] = 60.0,
 ) -> None:
-    """Show a model's figures per version, its drift and open alerts from the monitor, refreshing until Ctrl-C."""
+    """Show a model's figures per version, its online quality, drift and open alerts from the monitor, refreshing
+    until Ctrl-C."""
     with MonitorClient(timeout=10) as client:
         view = fetch_view(client, model, window)
         if once:

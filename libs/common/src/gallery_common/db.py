@@ -9,7 +9,7 @@ from typing import Any, overload
 
 from sqlalchemy import Column, DateTime, event, exc, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Field, create_engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 # The database cannot be reached right now (down, restarting, out of connections): worth retrying shortly.
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)
@@ -38,6 +38,20 @@ def make_engine(url: str) -> Engine:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def insert_once(engine: Engine, row: SQLModel, column: Any, key: object) -> bool:
+    """Store `row` unless a row with `column == key` (a unique column) is stored; False when one is, even
+    when another process stored it a moment ago (the unique constraint answers then)."""
+    with Session(engine) as session:
+        if session.exec(select(column).where(column == key)).first() is not None:
+            return False
+        session.add(row)
+        try:
+            session.commit()
+        except exc.IntegrityError:
+            return False
+    return True
 
 
 def new_id() -> str:

@@ -141,7 +141,7 @@ class ModelRolledBack(VersionedPayload):
 
 class ModelDegraded(VersionedPayload):
     event: ClassVar[str] = "degraded"
-    kind: Literal["slo", "drift"]
+    kind: Literal["slo", "drift", "quality"]
     reason: str = Field(min_length=1)
     evidence: dict[str, Any] = Field(default_factory=dict)
     window_seconds: float | None = None

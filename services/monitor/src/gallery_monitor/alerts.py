@@ -29,7 +29,7 @@ from gallery_common.telemetry import counter, get_logger
 
 from .records import AlertPublic, AlertRecord
 
-Kind = Literal["slo", "drift"]
+Kind = Literal["slo", "drift", "quality"]
 Publish = Callable[[ModelDegraded, str], Awaitable[object]]
 
 log = get_logger(__name__)
@@ -61,6 +61,16 @@ class AlertBook:
         with Session(self.engine) as session:
             rows = session.exec(select(AlertRecord).where(col(AlertRecord.closed_at).is_(None)))
             self._open = {(r.model, r.version, r.kind): _Episode(r.id) for r in rows}
+
+    def open_versions(self, kind: Kind) -> dict[str, set[int]]:
+        """The versions of each model with an open episode of `kind`."""
+        with self._lock:
+            keys = list(self._open)
+        versions: dict[str, set[int]] = {}
+        for model, version, open_kind in keys:
+            if open_kind == kind:
+                versions.setdefault(model, set()).add(version)
+        return versions
 
     def observe(
         self,

@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 
 from gallery_common.app import ServiceResources, create_app
 from gallery_common.audit_trail import open_service_trail
-from gallery_common.events import CloudEvent, ModelDegraded, ModelUsage, Payload
+from gallery_common.events import CloudEvent, ModelDegraded, ModelOutcome, ModelUsage, Payload
 from gallery_common.leader import LeaderElection, leader_router, publish_as_leader
 from gallery_common.leader_lease import in_cluster, open_leader_lock
 from gallery_common.registry_client import RegistryClient
@@ -35,6 +35,7 @@ from . import routes
 from .core import Monitor
 from .evaluator import run_evaluator
 from .migrations import upgrade
+from .quality import QualityStore
 from .records import Slo
 from .references import ReferenceCache, registry_split_loader
 from .samples import SampleBook
@@ -54,6 +55,11 @@ def default_slo(settings: MonitorSettings) -> Slo:
         drift_psi=settings.slo_drift_psi,
         drift_min_samples=settings.slo_drift_min_samples,
         window_s=settings.slo_window_s,
+        min_online_accuracy=settings.slo_min_online_accuracy,
+        max_accuracy_drop=settings.slo_max_accuracy_drop,
+        max_online_rmse=settings.slo_max_online_rmse,
+        quality_min_rows=settings.slo_quality_min_rows,
+        quality_window_s=settings.slo_quality_window_s,
     )
 
 
@@ -68,6 +74,11 @@ def timeline_events(monitor: Monitor) -> EventRouter:
     @events.on(ModelUsage)
     async def usage(_: ModelUsage) -> None:
         """Usage reports (every few seconds from each gateway) are the deployer's to keep, not the timeline's."""
+
+    @events.on(ModelOutcome)
+    async def outcome(_: ModelOutcome, event: CloudEvent[ModelOutcome]) -> None:
+        """Feedback on one answer: online quality, not a timeline line."""
+        await anyio.to_thread.run_sync(monitor.quality.record, event)
 
     return events
 
@@ -117,6 +128,7 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
                 series=series,
                 samples=samples,
                 references=references,
+                quality=QualityStore(resources.engine, settings.outcome_retention_s),  # type: ignore[arg-type]
                 ks_alpha=settings.drift_ks_alpha,
                 min_requests=settings.slo_min_requests,
                 text_psi_threshold=settings.text_drift_psi,
@@ -165,7 +177,8 @@ def create(settings: MonitorSettings | None = None) -> FastAPI:
         title="Model Gallery monitor",
         description=(
             "Lifecycle timeline, serving figures scraped from the model servers and the gateway, drift of "
-            "sampled requests against the training data, SLOs, alerts and model.degraded; the Gallery's "
+            "sampled requests against the training data, online quality from feedback, SLOs, alerts and "
+            "model.degraded; the Gallery's "
             "Monitoring view shows them."
         ),
         routers=[routes.router, leader_router(election)],

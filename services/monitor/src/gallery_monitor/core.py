@@ -17,10 +17,11 @@ from sqlalchemy.engine import Engine
 from gallery_common.audit import AuditAction, AuditChange, new_dedupe_key
 from gallery_common.audit_trail import AuditTrail
 from gallery_common.contracts.serving_metrics import compare
-from gallery_common.errors import NotFound
+from gallery_common.errors import InvalidRequest, NotFound
 
 from .alerts import AlertBook
 from .drift import DriftReport, DriftRule, Reference, evaluate_drift
+from .quality import QualityStore, Tally, bucket_minutes
 from .records import ModelOverview, Slo, SloPublic, SloUpdate
 from .references import ReferenceCache, ReferenceUnavailable
 from .samples import SampleBook
@@ -28,7 +29,7 @@ from .series import Figures, SeriesBook
 from .slos import SloStore
 from .text_drift import TextReference, TextSamples, evaluate_text_drift
 from .timeline import TimelineStore
-from .views import CanaryView, DriftView, FiguresView, SeriesPoint
+from .views import CanaryView, DriftView, FiguresView, QualityFigures, QualityPoint, QualityView, SeriesPoint
 
 
 def registry_version(label: str | None) -> int | None:
@@ -36,6 +37,11 @@ def registry_version(label: str | None) -> int | None:
     if label and label.isdigit() and int(label) >= 1:
         return int(label)
     return None
+
+
+def _version_order(label: str) -> tuple[int, str]:
+    number = registry_version(label)
+    return (number if number is not None else 0, label)
 
 
 def iso(epoch: float) -> str:
@@ -53,6 +59,7 @@ class Monitor:
         series: SeriesBook,
         samples: SampleBook,
         references: ReferenceCache,
+        quality: QualityStore,
         ks_alpha: float,
         min_requests: int,
         text_psi_threshold: float = 0.25,
@@ -60,7 +67,10 @@ class Monitor:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.timeline = TimelineStore(engine)
-        self.slos = SloStore(engine, default_slo, max_window_s=series.retention_s)
+        self.slos = SloStore(
+            engine, default_slo, max_window_s=series.retention_s, max_quality_window_s=quality.retention_s
+        )
+        self.quality = quality
         self.alerts = AlertBook(engine, self.timeline.project_of)
         self.series = series
         self.samples = samples
@@ -75,7 +85,12 @@ class Monitor:
 
     def knows(self, model: str) -> bool:
         """Whether the monitor saw the model at all: an event, a scraped figure or a sample (blocking)."""
-        return self.series.knows(model) or self.samples.knows(model) or self.timeline.knows(model)
+        return (
+            self.series.knows(model)
+            or self.samples.knows(model)
+            or self.timeline.knows(model)
+            or self.quality.knows(model)
+        )
 
     def set_slo(self, model: str, update: SloUpdate, actor: str) -> SloPublic:
         """Change the model's SLOs and record the change in its project's audit chain (blocking)."""
@@ -126,6 +141,64 @@ class Monitor:
             window_s=window_s,
             versions=self.series.figures(model, window_s, now),
             cache_hit_rate=self.series.cache_hit_rate(model, window_s, now),
+            series=series,
+        )
+
+    def gate_figure(self, model: str, name: str) -> dict[str, float]:
+        """The gate's `name` (accuracy, rmse) of each version of the model, by version label."""
+        figures = {}
+        for version, report in self.timeline.gate_reports(model).items():
+            value = report.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                figures[str(version)] = float(value)
+        return figures
+
+    def online_quality(self, model: str, window_s: float) -> QualityView:
+        """Each version's online accuracy, rmse and mean reward over the window, beside the gate's, and a
+        series of them for the chart (blocking)."""
+        self.require(model)
+        if window_s > self.quality.retention_s:
+            raise InvalidRequest(
+                f"window_s {window_s:g} is longer than the {self.quality.retention_s:g} s of feedback the monitor "
+                "keeps (GALLERY_OUTCOME_RETENTION_S)"
+            )
+        since = self.clock() - window_s
+        minutes = bucket_minutes(window_s)
+        accuracy, rmse = self.gate_figure(model, "accuracy"), self.gate_figure(model, "rmse")
+
+        def figures(version: str, tally: Tally) -> QualityFigures:
+            return QualityFigures(
+                version=version,
+                outcomes=tally.outcomes,
+                labelled_rows=tally.labelled_rows,
+                accuracy=tally.accuracy,
+                gate_accuracy=accuracy.get(version),
+                valued_rows=tally.valued_rows,
+                rmse=tally.rmse,
+                gate_rmse=rmse.get(version),
+                rewarded=tally.rewarded,
+                mean_reward=tally.mean_reward,
+            )
+
+        series = [
+            QualityPoint(
+                t=iso(start),
+                version=version,
+                labelled_rows=tally.labelled_rows,
+                accuracy=tally.accuracy,
+                valued_rows=tally.valued_rows,
+                rmse=tally.rmse,
+                rewarded=tally.rewarded,
+                mean_reward=tally.mean_reward,
+            )
+            for start, version, tally in self.quality.buckets(model, since, minutes)
+        ]
+        versions = sorted(self.quality.by_version(model, since).items(), key=lambda item: _version_order(item[0]))
+        return QualityView(
+            model=model,
+            window_s=window_s,
+            bucket_s=minutes * 60.0,
+            versions=[figures(version, tally) for version, tally in versions],
             series=series,
         )
 

@@ -1,5 +1,6 @@
 """Every few seconds: each served version's p99 and error rate against its model's SLO, each sampled
-version's drift against its training reference; breaches become alert episodes and `model.degraded`.
+version's drift against its training reference, each version's online quality (feedback) against its
+quality SLO; breaches become alert episodes and `model.degraded`.
 
 A version without enough requests (or samples) in the window is not judged; for an open episode
 that counts as calm, so an episode of a version that stopped serving closes after a window.
@@ -8,6 +9,7 @@ that counts as calm, so an episode of a version that stopped serving closes afte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -17,6 +19,7 @@ from gallery_common.telemetry import counter, get_logger
 
 from .alerts import Publish, publish_pending
 from .core import Monitor, registry_version
+from .quality import Tally, judge_quality
 from .records import AlertPublic, Slo
 from .series import Figures
 
@@ -99,9 +102,44 @@ async def evaluate(monitor: Monitor, publish: Publish | None) -> list[AlertPubli
         if alert is not None:
             opened.append(alert)
 
+    opened += await _evaluate_quality(monitor, slo_of, now)
+
     monitor.samples.forget_before(now - monitor.series.retention_s)
+    await anyio.to_thread.run_sync(monitor.quality.forget_before, now - monitor.quality.retention_s)
     if publish is not None:
         await publish_pending(monitor.alerts, publish)
+    return opened
+
+
+def _judges_quality(slo: Slo) -> bool:
+    return any(limit is not None for limit in (slo.min_online_accuracy, slo.max_accuracy_drop, slo.max_online_rmse))
+
+
+async def _evaluate_quality(monitor: Monitor, slo_of: Callable[[str], Slo], now: float) -> list[AlertPublic]:
+    """Online quality of every version with feedback in its model's quality window. A version with too
+    little feedback, or whose model's quality SLO is off, counts as calm, so its open episode closes."""
+    opened: list[AlertPublic] = []
+    episodes = monitor.alerts.open_versions("quality")
+    recent = await anyio.to_thread.run_sync(monitor.quality.models, now - monitor.quality.retention_s)
+    for model in sorted(set(recent) | set(episodes)):
+        slo = slo_of(model)
+        judged = _judges_quality(slo)
+        tallies = await anyio.to_thread.run_sync(monitor.quality.by_version, model, now - slo.quality_window_s)
+        for episode in episodes.get(model, set()):
+            tallies.setdefault(str(episode), Tally())
+        gate = await anyio.to_thread.run_sync(monitor.gate_figure, model, "accuracy") if judged else {}
+        for label, tally in sorted(tallies.items()):
+            version = registry_version(label)
+            if version is None:
+                continue
+            breached, reason, evidence = judge_quality(tally, slo, gate.get(label)) if judged else (False, "", {})
+            observe = partial(
+                monitor.alerts.observe, model, version, "quality",
+                breached=breached, now=now, window_s=slo.quality_window_s, reason=reason, evidence=evidence,
+            )  # fmt: skip
+            alert = await anyio.to_thread.run_sync(observe)
+            if alert is not None:
+                opened.append(alert)
     return opened
 
 

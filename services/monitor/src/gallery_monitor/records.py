@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, Column, DateTime, Float, Integer
 from sqlmodel import AutoString, SQLModel
 from sqlmodel import Field as SQLField
 
@@ -39,6 +39,30 @@ class LifecycleEvent(SQLModel, table=True):
     data: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
+class OutcomeRecord(SQLModel, table=True):
+    """One `model.outcome` (feedback on one answer) as sums that add up over any window; `event_id` is
+    unique, so a redelivery adds nothing. `answered_s` / `answered_minute`: when the answer was given."""
+
+    __tablename__ = "monitor_outcome"
+
+    seq: int | None = SQLField(default=None, primary_key=True)
+    event_id: str = SQLField(unique=True, max_length=256)
+    model: str = SQLField(index=True, max_length=128)
+    project: str = SQLField(default=DEFAULT_PROJECT, sa_column=_project_column())
+    version: str = SQLField(max_length=64)
+    variant: str = SQLField(default="", max_length=128)
+    kind: str = SQLField(max_length=16)
+    answered_s: float = SQLField(index=True)
+    answered_minute: int
+    rows: int
+    labelled_rows: int = 0
+    correct_rows: int = 0
+    valued_rows: int = 0
+    squared_error: float = 0.0
+    rewarded: int = 0
+    reward: float = 0.0
+
+
 class SloRecord(SQLModel, table=True):
     """A model's SLOs as set over REST; a model without a row uses the settings' defaults."""
 
@@ -50,6 +74,12 @@ class SloRecord(SQLModel, table=True):
     drift_psi: float
     drift_min_samples: int
     window_s: float
+    min_online_accuracy: float | None = None
+    max_accuracy_drop: float | None = None
+    max_online_rmse: float | None = None
+    # rows from before quality SLOs get the defaults of then from the database
+    quality_min_rows: int = SQLField(sa_column=Column(Integer, nullable=False, server_default="50"))
+    quality_window_s: float = SQLField(sa_column=Column(Float, nullable=False, server_default="3600"))
     updated_at: datetime = SQLField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
@@ -81,6 +111,30 @@ class Slo(BaseModel):
     drift_psi: float = Field(gt=0, description="largest per-feature PSI before a feature may count as drifted")
     drift_min_samples: int = Field(ge=10, description="samples a window needs before drift is judged")
     window_s: float = Field(gt=0, description="the window SLOs and drift are evaluated over, in seconds")
+    min_online_accuracy: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="online accuracy (from feedback labels) a version may not fall below; null: off",
+    )
+    max_accuracy_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="how far online accuracy may fall below the gate's test accuracy of the version (0.05: 5 points); "
+        "null: off",
+    )
+    max_online_rmse: float | None = Field(
+        default=None,
+        gt=0,
+        description="a regressor's online rmse (from feedback values) a version may not exceed; null: off",
+    )
+    quality_min_rows: int = Field(
+        default=50, ge=1, description="rows with feedback a version needs in the quality window before it is judged"
+    )
+    quality_window_s: float = Field(
+        default=3600.0, gt=0, description="the window online quality is judged over, in seconds (feedback comes late)"
+    )
 
 
 class SloUpdate(BaseModel):
@@ -93,6 +147,15 @@ class SloUpdate(BaseModel):
     drift_psi: float | None = Field(default=None, gt=0)
     drift_min_samples: int | None = Field(default=None, ge=10)
     window_s: float | None = Field(default=None, gt=0)
+    min_online_accuracy: float | None = Field(default=None, ge=0, le=1, description="null: off")
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1, description="null: off")
+    max_online_rmse: float | None = Field(default=None, gt=0, description="null: off")
+    quality_min_rows: int | None = Field(default=None, ge=1)
+    quality_window_s: float | None = Field(default=None, gt=0)
+
+
+# the SLOs a PUT may set to null (off); null for another field leaves it as it is
+NULLABLE_SLOS = frozenset({"min_online_accuracy", "max_accuracy_drop", "max_online_rmse"})
 
 
 class SloPublic(Slo):
@@ -129,7 +192,7 @@ class AlertPublic(BaseModel):
     model: str
     project: str = DEFAULT_PROJECT
     version: int | None
-    kind: Literal["slo", "drift"]
+    kind: Literal["slo", "drift", "quality"]
     reason: str
     evidence: dict[str, Any]
     opened_at: datetime

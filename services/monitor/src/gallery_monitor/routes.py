@@ -1,4 +1,4 @@
-"""REST API (`/api/v1`): models and their timeline, serving figures, drift, alerts, SLOs, canary.
+"""REST API (`/api/v1`): models and their timeline, serving figures, drift, online quality, alerts, SLOs, canary.
 
 Routes that touch the database are plain `def` (FastAPI runs them in its thread pool); those that
 read only the in-memory series are `async def`, on the event loop that writes the series.
@@ -21,7 +21,7 @@ from gallery_common.settings import Role
 from .core import Monitor
 from .records import AlertPublic, ModelOverview, SloPublic, SloUpdate, TimelineItem
 from .timeline import TimelineStore
-from .views import CanaryView, DriftView, FiguresView
+from .views import CanaryView, DriftView, FiguresView, QualityView
 
 router = APIRouter(prefix="/api/v1", tags=["monitor"])
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="the model's name")]
@@ -80,6 +80,19 @@ def drift(
 ) -> DriftView:
     _in_scope(monitor, scope, model)
     return monitor.drift(model, version, window_s)
+
+
+@router.get("/models/{model}/quality", summary="Online accuracy, rmse and reward per version, from feedback")
+def quality(
+    model: ModelName,
+    monitor: MonitorDep,
+    scope: ScopeDep,
+    window_s: Annotated[float | None, Query(gt=0, description="default: the model's quality window")] = None,
+) -> QualityView:
+    """Feedback on answers given in the window (`POST /v2/models/{model}/feedback` on the gateway), per
+    version, beside the gate's test figures, and a series of them."""
+    _in_scope(monitor, scope, model)
+    return monitor.online_quality(model, window_s or monitor.slos.get(model).quality_window_s)
 
 
 @router.get("/alerts", summary="Alert episodes, newest first")

@@ -45,6 +45,24 @@ class MonitorSettings(LeaderSettings):
     slo_drift_psi: float = Field(default=0.2, gt=0, description="Default largest feature PSI before drift.")
     slo_drift_min_samples: int = Field(default=200, ge=10, description="Samples a drift window needs.")
     slo_window_s: float = Field(default=60.0, gt=0, description="Default SLO and drift window.")
+    slo_min_online_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="Default floor of a version's online accuracy (feedback labels); off."
+    )
+    slo_max_accuracy_drop: float | None = Field(
+        default=None, ge=0, le=1, description="Default largest fall of online accuracy below the gate's; off."
+    )
+    slo_max_online_rmse: float | None = Field(
+        default=None, gt=0, description="Default ceiling of a regressor's online rmse (feedback values); off."
+    )
+    slo_quality_min_rows: int = Field(
+        default=50, ge=1, description="Rows with feedback a version needs in the quality window before it is judged."
+    )
+    slo_quality_window_s: float = Field(
+        default=3600.0, gt=0, description="Default window online quality is judged over."
+    )
+    outcome_retention_s: float = Field(
+        default=7 * 86400.0, gt=0, description="How long outcomes (feedback joined to answers) are kept for quality."
+    )
     slo_min_requests: int = Field(
         default=20, ge=1, description="Requests a version needs in the window before its p99 and error rate count."
     )
@@ -108,6 +126,14 @@ class MonitorSettings(LeaderSettings):
         retention = info.data.get("series_retention_s")
         if retention is not None and value > retention:
             raise ValueError(f"must not exceed GALLERY_SERIES_RETENTION_S ({retention:g})")
+        return value
+
+    @field_validator("outcome_retention_s")
+    @classmethod
+    def _quality_window_fits_retention(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("slo_quality_window_s")
+        if window is not None and window > value:
+            raise ValueError(f"must be at least GALLERY_SLO_QUALITY_WINDOW_S ({window:g})")
         return value
 
     @property

@@ -11,10 +11,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from gallery_common.db import as_utc
+from gallery_common.db import as_utc, insert_once
 from gallery_common.errors import NotFound
 from gallery_common.events import CloudEvent
 from gallery_common.projects import DEFAULT_PROJECT
@@ -135,15 +134,7 @@ class TimelineStore:
             summary=summarize(event.event, data),
             data=data,
         )
-        with Session(self.engine) as session:
-            if session.exec(select(LifecycleEvent.seq).where(LifecycleEvent.event_id == event.id)).first():
-                return False
-            session.add(row)
-            try:
-                session.commit()
-            except IntegrityError:  # the same event stored by another instance a moment ago
-                return False
-        return True
+        return insert_once(self.engine, row, LifecycleEvent.event_id, event.id)
 
     def _events(self, model: str) -> list[LifecycleEvent]:
         with Session(self.engine) as session:
@@ -200,6 +191,17 @@ class TimelineStore:
         )
         with Session(self.engine) as session:
             return session.exec(query).first() or DEFAULT_PROJECT
+
+    def gate_reports(self, model: str) -> dict[int, dict[str, Any]]:
+        """Each version's latest gate report, from its `model.validated` (what online quality is held to)."""
+        query = (
+            select(LifecycleEvent.version, LifecycleEvent.data)
+            .where(LifecycleEvent.model == model, LifecycleEvent.event == "validated")
+            .order_by(col(LifecycleEvent.time), col(LifecycleEvent.seq))
+        )
+        with Session(self.engine) as session:
+            rows = list(session.exec(query))
+        return {version: dict(data.get("report") or {}) for version, data in rows if version is not None}
 
     def overview(self, model: str) -> ModelOverview:
         return overview(model, self._events(model)).model_copy(update={"project": self.project_of(model)})

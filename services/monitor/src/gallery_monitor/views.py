@@ -60,3 +60,39 @@ class DriftView(BaseModel):
         description="a text model's figures beside its rows (text length, characters, tokens): the share of tokens "
         "unseen in training, the moved tokens, empty, non-UTF-8 and cut-short texts, warnings; null for numeric inputs",
     )
+
+
+class QualityFigures(BaseModel):
+    """One version's online quality over the window, from the feedback on its answers, beside the gate's."""
+
+    version: str
+    outcomes: int = Field(description="answers with feedback")
+    labelled_rows: int = Field(description="rows with a true class")
+    accuracy: float | None = Field(description="share of labelled rows whose top class was right; null without labels")
+    gate_accuracy: float | None = Field(description="the gate's test accuracy of the version; null when not known")
+    valued_rows: int = Field(description="a regressor's rows with a true value")
+    rmse: float | None = Field(description="root mean squared error of the valued rows; null without values")
+    gate_rmse: float | None = Field(description="the gate's test rmse of the version; null when not known")
+    rewarded: int = Field(description="answers with a reward")
+    mean_reward: float | None
+
+
+class QualityPoint(BaseModel):
+    """One version's outcomes of answers given in one bucket (`t`: its start, ISO 8601 UTC)."""
+
+    t: str
+    version: str
+    labelled_rows: int
+    accuracy: float | None
+    valued_rows: int
+    rmse: float | None
+    rewarded: int
+    mean_reward: float | None
+
+
+class QualityView(BaseModel):
+    model: str
+    window_s: float
+    bucket_s: float = Field(description="the width of a series point")
+    versions: list[QualityFigures] = Field(description="each version with feedback on answers given in the window")
+    series: list[QualityPoint] = Field(description="per bucket and version, oldest first")

@@ -6,6 +6,7 @@ import { clock, toggle, traceHue } from "./dom.js";
 import {
   renderAlerts, renderCharts, renderDrift, renderFigures, renderModels, renderOverview, renderSectionError, renderTimeline,
 } from "./render.js";
+import { renderQuality } from "./quality.js";
 
 const REFRESH_MS = 3000;
 const REQUEST_TIMEOUT_MS = 8000;
@@ -18,6 +19,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   selected: null,
   windowS: Number($("window").value),
+  qualityWindowS: Number($("quality-window").value),
   token: sessionStorage.getItem(TOKEN_KEY),
   showAllFeatures: false,
   generation: 0,
@@ -121,15 +123,16 @@ function askForToken(message) {
 /** Fetch the selected model's sections together and draw each from its own answer. */
 async function refreshModel(model, generation) {
   const name = encodeURIComponent(model.model);
-  const [timeline, figures, drift, alerts, slo] = await Promise.allSettled([
+  const [timeline, figures, drift, alerts, slo, quality] = await Promise.allSettled([
     api(`${API}/models/${name}/timeline`),
     api(`${API}/models/${name}/figures?window_s=${state.windowS}`),
     api(`${API}/models/${name}/drift`),
     api(`${API}/alerts?model=${name}`),
     api(`${API}/slos/${name}`),
+    api(`${API}/models/${name}/quality?window_s=${state.qualityWindowS}`),
   ]);
   if (generation !== state.generation) return;
-  const denied = [timeline, figures, drift, alerts, slo].find((r) => r.status === "rejected" && [401, 403].includes(r.reason.status));
+  const denied = [timeline, figures, drift, alerts, slo, quality].find((r) => r.status === "rejected" && [401, 403].includes(r.reason.status));
   if (denied) throw denied.reason;
 
   const sloValue = slo.status === "fulfilled" ? slo.value : null;
@@ -143,6 +146,8 @@ async function refreshModel(model, generation) {
   } else {
     renderSectionError("figures-empty", ["figures", "cache", "charts", "legend"], figures.reason.message);
   }
+  if (quality.status === "fulfilled") renderQuality(quality.value, sloValue, colorOf);
+  else renderSectionError("quality-empty", ["quality-table", "chart-accuracy", "chart-rmse"], quality.reason.message);
   if (drift.status === "fulfilled") {
     const drawDrift = () => renderDrift(drift.value, sloValue, state.showAllFeatures, () => {
       state.showAllFeatures = !state.showAllFeatures;
@@ -202,6 +207,10 @@ $("auth").addEventListener("submit", (event) => {
 });
 $("window").addEventListener("change", () => {
   state.windowS = Number($("window").value);
+  refresh();
+});
+$("quality-window").addEventListener("change", () => {
+  state.qualityWindowS = Number($("quality-window").value);
   refresh();
 });
 function followAddress() {

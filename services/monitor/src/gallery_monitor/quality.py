@@ -1,0 +1,199 @@
+"""Online quality: the gateway's `model.outcome` events (feedback joined to the version that answered) kept
+per answer, and each version's online accuracy, rmse and mean reward over a window, beside the gate's.
+
+An outcome counts at the moment its answer was given (`answered_at`), so a label that arrives an hour
+late still describes the answers of an hour ago. One row per outcome, stored once per event id, so a
+redelivered event changes nothing; rows older than the retention are forgotten.
+
+Blocking SQL: call from worker threads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC
+
+from sqlalchemy import delete, func
+from sqlalchemy import select as select_rows
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from gallery_common.db import insert_once
+from gallery_common.events import CloudEvent, ModelOutcome
+
+from .records import OutcomeRecord, Slo
+
+CHART_POINTS = 30  # buckets a window's series is cut into, at least a minute each
+
+
+def outcome_row(event: CloudEvent[ModelOutcome]) -> OutcomeRecord:
+    """The row one outcome is kept as: counts that add up over any window."""
+    data = event.data
+    answered = data.answered_at if data.answered_at.tzinfo else data.answered_at.replace(tzinfo=UTC)
+    epoch = answered.timestamp()
+    return OutcomeRecord(
+        event_id=event.id,
+        model=data.model,
+        project=data.project,
+        version=data.version,
+        variant=data.variant,
+        kind=data.kind,
+        answered_s=epoch,
+        answered_minute=int(epoch // 60),
+        rows=data.rows,
+        labelled_rows=data.rows if data.kind == "label" else 0,
+        correct_rows=data.correct_rows or 0,
+        valued_rows=data.rows if data.kind == "value" else 0,
+        squared_error=math.fsum(data.squared_error or ()),
+        rewarded=1 if data.kind == "reward" else 0,
+        reward=data.reward or 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Sums of outcomes: enough for accuracy, rmse and mean reward of any set of them."""
+
+    outcomes: int = 0
+    labelled_rows: int = 0
+    correct_rows: int = 0
+    valued_rows: int = 0
+    squared_error: float = 0.0
+    rewarded: int = 0
+    reward: float = 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return round(self.correct_rows / self.labelled_rows, 6) if self.labelled_rows else None
+
+    @property
+    def rmse(self) -> float | None:
+        return round(math.sqrt(self.squared_error / self.valued_rows), 6) if self.valued_rows else None
+
+    @property
+    def mean_reward(self) -> float | None:
+        return round(self.reward / self.rewarded, 6) if self.rewarded else None
+
+
+_SUMS = (
+    func.count(),
+    func.sum(OutcomeRecord.labelled_rows),
+    func.sum(OutcomeRecord.correct_rows),
+    func.sum(OutcomeRecord.valued_rows),
+    func.sum(OutcomeRecord.squared_error),
+    func.sum(OutcomeRecord.rewarded),
+    func.sum(OutcomeRecord.reward),
+)
+
+
+def _tally(sums: tuple[object, ...]) -> Tally:
+    count, labelled, correct, valued, squared, rewarded, reward = sums
+    return Tally(
+        outcomes=int(count or 0),  # type: ignore[call-overload]
+        labelled_rows=int(labelled or 0),  # type: ignore[call-overload]
+        correct_rows=int(correct or 0),  # type: ignore[call-overload]
+        valued_rows=int(valued or 0),  # type: ignore[call-overload]
+        squared_error=float(squared or 0.0),  # type: ignore[arg-type]
+        rewarded=int(rewarded or 0),  # type: ignore[call-overload]
+        reward=float(reward or 0.0),  # type: ignore[arg-type]
+    )
+
+
+def bucket_minutes(window_s: float) -> int:
+    """Whole minutes per chart point, so a window gives at most `CHART_POINTS` of them."""
+    return max(1, math.ceil(window_s / 60 / CHART_POINTS))
+
+
+class QualityStore:
+    """Outcomes per answer in the database, and their sums per version and time bucket."""
+
+    def __init__(self, engine: Engine, retention_s: float) -> None:
+        self.engine = engine
+        self.retention_s = retention_s
+
+    def record(self, event: CloudEvent[ModelOutcome]) -> bool:
+        """Keep one outcome; False when its event id is kept already."""
+        row = outcome_row(event)
+        return insert_once(self.engine, row, OutcomeRecord.event_id, row.event_id)
+
+    def knows(self, model: str) -> bool:
+        with Session(self.engine) as session:
+            return session.exec(select(OutcomeRecord.seq).where(OutcomeRecord.model == model)).first() is not None
+
+    def models(self, since_s: float) -> list[str]:
+        """Models with an outcome answered since `since_s` (epoch seconds)."""
+        query = select(OutcomeRecord.model).where(OutcomeRecord.answered_s >= since_s).distinct()
+        with Session(self.engine) as session:
+            return sorted(session.exec(query))
+
+    def by_version(self, model: str, since_s: float) -> dict[str, Tally]:
+        """Each version's outcomes answered since `since_s`."""
+        query = (
+            select_rows(OutcomeRecord.version, *_SUMS)  # type: ignore[call-overload]
+            .where(OutcomeRecord.model == model, OutcomeRecord.answered_s >= since_s)
+            .group_by(OutcomeRecord.version)
+        )
+        with Session(self.engine) as session:
+            return {row[0]: _tally(tuple(row[1:])) for row in session.execute(query)}
+
+    def buckets(self, model: str, since_s: float, minutes: int) -> list[tuple[float, str, Tally]]:
+        """(bucket start in epoch seconds, version, its outcomes) per bucket of `minutes`, oldest first."""
+        first = int(since_s // 60)
+        bucket = (OutcomeRecord.answered_minute - first) // minutes
+        query = (
+            select_rows(bucket, OutcomeRecord.version, *_SUMS)  # type: ignore[call-overload]
+            .where(OutcomeRecord.model == model, OutcomeRecord.answered_minute >= first)
+            .group_by(bucket, OutcomeRecord.version)
+            .order_by(bucket, OutcomeRecord.version)
+        )
+        with Session(self.engine) as session:
+            rows = list(session.execute(query))
+        return [((first + int(row[0]) * minutes) * 60.0, row[1], _tally(tuple(row[2:]))) for row in rows]
+
+    def forget_before(self, cutoff_s: float) -> int:
+        """Drop outcomes answered before `cutoff_s`; returns how many."""
+        with Session(self.engine) as session:
+            result = session.exec(delete(OutcomeRecord).where(col(OutcomeRecord.answered_s) < cutoff_s))  # type: ignore[call-overload]
+            session.commit()
+            return int(result.rowcount or 0)
+
+
+def judge_quality(
+    tally: Tally, slo: Slo, gate_accuracy: float | None
+) -> tuple[bool, str, dict[str, float | int | None]]:
+    """(breached, reason, evidence) of one version's outcomes over the quality window.
+
+    Judged only with `slo.quality_min_rows` labelled (or valued) rows: a handful of labels says little.
+    """
+    evidence: dict[str, float | int | None] = {
+        "outcomes": tally.outcomes,
+        "labelled_rows": tally.labelled_rows,
+        "online_accuracy": tally.accuracy,
+        "gate_accuracy": gate_accuracy,
+        "valued_rows": tally.valued_rows,
+        "online_rmse": tally.rmse,
+        "slo_min_online_accuracy": slo.min_online_accuracy,
+        "slo_max_accuracy_drop": slo.max_accuracy_drop,
+        "slo_max_online_rmse": slo.max_online_rmse,
+        "window_s": slo.quality_window_s,
+    }
+    breaches: list[str] = []
+    accuracy, rmse = tally.accuracy, tally.rmse
+    if accuracy is not None and tally.labelled_rows >= slo.quality_min_rows:
+        if slo.min_online_accuracy is not None and accuracy < slo.min_online_accuracy:
+            breaches.append(f"online accuracy {accuracy:.1%} < SLO {slo.min_online_accuracy:.1%}")
+        if slo.max_accuracy_drop is not None and gate_accuracy is not None:
+            floor = gate_accuracy - slo.max_accuracy_drop
+            if accuracy < floor:
+                breaches.append(
+                    f"online accuracy {accuracy:.1%} is {(gate_accuracy - accuracy) * 100:.1f} points below the "
+                    f"gate's {gate_accuracy:.1%} (SLO: at most {slo.max_accuracy_drop * 100:g})"
+                )
+    rmse_judged = rmse is not None and tally.valued_rows >= slo.quality_min_rows
+    if rmse_judged and slo.max_online_rmse is not None and rmse is not None and rmse > slo.max_online_rmse:
+        breaches.append(f"online rmse {rmse:.4g} > SLO {slo.max_online_rmse:g}")
+    if not breaches:
+        return False, "", evidence
+    rows = tally.labelled_rows + tally.valued_rows
+    return True, f"{'; '.join(breaches)} over {slo.quality_window_s:g} s ({rows} rows with feedback)", evidence
