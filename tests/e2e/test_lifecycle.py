@@ -494,3 +494,82 @@ def test_a_regressor_fitted_elsewhere_is_imported_judged_on_r2_and_served(
     served_r2 = r2_score(fitted.y_test, np.concatenate(served))
     # the recommended variant may lose up to the optimizer's budget (1 point of r2) against FP32
     assert served_r2 >= expected_r2 - 0.01, (recommended, served_r2, expected_r2)
+
+
+def answer_with_ids(stack: LifecycleStack, x: np.ndarray, model: str) -> list[tuple[str, np.ndarray]]:
+    """The rows through the gateway, 30 per request: each answer's request id and its top classes."""
+    answers = []
+    for start in range(0, len(x), 30):
+        answer = infer(stack, x[start : start + 30], model)
+        output = answer["outputs"][0]
+        answers.append((answer["id"], np.asarray(output["data"]).reshape(output["shape"]).argmax(axis=1)))
+    return answers
+
+
+def give_labels(stack: LifecycleStack, model: str, answers: list[tuple[str, np.ndarray]], y: np.ndarray) -> None:
+    outcomes, start = [], 0
+    for request_id, classes in answers:
+        outcomes.append({"request_id": request_id, "label": y[start : start + len(classes)].tolist()})
+        start += len(classes)
+    given = httpx.post(
+        f"{stack.services['gateway'].url}/v2/models/{model}/feedback", json={"outcomes": outcomes}, timeout=30
+    )
+    assert given.status_code == 202, given.text
+
+
+@pytest.mark.slow
+def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_the_gate_is_degraded(
+    stack: LifecycleStack, tmp_path: Path
+) -> None:
+    """A model's deployment policy keeps its answers for feedback; labels joined by the gateway become the
+    monitor's online accuracy of the version, beside the gate's; labels that say it answers far worse than
+    the gate measured break its quality SLO: one model.degraded (quality) and the registry marks it."""
+    model = "digits-feedback"
+    fitted = fit_digits(seed=1)
+    model_file = tmp_path / "logreg.onnx"
+    model_file.write_bytes(skl2onnx_style(fitted))
+    train, test = fitted.write_splits(tmp_path)
+    assert import_model(stack, model_file, model, train, test).returncode == 0
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production", model), 120)
+    gate = version_of(stack, 1, model)["evaluation_report"]["accuracy"]
+
+    deployer, monitor = stack.services["deployer"].url, stack.services["monitor"].url
+    refused = httpx.post(f"{stack.services['gateway'].url}/v2/models/{model}/feedback", json={
+        "request_id": answer_with_ids(stack, fitted.x_test[:1], model)[0][0], "label": 0})  # fmt: skip
+    assert refused.status_code == 404, "answers are not kept unless the policy says so"
+    policy = httpx.put(f"{deployer}/api/v1/policies/{model}", json={"record_outcomes": True}, timeout=30)
+    assert policy.status_code == 200 and policy.json()["record_outcomes"] is True
+    slo = {"max_accuracy_drop": 0.1, "quality_min_rows": 100, "quality_window_s": 900}
+    assert httpx.put(f"{monitor}/api/v1/slos/{model}", json=slo, timeout=30).status_code == 200
+
+    # the true labels: online accuracy is what the answers earned, the gate's figure beside it
+    def kept_answers() -> list[tuple[str, np.ndarray]] | None:
+        """The test split answered once the route keeps answers: the first takes a reward, so it was kept."""
+        answers = answer_with_ids(stack, fitted.x_test, model)
+        first = {"request_id": answers[0][0], "reward": 0.0}
+        kept = httpx.post(f"{stack.services['gateway'].url}/v2/models/{model}/feedback", json=first, timeout=30)
+        return answers if kept.status_code == 202 else None
+
+    answers = wait_for("the route to keep answers", kept_answers, 30)
+    give_labels(stack, model, answers[1:], fitted.y_test[30:])
+    earned = float(np.mean(np.concatenate([classes for _, classes in answers[1:]]) == fitted.y_test[30:]))
+
+    def quality() -> dict[str, Any]:
+        return httpx.get(f"{monitor}/api/v1/models/{model}/quality", timeout=10).json()  # type: ignore[no-any-return]
+
+    labelled = len(fitted.y_test) - 30
+    wait_for(
+        "the monitor's online accuracy", lambda: (v := quality()["versions"]) and v[0]["labelled_rows"] == labelled, 60
+    )
+    [online] = quality()["versions"]
+    assert online["accuracy"] == pytest.approx(earned, abs=1e-6) and online["gate_accuracy"] == pytest.approx(gate)
+    assert online["rewarded"] == 1
+    assert not events_of(stack, "degraded", model=model, version=1)
+
+    # labels one class off on new answers: online accuracy falls far below the gate's
+    wrong = (fitted.y_test + 1) % 10
+    give_labels(stack, model, answer_with_ids(stack, fitted.x_test, model), wrong)
+    (degraded,) = wait_for("v1 degraded", lambda: events_of(stack, "degraded", model=model, version=1), 60)
+    assert degraded.data.kind == "quality" and "below the gate's" in degraded.data.reason
+    tags = wait_for("v1 marked", lambda: (t := version_of(stack, 1, model)["tags"]).get("needs_revalidation") and t, 30)
+    assert tags["degraded_kind"] == "quality"

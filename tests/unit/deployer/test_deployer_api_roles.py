@@ -20,6 +20,7 @@ from gallery_common.contracts.registry import VersionStatus
 from gallery_common.errors import NotFound
 from gallery_common.events import ArtifactRef
 from gallery_deployer.deployer import api
+from gallery_deployer.deployer.policy import DeploymentPolicy
 from gallery_deployer.deployer.records import DeploymentRecord, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
 
@@ -49,7 +50,7 @@ class Policies:
         self.saved[model] = policy
 
     def get(self, model: str) -> Any:
-        return self.saved[model]
+        return self.saved.get(model, DeploymentPolicy())
 
 
 @dataclass
@@ -92,6 +93,9 @@ class Controller:
     async def deploy(self, model: str, version: int, artifact: Any, **_: Any) -> DeploymentRecord:
         self.calls.append(f"deploy {model}:{version}")
         return self.record(model, version)
+
+    async def reroute(self, model: str) -> None:
+        self.calls.append(f"reroute {model}")
 
     async def promote(self, model: str, reason: str) -> DeploymentRecord:
         self.calls.append(f"promote {model}")
@@ -139,6 +143,7 @@ ADMIN_OPERATIONS = [
     ("PUT", "/api/v1/deployments/m/weights", {"canary_percent": 50}, "weights m 50"),
     ("POST", "/api/v1/deployments/m/versions/1/scale", {"replicas": 0}, "scale m:1 0"),
     ("PUT", "/api/v1/policies/m", {"replicas": 3}, None),
+    ("PUT", "/api/v1/policies/m", {"replicas": 3, "record_outcomes": True}, "reroute m"),  # the route changes now
 ]
 
 
@@ -154,7 +159,7 @@ def test_what_changes_what_serves_needs_an_admin_token(
     done = client.request(method, path, json=body, headers=bearer(ADMIN))
     assert done.is_success, done.text
     assert controller.calls == ([call] if call else [])
-    if call is None:
+    if path == "/api/v1/policies/m":
         assert controller.policies.saved["m"].replicas == 3
 
 

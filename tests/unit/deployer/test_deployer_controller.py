@@ -270,6 +270,24 @@ async def test_a_models_policy_sets_the_canary_share_replicas_and_gpu(controller
     assert (spec.replicas, spec.gpu, spec.gpu_memory_mb) == (2, True, 2000)
 
 
+async def test_recording_outcomes_is_a_policy_the_route_takes_at_once_and_keeps(controller: Controller) -> None:
+    from gallery_deployer.deployer.policy import DeploymentPolicy
+
+    await controller.deploy("m", 1, artifact(1))
+    routes = controller.routes.routes  # type: ignore[attr-defined]
+    assert not routes["m"].policy.record_outcomes  # answers are kept for feedback only when asked
+
+    controller.policies.put("m", DeploymentPolicy(record_outcomes=True))
+    await controller.reroute("m")
+    assert routes["m"].policy.record_outcomes
+    await controller.deploy("m", 2, artifact(2))  # a new version's route keeps recording
+    assert routes["m"].policy.record_outcomes and len(routes["m"].backends) == 2
+
+    controller.policies.put("other", DeploymentPolicy(record_outcomes=True))
+    await controller.reroute("other")  # nothing serves it: no route is written
+    assert "other" not in routes
+
+
 async def test_a_rollback_cut_short_after_traffic_moved_is_finished_by_the_redelivery(controller: Controller) -> None:
     from gallery_common.errors import Unavailable
 

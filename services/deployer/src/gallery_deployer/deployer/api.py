@@ -380,7 +380,7 @@ async def get_policy(
     return policy.resolved(controller.settings)
 
 
-@router.put("/policies/{model}", summary="Set how a model's next versions are deployed", dependencies=ADMIN)
+@router.put("/policies/{model}", summary="Set how a model's next versions are deployed", dependencies=ADMIN_LEADER)
 async def put_policy(
     model: str,
     policy: DeploymentPolicy,
@@ -389,9 +389,9 @@ async def put_policy(
     directory: DirectoryDep,
     audit: AuditDep,
 ) -> DeploymentPolicy:
-    """Applies to versions deployed from now on: canary share, replicas, resources, GPU, batching.
-    Needs admin in the model's project (its deployments', else the registry's; `default` for a model
-    not registered yet)."""
+    """Applies to versions deployed from now on: canary share, replicas, resources, GPU, batching; and at
+    once to the route of a serving model: `record_outcomes`. Needs admin in the model's project (its
+    deployments', else the registry's; `default` for a model not registered yet)."""
     check_model_name(model)
     project = await anyio.to_thread.run_sync(controller.store.project_of, model) or await _registered_project(
         controller, model
@@ -399,9 +399,11 @@ async def put_policy(
     if role_in(caller, project, directory) is None:
         raise NotFound(f"model {model!r} not found")
     authorize_in(caller, project, Role.admin, directory)
-    before = await anyio.to_thread.run_sync(controller.policies.get, model) if audit is not None else None
+    before = await anyio.to_thread.run_sync(controller.policies.get, model)
     await anyio.to_thread.run_sync(controller.policies.put, model, policy)
-    if audit is None or before is None:
+    if before.record_outcomes != policy.record_outcomes:
+        await controller.reroute(model)
+    if audit is None:
         return policy.resolved(controller.settings)
     with acting_as(caller.name):
         await audit.record(

@@ -748,7 +748,8 @@ class Controller:
             grpc_endpoints.update(status.grpc_endpoints)
             asleep = asleep and status.state is RuntimeState.scaled_to_zero
         wake_url = f"{self.settings.resolved_public_url}/api/v1/deployments/{model}/wake"
-        policy = RoutePolicy(asleep=asleep, wake_url=wake_url)
+        recorded = (await self._db(self.policies.get, model)).record_outcomes
+        policy = RoutePolicy(asleep=asleep, wake_url=wake_url, record_outcomes=recorded)
         project = serving[0].project if serving else DEFAULT_PROJECT
         route = (
             ModelRoute(project=project, backends=[], policy=policy)
@@ -765,6 +766,12 @@ class Controller:
         else:
             await self.routes.put(model, route)
         return route
+
+    async def reroute(self, model: str) -> None:
+        """Write the route of a model that serves again, after its policy changed what the route says."""
+        async with self.lock(model):
+            if await self._db(self.store.for_model, model, SERVING):
+                await self.sync_routes(model)
 
     async def _move_alias(self, model: str, version: int, reason: str) -> None:
         if self.registry is None:

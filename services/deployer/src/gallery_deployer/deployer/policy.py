@@ -1,4 +1,5 @@
-"""Each model's deployment policy: traffic for a canary, replicas, resources, GPU and batching.
+"""Each model's deployment policy: traffic for a canary, replicas, resources, GPU, batching, and whether the
+gateway keeps answers for feedback.
 
 Fields left unset fall back to the deployer's settings, so a policy only says what differs.
 """
@@ -39,6 +40,11 @@ class DeploymentPolicy(BaseModel):
     )
     openvino_device_type: OpenVinoDevice = Field(default="CPU", description="where OpenVINO runs: CPU, GPU or NPU")
     tensorrt_fp16: bool = Field(default=True, description="TensorRT may build FP16 kernels")
+    record_outcomes: bool = Field(
+        default=False,
+        description="the gateway keeps every answer for feedback (POST /v2/models/{model}/feedback), which the "
+        "monitor turns into online quality; applies to the route at once; answers then never come from the cache",
+    )
 
     def provider_env(self) -> dict[str, str]:
         """The model server's GALLERY_* settings for the providers' options that differ from its defaults."""

@@ -83,7 +83,8 @@ export function renderQuality(quality, slo, colorOf) {
   put($("quality-slo"), sloBadges(slo));
   const { labelled, valued } = renderTable(quality, colorOf);
   toggle($("quality-empty"), quality.versions.length === 0,
-    `No feedback on answers of the last ${duration(quality.window_s)}. Send the true class of an answer with `
+    `No feedback on answers of the last ${duration(quality.window_s)}. Keep the model's answers for feedback `
+    + "(record_outcomes in its deployment policy), send the true class of an answer with "
     + "POST /v2/models/{model}/feedback or gallery feedback, and each version's online accuracy shows here.");
 
   const xMax = Date.now();
