@@ -159,7 +159,7 @@ status: install
 	$(BIN)/gallery status
 
 # serve_load.py, serve_grpc_load.py and serve_competitors.py are parts of serve.py, not benchmarks of their own
-BENCHES = bus registry routes catalogue heal train trainer_service federated optimize serve cold_start explain deploy experiments monitor monitor_text providers serve_providers text_models text_train identify sessions audit
+BENCHES = bus registry routes catalogue heal train trainer_service federated optimize serve cold_start explain deploy experiments monitor monitor_text monitor_quality providers serve_providers text_models text_train identify sessions audit
 
 bench: install chromium $(BIN)/nginx
 	@missed=""; for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || missed="$$missed $$b"; done; \

@@ -80,8 +80,22 @@ def wait_for_deployment(version: int, timeout: float = 180) -> dict:
     raise SystemExit(f"the deployer did not put {MODEL}:{version} in production within {timeout:.0f} s")
 
 
-def infer_through_gateway(version: dict) -> None:
-    """Send the version's held-out test split through the gateway, as clients would, and score the answers."""
+def keep_answers_for_feedback(timeout: float = 30) -> None:
+    """The model's deployment policy keeps its answers for feedback; wait until the gateway's route says so."""
+    print(f"$ curl -X PUT {DEPLOYER}/api/v1/policies/{MODEL} -d '{{\"record_outcomes\": true}}'", flush=True)
+    httpx.put(f"{DEPLOYER}/api/v1/policies/{MODEL}", json={"record_outcomes": True}, timeout=30).raise_for_status()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        route = httpx.get(f"{GATEWAY}/admin/routes/{MODEL}", timeout=10)
+        if route.status_code == 200 and route.json()["policy"]["record_outcomes"]:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"the gateway's route of {MODEL} did not start keeping answers within {timeout:.0f} s")
+
+
+def infer_through_gateway(version: dict) -> list[tuple[str, list[int]]]:
+    """Send the version's held-out test split through the gateway, as clients would, and score the answers;
+    returns each answer's request id with the true classes of its rows."""
     import io
 
     import numpy as np
@@ -89,7 +103,7 @@ def infer_through_gateway(version: dict) -> None:
     split = version["artifacts"]["test_split"]["uri"]
     with np.load(io.BytesIO(Path(split.removeprefix("file://")).read_bytes())) as data:
         x, y = data["x"], data["y"]
-    correct, latencies = 0, []
+    correct, latencies, truths = 0, [], []
     with httpx.Client(base_url=GATEWAY, timeout=30) as client:
         for start in range(0, len(x), 16):
             rows = x[start : start + 16]
@@ -102,11 +116,23 @@ def infer_through_gateway(version: dict) -> None:
             output = answer.json()["outputs"][0]
             logits = np.asarray(output["data"]).reshape(output["shape"])
             correct += int((logits.argmax(axis=1) == y[start : start + 16]).sum())
+            truths.append((answer.headers["x-gallery-request-id"], y[start : start + 16].tolist()))
     print(
         f"{len(latencies)} requests ({len(x)} test rows) through {GATEWAY}/v2/models/{MODEL}/infer: "
         f"accuracy {correct / len(x):.3f}, latency p50 {np.percentile(latencies, 50):.1f} ms, "
         f"p99 {np.percentile(latencies, 99):.1f} ms"
     )
+    return truths
+
+
+def give_feedback(truths: list[tuple[str, list[int]]]) -> None:
+    """The true classes of those answers: the first with the CLI, the rest in one batch."""
+    (first_id, first_labels), rest = truths[0], truths[1:]
+    gallery("feedback", MODEL, "--request-id", first_id, *[f"--label={label}" for label in first_labels])
+    batch = {"outcomes": [{"request_id": request_id, "label": labels} for request_id, labels in rest]}
+    httpx.post(f"{GATEWAY}/v2/models/{MODEL}/feedback", json=batch, timeout=30).raise_for_status()
+    rows = sum(len(labels) for _, labels in truths)
+    print(f"... and {len(rest)} more answers in one POST /v2/models/{MODEL}/feedback: {rows} rows labelled")
 
 
 def show_what_the_monitor_saw(version: dict, timeout: float = 30) -> None:
@@ -177,11 +203,17 @@ def main() -> None:
                 gallery("deployments")
                 banner("Real requests through the gateway (the Open Inference Protocol, as any v2 client sends)")
                 version = httpx.get(f"{REGISTRY}/api/v1/models/{MODEL}/versions/{judged['version']}").json()
-                infer_through_gateway(version)
+                keep_answers_for_feedback()
+                truths = infer_through_gateway(version)
+                banner("Feedback: the true class of each answer, joined by the gateway to the version that gave it")
+                give_feedback(truths)
                 banner("Why that answer: SHAP attributions per 2x2 patch of the digit, from the model server")
                 gallery("explain", MODEL, "--from-test", "3", "--top", "5")
                 if "monitor" in installed:
-                    banner("What the monitor saw: figures per version, drift against the training data, alerts")
+                    banner(
+                        "What the monitor saw: figures per version, online accuracy from the feedback beside the "
+                        "gate's, drift against the training data, alerts"
+                    )
                     show_what_the_monitor_saw(version)
 
         banner("A malformed event is dead-lettered with its reason; nothing crash-loops")

@@ -5,8 +5,9 @@
 
 Without --url it starts every service (as the browser tests do, in a temporary GALLERY_HOME), trains the
 digits model twice with different learning rates (and iris once), waits for the optimizer, writes the
-model cards, sends one model.trained for a project that does not exist (a dead letter) and saves one PNG
-per page to docs/screenshots/. Needs chromium and chromedriver (`make test` installs them).
+model cards, sends traffic with feedback on the answers (online quality), sends one model.trained for a
+project that does not exist (a dead letter) and saves one PNG per page to docs/screenshots/. Needs chromium
+and chromedriver (`make test` installs them).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gallery_stack import (  # noqa: E402
     MODEL,
     dead_letter_for_a_missing_project,
     gallery_stack,
+    labelled_traffic,
     train,
     train_digits_twice,
     wait_for_optimizer,
@@ -147,6 +149,8 @@ def main() -> None:
         httpx.put(f"{registry}/api/v1/models/{MODEL}/card", json=CARD, timeout=10).raise_for_status()
         httpx.put(f"{registry}/api/v1/models/iris-mlp/card", json=IRIS_CARD, timeout=10).raise_for_status()
         send_traffic(stack.services["gateway"].url)
+        production = httpx.get(f"{registry}/api/v1/models/{MODEL}/aliases/production", timeout=10).json()
+        labelled_traffic(stack, production)  # the Monitoring view's online accuracy beside the gate's
         dead_letter_for_a_missing_project(stack, "vision-research", f"{MODEL}-large")  # for the Dead letters page
         take(stack.services["gallery"].url, None, args.out, trained.runs)
 

@@ -24,13 +24,13 @@ def sqlite_monitor(
     clock: Callable[[], float],
     **options: Any,
 ) -> Monitor:
-    """A monitor on `database` (migrated to head) with the tests' SLO, training references from `load_split`,
-    a week of outcomes, and `options` for the rest (`text_psi_threshold`, ...)."""
+    """A monitor on `database` (migrated to head) with the tests' SLO (unless `default_slo` is given), training
+    references from `load_split`, a week of outcomes, and `options` for the rest (`text_psi_threshold`, ...)."""
     engine = make_engine(f"sqlite:///{database}")
     upgrade(engine)
+    options.setdefault("default_slo", SLO)
     return Monitor(
         engine,
-        default_slo=SLO,
         series=SeriesBook(900, 5),
         samples=SampleBook(5000),
         references=ReferenceCache(load_split, max_rows=10_000, retry_s=30),

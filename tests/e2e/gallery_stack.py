@@ -182,3 +182,33 @@ def dead_letter_for_a_missing_project(stack: LifecycleStack, project: str, model
         60,
     )
     return found[0]
+
+
+def labelled_traffic(stack: LifecycleStack, version: dict[str, Any], timeout: float = 30) -> int:
+    """MODEL keeps its answers for feedback (its deployment policy); the version's test split goes through the
+    gateway, 16 rows a request, and each answer gets its true classes. Returns the rows labelled."""
+    import io
+
+    import numpy as np
+
+    gateway = stack.services["gateway"].url
+    policy = {"record_outcomes": True}
+    httpx.put(f"{stack.services['deployer'].url}/api/v1/policies/{MODEL}", json=policy, timeout=30).raise_for_status()
+    wait_until(
+        "the route to keep answers",
+        lambda: httpx.get(f"{gateway}/admin/routes/{MODEL}", timeout=10).json()["policy"]["record_outcomes"],
+        timeout,
+    )
+    split = version["artifacts"]["test_split"]["uri"]
+    with np.load(io.BytesIO(Path(split.removeprefix("file://")).read_bytes())) as data:
+        x, y = data["x"], data["y"]
+    outcomes = []
+    for start in range(0, len(x), 16):
+        body = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [len(x[start : start + 16]), x.shape[1]],
+                            "data": x[start : start + 16].ravel().tolist()}]}  # fmt: skip
+        answer = httpx.post(f"{gateway}/v2/models/{MODEL}/infer", json=body, timeout=30)
+        answer.raise_for_status()
+        outcomes.append({"request_id": answer.headers["x-gallery-request-id"], "label": y[start : start + 16].tolist()})
+    given = httpx.post(f"{gateway}/v2/models/{MODEL}/feedback", json={"outcomes": outcomes}, timeout=30)
+    given.raise_for_status()
+    return len(y)

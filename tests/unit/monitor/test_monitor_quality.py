@@ -227,6 +227,21 @@ async def test_a_version_answering_worse_than_its_gate_is_degraded_once(monitor:
     assert monitor.alerts.recent("iris", open_only=True) == []
 
 
+async def test_a_default_quality_slo_judges_every_model_with_feedback_unless_its_own_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    strict = SLO.model_copy(update={"min_online_accuracy": 0.9})
+    monitor = sqlite_monitor(tmp_path / "monitor.db", no_reference, Clock(), default_slo=strict)
+    published = Published()
+    for model in ("iris", "wine"):
+        for i in range(60):
+            assert monitor.quality.record(labelled("1", f"{model}-{i}", NOW - 60, [i < 30], model=model))
+    await anyio.to_thread.run_sync(monitor.slos.update, "wine", SloUpdate.model_validate({"min_online_accuracy": None}))
+    await evaluate(monitor, published)
+    assert [event_id for _, event_id in published] == ["degraded:iris:1:quality:1"]
+    assert published[0][0].reason.startswith("online accuracy 50.0% < SLO 90.0%")
+
+
 async def test_old_outcomes_are_forgotten_after_the_retention(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
     upgrade(engine)

@@ -102,7 +102,7 @@ async def evaluate(monitor: Monitor, publish: Publish | None) -> list[AlertPubli
         if alert is not None:
             opened.append(alert)
 
-    opened += await _evaluate_quality(monitor, slo_of, now)
+    opened += await _evaluate_quality(monitor, stored, slo_of, now)
 
     monitor.samples.forget_before(now - monitor.series.retention_s)
     await anyio.to_thread.run_sync(monitor.quality.forget_before, now - monitor.quality.retention_s)
@@ -115,13 +115,20 @@ def _judges_quality(slo: Slo) -> bool:
     return any(limit is not None for limit in (slo.min_online_accuracy, slo.max_accuracy_drop, slo.max_online_rmse))
 
 
-async def _evaluate_quality(monitor: Monitor, slo_of: Callable[[str], Slo], now: float) -> list[AlertPublic]:
-    """Online quality of every version with feedback in its model's quality window. A version with too
-    little feedback, or whose model's quality SLO is off, counts as calm, so its open episode closes."""
+async def _evaluate_quality(
+    monitor: Monitor, stored: dict[str, Slo], slo_of: Callable[[str], Slo], now: float
+) -> list[AlertPublic]:
+    """Online quality of every version with feedback in its model's quality window, for the models whose
+    quality SLO judges anything. A version with too little feedback, or whose model's quality SLO was
+    switched off, counts as calm, so its open episode closes."""
     opened: list[AlertPublic] = []
     episodes = monitor.alerts.open_versions("quality")
-    recent = await anyio.to_thread.run_sync(monitor.quality.models, now - monitor.quality.retention_s)
-    for model in sorted(set(recent) | set(episodes)):
+    models = set(episodes) | {model for model, slo in stored.items() if _judges_quality(slo)}
+    defaults = monitor.slos.defaults
+    if _judges_quality(defaults):  # every model with recent feedback, unless its own SLO says otherwise
+        recent = await anyio.to_thread.run_sync(monitor.quality.models, now - defaults.quality_window_s)
+        models |= {model for model in recent if model not in stored}
+    for model in sorted(models):
         slo = slo_of(model)
         judged = _judges_quality(slo)
         tallies = await anyio.to_thread.run_sync(monitor.quality.by_version, model, now - slo.quality_window_s)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import JSON, Column, DateTime, Float, Integer
+from sqlalchemy import JSON, Column, DateTime, Float, Index, Integer
 from sqlmodel import AutoString, SQLModel
 from sqlmodel import Field as SQLField
 
@@ -44,10 +44,11 @@ class OutcomeRecord(SQLModel, table=True):
     unique, so a redelivery adds nothing. `answered_s` / `answered_minute`: when the answer was given."""
 
     __tablename__ = "monitor_outcome"
+    __table_args__ = (Index("ix_monitor_outcome_model_answered_s", "model", "answered_s"),)
 
     seq: int | None = SQLField(default=None, primary_key=True)
     event_id: str = SQLField(unique=True, max_length=256)
-    model: str = SQLField(index=True, max_length=128)
+    model: str = SQLField(max_length=128)
     project: str = SQLField(default=DEFAULT_PROJECT, sa_column=_project_column())
     version: str = SQLField(max_length=64)
     variant: str = SQLField(default="", max_length=128)

@@ -78,7 +78,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("event_id"),
     )
-    op.create_index("ix_monitor_outcome_model", "monitor_outcome", ["model"])
+    op.create_index("ix_monitor_outcome_model_answered_s", "monitor_outcome", ["model", "answered_s"])
     op.create_index("ix_monitor_outcome_project", "monitor_outcome", ["project"])
     op.create_index("ix_monitor_outcome_answered_s", "monitor_outcome", ["answered_s"])
     with op.batch_alter_table("monitor_slo") as batch:
@@ -105,5 +105,5 @@ def downgrade() -> None:
         batch.drop_column("min_online_accuracy")
     op.drop_index("ix_monitor_outcome_answered_s", table_name="monitor_outcome")
     op.drop_index("ix_monitor_outcome_project", table_name="monitor_outcome")
-    op.drop_index("ix_monitor_outcome_model", table_name="monitor_outcome")
+    op.drop_index("ix_monitor_outcome_model_answered_s", table_name="monitor_outcome")
     op.drop_table("monitor_outcome")
