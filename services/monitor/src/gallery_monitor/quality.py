@@ -143,7 +143,7 @@ class QualityStore:
         bucket = (OutcomeRecord.answered_minute - first) // minutes
         query = (
             select_rows(bucket, OutcomeRecord.version, *_SUMS)  # type: ignore[call-overload]
-            .where(OutcomeRecord.model == model, OutcomeRecord.answered_minute >= first)
+            .where(OutcomeRecord.model == model, OutcomeRecord.answered_s >= first * 60.0)  # the index's columns
             .group_by(bucket, OutcomeRecord.version)
             .order_by(bucket, OutcomeRecord.version)
         )
