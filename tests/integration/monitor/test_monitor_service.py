@@ -200,7 +200,7 @@ def test_a_model_server_over_its_p99_slo_gives_exactly_one_degraded(stack: Stack
     slo = httpx.put(f"{stack.monitor}/api/v1/slos/iris", json={"p99_ms": 0.001}).json()
     assert slo == {"model": "iris", "p99_ms": 0.001, "error_rate": 0.01, "drift_psi": 0.2,
                    "drift_min_samples": 100, "window_s": WINDOW_S, "min_online_accuracy": None,
-                   "max_accuracy_drop": None, "max_online_rmse": None, "quality_min_rows": 50,
+                   "max_accuracy_drop": None, "max_online_rmse": None, "max_rmse_ratio": None, "quality_min_rows": 50,
                    "quality_window_s": 3600.0}  # fmt: skip
     assert stack.get("/api/v1/slos/iris").json() == slo
 

@@ -196,6 +196,13 @@ def test_judge_quality_names_each_breach_and_waits_for_enough_rows() -> None:
         "online rmse 3 > SLO 2 "
     )
     assert judge_quality(Tally(outcomes=2, valued_rows=2, squared_error=2.0), rmse, None)[0] is False
+    ratio = SLO.model_copy(update={"max_rmse_ratio": 1.2, "quality_min_rows": 2})
+    worse = Tally(outcomes=2, valued_rows=2, squared_error=2 * 1.5**2)  # rmse 1.5 against the gate's 1.0
+    assert judge_quality(worse, ratio, None, gate_rmse=1.0)[1].startswith(
+        "online rmse 1.5 is 1.50 times the gate's 1 (SLO: at most 1.2)"
+    )
+    assert judge_quality(worse, ratio, None, gate_rmse=1.3)[0] is False
+    assert judge_quality(worse, ratio, None, gate_rmse=None)[0] is False  # no gate figure: nothing to hold it to
 
 
 async def test_a_version_answering_worse_than_its_gate_is_degraded_once(monitor: Monitor) -> None:

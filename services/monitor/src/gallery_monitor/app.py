@@ -58,6 +58,7 @@ def default_slo(settings: MonitorSettings) -> Slo:
         min_online_accuracy=settings.slo_min_online_accuracy,
         max_accuracy_drop=settings.slo_max_accuracy_drop,
         max_online_rmse=settings.slo_max_online_rmse,
+        max_rmse_ratio=settings.slo_max_rmse_ratio,
         quality_min_rows=settings.slo_quality_min_rows,
         quality_window_s=settings.slo_quality_window_s,
     )

@@ -112,7 +112,8 @@ async def evaluate(monitor: Monitor, publish: Publish | None) -> list[AlertPubli
 
 
 def _judges_quality(slo: Slo) -> bool:
-    return any(limit is not None for limit in (slo.min_online_accuracy, slo.max_accuracy_drop, slo.max_online_rmse))
+    limits = (slo.min_online_accuracy, slo.max_accuracy_drop, slo.max_online_rmse, slo.max_rmse_ratio)
+    return any(limit is not None for limit in limits)
 
 
 async def _evaluate_quality(
@@ -135,11 +136,14 @@ async def _evaluate_quality(
         for episode in episodes.get(model, set()):
             tallies.setdefault(str(episode), Tally())
         gate = await anyio.to_thread.run_sync(monitor.gate_figure, model, "accuracy") if judged else {}
+        gate_rmse = await anyio.to_thread.run_sync(monitor.gate_figure, model, "rmse") if judged else {}
         for label, tally in sorted(tallies.items()):
             version = registry_version(label)
             if version is None:
                 continue
-            breached, reason, evidence = judge_quality(tally, slo, gate.get(label)) if judged else (False, "", {})
+            breached, reason, evidence = (
+                judge_quality(tally, slo, gate.get(label), gate_rmse.get(label)) if judged else (False, "", {})
+            )
             observe = partial(
                 monitor.alerts.observe, model, version, "quality",
                 breached=breached, now=now, window_s=slo.quality_window_s, reason=reason, evidence=evidence,

@@ -160,7 +160,7 @@ class QualityStore:
 
 
 def judge_quality(
-    tally: Tally, slo: Slo, gate_accuracy: float | None
+    tally: Tally, slo: Slo, gate_accuracy: float | None, gate_rmse: float | None = None
 ) -> tuple[bool, str, dict[str, float | int | None]]:
     """(breached, reason, evidence) of one version's outcomes over the quality window.
 
@@ -173,9 +173,11 @@ def judge_quality(
         "gate_accuracy": gate_accuracy,
         "valued_rows": tally.valued_rows,
         "online_rmse": tally.rmse,
+        "gate_rmse": gate_rmse,
         "slo_min_online_accuracy": slo.min_online_accuracy,
         "slo_max_accuracy_drop": slo.max_accuracy_drop,
         "slo_max_online_rmse": slo.max_online_rmse,
+        "slo_max_rmse_ratio": slo.max_rmse_ratio,
         "window_s": slo.quality_window_s,
     }
     breaches: list[str] = []
@@ -190,9 +192,14 @@ def judge_quality(
                     f"online accuracy {accuracy:.1%} is {(gate_accuracy - accuracy) * 100:.1f} points below the "
                     f"gate's {gate_accuracy:.1%} (SLO: at most {slo.max_accuracy_drop * 100:g})"
                 )
-    rmse_judged = rmse is not None and tally.valued_rows >= slo.quality_min_rows
-    if rmse_judged and slo.max_online_rmse is not None and rmse is not None and rmse > slo.max_online_rmse:
-        breaches.append(f"online rmse {rmse:.4g} > SLO {slo.max_online_rmse:g}")
+    if rmse is not None and tally.valued_rows >= slo.quality_min_rows:
+        if slo.max_online_rmse is not None and rmse > slo.max_online_rmse:
+            breaches.append(f"online rmse {rmse:.4g} > SLO {slo.max_online_rmse:g}")
+        if slo.max_rmse_ratio is not None and gate_rmse and rmse > gate_rmse * slo.max_rmse_ratio:
+            breaches.append(
+                f"online rmse {rmse:.4g} is {rmse / gate_rmse:.2f} times the gate's {gate_rmse:.4g} "
+                f"(SLO: at most {slo.max_rmse_ratio:g})"
+            )
     if not breaches:
         return False, "", evidence
     rows = tally.labelled_rows + tally.valued_rows

@@ -78,6 +78,7 @@ class SloRecord(SQLModel, table=True):
     min_online_accuracy: float | None = None
     max_accuracy_drop: float | None = None
     max_online_rmse: float | None = None
+    max_rmse_ratio: float | None = None
     # rows from before quality SLOs get the defaults of then from the database
     quality_min_rows: int = SQLField(sa_column=Column(Integer, nullable=False, server_default="50"))
     quality_window_s: float = SQLField(sa_column=Column(Float, nullable=False, server_default="3600"))
@@ -130,6 +131,12 @@ class Slo(BaseModel):
         gt=0,
         description="a regressor's online rmse (from feedback values) a version may not exceed; null: off",
     )
+    max_rmse_ratio: float | None = Field(
+        default=None,
+        ge=1,
+        description="how many times the gate's test rmse of the version a regressor's online rmse may reach (1.2: "
+        "20 % worse); null: off",
+    )
     quality_min_rows: int = Field(
         default=50, ge=1, description="rows with feedback a version needs in the quality window before it is judged"
     )
@@ -151,12 +158,13 @@ class SloUpdate(BaseModel):
     min_online_accuracy: float | None = Field(default=None, ge=0, le=1, description="null: off")
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1, description="null: off")
     max_online_rmse: float | None = Field(default=None, gt=0, description="null: off")
+    max_rmse_ratio: float | None = Field(default=None, ge=1, description="null: off")
     quality_min_rows: int | None = Field(default=None, ge=1)
     quality_window_s: float | None = Field(default=None, gt=0)
 
 
 # the SLOs a PUT may set to null (off); null for another field leaves it as it is
-NULLABLE_SLOS = frozenset({"min_online_accuracy", "max_accuracy_drop", "max_online_rmse"})
+NULLABLE_SLOS = frozenset({"min_online_accuracy", "max_accuracy_drop", "max_online_rmse", "max_rmse_ratio"})
 
 
 class SloPublic(Slo):

@@ -54,6 +54,9 @@ class MonitorSettings(LeaderSettings):
     slo_max_online_rmse: float | None = Field(
         default=None, gt=0, description="Default ceiling of a regressor's online rmse (feedback values); off."
     )
+    slo_max_rmse_ratio: float | None = Field(
+        default=None, ge=1, description="Default largest ratio of online rmse to the gate's (1.2: 20 % worse); off."
+    )
     slo_quality_min_rows: int = Field(
         default=50, ge=1, description="Rows with feedback a version needs in the quality window before it is judged."
     )

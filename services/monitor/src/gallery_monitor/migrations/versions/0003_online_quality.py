@@ -22,6 +22,11 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+SLO_COLUMNS = (
+    "min_online_accuracy", "max_accuracy_drop", "max_online_rmse", "max_rmse_ratio", "quality_min_rows",
+    "quality_window_s",
+)  # fmt: skip
+
 EVENTS = sa.table(
     "monitor_event",
     sa.column("seq", sa.Integer),
@@ -85,6 +90,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("min_online_accuracy", sa.Float(), nullable=True))
         batch.add_column(sa.Column("max_accuracy_drop", sa.Float(), nullable=True))
         batch.add_column(sa.Column("max_online_rmse", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("max_rmse_ratio", sa.Float(), nullable=True))
         batch.add_column(sa.Column("quality_min_rows", sa.Integer(), nullable=False, server_default="50"))
         batch.add_column(sa.Column("quality_window_s", sa.Float(), nullable=False, server_default="3600"))
 
@@ -100,7 +106,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("monitor_slo") as batch:
-        for column in ("quality_window_s", "quality_min_rows", "max_online_rmse", "max_accuracy_drop"):
+        for column in (
+            "quality_window_s",
+            "quality_min_rows",
+            "max_rmse_ratio",
+            "max_online_rmse",
+            "max_accuracy_drop",
+        ):
             batch.drop_column(column)
         batch.drop_column("min_online_accuracy")
     op.drop_index("ix_monitor_outcome_answered_s", table_name="monitor_outcome")
