@@ -27,6 +27,7 @@ from gallery_stack import (
     TrainedModel,
     dead_letter_for_a_missing_project,
     gallery_stack,
+    labelled_traffic,
     register_federated_version,
     start_second_gallery,
     train,
@@ -158,6 +159,7 @@ def test_the_model_card_shows_the_gates_accuracy(browser: WebDriver, gallery: st
     assert css(browser, "#feature-importance")[0].get_attribute("data-top") == importance["groups"][0]["name"]
     assert len(css(browser, "#feature-importance .bars li")) == min(12, len(importance["groups"]))
     assert css(browser, "#federation") == [], "trained in one place: no federated panel"
+    assert "No feedback on" in text(browser, "#online-quality"), "no answer was labelled yet"
     assert css(browser, "#downloads #download-card")
     assert css(browser, '#downloads button[data-download="onnx"]')
     onnx = httpx.get(
@@ -193,6 +195,33 @@ def test_the_model_page_says_who_put_the_version_in_production_and_why(
     assert f"v{version} was put in production by {made['actor']}" in line
     assert (made["reason"] or "no reason given") in line
     assert len(css(browser, "#audit tbody tr")) == min(20, len(records))
+    assert page_errors(browser) == []
+
+
+def test_the_model_page_shows_online_accuracy_from_feedback_beside_the_gates(
+    browser: WebDriver, stack: LifecycleStack, gallery: str, trained: TrainedModel
+) -> None:
+    production = httpx.get(f"{gallery}/api/registry/api/v1/models/{MODEL}/aliases/production", timeout=10).json()
+    rows = labelled_traffic(stack, production)
+    quality = f"{gallery}/api/monitor/api/v1/models/{MODEL}/quality"
+
+    def labelled() -> dict[str, Any] | None:
+        """The production version's figures once every labelled row is in (a canary may have answered some)."""
+        versions = httpx.get(quality, timeout=10).json()["versions"]
+        if sum(v["labelled_rows"] for v in versions) < rows:
+            return None
+        return next((v for v in versions if v["version"] == str(production["version"])), None)
+
+    online = wait_until("the monitor's online accuracy of every labelled row", labelled, 60)
+    assert online["gate_accuracy"] == production["evaluation_report"]["accuracy"]
+    open_page(browser, f"{gallery}/models/{MODEL}", "model")
+    figure = '#online-quality [data-metric="online_accuracy"]'
+    shown = wait_for(browser, "the online accuracy", lambda d: text(d, figure))
+    assert f"{online['accuracy'] * 100:.2f} %" in shown and f"{online['labelled_rows']:,} rows" in shown
+    assert shown_accuracy(production) in text(browser, '#online-quality [data-metric="gate_accuracy"]')
+    delta = (online["accuracy"] - online["gate_accuracy"]) * 100  # as the page writes it: +1.2, 0.0, -3.4 pt
+    written = text(browser, '#online-quality [data-metric="accuracy_delta"]')
+    assert f"{'+' if delta > 0 else ''}{delta:.1f} pt" in written
     assert page_errors(browser) == []
 
 

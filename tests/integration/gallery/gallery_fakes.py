@@ -51,6 +51,7 @@ class Scene:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     searches: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per model, the monitor's versions
     seen: list[Seen] = field(default_factory=list)
 
     def requests_to(self, prefix: str) -> list[Seen]:
@@ -185,6 +186,18 @@ def deployer_router(scene: Scene) -> APIRouter:
     return router
 
 
+def monitor_router(scene: Scene) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+
+    @router.get("/models/{model}/quality")
+    async def quality(model: str, request: Request, window_s: float = 3600.0) -> dict[str, Any]:
+        await _record(scene, request)
+        versions = scene.quality.get(model, [])
+        return {"model": model, "window_s": window_s, "bucket_s": 120.0, "versions": versions, "series": []}
+
+    return router
+
+
 def service_app(name: str, routers: list[APIRouter], home: Path, tokens: str = TOKENS) -> FastAPI:
     settings = GallerySettings(home=home, service_name=name, api_tokens=tokens)  # type: ignore[arg-type]
     return create_app(settings, title=f"{name} (stand-in)", routers=routers, use_bus=False)
@@ -216,7 +229,7 @@ def gallery_stack(
         "registry": [registry_router(scene)],
         "trainer": [trainer_router(scene)],
         "deployer": [deployer_router(scene)],
-        "monitor": [],
+        "monitor": [monitor_router(scene)],
     }
     with ExitStack() as stack:
         urls: dict[str, str] = {}

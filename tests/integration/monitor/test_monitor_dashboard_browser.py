@@ -221,6 +221,8 @@ def test_online_quality_shows_each_versions_accuracy_beside_the_gate_and_follows
         limit = css(browser, "#chart-accuracy line.limit title")
         assert limit and limit[0].get_attribute("textContent") == "SLO 92 %", "the gate's 96.9 % less 5 points"
         assert not browser.find_element(By.ID, "chart-rmse").is_displayed()
+        alone, beside = (browser.find_element(By.ID, f"chart-{c}").size["width"] for c in ("accuracy", "rps"))
+        assert abs(alone - beside) <= 2, "a chart alone in its row is as wide as the live charts, not the row"
 
     settled(first)
     scene.sour_feedback()

@@ -119,4 +119,5 @@ export const trainer = (path) => `/api/trainer/api/v1${path}`;
 export const optimizer = (path) => `/api/optimizer/api/v1${path}`;
 export const deployer = (path) => `/api/deployer/api/v1${path}`;
 export const gateway = (path) => `/api/gateway${path}`;
+export const monitor = (path) => `/api/monitor/api/v1${path}`;
 export const gallery = (path) => `/api/gallery${path}`;

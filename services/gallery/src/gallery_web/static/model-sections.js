@@ -253,6 +253,44 @@ function perTargetBlock(report) {
   );
 }
 
+/** A figure box as the evaluation's: the value large, its name under it. */
+function figure(key, value, label) {
+  return h("div", { class: "figure", dataset: { metric: key } }, h("span", { class: "figure-value" }, value), h("span", { class: "figure-label" }, label));
+}
+
+/** How the version answers in service, from feedback on its answers (the monitor's online quality), beside
+ * the gate's figure; `quality` is null when the monitor has seen nothing of the model. */
+export function onlineQualitySection(name, version, quality) {
+  const title = h("div", { class: "title-row" }, h("h2", {}, "Online quality"),
+    h("a", { href: `/monitoring/${seg(name)}`, "data-reload": true }, "Monitoring →"));
+  const figures = quality?.versions.find((v) => v.version === String(version.version));
+  const window = quality ? `${Math.round(quality.window_s / 3600)} h` : "1 h";
+  if (!figures) {
+    return h("section", { class: "card", id: "online-quality" }, title, empty(
+      `No feedback on v${version.version}'s answers in the last ${window}. Keep the model's answers for feedback `
+      + "(record_outcomes in its deployment policy) and send their true classes to POST /v2/models/{model}/feedback "
+      + "or with gallery feedback."));
+  }
+  const boxes = [];
+  if (figures.labelled_rows) {
+    const drop = figures.gate_accuracy === null ? null : (figures.accuracy - figures.gate_accuracy) * 100;
+    boxes.push(
+      figure("online_accuracy", percent(figures.accuracy, 2), `online accuracy, ${figures.labelled_rows.toLocaleString("en-US")} rows`),
+      figure("gate_accuracy", percent(figures.gate_accuracy, 2), "the gate's accuracy"),
+      figure("accuracy_delta", drop === null ? "–" : `${drop > 0 ? "+" : ""}${drop.toFixed(1)} pt`, "online − gate"),
+    );
+  }
+  if (figures.valued_rows) {
+    boxes.push(
+      figure("online_rmse", num(figures.rmse), `online rmse, ${figures.valued_rows.toLocaleString("en-US")} rows`),
+      figure("gate_rmse", num(figures.gate_rmse), "the gate's rmse"),
+    );
+  }
+  if (figures.rewarded) boxes.push(figure("mean_reward", num(figures.mean_reward), `mean reward, ${figures.rewarded} answers`));
+  return h("section", { class: "card", id: "online-quality" }, title, h("div", { class: "figures" }, boxes),
+    h("p", { class: "note" }, `Feedback on ${figures.outcomes.toLocaleString("en-US")} answers given in the last ${window}.`));
+}
+
 export function deploymentsSection(deployments) {
   const title = h("h2", {}, "Deployments and traffic");
   if (!deployments.length) return h("section", { class: "card", id: "deployments" }, title, empty("Not deployed."));

@@ -1,9 +1,9 @@
 // The model page, its model card: the text people write (editable here, stored in the registry with its
 // history) above what the system knows: the gate's evaluation, a federated version's sites, data, verdicts,
-// optimization, deployments, alias history, versions and downloads. /models/{name} shows the production
+// optimization, deployments, online quality (feedback on its answers), alias history, versions and downloads. /models/{name} shows the production
 // version (else the latest).
 
-import { ApiError, api, deployer, maybe, optimizer, registry, trainer } from "./api.js";
+import { ApiError, api, deployer, maybe, monitor, optimizer, registry, trainer } from "./api.js";
 import { askForToken, errorCard, navigate } from "./app.js";
 import { ago, badge, h, metric, put, seg, statusBadge } from "./dom.js";
 import { markdownBlock } from "./markdown.js";
@@ -17,6 +17,7 @@ import {
   deploymentsSection,
   downloadsSection,
   evaluationSection,
+  onlineQualitySection,
   optimizerSection,
   verdictsSection,
   versionsSection,
@@ -208,13 +209,14 @@ export async function render(view, route) {
   const placeholder = h("div", { class: "sections" }, h("p", { class: "empty" }, "Loading the evaluation, deployments and history…"));
   view.append(placeholder);
 
-  const [run, jobs, deployments, history, experiments, audit] = await Promise.allSettled([
+  const [run, jobs, deployments, history, experiments, audit, quality] = await Promise.allSettled([
     version.run_id ? maybe(trainer(`/runs/${seg(version.run_id)}`)) : Promise.resolve(null),
     api(optimizer(`/optimize?model=${encodeURIComponent(name)}`)),
     maybe(deployer(`/deployments/${seg(name)}`)),
     maybe(registry(`/models/${seg(name)}/aliases/production/history`)),
     api(deployer(`/experiments?model=${encodeURIComponent(name)}`)),
     api(registry(`/audit?model=${encodeURIComponent(name)}&limit=200`)),
+    maybe(monitor(`/models/${seg(name)}/quality`)),
   ]);
   if (!route.isCurrent()) return;
   const job = value(jobs, []).find((j) => j.version === version.version && j.report) || value(jobs, []).find((j) => j.version === version.version) || null;
@@ -227,6 +229,7 @@ export async function render(view, route) {
     h("div", { class: "two-col" }, guarded(() => dataSection(version, value(run, null))), guarded(() => verdictsSection(versions))),
     failed(jobs) || guarded(() => optimizerSection(job)),
     failed(deployments) || guarded(() => deploymentsSection(value(deployments, []))),
+    failed(quality) || guarded(() => onlineQualitySection(name, version, value(quality, null))),
     failed(experiments) || guarded(() => experimentsSection(value(experiments, []))),
     h("div", { class: "two-col" }, guarded(() => versionsSection(model, versions, version.version)), failed(history) || guarded(() => aliasHistorySection(value(history, [])))),
     guarded(() => auditSection(value(audit, null), version.version)),
