@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from monitor_contract_standin import MODEL, MonitorScene, demo_scene, serve, standin_app
 from monitor_real_stack import publish_canary, publish_first_deployment, real_monitor, send_traffic
@@ -203,3 +204,34 @@ def test_once_against_the_real_monitor(tmp_path: Path, nats_server: EmbeddedNats
     v1 = row(shown.stdout, "v1")
     assert v1[:4] == ["v1", "fp32", "production", "100%"] and float(v1[4]) > 0
     assert "drift: no samples yet" in shown.stdout and "no open alerts" in shown.stdout
+
+
+def gallery_slo(monitor_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(GALLERY), "slo", *args], env=environment(monitor_url), capture_output=True, text=True, timeout=30
+    )
+
+
+def test_slo_shows_and_changes_a_models_slos_on_the_real_monitor(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    with real_monitor(tmp_path, nats_server.url) as (url, _):
+        shown = gallery_slo(url, MODEL)
+        assert shown.returncode == 0, shown.stderr
+        assert row(shown.stdout, "max_accuracy_drop")[:2] == ["max_accuracy_drop", "off"]
+        assert row(shown.stdout, "p99_ms")[:2] == ["p99_ms", "100"]
+
+        changed = gallery_slo(url, MODEL, "--max-accuracy-drop", "0.05", "--quality-min-rows", "20", "--p99-ms", "80")
+        assert changed.returncode == 0, changed.stderr
+        assert f"SLOs of {MODEL} (changed)" in changed.stdout
+        assert row(changed.stdout, "max_accuracy_drop")[1] == "0.05"
+        assert row(changed.stdout, "quality_min_rows")[1] == "20" and row(changed.stdout, "p99_ms")[1] == "80"
+        again = httpx.get(f"{url}/api/v1/slos/{MODEL}", timeout=10).json()
+        assert (again["max_accuracy_drop"], again["quality_min_rows"], again["error_rate"]) == (0.05, 20, 0.01)
+
+        switched = gallery_slo(url, MODEL, "--off", "max-accuracy-drop")
+        assert switched.returncode == 0 and row(switched.stdout, "max_accuracy_drop")[1] == "off"
+        assert row(switched.stdout, "quality_min_rows")[1] == "20", "what was not named keeps its value"
+
+        wrong = gallery_slo(url, MODEL, "--off", "p99-ms")
+        assert wrong.returncode == 2 and "--off takes one of min-online-accuracy" in wrong.stderr
+        refused = gallery_slo(url, MODEL, "--max-online-rmse", "0")
+        assert refused.returncode == 1 and "max_online_rmse" in refused.stderr

@@ -23,6 +23,7 @@ from . import (
     runs_cmd,
     service_client,
     site_cmd,
+    slo_cmd,
     stack_cmd,
     train_cmd,
     usage_cmd,
@@ -53,6 +54,7 @@ app.command()(deploy_cmd.rollback)
 app.command()(deploy_cmd.deployments)
 app.add_typer(experiment_cmd.app, name="experiment")
 app.command()(monitor_cmd.monitor)
+app.command()(slo_cmd.slo)
 app.command()(explain_cmd.explain)
 app.command()(feedback_cmd.feedback)
 app.command()(usage_cmd.usage)
