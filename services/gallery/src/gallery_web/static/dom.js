@@ -94,6 +94,13 @@ export function percent(share, digits) {
   return `${p.toFixed(digits ?? (p >= 10 || p === 0 ? 1 : 2))} %`;
 }
 
+/** A difference in points with its sign, one decimal: "+1.2", "0.0", "-3.4". */
+export function points(value) {
+  if (value === null) return "–";
+  const rounded = Math.round(value * 10) / 10;
+  return rounded === 0 ? "0.0" : `${rounded > 0 ? "+" : ""}${rounded.toFixed(1)}`;
+}
+
 /** A metric for people: accuracy-like shares in [0, 1] as percentages, everything else as a number. */
 export function metric(name, value) {
   if (typeof value !== "number") return value === undefined || value === null ? DASH : String(value);

@@ -3,7 +3,7 @@
 
 import { download, gallery, registry } from "./api.js";
 import { barList, reliabilityDiagram, scatterChart } from "./chart.js";
-import { ago, badge, bytes, empty, h, metric, ms, num, percent, seg, statusBadge, table, when } from "./dom.js";
+import { ago, badge, bytes, empty, h, metric, ms, num, percent, points, seg, statusBadge, table, when } from "./dom.js";
 
 const EVAL_METRICS = ["accuracy", "macro_f1", "loss", "ece", "rmse", "mae", "r2"];
 
@@ -277,7 +277,7 @@ export function onlineQualitySection(name, version, quality) {
     boxes.push(
       figure("online_accuracy", percent(figures.accuracy, 2), `online accuracy, ${figures.labelled_rows.toLocaleString("en-US")} rows`),
       figure("gate_accuracy", percent(figures.gate_accuracy, 2), "the gate's accuracy"),
-      figure("accuracy_delta", drop === null ? "–" : `${drop > 0 ? "+" : ""}${drop.toFixed(1)} pt`, "online − gate"),
+      figure("accuracy_delta", drop === null ? "–" : `${points(drop)} pt`, "online − gate"),
     );
   }
   if (figures.valued_rows) {

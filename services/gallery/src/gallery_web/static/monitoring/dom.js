@@ -2,9 +2,9 @@
 // Text from the API always goes in as text nodes, never as HTML: names and summaries are untrusted.
 
 // Elements are built by the Gallery's own helpers, so both views treat API text the same way.
-import { h, parseTime, put, svg } from "../dom.js";
+import { h, parseTime, points, put, svg } from "../dom.js";
 
-export { h, parseTime, put, svg };
+export { h, parseTime, points, put, svg };
 
 /** Show or hide an element (the `hidden` attribute) and set its text when given. */
 export function toggle(el, shown, text) {

@@ -2,7 +2,7 @@
 // the monitor) as a table beside the gate's test figures, and charts of online accuracy and rmse.
 
 import { lineChart } from "./chart.js";
-import { duration, h, num, parseTime, percent, put, toggle } from "./dom.js";
+import { duration, h, num, parseTime, percent, points, put, toggle } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const versionLabel = (v) => `v${v}`;
@@ -57,7 +57,7 @@ function renderTable(quality, colorOf) {
       ["labelled rows", true, (v) => rows(v.labelled_rows)],
       ["online accuracy", true, (v) => percent(v.accuracy), "accuracy"],
       ["gate accuracy", true, (v) => percent(v.gate_accuracy)],
-      ["Δ points", true, (v) => (drop(v) === null ? "–" : `${drop(v) > 0 ? "+" : ""}${num(drop(v), 1)}`), "drop"],
+      ["Δ points", true, (v) => points(drop(v)), "drop"],
     ] : []),
     ...(valued ? [
       ["valued rows", true, (v) => rows(v.valued_rows)],
@@ -71,7 +71,7 @@ function renderTable(quality, colorOf) {
   put(table.tBodies[0], versions.map((v) =>
     h("tr", { dataset: { version: v.version } },
       ...columns.map(([, numeric, cell, field]) => h("td", {
-        class: [numeric ? "num" : null, field === "drop" && drop(v) !== null && drop(v) < 0 ? "worse" : null].filter(Boolean).join(" ") || null,
+        class: [numeric ? "num" : null, field === "drop" && drop(v) !== null && drop(v) <= -0.05 ? "worse" : null].filter(Boolean).join(" ") || null,
         dataset: field ? { field } : {},
       }, cell(v))))));
   table.hidden = versions.length === 0;
