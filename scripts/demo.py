@@ -82,8 +82,7 @@ def wait_for_deployment(version: int, timeout: float = 180) -> dict:
 
 def keep_answers_for_feedback(timeout: float = 30) -> None:
     """The model's deployment policy keeps its answers for feedback; wait until the gateway's route says so."""
-    print(f"$ curl -X PUT {DEPLOYER}/api/v1/policies/{MODEL} -d '{{\"record_outcomes\": true}}'", flush=True)
-    httpx.put(f"{DEPLOYER}/api/v1/policies/{MODEL}", json={"record_outcomes": True}, timeout=30).raise_for_status()
+    gallery("policy", MODEL, "--record-outcomes")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         route = httpx.get(f"{GATEWAY}/admin/routes/{MODEL}", timeout=10)

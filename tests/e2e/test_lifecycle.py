@@ -537,8 +537,11 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     refused = httpx.post(f"{stack.services['gateway'].url}/v2/models/{model}/feedback", json={
         "request_id": answer_with_ids(stack, fitted.x_test[:1], model)[0][0], "label": 0})  # fmt: skip
     assert refused.status_code == 404, "answers are not kept unless the policy says so"
-    policy = httpx.put(f"{deployer}/api/v1/policies/{model}", json={"record_outcomes": True}, timeout=30)
-    assert policy.status_code == 200 and policy.json()["record_outcomes"] is True
+    keep = [str(GALLERY), "policy", model, "--record-outcomes"]
+    policy = subprocess.run(keep, env=stack.env(), capture_output=True, text=True, timeout=60)
+    assert policy.returncode == 0, policy.stdout + policy.stderr
+    assert f"deployment policy of {model} (changed)" in policy.stdout
+    assert httpx.get(f"{deployer}/api/v1/policies/{model}", timeout=30).json()["record_outcomes"] is True
     slo = {"max_accuracy_drop": 0.1, "quality_min_rows": 100, "quality_window_s": 900}
     assert httpx.put(f"{monitor}/api/v1/slos/{model}", json=slo, timeout=30).status_code == 200
 

@@ -144,6 +144,7 @@ ADMIN_OPERATIONS = [
     ("POST", "/api/v1/deployments/m/versions/1/scale", {"replicas": 0}, "scale m:1 0"),
     ("PUT", "/api/v1/policies/m", {"replicas": 3}, None),
     ("PUT", "/api/v1/policies/m", {"replicas": 3, "record_outcomes": True}, "reroute m"),  # the route changes now
+    ("PATCH", "/api/v1/policies/m", {"replicas": 3}, None),
 ]
 
 
@@ -161,6 +162,28 @@ def test_what_changes_what_serves_needs_an_admin_token(
     assert controller.calls == ([call] if call else [])
     if path == "/api/v1/policies/m":
         assert controller.policies.saved["m"].replicas == 3
+
+
+def test_a_policy_changes_field_by_field_and_a_bad_field_changes_nothing(
+    client: TestClient, controller: Controller
+) -> None:
+    admin = bearer(ADMIN)
+    put = client.put("/api/v1/policies/m", json={"replicas": 3, "canary_percent": 20}, headers=admin)
+    assert put.status_code == 200
+    patched = client.patch("/api/v1/policies/m", json={"record_outcomes": True}, headers=admin)
+    assert patched.status_code == 200, patched.text
+    assert (patched.json()["replicas"], patched.json()["canary_percent"], patched.json()["record_outcomes"]) == (
+        3, 20, True,
+    )  # fmt: skip
+    assert controller.calls == ["reroute m"], "keeping answers changes the serving route at once"
+    back = client.patch("/api/v1/policies/m", json={"replicas": None}, headers=admin)
+    assert back.status_code == 200 and controller.policies.saved["m"].replicas is None  # the settings' default
+    assert controller.policies.saved["m"].record_outcomes is True and controller.calls == ["reroute m"]
+
+    for bad, named in (({"colour": "red"}, "colour"), ({"replicas": 0}, "replicas"), ({"gpu": None}, "gpu")):
+        refused = client.patch("/api/v1/policies/m", json=bad, headers=admin)
+        assert refused.status_code == 422 and named in refused.json()["error"], refused.text
+    assert controller.policies.saved["m"].canary_percent == 20, "a refused change changes nothing"
 
 
 @pytest.mark.parametrize(("version", "status"), [(2, "rejected"), (3, "pending")])

@@ -6,6 +6,7 @@ from typing import NoReturn, TypeVar, overload
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from gallery_common.settings import GallerySettings, SettingsError, load_settings
 
@@ -17,6 +18,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print one plain message on stderr (no markup: it may hold paths or brackets) and exit."""
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def print_fields(title: str, rows: list[tuple[str, str, str]], changed: set[str]) -> None:
+    """A table of settings (name, value, meaning), the names in `changed` in bold and the title saying so."""
+    table = Table(title=title + (" (changed)" if changed else ""), title_justify="left")
+    for column in ("field", "value", "meaning"):
+        table.add_column(column)
+    for name, value, meaning in rows:
+        table.add_row(name, value, meaning, style="bold" if name in changed else "")
+    console.print(table)
 
 
 S = TypeVar("S", bound=GallerySettings)

@@ -7,9 +7,8 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.table import Table
 
-from .console import console, fail
+from .console import fail, print_fields
 from .service_client import MonitorClient
 
 # the quality thresholds `--off` switches off (null on the monitor), by their option's name
@@ -83,10 +82,5 @@ def slo(
     path = f"/api/v1/slos/{quote(model, safe='')}"
     with MonitorClient(timeout=10) as client:
         current = client.json("PUT", path, json=changes) if changes else client.json("GET", path)
-    table = Table(title=f"SLOs of {model}" + (" (changed)" if changes else ""), title_justify="left")
-    for column in ("SLO", "value", "meaning"):
-        table.add_column(column)
-    for name, meaning in SHOWN:
-        style = "bold" if name in changes else ""
-        table.add_row(name, _shown(current.get(name)), meaning, style=style)
-    console.print(table)
+    rows = [(name, _shown(current.get(name)), meaning) for name, meaning in SHOWN]
+    print_fields(f"SLOs of {model}", rows, set(changes))

@@ -9,11 +9,12 @@ follower answers it 503 naming the leader and its URL, and answers reads from th
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from gallery_common.audit import AuditAction
 from gallery_common.auth import Caller, requires
@@ -414,3 +415,22 @@ async def put_policy(
             after=policy.model_dump(mode="json", exclude_none=True),
         )
     return policy.resolved(controller.settings)
+
+
+@router.patch("/policies/{model}", summary="Change some fields of a deployment policy", dependencies=ADMIN_LEADER)
+async def patch_policy(
+    model: str,
+    change: Annotated[dict[str, Any], Body(examples=[{"record_outcomes": True}])],
+    controller: ControllerDep,
+    caller: CallerDep,
+    directory: DirectoryDep,
+    audit: AuditDep,
+) -> DeploymentPolicy:
+    """The fields given replace the stored ones (`null`: back to the settings' default), the others keep
+    their value; then as PUT. An unknown field or a bad value is 422 and changes nothing."""
+    current = await anyio.to_thread.run_sync(controller.policies.get, model)
+    try:
+        policy = DeploymentPolicy.model_validate({**current.model_dump(), **change})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    return await put_policy(model, policy, controller, caller, directory, audit)
