@@ -110,8 +110,11 @@ def figures_table(view: MonitorView) -> Table:
 
 
 def _points(online: float | None, gate: float | None) -> str:
-    """Online accuracy against the gate's, in points."""
-    return NONE if online is None or gate is None else f"{(online - gate) * 100:+.1f}"
+    """Online accuracy against the gate's, in points, as the web pages write it: "+1.2", "0.0", "-3.4"."""
+    if online is None or gate is None:
+        return NONE
+    rounded = round((online - gate) * 100, 1)
+    return "0.0" if rounded == 0 else f"{rounded:+.1f}"
 
 
 def quality_view(quality: dict[str, Any]) -> RenderableType:

@@ -17,7 +17,7 @@ import anyio
 
 from gallery_common.telemetry import counter, get_logger
 
-from .alerts import Publish, publish_pending
+from .alerts import Kind, Publish, publish_pending
 from .core import Monitor, registry_version
 from .quality import Tally, judge_quality
 from .records import AlertPublic, Slo
@@ -72,13 +72,7 @@ async def evaluate(monitor: Monitor, publish: Publish | None) -> list[AlertPubli
                 continue
             figures = monitor.series.version_figures(model, label, slo.window_s, now)
             breached, reason, evidence = judge_slo(figures, slo, monitor.min_requests)
-            observe = partial(
-                monitor.alerts.observe, model, version, "slo",
-                breached=breached, now=now, window_s=slo.window_s, reason=reason, evidence=evidence,
-            )  # fmt: skip
-            alert = await anyio.to_thread.run_sync(observe)
-            if alert is not None:
-                opened.append(alert)
+            await _observe(monitor, opened, model, version, "slo", breached, now, slo.window_s, reason, evidence)
 
     for model, label in sorted(monitor.samples.keys()):
         version = registry_version(label)
@@ -94,13 +88,9 @@ async def evaluate(monitor: Monitor, publish: Publish | None) -> list[AlertPubli
         reason = f"drift over {slo.window_s:g} s ({report.samples} samples): {shown}"
         if report.ranked_by:
             reason += f" (features ranked by {report.ranked_by})"
-        observe = partial(
-            monitor.alerts.observe, model, version, "drift",
-            breached=report.drifted, now=now, window_s=slo.window_s, reason=reason, evidence=report.evidence(rule),
-        )  # fmt: skip
-        alert = await anyio.to_thread.run_sync(observe)
-        if alert is not None:
-            opened.append(alert)
+        await _observe(
+            monitor, opened, model, version, "drift", report.drifted, now, slo.window_s, reason, report.evidence(rule)
+        )
 
     opened += await _evaluate_quality(monitor, stored, slo_of, now)
 
@@ -109,6 +99,29 @@ async def evaluate(monitor: Monitor, publish: Publish | None) -> list[AlertPubli
     if publish is not None:
         await publish_pending(monitor.alerts, publish)
     return opened
+
+
+async def _observe(
+    monitor: Monitor,
+    opened: list[AlertPublic],
+    model: str,
+    version: int,
+    kind: Kind,
+    breached: bool,
+    now: float,
+    window_s: float,
+    reason: str,
+    evidence: dict[str, Any],
+) -> None:
+    """One evaluation of one version into its alert episodes (blocking SQL in a worker thread); an episode it
+    opens is added to `opened`."""
+    observe = partial(
+        monitor.alerts.observe, model, version, kind,
+        breached=breached, now=now, window_s=window_s, reason=reason, evidence=evidence,
+    )  # fmt: skip
+    alert = await anyio.to_thread.run_sync(observe)
+    if alert is not None:
+        opened.append(alert)
 
 
 def _judges_quality(slo: Slo) -> bool:
@@ -144,13 +157,9 @@ async def _evaluate_quality(
             breached, reason, evidence = (
                 judge_quality(tally, slo, gate.get(label), gate_rmse.get(label)) if judged else (False, "", {})
             )
-            observe = partial(
-                monitor.alerts.observe, model, version, "quality",
-                breached=breached, now=now, window_s=slo.quality_window_s, reason=reason, evidence=evidence,
-            )  # fmt: skip
-            alert = await anyio.to_thread.run_sync(observe)
-            if alert is not None:
-                opened.append(alert)
+            await _observe(
+                monitor, opened, model, version, "quality", breached, now, slo.quality_window_s, reason, evidence
+            )
     return opened
 
 
