@@ -222,6 +222,11 @@ def test_the_model_page_shows_online_accuracy_from_feedback_beside_the_gates(
     delta = (online["accuracy"] - online["gate_accuracy"]) * 100
     written = text(browser, '#online-quality [data-metric="accuracy_delta"]').split(" pt")[0]  # "+1.2", "0.0", "-3.4"
     assert float(written) == pytest.approx(delta, abs=0.051) and (written == "0.0") == (abs(delta) < 0.05)
+    # which variant gave those answers (the optimizer's recommended one, once rolled in), one row each
+    shown_variants = [
+        tr.get_attribute("data-variant") for tr in css(browser, "#online-quality .variant-quality tbody tr")
+    ]
+    assert shown_variants == [v["variant"] for v in online["variants"]] and all(shown_variants)
     assert page_errors(browser) == []
 
 

@@ -530,8 +530,15 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     model_file.write_bytes(skl2onnx_style(fitted))
     train, test = fitted.write_splits(tmp_path)
     assert import_model(stack, model_file, model, train, test).returncode == 0
-    wait_for("v1 in production", lambda: deployed(stack, 1, "production", model), 120)
+    (optimized,) = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model=model, version=1), 300)
+    recommended = optimized.data.recommended
+    wait_for(
+        f"v1's {recommended} in production",
+        lambda: [e for e in deployed(stack, 1, "production", model) if e.data.variant == recommended],
+        120,
+    )
     gate = version_of(stack, 1, model)["evaluation_report"]["accuracy"]
+    measured = {v.name: v.metrics.get("accuracy") for v in optimized.data.variants}
 
     deployer, monitor = stack.services["deployer"].url, stack.services["monitor"].url
     refused = httpx.post(f"{stack.services['gateway'].url}/v2/models/{model}/feedback", json={
@@ -567,6 +574,14 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     [online] = quality()["versions"]
     assert online["accuracy"] == pytest.approx(earned, abs=1e-6) and online["gate_accuracy"] == pytest.approx(gate)
     assert online["rewarded"] == 1
+    # the answers were the recommended variant's: its row beside what the optimizer measured of it
+    [variant] = online["variants"]
+    assert (variant["variant"], variant["labelled_rows"], variant["accuracy"]) == (
+        recommended,
+        labelled,
+        online["accuracy"],
+    )
+    assert variant["test_accuracy"] == pytest.approx(measured[recommended])
     assert not events_of(stack, "degraded", model=model, version=1)
 
     # labels one class off on new answers: online accuracy falls far below the gate's

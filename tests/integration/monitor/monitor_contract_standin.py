@@ -39,6 +39,7 @@ from gallery_monitor.views import (
     QualityPoint,
     QualityView,
     SeriesPoint,
+    VariantQuality,
 )
 
 MODEL = "digits-mlp"
@@ -151,7 +152,9 @@ class MonitorScene:
         """Labels on v2's answers turn out worse than its gate promised, and the monitor opens a quality alert."""
         with self.lock:
             figures = self.quality[MODEL]
-            figures[:] = [f if f.version != "2" else _quality("2", 1240, 0.874, 0.969) for f in figures]
+            figures[:] = [
+                f if f.version != "2" else _quality("2", 1240, 0.874, 0.969, V2_SOUR_VARIANTS) for f in figures
+            ]
             self.alerts.insert(
                 0,
                 AlertPublic(
@@ -168,12 +171,27 @@ class MonitorScene:
             )
 
 
-def _quality(version: str, labelled: int, accuracy: float, gate: float) -> QualityFigures:
-    """A version's feedback over the last hour: one-row answers, each labelled."""
+def _quality(
+    version: str, labelled: int, accuracy: float, gate: float, variants: tuple[tuple[str, int, float, float], ...] = ()
+) -> QualityFigures:
+    """A version's feedback over the last hour: one-row answers, each labelled; `variants` (name, rows,
+    online accuracy, the optimizer's accuracy) say which variant gave them."""
     return QualityFigures(
         version=version, outcomes=labelled, labelled_rows=labelled, accuracy=accuracy, gate_accuracy=gate,
         valued_rows=0, rmse=None, gate_rmse=None, rewarded=0, mean_reward=None,
+        variants=[
+            VariantQuality(
+                variant=name, outcomes=rows, labelled_rows=rows, accuracy=online, test_accuracy=test,
+                valued_rows=0, rmse=None, test_rmse=None, rewarded=0, mean_reward=None,
+            )
+            for name, rows, online, test in variants
+        ],
     )  # fmt: skip
+
+
+# v2 serves INT8 with FP32 as its fallback: most answers are INT8's, a few the fallback's
+V2_VARIANTS = (("int8-dynamic", 1200, 0.962, 0.966), ("fp32", 40, 0.95, 0.969))
+V2_SOUR_VARIANTS = (("int8-dynamic", 1200, 0.870, 0.966), ("fp32", 40, 0.95, 0.969))
 
 
 def demo_scene() -> MonitorScene:
@@ -232,7 +250,7 @@ def demo_scene() -> MonitorScene:
         load={MODEL: [_load(2, "int8-dynamic", 41.5, 0.001, 2.1, 4.8, 7.9, 3.2)], "iris-mlp": []},
         drift={MODEL: drift},
         alerts=[alert],
-        quality={MODEL: [_quality("2", 1240, 0.962, 0.969)]},
+        quality={MODEL: [_quality("2", 1240, 0.962, 0.969, V2_VARIANTS)]},
     )
 
 

@@ -89,6 +89,10 @@ def test_once_prints_figures_drift_and_alerts(monitor: str, scene: MonitorScene)
     assert "online quality, answers of the last 60 min" in out
     quality = out[out.index("online quality") :]  # the second table with a v2 row
     assert row(quality, "v2") == ["v2", "1,240", "1,240", "96.20%", "96.90%", "-0.7"]
+    # under it, which variant gave the answers, beside the optimizer's accuracy of that variant
+    assert row(quality, "· int8-dynamic") == ["· int8-dynamic", "1,200", "1,200", "96.20%", "96.60%", "-0.4"]
+    assert row(quality, "· fp32") == ["· fp32", "40", "40", "95.00%", "96.90%", "-1.9"]
+    assert "test: the gate's for a version, the optimizer's for a variant" in quality
 
     scene.deploy_canary(3, "fp32", 10)
     scene.shift_inputs()

@@ -205,14 +205,21 @@ def test_online_quality_shows_each_versions_accuracy_beside_the_gate_and_follows
     def first() -> None:
         headers = [th.text for th in css(browser, "#quality-table thead th")]
         assert headers == [
-            "version",
+            "version · variant",
             "answers with feedback",
             "labelled rows",
             "online accuracy",
-            "gate accuracy",
+            "test accuracy",
             "Δ points",
         ]  # fmt: skip  (no rmse or reward columns: nothing was valued or rewarded)
-        assert quality_cells(browser, "2") == {"accuracy": "96.2 %", "drop": "-0.7"}
+        assert quality_cells(browser, "2") == {"accuracy": "96.2 %", "test_accuracy": "96.9 %", "drop": "-0.7"}
+        # each variant that answered under its version, beside the optimizer's accuracy of it, most answers first
+        variants = css(browser, '#quality-table tr.variant[data-variant-of="2"]')
+        assert [tr.get_attribute("data-variant") for tr in variants] == ["int8-dynamic", "fp32"]
+        assert [td.text for td in variants[0].find_elements(By.TAG_NAME, "td")][:5] == [
+            "int8-dynamic", "1,200", "1,200", "96.2 %", "96.6 %",
+        ]  # fmt: skip
+        assert variants[1].find_element(By.CSS_SELECTOR, 'td[data-field="drop"]').text == "-1.9"
         assert "1,240" in text(browser, '#quality-table tr[data-version="2"]')
         assert text(browser, "#quality-label") == "answers of the last 60 min"
         assert "at most 5.0 pt below the gate" in text(browser, "#quality-slo")

@@ -17,7 +17,7 @@ from monitor_core import SLO, sqlite_monitor
 
 from gallery_common.db import make_engine
 from gallery_common.errors import InvalidRequest
-from gallery_common.events import ModelDegraded, ModelOutcome, ModelValidated, make_event
+from gallery_common.events import ModelDegraded, ModelOptimized, ModelOutcome, ModelValidated, VariantResult, make_event
 from gallery_monitor.app import timeline_events
 from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate
@@ -47,11 +47,13 @@ def monitor(tmp_path: Path) -> Monitor:
     return sqlite_monitor(tmp_path / "monitor.db", no_reference, Clock())
 
 
-def labelled(version: str, request: str, at: float, correct: list[bool], model: str = "iris") -> Any:
+def labelled(
+    version: str, request: str, at: float, correct: list[bool], model: str = "iris", variant: str = "fp32"
+) -> Any:
     outcome = ModelOutcome(
         model=model,
         version=version,
-        variant="fp32",
+        variant=variant,
         request_id=request,
         caller="app",
         given_by="labeller",
@@ -136,6 +138,39 @@ def test_outcomes_add_up_per_version_once_each_beside_the_gates_accuracy(monitor
     longer = monitor.online_quality("iris", 3 * 3600)
     assert longer.versions[0].labelled_rows == 15 and longer.versions[0].accuracy == pytest.approx(4 / 15, abs=1e-6)
     assert len({p.t for p in longer.series}) == 2  # the old answer's bucket and the recent one
+
+
+def test_each_variant_that_answered_has_its_online_accuracy_beside_the_optimizers(monitor: Monitor) -> None:
+    """A version served as INT8 with FP32 as its fallback: the fallback's answers count for FP32, and each
+    variant's online accuracy stands beside what the optimizer measured of it; the version sums both."""
+    monitor.timeline.record(validated(1, 0.96))
+    artifact = {"uri": "s3://models/iris/1/model.onnx", "sha256": "0" * 64}
+    optimized = ModelOptimized(
+        model="iris",
+        version=1,
+        recommended="int8",
+        recommended_artifact=artifact,
+        variants=[
+            VariantResult(name="fp32", metrics={"accuracy": 0.96, "latency_b1_p50_ms": 0.1}),
+            VariantResult(name="int8", metrics={"accuracy": 0.95}),
+            VariantResult(name="pruned", error="not built"),
+        ],
+    )
+    monitor.timeline.record(make_event(optimized, "optimizer"))
+    for i in range(10):
+        assert monitor.quality.record(labelled("1", f"q{i}", NOW - 60, [i < 8], variant="int8"))
+    for i in range(4):
+        assert monitor.quality.record(labelled("1", f"f{i}", NOW - 60, [True], variant="fp32"))
+    assert monitor.quality.record(labelled("1", "bare", NOW - 60, [False], variant=""))  # a route without names
+
+    (one,) = monitor.online_quality("iris", 3600).versions
+    assert (one.outcomes, one.labelled_rows, one.accuracy, one.gate_accuracy) == (15, 15, 0.8, 0.96)
+    assert [(v.variant, v.outcomes, v.accuracy, v.test_accuracy) for v in one.variants] == [
+        ("int8", 10, 0.8, 0.95),
+        ("fp32", 4, 1.0, 0.96),
+        ("", 1, 0.0, None),
+    ]
+    assert all(v.test_rmse is None and v.rmse is None for v in one.variants)
 
 
 def test_a_regressors_values_give_its_online_rmse(monitor: Monitor) -> None:

@@ -117,31 +117,46 @@ def _points(online: float | None, gate: float | None) -> str:
     return "0.0" if rounded == 0 else f"{rounded:+.1f}"
 
 
+def _named_variants(version: dict[str, Any]) -> list[dict[str, Any]]:
+    """A version's variants as rows of their own when the route named them (which variant gave the answers)."""
+    variants: list[dict[str, Any]] = version.get("variants") or []
+    return variants if len(variants) > 1 or (variants and variants[0]["variant"]) else []
+
+
 def quality_view(quality: dict[str, Any]) -> RenderableType:
-    """Per version with feedback: its online accuracy (and a regressor's rmse) beside the gate's."""
+    """Per version with feedback: its online accuracy (and a regressor's rmse) beside the gate's, and under it
+    each variant that answered beside the optimizer's figures of that variant."""
     window = _seconds(quality["window_s"])
     versions = sorted(quality["versions"], key=lambda v: int(v["version"]) if str(v["version"]).isdigit() else 0)
     if not versions:
         return Text(f"online quality: no feedback on answers of the last {window}", style="dim")
     valued = any(v["valued_rows"] for v in versions)
     table = Table(title=f"online quality, answers of the last {window}", title_justify="left", show_header=True)
-    columns = ["version", "feedback", "labelled", "accuracy", "gate", "Δ pt"]
-    columns += ["rmse", "gate rmse"] if valued else []
+    columns = ["version", "feedback", "labelled", "accuracy", "test", "Δ pt"]
+    columns += ["rmse", "test rmse"] if valued else []
     for column in columns:
         table.add_column(column, justify="right")
-    for v in reversed(versions):
-        points = _points(v["accuracy"], v["gate_accuracy"])
-        cells: list[str | Text] = [
-            f"v{v['version']}",
-            f"{v['outcomes']:,}",
-            f"{v['labelled_rows']:,}",
-            _pct(v["accuracy"]),
-            _pct(v["gate_accuracy"]),
+    table.caption = "test: the gate's for a version, the optimizer's for a variant (same test split)"
+
+    def cells(
+        name: str | Text, figures: dict[str, Any], test_accuracy: float | None, test_rmse: float | None
+    ) -> list[str | Text]:
+        points = _points(figures["accuracy"], test_accuracy)
+        row: list[str | Text] = [
+            name,
+            f"{figures['outcomes']:,}",
+            f"{figures['labelled_rows']:,}",
+            _pct(figures["accuracy"]),
+            _pct(test_accuracy),
             Text(points, style="bold red" if points.startswith("-") else ""),
         ]
-        if valued:
-            cells += [_num(v["rmse"], 3), _num(v["gate_rmse"], 3)]
-        table.add_row(*cells)
+        return row + ([_num(figures["rmse"], 3), _num(test_rmse, 3)] if valued else [])
+
+    for v in reversed(versions):
+        table.add_row(*cells(f"v{v['version']}", v, v["gate_accuracy"], v["gate_rmse"]))
+        for variant in _named_variants(v):
+            name = Text(f"· {variant['variant'] or '(unnamed)'}", style="dim")
+            table.add_row(*cells(name, variant, variant["test_accuracy"], variant["test_rmse"]))
     return table
 
 

@@ -29,7 +29,16 @@ from .series import Figures, SeriesBook
 from .slos import SloStore
 from .text_drift import TextReference, TextSamples, evaluate_text_drift
 from .timeline import TimelineStore
-from .views import CanaryView, DriftView, FiguresView, QualityFigures, QualityPoint, QualityView, SeriesPoint
+from .views import (
+    CanaryView,
+    DriftView,
+    FiguresView,
+    QualityFigures,
+    QualityPoint,
+    QualityView,
+    SeriesPoint,
+    VariantQuality,
+)
 
 
 def registry_version(label: str | None) -> int | None:
@@ -37,6 +46,11 @@ def registry_version(label: str | None) -> int | None:
     if label and label.isdigit() and int(label) >= 1:
         return int(label)
     return None
+
+
+def _figure(value: object) -> float | None:
+    """A measured figure from a report: a number, not a flag or text."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _version_order(label: str) -> tuple[int, str]:
@@ -146,12 +160,10 @@ class Monitor:
 
     def gate_figure(self, model: str, name: str) -> dict[str, float]:
         """The gate's `name` (accuracy, rmse) of each version of the model, by version label."""
-        figures = {}
-        for version, report in self.timeline.gate_reports(model).items():
-            value = report.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                figures[str(version)] = float(value)
-        return figures
+        figures = {
+            str(version): _figure(report.get(name)) for version, report in self.timeline.gate_reports(model).items()
+        }
+        return {version: value for version, value in figures.items() if value is not None}
 
     def online_quality(self, model: str, window_s: float) -> QualityView:
         """Each version's online accuracy, rmse and mean reward over the window, beside the gate's, and a
@@ -165,8 +177,31 @@ class Monitor:
         since = self.clock() - window_s
         minutes = bucket_minutes(window_s)
         accuracy, rmse = self.gate_figure(model, "accuracy"), self.gate_figure(model, "rmse")
+        measured = {
+            (str(version), name): metrics for (version, name), metrics in self.timeline.variant_metrics(model).items()
+        }
+        per_variant: dict[str, list[tuple[str, Tally]]] = {}
+        for (version, variant), tally in self.quality.by_variant(model, since).items():
+            per_variant.setdefault(version, []).append((variant, tally))
 
-        def figures(version: str, tally: Tally) -> QualityFigures:
+        def variant_figures(version: str, variant: str, tally: Tally) -> VariantQuality:
+            metrics = measured.get((version, variant), {})
+            return VariantQuality(
+                variant=variant,
+                outcomes=tally.outcomes,
+                labelled_rows=tally.labelled_rows,
+                accuracy=tally.accuracy,
+                test_accuracy=_figure(metrics.get("accuracy")),
+                valued_rows=tally.valued_rows,
+                rmse=tally.rmse,
+                test_rmse=_figure(metrics.get("rmse")),
+                rewarded=tally.rewarded,
+                mean_reward=tally.mean_reward,
+            )
+
+        def figures(version: str, variants: list[tuple[str, Tally]]) -> QualityFigures:
+            tally = sum((t for _, t in variants), Tally())
+            variants = sorted(variants, key=lambda item: (-item[1].outcomes, item[0]))
             return QualityFigures(
                 version=version,
                 outcomes=tally.outcomes,
@@ -178,6 +213,7 @@ class Monitor:
                 gate_rmse=rmse.get(version),
                 rewarded=tally.rewarded,
                 mean_reward=tally.mean_reward,
+                variants=[variant_figures(version, name, t) for name, t in variants],
             )
 
         series = [
@@ -193,12 +229,12 @@ class Monitor:
             )
             for start, version, tally in self.quality.buckets(model, since, minutes)
         ]
-        versions = sorted(self.quality.by_version(model, since).items(), key=lambda item: _version_order(item[0]))
+        versions = sorted(per_variant.items(), key=lambda item: _version_order(item[0]))
         return QualityView(
             model=model,
             window_s=window_s,
             bucket_s=minutes * 60.0,
-            versions=[figures(version, tally) for version, tally in versions],
+            versions=[figures(version, variants) for version, variants in versions],
             series=series,
         )
 

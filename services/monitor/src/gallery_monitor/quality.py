@@ -63,6 +63,17 @@ class Tally:
     rewarded: int = 0
     reward: float = 0.0
 
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            outcomes=self.outcomes + other.outcomes,
+            labelled_rows=self.labelled_rows + other.labelled_rows,
+            correct_rows=self.correct_rows + other.correct_rows,
+            valued_rows=self.valued_rows + other.valued_rows,
+            squared_error=self.squared_error + other.squared_error,
+            rewarded=self.rewarded + other.rewarded,
+            reward=self.reward + other.reward,
+        )
+
     @property
     def accuracy(self) -> float | None:
         return round(self.correct_rows / self.labelled_rows, 6) if self.labelled_rows else None
@@ -136,6 +147,17 @@ class QualityStore:
         )
         with Session(self.engine) as session:
             return {row[0]: _tally(tuple(row[1:])) for row in session.execute(query)}
+
+    def by_variant(self, model: str, since_s: float) -> dict[tuple[str, str], Tally]:
+        """Each (version, variant)'s outcomes answered since `since_s`: the variant is the one the route
+        named for the backend that answered (a fallback's answers count for the fallback's variant)."""
+        query = (
+            select_rows(OutcomeRecord.version, OutcomeRecord.variant, *_SUMS)  # type: ignore[call-overload]
+            .where(OutcomeRecord.model == model, OutcomeRecord.answered_s >= since_s)
+            .group_by(OutcomeRecord.version, OutcomeRecord.variant)
+        )
+        with Session(self.engine) as session:
+            return {(row[0], row[1]): _tally(tuple(row[2:])) for row in session.execute(query)}
 
     def buckets(self, model: str, since_s: float, minutes: int) -> list[tuple[float, str, Tally]]:
         """(bucket start in epoch seconds, version, its outcomes) per bucket of `minutes`, oldest first."""

@@ -192,16 +192,32 @@ class TimelineStore:
         with Session(self.engine) as session:
             return session.exec(query).first() or DEFAULT_PROJECT
 
-    def gate_reports(self, model: str) -> dict[int, dict[str, Any]]:
-        """Each version's latest gate report, from its `model.validated` (what online quality is held to)."""
+    def _latest_data(self, model: str, event: str) -> dict[int, dict[str, Any]]:
+        """Each version's latest `event` of the model, its data by version number."""
         query = (
             select(LifecycleEvent.version, LifecycleEvent.data)
-            .where(LifecycleEvent.model == model, LifecycleEvent.event == "validated")
+            .where(LifecycleEvent.model == model, LifecycleEvent.event == event)
             .order_by(col(LifecycleEvent.time), col(LifecycleEvent.seq))
         )
         with Session(self.engine) as session:
             rows = list(session.exec(query))
-        return {version: dict(data.get("report") or {}) for version, data in rows if version is not None}
+        return {version: dict(data) for version, data in rows if version is not None}
+
+    def gate_reports(self, model: str) -> dict[int, dict[str, Any]]:
+        """Each version's latest gate report, from its `model.validated` (what online quality is held to)."""
+        return {
+            version: dict(data.get("report") or {}) for version, data in self._latest_data(model, "validated").items()
+        }
+
+    def variant_metrics(self, model: str) -> dict[tuple[int, str], dict[str, Any]]:
+        """What the optimizer measured of each variant of each version (its `model.optimized`), by
+        (version, variant name): accuracy or rmse on the version's test split, latency, size."""
+        return {
+            (version, str(variant.get("name"))): dict(variant.get("metrics") or {})
+            for version, data in self._latest_data(model, "optimized").items()
+            for variant in data.get("variants") or []
+            if isinstance(variant, dict) and variant.get("name")
+        }
 
     def overview(self, model: str) -> ModelOverview:
         return overview(model, self._events(model)).model_copy(update={"project": self.project_of(model)})

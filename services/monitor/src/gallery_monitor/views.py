@@ -62,6 +62,22 @@ class DriftView(BaseModel):
     )
 
 
+class VariantQuality(BaseModel):
+    """One variant's share of a version's feedback: the answers its backend gave (a fallback's count for the
+    fallback), beside what the optimizer measured of that variant on the version's test split."""
+
+    variant: str = Field(description="as the route names the backend; empty for a route written without one")
+    outcomes: int = Field(description="answers with feedback")
+    labelled_rows: int
+    accuracy: float | None = Field(description="online accuracy of the variant's answers; null without labels")
+    test_accuracy: float | None = Field(description="the optimizer's accuracy of the variant; null when not known")
+    valued_rows: int
+    rmse: float | None
+    test_rmse: float | None = Field(description="the optimizer's rmse of the variant; null when not known")
+    rewarded: int
+    mean_reward: float | None
+
+
 class QualityFigures(BaseModel):
     """One version's online quality over the window, from the feedback on its answers, beside the gate's."""
 
@@ -75,6 +91,9 @@ class QualityFigures(BaseModel):
     gate_rmse: float | None = Field(description="the gate's test rmse of the version; null when not known")
     rewarded: int = Field(description="answers with a reward")
     mean_reward: float | None
+    variants: list[VariantQuality] = Field(
+        default_factory=list, description="the version's figures per variant that answered, the most feedback first"
+    )
 
 
 class QualityPoint(BaseModel):

@@ -288,7 +288,27 @@ export function onlineQualitySection(name, version, quality) {
   }
   if (figures.rewarded) boxes.push(figure("mean_reward", num(figures.mean_reward), `mean reward, ${figures.rewarded} answers`));
   return h("section", { class: "card", id: "online-quality" }, title, h("div", { class: "figures" }, boxes),
+    variantQualityTable(figures),
     h("p", { class: "note" }, `Feedback on ${figures.outcomes.toLocaleString("en-US")} answers given in the last ${window}.`));
+}
+
+/** Which variant gave the answers (a fallback's count for the fallback), beside the optimizer's figures of it. */
+function variantQualityTable(figures) {
+  const variants = figures.variants || [];
+  if (!variants.length || (variants.length === 1 && !variants[0].variant)) return null;
+  const headers = ["variant", "#answers with feedback"];
+  if (figures.labelled_rows) headers.push("#online accuracy", "#optimizer's accuracy");
+  if (figures.valued_rows) headers.push("#online rmse", "#optimizer's rmse");
+  const rows = variants.map((v) => ({
+    props: { dataset: { variant: v.variant } },
+    cells: [
+      v.variant || "(unnamed)",
+      v.outcomes.toLocaleString("en-US"),
+      ...(figures.labelled_rows ? [percent(v.accuracy, 2), percent(v.test_accuracy, 2)] : []),
+      ...(figures.valued_rows ? [num(v.rmse), num(v.test_rmse)] : []),
+    ],
+  }));
+  return h("div", { class: "variant-quality" }, table(headers, rows));
 }
 
 export function deploymentsSection(deployments) {

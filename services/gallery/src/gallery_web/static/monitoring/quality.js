@@ -1,5 +1,6 @@
 // The Online quality section: feedback on each version's answers (the gateway's model.outcome, kept by
-// the monitor) as a table beside the gate's test figures, and charts of online accuracy and rmse.
+// the monitor) as a table beside the gate's test figures, each variant that answered beside the optimizer's
+// figures of it, and charts of online accuracy and rmse.
 
 import { lineChart } from "./chart.js";
 import { duration, h, num, parseTime, percent, points, put, toggle } from "./dom.js";
@@ -14,11 +15,18 @@ function swatch(color) {
   return el;
 }
 
-/** Online accuracy against the gate's, in points: negative when the version does worse online. */
+/** Online accuracy against the row's test accuracy, in points: negative when it does worse online. */
 function drop(v) {
-  if (v.accuracy === null || v.gate_accuracy === null) return null;
-  return (v.accuracy - v.gate_accuracy) * 100;
+  if (v.accuracy === null || testAccuracy(v) === null) return null;
+  return (v.accuracy - testAccuracy(v)) * 100;
 }
+
+/** A version's test accuracy is the gate's; a variant's the optimizer's, on the same test split. */
+const testAccuracy = (v) => (v.variants ? v.gate_accuracy : v.test_accuracy) ?? null;
+const testRmse = (v) => (v.variants ? v.gate_rmse : v.test_rmse) ?? null;
+
+/** A version's variants get rows of their own when the route named them: which variant gave which answers. */
+const namedVariants = (v) => (v.variants || []).filter((variant, _, all) => all.length > 1 || variant.variant !== "");
 
 /** The quality SLOs in force, as badges; none when every threshold is off. */
 function sloBadges(slo) {
@@ -44,36 +52,47 @@ function accuracyLimit(quality, slo) {
   return (newest.gate_accuracy - slo.max_accuracy_drop) * 100;
 }
 
-/** The table of versions with feedback: only the columns some version has figures for. */
+/** The table of versions with feedback, each followed by its variants: only the columns some row has figures for. */
 function renderTable(quality, colorOf) {
   const versions = [...quality.versions].sort((a, b) => Number(b.version) - Number(a.version));
   const labelled = versions.some((v) => v.labelled_rows > 0);
   const valued = versions.some((v) => v.valued_rows > 0);
   const rewarded = versions.some((v) => v.rewarded > 0);
+  const name = (v) => (v.variants
+    ? [swatch(colorOf(String(v.version))), versionLabel(v.version)]
+    : h("span", { class: "variant-name" }, v.variant || "(unnamed variant)"));
   const columns = [
-    ["version", false, (v) => [swatch(colorOf(String(v.version))), versionLabel(v.version)]],
+    ["version · variant", false, name],
     ["answers with feedback", true, (v) => rows(v.outcomes)],
     ...(labelled ? [
       ["labelled rows", true, (v) => rows(v.labelled_rows)],
       ["online accuracy", true, (v) => percent(v.accuracy), "accuracy"],
-      ["gate accuracy", true, (v) => percent(v.gate_accuracy)],
+      ["test accuracy", true, (v) => percent(testAccuracy(v)), "test_accuracy"],
       ["Δ points", true, (v) => points(drop(v)), "drop"],
     ] : []),
     ...(valued ? [
       ["valued rows", true, (v) => rows(v.valued_rows)],
       ["online rmse", true, (v) => num(v.rmse), "rmse"],
-      ["gate rmse", true, (v) => num(v.gate_rmse)],
+      ["test rmse", true, (v) => num(testRmse(v)), "test_rmse"],
     ] : []),
     ...(rewarded ? [["mean reward", true, (v) => num(v.mean_reward, 3)]] : []),
   ];
+  const tips = {
+    "test accuracy": "a version's: the validation gate's; a variant's: the optimizer's, on the same test split",
+    "test rmse": "a version's: the validation gate's; a variant's: the optimizer's, on the same test split",
+  };
+  const row = (v, dataset, cls) => h("tr", { dataset, class: cls },
+    ...columns.map(([, numeric, cell, field]) => h("td", {
+      class: [numeric ? "num" : null, field === "drop" && drop(v) !== null && drop(v) <= -0.05 ? "worse" : null].filter(Boolean).join(" ") || null,
+      dataset: field ? { field } : {},
+    }, cell(v))));
   const table = $("quality-table");
-  put(table.tHead, [h("tr", {}, ...columns.map(([name, numeric]) => h("th", { class: numeric ? "num" : null }, name)))]);
-  put(table.tBodies[0], versions.map((v) =>
-    h("tr", { dataset: { version: v.version } },
-      ...columns.map(([, numeric, cell, field]) => h("td", {
-        class: [numeric ? "num" : null, field === "drop" && drop(v) !== null && drop(v) <= -0.05 ? "worse" : null].filter(Boolean).join(" ") || null,
-        dataset: field ? { field } : {},
-      }, cell(v))))));
+  put(table.tHead, [h("tr", {}, ...columns.map(([title, numeric]) =>
+    h("th", { class: numeric ? "num" : null, title: tips[title] || null }, title)))]);
+  put(table.tBodies[0], versions.flatMap((v) => [
+    row(v, { version: v.version }, null),
+    ...namedVariants(v).map((variant) => row(variant, { variantOf: v.version, variant: variant.variant }, "variant")),
+  ]));
   table.hidden = versions.length === 0;
   return { labelled, valued };
 }
