@@ -109,6 +109,23 @@ def answers(monitor: Monitor, version: str, count: int, right: int, at: float, p
         assert monitor.quality.record(labelled(version, f"{prefix}{version}-{i}", at, [i < right]))
 
 
+def optimized(version: int, fp32: float, int8: float) -> Any:
+    """The optimizer's report of a version: FP32 and INT8 measured on the test split, a pruned variant failed."""
+    artifact = {"uri": f"s3://models/iris/{version}/model.onnx", "sha256": "0" * 64}
+    payload = ModelOptimized(
+        model="iris",
+        version=version,
+        recommended="int8",
+        recommended_artifact=artifact,
+        variants=[
+            VariantResult(name="fp32", metrics={"accuracy": fp32, "latency_b1_p50_ms": 0.1}),
+            VariantResult(name="int8", metrics={"accuracy": int8}),
+            VariantResult(name="pruned", error="not built"),
+        ],
+    )
+    return make_event(payload, "optimizer")
+
+
 class Published(list[tuple[ModelDegraded, str]]):
     async def __call__(self, payload: ModelDegraded, event_id: str) -> None:
         self.append((payload, event_id))
@@ -144,19 +161,7 @@ def test_each_variant_that_answered_has_its_online_accuracy_beside_the_optimizer
     """A version served as INT8 with FP32 as its fallback: the fallback's answers count for FP32, and each
     variant's online accuracy stands beside what the optimizer measured of it; the version sums both."""
     monitor.timeline.record(validated(1, 0.96))
-    artifact = {"uri": "s3://models/iris/1/model.onnx", "sha256": "0" * 64}
-    optimized = ModelOptimized(
-        model="iris",
-        version=1,
-        recommended="int8",
-        recommended_artifact=artifact,
-        variants=[
-            VariantResult(name="fp32", metrics={"accuracy": 0.96, "latency_b1_p50_ms": 0.1}),
-            VariantResult(name="int8", metrics={"accuracy": 0.95}),
-            VariantResult(name="pruned", error="not built"),
-        ],
-    )
-    monitor.timeline.record(make_event(optimized, "optimizer"))
+    monitor.timeline.record(optimized(1, fp32=0.96, int8=0.95))
     for i in range(10):
         assert monitor.quality.record(labelled("1", f"q{i}", NOW - 60, [i < 8], variant="int8"))
     for i in range(4):
@@ -267,6 +272,28 @@ async def test_a_version_answering_worse_than_its_gate_is_degraded_once(monitor:
         await evaluate(monitor, published)
     assert len(published) == 1
     assert monitor.alerts.recent("iris", open_only=True) == []
+
+
+async def test_a_quality_alert_names_which_variant_gave_the_worse_answers(monitor: Monitor) -> None:
+    published = Published()
+    await anyio.to_thread.run_sync(monitor.timeline.record, validated(3, 0.96))
+    await anyio.to_thread.run_sync(monitor.timeline.record, optimized(3, fp32=0.96, int8=0.95))
+    await anyio.to_thread.run_sync(monitor.slos.update, "iris", SloUpdate(max_accuracy_drop=0.05))
+    for i in range(50):  # the INT8 variant answers 70 % right online, where the optimizer measured 95 %
+        assert monitor.quality.record(labelled("3", f"q{i}", NOW - 60, [i < 35], variant="int8"))
+    for i in range(10):  # its FP32 fallback answered a few, all right
+        assert monitor.quality.record(labelled("3", f"f{i}", NOW - 60, [True], variant="fp32"))
+    await evaluate(monitor, published)
+    [(payload, _)] = published
+    assert payload.reason.startswith("online accuracy 75.0% is 21.0 points below the gate's 96.0%")
+    assert payload.reason.endswith(
+        "; by variant: int8 70.0% of 50 rows (optimizer 95.0%); fp32 100.0% of 10 rows (optimizer 96.0%)"
+    )
+    assert payload.evidence["variants"]["int8"] == {
+        "labelled_rows": 50, "online_accuracy": 0.7, "test_accuracy": 0.95,
+        "valued_rows": 0, "online_rmse": None, "test_rmse": None,
+    }  # fmt: skip
+    assert list(payload.evidence["variants"]) == ["int8", "fp32"], "the most rows first"
 
 
 async def test_a_default_quality_slo_judges_every_model_with_feedback_unless_its_own_says_otherwise(

@@ -19,7 +19,7 @@ from gallery_common.telemetry import counter, get_logger
 
 from .alerts import Kind, Publish, publish_pending
 from .core import Monitor, registry_version
-from .quality import Tally, judge_quality
+from .quality import Tally, judge_quality, variant_breakdown
 from .records import AlertPublic, Slo
 from .series import Figures
 
@@ -157,10 +157,32 @@ async def _evaluate_quality(
             breached, reason, evidence = (
                 judge_quality(tally, slo, gate.get(label), gate_rmse.get(label)) if judged else (False, "", {})
             )
+            if breached:
+                reason, evidence = await _by_variant(
+                    monitor, model, label, now - slo.quality_window_s, reason, evidence
+                )
             await _observe(
                 monitor, opened, model, version, "quality", breached, now, slo.quality_window_s, reason, evidence
             )
     return opened
+
+
+async def _by_variant(
+    monitor: Monitor, model: str, label: str, since: float, reason: str, evidence: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """A quality breach's reason and evidence with which variant gave the answers, when more than one did or the
+    route named it: an INT8 variant that answers worse than FP32 shows as such in the alert."""
+
+    def read() -> tuple[dict[str, Tally], dict[str, dict[str, object]]]:
+        variants = {name: t for (v, name), t in monitor.quality.by_variant(model, since).items() if v == label}
+        measured = {name: m for (v, name), m in monitor.timeline.variant_metrics(model).items() if str(v) == label}
+        return variants, measured
+
+    variants, measured = await anyio.to_thread.run_sync(read)
+    if not variants or (len(variants) == 1 and "" in variants):
+        return reason, evidence
+    line, figures = variant_breakdown(variants, measured)
+    return (f"{reason}; {line}" if line else reason), {**evidence, "variants": figures}
 
 
 async def run_evaluator(monitor: Monitor, publish: Publish | None, interval_s: float) -> None:
