@@ -198,6 +198,52 @@ async def test_failing_handlers_are_retried_then_dead_lettered(bus: EventBus) ->
     assert by_model["hopeless"].consumer == "picky"
 
 
+async def test_a_concurrent_consumer_handles_many_at_once_each_settled_on_its_own(bus: EventBus) -> None:
+    """With concurrency 8, eight slow handlers run side by side; a failing one is retried alone, and
+    stop() finishes the deliveries in hand before it returns."""
+    running, most, handled = 0, 0, Counter[str]()
+    release = asyncio.Event()
+    attempts: Counter[str] = Counter()
+
+    async def handle(event: CloudEvent[Any]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await release.wait()
+            attempts[event.id] += 1
+            if (event.data.model, event.data.version) == ("iris", 3) and attempts[event.id] == 1:
+                raise TransientError("the database is busy")
+            handled[event.id] += 1
+        finally:
+            running -= 1
+
+    consumer = bus.consumer("wide", handle, batch=32, concurrency=8, backoff=[0.05])
+    consumer.start()
+    published = [await bus.publish(ModelValidated(model="iris", version=v)) for v in range(1, 21)]
+    await eventually(lambda: running == 8, what="eight handlers in hand at once")
+    await asyncio.sleep(0.2)
+    assert running == 8, "never more than the consumer's concurrency"
+    release.set()
+    await eventually(lambda: sum(handled.values()) == 20, what="every event handled")
+    await eventually(lambda: nothing_pending(bus, "wide"), what="every delivery acked")
+    assert set(handled) == {e.id for e in published} and set(handled.values()) == {1}, "each once"
+    assert most == 8 and attempts[published[2].id] == 2  # the failed one alone came back
+    assert await bus.dead_letters() == []
+
+    # stop() while deliveries are in hand: they finish and are acked, nothing comes back
+    release.clear()
+    late = [await bus.publish(ModelValidated(model="wine", version=v)) for v in range(1, 4)]
+    await eventually(lambda: running == 3, what="three handlers in hand")
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.sleep(0.1)
+    assert not stopping.done(), "stop waits for the handlers in hand"
+    release.set()
+    await stopping
+    assert all(handled[e.id] == 1 for e in late)
+    await eventually(lambda: nothing_pending(bus, "wide"), what="the late ones acked")
+
+
 async def test_event_whose_handler_never_finished_is_dead_lettered_not_dropped(bus: EventBus) -> None:
     entered = asyncio.Event()
     later_calls: list[str] = []

@@ -13,7 +13,7 @@ from gallery_monitor.app import timeline_events
 
 async def test_usage_reports_stay_out_of_the_timeline() -> None:
     recorded: list[Any] = []
-    monitor: Any = SimpleNamespace(timeline=SimpleNamespace(record=recorded.append))
+    monitor: Any = SimpleNamespace(timeline=SimpleNamespace(record=recorded.append), quality=None)
     router = timeline_events(monitor)
     tally = UsageTally(version="1", caller="local", requests=3, rows=3, compute_seconds=0.01)
     usage = ModelUsage(model="iris", replica="r", sequence=0, minute=datetime.now(UTC), tallies=[tally])

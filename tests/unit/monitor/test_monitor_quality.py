@@ -4,6 +4,7 @@ and kept out of the timeline."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from monitor_core import SLO, sqlite_monitor
+from sqlalchemy.exc import OperationalError
 
 from gallery_common.db import make_engine
 from gallery_common.errors import InvalidRequest
@@ -23,6 +25,7 @@ from gallery_monitor.core import Monitor
 from gallery_monitor.evaluator import evaluate
 from gallery_monitor.migrations import upgrade
 from gallery_monitor.quality import QualityStore, Tally, bucket_minutes, judge_quality
+from gallery_monitor.quality_writer import OutcomeWriter
 from gallery_monitor.records import SloUpdate
 from gallery_monitor.references import ReferenceUnavailable
 from gallery_monitor.timeline import TimelineStore
@@ -324,8 +327,13 @@ async def test_old_outcomes_are_forgotten_after_the_retention(tmp_path: Path) ->
 async def test_outcomes_stay_out_of_the_timeline() -> None:
     timeline: list[Any] = []
     kept: list[Any] = []
+
+    def record_many(events: list[Any]) -> list[bool]:
+        kept.extend(events)
+        return [True] * len(events)
+
     monitor: Any = SimpleNamespace(
-        timeline=SimpleNamespace(record=timeline.append), quality=SimpleNamespace(record=kept.append)
+        timeline=SimpleNamespace(record=timeline.append), quality=SimpleNamespace(record_many=record_many)
     )
     router = timeline_events(monitor)
     outcome = labelled("1", "x", NOW, [True])
@@ -351,3 +359,45 @@ def test_outcomes_stored_as_timeline_events_before_move_to_online_quality(tmp_pa
     assert (tally.outcomes, tally.labelled_rows, tally.correct_rows) == (1, 3, 2)
     assert quality.by_version("house", NOW - 3600)["1"].rmse == 2.0
     assert not quality.record(labelled("1", "before", NOW - 60, [True, False, True]))  # its id came along
+
+
+async def test_outcomes_arriving_together_are_kept_a_batch_per_transaction(monitor: Monitor) -> None:
+    """The consumer hands the monitor many outcomes at once: each waits for its batch's one transaction, a
+    repeat (or one kept before) is told so, and the view counts each once."""
+    store = monitor.quality
+    assert store.record(labelled("1", "before", NOW - 60, [True]))
+    transactions: list[int] = []
+    record_many = store.record_many
+
+    def counted(events: list[Any]) -> list[bool]:
+        transactions.append(len(events))
+        return record_many(events)
+
+    store.record_many = counted  # type: ignore[method-assign]
+    writer = OutcomeWriter(store, max_batch=50)
+    events = [labelled("1", f"b{i}", NOW - 30, [i % 2 == 0]) for i in range(120)]
+    events += [labelled("1", "b0", NOW - 30, [True]), labelled("1", "before", NOW - 60, [True])]
+    fresh = await asyncio.gather(*(writer.record(event) for event in events))
+    assert fresh == [True] * 120 + [False, False]
+    assert transactions == [50, 50, 22], "every outcome waiting when a write starts goes in it, 50 at most"
+    (one,) = monitor.online_quality("iris", 3600).versions
+    assert (one.outcomes, one.labelled_rows) == (121, 121)  # 120 new and the one kept before
+    assert one.accuracy == pytest.approx(61 / 121, abs=1e-6)
+
+
+async def test_a_failed_batch_fails_each_of_its_outcomes_and_the_next_batch_is_written(monitor: Monitor) -> None:
+    calls = itertools.count()
+    record_many = monitor.quality.record_many
+
+    def flaky(events: list[Any]) -> list[bool]:
+        if next(calls) == 0:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return record_many(events)
+
+    monitor.quality.record_many = flaky  # type: ignore[method-assign]
+    writer = OutcomeWriter(monitor.quality, max_batch=2)
+    results = await asyncio.gather(
+        *(writer.record(labelled("1", f"c{i}", NOW - 30, [True])) for i in range(3)), return_exceptions=True
+    )
+    assert [type(r).__name__ for r in results] == ["OperationalError", "OperationalError", "bool"]
+    assert await writer.record(labelled("1", "c0", NOW - 30, [True])) is True, "its redelivery is kept"

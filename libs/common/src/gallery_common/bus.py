@@ -546,6 +546,7 @@ class EventBus:
         backoff: Sequence[float] = (1.0, 5.0, 30.0),
         heartbeat_every: float | None = None,
         batch: int = 10,
+        concurrency: int = 1,
     ) -> Consumer:
         """A durable pull consumer named `durable` that feeds `handler` the given event types (all if None).
 
@@ -553,7 +554,8 @@ class EventBus:
         `backoff[n]` seconds, up to `max_deliver` deliveries in all; `PermanentError`, an event that
         fails validation, or the last failed delivery is dead-lettered. While a handler runs, the
         message is kept alive with `in_progress()` every `heartbeat_every` s (default ack_wait / 3).
-        `batch` is how many messages are fetched ahead; keep it small when handlers are slow.
+        `batch` is how many messages are fetched ahead; keep it small when handlers are slow. `concurrency`
+        is how many are handled at once (1: one after another, in stream order).
         Call `run()` or `start()`; `close()` stops it.
         """
         consumer = Consumer(
@@ -567,6 +569,7 @@ class EventBus:
             backoff=backoff,
             heartbeat_every=heartbeat_every,
             batch=batch,
+            concurrency=concurrency,
             projects=self.projects,
         )
         self._consumers.append(consumer)

@@ -111,7 +111,8 @@ def _header_value(text: str, limit: int = 1024) -> str:
 
 
 class Consumer:
-    """A durable pull consumer on the lifecycle stream that feeds one handler, one event at a time.
+    """A durable pull consumer on the lifecycle stream that feeds one handler, one event at a time, or up to
+    `concurrency` at once for handlers that do not depend on the stream's order (each is settled on its own).
 
     Unexpected handler exceptions are treated like `TransientError`. A consumer runs once: after
     `stop()`, build a new one to consume again. `async with consumer:` starts it and stops it on exit.
@@ -131,10 +132,11 @@ class Consumer:
         backoff: Sequence[float] = (1.0, 5.0, 30.0),
         heartbeat_every: float | None = None,
         batch: int = 10,
+        concurrency: int = 1,
         projects: Sequence[str] = (),
     ) -> None:
-        if max_deliver < 1 or batch < 1 or not backoff or ack_wait <= 0:
-            raise ValueError("max_deliver and batch must be >= 1, ack_wait > 0, backoff non-empty")
+        if max_deliver < 1 or batch < 1 or concurrency < 1 or not backoff or ack_wait <= 0:
+            raise ValueError("max_deliver, batch and concurrency must be >= 1, ack_wait > 0, backoff non-empty")
         self.durable = scoped_durable(durable, projects)
         self.projects = tuple(sorted(projects))
         self.subjects = filter_subjects(events, self.projects)
@@ -145,6 +147,9 @@ class Consumer:
         self.backoff = tuple(backoff)
         self.heartbeat_every = heartbeat_every or ack_wait / 3
         self.batch = batch
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._bus = bus
         self._stream = stream
         self._handler = handler
@@ -249,6 +254,10 @@ class Consumer:
                 _UNFINISHED.remove(self.durable)
             if sub is not None:
                 await self._close_inbox(nc, sub)
+            if self._in_flight:  # cancelled (or the connection closed) with deliveries in hand: they are given back
+                for task in self._in_flight:
+                    task.cancel()
+                await asyncio.wait(list(self._in_flight))
             await self._give_back_held()
             self._done.set()
 
@@ -281,17 +290,37 @@ class Consumer:
             if item.reply not in self._held:
                 await self._on_status(inbox, item)
                 continue
-            try:
-                await self._handle(item)
-            except nats_errors.ConnectionClosedError:
-                raise
-            except nats_errors.Error as exc:
-                log.warning(
-                    "could not settle a delivery; it returns after ack_wait", durable=self.durable, error=repr(exc)
-                )
-            del self._held[item.reply]
-            if len(self._held) + self._outstanding <= low_water:
-                await self._pull(inbox)
+            if self.concurrency == 1:
+                await self._settle(item, inbox, low_water)
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._settle_alongside(item, inbox, low_water), name=f"handle:{self.durable}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        # stop() finishes the events in hand
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+
+    async def _settle(self, msg: Msg, inbox: str, low_water: int) -> None:
+        try:
+            await self._handle(msg)
+        except nats_errors.ConnectionClosedError:
+            raise
+        except nats_errors.Error as exc:
+            log.warning("could not settle a delivery; it returns after ack_wait", durable=self.durable, error=repr(exc))
+        self._held.pop(msg.reply, None)
+        if len(self._held) + self._outstanding <= low_water:
+            await self._pull(inbox)
+
+    async def _settle_alongside(self, msg: Msg, inbox: str, low_water: int) -> None:
+        """One of up to `concurrency` deliveries in hand at once; a closed connection leaves it held, so it is
+        given back (or returns after ack_wait) like any other unsettled delivery."""
+        try:
+            await self._settle(msg, inbox, low_water)
+        except nats_errors.ConnectionClosedError as exc:
+            log.warning("connection closed while settling a delivery", durable=self.durable, error=repr(exc))
+        finally:
+            self._slots.release()
 
     async def _pull(self, inbox: str) -> None:
         want = self.batch - len(self._held) - self._outstanding

@@ -112,6 +112,7 @@ class EventRouter:
         backoff: Sequence[float] = (1.0, 5.0, 30.0),
         heartbeat_every: float | None = None,
         batch: int = 10,
+        concurrency: int = 1,
     ) -> None:
         self.durable = durable
         self.ack_wait = ack_wait
@@ -119,6 +120,7 @@ class EventRouter:
         self.backoff = tuple(backoff)
         self.heartbeat_every = heartbeat_every
         self.batch = batch
+        self.concurrency = concurrency
         self._routes: dict[type[Payload], _Route] = {}
 
     @property
@@ -181,4 +183,5 @@ class EventRouter:
             backoff=self.backoff,
             heartbeat_every=self.heartbeat_every,
             batch=self.batch,
+            concurrency=self.concurrency,
         )

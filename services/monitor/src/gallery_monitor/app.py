@@ -36,6 +36,7 @@ from .core import Monitor
 from .evaluator import run_evaluator
 from .migrations import upgrade
 from .quality import QualityStore
+from .quality_writer import OutcomeWriter
 from .records import Slo
 from .references import ReferenceCache, registry_split_loader
 from .samples import SampleBook
@@ -45,6 +46,7 @@ from .settings import MonitorSettings
 from .text_profile import TextLimits
 
 DURABLE = "monitor"
+CONCURRENCY = 64  # lifecycle events handled at once by the monitor's consumer
 log = get_logger(__name__)
 
 
@@ -64,9 +66,12 @@ def default_slo(settings: MonitorSettings) -> Slo:
     )
 
 
-def timeline_events(monitor: Monitor) -> EventRouter:
-    """The durable consumer `monitor` of every lifecycle event; a redelivered event is stored once."""
-    events = EventRouter(DURABLE, ack_wait=30.0, batch=50)
+def timeline_events(monitor: Monitor, concurrency: int = CONCURRENCY) -> EventRouter:
+    """The durable consumer `monitor` of every lifecycle event; a redelivered event is stored once. Events are
+    handled up to CONCURRENCY at once (each is stored on its own, keyed by its id, and the timeline reads in
+    event time), so a burst of feedback is kept a batch per transaction."""
+    events = EventRouter(DURABLE, ack_wait=30.0, batch=2 * concurrency, concurrency=concurrency)
+    outcomes = OutcomeWriter(monitor.quality)
 
     @events.on(Payload)
     async def record(_: Payload, event: CloudEvent[Any]) -> None:
@@ -79,7 +84,7 @@ def timeline_events(monitor: Monitor) -> EventRouter:
     @events.on(ModelOutcome)
     async def outcome(_: ModelOutcome, event: CloudEvent[ModelOutcome]) -> None:
         """Feedback on one answer: online quality, not a timeline line."""
-        await anyio.to_thread.run_sync(monitor.quality.record, event)
+        await outcomes.record(event)
 
     return events
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, exc, func
 from sqlalchemy import select as select_rows
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -127,6 +127,26 @@ class QualityStore:
         """Keep one outcome; False when its event id is kept already."""
         row = outcome_row(event)
         return insert_once(self.engine, row, OutcomeRecord.event_id, row.event_id)
+
+    def record_many(self, events: list[CloudEvent[ModelOutcome]]) -> list[bool]:
+        """Keep many outcomes in one transaction; per event, False when its id is kept already (or repeats
+        an earlier one in `events`). Should another writer store one of them meanwhile, each is kept on its own."""
+        rows = [outcome_row(event) for event in events]
+        ids = {row.event_id for row in rows}
+        with Session(self.engine) as session:
+            kept = set(session.exec(select(OutcomeRecord.event_id).where(col(OutcomeRecord.event_id).in_(ids))))
+            fresh: list[bool] = []
+            for row in rows:
+                fresh.append(row.event_id not in kept)
+                if fresh[-1]:
+                    kept.add(row.event_id)
+                    session.add(row)
+            try:
+                session.commit()
+            except exc.IntegrityError:
+                session.rollback()
+                return [self.record(event) for event in events]
+        return fresh
 
     def knows(self, model: str) -> bool:
         with Session(self.engine) as session:
