@@ -4,13 +4,15 @@ train one model with the trainer's coordinator; one line per round, then the mod
     python scripts/federated_demo.py [--spec examples/federated-digits.yaml] [--sites 3] [--alpha 0.5]
 
 The coordinator runs here in-process (as the trainer service runs it in a job); each site is started with
-`gallery site run`, its own process holding only its folder under .gallery/federated/. Nothing is
-published: `gallery train examples/federated-digits.yaml` does the same through the running stack.
+`gallery site run`, its own process holding only its folder under .gallery/federated/ and its own token
+(`gallery site token`: the coordinator admits only the listed sites). Nothing is published:
+`gallery train examples/federated-digits.yaml` does the same through the running stack.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from gallery_common.netutil import free_port
+from gallery_common.site_tokens import SITE_TOKENS_ENV
 from gallery_trainer.federated.partition import write_site_folders
 from gallery_trainer.pipeline import ProgressUpdate, run_job
 from gallery_trainer.spec import parse_spec
@@ -50,9 +53,20 @@ def main() -> None:
     doc["engine"]["address"] = f"127.0.0.1:{port}"
     spec = parse_spec(doc)
     folders = write_site_folders(spec, args.out, n_sites=args.sites, alpha=args.alpha)
+    # each site gets its own token; the coordinator admits only the listed sites, each under its name
+    entries = []
+    for name in folders:
+        token = args.out / f"{name}.token"
+        token.unlink(missing_ok=True)
+        made = [GALLERY, "site", "token", name, "--output", str(token)]
+        print("$", " ".join(made), flush=True)
+        entries.append(subprocess.run(made, check=True, capture_output=True, text=True).stdout.split()[-1])
+    os.environ[SITE_TOKENS_ENV] = ",".join(entries)
+    print(f"{SITE_TOKENS_ENV}={os.environ[SITE_TOKENS_ENV][:40]}... (the coordinator's list)", flush=True)
     sites = []
     for name, folder in folders.items():
         command = [GALLERY, "site", "run", "--federation", f"127.0.0.1:{port}", "--site", name, "--data", str(folder)]
+        command += ["--token-file", str(args.out / f"{name}.token")]
         print("$", " ".join(command), flush=True)
         log = open(args.out / f"{name}.log", "wb")  # noqa: SIM115 - the site writes it until it ends
         sites.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))

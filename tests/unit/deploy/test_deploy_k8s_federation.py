@@ -31,6 +31,7 @@ from deploy_k8s_objects import (
 )
 
 from gallery_cli import site_cmd
+from gallery_common.site_tokens import SITE_TOKENS_ENV as SITES_ENV
 from gallery_trainer.federated.relay import SITE_NAME_PATTERN, TLS_ENV
 from gallery_trainer.spec import EngineSpec
 
@@ -94,6 +95,16 @@ def test_production_makes_the_coordinator_speak_tls_with_the_secrets_certificate
         assert key == TLS_KEYS[role]
         # without the Secret the trainer still starts; a federated job fails naming the missing file
         assert volume["secret"]["optional"] is True
+
+
+def test_production_admits_the_sites_listed_in_its_secret_only() -> None:
+    (listed,) = [
+        e for e in container(find(manifests("production"), "Deployment", "trainer"))["env"] if e["name"] == SITES_ENV
+    ]
+    reference = listed["valueFrom"]["secretKeyRef"]
+    assert (reference["name"], reference["key"]) == ("trainer-federation-sites", "sites")
+    assert reference["optional"] is True, "the trainer starts without it; its federations then admit any site"
+    assert SITES_ENV not in {e["name"] for e in container(find(manifests("dev"), "Deployment", "trainer"))["env"]}
 
 
 def test_dev_coordinator_speaks_plain_grpc_inside_the_cluster() -> None:
@@ -171,6 +182,11 @@ def test_the_sites_arguments_name_it_its_coordinator_and_its_data() -> None:
     certificate = PurePosixPath(options["--root-certificate"])
     ca = volumes[mounts[str(certificate.parent)]["name"]]["secret"]
     assert [item["path"] for item in ca["items"]] == [certificate.name]
+    # the site's own token, alone, from a Secret of its own
+    token = PurePosixPath(options["--token-file"])
+    secret = volumes[mounts[str(token.parent)]["name"]]["secret"]
+    assert secret["secretName"] != ca["secretName"] and [item["path"] for item in secret["items"]] == [token.name]
+    assert secret.get("optional") is not True, "a site without its token would only be refused"
 
 
 def test_the_site_sees_only_its_own_data_and_cannot_change_it() -> None:

@@ -169,7 +169,7 @@ def test_every_config_map_secret_volume_and_account_a_pod_names_exists(overlay: 
                     assert source["secretRef"]["name"] in secrets
             for env in c.get("env", []):
                 ref = env.get("valueFrom", {})
-                if "secretKeyRef" in ref:
+                if "secretKeyRef" in ref and not ref["secretKeyRef"].get("optional"):  # an optional one may be absent
                     assert ref["secretKeyRef"]["key"] in secrets[ref["secretKeyRef"]["name"]], env["name"]
                 if "configMapKeyRef" in ref:
                     assert ref["configMapKeyRef"]["key"] in config_maps[ref["configMapKeyRef"]["name"]], env["name"]

@@ -38,6 +38,7 @@ from gallery_trainer.federated.plan import (
 )
 from gallery_trainer.federated.relay import (
     FederationError,
+    coordinator_site_tokens,
     coordinator_tls,
     flower_environment,
     flower_python,
@@ -93,7 +94,7 @@ def plan_federation(spec: JobSpec, workdir: Path, store: ArtifactStore | None) -
         job=json.dumps(site_job),
     )
     try:
-        plan = replace(plan, tls=coordinator_tls())
+        plan = replace(plan, tls=coordinator_tls(), site_tokens=coordinator_site_tokens())
     except FederationError as exc:
         raise TrainingFailed(str(exc)) from None
     if engine.secure_aggregation is not None:

@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
+from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported: it reads this once
 
 import flwr.compat.common.recorddict_compat as compat
+import grpc
 import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.client import NumPyClient, start_client
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
+from gallery_common.site_tokens import SITE_TOKEN_ENV, site_metadata
 from gallery_trainer.federated.relay import FederationError, read_message, write_message
 from gallery_trainer.federated.secure import MESSAGE_PHASE, decode, encode, set_identity
 
@@ -72,6 +77,48 @@ class RelayClient(NumPyClient):
         return float(header["loss"]), int(header["examples"]), dict(header["metrics"])
 
 
+class _CallDetails(
+    namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    """A call's details with more metadata (gRPC's own are not meant to be built)."""
+
+
+class SiteToken(grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Adds the site's token and name to the connection (Flower's streaming `Join`), which the coordinator
+    checks before it admits the site (`gallery_common.site_tokens`)."""
+
+    def __init__(self, name: str, token: str) -> None:
+        self.metadata = site_metadata(name, token)
+
+    def intercept_stream_stream(
+        self, continuation: Any, details: grpc.ClientCallDetails, request_iterator: Iterator[Any]
+    ) -> Any:
+        with_token = _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), *self.metadata],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+        return continuation(with_token, request_iterator)
+
+
+def send_site_token(name: str, token: str) -> None:
+    """Flower's legacy connection (`grpc_connection`) builds its channel with no call metadata of ours: the
+    channel it creates is wrapped with `SiteToken` (flwr is pinned in requirements/flower.txt; the
+    federated tests fail should a release move `create_channel`)."""
+    from flwr.compat.client.grpc_client import connection
+
+    create_channel = connection.create_channel
+
+    def with_token(*args: Any, **kwargs: Any) -> grpc.Channel:
+        return grpc.intercept_channel(create_channel(*args, **kwargs), SiteToken(name, token))
+
+    connection.create_channel = with_token
+
+
 def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
@@ -85,18 +132,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd-out", type=int, required=True, help="pipe the requests go out on")
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
     parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
+    parser.add_argument("--site", help="the site's name, sent with its token (GALLERY_SITE_TOKEN) when it has one")
     args = parser.parse_args(argv)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     set_identity(node_id=0)
+    token = os.environ.pop(SITE_TOKEN_ENV, "")
+    if token and args.site:
+        send_site_token(args.site, token)
     with os.fdopen(args.fd_out, "wb") as to_site, os.fdopen(args.fd_in, "rb") as from_site:
         client = RelayClient(to_site, from_site)
-        start_client(
-            server_address=args.federation,
-            client=client.to_client(),
-            root_certificates=args.root_certificate.read_bytes() if args.root_certificate else None,
-            insecure=args.root_certificate is None,
-            max_wait_time=args.max_wait,
-        )
+        try:
+            start_client(
+                server_address=args.federation,
+                client=client.to_client(),
+                root_certificates=args.root_certificate.read_bytes() if args.root_certificate else None,
+                insecure=args.root_certificate is None,
+                max_wait_time=args.max_wait,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            write_message(to_site, {"op": "refused", "reason": exc.details()})
+            sys.exit(3)
         write_message(to_site, {"op": "done"})
 
 

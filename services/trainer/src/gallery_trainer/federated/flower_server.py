@@ -1,7 +1,7 @@
 """The coordinator's Flower side: the rounds of a federated job, run in Flower's interpreter.
 
 `python -m gallery_trainer.federated.flower_server WORKDIR`, started by the trainer with the plan it wrote
-(`federation_plan.json`, `initial_weights.relay`). Flower's legacy gRPC Fleet API (`start_grpc_server`, the
+(`federation_plan.json`, `initial_weights.relay`). Flower's legacy gRPC Fleet API (its `FlowerServiceServicer`, the
 `grpc-bidi` transport that `flwr.client.start_client` speaks) carries the rounds; FedAvg or FedProx
 aggregates. Flower's current deployment (SuperLink, SuperNodes, `flwr run`) is not used: a run there is a
 FAB that SuperLink's executor installs and starts in processes of its own, away from the trainer's job
@@ -16,7 +16,8 @@ round; the job goes on while `min_sites` answered. When `min_sites` sites are no
 `round_timeout_s`, or fewer answered, the job ends with that reason (`federation_error.json`). Every round
 appends one record to `metrics.jsonl`; the end writes `federation_result.json` and `final_weights.relay`.
 With `secure_aggregation` each round's training goes through Flower's SecAgg+ (`secure`); with
-`differential_privacy` the strategy is wrapped in Flower's server-side fixed-clipping DP (`privacy`).
+`differential_privacy` the strategy is wrapped in Flower's server-side fixed-clipping DP (`privacy`). With
+the plan's `site_tokens` only the listed sites are admitted, each held to its name (`gallery_common.site_tokens`).
 """
 
 from __future__ import annotations
@@ -27,22 +28,29 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # before flwr is imported: it reads this once
 
+import grpc
 import numpy as np
 from flwr.common import FitIns, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.proto.transport_pb2 import ClientMessage, ServerMessage
+from flwr.proto.transport_pb2_grpc import add_FlowerServiceServicer_to_server
 from flwr.server import Server
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.server import evaluate_clients, fit_clients
 from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, FedProx, Strategy
-from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
+from flwr.server.superlink.fleet.grpc_bidi.flower_service_servicer import FlowerServiceServicer
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import SecAggPlusWorkflow
+from flwr.supercore.grpc import generic_create_grpc_server
 
+from gallery_common.site_tokens import admit_site
 from gallery_trainer.federated.plan import (
     ERROR_FILE,
     FINAL_WEIGHTS_FILE,
@@ -55,17 +63,26 @@ from gallery_trainer.federated.privacy import gaussian_epsilon
 from gallery_trainer.federated.relay import FederationError, read_message, write_message
 from gallery_trainer.federated.secure import node_id_of, secure_fit, set_identity
 
+# the site a connection was admitted as, while Flower registers its proxy (in the same gRPC worker thread)
+_JOINING = threading.local()
+
 
 class SiteManager(SimpleClientManager):
-    """Flower's client manager, but waiting for sites at most `join_timeout_s` (Flower's waits a day)."""
+    """Flower's client manager, but waiting for sites at most `join_timeout_s` (Flower's waits a day), and
+    knowing which site each connection was admitted as (None when every site is admitted)."""
 
     def __init__(self, join_timeout_s: float) -> None:
         super().__init__()
         self.join_timeout_s = join_timeout_s
+        self.admitted: dict[int, str | None] = {}  # node id -> the site its connection was admitted as
 
     def register(self, client: ClientProxy) -> bool:
         client.node_id = node_id_of(client)  # SecAgg+ addresses sites by node id, legacy proxies have none
+        self.admitted[client.node_id] = getattr(_JOINING, "site", None)
         return bool(super().register(client))
+
+    def admitted_as(self, proxy: ClientProxy) -> str | None:
+        return self.admitted.get(proxy.node_id)
 
     def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
         if not super().wait_for(num_clients, timeout=math.ceil(self.join_timeout_s)):
@@ -74,6 +91,26 @@ class SiteManager(SimpleClientManager):
                 f"within {self.join_timeout_s:g} s (round_timeout_s)"
             )
         return True
+
+
+class SiteAdmission(FlowerServiceServicer):  # type: ignore[misc]
+    """Flower's legacy Fleet service (the `grpc-bidi` transport), admitting only the sites the plan lists
+    (`gallery_common.site_tokens`): a connection without a listed site's token and name is refused
+    UNAUTHENTICATED with the reason, before Flower registers it."""
+
+    def __init__(self, manager: SiteManager, site_tokens: dict[str, str] | None) -> None:
+        super().__init__(manager)
+        self.site_tokens = site_tokens
+
+    def Join(self, request_iterator: Iterator[ClientMessage], context: grpc.ServicerContext) -> Iterator[ServerMessage]:
+        site = None
+        if self.site_tokens is not None:
+            site, refusal = admit_site(self.site_tokens, context.invocation_metadata())
+            if site is None:
+                print(f"refused a site from {context.peer()}: {refusal}", file=sys.stderr, flush=True)
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        _JOINING.site = site
+        yield from super().Join(request_iterator, context)
 
 
 def _size(parameters: Parameters) -> int:
@@ -149,14 +186,12 @@ class Federation:
             )
         n_features = self.plan.n_features
         sums, squares, count = np.zeros(n_features), np.zeros(n_features), 0
-        for _, fit_res in results:
+        for proxy, fit_res in results:
             site_sum, site_squares = parameters_to_ndarrays(fit_res.parameters)
+            name = self._note_site(fit_res.metrics, fit_res.num_examples, None, self.manager.admitted_as(proxy))
             if site_sum.shape != (n_features,) or site_squares.shape != (n_features,):
-                raise FederationError(
-                    f"site {fit_res.metrics.get('site')}: its data does not have {n_features} features"
-                )
+                raise FederationError(f"site {name}: its data does not have {n_features} features")
             sums, squares, count = sums + site_sum, squares + site_squares, count + fit_res.num_examples
-            self._note_site(fit_res.metrics, fit_res.num_examples, server_round=None)
         mean = sums / count
         std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
         if not self.plan.standardize:
@@ -165,8 +200,8 @@ class Federation:
         scale = np.where(std > 1e-12, std, 1.0)
         self.transform = {"mean": mean.astype(np.float32).tolist(), "scale": scale.astype(np.float32).tolist()}
 
-    def _note_site(self, metrics: dict[str, Any], examples: int, server_round: int | None) -> str:
-        name = str(metrics.get("site", "?"))
+    def _note_site(self, metrics: dict[str, Any], examples: int, server_round: int | None, admitted: str | None) -> str:
+        name = self._site_name(metrics, admitted)
         site = self.sites.setdefault(
             name, {"fingerprint": metrics.get("fingerprint"), "examples": examples, "rounds": 0}
         )
@@ -175,6 +210,14 @@ class Federation:
         site["examples"] = examples
         if server_round is not None:
             site["rounds"] += 1
+        return name
+
+    @staticmethod
+    def _site_name(metrics: dict[str, Any], admitted: str | None) -> str:
+        """The name a site's answer gives; with listed sites, it must be the one its connection was admitted as."""
+        name = str(metrics.get("site", "?"))
+        if admitted is not None and name != admitted:
+            raise FederationError(f"the connection admitted as site {admitted} answered as site {name}")
         return name
 
     def run_round(self, server_round: int, weights: Parameters) -> tuple[Parameters, dict[str, float]]:
@@ -224,8 +267,8 @@ class Federation:
         results, failures = fit_clients(instructions, None, plan.round_timeout_s, server_round)
         sent = _size(weights) + _config_size(self._fit_config(server_round))
         trained = []
-        for _, fit_res in results:
-            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round)
+        for proxy, fit_res in results:
+            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round, self.manager.admitted_as(proxy))
             traffic[name] = [sent, _size(fit_res.parameters)]
             trained.append((name, fit_res.num_examples, float(fit_res.metrics.get("train_loss", math.nan))))
             if plan.dp_noise_multiplier:
@@ -252,7 +295,8 @@ class Federation:
             return weights, [], len(grid.asked)
         trained = []
         for node_id, fit_res in grid.fit_results.items():
-            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round)
+            admitted = self.manager.admitted.get(node_id)
+            name = self._note_site(fit_res.metrics, fit_res.num_examples, server_round, admitted)
             traffic[name] = grid.traffic[node_id]
             trained.append((name, fit_res.num_examples, float(fit_res.metrics.get("train_loss", math.nan))))
         return aggregated, trained, len(grid.asked) - len(trained)
@@ -268,8 +312,8 @@ class Federation:
         record: dict[str, float] = {}
         loss = correct = examples = 0.0
         worst = math.inf
-        for _, eval_res in evaluated:
-            name = str(eval_res.metrics.get("site", "?"))
+        for proxy, eval_res in evaluated:
+            name = self._site_name(eval_res.metrics, self.manager.admitted_as(proxy))
             traffic.setdefault(name, [0, 0])[0] += sent
             accuracy = float(eval_res.metrics.get("accuracy", math.nan))
             record[f"site.{name}.val_loss"] = float(eval_res.loss)
@@ -329,9 +373,12 @@ def run_federation(workdir: Path) -> None:
     weights = ndarrays_to_parameters(arrays)
     manager = SiteManager(plan.round_timeout_s)
     try:
-        grpc_server = start_grpc_server(
-            client_manager=manager, server_address=plan.address, certificates=_certificates(plan)
+        grpc_server = generic_create_grpc_server(
+            servicer_and_add_fn=(SiteAdmission(manager, plan.site_tokens), add_FlowerServiceServicer_to_server),
+            server_address=plan.address,
+            certificates=_certificates(plan),
         )
+        grpc_server.start()
     except SystemExit as exc:  # Flower exits when it cannot bind
         raise FederationError(f"engine.address: the coordinator cannot listen on {plan.address}: {exc}") from None
     server = Server(client_manager=manager)

@@ -42,6 +42,8 @@ class FederationPlan:
     secagg_clipping_range: float = 8.0
     tls: dict[str, str] | None = None
     """PEM files by role (`root_certificate`, `certificate`, `private_key`): the coordinator speaks TLS."""
+    site_tokens: dict[str, str] | None = None
+    """The sites admitted, {name: sha256 of its token} (`gallery_common.site_tokens`); None admits any site."""
 
     def save(self, workdir: Path) -> None:
         (workdir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2))

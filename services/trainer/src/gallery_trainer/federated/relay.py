@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from gallery_common.errors import GalleryError
+from gallery_common.site_tokens import SITE_NAME_PATTERN as SITE_NAME_PATTERN
+from gallery_common.site_tokens import SITE_TOKENS_ENV, SiteTokensInvalid, parse_site_tokens
 
 FLOWER_PYTHON_ENV = "GALLERY_FLOWER_PYTHON"
 TLS_ENV = {
@@ -31,8 +33,6 @@ TLS_ENV = {
 ALLOWED_DTYPES = ("float32", "float64", "int64")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_BYTES = 2 * 1024**3
-SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-"""A site's name: it becomes part of metric keys (`site.<name>.val_accuracy`), so no dots or spaces."""
 
 Message = tuple[dict[str, Any], list[np.ndarray]]
 
@@ -70,6 +70,18 @@ def coordinator_tls() -> dict[str, str] | None:
         if not Path(path).is_file():
             raise FederationError(f"federation TLS: {TLS_ENV[role]}={path} is not a readable file")
     return given
+
+
+def coordinator_site_tokens() -> dict[str, str] | None:
+    """The sites the coordinator admits ({name: sha256 of its token}) from `GALLERY_FEDERATION_SITE_TOKENS`,
+    or None to admit any site; FederationError when the list cannot be read."""
+    text = os.environ.get(SITE_TOKENS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_site_tokens(text)
+    except SiteTokensInvalid as exc:
+        raise FederationError(str(exc)) from None
 
 
 def flower_environment() -> dict[str, str]:

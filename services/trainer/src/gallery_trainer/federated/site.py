@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from gallery_common.contracts import NpzRefused, read_split
 from gallery_common.netutil import wait_for_port
 from gallery_common.nn import build_network
+from gallery_common.site_tokens import SITE_TOKEN_ENV
 from gallery_common.telemetry import get_logger
 from gallery_trainer.augment import Augmenter
 from gallery_trainer.engine.batches import ShardedBatches
@@ -223,11 +224,32 @@ def _wait_for_coordinator(name: str, address: str, max_wait: float) -> None:
         raise FederationError(f"site {name}: no coordinator answered at {address} within {max_wait:g} s (--max-wait)")
 
 
+def site_token(name: str, token_file: Path | None) -> str | None:
+    """The site's token: the first line of `token_file`, else `GALLERY_SITE_TOKEN`, else None (a
+    federation that lists its sites refuses a site without one)."""
+    if token_file is None:
+        return os.environ.get(SITE_TOKEN_ENV) or None
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise FederationError(f"site {name}: cannot read its token file {token_file}: {exc.strerror}") from None
+    if not token or "\n" in token:
+        raise FederationError(f"site {name}: {token_file} must hold the site's token on one line")
+    return token
+
+
 def run_site(
-    federation: str, name: str, folder: Path, *, max_wait: float = 300.0, root_certificate: Path | None = None
+    federation: str,
+    name: str,
+    folder: Path,
+    *,
+    max_wait: float = 300.0,
+    root_certificate: Path | None = None,
+    token: str | None = None,
 ) -> int:
     """Take part in the federation at `federation` (host:port) until it ends; the relay's exit status.
-    With `root_certificate` the connection is TLS, the coordinator's certificate checked against it."""
+    With `root_certificate` the connection is TLS, the coordinator's certificate checked against it; with
+    `token` the site presents it and its name, and a coordinator that lists its sites admits it by them."""
     site = Site(load_site_data(name, folder))
     if root_certificate is not None and not root_certificate.is_file():
         raise FederationError(f"site {name}: {root_certificate} is not a readable certificate file")
@@ -244,9 +266,11 @@ def run_site(
             *("--federation", address),
             *("--fd-in", str(to_relay_r), "--fd-out", str(from_relay_w), "--max-wait", str(max_wait)),
             *tls,
+            *("--site", name),
         ],
         pass_fds=(to_relay_r, from_relay_w),
-        env=flower_environment(),
+        # the token goes by environment, never on a command line others can read
+        env={**flower_environment(), **({SITE_TOKEN_ENV: token} if token else {})},
     )
     os.close(to_relay_r)
     os.close(from_relay_w)
@@ -259,6 +283,9 @@ def run_site(
                 break
             if header.get("op") == "done":
                 break
+            if header.get("op") == "refused":
+                relay.wait()
+                raise FederationError(f"site {name}: the coordinator at {address} refused it: {header.get('reason')}")
             try:
                 reply = site.handle(header, arrays)
             except FederationError as exc:
@@ -277,10 +304,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, type=Path, help="folder with train.npz and validation.npz")
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
     parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
+    parser.add_argument("--token-file", type=Path, help=f"file with this site's token (else ${SITE_TOKEN_ENV})")
     args = parser.parse_args(argv)
     try:
         code = run_site(
-            args.federation, args.site, args.data, max_wait=args.max_wait, root_certificate=args.root_certificate
+            args.federation,
+            args.site,
+            args.data,
+            max_wait=args.max_wait,
+            root_certificate=args.root_certificate,
+            token=site_token(args.site, args.token_file),
         )
         sys.exit(code)
     except FederationError as exc:
