@@ -95,7 +95,7 @@ class Trainer:
         )
         return make_event(payload, "/modelgallery/trainer")
 
-    async def outcomes(self, count: int, *, quiet: float = 0.3, timeout: float = 20.0) -> list[CloudEvent[Any]]:
+    async def outcomes(self, count: int, *, quiet: float = 0.3, timeout: float = 60.0) -> list[CloudEvent[Any]]:
         """The outcome events in the stream, once there are `count` and no more arrive for `quiet` seconds."""
         seen: list[CloudEvent[Any]] = []
         deadline = time.monotonic() + timeout
