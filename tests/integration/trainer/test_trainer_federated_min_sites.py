@@ -32,7 +32,8 @@ def test_too_few_sites_end_the_job_with_the_reason(tmp_path: Path) -> None:
 
 def test_a_round_that_cannot_gather_min_sites_after_a_site_left_ends_the_job(tmp_path: Path) -> None:
     port = free_port()
-    spec = federated_spec(port, rounds=30, min_sites=2, round_timeout_s=6)
+    # long enough for both sites to start on a loaded machine (round 0 waits that long for them)
+    spec = federated_spec(port, rounds=30, min_sites=2, round_timeout_s=20)
     folders = site_folders(spec, tmp_path / "sites", n_sites=2)
     workdir = tmp_path / "job"
     with sites_running(port, folders, tmp_path) as sites:
