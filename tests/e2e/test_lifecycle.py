@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -496,6 +497,12 @@ def test_a_regressor_fitted_elsewhere_is_imported_judged_on_r2_and_served(
     assert served_r2 >= expected_r2 - 0.01, (recommended, served_r2, expected_r2)
 
 
+def table_cells(line: str) -> list[str]:
+    """The cells of one row of a table the CLI printed, its borders dropped (empty cells kept)."""
+    parts = re.split(r"[│┃]", line)
+    return [cell.strip() for cell in parts[1:-1]] if len(parts) > 2 else []
+
+
 def answer_with_ids(stack: LifecycleStack, x: np.ndarray, model: str) -> list[tuple[str, np.ndarray]]:
     """The rows through the gateway, 30 per request: each answer's request id and its top classes."""
     answers = []
@@ -538,7 +545,7 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
         120,
     )
     gate = version_of(stack, 1, model)["evaluation_report"]["accuracy"]
-    measured = {v.name: v.metrics.get("accuracy") for v in optimized.data.variants}
+    measured = {v.name: v.metrics.get("accuracy") for v in optimized.data.variants if v.artifact and not v.error}
 
     deployer, monitor = stack.services["deployer"].url, stack.services["monitor"].url
     refused = httpx.post(f"{stack.services['gateway'].url}/v2/models/{model}/feedback", json={
@@ -583,6 +590,34 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     )
     assert variant["test_accuracy"] == pytest.approx(measured[recommended])
     assert not events_of(stack, "degraded", model=model, version=1)
+
+    # a person serves another variant by hand (FP32 unless that is the one served): answers given from then on
+    # are that variant's, and the quality view keeps both beside what the optimizer measured of each
+    listed = subprocess.run(
+        [str(GALLERY), "variants", f"{model}:1"], env=stack.env(), capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {cells[0]: cells for line in listed.stdout.splitlines() if len(cells := table_cells(line)) >= 3}
+    assert rows[recommended][1] == "serving, recommended", listed.stdout
+    assert rows["fp32"][2] == f"{measured['fp32'] * 100:.2f}%", "the optimizer's accuracy of each variant"
+    other = "fp32" if recommended != "fp32" else next(name for name in measured if name != "fp32")
+    serve = [str(GALLERY), "variants", f"{model}:1", "--serve", other, "--reason", "compare online"]
+    switched = subprocess.run(serve, env=stack.env(), capture_output=True, text=True, timeout=300)
+    assert switched.returncode == 0, switched.stdout + switched.stderr
+    assert f"{model}:1 serves {other} (production" in switched.stdout
+    wait_for(
+        f"{other} in production",
+        lambda: [e for e in deployed(stack, 1, "production", model) if e.data.variant == other],
+        60,
+    )
+    give_labels(stack, model, answer_with_ids(stack, fitted.x_test[:60], model), fitted.y_test[:60])
+    by_variant = wait_for(
+        f"{other}'s labels",
+        lambda: (v := {x["variant"]: x for x in quality()["versions"][0]["variants"]}).get(other) and v,
+        60,
+    )
+    assert by_variant[other]["labelled_rows"] == 60 and by_variant[recommended]["labelled_rows"] == labelled
+    assert by_variant[other]["test_accuracy"] == pytest.approx(measured[other])
 
     # labels one class off on new answers: online accuracy falls far below the gate's
     wrong = (fitted.y_test + 1) % 10

@@ -32,7 +32,7 @@ def test_experiments_from_before_take_their_models_project(engine: Engine) -> No
         conn.execute(text(_experiment("exp-iris", "iris")))
         conn.execute(text(_experiment("exp-gone", "retired-model")))  # its model serves nothing any more
 
-    MIGRATIONS.upgrade(engine)
+    MIGRATIONS.upgrade(engine, "0005")
 
     assert MIGRATIONS.current_revision(engine) == "0005"
     projects = {record.id: record.project for record in ExperimentStore(engine).all()}

@@ -6,6 +6,7 @@ rollout itself is covered by tests/integration/deployer).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,17 @@ class Controller:
     async def wake(self, model: str) -> None:
         self.calls.append(f"wake {model}")
 
+    async def variant_artifact(self, model: str, version: int, variant: str) -> ArtifactRef:
+        # fp32: the registry's own file; "forged": a file the registry never attached to the version
+        name = f"{model}-{version}" if variant == "fp32" else f"{model}-{version}-{variant}"
+        return ArtifactRef(uri=f"file:///a/{name}.onnx", sha256=SHA)
+
+    async def serve_variant(
+        self, model: str, version: int, variant: str, artifact: ArtifactRef, reason: str
+    ) -> DeploymentRecord:
+        self.calls.append(f"variant {model}:{version} {variant} ({reason})")
+        return self.record(model, version)
+
 
 @pytest.fixture
 def controller(tmp_path: Path) -> Controller:
@@ -145,6 +157,13 @@ ADMIN_OPERATIONS = [
     ("PUT", "/api/v1/policies/m", {"replicas": 3}, None),
     ("PUT", "/api/v1/policies/m", {"replicas": 3, "record_outcomes": True}, "reroute m"),  # the route changes now
     ("PATCH", "/api/v1/policies/m", {"replicas": 3}, None),
+    (
+        "PUT",
+        "/api/v1/deployments/m/variant",
+        {"version": 1, "variant": "fp32", "reason": "int8 answers worse"},
+        f"variant m:1 fp32 (variant fp32 chosen by admin-{hashlib.sha256(ADMIN.encode()).hexdigest()[:8]}: "
+        "int8 answers worse)",
+    ),
 ]
 
 
@@ -210,3 +229,14 @@ def test_the_gateway_wakes_a_model_with_an_inference_token_and_reads_need_a_read
     assert client.get("/api/v1/deployments", headers=bearer(INFERENCE)).status_code == 403
     listed = client.get("/api/v1/deployments", headers=bearer(WRITER))
     assert [(d["model"], d["version"]) for d in listed.json()] == [("m", 1)]
+
+
+def test_only_a_file_the_registry_holds_for_the_version_is_served_as_a_variant(
+    client: TestClient, controller: Controller
+) -> None:
+    refused = client.put(
+        "/api/v1/deployments/m/variant", json={"version": 1, "variant": "forged"}, headers=bearer(ADMIN)
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"].startswith("refused: file:///a/m-1-forged.onnx (sha256 cccccccccccc...) is not")
+    assert controller.calls == []

@@ -11,7 +11,7 @@ import pytest
 from gallery_common.artifacts import open_store
 from gallery_common.db import make_engine
 from gallery_common.errors import Conflict, NotFound
-from gallery_common.events import ArtifactRef, Payload
+from gallery_common.events import ArtifactRef, ModelOptimized, Payload, VariantResult
 from gallery_deployer.deployer.controller import Controller
 from gallery_deployer.deployer.migrations import upgrade
 from gallery_deployer.deployer.records import DeploymentStore, Stage
@@ -88,7 +88,11 @@ class FakeRegistry:
         self.tasks: dict[tuple[str, int], str] = {}  # what get_version says a version is (else a classifier)
 
     def get_version(self, model: str, version: int) -> SimpleNamespace:
-        return SimpleNamespace(task=self.tasks.get((model, version), "classification"))
+        onnx = artifact(version)  # the version's own file, as the gate validated it
+        return SimpleNamespace(
+            task=self.tasks.get((model, version), "classification"),
+            artifact=lambda role: onnx if role == "onnx" else None,
+        )
 
     def set_alias(self, model: str, alias: str, version: int, reason: str | None = None) -> dict[str, object]:
         self.moves.append((model, alias, version, reason))
@@ -235,6 +239,55 @@ async def test_an_optimized_variant_replaces_the_artifact_in_place(controller: C
     assert controller.routes.routes["m"].backends[0].variant == "int8_dynamic"  # type: ignore[attr-defined]
     assert announced(controller)[-1] == "deployed:m:1:int8_dynamic:production"
     assert await controller.roll_variant("m", 9, "int8_dynamic", int8) is None  # a version not serving
+
+
+async def test_a_serving_version_serves_another_of_its_variants_by_hand(controller: Controller) -> None:
+    """Back to FP32 when the optimizer's variant answers worse online, and to a built variant again by name;
+    a variant that was not built, or failed, is not offered, and one that never becomes ready changes nothing."""
+    await controller.deploy("m", 1, artifact(1))
+    int8 = ArtifactRef(uri="file:///models/m/1/int8.onnx", sha256="f" * 64)
+    broken = ArtifactRef(uri="file:///models/m/1/pruned.onnx", sha256="bad" + "0" * 61)
+    optimized = ModelOptimized(
+        model="m",
+        version=1,
+        recommended="int8_dynamic",
+        recommended_artifact=int8,
+        variants=[
+            VariantResult(name="fp32", artifact=artifact(1), metrics={"accuracy": 0.96}),
+            VariantResult(name="int8_dynamic", artifact=int8, metrics={"accuracy": 0.95}),
+            VariantResult(name="pruned_50", artifact=broken, metrics={"accuracy": 0.94}),
+            VariantResult(name="fp16", error="needs a GPU"),
+        ],
+    )
+    await controller.remember_variants(optimized)
+    await controller.roll_variant("m", 1, "int8_dynamic", int8, "recommended")  # as model.optimized rolls it in
+
+    fp32 = await controller.variant_artifact("m", 1, "fp32")
+    assert fp32 == artifact(1), "FP32 is the registry's own file of the version"
+    record = await controller.serve_variant("m", 1, "fp32", fp32, "int8 answers worse online")
+    assert (record.variant, record.reason) == ("fp32", "int8 answers worse online")
+    assert controller.runtime.specs["m-v1"].artifact_sha256 == artifact(1).sha256  # type: ignore[attr-defined]
+    assert controller.routes.routes["m"].backends[0].variant == "fp32"  # type: ignore[attr-defined]
+    assert announced(controller)[-1] == "deployed:m:1:fp32:production"
+    assert await controller.serve_variant("m", 1, "fp32", fp32, "again") == record  # already served: no change
+    assert announced(controller)[-1] == "deployed:m:1:fp32:production" and len(announced(controller)) == 3
+
+    again = await controller.serve_variant(
+        "m", 1, "int8_dynamic", await controller.variant_artifact("m", 1, "int8_dynamic"), "ok"
+    )
+    assert again.variant == "int8_dynamic" and controller.runtime.specs["m-v1"].artifact_sha256 == "f" * 64  # type: ignore[attr-defined]
+
+    with pytest.raises(NotFound, match=r"m:1 has no variant 'fp16'; it has fp32, int8_dynamic, pruned_50"):
+        await controller.variant_artifact("m", 1, "fp16")
+    with pytest.raises(Conflict, match="variant pruned_50 of m:1 did not become ready; it keeps serving int8_dynamic"):
+        await controller.serve_variant("m", 1, "pruned_50", broken, "smaller")
+    assert controller.store.get("m-v1").variant == "int8_dynamic"  # type: ignore[union-attr]
+    with pytest.raises(Conflict, match="m:2 does not serve"):
+        await controller.serve_variant("m", 2, "fp32", artifact(2), "not deployed")
+
+    # a newer model.optimized of the version replaces what it built
+    await controller.remember_variants(optimized.model_copy(update={"variants": optimized.variants[:2]}))
+    assert [v.name for v in controller.store.variants("m", 1)] == ["fp32", "int8_dynamic"]
 
 
 async def test_canary_weights_move_by_hand(controller: Controller) -> None:

@@ -291,6 +291,7 @@ async def test_a_quality_alert_names_which_variant_gave_the_worse_answers(monito
     assert payload.reason.startswith("online accuracy 75.0% is 21.0 points below the gate's 96.0%")
     assert payload.reason.endswith(
         "; by variant: int8 70.0% of 50 rows (optimizer 95.0%); fp32 100.0% of 10 rows (optimizer 96.0%)"
+        " (to serve FP32 instead: gallery variants iris:3 --serve fp32)"
     )
     assert payload.evidence["variants"]["int8"] == {
         "labelled_rows": 50, "online_accuracy": 0.7, "test_accuracy": 0.95,

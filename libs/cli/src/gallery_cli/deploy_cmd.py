@@ -1,4 +1,4 @@
-"""`gallery deploy`, `promote`, `rollback`, `deployments` and `policy`: the deployer from the terminal."""
+"""`gallery deploy`, `promote`, `rollback`, `deployments`, `variants` and `policy`: the deployer from the terminal."""
 
 from __future__ import annotations
 
@@ -80,6 +80,62 @@ def deployments(
         say("no deployments yet: `gallery deploy NAME:VERSION`, or train a model and let the lifecycle deploy it")
         return
     console.print(deployments_table(rows))
+
+
+def _figure(metrics: dict[str, float], name: str, digits: int, scale: float = 1.0) -> str:
+    value = metrics.get(name)
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+# the optimizer's figures a variants table may show: title, metric, digits, scale, suffix
+VARIANT_FIGURES = (
+    ("accuracy", "accuracy", 2, 100.0, "%"),
+    ("rmse", "rmse", 4, 1.0, ""),
+    ("p50 ms (b1)", "latency_b1_p50_ms", 3, 1.0, ""),
+    ("size KB", "size_bytes", 0, 1 / 1000, ""),
+)
+
+
+def variants_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """One row per variant with its status and the optimizer's figures; only the figures some variant has,
+    and the CPUs a variant is built for only when one is, so the table fits a terminal."""
+    figures = [f for f in VARIANT_FIGURES if any(f[1] in row["metrics"] for row in rows)]
+    targets = any(row["cpu_target"] for row in rows)
+    table = Table(title=title, title_justify="left")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for name, *_ in figures:
+        table.add_column(name, justify="right")
+    if targets:
+        table.add_column("built for")
+    for row in rows:
+        status = [word for word, on in (("serving", row["serving"]), ("recommended", row["recommended"])) if on]
+        cells = [row["variant"], ", ".join(status)]
+        cells += [_figure(row["metrics"], metric, digits, scale) + unit for _, metric, digits, scale, unit in figures]
+        table.add_row(*cells, *([row["cpu_target"] or "any CPU"] if targets else []))
+    return table
+
+
+def variants(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION of a serving version")],
+    serve: Annotated[
+        str | None, typer.Option(help="serve this variant instead (fp32: the version's own file), by a rolling update")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="why; recorded on the deployment and in the audit trail")] = "by hand",
+) -> None:
+    """Show the variants a serving version can serve (FP32 and what its optimizer built, with the optimizer's
+    figures); with --serve, serve another one (an admin token in its project)."""
+    model, version = parse_ref(ref)
+    path = f"/api/v1/deployments/{quote(model, safe='')}"
+    with DeployerClient(timeout=300) as client:
+        if serve is not None:
+            row = client.json("PUT", f"{path}/variant", json={"version": version, "variant": serve, "reason": reason})
+            say(f"{model}:{version} serves {row['variant']} ({row['stage']}, {row['state']})")
+        rows = [r for r in client.json("GET", f"{path}/variants") if r["version"] == version]
+    if not rows:
+        say(f"{model}:{version} does not serve: `gallery deployments` lists what does")
+        return
+    console.print(variants_table(f"variants of {model}:{version}", rows))
 
 
 POLICY_SHOWN = (

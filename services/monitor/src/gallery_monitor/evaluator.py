@@ -23,6 +23,8 @@ from .quality import Tally, judge_quality, variant_breakdown
 from .records import AlertPublic, Slo
 from .series import Figures
 
+FP32 = "fp32"  # the variant a version is first deployed as (its own ONNX file)
+
 log = get_logger(__name__)
 ROUNDS = counter(
     "monitor_evaluations_total", "Evaluation rounds of SLOs and drift, by outcome (ok, failed).", ("outcome",)
@@ -182,6 +184,8 @@ async def _by_variant(
     if not variants or (len(variants) == 1 and "" in variants):
         return reason, evidence
     line, figures = variant_breakdown(variants, measured)
+    if any(name not in ("", FP32) for name in variants):  # what a person can do short of a rollback
+        line += f" (to serve FP32 instead: gallery variants {model}:{label} --serve {FP32})"
     return (f"{reason}; {line}" if line else reason), {**evidence, "variants": figures}
 
 

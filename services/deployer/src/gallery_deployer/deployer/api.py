@@ -1,6 +1,7 @@
-"""The deployer's REST API: deployments with replicas, weights and health; deploy, promote, roll back, scale.
+"""The deployer's REST API: deployments with replicas, weights and health; deploy, promote, roll back, scale,
+serve another variant of a version.
 
-Everything that changes what serves (deploy, promote, roll back, weights, scale, policies) needs the
+Everything that changes what serves (deploy, promote, roll back, weights, scale, variants, policies) needs the
 admin role; waking a model scaled to zero is part of serving a request, so the gateway's inference
 token may do it. Only the leader of the deployers does any of that (see `gallery_common.leader`): a
 follower answers it 503 naming the leader and its URL, and answers reads from the shared database.
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gallery_common.audit import AuditAction
 from gallery_common.auth import Caller, requires
+from gallery_common.consumer import TransientError
 from gallery_common.contracts.registry import VersionStatus
 from gallery_common.deps import CallerDep, get_resources
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
@@ -29,9 +31,10 @@ from gallery_common.settings import Role
 from ..gateway.routes import check_model_name
 from ..runtime.base import DeploymentStatus
 from .audit import DeployerAudit, acting_as
-from .controller import Controller
+from .controller import FP32, Controller
 from .policy import DeploymentPolicy
-from .records import SERVING, DeploymentRecord, Stage
+from .provenance import Provenance, Refused
+from .records import SERVING, DeploymentRecord, Stage, VariantRecord
 
 router = APIRouter(prefix="/api/v1", tags=["deployments"])
 ADMIN = [requires(Role.admin)]
@@ -343,6 +346,94 @@ async def scale(
 async def wake(model: str, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep) -> None:
     await check_deployed(controller, caller, directory, model, Role.inference)
     await controller.wake(model)
+
+
+class VariantView(BaseModel):
+    """A variant a version can serve: FP32 (its own ONNX) or one its `model.optimized` built."""
+
+    version: int
+    variant: str
+    serving: bool = Field(description="the variant the version serves now")
+    recommended: bool = Field(description="the optimizer's generic recommendation (the deployer picks per hardware)")
+    cpu_target: str | None = Field(description="the CPUs the variant is built for, when not any")
+    metrics: dict[str, float] = Field(description="what the optimizer measured: accuracy or rmse, latency, size")
+    artifact: ArtifactRef | None = Field(description="its file; null for FP32 (the registry's onnx artifact)")
+
+
+def _variant_views(record: DeploymentRecord, built: list[VariantRecord]) -> list[VariantView]:
+    """FP32 first (the optimizer's figures of it when it measured them), then each built variant by name."""
+    measured = {v.name: v for v in built}
+    fp32 = measured.pop(FP32, None)
+    views = [
+        VariantView(
+            version=record.version,
+            variant=FP32,
+            serving=record.variant == FP32,
+            recommended=fp32.recommended if fp32 else False,
+            cpu_target=None,
+            metrics=dict(fp32.metrics) if fp32 else {},
+            artifact=None,
+        )
+    ]
+    for name, v in sorted(measured.items()):
+        views.append(
+            VariantView(
+                version=record.version,
+                variant=name,
+                serving=record.variant == name,
+                recommended=v.recommended,
+                cpu_target=v.cpu_target,
+                metrics=dict(v.metrics),
+                artifact=ArtifactRef.model_validate(v.artifact),
+            )
+        )
+    return views
+
+
+@router.get("/deployments/{model}/variants", summary="The variants each serving version can serve")
+async def variants(
+    model: str, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+) -> list[VariantView]:
+    """Per serving (or held) version, newest first: FP32 and every variant its `model.optimized` built."""
+    await check_deployed(controller, caller, directory, model, Role.reader)
+    records = await anyio.to_thread.run_sync(controller.store.for_model, model, [*SERVING, Stage.held])
+    views = []
+    for record in records:
+        built = await anyio.to_thread.run_sync(controller.store.variants, model, record.version)
+        views.extend(_variant_views(record, built))
+    return views
+
+
+class VariantChoice(BaseModel):
+    version: int = Field(ge=1)
+    variant: str = Field(min_length=1, max_length=128, description="fp32, or a variant the version's optimizer built")
+    reason: str = Field(default="chosen by hand", min_length=1, max_length=2000)
+
+
+@router.put(
+    "/deployments/{model}/variant",
+    summary="Serve another variant of a version (fp32, or one its optimizer built)",
+    dependencies=ADMIN_LEADER,
+)
+async def serve_variant(
+    model: str, data: VariantChoice, controller: ControllerDep, caller: CallerDep, directory: DirectoryDep
+) -> DeploymentView:
+    """Replace the file a serving version runs by a rolling update, as the optimizer's variant rolled in: back
+    to FP32 when a variant answers worse online than it measured, or to another built variant. Only an
+    artifact the registry holds for the validated version is served (409 otherwise); an unknown variant is
+    404 naming those there are."""
+    await check_deployed(controller, caller, directory, model, Role.admin)
+    artifact = await controller.variant_artifact(model, data.version, data.variant)
+    try:
+        await Provenance(controller.registry).confirm_variant(model, data.version, artifact)
+    except Refused as exc:
+        raise Conflict(str(exc)) from None
+    except TransientError as exc:
+        raise Unavailable(str(exc)) from None
+    reason = f"variant {data.variant} chosen by {caller.name}: {data.reason}"
+    with acting_as(caller.name, data.reason, AuditAction.deployment):
+        record = await controller.serve_variant(model, data.version, data.variant, artifact, reason)
+    return (await _views(controller, [record]))[0]
 
 
 @router.get("/deployments/{model}/canary", summary="The canary against production over the window so far")

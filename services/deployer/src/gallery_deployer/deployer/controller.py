@@ -20,7 +20,7 @@ import numpy as np
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts.serving_metrics import Scrape
 from gallery_common.db import utcnow
-from gallery_common.errors import Conflict, GalleryError, NotFound
+from gallery_common.errors import Conflict, GalleryError, NotFound, Unavailable
 from gallery_common.events import (
     ArtifactRef,
     ModelDeployed,
@@ -38,13 +38,14 @@ from ..runtime.base import DeploymentStatus, ReportsChanges, Runtime, RuntimeSta
 from ..runtime.node_hardware import KnowsNodeHardware, NodeHardware, local_node_hardware
 from . import canary
 from .policy import DeploymentPolicy, PolicyStore
-from .records import SERVING, DeploymentRecord, DeploymentStore, Stage, due
+from .records import SERVING, DeploymentRecord, DeploymentStore, Stage, VariantRecord, due
 from .routing import GatewayRoutes, build_route
 from .settings import DeployerSettings
 from .variant_choice import VariantChoice, choose_variant
 
 Publish = Callable[[Payload, str], Awaitable[None]]
 REASON_CHARS = 400  # reasons go into events and the registry's alias history; evidence stays in the monitor
+FP32 = "fp32"  # the variant a version is first deployed as: its own ONNX file, as the gate validated it
 
 
 def shorten(reason: str, limit: int = REASON_CHARS) -> str:
@@ -125,7 +126,7 @@ class Controller:
         validation_split: ArtifactRef | None = None,
         explainer: ArtifactRef | None = None,
         canary_percent: float | None = None,
-        variant: str = "fp32",
+        variant: str = FP32,
         reason: str = "model.validated",
         project: str = DEFAULT_PROJECT,
     ) -> DeploymentRecord:
@@ -279,7 +280,7 @@ class Controller:
         if self.holds_validated(model):
             return await self._hold(model, version, artifact, validation_split, explainer, project)
         return await self._roll_out(
-            model, version, artifact, validation_split, explainer, "fp32", "model.validated", project
+            model, version, artifact, validation_split, explainer, FP32, "model.validated", project
         )
 
     async def _roll_out(
@@ -405,6 +406,59 @@ class Controller:
             reason=choice.reason,
         )
         return choice
+
+    async def remember_variants(self, optimized: ModelOptimized) -> None:
+        """Keep the variants `optimized` built for its version, so a person can serve another one later."""
+        rows = [
+            VariantRecord(
+                model=optimized.model,
+                version=optimized.version,
+                name=v.name,
+                artifact=v.artifact.model_dump(mode="json"),
+                metrics=dict(v.metrics),
+                cpu_target=v.cpu_target,
+                recommended=v.name == optimized.recommended,
+            )
+            for v in optimized.variants
+            if v.artifact is not None and v.error is None
+        ]
+        await self._db(self.store.remember_variants, optimized.model, optimized.version, rows)
+
+    async def variant_artifact(self, model: str, version: int, variant: str) -> ArtifactRef:
+        """The file of `variant` of `model:version`: FP32 is the version's own ONNX (the registry's), any other
+        one its `model.optimized` built; NotFound names the variants there are."""
+        if variant == FP32:
+            if self.registry is None:
+                raise Unavailable("the deployer has no registry configured (GALLERY_REGISTRY_URL)")
+            found = await anyio.to_thread.run_sync(self.registry.get_version, model, version)
+            onnx = found.artifact("onnx")
+            if onnx is None:
+                raise NotFound(f"{model}:{version} has no onnx artifact in the registry")
+            return onnx
+        built = {v.name: v for v in await self._db(self.store.variants, model, version)}
+        if variant not in built:
+            there = ", ".join([FP32, *sorted(set(built) - {FP32})])
+            raise NotFound(f"{model}:{version} has no variant {variant!r}; it has {there}")
+        return ArtifactRef.model_validate(built[variant].artifact)
+
+    async def serve_variant(
+        self, model: str, version: int, variant: str, artifact: ArtifactRef, reason: str
+    ) -> DeploymentRecord:
+        """Serve `variant` (its `artifact`, from `variant_artifact`) for a version that serves, or is held, by
+        a rolling update; Conflict when the version does not serve or the variant never became ready (the
+        version then keeps serving what it served)."""
+        record = await self._db(self.store.get, deployment_id(model, version, ""))
+        if record is None or (record.stage not in SERVING and record.stage != Stage.held):
+            stage = f" ({record.stage})" if record is not None else ""
+            raise Conflict(f"{model}:{version} does not serve{stage}: only a serving version's variant can change")
+        if record.variant == variant and record.artifact_sha256 == artifact.sha256:
+            return record
+        rolled = await self.roll_variant(model, version, variant, artifact, reason)
+        if rolled is None:
+            raise Conflict(
+                f"variant {variant} of {model}:{version} did not become ready; it keeps serving {record.variant}"
+            )
+        return rolled
 
     async def roll_variant(
         self, model: str, version: int, variant: str, artifact: ArtifactRef, reason: str | None = None

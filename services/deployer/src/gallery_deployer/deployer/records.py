@@ -64,6 +64,22 @@ class DeploymentRecord(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
+class VariantRecord(SQLModel, table=True):
+    """One built variant of a version, as its `model.optimized` named it: what can be served by hand
+    (`PUT /api/v1/deployments/{model}/variant`) besides the version's own FP32 file."""
+
+    __tablename__ = "deployer_variant"
+
+    model: str = Field(primary_key=True)
+    version: int = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    artifact: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # an ArtifactRef
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    cpu_target: str | None = None
+    recommended: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
 class HandledEvent(SQLModel, table=True):
     """An event id whose work is done, so a redelivery changes nothing."""
 
@@ -117,6 +133,25 @@ class DeploymentStore:
             query = query.where(DeploymentRecord.stage.in_([s.value for s in stages]))  # type: ignore[attr-defined]
         with Session(self.engine, expire_on_commit=False) as session:
             return sorted(session.exec(query), key=lambda r: (r.model, -r.version))
+
+    def remember_variants(self, model: str, version: int, variants: Sequence[VariantRecord]) -> None:
+        """Keep the version's built variants (those of its latest `model.optimized`, replacing earlier ones)."""
+        with Session(self.engine) as session:
+            query = select(VariantRecord).where(VariantRecord.model == model, VariantRecord.version == version)
+            for old in session.exec(query):
+                session.delete(old)
+            session.flush()
+            for variant in variants:
+                session.add(variant)
+            session.commit()
+
+    def variants(self, model: str, version: int | None = None) -> list[VariantRecord]:
+        """The built variants of the model's versions (of `version` alone when given), by version and name."""
+        query = select(VariantRecord).where(VariantRecord.model == model)
+        if version is not None:
+            query = query.where(VariantRecord.version == version)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return sorted(session.exec(query), key=lambda v: (-v.version, v.name))
 
     def was_handled(self, event_id: str) -> bool:
         with Session(self.engine) as session:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from gallery_common.migrations import SchemaMigrations, tables_of
 from gallery_deployer.deployer.policy import PolicyRecord
-from gallery_deployer.deployer.records import DeploymentRecord, HandledEvent
+from gallery_deployer.deployer.records import DeploymentRecord, HandledEvent, VariantRecord
 from gallery_deployer.experiments.records import ExperimentPoint, ExperimentRecord
 
 MIGRATIONS = SchemaMigrations(
     scripts=Path(__file__).resolve().parent,
     version_table="deployer_alembic_version",
-    tables=tables_of(DeploymentRecord, HandledEvent, PolicyRecord, ExperimentRecord, ExperimentPoint),
+    tables=tables_of(DeploymentRecord, HandledEvent, PolicyRecord, ExperimentRecord, ExperimentPoint, VariantRecord),
 )
 upgrade = MIGRATIONS.upgrade
 current_revision = MIGRATIONS.current_revision
