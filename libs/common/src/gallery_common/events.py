@@ -107,10 +107,15 @@ class ModelOptimized(VersionedPayload):
     )
 
 
+FP32_VARIANT = "fp32"
+"""The variant a version is first deployed as: its own ONNX file, as the gate validated it (the optimizer's
+other variants have names of their own)."""
+
+
 class ModelDeployed(VersionedPayload):
     event: ClassVar[str] = "deployed"
     deployment_id: str
-    variant: str = "fp32"
+    variant: str = FP32_VARIANT
     artifact: ArtifactRef | None = None
     stage: Literal["canary", "production", "shadow"] = "production"
     traffic_percent: float = Field(default=100.0, ge=0, le=100)

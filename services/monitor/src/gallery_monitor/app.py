@@ -68,7 +68,7 @@ def default_slo(settings: MonitorSettings) -> Slo:
 
 def timeline_events(monitor: Monitor, concurrency: int = CONCURRENCY) -> EventRouter:
     """The durable consumer `monitor` of every lifecycle event; a redelivered event is stored once. Events are
-    handled up to CONCURRENCY at once (each is stored on its own, keyed by its id, and the timeline reads in
+    handled up to `concurrency` at once (each is stored on its own, keyed by its id, and the timeline reads in
     event time), so a burst of feedback is kept a batch per transaction."""
     events = EventRouter(DURABLE, ack_wait=30.0, batch=2 * concurrency, concurrency=concurrency)
     outcomes = OutcomeWriter(monitor.quality)

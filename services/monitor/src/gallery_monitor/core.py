@@ -21,7 +21,7 @@ from gallery_common.errors import InvalidRequest, NotFound
 
 from .alerts import AlertBook
 from .drift import DriftReport, DriftRule, Reference, evaluate_drift
-from .quality import QualityStore, Tally, bucket_minutes
+from .quality import QualityStore, Tally, bucket_minutes, measured
 from .records import ModelOverview, Slo, SloPublic, SloUpdate
 from .references import ReferenceCache, ReferenceUnavailable
 from .samples import SampleBook
@@ -46,11 +46,6 @@ def registry_version(label: str | None) -> int | None:
     if label and label.isdigit() and int(label) >= 1:
         return int(label)
     return None
-
-
-def _figure(value: object) -> float | None:
-    """A measured figure from a report: a number, not a flag or text."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _version_order(label: str) -> tuple[int, str]:
@@ -161,7 +156,7 @@ class Monitor:
     def gate_figure(self, model: str, name: str) -> dict[str, float]:
         """The gate's `name` (accuracy, rmse) of each version of the model, by version label."""
         figures = {
-            str(version): _figure(report.get(name)) for version, report in self.timeline.gate_reports(model).items()
+            str(version): measured(report.get(name)) for version, report in self.timeline.gate_reports(model).items()
         }
         return {version: value for version, value in figures.items() if value is not None}
 
@@ -177,7 +172,7 @@ class Monitor:
         since = self.clock() - window_s
         minutes = bucket_minutes(window_s)
         accuracy, rmse = self.gate_figure(model, "accuracy"), self.gate_figure(model, "rmse")
-        measured = {
+        optimizer = {
             (str(version), name): metrics for (version, name), metrics in self.timeline.variant_metrics(model).items()
         }
         per_variant: dict[str, list[tuple[str, Tally]]] = {}
@@ -185,35 +180,22 @@ class Monitor:
             per_variant.setdefault(version, []).append((variant, tally))
 
         def variant_figures(version: str, variant: str, tally: Tally) -> VariantQuality:
-            metrics = measured.get((version, variant), {})
+            metrics = optimizer.get((version, variant), {})
             return VariantQuality(
                 variant=variant,
-                outcomes=tally.outcomes,
-                labelled_rows=tally.labelled_rows,
-                accuracy=tally.accuracy,
-                test_accuracy=_figure(metrics.get("accuracy")),
-                valued_rows=tally.valued_rows,
-                rmse=tally.rmse,
-                test_rmse=_figure(metrics.get("rmse")),
-                rewarded=tally.rewarded,
-                mean_reward=tally.mean_reward,
+                test_accuracy=measured(metrics.get("accuracy")),
+                test_rmse=measured(metrics.get("rmse")),
+                **tally.online(),
             )
 
         def figures(version: str, variants: list[tuple[str, Tally]]) -> QualityFigures:
-            tally = sum((t for _, t in variants), Tally())
             variants = sorted(variants, key=lambda item: (-item[1].outcomes, item[0]))
             return QualityFigures(
                 version=version,
-                outcomes=tally.outcomes,
-                labelled_rows=tally.labelled_rows,
-                accuracy=tally.accuracy,
                 gate_accuracy=accuracy.get(version),
-                valued_rows=tally.valued_rows,
-                rmse=tally.rmse,
                 gate_rmse=rmse.get(version),
-                rewarded=tally.rewarded,
-                mean_reward=tally.mean_reward,
                 variants=[variant_figures(version, name, t) for name, t in variants],
+                **sum((t for _, t in variants), Tally()).online(),
             )
 
         series = [

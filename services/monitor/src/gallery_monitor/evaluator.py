@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from gallery_common.events import FP32_VARIANT
 from gallery_common.telemetry import counter, get_logger
 
 from .alerts import Kind, Publish, publish_pending
@@ -22,8 +23,6 @@ from .core import Monitor, registry_version
 from .quality import Tally, judge_quality, variant_breakdown
 from .records import AlertPublic, Slo
 from .series import Figures
-
-FP32 = "fp32"  # the variant a version is first deployed as (its own ONNX file)
 
 log = get_logger(__name__)
 ROUNDS = counter(
@@ -184,8 +183,8 @@ async def _by_variant(
     if not variants or (len(variants) == 1 and "" in variants):
         return reason, evidence
     line, figures = variant_breakdown(variants, measured)
-    if any(name not in ("", FP32) for name in variants):  # what a person can do short of a rollback
-        line += f" (to serve FP32 instead: gallery variants {model}:{label} --serve {FP32})"
+    if any(name not in ("", FP32_VARIANT) for name in variants):  # what a person can do short of a rollback
+        line += f" (to serve FP32 instead: gallery variants {model}:{label} --serve {FP32_VARIANT})"
     return (f"{reason}; {line}" if line else reason), {**evidence, "variants": figures}
 
 

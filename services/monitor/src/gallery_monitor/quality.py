@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC
+from typing import Any
 
 from sqlalchemy import delete, exc, func
 from sqlalchemy import select as select_rows
@@ -74,6 +75,18 @@ class Tally:
             reward=self.reward + other.reward,
         )
 
+    def online(self) -> dict[str, Any]:
+        """The figures of `views.OnlineFigures`: counts, accuracy, rmse and mean reward."""
+        return {
+            "outcomes": self.outcomes,
+            "labelled_rows": self.labelled_rows,
+            "accuracy": self.accuracy,
+            "valued_rows": self.valued_rows,
+            "rmse": self.rmse,
+            "rewarded": self.rewarded,
+            "mean_reward": self.mean_reward,
+        }
+
     @property
     def accuracy(self) -> float | None:
         return round(self.correct_rows / self.labelled_rows, 6) if self.labelled_rows else None
@@ -109,6 +122,11 @@ def _tally(sums: tuple[object, ...]) -> Tally:
         rewarded=int(rewarded or 0),  # type: ignore[call-overload]
         reward=float(reward or 0.0),  # type: ignore[arg-type]
     )
+
+
+def measured(value: object) -> float | None:
+    """A figure from a report (the gate's, the optimizer's): a number, not a flag, text or a missing one."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def bucket_minutes(window_s: float) -> int:
@@ -249,30 +267,30 @@ def judge_quality(
 
 
 def variant_breakdown(
-    variants: dict[str, Tally], measured: dict[str, dict[str, object]]
+    variants: dict[str, Tally], optimizer_metrics: dict[str, dict[str, object]]
 ) -> tuple[str, dict[str, dict[str, float | int | None]]]:
     """Which variant gave a breaching version's answers, for the alert: a line ("by variant: int8 82.0 % of
     600 rows (optimizer 95.8 %); fp32 96.0 % of 40 rows") and the figures per variant name, the most rows
-    first. `measured`: what the optimizer measured of each variant (its `model.optimized` metrics)."""
+    first. `optimizer_metrics`: what the optimizer measured of each variant (its `model.optimized` metrics)."""
     figures: dict[str, dict[str, float | int | None]] = {}
     parts: list[str] = []
     for name, tally in sorted(
         variants.items(), key=lambda item: (-(item[1].labelled_rows + item[1].valued_rows), item[0])
     ):
-        metrics = measured.get(name, {})
-        test_accuracy, test_rmse = metrics.get("accuracy"), metrics.get("rmse")
+        metrics = optimizer_metrics.get(name, {})
+        test_accuracy, test_rmse = measured(metrics.get("accuracy")), measured(metrics.get("rmse"))
         figures[name or "(unnamed)"] = {
             "labelled_rows": tally.labelled_rows,
             "online_accuracy": tally.accuracy,
-            "test_accuracy": test_accuracy if isinstance(test_accuracy, float) else None,
+            "test_accuracy": test_accuracy,
             "valued_rows": tally.valued_rows,
             "online_rmse": tally.rmse,
-            "test_rmse": test_rmse if isinstance(test_rmse, float) else None,
+            "test_rmse": test_rmse,
         }
         if tally.accuracy is not None:
-            optimizer = f" (optimizer {test_accuracy:.1%})" if isinstance(test_accuracy, float) else ""
+            optimizer = f" (optimizer {test_accuracy:.1%})" if test_accuracy is not None else ""
             parts.append(f"{name or '(unnamed)'} {tally.accuracy:.1%} of {tally.labelled_rows} rows{optimizer}")
         elif tally.rmse is not None:
-            optimizer = f" (optimizer {test_rmse:.4g})" if isinstance(test_rmse, float) else ""
+            optimizer = f" (optimizer {test_rmse:.4g})" if test_rmse is not None else ""
             parts.append(f"{name or '(unnamed)'} rmse {tally.rmse:.4g} of {tally.valued_rows} rows{optimizer}")
     return (f"by variant: {'; '.join(parts)}" if parts else ""), figures

@@ -62,35 +62,33 @@ class DriftView(BaseModel):
     )
 
 
-class VariantQuality(BaseModel):
+class OnlineFigures(BaseModel):
+    """What feedback on a set of answers says: the figures a version and each of its variants both have."""
+
+    outcomes: int = Field(description="answers with feedback")
+    labelled_rows: int = Field(description="rows with a true class")
+    accuracy: float | None = Field(description="share of labelled rows whose top class was right; null without labels")
+    valued_rows: int = Field(description="a regressor's rows with a true value")
+    rmse: float | None = Field(description="root mean squared error of the valued rows; null without values")
+    rewarded: int = Field(description="answers with a reward")
+    mean_reward: float | None
+
+
+class VariantQuality(OnlineFigures):
     """One variant's share of a version's feedback: the answers its backend gave (a fallback's count for the
     fallback), beside what the optimizer measured of that variant on the version's test split."""
 
     variant: str = Field(description="as the route names the backend; empty for a route written without one")
-    outcomes: int = Field(description="answers with feedback")
-    labelled_rows: int
-    accuracy: float | None = Field(description="online accuracy of the variant's answers; null without labels")
     test_accuracy: float | None = Field(description="the optimizer's accuracy of the variant; null when not known")
-    valued_rows: int
-    rmse: float | None
     test_rmse: float | None = Field(description="the optimizer's rmse of the variant; null when not known")
-    rewarded: int
-    mean_reward: float | None
 
 
-class QualityFigures(BaseModel):
+class QualityFigures(OnlineFigures):
     """One version's online quality over the window, from the feedback on its answers, beside the gate's."""
 
     version: str
-    outcomes: int = Field(description="answers with feedback")
-    labelled_rows: int = Field(description="rows with a true class")
-    accuracy: float | None = Field(description="share of labelled rows whose top class was right; null without labels")
     gate_accuracy: float | None = Field(description="the gate's test accuracy of the version; null when not known")
-    valued_rows: int = Field(description="a regressor's rows with a true value")
-    rmse: float | None = Field(description="root mean squared error of the valued rows; null without values")
     gate_rmse: float | None = Field(description="the gate's test rmse of the version; null when not known")
-    rewarded: int = Field(description="answers with a reward")
-    mean_reward: float | None
     variants: list[VariantQuality] = Field(
         default_factory=list, description="the version's figures per variant that answered, the most feedback first"
     )

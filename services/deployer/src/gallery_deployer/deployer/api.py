@@ -23,7 +23,7 @@ from gallery_common.consumer import TransientError
 from gallery_common.contracts.registry import VersionStatus
 from gallery_common.deps import CallerDep, get_resources
 from gallery_common.errors import Conflict, InvalidRequest, NotFound, Unavailable
-from gallery_common.events import ArtifactRef
+from gallery_common.events import FP32_VARIANT, ArtifactRef
 from gallery_common.leader import require_leader
 from gallery_common.projects import DEFAULT_PROJECT, ProjectDirectory, authorize_in, role_in, visible_projects
 from gallery_common.settings import Role
@@ -31,7 +31,7 @@ from gallery_common.settings import Role
 from ..gateway.routes import check_model_name
 from ..runtime.base import DeploymentStatus
 from .audit import DeployerAudit, acting_as
-from .controller import FP32, Controller
+from .controller import Controller
 from .policy import DeploymentPolicy
 from .provenance import Provenance, Refused
 from .records import SERVING, DeploymentRecord, Stage, VariantRecord
@@ -363,12 +363,12 @@ class VariantView(BaseModel):
 def _variant_views(record: DeploymentRecord, built: list[VariantRecord]) -> list[VariantView]:
     """FP32 first (the optimizer's figures of it when it measured them), then each built variant by name."""
     measured = {v.name: v for v in built}
-    fp32 = measured.pop(FP32, None)
+    fp32 = measured.pop(FP32_VARIANT, None)
     views = [
         VariantView(
             version=record.version,
-            variant=FP32,
-            serving=record.variant == FP32,
+            variant=FP32_VARIANT,
+            serving=record.variant == FP32_VARIANT,
             recommended=fp32.recommended if fp32 else False,
             cpu_target=None,
             metrics=dict(fp32.metrics) if fp32 else {},

@@ -22,6 +22,7 @@ from gallery_common.contracts.serving_metrics import Scrape
 from gallery_common.db import utcnow
 from gallery_common.errors import Conflict, GalleryError, NotFound, Unavailable
 from gallery_common.events import (
+    FP32_VARIANT,
     ArtifactRef,
     ModelDeployed,
     ModelDeploymentFailed,
@@ -45,7 +46,6 @@ from .variant_choice import VariantChoice, choose_variant
 
 Publish = Callable[[Payload, str], Awaitable[None]]
 REASON_CHARS = 400  # reasons go into events and the registry's alias history; evidence stays in the monitor
-FP32 = "fp32"  # the variant a version is first deployed as: its own ONNX file, as the gate validated it
 
 
 def shorten(reason: str, limit: int = REASON_CHARS) -> str:
@@ -126,7 +126,7 @@ class Controller:
         validation_split: ArtifactRef | None = None,
         explainer: ArtifactRef | None = None,
         canary_percent: float | None = None,
-        variant: str = FP32,
+        variant: str = FP32_VARIANT,
         reason: str = "model.validated",
         project: str = DEFAULT_PROJECT,
     ) -> DeploymentRecord:
@@ -280,7 +280,7 @@ class Controller:
         if self.holds_validated(model):
             return await self._hold(model, version, artifact, validation_split, explainer, project)
         return await self._roll_out(
-            model, version, artifact, validation_split, explainer, FP32, "model.validated", project
+            model, version, artifact, validation_split, explainer, FP32_VARIANT, "model.validated", project
         )
 
     async def _roll_out(
@@ -427,7 +427,7 @@ class Controller:
     async def variant_artifact(self, model: str, version: int, variant: str) -> ArtifactRef:
         """The file of `variant` of `model:version`: FP32 is the version's own ONNX (the registry's), any other
         one its `model.optimized` built; NotFound names the variants there are."""
-        if variant == FP32:
+        if variant == FP32_VARIANT:
             if self.registry is None:
                 raise Unavailable("the deployer has no registry configured (GALLERY_REGISTRY_URL)")
             found = await anyio.to_thread.run_sync(self.registry.get_version, model, version)
@@ -437,7 +437,7 @@ class Controller:
             return onnx
         built = {v.name: v for v in await self._db(self.store.variants, model, version)}
         if variant not in built:
-            there = ", ".join([FP32, *sorted(set(built) - {FP32})])
+            there = ", ".join([FP32_VARIANT, *sorted(set(built) - {FP32_VARIANT})])
             raise NotFound(f"{model}:{version} has no variant {variant!r}; it has {there}")
         return ArtifactRef.model_validate(built[variant].artifact)
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import AutoString, Field, Session, SQLModel, select
 
 from gallery_common.db import as_utc, timestamp_field, utcnow
+from gallery_common.events import FP32_VARIANT
 from gallery_common.projects import DEFAULT_PROJECT
 
 
@@ -45,7 +46,7 @@ class DeploymentRecord(SQLModel, table=True):
         sa_column=Column(AutoString, nullable=False, index=True, server_default=DEFAULT_PROJECT),
     )
     version: int
-    variant: str = "fp32"
+    variant: str = FP32_VARIANT
     artifact_uri: str
     artifact_sha256: str
     validation_split: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
