@@ -225,7 +225,7 @@ def _wait_for_coordinator(name: str, address: str, max_wait: float) -> None:
 
 
 def site_token(name: str, token_file: Path | None) -> str | None:
-    """The site's token: the first line of `token_file`, else `GALLERY_SITE_TOKEN`, else None (a
+    """The site's token: what `token_file` holds (one line), else `GALLERY_SITE_TOKEN`, else None (a
     federation that lists its sites refuses a site without one)."""
     if token_file is None:
         return os.environ.get(SITE_TOKEN_ENV) or None
