@@ -202,13 +202,21 @@ def test_the_model_page_shows_online_accuracy_from_feedback_beside_the_gates(
     browser: WebDriver, stack: LifecycleStack, gallery: str, trained: TrainedModel
 ) -> None:
     production = httpx.get(f"{gallery}/api/registry/api/v1/models/{MODEL}/aliases/production", timeout=10).json()
-    rows = labelled_traffic(stack, production)
     quality = f"{gallery}/api/monitor/api/v1/models/{MODEL}/quality"
+
+    def labelled_so_far() -> int:
+        answer = httpx.get(quality, timeout=10)
+        return sum(v["labelled_rows"] for v in answer.json()["versions"]) if answer.status_code == 200 else 0
+
+    # rows labelled earlier in the module count too: wait for exactly this test's rows on top of them (the
+    # monitor stores outcomes as they come, many at once, so a sum that merely reaches `rows` may be partial)
+    before = labelled_so_far()
+    rows = labelled_traffic(stack, production)
 
     def labelled() -> dict[str, Any] | None:
         """The production version's figures once every labelled row is in (a canary may have answered some)."""
         versions = httpx.get(quality, timeout=10).json()["versions"]
-        if sum(v["labelled_rows"] for v in versions) < rows:
+        if sum(v["labelled_rows"] for v in versions) < before + rows:
             return None
         return next((v for v in versions if v["version"] == str(production["version"])), None)
 
