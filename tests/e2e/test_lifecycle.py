@@ -497,6 +497,17 @@ def test_a_regressor_fitted_elsewhere_is_imported_judged_on_r2_and_served(
     assert served_r2 >= expected_r2 - 0.01, (recommended, served_r2, expected_r2)
 
 
+def gateway_routes(stack: LifecycleStack, model: str, variant: str) -> None:
+    """Wait until the gateway's route of `model` names `variant` for its backends (it follows the deployer's
+    routes bucket), so the answers it gives from then on are that variant's."""
+    url = f"{stack.services['gateway'].url}/admin/routes/{model}"
+    wait_for(
+        f"the gateway routing to {variant}",
+        lambda: {b["variant"] for b in httpx.get(url, timeout=10).json()["backends"]} == {variant},
+        30,
+    )
+
+
 def table_cells(line: str) -> list[str]:
     """The cells of one row of a table the CLI printed, its borders dropped (empty cells kept)."""
     parts = re.split(r"[│┃]", line)
@@ -529,8 +540,9 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     stack: LifecycleStack, tmp_path: Path
 ) -> None:
     """A model's deployment policy keeps its answers for feedback; labels joined by the gateway become the
-    monitor's online accuracy of the version, beside the gate's; labels that say it answers far worse than
-    the gate measured break its quality SLO: one model.degraded (quality) and the registry marks it."""
+    monitor's online accuracy of the version, beside the gate's; labels that say an optimized variant answers
+    far worse than the optimizer measured make the deployer serve FP32 instead; labels that say FP32 answers far
+    worse than the gate measured break its quality SLO: one model.degraded (quality) and the registry marks it."""
     model = "digits-feedback"
     fitted = fit_digits(seed=1)
     model_file = tmp_path / "logreg.onnx"
@@ -619,10 +631,46 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     assert by_variant[other]["labelled_rows"] == 60 and by_variant[recommended]["labelled_rows"] == labelled
     assert by_variant[other]["test_accuracy"] == pytest.approx(measured[other])
 
-    # labels one class off on new answers: online accuracy falls far below the gate's
+    # an optimized variant serves again (by hand, when FP32 serves now) and labels one class off on its new
+    # answers say it answers far worse than the optimizer measured: the monitor names it, the deployer serves
+    # FP32 instead of rolling v1 back, and the registry leaves v1 unmarked
     wrong = (fitted.y_test + 1) % 10
+    optimized_variant = recommended if recommended != "fp32" else other
+    policy = subprocess.run(
+        [str(GALLERY), "policy", model, "--on-variant-breach", "serve_fp32"],
+        env=stack.env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert policy.returncode == 0, policy.stdout + policy.stderr
+    shown = {cells[0]: cells[1] for line in policy.stdout.splitlines() if len(cells := table_cells(line)) >= 2}
+    assert shown["on_variant_breach"] == "serve_fp32", policy.stdout
+    if other == "fp32":
+        serve = [str(GALLERY), "variants", f"{model}:1", "--serve", optimized_variant, "--reason", "try it again"]
+        again = subprocess.run(serve, env=stack.env(), capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+    gateway_routes(stack, model, optimized_variant)  # its answers, not FP32's, get the wrong labels
+
+    def fp32_announced() -> list[CloudEvent]:
+        return [e for e in deployed(stack, 1, "production", model) if e.data.variant == "fp32"]
+
+    fp32_before = len(fp32_announced())
     give_labels(stack, model, answer_with_ids(stack, fitted.x_test, model), wrong)
-    (degraded,) = wait_for("v1 degraded", lambda: events_of(stack, "degraded", model=model, version=1), 60)
+    (of_variant,) = wait_for(
+        f"{optimized_variant} degraded",
+        lambda: events_of(stack, "degraded", model=model, version=1, variant=optimized_variant),
+        60,
+    )
+    assert of_variant.data.kind == "quality" and "below the optimizer's" in of_variant.data.reason
+    wait_for("FP32 served instead", lambda: len(fp32_announced()) > fp32_before, 120)
+    serving = httpx.get(f"{deployer}/api/v1/deployments/{model}", timeout=30).json()
+    assert [(d["version"], d["stage"], d["variant"]) for d in serving] == [(1, "production", "fp32")]
+    assert serving[0]["reason"].startswith(f"FP32 instead of {optimized_variant}, whose answers broke the quality SLO")
+    assert not events_of(stack, "rolled_back", model=model, version=1)
+    assert "needs_revalidation" not in version_of(stack, 1, model)["tags"]
+    gateway_routes(stack, model, "fp32")
+
+    # FP32's own answers labelled one class off: the version's own model falls far below the gate's
+    give_labels(stack, model, answer_with_ids(stack, fitted.x_test, model), wrong)
+    (degraded,) = wait_for("v1 degraded", lambda: events_of(stack, "degraded", model=model, version=1, variant=""), 60)
     assert degraded.data.kind == "quality" and "below the gate's" in degraded.data.reason
     tags = wait_for("v1 marked", lambda: (t := version_of(stack, 1, model)["tags"]).get("needs_revalidation") and t, 30)
     assert tags["degraded_kind"] == "quality"

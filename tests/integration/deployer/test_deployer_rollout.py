@@ -297,6 +297,53 @@ def test_the_cli_lists_deployments_and_explains_what_it_cannot_do(stack: Any) ->
     assert bad.returncode == 2 and "expected NAME:VERSION" in bad.stderr
 
 
+async def test_an_int8_variant_answering_below_the_quality_slo_gives_way_to_fp32_and_the_version_stays(
+    stack: Any, events: Events
+) -> None:
+    """Labels say v2's INT8 variant answers wrong: the monitor's model.degraded names the variant, and the
+    deployer serves v2's own FP32 model instead of rolling v2 back; the registry does not mark v2."""
+    registry, gateway, deployer, monitor = (
+        stack.services[n].url for n in ("registry", "gateway", "deployer", "monitor")
+    )
+    assert [(d["version"], d["variant"]) for d in deployments(deployer)] == [(2, "int8_dynamic")]
+    keep = httpx.patch(f"{deployer}/api/v1/policies/iris", json={"record_outcomes": True}, timeout=30)
+    assert keep.status_code == 200 and keep.json()["on_variant_breach"] == "serve_fp32", keep.text
+    slo = {"min_online_accuracy": 0.5, "quality_min_rows": 20, "quality_window_s": 600}
+    assert httpx.put(f"{monitor}/api/v1/slos/iris", json=slo, timeout=30).status_code == 200
+
+    def labelled_wrong() -> bool:
+        """30 answers, each labelled with a class it did not give; False while the route does not keep answers."""
+        outcomes = []
+        for row in ROWS[:30]:
+            answer = httpx.post(f"{gateway}/v2/models/iris/infer", content=infer_body(row[None]), timeout=30).json()
+            top = int(np.argmax(answer["outputs"][0]["data"]))
+            outcomes.append({"request_id": answer["id"], "label": [(top + 1) % 3]})
+        given = httpx.post(f"{gateway}/v2/models/iris/feedback", json={"outcomes": outcomes}, timeout=30)
+        return given.status_code == 202
+
+    try:
+        await eventually("wrong labels on kept answers", labelled_wrong, timeout=30)
+        degraded = await eventually(
+            "INT8's model.degraded", lambda: events.of("model.degraded", version=2, variant="int8_dynamic")
+        )
+        fp32 = await eventually(
+            "v2's FP32 serving", lambda: events.of("model.deployed", version=2, variant="fp32"), timeout=90
+        )
+    finally:
+        httpx.put(f"{monitor}/api/v1/slos/iris", json={"min_online_accuracy": None}, timeout=30)
+        httpx.patch(f"{deployer}/api/v1/policies/iris", json={"record_outcomes": False}, timeout=30)
+
+    assert degraded[0]["kind"] == "quality"
+    assert degraded[0]["reason"].startswith("variant int8_dynamic: online accuracy 0.0% < SLO 50.0%")
+    assert fp32[0]["stage"] == "production"
+    [row] = deployments(deployer)
+    assert (row["version"], row["variant"], row["stage"]) == (2, "fp32", "production")
+    assert row["reason"].startswith("FP32 instead of int8_dynamic, whose answers broke the quality SLO: variant")
+    assert not events.of("model.rolled_back", version=2) and production_alias(registry) == 2
+    assert served_version(gateway) == "2"
+    assert "needs_revalidation" not in httpx.get(f"{registry}/api/v1/models/iris/versions/2").json()["tags"]
+
+
 async def test_a_breached_latency_slo_publishes_one_degraded_and_the_deployer_rolls_back(
     stack: Any, events: Events
 ) -> None:

@@ -252,7 +252,8 @@ def assert_worse(browser: WebDriver) -> None:
     drop = browser.find_element(By.CSS_SELECTOR, '#quality-table tr[data-version="2"] td[data-field="drop"]')
     assert drop.text == "-9.5" and "worse" in drop.get_attribute("class")
     [alert] = css(browser, "#alert-list li.open")
-    assert "quality" in alert.text and "9.5 points below the gate's 96.9%" in alert.text
+    assert "quality" in alert.text and "9.6 points below the optimizer's 96.6%" in alert.text
+    assert alert.find_element(By.CSS_SELECTOR, ".alert-head .variant").text == "int8-dynamic"
 
 
 def text_model_drift() -> DriftView:

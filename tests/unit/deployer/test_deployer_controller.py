@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from gallery_common.artifacts import open_store
-from gallery_common.db import make_engine
+from gallery_common.db import as_utc, make_engine
 from gallery_common.errors import Conflict, NotFound
-from gallery_common.events import ArtifactRef, ModelOptimized, Payload, VariantResult
+from gallery_common.events import ArtifactRef, ModelDegraded, ModelOptimized, Payload, VariantResult
 from gallery_deployer.deployer.controller import Controller
 from gallery_deployer.deployer.migrations import upgrade
+from gallery_deployer.deployer.policy import DeploymentPolicy
 from gallery_deployer.deployer.records import DeploymentStore, Stage
 from gallery_deployer.deployer.settings import DeployerSettings
 from gallery_deployer.experiments.controller import ExperimentPlan, Experiments
@@ -139,6 +140,13 @@ def announced(controller: Controller) -> list[str]:
     return [event_id for _, event_id in controller.events]  # type: ignore[attr-defined]
 
 
+def changed_ms(controller: Controller, deployment: str) -> int:
+    """When the deployment's record last changed, in epoch milliseconds (as a variant change's event id has it)."""
+    record = controller.store.get(deployment)
+    assert record is not None
+    return int(as_utc(record.updated_at).timestamp() * 1000)
+
+
 async def test_the_first_version_takes_all_traffic_and_the_production_alias(controller: Controller) -> None:
     record = await controller.deploy("m", 1, artifact(1))
 
@@ -237,7 +245,8 @@ async def test_an_optimized_variant_replaces_the_artifact_in_place(controller: C
     assert record is not None and record.variant == "int8_dynamic"
     assert controller.runtime.specs["m-v1"].artifact_sha256 == "f" * 64  # type: ignore[attr-defined]
     assert controller.routes.routes["m"].backends[0].variant == "int8_dynamic"  # type: ignore[attr-defined]
-    assert announced(controller)[-1] == "deployed:m:1:int8_dynamic:production"
+    # a changed file is announced with when it changed: serving a variant again is another event
+    assert announced(controller)[-1] == f"deployed:m:1:int8_dynamic:production:{changed_ms(controller, 'm-v1')}"
     assert await controller.roll_variant("m", 9, "int8_dynamic", int8) is None  # a version not serving
 
 
@@ -268,9 +277,10 @@ async def test_a_serving_version_serves_another_of_its_variants_by_hand(controll
     assert (record.variant, record.reason) == ("fp32", "int8 answers worse online")
     assert controller.runtime.specs["m-v1"].artifact_sha256 == artifact(1).sha256  # type: ignore[attr-defined]
     assert controller.routes.routes["m"].backends[0].variant == "fp32"  # type: ignore[attr-defined]
-    assert announced(controller)[-1] == "deployed:m:1:fp32:production"
+    fp32_again = f"deployed:m:1:fp32:production:{changed_ms(controller, 'm-v1')}"
+    assert announced(controller)[-1] == fp32_again and fp32_again != announced(controller)[0]
     assert await controller.serve_variant("m", 1, "fp32", fp32, "again") == record  # already served: no change
-    assert announced(controller)[-1] == "deployed:m:1:fp32:production" and len(announced(controller)) == 3
+    assert announced(controller)[-1] == fp32_again and len(announced(controller)) == 3
 
     again = await controller.serve_variant(
         "m", 1, "int8_dynamic", await controller.variant_artifact("m", 1, "int8_dynamic"), "ok"
@@ -308,6 +318,15 @@ async def test_scaling_to_zero_puts_the_route_to_sleep_and_wake_routes_again(con
     assert route.policy.asleep and route.policy.wake_url.endswith("/api/v1/deployments/m/wake")
 
     await controller.wake("m")
+    assert weights(controller) == {"m-v1-0": 100.0}
+
+    # a model scaled to zero changes its file asleep: the next request wakes it with that file
+    int8 = ArtifactRef(uri="file:///models/m/1/int8.onnx", sha256="f" * 64)
+    record = await controller.roll_variant("m", 1, "int8_dynamic", int8, "recommended")
+    assert record is not None and record.variant == "int8_dynamic" and record.state == "scaled_to_zero"
+    assert controller.routes.routes["m"].policy.asleep  # type: ignore[attr-defined]
+    await controller.wake("m")
+    assert controller.runtime.specs["m-v1"].artifact_sha256 == "f" * 64  # type: ignore[attr-defined]
     assert weights(controller) == {"m-v1-0": 100.0}
 
 
@@ -403,6 +422,78 @@ async def test_a_degraded_version_that_no_longer_serves_is_left_alone(controller
     assert await controller.roll_back_degraded("m", 7, "drift: psi 0.4") is None  # never served
     assert await controller.roll_back_degraded("m", 1, "slo: p99 250 ms") is None  # nothing to fall back to
     assert weights(controller) == {"m-v1-0": 100.0}
+
+
+def variant_breach(version: int, variant: str) -> ModelDegraded:
+    return ModelDegraded(
+        model="m", version=version, kind="quality", variant=variant, reason="online accuracy 70.0% is 25.0 points below"
+    )
+
+
+async def test_an_optimized_variants_quality_breach_serves_fp32_and_fp32s_own_breach_rolls_back(
+    controller: Controller,
+) -> None:
+    """INT8 answering worse than the optimizer measured: the version stays and serves its FP32 model (the file
+    the registry confirms); a redelivery changes nothing; FP32 breaking the SLO too rolls the version back."""
+    confirmed: list[tuple[str, int, ArtifactRef]] = []
+
+    async def confirm(model: str, version: int, file: ArtifactRef) -> None:
+        confirmed.append((model, version, file))
+
+    int8 = ArtifactRef(uri="file:///models/m/2/int8.onnx", sha256="f" * 64)
+    await controller.deploy_validated("m", 1, artifact(1))
+    await controller.deploy_validated("m", 2, artifact(2))
+    await controller.roll_variant("m", 2, "int8_dynamic", int8, "recommended")
+
+    record = await controller.answer_degraded(variant_breach(2, "int8_dynamic"), confirm)
+    assert record is not None and (record.version, record.stage, record.variant) == (2, Stage.canary, "fp32")
+    assert record.reason == (
+        "FP32 instead of int8_dynamic, whose answers broke the quality SLO: online accuracy 70.0% is 25.0 points below"
+    )
+    assert confirmed == [("m", 2, artifact(2))]
+    assert controller.runtime.specs["m-v2"].artifact_sha256 == artifact(2).sha256  # type: ignore[attr-defined]
+    assert [b.variant for b in controller.routes.routes["m"].backends] == ["fp32", "fp32"]  # type: ignore[attr-defined]
+    before = announced(controller)
+    assert not [e for e in before if e.startswith("rolled_back")]
+
+    again = await controller.answer_degraded(variant_breach(2, "int8_dynamic"), confirm)  # INT8 no longer serves
+    assert again is not None and again.variant == "fp32" and announced(controller) == before
+
+    back = await controller.answer_degraded(variant_breach(2, ""), confirm)  # the version's own model breaks it
+    assert back is not None and (back.version, back.stage) == (1, Stage.production)
+    assert controller.store.get("m-v2").stage == Stage.rolled_back  # type: ignore[union-attr]
+
+
+async def test_a_policy_of_roll_back_or_an_fp32_that_cannot_serve_rolls_the_version_back(
+    controller: Controller,
+) -> None:
+    async def confirm(model: str, version: int, file: ArtifactRef) -> None:
+        pass
+
+    async def refused(model: str, version: int, file: ArtifactRef) -> None:
+        raise NotFound(f"the registry holds no {file.uri} for {model}:{version}")
+
+    int8 = ArtifactRef(uri="file:///models/m/3/int8.onnx", sha256="f" * 64)
+    await controller.deploy_validated("m", 1, artifact(1))
+    for version in (2, 3):
+        await controller.deploy_validated("m", version, artifact(version))
+        await controller.promote("m", "passed")
+    await controller.roll_variant("m", 3, "int8_dynamic", int8, "recommended")
+    controller.policies.put("m", DeploymentPolicy(on_variant_breach="roll_back"))
+
+    back = await controller.answer_degraded(variant_breach(3, "int8_dynamic"), confirm)
+    assert back is not None and back.version == 2
+    rolled = controller.store.get("m-v3")
+    assert rolled is not None and (rolled.stage, rolled.variant) == (Stage.rolled_back, "int8_dynamic")
+
+    controller.policies.put("m", DeploymentPolicy())
+    await controller.roll_variant("m", 2, "int8_dynamic", int8, "recommended")
+    back = await controller.answer_degraded(variant_breach(2, "int8_dynamic"), refused)
+    assert back is not None and back.version == 1
+    assert controller.store.get("m-v2").reason == (  # type: ignore[union-attr]
+        "quality: online accuracy 70.0% is 25.0 points below; FP32 could not serve instead: the registry holds no "
+        "file:///models/m/2/model.onnx for m:2"
+    )
 
 
 async def test_a_version_validated_during_an_experiment_is_held_until_it_ends(controller: Controller) -> None:

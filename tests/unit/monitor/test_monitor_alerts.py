@@ -63,6 +63,27 @@ def test_kinds_and_versions_have_their_own_episodes(engine: Engine) -> None:
     assert book.recent("wine") == []
 
 
+def test_each_variant_of_a_version_has_its_own_quality_episodes_also_after_a_restart(engine: Engine) -> None:
+    def quality(book: AlertBook, variant: str, now: float, breached: bool = True) -> object:
+        return book.observe(
+            "iris", 3, "quality", breached=breached, now=now, window_s=WINDOW, reason="worse", variant=variant
+        )
+
+    book = AlertBook(engine)
+    int8 = quality(book, "int8", 0)
+    assert int8 is not None and int8.event_id == "degraded:iris:3:quality:int8:1" and int8.variant == "int8"
+    own = quality(book, "", 5)  # the version's own model: its own episode, the id without a variant
+    assert own is not None and own.event_id == "degraded:iris:3:quality:1" and own.variant == ""
+    restarted = AlertBook(engine)
+    assert restarted.open_episodes("quality") == {"iris": {(3, "int8"), (3, "")}}
+    assert quality(restarted, "int8", 10) is None and quality(restarted, "", 10) is None  # the same episodes
+    for now in (20, 80):
+        quality(restarted, "int8", now, breached=False)  # INT8 calm for a whole window: only its episode closes
+    assert [a.variant for a in restarted.recent("iris", open_only=True)] == [""]
+    again = quality(restarted, "int8", 90)
+    assert again is not None and again.event_id == "degraded:iris:3:quality:int8:2"
+
+
 def test_a_restarted_monitor_resumes_its_open_episodes(engine: Engine) -> None:
     assert observe(AlertBook(engine), 0, breached=True) is not None
     restarted = AlertBook(engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -145,7 +146,15 @@ POLICY_SHOWN = (
     ("replicas", "model-server replicas per version"),
     ("max_batch_size", "the model server's largest batch"),
     ("execution_providers", "ONNX Runtime execution providers tried in order"),
+    ("on_variant_breach", "an optimized variant answering below the quality SLO: serve_fp32 or roll_back"),
 )
+
+
+class VariantBreach(StrEnum):
+    """What an optimized variant's quality breach does (the deployment policy's `on_variant_breach`)."""
+
+    serve_fp32 = "serve_fp32"
+    roll_back = "roll_back"
 
 
 def _policy_value(value: object) -> str:
@@ -166,6 +175,14 @@ def policy(
     canary_percent: Annotated[float | None, typer.Option("--canary-percent", min=0.1, max=99.9)] = None,
     auto_promote: Annotated[bool | None, typer.Option("--auto-promote/--no-auto-promote")] = None,
     replicas: Annotated[int | None, typer.Option("--replicas", min=1, max=64)] = None,
+    on_variant_breach: Annotated[
+        VariantBreach | None,
+        typer.Option(
+            "--on-variant-breach",
+            help="when an optimized variant's answers break the quality SLO: serve the version's FP32 model instead "
+            "(should FP32 break it too, the version rolls back) or roll the version back at once",
+        ),
+    ] = None,
 ) -> None:
     """Show a model's deployment policy; with options, change those fields (an admin token in its project),
     the others keep their value."""
@@ -174,6 +191,7 @@ def policy(
         "canary_percent": canary_percent,
         "auto_promote": auto_promote,
         "replicas": replicas,
+        "on_variant_breach": on_variant_breach.value if on_variant_breach is not None else None,
     }
     changes = {name: value for name, value in given.items() if value is not None}
     path = f"/api/v1/policies/{quote(model, safe='')}"

@@ -145,11 +145,21 @@ class ModelRolledBack(VersionedPayload):
 
 
 class ModelDegraded(VersionedPayload):
+    """A served version broke an SLO or drifted. `variant` names the optimized variant (INT8, pruned, distilled)
+    whose answers broke a quality SLO; empty when the breach is the version's own model's (FP32, or a route
+    that named no variant) or the version's as a whole (latency, errors, drift)."""
+
     event: ClassVar[str] = "degraded"
     kind: Literal["slo", "drift", "quality"]
+    variant: str = Field(default="", max_length=128)
     reason: str = Field(min_length=1)
     evidence: dict[str, Any] = Field(default_factory=dict)
     window_seconds: float | None = None
+
+    def of_optimized_variant(self) -> bool:
+        """The breach is an optimized variant's (not FP32's, not the version's as a whole): the version's own
+        model may still answer well."""
+        return self.variant not in ("", FP32_VARIANT)
 
 
 class ModelOutcome(Payload):

@@ -1,7 +1,10 @@
 """Alert episodes: a breach opens one alert and one `model.degraded`; it closes after a calm window.
 
-An episode of (model, version, kind) opens on the first breached evaluation and publishes exactly
-one `model.degraded`, with the id `degraded:<model>:<version>:<kind>:<episode>`. Further breaches
+An episode of (model, version, kind, variant) opens on the first breached evaluation and publishes exactly
+one `model.degraded`, with the id `degraded:<model>:<version>:<kind>:<episode>` (a variant's:
+`degraded:<model>:<version>:<kind>:<variant>:<episode>`). The variant is empty for the version as a whole
+and for its own model (FP32); a quality episode of an optimized variant's answers names it, so an INT8
+variant's episode and the version's own model's are told apart. Further breaches
 while it is open publish nothing. It closes only once every evaluation for a whole window was
 within the threshold (hysteresis), so a figure hovering at the threshold is one episode, not a
 storm. Open alerts are rows in the database, so a restarted monitor resumes its episodes.
@@ -36,8 +39,9 @@ log = get_logger(__name__)
 _OPENED = counter("monitor_alerts_opened_total", "Alert episodes opened, by kind.", ("kind",))
 
 
-def degraded_event_id(model: str, version: int, kind: str, episode: int) -> str:
-    return f"degraded:{model}:{version}:{kind}:{episode}"
+def degraded_event_id(model: str, version: int, kind: str, episode: int, variant: str = "") -> str:
+    named = f"{variant}:" if variant else ""
+    return f"degraded:{model}:{version}:{kind}:{named}{episode}"
 
 
 @dataclass
@@ -52,7 +56,7 @@ class AlertBook:
     def __init__(self, engine: Engine, project_of: Callable[[str], str] = lambda model: DEFAULT_PROJECT) -> None:
         self.engine = engine
         self.project_of = project_of  # a model's project, which its alerts belong to
-        self._open: dict[tuple[str, int, str], _Episode] = {}
+        self._open: dict[tuple[str, int, str, str], _Episode] = {}  # (model, version, kind, variant)
         self._lock = threading.Lock()
         self.restore()
 
@@ -60,17 +64,17 @@ class AlertBook:
         """Pick up the episodes that were open when the monitor last stopped."""
         with Session(self.engine) as session:
             rows = session.exec(select(AlertRecord).where(col(AlertRecord.closed_at).is_(None)))
-            self._open = {(r.model, r.version, r.kind): _Episode(r.id) for r in rows}
+            self._open = {(r.model, r.version, r.kind, r.variant): _Episode(r.id) for r in rows}
 
-    def open_versions(self, kind: Kind) -> dict[str, set[int]]:
-        """The versions of each model with an open episode of `kind`."""
+    def open_episodes(self, kind: Kind) -> dict[str, set[tuple[int, str]]]:
+        """The (version, variant) of each model with an open episode of `kind`."""
         with self._lock:
             keys = list(self._open)
-        versions: dict[str, set[int]] = {}
-        for model, version, open_kind in keys:
+        episodes: dict[str, set[tuple[int, str]]] = {}
+        for model, version, open_kind, variant in keys:
             if open_kind == kind:
-                versions.setdefault(model, set()).add(version)
-        return versions
+                episodes.setdefault(model, set()).add((version, variant))
+        return episodes
 
     def observe(
         self,
@@ -83,9 +87,11 @@ class AlertBook:
         window_s: float,
         reason: str = "",
         evidence: dict[str, Any] | None = None,
+        variant: str = "",
     ) -> AlertPublic | None:
-        """Record one evaluation; returns the alert when it opened a new episode (to be published)."""
-        key = (model, version, kind)
+        """Record one evaluation of a version (of one `variant`'s answers when given); returns the alert when it
+        opened a new episode (to be published)."""
+        key = (model, version, kind, variant)
         with self._lock:
             episode = self._open.get(key)
             if episode is not None:
@@ -99,21 +105,30 @@ class AlertBook:
                 return None
             if not breached:
                 return None
-            alert = self._open_alert(model, version, kind, reason, evidence or {}, window_s, now)
+            alert = self._open_alert(key, reason, evidence or {}, window_s, now)
             self._open[key] = _Episode(alert.id)
         _OPENED.labels(kind).inc()
-        log.warning("alert_opened", model=model, version=version, kind=kind, reason=reason, event_id=alert.event_id)
+        log.warning(
+            "alert_opened",
+            model=model, version=version, kind=kind, variant=variant, reason=reason, event_id=alert.event_id,
+        )  # fmt: skip
         return alert
 
     def _open_alert(
-        self, model: str, version: int, kind: str, reason: str, evidence: dict[str, Any], window_s: float, now: float
+        self, key: tuple[str, int, str, str], reason: str, evidence: dict[str, Any], window_s: float, now: float
     ) -> AlertPublic:
+        model, version, kind, variant = key
         project = self.project_of(model)
         with Session(self.engine) as session:
             earlier = session.exec(
                 select(func.count())
                 .select_from(AlertRecord)
-                .where(AlertRecord.model == model, AlertRecord.version == version, AlertRecord.kind == kind)
+                .where(
+                    AlertRecord.model == model,
+                    AlertRecord.version == version,
+                    AlertRecord.kind == kind,
+                    AlertRecord.variant == variant,
+                )
             ).one()
             episode = int(earlier) + 1
             row = AlertRecord(
@@ -122,11 +137,12 @@ class AlertBook:
                 project=project,
                 version=version,
                 kind=kind,
+                variant=variant,
                 episode=episode,
                 reason=reason,
                 evidence=evidence,
                 window_s=window_s,
-                event_id=degraded_event_id(model, version, kind, episode),
+                event_id=degraded_event_id(model, version, kind, episode, variant),
                 opened_at=datetime.fromtimestamp(now, UTC),
             )
             session.add(row)
@@ -141,7 +157,10 @@ class AlertBook:
                 row.closed_at = datetime.fromtimestamp(now, UTC)
                 session.add(row)
                 session.commit()
-                log.info("alert_closed", model=row.model, version=row.version, kind=row.kind, event_id=row.event_id)
+                log.info(
+                    "alert_closed",
+                    model=row.model, version=row.version, kind=row.kind, variant=row.variant, event_id=row.event_id,
+                )  # fmt: skip
 
     def unpublished(self) -> list[AlertRecord]:
         """Alerts whose `model.degraded` was not stored on the bus yet, oldest first."""
@@ -192,6 +211,7 @@ async def publish_pending(book: AlertBook, publish: Publish) -> int:
             project=row.project,
             version=row.version,
             kind=row.kind,  # type: ignore[arg-type]
+            variant=row.variant,
             reason=row.reason,
             evidence=row.evidence,
             window_seconds=row.window_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -20,7 +21,7 @@ from gallery_common.telemetry import counter, get_logger
 
 from .alerts import Kind, Publish, publish_pending
 from .core import Monitor, registry_version
-from .quality import Tally, judge_quality, variant_breakdown
+from .quality import Reference, Tally, judge_quality, variant_breakdown
 from .records import AlertPublic, Slo
 from .series import Figures
 
@@ -113,12 +114,13 @@ async def _observe(
     window_s: float,
     reason: str,
     evidence: dict[str, Any],
+    variant: str = "",
 ) -> None:
-    """One evaluation of one version into its alert episodes (blocking SQL in a worker thread); an episode it
-    opens is added to `opened`."""
+    """One evaluation of one version (of one variant's answers, when given) into its alert episodes (blocking
+    SQL in a worker thread); an episode it opens is added to `opened`."""
     observe = partial(
         monitor.alerts.observe, model, version, kind,
-        breached=breached, now=now, window_s=window_s, reason=reason, evidence=evidence,
+        breached=breached, now=now, window_s=window_s, reason=reason, evidence=evidence, variant=variant,
     )  # fmt: skip
     alert = await anyio.to_thread.run_sync(observe)
     if alert is not None:
@@ -134,10 +136,13 @@ async def _evaluate_quality(
     monitor: Monitor, stored: dict[str, Slo], slo_of: Callable[[str], Slo], now: float
 ) -> list[AlertPublic]:
     """Online quality of every version with feedback in its model's quality window, for the models whose
-    quality SLO judges anything. A version with too little feedback, or whose model's quality SLO was
-    switched off, counts as calm, so its open episode closes."""
+    quality SLO judges anything. The version's own model (FP32, or a route that named no variant) and each
+    optimized variant that answered are judged on their own answers, each with its own episodes: a variant
+    against what the optimizer measured of it, the version's own model against the gate's figures. A variant
+    with too little feedback, or whose model's quality SLO was switched off, counts as calm, so its open
+    episode closes."""
     opened: list[AlertPublic] = []
-    episodes = monitor.alerts.open_versions("quality")
+    episodes = monitor.alerts.open_episodes("quality")
     models = set(episodes) | {model for model, slo in stored.items() if _judges_quality(slo)}
     defaults = monitor.slos.defaults
     if _judges_quality(defaults):  # every model with recent feedback, unless its own SLO says otherwise
@@ -146,46 +151,78 @@ async def _evaluate_quality(
     for model in sorted(models):
         slo = slo_of(model)
         judged = _judges_quality(slo)
-        tallies = await anyio.to_thread.run_sync(monitor.quality.by_version, model, now - slo.quality_window_s)
-        for episode in episodes.get(model, set()):
-            tallies.setdefault(str(episode), Tally())
-        gate = await anyio.to_thread.run_sync(monitor.gate_figure, model, "accuracy") if judged else {}
-        gate_rmse = await anyio.to_thread.run_sync(monitor.gate_figure, model, "rmse") if judged else {}
-        for label, tally in sorted(tallies.items()):
+        since = now - slo.quality_window_s
+        answered = await anyio.to_thread.run_sync(monitor.quality.by_variant, model, since)
+        tallies = _by_answering_model(answered)
+        for open_version, open_variant in episodes.get(model, set()):
+            tallies.setdefault((str(open_version), open_variant), Tally())
+        figures = await anyio.to_thread.run_sync(_test_figures, monitor, model) if judged else _TestFigures()
+        for (label, variant), tally in sorted(tallies.items()):
             version = registry_version(label)
             if version is None:
                 continue
-            breached, reason, evidence = (
-                judge_quality(tally, slo, gate.get(label), gate_rmse.get(label)) if judged else (False, "", {})
-            )
+            breached, reason, evidence = False, "", dict[str, Any]()
+            if judged:
+                gate, gate_rmse = figures.gate.get(label), figures.gate_rmse.get(label)
+                reference = Reference.of(variant, gate, gate_rmse, figures.optimizer.get((version, variant), {}))
+                breached, reason, evidence = judge_quality(tally, slo, gate, gate_rmse, reference)
             if breached:
-                reason, evidence = await _by_variant(
-                    monitor, model, label, now - slo.quality_window_s, reason, evidence
-                )
+                reason, evidence = _by_variant(label, variant, answered, figures, reason, evidence)
             await _observe(
-                monitor, opened, model, version, "quality", breached, now, slo.quality_window_s, reason, evidence
-            )
+                monitor, opened, model, version, "quality", breached, now, slo.quality_window_s, reason, evidence,
+                variant=variant,
+            )  # fmt: skip
     return opened
 
 
-async def _by_variant(
-    monitor: Monitor, model: str, label: str, since: float, reason: str, evidence: dict[str, Any]
+def _by_answering_model(answered: dict[tuple[str, str], Tally]) -> dict[tuple[str, str], Tally]:
+    """Outcomes by (version, what answered): an optimized variant by its name, the version's own model (FP32, or
+    a route that named no variant) as ""."""
+    tallies: dict[tuple[str, str], Tally] = {}
+    for (label, variant), tally in answered.items():
+        key = (label, "" if variant == FP32_VARIANT else variant)
+        tallies[key] = tallies.get(key, Tally()) + tally
+    return tallies
+
+
+@dataclass(frozen=True)
+class _TestFigures:
+    """What was measured offline of a model's versions: the gate's accuracy and rmse by version label, the
+    optimizer's metrics by (version, variant)."""
+
+    gate: dict[str, float] = field(default_factory=dict)
+    gate_rmse: dict[str, float] = field(default_factory=dict)
+    optimizer: dict[tuple[int, str], dict[str, object]] = field(default_factory=dict)
+
+
+def _test_figures(monitor: Monitor, model: str) -> _TestFigures:
+    """Blocking SQL: call from a worker thread."""
+    return _TestFigures(
+        monitor.gate_figure(model, "accuracy"),
+        monitor.gate_figure(model, "rmse"),
+        monitor.timeline.variant_metrics(model),
+    )
+
+
+def _by_variant(
+    label: str,
+    variant: str,
+    answered: dict[tuple[str, str], Tally],
+    figures: _TestFigures,
+    reason: str,
+    evidence: dict[str, Any],
 ) -> tuple[str, dict[str, Any]]:
-    """A quality breach's reason and evidence with which variant gave the answers, when more than one did or the
-    route named it: an INT8 variant that answers worse than FP32 shows as such in the alert."""
-
-    def read() -> tuple[dict[str, Tally], dict[str, dict[str, object]]]:
-        variants = {name: t for (v, name), t in monitor.quality.by_variant(model, since).items() if v == label}
-        measured = {name: m for (v, name), m in monitor.timeline.variant_metrics(model).items() if str(v) == label}
-        return variants, measured
-
-    variants, measured = await anyio.to_thread.run_sync(read)
+    """A quality breach's reason and evidence naming the optimized variant whose answers broke it, with every
+    variant of the version that answered beside what the optimizer measured of it (when more than one
+    answered or the route named it): an INT8 variant that answers worse than FP32 shows as such."""
+    version = registry_version(label)
+    variants = {name: t for (v, name), t in answered.items() if v == label}
     if not variants or (len(variants) == 1 and "" in variants):
         return reason, evidence
-    line, figures = variant_breakdown(variants, measured)
-    if any(name not in ("", FP32_VARIANT) for name in variants):  # what a person can do short of a rollback
-        line += f" (to serve FP32 instead: gallery variants {model}:{label} --serve {FP32_VARIANT})"
-    return (f"{reason}; {line}" if line else reason), {**evidence, "variants": figures}
+    measured = {name: m for (v, name), m in figures.optimizer.items() if v == version}
+    line, breakdown = variant_breakdown(variants, measured)
+    named = f"variant {variant}: " if variant else ""
+    return f"{named}{reason}" + (f"; {line}" if line else ""), {**evidence, "variant": variant, "variants": breakdown}
 
 
 async def run_evaluator(monitor: Monitor, publish: Publish | None, interval_s: float) -> None:

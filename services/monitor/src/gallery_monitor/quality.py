@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, exc, func
 from sqlalchemy import select as select_rows
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from gallery_common.db import insert_once
-from gallery_common.events import CloudEvent, ModelOutcome
+from gallery_common.events import FP32_VARIANT, CloudEvent, ModelOutcome
 
 from .records import OutcomeRecord, Slo
 
@@ -219,14 +219,43 @@ class QualityStore:
             return int(result.rowcount or 0)
 
 
-def judge_quality(
-    tally: Tally, slo: Slo, gate_accuracy: float | None, gate_rmse: float | None = None
-) -> tuple[bool, str, dict[str, float | int | None]]:
-    """(breached, reason, evidence) of one version's outcomes over the quality window.
+@dataclass(frozen=True)
+class Reference:
+    """What online figures are held to: the test accuracy or rmse of what answered, and who measured it (the
+    gate, of the version's own model; the optimizer, of an optimized variant)."""
 
-    Judged only with `slo.quality_min_rows` labelled (or valued) rows: a handful of labels says little.
+    accuracy: float | None = None
+    rmse: float | None = None
+    by: Literal["gate", "optimizer"] = "gate"
+
+    @classmethod
+    def of(
+        cls, variant: str, gate_accuracy: float | None, gate_rmse: float | None, optimizer: dict[str, object]
+    ) -> Reference:
+        """The reference of `variant`'s answers: the optimizer's figures of an optimized variant when it measured
+        them (`optimizer`: its metrics of the variant), else the gate's."""
+        if variant not in ("", FP32_VARIANT):
+            accuracy, rmse = measured(optimizer.get("accuracy")), measured(optimizer.get("rmse"))
+            if accuracy is not None or rmse is not None:
+                return cls(accuracy, rmse, "optimizer")
+        return cls(gate_accuracy, gate_rmse, "gate")
+
+
+def judge_quality(
+    tally: Tally,
+    slo: Slo,
+    gate_accuracy: float | None,
+    gate_rmse: float | None = None,
+    reference: Reference | None = None,
+) -> tuple[bool, str, dict[str, float | int | str | None]]:
+    """(breached, reason, evidence) of one version's outcomes (or one variant's of it) over the quality window.
+
+    A drop is measured against `reference` (by default the gate's figures). Judged only with
+    `slo.quality_min_rows` labelled (or valued) rows: a handful of labels says little.
     """
-    evidence: dict[str, float | int | None] = {
+    ref = reference or Reference(gate_accuracy, gate_rmse)
+    whose = f"the {ref.by}'s"
+    evidence: dict[str, float | int | str | None] = {
         "outcomes": tally.outcomes,
         "labelled_rows": tally.labelled_rows,
         "online_accuracy": tally.accuracy,
@@ -234,6 +263,9 @@ def judge_quality(
         "valued_rows": tally.valued_rows,
         "online_rmse": tally.rmse,
         "gate_rmse": gate_rmse,
+        "reference": ref.by,
+        "reference_accuracy": ref.accuracy,
+        "reference_rmse": ref.rmse,
         "slo_min_online_accuracy": slo.min_online_accuracy,
         "slo_max_accuracy_drop": slo.max_accuracy_drop,
         "slo_max_online_rmse": slo.max_online_rmse,
@@ -245,19 +277,19 @@ def judge_quality(
     if accuracy is not None and tally.labelled_rows >= slo.quality_min_rows:
         if slo.min_online_accuracy is not None and accuracy < slo.min_online_accuracy:
             breaches.append(f"online accuracy {accuracy:.1%} < SLO {slo.min_online_accuracy:.1%}")
-        if slo.max_accuracy_drop is not None and gate_accuracy is not None:
-            floor = gate_accuracy - slo.max_accuracy_drop
+        if slo.max_accuracy_drop is not None and ref.accuracy is not None:
+            floor = ref.accuracy - slo.max_accuracy_drop
             if accuracy < floor:
                 breaches.append(
-                    f"online accuracy {accuracy:.1%} is {(gate_accuracy - accuracy) * 100:.1f} points below the "
-                    f"gate's {gate_accuracy:.1%} (SLO: at most {slo.max_accuracy_drop * 100:g})"
+                    f"online accuracy {accuracy:.1%} is {(ref.accuracy - accuracy) * 100:.1f} points below "
+                    f"{whose} {ref.accuracy:.1%} (SLO: at most {slo.max_accuracy_drop * 100:g})"
                 )
     if rmse is not None and tally.valued_rows >= slo.quality_min_rows:
         if slo.max_online_rmse is not None and rmse > slo.max_online_rmse:
             breaches.append(f"online rmse {rmse:.4g} > SLO {slo.max_online_rmse:g}")
-        if slo.max_rmse_ratio is not None and gate_rmse and rmse > gate_rmse * slo.max_rmse_ratio:
+        if slo.max_rmse_ratio is not None and ref.rmse and rmse > ref.rmse * slo.max_rmse_ratio:
             breaches.append(
-                f"online rmse {rmse:.4g} is {rmse / gate_rmse:.2f} times the gate's {gate_rmse:.4g} "
+                f"online rmse {rmse:.4g} is {rmse / ref.rmse:.2f} times {whose} {ref.rmse:.4g} "
                 f"(SLO: at most {slo.max_rmse_ratio:g})"
             )
     if not breaches:

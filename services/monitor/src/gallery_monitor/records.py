@@ -95,6 +95,8 @@ class AlertRecord(SQLModel, table=True):
     project: str = SQLField(default=DEFAULT_PROJECT, sa_column=_project_column())  # the model's
     version: int
     kind: str = SQLField(max_length=16)
+    # the variant whose answers broke a quality SLO; empty: the version's as a whole
+    variant: str = SQLField(default="", sa_column=Column(AutoString(128), nullable=False, server_default=""))
     episode: int
     reason: str
     evidence: dict[str, Any] = SQLField(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -123,8 +125,8 @@ class Slo(BaseModel):
         default=None,
         ge=0,
         le=1,
-        description="how far online accuracy may fall below the gate's test accuracy of the version (0.05: 5 points); "
-        "null: off",
+        description="how far online accuracy may fall below the test accuracy of what answered (0.05: 5 points): "
+        "the gate's for the version's own model, the optimizer's for an optimized variant; null: off",
     )
     max_online_rmse: float | None = Field(
         default=None,
@@ -134,11 +136,14 @@ class Slo(BaseModel):
     max_rmse_ratio: float | None = Field(
         default=None,
         ge=1,
-        description="how many times the gate's test rmse of the version a regressor's online rmse may reach (1.2: "
-        "20 % worse); null: off",
+        description="how many times the test rmse of what answered (the gate's, or the optimizer's for an optimized "
+        "variant) a regressor's online rmse may reach (1.2: 20 % worse); null: off",
     )
     quality_min_rows: int = Field(
-        default=50, ge=1, description="rows with feedback a version needs in the quality window before it is judged"
+        default=50,
+        ge=1,
+        description="rows with feedback a version (each variant of it on its own) needs in the quality window before "
+        "it is judged",
     )
     quality_window_s: float = Field(
         default=3600.0, gt=0, description="the window online quality is judged over, in seconds (feedback comes late)"
@@ -202,6 +207,7 @@ class AlertPublic(BaseModel):
     project: str = DEFAULT_PROJECT
     version: int | None
     kind: Literal["slo", "drift", "quality"]
+    variant: str = Field(default="", description="the variant whose answers broke a quality SLO; empty: the version's")
     reason: str
     evidence: dict[str, Any]
     opened_at: datetime
@@ -216,6 +222,7 @@ class AlertPublic(BaseModel):
             project=row.project,
             version=row.version,
             kind=row.kind,  # type: ignore[arg-type]
+            variant=row.variant,
             reason=row.reason,
             evidence=row.evidence,
             opened_at=as_utc(row.opened_at),  # type: ignore[arg-type]

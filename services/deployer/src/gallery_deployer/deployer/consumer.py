@@ -68,6 +68,6 @@ def rollout_events(controller: Controller, ack_wait: float = ACK_WAIT_SECONDS) -
     @events.on(ModelDegraded)
     @once
     async def degraded(data: ModelDegraded) -> None:
-        await controller.roll_back_degraded(data.model, data.version, f"{data.kind}: {data.reason}")
+        await controller.answer_degraded(data, provenance.confirm_variant)
 
     return events

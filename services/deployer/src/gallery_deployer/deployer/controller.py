@@ -19,11 +19,12 @@ import numpy as np
 
 from gallery_common.artifacts import ArtifactStore
 from gallery_common.contracts.serving_metrics import Scrape
-from gallery_common.db import utcnow
+from gallery_common.db import as_utc, utcnow
 from gallery_common.errors import Conflict, GalleryError, NotFound, Unavailable
 from gallery_common.events import (
     FP32_VARIANT,
     ArtifactRef,
+    ModelDegraded,
     ModelDeployed,
     ModelDeploymentFailed,
     ModelOptimized,
@@ -45,6 +46,7 @@ from .settings import DeployerSettings
 from .variant_choice import VariantChoice, choose_variant
 
 Publish = Callable[[Payload, str], Awaitable[None]]
+ConfirmArtifact = Callable[[str, int, ArtifactRef], Awaitable[None]]  # the registry holds the file for model:version
 REASON_CHARS = 400  # reasons go into events and the registry's alias history; evidence stays in the monitor
 
 
@@ -229,7 +231,12 @@ class Controller:
         await self.publish(payload, f"deployment_failed:{record.model}:{record.version}:{record.variant}")
         return record
 
-    async def _announce_deployed(self, record: DeploymentRecord, status: DeploymentStatus | None = None) -> None:
+    async def _announce_deployed(
+        self, record: DeploymentRecord, status: DeploymentStatus | None = None, *, changed: bool = False
+    ) -> None:
+        """`model.deployed` of `record`; `changed`: a serving version's file changed (another variant), whose event
+        id carries when, so a version that serves a variant again within the bus's duplicate window is
+        announced again."""
         if status is None:  # a promotion: the runtime still says which provider serves and why
             try:
                 status = await self.runtime.status(record.id)
@@ -250,6 +257,8 @@ class Controller:
             execution_provider=status.execution_provider if status else None,
         )
         key = f"deployed:{record.model}:{record.version}:{record.variant}:{record.stage}"
+        if changed:
+            key += f":{int(as_utc(record.updated_at).timestamp() * 1000)}"
         await self.publish(payload, key)
 
     # -- lifecycle events --------------------------------------------------------------------------
@@ -378,6 +387,30 @@ class Controller:
             log.warning("degraded_not_rolled_back", model=model, version=version, reason=exc.message)
             return None
 
+    async def answer_degraded(self, degraded: ModelDegraded, confirm: ConfirmArtifact) -> DeploymentRecord | None:
+        """What a `model.degraded` does. An optimized variant's answers broke the quality SLO while the version
+        serves that variant: the version serves its own FP32 model instead (`confirm`: the registry's word on the
+        file, as for a variant chosen by hand), unless its policy says `roll_back`, or FP32 cannot serve. A
+        variant that no longer serves is left alone. Anything else rolls the version back."""
+        reason = f"{degraded.kind}: {degraded.reason}"
+        if degraded.kind == "quality" and degraded.of_optimized_variant():
+            model, version, variant = degraded.model, degraded.version, degraded.variant
+            record = await self._db(self.store.get, deployment_id(model, version, ""))
+            if record is not None and record.stage in SERVING and record.variant != variant:
+                log.info("degraded_variant_not_serving", model=model, version=version, variant=variant)
+                return record
+            policy = await self._db(self.policies.get, model)
+            if record is not None and record.stage in SERVING and policy.on_variant_breach == "serve_fp32":
+                try:
+                    fp32 = await self.variant_artifact(model, version, FP32_VARIANT)
+                    await confirm(model, version, fp32)
+                    why = shorten(f"FP32 instead of {variant}, whose answers broke the quality SLO: {degraded.reason}")
+                    return await self.serve_variant(model, version, FP32_VARIANT, fp32, why)
+                except (NotFound, Conflict) as exc:
+                    log.warning("fp32_not_served_instead", model=model, version=version, reason=exc.message)
+                    reason = f"{reason}; FP32 could not serve instead: {exc.message}"
+        return await self.roll_back_degraded(degraded.model, degraded.version, reason)
+
     # -- optimized variant -------------------------------------------------------------------------
 
     async def variant_for(self, optimized: ModelOptimized) -> VariantChoice:
@@ -479,7 +512,10 @@ class Controller:
             previous = (record.variant, record.artifact_uri, record.artifact_sha256)
             record.variant, record.artifact_uri, record.artifact_sha256 = variant, artifact.uri, artifact.sha256
             status = await self._start(record)
-            if status.state is not RuntimeState.ready:
+            # a model scaled to zero takes the new file asleep (a replica woken by a request stops): the
+            # gateway wakes it with that file on its next request
+            asleep = record.replicas == 0 and status.state is RuntimeState.scaled_to_zero
+            if status.state is not RuntimeState.ready and not asleep:
                 # the old replicas kept serving during the roll; put the old artifact back in the spec
                 record.variant, record.artifact_uri, record.artifact_sha256 = previous
                 await self._start(record)
@@ -500,7 +536,7 @@ class Controller:
                     self._baselines[record.id] = await self._snapshots(record, production)
             record = await self._db(self.store.save, record)
             await self.sync_routes(model)
-            await self._announce_deployed(record, status)
+            await self._announce_deployed(record, status, changed=True)
             return record
 
     async def _production(self, model: str) -> DeploymentRecord | None:

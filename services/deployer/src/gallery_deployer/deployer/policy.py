@@ -1,12 +1,12 @@
-"""Each model's deployment policy: traffic for a canary, replicas, resources, GPU, batching, and whether the
-gateway keeps answers for feedback.
+"""Each model's deployment policy: traffic for a canary, replicas, resources, GPU, batching, whether the
+gateway keeps answers for feedback, and what an optimized variant's quality breach does.
 
 Fields left unset fall back to the deployer's settings, so a policy only says what differs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, Column
@@ -40,6 +40,12 @@ class DeploymentPolicy(BaseModel):
     )
     openvino_device_type: OpenVinoDevice = Field(default="CPU", description="where OpenVINO runs: CPU, GPU or NPU")
     tensorrt_fp16: bool = Field(default=True, description="TensorRT may build FP16 kernels")
+    on_variant_breach: Literal["serve_fp32", "roll_back"] = Field(
+        default="serve_fp32",
+        description="what the deployer does when the answers of an optimized variant (INT8, pruned, distilled) break "
+        "the model's quality SLO: serve the version's own FP32 model instead (a rolling update; should FP32 break it "
+        "too, the version is rolled back), or roll the version back at once; applies at once",
+    )
     record_outcomes: bool = Field(
         default=False,
         description="the gateway keeps every answer for feedback (POST /v2/models/{model}/feedback), which the "

@@ -2,9 +2,12 @@
 
 The monitor publishes `model.degraded` when a served version breaks an SLO or drifts; the deployer
 rolls it back. The registry records why on the version: `needs_revalidation=true`, the kind, the
-reason and when. `POST .../versions/{v}/validate` runs the gate again and clears the mark. Nothing
-revalidates by itself: the same test split would give the same verdict, and a fresh `model.validated`
-would put the rolled-back version straight back into a canary.
+reason and when. An optimized variant's quality breach (INT8 answering worse than the optimizer
+measured) says nothing of the version's own model, which the gate judged: the deployer serves FP32
+instead, and the version is not marked; should FP32 then break the SLO, that event marks it.
+`POST .../versions/{v}/validate` runs the gate again and clears the mark. Nothing revalidates by
+itself: the same test split would give the same verdict, and a fresh `model.validated` would put the
+rolled-back version straight back into a canary.
 """
 
 from __future__ import annotations
@@ -31,11 +34,16 @@ CLEARED: dict[str, str | None] = {MARK: None, "degraded_kind": None, "degraded_r
 
 def degraded_events(store: RegistryStore) -> EventRouter:
     """The durable consumer `registry-degraded`: each `model.degraded` marks its version (a version
-    the registry does not hold is dead-lettered)."""
+    the registry does not hold is dead-lettered); an optimized variant's breach is logged, not marked."""
     events = EventRouter(DURABLE, batch=5)
 
     @events.on(ModelDegraded)
     async def degraded(data: ModelDegraded, event: CloudEvent[ModelDegraded]) -> None:
+        if data.of_optimized_variant():
+            log.warning(
+                "variant_degraded", model=data.model, version=data.version, variant=data.variant, reason=data.reason
+            )
+            return
         tags = degraded_tags(data, event.time.isoformat())
         await anyio.to_thread.run_sync(store.merge_version_tags, data.model, data.version, tags)
         log.warning("version_degraded", model=data.model, version=data.version, kind=data.kind, reason=data.reason)

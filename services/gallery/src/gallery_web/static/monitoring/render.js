@@ -205,6 +205,8 @@ export function renderAlerts(alerts, model) {
       h("div", { class: "alert-head" },
         badge(a.kind, `kind-${a.kind}`),
         h("span", {}, versionLabel(a.version)),
+        a.variant ? h("span", { class: "variant", title: "the optimized variant whose answers broke the SLO" },
+          a.variant) : null,
         a.closed_at ? badge("closed", "muted") : badge("open", "bad"),
         h("span", { class: "when", title: a.opened_at }, `opened ${clock(a.opened_at)} (${ago(a.opened_at)})`),
         a.closed_at ? h("span", { class: "when", title: a.closed_at }, `closed ${clock(a.closed_at)}`) : null),
