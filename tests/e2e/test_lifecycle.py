@@ -666,6 +666,12 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     assert serving[0]["reason"].startswith(f"FP32 instead of {optimized_variant}, whose answers broke the quality SLO")
     assert not events_of(stack, "rolled_back", model=model, version=1)
     assert "needs_revalidation" not in version_of(stack, 1, model)["tags"]
+    listed = subprocess.run(
+        [str(GALLERY), "variants", f"{model}:1"], env=stack.env(), capture_output=True, text=True, timeout=60
+    )
+    rows = {cells[0]: cells for line in listed.stdout.splitlines() if len(cells := table_cells(line)) >= 3}
+    assert rows["fp32"][1].startswith("serving") and "withdrawn" in rows[optimized_variant][1], listed.stdout
+    assert f"{optimized_variant} withdrawn, not rolled in again unless served by hand: quality:" in listed.stdout
     gateway_routes(stack, model, "fp32")
 
     # FP32's own answers labelled one class off: the version's own model falls far below the gate's

@@ -298,7 +298,7 @@ def test_the_cli_lists_deployments_and_explains_what_it_cannot_do(stack: Any) ->
 
 
 async def test_an_int8_variant_answering_below_the_quality_slo_gives_way_to_fp32_and_the_version_stays(
-    stack: Any, events: Events
+    stack: Any, events: Events, nats_module: EmbeddedNats
 ) -> None:
     """Labels say v2's INT8 variant answers wrong: the monitor's model.degraded names the variant, and the
     deployer serves v2's own FP32 model instead of rolling v2 back; the registry does not mark v2."""
@@ -342,6 +342,18 @@ async def test_an_int8_variant_answering_below_the_quality_slo_gives_way_to_fp32
     assert not events.of("model.rolled_back", version=2) and production_alias(registry) == 2
     assert served_version(gateway) == "2"
     assert "needs_revalidation" not in httpx.get(f"{registry}/api/v1/models/iris/versions/2").json()["tags"]
+
+    # INT8 is withdrawn: the optimizer announcing it again for v2 does not roll it back in
+    listed = {v["variant"]: v for v in httpx.get(f"{deployer}/api/v1/deployments/iris/variants", timeout=30).json()}
+    assert listed["fp32"]["serving"] and not listed["int8_dynamic"]["serving"]
+    assert listed["int8_dynamic"]["withdrawn"].startswith("quality: variant int8_dynamic: online accuracy 0.0%")
+    int8 = ArtifactRef.model_validate(listed["int8_dynamic"]["artifact"])
+    handled = handled_by_deployer(deployer)
+    again = ModelOptimized(model="iris", version=2, recommended="int8_dynamic", recommended_artifact=int8)
+    await publish(nats_module.url, again, "optimized:iris:2:again")
+    await eventually("the deployer handled it", lambda: handled_by_deployer(deployer) > handled)
+    assert [(d["version"], d["variant"]) for d in deployments(deployer)] == [(2, "fp32")]
+    assert not events.of("model.deployed", version=2, variant="int8_dynamic")
 
 
 async def test_a_breached_latency_slo_publishes_one_degraded_and_the_deployer_rolls_back(

@@ -441,8 +441,14 @@ async def test_an_optimized_variants_quality_breach_serves_fp32_and_fp32s_own_br
         confirmed.append((model, version, file))
 
     int8 = ArtifactRef(uri="file:///models/m/2/int8.onnx", sha256="f" * 64)
+    optimized = ModelOptimized(
+        model="m", version=2, recommended="int8_dynamic", recommended_artifact=int8,
+        variants=[VariantResult(name="int8_dynamic", artifact=int8, metrics={"accuracy": 0.95})],
+    )  # fmt: skip
     await controller.deploy_validated("m", 1, artifact(1))
     await controller.deploy_validated("m", 2, artifact(2))
+    await controller.remember_variants(optimized)
+    assert not await controller.withdrawn("m", 2, "int8_dynamic")
     await controller.roll_variant("m", 2, "int8_dynamic", int8, "recommended")
 
     record = await controller.answer_degraded(variant_breach(2, "int8_dynamic"), confirm)
@@ -458,6 +464,18 @@ async def test_an_optimized_variants_quality_breach_serves_fp32_and_fp32s_own_br
 
     again = await controller.answer_degraded(variant_breach(2, "int8_dynamic"), confirm)  # INT8 no longer serves
     assert again is not None and again.variant == "fp32" and announced(controller) == before
+
+    # INT8 is withdrawn: a later model.optimized of v2 keeps it out (the set it builds replaces the old one), a
+    # person may serve it by hand, which ends the withdrawal
+    await controller.remember_variants(optimized)
+    assert await controller.withdrawn("m", 2, "int8_dynamic")
+    [kept] = controller.store.variants("m", 2)
+    assert kept.withdrawn == "quality: online accuracy 70.0% is 25.0 points below"
+    assert not await controller.withdrawn("m", 2, "fp32") and not await controller.withdrawn("m", 1, "int8_dynamic")
+    await controller.serve_variant("m", 2, "int8_dynamic", int8, "the labels were wrong")
+    assert not await controller.withdrawn("m", 2, "int8_dynamic")
+    await controller.answer_degraded(variant_breach(2, "int8_dynamic"), confirm)  # and breaks the SLO again
+    assert controller.store.get("m-v2").variant == "fp32"  # type: ignore[union-attr]
 
     back = await controller.answer_degraded(variant_breach(2, ""), confirm)  # the version's own model breaks it
     assert back is not None and (back.version, back.stage) == (1, Stage.production)

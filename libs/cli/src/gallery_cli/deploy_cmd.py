@@ -110,7 +110,8 @@ def variants_table(title: str, rows: list[dict[str, Any]]) -> Table:
     if targets:
         table.add_column("built for")
     for row in rows:
-        status = [word for word, on in (("serving", row["serving"]), ("recommended", row["recommended"])) if on]
+        marks = (("serving", row["serving"]), ("recommended", row["recommended"]), ("withdrawn", row.get("withdrawn")))
+        status = [word for word, on in marks if on]
         cells = [row["variant"], ", ".join(status)]
         cells += [_figure(row["metrics"], metric, digits, scale) + unit for _, metric, digits, scale, unit in figures]
         table.add_row(*cells, *([row["cpu_target"] or "any CPU"] if targets else []))
@@ -137,6 +138,9 @@ def variants(
         say(f"{model}:{version} does not serve: `gallery deployments` lists what does")
         return
     console.print(variants_table(f"variants of {model}:{version}", rows))
+    for row in rows:
+        if row.get("withdrawn"):
+            say(f"{row['variant']} withdrawn, not rolled in again unless served by hand: {row['withdrawn']}")
 
 
 POLICY_SHOWN = (

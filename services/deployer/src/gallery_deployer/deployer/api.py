@@ -358,6 +358,11 @@ class VariantView(BaseModel):
     cpu_target: str | None = Field(description="the CPUs the variant is built for, when not any")
     metrics: dict[str, float] = Field(description="what the optimizer measured: accuracy or rmse, latency, size")
     artifact: ArtifactRef | None = Field(description="its file; null for FP32 (the registry's onnx artifact)")
+    withdrawn: str | None = Field(
+        default=None,
+        description="why the deployer took it out of service (its answers broke the quality SLO); a later "
+        "model.optimized does not roll it in again, a person may serve it by hand",
+    )
 
 
 def _variant_views(record: DeploymentRecord, built: list[VariantRecord]) -> list[VariantView]:
@@ -385,6 +390,7 @@ def _variant_views(record: DeploymentRecord, built: list[VariantRecord]) -> list
                 cpu_target=v.cpu_target,
                 metrics=dict(v.metrics),
                 artifact=ArtifactRef.model_validate(v.artifact),
+                withdrawn=v.withdrawn,
             )
         )
     return views

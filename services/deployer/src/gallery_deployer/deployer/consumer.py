@@ -62,6 +62,8 @@ def rollout_events(controller: Controller, ack_wait: float = ACK_WAIT_SECONDS) -
     async def optimized(data: ModelOptimized) -> None:
         await controller.remember_variants(data)
         choice = await controller.variant_for(data)
+        if await controller.withdrawn(data.model, data.version, choice.variant):
+            return
         await provenance.confirm_variant(data.model, data.version, choice.artifact)
         await controller.roll_variant(data.model, data.version, choice.variant, choice.artifact, choice.reason)
 

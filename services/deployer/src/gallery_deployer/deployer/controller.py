@@ -399,6 +399,10 @@ class Controller:
             if record is not None and record.stage in SERVING and record.variant != variant:
                 log.info("degraded_variant_not_serving", model=model, version=version, variant=variant)
                 return record
+            # not rolled in again on the deployer's own initiative (a later model.optimized), only by hand
+            if record is not None and record.variant == variant:
+                served = ArtifactRef(uri=record.artifact_uri, sha256=record.artifact_sha256).model_dump(mode="json")
+                await self._db(self.store.withdraw_variant, model, version, variant, shorten(reason), served)
             policy = await self._db(self.policies.get, model)
             if record is not None and record.stage in SERVING and policy.on_variant_breach == "serve_fp32":
                 try:
@@ -410,6 +414,16 @@ class Controller:
                     log.warning("fp32_not_served_instead", model=model, version=version, reason=exc.message)
                     reason = f"{reason}; FP32 could not serve instead: {exc.message}"
         return await self.roll_back_degraded(degraded.model, degraded.version, reason)
+
+    async def withdrawn(self, model: str, version: int, variant: str) -> bool:
+        """Whether `variant` of the version was taken out of service because its answers broke the quality SLO
+        (a later `model.optimized` does not roll it in again; a person may serve it by hand)."""
+        built = {v.name: v for v in await self._db(self.store.variants, model, version)}
+        found = built.get(variant)
+        if found is None or found.withdrawn is None:
+            return False
+        log.warning("withdrawn_variant_not_rolled_in", model=model, version=version, variant=variant)
+        return True
 
     # -- optimized variant -------------------------------------------------------------------------
 
@@ -479,7 +493,7 @@ class Controller:
     ) -> DeploymentRecord:
         """Serve `variant` (its `artifact`, from `variant_artifact`) for a version that serves, or is held, by
         a rolling update; Conflict when the version does not serve or the variant never became ready (the
-        version then keeps serving what it served)."""
+        version then keeps serving what it served). A variant withdrawn for its answers is no longer withdrawn."""
         record = await self._db(self.store.get, deployment_id(model, version, ""))
         if record is None or (record.stage not in SERVING and record.stage != Stage.held):
             stage = f" ({record.stage})" if record is not None else ""
@@ -491,6 +505,7 @@ class Controller:
             raise Conflict(
                 f"variant {variant} of {model}:{version} did not become ready; it keeps serving {record.variant}"
             )
+        await self._db(self.store.withdraw_variant, model, version, variant, None)  # chosen again: no longer withdrawn
         return rolled
 
     async def roll_variant(

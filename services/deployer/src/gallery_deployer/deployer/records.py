@@ -78,6 +78,9 @@ class VariantRecord(SQLModel, table=True):
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     cpu_target: str | None = None
     recommended: bool = False
+    # why the deployer took it out of service (its answers broke the quality SLO): not rolled in again on the
+    # deployer's own initiative, only by hand
+    withdrawn: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
@@ -136,15 +139,36 @@ class DeploymentStore:
             return sorted(session.exec(query), key=lambda r: (r.model, -r.version))
 
     def remember_variants(self, model: str, version: int, variants: Sequence[VariantRecord]) -> None:
-        """Keep the version's built variants (those of its latest `model.optimized`, replacing earlier ones)."""
+        """Keep the version's built variants (those of its latest `model.optimized`, replacing earlier ones); a
+        variant withdrawn before stays, withdrawn, even where the new set lacks it."""
+        names = {variant.name for variant in variants}
         with Session(self.engine) as session:
             query = select(VariantRecord).where(VariantRecord.model == model, VariantRecord.version == version)
+            withdrawn = {}
             for old in session.exec(query):
+                if old.withdrawn is not None and old.name not in names:
+                    continue
+                withdrawn[old.name] = old.withdrawn
                 session.delete(old)
             session.flush()
             for variant in variants:
+                variant.withdrawn = variant.withdrawn or withdrawn.get(variant.name)
                 session.add(variant)
             session.commit()
+
+    def withdraw_variant(
+        self, model: str, version: int, name: str, reason: str | None, artifact: dict[str, Any] | None = None
+    ) -> None:
+        """Mark a variant as taken out of service for `reason` (None: served again by hand); one no
+        `model.optimized` listed is kept with `artifact`, the file that served."""
+        with Session(self.engine) as session:
+            row = session.get(VariantRecord, (model, version, name))
+            if row is None and reason is not None and artifact is not None:
+                row = VariantRecord(model=model, version=version, name=name, artifact=artifact)
+            if row is not None and row.withdrawn != reason:
+                row.withdrawn = reason
+                session.add(row)
+                session.commit()
 
     def variants(self, model: str, version: int | None = None) -> list[VariantRecord]:
         """The built variants of the model's versions (of `version` alone when given), by version and name."""
