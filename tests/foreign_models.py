@@ -245,3 +245,46 @@ def optimizer_inputs(
         test_split=folder / "test.npz",
         task=task,
     )
+
+
+@dataclass
+class FittedText:
+    """A scikit-learn text pipeline (TF-IDF, then logistic regression) fitted on the synthetic topics corpus
+    of `text_models`, its skl2onnx file, and the texts it was fitted and held out on."""
+
+    pipeline: Any
+    onnx: bytes
+    x_train: np.ndarray  # unicode [N]
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def probabilities(self, texts: np.ndarray) -> np.ndarray:
+        return self.pipeline.predict_proba(list(texts))  # type: ignore[no-any-return]
+
+    def accuracy(self) -> float:
+        return float((self.pipeline.predict(list(self.x_test)) == self.y_test).mean())
+
+    def write_splits(self, folder: Path) -> tuple[Path, Path]:
+        """train.npz and test.npz (`x` one text per row, `y` int64) in `folder`."""
+        train, test = folder / "train.npz", folder / "test.npz"
+        write_split(train, self.x_train, self.y_train.astype(np.int64))
+        write_split(test, self.x_test, self.y_test.astype(np.int64))
+        return train, test
+
+
+def skl2onnx_text_pipeline(seed: int = 0) -> FittedText:
+    """skl2onnx's conversion of a TF-IDF + logistic regression pipeline, as a user exports one: `input` string
+    [None, 1] -> `output_label` and `output_probability` (a ZipMap); its StringNormalizer names no locale
+    (ONNX Runtime's default, en_US.UTF-8, which this machine lacks)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from text_models import corpus
+
+    x_train, y_train = corpus(300, seed)
+    x_test, y_test = corpus(120, seed + 1)
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500)).fit(list(x_train), y_train)
+    converted = convert_sklearn(pipeline, initial_types=[("input", StringTensorType([None, 1]))], target_opset=17)
+    return FittedText(pipeline, converted.SerializeToString(), x_train, y_train, x_test, y_test)

@@ -29,7 +29,14 @@ import numpy as np
 import orjson
 import pytest
 import yaml
-from foreign_models import fit_digits, fit_regressor, skl2onnx_regressor, skl2onnx_style, torch_style
+from foreign_models import (
+    fit_digits,
+    fit_regressor,
+    skl2onnx_regressor,
+    skl2onnx_style,
+    skl2onnx_text_pipeline,
+    torch_style,
+)
 from lifecycle_stack import LifecycleStack
 from prometheus_client.parser import text_string_to_metric_families
 from promtool_check import Promtool
@@ -447,6 +454,37 @@ def test_a_classifier_fitted_elsewhere_is_imported_validated_optimized_and_serve
     assert "digits-logreg:2 rejected by the validation gate: accuracy" in result.stderr, result.stderr
     assert version_of(stack, 2, "digits-logreg")["status"] == "rejected"
     assert not deployed(stack, 2, "production", "digits-logreg") + deployed(stack, 2, "canary", "digits-logreg")
+
+
+@pytest.mark.slow
+def test_a_text_pipeline_fitted_elsewhere_is_imported_validated_optimized_and_served(
+    stack: LifecycleStack, tmp_path: Path
+) -> None:
+    """A scikit-learn TF-IDF + logistic regression pipeline through skl2onnx, imported with splits of raw
+    texts: the gate judges it on the texts, the optimizer measures its variants on them, the deployer serves
+    it, and clients send strings through the gateway and get the accuracy it had where it was fitted."""
+    model = "topics-tfidf"
+    fitted = skl2onnx_text_pipeline()
+    model_file = tmp_path / "topics.onnx"
+    model_file.write_bytes(fitted.onnx)
+    train, test = fitted.write_splits(tmp_path)
+    result = import_model(stack, model_file, model, train, test, "--class-names", "sports,weather,money")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{model}:1 validated" in result.stdout and "texts, 3 classes" in result.stdout, result.stdout
+    version = version_of(stack, 1, model)
+    assert version["evaluation_report"]["accuracy"] == pytest.approx(fitted.accuracy(), abs=1e-6)
+    wait_for("v1 in production", lambda: deployed(stack, 1, "production", model), 120)
+    optimized = wait_for("v1 optimized", lambda: events_of(stack, "optimized", model=model, version=1), 300)[0]
+    variants = {v.name: v for v in optimized.data.variants}
+    assert variants["fp32"].metrics["accuracy"] == pytest.approx(fitted.accuracy(), abs=1e-6)
+    recommended = optimized.data.recommended
+    wait_for(
+        "the recommended variant rolled in",
+        lambda: [e for e in deployed(stack, 1, "production", model) if e.data.variant == recommended],
+        120,
+    )
+    # the recommended variant may lose up to the optimizer's accuracy budget (1 point) against FP32
+    assert text_accuracy_through_gateway(stack, fitted.x_test, fitted.y_test, model) >= fitted.accuracy() - 0.01
 
 
 @pytest.mark.slow

@@ -15,7 +15,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from foreign_models import Fitted, fit_digits, fit_regressor, skl2onnx_regressor, skl2onnx_style, torch_style
+from foreign_models import (
+    Fitted,
+    fit_digits,
+    fit_regressor,
+    skl2onnx_regressor,
+    skl2onnx_style,
+    skl2onnx_text_pipeline,
+    torch_style,
+)
 from onnx import TensorProto, helper
 from sklearn.datasets import load_wine
 from test_trainer_service import audit_records
@@ -110,6 +118,45 @@ def test_the_readmes_scikit_learn_example_imports_as_written(
     # the feature names travel as the version's spec, where explanations and the Gallery read them
     spec = json.loads(stored_bytes(event.data.artifacts["spec"].uri))
     assert spec == {"source": "import", "task": "classification", "feature_names": names}
+
+
+def test_a_scikit_learn_text_pipeline_is_imported_as_a_text_model(
+    tmp_path: Path, nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TF-IDF pipeline through skl2onnx with splits of raw texts: it takes `text` BYTES [-1] like the
+    trainer's own text models, so the gate, optimizer and gateway take it as one; numbers for its splits, or
+    feature names, are refused."""
+    fitted = skl2onnx_text_pipeline()
+    model_file = tmp_path / "topics.onnx"
+    model_file.write_bytes(fitted.onnx)
+    train, test = fitted.write_splits(tmp_path)
+    command = ["models", "import", str(model_file), "--name", "topics", "--train", str(train), "--test", str(test)]
+    command += ["--class-names", "sports,weather,money", "--no-wait"]
+    with serve_trainer(trainer_settings(tmp_path, nats_server.url)) as client:
+        monkeypatch.setenv("GALLERY_TRAINER_URL", str(client.base_url))
+        numbers = npz(np.zeros((4, 3), np.float32), np.array([0, 1, 2, 0]))
+        files = {"onnx": ("m.onnx", fitted.onnx), "train": ("t.npz", numbers), "test": ("t.npz", test.read_bytes())}
+        refused = client.post("/api/v1/imports", data={"model": "topics"}, files=files)
+        assert refused.status_code == 422
+        assert refused.json()["error"] == "the train split holds numbers; the model takes texts (unicode x [N])"
+        files["train"] = ("t.npz", train.read_bytes())
+        named = client.post("/api/v1/imports", data={"model": "topics", "feature_names": ["a"]}, files=files)
+        assert named.status_code == 422 and "a text model takes one text per row" in named.json()["error"]
+
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
+        assert f"texts, 3 classes, accuracy {fitted.accuracy():.4f} on the test rows" in result.output
+        assert "adapted: input 'input' [N, 1] is now 'text' [N]" in result.output
+        assert "lower-cases in C.UTF-8" in result.output
+    [event] = stored_events(nats_server.url, "model.trained", 1)
+    trained = event.data
+    assert (trained.signature.inputs[0].name, trained.signature.inputs[0].datatype) == ("text", "BYTES")
+    assert trained.signature.inputs[0].shape == [-1] and trained.signature.outputs[0].shape == [-1, 3]
+    stored = ort.InferenceSession(stored_bytes(trained.artifacts["onnx"].uri), providers=["CPUExecutionProvider"])
+    (logits,) = stored.run(["logits"], {"text": fitted.x_test})
+    assert float((logits.argmax(axis=1) == fitted.y_test).mean()) == pytest.approx(fitted.accuracy())
+    with np.load(io.BytesIO(stored_bytes(trained.artifacts["test_split"].uri))) as split:
+        assert split["x"].dtype.kind == "U" and list(split["x"]) == list(fitted.x_test)
 
 
 def two_inputs() -> bytes:

@@ -19,6 +19,7 @@ from foreign_models import (
     skl2onnx_forest,
     skl2onnx_regressor,
     skl2onnx_style,
+    skl2onnx_text_pipeline,
     torch_style,
     vector_regressor,
 )
@@ -216,3 +217,37 @@ def test_what_cannot_be_adapted_is_refused_with_the_reason(model: bytes, reason:
 def test_bytes_that_are_not_onnx_are_refused_before_anything_else() -> None:
     with pytest.raises(UnsafeOnnxModel, match="not an ONNX model"):
         adapt_model(b"\x00\x01 definitely not protobuf")
+
+
+def test_a_scikit_learn_text_pipeline_takes_one_text_per_row_and_loads_on_any_machine() -> None:
+    """skl2onnx writes a TF-IDF pipeline's input as strings [N, 1] and lower-cases in ONNX Runtime's default
+    locale, which many machines lack (where the file does not load): adapted, it takes `text` [N], lower-cases
+    in C.UTF-8 and answers the same scores."""
+    fitted = skl2onnx_text_pipeline()
+    adapted = adapt_model(fitted.onnx)
+    assert adapted.text and adapted.features == 0 and adapted.scores == "probabilities"
+    assert adapted.changes[:2] == [
+        "input 'input' [N, 1] is now 'text' [N], one text per row (made a column inside)",
+        "StringNormalizer 'StringNormalizer' lower-cases in C.UTF-8 instead of the default (en_US.UTF-8), which "
+        "many machines lack",
+    ]
+    model = onnx.load_from_string(adapted.model)
+    [text] = model.graph.input
+    assert text.name == "text" and text.type.tensor_type.elem_type == TensorProto.STRING
+    assert len(text.type.tensor_type.shape.dim) == 1
+    [normalizer] = [n for n in model.graph.node if n.op_type == "StringNormalizer"]
+    assert helper.get_node_attr_value(normalizer, "locale") == b"C.UTF-8"
+    (logits,) = ort.InferenceSession(adapted.model, providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"text": fitted.x_test}
+    )
+    np.testing.assert_allclose(softmax(logits), fitted.probabilities(fitted.x_test), atol=1e-5)
+    with pytest.raises(ModelRefused, match="a text model is imported as a classifier"):
+        adapt_model(fitted.onnx, task="regression")
+
+
+def test_a_text_input_that_is_not_one_text_per_row_is_refused() -> None:
+    pairs = helper.make_tensor_value_info("pairs", TensorProto.STRING, [None, 2])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])
+    model = graph_model([pairs], [out], [helper.make_node("Constant", [], ["logits"], value_floats=[0.0, 0.0])])
+    with pytest.raises(ModelRefused, match=r"input 'pairs' takes strings \[\?, 2\]; a text model takes one text"):
+        adapt_model(model)

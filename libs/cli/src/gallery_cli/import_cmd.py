@@ -43,8 +43,8 @@ def import_model(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the verdict.", min=1)] = 300.0,
 ) -> None:
     """Import a classifier (or a regressor, --task regression) trained elsewhere (skl2onnx, torch.onnx, ...)
-    as a new version: adapted to the features/logits contract, checked on the test rows, then validated and
-    deployed as any."""
+    as a new version: adapted to the features/logits contract (a text classifier's: text/logits, its splits'
+    x one text per row), checked on the test rows, then validated and deployed as any."""
     if scores not in ("auto", "logits", "probabilities"):
         fail(f"--scores must be auto, logits or probabilities, not {scores!r}")
     if task not in ("classification", "regression"):
@@ -85,14 +85,13 @@ def _print_import(imported: dict[str, Any]) -> None:
         shape = f"{outputs} target{'s' if outputs != 1 else ''}, rmse {imported['metrics']['test_rmse']:.4g}"
     else:
         shape = f"{outputs} classes, accuracy {imported['metrics']['test_accuracy']:.4f}"
-    say(
-        f"imported {imported['model']} as run {imported['run_id']}{again}: {imported['features']} features, "
-        f"{shape} on the test rows"
-    )
+    takes = "texts" if imported.get("text") else f"{imported['features']} features"
+    say(f"imported {imported['model']} as run {imported['run_id']}{again}: {takes}, {shape} on the test rows")
     for change in imported["changes"]:
         say(f"  adapted: {change}")
     if not imported["changes"]:
-        say("  the file already had the features/logits contract: stored unchanged")
+        contract = "text/logits" if imported.get("text") else "features/logits"
+        say(f"  the file already had the {contract} contract: stored unchanged")
 
 
 def _wait_for_verdict(name: str, run_id: str, timeout: float) -> VersionPublic:

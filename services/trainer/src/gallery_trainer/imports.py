@@ -4,7 +4,8 @@ The user gives the ONNX file and the data the model is judged by: the rows it wa
 the monitor's drift reference, the explainer's background, the distilled student's lessons) and rows it
 never saw (`test`: the validation gate's evaluation), and optionally a `validation` split (INT8's
 calibration, the canary's replay); without one, the test rows serve as validation too. Each is an NPZ of
-`x` [N, F] and `y`: an integer class per row, or a regressor's targets.
+`x` [N, F] (a text classifier's: unicode strings [N], one text per row) and `y`: an integer class per
+row, or a regressor's targets.
 
 The ONNX file is adapted to the `features` / `logits` contract (`onnx_adapt`), then run on the test rows
 in a sandbox (time and memory limits, as the gate and the optimizer run untrusted models): an answer of
@@ -38,10 +39,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from gallery_common.artifacts import ArtifactStore
-from gallery_common.contracts.names import INPUT_NAME, MODEL_NAME_RULE, OUTPUT_NAME, is_model_name
+from gallery_common.contracts.names import INPUT_NAME, MODEL_NAME_RULE, OUTPUT_NAME, TEXT_INPUT, is_model_name
 from gallery_common.contracts.refs import TensorSpec
 from gallery_common.contracts.scoring import target_columns
-from gallery_common.contracts.splits import NpzRefused, Split, read_split
+from gallery_common.contracts.splits import NpzRefused, Split, is_text_array, read_split
 from gallery_common.errors import InvalidRequest
 from gallery_common.events import ArtifactRef, Lineage, ModelTrained, Signature
 from gallery_common.sandbox import LimitExceeded, Limits, SandboxFailed, run_limited
@@ -81,7 +82,8 @@ class ImportPublic(BaseModel):
     model: str
     project: str
     task: str
-    features: int
+    features: int = Field(description="numeric features per row; 0 for a text model, which takes one text per row")
+    text: bool = Field(default=False, description="the model takes texts: `text` BYTES [N], one per row")
     outputs: int = Field(description="a classifier's classes, a regressor's targets")
     scores: str = Field(description="what the file's output held: logits, probabilities (logits are their log), values")
     changes: list[str] = Field(description="each change made to the file, in words; empty when it already fitted")
@@ -117,8 +119,10 @@ class ModelImporter:
         if request.task == "regression" and request.class_names is not None:
             raise ModelRefused("class names are for classifiers; a regressor has none")
         adapted = adapt_model(request.onnx, request.task, request.scores)
+        if adapted.text and request.feature_names is not None:
+            raise ModelRefused("feature names are for a table's columns; a text model takes one text per row")
         _check_names("feature names", request.feature_names, adapted.features, "features the model takes")
-        splits = _read_splits(request, adapted.features)
+        splits = _read_splits(request, adapted.features, adapted.text)
         try:
             outputs = self._answers(adapted.model, splits.test.x)
         except ModelRefused as exc:
@@ -166,7 +170,11 @@ class ModelImporter:
             task=request.task,
             class_names=request.class_names,
             signature=Signature(
-                inputs=[TensorSpec(name=INPUT_NAME, datatype="FP32", shape=[-1, adapted.features])],
+                inputs=[
+                    TensorSpec(name=TEXT_INPUT, datatype="BYTES", shape=[-1])
+                    if adapted.text
+                    else TensorSpec(name=INPUT_NAME, datatype="FP32", shape=[-1, adapted.features])
+                ],
                 outputs=[TensorSpec(name=OUTPUT_NAME, datatype="FP32", shape=[-1, width])],
             ),
             metrics=metrics,
@@ -189,7 +197,8 @@ class ModelImporter:
         with tempfile.TemporaryDirectory(prefix="gallery-import-") as tmp:
             model_path, rows_path = Path(tmp) / "model.onnx", Path(tmp) / "x.npy"
             model_path.write_bytes(model)
-            np.save(rows_path, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
+            rows = x if is_text_array(x) else np.ascontiguousarray(x, dtype=np.float32)
+            np.save(rows_path, rows, allow_pickle=False)
             try:
                 answer = run_limited(
                     _logits_in_child,
@@ -233,29 +242,24 @@ def _logits_in_child(model_path: str, rows_path: str) -> bytes:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(Path(model_path).read_bytes(), options, providers=["CPUExecutionProvider"])
     x = np.load(rows_path, allow_pickle=False)
-    outputs = np.concatenate(
-        [session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + 256]})[0] for i in range(0, len(x), 256)]
-    )
+    name = TEXT_INPUT if is_text_array(x) else INPUT_NAME
+    outputs = np.concatenate([session.run([OUTPUT_NAME], {name: x[i : i + 256]})[0] for i in range(0, len(x), 256)])
     buffer = io.BytesIO()
     np.save(buffer, outputs, allow_pickle=False)
     return buffer.getvalue()
 
 
-def _read_splits(request: ImportRequest, features: int) -> _Splits:
+def _read_splits(request: ImportRequest, features: int, text: bool) -> _Splits:
     def one(data: bytes, name: str) -> Split:
         try:
             split = read_split(data, name=f"the {name} split")
         except NpzRefused as exc:
             raise ModelRefused(str(exc)) from None
-        if split.is_text:
-            raise ModelRefused(f"the {name} split holds texts; an imported model takes numeric features")
-        if split.x.ndim != 2 or split.x.shape[1] != features:
-            raise ModelRefused(
-                f"the {name} split has {split.x.shape[1] if split.x.ndim == 2 else '?'} features per row; "
-                f"the model takes {features}"
-            )
-        if not np.all(np.isfinite(split.x)):
-            raise ModelRefused(f"the {name} split holds NaN or infinite features")
+        if split.is_text != text:
+            held, takes = ("texts", "numeric features") if split.is_text else ("numbers", "texts (unicode x [N])")
+            raise ModelRefused(f"the {name} split holds {held}; the model takes {takes}")
+        if not text:
+            _check_features(split, name, features)
         if request.task == "regression":
             if split.y.ndim not in (1, 2) or not np.issubdtype(split.y.dtype, np.number):
                 raise ModelRefused(f"the {name} split's y must be numbers: one target per row [N], or [N, K]")
@@ -271,6 +275,16 @@ def _read_splits(request: ImportRequest, features: int) -> _Splits:
 
     validation = one(request.validation, "validation") if request.validation is not None else None
     return _Splits(train=one(request.train, "train"), test=one(request.test, "test"), validation=validation)
+
+
+def _check_features(split: Split, name: str, features: int) -> None:
+    if split.x.ndim != 2 or split.x.shape[1] != features:
+        raise ModelRefused(
+            f"the {name} split has {split.x.shape[1] if split.x.ndim == 2 else '?'} features per row; "
+            f"the model takes {features}"
+        )
+    if not np.all(np.isfinite(split.x)):
+        raise ModelRefused(f"the {name} split holds NaN or infinite features")
 
 
 def _integral(y: np.ndarray) -> bool:
@@ -373,6 +387,7 @@ def _public(run: Run, adapted: Adapted, width: int, *, already: bool) -> ImportP
         project=run.project,
         task=run.task or "classification",
         features=adapted.features,
+        text=adapted.text,
         outputs=width,
         scores=adapted.scores,
         changes=adapted.changes,

@@ -1,6 +1,7 @@
 """An ONNX classifier or regressor trained elsewhere, brought to the contract every Model Gallery version
-keeps: one input `features` FP32 [-1, F], one output `logits` FP32 [-1, C] (a regressor's predictions
-[-1, K] under the same name, as the trainer exports them).
+keeps: one input `features` FP32 [-1, F] (a text classifier's: `text` string [-1], one text per row), one
+output `logits` FP32 [-1, C] (a regressor's predictions [-1, K] under the same name, as the trainer
+exports them).
 
 What a converter wrote is adapted where the meaning is certain, and refused with the reason where it is
 not:
@@ -11,13 +12,17 @@ not:
 - the scores become `logits`: a float output [N, C] as it is, or, when it holds probabilities (skl2onnx's
   ZipMap, an output named like `probabilities`, or `scores="probabilities"`), their logarithm, so that a
   softmax of the logits gives the probabilities back;
+- a text classifier's string input (a scikit-learn pipeline's [N, 1] as skl2onnx writes it, or [N]) is
+  renamed `text` [N], made a column inside where the model takes [N, 1]; its StringNormalizers lower-case
+  in C.UTF-8 (a converter's en_US.UTF-8 is missing on many machines, where the model would not load);
 - a regressor's one float output is its predictions: [N] becomes one column [N, 1];
 - the outputs that are not the scores (a predicted label) and the ZipMap that turned scores into a list
   of maps are dropped, with the nodes only they used.
 
-Refused: several inputs, an input that is not float or whose rows have no fixed shape, no float
+Refused: several inputs, an input that is not float (or a text classifier's strings) or whose rows have
+no fixed shape, a text regressor, no float
 output of rank 2, several without a way to tell which holds the scores, and graphs that already use the
-names `features` or `logits` for another tensor. The graph is only rewritten here, never run: the caller
+names `features` (`text`) or `logits` for another tensor. The graph is only rewritten here, never run: the caller
 runs the result in a sandbox (`gallery_trainer.imports`).
 """
 
@@ -28,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from gallery_common.contracts.names import INPUT_NAME, OUTPUT_NAME
+from gallery_common.contracts.names import INPUT_NAME, OUTPUT_NAME, TEXT_INPUT, TEXT_LOCALE
 from gallery_common.errors import InvalidRequest
 from gallery_common.onnx_safety import verify_self_contained_onnx
 
@@ -59,9 +64,10 @@ class Adapted:
     """The adapted model's bytes, its feature count, and each change made, in words a user reads."""
 
     model: bytes
-    features: int
+    features: int  # numeric features per row; 0 for a text model
     scores: Kind
     changes: list[str] = field(default_factory=list)
+    text: bool = False  # the model takes `text` [N], one string per row
 
 
 def adapt_model(data: bytes, task: Task = "classification", scores: Scores = "auto") -> Adapted:
@@ -71,10 +77,17 @@ def adapt_model(data: bytes, task: Task = "classification", scores: Scores = "au
 
     model = verify_self_contained_onnx(data)
     graph = model.graph
-    _check_names_free(graph)
     source_input = _one_input(graph)
-    row, input_type = _input_layout(source_input)
-    width = math.prod(row)
+    text = _takes_strings(source_input)
+    input_name = TEXT_INPUT if text else INPUT_NAME
+    _check_names_free(graph, input_name)
+    if text:
+        if task == "regression":
+            raise ModelRefused(f"input {source_input.name!r} takes texts: a text model is imported as a classifier")
+        text_rank, width = _text_layout(source_input), 0
+    else:
+        row, input_type = _input_layout(source_input)
+        width = math.prod(row)
     if task == "regression":
         source_output, zipmap_output = _predictions_output(graph), None
         kind: Kind = "values"
@@ -84,7 +97,11 @@ def adapt_model(data: bytes, task: Task = "classification", scores: Scores = "au
     changes: list[str] = []
     opset = _default_opset(model)
 
-    new_nodes, initializers, input_changes = _input_steps(graph, source_input, row, input_type, opset)
+    if text:
+        new_nodes, initializers, input_changes = _text_input_steps(graph, source_input, text_rank, opset)
+        input_changes += _portable_locales(graph)
+    else:
+        new_nodes, initializers, input_changes = _input_steps(graph, source_input, row, input_type, opset)
     changes += input_changes
     if not _batch_is_variable(source_input):
         changes.append("the input's first dimension (the batch) is now variable")
@@ -127,13 +144,15 @@ def adapt_model(data: bytes, task: Task = "classification", scores: Scores = "au
         changes.append(f"outputs dropped (not {what}): " + ", ".join(repr(n) for n in dropped))
 
     if not changes:
-        return Adapted(model=data, features=width, scores=kind)
+        return Adapted(model=data, features=width, scores=kind, text=text)
 
     rebuilt = onnx.helper.make_graph(
         nodes=[*new_nodes, *graph.node, *tail],
         name=graph.name or "imported",
         inputs=[
-            onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", width]),
+            onnx.helper.make_tensor_value_info(TEXT_INPUT, onnx.TensorProto.STRING, ["batch"])
+            if text
+            else onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", width]),
             # an input that is also an initializer (a default value) stays an input of the graph
             *(i for i in graph.input if i.name != source_input.name),
         ],
@@ -151,7 +170,7 @@ def adapt_model(data: bytes, task: Task = "classification", scores: Scores = "au
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelRefused(f"the adapted model is not valid ONNX: {first_line}") from None
-    return Adapted(model=model.SerializeToString(), features=width, scores=kind, changes=changes)
+    return Adapted(model=model.SerializeToString(), features=width, scores=kind, changes=changes, text=text)
 
 
 def declare_output_width(adapted: Adapted, width: int) -> Adapted:
@@ -171,14 +190,17 @@ def declare_output_width(adapted: Adapted, width: int) -> Adapted:
     tensor.shape.dim[1].Clear()
     tensor.shape.dim[1].dim_value = width
     change = f"output {OUTPUT_NAME!r} declares its width: [N, {width}]"
-    return Adapted(model.SerializeToString(), adapted.features, adapted.scores, [*adapted.changes, change])
+    return Adapted(
+        model.SerializeToString(), adapted.features, adapted.scores, [*adapted.changes, change], adapted.text
+    )
 
 
-def _check_names_free(graph: onnx.GraphProto) -> None:
-    """`features` and `logits` may be the graph's own input and output, never another tensor of it."""
+def _check_names_free(graph: onnx.GraphProto, input_name: str) -> None:
+    """`input_name` (`features`, or a text model's `text`) and `logits` may be the graph's own input and
+    output, never another tensor of it."""
     inputs = {i.name for i in graph.input}
     outputs = {o.name for o in graph.output}
-    for name in (INPUT_NAME, OUTPUT_NAME):
+    for name in (input_name, OUTPUT_NAME):
         used = name in {init.name for init in graph.initializer} or any(name in node.output for node in graph.node)
         if used and name not in outputs and name not in inputs:
             raise ModelRefused(f"the graph already has an inner tensor named {name!r}; rename it before importing")
@@ -230,6 +252,77 @@ def _input_steps(
         nodes.append(onnx.helper.make_node(op, [current, *extra], [out], **attributes))
         current = out
     return nodes, constants, changes
+
+
+def _takes_strings(value: onnx.ValueInfoProto) -> bool:
+    import onnx
+
+    return value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == onnx.TensorProto.STRING
+
+
+def _text_layout(value: onnx.ValueInfoProto) -> int:
+    """The rank of a text input that takes one text per row: 1 ([N]) or 2 ([N, 1], as skl2onnx writes a
+    text pipeline's input), or ModelRefused."""
+    tensor = value.type.tensor_type
+    dims = tensor.shape.dim if tensor.HasField("shape") else []
+    if len(dims) == 1:
+        return 1
+    if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value == 1:
+        return 2
+    shown = "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else "?" for d in dims) + "]"
+    raise ModelRefused(
+        f"input {value.name!r} takes strings {shown if dims else 'of no declared shape'}; a text model takes one "
+        "text per row: [N] or [N, 1]"
+    )
+
+
+def _text_input_steps(
+    graph: onnx.GraphProto, source: onnx.ValueInfoProto, rank: int, opset: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[str]]:
+    """The node that turns `text` [N] into what the model takes ([N, 1]: a column; another name: the same
+    tensor), its constants, and the change in words."""
+    import onnx
+
+    if rank == 1 and source.name == TEXT_INPUT:
+        return [], [], []
+    original = source.name
+    if source.name == TEXT_INPUT:
+        _rename(graph, TEXT_INPUT, "gallery_source_text")
+        source.name = "gallery_source_text"
+    constants: list[onnx.TensorProto] = []
+    if rank == 2:
+        node = _unsqueeze_rows(TEXT_INPUT, source.name, opset, constants)
+        change = f"input {original!r} [N, 1] is now {TEXT_INPUT!r} [N], one text per row (made a column inside)"
+    else:
+        node = onnx.helper.make_node("Identity", [TEXT_INPUT], [source.name])
+        change = f"input {original!r} is now {TEXT_INPUT!r}"
+    return [node], constants, [change]
+
+
+def _portable_locales(graph: onnx.GraphProto) -> list[str]:
+    """Each StringNormalizer lower-cases (or upper-cases) in `TEXT_LOCALE`: the locale a converter names
+    (skl2onnx: en_US.UTF-8, ONNX Runtime's default too) is missing on many machines, where the model would
+    not load at all. Changed in place; returns the changes in words."""
+    import onnx
+
+    changes = []
+    for node in graph.node:
+        if node.op_type != "StringNormalizer" or node.domain not in ("", "ai.onnx"):
+            continue
+        found = next((a for a in node.attribute if a.name == "locale"), None)
+        current = found.s.decode(errors="replace") if found is not None else ""
+        if current == TEXT_LOCALE:
+            continue
+        if found is not None:
+            found.s = TEXT_LOCALE.encode()
+        else:
+            node.attribute.append(onnx.helper.make_attribute("locale", TEXT_LOCALE))
+        was = repr(current) if current else "the default (en_US.UTF-8)"
+        changes.append(
+            f"StringNormalizer {node.name or node.output[0]!r} lower-cases in {TEXT_LOCALE} instead of {was}, "
+            "which many machines lack"
+        )
+    return changes
 
 
 def _input_layout(value: onnx.ValueInfoProto) -> tuple[list[int], int]:

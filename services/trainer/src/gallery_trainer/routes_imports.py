@@ -52,7 +52,8 @@ async def import_model(
     project: Annotated[str | None, Form()] = None,
 ) -> ImportPublic:
     """Import a classifier (or, with task `regression`, a regressor) trained elsewhere (scikit-learn through
-    skl2onnx, PyTorch, ...): adapted to the `features` / `logits` contract, checked on the test rows in a
+    skl2onnx, PyTorch, ...): adapted to the `features` / `logits` contract (a text classifier, whose one
+    input takes strings, to `text` / `logits`, its splits' x one text per row), checked on the test rows in a
     sandbox, stored, and announced as `model.trained`, so that the gate validates it and the rest of the
     lifecycle takes it as any version.
 

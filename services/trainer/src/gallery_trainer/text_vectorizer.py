@@ -28,14 +28,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-TEXT_INPUT = "text"
+from gallery_common.contracts import names
+
+TEXT_INPUT = names.TEXT_INPUT
 FEATURES_OUTPUT = "text_features"
 # StringSplit is in the default domain from opset 20; ONNX Runtime 1.20+ runs opset 21
 TEXT_OPSET = 21
 # ONNX Runtime's OpenVINO build refuses newer IR versions than 10
 TEXT_IR_VERSION = 10
-# the default locale (en_US.UTF-8) is not installed everywhere; C.UTF-8 is, and lower-cases Unicode
-LOCALE = "C.UTF-8"
+LOCALE = names.TEXT_LOCALE
 PREFIXES = ("(", '"', "'", "[")
 SUFFIXES = ("),", ").", ");", '",', '".', ",", ".", ";", ":", ")", "!", "?", '"', "'", "]")
 NORM_FLOOR = 1e-12

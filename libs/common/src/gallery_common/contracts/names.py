@@ -17,6 +17,10 @@ _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 # the tensors of a model the trainer exports (a text model's input is `text`): torch-free, for readers of models
 INPUT_NAME = "features"
 OUTPUT_NAME = "logits"
+TEXT_INPUT = "text"  # a text model's one input: tensor(string) [N], one text per row
+# the locale a text model's StringNormalizer lower-cases in: ONNX Runtime's default (en_US.UTF-8) is not
+# installed everywhere; C.UTF-8 is, and lower-cases Unicode
+TEXT_LOCALE = "C.UTF-8"
 
 INFER_PREFIX = "infer."
 JOBS_PREFIX = "infer.jobs."
