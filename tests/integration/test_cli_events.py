@@ -17,7 +17,7 @@ from waiting import eventually
 from gallery_cli.events_cmd import sample_trained
 from gallery_common.bus import EventBus
 from gallery_common.consumer import DLQ_PREFIX, ERROR_HEADER, EVENT_ID_HEADER, ORIGINAL_SUBJECT_HEADER, PermanentError
-from gallery_common.events import CloudEvent, ModelTrained
+from gallery_common.events import CloudEvent, ModelDegraded, ModelTrained
 from gallery_common.nats_server import EmbeddedNats
 from gallery_common.netutil import free_port
 
@@ -47,6 +47,25 @@ def test_tail_filters_by_subject(nats_server: EmbeddedNats) -> None:
     assert gallery(nats_server.url, "events", "publish-sample").returncode == 0
     tailed = gallery(nats_server.url, "events", "tail", "--all", "-s", "model.trained.*", "-n", "1")
     assert " model.trained.default " in tailed.stdout
+
+
+def test_tail_leaves_out_the_kinds_of_event_asked(nats_server: EmbeddedNats) -> None:
+    """With feedback on, every labelled answer is a model.outcome line: --skip outcome leaves them out."""
+
+    async def publish() -> None:
+        async with EventBus(nats_server.url, "test") as bus:
+            await bus.publish(sample_trained("iris-skipped").model_copy(update={"project": "skipping"}))
+            degraded = ModelDegraded(model="iris-skipped", version=1, kind="drift", reason="feature 2 drifted")
+            await bus.publish(degraded.model_copy(update={"project": "skipping"}))
+
+    asyncio.run(publish())
+    tail = ["events", "tail", "--all", "--project", "skipping", "-n", "1"]
+    first = gallery(nats_server.url, *tail)
+    assert first.returncode == 0 and " model.trained.skipping " in first.stdout, first.stderr
+    skipped = gallery(nats_server.url, *tail, "--skip", "trained", "--skip", "outcome")
+    assert skipped.returncode == 0 and " model.degraded.skipping " in skipped.stdout, skipped.stderr
+    refused = gallery(nats_server.url, "events", "tail", "--skip", "outcomes")
+    assert refused.returncode != 0 and "--skip: outcomes is not an event kind (" in refused.stderr + refused.stdout
 
 
 def test_tail_filters_by_project(nats_server: EmbeddedNats) -> None:

@@ -111,7 +111,9 @@ def gateway(stack: LifecycleStack) -> Gateway:
 
 
 def tiny_route(servers: dict[str, Server], *, record: bool) -> ModelRoute:
-    backends = [Backend(id=f"v{v}", url=s.url, version=v, weight=50) for v, s in servers.items()]
+    backends = [
+        Backend(id=f"v{v}", url=s.url, version=v, variant=f"variant-{v}", weight=50) for v, s in servers.items()
+    ]
     return ModelRoute(backends=backends, policy=RoutePolicy(sticky_header=None, record_outcomes=record))
 
 
@@ -281,14 +283,15 @@ async def test_feedback_is_joined_to_the_version_that_answered(
     for answer, request_id in zip(answers, ids, strict=True):
         outcome = outcomes[request_id]
         assert outcome.version == answer.json()["model_version"] and outcome.kind == "label"
+        assert outcome.variant == f"variant-{outcome.version}", "the variant the route named for the backend"
         assert outcome.correct == [a == t for a, t in zip(answered_classes(answer), outcome.label or [], strict=True)]
         found[outcome.version][0] += outcome.correct_rows or 0
         found[outcome.version][1] += outcome.rows
     assert found == expected
 
     page = (await client.get(f"{gateway.url}/metrics")).text
-    for version, (correct, rows) in expected.items():
-        series = f'{{model="{MODEL}",version="{version}"}}'
+    for version, (correct, rows) in expected.items():  # per version and variant, for Grafana's panels
+        series = f'{{model="{MODEL}",variant="variant-{version}",version="{version}"}}'
         assert metric_total(page, f"modelgallery_outcome_correct_rows_total{series}") == correct
         assert metric_total(page, f"modelgallery_outcome_rows_total{series}") == rows
 
@@ -367,7 +370,7 @@ async def test_a_regressors_answers_take_true_values_and_give_its_online_error(
         truth = (predicted + np.array([[1.0, 0.0, -1.0], [2.0, 2.0, 2.0]])).tolist()
         before = metric_total(
             (await client.get(f"{gateway.url}/metrics")).text,
-            f'modelgallery_outcome_value_rows_total{{model="{MODEL}",version="{version}"}}',
+            f'modelgallery_outcome_value_rows_total{{model="{MODEL}",variant="variant-{version}",version="{version}"}}',
         )
         labelled = await feedback(client, gateway, {"request_id": request_id, "label": [0, 1]})
         assert labelled.status_code == 422 and "a regressor's predictions" in labelled.json()["error"]
@@ -377,7 +380,7 @@ async def test_a_regressors_answers_take_true_values_and_give_its_online_error(
         assert outcome.kind == "value" and outcome.version == version
         assert outcome.squared_error == pytest.approx([2 / 3, 4.0], rel=1e-5)
         page = (await client.get(f"{gateway.url}/metrics")).text
-        series = f'{{model="{MODEL}",version="{version}"}}'
+        series = f'{{model="{MODEL}",variant="variant-{version}",version="{version}"}}'
         assert metric_total(page, f"modelgallery_outcome_value_rows_total{series}") == before + ROWS
     finally:
         await set_route(stack, gateway, recording)

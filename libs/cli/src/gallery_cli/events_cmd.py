@@ -115,7 +115,13 @@ def _run(coro: Coroutine[Any, Any, T], settings: GallerySettings) -> T:
         fail(f"NATS at {settings.nats_url}: {exc}")
 
 
-async def _tail(settings: GallerySettings, subject: str, deliver: Literal["new", "all"], count: int | None) -> int:
+async def _tail(
+    settings: GallerySettings,
+    subject: str,
+    deliver: Literal["new", "all"],
+    count: int | None,
+    skip: frozenset[str] = frozenset(),
+) -> int:
     seen = 0
     async with _connected(settings) as bus:
         # tail() is an async generator (annotated as an iterator); closing it unsubscribes at once.
@@ -123,6 +129,8 @@ async def _tail(settings: GallerySettings, subject: str, deliver: Literal["new",
         try:
             async with aclosing(events):
                 async for event in events:
+                    if event.event in skip:
+                        continue
                     say(event_line(event))
                     seen += 1
                     if count is not None and seen >= count:
@@ -151,10 +159,23 @@ def tail(
     project: Annotated[str | None, typer.Option("--project", "-p", help="Only this project's events.")] = None,
     from_start: Annotated[bool, typer.Option("--all", help="Replay the stream from its first event.")] = False,
     count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.")] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--skip",
+            "-x",
+            help="Leave out events of this kind (outcome, usage, ...: one line per feedback or usage report); "
+            "repeat for more.",
+        ),
+    ] = None,
 ) -> None:
     """Print lifecycle events as they are stored: time, subject, model/version, id, trace id, data summary."""
+    unknown = sorted(set(skip or ()) - set(PAYLOADS))
+    if unknown:
+        fail(f"--skip: {', '.join(unknown)} is not an event kind ({', '.join(sorted(PAYLOADS))})")
     settings = cli_settings()
-    _run(_tail(settings, tail_subject(subject, project), "all" if from_start else "new", count), settings)
+    deliver: Literal["new", "all"] = "all" if from_start else "new"
+    _run(_tail(settings, tail_subject(subject, project), deliver, count, frozenset(skip or ())), settings)
 
 
 async def _dead_letters(settings: GallerySettings, limit: int, consumer: str | None = None) -> list[DeadLetter]:

@@ -172,19 +172,19 @@ def _valued(
 
 
 def count(outcome: ModelOutcome) -> None:
-    """Add a joined outcome to the per-version counters."""
-    model, version = outcome.model, outcome.version
-    bound(metrics.OUTCOMES, model, version, outcome.kind).inc()
+    """Add a joined outcome to the counters of the version and variant that answered."""
+    by = (outcome.model, outcome.version, outcome.variant)
+    bound(metrics.OUTCOMES, *by, outcome.kind).inc()
     if outcome.kind == "label":
-        bound(metrics.OUTCOME_ROWS, model, version).inc(outcome.rows)
-        bound(metrics.OUTCOME_CORRECT_ROWS, model, version).inc(outcome.correct_rows or 0)
+        bound(metrics.OUTCOME_ROWS, *by).inc(outcome.rows)
+        bound(metrics.OUTCOME_CORRECT_ROWS, *by).inc(outcome.correct_rows or 0)
     elif outcome.kind == "value":
-        bound(metrics.OUTCOME_VALUE_ROWS, model, version).inc(outcome.rows)
-        bound(metrics.OUTCOME_SQUARED_ERROR, model, version).inc(sum(outcome.squared_error or ()))
+        bound(metrics.OUTCOME_VALUE_ROWS, *by).inc(outcome.rows)
+        bound(metrics.OUTCOME_SQUARED_ERROR, *by).inc(sum(outcome.squared_error or ()))
     elif outcome.reward is not None and outcome.reward > 0:
-        bound(metrics.OUTCOME_REWARD_GAINED, model, version).inc(outcome.reward)
+        bound(metrics.OUTCOME_REWARD_GAINED, *by).inc(outcome.reward)
     elif outcome.reward is not None and outcome.reward < 0:
-        bound(metrics.OUTCOME_REWARD_LOST, model, version).inc(-outcome.reward)
+        bound(metrics.OUTCOME_REWARD_LOST, *by).inc(-outcome.reward)
 
 
 def _ids(ids: list[str]) -> str:

@@ -73,25 +73,25 @@ OUTCOME_RECORDS = counter(
     "duplicate: the request id had a record, unreadable, failed)",
     ("model", "outcome"),
 )
-# Online accuracy of a version: outcome_correct_rows / outcome_rows; its mean reward:
+# Online accuracy of a version (of one variant of it: the variant the route named for the backend that
+# answered): outcome_correct_rows / outcome_rows; its mean reward:
 # (outcome_reward_gained - outcome_reward_lost) / outcomes{kind="reward"}.
+_ANSWERED_BY = ("model", "version", "variant")
 OUTCOMES = counter(
     "outcomes_total",
-    "Feedback joined to an answer, by the version that answered and kind (label, reward)",
-    ("model", "version", "kind"),
+    "Feedback joined to an answer, by the version and variant that answered and kind (label, reward, value)",
+    (*_ANSWERED_BY, "kind"),
 )
-OUTCOME_ROWS = counter("outcome_rows_total", "Rows of answers that got a label", ("model", "version"))
-OUTCOME_CORRECT_ROWS = counter(
-    "outcome_correct_rows_total", "Rows whose label is the answer's top class", ("model", "version")
-)
+OUTCOME_ROWS = counter("outcome_rows_total", "Rows of answers that got a label", _ANSWERED_BY)
+OUTCOME_CORRECT_ROWS = counter("outcome_correct_rows_total", "Rows whose label is the answer's top class", _ANSWERED_BY)
 # Online error of a regressor's version: sqrt(outcome_squared_error / outcome_value_rows) is its rmse.
-OUTCOME_VALUE_ROWS = counter("outcome_value_rows_total", "Rows of answers that got a true value", ("model", "version"))
+OUTCOME_VALUE_ROWS = counter("outcome_value_rows_total", "Rows of answers that got a true value", _ANSWERED_BY)
 OUTCOME_SQUARED_ERROR = counter(
     "outcome_squared_error_total",
     "Sum over valued rows of the squared error of the predictions (averaged over a row's outputs)",
-    ("model", "version"),
+    _ANSWERED_BY,
 )
-OUTCOME_REWARD_GAINED = counter("outcome_reward_gained_total", "Sum of the positive rewards", ("model", "version"))
+OUTCOME_REWARD_GAINED = counter("outcome_reward_gained_total", "Sum of the positive rewards", _ANSWERED_BY)
 OUTCOME_REWARD_LOST = counter(
-    "outcome_reward_lost_total", "Sum of the negative rewards, as a positive number", ("model", "version")
+    "outcome_reward_lost_total", "Sum of the negative rewards, as a positive number", _ANSWERED_BY
 )
