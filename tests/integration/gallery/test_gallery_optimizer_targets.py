@@ -23,7 +23,7 @@ STATIC = Path(gallery_web.__file__).parent / "static"
 PAGE = """<!doctype html><meta charset="utf-8"><link rel="icon" href="favicon.svg"><body><main id="out"></main>
 <script type="module">
 import { optimizerSection } from "./model-sections.js";
-window.render = (job) => document.getElementById("out").replaceChildren(optimizerSection(job));
+window.render = (job, served) => document.getElementById("out").replaceChildren(optimizerSection(job, served));
 window.ready = true;
 </script>"""
 
@@ -111,8 +111,10 @@ def browser(page: str) -> Iterator[WebDriver]:
         yield driver
 
 
-def render(browser: WebDriver, report: dict[str, object]) -> None:
-    browser.execute_script("window.render(arguments[0])", {"status": "succeeded", "report": report})
+def render(browser: WebDriver, report: dict[str, object], served: list[dict[str, object]] | None = None) -> None:
+    browser.execute_script(
+        "window.render(arguments[0], arguments[1])", {"status": "succeeded", "report": report}, served
+    )
 
 
 def cells(browser: WebDriver, selector: str) -> list[str]:
@@ -167,3 +169,25 @@ def test_a_regressors_variants_read_in_r2(browser: WebDriver) -> None:
     assert "r2" in cells(browser, "#target-measurements thead th")
     assert cells(browser, f'#target-measurements tr[data-variant="fp32"][data-target="{CPU}"] td')[5] == "0.972"
     assert browser.find_element(By.CSS_SELECTOR, "[data-chart=latency-accuracy]").text.startswith("Latency against r2")
+
+
+def test_the_variant_serving_and_one_withdrawn_for_its_answers_are_marked(browser: WebDriver) -> None:
+    """The deployer's view of the version's variants: FP32 serves because INT8's answers broke the quality
+    SLO; INT8 is marked withdrawn, with why and how to serve it again."""
+    why = "quality: variant int8_dynamic: online accuracy 70.0% is 25.0 points below the optimizer's 95.0%"
+    served = [
+        {"version": 3, "variant": "fp32", "serving": True, "recommended": False, "withdrawn": None},
+        {"version": 3, "variant": "int8_dynamic", "serving": False, "recommended": True, "withdrawn": why},
+    ]
+    render(browser, REPORT, served)
+    fp32 = browser.find_element(By.CSS_SELECTOR, '#variants tr[data-variant="fp32"] td').text
+    int8 = browser.find_element(By.CSS_SELECTOR, '#variants tr[data-variant="int8_dynamic"] td')
+    assert "serving" in fp32 and "withdrawn" not in fp32
+    assert "withdrawn" in int8.text and "serving" not in int8.text
+    assert int8.find_element(By.CSS_SELECTOR, "[data-withdrawn]").get_attribute("title") == why
+    note = browser.find_element(By.CSS_SELECTOR, '.withdrawn-note p[data-variant="int8_dynamic"]').text
+    assert note.startswith(f"int8_dynamic withdrawn: {why}.") and "--serve int8_dynamic" in note
+    render(browser, REPORT)  # a version that does not serve: nothing marked
+    assert "serving" not in browser.find_element(By.CSS_SELECTOR, '#variants tr[data-variant="fp32"] td').text
+    assert browser.find_elements(By.CSS_SELECTOR, ".withdrawn-note") == []
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -179,8 +179,19 @@ export function verdictsSection(versions) {
   return h("section", { class: "card", id: "verdicts" }, h("h2", {}, "Champion / challenger verdicts"), items.length ? h("ol", { class: "verdicts" }, items) : empty("No versions yet."));
 }
 
-export function optimizerSection(job) {
+/** `served`: the deployer's variants of the version (GET /deployments/{model}/variants), which mark the one
+ * serving and those withdrawn after their answers broke the quality SLO; empty when it does not serve. */
+export function optimizerSection(job, served) {
   const report = job?.report;
+  const deployed = new Map((served || []).map((v) => [v.variant, v]));
+  const marks = (name) => {
+    const v = deployed.get(name);
+    if (!v) return [];
+    return [
+      v.serving ? badge("serving", "ok") : null,
+      v.withdrawn ? h("span", { class: "badge bad", title: v.withdrawn, dataset: { withdrawn: v.withdrawn } }, "withdrawn") : null,
+    ];
+  };
   const title = h("h2", {}, "Optimization");
   if (!job) return h("section", { class: "card", id: "optimizer" }, title, empty("The optimizer has no job for this version."));
   if (!report) {
@@ -194,7 +205,7 @@ export function optimizerSection(job) {
   const rows = variants.map((v) => ({
     props: { class: v.name === report.recommended ? "recommended" : null, dataset: { variant: v.name } },
     cells: [
-      h("span", {}, v.name, v.name === report.recommended ? badge("recommended", "ok") : null),
+      h("span", {}, v.name, v.name === report.recommended ? badge("recommended", "ok") : null, ...marks(v.name)),
       v.error ? h("span", { class: "bad" }, v.error) : bytes(v.size_bytes),
       ms(v.latency_b1_p50_ms),
       ms(v.latency_b32_p50_ms),
@@ -222,8 +233,19 @@ export function optimizerSection(job) {
     h("p", {}, "Recommended: ", h("strong", {}, report.recommended || "none"), report.recommendation_reason ? ` — ${report.recommendation_reason}` : ""),
     h("p", { class: "note" }, measured),
     h("div", { class: "split" }, table(["variant", "#size", "#b1 p50", "#b32 p50", `#${score}`, `#Δ ${score}`, "in budget"], rows, { id: "variants" }), scatter),
+    withdrawnNote(served || []),
     perTargetBlock(report),
   );
+}
+
+/** Why the deployer withdrew a variant, and how to bring it back. */
+function withdrawnNote(served) {
+  const withdrawn = served.filter((v) => v.withdrawn);
+  if (!withdrawn.length) return null;
+  return h("div", { class: "withdrawn-note" }, withdrawn.map((v) =>
+    h("p", { class: "note", dataset: { variant: v.variant } },
+      h("strong", {}, v.variant), ` withdrawn: ${v.withdrawn}. It is not rolled in again unless served by hand (`,
+      h("code", {}, `gallery variants MODEL:${v.version} --serve ${v.variant}`), ").")));
 }
 
 /** The recommendation per hardware class and execution provider, and every variant's figures on each

@@ -209,7 +209,7 @@ export async function render(view, route) {
   const placeholder = h("div", { class: "sections" }, h("p", { class: "empty" }, "Loading the evaluation, deployments and history…"));
   view.append(placeholder);
 
-  const [run, jobs, deployments, history, experiments, audit, quality] = await Promise.allSettled([
+  const [run, jobs, deployments, history, experiments, audit, quality, served] = await Promise.allSettled([
     version.run_id ? maybe(trainer(`/runs/${seg(version.run_id)}`)) : Promise.resolve(null),
     api(optimizer(`/optimize?model=${encodeURIComponent(name)}`)),
     maybe(deployer(`/deployments/${seg(name)}`)),
@@ -217,6 +217,7 @@ export async function render(view, route) {
     api(deployer(`/experiments?model=${encodeURIComponent(name)}`)),
     api(registry(`/audit?model=${encodeURIComponent(name)}&limit=200`)),
     maybe(monitor(`/models/${seg(name)}/quality`)),
+    maybe(deployer(`/deployments/${seg(name)}/variants`)),
   ]);
   if (!route.isCurrent()) return;
   const job = value(jobs, []).find((j) => j.version === version.version && j.report) || value(jobs, []).find((j) => j.version === version.version) || null;
@@ -227,7 +228,7 @@ export async function render(view, route) {
     guarded(() => importanceSection(version)),
     guarded(() => federationSection(version)),
     h("div", { class: "two-col" }, guarded(() => dataSection(version, value(run, null))), guarded(() => verdictsSection(versions))),
-    failed(jobs) || guarded(() => optimizerSection(job)),
+    failed(jobs) || guarded(() => optimizerSection(job, value(served, []).filter((v) => v.version === version.version))),
     failed(deployments) || guarded(() => deploymentsSection(value(deployments, []))),
     failed(quality) || guarded(() => onlineQualitySection(name, version, value(quality, null))),
     failed(experiments) || guarded(() => experimentsSection(value(experiments, []))),
