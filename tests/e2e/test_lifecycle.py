@@ -718,3 +718,24 @@ def test_feedback_on_production_answers_is_its_online_quality_and_a_fall_below_t
     assert degraded.data.kind == "quality" and "below the gate's" in degraded.data.reason
     tags = wait_for("v1 marked", lambda: (t := version_of(stack, 1, model)["tags"]).get("needs_revalidation") and t, 30)
     assert tags["degraded_kind"] == "quality"
+
+    # every field of the deployment policy from the terminal; a bad value is the deployer's 422 naming the field
+    tune = ["--max-batch-size", "16", "--cpu", "500m", "--execution-providers", "openvino,cpu", "--no-tensorrt-fp16"]
+    tuned = subprocess.run(
+        [str(GALLERY), "policy", model, *tune], env=stack.env(), capture_output=True, text=True, timeout=60
+    )
+    assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+    shown = {cells[0]: cells[1] for line in tuned.stdout.splitlines() if len(cells := table_cells(line)) >= 2}
+    assert (shown["max_batch_size"], shown["cpu"], shown["tensorrt_fp16"]) == ("16", "500m", "false"), tuned.stdout
+    assert shown["execution_providers"] == "openvino, cpu" and shown["record_outcomes"] == "true"
+    stored = httpx.get(f"{deployer}/api/v1/policies/{model}", timeout=30).json()
+    assert (stored["max_batch_size"], stored["execution_providers"]) == (16, ["openvino", "cpu"])
+    bad = subprocess.run(
+        [str(GALLERY), "policy", model, "--execution-providers", "tpu"],
+        env=stack.env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "execution_providers" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+    assert httpx.get(f"{deployer}/api/v1/policies/{model}", timeout=30).json()["execution_providers"] == [
+        "openvino",
+        "cpu",
+    ]

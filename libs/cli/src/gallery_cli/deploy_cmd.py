@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
-from .console import console, print_fields, say
+from .console import console, say
 from .optimize_cmd import parse_ref
 from .service_client import DeployerClient, project_params
 
@@ -141,65 +140,3 @@ def variants(
     for row in rows:
         if row.get("withdrawn"):
             say(f"{row['variant']} withdrawn, not rolled in again unless served by hand: {row['withdrawn']}")
-
-
-POLICY_SHOWN = (
-    ("record_outcomes", "the gateway keeps each answer for feedback (online quality)"),
-    ("canary_percent", "share of traffic a new version's canary gets, %"),
-    ("auto_promote", "a passing canary is promoted without a person"),
-    ("replicas", "model-server replicas per version"),
-    ("max_batch_size", "the model server's largest batch"),
-    ("execution_providers", "ONNX Runtime execution providers tried in order"),
-    ("on_variant_breach", "an optimized variant answering below the quality SLO: serve_fp32 or roll_back"),
-)
-
-
-class VariantBreach(StrEnum):
-    """What an optimized variant's quality breach does (the deployment policy's `on_variant_breach`)."""
-
-    serve_fp32 = "serve_fp32"
-    roll_back = "roll_back"
-
-
-def _policy_value(value: object) -> str:
-    if isinstance(value, list):
-        return ", ".join(str(item) for item in value) or "default"
-    return str(value).lower()
-
-
-def policy(
-    model: Annotated[str, typer.Argument(help="model name")],
-    record_outcomes: Annotated[
-        bool | None,
-        typer.Option(
-            "--record-outcomes/--no-record-outcomes",
-            help="keep every answer for feedback (POST /v2/models/{model}/feedback); the serving route at once",
-        ),
-    ] = None,
-    canary_percent: Annotated[float | None, typer.Option("--canary-percent", min=0.1, max=99.9)] = None,
-    auto_promote: Annotated[bool | None, typer.Option("--auto-promote/--no-auto-promote")] = None,
-    replicas: Annotated[int | None, typer.Option("--replicas", min=1, max=64)] = None,
-    on_variant_breach: Annotated[
-        VariantBreach | None,
-        typer.Option(
-            "--on-variant-breach",
-            help="when an optimized variant's answers break the quality SLO: serve the version's FP32 model instead "
-            "(should FP32 break it too, the version rolls back) or roll the version back at once",
-        ),
-    ] = None,
-) -> None:
-    """Show a model's deployment policy; with options, change those fields (an admin token in its project),
-    the others keep their value."""
-    given = {
-        "record_outcomes": record_outcomes,
-        "canary_percent": canary_percent,
-        "auto_promote": auto_promote,
-        "replicas": replicas,
-        "on_variant_breach": on_variant_breach.value if on_variant_breach is not None else None,
-    }
-    changes = {name: value for name, value in given.items() if value is not None}
-    path = f"/api/v1/policies/{quote(model, safe='')}"
-    with DeployerClient(timeout=60) as client:
-        current = client.json("PATCH", path, json=changes) if changes else client.json("GET", path)
-    rows = [(name, _policy_value(current.get(name)), meaning) for name, meaning in POLICY_SHOWN]
-    print_fields(f"deployment policy of {model}", rows, set(changes))

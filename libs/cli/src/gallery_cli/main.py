@@ -19,6 +19,7 @@ from . import (
     models_cmd,
     monitor_cmd,
     optimize_cmd,
+    policy_cmd,
     projects_cmd,
     runs_cmd,
     service_client,
@@ -53,7 +54,7 @@ app.command()(deploy_cmd.promote)
 app.command()(deploy_cmd.rollback)
 app.command()(deploy_cmd.deployments)
 app.command()(deploy_cmd.variants)
-app.command()(deploy_cmd.policy)
+app.command()(policy_cmd.policy)
 app.add_typer(experiment_cmd.app, name="experiment")
 app.command()(monitor_cmd.monitor)
 app.command()(slo_cmd.slo)
