@@ -222,7 +222,7 @@ def test_online_quality_shows_each_versions_accuracy_beside_the_gate_and_follows
         assert variants[1].find_element(By.CSS_SELECTOR, 'td[data-field="drop"]').text == "-1.9"
         assert "1,240" in text(browser, '#quality-table tr[data-version="2"]')
         assert text(browser, "#quality-label") == "answers of the last 60 min"
-        assert "at most 5.0 pt below the gate" in text(browser, "#quality-slo")
+        assert "at most 5.0 pt below the test accuracy" in text(browser, "#quality-slo")
         points = css(browser, '#chart-accuracy g.series[data-version="2"] circle.pt')
         assert len(points) == 31, "one point per two-minute bucket of the hour"
         limit = css(browser, "#chart-accuracy line.limit title")

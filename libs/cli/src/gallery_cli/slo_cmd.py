@@ -25,9 +25,9 @@ SHOWN = (
     ("drift_psi", "largest feature PSI before drift"),
     ("drift_min_samples", "samples a drift window needs"),
     ("min_online_accuracy", "floor of online accuracy (feedback labels)"),
-    ("max_accuracy_drop", "how far online accuracy may fall below the gate's"),
+    ("max_accuracy_drop", "how far online accuracy may fall below its test accuracy"),
     ("max_online_rmse", "ceiling of a regressor's online rmse"),
-    ("max_rmse_ratio", "online rmse at most this many times the gate's"),
+    ("max_rmse_ratio", "online rmse at most this many times its test rmse"),
     ("quality_min_rows", "rows with feedback before quality is judged"),
     ("quality_window_s", "window online quality is judged over, s"),
 )
@@ -47,7 +47,14 @@ def slo(
         float | None, typer.Option("--min-online-accuracy", min=0, max=1, help="0.9: at least 90 %")
     ] = None,
     max_accuracy_drop: Annotated[
-        float | None, typer.Option("--max-accuracy-drop", min=0, max=1, help="0.05: 5 points below the gate's")
+        float | None,
+        typer.Option(
+            "--max-accuracy-drop",
+            min=0,
+            max=1,
+            help="0.05: 5 points below the test accuracy of what answered (the gate's; an optimized variant's: "
+            "the optimizer's)",
+        ),
     ] = None,
     max_online_rmse: Annotated[float | None, typer.Option("--max-online-rmse", min=0.0)] = None,
     max_rmse_ratio: Annotated[float | None, typer.Option("--max-rmse-ratio", min=1, help="1.2: 20 % worse")] = None,

@@ -33,8 +33,8 @@ function sloBadges(slo) {
   if (!slo) return [];
   const parts = [];
   if (slo.min_online_accuracy !== null && slo.min_online_accuracy !== undefined) parts.push(`accuracy ≥ ${percent(slo.min_online_accuracy)}`);
-  if (slo.max_accuracy_drop !== null && slo.max_accuracy_drop !== undefined) parts.push(`at most ${num(slo.max_accuracy_drop * 100, 1)} pt below the gate`);
-  if (slo.max_rmse_ratio !== null && slo.max_rmse_ratio !== undefined) parts.push(`rmse ≤ ${num(slo.max_rmse_ratio)}× the gate's`);
+  if (slo.max_accuracy_drop !== null && slo.max_accuracy_drop !== undefined) parts.push(`at most ${num(slo.max_accuracy_drop * 100, 1)} pt below the test accuracy`);
+  if (slo.max_rmse_ratio !== null && slo.max_rmse_ratio !== undefined) parts.push(`rmse ≤ ${num(slo.max_rmse_ratio)}× the test rmse`);
   if (slo.max_online_rmse !== null && slo.max_online_rmse !== undefined) parts.push(`rmse ≤ ${num(slo.max_online_rmse)}`);
   if (!parts.length) return [h("span", { class: "badge muted" }, "no quality SLO")];
   parts.push(`judged from ${rows(slo.quality_min_rows)} rows`);
