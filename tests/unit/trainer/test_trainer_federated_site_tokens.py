@@ -9,6 +9,7 @@ import pytest
 
 from gallery_common.site_tokens import (
     SiteTokensInvalid,
+    admit_connection,
     admit_site,
     new_site_token,
     parse_site_tokens,
@@ -55,6 +56,26 @@ def test_a_connection_is_admitted_only_with_a_listed_sites_own_token_and_name() 
     assert reasons["another's"] == "the token is not site site-2's"
     assert reasons["no name"] == "site (no name) is not one of this federation's sites"
     assert not any(one in reason or two in reason for reason in reasons.values())
+
+
+def test_with_site_certificates_a_connection_is_the_site_its_certificate_names() -> None:
+    """Mutual TLS: the certificate (checked by the handshake) names the site; a token, when the federation lists
+    its sites, must be that site's; a common name that is no site name is refused naming it."""
+    one = new_site_token()
+    listed = {"site-1": token_digest(one), "site-2": token_digest(new_site_token())}
+    assert admit_connection(None, (), "site-1") == ("site-1", "")
+    assert admit_connection(None, (), None) == (None, "")  # no list, no certificates: any site
+    assert admit_connection(listed, site_metadata("site-1", one), "site-1") == ("site-1", "")
+    assert admit_connection(listed, site_metadata("site-1", one), "site-2") == (
+        None,
+        "its token is site site-1's but its certificate is site site-2's",
+    )
+    assert admit_connection(None, (), "hospital a.example.org") == (
+        None,
+        "its certificate's common name 'hospital a.example.org' is not a site name",
+    )
+    site, refusal = admit_connection(listed, (), "site-1")  # a listed federation still wants the token
+    assert site is None and "connect with the site's token" in refusal
 
 
 def test_the_trainer_reads_its_list_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

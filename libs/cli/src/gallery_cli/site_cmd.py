@@ -56,6 +56,18 @@ def run(
             "that lists its sites admits only them.",
         ),
     ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="PEM: this site's certificate (its common name the site's name), for a federation that asks "
+            "sites for certificates (mutual TLS); with --private-key and --root-certificate.",
+        ),
+    ] = None,
+    private_key: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="PEM: the private key of --certificate.")
+    ] = None,
 ) -> None:
     """Train on this site's data for the federation until the job ends; only model updates leave it."""
     try:
@@ -67,7 +79,10 @@ def run(
     command = [sys.executable, "-m", SITE_MODULE, "--federation", federation, "--site", site, "--data", str(data)]
     tls = ["--root-certificate", str(root_certificate)] if root_certificate is not None else []
     token = ["--token-file", str(token_file)] if token_file is not None else []
-    os.execv(sys.executable, [*command, "--max-wait", str(max_wait), *tls, *token])
+    if (certificate is None) != (private_key is None):
+        fail("--certificate and --private-key go together", 2)
+    shown = ["--certificate", str(certificate), "--private-key", str(private_key)] if certificate is not None else []
+    os.execv(sys.executable, [*command, "--max-wait", str(max_wait), *tls, *token, *shown])
 
 
 @app.command()

@@ -84,3 +84,25 @@ def admit_site(tokens: Mapping[str, str], metadata: Iterable[tuple[str, str | by
     if not hmac.compare_digest(token_digest(token), expected):
         return None, f"the token is not site {name}'s"
     return name, ""
+
+
+def admit_connection(
+    tokens: Mapping[str, str] | None,
+    metadata: Iterable[tuple[str, str | bytes]],
+    certificate_name: str | None = None,
+) -> tuple[str | None, str]:
+    """Whom a connection is admitted as: (the site, "") or (None, why not); (None, "") admits it as no site in
+    particular (no list, no certificates). `certificate_name` is the common name of the site's certificate
+    when the coordinator asks sites for one (mutual TLS; None when it does not): the site is the one it
+    names, and with `tokens` too a token must be that site's."""
+    site = None
+    if certificate_name is not None:
+        if not re.fullmatch(SITE_NAME_PATTERN, certificate_name):
+            return None, f"its certificate's common name {certificate_name!r} is not a site name"
+        site = certificate_name
+    if tokens is None:
+        return site, ""
+    by_token, refusal = admit_site(tokens, metadata)
+    if by_token is not None and site is not None and by_token != site:
+        return None, f"its token is site {by_token}'s but its certificate is site {site}'s"
+    return by_token, refusal

@@ -29,6 +29,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.client import NumPyClient, start_client
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.supercore.grpc import GRPC_MAX_MESSAGE_LENGTH
 
 from gallery_common.site_tokens import SITE_TOKEN_ENV, site_metadata
 from gallery_trainer.federated.relay import FederationError, read_message, write_message
@@ -119,6 +120,32 @@ def send_site_token(name: str, token: str) -> None:
     connection.create_channel = with_token
 
 
+def present_certificate(certificate: bytes, private_key: bytes) -> None:
+    """Flower's legacy connection makes its TLS channel from the root certificate alone: the channel is made
+    here with the site's certificate and key as well, so a coordinator that asks sites for certificates
+    (mutual TLS) can check it (Flower's channel options kept; flwr is pinned)."""
+    from flwr.compat.client.grpc_client import connection
+
+    def with_certificate(
+        server_address: str,
+        insecure: bool,
+        root_certificates: bytes | None = None,
+        max_message_length: int = GRPC_MAX_MESSAGE_LENGTH,
+        interceptors: Any = None,
+    ) -> grpc.Channel:
+        if insecure:
+            raise FederationError("a site's certificate is shown over TLS: give the coordinator's --root-certificate")
+        credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate)
+        options = [
+            ("grpc.max_send_message_length", max_message_length),
+            ("grpc.max_receive_message_length", max_message_length),
+        ]
+        channel = grpc.secure_channel(server_address, credentials, options=options)
+        return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
+
+    connection.create_channel = with_certificate
+
+
 def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(0.5)
@@ -133,9 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
     parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
     parser.add_argument("--site", help="the site's name, sent with its token (GALLERY_SITE_TOKEN) when it has one")
+    parser.add_argument("--certificate", type=Path, help="PEM: the site's certificate, for mutual TLS")
+    parser.add_argument("--private-key", type=Path, help="PEM: the private key of --certificate")
     args = parser.parse_args(argv)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     set_identity(node_id=0)
+    if args.certificate is not None and args.private_key is not None:
+        present_certificate(args.certificate.read_bytes(), args.private_key.read_bytes())
     token = os.environ.pop(SITE_TOKEN_ENV, "")
     if token and args.site:
         send_site_token(args.site, token)

@@ -22,6 +22,7 @@ the plan's `site_tokens` only the listed sites are admitted, each held to its na
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
@@ -48,9 +49,9 @@ from flwr.server.server import evaluate_clients, fit_clients
 from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, FedProx, Strategy
 from flwr.server.superlink.fleet.grpc_bidi.flower_service_servicer import FlowerServiceServicer
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import SecAggPlusWorkflow
-from flwr.supercore.grpc import generic_create_grpc_server
+from flwr.supercore.grpc import GRPC_MAX_MESSAGE_LENGTH, generic_create_grpc_server
 
-from gallery_common.site_tokens import admit_site
+from gallery_common.site_tokens import admit_connection
 from gallery_trainer.federated.plan import (
     ERROR_FILE,
     FINAL_WEIGHTS_FILE,
@@ -96,21 +97,64 @@ class SiteManager(SimpleClientManager):
 class SiteAdmission(FlowerServiceServicer):  # type: ignore[misc]
     """Flower's legacy Fleet service (the `grpc-bidi` transport), admitting only the sites the plan lists
     (`gallery_common.site_tokens`): a connection without a listed site's token and name is refused
-    UNAUTHENTICATED with the reason, before Flower registers it."""
+    UNAUTHENTICATED with the reason, before Flower registers it. With `certified` (mutual TLS) a site is
+    the one its certificate names (its common name), and a token must be that site's."""
 
-    def __init__(self, manager: SiteManager, site_tokens: dict[str, str] | None) -> None:
+    def __init__(self, manager: SiteManager, site_tokens: dict[str, str] | None, certified: bool = False) -> None:
         super().__init__(manager)
         self.site_tokens = site_tokens
+        self.certified = certified
 
     def Join(self, request_iterator: Iterator[ClientMessage], context: grpc.ServicerContext) -> Iterator[ServerMessage]:
-        site = None
-        if self.site_tokens is not None:
-            site, refusal = admit_site(self.site_tokens, context.invocation_metadata())
-            if site is None:
-                print(f"refused a site from {context.peer()}: {refusal}", file=sys.stderr, flush=True)
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        certified = None
+        if self.certified:  # the TLS handshake checked the certificate against the sites' CA
+            names = context.auth_context().get("x509_common_name") or [b""]
+            certified = names[0].decode(errors="replace")
+        site, refusal = admit_connection(self.site_tokens, context.invocation_metadata(), certified)
+        if refusal:
+            print(f"refused a site from {context.peer()}: {refusal}", file=sys.stderr, flush=True)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
         _JOINING.site = site
         yield from super().Join(request_iterator, context)
+
+
+# Flower's own server options (`flwr.supercore.grpc.generic_create_grpc_server`, flwr pinned), for the server
+# this module builds when sites must present certificates: Flower's hard-codes require_client_auth=False
+_WORKERS = 1000
+_GRPC_OPTIONS = [
+    ("grpc.max_concurrent_streams", _WORKERS),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_LENGTH),
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_LENGTH),
+    ("grpc.keepalive_time_ms", 210000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 0),
+]
+
+
+def _grpc_server(plan: FederationPlan, servicer: SiteAdmission) -> grpc.Server:
+    """The coordinator's gRPC server: Flower's, or with `client_ca` one that asks every site for a certificate
+    that CA issued (a site without one fails the TLS handshake and never joins)."""
+    if plan.tls is None or "client_ca" not in plan.tls:
+        return generic_create_grpc_server(
+            servicer_and_add_fn=(servicer, add_FlowerServiceServicer_to_server),
+            server_address=plan.address,
+            certificates=_certificates(plan),
+        )
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS),
+        maximum_concurrent_rpcs=_WORKERS,
+        options=_GRPC_OPTIONS,
+    )
+    add_FlowerServiceServicer_to_server(servicer, server)
+    files = {role: Path(path).read_bytes() for role, path in plan.tls.items()}
+    credentials = grpc.ssl_server_credentials(
+        ((files["private_key"], files["certificate"]),), root_certificates=files["client_ca"], require_client_auth=True
+    )
+    try:
+        server.add_secure_port(plan.address, credentials)
+    except RuntimeError as exc:
+        raise FederationError(f"engine.address: the coordinator cannot listen on {plan.address}: {exc}") from None
+    return server
 
 
 def _size(parameters: Parameters) -> int:
@@ -373,11 +417,8 @@ def run_federation(workdir: Path) -> None:
     weights = ndarrays_to_parameters(arrays)
     manager = SiteManager(plan.round_timeout_s)
     try:
-        grpc_server = generic_create_grpc_server(
-            servicer_and_add_fn=(SiteAdmission(manager, plan.site_tokens), add_FlowerServiceServicer_to_server),
-            server_address=plan.address,
-            certificates=_certificates(plan),
-        )
+        certified = plan.tls is not None and "client_ca" in plan.tls
+        grpc_server = _grpc_server(plan, SiteAdmission(manager, plan.site_tokens, certified))
         grpc_server.start()
     except SystemExit as exc:  # Flower exits when it cannot bind
         raise FederationError(f"engine.address: the coordinator cannot listen on {plan.address}: {exc}") from None

@@ -41,7 +41,8 @@ class FederationPlan:
     secagg_reconstruction_threshold: float = 1.0
     secagg_clipping_range: float = 8.0
     tls: dict[str, str] | None = None
-    """PEM files by role (`root_certificate`, `certificate`, `private_key`): the coordinator speaks TLS."""
+    """PEM files by role (`root_certificate`, `certificate`, `private_key`): the coordinator speaks TLS; with
+    `client_ca` too, each site must present a certificate that CA issued (mutual TLS)."""
     site_tokens: dict[str, str] | None = None
     """The sites admitted, {name: sha256 of its token} (`gallery_common.site_tokens`); None admits any site."""
 

@@ -30,6 +30,9 @@ TLS_ENV = {
     "certificate": "GALLERY_FEDERATION_CERTIFICATE",
     "private_key": "GALLERY_FEDERATION_PRIVATE_KEY",
 }
+# the CA that issues the sites' certificates: with it, a site must present one (mutual TLS) and is admitted
+# as the site its certificate names
+CLIENT_CA_ENV = "GALLERY_FEDERATION_CLIENT_CA"
 ALLOWED_DTYPES = ("float32", "float64", "int64")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_BYTES = 2 * 1024**3
@@ -59,16 +62,22 @@ def flower_python() -> Path:
 
 def coordinator_tls() -> dict[str, str] | None:
     """The coordinator's TLS files (PEM paths by role) from `GALLERY_FEDERATION_*`, or None for plain gRPC;
+    with `GALLERY_FEDERATION_CLIENT_CA` also `client_ca`, the CA the sites' certificates must chain to.
     FederationError when only some are set or one cannot be read."""
     given = {role: os.environ.get(name, "") for role, name in TLS_ENV.items()}
-    if not any(given.values()):
+    client_ca = os.environ.get(CLIENT_CA_ENV, "")
+    if not any(given.values()) and not client_ca:
         return None
     missing = [TLS_ENV[role] for role, path in given.items() if not path]
     if missing:
-        raise FederationError(f"federation TLS needs all three files; {', '.join(missing)} not set")
+        needs = f"{CLIENT_CA_ENV} asks sites for certificates over TLS, which" if client_ca else "federation TLS"
+        raise FederationError(f"{needs} needs all three files; {', '.join(missing)} not set")
+    names = {**TLS_ENV, "client_ca": CLIENT_CA_ENV}
+    if client_ca:
+        given["client_ca"] = client_ca
     for role, path in given.items():
         if not Path(path).is_file():
-            raise FederationError(f"federation TLS: {TLS_ENV[role]}={path} is not a readable file")
+            raise FederationError(f"federation TLS: {names[role]}={path} is not a readable file")
     return given
 
 

@@ -246,14 +246,22 @@ def run_site(
     max_wait: float = 300.0,
     root_certificate: Path | None = None,
     token: str | None = None,
+    certificate: tuple[Path, Path] | None = None,
 ) -> int:
     """Take part in the federation at `federation` (host:port) until it ends; the relay's exit status.
     With `root_certificate` the connection is TLS, the coordinator's certificate checked against it; with
-    `token` the site presents it and its name, and a coordinator that lists its sites admits it by them."""
+    `certificate` (the site's certificate and private key) the site shows it, for a coordinator that asks
+    sites for certificates (mutual TLS); with `token` the site presents it and its name, and a coordinator
+    that lists its sites admits it by them."""
     site = Site(load_site_data(name, folder))
-    if root_certificate is not None and not root_certificate.is_file():
-        raise FederationError(f"site {name}: {root_certificate} is not a readable certificate file")
+    for path in (root_certificate, *(certificate or ())):
+        if path is not None and not path.is_file():
+            raise FederationError(f"site {name}: {path} is not a readable certificate or key file")
+    if certificate is not None and root_certificate is None:
+        raise FederationError(f"site {name}: a site certificate is shown over TLS: give --root-certificate too")
     tls = ["--root-certificate", str(root_certificate)] if root_certificate is not None else []
+    if certificate is not None:
+        tls += ["--certificate", str(certificate[0]), "--private-key", str(certificate[1])]
     address = federation.removeprefix("grpc://")
     _wait_for_coordinator(name, address, max_wait)
     to_relay_r, to_relay_w = os.pipe()
@@ -305,8 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
     parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
     parser.add_argument("--token-file", type=Path, help=f"file with this site's token (else ${SITE_TOKEN_ENV})")
+    parser.add_argument("--certificate", type=Path, help="PEM: this site's certificate, for mutual TLS")
+    parser.add_argument("--private-key", type=Path, help="PEM: the private key of --certificate")
     args = parser.parse_args(argv)
     try:
+        if (args.certificate is None) != (args.private_key is None):
+            raise FederationError(f"site {args.site}: --certificate and --private-key go together")
         code = run_site(
             args.federation,
             args.site,
@@ -314,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             max_wait=args.max_wait,
             root_certificate=args.root_certificate,
             token=site_token(args.site, args.token_file),
+            certificate=(args.certificate, args.private_key) if args.certificate is not None else None,
         )
         sys.exit(code)
     except FederationError as exc:
