@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from federation_harness import federated_spec, site_folders, sites_running
 
 from gallery_common.netutil import free_port
-from gallery_trainer.federated.relay import FederationError, coordinator_tls
+from gallery_trainer.federated.relay import FederationError, coordinator_tls, pem_bytes
 from gallery_trainer.pipeline import run_job
 
 
@@ -109,15 +109,17 @@ def test_with_a_sites_ca_only_sites_with_its_certificates_join_each_as_the_site_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GALLERY_FEDERATION_CLIENT_CA: mutual TLS. Two sites show certificates the sites' CA issued (one through
-    `gallery site run --certificate --private-key`) and train; a third shows one another CA issued and
-    never joins; the coordinator knows each site by the name its certificate carries."""
+    `gallery site run --certificate --private-key`, one from GALLERY_SITE_CERTIFICATE and _PRIVATE_KEY) and
+    train; a third shows one another CA issued and never joins; the coordinator knows each site by the name
+    its certificate carries."""
     tls = write_tls_files(tmp_path / "tls")
     sites_ca = Authority.create(tmp_path / "sites-ca", "sites CA")
     stranger = Authority.create(tmp_path / "stranger-ca", "stranger CA")
     monkeypatch.setenv("GALLERY_FEDERATION_ROOT_CERTIFICATE", str(tls["root_certificate"]))
     monkeypatch.setenv("GALLERY_FEDERATION_CERTIFICATE", str(tls["certificate"]))
     monkeypatch.setenv("GALLERY_FEDERATION_PRIVATE_KEY", str(tls["private_key"]))
-    monkeypatch.setenv("GALLERY_FEDERATION_CLIENT_CA", str(sites_ca.pem))
+    # as Kubernetes hands over an optional Secret's key: the PEM itself
+    monkeypatch.setenv("GALLERY_FEDERATION_CLIENT_CA", sites_ca.pem.read_text())
     port = free_port()
     spec = federated_spec(port, rounds=2, min_sites=2)
     folders = site_folders(spec, tmp_path / "sites")
@@ -127,11 +129,12 @@ def test_with_a_sites_ca_only_sites_with_its_certificates_join_each_as_the_site_
         root = ("--root-certificate", str(tls["root_certificate"]))
         return (*root, "--certificate", str(certificate), "--private-key", str(key))
 
-    extra = {
-        "site-1": shows(sites_ca, "site-1"),
-        "site-2": shows(sites_ca, "site-2"),
-        "site-3": shows(stranger, "site-3"),
-    }
+    # site-2 shows its certificate and key from the environment (PEM), as its Kubernetes Deployment does
+    certificate, key = sites_ca.issue(tmp_path / "sites", "site-2")
+    monkeypatch.setenv("GALLERY_SITE_CERTIFICATE", certificate.read_text())
+    monkeypatch.setenv("GALLERY_SITE_PRIVATE_KEY", key.read_text())
+    root = ("--root-certificate", str(tls["root_certificate"]))
+    extra = {"site-1": shows(sites_ca, "site-1"), "site-2": root, "site-3": shows(stranger, "site-3")}
     with sites_running(port, folders, tmp_path, through_cli=("site-1",), extra=extra) as sites:
         outputs = run_job(spec, tmp_path / "job")
         assert sites["site-3"].poll() is None or sites["site-3"].returncode != 0
@@ -140,15 +143,27 @@ def test_with_a_sites_ca_only_sites_with_its_certificates_join_each_as_the_site_
     assert outputs.metrics["rounds_run"] == 2
 
 
-def test_sites_ca_without_the_coordinators_own_tls_files_is_refused_naming_them(
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_sites_ca_is_a_pem_file_or_the_pem_and_needs_the_coordinators_own_tls_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GALLERY_FEDERATION_CLIENT_CA", __file__)
-    for name in (
-        "GALLERY_FEDERATION_ROOT_CERTIFICATE",
-        "GALLERY_FEDERATION_CERTIFICATE",
-        "GALLERY_FEDERATION_PRIVATE_KEY",
-    ):
+    tls = write_tls_files(tmp_path / "tls")
+    own = {
+        "GALLERY_FEDERATION_ROOT_CERTIFICATE": tls["root_certificate"],
+        "GALLERY_FEDERATION_CERTIFICATE": tls["certificate"],
+        "GALLERY_FEDERATION_PRIVATE_KEY": tls["private_key"],
+    }
+    monkeypatch.setenv("GALLERY_FEDERATION_CLIENT_CA", str(tls["root_certificate"]))
+    for name in own:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(FederationError, match="GALLERY_FEDERATION_CLIENT_CA asks sites for certificates over TLS"):
+        coordinator_tls()
+    for name, path in own.items():
+        monkeypatch.setenv(name, str(path))
+    ca = tls["root_certificate"].read_bytes()
+    for given in (str(tls["root_certificate"]), ca.decode()):  # its file, or the PEM itself
+        monkeypatch.setenv("GALLERY_FEDERATION_CLIENT_CA", given)
+        found = coordinator_tls()
+        assert found is not None and pem_bytes(found["client_ca"]) == ca
+    monkeypatch.setenv("GALLERY_FEDERATION_CLIENT_CA", str(tmp_path / "missing.pem"))
+    with pytest.raises(FederationError, match=r"GALLERY_FEDERATION_CLIENT_CA=.*missing\.pem is not a readable file"):
         coordinator_tls()

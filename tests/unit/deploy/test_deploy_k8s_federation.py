@@ -31,8 +31,9 @@ from deploy_k8s_objects import (
 )
 
 from gallery_cli import site_cmd
+from gallery_common.site_tokens import SITE_CERTIFICATE_ENV, SITE_PRIVATE_KEY_ENV
 from gallery_common.site_tokens import SITE_TOKENS_ENV as SITES_ENV
-from gallery_trainer.federated.relay import SITE_NAME_PATTERN, TLS_ENV
+from gallery_trainer.federated.relay import CLIENT_CA_ENV, SITE_NAME_PATTERN, TLS_ENV
 from gallery_trainer.spec import EngineSpec
 
 FEDERATION_SERVICE = "trainer-federation"
@@ -107,6 +108,22 @@ def test_production_admits_the_sites_listed_in_its_secret_only() -> None:
     assert SITES_ENV not in {e["name"] for e in container(find(manifests("dev"), "Deployment", "trainer"))["env"]}
 
 
+def test_sites_show_certificates_once_production_has_the_sites_ca_and_a_site_its_certificate() -> None:
+    """Mutual TLS from optional Secrets: the production trainer reads the sites' CA (as PEM) from
+    trainer-federation-sites-ca, a site its certificate and key from federation-site-certificate; without
+    either Secret both start as before."""
+    trainer_env = {e["name"]: e for e in container(find(manifests("production"), "Deployment", "trainer"))["env"]}
+    ca = trainer_env[CLIENT_CA_ENV]["valueFrom"]["secretKeyRef"]
+    assert (ca["name"], ca["key"], ca["optional"]) == ("trainer-federation-sites-ca", "ca.crt", True)
+    assert CLIENT_CA_ENV not in {e["name"] for e in container(find(manifests("dev"), "Deployment", "trainer"))["env"]}
+    (site,) = pod_spec(site_deployment())["containers"]
+    site_env = {e["name"]: e for e in site["env"]}
+    shown = {name: site_env[name]["valueFrom"]["secretKeyRef"] for name in (SITE_CERTIFICATE_ENV, SITE_PRIVATE_KEY_ENV)}
+    assert {(r["key"], r["optional"]) for r in shown.values()} == {("tls.crt", True), ("tls.key", True)}
+    assert {r["name"] for r in shown.values()} == {"federation-site-certificate"}
+    assert "--certificate" not in site["args"], "the key goes by environment, never on the command line"
+
+
 def test_dev_coordinator_speaks_plain_grpc_inside_the_cluster() -> None:
     assert tls_files(find(manifests("dev"), "Deployment", "trainer")) == {}
 
@@ -119,7 +136,7 @@ def site_deployment() -> Obj:
 def site_arguments() -> dict[str, str]:
     """The site container's options as the process receives them ($(VAR) expanded from its env)."""
     (site,) = pod_spec(site_deployment())["containers"]
-    env = {e["name"]: e["value"] for e in site.get("env", [])}
+    env = {e["name"]: e["value"] for e in site.get("env", []) if "value" in e}
     args = [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg) for arg in site["args"]]
     assert all(set(references(arg)) <= env.keys() for arg in site["args"]), "a $(VAR) its env does not define"
     assert len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]), args

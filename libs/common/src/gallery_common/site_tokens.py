@@ -20,6 +20,10 @@ from collections.abc import Iterable, Mapping
 
 SITE_TOKENS_ENV = "GALLERY_FEDERATION_SITE_TOKENS"
 SITE_TOKEN_ENV = "GALLERY_SITE_TOKEN"
+# a site's certificate and its private key for mutual TLS (PEM, or the path of a PEM file), when it is not
+# given as files on `gallery site run`'s command line: how Kubernetes hands over an optional Secret
+SITE_CERTIFICATE_ENV = "GALLERY_SITE_CERTIFICATE"
+SITE_PRIVATE_KEY_ENV = "GALLERY_SITE_PRIVATE_KEY"
 TOKEN_HEADER = "authorization"  # gRPC metadata keys are lower case
 SITE_HEADER = "gallery-site"
 SITE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"

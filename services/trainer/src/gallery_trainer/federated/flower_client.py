@@ -31,7 +31,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.supercore.grpc import GRPC_MAX_MESSAGE_LENGTH
 
-from gallery_common.site_tokens import SITE_TOKEN_ENV, site_metadata
+from gallery_common.site_tokens import SITE_CERTIFICATE_ENV, SITE_PRIVATE_KEY_ENV, SITE_TOKEN_ENV, site_metadata
 from gallery_trainer.federated.relay import FederationError, read_message, write_message
 from gallery_trainer.federated.secure import MESSAGE_PHASE, decode, encode, set_identity
 
@@ -160,13 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
     parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
     parser.add_argument("--site", help="the site's name, sent with its token (GALLERY_SITE_TOKEN) when it has one")
-    parser.add_argument("--certificate", type=Path, help="PEM: the site's certificate, for mutual TLS")
-    parser.add_argument("--private-key", type=Path, help="PEM: the private key of --certificate")
     args = parser.parse_args(argv)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     set_identity(node_id=0)
-    if args.certificate is not None and args.private_key is not None:
-        present_certificate(args.certificate.read_bytes(), args.private_key.read_bytes())
+    # the site's certificate and key (PEM) come by environment, as its token does
+    certificate, key = os.environ.pop(SITE_CERTIFICATE_ENV, ""), os.environ.pop(SITE_PRIVATE_KEY_ENV, "")
+    if certificate and key:
+        present_certificate(certificate.encode(), key.encode())
     token = os.environ.pop(SITE_TOKEN_ENV, "")
     if token and args.site:
         send_site_token(args.site, token)

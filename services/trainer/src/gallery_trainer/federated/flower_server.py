@@ -61,7 +61,7 @@ from gallery_trainer.federated.plan import (
     FederationPlan,
 )
 from gallery_trainer.federated.privacy import gaussian_epsilon
-from gallery_trainer.federated.relay import FederationError, read_message, write_message
+from gallery_trainer.federated.relay import FederationError, pem_bytes, read_message, write_message
 from gallery_trainer.federated.secure import node_id_of, secure_fit, set_identity
 
 # the site a connection was admitted as, while Flower registers its proxy (in the same gRPC worker thread)
@@ -146,7 +146,7 @@ def _grpc_server(plan: FederationPlan, servicer: SiteAdmission) -> grpc.Server:
         options=_GRPC_OPTIONS,
     )
     add_FlowerServiceServicer_to_server(servicer, server)
-    files = {role: Path(path).read_bytes() for role, path in plan.tls.items()}
+    files = {role: pem_bytes(given) for role, given in plan.tls.items()}
     credentials = grpc.ssl_server_credentials(
         ((files["private_key"], files["certificate"]),), root_certificates=files["client_ca"], require_client_auth=True
     )

@@ -30,9 +30,18 @@ TLS_ENV = {
     "certificate": "GALLERY_FEDERATION_CERTIFICATE",
     "private_key": "GALLERY_FEDERATION_PRIVATE_KEY",
 }
-# the CA that issues the sites' certificates: with it, a site must present one (mutual TLS) and is admitted
-# as the site its certificate names
+# the CA that issues the sites' certificates (a PEM file, or the PEM itself, as Kubernetes hands over an
+# optional Secret's key): with it, a site must present one (mutual TLS) and is admitted as the site its
+# certificate names
 CLIENT_CA_ENV = "GALLERY_FEDERATION_CLIENT_CA"
+PEM_BEGIN = "-----BEGIN "
+
+
+def pem_bytes(given: str) -> bytes:
+    """A PEM given inline (it starts with -----BEGIN) or as the path of its file."""
+    return given.encode() if given.lstrip().startswith(PEM_BEGIN) else Path(given).read_bytes()
+
+
 ALLOWED_DTYPES = ("float32", "float64", "int64")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_ARRAY_BYTES = 2 * 1024**3
@@ -76,7 +85,8 @@ def coordinator_tls() -> dict[str, str] | None:
     if client_ca:
         given["client_ca"] = client_ca
     for role, path in given.items():
-        if not Path(path).is_file():
+        inline = role == "client_ca" and path.lstrip().startswith(PEM_BEGIN)
+        if not inline and not Path(path).is_file():
             raise FederationError(f"federation TLS: {names[role]}={path} is not a readable file")
     return given
 

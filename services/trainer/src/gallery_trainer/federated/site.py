@@ -31,18 +31,20 @@ import torch.nn.functional as F
 from gallery_common.contracts import NpzRefused, read_split
 from gallery_common.netutil import wait_for_port
 from gallery_common.nn import build_network
-from gallery_common.site_tokens import SITE_TOKEN_ENV
+from gallery_common.site_tokens import SITE_CERTIFICATE_ENV, SITE_PRIVATE_KEY_ENV, SITE_TOKEN_ENV
 from gallery_common.telemetry import get_logger
 from gallery_trainer.augment import Augmenter
 from gallery_trainer.engine.batches import ShardedBatches
 from gallery_trainer.engine.optim import make_loss, make_optimizer
 from gallery_trainer.federated.relay import (
+    PEM_BEGIN,
     SITE_NAME_PATTERN,
     FederationError,
     Message,
     RelayClosed,
     flower_environment,
     flower_python,
+    pem_bytes,
     read_message,
     write_message,
 )
@@ -238,6 +240,27 @@ def site_token(name: str, token_file: Path | None) -> str | None:
     return token
 
 
+def site_certificate(name: str, certificate: Path | None, private_key: Path | None) -> tuple[bytes, bytes] | None:
+    """The site's certificate and private key (PEM) for mutual TLS: the files given, else
+    `GALLERY_SITE_CERTIFICATE` and `GALLERY_SITE_PRIVATE_KEY` (each a PEM or the path of one), else None."""
+    given = (
+        (str(certificate) if certificate else "", str(private_key) if private_key else "")
+        if certificate is not None or private_key is not None
+        else (os.environ.get(SITE_CERTIFICATE_ENV, ""), os.environ.get(SITE_PRIVATE_KEY_ENV, ""))
+    )
+    if not any(given):
+        return None
+    if not all(given):
+        raise FederationError(f"site {name}: a certificate and its private key go together")
+    try:
+        pems = (pem_bytes(given[0]), pem_bytes(given[1]))
+    except OSError as exc:
+        raise FederationError(f"site {name}: cannot read the site's certificate or key: {exc}") from None
+    if not all(pem.lstrip().startswith(PEM_BEGIN.encode()) for pem in pems):
+        raise FederationError(f"site {name}: the site's certificate and key must be PEM")
+    return pems
+
+
 def run_site(
     federation: str,
     name: str,
@@ -246,22 +269,23 @@ def run_site(
     max_wait: float = 300.0,
     root_certificate: Path | None = None,
     token: str | None = None,
-    certificate: tuple[Path, Path] | None = None,
+    certificate: tuple[bytes, bytes] | None = None,
 ) -> int:
     """Take part in the federation at `federation` (host:port) until it ends; the relay's exit status.
     With `root_certificate` the connection is TLS, the coordinator's certificate checked against it; with
-    `certificate` (the site's certificate and private key) the site shows it, for a coordinator that asks
-    sites for certificates (mutual TLS); with `token` the site presents it and its name, and a coordinator
-    that lists its sites admits it by them."""
+    `certificate` (the site's certificate and private key, PEM) the site shows it, for a coordinator that
+    asks sites for certificates (mutual TLS); with `token` the site presents it and its name, and a
+    coordinator that lists its sites admits it by them."""
     site = Site(load_site_data(name, folder))
-    for path in (root_certificate, *(certificate or ())):
-        if path is not None and not path.is_file():
-            raise FederationError(f"site {name}: {path} is not a readable certificate or key file")
+    if root_certificate is not None and not root_certificate.is_file():
+        raise FederationError(f"site {name}: {root_certificate} is not a readable certificate file")
     if certificate is not None and root_certificate is None:
         raise FederationError(f"site {name}: a site certificate is shown over TLS: give --root-certificate too")
     tls = ["--root-certificate", str(root_certificate)] if root_certificate is not None else []
+    # the token and the private key go by environment, never on a command line others can read
+    secrets = {SITE_TOKEN_ENV: token} if token else {}
     if certificate is not None:
-        tls += ["--certificate", str(certificate[0]), "--private-key", str(certificate[1])]
+        secrets |= {SITE_CERTIFICATE_ENV: certificate[0].decode(), SITE_PRIVATE_KEY_ENV: certificate[1].decode()}
     address = federation.removeprefix("grpc://")
     _wait_for_coordinator(name, address, max_wait)
     to_relay_r, to_relay_w = os.pipe()
@@ -277,8 +301,7 @@ def run_site(
             *("--site", name),
         ],
         pass_fds=(to_relay_r, from_relay_w),
-        # the token goes by environment, never on a command line others can read
-        env={**flower_environment(), **({SITE_TOKEN_ENV: token} if token else {})},
+        env={**flower_environment(), **secrets},
     )
     os.close(to_relay_r)
     os.close(from_relay_w)
@@ -313,12 +336,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to keep trying to reach the coordinator")
     parser.add_argument("--root-certificate", type=Path, help="PEM the coordinator's TLS certificate chains to")
     parser.add_argument("--token-file", type=Path, help=f"file with this site's token (else ${SITE_TOKEN_ENV})")
-    parser.add_argument("--certificate", type=Path, help="PEM: this site's certificate, for mutual TLS")
-    parser.add_argument("--private-key", type=Path, help="PEM: the private key of --certificate")
+    parser.add_argument(
+        "--certificate", type=Path, help=f"PEM: this site's certificate, for mutual TLS (else ${SITE_CERTIFICATE_ENV})"
+    )
+    parser.add_argument(
+        "--private-key", type=Path, help=f"PEM: the private key of --certificate (else ${SITE_PRIVATE_KEY_ENV})"
+    )
     args = parser.parse_args(argv)
     try:
-        if (args.certificate is None) != (args.private_key is None):
-            raise FederationError(f"site {args.site}: --certificate and --private-key go together")
         code = run_site(
             args.federation,
             args.site,
@@ -326,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
             max_wait=args.max_wait,
             root_certificate=args.root_certificate,
             token=site_token(args.site, args.token_file),
-            certificate=(args.certificate, args.private_key) if args.certificate is not None else None,
+            certificate=site_certificate(args.site, args.certificate, args.private_key),
         )
         sys.exit(code)
     except FederationError as exc:
