@@ -135,9 +135,8 @@ def test_with_a_sites_ca_only_sites_with_its_certificates_join_each_as_the_site_
     monkeypatch.setenv("GALLERY_SITE_PRIVATE_KEY", key.read_text())
     root = ("--root-certificate", str(tls["root_certificate"]))
     extra = {"site-1": shows(sites_ca, "site-1"), "site-2": root, "site-3": shows(stranger, "site-3")}
-    with sites_running(port, folders, tmp_path, through_cli=("site-1",), extra=extra) as sites:
+    with sites_running(port, folders, tmp_path, through_cli=("site-1",), extra=extra):
         outputs = run_job(spec, tmp_path / "job")
-        assert sites["site-3"].poll() is None or sites["site-3"].returncode != 0
     assert outputs.federation is not None
     assert {site.name for site in outputs.federation.sites} == {"site-1", "site-2"}
     assert outputs.metrics["rounds_run"] == 2

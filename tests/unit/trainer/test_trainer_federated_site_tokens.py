@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from gallery_common.site_tokens import (
+    SITE_CERTIFICATE_ENV,
+    SITE_PRIVATE_KEY_ENV,
     SiteTokensInvalid,
     admit_connection,
     admit_site,
@@ -17,7 +19,7 @@ from gallery_common.site_tokens import (
     token_digest,
 )
 from gallery_trainer.federated.relay import FederationError, coordinator_site_tokens
-from gallery_trainer.federated.site import site_token
+from gallery_trainer.federated.site import site_certificate, site_token
 
 
 def test_the_list_is_name_and_sha256_pairs_and_a_bad_entry_is_named() -> None:
@@ -103,3 +105,27 @@ def test_a_site_reads_its_token_from_its_file_or_the_environment(
         site_token("site-1", tmp_path / "missing.token")
     monkeypatch.delenv("GALLERY_SITE_TOKEN")
     assert site_token("site-1", None) is None
+
+
+def test_a_site_takes_its_certificate_and_key_together_from_files_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certificate, key = tmp_path / "site.pem", tmp_path / "site.key"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n")
+    for name in (SITE_CERTIFICATE_ENV, SITE_PRIVATE_KEY_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert site_certificate("site-1", None, None) is None
+    assert site_certificate("site-1", certificate, key) == (certificate.read_bytes(), key.read_bytes())
+    with pytest.raises(FederationError, match="site site-1: a certificate and its private key go together"):
+        site_certificate("site-1", certificate, None)
+    monkeypatch.setenv(SITE_CERTIFICATE_ENV, certificate.read_text())  # the PEM itself, as Kubernetes gives it
+    monkeypatch.setenv(SITE_PRIVATE_KEY_ENV, str(key))  # or its file
+    assert site_certificate("site-1", None, None) == (certificate.read_bytes(), key.read_bytes())
+    monkeypatch.setenv(SITE_PRIVATE_KEY_ENV, "not a key")
+    with pytest.raises(FederationError, match="cannot read the site's certificate or key"):
+        site_certificate("site-1", None, None)
+    (tmp_path / "plain.txt").write_text("hello")
+    monkeypatch.setenv(SITE_PRIVATE_KEY_ENV, str(tmp_path / "plain.txt"))
+    with pytest.raises(FederationError, match="must be PEM"):
+        site_certificate("site-1", None, None)

@@ -79,9 +79,9 @@ def run(
     command = [sys.executable, "-m", SITE_MODULE, "--federation", federation, "--site", site, "--data", str(data)]
     tls = ["--root-certificate", str(root_certificate)] if root_certificate is not None else []
     token = ["--token-file", str(token_file)] if token_file is not None else []
-    if (certificate is None) != (private_key is None):
-        fail("--certificate and --private-key go together", 2)
-    shown = ["--certificate", str(certificate), "--private-key", str(private_key)] if certificate is not None else []
+    # the site's module checks that the two come together, as it does when they come by environment
+    shown = [*(["--certificate", str(certificate)] if certificate else [])]
+    shown += ["--private-key", str(private_key)] if private_key else []
     os.execv(sys.executable, [*command, "--max-wait", str(max_wait), *tls, *token, *shown])
 
 
